@@ -1,0 +1,1 @@
+//! Pure placement planner (see issue 6).
