@@ -1,0 +1,1 @@
+//! Per-site resource drivers (issue 4).
