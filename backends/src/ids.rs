@@ -1,0 +1,274 @@
+//! Validated names: the only values the drivers format into SQL, ACL rules, VCL, labels
+//! or paths. Parse, don't validate: once one of these exists it is known to be safe.
+
+use std::fmt;
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// The site's server-generated id: lower-case base32, exactly 10 characters
+/// (`^[a-z2-7]{10}$`), e.g. `k3v9q2m8xa`. Every per-site resource is named from it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteResourceId(String);
+
+impl SiteResourceId {
+    pub const LEN: usize = 10;
+
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let ok = s.len() == Self::LEN
+            && s.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Error::invalid("site resource id", "must match ^[a-z2-7]{10}$"))
+        }
+    }
+
+    /// Parses a resource name such as `wp_k3v9q2m8xa` back into the id (for listing
+    /// orphans); `None` for names that are not ours.
+    pub fn from_resource_name(name: &str) -> Option<Self> {
+        name.strip_prefix("wp_").and_then(|s| Self::parse(s).ok())
+    }
+
+    /// A fresh random id (the control plane normally generates it; handy in tests).
+    pub fn generate() -> Self {
+        const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut rng = rand::rng();
+        let s = (0..Self::LEN)
+            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+            .collect();
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `wp_<id>`: the database, the database user, the Redis user, the swarm service.
+    pub fn resource_name(&self) -> String {
+        format!("wp_{}", self.0)
+    }
+
+    /// `wp_<id>:`: the prefix of every Redis key and channel of the site.
+    pub fn redis_prefix(&self) -> String {
+        format!("wp_{}:", self.0)
+    }
+}
+
+impl fmt::Display for SiteResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SiteResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SiteResourceId({})", self.0)
+    }
+}
+
+/// A host name as it appears in `Host:` headers, VCL and Traefik rules: lower-case
+/// ASCII (IDNs already in punycode), labels of `[a-z0-9-]` (1–63 characters, no leading
+/// or trailing `-`), at least two labels, at most 253 characters, no trailing dot.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+impl DomainName {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let bad = |reason: &'static str| Err(Error::invalid("domain name", reason));
+        if s.is_empty() || s.len() > 253 {
+            return bad("length must be 1..=253");
+        }
+        let labels: Vec<&str> = s.split('.').collect();
+        if labels.len() < 2 {
+            return bad("needs at least two labels");
+        }
+        for label in labels {
+            if label.is_empty() || label.len() > 63 {
+                return bad("each label must be 1..=63 characters");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return bad("only lower-case a-z, 0-9, '-' and '.' (punycode for IDNs)");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return bad("a label cannot start or end with '-'");
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DomainName({})", self.0)
+    }
+}
+
+/// A secret value (password, token, key). `Debug` and `Display` print `[redacted]`;
+/// read it with [`Secret::expose`] exactly where it is sent to a server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A per-site password (database, Redis): 24 to 64 characters of `[A-Za-z0-9]`.
+///
+/// The alphabet is what makes it safe everywhere it must travel as text: the ProxySQL
+/// admin interface (no bound parameters), Redis ACL rules, swarm secrets, PHP config.
+/// Generated ones are 32 characters (about 190 bits).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SitePassword(Secret);
+
+impl SitePassword {
+    pub const GENERATED_LEN: usize = 32;
+
+    pub fn generate() -> Self {
+        let s: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(Self::GENERATED_LEN)
+            .map(char::from)
+            .collect();
+        Self(Secret(s))
+    }
+
+    /// Accepts a stored password (e.g. decrypted from the control plane).
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if (24..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(Self(Secret(s.to_owned())))
+        } else {
+            Err(Error::invalid(
+                "site password",
+                "must be 24..=64 characters of [A-Za-z0-9]",
+            ))
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.0
+    }
+
+    /// Lower-case hex SHA-256 of the password: what Redis stores and `ACL GETUSER` shows.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(Sha256::digest(self.expose().as_bytes()))
+    }
+}
+
+impl fmt::Debug for SitePassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SitePassword([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_id_accepts_base32_only() {
+        assert!(SiteResourceId::parse("k3v9q2m8xa").is_err(), "9 is not base32");
+        assert!(SiteResourceId::parse("k3v7q2m6xa").is_ok());
+        for bad in [
+            "",
+            "k3v7q2m6x",
+            "k3v7q2m6xab",
+            "K3V7Q2M6XA",
+            "k3v7q2m6x1",
+            "k3v7q2m6x`",
+            "k3v7q2m6x'",
+            "k3v7q2m_xa",
+        ] {
+            assert!(SiteResourceId::parse(bad).is_err(), "{bad:?}");
+        }
+        let id = SiteResourceId::generate();
+        assert_eq!(SiteResourceId::parse(id.as_str()).ok(), Some(id.clone()));
+        assert_eq!(id.resource_name(), format!("wp_{id}"));
+        assert_eq!(
+            SiteResourceId::from_resource_name(&id.resource_name()),
+            Some(id)
+        );
+        assert_eq!(SiteResourceId::from_resource_name("wp_users"), None);
+    }
+
+    #[test]
+    fn domain_names() {
+        for ok in ["s1.test", "www.example.com", "xn--bcher-kva.example", "a-b.c0"] {
+            assert!(DomainName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "localhost",
+            "Example.com",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a.b.",
+            "a b.c",
+            "a\".b",
+            "a`.b",
+            "bücher.example",
+            "a.b:80",
+        ] {
+            assert!(DomainName::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("{}.test", "a".repeat(64));
+        assert!(DomainName::parse(&long).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let p = SitePassword::generate();
+        assert_eq!(p.expose().len(), 32);
+        assert!(p.expose().bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert!(!format!("{p:?}").contains(p.expose()));
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "[redacted] Secret([redacted])");
+        assert!(SitePassword::parse("short").is_err());
+        assert!(SitePassword::parse(&format!("{}'", "a".repeat(30))).is_err());
+        assert!(SitePassword::parse(&"a".repeat(30)).is_ok());
+    }
+}

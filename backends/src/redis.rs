@@ -1,0 +1,579 @@
+//! The site's Redis object cache: ACL user `wp_<id>` limited to keys and channels
+//! `wp_<id>:*`, on every data node.
+//!
+//! ACLs are not replicated, so the user is applied to the master *and* every replica,
+//! found through Sentinel (`SENTINEL get-master-addr-by-name`, `SENTINEL replicas`),
+//! then `ACL SAVE`d where the node has an `aclfile` (so a restarted node keeps it).
+//! A replica Sentinel flags as down (`s_down`, `o_down`, `disconnected`) is skipped and
+//! reported unreachable; the reconciler applies the user when it is back.
+//!
+//! The rule set (LAB.md): `+@all -@dangerous` minus `SCAN`, `RANDOMKEY`, `DBSIZE` (they
+//! leak other sites' key names and counts; `KEYS` is already in `@dangerous`), plus
+//! `ACL WHOAMI`. The password is given as `#<sha256>`, so the clear text never reaches
+//! Redis, its ACL file or its logs.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ProtocolVersion,
+    RedisConnectionInfo, Value,
+};
+
+use crate::config::RedisConfig;
+use crate::error::{Error, Result};
+use crate::ids::{Secret, SitePassword, SiteResourceId};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The command rules of every site user, after `reset on #<hash> ~… &…`; also what
+/// `ACL GETUSER` reports back as `commands` on Redis 7.0.
+pub const SITE_COMMAND_RULES: &str = "+@all -@dangerous -scan -randomkey -dbsize +acl|whoami";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    Master,
+    Replica,
+}
+
+/// The data nodes as Sentinel sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// `host:port` of the master.
+    pub master: String,
+    /// Replicas Sentinel considers up.
+    pub replicas: Vec<String>,
+    /// Replicas Sentinel flags as down or disconnected.
+    pub down_replicas: Vec<String>,
+}
+
+/// The site user on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAclState {
+    pub node: String,
+    pub role: NodeRole,
+    pub reachable: bool,
+    pub user_present: bool,
+    /// Present with exactly our flags, password, key/channel patterns and command rules
+    /// (password checked only when one is given).
+    pub converged: bool,
+    /// `Some(true)` after a successful `ACL SAVE`; `None` where no aclfile is configured
+    /// (or nothing was written).
+    pub saved: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheState {
+    pub nodes: Vec<NodeAclState>,
+}
+
+impl CacheState {
+    /// Every node converged and reachable.
+    pub fn is_converged(&self) -> bool {
+        !self.nodes.is_empty() && self.nodes.iter().all(|n| n.reachable && n.converged)
+    }
+
+    /// The user is on no reachable node.
+    pub fn is_absent(&self) -> bool {
+        self.nodes.iter().all(|n| !n.user_present)
+    }
+}
+
+/// What `remove_site_cache` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRemoval {
+    pub nodes: Vec<String>,
+    pub keys_deleted: u64,
+}
+
+/// The site's Redis user and keys.
+pub trait SiteCache {
+    /// Creates or converges the ACL user on every reachable node, then `ACL SAVE`.
+    fn ensure_site_cache(
+        &self,
+        id: &SiteResourceId,
+        password: &SitePassword,
+    ) -> impl Future<Output = Result<CacheState>> + Send;
+
+    /// Reads the user on every node (password compared when given).
+    fn observe_site_cache(
+        &self,
+        id: &SiteResourceId,
+        password: Option<&SitePassword>,
+    ) -> impl Future<Output = Result<CacheState>> + Send;
+
+    /// Deletes the user on every reachable node, then the site's keys on the master
+    /// (`SCAN MATCH wp_<id>:*`, `UNLINK` in batches). Absent is success.
+    fn remove_site_cache(
+        &self,
+        id: &SiteResourceId,
+    ) -> impl Future<Output = Result<CacheRemoval>> + Send;
+}
+
+/// [`SiteCache`] over Redis nodes discovered through Sentinel.
+#[derive(Debug, Clone)]
+pub struct RedisSentinelDriver {
+    sentinels: Vec<String>,
+    master_name: String,
+    admin_user: Option<String>,
+    admin_password: Option<Secret>,
+    sentinel_password: Option<Secret>,
+    unlink_batch: usize,
+}
+
+fn redis_err(node: &str, context: &str) -> impl FnOnce(redis::RedisError) -> Error {
+    let node = node.to_owned();
+    let context = context.to_owned();
+    move |source| Error::Redis {
+        node,
+        context,
+        source,
+    }
+}
+
+fn split_addr(addr: &str) -> Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| Error::unexpected("redis", format!("address without port: {addr}")))?;
+    let port = port
+        .parse()
+        .map_err(|_| Error::unexpected("redis", format!("bad port in {addr}")))?;
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+async fn connect(
+    addr: &str,
+    username: Option<&str>,
+    password: Option<&Secret>,
+) -> Result<MultiplexedConnection> {
+    let (host, port) = split_addr(addr)?;
+    let info = ConnectionInfo {
+        addr: ConnectionAddr::Tcp(host, port),
+        redis: RedisConnectionInfo {
+            db: 0,
+            username: username.map(str::to_owned),
+            password: password.map(|p| p.expose().to_owned()),
+            protocol: ProtocolVersion::RESP2,
+        },
+    };
+    let client = Client::open(info).map_err(redis_err(addr, "client"))?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT);
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(redis_err(addr, "connect"))
+}
+
+/// The `ACL SETUSER` arguments of a site user (after the user name). Pure.
+pub fn site_acl_rules(id: &SiteResourceId, password: &SitePassword) -> Vec<String> {
+    let prefix = id.redis_prefix();
+    let mut rules = vec![
+        "reset".to_owned(),
+        "on".to_owned(),
+        format!("#{}", password.sha256_hex()),
+        format!("~{prefix}*"),
+        format!("&{prefix}*"),
+    ];
+    rules.extend(SITE_COMMAND_RULES.split(' ').map(str::to_owned));
+    rules
+}
+
+fn value_to_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn value_to_strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().filter_map(value_to_string).collect()
+        }
+        other => value_to_string(other).into_iter().collect(),
+    }
+}
+
+/// The fields of `ACL GETUSER` we compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclUser {
+    pub flags: Vec<String>,
+    pub passwords: Vec<String>,
+    pub commands: String,
+    pub keys: String,
+    pub channels: String,
+}
+
+/// Parses the reply of `ACL GETUSER` (RESP2 flat key/value array, or RESP3 map).
+pub fn parse_acl_getuser(v: &Value) -> Option<AclUser> {
+    let pairs: Vec<(String, &Value)> = match v {
+        Value::Nil => return None,
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => value_to_string(k).map(|k| (k, v)),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items
+            .iter()
+            .filter_map(|(k, v)| value_to_string(k).map(|k| (k, v)))
+            .collect(),
+        _ => return None,
+    };
+    let mut user = AclUser::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "flags" => user.flags = value_to_strings(v),
+            "passwords" => user.passwords = value_to_strings(v),
+            "commands" => user.commands = value_to_string(v).unwrap_or_default(),
+            "keys" => user.keys = value_to_strings(v).join(" "),
+            "channels" => user.channels = value_to_strings(v).join(" "),
+            _ => {}
+        }
+    }
+    Some(user)
+}
+
+/// Whether a user read back is exactly the site user. Pure.
+pub fn acl_user_converged(
+    id: &SiteResourceId,
+    password: Option<&SitePassword>,
+    user: &AclUser,
+) -> bool {
+    let prefix = id.redis_prefix();
+    let password_ok = match password {
+        Some(p) => user.passwords == [p.sha256_hex()],
+        None => user.passwords.len() == 1,
+    };
+    user.flags.iter().any(|f| f == "on")
+        && !user.flags.iter().any(|f| f == "nopass" || f == "allkeys")
+        && password_ok
+        && user.keys == format!("~{prefix}*")
+        && user.channels == format!("&{prefix}*")
+        && user.commands == SITE_COMMAND_RULES
+}
+
+impl RedisSentinelDriver {
+    pub fn new(config: &RedisConfig) -> Result<Self> {
+        if config.sentinels.is_empty() {
+            return Err(Error::invalid("redis.sentinels", "at least one sentinel"));
+        }
+        for s in &config.sentinels {
+            split_addr(s)?;
+        }
+        Ok(Self {
+            sentinels: config.sentinels.clone(),
+            master_name: config.master_name.clone(),
+            admin_user: config.admin_user.clone(),
+            admin_password: config.admin_password.clone(),
+            sentinel_password: config.sentinel_password.clone(),
+            unlink_batch: config.unlink_batch.max(1),
+        })
+    }
+
+    async fn node(&self, addr: &str) -> Result<MultiplexedConnection> {
+        connect(
+            addr,
+            self.admin_user.as_deref(),
+            self.admin_password.as_ref(),
+        )
+        .await
+    }
+
+    /// Asks the Sentinels, in order, for the master and its replicas.
+    pub async fn topology(&self) -> Result<Topology> {
+        let mut last_err = None;
+        for sentinel in &self.sentinels {
+            match self.topology_from(sentinel).await {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    tracing::warn!(sentinel = %sentinel, error = %e, "sentinel did not answer");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::unexpected("redis", "no sentinel configured")))
+    }
+
+    async fn topology_from(&self, sentinel: &str) -> Result<Topology> {
+        let mut conn = connect(sentinel, None, self.sentinel_password.as_ref()).await?;
+        let master: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err(sentinel, "SENTINEL get-master-addr-by-name"))?;
+        let (host, port) = master.ok_or_else(|| {
+            Error::unexpected(
+                "redis",
+                format!("sentinel {sentinel} does not know master {}", self.master_name),
+            )
+        })?;
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err(sentinel, "SENTINEL replicas"))?;
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for r in replicas {
+            let (Some(ip), Some(port)) = (r.get("ip"), r.get("port")) else {
+                continue;
+            };
+            let addr = format!("{ip}:{port}");
+            let flags = r.get("flags").map(String::as_str).unwrap_or("");
+            let is_down = flags
+                .split(',')
+                .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+            if is_down {
+                down.push(addr);
+            } else {
+                up.push(addr);
+            }
+        }
+        up.sort();
+        down.sort();
+        Ok(Topology {
+            master: format!("{host}:{port}"),
+            replicas: up,
+            down_replicas: down,
+        })
+    }
+
+    fn nodes_of(t: &Topology) -> Vec<(String, NodeRole)> {
+        std::iter::once((t.master.clone(), NodeRole::Master))
+            .chain(t.replicas.iter().map(|r| (r.clone(), NodeRole::Replica)))
+            .collect()
+    }
+
+    fn unreachable(t: &Topology) -> impl Iterator<Item = NodeAclState> + '_ {
+        t.down_replicas.iter().map(|node| NodeAclState {
+            node: node.clone(),
+            role: NodeRole::Replica,
+            reachable: false,
+            user_present: false,
+            converged: false,
+            saved: None,
+        })
+    }
+
+    async fn read_user(
+        conn: &mut MultiplexedConnection,
+        node: &str,
+        id: &SiteResourceId,
+    ) -> Result<Option<AclUser>> {
+        let v: Value = redis::cmd("ACL")
+            .arg("GETUSER")
+            .arg(id.resource_name())
+            .query_async(conn)
+            .await
+            .map_err(redis_err(node, "ACL GETUSER"))?;
+        Ok(parse_acl_getuser(&v))
+    }
+
+    /// `ACL SAVE` if the node has an aclfile; `None` if it has none.
+    async fn save_acl(conn: &mut MultiplexedConnection, node: &str) -> Result<Option<bool>> {
+        let aclfile: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("aclfile")
+            .query_async(conn)
+            .await
+            .map_err(redis_err(node, "CONFIG GET aclfile"))?;
+        if aclfile.get(1).is_none_or(|f| f.is_empty()) {
+            tracing::debug!(node = %node, "no aclfile: ACL kept in memory only");
+            return Ok(None);
+        }
+        let _: () = redis::cmd("ACL")
+            .arg("SAVE")
+            .query_async(conn)
+            .await
+            .map_err(redis_err(node, "ACL SAVE"))?;
+        Ok(Some(true))
+    }
+
+    /// Ids of every `wp_<id>` ACL user on the master (orphan detection).
+    pub async fn list_site_ids(&self) -> Result<BTreeSet<SiteResourceId>> {
+        let t = self.topology().await?;
+        let mut conn = self.node(&t.master).await?;
+        let users: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err(&t.master, "ACL USERS"))?;
+        Ok(users
+            .iter()
+            .filter_map(|u| SiteResourceId::from_resource_name(u))
+            .collect())
+    }
+}
+
+impl SiteCache for RedisSentinelDriver {
+    async fn ensure_site_cache(
+        &self,
+        id: &SiteResourceId,
+        password: &SitePassword,
+    ) -> Result<CacheState> {
+        let t = self.topology().await?;
+        let rules = site_acl_rules(id, password);
+        let mut nodes = Vec::new();
+        for (node, role) in Self::nodes_of(&t) {
+            let mut conn = self.node(&node).await?;
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(id.resource_name())
+                .arg(&rules)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(&node, "ACL SETUSER"))?;
+            let saved = Self::save_acl(&mut conn, &node).await?;
+            let user = Self::read_user(&mut conn, &node, id).await?;
+            let converged = user
+                .as_ref()
+                .is_some_and(|u| acl_user_converged(id, Some(password), u));
+            if !converged {
+                return Err(Error::unexpected(
+                    "redis",
+                    format!(
+                        "{node}: {} reads back differently after ACL SETUSER",
+                        id.resource_name()
+                    ),
+                ));
+            }
+            nodes.push(NodeAclState {
+                node,
+                role,
+                reachable: true,
+                user_present: true,
+                converged,
+                saved,
+            });
+        }
+        nodes.extend(Self::unreachable(&t));
+        Ok(CacheState { nodes })
+    }
+
+    async fn observe_site_cache(
+        &self,
+        id: &SiteResourceId,
+        password: Option<&SitePassword>,
+    ) -> Result<CacheState> {
+        let t = self.topology().await?;
+        let mut nodes = Vec::new();
+        for (node, role) in Self::nodes_of(&t) {
+            let state = match self.node(&node).await {
+                Ok(mut conn) => {
+                    let user = Self::read_user(&mut conn, &node, id).await?;
+                    NodeAclState {
+                        node,
+                        role,
+                        reachable: true,
+                        user_present: user.is_some(),
+                        converged: user
+                            .as_ref()
+                            .is_some_and(|u| acl_user_converged(id, password, u)),
+                        saved: None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "redis node unreachable");
+                    NodeAclState {
+                        node,
+                        role,
+                        reachable: false,
+                        user_present: false,
+                        converged: false,
+                        saved: None,
+                    }
+                }
+            };
+            nodes.push(state);
+        }
+        nodes.extend(Self::unreachable(&t));
+        Ok(CacheState { nodes })
+    }
+
+    async fn remove_site_cache(&self, id: &SiteResourceId) -> Result<CacheRemoval> {
+        let t = self.topology().await?;
+        let mut touched = Vec::new();
+        // The user first, everywhere: DELUSER also closes its connections, so no new
+        // keys appear while the old ones are deleted.
+        for (node, _) in Self::nodes_of(&t) {
+            let mut conn = self.node(&node).await?;
+            let _: i64 = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(id.resource_name())
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(&node, "ACL DELUSER"))?;
+            Self::save_acl(&mut conn, &node).await?;
+            touched.push(node);
+        }
+        // The id is [a-z2-7]: no glob metacharacters in the pattern.
+        let pattern = format!("{}*", id.redis_prefix());
+        let mut conn = self.node(&t.master).await?;
+        let mut cursor: u64 = 0;
+        let mut deleted: u64 = 0;
+        let mut batch: Vec<String> = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(&t.master, "SCAN"))?;
+            batch.extend(keys);
+            while batch.len() >= self.unlink_batch || (next == 0 && !batch.is_empty()) {
+                let take = batch.len().min(self.unlink_batch);
+                let chunk: Vec<String> = batch.drain(..take).collect();
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&chunk)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err(&t.master, "UNLINK"))?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(CacheRemoval {
+            nodes: touched,
+            keys_deleted: deleted,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_exact() {
+        let id = SiteResourceId::parse("k3v7q2m6xa").unwrap_or_else(|e| panic!("{e}"));
+        let pw = SitePassword::parse("abcdefghijklmnopqrstuvwxyz012345")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rules = site_acl_rules(&id, &pw);
+        assert_eq!(
+            rules.join(" "),
+            format!(
+                "reset on #{} ~wp_k3v7q2m6xa:* &wp_k3v7q2m6xa:* +@all -@dangerous -scan \
+                 -randomkey -dbsize +acl|whoami",
+                pw.sha256_hex()
+            )
+        );
+        assert!(!rules.iter().any(|r| r.contains(pw.expose())));
+    }
+}
