@@ -1,1 +1,20 @@
-//! Control-plane schema migrations.
+//! Control-plane schema migrations (sea-orm-migration).
+//!
+//! Applied by `pressdock migrate` and at `pressdock serve` start. Migrations are written
+//! expand-then-contract so that the previous release of the platform can run against a
+//! schema one migration ahead (STYLE.md, habit 11): add columns and tables first, drop
+//! them only in a later release.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_initial;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_initial::Migration)]
+    }
+}

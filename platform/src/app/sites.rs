@@ -1,0 +1,454 @@
+//! Sites: a WordPress site of a tenant, with its domains and plan.
+//!
+//! Creating, deleting, suspending and resuming a site are operations run by the job
+//! runner (`202` with the operation). Domains are normalised (IDNA → punycode, lower-case)
+//! and unique across all tenants: the `domains` table's primary key makes two concurrent
+//! creates of one domain end with exactly one winner and a 409 for the other.
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{FromRow, MySqlConnection, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    Page, decode_cursor, encode_cursor,
+    idempotency::{self, IdemKey, Replay},
+    is_duplicate,
+    operations::{self, Operation},
+};
+use crate::{
+    actor::Actor,
+    audit::{self, Event},
+    domain::{DomainName, Fields, Id, TenantRole, parse_name},
+    error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Site {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// The plan's slug.
+    pub plan: String,
+    /// provisioning, active, suspended, deleting, deleted, failed.
+    pub state: String,
+    /// The primary domain.
+    pub domain: String,
+    pub aliases: Vec<String>,
+    /// The worker node the site is placed on.
+    pub node: Option<String>,
+    pub generation: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(FromRow)]
+struct SiteRow {
+    id: String,
+    seq: i64,
+    tenant_id: String,
+    name: String,
+    plan: String,
+    state: String,
+    primary_domain: String,
+    node: Option<String>,
+    generation: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A change accepted for the job runner.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub site: Site,
+    pub operation: Operation,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSite {
+    pub name: String,
+    /// The primary domain; IDNA names are stored as punycode.
+    pub domain: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The plan's slug.
+    pub plan: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteChange {
+    pub name: Option<String>,
+    pub domain: Option<String>,
+    pub aliases: Option<Vec<String>>,
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFilter {
+    /// Only sites in this state.
+    pub state: Option<String>,
+    /// Only the site with this domain (primary or alias).
+    pub domain: Option<String>,
+    /// From `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1 to 200; 50 by default.
+    pub limit: Option<u32>,
+}
+
+const STATES: &[&str] = &["provisioning", "active", "suspended", "deleting", "deleted", "failed"];
+const MAX_ALIASES: usize = 20;
+
+const SELECT: &str = "SELECT s.id, s.seq, s.tenant_id, s.name, p.slug AS plan, s.state, s.primary_domain, \
+     n.name AS node, s.generation, s.created_at, s.updated_at \
+     FROM sites s JOIN plans p ON p.id = s.plan_id \
+     LEFT JOIN placements pl ON pl.site_id = s.id LEFT JOIN nodes n ON n.id = pl.node_id";
+
+async fn with_aliases(conn: &mut MySqlConnection, rows: Vec<SiteRow>) -> ApiResult<Vec<Site>> {
+    let mut aliases: std::collections::HashMap<String, Vec<String>> = Default::default();
+    if !rows.is_empty() {
+        let mut query = QueryBuilder::new("SELECT site_id, domain FROM domains WHERE is_primary = 0 AND site_id IN (");
+        let mut list = query.separated(", ");
+        for row in &rows {
+            list.push_bind(&row.id);
+        }
+        query.push(") ORDER BY domain");
+        let found: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *conn).await?;
+        for (site, domain) in found {
+            aliases.entry(site).or_default().push(domain);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Site {
+            aliases: aliases.remove(&r.id).unwrap_or_default(),
+            id: r.id,
+            tenant_id: r.tenant_id,
+            name: r.name,
+            plan: r.plan,
+            state: r.state,
+            domain: r.primary_domain,
+            node: r.node,
+            generation: r.generation,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+        .collect())
+}
+
+pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
+    let row = sqlx::query_as::<_, SiteRow>(sql!("{SELECT} WHERE s.id = ? AND s.state <> 'deleted'"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(ApiError::NotFound("site"))?;
+    with_aliases(conn, vec![row]).await?.pop().ok_or(ApiError::NotFound("site"))
+}
+
+/// The site if the caller may see it with at least `min`; 404 otherwise.
+async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -> ApiResult<Site> {
+    let mut conn = state.db.acquire().await?;
+    let site = load(&mut conn, id.as_str()).await?;
+    let tenant = Id::parse(&site.tenant_id).ok_or(ApiError::NotFound("site"))?;
+    actor.require_tenant(state, &tenant, min).await.map_err(|e| match e {
+        ApiError::NotFound(_) => ApiError::NotFound("site"),
+        other => other,
+    })?;
+    Ok(site)
+}
+
+pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
+    authorized(state, actor, id, TenantRole::Viewer).await
+}
+
+pub async fn list(state: &AppState, actor: &Actor, tenant: &Id, filter: SiteFilter) -> ApiResult<Page<Site>> {
+    actor.require_tenant(state, tenant, TenantRole::Viewer).await?;
+    let mut fields = Fields::default();
+    let limit = filter.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        fields.push("limit", "must be between 1 and 200");
+    }
+    if let Some(s) = &filter.state
+        && !STATES.contains(&s.as_str())
+    {
+        fields.push("state", format!("must be one of {}", STATES.join(", ")));
+    }
+    let after = match &filter.cursor {
+        Some(c) => fields.check("cursor", decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned())),
+        None => Some(0),
+    };
+    let domain = filter.domain.as_deref().map(DomainName::parse).transpose();
+    let domain = fields.check("domain", domain).flatten();
+    fields.finish()?;
+
+    let mut query = QueryBuilder::new(SELECT);
+    query.push(" WHERE s.tenant_id = ").push_bind(tenant.as_str());
+    query.push(" AND s.seq > ").push_bind(after.unwrap_or(0));
+    match &filter.state {
+        Some(state) => query.push(" AND s.state = ").push_bind(state.clone()),
+        None => query.push(" AND s.state <> 'deleted'"),
+    };
+    if let Some(domain) = &domain {
+        query.push(" AND s.id IN (SELECT site_id FROM domains WHERE domain = ").push_bind(domain.as_str()).push(")");
+    }
+    query.push(" ORDER BY s.seq LIMIT ").push_bind(i64::from(limit) + 1);
+    let mut conn = state.db.acquire().await?;
+    let mut rows: Vec<SiteRow> = query.build_query_as().fetch_all(&mut *conn).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| encode_cursor(r.seq))
+    } else {
+        None
+    };
+    Ok(Page { items: with_aliases(&mut conn, rows).await?, next_cursor })
+}
+
+/// Parses the primary domain and aliases into one de-duplicated list, primary first.
+fn parse_domains(fields: &mut Fields, domain: &str, aliases: &[String]) -> Vec<DomainName> {
+    let mut all = Vec::new();
+    if let Some(primary) = fields.check("domain", DomainName::parse(domain)) {
+        all.push(primary);
+    }
+    if aliases.len() > MAX_ALIASES {
+        fields.push("aliases", format!("at most {MAX_ALIASES} aliases"));
+    }
+    for (i, alias) in aliases.iter().enumerate() {
+        if let Some(alias) = fields.check(&format!("aliases[{i}]"), DomainName::parse(alias)) {
+            if all.contains(&alias) {
+                fields.push(format!("aliases[{i}]"), "repeats another domain of the site");
+            } else {
+                all.push(alias);
+            }
+        }
+    }
+    all
+}
+
+/// Inserts domain rows; a taken one is a 409 naming the field.
+async fn insert_domains(conn: &mut MySqlConnection, site: &str, domains: &[DomainName]) -> ApiResult<()> {
+    for (i, domain) in domains.iter().enumerate() {
+        let inserted = sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, ?)")
+            .bind(domain.as_str())
+            .bind(site)
+            .bind(i == 0)
+            .execute(&mut *conn)
+            .await;
+        match inserted {
+            Err(err) if is_duplicate(&err) => {
+                let field = if i == 0 { "domain" } else { "aliases" };
+                return Err(ApiError::conflict(Some(field), format!("{domain} is already used by a site")));
+            }
+            other => other?,
+        };
+    }
+    Ok(())
+}
+
+/// The outcome of a create: a new site, or the stored response of an earlier identical request.
+pub enum Created {
+    New(Accepted),
+    Replayed(Replay),
+}
+
+pub async fn create(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &Id,
+    input: NewSite,
+    idem: Option<IdemKey>,
+) -> ApiResult<Created> {
+    actor.require_tenant(state, tenant, TenantRole::Member).await?;
+    let mut fields = Fields::default();
+    let name = fields.check("name", parse_name(&input.name));
+    let domains = parse_domains(&mut fields, &input.domain, &input.aliases);
+    let plan = super::plans::by_slug(&state.db, &input.plan).await?;
+    if plan.is_none() {
+        fields.push("plan", "is not a plan; see GET /v1/plans");
+    }
+    fields.finish()?;
+    let (Some(name), Some(plan)) = (name, plan) else { return Err(ApiError::field("body", "invalid")) };
+
+    let mut tx = state.db.begin().await?;
+    if let Some(key) = &idem
+        && let Some(replay) = idempotency::claim(&mut tx, &actor.user_id, key).await?
+    {
+        return Ok(Created::Replayed(replay));
+    }
+    let tenant_state: Option<String> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if tenant_state.as_deref() != Some("active") {
+        return Err(ApiError::conflict(None, "the tenant is not active"));
+    }
+    let id = Id::generate();
+    sqlx::query(
+        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain) \
+         VALUES (?, ?, ?, ?, 'provisioning', ?)",
+    )
+    .bind(id.as_str())
+    .bind(tenant.as_str())
+    .bind(&name)
+    .bind(&plan.id)
+    .bind(domains[0].as_str())
+    .execute(&mut *tx)
+    .await?;
+    insert_domains(&mut tx, id.as_str(), &domains).await?;
+    let op = operations::enqueue(&mut tx, Some(actor), "site.create", Some(tenant.as_str()), "site", id.as_str()).await?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "site.create",
+            tenant_id: Some(tenant.as_str()),
+            target_type: "site",
+            target_id: id.as_str(),
+            details: json!({ "domains": domains, "plan": plan.slug, "operation": op }),
+        },
+    )
+    .await?;
+    let accepted = Accepted { site: load(&mut tx, id.as_str()).await?, operation: operations::load(&mut tx, op.as_str()).await? };
+    if let Some(key) = &idem {
+        let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
+        idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
+    }
+    tx.commit().await?;
+    Ok(Created::New(accepted))
+}
+
+pub async fn update(state: &AppState, actor: &Actor, id: &Id, change: SiteChange) -> ApiResult<Site> {
+    let site = authorized(state, actor, id, TenantRole::Member).await?;
+    if !matches!(site.state.as_str(), "active" | "suspended") {
+        return Err(ApiError::conflict(None, format!("the site is {}; try again when it is active", site.state)));
+    }
+    let mut fields = Fields::default();
+    let name = fields.check("name", change.name.as_deref().map(parse_name).transpose()).flatten();
+    let domains = (change.domain.is_some() || change.aliases.is_some()).then(|| {
+        parse_domains(
+            &mut fields,
+            change.domain.as_deref().unwrap_or(&site.domain),
+            change.aliases.as_deref().unwrap_or(&site.aliases),
+        )
+    });
+    let plan = match &change.plan {
+        Some(slug) => {
+            let plan = super::plans::by_slug(&state.db, slug).await?;
+            if plan.is_none() {
+                fields.push("plan", "is not a plan; see GET /v1/plans");
+            }
+            plan
+        }
+        None => None,
+    };
+    fields.finish()?;
+
+    let mut tx = state.db.begin().await?;
+    // Lock the site row: concurrent changes of one site apply one after the other.
+    sqlx::query("SELECT id FROM sites WHERE id = ? FOR UPDATE").bind(id.as_str()).execute(&mut *tx).await?;
+    if let Some(name) = &name {
+        sqlx::query("UPDATE sites SET name = ? WHERE id = ?").bind(name).bind(id.as_str()).execute(&mut *tx).await?;
+    }
+    if let Some(domains) = &domains {
+        sqlx::query("DELETE FROM domains WHERE site_id = ?").bind(id.as_str()).execute(&mut *tx).await?;
+        insert_domains(&mut tx, id.as_str(), domains).await?;
+        sqlx::query("UPDATE sites SET primary_domain = ? WHERE id = ?")
+            .bind(domains[0].as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(plan) = &plan {
+        refit_plan(&mut tx, id.as_str(), plan).await?;
+    }
+    sqlx::query("UPDATE sites SET generation = generation + 1, updated_at = NOW(6) WHERE id = ?")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "site.update",
+            tenant_id: Some(&site.tenant_id),
+            target_type: "site",
+            target_id: id.as_str(),
+            details: json!({ "name": name, "domains": domains, "plan": plan.as_ref().map(|p| &p.slug) }),
+        },
+    )
+    .await?;
+    let updated = load(&mut tx, id.as_str()).await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Moves a placed site to a new plan if its worker has room for the new slot count.
+async fn refit_plan(conn: &mut MySqlConnection, site: &str, plan: &super::plans::Plan) -> ApiResult<()> {
+    let placed: Option<(String, i32)> =
+        sqlx::query_as("SELECT node_id, slots FROM placements WHERE site_id = ? FOR UPDATE")
+            .bind(site)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((node, slots)) = placed
+        && plan.slots > slots
+    {
+        let (capacity, used): (i32, i64) = sqlx::query_as(
+            "SELECT n.slots, CAST(COALESCE((SELECT SUM(p.slots) FROM placements p WHERE p.node_id = n.id), 0) AS SIGNED) \
+             FROM nodes n WHERE n.id = ? FOR UPDATE",
+        )
+        .bind(&node)
+        .fetch_one(&mut *conn)
+        .await?;
+        if used - i64::from(slots) + i64::from(plan.slots) > i64::from(capacity) {
+            return Err(ApiError::conflict(Some("plan"), "the site's worker has no room for this plan; rebalance first"));
+        }
+    }
+    sqlx::query("UPDATE placements SET slots = ? WHERE site_id = ?").bind(plan.slots).bind(site).execute(&mut *conn).await?;
+    sqlx::query("UPDATE sites SET plan_id = ? WHERE id = ?").bind(&plan.id).bind(site).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Starts delete, suspend or resume: checks the state, then enqueues the saga.
+pub async fn transition(state: &AppState, actor: &Actor, id: &Id, kind: &str) -> ApiResult<Accepted> {
+    let site = authorized(state, actor, id, TenantRole::Member).await?;
+    let (allowed, next): (&[&str], &str) = match kind {
+        "site.delete" => (&["active", "suspended", "failed"], "deleting"),
+        "site.suspend" => (&["active"], "suspended"),
+        "site.resume" => (&["suspended"], "active"),
+        _ => return Err(ApiError::Internal(anyhow::anyhow!("unknown transition {kind}"))),
+    };
+    let mut tx = state.db.begin().await?;
+    let current: String = sqlx::query_scalar("SELECT state FROM sites WHERE id = ? FOR UPDATE")
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    let busy: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
+         AND state IN ('pending', 'running', 'unwinding')",
+    )
+    .bind(id.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    if busy > 0 || !allowed.contains(&current.as_str()) {
+        return Err(ApiError::conflict(None, format!("the site is {current}; it cannot go to {next} now")));
+    }
+    if kind == "site.delete" {
+        sqlx::query("UPDATE sites SET state = 'deleting', updated_at = NOW(6) WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let op = operations::enqueue(&mut tx, Some(actor), kind, Some(&site.tenant_id), "site", id.as_str()).await?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event { action: kind, tenant_id: Some(&site.tenant_id), target_type: "site", target_id: id.as_str(), details: json!({ "operation": op }) },
+    )
+    .await?;
+    let accepted = Accepted { site: load(&mut tx, id.as_str()).await?, operation: operations::load(&mut tx, op.as_str()).await? };
+    tx.commit().await?;
+    Ok(accepted)
+}

@@ -1,0 +1,81 @@
+//! Reading the audit log: staff read everything, tenant owners their tenant's events.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    actor::Actor,
+    app::{Page, decode_cursor, encode_cursor},
+    domain::{Fields, Id, TenantRole},
+    error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+#[derive(Debug, Serialize, FromRow, ToSchema)]
+pub struct AuditEvent {
+    #[serde(skip)]
+    pub id: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub actor_id: Option<String>,
+    pub actor_email: Option<String>,
+    pub tenant_id: Option<String>,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub source_ip: Option<String>,
+    pub request_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: Option<sqlx::types::Json<serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Only this action, such as `site.create`.
+    pub action: Option<String>,
+    pub cursor: Option<String>,
+    /// 1 to 500; 100 by default.
+    pub limit: Option<u32>,
+}
+
+/// Newest first.
+pub async fn list(state: &AppState, actor: &Actor, tenant: Option<&Id>, filter: AuditFilter) -> ApiResult<Page<AuditEvent>> {
+    match tenant {
+        Some(tenant) => {
+            actor.require_tenant(state, tenant, TenantRole::Owner).await?;
+        }
+        None if actor.is_staff() => {}
+        None => return Err(ApiError::Forbidden("the whole audit log is for staff")),
+    }
+    let mut fields = Fields::default();
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        fields.push("limit", "must be between 1 and 500");
+    }
+    let before = match &filter.cursor {
+        Some(c) => fields.check("cursor", decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned())),
+        None => Some(i64::MAX),
+    };
+    fields.finish()?;
+    let mut query = QueryBuilder::new(
+        "SELECT id, at, actor_id, actor_email, tenant_id, action, target_type, target_id, source_ip, \
+         request_id, details FROM audit_events WHERE id < ",
+    );
+    query.push_bind(before.unwrap_or(i64::MAX));
+    if let Some(tenant) = tenant {
+        query.push(" AND tenant_id = ").push_bind(tenant.as_str());
+    }
+    if let Some(action) = &filter.action {
+        query.push(" AND action = ").push_bind(action.clone());
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    let mut items: Vec<AuditEvent> = query.build_query_as().fetch_all(&state.db).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|e| encode_cursor(e.id))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}

@@ -1,0 +1,307 @@
+//! Typed configuration in layers: built-in defaults, then a TOML file (`--config` or
+//! `PRESSDOCK_CONFIG`), then `PRESSDOCK_*` environment variables.
+//!
+//! Secrets live in [`Secret`], whose `Debug`, `Display` and `Serialize` print a redaction,
+//! so printing the whole configuration (`pressdock config`) is always safe.
+
+use std::{fmt, net::SocketAddr, path::Path};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A value that must never be printed: passwords, keys, tokens.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+/// A database URL whose password is redacted when printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced, for logs and `pressdock config`.
+    pub fn redacted(&self) -> String {
+        match url_password_span(&self.0) {
+            Some((start, end)) => format!("{}[redacted]{}", &self.0[..start], &self.0[end..]),
+            None => self.0.clone(),
+        }
+    }
+}
+
+/// Byte span of the password in `scheme://user:password@host/...`, if any.
+fn url_password_span(url: &str) -> Option<(usize, usize)> {
+    let after_scheme = url.find("://")? + 3;
+    let rest = &url[after_scheme..];
+    let at = rest.rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some((after_scheme + colon + 1, after_scheme + at))
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// The platform's configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// MariaDB URL of the control-plane database (created if missing).
+    #[serde(default = "default_database_url")]
+    pub database_url: DatabaseUrl,
+    /// Key that signs access tokens and encrypts site secrets; at least 32 bytes.
+    #[serde(default)]
+    pub secret_key: Secret,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+    /// Settings of the provisioning drivers, kept as data until they are used.
+    #[serde(default)]
+    pub backends: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    /// Failed logins allowed per account within the window before 429.
+    pub max_failed_logins_per_account: u32,
+    /// Failed logins allowed per source address within the window before 429.
+    pub max_failed_logins_per_address: u32,
+    pub failed_login_window_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            max_failed_logins_per_account: 5,
+            max_failed_logins_per_address: 20,
+            failed_login_window_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// Creates the first staff admin when no staff user exists.
+    pub admin_email: Option<String>,
+    pub admin_password: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Run the job runner inside `serve`.
+    pub enabled: bool,
+    /// How long a claimed job is ours without renewal.
+    pub lease_secs: u64,
+    /// How often an idle runner looks for work.
+    pub poll_millis: u64,
+    /// Attempts of a step with retryable errors before the saga unwinds.
+    pub max_attempts: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { enabled: true, lease_secs: 15, poll_millis: 250, max_attempts: 5 }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_database_url() -> DatabaseUrl {
+    DatabaseUrl::new("mysql://root@127.0.0.1:3306/pressdock")
+}
+
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// [`Config::load`] with the environment given, for tests.
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| lookup("PRESSDOCK_CONFIG").map(Into::into));
+        let mut table = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration file {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing configuration file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, key) in ENV_KEYS {
+            if let Some(value) = lookup(name) {
+                set_path(&mut table, key, value)?;
+            }
+        }
+        let config: Config = table.try_into().context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.secret_key.is_empty() && self.secret_key.expose().len() < 32 {
+            bail!("secret_key must be at least 32 characters");
+        }
+        if self.auth.access_token_ttl_secs == 0 || self.jobs.lease_secs < 2 {
+            bail!("auth.access_token_ttl_secs must be > 0 and jobs.lease_secs >= 2");
+        }
+        Ok(())
+    }
+}
+
+/// Environment variables and the configuration key each one sets.
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("PRESSDOCK_LISTEN", "listen"),
+    ("PRESSDOCK_DATABASE_URL", "database_url"),
+    ("PRESSDOCK_SECRET_KEY", "secret_key"),
+    ("PRESSDOCK_BODY_LIMIT_BYTES", "body_limit_bytes"),
+    ("PRESSDOCK_BOOTSTRAP_ADMIN_EMAIL", "bootstrap.admin_email"),
+    ("PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap.admin_password"),
+    ("PRESSDOCK_ACCESS_TOKEN_TTL_SECS", "auth.access_token_ttl_secs"),
+    ("PRESSDOCK_JOBS_ENABLED", "jobs.enabled"),
+    ("PRESSDOCK_JOBS_LEASE_SECS", "jobs.lease_secs"),
+    ("PRESSDOCK_JOBS_POLL_MILLIS", "jobs.poll_millis"),
+];
+
+/// Sets `a.b` in the table from an environment string, typed by the key.
+fn set_path(table: &mut toml::Table, key: &str, raw: String) -> anyhow::Result<()> {
+    let value = match key {
+        "body_limit_bytes"
+        | "auth.access_token_ttl_secs"
+        | "jobs.lease_secs"
+        | "jobs.poll_millis" => toml::Value::Integer(
+            raw.parse().with_context(|| format!("{key} must be a whole number"))?,
+        ),
+        "jobs.enabled" => toml::Value::Boolean(
+            raw.parse().with_context(|| format!("{key} must be true or false"))?,
+        ),
+        _ => toml::Value::String(raw),
+    };
+    let mut parts = key.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_owned(), value);
+            break;
+        }
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("configuration key {part} is not a table"),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_secrets_never_print() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ndatabase_url = \"mysql://u:hunter2@db:3306/p\"\n[bootstrap]\nadmin_email = \"a@x.test\"\n",
+        )
+        .expect("write");
+        let env = vec![
+            ("PRESSDOCK_LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
+            ("PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD".to_owned(), "s3cret-pass".to_owned()),
+        ];
+        let config = Config::load_from(Some(&path), &env).expect("config");
+        assert_eq!(config.listen.port(), 9100, "env beats file");
+        assert_eq!(config.bootstrap.admin_email.as_deref(), Some("a@x.test"));
+        let printed = format!("{config:?} {}", toml::to_string(&config).expect("toml"));
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("s3cret-pass"), "{printed}");
+        assert!(printed.contains("mysql://u:[redacted]@db:3306/p"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").expect("write");
+        let err = Config::load_from(Some(&path), &[]).expect_err("typo refused");
+        assert!(format!("{err:#}").contains("lisen"));
+    }
+}

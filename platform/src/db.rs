@@ -1,0 +1,47 @@
+//! The control-plane database: connecting (creating the database if missing) and migrating.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use migrations::{Migrator, MigratorTrait};
+use sqlx::{
+    ConnectOptions, Connection, Executor, MySqlPool,
+    mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions},
+};
+
+use crate::config::DatabaseUrl;
+
+/// Connects, creating the database named in the URL if it does not exist.
+pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    let options = MySqlConnectOptions::from_str(url.expose())
+        .with_context(|| format!("parsing database URL {}", url.redacted()))?
+        .timezone(Some("+00:00".into()))
+        .log_statements(tracing::log::LevelFilter::Trace);
+    let name = options.get_database().map(str::to_owned);
+    if let Some(name) = &name {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            anyhow::bail!("the database name must be letters, digits and '_'");
+        }
+        let mut admin = MySqlConnection::connect_with(&options.clone().database(""))
+            .await
+            .with_context(|| format!("connecting to {}", url.redacted()))?;
+        admin
+            .execute(crate::sql!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            .await
+            .context("creating the database")?;
+        admin.close().await.ok();
+    }
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connecting to {}", url.redacted()))
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
+    let connection = sea_orm_migration::sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(pool.clone());
+    Migrator::up(&connection, None).await.context("applying migrations")?;
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! The durable job runner and the saga framework.
+//!
+//! Each operation has one job row. A runner claims a job with
+//! `SELECT … FOR UPDATE SKIP LOCKED` and writes a lease (owner and expiry) that it renews
+//! while it works; a job whose lease has run out (its runner was killed) is claimed again
+//! by any runner. Steps run in order, each recorded in `operation_steps`: a step is marked
+//! `running` before its effect and `done` after, so a runner that takes over re-runs the
+//! step that was interrupted. That is safe because every step is idempotent (`ensure`
+//! semantics) and every undo treats "already gone" as success. Before each step the runner
+//! checks that its lease is still its own, so two runners never run steps of one job at once.
+//!
+//! A retryable error retries the step with exponential backoff (the job is released with a
+//! later `run_after`); a permanent error, or too many attempts, unwinds: the undo of every
+//! step that ran, in reverse order, then the operation is `failed`.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::{MySqlPool, Row};
+use tokio::sync::watch;
+
+use crate::config::JobsConfig;
+
+/// An error of a step.
+#[derive(Debug)]
+pub enum StepError {
+    /// Worth trying again later (a backend is unreachable, a lock is taken).
+    Retryable(anyhow::Error),
+    /// Trying again will not help; the saga unwinds.
+    Permanent(anyhow::Error),
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Retryable(anyhow::Error::new(err).context("database"))
+    }
+}
+
+type StepResult = Result<(), StepError>;
+
+/// The steps of each saga, in order. The names are stored in `operation_steps`.
+pub fn saga_steps(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "site.create" => &["record_site", "reserve_slot"],
+        "site.delete" => &["release_slot", "release_domains"],
+        "site.suspend" => &["suspend_site"],
+        "site.resume" => &["resume_site"],
+        _ => return None,
+    })
+}
+
+/// Test-only fault injection, from `PRESSDOCK_FAILPOINTS`: `step=pause:MS` sleeps after the
+/// step's effect and before it is recorded done (a window to kill the process in);
+/// `step=fail` fails the step permanently; `step=retry:N` fails it retryably N times.
+#[derive(Debug, Default, Clone)]
+pub struct Failpoints(HashMap<String, String>);
+
+impl Failpoints {
+    pub fn from_env() -> Self {
+        let spec = std::env::var("PRESSDOCK_FAILPOINTS").unwrap_or_default();
+        Self(
+            spec.split(',')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, step: &str) -> Option<&str> {
+        self.0.get(step).map(String::as_str)
+    }
+}
+
+/// What a step runs against.
+struct StepContext<'a> {
+    db: &'a MySqlPool,
+    target: &'a str,
+}
+
+async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
+    match name {
+        "record_site" => ensure_site_recorded(ctx).await,
+        "reserve_slot" => reserve_slot(ctx).await,
+        "release_slot" => release_slot(ctx).await,
+        "release_domains" => release_domains(ctx).await,
+        "suspend_site" | "resume_site" => Ok(()),
+        other => Err(StepError::Permanent(anyhow::anyhow!("unknown step {other}"))),
+    }
+}
+
+async fn undo_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
+    match name {
+        "record_site" => release_domains(ctx).await,
+        "reserve_slot" => release_slot(ctx).await,
+        // Delete, suspend and resume go forward only; their failure leaves the site
+        // `failed` for an operator, with nothing to take back.
+        _ => Ok(()),
+    }
+}
+
+/// Called when a saga finished (`succeeded`) or unwound (`failed`).
+async fn on_finish(db: &MySqlPool, kind: &str, target: &str, succeeded: bool) -> sqlx::Result<()> {
+    let state = match (kind, succeeded) {
+        ("site.create", true) | ("site.resume", true) => "active",
+        ("site.suspend", true) => "suspended",
+        ("site.delete", true) => "deleted",
+        (_, false) => "failed",
+        _ => return Ok(()),
+    };
+    sqlx::query(
+        "UPDATE sites SET state = ?, updated_at = NOW(6), \
+         deleted_at = IF(? = 'deleted', NOW(6), deleted_at) WHERE id = ?",
+    )
+    .bind(state)
+    .bind(state)
+    .bind(target)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+async fn ensure_site_recorded(ctx: &StepContext<'_>) -> StepResult {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT s.state, (SELECT COUNT(*) FROM domains d WHERE d.site_id = s.id) FROM sites s WHERE s.id = ?",
+    )
+    .bind(ctx.target)
+    .fetch_optional(ctx.db)
+    .await?;
+    match row {
+        Some((state, domains)) if state == "provisioning" && domains > 0 => Ok(()),
+        Some((state, _)) => Err(StepError::Permanent(anyhow::anyhow!("site is {state}, not provisioning"))),
+        None => Err(StepError::Permanent(anyhow::anyhow!("site {} is not recorded", ctx.target))),
+    }
+}
+
+/// Places the site on the active worker with the fewest of its tenant's sites, then the
+/// most free slots. Worker rows are locked while choosing, so concurrent placements never
+/// overfill a worker; the placement's primary key makes the step idempotent.
+async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
+    let mut tx = ctx.db.begin().await?;
+    let placed: Option<String> = sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
+        .bind(ctx.target)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if placed.is_some() {
+        return Ok(());
+    }
+    let (tenant, slots): (String, i32) = sqlx::query_as(
+        "SELECT s.tenant_id, p.slots FROM sites s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?",
+    )
+    .bind(ctx.target)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    let choice: Option<String> = sqlx::query_scalar(
+        "SELECT n.id FROM nodes n \
+         LEFT JOIN (SELECT node_id, SUM(slots) AS used FROM placements GROUP BY node_id) u ON u.node_id = n.id \
+         LEFT JOIN (SELECT pl.node_id, COUNT(*) AS mine FROM placements pl JOIN sites s ON s.id = pl.site_id \
+                    WHERE s.tenant_id = ? GROUP BY pl.node_id) t ON t.node_id = n.id \
+         WHERE n.role = 'worker' AND n.availability = 'active' AND n.slots - COALESCE(u.used, 0) >= ? \
+         ORDER BY COALESCE(t.mine, 0), n.slots - COALESCE(u.used, 0) DESC, n.id LIMIT 1",
+    )
+    .bind(&tenant)
+    .bind(slots)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(node) = choice else {
+        return Err(StepError::Permanent(anyhow::anyhow!(
+            "no active worker has {slots} free slots; add or activate a worker"
+        )));
+    };
+    sqlx::query("INSERT INTO placements (site_id, node_id, slots) VALUES (?, ?, ?)")
+        .bind(ctx.target)
+        .bind(&node)
+        .bind(slots)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn release_slot(ctx: &StepContext<'_>) -> StepResult {
+    sqlx::query("DELETE FROM placements WHERE site_id = ?").bind(ctx.target).execute(ctx.db).await?;
+    Ok(())
+}
+
+async fn release_domains(ctx: &StepContext<'_>) -> StepResult {
+    sqlx::query("DELETE FROM domains WHERE site_id = ?").bind(ctx.target).execute(ctx.db).await?;
+    Ok(())
+}
+
+/// One runner process's identity and settings.
+pub struct Runner {
+    db: MySqlPool,
+    config: JobsConfig,
+    owner: String,
+    failpoints: Failpoints,
+}
+
+impl Runner {
+    pub fn new(db: MySqlPool, config: JobsConfig) -> Arc<Self> {
+        let owner = format!("{}-{}", std::process::id(), crate::domain::Id::generate());
+        Arc::new(Self { db, config, owner, failpoints: Failpoints::from_env() })
+    }
+
+    /// Claims and runs jobs until `shutdown` turns true; several loops may run at once.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(owner = %self.owner, "job runner started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let worked = match self.claim().await {
+                Ok(Some((job, operation))) => {
+                    if let Err(err) = self.execute(job, &operation).await {
+                        tracing::warn!(job, operation = %operation, error = format!("{err:#}"), "job interrupted");
+                    }
+                    true
+                }
+                Ok(None) => false,
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "claiming a job failed");
+                    false
+                }
+            };
+            if !worked {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(self.config.poll_millis)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        tracing::info!(owner = %self.owner, "job runner stopped");
+    }
+
+    /// Takes one runnable job: queued, or running with an expired lease.
+    async fn claim(&self) -> anyhow::Result<Option<(i64, String)>> {
+        let mut tx = self.db.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, operation_id FROM jobs WHERE state IN ('queued', 'running') \
+             AND run_after <= NOW(6) AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) \
+             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let job: i64 = row.try_get("id")?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, \
+             lease_expires_at = NOW(6) + INTERVAL ? SECOND, updated_at = NOW(6) WHERE id = ?",
+        )
+        .bind(&self.owner)
+        .bind(self.config.lease_secs)
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((job, row.try_get("operation_id")?)))
+    }
+
+    /// Extends the lease if it is still ours; false once another runner has taken the job.
+    async fn renew(&self, job: i64) -> anyhow::Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = NOW(6) + INTERVAL ? SECOND \
+             WHERE id = ? AND lease_owner = ? AND lease_expires_at >= NOW(6)",
+        )
+        .bind(self.config.lease_secs)
+        .bind(job)
+        .bind(&self.owner)
+        .execute(&self.db)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn execute(&self, job: i64, operation: &str) -> anyhow::Result<()> {
+        // Renew the lease in the background while the saga runs.
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let renew_every = Duration::from_millis(self.config.lease_secs * 1000 / 3);
+        let renewer = {
+            let db = self.db.clone();
+            let owner = self.owner.clone();
+            let lease = self.config.lease_secs;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(renew_every) => {}
+                        _ = stop_rx.changed() => break,
+                    }
+                    let _ = sqlx::query(
+                        "UPDATE jobs SET lease_expires_at = NOW(6) + INTERVAL ? SECOND \
+                         WHERE id = ? AND lease_owner = ? AND lease_expires_at >= NOW(6)",
+                    )
+                    .bind(lease)
+                    .bind(job)
+                    .bind(&owner)
+                    .execute(&db)
+                    .await;
+                }
+            })
+        };
+        let result = self.drive(job, operation).await;
+        let _ = stop_tx.send(true);
+        let _ = renewer.await;
+        result
+    }
+
+    async fn drive(&self, job: i64, operation: &str) -> anyhow::Result<()> {
+        let (kind, target, mut op_state): (String, String, String) =
+            sqlx::query_as("SELECT kind, target_id, state FROM operations WHERE id = ?")
+                .bind(operation)
+                .fetch_one(&self.db)
+                .await
+                .context("loading the operation")?;
+        let ctx = StepContext { db: &self.db, target: &target };
+        let steps: Vec<(i32, String, String, i32)> = sqlx::query_as(
+            "SELECT position, name, state, attempts FROM operation_steps WHERE operation_id = ? ORDER BY position",
+        )
+        .bind(operation)
+        .fetch_all(&self.db)
+        .await?;
+        if op_state == "pending" {
+            self.set_operation(operation, "running", None).await?;
+            op_state = "running".into();
+        }
+        if op_state == "running" {
+            for (position, name, state, attempts) in &steps {
+                if state == "done" {
+                    continue;
+                }
+                if !self.renew(job).await? {
+                    anyhow::bail!("lease lost before step {name}");
+                }
+                self.set_step(operation, *position, "running", None, true).await?;
+                tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
+                let mut result = run_step(&ctx, name).await;
+                if result.is_ok() {
+                    result = self.failpoint(name, *attempts).await;
+                }
+                match result {
+                    Ok(()) => self.set_step(operation, *position, "done", None, false).await?,
+                    Err(StepError::Retryable(err)) if (*attempts as u32) + 1 < self.config.max_attempts => {
+                        let message = format!("{err:#}");
+                        self.set_step(operation, *position, "retrying", Some(&message), false).await?;
+                        let backoff = 1u64 << (*attempts).clamp(0, 6);
+                        sqlx::query(
+                            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, \
+                             run_after = NOW(6) + INTERVAL ? SECOND, last_error = ? WHERE id = ? AND lease_owner = ?",
+                        )
+                        .bind(backoff)
+                        .bind(&message)
+                        .bind(job)
+                        .bind(&self.owner)
+                        .execute(&self.db)
+                        .await?;
+                        tracing::warn!(operation, step = %name, backoff_secs = backoff, error = %message, "step will retry");
+                        return Ok(());
+                    }
+                    Err(StepError::Retryable(err) | StepError::Permanent(err)) => {
+                        let message = format!("{err:#}");
+                        tracing::warn!(operation, step = %name, error = %message, "step failed; unwinding");
+                        self.set_step(operation, *position, "failed", Some(&message), false).await?;
+                        self.set_operation(operation, "unwinding", Some(&message)).await?;
+                        op_state = "unwinding".into();
+                        break;
+                    }
+                }
+            }
+        }
+        if op_state == "running" {
+            on_finish(&self.db, &kind, &target, true).await?;
+            self.set_operation(operation, "succeeded", None).await?;
+            self.finish_job(job, "done").await?;
+            tracing::info!(operation, kind = %kind, "operation succeeded");
+            return Ok(());
+        }
+        if op_state == "unwinding" {
+            let steps: Vec<(i32, String, String)> = sqlx::query_as(
+                "SELECT position, name, state FROM operation_steps WHERE operation_id = ? \
+                 AND state IN ('done', 'failed', 'running', 'retrying', 'undoing') ORDER BY position DESC",
+            )
+            .bind(operation)
+            .fetch_all(&self.db)
+            .await?;
+            for (position, name, _) in &steps {
+                if !self.renew(job).await? {
+                    anyhow::bail!("lease lost before undoing {name}");
+                }
+                self.set_step(operation, *position, "undoing", None, false).await?;
+                if let Err(StepError::Retryable(err) | StepError::Permanent(err)) = undo_step(&ctx, name).await {
+                    // An undo must finish; release the job and try again later.
+                    let message = format!("{err:#}");
+                    sqlx::query(
+                        "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, \
+                         run_after = NOW(6) + INTERVAL 5 SECOND, last_error = ? WHERE id = ? AND lease_owner = ?",
+                    )
+                    .bind(&message)
+                    .bind(job)
+                    .bind(&self.owner)
+                    .execute(&self.db)
+                    .await?;
+                    return Ok(());
+                }
+                self.set_step(operation, *position, "undone", None, false).await?;
+            }
+            on_finish(&self.db, &kind, &target, false).await?;
+            sqlx::query("UPDATE operations SET state = 'failed', finished_at = NOW(6), updated_at = NOW(6) WHERE id = ?")
+                .bind(operation)
+                .execute(&self.db)
+                .await?;
+            self.finish_job(job, "failed").await?;
+            tracing::info!(operation, kind = %kind, "operation failed and unwound");
+        }
+        Ok(())
+    }
+
+    async fn failpoint(&self, step: &str, attempts: i32) -> StepResult {
+        match self.failpoints.get(step) {
+            Some(spec) if spec.starts_with("pause:") => {
+                let millis = spec.trim_start_matches("pause:").parse().unwrap_or(1000);
+                tracing::warn!(step, millis, "failpoint: pausing after the step's effect");
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                Ok(())
+            }
+            Some("fail") => Err(StepError::Permanent(anyhow::anyhow!("failpoint: {step} fails"))),
+            Some(spec) if spec.starts_with("retry:") => {
+                let times: i32 = spec.trim_start_matches("retry:").parse().unwrap_or(1);
+                if attempts < times {
+                    Err(StepError::Retryable(anyhow::anyhow!("failpoint: {step} fails retryably")))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn set_operation(&self, operation: &str, state: &str, error: Option<&str>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE operations SET state = ?, error = COALESCE(?, error), updated_at = NOW(6), \
+             finished_at = IF(? IN ('succeeded', 'failed'), NOW(6), finished_at) WHERE id = ?",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(state)
+        .bind(operation)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_step(
+        &self,
+        operation: &str,
+        position: i32,
+        state: &str,
+        error: Option<&str>,
+        starting: bool,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE operation_steps SET state = ?, error = ?, \
+             attempts = attempts + IF(?, 1, 0), \
+             started_at = IF(?, COALESCE(started_at, NOW(6)), started_at), \
+             finished_at = IF(? IN ('done', 'failed', 'undone'), NOW(6), finished_at) \
+             WHERE operation_id = ? AND position = ?",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(starting)
+        .bind(starting)
+        .bind(state)
+        .bind(operation)
+        .bind(position)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_job(&self, job: i64, state: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = NOW(6) \
+             WHERE id = ? AND lease_owner = ?",
+        )
+        .bind(state)
+        .bind(job)
+        .bind(&self.owner)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! `pressdock serve`: migrate, bootstrap, then serve the API and run jobs until a signal.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{api, app, auth::TokenSigner, config::Config, db, jobs::Runner, metrics::Metrics, state::AppState};
+
+/// Number of job loops per process.
+const JOB_LOOPS: usize = 4;
+
+/// Connects, migrates and builds the state shared by the API and the runner.
+pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
+    let secret = if config.secret_key.is_empty() {
+        tracing::warn!("no secret_key configured: using a random one; tokens will not survive a restart");
+        crate::auth::new_token("")
+    } else {
+        config.secret_key.expose().to_owned()
+    };
+    let pool = db::connect(&config.database_url, 20).await?;
+    db::migrate(&pool).await?;
+    app::plans::seed_defaults(&pool).await.context("seeding the default plans")?;
+    if let Some(email) = &config.bootstrap.admin_email
+        && !config.bootstrap.admin_password.is_empty()
+        && app::users::bootstrap_admin(&pool, email, config.bootstrap.admin_password.expose()).await?
+    {
+        tracing::info!(email = %email, "created the first staff admin");
+    }
+    Ok(AppState {
+        db: pool,
+        signer: TokenSigner::new(secret.as_bytes(), config.auth.access_token_ttl_secs),
+        config: Arc::new(config),
+        metrics: Metrics::new()?,
+    })
+}
+
+/// Serves on an already bound listener until `shutdown` turns true.
+pub async fn serve(state: AppState, listener: TcpListener, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut runners = Vec::new();
+    if state.config.jobs.enabled {
+        let runner = Runner::new(state.db.clone(), state.config.jobs.clone());
+        for _ in 0..JOB_LOOPS {
+            runners.push(tokio::spawn(runner.clone().run(shutdown.clone())));
+        }
+    }
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serving HTTP")?;
+    for runner in runners {
+        let _ = runner.await;
+    }
+    Ok(())
+}
+
+/// Turns SIGINT or SIGTERM into the shutdown signal.
+pub fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                s.recv().await;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down gracefully");
+        let _ = tx.send(true);
+    });
+    rx
+}
