@@ -1,0 +1,400 @@
+//! Small hand-checked cases of the planner's public API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use placement::{
+    Availability, Cluster, Move, MoveError, MoveReason, Node, NodeId, PlanError, Policy, Site,
+    SiteId, TenantId, UnplacedReason, apply_moves, apply_placement, check_moves, lower_bound,
+    place, rebalance, utilisation,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn site(id: &str, tenant: &str, slots: u32, node: Option<&str>) -> Site {
+    Site {
+        id: SiteId::new(id),
+        tenant: TenantId::new(tenant),
+        slots,
+        node: node.map(NodeId::new),
+        pinned: false,
+        required_labels: BTreeMap::new(),
+    }
+}
+
+fn loads(cluster: &Cluster) -> BTreeMap<String, u64> {
+    utilisation(cluster)
+        .nodes
+        .into_iter()
+        .map(|n| (n.node.0, n.used_slots))
+        .collect()
+}
+
+/// 12 one-slot sites of 6 tenants on w1 and w2, as `place` puts them.
+fn twelve_on_two() -> Cluster {
+    let mut cluster = Cluster {
+        nodes: vec![Node::worker("w1"), Node::worker("w2")],
+        sites: (0..12)
+            .map(|i| site(&format!("s{i:02}"), &format!("t{}", i / 2), 1, None))
+            .collect(),
+    };
+    let placement = place(&cluster, &Policy::default()).unwrap();
+    assert!(placement.unplaced.is_empty());
+    apply_placement(&mut cluster, &placement);
+    cluster
+}
+
+#[test]
+fn places_evenly_and_spreads_each_tenant() {
+    let cluster = twelve_on_two();
+    assert_eq!(loads(&cluster), [("w1".into(), 6), ("w2".into(), 6)].into());
+    // Each tenant has two sites: one per worker.
+    for t in 0..6 {
+        let nodes: BTreeSet<_> = cluster
+            .sites
+            .iter()
+            .filter(|s| s.tenant.as_str() == format!("t{t}"))
+            .map(|s| s.node.clone().unwrap())
+            .collect();
+        assert_eq!(nodes.len(), 2, "tenant t{t} on {nodes:?}");
+    }
+}
+
+#[test]
+fn worker_added_moves_exactly_its_share() {
+    let mut cluster = twelve_on_two();
+    cluster.nodes.push(Node::worker("w3"));
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    assert_eq!(plan.lower_bound, 4);
+    assert_eq!(plan.moves.len(), 4);
+    assert!(plan.moves.iter().all(|m| m.to.as_str() == "w3"));
+    assert!(plan.moves.iter().all(|m| m.reason == MoveReason::Balance));
+    check_moves(&cluster, &plan.moves).unwrap();
+    apply_moves(&mut cluster, &plan.moves);
+    assert_eq!(
+        loads(&cluster),
+        [("w1".into(), 4), ("w2".into(), 4), ("w3".into(), 4)].into()
+    );
+    assert_eq!(plan.after.max_over_mean, 1.0);
+    // Two from each old worker, and each old worker keeps a spread of tenants.
+    let from_w1 = plan
+        .moves
+        .iter()
+        .filter(|m| m.from.as_str() == "w1")
+        .count();
+    assert_eq!(from_w1, 2);
+    // Already balanced: nothing more to do.
+    let again = rebalance(&cluster, &Policy::default()).unwrap();
+    assert!(again.moves.is_empty());
+    assert_eq!(again.lower_bound, 0);
+}
+
+#[test]
+fn drain_moves_every_site_off_and_nothing_else() {
+    let mut cluster = twelve_on_two();
+    cluster.nodes.push(Node::worker("w3"));
+    cluster.nodes[0].availability = Availability::Drain;
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    assert_eq!(plan.moves.len(), 6);
+    assert_eq!(plan.lower_bound, 6);
+    assert!(plan.moves.iter().all(|m| m.from.as_str() == "w1"
+        && m.to.as_str() == "w3"
+        && m.reason == MoveReason::Evacuate));
+    check_moves(&cluster, &plan.moves).unwrap();
+    apply_moves(&mut cluster, &plan.moves);
+    assert_eq!(loads(&cluster)["w1"], 0);
+}
+
+#[test]
+fn down_node_with_pinned_site_reports_it_and_moves_the_rest() {
+    let mut cluster = twelve_on_two();
+    cluster.nodes[1].availability = Availability::Down;
+    let pinned = cluster
+        .sites
+        .iter_mut()
+        .find(|s| s.node.as_ref().unwrap().as_str() == "w2")
+        .unwrap();
+    pinned.pinned = true;
+    let pinned_id = pinned.id.clone();
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    assert_eq!(plan.moves.len(), 5);
+    assert_eq!(plan.unplaced.len(), 1);
+    assert_eq!(plan.unplaced[0].site, pinned_id);
+    assert_eq!(
+        plan.unplaced[0].reason,
+        UnplacedReason::PinnedToUnavailableNode {
+            node: NodeId::new("w2")
+        }
+    );
+    check_moves(&cluster, &plan.moves).unwrap();
+}
+
+#[test]
+fn site_on_unknown_node_is_replaced() {
+    let mut cluster = Cluster {
+        nodes: vec![Node::worker("w1")],
+        sites: vec![site("a", "t", 1, Some("gone"))],
+    };
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    assert_eq!(plan.moves.len(), 1);
+    assert_eq!(plan.moves[0].from.as_str(), "gone");
+    assert_eq!(plan.moves[0].reason, MoveReason::Evacuate);
+    check_moves(&cluster, &plan.moves).unwrap();
+    apply_moves(&mut cluster, &plan.moves);
+    assert_eq!(cluster.sites[0].node, Some(NodeId::new("w1")));
+}
+
+#[test]
+fn plan_upgrade_over_capacity_is_shed() {
+    // w1 holds 25 one-slot sites; one of them is upgraded to 4 slots: 28 > 25.
+    let mut cluster = Cluster {
+        nodes: vec![Node::worker("w1"), Node::worker("w2")],
+        sites: (0..25)
+            .map(|i| site(&format!("s{i:02}"), "t", 1, Some("w1")))
+            .collect(),
+    };
+    cluster.sites[0].slots = 4;
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    check_moves(&cluster, &plan.moves).unwrap();
+    assert!(
+        plan.moves
+            .iter()
+            .any(|m| m.reason == MoveReason::OverCapacity)
+    );
+    apply_moves(&mut cluster, &plan.moves);
+    let after = loads(&cluster);
+    // 28 slots over 50: band [14, 14].
+    assert_eq!(after, [("w1".into(), 14), ("w2".into(), 14)].into());
+}
+
+#[test]
+fn required_labels_are_honoured() {
+    let mut ssd = Node::worker("w2");
+    ssd.labels.insert("disk".into(), "ssd".into());
+    let mut needs_ssd = site("a", "t", 1, None);
+    needs_ssd
+        .required_labels
+        .insert("disk".into(), "ssd".into());
+    let mut needs_gpu = site("b", "t", 1, None);
+    needs_gpu.required_labels.insert("gpu".into(), "yes".into());
+    let mut cluster = Cluster {
+        nodes: vec![Node::worker("w1"), ssd],
+        sites: vec![needs_ssd, needs_gpu],
+    };
+    let placement = place(&cluster, &Policy::default()).unwrap();
+    assert_eq!(placement.assignments.len(), 1);
+    assert_eq!(placement.assignments[0].node.as_str(), "w2");
+    assert_eq!(
+        placement.unplaced[0].reason,
+        UnplacedReason::NoMatchingLabels
+    );
+    apply_placement(&mut cluster, &placement);
+
+    // The label moves to w1: the site follows it.
+    cluster.nodes[1].labels.clear();
+    cluster.nodes[0].labels.insert("disk".into(), "ssd".into());
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    assert_eq!(plan.moves.len(), 1);
+    assert_eq!(plan.moves[0].reason, MoveReason::LabelMismatch);
+    assert_eq!(plan.moves[0].to.as_str(), "w1");
+}
+
+#[test]
+fn reasons_for_sites_that_do_not_fit() {
+    let cluster = Cluster {
+        nodes: vec![Node::worker("w1")],
+        sites: vec![
+            site("big", "t", 30, None),
+            site("a", "t", 20, None),
+            site("b", "t", 10, None),
+        ],
+    };
+    let placement = place(&cluster, &Policy::default()).unwrap();
+    assert_eq!(placement.assignments.len(), 1);
+    assert_eq!(placement.assignments[0].site.as_str(), "a");
+    let reasons: BTreeMap<_, _> = placement
+        .unplaced
+        .iter()
+        .map(|u| (u.site.as_str(), u.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons["big"],
+        UnplacedReason::LargerThanAnyNode {
+            slots: 30,
+            largest_usable_slots: 25
+        }
+    );
+    assert_eq!(
+        reasons["b"],
+        UnplacedReason::InsufficientCapacity {
+            slots: 10,
+            largest_free_slots: 5
+        }
+    );
+    let none = place(
+        &Cluster {
+            nodes: vec![],
+            sites: vec![site("a", "t", 1, None)],
+        },
+        &Policy::default(),
+    )
+    .unwrap();
+    assert_eq!(none.unplaced[0].reason, UnplacedReason::NoActiveNodes);
+}
+
+#[test]
+fn headroom_is_kept_free() {
+    let cluster = Cluster {
+        nodes: vec![Node::worker("w1")],
+        sites: (0..25)
+            .map(|i| site(&format!("s{i:02}"), "t", 1, None))
+            .collect(),
+    };
+    let policy = Policy {
+        headroom_slots: 2,
+        ..Policy::default()
+    };
+    let placement = place(&cluster, &policy).unwrap();
+    assert_eq!(placement.assignments.len(), 23);
+    assert_eq!(placement.unplaced.len(), 2);
+}
+
+#[test]
+fn invalid_input_is_refused() {
+    let dup_node = Cluster {
+        nodes: vec![Node::worker("w1"), Node::worker("w1")],
+        sites: vec![],
+    };
+    assert_eq!(
+        place(&dup_node, &Policy::default()),
+        Err(PlanError::DuplicateNode {
+            node: NodeId::new("w1")
+        })
+    );
+    let dup_site = Cluster {
+        nodes: vec![],
+        sites: vec![site("a", "t", 1, None), site("a", "t", 1, None)],
+    };
+    assert!(matches!(
+        rebalance(&dup_site, &Policy::default()),
+        Err(PlanError::DuplicateSite { .. })
+    ));
+    let zero = Cluster {
+        nodes: vec![],
+        sites: vec![site("a", "t", 0, None)],
+    };
+    assert!(matches!(
+        lower_bound(&zero, &Policy::default()),
+        Err(PlanError::ZeroSlots { .. })
+    ));
+}
+
+#[test]
+fn waves_respect_concurrency_and_max_moves_defers() {
+    let mut cluster = Cluster {
+        nodes: (1..=4).map(|i| Node::worker(format!("w{i}"))).collect(),
+        sites: (0..40)
+            .map(|i| site(&format!("s{i:02}"), &format!("t{i}"), 1, None))
+            .collect(),
+    };
+    cluster.nodes[0].availability = Availability::Drain;
+    let placement = place(&cluster, &Policy::default()).unwrap();
+    apply_placement(&mut cluster, &placement);
+    cluster.nodes[0].availability = Availability::Active;
+    cluster.nodes[3].availability = Availability::Drain;
+    let policy = Policy {
+        max_concurrent_moves: 3,
+        max_concurrent_moves_per_node: 2,
+        ..Policy::default()
+    };
+    let plan = rebalance(&cluster, &policy).unwrap();
+    let on_w4 = loads(&cluster)["w4"] as usize;
+    assert_eq!(on_w4, 13); // 40 over w2..w4: 14, 13, 13
+    assert_eq!(plan.moves.len(), on_w4);
+    check_moves(&cluster, &plan.moves).unwrap();
+    let mut per_wave: BTreeMap<u32, Vec<&Move>> = BTreeMap::new();
+    for m in &plan.moves {
+        per_wave.entry(m.wave).or_default().push(m);
+    }
+    for moves in per_wave.values() {
+        // All leave w4, so the per-node limit of 2 bounds every wave.
+        assert!(moves.len() <= 2);
+    }
+    let capped = rebalance(
+        &cluster,
+        &Policy {
+            max_moves: Some(5),
+            ..policy
+        },
+    )
+    .unwrap();
+    assert_eq!(capped.moves.len(), 5);
+    assert_eq!(capped.deferred_moves, 8);
+    assert_eq!(capped.moves, plan.moves[..5]);
+}
+
+#[test]
+fn check_moves_rejects_start_first_overflow_in_one_wave() {
+    // w2 has one free slot; two sites arriving in the same wave would need two.
+    let mut w2 = Node::worker("w2");
+    w2.capacity_slots = 2;
+    let cluster = Cluster {
+        nodes: vec![Node::worker("w1"), w2],
+        sites: vec![
+            site("a", "t", 1, Some("w1")),
+            site("b", "t", 1, Some("w1")),
+            site("c", "t", 1, Some("w2")),
+        ],
+    };
+    let mv = |s: &str, wave| Move {
+        site: SiteId::new(s),
+        from: NodeId::new("w1"),
+        to: NodeId::new("w2"),
+        slots: 1,
+        wave,
+        reason: MoveReason::Balance,
+    };
+    assert!(matches!(
+        check_moves(&cluster, &[mv("a", 0), mv("b", 0)]),
+        Err(MoveError::OverCapacity { index: 1, .. })
+    ));
+    // And it is still too many once the first has finished: w2 is full.
+    assert!(check_moves(&cluster, &[mv("a", 0), mv("b", 1)]).is_err());
+    check_moves(&cluster, &[mv("a", 0)]).unwrap();
+}
+
+#[test]
+fn json_shape() {
+    let mut cluster = twelve_on_two();
+    cluster.nodes[0].availability = Availability::Drain;
+    let json = serde_json::to_value(&cluster.nodes[0]).unwrap();
+    assert_eq!(json["id"], "w1");
+    assert_eq!(json["availability"], "drain");
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["moves"][0]["from"], "w1");
+    assert_eq!(json["moves"][0]["reason"], "evacuate");
+    let reason = serde_json::to_value(UnplacedReason::InsufficientCapacity {
+        slots: 2,
+        largest_free_slots: 1,
+    })
+    .unwrap();
+    assert_eq!(reason["reason"], "insufficient_capacity");
+    let back: Cluster = serde_json::from_str(&serde_json::to_string(&cluster).unwrap()).unwrap();
+    assert_eq!(back, cluster);
+    // Optional fields may be left out.
+    let minimal: Cluster = serde_json::from_str(
+        r#"{"nodes":[{"id":"w1","capacity_slots":25,"availability":"active"}],
+            "sites":[{"id":"a","tenant":"t","slots":1}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        place(&minimal, &Policy::default())
+            .unwrap()
+            .assignments
+            .len(),
+        1
+    );
+    let policy: Policy = serde_json::from_str(r#"{"headroom_slots":1}"#).unwrap();
+    assert_eq!(
+        policy.max_concurrent_moves,
+        Policy::default().max_concurrent_moves
+    );
+}
