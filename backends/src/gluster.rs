@@ -210,7 +210,10 @@ impl GlusterDriver {
                 context: format!("{what}: timed out"),
                 stderr: String::new(),
             })?
-            .map_err(Error::io(format!("run {}", self.config.gluster_bin.display())))?;
+            .map_err(Error::io(format!(
+                "run {}",
+                self.config.gluster_bin.display()
+            )))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -272,13 +275,19 @@ impl GlusterDriver {
     }
 
     pub async fn set_quota(&self, id: &SiteResourceId, bytes: u64) -> Result<()> {
-        self.gluster(&quota_limit_args(&self.config, id, bytes), "quota limit-usage")
-            .await
-            .map(drop)
+        self.gluster(
+            &quota_limit_args(&self.config, id, bytes),
+            "quota limit-usage",
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn read_quota(&self, id: &SiteResourceId) -> Result<Option<u64>> {
-        match self.gluster(&quota_list_args(&self.config, id), "quota list").await {
+        match self
+            .gluster(&quota_list_args(&self.config, id), "quota list")
+            .await
+        {
             Ok(xml) => Ok(parse_quota_list_xml(&xml, &site_path(id))),
             Err(Error::Gluster { stderr, .. }) if no_limit(&stderr) => Ok(None),
             Err(e) => Err(e),
@@ -286,7 +295,10 @@ impl GlusterDriver {
     }
 
     pub async fn remove_quota(&self, id: &SiteResourceId) -> Result<()> {
-        match self.gluster(&quota_remove_args(&self.config, id), "quota remove").await {
+        match self
+            .gluster(&quota_remove_args(&self.config, id), "quota remove")
+            .await
+        {
             Ok(_) => Ok(()),
             Err(Error::Gluster { stderr, .. }) if no_limit(&stderr) => Ok(()),
             Err(e) => Err(e),
@@ -384,10 +396,12 @@ mod tests {
                    </limit></volQuota></cliOutput>";
         assert_eq!(parse_quota_list_xml(xml, "/k3v7q2m6xa"), Some(104_857_600));
         assert_eq!(parse_quota_list_xml(xml, "/nothere00"), None);
-        assert!(GlusterDriver::new(&GlusterConfig {
-            volume: "--x".into(),
-            ..config()
-        })
-        .is_err());
+        assert!(
+            GlusterDriver::new(&GlusterConfig {
+                volume: "--x".into(),
+                ..config()
+            })
+            .is_err()
+        );
     }
 }

@@ -19,11 +19,15 @@ impl SiteResourceId {
 
     pub fn parse(s: &str) -> Result<Self, Error> {
         let ok = s.len() == Self::LEN
-            && s.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(Error::invalid("site resource id", "must match ^[a-z2-7]{10}$"))
+            Err(Error::invalid(
+                "site resource id",
+                "must match ^[a-z2-7]{10}$",
+            ))
         }
     }
 
@@ -211,7 +215,10 @@ mod tests {
 
     #[test]
     fn site_id_accepts_base32_only() {
-        assert!(SiteResourceId::parse("k3v9q2m8xa").is_err(), "9 is not base32");
+        assert!(
+            SiteResourceId::parse("k3v9q2m8xa").is_err(),
+            "9 is not base32"
+        );
         assert!(SiteResourceId::parse("k3v7q2m6xa").is_ok());
         for bad in [
             "",
@@ -237,7 +244,12 @@ mod tests {
 
     #[test]
     fn domain_names() {
-        for ok in ["s1.test", "www.example.com", "xn--bcher-kva.example", "a-b.c0"] {
+        for ok in [
+            "s1.test",
+            "www.example.com",
+            "xn--bcher-kva.example",
+            "a-b.c0",
+        ] {
             assert!(DomainName::parse(ok).is_ok(), "{ok}");
         }
         for bad in [

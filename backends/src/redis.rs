@@ -29,9 +29,29 @@ use crate::ids::{Secret, SitePassword, SiteResourceId};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The command rules of every site user, after `reset on #<hash> ~… &…`; also what
-/// `ACL GETUSER` reports back as `commands` on Redis 7.0.
+/// The command rules of every site user, after `reset on #<hash> ~… &…`.
 pub const SITE_COMMAND_RULES: &str = "+@all -@dangerous -scan -randomkey -dbsize +acl|whoami";
+
+/// Whether `ACL GETUSER`'s `commands` is [`SITE_COMMAND_RULES`] as Redis reports it:
+/// `+@all` first, then the same subtractions in any order (Redis 7.0 reorders them),
+/// with or without `+acl|whoami` (7.0 drops it as redundant: `ACL WHOAMI` is not
+/// `@dangerous`, so `+@all -@dangerous` already allows it).
+pub fn commands_match(reported: &str) -> bool {
+    let mut want: Vec<&str> = SITE_COMMAND_RULES
+        .split(' ')
+        .filter(|r| *r != "+acl|whoami")
+        .collect();
+    let mut got: Vec<&str> = reported
+        .split_whitespace()
+        .filter(|r| *r != "+acl|whoami")
+        .collect();
+    if got.first() != Some(&"+@all") {
+        return false;
+    }
+    want.sort_unstable();
+    got.sort_unstable();
+    want == got
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRole {
@@ -258,7 +278,7 @@ pub fn acl_user_converged(
         && password_ok
         && user.keys == format!("~{prefix}*")
         && user.channels == format!("&{prefix}*")
-        && user.commands == SITE_COMMAND_RULES
+        && commands_match(&user.commands)
 }
 
 impl RedisSentinelDriver {
@@ -314,7 +334,10 @@ impl RedisSentinelDriver {
         let (host, port) = master.ok_or_else(|| {
             Error::unexpected(
                 "redis",
-                format!("sentinel {sentinel} does not know master {}", self.master_name),
+                format!(
+                    "sentinel {sentinel} does not know master {}",
+                    self.master_name
+                ),
             )
         })?;
         let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
@@ -443,8 +466,14 @@ impl SiteCache for RedisSentinelDriver {
                 return Err(Error::unexpected(
                     "redis",
                     format!(
-                        "{node}: {} reads back differently after ACL SETUSER",
-                        id.resource_name()
+                        "{node}: {} reads back differently after ACL SETUSER: flags {:?}, \
+                         commands {:?}, keys {:?}, channels {:?}, {} password(s)",
+                        id.resource_name(),
+                        user.as_ref().map(|u| &u.flags),
+                        user.as_ref().map(|u| &u.commands),
+                        user.as_ref().map(|u| &u.keys),
+                        user.as_ref().map(|u| &u.channels),
+                        user.as_ref().map_or(0, |u| u.passwords.len()),
                     ),
                 ));
             }
@@ -575,5 +604,19 @@ mod tests {
             )
         );
         assert!(!rules.iter().any(|r| r.contains(pw.expose())));
+    }
+
+    #[test]
+    fn commands_read_back() {
+        assert!(commands_match("+@all -@dangerous -dbsize -scan -randomkey"));
+        assert!(commands_match(SITE_COMMAND_RULES));
+        assert!(!commands_match("+@all -@dangerous -dbsize -scan"));
+        assert!(!commands_match("+@all -dbsize -scan -randomkey"));
+        assert!(!commands_match(
+            "-@dangerous +@all -dbsize -scan -randomkey"
+        ));
+        assert!(!commands_match(
+            "+@all -@dangerous -dbsize -scan -randomkey +flushall"
+        ));
     }
 }

@@ -294,15 +294,7 @@ impl ProxySqlRouter {
             .get_conn()
             .await
             .map_err(mysql_err(&endpoint.label, "connect"))?;
-        type Row = (
-            String,
-            Option<String>,
-            i64,
-            i64,
-            Option<String>,
-            i64,
-            i64,
-        );
+        type Row = (String, Option<String>, i64, i64, Option<String>, i64, i64);
         let rows: Vec<Row> = conn
             .query(proxysql_verify_query(id))
             .await
@@ -310,7 +302,15 @@ impl ProxySqlRouter {
         let rows: Vec<RuntimeUserRow> = rows
             .into_iter()
             .map(
-                |(username, password, active, default_hostgroup, default_schema, frontend, backend)| {
+                |(
+                    username,
+                    password,
+                    active,
+                    default_hostgroup,
+                    default_schema,
+                    frontend,
+                    backend,
+                )| {
                     RuntimeUserRow {
                         username,
                         password,
@@ -454,7 +454,11 @@ mod tests {
         let h = mysql_native_hash(&pw);
         assert_eq!(h.len(), 41);
         assert!(h.starts_with('*'));
-        assert!(h[1..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()));
+        assert!(
+            h[1..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+        );
     }
 
     #[test]
@@ -475,7 +479,10 @@ mod tests {
                 "SAVE MYSQL USERS TO DISK".to_owned(),
             ]
         );
-        assert!(!got.iter().any(|s| s.contains(pw.expose())), "no clear text");
+        assert!(
+            !got.iter().any(|s| s.contains(pw.expose())),
+            "no clear text"
+        );
     }
 
     #[test]

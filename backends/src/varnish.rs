@@ -166,8 +166,17 @@ fn validate_vcl_prefix(prefix: &str) -> Result<()> {
     }
 }
 
-/// Quotes one CLI argument (varnish-cli(7) "Syntax").
+/// Quotes one CLI argument (varnish-cli(7) "Syntax") when it needs it: empty, or with
+/// whitespace, quotes, backslashes or control characters. Plain tokens go as they are
+/// (the `ban` parser, for one, refuses a quoted operator).
 pub fn quote_cli_arg(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\');
+    if plain {
+        return arg.to_owned();
+    }
     let mut out = String::with_capacity(arg.len() + 2);
     out.push('"');
     for c in arg.chars() {
@@ -301,6 +310,10 @@ impl VarnishCli {
 
     /// Sends one command (the name as is, every argument quoted) and reads the answer.
     pub async fn command(&mut self, name: &str, args: &[&str]) -> Result<CliResponse> {
+        if args.iter().any(|a| a.contains("<<")) {
+            // `<<` opens a here document even inside quotes (varnish-cli(7)).
+            return Err(self.err(format!("{name}: argument contains '<<'")));
+        }
         let mut line = name.to_owned();
         for a in args {
             line.push(' ');
@@ -328,7 +341,10 @@ impl VarnishCli {
     /// `vcl.inline <name> << WORD` with the source as a here document.
     pub async fn vcl_inline(&mut self, name: &str, source: &str) -> Result<()> {
         // A terminator that cannot be a line of the source.
-        let mut word = format!("PRESSDOCK_EOF_{}", &hex::encode(Sha256::digest(source))[..12]);
+        let mut word = format!(
+            "PRESSDOCK_EOF_{}",
+            &hex::encode(Sha256::digest(source))[..12]
+        );
         while source.lines().any(|l| l == word) {
             word.push('X');
         }
@@ -456,17 +472,26 @@ impl VarnishDriver {
         VarnishCli::connect(&instance.address, &secret).await
     }
 
-    async fn apply_one(&self, instance: &VarnishInstance, vcl: &RenderedVcl) -> Result<InstanceVclState> {
+    async fn apply_one(
+        &self,
+        instance: &VarnishInstance,
+        vcl: &RenderedVcl,
+    ) -> Result<InstanceVclState> {
         let mut cli = Self::open(instance).await?;
         let list = cli.vcl_list().await?;
         let loaded = list.iter().any(|e| e.name == vcl.name);
-        let active = list.iter().find(|e| e.status == "active").map(|e| e.name.clone());
+        let active = list
+            .iter()
+            .find(|e| e.status == "active")
+            .map(|e| e.name.clone());
         if active.as_deref() != Some(vcl.name.as_str()) {
             if !loaded {
                 cli.vcl_inline(&vcl.name, &vcl.source).await?;
             }
             cli.command_ok("vcl.use", &[&vcl.name]).await?;
         }
+        // After vcl.use the previous VCL is `available`: discard ours that are.
+        let list = cli.vcl_list().await?;
         for old in list.iter().filter(|e| {
             e.name != vcl.name && e.name.starts_with(&self.prefix) && e.status == "available"
         }) {
@@ -476,7 +501,10 @@ impl VarnishDriver {
             }
         }
         let after = cli.vcl_list().await?;
-        let active = after.iter().find(|e| e.status == "active").map(|e| e.name.clone());
+        let active = after
+            .iter()
+            .find(|e| e.status == "active")
+            .map(|e| e.name.clone());
         let converged = active.as_deref() == Some(vcl.name.as_str());
         if !converged {
             return Err(cli.err(format!("{} is not active after vcl.use", vcl.name)));
@@ -506,7 +534,10 @@ impl EdgeCache for VarnishDriver {
         for instance in &self.instances {
             let mut cli = Self::open(instance).await?;
             let list = cli.vcl_list().await?;
-            let active = list.iter().find(|e| e.status == "active").map(|e| e.name.clone());
+            let active = list
+                .iter()
+                .find(|e| e.status == "active")
+                .map(|e| e.name.clone());
             states.push(InstanceVclState {
                 instance: instance.address.clone(),
                 converged: active.as_deref() == Some(vcl.name.as_str()),
@@ -538,6 +569,8 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote_cli_arg("a b"), "\"a b\"");
+        assert_eq!(quote_cli_arg("=="), "==");
+        assert_eq!(quote_cli_arg(""), "\"\"");
         assert_eq!(quote_cli_arg("x\"y\\z\n"), "\"x\\\"y\\\\z\\n\"");
     }
 
@@ -568,14 +601,17 @@ mod tests {
         t.active.insert(d("a.test"));
         t.suspended.insert(d("s.test"));
         let v1 = render_host_table_vcl(&t, &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
-        let v2 = render_host_table_vcl(&t.clone(), &backend, "pd_")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let v2 =
+            render_host_table_vcl(&t.clone(), &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v1, v2);
         assert!(v1.name.starts_with("pd_") && v1.name.len() == 19);
         assert!(v1.source.contains(
             "if (req.http.host == \"a.test\"\n        || req.http.host == \"b.test\") {"
         ));
-        assert!(v1.source.contains("req.http.host == \"s.test\") {\n        return (synth(503"));
+        assert!(
+            v1.source
+                .contains("req.http.host == \"s.test\") {\n        return (synth(503")
+        );
         t.active.remove(&d("b.test"));
         let v3 = render_host_table_vcl(&t, &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(v1.name, v3.name);

@@ -1,0 +1,455 @@
+//! The drivers against real servers: MariaDB (the machine's, 127.0.0.1:3306), and Redis +
+//! Sentinel and Varnish started by each test on free loopback ports. ProxySQL, Gluster
+//! and the swarm are not runnable here: their pure parts are unit-tested in the crate.
+
+mod helpers;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backends::config::{RedisConfig, VarnishConfig, VarnishInstance};
+use backends::galera::{GaleraDriver, SiteDatabase};
+use backends::ids::{DomainName, SitePassword, SiteResourceId};
+use backends::redis::{RedisSentinelDriver, SiteCache};
+use backends::router::mysql_native_hash;
+use backends::varnish::{EdgeCache, HostTable, VarnishCli, VarnishDriver};
+use mysql_async::prelude::*;
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---------------------------------------------------------------- Galera / MariaDB
+
+fn galera() -> GaleraDriver {
+    ok(GaleraDriver::from_url(&helpers::mysql_admin_url()))
+}
+
+async fn site_conn(
+    id: &SiteResourceId,
+    pw: &SitePassword,
+) -> Result<mysql_async::Conn, mysql_async::Error> {
+    let (host, port) = helpers::mysql_host_port();
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port)
+        .user(Some(id.resource_name()))
+        .pass(Some(pw.expose().to_owned()))
+        .db_name(Some(id.resource_name()));
+    mysql_async::Conn::new(opts).await
+}
+
+async fn admin_conn() -> mysql_async::Conn {
+    ok(mysql_async::Conn::from_url(helpers::mysql_admin_url().expose()).await)
+}
+
+#[tokio::test]
+async fn galera_ensure_is_idempotent_and_removal_twice_succeeds() {
+    let db = galera();
+    let id = SiteResourceId::generate();
+    let pw = SitePassword::generate();
+
+    let first = ok(db.ensure_site_database(&id, &pw).await);
+    assert!(first.is_converged(), "{first:?}");
+    assert_eq!(first.password_matches, Some(true));
+    let second = ok(db.ensure_site_database(&id, &pw).await);
+    assert_eq!(first, second);
+    assert!(ok(db.list_site_ids().await).contains(&id));
+
+    // The site can log in and use its schema.
+    let mut c = ok(site_conn(&id, &pw).await);
+    ok(c.query_drop("CREATE TABLE t (x INT)").await);
+    ok(c.query_drop("INSERT INTO t VALUES (1)").await);
+    drop(c);
+
+    // A new password converges; the old one stops working.
+    let pw2 = SitePassword::generate();
+    let st = ok(db.ensure_site_database(&id, &pw2).await);
+    assert_eq!(st.password_matches, Some(true));
+    assert!(
+        site_conn(&id, &pw).await.is_err(),
+        "old password still accepted"
+    );
+    let mut c = ok(site_conn(&id, &pw2).await);
+    let n: Option<i64> = ok(c.query_first("SELECT COUNT(*) FROM t").await);
+    assert_eq!(n, Some(1), "ensure must not touch existing data");
+
+    // Removal ends the open session, then is a no-op the second time.
+    ok(db.remove_site_database(&id).await);
+    ok(db.remove_site_database(&id).await);
+    let gone = ok(db.observe_site_database(&id, None).await);
+    assert!(gone.is_absent(), "{gone:?}");
+    assert!(
+        c.query_drop("SELECT 1").await.is_err(),
+        "session survived DROP USER"
+    );
+    assert!(!ok(db.list_site_ids().await).contains(&id));
+    ok(db.disconnect().await);
+}
+
+#[tokio::test]
+async fn galera_widened_grants_are_detected_and_converged() {
+    let db = galera();
+    let id = SiteResourceId::generate();
+    let other = SiteResourceId::generate();
+    let pw = SitePassword::generate();
+    ok(db.ensure_site_database(&id, &pw).await);
+
+    let mut admin = admin_conn().await;
+    let acct = format!("'{}'@'%'", id.resource_name());
+    ok(admin
+        .query_drop(format!("GRANT SELECT, PROCESS ON *.* TO {acct}"))
+        .await);
+    ok(admin
+        .query_drop(format!(
+            "GRANT ALL ON `{}`.* TO {acct} WITH GRANT OPTION",
+            id.resource_name()
+        ))
+        .await);
+    ok(admin
+        .query_drop(format!(
+            "GRANT SELECT ON `{}`.* TO {acct}",
+            other.resource_name()
+        ))
+        .await);
+
+    let drifted = ok(db.observe_site_database(&id, Some(&pw)).await);
+    assert!(!drifted.is_converged());
+    assert!(drifted.extra_grants.len() >= 2, "{drifted:?}");
+
+    let fixed = ok(db.ensure_site_database(&id, &pw).await);
+    assert!(fixed.is_converged(), "{fixed:?}");
+    let grants: Vec<String> = ok(admin.query(format!("SHOW GRANTS FOR {acct}")).await);
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert!(
+        grants
+            .iter()
+            .all(|g| !g.contains("GRANT OPTION") && !g.contains(&other.resource_name()))
+    );
+
+    ok(db.remove_site_database(&id).await);
+    ok(db.disconnect().await);
+}
+
+#[tokio::test]
+async fn galera_site_a_cannot_read_site_b() {
+    let db = galera();
+    let (a, b) = (SiteResourceId::generate(), SiteResourceId::generate());
+    let (pa, pb) = (SitePassword::generate(), SitePassword::generate());
+    ok(db.ensure_site_database(&a, &pa).await);
+    ok(db.ensure_site_database(&b, &pb).await);
+
+    let mut cb = ok(site_conn(&b, &pb).await);
+    ok(cb.query_drop("CREATE TABLE secrets (v TEXT)").await);
+    ok(cb.query_drop("INSERT INTO secrets VALUES ('b-only')").await);
+
+    let mut ca = ok(site_conn(&a, &pa).await);
+    let read = ca
+        .query_first::<String, _>(format!("SELECT v FROM `{}`.secrets", b.resource_name()))
+        .await;
+    let err = read.expect_err("A read B's table").to_string();
+    assert!(err.contains("denied"), "{err}");
+    assert!(
+        ca.query_drop(format!("USE `{}`", b.resource_name()))
+            .await
+            .is_err()
+    );
+    let dbs: Vec<String> = ok(ca.query("SHOW DATABASES").await);
+    assert!(!dbs.contains(&b.resource_name()), "{dbs:?}");
+    assert!(dbs.contains(&a.resource_name()));
+    // And B cannot log in with A's password.
+    assert!(site_conn(&b, &pa).await.is_err());
+    drop((ca, cb));
+
+    ok(db.remove_site_database(&a).await);
+    ok(db.remove_site_database(&b).await);
+    ok(db.disconnect().await);
+}
+
+#[tokio::test]
+async fn proxysql_hash_equals_server_password_hash() {
+    let pw = SitePassword::generate();
+    let mut admin = admin_conn().await;
+    let server: Option<String> = ok(admin.exec_first("SELECT PASSWORD(?)", (pw.expose(),)).await);
+    assert_eq!(server, Some(mysql_native_hash(&pw)));
+}
+
+// ---------------------------------------------------------------- Redis + Sentinel
+
+fn redis_driver(lab: &helpers::RedisLab, unlink_batch: usize) -> RedisSentinelDriver {
+    ok(RedisSentinelDriver::new(&RedisConfig {
+        sentinels: vec![lab.sentinel.clone()],
+        master_name: lab.master_name.clone(),
+        admin_user: None,
+        admin_password: None,
+        sentinel_password: None,
+        unlink_batch,
+    }))
+}
+
+async fn redis_as(
+    node: &str,
+    user: &str,
+    pw: &str,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{user}:{pw}@{node}/"))?;
+    client.get_multiplexed_async_connection().await
+}
+
+async fn wait_for_replica(driver: &RedisSentinelDriver) {
+    let start = std::time::Instant::now();
+    loop {
+        let t = ok(driver.topology().await);
+        if !t.replicas.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "sentinel never saw the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_acl_on_every_node_isolation_and_removal() {
+    let lab = helpers::RedisLab::start();
+    let driver = redis_driver(&lab, 500);
+    wait_for_replica(&driver).await;
+    let t = ok(driver.topology().await);
+    assert_eq!(t.master, lab.master);
+    assert_eq!(t.replicas, vec![lab.replica.clone()]);
+
+    let (a, b) = (SiteResourceId::generate(), SiteResourceId::generate());
+    let (pa, pb) = (SitePassword::generate(), SitePassword::generate());
+    let st = ok(driver.ensure_site_cache(&a, &pa).await);
+    assert!(st.is_converged(), "{st:?}");
+    assert_eq!(st.nodes.len(), 2);
+    assert!(st.nodes.iter().all(|n| n.saved == Some(true)));
+    let again = ok(driver.ensure_site_cache(&a, &pa).await);
+    assert_eq!(st, again);
+    ok(driver.ensure_site_cache(&b, &pb).await);
+
+    // Persisted to each node's aclfile, as a hash only.
+    for node in ["master", "replica"] {
+        let acl = ok(std::fs::read_to_string(lab.acl_file(node)));
+        assert!(
+            acl.contains(&format!("user {} on", a.resource_name())),
+            "{node}: {acl}"
+        );
+        assert!(
+            !acl.contains(pa.expose()),
+            "clear-text password in the aclfile"
+        );
+    }
+
+    // A on the master: own keys yes; B's keys, key listing and counts no.
+    let mut ca = ok(redis_as(&lab.master, &a.resource_name(), pa.expose()).await);
+    let mut cb = ok(redis_as(&lab.master, &b.resource_name(), pb.expose()).await);
+    let _: () = ok(redis::cmd("SET")
+        .arg(format!("wp_{b}:secret"))
+        .arg("b")
+        .query_async(&mut cb)
+        .await);
+    let _: () = ok(redis::cmd("SET")
+        .arg(format!("wp_{a}:k"))
+        .arg("a")
+        .query_async(&mut ca)
+        .await);
+    let who: String = ok(redis::cmd("ACL").arg("WHOAMI").query_async(&mut ca).await);
+    assert_eq!(who, a.resource_name());
+    for (name, cmd) in [
+        (
+            "GET",
+            redis::cmd("GET").arg(format!("wp_{b}:secret")).clone(),
+        ),
+        (
+            "SET",
+            redis::cmd("SET").arg(format!("wp_{b}:x")).arg("1").clone(),
+        ),
+        ("KEYS", redis::cmd("KEYS").arg("*").clone()),
+        ("SCAN", redis::cmd("SCAN").arg(0).clone()),
+        ("DBSIZE", redis::cmd("DBSIZE").clone()),
+        ("RANDOMKEY", redis::cmd("RANDOMKEY").clone()),
+        ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
+        ("ACL LIST", redis::cmd("ACL").arg("LIST").clone()),
+    ] {
+        let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut ca).await;
+        let e = r.expect_err(name);
+        assert!(
+            e.to_string().contains("NOPERM") || e.to_string().contains("permission"),
+            "{name}: {e}"
+        );
+    }
+
+    // The ACL is on the replica too (reads work there once replicated).
+    let mut ra = ok(redis_as(&lab.replica, &a.resource_name(), pa.expose()).await);
+    let start = std::time::Instant::now();
+    loop {
+        let v: Option<String> = ok(redis::cmd("GET")
+            .arg(format!("wp_{a}:k"))
+            .query_async(&mut ra)
+            .await);
+        if v.as_deref() == Some("a") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg(format!("wp_{b}:secret"))
+        .query_async(&mut ra)
+        .await;
+    assert!(r.is_err(), "A read B's key on the replica");
+
+    // Drift: the user deleted by hand on the replica is seen and repaired.
+    let mut admin_replica = ok(redis::Client::open(format!("redis://{}/", lab.replica)))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: i64 = ok(redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(a.resource_name())
+        .query_async(&mut admin_replica)
+        .await);
+    let drift = ok(driver.observe_site_cache(&a, Some(&pa)).await);
+    assert!(!drift.is_converged());
+    assert!(ok(driver.ensure_site_cache(&a, &pa).await).is_converged());
+
+    // Removal: 1200 keys in batches of 500, B untouched, user gone on both nodes.
+    let mut pipe = redis::pipe();
+    for i in 0..1199 {
+        pipe.cmd("SET").arg(format!("wp_{a}:n{i}")).arg(i).ignore();
+    }
+    let _: () = ok(pipe.query_async(&mut ca).await);
+    let removed = ok(driver.remove_site_cache(&a).await);
+    assert_eq!(removed.keys_deleted, 1200);
+    assert_eq!(removed.nodes.len(), 2);
+    let gone = ok(driver.observe_site_cache(&a, None).await);
+    assert!(gone.is_absent(), "{gone:?}");
+    assert!(
+        redis_as(&lab.master, &a.resource_name(), pa.expose())
+            .await
+            .is_err()
+    );
+    let b_still: Option<String> = ok(redis::cmd("GET")
+        .arg(format!("wp_{b}:secret"))
+        .query_async(&mut cb)
+        .await);
+    assert_eq!(b_still.as_deref(), Some("b"));
+    let twice = ok(driver.remove_site_cache(&a).await);
+    assert_eq!(twice.keys_deleted, 0);
+    assert_eq!(
+        ok(driver.list_site_ids().await),
+        BTreeSet::from([b.clone()])
+    );
+}
+
+// ---------------------------------------------------------------- Varnish
+
+fn varnish_driver(lab: &helpers::VarnishLab) -> VarnishDriver {
+    ok(VarnishDriver::new(&VarnishConfig {
+        instances: vec![VarnishInstance {
+            address: lab.admin.clone(),
+            secret_file: lab.secret_file.clone(),
+        }],
+        backend_host: "127.0.0.1".into(),
+        backend_port: 9,
+        vcl_prefix: "pd_".into(),
+    }))
+}
+
+fn host(s: &str) -> DomainName {
+    ok(DomainName::parse(s))
+}
+
+async fn cli(lab: &helpers::VarnishLab) -> VarnishCli {
+    let secret = ok(std::fs::read(&lab.secret_file));
+    ok(VarnishCli::connect(&lab.admin, &secret).await)
+}
+
+#[tokio::test]
+async fn varnish_host_table_load_use_discard_verify_and_ban() {
+    let lab = helpers::VarnishLab::start();
+    let driver = varnish_driver(&lab);
+    let mut t1 = HostTable::default();
+    t1.active.insert(host("a.test"));
+    t1.suspended.insert(host("s.test"));
+
+    let st = ok(driver.apply_host_table(&t1).await);
+    assert!(st.iter().all(|s| s.converged), "{st:?}");
+    let name1 = driver
+        .render(&t1)
+        .map(|v| v.name)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(st[0].active.as_deref(), Some(name1.as_str()));
+    // Again: nothing new loaded.
+    ok(driver.apply_host_table(&t1).await);
+    let list = ok(cli(&lab).await.vcl_list().await);
+    assert_eq!(
+        list.iter().filter(|e| e.name.starts_with("pd_")).count(),
+        1,
+        "{list:?}"
+    );
+
+    // The VCL itself: unknown host is our 404, suspended is our 503 maintenance page.
+    let (code, body) = helpers::http_get(&lab.http, "unknown.test").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body.contains("X-Pressdock-Edge: synth") && body.contains("Unknown site"),
+        "{body}"
+    );
+    let (code, body) = helpers::http_get(&lab.http, "S.test:443").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("Site suspended"), "{body}");
+
+    // A changed table replaces the VCL and discards the old one.
+    let mut t2 = t1.clone();
+    t2.active.insert(host("b.test"));
+    t2.suspended.clear();
+    ok(driver.apply_host_table(&t2).await);
+    let observed = ok(driver.observe_host_table(&t2).await);
+    assert!(observed.iter().all(|s| s.converged), "{observed:?}");
+    assert!(!ok(driver.observe_host_table(&t1).await)[0].converged);
+    let list = ok(cli(&lab).await.vcl_list().await);
+    assert!(
+        !list
+            .iter()
+            .any(|e| e.name == name1 && e.status != "discarded"),
+        "old VCL not discarded: {list:?}"
+    );
+    let (code, body) = helpers::http_get(&lab.http, "s.test").await;
+    assert_eq!(code, 404, "s.test is no longer known: {body}");
+
+    // Drift: someone activates another VCL by hand; observe sees it, apply repairs.
+    let mut c = cli(&lab).await;
+    ok(c.command_ok("vcl.use", &["boot"]).await);
+    assert!(!ok(driver.observe_host_table(&t2).await)[0].converged);
+    assert!(ok(driver.apply_host_table(&t2).await)[0].converged);
+
+    // Ban by host.
+    ok(driver.ban_host(&host("b.test")).await);
+    let bans = ok(cli(&lab).await.command_ok("ban.list", &[]).await);
+    assert!(bans.contains("req.http.host == b.test"), "{bans}");
+}
+
+#[tokio::test]
+async fn varnish_rejects_a_wrong_secret_and_a_bad_vcl_keeps_the_old_one() {
+    let lab = helpers::VarnishLab::start();
+    let err = VarnishCli::connect(&lab.admin, b"wrong\n")
+        .await
+        .expect_err("auth with a wrong secret");
+    assert!(err.to_string().contains("authentication refused"), "{err}");
+
+    let mut c = cli(&lab).await;
+    let before = ok(c.vcl_list().await);
+    let bad = c
+        .vcl_inline("pd_bad", "vcl 4.1;\nsub vcl_recv { this is not vcl }\n")
+        .await;
+    assert!(bad.is_err());
+    let after = ok(c.vcl_list().await);
+    assert_eq!(
+        before.iter().find(|e| e.status == "active"),
+        after.iter().find(|e| e.status == "active")
+    );
+}
