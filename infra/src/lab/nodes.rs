@@ -1,0 +1,249 @@
+//! Nodes: one dockerd per namespace, the swarm, role labels, overlay networks, the edge
+//! stack and the lab's test site.
+use super::sh::{self, progress, run, try_out, wait_for};
+use super::{EDGE_NET, EDGE_SUBNET, Lab, Node, RUN, Role, SITES_NET, SITES_SUBNET, STACK, STATE};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::time::Duration;
+
+fn dockerd_name(node: &Node) -> String {
+    format!("dockerd-{}", node.host())
+}
+
+/// Starts the node's dockerd unless it already answers.
+pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
+    let name = dockerd_name(node);
+    if lab.procs.alive(&name).is_some() && sh::ok(&mut node.docker(["version"])) {
+        return Ok(());
+    }
+    // Leftovers of a crashed run: the node's processes (containerd, shims, containers) and
+    // its stale pid file and socket.
+    lab.procs.stop(&name, Duration::from_secs(5))?;
+    super::proc::kill_cgroup(&node.host())?;
+    let exec_root = Path::new(RUN).join(node.host());
+    let data_root = lab.path(&format!("nodes/{}/docker", node.host()));
+    std::fs::create_dir_all(&exec_root).context("creating exec root")?;
+    std::fs::create_dir_all(&data_root).context("creating data root")?;
+    std::fs::create_dir_all(lab.path("run")).context("creating run dir")?;
+    let pidfile = Path::new(RUN).join(format!("{}.pid", node.host()));
+    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(node.sock());
+    let script = format!(
+        "hostname {host} && exec nsenter --net={netns} dockerd --storage-driver=overlay2 \
+         --data-root {data} --exec-root {exec} -H {sockh} --pidfile {pid} --bridge=none \
+         --cgroup-parent=/{host} --log-level=warn",
+        host = node.host(),
+        netns = node.netns_path(),
+        data = data_root.display(),
+        exec = exec_root.display(),
+        sockh = node.docker_host(),
+        pid = pidfile.display(),
+    );
+    lab.procs.spawn(
+        &name,
+        &node.host(),
+        "dockerd",
+        &lab.path(&format!("logs/{name}.log")),
+        "unshare",
+        &["--uts".into(), "sh".into(), "-c".into(), script],
+    )?;
+    wait_for(
+        &format!("dockerd of {} (log: {STATE}/logs/{name}.log)", node.host()),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || sh::ok(&mut node.docker(["version"])).then_some(()),
+    )?;
+    Ok(())
+}
+
+fn swarm_state(node: &Node) -> (String, String) {
+    let s = try_out(&mut node.docker([
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}",
+    ]))
+    .unwrap_or_default();
+    let mut it = s.split_whitespace();
+    (
+        it.next().unwrap_or("").to_owned(),
+        it.next().unwrap_or("").to_owned(),
+    )
+}
+
+/// One swarm: the first manager initialises it, the others join; role labels on every node.
+pub fn ensure_swarm(lab: &Lab) -> Result<()> {
+    let nodes = lab.topo.nodes();
+    let m1 = lab.topo.first_manager();
+    if swarm_state(&m1).0 != "active" {
+        run(&mut m1.docker([
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &m1.ip,
+            "--listen-addr",
+            &format!("{}:2377", m1.ip),
+        ]))
+        .context("swarm init")?;
+        progress("swarm", format!("initialised on {}", m1.host()));
+    }
+    let manager_token = run(&mut m1.docker(["swarm", "join-token", "-q", "manager"]))?;
+    let worker_token = run(&mut m1.docker(["swarm", "join-token", "-q", "worker"]))?;
+    for n in nodes.iter().skip(1) {
+        if swarm_state(n).0 == "active" {
+            continue;
+        }
+        let token = if n.role == Role::Manager {
+            manager_token.trim()
+        } else {
+            worker_token.trim()
+        };
+        run(&mut n.docker([
+            "swarm",
+            "join",
+            "--token",
+            token,
+            "--advertise-addr",
+            &n.ip,
+            &format!("{}:2377", m1.ip),
+        ]))
+        .with_context(|| format!("{} joining the swarm", n.host()))?;
+        progress("swarm", format!("{} joined", n.host()));
+    }
+    // Nodes left from an earlier life of the lab (same host name, now down): remove.
+    let ours: Vec<String> = nodes.iter().map(|n| swarm_state(n).1).collect();
+    let listing = run(&mut m1.docker(["node", "ls", "--format", "{{.ID}} {{.Status}}"]))?;
+    for l in listing.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(id), Some(status)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if !ours.iter().any(|o| o == id) && status != "Ready" {
+            let _ = run(&mut m1.docker(["node", "rm", "--force", id]));
+        }
+    }
+    for n in &nodes {
+        let id = swarm_state(n).1;
+        if id.is_empty() {
+            bail!("{} has no swarm node id", n.host());
+        }
+        let mut labels = vec![
+            format!("pressdock.node={}", n.name),
+            format!(
+                "pressdock.role={}",
+                if n.role == Role::Manager { "manager" } else { "worker" }
+            ),
+        ];
+        match n.role {
+            // In the lab the managers also carry the cache tier (Varnish).
+            Role::Manager => labels.push("pressdock.cache=true".into()),
+            Role::Worker => {
+                labels.push("pressdock.pool=wp".into());
+                labels.push("pressdock.slots=25".into());
+            }
+        }
+        let mut args = vec!["node".to_string(), "update".into()];
+        for l in labels {
+            args.push("--label-add".into());
+            args.push(l);
+        }
+        args.push(id);
+        run(&mut m1.docker(&args)).with_context(|| format!("labelling {}", n.host()))?;
+    }
+    Ok(())
+}
+
+/// Attachable overlay networks for the edge and for sites.
+pub fn ensure_networks(lab: &Lab) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    for (name, subnet) in [(EDGE_NET, EDGE_SUBNET), (SITES_NET, SITES_SUBNET)] {
+        if sh::ok(&mut m1.docker(["network", "inspect", name])) {
+            continue;
+        }
+        run(&mut m1.docker([
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            subnet,
+            name,
+        ]))
+        .with_context(|| format!("creating overlay network {name}"))?;
+    }
+    Ok(())
+}
+
+/// The Varnish config folder bind-mounted into every Varnish task: the VCL from
+/// `configs/varnish/` plus a host table for the lab's test site.
+pub fn write_vcl(lab: &Lab) -> Result<std::path::PathBuf> {
+    let dir = lab.path("varnish/vcl");
+    let src = lab.repo.join("configs/varnish");
+    for f in ["main.vcl", "backend.vcl", "acl.vcl", "pressdock.vcl"] {
+        let s = std::fs::read_to_string(src.join(f))
+            .with_context(|| format!("reading configs/varnish/{f}"))?;
+        sh::write_file(&dir.join(f), &s)?;
+    }
+    let hosts = dir.join("hosts.vcl");
+    if !hosts.exists() {
+        sh::write_file(
+            &hosts,
+            "# Host table (generated; the platform rewrites it and hot-loads it).\n\
+             sub pressdock_hosts {\n    if (req.http.host == \"hello.lab.test\") {\n        \
+             set req.http.X-Pressdock-Site = \"hello\";\n    }\n}\n",
+        )?;
+    }
+    let secret = lab.path("varnish/secret");
+    if !secret.exists() {
+        sh::write_file(&secret, &format!("{}\n", lab.secrets.varnish))?;
+    }
+    Ok(dir)
+}
+
+/// `docker stack deploy` of `stacks/edge.yml` (Traefik + Varnish) on the first manager.
+pub fn deploy_edge(lab: &Lab) -> Result<()> {
+    let vcl = write_vcl(lab)?;
+    let m1 = lab.topo.first_manager();
+    let stack = lab.repo.join("stacks/edge.yml");
+    let mut c = m1.docker([
+        "stack",
+        "deploy",
+        "--resolve-image",
+        "never",
+        "--prune",
+        "-c",
+        &stack.to_string_lossy(),
+        STACK,
+    ]);
+    c.env("PD_DOCKER_SOCK", m1.sock())
+        .env("PD_VCL_DIR", &vcl)
+        .env("PD_VARNISH_SECRET", lab.path("varnish/secret"))
+        .env("PD_EDGE_NET", EDGE_NET)
+        .env("PD_SITES_NET", SITES_NET);
+    run(&mut c).context("deploying stacks/edge.yml")?;
+    // The lab's test site: WordPress runtime image serving its static files.
+    let hello = lab.repo.join("stacks/lab-hello.yml");
+    let mut c = m1.docker([
+        "stack",
+        "deploy",
+        "--resolve-image",
+        "never",
+        "-c",
+        &hello.to_string_lossy(),
+        "lab",
+    ]);
+    c.env("PD_SITES_NET", SITES_NET);
+    run(&mut c).context("deploying stacks/lab-hello.yml")?;
+    Ok(())
+}
+
+/// Services of the swarm as `name replicas` lines.
+pub fn services(lab: &Lab) -> String {
+    try_out(&mut lab.topo.first_manager().docker([
+        "service",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Mode}} {{.Replicas}} {{.Image}}",
+    ]))
+    .unwrap_or_default()
+}

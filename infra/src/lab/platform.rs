@@ -1,0 +1,297 @@
+//! The platform on the lab: a `pressdock serve` config with every lab endpoint
+//! (`<state>/pressdock.toml`), the server as a background process, and a staff admin plus a
+//! demo tenant created through the HTTP API.
+use super::sh::{self, progress};
+use super::{EDGE_NET, HOST_IP, Lab, SITES_NET, STATE, http, ports};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct Platform {
+    pub url: String,
+    pub demo_email: String,
+    pub demo_tenant: String,
+}
+
+pub const STAFF_EMAIL: &str = "admin@pressdock.test";
+pub const DEMO_EMAIL: &str = "owner@demo.test";
+
+pub fn config_path() -> PathBuf {
+    Path::new(STATE).join("pressdock.toml")
+}
+
+/// The platform config (shape documented in configs/pressdock.example.toml).
+pub fn config(lab: &Lab) -> String {
+    let s = &lab.secrets;
+    let m1 = lab.topo.first_manager();
+    let sentinels: Vec<String> = (1..=3)
+        .map(|i| format!("\"{HOST_IP}:{}\"", super::data::sentinel_port(i)))
+        .collect();
+    let varnish: Vec<String> = lab
+        .topo
+        .cache_nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "{{ address = \"{}:{}\", secret_file = \"{STATE}/varnish/secret\" }}",
+                n.ip,
+                ports::VARNISH_ADMIN
+            )
+        })
+        .collect();
+    let galera_nodes: Vec<String> = (1..=lab.topo.galera_nodes)
+        .map(|n| format!("\"{HOST_IP}:{}\"", super::data::galera_port(n)))
+        .collect();
+    let key = {
+        // 32 random bytes, base64 (the platform's secret_key format).
+        let bytes = hex::decode(&s.platform_key).unwrap_or_default();
+        base64(&bytes)
+    };
+    format!(
+        r#"# Written by `pressdock-infra lab up`: the platform against the lab's real servers.
+listen = "127.0.0.1:{platform}"
+database_url = "mysql://pressdock:{dbpw}@{HOST_IP}:{router}/pressdock"
+secret_key = "{key}"
+
+[bootstrap]
+admin_email = "{STAFF_EMAIL}"
+admin_password = "{staff}"
+
+[backends.galera]
+admin_url = "mysql://pdadmin:{admin}@{HOST_IP}:{router}"
+router = "haproxy"
+proxysql_admin_urls = []
+site_db_host = "{HOST_IP}:{router}"
+nodes = [{galera_nodes}]
+
+[backends.redis]
+sentinels = [{sentinels}]
+master_name = "pressdock"
+admin_user = "admin"
+admin_password = "{redis}"
+
+[backends.gluster]
+remote_host = "{gluster_host}"
+volume = "sites"
+mount = "{mount}"
+node_mount = "{STATE}/nodes/{{{{.Node.Hostname}}}}/sites"
+
+[backends.varnish]
+instances = [{varnish}]
+vcl_dir = "{STATE}/varnish/vcl"
+hosts_file = "{STATE}/varnish/vcl/hosts.vcl"
+vcl_dir_in_instance = "/etc/varnish/pressdock"
+
+[backends.swarm]
+docker_host = "{docker_host}"
+runtime_image = "local/wordpress:dev"
+site_network = "{SITES_NET}"
+edge_network = "{EDGE_NET}"
+cert_resolver = ""
+docker_api_version = "1.41"
+
+[backends.s3]
+endpoint = "http://{HOST_IP}:{s3}"
+bucket = "backups"
+region = "us-east-1"
+access_key = "lab"
+secret_key = "lab-secret"
+force_path_style = true
+"#,
+        platform = ports::PLATFORM,
+        dbpw = s.platform_db,
+        router = ports::ROUTER,
+        staff = s.staff_password,
+        admin = s.galera_admin,
+        galera_nodes = galera_nodes.join(", "),
+        sentinels = sentinels.join(", "),
+        redis = s.redis_admin,
+        gluster_host = super::GLUSTER_HOST,
+        mount = m1.gluster_mount().display(),
+        varnish = varnish.join(", "),
+        docker_host = m1.docker_host(),
+        s3 = ports::S3,
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `target/{release,debug}/pressdock` of this workspace, if built.
+fn binary(lab: &Lab) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lab.repo.join("target"));
+    ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("pressdock"))
+        .find(|p| p.is_file())
+}
+
+/// Writes the config; starts the platform and creates the demo tenant when the binary
+/// exists and serves. A missing or unready platform is reported, not fatal.
+pub fn ensure(lab: &Lab) -> Result<Option<Platform>> {
+    sh::write_file(&config_path(), &config(lab))?;
+    let Some(bin) = binary(lab) else {
+        progress(
+            "platform",
+            "target/*/pressdock not built (`cargo build -p platform`); config written, \
+             platform not started",
+        );
+        return Ok(None);
+    };
+    match start_and_seed(lab, &bin) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            progress(
+                "platform",
+                format!(
+                    "not ready, skipped: {e:#} (log: {STATE}/logs/platform.log)"
+                ),
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn start_and_seed(lab: &Lab, bin: &Path) -> Result<Platform> {
+    let addr = format!("127.0.0.1:{}", ports::PLATFORM);
+    let cfg = config_path();
+    if lab.procs.alive("platform").is_none() {
+        progress("platform", format!("starting {} serve", bin.display()));
+        lab.procs.spawn(
+            "platform",
+            "pdlab-data",
+            "pressdock",
+            &lab.path("logs/platform.log"),
+            "env",
+            &[
+                format!("PRESSDOCK_CONFIG={}", cfg.display()),
+                bin.to_string_lossy().into_owned(),
+                "serve".into(),
+                "--config".into(),
+                cfg.to_string_lossy().into_owned(),
+            ],
+        )?;
+    }
+    sh::wait_for(
+        "the platform to listen",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            if lab.procs.alive("platform").is_none() {
+                return Some(Err(anyhow::anyhow!("pressdock serve exited")));
+            }
+            std::net::TcpStream::connect(&addr).ok().map(|_| Ok(()))
+        },
+    )??;
+    let login = http::request(
+        &addr,
+        "POST",
+        "/v1/auth/login",
+        "127.0.0.1",
+        Some(&json!({"email": STAFF_EMAIL, "password": lab.secrets.staff_password})),
+        &[],
+    )?;
+    let token = serde_json::from_str::<serde_json::Value>(&login.body)
+        .ok()
+        .and_then(|v| v["access_token"].as_str().map(str::to_owned))
+        .with_context(|| format!("staff login: HTTP {} {}", login.status, login.body))?;
+    let auth = format!("Bearer {token}");
+    let h = [("Authorization", auth.as_str())];
+    let t = http::request(
+        &addr,
+        "POST",
+        "/v1/tenants",
+        "127.0.0.1",
+        Some(&json!({"name": "Demo Agency Client", "slug": "demo"})),
+        &h,
+    )?;
+    let tenant = if t.status == 200 || t.status == 201 {
+        serde_json::from_str::<serde_json::Value>(&t.body)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned))
+            .context("tenant without id")?
+    } else if t.status == 409 {
+        // Second `lab up`: the tenant exists; find it by slug.
+        let l = http::request(&addr, "GET", "/v1/tenants", "127.0.0.1", None, &h)?;
+        let v: serde_json::Value = serde_json::from_str(&l.body).unwrap_or_default();
+        let items = v
+            .get("items")
+            .or(v.get("tenants"))
+            .and_then(|x| x.as_array())
+            .cloned()
+            .or_else(|| v.as_array().cloned())
+            .unwrap_or_default();
+        items
+            .iter()
+            .find(|t| t["slug"] == "demo")
+            .and_then(|t| t["id"].as_str().map(str::to_owned))
+            .context("existing demo tenant not found in GET /v1/tenants")?
+    } else {
+        bail!("creating the demo tenant: HTTP {} {}", t.status, t.body);
+    };
+    let u = http::request(
+        &addr,
+        "POST",
+        &format!("/v1/tenants/{tenant}/users"),
+        "127.0.0.1",
+        Some(&json!({"email": DEMO_EMAIL, "password": lab.secrets.demo_password, "role": "owner"})),
+        &h,
+    )?;
+    if !(u.status == 200 || u.status == 201 || u.status == 409) {
+        bail!("creating the demo owner: HTTP {} {}", u.status, u.body);
+    }
+    Ok(Platform {
+        url: format!("http://{addr}"),
+        demo_email: DEMO_EMAIL.into(),
+        demo_tenant: tenant,
+    })
+}
+
+/// `<state>/lab.toml`: the endpoints, for tests and other tools.
+pub fn write_summary(lab: &Lab, plat: Option<&Platform>) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    let nodes: Vec<String> = lab
+        .topo
+        .nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "{{ name = \"{}\", host = \"{}\", ip = \"{}\", docker_host = \"{}\", gluster_mount = \"{}\" }}",
+                n.name,
+                n.host(),
+                n.ip,
+                n.docker_host(),
+                n.gluster_mount().display()
+            )
+        })
+        .collect();
+    let s = format!(
+        "edge_url = \"http://127.0.0.1:{edge}\"\nrouter = \"{HOST_IP}:{router}\"\n\
+         platform_url = \"{purl}\"\nplatform_config = \"{cfg}\"\nmanager_docker_host = \"{dh}\"\n\
+         nodes = [\n  {nodes}\n]\n",
+        edge = ports::EDGE,
+        router = ports::ROUTER,
+        purl = plat.map(|p| p.url.as_str()).unwrap_or(""),
+        cfg = config_path().display(),
+        dh = m1.docker_host(),
+        nodes = nodes.join(",\n  "),
+    );
+    sh::write_file(&Path::new(STATE).join("lab.toml"), &s)
+}

@@ -1,0 +1,182 @@
+//! `lab status`: nodes, services and servers, each with a health probe.
+use super::platform::Platform;
+use super::sh::try_out;
+use super::{HOST_IP, Lab, STATE, data, http, ports};
+
+fn line(what: &str, ok: bool, detail: &str) {
+    println!("  {:<28} {:<5} {detail}", what, if ok { "ok" } else { "DOWN" });
+}
+
+/// Prints the state of everything; returns whether all is healthy.
+pub fn status(lab: &Lab) -> bool {
+    let mut healthy = true;
+    let mut report = |what: &str, ok: bool, detail: &str| {
+        healthy &= ok;
+        line(what, ok, detail);
+    };
+    println!("nodes:");
+    for n in lab.topo.nodes() {
+        let info = try_out(&mut n.docker([
+            "info",
+            "--format",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+        ]));
+        let ok = info.as_deref().is_some_and(|s| s.starts_with("active"));
+        report(
+            &format!("{} ({})", n.host(), n.ip),
+            ok,
+            info.as_deref().map(str::trim).unwrap_or("dockerd not answering"),
+        );
+    }
+    let m1 = lab.topo.first_manager();
+    if let Some(ls) = try_out(&mut m1.docker([
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}",
+    ])) {
+        for l in ls.lines() {
+            println!("    swarm: {l}");
+        }
+    }
+    println!("services:");
+    for l in super::nodes::services(lab).lines() {
+        let mut f = l.split_whitespace();
+        let name = f.next().unwrap_or("");
+        let _mode = f.next();
+        let replicas = f.next().unwrap_or("0/0");
+        let ok = replicas
+            .split_once('/')
+            .is_some_and(|(a, b)| a == b && a != "0");
+        report(name, ok, replicas);
+    }
+    println!("servers:");
+    for n in 1..=lab.topo.galera_nodes {
+        let st = data::galera_state(lab, n);
+        report(
+            &format!("galera g{n} {HOST_IP}:{}", data::galera_port(n)),
+            st.as_ref()
+                .is_some_and(|(l, c)| l == "Synced" && c == "Primary"),
+            &st.map(|(l, c)| format!("{l}/{c}"))
+                .unwrap_or_else(|| "not answering".into()),
+        );
+    }
+    let router = data::router_servers();
+    report(
+        &format!("router {HOST_IP}:{}", ports::ROUTER),
+        router.iter().any(|(_, s)| s == "UP"),
+        &router
+            .iter()
+            .map(|(n, s)| format!("{n}={s}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    for n in 1..=2u8 {
+        let role = data::redis_cli(lab, data::redis_port(n), &["ROLE"])
+            .ok()
+            .and_then(|r| r.lines().next().map(str::to_owned));
+        report(
+            &format!("redis r{n} {HOST_IP}:{}", data::redis_port(n)),
+            role.is_some(),
+            role.as_deref().unwrap_or("not answering"),
+        );
+    }
+    let master = data::sentinel_master();
+    for n in 1..=3u8 {
+        let ok = data::sentinel_cli(data::sentinel_port(n), &["PING"]).is_ok();
+        report(
+            &format!("sentinel s{n} {HOST_IP}:{}", data::sentinel_port(n)),
+            ok,
+            &format!("master {}", master.as_deref().unwrap_or("?")),
+        );
+    }
+    let vol = data::gluster(&["volume", "status", "sites"]).ok();
+    report(
+        "gluster volume sites",
+        vol.as_deref().is_some_and(|v| v.matches(" Y ").count() >= 2),
+        if vol.is_some() { "bricks online" } else { "glusterd not answering" },
+    );
+    for n in lab.topo.nodes() {
+        let (m, h) = data::mount_state(&n.gluster_mount());
+        report(
+            &format!("gluster mount {}", n.host()),
+            h,
+            if h { "mounted" } else if m { "dead mount" } else { "not mounted" },
+        );
+    }
+    let s3 = http::get(&format!("{HOST_IP}:{}", ports::S3), "/backups", HOST_IP);
+    report(
+        &format!("s3 {HOST_IP}:{}", ports::S3),
+        s3.as_ref().is_ok_and(|r| r.status == 200),
+        "bucket backups",
+    );
+    let edge = http::get(
+        &format!("127.0.0.1:{}", ports::EDGE),
+        "/pressdock-health",
+        "hello.lab.test",
+    );
+    report(
+        &format!("edge 127.0.0.1:{}", ports::EDGE),
+        edge.as_ref()
+            .is_ok_and(|r| r.status == 200 && r.header("X-Pressdock-Cache").is_some()),
+        &edge
+            .map(|r| {
+                format!(
+                    "HTTP {} X-Pressdock-Cache={}",
+                    r.status,
+                    r.header("X-Pressdock-Cache").unwrap_or("-")
+                )
+            })
+            .unwrap_or_else(|e| format!("{e:#}")),
+    );
+    let plat = lab.procs.alive("platform");
+    line(
+        &format!("platform 127.0.0.1:{}", ports::PLATFORM),
+        plat.is_some(),
+        if plat.is_some() { "running" } else { "not running (optional)" },
+    );
+    healthy
+}
+
+pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
+    let s = &lab.secrets;
+    println!();
+    println!("Pressdock lab is up.");
+    println!(
+        "  edge (Traefik → Varnish → site): http://127.0.0.1:{}/  (try: curl -H 'Host: hello.lab.test' http://127.0.0.1:{}/pressdock-health -i)",
+        ports::EDGE,
+        ports::EDGE
+    );
+    println!(
+        "  Galera router:  mysql -h {HOST_IP} -P {} -u pdadmin -p{}",
+        ports::ROUTER,
+        s.galera_admin
+    );
+    println!(
+        "  Redis (Sentinel {HOST_IP}:{}, master pressdock): user admin, password {}",
+        data::sentinel_port(1),
+        s.redis_admin
+    );
+    println!("  S3: http://{HOST_IP}:{}/backups", ports::S3);
+    println!(
+        "  docker: docker -H {}  node ls",
+        lab.topo.first_manager().docker_host()
+    );
+    println!("  platform config: {}", super::platform::config_path().display());
+    match plat {
+        Some(p) => {
+            println!("  platform API: {}", p.url);
+            println!(
+                "    staff admin: {} / {}",
+                super::platform::STAFF_EMAIL,
+                s.staff_password
+            );
+            println!(
+                "    demo tenant {}: owner {} / {}",
+                p.demo_tenant, p.demo_email, s.demo_password
+            );
+        }
+        None => println!("  platform: not started (see the message above)"),
+    }
+    println!("  state: {STATE}  (lab status | lab down [--keep-data])");
+}

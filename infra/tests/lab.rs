@@ -1,0 +1,368 @@
+//! Lab tests: each checks the real thing on the real lab (1 manager + 2 workers).
+//!
+//! Gated: they run only with `PRESSDOCK_LAB_TESTS=1` (CI sets it) and need root. Each test
+//! first runs `pressdock-infra lab up --no-platform`, which builds the lab the first time and
+//! afterwards only converges — so a test that kills a Galera node or the Redis master is
+//! healed by the next test's `lab up`. The tests share one machine-wide lab, so they take a
+//! lock and run one at a time; `zz_lab_down_leaves_nothing` sorts last and tears the lab
+//! down. CI: `PRESSDOCK_LAB_TESTS=1 cargo test -p infra --test lab -- --test-threads=1`.
+use infra::lab::{self, HOST_IP, Lab, STATE, Secrets, data, down, ports, proc::Procs};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn enabled() -> bool {
+    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set PRESSDOCK_LAB_TESTS=1 to run the lab tests (root, ~2 min)");
+        return false;
+    }
+    true
+}
+
+fn infra() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pressdock-infra"))
+}
+
+/// Brings the lab up (or converges it) and returns a handle on it.
+fn lab_up() -> Lab {
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "up", "--no-platform"])
+        .output()
+        .expect("run pressdock-infra lab up");
+    assert!(
+        out.status.success(),
+        "lab up failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("lab up: {:.1}s", t0.elapsed().as_secs_f64());
+    Lab {
+        topo: lab::saved_topology().expect("topology after lab up"),
+        secrets: Secrets::load_or_create().expect("secrets"),
+        procs: Procs {
+            dir: Path::new(STATE).join("pids"),
+        },
+        repo: lab::repo_root(),
+    }
+}
+
+fn rand_suffix() -> String {
+    lab::sh::random_hex(4).expect("random")
+}
+
+/// SQL over TCP as the lab admin; `Err` carries the client's stderr.
+fn sql(lab: &Lab, port: u16, q: &str) -> Result<String, String> {
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "--connect-timeout=3",
+            "-h",
+            HOST_IP,
+            "-P",
+            &port.to_string(),
+            "-u",
+            "pdadmin",
+            &format!("-p{}", lab.secrets.galera_admin),
+            "-N",
+            "-B",
+            "-e",
+            q,
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+#[test]
+fn galera_write_on_one_node_is_read_on_another() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let v = rand_suffix();
+    let p1 = data::galera_port(1);
+    let p3 = data::galera_port(lab.topo.galera_nodes);
+    sql(
+        &lab,
+        p1,
+        &format!(
+            "CREATE DATABASE IF NOT EXISTS labtest; CREATE TABLE IF NOT EXISTS labtest.kv \
+             (k VARCHAR(32) PRIMARY KEY, v VARCHAR(64)); INSERT INTO labtest.kv VALUES ('{v}', 'from-g1')"
+        ),
+    )
+    .expect("write on g1");
+    let read = sql(&lab, p3, &format!("SELECT v FROM labtest.kv WHERE k = '{v}'")).expect("read on g3");
+    assert_eq!(read, "from-g1", "row written on g1 read back on g3");
+    let port = sql(&lab, p3, "SELECT @@port").expect("port of g3");
+    assert_eq!(port, p3.to_string(), "the read really went to another node");
+}
+
+#[test]
+fn router_keeps_taking_writes_after_the_active_galera_node_is_killed() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let r = ports::ROUTER;
+    let tbl = format!("labtest.w_{}", rand_suffix());
+    sql(&lab, r, &format!("CREATE DATABASE IF NOT EXISTS labtest; CREATE TABLE {tbl} (i INT PRIMARY KEY)"))
+        .expect("create table through the router");
+    let active: u16 = sql(&lab, r, "SELECT @@port")
+        .expect("router answers")
+        .parse()
+        .expect("port");
+    let node = (1..=lab.topo.galera_nodes)
+        .find(|n| data::galera_port(*n) == active)
+        .expect("active node is a lab node");
+    let mut worst_gap = Duration::ZERO;
+    for i in 0..40 {
+        if i == 10 {
+            let pid = lab.procs.kill9(&format!("galera-{node}")).expect("kill active node");
+            eprintln!("killed galera-{node} (pid {pid}), the router's active server");
+        }
+        let t0 = Instant::now();
+        loop {
+            match sql(&lab, r, &format!("INSERT INTO {tbl} VALUES ({i})")) {
+                Ok(_) => break,
+                // A write whose connection died may or may not have committed.
+                Err(e) if e.contains("Duplicate entry") => break,
+                Err(e) => {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(20),
+                        "write {i} still failing after 20 s: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        worst_gap = worst_gap.max(t0.elapsed());
+    }
+    let count = sql(&lab, r, &format!("SELECT COUNT(*) FROM {tbl}")).expect("count");
+    assert_eq!(count, "40", "every write landed");
+    let now: u16 = sql(&lab, r, "SELECT @@port").expect("router").parse().expect("port");
+    assert_ne!(now, active, "the router moved to another node");
+    eprintln!("router failover: longest write wait {:.1}s", worst_gap.as_secs_f64());
+    assert!(worst_gap < Duration::from_secs(10), "failover took {worst_gap:?}");
+}
+
+#[test]
+fn sentinel_promotes_the_replica_when_the_master_is_killed() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let before = data::sentinel_master().expect("sentinels know a master");
+    let port: u16 = before.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let n = (1..=2u8).find(|n| data::redis_port(*n) == port).expect("lab redis");
+    let key = format!("labtest:{}", rand_suffix());
+    data::redis_cli(&lab, port, &["SET", &key, "v1"]).expect("write to master");
+    // Let the replica receive it before the master dies.
+    data::redis_cli(&lab, port, &["WAIT", "1", "2000"]).expect("WAIT");
+    let t0 = Instant::now();
+    lab.procs.kill9(&format!("redis-{n}")).expect("kill master");
+    let after = lab::sh::wait_for(
+        "Sentinel failover",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || data::sentinel_master().filter(|m| *m != before),
+    )
+    .expect("a new master");
+    eprintln!("sentinel failover in {:.1}s: {before} -> {after}", t0.elapsed().as_secs_f64());
+    let new_port: u16 = after.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let role = data::redis_cli(&lab, new_port, &["ROLE"]).expect("role");
+    assert!(role.starts_with("master"), "promoted node says {role}");
+    let v = data::redis_cli(&lab, new_port, &["GET", &key]).expect("get");
+    assert_eq!(v.trim(), "v1", "data survived the failover");
+    data::redis_cli(&lab, new_port, &["SET", &key, "v2"]).expect("new master takes writes");
+}
+
+#[test]
+fn gluster_file_crosses_nodes_and_quota_refuses_writes() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let nodes = lab.topo.nodes();
+    let (a, b) = (&nodes[1], &nodes[2]);
+    let dir = format!("labtest-{}", rand_suffix());
+    std::fs::create_dir_all(a.gluster_mount().join(&dir)).expect("mkdir via node a");
+    std::fs::write(a.gluster_mount().join(&dir).join("hello.txt"), "written on a").expect("write via a");
+    let read = std::fs::read_to_string(b.gluster_mount().join(&dir).join("hello.txt")).expect("read via b");
+    assert_eq!(read, "written on a");
+
+    data::gluster(&["volume", "quota", "sites", "limit-usage", &format!("/{dir}"), "5MB"]).expect("set quota");
+    let path = b.gluster_mount().join(&dir).join("big.bin");
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0usize;
+    let mut refused = None;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path).expect("create big.bin");
+        for _ in 0..20 {
+            match f.write_all(&chunk).and_then(|_| f.sync_all()) {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    let err = refused.expect("quota of 5 MB refused a 20 MB write");
+    eprintln!("quota refused after {written} MB: {err}");
+    assert!(written <= 6, "wrote {written} MB into a 5 MB quota");
+    assert_eq!(err.raw_os_error(), Some(122), "EDQUOT, got {err}");
+    let _ = std::fs::remove_dir_all(a.gluster_mount().join(&dir));
+}
+
+#[test]
+fn labelled_service_lands_on_the_right_worker() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let m1 = lab.topo.first_manager();
+    let target = lab.topo.nodes().into_iter().last().expect("a worker");
+    let name = format!("labtest-{}", rand_suffix());
+    let out = m1
+        .docker([
+            "service", "create", "--detach", "--no-resolve-image", "--name", &name,
+            "--constraint", &format!("node.labels.pressdock.node=={}", target.name),
+            "--network", lab::SITES_NET, "local/wordpress:dev",
+        ])
+        .output()
+        .expect("docker service create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let node = lab::sh::wait_for(
+        "the labelled task to run",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let o = m1
+                .docker(["service", "ps", &name, "--filter", "desired-state=running",
+                         "--format", "{{.Node}} {{.CurrentState}}"])
+                .output()
+                .ok()?;
+            let s = String::from_utf8_lossy(&o.stdout).to_string();
+            let l = s.lines().next()?.to_owned();
+            l.contains("Running").then(|| l.split_whitespace().next().unwrap_or("").to_owned())
+        },
+    );
+    let _ = m1.docker(["service", "rm", &name]).output();
+    assert_eq!(node.expect("task running"), target.host(), "placed on the labelled worker");
+}
+
+#[test]
+fn edge_request_goes_through_traefik_and_varnish_miss_then_hit() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let edge = format!("127.0.0.1:{}", ports::EDGE);
+    let path = format!("/wp-includes/css/dashicons.min.css?lab={}", rand_suffix());
+    let first = lab::http::get(&edge, &path, "hello.lab.test").expect("first request");
+    assert_eq!(first.status, 200, "body: {}", first.body);
+    assert!(first.body.contains("dashicons"), "the site's own file came back");
+    assert_eq!(first.header("X-Pressdock-Cache"), Some("MISS"));
+    let second = lab::http::get(&edge, &path, "hello.lab.test").expect("second request");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("X-Pressdock-Cache"), Some("HIT"));
+    assert_eq!(second.body, first.body);
+    // wp-admin is never cached.
+    let admin = lab::http::get(&edge, "/wp-admin/", "hello.lab.test").expect("wp-admin");
+    assert_eq!(admin.header("X-Pressdock-Cache"), Some("PASS"));
+
+    // Each Varnish admin port answers the CLI protocol with our secret (issue 4 hot-loads
+    // the host table this way).
+    for n in lab.topo.cache_nodes() {
+        let addr = format!("{}:{}", n.ip, ports::VARNISH_ADMIN);
+        let out = varnish_cli(&addr, &Path::new(STATE).join("varnish/secret"), "vcl.list");
+        assert!(out.contains("active"), "vcl.list on {addr}: {out}");
+    }
+}
+
+/// Varnish CLI: read the 107 challenge, answer sha256(challenge\nsecret challenge\n).
+fn varnish_cli(addr: &str, secret: &Path, command: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = std::net::TcpStream::connect(addr).expect("connect to varnish admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| -> (u32, String) {
+        let mut head = String::new();
+        r.read_line(&mut head).expect("status line");
+        let mut it = head.split_whitespace();
+        let code: u32 = it.next().and_then(|c| c.parse().ok()).expect("code");
+        let len: usize = it.next().and_then(|c| c.parse().ok()).expect("len");
+        let mut body = vec![0u8; len + 1];
+        r.read_exact(&mut body).expect("body");
+        (code, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (code, body) = read_reply(&mut r);
+    assert_eq!(code, 107, "auth challenge expected, got {code} {body}");
+    let challenge = body.lines().next().expect("challenge").to_owned();
+    let secret = std::fs::read(secret).expect("secret file");
+    let mut h = Sha256::new();
+    h.update(challenge.as_bytes());
+    h.update(b"\n");
+    h.update(&secret);
+    h.update(challenge.as_bytes());
+    h.update(b"\n");
+    writeln!(w, "auth {}", hex::encode(h.finalize())).expect("send auth");
+    let (code, body) = read_reply(&mut r);
+    assert_eq!(code, 200, "auth refused: {body}");
+    writeln!(w, "{command}").expect("send command");
+    let (code, body) = read_reply(&mut r);
+    assert_eq!(code, 200, "{command}: {body}");
+    body
+}
+
+#[test]
+fn zz_lab_down_leaves_nothing() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    // PIDs the lab recorded, to check they are all gone afterwards.
+    let pids: Vec<i32> = lab.procs.names().iter().filter_map(|n| lab.procs.alive(n)).collect();
+    assert!(!pids.is_empty(), "the lab recorded its processes");
+    let out = infra().args(["lab", "down"]).output().expect("lab down");
+    assert!(
+        out.status.success(),
+        "lab down failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = down::leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    for p in pids {
+        assert!(!Path::new(&format!("/proc/{p}")).exists() || !lab::proc::pid_alive(p, ""), "pid {p} still runs");
+    }
+    assert!(!Path::new(STATE).exists(), "{STATE} removed");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains("pressdock-lab") && !mounts.contains("/run/pdlab"), "no lab mounts");
+    let procs_with_state: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(STATE) || c.contains("/run/pdlab"))
+        .collect();
+    assert!(procs_with_state.is_empty(), "processes of the lab remain: {procs_with_state:?}");
+}
