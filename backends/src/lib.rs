@@ -26,6 +26,7 @@ pub mod gluster;
 pub mod ids;
 pub mod redis;
 pub mod router;
+pub mod swarm;
 pub mod varnish;
 
 pub use config::BackendsConfig;
@@ -35,4 +36,5 @@ pub use gluster::{GlusterDriver, SiteStorage};
 pub use ids::{DomainName, Secret, SitePassword, SiteResourceId};
 pub use redis::{RedisSentinelDriver, SiteCache};
 pub use router::{DbRouter, HaproxyRouter, ProxySqlRouter};
+pub use swarm::{SiteRuntime, SwarmDriver};
 pub use varnish::{EdgeCache, VarnishDriver};

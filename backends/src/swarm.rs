@@ -1,0 +1,1028 @@
+//! The site's runtime on Docker Swarm: its secrets and the service `wp_<id>`.
+//!
+//! - Secrets are immutable in swarm, so their names carry a version derived from the
+//!   content (`wp_<id>_<kind>_<sha256[..12]>`): `ensure_secret` with the same data is a
+//!   no-op, new data makes a new secret, and [`SwarmDriver::prune_site_secrets`] removes
+//!   the versions the service no longer uses.
+//! - The service spec is built by a pure function ([`build_service_spec`]) and carries
+//!   a hash of itself in a label; `ensure_service` creates the service, updates it (with
+//!   its current version) only when the hash differs, or does nothing.
+//! - Routing is in the site service's own labels (Traefik swarm provider): routers for
+//!   every domain on `internal` → the site's tasks, and on `web`/`websecure` → the
+//!   Varnish service. Adding or removing a site therefore never touches the labels of
+//!   the shared Traefik or Varnish services (which would restart them).
+//! - Docker 20.10 speaks API 1.41 at most; bollard is pinned to it.
+//!
+//! Not yet run against a real dockerd (the lab's swarm is being built by `pressdock-infra
+//! lab up`); the spec builder is unit-tested.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use bollard::models::{
+    EndpointSpec, EndpointSpecModeEnum, HealthConfig, Limit, Mount, MountTypeEnum,
+    NetworkAttachmentConfig, ResourceObject, SecretSpec, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
+    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
+    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile,
+    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
+};
+use bollard::query_parameters::{
+    InspectServiceOptions, ListSecretsOptionsBuilder, UpdateServiceOptionsBuilder,
+};
+use bollard::{ClientVersion, Docker};
+use sha2::{Digest, Sha256};
+
+use crate::config::SwarmConfig;
+use crate::error::{Error, Result};
+use crate::ids::{DomainName, Secret, SiteResourceId};
+
+/// Label on every object of a site: its id.
+pub const LABEL_SITE: &str = "pressdock.site";
+/// Label on secrets: which [`SecretKind`].
+pub const LABEL_SECRET_KIND: &str = "pressdock.secret";
+/// Label on services: hash of the spec as built (see module docs).
+pub const LABEL_SPEC_HASH: &str = "pressdock.spec-hash";
+
+const API_1_41: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+const fn secs(s: i64) -> i64 {
+    s * 1_000_000_000
+}
+
+/// The per-site secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecretKind {
+    DbPassword,
+    RedisPassword,
+    AgentToken,
+    WpSalts,
+}
+
+impl SecretKind {
+    pub const ALL: [SecretKind; 4] = [
+        SecretKind::DbPassword,
+        SecretKind::RedisPassword,
+        SecretKind::AgentToken,
+        SecretKind::WpSalts,
+    ];
+
+    /// Also the file name under `/run/secrets/` in the task.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::DbPassword => "db_password",
+            SecretKind::RedisPassword => "redis_password",
+            SecretKind::AgentToken => "agent_token",
+            SecretKind::WpSalts => "wp_salts",
+        }
+    }
+
+    fn env_var(self) -> &'static str {
+        match self {
+            SecretKind::DbPassword => "PRESSDOCK_DB_PASSWORD_FILE",
+            SecretKind::RedisPassword => "PRESSDOCK_REDIS_PASSWORD_FILE",
+            SecretKind::AgentToken => "PRESSDOCK_AGENT_TOKEN_FILE",
+            SecretKind::WpSalts => "PRESSDOCK_WP_SALTS_FILE",
+        }
+    }
+}
+
+/// The versioned name of a secret. Pure.
+pub fn secret_name(id: &SiteResourceId, kind: SecretKind, data: &Secret) -> String {
+    let digest = hex::encode(Sha256::digest(data.expose().as_bytes()));
+    format!("{}_{}_{}", id.resource_name(), kind.as_str(), &digest[..12])
+}
+
+/// A swarm secret as a service references it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// A swarm node id (`docker node ls`): the pin of the site's task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn parse(s: &str) -> Result<Self> {
+        if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Error::invalid(
+                "swarm node id",
+                "1..=64 characters of [A-Za-z0-9]",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The plan's resources for one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanResources {
+    pub cpu_limit_millis: u32,
+    pub memory_limit_bytes: u64,
+    pub cpu_reservation_millis: u32,
+    pub memory_reservation_bytes: u64,
+}
+
+/// Everything the site's service depends on; the saga assembles it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteServiceParams {
+    pub id: SiteResourceId,
+    /// Every domain of the site (routers on `internal`, `web`, `websecure`).
+    pub domains: BTreeSet<DomainName>,
+    pub node: NodeId,
+    pub resources: PlanResources,
+    /// The secrets, one per kind, as returned by [`SwarmDriver::ensure_secret`].
+    pub secrets: BTreeMap<SecretKind, SecretRef>,
+    /// The site's directory as every worker sees it ([`crate::GlusterDriver::node_dir`]).
+    pub wp_content_source: PathBuf,
+    /// `HOST:PORT` of the DB router as tasks reach it.
+    pub db_host: String,
+    /// `HOST:PORT` of the Sentinels and the master name, for the object cache.
+    pub redis_sentinels: Vec<String>,
+    pub redis_master_name: String,
+    /// Further variables for the agent (e.g. the control plane's URL). Keys
+    /// `[A-Z0-9_]+`, not starting with `PRESSDOCK_` (reserved for the ones set here).
+    pub extra_env: BTreeMap<String, String>,
+    /// `None`: the configured runtime image.
+    pub image: Option<String>,
+    /// Suspended: scaled to zero (the edge answers the maintenance page).
+    pub suspended: bool,
+    /// Bumped to replace the task even when nothing else changed (e.g. after a move
+    /// whose new pin the old task still satisfies).
+    pub force_update: u64,
+}
+
+fn host_rule(domains: &BTreeSet<DomainName>) -> String {
+    // DomainName is [a-z0-9.-]: safe between backticks.
+    domains
+        .iter()
+        .map(|d| format!("Host(`{d}`)"))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+/// The Traefik labels of a site's service. Pure.
+pub fn traefik_labels(
+    params: &SiteServiceParams,
+    config: &SwarmConfig,
+) -> BTreeMap<String, String> {
+    let name = format!("wp-{}", params.id);
+    let rule = host_rule(&params.domains);
+    let mut l = BTreeMap::new();
+    let mut put = |k: String, v: String| {
+        l.insert(k, v);
+    };
+    put("traefik.enable".into(), "true".into());
+    put("traefik.swarm.network".into(), config.site_network.clone());
+    put(
+        format!("traefik.http.services.{name}.loadbalancer.server.port"),
+        config.site_port.to_string(),
+    );
+    let r = format!("traefik.http.routers.{name}-internal");
+    put(format!("{r}.rule"), rule.clone());
+    put(
+        format!("{r}.entrypoints"),
+        config.internal_entrypoint.clone(),
+    );
+    put(format!("{r}.service"), name.clone());
+    let r = format!("traefik.http.routers.{name}-web");
+    put(format!("{r}.rule"), rule.clone());
+    put(format!("{r}.entrypoints"), config.web_entrypoint.clone());
+    put(format!("{r}.service"), config.varnish_service.clone());
+    let r = format!("traefik.http.routers.{name}-websecure");
+    put(format!("{r}.rule"), rule);
+    put(
+        format!("{r}.entrypoints"),
+        config.websecure_entrypoint.clone(),
+    );
+    put(format!("{r}.service"), config.varnish_service.clone());
+    put(format!("{r}.tls"), "true".into());
+    if !config.cert_resolver.is_empty() {
+        put(
+            format!("{r}.tls.certresolver"),
+            config.cert_resolver.clone(),
+        );
+    }
+    l
+}
+
+fn validate_params(params: &SiteServiceParams) -> Result<()> {
+    if params.domains.is_empty() {
+        return Err(Error::invalid("site service", "at least one domain"));
+    }
+    for kind in SecretKind::ALL {
+        if !params.secrets.contains_key(&kind) {
+            return Err(Error::invalid("site service", "a secret of every kind"));
+        }
+    }
+    for (k, v) in &params.extra_env {
+        let key_ok = !k.is_empty()
+            && !k.starts_with("PRESSDOCK_")
+            && k.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !key_ok || v.contains('\0') {
+            return Err(Error::invalid(
+                "site service env",
+                "keys [A-Z0-9_]+ not starting with PRESSDOCK_, values without NUL",
+            ));
+        }
+    }
+    if params.resources.memory_reservation_bytes > params.resources.memory_limit_bytes
+        || params.resources.cpu_reservation_millis > params.resources.cpu_limit_millis
+    {
+        return Err(Error::invalid("plan resources", "reservation above limit"));
+    }
+    Ok(())
+}
+
+/// The complete service spec of a site. Pure and deterministic; the returned spec
+/// includes the [`LABEL_SPEC_HASH`] label computed over everything else.
+pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> Result<ServiceSpec> {
+    validate_params(params)?;
+    let id = &params.id;
+    let name = id.resource_name();
+    let primary = params
+        .domains
+        .first()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+
+    let mut env: Vec<String> = vec![
+        format!("PRESSDOCK_SITE_ID={id}"),
+        format!(
+            "PRESSDOCK_DOMAINS={}",
+            params
+                .domains
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        format!("PRESSDOCK_PRIMARY_DOMAIN={primary}"),
+        format!("PRESSDOCK_DB_HOST={}", params.db_host),
+        format!("PRESSDOCK_DB_NAME={name}"),
+        format!("PRESSDOCK_DB_USER={name}"),
+        format!(
+            "PRESSDOCK_REDIS_SENTINELS={}",
+            params.redis_sentinels.join(",")
+        ),
+        format!("PRESSDOCK_REDIS_MASTER_NAME={}", params.redis_master_name),
+        format!("PRESSDOCK_REDIS_USER={name}"),
+        format!("PRESSDOCK_REDIS_PREFIX={}", id.redis_prefix()),
+        format!("PRESSDOCK_WP_CONTENT={}", config.wp_content_target),
+    ];
+    for kind in SecretKind::ALL {
+        env.push(format!("{}=/run/secrets/{}", kind.env_var(), kind.as_str()));
+    }
+    env.extend(params.extra_env.iter().map(|(k, v)| format!("{k}={v}")));
+
+    let secrets = SecretKind::ALL
+        .iter()
+        .filter_map(|kind| params.secrets.get(kind).map(|r| (kind, r)))
+        .map(|(kind, r)| TaskSpecContainerSpecSecrets {
+            file: Some(TaskSpecContainerSpecFile {
+                name: Some(kind.as_str().to_owned()),
+                uid: Some("0".into()),
+                gid: Some("33".into()),
+                mode: Some(0o440),
+            }),
+            secret_id: Some(r.id.clone()),
+            secret_name: Some(r.name.clone()),
+        })
+        .collect();
+
+    let nano = |millis: u32| i64::from(millis) * 1_000_000;
+    let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+
+    let mut labels: HashMap<String, String> = traefik_labels(params, config).into_iter().collect();
+    labels.insert(LABEL_SITE.into(), id.to_string());
+
+    let mut spec = ServiceSpec {
+        name: Some(name.clone()),
+        labels: Some(labels),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(
+                    params
+                        .image
+                        .clone()
+                        .unwrap_or_else(|| config.runtime_image.clone()),
+                ),
+                labels: Some(HashMap::from([(LABEL_SITE.to_owned(), id.to_string())])),
+                hostname: Some(name.clone()),
+                env: Some(env),
+                mounts: Some(vec![Mount {
+                    target: Some(config.wp_content_target.clone()),
+                    source: Some(params.wp_content_source.display().to_string()),
+                    typ: Some(MountTypeEnum::BIND),
+                    read_only: Some(false),
+                    ..Default::default()
+                }]),
+                secrets: Some(secrets),
+                health_check: Some(HealthConfig {
+                    test: Some(config.healthcheck.clone()),
+                    interval: Some(secs(10)),
+                    timeout: Some(secs(5)),
+                    retries: Some(3),
+                    start_period: Some(secs(60)),
+                    ..Default::default()
+                }),
+                stop_grace_period: Some(secs(20)),
+                init: Some(true),
+                ..Default::default()
+            }),
+            resources: Some(TaskSpecResources {
+                limits: Some(Limit {
+                    nano_cpus: Some(nano(params.resources.cpu_limit_millis)),
+                    memory_bytes: Some(bytes(params.resources.memory_limit_bytes)),
+                    ..Default::default()
+                }),
+                reservations: Some(ResourceObject {
+                    nano_cpus: Some(nano(params.resources.cpu_reservation_millis)),
+                    memory_bytes: Some(bytes(params.resources.memory_reservation_bytes)),
+                    ..Default::default()
+                }),
+            }),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+                delay: Some(secs(5)),
+                max_attempts: Some(0),
+                window: Some(0),
+            }),
+            placement: Some(TaskSpecPlacement {
+                constraints: Some(vec![format!("node.id=={}", params.node.as_str())]),
+                ..Default::default()
+            }),
+            force_update: Some(params.force_update),
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some(config.site_network.clone()),
+                aliases: Some(vec![name.clone()]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(if params.suspended { 0 } else { 1 }),
+            }),
+            ..Default::default()
+        }),
+        update_config: Some(ServiceSpecUpdateConfig {
+            parallelism: Some(1),
+            delay: Some(0),
+            failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+            monitor: Some(secs(15)),
+            order: Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+            ..Default::default()
+        }),
+        rollback_config: Some(ServiceSpecRollbackConfig {
+            parallelism: Some(1),
+            failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
+            order: Some(ServiceSpecRollbackConfigOrderEnum::START_FIRST),
+            ..Default::default()
+        }),
+        // No VIP: IPVS is missing on some kernels; Traefik routes to task addresses.
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(EndpointSpecModeEnum::DNSRR),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let hash = spec_hash(&spec)?;
+    if let Some(labels) = spec.labels.as_mut() {
+        labels.insert(LABEL_SPEC_HASH.into(), hash);
+    }
+    Ok(spec)
+}
+
+/// SHA-256 (first 16 hex digits) of the spec's JSON with object keys sorted, the
+/// hash label itself left out.
+pub fn spec_hash(spec: &ServiceSpec) -> Result<String> {
+    let mut v = serde_json::to_value(spec)
+        .map_err(|e| Error::unexpected("swarm", format!("serialize spec: {e}")))?;
+    if let Some(labels) = v.get_mut("Labels").and_then(|l| l.as_object_mut()) {
+        labels.remove(LABEL_SPEC_HASH);
+    }
+    let mut out = String::new();
+    canonical_json(&v, &mut out);
+    Ok(hex::encode(Sha256::digest(out.as_bytes()))[..16].to_owned())
+}
+
+fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String((*k).clone()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(*k) {
+                    canonical_json(x, out);
+                }
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// What a reconciler needs to know about the site's service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    pub exists: bool,
+    /// Desired replicas in the spec (0 when suspended).
+    pub replicas: Option<u64>,
+    /// The spec-hash label of the running spec.
+    pub spec_hash: Option<String>,
+    /// Swarm's object version (needed for updates).
+    pub version: Option<u64>,
+}
+
+impl ServiceState {
+    pub fn matches(&self, spec: &ServiceSpec) -> bool {
+        let want = spec.labels.as_ref().and_then(|l| l.get(LABEL_SPEC_HASH));
+        self.exists && want.is_some() && self.spec_hash.as_ref() == want
+    }
+}
+
+/// The site's runtime: secrets and the service.
+pub trait SiteRuntime {
+    /// Creates the secret of this content if it does not exist; returns its reference.
+    fn ensure_secret(
+        &self,
+        id: &SiteResourceId,
+        kind: SecretKind,
+        data: &Secret,
+    ) -> impl Future<Output = Result<SecretRef>> + Send;
+
+    /// Removes the site's secrets except `keep` (all of them with an empty `keep`).
+    /// Absent is success; a secret still used by a service is an error.
+    fn prune_site_secrets(
+        &self,
+        id: &SiteResourceId,
+        keep: &[SecretRef],
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Creates the service or updates it to the spec of `params` (no-op when current).
+    fn ensure_service(
+        &self,
+        params: &SiteServiceParams,
+    ) -> impl Future<Output = Result<ServiceState>> + Send;
+
+    fn observe_service(
+        &self,
+        id: &SiteResourceId,
+    ) -> impl Future<Output = Result<ServiceState>> + Send;
+
+    /// Scales the existing service (0: suspended) without rebuilding the spec.
+    fn scale_service(
+        &self,
+        id: &SiteResourceId,
+        replicas: u64,
+    ) -> impl Future<Output = Result<ServiceState>> + Send;
+
+    /// Removes the service; absent is success.
+    fn remove_service(&self, id: &SiteResourceId) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// [`SiteRuntime`] through a swarm manager's Docker API (bollard, API 1.41).
+#[derive(Debug, Clone)]
+pub struct SwarmDriver {
+    docker: Docker,
+    config: SwarmConfig,
+}
+
+fn docker_err(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Docker { context, source }
+}
+
+fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+impl SwarmDriver {
+    pub fn new(config: &SwarmConfig) -> Result<Self> {
+        let path = config
+            .docker_host
+            .strip_prefix("unix://")
+            .unwrap_or(&config.docker_host);
+        if !path.starts_with('/') {
+            return Err(Error::invalid(
+                "swarm.docker_host",
+                "unix:///absolute/path/of/the/socket",
+            ));
+        }
+        let docker =
+            Docker::connect_with_socket(path, 120, &API_1_41).map_err(docker_err("connect"))?;
+        Ok(Self {
+            docker,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &SwarmConfig {
+        &self.config
+    }
+
+    pub fn build_spec(&self, params: &SiteServiceParams) -> Result<ServiceSpec> {
+        build_service_spec(params, &self.config)
+    }
+
+    async fn inspect(&self, id: &SiteResourceId) -> Result<Option<bollard::models::Service>> {
+        match self
+            .docker
+            .inspect_service(&id.resource_name(), None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(docker_err("inspect service")(e)),
+        }
+    }
+
+    fn state_of(service: Option<&bollard::models::Service>) -> ServiceState {
+        let Some(s) = service else {
+            return ServiceState {
+                exists: false,
+                replicas: None,
+                spec_hash: None,
+                version: None,
+            };
+        };
+        let spec = s.spec.as_ref();
+        ServiceState {
+            exists: true,
+            replicas: spec
+                .and_then(|sp| sp.mode.as_ref())
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas)
+                .and_then(|r| u64::try_from(r).ok()),
+            spec_hash: spec
+                .and_then(|sp| sp.labels.as_ref())
+                .and_then(|l| l.get(LABEL_SPEC_HASH).cloned()),
+            version: s.version.as_ref().and_then(|v| v.index),
+        }
+    }
+
+    async fn update(
+        &self,
+        id: &SiteResourceId,
+        spec: ServiceSpec,
+        version: Option<u64>,
+    ) -> Result<()> {
+        let version = version
+            .and_then(|v| i32::try_from(v).ok())
+            .ok_or_else(|| Error::unexpected("swarm", "service without a usable version"))?;
+        self.docker
+            .update_service(
+                &id.resource_name(),
+                spec,
+                UpdateServiceOptionsBuilder::new().version(version).build(),
+                None,
+            )
+            .await
+            .map_err(docker_err("update service"))?;
+        Ok(())
+    }
+}
+
+impl SiteRuntime for SwarmDriver {
+    async fn ensure_secret(
+        &self,
+        id: &SiteResourceId,
+        kind: SecretKind,
+        data: &Secret,
+    ) -> Result<SecretRef> {
+        let name = secret_name(id, kind, data);
+        let spec = SecretSpec {
+            name: Some(name.clone()),
+            labels: Some(HashMap::from([
+                (LABEL_SITE.to_owned(), id.to_string()),
+                (LABEL_SECRET_KIND.to_owned(), kind.as_str().to_owned()),
+            ])),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(data.expose())),
+            ..Default::default()
+        };
+        match self.docker.create_secret(spec).await {
+            Ok(r) => Ok(SecretRef { id: r.id, name }),
+            // Same name, same content (the name is derived from it): already there.
+            Err(e) if status_of(&e) == Some(409) => {
+                let s = self
+                    .docker
+                    .inspect_secret(&name)
+                    .await
+                    .map_err(docker_err(format!("inspect secret {name}")))?;
+                let sid = s.id.ok_or_else(|| {
+                    Error::unexpected("swarm", format!("secret {name} has no id"))
+                })?;
+                Ok(SecretRef { id: sid, name })
+            }
+            Err(e) => Err(docker_err(format!("create secret {name}"))(e)),
+        }
+    }
+
+    async fn prune_site_secrets(&self, id: &SiteResourceId, keep: &[SecretRef]) -> Result<usize> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_SITE}={id}")])]);
+        let secrets = self
+            .docker
+            .list_secrets(Some(
+                ListSecretsOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(docker_err("list secrets"))?;
+        let mut removed = 0;
+        for s in secrets {
+            let Some(sid) = s.id else { continue };
+            if keep.iter().any(|k| k.id == sid) {
+                continue;
+            }
+            match self.docker.delete_secret(&sid).await {
+                Ok(()) => removed += 1,
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(docker_err("delete secret")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn ensure_service(&self, params: &SiteServiceParams) -> Result<ServiceState> {
+        let spec = self.build_spec(params)?;
+        let current = self.inspect(&params.id).await?;
+        let state = Self::state_of(current.as_ref());
+        if !state.exists {
+            match self.docker.create_service(spec.clone(), None).await {
+                Ok(_) => {}
+                // A concurrent run created it: converge it below.
+                Err(e) if status_of(&e) == Some(409) => {}
+                Err(e) => return Err(docker_err("create service")(e)),
+            }
+        } else if !state.matches(&spec) {
+            self.update(&params.id, spec.clone(), state.version).await?;
+        } else {
+            return Ok(state);
+        }
+        let after = Self::state_of(self.inspect(&params.id).await?.as_ref());
+        if !after.matches(&spec) {
+            // Lost a race with another writer between create/update and now.
+            self.update(&params.id, spec, after.version).await?;
+            return Ok(Self::state_of(self.inspect(&params.id).await?.as_ref()));
+        }
+        Ok(after)
+    }
+
+    async fn observe_service(&self, id: &SiteResourceId) -> Result<ServiceState> {
+        Ok(Self::state_of(self.inspect(id).await?.as_ref()))
+    }
+
+    async fn scale_service(&self, id: &SiteResourceId, replicas: u64) -> Result<ServiceState> {
+        let service = self.inspect(id).await?.ok_or_else(|| {
+            Error::unexpected("swarm", format!("no service {}", id.resource_name()))
+        })?;
+        let version = service.version.as_ref().and_then(|v| v.index);
+        let mut spec = service
+            .spec
+            .ok_or_else(|| Error::unexpected("swarm", "service without spec"))?;
+        let current = spec
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas);
+        let want = i64::try_from(replicas).map_err(|_| Error::invalid("replicas", "too large"))?;
+        if current == Some(want) {
+            return Ok(Self::state_of(self.inspect(id).await?.as_ref()));
+        }
+        spec.mode = Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(want),
+            }),
+            ..Default::default()
+        });
+        // The spec no longer is what build_service_spec made: the next ensure_service
+        // must rewrite it, so the hash label is cleared.
+        if let Some(labels) = spec.labels.as_mut() {
+            labels.insert(LABEL_SPEC_HASH.into(), "scaled".into());
+        }
+        self.update(id, spec, version).await?;
+        // Give swarm a moment to record the new version before reading it back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(Self::state_of(self.inspect(id).await?.as_ref()))
+    }
+
+    async fn remove_service(&self, id: &SiteResourceId) -> Result<()> {
+        match self.docker.delete_service(&id.resource_name()).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(docker_err("remove service")(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SwarmConfig {
+        SwarmConfig {
+            docker_host: "unix:///run/lab/d1.sock".into(),
+            runtime_image: "local/wordpress:dev".into(),
+            site_network: "pd-sites".into(),
+            edge_network: Some("pd-edge".into()),
+            cert_resolver: "le".into(),
+            varnish_service: "varnish@swarm".into(),
+            internal_entrypoint: "internal".into(),
+            web_entrypoint: "web".into(),
+            websecure_entrypoint: "websecure".into(),
+            site_port: 80,
+            wp_content_target: "/var/lib/wordpress/wp-content".into(),
+            healthcheck: vec!["CMD".into(), "pressdock-agent".into(), "health".into()],
+        }
+    }
+
+    fn params() -> SiteServiceParams {
+        let id = SiteResourceId::parse("k3v7q2m6xa").unwrap_or_else(|e| panic!("{e}"));
+        let d = |s: &str| DomainName::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let secrets = SecretKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    *k,
+                    SecretRef {
+                        id: format!("id-{}", k.as_str()),
+                        name: format!("wp_k3v7q2m6xa_{}_0123456789ab", k.as_str()),
+                    },
+                )
+            })
+            .collect();
+        SiteServiceParams {
+            id,
+            domains: BTreeSet::from([d("www.example.com"), d("example.com")]),
+            node: NodeId::parse("n0de1d").unwrap_or_else(|e| panic!("{e}")),
+            resources: PlanResources {
+                cpu_limit_millis: 1000,
+                memory_limit_bytes: 512 << 20,
+                cpu_reservation_millis: 250,
+                memory_reservation_bytes: 256 << 20,
+            },
+            secrets,
+            wp_content_source: "/mnt/sites/k3v7q2m6xa".into(),
+            db_host: "10.77.0.1:3306".into(),
+            redis_sentinels: vec!["10.77.0.1:26379".into()],
+            redis_master_name: "pressdock".into(),
+            extra_env: BTreeMap::from([("AGENT_API".into(), "http://platform:8080".into())]),
+            image: None,
+            suspended: false,
+            force_update: 0,
+        }
+    }
+
+    fn spec() -> ServiceSpec {
+        build_service_spec(&params(), &config()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn spec_core_fields() {
+        let s = spec();
+        assert_eq!(s.name.as_deref(), Some("wp_k3v7q2m6xa"));
+        let t = s.task_template.as_ref().unwrap_or_else(|| panic!("task"));
+        let c = t
+            .container_spec
+            .as_ref()
+            .unwrap_or_else(|| panic!("container"));
+        assert_eq!(c.image.as_deref(), Some("local/wordpress:dev"));
+        let env = c.env.clone().unwrap_or_default();
+        for want in [
+            "PRESSDOCK_SITE_ID=k3v7q2m6xa",
+            "PRESSDOCK_DOMAINS=example.com,www.example.com",
+            "PRESSDOCK_DB_HOST=10.77.0.1:3306",
+            "PRESSDOCK_DB_NAME=wp_k3v7q2m6xa",
+            "PRESSDOCK_DB_USER=wp_k3v7q2m6xa",
+            "PRESSDOCK_DB_PASSWORD_FILE=/run/secrets/db_password",
+            "PRESSDOCK_REDIS_PREFIX=wp_k3v7q2m6xa:",
+            "AGENT_API=http://platform:8080",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} missing in {env:?}");
+        }
+        let m = &c.mounts.clone().unwrap_or_default()[0];
+        assert_eq!(m.typ, Some(MountTypeEnum::BIND));
+        assert_eq!(m.source.as_deref(), Some("/mnt/sites/k3v7q2m6xa"));
+        assert_eq!(m.target.as_deref(), Some("/var/lib/wordpress/wp-content"));
+        let secrets = c.secrets.clone().unwrap_or_default();
+        assert_eq!(secrets.len(), 4);
+        let db = secrets
+            .iter()
+            .find(|s| s.secret_id.as_deref() == Some("id-db_password"))
+            .unwrap_or_else(|| panic!("db secret"));
+        let f = db.file.as_ref().unwrap_or_else(|| panic!("file"));
+        assert_eq!(
+            (f.name.as_deref(), f.gid.as_deref(), f.mode),
+            (Some("db_password"), Some("33"), Some(0o440))
+        );
+        let hc = c.health_check.as_ref().unwrap_or_else(|| panic!("health"));
+        assert_eq!(hc.test.clone().unwrap_or_default()[0], "CMD");
+
+        let p = t
+            .placement
+            .as_ref()
+            .and_then(|p| p.constraints.clone())
+            .unwrap_or_default();
+        assert_eq!(p, vec!["node.id==n0de1d".to_owned()]);
+        let r = t.resources.as_ref().unwrap_or_else(|| panic!("resources"));
+        let lim = r.limits.as_ref().unwrap_or_else(|| panic!("limits"));
+        assert_eq!(
+            (lim.nano_cpus, lim.memory_bytes),
+            (Some(1_000_000_000), Some(512 << 20))
+        );
+        let res = r
+            .reservations
+            .as_ref()
+            .unwrap_or_else(|| panic!("reservations"));
+        assert_eq!(
+            (res.nano_cpus, res.memory_bytes),
+            (Some(250_000_000), Some(256 << 20))
+        );
+        assert_eq!(
+            t.restart_policy.as_ref().and_then(|r| r.condition),
+            Some(TaskSpecRestartPolicyConditionEnum::ANY)
+        );
+        let net = &t.networks.clone().unwrap_or_default()[0];
+        assert_eq!(net.target.as_deref(), Some("pd-sites"));
+
+        assert_eq!(
+            s.update_config.as_ref().and_then(|u| u.order),
+            Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+        );
+        assert_eq!(
+            s.endpoint_spec.as_ref().and_then(|e| e.mode),
+            Some(EndpointSpecModeEnum::DNSRR)
+        );
+        assert_eq!(
+            s.mode
+                .as_ref()
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn traefik_labels_exact() {
+        let labels = traefik_labels(&params(), &config());
+        let rule = "Host(`example.com`) || Host(`www.example.com`)";
+        let want: BTreeMap<String, String> = [
+            ("traefik.enable", "true"),
+            ("traefik.swarm.network", "pd-sites"),
+            (
+                "traefik.http.services.wp-k3v7q2m6xa.loadbalancer.server.port",
+                "80",
+            ),
+            ("traefik.http.routers.wp-k3v7q2m6xa-internal.rule", rule),
+            (
+                "traefik.http.routers.wp-k3v7q2m6xa-internal.entrypoints",
+                "internal",
+            ),
+            (
+                "traefik.http.routers.wp-k3v7q2m6xa-internal.service",
+                "wp-k3v7q2m6xa",
+            ),
+            ("traefik.http.routers.wp-k3v7q2m6xa-web.rule", rule),
+            ("traefik.http.routers.wp-k3v7q2m6xa-web.entrypoints", "web"),
+            (
+                "traefik.http.routers.wp-k3v7q2m6xa-web.service",
+                "varnish@swarm",
+            ),
+            ("traefik.http.routers.wp-k3v7q2m6xa-websecure.rule", rule),
+            (
+                "traefik.http.routers.wp-k3v7q2m6xa-websecure.entrypoints",
+                "websecure",
+            ),
+            (
+                "traefik.http.routers.wp-k3v7q2m6xa-websecure.service",
+                "varnish@swarm",
+            ),
+            ("traefik.http.routers.wp-k3v7q2m6xa-websecure.tls", "true"),
+            (
+                "traefik.http.routers.wp-k3v7q2m6xa-websecure.tls.certresolver",
+                "le",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(labels, want);
+        let no_resolver = SwarmConfig {
+            cert_resolver: String::new(),
+            ..config()
+        };
+        assert!(
+            !traefik_labels(&params(), &no_resolver)
+                .keys()
+                .any(|k| k.ends_with("certresolver"))
+        );
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_sensitive() {
+        let a = spec();
+        let b = spec();
+        let h = |s: &ServiceSpec| {
+            s.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SPEC_HASH).cloned())
+        };
+        assert_eq!(h(&a), h(&b));
+        assert_eq!(h(&a), Some(spec_hash(&a).unwrap_or_default()));
+        let mut p = params();
+        p.suspended = true;
+        let s = build_service_spec(&p, &config()).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(h(&a), h(&s));
+        assert_eq!(
+            s.mode
+                .as_ref()
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas),
+            Some(0)
+        );
+        let mut p = params();
+        p.force_update = 1;
+        assert_ne!(
+            h(&a),
+            h(&build_service_spec(&p, &config()).unwrap_or_else(|e| panic!("{e}")))
+        );
+    }
+
+    #[test]
+    fn invalid_params_are_refused() {
+        let mut p = params();
+        p.secrets.remove(&SecretKind::WpSalts);
+        assert!(build_service_spec(&p, &config()).is_err());
+        let mut p = params();
+        p.domains.clear();
+        assert!(build_service_spec(&p, &config()).is_err());
+        let mut p = params();
+        p.extra_env
+            .insert("PRESSDOCK_DB_HOST".into(), "evil".into());
+        assert!(build_service_spec(&p, &config()).is_err());
+        let mut p = params();
+        p.resources.memory_reservation_bytes = p.resources.memory_limit_bytes + 1;
+        assert!(build_service_spec(&p, &config()).is_err());
+        assert!(NodeId::parse("node id").is_err());
+    }
+
+    #[test]
+    fn secret_names_are_versioned_by_content() {
+        let id = SiteResourceId::parse("k3v7q2m6xa").unwrap_or_else(|e| panic!("{e}"));
+        let a = secret_name(&id, SecretKind::DbPassword, &Secret::new("one"));
+        let b = secret_name(&id, SecretKind::DbPassword, &Secret::new("two"));
+        assert!(
+            a.starts_with("wp_k3v7q2m6xa_db_password_")
+                && a.len() == "wp_k3v7q2m6xa_db_password_".len() + 12
+        );
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            secret_name(&id, SecretKind::DbPassword, &Secret::new("one"))
+        );
+    }
+
+    #[test]
+    fn docker_host_must_be_a_unix_socket() {
+        let c = SwarmConfig {
+            docker_host: "tcp://10.0.0.1:2375".into(),
+            ..config()
+        };
+        assert!(SwarmDriver::new(&c).is_err());
+    }
+}
