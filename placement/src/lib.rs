@@ -24,8 +24,8 @@
 //! domain) decides between nodes of the same band tier; it never costs a move.
 //!
 //! # Fewest moves
-//! [`lower_bound`] computes `F + max(⌈E/m⌉, ⌈(D − S_F)⁺/m⌉)`: forced moves, plus what
-//! the band needs (see its docs). With one-slot sites and no pins or labels the planner
+//! [`lower_bound`] counts the forced moves plus what the band needs (see its docs); on
+//! one-slot sites it is `F + max(E, D − F)`. With one-slot sites and no pins or labels the planner
 //! meets it exactly: forced sites fill deficits first; then while excess remains, each
 //! move takes one slot of excess to a deficit node if one exists (reducing both) or to a
 //! node below its ceiling, which exists because `Σ ceil ≥ total`; then while deficit

@@ -127,24 +127,6 @@ fn bound(st: &State<'_>, classified: &Classified) -> u64 {
             *leaving.entry(n).or_insert(0) += slots;
         }
     }
-    let mut deficit = 0u64;
-    let mut excess = 0u64;
-    for i in 0..st.nodes.len() {
-        if !st.active[i] {
-            continue;
-        }
-        let load = st.load[i] - leaving.get(&(i as u32)).copied().unwrap_or(0);
-        deficit += st.lo[i].saturating_sub(load);
-        // Only excess that can move counts: pinned sites stay.
-        let movable: u64 = st.node_sites[i]
-            .iter()
-            .map(|&s| st.sites[s as usize])
-            .filter(|site| !site.pinned)
-            .map(|site| u64::from(site.slots))
-            .sum::<u64>()
-            - leaving.get(&(i as u32)).copied().unwrap_or(0);
-        excess += load.saturating_sub(st.hi[i]).min(movable);
-    }
     let largest = st
         .sites
         .iter()
@@ -152,10 +134,32 @@ fn bound(st: &State<'_>, classified: &Classified) -> u64 {
         .map(|s| u64::from(s.slots))
         .max()
         .unwrap_or(1);
-    let balance_moves = excess
-        .div_ceil(largest)
-        .max(deficit.saturating_sub(forced_slots).div_ceil(largest));
-    classified.forced.len() as u64 + balance_moves
+    let forced = classified.forced.len() as u64;
+    let mut deficit = 0u64;
+    // Σ ⌈d_i/m⌉ and Σ ⌈e_i/m⌉: each move fills one node and empties one node.
+    let mut inflows = 0u64;
+    let mut outflows = 0u64;
+    for i in 0..st.nodes.len() {
+        if !st.active[i] {
+            continue;
+        }
+        let gone = leaving.get(&(i as u32)).copied().unwrap_or(0);
+        let load = st.load[i] - gone;
+        let d = st.lo[i].saturating_sub(load);
+        deficit += d;
+        inflows += d.div_ceil(largest);
+        // Only excess that can move counts: pinned sites stay.
+        let movable: u64 = st.node_sites[i]
+            .iter()
+            .map(|&s| st.sites[s as usize])
+            .filter(|site| !site.pinned)
+            .map(|site| u64::from(site.slots))
+            .sum::<u64>()
+            - gone;
+        outflows += load.saturating_sub(st.hi[i]).min(movable).div_ceil(largest);
+    }
+    let filled_by_forced = forced + deficit.saturating_sub(forced_slots).div_ceil(largest);
+    (forced + outflows).max(filled_by_forced).max(inflows)
 }
 
 /// A lower bound on the moves any plan needs to reach [`rebalance`]'s objective.
@@ -165,13 +169,15 @@ fn bound(st: &State<'_>, classified: &Classified) -> u64 {
 /// node's usable slots and `τ` the total load over total usable capacity of active nodes.
 ///
 /// Each forced site (on a drained, down or unknown node, or on a node without its
-/// labels) needs one move: `F` moves carrying `S_F` slots. After they leave, let `D` be
-/// the slots active nodes lack to reach their floors and `E` the movable slots above
-/// their ceilings. A move between active nodes removes at most `m` slots of excess and
-/// fills at most `m` of deficit (`m` = the largest movable site), and forced moves fill
-/// at most `S_F` of deficit, so:
+/// labels) needs one move: `F` moves carrying `S_F` slots. After they leave, let `d_i`
+/// be the slots active node `i` lacks to reach its floor (`D = Σ d_i`) and `e_i` its
+/// movable slots above its ceiling. Every move has one destination and one source and
+/// carries at most `m` slots (the largest movable site); forced moves fill at most `S_F`
+/// of deficit and empty no active node's excess. So any plan needs at least
 ///
-/// `bound = F + max(⌈E / m⌉, ⌈max(0, D − S_F) / m⌉)`.
+/// `bound = max(F + Σ⌈e_i/m⌉, F + ⌈(D − S_F)⁺/m⌉, Σ⌈d_i/m⌉)`
+///
+/// moves. With one-slot sites this is `F + max(E, D − F)`, `E = Σ e_i`.
 ///
 /// With one-slot sites and no pins or labels the planner meets it exactly (see the crate
 /// docs); otherwise the objective can be unreachable and the planner may stop short of

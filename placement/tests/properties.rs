@@ -341,6 +341,16 @@ proptest! {
         prop_assert_eq!(&rebalance(&cluster, &policy).unwrap(), &plan);
         prop_assert_eq!(&rebalance(&shuffled(&cluster, seed), &policy).unwrap(), &plan);
         prop_assert_eq!(lower_bound(&cluster, &policy).unwrap(), plan.lower_bound);
+        // The bound never overestimates: a plan that reaches the objective needs it all.
+        let mut after = cluster.clone();
+        apply_moves(&mut after, &plan.moves);
+        let mismatched = after.sites.iter().any(|s| {
+            !s.pinned
+                && s.node.as_ref().is_some_and(|n| nodes.get(n).is_some_and(|n| !labels_ok(s, n)))
+        });
+        if plan.unplaced.is_empty() && !mismatched && in_band(&after, &policy) {
+            prop_assert!(plan.moves.len() as u64 >= plan.lower_bound);
+        }
     }
 
     /// Cutting a plan at `max_moves` keeps a safe prefix.
