@@ -25,7 +25,7 @@ pub fn place(cluster: &Cluster, policy: &Policy) -> Result<Placement, PlanError>
         .iter()
         .map(|&s| u64::from(st.sites[s as usize].slots))
         .sum();
-    st.set_band(st.active_load() + new_slots);
+    st.set_band(st.active_load() + new_slots, false);
     new.sort_by_key(|&s| (Reverse(st.sites[s as usize].slots), s));
 
     let mut placement = Placement::default();
@@ -110,7 +110,7 @@ fn rebalance_state<'a>(
         .filter(|(_, r)| *r == MoveReason::Evacuate)
         .map(|(s, _)| u64::from(st.sites[*s as usize].slots))
         .sum();
-    st.set_band(st.active_load() + returning);
+    st.set_band(st.active_load() + returning, true);
     Ok((st, classified))
 }
 

@@ -42,13 +42,15 @@ pub(crate) struct State<'a> {
     active_domains: usize,
     domainless_active: bool,
     site_tenant: Vec<u32>,
-    tenant_nodes: Vec<HashMap<u32, u32>>,
+    tenant_nodes: Vec<BTreeMap<u32, u32>>,
     tenant_domains: Vec<BTreeMap<u32, u32>>,
     by_slack: BTreeSet<SlackKey>,
     by_free: BTreeSet<SlackKey>,
     donors: BTreeSet<DonorKey>,
     stuck: Vec<bool>,
     indexed: bool,
+    /// Only rebalancing needs the donor index.
+    track_donors: bool,
     spread: bool,
 }
 
@@ -120,7 +122,8 @@ impl<'a> State<'a> {
             domain.push(d);
         }
 
-        let mut tenant_ids: BTreeMap<&str, u32> = BTreeMap::new();
+        // Numbered by first appearance in id order; the numbers are never compared.
+        let mut tenant_ids: HashMap<&str, u32> = HashMap::new();
         let site_tenant: Vec<u32> = sites
             .iter()
             .map(|s| {
@@ -144,13 +147,14 @@ impl<'a> State<'a> {
             active_domains: active_domain_set.len(),
             domainless_active,
             site_tenant,
-            tenant_nodes: vec![HashMap::new(); tenant_ids.len()],
+            tenant_nodes: vec![BTreeMap::new(); tenant_ids.len()],
             tenant_domains: vec![BTreeMap::new(); tenant_ids.len()],
             by_slack: BTreeSet::new(),
             by_free: BTreeSet::new(),
             donors: BTreeSet::new(),
             stuck: vec![false; n],
             indexed: false,
+            track_donors: false,
             spread: policy.spread_tenants,
             nodes,
             sites,
@@ -174,7 +178,8 @@ impl<'a> State<'a> {
 
     /// Fixes the balance band for `total` slots spread over active nodes in proportion to
     /// usable capacity, then builds the indexes. Called once per plan.
-    pub fn set_band(&mut self, total: u64) {
+    pub fn set_band(&mut self, total: u64, track_donors: bool) {
+        self.track_donors = track_donors;
         let capacity: u64 = (0..self.nodes.len())
             .filter(|&i| self.active[i])
             .map(|i| self.usable[i])
@@ -203,7 +208,7 @@ impl<'a> State<'a> {
         self.by_slack.insert((Reverse(self.lo[i] as i64 - load), n));
         self.by_free
             .insert((Reverse(self.usable[i] as i64 - load), n));
-        if !self.stuck[i] {
+        if self.track_donors && !self.stuck[i] {
             self.donors.insert(self.donor_key(n));
         }
         self.deficit += self.lo[i].saturating_sub(self.load[i]);
@@ -217,8 +222,10 @@ impl<'a> State<'a> {
             .remove(&(Reverse(self.lo[i] as i64 - load), n));
         self.by_free
             .remove(&(Reverse(self.usable[i] as i64 - load), n));
-        let key = self.donor_key(n);
-        self.donors.remove(&key);
+        if self.track_donors {
+            let key = self.donor_key(n);
+            self.donors.remove(&key);
+        }
         self.deficit -= self.lo[i].saturating_sub(self.load[i]);
         self.excess -= self.load[i].saturating_sub(self.hi[i]);
     }
@@ -276,9 +283,9 @@ impl<'a> State<'a> {
         self.site_node[s as usize] = None;
         if self.active[n as usize] {
             let t = self.site_tenant[s as usize] as usize;
-            decrement_hash(&mut self.tenant_nodes[t], n);
+            decrement(&mut self.tenant_nodes[t], n);
             if let Some(d) = self.domain[n as usize] {
-                decrement_btree(&mut self.tenant_domains[t], d);
+                decrement(&mut self.tenant_domains[t], d);
             }
         }
     }
@@ -424,16 +431,7 @@ impl<'a> State<'a> {
     }
 }
 
-fn decrement_hash(map: &mut HashMap<u32, u32>, key: u32) {
-    if let Some(c) = map.get_mut(&key) {
-        *c -= 1;
-        if *c == 0 {
-            map.remove(&key);
-        }
-    }
-}
-
-fn decrement_btree(map: &mut BTreeMap<u32, u32>, key: u32) {
+fn decrement(map: &mut BTreeMap<u32, u32>, key: u32) {
     if let Some(c) = map.get_mut(&key) {
         *c -= 1;
         if *c == 0 {
