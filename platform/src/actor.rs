@@ -52,7 +52,9 @@ impl FromRequestParts<AppState> for Actor {
             .bind(token_hash(token))
             .fetch_optional(&state.db)
             .await?
-            .ok_or(ApiError::Unauthorized("the API token is invalid, expired or revoked"))?;
+            .ok_or(ApiError::Unauthorized(
+                "the API token is invalid, expired or revoked",
+            ))?;
             let token_id: String = row.try_get("id")?;
             sqlx::query("UPDATE api_tokens SET last_used_at = NOW(6) WHERE id = ?")
                 .bind(&token_id)
@@ -66,10 +68,9 @@ impl FromRequestParts<AppState> for Actor {
             };
             (row.try_get::<String, _>("user_id")?, Some(scope))
         } else {
-            let user_id = state
-                .signer
-                .verify(token)
-                .ok_or(ApiError::Unauthorized("the access token is invalid or expired"))?;
+            let user_id = state.signer.verify(token).ok_or(ApiError::Unauthorized(
+                "the access token is invalid or expired",
+            ))?;
             (user_id, None)
         };
         let row = sqlx::query("SELECT email, staff_role, disabled FROM users WHERE id = ?")
@@ -81,7 +82,9 @@ impl FromRequestParts<AppState> for Actor {
             return Err(ApiError::Unauthorized("the account is disabled"));
         }
         if scope == Some(Scope::Read) && parts.method != Method::GET {
-            return Err(ApiError::Forbidden("this API token has the read scope only"));
+            return Err(ApiError::Forbidden(
+                "this API token has the read scope only",
+            ));
         }
         let staff: Option<String> = row.try_get("staff_role")?;
         Ok(Self {
@@ -101,7 +104,10 @@ impl FromRequestParts<AppState> for Actor {
 
 /// The peer address of the connection.
 pub fn source_ip(parts: &Parts) -> Option<String> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
 }
 
 impl Actor {
@@ -118,7 +124,11 @@ impl Actor {
     }
 
     /// The caller's role in a tenant: staff act as owners everywhere.
-    pub async fn tenant_role(&self, state: &AppState, tenant: &Id) -> ApiResult<Option<TenantRole>> {
+    pub async fn tenant_role(
+        &self,
+        state: &AppState,
+        tenant: &Id,
+    ) -> ApiResult<Option<TenantRole>> {
         let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = ?")
             .bind(tenant.as_str())
             .fetch_optional(&state.db)
@@ -149,7 +159,9 @@ impl Actor {
         match self.tenant_role(state, tenant).await? {
             None => Err(ApiError::NotFound("tenant")),
             Some(role) if role >= min => Ok(role),
-            Some(_) => Err(ApiError::Forbidden("your role in this tenant does not allow this")),
+            Some(_) => Err(ApiError::Forbidden(
+                "your role in this tenant does not allow this",
+            )),
         }
     }
 }

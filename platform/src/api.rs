@@ -51,12 +51,24 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{token}", axum::routing::delete(revoke_token))
         .route("/tenants", get(list_tenants).post(create_tenant))
-        .route("/tenants/{tenant}", get(get_tenant).patch(update_tenant).delete(delete_tenant))
-        .route("/tenants/{tenant}/users", get(list_members).post(invite_member))
-        .route("/tenants/{tenant}/users/{user}", axum::routing::patch(change_role).delete(remove_member))
+        .route(
+            "/tenants/{tenant}",
+            get(get_tenant).patch(update_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/tenants/{tenant}/users",
+            get(list_members).post(invite_member),
+        )
+        .route(
+            "/tenants/{tenant}/users/{user}",
+            axum::routing::patch(change_role).delete(remove_member),
+        )
         .route("/tenants/{tenant}/sites", get(list_sites).post(create_site))
         .route("/tenants/{tenant}/audit", get(tenant_audit))
-        .route("/sites/{site}", get(get_site).patch(update_site).delete(delete_site))
+        .route(
+            "/sites/{site}",
+            get(get_site).patch(update_site).delete(delete_site),
+        )
         .route("/sites/{site}/suspend", post(suspend_site))
         .route("/sites/{site}/resume", post(resume_site))
         .route("/plans", get(list_plans).post(create_plan))
@@ -71,10 +83,18 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::handler).with_state(state.metrics.clone()))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", ApiDoc::openapi()))
+        .route(
+            "/metrics",
+            get(metrics::handler).with_state(state.metrics.clone()),
+        )
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", ApiDoc::openapi()),
+        )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
@@ -93,7 +113,10 @@ async fn healthz() -> Json<Value> {
 
 /// Readiness: the control-plane database answers.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db).await {
+    match sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&state.db)
+        .await
+    {
         Ok(_) => Json(serde_json::json!({ "status": "ready", "database": "ok" })).into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
@@ -122,19 +145,29 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SourceIp {
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Login,
     responses((status = 200, body = TokenPair), (status = 401, body = Problem), (status = 429, body = Problem)))]
-async fn login(State(state): State<AppState>, SourceIp(ip): SourceIp, ApiJson(input): ApiJson<Login>) -> ApiResult<Json<TokenPair>> {
+async fn login(
+    State(state): State<AppState>,
+    SourceIp(ip): SourceIp,
+    ApiJson(input): ApiJson<Login>,
+) -> ApiResult<Json<TokenPair>> {
     Ok(Json(sessions::login(&state, input, ip).await?))
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = TokenPair), (status = 401, body = Problem)))]
-async fn refresh(State(state): State<AppState>, ApiJson(input): ApiJson<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
+async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
     Ok(Json(sessions::refresh(&state, input).await?))
 }
 
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 204)))]
-async fn logout(State(state): State<AppState>, ApiJson(input): ApiJson<RefreshRequest>) -> ApiResult<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<RefreshRequest>,
+) -> ApiResult<StatusCode> {
     sessions::logout(&state, input).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -153,25 +186,46 @@ async fn list_staff(State(state): State<AppState>, actor: Actor) -> ApiResult<Js
 
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = NewStaffUser,
     responses((status = 201, body = User), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_staff(State(state): State<AppState>, actor: Actor, ApiJson(input): ApiJson<NewStaffUser>) -> ApiResult<(StatusCode, Json<User>)> {
-    Ok((StatusCode::CREATED, Json(users::create_staff(&state, &actor, input).await?)))
+async fn create_staff(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<NewStaffUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(users::create_staff(&state, &actor, input).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])),
     responses((status = 200, body = [ApiToken])))]
-async fn list_tokens(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Vec<ApiToken>>> {
+async fn list_tokens(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> ApiResult<Json<Vec<ApiToken>>> {
     Ok(Json(tokens::list(&state, &actor).await?))
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 422, body = Problem)))]
-async fn create_token(State(state): State<AppState>, actor: Actor, ApiJson(input): ApiJson<NewToken>) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
-    Ok((StatusCode::CREATED, Json(tokens::create(&state, &actor, input).await?)))
+async fn create_token(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<NewToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(tokens::create(&state, &actor, input).await?),
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", security(("bearer" = [])),
     params(("token" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
-async fn revoke_token(State(state): State<AppState>, actor: Actor, ApiPath(token): ApiPath<String>) -> ApiResult<StatusCode> {
+async fn revoke_token(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(token): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     tokens::revoke(&state, &actor, &parse_id(&token, "token")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -184,68 +238,145 @@ async fn list_tenants(State(state): State<AppState>, actor: Actor) -> ApiResult<
 
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), request_body = NewTenant,
     responses((status = 201, body = Tenant), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_tenant(State(state): State<AppState>, actor: Actor, ApiJson(input): ApiJson<NewTenant>) -> ApiResult<(StatusCode, Json<Tenant>)> {
-    Ok((StatusCode::CREATED, Json(tenants::create(&state, &actor, input).await?)))
+async fn create_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<NewTenant>,
+) -> ApiResult<(StatusCode, Json<Tenant>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(tenants::create(&state, &actor, input).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = Tenant), (status = 404, body = Problem)))]
-async fn get_tenant(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>) -> ApiResult<Json<Tenant>> {
-    Ok(Json(tenants::get(&state, &actor, &parse_id(&tenant, "tenant")?).await?))
+async fn get_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+) -> ApiResult<Json<Tenant>> {
+    Ok(Json(
+        tenants::get(&state, &actor, &parse_id(&tenant, "tenant")?).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])), request_body = TenantChange,
     params(("tenant" = String, Path)), responses((status = 200, body = Tenant), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn update_tenant(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>, ApiJson(input): ApiJson<TenantChange>) -> ApiResult<Json<Tenant>> {
-    Ok(Json(tenants::update(&state, &actor, &parse_id(&tenant, "tenant")?, input).await?))
+async fn update_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(input): ApiJson<TenantChange>,
+) -> ApiResult<Json<Tenant>> {
+    Ok(Json(
+        tenants::update(&state, &actor, &parse_id(&tenant, "tenant")?, input).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
     params(("tenant" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
-async fn delete_tenant(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>) -> ApiResult<StatusCode> {
+async fn delete_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     tenants::delete(&state, &actor, &parse_id(&tenant, "tenant")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/users", tag = "users", security(("bearer" = [])),
     params(("tenant" = String, Path)), responses((status = 200, body = [Member]), (status = 404, body = Problem)))]
-async fn list_members(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>) -> ApiResult<Json<Vec<Member>>> {
-    Ok(Json(users::list_members(&state, &actor, &parse_id(&tenant, "tenant")?).await?))
+async fn list_members(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+) -> ApiResult<Json<Vec<Member>>> {
+    Ok(Json(
+        users::list_members(&state, &actor, &parse_id(&tenant, "tenant")?).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/users", tag = "users", security(("bearer" = [])), request_body = Invitation,
     params(("tenant" = String, Path)), responses((status = 201, body = Invited), (status = 403, body = Problem), (status = 409, body = Problem)))]
-async fn invite_member(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>, ApiJson(input): ApiJson<Invitation>) -> ApiResult<(StatusCode, Json<Invited>)> {
-    Ok((StatusCode::CREATED, Json(users::invite(&state, &actor, &parse_id(&tenant, "tenant")?, input).await?)))
+async fn invite_member(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(input): ApiJson<Invitation>,
+) -> ApiResult<(StatusCode, Json<Invited>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(users::invite(&state, &actor, &parse_id(&tenant, "tenant")?, input).await?),
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/users/{user}", tag = "users", security(("bearer" = [])), request_body = RoleChange,
     params(("tenant" = String, Path), ("user" = String, Path)), responses((status = 200, body = Member), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn change_role(State(state): State<AppState>, actor: Actor, ApiPath((tenant, user)): ApiPath<(String, String)>, ApiJson(input): ApiJson<RoleChange>) -> ApiResult<Json<Member>> {
-    Ok(Json(users::change_role(&state, &actor, &parse_id(&tenant, "tenant")?, &parse_id(&user, "member")?, input).await?))
+async fn change_role(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath((tenant, user)): ApiPath<(String, String)>,
+    ApiJson(input): ApiJson<RoleChange>,
+) -> ApiResult<Json<Member>> {
+    Ok(Json(
+        users::change_role(
+            &state,
+            &actor,
+            &parse_id(&tenant, "tenant")?,
+            &parse_id(&user, "member")?,
+            input,
+        )
+        .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/users/{user}", tag = "users", security(("bearer" = [])),
     params(("tenant" = String, Path), ("user" = String, Path)), responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn remove_member(State(state): State<AppState>, actor: Actor, ApiPath((tenant, user)): ApiPath<(String, String)>) -> ApiResult<StatusCode> {
-    users::remove(&state, &actor, &parse_id(&tenant, "tenant")?, &parse_id(&user, "member")?).await?;
+async fn remove_member(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath((tenant, user)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    users::remove(
+        &state,
+        &actor,
+        &parse_id(&tenant, "tenant")?,
+        &parse_id(&user, "member")?,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/sites", tag = "sites", security(("bearer" = [])),
     params(("tenant" = String, Path), SiteFilter), responses((status = 200, body = Page<Site>), (status = 404, body = Problem), (status = 422, body = Problem)))]
-async fn list_sites(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>, ApiQuery(filter): ApiQuery<SiteFilter>) -> ApiResult<Json<Page<Site>>> {
-    Ok(Json(sites::list(&state, &actor, &parse_id(&tenant, "tenant")?, filter).await?))
+async fn list_sites(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(filter): ApiQuery<SiteFilter>,
+) -> ApiResult<Json<Page<Site>>> {
+    Ok(Json(
+        sites::list(&state, &actor, &parse_id(&tenant, "tenant")?, filter).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/sites", tag = "sites", security(("bearer" = [])), request_body = NewSite,
     params(("tenant" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Repeats of a request with this key return the first response")),
     responses((status = 202, body = Accepted), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_site(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>, headers: HeaderMap, ApiJson(body): ApiJson<Value>) -> ApiResult<Response> {
+async fn create_site(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
     let tenant = parse_id(&tenant, "tenant")?;
     let idem = match headers.get("idempotency-key") {
         Some(value) => Some(IdemKey::parse(
-            value.to_str().map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?,
+            value
+                .to_str()
+                .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?,
             "POST",
             &format!("/v1/tenants/{tenant}/sites"),
             &body,
@@ -253,55 +384,98 @@ async fn create_site(State(state): State<AppState>, actor: Actor, ApiPath(tenant
         None => None,
     };
     let input: NewSite = parse_body(body)?;
-    Ok(match sites::create(&state, &actor, &tenant, input, idem).await? {
-        Created::New(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
-        Created::Replayed(replay) => {
-            let mut response = (replay.status, Json(replay.body)).into_response();
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-            response
-        }
-    })
+    Ok(
+        match sites::create(&state, &actor, &tenant, input, idem).await? {
+            Created::New(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+            Created::Replayed(replay) => {
+                let mut response = (replay.status, Json(replay.body)).into_response();
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                response
+            }
+        },
+    )
 }
 
 /// Deserializes a JSON value already read, naming the failing field.
 fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> ApiResult<T> {
     serde_path_to_error::deserialize(body).map_err(|err| {
         let path = err.path().to_string();
-        ApiError::field(if path == "." { "body".to_owned() } else { path }, err.into_inner().to_string())
+        // A body that is not an object at all is the body's fault, not an element's.
+        let field = if path == "." || path.starts_with('[') {
+            "body".to_owned()
+        } else {
+            path
+        };
+        ApiError::field(field, err.into_inner().to_string())
     })
 }
 
 #[utoipa::path(get, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])),
     params(("site" = String, Path)), responses((status = 200, body = Site), (status = 404, body = Problem)))]
-async fn get_site(State(state): State<AppState>, actor: Actor, ApiPath(site): ApiPath<String>) -> ApiResult<Json<Site>> {
-    Ok(Json(sites::get(&state, &actor, &parse_id(&site, "site")?).await?))
+async fn get_site(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+) -> ApiResult<Json<Site>> {
+    Ok(Json(
+        sites::get(&state, &actor, &parse_id(&site, "site")?).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])), request_body = SiteChange,
     params(("site" = String, Path)), responses((status = 200, body = Site), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn update_site(State(state): State<AppState>, actor: Actor, ApiPath(site): ApiPath<String>, ApiJson(input): ApiJson<SiteChange>) -> ApiResult<Json<Site>> {
-    Ok(Json(sites::update(&state, &actor, &parse_id(&site, "site")?, input).await?))
+async fn update_site(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+    ApiJson(input): ApiJson<SiteChange>,
+) -> ApiResult<Json<Site>> {
+    Ok(Json(
+        sites::update(&state, &actor, &parse_id(&site, "site")?, input).await?,
+    ))
 }
 
-async fn transition(state: AppState, actor: Actor, site: String, kind: &str) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    Ok((StatusCode::ACCEPTED, Json(sites::transition(&state, &actor, &parse_id(&site, "site")?, kind).await?)))
+async fn transition(
+    state: AppState,
+    actor: Actor,
+    site: String,
+    kind: &str,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(sites::transition(&state, &actor, &parse_id(&site, "site")?, kind).await?),
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])),
     params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
-async fn delete_site(State(state): State<AppState>, actor: Actor, ApiPath(site): ApiPath<String>) -> ApiResult<(StatusCode, Json<Accepted>)> {
+async fn delete_site(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
     transition(state, actor, site, "site.delete").await
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/suspend", tag = "sites", security(("bearer" = [])),
     params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
-async fn suspend_site(State(state): State<AppState>, actor: Actor, ApiPath(site): ApiPath<String>) -> ApiResult<(StatusCode, Json<Accepted>)> {
+async fn suspend_site(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
     transition(state, actor, site, "site.suspend").await
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/resume", tag = "sites", security(("bearer" = [])),
     params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
-async fn resume_site(State(state): State<AppState>, actor: Actor, ApiPath(site): ApiPath<String>) -> ApiResult<(StatusCode, Json<Accepted>)> {
+async fn resume_site(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
     transition(state, actor, site, "site.resume").await
 }
 
@@ -313,8 +487,15 @@ async fn list_plans(State(state): State<AppState>, _actor: Actor) -> ApiResult<J
 
 #[utoipa::path(post, path = "/v1/plans", tag = "plans", security(("bearer" = [])), request_body = NewPlan,
     responses((status = 201, body = Plan), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_plan(State(state): State<AppState>, actor: Actor, ApiJson(input): ApiJson<NewPlan>) -> ApiResult<(StatusCode, Json<Plan>)> {
-    Ok((StatusCode::CREATED, Json(plans::create(&state, &actor, input).await?)))
+async fn create_plan(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<NewPlan>,
+) -> ApiResult<(StatusCode, Json<Plan>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(plans::create(&state, &actor, input).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])),
@@ -325,32 +506,63 @@ async fn list_nodes(State(state): State<AppState>, actor: Actor) -> ApiResult<Js
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), request_body = NewNode,
     responses((status = 201, body = Node), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn register_node(State(state): State<AppState>, actor: Actor, ApiJson(input): ApiJson<NewNode>) -> ApiResult<(StatusCode, Json<Node>)> {
-    Ok((StatusCode::CREATED, Json(nodes::register(&state, &actor, input).await?)))
+async fn register_node(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<NewNode>,
+) -> ApiResult<(StatusCode, Json<Node>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(nodes::register(&state, &actor, input).await?),
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{node}", tag = "nodes", security(("bearer" = [])), request_body = NodeChange,
     params(("node" = String, Path)), responses((status = 200, body = Node), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn update_node(State(state): State<AppState>, actor: Actor, ApiPath(node): ApiPath<String>, ApiJson(input): ApiJson<NodeChange>) -> ApiResult<Json<Node>> {
-    Ok(Json(nodes::update(&state, &actor, &parse_id(&node, "node")?, input).await?))
+async fn update_node(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(node): ApiPath<String>,
+    ApiJson(input): ApiJson<NodeChange>,
+) -> ApiResult<Json<Node>> {
+    Ok(Json(
+        nodes::update(&state, &actor, &parse_id(&node, "node")?, input).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/operations/{operation}", tag = "operations", security(("bearer" = [])),
     params(("operation" = String, Path)), responses((status = 200, body = Operation), (status = 404, body = Problem)))]
-async fn get_operation(State(state): State<AppState>, actor: Actor, ApiPath(op): ApiPath<String>) -> ApiResult<Json<Operation>> {
-    Ok(Json(operations::get(&state, &actor, &parse_id(&op, "operation")?).await?))
+async fn get_operation(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(op): ApiPath<String>,
+) -> ApiResult<Json<Operation>> {
+    Ok(Json(
+        operations::get(&state, &actor, &parse_id(&op, "operation")?).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])),
     params(AuditFilter), responses((status = 200, body = Page<AuditEvent>), (status = 403, body = Problem)))]
-async fn staff_audit(State(state): State<AppState>, actor: Actor, ApiQuery(filter): ApiQuery<AuditFilter>) -> ApiResult<Json<Page<AuditEvent>>> {
+async fn staff_audit(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(filter): ApiQuery<AuditFilter>,
+) -> ApiResult<Json<Page<AuditEvent>>> {
     Ok(Json(audit_log::list(&state, &actor, None, filter).await?))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit", security(("bearer" = [])),
     params(("tenant" = String, Path), AuditFilter), responses((status = 200, body = Page<AuditEvent>), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn tenant_audit(State(state): State<AppState>, actor: Actor, ApiPath(tenant): ApiPath<String>, ApiQuery(filter): ApiQuery<AuditFilter>) -> ApiResult<Json<Page<AuditEvent>>> {
-    Ok(Json(audit_log::list(&state, &actor, Some(&parse_id(&tenant, "tenant")?), filter).await?))
+async fn tenant_audit(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(filter): ApiQuery<AuditFilter>,
+) -> ApiResult<Json<Page<AuditEvent>>> {
+    Ok(Json(
+        audit_log::list(&state, &actor, Some(&parse_id(&tenant, "tenant")?), filter).await?,
+    ))
 }
 
 struct BearerAuth;
@@ -360,7 +572,12 @@ impl Modify for BearerAuth {
         if let Some(components) = openapi.components.as_mut() {
             components.add_security_scheme(
                 "bearer",
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT or pdt_ API token").build()),
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT or pdt_ API token")
+                        .build(),
+                ),
             );
         }
     }

@@ -15,7 +15,11 @@ pub struct Event<'a> {
     pub details: Value,
 }
 
-pub async fn record(conn: &mut MySqlConnection, actor: Option<&Actor>, event: Event<'_>) -> sqlx::Result<()> {
+pub async fn record(
+    conn: &mut MySqlConnection,
+    actor: Option<&Actor>,
+    event: Event<'_>,
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO audit_events (actor_id, actor_email, tenant_id, action, target_type, \
          target_id, source_ip, request_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

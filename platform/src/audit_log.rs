@@ -40,10 +40,17 @@ pub struct AuditFilter {
 }
 
 /// Newest first.
-pub async fn list(state: &AppState, actor: &Actor, tenant: Option<&Id>, filter: AuditFilter) -> ApiResult<Page<AuditEvent>> {
+pub async fn list(
+    state: &AppState,
+    actor: &Actor,
+    tenant: Option<&Id>,
+    filter: AuditFilter,
+) -> ApiResult<Page<AuditEvent>> {
     match tenant {
         Some(tenant) => {
-            actor.require_tenant(state, tenant, TenantRole::Owner).await?;
+            actor
+                .require_tenant(state, tenant, TenantRole::Owner)
+                .await?;
         }
         None if actor.is_staff() => {}
         None => return Err(ApiError::Forbidden("the whole audit log is for staff")),
@@ -54,7 +61,10 @@ pub async fn list(state: &AppState, actor: &Actor, tenant: Option<&Id>, filter: 
         fields.push("limit", "must be between 1 and 500");
     }
     let before = match &filter.cursor {
-        Some(c) => fields.check("cursor", decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned())),
+        Some(c) => fields.check(
+            "cursor",
+            decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned()),
+        ),
         None => Some(i64::MAX),
     };
     fields.finish()?;
@@ -69,7 +79,9 @@ pub async fn list(state: &AppState, actor: &Actor, tenant: Option<&Id>, filter: 
     if let Some(action) = &filter.action {
         query.push(" AND action = ").push_bind(action.clone());
     }
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    query
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
     let mut items: Vec<AuditEvent> = query.build_query_as().fetch_all(&state.db).await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);

@@ -38,7 +38,9 @@ pub async fn verify_password(password: String, hash: String) -> anyhow::Result<b
     tokio::task::spawn_blocking(move || {
         let parsed =
             PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored hash unreadable: {e}"))?;
-        Ok(argon2()?.verify_password(password.as_bytes(), &parsed).is_ok())
+        Ok(argon2()?
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
     })
     .await
     .context("password verification task")?
@@ -46,8 +48,7 @@ pub async fn verify_password(password: String, hash: String) -> anyhow::Result<b
 
 /// A hash of a made-up password, verified against when the account does not exist, so
 /// that a login's timing does not tell whether an e-mail address has an account.
-pub const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Vx2Qw3n8m0cX0aQwV7b0mE0xY3H9lq4k0q7mYl6oK1c";
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Vx2Qw3n8m0cX0aQwV7b0mE0xY3H9lq4k0q7mYl6oK1c";
 
 /// A random token with a readable prefix (`pdr_` refresh, `pdt_` API token), 256 bits.
 pub fn new_token(prefix: &str) -> String {
@@ -60,7 +61,9 @@ pub fn new_token(prefix: &str) -> String {
 pub fn new_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::rng();
-    (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// What the database stores of a token.
@@ -146,12 +149,22 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_hash_and_verify() {
-        let hash = hash_password("correct horse battery".into()).await.expect("hash");
+        let hash = hash_password("correct horse battery".into())
+            .await
+            .expect("hash");
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(verify_password("correct horse battery".into(), hash.clone()).await.expect("v"));
+        assert!(
+            verify_password("correct horse battery".into(), hash.clone())
+                .await
+                .expect("v")
+        );
         assert!(!verify_password("wrong".into(), hash).await.expect("v"));
         // The dummy hash parses, so unknown accounts cost the same work.
-        assert!(!verify_password("x".into(), DUMMY_HASH.into()).await.expect("dummy"));
+        assert!(
+            !verify_password("x".into(), DUMMY_HASH.into())
+                .await
+                .expect("dummy")
+        );
     }
 
     #[test]

@@ -93,14 +93,18 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum TenantCmd {
     List,
-    Show { tenant: String },
+    Show {
+        tenant: String,
+    },
     Create {
         #[arg(long)]
         slug: String,
         #[arg(long)]
         name: String,
     },
-    Delete { tenant: String },
+    Delete {
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,7 +171,9 @@ pub enum SiteCmd {
         #[arg(long)]
         domain: Option<String>,
     },
-    Show { site: String },
+    Show {
+        site: String,
+    },
     Create {
         #[arg(long)]
         tenant: String,
@@ -197,8 +203,12 @@ pub enum SiteCmd {
         #[arg(long)]
         wait: bool,
     },
-    Suspend { site: String },
-    Resume { site: String },
+    Suspend {
+        site: String,
+    },
+    Resume {
+        site: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,7 +232,9 @@ pub enum TokenCmd {
         #[arg(long)]
         expires_in_days: Option<u32>,
     },
-    Revoke { token: String },
+    Revoke {
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,8 +250,12 @@ pub enum NodeCmd {
         #[arg(long)]
         address: Option<String>,
     },
-    Drain { node: String },
-    Activate { node: String },
+    Drain {
+        node: String,
+    },
+    Activate {
+        node: String,
+    },
 }
 
 /// What `login` stores.
@@ -264,7 +280,9 @@ fn config_path() -> anyhow::Result<PathBuf> {
 fn load_stored() -> anyhow::Result<Option<Stored>> {
     let path = config_path()?;
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?)),
+        Ok(text) => Ok(Some(
+            toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        )),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
@@ -324,25 +342,46 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<reqwest::Response> {
-        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(self.bearer()?);
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(self.bearer()?);
         if let Some(body) = body {
             request = request.json(body);
         }
-        request.send().await.with_context(|| format!("connecting to {}", self.url))
+        request
+            .send()
+            .await
+            .with_context(|| format!("connecting to {}", self.url))
     }
 
     /// One API call; refreshes an expired access token once.
-    async fn call(&mut self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn call(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut response = self.send(method.clone(), path, body.as_ref()).await?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED && self.api_token.is_none() && self.refresh().await? {
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && self.api_token.is_none()
+            && self.refresh().await?
+        {
             response = self.send(method, path, body.as_ref()).await?;
         }
         read(response).await
     }
 
     async fn refresh(&mut self) -> anyhow::Result<bool> {
-        let Some(stored) = &self.stored else { return Ok(false) };
+        let Some(stored) = &self.stored else {
+            return Ok(false);
+        };
         let response = self
             .http
             .post(format!("{}/v1/auth/refresh", self.url))
@@ -356,7 +395,10 @@ impl Client {
         let updated = Stored {
             url: self.url.clone(),
             access_token: pair["access_token"].as_str().unwrap_or_default().to_owned(),
-            refresh_token: pair["refresh_token"].as_str().unwrap_or_default().to_owned(),
+            refresh_token: pair["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         };
         save_stored(&updated)?;
         self.stored = Some(updated);
@@ -369,13 +411,25 @@ async fn read(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let text = response.text().await.context("reading the response")?;
     if status.is_success() {
-        return Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text).context("the response is not JSON")? });
+        return Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).context("the response is not JSON")?
+        });
     }
     let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let mut message = format!("{}: {}", status.as_u16(), problem["detail"].as_str().unwrap_or(&text));
+    let mut message = format!(
+        "{}: {}",
+        status.as_u16(),
+        problem["detail"].as_str().unwrap_or(&text)
+    );
     if let Some(errors) = problem["errors"].as_array() {
         for e in errors {
-            message.push_str(&format!("\n  {}: {}", e["field"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("?")));
+            message.push_str(&format!(
+                "\n  {}: {}",
+                e["field"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("?")
+            ));
         }
     }
     bail!(message)
@@ -393,16 +447,24 @@ fn cell(value: &Value) -> String {
 /// Prints rows of objects as a table of the given columns, or the JSON.
 fn print(json: bool, value: &Value, columns: &[&str]) {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
         return;
     }
     let rows: Vec<&Value> = match value {
         Value::Array(items) => items.iter().collect(),
-        Value::Object(map) if map.contains_key("items") => map["items"].as_array().map(|a| a.iter().collect()).unwrap_or_default(),
+        Value::Object(map) if map.contains_key("items") => map["items"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
         other => vec![other],
     };
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(columns.iter().map(|c| c.to_uppercase()));
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(columns.iter().map(|c| c.to_uppercase()));
     for row in rows {
         table.add_row(columns.iter().map(|c| cell(&row[*c])));
     }
@@ -414,7 +476,9 @@ const OPERATION_COLUMNS: &[&str] = &["id", "kind", "state", "target_id", "error"
 
 async fn wait_operation(client: &mut Client, id: &str) -> anyhow::Result<Value> {
     loop {
-        let op = client.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None).await?;
+        let op = client
+            .call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None)
+            .await?;
         if matches!(op["state"].as_str(), Some("succeeded" | "failed")) {
             return Ok(op);
         }
@@ -428,18 +492,28 @@ fn print_operation(json: bool, op: &Value) {
         return;
     }
     print(false, op, OPERATION_COLUMNS);
-    print(false, &op["steps"], &["position", "name", "state", "attempts", "error"]);
+    print(
+        false,
+        &op["steps"],
+        &["position", "name", "state", "attempts", "error"],
+    );
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
-        Command::Login { email, password, global } => {
+        Command::Login {
+            email,
+            password,
+            global,
+        } => {
             let password = match password {
                 Some(p) => p,
                 None => {
                     let mut line = String::new();
-                    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password from standard input")?;
                     line.trim_end_matches(['\n', '\r']).to_owned()
                 }
             };
@@ -455,9 +529,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             save_stored(&Stored {
                 url: client.url.clone(),
                 access_token: pair["access_token"].as_str().unwrap_or_default().to_owned(),
-                refresh_token: pair["refresh_token"].as_str().unwrap_or_default().to_owned(),
+                refresh_token: pair["refresh_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             })?;
-            println!("logged in to {} as {email}; login stored in {}", client.url, config_path()?.display());
+            println!(
+                "logged in to {} as {email}; login stored in {}",
+                client.url,
+                config_path()?.display()
+            );
         }
         Command::Logout { global } => {
             let client = Client::new(&global)?;
@@ -477,10 +558,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let cols = &["id", "slug", "name", "state", "created_at"];
             let value = match action {
                 TenantCmd::List => c.call(Method::GET, "/v1/tenants", None).await?,
-                TenantCmd::Show { tenant } => c.call(Method::GET, &format!("/v1/tenants/{tenant}"), None).await?,
-                TenantCmd::Create { slug, name } => c.call(Method::POST, "/v1/tenants", Some(json!({ "slug": slug, "name": name }))).await?,
+                TenantCmd::Show { tenant } => {
+                    c.call(Method::GET, &format!("/v1/tenants/{tenant}"), None)
+                        .await?
+                }
+                TenantCmd::Create { slug, name } => {
+                    c.call(
+                        Method::POST,
+                        "/v1/tenants",
+                        Some(json!({ "slug": slug, "name": name })),
+                    )
+                    .await?
+                }
                 TenantCmd::Delete { tenant } => {
-                    c.call(Method::DELETE, &format!("/v1/tenants/{tenant}"), None).await?;
+                    c.call(Method::DELETE, &format!("/v1/tenants/{tenant}"), None)
+                        .await?;
                     println!("deleted tenant {tenant}");
                     return Ok(());
                 }
@@ -495,19 +587,46 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     print(global.json, &v, &["id", "email", "name", "staff_role"]);
                 }
                 UserCmd::List { tenant: Some(t) } => {
-                    let v = c.call(Method::GET, &format!("/v1/tenants/{t}/users"), None).await?;
+                    let v = c
+                        .call(Method::GET, &format!("/v1/tenants/{t}/users"), None)
+                        .await?;
                     print(global.json, &v, &["user_id", "email", "name", "role"]);
                 }
-                UserCmd::Invite { tenant, email, role } => {
-                    let v = c.call(Method::POST, &format!("/v1/tenants/{tenant}/users"), Some(json!({ "email": email, "role": role }))).await?;
-                    print(global.json, &v, &["user_id", "email", "role", "initial_password"]);
+                UserCmd::Invite {
+                    tenant,
+                    email,
+                    role,
+                } => {
+                    let v = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/tenants/{tenant}/users"),
+                            Some(json!({ "email": email, "role": role })),
+                        )
+                        .await?;
+                    print(
+                        global.json,
+                        &v,
+                        &["user_id", "email", "role", "initial_password"],
+                    );
                 }
                 UserCmd::Role { tenant, user, role } => {
-                    let v = c.call(Method::PATCH, &format!("/v1/tenants/{tenant}/users/{user}"), Some(json!({ "role": role }))).await?;
+                    let v = c
+                        .call(
+                            Method::PATCH,
+                            &format!("/v1/tenants/{tenant}/users/{user}"),
+                            Some(json!({ "role": role })),
+                        )
+                        .await?;
                     print(global.json, &v, &["user_id", "email", "role"]);
                 }
                 UserCmd::Remove { tenant, user } => {
-                    c.call(Method::DELETE, &format!("/v1/tenants/{tenant}/users/{user}"), None).await?;
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/tenants/{tenant}/users/{user}"),
+                        None,
+                    )
+                    .await?;
                     println!("removed {user} from {tenant}");
                 }
             }
@@ -526,12 +645,28 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     .await?
                 }
             };
-            print(global.json, &value, &["slug", "name", "slots", "storage_mb", "memory_mb", "cpu_millis", "price_cents"]);
+            print(
+                global.json,
+                &value,
+                &[
+                    "slug",
+                    "name",
+                    "slots",
+                    "storage_mb",
+                    "memory_mb",
+                    "cpu_millis",
+                    "price_cents",
+                ],
+            );
         }
         Command::Sites { action, global } => {
             let mut c = Client::new(&global)?;
             match action {
-                SiteCmd::List { tenant, state, domain } => {
+                SiteCmd::List {
+                    tenant,
+                    state,
+                    domain,
+                } => {
                     let mut all = Vec::new();
                     let mut cursor: Option<String> = None;
                     loop {
@@ -539,8 +674,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         query.extend(state.clone().map(|s| ("state", s)));
                         query.extend(domain.clone().map(|d| ("domain", d)));
                         query.extend(cursor.clone().map(|c| ("cursor", c)));
-                        let qs = query.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
-                        let page = c.call(Method::GET, &format!("/v1/tenants/{tenant}/sites?{qs}"), None).await?;
+                        let qs = query
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                            .collect::<Vec<_>>()
+                            .join("&");
+                        let page = c
+                            .call(
+                                Method::GET,
+                                &format!("/v1/tenants/{tenant}/sites?{qs}"),
+                                None,
+                            )
+                            .await?;
                         all.extend(page["items"].as_array().cloned().unwrap_or_default());
                         match page["next_cursor"].as_str() {
                             Some(next) => cursor = Some(next.to_owned()),
@@ -550,43 +695,73 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     print(global.json, &Value::Array(all), SITE_COLUMNS);
                 }
                 SiteCmd::Show { site } => {
-                    let v = c.call(Method::GET, &format!("/v1/sites/{site}"), None).await?;
+                    let v = c
+                        .call(Method::GET, &format!("/v1/sites/{site}"), None)
+                        .await?;
                     print(global.json, &v, SITE_COLUMNS);
                 }
-                SiteCmd::Create { tenant, name, domain, aliases, plan, wait } => {
+                SiteCmd::Create {
+                    tenant,
+                    name,
+                    domain,
+                    aliases,
+                    plan,
+                    wait,
+                } => {
                     let v = c
                         .call(Method::POST, &format!("/v1/tenants/{tenant}/sites"), Some(json!({ "name": name, "domain": domain, "aliases": aliases, "plan": plan })))
                         .await?;
                     finish_accepted(&mut c, global.json, v, wait).await?;
                 }
-                SiteCmd::Update { site, name, domain, plan } => {
+                SiteCmd::Update {
+                    site,
+                    name,
+                    domain,
+                    plan,
+                } => {
                     let mut body = serde_json::Map::new();
                     body.extend(name.map(|v| ("name".to_owned(), json!(v))));
                     body.extend(domain.map(|v| ("domain".to_owned(), json!(v))));
                     body.extend(plan.map(|v| ("plan".to_owned(), json!(v))));
-                    let v = c.call(Method::PATCH, &format!("/v1/sites/{site}"), Some(Value::Object(body))).await?;
+                    let v = c
+                        .call(
+                            Method::PATCH,
+                            &format!("/v1/sites/{site}"),
+                            Some(Value::Object(body)),
+                        )
+                        .await?;
                     print(global.json, &v, SITE_COLUMNS);
                 }
                 SiteCmd::Delete { site, wait } => {
-                    let v = c.call(Method::DELETE, &format!("/v1/sites/{site}"), None).await?;
+                    let v = c
+                        .call(Method::DELETE, &format!("/v1/sites/{site}"), None)
+                        .await?;
                     finish_accepted(&mut c, global.json, v, wait).await?;
                 }
                 SiteCmd::Suspend { site } => {
-                    let v = c.call(Method::POST, &format!("/v1/sites/{site}/suspend"), None).await?;
+                    let v = c
+                        .call(Method::POST, &format!("/v1/sites/{site}/suspend"), None)
+                        .await?;
                     finish_accepted(&mut c, global.json, v, false).await?;
                 }
                 SiteCmd::Resume { site } => {
-                    let v = c.call(Method::POST, &format!("/v1/sites/{site}/resume"), None).await?;
+                    let v = c
+                        .call(Method::POST, &format!("/v1/sites/{site}/resume"), None)
+                        .await?;
                     finish_accepted(&mut c, global.json, v, false).await?;
                 }
             }
         }
-        Command::Operations { action: OperationCmd::Show { operation, wait }, global } => {
+        Command::Operations {
+            action: OperationCmd::Show { operation, wait },
+            global,
+        } => {
             let mut c = Client::new(&global)?;
             let op = if wait {
                 wait_operation(&mut c, &operation).await?
             } else {
-                c.call(Method::GET, &format!("/v1/operations/{operation}"), None).await?
+                c.call(Method::GET, &format!("/v1/operations/{operation}"), None)
+                    .await?
             };
             print_operation(global.json, &op);
         }
@@ -595,26 +770,54 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             match action {
                 TokenCmd::List => {
                     let v = c.call(Method::GET, "/v1/tokens", None).await?;
-                    print(global.json, &v, &["id", "name", "scopes", "expires_at", "revoked_at", "last_used_at"]);
+                    print(
+                        global.json,
+                        &v,
+                        &[
+                            "id",
+                            "name",
+                            "scopes",
+                            "expires_at",
+                            "revoked_at",
+                            "last_used_at",
+                        ],
+                    );
                 }
-                TokenCmd::Create { name, scopes, expires_in_days } => {
+                TokenCmd::Create {
+                    name,
+                    scopes,
+                    expires_in_days,
+                } => {
                     let v = c
                         .call(Method::POST, "/v1/tokens", Some(json!({ "name": name, "scopes": scopes, "expires_in_days": expires_in_days })))
                         .await?;
-                    print(global.json, &v, &["id", "name", "scopes", "expires_at", "secret"]);
+                    print(
+                        global.json,
+                        &v,
+                        &["id", "name", "scopes", "expires_at", "secret"],
+                    );
                     if !global.json {
                         eprintln!("the secret is shown only once; store it now");
                     }
                 }
                 TokenCmd::Revoke { token } => {
-                    c.call(Method::DELETE, &format!("/v1/tokens/{token}"), None).await?;
+                    c.call(Method::DELETE, &format!("/v1/tokens/{token}"), None)
+                        .await?;
                     println!("revoked {token}");
                 }
             }
         }
         Command::Nodes { action, global } => {
             let mut c = Client::new(&global)?;
-            let cols = &["id", "name", "role", "availability", "slots", "used_slots", "address"];
+            let cols = &[
+                "id",
+                "name",
+                "role",
+                "availability",
+                "slots",
+                "used_slots",
+                "address",
+            ];
             let value = match action {
                 NodeCmd::List => c.call(Method::GET, "/v1/nodes", None).await?,
                 NodeCmd::Register { name, role, slots, address } => {
@@ -631,15 +834,27 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn finish_accepted(c: &mut Client, json: bool, accepted: Value, wait: bool) -> anyhow::Result<()> {
+async fn finish_accepted(
+    c: &mut Client,
+    json: bool,
+    accepted: Value,
+    wait: bool,
+) -> anyhow::Result<()> {
     let op = if wait {
-        let id = accepted["operation"]["id"].as_str().unwrap_or_default().to_owned();
+        let id = accepted["operation"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         wait_operation(c, &id).await?
     } else {
         accepted["operation"].clone()
     };
     if json {
-        print(true, &json!({ "site": accepted["site"], "operation": op }), &[]);
+        print(
+            true,
+            &json!({ "site": accepted["site"], "operation": op }),
+            &[],
+        );
     } else {
         print(false, &accepted["site"], SITE_COLUMNS);
         print_operation(false, &op);
@@ -654,7 +869,9 @@ fn urlencode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             other => format!("%{other:02X}"),
         })
         .collect()

@@ -165,7 +165,12 @@ pub struct JobsConfig {
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { enabled: true, lease_secs: 15, poll_millis: 250, max_attempts: 5 }
+        Self {
+            enabled: true,
+            lease_secs: 15,
+            poll_millis: 250,
+            max_attempts: 5,
+        }
     }
 }
 
@@ -231,8 +236,14 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("PRESSDOCK_SECRET_KEY", "secret_key"),
     ("PRESSDOCK_BODY_LIMIT_BYTES", "body_limit_bytes"),
     ("PRESSDOCK_BOOTSTRAP_ADMIN_EMAIL", "bootstrap.admin_email"),
-    ("PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap.admin_password"),
-    ("PRESSDOCK_ACCESS_TOKEN_TTL_SECS", "auth.access_token_ttl_secs"),
+    (
+        "PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD",
+        "bootstrap.admin_password",
+    ),
+    (
+        "PRESSDOCK_ACCESS_TOKEN_TTL_SECS",
+        "auth.access_token_ttl_secs",
+    ),
     ("PRESSDOCK_JOBS_ENABLED", "jobs.enabled"),
     ("PRESSDOCK_JOBS_LEASE_SECS", "jobs.lease_secs"),
     ("PRESSDOCK_JOBS_POLL_MILLIS", "jobs.poll_millis"),
@@ -245,10 +256,12 @@ fn set_path(table: &mut toml::Table, key: &str, raw: String) -> anyhow::Result<(
         | "auth.access_token_ttl_secs"
         | "jobs.lease_secs"
         | "jobs.poll_millis" => toml::Value::Integer(
-            raw.parse().with_context(|| format!("{key} must be a whole number"))?,
+            raw.parse()
+                .with_context(|| format!("{key} must be a whole number"))?,
         ),
         "jobs.enabled" => toml::Value::Boolean(
-            raw.parse().with_context(|| format!("{key} must be true or false"))?,
+            raw.parse()
+                .with_context(|| format!("{key} must be true or false"))?,
         ),
         _ => toml::Value::String(raw),
     };
@@ -285,7 +298,10 @@ mod tests {
         .expect("write");
         let env = vec![
             ("PRESSDOCK_LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
-            ("PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD".to_owned(), "s3cret-pass".to_owned()),
+            (
+                "PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD".to_owned(),
+                "s3cret-pass".to_owned(),
+            ),
         ];
         let config = Config::load_from(Some(&path), &env).expect("config");
         assert_eq!(config.listen.port(), 9100, "env beats file");

@@ -26,7 +26,9 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<
             .await
             .with_context(|| format!("connecting to {}", url.redacted()))?;
         admin
-            .execute(crate::sql!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            .execute(crate::sql!(
+                "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            ))
             .await
             .context("creating the database")?;
         admin.close().await.ok();
@@ -41,7 +43,10 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<
 
 /// Applies every pending migration.
 pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
-    let connection = sea_orm_migration::sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(pool.clone());
-    Migrator::up(&connection, None).await.context("applying migrations")?;
+    let connection =
+        sea_orm_migration::sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(pool.clone());
+    Migrator::up(&connection, None)
+        .await
+        .context("applying migrations")?;
     Ok(())
 }

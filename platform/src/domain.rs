@@ -73,14 +73,20 @@ impl DomainName {
             if label.is_empty() || label.len() > 63 {
                 return Err("every label must be 1 to 63 characters".into());
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err("may contain only letters, digits and hyphens".into());
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err("labels must not start or end with a hyphen".into());
             }
         }
-        if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        if labels
+            .last()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err("must be a name, not an IP address".into());
         }
         Ok(Self(ascii))
@@ -134,7 +140,9 @@ impl Slug {
     pub fn parse(input: &str) -> Result<Self, String> {
         let ok = (2..=63).contains(&input.len())
             && input.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            && input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !input.ends_with('-');
         if ok {
             Ok(Self(input.to_owned()))
@@ -248,7 +256,11 @@ impl Fields {
 
     /// `Ok` when nothing failed; otherwise the 422 naming every field.
     pub fn finish(self) -> Result<(), crate::error::ApiError> {
-        if self.0.is_empty() { Ok(()) } else { Err(crate::error::ApiError::Invalid(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::error::ApiError::Invalid(self.0))
+        }
     }
 }
 
@@ -264,8 +276,8 @@ mod tests {
         assert!(ok("*.example.com").is_err());
         assert!(ok("localhost").is_err());
         assert!(ok("a..b").is_err());
-        assert!(ok(sql!("{}.com", "a".repeat(64))).is_err());
-        assert!(ok(sql!("{}.com", ["a".repeat(60); 5].join("."))).is_err());
+        assert!(ok(&format!("{}.com", "a".repeat(64))).is_err());
+        assert!(ok(&format!("{}.com", vec!["a".repeat(60); 5].join("."))).is_err());
         assert!(ok("-bad.com").is_err());
         assert!(ok("10.0.0.1").is_err());
         assert!(ok("under_score.com").is_err());
@@ -282,7 +294,10 @@ mod tests {
 
     #[test]
     fn emails_and_slugs() {
-        assert_eq!(Email::parse(" A@B.test ").map(|e| e.0).as_deref(), Ok("a@b.test"));
+        assert_eq!(
+            Email::parse(" A@B.test ").map(|e| e.0).as_deref(),
+            Ok("a@b.test")
+        );
         assert!(Email::parse("nope").is_err());
         assert!(Slug::parse("acme-co").is_ok());
         assert!(Slug::parse("Acme").is_err());

@@ -26,7 +26,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -55,7 +58,10 @@ pub enum ApiError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("conflict: {detail}")]
-    Conflict { detail: String, field: Option<&'static str> },
+    Conflict {
+        detail: String,
+        field: Option<&'static str>,
+    },
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -74,7 +80,10 @@ impl ApiError {
     }
 
     pub fn conflict(field: Option<&'static str>, detail: impl Into<String>) -> Self {
-        Self::Conflict { detail: detail.into(), field }
+        Self::Conflict {
+            detail: detail.into(),
+            field,
+        }
     }
 
     fn status(&self) -> StatusCode {
@@ -96,20 +105,26 @@ impl ApiError {
         let status = self.status();
         let (slug, detail, errors) = match self {
             Self::BadRequest(detail) => ("bad-request", detail.clone(), vec![]),
-            Self::Invalid(errors) => {
-                ("invalid-fields", "one or more fields are invalid".to_owned(), errors.clone())
-            }
+            Self::Invalid(errors) => (
+                "invalid-fields",
+                "one or more fields are invalid".to_owned(),
+                errors.clone(),
+            ),
             Self::Unauthorized(detail) => ("unauthorized", (*detail).to_owned(), vec![]),
             Self::Forbidden(detail) => ("forbidden", (*detail).to_owned(), vec![]),
             Self::NotFound(what) => ("not-found", format!("{what} not found"), vec![]),
             Self::Conflict { detail, field } => (
                 "conflict",
                 detail.clone(),
-                field.map(|f| vec![FieldError::new(f, detail.clone())]).unwrap_or_default(),
+                field
+                    .map(|f| vec![FieldError::new(f, detail.clone())])
+                    .unwrap_or_default(),
             ),
-            Self::PayloadTooLarge => {
-                ("payload-too-large", "the request body is too large".to_owned(), vec![])
-            }
+            Self::PayloadTooLarge => (
+                "payload-too-large",
+                "the request body is too large".to_owned(),
+                vec![],
+            ),
             Self::UnsupportedMediaType => (
                 "unsupported-media-type",
                 "send the body as application/json".to_owned(),
@@ -186,7 +201,9 @@ impl From<JsonRejection> for ApiError {
             }
             JsonRejection::JsonSyntaxError(err) => Self::BadRequest(format!(
                 "the body is not valid JSON: {}",
-                std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default()
+                std::error::Error::source(&err)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
             )),
             JsonRejection::BytesRejection(err) => {
                 if err.status() == StatusCode::PAYLOAD_TOO_LARGE {

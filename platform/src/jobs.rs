@@ -84,7 +84,9 @@ async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
         "release_slot" => release_slot(ctx).await,
         "release_domains" => release_domains(ctx).await,
         "suspend_site" | "resume_site" => Ok(()),
-        other => Err(StepError::Permanent(anyhow::anyhow!("unknown step {other}"))),
+        other => Err(StepError::Permanent(anyhow::anyhow!(
+            "unknown step {other}"
+        ))),
     }
 }
 
@@ -128,8 +130,13 @@ async fn ensure_site_recorded(ctx: &StepContext<'_>) -> StepResult {
     .await?;
     match row {
         Some((state, domains)) if state == "provisioning" && domains > 0 => Ok(()),
-        Some((state, _)) => Err(StepError::Permanent(anyhow::anyhow!("site is {state}, not provisioning"))),
-        None => Err(StepError::Permanent(anyhow::anyhow!("site {} is not recorded", ctx.target))),
+        Some((state, _)) => Err(StepError::Permanent(anyhow::anyhow!(
+            "site is {state}, not provisioning"
+        ))),
+        None => Err(StepError::Permanent(anyhow::anyhow!(
+            "site {} is not recorded",
+            ctx.target
+        ))),
     }
 }
 
@@ -138,10 +145,11 @@ async fn ensure_site_recorded(ctx: &StepContext<'_>) -> StepResult {
 /// overfill a worker; the placement's primary key makes the step idempotent.
 async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
     let mut tx = ctx.db.begin().await?;
-    let placed: Option<String> = sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
-        .bind(ctx.target)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let placed: Option<String> =
+        sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
+            .bind(ctx.target)
+            .fetch_optional(&mut *tx)
+            .await?;
     if placed.is_some() {
         return Ok(());
     }
@@ -151,9 +159,11 @@ async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
     .bind(ctx.target)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
+    )
+    .execute(&mut *tx)
+    .await?;
     let choice: Option<String> = sqlx::query_scalar(
         "SELECT n.id FROM nodes n \
          LEFT JOIN (SELECT node_id, SUM(slots) AS used FROM placements GROUP BY node_id) u ON u.node_id = n.id \
@@ -182,12 +192,18 @@ async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
 }
 
 async fn release_slot(ctx: &StepContext<'_>) -> StepResult {
-    sqlx::query("DELETE FROM placements WHERE site_id = ?").bind(ctx.target).execute(ctx.db).await?;
+    sqlx::query("DELETE FROM placements WHERE site_id = ?")
+        .bind(ctx.target)
+        .execute(ctx.db)
+        .await?;
     Ok(())
 }
 
 async fn release_domains(ctx: &StepContext<'_>) -> StepResult {
-    sqlx::query("DELETE FROM domains WHERE site_id = ?").bind(ctx.target).execute(ctx.db).await?;
+    sqlx::query("DELETE FROM domains WHERE site_id = ?")
+        .bind(ctx.target)
+        .execute(ctx.db)
+        .await?;
     Ok(())
 }
 
@@ -202,7 +218,12 @@ pub struct Runner {
 impl Runner {
     pub fn new(db: MySqlPool, config: JobsConfig) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), crate::domain::Id::generate());
-        Arc::new(Self { db, config, owner, failpoints: Failpoints::from_env() })
+        Arc::new(Self {
+            db,
+            config,
+            owner,
+            failpoints: Failpoints::from_env(),
+        })
     }
 
     /// Claims and runs jobs until `shutdown` turns true; several loops may run at once.
@@ -313,7 +334,10 @@ impl Runner {
                 .fetch_one(&self.db)
                 .await
                 .context("loading the operation")?;
-        let ctx = StepContext { db: &self.db, target: &target };
+        let ctx = StepContext {
+            db: &self.db,
+            target: &target,
+        };
         let steps: Vec<(i32, String, String, i32)> = sqlx::query_as(
             "SELECT position, name, state, attempts FROM operation_steps WHERE operation_id = ? ORDER BY position",
         )
@@ -332,17 +356,24 @@ impl Runner {
                 if !self.renew(job).await? {
                     anyhow::bail!("lease lost before step {name}");
                 }
-                self.set_step(operation, *position, "running", None, true).await?;
+                self.set_step(operation, *position, "running", None, true)
+                    .await?;
                 tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
                 let mut result = run_step(&ctx, name).await;
                 if result.is_ok() {
                     result = self.failpoint(name, *attempts).await;
                 }
                 match result {
-                    Ok(()) => self.set_step(operation, *position, "done", None, false).await?,
-                    Err(StepError::Retryable(err)) if (*attempts as u32) + 1 < self.config.max_attempts => {
+                    Ok(()) => {
+                        self.set_step(operation, *position, "done", None, false)
+                            .await?
+                    }
+                    Err(StepError::Retryable(err))
+                        if (*attempts as u32) + 1 < self.config.max_attempts =>
+                    {
                         let message = format!("{err:#}");
-                        self.set_step(operation, *position, "retrying", Some(&message), false).await?;
+                        self.set_step(operation, *position, "retrying", Some(&message), false)
+                            .await?;
                         let backoff = 1u64 << (*attempts).clamp(0, 6);
                         sqlx::query(
                             "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, \
@@ -360,8 +391,10 @@ impl Runner {
                     Err(StepError::Retryable(err) | StepError::Permanent(err)) => {
                         let message = format!("{err:#}");
                         tracing::warn!(operation, step = %name, error = %message, "step failed; unwinding");
-                        self.set_step(operation, *position, "failed", Some(&message), false).await?;
-                        self.set_operation(operation, "unwinding", Some(&message)).await?;
+                        self.set_step(operation, *position, "failed", Some(&message), false)
+                            .await?;
+                        self.set_operation(operation, "unwinding", Some(&message))
+                            .await?;
                         op_state = "unwinding".into();
                         break;
                     }
@@ -387,8 +420,11 @@ impl Runner {
                 if !self.renew(job).await? {
                     anyhow::bail!("lease lost before undoing {name}");
                 }
-                self.set_step(operation, *position, "undoing", None, false).await?;
-                if let Err(StepError::Retryable(err) | StepError::Permanent(err)) = undo_step(&ctx, name).await {
+                self.set_step(operation, *position, "undoing", None, false)
+                    .await?;
+                if let Err(StepError::Retryable(err) | StepError::Permanent(err)) =
+                    undo_step(&ctx, name).await
+                {
                     // An undo must finish; release the job and try again later.
                     let message = format!("{err:#}");
                     sqlx::query(
@@ -402,7 +438,8 @@ impl Runner {
                     .await?;
                     return Ok(());
                 }
-                self.set_step(operation, *position, "undone", None, false).await?;
+                self.set_step(operation, *position, "undone", None, false)
+                    .await?;
             }
             on_finish(&self.db, &kind, &target, false).await?;
             sqlx::query("UPDATE operations SET state = 'failed', finished_at = NOW(6), updated_at = NOW(6) WHERE id = ?")
@@ -423,11 +460,15 @@ impl Runner {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 Ok(())
             }
-            Some("fail") => Err(StepError::Permanent(anyhow::anyhow!("failpoint: {step} fails"))),
+            Some("fail") => Err(StepError::Permanent(anyhow::anyhow!(
+                "failpoint: {step} fails"
+            ))),
             Some(spec) if spec.starts_with("retry:") => {
                 let times: i32 = spec.trim_start_matches("retry:").parse().unwrap_or(1);
                 if attempts < times {
-                    Err(StepError::Retryable(anyhow::anyhow!("failpoint: {step} fails retryably")))
+                    Err(StepError::Retryable(anyhow::anyhow!(
+                        "failpoint: {step} fails retryably"
+                    )))
                 } else {
                     Ok(())
                 }
@@ -436,7 +477,12 @@ impl Runner {
         }
     }
 
-    async fn set_operation(&self, operation: &str, state: &str, error: Option<&str>) -> sqlx::Result<()> {
+    async fn set_operation(
+        &self,
+        operation: &str,
+        state: &str,
+        error: Option<&str>,
+    ) -> sqlx::Result<()> {
         sqlx::query(
             "UPDATE operations SET state = ?, error = COALESCE(?, error), updated_at = NOW(6), \
              finished_at = IF(? IN ('succeeded', 'failed'), NOW(6), finished_at) WHERE id = ?",

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use platform::{cli, config::Config, db, server};
 
 #[derive(Parser)]
-#[command(name = "pressdock", version, about = "Pressdock: WordPress hosting on Docker Swarm")]
+#[command(
+    name = "pressdock",
+    version,
+    about = "Pressdock: WordPress hosting on Docker Swarm"
+)]
 struct Args {
     /// Configuration file (TOML); also PRESSDOCK_CONFIG.
     #[arg(long, global = true)]
@@ -32,10 +36,15 @@ enum Command {
 
 fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("PRESSDOCK_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { builder.json().init() } else { builder.init() }
+    if json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 }
 
 #[tokio::main]

@@ -9,7 +9,9 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -22,7 +24,10 @@ impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("pressdock_http_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "pressdock_http_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["method", "route", "status"],
         )?;
         let latency = HistogramVec::new(
@@ -30,12 +35,18 @@ impl Metrics {
                 "pressdock_http_request_duration_seconds",
                 "HTTP request latency by route",
             )
-            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["method", "route"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(Self { registry, requests, latency })
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+        })
     }
 
     pub fn render(&self) -> String {
@@ -57,7 +68,10 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics.requests.with_label_values(&[&method, &route, &status]).inc();
+    metrics
+        .requests
+        .with_label_values(&[&method, &route, &status])
+        .inc();
     metrics
         .latency
         .with_label_values(&[&method, &route])
@@ -67,7 +81,10 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
 
 pub async fn handler(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         metrics.render(),
     )
 }

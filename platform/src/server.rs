@@ -5,7 +5,10 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{api, app, auth::TokenSigner, config::Config, db, jobs::Runner, metrics::Metrics, state::AppState};
+use crate::{
+    api, app, auth::TokenSigner, config::Config, db, jobs::Runner, metrics::Metrics,
+    state::AppState,
+};
 
 /// Number of job loops per process.
 const JOB_LOOPS: usize = 4;
@@ -13,17 +16,22 @@ const JOB_LOOPS: usize = 4;
 /// Connects, migrates and builds the state shared by the API and the runner.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let secret = if config.secret_key.is_empty() {
-        tracing::warn!("no secret_key configured: using a random one; tokens will not survive a restart");
+        tracing::warn!(
+            "no secret_key configured: using a random one; tokens will not survive a restart"
+        );
         crate::auth::new_token("")
     } else {
         config.secret_key.expose().to_owned()
     };
     let pool = db::connect(&config.database_url, 20).await?;
     db::migrate(&pool).await?;
-    app::plans::seed_defaults(&pool).await.context("seeding the default plans")?;
+    app::plans::seed_defaults(&pool)
+        .await
+        .context("seeding the default plans")?;
     if let Some(email) = &config.bootstrap.admin_email
         && !config.bootstrap.admin_password.is_empty()
-        && app::users::bootstrap_admin(&pool, email, config.bootstrap.admin_password.expose()).await?
+        && app::users::bootstrap_admin(&pool, email, config.bootstrap.admin_password.expose())
+            .await?
     {
         tracing::info!(email = %email, "created the first staff admin");
     }
@@ -36,7 +44,11 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
 }
 
 /// Serves on an already bound listener until `shutdown` turns true.
-pub async fn serve(state: AppState, listener: TcpListener, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut runners = Vec::new();
     if state.config.jobs.enabled {
         let runner = Runner::new(state.db.clone(), state.config.jobs.clone());
@@ -65,7 +77,9 @@ pub fn shutdown_on_signal() -> watch::Receiver<bool> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         let term = async {
-            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
                 s.recv().await;
             }
         };

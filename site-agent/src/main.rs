@@ -11,5 +11,8 @@ struct Cli {}
 
 fn main() {
     let _cli = Cli::parse();
-    println!("pressdock-agent {}: not implemented yet; see --help", env!("CARGO_PKG_VERSION"));
+    println!(
+        "pressdock-agent {}: not implemented yet; see --help",
+        env!("CARGO_PKG_VERSION")
+    );
 }

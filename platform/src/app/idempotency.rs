@@ -23,8 +23,12 @@ pub struct IdemKey {
 impl IdemKey {
     /// From the header value and the request it came with; 422 for an unusable key.
     pub fn parse(header: &str, method: &str, path: &str, body: &Value) -> ApiResult<Self> {
-        if header.is_empty() || header.len() > 255 || !header.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+        if header.is_empty() || header.len() > 255 || !header.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ApiError::field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            ));
         }
         let mut hasher = Sha256::new();
         hasher.update(method.as_bytes());
@@ -32,7 +36,10 @@ impl IdemKey {
         hasher.update(path.as_bytes());
         hasher.update(b"\n");
         hasher.update(body.to_string().as_bytes());
-        Ok(Self { key: header.to_owned(), request_hash: hex::encode(hasher.finalize()) })
+        Ok(Self {
+            key: header.to_owned(),
+            request_hash: hex::encode(hasher.finalize()),
+        })
     }
 }
 
@@ -44,7 +51,11 @@ pub struct Replay {
 }
 
 /// Claims the key inside the caller's transaction, or returns the stored response.
-pub async fn claim(conn: &mut MySqlConnection, user_id: &str, key: &IdemKey) -> ApiResult<Option<Replay>> {
+pub async fn claim(
+    conn: &mut MySqlConnection,
+    user_id: &str,
+    key: &IdemKey,
+) -> ApiResult<Option<Replay>> {
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (user_id, idem_key, request_hash) VALUES (?, ?, ?)",
     )
@@ -68,16 +79,23 @@ pub async fn claim(conn: &mut MySqlConnection, user_id: &str, key: &IdemKey) -> 
     .await?;
     let hash: String = row.try_get("request_hash")?;
     if hash != key.request_hash {
-        return Err(ApiError::field("Idempotency-Key", "was already used with a different request"));
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            "was already used with a different request",
+        ));
     }
     let status: Option<i32> = row.try_get("status_code")?;
     let body: Option<String> = row.try_get("response_body")?;
     match (status, body) {
         (Some(status), Some(body)) => Ok(Some(Replay {
-            status: StatusCode::from_u16(u16::try_from(status).unwrap_or(200)).unwrap_or(StatusCode::OK),
+            status: StatusCode::from_u16(u16::try_from(status).unwrap_or(200))
+                .unwrap_or(StatusCode::OK),
             body: serde_json::from_str(&body).unwrap_or(Value::Null),
         })),
-        _ => Err(ApiError::conflict(None, "a request with this Idempotency-Key is still in progress")),
+        _ => Err(ApiError::conflict(
+            None,
+            "a request with this Idempotency-Key is still in progress",
+        )),
     }
 }
 

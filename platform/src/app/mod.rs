@@ -21,8 +21,7 @@ pub const ER_DUP_ENTRY: &str = "23000";
 pub fn is_duplicate(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some(ER_DUP_ENTRY)
-                && db.message().contains("Duplicate entry")
+            db.code().as_deref() == Some(ER_DUP_ENTRY) && db.message().contains("Duplicate entry")
         }
         _ => false,
     }
@@ -47,6 +46,12 @@ pub fn encode_cursor(seq: i64) -> String {
 /// Reads a cursor made by [`encode_cursor`].
 pub fn decode_cursor(cursor: &str) -> Option<i64> {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(bytes).ok()?.strip_prefix("seq:")?.parse().ok()
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    String::from_utf8(bytes)
+        .ok()?
+        .strip_prefix("seq:")?
+        .parse()
+        .ok()
 }

@@ -58,7 +58,14 @@ pub struct NodeChange {
     pub availability: Option<String>,
 }
 
-const ROLES: &[&str] = &["manager", "cache", "worker", "database", "storage", "monitoring"];
+const ROLES: &[&str] = &[
+    "manager",
+    "cache",
+    "worker",
+    "database",
+    "storage",
+    "monitoring",
+];
 const AVAILABILITY: &[&str] = &["active", "drain", "down"];
 
 const SELECT: &str = "SELECT n.id, n.name, n.swarm_node_id, n.role, n.availability, n.slots, \
@@ -67,7 +74,9 @@ const SELECT: &str = "SELECT n.id, n.name, n.swarm_node_id, n.role, n.availabili
 
 pub async fn list(state: &AppState, actor: &Actor) -> ApiResult<Vec<Node>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    Ok(sqlx::query_as::<_, Node>(sql!("{SELECT} ORDER BY n.name")).fetch_all(&state.db).await?)
+    Ok(sqlx::query_as::<_, Node>(sql!("{SELECT} ORDER BY n.name"))
+        .fetch_all(&state.db)
+        .await?)
 }
 
 async fn get(state: &AppState, id: &Id) -> ApiResult<Node> {
@@ -85,12 +94,18 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     if !ROLES.contains(&input.role.as_str()) {
         fields.push("role", format!("must be one of {}", ROLES.join(", ")));
     }
-    let slots = input.slots.unwrap_or(if input.role == "worker" { 25 } else { 0 });
+    let slots = input
+        .slots
+        .unwrap_or(if input.role == "worker" { 25 } else { 0 });
     if !(0..=1000).contains(&slots) {
         fields.push("slots", "must be between 0 and 1000");
     }
     let failure_domain = input.failure_domain.unwrap_or_default();
-    if failure_domain.len() > 63 || !failure_domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if failure_domain.len() > 63
+        || !failure_domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         fields.push("failure_domain", "must be up to 63 of a-z, 0-9 and '-'");
     }
     let address = input.address.unwrap_or_default();
@@ -98,12 +113,16 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
         fields.push("address", "must be an IP address");
     }
     if let Some(swarm) = &input.swarm_node_id
-        && (swarm.is_empty() || swarm.len() > 64 || !swarm.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && (swarm.is_empty()
+            || swarm.len() > 64
+            || !swarm.bytes().all(|b| b.is_ascii_alphanumeric()))
     {
         fields.push("swarm_node_id", "must be a swarm node id");
     }
     fields.finish()?;
-    let Some(name) = name else { return Err(ApiError::field("name", "invalid")) };
+    let Some(name) = name else {
+        return Err(ApiError::field("name", "invalid"));
+    };
     let id = Id::generate();
     let labels = serde_json::Value::Object(input.labels.unwrap_or_default());
     let mut tx = state.db.begin().await?;
@@ -123,7 +142,10 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     .await;
     match inserted {
         Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(Some("name"), "a node with this name exists"));
+            return Err(ApiError::conflict(
+                Some("name"),
+                "a node with this name exists",
+            ));
         }
         other => other?,
     };
@@ -143,12 +165,20 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     get(state, &id).await
 }
 
-pub async fn update(state: &AppState, actor: &Actor, id: &Id, change: NodeChange) -> ApiResult<Node> {
+pub async fn update(
+    state: &AppState,
+    actor: &Actor,
+    id: &Id,
+    change: NodeChange,
+) -> ApiResult<Node> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     get(state, id).await?;
     if let Some(availability) = &change.availability {
         if !AVAILABILITY.contains(&availability.as_str()) {
-            return Err(ApiError::field("availability", "must be active, drain or down"));
+            return Err(ApiError::field(
+                "availability",
+                "must be active, drain or down",
+            ));
         }
         let mut tx = state.db.begin().await?;
         sqlx::query("UPDATE nodes SET availability = ?, updated_at = NOW(6) WHERE id = ?")

@@ -5,7 +5,6 @@ use serde::Serialize;
 use sqlx::{FromRow, MySqlConnection};
 use utoipa::ToSchema;
 
-
 use crate::{
     actor::Actor,
     domain::{Id, TenantRole},
@@ -108,10 +107,13 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operatio
     let op = load(&mut conn, id.as_str()).await?;
     match op.tenant_id.as_deref().and_then(Id::parse) {
         Some(tenant) => {
-            actor.require_tenant(state, &tenant, TenantRole::Viewer).await.map_err(|e| match e {
-                ApiError::NotFound(_) => ApiError::NotFound("operation"),
-                other => other,
-            })?;
+            actor
+                .require_tenant(state, &tenant, TenantRole::Viewer)
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound(_) => ApiError::NotFound("operation"),
+                    other => other,
+                })?;
         }
         None if actor.is_staff() => {}
         None => return Err(ApiError::NotFound("operation")),

@@ -42,16 +42,20 @@ pub struct NewPlan {
 const COLUMNS: &str = "id, slug, name, slots, storage_mb, memory_mb, cpu_millis, price_cents";
 
 pub async fn list(state: &AppState) -> ApiResult<Vec<Plan>> {
-    Ok(sqlx::query_as::<_, Plan>(sql!("SELECT {COLUMNS} FROM plans ORDER BY slots, slug"))
-        .fetch_all(&state.db)
-        .await?)
+    Ok(
+        sqlx::query_as::<_, Plan>(sql!("SELECT {COLUMNS} FROM plans ORDER BY slots, slug"))
+            .fetch_all(&state.db)
+            .await?,
+    )
 }
 
 pub async fn by_slug(db: &MySqlPool, slug: &str) -> ApiResult<Option<Plan>> {
-    Ok(sqlx::query_as::<_, Plan>(sql!("SELECT {COLUMNS} FROM plans WHERE slug = ?"))
-        .bind(slug)
-        .fetch_optional(db)
-        .await?)
+    Ok(
+        sqlx::query_as::<_, Plan>(sql!("SELECT {COLUMNS} FROM plans WHERE slug = ?"))
+            .bind(slug)
+            .fetch_optional(db)
+            .await?,
+    )
 }
 
 fn in_range(fields: &mut Fields, field: &str, value: i32, min: i32, max: i32) {
@@ -71,7 +75,9 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewPlan) -> ApiResul
     in_range(&mut fields, "cpu_millis", input.cpu_millis, 50, 16_000);
     in_range(&mut fields, "price_cents", input.price_cents, 0, 10_000_000);
     fields.finish()?;
-    let (Some(slug), Some(name)) = (slug, name) else { return Err(ApiError::field("body", "invalid")) };
+    let (Some(slug), Some(name)) = (slug, name) else {
+        return Err(ApiError::field("body", "invalid"));
+    };
     let id = Id::generate();
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
@@ -90,7 +96,10 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewPlan) -> ApiResul
     .await;
     match inserted {
         Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(Some("slug"), "a plan with this slug exists"));
+            return Err(ApiError::conflict(
+                Some("slug"),
+                "a plan with this slug exists",
+            ));
         }
         other => other?,
     };
@@ -107,7 +116,9 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewPlan) -> ApiResul
     )
     .await?;
     tx.commit().await?;
-    by_slug(&state.db, slug.as_str()).await?.ok_or(ApiError::NotFound("plan"))
+    by_slug(&state.db, slug.as_str())
+        .await?
+        .ok_or(ApiError::NotFound("plan"))
 }
 
 /// The plans every fresh installation has, created once (idempotent).

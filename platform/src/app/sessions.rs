@@ -28,7 +28,9 @@ pub struct Login {
 
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login").field("email", &self.email).finish_non_exhaustive()
+        f.debug_struct("Login")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,17 +76,27 @@ async fn current(db: &MySqlPool, bucket: &str, window_secs: u64) -> sqlx::Result
     Ok(hits.map(i64::from).unwrap_or(0))
 }
 
-pub async fn login(state: &AppState, input: Login, source_ip: Option<String>) -> ApiResult<TokenPair> {
+pub async fn login(
+    state: &AppState,
+    input: Login,
+    source_ip: Option<String>,
+) -> ApiResult<TokenPair> {
     let config = &state.config.auth;
     let email = input.email.trim().to_lowercase();
     let account_bucket = format!("login:account:{email}");
-    let address_bucket = format!("login:address:{}", source_ip.as_deref().unwrap_or("unknown"));
+    let address_bucket = format!(
+        "login:address:{}",
+        source_ip.as_deref().unwrap_or("unknown")
+    );
     let window = config.failed_login_window_secs;
-    if current(&state.db, &account_bucket, window).await? >= i64::from(config.max_failed_logins_per_account)
+    if current(&state.db, &account_bucket, window).await?
+        >= i64::from(config.max_failed_logins_per_account)
         || current(&state.db, &address_bucket, window).await?
             >= i64::from(config.max_failed_logins_per_address)
     {
-        return Err(ApiError::TooManyRequests { retry_after_secs: window });
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: window,
+        });
     }
     let row = sqlx::query("SELECT id, password_hash, disabled FROM users WHERE email = ?")
         .bind(&email)
@@ -117,7 +129,10 @@ pub async fn login(state: &AppState, input: Login, source_ip: Option<String>) ->
         .await?;
         return Err(ApiError::Unauthorized("wrong e-mail address or password"));
     };
-    sqlx::query("DELETE FROM rate_limits WHERE bucket = ?").bind(&account_bucket).execute(&state.db).await?;
+    sqlx::query("DELETE FROM rate_limits WHERE bucket = ?")
+        .bind(&account_bucket)
+        .execute(&state.db)
+        .await?;
     issue(state, &user_id, &Id::generate()).await
 }
 
@@ -178,7 +193,9 @@ pub async fn refresh(state: &AppState, input: RefreshRequest) -> ApiResult<Token
         )
         .await?;
         tx.commit().await?;
-        return Err(ApiError::Unauthorized("the refresh token was already used; log in again"));
+        return Err(ApiError::Unauthorized(
+            "the refresh token was already used; log in again",
+        ));
     }
     if revoked || expired || row.try_get::<bool, _>("disabled")? {
         return Err(ApiError::Unauthorized("the refresh token is invalid"));
@@ -188,7 +205,8 @@ pub async fn refresh(state: &AppState, input: RefreshRequest) -> ApiResult<Token
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    let family = Id::parse(&family).ok_or_else(|| anyhow::anyhow!("stored family id is malformed"))?;
+    let family =
+        Id::parse(&family).ok_or_else(|| anyhow::anyhow!("stored family id is malformed"))?;
     issue(state, &user_id, &family).await
 }
 

@@ -100,7 +100,14 @@ pub struct SiteFilter {
     pub limit: Option<u32>,
 }
 
-const STATES: &[&str] = &["provisioning", "active", "suspended", "deleting", "deleted", "failed"];
+const STATES: &[&str] = &[
+    "provisioning",
+    "active",
+    "suspended",
+    "deleting",
+    "deleted",
+    "failed",
+];
 const MAX_ALIASES: usize = 20;
 
 const SELECT: &str = "SELECT s.id, s.seq, s.tenant_id, s.name, p.slug AS plan, s.state, s.primary_domain, \
@@ -111,7 +118,9 @@ const SELECT: &str = "SELECT s.id, s.seq, s.tenant_id, s.name, p.slug AS plan, s
 async fn with_aliases(conn: &mut MySqlConnection, rows: Vec<SiteRow>) -> ApiResult<Vec<Site>> {
     let mut aliases: std::collections::HashMap<String, Vec<String>> = Default::default();
     if !rows.is_empty() {
-        let mut query = QueryBuilder::new("SELECT site_id, domain FROM domains WHERE is_primary = 0 AND site_id IN (");
+        let mut query = QueryBuilder::new(
+            "SELECT site_id, domain FROM domains WHERE is_primary = 0 AND site_id IN (",
+        );
         let mut list = query.separated(", ");
         for row in &rows {
             list.push_bind(&row.id);
@@ -141,12 +150,16 @@ async fn with_aliases(conn: &mut MySqlConnection, rows: Vec<SiteRow>) -> ApiResu
 }
 
 pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
-    let row = sqlx::query_as::<_, SiteRow>(sql!("{SELECT} WHERE s.id = ? AND s.state <> 'deleted'"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
+    let row =
+        sqlx::query_as::<_, SiteRow>(sql!("{SELECT} WHERE s.id = ? AND s.state <> 'deleted'"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(ApiError::NotFound("site"))?;
+    with_aliases(conn, vec![row])
         .await?
-        .ok_or(ApiError::NotFound("site"))?;
-    with_aliases(conn, vec![row]).await?.pop().ok_or(ApiError::NotFound("site"))
+        .pop()
+        .ok_or(ApiError::NotFound("site"))
 }
 
 /// The site if the caller may see it with at least `min`; 404 otherwise.
@@ -154,10 +167,13 @@ async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -
     let mut conn = state.db.acquire().await?;
     let site = load(&mut conn, id.as_str()).await?;
     let tenant = Id::parse(&site.tenant_id).ok_or(ApiError::NotFound("site"))?;
-    actor.require_tenant(state, &tenant, min).await.map_err(|e| match e {
-        ApiError::NotFound(_) => ApiError::NotFound("site"),
-        other => other,
-    })?;
+    actor
+        .require_tenant(state, &tenant, min)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => ApiError::NotFound("site"),
+            other => other,
+        })?;
     Ok(site)
 }
 
@@ -165,8 +181,15 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
     authorized(state, actor, id, TenantRole::Viewer).await
 }
 
-pub async fn list(state: &AppState, actor: &Actor, tenant: &Id, filter: SiteFilter) -> ApiResult<Page<Site>> {
-    actor.require_tenant(state, tenant, TenantRole::Viewer).await?;
+pub async fn list(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &Id,
+    filter: SiteFilter,
+) -> ApiResult<Page<Site>> {
+    actor
+        .require_tenant(state, tenant, TenantRole::Viewer)
+        .await?;
     let mut fields = Fields::default();
     let limit = filter.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -178,7 +201,10 @@ pub async fn list(state: &AppState, actor: &Actor, tenant: &Id, filter: SiteFilt
         fields.push("state", format!("must be one of {}", STATES.join(", ")));
     }
     let after = match &filter.cursor {
-        Some(c) => fields.check("cursor", decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned())),
+        Some(c) => fields.check(
+            "cursor",
+            decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned()),
+        ),
         None => Some(0),
     };
     let domain = filter.domain.as_deref().map(DomainName::parse).transpose();
@@ -186,16 +212,23 @@ pub async fn list(state: &AppState, actor: &Actor, tenant: &Id, filter: SiteFilt
     fields.finish()?;
 
     let mut query = QueryBuilder::new(SELECT);
-    query.push(" WHERE s.tenant_id = ").push_bind(tenant.as_str());
+    query
+        .push(" WHERE s.tenant_id = ")
+        .push_bind(tenant.as_str());
     query.push(" AND s.seq > ").push_bind(after.unwrap_or(0));
     match &filter.state {
         Some(state) => query.push(" AND s.state = ").push_bind(state.clone()),
         None => query.push(" AND s.state <> 'deleted'"),
     };
     if let Some(domain) = &domain {
-        query.push(" AND s.id IN (SELECT site_id FROM domains WHERE domain = ").push_bind(domain.as_str()).push(")");
+        query
+            .push(" AND s.id IN (SELECT site_id FROM domains WHERE domain = ")
+            .push_bind(domain.as_str())
+            .push(")");
     }
-    query.push(" ORDER BY s.seq LIMIT ").push_bind(i64::from(limit) + 1);
+    query
+        .push(" ORDER BY s.seq LIMIT ")
+        .push_bind(i64::from(limit) + 1);
     let mut conn = state.db.acquire().await?;
     let mut rows: Vec<SiteRow> = query.build_query_as().fetch_all(&mut *conn).await?;
     let next_cursor = if rows.len() > limit as usize {
@@ -204,7 +237,10 @@ pub async fn list(state: &AppState, actor: &Actor, tenant: &Id, filter: SiteFilt
     } else {
         None
     };
-    Ok(Page { items: with_aliases(&mut conn, rows).await?, next_cursor })
+    Ok(Page {
+        items: with_aliases(&mut conn, rows).await?,
+        next_cursor,
+    })
 }
 
 /// Parses the primary domain and aliases into one de-duplicated list, primary first.
@@ -219,7 +255,10 @@ fn parse_domains(fields: &mut Fields, domain: &str, aliases: &[String]) -> Vec<D
     for (i, alias) in aliases.iter().enumerate() {
         if let Some(alias) = fields.check(&format!("aliases[{i}]"), DomainName::parse(alias)) {
             if all.contains(&alias) {
-                fields.push(format!("aliases[{i}]"), "repeats another domain of the site");
+                fields.push(
+                    format!("aliases[{i}]"),
+                    "repeats another domain of the site",
+                );
             } else {
                 all.push(alias);
             }
@@ -229,18 +268,26 @@ fn parse_domains(fields: &mut Fields, domain: &str, aliases: &[String]) -> Vec<D
 }
 
 /// Inserts domain rows; a taken one is a 409 naming the field.
-async fn insert_domains(conn: &mut MySqlConnection, site: &str, domains: &[DomainName]) -> ApiResult<()> {
+async fn insert_domains(
+    conn: &mut MySqlConnection,
+    site: &str,
+    domains: &[DomainName],
+) -> ApiResult<()> {
     for (i, domain) in domains.iter().enumerate() {
-        let inserted = sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, ?)")
-            .bind(domain.as_str())
-            .bind(site)
-            .bind(i == 0)
-            .execute(&mut *conn)
-            .await;
+        let inserted =
+            sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, ?)")
+                .bind(domain.as_str())
+                .bind(site)
+                .bind(i == 0)
+                .execute(&mut *conn)
+                .await;
         match inserted {
             Err(err) if is_duplicate(&err) => {
                 let field = if i == 0 { "domain" } else { "aliases" };
-                return Err(ApiError::conflict(Some(field), format!("{domain} is already used by a site")));
+                return Err(ApiError::conflict(
+                    Some(field),
+                    format!("{domain} is already used by a site"),
+                ));
             }
             other => other?,
         };
@@ -250,7 +297,7 @@ async fn insert_domains(conn: &mut MySqlConnection, site: &str, domains: &[Domai
 
 /// The outcome of a create: a new site, or the stored response of an earlier identical request.
 pub enum Created {
-    New(Accepted),
+    New(Box<Accepted>),
     Replayed(Replay),
 }
 
@@ -261,7 +308,9 @@ pub async fn create(
     input: NewSite,
     idem: Option<IdemKey>,
 ) -> ApiResult<Created> {
-    actor.require_tenant(state, tenant, TenantRole::Member).await?;
+    actor
+        .require_tenant(state, tenant, TenantRole::Member)
+        .await?;
     let mut fields = Fields::default();
     let name = fields.check("name", parse_name(&input.name));
     let domains = parse_domains(&mut fields, &input.domain, &input.aliases);
@@ -270,7 +319,9 @@ pub async fn create(
         fields.push("plan", "is not a plan; see GET /v1/plans");
     }
     fields.finish()?;
-    let (Some(name), Some(plan)) = (name, plan) else { return Err(ApiError::field("body", "invalid")) };
+    let (Some(name), Some(plan)) = (name, plan) else {
+        return Err(ApiError::field("body", "invalid"));
+    };
 
     let mut tx = state.db.begin().await?;
     if let Some(key) = &idem
@@ -298,7 +349,15 @@ pub async fn create(
     .execute(&mut *tx)
     .await?;
     insert_domains(&mut tx, id.as_str(), &domains).await?;
-    let op = operations::enqueue(&mut tx, Some(actor), "site.create", Some(tenant.as_str()), "site", id.as_str()).await?;
+    let op = operations::enqueue(
+        &mut tx,
+        Some(actor),
+        "site.create",
+        Some(tenant.as_str()),
+        "site",
+        id.as_str(),
+    )
+    .await?;
     audit::record(
         &mut tx,
         Some(actor),
@@ -311,22 +370,35 @@ pub async fn create(
         },
     )
     .await?;
-    let accepted = Accepted { site: load(&mut tx, id.as_str()).await?, operation: operations::load(&mut tx, op.as_str()).await? };
+    let accepted = Accepted {
+        site: load(&mut tx, id.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str()).await?,
+    };
     if let Some(key) = &idem {
         let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
         idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
     }
     tx.commit().await?;
-    Ok(Created::New(accepted))
+    Ok(Created::New(Box::new(accepted)))
 }
 
-pub async fn update(state: &AppState, actor: &Actor, id: &Id, change: SiteChange) -> ApiResult<Site> {
+pub async fn update(
+    state: &AppState,
+    actor: &Actor,
+    id: &Id,
+    change: SiteChange,
+) -> ApiResult<Site> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
     if !matches!(site.state.as_str(), "active" | "suspended") {
-        return Err(ApiError::conflict(None, format!("the site is {}; try again when it is active", site.state)));
+        return Err(ApiError::conflict(
+            None,
+            format!("the site is {}; try again when it is active", site.state),
+        ));
     }
     let mut fields = Fields::default();
-    let name = fields.check("name", change.name.as_deref().map(parse_name).transpose()).flatten();
+    let name = fields
+        .check("name", change.name.as_deref().map(parse_name).transpose())
+        .flatten();
     let domains = (change.domain.is_some() || change.aliases.is_some()).then(|| {
         parse_domains(
             &mut fields,
@@ -348,12 +420,22 @@ pub async fn update(state: &AppState, actor: &Actor, id: &Id, change: SiteChange
 
     let mut tx = state.db.begin().await?;
     // Lock the site row: concurrent changes of one site apply one after the other.
-    sqlx::query("SELECT id FROM sites WHERE id = ? FOR UPDATE").bind(id.as_str()).execute(&mut *tx).await?;
+    sqlx::query("SELECT id FROM sites WHERE id = ? FOR UPDATE")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
     if let Some(name) = &name {
-        sqlx::query("UPDATE sites SET name = ? WHERE id = ?").bind(name).bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("UPDATE sites SET name = ? WHERE id = ?")
+            .bind(name)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
     if let Some(domains) = &domains {
-        sqlx::query("DELETE FROM domains WHERE site_id = ?").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM domains WHERE site_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         insert_domains(&mut tx, id.as_str(), domains).await?;
         sqlx::query("UPDATE sites SET primary_domain = ? WHERE id = ?")
             .bind(domains[0].as_str())
@@ -386,7 +468,11 @@ pub async fn update(state: &AppState, actor: &Actor, id: &Id, change: SiteChange
 }
 
 /// Moves a placed site to a new plan if its worker has room for the new slot count.
-async fn refit_plan(conn: &mut MySqlConnection, site: &str, plan: &super::plans::Plan) -> ApiResult<()> {
+async fn refit_plan(
+    conn: &mut MySqlConnection,
+    site: &str,
+    plan: &super::plans::Plan,
+) -> ApiResult<()> {
     let placed: Option<(String, i32)> =
         sqlx::query_as("SELECT node_id, slots FROM placements WHERE site_id = ? FOR UPDATE")
             .bind(site)
@@ -403,22 +489,42 @@ async fn refit_plan(conn: &mut MySqlConnection, site: &str, plan: &super::plans:
         .fetch_one(&mut *conn)
         .await?;
         if used - i64::from(slots) + i64::from(plan.slots) > i64::from(capacity) {
-            return Err(ApiError::conflict(Some("plan"), "the site's worker has no room for this plan; rebalance first"));
+            return Err(ApiError::conflict(
+                Some("plan"),
+                "the site's worker has no room for this plan; rebalance first",
+            ));
         }
     }
-    sqlx::query("UPDATE placements SET slots = ? WHERE site_id = ?").bind(plan.slots).bind(site).execute(&mut *conn).await?;
-    sqlx::query("UPDATE sites SET plan_id = ? WHERE id = ?").bind(&plan.id).bind(site).execute(&mut *conn).await?;
+    sqlx::query("UPDATE placements SET slots = ? WHERE site_id = ?")
+        .bind(plan.slots)
+        .bind(site)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE sites SET plan_id = ? WHERE id = ?")
+        .bind(&plan.id)
+        .bind(site)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Starts delete, suspend or resume: checks the state, then enqueues the saga.
-pub async fn transition(state: &AppState, actor: &Actor, id: &Id, kind: &str) -> ApiResult<Accepted> {
+pub async fn transition(
+    state: &AppState,
+    actor: &Actor,
+    id: &Id,
+    kind: &str,
+) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
     let (allowed, next): (&[&str], &str) = match kind {
         "site.delete" => (&["active", "suspended", "failed"], "deleting"),
         "site.suspend" => (&["active"], "suspended"),
         "site.resume" => (&["suspended"], "active"),
-        _ => return Err(ApiError::Internal(anyhow::anyhow!("unknown transition {kind}"))),
+        _ => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "unknown transition {kind}"
+            )));
+        }
     };
     let mut tx = state.db.begin().await?;
     let current: String = sqlx::query_scalar("SELECT state FROM sites WHERE id = ? FOR UPDATE")
@@ -433,7 +539,10 @@ pub async fn transition(state: &AppState, actor: &Actor, id: &Id, kind: &str) ->
     .fetch_one(&mut *tx)
     .await?;
     if busy > 0 || !allowed.contains(&current.as_str()) {
-        return Err(ApiError::conflict(None, format!("the site is {current}; it cannot go to {next} now")));
+        return Err(ApiError::conflict(
+            None,
+            format!("the site is {current}; it cannot go to {next} now"),
+        ));
     }
     if kind == "site.delete" {
         sqlx::query("UPDATE sites SET state = 'deleting', updated_at = NOW(6) WHERE id = ?")
@@ -441,14 +550,31 @@ pub async fn transition(state: &AppState, actor: &Actor, id: &Id, kind: &str) ->
             .execute(&mut *tx)
             .await?;
     }
-    let op = operations::enqueue(&mut tx, Some(actor), kind, Some(&site.tenant_id), "site", id.as_str()).await?;
+    let op = operations::enqueue(
+        &mut tx,
+        Some(actor),
+        kind,
+        Some(&site.tenant_id),
+        "site",
+        id.as_str(),
+    )
+    .await?;
     audit::record(
         &mut tx,
         Some(actor),
-        Event { action: kind, tenant_id: Some(&site.tenant_id), target_type: "site", target_id: id.as_str(), details: json!({ "operation": op }) },
+        Event {
+            action: kind,
+            tenant_id: Some(&site.tenant_id),
+            target_type: "site",
+            target_id: id.as_str(),
+            details: json!({ "operation": op }),
+        },
     )
     .await?;
-    let accepted = Accepted { site: load(&mut tx, id.as_str()).await?, operation: operations::load(&mut tx, op.as_str()).await? };
+    let accepted = Accepted {
+        site: load(&mut tx, id.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str()).await?,
+    };
     tx.commit().await?;
     Ok(accepted)
 }

@@ -45,7 +45,9 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewTenant) -> ApiRes
     let slug = fields.check("slug", Slug::parse(&input.slug));
     let name = fields.check("name", parse_name(&input.name));
     fields.finish()?;
-    let (Some(slug), Some(name)) = (slug, name) else { return Err(ApiError::field("body", "invalid")) };
+    let (Some(slug), Some(name)) = (slug, name) else {
+        return Err(ApiError::field("body", "invalid"));
+    };
     let id = Id::generate();
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query("INSERT INTO tenants (id, slug, name) VALUES (?, ?, ?)")
@@ -56,7 +58,10 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewTenant) -> ApiRes
         .await;
     match inserted {
         Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(Some("slug"), "a tenant with this slug exists"));
+            return Err(ApiError::conflict(
+                Some("slug"),
+                "a tenant with this slug exists",
+            ));
         }
         other => other?,
     };
@@ -107,7 +112,12 @@ pub async fn list(state: &AppState, actor: &Actor) -> ApiResult<Vec<Tenant>> {
     Ok(rows)
 }
 
-pub async fn update(state: &AppState, actor: &Actor, id: &Id, change: TenantChange) -> ApiResult<Tenant> {
+pub async fn update(
+    state: &AppState,
+    actor: &Actor,
+    id: &Id,
+    change: TenantChange,
+) -> ApiResult<Tenant> {
     actor.require_tenant(state, id, TenantRole::Viewer).await?;
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     let mut fields = Fields::default();
@@ -150,10 +160,19 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<()> {
     .fetch_one(&mut *tx)
     .await?;
     if live > 0 {
-        return Err(ApiError::conflict(None, format!("the tenant still has {live} sites; delete them first")));
+        return Err(ApiError::conflict(
+            None,
+            format!("the tenant still has {live} sites; delete them first"),
+        ));
     }
-    sqlx::query("DELETE FROM sites WHERE tenant_id = ?").bind(id.as_str()).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM tenants WHERE id = ?").bind(id.as_str()).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM sites WHERE tenant_id = ?")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM tenants WHERE id = ?")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
     audit::record(
         &mut tx,
         Some(actor),

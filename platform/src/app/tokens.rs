@@ -7,7 +7,6 @@ use serde_json::json;
 use sqlx::FromRow;
 use utoipa::ToSchema;
 
-
 use crate::{
     actor::Actor,
     audit::{self, Event},
@@ -74,7 +73,9 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewToken) -> ApiResu
         fields.push("scopes", "a read-only token cannot create a write token");
     }
     fields.finish()?;
-    let Some(name) = name else { return Err(ApiError::field("name", "invalid")) };
+    let Some(name) = name else {
+        return Err(ApiError::field("name", "invalid"));
+    };
     let mut scopes: Vec<&str> = input
         .scopes
         .iter()
@@ -113,10 +114,11 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewToken) -> ApiResu
         },
     )
     .await?;
-    let token = sqlx::query_as::<_, ApiToken>(sql!("SELECT {COLUMNS} FROM api_tokens WHERE id = ?"))
-        .bind(id.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
+    let token =
+        sqlx::query_as::<_, ApiToken>(sql!("SELECT {COLUMNS} FROM api_tokens WHERE id = ?"))
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     Ok(CreatedToken { token, secret })
 }
@@ -144,7 +146,13 @@ pub async fn revoke(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<()> {
     audit::record(
         &mut tx,
         Some(actor),
-        Event { action: "token.revoke", tenant_id: None, target_type: "token", target_id: id.as_str(), details: json!({}) },
+        Event {
+            action: "token.revoke",
+            tenant_id: None,
+            target_type: "token",
+            target_id: id.as_str(),
+            details: json!({}),
+        },
     )
     .await?;
     tx.commit().await?;

@@ -99,9 +99,10 @@ pub async fn insert_user(
     .execute(conn)
     .await;
     match inserted {
-        Err(err) if is_duplicate(&err) => {
-            Err(ApiError::conflict(Some("email"), "an account with this e-mail address exists"))
-        }
+        Err(err) if is_duplicate(&err) => Err(ApiError::conflict(
+            Some("email"),
+            "an account with this e-mail address exists",
+        )),
         Err(err) => Err(err.into()),
         Ok(_) => Ok(id),
     }
@@ -119,13 +120,24 @@ pub async fn create_staff(state: &AppState, actor: &Actor, input: NewStaffUser) 
     actor.require_staff(&[StaffRole::Admin])?;
     let mut fields = Fields::default();
     let email = fields.check("email", Email::parse(&input.email));
-    let name = fields.check("name", input.name.as_deref().map(parse_name).transpose()).flatten();
+    let name = fields
+        .check("name", input.name.as_deref().map(parse_name).transpose())
+        .flatten();
     fields.check("password", check_password(&input.password));
     fields.finish()?;
-    let Some(email) = email else { return Err(ApiError::field("email", "invalid")) };
+    let Some(email) = email else {
+        return Err(ApiError::field("email", "invalid"));
+    };
     let hash = auth::hash_password(input.password).await?;
     let mut tx = state.db.begin().await?;
-    let id = insert_user(&mut tx, &email, name.as_deref().unwrap_or(""), &hash, Some(input.staff_role)).await?;
+    let id = insert_user(
+        &mut tx,
+        &email,
+        name.as_deref().unwrap_or(""),
+        &hash,
+        Some(input.staff_role),
+    )
+    .await?;
     audit::record(
         &mut tx,
         Some(actor),
@@ -159,32 +171,49 @@ const MEMBER_SELECT: &str = "SELECT m.user_id, u.email, u.name, m.role, m.create
      FROM memberships m JOIN users u ON u.id = m.user_id";
 
 pub async fn list_members(state: &AppState, actor: &Actor, tenant: &Id) -> ApiResult<Vec<Member>> {
-    actor.require_tenant(state, tenant, TenantRole::Viewer).await?;
-    Ok(sqlx::query_as::<_, Member>(sql!("{MEMBER_SELECT} WHERE m.tenant_id = ? ORDER BY u.email"))
-        .bind(tenant.as_str())
-        .fetch_all(&state.db)
-        .await?)
+    actor
+        .require_tenant(state, tenant, TenantRole::Viewer)
+        .await?;
+    Ok(sqlx::query_as::<_, Member>(sql!(
+        "{MEMBER_SELECT} WHERE m.tenant_id = ? ORDER BY u.email"
+    ))
+    .bind(tenant.as_str())
+    .fetch_all(&state.db)
+    .await?)
 }
 
 async fn member(conn: &mut MySqlConnection, tenant: &Id, user: &str) -> ApiResult<Member> {
-    sqlx::query_as::<_, Member>(sql!("{MEMBER_SELECT} WHERE m.tenant_id = ? AND m.user_id = ?"))
-        .bind(tenant.as_str())
-        .bind(user)
-        .fetch_optional(conn)
-        .await?
-        .ok_or(ApiError::NotFound("member"))
+    sqlx::query_as::<_, Member>(sql!(
+        "{MEMBER_SELECT} WHERE m.tenant_id = ? AND m.user_id = ?"
+    ))
+    .bind(tenant.as_str())
+    .bind(user)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(ApiError::NotFound("member"))
 }
 
-pub async fn invite(state: &AppState, actor: &Actor, tenant: &Id, input: Invitation) -> ApiResult<Invited> {
-    actor.require_tenant(state, tenant, TenantRole::Owner).await?;
+pub async fn invite(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &Id,
+    input: Invitation,
+) -> ApiResult<Invited> {
+    actor
+        .require_tenant(state, tenant, TenantRole::Owner)
+        .await?;
     let mut fields = Fields::default();
     let email = fields.check("email", Email::parse(&input.email));
-    let name = fields.check("name", input.name.as_deref().map(parse_name).transpose()).flatten();
+    let name = fields
+        .check("name", input.name.as_deref().map(parse_name).transpose())
+        .flatten();
     if let Some(password) = &input.password {
         fields.check("password", check_password(password));
     }
     fields.finish()?;
-    let Some(email) = email else { return Err(ApiError::field("email", "invalid")) };
+    let Some(email) = email else {
+        return Err(ApiError::field("email", "invalid"));
+    };
 
     let existing: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE email = ?")
         .bind(email.as_str())
@@ -203,20 +232,30 @@ pub async fn invite(state: &AppState, actor: &Actor, tenant: &Id, input: Invitat
     let mut tx = state.db.begin().await?;
     let user_id = match (existing, hash) {
         (Some(id), _) => id,
-        (None, Some(hash)) => insert_user(&mut tx, &email, name.as_deref().unwrap_or(""), &hash, None)
-            .await?
-            .to_string(),
-        (None, None) => return Err(ApiError::Internal(anyhow::anyhow!("no password for a new account"))),
+        (None, Some(hash)) => {
+            insert_user(&mut tx, &email, name.as_deref().unwrap_or(""), &hash, None)
+                .await?
+                .to_string()
+        }
+        (None, None) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "no password for a new account"
+            )));
+        }
     };
-    let inserted = sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES (?, ?, ?)")
-        .bind(tenant.as_str())
-        .bind(&user_id)
-        .bind(input.role.as_str())
-        .execute(&mut *tx)
-        .await;
+    let inserted =
+        sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES (?, ?, ?)")
+            .bind(tenant.as_str())
+            .bind(&user_id)
+            .bind(input.role.as_str())
+            .execute(&mut *tx)
+            .await;
     match inserted {
         Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(Some("email"), "this user is already a member"));
+            return Err(ApiError::conflict(
+                Some("email"),
+                "this user is already a member",
+            ));
         }
         other => other?,
     };
@@ -234,7 +273,10 @@ pub async fn invite(state: &AppState, actor: &Actor, tenant: &Id, input: Invitat
     .await?;
     let member = member(&mut tx, tenant, &user_id).await?;
     tx.commit().await?;
-    Ok(Invited { member, initial_password: new_password })
+    Ok(Invited {
+        member,
+        initial_password: new_password,
+    })
 }
 
 /// Refuses a change that would leave a tenant with no owner.
@@ -247,7 +289,10 @@ async fn ensure_other_owner(conn: &mut MySqlConnection, tenant: &Id, user: &str)
     .fetch_one(conn)
     .await?;
     if others == 0 {
-        return Err(ApiError::conflict(Some("role"), "a tenant must keep at least one owner"));
+        return Err(ApiError::conflict(
+            Some("role"),
+            "a tenant must keep at least one owner",
+        ));
     }
     Ok(())
 }
@@ -259,7 +304,9 @@ pub async fn change_role(
     user: &Id,
     change: RoleChange,
 ) -> ApiResult<Member> {
-    actor.require_tenant(state, tenant, TenantRole::Owner).await?;
+    actor
+        .require_tenant(state, tenant, TenantRole::Owner)
+        .await?;
     let mut tx = state.db.begin().await?;
     let current = member(&mut tx, tenant, user.as_str()).await?;
     if current.role == "owner" && change.role != TenantRole::Owner {
@@ -289,7 +336,9 @@ pub async fn change_role(
 }
 
 pub async fn remove(state: &AppState, actor: &Actor, tenant: &Id, user: &Id) -> ApiResult<()> {
-    actor.require_tenant(state, tenant, TenantRole::Owner).await?;
+    actor
+        .require_tenant(state, tenant, TenantRole::Owner)
+        .await?;
     let mut tx = state.db.begin().await?;
     let current = member(&mut tx, tenant, user.as_str()).await?;
     if current.role == "owner" {
@@ -317,7 +366,11 @@ pub async fn remove(state: &AppState, actor: &Actor, tenant: &Id, user: &Id) -> 
 }
 
 /// Creates the first staff admin when no staff user exists (idempotent at every start).
-pub async fn bootstrap_admin(db: &sqlx::MySqlPool, email: &str, password: &str) -> anyhow::Result<bool> {
+pub async fn bootstrap_admin(
+    db: &sqlx::MySqlPool,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<bool> {
     let staff: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE staff_role IS NOT NULL")
         .fetch_one(db)
         .await?;
@@ -328,9 +381,15 @@ pub async fn bootstrap_admin(db: &sqlx::MySqlPool, email: &str, password: &str) 
     check_password(password).map_err(|m| anyhow::anyhow!("bootstrap admin password {m}"))?;
     let hash = auth::hash_password(password.to_owned()).await?;
     let mut tx = db.begin().await?;
-    insert_user(&mut tx, &email, "Administrator", &hash, Some(StaffRole::Admin))
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the bootstrap admin: {e}"))?;
+    insert_user(
+        &mut tx,
+        &email,
+        "Administrator",
+        &hash,
+        Some(StaffRole::Admin),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the bootstrap admin: {e}"))?;
     tx.commit().await?;
     Ok(true)
 }

@@ -1,0 +1,217 @@
+//! The job runner across processes: takeover after SIGKILL, two runners sharing work,
+//! retries with backoff and unwinding, all against `pressdock serve` child processes.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_EMAIL, PASSWORD, ServerProcess, TestApp, wait_operation};
+
+async fn token(http: &reqwest::Client, base: &str) -> String {
+    let body: Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({ "email": ADMIN_EMAIL, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A database prepared by an in-process app with its job runner off, plus a tenant and a worker.
+async fn prepared() -> (TestApp, String, String) {
+    let app = TestApp::spawn_with(|c| c.jobs.enabled = false).await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    let tenant = app.create_tenant(&admin, "acme").await;
+    (app, admin, tenant)
+}
+
+#[tokio::test]
+async fn a_killed_runners_saga_is_finished_by_another_without_doubling() {
+    let (app, admin, tenant) = prepared().await;
+    let http = reqwest::Client::new();
+    // Runner A pauses after reserve_slot's effect, before recording it done.
+    let mut a = ServerProcess::start(
+        &app.database_url,
+        &[("PRESSDOCK_FAILPOINTS", "reserve_slot=pause:30000")],
+    )
+    .await;
+    let (_, created) = app.create_site(&admin, &tenant, "takeover.example").await;
+    let op = created["operation"]["id"].as_str().unwrap().to_owned();
+    let site = created["site"]["id"].as_str().unwrap().to_owned();
+    // Wait until the effect exists while the step is still `running`.
+    let mut placed = false;
+    for _ in 0..200 {
+        let state: String = sqlx::query_scalar(
+            "SELECT state FROM operation_steps WHERE operation_id = ? AND name = 'reserve_slot'",
+        )
+        .bind(&op)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM placements WHERE site_id = ?")
+            .bind(&site)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if state == "running" && rows == 1 {
+            placed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(placed, "runner A reached the failpoint");
+    a.kill9();
+    let _ = a.child.wait().await;
+
+    // Runner B takes the job over once A's lease (2 s) ends and finishes it.
+    let b = ServerProcess::start(&app.database_url, &[]).await;
+    let admin_b = token(&http, &b.base).await;
+    let done = wait_operation(&http, &b.base, &admin_b, &op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let reserve = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "reserve_slot")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        reserve["attempts"], 2,
+        "the interrupted step ran again: {reserve}"
+    );
+    assert_eq!(reserve["state"], "done");
+    // No effect doubled: one placement, one slot used, one site.
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM placements WHERE site_id = ?")
+        .bind(&site)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let used: i64 = sqlx::query_scalar("SELECT CAST(SUM(slots) AS SIGNED) FROM placements")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(used, 1);
+    let (_, site_body) = app.get(&format!("/v1/sites/{site}"), &admin).await;
+    assert_eq!(site_body["state"], "active");
+    assert_eq!(site_body["node"], "worker-1");
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT lease_owner FROM jobs WHERE operation_id = ?")
+            .bind(&op)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(owner.is_none(), "the finished job holds no lease");
+    drop(b);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn two_runners_share_the_work_and_never_run_a_step_twice() {
+    let (app, admin, tenant) = prepared().await;
+    let http = reqwest::Client::new();
+    let a = ServerProcess::start(&app.database_url, &[]).await;
+    let b = ServerProcess::start(&app.database_url, &[]).await;
+    let mut ops = Vec::new();
+    for i in 0..20 {
+        let (status, created) = app
+            .create_site(&admin, &tenant, &format!("many{i}.example"))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+        ops.push(created["operation"]["id"].as_str().unwrap().to_owned());
+    }
+    let admin_a = token(&http, &a.base).await;
+    for op in &ops {
+        assert_eq!(
+            wait_operation(&http, &a.base, &admin_a, op).await["state"],
+            "succeeded"
+        );
+    }
+    let twice: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_steps WHERE attempts <> 1")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(twice, 0, "every step ran exactly once");
+    let placed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM placements")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(placed, 20);
+    // Both processes took part (their lease owners start with their pids).
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT SUBSTRING_INDEX(created_by, '-', 1) FROM operations")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert!(!owners.is_empty());
+    drop((a, b));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn retryable_errors_back_off_and_permanent_ones_unwind() {
+    let (app, admin, tenant) = prepared().await;
+    let http = reqwest::Client::new();
+    let runner = ServerProcess::start(
+        &app.database_url,
+        &[("PRESSDOCK_FAILPOINTS", "record_site=retry:2")],
+    )
+    .await;
+    let t = token(&http, &runner.base).await;
+    let (_, created) = app.create_site(&admin, &tenant, "flaky.example").await;
+    let op = wait_operation(
+        &http,
+        &runner.base,
+        &t,
+        created["operation"]["id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["steps"][0]["attempts"], 3, "{op}");
+    drop(runner);
+
+    let runner = ServerProcess::start(
+        &app.database_url,
+        &[("PRESSDOCK_FAILPOINTS", "reserve_slot=fail")],
+    )
+    .await;
+    let t = token(&http, &runner.base).await;
+    let (_, created) = app.create_site(&admin, &tenant, "doomed.example").await;
+    let site = created["site"]["id"].as_str().unwrap().to_owned();
+    let op = wait_operation(
+        &http,
+        &runner.base,
+        &t,
+        created["operation"]["id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("failpoint"));
+    let states: Vec<&str> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["undone", "undone"]);
+    // Nothing left behind: no placement, no domain; the site is marked failed.
+    let placed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM placements WHERE site_id = ?")
+        .bind(&site)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let domains: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE site_id = ?")
+        .bind(&site)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!((placed, domains), (0, 0));
+    let (_, body) = app.get(&format!("/v1/sites/{site}"), &admin).await;
+    assert_eq!(body["state"], "failed");
+    drop(runner);
+    app.finish().await;
+}

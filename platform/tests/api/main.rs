@@ -1,0 +1,10 @@
+//! Integration tests of the API against the real MariaDB: one database per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod jobs;
+mod rbac;
+mod sites;
+mod support;
+mod surface;

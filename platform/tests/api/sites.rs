@@ -1,0 +1,499 @@
+//! Sites: validation, idempotency, domain uniqueness under concurrency, pagination, changes.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+async fn setup() -> (TestApp, String, String) {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    app.add_worker(&admin, "worker-2", 25).await;
+    let tenant = app.create_tenant(&admin, "acme").await;
+    (app, admin, tenant)
+}
+
+fn fields(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["field"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let (app, admin, tenant) = setup().await;
+    let path = format!("/v1/tenants/{tenant}/sites");
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            json!({ "name": "", "domain": "ok.example", "plan": "starter" }),
+            vec!["name"],
+        ),
+        (
+            json!({ "name": "A", "domain": "*.example.com", "plan": "starter" }),
+            vec!["domain"],
+        ),
+        (
+            json!({ "name": "A", "domain": "localhost", "plan": "starter" }),
+            vec!["domain"],
+        ),
+        (
+            json!({ "name": "A", "domain": format!("{}.com", "a".repeat(64)), "plan": "starter" }),
+            vec!["domain"],
+        ),
+        (
+            json!({ "name": "A", "domain": "ok.example", "aliases": ["fine.example", "bad_label.example"], "plan": "starter" }),
+            vec!["aliases[1]"],
+        ),
+        (
+            json!({ "name": "A", "domain": "ok.example", "aliases": ["OK.example"], "plan": "starter" }),
+            vec!["aliases[0]"],
+        ),
+        (
+            json!({ "name": "A", "domain": "ok.example", "plan": "gold" }),
+            vec!["plan"],
+        ),
+        (
+            json!({ "name": "", "domain": "", "plan": "gold" }),
+            vec!["name", "domain", "plan"],
+        ),
+        (
+            json!({ "name": "A", "domain": "ok.example", "plan": 3 }),
+            vec!["plan"],
+        ),
+        (json!({ "name": "A", "domain": "ok.example" }), vec!["body"]),
+        (
+            json!({ "name": "A", "domain": "ok.example", "plan": "starter", "owner": "me" }),
+            vec!["owner"],
+        ),
+        (
+            json!({ "name": "A", "domain": "ok.example", "aliases": "x.example", "plan": "starter" }),
+            vec!["aliases"],
+        ),
+        (json!([1, 2]), vec!["body"]),
+    ];
+    for (body, expected) in cases {
+        let (status, response) = app.post(&path, &admin, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {response}"
+        );
+        assert_eq!(
+            response["type"],
+            "https://pressdock.dev/problems/invalid-fields"
+        );
+        let got = fields(&response);
+        for field in &expected {
+            assert!(
+                got.iter()
+                    .any(|g| g == field || g.starts_with(&format!("{field}."))),
+                "{body}: expected {field} in {got:?}"
+            );
+        }
+    }
+    // Nothing was half-created.
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    let (_, list) = app
+        .get(&format!("/v1/tenants/{tenant}/sites?limit=0"), &admin)
+        .await;
+    assert_eq!(fields(&list), vec!["limit"]);
+    let (_, list) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/sites?state=sleeping"),
+            &admin,
+        )
+        .await;
+    assert_eq!(fields(&list), vec!["state"]);
+    let (_, list) = app
+        .get(&format!("/v1/tenants/{tenant}/sites?cursor=%21%21"), &admin)
+        .await;
+    assert_eq!(fields(&list), vec!["cursor"]);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_right_status_never_500() {
+    let (app, admin, tenant) = setup().await;
+    let url = format!("{}/v1/tenants/{tenant}/sites", app.base);
+    let http = reqwest::Client::new();
+    let send = |body: Vec<u8>, content_type: Option<&'static str>| {
+        let mut r = http.post(&url).bearer_auth(&admin).body(body);
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        r.send()
+    };
+    let r = send(b"{\"name\":".to_vec(), Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = send(b"{}".to_vec(), Some("text/plain")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = send(b"{}".to_vec(), None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = format!("{{\"name\":\"{}\"}}", "x".repeat(100_000));
+    let r = send(big.into_bytes(), Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://pressdock.dev/problems/payload-too-large"
+    );
+    let r = send(vec![0xff, 0xfe, 0x00], Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Malformed ids in paths are simply not found.
+    for path in [
+        "/v1/sites/..%2F..%2Fetc",
+        "/v1/sites/AAAAAAAAAA",
+        "/v1/sites/x'%20OR%201=1",
+        "/v1/tenants/zz/sites",
+    ] {
+        let (status, body) = app.get(path, &admin).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, body) = app.get("/v1/no/such/route", &admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["type"], "https://pressdock.dev/problems/not-found");
+    let r = http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!r.contains("status=\"500\""), "no 500 in {r}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn create_honours_idempotency_key() {
+    let (app, admin, tenant) = setup().await;
+    let path = format!("/v1/tenants/{tenant}/sites");
+    let body = json!({ "name": "Shop", "domain": "shop.example", "plan": "starter" });
+    let key = [("Idempotency-Key", "create-shop-1")];
+    let (s1, h1, first) = app
+        .request_full(Method::POST, &path, Some(&admin), Some(body.clone()), &key)
+        .await;
+    assert_eq!(s1, StatusCode::ACCEPTED, "{first}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    let (s2, h2, second) = app
+        .request_full(Method::POST, &path, Some(&admin), Some(body.clone()), &key)
+        .await;
+    assert_eq!(s2, StatusCode::ACCEPTED, "{second}");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(first["site"]["id"], second["site"]["id"]);
+    assert_eq!(first["operation"]["id"], second["operation"]["id"]);
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    // The same key with another body is refused; without a key a repeat is a conflict.
+    let other = json!({ "name": "Shop", "domain": "other.example", "plan": "starter" });
+    let (status, _, response) = app
+        .request_full(Method::POST, &path, Some(&admin), Some(other), &key)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&response), vec!["Idempotency-Key"]);
+    let (status, response) = app.post(&path, &admin, body).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(fields(&response), vec!["domain"]);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_domain_have_exactly_one_winner() {
+    let (app, admin, tenant) = setup().await;
+    let other = app.create_tenant(&admin, "globex").await;
+    let attempts = (0..8).map(|i| {
+        let t = if i % 2 == 0 {
+            tenant.clone()
+        } else {
+            other.clone()
+        };
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.post(
+                &format!("/v1/tenants/{t}/sites"),
+                admin,
+                json!({ "name": format!("R{i}"), "domain": "Race.Example", "plan": "starter" }),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let winners = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let conflicts: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CONFLICT)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(winners, 1, "{results:?}");
+    assert_eq!(conflicts.len(), 7, "{results:?}");
+    assert!(conflicts.iter().all(|b| fields(b) == vec!["domain"]));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "losers left no site row behind");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn listing_paginates_and_filters() {
+    let (app, admin, tenant) = setup().await;
+    let mut ops = Vec::new();
+    for i in 0..7 {
+        let (status, created) = app
+            .create_site(&admin, &tenant, &format!("s{i}.example"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        ops.push(created["operation"]["id"].as_str().unwrap().to_owned());
+    }
+    for op in &ops {
+        assert_eq!(app.wait_operation(&admin, op).await["state"], "succeeded");
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = app
+            .get(
+                &format!("/v1/tenants/{tenant}/sites?limit=3{cursor}"),
+                &admin,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(
+            items
+                .iter()
+                .map(|s| s["domain"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..7).map(|i| format!("s{i}.example")).collect::<Vec<_>>()
+    );
+    let (_, page) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/sites?domain=S3.EXAMPLE"),
+            &admin,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["domain"], "s3.example");
+    let (_, page) = app
+        .get(&format!("/v1/tenants/{tenant}/sites?state=active"), &admin)
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 7);
+    let (_, page) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/sites?state=suspended"),
+            &admin,
+        )
+        .await;
+    assert_eq!(page["items"], json!([]));
+    // Spread: the tenant's sites alternate over the two workers.
+    let per_node: Vec<(String, i64)> =
+        sqlx::query_as("SELECT node_id, COUNT(*) FROM placements GROUP BY node_id")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(per_node.len(), 2);
+    assert!(per_node.iter().all(|(_, n)| *n >= 3), "{per_node:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn patch_changes_domains_and_plan_and_delete_frees_the_domain() {
+    let (app, admin, tenant) = setup().await;
+    let (_, created) = app.create_site(&admin, &tenant, "first.example").await;
+    let id = created["site"]["id"].as_str().unwrap().to_owned();
+    app.wait_operation(&admin, created["operation"]["id"].as_str().unwrap())
+        .await;
+    let (_, other) = app.create_site(&admin, &tenant, "taken.example").await;
+    app.wait_operation(&admin, other["operation"]["id"].as_str().unwrap())
+        .await;
+
+    let (status, site) = app
+        .request(Method::PATCH, &format!("/v1/sites/{id}"), Some(&admin), Some(json!({ "domain": "Second.Example", "aliases": ["www.second.example"], "plan": "business" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{site}");
+    assert_eq!(site["domain"], "second.example");
+    assert_eq!(site["aliases"], json!(["www.second.example"]));
+    assert_eq!(site["plan"], "business");
+    assert_eq!(site["generation"], 2);
+    let slots: i32 = sqlx::query_scalar("SELECT slots FROM placements WHERE site_id = ?")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(slots, 2);
+    // The old domain is free again; a taken one is a conflict that changes nothing.
+    let (status, _) = app.create_site(&admin, &tenant, "first.example").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{id}"),
+            Some(&admin),
+            Some(json!({ "aliases": ["taken.example"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(fields(&body), vec!["aliases"]);
+    let (_, site) = app.get(&format!("/v1/sites/{id}"), &admin).await;
+    assert_eq!(site["aliases"], json!(["www.second.example"]));
+
+    // Suspend, resume, delete.
+    for (action, state) in [("suspend", "suspended"), ("resume", "active")] {
+        let (status, accepted) = app
+            .request(
+                Method::POST,
+                &format!("/v1/sites/{id}/{action}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        let op = app
+            .wait_operation(&admin, accepted["operation"]["id"].as_str().unwrap())
+            .await;
+        assert_eq!(op["state"], "succeeded");
+        let (_, site) = app.get(&format!("/v1/sites/{id}"), &admin).await;
+        assert_eq!(site["state"], state);
+    }
+    let (status, body) = app
+        .request(
+            Method::POST,
+            &format!("/v1/sites/{id}/resume"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "resume of an active site: {body}"
+    );
+    let (status, accepted) = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/sites/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(accepted["site"]["state"], "deleting");
+    let op = app
+        .wait_operation(&admin, accepted["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded");
+    assert_eq!(
+        op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["done", "done"]
+    );
+    let (status, _) = app.get(&format!("/v1/sites/{id}"), &admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.create_site(&admin, &tenant, "second.example").await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the deleted site's domain is free"
+    );
+    let placed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM placements WHERE site_id = ?")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(placed, 0);
+
+    // The audit log has every mutation with who, from where and the request id.
+    let (_, audit) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/audit?action=site.update"),
+            &admin,
+        )
+        .await;
+    let event = &audit["items"][0];
+    assert_eq!(event["target_id"], id.as_str());
+    assert_eq!(event["actor_email"], "admin@pressdock.test");
+    assert_eq!(event["source_ip"], "127.0.0.1");
+    assert!(event["request_id"].as_str().is_some_and(|r| r.len() >= 32));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_full_cluster_fails_the_create_and_unwinds() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "tiny", 1).await;
+    let tenant = app.create_tenant(&admin, "acme").await;
+    let (_, first) = app.create_site(&admin, &tenant, "one.example").await;
+    assert_eq!(
+        app.wait_operation(&admin, first["operation"]["id"].as_str().unwrap())
+            .await["state"],
+        "succeeded"
+    );
+    let (_, second) = app.create_site(&admin, &tenant, "two.example").await;
+    let op = app
+        .wait_operation(&admin, second["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "failed");
+    assert!(
+        op["error"]
+            .as_str()
+            .unwrap()
+            .contains("no active worker has 1 free slots"),
+        "{op}"
+    );
+    let states: Vec<&str> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["undone", "undone"]);
+    let (_, page) = app
+        .get(&format!("/v1/tenants/{tenant}/sites?state=failed"), &admin)
+        .await;
+    assert_eq!(page["items"][0]["domain"], "two.example");
+    // The failed site's domain was released by the unwind.
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE domain = 'two.example'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(held, 0);
+    app.finish().await;
+}
