@@ -147,6 +147,18 @@ fn floor_slots(cluster: &Cluster, added: usize) -> u64 {
         .sum()
 }
 
+/// Sites sharing a node with an earlier site of the same tenant: Σ (count − 1) over
+/// (tenant, node) pairs. 0 means every tenant's sites are on distinct workers.
+fn colocated(cluster: &Cluster) -> usize {
+    let mut pairs: HashMap<(&TenantId, &NodeId), usize> = HashMap::new();
+    for s in &cluster.sites {
+        if let Some(n) = &s.node {
+            *pairs.entry((&s.tenant, n)).or_insert(0) += 1;
+        }
+    }
+    pairs.values().map(|c| c - 1).sum()
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -195,6 +207,14 @@ fn scenario(name: &str, site_count: usize, mixed: bool, drain: bool) {
         format!("{b_plan:.3}"),
         format!("{b_base:.3}"),
         format!("{:.3}", b_plan / b_base),
+    );
+
+    let (c_plan, c_base) = (colocated(&cluster), colocated(&base));
+    row(
+        "initial placement: sites co-located with a same-tenant site",
+        c_plan.to_string(),
+        c_base.to_string(),
+        format!("{:.3}", c_plan as f64 / c_base.max(1) as f64),
     );
 
     // +10% workers.
