@@ -1,0 +1,38 @@
+#!/bin/sh
+# README command 2 (and CI's `.ci/run`): installs and starts every server the tests use,
+# then runs the gates and the whole test suite against real servers.
+#   - a MariaDB server on 127.0.0.1:3306 (started here if none answers) with a test account
+#   - Redis, Sentinel and varnishd binaries (the driver tests start their own on free ports)
+#   - the lab (namespaces, dockerd, Galera, Redis, Gluster, Varnish, Traefik, S3) for the
+#     lab tests, which bring it up themselves and tear it down at the end
+set -eu
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the lab tests create namespaces and mounts)" >&2; exit 1; }
+command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is missing: install Rust >= 1.95 (rustup)" >&2; exit 1; }
+scripts/install-deps.sh
+
+# The control-plane tests need one MariaDB; each test creates and drops its own database.
+if ! mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 ping >/dev/null 2>&1 \
+   && ! mariadb-admin ping >/dev/null 2>&1; then
+  echo "==> starting MariaDB on 127.0.0.1:3306"
+  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+  [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+  for _ in $(seq 1 60); do mariadb-admin ping >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+TEST_PW=pressdock-test-pw
+mariadb -uroot -e "CREATE USER IF NOT EXISTS 'pressdock_test'@'127.0.0.1' IDENTIFIED BY '$TEST_PW';
+  GRANT ALL PRIVILEGES ON *.* TO 'pressdock_test'@'127.0.0.1' WITH GRANT OPTION;" \
+  || mariadb -uroot -h 127.0.0.1 -e "CREATE USER IF NOT EXISTS 'pressdock_test'@'127.0.0.1' IDENTIFIED BY '$TEST_PW';
+  GRANT ALL PRIVILEGES ON *.* TO 'pressdock_test'@'127.0.0.1' WITH GRANT OPTION;"
+export PRESSDOCK_TEST_MYSQL="mysql://pressdock_test:$TEST_PW@127.0.0.1:3306"
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --workspace --quiet -- -D warnings
+echo "==> tests (control plane, drivers, planner)"
+cargo test --workspace --exclude infra --quiet
+echo "==> lab tests (1 manager, 2 workers)"
+PRESSDOCK_LAB_TESTS=1 cargo test -p infra --quiet -- --test-threads=1
+echo "==> all tests passed"
