@@ -25,7 +25,7 @@ mariadb -uroot -e "CREATE USER IF NOT EXISTS 'pressdock_test'@'127.0.0.1' IDENTI
   GRANT ALL PRIVILEGES ON *.* TO 'pressdock_test'@'127.0.0.1' WITH GRANT OPTION;" \
   || mariadb -uroot -h 127.0.0.1 -e "CREATE USER IF NOT EXISTS 'pressdock_test'@'127.0.0.1' IDENTIFIED BY '$TEST_PW';
   GRANT ALL PRIVILEGES ON *.* TO 'pressdock_test'@'127.0.0.1' WITH GRANT OPTION;"
-export PRESSDOCK_TEST_MYSQL="mysql://pressdock_test:$TEST_PW@127.0.0.1:3306"
+export PRESSDOCK_TEST_MYSQL_URL="mysql://pressdock_test:$TEST_PW@127.0.0.1:3306"
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

@@ -20,7 +20,7 @@ pub const SECRET_KEY: &str = "test-secret-key-0123456789abcdef0123456789";
 
 /// The MariaDB server tests use; each test gets its own database on it.
 pub fn server_url() -> String {
-    std::env::var("PRESSDOCK_TEST_MYSQL")
+    std::env::var("PRESSDOCK_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
 }
 
