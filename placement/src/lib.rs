@@ -10,7 +10,9 @@
 //! # Model
 //! A worker has capacity in slots (25 by default), labels, an [`Availability`] and an
 //! optional failure domain. A site uses the slots of its plan, belongs to a tenant, may
-//! be pinned and may require labels. Only `Active` nodes receive sites.
+//! be pinned and may require labels. Only `Active` nodes receive sites. The planner
+//! takes availability as given: the caller marks a worker `Down` once its grace period
+//! has passed (before that, its sites are left where they are).
 //!
 //! # Objective
 //! Let `τ` be the slots to hold over the usable slots (capacity minus

@@ -398,3 +398,38 @@ fn json_shape() {
         Policy::default().max_concurrent_moves
     );
 }
+
+#[test]
+fn tenant_spreads_over_failure_domains_first() {
+    // Four workers in two racks; a tenant's two sites land in different racks, and its
+    // four sites on four workers.
+    let mut nodes: Vec<Node> = (1..=4).map(|i| Node::worker(format!("w{i}"))).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.failure_domain = Some(if i < 2 { "rack-a" } else { "rack-b" }.into());
+    }
+    let two = Cluster {
+        nodes: nodes.clone(),
+        sites: vec![site("a", "t", 1, None), site("b", "t", 1, None)],
+    };
+    let placement = place(&two, &Policy::default()).unwrap();
+    let racks: BTreeSet<_> = placement
+        .assignments
+        .iter()
+        .map(|a| ["w1", "w2"].contains(&a.node.as_str()))
+        .collect();
+    assert_eq!(racks.len(), 2, "{placement:?}");
+
+    let four = Cluster {
+        nodes,
+        sites: (0..4)
+            .map(|i| site(&format!("s{i}"), "t", 1, None))
+            .collect(),
+    };
+    let placement = place(&four, &Policy::default()).unwrap();
+    let workers: BTreeSet<_> = placement
+        .assignments
+        .iter()
+        .map(|a| a.node.clone())
+        .collect();
+    assert_eq!(workers.len(), 4);
+}
