@@ -288,12 +288,16 @@ fn load_stored() -> anyhow::Result<Option<Stored>> {
     }
 }
 
-/// Writes the login with mode 0600, atomically.
+/// Writes the login with mode 0600 (in a directory created 0700), atomically.
 fn save_stored(stored: &Stored) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let path = config_path()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
@@ -303,6 +307,8 @@ fn save_stored(stored: &Stored) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
+    // `mode` applies only when the file is created; a leftover temporary file keeps its own.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(toml::to_string(stored)?.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
@@ -840,23 +846,28 @@ async fn finish_accepted(
     accepted: Value,
     wait: bool,
 ) -> anyhow::Result<()> {
-    let op = if wait {
+    let (site, op) = if wait {
         let id = accepted["operation"]["id"]
             .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        wait_operation(c, &id).await?
+            .context("the response has no operation id")?;
+        let op = wait_operation(c, id).await?;
+        // Show the site as the operation left it; a deleted site is gone, so keep the
+        // accepted view of it then.
+        let site = match accepted["site"]["id"].as_str() {
+            Some(site) => c
+                .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+                .await
+                .unwrap_or_else(|_| accepted["site"].clone()),
+            None => accepted["site"].clone(),
+        };
+        (site, op)
     } else {
-        accepted["operation"].clone()
+        (accepted["site"].clone(), accepted["operation"].clone())
     };
     if json {
-        print(
-            true,
-            &json!({ "site": accepted["site"], "operation": op }),
-            &[],
-        );
+        print(true, &json!({ "site": site, "operation": op }), &[]);
     } else {
-        print(false, &accepted["site"], SITE_COLUMNS);
+        print(false, &site, SITE_COLUMNS);
         print_operation(false, &op);
     }
     if wait && op["state"] == "failed" {

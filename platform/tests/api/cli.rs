@@ -1,0 +1,362 @@
+//! The `pressdock` CLI as a user runs it: the real binary as a child process against a
+//! `TestApp`, with its login kept in a config file of a temporary directory.
+
+use std::{os::unix::fs::PermissionsExt, path::PathBuf, process::Output};
+
+use serde_json::Value;
+
+use crate::support::{self, ADMIN_EMAIL, PASSWORD, TestApp};
+
+/// One CLI user: a config file of their own, pointed at one server.
+struct Cli {
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Cli {
+    fn new(app: &TestApp) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            base: app.base.clone(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("pressdock").join("cli.toml")
+    }
+
+    /// Runs `pressdock <args>` with extra variables. Async, so the in-process server on
+    /// this runtime keeps answering while the child waits for it.
+    async fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut command = tokio::process::Command::new(support::binary());
+        command
+            .args(args)
+            .env("PRESSDOCK_CLI_CONFIG", self.config())
+            .env_remove("PRESSDOCK_TOKEN")
+            .env_remove("PRESSDOCK_URL")
+            .env_remove("PRESSDOCK_PASSWORD")
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        command.output().await.expect("run pressdock")
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[]).await
+    }
+
+    /// Runs a command that must succeed and returns its standard output.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "pressdock {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command with `--json` and parses its output.
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let text = self.ok(&args).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    async fn login(&self) {
+        let out = self
+            .run_with(
+                &["login", "--url", &self.base, "--email", ADMIN_EMAIL],
+                &[("PRESSDOCK_PASSWORD", PASSWORD)],
+            )
+            .await;
+        assert!(
+            out.status.success(),
+            "login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn login_keeps_the_tokens_in_a_private_file_without_the_password() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+
+    let out = cli.run(&["tenants", "list"]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not logged in"), "{}", stderr(&out));
+
+    let out = cli
+        .run_with(
+            &["login", "--url", &app.base, "--email", ADMIN_EMAIL],
+            &[("PRESSDOCK_PASSWORD", "wrong-password-here")],
+        )
+        .await;
+    assert!(!out.status.success(), "a wrong password must fail");
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert!(!cli.config().exists(), "a failed login stores nothing");
+
+    cli.login().await;
+    let meta = std::fs::metadata(cli.config()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let stored = std::fs::read_to_string(cli.config()).unwrap();
+    assert!(!stored.contains(PASSWORD), "the password is never stored");
+    let stored: toml::Table = toml::from_str(&stored).unwrap();
+    assert_eq!(stored["url"].as_str(), Some(app.base.as_str()));
+    let access = stored["access_token"].as_str().unwrap();
+    assert!(!access.is_empty());
+    assert!(
+        stored["refresh_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("pdr_")
+    );
+
+    // Later commands use the stored server and token: no --url, no variables.
+    let (_, me) = app.get("/v1/me", access).await;
+    assert_eq!(me["email"], ADMIN_EMAIL);
+    let tenants = cli.json(&["tenants", "list"]).await;
+    assert!(tenants.as_array().is_some(), "{tenants}");
+
+    let out = cli.run(&["logout"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!cli.config().exists(), "logout forgets the login");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn tenants_print_a_table_and_json() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    cli.login().await;
+
+    let created = cli
+        .json(&["tenants", "create", "--slug", "acme", "--name", "Acme Corp"])
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["slug"], "acme");
+
+    let table = cli.ok(&["tenants", "list"]).await;
+    let header = table.lines().find(|l| l.contains("SLUG")).unwrap_or("");
+    for column in ["ID", "SLUG", "NAME", "STATE", "CREATED_AT"] {
+        assert!(header.contains(column), "no {column} in:\n{table}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("no row for {id} in:\n{table}"));
+    assert!(row.contains("acme") && row.contains("Acme Corp") && row.contains("active"));
+
+    let list = cli.json(&["tenants", "list"]).await;
+    let found: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["id"] == id.as_str())
+        .collect();
+    assert_eq!(found.len(), 1, "{list}");
+    assert_eq!(found[0]["name"], "Acme Corp");
+    assert_eq!(found[0]["state"], "active");
+
+    let shown = cli.json(&["tenants", "show", &id]).await;
+    assert_eq!(shown["slug"], "acme");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn sites_create_waits_for_the_operation_and_lists_the_site() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    cli.login().await;
+    let node = cli
+        .json(&[
+            "nodes", "register", "--name", "worker-1", "--role", "worker", "--slots", "10",
+        ])
+        .await;
+    assert_eq!(node["slots"], 10);
+    let tenant = cli
+        .json(&["tenants", "create", "--slug", "shop", "--name", "Shop"])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let created = cli
+        .json(&[
+            "sites",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "Blog",
+            "--domain",
+            "Blog.Example.COM",
+            "--alias",
+            "www.blog.example.com",
+            "--plan",
+            "starter",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(created["operation"]["state"], "succeeded", "{created}");
+    assert_eq!(created["site"]["state"], "active", "{created}");
+    assert_eq!(created["site"]["node"], "worker-1", "{created}");
+    let site = created["site"]["id"].as_str().unwrap().to_owned();
+
+    let list = cli.json(&["sites", "list", "--tenant", &tenant]).await;
+    let items = list.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["id"], site.as_str());
+    assert_eq!(items[0]["domain"], "blog.example.com");
+    assert_eq!(items[0]["aliases"][0], "www.blog.example.com");
+    assert_eq!(items[0]["plan"], "starter");
+
+    // The table after --wait shows the site as it is now, not as it was accepted.
+    let table = cli
+        .ok(&[
+            "sites",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "Shop",
+            "--domain",
+            "shop.example.com",
+            "--plan",
+            "starter",
+            "--wait",
+        ])
+        .await;
+    let row = table
+        .lines()
+        .find(|l| l.contains("shop.example.com"))
+        .unwrap_or_else(|| panic!("no site row in:\n{table}"));
+    assert!(
+        row.contains("active") && row.contains("worker-1"),
+        "{table}"
+    );
+    assert!(table.contains("succeeded"), "{table}");
+
+    let table = cli
+        .ok(&["sites", "list", "--tenant", &tenant, "--state", "active"])
+        .await;
+    assert!(table.contains("DOMAIN") && table.contains("blog.example.com"));
+    assert!(table.contains("shop.example.com"), "{table}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn api_token_secret_is_printed_once_and_never_listed() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    cli.login().await;
+
+    let out = cli
+        .run(&["tokens", "create", "--name", "ci", "--scope", "read"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = table
+        .split(|c: char| c.is_whitespace() || c == '│' || c == '┆')
+        .find(|w| w.starts_with("pdt_"))
+        .unwrap_or_else(|| panic!("no secret in:\n{table}"))
+        .to_owned();
+    assert!(stderr(&out).contains("only once"));
+
+    let listed = cli.ok(&["tokens", "list"]).await;
+    assert!(listed.contains("ci") && listed.contains("read"), "{listed}");
+    assert!(!listed.contains(&secret) && !listed.contains("pdt_"));
+    let listed = cli.json(&["tokens", "list"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(listed[0].get("secret").is_none(), "{listed}");
+    assert!(!listed.to_string().contains(&secret));
+
+    // The token works from PRESSDOCK_TOKEN, read-only: writes are refused with the reason.
+    let other = Cli::new(&app);
+    let out = other
+        .run_with(
+            &["tenants", "list", "--url", &app.base],
+            &[("PRESSDOCK_TOKEN", &secret)],
+        )
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = other
+        .run_with(
+            &[
+                "tenants", "create", "--slug", "nope", "--name", "Nope", "--url", &app.base,
+            ],
+            &[("PRESSDOCK_TOKEN", &secret)],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("403") && stderr(&out).contains("read scope"),
+        "{}",
+        stderr(&out)
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn errors_exit_non_zero_and_name_the_field() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    cli.login().await;
+    let tenant = cli
+        .json(&["tenants", "create", "--slug", "errs", "--name", "Errs"])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = cli
+        .run(&[
+            "sites",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "Bad",
+            "--domain",
+            "bad_label.example",
+            "--plan",
+            "gold",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: 422"), "{err}");
+    assert!(
+        err.lines().any(|l| l.trim_start().starts_with("domain:")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.trim_start().starts_with("plan:")),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing on stdout on error");
+
+    let out = cli.run(&["sites", "list", "--tenant", "aaaaaaaaaa"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+
+    // An unreachable server is an error with the address, not a panic.
+    let out = cli
+        .run(&[
+            "tenants",
+            "list",
+            "--url",
+            &format!("http://127.0.0.1:{}", support::free_port()),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("connecting to"), "{}", stderr(&out));
+    app.finish().await;
+}
