@@ -303,7 +303,7 @@ fn varnish_cli(addr: &str, secret: &Path, command: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     let mut w = s;
-    let mut read_reply = |r: &mut BufReader<std::net::TcpStream>| -> (u32, String) {
+    let read_reply = |r: &mut BufReader<std::net::TcpStream>| -> (u32, String) {
         let mut head = String::new();
         r.read_line(&mut head).expect("status line");
         let mut it = head.split_whitespace();

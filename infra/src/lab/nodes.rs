@@ -24,6 +24,16 @@ pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
     let data_root = lab.path(&format!("nodes/{}/docker", node.host()));
     std::fs::create_dir_all(&exec_root).context("creating exec root")?;
     std::fs::create_dir_all(&data_root).context("creating data root")?;
+    // Node images and containers live in memory: imports are faster, and `lab down` drops
+    // them with one unmount instead of deleting ~100k files. (`--keep-data` keeps the data
+    // tier; the swarm and its services are rebuilt by the next `lab up`.)
+    if !super::data::mount_state(&data_root).0 {
+        run(&mut sh::cmd(
+            "mount",
+            ["-t", "tmpfs", "-o", "size=6g,mode=0711", "tmpfs", &data_root.to_string_lossy()],
+        ))
+        .with_context(|| format!("mounting a tmpfs on {}", data_root.display()))?;
+    }
     std::fs::create_dir_all(lab.path("run")).context("creating run dir")?;
     let pidfile = Path::new(RUN).join(format!("{}.pid", node.host()));
     let _ = std::fs::remove_file(&pidfile);

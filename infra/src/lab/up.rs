@@ -228,14 +228,18 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         .iter()
         .map(|n| images::recipe(&lab, n))
         .collect::<Result<_>>()?;
-    let (img, dat, nod) = std::thread::scope(|s| {
-        let img = s.spawn(|| -> Result<()> {
-            for r in &recipes {
+    // Three lines of work in parallel: image builds (minutes when cold, nothing when
+    // cached); the data tier; node daemons + swarm, which then load the images and deploy
+    // the edge so that its tasks start while the data tier is still coming up.
+    let (all, lab, recipes) = (&all, &lab, &recipes);
+    let (dat, nod) = std::thread::scope(|s| {
+        let img = s.spawn(move || -> Result<()> {
+            for r in recipes {
                 images::ensure_built(r)?;
             }
             Ok(())
         });
-        let dat = s.spawn(|| -> Result<()> {
+        let dat = s.spawn(move || -> Result<()> {
             data::ensure_galera(&lab).context("Galera")?;
             progress("galera", format!("{} node(s) Synced", lab.topo.galera_nodes));
             data::ensure_redis(&lab).context("Redis/Sentinel")?;
@@ -245,40 +249,41 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             data::ensure_glusterd(&lab).context("glusterd")?;
             data::ensure_volume(&lab).context("Gluster volume")?;
             progress("gluster", "volume `sites` started with quotas");
+            parallel(all, |n| data::ensure_mount(lab, n))?;
+            progress("gluster", "mounted on every node");
+            data::ensure_haproxy(&lab, &lab.topo.cache_nodes()).context("HAProxy")?;
+            progress("router", "HAProxy writer router and edge entry up");
             Ok(())
         });
-        let nod = s.spawn(|| -> Result<()> {
+        let nod = s.spawn(move || -> Result<()> {
             progress("nodes", "starting dockerd in each namespace");
-            parallel(&all, |n| nodes::ensure_dockerd(&lab, n))?;
+            parallel(all, |n| nodes::ensure_dockerd(lab, n))?;
             nodes::ensure_swarm(&lab).context("swarm")?;
             nodes::ensure_networks(&lab).context("overlay networks")?;
             progress("swarm", format!("{} nodes, labelled; networks ready", all.len()));
+            img.join()
+                .map_err(|_| anyhow::anyhow!("the image build panicked"))??;
+            progress("images", "loading into every node");
+            parallel(all, |n| {
+                for r in recipes {
+                    if images::ensure_loaded(n, r)? {
+                        progress("images", format!("{} loaded into {}", r.tag(), n.host()));
+                    }
+                }
+                Ok(())
+            })?;
+            nodes::deploy_edge(&lab)?;
+            progress("edge", "stack deployed");
             Ok(())
         });
-        (img.join(), dat.join(), nod.join())
+        (dat.join(), nod.join())
     });
     let join = |r: std::thread::Result<Result<()>>| -> Result<()> {
         r.map_err(|_| anyhow::anyhow!("a step panicked"))?
     };
     join(dat)?;
     join(nod)?;
-    join(img)?;
-
-    parallel(&all, |n| data::ensure_mount(&lab, n))?;
-    progress("gluster", "mounted on every node");
-    progress("images", "loading into every node");
-    parallel(&all, |n| {
-        for r in &recipes {
-            if images::ensure_loaded(n, r)? {
-                progress("images", format!("{} loaded into {}", r.tag(), n.host()));
-            }
-        }
-        Ok(())
-    })?;
-    data::ensure_haproxy(&lab, &lab.topo.cache_nodes()).context("HAProxy")?;
-    progress("router", "HAProxy writer router and edge entry up");
-    nodes::deploy_edge(&lab)?;
-    progress("edge", "stack deployed; waiting for the chain Traefik → Varnish → site");
+    progress("edge", "waiting for the chain Traefik → Varnish → site");
     wait_edge()?;
     progress("edge", "hello.lab.test answers through Traefik and Varnish");
     let plat = if opts.no_platform {
