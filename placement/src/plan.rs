@@ -257,7 +257,7 @@ pub fn rebalance(cluster: &Cluster, policy: &Policy) -> Result<RebalancePlan, Pl
             break;
         };
         let excess = load.saturating_sub(st.hi[i]);
-        let mut candidates: Vec<(u64, u32, u32)> = st.node_sites[i]
+        let mut candidates: Vec<(u64, u64, u32, u32)> = st.node_sites[i]
             .iter()
             .copied()
             .filter(|&s| {
@@ -267,13 +267,16 @@ pub fn rebalance(cluster: &Cluster, policy: &Policy) -> Result<RebalancePlan, Pl
             .map(|s| {
                 let slots = u64::from(st.sites[s as usize].slots);
                 let gain = if excess > 0 { slots.min(excess) } else { slots };
-                (gain, st.tenant_on_node(s, d), s)
+                (gain, slots, st.tenant_on_node(s, d), s)
             })
             .collect();
-        // Most excess removed per move, then the tenant most concentrated here, then id.
-        candidates.sort_by_key(|&(gain, tenant, s)| (Reverse(gain), Reverse(tenant), s));
+        // Most excess removed per move, then the largest site (it fills more of a
+        // deficit in one move), then the tenant most concentrated here, then id.
+        candidates.sort_by_key(|&(gain, slots, tenant, s)| {
+            (Reverse(gain), Reverse(slots), Reverse(tenant), s)
+        });
         let mut done = false;
-        for (_, _, s) in candidates {
+        for (_, _, _, s) in candidates {
             if let Some(to) = st.choose(s, max_tier) {
                 moved[s as usize] = true;
                 let reason = if over_capacity {
