@@ -1,6 +1,7 @@
 //! Settings of each driver: the `[backends.*]` sections of the platform configuration
-//! (see `configs/pressdock.example.toml`, which documents the same fields). Every
-//! credential is a [`Secret`].
+//! (see `configs/pressdock.example.toml`, which documents the same fields, and the file
+//! `pressdock-infra lab up` writes). Every credential is a [`Secret`]. Unknown keys are
+//! ignored, so the lab can add keys for its own checks.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,6 @@ use crate::ids::Secret;
 /// `[backends]`: every section is optional so the platform can start without backends
 /// (drivers are built only from the sections present).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
     pub galera: Option<GaleraConfig>,
     pub redis: Option<RedisConfig>,
@@ -31,7 +31,6 @@ pub mod toml_value {
 
 /// `[backends.galera]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GaleraConfig {
     /// `mysql://USER:PASSWORD@HOST:PORT` of an account that may create databases and
     /// users and grant (a Galera node or the router's writer endpoint).
@@ -51,6 +50,9 @@ pub struct GaleraConfig {
     pub proxysql_max_connections: u32,
     /// `HOST:PORT` of the database as the site's tasks reach it (the router).
     pub site_db_host: String,
+    /// Every Galera node directly (`HOST:PORT`), for health checks; not used to provision.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -70,7 +72,6 @@ fn default_proxysql_max_connections() -> u32 {
 
 /// `[backends.redis]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `HOST:PORT` of every Sentinel; asked in order until one answers.
     pub sentinels: Vec<String>,
@@ -95,7 +96,6 @@ fn default_unlink_batch() -> usize {
 
 /// `[backends.gluster]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GlusterConfig {
     /// A glusterd the CLI talks to (`gluster --remote-host=…`); a resolvable name.
     pub remote_host: String,
@@ -126,26 +126,42 @@ fn default_www_id() -> u32 {
     33
 }
 
-/// `[backends.varnish]`
+/// `[backends.varnish]`: include mode (`vcl_dir`, `hosts_file`, `vcl_dir_in_instance`)
+/// or inline mode (`backend_host`, `backend_port`); see [`crate::varnish::VclMode`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VarnishConfig {
     /// Every Varnish instance: its `-T` address and the file given to `-S`.
     pub instances: Vec<VarnishInstance>,
-    /// Where Varnish sends misses: Traefik's `internal` entrypoint as Varnish sees it.
-    pub backend_host: String,
-    pub backend_port: u16,
+    /// Include mode: the VCL folder as this host sees it (every instance mounts it).
+    #[serde(default)]
+    pub vcl_dir: Option<PathBuf>,
+    /// Include mode: the host table include, inside `vcl_dir` (rewritten by the driver).
+    #[serde(default)]
+    pub hosts_file: Option<PathBuf>,
+    /// Include mode: the same folder as the instances see it.
+    #[serde(default)]
+    pub vcl_dir_in_instance: Option<String>,
+    /// Include mode: the entry VCL in that folder.
+    #[serde(default = "default_main_vcl")]
+    pub main_vcl: String,
+    /// Inline mode: where Varnish sends misses (Traefik's `internal` entrypoint).
+    #[serde(default)]
+    pub backend_host: Option<String>,
+    #[serde(default)]
+    pub backend_port: Option<u16>,
     /// Prefix of the VCL names this driver loads (and may discard).
     #[serde(default = "default_vcl_prefix")]
     pub vcl_prefix: String,
 }
 
+fn default_main_vcl() -> String {
+    "main.vcl".to_owned()
+}
 fn default_vcl_prefix() -> String {
     "pd_".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VarnishInstance {
     /// `HOST:PORT` of the management interface (`varnishd -T`).
     pub address: String,
@@ -155,7 +171,6 @@ pub struct VarnishInstance {
 
 /// `[backends.swarm]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SwarmConfig {
     /// `unix:///path/to/manager.sock` (or a bare path) of a swarm manager's dockerd.
     pub docker_host: String,
@@ -169,14 +184,15 @@ pub struct SwarmConfig {
     /// Traefik certificate resolver of the `websecure` routers; empty: none (lab).
     #[serde(default)]
     pub cert_resolver: String,
-    /// Traefik service (defined by the Varnish stack's labels) that `web`/`websecure`
-    /// routers send to.
+    /// Traefik service (defined by the Varnish service's labels in stacks/edge.yml) that
+    /// `web`/`websecure` routers send to.
     #[serde(default = "default_varnish_service")]
     pub varnish_service: String,
     #[serde(default = "default_internal_ep")]
     pub internal_entrypoint: String,
     #[serde(default = "default_web_ep")]
     pub web_entrypoint: String,
+    /// Empty: no `websecure` router (the lab's Traefik has no TLS entrypoint).
     #[serde(default = "default_websecure_ep")]
     pub websecure_entrypoint: String,
     /// Port the site's web server listens on inside the task.
@@ -188,10 +204,17 @@ pub struct SwarmConfig {
     /// The task's health check (Docker `Test` form).
     #[serde(default = "default_healthcheck")]
     pub healthcheck: Vec<String>,
+    /// Docker Engine API version to speak (`MAJOR.MINOR`); Docker 20.10 has 1.41.
+    #[serde(default = "default_api_version")]
+    pub docker_api_version: String,
+}
+
+fn default_api_version() -> String {
+    "1.41".to_owned()
 }
 
 fn default_varnish_service() -> String {
-    "varnish@swarm".to_owned()
+    "pd-cache@swarm".to_owned()
 }
 fn default_internal_ep() -> String {
     "internal".to_owned()
@@ -214,4 +237,79 @@ fn default_healthcheck() -> Vec<String> {
         "pressdock-agent".to_owned(),
         "health".to_owned(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `pressdock-infra lab up` writes (infra/src/lab/platform.rs), extra keys
+    /// included.
+    const LAB: &str = r#"
+[galera]
+admin_url = "mysql://pdadmin:pw@10.213.0.1:23306"
+router = "haproxy"
+proxysql_admin_urls = []
+site_db_host = "10.213.0.1:23306"
+nodes = ["10.213.0.1:23301", "10.213.0.1:23302"]
+
+[redis]
+sentinels = ["10.213.0.1:23211", "10.213.0.1:23212"]
+master_name = "pressdock"
+admin_user = "admin"
+admin_password = "redis-pw"
+
+[gluster]
+remote_host = "gluster.lab"
+volume = "sites"
+mount = "/var/lib/pressdock-lab/mnt/sites"
+node_mount = "/var/lib/pressdock-lab/nodes/{{.Node.Hostname}}/sites"
+
+[varnish]
+instances = [{ address = "127.0.0.1:23082", secret_file = "/var/lib/pressdock-lab/varnish/secret" }]
+vcl_dir = "/var/lib/pressdock-lab/varnish/vcl"
+hosts_file = "/var/lib/pressdock-lab/varnish/vcl/hosts.vcl"
+vcl_dir_in_instance = "/etc/varnish/pressdock"
+
+[swarm]
+docker_host = "unix:///var/lib/pressdock-lab/d1.sock"
+runtime_image = "local/wordpress:dev"
+site_network = "pd-sites"
+edge_network = "pd-edge"
+cert_resolver = ""
+docker_api_version = "1.41"
+
+[s3]
+endpoint = "http://10.213.0.1:19000"
+bucket = "backups"
+force_path_style = true
+"#;
+
+    #[test]
+    fn parses_the_lab_config() {
+        let c: BackendsConfig = toml::from_str(LAB).unwrap_or_else(|e| panic!("{e}"));
+        let g = c.galera.unwrap_or_else(|| panic!("galera"));
+        assert_eq!(g.router, RouterKind::Haproxy);
+        assert_eq!(g.proxysql_default_hostgroup, 10);
+        assert!(
+            !format!("{g:?}").contains("pdadmin:pw"),
+            "admin_url must not print"
+        );
+        let r = c.redis.unwrap_or_else(|| panic!("redis"));
+        assert_eq!(r.unlink_batch, 500);
+        assert!(!format!("{r:?}").contains("redis-pw"));
+        let gl = c.gluster.unwrap_or_else(|| panic!("gluster"));
+        assert_eq!((gl.owner_uid, gl.owner_gid), (33, 33));
+        let v = c.varnish.unwrap_or_else(|| panic!("varnish"));
+        assert_eq!(v.main_vcl, "main.vcl");
+        let vd = crate::varnish::VarnishDriver::new(&v).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(vd.mode(), crate::varnish::VclMode::Include { main_vcl_in_instance, .. }
+            if main_vcl_in_instance == "/etc/varnish/pressdock/main.vcl")
+        );
+        let s = c.swarm.unwrap_or_else(|| panic!("swarm"));
+        assert_eq!(s.varnish_service, "pd-cache@swarm");
+        assert_eq!(s.docker_api_version, "1.41");
+        assert!(c.s3.is_some());
+    }
 }

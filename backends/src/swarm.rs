@@ -11,7 +11,8 @@
 //!   every domain on `internal` → the site's tasks, and on `web`/`websecure` → the
 //!   Varnish service. Adding or removing a site therefore never touches the labels of
 //!   the shared Traefik or Varnish services (which would restart them).
-//! - Docker 20.10 speaks API 1.41 at most; bollard is pinned to it.
+//! - Docker 20.10 speaks API 1.41 at most; bollard is pinned to the configured version
+//!   (`docker_api_version`, default 1.41) instead of its default 1.53.
 //!
 //! Not yet run against a real dockerd (the lab's swarm is being built by `pressdock-infra
 //! lab up`); the spec builder is unit-tested.
@@ -49,10 +50,14 @@ pub const LABEL_SECRET_KIND: &str = "pressdock.secret";
 /// Label on services: hash of the spec as built (see module docs).
 pub const LABEL_SPEC_HASH: &str = "pressdock.spec-hash";
 
-const API_1_41: ClientVersion = ClientVersion {
-    major_version: 1,
-    minor_version: 41,
-};
+fn parse_api_version(v: &str) -> Result<ClientVersion> {
+    let bad = || Error::invalid("swarm.docker_api_version", "MAJOR.MINOR, e.g. 1.41");
+    let (major, minor) = v.split_once('.').ok_or_else(bad)?;
+    Ok(ClientVersion {
+        major_version: major.parse().map_err(|_| bad())?,
+        minor_version: minor.parse().map_err(|_| bad())?,
+    })
+}
 
 const fn secs(s: i64) -> i64 {
     s * 1_000_000_000
@@ -204,19 +209,21 @@ pub fn traefik_labels(
     put(format!("{r}.rule"), rule.clone());
     put(format!("{r}.entrypoints"), config.web_entrypoint.clone());
     put(format!("{r}.service"), config.varnish_service.clone());
-    let r = format!("traefik.http.routers.{name}-websecure");
-    put(format!("{r}.rule"), rule);
-    put(
-        format!("{r}.entrypoints"),
-        config.websecure_entrypoint.clone(),
-    );
-    put(format!("{r}.service"), config.varnish_service.clone());
-    put(format!("{r}.tls"), "true".into());
-    if !config.cert_resolver.is_empty() {
+    if !config.websecure_entrypoint.is_empty() {
+        let r = format!("traefik.http.routers.{name}-websecure");
+        put(format!("{r}.rule"), rule);
         put(
-            format!("{r}.tls.certresolver"),
-            config.cert_resolver.clone(),
+            format!("{r}.entrypoints"),
+            config.websecure_entrypoint.clone(),
         );
+        put(format!("{r}.service"), config.varnish_service.clone());
+        put(format!("{r}.tls"), "true".into());
+        if !config.cert_resolver.is_empty() {
+            put(
+                format!("{r}.tls.certresolver"),
+                config.cert_resolver.clone(),
+            );
+        }
     }
     l
 }
@@ -546,7 +553,8 @@ impl SwarmDriver {
             ));
         }
         let docker =
-            Docker::connect_with_socket(path, 120, &API_1_41).map_err(docker_err("connect"))?;
+            Docker::connect_with_socket(path, 120, &parse_api_version(&config.docker_api_version)?)
+                .map_err(docker_err("connect"))?;
         Ok(Self {
             docker,
             config: config.clone(),
@@ -768,6 +776,7 @@ mod tests {
             site_port: 80,
             wp_content_target: "/var/lib/wordpress/wp-content".into(),
             healthcheck: vec!["CMD".into(), "pressdock-agent".into(), "health".into()],
+            docker_api_version: "1.41".into(),
         }
     }
 

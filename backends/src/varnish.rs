@@ -1,10 +1,18 @@
 //! The edge cache: the host table of active sites, loaded on every Varnish instance
 //! through the Varnish CLI protocol, and bans by host.
 //!
-//! The host table is rendered into a complete VCL ([`render_host_table_vcl`], pure).
-//! Its name is derived from its content (`<prefix><sha256[..16]>`), which makes loading
-//! idempotent (same table, same name: nothing to do) and verification a name
-//! comparison (`vcl.list` shows the expected name as `active`).
+//! Two ways to get the table in ([`VclMode`]):
+//! - include (the lab, and any setup where the instances mount one VCL folder): the
+//!   table is rendered as `hosts.vcl` ([`render_hosts_include`], pure: `sub
+//!   pressdock_hosts` setting `X-Pressdock-Site`, or our 503 for suspended hosts), written
+//!   into the folder, and every instance `vcl.load`s the repository's `main.vcl`, which
+//!   includes it (configs/varnish/);
+//! - inline: a complete VCL ([`render_inline_vcl`], pure) sent with `vcl.inline`.
+//!
+//! A VCL's name is derived from its content (`<prefix><sha256[..16]>`; in include mode
+//! over every `*.vcl` of the folder), which makes loading idempotent (same table, same
+//! name: nothing to do) and verification a name comparison (`vcl.list` shows the
+//! expected name as `active`).
 //!
 //! Protocol (varnish-cli(7), "VCLI protocol – Scripting the CLI interface" in the
 //! Varnish reference): every response starts with a 13-byte line `SSS LLLLLLLL\n`
@@ -14,8 +22,9 @@
 //! Arguments are double-quoted with `\\`, `\"`, `\n` escapes; the VCL goes in a here
 //! document (`<< WORD`), which has no length limit.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -24,7 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{VarnishConfig, VarnishInstance};
 use crate::error::{Error, Result};
-use crate::ids::DomainName;
+use crate::ids::{DomainName, SiteResourceId};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// `vcl.inline` compiles C: slower on a loaded machine.
@@ -46,77 +55,147 @@ pub mod status {
     pub const CLOSE: u16 = 500;
 }
 
-/// The hosts Varnish should know: active ones go to the sites, suspended ones get our
-/// maintenance page, anything else a 404 of ours.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostTable {
-    pub active: BTreeSet<DomainName>,
-    pub suspended: BTreeSet<DomainName>,
+/// What a host is for the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostState {
+    /// Served: `X-Pressdock-Site` is set to the site's id, the request goes on.
+    Active,
+    /// Our maintenance page (`503 Site suspended`).
+    Suspended,
 }
 
-/// Where Varnish sends misses (Traefik's `internal` entrypoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    pub site: SiteResourceId,
+    pub state: HostState,
+}
+
+/// Every host Varnish should know, with its site. Unknown hosts are left to the rest
+/// of the VCL (the repository's `pressdock.vcl` passes them uncached).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostTable {
+    pub hosts: BTreeMap<DomainName, HostEntry>,
+}
+
+impl HostTable {
+    pub fn insert(&mut self, host: DomainName, site: SiteResourceId, state: HostState) {
+        self.hosts.insert(host, HostEntry { site, state });
+    }
+
+    pub fn remove(&mut self, host: &DomainName) {
+        self.hosts.remove(host);
+    }
+
+    /// Removes every host of a site.
+    pub fn remove_site(&mut self, site: &SiteResourceId) {
+        self.hosts.retain(|_, e| &e.site != site);
+    }
+}
+
+/// Where Varnish sends misses in [`VclMode::Inline`] (Traefik's `internal` entrypoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VclBackend {
     pub host: String,
     pub port: u16,
 }
 
-/// A rendered VCL and its content-derived name.
+/// How the host table reaches the instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VclMode {
+    /// The repository's VCL (`configs/varnish/main.vcl`, which includes `hosts.vcl`) in a
+    /// folder every instance mounts: the driver rewrites `hosts_file` and has each
+    /// instance `vcl.load` `main_vcl_in_instance` (compiling the new include).
+    Include {
+        vcl_dir: PathBuf,
+        hosts_file: PathBuf,
+        main_vcl_in_instance: String,
+    },
+    /// No shared folder: a complete, self-contained VCL sent with `vcl.inline`.
+    Inline { backend: VclBackend },
+}
+
+/// A VCL to load: its content-derived name, and either its source or its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedVcl {
     pub name: String,
-    pub source: String,
+    pub load: VclLoad,
 }
 
-fn vcl_host_condition(hosts: &BTreeSet<DomainName>) -> String {
-    // DomainName is [a-z0-9.-]: nothing to escape inside a VCL "string".
-    hosts
-        .iter()
-        .map(|h| format!("req.http.host == \"{h}\""))
-        .collect::<Vec<_>>()
-        .join("\n        || ")
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VclLoad {
+    Inline(String),
+    /// `vcl.load <name> <path>` (path as the instance sees it).
+    File(String),
 }
 
-/// Renders the complete VCL for a host table. Pure and deterministic (hosts sorted).
-pub fn render_host_table_vcl(
+/// The body of `sub pressdock_hosts` as an if/elsif chain (sorted, deterministic).
+fn host_dispatch(table: &HostTable, indent: &str) -> String {
+    let mut out = String::new();
+    for (i, (host, entry)) in table.hosts.iter().enumerate() {
+        // DomainName is [a-z0-9.-] and SiteResourceId [a-z2-7]: nothing to escape.
+        let kw = if i == 0 { "if" } else { "} elsif" };
+        let action = match entry.state {
+            HostState::Active => format!("set req.http.X-Pressdock-Site = \"{}\";", entry.site),
+            HostState::Suspended => "return (synth(503, \"Site suspended\"));".to_owned(),
+        };
+        out.push_str(&format!(
+            "{indent}{kw} (req.http.host == \"{host}\") {{\n{indent}    {action}\n"
+        ));
+    }
+    if !table.hosts.is_empty() {
+        out.push_str(&format!("{indent}}}\n"));
+    }
+    out
+}
+
+/// The `hosts.vcl` include: `sub pressdock_hosts`, called by `pressdock.vcl` after the
+/// host is lower-cased and stripped of its port. Pure and deterministic.
+pub fn render_hosts_include(table: &HostTable) -> String {
+    let active = table
+        .hosts
+        .values()
+        .filter(|e| e.state == HostState::Active)
+        .count();
+    format!(
+        "# Host table: generated by pressdock (backends::varnish), rewritten on every change.\n\
+         # {active} active and {suspended} suspended host(s).\n\
+         sub pressdock_hosts {{\n{body}}}\n",
+        suspended = table.hosts.len() - active,
+        body = host_dispatch(table, "    "),
+    )
+}
+
+/// A complete VCL for [`VclMode::Inline`]: the host table, our 404 for unknown hosts,
+/// our maintenance page. Pure and deterministic.
+pub fn render_inline_vcl(
     table: &HostTable,
     backend: &VclBackend,
     name_prefix: &str,
 ) -> Result<RenderedVcl> {
     validate_backend_host(&backend.host)?;
     validate_vcl_prefix(name_prefix)?;
-    let mut branches = Vec::new();
-    if !table.active.is_empty() {
-        branches.push(format!(
-            "if ({}) {{\n        set req.backend_hint = internal;\n    }}",
-            vcl_host_condition(&table.active)
-        ));
-    }
-    if !table.suspended.is_empty() {
-        branches.push(format!(
-            "if ({}) {{\n        return (synth(503, \"Site suspended\"));\n    }}",
-            vcl_host_condition(&table.suspended)
-        ));
-    }
-    branches.push("{\n        return (synth(404, \"Unknown site\"));\n    }".to_owned());
-    let dispatch = branches.join(" else ");
     let source = format!(
         r#"vcl 4.1;
 
 import std;
 
-# Generated by pressdock (backends::varnish): {active} active and {suspended} suspended
-# hosts. Do not edit: the next host-table change replaces it.
+# Generated by pressdock (backends::varnish). Do not edit: the next host-table change
+# replaces it.
 
 backend internal {{
     .host = "{host}";
     .port = "{port}";
 }}
 
+{include}
 sub vcl_recv {{
     set req.http.host = std.tolower(regsub(req.http.host, ":[0-9]+$", ""));
-    {dispatch}
-    # Known host: fall through to the built-in vcl_recv (pass with cookies or auth).
+    unset req.http.X-Pressdock-Site;
+    call pressdock_hosts;
+    if (!req.http.X-Pressdock-Site) {{
+        return (synth(404, "Unknown site"));
+    }}
+    # Known host: on to the built-in vcl_recv (pass with cookies or auth).
 }}
 
 sub vcl_synth {{
@@ -127,15 +206,14 @@ sub vcl_synth {{
     return (deliver);
 }}
 "#,
-        active = table.active.len(),
-        suspended = table.suspended.len(),
         host = backend.host,
         port = backend.port,
+        include = render_hosts_include(table),
     );
     let digest = hex::encode(Sha256::digest(source.as_bytes()));
     Ok(RenderedVcl {
         name: format!("{name_prefix}{}", &digest[..16]),
-        source,
+        load: VclLoad::Inline(source),
     })
 }
 
@@ -440,26 +518,102 @@ pub trait EdgeCache {
 #[derive(Debug, Clone)]
 pub struct VarnishDriver {
     instances: Vec<VarnishInstance>,
-    backend: VclBackend,
+    mode: VclMode,
     prefix: String,
 }
 
 impl VarnishDriver {
+    /// Include mode when `vcl_dir`, `hosts_file` and `vcl_dir_in_instance` are set,
+    /// else inline mode with `backend_host`/`backend_port`.
     pub fn new(config: &VarnishConfig) -> Result<Self> {
-        validate_backend_host(&config.backend_host)?;
         validate_vcl_prefix(&config.vcl_prefix)?;
+        let mode = match (
+            &config.vcl_dir,
+            &config.hosts_file,
+            &config.vcl_dir_in_instance,
+            &config.backend_host,
+            config.backend_port,
+        ) {
+            (Some(dir), Some(hosts), Some(in_instance), _, _) => {
+                if !hosts.starts_with(dir) {
+                    return Err(Error::invalid(
+                        "varnish.hosts_file",
+                        "must be inside varnish.vcl_dir",
+                    ));
+                }
+                VclMode::Include {
+                    vcl_dir: dir.clone(),
+                    hosts_file: hosts.clone(),
+                    main_vcl_in_instance: format!(
+                        "{}/{}",
+                        in_instance.trim_end_matches('/'),
+                        config.main_vcl
+                    ),
+                }
+            }
+            (_, _, _, Some(host), Some(port)) => {
+                validate_backend_host(host)?;
+                VclMode::Inline {
+                    backend: VclBackend {
+                        host: host.clone(),
+                        port,
+                    },
+                }
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "backends.varnish",
+                    "set vcl_dir + hosts_file + vcl_dir_in_instance, or backend_host + backend_port",
+                ));
+            }
+        };
         Ok(Self {
             instances: config.instances.clone(),
-            backend: VclBackend {
-                host: config.backend_host.clone(),
-                port: config.backend_port,
-            },
+            mode,
             prefix: config.vcl_prefix.clone(),
         })
     }
 
-    pub fn render(&self, table: &HostTable) -> Result<RenderedVcl> {
-        render_host_table_vcl(table, &self.backend, &self.prefix)
+    pub fn mode(&self) -> &VclMode {
+        &self.mode
+    }
+
+    /// The VCL this table should run as (reads the VCL folder in include mode; writes
+    /// nothing).
+    pub async fn render(&self, table: &HostTable) -> Result<RenderedVcl> {
+        match &self.mode {
+            VclMode::Inline { backend } => render_inline_vcl(table, backend, &self.prefix),
+            VclMode::Include {
+                vcl_dir,
+                hosts_file,
+                main_vcl_in_instance,
+            } => {
+                let hosts = render_hosts_include(table);
+                let digest = hash_vcl_dir(vcl_dir, hosts_file, &hosts).await?;
+                Ok(RenderedVcl {
+                    name: format!("{}{}", self.prefix, &digest[..16]),
+                    load: VclLoad::File(main_vcl_in_instance.clone()),
+                })
+            }
+        }
+    }
+
+    /// Include mode: writes the hosts file (temporary name, then rename) if it differs.
+    async fn write_hosts_file(&self, table: &HostTable) -> Result<()> {
+        let VclMode::Include { hosts_file, .. } = &self.mode else {
+            return Ok(());
+        };
+        let content = render_hosts_include(table);
+        if tokio::fs::read_to_string(hosts_file).await.ok().as_deref() == Some(content.as_str()) {
+            return Ok(());
+        }
+        let tmp = hosts_file.with_extension(format!("vcl.tmp{}", std::process::id()));
+        tokio::fs::write(&tmp, &content)
+            .await
+            .map_err(Error::io(format!("write {}", tmp.display())))?;
+        tokio::fs::rename(&tmp, hosts_file)
+            .await
+            .map_err(Error::io(format!("rename to {}", hosts_file.display())))
     }
 
     async fn open(instance: &VarnishInstance) -> Result<VarnishCli> {
@@ -479,14 +633,21 @@ impl VarnishDriver {
     ) -> Result<InstanceVclState> {
         let mut cli = Self::open(instance).await?;
         let list = cli.vcl_list().await?;
-        let loaded = list.iter().any(|e| e.name == vcl.name);
+        let loaded = list
+            .iter()
+            .any(|e| e.name == vcl.name && e.status != "discarded");
         let active = list
             .iter()
             .find(|e| e.status == "active")
             .map(|e| e.name.clone());
         if active.as_deref() != Some(vcl.name.as_str()) {
             if !loaded {
-                cli.vcl_inline(&vcl.name, &vcl.source).await?;
+                match &vcl.load {
+                    VclLoad::Inline(source) => cli.vcl_inline(&vcl.name, source).await?,
+                    VclLoad::File(path) => {
+                        cli.command_ok("vcl.load", &[&vcl.name, path]).await?;
+                    }
+                }
             }
             cli.command_ok("vcl.use", &[&vcl.name]).await?;
         }
@@ -518,9 +679,47 @@ impl VarnishDriver {
     }
 }
 
+/// SHA-256 over every `*.vcl` of the folder (sorted by name), with the hosts file's
+/// content replaced by `hosts`: a change to any include gives a new VCL name.
+async fn hash_vcl_dir(dir: &Path, hosts_file: &Path, hosts: &str) -> Result<String> {
+    let mut entries = tokio::fs::read_dir(dir)
+        .await
+        .map_err(Error::io(format!("read {}", dir.display())))?;
+    let mut files = Vec::new();
+    while let Some(e) = entries
+        .next_entry()
+        .await
+        .map_err(Error::io(format!("read {}", dir.display())))?
+    {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "vcl") && path != hosts_file {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        let content = tokio::fs::read(&f)
+            .await
+            .map_err(Error::io(format!("read {}", f.display())))?;
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        h.update(b"\0");
+        h.update(&content);
+        h.update(b"\0");
+    }
+    h.update(b"hosts\0");
+    h.update(hosts.as_bytes());
+    Ok(hex::encode(h.finalize()))
+}
+
 impl EdgeCache for VarnishDriver {
     async fn apply_host_table(&self, table: &HostTable) -> Result<Vec<InstanceVclState>> {
-        let vcl = self.render(table)?;
+        self.write_hosts_file(table).await?;
+        let vcl = self.render(table).await?;
         let mut states = Vec::new();
         for instance in &self.instances {
             states.push(self.apply_one(instance, &vcl).await?);
@@ -529,7 +728,7 @@ impl EdgeCache for VarnishDriver {
     }
 
     async fn observe_host_table(&self, table: &HostTable) -> Result<Vec<InstanceVclState>> {
-        let vcl = self.render(table)?;
+        let vcl = self.render(table).await?;
         let mut states = Vec::new();
         for instance in &self.instances {
             let mut cli = Self::open(instance).await?;
@@ -590,37 +789,66 @@ mod tests {
         );
     }
 
+    fn site(s: &str) -> SiteResourceId {
+        SiteResourceId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn table() -> HostTable {
+        let mut t = HostTable::default();
+        t.insert(d("b.test"), site("bbbbbbbbbb"), HostState::Active);
+        t.insert(d("a.test"), site("aaaaaaaaaa"), HostState::Active);
+        t.insert(d("s.test"), site("ssssssssss"), HostState::Suspended);
+        t
+    }
+
     #[test]
-    fn vcl_is_deterministic_and_named_by_content() {
+    fn hosts_include_exact() {
+        assert_eq!(
+            render_hosts_include(&table()),
+            "# Host table: generated by pressdock (backends::varnish), rewritten on every change.\n\
+             # 2 active and 1 suspended host(s).\n\
+             sub pressdock_hosts {\n\
+             \x20   if (req.http.host == \"a.test\") {\n\
+             \x20       set req.http.X-Pressdock-Site = \"aaaaaaaaaa\";\n\
+             \x20   } elsif (req.http.host == \"b.test\") {\n\
+             \x20       set req.http.X-Pressdock-Site = \"bbbbbbbbbb\";\n\
+             \x20   } elsif (req.http.host == \"s.test\") {\n\
+             \x20       return (synth(503, \"Site suspended\"));\n\
+             \x20   }\n\
+             }\n"
+        );
+        assert_eq!(
+            render_hosts_include(&HostTable::default()),
+            "# Host table: generated by pressdock (backends::varnish), rewritten on every change.\n\
+             # 0 active and 0 suspended host(s).\nsub pressdock_hosts {\n}\n"
+        );
+    }
+
+    #[test]
+    fn inline_vcl_is_deterministic_and_named_by_content() {
         let backend = VclBackend {
             host: "127.0.0.1".into(),
             port: 8081,
         };
-        let mut t = HostTable::default();
-        t.active.insert(d("b.test"));
-        t.active.insert(d("a.test"));
-        t.suspended.insert(d("s.test"));
-        let v1 = render_host_table_vcl(&t, &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
-        let v2 =
-            render_host_table_vcl(&t.clone(), &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
+        let mut t = table();
+        let v1 = render_inline_vcl(&t, &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
+        let v2 = render_inline_vcl(&t.clone(), &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v1, v2);
         assert!(v1.name.starts_with("pd_") && v1.name.len() == 19);
-        assert!(v1.source.contains(
-            "if (req.http.host == \"a.test\"\n        || req.http.host == \"b.test\") {"
-        ));
-        assert!(
-            v1.source
-                .contains("req.http.host == \"s.test\") {\n        return (synth(503")
-        );
-        t.active.remove(&d("b.test"));
-        let v3 = render_host_table_vcl(&t, &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
+        let VclLoad::Inline(src) = &v1.load else {
+            panic!("inline expected")
+        };
+        assert!(src.contains(&render_hosts_include(&t)));
+        assert!(src.contains(".host = \"127.0.0.1\";\n    .port = \"8081\";"));
+        t.remove_site(&site("bbbbbbbbbb"));
+        let v3 = render_inline_vcl(&t, &backend, "pd_").unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(v1.name, v3.name);
         let bad = VclBackend {
             host: "x\"; }".into(),
             port: 1,
         };
-        assert!(render_host_table_vcl(&t, &bad, "pd_").is_err());
-        assert!(render_host_table_vcl(&t, &backend, "1x").is_err());
+        assert!(render_inline_vcl(&t, &bad, "pd_").is_err());
+        assert!(render_inline_vcl(&t, &backend, "1x").is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@ use backends::galera::{GaleraDriver, SiteDatabase};
 use backends::ids::{DomainName, SitePassword, SiteResourceId};
 use backends::redis::{RedisSentinelDriver, SiteCache};
 use backends::router::mysql_native_hash;
-use backends::varnish::{EdgeCache, HostTable, VarnishCli, VarnishDriver};
+use backends::varnish::{
+    EdgeCache, HostState, HostTable, VarnishCli, VarnishDriver, render_hosts_include,
+};
 use mysql_async::prelude::*;
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
@@ -347,14 +349,18 @@ async fn redis_acl_on_every_node_isolation_and_removal() {
 
 // ---------------------------------------------------------------- Varnish
 
-fn varnish_driver(lab: &helpers::VarnishLab) -> VarnishDriver {
+fn varnish_inline_driver(lab: &helpers::VarnishLab, backend_port: u16) -> VarnishDriver {
     ok(VarnishDriver::new(&VarnishConfig {
         instances: vec![VarnishInstance {
             address: lab.admin.clone(),
             secret_file: lab.secret_file.clone(),
         }],
-        backend_host: "127.0.0.1".into(),
-        backend_port: 9,
+        vcl_dir: None,
+        hosts_file: None,
+        vcl_dir_in_instance: None,
+        main_vcl: "main.vcl".into(),
+        backend_host: Some("127.0.0.1".into()),
+        backend_port: Some(backend_port),
         vcl_prefix: "pd_".into(),
     }))
 }
@@ -363,25 +369,28 @@ fn host(s: &str) -> DomainName {
     ok(DomainName::parse(s))
 }
 
+fn body_of(resp: &str) -> &str {
+    resp.split("\r\n\r\n").nth(1).unwrap_or("")
+}
+
 async fn cli(lab: &helpers::VarnishLab) -> VarnishCli {
     let secret = ok(std::fs::read(&lab.secret_file));
     ok(VarnishCli::connect(&lab.admin, &secret).await)
 }
 
 #[tokio::test]
-async fn varnish_host_table_load_use_discard_verify_and_ban() {
+async fn varnish_inline_host_table_load_use_discard_verify_and_ban() {
+    let echo = helpers::EchoBackend::start().await;
     let lab = helpers::VarnishLab::start();
-    let driver = varnish_driver(&lab);
+    let driver = varnish_inline_driver(&lab, echo.port);
+    let (sa, ss) = (SiteResourceId::generate(), SiteResourceId::generate());
     let mut t1 = HostTable::default();
-    t1.active.insert(host("a.test"));
-    t1.suspended.insert(host("s.test"));
+    t1.insert(host("a.test"), sa.clone(), HostState::Active);
+    t1.insert(host("s.test"), ss.clone(), HostState::Suspended);
 
     let st = ok(driver.apply_host_table(&t1).await);
     assert!(st.iter().all(|s| s.converged), "{st:?}");
-    let name1 = driver
-        .render(&t1)
-        .map(|v| v.name)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let name1 = ok(driver.render(&t1).await).name;
     assert_eq!(st[0].active.as_deref(), Some(name1.as_str()));
     // Again: nothing new loaded.
     ok(driver.apply_host_table(&t1).await);
@@ -392,24 +401,33 @@ async fn varnish_host_table_load_use_discard_verify_and_ban() {
         "{list:?}"
     );
 
-    // The VCL itself: unknown host is our 404, suspended is our 503 maintenance page.
-    let (code, body) = helpers::http_get(&lab.http, "unknown.test").await;
-    assert_eq!(code, 404, "{body}");
-    assert!(
-        body.contains("X-Pressdock-Edge: synth") && body.contains("Unknown site"),
-        "{body}"
+    // The VCL itself: the site gets its id, unknown host is our 404, suspended our 503.
+    let (code, resp) = helpers::http_get(&lab.http, "A.test:8080").await;
+    assert_eq!(
+        (code, body_of(&resp)),
+        (200, format!("site={sa}").as_str()),
+        "{resp}"
     );
-    let (code, body) = helpers::http_get(&lab.http, "S.test:443").await;
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("Site suspended"), "{body}");
+    let (code, resp) = helpers::http_get(&lab.http, "unknown.test").await;
+    assert_eq!(code, 404, "{resp}");
+    assert!(
+        resp.contains("X-Pressdock-Edge: synth") && resp.contains("Unknown site"),
+        "{resp}"
+    );
+    let (code, resp) = helpers::http_get(&lab.http, "s.test").await;
+    assert_eq!(code, 503, "{resp}");
+    assert!(resp.contains("Site suspended"), "{resp}");
 
     // A changed table replaces the VCL and discards the old one.
     let mut t2 = t1.clone();
-    t2.active.insert(host("b.test"));
-    t2.suspended.clear();
+    t2.remove_site(&ss);
+    t2.insert(host("b.test"), sa.clone(), HostState::Active);
     ok(driver.apply_host_table(&t2).await);
-    let observed = ok(driver.observe_host_table(&t2).await);
-    assert!(observed.iter().all(|s| s.converged), "{observed:?}");
+    assert!(
+        ok(driver.observe_host_table(&t2).await)
+            .iter()
+            .all(|s| s.converged)
+    );
     assert!(!ok(driver.observe_host_table(&t1).await)[0].converged);
     let list = ok(cli(&lab).await.vcl_list().await);
     assert!(
@@ -418,10 +436,10 @@ async fn varnish_host_table_load_use_discard_verify_and_ban() {
             .any(|e| e.name == name1 && e.status != "discarded"),
         "old VCL not discarded: {list:?}"
     );
-    let (code, body) = helpers::http_get(&lab.http, "s.test").await;
-    assert_eq!(code, 404, "s.test is no longer known: {body}");
+    let (code, _) = helpers::http_get(&lab.http, "s.test").await;
+    assert_eq!(code, 404, "s.test is no longer known");
 
-    // Drift: someone activates another VCL by hand; observe sees it, apply repairs.
+    // Drift: another VCL activated by hand is seen and repaired.
     let mut c = cli(&lab).await;
     ok(c.command_ok("vcl.use", &["boot"]).await);
     assert!(!ok(driver.observe_host_table(&t2).await)[0].converged);
@@ -431,6 +449,84 @@ async fn varnish_host_table_load_use_discard_verify_and_ban() {
     ok(driver.ban_host(&host("b.test")).await);
     let bans = ok(cli(&lab).await.command_ok("ban.list", &[]).await);
     assert!(bans.contains("req.http.host == b.test"), "{bans}");
+}
+
+/// Include mode with the repository's own VCL (configs/varnish: main.vcl includes
+/// hosts.vcl and pressdock.vcl); only backend.vcl is replaced (its `traefik` host does
+/// not resolve here).
+#[tokio::test]
+async fn varnish_include_mode_with_the_repository_vcl() {
+    let echo = helpers::EchoBackend::start().await;
+    let vcl_dir = ok(tempfile::tempdir());
+    let repo_vcl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/varnish");
+    for f in ["main.vcl", "acl.vcl", "pressdock.vcl"] {
+        ok(std::fs::copy(repo_vcl.join(f), vcl_dir.path().join(f)));
+    }
+    ok(std::fs::write(
+        vcl_dir.path().join("backend.vcl"),
+        format!(
+            "backend default {{ .host = \"127.0.0.1\"; .port = \"{}\"; }}\n",
+            echo.port
+        ),
+    ));
+    let hosts_file = vcl_dir.path().join("hosts.vcl");
+    ok(std::fs::write(&hosts_file, "sub pressdock_hosts {\n}\n"));
+    let lab = helpers::VarnishLab::start_with_vcl_path(Some(vcl_dir.path()));
+    let driver = ok(VarnishDriver::new(&VarnishConfig {
+        instances: vec![VarnishInstance {
+            address: lab.admin.clone(),
+            secret_file: lab.secret_file.clone(),
+        }],
+        vcl_dir: Some(vcl_dir.path().to_path_buf()),
+        hosts_file: Some(hosts_file.clone()),
+        vcl_dir_in_instance: Some(vcl_dir.path().display().to_string()),
+        main_vcl: "main.vcl".into(),
+        backend_host: None,
+        backend_port: None,
+        vcl_prefix: "pd_".into(),
+    }));
+
+    let (sa, sb) = (SiteResourceId::generate(), SiteResourceId::generate());
+    let mut t = HostTable::default();
+    t.insert(host("a.test"), sa.clone(), HostState::Active);
+    t.insert(host("s.test"), sb.clone(), HostState::Suspended);
+    assert!(ok(driver.apply_host_table(&t).await)[0].converged);
+    assert_eq!(
+        ok(std::fs::read_to_string(&hosts_file)),
+        render_hosts_include(&t)
+    );
+    let first = ok(driver.render(&t).await).name;
+    ok(driver.apply_host_table(&t).await);
+    let list = ok(cli(&lab).await.vcl_list().await);
+    assert_eq!(
+        list.iter().filter(|e| e.name.starts_with("pd_")).count(),
+        1,
+        "{list:?}"
+    );
+
+    let (code, resp) = helpers::http_get(&lab.http, "a.test").await;
+    assert_eq!(
+        (code, body_of(&resp)),
+        (200, format!("site={sa}").as_str()),
+        "{resp}"
+    );
+    let (code, resp) = helpers::http_get(&lab.http, "s.test").await;
+    assert_eq!(code, 503, "{resp}");
+    assert!(resp.contains("Site suspended"), "{resp}");
+    // Unknown hosts pass through pressdock.vcl uncached, without a site id.
+    let (code, resp) = helpers::http_get(&lab.http, "unknown.test").await;
+    assert_eq!((code, body_of(&resp)), (200, "site="), "{resp}");
+    // a.test is now cached (pressdock.vcl caches anonymous GETs).
+    let (_, resp) = helpers::http_get(&lab.http, "a.test").await;
+    assert!(resp.contains("X-Pressdock-Cache: HIT"), "{resp}");
+
+    // a.test leaves the table: new VCL; its cached page stays until banned.
+    t.remove(&host("a.test"));
+    assert!(ok(driver.apply_host_table(&t).await)[0].converged);
+    assert_ne!(ok(driver.render(&t).await).name, first);
+    ok(driver.ban_host(&host("a.test")).await);
+    let (code, resp) = helpers::http_get(&lab.http, "a.test").await;
+    assert_eq!((code, body_of(&resp)), (200, "site="), "{resp}");
 }
 
 #[tokio::test]

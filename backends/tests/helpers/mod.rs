@@ -163,6 +163,11 @@ pub struct VarnishLab {
 
 impl VarnishLab {
     pub fn start() -> VarnishLab {
+        Self::start_with_vcl_path(None)
+    }
+
+    /// With `-p vcl_path=<dir>`: where `include "x.vcl"` is looked up.
+    pub fn start_with_vcl_path(vcl_path: Option<&Path>) -> VarnishLab {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let secret_file = dir.path().join("secret");
         std::fs::write(&secret_file, format!("{}\n", rand_suffix()))
@@ -180,6 +185,9 @@ impl VarnishLab {
             .arg("-n")
             .arg(dir.path().join("n"))
             .args(["-b", "127.0.0.1:9", "-s", "malloc,32m"]);
+        if let Some(p) = vcl_path {
+            cmd.arg("-p").arg(format!("vcl_path={}", p.display()));
+        }
         let proc = Proc::spawn("varnishd", &mut cmd);
         wait_port(&format!("127.0.0.1:{ap}"), Duration::from_secs(30));
         wait_port(&format!("127.0.0.1:{hp}"), Duration::from_secs(30));
@@ -218,4 +226,65 @@ pub async fn http_get(addr: &str, host: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// An HTTP backend that answers every request `200` with body `site=<X-Pressdock-Site>`
+/// (what Varnish forwarded). Stops when dropped.
+pub struct EchoBackend {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoBackend {
+    pub async fn start() -> EchoBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    loop {
+                        let mut req = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !req.ends_with(b"\r\n\r\n") {
+                            match s.read(&mut byte).await {
+                                Ok(1) => req.push(byte[0]),
+                                _ => return,
+                            }
+                        }
+                        let text = String::from_utf8_lossy(&req).to_string();
+                        let site = text
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("X-Pressdock-Site: ")
+                                    .or_else(|| l.strip_prefix("x-pressdock-site: "))
+                            })
+                            .unwrap_or("")
+                            .trim()
+                            .to_owned();
+                        let body = format!("site={site}");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        EchoBackend { port, task }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
