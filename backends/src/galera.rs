@@ -2,7 +2,9 @@
 //! `ALL PRIVILEGES` on that schema and nothing else.
 //!
 //! SQL safety: identifiers come only from a [`SiteResourceId`] (`wp_` + `[a-z2-7]{10}`),
-//! and are backtick-quoted (schema) or single-quoted (account) after that validation.
+//! and are backtick-quoted (schema) or single-quoted (account) after that validation;
+//! in the database-level `GRANT` the `_` is escaped (`wp\_<id>`), since `_` is a
+//! wildcard there.
 //! Passwords never enter SQL text: MariaDB refuses bound parameters in `CREATE USER`
 //! and `ALTER USER`, so the password (and user) are bound into session variables and
 //! the server quotes them itself (`EXECUTE IMMEDIATE CONCAT(… QUOTE(@pd_pw))`); the
@@ -96,6 +98,13 @@ fn mysql_err(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> E
 /// `` `wp_<id>` `` (schema identifier).
 fn schema_ident(id: &SiteResourceId) -> String {
     format!("`{}`", id.resource_name())
+}
+
+/// `` `wp\_<id>` ``: the schema in a database-level `GRANT`, where `_` and `%` are
+/// wildcards. Unescaped, `wp_<id>` would also match `wpX<id>`, and `ALL` includes
+/// `CREATE`: the site could create further databases.
+fn grant_schema_ident(id: &SiteResourceId) -> String {
+    format!("`wp\\_{}`", id.as_str())
 }
 
 /// `'wp_<id>'@'%'` (account name as a statement accepts it).
@@ -243,7 +252,10 @@ impl GaleraDriver {
 pub fn classify_grants(id: &SiteResourceId, grants: &[String]) -> (bool, Vec<String>) {
     let name = id.resource_name();
     let usage = format!("GRANT USAGE ON *.* TO `{name}`@`%`");
-    let schema = format!("GRANT ALL PRIVILEGES ON `{name}`.* TO `{name}`@`%`");
+    let schema = format!(
+        "GRANT ALL PRIVILEGES ON {}.* TO `{name}`@`%`",
+        grant_schema_ident(id)
+    );
     let mut has_schema = false;
     let mut extra = Vec::new();
     for g in grants {
@@ -305,7 +317,7 @@ impl SiteDatabase for GaleraDriver {
         if !mid.schema_grant || !mid.extra_grants.is_empty() {
             conn.query_drop(format!(
                 "GRANT ALL PRIVILEGES ON {}.* TO {}",
-                schema_ident(id),
+                grant_schema_ident(id),
                 account(id)
             ))
             .await
@@ -371,10 +383,11 @@ mod tests {
         let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let ok = lines(&[
             "GRANT USAGE ON *.* TO `wp_abcdefgh23`@`%` IDENTIFIED BY PASSWORD '*AB12'",
-            "GRANT ALL PRIVILEGES ON `wp_abcdefgh23`.* TO `wp_abcdefgh23`@`%`",
+            "GRANT ALL PRIVILEGES ON `wp\\_abcdefgh23`.* TO `wp_abcdefgh23`@`%`",
         ]);
         assert_eq!(classify_grants(&id, &ok), (true, vec![]));
         let widened = lines(&[
+            "GRANT ALL PRIVILEGES ON `wp_abcdefgh23`.* TO `wp_abcdefgh23`@`%`",
             "GRANT SELECT ON *.* TO `wp_abcdefgh23`@`%` IDENTIFIED BY PASSWORD '*AB12'",
             "GRANT ALL PRIVILEGES ON `wp_abcdefgh23`.* TO `wp_abcdefgh23`@`%` WITH GRANT OPTION",
             "GRANT SELECT ON `wp_other00002`.* TO `wp_abcdefgh23`@`%`",
@@ -389,5 +402,6 @@ mod tests {
         let id = SiteResourceId::parse("abcdefgh23").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(schema_ident(&id), "`wp_abcdefgh23`");
         assert_eq!(account(&id), "'wp_abcdefgh23'@'%'");
+        assert_eq!(grant_schema_ident(&id), "`wp\\_abcdefgh23`");
     }
 }

@@ -159,6 +159,13 @@ async fn galera_site_a_cannot_read_site_b() {
     let dbs: Vec<String> = ok(ca.query("SHOW DATABASES").await);
     assert!(!dbs.contains(&b.resource_name()), "{dbs:?}");
     assert!(dbs.contains(&a.resource_name()));
+    // `_` is a wildcard in database-level grants: the escaped grant keeps A from
+    // creating look-alike databases.
+    let lookalike = format!("wpX{a}");
+    let created = ca
+        .query_drop(format!("CREATE DATABASE `{lookalike}`"))
+        .await;
+    assert!(created.is_err(), "A created {lookalike}");
     // And B cannot log in with A's password.
     assert!(site_conn(&b, &pa).await.is_err());
     drop((ca, cb));
