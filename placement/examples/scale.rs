@@ -8,7 +8,7 @@
 //! (10%) join; then 40 workers are drained. Scenario B: the same workers with 60,000
 //! sites on mixed plans (1, 2 and 4 slots, 90% of capacity), then 400 workers join.
 //! Times are the median of 5 runs of the planner call alone (building the input is not
-//! timed).
+//! timed), as CPU time of the thread (robust on a shared machine) and wall time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use placement::{
@@ -71,16 +71,41 @@ fn sites(count: usize, mixed: bool, seed: u64) -> Vec<Site> {
         .collect()
 }
 
-fn median<T>(mut run: impl FnMut() -> T) -> (T, Duration) {
-    let mut times = Vec::new();
+/// Time this thread has spent on a CPU (ns), from `/proc/thread-self/schedstat`: unlike
+/// wall time it does not grow while other processes hold the cores.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Median wall and CPU time of 5 runs.
+fn median<T>(mut run: impl FnMut() -> T) -> (T, Timing) {
+    let mut wall = Vec::new();
+    let mut cpu = Vec::new();
     let mut out = None;
     for _ in 0..5 {
-        let start = Instant::now();
+        let (start, start_cpu) = (Instant::now(), cpu_ns());
         out = Some(run());
-        times.push(start.elapsed());
+        wall.push(start.elapsed());
+        cpu.push(Duration::from_nanos(cpu_ns().saturating_sub(start_cpu)));
     }
-    times.sort();
-    (out.unwrap(), times[2])
+    wall.sort();
+    cpu.sort();
+    (
+        out.unwrap(),
+        Timing {
+            wall: wall[2],
+            cpu: cpu[2],
+        },
+    )
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Duration,
 }
 
 /// Swarm's spread: each task to the active node with the fewest tasks that has room
@@ -159,8 +184,16 @@ fn colocated(cluster: &Cluster) -> usize {
     pairs.values().map(|c| c - 1).sum()
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+fn ms(t: Timing) -> String {
+    format!(
+        "{:.0} ms CPU ({:.0} ms wall)",
+        t.cpu.as_secs_f64() * 1e3,
+        t.wall.as_secs_f64() * 1e3
+    )
+}
+
+fn ratio(a: Timing, b: Timing) -> String {
+    format!("{:.2}× CPU", a.cpu.as_secs_f64() / b.cpu.as_secs_f64())
 }
 
 fn row(metric: &str, planner: String, baseline: String, ratio: String) {
@@ -194,7 +227,7 @@ fn scenario(name: &str, site_count: usize, mixed: bool, drain: bool) {
         "initial placement: time",
         ms(t_place),
         ms(t_base),
-        format!("{:.2}×", t_place.as_secs_f64() / t_base.as_secs_f64()),
+        ratio(t_place, t_base),
     );
     row(
         "initial placement: sites placed",

@@ -34,7 +34,8 @@ pub(crate) struct State<'a> {
     pub hi: Vec<u64>,
     /// Index of the node a site is on; `None` if unplaced or on a node not in the input.
     pub site_node: Vec<Option<u32>>,
-    pub node_sites: Vec<BTreeSet<u32>>,
+    /// Sorted site indices per node (a few dozen each: a sorted `Vec` beats a tree).
+    pub node_sites: Vec<Vec<u32>>,
     /// Σ max(0, lo - load) and Σ max(0, load - hi) over active nodes.
     pub deficit: u64,
     pub excess: u64,
@@ -42,8 +43,8 @@ pub(crate) struct State<'a> {
     active_domains: usize,
     domainless_active: bool,
     site_tenant: Vec<u32>,
-    tenant_nodes: Vec<BTreeMap<u32, u32>>,
-    tenant_domains: Vec<BTreeMap<u32, u32>>,
+    tenant_nodes: Vec<Counts>,
+    tenant_domains: Vec<Counts>,
     by_slack: BTreeSet<SlackKey>,
     by_free: BTreeSet<SlackKey>,
     donors: BTreeSet<DonorKey>,
@@ -140,15 +141,15 @@ impl<'a> State<'a> {
             lo: vec![0; n],
             hi: vec![0; n],
             site_node: vec![None; sites.len()],
-            node_sites: vec![BTreeSet::new(); n],
+            node_sites: vec![Vec::new(); n],
             deficit: 0,
             excess: 0,
             domain,
             active_domains: active_domain_set.len(),
             domainless_active,
             site_tenant,
-            tenant_nodes: vec![BTreeMap::new(); tenant_ids.len()],
-            tenant_domains: vec![BTreeMap::new(); tenant_ids.len()],
+            tenant_nodes: vec![Counts::default(); tenant_ids.len()],
+            tenant_domains: vec![Counts::default(); tenant_ids.len()],
             by_slack: BTreeSet::new(),
             by_free: BTreeSet::new(),
             donors: BTreeSet::new(),
@@ -261,13 +262,16 @@ impl<'a> State<'a> {
     pub fn add(&mut self, s: u32, n: u32) {
         let slots = u64::from(self.sites[s as usize].slots);
         self.change_load(n, true, slots);
-        self.node_sites[n as usize].insert(s);
+        let list = &mut self.node_sites[n as usize];
+        if let Err(pos) = list.binary_search(&s) {
+            list.insert(pos, s);
+        }
         self.site_node[s as usize] = Some(n);
         if self.active[n as usize] {
             let t = self.site_tenant[s as usize] as usize;
-            *self.tenant_nodes[t].entry(n).or_insert(0) += 1;
+            self.tenant_nodes[t].increment(n);
             if let Some(d) = self.domain[n as usize] {
-                *self.tenant_domains[t].entry(d).or_insert(0) += 1;
+                self.tenant_domains[t].increment(d);
             }
         }
     }
@@ -279,13 +283,16 @@ impl<'a> State<'a> {
         };
         let slots = u64::from(self.sites[s as usize].slots);
         self.change_load(n, false, slots);
-        self.node_sites[n as usize].remove(&s);
+        let list = &mut self.node_sites[n as usize];
+        if let Ok(pos) = list.binary_search(&s) {
+            list.remove(pos);
+        }
         self.site_node[s as usize] = None;
         if self.active[n as usize] {
             let t = self.site_tenant[s as usize] as usize;
-            decrement(&mut self.tenant_nodes[t], n);
+            self.tenant_nodes[t].decrement(n);
             if let Some(d) = self.domain[n as usize] {
-                decrement(&mut self.tenant_domains[t], d);
+                self.tenant_domains[t].decrement(d);
             }
         }
     }
@@ -297,7 +304,7 @@ impl<'a> State<'a> {
     /// Sites of `s`'s tenant on node `n`.
     pub fn tenant_on_node(&self, s: u32, n: u32) -> u32 {
         let t = self.site_tenant[s as usize] as usize;
-        self.tenant_nodes[t].get(&n).copied().unwrap_or(0)
+        self.tenant_nodes[t].get(n)
     }
 
     /// (sites of the tenant on the node, in the node's domain): smaller is better spread.
@@ -306,9 +313,9 @@ impl<'a> State<'a> {
             return (0, 0);
         }
         let t = self.site_tenant[s as usize] as usize;
-        let on_node = self.tenant_nodes[t].get(&n).copied().unwrap_or(0);
+        let on_node = self.tenant_nodes[t].get(n);
         let in_domain = match self.domain[n as usize] {
-            Some(d) => self.tenant_domains[t].get(&d).copied().unwrap_or(0),
+            Some(d) => self.tenant_domains[t].get(d),
             None => on_node,
         };
         (on_node, in_domain)
@@ -324,7 +331,7 @@ impl<'a> State<'a> {
         if self.domainless_active || domains.len() < self.active_domains {
             (0, 0)
         } else {
-            (0, domains.values().copied().min().unwrap_or(0))
+            (0, domains.min_count())
         }
     }
 
@@ -431,12 +438,42 @@ impl<'a> State<'a> {
     }
 }
 
-fn decrement(map: &mut BTreeMap<u32, u32>, key: u32) {
-    if let Some(c) = map.get_mut(&key) {
-        *c -= 1;
-        if *c == 0 {
-            map.remove(&key);
+/// Counts of one tenant's sites per node (or per domain), sorted by key. Most tenants
+/// have a handful of sites, so a sorted `Vec` is smaller and faster than a map.
+#[derive(Debug, Clone, Default)]
+struct Counts(Vec<(u32, u32)>);
+
+impl Counts {
+    fn get(&self, key: u32) -> u32 {
+        match self.0.binary_search_by_key(&key, |e| e.0) {
+            Ok(i) => self.0[i].1,
+            Err(_) => 0,
         }
+    }
+
+    fn increment(&mut self, key: u32) {
+        match self.0.binary_search_by_key(&key, |e| e.0) {
+            Ok(i) => self.0[i].1 += 1,
+            Err(i) => self.0.insert(i, (key, 1)),
+        }
+    }
+
+    fn decrement(&mut self, key: u32) {
+        if let Ok(i) = self.0.binary_search_by_key(&key, |e| e.0) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
+            }
+        }
+    }
+
+    /// Keys with a non-zero count.
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn min_count(&self) -> u32 {
+        self.0.iter().map(|e| e.1).min().unwrap_or(0)
     }
 }
 
