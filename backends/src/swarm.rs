@@ -565,6 +565,35 @@ impl SwarmDriver {
         &self.config
     }
 
+    /// Every swarm node: `(id, hostname, role)`, sorted by hostname (for placement).
+    pub async fn list_nodes(&self) -> Result<Vec<(NodeId, String, String)>> {
+        let nodes = self
+            .docker
+            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+            .await
+            .map_err(docker_err("list nodes"))?;
+        let mut out = Vec::new();
+        for n in nodes {
+            let Some(id) = n.id.as_deref().and_then(|i| NodeId::parse(i).ok()) else {
+                continue;
+            };
+            let host = n
+                .description
+                .as_ref()
+                .and_then(|d| d.hostname.clone())
+                .unwrap_or_default();
+            let role = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.role)
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            out.push((id, host, role));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
     pub fn build_spec(&self, params: &SiteServiceParams) -> Result<ServiceSpec> {
         build_service_spec(params, &self.config)
     }

@@ -7,11 +7,16 @@ mod helpers;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backends::config::{RedisConfig, VarnishConfig, VarnishInstance};
+use backends::config::{
+    BackendsConfig, GlusterConfig, RedisConfig, VarnishConfig, VarnishInstance,
+};
 use backends::galera::{GaleraDriver, SiteDatabase};
+use backends::gluster::{GlusterDriver, SiteStorage};
+use backends::ids::Secret;
 use backends::ids::{DomainName, SitePassword, SiteResourceId};
 use backends::redis::{RedisSentinelDriver, SiteCache};
 use backends::router::mysql_native_hash;
+use backends::swarm::{SiteRuntime, SwarmDriver};
 use backends::varnish::{
     EdgeCache, HostState, HostTable, VarnishCli, VarnishDriver, render_hosts_include,
 };
@@ -555,4 +560,191 @@ async fn varnish_rejects_a_wrong_secret_and_a_bad_vcl_keeps_the_old_one() {
         before.iter().find(|e| e.status == "active"),
         after.iter().find(|e| e.status == "active")
     );
+}
+
+// ---------------------------------------------------------------- Gluster (directory)
+
+fn gluster_config(mount: &std::path::Path) -> GlusterConfig {
+    GlusterConfig {
+        remote_host: "gluster.invalid".into(),
+        volume: "sites".into(),
+        mount: mount.to_path_buf(),
+        node_mount: mount.to_path_buf(),
+        gluster_bin: "gluster".into(),
+        owner_uid: 33,
+        owner_gid: 33,
+    }
+}
+
+/// The directory half of the Gluster driver on a real filesystem (a temporary folder
+/// stands in for the volume's mount; the quota half needs glusterd: see the lab tests).
+#[tokio::test]
+async fn gluster_directory_owner_and_removal() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mount = ok(tempfile::tempdir());
+    let driver = ok(GlusterDriver::new(&gluster_config(mount.path()))).without_mount_check();
+    let id = SiteResourceId::generate();
+    ok(driver.ensure_directory(&id).await);
+    ok(driver.ensure_directory(&id).await);
+    let meta = ok(std::fs::metadata(driver.local_dir(&id)));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
+        (33, 33, 0o750)
+    );
+    assert_eq!(ok(driver.observe_directory(&id).await), (true, true));
+    // Drift: owner changed by hand, converged by the next ensure.
+    ok(std::os::unix::fs::chown(
+        driver.local_dir(&id),
+        Some(0),
+        Some(0),
+    ));
+    assert_eq!(ok(driver.observe_directory(&id).await), (true, false));
+    ok(driver.ensure_directory(&id).await);
+    assert_eq!(ok(driver.observe_directory(&id).await), (true, true));
+
+    ok(std::fs::create_dir_all(
+        driver.local_dir(&id).join("uploads/2026"),
+    ));
+    ok(std::fs::write(
+        driver.local_dir(&id).join("uploads/2026/a.jpg"),
+        b"x",
+    ));
+    ok(driver.remove_directory(&id).await);
+    ok(driver.remove_directory(&id).await);
+    assert_eq!(ok(driver.observe_directory(&id).await), (false, false));
+
+    // With the mount-point check on, a plain folder is refused (a dead Gluster client
+    // leaves one behind; writing there would fill the local disk).
+    let strict = ok(GlusterDriver::new(&gluster_config(mount.path())));
+    let err = strict
+        .ensure_directory(&id)
+        .await
+        .expect_err("not a mount point");
+    assert!(err.to_string().contains("not a mount point"), "{err}");
+}
+
+// ---------------------------------------------------------------- the lab (opt-in)
+//
+// Against `pressdock-infra lab up` (its config file: PRESSDOCK_LAB_CONFIG, default
+// /var/lib/pressdock-lab/pressdock.toml). Run with `cargo test -p backends -- --ignored`.
+
+fn lab_config() -> BackendsConfig {
+    #[derive(serde::Deserialize)]
+    struct File {
+        backends: BackendsConfig,
+    }
+    let path = std::env::var("PRESSDOCK_LAB_CONFIG")
+        .unwrap_or_else(|_| "/var/lib/pressdock-lab/pressdock.toml".to_owned());
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (is the lab up?)"));
+    let f: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    f.backends
+}
+
+#[tokio::test]
+#[ignore = "needs the lab (pressdock-infra lab up)"]
+async fn lab_gluster_directory_and_quota() {
+    let cfg = lab_config()
+        .gluster
+        .unwrap_or_else(|| panic!("no [backends.gluster]"));
+    let driver = ok(GlusterDriver::new(&cfg));
+    let id = SiteResourceId::generate();
+    let quota = 10 << 20;
+    let st = ok(driver.ensure_site_storage(&id, quota).await);
+    assert!(st.is_converged(quota), "{st:?}");
+    assert_eq!(ok(driver.ensure_site_storage(&id, quota).await), st);
+    // Plan change, then a hand-made change is converged back.
+    assert!(ok(driver.ensure_site_storage(&id, 2 * quota).await).is_converged(2 * quota));
+    ok(driver.set_quota(&id, quota).await);
+    assert_eq!(
+        ok(driver.observe_site_storage(&id).await).quota_bytes,
+        Some(quota)
+    );
+    ok(driver.remove_site_storage(&id).await);
+    ok(driver.remove_site_storage(&id).await);
+    let gone = ok(driver.observe_site_storage(&id).await);
+    assert!(
+        !gone.directory_exists && gone.quota_bytes.is_none(),
+        "{gone:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the lab (pressdock-infra lab up)"]
+async fn lab_swarm_secrets_and_service() {
+    use backends::swarm::{PlanResources, SecretKind, SiteServiceParams};
+    let all = lab_config();
+    let cfg = all
+        .swarm
+        .clone()
+        .unwrap_or_else(|| panic!("no [backends.swarm]"));
+    let driver = ok(SwarmDriver::new(&cfg));
+    let nodes = ok(driver.list_nodes().await);
+    let (node, _, _) = nodes
+        .iter()
+        .find(|(_, _, role)| role == "worker")
+        .or_else(|| nodes.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("no swarm node"));
+    let id = SiteResourceId::generate();
+    let mut secrets = std::collections::BTreeMap::new();
+    for kind in SecretKind::ALL {
+        let data = Secret::new(SitePassword::generate().expose());
+        let r = ok(driver.ensure_secret(&id, kind, &data).await);
+        assert_eq!(
+            ok(driver.ensure_secret(&id, kind, &data).await),
+            r,
+            "same content, same secret"
+        );
+        secrets.insert(kind, r);
+    }
+    let mut params = SiteServiceParams {
+        id: id.clone(),
+        domains: BTreeSet::from([host(&format!("{id}.lab.test"))]),
+        node,
+        resources: PlanResources {
+            cpu_limit_millis: 500,
+            memory_limit_bytes: 256 << 20,
+            cpu_reservation_millis: 100,
+            memory_reservation_bytes: 64 << 20,
+        },
+        secrets: secrets.clone(),
+        wp_content_source: "/tmp".into(),
+        db_host: "127.0.0.1:3306".into(),
+        redis_sentinels: vec![],
+        redis_master_name: "pressdock".into(),
+        extra_env: Default::default(),
+        image: None,
+        suspended: false,
+        force_update: 0,
+    };
+    let st = ok(driver.ensure_service(&params).await);
+    assert!(st.exists && st.replicas == Some(1), "{st:?}");
+    let again = ok(driver.ensure_service(&params).await);
+    assert_eq!(
+        again.version, st.version,
+        "an unchanged spec must not update the service"
+    );
+    assert_eq!(ok(driver.scale_service(&id, 0).await).replicas, Some(0));
+    params.suspended = false;
+    assert_eq!(ok(driver.ensure_service(&params).await).replicas, Some(1));
+    params.suspended = true;
+    assert_eq!(ok(driver.ensure_service(&params).await).replicas, Some(0));
+
+    ok(driver.remove_service(&id).await);
+    ok(driver.remove_service(&id).await);
+    assert!(!ok(driver.observe_service(&id).await).exists);
+    // Secrets are released once the service is gone (swarm may need a moment).
+    let start = std::time::Instant::now();
+    loop {
+        match driver.prune_site_secrets(&id, &[]).await {
+            Ok(_) => break,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                eprintln!("prune: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok(driver.prune_site_secrets(&id, &[]).await), 0);
 }
