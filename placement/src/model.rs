@@ -136,8 +136,10 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Policy {
-    /// Slots kept free on every node by placement and rebalancing (not a hard limit:
-    /// sites already above it are not forced off).
+    /// Slots kept free on every node: placement and moves never fill a node past
+    /// `capacity - headroom`, and the balance band is computed on that usable capacity.
+    /// A node already above it is not evacuated for that alone; its excess over the band
+    /// is moved like any other.
     pub headroom_slots: u32,
     /// Prefer nodes, then failure domains, holding fewer sites of the same tenant.
     pub spread_tenants: bool,
