@@ -15,7 +15,7 @@ use backends::gluster::{GlusterDriver, SiteStorage};
 use backends::ids::Secret;
 use backends::ids::{DomainName, SitePassword, SiteResourceId};
 use backends::redis::{RedisSentinelDriver, SiteCache};
-use backends::router::mysql_native_hash;
+use backends::router::{DbRouter, mysql_native_hash};
 use backends::swarm::{SiteRuntime, SwarmDriver};
 use backends::varnish::{
     EdgeCache, HostState, HostTable, VarnishCli, VarnishDriver, render_hosts_include,
@@ -747,4 +747,31 @@ async fn lab_swarm_secrets_and_service() {
         }
     }
     assert_eq!(ok(driver.prune_site_secrets(&id, &[]).await), 0);
+}
+
+#[tokio::test]
+#[ignore = "needs the lab (pressdock-infra lab up)"]
+async fn lab_galera_through_the_router_and_redis_through_sentinel() {
+    let all = lab_config();
+    let g = all.galera.unwrap_or_else(|| panic!("no [backends.galera]"));
+    let db = ok(GaleraDriver::new(&g));
+    let router = ok(backends::router::Router::from_config(&g));
+    let id = SiteResourceId::generate();
+    let pw = SitePassword::generate();
+    assert!(ok(db.ensure_site_database(&id, &pw).await).is_converged());
+    assert!(
+        ok(router.ensure_router_user(&id, &pw).await)
+            .iter()
+            .all(|s| s.converged)
+    );
+    ok(router.remove_router_user(&id).await);
+    ok(db.remove_site_database(&id).await);
+    assert!(ok(db.observe_site_database(&id, None).await).is_absent());
+
+    let r = all.redis.unwrap_or_else(|| panic!("no [backends.redis]"));
+    let cache = ok(RedisSentinelDriver::new(&r));
+    let st = ok(cache.ensure_site_cache(&id, &pw).await);
+    assert!(st.is_converged() && st.nodes.len() >= 2, "{st:?}");
+    ok(cache.remove_site_cache(&id).await);
+    assert!(ok(cache.observe_site_cache(&id, None).await).is_absent());
 }
