@@ -94,6 +94,12 @@ sub vcl_backend_response {
         set beresp.ttl = 0s;
         set beresp.uncacheable = true;
     }
+    # Not-found answers are cached briefly: a site (or route) that appears must show up
+    # within seconds, not after the default two minutes.
+    if (beresp.status == 404 || beresp.status == 410) {
+        set beresp.ttl = 5s;
+        set beresp.grace = 0s;
+    }
 }
 
 sub vcl_backend_error {

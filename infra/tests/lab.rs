@@ -366,3 +366,33 @@ fn zz_lab_down_leaves_nothing() {
         .collect();
     assert!(procs_with_state.is_empty(), "processes of the lab remain: {procs_with_state:?}");
 }
+
+/// The VCL's rules, each tested by a `.vtc` file under configs/varnish/tests (not gated:
+/// needs only `varnishtest`, no root and no lab).
+#[test]
+fn varnish_vcl_rules_pass_varnishtest() {
+    if Command::new("varnishtest").arg("-h").output().is_err() {
+        eprintln!("skipped: varnishtest not installed (apt-get install varnish)");
+        return;
+    }
+    let dir = lab::repo_root().join("configs/varnish/tests");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("configs/varnish/tests")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "vtc"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "vtc files found: {files:?}");
+    let out = Command::new("varnishtest")
+        .arg("-j2")
+        .args(&files)
+        .output()
+        .expect("run varnishtest");
+    assert!(
+        out.status.success(),
+        "varnishtest failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -231,7 +231,12 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
         .env("PD_EDGE_NET", EDGE_NET)
         .env("PD_SITES_NET", SITES_NET);
     run(&mut c).context("deploying stacks/edge.yml")?;
-    // The lab's test site: WordPress runtime image serving its static files.
+    Ok(())
+}
+
+/// The lab's test site (stack `lab`): the WordPress runtime image serving its static files.
+pub fn deploy_hello(lab: &Lab) -> Result<()> {
+    let m1 = lab.topo.first_manager();
     let hello = lab.repo.join("stacks/lab-hello.yml");
     let mut c = m1.docker([
         "stack",

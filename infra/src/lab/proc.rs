@@ -116,8 +116,10 @@ pub fn pid_alive(pid: i32, marker: &str) -> bool {
     if state == Some("Z") || state == Some("X") {
         return false;
     }
+    // An empty command line is seen while a process execs or changes its user: that is
+    // still our process, not a reused PID.
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+        .map(|c| c.is_empty() || String::from_utf8_lossy(&c).contains(marker))
         .unwrap_or(false)
 }
 

@@ -228,20 +228,23 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         .iter()
         .map(|n| images::recipe(&lab, n))
         .collect::<Result<_>>()?;
-    // Three lines of work in parallel: image builds (minutes when cold, nothing when
-    // cached); the data tier; node daemons + swarm, which then load the images and deploy
+    // Four lines of work in parallel: image builds (minutes when cold, nothing when
+    // cached); Galera; the rest of the data tier; node daemons + swarm, which then load the images and deploy
     // the edge so that its tasks start while the data tier is still coming up.
     let (all, lab, recipes) = (&all, &lab, &recipes);
-    let (dat, nod) = std::thread::scope(|s| {
+    let (gal, dat, nod) = std::thread::scope(|s| {
         let img = s.spawn(move || -> Result<()> {
             for r in recipes {
                 images::ensure_built(r)?;
             }
             Ok(())
         });
-        let dat = s.spawn(move || -> Result<()> {
-            data::ensure_galera(&lab).context("Galera")?;
+        let gal = s.spawn(move || -> Result<()> {
+            data::ensure_galera(lab).context("Galera")?;
             progress("galera", format!("{} node(s) Synced", lab.topo.galera_nodes));
+            Ok(())
+        });
+        let dat = s.spawn(move || -> Result<()> {
             data::ensure_redis(&lab).context("Redis/Sentinel")?;
             progress("redis", "master, replica and 3 sentinels ready");
             data::ensure_s3(&lab).context("S3")?;
@@ -264,23 +267,31 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             img.join()
                 .map_err(|_| anyhow::anyhow!("the image build panicked"))??;
             progress("images", "loading into every node");
-            parallel(all, |n| {
-                for r in recipes {
-                    if images::ensure_loaded(n, r)? {
-                        progress("images", format!("{} loaded into {}", r.tag(), n.host()));
+            // The edge images first, so Traefik and Varnish start while the (larger)
+            // WordPress runtime is still loading.
+            let load = |names: &[&str]| {
+                parallel(all, |n| {
+                    for r in recipes.iter().filter(|r| names.contains(&r.name.as_str())) {
+                        if images::ensure_loaded(n, r)? {
+                            progress("images", format!("{} loaded into {}", r.tag(), n.host()));
+                        }
                     }
-                }
-                Ok(())
-            })?;
-            nodes::deploy_edge(&lab)?;
+                    Ok(())
+                })
+            };
+            load(&["traefik", "varnish"])?;
+            nodes::deploy_edge(lab)?;
+            load(&["wordpress"])?;
+            nodes::deploy_hello(lab)?;
             progress("edge", "stack deployed");
             Ok(())
         });
-        (dat.join(), nod.join())
+        (gal.join(), dat.join(), nod.join())
     });
     let join = |r: std::thread::Result<Result<()>>| -> Result<()> {
         r.map_err(|_| anyhow::anyhow!("a step panicked"))?
     };
+    join(gal)?;
     join(dat)?;
     join(nod)?;
     progress("edge", "waiting for the chain Traefik → Varnish → site");
@@ -304,9 +315,15 @@ pub fn wait_edge() -> Result<()> {
         Duration::from_secs(240),
         Duration::from_secs(1),
         || {
+            // A fresh URL each time: an early "no route yet" 404 must not be served from
+            // the cache.
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
             let r = http::get(
                 &format!("127.0.0.1:{}", ports::EDGE),
-                "/pressdock-health",
+                &format!("/pressdock-health?probe={n}"),
                 "hello.lab.test",
             )
             .ok()?;
