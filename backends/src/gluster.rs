@@ -387,8 +387,9 @@ mod tests {
 
     #[test]
     fn quota_xml() {
-        // Shape of `gluster --xml volume quota VOL list PATH` (cli-xml-output.c);
-        // not yet checked against a live glusterd on this machine.
+        // Shape of `gluster --xml volume quota VOL list PATH`: element names as in the
+        // installed gluster 10 CLI (`strings /usr/sbin/gluster`: volQuota, hard_limit,
+        // soft_limit_percent, used_space, …); not yet run against a live glusterd here.
         let xml = "<?xml version=\"1.0\"?><cliOutput><opRet>0</opRet><volQuota>\
                    <limit><path>/other</path><hard_limit>1</hard_limit></limit>\
                    <limit><path>/k3v7q2m6xa</path><hard_limit>104857600</hard_limit>\
