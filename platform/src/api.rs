@@ -425,16 +425,15 @@ async fn get_site(
 }
 
 #[utoipa::path(patch, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])), request_body = SiteChange,
-    params(("site" = String, Path)), responses((status = 200, body = Site), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn update_site(
     State(state): State<AppState>,
     actor: Actor,
     ApiPath(site): ApiPath<String>,
     ApiJson(input): ApiJson<SiteChange>,
-) -> ApiResult<Json<Site>> {
-    Ok(Json(
-        sites::update(&state, &actor, &parse_id(&site, "site")?, input).await?,
-    ))
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let accepted = sites::update(&state, &actor, &parse_id(&site, "site")?, input).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 async fn transition(

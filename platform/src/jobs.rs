@@ -19,7 +19,7 @@ use anyhow::Context;
 use sqlx::{MySqlPool, Row};
 use tokio::sync::watch;
 
-use crate::config::JobsConfig;
+use crate::{config::JobsConfig, provision::Provisioner};
 
 /// An error of a step.
 #[derive(Debug)]
@@ -37,17 +37,6 @@ impl From<sqlx::Error> for StepError {
 }
 
 type StepResult = Result<(), StepError>;
-
-/// The steps of each saga, in order. The names are stored in `operation_steps`.
-pub fn saga_steps(kind: &str) -> Option<&'static [&'static str]> {
-    Some(match kind {
-        "site.create" => &["record_site", "reserve_slot"],
-        "site.delete" => &["release_slot", "release_domains"],
-        "site.suspend" => &["suspend_site"],
-        "site.resume" => &["resume_site"],
-        _ => return None,
-    })
-}
 
 /// Test-only fault injection, from `PRESSDOCK_FAILPOINTS`: `step=pause:MS` sleeps after the
 /// step's effect and before it is recorded done (a window to kill the process in);
@@ -74,6 +63,8 @@ impl Failpoints {
 /// What a step runs against.
 struct StepContext<'a> {
     db: &'a MySqlPool,
+    provisioner: &'a Provisioner,
+    kind: &'a str,
     target: &'a str,
 }
 
@@ -83,20 +74,35 @@ async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
         "reserve_slot" => reserve_slot(ctx).await,
         "release_slot" => release_slot(ctx).await,
         "release_domains" => release_domains(ctx).await,
-        "suspend_site" | "resume_site" => Ok(()),
-        other => Err(StepError::Permanent(anyhow::anyhow!(
-            "unknown step {other}"
-        ))),
+        // The site's state is set when the saga finishes (`on_finish`).
+        "mark_suspended" | "mark_active" | "mark_updated" => Ok(()),
+        other => match ctx
+            .provisioner
+            .run(ctx.db, ctx.kind, other, ctx.target)
+            .await
+        {
+            Some(result) => result,
+            None => Err(StepError::Permanent(anyhow::anyhow!(
+                "unknown step {other}"
+            ))),
+        },
     }
 }
 
 async fn undo_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
+    // Only a create unwinds: delete, suspend, resume and update go forward only, and their
+    // failure is left for an operator, with nothing taken back.
+    if ctx.kind != "site.create" {
+        return Ok(());
+    }
     match name {
         "record_site" => release_domains(ctx).await,
         "reserve_slot" => release_slot(ctx).await,
-        // Delete, suspend and resume go forward only; their failure leaves the site
-        // `failed` for an operator, with nothing to take back.
-        _ => Ok(()),
+        other => ctx
+            .provisioner
+            .undo(ctx.db, other, ctx.target)
+            .await
+            .unwrap_or(Ok(())),
     }
 }
 
@@ -106,7 +112,9 @@ async fn on_finish(db: &MySqlPool, kind: &str, target: &str, succeeded: bool) ->
         ("site.create", true) | ("site.resume", true) => "active",
         ("site.suspend", true) => "suspended",
         ("site.delete", true) => "deleted",
-        (_, false) => "failed",
+        // A site whose create or delete failed is not what it should be; a failed
+        // suspend, resume or update leaves it as it was (the operation says why).
+        ("site.create" | "site.delete", false) => "failed",
         _ => return Ok(()),
     };
     sqlx::query(
@@ -210,16 +218,18 @@ async fn release_domains(ctx: &StepContext<'_>) -> StepResult {
 /// One runner process's identity and settings.
 pub struct Runner {
     db: MySqlPool,
+    provisioner: Arc<Provisioner>,
     config: JobsConfig,
     owner: String,
     failpoints: Failpoints,
 }
 
 impl Runner {
-    pub fn new(db: MySqlPool, config: JobsConfig) -> Arc<Self> {
+    pub fn new(db: MySqlPool, provisioner: Arc<Provisioner>, config: JobsConfig) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), crate::domain::Id::generate());
         Arc::new(Self {
             db,
+            provisioner,
             config,
             owner,
             failpoints: Failpoints::from_env(),
@@ -336,6 +346,8 @@ impl Runner {
                 .context("loading the operation")?;
         let ctx = StepContext {
             db: &self.db,
+            provisioner: &self.provisioner,
+            kind: &kind,
             target: &target,
         };
         let steps: Vec<(i32, String, String, i32)> = sqlx::query_as(

@@ -7,7 +7,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     api, app, auth::TokenSigner, config::Config, db, jobs::Runner, metrics::Metrics,
-    state::AppState,
+    provision::Provisioner, state::AppState,
 };
 
 /// Number of job loops per process.
@@ -16,6 +16,11 @@ const JOB_LOOPS: usize = 4;
 /// Connects, migrates and builds the state shared by the API and the runner.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let secret = if config.secret_key.is_empty() {
+        if !config.backends.is_empty() {
+            anyhow::bail!(
+                "secret_key is required when backends are configured: it encrypts the sites' secrets"
+            );
+        }
         tracing::warn!(
             "no secret_key configured: using a random one; tokens will not survive a restart"
         );
@@ -35,7 +40,12 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     {
         tracing::info!(email = %email, "created the first staff admin");
     }
+    let provisioner = Arc::new(Provisioner::from_config(
+        &config.backends,
+        secret.as_bytes(),
+    )?);
     Ok(AppState {
+        provisioner,
         db: pool,
         signer: TokenSigner::new(secret.as_bytes(), config.auth.access_token_ttl_secs),
         config: Arc::new(config),
@@ -51,7 +61,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut runners = Vec::new();
     if state.config.jobs.enabled {
-        let runner = Runner::new(state.db.clone(), state.config.jobs.clone());
+        let runner = Runner::new(
+            state.db.clone(),
+            state.provisioner.clone(),
+            state.config.jobs.clone(),
+        );
         for _ in 0..JOB_LOOPS {
             runners.push(tokio::spawn(runner.clone().run(shutdown.clone())));
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sqlx::MySqlPool;
 
-use crate::{auth::TokenSigner, config::Config, metrics::Metrics};
+use crate::{auth::TokenSigner, config::Config, metrics::Metrics, provision::Provisioner};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -12,4 +12,5 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub signer: TokenSigner,
     pub metrics: Metrics,
+    pub provisioner: Arc<Provisioner>,
 }

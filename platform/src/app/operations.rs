@@ -9,7 +9,6 @@ use crate::{
     actor::Actor,
     domain::{Id, TenantRole},
     error::{ApiError, ApiResult},
-    jobs::saga_steps,
     state::AppState,
 };
 
@@ -46,13 +45,16 @@ pub struct Step {
 /// Writes an operation, its steps and its job; the job runner takes it from there.
 pub async fn enqueue(
     conn: &mut MySqlConnection,
+    provisioner: &crate::provision::Provisioner,
     actor: Option<&Actor>,
     kind: &str,
     tenant_id: Option<&str>,
     target_type: &str,
     target_id: &str,
 ) -> ApiResult<Id> {
-    let steps = saga_steps(kind).ok_or_else(|| anyhow::anyhow!("unknown saga {kind}"))?;
+    let steps = provisioner
+        .steps(kind)
+        .ok_or_else(|| anyhow::anyhow!("unknown saga {kind}"))?;
     let id = Id::generate();
     sqlx::query(
         "INSERT INTO operations (id, kind, tenant_id, target_type, target_id, state, created_by) \

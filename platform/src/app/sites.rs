@@ -351,6 +351,7 @@ pub async fn create(
     insert_domains(&mut tx, id.as_str(), &domains).await?;
     let op = operations::enqueue(
         &mut tx,
+        &state.provisioner,
         Some(actor),
         "site.create",
         Some(tenant.as_str()),
@@ -387,7 +388,7 @@ pub async fn update(
     actor: &Actor,
     id: &Id,
     change: SiteChange,
-) -> ApiResult<Site> {
+) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
     if !matches!(site.state.as_str(), "active" | "suspended") {
         return Err(ApiError::conflict(
@@ -462,9 +463,42 @@ pub async fn update(
         },
     )
     .await?;
-    let updated = load(&mut tx, id.as_str()).await?;
+    ensure_idle(&mut tx, id).await?;
+    // The database holds the new desired state; the operation applies it to the backends.
+    let op = operations::enqueue(
+        &mut tx,
+        &state.provisioner,
+        Some(actor),
+        "site.update",
+        Some(&site.tenant_id),
+        "site",
+        id.as_str(),
+    )
+    .await?;
+    let accepted = Accepted {
+        site: load(&mut tx, id.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str()).await?,
+    };
     tx.commit().await?;
-    Ok(updated)
+    Ok(accepted)
+}
+
+/// 409 while another operation of the site is under way: one change at a time.
+async fn ensure_idle(conn: &mut MySqlConnection, id: &Id) -> ApiResult<()> {
+    let busy: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
+         AND state IN ('pending', 'running', 'unwinding')",
+    )
+    .bind(id.as_str())
+    .fetch_one(conn)
+    .await?;
+    if busy > 0 {
+        return Err(ApiError::conflict(
+            None,
+            "another operation of this site is under way; try again when it finishes",
+        ));
+    }
+    Ok(())
 }
 
 /// Moves a placed site to a new plan if its worker has room for the new slot count.
@@ -552,6 +586,7 @@ pub async fn transition(
     }
     let op = operations::enqueue(
         &mut tx,
+        &state.provisioner,
         Some(actor),
         kind,
         Some(&site.tenant_id),

@@ -343,7 +343,13 @@ async fn patch_changes_domains_and_plan_and_delete_frees_the_domain() {
     let (status, site) = app
         .request(Method::PATCH, &format!("/v1/sites/{id}"), Some(&admin), Some(json!({ "domain": "Second.Example", "aliases": ["www.second.example"], "plan": "business" })))
         .await;
-    assert_eq!(status, StatusCode::OK, "{site}");
+    assert_eq!(status, StatusCode::ACCEPTED, "{site}");
+    let op = app
+        .wait_operation(&admin, site["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["kind"], "site.update");
+    assert_eq!(op["state"], "succeeded");
+    let site = &site["site"];
     assert_eq!(site["domain"], "second.example");
     assert_eq!(site["aliases"], json!(["www.second.example"]));
     assert_eq!(site["plan"], "business");

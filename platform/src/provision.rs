@@ -1,0 +1,650 @@
+//! Provisioning: the per-site resource steps of the sagas, over the drivers of the
+//! `backends` crate, and the secrets each site needs.
+//!
+//! A backend whose `[backends.*]` section is absent has no steps: the operation records
+//! exactly the steps that run. With no backends at all the platform is a control plane
+//! only (slots are reserved, nothing is created), which is what the control-plane tests use.
+//!
+//! Every step is idempotent because every driver call is (`ensure_*` converges, `remove_*`
+//! treats "already gone" as success). Only `site.create` unwinds on failure; delete,
+//! suspend, resume and update go forward only (retried, then `failed` for an operator):
+//! taking back half a delete would recreate what a user asked to remove.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, anyhow};
+use backends::{
+    BackendsConfig, DbRouter, DomainName, EdgeCache, GaleraDriver, GlusterDriver,
+    RedisSentinelDriver, Secret, SiteCache, SiteDatabase, SitePassword, SiteResourceId,
+    SiteRuntime, SiteStorage, SwarmDriver, VarnishDriver,
+    router::Router,
+    swarm::{NodeId, PlanResources, SecretKind, SiteServiceParams},
+    varnish::{HostState, HostTable},
+};
+use sqlx::MySqlPool;
+
+use crate::{crypto::SecretBox, jobs::StepError};
+
+/// Every configured driver, built once at start.
+pub struct Provisioner {
+    pub galera: Option<GaleraDriver>,
+    pub router: Option<Router>,
+    pub redis: Option<RedisSentinelDriver>,
+    pub gluster: Option<GlusterDriver>,
+    pub varnish: Option<VarnishDriver>,
+    pub swarm: Option<SwarmDriver>,
+    pub config: BackendsConfig,
+    pub secrets: SecretBox,
+}
+
+/// The secrets of a site, by kind.
+pub const SECRET_KINDS: [SecretKind; 4] = SecretKind::ALL;
+
+fn retryable(context: &'static str) -> impl FnOnce(backends::Error) -> StepError {
+    move |err| match err {
+        backends::Error::Invalid { .. } => {
+            StepError::Permanent(anyhow::Error::new(err).context(context))
+        }
+        other => StepError::Retryable(anyhow::Error::new(other).context(context)),
+    }
+}
+
+fn permanent(err: anyhow::Error) -> StepError {
+    StepError::Permanent(err)
+}
+
+impl Provisioner {
+    /// Builds the drivers of the configured sections.
+    pub fn from_config(table: &toml::Table, secret_key: &[u8]) -> anyhow::Result<Self> {
+        let config: BackendsConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .context("invalid [backends] configuration")?;
+        let galera = config
+            .galera
+            .as_ref()
+            .map(GaleraDriver::new)
+            .transpose()
+            .context("backends.galera")?;
+        let router = config
+            .galera
+            .as_ref()
+            .map(Router::from_config)
+            .transpose()
+            .context("backends.galera router")?;
+        let redis = config
+            .redis
+            .as_ref()
+            .map(RedisSentinelDriver::new)
+            .transpose()
+            .context("backends.redis")?;
+        let gluster = config
+            .gluster
+            .as_ref()
+            .map(GlusterDriver::new)
+            .transpose()
+            .context("backends.gluster")?;
+        let varnish = config
+            .varnish
+            .as_ref()
+            .map(VarnishDriver::new)
+            .transpose()
+            .context("backends.varnish")?;
+        let swarm = config
+            .swarm
+            .as_ref()
+            .map(SwarmDriver::new)
+            .transpose()
+            .context("backends.swarm")?;
+        Ok(Self {
+            galera,
+            router,
+            redis,
+            gluster,
+            varnish,
+            swarm,
+            config,
+            secrets: SecretBox::new(secret_key),
+        })
+    }
+
+    pub fn any(&self) -> bool {
+        self.galera.is_some()
+            || self.redis.is_some()
+            || self.gluster.is_some()
+            || self.varnish.is_some()
+            || self.swarm.is_some()
+    }
+
+    /// The steps of a saga with this configuration, in order.
+    pub fn steps(&self, kind: &str) -> Option<Vec<&'static str>> {
+        let mut steps = Vec::new();
+        let mut add = |cond: bool, names: &[&'static str]| {
+            if cond {
+                steps.extend_from_slice(names);
+            }
+        };
+        match kind {
+            "site.create" => {
+                add(true, &["record_site", "reserve_slot"]);
+                add(self.any(), &["generate_secrets"]);
+                add(self.galera.is_some(), &["ensure_database"]);
+                add(self.router.is_some(), &["ensure_router_user"]);
+                add(self.redis.is_some(), &["ensure_cache_user"]);
+                add(self.gluster.is_some(), &["ensure_storage"]);
+                add(
+                    self.swarm.is_some(),
+                    &["ensure_swarm_secrets", "ensure_service"],
+                );
+                add(self.varnish.is_some(), &["publish_hosts"]);
+            }
+            "site.delete" => {
+                add(self.varnish.is_some(), &["unpublish_hosts"]);
+                add(
+                    self.swarm.is_some(),
+                    &["remove_service", "remove_swarm_secrets"],
+                );
+                add(self.gluster.is_some(), &["remove_storage"]);
+                add(self.redis.is_some(), &["remove_cache_user"]);
+                add(self.router.is_some(), &["remove_router_user"]);
+                add(self.galera.is_some(), &["remove_database"]);
+                add(true, &["release_slot", "release_domains"]);
+                add(self.any(), &["forget_secrets"]);
+            }
+            "site.suspend" => {
+                add(self.varnish.is_some(), &["suspend_hosts"]);
+                add(self.swarm.is_some(), &["scale_down"]);
+                add(true, &["mark_suspended"]);
+            }
+            "site.resume" => {
+                add(self.swarm.is_some(), &["scale_up"]);
+                add(self.varnish.is_some(), &["publish_hosts"]);
+                add(true, &["mark_active"]);
+            }
+            "site.update" => {
+                add(self.gluster.is_some(), &["ensure_storage"]);
+                add(
+                    self.swarm.is_some(),
+                    &["ensure_swarm_secrets", "ensure_service"],
+                );
+                add(self.varnish.is_some(), &["publish_hosts", "ban_hosts"]);
+                add(true, &["mark_updated"]);
+            }
+            _ => return None,
+        }
+        Some(steps)
+    }
+
+    /// Runs one resource step; `None` when the step is not a resource step.
+    pub async fn run(
+        &self,
+        db: &MySqlPool,
+        kind: &str,
+        step: &str,
+        site: &str,
+    ) -> Option<Result<(), StepError>> {
+        let id = match SiteResourceId::parse(site) {
+            Ok(id) => id,
+            Err(err) => return Some(Err(StepError::Permanent(anyhow::Error::new(err)))),
+        };
+        let result = match step {
+            "generate_secrets" => self.generate_secrets(db, &id).await,
+            "forget_secrets" => forget_secrets(db, &id).await,
+            "ensure_database" => self.ensure_database(db, &id).await,
+            "remove_database" => self.remove_database(&id).await,
+            "ensure_router_user" => self.ensure_router_user(db, &id).await,
+            "remove_router_user" => self.remove_router_user(&id).await,
+            "ensure_cache_user" => self.ensure_cache_user(db, &id).await,
+            "remove_cache_user" => self.remove_cache_user(&id).await,
+            "ensure_storage" => self.ensure_storage(db, &id).await,
+            "remove_storage" => self.remove_storage(&id).await,
+            "ensure_swarm_secrets" => self.ensure_swarm_secrets(db, &id).await.map(drop),
+            "remove_swarm_secrets" => self.remove_swarm_secrets(&id).await,
+            "ensure_service" => self.ensure_service(db, &id, false).await,
+            "scale_down" => self.scale(&id, 0).await,
+            "scale_up" => self.scale(&id, 1).await,
+            "remove_service" => self.remove_service(&id).await,
+            "publish_hosts" => {
+                self.publish_hosts(db, Some((&id, Some(HostState::Active))))
+                    .await
+            }
+            "suspend_hosts" => {
+                self.publish_hosts(db, Some((&id, Some(HostState::Suspended))))
+                    .await
+            }
+            "unpublish_hosts" => self.publish_hosts(db, Some((&id, None))).await,
+            "ban_hosts" => self.ban_hosts(db, &id).await,
+            _ => return None,
+        };
+        let _ = kind;
+        Some(result)
+    }
+
+    /// The undo of a resource step of `site.create`; `None` when the step has none here.
+    pub async fn undo(
+        &self,
+        db: &MySqlPool,
+        step: &str,
+        site: &str,
+    ) -> Option<Result<(), StepError>> {
+        let undo = match step {
+            "generate_secrets" => "forget_secrets",
+            "ensure_database" => "remove_database",
+            "ensure_router_user" => "remove_router_user",
+            "ensure_cache_user" => "remove_cache_user",
+            "ensure_storage" => "remove_storage",
+            "ensure_swarm_secrets" => "remove_swarm_secrets",
+            "ensure_service" => "remove_service",
+            "publish_hosts" => "unpublish_hosts",
+            _ => return None,
+        };
+        self.run(db, "undo", undo, site).await
+    }
+
+    async fn generate_secrets(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+        for kind in SECRET_KINDS {
+            let value = match kind {
+                SecretKind::WpSalts => wp_salts(),
+                _ => SitePassword::generate().expose().to_owned(),
+            };
+            let context = format!("{}/{}", id.as_str(), kind.as_str());
+            let (nonce, sealed) = self.secrets.seal(&context, &value).map_err(permanent)?;
+            // INSERT IGNORE: a second run keeps the first run's secrets.
+            sqlx::query("INSERT IGNORE INTO site_secrets (site_id, kind, nonce, ciphertext) VALUES (?, ?, ?, ?)")
+                .bind(id.as_str())
+                .bind(kind.as_str())
+                .bind(&nonce[..])
+                .bind(&sealed)
+                .execute(db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A secret of the site, decrypted.
+    pub async fn secret(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+        kind: SecretKind,
+    ) -> Result<Secret, StepError> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT nonce, ciphertext FROM site_secrets WHERE site_id = ? AND kind = ?",
+        )
+        .bind(id.as_str())
+        .bind(kind.as_str())
+        .fetch_optional(db)
+        .await?;
+        let (nonce, sealed) =
+            row.ok_or_else(|| permanent(anyhow!("site {id} has no {} secret", kind.as_str())))?;
+        let context = format!("{}/{}", id.as_str(), kind.as_str());
+        Ok(Secret::new(
+            self.secrets
+                .open(&context, &nonce, &sealed)
+                .map_err(permanent)?,
+        ))
+    }
+
+    async fn password(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+        kind: SecretKind,
+    ) -> Result<SitePassword, StepError> {
+        let secret = self.secret(db, id, kind).await?;
+        SitePassword::parse(secret.expose()).map_err(|e| permanent(anyhow::Error::new(e)))
+    }
+
+    async fn ensure_database(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(galera) = &self.galera else {
+            return Ok(());
+        };
+        let password = self.password(db, id, SecretKind::DbPassword).await?;
+        galera
+            .ensure_site_database(id, &password)
+            .await
+            .map(drop)
+            .map_err(retryable("ensuring the database"))
+    }
+
+    async fn remove_database(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(galera) = &self.galera else {
+            return Ok(());
+        };
+        galera
+            .remove_site_database(id)
+            .await
+            .map_err(retryable("removing the database"))
+    }
+
+    async fn ensure_router_user(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<(), StepError> {
+        let Some(router) = &self.router else {
+            return Ok(());
+        };
+        let password = self.password(db, id, SecretKind::DbPassword).await?;
+        router
+            .ensure_router_user(id, &password)
+            .await
+            .map(drop)
+            .map_err(retryable("ensuring the DB router user"))
+    }
+
+    async fn remove_router_user(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(router) = &self.router else {
+            return Ok(());
+        };
+        router
+            .remove_router_user(id)
+            .await
+            .map_err(retryable("removing the DB router user"))
+    }
+
+    async fn ensure_cache_user(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<(), StepError> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let password = self.password(db, id, SecretKind::RedisPassword).await?;
+        redis
+            .ensure_site_cache(id, &password)
+            .await
+            .map(drop)
+            .map_err(retryable("ensuring the Redis ACL user"))
+    }
+
+    async fn remove_cache_user(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        redis
+            .remove_site_cache(id)
+            .await
+            .map(drop)
+            .map_err(retryable("removing the Redis ACL user"))
+    }
+
+    async fn quota_bytes(db: &MySqlPool, id: &SiteResourceId) -> Result<u64, StepError> {
+        let mb: i32 = sqlx::query_scalar(
+            "SELECT p.storage_mb FROM sites s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_one(db)
+        .await?;
+        Ok(u64::try_from(mb).unwrap_or(0) * 1024 * 1024)
+    }
+
+    async fn ensure_storage(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(gluster) = &self.gluster else {
+            return Ok(());
+        };
+        let quota = Self::quota_bytes(db, id).await?;
+        gluster
+            .ensure_site_storage(id, quota)
+            .await
+            .map(drop)
+            .map_err(retryable("ensuring the site's storage"))
+    }
+
+    async fn remove_storage(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(gluster) = &self.gluster else {
+            return Ok(());
+        };
+        gluster
+            .remove_site_storage(id)
+            .await
+            .map_err(retryable("removing the site's storage"))
+    }
+
+    async fn ensure_swarm_secrets(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<BTreeMap<SecretKind, backends::swarm::SecretRef>, StepError> {
+        let Some(swarm) = &self.swarm else {
+            return Ok(BTreeMap::new());
+        };
+        let mut refs = BTreeMap::new();
+        for kind in SECRET_KINDS {
+            let data = self.secret(db, id, kind).await?;
+            let r = swarm
+                .ensure_secret(id, kind, &data)
+                .await
+                .map_err(retryable("ensuring a swarm secret"))?;
+            refs.insert(kind, r);
+        }
+        Ok(refs)
+    }
+
+    async fn remove_swarm_secrets(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(swarm) = &self.swarm else {
+            return Ok(());
+        };
+        swarm
+            .prune_site_secrets(id, &[])
+            .await
+            .map(drop)
+            .map_err(retryable("removing the swarm secrets"))
+    }
+
+    /// Assembles the service's parameters from the database and the secrets.
+    pub async fn service_params(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<SiteServiceParams, StepError> {
+        let (swarm_node, node_name, memory_mb, cpu_millis, state, generation): (Option<String>, String, i32, i32, String, i64) =
+            sqlx::query_as(
+                "SELECT n.swarm_node_id, n.name, p.memory_mb, p.cpu_millis, s.state, s.generation FROM sites s \
+                 JOIN plans p ON p.id = s.plan_id JOIN placements pl ON pl.site_id = s.id \
+                 JOIN nodes n ON n.id = pl.node_id WHERE s.id = ?",
+            )
+            .bind(id.as_str())
+            .fetch_optional(db)
+            .await?
+            .ok_or_else(|| permanent(anyhow!("site {id} is not placed on a worker")))?;
+        let swarm_node = swarm_node.ok_or_else(|| {
+            permanent(anyhow!(
+                "worker {node_name} has no swarm node id; sync nodes from the swarm"
+            ))
+        })?;
+        let node = NodeId::parse(&swarm_node).map_err(|e| permanent(anyhow::Error::new(e)))?;
+        let domains = site_domains(db, id).await?;
+        let secrets = self.ensure_swarm_secrets(db, id).await?;
+        let gluster = self
+            .gluster
+            .as_ref()
+            .ok_or_else(|| permanent(anyhow!("the swarm backend needs backends.gluster")))?;
+        let galera = self
+            .config
+            .galera
+            .as_ref()
+            .ok_or_else(|| permanent(anyhow!("the swarm backend needs backends.galera")))?;
+        let redis = self
+            .config
+            .redis
+            .as_ref()
+            .ok_or_else(|| permanent(anyhow!("the swarm backend needs backends.redis")))?;
+        let memory = u64::try_from(memory_mb).unwrap_or(256) * 1024 * 1024;
+        let cpu = u32::try_from(cpu_millis).unwrap_or(250);
+        Ok(SiteServiceParams {
+            id: id.clone(),
+            domains,
+            node,
+            resources: PlanResources {
+                cpu_limit_millis: cpu,
+                memory_limit_bytes: memory,
+                cpu_reservation_millis: cpu / 4,
+                memory_reservation_bytes: memory / 4,
+            },
+            secrets,
+            wp_content_source: gluster.node_dir(id),
+            db_host: galera.site_db_host.clone(),
+            redis_sentinels: redis.sentinels.clone(),
+            redis_master_name: redis.master_name.clone(),
+            extra_env: BTreeMap::new(),
+            image: None,
+            suspended: state == "suspended",
+            force_update: u64::try_from(generation).unwrap_or(0),
+        })
+    }
+
+    async fn ensure_service(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+        _force: bool,
+    ) -> Result<(), StepError> {
+        let Some(swarm) = &self.swarm else {
+            return Ok(());
+        };
+        let params = self.service_params(db, id).await?;
+        swarm
+            .ensure_service(&params)
+            .await
+            .map(drop)
+            .map_err(retryable("ensuring the swarm service"))
+    }
+
+    async fn scale(&self, id: &SiteResourceId, replicas: u64) -> Result<(), StepError> {
+        let Some(swarm) = &self.swarm else {
+            return Ok(());
+        };
+        swarm
+            .scale_service(id, replicas)
+            .await
+            .map(drop)
+            .map_err(retryable("scaling the swarm service"))
+    }
+
+    async fn remove_service(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(swarm) = &self.swarm else {
+            return Ok(());
+        };
+        swarm
+            .remove_service(id)
+            .await
+            .map_err(retryable("removing the swarm service"))
+    }
+
+    /// Loads the host table of every live site on every Varnish, with one site's entry
+    /// overridden (`None`: left out).
+    pub async fn publish_hosts(
+        &self,
+        db: &MySqlPool,
+        site: Option<(&SiteResourceId, Option<HostState>)>,
+    ) -> Result<(), StepError> {
+        let Some(varnish) = &self.varnish else {
+            return Ok(());
+        };
+        let table = host_table(db, site).await?;
+        let states = varnish
+            .apply_host_table(&table)
+            .await
+            .map_err(retryable("loading the Varnish host table"))?;
+        if let Some(bad) = states.iter().find(|s| !s.converged) {
+            return Err(StepError::Retryable(anyhow!(
+                "varnish {} did not activate the host table",
+                bad.instance
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ban_hosts(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(varnish) = &self.varnish else {
+            return Ok(());
+        };
+        for domain in site_domains(db, id).await? {
+            varnish
+                .ban_host(&domain)
+                .await
+                .map_err(retryable("banning the site's cache"))?;
+        }
+        Ok(())
+    }
+}
+
+async fn forget_secrets(db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+    sqlx::query("DELETE FROM site_secrets WHERE site_id = ?")
+        .bind(id.as_str())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// WordPress's eight keys and salts, 64 characters each, as `NAME=value` lines.
+fn wp_salts() -> String {
+    const NAMES: [&str; 8] = [
+        "AUTH_KEY",
+        "SECURE_AUTH_KEY",
+        "LOGGED_IN_KEY",
+        "NONCE_KEY",
+        "AUTH_SALT",
+        "SECURE_AUTH_SALT",
+        "LOGGED_IN_SALT",
+        "NONCE_SALT",
+    ];
+    NAMES
+        .iter()
+        .map(|n| {
+            let value: String = (0..2)
+                .map(|_| SitePassword::generate().expose().to_owned())
+                .collect();
+            format!("{n}={value}\n")
+        })
+        .collect()
+}
+
+/// The site's domains as the drivers' validated type.
+pub async fn site_domains(
+    db: &MySqlPool,
+    id: &SiteResourceId,
+) -> Result<BTreeSet<DomainName>, StepError> {
+    let rows: Vec<String> = sqlx::query_scalar("SELECT domain FROM domains WHERE site_id = ?")
+        .bind(id.as_str())
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|d| DomainName::parse(d).map_err(|e| permanent(anyhow::Error::new(e))))
+        .collect()
+}
+
+/// Every domain of every live site, as the edge should route it.
+pub async fn host_table(
+    db: &MySqlPool,
+    site: Option<(&SiteResourceId, Option<HostState>)>,
+) -> Result<HostTable, StepError> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT d.domain, s.id, s.state FROM domains d JOIN sites s ON s.id = d.site_id \
+         WHERE s.state IN ('provisioning', 'active', 'suspended')",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut table = HostTable::default();
+    for (domain, id, state) in rows {
+        let (Ok(domain), Ok(id)) = (DomainName::parse(&domain), SiteResourceId::parse(&id)) else {
+            continue;
+        };
+        let state = if state == "suspended" {
+            HostState::Suspended
+        } else {
+            HostState::Active
+        };
+        table.insert(domain, id, state);
+    }
+    if let Some((id, state)) = site {
+        table.remove_site(id);
+        if let Some(state) = state {
+            for domain in site_domains(db, id).await? {
+                table.insert(domain, id.clone(), state);
+            }
+        }
+    }
+    Ok(table)
+}
