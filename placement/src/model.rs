@@ -145,7 +145,8 @@ pub struct Policy {
     pub spread_tenants: bool,
     /// Moves in one wave (run concurrently). 0 is treated as 1.
     pub max_concurrent_moves: u32,
-    /// Moves in one wave touching the same node, as source or destination. 0 is treated as 1.
+    /// Moves in one wave touching the same node, as source or destination. 0 is treated as
+    /// 1. A source no longer in the map is not counted: it has no running task to protect.
     pub max_concurrent_moves_per_node: u32,
     /// Cap on the moves of one plan; the rest is reported as `deferred_moves`.
     pub max_moves: Option<u32>,

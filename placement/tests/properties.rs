@@ -321,10 +321,31 @@ proptest! {
         if let Err(e) = check_moves(&cluster, &plan.moves) {
             return Err(TestCaseError::fail(format!("unsafe plan: {e}")));
         }
+        let nodes: HashMap<&NodeId, &Node> = cluster.nodes.iter().map(|n| (&n.id, n)).collect();
+        // One at a time, in list order, is safe too.
+        let mut sequential = plan.moves.clone();
+        for (i, m) in sequential.iter_mut().enumerate() {
+            m.wave = i as u32;
+        }
+        prop_assert!(check_moves(&cluster, &sequential).is_ok());
+        // The policy's concurrency limits hold in every wave.
+        let mut per_wave: BTreeMap<u32, (u32, HashMap<&NodeId, u32>)> = BTreeMap::new();
+        for m in &plan.moves {
+            let (count, touches) = per_wave.entry(m.wave).or_default();
+            *count += 1;
+            // A node not in the map (gone) has no tasks to protect.
+            if nodes.contains_key(&m.from) {
+                *touches.entry(&m.from).or_default() += 1;
+            }
+            *touches.entry(&m.to).or_default() += 1;
+        }
+        for (count, touches) in per_wave.values() {
+            prop_assert!(*count <= policy.max_concurrent_moves.max(1));
+            prop_assert!(touches.values().all(|&t| t <= policy.max_concurrent_moves_per_node.max(1)));
+        }
         let moved: BTreeSet<&SiteId> = plan.moves.iter().map(|m| &m.site).collect();
         prop_assert_eq!(moved.len(), plan.moves.len(), "a site moves at most once");
         // Every site that had to leave an unavailable node left it or is reported.
-        let nodes: HashMap<&NodeId, &Node> = cluster.nodes.iter().map(|n| (&n.id, n)).collect();
         let reported: BTreeSet<&SiteId> = plan.unplaced.iter().map(|u| &u.site).collect();
         for site in &cluster.sites {
             let Some(node) = &site.node else { continue };
