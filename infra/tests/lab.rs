@@ -100,7 +100,12 @@ fn galera_write_on_one_node_is_read_on_another() {
         ),
     )
     .expect("write on g1");
-    let read = sql(&lab, p3, &format!("SELECT v FROM labtest.kv WHERE k = '{v}'")).expect("read on g3");
+    let read = sql(
+        &lab,
+        p3,
+        &format!("SELECT v FROM labtest.kv WHERE k = '{v}'"),
+    )
+    .expect("read on g3");
     assert_eq!(read, "from-g1", "row written on g1 read back on g3");
     let port = sql(&lab, p3, "SELECT @@port").expect("port of g3");
     assert_eq!(port, p3.to_string(), "the read really went to another node");
@@ -115,8 +120,12 @@ fn router_keeps_taking_writes_after_the_active_galera_node_is_killed() {
     let lab = lab_up();
     let r = ports::ROUTER;
     let tbl = format!("labtest.w_{}", rand_suffix());
-    sql(&lab, r, &format!("CREATE DATABASE IF NOT EXISTS labtest; CREATE TABLE {tbl} (i INT PRIMARY KEY)"))
-        .expect("create table through the router");
+    sql(
+        &lab,
+        r,
+        &format!("CREATE DATABASE IF NOT EXISTS labtest; CREATE TABLE {tbl} (i INT PRIMARY KEY)"),
+    )
+    .expect("create table through the router");
     let active: u16 = sql(&lab, r, "SELECT @@port")
         .expect("router answers")
         .parse()
@@ -127,7 +136,10 @@ fn router_keeps_taking_writes_after_the_active_galera_node_is_killed() {
     let mut worst_gap = Duration::ZERO;
     for i in 0..40 {
         if i == 10 {
-            let pid = lab.procs.kill9(&format!("galera-{node}")).expect("kill active node");
+            let pid = lab
+                .procs
+                .kill9(&format!("galera-{node}"))
+                .expect("kill active node");
             eprintln!("killed galera-{node} (pid {pid}), the router's active server");
         }
         let t0 = Instant::now();
@@ -149,10 +161,19 @@ fn router_keeps_taking_writes_after_the_active_galera_node_is_killed() {
     }
     let count = sql(&lab, r, &format!("SELECT COUNT(*) FROM {tbl}")).expect("count");
     assert_eq!(count, "40", "every write landed");
-    let now: u16 = sql(&lab, r, "SELECT @@port").expect("router").parse().expect("port");
+    let now: u16 = sql(&lab, r, "SELECT @@port")
+        .expect("router")
+        .parse()
+        .expect("port");
     assert_ne!(now, active, "the router moved to another node");
-    eprintln!("router failover: longest write wait {:.1}s", worst_gap.as_secs_f64());
-    assert!(worst_gap < Duration::from_secs(10), "failover took {worst_gap:?}");
+    eprintln!(
+        "router failover: longest write wait {:.1}s",
+        worst_gap.as_secs_f64()
+    );
+    assert!(
+        worst_gap < Duration::from_secs(10),
+        "failover took {worst_gap:?}"
+    );
 }
 
 #[test]
@@ -163,8 +184,14 @@ fn sentinel_promotes_the_replica_when_the_master_is_killed() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_up();
     let before = data::sentinel_master().expect("sentinels know a master");
-    let port: u16 = before.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let n = (1..=2u8).find(|n| data::redis_port(*n) == port).expect("lab redis");
+    let port: u16 = before
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let n = (1..=2u8)
+        .find(|n| data::redis_port(*n) == port)
+        .expect("lab redis");
     let key = format!("labtest:{}", rand_suffix());
     data::redis_cli(&lab, port, &["SET", &key, "v1"]).expect("write to master");
     // Let the replica receive it before the master dies.
@@ -178,8 +205,15 @@ fn sentinel_promotes_the_replica_when_the_master_is_killed() {
         || data::sentinel_master().filter(|m| *m != before),
     )
     .expect("a new master");
-    eprintln!("sentinel failover in {:.1}s: {before} -> {after}", t0.elapsed().as_secs_f64());
-    let new_port: u16 = after.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    eprintln!(
+        "sentinel failover in {:.1}s: {before} -> {after}",
+        t0.elapsed().as_secs_f64()
+    );
+    let new_port: u16 = after
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     let role = data::redis_cli(&lab, new_port, &["ROLE"]).expect("role");
     assert!(role.starts_with("master"), "promoted node says {role}");
     let v = data::redis_cli(&lab, new_port, &["GET", &key]).expect("get");
@@ -198,11 +232,24 @@ fn gluster_file_crosses_nodes_and_quota_refuses_writes() {
     let (a, b) = (&nodes[1], &nodes[2]);
     let dir = format!("labtest-{}", rand_suffix());
     std::fs::create_dir_all(a.gluster_mount().join(&dir)).expect("mkdir via node a");
-    std::fs::write(a.gluster_mount().join(&dir).join("hello.txt"), "written on a").expect("write via a");
-    let read = std::fs::read_to_string(b.gluster_mount().join(&dir).join("hello.txt")).expect("read via b");
+    std::fs::write(
+        a.gluster_mount().join(&dir).join("hello.txt"),
+        "written on a",
+    )
+    .expect("write via a");
+    let read = std::fs::read_to_string(b.gluster_mount().join(&dir).join("hello.txt"))
+        .expect("read via b");
     assert_eq!(read, "written on a");
 
-    data::gluster(&["volume", "quota", "sites", "limit-usage", &format!("/{dir}"), "5MB"]).expect("set quota");
+    data::gluster(&[
+        "volume",
+        "quota",
+        "sites",
+        "limit-usage",
+        &format!("/{dir}"),
+        "5MB",
+    ])
+    .expect("set quota");
     let path = b.gluster_mount().join(&dir).join("big.bin");
     let chunk = vec![7u8; 1 << 20];
     let mut written = 0usize;
@@ -239,30 +286,54 @@ fn labelled_service_lands_on_the_right_worker() {
     let name = format!("labtest-{}", rand_suffix());
     let out = m1
         .docker([
-            "service", "create", "--detach", "--no-resolve-image", "--name", &name,
-            "--constraint", &format!("node.labels.pressdock.node=={}", target.name),
-            "--network", lab::SITES_NET, "local/wordpress:dev",
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            &name,
+            "--constraint",
+            &format!("node.labels.pressdock.node=={}", target.name),
+            "--network",
+            lab::SITES_NET,
+            "local/wordpress:dev",
         ])
         .output()
         .expect("docker service create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let node = lab::sh::wait_for(
         "the labelled task to run",
         Duration::from_secs(60),
         Duration::from_millis(500),
         || {
             let o = m1
-                .docker(["service", "ps", &name, "--filter", "desired-state=running",
-                         "--format", "{{.Node}} {{.CurrentState}}"])
+                .docker([
+                    "service",
+                    "ps",
+                    &name,
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.Node}} {{.CurrentState}}",
+                ])
                 .output()
                 .ok()?;
             let s = String::from_utf8_lossy(&o.stdout).to_string();
             let l = s.lines().next()?.to_owned();
-            l.contains("Running").then(|| l.split_whitespace().next().unwrap_or("").to_owned())
+            l.contains("Running")
+                .then(|| l.split_whitespace().next().unwrap_or("").to_owned())
         },
     );
     let _ = m1.docker(["service", "rm", &name]).output();
-    assert_eq!(node.expect("task running"), target.host(), "placed on the labelled worker");
+    assert_eq!(
+        node.expect("task running"),
+        target.host(),
+        "placed on the labelled worker"
+    );
 }
 
 #[test]
@@ -276,7 +347,10 @@ fn edge_request_goes_through_traefik_and_varnish_miss_then_hit() {
     let path = format!("/wp-includes/css/dashicons.min.css?lab={}", rand_suffix());
     let first = lab::http::get(&edge, &path, "hello.lab.test").expect("first request");
     assert_eq!(first.status, 200, "body: {}", first.body);
-    assert!(first.body.contains("dashicons"), "the site's own file came back");
+    assert!(
+        first.body.contains("dashicons"),
+        "the site's own file came back"
+    );
     assert_eq!(first.header("X-Pressdock-Cache"), Some("MISS"));
     let second = lab::http::get(&edge, &path, "hello.lab.test").expect("second request");
     assert_eq!(second.status, 200);
@@ -300,7 +374,8 @@ fn varnish_cli(addr: &str, secret: &Path, command: &str) -> String {
     use sha2::{Digest, Sha256};
     use std::io::{BufRead, BufReader, Read, Write};
     let s = std::net::TcpStream::connect(addr).expect("connect to varnish admin");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     let mut w = s;
     let read_reply = |r: &mut BufReader<std::net::TcpStream>| -> (u32, String) {
@@ -340,7 +415,12 @@ fn zz_lab_down_leaves_nothing() {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_up();
     // PIDs the lab recorded, to check they are all gone afterwards.
-    let pids: Vec<i32> = lab.procs.names().iter().filter_map(|n| lab.procs.alive(n)).collect();
+    let pids: Vec<i32> = lab
+        .procs
+        .names()
+        .iter()
+        .filter_map(|n| lab.procs.alive(n))
+        .collect();
     assert!(!pids.is_empty(), "the lab recorded its processes");
     let out = infra().args(["lab", "down"]).output().expect("lab down");
     assert!(
@@ -351,20 +431,34 @@ fn zz_lab_down_leaves_nothing() {
     let left = down::leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
     for p in pids {
-        assert!(!Path::new(&format!("/proc/{p}")).exists() || !lab::proc::pid_alive(p, ""), "pid {p} still runs");
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists() || !lab::proc::pid_alive(p, ""),
+            "pid {p} still runs"
+        );
     }
     assert!(!Path::new(STATE).exists(), "{STATE} removed");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains("pressdock-lab") && !mounts.contains("/run/pdlab"), "no lab mounts");
+    assert!(
+        !mounts.contains("pressdock-lab") && !mounts.contains("/run/pdlab"),
+        "no lab mounts"
+    );
     let procs_with_state: Vec<String> = std::fs::read_dir("/proc")
         .expect("proc")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.contains(STATE) || c.contains("/run/pdlab"))
         .collect();
-    assert!(procs_with_state.is_empty(), "processes of the lab remain: {procs_with_state:?}");
+    assert!(
+        procs_with_state.is_empty(),
+        "processes of the lab remain: {procs_with_state:?}"
+    );
 }
 
 /// The VCL's rules, each tested by a `.vtc` file under configs/varnish/tests (not gated:

@@ -88,7 +88,10 @@ fn start_galera_node(lab: &Lab, n: u8, bootstrap: bool) -> Result<()> {
     sh::write_file(&cnf, &galera_cnf(lab, n))?;
     std::fs::create_dir_all(&data).context("creating galera datadir")?;
     if bootstrap && !data.join("mysql").exists() {
-        run(&mut cmd("chown", ["-R", "mysql:mysql", &dir.to_string_lossy()]))?;
+        run(&mut cmd(
+            "chown",
+            ["-R", "mysql:mysql", &dir.to_string_lossy()],
+        ))?;
         run(&mut cmd(
             "mariadb-install-db",
             [
@@ -111,7 +114,10 @@ fn start_galera_node(lab: &Lab, n: u8, bootstrap: bool) -> Result<()> {
             .context("marking grastate.dat safe to bootstrap")?;
         }
     }
-    run(&mut cmd("chown", ["-R", "mysql:mysql", &dir.to_string_lossy()]))?;
+    run(&mut cmd(
+        "chown",
+        ["-R", "mysql:mysql", &dir.to_string_lossy()],
+    ))?;
     let mut args = vec![format!("--defaults-file={}", cnf.display())];
     if bootstrap {
         args.push("--wsrep-new-cluster".into());
@@ -250,8 +256,11 @@ pub fn ensure_haproxy(lab: &Lab, managers: &[Node]) -> Result<()> {
     let path = dir.join("haproxy.cfg");
     let changed = std::fs::read_to_string(&path).ok().as_deref() != Some(cfg.as_str());
     sh::write_file(&path, &cfg)?;
-    run(&mut cmd("haproxy", ["-c", "-q", "-f", &path.to_string_lossy()]))
-        .context("checking haproxy.cfg")?;
+    run(&mut cmd(
+        "haproxy",
+        ["-c", "-q", "-f", &path.to_string_lossy()],
+    ))
+    .context("checking haproxy.cfg")?;
     if lab.procs.alive("haproxy").is_some() {
         if !changed {
             return Ok(());
@@ -264,7 +273,11 @@ pub fn ensure_haproxy(lab: &Lab, managers: &[Node]) -> Result<()> {
         "haproxy.cfg",
         &lab.path("logs/haproxy.log"),
         "haproxy",
-        &["-db".into(), "-f".into(), path.to_string_lossy().into_owned()],
+        &[
+            "-db".into(),
+            "-f".into(),
+            path.to_string_lossy().into_owned(),
+        ],
     )?;
     wait_for(
         "HAProxy to listen",
@@ -307,14 +320,22 @@ pub fn sentinel_port(n: u8) -> u16 {
 pub fn redis_cli(lab: &Lab, port: u16, args: &[&str]) -> Result<String> {
     let mut c = cmd(
         "redis-cli",
-        ["-h", HOST_IP, "-p", &port.to_string(), "--user", "admin", "--no-auth-warning"],
+        [
+            "-h",
+            HOST_IP,
+            "-p",
+            &port.to_string(),
+            "--user",
+            "admin",
+            "--no-auth-warning",
+        ],
     );
     c.env("REDISCLI_AUTH", &lab.secrets.redis_admin).args(args);
     run(&mut c)
 }
 
 pub fn sentinel_cli(port: u16, args: &[&str]) -> Result<String> {
-    run(&mut cmd("redis-cli", ["-h", HOST_IP, "-p", &port.to_string()]).args(args))
+    run(cmd("redis-cli", ["-h", HOST_IP, "-p", &port.to_string()]).args(args))
 }
 
 /// The master as the sentinels see it (`host:port`), if any sentinel answers.
@@ -453,7 +474,7 @@ pub fn ensure_redis(lab: &Lab) -> Result<()> {
 // ---------------------------------------------------------------- GlusterFS
 
 pub fn gluster(args: &[&str]) -> Result<String> {
-    run(&mut cmd("gluster", ["--mode=script"]).args(args))
+    run(cmd("gluster", ["--mode=script"]).args(args))
 }
 
 fn glusterd_workdir(lab: &Lab) -> PathBuf {
@@ -585,7 +606,10 @@ pub fn ensure_mount(lab: &Lab, node: &Node) -> Result<()> {
             "-N".into(),
             format!("--volfile-server={GLUSTER_HOST}"),
             "--volfile-id=sites".into(),
-            format!("--log-file={}", lab.path(&format!("logs/{name}.log")).display()),
+            format!(
+                "--log-file={}",
+                lab.path(&format!("logs/{name}.log")).display()
+            ),
             mnt.to_string_lossy().into_owned(),
         ],
     )?;

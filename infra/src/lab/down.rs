@@ -30,10 +30,10 @@ pub fn down(lab: &Lab, keep_data: bool) -> Result<()> {
     // Graceful first for what keeps data (so --keep-data leaves consistent files).
     let grace = if keep_data { 20 } else { 5 };
     for name in lab.procs.names() {
-        if name == "platform" || name.starts_with("dockerd-") {
-            if lab.procs.stop(&name, Duration::from_secs(grace))? {
-                progress("down", format!("stopped {name}"));
-            }
+        if (name == "platform" || name.starts_with("dockerd-"))
+            && lab.procs.stop(&name, Duration::from_secs(grace))?
+        {
+            progress("down", format!("stopped {name}"));
         }
     }
     for name in lab.procs.names() {
@@ -43,12 +43,12 @@ pub fn down(lab: &Lab, keep_data: bool) -> Result<()> {
     }
     // Everything else in our cgroups: containerd, shims, containers, gluster daemons.
     for cg in proc::lab_cgroups() {
-        if let Some(name) = cg.file_name().map(|n| n.to_string_lossy().into_owned()) {
-            if name.starts_with("pdlab-") {
-                let n = proc::kill_cgroup(&name)?;
-                if n > 0 {
-                    progress("down", format!("ended {n} process(es) in cgroup {name}"));
-                }
+        if let Some(name) = cg.file_name().map(|n| n.to_string_lossy().into_owned())
+            && name.starts_with("pdlab-")
+        {
+            let n = proc::kill_cgroup(&name)?;
+            if n > 0 {
+                progress("down", format!("ended {n} process(es) in cgroup {name}"));
             }
         }
     }
@@ -82,7 +82,10 @@ pub fn down(lab: &Lab, keep_data: bool) -> Result<()> {
         if Path::new(STATE).exists() {
             std::fs::remove_dir_all(STATE).with_context(|| format!("removing {STATE}"))?;
         }
-        progress("down", format!("removed {STATE} (image cache kept in {CACHE})"));
+        progress(
+            "down",
+            format!("removed {STATE} (image cache kept in {CACHE})"),
+        );
     }
     let leftovers = leftovers();
     if leftovers.is_empty() {

@@ -47,12 +47,19 @@ pub fn recipe(lab: &Lab, name: &str) -> Result<Recipe> {
     files.sort();
     let mut h = Sha256::new();
     for f in &files {
-        h.update(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
         h.update(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
     }
     let version = dir.join("version.sh");
     if version.exists() {
-        h.update(run(&mut sh::cmd(&version.to_string_lossy(), [] as [&str; 0]))?);
+        h.update(run(&mut sh::cmd(
+            &version.to_string_lossy(),
+            [] as [&str; 0],
+        ))?);
     }
     Ok(Recipe {
         name: name.to_owned(),

@@ -94,7 +94,9 @@ impl Node {
         format!("pdlab-{}", self.name)
     }
     pub fn sock(&self) -> PathBuf {
-        Path::new(STATE).join("run").join(format!("{}.sock", self.host()))
+        Path::new(STATE)
+            .join("run")
+            .join(format!("{}.sock", self.host()))
     }
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.sock().display())
@@ -156,14 +158,11 @@ impl Topology {
             .collect()
     }
     pub fn first_manager(&self) -> Node {
-        self.nodes()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Node {
-                name: "m1".into(),
-                role: Role::Manager,
-                ip: "10.213.0.11".into(),
-            })
+        self.nodes().into_iter().next().unwrap_or_else(|| Node {
+            name: "m1".into(),
+            role: Role::Manager,
+            ip: "10.213.0.11".into(),
+        })
     }
 }
 

@@ -6,7 +6,17 @@ use anyhow::{Context, Result};
 
 fn forward_rule() -> Vec<String> {
     [
-        "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-m", "comment", "--comment", TAG, "-j", "ACCEPT",
+        "FORWARD",
+        "-i",
+        BRIDGE,
+        "-o",
+        BRIDGE,
+        "-m",
+        "comment",
+        "--comment",
+        TAG,
+        "-j",
+        "ACCEPT",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -80,7 +90,8 @@ pub fn ensure_node(node: &Node) -> Result<()> {
     let ns = node.host();
     let veth = format!("pdv-{}", node.name);
     if !std::path::Path::new(&node.netns_path()).exists() {
-        run(&mut cmd("ip", ["netns", "add", &ns])).with_context(|| format!("creating netns {ns}"))?;
+        run(&mut cmd("ip", ["netns", "add", &ns]))
+            .with_context(|| format!("creating netns {ns}"))?;
     }
     let inside = ok(&mut cmd("ip", ["-n", &ns, "link", "show", "lab0"]));
     let outside = ok(&mut cmd("ip", ["link", "show", &veth]));
@@ -102,7 +113,10 @@ pub fn ensure_node(node: &Node) -> Result<()> {
     run(&mut cmd("ip", ["link", "set", &veth, "master", BRIDGE]))?;
     run(&mut cmd("ip", ["link", "set", &veth, "up"]))?;
     let addr = format!("{}/{PREFIX_LEN}", node.ip);
-    run(&mut cmd("ip", ["-n", &ns, "addr", "replace", &addr, "dev", "lab0"]))?;
+    run(&mut cmd(
+        "ip",
+        ["-n", &ns, "addr", "replace", &addr, "dev", "lab0"],
+    ))?;
     run(&mut cmd("ip", ["-n", &ns, "link", "set", "lab0", "up"]))?;
     run(&mut cmd("ip", ["-n", &ns, "link", "set", "lo", "up"]))?;
     // No default route: the bridge subnet (and so the data tier on HOST_IP) is on-link,
@@ -160,7 +174,9 @@ pub fn remove_rules() -> Result<usize> {
     let rules = lab_rules();
     for (table, rule) in &rules {
         let mut args: Vec<String> = vec!["-t".into(), table.clone()];
-        let mut parts = rule.split_whitespace().map(|s| s.trim_matches('"').to_owned());
+        let mut parts = rule
+            .split_whitespace()
+            .map(|s| s.trim_matches('"').to_owned());
         parts.next(); // -A
         args.push("-D".into());
         args.extend(parts);

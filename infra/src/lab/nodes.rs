@@ -30,7 +30,14 @@ pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
     if !super::data::mount_state(&data_root).0 {
         run(&mut sh::cmd(
             "mount",
-            ["-t", "tmpfs", "-o", "size=6g,mode=0711", "tmpfs", &data_root.to_string_lossy()],
+            [
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=6g,mode=0711",
+                "tmpfs",
+                &data_root.to_string_lossy(),
+            ],
         ))
         .with_context(|| format!("mounting a tmpfs on {}", data_root.display()))?;
     }
@@ -140,7 +147,11 @@ pub fn ensure_swarm(lab: &Lab) -> Result<()> {
             format!("pressdock.node={}", n.name),
             format!(
                 "pressdock.role={}",
-                if n.role == Role::Manager { "manager" } else { "worker" }
+                if n.role == Role::Manager {
+                    "manager"
+                } else {
+                    "worker"
+                }
             ),
         ];
         match n.role {

@@ -160,9 +160,7 @@ pub fn ensure(lab: &Lab) -> Result<Option<Platform>> {
         Err(e) => {
             progress(
                 "platform",
-                format!(
-                    "not ready, skipped: {e:#} (log: {STATE}/logs/platform.log)"
-                ),
+                format!("not ready, skipped: {e:#} (log: {STATE}/logs/platform.log)"),
             );
             Ok(None)
         }

@@ -112,7 +112,10 @@ pub fn pid_alive(pid: i32, marker: &str) -> bool {
         Ok(s) => s,
         Err(_) => return false,
     };
-    let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
     if state == Some("Z") || state == Some("X") {
         return false;
     }

@@ -18,7 +18,11 @@ pub fn elapsed() -> Duration {
 
 /// One progress line: `[  12.3s] step: message`.
 pub fn progress(step: &str, msg: impl AsRef<str>) {
-    eprintln!("[{:>6.1}s] {step}: {}", elapsed().as_secs_f64(), msg.as_ref());
+    eprintln!(
+        "[{:>6.1}s] {step}: {}",
+        elapsed().as_secs_f64(),
+        msg.as_ref()
+    );
 }
 
 /// Builds a command from a program and arguments.

@@ -4,7 +4,11 @@ use super::sh::try_out;
 use super::{HOST_IP, Lab, STATE, data, http, ports};
 
 fn line(what: &str, ok: bool, detail: &str) {
-    println!("  {:<28} {:<5} {detail}", what, if ok { "ok" } else { "DOWN" });
+    println!(
+        "  {:<28} {:<5} {detail}",
+        what,
+        if ok { "ok" } else { "DOWN" }
+    );
 }
 
 /// Prints the state of everything; returns whether all is healthy.
@@ -25,7 +29,9 @@ pub fn status(lab: &Lab) -> bool {
         report(
             &format!("{} ({})", n.host(), n.ip),
             ok,
-            info.as_deref().map(str::trim).unwrap_or("dockerd not answering"),
+            info.as_deref()
+                .map(str::trim)
+                .unwrap_or("dockerd not answering"),
         );
     }
     let m1 = lab.topo.first_manager();
@@ -93,15 +99,26 @@ pub fn status(lab: &Lab) -> bool {
     let vol = data::gluster(&["volume", "status", "sites"]).ok();
     report(
         "gluster volume sites",
-        vol.as_deref().is_some_and(|v| v.matches(" Y ").count() >= 2),
-        if vol.is_some() { "bricks online" } else { "glusterd not answering" },
+        vol.as_deref()
+            .is_some_and(|v| v.matches(" Y ").count() >= 2),
+        if vol.is_some() {
+            "bricks online"
+        } else {
+            "glusterd not answering"
+        },
     );
     for n in lab.topo.nodes() {
         let (m, h) = data::mount_state(&n.gluster_mount());
         report(
             &format!("gluster mount {}", n.host()),
             h,
-            if h { "mounted" } else if m { "dead mount" } else { "not mounted" },
+            if h {
+                "mounted"
+            } else if m {
+                "dead mount"
+            } else {
+                "not mounted"
+            },
         );
     }
     let s3 = http::get(&format!("{HOST_IP}:{}", ports::S3), "/backups", HOST_IP);
@@ -133,7 +150,11 @@ pub fn status(lab: &Lab) -> bool {
     line(
         &format!("platform 127.0.0.1:{}", ports::PLATFORM),
         plat.is_some(),
-        if plat.is_some() { "running" } else { "not running (optional)" },
+        if plat.is_some() {
+            "running"
+        } else {
+            "not running (optional)"
+        },
     );
     healthy
 }
@@ -162,7 +183,10 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         "  docker: docker -H {}  node ls",
         lab.topo.first_manager().docker_host()
     );
-    println!("  platform config: {}", super::platform::config_path().display());
+    println!(
+        "  platform config: {}",
+        super::platform::config_path().display()
+    );
     match plat {
         Some(p) => {
             println!("  platform API: {}", p.url);

@@ -83,7 +83,10 @@ pub fn preflight(repo: &Path, no_install: bool) -> Result<()> {
         }
         progress(
             "prerequisites",
-            format!("installing {} (scripts/install-deps.sh)…", missing.join(", ")),
+            format!(
+                "installing {} (scripts/install-deps.sh)…",
+                missing.join(", ")
+            ),
         );
         let status = std::process::Command::new(&script)
             .status()
@@ -183,19 +186,18 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         workers: opts.workers,
         galera_nodes: opts.galera_nodes,
     };
-    if let Some(old) = super::saved_topology() {
-        if old.managers != topo.managers
+    if let Some(old) = super::saved_topology()
+        && (old.managers != topo.managers
             || old.workers != topo.workers
-            || old.galera_nodes != topo.galera_nodes
-        {
-            bail!(
-                "the lab is already up with --managers {} --workers {} --galera-nodes {}; \
+            || old.galera_nodes != topo.galera_nodes)
+    {
+        bail!(
+            "the lab is already up with --managers {} --workers {} --galera-nodes {}; \
                  run `pressdock-infra lab down` first to change its shape",
-                old.managers,
-                old.workers,
-                old.galera_nodes
-            );
-        }
+            old.managers,
+            old.workers,
+            old.galera_nodes
+        );
     }
     std::fs::create_dir_all(STATE).with_context(|| format!("creating {STATE}"))?;
     let lock = std::fs::File::create(Path::new(STATE).join("lock")).context("lock file")?;
@@ -241,29 +243,35 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         });
         let gal = s.spawn(move || -> Result<()> {
             data::ensure_galera(lab).context("Galera")?;
-            progress("galera", format!("{} node(s) Synced", lab.topo.galera_nodes));
+            progress(
+                "galera",
+                format!("{} node(s) Synced", lab.topo.galera_nodes),
+            );
             Ok(())
         });
         let dat = s.spawn(move || -> Result<()> {
-            data::ensure_redis(&lab).context("Redis/Sentinel")?;
+            data::ensure_redis(lab).context("Redis/Sentinel")?;
             progress("redis", "master, replica and 3 sentinels ready");
-            data::ensure_s3(&lab).context("S3")?;
+            data::ensure_s3(lab).context("S3")?;
             progress("s3", "moto with bucket `backups`");
-            data::ensure_glusterd(&lab).context("glusterd")?;
-            data::ensure_volume(&lab).context("Gluster volume")?;
+            data::ensure_glusterd(lab).context("glusterd")?;
+            data::ensure_volume(lab).context("Gluster volume")?;
             progress("gluster", "volume `sites` started with quotas");
             parallel(all, |n| data::ensure_mount(lab, n))?;
             progress("gluster", "mounted on every node");
-            data::ensure_haproxy(&lab, &lab.topo.cache_nodes()).context("HAProxy")?;
+            data::ensure_haproxy(lab, &lab.topo.cache_nodes()).context("HAProxy")?;
             progress("router", "HAProxy writer router and edge entry up");
             Ok(())
         });
         let nod = s.spawn(move || -> Result<()> {
             progress("nodes", "starting dockerd in each namespace");
             parallel(all, |n| nodes::ensure_dockerd(lab, n))?;
-            nodes::ensure_swarm(&lab).context("swarm")?;
-            nodes::ensure_networks(&lab).context("overlay networks")?;
-            progress("swarm", format!("{} nodes, labelled; networks ready", all.len()));
+            nodes::ensure_swarm(lab).context("swarm")?;
+            nodes::ensure_networks(lab).context("overlay networks")?;
+            progress(
+                "swarm",
+                format!("{} nodes, labelled; networks ready", all.len()),
+            );
             img.join()
                 .map_err(|_| anyhow::anyhow!("the image build panicked"))??;
             progress("images", "loading into every node");
@@ -300,11 +308,14 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
     let plat = if opts.no_platform {
         None
     } else {
-        platform::ensure(&lab)?
+        platform::ensure(lab)?
     };
-    platform::write_summary(&lab, plat.as_ref())?;
-    progress("done", format!("lab up in {:.0}s", sh::elapsed().as_secs_f64()));
-    super::status::print_endpoints(&lab, plat.as_ref());
+    platform::write_summary(lab, plat.as_ref())?;
+    progress(
+        "done",
+        format!("lab up in {:.0}s", sh::elapsed().as_secs_f64()),
+    );
+    super::status::print_endpoints(lab, plat.as_ref());
     Ok(())
 }
 
