@@ -27,25 +27,33 @@
 //!
 //! # Fewest moves
 //! [`lower_bound`] counts the forced moves plus what the band needs (see its docs); on
-//! one-slot sites it is `F + max(E, D − F)`. With one-slot sites and no pins or labels the planner
-//! meets it exactly: forced sites fill deficits first; then while excess remains, each
-//! move takes one slot of excess to a deficit node if one exists (reducing both) or to a
-//! node below its ceiling, which exists because `Σ ceil ≥ total`; then while deficit
-//! remains, a node above its floor exists because `Σ floor ≤ total`. So a worker added
-//! costs exactly `max(E, D)` moves and a drain exactly `F + max(E, D − F)`.
+//! one-slot sites it is `F + max(E, D − F)`. With one-slot sites and no pins or labels
+//! the planner meets it exactly: forced sites fill deficits first; then while excess
+//! remains, each move takes one slot of excess to a deficit node if one exists
+//! (reducing both) or to a node below its ceiling, which exists because
+//! `Σ ceil ≥ total`; then while deficit remains, a node above its floor exists because
+//! `Σ floor ≤ total`. So a worker added costs exactly `max(E, D)` moves and a drain
+//! exactly `F + max(E, D − F)`. With mixed plan sizes the planner prefers the largest
+//! site a donor can give without dropping below its floor; it met the bound in the
+//! mixed-plan benchmark too, but that is not guaranteed.
 //!
 //! # Safe order (start-first)
 //! During a `start-first` move the site holds a slot on both nodes until the old task
-//! stops. The planner simulates the moves in list order and only ever picks a
+//! stops, so only the destination's load rises during a move; the source's falls when
+//! it ends. The planner simulates the moves in list order and only ever picks a
 //! destination whose load *at that point* plus the site fits its usable capacity (never
-//! more than its hard capacity); sources only lose load. So executing the list one move
-//! at a time never exceeds any node's capacity, whatever the intermediate state. Moves
-//! are grouped into consecutive waves that may run concurrently: a wave is closed when
-//! the next move's destination, counting every incoming move of the wave and crediting
-//! none of the wave's departures, would exceed capacity, or when
+//! more than its hard capacity). So executing the list one move at a time never exceeds
+//! any node's capacity, whatever the intermediate state, including a node that first
+//! receives and later gives. (Stop-first would free the source first but takes the site
+//! down; since every planned move fits its destination when it starts, the plan never
+//! needs that, and no exchange between two full nodes is ever planned.)
+//! Moves are grouped into consecutive waves that may run concurrently: a wave is closed
+//! when the next move's destination, counting every incoming move of the wave and
+//! crediting none of the wave's departures, would exceed capacity, or when
 //! `Policy::max_concurrent_moves` / `max_concurrent_moves_per_node` is reached. A move
-//! always fits in a fresh wave because the list is sequentially safe. [`check_moves`]
-//! verifies exactly this for any list of moves, and the tests run it on every plan.
+//! always fits in a fresh wave because the list is sequentially safe, and within a wave
+//! any order or interleaving is safe. [`check_moves`] verifies exactly this for any list
+//! of moves, and the tests run it on every plan.
 //!
 //! # Cost
 //! Nodes are kept in ordered indexes (room below the band floor, free slots, donor
