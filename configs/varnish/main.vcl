@@ -5,10 +5,12 @@
 #   acl.vcl       - addresses allowed to PURGE and BAN
 #   hosts.vcl     - the host table, regenerated and hot-loaded (vcl.load + vcl.use over the
 #                   -T admin port) by the platform whenever sites change
+#   static-hosts.vcl - hosts that are not platform sites (the lab's test site)
 #   pressdock.vcl - the WordPress-aware rules (tested by tests/*.vtc with varnishtest)
 vcl 4.1;
 
 include "backend.vcl";
 include "acl.vcl";
 include "hosts.vcl";
+include "static-hosts.vcl";
 include "pressdock.vcl";

@@ -1,5 +1,6 @@
 # WordPress-aware caching rules. Included by main.vcl after backend.vcl, acl.vcl and
-# hosts.vcl (which must define `acl purgers` and `sub pressdock_hosts`).
+# hosts.vcl and static-hosts.vcl (which must define `acl purgers`, `sub pressdock_hosts`
+# and `sub pressdock_static_hosts`).
 import std;
 
 sub vcl_recv {
@@ -26,6 +27,9 @@ sub vcl_recv {
     }
 
     call pressdock_hosts;
+    if (!req.http.X-Pressdock-Site) {
+        call pressdock_static_hosts;
+    }
     if (!req.http.X-Pressdock-Site) {
         return (pass);
     }

@@ -364,47 +364,12 @@ fn edge_request_goes_through_traefik_and_varnish_miss_then_hit() {
     // the host table this way).
     for n in lab.topo.cache_nodes() {
         let addr = format!("{}:{}", n.ip, ports::VARNISH_ADMIN);
-        let out = varnish_cli(&addr, &Path::new(STATE).join("varnish/secret"), "vcl.list");
+        let mut cli =
+            lab::varnish_cli::Cli::connect(&addr, &Path::new(STATE).join("varnish/secret"))
+                .expect("varnish admin port answers with our secret");
+        let out = cli.ok("vcl.list").expect("vcl.list");
         assert!(out.contains("active"), "vcl.list on {addr}: {out}");
     }
-}
-
-/// Varnish CLI: read the 107 challenge, answer sha256(challenge\nsecret challenge\n).
-fn varnish_cli(addr: &str, secret: &Path, command: &str) -> String {
-    use sha2::{Digest, Sha256};
-    use std::io::{BufRead, BufReader, Read, Write};
-    let s = std::net::TcpStream::connect(addr).expect("connect to varnish admin");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut r = BufReader::new(s.try_clone().expect("clone"));
-    let mut w = s;
-    let read_reply = |r: &mut BufReader<std::net::TcpStream>| -> (u32, String) {
-        let mut head = String::new();
-        r.read_line(&mut head).expect("status line");
-        let mut it = head.split_whitespace();
-        let code: u32 = it.next().and_then(|c| c.parse().ok()).expect("code");
-        let len: usize = it.next().and_then(|c| c.parse().ok()).expect("len");
-        let mut body = vec![0u8; len + 1];
-        r.read_exact(&mut body).expect("body");
-        (code, String::from_utf8_lossy(&body).into_owned())
-    };
-    let (code, body) = read_reply(&mut r);
-    assert_eq!(code, 107, "auth challenge expected, got {code} {body}");
-    let challenge = body.lines().next().expect("challenge").to_owned();
-    let secret = std::fs::read(secret).expect("secret file");
-    let mut h = Sha256::new();
-    h.update(challenge.as_bytes());
-    h.update(b"\n");
-    h.update(&secret);
-    h.update(challenge.as_bytes());
-    h.update(b"\n");
-    writeln!(w, "auth {}", hex::encode(h.finalize())).expect("send auth");
-    let (code, body) = read_reply(&mut r);
-    assert_eq!(code, 200, "auth refused: {body}");
-    writeln!(w, "{command}").expect("send command");
-    let (code, body) = read_reply(&mut r);
-    assert_eq!(code, 200, "{command}: {body}");
-    body
 }
 
 #[test]

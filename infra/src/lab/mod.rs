@@ -23,6 +23,7 @@ pub mod proc;
 pub mod sh;
 pub mod status;
 pub mod up;
+pub mod varnish_cli;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -196,34 +196,90 @@ pub fn ensure_networks(lab: &Lab) -> Result<()> {
 }
 
 /// The Varnish config folder bind-mounted into every Varnish task: the VCL from
-/// `configs/varnish/` plus a host table for the lab's test site.
-pub fn write_vcl(lab: &Lab) -> Result<std::path::PathBuf> {
+/// `configs/varnish/`; `hosts.vcl` (the platform's host table) only when absent, since the
+/// platform rewrites it; `static-hosts.vcl` with the lab's test site.
+pub fn write_vcl(lab: &Lab) -> Result<(std::path::PathBuf, bool)> {
     let dir = lab.path("varnish/vcl");
+    let before = vcl_digest(&dir);
     let src = lab.repo.join("configs/varnish");
-    for f in ["main.vcl", "backend.vcl", "acl.vcl", "pressdock.vcl"] {
+    for f in [
+        "main.vcl",
+        "backend.vcl",
+        "acl.vcl",
+        "pressdock.vcl",
+        "hosts.vcl",
+    ] {
+        if f == "hosts.vcl" && dir.join(f).exists() {
+            continue;
+        }
         let s = std::fs::read_to_string(src.join(f))
             .with_context(|| format!("reading configs/varnish/{f}"))?;
         sh::write_file(&dir.join(f), &s)?;
     }
-    let hosts = dir.join("hosts.vcl");
-    if !hosts.exists() {
-        sh::write_file(
-            &hosts,
-            "# Host table (generated; the platform rewrites it and hot-loads it).\n\
-             sub pressdock_hosts {\n    if (req.http.host == \"hello.lab.test\") {\n        \
-             set req.http.X-Pressdock-Site = \"hello\";\n    }\n}\n",
-        )?;
+    sh::write_file(
+        &dir.join("static-hosts.vcl"),
+        "# Written by pressdock-infra lab up: the lab's test site (not a platform site).
+         sub pressdock_static_hosts {
+    if (req.http.host == \"hello.lab.test\") {
+                 set req.http.X-Pressdock-Site = \"lab-hello\";
     }
+}
+",
+    )?;
     let secret = lab.path("varnish/secret");
     if !secret.exists() {
         sh::write_file(&secret, &format!("{}\n", lab.secrets.varnish))?;
     }
-    Ok(dir)
+    let changed = before != vcl_digest(&dir);
+    Ok((dir, changed))
+}
+
+fn vcl_digest(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Has every running Varnish compile and use the current VCL files (the cache survives).
+pub fn reload_vcl(lab: &Lab) -> Result<()> {
+    let name = format!(
+        "lab_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    for n in lab.topo.cache_nodes() {
+        let addr = format!("{}:{}", n.ip, super::ports::VARNISH_ADMIN);
+        let Ok(mut cli) = super::varnish_cli::Cli::connect(&addr, &lab.path("varnish/secret"))
+        else {
+            continue; // not started yet: it will read the new files when it starts
+        };
+        cli.ok(&format!("vcl.load {name} /etc/varnish/pressdock/main.vcl"))
+            .with_context(|| format!("loading the new VCL on {addr}"))?;
+        cli.ok(&format!("vcl.use {name}"))?;
+        progress("edge", format!("VCL reloaded on {addr}"));
+    }
+    Ok(())
 }
 
 /// `docker stack deploy` of `stacks/edge.yml` (Traefik + Varnish) on the first manager.
 pub fn deploy_edge(lab: &Lab) -> Result<()> {
-    let vcl = write_vcl(lab)?;
+    let (vcl, changed) = write_vcl(lab)?;
+    if changed {
+        reload_vcl(lab)?;
+    }
     let m1 = lab.topo.first_manager();
     let stack = lab.repo.join("stacks/edge.yml");
     let mut c = m1.docker([
