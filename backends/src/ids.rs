@@ -74,6 +74,26 @@ impl fmt::Debug for SiteResourceId {
     }
 }
 
+impl serde::Serialize for SiteResourceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SiteResourceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for SiteResourceId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s)
+    }
+}
+
 /// A host name as it appears in `Host:` headers, VCL and Traefik rules: lower-case
 /// ASCII (IDNs already in punycode), labels of `[a-z0-9-]` (1–63 characters, no leading
 /// or trailing `-`), at least two labels, at most 253 characters, no trailing dot.
@@ -121,6 +141,26 @@ impl fmt::Display for DomainName {
 impl fmt::Debug for DomainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DomainName({})", self.0)
+    }
+}
+
+impl serde::Serialize for DomainName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DomainName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for DomainName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s)
     }
 }
 
@@ -240,6 +280,12 @@ mod tests {
             Some(id)
         );
         assert_eq!(SiteResourceId::from_resource_name("wp_users"), None);
+        let json: Result<SiteResourceId, _> = serde_json::from_str("\"k3v7q2m6xa\"");
+        assert!(json.is_ok());
+        let bad: Result<SiteResourceId, _> = serde_json::from_str("\"K3V7Q2M6XA\"");
+        assert!(bad.is_err());
+        let bad: Result<DomainName, _> = serde_json::from_str("\"Example.com\"");
+        assert!(bad.is_err());
     }
 
     #[test]

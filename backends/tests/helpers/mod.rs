@@ -147,6 +147,13 @@ impl RedisLab {
         }
     }
 
+    /// SIGKILLs the first data node started (the initial master).
+    pub fn kill_initial_master(&mut self) {
+        if let Some(i) = self._procs.iter().position(|p| p.name == "redis master") {
+            drop(self._procs.remove(i));
+        }
+    }
+
     pub fn acl_file(&self, node: &str) -> PathBuf {
         self.dir.path().join(node).join("users.acl")
     }
