@@ -170,6 +170,14 @@ pub fn ensure(lab: &Lab) -> Result<Option<Platform>> {
 fn start_and_seed(lab: &Lab, bin: &Path) -> Result<Platform> {
     let addr = format!("127.0.0.1:{}", ports::PLATFORM);
     let cfg = config_path();
+    // A rebuilt binary replaces the file the running server was started from: restart.
+    if let Some(pid) = lab.procs.alive("platform") {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.to_string_lossy().ends_with(" (deleted)") {
+            progress("platform", "binary rebuilt since start: restarting");
+            lab.procs.stop("platform", Duration::from_secs(10))?;
+        }
+    }
     if lab.procs.alive("platform").is_none() {
         progress("platform", format!("starting {} serve", bin.display()));
         lab.procs.spawn(
