@@ -35,6 +35,7 @@ use crate::{
         users::{self, Invitation, Invited, Member, NewStaffUser, RoleChange, User},
     },
     audit_log::{self, AuditEvent, AuditFilter},
+    domain::StaffRole,
     error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Problem},
     metrics,
     state::AppState,
@@ -76,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{node}", axum::routing::patch(update_node))
         .route("/operations/{operation}", get(get_operation))
         .route("/audit", get(staff_audit))
+        .route("/admin/reconcilers", get(reconcilers))
+        .route("/admin/reconcilers/run", post(run_reconcilers))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
     let body_limit = state.config.body_limit_bytes;
@@ -564,6 +567,35 @@ async fn tenant_audit(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/admin/reconcilers", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = [crate::reconcile::ReconcilerStatus]), (status = 403, body = Problem)))]
+async fn reconcilers(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> ApiResult<Json<Vec<crate::reconcile::ReconcilerStatus>>> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    Ok(Json(crate::reconcile::status(&state.db).await?))
+}
+
+#[utoipa::path(post, path = "/v1/admin/reconcilers/run", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The result of each reconciler"), (status = 403, body = Problem), (status = 409, body = Problem)))]
+async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Value>> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    match crate::reconcile::run_all(
+        &state.db,
+        &state.provisioner,
+        state.config.reconcile.orphan_grace_secs,
+    )
+    .await?
+    {
+        Some(result) => Ok(Json(result)),
+        None => Err(ApiError::conflict(
+            None,
+            "a reconcile pass is running; see GET /v1/admin/reconcilers",
+        )),
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -592,7 +624,7 @@ impl Modify for BearerAuth {
         list_tenants, create_tenant, get_tenant, update_tenant, delete_tenant,
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
-        list_plans, create_plan, list_nodes, register_node, update_node, get_operation, staff_audit, tenant_audit,
+        list_plans, create_plan, list_nodes, register_node, update_node, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>)),
 )]

@@ -110,6 +110,8 @@ pub struct Config {
     pub bootstrap: BootstrapConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -170,6 +172,26 @@ impl Default for JobsConfig {
             lease_secs: 15,
             poll_millis: 250,
             max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Run the reconcilers on a timer inside `serve` (when backends are configured).
+    pub enabled: bool,
+    pub interval_secs: u64,
+    /// How long a resource with our prefix and no site is reported before it is removed.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 60,
+            orphan_grace_secs: 3600,
         }
     }
 }
@@ -247,6 +269,11 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("PRESSDOCK_JOBS_ENABLED", "jobs.enabled"),
     ("PRESSDOCK_JOBS_LEASE_SECS", "jobs.lease_secs"),
     ("PRESSDOCK_JOBS_POLL_MILLIS", "jobs.poll_millis"),
+    (
+        "PRESSDOCK_RECONCILE_INTERVAL_SECS",
+        "reconcile.interval_secs",
+    ),
+    ("PRESSDOCK_ORPHAN_GRACE_SECS", "reconcile.orphan_grace_secs"),
 ];
 
 /// Sets `a.b` in the table from an environment string, typed by the key.
@@ -255,7 +282,9 @@ fn set_path(table: &mut toml::Table, key: &str, raw: String) -> anyhow::Result<(
         "body_limit_bytes"
         | "auth.access_token_ttl_secs"
         | "jobs.lease_secs"
-        | "jobs.poll_millis" => toml::Value::Integer(
+        | "jobs.poll_millis"
+        | "reconcile.interval_secs"
+        | "reconcile.orphan_grace_secs" => toml::Value::Integer(
             raw.parse()
                 .with_context(|| format!("{key} must be a whole number"))?,
         ),

@@ -25,5 +25,6 @@ pub mod error;
 pub mod jobs;
 pub mod metrics;
 pub mod provision;
+pub mod reconcile;
 pub mod server;
 pub mod state;

@@ -70,6 +70,15 @@ pub async fn serve(
             runners.push(tokio::spawn(runner.clone().run(shutdown.clone())));
         }
     }
+    if state.config.reconcile.enabled && state.provisioner.any() {
+        runners.push(tokio::spawn(crate::reconcile::run_periodically(
+            state.db.clone(),
+            state.provisioner.clone(),
+            std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
+            state.config.reconcile.orphan_grace_secs,
+            shutdown.clone(),
+        )));
+    }
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop = shutdown.clone();
     axum::serve(listener, app)

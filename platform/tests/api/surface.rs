@@ -105,3 +105,30 @@ async fn printed_configuration_redacts_secrets() {
     );
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[tokio::test]
+async fn reconcilers_report_their_last_run_to_staff_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let tenant = app.create_tenant(&admin, "acme").await;
+    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
+    let (status, body) = app.get("/v1/admin/reconcilers", &member).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, ran) = app
+        .post("/v1/admin/reconcilers/run", &admin, serde_json::json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ran}");
+    // Without backends there is nothing to compare: every reconciler runs and reports.
+    assert_eq!(ran["sites"]["repairs"], serde_json::json!([]));
+    let (status, list) = app.get("/v1/admin/reconcilers", &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["nodes", "orphans", "sites"]);
+    assert!(list[0]["finished_at"].is_string());
+    app.finish().await;
+}
