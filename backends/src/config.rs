@@ -98,6 +98,8 @@ fn default_unlink_batch() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 pub struct GlusterConfig {
     /// A glusterd the CLI talks to (`gluster --remote-host=…`); a resolvable name.
+    /// Empty: the glusterd of this host.
+    #[serde(default)]
     pub remote_host: String,
     /// The volume holding one directory per site.
     #[serde(default = "default_volume")]

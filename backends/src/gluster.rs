@@ -105,10 +105,14 @@ pub fn quota_remove_args(config: &GlusterConfig, id: &SiteResourceId) -> Vec<Str
 }
 
 fn base_args(config: &GlusterConfig) -> Vec<String> {
-    vec![
-        "--mode=script".into(),
-        format!("--remote-host={}", config.remote_host),
-    ]
+    let mut args = vec!["--mode=script".to_owned()];
+    // Empty: the glusterd of this host (its unix socket). Over --remote-host glusterd
+    // serves only part of the CLI (seen in the lab: `volume info` works, `volume get`
+    // and so `quota … list` fail with "Failed to get default soft limit").
+    if !config.remote_host.is_empty() {
+        args.push(format!("--remote-host={}", config.remote_host));
+    }
+    args
 }
 
 /// `/<id>`: the directory's path inside the volume (what quota commands take).
@@ -140,8 +144,7 @@ pub fn parse_quota_list_xml(xml: &str, path: &str) -> Option<u64> {
 
 impl GlusterDriver {
     pub fn new(config: &GlusterConfig) -> Result<Self> {
-        if config.remote_host.is_empty()
-            || config.remote_host.starts_with('-')
+        if config.remote_host.starts_with('-')
             || !config
                 .remote_host
                 .bytes()
