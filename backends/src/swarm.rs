@@ -14,8 +14,8 @@
 //! - Docker 20.10 speaks API 1.41 at most; bollard is pinned to the configured version
 //!   (`docker_api_version`, default 1.41) instead of its default 1.53.
 //!
-//! Not yet run against a real dockerd (the lab's swarm is being built by `pressdock-infra
-//! lab up`); the spec builder is unit-tested.
+//! The spec builder is unit-tested; the driver ran against the lab's swarm (dockerd
+//! 20.10) in `lab_swarm_secrets_and_service` (an opt-in test).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
