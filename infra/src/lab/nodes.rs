@@ -87,6 +87,12 @@ fn swarm_state(node: &Node) -> (String, String) {
     )
 }
 
+/// The node's swarm id, if it is in a swarm.
+pub fn swarm_node_id(node: &Node) -> Option<String> {
+    let id = swarm_state(node).1;
+    (!id.is_empty()).then_some(id)
+}
+
 /// One swarm: the first manager initialises it, the others join; role labels on every node.
 pub fn ensure_swarm(lab: &Lab) -> Result<()> {
     let nodes = lab.topo.nodes();

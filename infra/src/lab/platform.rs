@@ -12,10 +12,13 @@ pub struct Platform {
     pub url: String,
     pub demo_email: String,
     pub demo_tenant: String,
+    /// `domain (state)` of the demo site, empty when it could not be created.
+    pub demo_site: String,
 }
 
 pub const STAFF_EMAIL: &str = "admin@pressdock.test";
 pub const DEMO_EMAIL: &str = "owner@demo.test";
+pub const DEMO_DOMAIN: &str = "demo.lab.test";
 
 pub fn config_path() -> PathBuf {
     Path::new(STATE).join("pressdock.toml")
@@ -236,15 +239,7 @@ fn start_and_seed(lab: &Lab, bin: &Path) -> Result<Platform> {
     } else if t.status == 409 {
         // Second `lab up`: the tenant exists; find it by slug.
         let l = http::request(&addr, "GET", "/v1/tenants", "127.0.0.1", None, &h)?;
-        let v: serde_json::Value = serde_json::from_str(&l.body).unwrap_or_default();
-        let items = v
-            .get("items")
-            .or(v.get("tenants"))
-            .and_then(|x| x.as_array())
-            .cloned()
-            .or_else(|| v.as_array().cloned())
-            .unwrap_or_default();
-        items
+        list_items(&l.body)
             .iter()
             .find(|t| t["slug"] == "demo")
             .and_then(|t| t["id"].as_str().map(str::to_owned))
@@ -263,11 +258,134 @@ fn start_and_seed(lab: &Lab, bin: &Path) -> Result<Platform> {
     if !(u.status == 200 || u.status == 201 || u.status == 409) {
         bail!("creating the demo owner: HTTP {} {}", u.status, u.body);
     }
+    register_nodes(lab, &addr, &h)?;
+    let demo_site = match demo_site(&addr, &h, &tenant) {
+        Ok(s) => s,
+        Err(e) => {
+            progress("platform", format!("demo site not created: {e:#}"));
+            String::new()
+        }
+    };
     Ok(Platform {
         url: format!("http://{addr}"),
         demo_email: DEMO_EMAIL.into(),
         demo_tenant: tenant,
+        demo_site,
     })
+}
+
+/// The array of a list answer: a bare array or `{"items": [...]}`.
+fn list_items(body: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v.get("items")
+        .and_then(|x| x.as_array())
+        .cloned()
+        .or_else(|| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The lab's nodes in the platform's inventory (placement needs its workers).
+fn register_nodes(lab: &Lab, addr: &str, h: &[(&str, &str)]) -> Result<()> {
+    let l = http::request(addr, "GET", "/v1/nodes", "127.0.0.1", None, h)?;
+    if l.status != 200 {
+        bail!("GET /v1/nodes: HTTP {} {}", l.status, l.body);
+    }
+    let known: Vec<String> = list_items(&l.body)
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+        .collect();
+    for n in lab.topo.nodes() {
+        if known.contains(&n.host()) {
+            continue;
+        }
+        let worker = n.role == super::Role::Worker;
+        let swarm_id = super::nodes::swarm_node_id(&n);
+        let r = http::request(
+            addr,
+            "POST",
+            "/v1/nodes",
+            "127.0.0.1",
+            Some(&json!({
+                "name": n.host(),
+                "role": if worker { "worker" } else { "manager" },
+                "address": n.ip,
+                "failure_domain": n.host(),
+                "swarm_node_id": swarm_id,
+                "labels": { "pressdock.node": n.name },
+            })),
+            h,
+        )?;
+        if !(r.status == 200 || r.status == 201 || r.status == 409) {
+            bail!(
+                "registering node {}: HTTP {} {}",
+                n.host(),
+                r.status,
+                r.body
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A demo site for the demo tenant (once), provisioned by the platform on the lab.
+fn demo_site(addr: &str, h: &[(&str, &str)], tenant: &str) -> Result<String> {
+    let path = format!("/v1/tenants/{tenant}/sites");
+    let l = http::request(addr, "GET", &path, "127.0.0.1", None, h)?;
+    if let Some(site) = list_items(&l.body).into_iter().next() {
+        return Ok(format!(
+            "{} ({})",
+            site["domain"].as_str().unwrap_or("?"),
+            site["state"].as_str().unwrap_or("?")
+        ));
+    }
+    let r = http::request(
+        addr,
+        "POST",
+        &path,
+        "127.0.0.1",
+        Some(&json!({"name": "Demo", "domain": DEMO_DOMAIN, "aliases": [], "plan": "starter"})),
+        &[h, &[("Idempotency-Key", "pressdock-lab-demo-site")]].concat(),
+    )?;
+    if !(r.status == 200 || r.status == 201 || r.status == 202) {
+        bail!("POST {path}: HTTP {} {}", r.status, r.body);
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let Some(op) = v["id"].as_str().or(v["operation"]["id"].as_str()) else {
+        return Ok(format!("{DEMO_DOMAIN} (requested)"));
+    };
+    progress(
+        "platform",
+        format!("demo site {DEMO_DOMAIN}: operation {op}…"),
+    );
+    let state = sh::wait_for(
+        "the demo site's operation",
+        Duration::from_secs(90),
+        Duration::from_secs(2),
+        || {
+            let o = http::request(
+                addr,
+                "GET",
+                &format!("/v1/operations/{op}"),
+                "127.0.0.1",
+                None,
+                h,
+            )
+            .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&o.body).ok()?;
+            let st = v["state"].as_str()?.to_owned();
+            (st == "succeeded" || st == "failed").then(|| {
+                format!(
+                    "{st}{}",
+                    v["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )
+            })
+        },
+    )
+    .unwrap_or_else(|_| format!("operation {op} still running after 90 s"));
+    Ok(format!("{DEMO_DOMAIN} ({state})"))
 }
 
 /// `<state>/lab.toml`: the endpoints, for tests and other tools.

@@ -199,6 +199,14 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
                 "    demo tenant {}: owner {} / {}",
                 p.demo_tenant, p.demo_email, s.demo_password
             );
+            if !p.demo_site.is_empty() {
+                println!(
+                    "    demo site: {}  (curl -H 'Host: {}' http://127.0.0.1:{}/)",
+                    p.demo_site,
+                    super::platform::DEMO_DOMAIN,
+                    ports::EDGE
+                );
+            }
         }
         None => println!("  platform: not started (see the message above)"),
     }
