@@ -8,8 +8,9 @@
 //! - `sites`: every settled site (active or suspended, no operation under way) in every
 //!   backend: database and grants, DB router user, Redis ACL on every node, storage
 //!   directory and quota, swarm service and its spec, and the Varnish host table.
-//! - `orphans`: resources with our prefix and no site are reported, then removed once they
-//!   have been orphans for longer than the grace period.
+//! - `orphans`: resources with our prefix whose site is deleted or failed are reported,
+//!   then removed once they have been orphans for longer than the grace period; ones this
+//!   control plane never made are reported only.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -355,18 +356,38 @@ async fn reconcile_site(
     Ok(())
 }
 
+/// Orphans: resources named `wp_<id>` in a backend whose site is deleted or failed here
+/// are removed once they have been seen for `grace_secs`. Every resource this control
+/// plane creates belongs to a site row committed before the resource exists, so an id this
+/// database has never seen was not made by it (another deployment sharing the servers, or
+/// a hand-made one): such resources are reported as `foreign` and never removed.
 async fn reconcile_orphans(
     db: &MySqlPool,
     p: &Provisioner,
     grace_secs: u64,
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    let known: BTreeSet<String> =
-        sqlx::query_scalar("SELECT id FROM sites WHERE state <> 'deleted'")
-            .fetch_all(db)
-            .await?
-            .into_iter()
-            .collect();
+    let sites: Vec<(String, String)> = sqlx::query_as("SELECT id, state FROM sites")
+        .fetch_all(db)
+        .await?;
+    let live: BTreeSet<&str> = sites
+        .iter()
+        .filter(|(_, state)| state != "deleted" && state != "failed")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let dead: BTreeSet<&str> = sites
+        .iter()
+        .filter(|(_, state)| state == "deleted" || state == "failed")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    // A failed or deleted site with an operation still under way is not an orphan yet.
+    let busy: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT target_id FROM operations WHERE target_type = 'site' AND state IN ('pending', 'running', 'unwinding')",
+    )
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .collect();
     let mut found: Vec<(&'static str, SiteResourceId)> = Vec::new();
     if let Some(galera) = &p.galera {
         found.extend(
@@ -389,7 +410,11 @@ async fn reconcile_orphans(
     let mut current = BTreeSet::new();
     for (backend, id) in found {
         report.checked += 1;
-        if known.contains(id.as_str()) {
+        if live.contains(id.as_str()) || busy.contains(id.as_str()) {
+            continue;
+        }
+        if !dead.contains(id.as_str()) {
+            report.orphans.push(json!({ "backend": backend, "resource": id.resource_name(), "foreign": true, "removed": false }));
             continue;
         }
         current.insert((backend, id.as_str().to_owned()));
@@ -406,8 +431,9 @@ async fn reconcile_orphans(
         .fetch_one(db)
         .await?;
         let expired = u64::try_from(age).unwrap_or(0) >= grace_secs;
+        let mut removed = false;
         if expired {
-            let removed = match backend {
+            let result = match backend {
                 "galera" => match &p.galera {
                     Some(g) => g
                         .remove_site_database(&id)
@@ -424,27 +450,33 @@ async fn reconcile_orphans(
                     None => Ok(()),
                 },
             };
-            match removed {
+            match result {
                 Ok(()) => {
-                    sqlx::query("DELETE FROM orphans WHERE backend = ? AND resource = ?")
-                        .bind(backend)
-                        .bind(id.as_str())
-                        .execute(db)
-                        .await?;
+                    removed = true;
+                    report.repairs.push(Repair {
+                        site: id.as_str().to_owned(),
+                        backend,
+                        drift: "orphan removed".into(),
+                    });
                 }
                 Err(err) => report
                     .errors
                     .push(format!("removing orphan {backend} {id}: {err:#}")),
             }
         }
-        report.orphans.push(json!({ "backend": backend, "resource": id.resource_name(), "age_secs": age, "removed": expired }));
+        report.orphans.push(json!({ "backend": backend, "resource": id.resource_name(), "foreign": false, "age_secs": age, "removed": removed }));
     }
-    // Forget orphans that are gone (removed by hand, or claimed by a site).
+    // Forget orphans no longer found (removed now, by hand, or claimed by a live site).
     let listed: Vec<(String, String)> = sqlx::query_as("SELECT backend, resource FROM orphans")
         .fetch_all(db)
         .await?;
     for (backend, resource) in listed {
-        if !current.iter().any(|(b, r)| *b == backend && *r == resource) {
+        let still = current.iter().any(|(b, r)| *b == backend && *r == resource)
+            && !report
+                .orphans
+                .iter()
+                .any(|o| o["resource"] == format!("wp_{resource}") && o["removed"] == true);
+        if !still {
             sqlx::query("DELETE FROM orphans WHERE backend = ? AND resource = ?")
                 .bind(&backend)
                 .bind(&resource)
