@@ -253,6 +253,30 @@ impl GlusterDriver {
         Ok(())
     }
 
+    /// Ids of every site directory on the volume (orphan detection).
+    pub async fn list_site_ids(&self) -> Result<std::collections::BTreeSet<SiteResourceId>> {
+        self.check_mount().await?;
+        let mount = &self.config.mount;
+        let mut entries = tokio::fs::read_dir(mount)
+            .await
+            .map_err(Error::io(format!("read {}", mount.display())))?;
+        let mut ids = std::collections::BTreeSet::new();
+        while let Some(e) = entries
+            .next_entry()
+            .await
+            .map_err(Error::io(format!("read {}", mount.display())))?
+        {
+            if let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| SiteResourceId::parse(n).ok())
+            {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Reads the directory part of the state.
     pub async fn observe_directory(&self, id: &SiteResourceId) -> Result<(bool, bool)> {
         let dir = self.local_dir(id);

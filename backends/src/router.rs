@@ -331,6 +331,35 @@ impl ProxySqlRouter {
     }
 }
 
+impl ProxySqlRouter {
+    /// Ids of every `wp_<id>` user on any endpoint (orphan detection).
+    pub async fn list_site_ids(&self) -> Result<std::collections::BTreeSet<SiteResourceId>> {
+        let mut ids = std::collections::BTreeSet::new();
+        for endpoint in &self.endpoints {
+            let mut conn = endpoint
+                .pool
+                .get_conn()
+                .await
+                .map_err(mysql_err(&endpoint.label, "connect"))?;
+            let users: Vec<String> = conn
+                .query(PROXYSQL_LIST_USERS)
+                .await
+                .map_err(mysql_err(&endpoint.label, "list users"))?;
+            ids.extend(
+                users
+                    .iter()
+                    .filter_map(|u| SiteResourceId::from_resource_name(u)),
+            );
+        }
+        Ok(ids)
+    }
+}
+
+/// Lists candidate users in the memory layer; the exact `wp_<id>` match is done on our
+/// side (no backslash escapes to pass through two SQL dialects).
+pub const PROXYSQL_LIST_USERS: &str =
+    "SELECT DISTINCT username FROM mysql_users WHERE username LIKE 'wp%'";
+
 impl DbRouter for ProxySqlRouter {
     async fn ensure_router_user(
         &self,

@@ -565,6 +565,37 @@ impl SwarmDriver {
         &self.config
     }
 
+    /// Ids of every site with a service or a secret carrying our label (orphan detection).
+    pub async fn list_site_ids(&self) -> Result<BTreeSet<SiteResourceId>> {
+        let filters = HashMap::from([("label", vec![LABEL_SITE.to_owned()])]);
+        let services = self
+            .docker
+            .list_services(Some(
+                bollard::query_parameters::ListServicesOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err("list services"))?;
+        let secrets = self
+            .docker
+            .list_secrets(Some(
+                ListSecretsOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(docker_err("list secrets"))?;
+        let from_services = services
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(LABEL_SITE).cloned());
+        let from_secrets = secrets
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(LABEL_SITE).cloned());
+        Ok(from_services
+            .chain(from_secrets)
+            .filter_map(|id| SiteResourceId::parse(&id).ok())
+            .collect())
+    }
+
     /// Every swarm node: `(id, hostname, role)`, sorted by hostname (for placement).
     pub async fn list_nodes(&self) -> Result<Vec<(NodeId, String, String)>> {
         let nodes = self

@@ -680,6 +680,9 @@ async fn gluster_directory_owner_and_removal() {
         driver.local_dir(&id).join("uploads/2026/a.jpg"),
         b"x",
     ));
+    ok(std::fs::create_dir(mount.path().join("not-a-site")));
+    let listed = ok(driver.list_site_ids().await);
+    assert_eq!(listed, BTreeSet::from([id.clone()]));
     ok(driver.remove_directory(&id).await);
     ok(driver.remove_directory(&id).await);
     assert_eq!(ok(driver.observe_directory(&id).await), (false, false));
