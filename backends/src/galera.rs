@@ -298,12 +298,14 @@ impl SiteDatabase for GaleraDriver {
                 "create user",
             )
             .await?;
+            tracing::info!(site = %id, "database user created");
         }
         // A concurrent run may have created it with another password: converge.
         let mid = Self::observe_on(&mut conn, id, Some(password)).await?;
         if mid.password_matches != Some(true) {
             Self::exec_with_credentials(&mut conn, id, password, "ALTER USER", "set password")
                 .await?;
+            tracing::info!(site = %id, "database password converged");
         }
         if !mid.extra_grants.is_empty() {
             tracing::warn!(site = %id, extra = mid.extra_grants.len(), "revoking widened grants");
@@ -363,6 +365,7 @@ impl SiteDatabase for GaleraDriver {
                 tracing::debug!(site = %id, error = %e, "kill session");
             }
         }
+        tracing::info!(site = %id, "removing database and user");
         conn.query_drop(format!("DROP USER IF EXISTS {}", account(id)))
             .await
             .map_err(mysql_err("drop user"))?;

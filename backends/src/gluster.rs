@@ -350,6 +350,7 @@ impl SiteStorage for GlusterDriver {
     ) -> Result<StorageState> {
         self.ensure_directory(id).await?;
         if self.read_quota(id).await? != Some(quota_bytes) {
+            tracing::info!(site = %id, quota_bytes, "setting quota");
             self.set_quota(id, quota_bytes).await?;
         }
         let state = self.observe_site_storage(id).await?;

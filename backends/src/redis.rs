@@ -486,6 +486,12 @@ impl SiteCache for RedisSentinelDriver {
                 saved,
             });
         }
+        tracing::info!(
+            site = %id,
+            nodes = nodes.len(),
+            unreachable = t.down_replicas.len(),
+            "redis ACL user applied"
+        );
         nodes.extend(Self::unreachable(&t));
         Ok(CacheState { nodes })
     }
@@ -578,6 +584,7 @@ impl SiteCache for RedisSentinelDriver {
             }
             cursor = next;
         }
+        tracing::info!(site = %id, keys_deleted = deleted, "redis ACL user and keys removed");
         Ok(CacheRemoval {
             nodes: touched,
             keys_deleted: deleted,

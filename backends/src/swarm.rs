@@ -705,7 +705,10 @@ impl SiteRuntime for SwarmDriver {
             ..Default::default()
         };
         match self.docker.create_secret(spec).await {
-            Ok(r) => Ok(SecretRef { id: r.id, name }),
+            Ok(r) => {
+                tracing::info!(site = %id, secret = %name, "swarm secret created");
+                Ok(SecretRef { id: r.id, name })
+            }
             // Same name, same content (the name is derived from it): already there.
             Err(e) if status_of(&e) == Some(409) => {
                 let s = self
@@ -751,6 +754,7 @@ impl SiteRuntime for SwarmDriver {
         let current = self.inspect(&params.id).await?;
         let state = Self::state_of(current.as_ref());
         if !state.exists {
+            tracing::info!(site = %params.id, node = %params.node.as_str(), "creating service");
             match self.docker.create_service(spec.clone(), None).await {
                 Ok(_) => {}
                 // A concurrent run created it: converge it below.
@@ -758,6 +762,7 @@ impl SiteRuntime for SwarmDriver {
                 Err(e) => return Err(docker_err("create service")(e)),
             }
         } else if !state.matches(&spec) {
+            tracing::info!(site = %params.id, "updating service");
             self.update(&params.id, spec.clone(), state.version).await?;
         } else {
             return Ok(state);

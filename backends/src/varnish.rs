@@ -641,6 +641,7 @@ impl VarnishDriver {
             .find(|e| e.status == "active")
             .map(|e| e.name.clone());
         if active.as_deref() != Some(vcl.name.as_str()) {
+            tracing::info!(instance = %instance.address, vcl = %vcl.name, loaded, "activating host table VCL");
             if !loaded {
                 match &vcl.load {
                     VclLoad::Inline(source) => cli.vcl_inline(&vcl.name, source).await?,
