@@ -75,7 +75,9 @@ admin_user = "admin"
 admin_password = "{redis}"
 
 [backends.gluster]
-remote_host = "{gluster_host}"
+# Empty: this host's glusterd over its unix socket (the full CLI; over --remote-host
+# glusterd refuses `volume get` and so `quota list`). Bricks are on {gluster_host}.
+remote_host = ""
 volume = "sites"
 mount = "{mount}"
 node_mount = "{STATE}/nodes/{{{{.Node.Hostname}}}}/sites"
@@ -149,7 +151,12 @@ fn binary(lab: &Lab) -> Option<PathBuf> {
 /// Writes the config; starts the platform and creates the demo tenant when the binary
 /// exists and serves. A missing or unready platform is reported, not fatal.
 pub fn ensure(lab: &Lab) -> Result<Option<Platform>> {
-    sh::write_file(&config_path(), &config(lab))?;
+    let cfg = config(lab);
+    let changed = std::fs::read_to_string(config_path()).ok().as_deref() != Some(cfg.as_str());
+    sh::write_file(&config_path(), &cfg)?;
+    if changed && lab.procs.stop("platform", Duration::from_secs(10))? {
+        progress("platform", "config changed: restarting");
+    }
     let Some(bin) = binary(lab) else {
         progress(
             "platform",

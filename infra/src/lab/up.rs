@@ -236,10 +236,18 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
     let (all, lab, recipes) = (&all, &lab, &recipes);
     let (gal, dat, nod) = std::thread::scope(|s| {
         let img = s.spawn(move || -> Result<()> {
-            for r in recipes {
-                images::ensure_built(r)?;
-            }
-            Ok(())
+            // Builds are mostly downloads and dpkg: run them side by side.
+            std::thread::scope(|s2| {
+                let hs: Vec<_> = recipes
+                    .iter()
+                    .map(|r| s2.spawn(move || images::ensure_built(r)))
+                    .collect();
+                for h in hs {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("an image build panicked"))??;
+                }
+                Ok(())
+            })
         });
         let gal = s.spawn(move || -> Result<()> {
             data::ensure_galera(lab).context("Galera")?;
