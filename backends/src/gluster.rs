@@ -340,6 +340,9 @@ fn no_limit(stderr: &str) -> bool {
         || s.contains("limit not set")
         || s.contains("quota limit not set")
         || s.contains("no such file or directory")
+        // `quota remove` of a path without a limit (gluster 10, seen in the lab):
+        // "removexattr failed on …/sites_quota_limit/<id>. Reason : No data available".
+        || s.contains("no data available")
 }
 
 impl SiteStorage for GlusterDriver {
@@ -349,7 +352,16 @@ impl SiteStorage for GlusterDriver {
         quota_bytes: u64,
     ) -> Result<StorageState> {
         self.ensure_directory(id).await?;
-        if self.read_quota(id).await? != Some(quota_bytes) {
+        // `limit-usage` is idempotent; a failed read (the CLI's auxiliary mount can lag
+        // behind a directory just made) just means "set it".
+        let current = match self.read_quota(id).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(site = %id, error = %e, "reading quota before setting it");
+                None
+            }
+        };
+        if current != Some(quota_bytes) {
             tracing::info!(site = %id, quota_bytes, "setting quota");
             self.set_quota(id, quota_bytes).await?;
         }
@@ -415,15 +427,26 @@ mod tests {
 
     #[test]
     fn quota_xml() {
-        // Shape of `gluster --xml volume quota VOL list PATH`: element names as in the
-        // installed gluster 10 CLI (`strings /usr/sbin/gluster`: volQuota, hard_limit,
-        // soft_limit_percent, used_space, …); not yet run against a live glusterd here.
+        // `gluster --xml volume quota VOL list PATH` as gluster 10.3 printed it in the lab.
         let xml = "<?xml version=\"1.0\"?><cliOutput><opRet>0</opRet><volQuota>\
                    <limit><path>/other</path><hard_limit>1</hard_limit></limit>\
                    <limit><path>/k3v7q2m6xa</path><hard_limit>104857600</hard_limit>\
                    <soft_limit_percent>80%</soft_limit_percent><used_space>0</used_space>\
                    </limit></volQuota></cliOutput>";
         assert_eq!(parse_quota_list_xml(xml, "/k3v7q2m6xa"), Some(104_857_600));
+        // A directory without a limit (same run).
+        let unset = "<cliOutput><opRet>0</opRet><volQuota><limit><path>/k3v7q2m6xa</path>\
+                     <hard_limit>N/A</hard_limit><used_space>0</used_space></limit>\
+                     </volQuota></cliOutput>";
+        assert_eq!(parse_quota_list_xml(unset, "/k3v7q2m6xa"), None);
+        assert_eq!(
+            parse_quota_list_xml("<cliOutput><volQuota/></cliOutput>", "/x"),
+            None
+        );
+        assert!(no_limit(
+            "quota command failed : removexattr failed on /var/run/gluster/sites_quota_limit/x. \
+             Reason : No data available"
+        ));
         assert_eq!(parse_quota_list_xml(xml, "/nothere00"), None);
         assert!(
             GlusterDriver::new(&GlusterConfig {
