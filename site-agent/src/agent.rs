@@ -1,0 +1,391 @@
+//! The agent's main loop: render the files, start and supervise php-fpm and nginx, serve
+//! health and metrics, install WordPress, keep the checks and sizes current, report to
+//! the control plane, and stop everything gracefully on SIGTERM/SIGINT.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::backoff::Backoff;
+use crate::checks;
+use crate::config::Settings;
+use crate::heartbeat;
+use crate::install;
+use crate::metrics::Metrics;
+use crate::protocol::{ApplyStatus, Check, Health, PhpSettings, Versions};
+use crate::render::{self, write_atomic, write_if_changed};
+use crate::state::StateStore;
+use crate::supervise::{ChildSpec, Children, Supervisor};
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// State shared by the server, the background tasks and the heartbeat.
+pub struct Shared {
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub children: Children,
+    pub started_at_unix: u64,
+    pub checks: Mutex<Vec<Check>>,
+    pub installed: Mutex<bool>,
+    /// Why the last install attempt failed (shown as the `install` check).
+    pub install_error: Mutex<Option<String>>,
+    pub versions: Mutex<Versions>,
+    pub store: Mutex<StateStore>,
+    pub applied: Mutex<Option<ApplyStatus>>,
+}
+
+impl Shared {
+    /// Liveness and readiness now.
+    pub fn health(&self) -> Health {
+        let checks = self.checks.lock().map(|c| c.clone()).unwrap_or_default();
+        let installed = self.installed.lock().map(|g| *g).unwrap_or(false);
+        let live = self
+            .children
+            .down_longer_than(crate::server::CHILD_DOWN_LIMIT)
+            .is_none();
+        Health {
+            live,
+            ready: live && installed && !checks.is_empty() && checks.iter().all(|c| c.ok),
+            wordpress_installed: installed,
+            checks,
+        }
+    }
+}
+
+fn child_specs(s: &Settings) -> Vec<ChildSpec> {
+    vec![
+        ChildSpec {
+            name: "php-fpm".into(),
+            argv: s.php_fpm_cmd.clone(),
+            stop_signal: Signal::SIGQUIT,
+        },
+        ChildSpec {
+            name: "nginx".into(),
+            argv: s.nginx_cmd.clone(),
+            stop_signal: Signal::SIGQUIT,
+        },
+    ]
+}
+
+/// Writes every file the site's processes read. wp-config and the drop-in hold secrets
+/// or run as PHP: owned by root, readable by www-data's group only where needed.
+pub fn render_all(s: &Settings, php: &PhpSettings) -> Result<()> {
+    for d in [
+        "nginx-tmp/body",
+        "nginx-tmp/fastcgi",
+        "nginx-tmp/proxy",
+        "nginx-tmp/uwsgi",
+        "nginx-tmp/scgi",
+    ] {
+        std::fs::create_dir_all(s.paths.run_dir.join(d))
+            .with_context(|| format!("creating {}", s.paths.run_dir.display()))?;
+    }
+    write_atomic(
+        &s.paths.wp_config,
+        render::render_wp_config(s).as_bytes(),
+        0o640,
+    )?;
+    // Not root (tests): the group stays the caller's.
+    let _ = std::os::unix::fs::chown(&s.paths.wp_config, Some(0), Some(33));
+    write_atomic(
+        &s.fpm_conf_path(),
+        render::render_fpm_conf(s, php).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(
+        &s.nginx_conf_path(),
+        render::render_nginx_conf(s).as_bytes(),
+        0o644,
+    )?;
+    install::prepare_wp_content(s)?;
+    write_if_changed(
+        &s.object_cache_path(),
+        render::OBJECT_CACHE_PHP.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM or SIGINT; returns after the children stopped.
+pub async fn run(settings: Settings) -> Result<()> {
+    let store = match StateStore::open(&settings.paths.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "desired config unreadable; starting without it"
+            );
+            let _ = std::fs::remove_file(settings.paths.state_dir.join("desired.json"));
+            StateStore::open(&settings.paths.state_dir)?
+        }
+    };
+    let php = store.held().map(|d| d.php.clone()).unwrap_or_default();
+    if settings.render {
+        render_all(&settings, &php).context("rendering the site's files")?;
+        tracing::info!(site = %settings.site_id, "files rendered");
+    }
+    let metrics = Arc::new(Metrics::default());
+    metrics.with(|m| m.desired_generation = store.generation());
+    let _access = crate::accesslog::spawn(&settings.access_log_socket(), metrics.clone())?;
+
+    let supervisor = Supervisor::start(child_specs(&settings), settings.stop_grace);
+    let installed_already = settings.install_marker().exists();
+    let shared = Arc::new(Shared {
+        children: supervisor.children(),
+        metrics,
+        started_at_unix: now_unix(),
+        checks: Mutex::new(Vec::new()),
+        installed: Mutex::new(installed_already),
+        install_error: Mutex::new(None),
+        versions: Mutex::new(Versions {
+            agent: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        applied: Mutex::new(None),
+        store: Mutex::new(store),
+        settings,
+    });
+
+    let listener = tokio::net::TcpListener::bind(shared.settings.listen)
+        .await
+        .with_context(|| format!("binding {}", shared.settings.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "agent listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut rx = stop_rx.clone();
+        let app = crate::server::router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+
+    let background = vec![
+        tokio::spawn(install_loop(shared.clone())),
+        tokio::spawn(check_loop(shared.clone())),
+        tokio::spawn(size_loop(shared.clone())),
+        tokio::spawn(versions(shared.clone())),
+        tokio::spawn(heartbeat::run(shared.clone(), stop_rx.clone())),
+    ];
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = which,
+        grace_ms = shared.settings.stop_grace.as_millis() as u64,
+        "stopping"
+    );
+    for t in &background {
+        t.abort();
+    }
+    supervisor.shutdown().await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn install_loop(shared: Arc<Shared>) {
+    let s = &shared.settings;
+    let Some(i) = s.install.clone() else {
+        return;
+    };
+    let mut backoff = Backoff::new(
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        Duration::MAX,
+    );
+    loop {
+        match install::ensure_installed(s, &i).await {
+            Ok(o) => {
+                tracing::info!(result = %o.result, user_id = o.user_id, "WordPress installed");
+                if let Ok(mut g) = shared.installed.lock() {
+                    *g = true;
+                }
+                return;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay(Duration::ZERO);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_ms = delay.as_millis() as u64,
+                    "install failed"
+                );
+                if let Ok(mut g) = shared.install_error.lock() {
+                    *g = Some(format!("{e:#}"));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn check(name: &str, r: Result<()>) -> Check {
+    Check {
+        name: name.into(),
+        ok: r.is_ok(),
+        detail: r.err().map(|e| format!("{e:#}")),
+    }
+}
+
+async fn check_loop(shared: Arc<Shared>) {
+    let s = &shared.settings;
+    let mut db = checks::Database::new(s).ok();
+    loop {
+        let db_r = match db.as_mut() {
+            Some(d) => d.ping().await,
+            None => Err(anyhow::anyhow!("bad database settings")),
+        };
+        let redis_r = async {
+            let master = checks::redis_master(&s.redis_sentinels, &s.redis_master_name).await?;
+            checks::redis_ping(&master, &s.redis_user, s.redis_password.expose()).await
+        }
+        .await;
+        let wp_r = checks::wordpress_answers(s.site_port, &s.primary_domain).await;
+        let fpm = checks::fpm_status(s.site_port).await.ok();
+        shared.metrics.with(|m| m.fpm = fpm);
+        let mut list = vec![
+            check("database", db_r),
+            check("redis", redis_r),
+            check("wordpress", wp_r),
+        ];
+        if !shared.installed.lock().map(|g| *g).unwrap_or(false) {
+            let why = shared.install_error.lock().ok().and_then(|g| g.clone());
+            let disabled = s
+                .install
+                .is_none()
+                .then(|| "install disabled and no marker".to_owned());
+            list.push(Check {
+                name: "install".into(),
+                ok: false,
+                detail: why.or(disabled).or_else(|| Some("installing".into())),
+            });
+        }
+        if let Ok(mut c) = shared.checks.lock() {
+            *c = list;
+        }
+        let h = shared.health();
+        shared.metrics.with(|m| {
+            m.ready = h.ready;
+            m.wordpress_installed = h.wordpress_installed;
+        });
+        tokio::time::sleep(s.check_interval).await;
+    }
+}
+
+async fn size_loop(shared: Arc<Shared>) {
+    let s = &shared.settings;
+    let mut db = checks::Database::new(s).ok();
+    loop {
+        let wp = checks::dir_bytes(&s.wp_content).await.ok();
+        let dbb = match db.as_mut() {
+            Some(d) => d.size_bytes().await.ok(),
+            None => None,
+        };
+        shared.metrics.with(|m| {
+            m.wp_content_bytes = wp.or(m.wp_content_bytes);
+            m.database_bytes = dbb.or(m.database_bytes);
+        });
+        tokio::time::sleep(s.size_interval).await;
+    }
+}
+
+async fn versions(shared: Arc<Shared>) {
+    let s = &shared.settings;
+    let wp = checks::wordpress_version(&s.paths.wp_root);
+    let php = checks::command_version(&s.php_cli, &["-r", "echo PHP_VERSION;"]).await;
+    let nginx = match s.nginx_cmd.first() {
+        Some(n) => checks::command_version(n, &["-v"])
+            .await
+            .map(|v| v.rsplit('/').next().unwrap_or(&v).to_owned()),
+        None => None,
+    };
+    if let Ok(mut v) = shared.versions.lock() {
+        v.wordpress = wp;
+        v.php = php;
+        v.nginx = nginx;
+    }
+}
+
+/// Applies the held desired config: re-renders php-fpm's config and reloads it
+/// gracefully (SIGUSR2), runs new commands.
+pub async fn apply(shared: &Shared) -> ApplyStatus {
+    let s = &shared.settings;
+    let Some(desired) = shared.store.lock().ok().and_then(|g| g.held().cloned()) else {
+        return ApplyStatus {
+            generation: 0,
+            ok: true,
+            last_command_id: None,
+            error: None,
+        };
+    };
+    let last_file = s.paths.state_dir.join("last_command_id");
+    let mut last: Option<u64> = std::fs::read_to_string(&last_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let mut errors = Vec::new();
+    if s.render {
+        let conf = render::render_fpm_conf(s, &desired.php);
+        match write_if_changed(&s.fpm_conf_path(), conf.as_bytes(), 0o644) {
+            Ok(true) => {
+                if let Err(e) = shared.children.signal("php-fpm", Signal::SIGUSR2) {
+                    errors.push(format!("reloading php-fpm: {e:#}"));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    let mut cmds = desired.commands.clone();
+    cmds.sort_by_key(|c| c.id);
+    let done = last;
+    for c in cmds.into_iter().filter(|c| done.is_none_or(|l| c.id > l)) {
+        let r = match c.kind {
+            crate::protocol::CommandKind::FlushObjectCache => flush_object_cache(s).await,
+            crate::protocol::CommandKind::BackupNow => {
+                Err(anyhow::anyhow!("backups are not implemented in this agent"))
+            }
+        };
+        if let Err(e) = r {
+            errors.push(format!("command {}: {e:#}", c.id));
+        }
+        // Done or failed, it is not retried: the error is reported once.
+        last = Some(c.id);
+        let _ = write_atomic(&last_file, c.id.to_string().as_bytes(), 0o600);
+    }
+    ApplyStatus {
+        generation: desired.generation,
+        ok: errors.is_empty(),
+        last_command_id: last,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
+}
+
+/// Bumps the object cache's key version (see the drop-in): every cached key is gone for
+/// WordPress at once, without SCAN or FLUSHDB, which the site's ACL denies.
+async fn flush_object_cache(s: &Settings) -> Result<()> {
+    let master = checks::redis_master(&s.redis_sentinels, &s.redis_master_name).await?;
+    checks::redis_incr(
+        &master,
+        &s.redis_user,
+        s.redis_password.expose(),
+        &format!("{}__version", s.redis_prefix),
+    )
+    .await?;
+    Ok(())
+}
