@@ -35,6 +35,6 @@ pub use galera::{GaleraDriver, SiteDatabase};
 pub use gluster::{GlusterDriver, SiteStorage};
 pub use ids::{DomainName, Secret, SitePassword, SiteResourceId};
 pub use redis::{RedisSentinelDriver, SiteCache};
-pub use router::{DbRouter, HaproxyRouter, ProxySqlRouter};
+pub use router::{DbRouter, HaproxyRouter, ProxySqlRouter, Router};
 pub use swarm::{SiteRuntime, SwarmDriver};
 pub use varnish::{EdgeCache, VarnishDriver};

@@ -415,6 +415,14 @@ pub enum Router {
 }
 
 impl Router {
+    /// Ids of every site user the router holds (HAProxy: none).
+    pub async fn list_site_ids(&self) -> Result<std::collections::BTreeSet<SiteResourceId>> {
+        match self {
+            Router::Haproxy(_) => Ok(Default::default()),
+            Router::ProxySql(r) => r.list_site_ids().await,
+        }
+    }
+
     pub fn from_config(config: &GaleraConfig) -> Result<Self> {
         Ok(match config.router {
             RouterKind::Haproxy => Router::Haproxy(HaproxyRouter),
