@@ -31,8 +31,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --workspace --quiet -- -D warnings
-echo "==> tests (control plane, drivers, planner)"
-cargo test --workspace --exclude infra --quiet
-echo "==> lab tests (1 manager, 2 workers)"
+echo "==> tests (control plane, drivers, planner, agent)"
+cargo test --workspace --exclude infra --exclude e2e --quiet
+echo "==> the lab (1 manager, 2 workers) with the platform"
+cargo build --workspace --bins --quiet
+target/debug/pressdock-infra lab up
+echo "==> sites on the lab (provisioning in every backend, reconcilers, crash safety)"
+PRESSDOCK_LAB_TESTS=1 cargo test -p e2e --quiet -- --test-threads=1
+echo "==> lab tests (they end with lab down)"
 PRESSDOCK_LAB_TESTS=1 cargo test -p infra --quiet -- --test-threads=1
 echo "==> all tests passed"

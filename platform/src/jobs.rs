@@ -40,7 +40,8 @@ type StepResult = Result<(), StepError>;
 
 /// Test-only fault injection, from `PRESSDOCK_FAILPOINTS`: `step=pause:MS` sleeps after the
 /// step's effect and before it is recorded done (a window to kill the process in);
-/// `step=fail` fails the step permanently; `step=retry:N` fails it retryably N times.
+/// `step=fail` fails the step permanently; `step=retry:N` fails it retryably N times;
+/// `step=twice` (or `*=twice`) runs the step's effect twice.
 #[derive(Debug, Default, Clone)]
 pub struct Failpoints(HashMap<String, String>);
 
@@ -372,6 +373,12 @@ impl Runner {
                     .await?;
                 tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
                 let mut result = run_step(&ctx, name).await;
+                if result.is_ok()
+                    && self.failpoints.get(name).or(self.failpoints.get("*")) == Some("twice")
+                {
+                    // Idempotency check: the step's effect applied again changes nothing.
+                    result = run_step(&ctx, name).await;
+                }
                 if result.is_ok() {
                     result = self.failpoint(name, *attempts).await;
                 }

@@ -35,6 +35,9 @@ pub struct Provisioner {
     pub swarm: Option<SwarmDriver>,
     pub config: BackendsConfig,
     pub secrets: SecretBox,
+    /// glusterd runs one volume transaction at a time and refuses a concurrent one
+    /// ("Another transaction is in progress"): this process's storage steps take turns.
+    gluster_turn: tokio::sync::Mutex<()>,
 }
 
 /// The secrets of a site, by kind.
@@ -104,6 +107,7 @@ impl Provisioner {
             swarm,
             config,
             secrets: SecretBox::new(secret_key),
+            gluster_turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -384,6 +388,7 @@ impl Provisioner {
             return Ok(());
         };
         let quota = Self::quota_bytes(db, id).await?;
+        let _turn = self.gluster_turn.lock().await;
         gluster
             .ensure_site_storage(id, quota)
             .await
@@ -395,6 +400,7 @@ impl Provisioner {
         let Some(gluster) = &self.gluster else {
             return Ok(());
         };
+        let _turn = self.gluster_turn.lock().await;
         gluster
             .remove_site_storage(id)
             .await

@@ -1,0 +1,769 @@
+//! Sites provisioned for real on the lab (issue 4): every backend has a site's resources
+//! exactly when the platform says it exists; drift is repaired by the reconcilers; a failure
+//! at any step of a create unwinds to nothing; every step can run twice; a SIGKILL at any
+//! step of a create or a delete converges after a restart; sites are isolated.
+//!
+//! Gated by `PRESSDOCK_LAB_TESTS=1` and a lab that is up (`pressdock-infra lab up`). The
+//! tests run their own `pressdock serve` processes on the lab's configuration with a fresh
+//! control-plane database each, and stop the lab's own platform process first: one control
+//! plane at a time owns the Varnish host table. `pressdock-infra lab up` starts it again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use backends::{
+    EdgeCache, GaleraDriver, GlusterDriver, RedisSentinelDriver, SiteCache, SiteDatabase,
+    SitePassword, SiteResourceId, SiteRuntime, SiteStorage, SwarmDriver, VarnishDriver,
+    config::BackendsConfig,
+};
+use serde_json::{Value, json};
+
+static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LAB_CONFIG: &str = "/var/lib/pressdock-lab/pressdock.toml";
+const ADMIN: &str = "admin@pressdock.test";
+const PASSWORD: &str = "lab-test-admin-password";
+
+fn enabled() -> bool {
+    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") || !Path::new(LAB_CONFIG).exists()
+    {
+        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
+        return false;
+    }
+    true
+}
+
+/// The `pressdock` binary of this workspace (`cargo build --workspace --bins` first), or `PRESSDOCK_BIN`.
+fn pressdock_binary() -> PathBuf {
+    std::env::var("PRESSDOCK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock"))
+}
+
+/// The swarm secrets of a site, by name.
+async fn swarm_secrets(lab: &Lab, site: &str) -> Vec<String> {
+    let host = &lab.backends.swarm.as_ref().unwrap().docker_host;
+    let docker = bollard::Docker::connect_with_socket(
+        host.trim_start_matches("unix://"),
+        30,
+        &bollard::ClientVersion {
+            major_version: 1,
+            minor_version: 41,
+        },
+    )
+    .unwrap();
+    let secrets = docker
+        .list_secrets(None::<bollard::query_parameters::ListSecretsOptions>)
+        .await
+        .unwrap();
+    secrets
+        .into_iter()
+        .filter_map(|s| s.spec.and_then(|spec| spec.name))
+        .filter(|name| name.starts_with(&format!("wp_{site}")))
+        .collect()
+}
+
+fn random() -> String {
+    platform::domain::Id::generate().to_string()
+}
+
+/// The lab's configuration, rewritten for a test platform of our own.
+struct Lab {
+    table: toml::Table,
+    backends: BackendsConfig,
+    router_url: String,
+}
+
+impl Lab {
+    fn load() -> Self {
+        let text = std::fs::read_to_string(LAB_CONFIG).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let backends: BackendsConfig = table["backends"].clone().try_into().unwrap();
+        let db = table["database_url"].as_str().unwrap();
+        let router_url = db[..db.rfind('/').unwrap()].to_owned();
+        // Stop the lab's own control plane: one control plane at a time owns the edge.
+        let pid =
+            std::fs::read_to_string("/var/lib/pressdock-lab/pids/platform.pid").unwrap_or_default();
+        if let Some(pid) = pid
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        Self {
+            table,
+            backends,
+            router_url,
+        }
+    }
+
+    fn galera(&self) -> GaleraDriver {
+        GaleraDriver::new(self.backends.galera.as_ref().unwrap()).unwrap()
+    }
+    fn redis(&self) -> RedisSentinelDriver {
+        RedisSentinelDriver::new(self.backends.redis.as_ref().unwrap()).unwrap()
+    }
+    fn gluster(&self) -> GlusterDriver {
+        GlusterDriver::new(self.backends.gluster.as_ref().unwrap()).unwrap()
+    }
+    fn varnish(&self) -> VarnishDriver {
+        VarnishDriver::new(self.backends.varnish.as_ref().unwrap()).unwrap()
+    }
+    fn swarm(&self) -> SwarmDriver {
+        SwarmDriver::new(self.backends.swarm.as_ref().unwrap()).unwrap()
+    }
+}
+
+/// A `pressdock serve` of ours on the lab, with its own control-plane database.
+struct Platform {
+    child: tokio::process::Child,
+    base: String,
+    token: String,
+    database_url: String,
+    config_path: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Platform {
+    async fn start(lab: &Lab, database: &str, failpoints: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut table = lab.table.clone();
+        let database_url = format!("{}/{database}", lab.router_url);
+        table.insert("database_url".into(), database_url.clone().into());
+        table.insert("listen".into(), format!("127.0.0.1:{port}").into());
+        let mut bootstrap = toml::Table::new();
+        bootstrap.insert("admin_email".into(), ADMIN.into());
+        bootstrap.insert("admin_password".into(), PASSWORD.into());
+        table.insert("bootstrap".into(), bootstrap.into());
+        let mut reconcile = toml::Table::new();
+        reconcile.insert("interval_secs".into(), 3600.into());
+        reconcile.insert("orphan_grace_secs".into(), 0.into());
+        table.insert("reconcile".into(), reconcile.into());
+        let mut jobs = toml::Table::new();
+        jobs.insert("lease_secs".into(), 3.into());
+        jobs.insert("poll_millis".into(), 100.into());
+        jobs.insert("max_attempts".into(), 3.into());
+        table.insert("jobs".into(), jobs.into());
+        let config_path = std::env::temp_dir().join(format!("pd-lab-test-{database}-{port}.toml"));
+        std::fs::write(&config_path, toml::to_string(&table).unwrap()).unwrap();
+        let child = tokio::process::Command::new(pressdock_binary())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("PRESSDOCK_FAILPOINTS", failpoints)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pressdock serve did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let login: Value = http
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({ "email": ADMIN, "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        Self {
+            child,
+            base,
+            token,
+            database_url,
+            config_path,
+            http,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Syncs the nodes from the swarm, and makes a tenant.
+    async fn prepare(&self) -> String {
+        let (status, ran) = self
+            .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+            .await;
+        assert_eq!(status, 200, "{ran}");
+        let (status, tenant) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants",
+                Some(json!({ "slug": format!("t-{}", random()), "name": "Lab test" })),
+            )
+            .await;
+        assert_eq!(status, 201, "{tenant}");
+        tenant["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn create_site(&self, tenant: &str, domain: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{tenant}/sites"),
+                Some(json!({ "name": "Lab site", "domain": domain, "aliases": [format!("www.{domain}")], "plan": "starter" })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        (
+            body["site"]["id"].as_str().unwrap().to_owned(),
+            body["operation"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn delete_site(&self, site: &str) -> String {
+        let (status, body) = self
+            .call(reqwest::Method::DELETE, &format!("/v1/sites/{site}"), None)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["operation"]["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn operation(&self, op: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
+            .await
+            .1
+    }
+
+    async fn wait(&self, op: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let body = self.operation(op).await;
+            if matches!(body["state"].as_str(), Some("succeeded" | "failed")) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operation {op} did not finish: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        let pid = self.child.id().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+
+    async fn secret(&self, site: &str, kind: &str) -> String {
+        let pool = sqlx::MySqlPool::connect(&self.database_url).await.unwrap();
+        let (nonce, sealed): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+            "SELECT nonce, ciphertext FROM site_secrets WHERE site_id = ? AND kind = ?",
+        )
+        .bind(site)
+        .bind(kind)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let key = table["secret_key"].as_str().unwrap();
+        platform::crypto::SecretBox::new(key.as_bytes())
+            .open(&format!("{site}/{kind}"), &nonce, &sealed)
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Every backend has the site's resources, converged.
+async fn assert_present(lab: &Lab, p: &Platform, site: &str) {
+    let id = SiteResourceId::parse(site).unwrap();
+    let db_pw = SitePassword::parse(&p.secret(site, "db_password").await).unwrap();
+    let state = lab
+        .galera()
+        .observe_site_database(&id, Some(&db_pw))
+        .await
+        .unwrap();
+    assert!(state.is_converged(), "galera: {state:?}");
+    let redis_pw = SitePassword::parse(&p.secret(site, "redis_password").await).unwrap();
+    let cache = lab
+        .redis()
+        .observe_site_cache(&id, Some(&redis_pw))
+        .await
+        .unwrap();
+    assert!(
+        cache.is_converged() && cache.nodes.len() >= 2,
+        "redis on every node: {cache:?}"
+    );
+    let storage = lab.gluster().observe_site_storage(&id).await.unwrap();
+    assert!(
+        storage.is_converged(1024 * 1024 * 1024),
+        "gluster: {storage:?}"
+    );
+    let service = lab.swarm().observe_service(&id).await.unwrap();
+    assert!(
+        service.exists && service.replicas == Some(1),
+        "swarm: {service:?}"
+    );
+    let vcl = std::fs::read_to_string(
+        lab.backends
+            .varnish
+            .as_ref()
+            .unwrap()
+            .hosts_file
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(vcl.contains(site), "the host table names the site");
+}
+
+/// No backend has anything of the site.
+async fn assert_absent(lab: &Lab, site: &str) {
+    let id = SiteResourceId::parse(site).unwrap();
+    let state = lab.galera().observe_site_database(&id, None).await.unwrap();
+    assert!(state.is_absent(), "galera: {state:?}");
+    let cache = lab.redis().observe_site_cache(&id, None).await.unwrap();
+    assert!(cache.is_absent(), "redis: {cache:?}");
+    let storage = lab.gluster().observe_site_storage(&id).await.unwrap();
+    assert!(
+        !storage.directory_exists && storage.quota_bytes.is_none(),
+        "gluster: {storage:?}"
+    );
+    let service = lab.swarm().observe_service(&id).await.unwrap();
+    assert!(!service.exists, "swarm: {service:?}");
+    let vcl = std::fs::read_to_string(
+        lab.backends
+            .varnish
+            .as_ref()
+            .unwrap()
+            .hosts_file
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!vcl.contains(site), "the host table does not name the site");
+}
+
+#[tokio::test]
+async fn a_site_lives_in_every_backend_is_isolated_and_drift_is_repaired() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let p = Platform::start(&lab, &database, "").await;
+    let tenant = p.prepare().await;
+    let (a, op_a) = p
+        .create_site(&tenant, &format!("a-{}.lab.test", random()))
+        .await;
+    let (b, op_b) = p
+        .create_site(&tenant, &format!("b-{}.lab.test", random()))
+        .await;
+    for op in [&op_a, &op_b] {
+        let done = p.wait(op).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    assert_present(&lab, &p, &a).await;
+    assert_present(&lab, &p, &b).await;
+
+    // Isolation: A's database user cannot read B's schema, through the router.
+    let galera = lab.backends.galera.as_ref().unwrap();
+    let a_pw = p.secret(&a, "db_password").await;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(galera.site_db_host.split(':').next().unwrap())
+        .tcp_port(
+            galera
+                .site_db_host
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
+        .user(Some(format!("wp_{a}")))
+        .pass(Some(a_pw.clone()))
+        .db_name(Some(format!("wp_{a}")));
+    let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+    use mysql_async::prelude::Queryable;
+    conn.query_drop("CREATE TABLE mine (v INT)").await.unwrap();
+    let denied = conn
+        .query_drop(format!("CREATE TABLE wp_{b}.theirs (v INT)"))
+        .await;
+    assert!(denied.is_err(), "A must not write B's schema");
+    let denied: Result<Vec<String>, _> = conn
+        .query(format!(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'wp_{b}'"
+        ))
+        .await;
+    assert_eq!(
+        denied.unwrap_or_default(),
+        Vec::<String>::new(),
+        "A sees none of B's tables"
+    );
+    conn.disconnect().await.unwrap();
+
+    // Isolation: A's Redis user cannot GET, SCAN or KEYS B's keys.
+    let topo = lab.redis().topology().await.unwrap();
+    let redis_cfg = lab.backends.redis.as_ref().unwrap();
+    let admin_url = format!(
+        "redis://{}:{}@{}/",
+        redis_cfg.admin_user.clone().unwrap_or_default(),
+        redis_cfg
+            .admin_password
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+            .unwrap_or_default(),
+        topo.master
+    );
+    let mut admin = redis::Client::open(admin_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("wp_{b}:secret"))
+        .arg("b-data")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let a_redis = p.secret(&a, "redis_password").await;
+    let mut as_a = redis::Client::open(format!("redis://wp_{a}:{a_redis}@{}/", topo.master))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("wp_{a}:mine"))
+        .arg("a-data")
+        .query_async(&mut as_a)
+        .await
+        .unwrap();
+    let get: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg(format!("wp_{b}:secret"))
+        .query_async(&mut as_a)
+        .await;
+    assert!(get.is_err(), "GET of B's key must fail: {get:?}");
+    let keys: redis::RedisResult<Vec<String>> =
+        redis::cmd("KEYS").arg("*").query_async(&mut as_a).await;
+    assert!(keys.is_err(), "KEYS must fail: {keys:?}");
+    let scan: redis::RedisResult<(String, Vec<String>)> =
+        redis::cmd("SCAN").arg(0).query_async(&mut as_a).await;
+    assert!(scan.is_err(), "SCAN must fail: {scan:?}");
+
+    // Drift, made by hand, repaired by one reconcile pass.
+    let id_a = SiteResourceId::parse(&a).unwrap();
+    for replica in &topo.replicas {
+        let url = format!(
+            "redis://{}:{}@{replica}/",
+            redis_cfg.admin_user.clone().unwrap_or_default(),
+            redis_cfg
+                .admin_password
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default()
+        );
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(format!("wp_{a}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    lab.swarm().remove_service(&id_a).await.unwrap();
+    let admin_db = galera.admin_url.expose().to_owned();
+    let mut root = mysql_async::Conn::from_url(admin_db).await.unwrap();
+    root.query_drop(format!("GRANT SELECT ON *.* TO `wp_{a}`@`%`"))
+        .await
+        .unwrap();
+    root.disconnect().await.unwrap();
+    lab.gluster()
+        .set_quota(&id_a, 2 * 1024 * 1024 * 1024)
+        .await
+        .unwrap();
+    let mut stale = backends::varnish::HostTable::default();
+    stale.insert(
+        backends::DomainName::parse("stale.lab.test").unwrap(),
+        id_a.clone(),
+        backends::varnish::HostState::Active,
+    );
+    lab.varnish().apply_host_table(&stale).await.unwrap();
+
+    let (status, ran) = p
+        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    let repairs = ran["sites"]["repairs"].to_string();
+    for backend in ["redis", "swarm", "galera", "gluster", "varnish"] {
+        assert!(
+            repairs.contains(&format!("\"backend\":\"{backend}\"")),
+            "{backend} repaired: {ran}"
+        );
+    }
+    assert_present(&lab, &p, &a).await;
+    let (_, status_list) = p
+        .call(reqwest::Method::GET, "/v1/admin/reconcilers", None)
+        .await;
+    assert!(status_list.to_string().contains("\"sites\""));
+
+    // Orphans: a database of a deleted site is removed (grace 0 here); a foreign one is only reported.
+    let foreign = SiteResourceId::generate();
+    let foreign_pw = SitePassword::generate();
+    lab.galera()
+        .ensure_site_database(&foreign, &foreign_pw)
+        .await
+        .unwrap();
+
+    // Delete both; nothing is left anywhere.
+    for site in [&a, &b] {
+        let op = p.delete_site(site).await;
+        assert_eq!(p.wait(&op).await["state"], "succeeded");
+        assert_absent(&lab, site).await;
+    }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("wp_{a}:*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "the site's keys are gone: {keys:?}");
+    let (_, ran) = p
+        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+        .await;
+    let orphans = ran["orphans"]["orphans"].to_string();
+    assert!(
+        orphans.contains(&foreign.resource_name()) && orphans.contains("\"foreign\":true"),
+        "{ran}"
+    );
+    assert!(
+        lab.galera()
+            .observe_site_database(&foreign, None)
+            .await
+            .unwrap()
+            .database_exists,
+        "foreign resources are kept"
+    );
+    lab.galera().remove_site_database(&foreign).await.unwrap();
+    p.stop().await;
+}
+
+const CREATE_STEPS: &[&str] = &[
+    "record_site",
+    "reserve_slot",
+    "generate_secrets",
+    "ensure_database",
+    "ensure_router_user",
+    "ensure_cache_user",
+    "ensure_storage",
+    "ensure_swarm_secrets",
+    "ensure_service",
+    "publish_hosts",
+];
+
+const DELETE_STEPS: &[&str] = &[
+    "unpublish_hosts",
+    "remove_service",
+    "remove_swarm_secrets",
+    "remove_storage",
+    "remove_cache_user",
+    "remove_router_user",
+    "remove_database",
+    "release_slot",
+    "release_domains",
+    "forget_secrets",
+];
+
+#[tokio::test]
+async fn a_failure_at_every_create_step_unwinds_to_nothing() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    for step in CREATE_STEPS {
+        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
+        let tenant = p.prepare().await;
+        let (site, op) = p
+            .create_site(&tenant, &format!("fail-{}.lab.test", random()))
+            .await;
+        let done = p.wait(&op).await;
+        assert_eq!(done["state"], "failed", "{step}: {done}");
+        let states: Vec<&str> = done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap())
+            .collect();
+        let failed_at = CREATE_STEPS.iter().position(|s| s == step).unwrap();
+        assert!(
+            states[..=failed_at].iter().all(|s| *s == "undone"),
+            "{step}: {states:?}"
+        );
+        assert!(
+            states[failed_at + 1..].iter().all(|s| *s == "pending"),
+            "{step}: {states:?}"
+        );
+        assert_absent(&lab, &site).await;
+        p.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn every_step_run_twice_gives_the_same_state() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let p = Platform::start(&lab, &database, "*=twice").await;
+    let tenant = p.prepare().await;
+    let (site, op) = p
+        .create_site(&tenant, &format!("twice-{}.lab.test", random()))
+        .await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    assert_present(&lab, &p, &site).await;
+    let swarm_secrets = swarm_secrets(&lab, &site).await;
+    assert_eq!(
+        swarm_secrets.len(),
+        4,
+        "one secret per kind, not two: {swarm_secrets:?}"
+    );
+    let op = p.delete_site(&site).await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    assert_absent(&lab, &site).await;
+    p.stop().await;
+}
+
+/// Kills the platform while `step` is in flight, restarts it, and returns the finished operation.
+async fn kill_at(
+    lab: &Lab,
+    database: &str,
+    step: &str,
+    start: impl AsyncFnOnce(&Platform) -> String,
+) -> (Value, Platform) {
+    let mut p = Platform::start(lab, database, &format!("{step}=pause:60000")).await;
+    let op = start(&p).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body = p.operation(&op).await;
+        let running = body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == step && s["state"] == "running");
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{step} never ran: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.kill9();
+    let _ = p.child.wait().await;
+    let again = Platform::start(lab, database, "").await;
+    let done = again.wait(&op).await;
+    (done, again)
+}
+
+#[tokio::test]
+async fn a_sigkill_at_every_step_of_create_and_delete_converges() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let setup = Platform::start(&lab, &database, "").await;
+    let tenant = setup.prepare().await;
+    setup.stop().await;
+    for step in CREATE_STEPS {
+        let domain = format!("kill-{}.lab.test", random());
+        let mut site = String::new();
+        let (done, p) = kill_at(&lab, &database, step, async |p: &Platform| {
+            let (s, op) = p.create_site(&tenant, &domain).await;
+            site = s;
+            op
+        })
+        .await;
+        assert_eq!(
+            done["state"], "succeeded",
+            "create killed at {step}: {done}"
+        );
+        assert_present(&lab, &p, &site).await;
+        let secrets = swarm_secrets(&lab, &site).await;
+        assert_eq!(secrets.len(), 4, "{step}: nothing doubled");
+        let op = p.delete_site(&site).await;
+        assert_eq!(p.wait(&op).await["state"], "succeeded");
+        assert_absent(&lab, &site).await;
+        p.stop().await;
+    }
+    for step in DELETE_STEPS {
+        let p = Platform::start(&lab, &database, "").await;
+        let (site, op) = p
+            .create_site(&tenant, &format!("killdel-{}.lab.test", random()))
+            .await;
+        assert_eq!(p.wait(&op).await["state"], "succeeded");
+        p.stop().await;
+        let (done, p) = kill_at(&lab, &database, step, async |p: &Platform| {
+            p.delete_site(&site).await
+        })
+        .await;
+        assert_eq!(
+            done["state"], "succeeded",
+            "delete killed at {step}: {done}"
+        );
+        assert_absent(&lab, &site).await;
+        p.stop().await;
+    }
+}
