@@ -168,7 +168,9 @@ impl Topology {
 }
 
 /// Credentials the lab generates once and keeps in `<state>/secrets.toml` (mode 0600).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Hex only, so they are safe inside the SQL and config files the lab writes. No `Debug`:
+/// they must not end up in logs.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Secrets {
     pub galera_admin: String,
     pub galera_check: String,

@@ -118,9 +118,7 @@ fn check_ports(lab: &Lab) -> Result<()> {
         (ports::EDGE, "the edge (loopback)"),
         (ports::HAPROXY_STATS, "HAProxy stats (loopback)"),
     ];
-    if !lab.topo.nodes().is_empty() {
-        wanted.push((ports::PLATFORM, "pressdock serve (loopback)"));
-    }
+    wanted.push((ports::PLATFORM, "pressdock serve (loopback)"));
     for n in 1..=lab.topo.galera_nodes {
         wanted.push((data::galera_port(n), "a Galera node"));
         wanted.push((ports::GALERA_GCOMM + u16::from(n), "Galera replication"));
