@@ -118,6 +118,7 @@ pub fn render_nginx_conf(s: &Settings) -> String {
     format!(
         r#"# Written by pressdock-agent at every start; edits are lost.
 daemon off;
+user www-data;
 worker_processes 1;
 pid {run}/nginx.pid;
 error_log stderr warn;
@@ -145,7 +146,7 @@ http {{
             access_log off;
             allow 127.0.0.1;
             deny all;
-            include fastcgi_params;
+            include /etc/nginx/fastcgi_params;
             fastcgi_param SCRIPT_NAME /fpm-status;
             fastcgi_param SCRIPT_FILENAME /fpm-status;
             fastcgi_pass unix:{fpm};
@@ -157,7 +158,7 @@ http {{
             location ~* ^/wp-content/uploads/.*\.php$ {{ return 403; }}
             location ~ \.php$ {{
                 try_files $uri =404;
-                include fastcgi_params;
+                include /etc/nginx/fastcgi_params;
                 fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
                 fastcgi_pass unix:{fpm};
             }}
@@ -166,7 +167,7 @@ http {{
         location / {{ try_files $uri $uri/ /index.php?$args; }}
         location ~ \.php$ {{
             try_files $uri =404;
-            include fastcgi_params;
+            include /etc/nginx/fastcgi_params;
             fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
             fastcgi_pass unix:{fpm};
         }}

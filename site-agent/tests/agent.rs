@@ -1,0 +1,656 @@
+//! Integration tests of the real `pressdock-agent` binary.
+//!
+//! - `supervises_restarts_reports_and_stops`: the agent supervises two `sleep`s standing
+//!   in for php-fpm and nginx; a killed child comes back, `/healthz` and `/metrics`
+//!   answer over HTTP, access-log datagrams become request metrics, the reports reach a
+//!   control plane (a small axum server in the test, standing in for the platform's
+//!   endpoint, which is not written yet) whose desired configs are persisted with older
+//!   generations refused, and SIGTERM stops the children and the agent gracefully.
+//! - `database_size_on_local_mariadb`: the DB-size query against the local MariaDB.
+//! - `wordpress_installs_and_serves_on_the_real_stack`: real php-fpm, nginx, php-cli and
+//!   Debian's WordPress (when installed on this machine) with the local MariaDB: the
+//!   installer runs once, the site answers with its title through the agent's nginx.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use site_agent::protocol::{AgentReport, DesiredConfig, ReportResponse};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn salts() -> String {
+    site_agent::config::SALT_NAMES
+        .iter()
+        .map(|n| format!("{n}={}\n", "s".repeat(64)))
+        .collect()
+}
+
+/// A temp dir readable by www-data (php-fpm's workers), with the secrets and the env.
+struct TestSite {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    listen_port: u16,
+}
+
+impl TestSite {
+    fn new(id: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let sec = dir.path().join("secrets");
+        std::fs::create_dir(&sec).expect("mkdir");
+        let put = |name: &str, value: &str| {
+            std::fs::write(sec.join(name), value).expect("write");
+            sec.join(name).display().to_string()
+        };
+        let listen_port = free_port();
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let env = HashMap::from([
+            ("PRESSDOCK_SITE_ID".into(), id.into()),
+            ("PRESSDOCK_DOMAINS".into(), format!("{id}.test")),
+            ("PRESSDOCK_PRIMARY_DOMAIN".into(), format!("{id}.test")),
+            ("PRESSDOCK_DB_HOST".into(), "127.0.0.1:1".into()),
+            ("PRESSDOCK_DB_NAME".into(), format!("wp_{id}")),
+            ("PRESSDOCK_DB_USER".into(), format!("wp_{id}")),
+            ("PRESSDOCK_REDIS_SENTINELS".into(), "127.0.0.1:1".into()),
+            ("PRESSDOCK_REDIS_MASTER_NAME".into(), "pressdock".into()),
+            ("PRESSDOCK_REDIS_USER".into(), format!("wp_{id}")),
+            ("PRESSDOCK_REDIS_PREFIX".into(), format!("wp_{id}:")),
+            ("PRESSDOCK_WP_CONTENT".into(), p("wp-content")),
+            (
+                "PRESSDOCK_DB_PASSWORD_FILE".into(),
+                put("db_password", "pw\n"),
+            ),
+            (
+                "PRESSDOCK_REDIS_PASSWORD_FILE".into(),
+                put("redis_password", "rpw\n"),
+            ),
+            (
+                "PRESSDOCK_AGENT_TOKEN_FILE".into(),
+                put("agent_token", "the-token\n"),
+            ),
+            ("PRESSDOCK_WP_SALTS_FILE".into(), put("wp_salts", &salts())),
+            (
+                "PRESSDOCK_AGENT_LISTEN".into(),
+                format!("127.0.0.1:{listen_port}"),
+            ),
+            ("PRESSDOCK_AGENT_RUN_DIR".into(), p("run")),
+            ("PRESSDOCK_AGENT_STATE_DIR".into(), p("state")),
+            (
+                "PRESSDOCK_AGENT_WP_CONFIG".into(),
+                p("etc/config-default.php"),
+            ),
+            ("PRESSDOCK_AGENT_WP_ROOT".into(), p("wordpress")),
+            ("PRESSDOCK_AGENT_CHECK_SECS".into(), "0.3".into()),
+            ("PRESSDOCK_AGENT_REPORT_SECS".into(), "0.3".into()),
+            ("PRESSDOCK_AGENT_SIZE_SECS".into(), "1".into()),
+            ("PRESSDOCK_AGENT_STOP_GRACE_SECS".into(), "3".into()),
+            ("PRESSDOCK_AGENT_LOG".into(), "info".into()),
+        ]);
+        Self {
+            dir,
+            env,
+            listen_port,
+        }
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+
+    fn spawn(&self) -> Agent {
+        let log = self.path("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pressdock-agent"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            child,
+            base: format!("http://127.0.0.1:{}", self.listen_port),
+            log,
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("{}{path}", self.base)).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    }
+
+    async fn wait_for<T>(
+        &self,
+        what: &str,
+        secs: u64,
+        mut f: impl AsyncFnMut(&Self) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f(self).await {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; agent log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn healthz(&self) -> serde_json::Value {
+        let (status, body) = self.get("/healthz").await.expect("healthz");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("healthz json")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn child_pid(h: &serde_json::Value, name: &str) -> Option<i32> {
+    h["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?["pid"]
+        .as_i64()
+        .map(|p| p as i32)
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry: look at its state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A report and its `Authorization` header.
+type Received = (Option<String>, AgentReport);
+
+/// The control plane: records reports, answers with the queued desired configs.
+#[derive(Clone, Default)]
+struct FakePlatform {
+    reports: Arc<Mutex<Vec<Received>>>,
+    answers: Arc<Mutex<Vec<DesiredConfig>>>,
+}
+
+async fn report(
+    State(p): State<FakePlatform>,
+    headers: HeaderMap,
+    Json(r): Json<AgentReport>,
+) -> Json<ReportResponse> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    p.reports.lock().expect("lock").push((auth, r));
+    let desired = {
+        let mut a = p.answers.lock().expect("lock");
+        if a.len() > 1 {
+            Some(a.remove(0))
+        } else {
+            a.first().cloned()
+        }
+    };
+    Json(ReportResponse {
+        desired,
+        report_interval_secs: None,
+    })
+}
+
+async fn start_platform(p: FakePlatform) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let app = axum::Router::new()
+        .route(site_agent::protocol::REPORT_PATH, post(report))
+        .with_state(p);
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn desired(generation: u64, max_children: u32) -> DesiredConfig {
+    let mut d: DesiredConfig =
+        serde_json::from_value(serde_json::json!({ "generation": generation })).expect("desired");
+    d.php.max_children = max_children;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervises_restarts_reports_and_stops() {
+    let mut site = TestSite::new("sup1test");
+    // Stands in for php-fpm: ignores SIGUSR2 (php-fpm's reload, sent when the desired
+    // PHP settings change), stops on SIGQUIT like php-fpm.
+    let fake_fpm = site.path("fake-php-fpm");
+    std::fs::write(&fake_fpm, "#!/bin/sh\ntrap '' USR2\nexec sleep 1000\n").expect("script");
+    std::fs::set_permissions(&fake_fpm, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    site.env.insert(
+        "PRESSDOCK_AGENT_PHP_FPM_CMD".into(),
+        fake_fpm.display().to_string(),
+    );
+    site.env
+        .insert("PRESSDOCK_AGENT_NGINX_CMD".into(), "sleep 1001".into());
+    site.env
+        .insert("PRESSDOCK_AGENT_INSTALL".into(), "0".into());
+    let platform = FakePlatform::default();
+    // Generation 5, then a stale replica's 3, then 5 again.
+    *platform.answers.lock().expect("lock") = vec![desired(5, 3), desired(3, 9), desired(5, 3)];
+    site.env.insert(
+        "PRESSDOCK_CONTROL_URL".into(),
+        start_platform(platform.clone()).await,
+    );
+    let agent = site.spawn();
+
+    // Up: both children run.
+    let h = agent
+        .wait_for("both children", 10, async |a| {
+            let (s, b) = a.get("/healthz").await?;
+            let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+            (s == 200 && child_pid(&v, "php-fpm").is_some() && child_pid(&v, "nginx").is_some())
+                .then_some(v)
+        })
+        .await;
+    assert_eq!(h["live"], true);
+    let fpm = child_pid(&h, "php-fpm").expect("pid");
+    let nginx = child_pid(&h, "nginx").expect("pid");
+
+    // The files were rendered atomically into place.
+    let cfg = std::fs::read_to_string(site.path("etc/config-default.php")).expect("wp-config");
+    assert!(cfg.contains("define('DB_HOST', '127.0.0.1:1');"));
+    assert!(site.path("run/nginx.conf").exists());
+    assert!(site.path("wp-content/object-cache.php").exists());
+    assert!(site.path("wp-content/uploads").is_dir());
+
+    // Kill php-fpm's stand-in: restarted (new pid), counted.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fpm),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let h = agent
+        .wait_for("php-fpm restarted", 10, async |a| {
+            let v = a.healthz().await;
+            child_pid(&v, "php-fpm").filter(|p| *p != fpm).map(|_| v)
+        })
+        .await;
+    let fpm2 = child_pid(&h, "php-fpm").expect("pid");
+    assert!(!alive(fpm));
+    assert_eq!(child_pid(&h, "nginx"), Some(nginx), "nginx untouched");
+    let php_status = h["children"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "php-fpm"))
+        .cloned()
+        .expect("status");
+    assert_eq!(php_status["restarts"], 1);
+    assert_eq!(php_status["last_exit"], "signal: 9 (SIGKILL)");
+
+    // Access-log datagrams (as nginx sends them) become request metrics.
+    let sock = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    for line in [
+        "<190>Nov 28 19:20:00 nginx: 200 0.004 512",
+        "<190>Nov 28 19:20:00 nginx: 502 0.700 100",
+    ] {
+        sock.send_to(line.as_bytes(), site.path("run/access.sock"))
+            .expect("send");
+    }
+    let m = agent
+        .wait_for("request metrics", 5, async |a| {
+            let (_, text) = a.get("/metrics").await?;
+            (metric(&text, "pressdock_http_request_duration_seconds_count") == Some(2.0))
+                .then_some(text)
+        })
+        .await;
+    assert_eq!(
+        metric(&m, "pressdock_http_requests_total{code=\"5xx\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "pressdock_http_request_duration_seconds_bucket{le=\"0.005\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "pressdock_child_restarts_total{child=\"php-fpm\"}"),
+        Some(1.0)
+    );
+    let rss = metric(&m, "pressdock_agent_resident_memory_bytes").expect("rss");
+    assert!(rss > 1e6 && rss < 200e6, "rss {rss}");
+    assert_eq!(metric(&m, "pressdock_ready"), Some(0.0), "no DB, no Redis");
+    // wp-content: object-cache.php plus the empty dirs.
+    let wp_bytes = agent
+        .wait_for("wp-content size", 5, async |a| {
+            let (_, text) = a.get("/metrics").await?;
+            metric(&text, "pressdock_wp_content_bytes")
+        })
+        .await;
+    assert_eq!(
+        wp_bytes as usize,
+        site_agent::render::OBJECT_CACHE_PHP.len()
+    );
+
+    // /readyz: 503 with the failing checks named.
+    let (status, body) = agent.get("/readyz").await.expect("readyz");
+    assert_eq!(status, 503);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let failing: Vec<&str> = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        failing.contains(&"database") && failing.contains(&"redis"),
+        "{body}"
+    );
+
+    // Reports: bearer token; generation 5 held, the stale 3 refused and never persisted.
+    agent
+        .wait_for(
+            "a report holding generation 5 after the stale one",
+            10,
+            async |_| {
+                let r = platform.reports.lock().expect("lock");
+                (r.len() >= 4 && r.last()?.1.desired_generation == Some(5)).then_some(())
+            },
+        )
+        .await;
+    {
+        let r = platform.reports.lock().expect("lock");
+        assert_eq!(r[0].0.as_deref(), Some("Bearer the-token"));
+        assert_eq!(r[0].1.site_id, "sup1test");
+        assert_eq!(r[0].1.seq, 1);
+        assert!(r.iter().all(|(_, x)| x.desired_generation != Some(3)));
+        let last = &r.last().expect("report").1;
+        assert_eq!(last.counters.child_restarts_total, 1);
+        assert_eq!(last.counters.requests_total, 2);
+        assert!(!last.health.ready);
+        assert_eq!(last.applied.as_ref().map(|a| a.generation), Some(5));
+    }
+    let state: DesiredConfig = serde_json::from_slice(
+        &std::fs::read(site.path("state/desired.json")).expect("state file"),
+    )
+    .expect("state json");
+    assert_eq!(state.generation, 5);
+    let fpm_conf = std::fs::read_to_string(site.path("run/php-fpm.conf")).expect("fpm conf");
+    assert!(
+        fpm_conf.contains("pm.max_children = 3"),
+        "desired PHP settings applied"
+    );
+    assert!(agent.log().contains("refused an older desired config"));
+
+    // SIGTERM: children stopped, agent exits 0 well within the grace period.
+    let mut agent = agent;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("sigterm");
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "agent did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(
+        !alive(fpm2) && !alive(nginx),
+        "children stopped with the agent"
+    );
+    assert!(agent.log().contains("stopped"));
+
+    // Restarted agent: the persisted generation survives; the platform's 5 is "same".
+    let agent = site.spawn();
+    agent
+        .wait_for("restarted agent reports generation 5", 10, async |_| {
+            let r = platform.reports.lock().expect("lock");
+            let last = &r.last()?.1;
+            (last.seq == 1 && last.desired_generation == Some(5)).then_some(())
+        })
+        .await;
+}
+
+fn mysql_url() -> String {
+    std::env::var("PRESSDOCK_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A database of our own on the local MariaDB; dropped by the caller.
+async fn scratch_db(prefix: &str) -> (mysql_async::Conn, String, url_parts::Parts) {
+    use mysql_async::prelude::*;
+    let url = mysql_url();
+    let parts = url_parts::parse(&url);
+    let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).expect("url"))
+        .await
+        .expect("the local MariaDB (scripts/test.sh starts one)");
+    let name = format!(
+        "{prefix}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() % 1_000_000_000)
+            .unwrap_or(0)
+    );
+    c.query_drop(format!("CREATE DATABASE `{name}`"))
+        .await
+        .expect("create db");
+    (c, name, parts)
+}
+
+mod url_parts {
+    /// `mysql://user[:pw]@host:port`.
+    pub struct Parts {
+        pub user: String,
+        pub password: String,
+        pub host: String,
+    }
+    pub fn parse(url: &str) -> Parts {
+        let rest = url.trim_start_matches("mysql://");
+        let (cred, host) = rest.rsplit_once('@').unwrap_or(("root", rest));
+        let (user, password) = cred.split_once(':').unwrap_or((cred, ""));
+        Parts {
+            user: user.into(),
+            password: password.into(),
+            host: host.trim_end_matches('/').into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn database_size_on_local_mariadb() {
+    use mysql_async::prelude::*;
+    let (mut c, name, p) = scratch_db("pdagent_size").await;
+    c.query_drop(format!(
+        "CREATE TABLE `{name}`.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(200)) ENGINE=InnoDB"
+    ))
+    .await
+    .expect("table");
+    let mut db =
+        site_agent::checks::Database::with(&p.host, &p.user, &p.password, &name).expect("db");
+    db.ping().await.expect("ping");
+    let empty = db.size_bytes().await.expect("size");
+    assert!(
+        empty >= 16 * 1024,
+        "an InnoDB table has at least one page: {empty}"
+    );
+    let other = db.size_bytes().await.expect("size again");
+    assert_eq!(empty, other);
+    let r = c.query_drop(format!("DROP DATABASE `{name}`")).await;
+    r.expect("drop");
+    assert_eq!(db.size_bytes().await.expect("size of dropped"), 0);
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The real stack: Debian's WordPress, php-fpm 8.2, nginx, php-cli, the local MariaDB.
+/// Skipped (with a message) where those packages are not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wordpress_installs_and_serves_on_the_real_stack() {
+    use mysql_async::prelude::*;
+    let stack = have("php")
+        && have("php-fpm8.2")
+        && have("nginx")
+        && Path::new("/usr/share/wordpress/wp-includes/version.php").exists()
+        && Path::new("/etc/wordpress").is_dir();
+    if !stack {
+        eprintln!(
+            "SKIPPED: needs php-cli, php-fpm, php-mysql, php-redis, nginx-light, wordpress (apt)"
+        );
+        return;
+    }
+    let (mut c, name, p) = scratch_db("pdagent_wp").await;
+    let id = format!("wp{}", &name[name.len() - 6..]);
+    let mut site = TestSite::new(&id);
+    let host = format!("{id}.test");
+    // Debian's wp-config reads config-<host>.php first: a file of this test only.
+    let wp_config = PathBuf::from(format!("/etc/wordpress/config-{host}.php"));
+    let site_port = free_port();
+    let (h, port) = p.host.rsplit_once(':').unwrap_or((&p.host, "3306"));
+    // The site's own account, as provisioning makes it (ALL on its schema only).
+    let user = format!("wp_{id}");
+    c.query_drop(format!(
+        "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'Site-pw_1'; \
+         GRANT ALL ON `{name}`.* TO '{user}'@'127.0.0.1'"
+    ))
+    .await
+    .expect("site user");
+    std::fs::write(site.path("secrets/db_password"), "Site-pw_1\n").expect("pw");
+    std::fs::write(site.path("secrets/admin_password"), "one-time-Pw_1\n").expect("pw");
+    for (k, v) in [
+        ("PRESSDOCK_DB_HOST", format!("{h}:{port}")),
+        ("PRESSDOCK_DB_NAME", name.clone()),
+        ("PRESSDOCK_DB_USER", user.clone()),
+        ("PRESSDOCK_AGENT_WP_CONFIG", wp_config.display().to_string()),
+        ("PRESSDOCK_AGENT_WP_ROOT", "/usr/share/wordpress".into()),
+        ("PRESSDOCK_SITE_PORT", site_port.to_string()),
+        ("PRESSDOCK_SITE_TITLE", "Agent Test Blog".into()),
+        ("PRESSDOCK_ADMIN_USER", "tenant".into()),
+        (
+            "PRESSDOCK_ADMIN_PASSWORD_FILE",
+            site.path("secrets/admin_password").display().to_string(),
+        ),
+    ] {
+        site.env.insert(k.into(), v);
+    }
+    let agent = site.spawn();
+    let result = async {
+        agent
+            .wait_for("WordPress installed", 60, async |a| {
+                let (_, b) = a.get("/readyz").await?;
+                let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+                (v["wordpress_installed"] == true).then_some(())
+            })
+            .await;
+        // The home page through the agent's nginx and php-fpm, with the site's title.
+        let page = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{site_port}/"))
+            .header("Host", &host)
+            .send()
+            .await
+            .expect("GET /");
+        assert_eq!(page.status(), 200);
+        let body = page.text().await.expect("body");
+        assert!(
+            body.contains("Agent Test Blog"),
+            "{}",
+            &body[..body.len().min(2000)]
+        );
+        // The installer ran WordPress's wp_install: the tenant's admin exists.
+        let users: Vec<String> = c
+            .query(format!("SELECT user_login FROM `{name}`.wp_users"))
+            .await
+            .expect("users");
+        assert_eq!(users, vec!["tenant".to_owned()]);
+        // The web installer is closed.
+        let inst = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{site_port}/wp-admin/install.php"))
+            .header("Host", &host)
+            .send()
+            .await
+            .expect("install.php");
+        assert_eq!(inst.status(), 403);
+        // Metrics: requests from the access log, php-fpm status, database size.
+        let m = agent
+            .wait_for("fpm and db metrics", 10, async |a| {
+                let (_, t) = a.get("/metrics").await?;
+                (metric(&t, "pressdock_php_fpm_up") == Some(1.0)
+                    && metric(&t, "pressdock_database_bytes").is_some_and(|b| b > 0.0))
+                .then_some(t)
+            })
+            .await;
+        assert!(
+            metric(&m, "pressdock_http_request_duration_seconds_count").is_some_and(|n| n >= 2.0),
+            "{m}"
+        );
+        assert!(
+            std::fs::read_to_string(site.path("wp-content/.pressdock-installed"))
+                .expect("marker")
+                .contains("installed")
+        );
+    }
+    .await;
+    drop(agent);
+    let _ = std::fs::remove_file(&wp_config);
+    let _ = c.query_drop(format!("DROP DATABASE `{name}`")).await;
+    let _ = c
+        .query_drop(format!("DROP USER '{user}'@'127.0.0.1'"))
+        .await;
+    result
+}
