@@ -529,6 +529,99 @@ async fn database_size_on_local_mariadb() {
     assert_eq!(db.size_bytes().await.expect("size of dropped"), 0);
 }
 
+/// A Redis server and a Sentinel watching it, on free ports, killed on drop.
+struct RedisFixture {
+    procs: Vec<Child>,
+    redis_port: u16,
+    sentinel_port: u16,
+}
+
+impl RedisFixture {
+    fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn wait_ping(port: u16) {
+        for _ in 0..100 {
+            if Self::cli(port, &["PING"]).is_some_and(|o| o.contains("PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis on {port} did not start");
+    }
+
+    fn start(dir: &Path, user: &str, password: &str) -> Self {
+        let redis_port = free_port();
+        let sentinel_port = free_port();
+        let mut procs = vec![
+            Command::new("redis-server")
+                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server"),
+        ];
+        Self::wait_ping(redis_port);
+        // The site's ACL exactly as provisioning sets it (LAB.md).
+        let acl = Self::cli(
+            redis_port,
+            &[
+                "ACL",
+                "SETUSER",
+                user,
+                "on",
+                &format!(">{password}"),
+                &format!("~{user}:*"),
+                &format!("&{user}:*"),
+                "+@all",
+                "-@dangerous",
+                "-scan",
+                "-randomkey",
+                "-dbsize",
+            ],
+        );
+        assert!(acl.is_some_and(|o| o.contains("OK")), "ACL SETUSER");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor pressdock 127.0.0.1 {redis_port} 1\n"
+            ),
+        )
+        .expect("sentinel conf");
+        procs.push(
+            Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel"),
+        );
+        Self::wait_ping(sentinel_port);
+        Self {
+            procs,
+            redis_port,
+            sentinel_port,
+        }
+    }
+}
+
+impl Drop for RedisFixture {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
 fn have(prog: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -548,10 +641,13 @@ async fn wordpress_installs_and_serves_on_the_real_stack() {
         && have("php-fpm8.2")
         && have("nginx")
         && Path::new("/usr/share/wordpress/wp-includes/version.php").exists()
-        && Path::new("/etc/wordpress").is_dir();
+        && Path::new("/etc/wordpress").is_dir()
+        && have("redis-server")
+        && have("redis-sentinel");
     if !stack {
         eprintln!(
-            "SKIPPED: needs php-cli, php-fpm, php-mysql, php-redis, nginx-light, wordpress (apt)"
+            "SKIPPED: needs php-cli, php-fpm, php-mysql, php-redis, nginx-light, wordpress, \
+             redis-server, redis-sentinel (apt)"
         );
         return;
     }
@@ -573,10 +669,16 @@ async fn wordpress_installs_and_serves_on_the_real_stack() {
     .expect("site user");
     std::fs::write(site.path("secrets/db_password"), "Site-pw_1\n").expect("pw");
     std::fs::write(site.path("secrets/admin_password"), "one-time-Pw_1\n").expect("pw");
+    std::fs::write(site.path("secrets/redis_password"), "Redis-pw_1\n").expect("pw");
+    let redis = RedisFixture::start(site.dir.path(), &user, "Redis-pw_1");
     for (k, v) in [
         ("PRESSDOCK_DB_HOST", format!("{h}:{port}")),
         ("PRESSDOCK_DB_NAME", name.clone()),
         ("PRESSDOCK_DB_USER", user.clone()),
+        (
+            "PRESSDOCK_REDIS_SENTINELS",
+            format!("127.0.0.1:{}", redis.sentinel_port),
+        ),
         ("PRESSDOCK_AGENT_WP_CONFIG", wp_config.display().to_string()),
         ("PRESSDOCK_AGENT_WP_ROOT", "/usr/share/wordpress".into()),
         ("PRESSDOCK_SITE_PORT", site_port.to_string()),
@@ -639,6 +741,24 @@ async fn wordpress_installs_and_serves_on_the_real_stack() {
             metric(&m, "pressdock_http_request_duration_seconds_count").is_some_and(|n| n >= 2.0),
             "{m}"
         );
+        // The object cache: keys only under the site's prefix, through the ACL user,
+        // the master found through Sentinel.
+        let keys =
+            RedisFixture::cli(redis.redis_port, &["--scan", "--pattern", "*"]).expect("scan");
+        let keys: Vec<&str> = keys.lines().collect();
+        assert!(keys.len() > 10, "{keys:?}");
+        assert!(
+            keys.iter().all(|k| k.starts_with(&format!("{user}:"))),
+            "{keys:?}"
+        );
+        assert!(keys.contains(&format!("{user}:__version").as_str()));
+        // Ready: installed, WordPress answers, database and Redis reachable.
+        agent
+            .wait_for("ready", 10, async |a| {
+                let (s, _) = a.get("/readyz").await?;
+                (s == 200).then_some(())
+            })
+            .await;
         assert!(
             std::fs::read_to_string(site.path("wp-content/.pressdock-installed"))
                 .expect("marker")
