@@ -309,7 +309,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
     join(dat)?;
     join(nod)?;
     progress("edge", "waiting for the chain Traefik → Varnish → site");
-    wait_edge()?;
+    wait_edge(lab)?;
     progress("edge", "hello.lab.test answers through Traefik and Varnish");
     let plat = if opts.no_platform {
         None
@@ -326,25 +326,46 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
 }
 
 /// The edge is ready when a request through it carries our VCL's header.
-pub fn wait_edge() -> Result<()> {
+fn edge_answers() -> bool {
+    // A fresh URL each time: an early "no route yet" 404 must not be served from the cache.
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    http::get(
+        &format!("127.0.0.1:{}", ports::EDGE),
+        &format!("/pressdock-health?probe={n}"),
+        "hello.lab.test",
+    )
+    .is_ok_and(|r| r.status == 200 && r.header("X-Pressdock-Cache").is_some())
+}
+
+/// Waits for the edge. Varnish resolves its backend (`traefik`, dnsrr) when the VCL
+/// compiles: after Traefik's task moved (a node restart, an update) Varnish still sends to
+/// the old address, so after 30 s without an answer the VCL is reloaded on every
+/// instance (which resolves the name again) and the wait goes on.
+pub fn wait_edge(lab: &Lab) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut reloaded = false;
     sh::wait_for(
         "a response through Traefik and Varnish (see `pressdock-infra lab status`)",
         Duration::from_secs(240),
         Duration::from_secs(1),
         || {
-            // A fresh URL each time: an early "no route yet" 404 must not be served from
-            // the cache.
-            let n = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
-            let r = http::get(
-                &format!("127.0.0.1:{}", ports::EDGE),
-                &format!("/pressdock-health?probe={n}"),
-                "hello.lab.test",
-            )
-            .ok()?;
-            (r.status == 200 && r.header("X-Pressdock-Cache").is_some()).then_some(())
+            if edge_answers() {
+                return Some(());
+            }
+            if !reloaded && t0.elapsed() > Duration::from_secs(30) {
+                reloaded = true;
+                progress(
+                    "edge",
+                    "no answer for 30 s: reloading the VCL (re-resolves Traefik)",
+                );
+                if let Err(e) = nodes::reload_vcl(lab) {
+                    progress("edge", format!("VCL reload failed: {e:#}"));
+                }
+            }
+            None
         },
     )
 }
