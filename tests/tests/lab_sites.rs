@@ -84,8 +84,19 @@ impl Lab {
         let text = std::fs::read_to_string(LAB_CONFIG).unwrap();
         let table: toml::Table = text.parse().unwrap();
         let backends: BackendsConfig = table["backends"].clone().try_into().unwrap();
-        let db = table["database_url"].as_str().unwrap();
-        let router_url = db[..db.rfind('/').unwrap()].to_owned();
+        // The test control planes get databases of their own, made with the lab's admin account.
+        let admin = backends
+            .galera
+            .as_ref()
+            .unwrap()
+            .admin_url
+            .expose()
+            .trim_end_matches('/')
+            .to_owned();
+        let router_url = match admin.rfind('/') {
+            Some(i) if i > "mysql://".len() => admin[..i].to_owned(),
+            _ => admin,
+        };
         // Stop the lab's own control plane: one control plane at a time owns the edge.
         let pid =
             std::fs::read_to_string("/var/lib/pressdock-lab/pids/platform.pid").unwrap_or_default();
@@ -159,7 +170,7 @@ impl Platform {
         table.insert("jobs".into(), jobs.into());
         let config_path = std::env::temp_dir().join(format!("pd-lab-test-{database}-{port}.toml"));
         std::fs::write(&config_path, toml::to_string(&table).unwrap()).unwrap();
-        let child = tokio::process::Command::new(pressdock_binary())
+        let mut child = tokio::process::Command::new(pressdock_binary())
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("PRESSDOCK_FAILPOINTS", failpoints)
@@ -176,6 +187,9 @@ impl Platform {
                 && r.status().is_success()
             {
                 break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pressdock serve exited with {status}");
             }
             assert!(
                 Instant::now() < deadline,
