@@ -68,6 +68,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    /// A dependency (the database) is unreachable for now: 503 with Retry-After.
+    #[error("service unavailable")]
+    Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -97,6 +100,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,6 +139,11 @@ impl ApiError {
                 format!("too many attempts; retry after {retry_after_secs} s"),
                 vec![],
             ),
+            Self::Unavailable(_) => (
+                "unavailable",
+                "the database is unreachable for now; retry shortly".to_owned(),
+                vec![],
+            ),
             Self::Internal(_) => (
                 "internal",
                 "an internal error occurred; the request id identifies it in the logs".to_owned(),
@@ -153,8 +162,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(err) = &self {
-            tracing::error!(error = format!("{err:#}"), "request failed");
+        match &self {
+            Self::Internal(err) => tracing::error!(error = format!("{err:#}"), "request failed"),
+            Self::Unavailable(err) => {
+                tracing::warn!(error = format!("{err:#}"), "dependency unavailable")
+            }
+            _ => {}
         }
         let status = self.status();
         let mut response = (status, Json(self.problem())).into_response();
@@ -166,6 +179,11 @@ impl IntoResponse for ApiError {
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         }
         response
     }
@@ -179,7 +197,17 @@ impl From<anyhow::Error> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(err).context("database"))
+        match err {
+            // The connection broke or no connection could be had: the database (or the
+            // router in front of it) is failing over or down. Clients may retry.
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_) => {
+                Self::Unavailable(anyhow::Error::new(err).context("database"))
+            }
+            other => Self::Internal(anyhow::Error::new(other).context("database")),
+        }
     }
 }
 
