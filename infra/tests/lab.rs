@@ -296,6 +296,8 @@ fn labelled_service_lands_on_the_right_worker() {
             &format!("node.labels.pressdock.node=={}", target.name),
             "--network",
             lab::SITES_NET,
+            "--entrypoint",
+            "/entrypoint.sh",
             "local/wordpress:dev",
         ])
         .output()

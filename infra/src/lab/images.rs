@@ -12,6 +12,17 @@ pub const IMAGES: [&str; 3] = ["traefik", "varnish", "wordpress"];
 pub struct Recipe {
     pub name: String,
     pub dir: PathBuf,
+    /// Hash of the recipe: names the cached root filesystem.
+    pub hash: String,
+    /// Files and import changes laid over it (`overlay.sh`), if any.
+    pub overlay: Option<Overlay>,
+}
+
+/// What `overlay.sh` produced: a folder of files, extra `--change` lines, their hash.
+pub struct Overlay {
+    pub dir: PathBuf,
+    pub files: Vec<String>,
+    pub changes: Vec<String>,
     pub hash: String,
 }
 
@@ -19,10 +30,30 @@ impl Recipe {
     pub fn tag(&self) -> String {
         format!("local/{}:dev", self.name)
     }
+    /// The cached root filesystem built from the recipe.
     pub fn tarball(&self) -> PathBuf {
         Path::new(CACHE)
             .join("images")
             .join(format!("{}-{}.tar", self.name, &self.hash[..16]))
+    }
+    /// What is imported: the tarball, or a copy with the overlay's files appended.
+    pub fn import_tarball(&self) -> PathBuf {
+        match &self.overlay {
+            None => self.tarball(),
+            Some(o) => Path::new(CACHE).join("images").join(format!(
+                "{}-{}+{}.tar",
+                self.name,
+                &self.hash[..16],
+                &o.hash[..12]
+            )),
+        }
+    }
+    /// The `pressdock.recipe` label of the imported image.
+    pub fn label(&self) -> String {
+        match &self.overlay {
+            None => self.hash.clone(),
+            Some(o) => format!("{}+{}", self.hash, o.hash),
+        }
     }
     fn changes(&self) -> Result<Vec<String>> {
         let s = std::fs::read_to_string(self.dir.join("changes"))
@@ -45,6 +76,7 @@ pub fn recipe(lab: &Lab, name: &str) -> Result<Recipe> {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
+    files.retain(|f| f.file_name().is_none_or(|n| n != "overlay.sh"));
     let mut h = Sha256::new();
     for f in &files {
         h.update(
@@ -61,11 +93,101 @@ pub fn recipe(lab: &Lab, name: &str) -> Result<Recipe> {
             [] as [&str; 0],
         ))?);
     }
+    let overlay = overlay(name, &dir)?;
     Ok(Recipe {
         name: name.to_owned(),
         dir,
         hash: hex::encode(h.finalize()),
+        overlay,
     })
+}
+
+fn overlay(name: &str, dir: &Path) -> Result<Option<Overlay>> {
+    let script = dir.join("overlay.sh");
+    if !script.exists() {
+        return Ok(None);
+    }
+    let out = Path::new(CACHE).join("overlay").join(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).context("creating overlay folder")?;
+    let stdout = run(&mut sh::cmd(&script.to_string_lossy(), [out.as_os_str()]))
+        .with_context(|| format!("running images/{name}/overlay.sh"))?;
+    let changes: Vec<String> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut files = Vec::new();
+    fn walk(base: &Path, d: &Path, files: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, files);
+                } else if let Ok(rel) = p.strip_prefix(base) {
+                    files.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    walk(&out, &out, &mut files);
+    files.sort();
+    if files.is_empty() && changes.is_empty() {
+        return Ok(None);
+    }
+    let mut h = Sha256::new();
+    for f in &files {
+        h.update(f.as_bytes());
+        h.update(std::fs::read(out.join(f)).with_context(|| format!("reading overlay {f}"))?);
+    }
+    for c in &changes {
+        h.update(c.as_bytes());
+    }
+    Ok(Some(Overlay {
+        dir: out,
+        files,
+        changes,
+        hash: hex::encode(h.finalize()),
+    }))
+}
+
+/// The import tarball with the overlay appended (a copy of the cached tarball).
+pub fn ensure_overlaid(r: &Recipe) -> Result<()> {
+    let Some(o) = &r.overlay else {
+        return Ok(());
+    };
+    let dest = r.import_tarball();
+    if dest.exists() {
+        return Ok(());
+    }
+    let tmp = dest.with_extension("partial.tar");
+    std::fs::copy(r.tarball(), &tmp).context("copying the cached image for its overlay")?;
+    let mut args = vec![
+        "-C".to_string(),
+        o.dir.to_string_lossy().into_owned(),
+        "--append".into(),
+        "-f".into(),
+        tmp.to_string_lossy().into_owned(),
+    ];
+    args.extend(o.files.iter().cloned());
+    run(&mut sh::cmd("tar", &args)).context("appending the overlay")?;
+    std::fs::rename(&tmp, &dest).context("moving the overlaid image into the cache")?;
+    // Older overlays of this image are stale now.
+    let prefix = format!("{}-{}+", r.name, &r.hash[..16]);
+    if let Ok(rd) = std::fs::read_dir(dest.parent().unwrap_or(Path::new(CACHE))) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) && e.path() != dest {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    progress(
+        "images",
+        format!("{}: overlay {} added", r.tag(), o.files.join(", ")),
+    );
+    Ok(())
 }
 
 /// Builds the tarball unless the cache has it for this recipe hash.
@@ -93,7 +215,9 @@ pub fn ensure_built(r: &Recipe) -> Result<bool> {
     if let Ok(rd) = std::fs::read_dir(tar.parent().unwrap_or(Path::new(CACHE))) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&format!("{}-", r.name)) && e.path() != tar {
+            if n.starts_with(&format!("{}-", r.name))
+                && !n.starts_with(&format!("{}-{}", r.name, &r.hash[..16]))
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -115,17 +239,18 @@ pub fn ensure_loaded(node: &Node, r: &Recipe) -> Result<bool> {
         &r.tag(),
     ]))
     .unwrap_or_default();
-    if have.trim() == r.hash {
+    if have.trim() == r.label() {
         return Ok(false);
     }
     let mut args = vec!["import".to_string()];
     args.push("-c".into());
-    args.push(format!("LABEL pressdock.recipe={}", r.hash));
-    for c in r.changes()? {
+    args.push(format!("LABEL pressdock.recipe={}", r.label()));
+    let extra = r.overlay.iter().flat_map(|o| o.changes.iter().cloned());
+    for c in r.changes()?.into_iter().chain(extra) {
         args.push("-c".into());
         args.push(c);
     }
-    args.push(r.tarball().to_string_lossy().into_owned());
+    args.push(r.import_tarball().to_string_lossy().into_owned());
     args.push(r.tag());
     run(&mut node.docker(&args))
         .with_context(|| format!("importing {} into {}", r.tag(), node.host()))?;

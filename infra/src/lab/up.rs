@@ -238,7 +238,12 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             std::thread::scope(|s2| {
                 let hs: Vec<_> = recipes
                     .iter()
-                    .map(|r| s2.spawn(move || images::ensure_built(r)))
+                    .map(|r| {
+                        s2.spawn(move || {
+                            images::ensure_built(r)?;
+                            images::ensure_overlaid(r)
+                        })
+                    })
                     .collect();
                 for h in hs {
                     h.join()
