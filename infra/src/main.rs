@@ -92,15 +92,13 @@ fn main() -> Result<()> {
                 if !nix::unistd::Uid::effective().is_root() {
                     anyhow::bail!("`lab down` needs root: run it with sudo");
                 }
+                let _lock = lab::acquire_lock()?;
                 let topo = lab::saved_topology().unwrap_or(lab::Topology {
                     managers: 1,
                     workers: 2,
                     galera_nodes: 3,
                 });
                 std::fs::create_dir_all(STATE)?;
-                let lock = std::fs::File::create(Path::new(STATE).join("lock"))?;
-                lock.try_lock()
-                    .map_err(|_| anyhow::anyhow!("another `lab up` or `lab down` is running"))?;
                 let l = Lab {
                     topo,
                     secrets: Secrets::load_or_create()?,

@@ -103,7 +103,9 @@ fn galera_write_on_one_node_is_read_on_another() {
     let read = sql(
         &lab,
         p3,
-        &format!("SELECT v FROM labtest.kv WHERE k = '{v}'"),
+        // Galera applies a commit on the other nodes asynchronously after certifying
+        // it: a causal read (wsrep_sync_wait) waits until g3 has applied it.
+        &format!("SET SESSION wsrep_sync_wait = 1; SELECT v FROM labtest.kv WHERE k = '{v}'"),
     )
     .expect("read on g3");
     assert_eq!(read, "from-g1", "row written on g1 read back on g3");

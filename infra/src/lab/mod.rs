@@ -224,6 +224,45 @@ impl Lab {
     }
 }
 
+/// One `lab up`/`lab down` at a time on this machine. The lock file lives outside the
+/// state folder (which `lab down` deletes). A second run waits (up to 15 minutes) instead
+/// of failing, so tests and scripts that share the lab queue up.
+pub fn acquire_lock() -> Result<std::fs::File> {
+    let dir = Path::new("/run/lock");
+    std::fs::create_dir_all(dir).context("creating /run/lock")?;
+    let path = dir.join("pressdock-lab.lock");
+    let f = std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    let t0 = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !told {
+                    sh::progress(
+                        "lock",
+                        format!(
+                            "another `lab up`/`lab down` runs; waiting ({})",
+                            path.display()
+                        ),
+                    );
+                    told = true;
+                }
+                if t0.elapsed() > std::time::Duration::from_secs(900) {
+                    anyhow::bail!(
+                        "another `lab up` or `lab down` has held {} for 15 minutes",
+                        path.display()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+    }
+}
+
 /// The repository root: `PRESSDOCK_REPO`, else the folder above this crate at build time,
 /// else the current directory.
 pub fn repo_root() -> PathBuf {

@@ -184,6 +184,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         workers: opts.workers,
         galera_nodes: opts.galera_nodes,
     };
+    let _lock = super::acquire_lock()?;
     if let Some(old) = super::saved_topology()
         && (old.managers != topo.managers
             || old.workers != topo.workers
@@ -198,9 +199,6 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         );
     }
     std::fs::create_dir_all(STATE).with_context(|| format!("creating {STATE}"))?;
-    let lock = std::fs::File::create(Path::new(STATE).join("lock")).context("lock file")?;
-    lock.try_lock()
-        .map_err(|_| anyhow::anyhow!("another `lab up` or `lab down` is running"))?;
     sh::write_file(
         &Path::new(STATE).join("topology.toml"),
         &toml::to_string(&topo).context("topology")?,
