@@ -391,6 +391,23 @@ async fn supervises_restarts_reports_and_stops() {
         "{body}"
     );
 
+    // The container's health check (`pressdock-agent health` in the swarm spec).
+    let health = |ready: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pressdock-agent"));
+        c.arg("health")
+            .env(
+                "PRESSDOCK_AGENT_LISTEN",
+                format!("0.0.0.0:{}", site.listen_port),
+            )
+            .stderr(Stdio::null());
+        if ready {
+            c.arg("--ready");
+        }
+        c.status().expect("health").success()
+    };
+    assert!(health(false), "alive");
+    assert!(!health(true), "not ready");
+
     // Reports: bearer token; generation 5 held, the stale 3 refused and never persisted.
     agent
         .wait_for(
