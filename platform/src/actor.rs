@@ -129,23 +129,20 @@ impl Actor {
         state: &AppState,
         tenant: &Id,
     ) -> ApiResult<Option<TenantRole>> {
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = ?")
-            .bind(tenant.as_str())
-            .fetch_optional(&state.db)
-            .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        if self.is_staff() {
-            return Ok(Some(TenantRole::Owner));
-        }
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM memberships WHERE tenant_id = ? AND user_id = ?")
-                .bind(tenant.as_str())
-                .bind(&self.user_id)
-                .fetch_optional(&state.db)
-                .await?;
-        Ok(role.as_deref().and_then(TenantRole::parse))
+        // One round trip: no row, no tenant; a row with a NULL role, not a member.
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT m.role FROM tenants t LEFT JOIN memberships m \
+             ON m.tenant_id = t.id AND m.user_id = ? WHERE t.id = ?",
+        )
+        .bind(&self.user_id)
+        .bind(tenant.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+        Ok(match row {
+            None => None,
+            Some(_) if self.is_staff() => Some(TenantRole::Owner),
+            Some((role,)) => role.as_deref().and_then(TenantRole::parse),
+        })
     }
 
     /// At least `min` in the tenant; 404 when the caller has no part in it, 403 when the

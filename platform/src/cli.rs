@@ -736,7 +736,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                             Some(Value::Object(body)),
                         )
                         .await?;
-                    print(global.json, &v, SITE_COLUMNS);
+                    finish_accepted(&mut c, global.json, v, false).await?;
                 }
                 SiteCmd::Delete { site, wait } => {
                     let v = c

@@ -110,7 +110,10 @@ const STATES: &[&str] = &[
 ];
 const MAX_ALIASES: usize = 20;
 
-const SELECT: &str = "SELECT s.id, s.seq, s.tenant_id, s.name, p.slug AS plan, s.state, s.primary_domain, \
+// STRAIGHT_JOIN: start from `sites` so a page walks `ix_sites_tenant(_state)` and stops
+// after `limit + 1` rows; left to itself MariaDB may start from the 3-row `plans` table and
+// read every site of a plan (measured in docs/benchmarks.md, API section).
+const SELECT: &str = "SELECT STRAIGHT_JOIN s.id, s.seq, s.tenant_id, s.name, p.slug AS plan, s.state, s.primary_domain, \
      n.name AS node, s.generation, s.created_at, s.updated_at \
      FROM sites s JOIN plans p ON p.id = s.plan_id \
      LEFT JOIN placements pl ON pl.site_id = s.id LEFT JOIN nodes n ON n.id = pl.node_id";
