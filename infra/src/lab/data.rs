@@ -473,8 +473,25 @@ pub fn ensure_redis(lab: &Lab) -> Result<()> {
 
 // ---------------------------------------------------------------- GlusterFS
 
+/// The gluster CLI against this host's glusterd. glusterd runs one transaction at a time
+/// and refuses others ("Another transaction is in progress", "Locking failed"): those are
+/// retried for up to 15 s, since the platform's drivers use the same glusterd.
 pub fn gluster(args: &[&str]) -> Result<String> {
-    run(cmd("gluster", ["--mode=script"]).args(args))
+    let mut attempt = 0;
+    loop {
+        match run(cmd("gluster", ["--mode=script"]).args(args)) {
+            Err(e)
+                if attempt < 15
+                    && ["Another transaction", "Locking failed", "locked"]
+                        .iter()
+                        .any(|m| format!("{e:#}").contains(m)) =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn glusterd_workdir(lab: &Lab) -> PathBuf {
