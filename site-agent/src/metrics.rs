@@ -45,6 +45,18 @@ impl Requests {
         self.bytes_sent += bytes;
     }
 
+    /// Adds the counts of `other` (a batch) to these.
+    pub fn merge(&mut self, other: &Requests) {
+        for (a, b) in self.by_class.iter_mut().zip(other.by_class) {
+            *a += b;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.seconds_sum += other.seconds_sum;
+        self.bytes_sent += other.bytes_sent;
+    }
+
     pub fn total(&self) -> u64 {
         self.by_class.iter().sum()
     }
@@ -428,6 +440,21 @@ mod tests {
             !text.contains("pressdock_wp_content_bytes"),
             "unknown sizes are left out"
         );
+    }
+
+    #[test]
+    fn merge_adds_batches() {
+        let mut a = Requests::default();
+        a.observe(200, 0.1, 10);
+        let mut b = Requests::default();
+        b.observe(500, 3.0, 5);
+        b.observe(200, 0.1, 5);
+        a.merge(&b);
+        let mut all = Requests::default();
+        all.observe(200, 0.1, 10);
+        all.observe(500, 3.0, 5);
+        all.observe(200, 0.1, 5);
+        assert_eq!(a, all);
     }
 
     #[test]
