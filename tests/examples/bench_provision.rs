@@ -1,0 +1,1232 @@
+//! Provisioning benchmark of issue 4, run by `scripts/bench-provision.sh` (not a test).
+//!
+//! Three ways of making the same sites on the lab's real servers, each timed per step:
+//!
+//! - `raw` (the floor): the backend operations done directly with the clients the drivers
+//!   use (mysql_async, redis, the `gluster` CLI, bollard, the Varnish CLI), the fewest
+//!   round trips that make the resource, no read-back: `CREATE DATABASE` + `CREATE USER` +
+//!   `GRANT`; Sentinel lookup then `ACL SETUSER` (+ `ACL SAVE`) on every node; `mkdir`,
+//!   `chown`, `chmod` + `gluster volume quota … limit-usage`; four `secret create` + one
+//!   `service create` of the spec `backends::swarm::build_service_spec` builds;
+//!   `hosts.vcl` written + `vcl.load`/`vcl.use`/`vcl.discard` on every Varnish.
+//! - `drivers`: the same steps through the `backends` drivers' `ensure_*` (which also
+//!   read back and converge): what the platform's saga steps call, minus the saga.
+//! - `platform`: a `pressdock serve` of our own on the lab's configuration; the API call
+//!   `POST /v1/tenants/{t}/sites` until the operation is `succeeded`, and each step from
+//!   the operation's `started_at`/`finished_at`.
+//!
+//! Each way runs `BENCH_SITES` sites one after the other, then `BENCH_PARALLEL` sites at
+//! once, and removes everything it made. The Varnish step publishes the whole table, as
+//! the platform's does: a site is in it from its start (the platform's `record_site`), and
+//! a site whose hosts are already loaded (by another site's publish) loads nothing. The
+//! Gluster step takes turns (glusterd runs one volume transaction at a time), as the
+//! platform's does. Prints markdown tables on stdout, progress on
+//! stderr. The caller stops the lab's own platform first (one control plane owns the
+//! Varnish host table at a time) and starts it again afterwards.
+//!
+//! Environment: `LAB_CONFIG` (default `/var/lib/pressdock-lab/pressdock.toml`),
+//! `PRESSDOCK_BIN` (default `target/debug/pressdock`), `BENCH_SITES` (5),
+//! `BENCH_PARALLEL` (20), `BENCH_MODES` (`raw,drivers,platform`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use backends::{
+    BackendsConfig, DomainName, EdgeCache, GaleraDriver, GlusterDriver, RedisSentinelDriver,
+    Secret, SiteCache, SiteDatabase, SitePassword, SiteResourceId, SiteRuntime, SiteStorage,
+    SwarmDriver, VarnishDriver,
+    router::{DbRouter, Router},
+    swarm::{LABEL_SECRET_KIND, LABEL_SITE, NodeId, PlanResources, SecretKind, SecretRef},
+    varnish::{HostState, HostTable, VarnishCli, VclMode},
+};
+use mysql_async::prelude::Queryable;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+/// The steps a site create has in the platform with every backend configured, in order.
+const STEPS: &[&str] = &[
+    "record_site",
+    "reserve_slot",
+    "generate_secrets",
+    "ensure_database",
+    "ensure_router_user",
+    "ensure_cache_user",
+    "ensure_storage",
+    "ensure_swarm_secrets",
+    "ensure_service",
+    "publish_hosts",
+];
+
+/// The starter plan (platform/src/app/plans.rs): 1024 MB storage, 256 MB, 250 millicores.
+const QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
+const MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+const CPU_MILLIS: u32 = 250;
+
+const ADMIN: &str = "admin@pressdock.test";
+
+/// One site's timings: per step, and from the first call to done.
+#[derive(Debug, Clone, Default)]
+struct SiteTiming {
+    steps: BTreeMap<&'static str, Duration>,
+    total: Duration,
+    /// Platform only: `created_at` to `finished_at` of the operation (server clock).
+    server_total: Option<Duration>,
+}
+
+/// A batch run at once: wall time until every site is done.
+#[derive(Debug, Clone, Default)]
+struct Batch {
+    sites: Vec<SiteTiming>,
+    wall: Duration,
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
+
+/// Labels of the resources this program makes, to find them again on cleanup.
+fn domain_of(prefix: &str, id: &SiteResourceId) -> Result<BTreeSet<DomainName>> {
+    let d = format!("{prefix}-{}.bench.test", id.as_str());
+    Ok(BTreeSet::from([
+        DomainName::parse(&d)?,
+        DomainName::parse(&format!("www.{d}"))?,
+    ]))
+}
+
+/// Standard base64 (the Docker API takes secret data so); no extra dependency for it.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(A[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The four secrets of a site, generated like the platform does (32 of `[A-Za-z0-9]`;
+/// the salts eight lines of 64).
+fn site_secrets() -> BTreeMap<SecretKind, Secret> {
+    SecretKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let value = match kind {
+                SecretKind::WpSalts => (0..8)
+                    .map(|i| {
+                        format!(
+                            "KEY{i}={}{}\n",
+                            SitePassword::generate().expose(),
+                            SitePassword::generate().expose()
+                        )
+                    })
+                    .collect(),
+                _ => SitePassword::generate().expose().to_owned(),
+            };
+            (kind, Secret::new(value))
+        })
+        .collect()
+}
+
+fn password(secrets: &BTreeMap<SecretKind, Secret>, kind: SecretKind) -> Result<SitePassword> {
+    let s = secrets.get(&kind).context("secret missing")?;
+    Ok(SitePassword::parse(s.expose())?)
+}
+
+/// The lab's backends, reached both ways: directly and through the drivers.
+struct Lab {
+    table: toml::Table,
+    config: BackendsConfig,
+    mysql: mysql_async::Pool,
+    docker: bollard::Docker,
+    workers: Vec<NodeId>,
+    /// Per Varnish instance: address and secret.
+    varnish_instances: Vec<(String, Vec<u8>)>,
+    main_vcl_in_instance: String,
+    /// Redis data nodes that have an aclfile (checked once; `ACL SAVE` only there).
+    aclfile_nodes: BTreeSet<String>,
+    galera: GaleraDriver,
+    router: Router,
+    redis: RedisSentinelDriver,
+    gluster: GlusterDriver,
+    varnish: VarnishDriver,
+    swarm: SwarmDriver,
+    /// glusterd runs one volume transaction at a time: storage steps take turns (the
+    /// platform does the same).
+    gluster_turn: Mutex<()>,
+    /// The host table and the VCL this program last activated (one table, one writer).
+    edge: Mutex<(HostTable, Option<String>)>,
+    /// Every host of the sites started so far: what the platform's `host_table` reads
+    /// from its database (a site is in it from `record_site` on, still provisioning).
+    registered: std::sync::Mutex<HostTable>,
+}
+
+impl Lab {
+    async fn load(path: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+        let table: toml::Table = text.parse().context("parse the lab config")?;
+        let config: BackendsConfig = table
+            .get("backends")
+            .context("no [backends]")?
+            .clone()
+            .try_into()
+            .context("[backends]")?;
+        let galera_cfg = config.galera.clone().context("no [backends.galera]")?;
+        let redis_cfg = config.redis.clone().context("no [backends.redis]")?;
+        let gluster_cfg = config.gluster.clone().context("no [backends.gluster]")?;
+        let varnish_cfg = config.varnish.clone().context("no [backends.varnish]")?;
+        let swarm_cfg = config.swarm.clone().context("no [backends.swarm]")?;
+        let mysql = mysql_async::Pool::new(
+            mysql_async::Opts::from_url(galera_cfg.admin_url.expose()).context("admin_url")?,
+        );
+        let socket = swarm_cfg
+            .docker_host
+            .strip_prefix("unix://")
+            .unwrap_or(&swarm_cfg.docker_host)
+            .to_owned();
+        let docker = bollard::Docker::connect_with_socket(
+            &socket,
+            120,
+            &bollard::ClientVersion {
+                major_version: 1,
+                minor_version: 41,
+            },
+        )
+        .context("docker socket")?;
+        let swarm = SwarmDriver::new(&swarm_cfg)?;
+        let workers: Vec<NodeId> = swarm
+            .list_nodes()
+            .await?
+            .into_iter()
+            .filter(|(_, _, role)| role == "worker")
+            .map(|(id, _, _)| id)
+            .collect();
+        if workers.is_empty() {
+            bail!("the swarm has no worker node");
+        }
+        let mut varnish_instances = Vec::new();
+        for i in &varnish_cfg.instances {
+            let secret = std::fs::read(&i.secret_file)
+                .with_context(|| format!("read {}", i.secret_file.display()))?;
+            varnish_instances.push((i.address.clone(), secret));
+        }
+        let varnish = VarnishDriver::new(&varnish_cfg)?;
+        let VclMode::Include {
+            main_vcl_in_instance,
+            ..
+        } = varnish.mode().clone()
+        else {
+            bail!("the floor expects the lab's include mode for Varnish");
+        };
+        let redis = RedisSentinelDriver::new(&redis_cfg)?;
+        let mut aclfile_nodes = BTreeSet::new();
+        let topology = redis.topology().await?;
+        for node in std::iter::once(&topology.master).chain(&topology.replicas) {
+            let mut c = redis_conn(&redis_cfg, node).await?;
+            let f: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("aclfile")
+                .query_async(&mut c)
+                .await?;
+            if f.get(1).is_some_and(|f| !f.is_empty()) {
+                aclfile_nodes.insert(node.clone());
+            }
+        }
+        eprintln!(
+            "==> redis: master {}, replicas up {:?}, down {:?}; workers {}",
+            topology.master,
+            topology.replicas,
+            topology.down_replicas,
+            workers.len()
+        );
+        Ok(Self {
+            table,
+            galera: GaleraDriver::new(&galera_cfg)?,
+            router: Router::from_config(&galera_cfg)?,
+            redis,
+            gluster: GlusterDriver::new(&gluster_cfg)?,
+            varnish,
+            swarm,
+            config,
+            mysql,
+            docker,
+            workers,
+            varnish_instances,
+            main_vcl_in_instance,
+            aclfile_nodes,
+            gluster_turn: Mutex::new(()),
+            edge: Mutex::new((HostTable::default(), None)),
+            registered: std::sync::Mutex::new(HostTable::default()),
+        })
+    }
+
+    fn redis_cfg(&self) -> Result<&backends::config::RedisConfig> {
+        self.config.redis.as_ref().context("no redis")
+    }
+
+    fn service_params(
+        &self,
+        id: &SiteResourceId,
+        n: usize,
+        domains: BTreeSet<DomainName>,
+        secrets: BTreeMap<SecretKind, SecretRef>,
+    ) -> Result<backends::swarm::SiteServiceParams> {
+        let galera = self.config.galera.as_ref().context("no galera")?;
+        let redis = self.redis_cfg()?;
+        let gluster = self.config.gluster.as_ref().context("no gluster")?;
+        Ok(backends::swarm::SiteServiceParams {
+            id: id.clone(),
+            domains,
+            node: self.workers[n % self.workers.len()].clone(),
+            resources: PlanResources {
+                cpu_limit_millis: CPU_MILLIS,
+                memory_limit_bytes: MEMORY_BYTES,
+                cpu_reservation_millis: CPU_MILLIS / 4,
+                memory_reservation_bytes: MEMORY_BYTES / 4,
+            },
+            secrets,
+            wp_content_source: gluster.node_mount.join(id.as_str()),
+            db_host: galera.site_db_host.clone(),
+            redis_sentinels: redis.sentinels.clone(),
+            redis_master_name: redis.master_name.clone(),
+            extra_env: BTreeMap::new(),
+            image: None,
+            suspended: false,
+            force_update: 0,
+        })
+    }
+
+    /// The floor: one site made with direct client calls.
+    async fn raw_site(&self, n: usize) -> Result<(SiteResourceId, SiteTiming)> {
+        let id = SiteResourceId::generate();
+        let name = id.resource_name();
+        let domains = domain_of("raw", &id)?;
+        self.register(&id, &domains)?;
+        let mut t = SiteTiming::default();
+        let start = Instant::now();
+
+        let s = Instant::now();
+        let secrets = site_secrets();
+        t.steps.insert("generate_secrets", s.elapsed());
+
+        let s = Instant::now();
+        let db_pw = password(&secrets, SecretKind::DbPassword)?;
+        let mut c = self.mysql.get_conn().await?;
+        c.query_drop(format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        ))
+        .await?;
+        // The password is bound, then quoted by the server (no placeholders in CREATE USER).
+        c.exec_drop("SET @pd_pw = ?", (db_pw.expose(),)).await?;
+        c.query_drop(format!(
+            "EXECUTE IMMEDIATE CONCAT('CREATE USER `{name}`@''%'' IDENTIFIED BY ', QUOTE(@pd_pw))"
+        ))
+        .await?;
+        c.query_drop("SET @pd_pw = NULL").await?;
+        c.query_drop(format!(
+            "GRANT ALL PRIVILEGES ON `wp\\_{}`.* TO `{name}`@'%'",
+            id.as_str()
+        ))
+        .await?;
+        drop(c);
+        t.steps.insert("ensure_database", s.elapsed());
+
+        // HAProxy router: no per-user entry, nothing to do.
+        t.steps.insert("ensure_router_user", Duration::ZERO);
+
+        let s = Instant::now();
+        let redis_pw = password(&secrets, SecretKind::RedisPassword)?;
+        let cfg = self.redis_cfg()?;
+        let sentinel = cfg.sentinels.first().context("no sentinel")?;
+        let mut sc = sentinel_conn(cfg, sentinel).await?;
+        let master: (String, String) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&cfg.master_name)
+            .query_async(&mut sc)
+            .await?;
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(&cfg.master_name)
+            .query_async(&mut sc)
+            .await?;
+        let mut nodes = vec![format!("{}:{}", master.0, master.1)];
+        for r in replicas {
+            let flags = r.get("flags").map(String::as_str).unwrap_or("");
+            let down = flags
+                .split(',')
+                .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+            if let (false, Some(ip), Some(port)) = (down, r.get("ip"), r.get("port")) {
+                nodes.push(format!("{ip}:{port}"));
+            }
+        }
+        let rules = backends::redis::site_acl_rules(&id, &redis_pw);
+        for node in &nodes {
+            let mut c = redis_conn(cfg, node).await?;
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&name)
+                .arg(&rules)
+                .query_async(&mut c)
+                .await?;
+            if self.aclfile_nodes.contains(node) {
+                let _: () = redis::cmd("ACL").arg("SAVE").query_async(&mut c).await?;
+            }
+        }
+        t.steps.insert("ensure_cache_user", s.elapsed());
+
+        let s = Instant::now();
+        let gluster = self.config.gluster.as_ref().context("no gluster")?;
+        let dir = gluster.mount.join(id.as_str());
+        let (uid, gid) = (gluster.owner_uid, gluster.owner_gid);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir(&dir)?;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))
+        })
+        .await??;
+        {
+            let _turn = self.gluster_turn.lock().await;
+            let out = tokio::process::Command::new(&gluster.gluster_bin)
+                .args(backends::gluster::quota_limit_args(
+                    gluster,
+                    &id,
+                    QUOTA_BYTES,
+                ))
+                .output()
+                .await?;
+            if !out.status.success() {
+                bail!(
+                    "gluster quota: {}{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+        t.steps.insert("ensure_storage", s.elapsed());
+
+        let s = Instant::now();
+        let mut refs = BTreeMap::new();
+        for (kind, data) in &secrets {
+            let secret_name = backends::swarm::secret_name(&id, *kind, data);
+            let r = self
+                .docker
+                .create_secret(bollard::models::SecretSpec {
+                    name: Some(secret_name.clone()),
+                    labels: Some(std::collections::HashMap::from([
+                        (LABEL_SITE.to_owned(), id.to_string()),
+                        (LABEL_SECRET_KIND.to_owned(), kind.as_str().to_owned()),
+                    ])),
+                    data: Some(base64(data.expose().as_bytes())),
+                    ..Default::default()
+                })
+                .await?;
+            refs.insert(
+                *kind,
+                SecretRef {
+                    id: r.id,
+                    name: secret_name,
+                },
+            );
+        }
+        t.steps.insert("ensure_swarm_secrets", s.elapsed());
+
+        let s = Instant::now();
+        let params = self.service_params(&id, n, domains.clone(), refs)?;
+        let spec = self.swarm.build_spec(&params)?;
+        self.docker.create_service(spec, None).await?;
+        t.steps.insert("ensure_service", s.elapsed());
+
+        let s = Instant::now();
+        self.raw_publish(&id, &domains).await?;
+        t.steps.insert("publish_hosts", s.elapsed());
+
+        t.total = start.elapsed();
+        Ok((id, t))
+    }
+
+    /// Puts the site's hosts in the table (as `record_site` puts the site in the database).
+    fn register(&self, id: &SiteResourceId, domains: &BTreeSet<DomainName>) -> Result<()> {
+        let mut table = self
+            .registered
+            .lock()
+            .map_err(|_| anyhow!("registered hosts lock poisoned"))?;
+        for d in domains {
+            table.insert(d.clone(), id.clone(), HostState::Active);
+        }
+        Ok(())
+    }
+
+    /// The table to publish: every registered host. Like the platform, a site whose
+    /// hosts another site's publish already loaded loads nothing.
+    fn wanted(&self) -> Result<HostTable> {
+        Ok(self
+            .registered
+            .lock()
+            .map_err(|_| anyhow!("registered hosts lock poisoned"))?
+            .clone())
+    }
+
+    /// `hosts.vcl` with every registered site, then load/use/discard on every Varnish;
+    /// nothing when the loaded table already has this site's hosts.
+    async fn raw_publish(&self, id: &SiteResourceId, domains: &BTreeSet<DomainName>) -> Result<()> {
+        let hosts_file = self
+            .config
+            .varnish
+            .as_ref()
+            .and_then(|v| v.hosts_file.clone())
+            .context("no hosts_file")?;
+        let mut edge = self.edge.lock().await;
+        if domains
+            .iter()
+            .all(|d| edge.0.hosts.get(d).is_some_and(|e| &e.site == id))
+        {
+            return Ok(());
+        }
+        edge.0 = self.wanted()?;
+        let content = backends::varnish::render_hosts_include(&edge.0);
+        let tmp = hosts_file.with_extension("vcl.benchtmp");
+        tokio::fs::write(&tmp, &content).await?;
+        tokio::fs::rename(&tmp, &hosts_file).await?;
+        let vcl = format!(
+            "pd_floor{}",
+            SiteResourceId::generate().as_str() // unique per load
+        );
+        for (address, secret) in &self.varnish_instances {
+            let mut cli = VarnishCli::connect(address, secret).await?;
+            cli.command_ok("vcl.load", &[&vcl, &self.main_vcl_in_instance])
+                .await?;
+            cli.command_ok("vcl.use", &[&vcl]).await?;
+            if let Some(old) = &edge.1 {
+                cli.command_ok("vcl.discard", &[old]).await?;
+            }
+        }
+        edge.1 = Some(vcl);
+        Ok(())
+    }
+
+    /// The same steps through the drivers' `ensure_*`.
+    async fn driver_site(&self, n: usize) -> Result<(SiteResourceId, SiteTiming)> {
+        let id = SiteResourceId::generate();
+        let domains = domain_of("drv", &id)?;
+        self.register(&id, &domains)?;
+        let mut t = SiteTiming::default();
+        let start = Instant::now();
+
+        let s = Instant::now();
+        let secrets = site_secrets();
+        t.steps.insert("generate_secrets", s.elapsed());
+
+        let s = Instant::now();
+        let db_pw = password(&secrets, SecretKind::DbPassword)?;
+        self.galera.ensure_site_database(&id, &db_pw).await?;
+        t.steps.insert("ensure_database", s.elapsed());
+
+        let s = Instant::now();
+        self.router.ensure_router_user(&id, &db_pw).await?;
+        t.steps.insert("ensure_router_user", s.elapsed());
+
+        let s = Instant::now();
+        let redis_pw = password(&secrets, SecretKind::RedisPassword)?;
+        self.redis.ensure_site_cache(&id, &redis_pw).await?;
+        t.steps.insert("ensure_cache_user", s.elapsed());
+
+        let s = Instant::now();
+        {
+            let _turn = self.gluster_turn.lock().await;
+            self.gluster.ensure_site_storage(&id, QUOTA_BYTES).await?;
+        }
+        t.steps.insert("ensure_storage", s.elapsed());
+
+        let s = Instant::now();
+        let mut refs = BTreeMap::new();
+        for (kind, data) in &secrets {
+            refs.insert(*kind, self.swarm.ensure_secret(&id, *kind, data).await?);
+        }
+        t.steps.insert("ensure_swarm_secrets", s.elapsed());
+
+        let s = Instant::now();
+        let params = self.service_params(&id, n, domains.clone(), refs)?;
+        self.swarm.ensure_service(&params).await?;
+        t.steps.insert("ensure_service", s.elapsed());
+
+        let s = Instant::now();
+        {
+            let mut edge = self.edge.lock().await;
+            edge.0 = self.wanted()?;
+            let states = self.varnish.apply_host_table(&edge.0).await?;
+            if states.iter().any(|s| !s.converged) {
+                bail!("varnish did not activate the host table");
+            }
+        }
+        t.steps.insert("publish_hosts", s.elapsed());
+
+        t.total = start.elapsed();
+        Ok((id, t))
+    }
+
+    /// Removes a floor site everywhere (through the drivers; not timed).
+    async fn remove(&self, id: &SiteResourceId) -> Result<()> {
+        self.swarm.remove_service(id).await?;
+        self.swarm.prune_site_secrets(id, &[]).await?;
+        {
+            let _turn = self.gluster_turn.lock().await;
+            self.gluster.remove_site_storage(id).await?;
+        }
+        self.redis.remove_site_cache(id).await?;
+        self.router.remove_router_user(id).await?;
+        self.galera.remove_site_database(id).await?;
+        Ok(())
+    }
+
+    /// Empties our host table on every Varnish (through the driver, which also discards
+    /// the VCLs loaded here).
+    async fn clear_edge(&self) -> Result<()> {
+        let mut edge = self.edge.lock().await;
+        edge.0 = HostTable::default();
+        *self
+            .registered
+            .lock()
+            .map_err(|_| anyhow!("registered hosts lock poisoned"))? = HostTable::default();
+        self.varnish.apply_host_table(&edge.0).await?;
+        edge.1 = None;
+        Ok(())
+    }
+}
+
+async fn redis_conn(
+    cfg: &backends::config::RedisConfig,
+    addr: &str,
+) -> Result<redis::aio::MultiplexedConnection> {
+    connect_redis(
+        addr,
+        cfg.admin_user.clone(),
+        cfg.admin_password.as_ref().map(|p| p.expose().to_owned()),
+    )
+    .await
+}
+
+async fn sentinel_conn(
+    cfg: &backends::config::RedisConfig,
+    addr: &str,
+) -> Result<redis::aio::MultiplexedConnection> {
+    connect_redis(
+        addr,
+        None,
+        cfg.sentinel_password
+            .as_ref()
+            .map(|p| p.expose().to_owned()),
+    )
+    .await
+}
+
+async fn connect_redis(
+    addr: &str,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<redis::aio::MultiplexedConnection> {
+    let (host, port) = addr.rsplit_once(':').context("HOST:PORT")?;
+    let info = redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp(host.to_owned(), port.parse()?),
+        redis: redis::RedisConnectionInfo {
+            db: 0,
+            username,
+            password,
+            protocol: redis::ProtocolVersion::RESP2,
+        },
+    };
+    Ok(redis::Client::open(info)?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// Runs the floor (`raw` or `drivers`): `sites` one after the other, then `parallel` at
+/// once; removes everything.
+async fn floor(lab: &Arc<Lab>, mode: &str, sites: usize, parallel: usize) -> Result<Run> {
+    let mut made = Vec::new();
+    let mut serial = Vec::new();
+    let result = async {
+        for n in 0..sites {
+            let (id, t) = match mode {
+                "raw" => lab.raw_site(n).await?,
+                _ => lab.driver_site(n).await?,
+            };
+            eprintln!("==> {mode} site {n}: {} ms", ms(t.total));
+            made.push(id);
+            serial.push(t);
+        }
+        let start = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for n in 0..parallel {
+            let lab = lab.clone();
+            let mode = mode.to_owned();
+            set.spawn(async move {
+                let r = match mode.as_str() {
+                    "raw" => lab.raw_site(n).await,
+                    _ => lab.driver_site(n).await,
+                };
+                r.map(|(id, t)| (id, t, start.elapsed()))
+            });
+        }
+        let mut batch = Batch::default();
+        let mut first_err = None;
+        while let Some(r) = set.join_next().await {
+            match r? {
+                Ok((id, t, done)) => {
+                    made.push(id);
+                    batch.sites.push(t);
+                    batch.wall = batch.wall.max(done);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e.context("a site of the parallel batch"));
+        }
+        eprintln!("==> {mode} {parallel} at once: {} ms", ms(batch.wall));
+        Ok(batch)
+    }
+    .await;
+    // The ids of a failed step are not in `made`: those resources are left; say so.
+    eprintln!("==> {mode}: removing {} sites", made.len());
+    for id in &made {
+        if let Err(e) = lab.remove(id).await {
+            eprintln!("==> {mode}: removing {id}: {e:#}");
+        }
+    }
+    lab.clear_edge().await?;
+    Ok(Run {
+        serial,
+        batch: result?,
+    })
+}
+
+struct Run {
+    serial: Vec<SiteTiming>,
+    batch: Batch,
+}
+
+/// A `pressdock serve` of ours on the lab's configuration, with its own database.
+struct Platform {
+    child: tokio::process::Child,
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    config_path: PathBuf,
+}
+
+impl Platform {
+    async fn start(lab: &Lab, database_url: &str) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let admin_password = SitePassword::generate().expose().to_owned();
+        let mut table = lab.table.clone();
+        table.insert("database_url".into(), database_url.into());
+        table.insert("listen".into(), format!("127.0.0.1:{port}").into());
+        let mut bootstrap = toml::Table::new();
+        bootstrap.insert("admin_email".into(), ADMIN.into());
+        bootstrap.insert("admin_password".into(), admin_password.clone().into());
+        table.insert("bootstrap".into(), bootstrap.into());
+        let mut reconcile = toml::Table::new();
+        reconcile.insert("interval_secs".into(), 3600.into());
+        table.insert("reconcile".into(), reconcile.into());
+        let config_path = std::env::temp_dir().join(format!("pd-bench-provision-{port}.toml"));
+        std::fs::write(&config_path, toml::to_string(&table)?)?;
+        let bin =
+            std::env::var("PRESSDOCK_BIN").unwrap_or_else(|_| "target/debug/pressdock".into());
+        let mut child = tokio::process::Command::new(&bin)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {bin}"))?;
+        if let Some(pid) = child.id() {
+            eprintln!("==> platform pid {pid} on 127.0.0.1:{port}");
+        }
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("pressdock serve exited with {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("pressdock serve did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let login: Value = http
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({ "email": ADMIN, "password": admin_password }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = login["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_owned();
+        Ok(Self {
+            child,
+            base,
+            token,
+            http,
+            config_path,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// Polls the operation every 50 ms until it is finished.
+    async fn wait(&self, op: &str) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (_, body) = self
+                .call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
+                .await?;
+            match body["state"].as_str() {
+                Some("succeeded") => return Ok(body),
+                Some("failed") => bail!("operation {op} failed: {body}"),
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                bail!("operation {op} did not finish: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POST a site, wait for its operation; the client-side time and the step times.
+    async fn create(&self, tenant: &str) -> Result<(String, SiteTiming)> {
+        let domain = format!("plt-{}.bench.test", SiteResourceId::generate().as_str());
+        let start = Instant::now();
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{tenant}/sites"),
+                Some(json!({ "name": "Bench site", "domain": domain,
+                             "aliases": [format!("www.{domain}")], "plan": "starter" })),
+            )
+            .await?;
+        if status != 202 {
+            bail!("create site: {status} {body}");
+        }
+        let site = body["site"]["id"]
+            .as_str()
+            .context("no site id")?
+            .to_owned();
+        let op = body["operation"]["id"]
+            .as_str()
+            .context("no operation id")?;
+        let done = self.wait(op).await?;
+        let mut t = SiteTiming {
+            total: start.elapsed(),
+            ..Default::default()
+        };
+        for step in done["steps"].as_array().context("no steps")? {
+            let name = step["name"].as_str().unwrap_or_default();
+            let Some(known) = STEPS.iter().find(|s| **s == name) else {
+                continue;
+            };
+            let (Some(a), Some(b)) = (
+                step["started_at"].as_str().and_then(parse_rfc3339),
+                step["finished_at"].as_str().and_then(parse_rfc3339),
+            ) else {
+                continue;
+            };
+            t.steps
+                .insert(known, Duration::from_secs_f64((b - a).max(0.0)));
+        }
+        if let (Some(a), Some(b)) = (
+            done["created_at"].as_str().and_then(parse_rfc3339),
+            done["finished_at"].as_str().and_then(parse_rfc3339),
+        ) {
+            t.server_total = Some(Duration::from_secs_f64((b - a).max(0.0)));
+        }
+        Ok((site, t))
+    }
+
+    async fn delete(&self, site: &str) -> Result<()> {
+        let (status, body) = self
+            .call(reqwest::Method::DELETE, &format!("/v1/sites/{site}"), None)
+            .await?;
+        if status != 202 {
+            bail!("delete site {site}: {status} {body}");
+        }
+        let op = body["operation"]["id"]
+            .as_str()
+            .context("no operation id")?;
+        self.wait(op).await.map(drop)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SIGTERM by our own child's pid: the graceful shutdown.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Seconds since the epoch of `2026-11-28T19:39:25.336835Z` (UTC, `Z` or `+00:00`).
+fn parse_rfc3339(s: &str) -> Option<f64> {
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let time = time.trim_end_matches('Z').trim_end_matches("+00:00");
+    let mut t = time.split(':');
+    let (h, min, sec) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+async fn platform(lab: &Arc<Lab>, sites: usize, parallel: usize) -> Result<Run> {
+    let galera = lab.config.galera.as_ref().context("no galera")?;
+    let admin = galera.admin_url.expose().trim_end_matches('/').to_owned();
+    let database = format!("pdbench_{}", SiteResourceId::generate().as_str());
+    let database_url = format!("{admin}/{database}");
+    eprintln!("==> platform database {database}");
+    let p = Platform::start(lab, &database_url).await?;
+    let mut made = Vec::new();
+    let result = async {
+        let (status, ran) = p
+            .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+            .await?;
+        if status != 200 {
+            bail!("reconcilers/run: {status} {ran}");
+        }
+        let (status, tenant) = p
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants",
+                Some(
+                    json!({ "slug": format!("bench-{}", SiteResourceId::generate().as_str()),
+                             "name": "Provisioning benchmark" }),
+                ),
+            )
+            .await?;
+        if status != 201 {
+            bail!("create tenant: {status} {tenant}");
+        }
+        let tenant = tenant["id"].as_str().context("no tenant id")?.to_owned();
+        let mut serial = Vec::new();
+        for n in 0..sites {
+            let (site, t) = p.create(&tenant).await?;
+            eprintln!("==> platform site {n}: {} ms", ms(t.total));
+            made.push(site);
+            serial.push(t);
+        }
+        let start = Instant::now();
+        let p = &p;
+        let tenant = &tenant;
+        let results = futures_join(
+            (0..parallel)
+                .map(|_| async move { p.create(tenant).await.map(|r| (r, start.elapsed())) })
+                .collect(),
+        )
+        .await;
+        let mut batch = Batch::default();
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(((site, t), done)) => {
+                    made.push(site);
+                    batch.sites.push(t);
+                    batch.wall = batch.wall.max(done);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e.context("a site of the parallel batch"));
+        }
+        eprintln!("==> platform {parallel} at once: {} ms", ms(batch.wall));
+        Ok(Run { serial, batch })
+    }
+    .await;
+    eprintln!(
+        "==> platform: deleting {} sites through the API",
+        made.len()
+    );
+    for site in &made {
+        if let Err(e) = p.delete(site).await {
+            eprintln!("==> platform: {e:#}");
+        }
+    }
+    p.stop().await;
+    let mut c = lab.mysql.get_conn().await?;
+    c.query_drop(format!("DROP DATABASE IF EXISTS `{database}`"))
+        .await?;
+    eprintln!("==> platform stopped, {database} dropped");
+    result
+}
+
+/// Awaits every future concurrently (on this task), in order.
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn step_median(run: &Run, step: &str) -> Option<Duration> {
+    median(
+        run.serial
+            .iter()
+            .filter_map(|t| t.steps.get(step).copied())
+            .collect(),
+    )
+}
+
+fn cell(d: Option<Duration>) -> String {
+    d.map(ms).unwrap_or_else(|| "—".into())
+}
+
+fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.as_secs_f64() >= 0.0005 => {
+            format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())
+        }
+        _ => "—".into(),
+    }
+}
+
+fn report(runs: &BTreeMap<String, Run>, sites: usize, parallel: usize) {
+    let get = |m: &str| runs.get(m);
+    let step = |m: &str, s: &str| get(m).and_then(|r| step_median(r, s));
+    println!(
+        "### One site at a time: median of {sites}, ms\n\n\
+         | Step | Platform | Drivers direct | Floor (raw clients) | Platform / floor | Drivers / floor |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    for s in STEPS {
+        let (p, d, r) = (step("platform", s), step("drivers", s), step("raw", s));
+        println!(
+            "| `{s}` | {} | {} | {} | {} | {} |",
+            cell(p),
+            cell(d),
+            cell(r),
+            ratio(p, r),
+            ratio(d, r)
+        );
+    }
+    let sum_steps = |m: &str| {
+        get(m).and_then(|r| {
+            median(
+                r.serial
+                    .iter()
+                    .map(|t| t.steps.values().sum::<Duration>())
+                    .collect(),
+            )
+        })
+    };
+    let (p, d, r) = (
+        sum_steps("platform"),
+        sum_steps("drivers"),
+        sum_steps("raw"),
+    );
+    println!(
+        "| sum of the steps | {} | {} | {} | {} | {} |",
+        cell(p),
+        cell(d),
+        cell(r),
+        ratio(p, r),
+        ratio(d, r)
+    );
+    let total = |m: &str| get(m).and_then(|r| median(r.serial.iter().map(|t| t.total).collect()));
+    let (p, d, r) = (total("platform"), total("drivers"), total("raw"));
+    println!(
+        "| **API call → saga done** (platform) / first call → last (floor) | **{}** | **{}** | **{}** | **{}** | **{}** |",
+        cell(p),
+        cell(d),
+        cell(r),
+        ratio(p, r),
+        ratio(d, r)
+    );
+    let server = get("platform")
+        .and_then(|r| median(r.serial.iter().filter_map(|t| t.server_total).collect()));
+    println!(
+        "| operation `created_at` → `finished_at` (server clock) | {} | | | {} | |",
+        cell(server),
+        ratio(server, r)
+    );
+    println!(
+        "\n### {parallel} sites at once, ms\n\n\
+         | | Platform | Drivers direct | Floor (raw clients) | Platform / floor | Drivers / floor |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    let wall = |m: &str| get(m).map(|r| r.batch.wall);
+    let (p, d, r) = (wall("platform"), wall("drivers"), wall("raw"));
+    println!(
+        "| **until all {parallel} are done** | **{}** | **{}** | **{}** | **{}** | **{}** |",
+        cell(p),
+        cell(d),
+        cell(r),
+        ratio(p, r),
+        ratio(d, r)
+    );
+    let per_site =
+        |m: &str| get(m).and_then(|r| median(r.batch.sites.iter().map(|t| t.total).collect()));
+    let (p, d, r) = (per_site("platform"), per_site("drivers"), per_site("raw"));
+    println!(
+        "| median site, its own call → done | {} | {} | {} | {} | {} |",
+        cell(p),
+        cell(d),
+        cell(r),
+        ratio(p, r),
+        ratio(d, r)
+    );
+    for s in STEPS {
+        let m = |mode: &str| {
+            get(mode).and_then(|r| {
+                median(
+                    r.batch
+                        .sites
+                        .iter()
+                        .filter_map(|t| t.steps.get(s).copied())
+                        .collect(),
+                )
+            })
+        };
+        let (p, d, r) = (m("platform"), m("drivers"), m("raw"));
+        println!(
+            "| median `{s}` | {} | {} | {} | {} | {} |",
+            cell(p),
+            cell(d),
+            cell(r),
+            ratio(p, r),
+            ratio(d, r)
+        );
+    }
+    for (mode, run) in runs {
+        let all: Vec<String> = run.serial.iter().map(|t| ms(t.total)).collect();
+        eprintln!("==> {mode}: one at a time, each (ms): {}", all.join(", "));
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let config = std::env::var("LAB_CONFIG")
+        .unwrap_or_else(|_| "/var/lib/pressdock-lab/pressdock.toml".into());
+    let sites: usize = std::env::var("BENCH_SITES")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let parallel: usize = std::env::var("BENCH_PARALLEL")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20);
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "raw,drivers,platform".into());
+    let lab = Arc::new(Lab::load(&config).await?);
+    let mut runs = BTreeMap::new();
+    for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        eprintln!("==> {mode}: {sites} one at a time, then {parallel} at once");
+        let run = match mode {
+            "raw" | "drivers" => floor(&lab, mode, sites, parallel).await,
+            "platform" => platform(&lab, sites, parallel).await,
+            other => Err(anyhow!("unknown mode {other}")),
+        };
+        match run {
+            Ok(run) => {
+                runs.insert(mode.to_owned(), run);
+            }
+            Err(e) => eprintln!("==> {mode} FAILED: {e:#}"),
+        }
+    }
+    report(&runs, sites, parallel);
+    Ok(())
+}
