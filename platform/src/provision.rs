@@ -38,6 +38,9 @@ pub struct Provisioner {
     /// glusterd runs one volume transaction at a time and refuses a concurrent one
     /// ("Another transaction is in progress"): this process's storage steps take turns.
     gluster_turn: tokio::sync::Mutex<()>,
+    /// The host table is one file and one VCL per instance: loads in this process take
+    /// turns so that a table is never loaded under another table's name.
+    varnish_turn: tokio::sync::Mutex<()>,
 }
 
 /// The secrets of a site, by kind.
@@ -108,7 +111,13 @@ impl Provisioner {
             config,
             secrets: SecretBox::new(secret_key),
             gluster_turn: tokio::sync::Mutex::new(()),
+            varnish_turn: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Holds the host table for the caller (the reconciler compares and reloads it).
+    pub async fn varnish_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.varnish_turn.lock().await
     }
 
     pub fn any(&self) -> bool {
@@ -548,6 +557,7 @@ impl Provisioner {
         let Some(varnish) = &self.varnish else {
             return Ok(());
         };
+        let _turn = self.varnish_turn.lock().await;
         let table = host_table(db, site).await?;
         let states = varnish
             .apply_host_table(&table)

@@ -156,7 +156,11 @@ async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result
             .as_ref()
             .and_then(|d| d.hostname.clone())
             .unwrap_or_default();
-        let name = labels.get("pressdock.node").cloned().unwrap_or(hostname);
+        let name = if crate::domain::Slug::parse(&hostname).is_ok() {
+            hostname
+        } else {
+            labels.get("pressdock.node").cloned().unwrap_or_default()
+        };
         let role = labels
             .get("pressdock.role")
             .cloned()
@@ -183,41 +187,71 @@ async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result
             .as_ref()
             .and_then(|s| s.availability)
             .is_some_and(|a| a != bollard::models::NodeSpecAvailabilityEnum::ACTIVE);
-        let availability = if down {
-            "down"
-        } else if drained {
-            "drain"
-        } else {
-            "active"
-        };
         let address = node
             .status
             .as_ref()
             .and_then(|s| s.addr.clone())
             .unwrap_or_default();
-        let changed = sqlx::query(
-            "INSERT INTO nodes (id, name, swarm_node_id, role, availability, slots, address, labels) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE swarm_node_id = VALUES(swarm_node_id), \
-             role = VALUES(role), availability = VALUES(availability), slots = VALUES(slots), \
-             address = VALUES(address), labels = VALUES(labels), updated_at = NOW(6)",
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT id, availability FROM nodes WHERE swarm_node_id = ? OR name = ? ORDER BY swarm_node_id = ? DESC LIMIT 1",
         )
-        .bind(crate::domain::Id::generate().as_str())
+        .bind(&id)
         .bind(&name)
         .bind(&id)
-        .bind(&role)
-        .bind(availability)
-        .bind(slots)
-        .bind(&address)
-        .bind(sqlx::types::Json(&labels))
-        .execute(db)
+        .fetch_optional(db)
         .await?;
-        // MariaDB reports 1 for an insert, 2 for an update that changed something.
-        if changed.rows_affected() == 1 {
-            report.repairs.push(Repair {
-                site: String::new(),
-                backend: "nodes",
-                drift: format!("registered {name} ({role})"),
-            });
+        // The swarm says when a node is down or drained; a drain ordered through the API
+        // stays until the API lifts it.
+        let availability = match (&existing, down, drained) {
+            (_, true, _) => "down",
+            (_, false, true) => "drain",
+            (Some((_, current)), false, false) if current == "drain" => "drain",
+            _ => "active",
+        };
+        match existing {
+            Some((row, current)) => {
+                sqlx::query(
+                    "UPDATE nodes SET swarm_node_id = ?, role = ?, availability = ?, slots = ?, address = ?, \
+                     labels = ?, updated_at = NOW(6) WHERE id = ?",
+                )
+                .bind(&id)
+                .bind(&role)
+                .bind(availability)
+                .bind(slots)
+                .bind(&address)
+                .bind(sqlx::types::Json(&labels))
+                .bind(&row)
+                .execute(db)
+                .await?;
+                if current != availability {
+                    report.repairs.push(Repair {
+                        site: String::new(),
+                        backend: "nodes",
+                        drift: format!("{name} is {availability} (was {current})"),
+                    });
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO nodes (id, name, swarm_node_id, role, availability, slots, address, labels) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(crate::domain::Id::generate().as_str())
+                .bind(&name)
+                .bind(&id)
+                .bind(&role)
+                .bind(availability)
+                .bind(slots)
+                .bind(&address)
+                .bind(sqlx::types::Json(&labels))
+                .execute(db)
+                .await?;
+                report.repairs.push(Repair {
+                    site: String::new(),
+                    backend: "nodes",
+                    drift: format!("registered {name} ({role}) from the swarm"),
+                });
+            }
         }
     }
     Ok(report)
@@ -249,6 +283,7 @@ async fn reconcile_sites(db: &MySqlPool, p: &Provisioner) -> anyhow::Result<Repo
     }
     // The host table as a whole: every live site's hosts, on every instance.
     if let Some(varnish) = &p.varnish {
+        let _turn = p.varnish_turn().await;
         let table = crate::provision::host_table(db, None)
             .await
             .map_err(|e| anyhow::anyhow!(step_error(e)))?;
