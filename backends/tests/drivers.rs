@@ -378,12 +378,18 @@ async fn redis_failover_keeps_site_users_and_reports_the_dead_node() {
     lab.kill_initial_master();
     let start = std::time::Instant::now();
     let t = loop {
+        // Right after the promotion Sentinel may still list the new master among the
+        // replicas and not yet flag the old one: wait for the settled view.
         if let Ok(t) = driver.topology().await
             && t.master == lab.replica
+            && t.down_replicas.contains(&lab.master)
         {
             break t;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no failover");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no settled failover"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(t.down_replicas, vec![lab.master.clone()], "{t:?}");
