@@ -22,3 +22,15 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+/// Runs raw statements in order (each migration is a list of MariaDB DDL statements).
+pub(crate) async fn execute_all(
+    manager: &SchemaManager<'_>,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for statement in statements {
+        db.execute_unprepared(statement).await?;
+    }
+    Ok(())
+}
