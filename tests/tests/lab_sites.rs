@@ -266,6 +266,18 @@ impl Platform {
         )
     }
 
+    async fn transition(&self, site: &str, action: &str) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/sites/{site}/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{action}: {body}");
+        body["operation"]["id"].as_str().unwrap().to_owned()
+    }
+
     async fn delete_site(&self, site: &str) -> String {
         let (status, body) = self
             .call(reqwest::Method::DELETE, &format!("/v1/sites/{site}"), None)
@@ -694,10 +706,134 @@ async fn every_step_run_twice_gives_the_same_state() {
         4,
         "one secret per kind, not two: {swarm_secrets:?}"
     );
+    // Suspend, resume and a plan change, each step twice too.
+    let domain = p
+        .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+        .await
+        .1["domain"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let op = p.transition(&site, "suspend").await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    assert_suspended(&lab, &site, &domain).await;
+    let op = p.transition(&site, "resume").await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    assert_present(&lab, &p, &site).await;
+    let (status, body) = p
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/sites/{site}"),
+            Some(json!({ "plan": "business" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let done = p.wait(body["operation"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let storage = lab
+        .gluster()
+        .observe_site_storage(&SiteResourceId::parse(&site).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        storage.is_converged(5 * 1024 * 1024 * 1024),
+        "the business plan's quota: {storage:?}"
+    );
     let op = p.delete_site(&site).await;
     assert_eq!(p.wait(&op).await["state"], "succeeded");
     assert_absent(&lab, &site).await;
     p.stop().await;
+}
+
+/// Suspend, resume and update go forward only: a failed step leaves the operation failed
+/// and the site as the database says it is, which the next reconcile pass restores.
+#[tokio::test]
+async fn a_failed_suspend_is_repaired_by_the_next_reconcile_pass() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let p = Platform::start(&lab, &database, "scale_down=fail").await;
+    let tenant = p.prepare().await;
+    let (site, op) = p
+        .create_site(&tenant, &format!("halfsusp-{}.lab.test", random()))
+        .await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    let op = p.transition(&site, "suspend").await;
+    let done = p.wait(&op).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    // The host table was already switched to the maintenance page, the service still runs.
+    let (_, body) = p
+        .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+        .await;
+    assert_eq!(
+        body["state"], "active",
+        "a failed suspend leaves the site active"
+    );
+    let (status, ran) = p
+        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    assert!(
+        ran["sites"]["repairs"].to_string().contains("varnish"),
+        "{ran}"
+    );
+    assert_present(&lab, &p, &site).await;
+    let op = p.delete_site(&site).await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    assert_absent(&lab, &site).await;
+    p.stop().await;
+}
+
+/// The service is scaled to zero and the edge answers our maintenance page for the domain.
+async fn assert_suspended(lab: &Lab, site: &str, domain: &str) {
+    let id = SiteResourceId::parse(site).unwrap();
+    let service = lab.swarm().observe_service(&id).await.unwrap();
+    assert!(
+        service.exists && service.replicas == Some(0),
+        "scaled to zero: {service:?}"
+    );
+    let vcl = std::fs::read_to_string(
+        lab.backends
+            .varnish
+            .as_ref()
+            .unwrap()
+            .hosts_file
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        vcl.contains(domain) && vcl.contains("Site suspended"),
+        "host table: {vcl}"
+    );
+    // Through the real edge (Traefik → Varnish): our 503, not a route-less 404.
+    let mut answer = (0, String::new());
+    for _ in 0..40 {
+        if let Ok(r) = reqwest::Client::new()
+            .get("http://127.0.0.1:23080/")
+            .header("Host", domain)
+            .send()
+            .await
+        {
+            answer = (r.status().as_u16(), r.text().await.unwrap_or_default());
+            if answer.0 == 503 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        answer.0, 503,
+        "edge answer for a suspended site: {answer:?}"
+    );
+    assert!(
+        answer.1.to_lowercase().contains("suspended"),
+        "our maintenance page: {}",
+        answer.1
+    );
 }
 
 /// Kills the platform while `step` is in flight, restarts it, and returns the finished operation.
