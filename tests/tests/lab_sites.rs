@@ -787,6 +787,45 @@ async fn a_failed_suspend_is_repaired_by_the_next_reconcile_pass() {
     p.stop().await;
 }
 
+/// A delete goes forward only: a failure at any of its steps leaves the site `failed` with
+/// the operation saying why, and deleting it again removes what is left, everywhere.
+#[tokio::test]
+async fn a_failure_at_every_delete_step_is_finished_by_deleting_again() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let setup = Platform::start(&lab, &database, "").await;
+    let tenant = setup.prepare().await;
+    setup.stop().await;
+    for step in DELETE_STEPS {
+        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
+        let (site, op) = p
+            .create_site(&tenant, &format!("faildel-{}.lab.test", random()))
+            .await;
+        assert_eq!(p.wait(&op).await["state"], "succeeded");
+        let op = p.delete_site(&site).await;
+        let done = p.wait(&op).await;
+        assert_eq!(done["state"], "failed", "{step}: {done}");
+        let (_, body) = p
+            .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+            .await;
+        assert_eq!(body["state"], "failed", "{step}: {body}");
+        p.stop().await;
+        let p = Platform::start(&lab, &database, "").await;
+        let op = p.delete_site(&site).await;
+        assert_eq!(
+            p.wait(&op).await["state"],
+            "succeeded",
+            "{step}: second delete"
+        );
+        assert_absent(&lab, &site).await;
+        p.stop().await;
+    }
+}
+
 /// The service is scaled to zero and the edge answers our maintenance page for the domain.
 async fn assert_suspended(lab: &Lab, site: &str, domain: &str) {
     let id = SiteResourceId::parse(site).unwrap();
