@@ -45,6 +45,36 @@ fn pressdock_binary() -> PathBuf {
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock"))
 }
 
+/// The bind-mount sources of a site's service, as the swarm records them.
+async fn service_mount_sources(lab: &Lab, site: &str) -> Vec<String> {
+    let host = &lab.backends.swarm.as_ref().unwrap().docker_host;
+    let docker = bollard::Docker::connect_with_socket(
+        host.trim_start_matches("unix://"),
+        30,
+        &bollard::ClientVersion {
+            major_version: 1,
+            minor_version: 41,
+        },
+    )
+    .unwrap();
+    let service = docker
+        .inspect_service(
+            &format!("wp_{site}"),
+            None::<bollard::query_parameters::InspectServiceOptions>,
+        )
+        .await
+        .unwrap();
+    service
+        .spec
+        .and_then(|s| s.task_template)
+        .and_then(|t| t.container_spec)
+        .and_then(|c| c.mounts)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.source)
+        .collect()
+}
+
 /// The swarm secrets of a site, by name.
 async fn swarm_secrets(lab: &Lab, site: &str) -> Vec<String> {
     let host = &lab.backends.swarm.as_ref().unwrap().docker_host;
@@ -522,6 +552,26 @@ async fn a_site_lives_in_every_backend_is_isolated_and_drift_is_repaired() {
     let scan: redis::RedisResult<(String, Vec<String>)> =
         redis::cmd("SCAN").arg(0).query_async(&mut as_a).await;
     assert!(scan.is_err(), "SCAN must fail: {scan:?}");
+
+    // Isolation of files: each site's service mounts its own Gluster directory and nothing
+    // else of the volume (checked on the swarm's own record of both services).
+    for (site, other) in [(&a, &b), (&b, &a)] {
+        let mounts = service_mount_sources(&lab, site).await;
+        assert!(
+            mounts.iter().any(|m| m.ends_with(&format!("/{site}"))),
+            "{site} mounts its directory: {mounts:?}"
+        );
+        assert!(
+            !mounts.iter().any(|m| m.contains(other.as_str())),
+            "{site} must not mount {other}'s files: {mounts:?}"
+        );
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m.ends_with("/sites") || m.ends_with("/sites/")),
+            "not the whole volume: {mounts:?}"
+        );
+    }
 
     // Drift, made by hand, repaired by one reconcile pass.
     let id_a = SiteResourceId::parse(&a).unwrap();
