@@ -41,7 +41,8 @@ type StepResult = Result<(), StepError>;
 /// Test-only fault injection, from `PRESSDOCK_FAILPOINTS`: `step=pause:MS` sleeps after the
 /// step's effect and before it is recorded done (a window to kill the process in);
 /// `step=fail` fails the step permanently; `step=retry:N` fails it retryably N times;
-/// `step=twice` (or `*=twice`) runs the step's effect twice.
+/// `step=twice` (or `*=twice`) runs the step's effect twice; `step=refuse` fails it before
+/// its effect (`fail` fails it after).
 #[derive(Debug, Default, Clone)]
 pub struct Failpoints(HashMap<String, String>);
 
@@ -372,7 +373,14 @@ impl Runner {
                 self.set_step(operation, *position, "running", None, true)
                     .await?;
                 tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
-                let mut result = run_step(&ctx, name).await;
+                let refused = self.failpoints.get(name) == Some("refuse");
+                let mut result = if refused {
+                    Err(StepError::Permanent(anyhow::anyhow!(
+                        "failpoint: {name} refused before its effect"
+                    )))
+                } else {
+                    run_step(&ctx, name).await
+                };
                 if result.is_ok()
                     && self.failpoints.get(name).or(self.failpoints.get("*")) == Some("twice")
                 {

@@ -876,6 +876,158 @@ async fn a_failure_at_every_delete_step_is_finished_by_deleting_again() {
     }
 }
 
+/// A delete that fails before removing the database leaves an orphan of a failed site;
+/// with a grace of 0 the next reconcile pass removes it.
+#[tokio::test]
+async fn an_orphan_of_a_failed_delete_is_removed_after_the_grace() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let p = Platform::start(&lab, &database, "remove_database=refuse").await;
+    let tenant = p.prepare().await;
+    let (site, op) = p
+        .create_site(&tenant, &format!("orphan-{}.lab.test", random()))
+        .await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    let op = p.delete_site(&site).await;
+    assert_eq!(p.wait(&op).await["state"], "failed");
+    let id = SiteResourceId::parse(&site).unwrap();
+    assert!(
+        lab.galera()
+            .observe_site_database(&id, None)
+            .await
+            .unwrap()
+            .database_exists
+    );
+    let (_, ran) = p
+        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+        .await;
+    let orphans = ran["orphans"].to_string();
+    assert!(
+        orphans.contains(&format!("wp_{site}")) && orphans.contains("orphan removed"),
+        "{ran}"
+    );
+    assert!(
+        lab.galera()
+            .observe_site_database(&id, None)
+            .await
+            .unwrap()
+            .is_absent()
+    );
+    p.stop().await;
+}
+
+/// Suspend, resume and update go forward only: a failure at any of their steps fails the
+/// operation, leaves the site in the state the database holds, and one reconcile pass
+/// brings every backend back to that state.
+#[tokio::test]
+async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let database = format!("pdtest_{}", random());
+    let setup = Platform::start(&lab, &database, "").await;
+    let tenant = setup.prepare().await;
+    let (site, op) = setup
+        .create_site(&tenant, &format!("forward-{}.lab.test", random()))
+        .await;
+    assert_eq!(setup.wait(&op).await["state"], "succeeded");
+    let domain = setup
+        .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+        .await
+        .1["domain"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    setup.stop().await;
+    let repair = async |p: &Platform| {
+        let (status, ran) = p
+            .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+            .await;
+        assert_eq!(status, 200, "{ran}");
+    };
+    for step in ["suspend_hosts", "scale_down", "mark_suspended"] {
+        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
+        let op = p.transition(&site, "suspend").await;
+        assert_eq!(
+            p.wait(&op).await["state"],
+            "failed",
+            "suspend failing at {step}"
+        );
+        repair(&p).await;
+        assert_present(&lab, &p, &site).await;
+        p.stop().await;
+    }
+    let p = Platform::start(&lab, &database, "").await;
+    let op = p.transition(&site, "suspend").await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    p.stop().await;
+    for step in ["scale_up", "publish_hosts", "mark_active"] {
+        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
+        let op = p.transition(&site, "resume").await;
+        assert_eq!(
+            p.wait(&op).await["state"],
+            "failed",
+            "resume failing at {step}"
+        );
+        repair(&p).await;
+        assert_suspended(&lab, &site, &domain).await;
+        p.stop().await;
+    }
+    let p = Platform::start(&lab, &database, "").await;
+    let op = p.transition(&site, "resume").await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    p.stop().await;
+    let id = SiteResourceId::parse(&site).unwrap();
+    for (i, step) in [
+        "ensure_storage",
+        "ensure_swarm_secrets",
+        "ensure_service",
+        "publish_hosts",
+        "ban_hosts",
+        "mark_updated",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
+        let plan = if i % 2 == 0 { "business" } else { "starter" };
+        let (status, body) = p
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/sites/{site}"),
+                Some(json!({ "plan": plan })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let done = p.wait(body["operation"]["id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "failed", "update failing at {step}");
+        repair(&p).await;
+        let quota = if plan == "business" { 5 } else { 1 } * 1024 * 1024 * 1024;
+        let storage = lab.gluster().observe_site_storage(&id).await.unwrap();
+        assert!(
+            storage.is_converged(quota),
+            "{step}: the new plan's quota after repair: {storage:?}"
+        );
+        let service = lab.swarm().observe_service(&id).await.unwrap();
+        assert!(
+            service.exists && service.replicas == Some(1),
+            "{step}: {service:?}"
+        );
+        p.stop().await;
+    }
+    let p = Platform::start(&lab, &database, "").await;
+    let op = p.delete_site(&site).await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    assert_absent(&lab, &site).await;
+    p.stop().await;
+}
+
 /// The service is scaled to zero and the edge answers our maintenance page for the domain.
 async fn assert_suspended(lab: &Lab, site: &str, domain: &str) {
     let id = SiteResourceId::parse(site).unwrap();
