@@ -266,10 +266,7 @@ impl Platform {
 
     /// Syncs the nodes from the swarm, and makes a tenant.
     async fn prepare(&self) -> String {
-        let (status, ran) = self
-            .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
-            .await;
-        assert_eq!(status, 200, "{ran}");
+        self.reconcile().await;
         let (status, tenant) = self
             .call(
                 reqwest::Method::POST,
@@ -306,6 +303,33 @@ impl Platform {
             .await;
         assert_eq!(status, 202, "{action}: {body}");
         body["operation"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs every reconciler once and returns their results.
+    async fn reconcile(&self) -> Value {
+        let (status, ran) = self
+            .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
+            .await;
+        assert_eq!(status, 200, "{ran}");
+        ran
+    }
+
+    /// Creates a site on `<prefix>-<random>.lab.test` and waits for its create to succeed.
+    async fn create_ready(&self, tenant: &str, prefix: &str) -> String {
+        let (site, op) = self
+            .create_site(tenant, &format!("{prefix}-{}.lab.test", random()))
+            .await;
+        let done = self.wait(&op).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        site
+    }
+
+    /// Deletes a site, waits for the delete to succeed and checks every backend is clean.
+    async fn delete_and_vanish(&self, lab: &Lab, site: &str) {
+        let op = self.delete_site(site).await;
+        let done = self.wait(&op).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_absent(lab, site).await;
     }
 
     async fn delete_site(&self, site: &str) -> String {
@@ -616,10 +640,7 @@ async fn a_site_lives_in_every_backend_is_isolated_and_drift_is_repaired() {
     );
     lab.varnish().apply_host_table(&stale).await.unwrap();
 
-    let (status, ran) = p
-        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
-        .await;
-    assert_eq!(status, 200, "{ran}");
+    let ran = p.reconcile().await;
     let repairs = ran["sites"]["repairs"].to_string();
     for backend in ["redis", "swarm", "galera", "gluster", "varnish"] {
         assert!(
@@ -653,9 +674,7 @@ async fn a_site_lives_in_every_backend_is_isolated_and_drift_is_repaired() {
         .await
         .unwrap();
     assert!(keys.is_empty(), "the site's keys are gone: {keys:?}");
-    let (_, ran) = p
-        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
-        .await;
+    let ran = p.reconcile().await;
     let orphans = ran["orphans"]["orphans"].to_string();
     assert!(
         orphans.contains(&foreign.resource_name()) && orphans.contains("\"foreign\":true"),
@@ -745,10 +764,7 @@ async fn every_step_run_twice_gives_the_same_state() {
     let database = format!("pdtest_{}", random());
     let p = Platform::start(&lab, &database, "*=twice").await;
     let tenant = p.prepare().await;
-    let (site, op) = p
-        .create_site(&tenant, &format!("twice-{}.lab.test", random()))
-        .await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    let site = p.create_ready(&tenant, "twice").await;
     assert_present(&lab, &p, &site).await;
     let swarm_secrets = swarm_secrets(&lab, &site).await;
     assert_eq!(
@@ -789,9 +805,7 @@ async fn every_step_run_twice_gives_the_same_state() {
         storage.is_converged(5 * 1024 * 1024 * 1024),
         "the business plan's quota: {storage:?}"
     );
-    let op = p.delete_site(&site).await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
-    assert_absent(&lab, &site).await;
+    p.delete_and_vanish(&lab, &site).await;
     p.stop().await;
 }
 
@@ -807,10 +821,7 @@ async fn a_failed_suspend_is_repaired_by_the_next_reconcile_pass() {
     let database = format!("pdtest_{}", random());
     let p = Platform::start(&lab, &database, "scale_down=fail").await;
     let tenant = p.prepare().await;
-    let (site, op) = p
-        .create_site(&tenant, &format!("halfsusp-{}.lab.test", random()))
-        .await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    let site = p.create_ready(&tenant, "halfsusp").await;
     let op = p.transition(&site, "suspend").await;
     let done = p.wait(&op).await;
     assert_eq!(done["state"], "failed", "{done}");
@@ -822,18 +833,13 @@ async fn a_failed_suspend_is_repaired_by_the_next_reconcile_pass() {
         body["state"], "active",
         "a failed suspend leaves the site active"
     );
-    let (status, ran) = p
-        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
-        .await;
-    assert_eq!(status, 200, "{ran}");
+    let ran = p.reconcile().await;
     assert!(
         ran["sites"]["repairs"].to_string().contains("varnish"),
         "{ran}"
     );
     assert_present(&lab, &p, &site).await;
-    let op = p.delete_site(&site).await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
-    assert_absent(&lab, &site).await;
+    p.delete_and_vanish(&lab, &site).await;
     p.stop().await;
 }
 
@@ -852,10 +858,7 @@ async fn a_failure_at_every_delete_step_is_finished_by_deleting_again() {
     setup.stop().await;
     for step in DELETE_STEPS {
         let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
-        let (site, op) = p
-            .create_site(&tenant, &format!("faildel-{}.lab.test", random()))
-            .await;
-        assert_eq!(p.wait(&op).await["state"], "succeeded");
+        let site = p.create_ready(&tenant, "faildel").await;
         let op = p.delete_site(&site).await;
         let done = p.wait(&op).await;
         assert_eq!(done["state"], "failed", "{step}: {done}");
@@ -888,10 +891,7 @@ async fn an_orphan_of_a_failed_delete_is_removed_after_the_grace() {
     let database = format!("pdtest_{}", random());
     let p = Platform::start(&lab, &database, "remove_database=refuse").await;
     let tenant = p.prepare().await;
-    let (site, op) = p
-        .create_site(&tenant, &format!("orphan-{}.lab.test", random()))
-        .await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    let site = p.create_ready(&tenant, "orphan").await;
     let op = p.delete_site(&site).await;
     assert_eq!(p.wait(&op).await["state"], "failed");
     let id = SiteResourceId::parse(&site).unwrap();
@@ -902,9 +902,7 @@ async fn an_orphan_of_a_failed_delete_is_removed_after_the_grace() {
             .unwrap()
             .database_exists
     );
-    let (_, ran) = p
-        .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
-        .await;
+    let ran = p.reconcile().await;
     let orphans = ran["orphans"].to_string();
     assert!(
         orphans.contains(&format!("wp_{site}")) && orphans.contains("orphan removed"),
@@ -933,10 +931,7 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
     let database = format!("pdtest_{}", random());
     let setup = Platform::start(&lab, &database, "").await;
     let tenant = setup.prepare().await;
-    let (site, op) = setup
-        .create_site(&tenant, &format!("forward-{}.lab.test", random()))
-        .await;
-    assert_eq!(setup.wait(&op).await["state"], "succeeded");
+    let site = setup.create_ready(&tenant, "forward").await;
     let domain = setup
         .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
         .await
@@ -945,12 +940,6 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
         .unwrap()
         .to_owned();
     setup.stop().await;
-    let repair = async |p: &Platform| {
-        let (status, ran) = p
-            .call(reqwest::Method::POST, "/v1/admin/reconcilers/run", None)
-            .await;
-        assert_eq!(status, 200, "{ran}");
-    };
     for step in ["suspend_hosts", "scale_down", "mark_suspended"] {
         let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
         let op = p.transition(&site, "suspend").await;
@@ -959,7 +948,7 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
             "failed",
             "suspend failing at {step}"
         );
-        repair(&p).await;
+        p.reconcile().await;
         assert_present(&lab, &p, &site).await;
         p.stop().await;
     }
@@ -975,7 +964,7 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
             "failed",
             "resume failing at {step}"
         );
-        repair(&p).await;
+        p.reconcile().await;
         assert_suspended(&lab, &site, &domain).await;
         p.stop().await;
     }
@@ -1007,7 +996,7 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
         assert_eq!(status, 202, "{body}");
         let done = p.wait(body["operation"]["id"].as_str().unwrap()).await;
         assert_eq!(done["state"], "failed", "update failing at {step}");
-        repair(&p).await;
+        p.reconcile().await;
         let quota = if plan == "business" { 5 } else { 1 } * 1024 * 1024 * 1024;
         let storage = lab.gluster().observe_site_storage(&id).await.unwrap();
         assert!(
@@ -1022,9 +1011,7 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
         p.stop().await;
     }
     let p = Platform::start(&lab, &database, "").await;
-    let op = p.delete_site(&site).await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
-    assert_absent(&lab, &site).await;
+    p.delete_and_vanish(&lab, &site).await;
     p.stop().await;
 }
 
