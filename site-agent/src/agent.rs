@@ -1,7 +1,21 @@
 //! The agent's main loop: render the files, start and supervise php-fpm and nginx, serve
 //! health and metrics, install WordPress, keep the checks and sizes current, report to
-//! the control plane, and stop everything gracefully on SIGTERM/SIGINT.
+//! the control plane, forward cache purges, and stop everything gracefully on
+//! SIGTERM/SIGINT.
+//!
+//! Stopping (swarm gives the task 20 s from SIGTERM to SIGKILL; the agent uses
+//! `stop_grace`, 15 s):
+//! 1. Drain, `drain` (5 s): `/readyz` answers 503 with the check `draining`, one report
+//!    says so at once, nginx and php-fpm keep serving. The edge (Traefik polls swarm) drops
+//!    the task meanwhile, so no visitor meets a closed port during a move or an update.
+//!    A second signal ends the drain early.
+//! 2. The children get SIGQUIT (finish the requests in flight) and what is left of
+//!    `stop_grace` before SIGKILL.
+//! 3. The HTTP server, the heartbeat and the purge forwarder stop; the forwarder sends
+//!    what the last requests queued (at most 2 s).
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +30,7 @@ use crate::heartbeat;
 use crate::install;
 use crate::metrics::Metrics;
 use crate::protocol::{ApplyStatus, Check, Health, PhpSettings, Versions};
+use crate::purge::{self, PurgeQueue};
 use crate::render::{self, write_atomic, write_if_changed};
 use crate::state::StateStore;
 use crate::supervise::{ChildSpec, Children, Supervisor};
@@ -40,17 +55,30 @@ pub struct Shared {
     pub versions: Mutex<Versions>,
     pub store: Mutex<StateStore>,
     pub applied: Mutex<Option<ApplyStatus>>,
+    /// Set on SIGTERM: not ready any more, still serving (see the module docs).
+    pub draining: AtomicBool,
+    /// Purges from the site's plugin, waiting for the forwarder.
+    pub purges: Arc<PurgeQueue>,
+    /// Wakes the heartbeat for a report now.
+    pub report_now: tokio::sync::Notify,
 }
 
 impl Shared {
     /// Liveness and readiness now.
     pub fn health(&self) -> Health {
-        let checks = self.checks.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut checks = self.checks.lock().map(|c| c.clone()).unwrap_or_default();
         let installed = self.installed.lock().map(|g| *g).unwrap_or(false);
         let live = self
             .children
             .down_longer_than(crate::server::CHILD_DOWN_LIMIT)
             .is_none();
+        if self.draining.load(Ordering::Relaxed) {
+            checks.push(Check {
+                name: "draining".into(),
+                ok: false,
+                detail: Some("stopping: serving until the edge has dropped this task".into()),
+            });
+        }
         Health {
             live,
             ready: live && installed && !checks.is_empty() && checks.iter().all(|c| c.ok),
@@ -111,6 +139,10 @@ pub fn render_all(s: &Settings, php: &PhpSettings) -> Result<()> {
         render::OBJECT_CACHE_PHP.as_bytes(),
         0o644,
     )?;
+    let plugin = s.purge_plugin_path();
+    write_if_changed(&plugin, render::PURGE_PLUGIN_PHP.as_bytes(), 0o644)?;
+    // www-data's, like the directory it is in. Not root (tests): the owner stays.
+    let _ = std::os::unix::fs::chown(&plugin, Some(33), Some(33));
     Ok(())
 }
 
@@ -136,7 +168,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     metrics.with(|m| m.desired_generation = store.generation());
     let _access = crate::accesslog::spawn(&settings.access_log_socket(), metrics.clone())?;
 
-    let supervisor = Supervisor::start(child_specs(&settings), settings.stop_grace);
+    let supervisor = Supervisor::start(child_specs(&settings), settings.children_stop_grace());
     let installed_already = settings.install_marker().exists();
     let shared = Arc::new(Shared {
         children: supervisor.children(),
@@ -151,6 +183,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         }),
         applied: Mutex::new(None),
         store: Mutex::new(store),
+        draining: AtomicBool::new(false),
+        purges: Arc::new(PurgeQueue::default()),
+        report_now: tokio::sync::Notify::new(),
         settings,
     });
 
@@ -161,7 +196,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut rx = stop_rx.clone();
-        let app = crate::server::router(shared.clone());
+        // The peer address: `/purge` takes requests from loopback only.
+        let app = crate::server::router(shared.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -178,6 +215,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         tokio::spawn(versions(shared.clone())),
         tokio::spawn(heartbeat::run(shared.clone(), stop_rx.clone())),
     ];
+    let forwarder = tokio::spawn(purge::run(shared.clone(), stop_rx.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -185,16 +223,30 @@ pub async fn run(settings: Settings) -> Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    let drain = shared.settings.drain;
     tracing::info!(
         signal = which,
+        drain_ms = drain.as_millis() as u64,
         grace_ms = shared.settings.stop_grace.as_millis() as u64,
         "stopping"
     );
+    if !drain.is_zero() {
+        shared.draining.store(true, Ordering::Relaxed);
+        shared.metrics.with(|m| m.ready = false);
+        shared.report_now.notify_one();
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            _ = term.recv() => tracing::info!("second signal: drain cut short"),
+            _ = int.recv() => tracing::info!("second signal: drain cut short"),
+        }
+        tracing::info!("drained; stopping the children");
+    }
     for t in &background {
         t.abort();
     }
     supervisor.shutdown().await;
     let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), forwarder).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("stopped");
     Ok(())

@@ -124,8 +124,17 @@ pub struct Settings {
     pub php_fpm_cmd: Vec<String>,
     pub nginx_cmd: Vec<String>,
     pub php_cli: String,
-    /// Total time children get to stop after SIGTERM (under swarm's 20 s grace period).
+    /// Total time from SIGTERM to exit (under swarm's 20 s grace period): the drain, then
+    /// the children's graceful stop in what is left ([`Settings::children_stop_grace`]).
     pub stop_grace: Duration,
+    /// After SIGTERM, how long the agent answers `/readyz` 503 (`draining`) while nginx and
+    /// php-fpm keep serving, so the edge drops this task before it stops answering. Zero:
+    /// no drain. At most half of `stop_grace`.
+    pub drain: Duration,
+    /// The swarm node and task of this task (`PRESSDOCK_NODE_ID`, `PRESSDOCK_TASK_ID`,
+    /// swarm templates in the service spec); `None` when unset or not an id.
+    pub node_id: Option<String>,
+    pub task_id: Option<String>,
     pub report_interval: Duration,
     /// Interval of the readiness checks and php-fpm status reads.
     pub check_interval: Duration,
@@ -142,6 +151,22 @@ fn split_list(s: &str) -> Vec<String> {
         .filter(|x| !x.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// A swarm id (`{{.Node.ID}}`, `{{.Task.ID}}`): 1 to 64 ASCII letters and digits. Anything
+/// else (unset, or a template swarm did not expand) is `None`, with a warning when set.
+fn swarm_id(name: &str, value: Option<String>) -> Option<String> {
+    let v = value?;
+    if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Some(v)
+    } else {
+        tracing::warn!(
+            variable = name,
+            value = %v.escape_debug(),
+            "not a swarm id ([A-Za-z0-9]{{1,64}}); not reported"
+        );
+        None
+    }
 }
 
 fn split_cmd(s: &str) -> Vec<String> {
@@ -247,6 +272,16 @@ impl Settings {
             .unwrap_or(80);
         let fpm_conf = run_dir.join("php-fpm.conf");
         let nginx_conf = run_dir.join("nginx.conf");
+        let stop_grace = secs("PRESSDOCK_AGENT_STOP_GRACE_SECS", 15)?;
+        let mut drain = secs("PRESSDOCK_AGENT_DRAIN_SECS", 5)?;
+        if drain > stop_grace / 2 {
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                stop_grace_ms = stop_grace.as_millis() as u64,
+                "PRESSDOCK_AGENT_DRAIN_SECS over half the stop grace; shortened to half"
+            );
+            drain = stop_grace / 2;
+        }
         Ok(Self {
             db_host: req("PRESSDOCK_DB_HOST")?,
             db_name: req("PRESSDOCK_DB_NAME")?,
@@ -295,7 +330,10 @@ impl Settings {
                     .unwrap_or_else(|| format!("nginx -c {}", nginx_conf.display())),
             ),
             php_cli: opt("PRESSDOCK_AGENT_PHP_CLI").unwrap_or_else(|| "php".into()),
-            stop_grace: secs("PRESSDOCK_AGENT_STOP_GRACE_SECS", 15)?,
+            stop_grace,
+            drain,
+            node_id: swarm_id("PRESSDOCK_NODE_ID", opt("PRESSDOCK_NODE_ID")),
+            task_id: swarm_id("PRESSDOCK_TASK_ID", opt("PRESSDOCK_TASK_ID")),
             report_interval: secs("PRESSDOCK_AGENT_REPORT_SECS", 15)?,
             check_interval: secs("PRESSDOCK_AGENT_CHECK_SECS", 10)?,
             size_interval: secs("PRESSDOCK_AGENT_SIZE_SECS", 300)?,
@@ -306,6 +344,21 @@ impl Settings {
             wp_content,
             salts,
         })
+    }
+
+    /// What the children get to stop gracefully after the drain.
+    pub fn children_stop_grace(&self) -> Duration {
+        self.stop_grace.saturating_sub(self.drain)
+    }
+
+    /// The must-use plugin that reports what changed for the edge caches to purge.
+    pub fn purge_plugin_path(&self) -> PathBuf {
+        self.wp_content.join("mu-plugins/pressdock-cache.php")
+    }
+
+    /// Where the plugin posts its purges: the agent's `/purge` on loopback.
+    pub fn local_purge_url(&self) -> String {
+        format!("http://127.0.0.1:{}/purge", self.listen.port())
     }
 
     pub fn nginx_conf_path(&self) -> PathBuf {
@@ -435,6 +488,33 @@ pub(crate) mod tests {
             "secrets never print"
         );
         assert_eq!(s.nginx_cmd[0], "nginx");
+        assert_eq!(s.node_id, None);
+        assert_eq!(s.drain, Duration::from_secs(5));
+        assert_eq!(s.children_stop_grace(), Duration::from_secs(10));
+        assert_eq!(s.local_purge_url(), "http://127.0.0.1:9180/purge");
+    }
+
+    #[test]
+    fn swarm_ids_are_alphanumeric_or_none_and_the_drain_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = env(dir.path());
+        env.insert(
+            "PRESSDOCK_NODE_ID".into(),
+            "x2ny5jrbcx0sd7xybq5sn9ahu".into(),
+        );
+        env.insert("PRESSDOCK_TASK_ID".into(), "{{.Task.ID}}".into());
+        env.insert("PRESSDOCK_AGENT_DRAIN_SECS".into(), "12".into());
+        let s = Settings::from_lookup(|k| env.get(k).cloned()).expect("settings");
+        assert_eq!(s.node_id.as_deref(), Some("x2ny5jrbcx0sd7xybq5sn9ahu"));
+        assert_eq!(s.task_id, None, "an unexpanded template is not an id");
+        assert_eq!(s.drain, Duration::from_millis(7500), "at most half of 15 s");
+        assert_eq!(swarm_id("X", Some("a".repeat(65))), None);
+        assert_eq!(swarm_id("X", Some("a-b".into())), None);
+        assert_eq!(swarm_id("X", Some("aZ9".into())), Some("aZ9".into()));
+        env.insert("PRESSDOCK_AGENT_DRAIN_SECS".into(), "0".into());
+        let s = Settings::from_lookup(|k| env.get(k).cloned()).expect("settings");
+        assert_eq!(s.drain, Duration::ZERO);
+        assert_eq!(s.children_stop_grace(), s.stop_grace);
     }
 
     #[test]

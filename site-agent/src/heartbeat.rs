@@ -1,7 +1,8 @@
 //! The heartbeat: a report to the control plane every interval, one request in flight
 //! (the loop awaits each answer, with a timeout, before it sleeps), the desired config
 //! of the answer persisted and applied (older generations refused). Failures back off
-//! up to a minute; the site keeps serving whatever the control plane does.
+//! up to a minute; the site keeps serving whatever the control plane does. The drain at
+//! stop wakes it for one report more ([`crate::agent::Shared::report_now`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub fn build_report(shared: &Shared, seq: u64) -> AgentReport {
         },
         desired_generation: shared.store.lock().ok().and_then(|s| s.generation()),
         applied: shared.applied.lock().ok().and_then(|a| a.clone()),
+        node_id: shared.settings.node_id.clone(),
+        task_id: shared.settings.task_id.clone(),
     }
 }
 
@@ -120,6 +123,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            // Draining: the platform hears at once that this task is no longer ready.
+            _ = shared.report_now.notified() => {}
             _ = crate::supervise::stopped(&mut stop) => return,
         }
     }

@@ -5,7 +5,10 @@
 //! nginx ([`supervise`]), serves `/healthz`, `/readyz` and `/metrics` ([`server`],
 //! [`metrics`], [`checks`], [`accesslog`]) and reports to the control plane
 //! ([`heartbeat`], [`state`]) in the JSON shapes of [`protocol`], which the platform uses
-//! as a library (`site_agent::protocol`).
+//! as a library (`site_agent::protocol`). It installs a must-use plugin that tells it what
+//! a change in WordPress made stale, and forwards those purges to the control plane
+//! ([`purge`]). On SIGTERM it first drains (not ready, still serving), then stops the
+//! children ([`agent`]).
 
 pub mod accesslog;
 pub mod agent;
@@ -16,6 +19,7 @@ pub mod heartbeat;
 pub mod install;
 pub mod metrics;
 pub mod protocol;
+pub mod purge;
 pub mod render;
 pub mod server;
 pub mod state;

@@ -106,6 +106,10 @@ pub struct Snapshot {
     pub desired_generation: Option<u64>,
     pub last_report_ok_unix: Option<u64>,
     pub reports_failed: u64,
+    /// Purge requests to the control plane: accepted, failed (retried), dropped.
+    pub purges_sent: u64,
+    pub purges_failed: u64,
+    pub purges_dropped: u64,
 }
 
 /// The shared, mutable state behind `/metrics`.
@@ -353,6 +357,19 @@ pub fn render(s: &Snapshot, children: &[ChildStatus], usage: SelfUsage) -> Strin
     let _ = writeln!(o, "pressdock_report_failures_total {}", s.reports_failed);
     header(
         &mut o,
+        "pressdock_agent_purges_total",
+        "counter",
+        "Purge requests to the control plane: sent (accepted), failed (retried), dropped (refused, or lost at stop).",
+    );
+    for (result, n) in [
+        ("sent", s.purges_sent),
+        ("failed", s.purges_failed),
+        ("dropped", s.purges_dropped),
+    ] {
+        let _ = writeln!(o, "pressdock_agent_purges_total{{result=\"{result}\"}} {n}");
+    }
+    header(
+        &mut o,
         "pressdock_agent_resident_memory_bytes",
         "gauge",
         "RSS of the agent process.",
@@ -403,6 +420,8 @@ mod tests {
             ..Default::default()
         });
         s.database_bytes = Some(65536);
+        s.purges_sent = 3;
+        s.purges_dropped = 1;
         let children = vec![ChildStatus {
             name: "nginx".into(),
             pid: Some(1),
@@ -433,6 +452,10 @@ mod tests {
             "pressdock_database_bytes 65536",
             "pressdock_child_restarts_total{child=\"nginx\"} 2",
             "pressdock_agent_resident_memory_bytes 4096",
+            "# TYPE pressdock_agent_purges_total counter",
+            "pressdock_agent_purges_total{result=\"sent\"} 3",
+            "pressdock_agent_purges_total{result=\"failed\"} 0",
+            "pressdock_agent_purges_total{result=\"dropped\"} 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

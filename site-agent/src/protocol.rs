@@ -1,4 +1,5 @@
-//! The agent ↔ control-plane protocol: the JSON bodies of `POST /v1/agent/report`.
+//! The agent ↔ control-plane protocol: the JSON bodies of `POST /v1/agent/report` and
+//! `POST /v1/agent/purge`.
 //!
 //! The agent of a site sends an [`AgentReport`] every few seconds (one request in flight
 //! at a time, `Authorization: Bearer <agent token>`, the content of the site's
@@ -11,6 +12,14 @@
 //! Other answers: `401` (unknown or revoked token: the agent keeps reporting with backoff),
 //! `404` (the site is being deleted), `429`/`5xx` (retried with backoff). Error bodies are
 //! not read.
+//!
+//! Purges: when a post, a comment, a menu or the theme changes, the site's must-use plugin
+//! tells the agent (locally, `POST /purge` on the agent's port, see [`crate::purge`]) and
+//! the agent posts a [`PurgeRequest`] to [`PURGE_PATH`] (same bearer token, one request in
+//! flight, queued purges merged into it). The platform bans the paths on the edge caches of
+//! every host of the site and answers `202` with a [`PurgeResponse`]. Other answers: `401`
+//! (unknown token), `404` (site gone), `422` (a path breaks the rules of [`PurgePath`]):
+//! dropped and logged, never retried; `429`/`5xx`: retried with backoff.
 //!
 //! Compatibility: both sides ignore unknown fields and every field added later must have a
 //! default (`#[serde(default)]`), so the agent and the platform can be upgraded separately.
@@ -45,6 +54,14 @@ pub struct AgentReport {
     /// The outcome of applying the held desired config, `None` before the first one.
     #[serde(default)]
     pub applied: Option<ApplyStatus>,
+    /// The swarm node this task runs on (`PRESSDOCK_NODE_ID={{.Node.ID}}` in the service
+    /// spec), `None` when not set or not an id. A moved site is ready on its new node when
+    /// a ready report carries the new node's id.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The swarm task (`PRESSDOCK_TASK_ID={{.Task.ID}}`), `None` when not set.
+    #[serde(default)]
+    pub task_id: Option<String>,
 }
 
 /// Liveness and readiness as the agent sees them (the same as `/healthz` and `/readyz`).
@@ -215,6 +232,88 @@ pub enum CommandKind {
     BackupNow,
 }
 
+/// The path the agent posts purges to, relative to the control-plane URL.
+pub const PURGE_PATH: &str = "/v1/agent/purge";
+
+/// At most this many paths in one [`PurgeRequest`]; more are sent as `all: true`.
+pub const MAX_PURGE_PATHS: usize = 100;
+
+/// At most this many bytes in one purge path.
+pub const MAX_PURGE_PATH_BYTES: usize = 2048;
+
+/// Body of `POST /v1/agent/purge`: ban cached pages of the site on the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRequest {
+    /// The site's id; the platform checks it against the site of the bearer token.
+    pub site_id: String,
+    /// URL paths with an optional query (`/hello-world/`, `/?p=5`, `/feed/`), each valid as
+    /// a [`PurgePath`], at most [`MAX_PURGE_PATHS`]. The same path on every host of the site.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Ban every cached object of the site's hosts (`paths` is then ignored, and empty when
+    /// the agent sends it).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Body of the `202` answer to a purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PurgeResponse {
+    /// How many bans the platform issued (edge caches × paths, or hosts for `all`).
+    pub banned: u32,
+}
+
+/// One valid purge path: starts with `/`, 1 to [`MAX_PURGE_PATH_BYTES`] bytes of printable
+/// ASCII without spaces (`!` to `~`); a query is part of it, a fragment is not expected.
+/// Both sides check paths with [`PurgePath::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PurgePath(String);
+
+/// Why a purge path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgePathError {
+    NotAbsolute,
+    TooLong,
+    NotPrintableAscii,
+}
+
+impl std::fmt::Display for PurgePathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotAbsolute => "a purge path starts with '/'",
+            Self::TooLong => "a purge path has at most 2048 bytes",
+            Self::NotPrintableAscii => {
+                "a purge path is printable ASCII without spaces (percent-encode the rest)"
+            }
+        })
+    }
+}
+
+impl std::error::Error for PurgePathError {}
+
+impl PurgePath {
+    pub fn parse(s: &str) -> Result<Self, PurgePathError> {
+        if !s.starts_with('/') {
+            return Err(PurgePathError::NotAbsolute);
+        }
+        if s.len() > MAX_PURGE_PATH_BYTES {
+            return Err(PurgePathError::TooLong);
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PurgePathError::NotPrintableAscii);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,12 +367,78 @@ mod tests {
             counters: Counters::default(),
             desired_generation: None,
             applied: None,
+            node_id: Some("x2ny5jrbcx0sd7xybq5sn9ahu".into()),
+            task_id: None,
         };
         let v = serde_json::to_value(&r).expect("ser");
         assert_eq!(v["health"]["checks"][0]["name"], "database");
         assert_eq!(v["counters"]["requests_total"], 0);
         assert!(v["desired_generation"].is_null());
-        let back: AgentReport = serde_json::from_value(v).expect("de");
+        assert_eq!(v["node_id"], "x2ny5jrbcx0sd7xybq5sn9ahu");
+        assert!(v["task_id"].is_null());
+        let back: AgentReport = serde_json::from_value(v.clone()).expect("de");
         assert_eq!(back, r);
+        // A report of an older agent (no node or task id) still parses.
+        let mut old = v;
+        if let Some(o) = old.as_object_mut() {
+            o.remove("node_id");
+            o.remove("task_id");
+        }
+        let back: AgentReport = serde_json::from_value(old).expect("old report");
+        assert_eq!(back.node_id, None);
+    }
+
+    #[test]
+    fn purge_types_use_the_documented_names() {
+        let r = PurgeRequest {
+            site_id: "k3v9q2m8xa".into(),
+            paths: vec!["/hello-world/".into(), "/?p=5".into()],
+            all: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&r).expect("ser"),
+            serde_json::json!({"site_id": "k3v9q2m8xa", "paths": ["/hello-world/", "/?p=5"], "all": false})
+        );
+        let all: PurgeRequest =
+            serde_json::from_str(r#"{"site_id":"k3v9q2m8xa","all":true,"later":1}"#).expect("de");
+        assert!(all.all && all.paths.is_empty());
+        let resp: PurgeResponse = serde_json::from_str(r#"{"banned":6}"#).expect("de");
+        assert_eq!(resp.banned, 6);
+        assert_eq!(PURGE_PATH, "/v1/agent/purge");
+    }
+
+    #[test]
+    fn purge_paths_are_absolute_printable_ascii_and_bounded() {
+        for ok in [
+            "/",
+            "/hello-world/",
+            "/?p=5",
+            "/feed/",
+            "/caf%C3%A9/?a=b&c=%20",
+        ] {
+            assert_eq!(
+                PurgePath::parse(ok).map(PurgePath::into_string),
+                Ok(ok.into())
+            );
+        }
+        assert_eq!(PurgePath::parse(""), Err(PurgePathError::NotAbsolute));
+        assert_eq!(PurgePath::parse("hello/"), Err(PurgePathError::NotAbsolute));
+        assert_eq!(
+            PurgePath::parse("https://a.test/x"),
+            Err(PurgePathError::NotAbsolute)
+        );
+        for bad in ["/a b", "/caf\u{e9}", "/a\tb", "/a\nb", "/\u{7f}"] {
+            assert_eq!(
+                PurgePath::parse(bad),
+                Err(PurgePathError::NotPrintableAscii),
+                "{bad:?}"
+            );
+        }
+        let long = format!("/{}", "a".repeat(MAX_PURGE_PATH_BYTES - 1));
+        assert!(PurgePath::parse(&long).is_ok());
+        assert_eq!(
+            PurgePath::parse(&format!("{long}a")),
+            Err(PurgePathError::TooLong)
+        );
     }
 }

@@ -17,6 +17,11 @@ use crate::protocol::PhpSettings;
 /// the `PRESSDOCK_REDIS_*` constants of wp-config.
 pub const OBJECT_CACHE_PHP: &str = include_str!("php/object-cache.php");
 
+/// The must-use plugin (`wp-content/mu-plugins/pressdock-cache.php`): collects the paths a
+/// change made stale and posts them to the agent's `/purge` at shutdown (see
+/// [`crate::purge`]). It reads the URL from `PRESSDOCK_AGENT_PURGE_URL` of wp-config.
+pub const PURGE_PLUGIN_PHP: &str = include_str!("php/pressdock-cache.php");
+
 /// The install script run with php-cli on first start (see [`crate::install`]).
 pub const INSTALL_PHP: &str = include_str!("php/install.php");
 
@@ -76,6 +81,7 @@ pub fn render_wp_config(s: &Settings) -> String {
     );
     def("PRESSDOCK_REDIS_PREFIX", php_str(&s.redis_prefix));
     def("PRESSDOCK_SITE_ID", php_str(&s.site_id));
+    def("PRESSDOCK_AGENT_PURGE_URL", php_str(&s.local_purge_url()));
     def("WP_CORE_UPDATE", "false".into());
     def("AUTOMATIC_UPDATER_DISABLED", "true".into());
     def("DISALLOW_FILE_EDIT", "true".into());
@@ -228,7 +234,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("{} has no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // The pid alone is not unique: tasks on other workers write the same Gluster
+    // directory, and every container's agent tends to have the same pid.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{nanos}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -283,6 +295,7 @@ mod tests {
         assert!(c.contains("define('PRESSDOCK_REDIS_USER', 'wp_k3v9q2m8xa');"));
         assert!(c.contains("define('PRESSDOCK_REDIS_PREFIX', 'wp_k3v9q2m8xa:');"));
         assert!(c.contains("define('PRESSDOCK_REDIS_PASSWORD', 'redis-pw');"));
+        assert!(c.contains("define('PRESSDOCK_AGENT_PURGE_URL', 'http://127.0.0.1:9180/purge');"));
         assert!(c.contains("define('WP_HOME', $pressdock_scheme . '://' . 'a.test');"));
         assert!(c.contains("HTTP_X_FORWARDED_PROTO"));
         assert!(
