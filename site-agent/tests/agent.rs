@@ -6,6 +6,14 @@
 //!   control plane (a small axum server in the test, standing in for the platform's
 //!   endpoint, which is not written yet) whose desired configs are persisted with older
 //!   generations refused, and SIGTERM stops the children and the agent gracefully.
+//! - `purges_are_forwarded_and_sigterm_drains`: the plugin's `POST /purge` on the agent
+//!   reaches the control plane (a small axum server in the test: the agent's own protocol
+//!   peer) as a `PurgeRequest` with the bearer token, merged while a request is retried
+//!   after a 503, dropped after a 422; reports carry the swarm node and task ids; SIGTERM
+//!   first drains (`/readyz` 503 `draining`, children still up), then stops.
+//! - `mu_plugin_is_valid_php_and_collects_what_changed`: `php -l` on the plugin, and the
+//!   plugin under stubbed WordPress functions (`tests/php/purge-harness.php`) for post
+//!   saves, trashes, comments, options, menus.
 //! - `database_size_on_local_mariadb`: the DB-size query against the local MariaDB.
 //! - `wordpress_installs_and_serves_on_the_real_stack`: real php-fpm, nginx, php-cli and
 //!   Debian's WordPress (when installed on this machine) with the local MariaDB: the
@@ -21,9 +29,11 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use site_agent::protocol::{AgentReport, DesiredConfig, ReportResponse};
+use site_agent::protocol::{
+    AgentReport, DesiredConfig, PURGE_PATH, PurgeRequest, PurgeResponse, ReportResponse,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -99,6 +109,7 @@ impl TestSite {
             ("PRESSDOCK_AGENT_REPORT_SECS".into(), "0.3".into()),
             ("PRESSDOCK_AGENT_SIZE_SECS".into(), "1".into()),
             ("PRESSDOCK_AGENT_STOP_GRACE_SECS".into(), "3".into()),
+            ("PRESSDOCK_AGENT_DRAIN_SECS".into(), "0".into()),
             ("PRESSDOCK_AGENT_LOG".into(), "info".into()),
         ]);
         Self {
@@ -209,11 +220,38 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 /// A report and its `Authorization` header.
 type Received = (Option<String>, AgentReport);
 
-/// The control plane: records reports, answers with the queued desired configs.
+/// The control plane: records reports, answers with the queued desired configs; records
+/// purges, answers with the queued statuses (then 202).
 #[derive(Clone, Default)]
 struct FakePlatform {
     reports: Arc<Mutex<Vec<Received>>>,
     answers: Arc<Mutex<Vec<DesiredConfig>>>,
+    purges: Arc<Mutex<Vec<(Option<String>, PurgeRequest)>>>,
+    purge_statuses: Arc<Mutex<Vec<u16>>>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn purge(
+    State(p): State<FakePlatform>,
+    headers: HeaderMap,
+    Json(r): Json<PurgeRequest>,
+) -> (StatusCode, Json<PurgeResponse>) {
+    let banned = if r.all { 2 } else { 2 * r.paths.len() as u32 };
+    p.purges.lock().expect("lock").push((bearer(&headers), r));
+    let status = {
+        let mut s = p.purge_statuses.lock().expect("lock");
+        if s.is_empty() { 202 } else { s.remove(0) }
+    };
+    (
+        StatusCode::from_u16(status).expect("status"),
+        Json(PurgeResponse { banned }),
+    )
 }
 
 async fn report(
@@ -221,11 +259,7 @@ async fn report(
     headers: HeaderMap,
     Json(r): Json<AgentReport>,
 ) -> Json<ReportResponse> {
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    p.reports.lock().expect("lock").push((auth, r));
+    p.reports.lock().expect("lock").push((bearer(&headers), r));
     let desired = {
         let mut a = p.answers.lock().expect("lock");
         if a.len() > 1 {
@@ -247,6 +281,7 @@ async fn start_platform(p: FakePlatform) -> String {
     let addr = l.local_addr().expect("addr");
     let app = axum::Router::new()
         .route(site_agent::protocol::REPORT_PATH, post(report))
+        .route(PURGE_PATH, post(purge))
         .with_state(p);
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
@@ -372,7 +407,7 @@ async fn supervises_restarts_reports_and_stops() {
         .await;
     assert_eq!(
         wp_bytes as usize,
-        site_agent::render::OBJECT_CACHE_PHP.len()
+        site_agent::render::OBJECT_CACHE_PHP.len() + site_agent::render::PURGE_PLUGIN_PHP.len()
     );
 
     // /readyz: 503 with the failing checks named.
@@ -475,6 +510,292 @@ async fn supervises_restarts_reports_and_stops() {
             (last.seq == 1 && last.desired_generation == Some(5)).then_some(())
         })
         .await;
+}
+
+async fn post_purge(agent: &Agent, body: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/purge", agent.base))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("POST /purge");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_are_forwarded_and_sigterm_drains() {
+    let mut site = TestSite::new("purge1test");
+    for (k, v) in [
+        ("PRESSDOCK_AGENT_PHP_FPM_CMD", "sleep 1000"),
+        ("PRESSDOCK_AGENT_NGINX_CMD", "sleep 1001"),
+        ("PRESSDOCK_AGENT_INSTALL", "0"),
+        ("PRESSDOCK_AGENT_DRAIN_SECS", "1.5"),
+        ("PRESSDOCK_AGENT_STOP_GRACE_SECS", "4"),
+        ("PRESSDOCK_AGENT_REPORT_SECS", "30"),
+        ("PRESSDOCK_NODE_ID", "x2ny5jrbcx0sd7xybq5sn9ahu"),
+        ("PRESSDOCK_TASK_ID", "{{.Task.ID}}"),
+    ] {
+        site.env.insert(k.into(), v.into());
+    }
+    let platform = FakePlatform::default();
+    // The first purge meets a 503 (retried), the second goes through, the third is refused.
+    *platform.purge_statuses.lock().expect("lock") = vec![503, 202, 422];
+    site.env.insert(
+        "PRESSDOCK_CONTROL_URL".into(),
+        start_platform(platform.clone()).await,
+    );
+    let agent = site.spawn();
+    let h = agent
+        .wait_for("both children", 10, async |a| {
+            let (s, b) = a.get("/healthz").await?;
+            let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+            (s == 200 && child_pid(&v, "php-fpm").is_some() && child_pid(&v, "nginx").is_some())
+                .then_some(v)
+        })
+        .await;
+    let fpm = child_pid(&h, "php-fpm").expect("pid");
+
+    // The plugin is installed as compiled in, and wp-config tells it the agent's port.
+    let plugin = site.path("wp-content/mu-plugins/pressdock-cache.php");
+    assert_eq!(
+        std::fs::read_to_string(&plugin).expect("mu-plugin"),
+        site_agent::render::PURGE_PLUGIN_PHP
+    );
+    let cfg = std::fs::read_to_string(site.path("etc/config-default.php")).expect("wp-config");
+    assert!(cfg.contains(&format!(
+        "define('PRESSDOCK_AGENT_PURGE_URL', 'http://127.0.0.1:{}/purge');",
+        site.listen_port
+    )));
+
+    // Reports carry the node id; the unexpanded task template is left out.
+    let first = agent
+        .wait_for("a report", 10, async |_| {
+            platform.reports.lock().expect("lock").first().cloned()
+        })
+        .await;
+    assert_eq!(
+        first.1.node_id.as_deref(),
+        Some("x2ny5jrbcx0sd7xybq5sn9ahu")
+    );
+    assert_eq!(first.1.task_id, None);
+
+    // A purge from the plugin: 202 at once, forwarded; the control plane says 503.
+    let (s, b) = post_purge(&agent, r#"{"paths":["/hello-world/","/"],"all":false}"#).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b, serde_json::json!({"queued_paths": 2, "all": false}));
+    agent
+        .wait_for("the first purge", 10, async |_| {
+            (platform.purges.lock().expect("lock").len() == 1).then_some(())
+        })
+        .await;
+    // Queued while the retry waits (1 s backoff): merged into it.
+    let (s, _) = post_purge(&agent, r#"{"paths":["/feed/","/hello-world/"]}"#).await;
+    assert_eq!(s, 202);
+    agent
+        .wait_for("the retried purge", 10, async |_| {
+            (platform.purges.lock().expect("lock").len() == 2).then_some(())
+        })
+        .await;
+    {
+        let p = platform.purges.lock().expect("lock");
+        let want_first = PurgeRequest {
+            site_id: "purge1test".into(),
+            paths: vec!["/".into(), "/hello-world/".into()],
+            all: false,
+        };
+        assert_eq!(p[0], (Some("Bearer the-token".into()), want_first));
+        assert_eq!(p[1].0.as_deref(), Some("Bearer the-token"));
+        assert_eq!(
+            p[1].1,
+            PurgeRequest {
+                site_id: "purge1test".into(),
+                paths: vec!["/".into(), "/feed/".into(), "/hello-world/".into()],
+                all: false,
+            }
+        );
+    }
+
+    // Invalid paths are refused here, before anything is queued.
+    let (s, b) = post_purge(&agent, r#"{"paths":["/ok/","/with space"]}"#).await;
+    assert_eq!(s, 422);
+    assert_eq!(b["status"], 422);
+    // Everything: the control plane refuses it with 422; dropped, not retried.
+    let (s, b) = post_purge(&agent, r#"{"all":true}"#).await;
+    assert_eq!((s, &b["all"]), (202, &serde_json::json!(true)));
+    let m = agent
+        .wait_for("the dropped purge counted", 10, async |a| {
+            let (_, t) = a.get("/metrics").await?;
+            (metric(&t, "pressdock_agent_purges_total{result=\"dropped\"}") == Some(1.0))
+                .then_some(t)
+        })
+        .await;
+    assert_eq!(
+        metric(&m, "pressdock_agent_purges_total{result=\"sent\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "pressdock_agent_purges_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+    {
+        let p = platform.purges.lock().expect("lock");
+        assert_eq!(p.len(), 3);
+        assert!(p[2].1.all && p[2].1.paths.is_empty());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        platform.purges.lock().expect("lock").len(),
+        3,
+        "a 422 is not retried"
+    );
+
+    // SIGTERM: not ready at once (check `draining`), still serving, a report says so.
+    let mut agent = agent;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("sigterm");
+    let body = agent
+        .wait_for("draining", 5, async |a| {
+            let (s, b) = a.get("/readyz").await?;
+            (s == 503 && b.contains("\"draining\"")).then_some(b)
+        })
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["ready"], false);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(alive(fpm), "php-fpm serves during the drain");
+    assert_eq!(agent.healthz().await["live"], true);
+    agent
+        .wait_for("a draining report", 5, async |_| {
+            let r = platform.reports.lock().expect("lock");
+            r.iter()
+                .any(|(_, x)| x.health.checks.iter().any(|c| c.name == "draining"))
+                .then_some(())
+        })
+        .await;
+    // A purge during the drain still goes out.
+    let (s, _) = post_purge(&agent, r#"{"paths":["/last/"]}"#).await;
+    assert_eq!(s, 202);
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "agent did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t0.elapsed();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(4500),
+        "drain 1.5 s, then a quick stop: {took:?}"
+    );
+    assert!(!alive(fpm));
+    let p = platform.purges.lock().expect("lock");
+    assert_eq!(
+        p.last().map(|x| x.1.paths.clone()),
+        Some(vec!["/last/".to_owned()])
+    );
+    let log = agent.log();
+    assert!(log.contains("purge refused; dropped"), "{log}");
+    assert!(log.contains("drained; stopping the children"), "{log}");
+    assert!(
+        !log.contains("the-token"),
+        "the token never reaches the log"
+    );
+}
+
+/// `php -l` on the plugin and the plugin under stubbed WordPress. Skipped (with a
+/// message) without php-cli.
+#[test]
+fn mu_plugin_is_valid_php_and_collects_what_changed() {
+    if !have("php") {
+        eprintln!("SKIPPED: needs php-cli (apt install php-cli; scripts/install-deps.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = dir.path().join("pressdock-cache.php");
+    std::fs::write(&plugin, site_agent::render::PURGE_PLUGIN_PHP).expect("write");
+    let lint = Command::new("php")
+        .arg("-l")
+        .arg(&plugin)
+        .output()
+        .expect("php -l");
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    // Outside WordPress it does nothing (and says nothing).
+    let bare = Command::new("php").arg(&plugin).output().expect("php");
+    assert!(bare.status.success() && bare.stdout.is_empty());
+
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/php/purge-harness.php");
+    let out = Command::new("php")
+        .arg(harness)
+        .arg(&plugin)
+        .output()
+        .expect("php harness");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("harness json");
+    let paths = |name: &str| -> Vec<String> {
+        serde_json::from_value(v[name]["body"]["paths"].clone()).expect("paths")
+    };
+    let all = |name: &str| v[name]["body"]["all"] == true && paths(name).is_empty();
+    // A draft published: its permalink, home, feed, public term archives (non-ASCII
+    // slugs percent-encoded, the private taxonomy left out), the author archive.
+    let publish = &v["publish"];
+    assert_eq!(publish["requests"], 1, "one request per request");
+    assert_eq!(publish["url"], "http://127.0.0.1:9999/purge");
+    assert_eq!(publish["timeout"], 2);
+    assert_eq!(publish["blocking"], true);
+    assert_eq!(publish["content_type"], "application/json");
+    assert_eq!(publish["body"]["all"], false);
+    assert_eq!(
+        paths("publish"),
+        [
+            "/hello-world/",
+            "/",
+            "/feed/",
+            "/category/caf%C3%A9/",
+            "/tag/news/",
+            "/author/ada/"
+        ]
+    );
+    for p in paths("publish") {
+        site_agent::protocol::PurgePath::parse(&p).expect("valid for the agent");
+    }
+    // A slug change purges the old and the new permalink.
+    let slug = paths("slug_change");
+    assert!(slug.contains(&"/hello-world/".into()) && slug.contains(&"/hello-again/".into()));
+    // Trashed: the permalink it had, never the "__trashed" one.
+    let trash = paths("trash");
+    assert!(trash.contains(&"/hello-world/".into()), "{trash:?}");
+    assert!(trash.iter().all(|p| !p.contains("__trashed")), "{trash:?}");
+    assert!(paths("delete_published").contains(&"/gone/".into()));
+    assert_eq!(paths("comment"), ["/hello-world/"]);
+    assert_eq!(paths("product"), ["/a-shirt/", "/", "/feed/", "/products/"]);
+    // Nothing public changed: no request at all.
+    for quiet in ["draft_edit", "comment_pending", "unrelated_options"] {
+        assert!(v[quiet].is_null(), "{quiet}: {}", v[quiet]);
+    }
+    // Site-wide changes, and over 100 paths: everything.
+    for everything in ["option", "widgets", "menu", "theme", "many"] {
+        assert!(all(everything), "{everything}: {}", v[everything]);
+    }
 }
 
 fn mysql_url() -> String {
