@@ -70,14 +70,18 @@ pub enum SecretKind {
     RedisPassword,
     AgentToken,
     WpSalts,
+    /// The one-time password of the site's first WordPress administrator (the agent's
+    /// installer uses it once; a restart does not reinstall).
+    AdminPassword,
 }
 
 impl SecretKind {
-    pub const ALL: [SecretKind; 4] = [
+    pub const ALL: [SecretKind; 5] = [
         SecretKind::DbPassword,
         SecretKind::RedisPassword,
         SecretKind::AgentToken,
         SecretKind::WpSalts,
+        SecretKind::AdminPassword,
     ];
 
     /// Also the file name under `/run/secrets/` in the task.
@@ -87,6 +91,7 @@ impl SecretKind {
             SecretKind::RedisPassword => "redis_password",
             SecretKind::AgentToken => "agent_token",
             SecretKind::WpSalts => "wp_salts",
+            SecretKind::AdminPassword => "admin_password",
         }
     }
 
@@ -96,6 +101,7 @@ impl SecretKind {
             SecretKind::RedisPassword => "PRESSDOCK_REDIS_PASSWORD_FILE",
             SecretKind::AgentToken => "PRESSDOCK_AGENT_TOKEN_FILE",
             SecretKind::WpSalts => "PRESSDOCK_WP_SALTS_FILE",
+            SecretKind::AdminPassword => "PRESSDOCK_ADMIN_PASSWORD_FILE",
         }
     }
 }
@@ -149,6 +155,10 @@ pub struct SiteServiceParams {
     pub id: SiteResourceId,
     /// Every domain of the site (routers on `internal`, `web`, `websecure`).
     pub domains: BTreeSet<DomainName>,
+    /// The domain WordPress's URLs use (one of `domains`).
+    pub primary_domain: DomainName,
+    /// What the agent needs besides the backends: the control plane and the installer.
+    pub agent: AgentParams,
     pub node: NodeId,
     pub resources: PlanResources,
     /// The secrets, one per kind, as returned by [`SwarmDriver::ensure_secret`].
@@ -170,6 +180,36 @@ pub struct SiteServiceParams {
     /// Bumped to replace the task even when nothing else changed (e.g. after a move
     /// whose new pin the old task still satisfies).
     pub force_update: u64,
+}
+
+/// The agent's settings that come from the control plane rather than a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentParams {
+    /// Base URL the agent reports to (`None`: the agent does not report).
+    pub control_url: Option<String>,
+    /// The site's title for WordPress's installer (user text: passed verbatim, escaped
+    /// for swarm's templating).
+    pub title: String,
+    /// The first administrator's login and e-mail address.
+    pub admin_user: String,
+    pub admin_email: String,
+}
+
+impl Default for AgentParams {
+    fn default() -> Self {
+        Self {
+            control_url: None,
+            title: String::new(),
+            admin_user: "admin".into(),
+            admin_email: String::new(),
+        }
+    }
+}
+
+/// Swarm expands Go templates in a service's environment (`{{.Node.ID}}`): user text is
+/// made literal by turning every `{{` into an action that prints `{{`. Pure.
+pub fn template_literal(text: &str) -> String {
+    text.replace("{{", "{{\"{{\"}}")
 }
 
 fn host_rule(domains: &BTreeSet<DomainName>) -> String {
@@ -232,6 +272,30 @@ fn validate_params(params: &SiteServiceParams) -> Result<()> {
     if params.domains.is_empty() {
         return Err(Error::invalid("site service", "at least one domain"));
     }
+    if !params.domains.contains(&params.primary_domain) {
+        return Err(Error::invalid(
+            "site service",
+            "the primary domain must be one of the domains",
+        ));
+    }
+    let agent = &params.agent;
+    let text_ok = |t: &str| !t.contains('\0') && !t.contains('\n');
+    if !text_ok(&agent.title)
+        || !text_ok(&agent.admin_email)
+        || agent.admin_user.is_empty()
+        || !agent
+            .admin_user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        || agent.control_url.as_deref().is_some_and(|u| {
+            !(u.starts_with("http://") || u.starts_with("https://")) || !text_ok(u)
+        })
+    {
+        return Err(Error::invalid(
+            "site service agent settings",
+            "title and e-mail without NUL or newline, admin user [A-Za-z0-9._-@], control URL http(s)",
+        ));
+    }
     for kind in SecretKind::ALL {
         if !params.secrets.contains_key(&kind) {
             return Err(Error::invalid("site service", "a secret of every kind"));
@@ -263,24 +327,22 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
     validate_params(params)?;
     let id = &params.id;
     let name = id.resource_name();
-    let primary = params
-        .domains
-        .first()
-        .map(|d| d.to_string())
-        .unwrap_or_default();
-
-    let mut env: Vec<String> = vec![
-        format!("PRESSDOCK_SITE_ID={id}"),
-        format!(
-            "PRESSDOCK_DOMAINS={}",
+    // The primary domain first: the agent takes WordPress's URLs from it.
+    let domains = std::iter::once(&params.primary_domain)
+        .chain(
             params
                 .domains
                 .iter()
-                .map(|d| d.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        format!("PRESSDOCK_PRIMARY_DOMAIN={primary}"),
+                .filter(|d| **d != params.primary_domain),
+        )
+        .map(|d| d.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let agent = &params.agent;
+    let mut env: Vec<String> = vec![
+        format!("PRESSDOCK_SITE_ID={id}"),
+        format!("PRESSDOCK_DOMAINS={domains}"),
+        format!("PRESSDOCK_PRIMARY_DOMAIN={}", params.primary_domain),
         format!("PRESSDOCK_DB_HOST={}", params.db_host),
         format!("PRESSDOCK_DB_NAME={name}"),
         format!("PRESSDOCK_DB_USER={name}"),
@@ -292,7 +354,19 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
         format!("PRESSDOCK_REDIS_USER={name}"),
         format!("PRESSDOCK_REDIS_PREFIX={}", id.redis_prefix()),
         format!("PRESSDOCK_WP_CONTENT={}", config.wp_content_target),
+        // Expanded by swarm per task: the agent reports where it runs.
+        "PRESSDOCK_NODE_ID={{.Node.ID}}".to_owned(),
+        "PRESSDOCK_TASK_ID={{.Task.ID}}".to_owned(),
+        format!("PRESSDOCK_SITE_TITLE={}", template_literal(&agent.title)),
+        format!("PRESSDOCK_ADMIN_USER={}", agent.admin_user),
+        format!(
+            "PRESSDOCK_ADMIN_EMAIL={}",
+            template_literal(&agent.admin_email)
+        ),
     ];
+    if let Some(url) = &agent.control_url {
+        env.push(format!("PRESSDOCK_CONTROL_URL={}", template_literal(url)));
+    }
     for kind in SecretKind::ALL {
         env.push(format!("{}=/run/secrets/{}", kind.env_var(), kind.as_str()));
     }
@@ -351,6 +425,12 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
                 }),
                 stop_grace_period: Some(secs(20)),
                 init: Some(true),
+                // The agent's access log arrives as unix datagrams: a new network
+                // namespace queues only 10 of them.
+                sysctls: Some(HashMap::from([(
+                    "net.unix.max_dgram_qlen".to_owned(),
+                    "512".to_owned(),
+                )])),
                 ..Default::default()
             }),
             resources: Some(TaskSpecResources {
@@ -863,6 +943,13 @@ mod tests {
         SiteServiceParams {
             id,
             domains: BTreeSet::from([d("www.example.com"), d("example.com")]),
+            primary_domain: d("www.example.com"),
+            agent: AgentParams {
+                control_url: Some("http://10.77.0.1:8081".into()),
+                title: "Café {{.Node.ID}}".into(),
+                admin_user: "admin".into(),
+                admin_email: "owner@example.com".into(),
+            },
             node: NodeId::parse("n0de1d").unwrap_or_else(|e| panic!("{e}")),
             resources: PlanResources {
                 cpu_limit_millis: 1000,
@@ -899,7 +986,15 @@ mod tests {
         let env = c.env.clone().unwrap_or_default();
         for want in [
             "PRESSDOCK_SITE_ID=k3v7q2m6xa",
-            "PRESSDOCK_DOMAINS=example.com,www.example.com",
+            "PRESSDOCK_DOMAINS=www.example.com,example.com",
+            "PRESSDOCK_PRIMARY_DOMAIN=www.example.com",
+            "PRESSDOCK_NODE_ID={{.Node.ID}}",
+            "PRESSDOCK_TASK_ID={{.Task.ID}}",
+            "PRESSDOCK_SITE_TITLE=Café {{\"{{\"}}.Node.ID}}",
+            "PRESSDOCK_ADMIN_USER=admin",
+            "PRESSDOCK_ADMIN_EMAIL=owner@example.com",
+            "PRESSDOCK_CONTROL_URL=http://10.77.0.1:8081",
+            "PRESSDOCK_ADMIN_PASSWORD_FILE=/run/secrets/admin_password",
             "PRESSDOCK_DB_HOST=10.77.0.1:3306",
             "PRESSDOCK_DB_NAME=wp_k3v7q2m6xa",
             "PRESSDOCK_DB_USER=wp_k3v7q2m6xa",
@@ -914,7 +1009,7 @@ mod tests {
         assert_eq!(m.source.as_deref(), Some("/mnt/sites/k3v7q2m6xa"));
         assert_eq!(m.target.as_deref(), Some("/var/lib/wordpress/wp-content"));
         let secrets = c.secrets.clone().unwrap_or_default();
-        assert_eq!(secrets.len(), 4);
+        assert_eq!(secrets.len(), SecretKind::ALL.len());
         let db = secrets
             .iter()
             .find(|s| s.secret_id.as_deref() == Some("id-db_password"))

@@ -512,6 +512,14 @@ pub trait EdgeCache {
 
     /// `ban req.http.host == <host>` on every instance.
     fn ban_host(&self, host: &DomainName) -> impl Future<Output = Result<()>> + Send;
+
+    /// Bans the objects of these URL paths of a host on every instance (a path without
+    /// a query also covers its query variants). Paths must pass [`check_purge_path`].
+    fn ban_paths(
+        &self,
+        host: &DomainName,
+        paths: &[String],
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// [`EdgeCache`] on every configured Varnish instance.
@@ -717,6 +725,36 @@ async fn hash_vcl_dir(dir: &Path, hosts_file: &Path, hosts: &str) -> Result<Stri
     Ok(hex::encode(h.finalize()))
 }
 
+/// A URL path we accept to purge: starts with `/`, at most 2,048 bytes of visible ASCII.
+pub fn check_purge_path(path: &str) -> Result<()> {
+    if path.starts_with('/') && path.len() <= 2048 && path.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "purge path",
+            "starts with '/', at most 2048 characters of visible ASCII",
+        ))
+    }
+}
+
+/// The `req.url` regular expression that bans one path: every character but letters,
+/// digits, `/` and `_` is escaped, so the path matches only itself. Pure.
+pub fn path_ban_regex(path: &str) -> String {
+    let mut re = String::with_capacity(path.len() * 2 + 12);
+    re.push('^');
+    for c in path.chars() {
+        if !(c.is_ascii_alphanumeric() || c == '/' || c == '_') {
+            re.push('\\');
+        }
+        re.push(c);
+    }
+    if !path.contains('?') {
+        re.push_str("(\\?.*)?");
+    }
+    re.push('$');
+    re
+}
+
 impl EdgeCache for VarnishDriver {
     async fn apply_host_table(&self, table: &HostTable) -> Result<Vec<InstanceVclState>> {
         self.write_hosts_file(table).await?;
@@ -756,6 +794,32 @@ impl EdgeCache for VarnishDriver {
         }
         Ok(())
     }
+
+    async fn ban_paths(&self, host: &DomainName, paths: &[String]) -> Result<()> {
+        for path in paths {
+            check_purge_path(path)?;
+        }
+        for instance in &self.instances {
+            let mut cli = Self::open(instance).await?;
+            for path in paths {
+                let re = path_ban_regex(path);
+                cli.command_ok(
+                    "ban",
+                    &[
+                        "req.http.host",
+                        "==",
+                        host.as_str(),
+                        "&&",
+                        "req.url",
+                        "~",
+                        &re,
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -764,6 +828,18 @@ mod tests {
 
     fn d(s: &str) -> DomainName {
         DomainName::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn path_bans_match_only_their_path() {
+        assert_eq!(path_ban_regex("/a-b/"), "^/a\\-b/(\\?.*)?$");
+        assert_eq!(path_ban_regex("/?p=5"), "^/\\?p\\=5$");
+        assert_eq!(path_ban_regex("/x.y"), "^/x\\.y(\\?.*)?$");
+        assert!(check_purge_path("/ok/path?x=1").is_ok());
+        for bad in ["", "relative", "/with space", "/tab\t", "/é"] {
+            assert!(check_purge_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_purge_path(&format!("/{}", "a".repeat(2048))).is_err());
     }
 
     #[test]

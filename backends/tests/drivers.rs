@@ -781,6 +781,8 @@ async fn lab_swarm_secrets_and_service() {
     let mut params = SiteServiceParams {
         id: id.clone(),
         domains: BTreeSet::from([host(&format!("{id}.lab.test"))]),
+        primary_domain: host(&format!("{id}.lab.test")),
+        agent: Default::default(),
         node,
         resources: PlanResources {
             cpu_limit_millis: 500,

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_initial;
 mod m20261128_000002_site_resources;
+mod m20261128_000003_agent;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_site_resources::Migration),
+            Box::new(m20261128_000003_agent::Migration),
         ]
     }
 }

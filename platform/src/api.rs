@@ -22,6 +22,7 @@ use utoipa::{
 
 use crate::{
     actor::{Actor, parse_id, source_ip},
+    agent::{self, AgentPurge, CachePurge, PurgeResult},
     app::{
         Page,
         idempotency::IdemKey,
@@ -72,6 +73,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sites/{site}/suspend", post(suspend_site))
         .route("/sites/{site}/resume", post(resume_site))
+        .route("/sites/{site}/cache/purge", post(purge_site_cache))
+        .route("/agent/report", post(agent_report))
+        .route("/agent/purge", post(agent_purge))
         .route("/plans", get(list_plans).post(create_plan))
         .route("/nodes", get(list_nodes).post(register_node))
         .route("/nodes/{node}", axum::routing::patch(update_node))
@@ -102,6 +106,23 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The router of the agents' listener (`[agent] listen`): only what the agents call.
+pub fn agent_router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit_bytes;
+    Router::new()
+        .route("/v1/agent/report", post(agent_report))
+        .route("/v1/agent/purge", post(agent_purge))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -481,6 +502,50 @@ async fn resume_site(
     transition(state, actor, site, "site.resume").await
 }
 
+#[utoipa::path(post, path = "/v1/sites/{site}/cache/purge", tag = "sites", security(("bearer" = [])),
+    params(("site" = String, Path)), request_body = CachePurge,
+    responses((status = 200, body = PurgeResult), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+async fn purge_site_cache(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+    ApiJson(input): ApiJson<CachePurge>,
+) -> ApiResult<Json<PurgeResult>> {
+    let site = parse_id(&site, "site")?;
+    Ok(Json(
+        agent::tenant_purge(&state, &actor, &site, input).await?,
+    ))
+}
+
+/// A site agent's report (`site_agent::protocol::AgentReport`); the answer carries the
+/// site's desired config. Authenticated with the site's agent token.
+#[utoipa::path(post, path = "/v1/agent/report", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "site_agent::protocol::AgentReport"),
+    responses((status = 200, description = "site_agent::protocol::ReportResponse", body = Object), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn agent_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(report): ApiJson<site_agent::protocol::AgentReport>,
+) -> ApiResult<Json<site_agent::protocol::ReportResponse>> {
+    Ok(Json(agent::report(&state, &headers, report).await?))
+}
+
+/// A site agent asks to purge what WordPress changed. Authenticated with the site's
+/// agent token.
+#[utoipa::path(post, path = "/v1/agent/purge", tag = "agent", security(("bearer" = [])),
+    request_body(content = Object, description = "{site_id, paths, all}"),
+    responses((status = 202, body = PurgeResult), (status = 401, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn agent_purge(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<AgentPurge>,
+) -> ApiResult<(StatusCode, Json<PurgeResult>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(agent::agent_purge(&state, &headers, input).await?),
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/plans", tag = "plans", security(("bearer" = [])),
     responses((status = 200, body = [Plan])))]
 async fn list_plans(State(state): State<AppState>, _actor: Actor) -> ApiResult<Json<Vec<Plan>>> {
@@ -624,6 +689,7 @@ impl Modify for BearerAuth {
         list_tenants, create_tenant, get_tenant, update_tenant, delete_tenant,
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
+        purge_site_cache, agent_report, agent_purge,
         list_plans, create_plan, list_nodes, register_node, update_node, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>)),

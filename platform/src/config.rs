@@ -112,6 +112,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -196,6 +198,33 @@ impl Default for ReconcileConfig {
     }
 }
 
+/// The site agents' side of the control plane.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// A second listener that serves only the agents' endpoints (`/v1/agent/…`), on an
+    /// address the sites' tasks can reach; `None`: agents use `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Base URL the agents report to, as the tasks reach it (`None`: agents do not
+    /// report and sites become `active` when their create operation finishes).
+    pub control_url: Option<String>,
+    /// A site whose agent has not reported for this long is `degraded`.
+    pub report_timeout_secs: u64,
+    /// Seconds between reports that the platform asks of agents.
+    pub report_interval_secs: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            control_url: None,
+            report_timeout_secs: 60,
+            report_interval_secs: 10,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -247,6 +276,18 @@ impl Config {
         if self.auth.access_token_ttl_secs == 0 || self.jobs.lease_secs < 2 {
             bail!("auth.access_token_ttl_secs must be > 0 and jobs.lease_secs >= 2");
         }
+        if let Some(url) = &self.agent.control_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("agent.control_url must be an http:// or https:// URL");
+        }
+        if self.agent.report_interval_secs == 0
+            || self.agent.report_timeout_secs < 3 * u64::from(self.agent.report_interval_secs)
+        {
+            bail!(
+                "agent.report_timeout_secs must be at least 3 × agent.report_interval_secs (> 0)"
+            );
+        }
         Ok(())
     }
 }
@@ -274,6 +315,12 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "reconcile.interval_secs",
     ),
     ("PRESSDOCK_ORPHAN_GRACE_SECS", "reconcile.orphan_grace_secs"),
+    ("PRESSDOCK_AGENT_LISTEN", "agent.listen"),
+    ("PRESSDOCK_AGENT_CONTROL_URL", "agent.control_url"),
+    (
+        "PRESSDOCK_AGENT_REPORT_TIMEOUT_SECS",
+        "agent.report_timeout_secs",
+    ),
 ];
 
 /// Sets `a.b` in the table from an environment string, typed by the key.
@@ -284,7 +331,8 @@ fn set_path(table: &mut toml::Table, key: &str, raw: String) -> anyhow::Result<(
         | "jobs.lease_secs"
         | "jobs.poll_millis"
         | "reconcile.interval_secs"
-        | "reconcile.orphan_grace_secs" => toml::Value::Integer(
+        | "reconcile.orphan_grace_secs"
+        | "agent.report_timeout_secs" => toml::Value::Integer(
             raw.parse()
                 .with_context(|| format!("{key} must be a whole number"))?,
         ),

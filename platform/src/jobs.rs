@@ -109,8 +109,29 @@ async fn undo_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
 }
 
 /// Called when a saga finished (`succeeded`) or unwound (`failed`).
-async fn on_finish(db: &MySqlPool, kind: &str, target: &str, succeeded: bool) -> sqlx::Result<()> {
+///
+/// With agents reporting, a created site is `active` only once its agent reported ready
+/// (the report may come before or after this point; see `agent::report`).
+async fn on_finish(
+    db: &MySqlPool,
+    kind: &str,
+    target: &str,
+    succeeded: bool,
+    agents_report: bool,
+) -> sqlx::Result<()> {
     let state = match (kind, succeeded) {
+        ("site.create", true) if agents_report => {
+            let ready: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM agent_reports WHERE site_id = ? AND ready = 1")
+                    .bind(target)
+                    .fetch_optional(db)
+                    .await?;
+            if ready.is_some() {
+                "active"
+            } else {
+                "provisioning"
+            }
+        }
         ("site.create", true) | ("site.resume", true) => "active",
         ("site.suspend", true) => "suspended",
         ("site.delete", true) => "deleted",
@@ -429,7 +450,14 @@ impl Runner {
             }
         }
         if op_state == "running" {
-            on_finish(&self.db, &kind, &target, true).await?;
+            on_finish(
+                &self.db,
+                &kind,
+                &target,
+                true,
+                self.provisioner.agents_report(),
+            )
+            .await?;
             self.set_operation(operation, "succeeded", None).await?;
             self.finish_job(job, "done").await?;
             tracing::info!(operation, kind = %kind, "operation succeeded");
@@ -468,7 +496,14 @@ impl Runner {
                 self.set_step(operation, *position, "undone", None, false)
                     .await?;
             }
-            on_finish(&self.db, &kind, &target, false).await?;
+            on_finish(
+                &self.db,
+                &kind,
+                &target,
+                false,
+                self.provisioner.agents_report(),
+            )
+            .await?;
             sqlx::query("UPDATE operations SET state = 'failed', finished_at = NOW(6), updated_at = NOW(6) WHERE id = ?")
                 .bind(operation)
                 .execute(&self.db)

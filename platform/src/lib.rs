@@ -11,6 +11,7 @@ macro_rules! sql {
 }
 
 pub mod actor;
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod audit;

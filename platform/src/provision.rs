@@ -41,10 +41,13 @@ pub struct Provisioner {
     /// The host table is one file and one VCL per instance: loads in this process take
     /// turns so that a table is never loaded under another table's name.
     varnish_turn: tokio::sync::Mutex<()>,
+    /// The URL the sites' agents report to (`[agent] control_url`); `None`: they do not,
+    /// and a site is `active` as soon as its create operation finishes.
+    pub control_url: Option<String>,
 }
 
 /// The secrets of a site, by kind.
-pub const SECRET_KINDS: [SecretKind; 4] = SecretKind::ALL;
+pub const SECRET_KINDS: [SecretKind; 5] = SecretKind::ALL;
 
 fn retryable(context: &'static str) -> impl FnOnce(backends::Error) -> StepError {
     move |err| match err {
@@ -112,7 +115,42 @@ impl Provisioner {
             secrets: SecretBox::new(secret_key),
             gluster_turn: tokio::sync::Mutex::new(()),
             varnish_turn: tokio::sync::Mutex::new(()),
+            control_url: None,
         })
+    }
+
+    /// Sets where the sites' agents report.
+    pub fn with_control_url(mut self, url: Option<String>) -> Self {
+        self.control_url = url.map(|u| u.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// Agents report readiness (so `active` waits for the first ready report).
+    pub fn agents_report(&self) -> bool {
+        self.control_url.is_some() && self.swarm.is_some()
+    }
+
+    /// Generates the first administrator's password of a new site and stores it sealed
+    /// in the site's transaction. Returns it for the one answer that shows it.
+    pub async fn store_admin_password(
+        &self,
+        tx: &mut sqlx::MySqlConnection,
+        site_id: &str,
+    ) -> anyhow::Result<Secret> {
+        let value = SitePassword::generate().expose().to_owned();
+        let kind = SecretKind::AdminPassword;
+        let context = format!("{site_id}/{}", kind.as_str());
+        let (nonce, sealed) = self.secrets.seal(&context, &value)?;
+        sqlx::query(
+            "INSERT INTO site_secrets (site_id, kind, nonce, ciphertext) VALUES (?, ?, ?, ?)",
+        )
+        .bind(site_id)
+        .bind(kind.as_str())
+        .bind(&nonce[..])
+        .bind(&sealed)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Secret::new(value))
     }
 
     /// Holds the host table for the caller (the reconciler compares and reloads it).
@@ -453,16 +491,39 @@ impl Provisioner {
         db: &MySqlPool,
         id: &SiteResourceId,
     ) -> Result<SiteServiceParams, StepError> {
-        let (swarm_node, node_name, memory_mb, cpu_millis, state, generation): (Option<String>, String, i32, i32, String, i64) =
-            sqlx::query_as(
-                "SELECT n.swarm_node_id, n.name, p.memory_mb, p.cpu_millis, s.state, s.generation FROM sites s \
+        #[allow(clippy::type_complexity)]
+        let (
+            swarm_node,
+            node_name,
+            memory_mb,
+            cpu_millis,
+            state,
+            generation,
+            primary,
+            title,
+            admin_user,
+            admin_email,
+        ): (
+            Option<String>,
+            String,
+            i32,
+            i32,
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+        ) = sqlx::query_as(
+            "SELECT n.swarm_node_id, n.name, p.memory_mb, p.cpu_millis, s.state, s.generation, \
+                 s.primary_domain, s.name, s.admin_user, s.admin_email FROM sites s \
                  JOIN plans p ON p.id = s.plan_id JOIN placements pl ON pl.site_id = s.id \
                  JOIN nodes n ON n.id = pl.node_id WHERE s.id = ?",
-            )
-            .bind(id.as_str())
-            .fetch_optional(db)
-            .await?
-            .ok_or_else(|| permanent(anyhow!("site {id} is not placed on a worker")))?;
+        )
+        .bind(id.as_str())
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| permanent(anyhow!("site {id} is not placed on a worker")))?;
         let swarm_node = swarm_node.ok_or_else(|| {
             permanent(anyhow!(
                 "worker {node_name} has no swarm node id; sync nodes from the swarm"
@@ -470,6 +531,8 @@ impl Provisioner {
         })?;
         let node = NodeId::parse(&swarm_node).map_err(|e| permanent(anyhow::Error::new(e)))?;
         let domains = site_domains(db, id).await?;
+        let primary_domain =
+            DomainName::parse(&primary).map_err(|e| permanent(anyhow::Error::new(e)))?;
         let secrets = self.ensure_swarm_secrets(db, id).await?;
         let gluster = self
             .gluster
@@ -490,6 +553,13 @@ impl Provisioner {
         Ok(SiteServiceParams {
             id: id.clone(),
             domains,
+            primary_domain,
+            agent: backends::swarm::AgentParams {
+                control_url: self.control_url.clone(),
+                title,
+                admin_user,
+                admin_email,
+            },
             node,
             resources: PlanResources {
                 cpu_limit_millis: cpu,
@@ -587,10 +657,12 @@ impl Provisioner {
 }
 
 async fn forget_secrets(db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
-    sqlx::query("DELETE FROM site_secrets WHERE site_id = ?")
-        .bind(id.as_str())
-        .execute(db)
-        .await?;
+    for statement in [
+        "DELETE FROM site_secrets WHERE site_id = ?",
+        "DELETE FROM agent_reports WHERE site_id = ?",
+    ] {
+        sqlx::query(statement).bind(id.as_str()).execute(db).await?;
+    }
     Ok(())
 }
 
@@ -638,7 +710,7 @@ pub async fn host_table(
 ) -> Result<HostTable, StepError> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT d.domain, s.id, s.state FROM domains d JOIN sites s ON s.id = d.site_id \
-         WHERE s.state IN ('provisioning', 'active', 'suspended')",
+         WHERE s.state IN ('provisioning', 'active', 'degraded', 'suspended')",
     )
     .fetch_all(db)
     .await?;

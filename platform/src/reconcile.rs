@@ -259,7 +259,7 @@ async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result
 
 async fn settled_sites(db: &MySqlPool) -> anyhow::Result<Vec<(String, String)>> {
     Ok(sqlx::query_as(
-        "SELECT s.id, s.state FROM sites s WHERE s.state IN ('active', 'suspended') AND NOT EXISTS \
+        "SELECT s.id, s.state FROM sites s WHERE s.state IN ('provisioning', 'active', 'degraded', 'suspended') AND NOT EXISTS \
          (SELECT 1 FROM operations o WHERE o.target_type = 'site' AND o.target_id = s.id \
           AND o.state IN ('pending', 'running', 'unwinding')) ORDER BY s.seq",
     )

@@ -40,10 +40,10 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     {
         tracing::info!(email = %email, "created the first staff admin");
     }
-    let provisioner = Arc::new(Provisioner::from_config(
-        &config.backends,
-        secret.as_bytes(),
-    )?);
+    let provisioner = Arc::new(
+        Provisioner::from_config(&config.backends, secret.as_bytes())?
+            .with_control_url(config.agent.control_url.clone()),
+    );
     Ok(AppState {
         provisioner,
         db: pool,
@@ -78,6 +78,32 @@ pub async fn serve(
             state.config.reconcile.orphan_grace_secs,
             shutdown.clone(),
         )));
+    }
+    if state.provisioner.agents_report() {
+        runners.push(tokio::spawn(crate::agent::run_sweeper(
+            state.db.clone(),
+            std::time::Duration::from_secs(state.config.agent.report_timeout_secs),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(address) = state.config.agent.listen {
+        let agents = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the agents' listener on {address}"))?;
+        tracing::info!(%address, "serving the site agents");
+        let app =
+            api::agent_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut stop = shutdown.clone();
+        runners.push(tokio::spawn(async move {
+            let served = axum::serve(agents, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "the agents' listener failed");
+            }
+        }));
     }
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop = shutdown.clone();

@@ -303,9 +303,12 @@ impl Lab {
         let galera = self.config.galera.as_ref().context("no galera")?;
         let redis = self.redis_cfg()?;
         let gluster = self.config.gluster.as_ref().context("no gluster")?;
+        let primary_domain = domains.first().cloned().context("no domain")?;
         Ok(backends::swarm::SiteServiceParams {
             id: id.clone(),
             domains,
+            primary_domain,
+            agent: Default::default(),
             node: self.workers[n % self.workers.len()].clone(),
             resources: PlanResources {
                 cpu_limit_millis: CPU_MILLIS,

@@ -175,13 +175,27 @@ struct Platform {
 }
 
 impl Platform {
+    /// A control plane whose sites do not report (agents get no control URL): a site is
+    /// `active` when its create operation finishes. The provisioning tests use it.
     async fn start(lab: &Lab, database: &str, failpoints: &str) -> Self {
+        Self::launch(lab, database, failpoints, false).await
+    }
+
+    /// A control plane the sites' agents report to (the lab's `[agent]` settings).
+    async fn start_with_agents(lab: &Lab, database: &str) -> Self {
+        Self::launch(lab, database, "", true).await
+    }
+
+    async fn launch(lab: &Lab, database: &str, failpoints: &str, agents: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let mut table = lab.table.clone();
+        if !agents {
+            table.remove("agent");
+        }
         let database_url = format!("{}/{database}", lab.router_url);
         table.insert("database_url".into(), database_url.clone().into());
         table.insert("listen".into(), format!("127.0.0.1:{port}").into());
@@ -1141,4 +1155,262 @@ async fn a_sigkill_at_every_step_of_create_and_delete_converges() {
         assert_absent(&lab, &site).await;
         p.stop().await;
     }
+}
+
+/// An anonymous or logged-in visitor of one site through the lab's edge
+/// (127.0.0.1:23080: Traefik → Varnish → Traefik → the site's task).
+struct Visitor {
+    domain: String,
+    http: reqwest::Client,
+    /// `name=value` of the cookies WordPress set (empty: anonymous).
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+struct Page {
+    status: u16,
+    cache: String,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Visitor {
+    fn new(domain: &str) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            cookies: Default::default(),
+        }
+    }
+
+    async fn send(&mut self, r: reqwest::RequestBuilder) -> Page {
+        let mut r = r.header("Host", &self.domain);
+        if !self.cookies.is_empty() {
+            let jar = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            r = r.header("Cookie", jar);
+        }
+        let response = r.send().await.unwrap();
+        for c in response.headers().get_all("set-cookie") {
+            let pair = c.to_str().unwrap_or("").split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() || v == "deleted" || v == "+" {
+                    self.cookies.remove(k.trim());
+                } else {
+                    self.cookies.insert(k.trim().to_owned(), v.to_owned());
+                }
+            }
+        }
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let cache = headers
+            .get("x-pressdock-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Page {
+            status,
+            cache,
+            headers,
+            body: response.text().await.unwrap_or_default(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let r = self.http.get(format!("http://127.0.0.1:23080{path}"));
+        self.send(r).await
+    }
+}
+
+/// Issue 5, end to end: a site created through the API serves WordPress with its title
+/// through the edge, cached; its administrator logs in with the one-time password and
+/// publishes; the post appears on the cached home page because the site's mu-plugin asked
+/// for a purge through the agent; deleting the site leaves our not-found page.
+#[tokio::test]
+async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    let p = Platform::start_with_agents(&lab, &format!("pdtest_{}", random())).await;
+    let tenant = p.prepare().await;
+    let suffix = random();
+    let domain = format!("rt-{suffix}.lab.test");
+    let title = format!("Runtime {suffix} Café");
+    let started = Instant::now();
+    let (status, created) = p
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{tenant}/sites"),
+            Some(json!({ "name": title, "domain": domain, "plan": "starter",
+                          "admin_email": "owner@runtime.test" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let site = created["site"]["id"].as_str().unwrap().to_owned();
+    let admin_user = created["admin"]["user"].as_str().unwrap().to_owned();
+    let admin_password = created["admin"]["password"].as_str().unwrap().to_owned();
+    assert_eq!(admin_user, "admin");
+    let op = created["operation"]["id"].as_str().unwrap();
+    let done = p.wait(op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let provisioned = started.elapsed();
+
+    // The agent installs WordPress and reports ready: the site becomes active.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let shown = loop {
+        let (_, body) = p
+            .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+            .await;
+        if body["state"] == "active" && body["agent"]["ready"] == true {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the site did not become active: {body}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let ready = started.elapsed();
+    eprintln!(
+        "site {site}: operation done after {provisioned:?}, active (agent ready) after {ready:?}"
+    );
+    let report = &shown["agent"]["report"];
+    assert!(
+        report["versions"]["wordpress"].is_string(),
+        "the agent reports WordPress's version: {report}"
+    );
+    assert!(report["health"]["wordpress_installed"] == true, "{report}");
+    assert!(shown["agent"]["node"].is_string(), "{shown}");
+    assert!(
+        !shown.to_string().contains(&admin_password),
+        "the password is never shown again"
+    );
+
+    // Anonymous visitors: the home page with the site's title, then a Varnish HIT.
+    let mut anon = Visitor::new(&domain);
+    let mut home = anon.get("/").await;
+    for _ in 0..60 {
+        if home.status == 200 && home.body.contains(&title) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        home = anon.get("/").await;
+    }
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(home.body.contains(&title), "the site's title on its home page");
+    let again = anon.get("/").await;
+    assert_eq!(again.cache, "HIT", "the second request is served by Varnish");
+    assert!(again.body.contains(&title));
+
+    // The administrator logs in with the one-time password.
+    let mut admin = Visitor::new(&domain);
+    admin
+        .cookies
+        .insert("wordpress_test_cookie".into(), "WP%20Cookie%20check".into());
+    let login = admin
+        .send(
+            admin
+                .http
+                .post("http://127.0.0.1:23080/wp-login.php")
+                .form(&[
+                    ("log", admin_user.as_str()),
+                    ("pwd", admin_password.as_str()),
+                    ("wp-submit", "Log In"),
+                    ("testcookie", "1"),
+                ]),
+        )
+        .await;
+    assert_eq!(login.status, 302, "login: {}", login.body);
+    assert!(
+        admin.cookies.keys().any(|k| k.starts_with("wordpress_logged_in_")),
+        "logged in: {:?}",
+        admin.cookies.keys()
+    );
+    let logged_in = admin.get("/").await;
+    assert_eq!(logged_in.status, 200);
+    assert_eq!(logged_in.cache, "PASS", "a logged-in request bypasses the cache");
+    assert!(
+        logged_in.body.contains("wpadminbar"),
+        "the logged-in page has the admin bar"
+    );
+
+    // Publish a post through WordPress's REST API (cookie + nonce, as the editor does).
+    let nonce = admin.get("/wp-admin/admin-ajax.php?action=rest-nonce").await;
+    assert_eq!(nonce.status, 200, "{}", nonce.body);
+    let post_title = format!("Fresh news {}", random());
+    let before = anon.get("/").await;
+    assert_eq!(before.cache, "HIT", "the home page is cached before the post");
+    assert!(!before.body.contains(&post_title));
+    let published = admin
+        .send(
+            admin
+                .http
+                .post("http://127.0.0.1:23080/?rest_route=/wp/v2/posts")
+                .header("X-WP-Nonce", nonce.body.trim())
+                .json(&json!({ "title": post_title, "content": "Published in the lab.", "status": "publish" })),
+        )
+        .await;
+    assert_eq!(published.status, 201, "publish: {}", published.body);
+    let published_at = Instant::now();
+    // The default TTL of a page is minutes: only a purge shows the post this soon.
+    let mut after = anon.get("/").await;
+    while !after.body.contains(&post_title) && published_at.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = anon.get("/").await;
+    }
+    assert!(
+        after.body.contains(&post_title),
+        "the post is on the cached home page (purged) within 20 s; cache: {}",
+        after.cache
+    );
+    eprintln!(
+        "post visible on the home page {:?} after publishing",
+        published_at.elapsed()
+    );
+
+    // A tenant's purge through the API drops the cached home page.
+    assert_eq!(anon.get("/").await.cache, "HIT");
+    let (status, purged) = p
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/sites/{site}/cache/purge"),
+            Some(json!({ "paths": ["/"] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{purged}");
+    assert!(purged["banned"].as_u64().unwrap() >= 1, "{purged}");
+    assert_eq!(anon.get("/").await.cache, "MISS", "purged by the API");
+
+    // Deleted: nothing left anywhere, and the edge answers our not-found page.
+    p.delete_and_vanish(&lab, &site).await;
+    let mut gone = anon.get("/").await;
+    for _ in 0..40 {
+        if gone.status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        gone = anon.get("/").await;
+    }
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert!(
+        gone.body.contains("No site is configured for this address"),
+        "our not-found page: {}",
+        gone.body
+    );
+    assert_eq!(
+        gone.headers
+            .get("x-pressdock-edge")
+            .and_then(|v| v.to_str().ok()),
+        Some("not-found")
+    );
+    p.stop().await;
 }

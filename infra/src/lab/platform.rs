@@ -61,6 +61,11 @@ secret_key = "{key}"
 admin_email = "{STAFF_EMAIL}"
 admin_password = "{staff}"
 
+[agent]
+# The sites' agents report here (the tasks reach the bridge address, not loopback).
+listen = "{HOST_IP}:{agent}"
+control_url = "http://{HOST_IP}:{agent}"
+
 [backends.galera]
 admin_url = "mysql://pdadmin:{admin}@{HOST_IP}:{router}"
 router = "haproxy"
@@ -105,6 +110,7 @@ secret_key = "lab-secret"
 force_path_style = true
 "#,
         platform = ports::PLATFORM,
+        agent = ports::PLATFORM + 1,
         dbpw = s.platform_db,
         router = ports::ROUTER,
         staff = s.staff_password,
@@ -338,11 +344,18 @@ fn register_nodes(lab: &Lab, addr: &str, h: &[(&str, &str)]) -> Result<()> {
 fn demo_site(addr: &str, h: &[(&str, &str)], tenant: &str) -> Result<String> {
     let path = format!("/v1/tenants/{tenant}/sites");
     let l = http::request(addr, "GET", &path, "127.0.0.1", None, h)?;
+    let admin_file = demo_admin_file();
+    let admin = || {
+        std::fs::read_to_string(&admin_file)
+            .map(|a| format!("; WordPress login {} ({})", a.trim(), admin_file.display()))
+            .unwrap_or_default()
+    };
     if let Some(site) = list_items(&l.body).into_iter().next() {
         return Ok(format!(
-            "{} ({})",
+            "{} ({}){}",
             site["domain"].as_str().unwrap_or("?"),
-            site["state"].as_str().unwrap_or("?")
+            site["state"].as_str().unwrap_or("?"),
+            admin()
         ));
     }
     let r = http::request(
@@ -357,6 +370,16 @@ fn demo_site(addr: &str, h: &[(&str, &str)], tenant: &str) -> Result<String> {
         bail!("POST {path}: HTTP {} {}", r.status, r.body);
     }
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    // The administrator's password is in this answer only: keep it for `lab status`.
+    if let (Some(user), Some(password)) =
+        (v["admin"]["user"].as_str(), v["admin"]["password"].as_str())
+    {
+        sh::write_file(&admin_file, &format!("{user} / {password}\n"))?;
+        std::fs::set_permissions(
+            &admin_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+    }
     let Some(op) = v["id"].as_str().or(v["operation"]["id"].as_str()) else {
         return Ok(format!("{DEMO_DOMAIN} (requested)"));
     };
@@ -392,7 +415,12 @@ fn demo_site(addr: &str, h: &[(&str, &str)], tenant: &str) -> Result<String> {
         },
     )
     .unwrap_or_else(|_| format!("operation {op} still running after 90 s"));
-    Ok(format!("{DEMO_DOMAIN} ({state})"))
+    Ok(format!("{DEMO_DOMAIN} ({state}){}", admin()))
+}
+
+/// The demo site's WordPress login, written when the site is created (mode 0600).
+fn demo_admin_file() -> std::path::PathBuf {
+    Path::new(STATE).join("demo-site-admin")
 }
 
 /// `<state>/lab.toml`: the endpoints, for tests and other tools.

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{DomainName, Fields, Id, TenantRole, parse_name},
+    domain::{DomainName, Email, Fields, Id, TenantRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -32,7 +32,8 @@ pub struct Site {
     pub name: String,
     /// The plan's slug.
     pub plan: String,
-    /// provisioning, active, suspended, deleting, deleted, failed.
+    /// provisioning, active, degraded (its agent stopped being ready), suspended, deleting,
+    /// deleted, failed.
     pub state: String,
     /// The primary domain.
     pub domain: String,
@@ -42,6 +43,9 @@ pub struct Site {
     pub generation: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The last report of the site's agent (`GET /v1/sites/{site}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::agent::AgentStatus>,
 }
 
 #[derive(FromRow)]
@@ -64,6 +68,22 @@ struct SiteRow {
 pub struct Accepted {
     pub site: Site,
     pub operation: Operation,
+    /// On create only: the first WordPress administrator. The password is shown in
+    /// this answer once (a replay of the request omits it); change it after logging in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminCredentials>,
+}
+
+/// The site's first WordPress administrator.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdminCredentials {
+    pub user: String,
+    pub email: String,
+    /// Only in the answer that created the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Where to log in.
+    pub login_url: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -76,6 +96,10 @@ pub struct NewSite {
     pub aliases: Vec<String>,
     /// The plan's slug.
     pub plan: String,
+    /// Login of the first WordPress administrator; `admin` by default.
+    pub admin_user: Option<String>,
+    /// E-mail of the first WordPress administrator; the creating user's by default.
+    pub admin_email: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -103,6 +127,7 @@ pub struct SiteFilter {
 const STATES: &[&str] = &[
     "provisioning",
     "active",
+    "degraded",
     "suspended",
     "deleting",
     "deleted",
@@ -148,6 +173,7 @@ async fn with_aliases(conn: &mut MySqlConnection, rows: Vec<SiteRow>) -> ApiResu
             generation: r.generation,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            agent: None,
         })
         .collect())
 }
@@ -181,7 +207,15 @@ async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -
 }
 
 pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
-    authorized(state, actor, id, TenantRole::Viewer).await
+    let mut site = authorized(state, actor, id, TenantRole::Viewer).await?;
+    let mut conn = state.db.acquire().await?;
+    site.agent = crate::agent::status(&mut conn, id.as_str()).await?;
+    Ok(site)
+}
+
+/// The site if the caller has at least `min` in its tenant; 404 otherwise.
+pub async fn get_for(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -> ApiResult<Site> {
+    authorized(state, actor, id, min).await
 }
 
 pub async fn list(
@@ -247,6 +281,20 @@ pub async fn list(
 }
 
 /// Parses the primary domain and aliases into one de-duplicated list, primary first.
+/// A WordPress login we create: what `sanitize_user` keeps in strict mode, lower case.
+fn parse_admin_user(input: &str) -> Result<String, String> {
+    let ok = !input.is_empty()
+        && input.len() <= 60
+        && input
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(input.to_owned())
+    } else {
+        Err("1 to 60 characters of a-z, 0-9, '.', '_' and '-'".into())
+    }
+}
+
 fn parse_domains(fields: &mut Fields, domain: &str, aliases: &[String]) -> Vec<DomainName> {
     let mut all = Vec::new();
     if let Some(primary) = fields.check("domain", DomainName::parse(domain)) {
@@ -321,7 +369,19 @@ pub async fn create(
     if plan.is_none() {
         fields.push("plan", "is not a plan; see GET /v1/plans");
     }
+    let admin_user = fields.check(
+        "admin_user",
+        parse_admin_user(input.admin_user.as_deref().unwrap_or("admin")),
+    );
+    let admin_email = fields.check(
+        "admin_email",
+        Email::parse(input.admin_email.as_deref().unwrap_or(&actor.email))
+            .map(|e| e.as_str().to_owned()),
+    );
     fields.finish()?;
+    let (Some(admin_user), Some(admin_email)) = (admin_user, admin_email) else {
+        return Err(ApiError::field("body", "invalid"));
+    };
     let (Some(name), Some(plan)) = (name, plan) else {
         return Err(ApiError::field("body", "invalid"));
     };
@@ -341,17 +401,25 @@ pub async fn create(
     }
     let id = Id::generate();
     sqlx::query(
-        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain) \
-         VALUES (?, ?, ?, ?, 'provisioning', ?)",
+        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain, admin_user, admin_email) \
+         VALUES (?, ?, ?, ?, 'provisioning', ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
     .bind(&name)
     .bind(&plan.id)
     .bind(domains[0].as_str())
+    .bind(&admin_user)
+    .bind(&admin_email)
     .execute(&mut *tx)
     .await?;
     insert_domains(&mut tx, id.as_str(), &domains).await?;
+    // The administrator's one-time password: sealed with the site's other secrets (the
+    // saga hands it to the installer) and shown once, in this answer.
+    let password = state
+        .provisioner
+        .store_admin_password(&mut tx, id.as_str())
+        .await?;
     let op = operations::enqueue(
         &mut tx,
         &state.provisioner,
@@ -374,13 +442,23 @@ pub async fn create(
         },
     )
     .await?;
-    let accepted = Accepted {
+    let mut accepted = Accepted {
         site: load(&mut tx, id.as_str()).await?,
         operation: operations::load(&mut tx, op.as_str()).await?,
+        admin: Some(AdminCredentials {
+            user: admin_user,
+            email: admin_email,
+            password: None,
+            login_url: format!("http://{}/wp-login.php", domains[0]),
+        }),
     };
     if let Some(key) = &idem {
+        // Stored without the password: a replay must not hand it out again.
         let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
         idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
+    }
+    if let Some(admin) = accepted.admin.as_mut() {
+        admin.password = Some(password.expose().to_owned());
     }
     tx.commit().await?;
     Ok(Created::New(Box::new(accepted)))
@@ -393,7 +471,10 @@ pub async fn update(
     change: SiteChange,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
-    if !matches!(site.state.as_str(), "active" | "suspended") {
+    if !matches!(
+        site.state.as_str(),
+        "provisioning" | "active" | "degraded" | "suspended"
+    ) {
         return Err(ApiError::conflict(
             None,
             format!("the site is {}; try again when it is active", site.state),
@@ -481,6 +562,7 @@ pub async fn update(
     let accepted = Accepted {
         site: load(&mut tx, id.as_str()).await?,
         operation: operations::load(&mut tx, op.as_str()).await?,
+        admin: None,
     };
     tx.commit().await?;
     Ok(accepted)
@@ -554,8 +636,11 @@ pub async fn transition(
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
     let (allowed, next): (&[&str], &str) = match kind {
-        "site.delete" => (&["active", "suspended", "failed"], "deleting"),
-        "site.suspend" => (&["active"], "suspended"),
+        "site.delete" => (
+            &["provisioning", "active", "degraded", "suspended", "failed"],
+            "deleting",
+        ),
+        "site.suspend" => (&["active", "degraded"], "suspended"),
         "site.resume" => (&["suspended"], "active"),
         _ => {
             return Err(ApiError::Internal(anyhow::anyhow!(
@@ -612,6 +697,7 @@ pub async fn transition(
     let accepted = Accepted {
         site: load(&mut tx, id.as_str()).await?,
         operation: operations::load(&mut tx, op.as_str()).await?,
+        admin: None,
     };
     tx.commit().await?;
     Ok(accepted)
