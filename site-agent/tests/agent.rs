@@ -17,7 +17,8 @@
 //! - `database_size_on_local_mariadb`: the DB-size query against the local MariaDB.
 //! - `wordpress_installs_and_serves_on_the_real_stack`: real php-fpm, nginx, php-cli and
 //!   Debian's WordPress (when installed on this machine) with the local MariaDB: the
-//!   installer runs once, the site answers with its title through the agent's nginx.
+//!   installer runs once, the site answers with its title through the agent's nginx; a
+//!   post published through WordPress reaches the control plane as a purge of its pages.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -220,13 +221,16 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 /// A report and its `Authorization` header.
 type Received = (Option<String>, AgentReport);
 
+/// A purge and its `Authorization` header.
+type ReceivedPurge = (Option<String>, PurgeRequest);
+
 /// The control plane: records reports, answers with the queued desired configs; records
 /// purges, answers with the queued statuses (then 202).
 #[derive(Clone, Default)]
 struct FakePlatform {
     reports: Arc<Mutex<Vec<Received>>>,
     answers: Arc<Mutex<Vec<DesiredConfig>>>,
-    purges: Arc<Mutex<Vec<(Option<String>, PurgeRequest)>>>,
+    purges: Arc<Mutex<Vec<ReceivedPurge>>>,
     purge_statuses: Arc<Mutex<Vec<u16>>>,
 }
 
@@ -1029,6 +1033,11 @@ async fn wordpress_installs_and_serves_on_the_real_stack() {
     ] {
         site.env.insert(k.into(), v);
     }
+    let platform = FakePlatform::default();
+    site.env.insert(
+        "PRESSDOCK_CONTROL_URL".into(),
+        start_platform(platform.clone()).await,
+    );
     let agent = site.spawn();
     let result = async {
         agent
@@ -1049,8 +1058,10 @@ async fn wordpress_installs_and_serves_on_the_real_stack() {
         let body = page.text().await.expect("body");
         assert!(
             body.contains("Agent Test Blog"),
-            "{}",
-            &body[..body.len().min(2000)]
+            "an empty page: no theme? (Debian's wordpress-theme-twentytwentythree, which \
+             the image has)\n{}\nagent log:\n{}",
+            &body[..body.len().min(2000)],
+            agent.log()
         );
         // The installer ran WordPress's wp_install: the tenant's admin exists.
         let users: Vec<String> = c
@@ -1102,6 +1113,63 @@ async fn wordpress_installs_and_serves_on_the_real_stack() {
                 .expect("marker")
                 .contains("installed")
         );
+
+        // A post published through WordPress: the mu-plugin sends its pages to the agent
+        // at shutdown, the agent forwards them to the control plane.
+        let script = site.path("publish.php");
+        std::fs::write(
+            &script,
+            format!(
+                r#"<?php
+$_SERVER['HTTP_HOST'] = '{host}';
+$_SERVER['REQUEST_URI'] = '/';
+require '/usr/share/wordpress/wp-load.php';
+$cat = wp_insert_term('Purge News', 'category');
+$id = wp_insert_post(array('post_title' => 'Purge Me', 'post_name' => 'purge-me',
+    'post_status' => 'publish', 'post_author' => 1, 'post_content' => 'x',
+    'post_category' => array($cat['term_id'])), true);
+echo json_encode(array(get_permalink($id), home_url('/'), get_feed_link(),
+    get_category_link($cat['term_id']), get_author_posts_url(1))), "\n";
+"#
+            ),
+        )
+        .expect("script");
+        let before = platform.purges.lock().expect("lock").len();
+        let out = Command::new("php").arg(&script).output().expect("php");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let urls: Vec<String> = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("urls in {stdout}"));
+        let prefix = format!("http://{host}");
+        let want: Vec<String> = urls
+            .iter()
+            .map(|u| u.strip_prefix(&prefix).unwrap_or(u).to_owned())
+            .collect();
+        // Plain permalinks (no rewrite in php-cli's install): the query is the page.
+        assert!(want[0].starts_with("/?p="), "{want:?}");
+        let got = agent
+            .wait_for("the post's purge at the control plane", 10, async |_| {
+                let p = platform.purges.lock().expect("lock");
+                p[before..]
+                    .iter()
+                    .find(|(_, r)| r.paths.contains(&want[0]))
+                    .cloned()
+            })
+            .await;
+        eprintln!("purge of the published post: {:?}", got.1);
+        assert_eq!(got.0.as_deref(), Some("Bearer the-token"));
+        assert_eq!(got.1.site_id, id);
+        assert!(!got.1.all);
+        for w in &want {
+            assert!(got.1.paths.contains(w), "{w} not in {:?}", got.1.paths);
+        }
     }
     .await;
     drop(agent);
