@@ -15,7 +15,7 @@ use backends::{DomainName, SiteResourceId, swarm::SecretKind, varnish::EdgeCache
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use site_agent::protocol::{AgentReport, DesiredConfig, PhpSettings, ReportResponse};
+use site_agent::protocol::{AgentReport, DesiredConfig, PhpSettings, PurgeRequest, ReportResponse};
 use sqlx::{MySqlConnection, MySqlPool};
 use tokio::sync::watch;
 use utoipa::ToSchema;
@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// At most this many paths per purge; more is a ban of the whole site.
-pub const MAX_PURGE_PATHS: usize = 100;
+pub const MAX_PURGE_PATHS: usize = site_agent::protocol::MAX_PURGE_PATHS;
 
 /// What to drop from the edge cache.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -39,16 +39,6 @@ pub struct CachePurge {
     #[serde(default)]
     pub paths: Vec<String>,
     /// Everything cached for the site's domains (also when `paths` is empty).
-    #[serde(default)]
-    pub all: bool,
-}
-
-/// The body an agent posts to `/v1/agent/purge`.
-#[derive(Debug, Deserialize)]
-pub struct AgentPurge {
-    pub site_id: String,
-    #[serde(default)]
-    pub paths: Vec<String>,
     #[serde(default)]
     pub all: bool,
 }
@@ -383,7 +373,7 @@ async fn purge_site(
 pub async fn agent_purge(
     state: &AppState,
     headers: &HeaderMap,
-    input: AgentPurge,
+    input: PurgeRequest,
 ) -> ApiResult<PurgeResult> {
     let (id, _) = authenticate(state, headers, &input.site_id).await?;
     purge_site(

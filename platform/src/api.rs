@@ -22,7 +22,7 @@ use utoipa::{
 
 use crate::{
     actor::{Actor, parse_id, source_ip},
-    agent::{self, AgentPurge, CachePurge, PurgeResult},
+    agent::{self, CachePurge, PurgeResult},
     app::{
         Page,
         idempotency::IdemKey,
@@ -538,7 +538,7 @@ async fn agent_report(
 async fn agent_purge(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(input): ApiJson<AgentPurge>,
+    ApiJson(input): ApiJson<site_agent::protocol::PurgeRequest>,
 ) -> ApiResult<(StatusCode, Json<PurgeResult>)> {
     Ok((
         StatusCode::ACCEPTED,

@@ -26,9 +26,7 @@ fn report(site: &str, ready: bool, seq: u64) -> Value {
 /// Gives the site an agent token, as the create saga does with backends configured.
 async fn give_agent_token(app: &TestApp, site: &str, token: &str) {
     let sealer = platform::crypto::SecretBox::new(SECRET_KEY.as_bytes());
-    let (nonce, sealed) = sealer
-        .seal(&format!("{site}/agent_token"), token)
-        .unwrap();
+    let (nonce, sealed) = sealer.seal(&format!("{site}/agent_token"), token).unwrap();
     sqlx::query("INSERT INTO site_secrets (site_id, kind, nonce, ciphertext) VALUES (?, 'agent_token', ?, ?)")
         .bind(site)
         .bind(&nonce[..])
@@ -39,7 +37,8 @@ async fn give_agent_token(app: &TestApp, site: &str, token: &str) {
 }
 
 async fn agent_post(app: &TestApp, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    app.request(Method::POST, path, Some(token), Some(body)).await
+    app.request(Method::POST, path, Some(token), Some(body))
+        .await
 }
 
 async fn active_site(app: &TestApp, admin: &str, tenant: &str, domain: &str) -> (String, Value) {
@@ -70,22 +69,32 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
     give_agent_token(&app, &site, token).await;
 
     // Wrong token, another site's id, a malformed body: refused, nothing recorded.
-    let (status, body) = agent_post(&app, "/v1/agent/report", "wrong", report(&site, true, 1)).await;
+    let (status, body) =
+        agent_post(&app, "/v1/agent/report", "wrong", report(&site, true, 1)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(body["status"], 401);
     let (status, _) = agent_post(&app, "/v1/agent/report", token, report(&other, true, 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a token is good for its own site only");
-    let (status, body) = agent_post(&app, "/v1/agent/report", token, json!({ "site_id": site })).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a token is good for its own site only"
+    );
+    let (status, body) =
+        agent_post(&app, "/v1/agent/report", token, json!({ "site_id": site })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, body) = app.get(&format!("/v1/sites/{site}"), &admin).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.get("agent").is_none(), "no report yet: {body}");
 
     // A ready report: the desired config comes back with the site's generation.
-    let (status, answer) = agent_post(&app, "/v1/agent/report", token, report(&site, true, 1)).await;
+    let (status, answer) =
+        agent_post(&app, "/v1/agent/report", token, report(&site, true, 1)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["desired"]["generation"], 1);
-    assert_eq!(answer["desired"]["php"]["max_children"], 4, "256 MiB starter plan");
+    assert_eq!(
+        answer["desired"]["php"]["max_children"], 4,
+        "256 MiB starter plan"
+    );
     assert!(answer["report_interval_secs"].as_u64().unwrap() > 0);
     let (_, shown) = app.get(&format!("/v1/sites/{site}"), &admin).await;
     assert_eq!(shown["agent"]["ready"], true, "{shown}");
@@ -97,7 +106,9 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
     let (status, _) = agent_post(&app, "/v1/agent/report", token, report(&site, false, 2)).await;
     assert_eq!(status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let changed = platform::agent::sweep(&app.db, Duration::ZERO).await.unwrap();
+    let changed = platform::agent::sweep(&app.db, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(changed >= 1);
     let (_, shown) = app.get(&format!("/v1/sites/{site}"), &admin).await;
     assert_eq!(shown["state"], "degraded", "{shown}");
@@ -106,7 +117,9 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
     assert_eq!(status, StatusCode::OK);
     let (_, shown) = app.get(&format!("/v1/sites/{site}"), &admin).await;
     assert_eq!(shown["state"], "active", "{shown}");
-    let (_, audit) = app.get(&format!("/v1/tenants/{tenant}/audit"), &admin).await;
+    let (_, audit) = app
+        .get(&format!("/v1/tenants/{tenant}/audit"), &admin)
+        .await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -114,11 +127,19 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
         .filter(|e| e["target_id"] == site.as_str())
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert!(actions.contains(&"site.degraded") && actions.contains(&"site.ready"), "{actions:?}");
+    assert!(
+        actions.contains(&"site.degraded") && actions.contains(&"site.ready"),
+        "{actions:?}"
+    );
 
     // A site being deleted is told so (404), and its token stops working with it.
     let (status, _) = app
-        .request(Method::DELETE, &format!("/v1/sites/{site}"), Some(&admin), None)
+        .request(
+            Method::DELETE,
+            &format!("/v1/sites/{site}"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, _) = agent_post(&app, "/v1/agent/report", token, report(&site, true, 4)).await;
@@ -140,51 +161,91 @@ async fn the_admin_password_is_handed_out_once_and_purges_are_checked() {
     let body = json!({ "name": "Once", "domain": "once.example", "plan": "starter",
                        "admin_user": "editor-in-chief", "admin_email": "Chief@Once.Example" });
     let (status, _, first) = app
-        .request_full(Method::POST, &path, Some(&admin), Some(body.clone()), &[("Idempotency-Key", "once-1")])
+        .request_full(
+            Method::POST,
+            &path,
+            Some(&admin),
+            Some(body.clone()),
+            &[("Idempotency-Key", "once-1")],
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
     let password = first["admin"]["password"].as_str().unwrap().to_owned();
     assert!(password.len() >= 20, "a strong one-time password");
     assert_eq!(first["admin"]["user"], "editor-in-chief");
     assert_eq!(first["admin"]["email"], "chief@once.example");
-    assert_eq!(first["admin"]["login_url"], "http://once.example/wp-login.php");
+    assert_eq!(
+        first["admin"]["login_url"],
+        "http://once.example/wp-login.php"
+    );
     let (status, headers, replay) = app
-        .request_full(Method::POST, &path, Some(&admin), Some(body), &[("Idempotency-Key", "once-1")])
+        .request_full(
+            Method::POST,
+            &path,
+            Some(&admin),
+            Some(body),
+            &[("Idempotency-Key", "once-1")],
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(replay["admin"]["user"], "editor-in-chief");
-    assert!(replay["admin"].get("password").is_none(), "a replay does not show it: {replay}");
+    assert!(
+        replay["admin"].get("password").is_none(),
+        "a replay does not show it: {replay}"
+    );
     let site = first["site"]["id"].as_str().unwrap();
     let (_, shown) = app.get(&format!("/v1/sites/{site}"), &admin).await;
     assert!(!shown.to_string().contains(&password));
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM site_secrets WHERE site_id = ? AND kind = 'admin_password'")
-        .bind(site)
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT ciphertext FROM site_secrets WHERE site_id = ? AND kind = 'admin_password'",
+    )
+    .bind(site)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
     assert_eq!(stored.len(), 1, "sealed for the installer");
-    assert!(!String::from_utf8_lossy(&stored[0]).contains(&password), "encrypted at rest");
-    let idem: Vec<String> = sqlx::query_scalar("SELECT response_body FROM idempotency_keys WHERE response_body IS NOT NULL")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&stored[0]).contains(&password),
+        "encrypted at rest"
+    );
+    let idem: Vec<String> = sqlx::query_scalar(
+        "SELECT response_body FROM idempotency_keys WHERE response_body IS NOT NULL",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
     assert!(!idem.is_empty());
-    assert!(idem.iter().all(|r| !r.contains(&password)), "not in the stored replay");
+    assert!(
+        idem.iter().all(|r| !r.contains(&password)),
+        "not in the stored replay"
+    );
 
     // Bad logins for WordPress are named.
     let (status, bad) = app
-        .post(&path, &admin, json!({ "name": "X", "domain": "x.example", "plan": "starter",
-                                      "admin_user": "Bad User", "admin_email": "nope" }))
+        .post(
+            &path,
+            &admin,
+            json!({ "name": "X", "domain": "x.example", "plan": "starter",
+                                      "admin_user": "Bad User", "admin_email": "nope" }),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let fields: Vec<&str> = bad["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = bad["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["admin_user", "admin_email"]);
 
     // Purges: checked paths, members only, the site must be serving.
-    app.wait_operation(&admin, first["operation"]["id"].as_str().unwrap()).await;
+    app.wait_operation(&admin, first["operation"]["id"].as_str().unwrap())
+        .await;
     let purge = format!("/v1/sites/{site}/cache/purge");
-    let (status, bad) = app.post(&purge, &admin, json!({ "paths": ["/ok/", "relative"] })).await;
+    let (status, bad) = app
+        .post(&purge, &admin, json!({ "paths": ["/ok/", "relative"] }))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     assert_eq!(bad["errors"][0]["field"], "paths[1]");
     let (status, _) = app.post(&purge, &viewer, json!({ "paths": ["/"] })).await;
@@ -192,7 +253,9 @@ async fn the_admin_password_is_handed_out_once_and_purges_are_checked() {
     let (status, done) = app.post(&purge, &admin, json!({ "paths": ["/"] })).await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["banned"], 0, "no Varnish configured here");
-    let (status, _) = app.post("/v1/sites/aaaaaaaaaa/cache/purge", &admin, json!({})).await;
+    let (status, _) = app
+        .post("/v1/sites/aaaaaaaaaa/cache/purge", &admin, json!({}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.finish().await;
 }
