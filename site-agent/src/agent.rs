@@ -246,8 +246,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     supervisor.shutdown().await;
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(3), forwarder).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    // Together, not one after the other: drain + children + this stays under swarm's 20 s.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let _ = tokio::join!(forwarder, server);
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
