@@ -2,6 +2,8 @@
 # hosts.vcl and static-hosts.vcl (which must define `acl purgers`, `sub pressdock_hosts`
 # and `sub pressdock_static_hosts`).
 import std;
+# vtc.sleep: the pause between two tries of a failed fetch (vmod_vtc ships with Varnish).
+import vtc;
 
 sub vcl_recv {
     # One cache entry per site host, whatever port or case the client used.
@@ -31,7 +33,8 @@ sub vcl_recv {
         call pressdock_static_hosts;
     }
     if (!req.http.X-Pressdock-Site) {
-        return (pass);
+        # Not a site of ours: our own page, not the router's bare "404 page not found".
+        return (synth(404, "No site is configured for this address"));
     }
     if (req.method != "GET" && req.method != "HEAD") {
         return (pass);
@@ -75,6 +78,16 @@ sub vcl_hit {
 }
 
 sub vcl_backend_response {
+    # A task being replaced (a start-first move, a rolling update) or Traefik between two
+    # refreshes of its routes: Traefik answers 502/503/504 at once. An idempotent request
+    # is tried again after a short pause (4 retries, 0.25 s to 1 s apart, about 2.5 s in all:
+    # Traefik's swarm provider refreshes every 2 s). A background refresh is not retried:
+    # the stale object is served meanwhile.
+    if (beresp.status >= 502 && beresp.status <= 504 && !bereq.is_bgfetch &&
+        (bereq.method == "GET" || bereq.method == "HEAD") && bereq.retries < 4) {
+        call pressdock_retry_pause;
+        return (retry);
+    }
     set beresp.http.X-Pressdock-Host = bereq.http.host;
     set beresp.grace = 6h;
     set beresp.keep = 1h;
@@ -109,6 +122,62 @@ sub vcl_backend_response {
 sub vcl_backend_error {
     if (bereq.is_bgfetch) {
         return (abandon);
+    }
+    # Traefik unreachable (its task moving, the connection refused): same retries.
+    if ((bereq.method == "GET" || bereq.method == "HEAD") && bereq.retries < 4) {
+        call pressdock_retry_pause;
+        return (retry);
+    }
+}
+
+# 0.25 s, 0.5 s, 0.75 s, 1 s before the 1st to 4th retry.
+sub pressdock_retry_pause {
+    if (bereq.retries == 0) {
+        vtc.sleep(250ms);
+    } elsif (bereq.retries == 1) {
+        vtc.sleep(500ms);
+    } elsif (bereq.retries == 2) {
+        vtc.sleep(750ms);
+    } else {
+        vtc.sleep(1s);
+    }
+}
+
+# Our own pages: an unknown host and a suspended site (the platform's hosts.vcl answers
+# `synth(503, "Site suspended")`). Other synthetic answers (PURGE, BAN) keep Varnish's.
+sub vcl_synth {
+    unset resp.http.X-Varnish;
+    if (resp.status == 404 && resp.reason == "No site is configured for this address") {
+        set resp.http.X-Pressdock-Edge = "not-found";
+        set resp.http.Content-Type = "text/html; charset=utf-8";
+        set resp.http.Cache-Control = "no-store";
+        synthetic({"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>No site here</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}</style>
+</head><body>
+<h1>No site is configured for this address</h1>
+<p>This address points at Pressdock, but no site uses it. If it is yours, add the domain
+to your site in the dashboard; it works within a minute.</p>
+</body></html>
+"});
+        return (deliver);
+    }
+    if (resp.status == 503 && resp.reason == "Site suspended") {
+        set resp.http.X-Pressdock-Edge = "suspended";
+        set resp.http.Retry-After = "300";
+        set resp.http.Content-Type = "text/html; charset=utf-8";
+        set resp.http.Cache-Control = "no-store";
+        synthetic({"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Site suspended</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}</style>
+</head><body>
+<h1>Site suspended</h1>
+<p>This site is under maintenance and will be back. Please try again later.</p>
+</body></html>
+"});
+        return (deliver);
     }
 }
 

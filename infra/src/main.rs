@@ -47,6 +47,39 @@ enum LabCmd {
         #[arg(long)]
         keep_data: bool,
     },
+    /// Fail, restore or drain one node of a running lab (`w1`, `w2`, …).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// SIGKILL every process of the node (dockerd, containerd, its tasks): a worker
+    /// failure. The swarm marks it down after about 3 heartbeats (6 s in the lab).
+    Kill { name: String },
+    /// Start a killed node again (same swarm node, labels and images); waits until Ready.
+    Start { name: String },
+    /// `docker node update --availability drain`: its tasks move to other nodes.
+    Drain { name: String },
+    /// `docker node update --availability active`.
+    Activate { name: String },
+}
+
+/// The running lab, as recorded by the last `lab up`.
+fn running_lab(repo: std::path::PathBuf) -> Result<Lab> {
+    let Some(topo) = lab::saved_topology() else {
+        anyhow::bail!("no lab here ({STATE} has no topology); run `pressdock-infra lab up`");
+    };
+    Ok(Lab {
+        topo,
+        secrets: Secrets::load_or_create()?,
+        procs: Procs {
+            dir: Path::new(STATE).join("pids"),
+        },
+        repo,
+    })
 }
 
 fn main() -> Result<()> {
@@ -71,21 +104,48 @@ fn main() -> Result<()> {
                 },
             ),
             LabCmd::Status => {
-                let Some(topo) = lab::saved_topology() else {
+                if lab::saved_topology().is_none() {
                     println!("no lab here ({STATE} has no topology); run `pressdock-infra lab up`");
                     std::process::exit(1);
-                };
-                let l = Lab {
-                    topo,
-                    secrets: Secrets::load_or_create()?,
-                    procs: Procs {
-                        dir: Path::new(STATE).join("pids"),
-                    },
-                    repo,
-                };
+                }
+                let l = running_lab(repo)?;
                 if !lab::status::status(&l) {
                     std::process::exit(1);
                 }
+                Ok(())
+            }
+            LabCmd::Node { cmd } => {
+                if !nix::unistd::Uid::effective().is_root() {
+                    anyhow::bail!("`lab node` needs root: run it with sudo");
+                }
+                let l = running_lab(repo)?;
+                let t0 = std::time::Instant::now();
+                match cmd {
+                    NodeCmd::Kill { name } => {
+                        lab::node_ops::kill(&l, &lab::node_ops::find(&l, &name)?)?;
+                    }
+                    NodeCmd::Start { name } => {
+                        let n = lab::node_ops::find(&l, &name)?;
+                        // Not while a `lab up`/`lab down` changes the lab.
+                        let _lock = lab::acquire_lock()?;
+                        lab::node_ops::start(&l, &n)?;
+                    }
+                    NodeCmd::Drain { name } => {
+                        lab::node_ops::set_availability(
+                            &l,
+                            &lab::node_ops::find(&l, &name)?,
+                            "drain",
+                        )?;
+                    }
+                    NodeCmd::Activate { name } => {
+                        lab::node_ops::set_availability(
+                            &l,
+                            &lab::node_ops::find(&l, &name)?,
+                            "active",
+                        )?;
+                    }
+                }
+                println!("done in {:.1}s", t0.elapsed().as_secs_f64());
                 Ok(())
             }
             LabCmd::Down { keep_data } => {

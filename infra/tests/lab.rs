@@ -459,3 +459,385 @@ fn varnish_vcl_rules_pass_varnishtest() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+// ------------------------------------------------------------ moves and worker failures
+
+/// The nginx config of the test sites: each answer names the node the task runs on
+/// (the service sets the container's host name to the node's).
+const TASK_NGINX_CONF: &str = "daemon off; pid /tmp/nginx.pid; error_log stderr warn; \
+worker_processes 1; events { worker_connections 256; } http { access_log off; server { \
+listen 80; location / { default_type text/plain; return 200 \"lab-task on $hostname\\n\"; } } }";
+
+/// What the site agent does on SIGTERM (issue 6): report not-ready at once, keep serving
+/// for 5 s (so the routers drop the task first), then stop.
+const TASK_SCRIPT: &str = "printf '%s' \"$NGINX_CONF\" > /tmp/nginx.conf; \
+nginx -c /tmp/nginx.conf & pid=$!; \
+trap 'rm -f /tmp/ready; sleep 5; kill -QUIT $pid' TERM; \
+touch /tmp/ready; wait $pid; wait $pid";
+
+/// A service shaped like a site's (backends::swarm): DNSRR on the sites network, Traefik
+/// labels for the `internal` entrypoint, start-first updates, a health check, a stop grace
+/// period; it runs nginx from the WordPress image. Its host `<name>.t.lab.test` is a
+/// static host of the lab's Varnish. Returns the host.
+fn create_site_like_service(lab: &Lab, name: &str, constraint: &str) -> String {
+    let host = format!("{name}.t.lab.test");
+    let m1 = lab.topo.first_manager();
+    let router = format!("traefik.http.routers.{name}");
+    let out = m1
+        .docker([
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            name,
+            "--constraint",
+            constraint,
+            "--network",
+            lab::SITES_NET,
+            "--endpoint-mode",
+            "dnsrr",
+            "--update-order",
+            "start-first",
+            "--update-parallelism",
+            "1",
+            "--stop-grace-period",
+            "20s",
+            "--health-cmd",
+            "test -e /tmp/ready",
+            "--health-interval",
+            "1s",
+            "--health-timeout",
+            "1s",
+            "--health-retries",
+            "1",
+            "--hostname",
+            "{{.Node.Hostname}}",
+            "--env",
+            &format!("NGINX_CONF={TASK_NGINX_CONF}"),
+            "--label",
+            "traefik.enable=true",
+            "--label",
+            &format!("traefik.swarm.network={}", lab::SITES_NET),
+            "--label",
+            &format!("{router}.rule=Host(`{host}`)"),
+            "--label",
+            &format!("{router}.entrypoints=internal"),
+            "--label",
+            &format!("traefik.http.services.{name}.loadbalancer.server.port=80"),
+            "--entrypoint",
+            "sh",
+            "local/wordpress:dev",
+            "-c",
+            TASK_SCRIPT,
+        ])
+        .output()
+        .expect("docker service create");
+    assert!(
+        out.status.success(),
+        "service create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    host
+}
+
+/// Nodes running a task of `name` (desired state running, current state Running).
+fn running_on(lab: &Lab, name: &str) -> Vec<String> {
+    let o = lab
+        .topo
+        .first_manager()
+        .docker([
+            "service",
+            "ps",
+            name,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}} {{.CurrentState}}",
+        ])
+        .output()
+        .expect("docker service ps");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("Running"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// One request through the whole edge (Traefik web → Varnish → Traefik internal → task),
+/// with a fresh query so that Varnish never answers from its cache.
+fn edge_get(host: &str, n: u64) -> Result<lab::http::Response, String> {
+    lab::http::get(
+        &format!("127.0.0.1:{}", ports::EDGE),
+        &format!("/?n={n}"),
+        host,
+    )
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Waits until the edge serves `host` from a task on `node` (host name `pdlab-…`).
+fn wait_served_from(host: &str, node: &str, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    let want = format!("lab-task on {node}");
+    lab::sh::wait_for(
+        &format!("{host} served from {node}"),
+        within,
+        Duration::from_millis(300),
+        || {
+            edge_get(host, t0.elapsed().as_micros() as u64)
+                .ok()
+                .filter(|r| r.status == 200 && r.body.trim() == want)
+                .map(|_| ())
+        },
+    )
+    .expect("served through the edge");
+    t0.elapsed()
+}
+
+/// Removes the test service even when the test fails.
+struct ServiceGuard<'a>(&'a Lab, String);
+impl Drop for ServiceGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .topo
+            .first_manager()
+            .docker(["service", "rm", &self.1])
+            .output();
+    }
+}
+
+#[test]
+fn task_moves_to_another_worker_without_a_failed_request() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let workers: Vec<lab::Node> = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == lab::Role::Worker)
+        .collect();
+    assert!(workers.len() >= 2, "needs two workers");
+    let (from, to) = (&workers[0], &workers[1]);
+    let name = format!("mv-{}", rand_suffix());
+    let host = create_site_like_service(
+        &lab,
+        &name,
+        &format!("node.labels.pressdock.node=={}", from.name),
+    );
+    let _svc = ServiceGuard(&lab, name.clone());
+    let routed = wait_served_from(&host, &from.host(), Duration::from_secs(90));
+    eprintln!(
+        "{host} routed through the edge {:.1}s after create",
+        routed.as_secs_f64()
+    );
+
+    // About 20 requests a second, each a cache miss, until the move is over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loop_host = host.clone();
+    let loop_stop = stop.clone();
+    let requests = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        let mut n = 0u64;
+        while !loop_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            n += 1;
+            let r = edge_get(&loop_host, n);
+            results.push((r, t.elapsed()));
+            std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
+        }
+        results
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let t_move = Instant::now();
+    let out = lab
+        .topo
+        .first_manager()
+        .docker([
+            "service",
+            "update",
+            "--detach",
+            "--force",
+            "--constraint-rm",
+            &format!("node.labels.pressdock.node=={}", from.name),
+            "--constraint-add",
+            &format!("node.labels.pressdock.node=={}", to.name),
+            &name,
+        ])
+        .output()
+        .expect("docker service update");
+    assert!(
+        out.status.success(),
+        "service update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab::sh::wait_for(
+        "one task, on the other worker",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || (running_on(&lab, &name) == vec![to.host()]).then_some(()),
+    )
+    .expect("moved");
+    let converged = t_move.elapsed();
+    // The old task serves 5 s after SIGTERM; keep asking past that and Traefik's refresh.
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = requests.join().expect("request loop");
+
+    let (want_from, want_to) = (
+        format!("lab-task on {}", from.host()),
+        format!("lab-task on {}", to.host()),
+    );
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(r, _)| match r {
+            Ok(r)
+                if r.status == 200 && (r.body.trim() == want_from || r.body.trim() == want_to) =>
+            {
+                None
+            }
+            Ok(r) => Some(format!("HTTP {} {:?}", r.status, r.body.trim())),
+            Err(e) => Some(e.clone()),
+        })
+        .collect();
+    let from_old = results
+        .iter()
+        .filter(|(r, _)| r.as_ref().is_ok_and(|r| r.body.trim() == want_from))
+        .count();
+    let from_new = results.len() - from_old - failures.len();
+    let slowest = results.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    eprintln!(
+        "move {} -> {}: converged in {:.1}s; {} requests ({from_old} old task, {from_new} new \
+         task), {} failed, slowest {} ms",
+        from.host(),
+        to.host(),
+        converged.as_secs_f64(),
+        results.len(),
+        failures.len(),
+        slowest.as_millis()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(from_old > 0 && from_new > 0, "requests reached both tasks");
+    let last = results.last().and_then(|(r, _)| r.as_ref().ok());
+    assert_eq!(
+        last.map(|r| r.body.trim()),
+        Some(want_to.as_str()),
+        "last answer from the new task"
+    );
+    assert_eq!(
+        running_on(&lab, &name),
+        vec![to.host()],
+        "task on the other worker"
+    );
+}
+
+#[test]
+fn task_of_a_killed_worker_is_rescheduled_and_serves_again() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let name = format!("kl-{}", rand_suffix());
+    let host = create_site_like_service(&lab, &name, "node.labels.pressdock.pool==wp");
+    let _svc = ServiceGuard(&lab, name.clone());
+    let victim_host = lab::sh::wait_for(
+        "the task to run",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || running_on(&lab, &name).into_iter().next(),
+    )
+    .expect("task running");
+    let victim = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .find(|n| n.host() == victim_host)
+        .expect("a lab node");
+    wait_served_from(&host, &victim.host(), Duration::from_secs(90));
+
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "node", "kill", &victim.name])
+        .output()
+        .expect("lab node kill");
+    assert!(
+        out.status.success(),
+        "lab node kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Probes every 250 ms, each on its own thread (a request to the dead task can hang
+    // until Traefik's dial timeout): the time is that of the first probe that is answered
+    // by a task on another node.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut marked_down = None;
+    let mut served_again = None;
+    let mut n = 0u64;
+    while t0.elapsed() < Duration::from_secs(120) && served_again.is_none() {
+        n += 1;
+        let (tx, host, sent) = (tx.clone(), host.clone(), t0.elapsed());
+        std::thread::spawn(move || {
+            let _ = tx.send((sent, edge_get(&host, 1_000_000 + n)));
+        });
+        if marked_down.is_none() {
+            let st = lab
+                .topo
+                .first_manager()
+                .docker([
+                    "node",
+                    "inspect",
+                    "--format",
+                    "{{.Status.State}}",
+                    &victim_host,
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default();
+            if st == "down" {
+                marked_down = Some(t0.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        while let Ok((sent, r)) = rx.try_recv() {
+            if let Ok(r) = r
+                && r.status == 200
+                && r.body.starts_with("lab-task on ")
+                && !r.body.contains(&victim_host)
+            {
+                served_again = Some(served_again.map_or(sent, |s: Duration| s.min(sent)));
+            }
+        }
+    }
+    let rescheduled_on = running_on(&lab, &name);
+    // Bring the node back before asserting, so that a failure leaves the lab whole.
+    let back = infra()
+        .args(["lab", "node", "start", &victim.name])
+        .output()
+        .expect("lab node start");
+    let t_back = t0.elapsed();
+    eprintln!(
+        "killed {victim_host}: marked down after {:?}, served from {rescheduled_on:?} after \
+         {:?}; node started again at {:.1}s",
+        marked_down.map(|d| d.as_secs_f64()),
+        served_again.map(|d| d.as_secs_f64()),
+        t_back.as_secs_f64()
+    );
+    assert!(
+        back.status.success(),
+        "lab node start: {}{}",
+        String::from_utf8_lossy(&back.stdout),
+        String::from_utf8_lossy(&back.stderr)
+    );
+    let served_again = served_again.expect("served again from another worker within 120 s");
+    assert!(
+        rescheduled_on.iter().all(|h| *h != victim_host) && !rescheduled_on.is_empty(),
+        "rescheduled on {rescheduled_on:?}"
+    );
+    assert!(
+        served_again < Duration::from_secs(60),
+        "took {served_again:?}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod down;
 pub mod http;
 pub mod images;
 pub mod net;
+pub mod node_ops;
 pub mod nodes;
 pub mod platform;
 pub mod proc;

@@ -19,30 +19,38 @@ pub fn status(lab: &Lab) -> bool {
         line(what, ok, detail);
     };
     println!("nodes:");
-    for n in lab.topo.nodes() {
-        let info = try_out(&mut n.docker([
-            "info",
-            "--format",
-            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-        ]));
-        let ok = info.as_deref().is_some_and(|s| s.starts_with("active"));
-        report(
-            &format!("{} ({})", n.host(), n.ip),
-            ok,
-            info.as_deref()
-                .map(str::trim)
-                .unwrap_or("dockerd not answering"),
-        );
-    }
     let m1 = lab.topo.first_manager();
-    if let Some(ls) = try_out(&mut m1.docker([
+    // The manager's view of each node: `<hostname> <state> <availability> <manager status>`.
+    let swarm = try_out(&mut m1.docker([
         "node",
         "ls",
         "--format",
         "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}",
-    ])) {
-        for l in ls.lines() {
-            println!("    swarm: {l}");
+    ]))
+    .unwrap_or_default();
+    for n in lab.topo.nodes() {
+        let local = try_out(&mut n.docker(["info", "--format", "{{.Swarm.LocalNodeState}}"]));
+        let view = swarm
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(n.host().as_str()))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+        let ready = view.as_deref().is_some_and(|v| v.starts_with("Ready"));
+        let ok = local.as_deref().is_some_and(|s| s.trim() == "active") && ready;
+        report(
+            &format!("{} ({})", n.host(), n.ip),
+            ok,
+            &format!(
+                "dockerd: {}; swarm: {}",
+                local.as_deref().map(str::trim).unwrap_or("not answering"),
+                view.as_deref().unwrap_or("not a member")
+            ),
+        );
+    }
+    // Swarm members that are not lab nodes (left over from a removed worker).
+    for l in swarm.lines() {
+        let host = l.split_whitespace().next().unwrap_or("");
+        if !lab.topo.nodes().iter().any(|n| n.host() == host) {
+            println!("    other swarm member: {l}");
         }
     }
     println!("services:");

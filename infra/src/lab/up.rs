@@ -185,14 +185,15 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         galera_nodes: opts.galera_nodes,
     };
     let _lock = super::acquire_lock()?;
-    if let Some(old) = super::saved_topology()
-        && (old.managers != topo.managers
-            || old.workers != topo.workers
-            || old.galera_nodes != topo.galera_nodes)
+    let previous = super::saved_topology();
+    // Workers can be added to or removed from a running lab; the rest of its shape is fixed.
+    if let Some(old) = &previous
+        && (old.managers != topo.managers || old.galera_nodes != topo.galera_nodes)
     {
         bail!(
             "the lab is already up with --managers {} --workers {} --galera-nodes {}; \
-                 run `pressdock-infra lab down` first to change its shape",
+                 only --workers can change on a running lab: run `pressdock-infra lab down` \
+                 first to change the rest of its shape",
             old.managers,
             old.workers,
             old.galera_nodes
@@ -212,6 +213,19 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
         repo: repo.to_path_buf(),
     };
     check_ports(&lab)?;
+    if let Some(old) = &previous
+        && old.workers > lab.topo.workers
+    {
+        let keep: Vec<String> = lab.topo.nodes().into_iter().map(|n| n.name).collect();
+        for n in old.nodes().iter().filter(|n| !keep.contains(&n.name)) {
+            progress(
+                "nodes",
+                format!("removing {} (--workers {})", n.host(), lab.topo.workers),
+            );
+            super::node_ops::remove_worker(&lab, n)
+                .with_context(|| format!("removing {}", n.host()))?;
+        }
+    }
     let all = lab.topo.nodes();
     progress(
         "network",

@@ -1,0 +1,145 @@
+//! `lab node kill|start|drain|activate`, and removing workers when `lab up` shrinks the
+//! lab: failures and maintenance of one node while the rest of the lab keeps running.
+//!
+//! `kill` is a machine failure, not a daemon restart: every process of the node (dockerd,
+//! containerd, shims and the containers of its tasks, all in the node's cgroup) gets
+//! SIGKILL, so its tasks stop answering at once. Killing dockerd alone would leave the
+//! containers running and reachable on the overlay, which is not what a dead worker does.
+//! The node's docker data (a tmpfs) stays: `start` brings the same swarm node back, and it
+//! rejoins with its labels and images.
+use super::sh::{self, cmd, progress, run, try_out, wait_for};
+use super::{Lab, Node, data, net, nodes, proc};
+use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
+/// The lab node called `name` (`w2` or `pdlab-w2`).
+pub fn find(lab: &Lab, name: &str) -> Result<Node> {
+    let short = name.strip_prefix("pdlab-").unwrap_or(name);
+    lab.topo
+        .nodes()
+        .into_iter()
+        .find(|n| n.name == short)
+        .with_context(|| {
+            format!(
+                "no node {name} in this lab (nodes: {})",
+                lab.topo
+                    .nodes()
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// SIGKILLs every process of the node (a worker failure).
+pub fn kill(_lab: &Lab, node: &Node) -> Result<usize> {
+    if node.name == "m1" {
+        bail!("m1 runs the swarm's only manager and the edge; kill a worker instead");
+    }
+    let n = proc::kill_cgroup(&node.host())?;
+    progress(
+        "node",
+        format!(
+            "{}: {n} process(es) killed (dockerd, containerd, tasks)",
+            node.host()
+        ),
+    );
+    Ok(n)
+}
+
+/// Brings a killed or stopped node back: namespace, dockerd (same data: same swarm node,
+/// labels, images), Gluster mount. Waits until the swarm sees it `Ready`.
+pub fn start(lab: &Lab, node: &Node) -> Result<()> {
+    net::ensure_node(node)?;
+    nodes::ensure_dockerd(lab, node)?;
+    data::ensure_mount(lab, node)?;
+    let m1 = lab.topo.first_manager();
+    let id = nodes::swarm_node_id(node)
+        .with_context(|| format!("{} has no swarm state; run `lab up`", node.host()))?;
+    wait_for(
+        &format!("{} to be Ready in the swarm", node.host()),
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            try_out(&mut m1.docker(["node", "inspect", "--format", "{{.Status.State}}", &id]))
+                .filter(|s| s.trim() == "ready")
+                .map(|_| ())
+        },
+    )?;
+    progress("node", format!("{} is back and Ready", node.host()));
+    Ok(())
+}
+
+/// `docker node update --availability <drain|active>` on the first manager.
+pub fn set_availability(lab: &Lab, node: &Node, availability: &str) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    let id = node_id_by_label(lab, node)?;
+    run(&mut m1.docker(["node", "update", "--availability", availability, &id]))
+        .with_context(|| format!("setting {} to {availability}", node.host()))?;
+    progress(
+        "node",
+        format!("{}: availability {availability}", node.host()),
+    );
+    Ok(())
+}
+
+/// The swarm id of a node, found on the manager by its `pressdock.node` label (works while
+/// the node itself is dead).
+fn node_id_by_label(lab: &Lab, node: &Node) -> Result<String> {
+    let m1 = lab.topo.first_manager();
+    let out = run(&mut m1.docker([
+        "node",
+        "ls",
+        "--filter",
+        &format!("node.label=pressdock.node={}", node.name),
+        "--format",
+        "{{.ID}}",
+    ]))?;
+    out.lines()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("no swarm node labelled pressdock.node={}", node.name))
+}
+
+/// Removes a worker from the lab for good (when `lab up` is asked for fewer workers):
+/// drain, leave the swarm, end its processes, unmount, delete its namespace and link.
+/// Already gone is success.
+pub fn remove_worker(lab: &Lab, node: &Node) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    let id = node_id_by_label(lab, node).ok();
+    if let Some(id) = &id {
+        let _ = run(&mut m1.docker(["node", "update", "--availability", "drain", id]));
+    }
+    if sh::ok(&mut node.docker(["version"])) {
+        let _ = run(&mut node.docker(["swarm", "leave", "--force"]));
+    }
+    lab.procs
+        .stop(&format!("dockerd-{}", node.host()), Duration::from_secs(10))?;
+    proc::kill_cgroup(&node.host())?;
+    let mount = format!("gluster-mount-{}", node.host());
+    lab.procs.stop(&mount, Duration::from_secs(2))?;
+    let dir = lab.path(&format!("nodes/{}", node.host()));
+    for m in super::down::lab_mounts() {
+        if m.starts_with(&*dir.to_string_lossy())
+            || m.starts_with(&format!("{}/{}", super::RUN, node.host()))
+        {
+            let _ = run(&mut cmd("umount", ["-l", &m]));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(std::path::Path::new(super::RUN).join(node.host()));
+    let _ = std::fs::remove_dir(proc::cgroup_dir(&node.host()));
+    if std::path::Path::new(&node.netns_path()).exists() {
+        run(&mut cmd("ip", ["netns", "del", &node.host()]))?;
+    }
+    let veth = format!("pdv-{}", node.name);
+    if sh::ok(&mut cmd("ip", ["link", "show", &veth])) {
+        let _ = run(&mut cmd("ip", ["link", "del", &veth]));
+    }
+    if let Some(id) = id {
+        let _ = run(&mut m1.docker(["node", "rm", "--force", &id]));
+    }
+    progress("node", format!("{} removed from the lab", node.host()));
+    Ok(())
+}
