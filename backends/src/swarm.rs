@@ -705,6 +705,36 @@ impl SwarmDriver {
         Ok(out)
     }
 
+    /// The site's tasks that swarm wants running: `(node id, task state)` each, such as
+    /// `("n0de1d", "running")` (a move waits for the one on the new node).
+    pub async fn site_tasks(&self, id: &SiteResourceId) -> Result<Vec<(String, String)>> {
+        let filters = HashMap::from([
+            ("service", vec![id.resource_name()]),
+            ("desired-state", vec!["running".to_owned()]),
+        ]);
+        let tasks = self
+            .docker
+            .list_tasks(Some(
+                bollard::query_parameters::ListTasksOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err("list tasks"))?;
+        Ok(tasks
+            .into_iter()
+            .map(|t| {
+                let state = t
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.state)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                (t.node_id.unwrap_or_default(), state)
+            })
+            .collect())
+    }
+
     pub fn build_spec(&self, params: &SiteServiceParams) -> Result<ServiceSpec> {
         build_service_spec(params, &self.config)
     }

@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_initial;
 mod m20261128_000002_site_resources;
 mod m20261128_000003_agent;
+mod m20261128_000004_moves;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_site_resources::Migration),
             Box::new(m20261128_000003_agent::Migration),
+            Box::new(m20261128_000004_moves::Migration),
         ]
     }
 }

@@ -39,6 +39,7 @@ use crate::{
     domain::StaffRole,
     error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Problem},
     metrics,
+    moves::{self, PlacementMap, RebalanceAnswer, RebalanceRequest},
     state::AppState,
 };
 
@@ -76,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sites/{site}/cache/purge", post(purge_site_cache))
         .route("/agent/report", post(agent_report))
         .route("/agent/purge", post(agent_purge))
+        .route("/placement", get(placement_map))
+        .route("/placement/rebalance", post(rebalance))
         .route("/plans", get(list_plans).post(create_plan))
         .route("/nodes", get(list_nodes).post(register_node))
         .route("/nodes/{node}", axum::routing::patch(update_node))
@@ -546,6 +549,55 @@ async fn agent_purge(
     ))
 }
 
+/// Workers, their sites and utilisation, the moves a rebalance would make now, and the
+/// latest moves with their timings. Staff only.
+#[utoipa::path(get, path = "/v1/placement", tag = "placement", security(("bearer" = [])),
+    responses((status = 200, body = PlacementMap), (status = 403, body = Problem)))]
+async fn placement_map(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> ApiResult<Json<PlacementMap>> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    Ok(Json(moves::map(&state.db, &state.config.placement).await?))
+}
+
+/// Plans a rebalance; with `"dry_run": false` starts a `site.move` operation per move
+/// (202). Staff admins and operators.
+#[utoipa::path(post, path = "/v1/placement/rebalance", tag = "placement", security(("bearer" = [])),
+    request_body = RebalanceRequest,
+    responses((status = 200, body = RebalanceAnswer), (status = 202, body = RebalanceAnswer), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn rebalance(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<RebalanceRequest>,
+) -> ApiResult<(StatusCode, Json<RebalanceAnswer>)> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    if input.max_moves == Some(0) {
+        return Err(ApiError::field("max_moves", "must be at least 1"));
+    }
+    if !input.dry_run && moves::moves_in_flight(&state.db).await? > 0 {
+        return Err(ApiError::conflict(
+            None,
+            "moves are under way; see GET /v1/placement and try again when they finish",
+        ));
+    }
+    let answer = moves::rebalance(
+        &state.db,
+        &state.provisioner,
+        &state.config.placement,
+        Some(&actor),
+        &input,
+        false,
+    )
+    .await?;
+    let status = if answer.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(answer)))
+}
+
 #[utoipa::path(get, path = "/v1/plans", tag = "plans", security(("bearer" = [])),
     responses((status = 200, body = [Plan])))]
 async fn list_plans(State(state): State<AppState>, _actor: Actor) -> ApiResult<Json<Vec<Plan>>> {
@@ -689,7 +741,7 @@ impl Modify for BearerAuth {
         list_tenants, create_tenant, get_tenant, update_tenant, delete_tenant,
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
-        purge_site_cache, agent_report, agent_purge,
+        purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
         list_plans, create_plan, list_nodes, register_node, update_node, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>)),

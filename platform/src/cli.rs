@@ -88,6 +88,26 @@ pub enum Command {
         #[command(flatten)]
         global: Global,
     },
+    /// Where sites run: the map, and moves between workers (staff).
+    Placement {
+        #[command(subcommand)]
+        action: PlacementCmd,
+        #[command(flatten)]
+        global: Global,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PlacementCmd {
+    /// Workers with their utilisation, the moves a rebalance would make, the latest moves.
+    Show,
+    /// The moves that would balance the workers; `--apply` starts them.
+    Rebalance {
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        max_moves: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -836,8 +856,102 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             };
             print(global.json, &value, cols);
         }
+        Command::Placement { action, global } => {
+            let mut c = Client::new(&global)?;
+            match action {
+                PlacementCmd::Show => {
+                    let map = c.call(Method::GET, "/v1/placement", None).await?;
+                    if global.json {
+                        print(true, &map, &[]);
+                    } else {
+                        print(false, &placement_rows(&map), PLACEMENT_COLUMNS);
+                        println!(
+                            "\nbalance: max/mean utilisation {:.3} over {} active worker(s)",
+                            map["balance"]["max_over_mean"].as_f64().unwrap_or(0.0),
+                            map["balance"]["active_nodes"]
+                        );
+                        println!("\nproposed moves:");
+                        print(false, &map["proposed"], MOVE_COLUMNS);
+                        println!("\nrecent moves:");
+                        print(false, &map["recent_moves"], RECENT_MOVE_COLUMNS);
+                    }
+                }
+                PlacementCmd::Rebalance { apply, max_moves } => {
+                    let answer = c
+                        .call(
+                            Method::POST,
+                            "/v1/placement/rebalance",
+                            Some(json!({ "dry_run": !apply, "max_moves": max_moves })),
+                        )
+                        .await?;
+                    if global.json {
+                        print(true, &answer, &[]);
+                    } else {
+                        print(false, &answer["moves"], MOVE_COLUMNS);
+                        println!(
+                            "\n{} move(s), lower bound {}; max/mean utilisation {:.3} -> {:.3}{}",
+                            answer["moves"].as_array().map_or(0, Vec::len),
+                            answer["lower_bound"],
+                            answer["before"]["max_over_mean"].as_f64().unwrap_or(0.0),
+                            answer["after"]["max_over_mean"].as_f64().unwrap_or(0.0),
+                            if apply {
+                                format!(
+                                    "; {} operation(s) started",
+                                    answer["operations"].as_array().map_or(0, Vec::len)
+                                )
+                            } else {
+                                " (dry run: --apply starts them)".into()
+                            }
+                        );
+                    }
+                }
+            }
+        }
     }
     Ok(())
+}
+
+const PLACEMENT_COLUMNS: &[&str] = &[
+    "name",
+    "availability",
+    "used",
+    "slots",
+    "utilisation",
+    "sites",
+];
+const MOVE_COLUMNS: &[&str] = &["domain", "from", "to", "slots", "reason", "wave"];
+const RECENT_MOVE_COLUMNS: &[&str] = &[
+    "domain",
+    "from",
+    "to",
+    "reason",
+    "state",
+    "seconds_to_ready",
+    "seconds_total",
+];
+
+/// One row per worker of `GET /v1/placement`.
+fn placement_rows(map: &Value) -> Value {
+    Value::Array(
+        map["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "name": n["name"],
+                            "availability": n["availability"],
+                            "used": n["used_slots"],
+                            "slots": n["slots"],
+                            "utilisation": format!("{:.0}%", n["utilisation"].as_f64().unwrap_or(0.0) * 100.0),
+                            "sites": n["sites"].as_array().map_or(0, Vec::len),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 async fn finish_accepted(

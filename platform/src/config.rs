@@ -114,6 +114,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    #[serde(default)]
+    pub placement: PlacementConfig,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -225,6 +227,44 @@ impl Default for AgentConfig {
     }
 }
 
+/// Automatic placement: when the map is re-planned and how moves run.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// Run the placement loop inside `serve` (one replica at a time acts).
+    pub enabled: bool,
+    /// Seconds between passes (node states from the swarm, then the triggers).
+    pub interval_secs: u64,
+    /// A worker the swarm reports down for this long has its sites re-placed.
+    pub down_grace_secs: u64,
+    /// Moves that only improve the balance (a worker joined, plans changed): `auto`
+    /// applies them, `approve` waits for staff (`POST /v1/placement/rebalance`). Moves off
+    /// drained and failed workers are always applied.
+    pub rebalance: String,
+    /// Moves running at once, in all and per worker (from or to).
+    pub max_concurrent_moves: u32,
+    pub max_moves_per_node: u32,
+    /// Slots kept free on every worker.
+    pub headroom_slots: u32,
+    /// A move whose site is not ready on its new worker by then is taken back.
+    pub move_timeout_secs: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 5,
+            down_grace_secs: 60,
+            rebalance: "auto".into(),
+            max_concurrent_moves: 10,
+            max_moves_per_node: 2,
+            headroom_slots: 0,
+            move_timeout_secs: 300,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -280,6 +320,12 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             bail!("agent.control_url must be an http:// or https:// URL");
+        }
+        if !matches!(self.placement.rebalance.as_str(), "auto" | "approve") {
+            bail!("placement.rebalance must be auto or approve");
+        }
+        if self.placement.max_moves_per_node == 0 || self.placement.max_concurrent_moves == 0 {
+            bail!("placement.max_moves_per_node and max_concurrent_moves must be > 0");
         }
         if self.agent.report_interval_secs == 0
             || self.agent.report_timeout_secs < 3 * u64::from(self.agent.report_interval_secs)

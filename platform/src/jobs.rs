@@ -28,6 +28,9 @@ pub enum StepError {
     Retryable(anyhow::Error),
     /// Trying again will not help; the saga unwinds.
     Permanent(anyhow::Error),
+    /// Not yet (a move waits for its turn or for its new task): run the step again after
+    /// this long, without counting an attempt.
+    Wait(Duration, String),
 }
 
 impl From<sqlx::Error> for StepError {
@@ -78,6 +81,9 @@ async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
         "release_domains" => release_domains(ctx).await,
         // The site's state is set when the saga finishes (`on_finish`).
         "mark_suspended" | "mark_active" | "mark_updated" => Ok(()),
+        "await_turn" | "move_service" | "await_ready" | "finish_move" => {
+            crate::moves::step(ctx.db, ctx.provisioner, name, ctx.target).await
+        }
         other => match ctx
             .provisioner
             .run(ctx.db, ctx.kind, other, ctx.target)
@@ -92,8 +98,11 @@ async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
 }
 
 async fn undo_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
-    // Only a create unwinds: delete, suspend, resume and update go forward only, and their
-    // failure is left for an operator, with nothing taken back.
+    // A create and a move unwind: delete, suspend, resume and update go forward only, and
+    // their failure is left for an operator, with nothing taken back.
+    if ctx.kind == "site.move" {
+        return crate::moves::undo(ctx.db, ctx.provisioner, name, ctx.target).await;
+    }
     if ctx.kind != "site.create" {
         return Ok(());
     }
@@ -415,6 +424,27 @@ impl Runner {
                     Ok(()) => {
                         self.set_step(operation, *position, "done", None, false)
                             .await?
+                    }
+                    Err(StepError::Wait(after, why)) => {
+                        sqlx::query(
+                            "UPDATE operation_steps SET state = 'waiting', error = ?, \
+                             attempts = GREATEST(attempts - 1, 0) WHERE operation_id = ? AND position = ?",
+                        )
+                        .bind(&why)
+                        .bind(operation)
+                        .bind(position)
+                        .execute(&self.db)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, \
+                             run_after = NOW(6) + INTERVAL ? MICROSECOND WHERE id = ? AND lease_owner = ?",
+                        )
+                        .bind(i64::try_from(after.as_micros()).unwrap_or(i64::MAX))
+                        .bind(job)
+                        .bind(&self.owner)
+                        .execute(&self.db)
+                        .await?;
+                        return Ok(());
                     }
                     Err(StepError::Retryable(err))
                         if (*attempts as u32) + 1 < self.config.max_attempts =>

@@ -25,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod moves;
 pub mod provision;
 pub mod reconcile;
 pub mod server;

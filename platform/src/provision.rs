@@ -44,6 +44,8 @@ pub struct Provisioner {
     /// The URL the sites' agents report to (`[agent] control_url`); `None`: they do not,
     /// and a site is `active` as soon as its create operation finishes.
     pub control_url: Option<String>,
+    /// How moves run (`[placement]`).
+    pub placement: crate::config::PlacementConfig,
 }
 
 /// The secrets of a site, by kind.
@@ -116,7 +118,20 @@ impl Provisioner {
             gluster_turn: tokio::sync::Mutex::new(()),
             varnish_turn: tokio::sync::Mutex::new(()),
             control_url: None,
+            placement: Default::default(),
         })
+    }
+
+    /// Sets how moves between workers run.
+    pub fn with_placement(mut self, placement: crate::config::PlacementConfig) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Brings the site's service to its spec (after its placement changed).
+    pub async fn ensure_site_service(&self, db: &MySqlPool, site: &str) -> Result<(), StepError> {
+        let id = SiteResourceId::parse(site).map_err(|e| permanent(anyhow::Error::new(e)))?;
+        self.ensure_service(db, &id, true).await
     }
 
     /// Sets where the sites' agents report.
@@ -210,6 +225,11 @@ impl Provisioner {
                 add(self.swarm.is_some(), &["scale_up"]);
                 add(self.varnish.is_some(), &["publish_hosts"]);
                 add(true, &["mark_active"]);
+            }
+            "site.move" => {
+                add(true, &["await_turn", "move_service"]);
+                add(self.swarm.is_some(), &["await_ready"]);
+                add(true, &["finish_move"]);
             }
             "site.update" => {
                 add(self.gluster.is_some(), &["ensure_storage"]);

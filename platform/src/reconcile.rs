@@ -45,6 +45,7 @@ pub struct Report {
 fn step_error(err: StepError) -> String {
     match err {
         StepError::Retryable(e) | StepError::Permanent(e) => format!("{e:#}"),
+        StepError::Wait(_, why) => why,
     }
 }
 
@@ -121,7 +122,9 @@ pub async fn run_periodically(
 }
 
 /// The nodes table from the swarm: labels `pressdock.node`, `pressdock.role`, `pressdock.slots`.
-async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result<Report> {
+/// Node records from the swarm: new workers join the map, availability follows the
+/// swarm (down, drained), and `down_since` says since when a worker is down.
+pub async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let Some(config) = &provisioner.config.swarm else {
         return Ok(report);
@@ -212,7 +215,8 @@ async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result
             Some((row, current)) => {
                 sqlx::query(
                     "UPDATE nodes SET swarm_node_id = ?, role = ?, availability = ?, slots = ?, address = ?, \
-                     labels = ?, updated_at = NOW(6) WHERE id = ?",
+                     labels = ?, updated_at = NOW(6), \
+                     down_since = IF(? = 'down', COALESCE(down_since, NOW(6)), NULL) WHERE id = ?",
                 )
                 .bind(&id)
                 .bind(&role)
@@ -220,6 +224,7 @@ async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result
                 .bind(slots)
                 .bind(&address)
                 .bind(sqlx::types::Json(&labels))
+                .bind(availability)
                 .bind(&row)
                 .execute(db)
                 .await?;

@@ -42,7 +42,8 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     }
     let provisioner = Arc::new(
         Provisioner::from_config(&config.backends, secret.as_bytes())?
-            .with_control_url(config.agent.control_url.clone()),
+            .with_control_url(config.agent.control_url.clone())
+            .with_placement(config.placement.clone()),
     );
     Ok(AppState {
         provisioner,
@@ -76,6 +77,14 @@ pub async fn serve(
             state.provisioner.clone(),
             std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
             state.config.reconcile.orphan_grace_secs,
+            shutdown.clone(),
+        )));
+    }
+    if state.config.placement.enabled && state.provisioner.swarm.is_some() {
+        runners.push(tokio::spawn(crate::moves::run_periodically(
+            state.db.clone(),
+            state.provisioner.clone(),
+            state.config.placement.clone(),
             shutdown.clone(),
         )));
     }

@@ -6,6 +6,7 @@ mod agent;
 mod auth;
 mod cli;
 mod jobs;
+mod placement;
 mod rbac;
 mod sites;
 mod support;

@@ -1,0 +1,807 @@
+//! Automatic placement at run time: the map of sites on workers from the database, the
+//! planner's moves (`placement` crate), the `site.move` saga that carries one out, and the
+//! loop that reacts to workers joining, draining and failing.
+//!
+//! A move is a reschedule: the site's files are on Gluster and its database is remote, so
+//! the platform changes the service's constraint to the new worker and swarm starts the
+//! new task first (`start-first`), waits for its health check (the agent's `/readyz`),
+//! then stops the old one. The saga's steps:
+//! - `await_turn`: at most `max_moves_per_node` moves touch a worker (as source or
+//!   destination) and `max_concurrent_moves` run in all; a move waits for its turn
+//!   without using up its attempts;
+//! - `move_service`: the placement row moves (the new worker's capacity checked under a
+//!   row lock) and the service is updated;
+//! - `await_ready`: swarm runs exactly one task, on the new worker, and (with agents
+//!   reporting) the agent there reported ready after the move started; past
+//!   `move_timeout_secs` the move fails and is taken back (placement and service);
+//! - `finish_move`: the timings are recorded.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, anyhow};
+use backends::SiteResourceId;
+use placement::{Availability, Cluster, MoveReason, Policy, RebalancePlan};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::MySqlPool;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+use crate::{
+    actor::Actor,
+    audit::{self, Event},
+    config::PlacementConfig,
+    jobs::StepError,
+    provision::Provisioner,
+};
+
+/// One worker on the map.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MapNode {
+    pub id: String,
+    pub name: String,
+    /// active, drain or down.
+    pub availability: String,
+    /// Since when the swarm reports it down.
+    pub down_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub slots: u32,
+    pub used_slots: u64,
+    /// used / slots.
+    pub utilisation: f64,
+    pub sites: Vec<MapSite>,
+}
+
+/// A site on the map.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MapSite {
+    pub id: String,
+    pub domain: String,
+    pub tenant_id: String,
+    pub state: String,
+    pub slots: u32,
+    pub pinned: bool,
+}
+
+/// A move, planned or carried out, with names a person can read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MoveView {
+    pub site: String,
+    pub domain: String,
+    pub from: String,
+    pub to: String,
+    pub slots: u32,
+    /// evacuate, label_mismatch, over_capacity or balance.
+    pub reason: String,
+    /// Planned moves: moves of one wave may run at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+    /// Carried out: the operation, its state and its timings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// From the start of the reschedule to the site ready on its new worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_to_ready: Option<f64>,
+    /// From the move's request to its end (old task gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_total: Option<f64>,
+}
+
+/// `GET /v1/placement`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlacementMap {
+    pub nodes: Vec<MapNode>,
+    /// Over active workers.
+    #[schema(value_type = Object)]
+    pub balance: placement::Balance,
+    /// The moves a rebalance would make now (waiting for approval when
+    /// `placement.rebalance = "approve"`).
+    pub proposed: Vec<MoveView>,
+    /// The latest moves, newest first.
+    pub recent_moves: Vec<MoveView>,
+}
+
+/// `POST /v1/placement/rebalance`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceRequest {
+    /// Only show the moves (the default).
+    #[serde(default = "yes")]
+    pub dry_run: bool,
+    /// At most this many moves.
+    pub max_moves: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer of a rebalance.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RebalanceAnswer {
+    pub dry_run: bool,
+    pub moves: Vec<MoveView>,
+    /// The fewest moves any plan needs for this change (the planner's bound).
+    pub lower_bound: u64,
+    /// Moves left for a later plan (`max_moves`).
+    pub deferred_moves: u32,
+    /// Sites that fit nowhere, with the reason.
+    pub unplaced: Vec<String>,
+    #[schema(value_type = Object)]
+    pub before: placement::Balance,
+    #[schema(value_type = Object)]
+    pub after: placement::Balance,
+    /// The `site.move` operations started (apply only).
+    pub operations: Vec<String>,
+}
+
+/// The database's view, in the planner's types, with the names to show.
+struct Loaded {
+    cluster: Cluster,
+    nodes: BTreeMap<String, (String, Option<chrono::DateTime<chrono::Utc>>)>,
+    sites: BTreeMap<String, MapSite>,
+}
+
+pub fn policy(config: &PlacementConfig) -> Policy {
+    Policy {
+        headroom_slots: config.headroom_slots,
+        spread_tenants: true,
+        max_concurrent_moves: config.max_concurrent_moves,
+        max_concurrent_moves_per_node: config.max_moves_per_node,
+        max_moves: None,
+    }
+}
+
+/// Workers and placed sites. A site with an operation under way, not yet serving
+/// (`provisioning`) or pinned by staff stays where it is; so do the sites of a worker down
+/// for less than the grace period (it may come back).
+async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded> {
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(
+        String,
+        String,
+        String,
+        i32,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        bool,
+    )> = sqlx::query_as(
+        "SELECT id, name, availability, slots, failure_domain, down_since, \
+             (down_since IS NOT NULL AND down_since > NOW(6) - INTERVAL ? SECOND) AS in_grace \
+             FROM nodes WHERE role = 'worker' ORDER BY name",
+    )
+    .bind(i64::try_from(config.down_grace_secs).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await?;
+    let mut cluster = Cluster::default();
+    let mut nodes = BTreeMap::new();
+    let mut in_grace = std::collections::BTreeSet::new();
+    for (id, name, availability, slots, domain, down_since, grace) in rows {
+        let availability = match availability.as_str() {
+            "active" => Availability::Active,
+            "drain" => Availability::Drain,
+            _ => Availability::Down,
+        };
+        if availability == Availability::Down && grace {
+            in_grace.insert(id.clone());
+        }
+        cluster.nodes.push(placement::Node {
+            id: id.clone().into(),
+            capacity_slots: u32::try_from(slots).unwrap_or(0),
+            labels: BTreeMap::new(),
+            availability,
+            failure_domain: (!domain.is_empty()).then_some(domain),
+        });
+        nodes.insert(id, (name, down_since));
+    }
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(String, String, String, String, i32, String, bool, bool)> = sqlx::query_as(
+        "SELECT s.id, s.primary_domain, s.tenant_id, s.state, pl.slots, pl.node_id, s.pinned, \
+         EXISTS (SELECT 1 FROM operations o WHERE o.target_type = 'site' AND o.target_id = s.id \
+                 AND o.state IN ('pending', 'running', 'unwinding')) AS busy \
+         FROM sites s JOIN placements pl ON pl.site_id = s.id \
+         WHERE s.state NOT IN ('deleted', 'failed') ORDER BY s.seq",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut sites = BTreeMap::new();
+    for (id, domain, tenant, state, slots, node, pinned, busy) in rows {
+        let movable = !busy && matches!(state.as_str(), "active" | "degraded" | "suspended");
+        cluster.sites.push(placement::Site {
+            id: id.clone().into(),
+            tenant: tenant.clone().into(),
+            slots: u32::try_from(slots).unwrap_or(1).max(1),
+            node: Some(node.clone().into()),
+            pinned: pinned || !movable || in_grace.contains(&node),
+            required_labels: BTreeMap::new(),
+        });
+        sites.insert(
+            id.clone(),
+            MapSite {
+                id,
+                domain,
+                tenant_id: tenant,
+                state,
+                slots: u32::try_from(slots).unwrap_or(1),
+                pinned,
+            },
+        );
+    }
+    Ok(Loaded {
+        cluster,
+        nodes,
+        sites,
+    })
+}
+
+fn reason_name(reason: MoveReason) -> &'static str {
+    match reason {
+        MoveReason::Evacuate => "evacuate",
+        MoveReason::LabelMismatch => "label_mismatch",
+        MoveReason::OverCapacity => "over_capacity",
+        MoveReason::Balance => "balance",
+    }
+}
+
+fn views(loaded: &Loaded, plan: &RebalancePlan) -> Vec<MoveView> {
+    let name = |id: &str| {
+        loaded
+            .nodes
+            .get(id)
+            .map_or_else(|| id.to_owned(), |n| n.0.clone())
+    };
+    plan.moves
+        .iter()
+        .map(|m| MoveView {
+            site: m.site.to_string(),
+            domain: loaded
+                .sites
+                .get(m.site.as_str())
+                .map(|s| s.domain.clone())
+                .unwrap_or_default(),
+            from: name(m.from.as_str()),
+            to: name(m.to.as_str()),
+            slots: m.slots,
+            reason: reason_name(m.reason).into(),
+            wave: Some(m.wave),
+            operation: None,
+            state: None,
+            created_at: None,
+            seconds_to_ready: None,
+            seconds_total: None,
+        })
+        .collect()
+}
+
+/// The latest moves with their timings.
+async fn recent_moves(db: &MySqlPool, limit: u32) -> anyhow::Result<Vec<MoveView>> {
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(String, String, String, String, String, String, String, chrono::DateTime<chrono::Utc>, Option<f64>, Option<f64>, i32)> =
+        sqlx::query_as(
+            "SELECT m.operation_id, m.site_id, COALESCE(s.primary_domain, ''), COALESCE(f.name, m.from_node), \
+             COALESCE(t.name, m.to_node), m.reason, m.state, m.created_at, \
+             TIMESTAMPDIFF(MICROSECOND, m.started_at, m.ready_at) / 1e6, \
+             TIMESTAMPDIFF(MICROSECOND, m.created_at, m.finished_at) / 1e6, COALESCE(pl.slots, 1) \
+             FROM site_moves m LEFT JOIN sites s ON s.id = m.site_id LEFT JOIN nodes f ON f.id = m.from_node \
+             LEFT JOIN nodes t ON t.id = m.to_node LEFT JOIN placements pl ON pl.site_id = m.site_id \
+             ORDER BY m.created_at DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(op, site, domain, from, to, reason, state, created_at, ready, total, slots)| {
+                MoveView {
+                    site,
+                    domain,
+                    from,
+                    to,
+                    slots: u32::try_from(slots).unwrap_or(1),
+                    reason,
+                    wave: None,
+                    operation: Some(op),
+                    state: Some(state),
+                    created_at: Some(created_at),
+                    seconds_to_ready: ready,
+                    seconds_total: total,
+                }
+            },
+        )
+        .collect())
+}
+
+/// `GET /v1/placement`: workers, their sites and utilisation, the moves a rebalance would
+/// make, and the latest moves.
+pub async fn map(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<PlacementMap> {
+    let loaded = load(db, config).await?;
+    let utilisation = placement::utilisation(&loaded.cluster);
+    let plan = placement::rebalance(&loaded.cluster, &policy(config))
+        .map_err(|e| anyhow!("planning: {e}"))?;
+    let mut by_node: BTreeMap<&str, Vec<MapSite>> = BTreeMap::new();
+    for site in &loaded.cluster.sites {
+        if let (Some(node), Some(shown)) = (&site.node, loaded.sites.get(site.id.as_str())) {
+            by_node
+                .entry(node.as_str())
+                .or_default()
+                .push(shown.clone());
+        }
+    }
+    let mut nodes: Vec<MapNode> = utilisation
+        .nodes
+        .iter()
+        .map(|n| {
+            let (name, down_since) = loaded
+                .nodes
+                .get(n.node.as_str())
+                .cloned()
+                .unwrap_or_default();
+            MapNode {
+                id: n.node.to_string(),
+                name,
+                availability: match n.availability {
+                    Availability::Active => "active",
+                    Availability::Drain => "drain",
+                    Availability::Down => "down",
+                }
+                .into(),
+                down_since,
+                slots: n.capacity_slots,
+                used_slots: n.used_slots,
+                utilisation: n.utilisation,
+                sites: by_node.remove(n.node.as_str()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(PlacementMap {
+        nodes,
+        balance: utilisation.balance,
+        proposed: views(&loaded, &plan),
+        recent_moves: recent_moves(db, 50).await?,
+    })
+}
+
+/// Moves under way (queued or moving).
+pub async fn moves_in_flight(db: &MySqlPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM site_moves WHERE state IN ('queued', 'moving')")
+        .fetch_one(db)
+        .await
+}
+
+/// Plans a rebalance and, unless `dry_run`, starts a `site.move` operation per move
+/// (only the forced ones when `forced_only`).
+pub async fn rebalance(
+    db: &MySqlPool,
+    provisioner: &Provisioner,
+    config: &PlacementConfig,
+    actor: Option<&Actor>,
+    request: &RebalanceRequest,
+    forced_only: bool,
+) -> anyhow::Result<RebalanceAnswer> {
+    let loaded = load(db, config).await?;
+    let mut policy = policy(config);
+    policy.max_moves = request.max_moves;
+    let plan =
+        placement::rebalance(&loaded.cluster, &policy).map_err(|e| anyhow!("planning: {e}"))?;
+    let mut answer = RebalanceAnswer {
+        dry_run: request.dry_run,
+        moves: views(&loaded, &plan),
+        lower_bound: plan.lower_bound,
+        deferred_moves: plan.deferred_moves,
+        unplaced: plan
+            .unplaced
+            .iter()
+            .map(|u| format!("{}: {}", u.site, u.reason))
+            .collect(),
+        before: plan.before,
+        after: plan.after,
+        operations: Vec::new(),
+    };
+    if request.dry_run {
+        return Ok(answer);
+    }
+    let chosen: Vec<_> = plan
+        .moves
+        .iter()
+        .filter(|m| !forced_only || m.reason != MoveReason::Balance)
+        .collect();
+    if chosen.is_empty() {
+        return Ok(answer);
+    }
+    for m in chosen {
+        let mut tx = db.begin().await?;
+        // The site as the plan saw it: still on `from`, nothing else under way.
+        let current: Option<(String, String)> = sqlx::query_as(
+            "SELECT pl.node_id, s.tenant_id FROM sites s JOIN placements pl ON pl.site_id = s.id \
+             WHERE s.id = ? FOR UPDATE",
+        )
+        .bind(m.site.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
+             AND state IN ('pending', 'running', 'unwinding')",
+        )
+        .bind(m.site.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some((node, tenant)) = current else {
+            continue;
+        };
+        if busy > 0 || node != m.from.as_str() {
+            continue;
+        }
+        let op = crate::app::operations::enqueue(
+            &mut tx,
+            provisioner,
+            actor,
+            "site.move",
+            Some(&tenant),
+            "site",
+            m.site.as_str(),
+        )
+        .await
+        .map_err(|e| anyhow!("enqueueing a move: {e}"))?;
+        sqlx::query(
+            "INSERT INTO site_moves (operation_id, site_id, from_node, to_node, reason, state) \
+             VALUES (?, ?, ?, ?, ?, 'queued')",
+        )
+        .bind(op.as_str())
+        .bind(m.site.as_str())
+        .bind(m.from.as_str())
+        .bind(m.to.as_str())
+        .bind(reason_name(m.reason))
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            actor,
+            Event {
+                action: "site.move",
+                tenant_id: Some(&tenant),
+                target_type: "site",
+                target_id: m.site.as_str(),
+                details: json!({ "from": m.from, "to": m.to, "reason": reason_name(m.reason), "operation": op }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        answer.operations.push(op.to_string());
+    }
+    Ok(answer)
+}
+
+/// What one pass of the placement loop did.
+#[derive(Debug, Default, Serialize)]
+pub struct PassReport {
+    pub moves_started: usize,
+    pub proposed: usize,
+}
+
+/// One pass: node states from the swarm, then, when no move is under way, the moves the
+/// map needs: forced ones (drained or failed workers, over capacity) always, balance moves
+/// when `placement.rebalance = "auto"`. One replica at a time (a named lock).
+pub async fn pass(
+    db: &MySqlPool,
+    provisioner: &Provisioner,
+    config: &PlacementConfig,
+) -> anyhow::Result<Option<PassReport>> {
+    let mut lock = db.acquire().await?;
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('pressdock_placement', 0)")
+        .fetch_one(&mut *lock)
+        .await?;
+    if got != Some(1) {
+        return Ok(None);
+    }
+    let result = pass_locked(db, provisioner, config).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK('pressdock_placement')")
+        .execute(&mut *lock)
+        .await;
+    result.map(Some)
+}
+
+async fn pass_locked(
+    db: &MySqlPool,
+    provisioner: &Provisioner,
+    config: &PlacementConfig,
+) -> anyhow::Result<PassReport> {
+    if provisioner.swarm.is_some() {
+        crate::reconcile::sync_nodes(db, provisioner)
+            .await
+            .context("syncing nodes from the swarm")?;
+    }
+    let mut report = PassReport::default();
+    if moves_in_flight(db).await? > 0 {
+        return Ok(report);
+    }
+    let forced_only = config.rebalance != "auto";
+    let answer = rebalance(
+        db,
+        provisioner,
+        config,
+        None,
+        &RebalanceRequest {
+            dry_run: false,
+            max_moves: None,
+        },
+        forced_only,
+    )
+    .await?;
+    report.moves_started = answer.operations.len();
+    report.proposed = answer.moves.len();
+    if report.moves_started > 0 {
+        tracing::info!(
+            moves = report.moves_started,
+            lower_bound = answer.lower_bound,
+            "placement: moving sites"
+        );
+    }
+    Ok(report)
+}
+
+/// Runs [`pass`] every `interval_secs` until `shutdown`.
+pub async fn run_periodically(
+    db: MySqlPool,
+    provisioner: std::sync::Arc<Provisioner>,
+    config: PlacementConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(config.interval_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(err) = pass(&db, &provisioner, &config).await {
+            tracing::warn!(error = %format!("{err:#}"), "placement pass failed");
+        }
+    }
+}
+
+/// The move of a site in flight.
+struct InFlight {
+    operation: String,
+    from: String,
+    to: String,
+    state: String,
+    started: bool,
+    expired: bool,
+}
+
+async fn in_flight(db: &MySqlPool, site: &str, timeout: u64) -> Result<InFlight, StepError> {
+    let row: Option<(String, String, String, String, bool, bool)> = sqlx::query_as(
+        "SELECT operation_id, from_node, to_node, state, started_at IS NOT NULL, \
+         COALESCE(started_at < NOW(6) - INTERVAL ? SECOND, 0) FROM site_moves \
+         WHERE site_id = ? AND state IN ('queued', 'moving') ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(i64::try_from(timeout).unwrap_or(i64::MAX))
+    .bind(site)
+    .fetch_optional(db)
+    .await?;
+    let (operation, from, to, state, started, expired) =
+        row.ok_or_else(|| StepError::Permanent(anyhow!("site {site} has no move under way")))?;
+    Ok(InFlight {
+        operation,
+        from,
+        to,
+        state,
+        started,
+        expired,
+    })
+}
+
+/// Runs a step of `site.move`.
+pub async fn step(
+    db: &MySqlPool,
+    p: &Provisioner,
+    name: &str,
+    site: &str,
+) -> Result<(), StepError> {
+    let config = &p.placement;
+    let m = in_flight(db, site, config.move_timeout_secs).await?;
+    match name {
+        "await_turn" => await_turn(db, config, &m).await,
+        "move_service" => {
+            move_placement(db, site, &m.from, &m.to).await?;
+            p.ensure_site_service(db, site).await
+        }
+        "await_ready" => await_ready(db, p, site, &m).await,
+        "finish_move" => {
+            sqlx::query(
+                "UPDATE site_moves SET state = 'done', ready_at = COALESCE(ready_at, NOW(6)), \
+                 finished_at = NOW(6) WHERE operation_id = ?",
+            )
+            .bind(&m.operation)
+            .execute(db)
+            .await?;
+            Ok(())
+        }
+        other => Err(StepError::Permanent(anyhow!("unknown step {other}"))),
+    }
+}
+
+/// Takes a step of `site.move` back (the move failed): the site returns to its worker.
+pub async fn undo(
+    db: &MySqlPool,
+    p: &Provisioner,
+    name: &str,
+    site: &str,
+) -> Result<(), StepError> {
+    let Ok(m) = in_flight(db, site, u64::MAX / 2).await else {
+        return Ok(());
+    };
+    match name {
+        "move_service" => {
+            move_placement(db, site, &m.to, &m.from).await?;
+            p.ensure_site_service(db, site).await
+        }
+        "await_turn" => {
+            sqlx::query("UPDATE site_moves SET state = 'failed', finished_at = NOW(6) WHERE operation_id = ?")
+                .bind(&m.operation)
+                .execute(db)
+                .await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn await_turn(
+    db: &MySqlPool,
+    config: &PlacementConfig,
+    m: &InFlight,
+) -> Result<(), StepError> {
+    if m.state == "moving" {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    // The two workers' rows serialise the turn-taking of moves that touch them.
+    sqlx::query("SELECT id FROM nodes WHERE id IN (?, ?) FOR UPDATE")
+        .bind(&m.from)
+        .bind(&m.to)
+        .execute(&mut *tx)
+        .await?;
+    let (on_nodes, total): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(from_node IN (?, ?) OR to_node IN (?, ?)), 0) AS SIGNED), COUNT(*) FROM site_moves \
+         WHERE state = 'moving' AND operation_id <> ?",
+    )
+    .bind(&m.from)
+    .bind(&m.to)
+    .bind(&m.from)
+    .bind(&m.to)
+    .bind(&m.operation)
+    .fetch_one(&mut *tx)
+    .await?;
+    if on_nodes >= i64::from(config.max_moves_per_node)
+        || total >= i64::from(config.max_concurrent_moves)
+    {
+        return Err(StepError::Wait(
+            Duration::from_secs(2),
+            format!("{on_nodes} moves on these workers, {total} in all: waiting for a turn"),
+        ));
+    }
+    sqlx::query(
+        "UPDATE site_moves SET state = 'moving', started_at = NOW(6) WHERE operation_id = ?",
+    )
+    .bind(&m.operation)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves the placement row from one worker to another, checking the destination's room.
+async fn move_placement(db: &MySqlPool, site: &str, from: &str, to: &str) -> Result<(), StepError> {
+    let mut tx = db.begin().await?;
+    let current: Option<(String, i32)> =
+        sqlx::query_as("SELECT node_id, slots FROM placements WHERE site_id = ? FOR UPDATE")
+            .bind(site)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((node, slots)) = current else {
+        return Err(StepError::Permanent(anyhow!("site {site} is not placed")));
+    };
+    if node == to {
+        return Ok(());
+    }
+    if node != from {
+        return Err(StepError::Permanent(anyhow!(
+            "site {site} is on {node}, not on {from}"
+        )));
+    }
+    let room: Option<(i32, i64, String)> = sqlx::query_as(
+        "SELECT n.slots, CAST(COALESCE((SELECT SUM(slots) FROM placements WHERE node_id = n.id), 0) AS SIGNED), n.availability \
+         FROM nodes n WHERE n.id = ? FOR UPDATE",
+    )
+    .bind(to)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((capacity, used, availability)) = room else {
+        return Err(StepError::Permanent(anyhow!("worker {to} is unknown")));
+    };
+    if used + i64::from(slots) > i64::from(capacity) {
+        return Err(StepError::Permanent(anyhow!(
+            "worker {to} has {} free slots, the site needs {slots}",
+            i64::from(capacity) - used
+        )));
+    }
+    if availability == "down" {
+        return Err(StepError::Permanent(anyhow!("worker {to} is down")));
+    }
+    sqlx::query("UPDATE placements SET node_id = ? WHERE site_id = ?")
+        .bind(to)
+        .bind(site)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn await_ready(
+    db: &MySqlPool,
+    p: &Provisioner,
+    site: &str,
+    m: &InFlight,
+) -> Result<(), StepError> {
+    let Some(swarm) = &p.swarm else {
+        return Ok(());
+    };
+    let (state, swarm_to): (String, Option<String>) = sqlx::query_as(
+        "SELECT s.state, n.swarm_node_id FROM sites s JOIN nodes n ON n.id = ? WHERE s.id = ?",
+    )
+    .bind(&m.to)
+    .bind(site)
+    .fetch_one(db)
+    .await?;
+    if state == "suspended" {
+        return Ok(());
+    }
+    let swarm_to =
+        swarm_to.ok_or_else(|| StepError::Permanent(anyhow!("worker {} has no swarm id", m.to)))?;
+    let id =
+        SiteResourceId::parse(site).map_err(|e| StepError::Permanent(anyhow::Error::new(e)))?;
+    let tasks = swarm.site_tasks(&id).await.map_err(|e| {
+        StepError::Retryable(anyhow::Error::new(e).context("listing the site's tasks"))
+    })?;
+    let moved = tasks.len() == 1 && tasks[0].0 == swarm_to && tasks[0].1 == "running";
+    let agent_ready = if p.agents_report() {
+        let ready: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM agent_reports r JOIN site_moves m ON m.operation_id = ? \
+             WHERE r.site_id = ? AND r.ready = 1 AND r.node_id = ? AND r.received_at > m.started_at",
+        )
+        .bind(&m.operation)
+        .bind(site)
+        .bind(&swarm_to)
+        .fetch_optional(db)
+        .await?;
+        ready.is_some()
+    } else {
+        true
+    };
+    if moved && agent_ready {
+        sqlx::query(
+            "UPDATE site_moves SET ready_at = COALESCE(ready_at, NOW(6)) WHERE operation_id = ?",
+        )
+        .bind(&m.operation)
+        .execute(db)
+        .await?;
+        return Ok(());
+    }
+    if m.expired || !m.started {
+        return Err(StepError::Permanent(anyhow!(
+            "the site is not ready on its new worker after {} s (tasks: {tasks:?}, agent ready there: {agent_ready})",
+            p.placement.move_timeout_secs
+        )));
+    }
+    Err(StepError::Wait(
+        Duration::from_millis(500),
+        format!(
+            "waiting for the task on the new worker (tasks: {tasks:?}, agent ready: {agent_ready})"
+        ),
+    ))
+}

@@ -1,0 +1,163 @@
+//! Placement through the API (no swarm here: a move is the placement row and its
+//! operation; the lab tests move real tasks): the map, a dry run, applying the moves a
+//! new worker calls for, evacuating a drained worker, and who may do it.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+async fn sites_per_node(app: &TestApp, admin: &str) -> Vec<(String, String, usize)> {
+    let (status, map) = app.get("/v1/placement", admin).await;
+    assert_eq!(status, StatusCode::OK, "{map}");
+    map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["availability"].as_str().unwrap().to_owned(),
+                n["sites"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_all(app: &TestApp, admin: &str, answer: &Value) {
+    for op in answer["operations"].as_array().unwrap() {
+        let done = app.wait_operation(admin, op.as_str().unwrap()).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_eq!(done["kind"], "site.move");
+    }
+}
+
+#[tokio::test]
+async fn a_new_worker_gets_its_share_and_a_drained_worker_is_emptied() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "w1", 25).await;
+    let w2 = app.add_worker(&admin, "w2", 25).await;
+    let tenant = app.create_tenant(&admin, "spread").await;
+    let (owner, _) = app.user_with_role(&admin, &tenant, "owner").await;
+    for i in 0..12 {
+        let (status, created) = app
+            .create_site(&admin, &tenant, &format!("s{i}.example"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+        app.wait_operation(&admin, created["operation"]["id"].as_str().unwrap())
+            .await;
+    }
+    let before = sites_per_node(&app, &admin).await;
+    assert_eq!(
+        before.iter().map(|n| n.2).collect::<Vec<_>>(),
+        [6, 6],
+        "12 sites on two workers: {before:?}"
+    );
+
+    // A third worker: the dry run shows the fewest moves that balance the map.
+    app.add_worker(&admin, "w3", 25).await;
+    let (status, dry) = app.post("/v1/placement/rebalance", &admin, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["dry_run"], true);
+    let moves = dry["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 4, "{dry}");
+    assert_eq!(dry["lower_bound"], 4, "as few moves as possible");
+    assert!(
+        moves
+            .iter()
+            .all(|m| m["to"] == "w3" && m["reason"] == "balance")
+    );
+    assert!(dry["operations"].as_array().unwrap().is_empty());
+    let (_, map) = app.get("/v1/placement", &admin).await;
+    assert_eq!(
+        map["proposed"].as_array().unwrap().len(),
+        4,
+        "shown as proposed"
+    );
+
+    // Applied: four site.move operations, and the map is balanced.
+    let (status, applied) = app
+        .post(
+            "/v1/placement/rebalance",
+            &admin,
+            json!({ "dry_run": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{applied}");
+    assert_eq!(applied["operations"].as_array().unwrap().len(), 4);
+    wait_all(&app, &admin, &applied).await;
+    let after = sites_per_node(&app, &admin).await;
+    assert_eq!(
+        after.iter().map(|n| n.2).collect::<Vec<_>>(),
+        [4, 4, 4],
+        "{after:?}"
+    );
+    let (_, map) = app.get("/v1/placement", &admin).await;
+    assert!(map["proposed"].as_array().unwrap().is_empty(), "{map}");
+    let recent = map["recent_moves"].as_array().unwrap();
+    assert_eq!(recent.len(), 4);
+    assert!(
+        recent
+            .iter()
+            .all(|m| m["state"] == "done" && m["seconds_total"].as_f64().is_some())
+    );
+    assert!((map["balance"]["max_over_mean"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+
+    // Drained: every site of w2 goes to the others, within their capacity.
+    let (status, _) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/nodes/{w2}"),
+            Some(&admin),
+            Some(json!({ "availability": "drain" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, applied) = app
+        .post(
+            "/v1/placement/rebalance",
+            &admin,
+            json!({ "dry_run": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{applied}");
+    assert!(
+        applied["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["from"] == "w2" && m["reason"] == "evacuate")
+    );
+    wait_all(&app, &admin, &applied).await;
+    let drained = sites_per_node(&app, &admin).await;
+    assert_eq!(
+        drained,
+        [
+            ("w1".into(), "active".into(), 6),
+            ("w2".into(), "drain".into(), 0),
+            ("w3".into(), "active".into(), 6)
+        ]
+    );
+
+    // Staff only; bad input named.
+    let (status, _) = app.get("/v1/placement", &owner).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = app.post("/v1/placement/rebalance", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, bad) = app
+        .post(
+            "/v1/placement/rebalance",
+            &admin,
+            json!({ "dry_run": "no" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["errors"][0]["field"], "dry_run");
+    let (status, bad) = app
+        .post("/v1/placement/rebalance", &admin, json!({ "max_moves": 0 }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["errors"][0]["field"], "max_moves");
+    app.finish().await;
+}
