@@ -28,8 +28,10 @@ enum LabCmd {
     Up {
         #[arg(long, default_value_t = 1)]
         managers: u8,
-        #[arg(long, default_value_t = 2)]
-        workers: u8,
+        /// Workers (default: as many as the running lab has, else 2). On a running lab
+        /// this adds the missing workers or removes the extra ones; other nodes keep running.
+        #[arg(long)]
+        workers: Option<u8>,
         /// Galera nodes: 3 (default) or 1.
         #[arg(long, default_value_t = 3)]
         galera_nodes: u8,
@@ -97,7 +99,9 @@ fn main() -> Result<()> {
                 &repo,
                 &UpOptions {
                     managers,
-                    workers,
+                    workers: workers
+                        .or_else(|| lab::saved_topology().map(|t| t.workers))
+                        .unwrap_or(2),
                     galera_nodes,
                     no_install,
                     no_platform,
