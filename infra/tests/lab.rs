@@ -1,4 +1,5 @@
-//! Lab tests: each checks the real thing on the real lab (1 manager + 2 workers).
+//! Lab tests: each checks the real thing on the real lab (1 manager + 2 workers, or as
+//! many workers as the running lab has: `lab up` keeps the count).
 //!
 //! Gated: they run only with `PRESSDOCK_LAB_TESTS=1` (CI sets it) and need root. Each test
 //! first runs `pressdock-infra lab up --no-platform`, which builds the lab the first time and
