@@ -735,6 +735,21 @@ impl SwarmDriver {
             .collect())
     }
 
+    /// The state and message of the service's last update (`updating`, `completed`,
+    /// `rollback_started`, `rollback_completed`, `paused`…), if it was ever updated.
+    pub async fn update_state(&self, id: &SiteResourceId) -> Result<Option<(String, String)>> {
+        Ok(self
+            .inspect(id)
+            .await?
+            .and_then(|s| s.update_status)
+            .map(|u| {
+                (
+                    u.state.map(|s| s.to_string()).unwrap_or_default(),
+                    u.message.unwrap_or_default(),
+                )
+            }))
+    }
+
     pub fn build_spec(&self, params: &SiteServiceParams) -> Result<ServiceSpec> {
         build_service_spec(params, &self.config)
     }

@@ -193,15 +193,21 @@ sub vcl_recv {{
     unset req.http.X-Pressdock-Site;
     call pressdock_hosts;
     if (!req.http.X-Pressdock-Site) {{
-        return (synth(404, "Unknown site"));
+        return (synth(404, "No site is configured for this address"));
     }}
     # Known host: on to the built-in vcl_recv (pass with cookies or auth).
 }}
 
 sub vcl_synth {{
+    # The same pages and headers as configs/varnish/pressdock.vcl (include mode).
     set resp.http.Content-Type = "text/html; charset=utf-8";
-    set resp.http.X-Pressdock-Edge = "synth";
-    set resp.http.Retry-After = "300";
+    set resp.http.Cache-Control = "no-store";
+    if (resp.status == 404) {{
+        set resp.http.X-Pressdock-Edge = "not-found";
+    }} elsif (resp.status == 503) {{
+        set resp.http.X-Pressdock-Edge = "suspended";
+        set resp.http.Retry-After = "300";
+    }}
     synthetic({{"<!doctype html><html><head><title>"}} + resp.reason + {{"</title></head><body><h1>"}} + resp.reason + {{"</h1><p>Pressdock</p></body></html>"}});
     return (deliver);
 }}

@@ -491,7 +491,8 @@ async fn varnish_inline_host_table_load_use_discard_verify_and_ban() {
     let (code, resp) = helpers::http_get(&lab.http, "unknown.test").await;
     assert_eq!(code, 404, "{resp}");
     assert!(
-        resp.contains("X-Pressdock-Edge: synth") && resp.contains("Unknown site"),
+        resp.contains("X-Pressdock-Edge: not-found")
+            && resp.contains("No site is configured for this address"),
         "{resp}"
     );
     let (code, resp) = helpers::http_get(&lab.http, "s.test").await;
@@ -602,9 +603,14 @@ async fn varnish_include_mode_with_the_repository_vcl() {
     let (code, resp) = helpers::http_get(&lab.http, "s.test").await;
     assert_eq!(code, 503, "{resp}");
     assert!(resp.contains("Site suspended"), "{resp}");
-    // Unknown hosts pass through pressdock.vcl uncached, without a site id.
+    // Unknown hosts get our not-found page (pressdock.vcl's vcl_synth).
     let (code, resp) = helpers::http_get(&lab.http, "unknown.test").await;
-    assert_eq!((code, body_of(&resp)), (200, "site="), "{resp}");
+    assert_eq!(code, 404, "{resp}");
+    assert!(
+        resp.contains("X-Pressdock-Edge: not-found")
+            && resp.contains("No site is configured for this address"),
+        "{resp}"
+    );
     // a.test is now cached (pressdock.vcl caches anonymous GETs).
     let (_, resp) = helpers::http_get(&lab.http, "a.test").await;
     assert!(resp.contains("X-Pressdock-Cache: HIT"), "{resp}");

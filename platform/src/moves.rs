@@ -141,6 +141,7 @@ pub struct RebalanceAnswer {
 /// The database's view, in the planner's types, with the names to show.
 struct Loaded {
     cluster: Cluster,
+    pending: std::collections::BTreeSet<String>,
     nodes: BTreeMap<String, (String, Option<chrono::DateTime<chrono::Utc>>)>,
     sites: BTreeMap<String, MapSite>,
 }
@@ -179,10 +180,15 @@ async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded
     let mut cluster = Cluster::default();
     let mut nodes = BTreeMap::new();
     let mut in_grace = std::collections::BTreeSet::new();
+    let mut pending = std::collections::BTreeSet::new();
     for (id, name, availability, slots, domain, down_since, grace) in rows {
+        if availability == "pending" {
+            pending.insert(id.clone());
+        }
         let availability = match availability.as_str() {
             "active" => Availability::Active,
-            "drain" => Availability::Drain,
+            // Not ready for sites yet: receives none (and has none to move).
+            "drain" | "pending" => Availability::Drain,
             _ => Availability::Down,
         };
         if availability == Availability::Down && grace {
@@ -232,6 +238,7 @@ async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded
     }
     Ok(Loaded {
         cluster,
+        pending,
         nodes,
         sites,
     })
@@ -315,6 +322,19 @@ async fn recent_moves(db: &MySqlPool, limit: u32) -> anyhow::Result<Vec<MoveView
         .collect())
 }
 
+/// The stored availability (`pending` shows as such, not as the planner's drain).
+fn availability_of(loaded: &Loaded, node: &str, planned: Availability) -> String {
+    if loaded.pending.contains(node) {
+        return "pending".into();
+    }
+    match planned {
+        Availability::Active => "active",
+        Availability::Drain => "drain",
+        Availability::Down => "down",
+    }
+    .into()
+}
+
 /// `GET /v1/placement`: workers, their sites and utilisation, the moves a rebalance would
 /// make, and the latest moves.
 pub async fn map(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<PlacementMap> {
@@ -343,12 +363,7 @@ pub async fn map(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Pla
             MapNode {
                 id: n.node.to_string(),
                 name,
-                availability: match n.availability {
-                    Availability::Active => "active",
-                    Availability::Drain => "drain",
-                    Availability::Down => "down",
-                }
-                .into(),
+                availability: availability_of(&loaded, n.node.as_str(), n.availability),
                 down_since,
                 slots: n.capacity_slots,
                 used_slots: n.used_slots,
@@ -483,9 +498,10 @@ pub struct PassReport {
     pub proposed: usize,
 }
 
-/// One pass: node states from the swarm, then, when no move is under way, the moves the
-/// map needs: forced ones (drained or failed workers, over capacity) always, balance moves
-/// when `placement.rebalance = "auto"`. One replica at a time (a named lock).
+/// One pass: node states from the swarm, then the moves the map needs: forced ones
+/// (drained or failed workers, over capacity) always, balance moves when
+/// `placement.rebalance = "auto"` and no other move is under way. One replica at a time
+/// (a named lock).
 pub async fn pass(
     db: &MySqlPool,
     provisioner: &Provisioner,
@@ -516,10 +532,9 @@ async fn pass_locked(
             .context("syncing nodes from the swarm")?;
     }
     let mut report = PassReport::default();
-    if moves_in_flight(db).await? > 0 {
-        return Ok(report);
-    }
-    let forced_only = config.rebalance != "auto";
+    // Balance moves one plan at a time; moves off drained and failed workers at once
+    // (sites already moving are left out of the plan).
+    let forced_only = config.rebalance != "auto" || moves_in_flight(db).await? > 0;
     let answer = rebalance(
         db,
         provisioner,
@@ -660,20 +675,28 @@ async fn await_turn(
         return Ok(());
     }
     let mut tx = db.begin().await?;
-    // The two workers' rows serialise the turn-taking of moves that touch them.
-    sqlx::query("SELECT id FROM nodes WHERE id IN (?, ?) FOR UPDATE")
-        .bind(&m.from)
-        .bind(&m.to)
-        .execute(&mut *tx)
-        .await?;
+    // The two workers' rows serialise the turn-taking of moves that touch them. A worker
+    // that is down has no running task to protect: moves off it do not count against it.
+    let live: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM nodes WHERE id IN (?, ?) AND availability <> 'down' FOR UPDATE",
+    )
+    .bind(&m.from)
+    .bind(&m.to)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (a, b) = match live.as_slice() {
+        [] => ("", ""),
+        [one] => (one.as_str(), one.as_str()),
+        [one, two, ..] => (one.as_str(), two.as_str()),
+    };
     let (on_nodes, total): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(from_node IN (?, ?) OR to_node IN (?, ?)), 0) AS SIGNED), COUNT(*) FROM site_moves \
          WHERE state = 'moving' AND operation_id <> ?",
     )
-    .bind(&m.from)
-    .bind(&m.to)
-    .bind(&m.from)
-    .bind(&m.to)
+    .bind(a)
+    .bind(b)
+    .bind(a)
+    .bind(b)
     .bind(&m.operation)
     .fetch_one(&mut *tx)
     .await?;
@@ -769,6 +792,17 @@ async fn await_ready(
         StepError::Retryable(anyhow::Error::new(e).context("listing the site's tasks"))
     })?;
     let moved = tasks.len() == 1 && tasks[0].0 == swarm_to && tasks[0].1 == "running";
+    // Swarm gave up on the new task (it rolled the service back): no use waiting.
+    if let Some(update) = swarm.update_state(&id).await.map_err(|e| {
+        StepError::Retryable(anyhow::Error::new(e).context("inspecting the service"))
+    })? && (update.0.starts_with("rollback") || update.0 == "paused")
+    {
+        return Err(StepError::Permanent(anyhow!(
+            "swarm rolled the service back: {} ({})",
+            update.0,
+            update.1
+        )));
+    }
     let agent_ready = if p.agents_report() {
         let ready: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM agent_reports r JOIN site_moves m ON m.operation_id = ? \

@@ -205,10 +205,14 @@ pub async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Re
         .await?;
         // The swarm says when a node is down or drained; a drain ordered through the API
         // stays until the API lifts it.
+        // A worker takes sites once its provisioning marked it `pressdock.pool` (images
+        // loaded, storage mounted); before that it is `pending`.
+        let pending = role == "worker" && !labels.contains_key("pressdock.pool");
         let availability = match (&existing, down, drained) {
             (_, true, _) => "down",
             (_, false, true) => "drain",
             (Some((_, current)), false, false) if current == "drain" => "drain",
+            _ if pending => "pending",
             _ => "active",
         };
         match existing {

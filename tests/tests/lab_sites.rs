@@ -178,15 +178,26 @@ impl Platform {
     /// A control plane whose sites do not report (agents get no control URL): a site is
     /// `active` when its create operation finishes. The provisioning tests use it.
     async fn start(lab: &Lab, database: &str, failpoints: &str) -> Self {
-        Self::launch(lab, database, failpoints, false).await
+        Self::launch(lab, database, failpoints, false, None).await
     }
 
     /// A control plane the sites' agents report to (the lab's `[agent]` settings).
     async fn start_with_agents(lab: &Lab, database: &str) -> Self {
-        Self::launch(lab, database, "", true).await
+        Self::launch(lab, database, "", true, None).await
     }
 
-    async fn launch(lab: &Lab, database: &str, failpoints: &str, agents: bool) -> Self {
+    /// Agents reporting and the placement loop on, with these `[placement]` settings.
+    async fn start_with_placement(lab: &Lab, database: &str, placement: toml::Table) -> Self {
+        Self::launch(lab, database, "", true, Some(placement)).await
+    }
+
+    async fn launch(
+        lab: &Lab,
+        database: &str,
+        failpoints: &str,
+        agents: bool,
+        placement: Option<toml::Table>,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -197,8 +208,11 @@ impl Platform {
             table.remove("agent");
         }
         // Moves between workers would race these tests' own operations (issue 6 has its own).
-        let mut placement = toml::Table::new();
-        placement.insert("enabled".into(), false.into());
+        let placement = placement.unwrap_or_else(|| {
+            let mut off = toml::Table::new();
+            off.insert("enabled".into(), false.into());
+            off
+        });
         table.insert("placement".into(), placement.into());
         let database_url = format!("{}/{database}", lab.router_url);
         table.insert("database_url".into(), database_url.clone().into());
@@ -1433,5 +1447,333 @@ async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish
             .and_then(|v| v.to_str().ok()),
         Some("not-found")
     );
+    p.stop().await;
+}
+
+/// `pressdock-infra` of this workspace, for changing the lab's nodes.
+fn lab_tool(args: &[&str]) -> Duration {
+    let started = Instant::now();
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock-infra");
+    let status = std::process::Command::new(bin)
+        .arg("lab")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pressdock-infra lab {args:?}: {status}");
+    started.elapsed()
+}
+
+/// Requests to one site through the edge, five a second, each with a new query so that
+/// Varnish passes it to the site's task; every answer must be 200 with the site's title.
+struct Prober {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Prober {
+    fn start(domain: String, title: String) -> Self {
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap();
+            let (mut sent, mut failures) = (0u64, Vec::new());
+            while !*rx.borrow() {
+                sent += 1;
+                let answer = http
+                    .get(format!("http://127.0.0.1:23080/?probe={sent}-{}", random()))
+                    .header("Host", &domain)
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body = r.text().await.unwrap_or_default();
+                        if status != 200 || !body.contains(&title) {
+                            failures.push(format!(
+                                "{status}: {}",
+                                body.chars().take(120).collect::<String>()
+                            ));
+                        }
+                    }
+                    Err(e) => failures.push(format!("error: {e}")),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = rx.changed() => {}
+                }
+            }
+            (sent, failures)
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
+
+impl Platform {
+    async fn site(&self, site: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+            .await
+            .1
+    }
+
+    /// Waits until no move is queued or running and `done` moves exist; returns the map.
+    async fn moves_settled(&self, done: usize, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, map) = self.call(reqwest::Method::GET, "/v1/placement", None).await;
+            assert_eq!(status, 200, "{map}");
+            let recent = map["recent_moves"].as_array().unwrap();
+            let finished = recent.iter().filter(|m| m["state"] == "done").count();
+            let running = recent
+                .iter()
+                .filter(|m| m["state"] == "queued" || m["state"] == "moving")
+                .count();
+            assert!(
+                recent.iter().all(|m| m["state"] != "failed"),
+                "a move failed: {recent:?}"
+            );
+            if finished >= done && running == 0 {
+                return map;
+            }
+            assert!(Instant::now() < deadline, "moves did not settle: {map}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Issue 6 on the lab (1 manager, then 3 workers): 12 sites on two workers; a third worker
+/// joins and the placement loop moves its share there while every moved site answers
+/// every request; a drained worker is emptied, its sites still answering; a worker whose
+/// dockerd is killed has its sites serving elsewhere within the grace period plus 60 s.
+#[tokio::test]
+async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::load();
+    lab_tool(&["up", "--workers", "2", "--no-platform"]);
+    let grace_secs = 20;
+    let mut placement = toml::Table::new();
+    placement.insert("interval_secs".into(), 2.into());
+    placement.insert("down_grace_secs".into(), (grace_secs as i64).into());
+    placement.insert("rebalance".into(), "auto".into());
+    let p = Platform::start_with_placement(&lab, &format!("pdtest_{}", random()), placement).await;
+    let tenant = p.prepare().await;
+
+    // Twelve sites, all active (WordPress installed and ready) on the two workers.
+    let mut sites = Vec::new();
+    for i in 0..12 {
+        let domain = format!("mv{i}-{}.lab.test", random());
+        let title = format!("Moving site {i} {}", random());
+        let (status, created) = p
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{tenant}/sites"),
+                Some(json!({ "name": title, "domain": domain, "plan": "starter" })),
+            )
+            .await;
+        assert_eq!(status, 202, "{created}");
+        sites.push((
+            created["site"]["id"].as_str().unwrap().to_owned(),
+            domain,
+            title,
+        ));
+    }
+    let started = Instant::now();
+    for (site, _, _) in &sites {
+        let deadline = Instant::now() + Duration::from_secs(420);
+        loop {
+            let body = p.site(site).await;
+            if body["state"] == "active" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not active: {body}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    eprintln!("12 sites active after {:?}", started.elapsed());
+    let node_of = |v: &Value| v["node"].as_str().unwrap_or("").to_owned();
+    let mut before = std::collections::BTreeMap::new();
+    for (site, _, _) in &sites {
+        before.insert(site.clone(), node_of(&p.site(site).await));
+    }
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for n in before.values() {
+        *counts.entry(n.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [6, 6],
+        "{counts:?}"
+    );
+
+    // Every site answers while a third worker joins and the loop rebalances.
+    let probers: Vec<Prober> = sites
+        .iter()
+        .map(|(_, d, t)| Prober::start(d.clone(), t.clone()))
+        .collect();
+    let joined = lab_tool(&["up", "--workers", "3", "--no-platform"]);
+    let join_started = Instant::now();
+    let map = p.moves_settled(4, Duration::from_secs(300)).await;
+    eprintln!(
+        "worker joined in {joined:?} (lab up); 4 moves done {:?} later",
+        join_started.elapsed()
+    );
+    let moves = map["recent_moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 4, "the planner's lower bound: {moves:?}");
+    for m in moves {
+        eprintln!(
+            "  move {} {} -> {}: ready after {} s, {} s in all",
+            m["domain"], m["from"], m["to"], m["seconds_to_ready"], m["seconds_total"]
+        );
+        assert_eq!(m["to"], "pdlab-w3", "{m}");
+    }
+    let mut results = Vec::new();
+    for prober in probers {
+        results.push(prober.finish().await);
+    }
+    for ((_, domain, _), (sent, failures)) in sites.iter().zip(&results) {
+        assert!(*sent > 10, "{domain}: {sent} requests");
+        assert!(
+            failures.is_empty(),
+            "{domain}: {} of {sent} failed: {failures:?}",
+            failures.len()
+        );
+    }
+    eprintln!(
+        "join: {} requests, 0 failed",
+        results.iter().map(|r| r.0).sum::<u64>()
+    );
+    for (site, _, _) in &sites {
+        let body = p.site(site).await;
+        assert_eq!(body["state"], "active", "{body}");
+    }
+
+    // Drain pdlab-w1 through the API: all its sites move and keep answering.
+    let (_, nodes) = p.call(reqwest::Method::GET, "/v1/nodes", None).await;
+    let node_id = |name: &str| {
+        nodes
+            .as_array()
+            .or(nodes["items"].as_array())
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let w1 = node_id("pdlab-w1");
+    let probers: Vec<Prober> = sites
+        .iter()
+        .map(|(_, d, t)| Prober::start(d.clone(), t.clone()))
+        .collect();
+    let drain_started = Instant::now();
+    let (status, _) = p
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{w1}"),
+            Some(json!({ "availability": "drain" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let map = p.moves_settled(8, Duration::from_secs(300)).await;
+    eprintln!("drain: 4 moves done after {:?}", drain_started.elapsed());
+    let w1_node = map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "pdlab-w1")
+        .unwrap()
+        .clone();
+    assert!(w1_node["sites"].as_array().unwrap().is_empty(), "{w1_node}");
+    let mut results = Vec::new();
+    for prober in probers {
+        results.push(prober.finish().await);
+    }
+    for ((_, domain, _), (sent, failures)) in sites.iter().zip(&results) {
+        assert!(
+            failures.is_empty(),
+            "{domain}: {} of {sent} failed: {failures:?}",
+            failures.len()
+        );
+    }
+    eprintln!(
+        "drain: {} requests, 0 failed",
+        results.iter().map(|r| r.0).sum::<u64>()
+    );
+
+    // Bring pdlab-w1 back, then kill pdlab-w2's dockerd: its sites serve elsewhere within
+    // the grace period plus 60 s.
+    let (status, _) = p
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{w1}"),
+            Some(json!({ "availability": "active" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // w1 is empty and active again: the loop balances onto it; let it finish first.
+    p.moves_settled(12, Duration::from_secs(300)).await;
+    let mut on_w2 = Vec::new();
+    for (site, domain, title) in &sites {
+        if node_of(&p.site(site).await) == "pdlab-w2" {
+            on_w2.push((site.clone(), domain.clone(), title.clone()));
+        }
+    }
+    assert!(!on_w2.is_empty());
+    let killed = Instant::now();
+    lab_tool(&["node", "kill", "w2"]);
+    let limit = Duration::from_secs(grace_secs + 60);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for (site, domain, title) in &on_w2 {
+        loop {
+            let ok = match http
+                .get(format!("http://127.0.0.1:23080/?after-kill={}", random()))
+                .header("Host", domain)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    r.status() == 200 && r.text().await.unwrap_or_default().contains(title.as_str())
+                }
+                Err(_) => false,
+            };
+            let body = p.site(site).await;
+            if ok && node_of(&body) != "pdlab-w2" {
+                break;
+            }
+            assert!(
+                killed.elapsed() < limit,
+                "{domain} not serving elsewhere {limit:?} after the kill: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    eprintln!(
+        "worker killed: its {} sites served elsewhere after {:?} (grace {grace_secs} s)",
+        on_w2.len(),
+        killed.elapsed()
+    );
+
+    // Leave the lab as we found it: the worker back, the sites gone.
+    lab_tool(&["node", "start", "w2"]);
+    let mut deletes = Vec::new();
+    for (site, _, _) in &sites {
+        deletes.push(p.delete_site(site).await);
+    }
+    for op in deletes {
+        let done = p.wait(&op).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
     p.stop().await;
 }

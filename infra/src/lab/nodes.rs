@@ -181,10 +181,9 @@ pub fn ensure_swarm(lab: &Lab) -> Result<()> {
         match n.role {
             // In the lab the managers also carry the cache tier (Varnish).
             Role::Manager => labels.push("pressdock.cache=true".into()),
-            Role::Worker => {
-                labels.push("pressdock.pool=wp".into());
-                labels.push("pressdock.slots=25".into());
-            }
+            // `pressdock.pool=wp` comes last ([`mark_workers_ready`]): the platform places
+            // sites only on workers that have it.
+            Role::Worker => labels.push("pressdock.slots=25".into()),
         }
         let mut args = vec!["node".to_string(), "update".into()];
         for l in labels {
@@ -193,6 +192,21 @@ pub fn ensure_swarm(lab: &Lab) -> Result<()> {
         }
         args.push(id);
         run(&mut m1.docker(&args)).with_context(|| format!("labelling {}", n.host()))?;
+    }
+    Ok(())
+}
+
+/// Adds `pressdock.pool=wp` to every worker once it can run sites (the runtime image
+/// loaded, the Gluster volume mounted): before that the platform keeps it `pending`.
+pub fn mark_workers_ready(lab: &Lab) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    for n in lab.topo.nodes().iter().filter(|n| n.role == Role::Worker) {
+        let id = swarm_state(n).1;
+        if id.is_empty() {
+            bail!("{} has no swarm node id", n.host());
+        }
+        run(&mut m1.docker(["node", "update", "--label-add", "pressdock.pool=wp", &id]))
+            .with_context(|| format!("marking {} ready for sites", n.host()))?;
     }
     Ok(())
 }

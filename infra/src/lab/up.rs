@@ -325,6 +325,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
     join(gal)?;
     join(dat)?;
     join(nod)?;
+    nodes::mark_workers_ready(lab).context("marking the workers ready for sites")?;
     progress("edge", "waiting for the chain Traefik → Varnish → site");
     wait_edge(lab)?;
     progress("edge", "hello.lab.test answers through Traefik and Varnish");

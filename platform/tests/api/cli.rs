@@ -249,6 +249,34 @@ async fn sites_create_waits_for_the_operation_and_lists_the_site() {
         .await;
     assert!(table.contains("DOMAIN") && table.contains("blog.example.com"));
     assert!(table.contains("shop.example.com"), "{table}");
+
+    // A second worker: `placement rebalance` shows the move, `--apply` makes it, `placement
+    // show` prints the balanced map.
+    cli.json(&[
+        "nodes", "register", "--name", "worker-2", "--role", "worker", "--slots", "10",
+    ])
+    .await;
+    let dry = cli.ok(&["placement", "rebalance"]).await;
+    assert!(
+        dry.contains("worker-2") && dry.contains("balance") && dry.contains("dry run"),
+        "{dry}"
+    );
+    let applied = cli.json(&["placement", "rebalance", "--apply"]).await;
+    let ops = applied["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1, "{applied}");
+    let admin = app.admin_token().await;
+    let done = app.wait_operation(&admin, ops[0].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let map = cli.ok(&["placement", "show"]).await;
+    for want in [
+        "worker-1",
+        "worker-2",
+        "10%",
+        "max/mean utilisation 1.000",
+        "done",
+    ] {
+        assert!(map.contains(want), "{want} missing in:\n{map}");
+    }
     app.finish().await;
 }
 
