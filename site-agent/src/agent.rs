@@ -335,11 +335,23 @@ async fn check_loop(shared: Arc<Shared>) {
             *c = list;
         }
         let h = shared.health();
+        let mut became_ready = false;
         shared.metrics.with(|m| {
+            became_ready = h.ready && !m.ready;
             m.ready = h.ready;
             m.wordpress_installed = h.wordpress_installed;
         });
-        tokio::time::sleep(s.check_interval).await;
+        if became_ready {
+            // A new or moved site: the platform hears at once, not at the next interval.
+            shared.report_now.notify_one();
+        }
+        // Not ready yet (starting, or a move waiting for this task): look again soon.
+        let next = if h.ready {
+            s.check_interval
+        } else {
+            s.check_interval.min(std::time::Duration::from_secs(2))
+        };
+        tokio::time::sleep(next).await;
     }
 }
 

@@ -1765,7 +1765,19 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
         killed.elapsed()
     );
 
-    // Leave the lab as we found it: the worker back, the sites gone.
+    // Leave the lab as we found it: the worker back (kept out of placement meanwhile so
+    // that no move races the deletes), the sites gone.
+    p.moves_settled(12 + on_w2.len(), Duration::from_secs(300))
+        .await;
+    let w2 = node_id("pdlab-w2");
+    let (status, _) = p
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{w2}"),
+            Some(json!({ "availability": "drain" })),
+        )
+        .await;
+    assert_eq!(status, 200);
     lab_tool(&["node", "start", "w2"]);
     let mut deletes = Vec::new();
     for (site, _, _) in &sites {

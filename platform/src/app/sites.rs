@@ -660,7 +660,14 @@ pub async fn transition(
     .bind(id.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    if busy > 0 || !allowed.contains(&current.as_str()) {
+    if busy > 0 {
+        return Err(ApiError::conflict(
+            None,
+            "another operation of this site (a change or a move between workers) is under way; \
+             try again when it finishes",
+        ));
+    }
+    if !allowed.contains(&current.as_str()) {
         return Err(ApiError::conflict(
             None,
             format!("the site is {current}; it cannot go to {next} now"),
