@@ -615,13 +615,23 @@ async fn varnish_include_mode_with_the_repository_vcl() {
     let (_, resp) = helpers::http_get(&lab.http, "a.test").await;
     assert!(resp.contains("X-Pressdock-Cache: HIT"), "{resp}");
 
-    // a.test leaves the table: new VCL; its cached page stays until banned.
+    // A ban of the host drops its cached page; a path ban only that path.
+    ok(driver.ban_paths(&host("a.test"), &["/".to_owned()]).await);
+    let (_, resp) = helpers::http_get(&lab.http, "a.test").await;
+    assert!(resp.contains("X-Pressdock-Cache: MISS"), "path ban: {resp}");
+    let (_, resp) = helpers::http_get(&lab.http, "a.test").await;
+    assert!(resp.contains("X-Pressdock-Cache: HIT"), "{resp}");
+    ok(driver.ban_host(&host("a.test")).await);
+    let (_, resp) = helpers::http_get(&lab.http, "a.test").await;
+    assert!(resp.contains("X-Pressdock-Cache: MISS"), "host ban: {resp}");
+
+    // a.test leaves the table: new VCL, and the host gets our not-found page.
     t.remove(&host("a.test"));
     assert!(ok(driver.apply_host_table(&t).await)[0].converged);
     assert_ne!(ok(driver.render(&t).await).name, first);
-    ok(driver.ban_host(&host("a.test")).await);
     let (code, resp) = helpers::http_get(&lab.http, "a.test").await;
-    assert_eq!((code, body_of(&resp)), (200, "site="), "{resp}");
+    assert_eq!(code, 404, "{resp}");
+    assert!(resp.contains("X-Pressdock-Edge: not-found"), "{resp}");
 }
 
 #[tokio::test]
