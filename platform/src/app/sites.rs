@@ -608,10 +608,29 @@ async fn refit_plan(
         .fetch_one(&mut *conn)
         .await?;
         if used - i64::from(slots) + i64::from(plan.slots) > i64::from(capacity) {
-            return Err(ApiError::conflict(
-                Some("plan"),
-                "the site's worker has no room for this plan; rebalance first",
-            ));
+            // Re-fit: the active worker with the most room takes the site; the update
+            // operation's service step then moves its task there (start-first).
+            let roomier: Option<String> = sqlx::query_scalar(
+                "SELECT n.id FROM nodes n LEFT JOIN (SELECT node_id, SUM(slots) AS used FROM placements \
+                 GROUP BY node_id) u ON u.node_id = n.id WHERE n.role = 'worker' AND n.availability = 'active' \
+                 AND n.id <> ? AND n.slots - COALESCE(u.used, 0) >= ? \
+                 ORDER BY n.slots - COALESCE(u.used, 0) DESC, n.id LIMIT 1 FOR UPDATE",
+            )
+            .bind(&node)
+            .bind(plan.slots)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(roomier) = roomier else {
+                return Err(ApiError::conflict(
+                    Some("plan"),
+                    "no active worker has room for this plan; add a worker",
+                ));
+            };
+            sqlx::query("UPDATE placements SET node_id = ? WHERE site_id = ?")
+                .bind(&roomier)
+                .bind(site)
+                .execute(&mut *conn)
+                .await?;
         }
     }
     sqlx::query("UPDATE placements SET slots = ? WHERE site_id = ?")

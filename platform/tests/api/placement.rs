@@ -161,3 +161,73 @@ async fn a_new_worker_gets_its_share_and_a_drained_worker_is_emptied() {
     assert_eq!(bad["errors"][0]["field"], "max_moves");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_bigger_plan_refits_the_site_onto_a_worker_with_room() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "small", 1).await;
+    app.add_worker(&admin, "roomy", 6).await;
+    let tenant = app.create_tenant(&admin, "refit").await;
+    let mut sites = Vec::new();
+    for domain in ["one.example", "two.example"] {
+        let (status, created) = app.create_site(&admin, &tenant, domain).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+        app.wait_operation(&admin, created["operation"]["id"].as_str().unwrap())
+            .await;
+        sites.push(created["site"]["id"].as_str().unwrap().to_owned());
+    }
+    let on_small = {
+        let mut found = None;
+        for site in &sites {
+            let (_, body) = app.get(&format!("/v1/sites/{site}"), &admin).await;
+            if body["node"] == "small" {
+                found = Some(site.clone());
+            }
+        }
+        found.expect("one site on the one-slot worker (tenant spread)")
+    };
+    // Business needs 2 slots: the one-slot worker cannot hold it, the roomy one takes it.
+    let (status, accepted) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{on_small}"),
+            Some(&admin),
+            Some(json!({ "plan": "business" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let done = app
+        .wait_operation(&admin, accepted["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, body) = app.get(&format!("/v1/sites/{on_small}"), &admin).await;
+    assert_eq!(
+        (body["plan"].as_str(), body["node"].as_str()),
+        (Some("business"), Some("roomy")),
+        "{body}"
+    );
+    let nodes = sites_per_node(&app, &admin).await;
+    assert_eq!(
+        nodes,
+        [
+            ("roomy".into(), "active".into(), 2),
+            ("small".into(), "active".into(), 0)
+        ]
+    );
+    // No worker with room for a plan: 409 naming the field, nothing changed.
+    let (status, _) = app.post("/v1/plans", &admin, json!({ "slug": "huge", "name": "Huge", "slots": 25, "storage_mb": 1024, "memory_mb": 256, "cpu_millis": 250, "price_cents": 1 })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, refused) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{on_small}"),
+            Some(&admin),
+            Some(json!({ "plan": "huge" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (_, body) = app.get(&format!("/v1/sites/{on_small}"), &admin).await;
+    assert_eq!(body["plan"], "business");
+    app.finish().await;
+}
