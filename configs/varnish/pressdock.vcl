@@ -88,6 +88,15 @@ sub vcl_backend_response {
         call pressdock_retry_pause;
         return (retry);
     }
+    # Traefik's own "404 page not found" (no Server header; a site's 404 comes from its
+    # nginx) for a host we route: the site's router is missing between two refreshes of
+    # Traefik's swarm provider while its task is replaced. Same retries.
+    if (beresp.status == 404 && !beresp.http.Server && bereq.http.X-Pressdock-Site &&
+        !bereq.is_bgfetch && (bereq.method == "GET" || bereq.method == "HEAD") &&
+        bereq.retries < 4) {
+        call pressdock_retry_pause;
+        return (retry);
+    }
     set beresp.http.X-Pressdock-Host = bereq.http.host;
     set beresp.grace = 6h;
     set beresp.keep = 1h;
