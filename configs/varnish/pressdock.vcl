@@ -80,7 +80,7 @@ sub vcl_hit {
 sub vcl_backend_response {
     # A task being replaced (a start-first move, a rolling update) or Traefik between two
     # refreshes of its routes: Traefik answers 502/503/504 at once. An idempotent request
-    # is tried again after a short pause (4 retries, 0.25 s to 1 s apart, about 2.5 s in all:
+    # is tried again after a short pause (4 retries, 0.5 s to 2 s apart, 5 s in all:
     # Traefik's swarm provider refreshes every 2 s). A background refresh is not retried:
     # the stale object is served meanwhile.
     if (beresp.status >= 502 && beresp.status <= 504 && !bereq.is_bgfetch &&
@@ -139,16 +139,17 @@ sub vcl_backend_error {
     }
 }
 
-# 0.25 s, 0.5 s, 0.75 s, 1 s before the 1st to 4th retry.
+# 0.5, 1, 1.5 and 2 s before the 1st to 4th retry (Varnish's max_retries is 4): 5 s in
+# all, two refreshes of Traefik's swarm provider and then some.
 sub pressdock_retry_pause {
     if (bereq.retries == 0) {
-        vtc.sleep(250ms);
-    } elsif (bereq.retries == 1) {
         vtc.sleep(500ms);
-    } elsif (bereq.retries == 2) {
-        vtc.sleep(750ms);
-    } else {
+    } elsif (bereq.retries == 1) {
         vtc.sleep(1s);
+    } elsif (bereq.retries == 2) {
+        vtc.sleep(1500ms);
+    } else {
+        vtc.sleep(2s);
     }
 }
 
