@@ -1283,20 +1283,11 @@ async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish
     let provisioned = started.elapsed();
 
     // The agent installs WordPress and reports ready: the site becomes active.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let shown = loop {
-        let (_, body) = p
-            .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
-            .await;
-        if body["state"] == "active" && body["agent"]["ready"] == true {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the site did not become active: {body}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let shown = p
+        .wait_site(&site, Duration::from_secs(240), |b| {
+            b["state"] == "active" && b["agent"]["ready"] == true
+        })
+        .await;
     let ready = started.elapsed();
     eprintln!(
         "site {site}: operation done after {provisioned:?}, active (agent ready) after {ready:?}"
@@ -1523,6 +1514,27 @@ impl Platform {
             .1
     }
 
+    /// Polls `GET /v1/sites/{site}` until `done` holds; returns that answer.
+    async fn wait_site(
+        &self,
+        site: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let body = self.site(site).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "site {site} did not get there within {within:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Waits until no move is queued or running and `done` moves exist; returns the map.
     async fn moves_settled(&self, done: usize, within: Duration) -> Value {
         let deadline = Instant::now() + within;
@@ -1590,15 +1602,8 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
     }
     let started = Instant::now();
     for (site, _, _) in &sites {
-        let deadline = Instant::now() + Duration::from_secs(420);
-        loop {
-            let body = p.site(site).await;
-            if body["state"] == "active" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not active: {body}");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        p.wait_site(site, Duration::from_secs(420), |b| b["state"] == "active")
+            .await;
     }
     eprintln!("12 sites active after {:?}", started.elapsed());
     let node_of = |v: &Value| v["node"].as_str().unwrap_or("").to_owned();
