@@ -35,6 +35,19 @@ pub enum StepError {
 
 impl From<sqlx::Error> for StepError {
     fn from(err: sqlx::Error) -> Self {
+        // A deadlock (1213) or a lock wait timeout (1205) says only that another
+        // transaction got there first (moves and the node sync lock the same rows): run the
+        // step again soon, without using up one of its attempts.
+        let conflict = err
+            .as_database_error()
+            .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .is_some_and(|e| matches!(e.number(), 1205 | 1213));
+        if conflict {
+            return Self::Wait(
+                Duration::from_millis(500),
+                format!("database: {err}; trying again"),
+            );
+        }
         Self::Retryable(anyhow::Error::new(err).context("database"))
     }
 }

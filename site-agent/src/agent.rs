@@ -5,7 +5,7 @@
 //!
 //! Stopping (swarm gives the task 20 s from SIGTERM to SIGKILL; the agent uses
 //! `stop_grace`, 15 s):
-//! 1. Drain, `drain` (5 s): `/readyz` answers 503 with the check `draining`, one report
+//! 1. Drain, `drain` (7 s): `/readyz` answers 503 with the check `draining`, one report
 //!    says so at once, nginx and php-fpm keep serving. The edge (Traefik polls swarm) drops
 //!    the task meanwhile, so no visitor meets a closed port during a move or an update.
 //!    A second signal ends the drain early.

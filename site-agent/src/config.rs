@@ -273,7 +273,7 @@ impl Settings {
         let fpm_conf = run_dir.join("php-fpm.conf");
         let nginx_conf = run_dir.join("nginx.conf");
         let stop_grace = secs("PRESSDOCK_AGENT_STOP_GRACE_SECS", 15)?;
-        let mut drain = secs("PRESSDOCK_AGENT_DRAIN_SECS", 5)?;
+        let mut drain = secs("PRESSDOCK_AGENT_DRAIN_SECS", 7)?;
         if drain > stop_grace / 2 {
             tracing::warn!(
                 drain_ms = drain.as_millis() as u64,
@@ -489,8 +489,8 @@ pub(crate) mod tests {
         );
         assert_eq!(s.nginx_cmd[0], "nginx");
         assert_eq!(s.node_id, None);
-        assert_eq!(s.drain, Duration::from_secs(5));
-        assert_eq!(s.children_stop_grace(), Duration::from_secs(10));
+        assert_eq!(s.drain, Duration::from_secs(7));
+        assert_eq!(s.children_stop_grace(), Duration::from_secs(8));
         assert_eq!(s.local_purge_url(), "http://127.0.0.1:9180/purge");
     }
 

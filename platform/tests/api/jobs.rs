@@ -215,3 +215,47 @@ async fn retryable_errors_back_off_and_permanent_ones_unwind() {
     drop(runner);
     app.finish().await;
 }
+
+/// A deadlock between two transactions (MariaDB picks one to roll back) makes the step wait
+/// and run again rather than use up an attempt; other database errors stay retryable.
+#[tokio::test]
+async fn a_deadlock_is_a_short_wait_not_a_failed_attempt() {
+    use platform::jobs::StepError;
+    let app = TestApp::spawn_with(|c| c.jobs.enabled = false).await;
+    sqlx::query("CREATE TABLE deadlock_probe (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO deadlock_probe VALUES (1, 0), (2, 0)")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut a = app.db.begin().await.unwrap();
+    let mut b = app.db.begin().await.unwrap();
+    let lock = "UPDATE deadlock_probe SET v = v + 1 WHERE id = ?";
+    sqlx::query(lock).bind(1).execute(&mut *a).await.unwrap();
+    sqlx::query(lock).bind(2).execute(&mut *b).await.unwrap();
+    // Each now wants the other's row: one of the two is chosen as the victim.
+    let (ra, rb) = tokio::join!(sqlx::query(lock).bind(2).execute(&mut *a), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query(lock).bind(1).execute(&mut *b).await
+    });
+    let victim = match (ra, rb) {
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
+        other => panic!("expected exactly one deadlock victim: {other:?}"),
+    };
+    match StepError::from(victim) {
+        StepError::Wait(after, why) => {
+            assert!(after <= Duration::from_secs(1), "{after:?}");
+            assert!(why.contains("Deadlock"), "{why}");
+        }
+        other => panic!("a deadlock should wait: {other:?}"),
+    }
+    drop((a, b));
+    let missing = sqlx::query("SELECT * FROM no_such_table")
+        .execute(&app.db)
+        .await
+        .unwrap_err();
+    assert!(matches!(StepError::from(missing), StepError::Retryable(_)));
+    app.finish().await;
+}
