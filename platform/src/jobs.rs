@@ -198,6 +198,13 @@ async fn ensure_site_recorded(ctx: &StepContext<'_>) -> StepResult {
 /// overfill a worker; the placement's primary key makes the step idempotent.
 async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
     let mut tx = ctx.db.begin().await?;
+    // The active workers' rows first, before any plain read: they serialise reservations
+    // (and moves onto them), and the reads below then see what the last holder committed.
+    sqlx::query(
+        "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
+    )
+    .execute(&mut *tx)
+    .await?;
     let placed: Option<String> =
         sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
             .bind(ctx.target)
@@ -212,28 +219,21 @@ async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
     .bind(ctx.target)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
-        "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
+    let slots = u32::try_from(slots).unwrap_or(1).max(1);
+    let chosen = crate::moves::place_new_site(
+        &mut tx,
+        &ctx.provisioner.placement,
+        ctx.target,
+        &tenant,
+        slots,
     )
-    .execute(&mut *tx)
-    .await?;
-    let choice: Option<String> = sqlx::query_scalar(
-        "SELECT n.id FROM nodes n \
-         LEFT JOIN (SELECT node_id, SUM(slots) AS used FROM placements GROUP BY node_id) u ON u.node_id = n.id \
-         LEFT JOIN (SELECT pl.node_id, COUNT(*) AS mine FROM placements pl JOIN sites s ON s.id = pl.site_id \
-                    WHERE s.tenant_id = ? GROUP BY pl.node_id) t ON t.node_id = n.id \
-         WHERE n.role = 'worker' AND n.availability = 'active' AND n.slots - COALESCE(u.used, 0) >= ? \
-         ORDER BY COALESCE(t.mine, 0), n.slots - COALESCE(u.used, 0) DESC, n.id LIMIT 1",
-    )
-    .bind(&tenant)
-    .bind(slots)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(node) = choice else {
-        return Err(StepError::Permanent(anyhow::anyhow!(
-            "no active worker has {slots} free slots; add or activate a worker"
-        )));
-    };
+    .await
+    .map_err(StepError::Retryable)?;
+    let node = chosen.map_err(|reason| {
+        StepError::Permanent(anyhow::anyhow!(
+            "no worker can take the site ({reason}); add or activate a worker"
+        ))
+    })?;
     sqlx::query("INSERT INTO placements (site_id, node_id, slots) VALUES (?, ?, ?)")
         .bind(ctx.target)
         .bind(&node)

@@ -159,7 +159,7 @@ pub fn policy(config: &PlacementConfig) -> Policy {
 /// Workers and placed sites. A site with an operation under way, not yet serving
 /// (`provisioning`) or pinned by staff stays where it is; so do the sites of a worker down
 /// for less than the grace period (it may come back).
-async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded> {
+async fn load(db: &mut sqlx::MySqlConnection, config: &PlacementConfig) -> anyhow::Result<Loaded> {
     #[allow(clippy::type_complexity)]
     let rows: Vec<(
         String,
@@ -175,7 +175,7 @@ async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded
              FROM nodes WHERE role = 'worker' ORDER BY name",
     )
     .bind(i64::try_from(config.down_grace_secs).unwrap_or(i64::MAX))
-    .fetch_all(db)
+    .fetch_all(&mut *db)
     .await?;
     let mut cluster = Cluster::default();
     let mut nodes = BTreeMap::new();
@@ -211,7 +211,7 @@ async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded
          FROM sites s JOIN placements pl ON pl.site_id = s.id \
          WHERE s.state NOT IN ('deleted', 'failed') ORDER BY s.seq",
     )
-    .fetch_all(db)
+    .fetch_all(&mut *db)
     .await?;
     let mut sites = BTreeMap::new();
     for (id, domain, tenant, state, slots, node, pinned, busy) in rows {
@@ -242,6 +242,42 @@ async fn load(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<Loaded
         nodes,
         sites,
     })
+}
+
+/// Chooses the worker for a new site with the planner (capacity, headroom, tenant spread,
+/// failure domains), in the caller's transaction: the caller holds the active workers'
+/// rows, so no other reservation changes the picture meanwhile.
+pub async fn place_new_site(
+    tx: &mut sqlx::MySqlConnection,
+    config: &PlacementConfig,
+    site: &str,
+    tenant: &str,
+    slots: u32,
+) -> anyhow::Result<Result<String, placement::UnplacedReason>> {
+    let mut cluster = load(tx, config).await?.cluster;
+    cluster.sites.retain(|s| s.id.as_str() != site);
+    cluster.sites.push(placement::Site {
+        id: site.into(),
+        tenant: tenant.into(),
+        slots,
+        node: None,
+        pinned: false,
+        required_labels: BTreeMap::new(),
+    });
+    let plan = placement::place(&cluster, &policy(config))?;
+    if let Some(a) = plan
+        .assignments
+        .into_iter()
+        .find(|a| a.site.as_str() == site)
+    {
+        return Ok(Ok(a.node.as_str().to_owned()));
+    }
+    let reason = plan
+        .unplaced
+        .into_iter()
+        .find(|u| u.site.as_str() == site)
+        .map_or(placement::UnplacedReason::NoActiveNodes, |u| u.reason);
+    Ok(Err(reason))
 }
 
 fn reason_name(reason: MoveReason) -> &'static str {
@@ -338,7 +374,7 @@ fn availability_of(loaded: &Loaded, node: &str, planned: Availability) -> String
 /// `GET /v1/placement`: workers, their sites and utilisation, the moves a rebalance would
 /// make, and the latest moves.
 pub async fn map(db: &MySqlPool, config: &PlacementConfig) -> anyhow::Result<PlacementMap> {
-    let loaded = load(db, config).await?;
+    let loaded = load(&mut *db.acquire().await?, config).await?;
     let utilisation = placement::utilisation(&loaded.cluster);
     let plan = placement::rebalance(&loaded.cluster, &policy(config))
         .map_err(|e| anyhow!("planning: {e}"))?;
@@ -398,7 +434,7 @@ pub async fn rebalance(
     request: &RebalanceRequest,
     forced_only: bool,
 ) -> anyhow::Result<RebalanceAnswer> {
-    let loaded = load(db, config).await?;
+    let loaded = load(&mut *db.acquire().await?, config).await?;
     let mut policy = policy(config);
     policy.max_moves = request.max_moves;
     let plan =

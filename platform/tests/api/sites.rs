@@ -478,10 +478,9 @@ async fn a_full_cluster_fails_the_create_and_unwinds() {
         .await;
     assert_eq!(op["state"], "failed");
     assert!(
-        op["error"]
-            .as_str()
-            .unwrap()
-            .contains("no active worker has 1 free slots"),
+        op["error"].as_str().unwrap().contains(
+            "no worker can take the site (needs 1 slots, the most free on a matching node is 0)"
+        ),
         "{op}"
     );
     let states: Vec<&str> = op["steps"]
@@ -501,5 +500,68 @@ async fn a_full_cluster_fails_the_create_and_unwinds() {
         .await
         .unwrap();
     assert_eq!(held, 0);
+    app.finish().await;
+}
+
+/// New sites are placed by the planner with the configured policy: with one slot of
+/// headroom kept free, a two-slot worker takes one site and refuses the second.
+#[tokio::test]
+async fn new_sites_keep_the_configured_headroom_free() {
+    let app = TestApp::spawn_with(|c| c.placement.headroom_slots = 1).await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "small", 2).await;
+    let tenant = app.create_tenant(&admin, "acme").await;
+    let (_, first) = app.create_site(&admin, &tenant, "one.example").await;
+    let op = app
+        .wait_operation(&admin, first["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let (_, second) = app.create_site(&admin, &tenant, "two.example").await;
+    let op = app
+        .wait_operation(&admin, second["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("needs 1 slots"),
+        "{op}"
+    );
+    app.finish().await;
+}
+
+/// Creates racing for the last slots of a worker: the runner's loops reserve one at a time,
+/// so exactly as many succeed as there are slots and the worker is never over capacity.
+#[tokio::test]
+async fn concurrent_creates_never_fill_a_worker_past_its_slots() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let worker = app.add_worker(&admin, "five", 5).await;
+    let tenant = app.create_tenant(&admin, "acme").await;
+    let creates = (0..9).map(|i| {
+        let (app, admin, tenant) = (&app, &admin, &tenant);
+        async move {
+            app.create_site(admin, tenant, &format!("s{i}.example"))
+                .await
+        }
+    });
+    let created = futures::future::join_all(creates).await;
+    let mut states = std::collections::BTreeMap::<String, usize>::new();
+    for (_, body) in created {
+        let op = app
+            .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+            .await;
+        *states
+            .entry(op["state"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(states.get("succeeded"), Some(&5), "{states:?}");
+    assert_eq!(states.get("failed"), Some(&4), "{states:?}");
+    let used: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(slots), 0) AS SIGNED) FROM placements WHERE node_id = ?",
+    )
+    .bind(&worker)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(used, 5);
     app.finish().await;
 }
