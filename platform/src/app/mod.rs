@@ -27,6 +27,20 @@ pub fn is_duplicate(err: &sqlx::Error) -> bool {
     }
 }
 
+/// An insert's result with a unique-key violation turned into 409 naming `field`.
+pub fn unique<T>(
+    inserted: Result<T, sqlx::Error>,
+    field: &'static str,
+    detail: impl Into<String>,
+) -> Result<T, crate::error::ApiError> {
+    match inserted {
+        Err(err) if is_duplicate(&err) => {
+            Err(crate::error::ApiError::conflict(Some(field), detail))
+        }
+        other => Ok(other?),
+    }
+}
+
 pub type Timestamp = DateTime<Utc>;
 
 /// A page of a cursor-paginated list.

@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::FromRow;
 use utoipa::ToSchema;
 
-use super::is_duplicate;
+use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
@@ -140,15 +140,7 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     .bind(sqlx::types::Json(&labels))
     .execute(&mut *tx)
     .await;
-    match inserted {
-        Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(
-                Some("name"),
-                "a node with this name exists",
-            ));
-        }
-        other => other?,
-    };
+    unique(inserted, "name", "a node with this name exists")?;
     audit::record(
         &mut tx,
         Some(actor),

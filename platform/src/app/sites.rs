@@ -14,8 +14,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     Page, decode_cursor, encode_cursor,
     idempotency::{self, IdemKey, Replay},
-    is_duplicate,
     operations::{self, Operation},
+    unique,
 };
 use crate::{
     actor::Actor,
@@ -332,16 +332,12 @@ async fn insert_domains(
                 .bind(i == 0)
                 .execute(&mut *conn)
                 .await;
-        match inserted {
-            Err(err) if is_duplicate(&err) => {
-                let field = if i == 0 { "domain" } else { "aliases" };
-                return Err(ApiError::conflict(
-                    Some(field),
-                    format!("{domain} is already used by a site"),
-                ));
-            }
-            other => other?,
-        };
+        let field = if i == 0 { "domain" } else { "aliases" };
+        unique(
+            inserted,
+            field,
+            format!("{domain} is already used by a site"),
+        )?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::{FromRow, MySqlPool};
 use utoipa::ToSchema;
 
-use super::is_duplicate;
+use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
@@ -56,15 +56,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewTenant) -> ApiRes
         .bind(&name)
         .execute(&mut *tx)
         .await;
-    match inserted {
-        Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(
-                Some("slug"),
-                "a tenant with this slug exists",
-            ));
-        }
-        other => other?,
-    };
+    unique(inserted, "slug", "a tenant with this slug exists")?;
     audit::record(
         &mut tx,
         Some(actor),

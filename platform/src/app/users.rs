@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::{FromRow, MySqlConnection};
 use utoipa::ToSchema;
 
-use super::is_duplicate;
+use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
@@ -98,14 +98,12 @@ pub async fn insert_user(
     .bind(staff_role.map(StaffRole::as_str))
     .execute(conn)
     .await;
-    match inserted {
-        Err(err) if is_duplicate(&err) => Err(ApiError::conflict(
-            Some("email"),
-            "an account with this e-mail address exists",
-        )),
-        Err(err) => Err(err.into()),
-        Ok(_) => Ok(id),
-    }
+    unique(
+        inserted,
+        "email",
+        "an account with this e-mail address exists",
+    )?;
+    Ok(id)
 }
 
 pub async fn me(state: &AppState, actor: &Actor) -> ApiResult<User> {
@@ -250,15 +248,7 @@ pub async fn invite(
             .bind(input.role.as_str())
             .execute(&mut *tx)
             .await;
-    match inserted {
-        Err(err) if is_duplicate(&err) => {
-            return Err(ApiError::conflict(
-                Some("email"),
-                "this user is already a member",
-            ));
-        }
-        other => other?,
-    };
+    unique(inserted, "email", "this user is already a member")?;
     audit::record(
         &mut tx,
         Some(actor),
