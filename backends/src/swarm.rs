@@ -406,6 +406,11 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
                 ),
                 labels: Some(HashMap::from([(LABEL_SITE.to_owned(), id.to_string())])),
                 hostname: Some(name.clone()),
+                // WordPress calls itself (WP-Cron's spawn on a page view, Site Health's
+                // loopback test) by its own domain: answered by the task's own nginx. Through
+                // DNS the name does not resolve inside the task, and the lookup held the
+                // visitor's request about 10 s once a minute per site.
+                hosts: Some(vec![format!("127.0.0.1 {}", domains.replace(',', " "))]),
                 env: Some(env),
                 mounts: Some(vec![Mount {
                     target: Some(config.wp_content_target.clone()),
@@ -1030,6 +1035,11 @@ mod tests {
             .as_ref()
             .unwrap_or_else(|| panic!("container"));
         assert_eq!(c.image.as_deref(), Some("local/wordpress:dev"));
+        // The site's own names resolve to the task itself (WP-Cron, loopback checks).
+        assert_eq!(
+            c.hosts.as_deref(),
+            Some(&["127.0.0.1 www.example.com example.com".to_owned()][..])
+        );
         let env = c.env.clone().unwrap_or_default();
         for want in [
             "PRESSDOCK_SITE_ID=k3v7q2m6xa",

@@ -98,6 +98,10 @@ sub vcl_backend_response {
         return (retry);
     }
     set beresp.http.X-Pressdock-Host = bereq.http.host;
+    # How many retries this fetch took (no header: none), to read slow answers by.
+    if (bereq.retries > 0) {
+        set beresp.http.X-Pressdock-Retries = bereq.retries;
+    }
     set beresp.grace = 6h;
     set beresp.keep = 1h;
     # A failed refresh keeps the stale object instead of replacing it with an error.
@@ -203,6 +207,9 @@ sub vcl_deliver {
         set resp.http.X-Pressdock-Stale = "1";
     }
     unset resp.http.X-Pressdock-Host;
+    if (obj.hits > 0) {
+        unset resp.http.X-Pressdock-Retries;
+    }
     unset resp.http.Via;
     unset resp.http.X-Varnish;
 }

@@ -1462,11 +1462,13 @@ struct Prober {
     task: tokio::task::JoinHandle<Probed>,
 }
 
-/// What a [`Prober`] saw: requests sent, the failed ones, the slowest answer.
+/// What a [`Prober`] saw: requests sent, the failed ones, the slowest answer, and the
+/// answers that took over 10 s (reported, not failed).
 struct Probed {
     sent: u64,
     failures: Vec<String>,
     slowest: Duration,
+    slow: Vec<String>,
 }
 
 impl Prober {
@@ -1480,6 +1482,7 @@ impl Prober {
                 .build()
                 .unwrap();
             let (mut sent, mut failures, mut slowest) = (0u64, Vec::new(), Duration::ZERO);
+            let mut slow = Vec::new();
             let began = Instant::now();
             while !*rx.borrow() {
                 sent += 1;
@@ -1492,11 +1495,24 @@ impl Prober {
                 match answer {
                     Ok(r) => {
                         let status = r.status().as_u16();
+                        // The edge's retries (Varnish, on a task or route being replaced).
+                        let retries = r
+                            .headers()
+                            .get("x-pressdock-retries")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("0")
+                            .to_owned();
                         let body = r.text().await.unwrap_or_default();
-                        slowest = slowest.max(began.elapsed() - at);
+                        let took = began.elapsed() - at;
+                        slowest = slowest.max(took);
+                        if took > Duration::from_secs(10) {
+                            slow.push(format!(
+                                "request {sent} at {at:.1?} took {took:.1?} ({retries} retries at the edge)"
+                            ));
+                        }
                         if status != 200 || !body.contains(&title) {
                             failures.push(format!(
-                                "request {sent} at {at:.1?} took {:.1?}: {status}: {}",
+                                "request {sent} at {at:.1?} took {:.1?} ({retries} retries at the edge): {status}: {}",
                                 began.elapsed() - at,
                                 body.chars().take(120).collect::<String>()
                             ));
@@ -1525,6 +1541,7 @@ impl Prober {
                 sent,
                 failures,
                 slowest,
+                slow,
             }
         });
         Self { stop, task }
@@ -1557,6 +1574,9 @@ async fn no_failed_request(
         );
         total += seen.sent;
         slowest = slowest.max(seen.slowest);
+        if !seen.slow.is_empty() {
+            eprintln!("{phase}: {domain}: slow answers: {:?}", seen.slow);
+        }
     }
     eprintln!("{phase}: {total} requests, 0 failed, the slowest answered in {slowest:.1?}");
 }
