@@ -216,7 +216,7 @@ fn default_api_version() -> String {
 }
 
 fn default_varnish_service() -> String {
-    "pd-cache@swarm".to_owned()
+    "pd-cache@file".to_owned()
 }
 fn default_internal_ep() -> String {
     "internal".to_owned()
@@ -310,7 +310,7 @@ force_path_style = true
             if main_vcl_in_instance == "/etc/varnish/pressdock/main.vcl")
         );
         let s = c.swarm.unwrap_or_else(|| panic!("swarm"));
-        assert_eq!(s.varnish_service, "pd-cache@swarm");
+        assert_eq!(s.varnish_service, "pd-cache@file");
         assert_eq!(s.docker_api_version, "1.41");
         assert!(c.s3.is_some());
     }

@@ -335,6 +335,7 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
     ]);
     c.env("PD_DOCKER_SOCK", m1.sock())
         .env("PD_VCL_DIR", &vcl)
+        .env("PD_TRAEFIK_ROUTES", lab.repo.join("stacks/edge-routes.yml"))
         .env("PD_VARNISH_SECRET", lab.path("varnish/secret"))
         .env("PD_EDGE_NET", EDGE_NET)
         .env("PD_SITES_NET", SITES_NET);
