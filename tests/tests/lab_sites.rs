@@ -432,27 +432,39 @@ impl Platform {
     }
 }
 
+/// A backend observation, tried again up to 3 times 1 s apart: on this loaded machine a
+/// Galera node now and then closes a new connection during the handshake (seen once in CI:
+/// "connect: connection closed"); what the tests assert is the state, not one connect.
+macro_rules! observed {
+    ($e:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $e.await {
+                Ok(v) => break v,
+                Err(err) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!("observation failed, trying again: {err:?}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => panic!("observation failed: {err:?}"),
+            }
+        }
+    }};
+}
+
 /// Every backend has the site's resources, converged.
 async fn assert_present(lab: &Lab, p: &Platform, site: &str) {
     let id = SiteResourceId::parse(site).unwrap();
     let db_pw = SitePassword::parse(&p.secret(site, "db_password").await).unwrap();
-    let state = lab
-        .galera()
-        .observe_site_database(&id, Some(&db_pw))
-        .await
-        .unwrap();
+    let state = observed!(lab.galera().observe_site_database(&id, Some(&db_pw)));
     assert!(state.is_converged(), "galera: {state:?}");
     let redis_pw = SitePassword::parse(&p.secret(site, "redis_password").await).unwrap();
-    let cache = lab
-        .redis()
-        .observe_site_cache(&id, Some(&redis_pw))
-        .await
-        .unwrap();
+    let cache = observed!(lab.redis().observe_site_cache(&id, Some(&redis_pw)));
     assert!(
         cache.is_converged() && cache.nodes.len() >= 2,
         "redis on every node: {cache:?}"
     );
-    let storage = lab.gluster().observe_site_storage(&id).await.unwrap();
+    let storage = observed!(lab.gluster().observe_site_storage(&id));
     assert!(
         storage.is_converged(1024 * 1024 * 1024),
         "gluster: {storage:?}"
@@ -478,11 +490,11 @@ async fn assert_present(lab: &Lab, p: &Platform, site: &str) {
 /// No backend has anything of the site.
 async fn assert_absent(lab: &Lab, site: &str) {
     let id = SiteResourceId::parse(site).unwrap();
-    let state = lab.galera().observe_site_database(&id, None).await.unwrap();
+    let state = observed!(lab.galera().observe_site_database(&id, None));
     assert!(state.is_absent(), "galera: {state:?}");
-    let cache = lab.redis().observe_site_cache(&id, None).await.unwrap();
+    let cache = observed!(lab.redis().observe_site_cache(&id, None));
     assert!(cache.is_absent(), "redis: {cache:?}");
-    let storage = lab.gluster().observe_site_storage(&id).await.unwrap();
+    let storage = observed!(lab.gluster().observe_site_storage(&id));
     assert!(
         !storage.directory_exists && storage.quota_bytes.is_none(),
         "gluster: {storage:?}"
