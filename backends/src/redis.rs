@@ -7,10 +7,22 @@
 //! A replica Sentinel flags as down (`s_down`, `o_down`, `disconnected`) is skipped and
 //! reported unreachable; the reconciler applies the user when it is back.
 //!
-//! The rule set (LAB.md): `+@all -@dangerous` minus `SCAN`, `RANDOMKEY`, `DBSIZE` (they
-//! leak other sites' key names and counts; `KEYS` is already in `@dangerous`), plus
-//! `ACL WHOAMI`. The password is given as `#<sha256>`, so the clear text never reaches
-//! Redis, its ACL file or its logs.
+//! The rule set: a site's code (any plugin) holds this user's password, so the user may
+//! touch its own keys and channels and nothing server-wide. `+@all -@dangerous`, minus:
+//! - `SCAN`, `RANDOMKEY`, `DBSIZE`: they leak other sites' key names and counts (`KEYS` is
+//!   already in `@dangerous`);
+//! - `@scripting` (`EVAL`, `SCRIPT FLUSH|KILL`, `FUNCTION LOAD|FLUSH|DELETE`, `FCALL`):
+//!   scripts and functions are server-wide, one tenant's flush or kill hits every site;
+//! - `CLIENT` but `ID`, `GETNAME`, `SETNAME`: `CLIENT TRACKING … BCAST` delivers
+//!   invalidations naming every tenant's keys, and the rest is about other connections;
+//! - `MEMORY` but `USAGE` of its own keys (`PURGE` and `STATS` are server-wide), `PUBSUB`
+//!   (lists every tenant's channels);
+//! - `SELECT`, `MOVE`, `COPY`: keys stay in database 0, where removal and the reconciler
+//!   look for them.
+//!
+//! plus `ACL WHOAMI`. The object-cache drop-in uses `AUTH`, `GET`, `SET`, `SETEX`, `DEL`,
+//! `INCR` and `PING`. The password is given as `#<sha256>`, so the clear text never
+//! reaches Redis, its ACL file or its logs.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -30,7 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The command rules of every site user, after `reset on #<hash> ~… &…`.
-pub const SITE_COMMAND_RULES: &str = "+@all -@dangerous -scan -randomkey -dbsize +acl|whoami";
+pub const SITE_COMMAND_RULES: &str = "+@all -@dangerous -@scripting -scan -randomkey -dbsize \
+     -select -move -copy -client +client|id +client|getname +client|setname -memory \
+     +memory|usage -pubsub +acl|whoami";
 
 /// Whether `ACL GETUSER`'s `commands` is [`SITE_COMMAND_RULES`] as Redis reports it:
 /// `+@all` first, then the same subtractions in any order (Redis 7.0 reorders them),
@@ -605,8 +619,7 @@ mod tests {
         assert_eq!(
             rules.join(" "),
             format!(
-                "reset on #{} ~wp_k3v7q2m6xa:* &wp_k3v7q2m6xa:* +@all -@dangerous -scan \
-                 -randomkey -dbsize +acl|whoami",
+                "reset on #{} ~wp_k3v7q2m6xa:* &wp_k3v7q2m6xa:* {SITE_COMMAND_RULES}",
                 pw.sha256_hex()
             )
         );
@@ -615,15 +628,21 @@ mod tests {
 
     #[test]
     fn commands_read_back() {
-        assert!(commands_match("+@all -@dangerous -dbsize -scan -randomkey"));
+        // As Redis 7.0.15 reads it back (reordered, `+acl|whoami` dropped).
+        let read_back = "+@all -@dangerous -@scripting -pubsub -randomkey -memory \
+                         +memory|usage -client +client|id +client|getname +client|setname \
+                         -scan -dbsize -select -move -copy";
+        assert!(commands_match(read_back));
         assert!(commands_match(SITE_COMMAND_RULES));
-        assert!(!commands_match("+@all -@dangerous -dbsize -scan"));
-        assert!(!commands_match("+@all -dbsize -scan -randomkey"));
+        // The rules of earlier releases are drift: the reconciler applies the new ones.
         assert!(!commands_match(
-            "-@dangerous +@all -dbsize -scan -randomkey"
+            "+@all -@dangerous -dbsize -scan -randomkey"
         ));
-        assert!(!commands_match(
-            "+@all -@dangerous -dbsize -scan -randomkey +flushall"
-        ));
+        assert!(!commands_match(&read_back.replace(" -@scripting", "")));
+        assert!(!commands_match(&format!("{read_back} +flushall")));
+        assert!(!commands_match(&format!(
+            "-@dangerous +@all {}",
+            read_back.trim_start_matches("+@all -@dangerous ")
+        )));
     }
 }

@@ -278,6 +278,26 @@ async fn redis_acl_on_every_node_isolation_and_removal() {
         .await);
     let who: String = ok(redis::cmd("ACL").arg("WHOAMI").query_async(&mut ca).await);
     assert_eq!(who, a.resource_name());
+    // What the object-cache drop-in sends still works on its own keys.
+    let _: () = ok(redis::cmd("SETEX")
+        .arg(format!("wp_{a}:t"))
+        .arg(60)
+        .arg("v")
+        .query_async(&mut ca)
+        .await);
+    let n: i64 = ok(redis::cmd("INCR")
+        .arg(format!("wp_{a}:__version"))
+        .query_async(&mut ca)
+        .await);
+    assert_eq!(n, 1);
+    let gone: i64 = ok(redis::cmd("DEL")
+        .arg(format!("wp_{a}:t"))
+        .arg(format!("wp_{a}:__version"))
+        .query_async(&mut ca)
+        .await);
+    assert_eq!(gone, 2);
+    let pong: String = ok(redis::cmd("PING").query_async(&mut ca).await);
+    assert_eq!(pong, "PONG");
     for (name, cmd) in [
         (
             "GET",
@@ -293,6 +313,43 @@ async fn redis_acl_on_every_node_isolation_and_removal() {
         ("RANDOMKEY", redis::cmd("RANDOMKEY").clone()),
         ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
         ("ACL LIST", redis::cmd("ACL").arg("LIST").clone()),
+        // Server-wide effects or other tenants' names (issue 11): tracking broadcasts
+        // invalidations of every key, scripts and functions are shared, memory and
+        // pub/sub introspection cover the whole server, other databases hide keys from
+        // removal.
+        (
+            "CLIENT TRACKING",
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("on")
+                .arg("BCAST")
+                .clone(),
+        ),
+        ("CLIENT LIST", redis::cmd("CLIENT").arg("LIST").clone()),
+        ("SCRIPT FLUSH", redis::cmd("SCRIPT").arg("FLUSH").clone()),
+        ("SCRIPT KILL", redis::cmd("SCRIPT").arg("KILL").clone()),
+        ("EVAL", redis::cmd("EVAL").arg("return 1").arg(0).clone()),
+        (
+            "FUNCTION FLUSH",
+            redis::cmd("FUNCTION").arg("FLUSH").clone(),
+        ),
+        (
+            "FUNCTION DELETE",
+            redis::cmd("FUNCTION").arg("DELETE").arg("x").clone(),
+        ),
+        ("FUNCTION LIST", redis::cmd("FUNCTION").arg("LIST").clone()),
+        ("MEMORY PURGE", redis::cmd("MEMORY").arg("PURGE").clone()),
+        ("MEMORY STATS", redis::cmd("MEMORY").arg("STATS").clone()),
+        (
+            "PUBSUB CHANNELS",
+            redis::cmd("PUBSUB").arg("CHANNELS").clone(),
+        ),
+        ("SELECT", redis::cmd("SELECT").arg(1).clone()),
+        (
+            "MOVE",
+            redis::cmd("MOVE").arg(format!("wp_{a}:k")).arg(1).clone(),
+        ),
+        ("INFO", redis::cmd("INFO").clone()),
     ] {
         let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut ca).await;
         let e = r.expect_err(name);

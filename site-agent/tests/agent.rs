@@ -912,24 +912,13 @@ impl RedisFixture {
                 .expect("redis-server"),
         ];
         Self::wait_ping(redis_port);
-        // The site's ACL exactly as provisioning sets it (LAB.md).
-        let acl = Self::cli(
-            redis_port,
-            &[
-                "ACL",
-                "SETUSER",
-                user,
-                "on",
-                &format!(">{password}"),
-                &format!("~{user}:*"),
-                &format!("&{user}:*"),
-                "+@all",
-                "-@dangerous",
-                "-scan",
-                "-randomkey",
-                "-dbsize",
-            ],
-        );
+        // The site's ACL exactly as provisioning sets it: the driver's own command rules,
+        // so the drop-in is tested against what a site really gets.
+        let (keys, channels) = (format!("~{user}:*"), format!("&{user}:*"));
+        let pass = format!(">{password}");
+        let mut args = vec!["ACL", "SETUSER", user, "on", &pass, &keys, &channels];
+        args.extend(backends::redis::SITE_COMMAND_RULES.split(' '));
+        let acl = Self::cli(redis_port, &args);
         assert!(acl.is_some_and(|o| o.contains("OK")), "ACL SETUSER");
         let conf = dir.join("sentinel.conf");
         std::fs::write(
