@@ -82,7 +82,12 @@ pub struct RedisConfig {
     pub admin_user: Option<String>,
     #[serde(default)]
     pub admin_password: Option<Secret>,
-    /// Password of the Sentinels themselves (`requirepass` in sentinel.conf), if any.
+    /// The platform's user on the Sentinels (`ACL SETUSER`, `SENTINEL FLUSHCONFIG`, and
+    /// what it reads); `None`: `default`. Sites authenticate there with their own user.
+    #[serde(default)]
+    pub sentinel_user: Option<String>,
+    /// Its password, if the Sentinels ask for one (they should: a site's code can reach
+    /// them).
     #[serde(default)]
     pub sentinel_password: Option<Secret>,
     /// Keys per `UNLINK` when a site's keys are deleted.

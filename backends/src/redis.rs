@@ -20,7 +20,16 @@
 //! - `SELECT`, `MOVE`, `COPY`: keys stay in database 0, where removal and the reconciler
 //!   look for them.
 //!
-//! plus `ACL WHOAMI`. The object-cache drop-in uses `AUTH`, `GET`, `SET`, `SETEX`, `DEL`,
+//! plus `ACL WHOAMI`.
+//!
+//! The same user, with the same password, is on every Sentinel with one right: to ask
+//! where the master is (`SENTINEL GET-MASTER-ADDR-BY-NAME`, plus `AUTH`, `HELLO`,
+//! `PING`). The Sentinels' `default` user is off, so a site can neither reconfigure
+//! failover nor read the others' topology; each site authenticates with its own
+//! credentials, and a deleted site's user goes from the Sentinels too. Sentinel keeps
+//! users in its own config file (`SENTINEL FLUSHCONFIG` writes it).
+//!
+//! The object-cache drop-in uses `AUTH`, `GET`, `SET`, `SETEX`, `DEL`,
 //! `INCR` and `PING`. The password is given as `#<sha256>`, so the clear text never
 //! reaches Redis, its ACL file or its logs.
 
@@ -71,7 +80,12 @@ pub fn commands_match(reported: &str) -> bool {
 pub enum NodeRole {
     Master,
     Replica,
+    /// A Sentinel, where the site's user may only discover the master.
+    Sentinel,
 }
+
+/// The command rules of every site user on a Sentinel, after `reset on #<hash>`.
+pub const SENTINEL_SITE_RULES: &str = "-@all +auth +hello +ping +sentinel|get-master-addr-by-name";
 
 /// The data nodes as Sentinel sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +168,7 @@ pub struct RedisSentinelDriver {
     master_name: String,
     admin_user: Option<String>,
     admin_password: Option<Secret>,
+    sentinel_user: Option<String>,
     sentinel_password: Option<Secret>,
     unlink_batch: usize,
 }
@@ -201,6 +216,34 @@ async fn connect(
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(redis_err(addr, "connect"))
+}
+
+/// Whether `ACL DRYRUN` lets `user` run `args` (`OK`, or the reason it may not).
+async fn dryrun_allows(
+    conn: &mut MultiplexedConnection,
+    node: &str,
+    user: &str,
+    args: &[&str],
+) -> Result<bool> {
+    let v: Value = redis::cmd("ACL")
+        .arg("DRYRUN")
+        .arg(user)
+        .arg(args)
+        .query_async(conn)
+        .await
+        .map_err(redis_err(node, "ACL DRYRUN"))?;
+    Ok(matches!(v, Value::Okay) || value_to_string(&v).is_some_and(|s| s == "OK"))
+}
+
+/// The `ACL SETUSER` arguments of a site user on a Sentinel (after the user name). Pure.
+pub fn sentinel_acl_rules(password: &SitePassword) -> Vec<String> {
+    let mut rules = vec![
+        "reset".to_owned(),
+        "on".to_owned(),
+        format!("#{}", password.sha256_hex()),
+    ];
+    rules.extend(SENTINEL_SITE_RULES.split(' ').map(str::to_owned));
+    rules
 }
 
 /// The `ACL SETUSER` arguments of a site user (after the user name). Pure.
@@ -308,6 +351,7 @@ impl RedisSentinelDriver {
             master_name: config.master_name.clone(),
             admin_user: config.admin_user.clone(),
             admin_password: config.admin_password.clone(),
+            sentinel_user: config.sentinel_user.clone(),
             sentinel_password: config.sentinel_password.clone(),
             unlink_batch: config.unlink_batch.max(1),
         })
@@ -320,6 +364,125 @@ impl RedisSentinelDriver {
             self.admin_password.as_ref(),
         )
         .await
+    }
+
+    async fn sentinel(&self, addr: &str) -> Result<MultiplexedConnection> {
+        connect(
+            addr,
+            self.sentinel_user.as_deref(),
+            self.sentinel_password.as_ref(),
+        )
+        .await
+    }
+
+    /// Applies the site's discovery-only user on every Sentinel that answers (one that
+    /// does not is reported unreachable; the reconciler applies it when it is back).
+    async fn ensure_on_sentinels(
+        &self,
+        id: &SiteResourceId,
+        password: &SitePassword,
+    ) -> Result<Vec<NodeAclState>> {
+        let rules = sentinel_acl_rules(password);
+        let mut out = Vec::new();
+        for node in &self.sentinels {
+            let mut conn = match self.sentinel(node).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(sentinel = %node, error = %e, "sentinel unreachable");
+                    out.push(Self::sentinel_state(node, None));
+                    continue;
+                }
+            };
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(id.resource_name())
+                .arg(&rules)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(node, "ACL SETUSER"))?;
+            let _: () = redis::cmd("SENTINEL")
+                .arg("FLUSHCONFIG")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(node, "SENTINEL FLUSHCONFIG"))?;
+            let state = self
+                .observe_on_sentinel(&mut conn, node, id, Some(password))
+                .await?;
+            if !state.converged {
+                return Err(Error::unexpected(
+                    "redis",
+                    format!(
+                        "sentinel {node}: {} reads back differently after ACL SETUSER",
+                        id.resource_name()
+                    ),
+                ));
+            }
+            out.push(NodeAclState {
+                saved: Some(true),
+                ..state
+            });
+        }
+        Ok(out)
+    }
+
+    /// The site's user on one Sentinel: present, on, its password, and allowed to find
+    /// the master but not to change Sentinel or read its state (`ACL DRYRUN`: Sentinel
+    /// rewrites the rules into its own command categories, so they are checked by what
+    /// they allow, not by their text).
+    async fn observe_on_sentinel(
+        &self,
+        conn: &mut MultiplexedConnection,
+        node: &str,
+        id: &SiteResourceId,
+        password: Option<&SitePassword>,
+    ) -> Result<NodeAclState> {
+        let Some(user) = Self::read_user(conn, node, id).await? else {
+            return Ok(Self::sentinel_state(node, Some(false)));
+        };
+        let password_ok = match password {
+            Some(p) => user.passwords == [p.sha256_hex()],
+            None => user.passwords.len() == 1,
+        };
+        let flags_ok = user.flags.iter().any(|f| f == "on")
+            && !user.flags.iter().any(|f| f == "nopass" || f == "allkeys");
+        let name = id.resource_name();
+        let finds_master = dryrun_allows(
+            conn,
+            node,
+            &name,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "x"],
+        )
+        .await?;
+        let mut denied = true;
+        for probe in [
+            &["SENTINEL", "SET", "x", "down-after-milliseconds", "1"][..],
+            &["SENTINEL", "MASTERS"],
+            &["SENTINEL", "RESET", "*"],
+            &["ACL", "LIST"],
+            &["CLIENT", "LIST"],
+            &["INFO"],
+        ] {
+            denied &= !dryrun_allows(conn, node, &name, probe).await?;
+        }
+        Ok(NodeAclState {
+            node: node.to_owned(),
+            role: NodeRole::Sentinel,
+            reachable: true,
+            user_present: true,
+            converged: password_ok && flags_ok && finds_master && denied,
+            saved: None,
+        })
+    }
+
+    fn sentinel_state(node: &str, present: Option<bool>) -> NodeAclState {
+        NodeAclState {
+            node: node.to_owned(),
+            role: NodeRole::Sentinel,
+            reachable: present.is_some(),
+            user_present: present.unwrap_or(false),
+            converged: false,
+            saved: None,
+        }
     }
 
     /// Asks the Sentinels, in order, for the master and its replicas.
@@ -338,7 +501,7 @@ impl RedisSentinelDriver {
     }
 
     async fn topology_from(&self, sentinel: &str) -> Result<Topology> {
-        let mut conn = connect(sentinel, None, self.sentinel_password.as_ref()).await?;
+        let mut conn = self.sentinel(sentinel).await?;
         let master: Option<(String, String)> = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.master_name)
@@ -500,13 +663,14 @@ impl SiteCache for RedisSentinelDriver {
                 saved,
             });
         }
+        nodes.extend(Self::unreachable(&t));
+        nodes.extend(self.ensure_on_sentinels(id, password).await?);
         tracing::info!(
             site = %id,
             nodes = nodes.len(),
-            unreachable = t.down_replicas.len(),
+            unreachable = nodes.iter().filter(|n| !n.reachable).count(),
             "redis ACL user applied"
         );
-        nodes.extend(Self::unreachable(&t));
         Ok(CacheState { nodes })
     }
 
@@ -547,6 +711,19 @@ impl SiteCache for RedisSentinelDriver {
             nodes.push(state);
         }
         nodes.extend(Self::unreachable(&t));
+        for node in &self.sentinels {
+            let state = match self.sentinel(node).await {
+                Ok(mut conn) => {
+                    self.observe_on_sentinel(&mut conn, node, id, password)
+                        .await?
+                }
+                Err(e) => {
+                    tracing::warn!(sentinel = %node, error = %e, "sentinel unreachable");
+                    Self::sentinel_state(node, None)
+                }
+            };
+            nodes.push(state);
+        }
         Ok(CacheState { nodes })
     }
 
@@ -565,6 +742,29 @@ impl SiteCache for RedisSentinelDriver {
                 .map_err(redis_err(&node, "ACL DELUSER"))?;
             Self::save_acl(&mut conn, &node).await?;
             touched.push(node);
+        }
+        // A Sentinel that does not answer keeps a discovery-only user until the next
+        // removal of the same id; it blocks no delete.
+        for node in &self.sentinels {
+            let mut conn = match self.sentinel(node).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(sentinel = %node, error = %e, "sentinel unreachable");
+                    continue;
+                }
+            };
+            let _: i64 = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(id.resource_name())
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(node, "ACL DELUSER"))?;
+            let _: () = redis::cmd("SENTINEL")
+                .arg("FLUSHCONFIG")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(node, "SENTINEL FLUSHCONFIG"))?;
+            touched.push(node.clone());
         }
         // The id is [a-z2-7]: no glob metacharacters in the pattern.
         let pattern = format!("{}*", id.redis_prefix());

@@ -14,7 +14,7 @@ use backends::galera::{GaleraDriver, SiteDatabase};
 use backends::gluster::{GlusterDriver, SiteStorage};
 use backends::ids::Secret;
 use backends::ids::{DomainName, SitePassword, SiteResourceId};
-use backends::redis::{RedisSentinelDriver, SiteCache};
+use backends::redis::{NodeRole, RedisSentinelDriver, SiteCache};
 use backends::router::{DbRouter, mysql_native_hash};
 use backends::swarm::{SiteRuntime, SwarmDriver};
 use backends::varnish::{
@@ -202,7 +202,8 @@ fn redis_driver(lab: &helpers::RedisLab, unlink_batch: usize) -> RedisSentinelDr
         master_name: lab.master_name.clone(),
         admin_user: None,
         admin_password: None,
-        sentinel_password: None,
+        sentinel_user: Some(helpers::SENTINEL_ADMIN.into()),
+        sentinel_password: Some(Secret::new(helpers::SENTINEL_PASSWORD)),
         unlink_batch,
     }))
 }
@@ -244,8 +245,16 @@ async fn redis_acl_on_every_node_isolation_and_removal() {
     let (pa, pb) = (SitePassword::generate(), SitePassword::generate());
     let st = ok(driver.ensure_site_cache(&a, &pa).await);
     assert!(st.is_converged(), "{st:?}");
-    assert_eq!(st.nodes.len(), 2);
+    // Master, replica and the Sentinel (where the user may only find the master).
+    assert_eq!(st.nodes.len(), 3);
     assert!(st.nodes.iter().all(|n| n.saved == Some(true)));
+    assert_eq!(
+        st.nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Sentinel)
+            .count(),
+        1
+    );
     let again = ok(driver.ensure_site_cache(&a, &pa).await);
     assert_eq!(st, again);
     ok(driver.ensure_site_cache(&b, &pb).await);
@@ -298,6 +307,61 @@ async fn redis_acl_on_every_node_isolation_and_removal() {
     assert_eq!(gone, 2);
     let pong: String = ok(redis::cmd("PING").query_async(&mut ca).await);
     assert_eq!(pong, "PONG");
+
+    // Sentinel (issue 11): nothing without a password; the site's own user finds the
+    // master and can neither reconfigure failover nor read Sentinel's state.
+    let mut anon = ok(redis::Client::open(format!("redis://{}/", lab.sentinel)))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r: redis::RedisResult<redis::Value> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(&lab.master_name)
+        .query_async(&mut anon)
+        .await;
+    let e = r.expect_err("an anonymous Sentinel client");
+    assert!(e.to_string().contains("NOAUTH"), "{e}");
+    let mut sa = ok(redis_as(&lab.sentinel, &a.resource_name(), pa.expose()).await);
+    let (mh, mport): (String, String) = ok(redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(&lab.master_name)
+        .query_async(&mut sa)
+        .await);
+    assert_eq!(format!("{mh}:{mport}"), lab.master);
+    for (name, cmd) in [
+        (
+            "SENTINEL SET",
+            redis::cmd("SENTINEL")
+                .arg("SET")
+                .arg(&lab.master_name)
+                .arg("down-after-milliseconds")
+                .arg(10)
+                .clone(),
+        ),
+        (
+            "SENTINEL MASTERS",
+            redis::cmd("SENTINEL").arg("MASTERS").clone(),
+        ),
+        (
+            "SENTINEL REMOVE",
+            redis::cmd("SENTINEL")
+                .arg("REMOVE")
+                .arg(&lab.master_name)
+                .clone(),
+        ),
+        ("ACL LIST", redis::cmd("ACL").arg("LIST").clone()),
+        ("INFO", redis::cmd("INFO").clone()),
+    ] {
+        let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut sa).await;
+        let e = r.expect_err(name);
+        assert!(e.to_string().contains("NOPERM"), "sentinel {name}: {e}");
+    }
+    // B's password is not A's user on the Sentinel either.
+    assert!(
+        redis_as(&lab.sentinel, &a.resource_name(), pb.expose())
+            .await
+            .is_err()
+    );
     for (name, cmd) in [
         (
             "GET",
@@ -401,7 +465,13 @@ async fn redis_acl_on_every_node_isolation_and_removal() {
     let _: () = ok(pipe.query_async(&mut ca).await);
     let removed = ok(driver.remove_site_cache(&a).await);
     assert_eq!(removed.keys_deleted, 1200);
-    assert_eq!(removed.nodes.len(), 2);
+    assert_eq!(removed.nodes.len(), 3);
+    assert!(
+        redis_as(&lab.sentinel, &a.resource_name(), pa.expose())
+            .await
+            .is_err(),
+        "the site's user is gone from the Sentinel"
+    );
     let gone = ok(driver.observe_site_cache(&a, None).await);
     assert!(gone.is_absent(), "{gone:?}");
     assert!(

@@ -186,7 +186,7 @@ fn sentinel_promotes_the_replica_when_the_master_is_killed() {
     }
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_up();
-    let before = data::sentinel_master().expect("sentinels know a master");
+    let before = data::sentinel_master(&lab.secrets.redis_admin).expect("sentinels know a master");
     let port: u16 = before
         .rsplit(':')
         .next()
@@ -205,7 +205,7 @@ fn sentinel_promotes_the_replica_when_the_master_is_killed() {
         "Sentinel failover",
         Duration::from_secs(20),
         Duration::from_millis(200),
-        || data::sentinel_master().filter(|m| *m != before),
+        || data::sentinel_master(&lab.secrets.redis_admin).filter(|m| *m != before),
     )
     .expect("a new master");
     eprintln!(

@@ -307,7 +307,13 @@ async fn check_loop(shared: Arc<Shared>) {
             None => Err(anyhow::anyhow!("bad database settings")),
         };
         let redis_r = async {
-            let master = checks::redis_master(&s.redis_sentinels, &s.redis_master_name).await?;
+            let master = checks::redis_master(
+                &s.redis_sentinels,
+                &s.redis_master_name,
+                &s.redis_user,
+                s.redis_password.expose(),
+            )
+            .await?;
             checks::redis_ping(&master, &s.redis_user, s.redis_password.expose()).await
         }
         .await;
@@ -446,7 +452,13 @@ pub async fn apply(shared: &Shared) -> ApplyStatus {
 /// Bumps the object cache's key version (see the drop-in): every cached key is gone for
 /// WordPress at once, without SCAN or FLUSHDB, which the site's ACL denies.
 async fn flush_object_cache(s: &Settings) -> Result<()> {
-    let master = checks::redis_master(&s.redis_sentinels, &s.redis_master_name).await?;
+    let master = checks::redis_master(
+        &s.redis_sentinels,
+        &s.redis_master_name,
+        &s.redis_user,
+        s.redis_password.expose(),
+    )
+    .await?;
     checks::redis_incr(
         &master,
         &s.redis_user,

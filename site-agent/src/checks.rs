@@ -194,12 +194,18 @@ impl Resp {
     }
 }
 
-/// Asks the Sentinels in turn for the master's `HOST:PORT`.
-pub async fn redis_master(sentinels: &[String], master_name: &str) -> Result<String> {
+/// Asks the Sentinels in turn for the master's `HOST:PORT`, as the site's own user: the
+/// Sentinels answer nobody else, and this user may only ask that.
+pub async fn redis_master(
+    sentinels: &[String],
+    master_name: &str,
+    user: &str,
+    password: &str,
+) -> Result<String> {
     let mut last = anyhow!("no sentinel configured");
     for s in sentinels {
         let r = timed("sentinel", async {
-            let mut c = Resp::connect(s).await?;
+            let mut c = redis_login(s, user, password).await?;
             match c
                 .cmd(&[
                     b"SENTINEL",

@@ -871,6 +871,9 @@ async fn database_size_on_local_mariadb() {
     assert_eq!(db.size_bytes().await.expect("size of dropped"), 0);
 }
 
+/// The fixture Sentinel's admin (its `default` user is off, as in the lab).
+const SENTINEL_ADMIN: &str = "pdadmin";
+
 /// A Redis server and a Sentinel watching it, on free ports, killed on drop.
 struct RedisFixture {
     procs: Vec<Child>,
@@ -888,6 +891,22 @@ impl RedisFixture {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `PING` as `user` (whose password is its name) until it answers.
+    fn wait_ping_as(port: u16, user: &str) {
+        for _ in 0..100 {
+            if Self::cli(
+                port,
+                &["--user", user, "--pass", user, "--no-auth-warning", "PING"],
+            )
+            .is_some_and(|o| o.contains("PONG"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sentinel on {port} did not start");
     }
 
     fn wait_ping(port: u16) {
@@ -924,7 +943,10 @@ impl RedisFixture {
         std::fs::write(
             &conf,
             format!(
-                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor pressdock 127.0.0.1 {redis_port} 1\n"
+                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor pressdock 127.0.0.1 {redis_port} 1\n\
+                 user default off\nuser {SENTINEL_ADMIN} on >{SENTINEL_ADMIN} +@all\n\
+                 user {user} on >{password} {}\n",
+                backends::redis::SENTINEL_SITE_RULES
             ),
         )
         .expect("sentinel conf");
@@ -935,7 +957,13 @@ impl RedisFixture {
                 .spawn()
                 .expect("redis-sentinel"),
         );
-        Self::wait_ping(sentinel_port);
+        Self::wait_ping_as(sentinel_port, SENTINEL_ADMIN);
+        // The Sentinel answers nobody without a password.
+        assert!(
+            Self::cli(sentinel_port, &["SENTINEL", "masters"])
+                .is_some_and(|o| o.contains("NOAUTH")),
+            "an anonymous Sentinel client was answered"
+        );
         Self {
             procs,
             redis_port,

@@ -5,7 +5,8 @@
 //! - `raw` (the floor): the backend operations done directly with the clients the drivers
 //!   use (mysql_async, redis, the `gluster` CLI, bollard, the Varnish CLI), the fewest
 //!   round trips that make the resource, no read-back: `CREATE DATABASE` + `CREATE USER` +
-//!   `GRANT`; Sentinel lookup then `ACL SETUSER` (+ `ACL SAVE`) on every node; `mkdir`,
+//!   `GRANT`; Sentinel lookup then `ACL SETUSER` (+ `ACL SAVE`) on every node and every
+//!   Sentinel (+ `SENTINEL FLUSHCONFIG`); `mkdir`,
 //!   `chown`, `chmod` + `gluster volume quota … limit-usage`; four `secret create` + one
 //!   `service create` of the spec `backends::swarm::build_service_spec` builds;
 //!   `hosts.vcl` written + `vcl.load`/`vcl.use`/`vcl.discard` on every Varnish.
@@ -404,6 +405,21 @@ impl Lab {
                 let _: () = redis::cmd("ACL").arg("SAVE").query_async(&mut c).await?;
             }
         }
+        // The site's discovery-only user on every Sentinel, saved.
+        let sentinel_rules = backends::redis::sentinel_acl_rules(&redis_pw);
+        for sentinel in &cfg.sentinels {
+            let mut c = sentinel_conn(cfg, sentinel).await?;
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&name)
+                .arg(&sentinel_rules)
+                .query_async(&mut c)
+                .await?;
+            let _: () = redis::cmd("SENTINEL")
+                .arg("FLUSHCONFIG")
+                .query_async(&mut c)
+                .await?;
+        }
         t.steps.insert("ensure_cache_user", s.elapsed());
 
         let s = Instant::now();
@@ -644,7 +660,7 @@ async fn sentinel_conn(
 ) -> Result<redis::aio::MultiplexedConnection> {
     connect_redis(
         addr,
-        None,
+        cfg.sentinel_user.clone(),
         cfg.sentinel_password
             .as_ref()
             .map(|p| p.expose().to_owned()),

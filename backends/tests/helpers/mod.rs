@@ -73,6 +73,10 @@ pub fn mysql_host_port() -> (String, u16) {
 }
 
 /// A Redis master, one replica and one Sentinel, each with its own aclfile.
+/// The Sentinel's own admin (its `default` user is off, as in the lab).
+pub const SENTINEL_ADMIN: &str = "pdadmin";
+pub const SENTINEL_PASSWORD: &str = "sentinel-test-pw";
+
 pub struct RedisLab {
     pub dir: tempfile::TempDir,
     pub master: String,
@@ -120,7 +124,8 @@ impl RedisLab {
             &conf,
             format!(
                 "port {sp}\nbind 127.0.0.1\ndir {}\nsentinel monitor {master_name} 127.0.0.1 {mp} 1\n\
-                 sentinel down-after-milliseconds {master_name} 1000\n",
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 user default off\nuser {SENTINEL_ADMIN} on >{SENTINEL_PASSWORD} +@all\n",
                 dir.path().display()
             ),
         )

@@ -334,14 +334,71 @@ pub fn redis_cli(lab: &Lab, port: u16, args: &[&str]) -> Result<String> {
     run(&mut c)
 }
 
-pub fn sentinel_cli(port: u16, args: &[&str]) -> Result<String> {
+/// `redis-cli` against a lab Sentinel as its `admin` user (the same password as the data
+/// nodes' admin): a Sentinel's `default` user is off, since a site's code can reach it.
+pub fn sentinel_cli(password: &str, port: u16, args: &[&str]) -> Result<String> {
+    let mut c = cmd(
+        "redis-cli",
+        [
+            "-h",
+            HOST_IP,
+            "-p",
+            &port.to_string(),
+            "--user",
+            "admin",
+            "--no-auth-warning",
+        ],
+    );
+    c.env("REDISCLI_AUTH", password).args(args);
+    run(&mut c)
+}
+
+/// `redis-cli` against a lab Sentinel without credentials (to converge a Sentinel of an
+/// earlier lab that still has an open `default` user).
+fn sentinel_cli_anonymous(port: u16, args: &[&str]) -> Result<String> {
     run(cmd("redis-cli", ["-h", HOST_IP, "-p", &port.to_string()]).args(args))
 }
 
+/// The Sentinel's own users: `admin` (the platform, the lab tools and the Sentinels
+/// among themselves) and `default` off. Sites get their own discovery-only users from
+/// the platform's Redis driver.
+fn sentinel_users_conf(pw: &str) -> String {
+    format!(
+        "user default off\nuser admin on >{pw} +@all\n\
+         sentinel sentinel-user admin\nsentinel sentinel-pass {pw}\n"
+    )
+}
+
+/// Closes a running Sentinel of an earlier lab that still answers anonymously: the admin
+/// user and the Sentinels' own credentials first, then `default` off, then saved.
+fn secure_sentinel(pw: &str, port: u16) -> Result<()> {
+    if sentinel_cli(pw, port, &["PING"]).is_ok_and(|o| o.contains("PONG")) {
+        return Ok(());
+    }
+    for args in [
+        &["ACL", "SETUSER", "admin", "on", &format!(">{pw}"), "+@all"][..],
+        &["SENTINEL", "CONFIG", "SET", "sentinel-user", "admin"],
+        &["SENTINEL", "CONFIG", "SET", "sentinel-pass", pw],
+        &["ACL", "SETUSER", "default", "off"],
+    ] {
+        let out = sentinel_cli_anonymous(port, args)?;
+        if !out.contains("OK") {
+            return Err(anyhow::anyhow!(
+                "sentinel {port}: {} answered {}",
+                args[..2].join(" "),
+                out.trim()
+            ));
+        }
+    }
+    sentinel_cli(pw, port, &["SENTINEL", "FLUSHCONFIG"])?;
+    Ok(())
+}
+
 /// The master as the sentinels see it (`host:port`), if any sentinel answers.
-pub fn sentinel_master() -> Option<String> {
+pub fn sentinel_master(password: &str) -> Option<String> {
     (1..=3).find_map(|i| {
         let out = sentinel_cli(
+            password,
             sentinel_port(i),
             &["SENTINEL", "get-master-addr-by-name", "pressdock"],
         )
@@ -353,7 +410,7 @@ pub fn sentinel_master() -> Option<String> {
 
 pub fn ensure_redis(lab: &Lab) -> Result<()> {
     let pw = &lab.secrets.redis_admin;
-    let master_now = sentinel_master();
+    let master_now = sentinel_master(pw);
     for n in 1..=2u8 {
         let name = format!("redis-{n}");
         if lab.procs.alive(&name).is_some() {
@@ -427,11 +484,16 @@ pub fn ensure_redis(lab: &Lab) -> Result<()> {
                      sentinel auth-user pressdock admin\nsentinel auth-pass pressdock {pw}\n\
                      sentinel down-after-milliseconds pressdock 1000\n\
                      sentinel failover-timeout pressdock 5000\n\
-                     sentinel parallel-syncs pressdock 1\n",
+                     sentinel parallel-syncs pressdock 1\n{users}",
                     port = sentinel_port(n),
                     dir = dir.display(),
+                    users = sentinel_users_conf(pw),
                 ),
             )?;
+        } else if !std::fs::read_to_string(&cpath)?.contains("user default off") {
+            // A file from an earlier lab: Sentinel keeps these lines when it rewrites it.
+            let old = std::fs::read_to_string(&cpath)?;
+            sh::write_file(&cpath, &format!("{old}{}", sentinel_users_conf(pw)))?;
         }
         lab.procs.spawn(
             &name,
@@ -442,6 +504,19 @@ pub fn ensure_redis(lab: &Lab) -> Result<()> {
             &[cpath.to_string_lossy().into_owned(), "--sentinel".into()],
         )?;
     }
+    for n in 1..=3u8 {
+        wait_for(
+            &format!("Sentinel {n}"),
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || {
+                sentinel_cli_anonymous(sentinel_port(n), &["PING"])
+                    .ok()
+                    .filter(|o| !o.is_empty())
+            },
+        )?;
+        secure_sentinel(pw, sentinel_port(n))?;
+    }
     // Ready when every sentinel knows the master, a replica and the other sentinels.
     wait_for(
         "every Sentinel to see the master, a replica and 2 other sentinels",
@@ -451,7 +526,7 @@ pub fn ensure_redis(lab: &Lab) -> Result<()> {
             (1..=3u8)
                 .all(|i| {
                     let Ok(out) =
-                        sentinel_cli(sentinel_port(i), &["SENTINEL", "master", "pressdock"])
+                        sentinel_cli(pw, sentinel_port(i), &["SENTINEL", "master", "pressdock"])
                     else {
                         return false;
                     };

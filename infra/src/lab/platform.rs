@@ -78,6 +78,10 @@ sentinels = [{sentinels}]
 master_name = "pressdock"
 admin_user = "admin"
 admin_password = "{redis}"
+# The Sentinels' default user is off: the platform is their admin, each site has its own
+# discovery-only user there.
+sentinel_user = "admin"
+sentinel_password = "{redis}"
 
 [backends.gluster]
 # Empty: this host's glusterd over its unix socket (the full CLI; over --remote-host

@@ -95,9 +95,10 @@ pub fn status(lab: &Lab) -> bool {
             role.as_deref().unwrap_or("not answering"),
         );
     }
-    let master = data::sentinel_master();
+    let master = data::sentinel_master(&lab.secrets.redis_admin);
     for n in 1..=3u8 {
-        let ok = data::sentinel_cli(data::sentinel_port(n), &["PING"]).is_ok();
+        let ok = data::sentinel_cli(&lab.secrets.redis_admin, data::sentinel_port(n), &["PING"])
+            .is_ok_and(|o| o.contains("PONG"));
         report(
             &format!("sentinel s{n} {HOST_IP}:{}", data::sentinel_port(n)),
             ok,

@@ -90,7 +90,17 @@ class WP_Object_Cache
                 continue;
             }
             try {
-                $s = new RedisSentinel(substr($hostport, 0, $i), (int) substr($hostport, $i + 1), 0.3);
+                // As the site's own user: the Sentinels answer nobody else, and this
+                // user may only ask where the master is.
+                $s = new RedisSentinel(
+                    substr($hostport, 0, $i),
+                    (int) substr($hostport, $i + 1),
+                    0.3,
+                    null,
+                    0,
+                    0.3,
+                    array(PRESSDOCK_REDIS_USER, PRESSDOCK_REDIS_PASSWORD)
+                );
                 $addr = $s->getMasterAddrByName(PRESSDOCK_REDIS_MASTER_NAME);
                 if (is_array($addr) && count($addr) === 2) {
                     return $addr;
