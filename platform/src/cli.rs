@@ -83,8 +83,10 @@ pub enum Command {
         #[command(flatten)]
         global: Global,
     },
-    /// Cluster nodes (staff). Nodes come from the swarm; one registered ahead is pending
-    /// until a swarm node of its name joins.
+    /// Cluster nodes (staff).
+    ///
+    /// Nodes come from the swarm; one registered ahead is pending (no sites) until a swarm
+    /// node of its name joins.
     Nodes {
         #[command(subcommand)]
         action: NodeCmd,
