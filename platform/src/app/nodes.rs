@@ -192,17 +192,25 @@ pub async fn update(
                 "must be active, drain or down",
             ));
         }
-        if availability == "active"
-            && state.provisioner.swarm.is_some()
-            && node.swarm_node_id.is_none()
-        {
-            return Err(ApiError::conflict(
-                Some("availability"),
-                format!(
-                    "{} has not joined the swarm: it becomes active when a swarm node named {} joins",
-                    node.name, node.name
-                ),
-            ));
+        // With a swarm, only the swarm makes a node a placement target: staff lift their
+        // own drain, nothing else.
+        if availability == "active" && state.provisioner.swarm.is_some() {
+            let name = &node.name;
+            let refusal = match (node.swarm_node_id.is_some(), node.availability.as_str()) {
+                (false, _) => Some(format!(
+                    "{name} has not joined the swarm: it becomes active when a swarm node named {name} joins"
+                )),
+                (true, "pending") => Some(format!(
+                    "{name} is not ready for sites yet: it becomes active once its provisioning labels it pressdock.pool"
+                )),
+                (true, "down") => Some(format!(
+                    "the swarm reports {name} down: it becomes active when the swarm sees it again"
+                )),
+                _ => None,
+            };
+            if let Some(detail) = refusal {
+                return Err(ApiError::conflict(Some("availability"), detail));
+            }
         }
         let mut tx = state.db.begin().await?;
         sqlx::query("UPDATE nodes SET availability = ?, updated_at = NOW(6) WHERE id = ?")

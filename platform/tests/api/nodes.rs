@@ -191,6 +191,113 @@ async fn with_a_swarm_backend_an_unlinked_node_cannot_be_activated() {
         .await;
     assert_eq!(status, StatusCode::OK, "{node}");
     assert_eq!(node["availability"], "drain", "{node}");
+    // Linked to a swarm node, staff lift their drain, but a node the swarm has not made
+    // ready yet (no `pressdock.pool` label: pending) stays pending.
+    sqlx::query("UPDATE nodes SET swarm_node_id = 'abc123swarm' WHERE id = ?")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let path = format!("/v1/nodes/{id}");
+    let activate = || {
+        app.request(
+            Method::PATCH,
+            &path,
+            Some(&admin),
+            Some(json!({ "availability": "active" })),
+        )
+    };
+    let (status, node) = activate().await;
+    assert_eq!(status, StatusCode::OK, "{node}");
+    assert_eq!(node["availability"], "active", "{node}");
+    sqlx::query("UPDATE nodes SET availability = 'pending' WHERE id = ?")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, problem) = activate().await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("worker-1 is not ready for sites yet"),
+        "{problem}"
+    );
+    app.finish().await;
+}
+
+/// Against the lab's real swarm (read only: the node list), with `PRESSDOCK_LAB_TESTS=1`:
+/// a node registered under a name no swarm node has stays pending, one registered under
+/// a swarm node's name is linked at once, and a hand-made node an older release left
+/// `active` is made pending by the next sync.
+#[tokio::test]
+async fn the_swarm_links_nodes_by_name_and_leaves_the_others_pending() {
+    const MANAGER: &str = "/var/lib/pressdock-lab/run/pdlab-m1.sock";
+    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1")
+        || !std::path::Path::new(MANAGER).exists()
+    {
+        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and the lab's swarm");
+        return;
+    }
+    let app = TestApp::spawn_with(|config| {
+        config.placement.enabled = false;
+        config.reconcile.enabled = false;
+        config.backends.insert(
+            "swarm".into(),
+            toml::Value::Table(
+                toml::from_str(&format!(
+                    "docker_host = \"unix://{MANAGER}\"\n\
+                     runtime_image = \"pressdock/wordpress:test\"\n\
+                     site_network = \"pd-sites\"\n"
+                ))
+                .unwrap(),
+            ),
+        );
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let ghost = register(&app, &admin, "worker-9").await;
+    assert_eq!(ghost["availability"], "pending", "{ghost}");
+    // Registering syncs: every swarm node is recorded; the lab's manager by its host name.
+    let nodes = availability(&app, &admin).await;
+    assert!(
+        nodes.contains(&("pdlab-m1".to_owned(), "active".to_owned())),
+        "{nodes:?}"
+    );
+    assert!(
+        nodes.contains(&("worker-9".to_owned(), "pending".to_owned())),
+        "{nodes:?}"
+    );
+    // A row an older release made active with no swarm node behind it.
+    sqlx::query("UPDATE nodes SET availability = 'active' WHERE name = 'worker-9'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post(
+            "/v1/nodes",
+            &admin,
+            json!({ "name": "worker-10", "role": "worker" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let nodes = availability(&app, &admin).await;
+    assert!(
+        nodes.contains(&("worker-9".to_owned(), "pending".to_owned())),
+        "{nodes:?}"
+    );
+    let (_, listed) = app.get("/v1/nodes", &admin).await;
+    let m1 = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "pdlab-m1")
+        .unwrap();
+    assert!(
+        m1["swarm_node_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{m1}"
+    );
     app.finish().await;
 }
 
