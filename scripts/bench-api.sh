@@ -107,6 +107,8 @@ TENANT="$(api POST /v1/tenants "$ADMIN" '{"slug":"bench","name":"Bench"}' | jq -
 NODES=""
 for n in $(seq 1 $(((SITES + 999) / 1000))); do
   id="$(api POST /v1/nodes "$ADMIN" "{\"name\":\"bench-worker-$n\",\"role\":\"worker\",\"slots\":1000}" | jq -r .id)"
+  # Registered nodes are pending; with no swarm behind this server, staff activate them.
+  api PATCH "/v1/nodes/$id" "$ADMIN" '{"availability":"active"}' >/dev/null
   NODES="${NODES:+$NODES,}$id"
 done
 api POST "/v1/tenants/$TENANT/users" "$ADMIN" \

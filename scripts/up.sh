@@ -10,5 +10,5 @@ command -v cargo >/dev/null 2>&1 || {
   echo "up.sh: cargo is missing: install the Rust toolchain (rustup, Rust >= 1.95) first" >&2; exit 1; }
 scripts/install-deps.sh
 echo "==> building pressdock, pressdock-infra and pressdock-agent"
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins
 exec target/debug/pressdock-infra lab up "$@"

@@ -11,6 +11,7 @@ mod m20261128_000001_initial;
 mod m20261128_000002_site_resources;
 mod m20261128_000003_agent;
 mod m20261128_000004_moves;
+mod m20261206_000001_pending_nodes;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_site_resources::Migration),
             Box::new(m20261128_000003_agent::Migration),
             Box::new(m20261128_000004_moves::Migration),
+            Box::new(m20261206_000001_pending_nodes::Migration),
         ]
     }
 }

@@ -27,7 +27,7 @@ use crate::{
         Page,
         idempotency::IdemKey,
         nodes::{self, NewNode, Node, NodeChange},
-        operations::{self, Operation},
+        operations::{self, Operation, OperationFilter},
         plans::{self, NewPlan, Plan},
         sessions::{self, Login, RefreshRequest, TokenPair},
         sites::{self, Accepted, Created, NewSite, Site, SiteChange, SiteFilter},
@@ -81,7 +81,11 @@ pub fn router(state: AppState) -> Router {
         .route("/placement/rebalance", post(rebalance))
         .route("/plans", get(list_plans).post(create_plan))
         .route("/nodes", get(list_nodes).post(register_node))
-        .route("/nodes/{node}", axum::routing::patch(update_node))
+        .route(
+            "/nodes/{node}",
+            axum::routing::patch(update_node).delete(remove_node),
+        )
+        .route("/operations", get(list_operations))
         .route("/operations/{operation}", get(get_operation))
         .route("/audit", get(staff_audit))
         .route("/admin/reconcilers", get(reconcilers))
@@ -649,6 +653,29 @@ async fn update_node(
     ))
 }
 
+/// Removes an empty node that is not a live swarm node. Staff.
+#[utoipa::path(delete, path = "/v1/nodes/{node}", tag = "nodes", security(("bearer" = [])),
+    params(("node" = String, Path)), responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn remove_node(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(node): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    nodes::remove(&state, &actor, &parse_id(&node, "node")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Operations newest first, scoped to the caller's tenants (staff: all).
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", security(("bearer" = [])),
+    params(OperationFilter), responses((status = 200, body = Page<Operation>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn list_operations(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(filter): ApiQuery<OperationFilter>,
+) -> ApiResult<Json<Page<Operation>>> {
+    Ok(Json(operations::list(&state, &actor, filter).await?))
+}
+
 #[utoipa::path(get, path = "/v1/operations/{operation}", tag = "operations", security(("bearer" = [])),
     params(("operation" = String, Path)), responses((status = 200, body = Operation), (status = 404, body = Problem)))]
 async fn get_operation(
@@ -742,9 +769,9 @@ impl Modify for BearerAuth {
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
-        list_plans, create_plan, list_nodes, register_node, update_node, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
+        list_plans, create_plan, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
-    components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>)),
+    components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
 )]
 pub struct ApiDoc;
 

@@ -17,7 +17,8 @@ pub struct Global {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// Server URL (default: the one stored by `login`).
+    /// Server URL, such as http://127.0.0.1:23500 for the lab (default: the one stored by
+    /// `login`, else http://127.0.0.1:8080).
     #[arg(long, global = true, env = "PRESSDOCK_URL")]
     url: Option<String>,
 }
@@ -26,6 +27,7 @@ pub struct Global {
 pub enum Command {
     /// Log in and store the tokens.
     Login {
+        /// The account's e-mail address.
         #[arg(long)]
         email: String,
         /// Read from PRESSDOCK_PASSWORD, or the first line of standard input.
@@ -53,14 +55,14 @@ pub enum Command {
         #[command(flatten)]
         global: Global,
     },
-    /// Plans.
+    /// Plans: the sizes a site can have (slots, storage, memory, CPU, price).
     Plans {
         #[command(subcommand)]
         action: PlanCmd,
         #[command(flatten)]
         global: Global,
     },
-    /// Sites.
+    /// Sites: create, list, change, suspend, resume and delete WordPress sites.
     Sites {
         #[command(subcommand)]
         action: SiteCmd,
@@ -82,6 +84,9 @@ pub enum Command {
         global: Global,
     },
     /// Cluster nodes (staff).
+    ///
+    /// Nodes come from the swarm; one registered ahead is pending (no sites) until a swarm
+    /// node of its name joins.
     Nodes {
         #[command(subcommand)]
         action: NodeCmd,
@@ -103,8 +108,10 @@ pub enum PlacementCmd {
     Show,
     /// The moves that would balance the workers; `--apply` starts them.
     Rebalance {
+        /// Start the moves (a `site.move` operation each) instead of only showing them.
         #[arg(long)]
         apply: bool,
+        /// At most this many moves.
         #[arg(long)]
         max_moves: Option<u32>,
     },
@@ -112,17 +119,25 @@ pub enum PlacementCmd {
 
 #[derive(Subcommand)]
 pub enum TenantCmd {
+    /// Tenants you can see (staff: all).
     List,
+    /// One tenant.
     Show {
+        /// The tenant's id.
         tenant: String,
     },
+    /// Create a tenant (staff); prints its id.
     Create {
+        /// Short lower-case name: a-z, 0-9 and '-'.
         #[arg(long)]
         slug: String,
+        /// Display name.
         #[arg(long)]
         name: String,
     },
+    /// Delete a tenant that has no sites (staff).
     Delete {
+        /// The tenant's id.
         tenant: String,
     },
 }
@@ -131,30 +146,40 @@ pub enum TenantCmd {
 pub enum UserCmd {
     /// Members of a tenant, or staff without --tenant.
     List {
+        /// The tenant's id; without it, the staff accounts.
         #[arg(long)]
         tenant: Option<String>,
     },
     /// Invite a user into a tenant (creates the account if needed).
     Invite {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// The user's e-mail address.
         #[arg(long)]
         email: String,
+        /// Their role in the tenant.
         #[arg(long, value_parser = ["owner", "member", "viewer"])]
         role: String,
     },
     /// Change a member's role.
     Role {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// The member's user id.
         #[arg(long)]
         user: String,
+        /// Their new role in the tenant.
         #[arg(long, value_parser = ["owner", "member", "viewer"])]
         role: String,
     },
+    /// Remove a member from a tenant.
     Remove {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// The member's user id.
         #[arg(long)]
         user: String,
     },
@@ -162,20 +187,29 @@ pub enum UserCmd {
 
 #[derive(Subcommand)]
 pub enum PlanCmd {
+    /// Every plan.
     List,
+    /// Create a plan (staff).
     Create {
+        /// Short lower-case name, used as `--plan` of `sites create`.
         #[arg(long)]
         slug: String,
+        /// Display name.
         #[arg(long)]
         name: String,
+        /// Worker slots a site of this plan takes (a worker has 25).
         #[arg(long)]
         slots: i32,
+        /// Storage quota of wp-content, in MiB.
         #[arg(long)]
         storage_mb: i32,
+        /// Memory limit of the site's task, in MiB.
         #[arg(long)]
         memory_mb: i32,
+        /// CPU limit of the site's task, in thousandths of a CPU.
         #[arg(long)]
         cpu_millis: i32,
+        /// Monthly price, in cents.
         #[arg(long)]
         price_cents: i32,
     },
@@ -183,59 +217,125 @@ pub enum PlanCmd {
 
 #[derive(Subcommand)]
 pub enum SiteCmd {
+    /// A tenant's sites (all pages).
     List {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// Only sites in this state (provisioning, active, degraded, suspended, failed…).
         #[arg(long)]
         state: Option<String>,
+        /// Only the site with this domain (primary or alias).
         #[arg(long)]
         domain: Option<String>,
     },
+    /// One site, with its agent's last report.
     Show {
+        /// The site's id.
         site: String,
     },
+    /// Create a site. Prints the WordPress administrator's password once: store it.
     Create {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// Display name.
         #[arg(long)]
         name: String,
+        /// The primary domain (IDNA names are stored as punycode).
         #[arg(long)]
         domain: String,
+        /// Another domain of the site (repeat for more).
         #[arg(long = "alias")]
         aliases: Vec<String>,
+        /// The plan's slug (`pressdock plans list`), such as starter.
         #[arg(long)]
         plan: String,
-        /// Wait until the operation finishes.
+        /// Login of the first WordPress administrator (default: admin).
         #[arg(long)]
-        wait: bool,
+        admin_user: Option<String>,
+        /// E-mail of the first WordPress administrator (default: yours).
+        #[arg(long)]
+        admin_email: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
+    /// Change a site's name, primary domain or plan.
     Update {
+        /// The site's id.
         site: String,
+        /// New display name.
         #[arg(long)]
         name: Option<String>,
+        /// New primary domain.
         #[arg(long)]
         domain: Option<String>,
+        /// New plan slug.
         #[arg(long)]
         plan: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
+    /// Delete a site and every resource it has.
     Delete {
+        /// The site's id.
         site: String,
-        #[arg(long)]
-        wait: bool,
+        #[command(flatten)]
+        wait: Wait,
     },
+    /// Stop serving a site (its data stays).
     Suspend {
+        /// The site's id.
         site: String,
+        #[command(flatten)]
+        wait: Wait,
     },
+    /// Serve a suspended site again.
     Resume {
+        /// The site's id.
         site: String,
+        #[command(flatten)]
+        wait: Wait,
     },
+}
+
+/// Waiting for a change to take effect.
+#[derive(Args, Clone, Copy)]
+pub struct Wait {
+    /// Wait until the change has taken effect (a new site: until it is active, serving),
+    /// showing progress on standard error; exit non-zero with the reason if it fails.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up (exit non-zero) after this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
 pub enum OperationCmd {
+    /// Operations newest first: your tenants' (staff: all).
+    List {
+        /// Only this tenant's operations (its id).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only operations in this state.
+        #[arg(long, value_parser = ["pending", "running", "unwinding", "succeeded", "failed"])]
+        state: Option<String>,
+        /// Only this kind, such as site.create.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only operations on this site (its id).
+        #[arg(long)]
+        site: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One operation with its steps.
     Show {
+        /// The operation's id.
         operation: String,
-        /// Poll until the operation finishes.
+        /// Poll until the operation finishes, showing its steps on standard error.
         #[arg(long)]
         wait: bool,
     },
@@ -243,37 +343,60 @@ pub enum OperationCmd {
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
+    /// Your API tokens (never their secrets).
     List,
+    /// Create an API token; its secret is shown once.
     Create {
+        /// What the token is for.
         #[arg(long)]
         name: String,
+        /// read or write (repeat for both).
         #[arg(long = "scope", value_parser = ["read", "write"], required = true)]
         scopes: Vec<String>,
+        /// Expire after this many days (default: never).
         #[arg(long)]
         expires_in_days: Option<u32>,
     },
+    /// Revoke an API token.
     Revoke {
+        /// The token's id (not its secret).
         token: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
+    /// Every node with its role, availability and slots.
     List,
+    /// Register a node ahead of its joining the swarm: it is pending (no sites) until a
+    /// swarm node of this name joins.
     Register {
+        /// The node's host name, as the swarm will know it.
         #[arg(long)]
         name: String,
+        /// manager, cache, worker, database, storage or monitoring.
         #[arg(long)]
         role: String,
+        /// Site slots (default: 25 for a worker, 0 otherwise).
         #[arg(long)]
         slots: Option<i32>,
+        /// The node's IP address.
         #[arg(long)]
         address: Option<String>,
     },
+    /// Drain a node: its sites move away without downtime, and it takes no new ones.
     Drain {
+        /// The node's id or name.
         node: String,
     },
+    /// Lift a drain (or, with no swarm backend, activate a registered node).
     Activate {
+        /// The node's id or name.
+        node: String,
+    },
+    /// Remove an empty node that is not a live swarm node.
+    Remove {
+        /// The node's id or name.
         node: String,
     },
 }
@@ -500,16 +623,53 @@ fn print(json: bool, value: &Value, columns: &[&str]) {
 const SITE_COLUMNS: &[&str] = &["id", "name", "domain", "aliases", "plan", "state", "node"];
 const OPERATION_COLUMNS: &[&str] = &["id", "kind", "state", "target_id", "error"];
 
-async fn wait_operation(client: &mut Client, id: &str) -> anyhow::Result<Value> {
+/// Polls an operation until it finishes, telling standard error what changes (its state,
+/// each step's state and attempts) so a long wait shows where it is.
+async fn wait_operation(
+    client: &mut Client,
+    id: &str,
+    deadline: Option<tokio::time::Instant>,
+) -> anyhow::Result<Value> {
+    let mut seen: Vec<String> = Vec::new();
     loop {
         let op = client
             .call(reqwest::Method::GET, &format!("/v1/operations/{id}"), None)
             .await?;
+        for line in progress_lines(&op) {
+            if !seen.contains(&line) {
+                eprintln!("{line}");
+                seen.push(line);
+            }
+        }
         if matches!(op["state"].as_str(), Some("succeeded" | "failed")) {
+            return Ok(op);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return Ok(op);
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// What an operation says about its progress, one line per state worth showing.
+fn progress_lines(op: &Value) -> Vec<String> {
+    let kind = op["kind"].as_str().unwrap_or("operation");
+    let mut lines = vec![format!("{kind}: {}", cell(&op["state"]))];
+    for step in op["steps"].as_array().into_iter().flatten() {
+        let state = step["state"].as_str().unwrap_or("?");
+        if state == "pending" {
+            continue;
+        }
+        let mut line = format!("  {}: {state}", cell(&step["name"]));
+        if step["attempts"].as_i64().unwrap_or(0) > 1 {
+            line.push_str(&format!(" (attempt {})", step["attempts"]));
+        }
+        if let Some(error) = step["error"].as_str() {
+            line.push_str(&format!(": {error}"));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 fn print_operation(json: bool, op: &Value) {
@@ -732,18 +892,33 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     domain,
                     aliases,
                     plan,
+                    admin_user,
+                    admin_email,
                     wait,
                 } => {
+                    let mut body =
+                        json!({ "name": name, "domain": domain, "aliases": aliases, "plan": plan });
+                    if let Some(user) = admin_user {
+                        body["admin_user"] = json!(user);
+                    }
+                    if let Some(email) = admin_email {
+                        body["admin_email"] = json!(email);
+                    }
                     let v = c
-                        .call(Method::POST, &format!("/v1/tenants/{tenant}/sites"), Some(json!({ "name": name, "domain": domain, "aliases": aliases, "plan": plan })))
+                        .call(
+                            Method::POST,
+                            &format!("/v1/tenants/{tenant}/sites"),
+                            Some(body),
+                        )
                         .await?;
-                    finish_accepted(&mut c, global.json, v, wait).await?;
+                    finish_accepted(&mut c, global.json, v, wait, "active").await?;
                 }
                 SiteCmd::Update {
                     site,
                     name,
                     domain,
                     plan,
+                    wait,
                 } => {
                     let mut body = serde_json::Map::new();
                     body.extend(name.map(|v| ("name".to_owned(), json!(v))));
@@ -756,40 +931,67 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                             Some(Value::Object(body)),
                         )
                         .await?;
-                    finish_accepted(&mut c, global.json, v, false).await?;
+                    finish_accepted(&mut c, global.json, v, wait, "active").await?;
                 }
                 SiteCmd::Delete { site, wait } => {
                     let v = c
                         .call(Method::DELETE, &format!("/v1/sites/{site}"), None)
                         .await?;
-                    finish_accepted(&mut c, global.json, v, wait).await?;
+                    finish_accepted(&mut c, global.json, v, wait, "deleted").await?;
                 }
-                SiteCmd::Suspend { site } => {
+                SiteCmd::Suspend { site, wait } => {
                     let v = c
                         .call(Method::POST, &format!("/v1/sites/{site}/suspend"), None)
                         .await?;
-                    finish_accepted(&mut c, global.json, v, false).await?;
+                    finish_accepted(&mut c, global.json, v, wait, "suspended").await?;
                 }
-                SiteCmd::Resume { site } => {
+                SiteCmd::Resume { site, wait } => {
                     let v = c
                         .call(Method::POST, &format!("/v1/sites/{site}/resume"), None)
                         .await?;
-                    finish_accepted(&mut c, global.json, v, false).await?;
+                    finish_accepted(&mut c, global.json, v, wait, "active").await?;
                 }
             }
         }
-        Command::Operations {
-            action: OperationCmd::Show { operation, wait },
-            global,
-        } => {
+        Command::Operations { action, global } => {
             let mut c = Client::new(&global)?;
-            let op = if wait {
-                wait_operation(&mut c, &operation).await?
-            } else {
-                c.call(Method::GET, &format!("/v1/operations/{operation}"), None)
-                    .await?
-            };
-            print_operation(global.json, &op);
+            match action {
+                OperationCmd::Show { operation, wait } => {
+                    let op = if wait {
+                        wait_operation(&mut c, &operation, None).await?
+                    } else {
+                        c.call(Method::GET, &format!("/v1/operations/{operation}"), None)
+                            .await?
+                    };
+                    print_operation(global.json, &op);
+                }
+                OperationCmd::List {
+                    tenant,
+                    state,
+                    kind,
+                    site,
+                    limit,
+                } => {
+                    let mut query = vec![("limit", limit.to_string())];
+                    query.extend(tenant.map(|t| ("tenant", t)));
+                    query.extend(state.map(|s| ("state", s)));
+                    query.extend(kind.map(|k| ("kind", k)));
+                    query.extend(site.map(|s| ("target", s)));
+                    let qs = query
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                        .collect::<Vec<_>>()
+                        .join("&");
+                    let page = c
+                        .call(Method::GET, &format!("/v1/operations?{qs}"), None)
+                        .await?;
+                    print(
+                        global.json,
+                        &page["items"],
+                        &["id", "kind", "state", "target_id", "created_at", "error"],
+                    );
+                }
+            }
         }
         Command::Tokens { action, global } => {
             let mut c = Client::new(&global)?;
@@ -846,12 +1048,44 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             ];
             let value = match action {
                 NodeCmd::List => c.call(Method::GET, "/v1/nodes", None).await?,
-                NodeCmd::Register { name, role, slots, address } => {
-                    c.call(Method::POST, "/v1/nodes", Some(json!({ "name": name, "role": role, "slots": slots, "address": address }))).await?
+                NodeCmd::Register {
+                    name,
+                    role,
+                    slots,
+                    address,
+                } => {
+                    let node = c.call(Method::POST, "/v1/nodes", Some(json!({ "name": name, "role": role, "slots": slots, "address": address }))).await?;
+                    if node["availability"] == "pending" && !global.json {
+                        eprintln!(
+                            "{name} is pending: it takes sites once a swarm node named {name} joins"
+                        );
+                    }
+                    node
                 }
-                NodeCmd::Drain { node } => c.call(Method::PATCH, &format!("/v1/nodes/{node}"), Some(json!({ "availability": "drain" }))).await?,
+                NodeCmd::Drain { node } => {
+                    let id = node_id(&mut c, &node).await?;
+                    c.call(
+                        Method::PATCH,
+                        &format!("/v1/nodes/{id}"),
+                        Some(json!({ "availability": "drain" })),
+                    )
+                    .await?
+                }
                 NodeCmd::Activate { node } => {
-                    c.call(Method::PATCH, &format!("/v1/nodes/{node}"), Some(json!({ "availability": "active" }))).await?
+                    let id = node_id(&mut c, &node).await?;
+                    c.call(
+                        Method::PATCH,
+                        &format!("/v1/nodes/{id}"),
+                        Some(json!({ "availability": "active" })),
+                    )
+                    .await?
+                }
+                NodeCmd::Remove { node } => {
+                    let id = node_id(&mut c, &node).await?;
+                    c.call(Method::DELETE, &format!("/v1/nodes/{id}"), None)
+                        .await?;
+                    println!("removed node {node}");
+                    return Ok(());
                 }
             };
             print(global.json, &value, cols);
@@ -954,40 +1188,167 @@ fn placement_rows(map: &Value) -> Value {
     )
 }
 
+/// The one-time password of a new site's WordPress administrator: printed once, here,
+/// with the warning that nothing shows it again (the API answers it only in the 202).
+const PASSWORD_WARNING: &str = "warning: the WordPress administrator's password is shown \
+     only now and will not be shown again: store it (or change it after logging in)";
+
+fn print_admin(admin: &Value) {
+    let Some(password) = admin["password"].as_str() else {
+        return;
+    };
+    println!(
+        "\nWordPress administrator: {} <{}>\npassword: {password}\nlog in at: {}\n",
+        cell(&admin["user"]),
+        cell(&admin["email"]),
+        cell(&admin["login_url"]),
+    );
+}
+
+/// Prints a 202's site and operation; with `wait`, first waits for the operation and then
+/// for the site to reach `target` (a new site: `active`, once its agent reports ready).
 async fn finish_accepted(
     c: &mut Client,
     json: bool,
     accepted: Value,
-    wait: bool,
+    wait: Wait,
+    target: &str,
 ) -> anyhow::Result<()> {
-    let (site, op) = if wait {
+    let admin = accepted.get("admin").cloned();
+    if admin.as_ref().is_some_and(|a| a["password"].is_string()) {
+        eprintln!("{PASSWORD_WARNING}");
+        // In a table, at once: a wait that fails or is interrupted must not lose it.
+        if !json {
+            print_admin(&accepted["admin"]);
+        }
+    }
+    let mut failure = None;
+    let (site, op) = if wait.wait {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait.timeout);
         let id = accepted["operation"]["id"]
             .as_str()
             .context("the response has no operation id")?;
-        let op = wait_operation(c, id).await?;
-        // Show the site as the operation left it; a deleted site is gone, so keep the
-        // accepted view of it then.
-        let site = match accepted["site"]["id"].as_str() {
-            Some(site) => c
-                .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
-                .await
-                .unwrap_or_else(|_| accepted["site"].clone()),
-            None => accepted["site"].clone(),
+        let op = wait_operation(c, id, Some(deadline)).await?;
+        let site_id = accepted["site"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let site = match op["state"].as_str() {
+            Some("succeeded") => match wait_site(c, &site_id, target, deadline).await? {
+                Ok(site) => site,
+                Err((site, why)) => {
+                    failure = Some(why);
+                    site
+                }
+            },
+            Some("failed") => {
+                failure = Some(format!(
+                    "the operation failed: {}",
+                    op["error"].as_str().unwrap_or("no reason given")
+                ));
+                current_site(c, &site_id, &accepted["site"]).await
+            }
+            _ => {
+                failure = Some(format!(
+                    "the operation is still {} after {} s",
+                    cell(&op["state"]),
+                    wait.timeout
+                ));
+                current_site(c, &site_id, &accepted["site"]).await
+            }
         };
         (site, op)
     } else {
         (accepted["site"].clone(), accepted["operation"].clone())
     };
     if json {
-        print(true, &json!({ "site": site, "operation": op }), &[]);
+        let mut out = json!({ "site": site, "operation": op });
+        if let Some(admin) = admin {
+            out["admin"] = admin;
+        }
+        print(true, &out, &[]);
     } else {
         print(false, &site, SITE_COLUMNS);
         print_operation(false, &op);
     }
-    if wait && op["state"] == "failed" {
-        bail!("the operation failed: {}", cell(&op["error"]));
+    if let Some(why) = failure {
+        bail!(why);
     }
     Ok(())
+}
+
+/// The site as it is now; a deleted site is gone, so the accepted view of it then.
+async fn current_site(c: &mut Client, id: &str, accepted: &Value) -> Value {
+    if id.is_empty() {
+        return accepted.clone();
+    }
+    c.call(reqwest::Method::GET, &format!("/v1/sites/{id}"), None)
+        .await
+        .unwrap_or_else(|_| accepted.clone())
+}
+
+/// Polls the site until it is in `target` (a deleted site may also be gone: 404), or
+/// `failed`, or the deadline passes; tells standard error each state it passes through.
+/// `Err` carries the site and why it did not get there.
+async fn wait_site(
+    c: &mut Client,
+    id: &str,
+    target: &str,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Result<Value, (Value, String)>> {
+    let mut last = String::new();
+    loop {
+        let site = match c
+            .call(reqwest::Method::GET, &format!("/v1/sites/{id}"), None)
+            .await
+        {
+            Ok(site) => site,
+            Err(err) if target == "deleted" && err.to_string().starts_with("404") => {
+                return Ok(Ok(json!({ "id": id, "state": "deleted" })));
+            }
+            Err(err) => return Err(err),
+        };
+        let state = site["state"].as_str().unwrap_or("?").to_owned();
+        if state != last {
+            let why = match state.as_str() {
+                "provisioning" => " (waiting for its agent to report ready)",
+                "degraded" => " (its agent stopped reporting ready)",
+                _ => "",
+            };
+            eprintln!("site {}: {state}{why}", cell(&site["domain"]));
+            last.clone_from(&state);
+        }
+        if state == target {
+            return Ok(Ok(site));
+        }
+        if state == "failed" {
+            return Ok(Err((
+                site,
+                format!("the site failed (see `pressdock operations list --site {id}`)"),
+            )));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Err((
+                site,
+                format!("the site is still {state}, not {target}, at the end of --timeout"),
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// A node given by id or name: the API takes ids, people remember names.
+async fn node_id(c: &mut Client, node: &str) -> anyhow::Result<String> {
+    let nodes = c.call(reqwest::Method::GET, "/v1/nodes", None).await?;
+    nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == node || n["name"] == node)
+        .and_then(|n| n["id"].as_str().map(str::to_owned))
+        .with_context(|| {
+            format!("no node with the id or name {node:?} (see `pressdock nodes list`)")
+        })
 }
 
 fn urlencode(value: &str) -> String {

@@ -31,7 +31,7 @@ enum Command {
     /// Print the OpenAPI document.
     Openapi,
     #[command(flatten)]
-    Client(cli::Command),
+    Client(Box<cli::Command>),
 }
 
 fn init_tracing() {
@@ -66,7 +66,7 @@ async fn main() -> std::process::ExitCode {
             println!("{}", platform::api::openapi_pretty());
             Ok(())
         }
-        Command::Client(command) => cli::run(command).await,
+        Command::Client(command) => cli::run(*command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

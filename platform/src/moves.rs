@@ -797,8 +797,12 @@ async fn move_placement(db: &MySqlPool, site: &str, from: &str, to: &str) -> Res
             i64::from(capacity) - used
         )));
     }
-    if availability == "down" {
-        return Err(StepError::Permanent(anyhow!("worker {to} is down")));
+    // The planner chose an active worker; one that has since gone pending, drained or
+    // down is no target (a pending one has no swarm node to run the task).
+    if availability != "active" {
+        return Err(StepError::Permanent(anyhow!(
+            "worker {to} is {availability}"
+        )));
     }
     sqlx::query("UPDATE placements SET node_id = ? WHERE site_id = ?")
         .bind(to)

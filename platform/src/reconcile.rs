@@ -146,9 +146,11 @@ pub async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Re
         .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
         .await
         .context("listing swarm nodes")?;
+    let mut seen: Vec<String> = Vec::new();
     for node in nodes {
         report.checked += 1;
         let Some(id) = node.id.clone() else { continue };
+        seen.push(id.clone());
         let labels = node
             .spec
             .as_ref()
@@ -263,7 +265,53 @@ pub async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Re
             }
         }
     }
+    unlinked_nodes(db, &seen, &mut report).await?;
     Ok(report)
+}
+
+/// Nodes the swarm does not list are no placement targets: one registered by hand that no
+/// swarm node has claimed is `pending` (an older release made such nodes `active`, and
+/// sites were then placed on a worker with no swarm node behind it); one the swarm listed
+/// before and no longer does has left it and is `down` (its sites are re-placed after
+/// the grace period).
+async fn unlinked_nodes(
+    db: &MySqlPool,
+    seen: &[String],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let rows: Vec<(String, String, Option<String>, String)> =
+        sqlx::query_as("SELECT id, name, swarm_node_id, availability FROM nodes")
+            .fetch_all(db)
+            .await?;
+    for (row, name, swarm_id, current) in rows {
+        let wanted = match &swarm_id {
+            None if current == "active" => "pending",
+            Some(swarm_id) if !seen.contains(swarm_id) && current != "down" => "down",
+            _ => continue,
+        };
+        sqlx::query(
+            "UPDATE nodes SET availability = ?, updated_at = NOW(6), \
+             down_since = IF(? = 'down', COALESCE(down_since, NOW(6)), NULL) \
+             WHERE id = ? AND availability = ?",
+        )
+        .bind(wanted)
+        .bind(wanted)
+        .bind(&row)
+        .bind(&current)
+        .execute(db)
+        .await?;
+        report.repairs.push(Repair {
+            site: String::new(),
+            backend: "nodes",
+            drift: match wanted {
+                "pending" => {
+                    format!("{name} is pending (was {current}): no swarm node of this name")
+                }
+                _ => format!("{name} is down (was {current}): it left the swarm"),
+            },
+        });
+    }
+    Ok(())
 }
 
 async fn settled_sites(db: &MySqlPool) -> anyhow::Result<Vec<(String, String)>> {

@@ -1,5 +1,11 @@
 //! Nodes of the cluster as the platform sees them. Workers carry sites (25 slots each).
-//! Staff register them through the API for now; the lab fills the table from the swarm.
+//!
+//! Nodes come from the swarm: the node sync (`reconcile::sync_nodes`, run by the placement
+//! loop and the reconcilers) records every swarm node and follows its availability. Staff
+//! may register a node ahead of its joining; it is `pending`, never a placement target,
+//! until a swarm node of that name (or swarm id) joins and the sync links it. Without a
+//! swarm backend (a control plane only) there is nothing to sync from, so staff activate a
+//! registered node themselves (`PATCH … {"availability": "active"}`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -54,7 +60,8 @@ pub struct NewNode {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeChange {
-    /// active, drain or down.
+    /// active, drain or down. `active` on a node the swarm has not linked is refused
+    /// (409) when the platform has a swarm backend.
     pub availability: Option<String>,
 }
 
@@ -127,8 +134,8 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     let labels = serde_json::Value::Object(input.labels.unwrap_or_default());
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO nodes (id, name, swarm_node_id, role, slots, failure_domain, address, labels) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO nodes (id, name, swarm_node_id, role, availability, slots, failure_domain, address, labels) \
+         VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(name.as_str())
@@ -154,7 +161,20 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     )
     .await?;
     tx.commit().await?;
+    link_from_swarm(state).await;
     get(state, &id).await
+}
+
+/// Links registered nodes to the swarm nodes of their names at once, so a node that has
+/// already joined does not wait for the next pass of the placement loop. A swarm that does
+/// not answer leaves the node `pending`: the loop tries again.
+async fn link_from_swarm(state: &AppState) {
+    if state.provisioner.swarm.is_none() {
+        return;
+    }
+    if let Err(err) = crate::reconcile::sync_nodes(&state.db, &state.provisioner).await {
+        tracing::warn!(error = format!("{err:#}"), "syncing nodes from the swarm");
+    }
 }
 
 pub async fn update(
@@ -164,13 +184,33 @@ pub async fn update(
     change: NodeChange,
 ) -> ApiResult<Node> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    get(state, id).await?;
+    let node = get(state, id).await?;
     if let Some(availability) = &change.availability {
         if !AVAILABILITY.contains(&availability.as_str()) {
             return Err(ApiError::field(
                 "availability",
                 "must be active, drain or down",
             ));
+        }
+        // With a swarm, only the swarm makes a node a placement target: staff lift their
+        // own drain, nothing else.
+        if availability == "active" && state.provisioner.swarm.is_some() {
+            let name = &node.name;
+            let refusal = match (node.swarm_node_id.is_some(), node.availability.as_str()) {
+                (false, _) => Some(format!(
+                    "{name} has not joined the swarm: it becomes active when a swarm node named {name} joins"
+                )),
+                (true, "pending") => Some(format!(
+                    "{name} is not ready for sites yet: it becomes active once its provisioning labels it pressdock.pool"
+                )),
+                (true, "down") => Some(format!(
+                    "the swarm reports {name} down: it becomes active when the swarm sees it again"
+                )),
+                _ => None,
+            };
+            if let Some(detail) = refusal {
+                return Err(ApiError::conflict(Some("availability"), detail));
+            }
         }
         let mut tx = state.db.begin().await?;
         sqlx::query("UPDATE nodes SET availability = ?, updated_at = NOW(6) WHERE id = ?")
@@ -193,4 +233,71 @@ pub async fn update(
         tx.commit().await?;
     }
     get(state, id).await
+}
+
+/// Removes a node from the platform's inventory: only an empty one (no sites, no move to or
+/// from it under way) that is not a live swarm node (the next sync would only record it
+/// again). 409 says which.
+pub async fn remove(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<()> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let mut tx = state.db.begin().await?;
+    // The node's row first: a reservation or move onto it waits for (or sees) the removal.
+    let row: Option<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT name, swarm_node_id, availability FROM nodes WHERE id = ? FOR UPDATE",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((name, swarm_node_id, availability)) = row else {
+        return Err(ApiError::NotFound("node"));
+    };
+    let (sites, moving): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM placements WHERE node_id = ?), \
+         (SELECT COUNT(*) FROM site_moves WHERE (from_node = ? OR to_node = ?) \
+          AND state IN ('queued', 'moving'))",
+    )
+    .bind(id.as_str())
+    .bind(id.as_str())
+    .bind(id.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    if sites > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("{name} holds {sites} site(s): drain it and wait until they have moved away"),
+        ));
+    }
+    if moving > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("{moving} move(s) to or from {name} are under way: wait until they finish"),
+        ));
+    }
+    if swarm_node_id.is_some() && availability != "down" {
+        return Err(ApiError::conflict(
+            None,
+            format!(
+                "{name} is a live swarm node ({availability}): remove it from the swarm first \
+                 (docker node rm), then it shows as down and can be removed"
+            ),
+        ));
+    }
+    sqlx::query("DELETE FROM nodes WHERE id = ?")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "node.remove",
+            tenant_id: None,
+            target_type: "node",
+            target_id: id.as_str(),
+            details: json!({ "name": name, "availability": availability }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

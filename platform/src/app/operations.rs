@@ -1,21 +1,26 @@
 //! Operations: every multi-step change, with its step log. The API answers `202` with an
 //! operation, which the caller polls at `GET /v1/operations/{id}`.
 
-use serde::Serialize;
-use sqlx::{FromRow, MySqlConnection};
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, MySqlConnection, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     actor::Actor,
-    domain::{Id, TenantRole},
+    app::{Page, decode_cursor, encode_cursor},
+    domain::{Fields, Id, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
 };
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, FromRow, ToSchema)]
 pub struct Operation {
+    /// The list's cursor position.
+    #[serde(skip)]
+    #[sqlx(default)]
+    pub seq: i64,
     pub id: String,
-    /// site.create, site.delete, site.suspend, site.resume.
+    /// site.create, site.delete, site.suspend, site.resume, site.update, site.move.
     pub kind: String,
     pub tenant_id: Option<String>,
     pub target_type: String,
@@ -121,4 +126,124 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operatio
         None => return Err(ApiError::NotFound("operation")),
     }
     Ok(op)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OperationFilter {
+    /// Only this tenant's operations (staff see every tenant's without it; tenant users
+    /// see those of the tenants they belong to).
+    pub tenant: Option<String>,
+    /// Only operations in this state: pending, running, unwinding, succeeded, failed.
+    pub state: Option<String>,
+    /// Only this kind, such as `site.create`.
+    pub kind: Option<String>,
+    /// Only operations on this target (a site id).
+    pub target: Option<String>,
+    pub cursor: Option<String>,
+    /// 1 to 500; 100 by default.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+const STATES: &[&str] = &["pending", "running", "unwinding", "succeeded", "failed"];
+
+/// Newest first, without their steps (`GET /v1/operations/{id}` has them). Scoped like
+/// `get`: staff see everything, a tenant user the operations of their tenants; another
+/// tenant given as `tenant` is a 404.
+pub async fn list(
+    state: &AppState,
+    actor: &Actor,
+    filter: OperationFilter,
+) -> ApiResult<Page<Operation>> {
+    let mut fields = Fields::default();
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        fields.push("limit", "must be between 1 and 500");
+    }
+    let before = match &filter.cursor {
+        Some(c) => fields.check(
+            "cursor",
+            decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned()),
+        ),
+        None => Some(i64::MAX),
+    };
+    if let Some(st) = &filter.state
+        && !STATES.contains(&st.as_str())
+    {
+        fields.push("state", format!("must be one of {}", STATES.join(", ")));
+    }
+    if let Some(kind) = &filter.kind
+        && (kind.is_empty()
+            || kind.len() > 32
+            || !kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'))
+    {
+        fields.push("kind", "must be an operation kind such as site.create");
+    }
+    let tenant = match &filter.tenant {
+        Some(t) => fields.check(
+            "tenant",
+            Id::parse(t).ok_or_else(|| "must be a tenant id".to_owned()),
+        ),
+        None => None,
+    };
+    let target = match &filter.target {
+        Some(t) => fields.check(
+            "target",
+            Id::parse(t).ok_or_else(|| "must be a site id".to_owned()),
+        ),
+        None => None,
+    };
+    fields.finish()?;
+    if let Some(tenant) = &tenant {
+        actor
+            .require_tenant(state, tenant, TenantRole::Viewer)
+            .await?;
+    }
+    let mut query = QueryBuilder::new(
+        "SELECT o.seq, o.id, o.kind, o.tenant_id, o.target_type, o.target_id, o.state, o.error, \
+         o.created_at, o.updated_at, o.finished_at FROM operations o WHERE o.seq < ",
+    );
+    query.push_bind(before.unwrap_or(i64::MAX));
+    match &tenant {
+        Some(tenant) => {
+            query
+                .push(" AND o.tenant_id = ")
+                .push_bind(tenant.as_str().to_owned());
+        }
+        None if actor.is_staff() => {}
+        None => {
+            query
+                .push(
+                    " AND o.tenant_id IN (SELECT m.tenant_id FROM memberships m WHERE m.user_id = ",
+                )
+                .push_bind(actor.user_id.clone())
+                .push(")");
+        }
+    }
+    if let Some(st) = &filter.state {
+        query.push(" AND o.state = ").push_bind(st.clone());
+    }
+    if let Some(kind) = &filter.kind {
+        query.push(" AND o.kind = ").push_bind(kind.clone());
+    }
+    if let Some(target) = &target {
+        query
+            .push(" AND o.target_id = ")
+            .push_bind(target.as_str().to_owned());
+    }
+    query
+        .push(" ORDER BY o.seq DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    let mut items: Vec<Operation> = query.build_query_as().fetch_all(&state.db).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|o| encode_cursor(o.seq))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
 }

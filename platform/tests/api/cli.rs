@@ -181,6 +181,10 @@ async fn sites_create_waits_for_the_operation_and_lists_the_site() {
         ])
         .await;
     assert_eq!(node["slots"], 10);
+    assert_eq!(node["availability"], "pending", "{node}");
+    // No swarm behind this server: staff activate the node, by name.
+    let node = cli.json(&["nodes", "activate", "worker-1"]).await;
+    assert_eq!(node["availability"], "active", "{node}");
     let tenant = cli
         .json(&["tenants", "create", "--slug", "shop", "--name", "Shop"])
         .await["id"]
@@ -208,6 +212,12 @@ async fn sites_create_waits_for_the_operation_and_lists_the_site() {
     assert_eq!(created["operation"]["state"], "succeeded", "{created}");
     assert_eq!(created["site"]["state"], "active", "{created}");
     assert_eq!(created["site"]["node"], "worker-1", "{created}");
+    assert_eq!(created["admin"]["user"], "admin", "{created}");
+    assert_eq!(created["admin"]["email"], ADMIN_EMAIL, "{created}");
+    assert!(
+        created["admin"]["password"].as_str().unwrap().len() >= 16,
+        "{created}"
+    );
     let site = created["site"]["id"].as_str().unwrap().to_owned();
 
     let list = cli.json(&["sites", "list", "--tenant", &tenant]).await;
@@ -236,7 +246,7 @@ async fn sites_create_waits_for_the_operation_and_lists_the_site() {
         .await;
     let row = table
         .lines()
-        .find(|l| l.contains("shop.example.com"))
+        .find(|l| l.starts_with('│') && l.contains("shop.example.com"))
         .unwrap_or_else(|| panic!("no site row in:\n{table}"));
     assert!(
         row.contains("active") && row.contains("worker-1"),
@@ -256,6 +266,7 @@ async fn sites_create_waits_for_the_operation_and_lists_the_site() {
         "nodes", "register", "--name", "worker-2", "--role", "worker", "--slots", "10",
     ])
     .await;
+    cli.json(&["nodes", "activate", "worker-2"]).await;
     let dry = cli.ok(&["placement", "rebalance"]).await;
     assert!(
         dry.contains("worker-2") && dry.contains("balance") && dry.contains("dry run"),
@@ -387,4 +398,266 @@ async fn errors_exit_non_zero_and_name_the_field() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("connecting to"), "{}", stderr(&out));
     app.finish().await;
+}
+
+/// The administrator's password of a new site is in the create answer only: the CLI prints
+/// it exactly once, with a warning, in a table and in JSON; `--wait` shows progress on
+/// standard error and ends when the site is active.
+#[tokio::test]
+async fn sites_create_prints_the_admin_password_once_with_a_warning() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    let cli = Cli::new(&app);
+    cli.login().await;
+    let tenant = cli
+        .json(&["tenants", "create", "--slug", "pw", "--name", "Pw"])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A table, with --wait: the credentials at once, the progress on stderr.
+    let out = cli
+        .run(&[
+            "sites",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "Blog",
+            "--domain",
+            "blog.pw.test",
+            "--plan",
+            "starter",
+            "--admin-user",
+            "editor",
+            "--wait",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout.clone()).unwrap();
+    let password = table
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("no password line in:\n{table}"))
+        .to_owned();
+    assert!(password.len() >= 16, "{table}");
+    assert_eq!(table.matches(password.as_str()).count(), 1, "{table}");
+    assert!(
+        table.contains(&format!("WordPress administrator: editor <{ADMIN_EMAIL}>")),
+        "{table}"
+    );
+    assert!(table.contains("log in at: "), "{table}");
+    let err = stderr(&out);
+    assert_eq!(err.matches("will not be shown again").count(), 1, "{err}");
+    assert!(
+        !err.contains(&password),
+        "the password only on stdout: {err}"
+    );
+    for progress in [
+        "site.create: succeeded",
+        "  reserve_slot: done",
+        "site blog.pw.test: active",
+    ] {
+        assert!(
+            err.lines().any(|l| l == progress),
+            "{progress:?} in:\n{err}"
+        );
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with('│') && l.contains("blog.pw.test"))
+        .unwrap_or_else(|| panic!("no site row in:\n{table}"));
+    assert!(row.contains("active"), "{table}");
+
+    // JSON without --wait: the API's `admin` object, once; the warning on stderr.
+    let out = cli
+        .run(&[
+            "sites",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "Shop",
+            "--domain",
+            "shop.pw.test",
+            "--plan",
+            "starter",
+            "--json",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    let created: Value = serde_json::from_str(&text).unwrap();
+    let password = created["admin"]["password"].as_str().unwrap();
+    assert_eq!(created["admin"]["user"], "admin", "{created}");
+    assert_eq!(text.matches(password).count(), 1, "{text}");
+    assert!(
+        stderr(&out).contains("will not be shown again"),
+        "{}",
+        stderr(&out)
+    );
+    let site = created["site"]["id"].as_str().unwrap();
+
+    // Never again: not by `sites show`, not by `operations show`.
+    let shown = cli.ok(&["sites", "show", site, "--json"]).await;
+    assert!(
+        !shown.contains(password) && !shown.contains("password"),
+        "{shown}"
+    );
+    let op = created["operation"]["id"].as_str().unwrap();
+    let shown = cli.ok(&["operations", "show", op, "--json"]).await;
+    assert!(!shown.contains(password), "{shown}");
+    app.finish().await;
+}
+
+/// `--wait` on a site that cannot be placed (its only worker is pending) exits non-zero
+/// with the operation's reason; the password was still printed, as the site exists.
+#[tokio::test]
+async fn sites_create_wait_fails_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new(&app);
+    cli.login().await;
+    cli.ok(&["nodes", "register", "--name", "joining", "--role", "worker"])
+        .await;
+    let tenant = cli
+        .json(&[
+            "tenants", "create", "--slug", "nowhere", "--name", "Nowhere",
+        ])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = cli
+        .run(&[
+            "sites",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "Lost",
+            "--domain",
+            "lost.example",
+            "--plan",
+            "starter",
+            "--wait",
+            "--json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: the operation failed: ")
+            && err.contains("no worker can take the site"),
+        "{err}"
+    );
+    assert!(err.contains("site.create: failed\n"), "{err}");
+    assert!(err.contains("  reserve_slot: undone\n"), "{err}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["site"]["state"], "failed", "{printed}");
+    assert!(printed["admin"]["password"].is_string(), "{printed}");
+
+    // `operations list` shows it, and `nodes remove` takes the empty pending node away.
+    let table = cli.ok(&["operations", "list", "--state", "failed"]).await;
+    assert!(
+        table.contains("site.create") && table.contains("no worker"),
+        "{table}"
+    );
+    let removed = cli.ok(&["nodes", "remove", "joining"]).await;
+    assert_eq!(removed.trim(), "removed node joining");
+    let nodes = cli.json(&["nodes", "list"]).await;
+    assert_eq!(nodes, serde_json::json!([]));
+    app.finish().await;
+}
+
+/// Every command and every flag says what it is for: walks the CLI's whole clap tree.
+#[test]
+fn every_command_and_flag_has_help() {
+    use clap::Subcommand;
+    let mut root = platform::cli::Command::augment_subcommands(clap::Command::new("pressdock"));
+    root.build();
+    let mut missing = Vec::new();
+    let mut stack = vec![(String::from("pressdock"), root)];
+    let mut commands = 0;
+    while let Some((path, command)) = stack.pop() {
+        commands += 1;
+        if path != "pressdock" && command.get_about().is_none() {
+            missing.push(path.clone());
+        }
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+        }
+    }
+    assert!(commands >= 40, "walked only {commands} commands");
+    assert!(missing.is_empty(), "without help: {missing:#?}");
+}
+
+/// The server's own commands, and `--help` of a leaf command as a user sees it.
+#[tokio::test]
+async fn help_is_printed_for_every_top_level_command() {
+    let out = tokio::process::Command::new(support::binary())
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(out.stdout.clone()).unwrap();
+    for command in [
+        "serve",
+        "migrate",
+        "config",
+        "openapi",
+        "login",
+        "logout",
+        "tenants",
+        "users",
+        "plans",
+        "sites",
+        "operations",
+        "tokens",
+        "nodes",
+        "placement",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("{command} missing in:\n{help}"));
+        assert!(
+            line.trim_start()[command.len()..].trim().len() > 5,
+            "{command} has no help: {line:?}"
+        );
+    }
+    let out = tokio::process::Command::new(support::binary())
+        .args(["sites", "create", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(out.stdout.clone()).unwrap();
+    for flag in [
+        "--tenant",
+        "--domain",
+        "--plan",
+        "--wait",
+        "--timeout",
+        "--json",
+        "--url",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing in:\n{help}"));
+        assert!(line.split_whitespace().count() > 2, "{flag}: {line:?}");
+    }
 }

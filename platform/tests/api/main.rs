@@ -6,6 +6,7 @@ mod agent;
 mod auth;
 mod cli;
 mod jobs;
+mod nodes;
 mod placement;
 mod rbac;
 mod sites;

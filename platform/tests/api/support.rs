@@ -209,7 +209,20 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_str().unwrap().to_owned()
+        assert_eq!(body["availability"], "pending", "{body}");
+        let id = body["id"].as_str().unwrap().to_owned();
+        // No swarm here: staff vouch for the node, as a control plane only has them do.
+        let (status, body) = self
+            .request(
+                Method::PATCH,
+                &format!("/v1/nodes/{id}"),
+                Some(admin),
+                Some(json!({ "availability": "active" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["availability"], "active", "{body}");
+        id
     }
 
     pub async fn create_site(
