@@ -197,6 +197,23 @@ impl ProxySqlAdmin {
         self.serve(listener);
     }
 
+    /// Empties every layer (a ProxySQL replaced by a fresh one, its disk file gone).
+    pub fn wipe(&self) {
+        *lock(&self.shared.tables) = Tables::default();
+    }
+
+    /// Puts a user into every layer directly (as another client would have left it).
+    pub fn put_user(&self, username: &str) {
+        let mut row: Row = COLUMNS.iter().map(|(_, d)| d.map(str::to_owned)).collect();
+        row[0] = Some(username.to_owned());
+        row[1] = Some("*0000000000000000000000000000000000000000".to_owned());
+        let mut t = lock(&self.shared.tables);
+        t.memory.retain(|r| r[0] != row[0]);
+        t.memory.push(row);
+        t.disk = t.memory.clone();
+        t.runtime = load_to_runtime(&t.memory);
+    }
+
     /// Every command received so far.
     pub fn received(&self) -> Vec<Received> {
         lock(&self.shared.log).clone()
