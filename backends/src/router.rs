@@ -331,19 +331,20 @@ impl ProxySqlRouter {
         Ok(())
     }
 
-    /// Runs `op` on every endpoint (one after the other: the admin serialises its
-    /// statements under a global lock anyway) and returns every result, or an
-    /// [`Error::Endpoints`] when any endpoint failed.
+    /// Runs `op` on every endpoint at once (they are independent ProxySQL instances; one
+    /// that is slow or down does not hold up the others) and returns every result in
+    /// endpoint order, or an [`Error::Endpoints`] when any endpoint failed.
     async fn on_every_endpoint<'a, T, F, Fut>(&'a self, action: String, op: F) -> Result<Vec<T>>
     where
         F: Fn(&'a Endpoint) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let outcomes = futures::future::join_all(self.endpoints.iter().map(op)).await;
         let mut applied = Vec::new();
         let mut results = Vec::new();
         let mut failed = Vec::new();
-        for endpoint in &self.endpoints {
-            match op(endpoint).await {
+        for (endpoint, outcome) in self.endpoints.iter().zip(outcomes) {
+            match outcome {
                 Ok(value) => {
                     applied.push(endpoint.label.clone());
                     results.push(value);
@@ -504,20 +505,26 @@ impl DbRouter for ProxySqlRouter {
         id: &SiteResourceId,
         password: &SitePassword,
     ) -> Result<Vec<RouterUserState>> {
-        let mut states = Vec::new();
-        for endpoint in &self.endpoints {
-            states.push(match self.observe_one(endpoint, id, password).await {
-                Ok(state) => state,
-                Err(err) => RouterUserState {
+        let outcomes = futures::future::join_all(
+            self.endpoints
+                .iter()
+                .map(|endpoint| self.observe_one(endpoint, id, password)),
+        )
+        .await;
+        Ok(self
+            .endpoints
+            .iter()
+            .zip(outcomes)
+            .map(|(endpoint, outcome)| {
+                outcome.unwrap_or_else(|err| RouterUserState {
                     endpoint: endpoint.label.clone(),
                     reachable: false,
                     converged: false,
                     runtime_rows: 0,
                     error: Some(crate::error::chain(&err)),
-                },
-            });
-        }
-        Ok(states)
+                })
+            })
+            .collect())
     }
 
     async fn remove_router_user(&self, id: &SiteResourceId) -> Result<()> {
