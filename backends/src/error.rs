@@ -49,6 +49,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A change to a backend with several endpoints (ProxySQL admin interfaces) that did
+    /// not succeed on all of them: which endpoints have it and, for every other one, its
+    /// own cause. An error has one `source`, so the causes are in the message, each with
+    /// its whole chain (see [`EndpointFailure`]); there is no `source` to repeat them.
+    #[error("{backend}: {action}: {}", endpoints_summary(backend, applied, failed))]
+    Endpoints {
+        backend: &'static str,
+        action: String,
+        /// Endpoints where the change is applied (and verified where the driver verifies).
+        applied: Vec<String>,
+        failed: Vec<EndpointFailure>,
+    },
     /// A backend is not in the state we converged it to (observed after `ensure`), or
     /// answered something we cannot read.
     #[error("{backend}: {detail}")]
@@ -74,4 +86,58 @@ impl Error {
             detail: detail.into(),
         }
     }
+}
+
+/// One endpoint's failure inside [`Error::Endpoints`].
+#[derive(Debug)]
+pub struct EndpointFailure {
+    pub endpoint: String,
+    pub error: Error,
+}
+
+/// An error and its causes on one line, `a: b: c`. mysql_async's errors also print their
+/// source in `Display`; a cause already in the line is not added again.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// `failed on 1 of 2 endpoints: B: <cause chain>; applied on A`: every failure with its
+/// whole chain, so the first line of a log or of a step error says what is where and why.
+fn endpoints_summary(backend: &str, applied: &[String], failed: &[EndpointFailure]) -> String {
+    let total = applied.len() + failed.len();
+    let failures: Vec<String> = failed
+        .iter()
+        .map(|f| {
+            let line = chain(&f.error);
+            let line = line
+                .strip_prefix(backend)
+                .and_then(|l| l.strip_prefix(": "))
+                .unwrap_or(&line);
+            if line.starts_with(&f.endpoint) {
+                line.to_owned()
+            } else {
+                format!("{}: {line}", f.endpoint)
+            }
+        })
+        .collect();
+    let applied = if applied.is_empty() {
+        "none".to_owned()
+    } else {
+        applied.join(", ")
+    };
+    format!(
+        "failed on {} of {total} endpoints: {}; applied on {applied}",
+        failed.len(),
+        failures.join("; ")
+    )
 }

@@ -20,17 +20,19 @@
 //!   tables, disk); `LOAD MYSQL USERS TO RUNTIME` and `SAVE MYSQL USERS TO DISK` move the
 //!   `mysql_users` table between them.
 //!
-//! The driver code around them (connections, per-endpoint loop) has not run against a
-//! real ProxySQL yet.
+//! The connection options ([`proxysql_admin_opts`]) were found with a real ProxySQL 2.7.2
+//! and ProxySQL's source; `tests/drivers.rs` runs the driver against a stand-in of the
+//! admin interface (`tests/helpers/proxysql_admin.rs`) that accepts what ProxySQL's admin
+//! accepts and refuses what it refuses.
 
 use std::future::Future;
 
 use mysql_async::prelude::*;
-use mysql_async::{Opts, Pool};
+use mysql_async::{Opts, OptsBuilder, Pool};
 use sha1::{Digest, Sha1};
 
 use crate::config::{GaleraConfig, RouterKind};
-use crate::error::{Error, Result};
+use crate::error::{EndpointFailure, Error, Result};
 use crate::ids::{Secret, SitePassword, SiteResourceId};
 
 const BACKEND: &str = "proxysql";
@@ -45,6 +47,10 @@ pub struct RouterUserState {
     pub converged: bool,
     /// Runtime rows found for the user.
     pub runtime_rows: usize,
+    /// The endpoint answered (an unreachable one is never converged).
+    pub reachable: bool,
+    /// Why an unreachable endpoint could not be read (the whole error chain).
+    pub error: Option<String>,
 }
 
 /// The DB router's per-site user entry.
@@ -99,6 +105,8 @@ impl HaproxyRouter {
             endpoint: "haproxy".into(),
             converged: true,
             runtime_rows: 0,
+            reachable: true,
+            error: None,
         }
     }
 }
@@ -208,6 +216,49 @@ pub fn proxysql_check_runtime_rows(
         && rows.iter().any(|r| r.backend == 1)
 }
 
+/// `max_allowed_packet` given to mysql_async instead of read from the server: ProxySQL's
+/// default `mysql-max_allowed_packet`, what its admin answers to a lone
+/// `SELECT @@max_allowed_packet`.
+pub const PROXYSQL_ADMIN_MAX_ALLOWED_PACKET: usize = 64 * 1024 * 1024;
+
+/// `wait_timeout` given to mysql_async instead of read from the server (the admin has no
+/// such variable): a pooled admin session idle for longer is closed rather than reused.
+pub const PROXYSQL_ADMIN_WAIT_TIMEOUT_SECS: usize = 8 * 3600;
+
+/// Connection options that speak the dialect of ProxySQL's admin interface (checked
+/// against ProxySQL 2.7.2 and its source, `lib/Admin_Handler.cpp`, `lib/MySQL_Session.cpp`):
+///
+/// - On connect mysql_async reads the session values it was not given with one
+///   `SELECT @@max_allowed_packet,@@wait_timeout,@@socket`. The admin rewrites only a
+///   query that starts with `SELECT @@max_allowed_packet` (into a `global_variables`
+///   lookup) and hands the rest to SQLite: `near ",": syntax error`. Given all three
+///   (`prefer_socket(false)`: no `@@socket`), nothing is read.
+/// - Returning a pooled connection sends `COM_RESET_CONNECTION` (the admin says it is
+///   8.0.11), which the admin refuses for its session type; older versions would get
+///   `COM_CHANGE_USER`, which the admin does not answer at all. So no reset: our
+///   statements leave no session state behind (no variables, no transactions).
+/// - The admin refuses `COM_STMT_PREPARE` (`Command not supported`): every statement is
+///   sent with `query`/`query_drop` (text protocol, `COM_QUERY`), never `exec`.
+/// - It runs only the first statement of a multi-statement query (SQLite's
+///   `prepare_v2`) and ignores the rest without an error: one statement per query.
+///
+/// Options given in the URL are kept, except these, which are overridden.
+pub fn proxysql_admin_opts(url: &Secret) -> Result<(String, Opts)> {
+    let parsed = Opts::from_url(url.expose()).map_err(|e| Error::Mysql {
+        backend: BACKEND,
+        context: "parse proxysql_admin_urls".into(),
+        source: e.into(),
+    })?;
+    let label = format!("{}:{}", parsed.ip_or_hostname(), parsed.tcp_port());
+    let pool_opts = parsed.pool_opts().clone().with_reset_connection(false);
+    let opts = OptsBuilder::from_opts(parsed)
+        .max_allowed_packet(Some(PROXYSQL_ADMIN_MAX_ALLOWED_PACKET))
+        .wait_timeout(Some(PROXYSQL_ADMIN_WAIT_TIMEOUT_SECS))
+        .prefer_socket(false)
+        .pool_opts(pool_opts);
+    Ok((label, opts.into()))
+}
+
 /// One ProxySQL admin endpoint.
 #[derive(Clone)]
 struct Endpoint {
@@ -216,6 +267,11 @@ struct Endpoint {
 }
 
 /// [`DbRouter`] on every ProxySQL admin endpoint (MySQL protocol, usually port 6032).
+///
+/// Every operation is tried on every endpoint, whatever the others answered: a change
+/// that reached some endpoints and not others is an [`Error::Endpoints`] naming each
+/// endpoint with its outcome and cause, and the next `ensure` (a retried step, the
+/// `sites` reconciler) applies it where it is missing.
 #[derive(Clone)]
 pub struct ProxySqlRouter {
     endpoints: Vec<Endpoint>,
@@ -251,12 +307,7 @@ impl ProxySqlRouter {
         }
         let mut endpoints = Vec::new();
         for url in admin_urls {
-            let opts = Opts::from_url(url.expose()).map_err(|e| Error::Mysql {
-                backend: BACKEND,
-                context: "parse proxysql_admin_urls".into(),
-                source: e.into(),
-            })?;
-            let label = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+            let (label, opts) = proxysql_admin_opts(url)?;
             endpoints.push(Endpoint {
                 label,
                 pool: Pool::new(opts),
@@ -268,6 +319,54 @@ impl ProxySqlRouter {
         })
     }
 
+    /// Closes every pooled admin session (`COM_QUIT`).
+    pub async fn disconnect(self) -> Result<()> {
+        for endpoint in self.endpoints {
+            endpoint
+                .pool
+                .disconnect()
+                .await
+                .map_err(mysql_err(&endpoint.label, "disconnect"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on every endpoint at once (they are independent ProxySQL instances; one
+    /// that is slow or down does not hold up the others) and returns every result in
+    /// endpoint order, or an [`Error::Endpoints`] when any endpoint failed.
+    async fn on_every_endpoint<'a, T, F, Fut>(&'a self, action: String, op: F) -> Result<Vec<T>>
+    where
+        F: Fn(&'a Endpoint) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let outcomes = futures::future::join_all(self.endpoints.iter().map(op)).await;
+        let mut applied = Vec::new();
+        let mut results = Vec::new();
+        let mut failed = Vec::new();
+        for (endpoint, outcome) in self.endpoints.iter().zip(outcomes) {
+            match outcome {
+                Ok(value) => {
+                    applied.push(endpoint.label.clone());
+                    results.push(value);
+                }
+                Err(error) => failed.push(EndpointFailure {
+                    endpoint: endpoint.label.clone(),
+                    error,
+                }),
+            }
+        }
+        if failed.is_empty() {
+            Ok(results)
+        } else {
+            Err(Error::Endpoints {
+                backend: BACKEND,
+                action,
+                applied,
+                failed,
+            })
+        }
+    }
+
     async fn run(endpoint: &Endpoint, statements: &[String], what: &str) -> Result<()> {
         let mut conn = endpoint
             .pool
@@ -275,12 +374,34 @@ impl ProxySqlRouter {
             .await
             .map_err(mysql_err(&endpoint.label, "connect"))?;
         for sql in statements {
-            // Text protocol: the admin interface does not prepare statements.
+            // Text protocol (COM_QUERY): the admin refuses COM_STMT_PREPARE.
             conn.query_drop(sql)
                 .await
                 .map_err(mysql_err(&endpoint.label, what))?;
         }
         Ok(())
+    }
+
+    async fn ensure_one(
+        &self,
+        endpoint: &Endpoint,
+        id: &SiteResourceId,
+        password: &SitePassword,
+        statements: &[String],
+    ) -> Result<RouterUserState> {
+        Self::run(endpoint, statements, "upsert user").await?;
+        let state = self.observe_one(endpoint, id, password).await?;
+        if !state.converged {
+            return Err(Error::unexpected(
+                BACKEND,
+                format!(
+                    "{}: {} not in runtime_mysql_users as written",
+                    endpoint.label,
+                    id.resource_name()
+                ),
+            ));
+        }
+        Ok(state)
     }
 
     async fn observe_one(
@@ -325,33 +446,37 @@ impl ProxySqlRouter {
             .collect();
         Ok(RouterUserState {
             endpoint: endpoint.label.clone(),
+            reachable: true,
             converged: proxysql_check_runtime_rows(id, password, self.settings, &rows),
             runtime_rows: rows.len(),
+            error: None,
         })
+    }
+
+    async fn list_one(endpoint: &Endpoint) -> Result<Vec<String>> {
+        let mut conn = endpoint
+            .pool
+            .get_conn()
+            .await
+            .map_err(mysql_err(&endpoint.label, "connect"))?;
+        conn.query(PROXYSQL_LIST_USERS)
+            .await
+            .map_err(mysql_err(&endpoint.label, "list users"))
     }
 }
 
 impl ProxySqlRouter {
-    /// Ids of every `wp_<id>` user on any endpoint (orphan detection).
+    /// Ids of every `wp_<id>` user on any endpoint (orphan detection); an error when any
+    /// endpoint cannot be read (a partial list would hide orphans there).
     pub async fn list_site_ids(&self) -> Result<std::collections::BTreeSet<SiteResourceId>> {
-        let mut ids = std::collections::BTreeSet::new();
-        for endpoint in &self.endpoints {
-            let mut conn = endpoint
-                .pool
-                .get_conn()
-                .await
-                .map_err(mysql_err(&endpoint.label, "connect"))?;
-            let users: Vec<String> = conn
-                .query(PROXYSQL_LIST_USERS)
-                .await
-                .map_err(mysql_err(&endpoint.label, "list users"))?;
-            ids.extend(
-                users
-                    .iter()
-                    .filter_map(|u| SiteResourceId::from_resource_name(u)),
-            );
-        }
-        Ok(ids)
+        let lists = self
+            .on_every_endpoint("list users".to_owned(), Self::list_one)
+            .await?;
+        Ok(lists
+            .iter()
+            .flatten()
+            .filter_map(|u| SiteResourceId::from_resource_name(u))
+            .collect())
     }
 }
 
@@ -367,43 +492,48 @@ impl DbRouter for ProxySqlRouter {
         password: &SitePassword,
     ) -> Result<Vec<RouterUserState>> {
         let statements = proxysql_upsert_statements(id, password, self.settings);
-        let mut states = Vec::new();
-        for endpoint in &self.endpoints {
-            Self::run(endpoint, &statements, "upsert user").await?;
-            let state = self.observe_one(endpoint, id, password).await?;
-            if !state.converged {
-                return Err(Error::unexpected(
-                    BACKEND,
-                    format!(
-                        "{}: {} not in runtime_mysql_users as written",
-                        endpoint.label,
-                        id.resource_name()
-                    ),
-                ));
-            }
-            states.push(state);
-        }
-        Ok(states)
+        self.on_every_endpoint(format!("ensure user {}", id.resource_name()), |endpoint| {
+            self.ensure_one(endpoint, id, password, &statements)
+        })
+        .await
     }
 
+    /// Every endpoint's state; one that cannot be read is `reachable: false` (not
+    /// converged) with its error, so a reconciler re-ensures rather than stops.
     async fn observe_router_user(
         &self,
         id: &SiteResourceId,
         password: &SitePassword,
     ) -> Result<Vec<RouterUserState>> {
-        let mut states = Vec::new();
-        for endpoint in &self.endpoints {
-            states.push(self.observe_one(endpoint, id, password).await?);
-        }
-        Ok(states)
+        let outcomes = futures::future::join_all(
+            self.endpoints
+                .iter()
+                .map(|endpoint| self.observe_one(endpoint, id, password)),
+        )
+        .await;
+        Ok(self
+            .endpoints
+            .iter()
+            .zip(outcomes)
+            .map(|(endpoint, outcome)| {
+                outcome.unwrap_or_else(|err| RouterUserState {
+                    endpoint: endpoint.label.clone(),
+                    reachable: false,
+                    converged: false,
+                    runtime_rows: 0,
+                    error: Some(crate::error::chain(&err)),
+                })
+            })
+            .collect())
     }
 
     async fn remove_router_user(&self, id: &SiteResourceId) -> Result<()> {
         let statements = proxysql_delete_statements(id);
-        for endpoint in &self.endpoints {
-            Self::run(endpoint, &statements, "delete user").await?;
-        }
-        Ok(())
+        self.on_every_endpoint(format!("remove user {}", id.resource_name()), |endpoint| {
+            Self::run(endpoint, &statements, "delete user")
+        })
+        .await
+        .map(drop)
     }
 }
 

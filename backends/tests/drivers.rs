@@ -1,6 +1,8 @@
 //! The drivers against real servers: MariaDB (the machine's, 127.0.0.1:3306), and Redis +
-//! Sentinel and Varnish started by each test on free loopback ports. ProxySQL, Gluster
-//! and the swarm are not runnable here: their pure parts are unit-tested in the crate.
+//! Sentinel and Varnish started by each test on free loopback ports. ProxySQL is not
+//! installable here: its driver runs against a stand-in of the admin interface
+//! (`helpers/proxysql_admin.rs`). Gluster and the swarm are not runnable here: their pure
+//! parts are unit-tested in the crate (and run against the lab, `--ignored`).
 
 mod helpers;
 
@@ -15,11 +17,16 @@ use backends::gluster::{GlusterDriver, SiteStorage};
 use backends::ids::Secret;
 use backends::ids::{DomainName, SitePassword, SiteResourceId};
 use backends::redis::{NodeRole, RedisSentinelDriver, SiteCache};
-use backends::router::{DbRouter, mysql_native_hash};
+use backends::router::{
+    DbRouter, PROXYSQL_ADMIN_MAX_ALLOWED_PACKET, PROXYSQL_ADMIN_WAIT_TIMEOUT_SECS,
+    PROXYSQL_LIST_USERS, ProxySqlRouter, ProxySqlUserSettings, RouterUserState, mysql_native_hash,
+    proxysql_admin_opts, proxysql_upsert_statements, proxysql_verify_query,
+};
 use backends::swarm::{SiteRuntime, SwarmDriver};
 use backends::varnish::{
     EdgeCache, HostState, HostTable, VarnishCli, VarnishDriver, render_hosts_include,
 };
+use helpers::proxysql_admin::{ProxySqlAdmin, Received};
 use mysql_async::prelude::*;
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
@@ -192,6 +199,348 @@ async fn proxysql_hash_equals_server_password_hash() {
     let mut admin = admin_conn().await;
     let server: Option<String> = ok(admin.exec_first("SELECT PASSWORD(?)", (pw.expose(),)).await);
     assert_eq!(server, Some(mysql_native_hash(&pw)));
+}
+
+// ---------------------------------------------------------------- ProxySQL admin (stand-in)
+
+fn proxysql_settings() -> ProxySqlUserSettings {
+    ProxySqlUserSettings {
+        default_hostgroup: 10,
+        max_connections: 50,
+    }
+}
+
+fn proxysql_router(admins: &[&ProxySqlAdmin]) -> ProxySqlRouter {
+    let urls: Vec<Secret> = admins.iter().map(|a| Secret::new(a.url())).collect();
+    ok(ProxySqlRouter::new(&urls, proxysql_settings()))
+}
+
+fn converged(admin: &ProxySqlAdmin) -> RouterUserState {
+    RouterUserState {
+        endpoint: admin.label(),
+        converged: true,
+        runtime_rows: 2,
+        reachable: true,
+        error: None,
+    }
+}
+
+/// The statements one `ensure` sends to one endpoint: nothing else (no session-setup
+/// query on connect, no reset when the connection goes back to the pool).
+fn ensure_statements(id: &SiteResourceId, pw: &SitePassword) -> Vec<String> {
+    let mut s = proxysql_upsert_statements(id, pw, proxysql_settings());
+    s.push(proxysql_verify_query(id));
+    s
+}
+
+#[tokio::test]
+async fn proxysql_ensure_observe_list_remove_speak_the_admin_dialect() {
+    let admin = ProxySqlAdmin::start().await;
+    let router = proxysql_router(&[&admin]);
+    let id = SiteResourceId::generate();
+    let pw = SitePassword::generate();
+    let user = id.resource_name();
+    let hash = mysql_native_hash(&pw);
+
+    assert_eq!(
+        ok(router.ensure_router_user(&id, &pw).await),
+        vec![converged(&admin)]
+    );
+    assert_eq!(admin.queries(), ensure_statements(&id, &pw));
+    assert_eq!(admin.refused(), vec![]);
+    // Memory and disk hold one row with the hash (never the clear text); runtime shows
+    // it as a frontend and a backend row.
+    for layer in ["memory", "disk"] {
+        let rows = admin.rows(layer, &user);
+        assert_eq!(rows.len(), 1, "{layer}: {rows:?}");
+        let r = &rows[0];
+        assert_eq!(ProxySqlAdmin::value(r, "password"), Some(hash.as_str()));
+        assert_eq!(ProxySqlAdmin::value(r, "default_hostgroup"), Some("10"));
+        assert_eq!(
+            ProxySqlAdmin::value(r, "default_schema"),
+            Some(user.as_str())
+        );
+        assert_eq!(ProxySqlAdmin::value(r, "max_connections"), Some("50"));
+        assert_eq!(ProxySqlAdmin::value(r, "frontend"), Some("1"));
+        assert_eq!(ProxySqlAdmin::value(r, "backend"), Some("1"));
+    }
+    assert_eq!(admin.rows("runtime", &user).len(), 2);
+
+    // Twice: the same state, still one row (REPLACE on the primary key), the pooled
+    // session reused without a reset.
+    admin.clear_log();
+    assert_eq!(
+        ok(router.ensure_router_user(&id, &pw).await),
+        vec![converged(&admin)]
+    );
+    assert_eq!(admin.queries(), ensure_statements(&id, &pw));
+    assert_eq!(admin.rows("memory", &user).len(), 1);
+    assert_eq!(
+        ok(router.observe_router_user(&id, &pw).await),
+        vec![converged(&admin)]
+    );
+
+    // Drift made by hand (another password, loaded to runtime) is seen and converged.
+    let (_, opts) = ok(proxysql_admin_opts(&Secret::new(admin.url())));
+    let mut hand = ok(mysql_async::Conn::new(opts).await);
+    ok(hand
+        .query_drop(format!(
+            "REPLACE INTO mysql_users (username, password, default_hostgroup) VALUES \
+             ('{user}', '*0000', 10)"
+        ))
+        .await);
+    ok(hand.query_drop("LOAD MYSQL USERS TO RUNTIME").await);
+    let drifted = ok(router.observe_router_user(&id, &pw).await);
+    assert!(!drifted[0].converged && drifted[0].reachable, "{drifted:?}");
+    assert_eq!(
+        ok(router.ensure_router_user(&id, &pw).await),
+        vec![converged(&admin)]
+    );
+
+    // Listed among the site users; a foreign `wp` user that is not ours is not.
+    ok(hand
+        .query_drop(
+            "INSERT INTO mysql_users (username, password) VALUES ('wpadmin_other', '*1111')",
+        )
+        .await);
+    let listed = ok(router.list_site_ids().await);
+    assert!(listed.contains(&id), "{listed:?}");
+    assert!(listed.iter().all(|i| i.resource_name() != "wpadmin_other"));
+
+    // Removal from every layer, twice.
+    ok(router.remove_router_user(&id).await);
+    ok(router.remove_router_user(&id).await);
+    for layer in ["memory", "runtime", "disk"] {
+        assert_eq!(
+            admin.rows(layer, &user),
+            Vec::<Vec<Option<String>>>::new(),
+            "{layer}"
+        );
+    }
+    let gone = ok(router.observe_router_user(&id, &pw).await);
+    assert_eq!(gone.len(), 1);
+    assert!(!gone[0].converged && gone[0].reachable && gone[0].runtime_rows == 0);
+    assert!(!ok(router.list_site_ids().await).contains(&id));
+    ok(hand.disconnect().await);
+    assert_eq!(admin.refused(), vec![]);
+
+    // Closing the pool ends each admin session with COM_QUIT.
+    admin.clear_log();
+    ok(router.disconnect().await);
+    admin.wait_for(|r| r.command == "COM_QUIT").await;
+    assert_eq!(admin.refused(), vec![]);
+    let commands: BTreeSet<String> = admin
+        .received()
+        .into_iter()
+        .map(|r| r.command.split(' ').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(commands, BTreeSet::from(["COM_QUIT".to_owned()]));
+}
+
+#[tokio::test]
+async fn proxysql_stand_in_refuses_what_the_real_admin_refused() {
+    let admin = ProxySqlAdmin::start().await;
+
+    // mysql_async's defaults: the session values are read with one multi-variable
+    // SELECT, which the admin cannot parse (ProxySQL 2.7.2's answer, word for word).
+    let err = mysql_async::Conn::from_url(admin.url())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the default connect options were accepted"));
+    assert!(
+        err.to_string()
+            .contains(r#"ProxySQL Admin Error: near ",": syntax error"#),
+        "{err}"
+    );
+    assert_eq!(
+        admin.refused(),
+        vec![Received {
+            command: "COM_QUERY SELECT @@max_allowed_packet,@@wait_timeout,@@socket".into(),
+            refused: Some(r#"ProxySQL Admin Error: near ",": syntax error"#.into()),
+        }]
+    );
+
+    // Session values given but the pool's reset left on: the connection going back to
+    // the pool sends COM_RESET_CONNECTION, refused for an admin session.
+    admin.clear_log();
+    let opts = mysql_async::OptsBuilder::from_opts(ok(mysql_async::Opts::from_url(&admin.url())))
+        .max_allowed_packet(Some(PROXYSQL_ADMIN_MAX_ALLOWED_PACKET))
+        .wait_timeout(Some(PROXYSQL_ADMIN_WAIT_TIMEOUT_SECS))
+        .prefer_socket(false);
+    let pool = mysql_async::Pool::new(opts);
+    let mut conn = ok(pool.get_conn().await);
+    let users: Vec<String> = ok(conn.query(PROXYSQL_LIST_USERS).await);
+    assert_eq!(users, Vec::<String>::new());
+    drop(conn);
+    let reset = admin
+        .wait_for(|r| r.command == "COM_RESET_CONNECTION")
+        .await;
+    assert_eq!(
+        reset.refused.as_deref(),
+        Some(
+            "Received unsupported 'COM_RESET_CONNECTION' for session type \
+             'PROXYSQL_SESSION_ADMIN'"
+        )
+    );
+    let _ = pool.disconnect().await;
+
+    // The driver's options: connect and reuse send nothing but our queries; the binary
+    // protocol is refused; only the first statement of a multi-statement query runs.
+    admin.clear_log();
+    let (label, opts) = ok(proxysql_admin_opts(&Secret::new(admin.url())));
+    assert_eq!(label, admin.label());
+    let pool = mysql_async::Pool::new(opts);
+    for _ in 0..3 {
+        let mut c = ok(pool.get_conn().await);
+        ok(c.query_drop(PROXYSQL_LIST_USERS).await);
+    }
+    let mut c = ok(pool.get_conn().await);
+    let err = c
+        .exec_drop(
+            "SELECT username FROM mysql_users WHERE username = ?",
+            ("x",),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a prepared statement was accepted"));
+    assert!(err.to_string().contains("Command not supported"), "{err}");
+    ok(c.query_drop(
+        "INSERT INTO mysql_users (username, password) VALUES ('wp_a', '*1'); \
+         INSERT INTO mysql_users (username, password) VALUES ('wp_b', '*2')",
+    )
+    .await);
+    assert_eq!(admin.rows("memory", "wp_a").len(), 1);
+    assert_eq!(admin.rows("memory", "wp_b").len(), 0, "the tail was run");
+    let lone: Option<String> = ok(c.query_first("SELECT @@max_allowed_packet").await);
+    assert_eq!(lone.as_deref(), Some("67108864"));
+    drop(c);
+    ok(pool.disconnect().await);
+    let refused: Vec<String> = admin.refused().into_iter().map(|r| r.command).collect();
+    assert_eq!(
+        refused,
+        vec![
+            "COM_STMT_PREPARE".to_owned(),
+            "COM_QUERY INSERT INTO mysql_users (username, password) VALUES ('wp_a', '*1'); \
+             INSERT INTO mysql_users (username, password) VALUES ('wp_b', '*2')"
+                .to_owned(),
+        ]
+    );
+    assert!(
+        admin
+            .received()
+            .iter()
+            .all(|r| r.command != "COM_RESET_CONNECTION" && !r.command.contains("@@wait_timeout")),
+        "{:?}",
+        admin.received()
+    );
+}
+
+#[tokio::test]
+async fn proxysql_partial_change_is_reported_per_endpoint_and_converged_by_re_ensure() {
+    let a = ProxySqlAdmin::start().await;
+    let b = ProxySqlAdmin::start().await;
+    let router = proxysql_router(&[&a, &b]);
+    let id = SiteResourceId::generate();
+    let pw = SitePassword::generate();
+    let user = id.resource_name();
+
+    b.stop().await;
+    let err = router
+        .ensure_router_user(&id, &pw)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("ensure succeeded with an endpoint down"));
+    // The first line names the endpoint that failed, why, and where it applied.
+    let line = err.to_string();
+    assert!(!line.contains('\n'), "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "proxysql: ensure user {user}: failed on 1 of 2 endpoints: {b}: connect: ",
+            b = b.label()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(
+        line.ends_with(&format!("; applied on {}", a.label())),
+        "{line}"
+    );
+    match &err {
+        backends::Error::Endpoints {
+            applied, failed, ..
+        } => {
+            assert_eq!(applied, &vec![a.label()]);
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].endpoint, b.label());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        a.rows("runtime", &user).len(),
+        2,
+        "the first endpoint holds the user"
+    );
+
+    // What the `sites` reconciler sees: converged on a, b unreachable with its cause.
+    let seen = ok(router.observe_router_user(&id, &pw).await);
+    assert_eq!(seen[0], converged(&a));
+    assert!(!seen[1].reachable && !seen[1].converged, "{seen:?}");
+    assert!(
+        seen[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("connect") && e.contains("Connection refused")),
+        "{seen:?}"
+    );
+    let listed = router.list_site_ids().await.err().map(|e| e.to_string());
+    assert!(
+        listed.as_deref().is_some_and(|e| e.contains(&b.label())),
+        "{listed:?}"
+    );
+
+    // b comes back without the user; the reconciler's pass (observe, then ensure where
+    // anything is not converged) converges both.
+    b.restart().await;
+    let seen = ok(router.observe_router_user(&id, &pw).await);
+    assert_eq!(seen[0], converged(&a));
+    assert!(seen[1].reachable && !seen[1].converged && seen[1].runtime_rows == 0);
+    assert_eq!(
+        ok(router.ensure_router_user(&id, &pw).await),
+        vec![converged(&a), converged(&b)]
+    );
+    assert_eq!(b.rows("disk", &user).len(), 1);
+    assert_eq!(a.refused(), vec![]);
+    assert_eq!(b.refused(), vec![]);
+
+    // Removal with b down: gone from a, reported for b; again once b is back: gone.
+    b.stop().await;
+    let err = router
+        .remove_router_user(&id)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("remove succeeded with an endpoint down"));
+    assert!(
+        err.to_string().starts_with(&format!(
+            "proxysql: remove user {user}: failed on 1 of 2 endpoints: {}",
+            b.label()
+        )),
+        "{err}"
+    );
+    assert_eq!(a.rows("memory", &user).len(), 0);
+    b.restart().await;
+    assert_eq!(b.rows("runtime", &user).len(), 2, "restarted from disk");
+    ok(router.remove_router_user(&id).await);
+    for admin in [&a, &b] {
+        for layer in ["memory", "runtime", "disk"] {
+            assert_eq!(
+                admin.rows(layer, &user).len(),
+                0,
+                "{} {layer}",
+                admin.label()
+            );
+        }
+    }
+    ok(router.disconnect().await);
 }
 
 // ---------------------------------------------------------------- Redis + Sentinel

@@ -8,7 +8,8 @@
 //! - `sites`: every settled site (active or suspended, no operation under way) in every
 //!   backend: database and grants, DB router user, Redis ACL on every node, storage
 //!   directory and quota, swarm service and its spec, and the Varnish host table.
-//! - `orphans`: resources with our prefix whose site is deleted or failed are reported,
+//! - `orphans`: resources with our prefix (databases, DB router users, Redis users)
+//!   whose site is deleted or failed are reported,
 //!   then removed once they have been orphans for longer than the grace period; ones this
 //!   control plane never made are reported only.
 
@@ -16,8 +17,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Context;
 use backends::{
-    EdgeCache, SiteCache, SiteDatabase, SitePassword, SiteResourceId, SiteRuntime, SiteStorage,
-    swarm::SecretKind,
+    DbRouter, EdgeCache, SiteCache, SiteDatabase, SitePassword, SiteResourceId, SiteRuntime,
+    SiteStorage, swarm::SecretKind,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -394,6 +395,28 @@ async fn reconcile_site(
             repair("galera", format!("{observed:?}"));
         }
     }
+    if let Some(router) = &p.router {
+        // Every endpoint is observed (an unreachable one is not converged) and ensure
+        // writes every endpoint again: a change that reached only some ProxySQL admins
+        // is completed here once the others answer.
+        let pw = password(p, db, id, SecretKind::DbPassword).await?;
+        let observed = router.observe_router_user(id, &pw).await?;
+        let drifted: Vec<String> = observed
+            .iter()
+            .filter(|s| !s.converged)
+            .map(|s| match &s.error {
+                Some(err) => format!("{} unreachable ({err})", s.endpoint),
+                None => format!("{} ({} runtime rows)", s.endpoint, s.runtime_rows),
+            })
+            .collect();
+        if !drifted.is_empty() {
+            router.ensure_router_user(id, &pw).await?;
+            repair(
+                "router",
+                format!("user not converged on {}", drifted.join(", ")),
+            );
+        }
+    }
     if let Some(redis) = &p.redis {
         let pw = password(p, db, id, SecretKind::RedisPassword).await?;
         let observed = redis.observe_site_cache(id, Some(&pw)).await?;
@@ -490,6 +513,15 @@ async fn reconcile_orphans(
                 .map(|id| ("galera", id)),
         );
     }
+    if let Some(router) = &p.router {
+        found.extend(
+            router
+                .list_site_ids()
+                .await?
+                .into_iter()
+                .map(|id| ("router", id)),
+        );
+    }
     if let Some(redis) = &p.redis {
         found.extend(
             redis
@@ -531,6 +563,10 @@ async fn reconcile_orphans(
                         .remove_site_database(&id)
                         .await
                         .map_err(anyhow::Error::from),
+                    None => Ok(()),
+                },
+                "router" => match &p.router {
+                    Some(r) => r.remove_router_user(&id).await.map_err(anyhow::Error::from),
                     None => Ok(()),
                 },
                 _ => match &p.redis {

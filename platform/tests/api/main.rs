@@ -9,6 +9,11 @@ mod jobs;
 mod nodes;
 mod placement;
 mod rbac;
+mod reconcile;
 mod sites;
 mod support;
 mod surface;
+
+/// A stand-in of ProxySQL's admin interface, shared with the driver tests.
+#[path = "../../../backends/tests/helpers/proxysql_admin.rs"]
+mod proxysql_admin;
