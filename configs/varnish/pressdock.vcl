@@ -53,7 +53,7 @@ sub vcl_recv {
     # same for every visitor, and the most expensive requests of a headless site. The
     # site's pressdock-cache plugin purges the core routes a change makes stale (the
     # post's collection and item, its terms, author, search, oEmbed; a ban of a path
-    # covers its query variants, and the ban of `/` every `/?rest_route=…`).
+    # covers its query variants: the plugin's `/` and `/index.php` every `?rest_route=…`).
 
     # A commenter's own page after posting (no cookie consent): WordPress shows the
     # comment awaiting moderation to whoever holds `?unapproved=ID&moderation-hash=…`.
