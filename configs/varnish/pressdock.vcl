@@ -42,10 +42,23 @@ sub vcl_recv {
     if (req.http.Authorization) {
         return (pass);
     }
-    # Dashboard, login, cron, XML-RPC, previews and the REST API of logged-in users.
+    # Dashboard, login, cron, XML-RPC, previews, and anything carrying a nonce (the REST
+    # API of logged-in users, as `/wp-json/…` or `?rest_route=…`): one user's.
     if (req.url ~ "^/wp-(admin|login\.php|cron\.php|signup\.php|activate\.php)" ||
         req.url ~ "^/xmlrpc\.php" || req.url ~ "[?&]preview=true" ||
-        req.url ~ "^/wp-json/.*[?&]_wpnonce=") {
+        req.url ~ "[?&]_wpnonce=") {
+        return (pass);
+    }
+    # The anonymous REST API (`/wp-json/…`, `/?rest_route=…`) is cached like pages: the
+    # same for every visitor, and the most expensive requests of a headless site. The
+    # site's pressdock-cache plugin purges the core routes a change makes stale (the
+    # post's collection and item, its terms, author, search, oEmbed; a ban of a path
+    # covers its query variants: the plugin's `/` and `/index.php` every `?rest_route=…`).
+
+    # A commenter's own page after posting (no cookie consent): WordPress shows the
+    # comment awaiting moderation to whoever holds `?unapproved=ID&moderation-hash=…`.
+    # Personal, and stale as soon as the comment is approved: never cached.
+    if (req.url ~ "[?&](unapproved|moderation-hash)=") {
         return (pass);
     }
     # Static files: cookies never change them.

@@ -66,6 +66,7 @@ fn sites(count: usize, mixed: bool, seed: u64) -> Vec<Site> {
                 node: None,
                 pinned: false,
                 required_labels: Default::default(),
+                balance_hold: false,
             }
         })
         .collect()

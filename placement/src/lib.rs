@@ -37,6 +37,12 @@
 //! site a donor can give without dropping below its floor; it met the bound in the
 //! mixed-plan benchmark too, but that is not guaranteed.
 //!
+//! # Hysteresis
+//! A site marked [`Site::balance_hold`] (the caller marks the sites it moved recently)
+//! is never moved for balance, only off a drained, down or unknown node, off a node
+//! lacking its labels, or off a node over capacity. A [`BalanceGate`] tells the caller
+//! when an imbalance has lasted long enough to act on; the planner itself has no memory.
+//!
 //! # Safe order (start-first)
 //! During a `start-first` move the site holds a slot on both nodes until the old task
 //! stops, so only the destination's load rises during a move; the source's falls when
@@ -62,11 +68,13 @@
 //! workers plan in well under a second (see `examples/scale.rs` and `docs/benchmarks.md`).
 
 mod check;
+mod gate;
 mod model;
 mod plan;
 mod state;
 
 pub use check::{MoveError, apply_moves, apply_placement, check_moves, utilisation};
+pub use gate::{BalanceGate, BalanceVerdict};
 pub use model::{
     Assignment, Availability, Balance, Cluster, DEFAULT_WORKER_SLOTS, Move, MoveReason, Node,
     NodeId, NodeUtilisation, Placement, PlanError, Policy, RebalancePlan, Site, SiteId, TenantId,

@@ -123,6 +123,11 @@ pub struct Site {
     /// Every entry must be present with the same value in the node's labels.
     #[serde(default)]
     pub required_labels: BTreeMap<String, String>,
+    /// Not moved for balance (it moved recently: every move restarts its task); still
+    /// moved off a drained, down or unknown node, a node lacking its labels, or a node
+    /// over capacity.
+    #[serde(default)]
+    pub balance_hold: bool,
 }
 
 /// The map the planner works on: all nodes and all sites.

@@ -148,14 +148,15 @@ fn bound(st: &State<'_>, classified: &Classified) -> u64 {
         let d = st.lo[i].saturating_sub(load);
         deficit += d;
         inflows += d.div_ceil(largest);
-        // Only excess that can move counts: pinned sites stay.
+        // Only excess that can move counts: pinned sites stay, and so (for balance) do
+        // held ones. Counting less keeps this a lower bound.
         let movable: u64 = st.node_sites[i]
             .iter()
             .map(|&s| st.sites[s as usize])
-            .filter(|site| !site.pinned)
+            .filter(|site| !site.pinned && !site.balance_hold)
             .map(|site| u64::from(site.slots))
             .sum::<u64>()
-            - gone;
+            .saturating_sub(gone);
         outflows += load.saturating_sub(st.hi[i]).min(movable).div_ceil(largest);
     }
     let filled_by_forced = forced + deficit.saturating_sub(forced_slots).div_ceil(largest);
@@ -202,7 +203,8 @@ struct RawMove {
 /// nodes lacking their labels, then sites on drained, down or unknown nodes. Then balance
 /// moves, each from the node furthest above its band (over capacity first) to the best
 /// destination below its band, until no move improves the band without breaking it.
-/// Pinned sites never move; a site moves at most once per plan.
+/// Pinned sites never move; held sites ([`crate::Site::balance_hold`]) move only when
+/// forced or off a node over capacity; a site moves at most once per plan.
 pub fn rebalance(cluster: &Cluster, policy: &Policy) -> Result<RebalancePlan, PlanError> {
     let (mut st, classified) = rebalance_state(cluster, policy)?;
     let lower_bound = bound(&st, &classified);
@@ -262,7 +264,10 @@ pub fn rebalance(cluster: &Cluster, policy: &Policy) -> Result<RebalancePlan, Pl
             .copied()
             .filter(|&s| {
                 let site = st.sites[s as usize];
-                !site.pinned && !moved[s as usize] && u64::from(site.slots) <= room
+                !site.pinned
+                    && (!site.balance_hold || over_capacity)
+                    && !moved[s as usize]
+                    && u64::from(site.slots) <= room
             })
             .map(|s| {
                 let slots = u64::from(st.sites[s as usize].slots);

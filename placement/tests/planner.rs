@@ -16,7 +16,14 @@ fn site(id: &str, tenant: &str, slots: u32, node: Option<&str>) -> Site {
         node: node.map(NodeId::new),
         pinned: false,
         required_labels: BTreeMap::new(),
+        balance_hold: false,
     }
+}
+
+fn loads_after(cluster: &Cluster, moves: &[Move]) -> BTreeMap<String, u64> {
+    let mut c = cluster.clone();
+    apply_moves(&mut c, moves);
+    loads(&c)
 }
 
 fn loads(cluster: &Cluster) -> BTreeMap<String, u64> {
@@ -432,4 +439,175 @@ fn tenant_spreads_over_failure_domains_first() {
         .map(|a| a.node.clone())
         .collect();
     assert_eq!(workers.len(), 4);
+}
+
+#[test]
+fn held_sites_are_not_moved_for_balance_but_are_when_forced() {
+    // After w3 joined and got its share, w4 joins. w3's four sites moved a moment ago.
+    let mut cluster = twelve_on_two();
+    cluster.nodes.push(Node::worker("w3"));
+    let first = rebalance(&cluster, &Policy::default()).unwrap();
+    apply_moves(&mut cluster, &first.moves);
+    for s in &mut cluster.sites {
+        s.balance_hold = s.node.as_ref().is_some_and(|n| n.as_str() == "w3");
+    }
+    cluster.nodes.push(Node::worker("w4"));
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    check_moves(&cluster, &plan.moves).unwrap();
+    assert!(!plan.moves.is_empty());
+    assert!(
+        plan.moves
+            .iter()
+            .all(|m| m.from.as_str() != "w3" && m.to.as_str() == "w4"),
+        "a site that just moved is not moved again for balance: {:?}",
+        plan.moves
+    );
+    let held: BTreeSet<&str> = cluster
+        .sites
+        .iter()
+        .filter(|s| s.balance_hold)
+        .map(|s| s.id.as_str())
+        .collect();
+    assert!(plan.moves.iter().all(|m| !held.contains(m.site.as_str())));
+    // w4 gets what w1 and w2 can give without going below their share; w3's excess
+    // stays (like a pin, a hold can leave the band out of reach).
+    assert_eq!(loads_after(&cluster, &plan.moves)["w4"], 2);
+    // Without the holds, w3 gives a site too.
+    let mut free = cluster.clone();
+    for s in &mut free.sites {
+        s.balance_hold = false;
+    }
+    let unheld = rebalance(&free, &Policy::default()).unwrap();
+    assert!(unheld.moves.iter().any(|m| m.from.as_str() == "w3"));
+
+    // Drained: held or not, every site of w3 leaves.
+    cluster.nodes[2].availability = Availability::Drain;
+    let drain = rebalance(&cluster, &Policy::default()).unwrap();
+    check_moves(&cluster, &drain.moves).unwrap();
+    let evacuated: BTreeSet<&str> = drain
+        .moves
+        .iter()
+        .filter(|m| m.reason == MoveReason::Evacuate)
+        .map(|m| m.site.as_str())
+        .collect();
+    assert_eq!(evacuated, held);
+}
+
+#[test]
+fn a_held_site_still_leaves_a_node_over_capacity() {
+    let mut cluster = Cluster {
+        nodes: vec![Node::worker("w1"), Node::worker("w2")],
+        sites: (0..25)
+            .map(|i| site(&format!("s{i:02}"), "t", 1, Some("w1")))
+            .collect(),
+    };
+    cluster.sites[0].slots = 4;
+    for s in &mut cluster.sites {
+        s.balance_hold = true;
+    }
+    let plan = rebalance(&cluster, &Policy::default()).unwrap();
+    check_moves(&cluster, &plan.moves).unwrap();
+    assert!(!plan.moves.is_empty());
+    assert!(
+        plan.moves
+            .iter()
+            .all(|m| m.reason == MoveReason::OverCapacity)
+    );
+    apply_moves(&mut cluster, &plan.moves);
+    assert!(loads(&cluster)["w1"] <= 25, "back within capacity");
+    // Within capacity again, a held map has nothing to move for balance.
+    let again = rebalance(&cluster, &Policy::default()).unwrap();
+    assert!(again.moves.is_empty(), "{:?}", again.moves);
+}
+
+mod gate {
+    use super::*;
+    use placement::{BalanceGate, BalanceVerdict};
+    use std::time::{Duration, Instant};
+
+    fn plan_with(cluster: &Cluster) -> placement::RebalancePlan {
+        rebalance(cluster, &Policy::default()).unwrap()
+    }
+
+    #[test]
+    fn balance_moves_wait_for_a_lasting_imbalance() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let balanced = twelve_on_two();
+        let mut joined = twelve_on_two();
+        joined.nodes.push(Node::worker("w3"));
+        let (calm, uneven) = (plan_with(&balanced), plan_with(&joined));
+        assert!(calm.moves.is_empty() && !uneven.moves.is_empty());
+
+        // Three passes and 30 s: the third pass at 10 s is not enough, the fourth at 30 s is.
+        let mut gate = BalanceGate::new(3, Duration::from_secs(30));
+        assert_eq!(gate.observe(&calm, at(0)), BalanceVerdict::Balanced);
+        assert!(matches!(
+            gate.observe(&uneven, at(5)),
+            BalanceVerdict::Waiting { passes: 1, .. }
+        ));
+        assert!(matches!(
+            gate.observe(&uneven, at(10)),
+            BalanceVerdict::Waiting { passes: 2, .. }
+        ));
+        assert_eq!(
+            gate.observe(&uneven, at(15)),
+            BalanceVerdict::Waiting {
+                passes: 3,
+                for_duration: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(gate.observe(&uneven, at(35)), BalanceVerdict::Move);
+
+        // A transient imbalance (one pass balanced in between) starts the count again.
+        let mut gate = BalanceGate::new(3, Duration::ZERO);
+        gate.observe(&uneven, at(0));
+        gate.observe(&uneven, at(5));
+        gate.observe(&calm, at(10));
+        assert!(matches!(
+            gate.observe(&uneven, at(15)),
+            BalanceVerdict::Waiting { passes: 1, .. }
+        ));
+        gate.observe(&uneven, at(20));
+        assert_eq!(gate.observe(&uneven, at(25)), BalanceVerdict::Move);
+        // After moves started (reset), the next imbalance must last again.
+        gate.reset();
+        assert!(matches!(
+            gate.observe(&uneven, at(30)),
+            BalanceVerdict::Waiting { passes: 1, .. }
+        ));
+
+        // Another worker giving sites is another imbalance: counted from scratch.
+        let mut other = twelve_on_two();
+        other.nodes.push(Node::worker("w0"));
+        for s in &mut other.sites {
+            if s.node.as_ref().is_some_and(|n| n.as_str() == "w2") {
+                s.node = Some(NodeId::new("w1"));
+            }
+        }
+        let w1_only = plan_with(&other);
+        assert!(w1_only.moves.iter().all(|m| m.from.as_str() == "w1"));
+        let mut gate = BalanceGate::new(2, Duration::ZERO);
+        gate.observe(&uneven, at(0));
+        assert!(matches!(
+            gate.observe(&w1_only, at(5)),
+            BalanceVerdict::Waiting { passes: 1, .. }
+        ));
+        assert_eq!(gate.observe(&w1_only, at(10)), BalanceVerdict::Move);
+    }
+
+    #[test]
+    fn forced_moves_are_not_balance() {
+        // A drain's plan has evacuations only: nothing for the gate to wait on.
+        let mut cluster = twelve_on_two();
+        cluster.nodes.push(Node::worker("w3"));
+        cluster.nodes[0].availability = Availability::Drain;
+        let plan = plan_with(&cluster);
+        assert!(plan.moves.iter().all(|m| m.reason == MoveReason::Evacuate));
+        let mut gate = BalanceGate::new(5, Duration::from_secs(600));
+        assert_eq!(
+            gate.observe(&plan, Instant::now()),
+            BalanceVerdict::Balanced
+        );
+    }
 }

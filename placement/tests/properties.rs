@@ -120,6 +120,7 @@ fn cluster_strategy(shape: Shape, max_sites: usize) -> impl Strategy<Value = Clu
                     node: node.map(|n| NodeId::new(format!("w{n:02}"))),
                     pinned: pinned && node.is_some(),
                     required_labels: labels(mask),
+                    balance_hold: false,
                 })
                 .collect(),
         })

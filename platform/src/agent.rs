@@ -7,6 +7,12 @@
 //! `active` again with the next ready report. Content changes in WordPress reach every
 //! Varnish through the agent (`POST /v1/agent/purge`) or a tenant
 //! (`POST /v1/sites/{site}/cache/purge`).
+//!
+//! One report is kept per site, and reports arrive out of order: during a move or an
+//! update swarm runs the new task and the old one side by side (start-first), and the old
+//! one keeps reporting while it drains. [`supersedes`] decides whether a report replaces
+//! the stored one, so `GET /v1/sites/{site}` and the move saga's readiness check never go
+//! back to a task the site left.
 
 use std::time::Duration;
 
@@ -136,6 +142,143 @@ pub fn php_settings(memory_mb: i32) -> PhpSettings {
     }
 }
 
+/// The identity and age of an agent report: which task sent it, from which worker, and
+/// where it stands in that agent's own sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOrigin {
+    pub task_id: Option<String>,
+    /// The swarm node id the agent reported.
+    pub node_id: Option<String>,
+    /// When the agent process started (its clock), then its report counter.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub seq: i64,
+}
+
+/// Whether `incoming` replaces `stored`, the site's current report. `current_node` is the
+/// swarm id of the worker the site is placed on (`None` if unknown); `stored_is_fresh`
+/// says the stored report arrived within `agent.report_timeout_secs`.
+///
+/// - A stale stored report gives way to anything: a misjudged order can never freeze the
+///   status for longer than the timeout.
+/// - The same task (same task id, or neither has one and the node is the same): only a
+///   later report of that agent (a later start, else a higher sequence number).
+/// - Another task: one on the site's worker beats one elsewhere (the old task of a move
+///   drains on the worker the site left); between two on the same side, the one that
+///   started later (the old task of an update on the same worker started earlier).
+pub fn supersedes(
+    stored: &ReportOrigin,
+    stored_is_fresh: bool,
+    incoming: &ReportOrigin,
+    current_node: Option<&str>,
+) -> bool {
+    if !stored_is_fresh {
+        return true;
+    }
+    let same_task = match (&stored.task_id, &incoming.task_id) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => stored.node_id == incoming.node_id,
+        _ => false,
+    };
+    if same_task {
+        return (incoming.started_at, incoming.seq) > (stored.started_at, stored.seq);
+    }
+    let on_current =
+        |o: &ReportOrigin| current_node.is_some() && o.node_id.as_deref() == current_node;
+    match (on_current(stored), on_current(incoming)) {
+        (false, true) => true,
+        (true, false) => false,
+        _ => incoming.started_at >= stored.started_at,
+    }
+}
+
+/// Stores the report if it [`supersedes`] the site's current one; says whether it did.
+/// Runs in `tx` (READ COMMITTED: the row lock of the stored report orders concurrent
+/// reports of a site, and no gap lock ties the first reports of two sites together).
+async fn store_report(
+    tx: &mut MySqlConnection,
+    site: &str,
+    origin: &ReportOrigin,
+    ready: bool,
+    live: bool,
+    body: &Value,
+    fresh_secs: u64,
+) -> sqlx::Result<bool> {
+    let current: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT n.swarm_node_id FROM placements pl JOIN nodes n ON n.id = pl.node_id WHERE pl.site_id = ?",
+    )
+    .bind(site)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let current = current.flatten();
+    // Twice at most: the first report of a site may race another task's first one.
+    for _ in 0..2 {
+        #[allow(clippy::type_complexity)]
+        let stored: Option<(
+            Option<String>,
+            Option<String>,
+            chrono::DateTime<chrono::Utc>,
+            i64,
+            bool,
+        )> = sqlx::query_as(
+            "SELECT task_id, node_id, started_at, seq, received_at > NOW(6) - INTERVAL ? SECOND \
+             FROM agent_reports WHERE site_id = ? FOR UPDATE",
+        )
+        .bind(i64::try_from(fresh_secs).unwrap_or(i64::MAX))
+        .bind(site)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((task_id, node_id, started_at, seq, fresh)) = stored else {
+            let inserted = sqlx::query(
+                "INSERT IGNORE INTO agent_reports (site_id, node_id, task_id, seq, started_at, live, ready, \
+                 report, received_at, ready_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NOW(6), IF(?, NOW(6), NULL))",
+            )
+            .bind(site)
+            .bind(&origin.node_id)
+            .bind(&origin.task_id)
+            .bind(origin.seq)
+            .bind(origin.started_at)
+            .bind(live)
+            .bind(ready)
+            .bind(body)
+            .bind(ready)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted > 0 {
+                return Ok(true);
+            }
+            // Another task's first report got there first: compare with it.
+            continue;
+        };
+        let stored = ReportOrigin {
+            task_id,
+            node_id,
+            started_at,
+            seq,
+        };
+        if !supersedes(&stored, fresh, origin, current.as_deref()) {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE agent_reports SET node_id = ?, task_id = ?, seq = ?, started_at = ?, live = ?, ready = ?, \
+             report = ?, received_at = NOW(6), ready_at = IF(?, NOW(6), ready_at) WHERE site_id = ?",
+        )
+        .bind(&origin.node_id)
+        .bind(&origin.task_id)
+        .bind(origin.seq)
+        .bind(origin.started_at)
+        .bind(live)
+        .bind(ready)
+        .bind(body)
+        .bind(ready)
+        .bind(site)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// `POST /v1/agent/report`.
 pub async fn report(
     state: &AppState,
@@ -148,26 +291,40 @@ pub async fn report(
         chrono::DateTime::from_timestamp(i64::try_from(report.started_at_unix).unwrap_or(0), 0)
             .unwrap_or_default();
     let body = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
-    let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "INSERT INTO agent_reports (site_id, node_id, task_id, seq, started_at, live, ready, report, received_at, ready_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, NOW(6), IF(?, NOW(6), NULL)) \
-         ON DUPLICATE KEY UPDATE node_id = VALUES(node_id), task_id = VALUES(task_id), seq = VALUES(seq), \
-         started_at = VALUES(started_at), live = VALUES(live), ready = VALUES(ready), report = VALUES(report), \
-         received_at = VALUES(received_at), ready_at = IF(VALUES(ready), NOW(6), ready_at)",
+    let origin = ReportOrigin {
+        task_id: swarm_id(report.task_id.as_deref()).map(str::to_owned),
+        node_id: swarm_id(report.node_id.as_deref()).map(str::to_owned),
+        started_at,
+        seq: i64::try_from(report.seq).unwrap_or(i64::MAX),
+    };
+    let mut conn = state.db.acquire().await?;
+    // Applies to the next transaction on this connection only.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let stored = store_report(
+        &mut tx,
+        id.as_str(),
+        &origin,
+        ready,
+        report.health.live,
+        &body,
+        state.config.agent.report_timeout_secs,
     )
-    .bind(id.as_str())
-    .bind(swarm_id(report.node_id.as_deref()))
-    .bind(swarm_id(report.task_id.as_deref()))
-    .bind(i64::try_from(report.seq).unwrap_or(i64::MAX))
-    .bind(started_at)
-    .bind(report.health.live)
-    .bind(ready)
-    .bind(&body)
-    .bind(ready)
-    .execute(&mut *tx)
     .await?;
-    if ready && matches!(site.state.as_str(), "provisioning" | "degraded") {
+    if !stored {
+        // The old task of a move or an update, still draining: answered as usual (it
+        // still applies the desired config), but the site's status stays with the task
+        // that replaced it.
+        tracing::debug!(
+            site = %id,
+            task_id = origin.task_id.as_deref().unwrap_or(""),
+            seq = origin.seq,
+            "agent report older than the site's current one: not stored"
+        );
+    }
+    if stored && ready && matches!(site.state.as_str(), "provisioning" | "degraded") {
         // A new site becomes active only after its create operation finished (the saga
         // may still be publishing the host table).
         let changed = sqlx::query(
@@ -452,6 +609,88 @@ mod tests {
             Err(ApiError::Invalid(errors)) => assert_eq!(errors[0].field, "paths[1]"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn origin(task: Option<&str>, node: &str, started: i64, seq: i64) -> ReportOrigin {
+        ReportOrigin {
+            task_id: task.map(str::to_owned),
+            node_id: Some(node.to_owned()),
+            started_at: chrono::DateTime::from_timestamp(1_700_000_000 + started, 0)
+                .unwrap_or_default(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_report_never_replaces_a_newer_one() {
+        let cur = Some("nodeb");
+        // The same task: only later in its own sequence (or after a restart of the agent).
+        let b = origin(Some("taskb"), "nodeb", 60, 5);
+        assert!(supersedes(
+            &b,
+            true,
+            &origin(Some("taskb"), "nodeb", 60, 6),
+            cur
+        ));
+        assert!(!supersedes(
+            &b,
+            true,
+            &origin(Some("taskb"), "nodeb", 60, 5),
+            cur
+        ));
+        assert!(!supersedes(
+            &b,
+            true,
+            &origin(Some("taskb"), "nodeb", 60, 4),
+            cur
+        ));
+        assert!(supersedes(
+            &b,
+            true,
+            &origin(Some("taskb"), "nodeb", 61, 1),
+            cur
+        ));
+        // A move from node a to node b: the old task, draining on a, reports after the new
+        // one (it started earlier, its sequence is further on): never stored again.
+        let old = origin(Some("taska"), "nodea", 0, 90);
+        assert!(!supersedes(&b, true, &old, cur));
+        // Before the new task reported, the old one's reports are the only news.
+        assert!(supersedes(
+            &old,
+            true,
+            &origin(Some("taska"), "nodea", 0, 91),
+            cur
+        ));
+        assert!(supersedes(&old, true, &b, cur));
+        // Even a new task started earlier by its clock wins from the site's worker.
+        assert!(supersedes(
+            &old,
+            true,
+            &origin(Some("taskb"), "nodeb", -5, 1),
+            cur
+        ));
+        // Two tasks on the site's worker (an update): the later start wins.
+        assert!(!supersedes(
+            &b,
+            true,
+            &origin(Some("taskc"), "nodeb", 30, 9),
+            cur
+        ));
+        assert!(supersedes(
+            &b,
+            true,
+            &origin(Some("taskd"), "nodeb", 90, 1),
+            cur
+        ));
+        // Worker unknown (no swarm id): the later start, whatever the node.
+        assert!(!supersedes(&b, true, &old, None));
+        assert!(supersedes(&old, true, &b, None));
+        // Agents without task ids on one node are one agent restarting.
+        let anon = origin(None, "nodeb", 60, 7);
+        assert!(!supersedes(&anon, true, &origin(None, "nodeb", 60, 3), cur));
+        assert!(supersedes(&anon, true, &origin(None, "nodeb", 62, 1), cur));
+        // A stored report older than the timeout gives way to anything.
+        assert!(supersedes(&b, false, &old, cur));
     }
 
     #[test]

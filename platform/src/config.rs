@@ -248,6 +248,16 @@ pub struct PlacementConfig {
     pub headroom_slots: u32,
     /// A move whose site is not ready on its new worker by then is taken back.
     pub move_timeout_secs: u64,
+    /// Balance moves wait for a lasting imbalance: the same workers over their share in
+    /// this many consecutive passes of the loop…
+    pub balance_after_passes: u32,
+    /// …spanning at least this long (sites being created or deleted move the counts for
+    /// a moment; every move restarts a site's task). Moves off drained or failed workers
+    /// never wait.
+    pub balance_after_secs: u64,
+    /// A site moved within this time is not moved again for balance (only off a drained,
+    /// failed or over-full worker).
+    pub move_cooldown_secs: u64,
 }
 
 impl Default for PlacementConfig {
@@ -261,6 +271,9 @@ impl Default for PlacementConfig {
             max_moves_per_node: 2,
             headroom_slots: 0,
             move_timeout_secs: 300,
+            balance_after_passes: 3,
+            balance_after_secs: 60,
+            move_cooldown_secs: 900,
         }
     }
 }

@@ -15,12 +15,27 @@
 //!   reporting) the agent there reported ready after the move started; past
 //!   `move_timeout_secs` the move fails and is taken back (placement and service);
 //! - `finish_move`: the timings are recorded.
+//!
+//! Hysteresis: moves off drained, failed or over-full workers start at the first pass
+//! that sees them. A balance move restarts a site's task for a better spread only, so it
+//! waits for a lasting imbalance ([`placement::BalanceGate`]: the same workers over their
+//! share in `balance_after_passes` consecutive passes spanning `balance_after_secs`), and
+//! a site moved within `move_cooldown_secs` is not moved again for balance
+//! ([`placement::Site::balance_hold`]). Without this, counts that move for a moment
+//! (twenty sites being deleted) moved a site from one worker to the other and back
+//! within ten seconds. The gate lives in the loop's memory: a restart or another
+//! replica taking the loop over only delays balance moves.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, anyhow};
 use backends::SiteResourceId;
-use placement::{Availability, Cluster, MoveReason, Policy, RebalancePlan};
+use placement::{
+    Availability, BalanceGate, BalanceVerdict, Cluster, MoveReason, Policy, RebalancePlan,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::MySqlPool;
@@ -158,7 +173,8 @@ pub fn policy(config: &PlacementConfig) -> Policy {
 
 /// Workers and placed sites. A site with an operation under way, not yet serving
 /// (`provisioning`) or pinned by staff stays where it is; so do the sites of a worker down
-/// for less than the grace period (it may come back).
+/// for less than the grace period (it may come back). A site moved within
+/// `move_cooldown_secs` is held: not moved for balance.
 async fn load(db: &mut sqlx::MySqlConnection, config: &PlacementConfig) -> anyhow::Result<Loaded> {
     #[allow(clippy::type_complexity)]
     let rows: Vec<(
@@ -213,6 +229,16 @@ async fn load(db: &mut sqlx::MySqlConnection, config: &PlacementConfig) -> anyho
     )
     .fetch_all(&mut *db)
     .await?;
+    // Failed moves count too: the site's task was restarted there and back.
+    let held: std::collections::BTreeSet<String> = sqlx::query_scalar(
+        "SELECT DISTINCT site_id FROM site_moves \
+         WHERE COALESCE(finished_at, created_at) > NOW(6) - INTERVAL ? SECOND",
+    )
+    .bind(i64::try_from(config.move_cooldown_secs).unwrap_or(i64::MAX))
+    .fetch_all(&mut *db)
+    .await?
+    .into_iter()
+    .collect();
     let mut sites = BTreeMap::new();
     for (id, domain, tenant, state, slots, node, pinned, busy) in rows {
         let movable = !busy && matches!(state.as_str(), "active" | "degraded" | "suspended");
@@ -223,6 +249,7 @@ async fn load(db: &mut sqlx::MySqlConnection, config: &PlacementConfig) -> anyho
             node: Some(node.clone().into()),
             pinned: pinned || !movable || in_grace.contains(&node),
             required_labels: BTreeMap::new(),
+            balance_hold: held.contains(&id),
         });
         sites.insert(
             id.clone(),
@@ -263,6 +290,7 @@ pub async fn place_new_site(
         node: None,
         pinned: false,
         required_labels: BTreeMap::new(),
+        balance_hold: false,
     });
     let plan = placement::place(&cluster, &policy(config))?;
     if let Some(a) = plan
@@ -425,7 +453,8 @@ pub async fn moves_in_flight(db: &MySqlPool) -> sqlx::Result<i64> {
 }
 
 /// Plans a rebalance and, unless `dry_run`, starts a `site.move` operation per move
-/// (only the forced ones when `forced_only`).
+/// (only the forced ones when `forced_only`). Staff asking for it act at once: the
+/// hysteresis is the loop's (only the cool-down of recently moved sites applies).
 pub async fn rebalance(
     db: &MySqlPool,
     provisioner: &Provisioner,
@@ -434,6 +463,22 @@ pub async fn rebalance(
     request: &RebalanceRequest,
     forced_only: bool,
 ) -> anyhow::Result<RebalanceAnswer> {
+    rebalance_gated(db, provisioner, config, actor, request, forced_only, None)
+        .await
+        .map(|(answer, _)| answer)
+}
+
+/// [`rebalance`], with balance moves also held back while `gate`, given the time of this
+/// pass, says the imbalance has not lasted yet.
+async fn rebalance_gated(
+    db: &MySqlPool,
+    provisioner: &Provisioner,
+    config: &PlacementConfig,
+    actor: Option<&Actor>,
+    request: &RebalanceRequest,
+    forced_only: bool,
+    gate: Option<(&mut BalanceGate, Instant)>,
+) -> anyhow::Result<(RebalanceAnswer, BalanceVerdict)> {
     let loaded = load(&mut *db.acquire().await?, config).await?;
     let mut policy = policy(config);
     policy.max_moves = request.max_moves;
@@ -453,8 +498,13 @@ pub async fn rebalance(
         after: plan.after,
         operations: Vec::new(),
     };
+    let verdict = match gate {
+        Some((gate, now)) => gate.observe(&plan, now),
+        None => BalanceVerdict::Move,
+    };
+    let forced_only = forced_only || verdict != BalanceVerdict::Move;
     if request.dry_run {
-        return Ok(answer);
+        return Ok((answer, verdict));
     }
     let chosen: Vec<_> = plan
         .moves
@@ -462,7 +512,7 @@ pub async fn rebalance(
         .filter(|m| !forced_only || m.reason != MoveReason::Balance)
         .collect();
     if chosen.is_empty() {
-        return Ok(answer);
+        return Ok((answer, verdict));
     }
     for m in chosen {
         let mut tx = db.begin().await?;
@@ -524,7 +574,7 @@ pub async fn rebalance(
         tx.commit().await?;
         answer.operations.push(op.to_string());
     }
-    Ok(answer)
+    Ok((answer, verdict))
 }
 
 /// What one pass of the placement loop did.
@@ -532,16 +582,21 @@ pub async fn rebalance(
 pub struct PassReport {
     pub moves_started: usize,
     pub proposed: usize,
+    /// Balance moves planned but not started: the imbalance has not lasted yet (seen in
+    /// `passes` passes in a row for `seconds`).
+    pub balance_waiting: Option<(u32, f64)>,
 }
 
-/// One pass: node states from the swarm, then the moves the map needs: forced ones
-/// (drained or failed workers, over capacity) always, balance moves when
-/// `placement.rebalance = "auto"` and no other move is under way. One replica at a time
-/// (a named lock).
+/// One pass at `now`: node states from the swarm, then the moves the map needs: forced
+/// ones (drained or failed workers, over capacity) always, balance moves when
+/// `placement.rebalance = "auto"`, no other move is under way and `gate` says the
+/// imbalance lasted. One replica at a time (a named lock).
 pub async fn pass(
     db: &MySqlPool,
     provisioner: &Provisioner,
     config: &PlacementConfig,
+    gate: &mut BalanceGate,
+    now: Instant,
 ) -> anyhow::Result<Option<PassReport>> {
     let mut lock = db.acquire().await?;
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('pressdock_placement', 0)")
@@ -550,7 +605,7 @@ pub async fn pass(
     if got != Some(1) {
         return Ok(None);
     }
-    let result = pass_locked(db, provisioner, config).await;
+    let result = pass_locked(db, provisioner, config, gate, now).await;
     let _ = sqlx::query("SELECT RELEASE_LOCK('pressdock_placement')")
         .execute(&mut *lock)
         .await;
@@ -561,6 +616,8 @@ async fn pass_locked(
     db: &MySqlPool,
     provisioner: &Provisioner,
     config: &PlacementConfig,
+    gate: &mut BalanceGate,
+    now: Instant,
 ) -> anyhow::Result<PassReport> {
     if provisioner.swarm.is_some() {
         crate::reconcile::sync_nodes(db, provisioner)
@@ -571,7 +628,11 @@ async fn pass_locked(
     // Balance moves one plan at a time; moves off drained and failed workers at once
     // (sites already moving are left out of the plan).
     let forced_only = config.rebalance != "auto" || moves_in_flight(db).await? > 0;
-    let answer = rebalance(
+    if forced_only {
+        // Moves under way change the map: an imbalance seen meanwhile does not count.
+        gate.reset();
+    }
+    let (answer, verdict) = rebalance_gated(
         db,
         provisioner,
         config,
@@ -581,10 +642,26 @@ async fn pass_locked(
             max_moves: None,
         },
         forced_only,
+        (!forced_only).then_some((&mut *gate, now)),
     )
     .await?;
     report.moves_started = answer.operations.len();
     report.proposed = answer.moves.len();
+    match verdict {
+        BalanceVerdict::Waiting {
+            passes,
+            for_duration,
+        } if !forced_only => {
+            report.balance_waiting = Some((passes, for_duration.as_secs_f64()));
+            tracing::debug!(
+                passes,
+                seconds = for_duration.as_secs_f64(),
+                "placement: imbalance seen; balance moves wait for it to last"
+            );
+        }
+        BalanceVerdict::Move if !forced_only && report.moves_started > 0 => gate.reset(),
+        _ => {}
+    }
     if report.moves_started > 0 {
         tracing::info!(
             moves = report.moves_started,
@@ -595,6 +672,14 @@ async fn pass_locked(
     Ok(report)
 }
 
+/// The loop's hysteresis for balance moves, from the configuration.
+pub fn balance_gate(config: &PlacementConfig) -> BalanceGate {
+    BalanceGate::new(
+        config.balance_after_passes,
+        Duration::from_secs(config.balance_after_secs),
+    )
+}
+
 /// Runs [`pass`] every `interval_secs` until `shutdown`.
 pub async fn run_periodically(
     db: MySqlPool,
@@ -603,12 +688,13 @@ pub async fn run_periodically(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = Duration::from_secs(config.interval_secs.max(1));
+    let mut gate = balance_gate(&config);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if let Err(err) = pass(&db, &provisioner, &config).await {
+        if let Err(err) = pass(&db, &provisioner, &config, &mut gate, Instant::now()).await {
             tracing::warn!(error = %format!("{err:#}"), "placement pass failed");
         }
     }

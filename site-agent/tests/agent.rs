@@ -36,6 +36,27 @@ use site_agent::protocol::{
     AgentReport, DesiredConfig, PURGE_PATH, PurgeRequest, PurgeResponse, ReportResponse,
 };
 
+/// Swarm's stop grace for a site's task (`stop_grace_period` of the service spec in
+/// backends' swarm driver): SIGKILL follows, so an agent must have exited by then. The
+/// only deadline a stop is held to here; how long a stop takes is measured by
+/// `scripts/bench-agent.sh`, never asserted (a loaded machine makes anything slower).
+const SWARM_STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Waits for the agent to exit after a signal; panics (and kills it) past `SWARM_STOP_GRACE`.
+async fn exit_within_stop_grace(agent: &mut Agent, t0: Instant) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = agent.child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < SWARM_STOP_GRACE,
+            "the agent was still running when swarm would have killed it; log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -482,7 +503,7 @@ async fn supervises_restarts_reports_and_stops() {
     );
     assert!(agent.log().contains("refused an older desired config"));
 
-    // SIGTERM: children stopped, agent exits 0 well within the grace period.
+    // SIGTERM: children stopped, agent exits 0 before swarm's stop grace runs out.
     let mut agent = agent;
     let t0 = Instant::now();
     nix::sys::signal::kill(
@@ -490,15 +511,8 @@ async fn supervises_restarts_reports_and_stops() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("sigterm");
-    let status = loop {
-        if let Some(s) = agent.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "agent did not stop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exit_within_stop_grace(&mut agent, t0).await;
     assert!(status.success(), "{status}; log:\n{}", agent.log());
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert!(
         !alive(fpm2) && !alive(nginx),
         "children stopped with the agent"
@@ -648,12 +662,6 @@ async fn purges_are_forwarded_and_sigterm_drains() {
         assert_eq!(p.len(), 3);
         assert!(p[2].1.all && p[2].1.paths.is_empty());
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        platform.purges.lock().expect("lock").len(),
-        3,
-        "a 422 is not retried"
-    );
 
     // SIGTERM: not ready at once (check `draining`), still serving, a report says so.
     let mut agent = agent;
@@ -671,11 +679,7 @@ async fn purges_are_forwarded_and_sigterm_drains() {
         .await;
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["ready"], false);
-    assert!(
-        t0.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t0.elapsed()
-    );
+    // Still up: `draining` was answered during the drain, not after it.
     assert!(alive(fpm), "php-fpm serves during the drain");
     assert_eq!(agent.healthz().await["live"], true);
     agent
@@ -689,21 +693,20 @@ async fn purges_are_forwarded_and_sigterm_drains() {
     // A purge during the drain still goes out.
     let (s, _) = post_purge(&agent, r#"{"paths":["/last/"]}"#).await;
     assert_eq!(s, 202);
-    let status = loop {
-        if let Some(s) = agent.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "agent did not stop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exit_within_stop_grace(&mut agent, t0).await;
     let took = t0.elapsed();
     assert!(status.success(), "{status}; log:\n{}", agent.log());
+    // The drain setting is a promise to the edge: never cut short without a second signal
+    // (a lower bound: a slow machine only makes it longer).
     assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_millis(4500),
-        "drain 1.5 s, then a quick stop: {took:?}"
+        took >= Duration::from_millis(1500),
+        "stopped before the 1.5 s drain ended: {took:?}"
     );
     assert!(!alive(fpm));
+    // The refused purge (422) was never sent again, in all the agent's life: the fourth
+    // and last request is the one made during the drain.
     let p = platform.purges.lock().expect("lock");
+    assert_eq!(p.len(), 4, "a 422 is not retried: {p:?}");
     assert_eq!(
         p.last().map(|x| x.1.paths.clone()),
         Some(vec!["/last/".to_owned()])
@@ -769,7 +772,7 @@ fn mu_plugin_is_valid_php_and_collects_what_changed() {
     assert_eq!(publish["content_type"], "application/json");
     assert_eq!(publish["body"]["all"], false);
     assert_eq!(
-        paths("publish"),
+        paths("publish")[..6],
         [
             "/hello-world/",
             "/",
@@ -790,7 +793,43 @@ fn mu_plugin_is_valid_php_and_collects_what_changed() {
     assert!(trash.contains(&"/hello-world/".into()), "{trash:?}");
     assert!(trash.iter().all(|p| !p.contains("__trashed")), "{trash:?}");
     assert!(paths("delete_published").contains(&"/gone/".into()));
-    assert_eq!(paths("comment"), ["/hello-world/"]);
+    // The REST API is cached too: the routes that list or show the post, its terms
+    // (counts change), its author, search and oEmbed; "/" and "/index.php" cover the
+    // `?rest_route=` forms. Private taxonomies and types outside the REST API give none.
+    let rest = [
+        "/wp-json/wp/v2/posts/5",
+        "/index.php",
+        "/wp-json/wp/v2/posts",
+        "/wp-json/wp/v2/categories",
+        "/wp-json/wp/v2/categories/3",
+        "/wp-json/wp/v2/tags",
+        "/wp-json/wp/v2/tags/4",
+        "/wp-json/wp/v2/users",
+        "/wp-json/wp/v2/users/1",
+        "/wp-json/wp/v2/search",
+        "/wp-json/oembed/1.0/embed",
+    ];
+    assert_eq!(paths("publish")[6..], rest, "{:?}", paths("publish"));
+    // Trashed or deleted: the post's own route too (it now answers 401/404).
+    assert!(
+        trash.contains(&"/wp-json/wp/v2/posts/5".into()),
+        "{trash:?}"
+    );
+    assert!(paths("delete_published").contains(&"/wp-json/wp/v2/posts/8".into()));
+    // An approved comment: its post, the comments, and the post's routes (replies are
+    // embedded with `?_embed`).
+    assert_eq!(
+        paths("comment"),
+        [
+            "/hello-world/",
+            "/wp-json/wp/v2/comments",
+            "/",
+            "/index.php",
+            "/wp-json/wp/v2/comments/9",
+            "/wp-json/wp/v2/posts/5",
+            "/wp-json/wp/v2/posts"
+        ]
+    );
     assert_eq!(paths("product"), ["/a-shirt/", "/", "/feed/", "/products/"]);
     // Nothing public changed: no request at all.
     for quiet in ["draft_edit", "comment_pending", "unrelated_options"] {
@@ -1146,7 +1185,8 @@ $id = wp_insert_post(array('post_title' => 'Purge Me', 'post_name' => 'purge-me'
     'post_status' => 'publish', 'post_author' => 1, 'post_content' => 'x',
     'post_category' => array($cat['term_id'])), true);
 echo json_encode(array(get_permalink($id), home_url('/'), get_feed_link(),
-    get_category_link($cat['term_id']), get_author_posts_url(1))), "\n";
+    get_category_link($cat['term_id']), get_author_posts_url(1),
+    rest_url('wp/v2/posts/' . $id), rest_url('wp/v2/posts'), home_url('/index.php'))), "\n";
 "#
             ),
         )
@@ -1169,8 +1209,14 @@ echo json_encode(array(get_permalink($id), home_url('/'), get_feed_link(),
             .iter()
             .map(|u| u.strip_prefix(&prefix).unwrap_or(u).to_owned())
             .collect();
-        // Plain permalinks (no rewrite in php-cli's install): the query is the page.
+        // Plain permalinks (no rewrite in php-cli's install): the query is the page, and
+        // rest_url() gives `/index.php?rest_route=…` (covered by the ban of `/index.php`,
+        // also sent; visitors' `/?rest_route=…` by the ban of `/`).
         assert!(want[0].starts_with("/?p="), "{want:?}");
+        assert!(
+            want[5].starts_with("/index.php?rest_route=/wp/v2/posts/"),
+            "{want:?}"
+        );
         let got = agent
             .wait_for("the post's purge at the control plane", 10, async |_| {
                 let p = platform.purges.lock().expect("lock");

@@ -259,3 +259,127 @@ async fn the_admin_password_is_handed_out_once_and_purges_are_checked() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.finish().await;
 }
+
+/// A report from one task of the site: `task` on the swarm node `node`, whose agent
+/// started `started` seconds after a fixed time; `requests` tells the reports apart.
+fn task_report(
+    site: &str,
+    task: &str,
+    node: &str,
+    started: u64,
+    seq: u64,
+    ready: bool,
+    requests: u64,
+) -> Value {
+    let mut r = report(site, ready, seq);
+    r["task_id"] = json!(task);
+    r["node_id"] = json!(node);
+    r["started_at_unix"] = json!(1_700_000_000u64 + started);
+    r["counters"]["requests_total"] = json!(requests);
+    r
+}
+
+async fn shown_agent(app: &TestApp, admin: &str, site: &str) -> (Value, Value) {
+    let (status, shown) = app.get(&format!("/v1/sites/{site}"), admin).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    (
+        shown["agent"]["task_id"].clone(),
+        shown["agent"]["report"]["counters"]["requests_total"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_report_from_a_task_the_site_left_never_overwrites_the_current_one() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let wa = app.add_worker(&admin, "worker-a", 25).await;
+    let wb = app.add_worker(&admin, "worker-b", 25).await;
+    for (node, swarm) in [(&wa, "swarmnodea"), (&wb, "swarmnodeb")] {
+        sqlx::query("UPDATE nodes SET swarm_node_id = ? WHERE id = ?")
+            .bind(swarm)
+            .bind(node)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    let tenant = app.create_tenant(&admin, "ordered").await;
+    let (site, _) = active_site(&app, &admin, &tenant, "ordered.example").await;
+    let token = "agent-token-ordered-0123456789abc";
+    give_agent_token(&app, &site, token).await;
+    let placed: String = sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
+        .bind(&site)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let (from, to, from_swarm, to_swarm) = if placed == wa {
+        (&wa, &wb, "swarmnodea", "swarmnodeb")
+    } else {
+        (&wb, &wa, "swarmnodeb", "swarmnodea")
+    };
+    let post = |body: Value| agent_post(&app, "/v1/agent/report", token, body);
+
+    // The task on the site's worker reports; a lost-and-resent older report of the same
+    // task is answered but not stored.
+    let (status, _) = post(task_report(&site, "oldtask", from_swarm, 0, 2, true, 20)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = post(task_report(&site, "oldtask", from_swarm, 0, 1, true, 10)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["desired"]["generation"], 1, "still told its config");
+    assert_eq!(
+        shown_agent(&app, &admin, &site).await,
+        (json!("oldtask"), json!(20))
+    );
+
+    // The site moves (the move saga changes the placement, then the service): the new
+    // task reports ready from the new worker.
+    sqlx::query("UPDATE placements SET node_id = ? WHERE site_id = ? AND node_id = ?")
+        .bind(to)
+        .bind(&site)
+        .bind(from)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (status, _) = post(task_report(&site, "newtask", to_swarm, 60, 1, true, 1)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        shown_agent(&app, &admin, &site).await,
+        (json!("newtask"), json!(1))
+    );
+
+    // The old task, draining on the worker the site left, reports again (not ready, its
+    // sequence further on): the site keeps showing the new task, ready, and active.
+    let (status, _) = post(task_report(&site, "oldtask", from_swarm, 0, 3, false, 30)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = app.get(&format!("/v1/sites/{site}"), &admin).await;
+    assert_eq!(shown["agent"]["task_id"], "newtask", "{shown}");
+    assert_eq!(shown["agent"]["ready"], true, "{shown}");
+    assert_eq!(
+        shown["agent"]["node"],
+        if to == &wa { "worker-a" } else { "worker-b" }
+    );
+    assert_eq!(shown["state"], "active");
+
+    // On the new worker: an update's old task (started earlier) never overwrites; the
+    // update's new task (started later) does; the same task only moves forward.
+    let (status, _) = post(task_report(&site, "newtask", to_swarm, 60, 3, true, 3)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(task_report(&site, "newtask", to_swarm, 60, 2, true, 2)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        shown_agent(&app, &admin, &site).await,
+        (json!("newtask"), json!(3))
+    );
+    let (status, _) = post(task_report(&site, "staletask", to_swarm, 30, 50, false, 50)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        shown_agent(&app, &admin, &site).await,
+        (json!("newtask"), json!(3))
+    );
+    let (status, _) = post(task_report(&site, "updatetask", to_swarm, 120, 1, true, 7)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        shown_agent(&app, &admin, &site).await,
+        (json!("updatetask"), json!(7))
+    );
+    app.finish().await;
+}

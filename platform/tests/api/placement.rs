@@ -231,3 +231,141 @@ async fn a_bigger_plan_refits_the_site_onto_a_worker_with_room() {
     assert_eq!(body["plan"], "business");
     app.finish().await;
 }
+
+/// The placement loop's passes, run by hand at chosen times (no swarm here, so `serve`
+/// runs no loop): balance moves wait for an imbalance seen in three passes in a row; a
+/// site that just moved is not moved again for balance; a drained worker is emptied at
+/// the first pass, recently moved sites included.
+#[tokio::test]
+async fn the_loop_waits_for_a_lasting_imbalance_and_never_delays_an_evacuation() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let config = platform::config::PlacementConfig {
+        balance_after_passes: 3,
+        balance_after_secs: 20,
+        move_cooldown_secs: 3600,
+        ..Default::default()
+    };
+    let provisioner = platform::provision::Provisioner::from_config(
+        &Default::default(),
+        crate::support::SECRET_KEY.as_bytes(),
+    )
+    .unwrap()
+    .with_placement(config.clone());
+    app.add_worker(&admin, "w1", 25).await;
+    app.add_worker(&admin, "w2", 25).await;
+    let tenant = app.create_tenant(&admin, "steady").await;
+    for i in 0..12 {
+        let (status, created) = app
+            .create_site(&admin, &tenant, &format!("h{i}.example"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+        app.wait_operation(&admin, created["operation"]["id"].as_str().unwrap())
+            .await;
+    }
+    let t0 = std::time::Instant::now();
+    let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+    let mut gate = platform::moves::balance_gate(&config);
+    let pass = async |gate: &mut placement::BalanceGate, secs: u64| {
+        platform::moves::pass(&app.db, &provisioner, &config, gate, at(secs))
+            .await
+            .unwrap()
+            .expect("the placement lock")
+    };
+
+    // Balanced: nothing to do.
+    let report = pass(&mut gate, 0).await;
+    assert_eq!((report.proposed, report.moves_started), (0, 0));
+    assert_eq!(report.balance_waiting, None);
+
+    // A third worker: the imbalance is seen, and waited on for three passes and 20 s.
+    app.add_worker(&admin, "w3", 25).await;
+    for (secs, passes) in [(5, 1), (10, 2), (15, 3)] {
+        let report = pass(&mut gate, secs).await;
+        assert_eq!(report.proposed, 4);
+        assert_eq!(report.moves_started, 0, "pass at {secs} s");
+        assert_eq!(report.balance_waiting.map(|w| w.0), Some(passes));
+    }
+    assert!(
+        sites_per_node(&app, &admin)
+            .await
+            .iter()
+            .all(|n| n.0 != "w3" || n.2 == 0)
+    );
+    // Three passes, but only 10 s since it was first seen; at 25 s it has lasted 20 s.
+    let report = pass(&mut gate, 25).await;
+    assert_eq!(report.moves_started, 4, "lasted three passes and 20 s");
+    assert_eq!(report.balance_waiting, None);
+    let (_, map) = app.get("/v1/placement", &admin).await;
+    let moved: Vec<String> = map["recent_moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["site"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(moved.len(), 4);
+    wait_all(
+        &app,
+        &admin,
+        &json!({ "operations": map["recent_moves"].as_array().unwrap().iter().map(|m| m["operation"].clone()).collect::<Vec<_>>() }),
+    )
+    .await;
+    assert_eq!(
+        sites_per_node(&app, &admin)
+            .await
+            .iter()
+            .map(|n| n.2)
+            .collect::<Vec<_>>(),
+        [4, 4, 4]
+    );
+
+    // A fourth worker: w3's sites just moved, so w1 and w2 give sites and w3 none, even
+    // once the imbalance lasted.
+    app.add_worker(&admin, "w4", 25).await;
+    let (status, dry) = app.post("/v1/placement/rebalance", &admin, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    let proposed = dry["moves"].as_array().unwrap();
+    assert!(!proposed.is_empty(), "{dry}");
+    for m in proposed {
+        assert_ne!(m["from"], "w3", "a site that just moved: {dry}");
+        assert!(!moved.contains(&m["site"].as_str().unwrap().to_owned()));
+    }
+
+    // w3 drained: its sites leave at the first pass, cool-down or not, and while the
+    // balance moves towards w4 are still waiting.
+    let w3 = map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "w3")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/nodes/{w3}"),
+            Some(&admin),
+            Some(json!({ "availability": "drain" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut fresh = platform::moves::balance_gate(&config);
+    let report = pass(&mut fresh, 100).await;
+    assert_eq!(report.moves_started, 4, "every site of w3, at once");
+    let (_, map) = app.get("/v1/placement", &admin).await;
+    let evacuations: Vec<&Value> = map["recent_moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["reason"] == "evacuate")
+        .collect();
+    assert_eq!(evacuations.len(), 4, "{map}");
+    assert!(
+        evacuations
+            .iter()
+            .all(|m| m["from"] == "w3" && moved.contains(&m["site"].as_str().unwrap().to_owned()))
+    );
+    app.finish().await;
+}

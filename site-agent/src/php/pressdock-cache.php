@@ -7,7 +7,15 @@
  * a published post (saved, updated, unpublished, trashed, deleted) gives its permalink,
  * the home page, the feed, its term archives and its author archive; a comment approved,
  * unapproved or edited gives its post; the theme, the customizer, menus, widgets and
- * site-wide options give "everything". At shutdown it sends them, once and de-duplicated,
+ * site-wide options give "everything".
+ *
+ * The edge caches the anonymous REST API too, so a change also gives the core routes
+ * that show it: the post type's collection and the post's own route, its terms'
+ * collections and routes, its author's, search and oEmbed (a comment: the comments
+ * collection, the comment's route and its post's, which embed replies). The paths are
+ * what rest_url() gives ("/wp-json/wp/v2/posts"); a path without a query also drops
+ * its query variants ("?per_page=5"), and "/" (always sent with REST routes) drops
+ * every "/?rest_route=..." form, "/index.php" every "/index.php?rest_route=...". At shutdown it sends them, once and de-duplicated,
  * to the site's agent (POST http://127.0.0.1:9180/purge), which forwards them to the
  * control plane; the control plane bans them on the edge caches of every host of the site.
  *
@@ -135,6 +143,62 @@ final class Pressdock_Cache_Purge
         if ($post->post_type === 'post') {
             self::url(get_author_posts_url($post->post_author));
         }
+        self::post_rest_routes($post);
+    }
+
+    /** The REST routes that list or show the post (none for a type not in the REST API). */
+    private static function post_rest_routes($post)
+    {
+        if (!function_exists('rest_url') || !function_exists('rest_get_route_for_post')) {
+            return;
+        }
+        // Its own route: a trashed or unpublished post's too (now 401/404).
+        $route = rest_get_route_for_post($post);
+        if ($route === '') {
+            return;
+        }
+        self::rest($route);
+        if (function_exists('rest_get_route_for_post_type_items')) {
+            self::rest(rest_get_route_for_post_type_items($post->post_type));
+        }
+        if (function_exists('rest_get_route_for_term')) {
+            foreach (get_object_taxonomies($post->post_type, 'objects') as $tax) {
+                if (empty($tax->public)) {
+                    continue;
+                }
+                if (function_exists('rest_get_route_for_taxonomy_items')) {
+                    // Term counts change.
+                    self::rest(rest_get_route_for_taxonomy_items($tax->name));
+                }
+                $terms = get_the_terms($post, $tax->name);
+                if (is_array($terms)) {
+                    foreach ($terms as $term) {
+                        self::rest(rest_get_route_for_term($term));
+                    }
+                }
+            }
+        }
+        if (function_exists('post_type_supports') && post_type_supports($post->post_type, 'author')) {
+            // Anonymous visitors see only users with published posts.
+            self::rest('/wp/v2/users');
+            self::rest('/wp/v2/users/' . (int) $post->post_author);
+        }
+        self::rest('/wp/v2/search');
+        self::rest('/oembed/1.0/embed');
+    }
+
+    /**
+     * A REST route's path, with "/" and "/index.php": their bans cover the
+     * "?rest_route=" forms of every route, which a path ban cannot name one by one.
+     */
+    private static function rest($route)
+    {
+        if (!is_string($route) || $route === '') {
+            return;
+        }
+        self::url(rest_url($route));
+        self::url(home_url('/'));
+        self::url(home_url('/index.php'));
     }
 
     public static function comment_transition($new_status, $old_status, $comment)
@@ -164,6 +228,17 @@ final class Pressdock_Cache_Purge
         $post = $comment ? get_post($comment->comment_post_ID) : null;
         if (!self::$all && $post && $post->post_status === 'publish' && self::viewable($post->post_type)) {
             self::url(get_permalink($post));
+            if (function_exists('rest_url')) {
+                self::rest('/wp/v2/comments');
+                self::rest('/wp/v2/comments/' . (int) $comment->comment_ID);
+                // Its post's route and collection embed the replies (`?_embed`).
+                if (function_exists('rest_get_route_for_post')) {
+                    self::rest(rest_get_route_for_post($post));
+                }
+                if (function_exists('rest_get_route_for_post_type_items')) {
+                    self::rest(rest_get_route_for_post_type_items($post->post_type));
+                }
+            }
         }
     }
 

@@ -102,6 +102,41 @@ function get_author_posts_url($author_id)
     return 'https://a.test/author/' . ($author_id == 1 ? 'ada' : 'user' . $author_id) . '/';
 }
 
+/** The REST API as WordPress 6.1 answers it; products are not in it. */
+function rest_url($route = '')
+{
+    return 'https://a.test/wp-json' . $route;
+}
+
+function rest_get_route_for_post($post)
+{
+    $base = array('post' => 'posts', 'page' => 'pages');
+    return isset($base[$post->post_type]) ? '/wp/v2/' . $base[$post->post_type] . '/' . $post->ID : '';
+}
+
+function rest_get_route_for_post_type_items($type)
+{
+    $base = array('post' => 'posts', 'page' => 'pages');
+    return isset($base[$type]) ? '/wp/v2/' . $base[$type] : '';
+}
+
+function rest_get_route_for_taxonomy_items($taxonomy)
+{
+    $base = array('category' => 'categories', 'post_tag' => 'tags');
+    return isset($base[$taxonomy]) ? '/wp/v2/' . $base[$taxonomy] : '';
+}
+
+function rest_get_route_for_term($term)
+{
+    $items = rest_get_route_for_taxonomy_items($term->taxonomy);
+    return $items === '' ? '' : $items . '/' . $term->term_id;
+}
+
+function post_type_supports($type, $feature)
+{
+    return $feature === 'author' && in_array($type, array('post', 'page'), true);
+}
+
 function get_comment($id)
 {
     return isset($GLOBALS['comments'][$id]) ? $GLOBALS['comments'][$id] : null;
@@ -132,8 +167,8 @@ require $argv[1];
 
 function post($id, $name, $status, $type = 'post')
 {
-    $term = function ($taxonomy, $slug) {
-        return (object) array('taxonomy' => $taxonomy, 'slug' => $slug);
+    $term = function ($taxonomy, $slug, $id) {
+        return (object) array('taxonomy' => $taxonomy, 'slug' => $slug, 'term_id' => $id);
     };
     $GLOBALS['posts'][$id] = (object) array(
         'ID' => $id,
@@ -142,9 +177,9 @@ function post($id, $name, $status, $type = 'post')
         'post_type' => $type,
         'post_author' => 1,
         'terms' => array(
-            'category' => array($term('category', "caf\xc3\xa9")),
-            'post_tag' => array($term('post_tag', 'news')),
-            'internal' => array($term('internal', 'secret')),
+            'category' => array($term('category', "caf\xc3\xa9", 3)),
+            'post_tag' => array($term('post_tag', 'news', 4)),
+            'internal' => array($term('internal', 'secret', 9)),
         ),
     );
     return $GLOBALS['posts'][$id];
