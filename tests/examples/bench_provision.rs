@@ -571,13 +571,14 @@ impl Lab {
         t.steps.insert("ensure_storage", s.elapsed());
 
         let s = Instant::now();
-        let mut refs = BTreeMap::new();
-        for (kind, data) in &secrets {
-            refs.insert(*kind, self.swarm.ensure_secret(&id, *kind, data).await?);
-        }
+        let wanted: Vec<(SecretKind, Secret)> =
+            secrets.iter().map(|(k, v)| (*k, v.clone())).collect();
+        self.swarm.ensure_site_secrets(&id, &wanted).await?;
         t.steps.insert("ensure_swarm_secrets", s.elapsed());
 
+        // As the platform's step: the secrets' ids from the swarm again (one listing).
         let s = Instant::now();
+        let refs = self.swarm.ensure_site_secrets(&id, &wanted).await?;
         let params = self.service_params(&id, n, domains.clone(), refs)?;
         self.swarm.ensure_service(&params).await?;
         t.steps.insert("ensure_service", s.elapsed());
