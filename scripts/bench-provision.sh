@@ -17,6 +17,11 @@
 #
 #   scripts/bench-provision.sh
 #   BENCH_SITES=3 BENCH_PARALLEL=10 BENCH_MODES=raw,platform scripts/bench-provision.sh
+#   BENCH_MODES=steps scripts/bench-provision.sh   # issue 10's two changed driver steps,
+#       before and after, on Gluster and the swarm's secrets only: the lab's platform keeps
+#       running (nothing is stopped or restarted)
+#
+# Run under the lab lock when others share the lab: flock /work/lab.lock scripts/...
 #
 # Markdown tables on stdout (and in $OUT, default /tmp/bench-provision.md); progress and
 # the machine's load on stderr.
@@ -48,6 +53,14 @@ restart_lab_platform() {
   log "restarting the lab (its platform): pressdock-infra lab up"
   target/debug/pressdock-infra lab up >&2 || log "lab up failed: run it by hand"
 }
+
+if [ "$BENCH_MODES" = steps ]; then
+  log "$(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), steps only (the lab's platform keeps running)"
+  machine
+  target/debug/examples/bench_provision | tee "$OUT"
+  machine
+  exit 0
+fi
 
 # Stop the lab's own platform, by the pid it recorded, only if that pid is a pressdock serve.
 pid="$(awk '{ print $1; exit }' "$PID_FILE" 2>/dev/null || true)"

@@ -4,7 +4,7 @@
 //! The directory is made through the platform host's mount of the volume
 //! (`[backends.gluster] mount`); the quota through the `gluster` CLI against a glusterd
 //! (`gluster --mode=script --remote-host=H volume quota VOL limit-usage /<id> <bytes>`),
-//! read back with `volume quota VOL list /<id>` in XML. No shell is involved: the CLI
+//! one call per ensure; observing reads it with `volume quota VOL list /<id>` in XML. No shell is involved: the CLI
 //! gets an argument vector built from the validated id and an integer.
 //!
 //! Safety: the driver refuses to work when `mount` is not a mount point (a Gluster
@@ -39,7 +39,8 @@ impl StorageState {
 
 /// The site's directory and quota.
 pub trait SiteStorage {
-    /// Creates the directory (owner 33:33) and sets the quota to `quota_bytes`.
+    /// Creates the directory (owner 33:33) and sets the quota to `quota_bytes`; returns
+    /// the state it made (not read back: [`SiteStorage::observe_site_storage`] reads).
     fn ensure_site_storage(
         &self,
         id: &SiteResourceId,
@@ -352,27 +353,21 @@ impl SiteStorage for GlusterDriver {
         quota_bytes: u64,
     ) -> Result<StorageState> {
         self.ensure_directory(id).await?;
-        // `limit-usage` is idempotent; a failed read (the CLI's auxiliary mount can lag
-        // behind a directory just made) just means "set it".
-        let current = match self.read_quota(id).await {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(site = %id, error = %e, "reading quota before setting it");
-                None
-            }
-        };
-        if current != Some(quota_bytes) {
-            tracing::info!(site = %id, quota_bytes, "setting quota");
-            self.set_quota(id, quota_bytes).await?;
-        }
-        let state = self.observe_site_storage(id).await?;
-        if !state.is_converged(quota_bytes) {
-            return Err(Error::unexpected(
-                "gluster",
-                format!("{} did not converge: {state:?}", site_path(id)),
-            ));
-        }
-        Ok(state)
+        // One glusterd volume transaction and no read-back around it. `limit-usage` sets
+        // the hard limit whether one is set or not (it replaces it), so there is nothing
+        // to read first; its exit status is glusterd's commit of the limit, so there is
+        // nothing to read after (the two `quota list` calls made this step three volume
+        // transactions in glusterd's one-at-a-time queue: docs/benchmarks.md).
+        // Convergence does not weaken: a saga interrupted here runs the whole step again
+        // (`running` is not `done`) and sets the limit again; a limit changed by hand
+        // later is seen by the reconciler, which observes (reads back) before it ensures.
+        tracing::info!(site = %id, quota_bytes, "setting quota");
+        self.set_quota(id, quota_bytes).await?;
+        Ok(StorageState {
+            directory_exists: true,
+            owner_ok: true,
+            quota_bytes: Some(quota_bytes),
+        })
     }
 
     async fn observe_site_storage(&self, id: &SiteResourceId) -> Result<StorageState> {

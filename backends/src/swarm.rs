@@ -819,6 +819,48 @@ impl SwarmDriver {
     }
 }
 
+impl SwarmDriver {
+    /// The site's secrets of these contents, one per kind: one `secret ls` of the site's
+    /// label, and a `secret create` ([`SiteRuntime::ensure_secret`]) only for a version
+    /// that is not there. Ensuring secrets that exist (the service step does, to learn
+    /// their ids) is one call instead of a refused create and an inspect each.
+    ///
+    /// Idempotent and safe to repeat after a crash: a name carries its content's hash, so
+    /// a secret listed under the name has that content; one removed after the listing
+    /// makes the service create or update fail, and the step runs again from the listing.
+    pub async fn ensure_site_secrets(
+        &self,
+        id: &SiteResourceId,
+        wanted: &[(SecretKind, Secret)],
+    ) -> Result<BTreeMap<SecretKind, SecretRef>> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_SITE}={id}")])]);
+        let listed = self
+            .docker
+            .list_secrets(Some(
+                ListSecretsOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(docker_err("list secrets"))?;
+        let existing: HashMap<String, String> = listed
+            .into_iter()
+            .filter_map(|s| Some((s.spec?.name?, s.id?)))
+            .collect();
+        let mut refs = BTreeMap::new();
+        for (kind, data) in wanted {
+            let name = secret_name(id, *kind, data);
+            let r = match existing.get(&name) {
+                Some(sid) => SecretRef {
+                    id: sid.clone(),
+                    name,
+                },
+                None => self.ensure_secret(id, *kind, data).await?,
+            };
+            refs.insert(*kind, r);
+        }
+        Ok(refs)
+    }
+}
+
 impl SiteRuntime for SwarmDriver {
     async fn ensure_secret(
         &self,

@@ -167,6 +167,9 @@ pub struct JobsConfig {
     pub poll_millis: u64,
     /// Attempts of a step with retryable errors before the saga unwinds.
     pub max_attempts: u32,
+    /// Sagas one process runs at once. Below the database pool's 20 connections, so the
+    /// API keeps connections even when every saga runs a statement at the same moment.
+    pub concurrency: usize,
 }
 
 impl Default for JobsConfig {
@@ -176,6 +179,7 @@ impl Default for JobsConfig {
             lease_secs: 15,
             poll_millis: 250,
             max_attempts: 5,
+            concurrency: 16,
         }
     }
 }

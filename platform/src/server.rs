@@ -10,9 +10,6 @@ use crate::{
     provision::Provisioner, state::AppState,
 };
 
-/// Number of job loops per process.
-const JOB_LOOPS: usize = 4;
-
 /// Connects, migrates and builds the state shared by the API and the runner.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let secret = if config.secret_key.is_empty() {
@@ -67,9 +64,8 @@ pub async fn serve(
             state.provisioner.clone(),
             state.config.jobs.clone(),
         );
-        for _ in 0..JOB_LOOPS {
-            runners.push(tokio::spawn(runner.clone().run(shutdown.clone())));
-        }
+        // One claiming loop; it runs up to `jobs.concurrency` sagas at once.
+        runners.push(tokio::spawn(runner.run(shutdown.clone())));
     }
     if state.config.reconcile.enabled && state.provisioner.any() {
         runners.push(tokio::spawn(crate::reconcile::run_periodically(

@@ -25,9 +25,12 @@
 //! stderr. The caller stops the lab's own platform first (one control plane owns the
 //! Varnish host table at a time) and starts it again afterwards.
 //!
+//! A fourth mode, `steps` (not in the default), times the two driver steps of issue 10
+//! before and after their change on the lab's Gluster and swarm only; see [`steps`].
+//!
 //! Environment: `LAB_CONFIG` (default `/var/lib/pressdock-lab/pressdock.toml`),
 //! `PRESSDOCK_BIN` (default `target/debug/pressdock`), `BENCH_SITES` (5),
-//! `BENCH_PARALLEL` (20), `BENCH_MODES` (`raw,drivers,platform`).
+//! `BENCH_PARALLEL` (20), `BENCH_MODES` (`raw,drivers,platform`, or `steps`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -587,13 +590,14 @@ impl Lab {
         t.steps.insert("ensure_storage", s.elapsed());
 
         let s = Instant::now();
-        let mut refs = BTreeMap::new();
-        for (kind, data) in &secrets {
-            refs.insert(*kind, self.swarm.ensure_secret(&id, *kind, data).await?);
-        }
+        let wanted: Vec<(SecretKind, Secret)> =
+            secrets.iter().map(|(k, v)| (*k, v.clone())).collect();
+        self.swarm.ensure_site_secrets(&id, &wanted).await?;
         t.steps.insert("ensure_swarm_secrets", s.elapsed());
 
+        // As the platform's step: the secrets' ids from the swarm again (one listing).
         let s = Instant::now();
+        let refs = self.swarm.ensure_site_secrets(&id, &wanted).await?;
         let params = self.service_params(&id, n, domains.clone(), refs)?;
         self.swarm.ensure_service(&params).await?;
         t.steps.insert("ensure_service", s.elapsed());
@@ -1215,6 +1219,107 @@ fn report(runs: &BTreeMap<String, Run>, sites: usize, parallel: usize) {
     }
 }
 
+/// `steps` mode: the two driver steps issue 10 changed, each way on fresh ids, one site at
+/// a time, alternating the ways (so drift on a loaded machine hits both): the storage step
+/// as it was (directory, `quota list`, `limit-usage`, `quota list` + the directory's
+/// stat) and as it is (directory, `limit-usage`); the swarm secrets that exist ensured
+/// again, as `ensure_service` did (per kind a refused `secret create` and an inspect) and
+/// as it does now (one `secret ls`). Touches only Gluster and the swarm's secrets (no
+/// Varnish, no service, no platform): safe beside the lab's own platform.
+async fn steps(lab: &Arc<Lab>, sites: usize) -> Result<()> {
+    let mut storage_before = Vec::new();
+    let mut storage_after = Vec::new();
+    let mut secrets_before = Vec::new();
+    let mut secrets_after = Vec::new();
+    let mut made = Vec::new();
+    let result = async {
+        for n in 0..sites {
+            for way in [n % 2, 1 - n % 2] {
+                let id = SiteResourceId::generate();
+                made.push(id.clone());
+                let s = Instant::now();
+                if way == 0 {
+                    let g = &lab.gluster;
+                    g.ensure_directory(&id).await?;
+                    let current = g.read_quota(&id).await.unwrap_or(None);
+                    if current != Some(QUOTA_BYTES) {
+                        g.set_quota(&id, QUOTA_BYTES).await?;
+                    }
+                    g.observe_site_storage(&id).await?;
+                    storage_before.push(s.elapsed());
+                } else {
+                    lab.gluster.ensure_site_storage(&id, QUOTA_BYTES).await?;
+                    storage_after.push(s.elapsed());
+                }
+                let observed = lab.gluster.observe_site_storage(&id).await?;
+                if !observed.is_converged(QUOTA_BYTES) {
+                    bail!("{id}: storage not converged: {observed:?}");
+                }
+            }
+            let id = SiteResourceId::generate();
+            made.push(id.clone());
+            let wanted: Vec<(SecretKind, Secret)> = site_secrets().into_iter().collect();
+            let created = lab.swarm.ensure_site_secrets(&id, &wanted).await?;
+            for way in [n % 2, 1 - n % 2] {
+                let s = Instant::now();
+                let refs = if way == 0 {
+                    let mut refs = BTreeMap::new();
+                    for (kind, data) in &wanted {
+                        refs.insert(*kind, lab.swarm.ensure_secret(&id, *kind, data).await?);
+                    }
+                    secrets_before.push(s.elapsed());
+                    refs
+                } else {
+                    let refs = lab.swarm.ensure_site_secrets(&id, &wanted).await?;
+                    secrets_after.push(s.elapsed());
+                    refs
+                };
+                if refs != created {
+                    bail!("{id}: the secrets ensured again differ from the ones made");
+                }
+            }
+            eprintln!("==> steps site {n} done");
+        }
+        Ok(())
+    }
+    .await;
+    for id in &made {
+        let _turn = lab.gluster_turn.lock().await;
+        if let Err(e) = lab.gluster.remove_site_storage(id).await {
+            eprintln!("==> cleanup {id}: {e:#}");
+        }
+        if let Err(e) = lab.swarm.prune_site_secrets(id, &[]).await {
+            eprintln!("==> cleanup {id}: {e:#}");
+        }
+    }
+    result?;
+    let row = |name: &str, before: &[Duration], after: &[Duration]| {
+        let b = median(before.to_vec()).unwrap_or_default();
+        let a = median(after.to_vec()).unwrap_or_default();
+        println!(
+            "| {name} | {} | {} | {:.2}× |",
+            ms(b),
+            ms(a),
+            a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+        );
+    };
+    println!("\n### Changed steps, median of {sites}, ms\n");
+    println!("| Step | Before | After | After / before |");
+    println!("|---|---:|---:|---:|");
+    row("`ensure_storage` (driver)", &storage_before, &storage_after);
+    row(
+        "swarm secrets that exist, ensured again (in `ensure_service`)",
+        &secrets_before,
+        &secrets_after,
+    );
+    let each = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
+    eprintln!("==> storage before: {}", each(&storage_before));
+    eprintln!("==> storage after: {}", each(&storage_after));
+    eprintln!("==> secrets before: {}", each(&secrets_before));
+    eprintln!("==> secrets after: {}", each(&secrets_after));
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let config = std::env::var("LAB_CONFIG")
@@ -1235,6 +1340,12 @@ async fn main() -> Result<()> {
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         eprintln!("==> {mode}: {sites} one at a time, then {parallel} at once");
         let run = match mode {
+            "steps" => {
+                if let Err(e) = steps(&lab, sites).await {
+                    eprintln!("==> steps FAILED: {e:#}");
+                }
+                continue;
+            }
             "raw" | "drivers" => floor(&lab, mode, sites, parallel).await,
             "platform" => platform(&lab, sites, parallel).await,
             other => Err(anyhow!("unknown mode {other}")),
@@ -1246,6 +1357,8 @@ async fn main() -> Result<()> {
             Err(e) => eprintln!("==> {mode} FAILED: {e:#}"),
         }
     }
-    report(&runs, sites, parallel);
+    if !runs.is_empty() {
+        report(&runs, sites, parallel);
+    }
     Ok(())
 }

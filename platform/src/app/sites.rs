@@ -143,51 +143,66 @@ const SELECT: &str = "SELECT STRAIGHT_JOIN s.id, s.seq, s.tenant_id, s.name, p.s
      FROM sites s JOIN plans p ON p.id = s.plan_id \
      LEFT JOIN placements pl ON pl.site_id = s.id LEFT JOIN nodes n ON n.id = pl.node_id";
 
-async fn with_aliases(conn: &mut MySqlConnection, rows: Vec<SiteRow>) -> ApiResult<Vec<Site>> {
-    let mut aliases: std::collections::HashMap<String, Vec<String>> = Default::default();
-    if !rows.is_empty() {
-        let mut query = QueryBuilder::new(
-            "SELECT site_id, domain FROM domains WHERE is_primary = 0 AND site_id IN (",
-        );
-        let mut list = query.separated(", ");
-        for row in &rows {
-            list.push_bind(&row.id);
-        }
-        query.push(") ORDER BY domain");
-        let found: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *conn).await?;
-        for (site, domain) in found {
-            aliases.entry(site).or_default().push(domain);
+/// A site row of [`SELECT`] with one of its aliases (NULL: none), as [`PAGE_HEAD`] …
+/// [`PAGE_TAIL`] return them: one row per alias, ordered by site then alias.
+#[derive(FromRow)]
+struct SiteAliasRow {
+    #[sqlx(flatten)]
+    site: SiteRow,
+    alias: Option<String>,
+}
+
+// The sites and their aliases in one round trip: the page of sites (any `SELECT … WHERE …
+// ORDER BY … LIMIT …` of [`SELECT`]) is a derived table, so its LIMIT counts sites, not
+// aliases; each page row is then joined to its aliases through `ix_domains_site`.
+const PAGE_HEAD: &str = "SELECT page.*, d.domain AS alias FROM (";
+const PAGE_TAIL: &str = ") page LEFT JOIN domains d ON d.site_id = page.id AND d.is_primary = 0 \
+     ORDER BY page.seq, d.domain";
+
+/// The sites of a `PAGE_HEAD … PAGE_TAIL` query, each with its aliases, in page order.
+async fn fetch_sites(
+    conn: &mut MySqlConnection,
+    mut query: QueryBuilder<sqlx::MySql>,
+) -> ApiResult<Vec<(i64, Site)>> {
+    query.push(PAGE_TAIL);
+    let rows: Vec<SiteAliasRow> = query.build_query_as().fetch_all(&mut *conn).await?;
+    let mut sites: Vec<(i64, Site)> = Vec::new();
+    for SiteAliasRow { site: r, alias } in rows {
+        match sites.last_mut() {
+            Some((_, last)) if last.id == r.id => last.aliases.extend(alias),
+            _ => sites.push((
+                r.seq,
+                Site {
+                    aliases: alias.into_iter().collect(),
+                    id: r.id,
+                    tenant_id: r.tenant_id,
+                    name: r.name,
+                    plan: r.plan,
+                    state: r.state,
+                    domain: r.primary_domain,
+                    node: r.node,
+                    generation: r.generation,
+                    created_at: r.created_at,
+                    updated_at: r.updated_at,
+                    agent: None,
+                },
+            )),
         }
     }
-    Ok(rows
-        .into_iter()
-        .map(|r| Site {
-            aliases: aliases.remove(&r.id).unwrap_or_default(),
-            id: r.id,
-            tenant_id: r.tenant_id,
-            name: r.name,
-            plan: r.plan,
-            state: r.state,
-            domain: r.primary_domain,
-            node: r.node,
-            generation: r.generation,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            agent: None,
-        })
-        .collect())
+    Ok(sites)
 }
 
 pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
-    let row =
-        sqlx::query_as::<_, SiteRow>(sql!("{SELECT} WHERE s.id = ? AND s.state <> 'deleted'"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(ApiError::NotFound("site"))?;
-    with_aliases(conn, vec![row])
+    let mut query = QueryBuilder::new(PAGE_HEAD);
+    query
+        .push(SELECT)
+        .push(" WHERE s.id = ")
+        .push_bind(id.to_owned())
+        .push(" AND s.state <> 'deleted'");
+    fetch_sites(conn, query)
         .await?
         .pop()
+        .map(|(_, site)| site)
         .ok_or(ApiError::NotFound("site"))
 }
 
@@ -248,8 +263,9 @@ pub async fn list(
     let domain = fields.check("domain", domain).flatten();
     fields.finish()?;
 
-    let mut query = QueryBuilder::new(SELECT);
+    let mut query = QueryBuilder::new(PAGE_HEAD);
     query
+        .push(SELECT)
         .push(" WHERE s.tenant_id = ")
         .push_bind(tenant.as_str());
     query.push(" AND s.seq > ").push_bind(after.unwrap_or(0));
@@ -267,15 +283,15 @@ pub async fn list(
         .push(" ORDER BY s.seq LIMIT ")
         .push_bind(i64::from(limit) + 1);
     let mut conn = state.db.acquire().await?;
-    let mut rows: Vec<SiteRow> = query.build_query_as().fetch_all(&mut *conn).await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.seq))
+    let mut sites = fetch_sites(&mut conn, query).await?;
+    let next_cursor = if sites.len() > limit as usize {
+        sites.truncate(limit as usize);
+        sites.last().map(|(seq, _)| encode_cursor(*seq))
     } else {
         None
     };
     Ok(Page {
-        items: with_aliases(&mut conn, rows).await?,
+        items: sites.into_iter().map(|(_, site)| site).collect(),
         next_cursor,
     })
 }

@@ -175,6 +175,128 @@ async fn api_tokens_are_shown_once_scoped_and_revocable() {
     app.finish().await;
 }
 
+/// The actor of a token request is read in one query with the route's tenant: the role,
+/// revocation and a removed membership count at the very next request; `last_used_at`
+/// is written at most once a minute.
+#[tokio::test]
+async fn api_token_role_revocation_and_use_are_read_on_every_request() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let a = app.create_tenant(&admin, "token-a").await;
+    let b = app.create_tenant(&admin, "token-b").await;
+    let (owner, user) = app.user_with_role(&admin, &a, "owner").await;
+    // A second owner, so that the first one's role may be lowered below.
+    app.user_with_role(&admin, &a, "owner").await;
+    let (status, created) = app
+        .post(
+            "/v1/tokens",
+            &owner,
+            json!({ "name": "deploy", "scopes": ["write"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["secret"].as_str().unwrap().to_owned();
+    let token_id = created["id"].as_str().unwrap().to_owned();
+    assert!(created["last_used_at"].is_null(), "{created}");
+
+    let (status, page) = app.get(&format!("/v1/tenants/{a}/sites"), &token).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["items"], json!([]));
+    // Another tenant, a tenant that does not exist, a malformed id: not found alike.
+    for other in [b.as_str(), "zzzzzzzzzz", "not-an-id"] {
+        let (status, body) = app.get(&format!("/v1/tenants/{other}/sites"), &token).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{other}: {body}");
+        assert_eq!(body["type"], "https://pressdock.dev/problems/not-found");
+    }
+
+    // Used: recorded once; used again within the minute: not written again.
+    let used = |list: &serde_json::Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == token_id.as_str())
+            .map(|t| t["last_used_at"].clone())
+            .unwrap()
+    };
+    let (_, list) = app.get("/v1/tokens", &owner).await;
+    let first = used(&list);
+    assert!(first.is_string(), "{list}");
+    app.get(&format!("/v1/tenants/{a}/sites"), &token).await;
+    let (_, list) = app.get("/v1/tokens", &owner).await;
+    assert_eq!(used(&list), first, "{list}");
+    // A minute later (moved back in the database) the next use writes it.
+    sqlx::query(
+        "UPDATE api_tokens SET last_used_at = last_used_at - INTERVAL 2 MINUTE WHERE id = ?",
+    )
+    .bind(&token_id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (_, list) = app.get("/v1/tokens", &owner).await;
+    let moved = used(&list);
+    assert_ne!(moved, first);
+    app.get(&format!("/v1/tenants/{a}/sites"), &token).await;
+    let (_, list) = app.get("/v1/tokens", &owner).await;
+    let again = used(&list);
+    assert!(
+        again.as_str().unwrap() > moved.as_str().unwrap(),
+        "{moved} then {again}"
+    );
+
+    // A smaller role applies to the next request.
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/tenants/{a}/users/{user}"),
+            Some(&admin),
+            Some(json!({ "role": "viewer" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/v1/tenants/{a}/sites"),
+            &token,
+            json!({ "name": "Site", "domain": "viewer.example", "plan": "starter" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        body["detail"],
+        "your role in this tenant does not allow this"
+    );
+    // No membership: the tenant is not found for this user any more.
+    let (status, body) = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/tenants/{a}/users/{user}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (status, _) = app.get(&format!("/v1/tenants/{a}/sites"), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Revoked: refused at the next request (nothing about a token is cached).
+    let (status, _) = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.get("/v1/tenants", &token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["detail"],
+        "the API token is invalid, expired or revoked"
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn failed_logins_are_rate_limited_per_account() {
     let app = TestApp::spawn_with(|c| c.auth.max_failed_logins_per_account = 3).await;

@@ -259,3 +259,53 @@ async fn a_deadlock_is_a_short_wait_not_a_failed_attempt() {
     assert!(matches!(StepError::from(missing), StepError::Retryable(_)));
     app.finish().await;
 }
+
+/// One process runs many sagas at once (`jobs.concurrency`, 16 by default), not one per
+/// fixed loop: 8 creates held in their first step are all `running` together, under one
+/// runner's lease owner, and all finish.
+#[tokio::test]
+async fn one_runner_runs_many_sagas_at_once() {
+    let (app, admin, tenant) = prepared().await;
+    let http = reqwest::Client::new();
+    let server = ServerProcess::start(
+        &app.database_url,
+        &[("PRESSDOCK_FAILPOINTS", "record_site=pause:10000")],
+    )
+    .await;
+    let mut ops = Vec::new();
+    for i in 0..8 {
+        let (_, created) = app
+            .create_site(&admin, &tenant, &format!("together{i}.example"))
+            .await;
+        ops.push(created["operation"]["id"].as_str().unwrap().to_owned());
+    }
+    // Poll (a bound on waiting, not on speed) until the eight are inside the step at once.
+    let mut together = 0;
+    for _ in 0..300 {
+        together = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM operation_steps WHERE name = 'record_site' AND state = 'running'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if together == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(together, 8, "every saga claimed while the others run");
+    let owners: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running'")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(owners.len(), 1, "one process, one runner: {owners:?}");
+    assert!(owners[0].is_some());
+    let admin_s = token(&http, &server.base).await;
+    for op in &ops {
+        let done = wait_operation(&http, &server.base, &admin_s, op).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    drop(server);
+    app.finish().await;
+}
