@@ -10,6 +10,9 @@
 #                request is an access-log datagram the agent parses and counts
 #                (needs php-fpm8.2, nginx and Debian's wordpress; skipped otherwise)
 #   node-exporter idle and with its /metrics hammered the same way
+#   stop         SIGTERM to exit, STOP_RUNS times without a drain and once with the
+#                production drain (7 s): the tests only hold a stop to swarm's 20 s
+#                stop grace, the figures live here (STOP_ONLY=1: only this phase)
 #
 # The agent runs the real php-fpm and nginx when installed (else two `sleep`s), with its
 # checks every 10 s and sizes every 300 s as in production; DB and Redis point nowhere
@@ -17,12 +20,15 @@
 #
 #   scripts/bench-agent.sh
 #   DURATION=20s CONNECTIONS=16 scripts/bench-agent.sh
+#   STOP_ONLY=1 STOP_RUNS=10 scripts/bench-agent.sh
 set -euo pipefail
 
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-8}"
 DURATION="${DURATION:-15s}"
 IDLE_SECS="${IDLE_SECS:-30}"
+STOP_RUNS="${STOP_RUNS:-5}"
+STOP_ONLY="${STOP_ONLY:-0}"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d /tmp/bench-agent.XXXXXX)"
@@ -39,8 +45,10 @@ cleanup() {
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1 || { log "installing $2"; apt-get install -y -qq "$2" >/dev/null; }; }
-need wrk wrk
-need prometheus-node-exporter prometheus-node-exporter
+if [ "$STOP_ONLY" != 1 ]; then
+  need wrk wrk
+  need prometheus-node-exporter prometheus-node-exporter
+fi
 need curl curl
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -105,6 +113,45 @@ if [ "$REAL" = 0 ]; then
   export PRESSDOCK_AGENT_PHP_FPM_CMD="sleep 100000" PRESSDOCK_AGENT_NGINX_CMD="sleep 100001"
 fi
 
+# Milliseconds from SIGTERM to the agent's exit, for one agent started with drain $1 s.
+stop_ms() {
+  local pid t0 t1
+  PRESSDOCK_AGENT_DRAIN_SECS="$1" "$AGENT" 2>>"$WORK/stop.log" &
+  pid=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$AGENT_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  sleep 1   # children up, first checks done
+  t0="$(date +%s%N)"
+  kill -TERM "$pid"
+  wait "$pid" || log "agent exited with $?"
+  t1="$(date +%s%N)"
+  echo $(( (t1 - t0) / 1000000 ))
+}
+
+# | stop, drain D s | runs | min | median | max |
+stop_row() {
+  local drain="$1" runs="$2" all=()
+  for _ in $(seq 1 "$runs"); do all+=("$(stop_ms "$drain")"); done
+  printf '%s\n' "${all[@]}" | sort -n | awk -v d="$drain" -v n="$runs" '
+    { v[NR] = $1 } END { printf "| SIGTERM to exit, drain %s s | %d | %d | %d | %d |\n", d, n, v[1], v[int((NR + 1) / 2)], v[NR] }'
+}
+
+stop_table() {
+  local rows=()
+  log "stop: $STOP_RUNS runs without a drain, 1 with the production drain (7 s)"
+  rows+=("$(stop_row 0 "$STOP_RUNS")")
+  rows+=("$(stop_row 7 1)")
+  printf '\n| stop (stop grace 15 s, children: %s) | runs | min ms | median ms | max ms |\n|---|---:|---:|---:|---:|\n' \
+    "$([ "$REAL" = 1 ] && echo "php-fpm + nginx" || echo "two sleeps")"
+  printf '%s\n' "${rows[@]}"
+}
+
+if [ "$STOP_ONLY" = 1 ]; then
+  stop_table
+  printf '\n%s, %s cores, load average %s, agent %s\n' "$(date -u +%Y-%m-%d)" "$(nproc)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$("$AGENT" --version | awk '{print $2}')"
+  exit 0
+fi
+
 log "starting the agent (real php-fpm + nginx: $REAL)"
 "$AGENT" 2>"$WORK/agent.log" &
 AGENT_PID=$!
@@ -131,8 +178,13 @@ if [ "$REAL" = 1 ]; then
 fi
 measure "agent, idle again" "$AGENT_PID" "$IDLE_SECS"
 
+kill -TERM "$AGENT_PID" && wait "$AGENT_PID" || true
+AGENT_PID=""
+STOP_TABLE="$(stop_table)"
+
 printf '\n| phase | req/s | CPU %% of a core | RSS MiB | peak RSS MiB |\n|---|---:|---:|---:|---:|\n'
 printf '%s\n' "${ROWS[@]}"
+printf '%s\n' "$STOP_TABLE"
 printf '\n%s, %s cores, load average %s, wrk -t%s -c%s -d%s, agent %s, node-exporter %s\n' \
   "$(date -u +%Y-%m-%d)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$THREADS" "$CONNECTIONS" "$DURATION" \
   "$("$AGENT" --version | awk '{print $2}')" "$(prometheus-node-exporter --version 2>&1 | awk 'NR==1 {print $3}')"

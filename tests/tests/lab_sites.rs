@@ -1388,6 +1388,13 @@ async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish
         "the home page is cached before the post"
     );
     assert!(!before.body.contains(&post_title));
+    // The anonymous REST API is cached too (issue 10): the post list, as a headless
+    // front end reads it (plain permalinks here: the `?rest_route=` form).
+    let rest_list = "/?rest_route=/wp/v2/posts&per_page=5";
+    anon.get(rest_list).await;
+    let rest_before = anon.get(rest_list).await;
+    assert_eq!(rest_before.cache, "HIT", "the REST post list is cached");
+    assert!(!rest_before.body.contains(&post_title));
     let published = admin
         .send(
             admin
@@ -1399,16 +1406,32 @@ async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish
         .await;
     assert_eq!(published.status, 201, "publish: {}", published.body);
     let published_at = Instant::now();
-    // The default TTL of a page is minutes: only a purge shows the post this soon.
+    // The contract: a purge shows the post before the cached copy expires. WordPress
+    // sends visitors no Cache-Control, so that is Varnish's default TTL (120 s) after
+    // the copy was fetched, at most `before`'s age ago; seen after that, it proves nothing.
+    let age: u64 = before
+        .headers
+        .get("age")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let expires = published_at + Duration::from_secs(120 - age.min(119));
     let mut after = anon.get("/").await;
-    while !after.body.contains(&post_title) && published_at.elapsed() < Duration::from_secs(20) {
+    while !after.body.contains(&post_title) && Instant::now() < expires {
         tokio::time::sleep(Duration::from_millis(250)).await;
         after = anon.get("/").await;
     }
     assert!(
         after.body.contains(&post_title),
-        "the post is on the cached home page (purged) within 20 s; cache: {}",
+        "the post is on the cached home page (purged) before the old copy expired; cache: {}",
         after.cache
+    );
+    // Purged with the page: the REST list shows the post at once (same purge request).
+    let rest_after = anon.get(rest_list).await;
+    assert!(
+        rest_after.body.contains(&post_title),
+        "the REST post list is purged with the page ({}): {}",
+        rest_after.cache,
+        rest_after.body.chars().take(200).collect::<String>()
     );
     eprintln!(
         "post visible on the home page {:?} after publishing",
@@ -1663,6 +1686,11 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
     placement.insert("interval_secs".into(), 2.into());
     placement.insert("down_grace_secs".into(), (grace_secs as i64).into());
     placement.insert("rebalance".into(), "auto".into());
+    // The hysteresis of balance moves (issue 10) has its own API test; here the moves
+    // back onto a worker follow at once, sites just moved included.
+    placement.insert("balance_after_passes".into(), 2.into());
+    placement.insert("balance_after_secs".into(), 2.into());
+    placement.insert("move_cooldown_secs".into(), 0.into());
     let database = format!("pdtest_{}", random());
     let p = Platform::start_with_placement(&lab, &database, placement).await;
     let tenant = p.prepare().await;
