@@ -4,11 +4,15 @@
 # same machine, the same throwaway database and the same wrk settings.
 #
 #   (a) GET  /v1/tenants/{t}/sites   default page of 50, 1,000 sites stored, as a tenant owner
+#            with an access token (JWT), and again with an API token (`pdt_…`, read scope)
 #   (b) POST /v1/tenants/{t}/sites   new sites with unique domains (bench-api-post.lua)
 #
 # Each round runs platform then bare back to back; ROUNDS rounds of (a), then ROUNDS
 # rounds of (b), interleave the two sides so drift on a noisy machine hits both. The
-# table shows the median of the rounds. Not a test: run it by hand, on a machine you may load.
+# table shows the median of the rounds, and the median of each round's own ratio (the
+# figure least moved by other load); the 1-minute load average is logged at every
+# measurement and summed up under the table. Not a test: run it by hand, on a machine
+# you may load.
 #
 #   scripts/bench-api.sh                      # defaults below
 #   ROUNDS=3 THREADS=2 CONNECTIONS=16 DURATION=10s scripts/bench-api.sh
@@ -115,6 +119,7 @@ api POST "/v1/tenants/$TENANT/users" "$ADMIN" \
   "$(jq -nc --arg p "$PASSWORD" '{email: "owner@bench.example", role: "owner", password: $p}')" >/dev/null
 # The requests run as a tenant owner (not staff): the RBAC path a customer takes.
 TOKEN="$(login owner@bench.example)"
+API_TOKEN="$(api POST /v1/tokens "$TOKEN" '{"name":"bench","scopes":["read"]}' | jq -r .secret)"
 
 log "inserting $SITES active sites with domains and placements (SQL, one transaction)"
 PLAN="$(sql "$DB" -e "SELECT id FROM plans WHERE slug = 'starter'")"
@@ -170,20 +175,22 @@ measure() { # name kind(get|post) base token round
   fi
   if grep -q 'Non-2xx' "$out"; then
     log "$name $kind round $round had failed requests:"; grep 'Non-2xx' "$out" >&2
-    [ "$name" = platform ] && tail -5 "$WORK/serve.log" >&2
+    [ "$name" != bare ] && tail -5 "$WORK/serve.log" >&2
     exit 1
   fi
-  local rps p99
+  local rps p99 load
   rps="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
   p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
-  echo "$name $kind $round $rps $p99" >>"$WORK/results"
-  log "round $round $kind $name: $rps req/s, p99 $p99 ms"
+  load="$(cut -d' ' -f1 /proc/loadavg)"
+  echo "$name $kind $round $rps $p99 $load" >>"$WORK/results"
+  log "round $round $kind $name: $rps req/s, p99 $p99 ms, load $load"
 }
 # All GET rounds before any POST: every POST adds a site to the listed tenant, and the
 # list must be measured with the stated number of sites stored.
 for kind in get post; do
   for round in $(seq 1 "$ROUNDS"); do
     measure platform "$kind" "$PD" "$TOKEN" "$round"
+    [ "$kind" = get ] && measure platform-apitoken get "$PD" "$API_TOKEN" "$round"
     measure bare "$kind" "$BR" "" "$round"
   done
 done
@@ -194,18 +201,30 @@ median() { # name kind column(4=rps,5=p99)
     | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 echo
-echo "Raw (name kind round req/s p99_ms):"
+echo "Raw (name kind round req/s p99_ms load1):"
 cat "$WORK/results"
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $SITES sites stored, median of $ROUNDS interleaved rounds"
 echo
-echo "| Request | Platform req/s | Bare req/s | Platform / bare | Platform p99 | Bare p99 | Platform / bare |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-for kind in get post; do
-  pr="$(median platform $kind 4)"; br="$(median bare $kind 4)"
-  pp="$(median platform $kind 5)"; bp="$(median bare $kind 5)"
-  label="GET /v1/tenants/{t}/sites (page of 50)"
+# The median over rounds of platform/bare within a round (both sides back to back).
+round_ratio() { # name kind
+  awk -v n="$1" -v k="$2" '$2 == k && $1 == n { p[$3] = $4 } $2 == k && $1 == "bare" { b[$3] = $4 }
+    END { for (r in p) if (b[r] > 0) printf "%.4f\n", p[r] / b[r] }' "$WORK/results" | sort -g \
+    | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+echo "| Request | Platform req/s | Bare req/s | Platform / bare | Median of round ratios | Platform p99 | Bare p99 | p99 platform / bare |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+for row in "platform get" "platform-apitoken get" "platform post"; do
+  set -- $row; name="$1"; kind="$2"
+  pr="$(median "$name" $kind 4)"; br="$(median bare $kind 4)"
+  pp="$(median "$name" $kind 5)"; bp="$(median bare $kind 5)"
+  rr="$(round_ratio "$name" $kind)"
+  label="GET /v1/tenants/{t}/sites (page of 50, JWT)"
+  [ "$name" = platform-apitoken ] && label="GET /v1/tenants/{t}/sites (page of 50, API token)"
   [ "$kind" = post ] && label="POST /v1/tenants/{t}/sites"
-  awk -v l="$label" -v pr="$pr" -v br="$br" -v pp="$pp" -v bp="$bp" 'BEGIN {
-    printf "| %s | %.0f | %.0f | %.2f | %.1f ms | %.1f ms | %.1f |\n", l, pr, br, pr / br, pp, bp, pp / bp }'
+  awk -v l="$label" -v pr="$pr" -v br="$br" -v rr="$rr" -v pp="$pp" -v bp="$bp" 'BEGIN {
+    printf "| %s | %.0f | %.0f | %.2f | %.2f | %.1f ms | %.1f ms | %.1f |\n", l, pr, br, pr / br, rr, pp, bp, pp / bp }'
 done
+echo
+awk '{ if (NR == 1 || $6 < lo) lo = $6; if (NR == 1 || $6 > hi) hi = $6 }
+  END { printf "Load average (1 min) at the measurements: %s to %s on '"$(nproc)"' cores\n", lo, hi }' "$WORK/results"

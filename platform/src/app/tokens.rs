@@ -24,6 +24,8 @@ pub struct ApiToken {
     pub scopes: String,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the token was last used, to the minute: it is written at most once a minute
+    /// (not on every request). Revocation and expiry take effect at the next request.
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
