@@ -113,14 +113,17 @@ pub struct SiteChange {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SiteFilter {
     /// Only sites in this state.
+    #[param(pattern = "^(provisioning|active|degraded|suspended|deleting|deleted|failed)$")]
     pub state: Option<String>,
     /// Only the site with this domain (primary or alias).
     pub domain: Option<String>,
     /// From `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 200; 50 by default.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
