@@ -527,7 +527,7 @@ async fn purge_site_cache(
 
 /// The headers of an agent's call that carries a bearer token, extracted before the body:
 /// a call without one is 401 whatever its body (the body is not read). The token itself
-/// belongs to the site the body names, so [`agent`] checks it once the body is parsed.
+/// belongs to the site the body names, so it is checked with the body ([`agent_body`]).
 struct AgentBearer(HeaderMap);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AgentBearer {
@@ -555,9 +555,32 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AgentBearer {
 async fn agent_report(
     State(state): State<AppState>,
     AgentBearer(headers): AgentBearer,
-    ApiJson(report): ApiJson<site_agent::protocol::AgentReport>,
+    ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<site_agent::protocol::ReportResponse>> {
+    let report = agent_body(&state, &headers, body).await?;
     Ok(Json(agent::report(&state, &headers, report).await?))
+}
+
+/// An agent's body, typed, with the token checked first: a body that does not parse is
+/// 422 only for the holder of the token of the site it names, 401 for everyone else. A
+/// body that parses is authenticated once, by the call it is for.
+async fn agent_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Value,
+) -> ApiResult<T> {
+    let site_id = body
+        .get("site_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    match parse_body(body) {
+        Ok(typed) => Ok(typed),
+        Err(invalid) => {
+            agent::check_token(state, headers, &site_id).await?;
+            Err(invalid)
+        }
+    }
 }
 
 /// A site agent asks to purge what WordPress changed. Authenticated with the site's
@@ -568,8 +591,9 @@ async fn agent_report(
 async fn agent_purge(
     State(state): State<AppState>,
     AgentBearer(headers): AgentBearer,
-    ApiJson(input): ApiJson<site_agent::protocol::PurgeRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<(StatusCode, Json<PurgeResult>)> {
+    let input: site_agent::protocol::PurgeRequest = agent_body(&state, &headers, body).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(agent::agent_purge(&state, &headers, input).await?),
@@ -599,8 +623,8 @@ async fn rebalance(
     ApiJson(input): ApiJson<RebalanceRequest>,
 ) -> ApiResult<(StatusCode, Json<RebalanceAnswer>)> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    if input.max_moves == Some(0) {
-        return Err(ApiError::field("max_moves", "must be at least 1"));
+    if input.max_moves.is_some_and(|n| !(1..=1000).contains(&n)) {
+        return Err(ApiError::field("max_moves", "must be between 1 and 1000"));
     }
     if !input.dry_run && moves::moves_in_flight(&state.db).await? > 0 {
         return Err(ApiError::conflict(
