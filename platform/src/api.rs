@@ -836,7 +836,11 @@ fn add_shared_errors(operation: &mut DocOperation) {
         .iter()
         .flatten()
         .filter_map(|requirement| serde_json::to_value(requirement).ok())
-        .filter_map(|value| value.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+        .filter_map(|value| {
+            value
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        })
         .flatten()
         .collect();
     let mut has_path = false;
@@ -886,9 +890,12 @@ fn add_shared_errors(operation: &mut DocOperation) {
         let RefOr::T(response) = response else {
             continue;
         };
-        let is_problem = response.content.get("application/json").is_some_and(|content| {
-            serde_json::to_value(&content.schema).unwrap_or_default() == problem
-        });
+        let is_problem = response
+            .content
+            .get("application/json")
+            .is_some_and(|content| {
+                serde_json::to_value(&content.schema).unwrap_or_default() == problem
+            });
         if is_problem {
             response.content.shift_remove("application/json");
             response.content.insert(

@@ -332,6 +332,33 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_json_schema_integers() {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "integer")]
+            n: u32,
+            #[serde(default, deserialize_with = "optional_integer")]
+            m: Option<i32>,
+        }
+        let parse = |s: &str| serde_json::from_str::<Body>(s).map(|b| (b.n, b.m));
+        assert_eq!(parse(r#"{"n": 5}"#).expect("5"), (5, None));
+        assert_eq!(
+            parse(r#"{"n": 5.0, "m": -2.0}"#).expect("5.0"),
+            (5, Some(-2))
+        );
+        assert_eq!(parse(r#"{"n": 5, "m": null}"#).expect("null"), (5, None));
+        for bad in [
+            r#"{"n": 5.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": 4294967296}"#,
+            r#"{"n": "5"}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn emails_and_slugs() {
         assert_eq!(
             Email::parse(" A@B.test ").map(|e| e.0).as_deref(),

@@ -51,7 +51,9 @@ pub struct NewNode {
     pub failure_domain: Option<String>,
     /// An IP address (the document describes IPv4 in its canonical form), or empty.
     #[serde(default)]
-    #[schema(pattern = r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})?$")]
+    #[schema(
+        pattern = r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})?$"
+    )]
     pub address: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

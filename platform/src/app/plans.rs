@@ -32,7 +32,11 @@ pub struct Plan {
 pub struct NewPlan {
     #[schema(pattern = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$")]
     pub slug: String,
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     #[schema(minimum = 1, maximum = 25)]
     #[serde(deserialize_with = "crate::domain::integer")]

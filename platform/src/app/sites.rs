@@ -89,8 +89,7 @@ pub struct AdminCredentials {
 /// A domain name as the OpenAPI document describes it: a subset of what
 /// [`DomainName::parse`] accepts (ASCII labels with at most one hyphen, a last label that
 /// starts with a letter, up to four labels), so that every name it allows is accepted.
-const DOMAIN_PATTERN: &str =
-    r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$";
+const DOMAIN_PATTERN: &str = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$";
 
 /// The schema of `aliases`: at most [`MAX_ALIASES`] distinct domain names.
 fn alias_list() -> utoipa::openapi::Array {
@@ -118,10 +117,17 @@ fn alias_list_or_null() -> utoipa::openapi::Array {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSite {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// The primary domain; IDNA names are stored as punycode.
-    #[schema(max_length = 253, pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$")]
+    #[schema(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
     pub domain: String,
     /// Other domains of the site, each different from the others and the primary.
     #[serde(default)]
@@ -141,9 +147,16 @@ pub struct NewSite {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteChange {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
-    #[schema(max_length = 253, pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$")]
+    #[schema(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
     pub domain: Option<String>,
     #[schema(schema_with = alias_list_or_null)]
     pub aliases: Option<Vec<String>>,
@@ -159,7 +172,10 @@ pub struct SiteFilter {
     #[param(pattern = "^(provisioning|active|degraded|suspended|deleting|deleted|failed)$")]
     pub state: Option<String>,
     /// Only the site with this domain (primary or alias).
-    #[param(max_length = 253, pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$")]
+    #[param(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
     pub domain: Option<String>,
     /// From `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,18}$")]
