@@ -278,6 +278,16 @@ async fn fuzzer_findings_stay_fixed() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["errors"][0]["field"], "cursor", "{body}");
 
+    // Bodies are objects: serde alone would take `[]` for a rebalance with defaults.
+    for body in [json!([]), json!([true, 5]), json!("x")] {
+        let (status, answer) = app
+            .post("/v1/placement/rebalance", &admin, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["errors"][0]["field"], "body", "{answer}");
+        assert_eq!(answer["errors"][0]["message"], "must be a JSON object");
+    }
+
     // A body that is not JSON, or not sent as JSON: problem+json, 400 and 415.
     for (content_type, expected) in [
         ("application/json", StatusCode::BAD_REQUEST),
