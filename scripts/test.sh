@@ -33,6 +33,8 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --workspace --quiet -- -D warnings
 echo "==> tests (control plane, drivers, planner, agent)"
 cargo test --workspace --exclude infra --exclude e2e --quiet
+echo "==> the API fuzzer (schemathesis, every check) against a live server"
+scripts/fuzz-api.sh
 if [ "${PRESSDOCK_SKIP_LAB:-0}" = 1 ]; then
   echo "==> PRESSDOCK_SKIP_LAB=1: skipping the lab and the tests that need it"; exit 0
 fi

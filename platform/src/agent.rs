@@ -43,10 +43,22 @@ pub struct CachePurge {
     /// URL paths (`/hello-world/`, `/?p=5`), each starting with `/`; a path without a
     /// query also drops its query variants. At most 100.
     #[serde(default)]
+    #[schema(schema_with = purge_paths)]
     pub paths: Vec<String>,
     /// Everything cached for the site's domains (also when `paths` is empty).
     #[serde(default)]
     pub all: bool,
+}
+
+/// The schema of `paths`: what `backends::varnish::check_purge_path` accepts.
+fn purge_paths() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some("^/[!-~]{0,2047}$")),
+        )
+        .build()
 }
 
 /// The answer to a purge.
@@ -576,6 +588,12 @@ pub async fn tenant_purge(
     .await?;
     tx.commit().await?;
     Ok(result)
+}
+
+/// Checks an agent's token against the site `site_id` names, without the rest of the
+/// body: the API answers a body it cannot parse with 401 unless this passes.
+pub async fn check_token(state: &AppState, headers: &HeaderMap, site_id: &str) -> ApiResult<()> {
+    authenticate(state, headers, site_id).await.map(|_| ())
 }
 
 #[cfg(test)]

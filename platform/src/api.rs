@@ -17,7 +17,12 @@ use tower_http::{
 };
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        Content, Ref, RefOr, ResponseBuilder,
+        path::{Operation as DocOperation, ParameterIn},
+        schema::{ObjectBuilder, Type},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 use crate::{
@@ -204,19 +209,19 @@ async fn logout(
 }
 
 #[utoipa::path(get, path = "/v1/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = User), (status = 401, body = Problem)))]
+    responses((status = 200, body = User)))]
 async fn me(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<User>> {
     Ok(Json(users::me(&state, &actor).await?))
 }
 
 #[utoipa::path(get, path = "/v1/users", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = [User]), (status = 403, body = Problem)))]
+    responses((status = 200, body = [User])))]
 async fn list_staff(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Vec<User>>> {
     Ok(Json(users::list_staff(&state, &actor).await?))
 }
 
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = NewStaffUser,
-    responses((status = 201, body = User), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = User), (status = 409, body = Problem)))]
 async fn create_staff(
     State(state): State<AppState>,
     actor: Actor,
@@ -238,7 +243,7 @@ async fn list_tokens(
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = NewToken,
-    responses((status = 201, body = CreatedToken), (status = 422, body = Problem)))]
+    responses((status = 201, body = CreatedToken)))]
 async fn create_token(
     State(state): State<AppState>,
     actor: Actor,
@@ -251,7 +256,7 @@ async fn create_token(
 }
 
 #[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", security(("bearer" = [])),
-    params(("token" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+    params(("token" = String, Path)), responses((status = 204)))]
 async fn revoke_token(
     State(state): State<AppState>,
     actor: Actor,
@@ -268,7 +273,7 @@ async fn list_tenants(State(state): State<AppState>, actor: Actor) -> ApiResult<
 }
 
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), request_body = NewTenant,
-    responses((status = 201, body = Tenant), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Tenant), (status = 409, body = Problem)))]
 async fn create_tenant(
     State(state): State<AppState>,
     actor: Actor,
@@ -281,7 +286,7 @@ async fn create_tenant(
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
-    params(("tenant" = String, Path)), responses((status = 200, body = Tenant), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path)), responses((status = 200, body = Tenant)))]
 async fn get_tenant(
     State(state): State<AppState>,
     actor: Actor,
@@ -293,7 +298,7 @@ async fn get_tenant(
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])), request_body = TenantChange,
-    params(("tenant" = String, Path)), responses((status = 200, body = Tenant), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path)), responses((status = 200, body = Tenant)))]
 async fn update_tenant(
     State(state): State<AppState>,
     actor: Actor,
@@ -306,7 +311,7 @@ async fn update_tenant(
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
-    params(("tenant" = String, Path)), responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("tenant" = String, Path)), responses((status = 204), (status = 409, body = Problem)))]
 async fn delete_tenant(
     State(state): State<AppState>,
     actor: Actor,
@@ -317,7 +322,7 @@ async fn delete_tenant(
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/users", tag = "users", security(("bearer" = [])),
-    params(("tenant" = String, Path)), responses((status = 200, body = [Member]), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path)), responses((status = 200, body = [Member])))]
 async fn list_members(
     State(state): State<AppState>,
     actor: Actor,
@@ -329,7 +334,7 @@ async fn list_members(
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/users", tag = "users", security(("bearer" = [])), request_body = Invitation,
-    params(("tenant" = String, Path)), responses((status = 201, body = Invited), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    params(("tenant" = String, Path)), responses((status = 201, body = Invited), (status = 409, body = Problem)))]
 async fn invite_member(
     State(state): State<AppState>,
     actor: Actor,
@@ -343,7 +348,7 @@ async fn invite_member(
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/users/{user}", tag = "users", security(("bearer" = [])), request_body = RoleChange,
-    params(("tenant" = String, Path), ("user" = String, Path)), responses((status = 200, body = Member), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path), ("user" = String, Path)), responses((status = 200, body = Member), (status = 409, body = Problem)))]
 async fn change_role(
     State(state): State<AppState>,
     actor: Actor,
@@ -363,7 +368,7 @@ async fn change_role(
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/users/{user}", tag = "users", security(("bearer" = [])),
-    params(("tenant" = String, Path), ("user" = String, Path)), responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path), ("user" = String, Path)), responses((status = 204), (status = 409, body = Problem)))]
 async fn remove_member(
     State(state): State<AppState>,
     actor: Actor,
@@ -380,7 +385,7 @@ async fn remove_member(
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/sites", tag = "sites", security(("bearer" = [])),
-    params(("tenant" = String, Path), SiteFilter), responses((status = 200, body = Page<Site>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    params(("tenant" = String, Path), SiteFilter), responses((status = 200, body = Page<Site>)))]
 async fn list_sites(
     State(state): State<AppState>,
     actor: Actor,
@@ -394,7 +399,7 @@ async fn list_sites(
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/sites", tag = "sites", security(("bearer" = [])), request_body = NewSite,
     params(("tenant" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Repeats of a request with this key return the first response")),
-    responses((status = 202, body = Accepted), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 202, body = Accepted), (status = 409, body = Problem)))]
 async fn create_site(
     State(state): State<AppState>,
     actor: Actor,
@@ -444,7 +449,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> ApiResult<T> {
 }
 
 #[utoipa::path(get, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path)), responses((status = 200, body = Site), (status = 404, body = Problem)))]
+    params(("site" = String, Path)), responses((status = 200, body = Site)))]
 async fn get_site(
     State(state): State<AppState>,
     actor: Actor,
@@ -456,7 +461,7 @@ async fn get_site(
 }
 
 #[utoipa::path(patch, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])), request_body = SiteChange,
-    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 409, body = Problem)))]
 async fn update_site(
     State(state): State<AppState>,
     actor: Actor,
@@ -480,7 +485,7 @@ async fn transition(
 }
 
 #[utoipa::path(delete, path = "/v1/sites/{site}", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 409, body = Problem)))]
 async fn delete_site(
     State(state): State<AppState>,
     actor: Actor,
@@ -490,7 +495,7 @@ async fn delete_site(
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/suspend", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 409, body = Problem)))]
 async fn suspend_site(
     State(state): State<AppState>,
     actor: Actor,
@@ -500,7 +505,7 @@ async fn suspend_site(
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/resume", tag = "sites", security(("bearer" = [])),
-    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("site" = String, Path)), responses((status = 202, body = Accepted), (status = 409, body = Problem)))]
 async fn resume_site(
     State(state): State<AppState>,
     actor: Actor,
@@ -511,7 +516,7 @@ async fn resume_site(
 
 #[utoipa::path(post, path = "/v1/sites/{site}/cache/purge", tag = "sites", security(("bearer" = [])),
     params(("site" = String, Path)), request_body = CachePurge,
-    responses((status = 200, body = PurgeResult), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+    responses((status = 200, body = PurgeResult), (status = 409, body = Problem), (status = 503, body = Problem)))]
 async fn purge_site_cache(
     State(state): State<AppState>,
     actor: Actor,
@@ -524,29 +529,75 @@ async fn purge_site_cache(
     ))
 }
 
+/// The headers of an agent's call that carries a bearer token, extracted before the body:
+/// a call without one is 401 whatever its body (the body is not read). The token itself
+/// belongs to the site the body names, so it is checked with the body ([`agent_body`]).
+struct AgentBearer(HeaderMap);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AgentBearer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let has_token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|token| !token.trim().is_empty());
+        if has_token {
+            Ok(Self(parts.headers.clone()))
+        } else {
+            Err(ApiError::Unauthorized("a valid agent token is required"))
+        }
+    }
+}
+
 /// A site agent's report (`site_agent::protocol::AgentReport`); the answer carries the
 /// site's desired config. Authenticated with the site's agent token.
-#[utoipa::path(post, path = "/v1/agent/report", tag = "agent", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/agent/report", tag = "agent", security(("agent_token" = [])),
     request_body(content = Object, description = "site_agent::protocol::AgentReport"),
-    responses((status = 200, description = "site_agent::protocol::ReportResponse", body = Object), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, description = "site_agent::protocol::ReportResponse", body = Object), (status = 404, body = Problem)))]
 async fn agent_report(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(report): ApiJson<site_agent::protocol::AgentReport>,
+    AgentBearer(headers): AgentBearer,
+    ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<site_agent::protocol::ReportResponse>> {
+    let report = agent_body(&state, &headers, body).await?;
     Ok(Json(agent::report(&state, &headers, report).await?))
+}
+
+/// An agent's body, typed, with the token checked first: a body that does not parse is
+/// 422 only for the holder of the token of the site it names, 401 for everyone else. A
+/// body that parses is authenticated once, by the call it is for.
+async fn agent_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Value,
+) -> ApiResult<T> {
+    let site_id = body
+        .get("site_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    match parse_body(body) {
+        Ok(typed) => Ok(typed),
+        Err(invalid) => {
+            agent::check_token(state, headers, &site_id).await?;
+            Err(invalid)
+        }
+    }
 }
 
 /// A site agent asks to purge what WordPress changed. Authenticated with the site's
 /// agent token.
-#[utoipa::path(post, path = "/v1/agent/purge", tag = "agent", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/agent/purge", tag = "agent", security(("agent_token" = [])),
     request_body(content = Object, description = "{site_id, paths, all}"),
-    responses((status = 202, body = PurgeResult), (status = 401, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 202, body = PurgeResult), (status = 404, body = Problem)))]
 async fn agent_purge(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(input): ApiJson<site_agent::protocol::PurgeRequest>,
+    AgentBearer(headers): AgentBearer,
+    ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<(StatusCode, Json<PurgeResult>)> {
+    let input: site_agent::protocol::PurgeRequest = agent_body(&state, &headers, body).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(agent::agent_purge(&state, &headers, input).await?),
@@ -556,7 +607,7 @@ async fn agent_purge(
 /// Workers, their sites and utilisation, the moves a rebalance would make now, and the
 /// latest moves with their timings. Staff only.
 #[utoipa::path(get, path = "/v1/placement", tag = "placement", security(("bearer" = [])),
-    responses((status = 200, body = PlacementMap), (status = 403, body = Problem)))]
+    responses((status = 200, body = PlacementMap)))]
 async fn placement_map(
     State(state): State<AppState>,
     actor: Actor,
@@ -569,15 +620,15 @@ async fn placement_map(
 /// (202). Staff admins and operators.
 #[utoipa::path(post, path = "/v1/placement/rebalance", tag = "placement", security(("bearer" = [])),
     request_body = RebalanceRequest,
-    responses((status = 200, body = RebalanceAnswer), (status = 202, body = RebalanceAnswer), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = RebalanceAnswer), (status = 202, body = RebalanceAnswer), (status = 409, body = Problem)))]
 async fn rebalance(
     State(state): State<AppState>,
     actor: Actor,
     ApiJson(input): ApiJson<RebalanceRequest>,
 ) -> ApiResult<(StatusCode, Json<RebalanceAnswer>)> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    if input.max_moves == Some(0) {
-        return Err(ApiError::field("max_moves", "must be at least 1"));
+    if input.max_moves.is_some_and(|n| !(1..=1000).contains(&n)) {
+        return Err(ApiError::field("max_moves", "must be between 1 and 1000"));
     }
     if !input.dry_run && moves::moves_in_flight(&state.db).await? > 0 {
         return Err(ApiError::conflict(
@@ -609,7 +660,7 @@ async fn list_plans(State(state): State<AppState>, _actor: Actor) -> ApiResult<J
 }
 
 #[utoipa::path(post, path = "/v1/plans", tag = "plans", security(("bearer" = [])), request_body = NewPlan,
-    responses((status = 201, body = Plan), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Plan), (status = 409, body = Problem)))]
 async fn create_plan(
     State(state): State<AppState>,
     actor: Actor,
@@ -622,13 +673,13 @@ async fn create_plan(
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])),
-    responses((status = 200, body = [Node]), (status = 403, body = Problem)))]
+    responses((status = 200, body = [Node])))]
 async fn list_nodes(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Vec<Node>>> {
     Ok(Json(nodes::list(&state, &actor).await?))
 }
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), request_body = NewNode,
-    responses((status = 201, body = Node), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Node), (status = 409, body = Problem)))]
 async fn register_node(
     State(state): State<AppState>,
     actor: Actor,
@@ -641,7 +692,7 @@ async fn register_node(
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{node}", tag = "nodes", security(("bearer" = [])), request_body = NodeChange,
-    params(("node" = String, Path)), responses((status = 200, body = Node), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("node" = String, Path)), responses((status = 200, body = Node)))]
 async fn update_node(
     State(state): State<AppState>,
     actor: Actor,
@@ -677,7 +728,7 @@ async fn list_operations(
 }
 
 #[utoipa::path(get, path = "/v1/operations/{operation}", tag = "operations", security(("bearer" = [])),
-    params(("operation" = String, Path)), responses((status = 200, body = Operation), (status = 404, body = Problem)))]
+    params(("operation" = String, Path)), responses((status = 200, body = Operation)))]
 async fn get_operation(
     State(state): State<AppState>,
     actor: Actor,
@@ -689,7 +740,7 @@ async fn get_operation(
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])),
-    params(AuditFilter), responses((status = 200, body = Page<AuditEvent>), (status = 403, body = Problem)))]
+    params(AuditFilter), responses((status = 200, body = Page<AuditEvent>)))]
 async fn staff_audit(
     State(state): State<AppState>,
     actor: Actor,
@@ -699,7 +750,7 @@ async fn staff_audit(
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit", security(("bearer" = [])),
-    params(("tenant" = String, Path), AuditFilter), responses((status = 200, body = Page<AuditEvent>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path), AuditFilter), responses((status = 200, body = Page<AuditEvent>)))]
 async fn tenant_audit(
     State(state): State<AppState>,
     actor: Actor,
@@ -712,7 +763,7 @@ async fn tenant_audit(
 }
 
 #[utoipa::path(get, path = "/v1/admin/reconcilers", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, body = [crate::reconcile::ReconcilerStatus]), (status = 403, body = Problem)))]
+    responses((status = 200, body = [crate::reconcile::ReconcilerStatus])))]
 async fn reconcilers(
     State(state): State<AppState>,
     actor: Actor,
@@ -722,7 +773,7 @@ async fn reconcilers(
 }
 
 #[utoipa::path(post, path = "/v1/admin/reconcilers/run", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, description = "The result of each reconciler"), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, description = "The result of each reconciler"), (status = 409, body = Problem)))]
 async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Value>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     match crate::reconcile::run_all(
@@ -754,7 +805,164 @@ impl Modify for BearerAuth {
                         .build(),
                 ),
             );
+            components.add_security_scheme(
+                "agent_token",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("The site's agent token (`PRESSDOCK_AGENT_TOKEN`)"))
+                        .build(),
+                ),
+            );
         }
+    }
+}
+
+/// The media type of every error answer ([`ApiError`]'s RFC 9457 body).
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The error answers every route of a kind gives, added here once to each operation of
+/// the document, so that an annotation lists only the answers particular to its route
+/// (409, 429) and a new route is documented as the extractors and [`Actor`] make it behave:
+///
+/// - signed in (`bearer`): 401 (no, bad or expired credentials), 403 (role or read-only
+///   token); the agents' token (`agent_token`): 401;
+/// - path parameters: 404 (every one is a generated [`crate::domain::Id`]: anything else,
+///   or an id the caller may not see, is not found), and their schema says so;
+/// - query parameters: 422 naming the parameter;
+/// - a JSON body: 400 (not JSON), 413 (over `body_limit_bytes`), 415 (not
+///   `application/json`), 422 (fields);
+/// - every route: 503 while the database is unreachable (with `Retry-After`).
+///
+/// Problem bodies that an annotation wrote as `application/json` are moved to
+/// `application/problem+json`, the content type [`ApiError`] sends.
+struct SharedErrors;
+
+impl Modify for SharedErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_shared_errors(operation);
+            }
+        }
+    }
+}
+
+fn add_shared_errors(operation: &mut DocOperation) {
+    let schemes: Vec<String> = operation
+        .security
+        .iter()
+        .flatten()
+        .filter_map(|requirement| serde_json::to_value(requirement).ok())
+        .filter_map(|value| {
+            value
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        })
+        .flatten()
+        .collect();
+    let mut has_path = false;
+    let mut has_query = false;
+    for parameter in operation.parameters.iter_mut().flatten() {
+        match parameter.parameter_in {
+            ParameterIn::Path => {
+                has_path = true;
+                parameter.schema = Some(RefOr::T(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some("^[a-z2-7]{10}$"))
+                        .description(Some("A generated id: 10 of a-z and 2-7."))
+                        .into(),
+                ));
+            }
+            ParameterIn::Query => has_query = true,
+            _ => {}
+        }
+    }
+    let has_body = operation.request_body.is_some();
+    let mut wanted: Vec<u16> = Vec::new();
+    if schemes.iter().any(|s| s == "bearer") {
+        wanted.extend([401, 403]);
+    }
+    if schemes.iter().any(|s| s == "agent_token") {
+        wanted.push(401);
+    }
+    if has_path {
+        wanted.push(404);
+    }
+    if has_query {
+        wanted.push(422);
+    }
+    if has_body {
+        wanted.extend([400, 413, 415, 422]);
+    }
+    wanted.push(503);
+    let responses = &mut operation.responses.responses;
+    for status in wanted {
+        responses
+            .entry(status.to_string())
+            .or_insert_with(|| RefOr::T(problem_response(status)));
+    }
+    let problem = serde_json::to_value(Ref::from_schema_name("Problem")).unwrap_or_default();
+    for (status, response) in responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let is_problem = response
+            .content
+            .get("application/json")
+            .is_some_and(|content| {
+                serde_json::to_value(&content.schema).unwrap_or_default() == problem
+            });
+        if is_problem {
+            response.content.shift_remove("application/json");
+            response.content.insert(
+                PROBLEM_JSON.to_owned(),
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            );
+            if response.description.is_empty() {
+                response.description = status
+                    .parse()
+                    .map(describe_error)
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+    }
+}
+
+fn problem_response(status: u16) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(describe_error(status))
+        .content(
+            PROBLEM_JSON,
+            Content::new(Some(Ref::from_schema_name("Problem"))),
+        )
+        .build()
+}
+
+fn describe_error(status: u16) -> &'static str {
+    match status {
+        400 => "The body is not JSON.",
+        401 => "No, an invalid or an expired credential.",
+        403 => "The caller's role (or a read-only API token) does not allow this.",
+        404 => "No such resource, or one the caller may not see.",
+        409 => "The resource's state or a unique field conflicts; `errors` names the field.",
+        413 => "The body is larger than `body_limit_bytes`.",
+        415 => "The body is not sent as `application/json`.",
+        422 => "Invalid fields or query parameters; `errors` names each.",
+        429 => "Too many attempts; retry after `Retry-After` seconds.",
+        503 => "A dependency is unreachable for now; retry after `Retry-After` seconds.",
+        _ => "An error.",
     }
 }
 
@@ -762,7 +970,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Pressdock API", description = "Control plane of a WordPress hosting platform on Docker Swarm."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SharedErrors),
     paths(
         login, refresh, logout, me, list_staff, create_staff, list_tokens, create_token, revoke_token,
         list_tenants, create_tenant, get_tenant, update_tenant, delete_tenant,

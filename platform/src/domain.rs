@@ -156,11 +156,16 @@ impl Slug {
     }
 }
 
-/// A display name: 1–200 characters, no control characters.
+/// A display name: 1–200 characters as sent, not only white space, no control characters.
 pub fn parse_name(input: &str) -> Result<String, String> {
+    parse_name_up_to(input, 200)
+}
+
+/// [`parse_name`] for a column of `max` characters.
+pub fn parse_name_up_to(input: &str, max: usize) -> Result<String, String> {
     let value = input.trim();
-    if value.is_empty() || value.chars().count() > 200 {
-        return Err("must be 1 to 200 characters".into());
+    if value.is_empty() || input.chars().count() > max {
+        return Err(format!("must be 1 to {max} characters"));
     }
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
@@ -178,6 +183,40 @@ pub fn check_password(input: &str) -> Result<(), String> {
         return Err("must be at most 256 characters".into());
     }
     Ok(())
+}
+
+/// An integer field of a request body as JSON Schema (OpenAPI 3.1) defines `integer`: a
+/// number without a fractional part, so `5.0` too, which serde's integers refuse. Use with
+/// `#[serde(deserialize_with = "integer")]`.
+pub fn integer<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = match (number.as_i64(), number.as_f64()) {
+        (Some(value), _) => Some(value),
+        // Within ±2^53 an f64 holds every integer exactly.
+        (None, Some(value)) if value.fract() == 0.0 && value.abs() <= 9_007_199_254_740_992.0 => {
+            Some(value as i64)
+        }
+        _ => None,
+    };
+    let whole = whole.ok_or_else(|| D::Error::custom(format!("{number} is not an integer")))?;
+    T::try_from(whole).map_err(|_| D::Error::custom(format!("{number} is out of range")))
+}
+
+/// [`integer`] for an optional field (with `#[serde(default)]`).
+pub fn optional_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    #[derive(Deserialize)]
+    #[serde(transparent)]
+    struct Whole<T: TryFrom<i64>>(#[serde(deserialize_with = "integer")] T);
+    Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(value)| value))
 }
 
 /// Staff roles of the agency.
@@ -290,6 +329,33 @@ mod tests {
         assert!(Id::parse("ABCDEFGHIJ").is_none());
         assert!(Id::parse("abc'; drop").is_none());
         assert!(Id::parse("abcdefghi1").is_none());
+    }
+
+    #[test]
+    fn integers_are_json_schema_integers() {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "integer")]
+            n: u32,
+            #[serde(default, deserialize_with = "optional_integer")]
+            m: Option<i32>,
+        }
+        let parse = |s: &str| serde_json::from_str::<Body>(s).map(|b| (b.n, b.m));
+        assert_eq!(parse(r#"{"n": 5}"#).expect("5"), (5, None));
+        assert_eq!(
+            parse(r#"{"n": 5.0, "m": -2.0}"#).expect("5.0"),
+            (5, Some(-2))
+        );
+        assert_eq!(parse(r#"{"n": 5, "m": null}"#).expect("null"), (5, None));
+        for bad in [
+            r#"{"n": 5.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": 4294967296}"#,
+            r#"{"n": "5"}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -259,20 +259,62 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `Json` whose rejections are problem+json with the field named.
+/// A JSON object body whose rejections are problem+json with the field named.
+///
+/// Every request body of the API is an object: serde would also build a struct from an
+/// array (`[]` is a `RebalanceRequest` with every field defaulted), which the OpenAPI
+/// document does not allow, so anything but an object is 422 naming `body`.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(Self(value))
+        if !is_json(req.headers()) {
+            return Err(Self::Rejection::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|err| {
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest("the body could not be read".to_owned())
+                }
+            })?;
+        let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(value)) if is_object => Ok(Self(value)),
+            Err(err @ JsonRejection::JsonSyntaxError(_)) => Err(err.into()),
+            _ if !is_object => Err(ApiError::field("body", "must be a JSON object")),
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(err) => Err(err.into()),
+        }
     }
+}
+
+/// `application/json` or `application/*+json`, as axum's `Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
 }
 
 /// Query string whose rejections are problem+json.

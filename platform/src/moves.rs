@@ -126,7 +126,9 @@ pub struct RebalanceRequest {
     /// Only show the moves (the default).
     #[serde(default = "yes")]
     pub dry_run: bool,
-    /// At most this many moves.
+    /// At most this many moves (1 to 1000).
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_moves: Option<u32>,
 }
 

@@ -51,21 +51,19 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Encodes a position in a list as an opaque cursor.
+/// Encodes a position in a list (a row's sequence number) as a cursor.
+///
+/// A cursor is the decimal position, 1 to 18 digits (pattern `^[0-9]{1,18}$` in the
+/// OpenAPI document): every such value is a position a list can continue from, so the
+/// document can say exactly which cursors are valid.
 pub fn encode_cursor(seq: i64) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
+    seq.to_string()
 }
 
 /// Reads a cursor made by [`encode_cursor`].
 pub fn decode_cursor(cursor: &str) -> Option<i64> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    String::from_utf8(bytes)
-        .ok()?
-        .strip_prefix("seq:")?
-        .parse()
-        .ok()
+    if cursor.is_empty() || cursor.len() > 18 || !cursor.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    cursor.parse().ok()
 }

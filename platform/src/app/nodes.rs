@@ -40,20 +40,29 @@ pub struct Node {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$")]
     pub name: String,
     /// One of manager, cache, worker, database, storage, monitoring.
+    #[schema(pattern = "^(manager|cache|worker|database|storage|monitoring)$")]
     pub role: String,
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9]{1,64}$")]
     pub swarm_node_id: Option<String>,
     /// Defaults to 25 for workers, 0 otherwise.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    #[schema(minimum = 0, maximum = 1000)]
     pub slots: Option<i32>,
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9-]{0,63}$")]
     pub failure_domain: Option<String>,
+    /// An IP address (the document describes IPv4 in its canonical form), or empty.
     #[serde(default)]
+    #[schema(
+        pattern = r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})?$"
+    )]
     pub address: Option<String>,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub labels: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -62,6 +71,7 @@ pub struct NewNode {
 pub struct NodeChange {
     /// active, drain or down. `active` on a node the swarm has not linked is refused
     /// (409) when the platform has a swarm backend.
+    #[schema(pattern = "^(active|drain|down)$")]
     pub availability: Option<String>,
 }
 

@@ -30,12 +30,28 @@ pub struct Plan {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPlan {
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$")]
     pub slug: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
+    #[schema(minimum = 1, maximum = 25)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub slots: i32,
+    #[schema(minimum = 64, maximum = 1_048_576)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub storage_mb: i32,
+    #[schema(minimum = 64, maximum = 65_536)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub memory_mb: i32,
+    #[schema(minimum = 50, maximum = 16_000)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub cpu_millis: i32,
+    #[schema(minimum = 0, maximum = 10_000_000)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub price_cents: i32,
 }
 

@@ -86,41 +86,102 @@ pub struct AdminCredentials {
     pub login_url: String,
 }
 
+/// A domain name as the OpenAPI document describes it: a subset of what
+/// [`DomainName::parse`] accepts (ASCII labels with at most one hyphen, a last label that
+/// starts with a letter, up to four labels), so that every name it allows is accepted.
+const DOMAIN_PATTERN: &str = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$";
+
+/// The schema of `aliases`: at most [`MAX_ALIASES`] distinct domain names.
+fn alias_list() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .max_length(Some(253))
+                .pattern(Some(DOMAIN_PATTERN)),
+        )
+        .max_items(Some(MAX_ALIASES))
+        .unique_items(true)
+        .build()
+}
+
+fn alias_list_or_null() -> utoipa::openapi::Array {
+    let mut list = alias_list();
+    list.schema_type = utoipa::openapi::schema::SchemaType::from_iter([
+        utoipa::openapi::schema::Type::Array,
+        utoipa::openapi::schema::Type::Null,
+    ]);
+    list
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSite {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// The primary domain; IDNA names are stored as punycode.
+    #[schema(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
     pub domain: String,
+    /// Other domains of the site, each different from the others and the primary.
     #[serde(default)]
+    #[schema(schema_with = alias_list)]
     pub aliases: Vec<String>,
-    /// The plan's slug.
+    /// The plan's slug (see `GET /v1/plans`).
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$")]
     pub plan: String,
     /// Login of the first WordPress administrator; `admin` by default.
+    #[schema(pattern = "^[a-z0-9._-]{1,60}$")]
     pub admin_user: Option<String>,
     /// E-mail of the first WordPress administrator; the creating user's by default.
+    #[schema(format = "email", max_length = 254)]
     pub admin_email: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteChange {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
     pub domain: Option<String>,
+    #[schema(schema_with = alias_list_or_null)]
     pub aliases: Option<Vec<String>>,
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$")]
     pub plan: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SiteFilter {
     /// Only sites in this state.
+    #[param(pattern = "^(provisioning|active|degraded|suspended|deleting|deleted|failed)$")]
     pub state: Option<String>,
     /// Only the site with this domain (primary or alias).
+    #[param(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
     pub domain: Option<String>,
     /// From `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// 1 to 200; 50 by default.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 

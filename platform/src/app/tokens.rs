@@ -11,7 +11,7 @@ use crate::{
     actor::Actor,
     audit::{self, Event},
     auth::{self, Scope},
-    domain::{Fields, Id, parse_name},
+    domain::{Fields, Id, parse_name_up_to},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -41,10 +41,17 @@ pub struct CreatedToken {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
     /// Lifetime in days (1 to 365); no expiry when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    #[schema(minimum = 1, maximum = 365)]
     pub expires_in_days: Option<u32>,
 }
 
@@ -61,7 +68,8 @@ pub async fn list(state: &AppState, actor: &Actor) -> ApiResult<Vec<ApiToken>> {
 
 pub async fn create(state: &AppState, actor: &Actor, input: NewToken) -> ApiResult<CreatedToken> {
     let mut fields = Fields::default();
-    let name = fields.check("name", parse_name(&input.name));
+    // The column holds 100 characters.
+    let name = fields.check("name", parse_name_up_to(&input.name, 100));
     if input.scopes.is_empty() {
         fields.push("scopes", "name at least one scope: read or write");
     }
