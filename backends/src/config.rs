@@ -191,8 +191,8 @@ pub struct SwarmConfig {
     /// Traefik certificate resolver of the `websecure` routers; empty: none (lab).
     #[serde(default)]
     pub cert_resolver: String,
-    /// Traefik service (defined by the Varnish service's labels in stacks/edge.yml) that
-    /// `web`/`websecure` routers send to.
+    /// Traefik service of the cache tier (stacks/edge-routes.yml, file provider) that the
+    /// sites' `web`/`websecure` routers send to (label `pressdock.route.cache`).
     #[serde(default = "default_varnish_service")]
     pub varnish_service: String,
     #[serde(default = "default_internal_ep")]

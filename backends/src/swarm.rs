@@ -7,9 +7,11 @@
 //! - The service spec is built by a pure function ([`build_service_spec`]) and carries
 //!   a hash of itself in a label; `ensure_service` creates the service, updates it (with
 //!   its current version) only when the hash differs, or does nothing.
-//! - Routing is in the site service's own labels (Traefik swarm provider): routers for
-//!   every domain on `internal` → the site's tasks, and on `web`/`websecure` → the
-//!   Varnish service. Adding or removing a site therefore never touches the labels of
+//! - Routing is in the site service's own labels (`pressdock.route.*`, [`route_labels`]):
+//!   the route writer beside every Traefik (`pressdock-infra routes`) turns them into routers
+//!   on `internal` → the site's tasks and on `web`/`websecure` → the cache tier, and lists a
+//!   new task before it drops the old one (Traefik's swarm provider dropped the route for a
+//!   moment while a task was replaced). Adding or removing a site therefore never touches
 //!   the shared Traefik or Varnish services (which would restart them).
 //! - Docker 20.10 speaks API 1.41 at most; bollard is pinned to the configured version
 //!   (`docker_api_version`, default 1.41) instead of its default 1.53.
@@ -212,57 +214,47 @@ pub fn template_literal(text: &str) -> String {
     text.replace("{{", "{{\"{{\"}}")
 }
 
-fn host_rule(domains: &BTreeSet<DomainName>) -> String {
-    // DomainName is [a-z0-9.-]: safe between backticks.
-    domains
-        .iter()
-        .map(|d| format!("Host(`{d}`)"))
-        .collect::<Vec<_>>()
-        .join(" || ")
+/// Labels of the route writer (`pressdock-infra routes`, infra/src/routes.rs, which reads
+/// these exact names): the site's hosts, the port and network on which Traefik reaches its
+/// tasks, and the entrypoints. The writer turns them into Traefik routers on `internal`
+/// (→ the tasks) and on `web`/`websecure` (→ the cache tier), and orders a task's hand-over.
+pub mod route_label {
+    pub const HOSTS: &str = "pressdock.route.hosts";
+    pub const PORT: &str = "pressdock.route.port";
+    pub const NETWORK: &str = "pressdock.route.network";
+    pub const INTERNAL: &str = "pressdock.route.internal";
+    pub const EDGE: &str = "pressdock.route.edge";
+    pub const TLS: &str = "pressdock.route.tls";
+    pub const CERT_RESOLVER: &str = "pressdock.route.certresolver";
+    pub const CACHE: &str = "pressdock.route.cache";
 }
 
-/// The Traefik labels of a site's service. Pure.
-pub fn traefik_labels(
-    params: &SiteServiceParams,
-    config: &SwarmConfig,
-) -> BTreeMap<String, String> {
-    let name = format!("wp-{}", params.id);
-    let rule = host_rule(&params.domains);
-    let mut l = BTreeMap::new();
-    let mut put = |k: String, v: String| {
-        l.insert(k, v);
-    };
-    put("traefik.enable".into(), "true".into());
-    put("traefik.swarm.network".into(), config.site_network.clone());
-    put(
-        format!("traefik.http.services.{name}.loadbalancer.server.port"),
-        config.site_port.to_string(),
-    );
-    let r = format!("traefik.http.routers.{name}-internal");
-    put(format!("{r}.rule"), rule.clone());
-    put(
-        format!("{r}.entrypoints"),
-        config.internal_entrypoint.clone(),
-    );
-    put(format!("{r}.service"), name.clone());
-    let r = format!("traefik.http.routers.{name}-web");
-    put(format!("{r}.rule"), rule.clone());
-    put(format!("{r}.entrypoints"), config.web_entrypoint.clone());
-    put(format!("{r}.service"), config.varnish_service.clone());
+/// The route labels of a site's service (see [`route_label`]). Pure.
+pub fn route_labels(params: &SiteServiceParams, config: &SwarmConfig) -> BTreeMap<String, String> {
+    use route_label as L;
+    // DomainName is [a-z0-9.-]: a comma-separated list is unambiguous.
+    let hosts = params
+        .domains
+        .iter()
+        .map(|d| d.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut edge = vec![config.web_entrypoint.clone()];
     if !config.websecure_entrypoint.is_empty() {
-        let r = format!("traefik.http.routers.{name}-websecure");
-        put(format!("{r}.rule"), rule);
-        put(
-            format!("{r}.entrypoints"),
-            config.websecure_entrypoint.clone(),
-        );
-        put(format!("{r}.service"), config.varnish_service.clone());
-        put(format!("{r}.tls"), "true".into());
+        edge.push(config.websecure_entrypoint.clone());
+    }
+    let mut l = BTreeMap::from([
+        (L::HOSTS.to_owned(), hosts),
+        (L::PORT.to_owned(), config.site_port.to_string()),
+        (L::NETWORK.to_owned(), config.site_network.clone()),
+        (L::INTERNAL.to_owned(), config.internal_entrypoint.clone()),
+        (L::EDGE.to_owned(), edge.join(",")),
+        (L::CACHE.to_owned(), config.varnish_service.clone()),
+    ]);
+    if !config.websecure_entrypoint.is_empty() {
+        l.insert(L::TLS.to_owned(), config.websecure_entrypoint.clone());
         if !config.cert_resolver.is_empty() {
-            put(
-                format!("{r}.tls.certresolver"),
-                config.cert_resolver.clone(),
-            );
+            l.insert(L::CERT_RESOLVER.to_owned(), config.cert_resolver.clone());
         }
     }
     l
@@ -390,7 +382,7 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
     let nano = |millis: u32| i64::from(millis) * 1_000_000;
     let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
 
-    let mut labels: HashMap<String, String> = traefik_labels(params, config).into_iter().collect();
+    let mut labels: HashMap<String, String> = route_labels(params, config).into_iter().collect();
     labels.insert(LABEL_SITE.into(), id.to_string());
 
     let mut spec = ServiceSpec {
@@ -1166,58 +1158,32 @@ mod tests {
     }
 
     #[test]
-    fn traefik_labels_exact() {
-        let labels = traefik_labels(&params(), &config());
-        let rule = "Host(`example.com`) || Host(`www.example.com`)";
+    fn route_labels_exact() {
+        let labels = route_labels(&params(), &config());
         let want: BTreeMap<String, String> = [
-            ("traefik.enable", "true"),
-            ("traefik.swarm.network", "pd-sites"),
-            (
-                "traefik.http.services.wp-k3v7q2m6xa.loadbalancer.server.port",
-                "80",
-            ),
-            ("traefik.http.routers.wp-k3v7q2m6xa-internal.rule", rule),
-            (
-                "traefik.http.routers.wp-k3v7q2m6xa-internal.entrypoints",
-                "internal",
-            ),
-            (
-                "traefik.http.routers.wp-k3v7q2m6xa-internal.service",
-                "wp-k3v7q2m6xa",
-            ),
-            ("traefik.http.routers.wp-k3v7q2m6xa-web.rule", rule),
-            ("traefik.http.routers.wp-k3v7q2m6xa-web.entrypoints", "web"),
-            (
-                "traefik.http.routers.wp-k3v7q2m6xa-web.service",
-                "varnish@swarm",
-            ),
-            ("traefik.http.routers.wp-k3v7q2m6xa-websecure.rule", rule),
-            (
-                "traefik.http.routers.wp-k3v7q2m6xa-websecure.entrypoints",
-                "websecure",
-            ),
-            (
-                "traefik.http.routers.wp-k3v7q2m6xa-websecure.service",
-                "varnish@swarm",
-            ),
-            ("traefik.http.routers.wp-k3v7q2m6xa-websecure.tls", "true"),
-            (
-                "traefik.http.routers.wp-k3v7q2m6xa-websecure.tls.certresolver",
-                "le",
-            ),
+            ("pressdock.route.hosts", "example.com,www.example.com"),
+            ("pressdock.route.port", "80"),
+            ("pressdock.route.network", "pd-sites"),
+            ("pressdock.route.internal", "internal"),
+            ("pressdock.route.edge", "web,websecure"),
+            ("pressdock.route.tls", "websecure"),
+            ("pressdock.route.certresolver", "le"),
+            ("pressdock.route.cache", "varnish@swarm"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         assert_eq!(labels, want);
-        let no_resolver = SwarmConfig {
+        let lab = SwarmConfig {
             cert_resolver: String::new(),
+            websecure_entrypoint: String::new(),
             ..config()
         };
+        let l = route_labels(&params(), &lab);
+        assert_eq!(l["pressdock.route.edge"], "web");
         assert!(
-            !traefik_labels(&params(), &no_resolver)
-                .keys()
-                .any(|k| k.ends_with("certresolver"))
+            !l.contains_key("pressdock.route.tls")
+                && !l.contains_key("pressdock.route.certresolver")
         );
     }
 

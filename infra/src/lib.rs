@@ -3,3 +3,4 @@
 //! per node and real servers (Galera, HAProxy, Redis + Sentinel, GlusterFS, Varnish, Traefik,
 //! an S3 server). The binary `pressdock-infra` is a thin CLI over [`lab`].
 pub mod lab;
+pub mod routes;

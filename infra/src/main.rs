@@ -20,6 +20,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+    /// Follow the swarm and write Traefik's routes to the tasks of services labelled
+    /// `pressdock.route.hosts` (file provider). Runs beside every Traefik; see infra/README.md.
+    Routes {
+        /// A swarm manager's docker socket (`unix:///…` or a path).
+        #[arg(long)]
+        docker_host: String,
+        /// The file to write (in the folder Traefik's file provider watches).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Overlay network of the tasks (unless a service's `pressdock.route.network` says).
+        #[arg(long, default_value = "pd-sites")]
+        network: String,
+        /// Engine API version (Docker 20.10: 1.41).
+        #[arg(long, default_value = "1.41")]
+        api_version: String,
+        /// How often to look at the swarm, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// The lab's DNS server (started by `lab up`): NXDOMAIN to every query, at once.
+    #[command(name = "lab-dns", hide = true)]
+    LabDns {
+        #[arg(long)]
+        listen: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +113,23 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = lab::repo_root();
     match cli.cmd {
+        Cmd::LabDns { listen } => lab::dns::serve(&listen),
+        Cmd::Routes {
+            docker_host,
+            out,
+            network,
+            api_version,
+            interval_ms,
+        } => infra::routes::run(&infra::routes::Options {
+            docker_sock: docker_host
+                .strip_prefix("unix://")
+                .unwrap_or(&docker_host)
+                .into(),
+            api_version,
+            network,
+            out,
+            interval: std::time::Duration::from_millis(interval_ms.max(100)),
+        }),
         Cmd::Lab { cmd } => match cmd {
             LabCmd::Up {
                 managers,

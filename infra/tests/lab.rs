@@ -377,6 +377,98 @@ fn edge_request_goes_through_traefik_and_varnish_miss_then_hit() {
     }
 }
 
+/// The session id of a process (field 6 of /proc/<pid>/stat).
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// The lab outlives the shell that ran `lab up` (issue 10, item 10): servers that `lab up`
+/// starts live in sessions of their own, so a hangup and a SIGKILL of the starting shell's
+/// process group and session leave them running and answering.
+#[test]
+fn lab_servers_outlive_the_shell_that_started_them() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    // Two stateless servers for the next `lab up` to start: the DNS server and the route
+    // writer (the other servers hold data other tests and helpers use).
+    for name in ["dns", "routes"] {
+        lab.procs
+            .stop(name, Duration::from_secs(5))
+            .expect("stopping a lab server");
+    }
+    let done = Path::new(STATE).join("test-shell-done");
+    let _ = std::fs::remove_file(&done);
+    // `setsid` makes the shell the leader of a new session and process group, like a
+    // terminal's login shell; it runs `lab up`, then waits to be killed.
+    let mut shell = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            r#""$0" lab up --no-platform >/dev/null 2>&1; touch "$1"; exec sleep 600"#,
+            env!("CARGO_BIN_EXE_pressdock-infra"),
+        ])
+        .arg(&done)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the shell");
+    let shell_pid = shell.id() as i32;
+    lab::sh::wait_for(
+        "`lab up` in the shell",
+        Duration::from_secs(300),
+        Duration::from_millis(250),
+        || done.exists().then_some(()),
+    )
+    .expect("lab up finished");
+    let started: Vec<(&str, i32)> = ["dns", "routes"]
+        .into_iter()
+        .map(|n| (n, lab.procs.alive(n).expect("started by lab up")))
+        .collect();
+    for (name, pid) in &started {
+        assert_ne!(
+            session_of(*pid),
+            Some(shell_pid),
+            "{name} runs in a session of its own"
+        );
+    }
+    // The terminal goes away: SIGHUP to the shell's process group, then SIGKILL to it.
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let _ = killpg(Pid::from_raw(shell_pid), Signal::SIGHUP);
+    killpg(Pid::from_raw(shell_pid), Signal::SIGKILL).expect("killing the shell's group");
+    let _ = shell.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    for (name, pid) in &started {
+        assert_eq!(
+            lab.procs.alive(name),
+            Some(*pid),
+            "{name} still runs after its shell ended"
+        );
+    }
+    assert!(
+        lab::dns::answers(&format!("{HOST_IP}:{}", lab::dns::PORT)),
+        "the DNS server answers"
+    );
+    let _ = std::fs::remove_file(&done);
+    // The route writer still follows the swarm: the lab's site answers through the edge.
+    let r = lab::http::get(
+        &format!("127.0.0.1:{}", ports::EDGE),
+        "/pressdock-health?survive=1",
+        "hello.lab.test",
+    )
+    .expect("edge answers");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("X-Pressdock-Cache").is_some(), "through Varnish");
+}
+
 #[test]
 fn zz_lab_down_leaves_nothing() {
     if !enabled() {
@@ -476,14 +568,13 @@ nginx -c /tmp/nginx.conf & pid=$!; \
 trap 'rm -f /tmp/ready; sleep 5; kill -QUIT $pid' TERM; \
 touch /tmp/ready; wait $pid; wait $pid";
 
-/// A service shaped like a site's (backends::swarm): DNSRR on the sites network, Traefik
-/// labels for the `internal` entrypoint, start-first updates, a health check, a stop grace
+/// A service shaped like a site's (backends::swarm): DNSRR on the sites network, route
+/// labels (`pressdock.route.*`, read by the route writer), start-first updates, a health check, a stop grace
 /// period; it runs nginx from the WordPress image. Its host `<name>.t.lab.test` is a
 /// static host of the lab's Varnish. Returns the host.
 fn create_site_like_service(lab: &Lab, name: &str, constraint: &str) -> String {
     let host = format!("{name}.t.lab.test");
     let m1 = lab.topo.first_manager();
-    let router = format!("traefik.http.routers.{name}");
     let out = m1
         .docker([
             "service",
@@ -517,15 +608,9 @@ fn create_site_like_service(lab: &Lab, name: &str, constraint: &str) -> String {
             "--env",
             &format!("NGINX_CONF={TASK_NGINX_CONF}"),
             "--label",
-            "traefik.enable=true",
+            &format!("{}={host}", infra::routes::LABEL_HOSTS),
             "--label",
-            &format!("traefik.swarm.network={}", lab::SITES_NET),
-            "--label",
-            &format!("{router}.rule=Host(`{host}`)"),
-            "--label",
-            &format!("{router}.entrypoints=internal"),
-            "--label",
-            &format!("traefik.http.services.{name}.loadbalancer.server.port=80"),
+            &format!("{}={}", infra::routes::LABEL_NETWORK, lab::SITES_NET),
             "--entrypoint",
             "sh",
             "local/wordpress:dev",

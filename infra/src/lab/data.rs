@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const DATA_CG: &str = "pdlab-data";
+pub const DATA_CG: &str = "pdlab-data";
 
 // ---------------------------------------------------------------- Galera
 

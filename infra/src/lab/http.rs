@@ -54,10 +54,11 @@ pub fn request(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .with_context(|| format!("reading the answer of {addr}"))?;
-    parse(&raw).with_context(|| format!("parsing the answer of {method} {addr}{path}"))
+    parse_response(&raw).with_context(|| format!("parsing the answer of {method} {addr}{path}"))
 }
 
-fn parse(raw: &[u8]) -> Result<Response> {
+/// Parses a whole HTTP/1.x answer (status, headers, body; chunked bodies joined).
+pub fn parse_response(raw: &[u8]) -> Result<Response> {
     let text = String::from_utf8_lossy(raw);
     let Some((head, rest)) = text.split_once("\r\n\r\n") else {
         bail!("no HTTP header in {} bytes", raw.len());

@@ -13,7 +13,9 @@
 //! PID files, cgroups, names (`pdlab-*`), mount points under its folders and the iptables
 //! comment `pressdock-lab`, so it also cleans up after a crash.
 pub mod data;
+pub mod dns;
 pub mod down;
+pub mod edge_routes;
 pub mod http;
 pub mod images;
 pub mod net;

@@ -18,8 +18,23 @@ fn dockerd_name(node: &Node) -> String {
 /// Starts the node's dockerd unless it already answers.
 pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
     let name = dockerd_name(node);
-    if lab.procs.alive(&name).is_some() && sh::ok(&mut node.docker(["version"])) {
-        return Ok(());
+    if let Some(pid) = lab.procs.alive(&name)
+        && sh::ok(&mut node.docker(["version"]))
+    {
+        // A daemon started before the lab had its DNS server is restarted once (its
+        // containers with it) so that its tasks' outbound lookups are answered at once.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&format!("--dns\0{}", super::HOST_IP)) {
+            return Ok(());
+        }
+        progress(
+            "nodes",
+            format!(
+                "dockerd of {} runs without --dns {}: restarting it",
+                node.host(),
+                super::HOST_IP
+            ),
+        );
     }
     // Leftovers of a crashed run: the node's processes (containerd, shims, containers) and
     // its stale pid file and socket.
@@ -53,13 +68,14 @@ pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
     let script = format!(
         "hostname {host} && exec nsenter --net={netns} dockerd --storage-driver=overlay2 \
          --data-root {data} --exec-root {exec} -H {sockh} --pidfile {pid} --bridge=none \
-         --cgroup-parent=/{host} --log-level=warn",
+         --cgroup-parent=/{host} --log-level=warn --dns {dns}",
         host = node.host(),
         netns = node.netns_path(),
         data = data_root.display(),
         exec = exec_root.display(),
         sockh = node.docker_host(),
         pid = pidfile.display(),
+        dns = super::HOST_IP,
     );
     lab.procs.spawn(
         &name,
@@ -321,6 +337,7 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
     if changed {
         reload_vcl(lab)?;
     }
+    super::edge_routes::ensure(lab).context("Traefik's routes")?;
     let m1 = lab.topo.first_manager();
     let stack = lab.repo.join("stacks/edge.yml");
     let mut c = m1.docker([
@@ -333,9 +350,8 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
         &stack.to_string_lossy(),
         STACK,
     ]);
-    c.env("PD_DOCKER_SOCK", m1.sock())
-        .env("PD_VCL_DIR", &vcl)
-        .env("PD_TRAEFIK_ROUTES", lab.repo.join("stacks/edge-routes.yml"))
+    c.env("PD_VCL_DIR", &vcl)
+        .env("PD_TRAEFIK_DYNAMIC", super::edge_routes::dir(lab))
         .env("PD_VARNISH_SECRET", lab.path("varnish/secret"))
         .env("PD_EDGE_NET", EDGE_NET)
         .env("PD_SITES_NET", SITES_NET);

@@ -103,6 +103,8 @@ runtime_image = "local/wordpress:dev"
 site_network = "{SITES_NET}"
 edge_network = "{EDGE_NET}"
 cert_resolver = ""
+# The lab's Traefik has no TLS entrypoint.
+websecure_entrypoint = ""
 docker_api_version = "1.41"
 
 [backends.s3]

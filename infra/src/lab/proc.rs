@@ -126,6 +126,17 @@ pub fn pid_alive(pid: i32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `pid` runs this very program (a rebuilt binary shows as `… (deleted)`).
+pub fn runs_current_exe(pid: i32) -> bool {
+    match (
+        fs::read_link(format!("/proc/{pid}/exe")),
+        std::env::current_exe(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 impl Procs {
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.pid"))
@@ -170,7 +181,6 @@ impl Procs {
         program: &str,
         args: &[String],
     ) -> Result<i32> {
-        use std::os::unix::process::CommandExt;
         let cg = cgroup_dir(cgroup);
         fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
         fs::create_dir_all(&self.dir)
@@ -184,17 +194,24 @@ impl Procs {
             .open(log)
             .with_context(|| format!("opening log {}", log.display()))?;
         let logf2 = logf.try_clone().context("duplicating log handle")?;
-        // The shell joins the cgroup, then becomes the program (same PID).
-        let child = Command::new("sh")
+        // The shell joins the cgroup, then becomes the program (same PID). `setsid` (which
+        // does not fork: the child is no process-group leader) gives it a session and process
+        // group of its own and no controlling terminal, and stdin is /dev/null: the lab
+        // outlives the shell or terminal that ran `lab up` — a hangup, or a kill of that
+        // shell's process group or session, does not reach the lab's servers.
+        let child = Command::new("setsid")
+            .arg("sh")
             .arg("-c")
-            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            // Descriptors 3-9 are closed: `flock /work/lab.lock pressdock-infra lab up`
+            // hands its lock to us as fd 3, and a server that kept it would hold the lock
+            // for as long as it runs.
+            .arg(r#"exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; echo $$ > "$0" && exec "$@""#)
             .arg(cg.join("cgroup.procs"))
             .arg(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2)
-            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name} ({program})"))?;
         let pid = i32::try_from(child.id()).context("pid out of range")?;

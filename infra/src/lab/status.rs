@@ -136,6 +136,32 @@ pub fn status(lab: &Lab) -> bool {
         s3.as_ref().is_ok_and(|r| r.status == 200),
         "bucket backups",
     );
+    let dns = format!("{HOST_IP}:{}", super::dns::PORT);
+    report(
+        &format!("dns {dns}"),
+        super::dns::answers(&dns),
+        "NXDOMAIN for outside names",
+    );
+    let routes_file = super::edge_routes::dir(lab).join("sites.yml");
+    let routed = std::fs::read_to_string(&routes_file)
+        .ok()
+        .and_then(|t| {
+            let json = t
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<String>();
+            serde_json::from_str::<serde_json::Value>(&json).ok()
+        })
+        .and_then(|v| v["http"]["services"].as_object().map(|o| o.len()));
+    report(
+        "route writer",
+        lab.procs.alive("routes").is_some() && routed.is_some(),
+        &match (lab.procs.alive("routes"), routed) {
+            (Some(_), Some(n)) => format!("{n} service(s) routed ({})", routes_file.display()),
+            (None, _) => "not running".to_owned(),
+            (Some(_), None) => format!("{} unreadable", routes_file.display()),
+        },
+    );
     let edge = http::get(
         &format!("127.0.0.1:{}", ports::EDGE),
         "/pressdock-health",

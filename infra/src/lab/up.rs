@@ -287,6 +287,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             Ok(())
         });
         let nod = s.spawn(move || -> Result<()> {
+            super::dns::ensure(lab).context("the lab's DNS server")?;
             progress("nodes", "starting dockerd in each namespace");
             parallel(all, |n| nodes::ensure_dockerd(lab, n))?;
             nodes::ensure_swarm(lab).context("swarm")?;
@@ -359,25 +360,27 @@ fn edge_answers() -> bool {
 }
 
 /// Waits for the edge. Varnish resolves its backend (`traefik`, dnsrr) when the VCL
-/// compiles: after Traefik's task moved (a node restart, an update) Varnish still sends to
-/// the old address, so after 30 s without an answer the VCL is reloaded on every
-/// instance (which resolves the name again) and the wait goes on.
+/// compiles: after Traefik's task moved (a node restart, a crash of the whole lab) Varnish
+/// still sends to the old address, so after 8 s without an answer the VCL is reloaded on
+/// every instance (which resolves the name again), and again every 12 s while the wait goes
+/// on (Traefik's new task may not have had its address at the first reload). A reload costs
+/// a VCL compile (about a second); it was once after 30 s, which made a full recovery wait.
 pub fn wait_edge(lab: &Lab) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let mut reloaded = false;
+    let mut next_reload = Duration::from_secs(8);
     sh::wait_for(
         "a response through Traefik and Varnish (see `pressdock-infra lab status`)",
         Duration::from_secs(240),
-        Duration::from_secs(1),
+        Duration::from_millis(500),
         || {
             if edge_answers() {
                 return Some(());
             }
-            if !reloaded && t0.elapsed() > Duration::from_secs(30) {
-                reloaded = true;
+            if t0.elapsed() > next_reload {
+                next_reload = t0.elapsed() + Duration::from_secs(12);
                 progress(
                     "edge",
-                    "no answer for 30 s: reloading the VCL (re-resolves Traefik)",
+                    "no answer yet: reloading the VCL (re-resolves Traefik)",
                 );
                 if let Err(e) = nodes::reload_vcl(lab) {
                     progress("edge", format!("VCL reload failed: {e:#}"));
