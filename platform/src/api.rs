@@ -692,7 +692,7 @@ async fn register_node(
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{node}", tag = "nodes", security(("bearer" = [])), request_body = NodeChange,
-    params(("node" = String, Path)), responses((status = 200, body = Node)))]
+    params(("node" = String, Path)), responses((status = 200, body = Node), (status = 409, body = Problem)))]
 async fn update_node(
     State(state): State<AppState>,
     actor: Actor,

@@ -134,13 +134,19 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operatio
 pub struct OperationFilter {
     /// Only this tenant's operations (staff see every tenant's without it; tenant users
     /// see those of the tenants they belong to).
+    #[param(pattern = "^[a-z2-7]{10}$")]
     pub tenant: Option<String>,
     /// Only operations in this state: pending, running, unwinding, succeeded, failed.
+    #[param(pattern = "^(pending|running|unwinding|succeeded|failed)$")]
     pub state: Option<String>,
     /// Only this kind, such as `site.create`.
+    #[param(pattern = "^[a-z._]{1,32}$")]
     pub kind: Option<String>,
     /// Only operations on this target (a site id).
+    #[param(pattern = "^[a-z2-7]{10}$")]
     pub target: Option<String>,
+    /// Where the previous page ended (its `next_cursor`).
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// 1 to 500; 100 by default.
     #[param(minimum = 1, maximum = 500)]
