@@ -298,6 +298,24 @@ fn check(name: &str, r: Result<()>) -> Check {
     }
 }
 
+/// Logs a check that starts failing, fails differently, or recovers: `/readyz` shows only
+/// names and outcomes, so the log (and the report) is where the reason is read.
+fn log_changes(before: &[Check], after: &[Check]) {
+    for c in after {
+        let prev = before.iter().find(|p| p.name == c.name);
+        match (prev, c.ok) {
+            (Some(p), true) if !p.ok => tracing::info!(check = %c.name, "check passes again"),
+            (Some(p), false) if !p.ok && p.detail == c.detail => {}
+            (_, false) => tracing::warn!(
+                check = %c.name,
+                detail = c.detail.as_deref().unwrap_or(""),
+                "check failing"
+            ),
+            _ => {}
+        }
+    }
+}
+
 async fn check_loop(shared: Arc<Shared>) {
     let s = &shared.settings;
     let mut db = checks::Database::new(s).ok();
@@ -338,6 +356,7 @@ async fn check_loop(shared: Arc<Shared>) {
             });
         }
         if let Ok(mut c) = shared.checks.lock() {
+            log_changes(&c, &list);
             *c = list;
         }
         let h = shared.health();

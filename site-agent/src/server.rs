@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 
 use crate::agent::Shared;
 use crate::metrics::{render, self_usage};
+use crate::protocol::Health;
 use crate::purge::{LocalPurgeError, PurgeQueue, parse_local};
 
 /// A child down this long makes `/healthz` fail (swarm then replaces the task).
@@ -116,14 +117,27 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// Readiness with each check's name and outcome only. The port is reachable from the
+/// swarm network (the edge, the platform, and until network confinement other sites'
+/// tasks), so why a check failed (connection errors naming internal hosts, SQL and Redis
+/// messages) stays out of the body: the agent logs it, and its authenticated report to
+/// the platform carries it.
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let h = s.health();
+    let h = public_health(s.health());
     let status = if h.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, serde_json::to_value(&h).unwrap_or_default())
+}
+
+/// `h` without the checks' details (see [`readyz`]).
+pub fn public_health(mut h: Health) -> Health {
+    for c in &mut h.checks {
+        c.detail = None;
+    }
+    h
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
