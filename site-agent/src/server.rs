@@ -186,6 +186,36 @@ mod tests {
     }
 
     #[test]
+    fn public_health_keeps_names_and_outcomes_only() {
+        use crate::protocol::Check;
+        let h = Health {
+            live: true,
+            ready: false,
+            wordpress_installed: true,
+            checks: vec![
+                Check {
+                    name: "database".into(),
+                    ok: false,
+                    detail: Some("connect 10.77.0.1:6033: Access denied for user".into()),
+                },
+                Check {
+                    name: "redis".into(),
+                    ok: true,
+                    detail: None,
+                },
+            ],
+        };
+        let v = serde_json::to_value(public_health(h)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "live": true, "ready": false, "wordpress_installed": true,
+                "checks": [{"name": "database", "ok": false}, {"name": "redis", "ok": true}],
+            })
+        );
+    }
+
+    #[test]
     fn only_loopback_peers_are_local() {
         for ok in [
             "127.0.0.1:1",
