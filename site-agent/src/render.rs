@@ -263,6 +263,10 @@ pub fn write_atomic_owned(
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        // Last: once the file is another user's, root needs CAP_FOWNER (dropped, see the
+        // swarm spec) to change its mode.
         if let Some((uid, gid)) = owner {
             match std::os::unix::fs::fchown(&f, Some(uid), Some(gid)) {
                 Ok(()) => {}
@@ -270,8 +274,6 @@ pub fn write_atomic_owned(
                 Err(e) => return Err(e.into()),
             }
         }
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(contents)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         Ok(())
