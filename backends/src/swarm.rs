@@ -458,9 +458,10 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
                 // root processes of the task use; tenant code (PHP as www-data) has none.
                 capability_drop: Some(vec!["ALL".to_owned()]),
                 capability_add: Some(site_capabilities(config.site_port)),
-                // The engine sets no_new_privs from API 1.46 on; older engines ignore the
-                // field, and the agent sets it on itself at start, so its children (php-fpm,
-                // nginx, PHP's shell commands) never gain privileges through exec either way.
+                // Swarm's Privileges carry NoNewPrivileges only after API 1.41 (20.10's
+                // swarm has no such field and drops it). The agent sets no_new_privs on
+                // itself at start, so its children (php-fpm, nginx, PHP's shell commands)
+                // never gain privileges through exec on any engine.
                 privileges: Some(TaskSpecContainerSpecPrivileges {
                     no_new_privileges: Some(true),
                     ..Default::default()
