@@ -381,6 +381,15 @@ async fn supervises_restarts_reports_and_stops() {
         !cfg.contains("the-token"),
         "the agent token is not in wp-config"
     );
+    // no_new_privs on the agent and so on what it starts (php-fpm's stand-in here).
+    let nnp = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("NoNewPrivs:").map(|v| v.trim().to_owned()))
+    };
+    assert_eq!(nnp(agent.child.id() as i32).as_deref(), Some("1"));
+    assert_eq!(nnp(fpm).as_deref(), Some("1"));
 
     // Kill php-fpm's stand-in: restarted (new pid), counted.
     nix::sys::signal::kill(
