@@ -1102,6 +1102,23 @@ mod tests {
     }
 
     #[test]
+    fn net_bind_service_only_below_1024() {
+        assert!(site_capabilities(80).contains(&"CAP_NET_BIND_SERVICE".to_owned()));
+        assert_eq!(
+            site_capabilities(8080),
+            [
+                "CAP_CHOWN",
+                "CAP_DAC_OVERRIDE",
+                "CAP_SETUID",
+                "CAP_SETGID",
+                "CAP_KILL"
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+    }
+
+    #[test]
     fn spec_core_fields() {
         let s = spec();
         assert_eq!(s.name.as_deref(), Some("wp_k3v7q2m6xa"));
@@ -1226,23 +1243,6 @@ mod tests {
                 .and_then(|m| m.replicated.as_ref())
                 .and_then(|r| r.replicas),
             Some(1)
-        );
-    }
-
-    #[test]
-    fn net_bind_service_only_below_1024() {
-        assert!(site_capabilities(80).contains(&"CAP_NET_BIND_SERVICE".to_owned()));
-        assert_eq!(
-            site_capabilities(8080),
-            [
-                "CAP_CHOWN",
-                "CAP_DAC_OVERRIDE",
-                "CAP_SETUID",
-                "CAP_SETGID",
-                "CAP_KILL"
-            ]
-            .map(String::from)
-            .to_vec()
         );
     }
 
