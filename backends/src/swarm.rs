@@ -32,8 +32,8 @@ use bollard::models::{
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile,
-    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum,
+    TaskSpecContainerSpecPrivileges, TaskSpecContainerSpecSecrets, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListSecretsOptionsBuilder, UpdateServiceOptionsBuilder,
@@ -313,6 +313,25 @@ fn validate_params(params: &SiteServiceParams) -> Result<()> {
     Ok(())
 }
 
+/// The capabilities a site's task keeps (everything else is dropped), and why:
+/// - `CHOWN`: the agent hands wp-content's directories and the must-use plugin to www-data
+///   and wp-config to root:www-data;
+/// - `DAC_OVERRIDE`: the agent (root) writes into wp-content's directories, owned by
+///   www-data (the drop-in, the plugin, the install marker, theme links);
+/// - `SETUID`, `SETGID`: php-fpm's and nginx's masters drop their workers to www-data;
+/// - `KILL`: those masters (root) signal their workers (www-data) to stop and reload;
+/// - `NET_BIND_SERVICE`: nginx's master binds the site port, when it is below 1024.
+///
+/// Gone with the rest: `FOWNER`, `FSETID`, `MKNOD`, `NET_RAW` (no raw sockets: no ARP or
+/// ICMP spoofing on the overlay), `SETFCAP`, `SETPCAP`, `SYS_CHROOT`, `AUDIT_WRITE`.
+pub fn site_capabilities(site_port: u16) -> Vec<String> {
+    let mut caps = vec!["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"];
+    if site_port < 1024 {
+        caps.push("NET_BIND_SERVICE");
+    }
+    caps.into_iter().map(|c| format!("CAP_{c}")).collect()
+}
+
 /// The complete service spec of a site. Pure and deterministic; the returned spec
 /// includes the [`LABEL_SPEC_HASH`] label computed over everything else.
 pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> Result<ServiceSpec> {
@@ -367,12 +386,15 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
     let secrets = SecretKind::ALL
         .iter()
         .filter_map(|kind| params.secrets.get(kind).map(|r| (kind, r)))
+        // Only the agent (root, the entrypoint) reads the secret files: it writes what
+        // WordPress needs into wp-config (0640 root:www-data). PHP runs as www-data and must
+        // not read the agent token or the admin password, so no file is group-readable.
         .map(|(kind, r)| TaskSpecContainerSpecSecrets {
             file: Some(TaskSpecContainerSpecFile {
                 name: Some(kind.as_str().to_owned()),
                 uid: Some("0".into()),
-                gid: Some("33".into()),
-                mode: Some(0o440),
+                gid: Some("0".into()),
+                mode: Some(0o400),
             }),
             secret_id: Some(r.id.clone()),
             secret_name: Some(r.name.clone()),
@@ -424,6 +446,18 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
                 }),
                 stop_grace_period: Some(secs(20)),
                 init: Some(true),
+                // Docker API 1.41 (engine 20.10): every capability dropped but those the
+                // root processes of the task use; tenant code (PHP as www-data) has none.
+                capability_drop: Some(vec!["ALL".to_owned()]),
+                capability_add: Some(site_capabilities(config.site_port)),
+                // Swarm's Privileges carry NoNewPrivileges only after API 1.41 (20.10's
+                // swarm has no such field and drops it). The agent sets no_new_privs on
+                // itself at start, so its children (php-fpm, nginx, PHP's shell commands)
+                // never gain privileges through exec on any engine.
+                privileges: Some(TaskSpecContainerSpecPrivileges {
+                    no_new_privileges: Some(true),
+                    ..Default::default()
+                }),
                 // The agent's access log arrives as unix datagrams: a new network
                 // namespace queues only 10 of them.
                 sysctls: Some(HashMap::from([(
@@ -1060,6 +1094,23 @@ mod tests {
     }
 
     #[test]
+    fn net_bind_service_only_below_1024() {
+        assert!(site_capabilities(80).contains(&"CAP_NET_BIND_SERVICE".to_owned()));
+        assert_eq!(
+            site_capabilities(8080),
+            [
+                "CAP_CHOWN",
+                "CAP_DAC_OVERRIDE",
+                "CAP_SETUID",
+                "CAP_SETGID",
+                "CAP_KILL"
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+    }
+
+    #[test]
     fn spec_core_fields() {
         let s = spec();
         assert_eq!(s.name.as_deref(), Some("wp_k3v7q2m6xa"));
@@ -1108,7 +1159,37 @@ mod tests {
         let f = db.file.as_ref().unwrap_or_else(|| panic!("file"));
         assert_eq!(
             (f.name.as_deref(), f.gid.as_deref(), f.mode),
-            (Some("db_password"), Some("33"), Some(0o440))
+            (Some("db_password"), Some("0"), Some(0o400))
+        );
+        // Every secret file: the agent's (root) only, none readable by PHP (www-data).
+        for sec in &secrets {
+            let f = sec.file.as_ref().unwrap_or_else(|| panic!("file"));
+            assert_eq!(
+                (f.uid.as_deref(), f.gid.as_deref(), f.mode),
+                (Some("0"), Some("0"), Some(0o400)),
+                "{:?}",
+                f.name
+            );
+        }
+        assert_eq!(c.capability_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            c.capability_add,
+            Some(
+                [
+                    "CAP_CHOWN",
+                    "CAP_DAC_OVERRIDE",
+                    "CAP_SETUID",
+                    "CAP_SETGID",
+                    "CAP_KILL",
+                    "CAP_NET_BIND_SERVICE"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
+        assert_eq!(
+            c.privileges.as_ref().and_then(|p| p.no_new_privileges),
+            Some(true)
         );
         let hc = c.health_check.as_ref().unwrap_or_else(|| panic!("health"));
         assert_eq!(hc.test.clone().unwrap_or_default()[0], "CMD");

@@ -28,10 +28,11 @@ use crate::checks;
 use crate::config::Settings;
 use crate::heartbeat;
 use crate::install;
+use crate::install::WWW_DATA;
 use crate::metrics::Metrics;
 use crate::protocol::{ApplyStatus, Check, Health, PhpSettings, Versions};
 use crate::purge::{self, PurgeQueue};
-use crate::render::{self, write_atomic, write_if_changed};
+use crate::render::{self, write_atomic, write_atomic_owned, write_if_changed};
 use crate::state::StateStore;
 use crate::supervise::{ChildSpec, Children, Supervisor};
 
@@ -116,13 +117,14 @@ pub fn render_all(s: &Settings, php: &PhpSettings) -> Result<()> {
         std::fs::create_dir_all(s.paths.run_dir.join(d))
             .with_context(|| format!("creating {}", s.paths.run_dir.display()))?;
     }
-    write_atomic(
+    // The database and Redis passwords and the salts: readable by php-fpm's workers
+    // (www-data's group), nobody else.
+    write_atomic_owned(
         &s.paths.wp_config,
         render::render_wp_config(s).as_bytes(),
         0o640,
+        Some((0, WWW_DATA)),
     )?;
-    // Not root (tests): the group stays the caller's.
-    let _ = std::os::unix::fs::chown(&s.paths.wp_config, Some(0), Some(33));
     write_atomic(
         &s.fpm_conf_path(),
         render::render_fpm_conf(s, php).as_bytes(),
@@ -134,15 +136,21 @@ pub fn render_all(s: &Settings, php: &PhpSettings) -> Result<()> {
         0o644,
     )?;
     install::prepare_wp_content(s)?;
+    // No secret in either: the drop-in reads its settings from wp-config's constants.
+    // The drop-in is root's (the tenant's code cannot change what connects to Redis);
+    // the plugin is www-data's, like the directory it is in.
     write_if_changed(
         &s.object_cache_path(),
         render::OBJECT_CACHE_PHP.as_bytes(),
         0o644,
+        Some((0, 0)),
     )?;
-    let plugin = s.purge_plugin_path();
-    write_if_changed(&plugin, render::PURGE_PLUGIN_PHP.as_bytes(), 0o644)?;
-    // www-data's, like the directory it is in. Not root (tests): the owner stays.
-    let _ = std::os::unix::fs::chown(&plugin, Some(33), Some(33));
+    write_if_changed(
+        &s.purge_plugin_path(),
+        render::PURGE_PLUGIN_PHP.as_bytes(),
+        0o644,
+        Some((WWW_DATA, WWW_DATA)),
+    )?;
     Ok(())
 }
 
@@ -298,6 +306,24 @@ fn check(name: &str, r: Result<()>) -> Check {
     }
 }
 
+/// Logs a check that starts failing, fails differently, or recovers: `/readyz` shows only
+/// names and outcomes, so the log (and the report) is where the reason is read.
+fn log_changes(before: &[Check], after: &[Check]) {
+    for c in after {
+        let prev = before.iter().find(|p| p.name == c.name);
+        match (prev, c.ok) {
+            (Some(p), true) if !p.ok => tracing::info!(check = %c.name, "check passes again"),
+            (Some(p), false) if !p.ok && p.detail == c.detail => {}
+            (_, false) => tracing::warn!(
+                check = %c.name,
+                detail = c.detail.as_deref().unwrap_or(""),
+                "check failing"
+            ),
+            _ => {}
+        }
+    }
+}
+
 async fn check_loop(shared: Arc<Shared>) {
     let s = &shared.settings;
     let mut db = checks::Database::new(s).ok();
@@ -338,6 +364,7 @@ async fn check_loop(shared: Arc<Shared>) {
             });
         }
         if let Ok(mut c) = shared.checks.lock() {
+            log_changes(&c, &list);
             *c = list;
         }
         let h = shared.health();
@@ -414,7 +441,7 @@ pub async fn apply(shared: &Shared) -> ApplyStatus {
     let mut errors = Vec::new();
     if s.render {
         let conf = render::render_fpm_conf(s, &desired.php);
-        match write_if_changed(&s.fpm_conf_path(), conf.as_bytes(), 0o644) {
+        match write_if_changed(&s.fpm_conf_path(), conf.as_bytes(), 0o644, None) {
             Ok(true) => {
                 if let Err(e) = shared.children.signal("php-fpm", Signal::SIGUSR2) {
                     errors.push(format!("reloading php-fpm: {e:#}"));

@@ -14,10 +14,10 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{InstallSettings, Settings};
-use crate::render::{INSTALL_PHP, write_atomic};
+use crate::render::{INSTALL_PHP, write_atomic, write_atomic_owned};
 
 /// uid/gid of www-data in Debian.
-const WWW_DATA: u32 = 33;
+pub const WWW_DATA: u32 = 33;
 
 /// What the install script printed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -35,7 +35,7 @@ pub fn prepare_wp_content(s: &Settings) -> Result<()> {
         if !d.exists() {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
             // Not root (tests): leave the owner as it is.
-            let _ = std::os::unix::fs::chown(&d, Some(WWW_DATA), Some(WWW_DATA));
+            let _ = std::os::unix::fs::lchown(&d, Some(WWW_DATA), Some(WWW_DATA));
         }
     }
     let bundled = s.paths.wp_root.join("wp-content/themes");
@@ -65,7 +65,7 @@ pub async fn ensure_installed(s: &Settings, i: &InstallSettings) -> Result<Insta
         .as_ref()
         .ok_or_else(|| anyhow!("no admin password (secret admin_password) to install with"))?;
     let script = s.paths.run_dir.join("install.php");
-    write_atomic(&script, INSTALL_PHP.as_bytes(), 0o600)?;
+    write_atomic_owned(&script, INSTALL_PHP.as_bytes(), 0o640, Some((0, WWW_DATA)))?;
     let input = serde_json::json!({
         "abspath": s.paths.wp_root.display().to_string(),
         "host": s.primary_domain,
@@ -80,8 +80,17 @@ pub async fn ensure_installed(s: &Settings, i: &InstallSettings) -> Result<Insta
     Ok(outcome)
 }
 
+/// Runs the installer as www-data when the agent is root: it loads WordPress, and with it
+/// the must-use plugins and drop-ins in wp-content, which the tenant's code can write (and
+/// it can delete the marker to have the installer run again). As root that would be
+/// tenant code with the agent's rights (the secret files, the capabilities).
 async fn run_php(php: &str, script: &Path, stdin: &[u8]) -> Result<InstallOutcome> {
-    let mut child = tokio::process::Command::new(php)
+    let mut cmd = tokio::process::Command::new(php);
+    if nix::unistd::geteuid().is_root() {
+        // std drops the supplementary groups too when it changes the uid as root.
+        cmd.uid(WWW_DATA).gid(WWW_DATA);
+    }
+    let mut child = cmd
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

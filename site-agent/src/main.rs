@@ -43,6 +43,10 @@ fn main() -> ExitCode {
             site_agent::agent::render_all(&s, &php)
         }),
         Some(Cmd::Run) | None => with_settings(|s| {
+            // no_new_privs before any thread exists (it is per thread, inherited): php-fpm,
+            // nginx and whatever PHP executes never gain privileges through exec (setuid
+            // binaries, file capabilities), on engines that cannot set it for the task.
+            nix::sys::prctl::set_no_new_privs()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -228,7 +228,23 @@ php_admin_value[max_execution_time] = {exec}
 /// Writes `contents` to `path` through a temporary file in the same directory and a
 /// rename; the file gets `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// [`write_atomic`], the file owned by `owner` (uid, gid) before it is renamed into place
+/// when the agent runs as root (tests do not: the owner stays theirs).
+///
+/// The owner is set on the open temporary file, never by path: wp-content belongs to the
+/// tenant's code (www-data), which could swap the file for a symlink between the rename
+/// and a `chown(path)` and have root hand it a secret. For the same reason the temporary
+/// file is created exclusively: a symlink planted at its name is not followed.
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -242,9 +258,22 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .unwrap_or(0);
     let tmp = dir.join(format!(".{name}.tmp.{}.{nanos}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
+        // Last: once the file is another user's, root needs CAP_FOWNER (dropped, see the
+        // swarm spec) to change its mode.
+        if let Some((uid, gid)) = owner {
+            match std::os::unix::fs::fchown(&f, Some(uid), Some(gid)) {
+                Ok(()) => {}
+                Err(_) if !nix::unistd::geteuid().is_root() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         Ok(())
@@ -257,11 +286,25 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 
 /// Writes `contents` only when it differs from what is there (the drop-in on the shared
 /// wp-content would otherwise be rewritten by every task start). Returns whether it wrote.
-pub fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> Result<bool> {
-    if std::fs::read(path).ok().as_deref() == Some(contents) {
+pub fn write_if_changed(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<bool> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Same bytes, mode and owner (a symlink is never "the same": it gets replaced).
+    let same = std::fs::symlink_metadata(path).is_ok_and(|m| {
+        m.file_type().is_file()
+            && m.permissions().mode() & 0o7777 == mode
+            && owner.is_none_or(|(u, g)| {
+                (m.uid(), m.gid()) == (u, g) || !nix::unistd::geteuid().is_root()
+            })
+    }) && std::fs::read(path).ok().as_deref() == Some(contents);
+    if same {
         return Ok(false);
     }
-    write_atomic(path, contents, mode)?;
+    write_atomic_owned(path, contents, mode, owner)?;
     Ok(true)
 }
 
@@ -341,13 +384,36 @@ mod tests {
     }
 
     #[test]
+    fn write_if_changed_replaces_a_planted_symlink_not_its_target() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("agent_token");
+        std::fs::write(&secret, "tok").expect("write");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        // The tenant's code made the plugin a link to a secret, with the same contents.
+        let plugin = dir.path().join("pressdock-cache.php");
+        std::os::unix::fs::symlink(&secret, &plugin).expect("link");
+        assert!(write_if_changed(&plugin, b"tok", 0o644, Some((33, 33))).expect("write"));
+        let m = std::fs::symlink_metadata(&plugin).expect("meta");
+        assert!(m.file_type().is_file(), "the link itself was replaced");
+        assert_eq!(m.permissions().mode() & 0o777, 0o644);
+        let sm = std::fs::metadata(&secret).expect("secret");
+        assert_eq!(
+            sm.permissions().mode() & 0o777,
+            0o400,
+            "the target is untouched"
+        );
+    }
+
+    #[test]
     fn write_atomic_replaces_whole_files_and_skips_unchanged() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("sub/f.php");
         write_atomic(&p, b"one", 0o640).expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"one");
-        assert!(!write_if_changed(&p, b"one", 0o640).expect("same"));
-        assert!(write_if_changed(&p, b"two", 0o640).expect("changed"));
+        assert!(!write_if_changed(&p, b"one", 0o640, None).expect("same"));
+        assert!(write_if_changed(&p, b"two", 0o640, None).expect("changed"));
+        assert!(write_if_changed(&p, b"two", 0o644, None).expect("mode changed"));
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
             .expect("dir")

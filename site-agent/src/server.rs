@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 
 use crate::agent::Shared;
 use crate::metrics::{render, self_usage};
+use crate::protocol::Health;
 use crate::purge::{LocalPurgeError, PurgeQueue, parse_local};
 
 /// A child down this long makes `/healthz` fail (swarm then replaces the task).
@@ -116,14 +117,27 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// Readiness with each check's name and outcome only. The port is reachable from the
+/// swarm network (the edge, the platform, and until network confinement other sites'
+/// tasks), so why a check failed (connection errors naming internal hosts, SQL and Redis
+/// messages) stays out of the body: the agent logs it, and its authenticated report to
+/// the platform carries it.
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let h = s.health();
+    let h = public_health(s.health());
     let status = if h.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, serde_json::to_value(&h).unwrap_or_default())
+}
+
+/// `h` without the checks' details (see [`readyz`]).
+pub fn public_health(mut h: Health) -> Health {
+    for c in &mut h.checks {
+        c.detail = None;
+    }
+    h
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
@@ -169,6 +183,36 @@ mod tests {
             .expect("post");
         let status = r.status().as_u16();
         (status, r.json().await.expect("json body"))
+    }
+
+    #[test]
+    fn public_health_keeps_names_and_outcomes_only() {
+        use crate::protocol::Check;
+        let h = Health {
+            live: true,
+            ready: false,
+            wordpress_installed: true,
+            checks: vec![
+                Check {
+                    name: "database".into(),
+                    ok: false,
+                    detail: Some("connect 10.77.0.1:6033: Access denied for user".into()),
+                },
+                Check {
+                    name: "redis".into(),
+                    ok: true,
+                    detail: None,
+                },
+            ],
+        };
+        let v = serde_json::to_value(public_health(h)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "live": true, "ready": false, "wordpress_installed": true,
+                "checks": [{"name": "database", "ok": false}, {"name": "redis", "ok": true}],
+            })
+        );
     }
 
     #[test]

@@ -365,6 +365,31 @@ async fn supervises_restarts_reports_and_stops() {
     assert!(site.path("run/nginx.conf").exists());
     assert!(site.path("wp-content/object-cache.php").exists());
     assert!(site.path("wp-content/uploads").is_dir());
+    // wp-config holds the database and Redis passwords: group (www-data) only, never
+    // world-readable; the drop-in and the plugin hold no secret.
+    let mode = |p: &str| {
+        std::fs::metadata(site.path(p))
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("etc/config-default.php"), 0o640);
+    assert_eq!(mode("wp-content/object-cache.php"), 0o644);
+    assert_eq!(mode("wp-content/mu-plugins/pressdock-cache.php"), 0o644);
+    assert!(
+        !cfg.contains("the-token"),
+        "the agent token is not in wp-config"
+    );
+    // no_new_privs on the agent and so on what it starts (php-fpm's stand-in here).
+    let nnp = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("NoNewPrivs:").map(|v| v.trim().to_owned()))
+    };
+    assert_eq!(nnp(agent.child.id() as i32).as_deref(), Some("1"));
+    assert_eq!(nnp(fpm).as_deref(), Some("1"));
 
     // Kill php-fpm's stand-in: restarted (new pid), counted.
     nix::sys::signal::kill(
@@ -435,13 +460,13 @@ async fn supervises_restarts_reports_and_stops() {
         site_agent::render::OBJECT_CACHE_PHP.len() + site_agent::render::PURGE_PLUGIN_PHP.len()
     );
 
-    // /readyz: 503 with the failing checks named.
+    // /readyz: 503 with the failing checks named, and only named: each check is exactly
+    // `{"name", "ok"}`, no reason (the database at 127.0.0.1:1 refused the connection).
     let (status, body) = agent.get("/readyz").await.expect("readyz");
     assert_eq!(status, 503);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let failing: Vec<&str> = v["checks"]
-        .as_array()
-        .expect("checks")
+    let checks = v["checks"].as_array().expect("checks");
+    let failing: Vec<&str> = checks
         .iter()
         .filter(|c| c["ok"] == false)
         .filter_map(|c| c["name"].as_str())
@@ -449,6 +474,29 @@ async fn supervises_restarts_reports_and_stops() {
     assert!(
         failing.contains(&"database") && failing.contains(&"redis"),
         "{body}"
+    );
+    for c in checks {
+        let keys: Vec<&String> = c.as_object().expect("check").keys().collect();
+        assert_eq!(keys, ["name", "ok"], "{body}");
+    }
+    for leak in ["127.0.0.1", "refused", "error", "sentinel"] {
+        assert!(!body.to_lowercase().contains(leak), "{leak} in {body}");
+    }
+    // The authenticated report to the platform keeps the reasons.
+    let db = agent
+        .wait_for("a report with the database check", 10, async |_| {
+            let r = platform.reports.lock().expect("lock");
+            r.iter()
+                .rev()
+                .flat_map(|(_, x)| x.health.checks.iter())
+                .find(|c| c.name == "database")
+                .cloned()
+        })
+        .await;
+    assert!(!db.ok);
+    assert!(
+        db.detail.as_deref().is_some_and(|d| !d.is_empty()),
+        "{db:?}"
     );
 
     // The container's health check (`pressdock-agent health` in the swarm spec).
