@@ -5,7 +5,8 @@
 //! the edge. A README that drifts from the CLI or the lab fails here.
 //!
 //! Gated by `PRESSDOCK_LAB_TESTS=1` and a lab that is up, its own platform answering on
-//! 127.0.0.1:23500 (the lab's `lab_sites` tests stop it; `pressdock-infra lab up` starts it).
+//! 127.0.0.1:23500 (the lab's `lab_sites` tests stop it: this test runs `pressdock-infra lab
+//! up` first, which starts it again).
 //! It uses the README's names (tenant `acme`, domain `blog.acme.test`, node `worker-9`):
 //! what a failed run left of them is removed before and after.
 
@@ -240,6 +241,17 @@ fn usage_section_parses_into_commands_with_placeholders() {
     );
 }
 
+/// `pressdock-infra lab up`: converges the lab and starts its platform, which the
+/// `lab_sites` tests (run before this one) leave stopped.
+fn lab_up_with_platform() {
+    let status = Command::new(bin_dir().join("pressdock-infra"))
+        .args(["lab", "up"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pressdock-infra lab up");
+    assert!(status.success(), "pressdock-infra lab up: {status}");
+}
+
 #[tokio::test]
 async fn readme_usage_runs_as_written_on_the_lab() {
     if !enabled() {
@@ -249,6 +261,7 @@ async fn readme_usage_runs_as_written_on_the_lab() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
     let commands = usage_commands(&readme);
+    lab_up_with_platform();
     let api = Api::login().await;
     api.reset().await;
 
