@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -147,7 +148,10 @@ impl TestSite {
 
     fn spawn(&self) -> Agent {
         let log = self.path("agent.log");
+        // Its own process group: on drop the group goes, so a test that fails (or an
+        // agent killed by a test) leaves no php-fpm, nginx or stand-in behind.
         let child = Command::new(env!("CARGO_BIN_EXE_pressdock-agent"))
+            .process_group(0)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
@@ -207,8 +211,40 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let group = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // php-fpm's and nginx's masters lead groups of their own: find them by this
+        // site's directory in their command line (`-c <dir>/run/nginx.conf`).
+        if let Some(dir) = self.log.parent().map(|d| d.display().to_string()) {
+            kill_processes_mentioning(&dir);
+        }
+    }
+}
+
+/// SIGKILLs every process whose command line contains `needle`.
+fn kill_processes_mentioning(needle: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
