@@ -225,26 +225,50 @@ impl Drop for Agent {
     }
 }
 
-/// SIGKILLs every process whose command line contains `needle`.
+/// SIGKILLs every process whose command line contains `needle`, and their descendants
+/// (php-fpm's and nginx's workers do not name the directory, and outlive a killed master).
 fn kill_processes_mentioning(needle: &str) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+    // (pid, parent, matches) of every process, read once.
+    let procs: Vec<(i32, i32, bool)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((
+                pid,
+                ppid,
+                String::from_utf8_lossy(&cmdline).contains(needle),
+            ))
+        })
+        .collect();
+    let mut doomed: Vec<i32> = procs.iter().filter(|p| p.2).map(|p| p.0).collect();
+    let mut i = 0;
+    while i < doomed.len() {
+        let parent = doomed[i];
+        for (pid, ppid, _) in &procs {
+            if *ppid == parent && !doomed.contains(pid) {
+                doomed.push(*pid);
+            }
         }
+        i += 1;
+    }
+    for pid in doomed {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
