@@ -218,6 +218,16 @@ async fn connect(
         .map_err(redis_err(addr, "connect"))
 }
 
+/// `SENTINEL FLUSHCONFIG`: Sentinel keeps its users in its own config file.
+async fn flush_sentinel_config(conn: &mut MultiplexedConnection, node: &str) -> Result<()> {
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FLUSHCONFIG")
+        .query_async(conn)
+        .await
+        .map_err(redis_err(node, "SENTINEL FLUSHCONFIG"))?;
+    Ok(())
+}
+
 /// Whether `ACL DRYRUN` lets `user` run `args` (`OK`, or the reason it may not).
 async fn dryrun_allows(
     conn: &mut MultiplexedConnection,
@@ -400,11 +410,7 @@ impl RedisSentinelDriver {
                 .query_async(&mut conn)
                 .await
                 .map_err(redis_err(node, "ACL SETUSER"))?;
-            let _: () = redis::cmd("SENTINEL")
-                .arg("FLUSHCONFIG")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err(node, "SENTINEL FLUSHCONFIG"))?;
+            flush_sentinel_config(&mut conn, node).await?;
             let state = self
                 .observe_on_sentinel(&mut conn, node, id, Some(password))
                 .await?;
@@ -759,11 +765,7 @@ impl SiteCache for RedisSentinelDriver {
                 .query_async(&mut conn)
                 .await
                 .map_err(redis_err(node, "ACL DELUSER"))?;
-            let _: () = redis::cmd("SENTINEL")
-                .arg("FLUSHCONFIG")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err(node, "SENTINEL FLUSHCONFIG"))?;
+            flush_sentinel_config(&mut conn, node).await?;
             touched.push(node.clone());
         }
         // The id is [a-z2-7]: no glob metacharacters in the pattern.

@@ -60,6 +60,30 @@ pub fn encode_cursor(seq: i64) -> String {
     seq.to_string()
 }
 
+/// A list's page size and cursor, checked where every list checks them: `limit` (default
+/// `default`, 1 to `max`) and the cursor's position (`start` without one). Each fault is
+/// recorded in `fields` under its parameter's name.
+pub fn page_bounds(
+    fields: &mut crate::domain::Fields,
+    limit: Option<u32>,
+    (default, max): (u32, u32),
+    cursor: Option<&str>,
+    start: i64,
+) -> (u32, Option<i64>) {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        fields.push("limit", format!("must be between 1 and {max}"));
+    }
+    let position = match cursor {
+        Some(c) => fields.check(
+            "cursor",
+            decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned()),
+        ),
+        None => Some(start),
+    };
+    (limit, position)
+}
+
 /// Reads a cursor made by [`encode_cursor`].
 pub fn decode_cursor(cursor: &str) -> Option<i64> {
     if cursor.is_empty() || cursor.len() > 18 || !cursor.bytes().all(|b| b.is_ascii_digit()) {

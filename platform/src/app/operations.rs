@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     actor::Actor,
-    app::{Page, decode_cursor, encode_cursor},
+    app::{Page, encode_cursor, page_bounds},
     domain::{Fields, Id, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
@@ -164,17 +164,13 @@ pub async fn list(
     filter: OperationFilter,
 ) -> ApiResult<Page<Operation>> {
     let mut fields = Fields::default();
-    let limit = filter.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        fields.push("limit", "must be between 1 and 500");
-    }
-    let before = match &filter.cursor {
-        Some(c) => fields.check(
-            "cursor",
-            decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned()),
-        ),
-        None => Some(i64::MAX),
-    };
+    let (limit, before) = page_bounds(
+        &mut fields,
+        filter.limit,
+        (100, 500),
+        filter.cursor.as_deref(),
+        i64::MAX,
+    );
     if let Some(st) = &filter.state
         && !STATES.contains(&st.as_str())
     {

@@ -12,10 +12,10 @@ use sqlx::{FromRow, MySqlConnection, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    Page, decode_cursor, encode_cursor,
+    Page, encode_cursor,
     idempotency::{self, IdemKey, Replay},
     operations::{self, Operation},
-    unique,
+    page_bounds, unique,
 };
 use crate::{
     actor::Actor,
@@ -304,22 +304,18 @@ pub async fn list(
         .require_tenant(state, tenant, TenantRole::Viewer)
         .await?;
     let mut fields = Fields::default();
-    let limit = filter.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        fields.push("limit", "must be between 1 and 200");
-    }
+    let (limit, after) = page_bounds(
+        &mut fields,
+        filter.limit,
+        (50, 200),
+        filter.cursor.as_deref(),
+        0,
+    );
     if let Some(s) = &filter.state
         && !STATES.contains(&s.as_str())
     {
         fields.push("state", format!("must be one of {}", STATES.join(", ")));
     }
-    let after = match &filter.cursor {
-        Some(c) => fields.check(
-            "cursor",
-            decode_cursor(c).ok_or_else(|| "is not a cursor of this list".to_owned()),
-        ),
-        None => Some(0),
-    };
     let domain = filter.domain.as_deref().map(DomainName::parse).transpose();
     let domain = fields.check("domain", domain).flatten();
     fields.finish()?;
