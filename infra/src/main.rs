@@ -1,5 +1,6 @@
 //! `pressdock-infra`: builds and evolves the cluster. `lab up|status|down` manage the local
-//! lab (see `infra::lab`).
+//! lab (see `infra::lab`); `cluster check|plan|apply` the production cluster declared in
+//! `configs/cluster.toml` (see `infra::cluster`).
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use infra::lab::{self, Lab, STATE, Secrets, proc::Procs, up::UpOptions};
@@ -38,6 +39,14 @@ enum Cmd {
         /// How often to look at the swarm, in milliseconds.
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
+    },
+    /// The production cluster declared in a spec (`configs/cluster.toml`).
+    Cluster {
+        /// The spec.
+        #[arg(long, global = true, default_value = "configs/cluster.toml")]
+        spec: std::path::PathBuf,
+        #[command(subcommand)]
+        cmd: ClusterCmd,
     },
     /// The lab's DNS server (started by `lab up`): NXDOMAIN to every query, at once.
     #[command(name = "lab-dns", hide = true)]
@@ -82,6 +91,20 @@ enum LabCmd {
 }
 
 #[derive(Subcommand)]
+enum ClusterCmd {
+    /// Parse and check the spec, print what it would build (no account needed).
+    Check,
+    /// The difference between the spec and the account (token: DIGITALOCEAN_TOKEN).
+    Plan,
+    /// Carry the plan out, resource by resource; re-run after a failure to converge.
+    Apply {
+        /// Allow destroying droplets that the spec no longer has (drain them first).
+        #[arg(long)]
+        allow_destroy: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum NodeCmd {
     /// SIGKILL every process of the node (dockerd, containerd, its tasks): a worker
     /// failure. The swarm marks it down after about 3 heartbeats (6 s in the lab).
@@ -92,6 +115,54 @@ enum NodeCmd {
     Drain { name: String },
     /// `docker node update --availability active`.
     Activate { name: String },
+}
+
+/// `cluster check|plan|apply`.
+fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
+    use infra::cluster::{self, desired::Desired, digitalocean, plan::plan, spec::Checked};
+    let checked = Checked::load(spec)?;
+    let desired = Desired::from_spec(&checked);
+    if matches!(cmd, ClusterCmd::Check) {
+        print!("{}", desired.describe(&checked));
+        return Ok(());
+    }
+    let api = std::env::var("PRESSDOCK_DO_API").unwrap_or_else(|_| digitalocean::API.into());
+    let client = digitalocean::Client::new(&api, digitalocean::Token::from_env()?)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let observed = cluster::observe(&client, &desired).await?;
+        let p = plan(&desired, &observed);
+        println!("{p}");
+        if let ClusterCmd::Apply { allow_destroy } = cmd {
+            if p.is_empty() {
+                println!("nothing to do ({} API calls)", client.calls());
+                return Ok(());
+            }
+            cluster::apply::apply(
+                &client,
+                &desired,
+                &observed,
+                &p,
+                allow_destroy,
+                &mut |line| eprintln!("{line}"),
+            )
+            .await?;
+            let after = plan(&desired, &cluster::observe(&client, &desired).await?);
+            println!(
+                "applied: {} changes, {} API calls; plan now: {}",
+                p.changes.len(),
+                client.calls(),
+                if after.is_empty() {
+                    "nothing to do".to_owned()
+                } else {
+                    after.to_string()
+                }
+            );
+        }
+        Ok(())
+    })
 }
 
 /// The running lab, as recorded by the last `lab up`.
@@ -113,6 +184,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = lab::repo_root();
     match cli.cmd {
+        Cmd::Cluster { spec, cmd } => cluster(&spec, cmd),
         Cmd::LabDns { listen } => lab::dns::serve(&listen),
         Cmd::Routes {
             docker_host,

@@ -1,0 +1,179 @@
+//! The executor: carries out a complete plan, change by change, in the plan's order, and says
+//! what it did for each resource. It makes no choices: ids it needs (the VPC's, a volume's,
+//! a droplet's, the load balancer's) are the observed ones or those of what it just made.
+//!
+//! A failure stops the run with the change that failed; nothing is recorded locally, so the
+//! next run observes again (by tags and names), plans what is still missing and converges.
+use super::desired::{Desired, Droplet};
+use super::plan::{Change, Plan, resolve_firewall};
+use super::provider::{Observed, Provider};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+
+/// DigitalOcean creates at most 10 droplets per request.
+pub const DROPLET_BATCH: usize = 10;
+
+pub async fn apply<P: Provider>(
+    provider: &P,
+    desired: &Desired,
+    observed: &Observed,
+    plan: &Plan,
+    allow_destroy: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    if let Some(why) = plan.refusal(allow_destroy) {
+        bail!("refusing to apply: {why}");
+    }
+    let mut vpc_id = observed.vpc.as_ref().map(|v| v.id.clone());
+    let mut volume_ids: BTreeMap<String, String> = observed
+        .volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.id.clone()))
+        .collect();
+    let mut droplet_ids: BTreeMap<String, u64> = observed
+        .droplets
+        .iter()
+        .map(|x| (x.name.clone(), x.id))
+        .collect();
+    let mut lb_ids: BTreeMap<String, String> = observed
+        .load_balancers
+        .iter()
+        .map(|l| (l.lb.name.clone(), l.id.clone()))
+        .collect();
+    let total = plan.changes.len();
+    let mut done = 0usize;
+    let mut i = 0;
+    while i < plan.changes.len() {
+        let change = &plan.changes[i];
+        // Droplet creations: batches of one role without volume (same request but names).
+        if let Change::CreateDroplet(first) = change {
+            let mut batch: Vec<&Droplet> = vec![first];
+            if first.volume.is_none() {
+                while batch.len() < DROPLET_BATCH {
+                    match plan.changes.get(i + batch.len()) {
+                        Some(Change::CreateDroplet(d))
+                            if d.volume.is_none()
+                                && d.role == first.role
+                                && d.user_data == first.user_data =>
+                        {
+                            batch.push(d)
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            let vpc = vpc_id
+                .as_deref()
+                .context("no VPC id (the plan creates none)")?;
+            let volume = match &first.volume {
+                Some(v) => Some(
+                    volume_ids
+                        .get(v)
+                        .with_context(|| format!("volume {v} of {} does not exist", first.name))?
+                        .as_str(),
+                ),
+                None => None,
+            };
+            for d in &batch {
+                progress(&format!("[{}/{total}] + droplet {} …", done + 1, d.name));
+                done += 1;
+            }
+            let ids = provider
+                .create_droplets(&batch, vpc, volume)
+                .await
+                .with_context(|| {
+                    let names: Vec<&str> = batch.iter().map(|d| d.name.as_str()).collect();
+                    format!("creating droplet(s) {}", names.join(", "))
+                })?;
+            for (d, id) in batch.iter().zip(ids) {
+                progress(&format!("  droplet {} active (id {id})", d.name));
+                droplet_ids.insert(d.name.clone(), id);
+            }
+            i += batch.len();
+            continue;
+        }
+        done += 1;
+        progress(&format!("[{done}/{total}] {change} …"));
+        let what = change.to_string();
+        let result: Result<String> = async {
+            Ok(match change {
+                Change::CreateDroplet(_) => unreachable!("handled above"),
+                Change::CreateTag(t) => {
+                    provider.create_tag(t).await?;
+                    "created".into()
+                }
+                Change::CreateVpc(v) => {
+                    let id = provider.create_vpc(v).await?;
+                    vpc_id = Some(id.clone());
+                    format!("created (id {id})")
+                }
+                Change::CreateVolume(v) => {
+                    let id = provider.create_volume(v).await?;
+                    volume_ids.insert(v.name.clone(), id.clone());
+                    format!("created (id {id})")
+                }
+                Change::TagDroplet { tag, id, .. } => {
+                    provider.tag_droplet(tag, *id).await?;
+                    "tagged".into()
+                }
+                Change::AttachVolume { volume, droplet } => {
+                    let vid = volume_ids.get(volume).context("volume id unknown")?;
+                    let did = *droplet_ids.get(droplet).context("droplet id unknown")?;
+                    provider
+                        .attach_volume(vid, did, &desired.vpc.region)
+                        .await?;
+                    "attached".into()
+                }
+                Change::CreateLoadBalancer(lb) => {
+                    let vpc = vpc_id.as_deref().context("no VPC id")?;
+                    let id = provider.create_load_balancer(lb, vpc).await?;
+                    lb_ids.insert(lb.name.clone(), id.clone());
+                    format!("active (id {id})")
+                }
+                Change::UpdateLoadBalancer { id, lb } => {
+                    let vpc = vpc_id.as_deref().context("no VPC id")?;
+                    provider.update_load_balancer(id, lb, vpc).await?;
+                    "updated".into()
+                }
+                Change::CreateFirewall(fw) => {
+                    let fw = resolved(fw, &lb_ids)?;
+                    let id = provider.create_firewall(&fw).await?;
+                    format!("created (id {id})")
+                }
+                Change::UpdateFirewall { id, fw } => {
+                    let fw = resolved(fw, &lb_ids)?;
+                    provider.update_firewall(id, &fw).await?;
+                    "updated".into()
+                }
+                Change::DeleteFirewall { id, .. } => {
+                    provider.delete_firewall(id).await?;
+                    "deleted".into()
+                }
+                Change::DestroyDroplet { id, .. } => {
+                    provider.destroy_droplet(*id).await?;
+                    "destroyed".into()
+                }
+            })
+        }
+        .await;
+        let outcome = result.with_context(|| format!("applying `{what}`"))?;
+        progress(&format!("  {outcome}"));
+        i += 1;
+    }
+    Ok(())
+}
+
+fn resolved(
+    fw: &super::desired::Firewall,
+    lb_ids: &BTreeMap<String, String>,
+) -> Result<super::desired::Firewall> {
+    let r = resolve_firewall(fw, lb_ids);
+    for rule in &r.inbound {
+        for lb in &rule.sources.load_balancers {
+            if !lb_ids.values().any(|id| id == lb) {
+                bail!("load balancer {lb} of firewall {} does not exist", fw.name);
+            }
+        }
+    }
+    Ok(r)
+}

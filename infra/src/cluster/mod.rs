@@ -1,0 +1,31 @@
+//! Cluster as code (issue 15): the production cluster declared in `configs/cluster.toml`,
+//! planned against what the provider holds and applied.
+//!
+//! - [`spec`]: the file, parsed and checked (errors name the field).
+//! - [`desired`]: every resource the spec wants, named and tagged from the spec's `name`.
+//! - [`provider`]: what a cloud must answer and do; [`digitalocean`] is the real one.
+//! - [`plan`]: the difference, found by tags and names (no state file), pure.
+//! - [`apply`]: carries a plan out, resource by resource; a failed run is re-run.
+//! - [`cloud_init`]: what a node runs at first boot (Docker; GlusterFS on storage nodes).
+pub mod apply;
+pub mod cloud_init;
+pub mod desired;
+pub mod digitalocean;
+pub mod plan;
+pub mod provider;
+pub mod spec;
+
+use anyhow::Result;
+use desired::Desired;
+use provider::{Observed, Provider};
+
+/// Observes what the provider holds for the cluster of `d`.
+pub async fn observe<P: Provider>(p: &P, d: &Desired) -> Result<Observed> {
+    p.observe(
+        &d.cluster_tag,
+        &d.vpc.region,
+        &d.vpc.name,
+        &d.load_balancer.name,
+    )
+    .await
+}

@@ -1,0 +1,352 @@
+//! The plan: the difference between what the spec wants and what the provider holds, as a
+//! list of changes in the order they must run. Pure and deterministic (no I/O): the same
+//! desired and observed state give the same plan, and an applied plan plans to nothing.
+//!
+//! What the plan does not change, it says (`notes`): a droplet of another size (resizing is
+//! a replacement, done node by node), a smaller volume, a VPC with another range, volumes
+//! left over (data is never deleted by `apply`).
+use super::desired::{Desired, Droplet, Firewall, LoadBalancer, Volume, Vpc};
+use super::provider::Observed;
+use super::spec::Role;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    CreateTag(String),
+    CreateVpc(Vpc),
+    CreateVolume(Volume),
+    CreateDroplet(Droplet),
+    /// A droplet of the cluster lacks one of its tags (a role tag: its firewall).
+    TagDroplet {
+        tag: String,
+        droplet: String,
+        id: u64,
+    },
+    /// The volume exists but is not attached to its droplet.
+    AttachVolume {
+        volume: String,
+        droplet: String,
+    },
+    CreateLoadBalancer(LoadBalancer),
+    UpdateLoadBalancer {
+        id: String,
+        lb: LoadBalancer,
+    },
+    CreateFirewall(Firewall),
+    UpdateFirewall {
+        id: String,
+        fw: Firewall,
+    },
+    DeleteFirewall {
+        id: String,
+        name: String,
+    },
+    /// A droplet with the cluster's tag that the spec no longer has.
+    DestroyDroplet {
+        id: u64,
+        name: String,
+        role: Option<Role>,
+    },
+}
+
+impl Change {
+    /// `+` create, `~` change, `-` destroy.
+    pub fn sign(&self) -> char {
+        match self {
+            Change::CreateTag(_)
+            | Change::CreateVpc(_)
+            | Change::CreateVolume(_)
+            | Change::CreateDroplet(_)
+            | Change::CreateLoadBalancer(_)
+            | Change::CreateFirewall(_) => '+',
+            Change::TagDroplet { .. }
+            | Change::AttachVolume { .. }
+            | Change::UpdateLoadBalancer { .. }
+            | Change::UpdateFirewall { .. } => '~',
+            Change::DeleteFirewall { .. } | Change::DestroyDroplet { .. } => '-',
+        }
+    }
+    pub fn is_destructive(&self) -> bool {
+        matches!(self, Change::DestroyDroplet { .. })
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.sign();
+        match self {
+            Change::CreateTag(t) => write!(f, "{s} tag {t}"),
+            Change::CreateVpc(v) => write!(f, "{s} vpc {} {} in {}", v.name, v.ip_range, v.region),
+            Change::CreateVolume(v) => write!(
+                f,
+                "{s} volume {} {} GiB {} (for {})",
+                v.name, v.size_gib, v.filesystem, v.droplet
+            ),
+            Change::CreateDroplet(d) => write!(
+                f,
+                "{s} droplet {} {} {}{}",
+                d.name,
+                d.size,
+                d.image,
+                d.volume
+                    .as_ref()
+                    .map(|v| format!(" with volume {v}"))
+                    .unwrap_or_default()
+            ),
+            Change::TagDroplet { tag, droplet, .. } => {
+                write!(f, "{s} droplet {droplet}: tag {tag}")
+            }
+            Change::AttachVolume { volume, droplet } => {
+                write!(f, "{s} volume {volume}: attach to {droplet}")
+            }
+            Change::CreateLoadBalancer(lb) => write!(
+                f,
+                "{s} load balancer {} → tag {} ports {:?}",
+                lb.name, lb.tag, lb.ports
+            ),
+            Change::UpdateLoadBalancer { lb, .. } => write!(
+                f,
+                "{s} load balancer {}: forwarding, health check or targets differ",
+                lb.name
+            ),
+            Change::CreateFirewall(fw) => write!(
+                f,
+                "{s} firewall {} → tag {} ({} inbound rules)",
+                fw.name,
+                fw.tags.join(","),
+                fw.inbound.len()
+            ),
+            Change::UpdateFirewall { fw, .. } => {
+                write!(f, "{s} firewall {}: rules or targets differ", fw.name)
+            }
+            Change::DeleteFirewall { name, .. } => {
+                write!(f, "{s} firewall {name} (not in the spec)")
+            }
+            Change::DestroyDroplet { name, .. } => {
+                write!(f, "{s} droplet {name} (not in the spec)")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    /// Differences `apply` leaves alone, said plainly.
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Why `apply` must not run this plan as it is, if it must not: destroying without
+    /// `allow_destroy`, or more than one manager or database node at once (swarm's raft and
+    /// Galera keep quorum only if at most one member changes at a time).
+    pub fn refusal(&self, allow_destroy: bool) -> Option<String> {
+        let destroys: Vec<&Change> = self.changes.iter().filter(|c| c.is_destructive()).collect();
+        if destroys.is_empty() {
+            return None;
+        }
+        if !allow_destroy {
+            return Some(format!(
+                "the plan destroys {} droplet(s); drain them through the platform first, then run apply with --allow-destroy",
+                destroys.len()
+            ));
+        }
+        for role in [Role::Manager, Role::Database] {
+            let n = destroys
+                .iter()
+                .filter(|c| matches!(c, Change::DestroyDroplet { role: Some(r), .. } if *r == role))
+                .count();
+            if n > 1 {
+                return Some(format!(
+                    "the plan destroys {n} {role} nodes at once; quorum allows one at a time (change the spec one {role} per apply)"
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.changes {
+            writeln!(f, "{c}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "! {n}")?;
+        }
+        let count = |s: char| self.changes.iter().filter(|c| c.sign() == s).count();
+        write!(
+            f,
+            "plan: {} to create, {} to change, {} to destroy",
+            count('+'),
+            count('~'),
+            count('-')
+        )
+    }
+}
+
+/// Desired firewall with the load balancers' names replaced by ids (a name without an id
+/// stays a name: the balancer does not exist yet, and the comparison then differs).
+pub fn resolve_firewall(fw: &Firewall, lb_ids: &BTreeMap<String, String>) -> Firewall {
+    let mut fw = fw.clone();
+    for r in &mut fw.inbound {
+        for lb in &mut r.sources.load_balancers {
+            if let Some(id) = lb_ids.get(lb) {
+                *lb = id.clone();
+            }
+        }
+        r.sources.load_balancers.sort();
+    }
+    fw.inbound.sort();
+    fw.outbound.sort();
+    fw
+}
+
+fn role_of(d: &Desired, name: &str) -> Option<Role> {
+    let rest = name.strip_prefix(&format!("{}-", d.cluster_tag))?;
+    Role::parse(rest.rsplit_once('-')?.0)
+}
+
+pub fn plan(d: &Desired, o: &Observed) -> Plan {
+    let mut p = Plan::default();
+    for t in &d.tags {
+        if !o.tags.contains(t) {
+            p.changes.push(Change::CreateTag(t.clone()));
+        }
+    }
+    match &o.vpc {
+        None => p.changes.push(Change::CreateVpc(d.vpc.clone())),
+        Some(v) if v.ip_range != d.vpc.ip_range || v.region != d.vpc.region => p.notes.push(format!(
+            "vpc {} is {} in {}, the spec says {} in {}: a VPC's range cannot change (not touched)",
+            v.name, v.ip_range, v.region, d.vpc.ip_range, d.vpc.region
+        )),
+        Some(_) => {}
+    }
+    let droplets: BTreeMap<&str, _> = o.droplets.iter().map(|x| (x.name.as_str(), x)).collect();
+    let volumes: BTreeMap<&str, _> = o.volumes.iter().map(|x| (x.name.as_str(), x)).collect();
+    for v in &d.volumes {
+        match volumes.get(v.name.as_str()) {
+            None => p.changes.push(Change::CreateVolume(v.clone())),
+            Some(ov) if ov.size_gib < v.size_gib => p.notes.push(format!(
+                "volume {} is {} GiB, the spec says {}: resize it by hand (`apply` does not grow filesystems)",
+                v.name, ov.size_gib, v.size_gib
+            )),
+            Some(_) => {}
+        }
+    }
+    for want in &d.droplets {
+        match droplets.get(want.name.as_str()) {
+            None => p.changes.push(Change::CreateDroplet(want.clone())),
+            Some(have) => {
+                for t in &want.tags {
+                    if !have.tags.contains(t) {
+                        p.changes.push(Change::TagDroplet {
+                            tag: t.clone(),
+                            droplet: want.name.clone(),
+                            id: have.id,
+                        });
+                    }
+                }
+                if have.size != want.size {
+                    p.notes.push(format!(
+                        "droplet {} is {}, the spec says {}: replace it (one node at a time)",
+                        want.name, have.size, want.size
+                    ));
+                }
+                // Its volume exists but is attached elsewhere or nowhere.
+                if let Some(vname) = &want.volume
+                    && let Some(ov) = volumes.get(vname.as_str())
+                    && !ov.droplet_ids.contains(&have.id)
+                {
+                    if ov.droplet_ids.is_empty() {
+                        p.changes.push(Change::AttachVolume {
+                            volume: vname.clone(),
+                            droplet: want.name.clone(),
+                        });
+                    } else {
+                        p.notes.push(format!(
+                            "volume {vname} is attached to droplet(s) {:?}, not to {}: detach it by hand",
+                            ov.droplet_ids, want.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let wanted: std::collections::BTreeSet<&str> =
+        d.droplets.iter().map(|x| x.name.as_str()).collect();
+    for have in &o.droplets {
+        if !wanted.contains(have.name.as_str()) {
+            p.changes.push(Change::DestroyDroplet {
+                id: have.id,
+                name: have.name.clone(),
+                role: role_of(d, &have.name),
+            });
+        }
+    }
+    let wanted_volumes: std::collections::BTreeSet<&str> =
+        d.volumes.iter().map(|x| x.name.as_str()).collect();
+    for have in &o.volumes {
+        if !wanted_volumes.contains(have.name.as_str()) {
+            p.notes.push(format!(
+                "volume {} ({} GiB) is not in the spec: kept (apply never deletes data)",
+                have.name, have.size_gib
+            ));
+        }
+    }
+    let mut lb_ids = BTreeMap::new();
+    match o
+        .load_balancers
+        .iter()
+        .find(|l| l.lb.name == d.load_balancer.name)
+    {
+        None => p
+            .changes
+            .push(Change::CreateLoadBalancer(d.load_balancer.clone())),
+        Some(have) => {
+            lb_ids.insert(have.lb.name.clone(), have.id.clone());
+            let vpc_differs = match (&have.vpc_id, &o.vpc) {
+                (Some(a), Some(v)) => *a != v.id,
+                _ => false,
+            };
+            if have.lb != d.load_balancer || vpc_differs {
+                p.changes.push(Change::UpdateLoadBalancer {
+                    id: have.id.clone(),
+                    lb: d.load_balancer.clone(),
+                });
+            }
+        }
+    }
+    let firewalls: BTreeMap<&str, _> = o
+        .firewalls
+        .iter()
+        .map(|x| (x.fw.name.as_str(), x))
+        .collect();
+    for want in &d.firewalls {
+        match firewalls.get(want.name.as_str()) {
+            None => p.changes.push(Change::CreateFirewall(want.clone())),
+            Some(have) => {
+                if resolve_firewall(want, &lb_ids) != resolve_firewall(&have.fw, &BTreeMap::new()) {
+                    p.changes.push(Change::UpdateFirewall {
+                        id: have.id.clone(),
+                        fw: want.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for have in &o.firewalls {
+        if !d.firewalls.iter().any(|f| f.name == have.fw.name) {
+            p.changes.push(Change::DeleteFirewall {
+                id: have.id.clone(),
+                name: have.fw.name.clone(),
+            });
+        }
+    }
+    p
+}

@@ -1,0 +1,110 @@
+//! What the planner needs from a cloud: what it holds (found by the cluster's tag and the
+//! names derived from the spec), and one call per change. DigitalOcean is the real
+//! implementation ([`super::digitalocean`]); its tests run it against a server that checks
+//! every call against DigitalOcean's published OpenAPI spec.
+use super::desired::Droplet;
+use super::desired::{Firewall, LoadBalancer, Volume, Vpc};
+use anyhow::Result;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedVpc {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub ip_range: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedDroplet {
+    pub id: u64,
+    pub name: String,
+    pub size: String,
+    pub region: String,
+    pub tags: Vec<String>,
+    /// `new`, `active`, `off`, `archive`.
+    pub status: String,
+    pub volume_ids: Vec<String>,
+    pub vpc_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedVolume {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub size_gib: u32,
+    pub droplet_ids: Vec<u64>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLoadBalancer {
+    pub id: String,
+    pub status: String,
+    pub vpc_id: Option<String>,
+    /// As the spec would say it (compared with [`Desired`](super::desired::Desired)'s).
+    pub lb: LoadBalancer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedFirewall {
+    pub id: String,
+    /// Load balancers by id in its sources; rules and sources sorted.
+    pub fw: Firewall,
+}
+
+/// What the provider holds that belongs to the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Every tag of the account.
+    pub tags: Vec<String>,
+    pub vpc: Option<ObservedVpc>,
+    /// Droplets carrying the cluster's tag.
+    pub droplets: Vec<ObservedDroplet>,
+    /// Volumes carrying the cluster's tag, in the cluster's region.
+    pub volumes: Vec<ObservedVolume>,
+    /// Load balancers named like the spec's.
+    pub load_balancers: Vec<ObservedLoadBalancer>,
+    /// Firewalls named `<cluster>-…`.
+    pub firewalls: Vec<ObservedFirewall>,
+}
+
+/// One cloud. Every method is one change (plus the waiting it needs: a created droplet is
+/// returned once its create action completed). Called by [`super::apply`].
+#[allow(async_fn_in_trait)] // used through generics only, never `dyn`, never across spawns
+pub trait Provider {
+    /// What exists for the cluster: droplets and volumes by the cluster's tag, the VPC,
+    /// load balancer and firewalls by their derived names.
+    async fn observe(
+        &self,
+        cluster_tag: &str,
+        region: &str,
+        vpc: &str,
+        lb: &str,
+    ) -> Result<Observed>;
+    async fn create_tag(&self, name: &str) -> Result<()>;
+    /// Returns the VPC's id.
+    async fn create_vpc(&self, vpc: &Vpc) -> Result<String>;
+    /// Returns the volume's id.
+    async fn create_volume(&self, volume: &Volume) -> Result<String>;
+    /// Creates droplets that share everything but their name (one request when the cloud
+    /// allows it), with `volume` attached at creation when given (then `droplets` has one);
+    /// returns their ids, in order, once their create actions completed.
+    async fn create_droplets(
+        &self,
+        droplets: &[&Droplet],
+        vpc_id: &str,
+        volume: Option<&str>,
+    ) -> Result<Vec<u64>>;
+    async fn tag_droplet(&self, tag: &str, droplet_id: u64) -> Result<()>;
+    /// Waits for the attach action.
+    async fn attach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()>;
+    /// Waits until it is active; returns its id.
+    async fn create_load_balancer(&self, lb: &LoadBalancer, vpc_id: &str) -> Result<String>;
+    async fn update_load_balancer(&self, id: &str, lb: &LoadBalancer, vpc_id: &str) -> Result<()>;
+    /// `fw`'s load balancers are ids. Returns the firewall's id.
+    async fn create_firewall(&self, fw: &Firewall) -> Result<String>;
+    async fn update_firewall(&self, id: &str, fw: &Firewall) -> Result<()>;
+    async fn delete_firewall(&self, id: &str) -> Result<()>;
+    async fn destroy_droplet(&self, id: u64) -> Result<()>;
+}

@@ -1,0 +1,897 @@
+//! The cluster spec (`configs/cluster.toml`): what the production cluster is made of, as the
+//! operator writes it, parsed into typed values and checked before anything is built.
+//!
+//! Parsing names the field that is wrong (`roles.worker.size: …`), through
+//! `serde_path_to_error`; the checks after parsing name it too. What the spec does not say
+//! (resource names, tags, cloud-init) is derived from it by [`super::desired`], so that two
+//! runs of the tool from the same spec want the same resources.
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+/// The six roles of the reference architecture (DESIGN.md). A node has exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Cache,
+    Worker,
+    Database,
+    Storage,
+    Monitoring,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Manager,
+        Role::Cache,
+        Role::Worker,
+        Role::Database,
+        Role::Storage,
+        Role::Monitoring,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::Cache => "cache",
+            Role::Worker => "worker",
+            Role::Database => "database",
+            Role::Storage => "storage",
+            Role::Monitoring => "monitoring",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+    /// The data tier: reachable only from the roles that use it, never from the internet.
+    pub fn is_data_tier(self) -> bool {
+        matches!(self, Role::Cache | Role::Database | Role::Storage)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Ports of a role that only nodes of the same role may reach, whatever the spec's rules say
+/// (issue 11): Galera's replication and MariaDB itself (sites and the platform go through the
+/// DB router), Redis Sentinel's admin side is kept from workers by [`FORBIDDEN_SOURCES`].
+pub const PRIVATE_PORTS: &[(Role, u16, u16, &str)] = &[
+    (
+        Role::Database,
+        3306,
+        3306,
+        "MariaDB (clients use the DB router)",
+    ),
+    (Role::Database, 4444, 4444, "Galera SST"),
+    (Role::Database, 4567, 4568, "Galera replication and IST"),
+];
+
+/// (role, port range, source role) that must never be open: site tasks run on workers, and a
+/// worker reaching Sentinel could repoint every site's object cache (issue 11), a worker
+/// reaching ProxySQL's admin interface could rewrite the DB router's users.
+pub const FORBIDDEN_SOURCES: &[(Role, u16, u16, Role, &str)] = &[
+    (Role::Cache, 26379, 26379, Role::Worker, "Redis Sentinel"),
+    (Role::Database, 6032, 6032, Role::Worker, "ProxySQL admin"),
+    (Role::Cache, 6082, 6082, Role::Worker, "Varnish admin"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    Ext4,
+    Xfs,
+}
+
+impl Filesystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Prefix of every resource name and the cluster's tag: `pd-prod`.
+    pub name: String,
+    pub provider: ProviderKind,
+    pub region: String,
+    /// Droplet image slug (`debian-12-x64`).
+    pub image: String,
+    /// SSH keys already in the account, by fingerprint or id.
+    pub ssh_keys: Vec<String>,
+    /// Operators' addresses (CIDR): the only source of SSH and of the dashboards.
+    pub admin_addresses: Vec<String>,
+    /// Extra tags on every droplet and volume.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub vpc: VpcSpec,
+    pub edge: EdgeSpec,
+    /// Rules on every node (target: the cluster's tag): swarm, SSH, metrics.
+    pub common_inbound: Vec<RuleSpec>,
+    /// As written (a struct, so that an error names `roles.worker.size`, not a map key).
+    #[serde(rename = "roles")]
+    roles_toml: RolesToml,
+    /// The roles, filled from `roles_toml` by the checks.
+    #[serde(skip)]
+    pub roles: BTreeMap<Role, RoleSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesToml {
+    manager: Option<RoleSpec>,
+    cache: Option<RoleSpec>,
+    worker: Option<RoleSpec>,
+    database: Option<RoleSpec>,
+    storage: Option<RoleSpec>,
+    monitoring: Option<RoleSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Digitalocean,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpcSpec {
+    pub ip_range: String,
+}
+
+/// How the internet reaches the edge role: a load balancer passing TCP through to the edge
+/// role's Traefik (TLS stays with Traefik and Let's Encrypt).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    pub kind: EdgeKind,
+    /// The role behind it (its Traefik publishes `web`/`websecure`).
+    pub role: Role,
+    /// Ports passed through (TCP, same port on the nodes).
+    pub ports: Vec<u16>,
+    /// TCP health check port on the nodes.
+    pub health_check_port: u16,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// `lb-small` etc. are gone; DigitalOcean sizes load balancers by node count.
+    #[serde(default = "one")]
+    pub size_unit: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeKind {
+    LoadBalancer,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    pub count: u32,
+    /// Droplet size slug.
+    pub size: String,
+    /// Block volume per node (required for database and storage).
+    pub volume: Option<VolumeSpec>,
+    /// Swarm: managers join as managers, every other role as workers.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Site slots per node (`pressdock.slots`), workers only.
+    #[serde(default)]
+    pub slots: Option<u32>,
+    #[serde(default)]
+    pub inbound: Vec<RuleSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub size_gib: u32,
+    pub filesystem: Filesystem,
+    /// Where cloud-init mounts it.
+    pub mount: String,
+}
+
+/// One inbound rule: `protocol`/`ports` from `from`, where each source is a role, `cluster`
+/// (every node; only in `common_inbound`), `admin` (the admin addresses), `edge` (the load
+/// balancer) or `internet`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    /// `"443"`, `"49152-49251"`; absent for icmp.
+    #[serde(default)]
+    pub ports: Option<String>,
+    pub from: Vec<String>,
+    /// What the rule is for (shown by `check`).
+    pub why: String,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+/// Where traffic of a rule may come from, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Role(Role),
+    Cluster,
+    Admin,
+    Edge,
+    Internet,
+}
+
+impl Source {
+    fn parse(s: &str) -> Option<Source> {
+        Some(match s {
+            "cluster" => Source::Cluster,
+            "admin" => Source::Admin,
+            "edge" => Source::Edge,
+            "internet" => Source::Internet,
+            r => Source::Role(Role::parse(r)?),
+        })
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Role(r) => write!(f, "{r}"),
+            Source::Cluster => f.write_str("cluster"),
+            Source::Admin => f.write_str("admin"),
+            Source::Edge => f.write_str("edge"),
+            Source::Internet => f.write_str("internet"),
+        }
+    }
+}
+
+/// A port range, `lo..=hi`; all ports for icmp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ports {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl Ports {
+    pub fn all() -> Ports {
+        Ports { lo: 1, hi: 65535 }
+    }
+    fn parse(s: &str) -> Option<Ports> {
+        let num = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        match s.split_once('-') {
+            Some((a, b)) => {
+                let (lo, hi) = (num(a)?, num(b)?);
+                (lo <= hi).then_some(Ports { lo, hi })
+            }
+            None => num(s).map(|p| Ports { lo: p, hi: p }),
+        }
+    }
+    /// As DigitalOcean writes it: `"443"`, `"8000-9000"`, `"0"` for all.
+    pub fn to_api(self) -> String {
+        if self == Ports::all() {
+            "0".into()
+        } else if self.lo == self.hi {
+            self.lo.to_string()
+        } else {
+            format!("{}-{}", self.lo, self.hi)
+        }
+    }
+    fn overlaps(self, lo: u16, hi: u16) -> bool {
+        self.lo <= hi && lo <= self.hi
+    }
+}
+
+/// A checked rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub protocol: Protocol,
+    pub ports: Ports,
+    pub from: Vec<Source>,
+    pub why: String,
+}
+
+/// An error in the spec: the field, then what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Regions where DigitalOcean offers droplets, volumes and load balancers (the published
+/// spec's region enum for volumes and load balancers).
+pub const REGIONS: &[&str] = &[
+    "ams1", "ams2", "ams3", "blr1", "fra1", "lon1", "nyc1", "nyc2", "nyc3", "sfo1", "sfo2", "sfo3",
+    "sgp1", "tor1", "syd1",
+];
+
+/// A spec that parsed and passed every check. Only [`Checked::parse`] makes one.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub spec: ClusterSpec,
+    /// Rules of each role, checked, in the spec's order.
+    pub rules: BTreeMap<Role, Vec<Rule>>,
+    pub common_rules: Vec<Rule>,
+}
+
+impl Checked {
+    pub fn load(path: &Path) -> anyhow::Result<Checked> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Checked::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Checked, SpecError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.to_string()))?;
+        let spec: ClusterSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            // toml's message carries a span of the whole document; its first line is enough.
+            let msg = e.inner().message().lines().next().unwrap_or("").to_owned();
+            err(if field == "." { "(file)".into() } else { field }, msg)
+        })?;
+        check(spec)
+    }
+
+    pub fn node_count(&self) -> u32 {
+        self.spec.roles.values().map(|r| r.count).sum()
+    }
+}
+
+fn valid_slug(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && !s.ends_with('-')
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let Some((ip, len)) = s.split_once('/') else {
+        return false;
+    };
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len.parse::<u8>().is_ok_and(|l| l <= 32),
+        Ok(std::net::IpAddr::V6(_)) => len.parse::<u8>().is_ok_and(|l| l <= 128),
+        Err(_) => false,
+    }
+}
+
+fn check_rule(
+    field: &str,
+    r: &RuleSpec,
+    spec: &ClusterSpec,
+    common: bool,
+) -> Result<Rule, SpecError> {
+    let ports = match (r.protocol, &r.ports) {
+        (Protocol::Icmp, None) => Ports::all(),
+        (Protocol::Icmp, Some(_)) => {
+            return Err(err(format!("{field}.ports"), "icmp has no ports"));
+        }
+        (_, None) => {
+            return Err(err(
+                format!("{field}.ports"),
+                "missing (tcp and udp need ports)",
+            ));
+        }
+        (_, Some(p)) => Ports::parse(p).ok_or_else(|| {
+            err(
+                format!("{field}.ports"),
+                format!("{p:?} is not a port (1-65535) nor a range \"lo-hi\""),
+            )
+        })?,
+    };
+    if r.from.is_empty() {
+        return Err(err(format!("{field}.from"), "empty: a rule needs a source"));
+    }
+    let mut from = Vec::new();
+    for (i, s) in r.from.iter().enumerate() {
+        let f = format!("{field}.from[{i}]");
+        let src = Source::parse(s).ok_or_else(|| {
+            err(
+                &f,
+                format!("{s:?}: expected a role, \"cluster\", \"admin\", \"edge\" or \"internet\""),
+            )
+        })?;
+        match src {
+            Source::Role(role) if !spec.roles.contains_key(&role) => {
+                return Err(err(&f, format!("role {role} has no nodes in `roles`")));
+            }
+            Source::Cluster if !common => {
+                return Err(err(
+                    &f,
+                    "\"cluster\" only in common_inbound (a role's rule names the roles it admits)",
+                ));
+            }
+            Source::Admin if spec.admin_addresses.is_empty() => {
+                return Err(err(&f, "\"admin\" but admin_addresses is empty"));
+            }
+            _ => {}
+        }
+        if from.contains(&src) {
+            return Err(err(&f, format!("{s:?} twice")));
+        }
+        from.push(src);
+    }
+    if r.why.trim().is_empty() {
+        return Err(err(format!("{field}.why"), "say what the rule is for"));
+    }
+    Ok(Rule {
+        protocol: r.protocol,
+        ports,
+        from,
+        why: r.why.clone(),
+    })
+}
+
+/// Every check after parsing. Errors name the field.
+fn check(mut spec: ClusterSpec) -> Result<Checked, SpecError> {
+    let t = spec.roles_toml.clone();
+    for (role, r) in [
+        (Role::Manager, t.manager),
+        (Role::Cache, t.cache),
+        (Role::Worker, t.worker),
+        (Role::Database, t.database),
+        (Role::Storage, t.storage),
+        (Role::Monitoring, t.monitoring),
+    ] {
+        if let Some(r) = r {
+            spec.roles.insert(role, r);
+        }
+    }
+    if !valid_slug(&spec.name, 20) {
+        return Err(err(
+            "name",
+            format!(
+                "{:?}: lower-case letters, digits and '-', starting with a letter, at most 20",
+                spec.name
+            ),
+        ));
+    }
+    if !REGIONS.contains(&spec.region.as_str()) {
+        return Err(err(
+            "region",
+            format!("{:?} is not one of {}", spec.region, REGIONS.join(", ")),
+        ));
+    }
+    if !valid_slug(&spec.image, 64) {
+        return Err(err(
+            "image",
+            format!("{:?} is not an image slug", spec.image),
+        ));
+    }
+    if spec.ssh_keys.is_empty() {
+        return Err(err(
+            "ssh_keys",
+            "empty: nodes would have no way in but the console",
+        ));
+    }
+    for (i, k) in spec.ssh_keys.iter().enumerate() {
+        let fingerprint = k.len() == 47
+            && k.split(':').count() == 16
+            && k.split(':')
+                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !fingerprint && k.parse::<u64>().is_err() {
+            return Err(err(
+                format!("ssh_keys[{i}]"),
+                format!("{k:?}: an MD5 fingerprint (aa:bb:…, 16 bytes) or a numeric key id"),
+            ));
+        }
+    }
+    for (i, a) in spec.admin_addresses.iter().enumerate() {
+        if !valid_cidr(a) {
+            return Err(err(
+                format!("admin_addresses[{i}]"),
+                format!("{a:?} is not a CIDR (203.0.113.0/24)"),
+            ));
+        }
+        if a.ends_with("/0") {
+            return Err(err(
+                format!("admin_addresses[{i}]"),
+                format!("{a:?} is the whole internet; list the operators' networks"),
+            ));
+        }
+    }
+    for (i, t) in spec.tags.iter().enumerate() {
+        let ok = !t.is_empty()
+            && t.len() <= 255
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
+        if !ok {
+            return Err(err(
+                format!("tags[{i}]"),
+                format!("{t:?}: letters, digits, '_', '-', ':' (DigitalOcean's tag names)"),
+            ));
+        }
+        if t == &spec.name || t.starts_with(&format!("{}-", spec.name)) {
+            return Err(err(
+                format!("tags[{i}]"),
+                format!("{t:?} is in the tool's own namespace ({}-…)", spec.name),
+            ));
+        }
+    }
+    match spec.vpc.ip_range.split_once('/') {
+        Some((ip, len))
+            if ip
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_private())
+                && len.parse::<u8>().is_ok_and(|l| (16..=28).contains(&l)) => {}
+        _ => {
+            return Err(err(
+                "vpc.ip_range",
+                format!(
+                    "{:?}: a private IPv4 range (RFC 1918), /16 to /28",
+                    spec.vpc.ip_range
+                ),
+            ));
+        }
+    }
+    for role in Role::ALL {
+        if !spec.roles.contains_key(&role) {
+            return Err(err(
+                format!("roles.{role}"),
+                "missing: the cluster has all six roles (count = 0 is not allowed either)",
+            ));
+        }
+    }
+    for (role, r) in &spec.roles {
+        let f = format!("roles.{role}");
+        if r.count == 0 || r.count > 99 {
+            return Err(err(format!("{f}.count"), format!("{}: 1 to 99", r.count)));
+        }
+        if matches!(role, Role::Manager | Role::Database) && r.count % 2 == 0 {
+            return Err(err(
+                format!("{f}.count"),
+                format!(
+                    "{}: an odd number, so that a majority survives a partition ({})",
+                    r.count,
+                    if *role == Role::Manager {
+                        "raft"
+                    } else {
+                        "Galera"
+                    }
+                ),
+            ));
+        }
+        if !valid_slug(&r.size, 64) {
+            return Err(err(
+                format!("{f}.size"),
+                format!("{:?} is not a size slug", r.size),
+            ));
+        }
+        match (&r.volume, role) {
+            (None, Role::Database | Role::Storage) => {
+                return Err(err(
+                    format!("{f}.volume"),
+                    "missing: data lives on a block volume, not on the droplet's disk",
+                ));
+            }
+            (Some(v), _) => {
+                if v.size_gib == 0 || v.size_gib > 16384 {
+                    return Err(err(
+                        format!("{f}.volume.size_gib"),
+                        format!("{}: 1 to 16384", v.size_gib),
+                    ));
+                }
+                if !v.mount.starts_with('/')
+                    || v.mount == "/"
+                    || !v
+                        .mount
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+                    || v.mount.contains("..")
+                {
+                    return Err(err(
+                        format!("{f}.volume.mount"),
+                        format!("{:?} is not an absolute path below /", v.mount),
+                    ));
+                }
+            }
+            (None, _) => {}
+        }
+        if let Some(p) = &r.pool
+            && !valid_slug(p, 32)
+        {
+            return Err(err(
+                format!("{f}.pool"),
+                format!("{p:?} is not a pool name"),
+            ));
+        }
+        match (role, r.slots) {
+            (Role::Worker, None) => {
+                return Err(err(format!("{f}.slots"), "missing: site slots per worker"));
+            }
+            (Role::Worker, Some(0)) => {
+                return Err(err(
+                    format!("{f}.slots"),
+                    "0: a worker needs at least one slot",
+                ));
+            }
+            (Role::Worker, _) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(err(format!("{f}.slots"), "only workers carry sites"));
+            }
+        }
+    }
+    if spec.edge.ports.is_empty() {
+        return Err(err("edge.ports", "empty"));
+    }
+    if let Some(p) = spec.edge.ports.iter().find(|p| **p == 0) {
+        return Err(err("edge.ports", format!("{p} is not a port")));
+    }
+    if spec.edge.health_check_port == 0 {
+        return Err(err("edge.health_check_port", "0 is not a port"));
+    }
+    if spec.edge.role.is_data_tier() {
+        return Err(err(
+            "edge.role",
+            format!("{}: the data tier is never behind the edge", spec.edge.role),
+        ));
+    }
+    if spec.edge.size_unit == 0 || spec.edge.size_unit > 100 {
+        return Err(err("edge.size_unit", "1 to 100"));
+    }
+
+    let mut common_rules = Vec::new();
+    for (i, r) in spec.common_inbound.iter().enumerate() {
+        let f = format!("common_inbound[{i}]");
+        let rule = check_rule(&f, r, &spec, true)?;
+        if rule
+            .from
+            .iter()
+            .any(|s| matches!(s, Source::Internet | Source::Edge))
+        {
+            return Err(err(
+                format!("{f}.from"),
+                "common rules reach every node, the data tier included: not from the internet or the edge",
+            ));
+        }
+        for &(role, lo, hi, what) in PRIVATE_PORTS {
+            if rule.protocol != Protocol::Icmp && rule.ports.overlaps(lo, hi) {
+                return Err(err(
+                    format!("{f}.ports"),
+                    format!("opens {what} ({role}) to every node"),
+                ));
+            }
+        }
+        common_rules.push(rule);
+    }
+    let mut rules = BTreeMap::new();
+    for (role, r) in &spec.roles {
+        let mut v = Vec::new();
+        for (i, rs) in r.inbound.iter().enumerate() {
+            let f = format!("roles.{role}.inbound[{i}]");
+            let rule = check_rule(&f, rs, &spec, false)?;
+            for s in &rule.from {
+                let bad = match s {
+                    Source::Internet => *role != spec.edge.role,
+                    // With a load balancer nothing is open to the internet itself.
+                    Source::Edge => *role != spec.edge.role,
+                    _ => false,
+                };
+                if bad || (role.is_data_tier() && matches!(s, Source::Internet | Source::Edge)) {
+                    return Err(err(
+                        format!("{f}.from"),
+                        format!(
+                            "{s}: only the edge role ({}) is reachable from outside",
+                            spec.edge.role
+                        ),
+                    ));
+                }
+            }
+            if rule.protocol != Protocol::Icmp {
+                for &(prole, lo, hi, what) in PRIVATE_PORTS {
+                    if prole == *role
+                        && rule.ports.overlaps(lo, hi)
+                        && rule.from.iter().any(|s| *s != Source::Role(*role))
+                    {
+                        return Err(err(
+                            format!("{f}.from"),
+                            format!("{what} ({lo}-{hi}) is for {role} nodes only"),
+                        ));
+                    }
+                }
+                for &(frole, lo, hi, src, what) in FORBIDDEN_SOURCES {
+                    if frole == *role
+                        && rule.ports.overlaps(lo, hi)
+                        && rule.from.contains(&Source::Role(src))
+                    {
+                        return Err(err(
+                            format!("{f}.from"),
+                            format!("{src} nodes (site tasks) must not reach {what}"),
+                        ));
+                    }
+                }
+            }
+            v.push(rule);
+        }
+        rules.insert(*role, v);
+    }
+    let edge_rules = &rules[&spec.edge.role];
+    for p in &spec.edge.ports {
+        let admitted = edge_rules.iter().any(|r| {
+            r.protocol == Protocol::Tcp
+                && r.ports.overlaps(*p, *p)
+                && r.from.iter().any(|s| matches!(s, Source::Edge))
+        });
+        if !admitted {
+            return Err(err(
+                format!("roles.{}.inbound", spec.edge.role),
+                format!("no rule admits the edge on port {p} (from = [\"edge\"])"),
+            ));
+        }
+    }
+    Ok(Checked {
+        spec,
+        rules,
+        common_rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/cluster.toml"
+        ))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_production_spec_is_valid_and_has_33_nodes() {
+        let c = Checked::parse(&production()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.node_count(), 33);
+        let n = |r: Role| c.spec.roles[&r].count;
+        assert_eq!(
+            [
+                Role::Manager,
+                Role::Cache,
+                Role::Worker,
+                Role::Database,
+                Role::Storage,
+                Role::Monitoring
+            ]
+            .map(n),
+            [3, 3, 20, 3, 2, 2]
+        );
+    }
+
+    fn with(from: &str, to: &str) -> Result<Checked, SpecError> {
+        let text = production();
+        assert!(text.contains(from), "the production spec has {from:?}");
+        Checked::parse(&text.replacen(from, to, 1))
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = with("size = \"s-8vcpu-16gb\"", "sise = \"s-8vcpu-16gb\"").unwrap_err();
+        assert_eq!(e.field, "roles.worker.sise");
+        assert!(e.message.contains("unknown field `sise`"), "{e}");
+        let e = with("count = 20", "count = \"20\"").unwrap_err();
+        assert_eq!(e.field, "roles.worker.count", "{e}");
+        let e = with("region = \"fra1\"", "region = \"mars1\"").unwrap_err();
+        assert_eq!(e.field, "region");
+        let e = with("count = 3 # managers", "count = 2 # managers").unwrap_err();
+        assert_eq!(e.field, "roles.manager.count");
+        assert!(e.message.contains("odd"), "{e}");
+        let e = with("size_gib = 500", "size_gib = 0").unwrap_err();
+        assert_eq!(e.field, "roles.database.volume.size_gib");
+        let e = with("ip_range = \"10.110.0.0/20\"", "ip_range = \"8.8.0.0/20\"").unwrap_err();
+        assert_eq!(e.field, "vpc.ip_range");
+        let e = with("[roles.monitoring]", "[roles.monitorin]").unwrap_err();
+        assert_eq!(e.field, "roles.monitorin", "{e}");
+    }
+
+    #[test]
+    fn the_data_tier_is_closed_to_the_internet_and_to_workers() {
+        // Galera's replication ports from the workers.
+        let e = with(
+            "ports = \"4567-4568\"\nfrom = [\"database\"]",
+            "ports = \"4567-4568\"\nfrom = [\"database\", \"worker\"]",
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("roles.database.inbound["), "{e}");
+        assert!(e.message.contains("Galera"), "{e}");
+        // ProxySQL from the internet.
+        let e = with(
+            "ports = \"6033\"\nfrom = [\"worker\", \"manager\"]",
+            "ports = \"6033\"\nfrom = [\"worker\", \"internet\"]",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("only the edge role"), "{e}");
+        // Sentinel from the workers.
+        let e = with(
+            "ports = \"26379\"\nfrom = [\"manager\", \"cache\"]",
+            "ports = \"26379\"\nfrom = [\"manager\", \"cache\", \"worker\"]",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("Sentinel"), "{e}");
+        // A common rule cannot open MariaDB to every node.
+        let e = with(
+            "ports = \"7946\"\nfrom = [\"cluster\"]",
+            "ports = \"3306\"\nfrom = [\"cluster\"]",
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("common_inbound["), "{e}");
+    }
+
+    #[test]
+    fn the_production_rules_say_who_reaches_what() {
+        let c = Checked::parse(&production()).unwrap_or_else(|e| panic!("{e}"));
+        let reaches = |from: Role, to: Role, port: u16| {
+            c.rules[&to].iter().chain(&c.common_rules).any(|r| {
+                r.protocol == Protocol::Tcp
+                    && r.ports.overlaps(port, port)
+                    && r.from
+                        .iter()
+                        .any(|s| *s == Source::Role(from) || *s == Source::Cluster)
+            })
+        };
+        // Site tasks (workers) reach the DB router and Redis, not Galera nor Sentinel.
+        assert!(reaches(Role::Worker, Role::Database, 6033));
+        assert!(reaches(Role::Worker, Role::Cache, 6379));
+        for p in [3306, 4444, 4567, 4568, 6032] {
+            assert!(
+                !reaches(Role::Worker, Role::Database, p),
+                "worker → database:{p}"
+            );
+        }
+        assert!(!reaches(Role::Worker, Role::Cache, 26379));
+        // Nothing but the edge role is reachable from outside.
+        for (role, rules) in &c.rules {
+            let outside = rules.iter().any(|r| {
+                r.from
+                    .iter()
+                    .any(|s| matches!(s, Source::Internet | Source::Edge))
+            });
+            assert_eq!(outside, *role == Role::Manager, "{role}");
+        }
+    }
+}
