@@ -43,8 +43,16 @@ pub async fn apply<P: Provider>(
     let total = plan.changes.len();
     let mut done = 0usize;
     let mut i = 0;
+    // Create actions of the droplets asked for so far: every batch is sent, then all are
+    // waited for together (a droplet takes about a minute; ten batches one after the other
+    // would take ten).
+    let mut pending: Vec<u64> = Vec::new();
+    let mut pending_names: Vec<String> = Vec::new();
     while i < plan.changes.len() {
         let change = &plan.changes[i];
+        if !pending.is_empty() && !matches!(change, Change::CreateDroplet(_)) {
+            wait_droplets(provider, &mut pending, &mut pending_names, progress).await?;
+        }
         // Droplet creations: batches of one role without volume (same request but names).
         if let Change::CreateDroplet(first) = change {
             let mut batch: Vec<&Droplet> = vec![first];
@@ -78,7 +86,7 @@ pub async fn apply<P: Provider>(
                 progress(&format!("[{}/{total}] + droplet {} …", done + 1, d.name));
                 done += 1;
             }
-            let ids = provider
+            let (ids, actions) = provider
                 .create_droplets(&batch, vpc, volume)
                 .await
                 .with_context(|| {
@@ -86,9 +94,11 @@ pub async fn apply<P: Provider>(
                     format!("creating droplet(s) {}", names.join(", "))
                 })?;
             for (d, id) in batch.iter().zip(ids) {
-                progress(&format!("  droplet {} active (id {id})", d.name));
+                progress(&format!("  droplet {} created (id {id})", d.name));
                 droplet_ids.insert(d.name.clone(), id);
+                pending_names.push(d.name.clone());
             }
+            pending.extend(actions);
             i += batch.len();
             continue;
         }
@@ -160,6 +170,30 @@ pub async fn apply<P: Provider>(
         progress(&format!("  {outcome}"));
         i += 1;
     }
+    if !pending.is_empty() {
+        wait_droplets(provider, &mut pending, &mut pending_names, progress).await?;
+    }
+    Ok(())
+}
+
+async fn wait_droplets<P: Provider>(
+    provider: &P,
+    pending: &mut Vec<u64>,
+    names: &mut Vec<String>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    progress(&format!(
+        "  waiting for {} droplet(s) to be created ({} actions)",
+        names.len(),
+        pending.len()
+    ));
+    provider
+        .wait(pending)
+        .await
+        .with_context(|| format!("waiting for droplet(s) {}", names.join(", ")))?;
+    progress(&format!("  droplet(s) active: {}", names.join(", ")));
+    pending.clear();
+    names.clear();
     Ok(())
 }
 

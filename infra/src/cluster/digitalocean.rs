@@ -8,7 +8,8 @@
 //!   are retried with exponential backoff for GET, PUT and DELETE only: a POST that failed
 //!   may have created something, and the next `apply` finds it by its tag and name instead
 //!   of creating it twice.
-//! - Actions (droplet create, volume attach) are polled until `completed`; `errored` fails.
+//! - Actions (droplet create, volume attach) are polled until `completed` (one look at each
+//!   pending action per round); `errored` fails.
 //! - Errors carry DigitalOcean's `id`, `message` and `request_id`, the method and the path.
 use super::desired::{Droplet, Firewall, FwRule, LoadBalancer, Sources, Volume, Vpc};
 use super::provider::{
@@ -313,7 +314,8 @@ impl Client {
                             .map(|reset| Duration::from_secs(reset.saturating_sub(unix_now())))
                     })
                     .unwrap_or(self.backoff)
-                    .clamp(self.backoff, self.max_wait);
+                    .max(self.backoff)
+                    .min(self.max_wait);
                 eprintln!(
                     "{method} {shown}: rate limited (ratelimit-remaining {}), waiting {} ms",
                     header_u64(h, "ratelimit-remaining").map_or("?".into(), |r| r.to_string()),
@@ -392,45 +394,59 @@ impl Client {
         Ok(out)
     }
 
-    /// Polls an action until it completed.
-    pub async fn wait_action(&self, id: u64) -> Result<()> {
+    /// Polls actions until all completed: one look at each pending action per round.
+    pub async fn wait_actions(&self, ids: &[u64]) -> Result<()> {
         let t0 = tokio::time::Instant::now();
+        let mut pending: Vec<u64> = ids.to_vec();
         loop {
-            let v = self
-                .call(Method::GET, &format!("/v2/actions/{id}"), None)
-                .await?;
-            match v.pointer("/action/status").and_then(Value::as_str) {
-                Some("completed") => return Ok(()),
-                Some("errored") => bail!(
-                    "action {id} ({}) errored",
-                    v.pointer("/action/type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("?")
-                ),
-                _ => {}
+            let mut still = Vec::new();
+            for id in pending {
+                let v = self
+                    .call(Method::GET, &format!("/v2/actions/{id}"), None)
+                    .await?;
+                match v.pointer("/action/status").and_then(Value::as_str) {
+                    Some("completed") => {}
+                    Some("errored") => bail!(
+                        "action {id} ({} of {} {}) errored",
+                        v.pointer("/action/type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?"),
+                        v.pointer("/action/resource_type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?"),
+                        v.pointer("/action/resource_id")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0),
+                    ),
+                    _ => still.push(id),
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
             }
             if t0.elapsed() > self.action_timeout {
                 bail!(
-                    "action {id} still in progress after {:?}",
+                    "actions {still:?} still in progress after {:?}",
                     self.action_timeout
                 );
             }
+            pending = still;
             tokio::time::sleep(self.poll_interval).await;
         }
     }
+}
 
-    async fn wait_actions_of(&self, v: &Value) -> Result<()> {
-        for a in v
-            .pointer("/links/actions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+/// A delete that finds nothing to delete did its job (a retried or re-run delete).
+fn gone_is_done(r: Result<Value>) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 404) =>
         {
-            if let Some(id) = a.get("id").and_then(Value::as_u64) {
-                self.wait_action(id).await?;
-            }
+            Ok(())
         }
-        Ok(())
+        Err(e) => Err(e),
     }
 }
 
@@ -647,9 +663,9 @@ impl Provider for Client {
         droplets: &[&Droplet],
         vpc_id: &str,
         volume: Option<&str>,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
         let Some(first) = droplets.first() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         let ssh_keys: Vec<Value> = first
             .ssh_keys
@@ -681,8 +697,12 @@ impl Provider for Client {
             (None, Some(Value::Array(ds))) => ds.iter().map(droplet_of).collect(),
             _ => bail!("POST /v2/droplets: no droplet in the answer"),
         };
-        self.wait_actions_of(&v).await?;
-        droplets
+        let actions = v
+            .pointer("/links/actions")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|x| x.get("id")?.as_u64()).collect())
+            .unwrap_or_default();
+        let ids = droplets
             .iter()
             .map(|d| {
                 made.iter()
@@ -690,7 +710,12 @@ impl Provider for Client {
                     .map(|m| m.id)
                     .with_context(|| format!("POST /v2/droplets: {} not in the answer", d.name))
             })
-            .collect()
+            .collect::<Result<Vec<u64>>>()?;
+        Ok((ids, actions))
+    }
+
+    async fn wait(&self, actions: &[u64]) -> Result<()> {
+        self.wait_actions(actions).await
     }
 
     async fn tag_droplet(&self, tag: &str, droplet_id: u64) -> Result<()> {
@@ -717,7 +742,7 @@ impl Provider for Client {
             .pointer("/action/id")
             .and_then(Value::as_u64)
             .context("no action.id in the attach answer")?;
-        self.wait_action(id).await
+        self.wait_actions(&[id]).await
     }
 
     async fn create_load_balancer(&self, lb: &LoadBalancer, vpc_id: &str) -> Result<String> {
@@ -786,14 +811,16 @@ impl Provider for Client {
     }
 
     async fn delete_firewall(&self, id: &str) -> Result<()> {
-        self.call(Method::DELETE, &format!("/v2/firewalls/{id}"), None)
-            .await?;
-        Ok(())
+        gone_is_done(
+            self.call(Method::DELETE, &format!("/v2/firewalls/{id}"), None)
+                .await,
+        )
     }
 
     async fn destroy_droplet(&self, id: u64) -> Result<()> {
-        self.call(Method::DELETE, &format!("/v2/droplets/{id}"), None)
-            .await?;
-        Ok(())
+        gone_is_done(
+            self.call(Method::DELETE, &format!("/v2/droplets/{id}"), None)
+                .await,
+        )
     }
 }

@@ -89,13 +89,15 @@ pub trait Provider {
     async fn create_volume(&self, volume: &Volume) -> Result<String>;
     /// Creates droplets that share everything but their name (one request when the cloud
     /// allows it), with `volume` attached at creation when given (then `droplets` has one);
-    /// returns their ids, in order, once their create actions completed.
+    /// returns their ids, in order, and the actions to wait for ([`Provider::wait`]).
     async fn create_droplets(
         &self,
         droplets: &[&Droplet],
         vpc_id: &str,
         volume: Option<&str>,
-    ) -> Result<Vec<u64>>;
+    ) -> Result<(Vec<u64>, Vec<u64>)>;
+    /// Waits until every action completed (fails on one that errored).
+    async fn wait(&self, actions: &[u64]) -> Result<()>;
     async fn tag_droplet(&self, tag: &str, droplet_id: u64) -> Result<()>;
     /// Waits for the attach action.
     async fn attach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()>;
