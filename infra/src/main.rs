@@ -127,7 +127,13 @@ fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
         return Ok(());
     }
     let api = std::env::var("PRESSDOCK_DO_API").unwrap_or_else(|_| digitalocean::API.into());
-    let client = digitalocean::Client::new(&api, digitalocean::Token::from_env()?)?;
+    let mut client = digitalocean::Client::new(&api, digitalocean::Token::from_env()?)?;
+    if let Some(ms) = std::env::var("PRESSDOCK_DO_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        client.poll_interval = std::time::Duration::from_millis(ms);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

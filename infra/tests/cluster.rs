@@ -345,6 +345,20 @@ async fn the_token_never_shows() {
         );
     }
     assert!(format!("{c:?}").contains("<redacted>"));
+    // A link to another origin (a pagination `next` could say anything) never gets it.
+    let e = c
+        .call(
+            reqwest::Method::GET,
+            "https://elsewhere.example/v2/droplets?page=2",
+            None,
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("followed a foreign link"));
+    assert!(
+        format!("{e:#}").contains("refusing to send the token"),
+        "{e:#}"
+    );
     // Only in the Authorization header: never in a query or a body.
     assert!(fake.with(|s| s.raw.iter().all(|r| !r.contains(&TOKEN[10..30]))));
     // A wrong token: DigitalOcean's 401, which does not echo it either.
@@ -409,6 +423,70 @@ async fn requests_and_responses_the_spec_rejects_are_caught() {
     assert!(v.iter().any(|e| e.contains("memory")), "{v:?}");
     let v = spec.check_response(&op, 418, &[], None);
     assert!(!v.is_empty());
+}
+
+/// The binary, as an operator runs it: `cluster plan` with the token in the environment.
+#[tokio::test]
+async fn the_cli_plans_and_applies_and_never_prints_the_token() {
+    let fake = Fake::start(TOKEN).await;
+    let run = |args: &'static [&'static str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_pressdock-infra"));
+        c.args(args)
+            .arg("--spec")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../configs/cluster.toml"
+            ))
+            .env("DIGITALOCEAN_TOKEN", TOKEN)
+            .env("PRESSDOCK_DO_API", &fake.base)
+            .env("PRESSDOCK_DO_POLL_MS", "0");
+        c.output()
+    };
+    let out = run(&["cluster", "plan"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("+ droplet pd-prod-worker-20 s-8vcpu-16gb debian-12-x64"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("plan: 54 to create, 0 to change, 0 to destroy"),
+        "{stdout}"
+    );
+    let out = run(&["cluster", "apply"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout2 = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr2 = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout2}{stderr2}");
+    assert!(stderr2.contains("[54/54]"), "{stderr2}");
+    assert!(stdout2.contains("plan now: nothing to do"), "{stdout2}");
+    let out = run(&["cluster", "apply"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout3 = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout3.contains("nothing to do (6 API calls)"), "{stdout3}");
+    for t in [&stdout, &stderr, &stdout2, &stderr2, &stdout3] {
+        assert!(!t.contains(&TOKEN[10..30]), "token printed: {t}");
+    }
+    // Without a token: a clear error, before any call.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pressdock-infra"))
+        .args(["cluster", "plan", "--spec"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/cluster.toml"
+        ))
+        .env_remove("DIGITALOCEAN_TOKEN")
+        .env("PRESSDOCK_DO_API", &fake.base)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DIGITALOCEAN_TOKEN is not set"));
+    assert_clean(&fake);
 }
 
 #[tokio::test]

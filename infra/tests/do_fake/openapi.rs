@@ -136,7 +136,8 @@ impl Spec {
             Err(e) => vec![e],
             Ok(v) => v
                 .iter_errors(value)
-                .map(|e| format!("{key}: {e} (at {})", e.instance_path()))
+                .flat_map(|e| describe(&e))
+                .map(|e| format!("{key}: {e}"))
                 .collect(),
         }
     }
@@ -275,6 +276,38 @@ impl Spec {
         }
         errors
     }
+}
+
+/// What is wrong, where: for an `anyOf` that no alternative satisfies, the errors of the
+/// alternative that went deepest into the value (then: with the fewest errors), so that a
+/// missing field is named rather than the whole body printed.
+fn describe(e: &jsonschema::ValidationError<'_>) -> Vec<String> {
+    if let jsonschema::error::ValidationErrorKind::AnyOf { context } = e.kind()
+        && let Some(best) = context.iter().filter(|c| !c.is_empty()).max_by_key(|c| {
+            let depth = c
+                .iter()
+                .map(|e| e.instance_path().as_str().matches('/').count())
+                .min()
+                .unwrap_or(0);
+            (depth, std::cmp::Reverse(c.len()))
+        })
+    {
+        return best.iter().flat_map(|e| describe(e)).collect();
+    }
+    let mut text = e.to_string();
+    if text.len() > 240 {
+        let cut = (0..=240)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    vec![format!(
+        "{text} (at `{}`, rule `{}`)",
+        e.instance_path(),
+        e.schema_path()
+    )]
 }
 
 /// A query or path value as the schema's type (a number or boolean when it parses as one).
