@@ -140,7 +140,7 @@ pub async fn apply<P: Provider>(
                     lb_ids.insert(lb.name.clone(), id.clone());
                     format!("active (id {id})")
                 }
-                Change::UpdateLoadBalancer { id, lb } => {
+                Change::UpdateLoadBalancer { id, lb, .. } => {
                     let vpc = vpc_id.as_deref().context("no VPC id")?;
                     provider.update_load_balancer(id, lb, vpc).await?;
                     "updated".into()
@@ -150,7 +150,7 @@ pub async fn apply<P: Provider>(
                     let id = provider.create_firewall(&fw).await?;
                     format!("created (id {id})")
                 }
-                Change::UpdateFirewall { id, fw } => {
+                Change::UpdateFirewall { id, fw, .. } => {
                     let fw = resolved(fw, &lb_ids)?;
                     provider.update_firewall(id, &fw).await?;
                     "updated".into()

@@ -32,11 +32,15 @@ pub enum Change {
     UpdateLoadBalancer {
         id: String,
         lb: LoadBalancer,
+        /// What differs, one line each.
+        diff: Vec<String>,
     },
     CreateFirewall(Firewall),
     UpdateFirewall {
         id: String,
         fw: Firewall,
+        /// Rules and targets added (`+`) and removed (`-`), one line each.
+        diff: Vec<String>,
     },
     DeleteFirewall {
         id: String,
@@ -105,11 +109,13 @@ impl fmt::Display for Change {
                 "{s} load balancer {} → tag {} ports {:?}",
                 lb.name, lb.tag, lb.ports
             ),
-            Change::UpdateLoadBalancer { lb, .. } => write!(
-                f,
-                "{s} load balancer {}: forwarding, health check or targets differ",
-                lb.name
-            ),
+            Change::UpdateLoadBalancer { lb, diff, .. } => {
+                write!(f, "{s} load balancer {}", lb.name)?;
+                for d in diff {
+                    write!(f, "\n    {d}")?;
+                }
+                Ok(())
+            }
             Change::CreateFirewall(fw) => write!(
                 f,
                 "{s} firewall {} → tag {} ({} inbound rules)",
@@ -117,8 +123,12 @@ impl fmt::Display for Change {
                 fw.tags.join(","),
                 fw.inbound.len()
             ),
-            Change::UpdateFirewall { fw, .. } => {
-                write!(f, "{s} firewall {}: rules or targets differ", fw.name)
+            Change::UpdateFirewall { fw, diff, .. } => {
+                write!(f, "{s} firewall {}", fw.name)?;
+                for d in diff {
+                    write!(f, "\n    {d}")?;
+                }
+                Ok(())
             }
             Change::DeleteFirewall { name, .. } => {
                 write!(f, "{s} firewall {name} (not in the spec)")
@@ -205,6 +215,42 @@ pub fn resolve_firewall(fw: &Firewall, lb_ids: &BTreeMap<String, String>) -> Fir
     fw.inbound.sort();
     fw.outbound.sort();
     fw
+}
+
+fn rule_text(dir: &str, r: &super::desired::FwRule) -> String {
+    let s = &r.sources;
+    let mut from: Vec<String> = s.addresses.clone();
+    from.extend(s.tags.iter().map(|t| format!("tag:{t}")));
+    from.extend(s.load_balancers.iter().map(|l| format!("lb:{l}")));
+    format!(
+        "{dir} {} {} {}",
+        r.protocol.as_str(),
+        if r.ports == "0" { "all" } else { &r.ports },
+        from.join(",")
+    )
+}
+
+/// Lines for the rules and targets of `want` that `have` lacks (`+`) and the reverse (`-`).
+fn firewall_diff(have: &Firewall, want: &Firewall) -> Vec<String> {
+    let mut out = Vec::new();
+    for (dir, h, w) in [
+        ("in", &have.inbound, &want.inbound),
+        ("out", &have.outbound, &want.outbound),
+    ] {
+        for r in w.iter().filter(|r| !h.contains(r)) {
+            out.push(format!("+ {}", rule_text(dir, r)));
+        }
+        for r in h.iter().filter(|r| !w.contains(r)) {
+            out.push(format!("- {}", rule_text(dir, r)));
+        }
+    }
+    let (mut ht, mut wt) = (have.tags.clone(), want.tags.clone());
+    ht.sort();
+    wt.sort();
+    if ht != wt {
+        out.push(format!("targets: tags {} → {}", ht.join(","), wt.join(",")));
+    }
+    out
 }
 
 fn role_of(d: &Desired, name: &str) -> Option<Role> {
@@ -315,9 +361,42 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
                 _ => false,
             };
             if have.lb != d.load_balancer || vpc_differs {
+                let (a, b) = (&have.lb, &d.load_balancer);
+                let mut diff = Vec::new();
+                let mut field = |name: &str, have: String, want: String| {
+                    if have != want {
+                        diff.push(format!("{name}: {have} → {want}"));
+                    }
+                };
+                field("region", a.region.clone(), b.region.clone());
+                field("target tag", a.tag.clone(), b.tag.clone());
+                field(
+                    "tcp ports",
+                    format!("{:?}", a.ports),
+                    format!("{:?}", b.ports),
+                );
+                field(
+                    "health check",
+                    format!("tcp:{}", a.health_check_port),
+                    format!("tcp:{}", b.health_check_port),
+                );
+                field(
+                    "proxy protocol",
+                    a.proxy_protocol.to_string(),
+                    b.proxy_protocol.to_string(),
+                );
+                field(
+                    "size unit",
+                    a.size_unit.to_string(),
+                    b.size_unit.to_string(),
+                );
+                if vpc_differs {
+                    diff.push("vpc: another VPC → the cluster's".into());
+                }
                 p.changes.push(Change::UpdateLoadBalancer {
                     id: have.id.clone(),
                     lb: d.load_balancer.clone(),
+                    diff,
                 });
             }
         }
@@ -331,10 +410,15 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         match firewalls.get(want.name.as_str()) {
             None => p.changes.push(Change::CreateFirewall(want.clone())),
             Some(have) => {
-                if resolve_firewall(want, &lb_ids) != resolve_firewall(&have.fw, &BTreeMap::new()) {
+                let (w, h) = (
+                    resolve_firewall(want, &lb_ids),
+                    resolve_firewall(&have.fw, &BTreeMap::new()),
+                );
+                if w != h {
                     p.changes.push(Change::UpdateFirewall {
                         id: have.id.clone(),
                         fw: want.clone(),
+                        diff: firewall_diff(&h, &w),
                     });
                 }
             }

@@ -36,10 +36,13 @@ pub struct State_ {
     volumes: Vec<Value>,
     load_balancers: Vec<Value>,
     firewalls: Vec<Value>,
-    /// id → (action, GETs left before it completes).
+    /// id → (action, the clock at which it completes).
     actions: BTreeMap<u64, (Value, u32)>,
+    /// Time, for actions: one tick per look at any action.
+    clock: u32,
     lb_polls: BTreeMap<String, u32>,
-    /// GETs of an action before it completes (and of a load balancer before it is active).
+    /// Ticks of [`State_::clock`] an action takes (looks of a load balancer before it is
+    /// active).
     pub polls: u32,
     /// Answer 429 to this many of the next requests.
     pub rate_limit_next: u32,
@@ -390,8 +393,8 @@ fn new_action(
         "region": region(region_slug),
         "region_slug": region_slug,
     });
-    let polls = st.polls;
-    st.actions.insert(id, (a.clone(), polls));
+    let done_at = st.clock + st.polls;
+    st.actions.insert(id, (a.clone(), done_at));
     a
 }
 
@@ -682,12 +685,12 @@ fn serve(
         }
         ("GET", "/v2/actions/{action_id}") => {
             let id: u64 = p("action_id").parse().unwrap_or(0);
-            let Some((a, left)) = st.actions.get_mut(&id) else {
+            st.clock += 1;
+            let clock = st.clock;
+            let Some((a, done_at)) = st.actions.get_mut(&id) else {
                 return not_found();
             };
-            if *left > 0 {
-                *left -= 1;
-            } else if a["status"] == "in-progress" {
+            if clock > *done_at && a["status"] == "in-progress" {
                 a["status"] = json!("completed");
                 a["completed_at"] = json!(NOW);
             }
