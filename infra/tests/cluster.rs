@@ -510,6 +510,24 @@ async fn drift_is_repaired_and_workers_are_added() {
         .0
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(plan_of(&c, &d).await.is_empty());
+    // A role tag (its firewall) lost, a volume detached.
+    fake.untag("pd-prod-cache-02", "pd-prod-cache");
+    fake.detach("pd-prod-storage-01-data");
+    let p = plan_of(&c, &d).await;
+    assert_eq!(
+        p.to_string().lines().take(2).collect::<Vec<_>>(),
+        [
+            "~ droplet pd-prod-cache-02: tag pd-prod-cache",
+            "~ volume pd-prod-storage-01-data: attach to pd-prod-storage-01"
+        ],
+        "{p}"
+    );
+    assert_eq!(p.changes.len(), 2, "{p}");
+    run_apply(&c, &d, false)
+        .await
+        .0
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(plan_of(&c, &d).await.is_empty());
     // Workers 20 → 24: four droplets, nothing else.
     let d24 = desired_from(&spec_text().replacen("count = 20", "count = 24", 1));
     let p = plan_of(&c, &d24).await;

@@ -180,6 +180,37 @@ impl Fake {
         self.with(|s| std::mem::take(&mut s.calls))
     }
 
+    /// Removes a tag from a droplet behind the tool's back (drift).
+    pub fn untag(&self, droplet: &str, tag: &str) {
+        self.with(|s| {
+            for d in &mut s.droplets {
+                if d["name"] == droplet
+                    && let Some(t) = d["tags"].as_array_mut()
+                {
+                    t.retain(|x| x != tag);
+                }
+            }
+        });
+    }
+
+    /// Detaches a volume behind the tool's back (drift).
+    pub fn detach(&self, volume: &str) {
+        self.with(|s| {
+            let mut id = String::new();
+            for v in &mut s.volumes {
+                if v["name"] == volume {
+                    id = v["id"].as_str().unwrap_or("").to_owned();
+                    v["droplet_ids"] = json!([]);
+                }
+            }
+            for d in &mut s.droplets {
+                if let Some(ids) = d["volume_ids"].as_array_mut() {
+                    ids.retain(|x| *x != id.as_str());
+                }
+            }
+        });
+    }
+
     /// Adds a firewall rule behind the tool's back (drift).
     pub fn open_port_on(&self, firewall: &str, port: &str) {
         self.with(|s| {
