@@ -58,7 +58,7 @@ impl fmt::Display for Role {
 
 /// Ports of a role that only nodes of the same role may reach, whatever the spec's rules say
 /// (issue 11): Galera's replication and MariaDB itself (sites and the platform go through the
-/// DB router), Redis Sentinel's admin side is kept from workers by [`FORBIDDEN_SOURCES`].
+/// DB router).
 pub const PRIVATE_PORTS: &[(Role, u16, u16, &str)] = &[
     (
         Role::Database,
@@ -71,10 +71,11 @@ pub const PRIVATE_PORTS: &[(Role, u16, u16, &str)] = &[
 ];
 
 /// (role, port range, source role) that must never be open: site tasks run on workers, and a
-/// worker reaching Sentinel could repoint every site's object cache (issue 11), a worker
-/// reaching ProxySQL's admin interface could rewrite the DB router's users.
+/// worker reaching ProxySQL's admin interface could rewrite the DB router's users, one
+/// reaching Varnish's admin port could load VCL (issue 11). Sentinel is reachable from
+/// workers: the object cache finds the master through it, as the site's own Sentinel user,
+/// which may only ask where the master is (docs/security.md).
 pub const FORBIDDEN_SOURCES: &[(Role, u16, u16, Role, &str)] = &[
-    (Role::Cache, 26379, 26379, Role::Worker, "Redis Sentinel"),
     (Role::Database, 6032, 6032, Role::Worker, "ProxySQL admin"),
     (Role::Cache, 6082, 6082, Role::Worker, "Varnish admin"),
 ];
@@ -848,12 +849,12 @@ mod tests {
             "ports = \"6033\"\nfrom = [\"worker\", \"internet\"]",
         );
         assert!(e.message.contains("only the edge role"), "{e}");
-        // Sentinel from the workers.
+        // Varnish admin from the workers.
         let e = bad(
-            "ports = \"26379\"\nfrom = [\"manager\", \"cache\"]",
-            "ports = \"26379\"\nfrom = [\"manager\", \"cache\", \"worker\"]",
+            "ports = \"6082\"\nfrom = [\"manager\"]",
+            "ports = \"6082\"\nfrom = [\"manager\", \"worker\"]",
         );
-        assert!(e.message.contains("Sentinel"), "{e}");
+        assert!(e.message.contains("Varnish admin"), "{e}");
         // A common rule cannot open MariaDB to every node.
         let e = bad(
             "ports = \"7946\"\nfrom = [\"cluster\"]",
@@ -874,7 +875,7 @@ mod tests {
                         .any(|s| *s == Source::Role(from) || *s == Source::Cluster)
             })
         };
-        // Site tasks (workers) reach the DB router and Redis, not Galera nor Sentinel.
+        // Site tasks (workers) reach the DB router and Redis, not Galera.
         assert!(reaches(Role::Worker, Role::Database, 6033));
         assert!(reaches(Role::Worker, Role::Cache, 6379));
         for p in [3306, 4444, 4567, 4568, 6032] {
@@ -883,7 +884,9 @@ mod tests {
                 "worker → database:{p}"
             );
         }
-        assert!(!reaches(Role::Worker, Role::Cache, 26379));
+        // Sentinel, as the site's own user (GET-MASTER-ADDR-BY-NAME only); not Varnish admin.
+        assert!(reaches(Role::Worker, Role::Cache, 26379));
+        assert!(!reaches(Role::Worker, Role::Cache, 6082));
         // Nothing but the edge role is reachable from outside.
         for (role, rules) in &c.rules {
             let outside = rules.iter().any(|r| {
