@@ -561,6 +561,23 @@ async fn drift_is_repaired_and_workers_are_added() {
         .0
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(fake.counts()[0], 33);
+    // A twin (two applies at once): found, and apply refuses to guess which one is meant.
+    fake.twin("pd-prod-worker-05");
+    let p = plan_of(&c, &d).await;
+    assert!(
+        p.to_string()
+            .contains("!! 2 droplets are named pd-prod-worker-05"),
+        "{p}"
+    );
+    let (r, _) = run_apply(&c, &d, true).await;
+    let e = r.err().unwrap_or_else(|| panic!("applied with a twin"));
+    assert!(
+        format!("{e:#}").contains("destroy the extra one by hand"),
+        "{e:#}"
+    );
+    let twin = fake.with(|s| s.droplets_named("pd-prod-worker-05"));
+    fake.with(|s| s.remove_droplet(twin[1]));
+    assert!(plan_of(&c, &d).await.is_empty());
     // Managers 3 → 1 destroys two at once: refused even with --allow-destroy (raft quorum).
     let d1 = desired_from(&spec_text().replacen("count = 3 # managers", "count = 1 # managers", 1));
     let (r, _) = run_apply(&c, &d1, true).await;

@@ -145,6 +145,10 @@ pub struct Plan {
     pub changes: Vec<Change>,
     /// Differences `apply` leaves alone, said plainly.
     pub notes: Vec<String>,
+    /// What the tool cannot sort out by itself, so `apply` refuses to run: two droplets or
+    /// volumes of one name (two runs at once, or a hand-made twin) make "found by name"
+    /// ambiguous.
+    pub blockers: Vec<String>,
 }
 
 impl Plan {
@@ -156,6 +160,9 @@ impl Plan {
     /// `allow_destroy`, or more than one manager or database node at once (swarm's raft and
     /// Galera keep quorum only if at most one member changes at a time).
     pub fn refusal(&self, allow_destroy: bool) -> Option<String> {
+        if !self.blockers.is_empty() {
+            return Some(self.blockers.join("; "));
+        }
         let destroys: Vec<&Change> = self.changes.iter().filter(|c| c.is_destructive()).collect();
         if destroys.is_empty() {
             return None;
@@ -188,6 +195,9 @@ impl fmt::Display for Plan {
         }
         for n in &self.notes {
             writeln!(f, "! {n}")?;
+        }
+        for n in &self.blockers {
+            writeln!(f, "!! {n}")?;
         }
         let count = |s: char| self.changes.iter().filter(|c| c.sign() == s).count();
         write!(
@@ -275,6 +285,36 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
     }
     let droplets: BTreeMap<&str, _> = o.droplets.iter().map(|x| (x.name.as_str(), x)).collect();
     let volumes: BTreeMap<&str, _> = o.volumes.iter().map(|x| (x.name.as_str(), x)).collect();
+    for name in droplets.keys() {
+        let ids: Vec<u64> = o
+            .droplets
+            .iter()
+            .filter(|x| x.name == *name)
+            .map(|x| x.id)
+            .collect();
+        if ids.len() > 1 {
+            p.blockers.push(format!(
+                "{} droplets are named {name} (ids {ids:?}): destroy the extra one by hand (was apply run twice at once?)",
+                ids.len()
+            ));
+        }
+    }
+    for name in volumes.keys() {
+        let n = o.volumes.iter().filter(|x| x.name == *name).count();
+        if n > 1 {
+            p.blockers.push(format!(
+                "{n} volumes are named {name}: keep the one with the data"
+            ));
+        }
+    }
+    for x in &o.droplets {
+        if x.status != "active" && x.status != "off" {
+            p.notes.push(format!(
+                "droplet {} is {} (still being created, or its creation failed)",
+                x.name, x.status
+            ));
+        }
+    }
     for v in &d.volumes {
         match volumes.get(v.name.as_str()) {
             None => p.changes.push(Change::CreateVolume(v.clone())),

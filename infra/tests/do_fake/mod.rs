@@ -55,6 +55,19 @@ pub struct State_ {
     pub raw: Vec<String>,
 }
 
+impl State_ {
+    pub fn droplets_named(&self, name: &str) -> Vec<u64> {
+        self.droplets
+            .iter()
+            .filter(|d| d["name"] == name)
+            .filter_map(|d| d["id"].as_u64())
+            .collect()
+    }
+    pub fn remove_droplet(&mut self, id: u64) {
+        self.droplets.retain(|d| d["id"] != id);
+    }
+}
+
 pub struct Fake {
     pub base: String,
     pub token: String,
@@ -178,6 +191,18 @@ impl Fake {
     /// Calls per `METHOD template`, since the last `take_calls`.
     pub fn take_calls(&self) -> Vec<String> {
         self.with(|s| std::mem::take(&mut s.calls))
+    }
+
+    /// Makes a second droplet of the same name (two applies at once).
+    pub fn twin(&self, droplet: &str) {
+        self.with(|s| {
+            if let Some(d) = s.droplets.iter().find(|d| d["name"] == droplet).cloned() {
+                s.next_id += 1;
+                let mut t = d;
+                t["id"] = json!(s.next_id);
+                s.droplets.push(t);
+            }
+        });
     }
 
     /// Removes a tag from a droplet behind the tool's back (drift).
