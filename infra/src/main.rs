@@ -102,6 +102,12 @@ enum ClusterCmd {
         #[arg(long)]
         allow_destroy: bool,
     },
+    /// The steps from the droplets to a labelled swarm with its networks and stacks. Only
+    /// `--dry-run` today: the steps for machines in no swarm yet (no SSH).
+    Swarm {
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +145,32 @@ fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
         .build()?;
     rt.block_on(async {
         let observed = cluster::observe(&client, &desired).await?;
+        if let ClusterCmd::Swarm { dry_run } = cmd {
+            if !dry_run {
+                anyhow::bail!(
+                    "`cluster swarm` runs only with --dry-run so far (the SSH executor is not written)"
+                );
+            }
+            let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "{} droplet(s) missing or without addresses ({}): run `cluster apply` first",
+                    missing.len(),
+                    missing.join(", ")
+                );
+            }
+            let steps = cluster::swarm::plan_swarm(
+                &checked,
+                &machines,
+                &cluster::swarm::ObservedSwarm::default(),
+                &|_| true,
+            );
+            for s in &steps {
+                println!("{s}");
+            }
+            println!("swarm: {} steps", steps.len());
+            return Ok(());
+        }
         let p = plan(&desired, &observed);
         println!("{p}");
         if let ClusterCmd::Apply { allow_destroy } = cmd {

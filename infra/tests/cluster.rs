@@ -469,6 +469,24 @@ async fn the_cli_plans_and_applies_and_never_prints_the_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout3 = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(stdout3.contains("nothing to do (6 API calls)"), "{stdout3}");
+    // The swarm steps for those machines, from their addresses.
+    let out = run(&["cluster", "swarm", "--dry-run"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let swarm = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{swarm}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        swarm.starts_with("swarm init on pd-prod-manager-01 (10.110.0."),
+        "{swarm}"
+    );
+    assert!(swarm.contains("pd-prod-manager-02 (10.110.0."), "{swarm}");
+    assert!(swarm.contains("label pd-prod-worker-20: pressdock.node=pd-prod-worker-20 pressdock.role=worker pressdock.slots=25 pressdock.pool=wp"), "{swarm}");
+    // init, 32 joins, 33 labels, 2 networks, 1 stack.
+    assert!(swarm.ends_with("swarm: 69 steps\n"), "{swarm}");
     for t in [&stdout, &stderr, &stdout2, &stderr2, &stdout3] {
         assert!(!t.contains(&TOKEN[10..30]), "token printed: {t}");
     }

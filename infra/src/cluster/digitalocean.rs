@@ -463,7 +463,21 @@ fn droplet_of(v: &Value) -> ObservedDroplet {
         status: str_of(v, "status"),
         volume_ids: strings(v.get("volume_ids")),
         vpc_id: v.get("vpc_uuid").and_then(Value::as_str).map(str::to_owned),
+        private_ip: address(v, "private"),
+        public_ip: address(v, "public"),
     }
+}
+
+/// The droplet's IPv4 address of `kind` (`public`, `private`).
+fn address(v: &Value, kind: &str) -> Option<std::net::Ipv4Addr> {
+    v.pointer("/networks/v4")?
+        .as_array()?
+        .iter()
+        .find(|n| n.get("type").and_then(Value::as_str) == Some(kind))?
+        .get("ip_address")?
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 impl Provider for Client {

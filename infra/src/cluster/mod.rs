@@ -7,6 +7,7 @@
 //! - [`plan`]: the difference, found by tags and names (no state file), pure.
 //! - [`apply`]: carries a plan out, resource by resource; a failed run is re-run.
 //! - [`cloud_init`]: what a node runs at first boot (Docker; GlusterFS on storage nodes).
+//! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks.
 pub mod apply;
 pub mod cloud_init;
 pub mod desired;
@@ -14,6 +15,7 @@ pub mod digitalocean;
 pub mod plan;
 pub mod provider;
 pub mod spec;
+pub mod swarm;
 
 use anyhow::Result;
 use desired::Desired;

@@ -25,6 +25,9 @@ pub struct ObservedDroplet {
     pub status: String,
     pub volume_ids: Vec<String>,
     pub vpc_id: Option<String>,
+    /// Its VPC address (swarm traffic) and its public one (SSH), once it has them.
+    pub private_ip: Option<std::net::Ipv4Addr>,
+    pub public_ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,449 @@
+//! From machines to a swarm (issue 15, item 4): the steps that turn the droplets `apply`
+//! made into one labelled swarm with its overlay networks and stacks. A pure planner, like
+//! [`super::plan`]: what each machine says about itself (`docker info`) and what the leader
+//! says about the swarm (`docker node ls`, labels, networks) in, the missing steps out, in the
+//! order they must run.
+//!
+//! - `swarm init` on the first manager, on its VPC address, if no machine is in a swarm;
+//! - managers join one at a time, each through the first manager (raft keeps quorum only if
+//!   one member changes at a time; the executor waits for a joined manager to be `Reachable`
+//!   before the next);
+//! - every other role joins as a worker (the data tier too: its stacks are placed by labels);
+//! - labels: `pressdock.role=<role>`, `pressdock.node=<name>`, `pressdock.cache=true` on cache
+//!   nodes, `pressdock.slots=<n>` on workers, and `pressdock.pool=<pool>` last, once the worker
+//!   can run sites (the platform places sites only on workers with it, as in the lab);
+//! - the overlay networks `pd-edge` and `pd-sites` (attachable, the lab's subnets);
+//! - the stacks in `stacks/`.
+//!
+//! Join tokens are not part of a step: the executor reads them from the first manager when it
+//! runs a join, so a printed plan never holds one. Every value reaching a command is ours
+//! (names derived from the spec, addresses from the provider, validated here).
+//!
+//! Not done: the executor (SSH to each machine, `docker` there) and the lab as a provider of
+//! the same machines; `cluster swarm --dry-run` prints the steps for machines that are in no
+//! swarm yet.
+use super::desired::Desired;
+use super::provider::ObservedDroplet;
+use super::spec::{Checked, Role};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Overlay networks (name, subnet): the lab's, so that stacks and the platform's config are
+/// the same in both.
+pub const NETWORKS: [(&str, &str); 2] = [
+    (crate::lab::EDGE_NET, crate::lab::EDGE_SUBNET),
+    (crate::lab::SITES_NET, crate::lab::SITES_SUBNET),
+];
+
+/// Stacks deployed on the swarm, in order (those in `stacks/` today).
+pub const STACKS: [(&str, &str); 1] = [("pd", "stacks/edge.yml")];
+
+/// One node of the cluster as the swarm steps need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    pub name: String,
+    pub role: Role,
+    /// VPC address: swarm traffic stays on the private network.
+    pub private_ip: std::net::Ipv4Addr,
+    /// Where SSH reaches it.
+    pub public_ip: std::net::Ipv4Addr,
+}
+
+/// What a machine's dockerd says about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    /// `docker info`'s `Swarm.LocalNodeState` is `active`.
+    pub in_swarm: bool,
+    pub node_id: String,
+}
+
+/// What the swarm's leader says.
+#[derive(Clone, Debug, Default)]
+pub struct Swarm {
+    /// Node id → labels.
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    pub networks: Vec<String>,
+    pub stacks: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ObservedSwarm {
+    /// Machine name → its own view.
+    pub local: BTreeMap<String, Local>,
+    pub swarm: Swarm,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Init {
+        on: String,
+        addr: std::net::Ipv4Addr,
+    },
+    Join {
+        node: String,
+        manager: bool,
+        addr: std::net::Ipv4Addr,
+        leader: std::net::Ipv4Addr,
+    },
+    Label {
+        node: String,
+        add: Vec<(String, String)>,
+    },
+    Network {
+        name: String,
+        subnet: String,
+    },
+    Deploy {
+        stack: String,
+        file: String,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Init { on, addr } => write!(f, "swarm init on {on} ({addr})"),
+            Step::Join {
+                node,
+                manager,
+                addr,
+                ..
+            } => write!(
+                f,
+                "{node} ({addr}) joins as {}",
+                if *manager { "manager" } else { "worker" }
+            ),
+            Step::Label { node, add } => {
+                let l: Vec<String> = add.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "label {node}: {}", l.join(" "))
+            }
+            Step::Network { name, subnet } => write!(f, "overlay network {name} {subnet}"),
+            Step::Deploy { stack, file } => write!(f, "stack {stack} from {file}"),
+        }
+    }
+}
+
+impl Step {
+    /// The `docker` arguments of the step and the machine that runs them (`{TOKEN}` stands
+    /// for the join token, filled in by the executor, never printed).
+    pub fn command(&self, first_manager: &str) -> (String, Vec<String>) {
+        let s = |x: &str| x.to_owned();
+        match self {
+            Step::Init { on, addr } => (
+                on.clone(),
+                vec![
+                    s("swarm"),
+                    s("init"),
+                    s("--advertise-addr"),
+                    addr.to_string(),
+                    s("--listen-addr"),
+                    format!("{addr}:2377"),
+                ],
+            ),
+            Step::Join {
+                node, addr, leader, ..
+            } => (
+                node.clone(),
+                vec![
+                    s("swarm"),
+                    s("join"),
+                    s("--token"),
+                    s("{TOKEN}"),
+                    s("--advertise-addr"),
+                    addr.to_string(),
+                    format!("{leader}:2377"),
+                ],
+            ),
+            Step::Label { node, add } => {
+                let mut v = vec![s("node"), s("update")];
+                for (k, val) in add {
+                    v.push(s("--label-add"));
+                    v.push(format!("{k}={val}"));
+                }
+                v.push(node.clone());
+                (first_manager.to_owned(), v)
+            }
+            Step::Network { name, subnet } => (
+                first_manager.to_owned(),
+                vec![
+                    s("network"),
+                    s("create"),
+                    s("--driver"),
+                    s("overlay"),
+                    s("--attachable"),
+                    s("--subnet"),
+                    subnet.clone(),
+                    name.clone(),
+                ],
+            ),
+            Step::Deploy { stack, file } => (
+                first_manager.to_owned(),
+                vec![
+                    s("stack"),
+                    s("deploy"),
+                    s("--prune"),
+                    s("--compose-file"),
+                    file.clone(),
+                    stack.clone(),
+                ],
+            ),
+        }
+    }
+}
+
+/// The machines of the cluster, from what the provider holds (droplets without both
+/// addresses are left out and named in the error list).
+pub fn machines(d: &Desired, droplets: &[ObservedDroplet]) -> (Vec<Machine>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for want in &d.droplets {
+        let have = droplets.iter().find(|x| x.name == want.name);
+        match have.and_then(|h| Some((h.private_ip?, h.public_ip?))) {
+            Some((private_ip, public_ip)) => out.push(Machine {
+                name: want.name.clone(),
+                role: want.role,
+                private_ip,
+                public_ip,
+            }),
+            None => missing.push(want.name.clone()),
+        }
+    }
+    (out, missing)
+}
+
+/// Labels a node of `role` carries (`ready`: it can run sites, so workers get their pool).
+pub fn labels(c: &Checked, m: &Machine, ready: bool) -> Vec<(String, String)> {
+    let mut l = vec![
+        ("pressdock.node".to_owned(), m.name.clone()),
+        ("pressdock.role".to_owned(), m.role.as_str().to_owned()),
+    ];
+    let r = &c.spec.roles[&m.role];
+    if m.role == Role::Cache {
+        l.push(("pressdock.cache".into(), "true".into()));
+    }
+    if let Some(slots) = r.slots {
+        l.push(("pressdock.slots".into(), slots.to_string()));
+    }
+    if ready && let Some(pool) = &r.pool {
+        l.push(("pressdock.pool".into(), pool.clone()));
+    }
+    l
+}
+
+/// The steps still to run, in order. `ready` says which workers can run sites.
+pub fn plan_swarm(
+    c: &Checked,
+    machines: &[Machine],
+    o: &ObservedSwarm,
+    ready: &dyn Fn(&Machine) -> bool,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let Some(first) = machines.iter().find(|m| m.role == Role::Manager) else {
+        return steps;
+    };
+    let local = |m: &Machine| o.local.get(&m.name).cloned().unwrap_or_default();
+    if !machines.iter().any(|m| local(m).in_swarm) {
+        steps.push(Step::Init {
+            on: first.name.clone(),
+            addr: first.private_ip,
+        });
+    }
+    // Managers first, one at a time, then everyone else.
+    let mut order: Vec<&Machine> = machines.iter().filter(|m| m.name != first.name).collect();
+    order.sort_by_key(|m| (m.role != Role::Manager, m.name.clone()));
+    for m in order {
+        if !local(m).in_swarm {
+            steps.push(Step::Join {
+                node: m.name.clone(),
+                manager: m.role == Role::Manager,
+                addr: m.private_ip,
+                leader: first.private_ip,
+            });
+        }
+    }
+    for m in machines {
+        let want = labels(c, m, ready(m));
+        let have = o.swarm.labels.get(&local(m).node_id);
+        let add: Vec<(String, String)> = want
+            .into_iter()
+            .filter(|(k, v)| have.and_then(|h| h.get(k)) != Some(v))
+            .collect();
+        if !add.is_empty() {
+            steps.push(Step::Label {
+                node: m.name.clone(),
+                add,
+            });
+        }
+    }
+    for (name, subnet) in NETWORKS {
+        if !o.swarm.networks.iter().any(|n| n == name) {
+            steps.push(Step::Network {
+                name: name.into(),
+                subnet: subnet.into(),
+            });
+        }
+    }
+    // Always deployed: `stack deploy` converges a stack (creates or updates its services).
+    for (stack, file) in STACKS {
+        steps.push(Step::Deploy {
+            stack: stack.into(),
+            file: file.into(),
+        });
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Checked, Vec<Machine>) {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/cluster.toml"
+        ))
+        .unwrap_or_default();
+        let c = Checked::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let d = Desired::from_spec(&c);
+        let ms = d
+            .droplets
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let i = u8::try_from(i).unwrap_or(0);
+                Machine {
+                    name: x.name.clone(),
+                    role: x.role,
+                    private_ip: std::net::Ipv4Addr::new(10, 110, 0, 10 + i),
+                    public_ip: std::net::Ipv4Addr::new(203, 0, 113, 10 + i),
+                }
+            })
+            .collect();
+        (c, ms)
+    }
+
+    #[test]
+    fn fresh_machines_get_the_whole_swarm_in_order() {
+        let (c, ms) = setup();
+        let steps = plan_swarm(&c, &ms, &ObservedSwarm::default(), &|_| false);
+        assert_eq!(
+            steps[0],
+            Step::Init {
+                on: "pd-prod-manager-01".into(),
+                addr: ms
+                    .iter()
+                    .find(|m| m.name == "pd-prod-manager-01")
+                    .map_or(std::net::Ipv4Addr::UNSPECIFIED, |m| m.private_ip)
+            }
+        );
+        let joins: Vec<(&str, bool)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Join { node, manager, .. } => Some((node.as_str(), *manager)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(joins.len(), 32);
+        // The two other managers first, then the rest as workers.
+        assert_eq!(
+            joins[..3],
+            [
+                ("pd-prod-manager-02", true),
+                ("pd-prod-manager-03", true),
+                ("pd-prod-cache-01", false)
+            ]
+        );
+        assert!(joins[2..].iter().all(|(_, m)| !m));
+        let labels = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Label { .. }))
+            .count();
+        assert_eq!(labels, 33);
+        // Not ready: no pool yet (the platform would place sites on them).
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s.to_string().contains("pressdock.pool"))
+        );
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"label pd-prod-worker-07: pressdock.node=pd-prod-worker-07 pressdock.role=worker pressdock.slots=25".to_owned()));
+        assert!(text.contains(&"label pd-prod-cache-02: pressdock.node=pd-prod-cache-02 pressdock.role=cache pressdock.cache=true".to_owned()));
+        assert_eq!(
+            text[text.len() - 3..],
+            [
+                "overlay network pd-edge 10.214.0.0/22",
+                "overlay network pd-sites 10.216.0.0/20",
+                "stack pd from stacks/edge.yml"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_converged_swarm_only_redeploys_and_ready_workers_get_their_pool() {
+        let (c, ms) = setup();
+        let mut o = ObservedSwarm::default();
+        for (i, m) in ms.iter().enumerate() {
+            let id = format!("node{i}");
+            o.local.insert(
+                m.name.clone(),
+                Local {
+                    in_swarm: true,
+                    node_id: id.clone(),
+                },
+            );
+            o.swarm
+                .labels
+                .insert(id, labels(&c, m, true).into_iter().collect());
+        }
+        o.swarm.networks = vec!["pd-edge".into(), "pd-sites".into(), "ingress".into()];
+        let steps = plan_swarm(&c, &ms, &o, &|_| true);
+        assert_eq!(
+            steps,
+            [Step::Deploy {
+                stack: "pd".into(),
+                file: "stacks/edge.yml".into()
+            }]
+        );
+        // Worker 21 is new: it joins, is labelled, and gets its pool once ready.
+        let mut ms2 = ms.clone();
+        ms2.push(Machine {
+            name: "pd-prod-worker-21".into(),
+            role: Role::Worker,
+            private_ip: std::net::Ipv4Addr::new(10, 110, 1, 21),
+            public_ip: std::net::Ipv4Addr::new(203, 0, 113, 221),
+        });
+        let steps = plan_swarm(&c, &ms2, &o, &|m| m.name != "pd-prod-worker-21");
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(text[0], "pd-prod-worker-21 (10.110.1.21) joins as worker");
+        assert_eq!(
+            text[1],
+            "label pd-prod-worker-21: pressdock.node=pd-prod-worker-21 pressdock.role=worker pressdock.slots=25"
+        );
+        let steps = plan_swarm(&c, &ms2, &o, &|_| true);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.to_string().ends_with("pressdock.pool=wp"))
+        );
+    }
+
+    #[test]
+    fn commands_carry_no_token_and_run_on_the_right_machine() {
+        let (c, ms) = setup();
+        let steps = plan_swarm(&c, &ms, &ObservedSwarm::default(), &|_| true);
+        let (host, args) = steps[1].command("pd-prod-manager-01");
+        assert_eq!(host, "pd-prod-manager-02");
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "swarm join --token {{TOKEN}} --advertise-addr {} {}:2377",
+                ms[1].private_ip, ms[0].private_ip
+            )
+        );
+        let label = steps.iter().find(|s| matches!(s, Step::Label { .. }));
+        let (host, _) = label
+            .map(|s| s.command("pd-prod-manager-01"))
+            .unwrap_or_default();
+        assert_eq!(host, "pd-prod-manager-01");
+    }
+}
