@@ -240,6 +240,51 @@ async fn an_interrupted_apply_converges_when_run_again() {
     }
 }
 
+/// Like a saga's "fail at every step" test: the fresh apply makes 31 changes; fail each one in
+/// turn (refused, or carried out with its answer lost), re-run, and the account must end up
+/// exactly as the spec says, with nothing twice.
+#[tokio::test]
+async fn an_apply_failed_at_any_change_converges() {
+    let d = desired();
+    for nth in 1..=31 {
+        for after in [false, true] {
+            let fake = Fake::start(TOKEN).await;
+            fake.with(|s| {
+                s.fault = Some(Fault {
+                    method: "*",
+                    template: "*",
+                    nth,
+                    after,
+                })
+            });
+            let c = client(&fake);
+            let (r, _) = run_apply(&c, &d, false).await;
+            assert!(
+                r.is_err(),
+                "change {nth} (after: {after}) did not fail the apply"
+            );
+            let (r, _) = run_apply(&c, &d, false).await;
+            r.unwrap_or_else(|e| panic!("change {nth} (after: {after}): re-run: {e:#}"));
+            let p = plan_of(&c, &d).await;
+            assert!(
+                p.is_empty() && p.notes.is_empty(),
+                "change {nth} (after: {after}):\n{p}"
+            );
+            assert_eq!(
+                fake.counts(),
+                [33, 5, 6, 1, 1],
+                "change {nth} (after: {after})"
+            );
+            assert_eq!(
+                fake.with(|s| s.tag_count()),
+                8,
+                "change {nth} (after: {after})"
+            );
+            assert_clean(&fake);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_failed_get_is_retried() {
     let fake = Fake::start(TOKEN).await;

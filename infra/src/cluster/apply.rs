@@ -122,6 +122,10 @@ pub async fn apply<P: Provider>(
                     volume_ids.insert(v.name.clone(), id.clone());
                     format!("created (id {id})")
                 }
+                Change::AwaitDroplet { id, .. } => {
+                    provider.settle_droplet(*id).await?;
+                    "active".into()
+                }
                 Change::TagDroplet { tag, id, .. } => {
                     provider.tag_droplet(tag, *id).await?;
                     "tagged".into()

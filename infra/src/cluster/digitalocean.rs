@@ -731,6 +731,17 @@ impl Provider for Client {
         self.wait_actions(actions).await
     }
 
+    async fn settle_droplet(&self, id: u64) -> Result<()> {
+        let pending: Vec<u64> = self
+            .list(&format!("/v2/droplets/{id}/actions"), "actions")
+            .await?
+            .iter()
+            .filter(|a| a.get("status").and_then(Value::as_str) == Some("in-progress"))
+            .filter_map(|a| a.get("id").and_then(Value::as_u64))
+            .collect();
+        self.wait_actions(&pending).await
+    }
+
     async fn tag_droplet(&self, tag: &str, droplet_id: u64) -> Result<()> {
         self.call(
             Method::POST,

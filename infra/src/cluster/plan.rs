@@ -17,6 +17,12 @@ pub enum Change {
     CreateVpc(Vpc),
     CreateVolume(Volume),
     CreateDroplet(Droplet),
+    /// A droplet that exists but is still `new` (its creation's answer was lost, or another
+    /// run made it): wait for its actions before anything uses it.
+    AwaitDroplet {
+        name: String,
+        id: u64,
+    },
     /// A droplet of the cluster lacks one of its tags (a role tag: its firewall).
     TagDroplet {
         tag: String,
@@ -65,6 +71,7 @@ impl Change {
             | Change::CreateLoadBalancer(_)
             | Change::CreateFirewall(_) => '+',
             Change::TagDroplet { .. }
+            | Change::AwaitDroplet { .. }
             | Change::AttachVolume { .. }
             | Change::UpdateLoadBalancer { .. }
             | Change::UpdateFirewall { .. } => '~',
@@ -98,6 +105,9 @@ impl fmt::Display for Change {
                     .map(|v| format!(" with volume {v}"))
                     .unwrap_or_default()
             ),
+            Change::AwaitDroplet { name, .. } => {
+                write!(f, "{s} droplet {name}: wait until its creation completed")
+            }
             Change::TagDroplet { tag, droplet, .. } => {
                 write!(f, "{s} droplet {droplet}: tag {tag}")
             }
@@ -308,11 +318,8 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         }
     }
     for x in &o.droplets {
-        if x.status != "active" && x.status != "off" {
-            p.notes.push(format!(
-                "droplet {} is {} (still being created, or its creation failed)",
-                x.name, x.status
-            ));
+        if !matches!(x.status.as_str(), "active" | "off" | "new") {
+            p.notes.push(format!("droplet {} is {}", x.name, x.status));
         }
     }
     for v in &d.volumes {
@@ -329,6 +336,12 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         match droplets.get(want.name.as_str()) {
             None => p.changes.push(Change::CreateDroplet(want.clone())),
             Some(have) => {
+                if have.status == "new" {
+                    p.changes.push(Change::AwaitDroplet {
+                        name: want.name.clone(),
+                        id: have.id,
+                    });
+                }
                 for t in &want.tags {
                     if !have.tags.contains(t) {
                         p.changes.push(Change::TagDroplet {

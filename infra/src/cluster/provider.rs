@@ -101,6 +101,8 @@ pub trait Provider {
     ) -> Result<(Vec<u64>, Vec<u64>)>;
     /// Waits until every action completed (fails on one that errored).
     async fn wait(&self, actions: &[u64]) -> Result<()>;
+    /// Waits for the actions of a droplet that are still in progress (its creation).
+    async fn settle_droplet(&self, id: u64) -> Result<()>;
     async fn tag_droplet(&self, tag: &str, droplet_id: u64) -> Result<()>;
     /// Waits for the attach action.
     async fn attach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()>;

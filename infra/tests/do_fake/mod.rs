@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 /// Fail the `nth` (1-based) call of `method template` with a 500; `after`: carry it out first.
+/// Template `"*"`: the nth change (any method but GET), whatever its operation.
 #[derive(Clone, Debug)]
 pub struct Fault {
     pub method: &'static str,
@@ -56,6 +57,9 @@ pub struct State_ {
 }
 
 impl State_ {
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
     pub fn droplets_named(&self, name: &str) -> Vec<u64> {
         self.droplets
             .iter()
@@ -342,10 +346,21 @@ async fn handle(
             *c += 1;
             *c
         };
-        let fault = st
-            .fault
-            .clone()
-            .filter(|f| f.method == op.method && f.template == op.template && f.nth == n);
+        // Template "*": the nth change of any kind (every method but GET).
+        let changes = if op.method == "GET" {
+            0
+        } else {
+            let c = st.seen.entry("*".into()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let fault = st.fault.clone().filter(|f| {
+            if f.template == "*" {
+                changes == f.nth
+            } else {
+                f.method == op.method && f.template == op.template && f.nth == n
+            }
+        });
         let (s, b) = match &fault {
             Some(f) if !f.after => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -758,6 +773,25 @@ fn serve(
                 }
             }
             (StatusCode::OK, Some(json!({"action": a})))
+        }
+        ("GET", "/v2/droplets/{droplet_id}/actions") => {
+            let id: u64 = p("droplet_id").parse().unwrap_or(0);
+            if !st.droplets.iter().any(|d| d["id"] == id) {
+                return not_found();
+            }
+            let items = st
+                .actions
+                .values()
+                .filter(|(a, _)| a["resource_id"] == id && a["resource_type"] == "droplet")
+                .map(|(a, _)| a.clone())
+                .collect();
+            page(
+                base,
+                &format!("/v2/droplets/{id}/actions"),
+                query,
+                "actions",
+                items,
+            )
         }
         ("GET", "/v2/volumes") => {
             let items = st
