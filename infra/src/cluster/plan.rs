@@ -287,9 +287,14 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
     }
     match &o.vpc {
         None => p.changes.push(Change::CreateVpc(d.vpc.clone())),
-        Some(v) if v.ip_range != d.vpc.ip_range || v.region != d.vpc.region => p.notes.push(format!(
-            "vpc {} is {} in {}, the spec says {} in {}: a VPC's range cannot change (not touched)",
-            v.name, v.ip_range, v.region, d.vpc.ip_range, d.vpc.region
+        // Droplets and the load balancer must be in the VPC's region: nothing can be built.
+        Some(v) if v.region != d.vpc.region => p.blockers.push(format!(
+            "vpc {} is in {}, the spec's region is {}: rename the cluster or move the spec",
+            v.name, v.region, d.vpc.region
+        )),
+        Some(v) if v.ip_range != d.vpc.ip_range => p.notes.push(format!(
+            "vpc {} is {}, the spec says {}: a VPC's range cannot change (not touched)",
+            v.name, v.ip_range, d.vpc.ip_range
         )),
         Some(_) => {}
     }
@@ -350,6 +355,12 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
                             id: have.id,
                         });
                     }
+                }
+                if have.region != want.region {
+                    p.notes.push(format!(
+                        "droplet {} is in {}, the spec says {}: replace it (one node at a time)",
+                        want.name, have.region, want.region
+                    ));
                 }
                 if have.size != want.size {
                     p.notes.push(format!(
@@ -486,4 +497,114 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::provider::{ObservedDroplet, ObservedVpc};
+    use crate::cluster::spec::Checked;
+
+    fn desired() -> Desired {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/cluster.toml"
+        ))
+        .unwrap_or_default();
+        Desired::from_spec(&Checked::parse(&text).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn droplet(d: &Desired, name: &str, id: u64) -> ObservedDroplet {
+        let want = d.droplets.iter().find(|x| x.name == name);
+        ObservedDroplet {
+            id,
+            name: name.into(),
+            size: want.map(|w| w.size.clone()).unwrap_or_default(),
+            region: "fra1".into(),
+            tags: want.map(|w| w.tags.clone()).unwrap_or_default(),
+            status: "active".into(),
+            volume_ids: vec![],
+            vpc_id: None,
+            private_ip: None,
+            public_ip: None,
+        }
+    }
+
+    #[test]
+    fn what_apply_cannot_fix_is_said_and_what_it_must_not_guess_blocks() {
+        let d = desired();
+        let mut o = Observed {
+            vpc: Some(ObservedVpc {
+                id: "v".into(),
+                name: "pd-prod".into(),
+                region: "fra1".into(),
+                ip_range: "10.9.0.0/20".into(),
+            }),
+            ..Observed::default()
+        };
+        let mut small = droplet(&d, "pd-prod-worker-03", 3);
+        small.size = "s-1vcpu-1gb".into();
+        o.droplets = vec![
+            small,
+            droplet(&d, "pd-prod-worker-04", 4),
+            droplet(&d, "pd-prod-worker-04", 5),
+        ];
+        let p = plan(&d, &o);
+        let text = p.to_string();
+        assert!(
+            text.contains("! vpc pd-prod is 10.9.0.0/20, the spec says 10.110.0.0/20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("! droplet pd-prod-worker-03 is s-1vcpu-1gb, the spec says s-8vcpu-16gb"),
+            "{text}"
+        );
+        assert!(
+            p.refusal(true)
+                .is_some_and(|r| r.contains("2 droplets are named pd-prod-worker-04"))
+        );
+        // Another region's VPC of the same name: nothing can be built in it.
+        o.droplets.clear();
+        if let Some(v) = o.vpc.as_mut() {
+            v.region = "ams3".into();
+        }
+        assert!(
+            plan(&d, &o)
+                .refusal(false)
+                .is_some_and(|r| r.contains("is in ams3"))
+        );
+    }
+
+    #[test]
+    fn quorum_allows_one_manager_or_database_node_at_a_time() {
+        let d = desired();
+        let extra = |names: &[&str]| Observed {
+            droplets: names
+                .iter()
+                .zip(100..)
+                .map(|(n, id)| droplet(&d, n, id))
+                .collect(),
+            ..Observed::default()
+        };
+        let p = plan(&d, &extra(&["pd-prod-manager-04"]));
+        assert!(
+            p.refusal(false)
+                .is_some_and(|r| r.contains("--allow-destroy"))
+        );
+        assert_eq!(p.refusal(true), None);
+        let p = plan(&d, &extra(&["pd-prod-database-04", "pd-prod-database-05"]));
+        assert!(
+            p.refusal(true)
+                .is_some_and(|r| r.contains("2 database nodes at once"))
+        );
+        let p = plan(
+            &d,
+            &extra(&[
+                "pd-prod-worker-21",
+                "pd-prod-worker-22",
+                "pd-prod-manager-04",
+            ]),
+        );
+        assert_eq!(p.refusal(true), None);
+    }
 }
