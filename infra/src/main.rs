@@ -102,6 +102,8 @@ enum ClusterCmd {
         #[arg(long)]
         allow_destroy: bool,
     },
+    /// Monthly cost of the spec from DigitalOcean's prices (`/v2/sizes`), per site.
+    Cost,
     /// The steps from the droplets to a labelled swarm with its networks and stacks. Only
     /// `--dry-run` today: the steps for machines in no swarm yet (no SSH).
     Swarm {
@@ -144,6 +146,12 @@ fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if matches!(cmd, ClusterCmd::Cost) {
+            let prices = client.prices().await?;
+            let cost = cluster::cost::cost(&checked, &prices).map_err(|e| anyhow::anyhow!(e))?;
+            print!("{}", cluster::cost::report(&cost));
+            return Ok(());
+        }
         let observed = cluster::observe(&client, &desired).await?;
         if let ClusterCmd::Swarm { dry_run } = cmd {
             if !dry_run {

@@ -514,6 +514,25 @@ async fn the_cli_plans_and_applies_and_never_prints_the_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout3 = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(stdout3.contains("nothing to do (6 API calls)"), "{stdout3}");
+    // The cost, from the (test server's) prices of /v2/sizes.
+    let out = run(&["cluster", "cost"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cost = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cost}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    let lines: Vec<String> = cost.lines().map(words).collect();
+    for want in [
+        "worker droplets (s-8vcpu-16gb) 20 × 96.00 = 1920.00",
+        "total 3374.00 USD a month",
+        "per site at 500 sites (20 workers × 25 slots): 6.75 USD a month",
+    ] {
+        assert!(lines.contains(&want.to_owned()), "{want:?} not in:\n{cost}");
+    }
     // The swarm steps for those machines, from their addresses.
     let out = run(&["cluster", "swarm", "--dry-run"])
         .await

@@ -393,6 +393,16 @@ impl Client {
         Ok(out)
     }
 
+    /// Monthly price of every droplet size (`/v2/sizes`), by slug.
+    pub async fn prices(&self) -> Result<std::collections::BTreeMap<String, f64>> {
+        Ok(self
+            .list("/v2/sizes", "sizes")
+            .await?
+            .iter()
+            .filter_map(|s| Some((str_of(s, "slug"), s.get("price_monthly")?.as_f64()?)))
+            .collect())
+    }
+
     /// Polls actions until all completed. One look per round, at the first action still
     /// pending: actions of one apply finish at about the same time, so when it is done the
     /// next ones are looked at at once (33 droplets: a look per round plus one per droplet,

@@ -7,9 +7,11 @@
 //! - [`plan`]: the difference, found by tags and names (no state file), pure.
 //! - [`apply`]: carries a plan out, resource by resource; a failed run is re-run.
 //! - [`cloud_init`]: what a node runs at first boot (Docker; GlusterFS on storage nodes).
+//! - [`cost`]: the spec's monthly cost from the provider's prices, per site.
 //! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks.
 pub mod apply;
 pub mod cloud_init;
+pub mod cost;
 pub mod desired;
 pub mod digitalocean;
 pub mod plan;

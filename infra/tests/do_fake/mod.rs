@@ -602,6 +602,26 @@ fn serve(
     let q = |k: &str| query.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
     let p = |k: &str| op.path_params.get(k).cloned().unwrap_or_default();
     match (op.method.as_str(), op.template.as_str()) {
+        ("GET", "/v2/sizes") => {
+            let items = [
+                ("s-1vcpu-1gb", 1, 1024, 6.0),
+                ("s-4vcpu-8gb", 4, 8192, 48.0),
+                ("s-8vcpu-16gb", 8, 16384, 96.0),
+                ("m-2vcpu-16gb", 2, 16384, 84.0),
+                ("m-4vcpu-32gb", 4, 32768, 168.0),
+            ]
+            .into_iter()
+            .map(|(slug, vcpus, memory, monthly)| {
+                json!({
+                    "slug": slug, "vcpus": vcpus, "memory": memory, "disk": 160,
+                    "transfer": 5.0, "price_monthly": monthly,
+                    "price_hourly": monthly / 672.0, "regions": ["fra1", "ams3"],
+                    "available": true, "description": "Basic",
+                })
+            })
+            .collect();
+            page(base, "/v2/sizes", query, "sizes", items)
+        }
         ("GET", "/v2/tags") => {
             let items = st
                 .tags
