@@ -593,6 +593,20 @@ async fn drift_is_repaired_and_workers_are_added() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(plan_of(&c, &d).await.is_empty());
     // A role tag (its firewall) lost, a volume detached.
+    // The cluster's own tag removed by hand: found by its name, tagged again, not made twice.
+    fake.untag("pd-prod-worker-03", "pd-prod");
+    let p = plan_of(&c, &d).await;
+    assert_eq!(
+        p.to_string().lines().next(),
+        Some("~ droplet pd-prod-worker-03: tag pd-prod"),
+        "{p}"
+    );
+    assert_eq!(p.changes.len(), 1, "{p}");
+    run_apply(&c, &d, false)
+        .await
+        .0
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(plan_of(&c, &d).await.is_empty());
     fake.untag("pd-prod-cache-02", "pd-prod-cache");
     fake.detach("pd-prod-storage-01-data");
     let p = plan_of(&c, &d).await;

@@ -515,17 +515,24 @@ impl Provider for Client {
                 region: str_of(v, "region"),
                 ip_range: str_of(v, "ip_range"),
             });
+        // By tag, and by name too: a droplet that lost the cluster's tag by hand must be
+        // found (and tagged again), not created a second time.
+        let prefix = format!("{cluster_tag}-");
         let droplets = self
-            .list(&format!("/v2/droplets?tag_name={cluster_tag}"), "droplets")
+            .list("/v2/droplets", "droplets")
             .await?
             .iter()
             .map(droplet_of)
+            .filter(|d| d.tags.iter().any(|t| t == cluster_tag) || d.name.starts_with(&prefix))
             .collect();
         let volumes = self
             .list(&format!("/v2/volumes?region={region}"), "volumes")
             .await?
             .iter()
-            .filter(|v| strings(v.get("tags")).iter().any(|t| t == cluster_tag))
+            .filter(|v| {
+                strings(v.get("tags")).iter().any(|t| t == cluster_tag)
+                    || str_of(v, "name").starts_with(&prefix)
+            })
             .map(|v| ObservedVolume {
                 id: str_of(v, "id"),
                 name: str_of(v, "name"),
@@ -607,7 +614,6 @@ impl Provider for Client {
             });
         }
         let mut firewalls = Vec::new();
-        let prefix = format!("{cluster_tag}-");
         for f in self.list("/v2/firewalls", "firewalls").await? {
             let name = str_of(&f, "name");
             if !name.starts_with(&prefix) {

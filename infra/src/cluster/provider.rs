@@ -62,9 +62,9 @@ pub struct Observed {
     /// Every tag of the account.
     pub tags: Vec<String>,
     pub vpc: Option<ObservedVpc>,
-    /// Droplets carrying the cluster's tag.
+    /// Droplets carrying the cluster's tag or named `<cluster>-…`.
     pub droplets: Vec<ObservedDroplet>,
-    /// Volumes carrying the cluster's tag, in the cluster's region.
+    /// Volumes carrying the cluster's tag or named `<cluster>-…`, in the cluster's region.
     pub volumes: Vec<ObservedVolume>,
     /// Load balancers named like the spec's.
     pub load_balancers: Vec<ObservedLoadBalancer>,
@@ -76,7 +76,8 @@ pub struct Observed {
 /// returned once its create action completed). Called by [`super::apply`].
 #[allow(async_fn_in_trait)] // used through generics only, never `dyn`, never across spawns
 pub trait Provider {
-    /// What exists for the cluster: droplets and volumes by the cluster's tag, the VPC,
+    /// What exists for the cluster: droplets and volumes by the cluster's tag (or their
+    /// derived names, so that one whose tag was removed by hand is not made twice), the VPC,
     /// load balancer and firewalls by their derived names.
     async fn observe(
         &self,
