@@ -95,12 +95,20 @@ enum ClusterCmd {
     /// Parse and check the spec, print what it would build (no account needed).
     Check,
     /// The difference between the spec and the account (token: DIGITALOCEAN_TOKEN).
-    Plan,
+    Plan {
+        /// Show the plan with this node replaced (see `apply --replace`).
+        #[arg(long)]
+        replace: Vec<String>,
+    },
     /// Carry the plan out, resource by resource; re-run after a failure to converge.
     Apply {
         /// Allow destroying droplets that the spec no longer has (drain them first).
         #[arg(long)]
         allow_destroy: bool,
+        /// Destroy this node and create it again, its volume moved over (a failed node).
+        /// Repeatable, but at most one manager and one database node per apply.
+        #[arg(long)]
+        replace: Vec<String>,
     },
     /// Monthly cost of the spec from DigitalOcean's prices (`/v2/sizes`), per site.
     Cost,
@@ -179,9 +187,13 @@ fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
             println!("swarm: {} steps", steps.len());
             return Ok(());
         }
-        let p = plan(&desired, &observed);
+        let replace = match &cmd {
+            ClusterCmd::Plan { replace } | ClusterCmd::Apply { replace, .. } => replace.clone(),
+            _ => Vec::new(),
+        };
+        let p = cluster::plan::plan_replacing(&desired, &observed, &replace);
         println!("{p}");
-        if let ClusterCmd::Apply { allow_destroy } = cmd {
+        if let ClusterCmd::Apply { allow_destroy, .. } = cmd {
             if p.is_empty() {
                 println!("nothing to do ({} API calls)", client.calls());
                 return Ok(());

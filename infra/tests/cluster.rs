@@ -571,6 +571,80 @@ async fn the_cli_plans_and_applies_and_never_prints_the_token() {
     assert_clean(&fake);
 }
 
+/// A failed database node replaced: destroyed and created again, its volume (the data) moved
+/// over; two at once refused (Galera's quorum).
+#[tokio::test]
+async fn a_node_is_replaced_with_its_volume() {
+    let fake = Fake::start(TOKEN).await;
+    let c = client(&fake);
+    let d = desired();
+    run_apply(&c, &d, false)
+        .await
+        .0
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = cluster::observe(&c, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let old = before
+        .droplets
+        .iter()
+        .find(|x| x.name == "pd-prod-database-02")
+        .map(|x| x.id);
+    let vol = before
+        .volumes
+        .iter()
+        .find(|v| v.name == "pd-prod-database-02-data")
+        .map(|v| v.id.clone());
+    let o = cluster::observe(&c, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let p = cluster::plan::plan_replacing(&d, &o, &["pd-prod-database-02".into()]);
+    assert_eq!(
+        p.to_string(),
+        "± droplet pd-prod-database-02: destroyed and created again, its volume moved over\nplan: 0 to create, 0 to change, 0 to destroy, 1 to replace"
+    );
+    let mut lines = Vec::new();
+    apply(&c, &d, &o, &p, false, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", fake.violations().join("\n")));
+    let after = cluster::observe(&c, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let new = after
+        .droplets
+        .iter()
+        .find(|x| x.name == "pd-prod-database-02")
+        .map(|x| x.id);
+    assert!(new.is_some() && new != old, "{old:?} → {new:?}");
+    let v = after
+        .volumes
+        .iter()
+        .find(|v| v.name == "pd-prod-database-02-data");
+    assert_eq!(v.map(|v| v.id.clone()), vol, "the same volume");
+    assert_eq!(
+        v.map(|v| v.droplet_ids.clone()),
+        Some(new.into_iter().collect())
+    );
+    assert_eq!(fake.counts(), [33, 5, 6, 1, 1]);
+    assert!(plan(&d, &after).is_empty());
+    // Two database nodes at once: refused, nothing touched.
+    let p = cluster::plan::plan_replacing(
+        &d,
+        &after,
+        &["pd-prod-database-01".into(), "pd-prod-database-03".into()],
+    );
+    let e = apply(&c, &d, &after, &p, true, &mut |_| {}).await.err();
+    assert!(e.is_some_and(|e| format!("{e:#}").contains("quorum")));
+    let same = cluster::observe(&c, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        same.droplets.iter().map(|x| x.id).collect::<Vec<_>>(),
+        after.droplets.iter().map(|x| x.id).collect::<Vec<_>>()
+    );
+    assert_clean(&fake);
+}
+
 #[tokio::test]
 async fn drift_is_repaired_and_workers_are_added() {
     let fake = Fake::start(TOKEN).await;

@@ -163,6 +163,27 @@ pub async fn apply<P: Provider>(
                     provider.delete_firewall(id).await?;
                     "deleted".into()
                 }
+                Change::ReplaceDroplet {
+                    id,
+                    droplet,
+                    volume_id,
+                } => {
+                    let vpc = vpc_id.as_deref().context("no VPC id")?;
+                    if let Some(v) = volume_id {
+                        provider
+                            .detach_volume(v, *id, &desired.vpc.region)
+                            .await
+                            .context("detaching its volume")?;
+                    }
+                    provider.destroy_droplet(*id).await?;
+                    let (ids, actions) = provider
+                        .create_droplets(&[droplet], vpc, volume_id.as_deref())
+                        .await?;
+                    provider.wait(&actions).await?;
+                    let new = ids.first().copied().context("no droplet id")?;
+                    droplet_ids.insert(droplet.name.clone(), new);
+                    format!("replaced (id {id} → {new})")
+                }
                 Change::DestroyDroplet { id, .. } => {
                     provider.destroy_droplet(*id).await?;
                     "destroyed".into()

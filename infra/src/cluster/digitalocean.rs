@@ -393,6 +393,28 @@ impl Client {
         Ok(out)
     }
 
+    /// A volume action (`attach`, `detach`), awaited.
+    async fn volume_action(
+        &self,
+        kind: &str,
+        volume_id: &str,
+        droplet_id: u64,
+        region: &str,
+    ) -> Result<()> {
+        let v = self
+            .call(
+                Method::POST,
+                &format!("/v2/volumes/{volume_id}/actions"),
+                Some(&json!({ "type": kind, "droplet_id": droplet_id, "region": region })),
+            )
+            .await?;
+        let id = v
+            .pointer("/action/id")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("no action.id in the {kind} answer"))?;
+        self.wait_actions(&[id]).await
+    }
+
     /// Monthly price of every droplet size (`/v2/sizes`), by slug.
     pub async fn prices(&self) -> Result<std::collections::BTreeMap<String, f64>> {
         Ok(self
@@ -771,18 +793,13 @@ impl Provider for Client {
     }
 
     async fn attach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()> {
-        let v = self
-            .call(
-                Method::POST,
-                &format!("/v2/volumes/{volume_id}/actions"),
-                Some(&json!({ "type": "attach", "droplet_id": droplet_id, "region": region })),
-            )
-            .await?;
-        let id = v
-            .pointer("/action/id")
-            .and_then(Value::as_u64)
-            .context("no action.id in the attach answer")?;
-        self.wait_actions(&[id]).await
+        self.volume_action("attach", volume_id, droplet_id, region)
+            .await
+    }
+
+    async fn detach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()> {
+        self.volume_action("detach", volume_id, droplet_id, region)
+            .await
     }
 
     async fn create_load_balancer(&self, lb: &LoadBalancer, vpc_id: &str) -> Result<String> {

@@ -52,6 +52,14 @@ pub enum Change {
         id: String,
         name: String,
     },
+    /// A node named by the operator (`--replace`): its volume detached, the droplet destroyed,
+    /// the same droplet created again with the volume (a failed node, a new image or size).
+    ReplaceDroplet {
+        id: u64,
+        droplet: Droplet,
+        /// Its volume's id, moved over to the new droplet.
+        volume_id: Option<String>,
+    },
     /// A droplet with the cluster's tag that the spec no longer has.
     DestroyDroplet {
         id: u64,
@@ -76,10 +84,20 @@ impl Change {
             | Change::UpdateLoadBalancer { .. }
             | Change::UpdateFirewall { .. } => '~',
             Change::DeleteFirewall { .. } | Change::DestroyDroplet { .. } => '-',
+            Change::ReplaceDroplet { .. } => '±',
         }
     }
     pub fn is_destructive(&self) -> bool {
         matches!(self, Change::DestroyDroplet { .. })
+    }
+
+    /// The role of a node this change takes away (for a while, or for good).
+    fn removes(&self) -> Option<Role> {
+        match self {
+            Change::DestroyDroplet { role, .. } => *role,
+            Change::ReplaceDroplet { droplet, .. } => Some(droplet.role),
+            _ => None,
+        }
     }
 }
 
@@ -146,6 +164,18 @@ impl fmt::Display for Change {
             Change::DestroyDroplet { name, .. } => {
                 write!(f, "{s} droplet {name} (not in the spec)")
             }
+            Change::ReplaceDroplet {
+                droplet, volume_id, ..
+            } => write!(
+                f,
+                "{s} droplet {}: destroyed and created again{}",
+                droplet.name,
+                if volume_id.is_some() {
+                    ", its volume moved over"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 }
@@ -173,24 +203,21 @@ impl Plan {
         if !self.blockers.is_empty() {
             return Some(self.blockers.join("; "));
         }
-        let destroys: Vec<&Change> = self.changes.iter().filter(|c| c.is_destructive()).collect();
-        if destroys.is_empty() {
-            return None;
-        }
-        if !allow_destroy {
+        let destroys = self.changes.iter().filter(|c| c.is_destructive()).count();
+        if destroys > 0 && !allow_destroy {
             return Some(format!(
-                "the plan destroys {} droplet(s); drain them through the platform first, then run apply with --allow-destroy",
-                destroys.len()
+                "the plan destroys {destroys} droplet(s); drain them through the platform first, then run apply with --allow-destroy"
             ));
         }
         for role in [Role::Manager, Role::Database] {
-            let n = destroys
+            let n = self
+                .changes
                 .iter()
-                .filter(|c| matches!(c, Change::DestroyDroplet { role: Some(r), .. } if *r == role))
+                .filter(|c| c.removes() == Some(role))
                 .count();
             if n > 1 {
                 return Some(format!(
-                    "the plan destroys {n} {role} nodes at once; quorum allows one at a time (change the spec one {role} per apply)"
+                    "the plan takes away {n} {role} nodes at once; quorum allows one at a time (change the spec, or --replace, one {role} per apply)"
                 ));
             }
         }
@@ -216,7 +243,11 @@ impl fmt::Display for Plan {
             count('+'),
             count('~'),
             count('-')
-        )
+        )?;
+        match count('±') {
+            0 => Ok(()),
+            n => write!(f, ", {n} to replace"),
+        }
     }
 }
 
@@ -279,7 +310,23 @@ fn role_of(d: &Desired, name: &str) -> Option<Role> {
 }
 
 pub fn plan(d: &Desired, o: &Observed) -> Plan {
+    plan_replacing(d, o, &[])
+}
+
+/// The plan, with the droplets named in `replace` destroyed and created again (their volumes
+/// moved over) instead of converged.
+pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
     let mut p = Plan::default();
+    for r in replace {
+        if !d.droplets.iter().any(|x| &x.name == r) {
+            p.blockers
+                .push(format!("--replace {r}: the spec has no such node"));
+        } else if !o.droplets.iter().any(|x| &x.name == r) {
+            p.blockers.push(format!(
+                "--replace {r}: no such droplet yet (apply creates it)"
+            ));
+        }
+    }
     for t in &d.tags {
         if !o.tags.contains(t) {
             p.changes.push(Change::CreateTag(t.clone()));
@@ -340,6 +387,15 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
     for want in &d.droplets {
         match droplets.get(want.name.as_str()) {
             None => p.changes.push(Change::CreateDroplet(want.clone())),
+            Some(have) if replace.contains(&want.name) => p.changes.push(Change::ReplaceDroplet {
+                id: have.id,
+                droplet: want.clone(),
+                volume_id: want
+                    .volume
+                    .as_ref()
+                    .and_then(|v| volumes.get(v.as_str()))
+                    .map(|v| v.id.clone()),
+            }),
             Some(have) => {
                 if have.status == "new" {
                     p.changes.push(Change::AwaitDroplet {

@@ -107,6 +107,8 @@ pub trait Provider {
     async fn tag_droplet(&self, tag: &str, droplet_id: u64) -> Result<()>;
     /// Waits for the attach action.
     async fn attach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()>;
+    /// Waits for the detach action.
+    async fn detach_volume(&self, volume_id: &str, droplet_id: u64, region: &str) -> Result<()>;
     /// Waits until it is active; returns its id.
     async fn create_load_balancer(&self, lb: &LoadBalancer, vpc_id: &str) -> Result<String>;
     async fn update_load_balancer(&self, id: &str, lb: &LoadBalancer, vpc_id: &str) -> Result<()>;

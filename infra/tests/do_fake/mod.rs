@@ -852,10 +852,32 @@ fn serve(
             let Some(v) = st.volumes.iter_mut().find(|v| v["id"] == vid.as_str()) else {
                 return not_found();
             };
-            if b["type"] != "attach" {
-                return unprocessable("only attach here");
+            match b["type"].as_str() {
+                Some("attach") => {
+                    if v["droplet_ids"].as_array().is_some_and(|a| !a.is_empty()) {
+                        return unprocessable("volume is already attached");
+                    }
+                    v["droplet_ids"] = json!([did]);
+                }
+                Some("detach") => {
+                    if !v["droplet_ids"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| *x == did))
+                    {
+                        return unprocessable("volume is not attached to that droplet");
+                    }
+                    v["droplet_ids"] = json!([]);
+                    let region_slug = v["region"]["slug"].as_str().unwrap_or("nyc3").to_owned();
+                    if let Some(d) = st.droplets.iter_mut().find(|d| d["id"] == did)
+                        && let Some(ids) = d["volume_ids"].as_array_mut()
+                    {
+                        ids.retain(|x| *x != vid.as_str());
+                    }
+                    let a = new_action(st, "detach_volume", did, "volume", &region_slug);
+                    return (StatusCode::ACCEPTED, Some(json!({"action": a})));
+                }
+                _ => return unprocessable("only attach and detach here"),
             }
-            v["droplet_ids"] = json!([did]);
             let region_slug = v["region"]["slug"].as_str().unwrap_or("nyc3").to_owned();
             if let Some(d) = st.droplets.iter_mut().find(|d| d["id"] == did)
                 && let Some(ids) = d["volume_ids"].as_array_mut()
