@@ -645,6 +645,58 @@ async fn a_node_is_replaced_with_its_volume() {
     assert_clean(&fake);
 }
 
+/// A replacement interrupted at each of its changes (detach, destroy, create), refused or with
+/// its answer lost, converges when the same command runs again (the destroy is a DELETE,
+/// which the client retries itself): one droplet of that name, on
+/// the same volume.
+#[tokio::test]
+async fn an_interrupted_replacement_converges() {
+    let d = desired();
+    let name = "pd-prod-storage-02";
+    for k in 1..=3 {
+        for after in [false, true] {
+            let fake = Fake::start(TOKEN).await;
+            let c = client(&fake);
+            run_apply(&c, &d, false)
+                .await
+                .0
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let vol = fake.with(|s| s.volume_id(&format!("{name}-data")));
+            // The first apply made 31 changes.
+            fake.with(|s| {
+                s.fault = Some(Fault {
+                    method: "*",
+                    template: "*",
+                    nth: 31 + k,
+                    after,
+                })
+            });
+            let replace = [name.to_owned()];
+            let run = || async {
+                let o = cluster::observe(&c, &d).await?;
+                let p = cluster::plan::plan_replacing(&d, &o, &replace);
+                apply(&c, &d, &o, &p, false, &mut |_| {}).await
+            };
+            // The DELETE (change 2) is retried by the client and succeeds; the POSTs fail.
+            let first = run().await;
+            assert_eq!(first.is_err(), k != 2, "change {k} (after: {after})");
+            run()
+                .await
+                .unwrap_or_else(|e| panic!("change {k} (after: {after}): {e:#}"));
+            let o = cluster::observe(&c, &d)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(plan(&d, &o).is_empty(), "change {k} (after: {after})");
+            let ids = fake.with(|s| s.droplets_named(name));
+            assert_eq!(ids.len(), 1, "change {k} (after: {after})");
+            let v = o.volumes.iter().find(|v| v.name == format!("{name}-data"));
+            assert_eq!(v.map(|v| v.id.clone()), Some(vol.clone()));
+            assert_eq!(v.map(|v| v.droplet_ids.clone()), Some(ids));
+            assert_clean(&fake);
+        }
+    }
+}
+
 #[tokio::test]
 async fn drift_is_repaired_and_workers_are_added() {
     let fake = Fake::start(TOKEN).await;

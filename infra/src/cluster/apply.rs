@@ -167,9 +167,10 @@ pub async fn apply<P: Provider>(
                     id,
                     droplet,
                     volume_id,
+                    detach,
                 } => {
                     let vpc = vpc_id.as_deref().context("no VPC id")?;
-                    if let Some(v) = volume_id {
+                    if let (Some(v), true) = (volume_id, detach) {
                         provider
                             .detach_volume(v, *id, &desired.vpc.region)
                             .await

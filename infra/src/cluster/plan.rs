@@ -59,6 +59,8 @@ pub enum Change {
         droplet: Droplet,
         /// Its volume's id, moved over to the new droplet.
         volume_id: Option<String>,
+        /// The volume is attached to it now (not after an interrupted replacement).
+        detach: bool,
     },
     /// A droplet with the cluster's tag that the spec no longer has.
     DestroyDroplet {
@@ -322,9 +324,9 @@ pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
             p.blockers
                 .push(format!("--replace {r}: the spec has no such node"));
         } else if !o.droplets.iter().any(|x| &x.name == r) {
-            p.blockers.push(format!(
-                "--replace {r}: no such droplet yet (apply creates it)"
-            ));
+            // Not there (yet, or any more: an interrupted replacement): plainly created.
+            p.notes
+                .push(format!("--replace {r}: no such droplet, it is created"));
         }
     }
     for t in &d.tags {
@@ -387,15 +389,15 @@ pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
     for want in &d.droplets {
         match droplets.get(want.name.as_str()) {
             None => p.changes.push(Change::CreateDroplet(want.clone())),
-            Some(have) if replace.contains(&want.name) => p.changes.push(Change::ReplaceDroplet {
-                id: have.id,
-                droplet: want.clone(),
-                volume_id: want
-                    .volume
-                    .as_ref()
-                    .and_then(|v| volumes.get(v.as_str()))
-                    .map(|v| v.id.clone()),
-            }),
+            Some(have) if replace.contains(&want.name) => {
+                let vol = want.volume.as_ref().and_then(|v| volumes.get(v.as_str()));
+                p.changes.push(Change::ReplaceDroplet {
+                    id: have.id,
+                    droplet: want.clone(),
+                    volume_id: vol.map(|v| v.id.clone()),
+                    detach: vol.is_some_and(|v| v.droplet_ids.contains(&have.id)),
+                })
+            }
             Some(have) => {
                 if have.status == "new" {
                     p.changes.push(Change::AwaitDroplet {

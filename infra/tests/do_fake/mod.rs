@@ -57,6 +57,14 @@ pub struct State_ {
 }
 
 impl State_ {
+    pub fn volume_id(&self, name: &str) -> String {
+        self.volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["id"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    }
     pub fn tag_count(&self) -> usize {
         self.tags.len()
     }
