@@ -5,7 +5,10 @@
 //!
 //! The volume is made with a filesystem (DigitalOcean formats it) and attached when the
 //! droplet is created, so it is there at first boot; the mount waits for the device anyway,
-//! because an attachment converged by a later `apply` arrives after boot.
+//! because an attachment converged by a later `apply` arrives after boot. It is mounted by
+//! its stable `/dev/disk/by-id/scsi-0DO_Volume_<name>` path with `nofail`, so a node whose
+//! volume is missing still boots (and its data service finds an empty mount point). The
+//! output parses as YAML (checked by hand with PyYAML; no YAML crate in the workspace).
 use super::spec::{Role, VolumeSpec};
 
 /// The user data of a node of `role`; `volume` is the name of its block volume.

@@ -15,9 +15,10 @@
 //!   schema forbids extra properties), so "exactly one" never holds for a valid body;
 //! - `discriminator`, `example` are annotations and dropped.
 //!
-//! One check stricter than the spec: a request body may only carry properties the operation's
-//! schema declares somewhere at that level. DigitalOcean ignores unknown fields, so a
+//! One check stricter than the spec: a body may only carry properties the operation's schema
+//! declares somewhere at that level. In a request: DigitalOcean ignores unknown fields, so a
 //! misspelt one (`vpc_id` for `vpc_uuid`) would be silently dropped; here it fails the test.
+//! In a response: the test server must not invent a field the client could come to rely on.
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -266,12 +267,17 @@ impl Spec {
         match (schema.is_null(), body) {
             (true, Some(_)) => errors.push(format!("{name}: the spec has no body for it")),
             (false, None) => errors.push(format!("{name}: the spec has a body for it, none sent")),
-            (false, Some(b)) => errors.extend(self.validate(
-                &format!("{} {} {code} response", op.method, op.template),
-                schema,
-                b,
-                false,
-            )),
+            (false, Some(b)) => {
+                errors.extend(self.validate(
+                    &format!("{} {} {code} response", op.method, op.template),
+                    schema,
+                    b,
+                    false,
+                ));
+                // The test server must not invent fields either: the client could come to
+                // rely on one DigitalOcean never sends.
+                unknown_properties(&[schema], b, &format!("{name} body"), &mut errors);
+            }
             (true, None) => {}
         }
         errors
