@@ -4,10 +4,10 @@
 //!   it is sent only to the API's own origin (a pagination link to another host is refused).
 //! - Lists follow `links.pages.next` to the end.
 //! - 429: waits until `ratelimit-reset` (or `retry-after`), at most [`Client::max_wait`],
-//!   then retries, any method (a rejected request did nothing). 5xx and connection errors
+//!   then retries, any method (a rejected request did nothing). 5xx and broken connections
 //!   are retried with exponential backoff for GET, PUT and DELETE only: a POST that failed
 //!   may have created something, and the next `apply` finds it by its tag and name instead
-//!   of creating it twice.
+//!   of creating it twice. A connection that could not be made is retried for any method.
 //! - Actions (droplet create, volume attach) are polled until `completed`; `errored` fails.
 //! - Errors carry DigitalOcean's `id`, `message` and `request_id`, the method and the path.
 use super::desired::{Droplet, Firewall, FwRule, LoadBalancer, Sources, Volume, Vpc};
@@ -286,7 +286,10 @@ impl Client {
             }
             let resp = match req.send().await {
                 Ok(r) => r,
-                Err(e) if is_idempotent(&method) && attempt < self.max_retries => {
+                // A connection never made sent nothing: safe to retry whatever the method.
+                Err(e)
+                    if (is_idempotent(&method) || e.is_connect()) && attempt < self.max_retries =>
+                {
                     attempt += 1;
                     let wait = self.backoff * 2u32.saturating_pow(attempt - 1).min(64);
                     eprintln!(
