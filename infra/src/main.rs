@@ -112,11 +112,15 @@ enum ClusterCmd {
     },
     /// Monthly cost of the spec from DigitalOcean's prices (`/v2/sizes`), per site.
     Cost,
-    /// The steps from the droplets to a labelled swarm with its networks and stacks. Only
-    /// `--dry-run` today: the steps for machines in no swarm yet (no SSH).
+    /// From the droplets to a labelled swarm with its networks and stacks: observes every
+    /// machine (docker over SSH), plans the missing steps and runs them.
     Swarm {
+        /// Print the steps for machines in no swarm yet; no SSH.
         #[arg(long)]
         dry_run: bool,
+        /// SSH user on the nodes.
+        #[arg(long, default_value = "root")]
+        ssh_user: String,
     },
 }
 
@@ -134,7 +138,7 @@ enum NodeCmd {
 }
 
 /// `cluster check|plan|apply`.
-fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
+fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
     use infra::cluster::{self, desired::Desired, digitalocean, plan::plan, spec::Checked};
     let checked = Checked::load(spec)?;
     let desired = Desired::from_spec(&checked);
@@ -161,12 +165,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
             return Ok(());
         }
         let observed = cluster::observe(&client, &desired).await?;
-        if let ClusterCmd::Swarm { dry_run } = cmd {
-            if !dry_run {
-                anyhow::bail!(
-                    "`cluster swarm` runs only with --dry-run so far (the SSH executor is not written)"
-                );
-            }
+        if let ClusterCmd::Swarm { dry_run, ssh_user } = cmd {
             let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
             if !missing.is_empty() {
                 anyhow::bail!(
@@ -175,16 +174,27 @@ fn cluster(spec: &Path, cmd: ClusterCmd) -> Result<()> {
                     missing.join(", ")
                 );
             }
-            let steps = cluster::swarm::plan_swarm(
-                &checked,
-                &machines,
-                &cluster::swarm::ObservedSwarm::default(),
-                &|_| true,
-            );
+            let docker = cluster::swarm_exec::SshDocker { user: ssh_user };
+            let seen = if dry_run {
+                cluster::swarm::ObservedSwarm::default()
+            } else {
+                cluster::swarm_exec::observe(&docker, &machines)?
+            };
+            let steps = cluster::swarm::plan_swarm(&checked, &machines, &seen, &|_| true);
             for s in &steps {
                 println!("{s}");
             }
             println!("swarm: {} steps", steps.len());
+            if !dry_run {
+                cluster::swarm_exec::execute(
+                    &docker,
+                    &machines,
+                    &steps,
+                    repo,
+                    std::time::Duration::from_secs(1),
+                    &mut |l| eprintln!("{l}"),
+                )?;
+            }
             return Ok(());
         }
         let replace = match &cmd {
@@ -242,7 +252,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = lab::repo_root();
     match cli.cmd {
-        Cmd::Cluster { spec, cmd } => cluster(&spec, cmd),
+        Cmd::Cluster { spec, cmd } => cluster(&spec, cmd, &repo),
         Cmd::LabDns { listen } => lab::dns::serve(&listen),
         Cmd::Routes {
             docker_host,

@@ -8,7 +8,8 @@
 //! - [`apply`]: carries a plan out, resource by resource; a failed run is re-run.
 //! - [`cloud_init`]: what a node runs at first boot (Docker; GlusterFS on storage nodes).
 //! - [`cost`]: the spec's monthly cost from the provider's prices, per site.
-//! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks.
+//! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks;
+//!   [`swarm_exec`] observes the machines and runs the steps (docker over SSH).
 pub mod apply;
 pub mod cloud_init;
 pub mod cost;
@@ -18,6 +19,7 @@ pub mod plan;
 pub mod provider;
 pub mod spec;
 pub mod swarm;
+pub mod swarm_exec;
 
 use anyhow::Result;
 use desired::Desired;

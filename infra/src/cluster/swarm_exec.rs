@@ -1,0 +1,518 @@
+//! Running the swarm steps ([`super::swarm`]) on the machines: the `docker` CLI of the
+//! operator's machine against each node's daemon over SSH (`docker -H ssh://root@<ip>`), so
+//! nothing is installed on the nodes beyond Docker, and a compose file is read where the
+//! operator runs the tool.
+//!
+//! - observe: each machine's `docker info` (in a swarm? its node id), then, from a manager in
+//!   the swarm, every node's labels and the networks;
+//! - execute: the steps in order; a join reads the join token from the first manager at that
+//!   moment and puts it in the command only (never in a step, a progress line or an error);
+//!   after a manager joins, waits until the first manager sees it `reachable` before the next.
+//!
+//! Tested with a simulated swarm (unit tests below): the order, the tokens, the waiting and a
+//! re-run after a failure. The SSH path itself has not run against machines.
+use super::spec::Role;
+use super::swarm::{Local, Machine, ObservedSwarm, Step, Swarm};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `docker <args>` against one machine's daemon.
+pub trait Docker {
+    /// Its stdout, or an error that names the machine and the command (tokens redacted).
+    fn run(&self, m: &Machine, args: &[String]) -> Result<String>;
+}
+
+/// The arguments as they may be shown: the value after `--token` replaced.
+pub fn redacted(args: &[String]) -> String {
+    let mut out = Vec::new();
+    let mut hide = false;
+    for a in args {
+        out.push(if hide { "<token>" } else { a.as_str() });
+        hide = a == "--token";
+    }
+    out.join(" ")
+}
+
+/// The real one: the local `docker` CLI with `-H ssh://<user>@<public ip>`.
+pub struct SshDocker {
+    pub user: String,
+}
+
+impl Docker for SshDocker {
+    fn run(&self, m: &Machine, args: &[String]) -> Result<String> {
+        let out = std::process::Command::new("docker")
+            .arg("-H")
+            .arg(format!("ssh://{}@{}", self.user, m.public_ip))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running docker")?;
+        if !out.status.success() {
+            bail!(
+                "`docker {}` on {}: {}",
+                redacted(args),
+                m.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn strs(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What the machines and the swarm's leader say.
+pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
+    let mut o = ObservedSwarm::default();
+    for m in machines {
+        let info = d.run(
+            m,
+            &strs(&[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}",
+            ]),
+        )?;
+        let mut it = info.split_whitespace();
+        let state = it.next().unwrap_or("");
+        o.local.insert(
+            m.name.clone(),
+            Local {
+                in_swarm: state == "active",
+                node_id: it.next().unwrap_or("").to_owned(),
+            },
+        );
+    }
+    let Some(leader) = machines
+        .iter()
+        .find(|m| m.role == Role::Manager && o.local.get(&m.name).is_some_and(|l| l.in_swarm))
+    else {
+        return Ok(o);
+    };
+    let mut labels = BTreeMap::new();
+    for id in d
+        .run(leader, &strs(&["node", "ls", "--format", "{{.ID}}"]))?
+        .split_whitespace()
+    {
+        let json = d.run(
+            leader,
+            &strs(&["node", "inspect", "--format", "{{json .Spec.Labels}}", id]),
+        )?;
+        let l: BTreeMap<String, String> = serde_json::from_str(json.trim()).unwrap_or_default();
+        labels.insert(id.to_owned(), l);
+    }
+    o.swarm = Swarm {
+        labels,
+        networks: d
+            .run(leader, &strs(&["network", "ls", "--format", "{{.Name}}"]))?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        stacks: Vec::new(),
+    };
+    Ok(o)
+}
+
+/// Runs the steps, in order. `repo`: where `stacks/` is. `poll`: between two looks at a
+/// joining manager.
+pub fn execute(
+    d: &impl Docker,
+    machines: &[Machine],
+    steps: &[Step],
+    repo: &std::path::Path,
+    poll: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let first = machines
+        .iter()
+        .find(|m| m.role == Role::Manager)
+        .context("no manager")?;
+    let by_name: BTreeMap<&str, &Machine> = machines.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut tokens: BTreeMap<bool, String> = BTreeMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        progress(&format!("[{}/{}] {step} …", i + 1, steps.len()));
+        let (on, mut args) = step.command(&first.name);
+        let target = *by_name
+            .get(on.as_str())
+            .with_context(|| format!("{on} is not a machine of the cluster"))?;
+        if let Step::Join { manager, .. } = step {
+            if !tokens.contains_key(manager) {
+                let kind = if *manager { "manager" } else { "worker" };
+                let t = d
+                    .run(first, &strs(&["swarm", "join-token", "-q", kind]))
+                    .with_context(|| format!("reading the {kind} join token"))?;
+                tokens.insert(*manager, t.trim().to_owned());
+            }
+            let token = tokens.get(manager).cloned().unwrap_or_default();
+            for a in &mut args {
+                if a == "{TOKEN}" {
+                    a.clone_from(&token);
+                }
+            }
+        }
+        if let Step::Deploy { file, .. } = step {
+            // The CLI reads the compose file here, on the operator's machine.
+            let path = repo.join(file);
+            for a in &mut args {
+                if a == file {
+                    *a = path.display().to_string();
+                }
+            }
+        }
+        d.run(target, &args)
+            .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
+        if let Step::Join {
+            node,
+            manager: true,
+            ..
+        } = step
+        {
+            // Raft: the next manager joins only once this one is a voting member.
+            let mut n = 0;
+            loop {
+                let r = d.run(
+                    first,
+                    &strs(&[
+                        "node",
+                        "inspect",
+                        "--format",
+                        "{{.ManagerStatus.Reachability}}",
+                        node,
+                    ]),
+                )?;
+                if r.trim() == "reachable" {
+                    break;
+                }
+                n += 1;
+                if n > 120 {
+                    bail!("manager {node} not reachable after joining");
+                }
+                std::thread::sleep(poll);
+            }
+        }
+        progress("  done");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::desired::Desired;
+    use super::super::spec::Checked;
+    use super::super::swarm::plan_swarm;
+    use super::*;
+    use std::sync::Mutex;
+
+    const MANAGER_TOKEN: &str = "SWMTKN-1-manager-0123456789abcdef";
+    const WORKER_TOKEN: &str = "SWMTKN-1-worker-fedcba9876543210";
+
+    #[derive(Default)]
+    struct Node {
+        in_swarm: bool,
+        manager: bool,
+        id: String,
+        labels: BTreeMap<String, String>,
+        looks: u32,
+    }
+
+    /// A swarm as the docker CLI shows it, enough for the commands the executor sends.
+    #[derive(Default)]
+    struct Sim {
+        nodes: BTreeMap<String, Node>,
+        networks: Vec<String>,
+        stacks: Vec<String>,
+        /// Fail the nth command (1-based); `fail_after`: carry it out first (answer lost).
+        fail_at: Option<usize>,
+        fail_after: bool,
+        commands: Vec<String>,
+    }
+
+    struct SimDocker(Mutex<Sim>);
+
+    impl Docker for SimDocker {
+        fn run(&self, m: &Machine, args: &[String]) -> Result<String> {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.commands.push(format!("{}: {}", m.name, redacted(args)));
+            let fail = s.fail_at == Some(s.commands.len());
+            if fail && !s.fail_after {
+                bail!("connection reset");
+            }
+            let r = Self::answer(&mut s, m, args)?;
+            if fail {
+                bail!("connection reset after the command ran");
+            }
+            Ok(r)
+        }
+    }
+
+    impl SimDocker {
+        fn answer(s: &mut Sim, m: &Machine, args: &[String]) -> Result<String> {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let is_manager = s
+                .nodes
+                .get(&m.name)
+                .is_some_and(|n| n.in_swarm && n.manager);
+            let host_id = |s: &Sim, h: &str| {
+                s.nodes
+                    .iter()
+                    .find(|(name, n)| name.as_str() == h || n.id == h)
+                    .map(|(name, _)| name.clone())
+            };
+            Ok(match a.as_slice() {
+                ["info", "--format", _] => {
+                    let n = s.nodes.entry(m.name.clone()).or_default();
+                    if n.in_swarm {
+                        format!("active {}\n", n.id)
+                    } else {
+                        "inactive \n".into()
+                    }
+                }
+                ["swarm", "init", "--advertise-addr", addr, ..] => {
+                    if s.nodes.values().any(|n| n.in_swarm) {
+                        bail!("a second swarm");
+                    }
+                    assert_eq!(*addr, m.private_ip.to_string());
+                    let n = s.nodes.entry(m.name.clone()).or_default();
+                    *n = Node {
+                        in_swarm: true,
+                        manager: true,
+                        id: format!("id-{}", m.name),
+                        ..Node::default()
+                    };
+                    String::new()
+                }
+                ["swarm", "join-token", "-q", kind] if is_manager => {
+                    format!(
+                        "{}\n",
+                        if *kind == "manager" {
+                            MANAGER_TOKEN
+                        } else {
+                            WORKER_TOKEN
+                        }
+                    )
+                }
+                [
+                    "swarm",
+                    "join",
+                    "--token",
+                    t,
+                    "--advertise-addr",
+                    _,
+                    _leader,
+                ] => {
+                    let manager = match *t {
+                        MANAGER_TOKEN => true,
+                        WORKER_TOKEN => false,
+                        _ => bail!("invalid join token"),
+                    };
+                    let n = s.nodes.entry(m.name.clone()).or_default();
+                    if n.in_swarm {
+                        bail!("This node is already part of a swarm.");
+                    }
+                    *n = Node {
+                        in_swarm: true,
+                        manager,
+                        id: format!("id-{}", m.name),
+                        ..Node::default()
+                    };
+                    String::new()
+                }
+                ["node", "ls", "--format", _] if is_manager => s
+                    .nodes
+                    .values()
+                    .filter(|n| n.in_swarm)
+                    .map(|n| format!("{}\n", n.id))
+                    .collect(),
+                ["node", "inspect", "--format", "{{json .Spec.Labels}}", id] if is_manager => {
+                    let h = host_id(s, id).context("no such node")?;
+                    serde_json::to_string(&s.nodes[&h].labels)?
+                }
+                [
+                    "node",
+                    "inspect",
+                    "--format",
+                    "{{.ManagerStatus.Reachability}}",
+                    host,
+                ] if is_manager => {
+                    let h = host_id(s, host).context("no such node")?;
+                    let n = s.nodes.get_mut(&h).context("no such node")?;
+                    // Reachable on the second look: the executor must wait.
+                    n.looks += 1;
+                    if n.looks > 1 { "reachable" } else { "unknown" }.to_owned()
+                }
+                ["node", "update", rest @ ..] if is_manager => {
+                    let (host, adds) = rest.split_last().context("no node")?;
+                    let h = host_id(s, host).context("no such node")?;
+                    for pair in adds.chunks(2) {
+                        let (k, v) = pair[1].split_once('=').context("label")?;
+                        s.nodes
+                            .get_mut(&h)
+                            .context("node")?
+                            .labels
+                            .insert(k.into(), v.into());
+                    }
+                    String::new()
+                }
+                ["network", "ls", "--format", _] if is_manager => {
+                    s.networks.iter().map(|n| format!("{n}\n")).collect()
+                }
+                ["network", "create", .., name] if is_manager => {
+                    if s.networks.iter().any(|n| n == name) {
+                        bail!("network with name {name} already exists");
+                    }
+                    s.networks.push((*name).to_owned());
+                    String::new()
+                }
+                ["stack", "deploy", .., stack] if is_manager => {
+                    s.stacks.push((*stack).to_owned());
+                    String::new()
+                }
+                _ => bail!("unexpected command on {}: {}", m.name, redacted(args)),
+            })
+        }
+    }
+
+    fn setup() -> (Checked, Vec<Machine>) {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/cluster.toml"
+        ))
+        .unwrap_or_default();
+        let c = Checked::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let d = Desired::from_spec(&c);
+        let ms = d
+            .droplets
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let i = u8::try_from(i).unwrap_or(0);
+                Machine {
+                    name: x.name.clone(),
+                    role: x.role,
+                    private_ip: std::net::Ipv4Addr::new(10, 110, 0, 10 + i),
+                    public_ip: std::net::Ipv4Addr::new(203, 0, 113, 10 + i),
+                }
+            })
+            .collect();
+        (c, ms)
+    }
+
+    fn converge(
+        c: &Checked,
+        ms: &[Machine],
+        sim: &SimDocker,
+        lines: &mut Vec<String>,
+    ) -> Result<()> {
+        let o = observe(sim, ms)?;
+        let steps = plan_swarm(c, ms, &o, &|_| true);
+        execute(
+            sim,
+            ms,
+            &steps,
+            std::path::Path::new("/repo"),
+            Duration::ZERO,
+            &mut |l| lines.push(l.to_owned()),
+        )
+    }
+
+    #[test]
+    fn machines_become_one_labelled_swarm_and_a_rerun_only_redeploys() {
+        let (c, ms) = setup();
+        let sim = SimDocker(Mutex::new(Sim::default()));
+        let mut lines = Vec::new();
+        converge(&c, &ms, &sim, &mut lines).unwrap_or_else(|e| panic!("{e:#}"));
+        let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(s.commands.len(), 108);
+        assert_eq!(s.nodes.values().filter(|n| n.in_swarm).count(), 33);
+        assert_eq!(s.nodes.values().filter(|n| n.manager).count(), 3);
+        assert_eq!(
+            s.nodes["pd-prod-worker-12"]
+                .labels
+                .get("pressdock.pool")
+                .map(String::as_str),
+            Some("wp")
+        );
+        assert_eq!(
+            s.nodes["pd-prod-cache-01"]
+                .labels
+                .get("pressdock.cache")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(s.networks, ["pd-edge", "pd-sites"]);
+        assert_eq!(s.stacks, ["pd"]);
+        // The second manager joined only after the first manager saw it reachable, twice
+        // asked; the third after that.
+        let order: Vec<&String> = s
+            .commands
+            .iter()
+            .filter(|c| c.contains("swarm join ") || c.contains("Reachability"))
+            .take(6)
+            .collect();
+        assert!(
+            order[0].starts_with("pd-prod-manager-02: swarm join --token <token>"),
+            "{order:?}"
+        );
+        assert!(order[1].contains("Reachability}} pd-prod-manager-02"));
+        assert!(order[2].contains("Reachability}} pd-prod-manager-02"));
+        assert!(order[3].starts_with("pd-prod-manager-03: swarm join"));
+        // The stack's compose file is read from the repository.
+        assert!(
+            s.commands.iter().any(
+                |c| c.ends_with("stack deploy --prune --compose-file /repo/stacks/edge.yml pd")
+            )
+        );
+        // Tokens: in no progress line (and the commands the simulator logged are redacted).
+        for l in &lines {
+            assert!(!l.contains("SWMTKN"), "{l}");
+        }
+        drop(s);
+        // Converged: a re-run only redeploys the stack.
+        let o = observe(&sim, &ms).unwrap_or_else(|e| panic!("{e:#}"));
+        let steps = plan_swarm(&c, &ms, &o, &|_| true);
+        assert_eq!(steps.len(), 1, "{steps:?}");
+    }
+
+    #[test]
+    fn a_failure_at_any_command_converges_on_the_rerun() {
+        let (c, ms) = setup();
+        // A fresh run sends 108 commands (33 looks, init, 2 token reads, 32 joins, 4 looks at
+        // joining managers, 33 labels, 2 networks, 1 stack); fail each in turn.
+        for (fail_at, fail_after) in (1..=108).flat_map(|n| [(n, false), (n, true)]) {
+            let sim = SimDocker(Mutex::new(Sim {
+                fail_at: Some(fail_at),
+                fail_after,
+                ..Sim::default()
+            }));
+            let mut lines = Vec::new();
+            let first = converge(&c, &ms, &sim, &mut lines);
+            let e = first
+                .err()
+                .unwrap_or_else(|| panic!("fail at {fail_at}: no failure"));
+            assert!(!format!("{e:#}").contains("SWMTKN"), "{e:#}");
+            converge(&c, &ms, &sim, &mut lines)
+                .unwrap_or_else(|e| panic!("fail at {fail_at}: re-run: {e:#}"));
+            let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
+            assert_eq!(
+                s.nodes.values().filter(|n| n.in_swarm).count(),
+                33,
+                "{fail_at}"
+            );
+            assert_eq!(
+                s.nodes.values().filter(|n| n.manager).count(),
+                3,
+                "{fail_at}"
+            );
+            assert!(
+                s.nodes
+                    .values()
+                    .all(|n| n.labels.contains_key("pressdock.role")),
+                "{fail_at}"
+            );
+            assert_eq!(s.networks, ["pd-edge", "pd-sites"], "{fail_at}");
+        }
+    }
+}
