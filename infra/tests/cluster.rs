@@ -513,7 +513,7 @@ async fn the_cli_plans_and_applies_and_never_prints_the_token() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout3 = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(stdout3.contains("nothing to do (6 API calls)"), "{stdout3}");
+    assert!(stdout3.contains("nothing to do (8 API calls)"), "{stdout3}");
     // The cost, from the (test server's) prices of /v2/sizes.
     let out = run(&["cluster", "cost"])
         .await

@@ -656,6 +656,20 @@ impl Provider for Client {
                 },
             });
         }
+        let mut ssh_keys = Vec::new();
+        for k in self.list("/v2/account/keys", "ssh_keys").await? {
+            ssh_keys.push(str_of(&k, "fingerprint"));
+            if let Some(id) = k.get("id").and_then(Value::as_u64) {
+                ssh_keys.push(id.to_string());
+            }
+        }
+        let sizes = self
+            .list("/v2/sizes", "sizes")
+            .await?
+            .iter()
+            .filter(|s| s.get("available").and_then(Value::as_bool) != Some(false))
+            .map(|s| (str_of(s, "slug"), strings(s.get("regions"))))
+            .collect();
         Ok(Observed {
             tags,
             vpc,
@@ -663,6 +677,8 @@ impl Provider for Client {
             volumes,
             load_balancers,
             firewalls,
+            ssh_keys,
+            sizes,
         })
     }
 

@@ -467,6 +467,33 @@ pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
             ));
         }
     }
+    // What creating droplets needs, checked before anything is made: a half-built cluster
+    // (volumes and some roles' droplets, then a refused size) helps no one.
+    let creates: Vec<&Droplet> = p
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::CreateDroplet(x) | Change::ReplaceDroplet { droplet: x, .. } => Some(x),
+            _ => None,
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for x in creates {
+        for k in &x.ssh_keys {
+            if !o.ssh_keys.contains(k) && seen.insert(format!("key {k}")) {
+                p.blockers.push(format!(
+                    "ssh_keys: {k} is not a key of the account (doctl compute ssh-key list)"
+                ));
+            }
+        }
+        let offered = o.sizes.get(&x.size).is_some_and(|r| r.contains(&x.region));
+        if !offered && seen.insert(format!("size {}", x.size)) {
+            p.blockers.push(format!(
+                "roles.{}.size: {} is not offered in {}",
+                x.role, x.size, x.region
+            ));
+        }
+    }
     let mut lb_ids = BTreeMap::new();
     match o
         .load_balancers
@@ -588,6 +615,37 @@ mod tests {
         }
     }
 
+    /// An account with the spec's key and sizes.
+    fn catalog(d: &Desired) -> Observed {
+        Observed {
+            ssh_keys: d.droplets[0].ssh_keys.clone(),
+            sizes: d
+                .droplets
+                .iter()
+                .map(|x| (x.size.clone(), vec![x.region.clone()]))
+                .collect(),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_that_would_fail_half_way_is_refused() {
+        let d = desired();
+        let mut o = catalog(&d);
+        assert_eq!(plan(&d, &o).refusal(false), None);
+        o.sizes.remove("m-4vcpu-32gb");
+        o.ssh_keys.clear();
+        let r = plan(&d, &o).refusal(false).unwrap_or_default();
+        assert!(
+            r.contains("roles.database.size: m-4vcpu-32gb is not offered in fra1"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ssh_keys: 3b:16:bf:e4:8b:00:8b:b8:59:8c:a9:d3:f0:19:45:fa is not a key"),
+            "{r}"
+        );
+    }
+
     #[test]
     fn what_apply_cannot_fix_is_said_and_what_it_must_not_guess_blocks() {
         let d = desired();
@@ -598,7 +656,7 @@ mod tests {
                 region: "fra1".into(),
                 ip_range: "10.9.0.0/20".into(),
             }),
-            ..Observed::default()
+            ..catalog(&d)
         };
         let mut small = droplet(&d, "pd-prod-worker-03", 3);
         small.size = "s-1vcpu-1gb".into();
@@ -642,7 +700,7 @@ mod tests {
                 .zip(100..)
                 .map(|(n, id)| droplet(&d, n, id))
                 .collect(),
-            ..Observed::default()
+            ..catalog(&d)
         };
         let p = plan(&d, &extra(&["pd-prod-manager-04"]));
         assert!(

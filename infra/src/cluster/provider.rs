@@ -70,6 +70,10 @@ pub struct Observed {
     pub load_balancers: Vec<ObservedLoadBalancer>,
     /// Firewalls named `<cluster>-…`.
     pub firewalls: Vec<ObservedFirewall>,
+    /// SSH keys of the account: fingerprints and ids (as text).
+    pub ssh_keys: Vec<String>,
+    /// Droplet sizes on offer: slug → regions where it is available.
+    pub sizes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One cloud. Every method is one change (plus the waiting it needs: a created droplet is
@@ -78,7 +82,9 @@ pub struct Observed {
 pub trait Provider {
     /// What exists for the cluster: droplets and volumes by the cluster's tag (or their
     /// derived names, so that one whose tag was removed by hand is not made twice), the VPC,
-    /// load balancer and firewalls by their derived names.
+    /// load balancer and firewalls by their derived names; and what a creation needs to
+    /// succeed (the account's SSH keys, the sizes on offer), so that a plan that would fail
+    /// half-way is refused before it starts.
     async fn observe(
         &self,
         cluster_tag: &str,

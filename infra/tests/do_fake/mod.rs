@@ -610,6 +610,15 @@ fn serve(
     let q = |k: &str| query.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
     let p = |k: &str| op.path_params.get(k).cloned().unwrap_or_default();
     match (op.method.as_str(), op.template.as_str()) {
+        ("GET", "/v2/account/keys") => {
+            let keys = vec![json!({
+                "id": 512_189,
+                "fingerprint": "3b:16:bf:e4:8b:00:8b:b8:59:8c:a9:d3:f0:19:45:fa",
+                "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB2mTest operator@example",
+                "name": "operator",
+            })];
+            page(base, "/v2/account/keys", query, "ssh_keys", keys)
+        }
         ("GET", "/v2/sizes") => {
             let items = [
                 ("s-1vcpu-1gb", 1, 1024, 6.0),
