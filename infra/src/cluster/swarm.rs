@@ -12,6 +12,7 @@
 //! - labels: `pressdock.role=<role>`, `pressdock.node=<name>`, `pressdock.cache=true` on cache
 //!   nodes, `pressdock.slots=<n>` on workers, and `pressdock.pool=<pool>` last, once the worker
 //!   can run sites (the platform places sites only on workers with it, as in the lab);
+//! - worker nodes that are down and no machine's (a replaced droplet's old node) removed;
 //! - the overlay networks `pd-edge` and `pd-sites` (attachable, the lab's subnets);
 //! - the stacks in `stacks/`.
 //!
@@ -62,8 +63,18 @@ pub struct Local {
 pub struct Swarm {
     /// Node id → labels.
     pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every node the leader lists: id, host name, status (`Ready`, `Down`), manager.
+    pub nodes: Vec<SwarmNode>,
     pub networks: Vec<String>,
     pub stacks: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmNode {
+    pub id: String,
+    pub hostname: String,
+    pub ready: bool,
+    pub manager: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -85,9 +96,16 @@ pub enum Step {
         addr: std::net::Ipv4Addr,
         leader: std::net::Ipv4Addr,
     },
+    /// Labels on a machine's node (the executor finds its node id: after a replacement two
+    /// nodes share a host name).
     Label {
         node: String,
         add: Vec<(String, String)>,
+    },
+    /// A worker node that is down and no machine's (a replaced or removed droplet).
+    Remove {
+        id: String,
+        hostname: String,
     },
     Network {
         name: String,
@@ -117,6 +135,7 @@ impl fmt::Display for Step {
                 let l: Vec<String> = add.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 write!(f, "label {node}: {}", l.join(" "))
             }
+            Step::Remove { id, hostname } => write!(f, "remove down node {hostname} ({id})"),
             Step::Network { name, subnet } => write!(f, "overlay network {name} {subnet}"),
             Step::Deploy { stack, file } => write!(f, "stack {stack} from {file}"),
         }
@@ -163,6 +182,10 @@ impl Step {
                 v.push(node.clone());
                 (first_manager.to_owned(), v)
             }
+            Step::Remove { id, .. } => (
+                first_manager.to_owned(),
+                vec![s("node"), s("rm"), id.clone()],
+            ),
             Step::Network { name, subnet } => (
                 first_manager.to_owned(),
                 vec![
@@ -272,6 +295,17 @@ pub fn plan_swarm(
             steps.push(Step::Label {
                 node: m.name.clone(),
                 add,
+            });
+        }
+    }
+    // Nodes no machine is (any more): a replaced droplet left its old node behind, down,
+    // under the same host name. Workers only; a down manager is demoted by hand (raft).
+    let current: Vec<String> = machines.iter().map(|m| local(m).node_id).collect();
+    for n in &o.swarm.nodes {
+        if !n.ready && !n.manager && !current.contains(&n.id) {
+            steps.push(Step::Remove {
+                id: n.id.clone(),
+                hostname: n.hostname.clone(),
             });
         }
     }
@@ -424,6 +458,47 @@ mod tests {
             steps
                 .iter()
                 .any(|s| s.to_string().ends_with("pressdock.pool=wp"))
+        );
+    }
+
+    #[test]
+    fn a_replaced_nodes_old_entry_is_removed_if_it_was_a_worker() {
+        let (c, ms) = setup();
+        let mut o = ObservedSwarm::default();
+        for m in &ms {
+            o.local.insert(
+                m.name.clone(),
+                Local {
+                    in_swarm: true,
+                    node_id: format!("id-{}", m.name),
+                },
+            );
+            o.swarm.labels.insert(
+                format!("id-{}", m.name),
+                labels(&c, m, true).into_iter().collect(),
+            );
+        }
+        o.swarm.networks = vec!["pd-edge".into(), "pd-sites".into()];
+        let node = |id: &str, host: &str, ready: bool, manager: bool| SwarmNode {
+            id: id.into(),
+            hostname: host.into(),
+            ready,
+            manager,
+        };
+        o.swarm.nodes = vec![
+            node("id-pd-prod-worker-03", "pd-prod-worker-03", true, false),
+            node("old-w3", "pd-prod-worker-03", false, false),
+            node("old-m2", "pd-prod-manager-02", false, true),
+            node("gone-w9", "pd-prod-worker-99", true, false),
+        ];
+        let steps = plan_swarm(&c, &ms, &o, &|_| true);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "remove down node pd-prod-worker-03 (old-w3)",
+                "stack pd from stacks/edge.yml"
+            ]
         );
     }
 

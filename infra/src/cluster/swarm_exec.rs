@@ -93,10 +93,30 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
         return Ok(o);
     };
     let mut labels = BTreeMap::new();
-    for id in d
-        .run(leader, &strs(&["node", "ls", "--format", "{{.ID}}"]))?
-        .split_whitespace()
+    let mut nodes = Vec::new();
+    for line in d
+        .run(
+            leader,
+            &strs(&[
+                "node",
+                "ls",
+                "--format",
+                "{{.ID}} {{.Hostname}} {{.Status}} {{.ManagerStatus}}",
+            ]),
+        )?
+        .lines()
     {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(id), Some(host), Some(status)) = (f.first(), f.get(1), f.get(2)) else {
+            continue;
+        };
+        nodes.push(super::swarm::SwarmNode {
+            id: (*id).to_owned(),
+            hostname: (*host).to_owned(),
+            ready: *status == "Ready",
+            manager: f.len() > 3,
+        });
+        let id = *id;
         let json = d.run(
             leader,
             &strs(&["node", "inspect", "--format", "{{json .Spec.Labels}}", id]),
@@ -106,6 +126,7 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
     }
     o.swarm = Swarm {
         labels,
+        nodes,
         networks: d
             .run(leader, &strs(&["network", "ls", "--format", "{{.Name}}"]))?
             .split_whitespace()
@@ -151,6 +172,16 @@ pub fn execute(
                 if a == "{TOKEN}" {
                     a.clone_from(&token);
                 }
+            }
+        }
+        if let Step::Label { node, .. } = step {
+            // By id: a replaced machine's old node, down, has the same host name.
+            let m = by_name
+                .get(node.as_str())
+                .context("label of an unknown machine")?;
+            let id = d.run(m, &strs(&["info", "--format", "{{.Swarm.NodeID}}"]))?;
+            if let Some(last) = args.last_mut() {
+                *last = id.trim().to_owned();
             }
         }
         if let Step::Deploy { file, .. } = step {
@@ -262,6 +293,10 @@ mod tests {
                     .map(|(name, _)| name.clone())
             };
             Ok(match a.as_slice() {
+                ["info", "--format", "{{.Swarm.NodeID}}"] => {
+                    let n = s.nodes.entry(m.name.clone()).or_default();
+                    format!("{}\n", n.id)
+                }
                 ["info", "--format", _] => {
                     let n = s.nodes.entry(m.name.clone()).or_default();
                     if n.in_swarm {
@@ -322,9 +357,15 @@ mod tests {
                 }
                 ["node", "ls", "--format", _] if is_manager => s
                     .nodes
-                    .values()
-                    .filter(|n| n.in_swarm)
-                    .map(|n| format!("{}\n", n.id))
+                    .iter()
+                    .filter(|(_, n)| n.in_swarm)
+                    .map(|(h, n)| {
+                        format!(
+                            "{} {h} Ready{}\n",
+                            n.id,
+                            if n.manager { " Reachable" } else { "" }
+                        )
+                    })
                     .collect(),
                 ["node", "inspect", "--format", "{{json .Spec.Labels}}", id] if is_manager => {
                     let h = host_id(s, id).context("no such node")?;
@@ -425,7 +466,7 @@ mod tests {
         let mut lines = Vec::new();
         converge(&c, &ms, &sim, &mut lines).unwrap_or_else(|e| panic!("{e:#}"));
         let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(s.commands.len(), 108);
+        assert_eq!(s.commands.len(), 141);
         assert_eq!(s.nodes.values().filter(|n| n.in_swarm).count(), 33);
         assert_eq!(s.nodes.values().filter(|n| n.manager).count(), 3);
         assert_eq!(
@@ -479,9 +520,9 @@ mod tests {
     #[test]
     fn a_failure_at_any_command_converges_on_the_rerun() {
         let (c, ms) = setup();
-        // A fresh run sends 108 commands (33 looks, init, 2 token reads, 32 joins, 4 looks at
-        // joining managers, 33 labels, 2 networks, 1 stack); fail each in turn.
-        for (fail_at, fail_after) in (1..=108).flat_map(|n| [(n, false), (n, true)]) {
+        // A fresh run sends 141 commands (33 looks, init, 2 token reads, 32 joins, 4 looks at
+        // joining managers, 33 node ids and 33 labels, 2 networks, 1 stack); fail each in turn.
+        for (fail_at, fail_after) in (1..=141).flat_map(|n| [(n, false), (n, true)]) {
             let sim = SimDocker(Mutex::new(Sim {
                 fail_at: Some(fail_at),
                 fail_after,
