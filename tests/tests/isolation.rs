@@ -288,6 +288,7 @@ fn probes(c: &Ctx) -> Vec<Probe> {
         ("priv.www_data.no_new_privs".into(), Closed, procs("www_nnp", json!({}))),
         ("priv.task.capabilities".into(), Closed, procs("caps_within", json!({}))),
         ("priv.setuid_binaries".into(), Closed, procs("setuid", json!({}))),
+        ("priv.task.seccomp".into(), Closed, procs("seccomp", json!({}))),
         // The network: other tasks, the data tier's back doors, the cluster's ports.
         ("net.b.http".into(), Closed, http(&c.b_ip, 80, &c.b.domain, "/", json!("any"))),
         ("net.b.agent_readyz".into(), Closed, http(&c.b_ip, 9180, &c.b_ip, "/readyz", json!("any"))),

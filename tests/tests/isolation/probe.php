@@ -657,6 +657,12 @@ function probe_procs(array $req): void
             answer($bad ? 'open' : 'denied', $bad
                 ? 'beyond 0x' . dechex($six) . ': ' . implode(', ', array_slice($bad, 0, 6))
                 : count($mine) . ' processes of the task: every capability set within 0x' . dechex($six));
+        case 'seccomp':
+            // Docker's default profile (mode 2, filter): no mount, unshare, keyctl, bpf…
+            $bad = array_filter($mine, fn ($p) => ($p['Seccomp'] ?? '0') !== '2');
+            answer($bad ? 'open' : 'denied', $bad
+                ? 'without a seccomp filter: ' . implode(', ', array_map($fmt, $bad))
+                : count($mine) . ' processes of the task: all under a seccomp filter (mode 2)');
         case 'root_environ':
             $root = array_filter($all, fn ($p) => $p['uid'] === 0 || $p['euid'] === 0);
             $read = [];
