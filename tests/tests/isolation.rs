@@ -220,7 +220,7 @@ fn probes(c: &Ctx) -> Vec<Probe> {
         ("own.redis.php_redis".into(), Open, How::Php(json!({ "kind": "phpredis" }))),
         ("own.sentinel.get_master".into(), Open, redis_at("@sentinel0", 0, "site", false, &[&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "pressdock"]])),
         ("own.files.wp_config".into(), Open, file("/etc/wordpress/config-default.php", "read")),
-        ("own.files.wp_content_write".into(), Open, file("/var/lib/wordpress/wp-content", "write")),
+        ("own.files.wp_content_write".into(), Open, file("@wp_content", "write")),
         ("own.agent_listener.healthz".into(), Open, http(agent_host, *agent_port, agent_host, "/healthz", json!([200]))),
         ("own.edge.page".into(), Open, How::Edge),
         // The database: B's schema, other schemas, grants, with A's credentials.
@@ -273,7 +273,7 @@ fn probes(c: &Ctx) -> Vec<Probe> {
         ("sentinel.anonymous.set".into(), Denied, redis_at("@sentinel0", 0, "none", false, &[&["SENTINEL", "SET", "pressdock", "down-after-milliseconds", "1000"]])),
         // Files: B's directory, the volume root, secrets, the docker socket, root's /proc.
         ("files.gluster.mounts".into(), Closed, How::Php(json!({ "kind": "mounts", "own_root": format!("/{a}") }))),
-        ("files.b.wp_content".into(), Closed, file(&format!("/var/lib/wordpress/wp-content/../{b}"), "exists")),
+        ("files.b.wp_content".into(), Closed, file(&format!("@wp_content/../{b}"), "exists")),
         ("files.b.node_mount".into(), Closed, file(&format!("{STATE}/nodes/pdlab-{}/sites/{b}", c.a.node.name), "exists")),
         ("files.secret.agent_token".into(), Denied, file("/run/secrets/agent_token", "read")),
         ("files.secret.admin_password".into(), Denied, file("/run/secrets/admin_password", "read")),
@@ -633,8 +633,8 @@ async fn probe_edge(edge: &str, site: &Site) -> (Observed, String) {
 
 /// A GlusterFS client in A's network namespace tries to mount the whole volume, as a
 /// tenant that brought one would: from A's address, without the storage clients' TLS
-/// identity (the host's `/etc/ssl` and `/var/lib/glusterd` are hidden by tmpfs in a mount
-/// namespace of the probe's own, where the mount, if any, lives and dies).
+/// identity (the host's `/etc/ssl`, `/usr/lib/ssl` and `/var/lib/glusterd` are hidden by
+/// tmpfs in a mount namespace of the probe's own, where the mount, if any, lives and dies).
 fn probe_gluster_mount(pid: &str, b: &str) -> (Observed, String) {
     for tool in ["nsenter", "unshare", "glusterfs"] {
         let found = Command::new("sh")
@@ -652,7 +652,7 @@ fn probe_gluster_mount(pid: &str, b: &str) -> (Observed, String) {
     // The client either mounts or gives up; 30 s bound one that keeps retrying.
     let script = format!(
         r#"mnt=$(mktemp -d); log="$mnt.log"
-for d in /etc/ssl /var/lib/glusterd; do [ -d "$d" ] && mount -t tmpfs pd-isolation "$d"; done
+for d in /etc/ssl /usr/lib/ssl /var/lib/glusterd; do [ -d "$d" ] && mount -t tmpfs pd-isolation "$d"; done
 glusterfs -N --volfile-server={HOST_IP} --volfile-id=sites --log-file="$log" "$mnt" &
 client=$!
 i=0
@@ -665,7 +665,7 @@ while [ $i -lt 150 ]; do
 done
 kill -9 $client 2>/dev/null; wait $client 2>/dev/null
 umount -l "$mnt" 2>/dev/null
-echo LOG; grep -E '\] (E|W) \[' "$log" | tail -n 5
+echo LOG; grep -E '\] E \[' "$log" | tail -n 3
 rm -rf "$mnt" "$log""#
     );
     let out = Command::new("timeout")
@@ -698,7 +698,7 @@ rm -rf "$mnt" "$log""#
             ),
         );
     }
-    let last = log.lines().next_back().unwrap_or("nothing logged");
+    let last = log.lines().next_back().unwrap_or("no error logged");
     let last: String = last
         .chars()
         .skip(last.find("] ").map_or(0, |i| i + 2))

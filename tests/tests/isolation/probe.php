@@ -504,7 +504,8 @@ function probe_mysql(array $req): void
 
 function probe_file(array $req): void
 {
-    $path = $req['path'];
+    // `@wp_content`: the site's wp-content as its wp-config names it.
+    $path = str_replace('@wp_content', WP_CONTENT_DIR, $req['path']);
     $op = $req['op'] ?? 'read';
     error_clear_last();
     switch ($op) {
