@@ -665,7 +665,7 @@ while [ $i -lt 150 ]; do
 done
 kill -9 $client 2>/dev/null; wait $client 2>/dev/null
 umount -l "$mnt" 2>/dev/null
-echo LOG; grep -E '\] E \[' "$log" | tail -n 3
+echo LOG; grep -E '\] E \[|mgmt_rpc_notify|failed|refused|SSL' "$log" | tail -n 3
 rm -rf "$mnt" "$log""#
     );
     let out = Command::new("timeout")
@@ -698,12 +698,16 @@ rm -rf "$mnt" "$log""#
             ),
         );
     }
-    let last = log.lines().next_back().unwrap_or("no error logged");
-    let last: String = last
-        .chars()
-        .skip(last.find("] ").map_or(0, |i| i + 2))
-        .take(160)
+    // What the client said last, without its timestamps and source locations.
+    let said: Vec<&str> = log
+        .lines()
+        .map(|l| l.rfind("] ").map_or(l, |i| &l[i + 2..]))
         .collect();
+    let last = if said.is_empty() {
+        "no reason logged".to_owned()
+    } else {
+        said.join("; ").chars().take(200).collect()
+    };
     let refused = [
         "AUTH_FAILED",
         "uthentication failed",
