@@ -300,6 +300,7 @@ fn probes(c: &Ctx) -> Vec<Probe> {
         ("net.router.stats".into(), Closed, http(HOST_IP, ports::HAPROXY_STATS, HOST_IP, "/", json!("any"))),
         ("net.platform.api".into(), Closed, http(HOST_IP, ports::PLATFORM, HOST_IP, "/readyz", json!("any"))),
         ("net.platform.api_on_agent_listener".into(), Closed, http(agent_host, *agent_port, agent_host, "/v1/tenants", json!([200, 401]))),
+        ("net.cloud_metadata".into(), Closed, http("169.254.169.254", 80, "169.254.169.254", "/metadata/v1/", json!("any"))),
         ("net.gateway.swarm_gossip".into(), Closed, tcp("@gateway", 7946, "raw")),
         ("net.gateway.docker_tcp".into(), Closed, tcp("@gateway", 2375, "raw")),
     ];
