@@ -82,6 +82,11 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
     let (status, body) =
         agent_post(&app, "/v1/agent/report", token, json!({ "site_id": site })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // An agent token is no user credential: tenant and staff routes refuse it.
+    for path in [format!("/v1/sites/{site}"), "/v1/tenants".to_owned()] {
+        let (status, body) = app.get(&path, token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
     let (status, body) = app.get(&format!("/v1/sites/{site}"), &admin).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.get("agent").is_none(), "no report yet: {body}");
