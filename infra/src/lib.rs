@@ -2,5 +2,6 @@
 //! multi-node swarm and data tier on one machine, built from network namespaces, one dockerd
 //! per node and real servers (Galera, HAProxy, Redis + Sentinel, GlusterFS, Varnish, Traefik,
 //! an S3 server). The binary `pressdock-infra` is a thin CLI over [`lab`].
+pub mod guard;
 pub mod lab;
 pub mod routes;
