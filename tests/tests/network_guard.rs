@@ -440,6 +440,23 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
     .await;
 }
 
+/// A stopped process, continued when dropped (also when an assertion fails).
+struct Paused(nix::unistd::Pid);
+
+impl Paused {
+    fn stop(pid: i32) -> Self {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Self(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// A confined task whose rules were wiped (by root on the node: tenants cannot) gets them
 /// back from one pass of the guard: the rules are a function of the policy, re-applied.
 #[tokio::test]
@@ -451,6 +468,10 @@ async fn a_pass_of_the_guard_restores_wiped_rules() {
     let t = SiteTask::find("pressdock.site", "").expect("a running site task");
     let s3 = format!("{HOST_IP}:23400");
     assert_eq!(t.probe(std::slice::from_ref(&s3)), [false], "confined");
+    // The running guard is paused meanwhile: its full pass (every 30 s) would restore them.
+    let guard = std::fs::read_to_string(format!("{STATE}/pids/guard-{}.pid", t.node)).unwrap();
+    let gpid = guard.split_whitespace().next().unwrap().to_owned();
+    let paused = Paused::stop(gpid.parse().unwrap());
     let pid = t.pid();
     let wipe = Command::new("nsenter")
         .args(["-t", &pid, "-n", "iptables", "-P", "OUTPUT", "ACCEPT"])
@@ -466,8 +487,6 @@ async fn a_pass_of_the_guard_restores_wiped_rules() {
     );
     assert_eq!(t.probe(std::slice::from_ref(&s3)), [true], "wiped");
     // The running guard's own command line, plus --once.
-    let guard = std::fs::read_to_string(format!("{STATE}/pids/guard-{}.pid", t.node)).unwrap();
-    let gpid = guard.split_whitespace().next().unwrap();
     let cmdline = std::fs::read(format!("/proc/{gpid}/cmdline")).unwrap();
     let mut args: Vec<String> = cmdline
         .split(|b| *b == 0)
@@ -478,6 +497,7 @@ async fn a_pass_of_the_guard_restores_wiped_rules() {
     args.remove(0);
     args.push("--once".into());
     let status = Command::new(exe).args(&args).status().unwrap();
+    drop(paused);
     assert!(status.success());
     assert_eq!(t.probe(&[s3]), [false], "restored by one pass");
 }

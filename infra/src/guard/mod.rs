@@ -206,6 +206,8 @@ struct Guard<'a> {
     edge: Vec<Ipv4Addr>,
     applied: HashMap<String, Applied>,
     passes: u64,
+    /// Apply even unchanged rules (a full pass).
+    force: bool,
 }
 
 impl Guard<'_> {
@@ -237,16 +239,20 @@ impl Guard<'_> {
     ) -> Result<()> {
         let v4 = rules::task_restore(&self.o.policy, &self.edge);
         let d = digest(&v4);
-        if self
+        let same = self
             .applied
             .get(id)
-            .is_some_and(|a| a.pid == pid && a.digest == d)
-        {
+            .is_some_and(|a| a.pid == pid && a.digest == d);
+        if same && !self.force {
             return Ok(());
         }
         let t0 = Instant::now();
         let first = !self.applied.contains_key(id);
         apply(id, pid, &v4, &rules::task_restore6())?;
+        if same {
+            // A full pass's re-application (rules wiped by root on the node come back).
+            return Ok(());
+        }
         let took = t0.elapsed();
         let n = rules::task_rules(&self.o.policy, &self.edge).len();
         let since_start = started_ns
@@ -264,8 +270,9 @@ impl Guard<'_> {
         Ok(())
     }
 
-    /// A full pass: the edge's addresses, then every running site container.
-    fn resync(&mut self) -> Result<()> {
+    /// Reads the edge's addresses again (the first task on a worker brings the network
+    /// to it, so a task's start is when they may first be known).
+    fn refresh_edge(&mut self) -> Result<()> {
         let edge = edge_addresses(
             &self.o.docker_sock,
             &self.api,
@@ -280,6 +287,12 @@ impl Guard<'_> {
             );
             self.edge = edge;
         }
+        Ok(())
+    }
+
+    /// A full pass: the edge's addresses, then every running site container.
+    fn resync(&mut self) -> Result<()> {
+        self.refresh_edge()?;
         let list = docker_get(
             &self.o.docker_sock,
             &format!(
@@ -289,10 +302,12 @@ impl Guard<'_> {
             ),
         )?;
         let want = digest(&rules::task_restore(&self.o.policy, &self.edge));
-        // Every 30th pass looks at every container again (a PID that changed without a
-        // start event); the others skip containers that have these very rules.
+        // Every 30th pass applies the rules to every container again (a PID that changed
+        // without a start event, rules wiped by root on the node: tenants cannot); the
+        // others skip containers that have these very rules.
         self.passes += 1;
         let full = self.passes % 30 == 1;
+        self.force = full;
         let mut seen = Vec::new();
         for c in list.as_array().into_iter().flatten() {
             let Some(id) = c["Id"].as_str() else { continue };
@@ -305,6 +320,7 @@ impl Guard<'_> {
             }
         }
         self.applied.retain(|id, _| seen.contains(id));
+        self.force = false;
         Ok(())
     }
 }
@@ -357,6 +373,7 @@ pub fn run(o: &Options) -> Result<()> {
         edge: Vec::new(),
         applied: HashMap::new(),
         passes: 0,
+        force: false,
     };
     if o.once {
         return g.resync();
@@ -401,6 +418,10 @@ pub fn run(o: &Options) -> Result<()> {
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match rx.recv_timeout(left) {
                 Ok((id, when)) => {
+                    // Confined even when the edge cannot be read (then with the last).
+                    if let Err(e) = g.refresh_edge() {
+                        eprintln!("{} guard: the edge's addresses: {e:#}", stamp());
+                    }
                     if let Err(e) = g.confine(&id, when) {
                         eprintln!("{} guard: {id:.12}: {e:#}", stamp());
                     }
