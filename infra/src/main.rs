@@ -79,6 +79,21 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// On a database node: Galera's replication ports (group communication, IST, SST)
+    /// accept the database nodes only (INPUT rules at the top, tagged with --comment).
+    /// Prints the rules; `--apply` adds them (idempotent). See docs/security.md.
+    GaleraFirewall {
+        /// A database node's address. Repeat for each (the node itself included).
+        #[arg(long = "db-node", required = true)]
+        db_nodes: Vec<std::net::Ipv4Addr>,
+        /// Replication ports: gcomm 4567, IST 4568, SST 4444 by default.
+        #[arg(long, default_value = "4567-4568,4444")]
+        ports: String,
+        #[arg(long, default_value = "pressdock-galera")]
+        comment: String,
+        #[arg(long)]
+        apply: bool,
+    },
     /// The lab's DNS server (started by `lab up`): NXDOMAIN to every query, at once.
     #[command(name = "lab-dns", hide = true)]
     LabDns {
@@ -154,6 +169,27 @@ fn main() -> Result<()> {
     let repo = lab::repo_root();
     match cli.cmd {
         Cmd::LabDns { listen } => lab::dns::serve(&listen),
+        Cmd::GaleraFirewall {
+            db_nodes,
+            ports,
+            comment,
+            apply,
+        } => {
+            use anyhow::Context;
+            let ports = ports
+                .split(',')
+                .map(infra::guard::rules::Ports::parse)
+                .collect::<Result<Vec<_>>>()
+                .context("--ports")?;
+            let rules = infra::guard::rules::galera_rules(&db_nodes, &ports, &comment);
+            for r in &rules {
+                println!("iptables -A INPUT {}", r.join(" "));
+            }
+            if apply && infra::guard::ensure_input_rules(&rules)? {
+                eprintln!("added at the top of INPUT");
+            }
+            Ok(())
+        }
         Cmd::Guard {
             docker_host,
             allow,

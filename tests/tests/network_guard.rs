@@ -335,10 +335,12 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
     let logs = docker(&a.node).args(["logs", &a.id]).output().unwrap();
     let logs =
         String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
-    assert!(
-        logs.contains("network confinement in place"),
-        "the agent waited for the guard: {logs}"
-    );
+    let waited = logs
+        .lines()
+        .find(|l| l.contains("network confinement in place"))
+        .unwrap_or_else(|| panic!("the agent waited for the guard: {logs}"));
+    // For the benchmarks (not asserted): how long the agent waited for the mark.
+    eprintln!("site A's agent: {waited}");
 
     // WordPress serves through the edge: the edge reaches the confined tasks.
     assert!(home_through_edge(&da, &ta).await, "A through the edge");

@@ -364,6 +364,64 @@ fn follow_events(
     }
 }
 
+fn ipt(op: &str, rule: &[String]) -> Vec<String> {
+    let mut v = vec![op.to_owned(), "INPUT".to_owned()];
+    if op == "-I" {
+        v.push("1".into());
+    }
+    v.extend(rule.iter().cloned());
+    v
+}
+
+fn iptables_ok(args: &[String]) -> bool {
+    Command::new("iptables")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn iptables(args: &[String]) -> Result<()> {
+    let out = Command::new("iptables")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running iptables")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether every rule (arguments after `-A INPUT`) is in this namespace's `INPUT`.
+pub fn input_rules_present(rules: &[Vec<String>]) -> bool {
+    rules.iter().all(|r| iptables_ok(&ipt("-C", r)))
+}
+
+/// Puts `rules` at the top of `INPUT`, in order, unless all are there already (then
+/// `Ok(false)`). A partial set is removed and inserted again, so the order holds.
+pub fn ensure_input_rules(rules: &[Vec<String>]) -> Result<bool> {
+    if input_rules_present(rules) {
+        return Ok(false);
+    }
+    for r in rules {
+        while iptables_ok(&ipt("-C", r)) {
+            iptables(&ipt("-D", r))?;
+        }
+    }
+    // Inserted at the top in reverse: the accepts end up before the reject.
+    for r in rules.iter().rev() {
+        iptables(&ipt("-I", r))?;
+    }
+    Ok(true)
+}
+
 /// Runs until killed (or once, with `--once`).
 pub fn run(o: &Options) -> Result<()> {
     let api = format!("v{}", o.api_version.trim_start_matches('v'));

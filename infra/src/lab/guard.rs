@@ -4,7 +4,7 @@
 //!
 //! Both are additive: a lab brought up by a build without them keeps working beside them,
 //! and `lab down` removes them (PID files, the `pdlab-guard` cgroup, the iptables comment).
-use super::sh::{cmd, ok, progress, run};
+use super::sh::progress;
 use super::{HOST_IP, Lab, Node, Role, SITES_NET, STACK, TAG, data, ports, proc};
 use crate::guard::rules::{self, Ports};
 use anyhow::{Context, Result};
@@ -126,39 +126,19 @@ pub fn galera_firewall_rules(lab: &Lab) -> Vec<Vec<String>> {
     rules::galera_rules(&[db], &galera_ports(lab), TAG)
 }
 
-fn ipt(op: &str, rule: &[String]) -> Vec<String> {
-    let mut v = vec![op.to_owned(), "INPUT".to_owned()];
-    if op == "-I" {
-        v.push("1".into());
-    }
-    v.extend(rule.iter().cloned());
-    v
-}
-
 pub fn galera_firewall_present(lab: &Lab) -> bool {
-    galera_firewall_rules(lab)
-        .iter()
-        .all(|r| ok(&mut cmd("iptables", ipt("-C", r))))
+    crate::guard::input_rules_present(&galera_firewall_rules(lab))
 }
 
 pub fn ensure_galera_firewall(lab: &Lab) -> Result<()> {
-    if galera_firewall_present(lab) {
-        return Ok(());
+    if crate::guard::ensure_input_rules(&galera_firewall_rules(lab))
+        .context("adding Galera's replication rules")?
+    {
+        progress(
+            "galera",
+            "replication ports (gcomm, IST, SST) accept the database nodes only",
+        );
     }
-    let rules = galera_firewall_rules(lab);
-    for r in &rules {
-        while ok(&mut cmd("iptables", ipt("-C", r))) {
-            run(&mut cmd("iptables", ipt("-D", r)))?;
-        }
-    }
-    // Inserted at the top in reverse: the accepts end up before the reject.
-    for r in rules.iter().rev() {
-        run(&mut cmd("iptables", ipt("-I", r))).context("adding Galera's replication rules")?;
-    }
-    progress(
-        "galera",
-        "replication ports (gcomm, IST, SST) accept the database nodes only",
-    );
     Ok(())
 }
 
