@@ -177,3 +177,40 @@ pub fn status_lines(lab: &Lab) -> Vec<(String, bool, String)> {
     ));
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::rules::Endpoint;
+
+    #[test]
+    fn the_lab_allows_the_router_redis_sentinels_and_the_agent_listener_only() {
+        let allowed: Vec<Endpoint> = allow_list()
+            .iter()
+            .map(|e| Endpoint::parse(e).expect("valid"))
+            .collect();
+        let ports: Vec<(u16, u16)> = allowed
+            .iter()
+            .map(|e| (e.ports.first, e.ports.last))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (23100, 23100),
+                (23201, 23202),
+                (23211, 23213),
+                (23501, 23501)
+            ]
+        );
+        assert!(allowed.iter().all(|e| e.net.to_string() == "10.213.0.1/32"));
+        let node = Node {
+            name: "w1".into(),
+            role: Role::Worker,
+            ip: "10.213.0.21".into(),
+        };
+        let a = args(&node);
+        assert_eq!(a[0], "guard");
+        assert!(a.windows(2).any(|w| w == ["--internet", "off"]));
+        assert!(a.windows(2).any(|w| w == ["--edge-service", "pd_traefik"]));
+    }
+}
