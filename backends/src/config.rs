@@ -214,6 +214,12 @@ pub struct SwarmConfig {
     /// Docker Engine API version to speak (`MAJOR.MINOR`); Docker 20.10 has 1.41.
     #[serde(default = "default_api_version")]
     pub docker_api_version: String,
+    /// When above 0, a site's agent waits up to this many seconds for the network guard
+    /// (`pressdock-infra guard` on its worker) to confine its task before it runs any PHP,
+    /// and fails (the task restarts) if it is not confined by then. 0: no wait (a cluster
+    /// without guards). See docs/security.md, "Network confinement".
+    #[serde(default)]
+    pub net_guard_wait_secs: u32,
 }
 
 fn default_api_version() -> String {

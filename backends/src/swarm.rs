@@ -378,6 +378,13 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
     if let Some(url) = &agent.control_url {
         env.push(format!("PRESSDOCK_CONTROL_URL={}", template_literal(url)));
     }
+    // Only when set: specs (and their hashes) of clusters without guards do not change.
+    if config.net_guard_wait_secs > 0 {
+        env.push(format!(
+            "PRESSDOCK_NET_GUARD_WAIT_SECS={}",
+            config.net_guard_wait_secs
+        ));
+    }
     for kind in SecretKind::ALL {
         env.push(format!("{}=/run/secrets/{}", kind.env_var(), kind.as_str()));
     }
@@ -1042,6 +1049,7 @@ mod tests {
             wp_content_target: "/var/lib/wordpress/wp-content".into(),
             healthcheck: vec!["CMD".into(), "pressdock-agent".into(), "health".into()],
             docker_api_version: "1.41".into(),
+            net_guard_wait_secs: 0,
         }
     }
 
@@ -1329,6 +1337,31 @@ mod tests {
         assert_eq!(
             a,
             secret_name(&id, SecretKind::DbPassword, &Secret::new("one"))
+        );
+    }
+
+    #[test]
+    fn net_guard_wait_only_when_configured() {
+        let env = |c: &SwarmConfig| {
+            let spec = build_service_spec(&params(), c).unwrap_or_else(|e| panic!("{e}"));
+            spec.task_template
+                .and_then(|t| t.container_spec)
+                .and_then(|c| c.env)
+                .unwrap_or_default()
+        };
+        assert!(
+            !env(&config())
+                .iter()
+                .any(|e| e.starts_with("PRESSDOCK_NET_GUARD"))
+        );
+        let guarded = SwarmConfig {
+            net_guard_wait_secs: 30,
+            ..config()
+        };
+        assert!(
+            env(&guarded)
+                .iter()
+                .any(|e| e == "PRESSDOCK_NET_GUARD_WAIT_SECS=30")
         );
     }
 

@@ -3,7 +3,8 @@
 //! per node and real servers (Galera, HAProxy, Redis + Sentinel, GlusterFS, Varnish, Traefik,
 //! an S3 server). The binary `pressdock-infra` is a thin CLI over [`lab`] and [`cluster`]
 //! (the production cluster declared in `configs/cluster.toml`, planned and applied on
-//! DigitalOcean).
+//! DigitalOcean); [`guard`] confines site tasks' networks on each node.
 pub mod cluster;
+pub mod guard;
 pub mod lab;
 pub mod routes;

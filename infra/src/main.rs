@@ -48,6 +48,61 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Confine the site tasks of one node: follow its dockerd and give every container
+    /// labelled `pressdock.site` the network rules of docs/security.md ("Network
+    /// confinement"). One per worker; needs root (nsenter, iptables-restore).
+    Guard {
+        /// The node's docker socket (`unix:///…` or a path).
+        #[arg(long)]
+        docker_host: String,
+        /// A TCP endpoint site tasks may connect to, `ADDRESS[/PREFIX]:PORT[-PORT]`
+        /// (the DB router, Redis, the Sentinels, the platform's agent listener). Repeat.
+        #[arg(long = "allow", value_name = "ENDPOINT")]
+        allow: Vec<String>,
+        /// The public internet: `off`, `all`, or TCP ports (`80,443`: WordPress's updates,
+        /// plugin and theme installs). Private, link-local and loopback ranges never count.
+        #[arg(long, default_value = "80,443")]
+        internet: String,
+        /// Swarm services whose tasks are the edge (Traefik): they alone reach the site port.
+        #[arg(long = "edge-service", default_value = "pd_traefik")]
+        edge_services: Vec<String>,
+        /// The overlay network of the sites (where the edge reaches them).
+        #[arg(long, default_value = "pd-sites")]
+        network: String,
+        #[arg(long, default_value_t = 80)]
+        site_port: u16,
+        #[arg(long, default_value_t = 9180)]
+        agent_port: u16,
+        /// A network allowed to the agent port (e.g. Prometheus). Repeat. Default: none.
+        #[arg(long = "agent-from", value_name = "CIDR")]
+        agent_from: Vec<String>,
+        /// The container label of site tasks.
+        #[arg(long, default_value = "pressdock.site")]
+        label: String,
+        #[arg(long, default_value = "1.41")]
+        api_version: String,
+        /// A full pass every this many milliseconds (the edge's addresses, missed events).
+        #[arg(long, default_value_t = 1000)]
+        resync_ms: u64,
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// On a database node: Galera's replication ports (group communication, IST, SST)
+    /// accept the database nodes only (INPUT rules at the top, tagged with --comment).
+    /// Prints the rules; `--apply` adds them (idempotent). See docs/security.md.
+    GaleraFirewall {
+        /// A database node's address. Repeat for each (the node itself included).
+        #[arg(long = "db-node", required = true)]
+        db_nodes: Vec<std::net::Ipv4Addr>,
+        /// Replication ports: gcomm 4567, IST 4568, SST 4444 by default.
+        #[arg(long, default_value = "4567-4568,4444")]
+        ports: String,
+        #[arg(long, default_value = "pressdock-galera")]
+        comment: String,
+        #[arg(long)]
+        apply: bool,
+    },
     /// The lab's DNS server (started by `lab up`): NXDOMAIN to every query, at once.
     #[command(name = "lab-dns", hide = true)]
     LabDns {
@@ -254,6 +309,73 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Cluster { spec, cmd } => cluster(&spec, cmd, &repo),
         Cmd::LabDns { listen } => lab::dns::serve(&listen),
+        Cmd::GaleraFirewall {
+            db_nodes,
+            ports,
+            comment,
+            apply,
+        } => {
+            use anyhow::Context;
+            let ports = ports
+                .split(',')
+                .map(infra::guard::rules::Ports::parse)
+                .collect::<Result<Vec<_>>>()
+                .context("--ports")?;
+            let rules = infra::guard::rules::galera_rules(&db_nodes, &ports, &comment);
+            for r in &rules {
+                println!("iptables -A INPUT {}", r.join(" "));
+            }
+            if apply && infra::guard::ensure_input_rules(&rules)? {
+                eprintln!("added at the top of INPUT");
+            }
+            Ok(())
+        }
+        Cmd::Guard {
+            docker_host,
+            allow,
+            internet,
+            edge_services,
+            network,
+            site_port,
+            agent_port,
+            agent_from,
+            label,
+            api_version,
+            resync_ms,
+            once,
+        } => {
+            use anyhow::Context;
+            use infra::guard::rules;
+            let policy = rules::Policy {
+                allow: allow
+                    .iter()
+                    .map(|a| rules::Endpoint::parse(a))
+                    .collect::<Result<_>>()
+                    .context("--allow")?,
+                internet: rules::Internet::parse(&internet).context("--internet")?,
+                not_internet: rules::Policy::default_not_internet(),
+                site_port,
+                agent_port,
+                agent_from: agent_from
+                    .iter()
+                    .map(|c| rules::Cidr::parse(c))
+                    .collect::<Result<_>>()
+                    .context("--agent-from")?,
+            };
+            infra::guard::run(&infra::guard::Options {
+                docker_sock: docker_host
+                    .strip_prefix("unix://")
+                    .unwrap_or(&docker_host)
+                    .into(),
+                api_version,
+                policy,
+                edge_services,
+                network,
+                label,
+                resync: std::time::Duration::from_millis(resync_ms.max(100)),
+                once,
+            })
+        }
         Cmd::Routes {
             docker_host,
             out,

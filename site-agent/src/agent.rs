@@ -156,6 +156,20 @@ pub fn render_all(s: &Settings, php: &PhpSettings) -> Result<()> {
 
 /// Runs the agent until SIGTERM or SIGINT; returns after the children stopped.
 pub async fn run(settings: Settings) -> Result<()> {
+    // Nothing that runs tenant code before the node's guard confined this task.
+    if let Some(within) = crate::netguard::wait_from(
+        std::env::var("PRESSDOCK_NET_GUARD_WAIT_SECS")
+            .ok()
+            .as_deref(),
+    )? {
+        let took =
+            crate::netguard::wait_for_mark(std::path::Path::new(crate::netguard::MARK), within)
+                .await?;
+        tracing::info!(
+            waited_ms = took.as_millis() as u64,
+            "network confinement in place"
+        );
+    }
     let store = match StateStore::open(&settings.paths.state_dir) {
         Ok(s) => s,
         Err(e) => {

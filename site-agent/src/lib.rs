@@ -18,6 +18,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod install;
 pub mod metrics;
+pub mod netguard;
 pub mod protocol;
 pub mod purge;
 pub mod render;

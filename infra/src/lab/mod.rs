@@ -16,6 +16,7 @@ pub mod data;
 pub mod dns;
 pub mod down;
 pub mod edge_routes;
+pub mod guard;
 pub mod http;
 pub mod images;
 pub mod net;

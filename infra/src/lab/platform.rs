@@ -106,6 +106,9 @@ cert_resolver = ""
 # The lab's Traefik has no TLS entrypoint.
 websecure_entrypoint = ""
 docker_api_version = "1.41"
+# Every worker runs `pressdock-infra guard` (lab up): an agent runs no PHP until its task
+# is confined (docs/security.md, "Network confinement").
+net_guard_wait_secs = 30
 
 [backends.s3]
 endpoint = "http://{HOST_IP}:{s3}"

@@ -162,6 +162,9 @@ pub fn status(lab: &Lab) -> bool {
             (Some(_), None) => format!("{} unreadable", routes_file.display()),
         },
     );
+    for (what, ok, detail) in super::guard::status_lines(lab) {
+        report(&what, ok, &detail);
+    }
     let edge = http::get(
         &format!("127.0.0.1:{}", ports::EDGE),
         "/pressdock-health",

@@ -235,6 +235,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
     for n in &all {
         net::ensure_node(n)?;
     }
+    super::guard::ensure_galera_firewall(&lab)?;
 
     let recipes: Vec<images::Recipe> = images::IMAGES
         .iter()
@@ -290,6 +291,8 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             super::dns::ensure(lab).context("the lab's DNS server")?;
             progress("nodes", "starting dockerd in each namespace");
             parallel(all, |n| nodes::ensure_dockerd(lab, n))?;
+            // Before any site task can start on a worker.
+            super::guard::ensure_guards(lab).context("the workers' network guards")?;
             nodes::ensure_swarm(lab).context("swarm")?;
             nodes::ensure_networks(lab).context("overlay networks")?;
             progress(
