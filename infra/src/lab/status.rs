@@ -130,11 +130,14 @@ pub fn status(lab: &Lab) -> bool {
             },
         );
     }
-    let s3 = http::get(&format!("{HOST_IP}:{}", ports::S3), "/backups", HOST_IP);
+    let signed = data::s3_request(&data::s3_credentials(lab), "GET", "/backups");
+    let addr = format!("{HOST_IP}:{}", ports::S3);
+    let unsigned = http::get(&addr, "/backups", &addr);
     report(
-        &format!("s3 {HOST_IP}:{}", ports::S3),
-        s3.as_ref().is_ok_and(|r| r.status == 200),
-        "bucket backups",
+        &format!("s3 {addr}"),
+        signed.as_ref().is_ok_and(|r| r.status == 200)
+            && unsigned.as_ref().is_ok_and(|r| r.status == 403),
+        "bucket backups; unsigned requests refused",
     );
     let dns = format!("{HOST_IP}:{}", super::dns::PORT);
     report(
@@ -213,7 +216,12 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         data::sentinel_port(1),
         s.redis_admin
     );
-    println!("  S3: http://{HOST_IP}:{}/backups", ports::S3);
+    println!(
+        "  S3: http://{HOST_IP}:{}/backups (signed requests only; access key {}, secret in \
+         {STATE}/secrets.toml)",
+        ports::S3,
+        s.s3_access_key
+    );
     println!(
         "  docker: docker -H {}  node ls",
         lab.topo.first_manager().docker_host()
