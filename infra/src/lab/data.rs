@@ -743,6 +743,7 @@ pub fn s3_request(
         method,
         &addr,
         path,
+        "",
         b"",
         std::time::SystemTime::now(),
     );

@@ -22,9 +22,9 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-pub const CERT: &str = "/etc/ssl/glusterfs.pem";
-pub const KEY: &str = "/etc/ssl/glusterfs.key";
-pub const CA: &str = "/etc/ssl/glusterfs.ca";
+pub const CERT: &str = "/usr/lib/ssl/glusterfs.pem";
+pub const KEY: &str = "/usr/lib/ssl/glusterfs.key";
+pub const CA: &str = "/usr/lib/ssl/glusterfs.ca";
 pub const SECURE_ACCESS: &str = "/var/lib/glusterd/secure-access";
 /// Every file of Gluster's TLS set-up outside the lab's folder (`lab down` removes them).
 pub const FILES: [&str; 4] = [CERT, KEY, CA, SECURE_ACCESS];
