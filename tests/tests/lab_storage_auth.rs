@@ -555,6 +555,84 @@ fn gluster_admits_the_storage_certificate_from_the_storage_clients_only() {
         std::fs::read_dir(&m).unwrap_or_else(|e| panic!("{}: {e}", m.display()));
     }
     let _ = std::fs::remove_dir_all(&dir);
+    a_site_writes_its_wp_content();
+}
+
+/// A running site's task (the demo site of `lab up`), as WordPress's PHP user, writes into
+/// its wp-content, and the file is in the volume as its node's TLS mount shows it.
+fn a_site_writes_its_wp_content() {
+    let docker = |sock: &Path, args: &[&str]| {
+        let out = Command::new("/usr/bin/docker")
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let run = Path::new("/var/lib/pressdock-lab/run");
+    let task = std::fs::read_dir(run)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .find_map(|sock| {
+            let (ok, out) = docker(
+                &sock,
+                &[
+                    "ps",
+                    "--filter",
+                    "name=wp_",
+                    "--format",
+                    "{{.ID}} {{.Names}}",
+                ],
+            );
+            let line = out.lines().next().filter(|_| ok)?.to_owned();
+            let (id, name) = line.split_once(' ')?;
+            let host = sock.file_stem()?.to_string_lossy().into_owned();
+            Some((sock.clone(), host, id.to_owned(), name.to_owned()))
+        });
+    let Some((sock, host, id, name)) = task else {
+        panic!("no running site task on the lab (lab up requests the demo site)");
+    };
+    // Task names are `wp_<site>.<slot>.<task id>`.
+    let site = name
+        .trim_start_matches("wp_")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let probe = format!(".pd-tls-probe-{}", std::process::id());
+    let (ok, out) = docker(
+        &sock,
+        &[
+            "exec",
+            "-u",
+            "www-data",
+            &id,
+            "sh",
+            "-c",
+            &format!("echo written-by-the-site > /var/lib/wordpress/wp-content/{probe}"),
+        ],
+    );
+    assert!(ok, "{name} could not write its wp-content: {out}");
+    let on_volume = Path::new("/var/lib/pressdock-lab/nodes")
+        .join(&host)
+        .join("sites")
+        .join(&site)
+        .join(&probe);
+    assert_eq!(
+        std::fs::read_to_string(&on_volume)
+            .unwrap_or_else(|e| panic!("{}: {e}", on_volume.display())),
+        "written-by-the-site\n"
+    );
+    std::fs::remove_file(&on_volume).unwrap();
 }
 
 fn tempdir() -> PathBuf {
