@@ -106,14 +106,22 @@ pub fn status(lab: &Lab) -> bool {
         );
     }
     let vol = data::gluster(&["volume", "status", "sites"]).ok();
+    let tls = data::gluster(&["volume", "info", "sites"]).is_ok_and(|i| {
+        ["client.ssl: on", "server.ssl: on"]
+            .iter()
+            .all(|o| i.lines().any(|l| l.trim() == *o))
+    }) && super::gluster_tls::FILES
+        .iter()
+        .all(|f| std::path::Path::new(f).exists());
     report(
         "gluster volume sites",
         vol.as_deref()
-            .is_some_and(|v| v.matches(" Y ").count() >= 2),
-        if vol.is_some() {
-            "bricks online"
-        } else {
-            "glusterd not answering"
+            .is_some_and(|v| v.matches(" Y ").count() >= 2)
+            && tls,
+        match (vol.is_some(), tls) {
+            (false, _) => "glusterd not answering",
+            (true, true) => "bricks online; TLS on the management and I/O paths",
+            (true, false) => "bricks online, but TLS is off (run `lab up`)",
         },
     );
     for n in lab.topo.nodes() {
