@@ -4,7 +4,7 @@
 set -eu
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root (sudo $0)" >&2; exit 1; }
 PKGS="docker.io mariadb-server galera-4 rsync haproxy redis-server redis-sentinel \
-glusterfs-server glusterfs-client varnish mmdebstrap iproute2 iptables fuse3 curl ca-certificates util-linux \
+glusterfs-server glusterfs-client varnish mmdebstrap iproute2 iptables fuse3 curl ca-certificates openssl util-linux \
 php-fpm php-cli php-mysql php-redis nginx-light wordpress wordpress-theme-twentytwentythree wrk"
 missing=""
 for p in $PKGS; do
@@ -38,5 +38,12 @@ if [ -n "$need_pip" ]; then
   echo "==> pip install:$need_pip"
   $PIP install -q $need_pip 2>/dev/null || $PIP install -q --break-system-packages $need_pip
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+# The lab's S3 server: s3s-fs checks every request's signature (moto accepts anything).
+# 0.14.1: later versions need a newer rustc.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  command -v cargo >/dev/null 2>&1 || { echo "install-deps.sh: cargo is needed for s3s-fs" >&2; exit 1; }
+  echo "==> cargo install s3s-fs 0.14.1"
+  cargo install -q s3s-fs --version 0.14.1 --features binary --locked
 fi
 echo "==> dependencies present"

@@ -18,15 +18,29 @@ pub struct BackendsConfig {
     pub gluster: Option<GlusterConfig>,
     pub varnish: Option<VarnishConfig>,
     pub swarm: Option<SwarmConfig>,
-    /// Read by the backup code, not by this crate; accepted here so one struct parses
-    /// the whole `[backends]` table.
-    pub s3: Option<toml_value::Table>,
+    /// The backups' object store (read by the backup code).
+    pub s3: Option<S3Config>,
 }
 
-/// Opaque pass-through of a section this crate does not read.
-pub mod toml_value {
-    /// Any TOML table, kept as loosely typed key/values.
-    pub type Table = std::collections::BTreeMap<String, serde::de::IgnoredAny>;
+/// `[backends.s3]`: where backups go. The server must refuse unsigned requests (the lab's
+/// does); the key pair is the platform's and never reaches a site's container.
+#[derive(Debug, Clone, Deserialize)]
+pub struct S3Config {
+    /// `http(s)://HOST:PORT` of the S3 API.
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// The access key id (not a secret: it names the key, in every request's signature).
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// Path-style URLs (`endpoint/bucket/key`), which servers other than AWS need.
+    #[serde(default)]
+    pub force_path_style: bool,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".to_owned()
 }
 
 /// `[backends.galera]`
@@ -293,8 +307,10 @@ cert_resolver = ""
 docker_api_version = "1.41"
 
 [s3]
-endpoint = "http://10.213.0.1:19000"
+endpoint = "http://10.213.0.1:23401"
 bucket = "backups"
+access_key = "PDLABKEY"
+secret_key = "s3-secret-key"
 force_path_style = true
 "#;
 
@@ -323,6 +339,15 @@ force_path_style = true
         let s = c.swarm.unwrap_or_else(|| panic!("swarm"));
         assert_eq!(s.varnish_service, "pd-cache@file");
         assert_eq!(s.docker_api_version, "1.41");
-        assert!(c.s3.is_some());
+        let s3 = c.s3.unwrap_or_else(|| panic!("s3"));
+        assert_eq!(
+            (s3.region.as_str(), s3.force_path_style),
+            ("us-east-1", true)
+        );
+        assert_eq!(s3.secret_key.expose(), "s3-secret-key");
+        assert!(
+            !format!("{s3:?}").contains("s3-secret-key"),
+            "secret_key must not print"
+        );
     }
 }

