@@ -209,6 +209,9 @@ impl Procs {
             .arg(cg.join("cgroup.procs"))
             .arg(program)
             .args(args)
+            // Not the caller's directory: a server must not hold (or break with) a checkout
+            // that is later removed (s3s-fs resolves every path against its cwd).
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2)
