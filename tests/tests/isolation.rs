@@ -685,7 +685,12 @@ rm -rf "$mnt" "$log""#
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (listing, log) = text.split_once("LOG\n").unwrap_or((&text, ""));
-    if let Some(names) = listing.strip_prefix("MOUNTED\n") {
+    // FUSE shows the mount before the client has reached a server: only a listing (the
+    // volume's root holds every site's directory, A's at least) means it got in.
+    if let Some(names) = listing
+        .strip_prefix("MOUNTED\n")
+        .filter(|names| !names.trim().is_empty())
+    {
         let dirs = names.lines().count();
         let b_there = if names.lines().any(|l| l == b) {
             ", B's among them"

@@ -578,6 +578,25 @@ fn a_site_writes_its_wp_content() {
         )
     };
     let run = Path::new("/var/lib/pressdock-lab/run");
+    // The demo site's task: another test's site may be mid-delete (its directory gone, its
+    // task still running with a stale handle).
+    let (ok, out) = docker(
+        &run.join("pdlab-m1.sock"),
+        &[
+            "service",
+            "ls",
+            "--filter",
+            "label=pressdock.route.hosts=demo.lab.test",
+            "--format",
+            "{{.Name}}",
+        ],
+    );
+    assert!(ok, "listing the demo site's service: {out}");
+    let service = out
+        .lines()
+        .next()
+        .expect("the demo site's service (lab up makes demo.lab.test)")
+        .to_owned();
     let task = std::fs::read_dir(run)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -588,7 +607,7 @@ fn a_site_writes_its_wp_content() {
                 &[
                     "ps",
                     "--filter",
-                    "name=wp_",
+                    &format!("label=com.docker.swarm.service.name={service}"),
                     "--format",
                     "{{.ID}} {{.Names}}",
                 ],

@@ -374,7 +374,7 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
         ("Galera node 3, gcomm", format!("{HOST_IP}:23113")),
         ("glusterd", format!("{HOST_IP}:24007")),
         ("a Gluster brick", a_brick_port()),
-        ("S3", format!("{HOST_IP}:23400")),
+        ("S3", format!("{HOST_IP}:{}", infra::lab::ports::S3)),
         ("swarm manager", "10.213.0.11:2377".into()),
         ("swarm gossip of m1", "10.213.0.11:7946".into()),
         ("swarm gossip of w1", "10.213.0.21:7946".into()),
@@ -468,7 +468,7 @@ async fn a_pass_of_the_guard_restores_wiped_rules() {
     }
     // Any site task will do (the lab's demo site is one).
     let t = SiteTask::find("pressdock.site", "").expect("a running site task");
-    let s3 = format!("{HOST_IP}:23400");
+    let s3 = format!("{HOST_IP}:{}", infra::lab::ports::S3);
     assert_eq!(t.probe(std::slice::from_ref(&s3)), [false], "confined");
     // The running guard is paused meanwhile: its full pass (every 30 s) would restore them.
     let guard = std::fs::read_to_string(format!("{STATE}/pids/guard-{}.pid", t.node)).unwrap();
