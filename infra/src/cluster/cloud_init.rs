@@ -9,15 +9,31 @@
 //! its stable `/dev/disk/by-id/scsi-0DO_Volume_<name>` path with `nofail`, so a node whose
 //! volume is missing still boots (and its data service finds an empty mount point). The
 //! output parses as YAML (checked by hand with PyYAML; no YAML crate in the workspace).
-use super::spec::{Role, VolumeSpec};
+use super::spec::{GuardSpec, Role, VolumeSpec};
 
-/// The user data of a node of `role`; `volume` is the name of its block volume.
-pub fn user_data(role: Role, spec: Option<&VolumeSpec>, volume: Option<&str>) -> String {
+/// The network guard's unit, installed on every worker.
+const GUARD_UNIT: &str = include_str!("../../../configs/systemd/pressdock-guard.service");
+const GUARD_BIN: &str = "/usr/local/bin/pressdock-infra";
+
+/// The user data of a node of `role`; `volume` is the name of its block volume; `guard`
+/// the network guard and the VPC's range (workers: installed and started before the node
+/// joins the swarm, so no site task ever runs on it unconfined).
+pub fn user_data(
+    role: Role,
+    spec: Option<&VolumeSpec>,
+    volume: Option<&str>,
+    guard: Option<(&GuardSpec, &str)>,
+) -> String {
+    let guard = guard.filter(|_| role == Role::Worker);
     let mut packages = vec!["docker.io", "chrony"];
     match role {
         Role::Storage => packages.push("glusterfs-server"),
         Role::Worker | Role::Manager => packages.push("glusterfs-client"),
         _ => {}
+    }
+    if guard.is_some() {
+        // iptables-restore in each task's namespace; nsenter is util-linux (always there).
+        packages.extend(["iptables", "curl"]);
     }
     let mut s = String::from("#cloud-config\n");
     s.push_str("package_update: true\npackage_upgrade: true\npackages:\n");
@@ -31,6 +47,17 @@ pub fn user_data(role: Role, spec: Option<&VolumeSpec>, volume: Option<&str>) ->
         "    content: |\n",
         "      {\"log-driver\": \"json-file\", \"log-opts\": {\"max-size\": \"20m\", \"max-file\": \"3\"}, \"live-restore\": false}\n",
     ));
+    if let Some((g, vpc)) = guard {
+        s.push_str("  - path: /etc/systemd/system/pressdock-guard.service\n");
+        s.push_str("    permissions: \"0644\"\n    content: |\n");
+        for line in GUARD_UNIT.lines() {
+            s.push_str(&format!("      {line}\n"));
+        }
+        // Written by us from checked fields (ranges and port lists: no quotes, no `$`).
+        s.push_str("  - path: /etc/pressdock/guard.env\n");
+        s.push_str("    permissions: \"0644\"\n    content: |\n");
+        s.push_str(&format!("      PD_GUARD_ARGS=\"{}\"\n", g.args(vpc)));
+    }
     s.push_str("runcmd:\n");
     if let (Some(v), Some(name)) = (spec, volume) {
         let dev = format!("/dev/disk/by-id/scsi-0DO_Volume_{name}");
@@ -46,6 +73,17 @@ pub fn user_data(role: Role, spec: Option<&VolumeSpec>, volume: Option<&str>) ->
         s.push_str(&format!("  - mount {}\n", v.mount));
     }
     s.push_str("  - systemctl enable --now docker\n");
+    if let Some((g, _)) = guard {
+        // The binary only if its digest is the spec's; the guard before anything else runs
+        // tasks here (the node joins the swarm after cloud-init).
+        s.push_str(&format!(
+            "  - [sh, -c, 'curl -fsSL --retry 5 -o {GUARD_BIN}.new \"{url}\" && echo \"{sha}  {GUARD_BIN}.new\" | sha256sum -c - && chmod 0755 {GUARD_BIN}.new && mv {GUARD_BIN}.new {GUARD_BIN}']\n",
+            url = g.binary_url,
+            sha = g.sha256.to_ascii_lowercase(),
+        ));
+        s.push_str("  - systemctl daemon-reload\n");
+        s.push_str("  - systemctl enable --now pressdock-guard\n");
+    }
     if role == Role::Storage {
         s.push_str("  - systemctl enable --now glusterd\n");
     }

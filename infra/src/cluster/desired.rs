@@ -175,7 +175,12 @@ impl Desired {
                     vname
                 });
                 droplets.push(Droplet {
-                    user_data: cloud_init::user_data(*role, r.volume.as_ref(), volume.as_deref()),
+                    user_data: cloud_init::user_data(
+                        *role,
+                        r.volume.as_ref(),
+                        volume.as_deref(),
+                        s.guard.as_ref().map(|g| (g, s.vpc.ip_range.as_str())),
+                    ),
                     name: dname,
                     role: *role,
                     index: i,
@@ -294,6 +299,22 @@ impl Desired {
                 .join(","),
             lb.health_check_port
         );
+        if let Some(g) = &s.guard {
+            let _ = writeln!(
+                o,
+                "network guard on every worker: {} (sha256 {}), {}",
+                g.binary_url,
+                g.sha256,
+                g.args(&s.vpc.ip_range)
+            );
+            for a in &g.allow {
+                let _ = writeln!(
+                    o,
+                    "    site tasks reach {:<9} {:<6} {}",
+                    a.role, a.ports, a.why
+                );
+            }
+        }
         let rules_of = |target: &str| -> Vec<&Rule> {
             if target == s.name {
                 c.common_rules.iter().collect()
@@ -404,5 +425,27 @@ mod tests {
         let (c, d) = desired();
         let text = d.describe(&c);
         assert!(text.contains("worker     20 × s-8vcpu-16gb"), "{text}");
+    }
+
+    #[test]
+    fn workers_install_and_start_the_network_guard_before_they_join() {
+        let (_, d) = desired();
+        for x in &d.droplets {
+            let u = &x.user_data;
+            let worker = x.role == Role::Worker;
+            assert_eq!(u.contains("pressdock-guard"), worker, "{}", x.name);
+            if !worker {
+                continue;
+            }
+            // The unit as written in configs/systemd, its endpoints, a pinned binary.
+            assert!(u.contains("      ExecStart=/usr/local/bin/pressdock-infra guard --docker-host unix:///var/run/docker.sock $PD_GUARD_ARGS\n"), "{u}");
+            assert!(u.contains("      PD_GUARD_ARGS=\"--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379 --allow 10.110.0.0/20:26379 --allow 10.110.0.0/20:8081 --internet 80,443,587\"\n"), "{u}");
+            assert!(u.contains("| sha256sum -c - && chmod 0755"), "{u}");
+            // Started after docker and the binary, in that order.
+            let docker = u.find("systemctl enable --now docker").unwrap();
+            let fetch = u.find("curl -fsSL").unwrap();
+            let start = u.find("systemctl enable --now pressdock-guard").unwrap();
+            assert!(docker < fetch && fetch < start, "{u}");
+        }
     }
 }

@@ -141,6 +141,56 @@ pub struct ClusterSpec {
     /// The roles, filled from `roles_toml` by the checks.
     #[serde(skip)]
     pub roles: BTreeMap<Role, RoleSpec>,
+    /// The network guard every worker runs (required: a worker without it serves no site).
+    #[serde(default)]
+    pub guard: Option<GuardSpec>,
+}
+
+/// The network guard of every worker (`pressdock-infra guard`, docs/security.md "Network
+/// confinement"): cloud-init fetches the binary, checks its digest and installs it as the
+/// host unit `configs/systemd/pressdock-guard.service` with these endpoints. Node addresses
+/// are not known before the droplets exist, so an endpoint is the VPC's range on a role's
+/// port; the role's cloud firewall (which admits workers on that port, checked) keeps the
+/// other roles' nodes out of it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSpec {
+    /// Where workers fetch `pressdock-infra` (https).
+    pub binary_url: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// The public internet for site tasks: `off`, `all` or TCP ports (`80,443,587`).
+    #[serde(default = "default_guard_internet")]
+    pub internet: String,
+    /// What a site task may open connections to, besides loopback and docker's DNS.
+    pub allow: Vec<GuardAllowSpec>,
+}
+
+fn default_guard_internet() -> String {
+    "80,443".into()
+}
+
+/// A role's TCP port(s) a site task may reach.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardAllowSpec {
+    pub role: String,
+    /// `"6033"`, `"6379"`, `"23201-23202"`.
+    pub ports: String,
+    pub why: String,
+}
+
+impl GuardSpec {
+    /// The guard's arguments (`PD_GUARD_ARGS` of the unit) for a cluster in `vpc`.
+    pub fn args(&self, vpc: &str) -> String {
+        let mut a: Vec<String> = self
+            .allow
+            .iter()
+            .map(|e| format!("--allow {vpc}:{}", e.ports.trim()))
+            .collect();
+        a.push(format!("--internet {}", self.internet.trim()));
+        a.join(" ")
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -766,11 +816,91 @@ fn check(mut spec: ClusterSpec) -> Result<Checked, SpecError> {
             ));
         }
     }
+    check_guard(&spec, &rules)?;
     Ok(Checked {
         spec,
         rules,
         common_rules,
     })
+}
+
+/// The guard's section: present (every worker needs it), a digest-pinned https binary, and
+/// endpoints that the cloud firewall admits from workers (a port the firewall closes would
+/// be an allowlist entry that never works; one the guard leaves out stays closed to tasks
+/// even where the firewall admits the worker).
+fn check_guard(spec: &ClusterSpec, rules: &BTreeMap<Role, Vec<Rule>>) -> Result<(), SpecError> {
+    let Some(g) = &spec.guard else {
+        return Err(err(
+            "guard",
+            "missing: every worker runs the network guard (binary_url, sha256, allow)",
+        ));
+    };
+    let url_ok = g.binary_url.starts_with("https://")
+        && g.binary_url.len() > "https://".len()
+        && g.binary_url.len() <= 2048
+        && g.binary_url
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":/._~%+-".contains(&b));
+    if !url_ok {
+        return Err(err(
+            "guard.binary_url",
+            format!(
+                "{:?}: an https URL (letters, digits and :/._~%+- only)",
+                g.binary_url
+            ),
+        ));
+    }
+    if g.sha256.len() != 64 || !g.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(err("guard.sha256", "64 hex digits: the binary's SHA-256"));
+    }
+    crate::guard::rules::Internet::parse(g.internet.trim())
+        .map_err(|e| err("guard.internet", format!("{e:#}")))?;
+    if g.allow.is_empty() {
+        return Err(err(
+            "guard.allow",
+            "empty: sites need at least the DB router and Redis",
+        ));
+    }
+    for (i, a) in g.allow.iter().enumerate() {
+        let f = format!("guard.allow[{i}]");
+        let role = Role::parse(&a.role).ok_or_else(|| {
+            err(
+                format!("{f}.role"),
+                format!(
+                    "{:?} is not a role ({})",
+                    a.role,
+                    Role::ALL.map(Role::as_str).join(", ")
+                ),
+            )
+        })?;
+        let ports = Ports::parse(&a.ports).ok_or_else(|| {
+            err(
+                format!("{f}.ports"),
+                format!("{:?}: a port or a range (6379, 23201-23202)", a.ports),
+            )
+        })?;
+        if a.why.trim().is_empty() {
+            return Err(err(format!("{f}.why"), "say what site tasks reach there"));
+        }
+        let admitted = rules.get(&role).is_some_and(|rs| {
+            rs.iter().any(|r| {
+                r.protocol == Protocol::Tcp
+                    && r.ports.lo <= ports.lo
+                    && ports.hi <= r.ports.hi
+                    && r.from.contains(&Source::Role(Role::Worker))
+            })
+        });
+        if !admitted {
+            return Err(err(
+                format!("{f}.ports"),
+                format!(
+                    "{}: no rule of roles.{role}.inbound admits workers on it, so site tasks could not reach it",
+                    a.ports
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -812,6 +942,41 @@ mod tests {
             Ok(_) => panic!("accepted with {to:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn the_guard_is_required_pinned_and_agrees_with_the_firewalls() {
+        let c = Checked::parse(&production()).unwrap_or_else(|e| panic!("{e}"));
+        let g = c.spec.guard.as_ref().unwrap();
+        assert_eq!(
+            g.args(&c.spec.vpc.ip_range),
+            "--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379 --allow 10.110.0.0/20:26379 \
+             --allow 10.110.0.0/20:8081 --internet 80,443,587"
+        );
+        let text = production();
+        let without = &text[..text.find("\n# The network guard on every worker").unwrap()];
+        let e = Checked::parse(without).map(|_| ()).unwrap_err();
+        assert_eq!(e.field, "guard", "{e}");
+        let e = bad(
+            "binary_url = \"https://releases",
+            "binary_url = \"http://releases",
+        );
+        assert_eq!(e.field, "guard.binary_url", "{e}");
+        let e = bad("pressdock-infra-x86_64", "pressdock-infra'$(reboot)'");
+        assert_eq!(e.field, "guard.binary_url", "{e}");
+        let e = bad("sha256 = \"0000", "sha256 = \"zz00");
+        assert_eq!(e.field, "guard.sha256", "{e}");
+        let e = bad("internet = \"80,443,587\"", "internet = \"80,http\"");
+        assert_eq!(e.field, "guard.internet", "{e}");
+        // Galera's SQL port: the database firewall admits no worker there.
+        let e = bad(
+            "ports = \"6033\"\nwhy = \"ProxySQL, the DB router: WordPress",
+            "ports = \"3306\"\nwhy = \"ProxySQL, the DB router: WordPress",
+        );
+        assert_eq!(e.field, "guard.allow[0].ports", "{e}");
+        assert!(e.message.contains("roles.database.inbound"), "{e}");
+        let e = bad("role = \"cache\"", "role = \"cachee\"");
+        assert_eq!(e.field, "guard.allow[1].role", "{e}");
     }
 
     #[test]
