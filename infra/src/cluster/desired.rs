@@ -442,9 +442,12 @@ mod tests {
             assert!(u.contains("      PD_GUARD_ARGS=\"--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379 --allow 10.110.0.0/20:26379 --allow 10.110.0.0/20:8081 --internet 80,443,587\"\n"), "{u}");
             assert!(u.contains("| sha256sum -c - && chmod 0755"), "{u}");
             // Started after docker and the binary, in that order.
-            let docker = u.find("systemctl enable --now docker").unwrap();
-            let fetch = u.find("curl -fsSL").unwrap();
-            let start = u.find("systemctl enable --now pressdock-guard").unwrap();
+            let at = |what: &str| u.find(what).unwrap_or_else(|| panic!("{what} in {u}"));
+            let (docker, fetch, start) = (
+                at("systemctl enable --now docker"),
+                at("curl -fsSL"),
+                at("systemctl enable --now pressdock-guard"),
+            );
             assert!(docker < fetch && fetch < start, "{u}");
         }
     }
