@@ -349,7 +349,7 @@ pub async fn report(
         .await?
         .rows_affected();
         if changed > 0 {
-            crate::app::billing::record_site_state(&mut *tx, Some(id.as_str())).await?;
+            crate::app::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
             audit::record(
                 &mut tx,
                 None,
@@ -400,7 +400,7 @@ pub async fn sweep(db: &MySqlPool, timeout: Duration) -> sqlx::Result<u64> {
         .await?
         .rows_affected();
         if n > 0 {
-            crate::app::billing::record_site_state(&mut *tx, Some(&site)).await?;
+            crate::app::billing::record_site_state(&mut tx, Some(&site)).await?;
             audit::record(
                 &mut tx,
                 None,

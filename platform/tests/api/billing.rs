@@ -379,6 +379,40 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
         hex::encode(Sha256::digest(&csv1)),
         hex::encode(Sha256::digest(&csv2))
     );
+    // The CLI writes the same bytes to standard output.
+    let output = tokio::process::Command::new(crate::support::binary())
+        .args([
+            "billing", "export", "--period", "2026-11", "--format", "csv",
+        ])
+        .env("PRESSDOCK_URL", &app.base)
+        .env("PRESSDOCK_TOKEN", &admin)
+        .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, csv1);
+    let output = tokio::process::Command::new(crate::support::binary())
+        .args([
+            "billing", "export", "--period", "2026-13", "--format", "csv",
+        ])
+        .env("PRESSDOCK_URL", &app.base)
+        .env("PRESSDOCK_TOKEN", &admin)
+        .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("period: must be a month as YYYY-MM"),
+        "{stderr}"
+    );
     let (_, _, nov_again) = raw(
         &app,
         "/v1/billing/exports?period=2026-11&format=jsonl",
