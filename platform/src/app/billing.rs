@@ -95,7 +95,7 @@ pub struct Period {
 }
 
 impl Period {
-    /// `YYYY-MM`, years 2000 to 9998.
+    /// `YYYY-MM`, years 2000 to 9999.
     pub fn parse(input: &str) -> Result<Self, String> {
         let bytes = input.as_bytes();
         let ok = bytes.len() == 7
@@ -113,7 +113,7 @@ impl Period {
             })
             .flatten();
         match parsed {
-            Some((year, month)) if (2000..=9998).contains(&year) && (1..=12).contains(&month) => {
+            Some((year, month)) if (2000..=9999).contains(&year) && (1..=12).contains(&month) => {
                 Ok(Self { year, month })
             }
             _ => Err("must be a month as YYYY-MM, such as 2026-11".to_owned()),
@@ -187,8 +187,8 @@ pub struct Price {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPrice {
-    /// `YYYY-MM-DD`, after today (UTC): prices never apply retroactively.
-    #[schema(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    /// `YYYY-MM-DD`, after today (UTC): prices never apply retroactively (409 otherwise).
+    #[schema(value_type = String, format = Date)]
     pub effective_from: String,
     #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
@@ -243,17 +243,8 @@ pub async fn add_price(
         "effective_from",
         NaiveDate::parse_from_str(&input.effective_from, "%Y-%m-%d")
             .ok()
-            .filter(|d| input.effective_from.len() == 10 && d.year() >= 2000)
-            .ok_or_else(|| "must be a date as YYYY-MM-DD".to_owned())
-            .and_then(|d| {
-                if d > today {
-                    Ok(d)
-                } else {
-                    Err(format!(
-                        "must be after today ({today}): a price never applies retroactively"
-                    ))
-                }
-            }),
+            .filter(|_| input.effective_from.len() == 10)
+            .ok_or_else(|| "must be a date as YYYY-MM-DD".to_owned()),
     );
     if !(input.currency.len() == 3 && input.currency.bytes().all(|b| b.is_ascii_uppercase())) {
         fields.push("currency", "must be an ISO 4217 code such as USD");
@@ -296,6 +287,12 @@ pub async fn add_price(
     let Some(from) = from else {
         return Err(ApiError::field("effective_from", "invalid"));
     };
+    if from <= today {
+        return Err(ApiError::conflict(
+            Some("effective_from"),
+            format!("must be after today ({today}): a price never applies retroactively"),
+        ));
+    }
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(crate::sql!(
         "INSERT INTO plan_prices ({PRICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -363,27 +360,33 @@ pub async fn ensure_base_prices(db: &MySqlPool) -> sqlx::Result<()> {
 pub struct NewSample {
     #[schema(pattern = "^[a-z2-7]{10}$")]
     pub site: String,
-    /// The hour measured, on the hour in UTC: `2026-11-03T14:00:00Z`.
-    pub hour: String,
+    /// The hour measured: its first second, Unix time (UTC), a multiple of 3600, such as
+    /// 1793714400 for 2026-11-03T14:00:00Z.
+    #[schema(
+        minimum = 946_684_800,
+        maximum = 253_402_297_200_i64,
+        multiple_of = 3600
+    )]
+    pub hour_unix: i64,
     /// `edge` (per-host counts at the edge; billed requests) or `agent` (the site's agent:
     /// access-log counts and storage).
     #[schema(pattern = "^(edge|agent)$")]
     pub source: String,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub requests: Option<i64>,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub bytes_out: Option<i64>,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub wp_content_bytes: Option<i64>,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub db_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SampleBatch {
-    /// 1 to 500 samples (and within `body_limit_bytes`, 64 KiB by default).
-    #[schema(min_items = 1, max_items = 500)]
+    /// 1 to 200 samples.
+    #[schema(min_items = 1, max_items = 200)]
     pub samples: Vec<NewSample>,
 }
 
@@ -399,8 +402,8 @@ pub struct Ingested {
 pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiResult<Ingested> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     let mut fields = Fields::default();
-    if batch.samples.is_empty() || batch.samples.len() > 500 {
-        fields.push("samples", "must hold 1 to 500 samples");
+    if batch.samples.is_empty() || batch.samples.len() > 200 {
+        fields.push("samples", "must hold 1 to 200 samples");
     }
     let mut rows = Vec::with_capacity(batch.samples.len());
     for (i, s) in batch.samples.iter().enumerate() {
@@ -409,13 +412,13 @@ pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiR
             Id::parse(&s.site).ok_or_else(|| "is not a site id".to_owned()),
         );
         let hour = fields.check(
-            &format!("samples[{i}].hour"),
-            DateTime::parse_from_rfc3339(&s.hour)
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-                .filter(|t| t.timestamp() % 3600 == 0 && t.timestamp_subsec_nanos() == 0)
-                .filter(|t| (2000..=9998).contains(&t.year()))
-                .ok_or_else(|| "must be an hour in UTC, such as 2026-11-03T14:00:00Z".to_owned()),
+            &format!("samples[{i}].hour_unix"),
+            Some(s.hour_unix)
+                .filter(|t| t % 3600 == 0 && (946_684_800..=253_402_297_200).contains(t))
+                .and_then(|t| DateTime::from_timestamp(t, 0))
+                .ok_or_else(|| {
+                    "must be the first second of an hour, Unix time, from 2000 to 9999".to_owned()
+                }),
         );
         if !matches!(s.source.as_str(), "edge" | "agent") {
             fields.push(format!("samples[{i}].source"), "must be edge or agent");
@@ -426,8 +429,11 @@ pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiR
             ("wp_content_bytes", s.wp_content_bytes),
             ("db_bytes", s.db_bytes),
         ] {
-            if value.is_some_and(|v| v < 0) {
-                fields.push(format!("samples[{i}].{name}"), "must not be negative");
+            if value.is_some_and(|v| !(0..=1_000_000_000_000_000).contains(&v)) {
+                fields.push(
+                    format!("samples[{i}].{name}"),
+                    "must be between 0 and 10^15",
+                );
             }
         }
         if let (Some(site), Some(hour)) = (site, hour) {
@@ -448,13 +454,16 @@ pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiR
         }
         query.fetch_all(&state.db).await?.into_iter().collect()
     };
-    let mut fields = Fields::default();
-    for (i, (site, _, _)) in rows.iter().enumerate() {
-        if !known.contains(site.as_str()) {
-            fields.push(format!("samples[{i}].site"), "is not a site");
-        }
+    if let Some((i, (site, _, _))) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, (site, _, _))| !known.contains(site.as_str()))
+    {
+        return Err(ApiError::conflict(
+            Some("samples"),
+            format!("samples[{i}].site: there is no site {}", site.as_str()),
+        ));
     }
-    fields.finish()?;
     let mut tx = state.db.begin().await?;
     let mut inserted = 0;
     for (site, hour, s) in &rows {
@@ -478,6 +487,30 @@ pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiR
         inserted,
         unchanged: rows.len() as u64 - inserted,
     })
+}
+
+/// The agent's storage sample of the hour `at` falls in (the first one wins, as for any
+/// sample): called on each agent report that carries sizes.
+pub async fn record_agent_storage(
+    conn: &mut sqlx::MySqlConnection,
+    site: &str,
+    at: DateTime<Utc>,
+    wp_content_bytes: Option<u64>,
+    db_bytes: Option<u64>,
+) -> sqlx::Result<()> {
+    let hour = DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(3600), 0)
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT IGNORE INTO usage_samples (site_id, hour, source, wp_content_bytes, db_bytes) \
+         VALUES (?, ?, 'agent', ?, ?)",
+    )
+    .bind(site)
+    .bind(hour.naive_utc())
+    .bind(wp_content_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+    .bind(db_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -657,7 +690,11 @@ pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Li
         match s.source.as_str() {
             "edge" => slot.0 = Some(s.requests.unwrap_or(0)),
             "agent" => {
-                slot.1 = Some(s.wp_content_bytes.unwrap_or(0) + s.db_bytes.unwrap_or(0));
+                slot.1 = Some(
+                    s.wp_content_bytes
+                        .unwrap_or(0)
+                        .saturating_add(s.db_bytes.unwrap_or(0)),
+                );
             }
             _ => {}
         }
@@ -743,7 +780,7 @@ pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Li
                 .unwrap_or_default();
             if let Some(requests) = edge {
                 acc.edge_hours += 1;
-                acc.requests += requests;
+                acc.requests = acc.requests.saturating_add(requests);
             }
             if let Some(bytes) = agent {
                 acc.agent_hours += 1;
@@ -1071,7 +1108,7 @@ pub async fn open_lines(
 #[serde(deny_unknown_fields)]
 pub struct CloseRequest {
     /// The month to close, `YYYY-MM`; it must have ended.
-    #[schema(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    #[schema(pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$")]
     pub period: String,
 }
 
@@ -1094,8 +1131,8 @@ pub async fn close(
     actor.require_staff(&[StaffRole::Admin])?;
     let period = Period::parse(&input.period).map_err(|m| ApiError::field("period", m))?;
     if period.end() > now {
-        return Err(ApiError::field(
-            "period",
+        return Err(ApiError::conflict(
+            Some("period"),
             "has not ended yet; a period closes after its last second",
         ));
     }
@@ -1167,7 +1204,7 @@ pub async fn close(
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// The month, `YYYY-MM` (UTC).
-    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    #[param(pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$")]
     pub period: Option<String>,
     /// `csv` (RFC 4180, with a header row) or `jsonl` (one JSON object a line).
     #[param(pattern = "^(csv|jsonl)$")]

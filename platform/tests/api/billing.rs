@@ -102,25 +102,28 @@ async fn site(app: &TestApp, tenant: &str, domain: &str, history: &[(&str, &str,
     id
 }
 
-/// Hours of November 2026 from `day` `hour` for `count` hours, as RFC 3339.
-fn hours(day: u32, hour: u32, count: u32) -> Vec<String> {
+/// Hours of November 2026 from `day` `hour` for `count` hours, as Unix seconds.
+/// An RFC 3339 time as Unix seconds.
+fn at(time: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .unwrap()
+        .timestamp()
+}
+
+fn hours(day: u32, hour: u32, count: u32) -> Vec<i64> {
     let start = chrono::NaiveDate::from_ymd_opt(2026, 11, day)
         .unwrap()
         .and_hms_opt(hour, 0, 0)
         .unwrap()
         .and_utc();
     (0..count)
-        .map(|i| {
-            (start + chrono::Duration::hours(i64::from(i)))
-                .format("%Y-%m-%dT%H:%M:%SZ")
-                .to_string()
-        })
+        .map(|i| (start + chrono::Duration::hours(i64::from(i))).timestamp())
         .collect()
 }
 
 async fn ingest(app: &TestApp, token: &str, samples: Vec<Value>) -> Value {
     let (mut inserted, mut unchanged) = (0, 0);
-    for chunk in samples.chunks(300) {
+    for chunk in samples.chunks(200) {
         let (status, body) = app
             .post("/v1/billing/samples", token, json!({ "samples": chunk }))
             .await;
@@ -198,15 +201,15 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
     // on Nov 1, 2.5 GiB (2 GiB files + 0.5 GiB database) on Nov 20 12:00.
     let mut a1_samples: Vec<Value> = hours(1, 0, 720)
         .into_iter()
-        .filter(|h| h != "2026-11-01T05:00:00Z" && h != "2026-11-01T06:00:00Z")
-        .map(|h| json!({ "site": a1, "hour": h, "source": "edge", "requests": 200, "bytes_out": 1_000_000 }))
+        .filter(|h| *h != at("2026-11-01T05:00:00Z") && *h != at("2026-11-01T06:00:00Z"))
+        .map(|h| json!({ "site": a1, "hour_unix": h, "source": "edge", "requests": 200, "bytes_out": 1_000_000 }))
         .collect();
     a1_samples.push(
-        json!({ "site": a1, "hour": "2026-11-01T00:00:00Z", "source": "agent",
+        json!({ "site": a1, "hour_unix": at("2026-11-01T00:00:00Z"), "source": "agent",
         "wp_content_bytes": 1_i64 << 29, "db_bytes": 0, "requests": 150 }),
     );
     a1_samples.push(
-        json!({ "site": a1, "hour": "2026-11-20T12:00:00Z", "source": "agent",
+        json!({ "site": a1, "hour_unix": at("2026-11-20T12:00:00Z"), "source": "agent",
         "wp_content_bytes": 2_i64 << 30, "db_bytes": 1_i64 << 29 }),
     );
     let body = ingest(&app, &admin, a1_samples).await;
@@ -215,7 +218,7 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
     // half of them sent first, then all (the first half repeated: unchanged).
     let b1_samples: Vec<Value> = hours(10, 0, 384)
         .into_iter()
-        .map(|h| json!({ "site": b1, "hour": h, "source": "edge", "requests": 1000 }))
+        .map(|h| json!({ "site": b1, "hour_unix": h, "source": "edge", "requests": 1000 }))
         .collect();
     let body = ingest(&app, &admin, b1_samples[..192].to_vec()).await;
     assert_eq!(body, json!({ "inserted": 192, "unchanged": 0 }));
@@ -225,15 +228,15 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
     let body = ingest(
         &app,
         &admin,
-        vec![json!({ "site": b1, "hour": "2026-11-10T06:00:00Z",
+        vec![json!({ "site": b1, "hour_unix": at("2026-11-10T06:00:00Z"),
         "source": "edge", "requests": 999_999 })],
     )
     .await;
     assert_eq!(body, json!({ "inserted": 0, "unchanged": 1 }));
     // c1: one storage sample of 6 GiB + 1 byte; one outside the month (ignored).
     ingest(&app, &admin, vec![
-        json!({ "site": c1, "hour": "2026-11-05T00:00:00Z", "source": "agent", "wp_content_bytes": (6_i64 << 30) + 1 }),
-        json!({ "site": c1, "hour": "2026-12-01T00:00:00Z", "source": "agent", "wp_content_bytes": 50_i64 << 30 }),
+        json!({ "site": c1, "hour_unix": at("2026-11-05T00:00:00Z"), "source": "agent", "wp_content_bytes": (6_i64 << 30) + 1 }),
+        json!({ "site": c1, "hour_unix": at("2026-12-01T00:00:00Z"), "source": "agent", "wp_content_bytes": 50_i64 << 30 }),
     ])
     .await;
 
@@ -368,7 +371,7 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
 
     // A late sample for a closed month (a1's gap at Nov 1 05:00): the closed export does
     // not change; December shows the difference as an adjustment.
-    ingest(&app, &admin, vec![json!({ "site": a1, "hour": "2026-11-01T05:00:00Z", "source": "edge", "requests": 10_000 })]).await;
+    ingest(&app, &admin, vec![json!({ "site": a1, "hour_unix": at("2026-11-01T05:00:00Z"), "source": "edge", "requests": 10_000 })]).await;
     let (_, _, csv2) = raw(
         &app,
         "/v1/billing/exports?period=2026-11&format=csv",
@@ -533,6 +536,52 @@ async fn exports_are_scoped_and_checked() {
         assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
     }
 
+    // Samples: staff only; an hour not on the hour, a negative count and an unknown site
+    // are refused, naming the field.
+    let sample = json!({ "site": a, "hour_unix": 1_793_714_400, "source": "edge", "requests": 1 });
+    let (status, body) = app
+        .post(
+            "/v1/billing/samples",
+            &owner,
+            json!({ "samples": [sample] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/billing/samples",
+            &admin,
+            json!({ "samples": [
+            { "site": a, "hour_unix": 1_793_714_401, "source": "edge" },
+        ] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "samples[0].hour_unix", "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/billing/samples",
+            &admin,
+            json!({ "samples": [
+            sample, { "site": a, "hour_unix": 1_793_714_400, "source": "cdn", "requests": -1 },
+        ] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "samples[1].source", "{body}");
+    assert_eq!(body["errors"][1]["field"], "samples[1].requests", "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/billing/samples",
+            &admin,
+            json!({ "samples": [
+            { "site": "2222222222", "hour_unix": 1_793_714_400, "source": "edge" },
+        ] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["errors"][0]["field"], "samples", "{body}");
+
     // Closing: staff admin only, once, never an unfinished month.
     let (status, body) = app
         .post("/v1/billing/close", &owner, json!({ "period": "2026-11" }))
@@ -549,7 +598,7 @@ async fn exports_are_scoped_and_checked() {
     let (status, body) = app
         .post("/v1/billing/close", &admin, json!({ "period": "2999-01" }))
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["errors"][0]["field"], "period", "{body}");
     let (status, body) = app
         .post("/v1/billing/close", &admin, json!({ "period": "2026-10" }))
@@ -567,7 +616,7 @@ async fn exports_are_scoped_and_checked() {
             "currency": "USD", "monthly_minor": 1, "included_storage_bytes": 0, "included_requests": 0,
             "storage_overage_minor_per_gib": 0, "request_overage_minor_per_10k": 0 }))
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["errors"][0]["field"], "effective_from", "{body}");
     let (status, body) = app
         .post(&format!("/v1/plans/{starter}/prices"), &admin, json!({ "effective_from": "2099-01-01",
