@@ -714,7 +714,8 @@ async fn add_price(
 /// Stores hourly usage samples (staff); a sample already stored (same site, hour and
 /// source) is left unchanged.
 #[utoipa::path(post, path = "/v1/billing/samples", tag = "billing", security(("bearer" = [])),
-    request_body = SampleBatch, responses((status = 200, body = Ingested)))]
+    request_body = SampleBatch,
+    responses((status = 200, body = Ingested), (status = 409, body = Problem)))]
 async fn ingest_samples(
     State(state): State<AppState>,
     actor: Actor,
@@ -744,7 +745,8 @@ async fn close_period(
 #[utoipa::path(get, path = "/v1/billing/exports", tag = "billing", security(("bearer" = [])),
     params(ExportQuery),
     responses((status = 200, description = "The lines, one per site and charge, then each tenant's totals.",
-        content((String = "text/csv"), (String = "application/jsonl")))))]
+        content((String = "text/csv"), (String = "application/jsonl"))),
+        (status = 404, body = Problem)))]
 async fn billing_export(
     State(state): State<AppState>,
     actor: Actor,

@@ -367,18 +367,23 @@ pub struct NewSample {
         maximum = 253_402_297_200_i64,
         multiple_of = 3600
     )]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub hour_unix: i64,
     /// `edge` (per-host counts at the edge; billed requests) or `agent` (the site's agent:
     /// access-log counts and storage).
     #[schema(pattern = "^(edge|agent)$")]
     pub source: String,
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub requests: Option<i64>,
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub bytes_out: Option<i64>,
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub wp_content_bytes: Option<i64>,
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub db_bytes: Option<i64>,
 }
 
@@ -1204,10 +1209,13 @@ pub async fn close(
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// The month, `YYYY-MM` (UTC).
-    #[param(pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$")]
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
     pub period: Option<String>,
     /// `csv` (RFC 4180, with a header row) or `jsonl` (one JSON object a line).
-    #[param(pattern = "^(csv|jsonl)$")]
+    #[param(required = true, pattern = "^(csv|jsonl)$")]
     pub format: Option<String>,
     /// Only this tenant (staff: any; a tenant owner: one they own).
     #[param(pattern = "^[a-z2-7]{10}$")]
