@@ -998,8 +998,16 @@ pub fn with_totals(period: Period, mut lines: Vec<Line>) -> Vec<Line> {
 /// Which tenants a caller's export covers: `None` for all (staff).
 pub type TenantScope = Option<Vec<String>>;
 
+/// A time as MariaDB's DATETIME holds it: the end of December 9999 is the largest.
+fn sql_time(at: DateTime<Utc>) -> chrono::NaiveDateTime {
+    let max = NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .unwrap_or_default();
+    at.naive_utc().min(max)
+}
+
 async fn load_inputs(db: &MySqlPool, period: Period, scope: &TenantScope) -> ApiResult<Inputs> {
-    let end = period.end().naive_utc();
+    let end = sql_time(period.end());
     let mut history = sqlx::query_as::<_, HistoryRow>(
         "SELECT site_id, tenant_id, state, plan_id, at FROM site_state_history WHERE at < ? \
          ORDER BY site_id, at, id",

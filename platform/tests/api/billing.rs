@@ -510,6 +510,19 @@ async fn exports_are_scoped_and_checked() {
     let (status, body) = app.request(Method::GET, path, None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
+    // The last month there is: an empty export (the header), not an error.
+    let (status, _, body) = raw(
+        &app,
+        "/v1/billing/exports?period=9999-12&format=csv",
+        &admin,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        format!("{}\r\n", platform::app::billing::CSV_HEADER).into_bytes()
+    );
+
     // Bad input: problem+json naming the field.
     for (query, field) in [
         ("period=2026-13&format=csv", "period"),
