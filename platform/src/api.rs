@@ -31,8 +31,8 @@ use crate::{
     app::{
         Page,
         billing::{
-            self, CloseRequest, ClosedPeriod, ExportQuery, Format, Ingested, NewPrice, Price,
-            SampleBatch,
+            self, CloseRequest, ClosedPeriod, ExportQuery, Format, Ingested, Margin, MarginQuery,
+            NewPrice, Price, SampleBatch,
         },
         idempotency::IdemKey,
         nodes::{self, NewNode, Node, NodeChange},
@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/billing/samples", post(ingest_samples))
         .route("/billing/close", post(close_period))
         .route("/billing/exports", get(billing_export))
+        .route("/billing/margins", get(billing_margins))
         .route("/nodes", get(list_nodes).post(register_node))
         .route(
             "/nodes/{node}",
@@ -780,6 +781,20 @@ async fn billing_export(
     Ok(response)
 }
 
+/// Revenue, cost and margin per tenant and plan (staff): the cluster's monthly cost
+/// allocated to sites by worker slots used.
+#[utoipa::path(get, path = "/v1/billing/margins", tag = "billing", security(("bearer" = [])),
+    params(MarginQuery), responses((status = 200, body = [Margin])))]
+async fn billing_margins(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<MarginQuery>,
+) -> ApiResult<Json<Vec<Margin>>> {
+    Ok(Json(
+        billing::margins(&state, &actor, query, chrono::Utc::now()).await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])),
     responses((status = 200, body = [Node])))]
 async fn list_nodes(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Vec<Node>>> {
@@ -1085,7 +1100,7 @@ fn describe_error(status: u16) -> &'static str {
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
-        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
+        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
 )]

@@ -1399,6 +1399,140 @@ pub async fn stream_export(
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Cost beside price
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MarginQuery {
+    /// The month, `YYYY-MM` (UTC).
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
+    pub period: Option<String>,
+    /// What the cluster cost that month, in minor units of `currency` (`pressdock-infra
+    /// cost` estimates it).
+    #[param(required = true, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub cluster_cost_minor: Option<i64>,
+    /// The currency of the cost; revenue lines in other currencies are left out.
+    #[param(required = true, pattern = "^[A-Z]{3}$")]
+    pub currency: Option<String>,
+}
+
+/// Revenue, allocated cost and margin of one tenant's sites on one plan in a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Margin {
+    pub tenant_id: String,
+    pub tenant_slug: String,
+    pub plan: String,
+    /// Worker slots of the plan × seconds billed.
+    pub slot_seconds: i64,
+    /// Charges, overages and adjustments in `currency`.
+    pub revenue_minor: i64,
+    /// The cluster's cost × this row's share of all slot-seconds billed in the period.
+    pub cost_minor: i64,
+    pub margin_minor: i64,
+    pub currency: String,
+}
+
+/// Staff (admin or operator): revenue, cost and margin per tenant and plan. The cluster's
+/// cost is allocated to sites by worker slots used (plan slots × seconds billed), over all
+/// tenants; idle capacity is not charged to anyone, so the costs add up to the cluster's
+/// cost (± rounding of each row half up).
+pub async fn margins(
+    state: &AppState,
+    actor: &Actor,
+    query: MarginQuery,
+    now: DateTime<Utc>,
+) -> ApiResult<Vec<Margin>> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let mut fields = Fields::default();
+    let period = match &query.period {
+        Some(p) => fields.check("period", Period::parse(p)),
+        None => {
+            fields.push("period", "is required (YYYY-MM)");
+            None
+        }
+    };
+    let cost = match query.cluster_cost_minor {
+        Some(c) if (0..=1_000_000_000_000).contains(&c) => Some(c),
+        _ => {
+            fields.push("cluster_cost_minor", "must be between 0 and 10^12");
+            None
+        }
+    };
+    let currency = match &query.currency {
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c.clone()),
+        _ => {
+            fields.push("currency", "must be an ISO 4217 code such as USD");
+            None
+        }
+    };
+    fields.finish()?;
+    let (Some(period), Some(cost), Some(currency)) = (period, cost, currency) else {
+        return Err(ApiError::field("period", "invalid"));
+    };
+    let closed = closed_periods(&state.db).await?.contains(&period);
+    let lines = if closed {
+        frozen_lines(&state.db, "period", &period.to_string(), &None).await?
+    } else {
+        open_lines(&state.db, period, now, &None).await?
+    };
+    let slots: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i32)>("SELECT slug, slots FROM plans")
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .map(|(slug, slots)| (slug, i64::from(slots)))
+            .collect();
+    Ok(allocate(&lines, &slots, cost, &currency))
+}
+
+/// [`margins`] over computed lines (pure).
+pub fn allocate(
+    lines: &[Line],
+    slots: &HashMap<String, i64>,
+    cost: i64,
+    currency: &str,
+) -> Vec<Margin> {
+    let mut rows: BTreeMap<(String, String), Margin> = BTreeMap::new();
+    for line in lines
+        .iter()
+        .filter(|l| l.kind != "total" && l.currency == currency)
+    {
+        let row = rows
+            .entry((line.tenant_id.clone(), line.plan.clone()))
+            .or_insert_with(|| Margin {
+                tenant_id: line.tenant_id.clone(),
+                tenant_slug: line.tenant_slug.clone(),
+                plan: line.plan.clone(),
+                slot_seconds: 0,
+                revenue_minor: 0,
+                cost_minor: 0,
+                margin_minor: 0,
+                currency: currency.to_owned(),
+            });
+        row.revenue_minor += line.amount_minor;
+        if line.kind == "plan" {
+            row.slot_seconds += line.seconds * slots.get(&line.plan).copied().unwrap_or(1);
+        }
+    }
+    let total: i128 = rows.values().map(|r| i128::from(r.slot_seconds)).sum();
+    rows.into_values()
+        .map(|mut row| {
+            row.cost_minor = if total > 0 {
+                div_round(i128::from(cost) * i128::from(row.slot_seconds), total)
+            } else {
+                0
+            };
+            row.margin_minor = row.revenue_minor - row.cost_minor;
+            row
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,10 @@ fn hours(day: u32, hour: u32, count: u32) -> Vec<i64> {
         .collect()
 }
 
+async fn owner_of_acme(app: &TestApp, admin: &str, tenant: &str) -> String {
+    app.user_with_role(admin, tenant, "owner").await.0
+}
+
 async fn ingest(app: &TestApp, token: &str, samples: Vec<Value>) -> Value {
     let (mut inserted, mut unchanged) = (0, 0);
     for chunk in samples.chunks(200) {
@@ -382,6 +386,51 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
         hex::encode(Sha256::digest(&csv1)),
         hex::encode(Sha256::digest(&csv2))
     );
+    // Cost beside price: 1,000.00 of cluster cost allocated by slot-seconds (starter 1
+    // slot, business 2): 9,396,001 in all.
+    let (status, body) = app
+        .get(
+            "/v1/billing/margins?period=2026-11&cluster_cost_minor=100000&currency=USD",
+            &admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut margins: Vec<(String, String, i64, i64, i64, i64)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["tenant_slug"].as_str().unwrap().to_owned(),
+                m["plan"].as_str().unwrap().to_owned(),
+                m["slot_seconds"].as_i64().unwrap(),
+                m["revenue_minor"].as_i64().unwrap(),
+                m["cost_minor"].as_i64().unwrap(),
+                m["margin_minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    margins.sort();
+    let row =
+        |t: &str, p: &str, ss, rev, cost| (t.to_owned(), p.to_owned(), ss, rev, cost, rev - cost);
+    assert_eq!(
+        margins,
+        vec![
+            row("acme", "starter", 2_592_000, 4168, 27_586),
+            row("globex", "business", 950_400, 1650, 10_115),
+            row("globex", "starter", 669_600, 1776, 7126),
+            row("initech", "business", 5_184_000, 9200, 55_172),
+            row("initech", "starter", 1, 0, 0),
+        ]
+    );
+    let (status, body) = app
+        .get(
+            "/v1/billing/margins?period=2026-11&cluster_cost_minor=100000&currency=USD",
+            &owner_of_acme(&app, &admin, &acme).await,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
     // The CLI writes the same bytes to standard output.
     let output = tokio::process::Command::new(crate::support::binary())
         .args([
