@@ -12,6 +12,7 @@ mod m20261128_000002_site_resources;
 mod m20261128_000003_agent;
 mod m20261128_000004_moves;
 mod m20261206_000001_pending_nodes;
+mod m20261206_000010_billing;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_agent::Migration),
             Box::new(m20261128_000004_moves::Migration),
             Box::new(m20261206_000001_pending_nodes::Migration),
+            Box::new(m20261206_000010_billing::Migration),
         ]
     }
 }

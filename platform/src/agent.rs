@@ -336,6 +336,18 @@ pub async fn report(
             "agent report older than the site's current one: not stored"
         );
     }
+    if stored && (report.sizes.wp_content_bytes.is_some() || report.sizes.database_bytes.is_some())
+    {
+        // Storage for billing: the first measured report of each hour is its sample.
+        crate::app::billing::record_agent_storage(
+            &mut tx,
+            id.as_str(),
+            chrono::Utc::now(),
+            report.sizes.wp_content_bytes,
+            report.sizes.database_bytes,
+        )
+        .await?;
+    }
     if stored && ready && matches!(site.state.as_str(), "provisioning" | "degraded") {
         // A new site becomes active only after its create operation finished (the saga
         // may still be publishing the host table).
@@ -349,6 +361,7 @@ pub async fn report(
         .await?
         .rows_affected();
         if changed > 0 {
+            crate::app::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
             audit::record(
                 &mut tx,
                 None,
@@ -399,6 +412,7 @@ pub async fn sweep(db: &MySqlPool, timeout: Duration) -> sqlx::Result<u64> {
         .await?
         .rows_affected();
         if n > 0 {
+            crate::app::billing::record_site_state(&mut tx, Some(&site)).await?;
             audit::record(
                 &mut tx,
                 None,

@@ -30,6 +30,10 @@ use crate::{
     agent::{self, CachePurge, PurgeResult},
     app::{
         Page,
+        billing::{
+            self, CloseRequest, ClosedPeriod, ExportQuery, Format, Ingested, Margin, MarginQuery,
+            NewPrice, Price, SampleBatch,
+        },
         idempotency::IdemKey,
         nodes::{self, NewNode, Node, NodeChange},
         operations::{self, Operation, OperationFilter},
@@ -85,6 +89,11 @@ pub fn router(state: AppState) -> Router {
         .route("/placement", get(placement_map))
         .route("/placement/rebalance", post(rebalance))
         .route("/plans", get(list_plans).post(create_plan))
+        .route("/plans/{plan}/prices", get(list_prices).post(add_price))
+        .route("/billing/samples", post(ingest_samples))
+        .route("/billing/close", post(close_period))
+        .route("/billing/exports", get(billing_export))
+        .route("/billing/margins", get(billing_margins))
         .route("/nodes", get(list_nodes).post(register_node))
         .route(
             "/nodes/{node}",
@@ -672,6 +681,120 @@ async fn create_plan(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/plans/{plan}/prices", tag = "billing", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "The plan's id.")),
+    responses((status = 200, body = [Price])))]
+async fn list_prices(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(plan): ApiPath<String>,
+) -> ApiResult<Json<Vec<Price>>> {
+    Ok(Json(
+        billing::prices(&state, &parse_id(&plan, "plan")?).await?,
+    ))
+}
+
+/// Adds a price from a later date (staff admin); prices never apply retroactively.
+#[utoipa::path(post, path = "/v1/plans/{plan}/prices", tag = "billing", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "The plan's id.")), request_body = NewPrice,
+    responses((status = 201, body = Price), (status = 409, body = Problem)))]
+async fn add_price(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(plan): ApiPath<String>,
+    ApiJson(input): ApiJson<NewPrice>,
+) -> ApiResult<(StatusCode, Json<Price>)> {
+    let plan = parse_id(&plan, "plan")?;
+    let today = chrono::Utc::now().date_naive();
+    Ok((
+        StatusCode::CREATED,
+        Json(billing::add_price(&state, &actor, &plan, input, today).await?),
+    ))
+}
+
+/// Stores hourly usage samples (staff); a sample already stored (same site, hour and
+/// source) is left unchanged.
+#[utoipa::path(post, path = "/v1/billing/samples", tag = "billing", security(("bearer" = [])),
+    request_body = SampleBatch,
+    responses((status = 200, body = Ingested), (status = 409, body = Problem)))]
+async fn ingest_samples(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(batch): ApiJson<SampleBatch>,
+) -> ApiResult<Json<Ingested>> {
+    Ok(Json(billing::ingest(&state, &actor, batch).await?))
+}
+
+/// Closes a billing period (staff admin): its lines are frozen and never change.
+#[utoipa::path(post, path = "/v1/billing/close", tag = "billing", security(("bearer" = [])),
+    request_body = CloseRequest,
+    responses((status = 201, body = ClosedPeriod), (status = 409, body = Problem)))]
+async fn close_period(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<CloseRequest>,
+) -> ApiResult<(StatusCode, Json<ClosedPeriod>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(billing::close(&state, &actor, input, chrono::Utc::now()).await?),
+    ))
+}
+
+/// A period's billing lines (staff: every tenant; a tenant owner: their own), streamed as
+/// RFC 4180 CSV with a header row or as JSON Lines. A closed period's export is the same,
+/// byte for byte, every time.
+#[utoipa::path(get, path = "/v1/billing/exports", tag = "billing", security(("bearer" = [])),
+    params(ExportQuery),
+    responses((status = 200, description = "The lines, one per site and charge, then each tenant's totals.",
+        content((String = "text/csv"), (String = "application/jsonl"))),
+        (status = 404, body = Problem)))]
+async fn billing_export(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<ExportQuery>,
+) -> ApiResult<Response> {
+    let export = billing::authorize_export(&state, &actor, query).await?;
+    let (content_type, name) = match export.format {
+        Format::Csv => ("text/csv; charset=utf-8; header=present", "csv"),
+        Format::Jsonl => ("application/jsonl", "jsonl"),
+    };
+    let disposition = format!(
+        "attachment; filename=\"pressdock-usage-{}.{name}\"",
+        export.period
+    );
+    let (tx, rx) = futures::channel::mpsc::channel(4);
+    tokio::spawn(billing::stream_export(
+        state.db.clone(),
+        export,
+        chrono::Utc::now(),
+        tx,
+    ));
+    let mut response = axum::body::Body::from_stream(rx).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(axum::http::header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// Revenue, cost and margin per tenant and plan (staff): the cluster's monthly cost
+/// allocated to sites by worker slots used.
+#[utoipa::path(get, path = "/v1/billing/margins", tag = "billing", security(("bearer" = [])),
+    params(MarginQuery), responses((status = 200, body = [Margin])))]
+async fn billing_margins(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<MarginQuery>,
+) -> ApiResult<Json<Vec<Margin>>> {
+    Ok(Json(
+        billing::margins(&state, &actor, query, chrono::Utc::now()).await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])),
     responses((status = 200, body = [Node])))]
 async fn list_nodes(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Vec<Node>>> {
@@ -977,7 +1100,7 @@ fn describe_error(status: u16) -> &'static str {
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
-        list_plans, create_plan, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
+        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
 )]

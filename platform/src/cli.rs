@@ -93,6 +93,13 @@ pub enum Command {
         #[command(flatten)]
         global: Global,
     },
+    /// Billing: usage exports per period, closing a period (staff).
+    Billing {
+        #[command(subcommand)]
+        action: BillingCmd,
+        #[command(flatten)]
+        global: Global,
+    },
     /// Where sites run: the map, and moves between workers (staff).
     Placement {
         #[command(subcommand)]
@@ -182,6 +189,31 @@ pub enum UserCmd {
         /// The member's user id.
         #[arg(long)]
         user: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BillingCmd {
+    /// Write a period's billing lines to standard output (staff: every tenant; a tenant
+    /// owner: their own), such as `pressdock billing export --period 2026-11 --format csv
+    /// > usage.csv`.
+    Export {
+        /// The month, YYYY-MM (UTC).
+        #[arg(long)]
+        period: String,
+        /// csv (RFC 4180 with a header row) or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Only this tenant's lines (its id).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Close a period (staff admin): its lines are frozen; later usage of it becomes
+    /// adjustments in the next open period.
+    Close {
+        /// The month, YYYY-MM; it must have ended.
+        #[arg(long)]
+        period: String,
     },
 }
 
@@ -510,6 +542,29 @@ impl Client {
             .with_context(|| format!("connecting to {}", self.url))
     }
 
+    /// A GET whose body is copied to standard output as it arrives (exports); a problem
+    /// is the error, as for [`Client::call`].
+    async fn download(&mut self, path: &str) -> anyhow::Result<()> {
+        let mut response = self.send(reqwest::Method::GET, path, None).await?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && self.api_token.is_none()
+            && self.refresh().await?
+        {
+            response = self.send(reqwest::Method::GET, path, None).await?;
+        }
+        if !response.status().is_success() {
+            read(response).await?;
+            bail!("the server refused the download");
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = response.chunk().await.context("reading the export")? {
+            out.write_all(&chunk)
+                .context("writing to standard output")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
     /// One API call; refreshes an expired access token once.
     async fn call(
         &mut self,
@@ -582,6 +637,20 @@ async fn read(response: reqwest::Response) -> anyhow::Result<Value> {
         }
     }
     bail!(message)
+}
+
+/// A query-string value, percent-encoded (all but unreserved characters).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn cell(value: &Value) -> String {
@@ -1089,6 +1158,36 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
             };
             print(global.json, &value, cols);
+        }
+        Command::Billing { action, global } => {
+            let mut c = Client::new(&global)?;
+            match action {
+                BillingCmd::Export {
+                    period,
+                    format,
+                    tenant,
+                } => {
+                    let mut path = format!(
+                        "/v1/billing/exports?period={}&format={}",
+                        query_value(&period),
+                        query_value(&format)
+                    );
+                    if let Some(tenant) = tenant {
+                        path.push_str(&format!("&tenant={}", query_value(&tenant)));
+                    }
+                    c.download(&path).await?;
+                }
+                BillingCmd::Close { period } => {
+                    let value = c
+                        .call(
+                            Method::POST,
+                            "/v1/billing/close",
+                            Some(json!({ "period": period })),
+                        )
+                        .await?;
+                    print(global.json, &value, &["period", "closed_at", "lines"]);
+                }
+            }
         }
         Command::Placement { action, global } => {
             let mut c = Client::new(&global)?;

@@ -174,6 +174,7 @@ async fn on_finish(
     .bind(target)
     .execute(db)
     .await?;
+    crate::app::billing::record_site_state(&mut *db.acquire().await?, Some(target)).await?;
     Ok(())
 }
 

@@ -124,6 +124,8 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewPlan) -> ApiResul
     )
     .await?;
     tx.commit().await?;
+    // Its first price: `price_cents` from today (GET/POST /v1/plans/{plan}/prices).
+    super::billing::ensure_base_prices(&state.db).await?;
     by_slug(&state.db, slug.as_str())
         .await?
         .ok_or(ApiError::NotFound("plan"))
@@ -152,5 +154,6 @@ pub async fn seed_defaults(db: &MySqlPool) -> anyhow::Result<()> {
         .execute(db)
         .await?;
     }
+    super::billing::ensure_base_prices(db).await?;
     Ok(())
 }

@@ -482,6 +482,7 @@ pub async fn create(
     .bind(&admin_email)
     .execute(&mut *tx)
     .await?;
+    super::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
     insert_domains(&mut tx, id.as_str(), &domains).await?;
     // The administrator's one-time password: sealed with the site's other secrets (the
     // saga hands it to the installer) and shown once, in this answer.
@@ -604,6 +605,7 @@ pub async fn update(
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
+    super::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
     audit::record(
         &mut tx,
         Some(actor),
@@ -766,6 +768,7 @@ pub async fn transition(
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
+        super::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
     }
     let op = operations::enqueue(
         &mut tx,

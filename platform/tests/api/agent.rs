@@ -106,6 +106,15 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
     assert_eq!(shown["agent"]["task_id"], "t4sk1d");
     assert_eq!(shown["agent"]["report"]["versions"]["wordpress"], "6.1.1");
     assert_eq!(shown["agent"]["report"]["sizes"]["wp_content_bytes"], 1234);
+    // The report's sizes are the hour's storage sample for billing.
+    let sample: (String, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT source, wp_content_bytes, db_bytes FROM usage_samples WHERE site_id = ?",
+    )
+    .bind(&site)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(sample, ("agent".to_owned(), Some(1234), None));
 
     // Not ready past the timeout: degraded (the sweeper), and active again when ready.
     let (status, _) = agent_post(&app, "/v1/agent/report", token, report(&site, false, 2)).await;

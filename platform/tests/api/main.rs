@@ -4,6 +4,7 @@
 
 mod agent;
 mod auth;
+mod billing;
 mod cli;
 mod jobs;
 mod nodes;

@@ -1,0 +1,1581 @@
+//! Usage metering and billing: plan prices with effective dates, each site's state history,
+//! hourly usage samples, the monthly rollup per tenant, closing a period, and exports.
+//!
+//! The rules (docs in README.md, "Billing"):
+//! - Time is UTC throughout; a period is a calendar month `YYYY-MM`.
+//! - A site's plan charge accrues, by the second, while its state is one of
+//!   [`BILLED_STATES`]; the state and plan at any second come from `site_state_history`,
+//!   which every writer of `sites.state` or `sites.plan_id` appends to through
+//!   [`record_site_state`]. The charge of a piece is `monthly × seconds ÷ seconds of the
+//!   month`, rounded half up to the minor unit once per line.
+//! - A price applies from 00:00 UTC of its `effective_from` date; prices are only added,
+//!   and only for a date after today, so a price change is never retroactive.
+//! - Usage comes in hourly samples keyed by (site, hour, source); the first sample of a key
+//!   wins, so re-ingesting changes nothing. Requests billed are the edge's (`source=edge`):
+//!   the edge counts every request served to the site's visitors, including Varnish cache
+//!   hits that never reach the site, and it runs outside the tenant's container, which the
+//!   tenant's own code (plugins) could tamper with. The agent's access-log counts are kept
+//!   for comparison. Storage is the agent's (`wp_content_bytes + db_bytes`).
+//! - An hour the site was billed for without a sample of a source is a gap, counted per
+//!   line (`gap_hours_edge`, `gap_hours_agent`); it is never read as zero usage silently.
+//! - Overage per line (site × plan × price): requests over the included requests prorated
+//!   by the line's seconds (rounded down), per 10,000 requests; storage by the peak hourly
+//!   sample over the included storage, in started GiB, per GiB-month prorated by seconds.
+//! - Closing a period (staff) freezes its lines, totals included; a closed period never
+//!   changes and its export is byte-for-byte the same. Samples that arrive later are
+//!   stored; the difference they make to a closed period appears as `adjustment` lines in
+//!   the first open period after it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{FromRow, MySqlPool};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    actor::Actor,
+    audit::{self, Event},
+    domain::{Fields, Id, StaffRole, TenantRole},
+    error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+/// The states in which a site's plan is charged. A suspended site is not charged (the
+/// agency suspends for non-payment); provisioning, failed, deleting and deleted are not.
+pub const BILLED_STATES: &[&str] = &["active", "degraded"];
+
+/// Appends a site's current state and plan to its history, stamped with its `updated_at`
+/// (set by the same write), unless the latest history row already says the same. With no
+/// site, does so for every site whose history lags (a writer that crashed between its
+/// update and this call converges here). Every writer of `sites.state` or `sites.plan_id`
+/// calls this right after its write, in its transaction where it has one.
+pub async fn record_site_state(
+    conn: &mut sqlx::MySqlConnection,
+    site: Option<&str>,
+) -> sqlx::Result<u64> {
+    // A plain (consistent, non-locking) read, then plain inserts: an `INSERT … SELECT`
+    // would take shared locks on the history's index and deadlock concurrent creates. Two
+    // writers racing on one site may both append the same state: harmless, the rollup
+    // reads consecutive equal rows as one stretch.
+    let lagging: Vec<(String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT s.id, s.tenant_id, s.state, s.plan_id, s.updated_at FROM sites s \
+         WHERE (? IS NULL OR s.id = ?) \
+         AND COALESCE((SELECT CONCAT(h.state, '/', h.plan_id) FROM site_state_history h \
+         WHERE h.site_id = s.id ORDER BY h.id DESC LIMIT 1), '') <> CONCAT(s.state, '/', s.plan_id)",
+    )
+    .bind(site)
+    .bind(site)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, tenant, state, plan, at) in &lagging {
+        sqlx::query(
+            "INSERT INTO site_state_history (site_id, tenant_id, state, plan_id, at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(state)
+        .bind(plan)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(lagging.len() as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Periods
+
+/// A calendar month in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period {
+    year: i32,
+    month: u32,
+}
+
+impl Period {
+    /// `YYYY-MM`, years 2000 to 9999.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let bytes = input.as_bytes();
+        let ok = bytes.len() == 7
+            && bytes[4] == b'-'
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| i == 4 || b.is_ascii_digit());
+        let parsed = ok
+            .then(|| {
+                Some((
+                    input[..4].parse::<i32>().ok()?,
+                    input[5..].parse::<u32>().ok()?,
+                ))
+            })
+            .flatten();
+        match parsed {
+            Some((year, month)) if (2000..=9999).contains(&year) && (1..=12).contains(&month) => {
+                Ok(Self { year, month })
+            }
+            _ => Err("must be a month as YYYY-MM, such as 2026-11".to_owned()),
+        }
+    }
+
+    pub fn of(at: DateTime<Utc>) -> Self {
+        Self {
+            year: at.year(),
+            month: at.month(),
+        }
+    }
+
+    pub fn start(self) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(self.year, self.month, 1, 0, 0, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    pub fn next(self) -> Self {
+        if self.month == 12 {
+            Self {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    pub fn end(self) -> DateTime<Utc> {
+        self.next().start()
+    }
+
+    /// Seconds in the month: the denominator of every proration.
+    pub fn seconds(self) -> i64 {
+        self.end().timestamp() - self.start().timestamp()
+    }
+}
+
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Prices
+
+#[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct Price {
+    pub plan_id: String,
+    /// The first day (00:00 UTC) the price applies.
+    pub effective_from: NaiveDate,
+    /// ISO 4217 code, such as USD.
+    pub currency: String,
+    /// The monthly price in minor units (cents).
+    pub monthly_minor: i64,
+    pub included_storage_bytes: i64,
+    /// Requests a month included (prorated by the seconds held).
+    pub included_requests: i64,
+    /// Minor units per started GiB over the included storage, per month held.
+    pub storage_overage_minor_per_gib: i64,
+    /// Minor units per 10,000 requests over the included requests.
+    pub request_overage_minor_per_10k: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPrice {
+    /// `YYYY-MM-DD`, after today (UTC): prices never apply retroactively (409 otherwise).
+    #[schema(value_type = String, format = Date)]
+    pub effective_from: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub monthly_minor: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub included_storage_bytes: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub included_requests: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub storage_overage_minor_per_gib: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub request_overage_minor_per_10k: i64,
+}
+
+const PRICE_COLUMNS: &str = "plan_id, effective_from, currency, monthly_minor, included_storage_bytes, \
+     included_requests, storage_overage_minor_per_gib, request_overage_minor_per_10k";
+
+/// A plan's prices, oldest first. Anyone signed in may read them (as the plans).
+pub async fn prices(state: &AppState, plan: &Id) -> ApiResult<Vec<Price>> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE id = ?")
+        .bind(plan.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::NotFound("plan"));
+    }
+    Ok(sqlx::query_as::<_, Price>(crate::sql!(
+        "SELECT {PRICE_COLUMNS} FROM plan_prices WHERE plan_id = ? ORDER BY effective_from"
+    ))
+    .bind(plan.as_str())
+    .fetch_all(&state.db)
+    .await?)
+}
+
+/// Adds a price from a date after `today` (staff admin).
+pub async fn add_price(
+    state: &AppState,
+    actor: &Actor,
+    plan: &Id,
+    input: NewPrice,
+    today: NaiveDate,
+) -> ApiResult<Price> {
+    actor.require_staff(&[StaffRole::Admin])?;
+    let mut fields = Fields::default();
+    let from = fields.check(
+        "effective_from",
+        NaiveDate::parse_from_str(&input.effective_from, "%Y-%m-%d")
+            .ok()
+            .filter(|_| input.effective_from.len() == 10)
+            .ok_or_else(|| "must be a date as YYYY-MM-DD".to_owned()),
+    );
+    if !(input.currency.len() == 3 && input.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+        fields.push("currency", "must be an ISO 4217 code such as USD");
+    }
+    for (field, value, max) in [
+        ("monthly_minor", input.monthly_minor, 1_000_000_000),
+        (
+            "included_storage_bytes",
+            input.included_storage_bytes,
+            1_000_000_000_000_000,
+        ),
+        (
+            "included_requests",
+            input.included_requests,
+            1_000_000_000_000,
+        ),
+        (
+            "storage_overage_minor_per_gib",
+            input.storage_overage_minor_per_gib,
+            1_000_000_000,
+        ),
+        (
+            "request_overage_minor_per_10k",
+            input.request_overage_minor_per_10k,
+            1_000_000_000,
+        ),
+    ] {
+        if !(0..=max).contains(&value) {
+            fields.push(field, format!("must be between 0 and {max}"));
+        }
+    }
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE id = ?")
+        .bind(plan.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::NotFound("plan"));
+    }
+    fields.finish()?;
+    let Some(from) = from else {
+        return Err(ApiError::field("effective_from", "invalid"));
+    };
+    if from <= today {
+        return Err(ApiError::conflict(
+            Some("effective_from"),
+            format!("must be after today ({today}): a price never applies retroactively"),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let inserted = sqlx::query(crate::sql!(
+        "INSERT INTO plan_prices ({PRICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(plan.as_str())
+    .bind(from)
+    .bind(&input.currency)
+    .bind(input.monthly_minor)
+    .bind(input.included_storage_bytes)
+    .bind(input.included_requests)
+    .bind(input.storage_overage_minor_per_gib)
+    .bind(input.request_overage_minor_per_10k)
+    .execute(&mut *tx)
+    .await;
+    super::unique(
+        inserted,
+        "effective_from",
+        "this plan has a price from this date",
+    )?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "plan.price",
+            tenant_id: None,
+            target_type: "plan",
+            target_id: plan.as_str(),
+            details: json!({ "effective_from": from.to_string(), "currency": input.currency,
+                "monthly_minor": input.monthly_minor }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Price {
+        plan_id: plan.as_str().to_owned(),
+        effective_from: from,
+        currency: input.currency,
+        monthly_minor: input.monthly_minor,
+        included_storage_bytes: input.included_storage_bytes,
+        included_requests: input.included_requests,
+        storage_overage_minor_per_gib: input.storage_overage_minor_per_gib,
+        request_overage_minor_per_10k: input.request_overage_minor_per_10k,
+    })
+}
+
+/// Gives every plan without a price one from its `price_cents` (idempotent): plans created
+/// by [`super::plans`] or seeded at start.
+pub async fn ensure_base_prices(db: &MySqlPool) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT IGNORE INTO plan_prices (plan_id, effective_from, currency, monthly_minor, \
+         included_storage_bytes, included_requests, storage_overage_minor_per_gib, request_overage_minor_per_10k) \
+         SELECT p.id, DATE(p.created_at), 'USD', p.price_cents, CAST(p.storage_mb AS SIGNED) * 1048576, 1000000, 50, 10 \
+         FROM plans p WHERE NOT EXISTS (SELECT 1 FROM plan_prices x WHERE x.plan_id = p.id)",
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Samples
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSample {
+    #[schema(pattern = "^[a-z2-7]{10}$")]
+    pub site: String,
+    /// The hour measured: its first second, Unix time (UTC), a multiple of 3600, such as
+    /// 1793714400 for 2026-11-03T14:00:00Z.
+    #[schema(
+        minimum = 946_684_800,
+        maximum = 253_402_297_200_i64,
+        multiple_of = 3600
+    )]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub hour_unix: i64,
+    /// `edge` (per-host counts at the edge; billed requests) or `agent` (the site's agent:
+    /// access-log counts and storage).
+    #[schema(pattern = "^(edge|agent)$")]
+    pub source: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub requests: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub bytes_out: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub wp_content_bytes: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub db_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SampleBatch {
+    /// 1 to 200 samples.
+    #[schema(min_items = 1, max_items = 200)]
+    pub samples: Vec<NewSample>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Ingested {
+    /// Samples stored now.
+    pub inserted: u64,
+    /// Samples whose key (site, hour, source) was already stored: unchanged.
+    pub unchanged: u64,
+}
+
+/// Stores samples (staff admin or operator; the metering collectors use a staff API token).
+pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiResult<Ingested> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let mut fields = Fields::default();
+    if batch.samples.is_empty() || batch.samples.len() > 200 {
+        fields.push("samples", "must hold 1 to 200 samples");
+    }
+    let mut rows = Vec::with_capacity(batch.samples.len());
+    for (i, s) in batch.samples.iter().enumerate() {
+        let site = fields.check(
+            &format!("samples[{i}].site"),
+            Id::parse(&s.site).ok_or_else(|| "is not a site id".to_owned()),
+        );
+        let hour = fields.check(
+            &format!("samples[{i}].hour_unix"),
+            Some(s.hour_unix)
+                .filter(|t| t % 3600 == 0 && (946_684_800..=253_402_297_200).contains(t))
+                .and_then(|t| DateTime::from_timestamp(t, 0))
+                .ok_or_else(|| {
+                    "must be the first second of an hour, Unix time, from 2000 to 9999".to_owned()
+                }),
+        );
+        if !matches!(s.source.as_str(), "edge" | "agent") {
+            fields.push(format!("samples[{i}].source"), "must be edge or agent");
+        }
+        for (name, value) in [
+            ("requests", s.requests),
+            ("bytes_out", s.bytes_out),
+            ("wp_content_bytes", s.wp_content_bytes),
+            ("db_bytes", s.db_bytes),
+        ] {
+            if value.is_some_and(|v| !(0..=1_000_000_000_000_000).contains(&v)) {
+                fields.push(
+                    format!("samples[{i}].{name}"),
+                    "must be between 0 and 10^15",
+                );
+            }
+        }
+        if let (Some(site), Some(hour)) = (site, hour) {
+            rows.push((site, hour, s));
+        }
+    }
+    fields.finish()?;
+    let ids: Vec<&str> = rows.iter().map(|(site, _, _)| site.as_str()).collect();
+    let known: HashSet<String> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        let marks = vec!["?"; ids.len()].join(", ");
+        let mut query = sqlx::query_scalar::<_, String>(crate::sql!(
+            "SELECT id FROM sites WHERE id IN ({marks})"
+        ));
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        query.fetch_all(&state.db).await?.into_iter().collect()
+    };
+    if let Some((i, (site, _, _))) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, (site, _, _))| !known.contains(site.as_str()))
+    {
+        return Err(ApiError::conflict(
+            Some("samples"),
+            format!("samples[{i}].site: there is no site {}", site.as_str()),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let mut inserted = 0;
+    for (site, hour, s) in &rows {
+        inserted += sqlx::query(
+            "INSERT IGNORE INTO usage_samples (site_id, hour, source, requests, bytes_out, wp_content_bytes, db_bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(site.as_str())
+        .bind(hour.naive_utc())
+        .bind(&s.source)
+        .bind(s.requests)
+        .bind(s.bytes_out)
+        .bind(s.wp_content_bytes)
+        .bind(s.db_bytes)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(Ingested {
+        inserted,
+        unchanged: rows.len() as u64 - inserted,
+    })
+}
+
+/// The agent's storage sample of the hour `at` falls in (the first one wins, as for any
+/// sample): called on each agent report that carries sizes.
+pub async fn record_agent_storage(
+    conn: &mut sqlx::MySqlConnection,
+    site: &str,
+    at: DateTime<Utc>,
+    wp_content_bytes: Option<u64>,
+    db_bytes: Option<u64>,
+) -> sqlx::Result<()> {
+    let hour = DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(3600), 0)
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT IGNORE INTO usage_samples (site_id, hour, source, wp_content_bytes, db_bytes) \
+         VALUES (?, ?, 'agent', ?, ?)",
+    )
+    .bind(site)
+    .bind(hour.naive_utc())
+    .bind(wp_content_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+    .bind(db_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Lines
+
+/// One line of an export: a charge of a site, an adjustment, or a tenant's total. The
+/// field order is the CSV's column order (stable; README.md, "Billing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Line {
+    pub period: String,
+    pub tenant_id: String,
+    pub tenant_slug: String,
+    /// Empty on `total` lines.
+    pub site_id: String,
+    /// `plan`, `storage_overage`, `request_overage`, `adjustment` or `total`.
+    pub kind: String,
+    /// On an adjustment, the kind of line it corrects; else empty.
+    pub adjusts: String,
+    /// The period the charge is for: this one, or a closed one an adjustment corrects.
+    pub for_period: String,
+    pub plan: String,
+    /// The `effective_from` of the price used.
+    pub price_from: String,
+    pub quantity: i64,
+    /// `second`, `gib` or `request`.
+    pub unit: String,
+    /// Monthly price, per GiB-month or per 10,000 requests, in minor units.
+    pub rate_minor: i64,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// Seconds billed on this plan and price in the period.
+    pub seconds: i64,
+    /// Requests counted at the edge in the hours of this line.
+    pub requests: i64,
+    /// The largest hourly storage sample (wp-content + database) in the hours of this line.
+    pub storage_peak_bytes: i64,
+    /// Hours billed without an edge sample.
+    pub gap_hours_edge: i64,
+    /// Hours billed without an agent sample.
+    pub gap_hours_agent: i64,
+}
+
+/// The CSV header: the column order, stable (documented in README.md).
+pub const CSV_HEADER: &str = "period,tenant_id,tenant_slug,site_id,kind,adjusts,for_period,plan,price_from,\
+quantity,unit,rate_minor,amount_minor,currency,seconds,requests,storage_peak_bytes,gap_hours_edge,gap_hours_agent";
+
+/// One RFC 4180 field: quoted when it holds a comma, a quote, CR or LF (quotes doubled).
+fn csv_field(out: &mut String, value: &str) {
+    if value.contains([',', '"', '\r', '\n']) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(value);
+    }
+}
+
+impl Line {
+    /// The line as a CSV record, CRLF-terminated (RFC 4180).
+    pub fn csv(&self) -> String {
+        let mut out = String::with_capacity(200);
+        let texts = [
+            &self.period,
+            &self.tenant_id,
+            &self.tenant_slug,
+            &self.site_id,
+            &self.kind,
+            &self.adjusts,
+            &self.for_period,
+            &self.plan,
+            &self.price_from,
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            csv_field(&mut out, t);
+        }
+        let tail = [
+            self.quantity.to_string(),
+            self.unit.clone(),
+            self.rate_minor.to_string(),
+            self.amount_minor.to_string(),
+            self.currency.clone(),
+            self.seconds.to_string(),
+            self.requests.to_string(),
+            self.storage_peak_bytes.to_string(),
+            self.gap_hours_edge.to_string(),
+            self.gap_hours_agent.to_string(),
+        ];
+        for t in &tail {
+            out.push(',');
+            csv_field(&mut out, t);
+        }
+        out.push_str("\r\n");
+        out
+    }
+
+    /// The line as one JSON object and a newline (JSON Lines).
+    pub fn jsonl(&self) -> String {
+        let mut out = serde_json::to_string(self).unwrap_or_default();
+        out.push('\n');
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The rollup (pure: inputs loaded once, then computed in memory)
+
+/// A history row: from `at` on, the site is in `state` on `plan_id`.
+#[derive(Debug, Clone, FromRow)]
+pub struct HistoryRow {
+    pub site_id: String,
+    pub tenant_id: String,
+    pub state: String,
+    pub plan_id: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SampleRow {
+    pub site_id: String,
+    pub hour: chrono::NaiveDateTime,
+    pub source: String,
+    pub requests: Option<i64>,
+    pub wp_content_bytes: Option<i64>,
+    pub db_bytes: Option<i64>,
+}
+
+/// Everything a rollup reads.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Ordered by site, then time.
+    pub history: Vec<HistoryRow>,
+    /// Per plan, ordered by `effective_from`.
+    pub prices: HashMap<String, Vec<Price>>,
+    pub plan_slugs: HashMap<String, String>,
+    pub tenant_slugs: HashMap<String, String>,
+    pub samples: Vec<SampleRow>,
+}
+
+/// Rounds `n / d` half up (n ≥ 0, d > 0).
+fn div_round(n: i128, d: i128) -> i64 {
+    i64::try_from((2 * n + d) / (2 * d)).unwrap_or(i64::MAX)
+}
+
+const GIB: i64 = 1 << 30;
+
+/// A site's samples by hour (epoch seconds): edge requests, agent storage bytes.
+type HourSamples = HashMap<i64, (Option<i64>, Option<i64>)>;
+
+#[derive(Default)]
+struct Acc {
+    seconds: i64,
+    hours: i64,
+    edge_hours: i64,
+    agent_hours: i64,
+    requests: i64,
+    storage_peak: i64,
+}
+
+/// The charge lines of `period` for the sites in `inputs`, counted up to `cap` (the end of
+/// the period, or now for the current month). No adjustments, no totals.
+pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Line> {
+    let start = period.start().timestamp();
+    let end = period.end().timestamp().min(cap.timestamp());
+    let month = i128::from(period.seconds());
+    // Samples by site → hour → (edge requests, agent storage).
+    let mut samples: HashMap<&str, HourSamples> = HashMap::new();
+    for s in &inputs.samples {
+        let hour = s.hour.and_utc().timestamp();
+        let slot = samples
+            .entry(s.site_id.as_str())
+            .or_default()
+            .entry(hour)
+            .or_default();
+        match s.source.as_str() {
+            "edge" => slot.0 = Some(s.requests.unwrap_or(0)),
+            "agent" => {
+                slot.1 = Some(
+                    s.wp_content_bytes
+                        .unwrap_or(0)
+                        .saturating_add(s.db_bytes.unwrap_or(0)),
+                );
+            }
+            _ => {}
+        }
+    }
+    let mut lines = Vec::new();
+    let mut i = 0;
+    while i < inputs.history.len() {
+        let site = &inputs.history[i].site_id;
+        let mut j = i;
+        while j < inputs.history.len() && &inputs.history[j].site_id == site {
+            j += 1;
+        }
+        let rows = &inputs.history[i..j];
+        i = j;
+        // Billed pieces: (from, to, plan, price index).
+        let mut pieces: Vec<(i64, i64, &str, usize)> = Vec::new();
+        for (k, row) in rows.iter().enumerate() {
+            let from = row.at.timestamp().max(start);
+            let to = rows
+                .get(k + 1)
+                .map_or(end, |next| next.at.timestamp())
+                .min(end);
+            if from >= to || !BILLED_STATES.contains(&row.state.as_str()) {
+                continue;
+            }
+            let Some(prices) = inputs.prices.get(&row.plan_id) else {
+                continue;
+            };
+            // Split at every price's start inside [from, to).
+            let mut t = from;
+            while t < to {
+                let day = DateTime::from_timestamp(t, 0)
+                    .unwrap_or_default()
+                    .date_naive();
+                let Some(idx) = prices.iter().rposition(|p| p.effective_from <= day) else {
+                    // No price yet: not charged until the first one.
+                    match prices.first() {
+                        Some(p) => {
+                            t = p
+                                .effective_from
+                                .and_hms_opt(0, 0, 0)
+                                .unwrap_or_default()
+                                .and_utc()
+                                .timestamp();
+                            continue;
+                        }
+                        None => break,
+                    }
+                };
+                let piece_end = prices.get(idx + 1).map_or(to, |p| {
+                    p.effective_from
+                        .and_hms_opt(0, 0, 0)
+                        .unwrap_or_default()
+                        .and_utc()
+                        .timestamp()
+                        .min(to)
+                });
+                pieces.push((t, piece_end, row.plan_id.as_str(), idx));
+                t = piece_end;
+            }
+        }
+        if pieces.is_empty() {
+            continue;
+        }
+        // Each hour billed belongs to the line of the latest piece in it.
+        let mut accs: BTreeMap<(&str, usize), Acc> = BTreeMap::new();
+        let mut hour_line: BTreeMap<i64, (&str, usize)> = BTreeMap::new();
+        for &(from, to, plan, idx) in &pieces {
+            accs.entry((plan, idx)).or_default().seconds += to - from;
+            let mut h = from - from.rem_euclid(3600);
+            while h < to {
+                hour_line.insert(h, (plan, idx));
+                h += 3600;
+            }
+        }
+        let site_samples = samples.get(site.as_str());
+        for (hour, key) in &hour_line {
+            let acc = accs.entry(*key).or_default();
+            acc.hours += 1;
+            let (edge, agent) = site_samples
+                .and_then(|m| m.get(hour))
+                .copied()
+                .unwrap_or_default();
+            if let Some(requests) = edge {
+                acc.edge_hours += 1;
+                acc.requests = acc.requests.saturating_add(requests);
+            }
+            if let Some(bytes) = agent {
+                acc.agent_hours += 1;
+                acc.storage_peak = acc.storage_peak.max(bytes);
+            }
+        }
+        let tenant = &rows[0].tenant_id;
+        for ((plan, idx), acc) in accs {
+            let price = &inputs.prices[plan][idx];
+            let base = Line {
+                period: period.to_string(),
+                tenant_id: tenant.clone(),
+                tenant_slug: inputs.tenant_slugs.get(tenant).cloned().unwrap_or_default(),
+                site_id: site.clone(),
+                kind: "plan".to_owned(),
+                adjusts: String::new(),
+                for_period: period.to_string(),
+                plan: inputs.plan_slugs.get(plan).cloned().unwrap_or_default(),
+                price_from: price.effective_from.to_string(),
+                quantity: acc.seconds,
+                unit: "second".to_owned(),
+                rate_minor: price.monthly_minor,
+                amount_minor: div_round(
+                    i128::from(price.monthly_minor) * i128::from(acc.seconds),
+                    month,
+                ),
+                currency: price.currency.clone(),
+                seconds: acc.seconds,
+                requests: acc.requests,
+                storage_peak_bytes: acc.storage_peak,
+                gap_hours_edge: acc.hours - acc.edge_hours,
+                gap_hours_agent: acc.hours - acc.agent_hours,
+            };
+            let included = i64::try_from(
+                i128::from(price.included_requests) * i128::from(acc.seconds) / month,
+            )
+            .unwrap_or(i64::MAX);
+            let over_requests = (acc.requests - included).max(0);
+            let over_bytes = (acc.storage_peak - price.included_storage_bytes).max(0);
+            let over_gib = (over_bytes + GIB - 1) / GIB;
+            let storage = Line {
+                kind: "storage_overage".to_owned(),
+                quantity: over_gib,
+                unit: "gib".to_owned(),
+                rate_minor: price.storage_overage_minor_per_gib,
+                amount_minor: div_round(
+                    i128::from(price.storage_overage_minor_per_gib)
+                        * i128::from(over_gib)
+                        * i128::from(acc.seconds),
+                    month,
+                ),
+                ..base.clone()
+            };
+            let requests = Line {
+                kind: "request_overage".to_owned(),
+                quantity: over_requests,
+                unit: "request".to_owned(),
+                rate_minor: price.request_overage_minor_per_10k,
+                amount_minor: div_round(
+                    i128::from(price.request_overage_minor_per_10k) * i128::from(over_requests),
+                    10_000,
+                ),
+                ..base.clone()
+            };
+            lines.push(base);
+            if storage.quantity > 0 {
+                lines.push(storage);
+            }
+            if requests.quantity > 0 {
+                lines.push(requests);
+            }
+        }
+    }
+    lines
+}
+
+/// The key an adjustment matches lines on.
+fn adjust_key(line: &Line) -> (String, String, String, String, String, String) {
+    let kind = if line.kind == "adjustment" {
+        line.adjusts.clone()
+    } else {
+        line.kind.clone()
+    };
+    (
+        line.tenant_id.clone(),
+        line.site_id.clone(),
+        kind,
+        line.plan.clone(),
+        line.price_from.clone(),
+        line.currency.clone(),
+    )
+}
+
+/// Adjustment lines in `period` for the closed period `closed`: what `recomputed` (its lines
+/// computed now) says minus what `frozen` (every frozen line for it, adjustments included)
+/// said.
+pub fn adjustments(period: Period, recomputed: &[Line], frozen: &[Line]) -> Vec<Line> {
+    let mut sums: BTreeMap<_, (i64, i64, Option<Line>)> = BTreeMap::new();
+    for line in recomputed {
+        let e = sums.entry(adjust_key(line)).or_default();
+        e.0 += line.quantity;
+        e.1 += line.amount_minor;
+        e.2 = Some(line.clone());
+    }
+    for line in frozen.iter().filter(|l| l.kind != "total") {
+        let e = sums.entry(adjust_key(line)).or_default();
+        e.0 -= line.quantity;
+        e.1 -= line.amount_minor;
+        if e.2.is_none() {
+            e.2 = Some(line.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for ((_, _, kind, _, _, _), (quantity, amount, line)) in sums {
+        let Some(line) = line else { continue };
+        if quantity == 0 && amount == 0 {
+            continue;
+        }
+        out.push(Line {
+            period: period.to_string(),
+            kind: "adjustment".to_owned(),
+            adjusts: kind,
+            quantity,
+            amount_minor: amount,
+            ..line
+        });
+    }
+    out
+}
+
+/// Orders lines per tenant (by site, adjustments after charges) and appends each tenant's
+/// totals, one per currency.
+pub fn with_totals(period: Period, mut lines: Vec<Line>) -> Vec<Line> {
+    fn rank(kind: &str) -> u8 {
+        match kind {
+            "plan" => 0,
+            "storage_overage" => 1,
+            "request_overage" => 2,
+            _ => 3,
+        }
+    }
+    lines.sort_by(|a, b| {
+        (
+            &a.tenant_id,
+            &a.site_id,
+            a.kind == "adjustment",
+            &a.for_period,
+            rank(if a.kind == "adjustment" {
+                &a.adjusts
+            } else {
+                &a.kind
+            }),
+            &a.plan,
+            &a.price_from,
+        )
+            .cmp(&(
+                &b.tenant_id,
+                &b.site_id,
+                b.kind == "adjustment",
+                &b.for_period,
+                rank(if b.kind == "adjustment" {
+                    &b.adjusts
+                } else {
+                    &b.kind
+                }),
+                &b.plan,
+                &b.price_from,
+            ))
+    });
+    let mut out = Vec::with_capacity(lines.len() + 8);
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    let mut iter = lines.into_iter().peekable();
+    while let Some(line) = iter.next() {
+        *totals.entry(line.currency.clone()).or_default() += line.amount_minor;
+        let last_of_tenant = iter.peek().is_none_or(|n| n.tenant_id != line.tenant_id);
+        let (tenant_id, tenant_slug) = (line.tenant_id.clone(), line.tenant_slug.clone());
+        out.push(line);
+        if last_of_tenant {
+            for (currency, amount) in std::mem::take(&mut totals) {
+                out.push(Line {
+                    period: period.to_string(),
+                    tenant_id: tenant_id.clone(),
+                    tenant_slug: tenant_slug.clone(),
+                    site_id: String::new(),
+                    kind: "total".to_owned(),
+                    adjusts: String::new(),
+                    for_period: period.to_string(),
+                    plan: String::new(),
+                    price_from: String::new(),
+                    quantity: 0,
+                    unit: String::new(),
+                    rate_minor: 0,
+                    amount_minor: amount,
+                    currency,
+                    seconds: 0,
+                    requests: 0,
+                    storage_peak_bytes: 0,
+                    gap_hours_edge: 0,
+                    gap_hours_agent: 0,
+                });
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading and closing
+
+/// Which tenants a caller's export covers: `None` for all (staff).
+pub type TenantScope = Option<Vec<String>>;
+
+/// A time as MariaDB's DATETIME holds it: the end of December 9999 is the largest.
+fn sql_time(at: DateTime<Utc>) -> chrono::NaiveDateTime {
+    let max = NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .unwrap_or_default();
+    at.naive_utc().min(max)
+}
+
+async fn load_inputs(db: &MySqlPool, period: Period, scope: &TenantScope) -> ApiResult<Inputs> {
+    let end = sql_time(period.end());
+    let mut history = sqlx::query_as::<_, HistoryRow>(
+        "SELECT site_id, tenant_id, state, plan_id, at FROM site_state_history WHERE at < ? \
+         ORDER BY site_id, at, id",
+    )
+    .bind(end)
+    .fetch_all(db)
+    .await?;
+    if let Some(tenants) = scope {
+        history.retain(|h| tenants.contains(&h.tenant_id));
+    }
+    let sites: HashSet<&str> = history.iter().map(|h| h.site_id.as_str()).collect();
+    let mut samples = sqlx::query_as::<_, SampleRow>(
+        "SELECT site_id, hour, source, requests, wp_content_bytes, db_bytes FROM usage_samples \
+         WHERE hour >= ? AND hour < ?",
+    )
+    .bind(period.start().naive_utc())
+    .bind(end)
+    .fetch_all(db)
+    .await?;
+    samples.retain(|s| sites.contains(s.site_id.as_str()));
+    let mut prices: HashMap<String, Vec<Price>> = HashMap::new();
+    for price in sqlx::query_as::<_, Price>(crate::sql!(
+        "SELECT {PRICE_COLUMNS} FROM plan_prices ORDER BY plan_id, effective_from"
+    ))
+    .fetch_all(db)
+    .await?
+    {
+        prices.entry(price.plan_id.clone()).or_default().push(price);
+    }
+    let plan_slugs = sqlx::query_as::<_, (String, String)>("SELECT id, slug FROM plans")
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .collect();
+    let tenant_slugs = sqlx::query_as::<_, (String, String)>("SELECT id, slug FROM tenants")
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Inputs {
+        history,
+        prices,
+        plan_slugs,
+        tenant_slugs,
+        samples,
+    })
+}
+
+async fn closed_periods(db: &MySqlPool) -> ApiResult<Vec<Period>> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT period FROM billing_periods ORDER BY period")
+            .fetch_all(db)
+            .await?;
+    Ok(rows.iter().filter_map(|p| Period::parse(p).ok()).collect())
+}
+
+async fn frozen_lines(
+    db: &MySqlPool,
+    filter: &str,
+    value: &str,
+    scope: &TenantScope,
+) -> ApiResult<Vec<Line>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(crate::sql!(
+        "SELECT tenant_id, body FROM billing_lines WHERE {filter} = ? ORDER BY period, tenant_id, line_no"
+    ))
+    .bind(value)
+    .fetch_all(db)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (tenant, body) in rows {
+        if scope.as_ref().is_some_and(|t| !t.contains(&tenant)) {
+            continue;
+        }
+        out.push(serde_json::from_str(&body).map_err(anyhow::Error::from)?);
+    }
+    Ok(out)
+}
+
+/// The lines of an open period as of `now`: charges, adjustments of closed periods whose
+/// first open period after them is this one, and totals.
+pub async fn open_lines(
+    db: &MySqlPool,
+    period: Period,
+    now: DateTime<Utc>,
+    scope: &TenantScope,
+) -> ApiResult<Vec<Line>> {
+    let closed = closed_periods(db).await?;
+    let inputs = load_inputs(db, period, scope).await?;
+    let mut lines = base_lines(period, now, &inputs);
+    for &p in closed.iter().filter(|p| **p < period) {
+        let mut first_open = p.next();
+        while closed.contains(&first_open) {
+            first_open = first_open.next();
+        }
+        if first_open != period {
+            continue;
+        }
+        let inputs = load_inputs(db, p, scope).await?;
+        let recomputed = base_lines(p, p.end(), &inputs);
+        let frozen: Vec<Line> = frozen_lines(db, "for_period", &p.to_string(), scope)
+            .await?
+            .into_iter()
+            .filter(|l| l.for_period == p.to_string())
+            .collect();
+        lines.extend(adjustments(period, &recomputed, &frozen));
+    }
+    Ok(with_totals(period, lines))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRequest {
+    /// The month to close, `YYYY-MM`; it must have ended.
+    #[schema(pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$")]
+    pub period: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClosedPeriod {
+    pub period: String,
+    pub closed_at: DateTime<Utc>,
+    /// Lines frozen, totals included.
+    pub lines: u64,
+}
+
+/// Closes a period (staff admin): freezes its lines. Once only; never before it ends; never
+/// before a period already closed after it.
+pub async fn close(
+    state: &AppState,
+    actor: &Actor,
+    input: CloseRequest,
+    now: DateTime<Utc>,
+) -> ApiResult<ClosedPeriod> {
+    actor.require_staff(&[StaffRole::Admin])?;
+    let period = Period::parse(&input.period).map_err(|m| ApiError::field("period", m))?;
+    if period.end() > now {
+        return Err(ApiError::conflict(
+            Some("period"),
+            "has not ended yet; a period closes after its last second",
+        ));
+    }
+    // A writer that crashed between its state change and its history row converges here.
+    record_site_state(&mut *state.db.acquire().await?, None).await?;
+    let closed = closed_periods(&state.db).await?;
+    if closed.contains(&period) {
+        return Err(ApiError::conflict(
+            Some("period"),
+            "this period is closed already",
+        ));
+    }
+    if closed.iter().any(|p| *p > period) {
+        return Err(ApiError::conflict(
+            Some("period"),
+            "a later period is closed; periods close in order",
+        ));
+    }
+    let lines = open_lines(&state.db, period, period.end(), &None).await?;
+    let mut tx = state.db.begin().await?;
+    let inserted =
+        sqlx::query("INSERT INTO billing_periods (period, closed_at, closed_by) VALUES (?, ?, ?)")
+            .bind(period.to_string())
+            .bind(now.naive_utc())
+            .bind(&actor.user_id)
+            .execute(&mut *tx)
+            .await;
+    super::unique(inserted, "period", "this period is closed already")?;
+    let mut numbers: HashMap<&str, i32> = HashMap::new();
+    for line in &lines {
+        let n = numbers.entry(line.tenant_id.as_str()).or_default();
+        *n += 1;
+        sqlx::query(
+            "INSERT INTO billing_lines (period, tenant_id, line_no, for_period, body) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(period.to_string())
+        .bind(&line.tenant_id)
+        .bind(*n)
+        .bind(&line.for_period)
+        .bind(serde_json::to_string(line).map_err(anyhow::Error::from)?)
+        .execute(&mut *tx)
+        .await?;
+    }
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "billing.close",
+            tenant_id: None,
+            target_type: "period",
+            target_id: &period.to_string(),
+            details: json!({ "lines": lines.len() }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ClosedPeriod {
+        period: period.to_string(),
+        closed_at: now,
+        lines: lines.len() as u64,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Exports
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// The month, `YYYY-MM` (UTC).
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
+    pub period: Option<String>,
+    /// `csv` (RFC 4180, with a header row) or `jsonl` (one JSON object a line).
+    #[param(required = true, pattern = "^(csv|jsonl)$")]
+    pub format: Option<String>,
+    /// Only this tenant (staff: any; a tenant owner: one they own).
+    #[param(pattern = "^[a-z2-7]{10}$")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+/// What an export needs once checked: the period, the format, the tenants it covers.
+pub struct Export {
+    pub period: Period,
+    pub format: Format,
+    pub scope: TenantScope,
+}
+
+/// Parses and authorizes an export: staff see every tenant, a tenant owner their own,
+/// anyone else 403 (or 404 for a tenant they have no part in).
+pub async fn authorize_export(
+    state: &AppState,
+    actor: &Actor,
+    query: ExportQuery,
+) -> ApiResult<Export> {
+    let mut fields = Fields::default();
+    let period = match &query.period {
+        Some(p) => fields.check("period", Period::parse(p)),
+        None => {
+            fields.push("period", "is required (YYYY-MM)");
+            None
+        }
+    };
+    let format = match query.format.as_deref() {
+        Some("csv") => Some(Format::Csv),
+        Some("jsonl") => Some(Format::Jsonl),
+        Some(_) => {
+            fields.push("format", "must be csv or jsonl");
+            None
+        }
+        None => {
+            fields.push("format", "is required (csv or jsonl)");
+            None
+        }
+    };
+    let tenant = match &query.tenant {
+        Some(t) => fields.check(
+            "tenant",
+            Id::parse(t).ok_or_else(|| "is not a tenant id".to_owned()),
+        ),
+        None => None,
+    };
+    fields.finish()?;
+    let (Some(period), Some(format)) = (period, format) else {
+        return Err(ApiError::field("period", "invalid"));
+    };
+    let scope = match tenant {
+        Some(tenant) => {
+            actor
+                .require_tenant(state, &tenant, TenantRole::Owner)
+                .await?;
+            Some(vec![tenant.as_str().to_owned()])
+        }
+        None if actor.is_staff() => None,
+        None => {
+            let owned: Vec<String> = sqlx::query_scalar(
+                "SELECT tenant_id FROM memberships WHERE user_id = ? AND role = 'owner' ORDER BY tenant_id",
+            )
+            .bind(&actor.user_id)
+            .fetch_all(&state.db)
+            .await?;
+            if owned.is_empty() {
+                return Err(ApiError::Forbidden(
+                    "billing exports are for staff and tenant owners",
+                ));
+            }
+            Some(owned)
+        }
+    };
+    Ok(Export {
+        period,
+        format,
+        scope,
+    })
+}
+
+/// The export's lines: a closed period's frozen lines, else the open period's as of `now`.
+/// Chunks of rendered text are sent to `out` as they are made, so a large period streams.
+pub async fn stream_export(
+    db: MySqlPool,
+    export: Export,
+    now: DateTime<Utc>,
+    out: futures::channel::mpsc::Sender<Result<String, std::io::Error>>,
+) {
+    use futures::SinkExt;
+    let mut out = out;
+    let render = |line: &Line| match export.format {
+        Format::Csv => line.csv(),
+        Format::Jsonl => line.jsonl(),
+    };
+    if export.format == Format::Csv {
+        let header = format!("{CSV_HEADER}\r\n");
+        if out.send(Ok(header)).await.is_err() {
+            return;
+        }
+    }
+    let closed = match closed_periods(&db).await {
+        Ok(c) => c.contains(&export.period),
+        Err(err) => {
+            let _ = out.send(Err(std::io::Error::other(err.to_string()))).await;
+            return;
+        }
+    };
+    let mut chunk = String::new();
+    if closed {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT tenant_id, body FROM billing_lines WHERE period = ? ORDER BY tenant_id, line_no",
+        )
+        .bind(export.period.to_string())
+        .fetch(&db);
+        loop {
+            match rows.try_next().await {
+                Ok(Some((tenant, body))) => {
+                    if export.scope.as_ref().is_some_and(|t| !t.contains(&tenant)) {
+                        continue;
+                    }
+                    if export.format == Format::Jsonl {
+                        // The stored body is the line's JSON exactly.
+                        chunk.push_str(&body);
+                        chunk.push('\n');
+                    } else {
+                        match serde_json::from_str::<Line>(&body) {
+                            Ok(line) => chunk.push_str(&line.csv()),
+                            Err(err) => {
+                                let _ = out.send(Err(std::io::Error::other(err))).await;
+                                return;
+                            }
+                        }
+                    }
+                    if chunk.len() >= 64 * 1024
+                        && out.send(Ok(std::mem::take(&mut chunk))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    let _ = out.send(Err(std::io::Error::other(err))).await;
+                    return;
+                }
+            }
+        }
+    } else {
+        let lines = match open_lines(&db, export.period, now, &export.scope).await {
+            Ok(lines) => lines,
+            Err(err) => {
+                tracing::error!(error = ?err, "billing export failed");
+                let _ = out.send(Err(std::io::Error::other("export failed"))).await;
+                return;
+            }
+        };
+        for line in &lines {
+            chunk.push_str(&render(line));
+            if chunk.len() >= 64 * 1024 && out.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = out.send(Ok(chunk)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cost beside price
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MarginQuery {
+    /// The month, `YYYY-MM` (UTC).
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
+    pub period: Option<String>,
+    /// What the cluster cost that month, in minor units of `currency` (`pressdock-infra
+    /// cost` estimates it).
+    #[param(required = true, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub cluster_cost_minor: Option<i64>,
+    /// The currency of the cost; revenue lines in other currencies are left out.
+    #[param(required = true, pattern = "^[A-Z]{3}$")]
+    pub currency: Option<String>,
+}
+
+/// Revenue, allocated cost and margin of one tenant's sites on one plan in a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Margin {
+    pub tenant_id: String,
+    pub tenant_slug: String,
+    pub plan: String,
+    /// Worker slots of the plan × seconds billed.
+    pub slot_seconds: i64,
+    /// Charges, overages and adjustments in `currency`.
+    pub revenue_minor: i64,
+    /// The cluster's cost × this row's share of all slot-seconds billed in the period.
+    pub cost_minor: i64,
+    pub margin_minor: i64,
+    pub currency: String,
+}
+
+/// Staff (admin or operator): revenue, cost and margin per tenant and plan. The cluster's
+/// cost is allocated to sites by worker slots used (plan slots × seconds billed), over all
+/// tenants; idle capacity is not charged to anyone, so the costs add up to the cluster's
+/// cost (± rounding of each row half up).
+pub async fn margins(
+    state: &AppState,
+    actor: &Actor,
+    query: MarginQuery,
+    now: DateTime<Utc>,
+) -> ApiResult<Vec<Margin>> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let mut fields = Fields::default();
+    let period = match &query.period {
+        Some(p) => fields.check("period", Period::parse(p)),
+        None => {
+            fields.push("period", "is required (YYYY-MM)");
+            None
+        }
+    };
+    let cost = match query.cluster_cost_minor {
+        Some(c) if (0..=1_000_000_000_000).contains(&c) => Some(c),
+        _ => {
+            fields.push("cluster_cost_minor", "must be between 0 and 10^12");
+            None
+        }
+    };
+    let currency = match &query.currency {
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c.clone()),
+        _ => {
+            fields.push("currency", "must be an ISO 4217 code such as USD");
+            None
+        }
+    };
+    fields.finish()?;
+    let (Some(period), Some(cost), Some(currency)) = (period, cost, currency) else {
+        return Err(ApiError::field("period", "invalid"));
+    };
+    let closed = closed_periods(&state.db).await?.contains(&period);
+    let lines = if closed {
+        frozen_lines(&state.db, "period", &period.to_string(), &None).await?
+    } else {
+        open_lines(&state.db, period, now, &None).await?
+    };
+    let slots: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i32)>("SELECT slug, slots FROM plans")
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .map(|(slug, slots)| (slug, i64::from(slots)))
+            .collect();
+    Ok(allocate(&lines, &slots, cost, &currency))
+}
+
+/// [`margins`] over computed lines (pure).
+pub fn allocate(
+    lines: &[Line],
+    slots: &HashMap<String, i64>,
+    cost: i64,
+    currency: &str,
+) -> Vec<Margin> {
+    let mut rows: BTreeMap<(String, String), Margin> = BTreeMap::new();
+    for line in lines
+        .iter()
+        .filter(|l| l.kind != "total" && l.currency == currency)
+    {
+        let row = rows
+            .entry((line.tenant_id.clone(), line.plan.clone()))
+            .or_insert_with(|| Margin {
+                tenant_id: line.tenant_id.clone(),
+                tenant_slug: line.tenant_slug.clone(),
+                plan: line.plan.clone(),
+                slot_seconds: 0,
+                revenue_minor: 0,
+                cost_minor: 0,
+                margin_minor: 0,
+                currency: currency.to_owned(),
+            });
+        row.revenue_minor += line.amount_minor;
+        if line.kind == "plan" {
+            row.slot_seconds += line.seconds * slots.get(&line.plan).copied().unwrap_or(1);
+        }
+    }
+    let total: i128 = rows.values().map(|r| i128::from(r.slot_seconds)).sum();
+    rows.into_values()
+        .map(|mut row| {
+            row.cost_minor = if total > 0 {
+                div_round(i128::from(cost) * i128::from(row.slot_seconds), total)
+            } else {
+                0
+            };
+            row.margin_minor = row.revenue_minor - row.cost_minor;
+            row
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_parse_strictly() {
+        assert_eq!(
+            Period::parse("2026-11").map(|p| p.to_string()),
+            Ok("2026-11".into())
+        );
+        for bad in [
+            "2026-13",
+            "2026-00",
+            "26-11",
+            "2026/11",
+            "2026-1",
+            "",
+            "1999-12",
+            "２026-11",
+        ] {
+            assert!(Period::parse(bad).is_err(), "{bad}");
+        }
+        let nov = Period::parse("2026-11").unwrap_or_else(|_| unreachable!());
+        assert_eq!(nov.seconds(), 30 * 86_400);
+        assert_eq!(nov.next().to_string(), "2026-12");
+        assert_eq!(nov.next().next().to_string(), "2027-01");
+    }
+
+    #[test]
+    fn csv_quotes_per_rfc_4180() {
+        let mut out = String::new();
+        csv_field(&mut out, "a,\"b\"\r\n");
+        assert_eq!(out, "\"a,\"\"b\"\"\r\n\"");
+        let mut plain = String::new();
+        csv_field(&mut plain, "acme");
+        assert_eq!(plain, "acme");
+    }
+
+    #[test]
+    fn rounding_is_half_up() {
+        assert_eq!(div_round(5, 10), 1);
+        assert_eq!(div_round(4, 10), 0);
+        assert_eq!(div_round(15, 10), 2);
+        assert_eq!(div_round(0, 7), 0);
+    }
+}
