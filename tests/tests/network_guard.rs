@@ -193,6 +193,18 @@ struct Api {
 
 impl Api {
     async fn login() -> Self {
+        // The `lab_sites` tests (run before this file) leave the lab's platform stopped:
+        // `lab up` converges the lab and starts it again.
+        if std::net::TcpStream::connect("127.0.0.1:23500").is_err() {
+            let infra =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock-infra");
+            let status = Command::new(&infra)
+                .args(["lab", "up"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("{}: {e}", infra.display()));
+            assert!(status.success(), "pressdock-infra lab up: {status}");
+        }
         let secrets: toml::Table = std::fs::read_to_string(Path::new(STATE).join("secrets.toml"))
             .unwrap()
             .parse()
