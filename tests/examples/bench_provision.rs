@@ -918,12 +918,15 @@ impl Platform {
         let deadline = Instant::now() + Duration::from_secs(600);
         if let Some(finished) = &self.finished {
             let mut finished = finished.clone();
+            // `wait_for`'s answer borrows the poller's map: let go of it at once (held
+            // across the call below, it blocked the poller's next write for good).
             let seen = tokio::time::timeout_at(
                 deadline.into(),
                 finished.wait_for(|done| done.contains_key(op)),
             )
-            .await;
-            if !matches!(seen, Ok(Ok(_))) {
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !seen {
                 bail!("operation {op} did not finish");
             }
             let (_, body) = self
