@@ -36,7 +36,7 @@ PID_FILE="${PID_FILE:-/var/lib/pressdock-lab/pids/platform.pid}"
 OUT="${OUT:-/tmp/bench-provision.md}"
 export LAB_CONFIG BENCH_SITES="${BENCH_SITES:-5}" BENCH_PARALLEL="${BENCH_PARALLEL:-20}"
 export BENCH_MODES="${BENCH_MODES:-raw,drivers,platform}"
-export PRESSDOCK_BIN="$ROOT/target/debug/pressdock"
+export PRESSDOCK_BIN="${PRESSDOCK_BIN:-$ROOT/target/debug/pressdock}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 machine() {

@@ -214,10 +214,12 @@ impl GlusterDriver {
         let mut tries = 1;
         loop {
             match self.gluster_once(args, what).await {
-                Err(Error::Gluster { stderr, .. })
-                    if busy(&stderr) && tries < BUSY_TRIES =>
-                {
-                    tracing::debug!(what, tries, "glusterd busy with another transaction; trying again");
+                Err(Error::Gluster { stderr, .. }) if busy(&stderr) && tries < BUSY_TRIES => {
+                    tracing::debug!(
+                        what,
+                        tries,
+                        "glusterd busy with another transaction; trying again"
+                    );
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(BUSY_MAX_PAUSE);
                     tries += 1;

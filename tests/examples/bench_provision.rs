@@ -1483,7 +1483,7 @@ async fn main() -> Result<()> {
 /// ratio's min, median and max.
 fn rounds_summary(walls: &[BTreeMap<String, Duration>], parallel: usize) {
     println!(
-        "\n### {parallel} at once, every round, ms\n\n         | Round | Floor (raw) | Platform | Platform / floor |\n|---:|---:|---:|---:|"
+        "\n### {parallel} at once, every round, ms\n\n| Round | Floor (raw) | Platform | Platform / floor |\n|---:|---:|---:|---:|"
     );
     let mut ratios = Vec::new();
     for (i, w) in walls.iter().enumerate() {
@@ -1491,7 +1491,13 @@ fn rounds_summary(walls: &[BTreeMap<String, Duration>], parallel: usize) {
         if let (Some(r), Some(p)) = (r, p) {
             ratios.push(p.as_secs_f64() / r.as_secs_f64());
         }
-        println!("| {} | {} | {} | {} |", i + 1, cell(r), cell(p), ratio(p, r));
+        println!(
+            "| {} | {} | {} | {} |",
+            i + 1,
+            cell(r),
+            cell(p),
+            ratio(p, r)
+        );
     }
     ratios.sort_by(f64::total_cmp);
     if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
@@ -1529,7 +1535,10 @@ async fn run_modes(
         };
         match run {
             Ok(run) => {
-                eprintln!("==> {mode}: {parallel} at once in {} ms", ms(run.batch.wall));
+                eprintln!(
+                    "==> {mode}: {parallel} at once in {} ms",
+                    ms(run.batch.wall)
+                );
                 runs.insert(mode.to_owned(), run);
             }
             Err(e) => eprintln!("==> {mode} FAILED: {e:#}"),

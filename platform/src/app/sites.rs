@@ -338,9 +338,7 @@ pub async fn list(
          ON a.a_tenant_id IS NOT NULL ORDER BY page.seq, d.domain",
     );
     let rows = query.build().fetch_all(&state.db).await?;
-    let actor = credentials
-        .actor_from_row(rows.first(), &state.db)
-        .await?;
+    let actor = credentials.actor_from_row(rows.first(), &state.db).await?;
     actor
         .require_tenant(state, &tenant, TenantRole::Viewer)
         .await?;
