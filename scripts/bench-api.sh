@@ -72,7 +72,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 log "building release binaries"
 (cd "$ROOT" && cargo build --release -q -p platform --bin pressdock --example bare_sites)
 TARGET="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
-PRESSDOCK="$TARGET/release/pressdock"
+PRESSDOCK="${PRESSDOCK_BIN:-$TARGET/release/pressdock}"   # PRESSDOCK_BIN: another build, for an A/B
 BARE="$TARGET/release/examples/bare_sites"
 
 wait_ready() { # url

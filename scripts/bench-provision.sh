@@ -17,6 +17,8 @@
 #
 #   scripts/bench-provision.sh
 #   BENCH_SITES=3 BENCH_PARALLEL=10 BENCH_MODES=raw,platform scripts/bench-provision.sh
+#   BENCH_ROUNDS=3 BENCH_SITES=3 BENCH_MODES=raw,platform scripts/bench-provision.sh  # alternating,
+#       with every round's platform / floor ratio and their min, median and max
 #   BENCH_MODES=steps scripts/bench-provision.sh   # issue 10's two changed driver steps,
 #       before and after, on Gluster and the swarm's secrets only: the lab's platform keeps
 #       running (nothing is stopped or restarted)
@@ -34,7 +36,7 @@ PID_FILE="${PID_FILE:-/var/lib/pressdock-lab/pids/platform.pid}"
 OUT="${OUT:-/tmp/bench-provision.md}"
 export LAB_CONFIG BENCH_SITES="${BENCH_SITES:-5}" BENCH_PARALLEL="${BENCH_PARALLEL:-20}"
 export BENCH_MODES="${BENCH_MODES:-raw,drivers,platform}"
-export PRESSDOCK_BIN="$ROOT/target/debug/pressdock"
+export PRESSDOCK_BIN="${PRESSDOCK_BIN:-$ROOT/target/debug/pressdock}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 machine() {

@@ -205,7 +205,31 @@ impl GlusterDriver {
         Ok(())
     }
 
+    /// Runs the CLI; a refusal because glusterd is busy with another volume transaction
+    /// (another process's quota call: glusterd runs one at a time and refuses the rest,
+    /// it does not queue them) is tried again, a bounded number of times with a growing
+    /// pause, before it is an error.
     async fn gluster(&self, args: &[String], what: &str) -> Result<String> {
+        let mut pause = BUSY_FIRST_PAUSE;
+        let mut tries = 1;
+        loop {
+            match self.gluster_once(args, what).await {
+                Err(Error::Gluster { stderr, .. }) if busy(&stderr) && tries < BUSY_TRIES => {
+                    tracing::debug!(
+                        what,
+                        tries,
+                        "glusterd busy with another transaction; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(BUSY_MAX_PAUSE);
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn gluster_once(&self, args: &[String], what: &str) -> Result<String> {
         let mut cmd = tokio::process::Command::new(&self.config.gluster_bin);
         cmd.args(args).kill_on_drop(true);
         let out = tokio::time::timeout(CLI_TIMEOUT, cmd.output())
@@ -334,6 +358,20 @@ impl GlusterDriver {
     }
 }
 
+/// How often a call refused because glusterd is busy is made (10 tries wait at most
+/// 0.05 + 0.1 + 0.2 + 0.4 + 5 × 0.5 = 3.25 s between them).
+const BUSY_TRIES: u32 = 10;
+const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const BUSY_MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// glusterd's refusals while it runs another transaction on the volume or holds the
+/// cluster lock (seen in the lab: "Another transaction is in progress for sites. Please
+/// try again after some time.").
+fn busy(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("another transaction is in progress") || s.contains("locking failed")
+}
+
 /// Gluster's answers for "there is no limit on that path" (wording varies by version).
 fn no_limit(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
@@ -438,6 +476,11 @@ mod tests {
             parse_quota_list_xml("<cliOutput><volQuota/></cliOutput>", "/x"),
             None
         );
+        assert!(busy(
+            "quota command failed : Another transaction is in progress for sites. Please try \
+             again after some time."
+        ));
+        assert!(!busy("quota command failed : No such file or directory"));
         assert!(no_limit(
             "quota command failed : removexattr failed on /var/run/gluster/sites_quota_limit/x. \
              Reason : No data available"

@@ -139,7 +139,8 @@ pub struct CacheRemoval {
 
 /// The site's Redis user and keys.
 pub trait SiteCache {
-    /// Creates or converges the ACL user on every reachable node, then `ACL SAVE`.
+    /// Creates or converges the ACL user on every reachable node, then `ACL SAVE`;
+    /// returns the state it made (not read back: [`SiteCache::observe_site_cache`] reads).
     fn ensure_site_cache(
         &self,
         id: &SiteResourceId,
@@ -385,50 +386,97 @@ impl RedisSentinelDriver {
         .await
     }
 
-    /// Applies the site's discovery-only user on every Sentinel that answers (one that
-    /// does not is reported unreachable; the reconciler applies it when it is back).
+    /// Applies the site's discovery-only user on every Sentinel that answers, all at once
+    /// (one that does not is reported unreachable; the reconciler applies it when it is
+    /// back). Writes only: `ACL SETUSER` and `SENTINEL FLUSHCONFIG` in one pipeline per
+    /// Sentinel; reading back is [`SiteCache::observe_site_cache`]'s.
     async fn ensure_on_sentinels(
         &self,
         id: &SiteResourceId,
         password: &SitePassword,
     ) -> Result<Vec<NodeAclState>> {
         let rules = sentinel_acl_rules(password);
-        let mut out = Vec::new();
-        for node in &self.sentinels {
-            let mut conn = match self.sentinel(node).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(sentinel = %node, error = %e, "sentinel unreachable");
-                    out.push(Self::sentinel_state(node, None));
-                    continue;
-                }
-            };
+        let name = id.resource_name();
+        let apply = |node: &String| {
+            let (rules, name) = (&rules, &name);
+            let node = node.clone();
+            async move {
+                let mut conn = match self.sentinel(&node).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(sentinel = %node, error = %e, "sentinel unreachable");
+                        return Ok(Self::sentinel_state(&node, None));
+                    }
+                };
+                let _: () = redis::pipe()
+                    .cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(name)
+                    .arg(rules)
+                    .ignore()
+                    .cmd("SENTINEL")
+                    .arg("FLUSHCONFIG")
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err(&node, "ACL SETUSER, SENTINEL FLUSHCONFIG"))?;
+                Ok(NodeAclState {
+                    node,
+                    role: NodeRole::Sentinel,
+                    reachable: true,
+                    user_present: true,
+                    converged: true,
+                    saved: Some(true),
+                })
+            }
+        };
+        futures::future::join_all(self.sentinels.iter().map(apply))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Applies the site user on one data node: `ACL SETUSER` and the node's `aclfile` in
+    /// one pipeline, then `ACL SAVE` where it has one. Writes only (see
+    /// [`SiteCache::ensure_site_cache`]).
+    async fn ensure_on_node(
+        &self,
+        node: String,
+        role: NodeRole,
+        name: &str,
+        rules: &[String],
+    ) -> Result<NodeAclState> {
+        let mut conn = self.node(&node).await?;
+        let ((), aclfile): ((), Vec<String>) = redis::pipe()
+            .cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg(rules)
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("aclfile")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err(&node, "ACL SETUSER, CONFIG GET aclfile"))?;
+        let saved = if aclfile.get(1).is_none_or(|f| f.is_empty()) {
+            tracing::debug!(node = %node, "no aclfile: ACL kept in memory only");
+            None
+        } else {
             let _: () = redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg(id.resource_name())
-                .arg(&rules)
+                .arg("SAVE")
                 .query_async(&mut conn)
                 .await
-                .map_err(redis_err(node, "ACL SETUSER"))?;
-            flush_sentinel_config(&mut conn, node).await?;
-            let state = self
-                .observe_on_sentinel(&mut conn, node, id, Some(password))
-                .await?;
-            if !state.converged {
-                return Err(Error::unexpected(
-                    "redis",
-                    format!(
-                        "sentinel {node}: {} reads back differently after ACL SETUSER",
-                        id.resource_name()
-                    ),
-                ));
-            }
-            out.push(NodeAclState {
-                saved: Some(true),
-                ..state
-            });
-        }
-        Ok(out)
+                .map_err(redis_err(&node, "ACL SAVE"))?;
+            Some(true)
+        };
+        Ok(NodeAclState {
+            node,
+            role,
+            reachable: true,
+            user_present: true,
+            converged: true,
+            saved,
+        })
     }
 
     /// The site's user on one Sentinel: present, on, its password, and allowed to find
@@ -628,49 +676,30 @@ impl SiteCache for RedisSentinelDriver {
         id: &SiteResourceId,
         password: &SitePassword,
     ) -> Result<CacheState> {
-        let t = self.topology().await?;
+        // Writes only, every node at once: the Sentinels while the topology is asked
+        // for, then every data node. `ACL SETUSER … reset …` replaces the whole user, so
+        // nothing needs reading first; Redis refuses a rule it does not take, so a
+        // success is the user as given. Reading back (`ACL GETUSER`, `ACL DRYRUN` on the
+        // Sentinels) is `observe_site_cache`'s, which the reconciler runs before it
+        // ensures; the read-backs made this step 4 to 5 times the floor's
+        // (docs/benchmarks.md, provisioning). Convergence does not weaken: a saga
+        // interrupted here finds the step `running` and runs it whole again.
+        let (topology, sentinels) =
+            tokio::join!(self.topology(), self.ensure_on_sentinels(id, password));
+        let t = topology?;
+        let sentinels = sentinels?;
         let rules = site_acl_rules(id, password);
-        let mut nodes = Vec::new();
-        for (node, role) in Self::nodes_of(&t) {
-            let mut conn = self.node(&node).await?;
-            let _: () = redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg(id.resource_name())
-                .arg(&rules)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err(&node, "ACL SETUSER"))?;
-            let saved = Self::save_acl(&mut conn, &node).await?;
-            let user = Self::read_user(&mut conn, &node, id).await?;
-            let converged = user
-                .as_ref()
-                .is_some_and(|u| acl_user_converged(id, Some(password), u));
-            if !converged {
-                return Err(Error::unexpected(
-                    "redis",
-                    format!(
-                        "{node}: {} reads back differently after ACL SETUSER: flags {:?}, \
-                         commands {:?}, keys {:?}, channels {:?}, {} password(s)",
-                        id.resource_name(),
-                        user.as_ref().map(|u| &u.flags),
-                        user.as_ref().map(|u| &u.commands),
-                        user.as_ref().map(|u| &u.keys),
-                        user.as_ref().map(|u| &u.channels),
-                        user.as_ref().map_or(0, |u| u.passwords.len()),
-                    ),
-                ));
-            }
-            nodes.push(NodeAclState {
-                node,
-                role,
-                reachable: true,
-                user_present: true,
-                converged,
-                saved,
-            });
-        }
+        let name = id.resource_name();
+        let mut nodes: Vec<NodeAclState> = futures::future::join_all(
+            Self::nodes_of(&t)
+                .into_iter()
+                .map(|(node, role)| self.ensure_on_node(node, role, &name, &rules)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
         nodes.extend(Self::unreachable(&t));
-        nodes.extend(self.ensure_on_sentinels(id, password).await?);
+        nodes.extend(sentinels);
         tracing::info!(
             site = %id,
             nodes = nodes.len(),

@@ -853,6 +853,40 @@ impl SwarmDriver {
 }
 
 impl SwarmDriver {
+    /// For a site's first service: `service create` alone, with no inspect before or
+    /// after it (a new site has no service, and swarm's answer to the create is its
+    /// commit of the spec); when one exists (a run interrupted after the create, or a
+    /// name taken), [`SiteRuntime::ensure_service`] converges it. Returns the state it
+    /// made; `version` is unknown after a create (`observe_service` reads it).
+    pub async fn create_or_ensure_service(
+        &self,
+        params: &SiteServiceParams,
+    ) -> Result<ServiceState> {
+        let spec = self.build_spec(params)?;
+        let made = ServiceState {
+            exists: true,
+            replicas: spec
+                .mode
+                .as_ref()
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas)
+                .and_then(|r| u64::try_from(r).ok()),
+            spec_hash: spec
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SPEC_HASH).cloned()),
+            version: None,
+        };
+        match self.docker.create_service(spec, None).await {
+            Ok(_) => {
+                tracing::info!(site = %params.id, node = %params.node.as_str(), "service created");
+                Ok(made)
+            }
+            Err(e) if status_of(&e) == Some(409) => self.ensure_service(params).await,
+            Err(e) => Err(docker_err("create service")(e)),
+        }
+    }
+
     /// The site's secrets of these contents, one per kind: one `secret ls` of the site's
     /// label, and a `secret create` ([`SiteRuntime::ensure_secret`]) only for a version
     /// that is not there. Ensuring secrets that exist (the service step does, to learn

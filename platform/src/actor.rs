@@ -9,7 +9,7 @@ use axum::{
     extract::{ConnectInfo, FromRequestParts, RawPathParams},
     http::{Method, request::Parts},
 };
-use sqlx::Row;
+use sqlx::{MySql, MySqlPool, QueryBuilder, Row, mysql::MySqlRow};
 
 use crate::{
     auth::{Scope, token_hash},
@@ -44,19 +44,23 @@ enum TenantStanding {
 
 /// The user, and the route's tenant and the user's membership in it, in one round trip
 /// (`?` 1: the tenant id or NULL, `?` 2: the user id). A NULL tenant id matches no row.
-const USER_BY_ID: &str = "SELECT u.email, u.staff_role, u.disabled, t.id AS tenant_id, m.role \
+/// Every column is named `a_…`, so that the statement can also be the head of a page
+/// query ([`Credentials::push_actor`]) without clashing with its columns.
+const USER_BY_ID: &str = "SELECT u.email AS a_email, u.staff_role AS a_staff_role, \
+     u.disabled AS a_disabled, t.id AS a_tenant_id, m.role AS a_role \
      FROM users u LEFT JOIN tenants t ON t.id = ? \
      LEFT JOIN memberships m ON m.tenant_id = t.id AND m.user_id = u.id \
      WHERE u.id = ?";
 
 /// The same for an API token (`?` 1: [`TOUCH_EVERY_SECS`], 2: the tenant id or NULL,
-/// 3: the token's hash), with the token's own columns. `touch` says whether
+/// 3: the token's hash), with the token's own columns. `a_touch` says whether
 /// `last_used_at` is due to be written. The user is
 /// LEFT JOINed so that a token of a deleted account says so. Revocation and expiry are
 /// read here on every request: nothing about a token is cached.
-const USER_BY_TOKEN: &str = "SELECT k.id AS token_id, k.scopes, k.user_id, \
-     (k.last_used_at IS NULL OR k.last_used_at < NOW(6) - INTERVAL ? SECOND) AS touch, \
-     u.email, u.staff_role, u.disabled, t.id AS tenant_id, m.role \
+const USER_BY_TOKEN: &str = "SELECT k.id AS a_token_id, k.scopes AS a_scopes, k.user_id AS a_user_id, \
+     (k.last_used_at IS NULL OR k.last_used_at < NOW(6) - INTERVAL ? SECOND) AS a_touch, \
+     u.email AS a_email, u.staff_role AS a_staff_role, u.disabled AS a_disabled, \
+     t.id AS a_tenant_id, m.role AS a_role \
      FROM api_tokens k LEFT JOIN users u ON u.id = k.user_id \
      LEFT JOIN tenants t ON t.id = ? \
      LEFT JOIN memberships m ON m.tenant_id = t.id AND m.user_id = k.user_id \
@@ -68,7 +72,31 @@ const USER_BY_TOKEN: &str = "SELECT k.id AS token_id, k.scopes, k.user_id, \
 /// column is accurate to a minute; revocation and expiry are not affected (read always).
 pub const TOUCH_EVERY_SECS: u32 = 60;
 
-impl FromRequestParts<AppState> for Actor {
+/// What the request presented, checked as far as it can be without the database: a
+/// JWT's signature and expiry, an API token's form. [`Credentials::resolve`] reads the
+/// rest (the user, the token's revocation and expiry, the route's tenant) and makes the
+/// [`Actor`]; a handler may instead put that read at the head of its own query
+/// ([`Credentials::push_actor`], then [`Credentials::actor_from_row`]): the same
+/// statement text, the same checks, one round trip for both.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    presented: Presented,
+    /// The route's `{tenant}`, when it is a well-formed id.
+    tenant: Option<Id>,
+    method: Method,
+    source_ip: Option<String>,
+    request_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Presented {
+    /// A valid access token (JWT) of this user id.
+    Session(String),
+    /// An API token, by its hash.
+    ApiToken(String),
+}
+
+impl FromRequestParts<AppState> for Credentials {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
@@ -93,64 +121,113 @@ impl FromRequestParts<AppState> for Actor {
             .strip_prefix("Bearer ")
             .ok_or(ApiError::Unauthorized("send Authorization: Bearer <token>"))?
             .trim();
-        let tenant_bind = tenant.as_ref().map(|t| t.as_str().to_owned());
-        let (user_id, scope, row) = if token.starts_with("pdt_") {
-            let row = sqlx::query(USER_BY_TOKEN)
-                .bind(TOUCH_EVERY_SECS)
-                .bind(&tenant_bind)
-                .bind(token_hash(token))
-                .fetch_optional(&state.db)
-                .await?
-                .ok_or(ApiError::Unauthorized(
+        let presented = if token.starts_with("pdt_") {
+            Presented::ApiToken(token_hash(token))
+        } else {
+            Presented::Session(state.signer.verify(token).ok_or(ApiError::Unauthorized(
+                "the access token is invalid or expired",
+            ))?)
+        };
+        Ok(Self {
+            presented,
+            tenant,
+            method: parts.method.clone(),
+            source_ip: source_ip(parts),
+            request_id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        })
+    }
+}
+
+impl Credentials {
+    /// The actor's statement ([`USER_BY_ID`] or [`USER_BY_TOKEN`]) with its binds; it
+    /// returns one row for a caller that may be authenticated, none otherwise.
+    pub fn push_actor(&self, query: &mut QueryBuilder<MySql>) {
+        let tenant = self.tenant.as_ref().map(|t| t.as_str().to_owned());
+        let (sql, key) = match &self.presented {
+            Presented::Session(user_id) => (USER_BY_ID, user_id),
+            Presented::ApiToken(hash) => (USER_BY_TOKEN, hash),
+        };
+        let mut parts = sql.split('?');
+        query.push(parts.next().unwrap_or_default());
+        if matches!(self.presented, Presented::ApiToken(_)) {
+            query.push_bind(TOUCH_EVERY_SECS);
+            query.push(parts.next().unwrap_or_default());
+        }
+        query.push_bind(tenant);
+        query.push(parts.next().unwrap_or_default());
+        query.push_bind(key.clone());
+        for rest in parts {
+            query.push(rest);
+        }
+    }
+
+    /// Reads the caller from the database: one statement (and, once a minute per API
+    /// token, the write of its `last_used_at`).
+    pub async fn resolve(self, db: &MySqlPool) -> ApiResult<Actor> {
+        let mut query = QueryBuilder::new("");
+        self.push_actor(&mut query);
+        let row = query.build().fetch_optional(db).await?;
+        self.actor_from_row(row.as_ref(), db).await
+    }
+
+    /// The caller from the actor's columns of `row` (`None`: the statement found no
+    /// row); the answers and checks of [`Credentials::resolve`].
+    pub async fn actor_from_row(self, row: Option<&MySqlRow>, db: &MySqlPool) -> ApiResult<Actor> {
+        let (user_id, scope) = match &self.presented {
+            Presented::ApiToken(_) => {
+                let row = row.ok_or(ApiError::Unauthorized(
                     "the API token is invalid, expired or revoked",
                 ))?;
-            if row.try_get::<i64, _>("touch")? != 0 {
-                let token_id: String = row.try_get("token_id")?;
-                // Guarded again: of concurrent requests that all saw it due, one writes.
-                sqlx::query(
-                    "UPDATE api_tokens SET last_used_at = NOW(6) WHERE id = ? \
-                     AND (last_used_at IS NULL OR last_used_at < NOW(6) - INTERVAL ? SECOND)",
-                )
-                .bind(&token_id)
-                .bind(TOUCH_EVERY_SECS)
-                .execute(&state.db)
-                .await?;
+                if row.try_get::<i64, _>("a_touch")? != 0 {
+                    let token_id: String = row.try_get("a_token_id")?;
+                    // Guarded again: of concurrent requests that all saw it due, one writes.
+                    sqlx::query(
+                        "UPDATE api_tokens SET last_used_at = NOW(6) WHERE id = ? \
+                         AND (last_used_at IS NULL OR last_used_at < NOW(6) - INTERVAL ? SECOND)",
+                    )
+                    .bind(&token_id)
+                    .bind(TOUCH_EVERY_SECS)
+                    .execute(db)
+                    .await?;
+                }
+                let scopes: String = row.try_get("a_scopes")?;
+                let scope = if scopes.split(',').any(|s| s == "write") {
+                    Scope::Write
+                } else {
+                    Scope::Read
+                };
+                (row.try_get::<String, _>("a_user_id")?, Some(scope))
             }
-            let scopes: String = row.try_get("scopes")?;
-            let scope = if scopes.split(',').any(|s| s == "write") {
-                Scope::Write
-            } else {
-                Scope::Read
-            };
-            (row.try_get::<String, _>("user_id")?, Some(scope), row)
-        } else {
-            let user_id = state.signer.verify(token).ok_or(ApiError::Unauthorized(
-                "the access token is invalid or expired",
-            ))?;
-            let row = sqlx::query(USER_BY_ID)
-                .bind(&tenant_bind)
-                .bind(&user_id)
-                .fetch_optional(&state.db)
-                .await?
-                .ok_or(ApiError::Unauthorized("the account no longer exists"))?;
-            (user_id, None, row)
+            Presented::Session(user_id) => {
+                if row.is_none() {
+                    return Err(ApiError::Unauthorized("the account no longer exists"));
+                }
+                (user_id.clone(), None)
+            }
         };
-        let Some(email) = row.try_get::<Option<String>, _>("email")? else {
+        let Some(row) = row else {
             return Err(ApiError::Unauthorized("the account no longer exists"));
         };
-        if row.try_get::<Option<bool>, _>("disabled")? == Some(true) {
+        let Some(email) = row.try_get::<Option<String>, _>("a_email")? else {
+            return Err(ApiError::Unauthorized("the account no longer exists"));
+        };
+        if row.try_get::<Option<bool>, _>("a_disabled")? == Some(true) {
             return Err(ApiError::Unauthorized("the account is disabled"));
         }
-        if scope == Some(Scope::Read) && parts.method != Method::GET {
+        if scope == Some(Scope::Read) && self.method != Method::GET {
             return Err(ApiError::Forbidden(
                 "this API token has the read scope only",
             ));
         }
-        let staff: Option<String> = row.try_get("staff_role")?;
-        let tenant_hint = match tenant {
+        let staff: Option<String> = row.try_get("a_staff_role")?;
+        let tenant_hint = match self.tenant {
             Some(tenant) => {
-                let standing = if row.try_get::<Option<String>, _>("tenant_id")?.is_some() {
-                    let role: Option<String> = row.try_get("role")?;
+                let standing = if row.try_get::<Option<String>, _>("a_tenant_id")?.is_some() {
+                    let role: Option<String> = row.try_get("a_role")?;
                     TenantStanding::Found(role.as_deref().and_then(TenantRole::parse))
                 } else {
                     TenantStanding::Missing
@@ -159,19 +236,26 @@ impl FromRequestParts<AppState> for Actor {
             }
             None => None,
         };
-        Ok(Self {
+        Ok(Actor {
             user_id,
             email,
             staff: staff.as_deref().and_then(StaffRole::parse),
             scope,
-            source_ip: source_ip(parts),
-            request_id: parts
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            source_ip: self.source_ip,
+            request_id: self.request_id,
             tenant_hint,
         })
+    }
+}
+
+impl FromRequestParts<AppState> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        Credentials::from_request_parts(parts, state)
+            .await?
+            .resolve(&state.db)
+            .await
     }
 }
 

@@ -26,7 +26,7 @@ use utoipa::{
 };
 
 use crate::{
-    actor::{Actor, parse_id, source_ip},
+    actor::{Actor, Credentials, parse_id, source_ip},
     agent::{self, CachePurge, PurgeResult},
     app::{
         Page,
@@ -397,12 +397,15 @@ async fn remove_member(
     params(("tenant" = String, Path), SiteFilter), responses((status = 200, body = Page<Site>)))]
 async fn list_sites(
     State(state): State<AppState>,
-    actor: Actor,
+    credentials: Credentials,
     ApiPath(tenant): ApiPath<String>,
-    ApiQuery(filter): ApiQuery<SiteFilter>,
+    filter: Result<ApiQuery<SiteFilter>, ApiError>,
 ) -> ApiResult<Json<Page<Site>>> {
+    // The caller is read with the page (one statement); a bad query string is answered
+    // after the caller is known, as on every route.
+    let filter = filter.map(|ApiQuery(filter)| filter);
     Ok(Json(
-        sites::list(&state, &actor, &parse_id(&tenant, "tenant")?, filter).await?,
+        sites::list(&state, credentials, &tenant, filter).await?,
     ))
 }
 

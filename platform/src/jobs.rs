@@ -334,6 +334,9 @@ impl Runner {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(self.config.poll_millis)) => {}
+                // A job this process committed: claim it now, not at the next poll (the
+                // poll's wait was most of a lone create's time in the queue).
+                _ = self.provisioner.job_queued() => {}
                 changed = shutdown.changed() => if changed.is_err() { break },
             }
         }
@@ -378,6 +381,27 @@ impl Runner {
         .execute(&self.db)
         .await?;
         Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Marks a step `running` and extends the lease, in one statement that does both or
+    /// neither: false (nothing written) once another runner has taken the job. What
+    /// [`Runner::renew`] then `set_step(…, "running", …)` did in two commits.
+    async fn start_step(&self, job: i64, operation: &str, position: i32) -> anyhow::Result<bool> {
+        let started = sqlx::query(
+            "UPDATE jobs j JOIN operation_steps s ON s.operation_id = ? AND s.position = ? \
+             SET j.lease_expires_at = NOW(6) + INTERVAL ? SECOND, \
+             s.state = 'running', s.error = NULL, s.attempts = s.attempts + 1, \
+             s.started_at = COALESCE(s.started_at, NOW(6)) \
+             WHERE j.id = ? AND j.lease_owner = ? AND j.lease_expires_at >= NOW(6)",
+        )
+        .bind(operation)
+        .bind(position)
+        .bind(self.config.lease_secs)
+        .bind(job)
+        .bind(&self.owner)
+        .execute(&self.db)
+        .await?;
+        Ok(started.rows_affected() > 0)
     }
 
     async fn execute(&self, job: i64, operation: &str) -> anyhow::Result<()> {
@@ -440,11 +464,9 @@ impl Runner {
                 if state == "done" {
                     continue;
                 }
-                if !self.renew(job).await? {
+                if !self.start_step(job, operation, *position).await? {
                     anyhow::bail!("lease lost before step {name}");
                 }
-                self.set_step(operation, *position, "running", None, true)
-                    .await?;
                 tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
                 let refused = self.failpoints.get(name) == Some("refuse");
                 let mut result = if refused {

@@ -574,6 +574,7 @@ async fn rebalance_gated(
         )
         .await?;
         tx.commit().await?;
+        provisioner.wake_runner();
         answer.operations.push(op.to_string());
     }
     Ok((answer, verdict))

@@ -30,7 +30,11 @@
 //!
 //! Environment: `LAB_CONFIG` (default `/var/lib/pressdock-lab/pressdock.toml`),
 //! `PRESSDOCK_BIN` (default `target/debug/pressdock`), `BENCH_SITES` (5),
-//! `BENCH_PARALLEL` (20), `BENCH_MODES` (`raw,drivers,platform`, or `steps`).
+//! `BENCH_PARALLEL` (20), `BENCH_MODES` (`raw,drivers,platform`, or `steps`),
+//! `BENCH_ROUNDS` (1: the modes run this many times in turn, with a summary of every
+//! round's platform / floor ratio),
+//! `BENCH_POLL` (`each`: the platform's operations polled one by one, as before
+//! 2026-12-06; default one poller for all, see [`Platform`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -81,6 +85,9 @@ struct SiteTiming {
     total: Duration,
     /// Platform only: `created_at` to `finished_at` of the operation (server clock).
     server_total: Option<Duration>,
+    /// Platform only: `created_at` of the operation to its first step's start (the job's
+    /// wait to be claimed, server clock).
+    claim: Option<Duration>,
 }
 
 /// A batch run at once: wall time until every site is done.
@@ -767,6 +774,13 @@ struct Platform {
     token: String,
     http: reqwest::Client,
     config_path: PathBuf,
+    /// Finished operations (id → `succeeded`/`failed`) as one poller sees them: one
+    /// `GET /v1/operations` every 50 ms for every site at once. Polling each operation
+    /// every 50 ms (`BENCH_POLL=each`, the way of the earlier runs) is 400 requests a
+    /// second at 20 sites, all of them on the same 2 cores as the platform, glusterd and
+    /// the other servers: load of the client's making that the floor never has.
+    finished: Option<tokio::sync::watch::Receiver<BTreeMap<String, String>>>,
+    poller: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Platform {
@@ -828,12 +842,51 @@ impl Platform {
             .as_str()
             .context("no access_token")?
             .to_owned();
+        let (finished, poller) = if std::env::var("BENCH_POLL").as_deref() == Ok("each") {
+            eprintln!("==> polling each operation every 50 ms (BENCH_POLL=each)");
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::watch::channel(BTreeMap::new());
+            let (http, url, token) = (
+                http.clone(),
+                format!("{base}/v1/operations?limit=100"),
+                token.clone(),
+            );
+            let poller = tokio::spawn(async move {
+                loop {
+                    if let Ok(r) = http.get(&url).bearer_auth(&token).send().await
+                        && let Ok(page) = r.json::<Value>().await
+                    {
+                        let done: BTreeMap<String, String> = page["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|op| {
+                                let state = op["state"].as_str()?;
+                                let id = op["id"].as_str()?;
+                                matches!(state, "succeeded" | "failed")
+                                    .then(|| (id.to_owned(), state.to_owned()))
+                            })
+                            .collect();
+                        tx.send_if_modified(|known| {
+                            let grew = done.keys().any(|id| !known.contains_key(id));
+                            known.extend(done);
+                            grew
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            (Some(rx), Some(poller))
+        };
         Ok(Self {
             child,
             base,
             token,
             http,
             config_path,
+            finished,
+            poller,
         })
     }
 
@@ -859,9 +912,31 @@ impl Platform {
         ))
     }
 
-    /// Polls the operation every 50 ms until it is finished.
+    /// Waits until the operation is finished (seen by the poller, or polled itself every
+    /// 50 ms with `BENCH_POLL=each`), then reads it once.
     async fn wait(&self, op: &str) -> Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(600);
+        if let Some(finished) = &self.finished {
+            let mut finished = finished.clone();
+            // `wait_for`'s answer borrows the poller's map: let go of it at once (held
+            // across the call below, it blocked the poller's next write for good).
+            let seen = tokio::time::timeout_at(
+                deadline.into(),
+                finished.wait_for(|done| done.contains_key(op)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if !seen {
+                bail!("operation {op} did not finish");
+            }
+            let (_, body) = self
+                .call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
+                .await?;
+            return match body["state"].as_str() {
+                Some("succeeded") => Ok(body),
+                _ => bail!("operation {op} failed: {body}"),
+            };
+        }
         loop {
             let (_, body) = self
                 .call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
@@ -919,11 +994,21 @@ impl Platform {
             t.steps
                 .insert(known, Duration::from_secs_f64((b - a).max(0.0)));
         }
+        let created = done["created_at"].as_str().and_then(parse_rfc3339);
         if let (Some(a), Some(b)) = (
-            done["created_at"].as_str().and_then(parse_rfc3339),
+            created,
             done["finished_at"].as_str().and_then(parse_rfc3339),
         ) {
             t.server_total = Some(Duration::from_secs_f64((b - a).max(0.0)));
+        }
+        let first_start = done["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["started_at"].as_str().and_then(parse_rfc3339))
+            .reduce(f64::min);
+        if let (Some(a), Some(b)) = (created, first_start) {
+            t.claim = Some(Duration::from_secs_f64((b - a).max(0.0)));
         }
         Ok((site, t))
     }
@@ -942,6 +1027,9 @@ impl Platform {
     }
 
     async fn stop(mut self) {
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+        }
         if let Some(pid) = self.child.id() {
             // SIGTERM by our own child's pid: the graceful shutdown.
             let _ = nix::sys::signal::kill(
@@ -1191,6 +1279,30 @@ fn report(runs: &BTreeMap<String, Run>, sites: usize, parallel: usize) {
         ratio(p, r),
         ratio(d, r)
     );
+    if let Some(run) = get("platform") {
+        let claim = median(run.batch.sites.iter().filter_map(|t| t.claim).collect());
+        let bookkeeping = median(
+            run.batch
+                .sites
+                .iter()
+                .filter_map(|t| {
+                    Some(
+                        t.server_total?
+                            .saturating_sub(t.claim?)
+                            .saturating_sub(t.steps.values().sum()),
+                    )
+                })
+                .collect(),
+        );
+        println!(
+            "| median wait to be claimed (operation created → first step) | {} | — | — | — | — |",
+            cell(claim)
+        );
+        println!(
+            "| median saga bookkeeping (claimed → finished, minus the steps) | {} | — | — | — | — |",
+            cell(bookkeeping)
+        );
+    }
     for s in STEPS {
         let m = |mode: &str| {
             get(mode).and_then(|r| {
@@ -1335,30 +1447,102 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(20);
     let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "raw,drivers,platform".into());
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
     let lab = Arc::new(Lab::load(&config).await?);
+    // Each round runs every mode once, in order (raw, platform, raw, platform, …: the two
+    // sides alternate, so drift on a shared machine hits both); the tables are the last
+    // round's, the summary after them every round's ratio.
+    let mut walls: Vec<BTreeMap<String, Duration>> = Vec::new();
+    let mut runs = BTreeMap::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("==> round {round} of {rounds}");
+        }
+        runs = run_modes(&lab, &modes, sites, parallel).await;
+        walls.push(
+            runs.iter()
+                .map(|(mode, run)| (mode.clone(), run.batch.wall))
+                .collect(),
+        );
+    }
+    if !runs.is_empty() {
+        report(&runs, sites, parallel);
+    }
+    if rounds > 1 {
+        rounds_summary(&walls, parallel);
+    }
+    Ok(())
+}
+
+/// Every round's time for the whole batch and the platform / floor ratio, then the
+/// ratio's min, median and max.
+fn rounds_summary(walls: &[BTreeMap<String, Duration>], parallel: usize) {
+    println!(
+        "\n### {parallel} at once, every round, ms\n\n| Round | Floor (raw) | Platform | Platform / floor |\n|---:|---:|---:|---:|"
+    );
+    let mut ratios = Vec::new();
+    for (i, w) in walls.iter().enumerate() {
+        let (r, p) = (w.get("raw").copied(), w.get("platform").copied());
+        if let (Some(r), Some(p)) = (r, p) {
+            ratios.push(p.as_secs_f64() / r.as_secs_f64());
+        }
+        println!(
+            "| {} | {} | {} | {} |",
+            i + 1,
+            cell(r),
+            cell(p),
+            ratio(p, r)
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
+        let n = ratios.len();
+        let med = if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        };
+        println!(
+            "\nPlatform / floor over {n} rounds: min {min:.2}×, median {med:.2}×, max {max:.2}×"
+        );
+    }
+}
+
+async fn run_modes(
+    lab: &Arc<Lab>,
+    modes: &str,
+    sites: usize,
+    parallel: usize,
+) -> BTreeMap<String, Run> {
     let mut runs = BTreeMap::new();
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         eprintln!("==> {mode}: {sites} one at a time, then {parallel} at once");
         let run = match mode {
             "steps" => {
-                if let Err(e) = steps(&lab, sites).await {
+                if let Err(e) = steps(lab, sites).await {
                     eprintln!("==> steps FAILED: {e:#}");
                 }
                 continue;
             }
-            "raw" | "drivers" => floor(&lab, mode, sites, parallel).await,
-            "platform" => platform(&lab, sites, parallel).await,
+            "raw" | "drivers" => floor(lab, mode, sites, parallel).await,
+            "platform" => platform(lab, sites, parallel).await,
             other => Err(anyhow!("unknown mode {other}")),
         };
         match run {
             Ok(run) => {
+                eprintln!(
+                    "==> {mode}: {parallel} at once in {} ms",
+                    ms(run.batch.wall)
+                );
                 runs.insert(mode.to_owned(), run);
             }
             Err(e) => eprintln!("==> {mode} FAILED: {e:#}"),
         }
     }
-    if !runs.is_empty() {
-        report(&runs, sites, parallel);
-    }
-    Ok(())
+    runs
 }
