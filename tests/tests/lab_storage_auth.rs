@@ -597,28 +597,42 @@ fn a_site_writes_its_wp_content() {
         .next()
         .expect("the demo site's service (lab up makes demo.lab.test)")
         .to_owned();
-    let task = std::fs::read_dir(run)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-        .find_map(|sock| {
-            let (ok, out) = docker(
-                &sock,
-                &[
-                    "ps",
-                    "--filter",
-                    &format!("label=com.docker.swarm.service.name={service}"),
-                    "--format",
-                    "{{.ID}} {{.Names}}",
-                ],
-            );
-            let line = out.lines().next().filter(|_| ok)?.to_owned();
-            let (id, name) = line.split_once(' ')?;
-            let host = sock.file_stem()?.to_string_lossy().into_owned();
-            Some((sock.clone(), host, id.to_owned(), name.to_owned()))
-        });
+    // Its task may be between two (the tests before this one kill nodes and move sites):
+    // wait for the swarm to run it again, bounded by what a task start takes at most.
+    let find = || {
+        std::fs::read_dir(run)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            .find_map(|sock| {
+                let (ok, out) = docker(
+                    &sock,
+                    &[
+                        "ps",
+                        "--filter",
+                        &format!("label=com.docker.swarm.service.name={service}"),
+                        "--format",
+                        "{{.ID}} {{.Names}}",
+                    ],
+                );
+                let line = out.lines().next().filter(|_| ok)?.to_owned();
+                let (id, name) = line.split_once(' ')?;
+                let host = sock.file_stem()?.to_string_lossy().into_owned();
+                Some((sock.clone(), host, id.to_owned(), name.to_owned()))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let task = loop {
+        match find() {
+            Some(t) => break Some(t),
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            None => break None,
+        }
+    };
     let Some((sock, host, id, name)) = task else {
-        panic!("no running site task on the lab (lab up requests the demo site)");
+        panic!("the demo site's task ({service}) did not run within 300 s");
     };
     // Task names are `wp_<site>.<slot>.<task id>`.
     let site = name
