@@ -478,8 +478,12 @@ async fn a_pass_of_the_guard_restores_wiped_rules() {
     if !enabled() {
         return;
     }
-    // Any site task will do (the lab's demo site is one).
-    let t = SiteTask::find("pressdock.site", "").expect("a running site task");
+    // The lab's demo site: another test's site may be mid-delete.
+    let demo = e2e::demo_site_task();
+    let t = SiteTask {
+        node: demo.host,
+        id: demo.id,
+    };
     let s3 = format!("{HOST_IP}:{}", infra::lab::ports::S3);
     assert_eq!(t.probe(std::slice::from_ref(&s3)), [false], "confined");
     // The running guard is paused meanwhile: its full pass (every 30 s) would restore them.
