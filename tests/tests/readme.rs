@@ -19,8 +19,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
-
 fn enabled() -> bool {
     e2e::lab_tests_enabled(&Path::new(e2e::LAB_STATE).join("secrets.toml"))
 }
