@@ -24,12 +24,7 @@ const LAB_CONFIG: &str = "/var/lib/pressdock-lab/pressdock.toml";
 const PROBE_NODE: &str = "pdlab-w1";
 
 fn enabled() -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") || !Path::new(LAB_CONFIG).exists()
-    {
-        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
-        return false;
-    }
-    true
+    e2e::lab_tests_enabled(Path::new(LAB_CONFIG))
 }
 
 fn s3_config() -> S3Config {

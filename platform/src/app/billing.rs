@@ -927,34 +927,21 @@ pub fn with_totals(period: Period, mut lines: Vec<Line>) -> Vec<Line> {
             _ => 3,
         }
     }
-    lines.sort_by(|a, b| {
+    /// By tenant and site, charges before adjustments, then by period, by kind (an
+    /// adjustment ranks as the kind it adjusts), plan and price.
+    fn order(l: &Line) -> (&str, &str, bool, &str, u8, &str, &str) {
+        let adjustment = l.kind == "adjustment";
         (
-            &a.tenant_id,
-            &a.site_id,
-            a.kind == "adjustment",
-            &a.for_period,
-            rank(if a.kind == "adjustment" {
-                &a.adjusts
-            } else {
-                &a.kind
-            }),
-            &a.plan,
-            &a.price_from,
+            &l.tenant_id,
+            &l.site_id,
+            adjustment,
+            &l.for_period,
+            rank(if adjustment { &l.adjusts } else { &l.kind }),
+            &l.plan,
+            &l.price_from,
         )
-            .cmp(&(
-                &b.tenant_id,
-                &b.site_id,
-                b.kind == "adjustment",
-                &b.for_period,
-                rank(if b.kind == "adjustment" {
-                    &b.adjusts
-                } else {
-                    &b.kind
-                }),
-                &b.plan,
-                &b.price_from,
-            ))
-    });
+    }
+    lines.sort_by(|a, b| order(a).cmp(&order(b)));
     let mut out = Vec::with_capacity(lines.len() + 8);
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     let mut iter = lines.into_iter().peekable();

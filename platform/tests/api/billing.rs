@@ -121,6 +121,33 @@ fn hours(day: u32, hour: u32, count: u32) -> Vec<i64> {
         .collect()
 }
 
+/// What both billing months start from: the tenants acme and globex, and the starter plan
+/// with its USD price from October 2026 (30.00 a month, 1 GiB and 100,000 requests
+/// included, 2.00 a GiB-month and 0.50 per 10,000 requests over).
+struct Start {
+    app: TestApp,
+    admin: String,
+    acme: String,
+    globex: String,
+    starter: String,
+}
+
+async fn start() -> Start {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let acme = app.create_tenant(&admin, "acme").await;
+    let globex = app.create_tenant(&admin, "globex").await;
+    let starter = plan_id(&app, "starter").await;
+    price(&app, &starter, "2026-10-01", [3000, 1, 100_000, 200, 50]).await;
+    Start {
+        app,
+        admin,
+        acme,
+        globex,
+        starter,
+    }
+}
+
 async fn owner_of_acme(app: &TestApp, admin: &str, tenant: &str) -> String {
     app.user_with_role(admin, tenant, "owner").await.0
 }
@@ -140,16 +167,17 @@ async fn ingest(app: &TestApp, token: &str, samples: Vec<Value>) -> Value {
 
 #[tokio::test]
 async fn a_generated_month_bills_exactly_and_closes_once() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let acme = app.create_tenant(&admin, "acme").await;
-    let globex = app.create_tenant(&admin, "globex").await;
+    let Start {
+        app,
+        admin,
+        acme,
+        globex,
+        starter,
+    } = start().await;
     let initech = app.create_tenant(&admin, "initech").await;
-    let starter = plan_id(&app, "starter").await;
     let business = plan_id(&app, "business").await;
     // Starter: 30.00 a month, 1 GiB and 100,000 requests included, 2.00 a GiB-month and
-    // 0.50 per 10,000 requests over; from November 16, 45.00 a month.
-    price(&app, &starter, "2026-10-01", [3000, 1, 100_000, 200, 50]).await;
+    // 0.50 per 10,000 requests over (from `start`); from November 16, 45.00 a month.
     price(&app, &starter, "2026-11-16", [4500, 1, 100_000, 200, 50]).await;
     // Business: 90.00, 5 GiB and 1,000,000 requests, 1.00 a GiB-month, 0.20 per 10,000.
     price(&app, &business, "2026-10-01", [9000, 5, 1_000_000, 100, 20]).await;
@@ -496,12 +524,13 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
 
 #[tokio::test]
 async fn exports_are_scoped_and_checked() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let acme = app.create_tenant(&admin, "acme").await;
-    let globex = app.create_tenant(&admin, "globex").await;
-    let starter = plan_id(&app, "starter").await;
-    price(&app, &starter, "2026-10-01", [3000, 1, 100_000, 200, 50]).await;
+    let Start {
+        app,
+        admin,
+        acme,
+        globex,
+        starter,
+    } = start().await;
     let a = site(
         &app,
         &acme,
