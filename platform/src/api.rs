@@ -32,7 +32,8 @@ use crate::{
         Page,
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
-            MarginQuery, NewPrice, Price, Resolution, SampleBatch, SampleConflict,
+            MarginQuery, Metering, MeteringQuery, NewPrice, Price, Resolution, SampleBatch,
+            SampleConflict,
         },
         idempotency::IdemKey,
         nodes::{self, NewNode, Node, NodeChange},
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/billing/exports", get(billing_export))
         .route("/billing/margins", get(billing_margins))
         .route("/billing/conflicts", get(list_conflicts))
+        .route("/billing/metering", get(billing_metering))
         .route("/billing/conflicts/{conflict}/resolve", post(resolve_conflict))
         .route("/nodes", get(list_nodes).post(register_node))
         .route(
@@ -815,6 +817,20 @@ async fn resolve_conflict(
     ))
 }
 
+/// A site's hours in a month (staff): the edge's counts (billed) beside the agent's
+/// access-log counts and storage samples, with the gaps of each source.
+#[utoipa::path(get, path = "/v1/billing/metering", tag = "billing", security(("bearer" = [])),
+    params(MeteringQuery), responses((status = 200, body = Metering), (status = 404, body = Problem)))]
+async fn billing_metering(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<MeteringQuery>,
+) -> ApiResult<Json<Metering>> {
+    Ok(Json(
+        billing::metering(&state, &actor, query, chrono::Utc::now()).await?,
+    ))
+}
+
 /// Revenue, cost and margin per tenant and plan (staff): the cluster's monthly cost
 /// allocated to sites by worker slots used.
 #[utoipa::path(get, path = "/v1/billing/margins", tag = "billing", security(("bearer" = [])),
@@ -1134,7 +1150,7 @@ fn describe_error(status: u16) -> &'static str {
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
-        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
+        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
 )]

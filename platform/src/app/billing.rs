@@ -833,6 +833,62 @@ pub async fn record_agent_storage(
     Ok(())
 }
 
+/// What one agent report adds to the site's access-log counts: the growth of its counters
+/// since the report it replaces when both come from the same agent process (same task,
+/// same start, later sequence number), else everything the new process counted since it
+/// started. `previous` is (task, started at, seq, requests, bytes) of the replaced report;
+/// `current` the new report's (task, started at, seq). Counters that went down (a reset
+/// the origin did not show) count from zero.
+pub fn counted_since(
+    previous: Option<(Option<&str>, DateTime<Utc>, i64, u64, u64)>,
+    current: (Option<&str>, DateTime<Utc>, i64),
+    requests_total: u64,
+    bytes_total: u64,
+) -> (u64, u64) {
+    match previous {
+        Some((task, started, seq, requests, bytes))
+            if task == current.0 && started == current.1 && seq < current.2 =>
+        {
+            (
+                requests_total.checked_sub(requests).unwrap_or(requests_total),
+                bytes_total.checked_sub(bytes).unwrap_or(bytes_total),
+            )
+        }
+        Some((task, started, seq, _, _))
+            if task == current.0 && started == current.1 && seq >= current.2 =>
+        {
+            (0, 0)
+        }
+        _ => (requests_total, bytes_total),
+    }
+}
+
+/// Adds an agent report's access-log counts to the hour `at` falls in (the hour the report
+/// arrived: with reports every few seconds, the traffic of those seconds may land in the
+/// next hour). Kept beside the edge's counts for comparison; not billed.
+pub async fn record_agent_requests(
+    conn: &mut sqlx::MySqlConnection,
+    site: &str,
+    at: DateTime<Utc>,
+    requests: u64,
+    bytes_out: u64,
+) -> sqlx::Result<()> {
+    let hour = DateTime::from_timestamp(hour_floor(at.timestamp()), 0).unwrap_or_default();
+    let clamp = |v: u64| i64::try_from(v.min(1_000_000_000_000_000)).unwrap_or(0);
+    sqlx::query(
+        "INSERT INTO agent_request_counts (site_id, hour, requests, bytes_out, reports) VALUES (?, ?, ?, ?, 1) \
+         ON DUPLICATE KEY UPDATE requests = LEAST(requests + VALUES(requests), 1000000000000000000), \
+         bytes_out = LEAST(bytes_out + VALUES(bytes_out), 1000000000000000000), reports = reports + 1",
+    )
+    .bind(site)
+    .bind(hour.naive_utc())
+    .bind(clamp(requests))
+    .bind(clamp(bytes_out))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Lines
 
@@ -1861,6 +1917,189 @@ pub async fn stream_export(
 }
 
 // ---------------------------------------------------------------------------------------
+// Metering: one site's hours, both sources side by side
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MeteringQuery {
+    /// The month, `YYYY-MM` (UTC).
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
+    pub period: Option<String>,
+    /// The site.
+    #[param(required = true, pattern = "^[a-z2-7]{10}$")]
+    pub site: Option<String>,
+}
+
+/// One hour of a site: what each source measured (`null`: no sample, a gap).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MeteringHour {
+    /// The hour's first second, Unix time (UTC).
+    pub hour_unix: i64,
+    /// Whether the site's plan was charged in this hour (a gap matters only then).
+    pub billed: bool,
+    /// The edge's count (billed).
+    pub edge_requests: Option<i64>,
+    pub edge_bytes_out: Option<i64>,
+    /// The agent's access-log count: a posted `agent` sample's, else the sum of the
+    /// agent's reports that arrived in the hour (for comparison; not billed).
+    pub agent_requests: Option<i64>,
+    pub agent_bytes_out: Option<i64>,
+    /// The agent's storage sample (wp-content + database).
+    pub storage_bytes: Option<i64>,
+}
+
+/// A site's metering in a month (staff).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Metering {
+    pub site: String,
+    pub period: String,
+    pub billed_hours: i64,
+    /// Billed hours without an edge sample: their requests are not billed (not read as 0
+    /// silently: the export's `gap_hours_edge`).
+    pub gap_hours_edge: i64,
+    /// Billed hours without an agent storage sample.
+    pub gap_hours_agent: i64,
+    /// Billed hours without any agent access-log count.
+    pub gap_hours_agent_requests: i64,
+    /// Sums over the billed hours.
+    pub edge_requests: i64,
+    pub agent_requests: i64,
+    /// Every hour of the month up to now.
+    pub hours: Vec<MeteringHour>,
+}
+
+/// A site's hours in a period: the edge's and the agent's counts side by side, and the
+/// gaps of each (staff admin or operator).
+pub async fn metering(
+    state: &AppState,
+    actor: &Actor,
+    query: MeteringQuery,
+    now: DateTime<Utc>,
+) -> ApiResult<Metering> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let mut fields = Fields::default();
+    let period = match &query.period {
+        Some(p) => fields.check("period", Period::parse(p)),
+        None => {
+            fields.push("period", "is required (YYYY-MM)");
+            None
+        }
+    };
+    let site = match &query.site {
+        Some(s) => fields.check(
+            "site",
+            Id::parse(s).ok_or_else(|| "is not a site id".to_owned()),
+        ),
+        None => {
+            fields.push("site", "is required");
+            None
+        }
+    };
+    fields.finish()?;
+    let (Some(period), Some(site)) = (period, site) else {
+        return Err(ApiError::field("period", "invalid"));
+    };
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM sites WHERE id = ?")
+        .bind(site.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::NotFound("site"));
+    }
+    let end = sql_time(period.end());
+    let mut inputs = load_inputs(&state.db, period, &None).await?;
+    inputs.history.retain(|h| h.site_id == site.as_str());
+    let cap = now.min(period.end());
+    let (_, ranges) = drafts(period, cap, &inputs);
+    let billed: HashSet<i64> = ranges
+        .iter()
+        .flat_map(|r| (r.from..r.to).step_by(3600))
+        .collect();
+    #[allow(clippy::type_complexity)]
+    let samples: Vec<(chrono::NaiveDateTime, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>)> =
+        sqlx::query_as(
+            "SELECT hour, source, requests, bytes_out, wp_content_bytes, db_bytes FROM usage_samples \
+             WHERE site_id = ? AND hour >= ? AND hour < ?",
+        )
+        .bind(site.as_str())
+        .bind(period.start().naive_utc())
+        .bind(end)
+        .fetch_all(&state.db)
+        .await?;
+    let counts: HashMap<i64, (i64, i64)> = sqlx::query_as::<_, (chrono::NaiveDateTime, i64, i64)>(
+        "SELECT hour, requests, bytes_out FROM agent_request_counts WHERE site_id = ? AND hour >= ? AND hour < ?",
+    )
+    .bind(site.as_str())
+    .bind(period.start().naive_utc())
+    .bind(end)
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|(hour, r, b)| (hour.and_utc().timestamp(), (r, b)))
+    .collect();
+    let mut by_hour: HashMap<i64, MeteringHour> = HashMap::new();
+    let blank = |hour_unix| MeteringHour {
+        hour_unix,
+        billed: false,
+        edge_requests: None,
+        edge_bytes_out: None,
+        agent_requests: None,
+        agent_bytes_out: None,
+        storage_bytes: None,
+    };
+    for (hour, source, requests, bytes_out, wp, db) in samples {
+        let t = hour.and_utc().timestamp();
+        let row = by_hour.entry(t).or_insert_with(|| blank(t));
+        if source == "edge" {
+            row.edge_requests = Some(requests.unwrap_or(0));
+            row.edge_bytes_out = bytes_out;
+        } else {
+            row.agent_requests = requests;
+            row.agent_bytes_out = bytes_out;
+            row.storage_bytes = Some(wp.unwrap_or(0).saturating_add(db.unwrap_or(0)));
+        }
+    }
+    let mut out = Metering {
+        site: site.as_str().to_owned(),
+        period: period.to_string(),
+        billed_hours: 0,
+        gap_hours_edge: 0,
+        gap_hours_agent: 0,
+        gap_hours_agent_requests: 0,
+        edge_requests: 0,
+        agent_requests: 0,
+        hours: Vec::new(),
+    };
+    let mut t = period.start().timestamp();
+    let last = hour_ceil(cap.timestamp());
+    while t < last {
+        let mut row = by_hour.remove(&t).unwrap_or_else(|| blank(t));
+        if let Some((requests, bytes)) = counts.get(&t) {
+            row.agent_requests = row.agent_requests.or(Some(*requests));
+            row.agent_bytes_out = row.agent_bytes_out.or(Some(*bytes));
+        }
+        row.billed = billed.contains(&t);
+        if row.billed {
+            out.billed_hours += 1;
+            out.gap_hours_edge += i64::from(row.edge_requests.is_none());
+            out.gap_hours_agent += i64::from(row.storage_bytes.is_none());
+            out.gap_hours_agent_requests += i64::from(row.agent_requests.is_none());
+            out.edge_requests = out.edge_requests.saturating_add(row.edge_requests.unwrap_or(0));
+            out.agent_requests = out
+                .agent_requests
+                .saturating_add(row.agent_requests.unwrap_or(0));
+        }
+        out.hours.push(row);
+        t += 3600;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
 // Cost beside price
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -2129,7 +2368,7 @@ mod tests {
             .collect();
         // a: 34 h 15 min + 5 min; its hours Nov 1 00:00 to Nov 2 10:00 (34). b: 100 min,
         // hours 10:00, 11:00 and 12:00.
-        assert_eq!(hours, vec![("a", 123_300, 34), ("b", 6000, 3)]);
+        assert_eq!(hours, vec![("a", 123_600, 34), ("b", 6000, 3)]);
         assert_eq!(ranges.len(), 2, "{ranges:?}");
         let lines = base_lines(period, period.end(), &inputs);
         let requests: Vec<(&str, &str, i64, i64, i64)> = lines
@@ -2153,6 +2392,23 @@ mod tests {
                 ("B", "request_overage", 3, 0, 3),
             ]
         );
+    }
+
+    #[test]
+    fn agent_counts_grow_by_the_difference_within_one_process() {
+        let t0 = utc("2026-11-03T10:00:00Z");
+        let t1 = utc("2026-11-03T11:00:00Z");
+        let prev = Some((Some("task1"), t0, 5, 100, 1000));
+        // The same process, later: the growth.
+        assert_eq!(counted_since(prev, (Some("task1"), t0, 6), 130, 1500), (30, 500));
+        // The same process, an older or repeated report: nothing.
+        assert_eq!(counted_since(prev, (Some("task1"), t0, 5), 130, 1500), (0, 0));
+        // A restarted agent or another task: all it counted since it started.
+        assert_eq!(counted_since(prev, (Some("task1"), t1, 1), 7, 70), (7, 70));
+        assert_eq!(counted_since(prev, (Some("task2"), t0, 9), 7, 70), (7, 70));
+        // The first report of a site; counters that went down.
+        assert_eq!(counted_since(None, (None, t0, 1), 3, 30), (3, 30));
+        assert_eq!(counted_since(prev, (Some("task1"), t0, 7), 40, 400), (40, 400));
     }
 
     #[test]

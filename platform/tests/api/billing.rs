@@ -949,6 +949,57 @@ async fn an_accepted_conflict_corrects_a_closed_month_and_margins_use_the_config
     assert_eq!(adjustments[0]["quantity"], 20_000);
     assert_eq!(adjustments[0]["amount_minor"], 100);
 
+    // Metering: the site's hours with both sources side by side. The agent's access-log
+    // counts (two reports in Nov 3 10:00, one posted agent sample) are shown, not billed;
+    // 719 of the 720 billed hours have no edge sample: gaps, visible.
+    let mut conn = app.db.acquire().await.unwrap();
+    for (requests, bytes) in [(12_000, 1_000_000), (13_000, 2_000_000)] {
+        platform::app::billing::record_agent_requests(
+            &mut conn,
+            &a,
+            chrono::DateTime::from_timestamp(hour + 1800, 0).unwrap(),
+            requests,
+            bytes,
+        )
+        .await
+        .unwrap();
+    }
+    drop(conn);
+    ingest(
+        &app,
+        &admin,
+        vec![json!({ "site": a, "hour_unix": hour + 3600, "source": "agent", "requests": 7, "wp_content_bytes": 5 })],
+    )
+    .await;
+    let (status, body) = app
+        .get(&format!("/v1/billing/metering?period=2026-11&site={a}"), &admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["billed_hours"], 720, "{}", body["billed_hours"]);
+    assert_eq!(body["gap_hours_edge"], 719);
+    assert_eq!(body["gap_hours_agent"], 719);
+    assert_eq!(body["gap_hours_agent_requests"], 718);
+    assert_eq!(body["edge_requests"], 30_000);
+    assert_eq!(body["agent_requests"], 25_007);
+    let hours = body["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 720);
+    let at_hour = |t: i64| hours.iter().find(|h| h["hour_unix"] == t).unwrap();
+    assert_eq!(
+        at_hour(hour),
+        &json!({ "hour_unix": hour, "billed": true, "edge_requests": 30_000, "edge_bytes_out": null,
+            "agent_requests": 25_000, "agent_bytes_out": 3_000_000, "storage_bytes": null })
+    );
+    assert_eq!(at_hour(hour + 7200)["edge_requests"], Value::Null);
+    let (status, body) = app
+        .get("/v1/billing/metering?period=2026-11&site=aaaaaaaaaa", &admin)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let owner = owner_of_acme(&app, &admin, &acme).await;
+    let (status, body) = app
+        .get(&format!("/v1/billing/metering?period=2026-11&site={a}"), &owner)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
     // Margins with the configured cost (500.00 USD): the only site bears all of it.
     let (status, body) = app.get("/v1/billing/margins?period=2026-11", &admin).await;
     assert_eq!(status, StatusCode::OK, "{body}");

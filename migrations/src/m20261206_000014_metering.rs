@@ -1,4 +1,5 @@
-//! Billing: samples that disagree with the one stored for their key.
+//! Billing metering: samples that disagree with the one stored for their key, and the
+//! agents' access-log counts per site and hour.
 //!
 //! A usage sample is keyed by (site, hour, source) and the first one stored is billed. A
 //! later sample for the same key with different values is a *conflict*: it is not applied
@@ -6,7 +7,11 @@
 //! the ingest's answer and listed for staff (`GET /v1/billing/conflicts`), who may accept
 //! it, which replaces the stored sample (a closed period then gets adjustment lines).
 //!
-//! Expand only: a new table the previous release does not know.
+//! The agents report counters since they started; the platform adds the difference of
+//! each report to the hour it arrives in (`agent_request_counts`), for comparison with the
+//! edge's counts (which are billed).
+//!
+//! Expand only: new tables the previous release does not know.
 
 use sea_orm_migration::prelude::*;
 
@@ -35,9 +40,21 @@ const UP: &[&str] = &[
         CONSTRAINT ck_usage_sample_conflicts CHECK (source IN ('edge', 'agent')
             AND (resolution IS NULL OR resolution IN ('accepted', 'rejected')))
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    r"CREATE TABLE IF NOT EXISTS agent_request_counts (
+        site_id CHAR(10) NOT NULL,
+        hour DATETIME NOT NULL,
+        requests BIGINT NOT NULL,
+        bytes_out BIGINT NOT NULL,
+        reports INT NOT NULL,
+        PRIMARY KEY (site_id, hour),
+        KEY ix_agent_request_counts_hour (hour)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
 
-const DOWN: &[&str] = &["DROP TABLE IF EXISTS usage_sample_conflicts"];
+const DOWN: &[&str] = &[
+    "DROP TABLE IF EXISTS agent_request_counts",
+    "DROP TABLE IF EXISTS usage_sample_conflicts",
+];
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
