@@ -317,16 +317,21 @@ pub async fn report(
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     // The counters of the report this one replaces, for the access-log counts (billing).
     #[allow(clippy::type_complexity)]
-    let previous: Option<(Option<String>, chrono::DateTime<chrono::Utc>, i64, Option<i64>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT task_id, started_at, seq, \
+    let previous: Option<(
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    )> = sqlx::query_as(
+        "SELECT task_id, started_at, seq, \
              CAST(JSON_VALUE(report, '$.counters.requests_total') AS SIGNED), \
              CAST(JSON_VALUE(report, '$.counters.response_bytes_total') AS SIGNED) \
              FROM agent_reports WHERE site_id = ? FOR UPDATE",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
     let stored = store_report(
         &mut tx,
         id.as_str(),

@@ -97,7 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/billing/margins", get(billing_margins))
         .route("/billing/conflicts", get(list_conflicts))
         .route("/billing/metering", get(billing_metering))
-        .route("/billing/conflicts/{conflict}/resolve", post(resolve_conflict))
+        .route(
+            "/billing/conflicts/{conflict}/resolve",
+            post(resolve_conflict),
+        )
         .route("/nodes", get(list_nodes).post(register_node))
         .route(
             "/nodes/{node}",

@@ -850,7 +850,9 @@ pub fn counted_since(
             if task == current.0 && started == current.1 && seq < current.2 =>
         {
             (
-                requests_total.checked_sub(requests).unwrap_or(requests_total),
+                requests_total
+                    .checked_sub(requests)
+                    .unwrap_or(requests_total),
                 bytes_total.checked_sub(bytes).unwrap_or(bytes_total),
             )
         }
@@ -1219,7 +1221,11 @@ fn finish(period: Period, inputs: &Inputs, drafts: &[Draft<'_>], usage: &[Usage]
             kind: "plan".to_owned(),
             adjusts: String::new(),
             for_period: period.to_string(),
-            plan: inputs.plan_slugs.get(draft.plan).cloned().unwrap_or_default(),
+            plan: inputs
+                .plan_slugs
+                .get(draft.plan)
+                .cloned()
+                .unwrap_or_default(),
             price_from: price.effective_from.to_string(),
             quantity: draft.seconds,
             unit: "second".to_owned(),
@@ -1235,10 +1241,9 @@ fn finish(period: Period, inputs: &Inputs, drafts: &[Draft<'_>], usage: &[Usage]
             gap_hours_edge: draft.hours - used.edge_hours,
             gap_hours_agent: draft.hours - used.agent_hours,
         };
-        let included = i64::try_from(
-            i128::from(price.included_requests) * i128::from(draft.seconds) / month,
-        )
-        .unwrap_or(i64::MAX);
+        let included =
+            i64::try_from(i128::from(price.included_requests) * i128::from(draft.seconds) / month)
+                .unwrap_or(i64::MAX);
         let over_requests = (used.requests - included).max(0);
         let over_bytes = (used.storage_peak - price.included_storage_bytes).max(0);
         let over_gib = (over_bytes + GIB - 1) / GIB;
@@ -2020,16 +2025,22 @@ pub async fn metering(
         .flat_map(|r| (r.from..r.to).step_by(3600))
         .collect();
     #[allow(clippy::type_complexity)]
-    let samples: Vec<(chrono::NaiveDateTime, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT hour, source, requests, bytes_out, wp_content_bytes, db_bytes FROM usage_samples \
+    let samples: Vec<(
+        chrono::NaiveDateTime,
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    )> = sqlx::query_as(
+        "SELECT hour, source, requests, bytes_out, wp_content_bytes, db_bytes FROM usage_samples \
              WHERE site_id = ? AND hour >= ? AND hour < ?",
-        )
-        .bind(site.as_str())
-        .bind(period.start().naive_utc())
-        .bind(end)
-        .fetch_all(&state.db)
-        .await?;
+    )
+    .bind(site.as_str())
+    .bind(period.start().naive_utc())
+    .bind(end)
+    .fetch_all(&state.db)
+    .await?;
     let counts: HashMap<i64, (i64, i64)> = sqlx::query_as::<_, (chrono::NaiveDateTime, i64, i64)>(
         "SELECT hour, requests, bytes_out FROM agent_request_counts WHERE site_id = ? AND hour >= ? AND hour < ?",
     )
@@ -2088,7 +2099,9 @@ pub async fn metering(
             out.gap_hours_edge += i64::from(row.edge_requests.is_none());
             out.gap_hours_agent += i64::from(row.storage_bytes.is_none());
             out.gap_hours_agent_requests += i64::from(row.agent_requests.is_none());
-            out.edge_requests = out.edge_requests.saturating_add(row.edge_requests.unwrap_or(0));
+            out.edge_requests = out
+                .edge_requests
+                .saturating_add(row.edge_requests.unwrap_or(0));
             out.agent_requests = out
                 .agent_requests
                 .saturating_add(row.agent_requests.unwrap_or(0));
@@ -2246,7 +2259,13 @@ pub fn allocate(
                 currency: currency.to_owned(),
             });
         row.revenue_minor += line.amount_minor;
-        if line.kind == "plan" && sites.insert((line.tenant_id.as_str(), line.plan.as_str(), line.site_id.as_str())) {
+        if line.kind == "plan"
+            && sites.insert((
+                line.tenant_id.as_str(),
+                line.plan.as_str(),
+                line.site_id.as_str(),
+            ))
+        {
             row.sites += 1;
         }
         if line.kind == "plan" {
@@ -2400,15 +2419,24 @@ mod tests {
         let t1 = utc("2026-11-03T11:00:00Z");
         let prev = Some((Some("task1"), t0, 5, 100, 1000));
         // The same process, later: the growth.
-        assert_eq!(counted_since(prev, (Some("task1"), t0, 6), 130, 1500), (30, 500));
+        assert_eq!(
+            counted_since(prev, (Some("task1"), t0, 6), 130, 1500),
+            (30, 500)
+        );
         // The same process, an older or repeated report: nothing.
-        assert_eq!(counted_since(prev, (Some("task1"), t0, 5), 130, 1500), (0, 0));
+        assert_eq!(
+            counted_since(prev, (Some("task1"), t0, 5), 130, 1500),
+            (0, 0)
+        );
         // A restarted agent or another task: all it counted since it started.
         assert_eq!(counted_since(prev, (Some("task1"), t1, 1), 7, 70), (7, 70));
         assert_eq!(counted_since(prev, (Some("task2"), t0, 9), 7, 70), (7, 70));
         // The first report of a site; counters that went down.
         assert_eq!(counted_since(None, (None, t0, 1), 3, 30), (3, 30));
-        assert_eq!(counted_since(prev, (Some("task1"), t0, 7), 40, 400), (40, 400));
+        assert_eq!(
+            counted_since(prev, (Some("task1"), t0, 7), 40, 400),
+            (40, 400)
+        );
     }
 
     #[test]

@@ -273,8 +273,13 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
     let (_, again) = app
         .post("/v1/billing/samples", &admin, json!({ "samples": [other] }))
         .await;
-    assert_eq!(again["conflicting"][0]["conflict"]["id"], conflict_id, "{again}");
-    let (status, listed) = app.get("/v1/billing/conflicts?period=2026-11", &admin).await;
+    assert_eq!(
+        again["conflicting"][0]["conflict"]["id"], conflict_id,
+        "{again}"
+    );
+    let (status, listed) = app
+        .get("/v1/billing/conflicts?period=2026-11", &admin)
+        .await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["id"], conflict_id);
@@ -921,7 +926,9 @@ async fn an_accepted_conflict_corrects_a_closed_month_and_margins_use_the_config
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["resolution"], "accepted");
     assert_eq!(body["stored"]["requests"], 30_000, "{body}");
-    let (_, listed) = app.get("/v1/billing/conflicts?period=2026-11", &admin).await;
+    let (_, listed) = app
+        .get("/v1/billing/conflicts?period=2026-11", &admin)
+        .await;
     assert_eq!(listed[0]["resolution"], "accepted", "{listed}");
     assert_eq!(listed[0]["stored"]["requests"], 30_000, "{listed}");
 
@@ -972,7 +979,10 @@ async fn an_accepted_conflict_corrects_a_closed_month_and_margins_use_the_config
     )
     .await;
     let (status, body) = app
-        .get(&format!("/v1/billing/metering?period=2026-11&site={a}"), &admin)
+        .get(
+            &format!("/v1/billing/metering?period=2026-11&site={a}"),
+            &admin,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["billed_hours"], 720, "{}", body["billed_hours"]);
@@ -991,12 +1001,18 @@ async fn an_accepted_conflict_corrects_a_closed_month_and_margins_use_the_config
     );
     assert_eq!(at_hour(hour + 7200)["edge_requests"], Value::Null);
     let (status, body) = app
-        .get("/v1/billing/metering?period=2026-11&site=aaaaaaaaaa", &admin)
+        .get(
+            "/v1/billing/metering?period=2026-11&site=aaaaaaaaaa",
+            &admin,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let owner = owner_of_acme(&app, &admin, &acme).await;
     let (status, body) = app
-        .get(&format!("/v1/billing/metering?period=2026-11&site={a}"), &owner)
+        .get(
+            &format!("/v1/billing/metering?period=2026-11&site={a}"),
+            &owner,
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
@@ -1011,7 +1027,10 @@ async fn an_accepted_conflict_corrects_a_closed_month_and_margins_use_the_config
     );
     // A cost given in the query wins; another currency needs its own cost.
     let (_, body) = app
-        .get("/v1/billing/margins?period=2026-11&cluster_cost_minor=1000", &admin)
+        .get(
+            "/v1/billing/margins?period=2026-11&cluster_cost_minor=1000",
+            &admin,
+        )
         .await;
     assert_eq!(body[0]["cost_minor"], 1000, "{body}");
     let (status, body) = app
