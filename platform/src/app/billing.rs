@@ -11,11 +11,16 @@
 //! - A price applies from 00:00 UTC of its `effective_from` date; prices are only added,
 //!   and only for a date after today, so a price change is never retroactive.
 //! - Usage comes in hourly samples keyed by (site, hour, source); the first sample of a key
-//!   wins, so re-ingesting changes nothing. Requests billed are the edge's (`source=edge`):
+//!   wins, so re-ingesting changes nothing. A sample with other values for a stored key is
+//!   a conflict: not applied, kept in `usage_sample_conflicts`, reported in the ingest's
+//!   answer and listed for staff, who accept (it replaces the sample) or reject it.
+//!   Requests billed are the edge's (`source=edge`):
 //!   the edge counts every request served to the site's visitors, including Varnish cache
 //!   hits that never reach the site, and it runs outside the tenant's container, which the
 //!   tenant's own code (plugins) could tamper with. The agent's access-log counts are kept
-//!   for comparison. Storage is the agent's (`wp_content_bytes + db_bytes`).
+//!   for comparison (`agent_request_counts`: the growth of each report's counters, in the
+//!   hour it arrives; [`metering`] shows both side by side). Storage is the agent's
+//!   (`wp_content_bytes + db_bytes`).
 //! - An hour the site was billed for without a sample of a source is a gap, counted per
 //!   line (`gap_hours_edge`, `gap_hours_agent`); it is never read as zero usage silently.
 //! - Overage per line (site × plan × price): requests over the included requests prorated
@@ -833,6 +838,9 @@ pub async fn record_agent_storage(
     Ok(())
 }
 
+/// A stored agent report's origin and counters: (task, started at, seq, requests, bytes).
+pub type CountedReport<'a> = (Option<&'a str>, DateTime<Utc>, i64, u64, u64);
+
 /// What one agent report adds to the site's access-log counts: the growth of its counters
 /// since the report it replaces when both come from the same agent process (same task,
 /// same start, later sequence number), else everything the new process counted since it
@@ -840,7 +848,7 @@ pub async fn record_agent_storage(
 /// `current` the new report's (task, started at, seq). Counters that went down (a reset
 /// the origin did not show) count from zero.
 pub fn counted_since(
-    previous: Option<(Option<&str>, DateTime<Utc>, i64, u64, u64)>,
+    previous: Option<CountedReport<'_>>,
     current: (Option<&str>, DateTime<Utc>, i64),
     requests_total: u64,
     bytes_total: u64,
