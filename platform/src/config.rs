@@ -493,6 +493,34 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_cost_comes_from_file_or_environment_and_is_checked() {
+        let config = Config::load_from(None, &[]).expect("defaults");
+        assert_eq!(config.billing.cluster_monthly_cost_minor, None);
+        assert_eq!(config.billing.currency, "USD");
+        let env = vec![(
+            "PRESSDOCK_BILLING_CLUSTER_MONTHLY_COST_MINOR".to_owned(),
+            "361300".to_owned(),
+        )];
+        let config = Config::load_from(None, &env).expect("config");
+        assert_eq!(config.billing.cluster_monthly_cost_minor, Some(361_300));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[billing]\ncluster_monthly_cost_minor = 5\ncurrency = \"usd\"\n",
+        )
+        .expect("write");
+        let err = Config::load_from(Some(&path), &[]).expect_err("lower-case currency");
+        assert!(format!("{err:#}").contains("billing.currency"), "{err:#}");
+        std::fs::write(&path, "[billing]\ncluster_monthly_cost_minor = -1\n").expect("write");
+        let err = Config::load_from(Some(&path), &[]).expect_err("negative cost");
+        assert!(
+            format!("{err:#}").contains("billing.cluster_monthly_cost_minor"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p.toml");
