@@ -328,3 +328,27 @@ mod tests {
         assert_eq!(backoff_secs(u32::MAX, 60, 86_400), 86_400);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_two_thirds_into_the_lifetime() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 4, 1); // 90 days
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test Issuer");
+        let cert = params.self_signed(&key).unwrap();
+        let issued = describe(&cert.pem()).unwrap();
+        assert_eq!(issued.issuer, "CN=Test Issuer");
+        assert_eq!(issued.not_before.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        assert_eq!(issued.not_after.to_rfc3339(), "2026-04-01T00:00:00+00:00");
+        assert_eq!(issued.renew_at.to_rfc3339(), "2026-03-02T00:00:00+00:00");
+        assert!(describe("not a certificate").is_err());
+    }
+}

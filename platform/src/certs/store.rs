@@ -83,19 +83,30 @@ fn account_context(directory: &str) -> String {
     format!("acme/account/{directory}")
 }
 
+#[derive(FromRow)]
+struct AccountRow {
+    account_directory: Option<String>,
+    account_nonce: Option<Vec<u8>>,
+    account_sealed: Option<Vec<u8>>,
+}
+
 /// The sealed account credentials (JSON) of `directory`, opened.
 pub async fn account(
     db: &MySqlPool,
     secrets: &SecretBox,
     directory: &str,
 ) -> anyhow::Result<Option<String>> {
-    let row: Option<(Option<String>, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+    let row: Option<AccountRow> = sqlx::query_as(
         "SELECT account_directory, account_nonce, account_sealed FROM acme_settings WHERE id = 1",
     )
     .fetch_optional(db)
     .await?;
     match row {
-        Some((Some(dir), Some(nonce), Some(sealed))) if dir == directory => Ok(Some(
+        Some(AccountRow {
+            account_directory: Some(dir),
+            account_nonce: Some(nonce),
+            account_sealed: Some(sealed),
+        }) if dir == directory => Ok(Some(
             secrets
                 .open(&account_context(directory), &nonce, &sealed)
                 .context("opening the ACME account")?,

@@ -438,6 +438,47 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     );
     server.abort();
 
+    // Renewal: once due (forced here; normally two thirds into the lifetime) the issuer
+    // orders again and the edge gets the new certificate.
+    sqlx::query("UPDATE certificates SET next_attempt_at = NOW(6) WHERE domain = ?")
+        .bind(&good)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut renewed = None;
+    for _ in 0..600 {
+        let config: Value = edge
+            .get(format!("{}/edge/traefik.json", app.base))
+            .bearer_auth(EDGE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let chain = config["tls"]["certificates"][0]["certFile"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if chain != material.chain_pem {
+            renewed = Some(chain);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(renewed.is_some(), "the certificate was not renewed");
+    let certificates = site_certificates(&app, &admin, &site).await;
+    assert_eq!(certificates[0]["state"], "valid", "{certificates}");
+    let renew: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(certificates[0]["next_attempt_at"].clone()).unwrap();
+    assert!(renew > chrono::Utc::now(), "{certificates}");
+
+    // The account is registered once and shown without its key.
+    let (status, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["account_registered"], true, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+
     // A restarted platform (a new issuer on the same database) orders nothing it holds.
     let again = Issuer::new(
         app.db.clone(),
@@ -463,5 +504,97 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         1
     );
 
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn acme_settings_are_validated_and_staff_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (status, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({ "directory_url": null, "contact_email": null, "account_registered": false })
+    );
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(json!({ "directory": "http://acme.test/dir", "contact_email": "nope" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["directory", "contact_email"], "{body}");
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(
+                json!({ "directory": "letsencrypt-staging", "contact_email": "Ops@Example.test" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "directory_url": platform::certs::LETS_ENCRYPT_STAGING,
+            "contact_email": "ops@example.test",
+            "account_registered": false,
+        })
+    );
+    // Operators read, only admins change; tenants see neither.
+    let operator = app.staff_with_role(&admin, "operator").await;
+    let (status, _) = app.get("/v1/admin/acme", &operator).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&operator),
+            Some(json!({ "directory": "letsencrypt", "contact_email": "a@b.test" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let tenant = app.create_tenant(&admin, "acme-co").await;
+    let (owner, _) = app.user_with_role(&admin, &tenant, "owner").await;
+    let (status, body) = app.get("/v1/admin/acme", &owner).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["status"], 403, "{body}");
+    // The change is audited.
+    let (status, body) = app.get("/v1/audit", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "acme.settings"),
+        "{body}"
+    );
+    // The edge provider is off without a token, and the challenge route knows no token.
+    let (status, _) = app
+        .request(Method::GET, "/edge/traefik.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .request(
+            Method::GET,
+            "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["status"], 404, "{body}");
     app.finish().await;
 }
