@@ -473,6 +473,22 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         serde_json::from_value(certificates[0]["next_attempt_at"].clone()).unwrap();
     assert!(renew > chrono::Utc::now(), "{certificates}");
 
+    // The expiry metric: pebble's certificates last longer than 14 days.
+    let metrics = edge
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pressdock_certificates_expiring_14d 0"),
+        "{metrics}"
+    );
+
     // The account is registered once and shown without its key.
     let (status, body) = app.get("/v1/admin/acme", &admin).await;
     assert_eq!(status, StatusCode::OK, "{body}");
