@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(staff_audit))
         .route("/admin/reconcilers", get(reconcilers))
         .route("/admin/reconcilers/run", post(run_reconcilers))
+        .route("/admin/acme", get(acme_settings).put(set_acme_settings))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
     let body_limit = state.config.body_limit_bytes;
@@ -118,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::certs::edge::router())
         .route(
             "/metrics",
             get(metrics::handler).with_state(state.metrics.clone()),
@@ -967,6 +969,28 @@ async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResu
     }
 }
 
+#[utoipa::path(get, path = "/v1/admin/acme", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = crate::certs::AcmeSettings)))]
+async fn acme_settings(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> ApiResult<Json<crate::certs::AcmeSettings>> {
+    Ok(Json(crate::certs::get_settings(&state, &actor).await?))
+}
+
+#[utoipa::path(put, path = "/v1/admin/acme", tag = "admin", security(("bearer" = [])),
+    request_body = crate::certs::AcmeSettingsChange,
+    responses((status = 200, body = crate::certs::AcmeSettings)))]
+async fn set_acme_settings(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<crate::certs::AcmeSettingsChange>,
+) -> ApiResult<Json<crate::certs::AcmeSettings>> {
+    Ok(Json(
+        crate::certs::put_settings(&state, &actor, input).await?,
+    ))
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -1153,7 +1177,7 @@ fn describe_error(status: u16) -> &'static str {
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
-        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
+        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers, acme_settings, set_acme_settings,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
 )]

@@ -116,6 +116,8 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub placement: PlacementConfig,
+    #[serde(default)]
+    pub certs: CertsConfig,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -223,6 +225,57 @@ impl Default for ReconcileConfig {
             enabled: true,
             interval_secs: 60,
             orphan_grace_secs: 3600,
+        }
+    }
+}
+
+/// ACME certificates of the sites' domains (`crate::certs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsConfig {
+    /// Run the issuer inside `serve`. Needs `secret_key` (certificates are sealed with it).
+    pub enabled: bool,
+    /// The ACME directory used until staff choose one: `letsencrypt`,
+    /// `letsencrypt-staging` or an `https://` URL.
+    pub directory: Option<String>,
+    /// Contact e-mail of the ACME account, with `directory`.
+    pub contact_email: String,
+    /// PEM file of the root that the directory's own HTTPS chains to, when it is not a
+    /// public one (pebble's); `None`: the system's roots.
+    pub directory_ca_file: Option<std::path::PathBuf>,
+    /// Seconds between passes of the issuer.
+    pub interval_secs: u64,
+    /// Orders started per pass (at most; the rest wait for the next pass).
+    pub max_orders_per_pass: u32,
+    /// How long an order may take to become ready, and its certificate to be issued.
+    pub order_timeout_secs: u64,
+    /// Back-off after a failed order: doubling from this, up to `retry_max_secs`.
+    pub retry_base_secs: u64,
+    pub retry_max_secs: u64,
+    /// Bearer token Traefik presents to `GET /edge/traefik.json`; empty: that route is off.
+    pub edge_token: Secret,
+    /// URL at which the edge reaches the platform for the HTTP-01 answers (a route to it
+    /// is part of the edge's configuration); `None`: no such route.
+    pub challenge_upstream: Option<String>,
+    /// The edge's plain-HTTP entrypoint.
+    pub web_entrypoint: String,
+}
+
+impl Default for CertsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            directory: None,
+            contact_email: String::new(),
+            directory_ca_file: None,
+            interval_secs: 60,
+            max_orders_per_pass: 20,
+            order_timeout_secs: 120,
+            retry_base_secs: 300,
+            retry_max_secs: 86_400,
+            edge_token: Secret::default(),
+            challenge_upstream: None,
+            web_entrypoint: "web".to_owned(),
         }
     }
 }
