@@ -416,3 +416,26 @@ pub fn lab_staff_password() -> String {
         .expect("staff_password in the lab's secrets.toml")
         .to_owned()
 }
+
+/// The ports the lab volume's bricks listen on (`gluster volume status sites --xml`); the
+/// start of the lab's configured range when glusterd does not answer.
+pub fn gluster_bricks() -> Vec<u16> {
+    let out = Command::new("gluster")
+        .args(["--mode=script", "volume", "status", "sites", "--xml"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut ports: Vec<u16> = text
+        .split("<port>")
+        .skip(1)
+        .filter_map(|s| s.split('<').next()?.parse().ok())
+        .filter(|p| *p > 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() {
+        ports = vec![49152, 49153];
+    }
+    ports
+}

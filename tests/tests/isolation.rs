@@ -488,29 +488,6 @@ async fn redis_replicas(config: &toml::Table) -> Vec<String> {
         .collect()
 }
 
-/// The ports the volume's bricks listen on (`gluster volume status --xml`).
-fn gluster_bricks() -> Vec<u16> {
-    let out = Command::new("gluster")
-        .args(["--mode=script", "volume", "status", "sites", "--xml"])
-        .output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let mut ports: Vec<u16> = text
-        .split("<port>")
-        .skip(1)
-        .filter_map(|s| s.split('<').next()?.parse().ok())
-        .filter(|p| *p > 0)
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.is_empty() {
-        // glusterd did not answer: the lab's configured range starts here.
-        ports = vec![49152, 49153];
-    }
-    ports
-}
-
 /// The edge answers A's home page with A's title.
 async fn probe_edge(edge: &str, site: &Site) -> (Observed, String) {
     let http = reqwest::Client::builder()
@@ -817,7 +794,7 @@ async fn a_sites_code_reaches_only_its_own_database_cache_and_files() {
                 .to_owned(),
         ),
         agent_listener: split_addr(agent_url.trim_start_matches("http://")),
-        gluster_bricks: gluster_bricks(),
+        gluster_bricks: e2e::gluster_bricks(),
         needles: json!({ "A's agent token": agent_token, "A's admin password": admin_password }),
         probe_user: format!("pdiso_{suffix}"),
         a,

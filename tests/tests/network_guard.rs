@@ -203,12 +203,21 @@ async fn home_through_edge(domain: &str, title: &str) -> bool {
     }
 }
 
-/// The first Gluster brick port that answers on the host.
+/// A Gluster brick port that answers on the host (glusterd gives a restarted brick the
+/// next free port of the volume's range, so this asks it).
 fn a_brick_port() -> String {
-    (49152..=49160)
-        .map(|p| format!("{HOST_IP}:{p}"))
-        .find(|t| host_connects(t))
-        .expect("a Gluster brick listens on 49152-49160")
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = e2e::gluster_bricks()
+            .into_iter()
+            .map(|p| format!("{HOST_IP}:{p}"))
+            .find(|t| host_connects(t));
+        match found {
+            Some(t) => return t,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+            None => panic!("no Gluster brick answers (gluster volume status sites)"),
+        }
+    }
 }
 
 #[tokio::test]
