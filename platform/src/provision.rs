@@ -139,7 +139,7 @@ impl Provisioner {
 
     /// Brings the site's service to its spec (after its placement changed).
     pub async fn ensure_site_service(&self, db: &MySqlPool, site: &str) -> Result<(), StepError> {
-        let id = SiteResourceId::parse(site).map_err(|e| permanent(e))?;
+        let id = SiteResourceId::parse(site).map_err(permanent)?;
         self.ensure_service(db, &id, false).await
     }
 
@@ -263,7 +263,7 @@ impl Provisioner {
         kind: SecretKind,
     ) -> Result<SitePassword, StepError> {
         let secret = self.secret(db, id, kind).await?;
-        SitePassword::parse(secret.expose()).map_err(|e| permanent(e))
+        SitePassword::parse(secret.expose()).map_err(permanent)
     }
 
     pub(crate) async fn ensure_database(
@@ -497,9 +497,9 @@ impl Provisioner {
                 "worker {node_name} has no swarm node id; sync nodes from the swarm"
             ))
         })?;
-        let node = NodeId::parse(&swarm_node).map_err(|e| permanent(e))?;
+        let node = NodeId::parse(&swarm_node).map_err(permanent)?;
         let domains = site_domains(db, id).await?;
-        let primary_domain = DomainName::parse(&primary).map_err(|e| permanent(e))?;
+        let primary_domain = DomainName::parse(&primary).map_err(permanent)?;
         let secrets = self.ensure_swarm_secrets(db, id).await?;
         let gluster = self
             .gluster
@@ -679,7 +679,7 @@ pub async fn site_domains(
         .fetch_all(db)
         .await?;
     rows.iter()
-        .map(|d| DomainName::parse(d).map_err(|e| permanent(e)))
+        .map(|d| DomainName::parse(d).map_err(permanent))
         .collect()
 }
 

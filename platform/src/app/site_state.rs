@@ -197,10 +197,10 @@ mod tests {
         );
         assert!(decide(S::Suspended, SiteEvent::Requested(K::SiteSuspend)).is_err());
         assert!(decide(S::Active, SiteEvent::Requested(K::SiteResume)).is_err());
-        let refused = decide(S::Active, SiteEvent::Requested(K::SiteResume)).unwrap_err();
+        let refused = decide(S::Active, SiteEvent::Requested(K::SiteResume));
         assert_eq!(
-            refused.to_string(),
-            "the site is active; site.resume does not apply now"
+            refused.map_err(|e| e.to_string()),
+            Err("the site is active; site.resume does not apply now".to_owned())
         );
     }
 

@@ -295,7 +295,7 @@ async fn await_ready(
     let swarm_to = swarm_to.ok_or_else(|| {
         StepError::permanent(CANNOT_MOVE, anyhow!("worker {} has no swarm id", m.to))
     })?;
-    let id = SiteResourceId::parse(site).map_err(|e| StepError::internal(e))?;
+    let id = SiteResourceId::parse(site).map_err(StepError::internal)?;
     let tasks = swarm.site_tasks(&id).await.map_err(|e| {
         StepError::retryable(
             "the container platform did not list the site's tasks",
