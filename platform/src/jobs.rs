@@ -370,7 +370,7 @@ impl Runner {
             }
         }
         if op_state == OperationState::Running {
-            finished(saga.finish, &ctx, Outcome::Succeeded).await?;
+            finished(saga, &ctx, Outcome::Succeeded).await?;
             self.set_operation(operation, OperationState::Succeeded, None)
                 .await?;
             self.finish_job(job, "done").await?;
@@ -419,7 +419,7 @@ impl Runner {
                 self.set_step(operation, *position, StepState::Undone, None)
                     .await?;
             }
-            finished(saga.finish, &ctx, Outcome::Failed).await?;
+            finished(saga, &ctx, Outcome::Failed).await?;
             self.set_operation(operation, OperationState::Failed, None)
                 .await?;
             self.finish_job(job, "failed").await?;
@@ -516,12 +516,8 @@ impl Runner {
 }
 
 /// Runs a saga's end; its failure interrupts the job, which runs the end again later.
-async fn finished(
-    finish: sagas::Finish,
-    ctx: &StepContext,
-    outcome: Outcome,
-) -> anyhow::Result<()> {
-    finish(ctx, outcome)
+async fn finished(saga: &sagas::Saga, ctx: &StepContext, outcome: Outcome) -> anyhow::Result<()> {
+    (saga.finish)(ctx, saga.kind, outcome)
         .await
         .map_err(|e| anyhow::anyhow!(e.internal_message()))
         .context("ending the saga")

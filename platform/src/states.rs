@@ -15,15 +15,15 @@ use sqlx::{
 /// A closed set of names stored as strings: serde, OpenAPI and sqlx all see the string.
 macro_rules! string_enum {
     (
-        $(#[$meta:meta])*
+        $(#[doc = $doc:literal])*
         pub enum $name:ident {
             $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
         }
     ) => {
-        $(#[$meta])*
+        $(#[doc = $doc])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-            serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+            serde::Serialize, serde::Deserialize,
         )]
         pub enum $name {
             $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
@@ -48,6 +48,24 @@ macro_rules! string_enum {
                 }
             }
         }
+
+        // By hand: the derive does not see the variants' serde names through this macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let description = [$($doc),*]
+                    .iter()
+                    .map(|line| line.trim())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some(description))
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,7 +153,7 @@ string_enum! {
 }
 
 string_enum! {
-    /// What an operation does; each kind is one saga (`crate::sagas`).
+    /// What an operation does; each kind is one saga (`platform/src/sagas/`).
     pub enum OperationKind {
         SiteCreate = "site.create",
         SiteDelete = "site.delete",

@@ -75,8 +75,8 @@ pub enum Outcome {
     Failed,
 }
 
-/// A saga's end: the target's state after it succeeded or unwound.
-pub type Finish = for<'a> fn(&'a StepContext, Outcome) -> BoxFuture<'a, StepResult>;
+/// A saga's end: the target's state after the saga of this kind succeeded or unwound.
+pub type Finish = for<'a> fn(&'a StepContext, OperationKind, Outcome) -> BoxFuture<'a, StepResult>;
 
 /// A kind of operation: its steps and its end.
 pub struct Saga {
@@ -119,7 +119,7 @@ fn always(_: &Provisioner) -> bool {
 }
 
 /// A finish that changes nothing.
-fn nothing_to_finish(_: &StepContext, _: Outcome) -> BoxFuture<'_, StepResult> {
+fn nothing_to_finish(_: &StepContext, _: OperationKind, _: Outcome) -> BoxFuture<'_, StepResult> {
     Box::pin(async { Ok(()) })
 }
 

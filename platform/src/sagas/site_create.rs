@@ -6,7 +6,7 @@
 use futures::future::BoxFuture;
 
 use super::{
-    Outcome, Saga, Step, StepContext, StepError, StepResult, Undo, always,
+    Saga, Step, StepContext, StepError, StepResult, Undo, always,
     site_steps::{self as s},
 };
 use crate::{provision::Provisioner, states::OperationKind};
@@ -75,12 +75,8 @@ pub static SAGA: Saga = Saga {
             when: |b| b.varnish.is_some(),
         },
     ],
-    finish,
+    finish: s::finish,
 };
-
-fn finish(c: &StepContext, outcome: Outcome) -> BoxFuture<'_, StepResult> {
-    Box::pin(s::finish(c, OperationKind::SiteCreate, outcome))
-}
 
 /// The site's row and domains were written with the operation (`app::sites::create`):
 /// this step checks they are still there and still `provisioning`.

@@ -3,10 +3,8 @@
 //! forward only: its steps are retried, and a step that fails for good leaves the site
 //! `failed` for an operator, with nothing taken back.
 
-use futures::future::BoxFuture;
-
 use super::{
-    Outcome, Saga, Step, StepContext, StepResult, Undo, always,
+    Saga, Step, Undo, always,
     site_steps::{self as s},
 };
 use crate::{provision::Provisioner, states::OperationKind};
@@ -79,9 +77,5 @@ pub static SAGA: Saga = Saga {
             when: Provisioner::any,
         },
     ],
-    finish,
+    finish: s::finish,
 };
-
-fn finish(c: &StepContext, outcome: Outcome) -> BoxFuture<'_, StepResult> {
-    Box::pin(s::finish(c, OperationKind::SiteDelete, outcome))
-}

@@ -1,10 +1,8 @@
 //! `site.resume`: the service scales back to one task and the edge serves the site's
 //! hosts again; the site ends `active`. Forward only, like a suspend.
 
-use futures::future::BoxFuture;
-
 use super::{
-    Outcome, Saga, Step, StepContext, StepResult, Undo, always,
+    Saga, Step, Undo, always,
     site_steps::{self as s},
 };
 use crate::states::OperationKind;
@@ -33,9 +31,5 @@ pub static SAGA: Saga = Saga {
             when: always,
         },
     ],
-    finish,
+    finish: s::finish,
 };
-
-fn finish(c: &StepContext, outcome: Outcome) -> BoxFuture<'_, StepResult> {
-    Box::pin(s::finish(c, OperationKind::SiteResume, outcome))
-}

@@ -112,7 +112,15 @@ pub(super) fn at_the_end(_: &StepContext) -> BoxFuture<'_, StepResult> {
 }
 
 /// The end of a site saga of `kind`: the site's state as `app::site_state` decides.
-pub(super) async fn finish(c: &StepContext, kind: OperationKind, outcome: Outcome) -> StepResult {
+pub(super) fn finish(
+    c: &StepContext,
+    kind: OperationKind,
+    outcome: Outcome,
+) -> BoxFuture<'_, StepResult> {
+    Box::pin(finish_site(c, kind, outcome))
+}
+
+async fn finish_site(c: &StepContext, kind: OperationKind, outcome: Outcome) -> StepResult {
     let agent_ready = if c.backends.agents_report() {
         let ready: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM agent_reports WHERE site_id = ? AND ready = 1")

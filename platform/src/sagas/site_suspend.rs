@@ -2,10 +2,8 @@
 //! service scales to zero; the site ends `suspended`. Forward only: a failure leaves the
 //! site as it was for an operator (the operation says why).
 
-use futures::future::BoxFuture;
-
 use super::{
-    Outcome, Saga, Step, StepContext, StepResult, Undo, always,
+    Saga, Step, Undo, always,
     site_steps::{self as s},
 };
 use crate::states::OperationKind;
@@ -34,9 +32,5 @@ pub static SAGA: Saga = Saga {
             when: always,
         },
     ],
-    finish,
+    finish: s::finish,
 };
-
-fn finish(c: &StepContext, outcome: Outcome) -> BoxFuture<'_, StepResult> {
-    Box::pin(s::finish(c, OperationKind::SiteSuspend, outcome))
-}
