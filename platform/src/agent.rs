@@ -317,6 +317,23 @@ pub async fn report(
         .execute(&mut *conn)
         .await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // The counters of the report this one replaces, for the access-log counts (billing).
+    #[allow(clippy::type_complexity)]
+    let previous: Option<(
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    )> = sqlx::query_as(
+        "SELECT task_id, started_at, seq, \
+             CAST(JSON_VALUE(report, '$.counters.requests_total') AS SIGNED), \
+             CAST(JSON_VALUE(report, '$.counters.response_bytes_total') AS SIGNED) \
+             FROM agent_reports WHERE site_id = ? FOR UPDATE",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
     let stored = store_report(
         &mut tx,
         id.as_str(),
@@ -347,6 +364,33 @@ pub async fn report(
             chrono::Utc::now(),
             report.sizes.wp_content_bytes,
             report.sizes.database_bytes,
+        )
+        .await?;
+    }
+    if stored {
+        let previous = previous.map(|(task_id, started_at, seq, requests, bytes)| {
+            (
+                task_id,
+                started_at,
+                seq,
+                u64::try_from(requests.unwrap_or(0)).unwrap_or(0),
+                u64::try_from(bytes.unwrap_or(0)).unwrap_or(0),
+            )
+        });
+        let (requests, bytes) = crate::app::billing::counted_since(
+            previous
+                .as_ref()
+                .map(|(task, started, seq, r, b)| (task.as_deref(), *started, *seq, *r, *b)),
+            (origin.task_id.as_deref(), origin.started_at, origin.seq),
+            report.counters.requests_total,
+            report.counters.response_bytes_total,
+        );
+        crate::app::billing::record_agent_requests(
+            &mut tx,
+            id.as_str(),
+            chrono::Utc::now(),
+            requests,
+            bytes,
         )
         .await?;
     }

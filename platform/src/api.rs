@@ -31,8 +31,9 @@ use crate::{
     app::{
         Page,
         billing::{
-            self, CloseRequest, ClosedPeriod, ExportQuery, Format, Ingested, Margin, MarginQuery,
-            NewPrice, Price, SampleBatch,
+            self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
+            MarginQuery, Metering, MeteringQuery, NewPrice, Price, Resolution, SampleBatch,
+            SampleConflict,
         },
         idempotency::IdemKey,
         nodes::{self, NewNode, Node, NodeChange},
@@ -94,6 +95,12 @@ pub fn router(state: AppState) -> Router {
         .route("/billing/close", post(close_period))
         .route("/billing/exports", get(billing_export))
         .route("/billing/margins", get(billing_margins))
+        .route("/billing/conflicts", get(list_conflicts))
+        .route("/billing/metering", get(billing_metering))
+        .route(
+            "/billing/conflicts/{conflict}/resolve",
+            post(resolve_conflict),
+        )
         .route("/nodes", get(list_nodes).post(register_node))
         .route(
             "/nodes/{node}",
@@ -104,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(staff_audit))
         .route("/admin/reconcilers", get(reconcilers))
         .route("/admin/reconcilers/run", post(run_reconcilers))
+        .route("/admin/acme", get(acme_settings).put(set_acme_settings))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
     let body_limit = state.config.body_limit_bytes;
@@ -111,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::certs::edge::router())
         .route(
             "/metrics",
             get(metrics::handler).with_state(state.metrics.clone()),
@@ -721,8 +730,9 @@ async fn add_price(
     ))
 }
 
-/// Stores hourly usage samples (staff); a sample already stored (same site, hour and
-/// source) is left unchanged.
+/// Stores hourly usage samples (staff). A sample already stored (same site, hour and
+/// source) is left unchanged; one with other values is not applied but kept as a conflict
+/// and reported in the answer.
 #[utoipa::path(post, path = "/v1/billing/samples", tag = "billing", security(("bearer" = [])),
     request_body = SampleBatch,
     responses((status = 200, body = Ingested), (status = 409, body = Problem)))]
@@ -790,10 +800,52 @@ async fn billing_export(
     Ok(response)
 }
 
+/// Samples that disagreed with the stored sample of their key, in a period (staff).
+#[utoipa::path(get, path = "/v1/billing/conflicts", tag = "billing", security(("bearer" = [])),
+    params(ConflictQuery), responses((status = 200, body = [SampleConflict])))]
+async fn list_conflicts(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<ConflictQuery>,
+) -> ApiResult<Json<Vec<SampleConflict>>> {
+    Ok(Json(billing::conflicts(&state, &actor, query).await?))
+}
+
+/// Accepts a conflicting sample (it replaces the stored one) or rejects it (staff admin),
+/// once.
+#[utoipa::path(post, path = "/v1/billing/conflicts/{conflict}/resolve", tag = "billing",
+    security(("bearer" = [])), params(("conflict" = String, Path, pattern = "^[0-9]{1,18}$")),
+    request_body = Resolution,
+    responses((status = 200, body = SampleConflict), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn resolve_conflict(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(conflict): ApiPath<String>,
+    ApiJson(input): ApiJson<Resolution>,
+) -> ApiResult<Json<SampleConflict>> {
+    Ok(Json(
+        billing::resolve_conflict(&state, &actor, &conflict, input, chrono::Utc::now()).await?,
+    ))
+}
+
+/// A site's hours in a month (staff): the edge's counts (billed) beside the agent's
+/// access-log counts and storage samples, with the gaps of each source.
+#[utoipa::path(get, path = "/v1/billing/metering", tag = "billing", security(("bearer" = [])),
+    params(MeteringQuery), responses((status = 200, body = Metering), (status = 404, body = Problem)))]
+async fn billing_metering(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<MeteringQuery>,
+) -> ApiResult<Json<Metering>> {
+    Ok(Json(
+        billing::metering(&state, &actor, query, chrono::Utc::now()).await?,
+    ))
+}
+
 /// Revenue, cost and margin per tenant and plan (staff): the cluster's monthly cost
 /// allocated to sites by worker slots used.
 #[utoipa::path(get, path = "/v1/billing/margins", tag = "billing", security(("bearer" = [])),
-    params(MarginQuery), responses((status = 200, body = [Margin])))]
+    params(MarginQuery), responses((status = 200, body = [Margin]), (status = 409, body = Problem)))]
 async fn billing_margins(
     State(state): State<AppState>,
     actor: Actor,
@@ -921,6 +973,28 @@ async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResu
             "a reconcile pass is running; see GET /v1/admin/reconcilers",
         )),
     }
+}
+
+#[utoipa::path(get, path = "/v1/admin/acme", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = crate::certs::AcmeSettings)))]
+async fn acme_settings(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> ApiResult<Json<crate::certs::AcmeSettings>> {
+    Ok(Json(crate::certs::get_settings(&state, &actor).await?))
+}
+
+#[utoipa::path(put, path = "/v1/admin/acme", tag = "admin", security(("bearer" = [])),
+    request_body = crate::certs::AcmeSettingsChange,
+    responses((status = 200, body = crate::certs::AcmeSettings)))]
+async fn set_acme_settings(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(input): ApiJson<crate::certs::AcmeSettingsChange>,
+) -> ApiResult<Json<crate::certs::AcmeSettings>> {
+    Ok(Json(
+        crate::certs::put_settings(&state, &actor, input).await?,
+    ))
 }
 
 struct BearerAuth;
@@ -1109,7 +1183,7 @@ fn describe_error(status: u16) -> &'static str {
         list_members, invite_member, change_role, remove_member,
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
-        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers,
+        list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers, acme_settings, set_acme_settings,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
 )]

@@ -116,12 +116,37 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub placement: PlacementConfig,
+    #[serde(default)]
+    pub certs: CertsConfig,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
     /// Settings of the provisioning drivers, kept as data until they are used.
     #[serde(default)]
     pub backends: toml::Table,
+    #[serde(default)]
+    pub billing: BillingConfig,
+}
+
+/// Billing: what the cluster costs, for the staff margin report.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// What the cluster costs a month, in minor units of `currency` (`pressdock-infra
+    /// cluster cost` estimates it from the provider's prices); allocated to sites by worker
+    /// slots used in `GET /v1/billing/margins`. `None`: the report needs it as a parameter.
+    pub cluster_monthly_cost_minor: Option<i64>,
+    /// ISO 4217 code of that cost.
+    pub currency: String,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            cluster_monthly_cost_minor: None,
+            currency: "USD".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -200,6 +225,57 @@ impl Default for ReconcileConfig {
             enabled: true,
             interval_secs: 60,
             orphan_grace_secs: 3600,
+        }
+    }
+}
+
+/// ACME certificates of the sites' domains (`crate::certs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsConfig {
+    /// Run the issuer inside `serve`. Needs `secret_key` (certificates are sealed with it).
+    pub enabled: bool,
+    /// The ACME directory used until staff choose one: `letsencrypt`,
+    /// `letsencrypt-staging` or an `https://` URL.
+    pub directory: Option<String>,
+    /// Contact e-mail of the ACME account, with `directory`.
+    pub contact_email: String,
+    /// PEM file of the root that the directory's own HTTPS chains to, when it is not a
+    /// public one (pebble's); `None`: the system's roots.
+    pub directory_ca_file: Option<std::path::PathBuf>,
+    /// Seconds between passes of the issuer.
+    pub interval_secs: u64,
+    /// Orders started per pass (at most; the rest wait for the next pass).
+    pub max_orders_per_pass: u32,
+    /// How long an order may take to become ready, and its certificate to be issued.
+    pub order_timeout_secs: u64,
+    /// Back-off after a failed order: doubling from this, up to `retry_max_secs`.
+    pub retry_base_secs: u64,
+    pub retry_max_secs: u64,
+    /// Bearer token Traefik presents to `GET /edge/traefik.json`; empty: that route is off.
+    pub edge_token: Secret,
+    /// URL at which the edge reaches the platform for the HTTP-01 answers (a route to it
+    /// is part of the edge's configuration); `None`: no such route.
+    pub challenge_upstream: Option<String>,
+    /// The edge's plain-HTTP entrypoint.
+    pub web_entrypoint: String,
+}
+
+impl Default for CertsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            directory: None,
+            contact_email: String::new(),
+            directory_ca_file: None,
+            interval_secs: 60,
+            max_orders_per_pass: 20,
+            order_timeout_secs: 120,
+            retry_base_secs: 300,
+            retry_max_secs: 86_400,
+            edge_token: Secret::default(),
+            challenge_upstream: None,
+            web_entrypoint: "web".to_owned(),
         }
     }
 }
@@ -351,6 +427,17 @@ impl Config {
                 "agent.report_timeout_secs must be at least 3 × agent.report_interval_secs (> 0)"
             );
         }
+        if self
+            .billing
+            .cluster_monthly_cost_minor
+            .is_some_and(|c| !(0..=1_000_000_000_000).contains(&c))
+        {
+            bail!("billing.cluster_monthly_cost_minor must be between 0 and 10^12");
+        }
+        let currency = &self.billing.currency;
+        if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
+            bail!("billing.currency must be an ISO 4217 code such as USD");
+        }
         Ok(())
     }
 }
@@ -384,6 +471,11 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "PRESSDOCK_AGENT_REPORT_TIMEOUT_SECS",
         "agent.report_timeout_secs",
     ),
+    (
+        "PRESSDOCK_BILLING_CLUSTER_MONTHLY_COST_MINOR",
+        "billing.cluster_monthly_cost_minor",
+    ),
+    ("PRESSDOCK_BILLING_CURRENCY", "billing.currency"),
 ];
 
 /// Sets `a.b` in the table from an environment string, typed by the key.
@@ -395,7 +487,8 @@ fn set_path(table: &mut toml::Table, key: &str, raw: String) -> anyhow::Result<(
         | "jobs.poll_millis"
         | "reconcile.interval_secs"
         | "reconcile.orphan_grace_secs"
-        | "agent.report_timeout_secs" => toml::Value::Integer(
+        | "agent.report_timeout_secs"
+        | "billing.cluster_monthly_cost_minor" => toml::Value::Integer(
             raw.parse()
                 .with_context(|| format!("{key} must be a whole number"))?,
         ),
@@ -450,6 +543,34 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("s3cret-pass"), "{printed}");
         assert!(printed.contains("mysql://u:[redacted]@db:3306/p"));
+    }
+
+    #[test]
+    fn the_cluster_cost_comes_from_file_or_environment_and_is_checked() {
+        let config = Config::load_from(None, &[]).expect("defaults");
+        assert_eq!(config.billing.cluster_monthly_cost_minor, None);
+        assert_eq!(config.billing.currency, "USD");
+        let env = vec![(
+            "PRESSDOCK_BILLING_CLUSTER_MONTHLY_COST_MINOR".to_owned(),
+            "361300".to_owned(),
+        )];
+        let config = Config::load_from(None, &env).expect("config");
+        assert_eq!(config.billing.cluster_monthly_cost_minor, Some(361_300));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[billing]\ncluster_monthly_cost_minor = 5\ncurrency = \"usd\"\n",
+        )
+        .expect("write");
+        let err = Config::load_from(Some(&path), &[]).expect_err("lower-case currency");
+        assert!(format!("{err:#}").contains("billing.currency"), "{err:#}");
+        std::fs::write(&path, "[billing]\ncluster_monthly_cost_minor = -1\n").expect("write");
+        let err = Config::load_from(Some(&path), &[]).expect_err("negative cost");
+        assert!(
+            format!("{err:#}").contains("billing.cluster_monthly_cost_minor"),
+            "{err:#}"
+        );
     }
 
     #[test]

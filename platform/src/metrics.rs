@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// Certificates that expire within 14 days (set by the certificate issuer's passes).
+    pub certs_expiring: IntGauge,
 }
 
 impl Metrics {
@@ -42,10 +44,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let certs_expiring = IntGauge::new(
+            "pressdock_certificates_expiring_14d",
+            "Site certificates that expire within 14 days",
+        )?;
+        registry.register(Box::new(certs_expiring.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
+            certs_expiring,
         })
     }
 

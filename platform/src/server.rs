@@ -84,6 +84,21 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    if state.config.certs.enabled {
+        if state.config.secret_key.is_empty() {
+            anyhow::bail!("certs.enabled needs secret_key: certificates are sealed with it");
+        }
+        let issuer = crate::certs::issuer::Issuer::new(
+            state.db.clone(),
+            state.provisioner.secrets.clone(),
+            state.config.certs.clone(),
+        );
+        runners.push(tokio::spawn(crate::certs::issuer::run_periodically(
+            issuer,
+            state.metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
     if state.provisioner.agents_report() {
         runners.push(tokio::spawn(crate::agent::run_sweeper(
             state.db.clone(),

@@ -53,23 +53,10 @@ use backends::{
     swarm::{LABEL_SECRET_KIND, LABEL_SITE, NodeId, PlanResources, SecretKind, SecretRef},
     varnish::{HostState, HostTable, VarnishCli, VclMode},
 };
+use e2e::CREATE_STEPS as STEPS;
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-
-/// The steps a site create has in the platform with every backend configured, in order.
-const STEPS: &[&str] = &[
-    "record_site",
-    "reserve_slot",
-    "generate_secrets",
-    "ensure_database",
-    "ensure_router_user",
-    "ensure_cache_user",
-    "ensure_storage",
-    "ensure_swarm_secrets",
-    "ensure_service",
-    "publish_hosts",
-];
 
 /// The starter plan (platform/src/app/plans.rs): 1024 MB storage, 256 MB, 250 millicores.
 const QUOTA_BYTES: u64 = 1024 * 1024 * 1024;

@@ -29,7 +29,7 @@
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -38,7 +38,8 @@ use infra::lab::{HOST_IP, ports};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-const STATE: &str = "/var/lib/pressdock-lab";
+use e2e::{LAB_STATE as STATE, random};
+
 const PROBE_PHP: &str = include_str!("isolation/probe.php");
 const DRIVER_PHP: &str = include_str!("isolation/driver.php");
 /// Every capability a site task's processes may hold (`backends::swarm` `site_capabilities`):
@@ -347,169 +348,91 @@ fn split_addr(addr: &str) -> (String, u16) {
     (h.to_owned(), p.parse().unwrap())
 }
 
-fn random() -> String {
-    platform::domain::Id::generate().to_string()
-}
-
 fn enabled() -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1")
-        || !Path::new(STATE).join("lab.toml").exists()
-    {
-        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
-        return false;
-    }
-    true
+    e2e::lab_tests_enabled(&Path::new(STATE).join("lab.toml"))
 }
 
 fn read_toml(path: &str) -> toml::Table {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .parse()
-        .unwrap()
+    e2e::read_toml(Path::new(path))
 }
 
+/// `docker -H <host> <args>`, which must succeed: its stdout, trimmed.
 fn docker(host: &str, args: &[&str]) -> String {
-    let out = Command::new(infra::lab::DOCKER)
-        .arg("-H")
-        .arg(host)
-        .args(args)
-        .output()
+    e2e::docker_stdout(&e2e::sock_of(host), args)
+}
+
+/// The lab's platform API, as its staff admin, and a `pressdock serve` of ours when the
+/// lab's own was not running (kept until dropped).
+async fn connect(
+    lab: &toml::Table,
+    config: &toml::Table,
+) -> (e2e::Api, Option<tokio::process::Child>) {
+    let base = lab["platform_url"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// The lab's platform API, as its staff admin.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-    /// A `pressdock serve` of ours when the lab's own was not running.
-    _own: Option<tokio::process::Child>,
-}
-
-impl Api {
-    async fn connect(lab: &toml::Table, config: &toml::Table) -> Self {
-        let base = lab["platform_url"].as_str().unwrap().to_owned();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let ready = |http: reqwest::Client, base: String| async move {
-            http.get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        };
-        let mut own = None;
-        if !ready(http.clone(), base.clone()).await {
-            // Stopped by another lab test: run one on the lab's config for this test.
-            let bin = std::env::var("PRESSDOCK_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock")
-                });
-            eprintln!(
-                "the lab's platform is not running: starting {}",
-                bin.display()
-            );
-            let child = tokio::process::Command::new(bin)
-                .args([
-                    "serve",
-                    "--config",
-                    lab["platform_config"].as_str().unwrap(),
-                ])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            own = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !ready(http.clone(), base.clone()).await {
-                assert!(
-                    Instant::now() < deadline,
-                    "pressdock serve did not become ready"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        let boot = config["bootstrap"].as_table().unwrap();
-        let login: Value = http
-            .post(format!("{base}/v1/auth/login"))
-            .json(&json!({ "email": boot["admin_email"], "password": boot["admin_password"] }))
+    let ready = |http: reqwest::Client, base: String| async move {
+        http.get(format!("{base}/readyz"))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    let mut own = None;
+    if !ready(http.clone(), base.clone()).await {
+        // Stopped by another lab test: run one on the lab's config for this test.
+        let bin = e2e::pressdock_binary();
+        eprintln!(
+            "the lab's platform is not running: starting {}",
+            bin.display()
+        );
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "serve",
+                "--config",
+                lab["platform_config"].as_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
             .unwrap();
-        let token = login["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("staff login: {login}"))
-            .to_owned();
-        Self {
-            base,
-            token,
-            http,
-            _own: own,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            r = r.json(&body);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn wait_operation(&self, op: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let (_, body) = self
-                .call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
-                .await;
-            if matches!(body["state"].as_str(), Some("succeeded" | "failed")) {
-                return body;
-            }
+        own = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready(http.clone(), base.clone()).await {
             assert!(
                 Instant::now() < deadline,
-                "operation {op} did not finish: {body}"
+                "pressdock serve did not become ready"
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    let boot = config["bootstrap"].as_table().unwrap();
+    let api = e2e::Api::login(
+        http,
+        &base,
+        boot["admin_email"].as_str().unwrap(),
+        boot["admin_password"].as_str().unwrap(),
+    )
+    .await;
+    (api, own)
+}
 
-    /// Waits until the site is active: created, and its agent reported WordPress ready.
-    async fn wait_active(&self, site: &str) {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let (_, body) = self
-                .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
-                .await;
-            if body["state"] == "active" {
-                return;
-            }
-            assert!(
-                body["state"] != "failed" && Instant::now() < deadline,
-                "site {site} did not become active: {body}"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
+/// Waits until the site is active: created, and its agent reported WordPress ready.
+async fn wait_active(api: &e2e::Api, site: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, body) = api
+            .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
+            .await;
+        if body["state"] == "active" {
+            return;
         }
+        assert!(
+            body["state"] != "failed" && Instant::now() < deadline,
+            "site {site} did not become active: {body}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -534,23 +457,12 @@ fn locate(manager: &str, nodes: &[LabNode], site: &str) -> (LabNode, String) {
         .find(|n| format!("pdlab-{}", n.name) == host)
         .unwrap_or_else(|| panic!("{service} runs on {host:?}, not a lab node"))
         .clone();
-    let container = docker(
-        &node.docker_host,
-        &[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.swarm.service.name={service}"),
-            "--filter",
-            "status=running",
-        ],
-    );
-    let container = container.lines().next().unwrap_or_default().to_owned();
-    assert!(
-        !container.is_empty(),
-        "no running container of {service} on {host}"
-    );
-    (node, container)
+    let container = e2e::find_container(
+        &[e2e::sock_of(&node.docker_host)],
+        &format!("label=com.docker.swarm.service.name={service}"),
+    )
+    .unwrap_or_else(|| panic!("no running container of {service} on {host}"));
+    (node, container.id)
 }
 
 /// Replicas of the Redis master, as the lab's Sentinels (admin user) list them.
@@ -817,39 +729,23 @@ async fn a_sites_code_reaches_only_its_own_database_cache_and_files() {
             manager: n["name"].as_str().unwrap().starts_with('m'),
         })
         .collect();
-    let api = Api::connect(&lab, &config).await;
+    let (api, _own) = connect(&lab, &config).await;
 
     // A fresh tenant with two sites.
     let suffix = random();
-    let (status, tenant) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/tenants",
-            Some(json!({ "slug": format!("iso-{suffix}"), "name": "Isolation suite" })),
-        )
+    let tenant = api
+        .create_tenant(&format!("iso-{suffix}"), "Isolation suite")
         .await;
-    assert_eq!(status, 201, "{tenant}");
-    let tenant = tenant["id"].as_str().unwrap().to_owned();
     let mut created = Vec::new();
     for which in ["a", "b"] {
         let domain = format!("iso-{which}-{suffix}.lab.test");
         let title = format!("Isolation {which} {suffix}");
-        let (status, body) = api
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/tenants/{tenant}/sites"),
-                Some(json!({ "name": title, "domain": domain, "plan": "starter" })),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
+        let body = api.create_site(&tenant, &title, &domain).await;
         created.push((body, domain, title));
     }
     for (body, _, _) in &created {
-        let done = api
-            .wait_operation(body["operation"]["id"].as_str().unwrap())
-            .await;
-        assert_eq!(done["state"], "succeeded", "{done}");
-        api.wait_active(body["site"]["id"].as_str().unwrap()).await;
+        api.succeeds(body).await;
+        wait_active(&api, body["site"]["id"].as_str().unwrap()).await;
     }
     let provisioned = started.elapsed();
     let admin_password = created[0].0["admin"]["password"]
@@ -1031,10 +927,7 @@ async fn a_sites_code_reaches_only_its_own_database_cache_and_files() {
                 .call(reqwest::Method::DELETE, &format!("/v1/sites/{site}"), None)
                 .await;
             assert_eq!(status, 202, "{body}");
-            let done = api
-                .wait_operation(body["operation"]["id"].as_str().unwrap())
-                .await;
-            assert_eq!(done["state"], "succeeded", "{done}");
+            api.succeeds(&body).await;
         }
         let (status, body) = api
             .call(

@@ -21,6 +21,7 @@ use backends::{
     SitePassword, SiteResourceId, SiteRuntime, SiteStorage, SwarmDriver, VarnishDriver,
     config::BackendsConfig,
 };
+use e2e::{CREATE_STEPS, DELETE_STEPS, random};
 use serde_json::{Value, json};
 
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -30,25 +31,25 @@ const ADMIN: &str = "admin@pressdock.test";
 const PASSWORD: &str = "lab-test-admin-password";
 
 fn enabled() -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") || !Path::new(LAB_CONFIG).exists()
-    {
-        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
-        return false;
+    e2e::lab_tests_enabled(Path::new(LAB_CONFIG))
+}
+
+/// The start of each test here: `None` when the lab tests do not run; else the lock that
+/// runs them one at a time (held), the lab (its own platform stopped) and a fresh name for
+/// the test's control-plane database.
+async fn begin() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab, String)> {
+    if !enabled() {
+        return None;
     }
-    true
+    let guard = LOCK.lock().await;
+    let lab = Lab::load();
+    Some((guard, lab, format!("pdtest_{}", random())))
 }
 
-/// The `pressdock` binary of this workspace (`cargo build --workspace --bins` first), or `PRESSDOCK_BIN`.
-fn pressdock_binary() -> PathBuf {
-    std::env::var("PRESSDOCK_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock"))
-}
-
-/// The bind-mount sources of a site's service, as the swarm records them.
-async fn service_mount_sources(lab: &Lab, site: &str) -> Vec<String> {
+/// The lab's swarm manager, through the Docker API.
+fn swarm_api(lab: &Lab) -> bollard::Docker {
     let host = &lab.backends.swarm.as_ref().unwrap().docker_host;
-    let docker = bollard::Docker::connect_with_socket(
+    bollard::Docker::connect_with_socket(
         host.trim_start_matches("unix://"),
         30,
         &bollard::ClientVersion {
@@ -56,8 +57,12 @@ async fn service_mount_sources(lab: &Lab, site: &str) -> Vec<String> {
             minor_version: 41,
         },
     )
-    .unwrap();
-    let service = docker
+    .unwrap()
+}
+
+/// The bind-mount sources of a site's service, as the swarm records them.
+async fn service_mount_sources(lab: &Lab, site: &str) -> Vec<String> {
+    let service = swarm_api(lab)
         .inspect_service(
             &format!("wp_{site}"),
             None::<bollard::query_parameters::InspectServiceOptions>,
@@ -77,17 +82,7 @@ async fn service_mount_sources(lab: &Lab, site: &str) -> Vec<String> {
 
 /// The swarm secrets of a site, by name.
 async fn swarm_secrets(lab: &Lab, site: &str) -> Vec<String> {
-    let host = &lab.backends.swarm.as_ref().unwrap().docker_host;
-    let docker = bollard::Docker::connect_with_socket(
-        host.trim_start_matches("unix://"),
-        30,
-        &bollard::ClientVersion {
-            major_version: 1,
-            minor_version: 41,
-        },
-    )
-    .unwrap();
-    let secrets = docker
+    let secrets = swarm_api(lab)
         .list_secrets(None::<bollard::query_parameters::ListSecretsOptions>)
         .await
         .unwrap();
@@ -96,10 +91,6 @@ async fn swarm_secrets(lab: &Lab, site: &str) -> Vec<String> {
         .filter_map(|s| s.spec.and_then(|spec| spec.name))
         .filter(|name| name.starts_with(&format!("wp_{site}")))
         .collect()
-}
-
-fn random() -> String {
-    platform::domain::Id::generate().to_string()
 }
 
 /// The lab's configuration, rewritten for a test platform of our own.
@@ -147,6 +138,19 @@ impl Lab {
         }
     }
 
+    /// Varnish's host table, as the control plane last wrote it.
+    fn host_table(&self) -> String {
+        std::fs::read_to_string(
+            self.backends
+                .varnish
+                .as_ref()
+                .unwrap()
+                .hosts_file
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap()
+    }
     fn galera(&self) -> GaleraDriver {
         GaleraDriver::new(self.backends.galera.as_ref().unwrap()).unwrap()
     }
@@ -167,11 +171,9 @@ impl Lab {
 /// A `pressdock serve` of ours on the lab, with its own control-plane database.
 struct Platform {
     child: tokio::process::Child,
-    base: String,
-    token: String,
+    api: e2e::Api,
     database_url: String,
     config_path: PathBuf,
-    http: reqwest::Client,
 }
 
 impl Platform {
@@ -232,7 +234,7 @@ impl Platform {
         table.insert("jobs".into(), jobs.into());
         let config_path = std::env::temp_dir().join(format!("pd-lab-test-{database}-{port}.toml"));
         std::fs::write(&config_path, toml::to_string(&table).unwrap()).unwrap();
-        let mut child = tokio::process::Command::new(pressdock_binary())
+        let mut child = tokio::process::Command::new(e2e::pressdock_binary())
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("PRESSDOCK_FAILPOINTS", failpoints)
@@ -259,55 +261,26 @@ impl Platform {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let login: Value = http
-            .post(format!("{base}/v1/auth/login"))
-            .json(&json!({ "email": ADMIN, "password": PASSWORD }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["access_token"].as_str().unwrap().to_owned();
+        let mut api = e2e::Api::login(http, &base, ADMIN, PASSWORD).await;
+        api.poll = Duration::from_millis(250);
         Self {
             child,
-            base,
-            token,
+            api,
             database_url,
             config_path,
-            http,
         }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            r = r.json(&body);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.api.call(method, path, body).await
     }
 
     /// Syncs the nodes from the swarm, and makes a tenant.
     async fn prepare(&self) -> String {
         self.reconcile().await;
-        let (status, tenant) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/tenants",
-                Some(json!({ "slug": format!("t-{}", random()), "name": "Lab test" })),
-            )
-            .await;
-        assert_eq!(status, 201, "{tenant}");
-        tenant["id"].as_str().unwrap().to_owned()
+        self.api
+            .create_tenant(&format!("t-{}", random()), "Lab test")
+            .await
     }
 
     async fn create_site(&self, tenant: &str, domain: &str) -> (String, String) {
@@ -373,24 +346,11 @@ impl Platform {
     }
 
     async fn operation(&self, op: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
-            .await
-            .1
+        self.api.operation(op).await
     }
 
     async fn wait(&self, op: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            let body = self.operation(op).await;
-            if matches!(body["state"].as_str(), Some("succeeded" | "failed")) {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "operation {op} did not finish: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        self.api.wait_operation(op, Duration::from_secs(240)).await
     }
 
     fn kill9(&mut self) {
@@ -474,16 +434,7 @@ async fn assert_present(lab: &Lab, p: &Platform, site: &str) {
         service.exists && service.replicas == Some(1),
         "swarm: {service:?}"
     );
-    let vcl = std::fs::read_to_string(
-        lab.backends
-            .varnish
-            .as_ref()
-            .unwrap()
-            .hosts_file
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
+    let vcl = lab.host_table();
     assert!(vcl.contains(site), "the host table names the site");
 }
 
@@ -501,27 +452,15 @@ async fn assert_absent(lab: &Lab, site: &str) {
     );
     let service = lab.swarm().observe_service(&id).await.unwrap();
     assert!(!service.exists, "swarm: {service:?}");
-    let vcl = std::fs::read_to_string(
-        lab.backends
-            .varnish
-            .as_ref()
-            .unwrap()
-            .hosts_file
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
+    let vcl = lab.host_table();
     assert!(!vcl.contains(site), "the host table does not name the site");
 }
 
 #[tokio::test]
 async fn a_site_lives_in_every_backend_is_isolated_and_drift_is_repaired() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let p = Platform::start(&lab, &database, "").await;
     let tenant = p.prepare().await;
     let (a, op_a) = p
@@ -736,40 +675,11 @@ async fn a_site_lives_in_every_backend_is_isolated_and_drift_is_repaired() {
     p.stop().await;
 }
 
-const CREATE_STEPS: &[&str] = &[
-    "record_site",
-    "reserve_slot",
-    "generate_secrets",
-    "ensure_database",
-    "ensure_router_user",
-    "ensure_cache_user",
-    "ensure_storage",
-    "ensure_swarm_secrets",
-    "ensure_service",
-    "publish_hosts",
-];
-
-const DELETE_STEPS: &[&str] = &[
-    "unpublish_hosts",
-    "remove_service",
-    "remove_swarm_secrets",
-    "remove_storage",
-    "remove_cache_user",
-    "remove_router_user",
-    "remove_database",
-    "release_slot",
-    "release_domains",
-    "forget_secrets",
-];
-
 #[tokio::test]
 async fn a_failure_at_every_create_step_unwinds_to_nothing() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     for step in CREATE_STEPS {
         let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
         let tenant = p.prepare().await;
@@ -800,12 +710,9 @@ async fn a_failure_at_every_create_step_unwinds_to_nothing() {
 
 #[tokio::test]
 async fn every_step_run_twice_gives_the_same_state() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let p = Platform::start(&lab, &database, "*=twice").await;
     let tenant = p.prepare().await;
     let site = p.create_ready(&tenant, "twice").await;
@@ -817,28 +724,14 @@ async fn every_step_run_twice_gives_the_same_state() {
         "one secret per kind, not two: {swarm_secrets:?}"
     );
     // Suspend, resume and a plan change, each step twice too.
-    let domain = p
-        .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
-        .await
-        .1["domain"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let domain = p.domain(&site).await;
     let op = p.transition(&site, "suspend").await;
     assert_eq!(p.wait(&op).await["state"], "succeeded");
     assert_suspended(&lab, &site, &domain).await;
     let op = p.transition(&site, "resume").await;
     assert_eq!(p.wait(&op).await["state"], "succeeded");
     assert_present(&lab, &p, &site).await;
-    let (status, body) = p
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/sites/{site}"),
-            Some(json!({ "plan": "business" })),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let done = p.wait(body["operation"]["id"].as_str().unwrap()).await;
+    let done = p.change_plan(&site, "business").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let storage = lab
         .gluster()
@@ -857,12 +750,9 @@ async fn every_step_run_twice_gives_the_same_state() {
 /// and the site as the database says it is, which the next reconcile pass restores.
 #[tokio::test]
 async fn a_failed_suspend_is_repaired_by_the_next_reconcile_pass() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let p = Platform::start(&lab, &database, "scale_down=fail").await;
     let tenant = p.prepare().await;
     let site = p.create_ready(&tenant, "halfsusp").await;
@@ -891,12 +781,9 @@ async fn a_failed_suspend_is_repaired_by_the_next_reconcile_pass() {
 /// the operation saying why, and deleting it again removes what is left, everywhere.
 #[tokio::test]
 async fn a_failure_at_every_delete_step_is_finished_by_deleting_again() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let setup = Platform::start(&lab, &database, "").await;
     let tenant = setup.prepare().await;
     setup.stop().await;
@@ -927,12 +814,9 @@ async fn a_failure_at_every_delete_step_is_finished_by_deleting_again() {
 /// with a grace of 0 the next reconcile pass removes it.
 #[tokio::test]
 async fn an_orphan_of_a_failed_delete_is_removed_after_the_grace() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let p = Platform::start(&lab, &database, "remove_database=refuse").await;
     let tenant = p.prepare().await;
     let site = p.create_ready(&tenant, "orphan").await;
@@ -967,55 +851,26 @@ async fn an_orphan_of_a_failed_delete_is_removed_after_the_grace() {
 /// brings every backend back to that state.
 #[tokio::test]
 async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let setup = Platform::start(&lab, &database, "").await;
     let tenant = setup.prepare().await;
     let site = setup.create_ready(&tenant, "forward").await;
-    let domain = setup
-        .call(reqwest::Method::GET, &format!("/v1/sites/{site}"), None)
-        .await
-        .1["domain"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let domain = setup.domain(&site).await;
     setup.stop().await;
     for step in ["suspend_hosts", "scale_down", "mark_suspended"] {
-        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
-        let op = p.transition(&site, "suspend").await;
-        assert_eq!(
-            p.wait(&op).await["state"],
-            "failed",
-            "suspend failing at {step}"
-        );
-        p.reconcile().await;
+        let p = failed_and_reconciled(&lab, &database, &site, "suspend", step).await;
         assert_present(&lab, &p, &site).await;
         p.stop().await;
     }
-    let p = Platform::start(&lab, &database, "").await;
-    let op = p.transition(&site, "suspend").await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
-    p.stop().await;
+    transition_succeeds(&lab, &database, &site, "suspend").await;
     for step in ["scale_up", "publish_hosts", "mark_active"] {
-        let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
-        let op = p.transition(&site, "resume").await;
-        assert_eq!(
-            p.wait(&op).await["state"],
-            "failed",
-            "resume failing at {step}"
-        );
-        p.reconcile().await;
+        let p = failed_and_reconciled(&lab, &database, &site, "resume", step).await;
         assert_suspended(&lab, &site, &domain).await;
         p.stop().await;
     }
-    let p = Platform::start(&lab, &database, "").await;
-    let op = p.transition(&site, "resume").await;
-    assert_eq!(p.wait(&op).await["state"], "succeeded");
-    p.stop().await;
+    transition_succeeds(&lab, &database, &site, "resume").await;
     let id = SiteResourceId::parse(&site).unwrap();
     for (i, step) in [
         "ensure_storage",
@@ -1030,15 +885,7 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
     {
         let p = Platform::start(&lab, &database, &format!("{step}=fail")).await;
         let plan = if i % 2 == 0 { "business" } else { "starter" };
-        let (status, body) = p
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/v1/sites/{site}"),
-                Some(json!({ "plan": plan })),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        let done = p.wait(body["operation"]["id"].as_str().unwrap()).await;
+        let done = p.change_plan(&site, plan).await;
         assert_eq!(done["state"], "failed", "update failing at {step}");
         p.reconcile().await;
         let quota = if plan == "business" { 5 } else { 1 } * 1024 * 1024 * 1024;
@@ -1059,6 +906,34 @@ async fn a_failure_at_every_suspend_resume_and_update_step_is_repaired() {
     p.stop().await;
 }
 
+/// A control plane failing at `step`, on which the site's `action` (suspend, resume) failed
+/// and then one reconcile pass ran: the caller checks the repair and stops it.
+async fn failed_and_reconciled(
+    lab: &Lab,
+    database: &str,
+    site: &str,
+    action: &str,
+    step: &str,
+) -> Platform {
+    let p = Platform::start(lab, database, &format!("{step}=fail")).await;
+    let op = p.transition(site, action).await;
+    assert_eq!(
+        p.wait(&op).await["state"],
+        "failed",
+        "{action} failing at {step}"
+    );
+    p.reconcile().await;
+    p
+}
+
+/// The site's `action` on a control plane that fails nowhere, which must succeed.
+async fn transition_succeeds(lab: &Lab, database: &str, site: &str, action: &str) {
+    let p = Platform::start(lab, database, "").await;
+    let op = p.transition(site, action).await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    p.stop().await;
+}
+
 /// The service is scaled to zero and the edge answers our maintenance page for the domain.
 async fn assert_suspended(lab: &Lab, site: &str, domain: &str) {
     let id = SiteResourceId::parse(site).unwrap();
@@ -1067,16 +942,7 @@ async fn assert_suspended(lab: &Lab, site: &str, domain: &str) {
         service.exists && service.replicas == Some(0),
         "scaled to zero: {service:?}"
     );
-    let vcl = std::fs::read_to_string(
-        lab.backends
-            .varnish
-            .as_ref()
-            .unwrap()
-            .hosts_file
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
+    let vcl = lab.host_table();
     assert!(
         vcl.contains(domain) && vcl.contains("Site suspended"),
         "host table: {vcl}"
@@ -1140,12 +1006,9 @@ async fn kill_at(
 
 #[tokio::test]
 async fn a_sigkill_at_every_step_of_create_and_delete_converges() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let database = format!("pdtest_{}", random());
+    };
     let setup = Platform::start(&lab, &database, "").await;
     let tenant = setup.prepare().await;
     setup.stop().await;
@@ -1265,12 +1128,10 @@ impl Visitor {
 /// for a purge through the agent; deleting the site leaves our not-found page.
 #[tokio::test]
 async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
-    let p = Platform::start_with_agents(&lab, &format!("pdtest_{}", random())).await;
+    };
+    let p = Platform::start_with_agents(&lab, &database).await;
     let tenant = p.prepare().await;
     let suffix = random();
     let domain = format!("rt-{suffix}.lab.test");
@@ -1623,6 +1484,24 @@ impl Platform {
             .1
     }
 
+    /// The site's primary domain.
+    async fn domain(&self, site: &str) -> String {
+        self.site(site).await["domain"].as_str().unwrap().to_owned()
+    }
+
+    /// `PATCH /v1/sites/{site}` to another plan: the finished operation.
+    async fn change_plan(&self, site: &str, plan: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/sites/{site}"),
+                Some(json!({ "plan": plan })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        self.wait(body["operation"]["id"].as_str().unwrap()).await
+    }
+
     /// Polls `GET /v1/sites/{site}` until `done` holds; returns that answer.
     async fn wait_site(
         &self,
@@ -1675,11 +1554,9 @@ impl Platform {
 /// dockerd is killed has its sites serving elsewhere within the grace period plus 60 s.
 #[tokio::test]
 async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
-    if !enabled() {
+    let Some((_guard, lab, database)) = begin().await else {
         return;
-    }
-    let _guard = LOCK.lock().await;
-    let lab = Lab::load();
+    };
     lab_tool(&["up", "--workers", "2", "--no-platform"]);
     let grace_secs = 20;
     let mut placement = toml::Table::new();
@@ -1691,7 +1568,6 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
     placement.insert("balance_after_passes".into(), 2.into());
     placement.insert("balance_after_secs".into(), 2.into());
     placement.insert("move_cooldown_secs".into(), 0.into());
-    let database = format!("pdtest_{}", random());
     let p = Platform::start_with_placement(&lab, &database, placement).await;
     let tenant = p.prepare().await;
 

@@ -24,12 +24,7 @@ const LAB_CONFIG: &str = "/var/lib/pressdock-lab/pressdock.toml";
 const PROBE_NODE: &str = "pdlab-w1";
 
 fn enabled() -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") || !Path::new(LAB_CONFIG).exists()
-    {
-        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
-        return false;
-    }
-    true
+    e2e::lab_tests_enabled(Path::new(LAB_CONFIG))
 }
 
 fn s3_config() -> S3Config {
@@ -561,88 +556,15 @@ fn gluster_admits_the_storage_certificate_from_the_storage_clients_only() {
 /// A running site's task (the demo site of `lab up`), as WordPress's PHP user, writes into
 /// its wp-content, and the file is in the volume as its node's TLS mount shows it.
 fn a_site_writes_its_wp_content() {
-    let docker = |sock: &Path, args: &[&str]| {
-        let out = Command::new("/usr/bin/docker")
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
-    let run = Path::new("/var/lib/pressdock-lab/run");
-    // The demo site's task: another test's site may be mid-delete (its directory gone, its
-    // task still running with a stale handle).
-    let (ok, out) = docker(
-        &run.join("pdlab-m1.sock"),
-        &[
-            "service",
-            "ls",
-            "--filter",
-            "label=pressdock.route.hosts=demo.lab.test",
-            "--format",
-            "{{.Name}}",
-        ],
-    );
-    assert!(ok, "listing the demo site's service: {out}");
-    let service = out
-        .lines()
-        .next()
-        .expect("the demo site's service (lab up makes demo.lab.test)")
-        .to_owned();
-    // Its task may be between two (the tests before this one kill nodes and move sites):
-    // wait for the swarm to run it again, bounded by what a task start takes at most.
-    let find = || {
-        std::fs::read_dir(run)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-            .find_map(|sock| {
-                let (ok, out) = docker(
-                    &sock,
-                    &[
-                        "ps",
-                        "--filter",
-                        &format!("label=com.docker.swarm.service.name={service}"),
-                        "--format",
-                        "{{.ID}} {{.Names}}",
-                    ],
-                );
-                let line = out.lines().next().filter(|_| ok)?.to_owned();
-                let (id, name) = line.split_once(' ')?;
-                let host = sock.file_stem()?.to_string_lossy().into_owned();
-                Some((sock.clone(), host, id.to_owned(), name.to_owned()))
-            })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let task = loop {
-        match find() {
-            Some(t) => break Some(t),
-            None if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-            None => break None,
-        }
-    };
-    let Some((sock, host, id, name)) = task else {
-        panic!("the demo site's task ({service}) did not run within 300 s");
-    };
-    // Task names are `wp_<site>.<slot>.<task id>`.
-    let site = name
-        .trim_start_matches("wp_")
-        .split('.')
-        .next()
-        .unwrap()
-        .to_owned();
+    let e2e::DemoTask {
+        sock,
+        host,
+        id,
+        name,
+        site,
+    } = e2e::demo_site_task();
     let probe = format!(".pd-tls-probe-{}", std::process::id());
-    let (ok, out) = docker(
+    let (ok, out) = e2e::docker(
         &sock,
         &[
             "exec",

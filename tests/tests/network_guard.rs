@@ -14,62 +14,29 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-const STATE: &str = "/var/lib/pressdock-lab";
-const API: &str = "http://127.0.0.1:23500";
+use e2e::{LAB_STATE as STATE, random};
+
 const EDGE: &str = "127.0.0.1:23080";
-const STAFF: &str = "admin@pressdock.test";
 const HOST_IP: &str = "10.213.0.1";
-const DOCKER: &str = "/usr/bin/docker";
 
 fn enabled() -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1")
-        || !Path::new(STATE).join("secrets.toml").exists()
-    {
-        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
-        return false;
-    }
-    true
+    e2e::lab_tests_enabled(&Path::new(STATE).join("secrets.toml"))
 }
 
-fn random() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{:x}", n % 0xffff_ffff)
-}
-
-/// The lab's worker hosts (`pdlab-w1`, …) from its topology.
-fn workers() -> Vec<String> {
-    let t: toml::Table = std::fs::read_to_string(Path::new(STATE).join("topology.toml"))
-        .unwrap()
-        .parse()
-        .unwrap();
+/// The docker sockets of the lab's workers (`pdlab-w1`, …), from its topology.
+fn worker_socks() -> Vec<PathBuf> {
+    let t = e2e::read_toml(&Path::new(STATE).join("topology.toml"));
     let n = t["workers"].as_integer().unwrap();
-    (1..=n).map(|i| format!("pdlab-w{i}")).collect()
-}
-
-fn docker(host: &str) -> Command {
-    let mut c = Command::new(DOCKER);
-    c.arg("-H").arg(format!("unix://{STATE}/run/{host}.sock"));
-    c
-}
-
-fn output(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (1..=n)
+        .map(|i| e2e::node_sock(&format!("pdlab-w{i}")))
+        .collect()
 }
 
 /// Connects to each `ip:port` (3 s each) and prints `open` or `closed <errno>` per line.
@@ -85,42 +52,51 @@ pub struct SiteTask {
     pub id: String,
 }
 
+impl From<e2e::Container> for SiteTask {
+    fn from(c: e2e::Container) -> Self {
+        Self {
+            node: c.host,
+            id: c.id,
+        }
+    }
+}
+
 impl SiteTask {
     /// A running container with the label `label=value` (any value when empty), on
     /// whichever worker.
     pub fn find(label: &str, value: &str) -> Option<Self> {
-        let filter = if value.is_empty() {
-            format!("label={label}")
-        } else {
-            format!("label={label}={value}")
-        };
-        for node in workers() {
-            let ids = output(docker(&node).args(["ps", "-q", "--filter", &filter]));
-            if let Some(id) = ids.split_whitespace().next() {
-                return Some(Self {
-                    node,
-                    id: id.to_owned(),
-                });
-            }
-        }
-        None
+        e2e::find_container(&worker_socks(), &Self::filter(label, value)).map(Self::from)
     }
 
     /// A site's task (`pressdock.site=<id>`), waiting for it to run.
     pub fn of_site(site: &str) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(t) = Self::find("pressdock.site", site) {
-                return t;
-            }
-            assert!(Instant::now() < deadline, "no running task of site {site}");
-            std::thread::sleep(Duration::from_millis(500));
+        e2e::wait_container(
+            worker_socks,
+            &Self::filter("pressdock.site", site),
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+        )
+        .map(Self::from)
+        .unwrap_or_else(|| panic!("no running task of site {site}"))
+    }
+
+    fn filter(label: &str, value: &str) -> String {
+        if value.is_empty() {
+            format!("label={label}")
+        } else {
+            format!("label={label}={value}")
         }
+    }
+
+    /// `docker` against the task's node.
+    fn docker(&self) -> Command {
+        e2e::docker_command(&e2e::node_sock(&self.node))
     }
 
     /// `docker exec` as `user`; (exit ok, stdout).
     pub fn exec(&self, user: &str, args: &[&str]) -> (bool, String) {
-        let out = docker(&self.node)
+        let out = self
+            .docker()
             .args(["exec", "-u", user, &self.id])
             .args(args)
             .output()
@@ -145,7 +121,7 @@ impl SiteTask {
 
     /// The task's address on the sites' overlay network.
     pub fn overlay_ip(&self) -> String {
-        output(docker(&self.node).args([
+        e2e::output(self.docker().args([
             "inspect",
             "-f",
             "{{(index .NetworkSettings.Networks \"pd-sites\").IPAddress}}",
@@ -156,9 +132,12 @@ impl SiteTask {
     }
 
     pub fn pid(&self) -> String {
-        output(docker(&self.node).args(["inspect", "-f", "{{.State.Pid}}", &self.id]))
-            .trim()
-            .to_owned()
+        e2e::output(
+            self.docker()
+                .args(["inspect", "-f", "{{.State.Pid}}", &self.id]),
+        )
+        .trim()
+        .to_owned()
     }
 }
 
@@ -186,99 +165,19 @@ fn node_connects(node: &str, ip: &str, port: u16) -> bool {
         .success()
 }
 
-struct Api {
-    http: reqwest::Client,
-    token: String,
+/// A site of `tenant` titled `title`, created and active.
+async fn create_site(api: &e2e::Api, tenant: &str, title: &str, domain: &str) -> String {
+    let body = api.create_site(tenant, title, domain).await;
+    api.succeeds(&body).await;
+    body["site"]["id"].as_str().unwrap().to_owned()
 }
 
-impl Api {
-    async fn login() -> Self {
-        // The `lab_sites` tests (run before this file) leave the lab's platform stopped:
-        // `lab up` converges the lab and starts it again.
-        if std::net::TcpStream::connect("127.0.0.1:23500").is_err() {
-            let infra =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock-infra");
-            let status = Command::new(&infra)
-                .args(["lab", "up"])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap_or_else(|e| panic!("{}: {e}", infra.display()));
-            assert!(status.success(), "pressdock-infra lab up: {status}");
-        }
-        let secrets: toml::Table = std::fs::read_to_string(Path::new(STATE).join("secrets.toml"))
-            .unwrap()
-            .parse()
-            .unwrap();
-        let http = reqwest::Client::new();
-        let pair: Value = http
-            .post(format!("{API}/v1/auth/login"))
-            .json(
-                &json!({ "email": STAFF, "password": secrets["staff_password"].as_str().unwrap() }),
-            )
-            .send()
-            .await
-            .expect("the lab's platform answers on 127.0.0.1:23500 (pressdock-infra lab up)")
-            .json()
-            .await
-            .unwrap();
-        Self {
-            http,
-            token: pair["access_token"]
-                .as_str()
-                .expect("staff login")
-                .to_owned(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{API}{path}"))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn wait(&self, op: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let (_, o) = self
-                .call(reqwest::Method::GET, &format!("/v1/operations/{op}"), None)
-                .await;
-            if matches!(o["state"].as_str(), Some("succeeded" | "failed")) {
-                return o;
-            }
-            assert!(Instant::now() < deadline, "operation {op}: {o}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// A site of `tenant` titled `title`, created and active.
-    async fn site(&self, tenant: &str, title: &str, domain: &str) -> String {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/tenants/{tenant}/sites"),
-                Some(json!({ "name": title, "domain": domain, "plan": "starter" })),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        let done = self.wait(body["operation"]["id"].as_str().unwrap()).await;
-        assert_eq!(done["state"], "succeeded", "{done}");
-        body["site"]["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn delete_site(&self, site: &str) {
-        let (_, body) = self
-            .call(reqwest::Method::DELETE, &format!("/v1/sites/{site}"), None)
-            .await;
-        if let Some(op) = body["operation"]["id"].as_str() {
-            self.wait(op).await;
-        }
+async fn delete_site(api: &e2e::Api, site: &str) {
+    let (_, body) = api
+        .call(reqwest::Method::DELETE, &format!("/v1/sites/{site}"), None)
+        .await;
+    if let Some(op) = body["operation"]["id"].as_str() {
+        api.wait_operation(op, Duration::from_secs(300)).await;
     }
 }
 
@@ -317,16 +216,10 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
     if !enabled() {
         return;
     }
-    let api = Api::login().await;
-    let (status, tenant) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/tenants",
-            Some(json!({ "slug": format!("guard-{}", random()), "name": "Network guard test" })),
-        )
+    let api = e2e::Api::lab_staff().await;
+    let tenant = api
+        .create_tenant(&format!("guard-{}", random()), "Network guard test")
         .await;
-    assert_eq!(status, 201, "{tenant}");
-    let tenant = tenant["id"].as_str().unwrap().to_owned();
     let (ta, tb) = (
         format!("Guarded A {}", random()),
         format!("Guarded B {}", random()),
@@ -335,8 +228,8 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
         format!("ga-{}.lab.test", random()),
         format!("gb-{}.lab.test", random()),
     );
-    let a_site = api.site(&tenant, &ta, &da).await;
-    let b_site = api.site(&tenant, &tb, &db).await;
+    let a_site = create_site(&api, &tenant, &ta, &da).await;
+    let b_site = create_site(&api, &tenant, &tb, &db).await;
     let a = SiteTask::of_site(&a_site);
     let b = SiteTask::of_site(&b_site);
     let b_ip = b.overlay_ip();
@@ -344,7 +237,7 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
     // The agent ran no PHP before the guard's mark (the platform asks it to wait).
     let (marked, _) = a.exec("root", &["test", "-f", "/run/pressdock-net-guard"]);
     assert!(marked, "the guard's mark is in the task");
-    let logs = docker(&a.node).args(["logs", &a.id]).output().unwrap();
+    let logs = a.docker().args(["logs", &a.id]).output().unwrap();
     let logs =
         String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
     let waited = logs
@@ -444,8 +337,8 @@ async fn a_site_task_reaches_its_services_only_and_answers_the_edge_only() {
         );
     }
 
-    api.delete_site(&a_site).await;
-    api.delete_site(&b_site).await;
+    delete_site(&api, &a_site).await;
+    delete_site(&api, &b_site).await;
     api.call(
         reqwest::Method::DELETE,
         &format!("/v1/tenants/{tenant}"),
@@ -478,8 +371,12 @@ async fn a_pass_of_the_guard_restores_wiped_rules() {
     if !enabled() {
         return;
     }
-    // Any site task will do (the lab's demo site is one).
-    let t = SiteTask::find("pressdock.site", "").expect("a running site task");
+    // The lab's demo site: another test's site may be mid-delete.
+    let demo = e2e::demo_site_task();
+    let t = SiteTask {
+        node: demo.host,
+        id: demo.id,
+    };
     let s3 = format!("{HOST_IP}:{}", infra::lab::ports::S3);
     assert_eq!(t.probe(std::slice::from_ref(&s3)), [false], "confined");
     // The running guard is paused meanwhile: its full pass (every 30 s) would restore them.

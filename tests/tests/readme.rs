@@ -19,33 +19,14 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
-
-const SECRETS: &str = "/var/lib/pressdock-lab/secrets.toml";
-const API: &str = "http://127.0.0.1:23500";
-const STAFF: &str = "admin@pressdock.test";
-
 fn enabled() -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") || !Path::new(SECRETS).exists() {
-        eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
-        return false;
-    }
-    true
-}
-
-fn staff_password() -> String {
-    let secrets: toml::Table = std::fs::read_to_string(SECRETS).unwrap().parse().unwrap();
-    secrets["staff_password"].as_str().unwrap().to_owned()
+    e2e::lab_tests_enabled(&Path::new(e2e::LAB_STATE).join("secrets.toml"))
 }
 
 /// The directory of this workspace's binaries (`cargo build --workspace --bins` first), or
 /// that of `PRESSDOCK_BIN`.
 fn bin_dir() -> PathBuf {
-    let binary = std::env::var("PRESSDOCK_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pressdock")
-        });
+    let binary = e2e::pressdock_binary();
     assert!(
         binary.exists(),
         "{} is missing: build it first",
@@ -114,93 +95,50 @@ fn placeholder_of(command: &str) -> Option<String> {
     }
 }
 
-struct Api {
-    http: reqwest::Client,
-    token: String,
-}
-
-impl Api {
-    async fn login() -> Self {
-        let http = reqwest::Client::new();
-        let pair: Value = http
-            .post(format!("{API}/v1/auth/login"))
-            .json(&json!({ "email": STAFF, "password": staff_password() }))
-            .send()
-            .await
-            .expect("the lab's platform answers on 127.0.0.1:23500 (pressdock-infra lab up)")
-            .json()
-            .await
-            .unwrap();
-        let token = pair["access_token"]
-            .as_str()
-            .expect("staff login")
-            .to_owned();
-        Self { http, token }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .request(method, format!("{API}{path}"))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn wait(&self, op: &str) {
-        for _ in 0..600 {
-            let (_, o) = self
-                .call(reqwest::Method::GET, &format!("/v1/operations/{op}"))
-                .await;
-            if matches!(o["state"].as_str(), Some("succeeded" | "failed")) {
-                return;
+/// Removes what the README makes, should an earlier run have stopped half-way.
+async fn reset(api: &e2e::Api) {
+    let (_, tenants) = api.call(reqwest::Method::GET, "/v1/tenants", None).await;
+    let tenants = tenants["items"]
+        .as_array()
+        .or(tenants.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for tenant in tenants.iter().filter(|t| t["slug"] == "acme") {
+        let id = tenant["id"].as_str().unwrap();
+        let (_, sites) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/tenants/{id}/sites"),
+                None,
+            )
+            .await;
+        for site in sites["items"].as_array().cloned().unwrap_or_default() {
+            if site["state"] == "deleted" {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Removes what the README makes, should an earlier run have stopped half-way.
-    async fn reset(&self) {
-        let (_, tenants) = self.call(reqwest::Method::GET, "/v1/tenants").await;
-        let tenants = tenants["items"]
-            .as_array()
-            .or(tenants.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for tenant in tenants.iter().filter(|t| t["slug"] == "acme") {
-            let id = tenant["id"].as_str().unwrap();
-            let (_, sites) = self
-                .call(reqwest::Method::GET, &format!("/v1/tenants/{id}/sites"))
-                .await;
-            for site in sites["items"].as_array().cloned().unwrap_or_default() {
-                if site["state"] == "deleted" {
-                    continue;
-                }
-                let (_, accepted) = self
-                    .call(
-                        reqwest::Method::DELETE,
-                        &format!("/v1/sites/{}", site["id"].as_str().unwrap()),
-                    )
-                    .await;
-                if let Some(op) = accepted["operation"]["id"].as_str() {
-                    self.wait(op).await;
-                }
-            }
-            self.call(reqwest::Method::DELETE, &format!("/v1/tenants/{id}"))
-                .await;
-        }
-        let (_, nodes) = self.call(reqwest::Method::GET, "/v1/nodes").await;
-        for node in nodes.as_array().cloned().unwrap_or_default() {
-            if node["name"] == "worker-9" {
-                self.call(
+            let (_, accepted) = api
+                .call(
                     reqwest::Method::DELETE,
-                    &format!("/v1/nodes/{}", node["id"].as_str().unwrap()),
+                    &format!("/v1/sites/{}", site["id"].as_str().unwrap()),
+                    None,
                 )
                 .await;
+            if let Some(op) = accepted["operation"]["id"].as_str() {
+                api.finished_operation(op, Duration::from_secs(300)).await;
             }
+        }
+        api.call(reqwest::Method::DELETE, &format!("/v1/tenants/{id}"), None)
+            .await;
+    }
+    let (_, nodes) = api.call(reqwest::Method::GET, "/v1/nodes", None).await;
+    for node in nodes.as_array().cloned().unwrap_or_default() {
+        if node["name"] == "worker-9" {
+            api.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/nodes/{}", node["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
         }
     }
 }
@@ -262,8 +200,8 @@ async fn readme_usage_runs_as_written_on_the_lab() {
             .unwrap();
     let commands = usage_commands(&readme);
     lab_up_with_platform();
-    let api = Api::login().await;
-    api.reset().await;
+    let api = e2e::Api::lab_staff().await;
+    reset(&api).await;
 
     let home = std::env::temp_dir().join(format!(
         "pressdock-readme-{}",
@@ -275,7 +213,7 @@ async fn readme_usage_runs_as_written_on_the_lab() {
         bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let password = staff_password();
+    let password = e2e::lab_staff_password();
     let mut ids: Vec<(String, String)> = Vec::new();
     let mut failure = None;
     for written in &commands {
@@ -365,13 +303,13 @@ async fn readme_usage_runs_as_written_on_the_lab() {
         }
     }
     if failure.is_some() {
-        api.reset().await;
+        reset(&api).await;
     }
     std::fs::remove_dir_all(&home).ok();
     if let Some(failure) = failure {
         panic!("README usage: {failure}");
     }
-    let (_, tenants) = api.call(reqwest::Method::GET, "/v1/tenants").await;
+    let (_, tenants) = api.call(reqwest::Method::GET, "/v1/tenants", None).await;
     assert!(
         !tenants.to_string().contains("\"acme\""),
         "the README's last command deleted its tenant: {tenants}"

@@ -328,10 +328,12 @@ pub fn plan_swarm(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn setup() -> (Checked, Vec<Machine>) {
+    /// The checked-in cluster spec (configs/cluster.toml) and a machine for each droplet it
+    /// wants, with made-up addresses: the fixture of this module's and `swarm_exec`'s tests.
+    pub(in crate::cluster) fn setup() -> (Checked, Vec<Machine>) {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../configs/cluster.toml"

@@ -231,9 +231,9 @@ pub fn execute(
 
 #[cfg(test)]
 mod tests {
-    use super::super::desired::Desired;
     use super::super::spec::Checked;
     use super::super::swarm::plan_swarm;
+    use super::super::swarm::tests::setup;
     use super::*;
     use std::sync::Mutex;
 
@@ -414,31 +414,6 @@ mod tests {
                 _ => bail!("unexpected command on {}: {}", m.name, redacted(args)),
             })
         }
-    }
-
-    fn setup() -> (Checked, Vec<Machine>) {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../configs/cluster.toml"
-        ))
-        .unwrap_or_default();
-        let c = Checked::parse(&text).unwrap_or_else(|e| panic!("{e}"));
-        let d = Desired::from_spec(&c);
-        let ms = d
-            .droplets
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let i = u8::try_from(i).unwrap_or(0);
-                Machine {
-                    name: x.name.clone(),
-                    role: x.role,
-                    private_ip: std::net::Ipv4Addr::new(10, 110, 0, 10 + i),
-                    public_ip: std::net::Ipv4Addr::new(203, 0, 113, 10 + i),
-                }
-            })
-            .collect();
-        (c, ms)
     }
 
     fn converge(

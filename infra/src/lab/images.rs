@@ -242,6 +242,13 @@ pub fn ensure_loaded(node: &Node, r: &Recipe) -> Result<bool> {
     if have.trim() == r.label() {
         return Ok(false);
     }
+    // The node's docker data is a fixed-size tmpfs: an older build of this image must go
+    // before the new one comes in, or a few rebuilds (a new agent binary each) fill it.
+    // Untagging fails harmlessly while a container still uses it; the prune below then
+    // removes it once the swarm has replaced that container.
+    if !have.trim().is_empty() {
+        let _ = sh::try_out(&mut node.docker(["image", "rm", &r.tag()]));
+    }
     let mut args = vec!["import".to_string()];
     args.push("-c".into());
     args.push(format!("LABEL pressdock.recipe={}", r.label()));
@@ -254,5 +261,7 @@ pub fn ensure_loaded(node: &Node, r: &Recipe) -> Result<bool> {
     args.push(r.tag());
     run(&mut node.docker(&args))
         .with_context(|| format!("importing {} into {}", r.tag(), node.host()))?;
+    // Earlier builds left untagged by this import, unless a container still uses them.
+    let _ = sh::try_out(&mut node.docker(["image", "prune", "-f"]));
     Ok(true)
 }

@@ -57,6 +57,13 @@ pub struct State_ {
 }
 
 impl State_ {
+    /// A fresh number: the id of a droplet or an action, the serial in another object's
+    /// UUID.
+    fn fresh(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
     pub fn volume_id(&self, name: &str) -> String {
         self.volumes
             .iter()
@@ -209,9 +216,8 @@ impl Fake {
     pub fn twin(&self, droplet: &str) {
         self.with(|s| {
             if let Some(d) = s.droplets.iter().find(|d| d["name"] == droplet).cloned() {
-                s.next_id += 1;
                 let mut t = d;
-                t["id"] = json!(s.next_id);
+                t["id"] = json!(s.fresh());
                 s.droplets.push(t);
             }
         });
@@ -459,8 +465,7 @@ fn new_action(
     resource_type: &str,
     region_slug: &str,
 ) -> Value {
-    st.next_id += 1;
-    let id = st.next_id;
+    let id = st.fresh();
     let a = json!({
         "id": id,
         "status": "in-progress",
@@ -686,8 +691,7 @@ fn serve(
             if st.vpcs.iter().any(|v| v["name"] == b["name"]) {
                 return unprocessable("A VPC with this name already exists.");
             }
-            st.next_id += 1;
-            let id = uuid(1, st.next_id);
+            let id = uuid(1, st.fresh());
             let v = json!({
                 "id": id, "urn": format!("do:vpc:{id}"), "name": b["name"],
                 "description": b["description"].as_str().unwrap_or(""),
@@ -757,8 +761,7 @@ fn serve(
             let mut made = Vec::new();
             let mut actions = Vec::new();
             for n in &names {
-                st.next_id += 1;
-                let id = st.next_id;
+                let id = st.fresh();
                 let d = droplet_json(id, n, &b, &vols);
                 for v in &vols {
                     if let Some(x) = st.volumes.iter_mut().find(|x| x["id"] == v.as_str()) {
@@ -848,8 +851,7 @@ fn serve(
             {
                 return unprocessable("a volume with that name already exists in the region");
             }
-            st.next_id += 1;
-            let id = uuid(2, st.next_id);
+            let id = uuid(2, st.fresh());
             let v = json!({
                 "id": id, "name": b["name"], "size_gigabytes": b["size_gigabytes"],
                 "description": b["description"].as_str().unwrap_or(""),
@@ -920,8 +922,7 @@ fn serve(
             if st.load_balancers.iter().any(|l| l["name"] == b["name"]) {
                 return unprocessable("a load balancer with that name exists");
             }
-            st.next_id += 1;
-            let id = uuid(3, st.next_id);
+            let id = uuid(3, st.fresh());
             let ids = tagged(st, b["tag"].as_str().unwrap_or(""));
             let l = lb_json(&id, &b, ids);
             st.load_balancers.push(l.clone());
@@ -974,8 +975,7 @@ fn serve(
             if st.firewalls.iter().any(|f| f["name"] == b["name"]) {
                 return unprocessable("a firewall with that name exists");
             }
-            st.next_id += 1;
-            let id = uuid(4, st.next_id);
+            let id = uuid(4, st.fresh());
             let f = firewall_json(st, &id, &b);
             st.firewalls.push(f.clone());
             (StatusCode::ACCEPTED, Some(json!({"firewall": f})))

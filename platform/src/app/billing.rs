@@ -11,11 +11,16 @@
 //! - A price applies from 00:00 UTC of its `effective_from` date; prices are only added,
 //!   and only for a date after today, so a price change is never retroactive.
 //! - Usage comes in hourly samples keyed by (site, hour, source); the first sample of a key
-//!   wins, so re-ingesting changes nothing. Requests billed are the edge's (`source=edge`):
+//!   wins, so re-ingesting changes nothing. A sample with other values for a stored key is
+//!   a conflict: not applied, kept in `usage_sample_conflicts`, reported in the ingest's
+//!   answer and listed for staff, who accept (it replaces the sample) or reject it.
+//!   Requests billed are the edge's (`source=edge`):
 //!   the edge counts every request served to the site's visitors, including Varnish cache
 //!   hits that never reach the site, and it runs outside the tenant's container, which the
 //!   tenant's own code (plugins) could tamper with. The agent's access-log counts are kept
-//!   for comparison. Storage is the agent's (`wp_content_bytes + db_bytes`).
+//!   for comparison (`agent_request_counts`: the growth of each report's counters, in the
+//!   hour it arrives; [`metering`] shows both side by side). Storage is the agent's
+//!   (`wp_content_bytes + db_bytes`).
 //! - An hour the site was billed for without a sample of a source is a gap, counted per
 //!   line (`gap_hours_edge`, `gap_hours_agent`); it is never read as zero usage silently.
 //! - Overage per line (site × plan × price): requests over the included requests prorated
@@ -395,15 +400,74 @@ pub struct SampleBatch {
     pub samples: Vec<NewSample>,
 }
 
+/// A sample's measured values (`null`: not measured by its source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, FromRow)]
+pub struct SampleValues {
+    pub requests: Option<i64>,
+    pub bytes_out: Option<i64>,
+    pub wp_content_bytes: Option<i64>,
+    pub db_bytes: Option<i64>,
+}
+
+impl SampleValues {
+    /// The values spelled in one string: the conflict table's key beside the sample's.
+    fn spelled(&self) -> String {
+        let one = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        format!(
+            "{}:{}:{}:{}",
+            one(self.requests),
+            one(self.bytes_out),
+            one(self.wp_content_bytes),
+            one(self.db_bytes)
+        )
+    }
+}
+
+/// A sample whose key (site, hour, source) was stored with other values: not applied,
+/// kept for staff to accept or reject (README, "Billing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SampleConflict {
+    pub id: i64,
+    pub site: String,
+    /// The hour's first second, Unix time (UTC).
+    pub hour_unix: i64,
+    pub source: String,
+    /// What is stored and billed.
+    pub stored: SampleValues,
+    /// What was sent since, and not applied.
+    pub offered: SampleValues,
+    /// When this value was first offered.
+    pub received_at: DateTime<Utc>,
+    /// `null` while open; `accepted` (the offered values replaced the stored ones) or
+    /// `rejected`.
+    pub resolution: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// A conflicting sample of an ingest: its position in the batch and the conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Conflicting {
+    /// The sample's index in `samples`.
+    pub index: u64,
+    pub conflict: SampleConflict,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Ingested {
     /// Samples stored now.
     pub inserted: u64,
-    /// Samples whose key (site, hour, source) was already stored: unchanged.
+    /// Samples whose key (site, hour, source) was already stored with the same values:
+    /// nothing changed.
     pub unchanged: u64,
+    /// Samples whose key was already stored with other values: not applied, kept as
+    /// conflicts (listed in `conflicting`).
+    pub conflicts: u64,
+    pub conflicting: Vec<Conflicting>,
 }
 
 /// Stores samples (staff admin or operator; the metering collectors use a staff API token).
+/// The first sample of a key is billed; the same values again change nothing; other values
+/// for a stored key are conflicts: kept, reported, never applied silently.
 pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiResult<Ingested> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     let mut fields = Fields::default();
@@ -470,27 +534,283 @@ pub async fn ingest(state: &AppState, actor: &Actor, batch: SampleBatch) -> ApiR
         ));
     }
     let mut tx = state.db.begin().await?;
-    let mut inserted = 0;
-    for (site, hour, s) in &rows {
-        inserted += sqlx::query(
+    let (mut inserted, mut unchanged) = (0, 0);
+    let mut conflicting = Vec::new();
+    for (i, (site, hour, s)) in rows.iter().enumerate() {
+        let offered = SampleValues {
+            requests: s.requests,
+            bytes_out: s.bytes_out,
+            wp_content_bytes: s.wp_content_bytes,
+            db_bytes: s.db_bytes,
+        };
+        let stored_now = sqlx::query(
             "INSERT IGNORE INTO usage_samples (site_id, hour, source, requests, bytes_out, wp_content_bytes, db_bytes) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(site.as_str())
         .bind(hour.naive_utc())
         .bind(&s.source)
-        .bind(s.requests)
-        .bind(s.bytes_out)
-        .bind(s.wp_content_bytes)
-        .bind(s.db_bytes)
+        .bind(offered.requests)
+        .bind(offered.bytes_out)
+        .bind(offered.wp_content_bytes)
+        .bind(offered.db_bytes)
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        if stored_now > 0 {
+            inserted += 1;
+            continue;
+        }
+        let stored = sqlx::query_as::<_, SampleValues>(
+            "SELECT requests, bytes_out, wp_content_bytes, db_bytes FROM usage_samples \
+             WHERE site_id = ? AND hour = ? AND source = ?",
+        )
+        .bind(site.as_str())
+        .bind(hour.naive_utc())
+        .bind(&s.source)
+        .fetch_one(&mut *tx)
+        .await?;
+        if stored == offered {
+            unchanged += 1;
+            continue;
+        }
+        // The same conflicting value sent again is the same row (its key spells the values).
+        sqlx::query(
+            "INSERT INTO usage_sample_conflicts (site_id, hour, source, requests, bytes_out, \
+             wp_content_bytes, db_bytes, offered) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE id = id",
+        )
+        .bind(site.as_str())
+        .bind(hour.naive_utc())
+        .bind(&s.source)
+        .bind(offered.requests)
+        .bind(offered.bytes_out)
+        .bind(offered.wp_content_bytes)
+        .bind(offered.db_bytes)
+        .bind(offered.spelled())
+        .execute(&mut *tx)
+        .await?;
+        let conflict = sqlx::query_as::<_, ConflictRow>(crate::sql!(
+            "SELECT {CONFLICT_COLUMNS} FROM usage_sample_conflicts c \
+             JOIN usage_samples u ON u.site_id = c.site_id AND u.hour = c.hour AND u.source = c.source \
+             WHERE c.site_id = ? AND c.hour = ? AND c.source = ? AND c.offered = ?"
+        ))
+        .bind(site.as_str())
+        .bind(hour.naive_utc())
+        .bind(&s.source)
+        .bind(offered.spelled())
+        .fetch_one(&mut *tx)
+        .await?
+        .into_conflict();
+        tracing::warn!(
+            site = %site,
+            hour_unix = hour.timestamp(),
+            source = %s.source,
+            conflict_id = conflict.id,
+            "usage sample differs from the stored one: kept as a conflict, not applied"
+        );
+        conflicting.push(Conflicting {
+            index: i as u64,
+            conflict,
+        });
     }
     tx.commit().await?;
     Ok(Ingested {
         inserted,
-        unchanged: rows.len() as u64 - inserted,
+        unchanged,
+        conflicts: conflicting.len() as u64,
+        conflicting,
+    })
+}
+
+const CONFLICT_COLUMNS: &str = "c.id, c.site_id, c.hour, c.source, \
+     u.requests AS s_requests, u.bytes_out AS s_bytes_out, u.wp_content_bytes AS s_wp_content_bytes, u.db_bytes AS s_db_bytes, \
+     c.requests, c.bytes_out, c.wp_content_bytes, c.db_bytes, c.received_at, c.resolution, c.resolved_at";
+
+#[derive(FromRow)]
+struct ConflictRow {
+    id: i64,
+    site_id: String,
+    hour: chrono::NaiveDateTime,
+    source: String,
+    s_requests: Option<i64>,
+    s_bytes_out: Option<i64>,
+    s_wp_content_bytes: Option<i64>,
+    s_db_bytes: Option<i64>,
+    requests: Option<i64>,
+    bytes_out: Option<i64>,
+    wp_content_bytes: Option<i64>,
+    db_bytes: Option<i64>,
+    received_at: DateTime<Utc>,
+    resolution: Option<String>,
+    resolved_at: Option<DateTime<Utc>>,
+}
+
+impl ConflictRow {
+    fn into_conflict(self) -> SampleConflict {
+        SampleConflict {
+            id: self.id,
+            site: self.site_id,
+            hour_unix: self.hour.and_utc().timestamp(),
+            source: self.source,
+            stored: SampleValues {
+                requests: self.s_requests,
+                bytes_out: self.s_bytes_out,
+                wp_content_bytes: self.s_wp_content_bytes,
+                db_bytes: self.s_db_bytes,
+            },
+            offered: SampleValues {
+                requests: self.requests,
+                bytes_out: self.bytes_out,
+                wp_content_bytes: self.wp_content_bytes,
+                db_bytes: self.db_bytes,
+            },
+            received_at: self.received_at,
+            resolution: self.resolution,
+            resolved_at: self.resolved_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConflictQuery {
+    /// The month of the samples' hours, `YYYY-MM` (UTC).
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
+    pub period: Option<String>,
+}
+
+/// The conflicts of a period's samples, open and resolved, by hour (staff).
+pub async fn conflicts(
+    state: &AppState,
+    actor: &Actor,
+    query: ConflictQuery,
+) -> ApiResult<Vec<SampleConflict>> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let period = match &query.period {
+        Some(p) => Period::parse(p).map_err(|m| ApiError::field("period", m))?,
+        None => return Err(ApiError::field("period", "is required (YYYY-MM)")),
+    };
+    let rows = sqlx::query_as::<_, ConflictRow>(crate::sql!(
+        "SELECT {CONFLICT_COLUMNS} FROM usage_sample_conflicts c \
+         JOIN usage_samples u ON u.site_id = c.site_id AND u.hour = c.hour AND u.source = c.source \
+         WHERE c.hour >= ? AND c.hour < ? ORDER BY c.hour, c.site_id, c.source, c.id"
+    ))
+    .bind(period.start().naive_utc())
+    .bind(sql_time(period.end()))
+    .fetch_all(&state.db)
+    .await?;
+    Ok(rows.into_iter().map(ConflictRow::into_conflict).collect())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    /// `accepted`: the offered values replace the stored sample (a closed period gets
+    /// adjustment lines in the next open one); `rejected`: the stored sample stays.
+    #[schema(pattern = "^(accepted|rejected)$")]
+    pub resolution: String,
+}
+
+/// Accepts or rejects an open conflict (staff admin), once.
+pub async fn resolve_conflict(
+    state: &AppState,
+    actor: &Actor,
+    id: &str,
+    input: Resolution,
+    now: DateTime<Utc>,
+) -> ApiResult<SampleConflict> {
+    actor.require_staff(&[StaffRole::Admin])?;
+    let Some(id) = id
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0 && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return Err(ApiError::NotFound("conflict"));
+    };
+    if !matches!(input.resolution.as_str(), "accepted" | "rejected") {
+        return Err(ApiError::field(
+            "resolution",
+            "must be accepted or rejected",
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let Some(row) = sqlx::query_as::<_, ConflictRow>(crate::sql!(
+        "SELECT {CONFLICT_COLUMNS} FROM usage_sample_conflicts c \
+         JOIN usage_samples u ON u.site_id = c.site_id AND u.hour = c.hour AND u.source = c.source \
+         WHERE c.id = ? FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Err(ApiError::NotFound("conflict"));
+    };
+    if row.resolution.is_some() {
+        return Err(ApiError::conflict(
+            Some("resolution"),
+            "this conflict is resolved already",
+        ));
+    }
+    let conflict = row.into_conflict();
+    if input.resolution == "accepted" {
+        sqlx::query(
+            "UPDATE usage_samples SET requests = ?, bytes_out = ?, wp_content_bytes = ?, db_bytes = ?, \
+             received_at = ? WHERE site_id = ? AND hour = ? AND source = ?",
+        )
+        .bind(conflict.offered.requests)
+        .bind(conflict.offered.bytes_out)
+        .bind(conflict.offered.wp_content_bytes)
+        .bind(conflict.offered.db_bytes)
+        .bind(now.naive_utc())
+        .bind(&conflict.site)
+        .bind(
+            DateTime::from_timestamp(conflict.hour_unix, 0)
+                .unwrap_or_default()
+                .naive_utc(),
+        )
+        .bind(&conflict.source)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE usage_sample_conflicts SET resolution = ?, resolved_at = ?, resolved_by = ? WHERE id = ?",
+    )
+    .bind(&input.resolution)
+    .bind(now.naive_utc())
+    .bind(&actor.user_id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "billing.conflict",
+            tenant_id: None,
+            target_type: "site",
+            target_id: &conflict.site,
+            details: json!({ "conflict": id, "resolution": input.resolution,
+                "hour_unix": conflict.hour_unix, "source": conflict.source,
+                "stored": conflict.stored, "offered": conflict.offered }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let stored = if input.resolution == "accepted" {
+        conflict.offered.clone()
+    } else {
+        conflict.stored.clone()
+    };
+    Ok(SampleConflict {
+        stored,
+        resolution: Some(input.resolution),
+        resolved_at: Some(now),
+        ..conflict
     })
 }
 
@@ -513,6 +833,67 @@ pub async fn record_agent_storage(
     .bind(hour.naive_utc())
     .bind(wp_content_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
     .bind(db_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored agent report's origin and counters: (task, started at, seq, requests, bytes).
+pub type CountedReport<'a> = (Option<&'a str>, DateTime<Utc>, i64, u64, u64);
+
+/// What one agent report adds to the site's access-log counts: the growth of its counters
+/// since the report it replaces when both come from the same agent process (same task,
+/// same start, later sequence number), else everything the new process counted since it
+/// started. `previous` is (task, started at, seq, requests, bytes) of the replaced report;
+/// `current` the new report's (task, started at, seq). Counters that went down (a reset
+/// the origin did not show) count from zero.
+pub fn counted_since(
+    previous: Option<CountedReport<'_>>,
+    current: (Option<&str>, DateTime<Utc>, i64),
+    requests_total: u64,
+    bytes_total: u64,
+) -> (u64, u64) {
+    match previous {
+        Some((task, started, seq, requests, bytes))
+            if task == current.0 && started == current.1 && seq < current.2 =>
+        {
+            (
+                requests_total
+                    .checked_sub(requests)
+                    .unwrap_or(requests_total),
+                bytes_total.checked_sub(bytes).unwrap_or(bytes_total),
+            )
+        }
+        Some((task, started, seq, _, _))
+            if task == current.0 && started == current.1 && seq >= current.2 =>
+        {
+            (0, 0)
+        }
+        _ => (requests_total, bytes_total),
+    }
+}
+
+/// Adds an agent report's access-log counts to the hour `at` falls in (the hour the report
+/// arrived: with reports every few seconds, the traffic of those seconds may land in the
+/// next hour). Kept beside the edge's counts for comparison; not billed.
+pub async fn record_agent_requests(
+    conn: &mut sqlx::MySqlConnection,
+    site: &str,
+    at: DateTime<Utc>,
+    requests: u64,
+    bytes_out: u64,
+) -> sqlx::Result<()> {
+    let hour = DateTime::from_timestamp(hour_floor(at.timestamp()), 0).unwrap_or_default();
+    let clamp = |v: u64| i64::try_from(v.min(1_000_000_000_000_000)).unwrap_or(0);
+    sqlx::query(
+        "INSERT INTO agent_request_counts (site_id, hour, requests, bytes_out, reports) VALUES (?, ?, ?, ?, 1) \
+         ON DUPLICATE KEY UPDATE requests = LEAST(requests + VALUES(requests), 1000000000000000000), \
+         bytes_out = LEAST(bytes_out + VALUES(bytes_out), 1000000000000000000), reports = reports + 1",
+    )
+    .bind(site)
+    .bind(hour.naive_utc())
+    .bind(clamp(requests))
+    .bind(clamp(bytes_out))
     .execute(conn)
     .await?;
     Ok(())
@@ -623,7 +1004,9 @@ impl Line {
 }
 
 // ---------------------------------------------------------------------------------------
-// The rollup (pure: inputs loaded once, then computed in memory)
+// The rollup: the lines and the hours they read usage from come from the state history
+// and the prices (small, loaded whole, computed in Rust); the samples (large: one per site,
+// hour and source) are summed by the database over those hours.
 
 /// A history row: from `at` on, the site is in `state` on `plan_id`.
 #[derive(Debug, Clone, FromRow)]
@@ -667,44 +1050,63 @@ const GIB: i64 = 1 << 30;
 /// A site's samples by hour (epoch seconds): edge requests, agent storage bytes.
 type HourSamples = HashMap<i64, (Option<i64>, Option<i64>)>;
 
-#[derive(Default)]
-struct Acc {
+/// A line before its usage is known: a site's seconds on one plan at one price.
+#[derive(Debug, Clone)]
+struct Draft<'a> {
+    site: &'a str,
+    tenant: &'a str,
+    plan: &'a str,
+    /// Index of the price in `inputs.prices[plan]`.
+    price: usize,
     seconds: i64,
+    /// Hours of the period attributed to this line.
     hours: i64,
+}
+
+/// Hours `[from, to)` (epoch seconds, on the hour) of a draft's site whose samples count
+/// toward that draft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HourRange {
+    draft: usize,
+    from: i64,
+    to: i64,
+}
+
+/// The samples of a draft's hours, summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Usage {
     edge_hours: i64,
-    agent_hours: i64,
     requests: i64,
+    agent_hours: i64,
     storage_peak: i64,
 }
 
-/// The charge lines of `period` for the sites in `inputs`, counted up to `cap` (the end of
-/// the period, or now for the current month). No adjustments, no totals.
-pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Line> {
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.edge_hours += other.edge_hours;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.agent_hours += other.agent_hours;
+        self.storage_peak = self.storage_peak.max(other.storage_peak);
+    }
+}
+
+/// The first second of the hour `t` falls in, and of the hour after the one `t` ends.
+fn hour_floor(t: i64) -> i64 {
+    t - t.rem_euclid(3600)
+}
+
+fn hour_ceil(t: i64) -> i64 {
+    hour_floor(t + 3599)
+}
+
+/// The lines of `period` without their usage, and the hours each line's usage is read
+/// from: the part of the rollup that needs only the state history and the prices (small),
+/// so that the samples (large) can be summed where they are stored.
+fn drafts(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> (Vec<Draft<'_>>, Vec<HourRange>) {
     let start = period.start().timestamp();
     let end = period.end().timestamp().min(cap.timestamp());
-    let month = i128::from(period.seconds());
-    // Samples by site → hour → (edge requests, agent storage).
-    let mut samples: HashMap<&str, HourSamples> = HashMap::new();
-    for s in &inputs.samples {
-        let hour = s.hour.and_utc().timestamp();
-        let slot = samples
-            .entry(s.site_id.as_str())
-            .or_default()
-            .entry(hour)
-            .or_default();
-        match s.source.as_str() {
-            "edge" => slot.0 = Some(s.requests.unwrap_or(0)),
-            "agent" => {
-                slot.1 = Some(
-                    s.wp_content_bytes
-                        .unwrap_or(0)
-                        .saturating_add(s.db_bytes.unwrap_or(0)),
-                );
-            }
-            _ => {}
-        }
-    }
-    let mut lines = Vec::new();
+    let mut drafts = Vec::new();
+    let mut ranges = Vec::new();
     let mut i = 0;
     while i < inputs.history.len() {
         let site = &inputs.history[i].site_id;
@@ -714,7 +1116,7 @@ pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Li
         }
         let rows = &inputs.history[i..j];
         i = j;
-        // Billed pieces: (from, to, plan, price index).
+        // Billed pieces, in time order and disjoint: (from, to, plan, price index).
         let mut pieces: Vec<(i64, i64, &str, usize)> = Vec::new();
         for (k, row) in rows.iter().enumerate() {
             let from = row.at.timestamp().max(start);
@@ -764,102 +1166,238 @@ pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Li
         if pieces.is_empty() {
             continue;
         }
-        // Each hour billed belongs to the line of the latest piece in it.
-        let mut accs: BTreeMap<(&str, usize), Acc> = BTreeMap::new();
-        let mut hour_line: BTreeMap<i64, (&str, usize)> = BTreeMap::new();
-        for &(from, to, plan, idx) in &pieces {
-            accs.entry((plan, idx)).or_default().seconds += to - from;
-            let mut h = from - from.rem_euclid(3600);
-            while h < to {
-                hour_line.insert(h, (plan, idx));
-                h += 3600;
+        // Each hour billed belongs to the line of the latest piece in it: a piece's hours
+        // run from the hour it starts in to the hour it ends in, less the hour the next
+        // piece starts in (pieces are disjoint and in order, so no later piece reaches
+        // further back).
+        let mut seconds: BTreeMap<(&str, usize), (i64, i64)> = BTreeMap::new();
+        let mut site_ranges = Vec::new();
+        for (k, &(from, to, plan, idx)) in pieces.iter().enumerate() {
+            let entry = seconds.entry((plan, idx)).or_default();
+            entry.0 += to - from;
+            let h_from = hour_floor(from);
+            let h_to = pieces
+                .get(k + 1)
+                .map_or(hour_ceil(to), |next| hour_ceil(to).min(hour_floor(next.0)));
+            if h_from < h_to {
+                entry.1 += (h_to - h_from) / 3600;
+                site_ranges.push(((plan, idx), h_from, h_to));
             }
         }
-        let site_samples = samples.get(site.as_str());
-        for (hour, key) in &hour_line {
-            let acc = accs.entry(*key).or_default();
-            acc.hours += 1;
-            let (edge, agent) = site_samples
-                .and_then(|m| m.get(hour))
-                .copied()
-                .unwrap_or_default();
-            if let Some(requests) = edge {
-                acc.edge_hours += 1;
-                acc.requests = acc.requests.saturating_add(requests);
-            }
-            if let Some(bytes) = agent {
-                acc.agent_hours += 1;
-                acc.storage_peak = acc.storage_peak.max(bytes);
-            }
+        let first = drafts.len();
+        let index: HashMap<(&str, usize), usize> = seconds
+            .keys()
+            .enumerate()
+            .map(|(n, key)| (*key, first + n))
+            .collect();
+        for ((plan, price), (secs, hours)) in seconds {
+            drafts.push(Draft {
+                site: site.as_str(),
+                tenant: rows[0].tenant_id.as_str(),
+                plan,
+                price,
+                seconds: secs,
+                hours,
+            });
         }
-        let tenant = &rows[0].tenant_id;
-        for ((plan, idx), acc) in accs {
-            let price = &inputs.prices[plan][idx];
-            let base = Line {
-                period: period.to_string(),
-                tenant_id: tenant.clone(),
-                tenant_slug: inputs.tenant_slugs.get(tenant).cloned().unwrap_or_default(),
-                site_id: site.clone(),
-                kind: "plan".to_owned(),
-                adjusts: String::new(),
-                for_period: period.to_string(),
-                plan: inputs.plan_slugs.get(plan).cloned().unwrap_or_default(),
-                price_from: price.effective_from.to_string(),
-                quantity: acc.seconds,
-                unit: "second".to_owned(),
-                rate_minor: price.monthly_minor,
-                amount_minor: div_round(
-                    i128::from(price.monthly_minor) * i128::from(acc.seconds),
-                    month,
-                ),
-                currency: price.currency.clone(),
-                seconds: acc.seconds,
-                requests: acc.requests,
-                storage_peak_bytes: acc.storage_peak,
-                gap_hours_edge: acc.hours - acc.edge_hours,
-                gap_hours_agent: acc.hours - acc.agent_hours,
-            };
-            let included = i64::try_from(
-                i128::from(price.included_requests) * i128::from(acc.seconds) / month,
-            )
-            .unwrap_or(i64::MAX);
-            let over_requests = (acc.requests - included).max(0);
-            let over_bytes = (acc.storage_peak - price.included_storage_bytes).max(0);
-            let over_gib = (over_bytes + GIB - 1) / GIB;
-            let storage = Line {
-                kind: "storage_overage".to_owned(),
-                quantity: over_gib,
-                unit: "gib".to_owned(),
-                rate_minor: price.storage_overage_minor_per_gib,
-                amount_minor: div_round(
-                    i128::from(price.storage_overage_minor_per_gib)
-                        * i128::from(over_gib)
-                        * i128::from(acc.seconds),
-                    month,
-                ),
-                ..base.clone()
-            };
-            let requests = Line {
-                kind: "request_overage".to_owned(),
-                quantity: over_requests,
-                unit: "request".to_owned(),
-                rate_minor: price.request_overage_minor_per_10k,
-                amount_minor: div_round(
-                    i128::from(price.request_overage_minor_per_10k) * i128::from(over_requests),
-                    10_000,
-                ),
-                ..base.clone()
-            };
-            lines.push(base);
-            if storage.quantity > 0 {
-                lines.push(storage);
-            }
-            if requests.quantity > 0 {
-                lines.push(requests);
-            }
+        for (key, from, to) in site_ranges {
+            ranges.push(HourRange {
+                draft: index[&key],
+                from,
+                to,
+            });
+        }
+    }
+    (drafts, ranges)
+}
+
+/// The lines of the drafts given their usage (`usage[n]` is `drafts[n]`'s).
+fn finish(period: Period, inputs: &Inputs, drafts: &[Draft<'_>], usage: &[Usage]) -> Vec<Line> {
+    let month = i128::from(period.seconds());
+    let mut lines = Vec::with_capacity(drafts.len());
+    for (draft, used) in drafts.iter().zip(usage) {
+        let price = &inputs.prices[draft.plan][draft.price];
+        let base = Line {
+            period: period.to_string(),
+            tenant_id: draft.tenant.to_owned(),
+            tenant_slug: inputs
+                .tenant_slugs
+                .get(draft.tenant)
+                .cloned()
+                .unwrap_or_default(),
+            site_id: draft.site.to_owned(),
+            kind: "plan".to_owned(),
+            adjusts: String::new(),
+            for_period: period.to_string(),
+            plan: inputs
+                .plan_slugs
+                .get(draft.plan)
+                .cloned()
+                .unwrap_or_default(),
+            price_from: price.effective_from.to_string(),
+            quantity: draft.seconds,
+            unit: "second".to_owned(),
+            rate_minor: price.monthly_minor,
+            amount_minor: div_round(
+                i128::from(price.monthly_minor) * i128::from(draft.seconds),
+                month,
+            ),
+            currency: price.currency.clone(),
+            seconds: draft.seconds,
+            requests: used.requests,
+            storage_peak_bytes: used.storage_peak,
+            gap_hours_edge: draft.hours - used.edge_hours,
+            gap_hours_agent: draft.hours - used.agent_hours,
+        };
+        let included =
+            i64::try_from(i128::from(price.included_requests) * i128::from(draft.seconds) / month)
+                .unwrap_or(i64::MAX);
+        let over_requests = (used.requests - included).max(0);
+        let over_bytes = (used.storage_peak - price.included_storage_bytes).max(0);
+        let over_gib = (over_bytes + GIB - 1) / GIB;
+        let storage = Line {
+            kind: "storage_overage".to_owned(),
+            quantity: over_gib,
+            unit: "gib".to_owned(),
+            rate_minor: price.storage_overage_minor_per_gib,
+            amount_minor: div_round(
+                i128::from(price.storage_overage_minor_per_gib)
+                    * i128::from(over_gib)
+                    * i128::from(draft.seconds),
+                month,
+            ),
+            ..base.clone()
+        };
+        let requests = Line {
+            kind: "request_overage".to_owned(),
+            quantity: over_requests,
+            unit: "request".to_owned(),
+            rate_minor: price.request_overage_minor_per_10k,
+            amount_minor: div_round(
+                i128::from(price.request_overage_minor_per_10k) * i128::from(over_requests),
+                10_000,
+            ),
+            ..base.clone()
+        };
+        lines.push(base);
+        if storage.quantity > 0 {
+            lines.push(storage);
+        }
+        if requests.quantity > 0 {
+            lines.push(requests);
         }
     }
     lines
+}
+
+/// The charge lines of `period` for the sites in `inputs`, counted up to `cap` (the end of
+/// the period, or now for the current month), with the usage summed in memory from
+/// `inputs.samples`. No adjustments, no totals. The platform sums the samples in the
+/// database instead ([`base_lines_db`]); both give the same lines (a test holds them to it).
+pub fn base_lines(period: Period, cap: DateTime<Utc>, inputs: &Inputs) -> Vec<Line> {
+    let mut samples: HashMap<&str, HourSamples> = HashMap::new();
+    for s in &inputs.samples {
+        let hour = s.hour.and_utc().timestamp();
+        let slot = samples
+            .entry(s.site_id.as_str())
+            .or_default()
+            .entry(hour)
+            .or_default();
+        match s.source.as_str() {
+            "edge" => slot.0 = Some(s.requests.unwrap_or(0)),
+            "agent" => {
+                slot.1 = Some(
+                    s.wp_content_bytes
+                        .unwrap_or(0)
+                        .saturating_add(s.db_bytes.unwrap_or(0)),
+                );
+            }
+            _ => {}
+        }
+    }
+    let (drafts, ranges) = drafts(period, cap, inputs);
+    let mut usage = vec![Usage::default(); drafts.len()];
+    for range in &ranges {
+        let Some(site) = samples.get(drafts[range.draft].site) else {
+            continue;
+        };
+        let used = &mut usage[range.draft];
+        let mut h = range.from;
+        while h < range.to {
+            let (edge, agent) = site.get(&h).copied().unwrap_or_default();
+            if let Some(requests) = edge {
+                used.edge_hours += 1;
+                used.requests = used.requests.saturating_add(requests);
+            }
+            if let Some(bytes) = agent {
+                used.agent_hours += 1;
+                used.storage_peak = used.storage_peak.max(bytes);
+            }
+            h += 3600;
+        }
+    }
+    finish(period, inputs, &drafts, &usage)
+}
+
+/// Hour ranges sent to the database in one statement.
+const RANGES_PER_QUERY: usize = 2000;
+
+/// Sums each range's samples in the database: one row back per range, whatever the number
+/// of samples. The ranges travel as one JSON array (`JSON_TABLE`), and each is read from
+/// `usage_samples` by its primary key (site, hour, source).
+const USAGE_SQL: &str = "SELECT r.n, \
+    CAST(COALESCE(SUM(u.source = 'edge'), 0) AS SIGNED), \
+    CAST(LEAST(COALESCE(SUM(IF(u.source = 'edge', COALESCE(u.requests, 0), 0)), 0), 9223372036854775807) AS SIGNED), \
+    CAST(COALESCE(SUM(u.source = 'agent'), 0) AS SIGNED), \
+    CAST(LEAST(COALESCE(MAX(IF(u.source = 'agent', \
+        CAST(COALESCE(u.wp_content_bytes, 0) AS DECIMAL(21)) + COALESCE(u.db_bytes, 0), NULL)), 0), \
+        9223372036854775807) AS SIGNED) \
+    FROM JSON_TABLE(?, '$[*]' COLUMNS (n INT PATH '$[0]', \
+        site CHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]', \
+        h0 DATETIME PATH '$[2]', h1 DATETIME PATH '$[3]')) r \
+    STRAIGHT_JOIN usage_samples u ON u.site_id = r.site AND u.hour >= r.h0 AND u.hour < r.h1 \
+    GROUP BY r.n";
+
+/// [`base_lines`] with the samples summed in the database, per line's hour ranges: the
+/// rollup moves one row per range instead of every sample of the month.
+pub async fn base_lines_db(
+    db: &MySqlPool,
+    period: Period,
+    cap: DateTime<Utc>,
+    inputs: &Inputs,
+) -> ApiResult<Vec<Line>> {
+    let (drafts, ranges) = drafts(period, cap, inputs);
+    let mut usage = vec![Usage::default(); drafts.len()];
+    let when = |t: i64| {
+        sql_time(DateTime::from_timestamp(t, 0).unwrap_or_default())
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    for chunk in ranges.chunks(RANGES_PER_QUERY) {
+        let doc = serde_json::Value::Array(
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(n, r)| json!([n, drafts[r.draft].site, when(r.from), when(r.to)]))
+                .collect(),
+        );
+        let rows: Vec<(i32, i64, i64, i64, i64)> = sqlx::query_as(USAGE_SQL)
+            .bind(doc.to_string())
+            .fetch_all(db)
+            .await?;
+        for (n, edge_hours, requests, agent_hours, storage_peak) in rows {
+            let Some(range) = usize::try_from(n).ok().and_then(|n| chunk.get(n)) else {
+                continue;
+            };
+            usage[range.draft].add(Usage {
+                edge_hours,
+                requests,
+                agent_hours,
+                storage_peak,
+            });
+        }
+    }
+    Ok(finish(period, inputs, &drafts, &usage))
 }
 
 /// The key an adjustment matches lines on.
@@ -927,34 +1465,21 @@ pub fn with_totals(period: Period, mut lines: Vec<Line>) -> Vec<Line> {
             _ => 3,
         }
     }
-    lines.sort_by(|a, b| {
+    /// By tenant and site, charges before adjustments, then by period, by kind (an
+    /// adjustment ranks as the kind it adjusts), plan and price.
+    fn order(l: &Line) -> (&str, &str, bool, &str, u8, &str, &str) {
+        let adjustment = l.kind == "adjustment";
         (
-            &a.tenant_id,
-            &a.site_id,
-            a.kind == "adjustment",
-            &a.for_period,
-            rank(if a.kind == "adjustment" {
-                &a.adjusts
-            } else {
-                &a.kind
-            }),
-            &a.plan,
-            &a.price_from,
+            &l.tenant_id,
+            &l.site_id,
+            adjustment,
+            &l.for_period,
+            rank(if adjustment { &l.adjusts } else { &l.kind }),
+            &l.plan,
+            &l.price_from,
         )
-            .cmp(&(
-                &b.tenant_id,
-                &b.site_id,
-                b.kind == "adjustment",
-                &b.for_period,
-                rank(if b.kind == "adjustment" {
-                    &b.adjusts
-                } else {
-                    &b.kind
-                }),
-                &b.plan,
-                &b.price_from,
-            ))
-    });
+    }
+    lines.sort_by(|a, b| order(a).cmp(&order(b)));
     let mut out = Vec::with_capacity(lines.len() + 8);
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     let mut iter = lines.into_iter().peekable();
@@ -1006,6 +1531,8 @@ fn sql_time(at: DateTime<Utc>) -> chrono::NaiveDateTime {
     at.naive_utc().min(max)
 }
 
+/// The history, prices and names a rollup of `period` reads (not the samples: see
+/// [`base_lines_db`]).
 async fn load_inputs(db: &MySqlPool, period: Period, scope: &TenantScope) -> ApiResult<Inputs> {
     let end = sql_time(period.end());
     let mut history = sqlx::query_as::<_, HistoryRow>(
@@ -1018,16 +1545,6 @@ async fn load_inputs(db: &MySqlPool, period: Period, scope: &TenantScope) -> Api
     if let Some(tenants) = scope {
         history.retain(|h| tenants.contains(&h.tenant_id));
     }
-    let sites: HashSet<&str> = history.iter().map(|h| h.site_id.as_str()).collect();
-    let mut samples = sqlx::query_as::<_, SampleRow>(
-        "SELECT site_id, hour, source, requests, wp_content_bytes, db_bytes FROM usage_samples \
-         WHERE hour >= ? AND hour < ?",
-    )
-    .bind(period.start().naive_utc())
-    .bind(end)
-    .fetch_all(db)
-    .await?;
-    samples.retain(|s| sites.contains(s.site_id.as_str()));
     let mut prices: HashMap<String, Vec<Price>> = HashMap::new();
     for price in sqlx::query_as::<_, Price>(crate::sql!(
         "SELECT {PRICE_COLUMNS} FROM plan_prices ORDER BY plan_id, effective_from"
@@ -1052,7 +1569,7 @@ async fn load_inputs(db: &MySqlPool, period: Period, scope: &TenantScope) -> Api
         prices,
         plan_slugs,
         tenant_slugs,
-        samples,
+        samples: Vec::new(),
     })
 }
 
@@ -1096,7 +1613,7 @@ pub async fn open_lines(
 ) -> ApiResult<Vec<Line>> {
     let closed = closed_periods(db).await?;
     let inputs = load_inputs(db, period, scope).await?;
-    let mut lines = base_lines(period, now, &inputs);
+    let mut lines = base_lines_db(db, period, now, &inputs).await?;
     for &p in closed.iter().filter(|p| **p < period) {
         let mut first_open = p.next();
         while closed.contains(&first_open) {
@@ -1106,7 +1623,7 @@ pub async fn open_lines(
             continue;
         }
         let inputs = load_inputs(db, p, scope).await?;
-        let recomputed = base_lines(p, p.end(), &inputs);
+        let recomputed = base_lines_db(db, p, p.end(), &inputs).await?;
         let frozen: Vec<Line> = frozen_lines(db, "for_period", &p.to_string(), scope)
             .await?
             .into_iter()
@@ -1400,6 +1917,197 @@ pub async fn stream_export(
 }
 
 // ---------------------------------------------------------------------------------------
+// Metering: one site's hours, both sources side by side
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MeteringQuery {
+    /// The month, `YYYY-MM` (UTC).
+    #[param(
+        required = true,
+        pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
+    )]
+    pub period: Option<String>,
+    /// The site.
+    #[param(required = true, pattern = "^[a-z2-7]{10}$")]
+    pub site: Option<String>,
+}
+
+/// One hour of a site: what each source measured (`null`: no sample, a gap).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MeteringHour {
+    /// The hour's first second, Unix time (UTC).
+    pub hour_unix: i64,
+    /// Whether the site's plan was charged in this hour (a gap matters only then).
+    pub billed: bool,
+    /// The edge's count (billed).
+    pub edge_requests: Option<i64>,
+    pub edge_bytes_out: Option<i64>,
+    /// The agent's access-log count: a posted `agent` sample's, else the sum of the
+    /// agent's reports that arrived in the hour (for comparison; not billed).
+    pub agent_requests: Option<i64>,
+    pub agent_bytes_out: Option<i64>,
+    /// The agent's storage sample (wp-content + database).
+    pub storage_bytes: Option<i64>,
+}
+
+/// A site's metering in a month (staff).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Metering {
+    pub site: String,
+    pub period: String,
+    pub billed_hours: i64,
+    /// Billed hours without an edge sample: their requests are not billed (not read as 0
+    /// silently: the export's `gap_hours_edge`).
+    pub gap_hours_edge: i64,
+    /// Billed hours without an agent storage sample.
+    pub gap_hours_agent: i64,
+    /// Billed hours without any agent access-log count.
+    pub gap_hours_agent_requests: i64,
+    /// Sums over the billed hours.
+    pub edge_requests: i64,
+    pub agent_requests: i64,
+    /// Every hour of the month up to now.
+    pub hours: Vec<MeteringHour>,
+}
+
+/// A site's hours in a period: the edge's and the agent's counts side by side, and the
+/// gaps of each (staff admin or operator).
+pub async fn metering(
+    state: &AppState,
+    actor: &Actor,
+    query: MeteringQuery,
+    now: DateTime<Utc>,
+) -> ApiResult<Metering> {
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    let mut fields = Fields::default();
+    let period = match &query.period {
+        Some(p) => fields.check("period", Period::parse(p)),
+        None => {
+            fields.push("period", "is required (YYYY-MM)");
+            None
+        }
+    };
+    let site = match &query.site {
+        Some(s) => fields.check(
+            "site",
+            Id::parse(s).ok_or_else(|| "is not a site id".to_owned()),
+        ),
+        None => {
+            fields.push("site", "is required");
+            None
+        }
+    };
+    fields.finish()?;
+    let (Some(period), Some(site)) = (period, site) else {
+        return Err(ApiError::field("period", "invalid"));
+    };
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM sites WHERE id = ?")
+        .bind(site.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::NotFound("site"));
+    }
+    let end = sql_time(period.end());
+    let mut inputs = load_inputs(&state.db, period, &None).await?;
+    inputs.history.retain(|h| h.site_id == site.as_str());
+    let cap = now.min(period.end());
+    let (_, ranges) = drafts(period, cap, &inputs);
+    let billed: HashSet<i64> = ranges
+        .iter()
+        .flat_map(|r| (r.from..r.to).step_by(3600))
+        .collect();
+    #[allow(clippy::type_complexity)]
+    let samples: Vec<(
+        chrono::NaiveDateTime,
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    )> = sqlx::query_as(
+        "SELECT hour, source, requests, bytes_out, wp_content_bytes, db_bytes FROM usage_samples \
+             WHERE site_id = ? AND hour >= ? AND hour < ?",
+    )
+    .bind(site.as_str())
+    .bind(period.start().naive_utc())
+    .bind(end)
+    .fetch_all(&state.db)
+    .await?;
+    let counts: HashMap<i64, (i64, i64)> = sqlx::query_as::<_, (chrono::NaiveDateTime, i64, i64)>(
+        "SELECT hour, requests, bytes_out FROM agent_request_counts WHERE site_id = ? AND hour >= ? AND hour < ?",
+    )
+    .bind(site.as_str())
+    .bind(period.start().naive_utc())
+    .bind(end)
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|(hour, r, b)| (hour.and_utc().timestamp(), (r, b)))
+    .collect();
+    let mut by_hour: HashMap<i64, MeteringHour> = HashMap::new();
+    let blank = |hour_unix| MeteringHour {
+        hour_unix,
+        billed: false,
+        edge_requests: None,
+        edge_bytes_out: None,
+        agent_requests: None,
+        agent_bytes_out: None,
+        storage_bytes: None,
+    };
+    for (hour, source, requests, bytes_out, wp, db) in samples {
+        let t = hour.and_utc().timestamp();
+        let row = by_hour.entry(t).or_insert_with(|| blank(t));
+        if source == "edge" {
+            row.edge_requests = Some(requests.unwrap_or(0));
+            row.edge_bytes_out = bytes_out;
+        } else {
+            row.agent_requests = requests;
+            row.agent_bytes_out = bytes_out;
+            row.storage_bytes = Some(wp.unwrap_or(0).saturating_add(db.unwrap_or(0)));
+        }
+    }
+    let mut out = Metering {
+        site: site.as_str().to_owned(),
+        period: period.to_string(),
+        billed_hours: 0,
+        gap_hours_edge: 0,
+        gap_hours_agent: 0,
+        gap_hours_agent_requests: 0,
+        edge_requests: 0,
+        agent_requests: 0,
+        hours: Vec::new(),
+    };
+    let mut t = period.start().timestamp();
+    let last = hour_ceil(cap.timestamp());
+    while t < last {
+        let mut row = by_hour.remove(&t).unwrap_or_else(|| blank(t));
+        if let Some((requests, bytes)) = counts.get(&t) {
+            row.agent_requests = row.agent_requests.or(Some(*requests));
+            row.agent_bytes_out = row.agent_bytes_out.or(Some(*bytes));
+        }
+        row.billed = billed.contains(&t);
+        if row.billed {
+            out.billed_hours += 1;
+            out.gap_hours_edge += i64::from(row.edge_requests.is_none());
+            out.gap_hours_agent += i64::from(row.storage_bytes.is_none());
+            out.gap_hours_agent_requests += i64::from(row.agent_requests.is_none());
+            out.edge_requests = out
+                .edge_requests
+                .saturating_add(row.edge_requests.unwrap_or(0));
+            out.agent_requests = out
+                .agent_requests
+                .saturating_add(row.agent_requests.unwrap_or(0));
+        }
+        out.hours.push(row);
+        t += 3600;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
 // Cost beside price
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -1412,12 +2120,14 @@ pub struct MarginQuery {
         pattern = "^(2[0-9]{3}|[3-9][0-9]{3})-(0[1-9]|1[0-2])$"
     )]
     pub period: Option<String>,
-    /// What the cluster cost that month, in minor units of `currency` (`pressdock-infra
-    /// cost` estimates it).
-    #[param(required = true, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    /// What the cluster cost that month, in minor units of `currency`; default: the
+    /// configured `billing.cluster_monthly_cost_minor` (`pressdock-infra cluster cost`
+    /// estimates it).
+    #[param(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub cluster_cost_minor: Option<i64>,
-    /// The currency of the cost; revenue lines in other currencies are left out.
-    #[param(required = true, pattern = "^[A-Z]{3}$")]
+    /// The currency of the cost (default: `billing.currency`); revenue lines in other
+    /// currencies are left out.
+    #[param(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
 }
 
@@ -1427,6 +2137,9 @@ pub struct Margin {
     pub tenant_id: String,
     pub tenant_slug: String,
     pub plan: String,
+    /// Sites billed on this plan in the period (each carries its own share of the cost:
+    /// its slots × its seconds).
+    pub sites: i64,
     /// Worker slots of the plan × seconds billed.
     pub slot_seconds: i64,
     /// Charges, overages and adjustments in `currency`.
@@ -1456,23 +2169,47 @@ pub async fn margins(
             None
         }
     };
-    let cost = match query.cluster_cost_minor {
-        Some(c) if (0..=1_000_000_000_000).contains(&c) => Some(c),
-        _ => {
-            fields.push("cluster_cost_minor", "must be between 0 and 10^12");
-            None
-        }
-    };
+    let configured = &state.config.billing;
     let currency = match &query.currency {
         Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c.clone()),
-        _ => {
+        Some(_) => {
             fields.push("currency", "must be an ISO 4217 code such as USD");
             None
         }
+        None => Some(configured.currency.clone()),
+    };
+    let cost = match query.cluster_cost_minor {
+        Some(c) if (0..=1_000_000_000_000).contains(&c) => Some(c),
+        Some(_) => {
+            fields.push("cluster_cost_minor", "must be between 0 and 10^12");
+            None
+        }
+        None => None,
     };
     fields.finish()?;
-    let (Some(period), Some(cost), Some(currency)) = (period, cost, currency) else {
+    let (Some(period), Some(currency)) = (period, currency) else {
         return Err(ApiError::field("period", "invalid"));
+    };
+    // Without a cost in the query, the configured one, in its own currency only. Both
+    // refusals are 409: the request is well formed, the platform's configuration lacks it.
+    let cost = match (cost, configured.cluster_monthly_cost_minor) {
+        (Some(c), _) => c,
+        (None, Some(c)) if currency == configured.currency => c,
+        (None, Some(_)) => {
+            return Err(ApiError::conflict(
+                Some("cluster_cost_minor"),
+                format!(
+                    "is required for a currency other than the configured cost's ({})",
+                    configured.currency
+                ),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::conflict(
+                Some("cluster_cost_minor"),
+                "is required: no billing.cluster_monthly_cost_minor is configured",
+            ));
+        }
     };
     let closed = closed_periods(&state.db).await?.contains(&period);
     let lines = if closed {
@@ -1498,6 +2235,7 @@ pub fn allocate(
     currency: &str,
 ) -> Vec<Margin> {
     let mut rows: BTreeMap<(String, String), Margin> = BTreeMap::new();
+    let mut sites: HashSet<(&str, &str, &str)> = HashSet::new();
     for line in lines
         .iter()
         .filter(|l| l.kind != "total" && l.currency == currency)
@@ -1508,6 +2246,7 @@ pub fn allocate(
                 tenant_id: line.tenant_id.clone(),
                 tenant_slug: line.tenant_slug.clone(),
                 plan: line.plan.clone(),
+                sites: 0,
                 slot_seconds: 0,
                 revenue_minor: 0,
                 cost_minor: 0,
@@ -1515,6 +2254,15 @@ pub fn allocate(
                 currency: currency.to_owned(),
             });
         row.revenue_minor += line.amount_minor;
+        if line.kind == "plan"
+            && sites.insert((
+                line.tenant_id.as_str(),
+                line.plan.as_str(),
+                line.site_id.as_str(),
+            ))
+        {
+            row.sites += 1;
+        }
         if line.kind == "plan" {
             row.slot_seconds += line.seconds * slots.get(&line.plan).copied().unwrap_or(1);
         }
@@ -1569,6 +2317,121 @@ mod tests {
         let mut plain = String::new();
         csv_field(&mut plain, "acme");
         assert_eq!(plain, "acme");
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|_| unreachable!())
+            .with_timezone(&Utc)
+    }
+
+    /// An hour with several pieces belongs to the latest: a site suspended and resumed
+    /// within 10:00-11:00, then moved to another plan in the same hour.
+    #[test]
+    fn each_hour_belongs_to_the_latest_piece_in_it() {
+        let row = |state: &str, plan: &str, at: &str| HistoryRow {
+            site_id: "s".into(),
+            tenant_id: "t".into(),
+            state: state.into(),
+            plan_id: plan.into(),
+            at: utc(at),
+        };
+        let price = |plan: &str, monthly| Price {
+            plan_id: plan.into(),
+            effective_from: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap_or_default(),
+            currency: "USD".into(),
+            monthly_minor: monthly,
+            included_storage_bytes: 0,
+            included_requests: 0,
+            storage_overage_minor_per_gib: 0,
+            request_overage_minor_per_10k: 10_000,
+        };
+        let start = utc("2026-11-01T00:00:00Z");
+        let inputs = Inputs {
+            history: vec![
+                row("active", "a", "2026-11-01T00:00:00Z"),
+                row("suspended", "a", "2026-11-02T10:15:00Z"),
+                row("active", "a", "2026-11-02T10:45:00Z"),
+                row("active", "b", "2026-11-02T10:50:00Z"),
+                row("deleted", "b", "2026-11-02T12:30:00Z"),
+            ],
+            prices: [
+                ("a".to_owned(), vec![price("a", 3000)]),
+                ("b".to_owned(), vec![price("b", 9000)]),
+            ]
+            .into(),
+            plan_slugs: [("a".into(), "A".into()), ("b".into(), "B".into())].into(),
+            tenant_slugs: HashMap::new(),
+            // One edge request every hour from Nov 1 00:00 to Nov 2 12:00 (37 hours).
+            samples: (0..37)
+                .map(|h| SampleRow {
+                    site_id: "s".into(),
+                    hour: (start + chrono::Duration::hours(h)).naive_utc(),
+                    source: "edge".into(),
+                    requests: Some(1),
+                    wp_content_bytes: None,
+                    db_bytes: None,
+                })
+                .collect(),
+        };
+        let period = Period::parse("2026-11").unwrap_or_else(|_| unreachable!());
+        let (drafts, ranges) = drafts(period, period.end(), &inputs);
+        let hours: Vec<(&str, i64, i64)> = drafts
+            .iter()
+            .map(|d| (d.plan, d.seconds, d.hours))
+            .collect();
+        // a: 34 h 15 min + 5 min; its hours Nov 1 00:00 to Nov 2 10:00 (34). b: 100 min,
+        // hours 10:00, 11:00 and 12:00.
+        assert_eq!(hours, vec![("a", 123_600, 34), ("b", 6000, 3)]);
+        assert_eq!(ranges.len(), 2, "{ranges:?}");
+        let lines = base_lines(period, period.end(), &inputs);
+        let requests: Vec<(&str, &str, i64, i64, i64)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.plan.as_str(),
+                    l.kind.as_str(),
+                    l.requests,
+                    l.gap_hours_edge,
+                    l.gap_hours_agent,
+                )
+            })
+            .collect();
+        assert_eq!(
+            requests,
+            vec![
+                ("A", "plan", 34, 0, 34),
+                ("A", "request_overage", 34, 0, 34),
+                ("B", "plan", 3, 0, 3),
+                ("B", "request_overage", 3, 0, 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn agent_counts_grow_by_the_difference_within_one_process() {
+        let t0 = utc("2026-11-03T10:00:00Z");
+        let t1 = utc("2026-11-03T11:00:00Z");
+        let prev = Some((Some("task1"), t0, 5, 100, 1000));
+        // The same process, later: the growth.
+        assert_eq!(
+            counted_since(prev, (Some("task1"), t0, 6), 130, 1500),
+            (30, 500)
+        );
+        // The same process, an older or repeated report: nothing.
+        assert_eq!(
+            counted_since(prev, (Some("task1"), t0, 5), 130, 1500),
+            (0, 0)
+        );
+        // A restarted agent or another task: all it counted since it started.
+        assert_eq!(counted_since(prev, (Some("task1"), t1, 1), 7, 70), (7, 70));
+        assert_eq!(counted_since(prev, (Some("task2"), t0, 9), 7, 70), (7, 70));
+        // The first report of a site; counters that went down.
+        assert_eq!(counted_since(None, (None, t0, 1), 3, 30), (3, 30));
+        assert_eq!(
+            counted_since(prev, (Some("task1"), t0, 7), 40, 400),
+            (40, 400)
+        );
     }
 
     #[test]

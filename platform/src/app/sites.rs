@@ -47,6 +47,9 @@ pub struct Site {
     /// The last report of the site's agent (`GET /v1/sites/{site}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::agent::AgentStatus>,
+    /// Each domain's certificate, primary first (`GET /v1/sites/{site}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Vec<crate::certs::DomainCertificate>>,
 }
 
 #[derive(FromRow)]
@@ -245,6 +248,7 @@ fn push_site_row(sites: &mut Vec<(i64, Site)>, SiteAliasRow { site: r, alias }: 
                 created_at: r.created_at,
                 updated_at: r.updated_at,
                 agent: None,
+                certificates: None,
             },
         )),
     }
@@ -283,6 +287,11 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
     let mut site = authorized(state, actor, id, TenantRole::Viewer).await?;
     let mut conn = state.db.acquire().await?;
     site.agent = crate::agent::status(&mut conn, id.as_str()).await?;
+    drop(conn);
+    let domains: Vec<String> = std::iter::once(site.domain.clone())
+        .chain(site.aliases.iter().cloned())
+        .collect();
+    site.certificates = Some(crate::certs::store::for_domains(&state.db, &domains).await?);
     Ok(site)
 }
 

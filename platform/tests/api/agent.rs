@@ -395,5 +395,19 @@ async fn a_report_from_a_task_the_site_left_never_overwrites_the_current_one() {
         shown_agent(&app, &admin, &site).await,
         (json!("updatetask"), json!(7))
     );
+
+    // The access-log counts (billing, for comparison with the edge's): the stored reports
+    // only, each adding its counters' growth within one agent process, or all a new
+    // process counted: oldtask 20, newtask 1 then 3 − 1, updatetask 7. Bytes: 100 a
+    // process (the counter stays at 100).
+    let counted: (i64, i64, i64) = sqlx::query_as(
+        "SELECT CAST(SUM(requests) AS SIGNED), CAST(SUM(bytes_out) AS SIGNED), CAST(SUM(reports) AS SIGNED) \
+         FROM agent_request_counts WHERE site_id = ?",
+    )
+    .bind(&site)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(counted, (30, 300, 4));
     app.finish().await;
 }

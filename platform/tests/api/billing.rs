@@ -121,12 +121,39 @@ fn hours(day: u32, hour: u32, count: u32) -> Vec<i64> {
         .collect()
 }
 
+/// What both billing months start from: the tenants acme and globex, and the starter plan
+/// with its USD price from October 2026 (30.00 a month, 1 GiB and 100,000 requests
+/// included, 2.00 a GiB-month and 0.50 per 10,000 requests over).
+struct Start {
+    app: TestApp,
+    admin: String,
+    acme: String,
+    globex: String,
+    starter: String,
+}
+
+async fn start() -> Start {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let acme = app.create_tenant(&admin, "acme").await;
+    let globex = app.create_tenant(&admin, "globex").await;
+    let starter = plan_id(&app, "starter").await;
+    price(&app, &starter, "2026-10-01", [3000, 1, 100_000, 200, 50]).await;
+    Start {
+        app,
+        admin,
+        acme,
+        globex,
+        starter,
+    }
+}
+
 async fn owner_of_acme(app: &TestApp, admin: &str, tenant: &str) -> String {
     app.user_with_role(admin, tenant, "owner").await.0
 }
 
 async fn ingest(app: &TestApp, token: &str, samples: Vec<Value>) -> Value {
-    let (mut inserted, mut unchanged) = (0, 0);
+    let (mut inserted, mut unchanged, mut conflicts) = (0, 0, 0);
     for chunk in samples.chunks(200) {
         let (status, body) = app
             .post("/v1/billing/samples", token, json!({ "samples": chunk }))
@@ -134,22 +161,29 @@ async fn ingest(app: &TestApp, token: &str, samples: Vec<Value>) -> Value {
         assert_eq!(status, StatusCode::OK, "{body}");
         inserted += body["inserted"].as_u64().unwrap();
         unchanged += body["unchanged"].as_u64().unwrap();
+        conflicts += body["conflicts"].as_u64().unwrap();
+        assert_eq!(
+            body["conflicting"].as_array().unwrap().len() as u64,
+            body["conflicts"].as_u64().unwrap(),
+            "{body}"
+        );
     }
-    json!({ "inserted": inserted, "unchanged": unchanged })
+    json!({ "inserted": inserted, "unchanged": unchanged, "conflicts": conflicts })
 }
 
 #[tokio::test]
 async fn a_generated_month_bills_exactly_and_closes_once() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let acme = app.create_tenant(&admin, "acme").await;
-    let globex = app.create_tenant(&admin, "globex").await;
+    let Start {
+        app,
+        admin,
+        acme,
+        globex,
+        starter,
+    } = start().await;
     let initech = app.create_tenant(&admin, "initech").await;
-    let starter = plan_id(&app, "starter").await;
     let business = plan_id(&app, "business").await;
     // Starter: 30.00 a month, 1 GiB and 100,000 requests included, 2.00 a GiB-month and
-    // 0.50 per 10,000 requests over; from November 16, 45.00 a month.
-    price(&app, &starter, "2026-10-01", [3000, 1, 100_000, 200, 50]).await;
+    // 0.50 per 10,000 requests over (from `start`); from November 16, 45.00 a month.
     price(&app, &starter, "2026-11-16", [4500, 1, 100_000, 200, 50]).await;
     // Business: 90.00, 5 GiB and 1,000,000 requests, 1.00 a GiB-month, 0.20 per 10,000.
     price(&app, &business, "2026-10-01", [9000, 5, 1_000_000, 100, 20]).await;
@@ -225,18 +259,77 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
         .map(|h| json!({ "site": b1, "hour_unix": h, "source": "edge", "requests": 1000 }))
         .collect();
     let body = ingest(&app, &admin, b1_samples[..192].to_vec()).await;
-    assert_eq!(body, json!({ "inserted": 192, "unchanged": 0 }));
+    assert_eq!(
+        body,
+        json!({ "inserted": 192, "unchanged": 0, "conflicts": 0 })
+    );
     let body = ingest(&app, &admin, b1_samples.clone()).await;
-    assert_eq!(body, json!({ "inserted": 192, "unchanged": 192 }));
-    // A second sample of a key with other numbers changes nothing either (the first wins).
-    let body = ingest(
-        &app,
-        &admin,
-        vec![json!({ "site": b1, "hour_unix": at("2026-11-10T06:00:00Z"),
-        "source": "edge", "requests": 999_999 })],
-    )
-    .await;
-    assert_eq!(body, json!({ "inserted": 0, "unchanged": 1 }));
+    assert_eq!(
+        body,
+        json!({ "inserted": 192, "unchanged": 192, "conflicts": 0 })
+    );
+    // A second sample of a key with other numbers is a conflict: reported, kept, not
+    // applied (the first stays billed); sent again, it is the same conflict. Rejected, it
+    // changes nothing.
+    let other = json!({ "site": b1, "hour_unix": at("2026-11-10T06:00:00Z"),
+        "source": "edge", "requests": 999_999 });
+    let (status, body) = app
+        .post(
+            "/v1/billing/samples",
+            &admin,
+            json!({ "samples": [other.clone()] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["inserted"], 0, "{body}");
+    assert_eq!(body["unchanged"], 0, "{body}");
+    assert_eq!(body["conflicts"], 1, "{body}");
+    let conflict = &body["conflicting"][0];
+    assert_eq!(conflict["index"], 0, "{body}");
+    assert_eq!(conflict["conflict"]["site"], b1.as_str(), "{body}");
+    assert_eq!(
+        conflict["conflict"]["hour_unix"],
+        at("2026-11-10T06:00:00Z")
+    );
+    assert_eq!(
+        conflict["conflict"]["stored"],
+        json!({ "requests": 1000, "bytes_out": null, "wp_content_bytes": null, "db_bytes": null })
+    );
+    assert_eq!(conflict["conflict"]["offered"]["requests"], 999_999);
+    assert_eq!(conflict["conflict"]["resolution"], Value::Null);
+    let conflict_id = conflict["conflict"]["id"].as_i64().unwrap();
+    let (_, again) = app
+        .post("/v1/billing/samples", &admin, json!({ "samples": [other] }))
+        .await;
+    assert_eq!(
+        again["conflicting"][0]["conflict"]["id"], conflict_id,
+        "{again}"
+    );
+    let (status, listed) = app
+        .get("/v1/billing/conflicts?period=2026-11", &admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], conflict_id);
+    let (status, body) = app
+        .post(
+            &format!("/v1/billing/conflicts/{conflict_id}/resolve"),
+            &admin,
+            json!({ "resolution": "rejected" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resolution"], "rejected");
+    assert_eq!(body["stored"]["requests"], 1000);
+    let (status, body) = app
+        .post(
+            &format!("/v1/billing/conflicts/{conflict_id}/resolve"),
+            &admin,
+            json!({ "resolution": "accepted" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["errors"][0]["field"], "resolution", "{body}");
     // c1: one storage sample of 6 GiB + 1 byte; one outside the month (ignored).
     ingest(&app, &admin, vec![
         json!({ "site": c1, "hour_unix": at("2026-11-05T00:00:00Z"), "source": "agent", "wp_content_bytes": (6_i64 << 30) + 1 }),
@@ -430,6 +523,10 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // No cost configured ([billing] cluster_monthly_cost_minor) and none given: 409 naming it.
+    let (status, body) = app.get("/v1/billing/margins?period=2026-11", &admin).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["errors"][0]["field"], "cluster_cost_minor", "{body}");
 
     // The CLI writes the same bytes to standard output.
     let output = tokio::process::Command::new(crate::support::binary())
@@ -496,12 +593,13 @@ async fn a_generated_month_bills_exactly_and_closes_once() {
 
 #[tokio::test]
 async fn exports_are_scoped_and_checked() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let acme = app.create_tenant(&admin, "acme").await;
-    let globex = app.create_tenant(&admin, "globex").await;
-    let starter = plan_id(&app, "starter").await;
-    price(&app, &starter, "2026-10-01", [3000, 1, 100_000, 200, 50]).await;
+    let Start {
+        app,
+        admin,
+        acme,
+        globex,
+        starter,
+    } = start().await;
     let a = site(
         &app,
         &acme,
@@ -765,5 +863,209 @@ async fn every_state_writer_appends_history() {
         .await
         .unwrap();
     assert_eq!(*states.last().unwrap(), current.as_str(), "{rows:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_accepted_conflict_corrects_a_closed_month_and_margins_use_the_configured_cost() {
+    let app = TestApp::spawn_with(|config| {
+        config.billing.cluster_monthly_cost_minor = Some(50_000);
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let acme = app.create_tenant(&admin, "acme").await;
+    let starter = plan_id(&app, "starter").await;
+    // 30.00 a month, no requests included, 0.50 per 10,000.
+    price(&app, &starter, "2026-10-01", [3000, 1, 0, 200, 50]).await;
+    let a = site(
+        &app,
+        &acme,
+        "a.example",
+        &[("active", &starter, "2026-10-01 00:00:00")],
+    )
+    .await;
+    let hour = at("2026-11-03T10:00:00Z");
+    let body = ingest(
+        &app,
+        &admin,
+        vec![json!({ "site": a, "hour_unix": hour, "source": "edge", "requests": 10_000 })],
+    )
+    .await;
+    assert_eq!(
+        body,
+        json!({ "inserted": 1, "unchanged": 0, "conflicts": 0 })
+    );
+    let (status, body) = app
+        .post("/v1/billing/close", &admin, json!({ "period": "2026-11" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, nov) = raw(
+        &app,
+        "/v1/billing/exports?period=2026-11&format=csv",
+        &admin,
+    )
+    .await;
+
+    // The edge recounted the hour: 30,000. A conflict, until staff accept it.
+    let (status, body) = app
+        .post(
+            "/v1/billing/samples",
+            &admin,
+            json!({ "samples": [{ "site": a, "hour_unix": hour, "source": "edge", "requests": 30_000 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["conflicts"], 1, "{body}");
+    let id = body["conflicting"][0]["conflict"]["id"].as_i64().unwrap();
+    let (_, _, dec) = raw(
+        &app,
+        "/v1/billing/exports?period=2026-12&format=jsonl",
+        &admin,
+    )
+    .await;
+    assert!(
+        jsonl(&dec).iter().all(|l| l["kind"] != "adjustment"),
+        "an open conflict is not applied: {}",
+        String::from_utf8_lossy(&dec)
+    );
+    let operator = app.staff_with_role(&admin, "operator").await;
+    let resolve = format!("/v1/billing/conflicts/{id}/resolve");
+    let (status, body) = app
+        .post(&resolve, &operator, json!({ "resolution": "accepted" }))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for missing in ["999999", "abc", "0"] {
+        let (status, body) = app
+            .post(
+                &format!("/v1/billing/conflicts/{missing}/resolve"),
+                &admin,
+                json!({ "resolution": "accepted" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{missing}: {body}");
+    }
+    let (status, body) = app
+        .post(&resolve, &admin, json!({ "resolution": "maybe" }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "resolution", "{body}");
+    let (status, body) = app
+        .post(&resolve, &admin, json!({ "resolution": "accepted" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resolution"], "accepted");
+    assert_eq!(body["stored"]["requests"], 30_000, "{body}");
+    let (_, listed) = app
+        .get("/v1/billing/conflicts?period=2026-11", &admin)
+        .await;
+    assert_eq!(listed[0]["resolution"], "accepted", "{listed}");
+    assert_eq!(listed[0]["stored"]["requests"], 30_000, "{listed}");
+
+    // The closed month is unchanged; December carries the correction: +20,000 requests, +100.
+    let (_, _, nov_again) = raw(
+        &app,
+        "/v1/billing/exports?period=2026-11&format=csv",
+        &admin,
+    )
+    .await;
+    assert_eq!(nov, nov_again);
+    let (_, _, dec) = raw(
+        &app,
+        "/v1/billing/exports?period=2026-12&format=jsonl",
+        &admin,
+    )
+    .await;
+    let adjustments: Vec<Value> = jsonl(&dec)
+        .into_iter()
+        .filter(|l| l["kind"] == "adjustment")
+        .collect();
+    assert_eq!(adjustments.len(), 1, "{}", String::from_utf8_lossy(&dec));
+    assert_eq!(adjustments[0]["adjusts"], "request_overage");
+    assert_eq!(adjustments[0]["for_period"], "2026-11");
+    assert_eq!(adjustments[0]["quantity"], 20_000);
+    assert_eq!(adjustments[0]["amount_minor"], 100);
+
+    // Metering: the site's hours with both sources side by side. The agent's access-log
+    // counts (two reports in Nov 3 10:00, one posted agent sample) are shown, not billed;
+    // 719 of the 720 billed hours have no edge sample: gaps, visible.
+    let mut conn = app.db.acquire().await.unwrap();
+    for (requests, bytes) in [(12_000, 1_000_000), (13_000, 2_000_000)] {
+        platform::app::billing::record_agent_requests(
+            &mut conn,
+            &a,
+            chrono::DateTime::from_timestamp(hour + 1800, 0).unwrap(),
+            requests,
+            bytes,
+        )
+        .await
+        .unwrap();
+    }
+    drop(conn);
+    ingest(
+        &app,
+        &admin,
+        vec![json!({ "site": a, "hour_unix": hour + 3600, "source": "agent", "requests": 7, "wp_content_bytes": 5 })],
+    )
+    .await;
+    let (status, body) = app
+        .get(
+            &format!("/v1/billing/metering?period=2026-11&site={a}"),
+            &admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["billed_hours"], 720, "{}", body["billed_hours"]);
+    assert_eq!(body["gap_hours_edge"], 719);
+    assert_eq!(body["gap_hours_agent"], 719);
+    assert_eq!(body["gap_hours_agent_requests"], 718);
+    assert_eq!(body["edge_requests"], 30_000);
+    assert_eq!(body["agent_requests"], 25_007);
+    let hours = body["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 720);
+    let at_hour = |t: i64| hours.iter().find(|h| h["hour_unix"] == t).unwrap();
+    assert_eq!(
+        at_hour(hour),
+        &json!({ "hour_unix": hour, "billed": true, "edge_requests": 30_000, "edge_bytes_out": null,
+            "agent_requests": 25_000, "agent_bytes_out": 3_000_000, "storage_bytes": null })
+    );
+    assert_eq!(at_hour(hour + 7200)["edge_requests"], Value::Null);
+    let (status, body) = app
+        .get(
+            "/v1/billing/metering?period=2026-11&site=aaaaaaaaaa",
+            &admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let owner = owner_of_acme(&app, &admin, &acme).await;
+    let (status, body) = app
+        .get(
+            &format!("/v1/billing/metering?period=2026-11&site={a}"),
+            &owner,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Margins with the configured cost (500.00 USD): the only site bears all of it.
+    let (status, body) = app.get("/v1/billing/margins?period=2026-11", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!([{ "tenant_id": acme, "tenant_slug": "acme", "plan": "starter", "sites": 1,
+            "slot_seconds": 2_592_000, "revenue_minor": 3050, "cost_minor": 50_000,
+            "margin_minor": -46_950, "currency": "USD" }])
+    );
+    // A cost given in the query wins; another currency needs its own cost.
+    let (_, body) = app
+        .get(
+            "/v1/billing/margins?period=2026-11&cluster_cost_minor=1000",
+            &admin,
+        )
+        .await;
+    assert_eq!(body[0]["cost_minor"], 1000, "{body}");
+    let (status, body) = app
+        .get("/v1/billing/margins?period=2026-11&currency=EUR", &admin)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["errors"][0]["field"], "cluster_cost_minor", "{body}");
     app.finish().await;
 }

@@ -5,6 +5,7 @@
 mod agent;
 mod auth;
 mod billing;
+mod certs;
 mod cli;
 mod jobs;
 mod nodes;

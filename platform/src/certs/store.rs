@@ -1,0 +1,410 @@
+//! The certificates' rows: settings and account, per-domain certificates, HTTP-01 answers.
+//!
+//! Sealed values are bound to their row (`acme/account/<directory>`,
+//! `certificate/<domain>`), so a ciphertext copied to another row does not open.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, MySqlPool};
+
+use super::DomainCertificate;
+use crate::crypto::SecretBox;
+
+/// The states of a site in which its domains get certificates.
+const LIVE_SITE_STATES: &str = "'active', 'degraded', 'suspended'";
+
+/// The staff-chosen ACME directory and contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub directory_url: String,
+    pub contact_email: String,
+}
+
+/// The settings, if staff (or the configuration) chose any.
+pub async fn settings(db: &MySqlPool) -> anyhow::Result<Option<Settings>> {
+    Ok(settings_and_account(db).await?.map(|(s, _)| s))
+}
+
+/// The settings, and whether an account of their directory is registered.
+pub async fn settings_and_account(db: &MySqlPool) -> anyhow::Result<Option<(Settings, bool)>> {
+    let row: Option<(String, String, bool)> = sqlx::query_as(
+        "SELECT directory_url, contact_email, \
+         (account_sealed IS NOT NULL AND account_directory = directory_url) \
+         FROM acme_settings WHERE id = 1",
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(directory_url, contact_email, account)| {
+        (
+            Settings {
+                directory_url,
+                contact_email,
+            },
+            account,
+        )
+    }))
+}
+
+/// Sets the directory and contact; a changed directory drops the account (it belongs to
+/// the old directory), so the next order registers a new one.
+pub async fn set_settings(conn: &mut sqlx::MySqlConnection, s: &Settings) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO acme_settings (id, directory_url, contact_email) VALUES (1, ?, ?) \
+         ON DUPLICATE KEY UPDATE \
+           account_nonce = IF(directory_url = VALUES(directory_url), account_nonce, NULL), \
+           account_sealed = IF(directory_url = VALUES(directory_url), account_sealed, NULL), \
+           account_directory = IF(directory_url = VALUES(directory_url), account_directory, NULL), \
+           directory_url = VALUES(directory_url), contact_email = VALUES(contact_email), \
+           updated_at = NOW(6)",
+    )
+    .bind(&s.directory_url)
+    .bind(&s.contact_email)
+    .execute(conn)
+    .await
+    .context("storing the ACME settings")?;
+    Ok(())
+}
+
+/// Stores settings from the configuration only where staff set none.
+pub async fn seed_settings(db: &MySqlPool, s: &Settings) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT IGNORE INTO acme_settings (id, directory_url, contact_email) VALUES (1, ?, ?)",
+    )
+    .bind(&s.directory_url)
+    .bind(&s.contact_email)
+    .execute(db)
+    .await
+    .context("seeding the ACME settings")?;
+    Ok(())
+}
+
+fn account_context(directory: &str) -> String {
+    format!("acme/account/{directory}")
+}
+
+#[derive(FromRow)]
+struct AccountRow {
+    account_directory: Option<String>,
+    account_nonce: Option<Vec<u8>>,
+    account_sealed: Option<Vec<u8>>,
+}
+
+/// The sealed account credentials (JSON) of `directory`, opened.
+pub async fn account(
+    db: &MySqlPool,
+    secrets: &SecretBox,
+    directory: &str,
+) -> anyhow::Result<Option<String>> {
+    let row: Option<AccountRow> = sqlx::query_as(
+        "SELECT account_directory, account_nonce, account_sealed FROM acme_settings WHERE id = 1",
+    )
+    .fetch_optional(db)
+    .await?;
+    match row {
+        Some(AccountRow {
+            account_directory: Some(dir),
+            account_nonce: Some(nonce),
+            account_sealed: Some(sealed),
+        }) if dir == directory => Ok(Some(
+            secrets
+                .open(&account_context(directory), &nonce, &sealed)
+                .context("opening the ACME account")?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Stores the account of `directory`, unless staff changed the directory meanwhile.
+pub async fn store_account(
+    db: &MySqlPool,
+    secrets: &SecretBox,
+    directory: &str,
+    credentials_json: &str,
+) -> anyhow::Result<()> {
+    let (nonce, sealed) = secrets.seal(&account_context(directory), credentials_json)?;
+    sqlx::query(
+        "UPDATE acme_settings SET account_directory = ?, account_nonce = ?, account_sealed = ? \
+         WHERE id = 1 AND directory_url = ?",
+    )
+    .bind(directory)
+    .bind(&nonce[..])
+    .bind(&sealed)
+    .bind(directory)
+    .execute(db)
+    .await
+    .context("storing the ACME account")?;
+    Ok(())
+}
+
+/// Adds a `pending` row for every domain of a live site that has none, and removes the
+/// rows of domains no site uses any more. A domain moved between sites keeps its row: the
+/// certificate names the domain, not the site.
+pub async fn sync_domains(db: &MySqlPool) -> anyhow::Result<(u64, u64)> {
+    let added = sqlx::query(crate::sql!(
+        "INSERT IGNORE INTO certificates (domain, state) \
+         SELECT d.domain, 'pending' FROM domains d JOIN sites s ON s.id = d.site_id \
+         WHERE s.state IN ({LIVE_SITE_STATES})"
+    ))
+    .execute(db)
+    .await?
+    .rows_affected();
+    let removed = sqlx::query(crate::sql!(
+        "DELETE FROM certificates WHERE domain NOT IN ( \
+           SELECT d.domain FROM domains d JOIN sites s ON s.id = d.site_id \
+           WHERE s.state IN ({LIVE_SITE_STATES}))"
+    ))
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok((added, removed))
+}
+
+/// Domains whose order is due and not leased by another replica, the longest waiting first.
+pub async fn due(db: &MySqlPool, limit: u32) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT domain FROM certificates WHERE next_attempt_at <= NOW(6) \
+         AND (lease_until IS NULL OR lease_until < NOW(6)) ORDER BY next_attempt_at LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Takes the domain's lease for `secs`; false when another replica holds it or it is not due.
+pub async fn lease(db: &MySqlPool, domain: &str, secs: u64) -> anyhow::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE certificates SET lease_until = NOW(6) + INTERVAL ? SECOND \
+         WHERE domain = ? AND next_attempt_at <= NOW(6) \
+         AND (lease_until IS NULL OR lease_until < NOW(6))",
+    )
+    .bind(secs)
+    .bind(domain)
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A certificate chain (leaf first) and its private key, PEM.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Material {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Material { chain_pem, key_pem: <redacted> }")
+    }
+}
+
+/// The public facts of an issued certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub issuer: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub renew_at: DateTime<Utc>,
+}
+
+fn certificate_context(domain: &str) -> String {
+    format!("certificate/{domain}")
+}
+
+/// Stores a new certificate, clears the failure count and the lease, and schedules renewal.
+pub async fn store_issued(
+    db: &MySqlPool,
+    secrets: &SecretBox,
+    domain: &str,
+    material: &Material,
+    issued: &Issued,
+) -> anyhow::Result<()> {
+    let plain = serde_json::to_string(material)?;
+    let (nonce, sealed) = secrets.seal(&certificate_context(domain), &plain)?;
+    sqlx::query(
+        "UPDATE certificates SET state = 'valid', issuer = ?, not_before = ?, not_after = ?, \
+         renew_at = ?, next_attempt_at = ?, pem_nonce = ?, pem_sealed = ?, last_error = NULL, \
+         failures = 0, lease_until = NULL, updated_at = NOW(6) WHERE domain = ?",
+    )
+    .bind(&issued.issuer)
+    .bind(issued.not_before)
+    .bind(issued.not_after)
+    .bind(issued.renew_at)
+    .bind(issued.renew_at)
+    .bind(&nonce[..])
+    .bind(&sealed)
+    .bind(domain)
+    .execute(db)
+    .await
+    .context("storing a certificate")?;
+    Ok(())
+}
+
+/// Records a failed order: the reason, the next attempt after `retry_secs`, and `failed`
+/// unless a certificate that has not expired is still held (it keeps being served).
+pub async fn store_failure(
+    db: &MySqlPool,
+    domain: &str,
+    reason: &str,
+    retry_secs: u64,
+) -> anyhow::Result<()> {
+    let reason: String = reason.chars().take(2000).collect();
+    sqlx::query(
+        "UPDATE certificates SET \
+           state = IF(pem_sealed IS NOT NULL AND not_after > NOW(6), 'valid', 'failed'), \
+           last_error = ?, failures = failures + 1, \
+           next_attempt_at = NOW(6) + INTERVAL ? SECOND, lease_until = NULL, \
+           updated_at = NOW(6) WHERE domain = ?",
+    )
+    .bind(reason)
+    .bind(retry_secs)
+    .bind(domain)
+    .execute(db)
+    .await
+    .context("recording a failed order")?;
+    Ok(())
+}
+
+/// How many consecutive failures the domain has.
+pub async fn failures(db: &MySqlPool, domain: &str) -> anyhow::Result<u32> {
+    let n: Option<i32> = sqlx::query_scalar("SELECT failures FROM certificates WHERE domain = ?")
+        .bind(domain)
+        .fetch_optional(db)
+        .await?;
+    Ok(n.unwrap_or(0).max(0) as u32)
+}
+
+/// Every certificate that has not expired, opened, for the edge.
+pub async fn servable(
+    db: &MySqlPool,
+    secrets: &SecretBox,
+) -> anyhow::Result<Vec<(String, Material)>> {
+    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT domain, pem_nonce, pem_sealed FROM certificates \
+         WHERE pem_sealed IS NOT NULL AND not_after > NOW(6) ORDER BY domain",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (domain, nonce, sealed) in rows {
+        match secrets
+            .open(&certificate_context(&domain), &nonce, &sealed)
+            .and_then(|plain| Ok(serde_json::from_str::<Material>(&plain)?))
+        {
+            Ok(material) => out.push((domain, material)),
+            // One unreadable row must not take every other domain's HTTPS down.
+            Err(err) => {
+                tracing::error!(%domain, error = format!("{err:#}"), "a stored certificate does not open")
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(FromRow)]
+struct CertRow {
+    domain: String,
+    state: String,
+    issuer: Option<String>,
+    not_after: Option<DateTime<Utc>>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+/// The certificates of a site's domains, in the order of `domains`; a domain without a
+/// row (the site is not live yet, or the issuer has not seen it) shows as `pending`.
+pub async fn for_domains(
+    db: &MySqlPool,
+    domains: &[String],
+) -> anyhow::Result<Vec<DomainCertificate>> {
+    if domains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT domain, state, issuer, not_after, next_attempt_at, last_error \
+         FROM certificates WHERE domain IN (",
+    );
+    let mut sep = q.separated(", ");
+    for d in domains {
+        sep.push_bind(d);
+    }
+    q.push(")");
+    let rows: Vec<CertRow> = q.build_query_as().fetch_all(db).await?;
+    Ok(domains
+        .iter()
+        .map(|d| match rows.iter().find(|r| &r.domain == d) {
+            Some(r) => DomainCertificate {
+                domain: d.clone(),
+                state: r.state.clone(),
+                issuer: r.issuer.clone(),
+                not_after: r.not_after,
+                next_attempt_at: r.next_attempt_at,
+                last_error: r.last_error.clone(),
+            },
+            None => DomainCertificate {
+                domain: d.clone(),
+                state: "pending".to_owned(),
+                issuer: None,
+                not_after: None,
+                next_attempt_at: None,
+                last_error: None,
+            },
+        })
+        .collect())
+}
+
+/// Domains whose certificate expires within `secs` (the metric's value).
+pub async fn expiring_within(db: &MySqlPool, secs: u64) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM certificates WHERE pem_sealed IS NOT NULL \
+         AND not_after < NOW(6) + INTERVAL ? SECOND",
+    )
+    .bind(secs)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Publishes an HTTP-01 answer for an hour (an order takes seconds to minutes).
+pub async fn put_challenge(
+    db: &MySqlPool,
+    token: &str,
+    key_authorization: &str,
+    domain: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "REPLACE INTO acme_challenges (token, key_authorization, domain, expires_at) \
+         VALUES (?, ?, ?, NOW(6) + INTERVAL 1 HOUR)",
+    )
+    .bind(token)
+    .bind(key_authorization)
+    .bind(domain)
+    .execute(db)
+    .await
+    .context("publishing an HTTP-01 answer")?;
+    Ok(())
+}
+
+/// The answer to an HTTP-01 challenge for `token`, if one is pending.
+pub async fn challenge(db: &MySqlPool, token: &str) -> anyhow::Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT key_authorization FROM acme_challenges WHERE token = ? AND expires_at > NOW(6)",
+    )
+    .bind(token)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Drops the answers of a finished order, and any that expired.
+pub async fn drop_challenges(db: &MySqlPool, tokens: &[String]) -> anyhow::Result<()> {
+    for token in tokens {
+        sqlx::query("DELETE FROM acme_challenges WHERE token = ?")
+            .bind(token)
+            .execute(db)
+            .await?;
+    }
+    sqlx::query("DELETE FROM acme_challenges WHERE expires_at < NOW(6)")
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,616 @@
+//! Site certificates through a real ACME server: Debian's `pebble` (Let's Encrypt's test
+//! CA) with real HTTP-01 validation against the platform's own listener, and
+//! `pebble-challtestsrv` as pebble's DNS server, so each test domain resolves to loopback
+//! (or, for the failing domain, to an address where nothing listens).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use platform::certs::{
+    issuer::Issuer,
+    store::{self, Material},
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{SECRET_KEY, TestApp, free_port, random_name};
+
+const EDGE_TOKEN: &str = "edge-provider-token-0123456789abcdef";
+
+/// pebble and its DNS server, stopped when dropped.
+struct Pebble {
+    _pebble: tokio::process::Child,
+    _dns: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    directory: String,
+    management: String,
+    dns_management: String,
+    /// The root pebble's own HTTPS chains to (made here, not pebble's issuing root).
+    api_root: PathBuf,
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = Path::new("/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-deps.sh (Debian package pebble)",
+        path.display()
+    );
+    path
+}
+
+/// A CA and a leaf for 127.0.0.1 signed by it: pebble's own HTTPS (the package ships none).
+fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pressdock test pebble API root");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let (root, cert, key) = (
+        dir.join("root.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&root, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (root, cert, key)
+}
+
+impl Pebble {
+    /// Starts pebble with HTTP-01 validation against `http_port` on the resolved address.
+    async fn start(http_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (api_root, cert, key) = pebble_tls(dir.path());
+        let (listen, mgmt, dns, dns_mgmt, tls) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let config = dir.path().join("pebble.json");
+        std::fs::write(
+            &config,
+            json!({ "pebble": {
+                "listenAddress": format!("127.0.0.1:{listen}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+                "certificate": cert, "privateKey": key,
+                "httpPort": http_port, "tlsPort": tls,
+                "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            }})
+            .to_string(),
+        )
+        .unwrap();
+        let dns_child = tokio::process::Command::new(binary("pebble-challtestsrv"))
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pebble = tokio::process::Command::new(binary("pebble"))
+            .arg("-config")
+            .arg(&config)
+            .arg("-dnsserver")
+            .arg(format!("127.0.0.1:{dns}"))
+            // Real validation, no random sleeps, no injected bad nonces.
+            .env("PEBBLE_VA_ALWAYS_VALID", "0")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let this = Self {
+            _pebble: pebble,
+            _dns: dns_child,
+            _dir: dir,
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            management: format!("https://127.0.0.1:{mgmt}"),
+            dns_management: format!("http://127.0.0.1:{dns_mgmt}"),
+            api_root,
+        };
+        // Bounded wait for both servers to answer (not an assertion on time).
+        let client = this.api_client();
+        for _ in 0..200 {
+            let dir_up = client.get(&this.directory).send().await.is_ok();
+            let dns_up = reqwest::Client::new()
+                .post(format!("{}/clear-a", this.dns_management))
+                .json(&json!({ "host": "warmup.test" }))
+                .send()
+                .await
+                .is_ok();
+            if dir_up && dns_up {
+                return this;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("pebble did not start");
+    }
+
+    /// A client that trusts only pebble's API root.
+    fn api_client(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&self.api_root).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .build()
+            .unwrap()
+    }
+
+    /// The root pebble issues certificates under (it makes a new one at each start).
+    async fn issuing_root(&self) -> String {
+        let response = self
+            .api_client()
+            .get(format!("{}/roots/0", self.management))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
+    /// Makes `host` resolve, for pebble's validation, to `address`.
+    async fn resolve(&self, host: &str, address: &str) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/add-a", self.dns_management))
+            .json(&json!({ "host": host, "addresses": [address] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+/// Serves the chain and key over TLS on loopback, answering one fixed body, until dropped.
+async fn tls_server(material: &Material) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(material.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let body = "served with the issued certificate";
+                let _ = tls
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn site_certificates(app: &TestApp, token: &str, site: &str) -> Value {
+    let (status, body) = app.get(&format!("/v1/sites/{site}"), token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["certificates"].clone()
+}
+
+#[tokio::test]
+async fn issues_through_http01_serves_and_reports_a_failing_domain() {
+    // The platform listens first; pebble, started next, validates HTTP-01 against its port.
+    let trust = tempfile::tempdir().unwrap();
+    let directory_root = trust.path().join("pebble-api-root.pem");
+    let ca_file = directory_root.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.certs.enabled = true;
+        c.certs.interval_secs = 1;
+        c.certs.order_timeout_secs = 60;
+        // A failed domain is not retried within the test.
+        c.certs.retry_base_secs = 3600;
+        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
+        c.certs.challenge_upstream = Some("http://platform.internal:8080".to_owned());
+        c.certs.directory_ca_file = Some(ca_file);
+    })
+    .await;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let pebble = Pebble::start(port).await;
+    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
+
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    let tenant = app.create_tenant(&admin, "shop").await;
+    let id = random_name("s").replace('_', "");
+    let good = format!("{id}.pebble.test");
+    let bad = format!("bad{id}.pebble.test");
+    // Nothing listens on 127.0.0.2: pebble's fetch of the challenge is refused.
+    pebble.resolve(&bad, "127.0.0.2").await;
+
+    // Staff choose the directory and contact (until then nothing is ordered).
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(json!({ "directory": pebble.directory, "contact_email": "ops@pressdock.test" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["directory_url"], pebble.directory.as_str());
+    assert_eq!(body["contact_email"], "ops@pressdock.test");
+
+    let (status, body) = app
+        .post(
+            &format!("/v1/tenants/{tenant}/sites"),
+            &admin,
+            json!({ "name": "Shop", "domain": good, "aliases": [bad], "plan": "starter" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let site = body["site"]["id"].as_str().unwrap().to_owned();
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+
+    // Bounded wait for both orders to finish (the issuer runs every second).
+    let mut certificates = Value::Null;
+    for _ in 0..600 {
+        certificates = site_certificates(&app, &admin, &site).await;
+        let settled = certificates
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] != "pending");
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = certificates.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{certificates}");
+    assert_eq!(list[0]["domain"], good.as_str());
+    assert_eq!(list[0]["state"], "valid", "{certificates}");
+    assert!(
+        list[0]["issuer"].as_str().unwrap().contains("Pebble"),
+        "{certificates}"
+    );
+    assert!(list[0]["last_error"].is_null(), "{certificates}");
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(list[0]["not_after"].clone()).unwrap();
+    let renew: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(list[0]["next_attempt_at"].clone()).unwrap();
+    assert!(not_after > chrono::Utc::now() && renew < not_after);
+    // The failing alias carries the ACME server's reason and does not hold back the primary.
+    assert_eq!(list[1]["domain"], bad.as_str());
+    assert_eq!(list[1]["state"], "failed", "{certificates}");
+    let reason = list[1]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("127.0.0.2") && reason.to_lowercase().contains("refused"),
+        "{reason}"
+    );
+    assert!(list[1]["issuer"].is_null() && list[1]["not_after"].is_null());
+
+    // At rest: the account and the certificate are sealed, not PEM or JSON in the clear.
+    let (account,): (Vec<u8>,) =
+        sqlx::query_as("SELECT account_sealed FROM acme_settings WHERE id = 1")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let (sealed,): (Vec<u8>,) =
+        sqlx::query_as("SELECT pem_sealed FROM certificates WHERE domain = ?")
+            .bind(&good)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    for blob in [&account, &sealed] {
+        assert!(!blob.windows(5).any(|w| w == b"-----" || w == b"\"key_"));
+    }
+
+    // The edge's provider: refused without the token, every valid certificate with it.
+    let edge = reqwest::Client::new();
+    let response = edge
+        .get(format!("{}/edge/traefik.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let config: Value = edge
+        .get(format!("{}/edge/traefik.json", app.base))
+        .bearer_auth(EDGE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let served = config["tls"]["certificates"].as_array().unwrap();
+    assert_eq!(served.len(), 1, "only the valid domain: {config}");
+    let material = Material {
+        chain_pem: served[0]["certFile"].as_str().unwrap().to_owned(),
+        key_pem: served[0]["keyFile"].as_str().unwrap().to_owned(),
+    };
+    assert_eq!(
+        config["http"]["routers"]["pd-https-0"]["rule"],
+        format!("Host(`{good}`)")
+    );
+    assert_eq!(
+        config["http"]["middlewares"]["pd-to-https"]["redirectScheme"]["scheme"],
+        "https"
+    );
+    assert_eq!(
+        config["http"]["routers"]["pd-acme-challenge"]["rule"],
+        "PathPrefix(`/.well-known/acme-challenge/`)"
+    );
+
+    // A verifying TLS client that trusts only pebble's issuing root accepts the chain for
+    // the domain's name, and refuses it for another name and without that root.
+    let (addr, server) = tls_server(&material).await;
+    let issuing_root =
+        reqwest::Certificate::from_pem(pebble.issuing_root().await.as_bytes()).unwrap();
+    let verifying = |name: &str, root: Option<reqwest::Certificate>| {
+        let mut b = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .https_only(true)
+            .resolve(name, addr);
+        if let Some(root) = root {
+            b = b.add_root_certificate(root);
+        }
+        b.build().unwrap()
+    };
+    let body = verifying(&good, Some(issuing_root.clone()))
+        .get(format!("https://{good}:{}/", addr.port()))
+        .send()
+        .await
+        .expect("the chain verifies against pebble's root for the domain")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "served with the issued certificate");
+    let other = format!("other{id}.pebble.test");
+    assert!(
+        verifying(&other, Some(issuing_root))
+            .get(format!("https://{other}:{}/", addr.port()))
+            .send()
+            .await
+            .is_err(),
+        "another name must not verify"
+    );
+    assert!(
+        verifying(&good, None)
+            .get(format!("https://{good}:{}/", addr.port()))
+            .send()
+            .await
+            .is_err(),
+        "without pebble's root the chain must not verify"
+    );
+    server.abort();
+
+    // Renewal: once due (forced here; normally two thirds into the lifetime) the issuer
+    // orders again and the edge gets the new certificate.
+    sqlx::query("UPDATE certificates SET next_attempt_at = NOW(6) WHERE domain = ?")
+        .bind(&good)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut renewed = None;
+    for _ in 0..600 {
+        let config: Value = edge
+            .get(format!("{}/edge/traefik.json", app.base))
+            .bearer_auth(EDGE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let chain = config["tls"]["certificates"][0]["certFile"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if chain != material.chain_pem {
+            renewed = Some(chain);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(renewed.is_some(), "the certificate was not renewed");
+    let certificates = site_certificates(&app, &admin, &site).await;
+    assert_eq!(certificates[0]["state"], "valid", "{certificates}");
+    let renew: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(certificates[0]["next_attempt_at"].clone()).unwrap();
+    assert!(renew > chrono::Utc::now(), "{certificates}");
+
+    // The expiry metric: pebble's certificates last longer than 14 days.
+    let metrics = edge
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pressdock_certificates_expiring_14d 0"),
+        "{metrics}"
+    );
+
+    // The account is registered once and shown without its key.
+    let (status, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["account_registered"], true, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+
+    // A restarted platform (a new issuer on the same database) orders nothing it holds.
+    let again = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        platform::config::CertsConfig {
+            directory_ca_file: Some(directory_root.clone()),
+            ..Default::default()
+        },
+    );
+    let report = again.run_pass().await.unwrap();
+    assert!(
+        report.issued.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        store::servable(
+            &app.db,
+            &platform::crypto::SecretBox::new(SECRET_KEY.as_bytes())
+        )
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn acme_settings_are_validated_and_staff_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (status, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({ "directory_url": null, "contact_email": null, "account_registered": false })
+    );
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(json!({ "directory": "http://acme.test/dir", "contact_email": "nope" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["directory", "contact_email"], "{body}");
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(
+                json!({ "directory": "letsencrypt-staging", "contact_email": "Ops@Example.test" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "directory_url": platform::certs::LETS_ENCRYPT_STAGING,
+            "contact_email": "ops@example.test",
+            "account_registered": false,
+        })
+    );
+    // Operators read, only admins change; tenants see neither.
+    let operator = app.staff_with_role(&admin, "operator").await;
+    let (status, _) = app.get("/v1/admin/acme", &operator).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&operator),
+            Some(json!({ "directory": "letsencrypt", "contact_email": "a@b.test" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let tenant = app.create_tenant(&admin, "acme-co").await;
+    let (owner, _) = app.user_with_role(&admin, &tenant, "owner").await;
+    let (status, body) = app.get("/v1/admin/acme", &owner).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["status"], 403, "{body}");
+    // The change is audited.
+    let (status, body) = app.get("/v1/audit", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "acme.settings"),
+        "{body}"
+    );
+    // The edge provider is off without a token, and the challenge route knows no token.
+    let (status, _) = app
+        .request(Method::GET, "/edge/traefik.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .request(
+            Method::GET,
+            "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["status"], 404, "{body}");
+    app.finish().await;
+}
