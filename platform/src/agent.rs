@@ -27,10 +27,12 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::{
+    app::site_state::{self, SiteEvent},
     audit::{self, Event},
     domain::Id,
     error::{ApiError, ApiResult},
     state::AppState,
+    states::SiteState,
 };
 
 /// At most this many paths per purge; more is a ban of the whole site.
@@ -394,18 +396,11 @@ pub async fn report(
     }
     if stored && ready && matches!(site.state.as_str(), "provisioning" | "degraded") {
         // A new site becomes active only after its create operation finished (the saga
-        // may still be publishing the host table).
-        let changed = sqlx::query(
-            "UPDATE sites s SET s.state = 'active', s.updated_at = NOW(6) WHERE s.id = ? \
-             AND s.state IN ('provisioning', 'degraded') AND NOT EXISTS (SELECT 1 FROM operations o \
-             WHERE o.target_type = 'site' AND o.target_id = s.id AND o.state IN ('pending', 'running', 'unwinding'))",
-        )
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed > 0 {
-            crate::app::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
+        // may still be publishing the host table): `change` leaves a busy site alone.
+        if let Some(Ok(changed)) =
+            site_state::change(&mut tx, id.as_str(), SiteEvent::AgentReady).await?
+            && changed.from != changed.to
+        {
             audit::record(
                 &mut tx,
                 None,
@@ -414,7 +409,7 @@ pub async fn report(
                     tenant_id: Some(&site.tenant_id),
                     target_type: "site",
                     target_id: id.as_str(),
-                    details: json!({ "was": site.state, "node_id": swarm_id(report.node_id.as_deref()) }),
+                    details: json!({ "was": changed.from, "node_id": swarm_id(report.node_id.as_deref()) }),
                 },
             )
             .await?;
@@ -448,15 +443,11 @@ pub async fn sweep(db: &MySqlPool, timeout: Duration) -> sqlx::Result<u64> {
     let mut changed = 0;
     for (site, tenant) in stale {
         let mut tx = db.begin().await?;
-        let n = sqlx::query(
-            "UPDATE sites SET state = 'degraded', updated_at = NOW(6) WHERE id = ? AND state = 'active'",
-        )
-        .bind(&site)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = match site_state::change(&mut tx, &site, SiteEvent::AgentSilent).await? {
+            Some(Ok(c)) if c.from != c.to => 1,
+            _ => 0,
+        };
         if n > 0 {
-            crate::app::billing::record_site_state(&mut tx, Some(&site)).await?;
             audit::record(
                 &mut tx,
                 None,
@@ -623,7 +614,7 @@ pub async fn tenant_purge(
 ) -> ApiResult<PurgeResult> {
     let found =
         crate::app::sites::get_for(state, actor, site, crate::domain::TenantRole::Member).await?;
-    if found.state != "active" && found.state != "degraded" {
+    if !matches!(found.state, SiteState::Active | SiteState::Degraded) {
         return Err(ApiError::conflict(
             None,
             format!("the site is {}", found.state),

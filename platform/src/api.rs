@@ -497,7 +497,7 @@ async fn transition(
     state: AppState,
     actor: Actor,
     site: String,
-    kind: &str,
+    kind: crate::states::OperationKind,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     Ok((
         StatusCode::ACCEPTED,
@@ -512,7 +512,7 @@ async fn delete_site(
     actor: Actor,
     ApiPath(site): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    transition(state, actor, site, "site.delete").await
+    transition(state, actor, site, crate::states::OperationKind::SiteDelete).await
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/suspend", tag = "sites", security(("bearer" = [])),
@@ -522,7 +522,13 @@ async fn suspend_site(
     actor: Actor,
     ApiPath(site): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    transition(state, actor, site, "site.suspend").await
+    transition(
+        state,
+        actor,
+        site,
+        crate::states::OperationKind::SiteSuspend,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/resume", tag = "sites", security(("bearer" = [])),
@@ -532,7 +538,7 @@ async fn resume_site(
     actor: Actor,
     ApiPath(site): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    transition(state, actor, site, "site.resume").await
+    transition(state, actor, site, crate::states::OperationKind::SiteResume).await
 }
 
 #[utoipa::path(post, path = "/v1/sites/{site}/cache/purge", tag = "sites", security(("bearer" = [])),

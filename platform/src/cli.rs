@@ -733,7 +733,8 @@ fn progress_lines(op: &Value) -> Vec<String> {
         if step["attempts"].as_i64().unwrap_or(0) > 1 {
             line.push_str(&format!(" (attempt {})", step["attempts"]));
         }
-        if let Some(error) = step["error"].as_str() {
+        // Staff are shown the whole chain; tenant users get only the public message.
+        if let Some(error) = step["internal_error"].as_str().or(step["error"].as_str()) {
             line.push_str(&format!(": {error}"));
         }
         lines.push(line);
@@ -1343,7 +1344,10 @@ async fn finish_accepted(
             Some("failed") => {
                 failure = Some(format!(
                     "the operation failed: {}",
-                    op["error"].as_str().unwrap_or("no reason given")
+                    op["internal_error"]
+                        .as_str()
+                        .or(op["error"].as_str())
+                        .unwrap_or("no reason given")
                 ));
                 current_site(c, &site_id, &accepted["site"]).await
             }

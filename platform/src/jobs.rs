@@ -1,4 +1,5 @@
-//! The durable job runner and the saga framework.
+//! The durable job runner: it runs the sagas of `crate::sagas`, and knows leases,
+//! retries, failpoints and unwinding, nothing about what a saga changes.
 //!
 //! Each operation has one job row. A runner claims a job with
 //! `SELECT … FOR UPDATE SKIP LOCKED` and writes a lease (owner and expiry) that it renews
@@ -22,40 +23,29 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{config::JobsConfig, provision::Provisioner};
+use crate::{
+    config::JobsConfig,
+    provision::Provisioner,
+    sagas::{self, Outcome, StepContext, StepError, StepResult, Undo},
+    states::{OperationKind, OperationState, StepState},
+};
 
-/// An error of a step.
-#[derive(Debug)]
-pub enum StepError {
-    /// Worth trying again later (a backend is unreachable, a lock is taken).
-    Retryable(anyhow::Error),
-    /// Trying again will not help; the saga unwinds.
-    Permanent(anyhow::Error),
-    /// Not yet (a move waits for its turn or for its new task): run the step again after
-    /// this long, without counting an attempt.
-    Wait(Duration, String),
+/// A message for an operation's or a step's readers: the public text (tenants) and the
+/// internal one with the whole chain (staff, logs).
+struct Message {
+    public: String,
+    internal: String,
 }
 
-impl From<sqlx::Error> for StepError {
-    fn from(err: sqlx::Error) -> Self {
-        // A deadlock (1213) or a lock wait timeout (1205) says only that another
-        // transaction got there first (moves and the node sync lock the same rows): run the
-        // step again soon, without using up one of its attempts.
-        let conflict = err
-            .as_database_error()
-            .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-            .is_some_and(|e| matches!(e.number(), 1205 | 1213));
-        if conflict {
-            return Self::Wait(
-                Duration::from_millis(500),
-                format!("database: {err}; trying again"),
-            );
+impl Message {
+    fn of(err: &StepError) -> Self {
+        // Our own wording, but a reason inside it may be long: the column holds 500.
+        Self {
+            public: err.public_message().chars().take(500).collect(),
+            internal: err.internal_message(),
         }
-        Self::Retryable(anyhow::Error::new(err).context("database"))
     }
 }
-
-type StepResult = Result<(), StepError>;
 
 /// Test-only fault injection, from `PRESSDOCK_FAILPOINTS`: `step=pause:MS` sleeps after the
 /// step's effect and before it is recorded done (a window to kill the process in);
@@ -79,189 +69,6 @@ impl Failpoints {
     fn get(&self, step: &str) -> Option<&str> {
         self.0.get(step).map(String::as_str)
     }
-}
-
-/// What a step runs against.
-struct StepContext<'a> {
-    db: &'a MySqlPool,
-    provisioner: &'a Provisioner,
-    kind: &'a str,
-    target: &'a str,
-}
-
-async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
-    match name {
-        "record_site" => ensure_site_recorded(ctx).await,
-        "reserve_slot" => reserve_slot(ctx).await,
-        "release_slot" => release_slot(ctx).await,
-        "release_domains" => release_domains(ctx).await,
-        // The site's state is set when the saga finishes (`on_finish`).
-        "mark_suspended" | "mark_active" | "mark_updated" => Ok(()),
-        "await_turn" | "move_service" | "await_ready" | "finish_move" => {
-            crate::moves::step(ctx.db, ctx.provisioner, name, ctx.target).await
-        }
-        other => match ctx
-            .provisioner
-            .run(ctx.db, ctx.kind, other, ctx.target)
-            .await
-        {
-            Some(result) => result,
-            None => Err(StepError::Permanent(anyhow::anyhow!(
-                "unknown step {other}"
-            ))),
-        },
-    }
-}
-
-async fn undo_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
-    // A create and a move unwind: delete, suspend, resume and update go forward only, and
-    // their failure is left for an operator, with nothing taken back.
-    if ctx.kind == "site.move" {
-        return crate::moves::undo(ctx.db, ctx.provisioner, name, ctx.target).await;
-    }
-    if ctx.kind != "site.create" {
-        return Ok(());
-    }
-    match name {
-        "record_site" => release_domains(ctx).await,
-        "reserve_slot" => release_slot(ctx).await,
-        other => ctx
-            .provisioner
-            .undo(ctx.db, other, ctx.target)
-            .await
-            .unwrap_or(Ok(())),
-    }
-}
-
-/// Called when a saga finished (`succeeded`) or unwound (`failed`).
-///
-/// With agents reporting, a created site is `active` only once its agent reported ready
-/// (the report may come before or after this point; see `agent::report`).
-async fn on_finish(
-    db: &MySqlPool,
-    kind: &str,
-    target: &str,
-    succeeded: bool,
-    agents_report: bool,
-) -> sqlx::Result<()> {
-    let state = match (kind, succeeded) {
-        ("site.create", true) if agents_report => {
-            let ready: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM agent_reports WHERE site_id = ? AND ready = 1")
-                    .bind(target)
-                    .fetch_optional(db)
-                    .await?;
-            if ready.is_some() {
-                "active"
-            } else {
-                "provisioning"
-            }
-        }
-        ("site.create", true) | ("site.resume", true) => "active",
-        ("site.suspend", true) => "suspended",
-        ("site.delete", true) => "deleted",
-        // A site whose create or delete failed is not what it should be; a failed
-        // suspend, resume or update leaves it as it was (the operation says why).
-        ("site.create" | "site.delete", false) => "failed",
-        _ => return Ok(()),
-    };
-    sqlx::query(
-        "UPDATE sites SET state = ?, updated_at = NOW(6), \
-         deleted_at = IF(? = 'deleted', NOW(6), deleted_at) WHERE id = ?",
-    )
-    .bind(state)
-    .bind(state)
-    .bind(target)
-    .execute(db)
-    .await?;
-    crate::app::billing::record_site_state(&mut *db.acquire().await?, Some(target)).await?;
-    Ok(())
-}
-
-async fn ensure_site_recorded(ctx: &StepContext<'_>) -> StepResult {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT s.state, (SELECT COUNT(*) FROM domains d WHERE d.site_id = s.id) FROM sites s WHERE s.id = ?",
-    )
-    .bind(ctx.target)
-    .fetch_optional(ctx.db)
-    .await?;
-    match row {
-        Some((state, domains)) if state == "provisioning" && domains > 0 => Ok(()),
-        Some((state, _)) => Err(StepError::Permanent(anyhow::anyhow!(
-            "site is {state}, not provisioning"
-        ))),
-        None => Err(StepError::Permanent(anyhow::anyhow!(
-            "site {} is not recorded",
-            ctx.target
-        ))),
-    }
-}
-
-/// Places the site on the active worker with the fewest of its tenant's sites, then the
-/// most free slots. Worker rows are locked while choosing, so concurrent placements never
-/// overfill a worker; the placement's primary key makes the step idempotent.
-async fn reserve_slot(ctx: &StepContext<'_>) -> StepResult {
-    let mut tx = ctx.db.begin().await?;
-    // The active workers' rows first, before any plain read: they serialise reservations
-    // (and moves onto them), and the reads below then see what the last holder committed.
-    sqlx::query(
-        "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let placed: Option<String> =
-        sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
-            .bind(ctx.target)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if placed.is_some() {
-        return Ok(());
-    }
-    let (tenant, slots): (String, i32) = sqlx::query_as(
-        "SELECT s.tenant_id, p.slots FROM sites s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?",
-    )
-    .bind(ctx.target)
-    .fetch_one(&mut *tx)
-    .await?;
-    let slots = u32::try_from(slots).unwrap_or(1).max(1);
-    let chosen = crate::moves::place_new_site(
-        &mut tx,
-        &ctx.provisioner.placement,
-        ctx.target,
-        &tenant,
-        slots,
-    )
-    .await
-    .map_err(StepError::Retryable)?;
-    let node = chosen.map_err(|reason| {
-        StepError::Permanent(anyhow::anyhow!(
-            "no worker can take the site ({reason}); add or activate a worker"
-        ))
-    })?;
-    sqlx::query("INSERT INTO placements (site_id, node_id, slots) VALUES (?, ?, ?)")
-        .bind(ctx.target)
-        .bind(&node)
-        .bind(slots)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn release_slot(ctx: &StepContext<'_>) -> StepResult {
-    sqlx::query("DELETE FROM placements WHERE site_id = ?")
-        .bind(ctx.target)
-        .execute(ctx.db)
-        .await?;
-    Ok(())
-}
-
-async fn release_domains(ctx: &StepContext<'_>) -> StepResult {
-    sqlx::query("DELETE FROM domains WHERE site_id = ?")
-        .bind(ctx.target)
-        .execute(ctx.db)
-        .await?;
-    Ok(())
 }
 
 /// One runner process's identity and settings.
@@ -390,7 +197,7 @@ impl Runner {
         let started = sqlx::query(
             "UPDATE jobs j JOIN operation_steps s ON s.operation_id = ? AND s.position = ? \
              SET j.lease_expires_at = NOW(6) + INTERVAL ? SECOND, \
-             s.state = 'running', s.error = NULL, s.attempts = s.attempts + 1, \
+             s.state = 'running', s.error = NULL, s.public_error = NULL, s.attempts = s.attempts + 1, \
              s.started_at = COALESCE(s.started_at, NOW(6)) \
              WHERE j.id = ? AND j.lease_owner = ? AND j.lease_expires_at >= NOW(6)",
         )
@@ -437,65 +244,83 @@ impl Runner {
     }
 
     async fn drive(&self, job: i64, operation: &str) -> anyhow::Result<()> {
-        let (kind, target, mut op_state): (String, String, String) =
+        let (kind, target, mut op_state): (String, String, OperationState) =
             sqlx::query_as("SELECT kind, target_id, state FROM operations WHERE id = ?")
                 .bind(operation)
                 .fetch_one(&self.db)
                 .await
                 .context("loading the operation")?;
-        let ctx = StepContext {
-            db: &self.db,
-            provisioner: &self.provisioner,
-            kind: &kind,
-            target: &target,
+        let Some(kind) = OperationKind::parse(&kind) else {
+            // Written by a newer release: leave it to a runner that knows it.
+            anyhow::bail!("unknown operation kind {kind}");
         };
-        let steps: Vec<(i32, String, String, i32)> = sqlx::query_as(
+        let saga = sagas::saga(kind);
+        let ctx = StepContext {
+            db: self.db.clone(),
+            backends: self.provisioner.clone(),
+            target,
+        };
+        let steps: Vec<(i32, String, StepState, i32)> = sqlx::query_as(
             "SELECT position, name, state, attempts FROM operation_steps WHERE operation_id = ? ORDER BY position",
         )
         .bind(operation)
         .fetch_all(&self.db)
         .await?;
-        if op_state == "pending" {
-            self.set_operation(operation, "running", None).await?;
-            op_state = "running".into();
+        if op_state == OperationState::Pending {
+            self.set_operation(operation, OperationState::Running, None)
+                .await?;
+            op_state = OperationState::Running;
         }
-        if op_state == "running" {
+        if op_state == OperationState::Running {
             for (position, name, state, attempts) in &steps {
-                if state == "done" {
+                if *state == StepState::Done {
                     continue;
                 }
                 if !self.start_step(job, operation, *position).await? {
                     anyhow::bail!("lease lost before step {name}");
                 }
                 tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
+                let step = saga.step(name);
+                let run = || async {
+                    match step {
+                        Some(step) => (step.action)(&ctx).await,
+                        None => Err(StepError::internal(anyhow::anyhow!(
+                            "{kind} has no step {name}"
+                        ))),
+                    }
+                };
                 let refused = self.failpoints.get(name) == Some("refuse");
                 let mut result = if refused {
-                    Err(StepError::Permanent(anyhow::anyhow!(
-                        "failpoint: {name} refused before its effect"
-                    )))
+                    Err(StepError::permanent(
+                        format!("failpoint: {name} refused before its effect"),
+                        anyhow::anyhow!("injected by PRESSDOCK_FAILPOINTS"),
+                    ))
                 } else {
-                    run_step(&ctx, name).await
+                    run().await
                 };
                 if result.is_ok()
                     && self.failpoints.get(name).or(self.failpoints.get("*")) == Some("twice")
                 {
                     // Idempotency check: the step's effect applied again changes nothing.
-                    result = run_step(&ctx, name).await;
+                    result = run().await;
                 }
                 if result.is_ok() {
                     result = self.failpoint(name, *attempts).await;
                 }
                 match result {
                     Ok(()) => {
-                        self.set_step(operation, *position, "done", None, false)
+                        self.set_step(operation, *position, StepState::Done, None)
                             .await?
                     }
-                    Err(StepError::Wait(after, why)) => {
+                    Err(err @ StepError::Wait(after, _)) => {
+                        let message = Message::of(&err);
                         sqlx::query(
-                            "UPDATE operation_steps SET state = 'waiting', error = ?, \
+                            "UPDATE operation_steps SET state = ?, error = ?, public_error = ?, \
                              attempts = GREATEST(attempts - 1, 0) WHERE operation_id = ? AND position = ?",
                         )
-                        .bind(&why)
+                        .bind(StepState::Waiting)
+                        .bind(&message.internal)
+                        .bind(&message.public)
                         .bind(operation)
                         .bind(position)
                         .execute(&self.db)
@@ -511,11 +336,11 @@ impl Runner {
                         .await?;
                         return Ok(());
                     }
-                    Err(StepError::Retryable(err))
+                    Err(err @ StepError::Retryable(_))
                         if (*attempts as u32) + 1 < self.config.max_attempts =>
                     {
-                        let message = format!("{err:#}");
-                        self.set_step(operation, *position, "retrying", Some(&message), false)
+                        let message = Message::of(&err);
+                        self.set_step(operation, *position, StepState::Retrying, Some(&message))
                             .await?;
                         let backoff = 1u64 << (*attempts).clamp(0, 6);
                         sqlx::query(
@@ -523,85 +348,79 @@ impl Runner {
                              run_after = NOW(6) + INTERVAL ? SECOND, last_error = ? WHERE id = ? AND lease_owner = ?",
                         )
                         .bind(backoff)
-                        .bind(&message)
+                        .bind(&message.internal)
                         .bind(job)
                         .bind(&self.owner)
                         .execute(&self.db)
                         .await?;
-                        tracing::warn!(operation, step = %name, backoff_secs = backoff, error = %message, "step will retry");
+                        tracing::warn!(operation, step = %name, backoff_secs = backoff, error = %message.internal, "step will retry");
                         return Ok(());
                     }
-                    Err(StepError::Retryable(err) | StepError::Permanent(err)) => {
-                        let message = format!("{err:#}");
-                        tracing::warn!(operation, step = %name, error = %message, "step failed; unwinding");
-                        self.set_step(operation, *position, "failed", Some(&message), false)
+                    Err(err) => {
+                        let message = Message::of(&err);
+                        tracing::warn!(operation, step = %name, error = %message.internal, "step failed; unwinding");
+                        self.set_step(operation, *position, StepState::Failed, Some(&message))
                             .await?;
-                        self.set_operation(operation, "unwinding", Some(&message))
+                        self.set_operation(operation, OperationState::Unwinding, Some(&message))
                             .await?;
-                        op_state = "unwinding".into();
+                        op_state = OperationState::Unwinding;
                         break;
                     }
                 }
             }
         }
-        if op_state == "running" {
-            on_finish(
-                &self.db,
-                &kind,
-                &target,
-                true,
-                self.provisioner.agents_report(),
-            )
-            .await?;
-            self.set_operation(operation, "succeeded", None).await?;
+        if op_state == OperationState::Running {
+            finished(saga, &ctx, Outcome::Succeeded).await?;
+            self.set_operation(operation, OperationState::Succeeded, None)
+                .await?;
             self.finish_job(job, "done").await?;
             tracing::info!(operation, kind = %kind, "operation succeeded");
             return Ok(());
         }
-        if op_state == "unwinding" {
-            let steps: Vec<(i32, String, String)> = sqlx::query_as(
-                "SELECT position, name, state FROM operation_steps WHERE operation_id = ? \
-                 AND state IN ('done', 'failed', 'running', 'retrying', 'undoing') ORDER BY position DESC",
+        if op_state == OperationState::Unwinding {
+            let steps: Vec<(i32, String)> = sqlx::query_as(
+                "SELECT position, name FROM operation_steps WHERE operation_id = ? \
+                 AND state IN (?, ?, ?, ?, ?) ORDER BY position DESC",
             )
             .bind(operation)
+            .bind(StepState::Done)
+            .bind(StepState::Failed)
+            .bind(StepState::Running)
+            .bind(StepState::Retrying)
+            .bind(StepState::Undoing)
             .fetch_all(&self.db)
             .await?;
-            for (position, name, _) in &steps {
+            for (position, name) in &steps {
                 if !self.renew(job).await? {
                     anyhow::bail!("lease lost before undoing {name}");
                 }
-                self.set_step(operation, *position, "undoing", None, false)
+                self.set_step(operation, *position, StepState::Undoing, None)
                     .await?;
-                if let Err(StepError::Retryable(err) | StepError::Permanent(err)) =
-                    undo_step(&ctx, name).await
-                {
+                let undone = match saga.step(name).map(|s| &s.undo) {
+                    Some(Undo::Reverse(undo)) => undo(&ctx).await,
+                    // Nothing to take back (or a step this release does not know).
+                    Some(Undo::Nothing(_)) | None => Ok(()),
+                };
+                if let Err(err @ (StepError::Retryable(_) | StepError::Permanent(_))) = undone {
                     // An undo must finish; release the job and try again later.
-                    let message = format!("{err:#}");
+                    let message = Message::of(&err);
+                    tracing::warn!(operation, step = %name, error = %message.internal, "undo failed; will try again");
                     sqlx::query(
                         "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, \
                          run_after = NOW(6) + INTERVAL 5 SECOND, last_error = ? WHERE id = ? AND lease_owner = ?",
                     )
-                    .bind(&message)
+                    .bind(&message.internal)
                     .bind(job)
                     .bind(&self.owner)
                     .execute(&self.db)
                     .await?;
                     return Ok(());
                 }
-                self.set_step(operation, *position, "undone", None, false)
+                self.set_step(operation, *position, StepState::Undone, None)
                     .await?;
             }
-            on_finish(
-                &self.db,
-                &kind,
-                &target,
-                false,
-                self.provisioner.agents_report(),
-            )
-            .await?;
-            sqlx::query("UPDATE operations SET state = 'failed', finished_at = NOW(6), updated_at = NOW(6) WHERE id = ?")
-                .bind(operation)
-                .execute(&self.db)
+            finished(saga, &ctx, Outcome::Failed).await?;
+            self.set_operation(operation, OperationState::Failed, None)
                 .await?;
             self.finish_job(job, "failed").await?;
             tracing::info!(operation, kind = %kind, "operation failed and unwound");
@@ -610,6 +429,7 @@ impl Runner {
     }
 
     async fn failpoint(&self, step: &str, attempts: i32) -> StepResult {
+        let injected = || anyhow::anyhow!("injected by PRESSDOCK_FAILPOINTS");
         match self.failpoints.get(step) {
             Some(spec) if spec.starts_with("pause:") => {
                 let millis = spec.trim_start_matches("pause:").parse().unwrap_or(1000);
@@ -617,15 +437,17 @@ impl Runner {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 Ok(())
             }
-            Some("fail") => Err(StepError::Permanent(anyhow::anyhow!(
-                "failpoint: {step} fails"
-            ))),
+            Some("fail") => Err(StepError::permanent(
+                format!("failpoint: {step} fails"),
+                injected(),
+            )),
             Some(spec) if spec.starts_with("retry:") => {
                 let times: i32 = spec.trim_start_matches("retry:").parse().unwrap_or(1);
                 if attempts < times {
-                    Err(StepError::Retryable(anyhow::anyhow!(
-                        "failpoint: {step} fails retryably"
-                    )))
+                    Err(StepError::retryable(
+                        format!("failpoint: {step} fails retryably"),
+                        injected(),
+                    ))
                 } else {
                     Ok(())
                 }
@@ -634,18 +456,21 @@ impl Runner {
         }
     }
 
+    /// Sets the operation's state; `message` (a failure's) replaces none kept before.
     async fn set_operation(
         &self,
         operation: &str,
-        state: &str,
-        error: Option<&str>,
+        state: OperationState,
+        message: Option<&Message>,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE operations SET state = ?, error = COALESCE(?, error), updated_at = NOW(6), \
+            "UPDATE operations SET state = ?, error = COALESCE(?, error), \
+             public_error = COALESCE(?, public_error), updated_at = NOW(6), \
              finished_at = IF(? IN ('succeeded', 'failed'), NOW(6), finished_at) WHERE id = ?",
         )
         .bind(state)
-        .bind(error)
+        .bind(message.map(|m| m.internal.as_str()))
+        .bind(message.map(|m| m.public.as_str()))
         .bind(state)
         .bind(operation)
         .execute(&self.db)
@@ -657,21 +482,17 @@ impl Runner {
         &self,
         operation: &str,
         position: i32,
-        state: &str,
-        error: Option<&str>,
-        starting: bool,
+        state: StepState,
+        message: Option<&Message>,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE operation_steps SET state = ?, error = ?, \
-             attempts = attempts + IF(?, 1, 0), \
-             started_at = IF(?, COALESCE(started_at, NOW(6)), started_at), \
+            "UPDATE operation_steps SET state = ?, error = ?, public_error = ?, \
              finished_at = IF(? IN ('done', 'failed', 'undone'), NOW(6), finished_at) \
              WHERE operation_id = ? AND position = ?",
         )
         .bind(state)
-        .bind(error)
-        .bind(starting)
-        .bind(starting)
+        .bind(message.map(|m| m.internal.as_str()))
+        .bind(message.map(|m| m.public.as_str()))
         .bind(state)
         .bind(operation)
         .bind(position)
@@ -692,4 +513,12 @@ impl Runner {
         .await?;
         Ok(())
     }
+}
+
+/// Runs a saga's end; its failure interrupts the job, which runs the end again later.
+async fn finished(saga: &sagas::Saga, ctx: &StepContext, outcome: Outcome) -> anyhow::Result<()> {
+    (saga.finish)(ctx, saga.kind, outcome)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.internal_message()))
+        .context("ending the saga")
 }

@@ -29,5 +29,7 @@ pub mod metrics;
 pub mod moves;
 pub mod provision;
 pub mod reconcile;
+pub mod sagas;
 pub mod server;
 pub mod state;
+pub mod states;

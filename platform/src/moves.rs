@@ -1,20 +1,11 @@
 //! Automatic placement at run time: the map of sites on workers from the database, the
-//! planner's moves (`placement` crate), the `site.move` saga that carries one out, and the
-//! loop that reacts to workers joining, draining and failing.
+//! planner's moves (`placement` crate), and the loop that reacts to workers joining,
+//! draining and failing. Each move is a `site.move` operation (`crate::sagas::site_move`).
 //!
 //! A move is a reschedule: the site's files are on Gluster and its database is remote, so
 //! the platform changes the service's constraint to the new worker and swarm starts the
 //! new task first (`start-first`), waits for its health check (the agent's `/readyz`),
-//! then stops the old one. The saga's steps:
-//! - `await_turn`: at most `max_moves_per_node` moves touch a worker (as source or
-//!   destination) and `max_concurrent_moves` run in all; a move waits for its turn
-//!   without using up its attempts;
-//! - `move_service`: the placement row moves (the new worker's capacity checked under a
-//!   row lock) and the service is updated;
-//! - `await_ready`: swarm runs exactly one task, on the new worker, and (with agents
-//!   reporting) the agent there reported ready after the move started; past
-//!   `move_timeout_secs` the move fails and is taken back (placement and service);
-//! - `finish_move`: the timings are recorded.
+//! then stops the old one.
 //!
 //! Hysteresis: moves off drained, failed or over-full workers start at the first pass
 //! that sees them. A balance move restarts a site's task for a better spread only, so it
@@ -32,7 +23,6 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
-use backends::SiteResourceId;
 use placement::{
     Availability, BalanceGate, BalanceVerdict, Cluster, MoveReason, Policy, RebalancePlan,
 };
@@ -46,8 +36,8 @@ use crate::{
     actor::Actor,
     audit::{self, Event},
     config::PlacementConfig,
-    jobs::StepError,
     provision::Provisioner,
+    states::OperationKind,
 };
 
 /// One worker on the map.
@@ -543,7 +533,7 @@ async fn rebalance_gated(
             &mut tx,
             provisioner,
             actor,
-            "site.move",
+            OperationKind::SiteMove,
             Some(&tenant),
             "site",
             m.site.as_str(),
@@ -701,278 +691,4 @@ pub async fn run_periodically(
             tracing::warn!(error = %format!("{err:#}"), "placement pass failed");
         }
     }
-}
-
-/// The move of a site in flight.
-struct InFlight {
-    operation: String,
-    from: String,
-    to: String,
-    state: String,
-    started: bool,
-    expired: bool,
-}
-
-async fn in_flight(db: &MySqlPool, site: &str, timeout: u64) -> Result<InFlight, StepError> {
-    let row: Option<(String, String, String, String, bool, bool)> = sqlx::query_as(
-        "SELECT operation_id, from_node, to_node, state, started_at IS NOT NULL, \
-         COALESCE(started_at < NOW(6) - INTERVAL ? SECOND, 0) FROM site_moves \
-         WHERE site_id = ? AND state IN ('queued', 'moving') ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(i64::try_from(timeout).unwrap_or(i64::MAX))
-    .bind(site)
-    .fetch_optional(db)
-    .await?;
-    let (operation, from, to, state, started, expired) =
-        row.ok_or_else(|| StepError::Permanent(anyhow!("site {site} has no move under way")))?;
-    Ok(InFlight {
-        operation,
-        from,
-        to,
-        state,
-        started,
-        expired,
-    })
-}
-
-/// Runs a step of `site.move`.
-pub async fn step(
-    db: &MySqlPool,
-    p: &Provisioner,
-    name: &str,
-    site: &str,
-) -> Result<(), StepError> {
-    let config = &p.placement;
-    let m = match in_flight(db, site, config.move_timeout_secs).await {
-        Ok(m) => m,
-        // Run again after a crash between recording the end and the step's `done`.
-        Err(_) if name == "finish_move" => return Ok(()),
-        Err(err) => return Err(err),
-    };
-    match name {
-        "await_turn" => await_turn(db, config, &m).await,
-        "move_service" => {
-            move_placement(db, site, &m.from, &m.to).await?;
-            p.ensure_site_service(db, site).await
-        }
-        "await_ready" => await_ready(db, p, site, &m).await,
-        "finish_move" => {
-            sqlx::query(
-                "UPDATE site_moves SET state = 'done', ready_at = COALESCE(ready_at, NOW(6)), \
-                 finished_at = NOW(6) WHERE operation_id = ?",
-            )
-            .bind(&m.operation)
-            .execute(db)
-            .await?;
-            Ok(())
-        }
-        other => Err(StepError::Permanent(anyhow!("unknown step {other}"))),
-    }
-}
-
-/// A timeout that never runs out (undo looks at the move whatever its age).
-const TEN_YEARS_SECS: u64 = 10 * 365 * 24 * 3600;
-
-/// Takes a step of `site.move` back (the move failed): the site returns to its worker.
-pub async fn undo(
-    db: &MySqlPool,
-    p: &Provisioner,
-    name: &str,
-    site: &str,
-) -> Result<(), StepError> {
-    let Ok(m) = in_flight(db, site, TEN_YEARS_SECS).await else {
-        return Ok(());
-    };
-    match name {
-        "move_service" => {
-            move_placement(db, site, &m.to, &m.from).await?;
-            p.ensure_site_service(db, site).await
-        }
-        "await_turn" => {
-            sqlx::query("UPDATE site_moves SET state = 'failed', finished_at = NOW(6) WHERE operation_id = ?")
-                .bind(&m.operation)
-                .execute(db)
-                .await?;
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-async fn await_turn(
-    db: &MySqlPool,
-    config: &PlacementConfig,
-    m: &InFlight,
-) -> Result<(), StepError> {
-    if m.state == "moving" {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    // The two workers' rows serialise the turn-taking of moves that touch them. A worker
-    // that is down has no running task to protect: moves off it do not count against it.
-    let live: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM nodes WHERE id IN (?, ?) AND availability <> 'down' FOR UPDATE",
-    )
-    .bind(&m.from)
-    .bind(&m.to)
-    .fetch_all(&mut *tx)
-    .await?;
-    let (a, b) = match live.as_slice() {
-        [] => ("", ""),
-        [one] => (one.as_str(), one.as_str()),
-        [one, two, ..] => (one.as_str(), two.as_str()),
-    };
-    let (on_nodes, total): (i64, i64) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(from_node IN (?, ?) OR to_node IN (?, ?)), 0) AS SIGNED), COUNT(*) FROM site_moves \
-         WHERE state = 'moving' AND operation_id <> ?",
-    )
-    .bind(a)
-    .bind(b)
-    .bind(a)
-    .bind(b)
-    .bind(&m.operation)
-    .fetch_one(&mut *tx)
-    .await?;
-    if on_nodes >= i64::from(config.max_moves_per_node)
-        || total >= i64::from(config.max_concurrent_moves)
-    {
-        return Err(StepError::Wait(
-            Duration::from_secs(2),
-            format!("{on_nodes} moves on these workers, {total} in all: waiting for a turn"),
-        ));
-    }
-    sqlx::query(
-        "UPDATE site_moves SET state = 'moving', started_at = NOW(6) WHERE operation_id = ?",
-    )
-    .bind(&m.operation)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Moves the placement row from one worker to another, checking the destination's room.
-async fn move_placement(db: &MySqlPool, site: &str, from: &str, to: &str) -> Result<(), StepError> {
-    let mut tx = db.begin().await?;
-    let current: Option<(String, i32)> =
-        sqlx::query_as("SELECT node_id, slots FROM placements WHERE site_id = ? FOR UPDATE")
-            .bind(site)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((node, slots)) = current else {
-        return Err(StepError::Permanent(anyhow!("site {site} is not placed")));
-    };
-    if node == to {
-        return Ok(());
-    }
-    if node != from {
-        return Err(StepError::Permanent(anyhow!(
-            "site {site} is on {node}, not on {from}"
-        )));
-    }
-    let room: Option<(i32, i64, String)> = sqlx::query_as(
-        "SELECT n.slots, CAST(COALESCE((SELECT SUM(slots) FROM placements WHERE node_id = n.id), 0) AS SIGNED), n.availability \
-         FROM nodes n WHERE n.id = ? FOR UPDATE",
-    )
-    .bind(to)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((capacity, used, availability)) = room else {
-        return Err(StepError::Permanent(anyhow!("worker {to} is unknown")));
-    };
-    if used + i64::from(slots) > i64::from(capacity) {
-        return Err(StepError::Permanent(anyhow!(
-            "worker {to} has {} free slots, the site needs {slots}",
-            i64::from(capacity) - used
-        )));
-    }
-    // The planner chose an active worker; one that has since gone pending, drained or
-    // down is no target (a pending one has no swarm node to run the task).
-    if availability != "active" {
-        return Err(StepError::Permanent(anyhow!(
-            "worker {to} is {availability}"
-        )));
-    }
-    sqlx::query("UPDATE placements SET node_id = ? WHERE site_id = ?")
-        .bind(to)
-        .bind(site)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn await_ready(
-    db: &MySqlPool,
-    p: &Provisioner,
-    site: &str,
-    m: &InFlight,
-) -> Result<(), StepError> {
-    let Some(swarm) = &p.swarm else {
-        return Ok(());
-    };
-    let (state, swarm_to): (String, Option<String>) = sqlx::query_as(
-        "SELECT s.state, n.swarm_node_id FROM sites s JOIN nodes n ON n.id = ? WHERE s.id = ?",
-    )
-    .bind(&m.to)
-    .bind(site)
-    .fetch_one(db)
-    .await?;
-    if state == "suspended" {
-        return Ok(());
-    }
-    let swarm_to =
-        swarm_to.ok_or_else(|| StepError::Permanent(anyhow!("worker {} has no swarm id", m.to)))?;
-    let id =
-        SiteResourceId::parse(site).map_err(|e| StepError::Permanent(anyhow::Error::new(e)))?;
-    let tasks = swarm.site_tasks(&id).await.map_err(|e| {
-        StepError::Retryable(anyhow::Error::new(e).context("listing the site's tasks"))
-    })?;
-    let moved = tasks.len() == 1 && tasks[0].0 == swarm_to && tasks[0].1 == "running";
-    // Swarm gave up on the new task (it rolled the service back): no use waiting.
-    if let Some(update) = swarm.update_state(&id).await.map_err(|e| {
-        StepError::Retryable(anyhow::Error::new(e).context("inspecting the service"))
-    })? && (update.0.starts_with("rollback") || update.0 == "paused")
-    {
-        return Err(StepError::Permanent(anyhow!(
-            "swarm rolled the service back: {} ({})",
-            update.0,
-            update.1
-        )));
-    }
-    let agent_ready = if p.agents_report() {
-        let ready: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM agent_reports r JOIN site_moves m ON m.operation_id = ? \
-             WHERE r.site_id = ? AND r.ready = 1 AND r.node_id = ? AND r.received_at > m.started_at",
-        )
-        .bind(&m.operation)
-        .bind(site)
-        .bind(&swarm_to)
-        .fetch_optional(db)
-        .await?;
-        ready.is_some()
-    } else {
-        true
-    };
-    if moved && agent_ready {
-        sqlx::query(
-            "UPDATE site_moves SET ready_at = COALESCE(ready_at, NOW(6)) WHERE operation_id = ?",
-        )
-        .bind(&m.operation)
-        .execute(db)
-        .await?;
-        return Ok(());
-    }
-    if m.expired || !m.started {
-        return Err(StepError::Permanent(anyhow!(
-            "the site is not ready on its new worker after {} s (tasks: {tasks:?}, agent ready there: {agent_ready})",
-            p.placement.move_timeout_secs
-        )));
-    }
-    Err(StepError::Wait(
-        Duration::from_millis(500),
-        format!(
-            "waiting for the task on the new worker (tasks: {tasks:?}, agent ready: {agent_ready})"
-        ),
-    ))
 }

@@ -1,14 +1,14 @@
-//! Provisioning: the per-site resource steps of the sagas, over the drivers of the
-//! `backends` crate, and the secrets each site needs.
+//! Provisioning: the per-site resource operations the sagas' steps call
+//! (`crate::sagas::site_steps`), over the drivers of the `backends` crate, and the
+//! secrets each site needs.
 //!
-//! A backend whose `[backends.*]` section is absent has no steps: the operation records
-//! exactly the steps that run. With no backends at all the platform is a control plane
+//! A backend whose `[backends.*]` section is absent has no steps (each saga's list says
+//! which backend a step needs). With no backends at all the platform is a control plane
 //! only (slots are reserved, nothing is created), which is what the control-plane tests use.
 //!
-//! Every step is idempotent because every driver call is (`ensure_*` converges, `remove_*`
-//! treats "already gone" as success). Only `site.create` unwinds on failure; delete,
-//! suspend, resume and update go forward only (retried, then `failed` for an operator):
-//! taking back half a delete would recreate what a user asked to remove.
+//! Every operation is idempotent because every driver call is (`ensure_*` converges,
+//! `remove_*` treats "already gone" as success). Each driver's failure carries its own
+//! public message (a Varnish failure is not "the database is unreachable").
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,7 +23,7 @@ use backends::{
 };
 use sqlx::MySqlPool;
 
-use crate::{crypto::SecretBox, jobs::StepError};
+use crate::{crypto::SecretBox, sagas::StepError};
 
 /// Every configured driver, built once at start.
 pub struct Provisioner {
@@ -57,17 +57,19 @@ pub struct Provisioner {
 /// The secrets of a site, by kind.
 pub const SECRET_KINDS: [SecretKind; 5] = SecretKind::ALL;
 
-fn retryable(context: &'static str) -> impl FnOnce(backends::Error) -> StepError {
-    move |err| match err {
-        backends::Error::Invalid { .. } => {
-            StepError::Permanent(anyhow::Error::new(err).context(context))
-        }
-        other => StepError::Retryable(anyhow::Error::new(other).context(context)),
-    }
+/// A driver's error as a step's: `public` names the dependency for the operation's
+/// readers, `context` starts the internal chain.
+fn retryable(
+    public: &'static str,
+    context: &'static str,
+) -> impl FnOnce(backends::Error) -> StepError {
+    move |err| StepError::backend(public, context, err)
 }
 
-fn permanent(err: anyhow::Error) -> StepError {
-    StepError::Permanent(err)
+/// A fault of the platform's own data (a secret that does not open, an id that does not
+/// parse): permanent, and nothing a tenant can act on.
+fn permanent(err: impl Into<anyhow::Error>) -> StepError {
+    StepError::internal(err)
 }
 
 impl Provisioner {
@@ -137,7 +139,7 @@ impl Provisioner {
 
     /// Brings the site's service to its spec (after its placement changed).
     pub async fn ensure_site_service(&self, db: &MySqlPool, site: &str) -> Result<(), StepError> {
-        let id = SiteResourceId::parse(site).map_err(|e| permanent(anyhow::Error::new(e)))?;
+        let id = SiteResourceId::parse(site).map_err(permanent)?;
         self.ensure_service(db, &id, false).await
     }
 
@@ -200,137 +202,11 @@ impl Provisioner {
             || self.swarm.is_some()
     }
 
-    /// The steps of a saga with this configuration, in order.
-    pub fn steps(&self, kind: &str) -> Option<Vec<&'static str>> {
-        let mut steps = Vec::new();
-        let mut add = |cond: bool, names: &[&'static str]| {
-            if cond {
-                steps.extend_from_slice(names);
-            }
-        };
-        match kind {
-            "site.create" => {
-                add(true, &["record_site", "reserve_slot"]);
-                add(self.any(), &["generate_secrets"]);
-                add(self.galera.is_some(), &["ensure_database"]);
-                add(self.router.is_some(), &["ensure_router_user"]);
-                add(self.redis.is_some(), &["ensure_cache_user"]);
-                add(self.gluster.is_some(), &["ensure_storage"]);
-                add(
-                    self.swarm.is_some(),
-                    &["ensure_swarm_secrets", "ensure_service"],
-                );
-                add(self.varnish.is_some(), &["publish_hosts"]);
-            }
-            "site.delete" => {
-                add(self.varnish.is_some(), &["unpublish_hosts"]);
-                add(
-                    self.swarm.is_some(),
-                    &["remove_service", "remove_swarm_secrets"],
-                );
-                add(self.gluster.is_some(), &["remove_storage"]);
-                add(self.redis.is_some(), &["remove_cache_user"]);
-                add(self.router.is_some(), &["remove_router_user"]);
-                add(self.galera.is_some(), &["remove_database"]);
-                add(true, &["release_slot", "release_domains"]);
-                add(self.any(), &["forget_secrets"]);
-            }
-            "site.suspend" => {
-                add(self.varnish.is_some(), &["suspend_hosts"]);
-                add(self.swarm.is_some(), &["scale_down"]);
-                add(true, &["mark_suspended"]);
-            }
-            "site.resume" => {
-                add(self.swarm.is_some(), &["scale_up"]);
-                add(self.varnish.is_some(), &["publish_hosts"]);
-                add(true, &["mark_active"]);
-            }
-            "site.move" => {
-                add(true, &["await_turn", "move_service"]);
-                add(self.swarm.is_some(), &["await_ready"]);
-                add(true, &["finish_move"]);
-            }
-            "site.update" => {
-                add(self.gluster.is_some(), &["ensure_storage"]);
-                add(
-                    self.swarm.is_some(),
-                    &["ensure_swarm_secrets", "ensure_service"],
-                );
-                add(self.varnish.is_some(), &["publish_hosts", "ban_hosts"]);
-                add(true, &["mark_updated"]);
-            }
-            _ => return None,
-        }
-        Some(steps)
-    }
-
-    /// Runs one resource step; `None` when the step is not a resource step.
-    pub async fn run(
+    pub(crate) async fn generate_secrets(
         &self,
         db: &MySqlPool,
-        kind: &str,
-        step: &str,
-        site: &str,
-    ) -> Option<Result<(), StepError>> {
-        let id = match SiteResourceId::parse(site) {
-            Ok(id) => id,
-            Err(err) => return Some(Err(StepError::Permanent(anyhow::Error::new(err)))),
-        };
-        let result = match step {
-            "generate_secrets" => self.generate_secrets(db, &id).await,
-            "forget_secrets" => forget_secrets(db, &id).await,
-            "ensure_database" => self.ensure_database(db, &id).await,
-            "remove_database" => self.remove_database(&id).await,
-            "ensure_router_user" => self.ensure_router_user(db, &id).await,
-            "remove_router_user" => self.remove_router_user(&id).await,
-            "ensure_cache_user" => self.ensure_cache_user(db, &id).await,
-            "remove_cache_user" => self.remove_cache_user(&id).await,
-            "ensure_storage" => self.ensure_storage(db, &id).await,
-            "remove_storage" => self.remove_storage(&id).await,
-            "ensure_swarm_secrets" => self.ensure_swarm_secrets(db, &id).await.map(drop),
-            "remove_swarm_secrets" => self.remove_swarm_secrets(&id).await,
-            // A new site has no service yet: create it without reading around it.
-            "ensure_service" => self.ensure_service(db, &id, kind == "site.create").await,
-            "scale_down" => self.scale(&id, 0).await,
-            "scale_up" => self.scale(&id, 1).await,
-            "remove_service" => self.remove_service(&id).await,
-            "publish_hosts" => {
-                self.publish_hosts(db, Some((&id, Some(HostState::Active))))
-                    .await
-            }
-            "suspend_hosts" => {
-                self.publish_hosts(db, Some((&id, Some(HostState::Suspended))))
-                    .await
-            }
-            "unpublish_hosts" => self.publish_hosts(db, Some((&id, None))).await,
-            "ban_hosts" => self.ban_hosts(db, &id).await,
-            _ => return None,
-        };
-        Some(result)
-    }
-
-    /// The undo of a resource step of `site.create`; `None` when the step has none here.
-    pub async fn undo(
-        &self,
-        db: &MySqlPool,
-        step: &str,
-        site: &str,
-    ) -> Option<Result<(), StepError>> {
-        let undo = match step {
-            "generate_secrets" => "forget_secrets",
-            "ensure_database" => "remove_database",
-            "ensure_router_user" => "remove_router_user",
-            "ensure_cache_user" => "remove_cache_user",
-            "ensure_storage" => "remove_storage",
-            "ensure_swarm_secrets" => "remove_swarm_secrets",
-            "ensure_service" => "remove_service",
-            "publish_hosts" => "unpublish_hosts",
-            _ => return None,
-        };
-        self.run(db, "undo", undo, site).await
-    }
-
-    async fn generate_secrets(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+        id: &SiteResourceId,
+    ) -> Result<(), StepError> {
         let mut sealed = Vec::with_capacity(SECRET_KINDS.len());
         for kind in SECRET_KINDS {
             let value = match kind {
@@ -387,10 +263,14 @@ impl Provisioner {
         kind: SecretKind,
     ) -> Result<SitePassword, StepError> {
         let secret = self.secret(db, id, kind).await?;
-        SitePassword::parse(secret.expose()).map_err(|e| permanent(anyhow::Error::new(e)))
+        SitePassword::parse(secret.expose()).map_err(permanent)
     }
 
-    async fn ensure_database(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn ensure_database(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<(), StepError> {
         let Some(galera) = &self.galera else {
             return Ok(());
         };
@@ -399,20 +279,23 @@ impl Provisioner {
             .ensure_site_database(id, &password)
             .await
             .map(drop)
-            .map_err(retryable("ensuring the database"))
+            .map_err(retryable(
+                "the database server did not prepare the site's database",
+                "ensuring the database",
+            ))
     }
 
-    async fn remove_database(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn remove_database(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(galera) = &self.galera else {
             return Ok(());
         };
-        galera
-            .remove_site_database(id)
-            .await
-            .map_err(retryable("removing the database"))
+        galera.remove_site_database(id).await.map_err(retryable(
+            "the database server did not remove the site's database",
+            "removing the database",
+        ))
     }
 
-    async fn ensure_router_user(
+    pub(crate) async fn ensure_router_user(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
@@ -425,20 +308,23 @@ impl Provisioner {
             .ensure_router_user(id, &password)
             .await
             .map(drop)
-            .map_err(retryable("ensuring the DB router user"))
+            .map_err(retryable(
+                "the database router did not accept the site's user",
+                "ensuring the DB router user",
+            ))
     }
 
-    async fn remove_router_user(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn remove_router_user(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(router) = &self.router else {
             return Ok(());
         };
-        router
-            .remove_router_user(id)
-            .await
-            .map_err(retryable("removing the DB router user"))
+        router.remove_router_user(id).await.map_err(retryable(
+            "the database router did not remove the site's user",
+            "removing the DB router user",
+        ))
     }
 
-    async fn ensure_cache_user(
+    pub(crate) async fn ensure_cache_user(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
@@ -451,10 +337,13 @@ impl Provisioner {
             .ensure_site_cache(id, &password)
             .await
             .map(drop)
-            .map_err(retryable("ensuring the Redis ACL user"))
+            .map_err(retryable(
+                "the object cache did not accept the site's user",
+                "ensuring the Redis ACL user",
+            ))
     }
 
-    async fn remove_cache_user(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn remove_cache_user(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(redis) = &self.redis else {
             return Ok(());
         };
@@ -462,7 +351,10 @@ impl Provisioner {
             .remove_site_cache(id)
             .await
             .map(drop)
-            .map_err(retryable("removing the Redis ACL user"))
+            .map_err(retryable(
+                "the object cache did not remove the site's user",
+                "removing the Redis ACL user",
+            ))
     }
 
     async fn quota_bytes(db: &MySqlPool, id: &SiteResourceId) -> Result<u64, StepError> {
@@ -475,7 +367,11 @@ impl Provisioner {
         Ok(u64::try_from(mb).unwrap_or(0) * 1024 * 1024)
     }
 
-    async fn ensure_storage(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn ensure_storage(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<(), StepError> {
         let Some(gluster) = &self.gluster else {
             return Ok(());
         };
@@ -484,29 +380,29 @@ impl Provisioner {
         // (mkdir, chown, chmod through the mount: round trips to the bricks) is no
         // glusterd transaction, so sagas make theirs side by side and hold the turn for
         // the one `limit-usage` alone.
-        gluster
-            .ensure_directory(id)
-            .await
-            .map_err(retryable("ensuring the site's storage"))?;
+        gluster.ensure_directory(id).await.map_err(retryable(
+            "the file storage did not prepare the site's folder",
+            "ensuring the site's storage",
+        ))?;
         let _turn = self.gluster_turn.lock().await;
-        gluster
-            .set_quota(id, quota)
-            .await
-            .map_err(retryable("ensuring the site's storage"))
+        gluster.set_quota(id, quota).await.map_err(retryable(
+            "the file storage did not prepare the site's folder",
+            "ensuring the site's storage",
+        ))
     }
 
-    async fn remove_storage(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn remove_storage(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(gluster) = &self.gluster else {
             return Ok(());
         };
         let _turn = self.gluster_turn.lock().await;
-        gluster
-            .remove_site_storage(id)
-            .await
-            .map_err(retryable("removing the site's storage"))
+        gluster.remove_site_storage(id).await.map_err(retryable(
+            "the file storage did not remove the site's folder",
+            "removing the site's storage",
+        ))
     }
 
-    async fn ensure_swarm_secrets(
+    pub(crate) async fn ensure_swarm_secrets(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
@@ -537,10 +433,13 @@ impl Provisioner {
         swarm
             .ensure_site_secrets(id, &wanted)
             .await
-            .map_err(retryable("ensuring the swarm secrets"))
+            .map_err(retryable(
+                "the container platform did not store the site's credentials",
+                "ensuring the swarm secrets",
+            ))
     }
 
-    async fn remove_swarm_secrets(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn remove_swarm_secrets(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(swarm) = &self.swarm else {
             return Ok(());
         };
@@ -548,7 +447,10 @@ impl Provisioner {
             .prune_site_secrets(id, &[])
             .await
             .map(drop)
-            .map_err(retryable("removing the swarm secrets"))
+            .map_err(retryable(
+                "the container platform did not remove the site's credentials",
+                "removing the swarm secrets",
+            ))
     }
 
     /// Assembles the service's parameters from the database and the secrets.
@@ -595,10 +497,9 @@ impl Provisioner {
                 "worker {node_name} has no swarm node id; sync nodes from the swarm"
             ))
         })?;
-        let node = NodeId::parse(&swarm_node).map_err(|e| permanent(anyhow::Error::new(e)))?;
+        let node = NodeId::parse(&swarm_node).map_err(permanent)?;
         let domains = site_domains(db, id).await?;
-        let primary_domain =
-            DomainName::parse(&primary).map_err(|e| permanent(anyhow::Error::new(e)))?;
+        let primary_domain = DomainName::parse(&primary).map_err(permanent)?;
         let secrets = self.ensure_swarm_secrets(db, id).await?;
         let gluster = self
             .gluster
@@ -647,7 +548,7 @@ impl Provisioner {
 
     /// `create`: the site is new (its create saga): `service create` first, and only
     /// when a service exists the inspect-and-converge of `ensure_service`.
-    async fn ensure_service(
+    pub(crate) async fn ensure_service(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
@@ -662,12 +563,13 @@ impl Provisioner {
         } else {
             swarm.ensure_service(&params).await
         };
-        state
-            .map(drop)
-            .map_err(retryable("ensuring the swarm service"))
+        state.map(drop).map_err(retryable(
+            "the container platform did not run the site's service",
+            "ensuring the swarm service",
+        ))
     }
 
-    async fn scale(&self, id: &SiteResourceId, replicas: u64) -> Result<(), StepError> {
+    pub(crate) async fn scale(&self, id: &SiteResourceId, replicas: u64) -> Result<(), StepError> {
         let Some(swarm) = &self.swarm else {
             return Ok(());
         };
@@ -675,17 +577,20 @@ impl Provisioner {
             .scale_service(id, replicas)
             .await
             .map(drop)
-            .map_err(retryable("scaling the swarm service"))
+            .map_err(retryable(
+                "the container platform did not scale the site's service",
+                "scaling the swarm service",
+            ))
     }
 
-    async fn remove_service(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn remove_service(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(swarm) = &self.swarm else {
             return Ok(());
         };
-        swarm
-            .remove_service(id)
-            .await
-            .map_err(retryable("removing the swarm service"))
+        swarm.remove_service(id).await.map_err(retryable(
+            "the container platform did not remove the site's service",
+            "removing the swarm service",
+        ))
     }
 
     /// Loads the host table of every live site on every Varnish, with one site's entry
@@ -700,34 +605,38 @@ impl Provisioner {
         };
         let _turn = self.varnish_turn.lock().await;
         let table = host_table(db, site).await?;
-        let states = varnish
-            .apply_host_table(&table)
-            .await
-            .map_err(retryable("loading the Varnish host table"))?;
+        let states = varnish.apply_host_table(&table).await.map_err(retryable(
+            "the page cache did not load the site's hosts",
+            "loading the Varnish host table",
+        ))?;
         if let Some(bad) = states.iter().find(|s| !s.converged) {
-            return Err(StepError::Retryable(anyhow!(
-                "varnish {} did not activate the host table",
-                bad.instance
-            )));
+            return Err(StepError::retryable(
+                "the page cache did not load the site's hosts",
+                anyhow!("varnish {} did not activate the host table", bad.instance),
+            ));
         }
         Ok(())
     }
 
-    async fn ban_hosts(&self, db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+    pub(crate) async fn ban_hosts(
+        &self,
+        db: &MySqlPool,
+        id: &SiteResourceId,
+    ) -> Result<(), StepError> {
         let Some(varnish) = &self.varnish else {
             return Ok(());
         };
         for domain in site_domains(db, id).await? {
-            varnish
-                .ban_host(&domain)
-                .await
-                .map_err(retryable("banning the site's cache"))?;
+            varnish.ban_host(&domain).await.map_err(retryable(
+                "the page cache did not clear the site's pages",
+                "banning the site's cache",
+            ))?;
         }
         Ok(())
     }
 }
 
-async fn forget_secrets(db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
+pub(crate) async fn forget_secrets(db: &MySqlPool, id: &SiteResourceId) -> Result<(), StepError> {
     for statement in [
         "DELETE FROM site_secrets WHERE site_id = ?",
         "DELETE FROM agent_reports WHERE site_id = ?",
@@ -770,7 +679,7 @@ pub async fn site_domains(
         .fetch_all(db)
         .await?;
     rows.iter()
-        .map(|d| DomainName::parse(d).map_err(|e| permanent(anyhow::Error::new(e))))
+        .map(|d| DomainName::parse(d).map_err(permanent))
         .collect()
 }
 

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 
-use crate::{jobs::StepError, provision::Provisioner};
+use crate::{provision::Provisioner, sagas::StepError};
 
 /// One repair made by a pass.
 #[derive(Debug, Serialize)]
@@ -44,10 +44,7 @@ pub struct Report {
 }
 
 fn step_error(err: StepError) -> String {
-    match err {
-        StepError::Retryable(e) | StepError::Permanent(e) => format!("{e:#}"),
-        StepError::Wait(_, why) => why,
-    }
+    err.internal_message()
 }
 
 /// Runs every reconciler once, unless another replica is running them now.

@@ -8,6 +8,7 @@ pub mod nodes;
 pub mod operations;
 pub mod plans;
 pub mod sessions;
+pub mod site_state;
 pub mod sites;
 pub mod tenants;
 pub mod tokens;

@@ -11,7 +11,31 @@ use crate::{
     domain::{Fields, Id, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
+    states::{OperationKind, OperationState, StepState},
 };
+
+/// What a tenant reads of a failure recorded without a public message (by an earlier
+/// release, which kept only the internal one).
+const UNEXPLAINED: &str = "the operation did not succeed; staff can see why";
+
+impl Operation {
+    /// The operation as `actor` may read it: the internal error chains for staff only.
+    pub fn for_reader(mut self, actor: &Actor) -> Self {
+        if !actor.is_staff() {
+            if self.error.is_none() && self.internal_error.is_some() {
+                self.error = Some(UNEXPLAINED.to_owned());
+            }
+            self.internal_error = None;
+            for step in &mut self.steps {
+                if step.error.is_none() && step.internal_error.is_some() {
+                    step.error = Some(UNEXPLAINED.to_owned());
+                }
+                step.internal_error = None;
+            }
+        }
+        self
+    }
+}
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, FromRow, ToSchema)]
 pub struct Operation {
@@ -20,14 +44,18 @@ pub struct Operation {
     #[sqlx(default)]
     pub seq: i64,
     pub id: String,
-    /// site.create, site.delete, site.suspend, site.resume, site.update, site.move.
-    pub kind: String,
+    pub kind: OperationKind,
     pub tenant_id: Option<String>,
     pub target_type: String,
     pub target_id: String,
-    /// pending, running, unwinding, succeeded, failed.
-    pub state: String,
+    pub state: OperationState,
+    /// Why it failed (or is unwinding), in words for anyone who may read the operation.
+    #[sqlx(rename = "public_error")]
     pub error: Option<String>,
+    /// Staff only: the cause with the backend's whole error chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[sqlx(rename = "error")]
+    pub internal_error: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -39,10 +67,15 @@ pub struct Operation {
 pub struct Step {
     pub position: i32,
     pub name: String,
-    /// pending, running, done, failed, undoing, undone.
-    pub state: String,
+    pub state: StepState,
     pub attempts: i32,
+    /// Why it failed, retries or waits, in words for anyone who may read the operation.
+    #[sqlx(rename = "public_error")]
     pub error: Option<String>,
+    /// Staff only: the cause with the backend's whole error chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[sqlx(rename = "error")]
+    pub internal_error: Option<String>,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -52,14 +85,12 @@ pub async fn enqueue(
     conn: &mut MySqlConnection,
     provisioner: &crate::provision::Provisioner,
     actor: Option<&Actor>,
-    kind: &str,
+    kind: OperationKind,
     tenant_id: Option<&str>,
     target_type: &str,
     target_id: &str,
 ) -> ApiResult<Id> {
-    let steps = provisioner
-        .steps(kind)
-        .ok_or_else(|| anyhow::anyhow!("unknown saga {kind}"))?;
+    let steps = crate::sagas::saga(kind).plan(provisioner);
     let id = Id::generate();
     sqlx::query(
         "INSERT INTO operations (id, kind, tenant_id, target_type, target_id, state, created_by) \
@@ -92,15 +123,15 @@ pub async fn enqueue(
 
 pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Operation> {
     let mut op = sqlx::query_as::<_, Operation>(
-        "SELECT id, kind, tenant_id, target_type, target_id, state, error, created_at, updated_at, \
-         finished_at FROM operations WHERE id = ?",
+        "SELECT id, kind, tenant_id, target_type, target_id, state, error, public_error, \
+         created_at, updated_at, finished_at FROM operations WHERE id = ?",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(ApiError::NotFound("operation"))?;
     op.steps = sqlx::query_as::<_, Step>(
-        "SELECT position, name, state, attempts, error, started_at, finished_at \
+        "SELECT position, name, state, attempts, error, public_error, started_at, finished_at \
          FROM operation_steps WHERE operation_id = ? ORDER BY position",
     )
     .bind(id)
@@ -125,7 +156,7 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operatio
         None if actor.is_staff() => {}
         None => return Err(ApiError::NotFound("operation")),
     }
-    Ok(op)
+    Ok(op.for_reader(actor))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -153,8 +184,6 @@ pub struct OperationFilter {
     pub limit: Option<u32>,
 }
 
-const STATES: &[&str] = &["pending", "running", "unwinding", "succeeded", "failed"];
-
 /// Newest first, without their steps (`GET /v1/operations/{id}` has them). Scoped like
 /// `get`: staff see everything, a tenant user the operations of their tenants; another
 /// tenant given as `tenant` is a 404.
@@ -172,9 +201,10 @@ pub async fn list(
         i64::MAX,
     );
     if let Some(st) = &filter.state
-        && !STATES.contains(&st.as_str())
+        && OperationState::parse(st).is_none()
     {
-        fields.push("state", format!("must be one of {}", STATES.join(", ")));
+        let names: Vec<_> = OperationState::ALL.iter().map(|s| s.as_str()).collect();
+        fields.push("state", format!("must be one of {}", names.join(", ")));
     }
     if let Some(kind) = &filter.kind
         && (kind.is_empty()
@@ -207,7 +237,7 @@ pub async fn list(
     }
     let mut query = QueryBuilder::new(
         "SELECT o.seq, o.id, o.kind, o.tenant_id, o.target_type, o.target_id, o.state, o.error, \
-         o.created_at, o.updated_at, o.finished_at FROM operations o WHERE o.seq < ",
+         o.public_error, o.created_at, o.updated_at, o.finished_at FROM operations o WHERE o.seq < ",
     );
     query.push_bind(before.unwrap_or(i64::MAX));
     match &tenant {
@@ -240,7 +270,8 @@ pub async fn list(
     query
         .push(" ORDER BY o.seq DESC LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    let mut items: Vec<Operation> = query.build_query_as().fetch_all(&state.db).await?;
+    let items: Vec<Operation> = query.build_query_as().fetch_all(&state.db).await?;
+    let mut items: Vec<Operation> = items.into_iter().map(|o| o.for_reader(actor)).collect();
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|o| encode_cursor(o.seq))

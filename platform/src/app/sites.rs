@@ -15,7 +15,9 @@ use super::{
     Page, encode_cursor,
     idempotency::{self, IdemKey, Replay},
     operations::{self, Operation},
-    page_bounds, unique,
+    page_bounds,
+    site_state::{self, SiteEvent},
+    unique,
 };
 use crate::{
     actor::{Actor, Credentials},
@@ -23,6 +25,7 @@ use crate::{
     domain::{DomainName, Email, Fields, Id, TenantRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
+    states::{OperationKind, SiteState},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -32,9 +35,7 @@ pub struct Site {
     pub name: String,
     /// The plan's slug.
     pub plan: String,
-    /// provisioning, active, degraded (its agent stopped being ready), suspended, deleting,
-    /// deleted, failed.
-    pub state: String,
+    pub state: SiteState,
     /// The primary domain.
     pub domain: String,
     pub aliases: Vec<String>,
@@ -58,7 +59,7 @@ struct SiteRow {
     tenant_id: String,
     name: String,
     plan: String,
-    state: String,
+    state: SiteState,
     primary_domain: String,
     node: Option<String>,
     generation: i64,
@@ -188,15 +189,6 @@ pub struct SiteFilter {
     pub limit: Option<u32>,
 }
 
-const STATES: &[&str] = &[
-    "provisioning",
-    "active",
-    "degraded",
-    "suspended",
-    "deleting",
-    "deleted",
-    "failed",
-];
 const MAX_ALIASES: usize = 20;
 
 // STRAIGHT_JOIN: start from `sites` so a page walks `ix_sites_tenant(_state)` and stops
@@ -400,9 +392,10 @@ fn check_filter(filter: SiteFilter) -> ApiResult<PageFilter> {
         0,
     );
     if let Some(s) = &filter.state
-        && !STATES.contains(&s.as_str())
+        && SiteState::parse(s).is_none()
     {
-        fields.push("state", format!("must be one of {}", STATES.join(", ")));
+        let names: Vec<_> = SiteState::ALL.iter().map(|s| s.as_str()).collect();
+        fields.push("state", format!("must be one of {}", names.join(", ")));
     }
     let domain = filter.domain.as_deref().map(DomainName::parse).transpose();
     let domain = fields.check("domain", domain).flatten();
@@ -553,14 +546,16 @@ pub async fn create(
         return Err(ApiError::conflict(None, "the tenant is not active"));
     }
     let id = Id::generate();
+    // Every site starts `provisioning`; from here on only `site_state::change` writes it.
     sqlx::query(
         "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain, admin_user, admin_email) \
-         VALUES (?, ?, ?, ?, 'provisioning', ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
     .bind(&name)
     .bind(&plan.id)
+    .bind(SiteState::Provisioning)
     .bind(domains[0].as_str())
     .bind(&admin_user)
     .bind(&admin_email)
@@ -578,7 +573,7 @@ pub async fn create(
         &mut tx,
         &state.provisioner,
         Some(actor),
-        "site.create",
+        OperationKind::SiteCreate,
         Some(tenant.as_str()),
         "site",
         id.as_str(),
@@ -598,7 +593,9 @@ pub async fn create(
     .await?;
     let mut accepted = Accepted {
         site: load(&mut tx, id.as_str()).await?,
-        operation: operations::load(&mut tx, op.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str())
+            .await?
+            .for_reader(actor),
         admin: Some(AdminCredentials {
             user: admin_user,
             email: admin_email,
@@ -626,10 +623,7 @@ pub async fn update(
     change: SiteChange,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
-    if !matches!(
-        site.state.as_str(),
-        "provisioning" | "active" | "degraded" | "suspended"
-    ) {
+    if site_state::decide(site.state, SiteEvent::Requested(OperationKind::SiteUpdate)).is_err() {
         return Err(ApiError::conflict(
             None,
             format!("the site is {}; try again when it is active", site.state),
@@ -709,7 +703,7 @@ pub async fn update(
         &mut tx,
         &state.provisioner,
         Some(actor),
-        "site.update",
+        OperationKind::SiteUpdate,
         Some(&site.tenant_id),
         "site",
         id.as_str(),
@@ -717,7 +711,9 @@ pub async fn update(
     .await?;
     let accepted = Accepted {
         site: load(&mut tx, id.as_str()).await?,
-        operation: operations::load(&mut tx, op.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str())
+            .await?
+            .for_reader(actor),
         admin: None,
     };
     tx.commit().await?;
@@ -803,31 +799,20 @@ async fn refit_plan(
     Ok(())
 }
 
-/// Starts delete, suspend or resume: checks the state, then enqueues the saga.
+/// Starts delete, suspend or resume: `site_state` decides whether the site may, then the
+/// saga is enqueued.
 pub async fn transition(
     state: &AppState,
     actor: &Actor,
     id: &Id,
-    kind: &str,
+    kind: OperationKind,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
-    let (allowed, next): (&[&str], &str) = match kind {
-        "site.delete" => (
-            &["provisioning", "active", "degraded", "suspended", "failed"],
-            "deleting",
-        ),
-        "site.suspend" => (&["active", "degraded"], "suspended"),
-        "site.resume" => (&["suspended"], "active"),
-        _ => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "unknown transition {kind}"
-            )));
-        }
-    };
     let mut tx = state.db.begin().await?;
-    let current: String = sqlx::query_scalar("SELECT state FROM sites WHERE id = ? FOR UPDATE")
+    // Locks the site's row first: concurrent requests for one site take turns.
+    sqlx::query("SELECT id FROM sites WHERE id = ? FOR UPDATE")
         .bind(id.as_str())
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
     let busy: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
@@ -843,18 +828,19 @@ pub async fn transition(
              try again when it finishes",
         ));
     }
-    if !allowed.contains(&current.as_str()) {
-        return Err(ApiError::conflict(
-            None,
-            format!("the site is {current}; it cannot go to {next} now"),
-        ));
-    }
-    if kind == "site.delete" {
-        sqlx::query("UPDATE sites SET state = 'deleting', updated_at = NOW(6) WHERE id = ?")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        super::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
+    match site_state::change(&mut tx, id.as_str(), SiteEvent::Requested(kind)).await? {
+        None => return Err(ApiError::NotFound("site")),
+        Some(Err(refused)) => {
+            return Err(ApiError::conflict(
+                None,
+                format!(
+                    "the site is {}; it cannot {} now",
+                    refused.current,
+                    verb(kind)
+                ),
+            ));
+        }
+        Some(Ok(_)) => {}
     }
     let op = operations::enqueue(
         &mut tx,
@@ -870,7 +856,7 @@ pub async fn transition(
         &mut tx,
         Some(actor),
         Event {
-            action: kind,
+            action: kind.as_str(),
             tenant_id: Some(&site.tenant_id),
             target_type: "site",
             target_id: id.as_str(),
@@ -880,10 +866,24 @@ pub async fn transition(
     .await?;
     let accepted = Accepted {
         site: load(&mut tx, id.as_str()).await?,
-        operation: operations::load(&mut tx, op.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str())
+            .await?
+            .for_reader(actor),
         admin: None,
     };
     tx.commit().await?;
     state.provisioner.wake_runner();
     Ok(accepted)
+}
+
+/// What a request of `kind` asks, for a refusal's message.
+fn verb(kind: OperationKind) -> &'static str {
+    match kind {
+        OperationKind::SiteDelete => "be deleted",
+        OperationKind::SiteSuspend => "be suspended",
+        OperationKind::SiteResume => "be resumed",
+        OperationKind::SiteUpdate => "be changed",
+        OperationKind::SiteCreate => "be created",
+        OperationKind::SiteMove => "be moved",
+    }
 }

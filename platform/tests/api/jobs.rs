@@ -220,7 +220,7 @@ async fn retryable_errors_back_off_and_permanent_ones_unwind() {
 /// and run again rather than use up an attempt; other database errors stay retryable.
 #[tokio::test]
 async fn a_deadlock_is_a_short_wait_not_a_failed_attempt() {
-    use platform::jobs::StepError;
+    use platform::sagas::StepError;
     let app = TestApp::spawn_with(|c| c.jobs.enabled = false).await;
     sqlx::query("CREATE TABLE deadlock_probe (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
         .execute(&app.db)
@@ -307,5 +307,81 @@ async fn one_runner_runs_many_sagas_at_once() {
         assert_eq!(done["state"], "succeeded", "{done}");
     }
     drop(server);
+    app.finish().await;
+}
+
+/// Errors for people (issue 12): a tenant reads a failed operation's public message, and
+/// never the internal chain; staff read both. A row written by an earlier release (no
+/// public message) shows tenants a generic sentence, not its internal error.
+#[tokio::test]
+async fn a_tenant_reads_the_public_error_and_staff_the_whole_chain() {
+    let (app, admin, tenant) = prepared().await;
+    let http = reqwest::Client::new();
+    let (viewer, _) = app.user_with_role(&admin, &tenant, "viewer").await;
+    let runner = ServerProcess::start(
+        &app.database_url,
+        &[("PRESSDOCK_FAILPOINTS", "reserve_slot=fail")],
+    )
+    .await;
+    let t = token(&http, &runner.base).await;
+    let (_, created) = app.create_site(&admin, &tenant, "opaque.example").await;
+    let op = created["operation"]["id"].as_str().unwrap().to_owned();
+    let done = wait_operation(&http, &runner.base, &t, &op).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    drop(runner);
+
+    // Staff: the public message and, apart, the chain down to its cause.
+    let (status, staff) = app.get(&format!("/v1/operations/{op}"), &admin).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{staff}");
+    assert_eq!(staff["error"], "failpoint: reserve_slot fails", "{staff}");
+    assert_eq!(
+        staff["internal_error"], "failpoint: reserve_slot fails: injected by PRESSDOCK_FAILPOINTS",
+        "{staff}"
+    );
+    let failed = &staff["steps"][1];
+    assert_eq!(failed["name"], "reserve_slot", "{staff}");
+    assert_eq!(failed["state"], "undone", "{staff}");
+
+    // The tenant's viewer: the same public message, no chain anywhere in the body.
+    let (status, seen) = app.get(&format!("/v1/operations/{op}"), &viewer).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{seen}");
+    assert_eq!(seen["error"], "failpoint: reserve_slot fails", "{seen}");
+    assert!(seen.get("internal_error").is_none(), "{seen}");
+    assert!(!seen.to_string().contains("PRESSDOCK_FAILPOINTS"), "{seen}");
+    let (status, list) = app
+        .get(&format!("/v1/operations?tenant={tenant}"), &viewer)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == op.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["error"], "failpoint: reserve_slot fails", "{list}");
+    assert!(listed.get("internal_error").is_none(), "{list}");
+    assert!(!list.to_string().contains("PRESSDOCK_FAILPOINTS"), "{list}");
+
+    // As an earlier release wrote it: only the internal error.
+    sqlx::query(
+        "UPDATE operations SET public_error = NULL, \
+         error = 'galera: Access denied for user root@10.0.0.5' WHERE id = ?",
+    )
+    .bind(&op)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (_, seen) = app.get(&format!("/v1/operations/{op}"), &viewer).await;
+    assert_eq!(
+        seen["error"], "the operation did not succeed; staff can see why",
+        "{seen}"
+    );
+    assert!(!seen.to_string().contains("Access denied"), "{seen}");
+    let (_, staff) = app.get(&format!("/v1/operations/{op}"), &admin).await;
+    assert_eq!(
+        staff["internal_error"], "galera: Access denied for user root@10.0.0.5",
+        "{staff}"
+    );
     app.finish().await;
 }

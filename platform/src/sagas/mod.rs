@@ -1,0 +1,144 @@
+//! Sagas: every durable multi-step operation, one file each, declared as a typed list of
+//! steps (name, action, undo, and the configurations that include it).
+//!
+//! A saga file is all there is to a kind of operation: its steps in order, what each does,
+//! how each is taken back, and what the target's state becomes at the end. The runner
+//! (`crate::jobs`) knows leases, retries, failpoints and unwinding, and nothing about
+//! sites: it finds a kind's saga with [`saga`] (an exhaustive `match` on
+//! [`OperationKind`]) and a stored step's code by its name in that saga's list.
+//!
+//! The compiler holds the shape: a [`Step`] without an [`Undo`] decision does not build
+//! (`Undo::Nothing` names why a step has none), and a new [`OperationKind`] without a saga
+//! is a non-exhaustive `match`. Adding a step is one entry in one list.
+//!
+//! Step names are stored in `operation_steps.name`: a running operation resumes by them
+//! after a crash, so a name, once shipped, stays (a new name is a new step).
+//!
+//! Every step is idempotent (`ensure_*` converges, `remove_*` treats "already gone" as
+//! success), so a step interrupted by a crash runs again safely (STYLE.md, habit 4).
+
+mod error;
+pub mod site_create;
+pub mod site_delete;
+pub mod site_move;
+pub mod site_resume;
+mod site_steps;
+pub mod site_suspend;
+pub mod site_update;
+
+use std::sync::Arc;
+
+pub use error::{Failure, StepError};
+use futures::future::BoxFuture;
+use sqlx::MySqlPool;
+
+use crate::{provision::Provisioner, states::OperationKind};
+
+/// What a step, an undo or a saga's end returns.
+pub type StepResult = Result<(), StepError>;
+
+/// A step's effect, or its undo, on the operation's target.
+pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
+
+/// What a step runs against.
+pub struct StepContext {
+    pub db: MySqlPool,
+    pub backends: Arc<Provisioner>,
+    /// The operation's target (`operations.target_id`), as stored: the saga validates it.
+    pub target: String,
+}
+
+/// How a step is taken back when a later step fails for good.
+pub enum Undo {
+    /// Run this to take the step's effect back; "already gone" is success.
+    Reverse(Action),
+    /// Nothing to take back, and why (a read, a wait, a forward-only saga).
+    Nothing(&'static str),
+}
+
+/// One step of a saga.
+pub struct Step {
+    /// Stored in `operation_steps.name`; never renamed once shipped.
+    pub name: &'static str,
+    pub action: Action,
+    pub undo: Undo,
+    /// Whether this configuration has the step (a backend that is not configured has no
+    /// steps: the operation records exactly the steps that run).
+    pub when: fn(&Provisioner) -> bool,
+}
+
+/// How a saga ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// A step failed for good and every step that ran was undone.
+    Failed,
+}
+
+/// A saga's end: the target's state after the saga of this kind succeeded or unwound.
+pub type Finish = for<'a> fn(&'a StepContext, OperationKind, Outcome) -> BoxFuture<'a, StepResult>;
+
+/// A kind of operation: its steps and its end.
+pub struct Saga {
+    pub kind: OperationKind,
+    pub steps: &'static [Step],
+    pub finish: Finish,
+}
+
+impl Saga {
+    /// The names of the steps this configuration runs, in order (what `enqueue` records).
+    pub fn plan(&self, backends: &Provisioner) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter(|s| (s.when)(backends))
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The step stored under `name` (an operation recorded by this or an earlier release).
+    pub fn step(&self, name: &str) -> Option<&'static Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// The saga of a kind of operation.
+pub fn saga(kind: OperationKind) -> &'static Saga {
+    match kind {
+        OperationKind::SiteCreate => &site_create::SAGA,
+        OperationKind::SiteDelete => &site_delete::SAGA,
+        OperationKind::SiteSuspend => &site_suspend::SAGA,
+        OperationKind::SiteResume => &site_resume::SAGA,
+        OperationKind::SiteUpdate => &site_update::SAGA,
+        OperationKind::SiteMove => &site_move::SAGA,
+    }
+}
+
+/// A step that every configuration has.
+fn always(_: &Provisioner) -> bool {
+    true
+}
+
+/// A finish that changes nothing.
+fn nothing_to_finish(_: &StepContext, _: OperationKind, _: Outcome) -> BoxFuture<'_, StepResult> {
+    Box::pin(async { Ok(()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_saga_with_distinct_step_names() {
+        for kind in OperationKind::ALL {
+            let saga = saga(*kind);
+            assert_eq!(saga.kind, *kind);
+            let mut names: Vec<_> = saga.steps.iter().map(|s| s.name).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), saga.steps.len(), "{kind}: a name used twice");
+            for step in saga.steps {
+                assert!(saga.step(step.name).is_some());
+            }
+        }
+    }
+}

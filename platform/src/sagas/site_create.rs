@@ -1,0 +1,153 @@
+//! `site.create`: records, places and provisions a new site, one step per resource. A
+//! step that fails for good unwinds every step that ran, in reverse order, and the site
+//! ends `failed` with nothing left behind; otherwise it ends `active` (or `provisioning`
+//! until its agent reports ready).
+
+use futures::future::BoxFuture;
+
+use super::{
+    Saga, Step, StepContext, StepError, StepResult, Undo, always,
+    site_steps::{self as s},
+};
+use crate::{provision::Provisioner, states::OperationKind};
+
+pub static SAGA: Saga = Saga {
+    kind: OperationKind::SiteCreate,
+    steps: &[
+        Step {
+            name: "record_site",
+            action: record_site,
+            undo: Undo::Reverse(s::release_domains),
+            when: always,
+        },
+        Step {
+            name: "reserve_slot",
+            action: reserve_slot,
+            undo: Undo::Reverse(s::release_slot),
+            when: always,
+        },
+        Step {
+            name: "generate_secrets",
+            action: s::generate_secrets,
+            undo: Undo::Reverse(s::forget_secrets),
+            when: Provisioner::any,
+        },
+        Step {
+            name: "ensure_database",
+            action: s::ensure_database,
+            undo: Undo::Reverse(s::remove_database),
+            when: |b| b.galera.is_some(),
+        },
+        Step {
+            name: "ensure_router_user",
+            action: s::ensure_router_user,
+            undo: Undo::Reverse(s::remove_router_user),
+            when: |b| b.router.is_some(),
+        },
+        Step {
+            name: "ensure_cache_user",
+            action: s::ensure_cache_user,
+            undo: Undo::Reverse(s::remove_cache_user),
+            when: |b| b.redis.is_some(),
+        },
+        Step {
+            name: "ensure_storage",
+            action: s::ensure_storage,
+            undo: Undo::Reverse(s::remove_storage),
+            when: |b| b.gluster.is_some(),
+        },
+        Step {
+            name: "ensure_swarm_secrets",
+            action: s::ensure_swarm_secrets,
+            undo: Undo::Reverse(s::remove_swarm_secrets),
+            when: |b| b.swarm.is_some(),
+        },
+        Step {
+            name: "ensure_service",
+            action: s::create_service,
+            undo: Undo::Reverse(s::remove_service),
+            when: |b| b.swarm.is_some(),
+        },
+        Step {
+            name: "publish_hosts",
+            action: s::publish_hosts,
+            undo: Undo::Reverse(s::unpublish_hosts),
+            when: |b| b.varnish.is_some(),
+        },
+    ],
+    finish: s::finish,
+};
+
+/// The site's row and domains were written with the operation (`app::sites::create`):
+/// this step checks they are still there and still `provisioning`.
+fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
+    Box::pin(async move {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT s.state, (SELECT COUNT(*) FROM domains d WHERE d.site_id = s.id) FROM sites s WHERE s.id = ?",
+        )
+        .bind(&c.target)
+        .fetch_optional(&c.db)
+        .await?;
+        match row {
+            Some((state, domains)) if state == "provisioning" && domains > 0 => Ok(()),
+            Some((state, _)) => Err(StepError::permanent(
+                "the site changed while it was being created",
+                anyhow::anyhow!("site is {state}, not provisioning"),
+            )),
+            None => Err(StepError::internal(anyhow::anyhow!(
+                "site {} is not recorded",
+                c.target
+            ))),
+        }
+    })
+}
+
+/// Places the site on the active worker with the fewest of its tenant's sites, then the
+/// most free slots. Worker rows are locked while choosing, so concurrent placements never
+/// overfill a worker; the placement's primary key makes the step idempotent.
+fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
+    Box::pin(async move {
+        let mut tx = c.db.begin().await?;
+        // The active workers' rows first, before any plain read: they serialise
+        // reservations (and moves onto them), and the reads below then see what the last
+        // holder committed.
+        sqlx::query(
+            "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let placed: Option<String> =
+            sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
+                .bind(&c.target)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if placed.is_some() {
+            return Ok(());
+        }
+        let (tenant, slots): (String, i32) = sqlx::query_as(
+            "SELECT s.tenant_id, p.slots FROM sites s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?",
+        )
+        .bind(&c.target)
+        .fetch_one(&mut *tx)
+        .await?;
+        let slots = u32::try_from(slots).unwrap_or(1).max(1);
+        let chosen =
+            crate::moves::place_new_site(&mut tx, &c.backends.placement, &c.target, &tenant, slots)
+                .await
+                .map_err(|e| StepError::retryable("placing the site failed", e))?;
+        let node = chosen.map_err(|reason| {
+            StepError::permanent(
+                format!("no worker can take the site ({reason}); add or activate a worker"),
+                anyhow::anyhow!("placement: {reason}"),
+            )
+        })?;
+        sqlx::query("INSERT INTO placements (site_id, node_id, slots) VALUES (?, ?, ?)")
+            .bind(&c.target)
+            .bind(&node)
+            .bind(slots)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+}
