@@ -13,6 +13,7 @@ mod m20261128_000003_agent;
 mod m20261128_000004_moves;
 mod m20261206_000001_pending_nodes;
 mod m20261206_000010_billing;
+mod m20261206_000012_backups;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_moves::Migration),
             Box::new(m20261206_000001_pending_nodes::Migration),
             Box::new(m20261206_000010_billing::Migration),
+            Box::new(m20261206_000012_backups::Migration),
         ]
     }
 }

@@ -97,6 +97,10 @@ async fn run_step(ctx: &StepContext<'_>, name: &str) -> StepResult {
         "release_domains" => release_domains(ctx).await,
         // The site's state is set when the saga finishes (`on_finish`).
         "mark_suspended" | "mark_active" | "mark_updated" => Ok(()),
+        "run_backup" => crate::backup::job::run_backup(ctx.db, ctx.provisioner, ctx.target).await,
+        "remove_backup" => {
+            crate::backup::job::remove_backup(ctx.db, ctx.provisioner, ctx.target).await
+        }
         "await_turn" | "move_service" | "await_ready" | "finish_move" => {
             crate::moves::step(ctx.db, ctx.provisioner, name, ctx.target).await
         }
@@ -144,6 +148,9 @@ async fn on_finish(
     succeeded: bool,
     agents_report: bool,
 ) -> sqlx::Result<()> {
+    if kind.starts_with("backup.") || kind == "site.backup" {
+        return crate::backup::job::on_finish(db, kind, target, succeeded).await;
+    }
     let state = match (kind, succeeded) {
         ("site.create", true) if agents_report => {
             let ready: Option<i64> =

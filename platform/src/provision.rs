@@ -259,6 +259,9 @@ impl Provisioner {
                 add(self.varnish.is_some(), &["publish_hosts", "ban_hosts"]);
                 add(true, &["mark_updated"]);
             }
+            // Backups (platform/src/backup/job.rs); the target is the backup.
+            "site.backup" => add(true, &["run_backup"]),
+            "backup.delete" => add(true, &["remove_backup"]),
             _ => return None,
         }
         Some(steps)
