@@ -680,3 +680,334 @@ async fn a_wrong_key_is_refused_and_never_printed() {
     assert_eq!(s3.store().list(&spec.prefix()).await.unwrap(), vec![]);
     schema.drop().await;
 }
+
+/// `[backends]` for a platform whose backups go to `s3`, reading sites' databases on the
+/// machine's MariaDB and their directories under `sites_root`.
+fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
+    toml::from_str(&format!(
+        r#"
+        [galera]
+        admin_url = "{db}"
+        site_db_host = "127.0.0.1:3306"
+        [gluster]
+        mount = "{root}"
+        node_mount = "{root}"
+        [s3]
+        endpoint = "{endpoint}"
+        bucket = "{BUCKET}"
+        access_key = "{ACCESS_KEY}"
+        secret_key = "{SECRET_KEY}"
+        force_path_style = true
+        "#,
+        db = server_url(),
+        root = sites_root.display(),
+        endpoint = s3.endpoint,
+    ))
+    .unwrap()
+}
+
+/// A site row (active) of `tenant` on the starter plan, its schema filled, its directory.
+async fn seed_site(app: &crate::support::TestApp, tenant: &str, sites_root: &Path) -> (Id, Schema) {
+    let site = Id::generate();
+    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain) \
+         VALUES (?, ?, 'Site', ?, 'active', ?)",
+    )
+    .bind(site.as_str())
+    .bind(tenant)
+    .bind(&plan)
+    .bind(format!("{site}.example"))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let schema = Schema {
+        admin: MySqlPool::connect(&server_url()).await.unwrap(),
+        name: format!("wp_{site}"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE `{}`",
+        schema.name
+    )))
+    .execute(&schema.admin)
+    .await
+    .unwrap();
+    fill_site(&schema).await;
+    fill_files(&sites_root.join(site.as_str()), 1);
+    (site, schema)
+}
+
+/// A backup step taken up again after its runner was killed mid-stream: the journaled
+/// upload of the first attempt is aborted, its stray object removed, and the backup runs
+/// to `complete`; running the step once more changes nothing.
+#[tokio::test]
+async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() {
+    use crate::support::TestApp;
+
+    let s3 = S3Server::start().await;
+    let sites_root = tempfile::tempdir().unwrap();
+    let backends = backends_config(&s3, sites_root.path());
+    let app = TestApp::spawn_with(|c| {
+        c.jobs.enabled = false;
+        c.reconcile.enabled = false;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("rs").replace('_', "-"))
+        .await;
+    let (site, schema) = seed_site(&app, &tenant, sites_root.path()).await;
+    let provisioner = platform::provision::Provisioner::from_config(
+        &backends,
+        crate::support::SECRET_KEY.as_bytes(),
+    )
+    .unwrap();
+
+    // What a killed runner left: the row `running`, an upload with a part, journaled,
+    // and a stray object under the backup's folder.
+    let backup = Id::generate();
+    sqlx::query(
+        "INSERT INTO backups (id, tenant_id, site_id, kind, state, plan_id, started_at) \
+         SELECT ?, tenant_id, id, 'manual', 'running', plan_id, NOW(6) FROM sites WHERE id = ?",
+    )
+    .bind(backup.as_str())
+    .bind(site.as_str())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let store = s3.store();
+    let prefix = format!("{tenant}/{site}/{backup}/");
+    let key = format!("{prefix}{}", backup::FILES_OBJECT);
+    let upload = store
+        .client()
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    store
+        .client()
+        .upload_part()
+        .bucket(BUCKET)
+        .key(&key)
+        .upload_id(&upload)
+        .part_number(1)
+        .body(vec![7u8; 1024].into())
+        .send()
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO backup_uploads (backup_id, object_key, upload_id) VALUES (?, ?, ?)")
+        .bind(backup.as_str())
+        .bind(&key)
+        .bind(&upload)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    store
+        .put(
+            &format!("{prefix}{}", backup::DATABASE_OBJECT),
+            b"half a dump".to_vec(),
+            "application/zstd",
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.parts(&key, &upload).await.unwrap(), 1);
+
+    platform::backup::job::run_backup(&app.db, &provisioner, backup.as_str())
+        .await
+        .unwrap();
+    assert_eq!(store.parts(&key, &upload).await.unwrap_or(0), 0);
+    assert_eq!(s3.open_upload_files(), Vec::<String>::new());
+    let row: (String, i64, String) =
+        sqlx::query_as("SELECT state, database_bytes, manifest_sha256 FROM backups WHERE id = ?")
+            .bind(backup.as_str())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(row.0, "complete");
+    let listed = store.list(&prefix).await.unwrap();
+    let db_size = listed
+        .iter()
+        .find(|(k, _)| k.ends_with(backup::DATABASE_OBJECT))
+        .unwrap()
+        .1;
+    assert_eq!(row.1 as u64, db_size);
+    assert!(db_size > b"half a dump".len() as u64);
+    let journal: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM backup_uploads WHERE backup_id = ?")
+            .bind(backup.as_str())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(journal, 0);
+
+    // Again: a complete backup is left as it is.
+    platform::backup::job::run_backup(&app.db, &provisioner, backup.as_str())
+        .await
+        .unwrap();
+    let again: String = sqlx::query_scalar("SELECT manifest_sha256 FROM backups WHERE id = ?")
+        .bind(backup.as_str())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(again, row.2);
+    assert_eq!(store.list(&prefix).await.unwrap(), listed);
+
+    schema.drop().await;
+    app.finish().await;
+}
+
+/// The API: `POST /v1/sites/{site}/backups` runs the backup as an operation of the job
+/// runner against the real MariaDB and s3s-fs; list, get, delete; bad input and another
+/// tenant's caller.
+#[tokio::test]
+async fn backups_through_the_api_are_operations_with_states_and_sizes() {
+    use crate::support::TestApp;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+
+    let s3 = S3Server::start().await;
+    let sites_root = tempfile::tempdir().unwrap();
+    let backends = backends_config(&s3, sites_root.path());
+    let app = TestApp::spawn_with(|c| {
+        c.backends = backends;
+        c.reconcile.enabled = false;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("bk").replace('_', "-"))
+        .await;
+    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
+    let other_tenant = app
+        .create_tenant(&admin, &random_name("ot").replace('_', "-"))
+        .await;
+    let (outsider, _) = app.user_with_role(&admin, &other_tenant, "owner").await;
+
+    // A site as provisioning leaves it: its row, its schema, its directory.
+    let (site, schema) = seed_site(&app, &tenant, sites_root.path()).await;
+
+    // Bad input: problem+json naming the field.
+    let (status, headers, body) = app
+        .request_full(
+            Method::GET,
+            &format!("/v1/sites/{site}/backups?limit=0"),
+            Some(&member),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["errors"][0]["field"], "limit", "{body}");
+    let (status, body) = app.get("/v1/backups/NOT-AN-ID", &member).await;
+    assert!(
+        status == StatusCode::NOT_FOUND || status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{status} {body}"
+    );
+    assert!(body["title"].is_string(), "{body}");
+
+    // Create: 202 with the pending backup and its operation.
+    let (status, body) = app
+        .post(&format!("/v1/sites/{site}/backups"), &member, json!(null))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["backup"]["state"], "pending", "{body}");
+    assert_eq!(body["backup"]["site_id"], site.as_str());
+    assert_eq!(body["operation"]["kind"], "site.backup");
+    assert_eq!(body["operation"]["target_type"], "backup");
+    let backup = body["backup"]["id"].as_str().unwrap().to_owned();
+    let op = body["operation"]["id"].as_str().unwrap().to_owned();
+
+    // A second one while it runs is refused, naming why.
+    let (status, body) = app
+        .post(&format!("/v1/sites/{site}/backups"), &member, json!(null))
+        .await;
+    if status != StatusCode::ACCEPTED {
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("under way"),
+            "{body}"
+        );
+    }
+
+    let done = app.wait_operation(&member, &op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (status, got) = app.get(&format!("/v1/backups/{backup}"), &member).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["state"], "complete", "{got}");
+    assert_eq!(got["kind"], "manual");
+    assert!(got["completed_at"].is_string());
+    assert_eq!(got["tables_count"], 4, "{got}");
+
+    // The sizes and the manifest's checksum are those of the objects in the bucket.
+    let store = s3.store();
+    let prefix = format!("{tenant}/{site}/{backup}/");
+    let listed = store.list(&prefix).await.unwrap();
+    let size_of = |name: &str| {
+        listed
+            .iter()
+            .find(|(k, _)| k.ends_with(name))
+            .map(|(_, s)| *s as i64)
+            .unwrap_or_else(|| panic!("{name} not in {listed:?}"))
+    };
+    assert_eq!(got["database_bytes"], size_of(backup::DATABASE_OBJECT));
+    assert_eq!(got["files_bytes"], size_of(backup::FILES_OBJECT));
+    use sha2::Digest;
+    let manifest = fetch(&store, &format!("{prefix}manifest.json")).await;
+    assert_eq!(
+        got["manifest_sha256"],
+        hex::encode(sha2::Sha256::digest(&manifest))
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["plan"], "starter");
+    assert_eq!(manifest["site_id"], site.as_str());
+
+    // Listed, newest first; another tenant sees nothing of it.
+    let (status, page) = app.get(&format!("/v1/sites/{site}/backups"), &member).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["items"][0]["id"], backup.as_str(), "{page}");
+    let (status, body) = app.get(&format!("/v1/backups/{backup}"), &outsider).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/backups/{backup}"),
+            Some(&outsider),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = app
+        .get(&format!("/v1/sites/{site}/backups"), &outsider)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Delete: an operation that removes the objects; then the backup is gone.
+    let (status, body) = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/backups/{backup}"),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["backup"]["state"], "deleting", "{body}");
+    let op = body["operation"]["id"].as_str().unwrap().to_owned();
+    let done = app.wait_operation(&member, &op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(store.list(&prefix).await.unwrap(), vec![]);
+    let (status, _) = app.get(&format!("/v1/backups/{backup}"), &member).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    schema.drop().await;
+    app.finish().await;
+}
