@@ -51,7 +51,7 @@ else
 fi
 
 WORK=$(mktemp -d /tmp/bench-backup.XXXXXX)
-SCHEMA="bench_backup_$(tr -dc a-z0-9 </dev/urandom | head -c 8)"
+SCHEMA="bench_backup_$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 S3PID=""
 cleanup() {
   [ -n "$S3PID" ] && kill "$S3PID" 2>/dev/null || true
@@ -62,7 +62,7 @@ trap cleanup EXIT
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ACCESS=bench-access
-export BENCH_S3_SECRET="bench-secret-$(tr -dc a-z0-9 </dev/urandom | head -c 16)"
+export BENCH_S3_SECRET="bench-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$WORK/s3/backups"
 "$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$ACCESS" --secret-key "$BENCH_S3_SECRET" \
   "$WORK/s3" >/dev/null 2>&1 &
@@ -93,9 +93,9 @@ make_files() {
   local mb=$1 dir=$WORK/wp-content
   rm -rf "$dir"; mkdir -p "$dir/uploads" "$dir/plugins"
   for i in $(seq "$((mb * 3 / 4))"); do
-    base64 -w 76 </dev/urandom | head -c 1048576 | tr 'A-Z' 'a-a' >"$dir/plugins/f$i.php"
+    head -c 786432 /dev/urandom | base64 -w 76 | tr 'A-Z' 'a-z' >"$dir/plugins/f$i.php"
   done
-  for i in $(seq "$((mb / 4))"); do head -c 1048576 </dev/urandom >"$dir/uploads/img$i.jpg"; done
+  for i in $(seq "$((mb / 4))"); do head -c 1048576 /dev/urandom >"$dir/uploads/img$i.jpg"; done
 }
 
 {
