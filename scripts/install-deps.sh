@@ -6,7 +6,7 @@ set -eu
 PKGS="docker.io mariadb-server galera-4 rsync haproxy redis-server redis-sentinel \
 glusterfs-server glusterfs-client varnish mmdebstrap iproute2 iptables fuse3 curl ca-certificates openssl util-linux \
 php-fpm php-cli php-mysql php-redis nginx-light wordpress wordpress-theme-twentytwentythree wrk \
-pebble"
+pebble zstd time bc"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

@@ -14,6 +14,7 @@ mod m20261128_000004_moves;
 mod m20261206_000001_pending_nodes;
 mod m20261206_000010_billing;
 mod m20261206_000011_public_errors;
+mod m20261206_000012_backups;
 mod m20261206_000013_certificates;
 mod m20261206_000014_metering;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_pending_nodes::Migration),
             Box::new(m20261206_000010_billing::Migration),
             Box::new(m20261206_000011_public_errors::Migration),
+            Box::new(m20261206_000012_backups::Migration),
             Box::new(m20261206_000013_certificates::Migration),
             Box::new(m20261206_000014_metering::Migration),
         ]

@@ -30,6 +30,7 @@ use crate::{
     agent::{self, CachePurge, PurgeResult},
     app::{
         Page,
+        backups::{self, Backup, BackupAccepted, BackupFilter},
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
             MarginQuery, Metering, MeteringQuery, NewPrice, Price, Resolution, SampleBatch,
@@ -85,6 +86,11 @@ pub fn router(state: AppState) -> Router {
         .route("/sites/{site}/suspend", post(suspend_site))
         .route("/sites/{site}/resume", post(resume_site))
         .route("/sites/{site}/cache/purge", post(purge_site_cache))
+        .route(
+            "/sites/{site}/backups",
+            get(list_backups).post(create_backup),
+        )
+        .route("/backups/{backup}", get(get_backup).delete(delete_backup))
         .route("/agent/report", post(agent_report))
         .route("/agent/purge", post(agent_purge))
         .route("/placement", get(placement_map))
@@ -900,6 +906,57 @@ async fn remove_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Starts a backup of the site: its database (one consistent snapshot) and wp-content,
+/// streamed to S3. The backup is `complete` once every object was written and read back.
+#[utoipa::path(post, path = "/v1/sites/{site}/backups", tag = "backups", security(("bearer" = [])),
+    params(("site" = String, Path)), responses((status = 202, body = BackupAccepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn create_backup(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
+    let accepted = backups::create(&state, &actor, &parse_id(&site, "site")?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// The site's backups, newest first, with their states and sizes.
+#[utoipa::path(get, path = "/v1/sites/{site}/backups", tag = "backups", security(("bearer" = [])),
+    params(("site" = String, Path), BackupFilter), responses((status = 200, body = Page<Backup>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn list_backups(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+    ApiQuery(filter): ApiQuery<BackupFilter>,
+) -> ApiResult<Json<Page<Backup>>> {
+    Ok(Json(
+        backups::list(&state, &actor, &parse_id(&site, "site")?, filter).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/backups/{backup}", tag = "backups", security(("bearer" = [])),
+    params(("backup" = String, Path)), responses((status = 200, body = Backup), (status = 404, body = Problem)))]
+async fn get_backup(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(backup): ApiPath<String>,
+) -> ApiResult<Json<Backup>> {
+    Ok(Json(
+        backups::get(&state, &actor, &parse_id(&backup, "backup")?).await?,
+    ))
+}
+
+/// Deletes a complete or failed backup's objects; the backup is then `deleted`.
+#[utoipa::path(delete, path = "/v1/backups/{backup}", tag = "backups", security(("bearer" = [])),
+    params(("backup" = String, Path)), responses((status = 202, body = BackupAccepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn delete_backup(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(backup): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
+    let accepted = backups::delete(&state, &actor, &parse_id(&backup, "backup")?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
 /// Operations newest first, scoped to the caller's tenants (staff: all).
 #[utoipa::path(get, path = "/v1/operations", tag = "operations", security(("bearer" = [])),
     params(OperationFilter), responses((status = 200, body = Page<Operation>), (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -1184,8 +1241,9 @@ fn describe_error(status: u16) -> &'static str {
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
         list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers, acme_settings, set_acme_settings,
+        create_backup, list_backups, get_backup, delete_backup,
     ),
-    components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>)),
+    components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>, Page<Backup>)),
 )]
 pub struct ApiDoc;
 

@@ -17,6 +17,7 @@ pub mod app;
 pub mod audit;
 pub mod audit_log;
 pub mod auth;
+pub mod backup;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -161,6 +161,8 @@ string_enum! {
         SiteResume = "site.resume",
         SiteUpdate = "site.update",
         SiteMove = "site.move",
+        SiteBackup = "site.backup",
+        BackupDelete = "backup.delete",
     }
 }
 

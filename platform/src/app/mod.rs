@@ -2,6 +2,7 @@
 //! these functions and convert their results; nothing here knows about HTTP beyond the
 //! [`ApiError`](crate::error::ApiError) it returns.
 
+pub mod backups;
 pub mod billing;
 pub mod idempotency;
 pub mod nodes;

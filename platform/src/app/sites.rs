@@ -885,5 +885,7 @@ fn verb(kind: OperationKind) -> &'static str {
         OperationKind::SiteUpdate => "be changed",
         OperationKind::SiteCreate => "be created",
         OperationKind::SiteMove => "be moved",
+        OperationKind::SiteBackup => "be backed up",
+        OperationKind::BackupDelete => "have a backup deleted",
     }
 }

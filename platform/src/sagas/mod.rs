@@ -17,7 +17,9 @@
 //! Every step is idempotent (`ensure_*` converges, `remove_*` treats "already gone" as
 //! success), so a step interrupted by a crash runs again safely (STYLE.md, habit 4).
 
+mod backup_delete;
 mod error;
+pub mod site_backup;
 pub mod site_create;
 pub mod site_delete;
 pub mod site_move;
@@ -110,6 +112,8 @@ pub fn saga(kind: OperationKind) -> &'static Saga {
         OperationKind::SiteResume => &site_resume::SAGA,
         OperationKind::SiteUpdate => &site_update::SAGA,
         OperationKind::SiteMove => &site_move::SAGA,
+        OperationKind::SiteBackup => &site_backup::SAGA,
+        OperationKind::BackupDelete => &backup_delete::SAGA,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod agent;
 mod auth;
+mod backup;
 mod billing;
 mod certs;
 mod cli;
