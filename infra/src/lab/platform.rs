@@ -43,6 +43,15 @@ pub fn config(lab: &Lab) -> String {
             )
         })
         .collect();
+    // Every Traefik replica's metrics page (the managers': stacks/edge.yml): the billed
+    // request counts (platform/src/app/edge_usage.rs).
+    let edge_metrics: Vec<String> = lab
+        .topo
+        .nodes()
+        .iter()
+        .filter(|n| n.role == super::Role::Manager)
+        .map(|n| format!("\"http://{}:{}/metrics\"", n.ip, ports::EDGE_METRICS))
+        .collect();
     let galera_nodes: Vec<String> = (1..=lab.topo.galera_nodes)
         .map(|n| format!("\"{HOST_IP}:{}\"", super::data::galera_port(n)))
         .collect();
@@ -118,6 +127,10 @@ region = "{s3_region}"
 access_key = "{s3_access}"
 secret_key = "{s3_secret}"
 force_path_style = true
+
+[billing]
+# The edge's per-site request counts, scraped every minute into hourly usage samples.
+edge_metrics = [{edge_metrics}]
 "#,
         platform = ports::PLATFORM,
         agent = ports::PLATFORM + 1,
@@ -137,6 +150,7 @@ force_path_style = true
         s3_region = super::data::S3_REGION,
         s3_access = s.s3_access_key,
         s3_secret = s.s3_secret_key,
+        edge_metrics = edge_metrics.join(", "),
     )
 }
 

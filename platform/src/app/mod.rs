@@ -4,6 +4,7 @@
 
 pub mod backups;
 pub mod billing;
+pub mod edge_usage;
 pub mod idempotency;
 pub mod nodes;
 pub mod operations;

@@ -19,7 +19,7 @@ use sqlx::{MySqlPool, Row};
 use crate::support::{free_port, random_name, server_url};
 
 const ACCESS_KEY: &str = "pdtest-access";
-const SECRET_KEY: &str = "pdtest-secret-key-never-printed";
+pub(crate) const SECRET_KEY: &str = "pdtest-secret-key-never-printed";
 const BUCKET: &str = "backups";
 
 /// An s3s-fs of our own: killed when dropped.
@@ -134,13 +134,13 @@ impl S3Server {
 }
 
 /// A site's schema on the machine's MariaDB, dropped at the end.
-struct Schema {
+pub(crate) struct Schema {
     admin: MySqlPool,
     name: String,
 }
 
 impl Schema {
-    async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         let admin = MySqlPool::connect(&server_url()).await.unwrap();
         let name = random_name("pdtest_bk");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
@@ -194,7 +194,7 @@ impl Schema {
         mysql_async::Opts::from_url(&server_url()).unwrap()
     }
 
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS `{}`",
             self.name
@@ -206,7 +206,7 @@ impl Schema {
 }
 
 /// Tables with every kind of value a WordPress database holds, and some it might.
-async fn fill_site(schema: &Schema) {
+pub(crate) async fn fill_site(schema: &Schema) {
     schema
         .exec(
             "CREATE TABLE wp_options (option_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
@@ -242,7 +242,7 @@ async fn fill_site(schema: &Schema) {
 
 /// A wp-content tree: nested folders, a large incompressible upload (several parts at the
 /// 5 MiB part size), an empty file, a symbolic link, a name with spaces and accents.
-fn fill_files(root: &Path, random_mib: usize) {
+pub(crate) fn fill_files(root: &Path, random_mib: usize) {
     std::fs::create_dir_all(root.join("uploads/2026/12")).unwrap();
     std::fs::create_dir_all(root.join("plugins/hello")).unwrap();
     std::fs::create_dir_all(root.join("themes/empty-dir")).unwrap();
@@ -266,7 +266,7 @@ fn fill_files(root: &Path, random_mib: usize) {
     .unwrap();
 }
 
-fn spec(schema: &Schema, files: &Path) -> BackupSpec {
+pub(crate) fn spec(schema: &Schema, files: &Path) -> BackupSpec {
     BackupSpec {
         backup_id: Id::generate(),
         tenant_id: Id::generate(),

@@ -5,9 +5,11 @@
 mod agent;
 mod auth;
 mod backup;
+mod backup_faults;
 mod billing;
 mod certs;
 mod cli;
+mod edge_usage;
 mod jobs;
 mod nodes;
 mod placement;
