@@ -64,7 +64,10 @@ fn s3s_fs() -> PathBuf {
 fn wait_port(port: u16) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(30), "nothing on port {port}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "nothing on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -172,7 +175,9 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     s3.ensure_bucket().await.unwrap_or_else(|e| panic!("{e:#}"));
-    s3.ensure_bucket().await.unwrap_or_else(|e| panic!("twice: {e:#}"));
+    s3.ensure_bucket()
+        .await
+        .unwrap_or_else(|e| panic!("twice: {e:#}"));
 
     let data = root.join("db1");
     std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
@@ -213,7 +218,10 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
         .unwrap_or_default();
     assert!(e.contains("mariabackup failed"), "{e}");
     assert!(!e.contains(SECRET));
-    assert_eq!(backup::list_backups(&s3, "t", "galera").await.ok(), Some(vec![]));
+    assert_eq!(
+        backup::list_backups(&s3, "t", "galera").await.ok(),
+        Some(vec![])
+    );
     // The server keeps serving while mariabackup copies (a hot backup).
     let t0 = Instant::now();
     let stored = backup::backup_galera(&s3, &source, "t")
@@ -259,7 +267,10 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
-    assert!(e.contains("failed") || e.contains("do not use this copy"), "{e}");
+    assert!(
+        e.contains("failed") || e.contains("do not use this copy"),
+        "{e}"
+    );
     // A wrong secret: S3's refusal, without the secret.
     let bad = S3::new(
         &format!("http://127.0.0.1:{s3port}"),
@@ -301,20 +312,31 @@ async fn a_swarm_state_folder_goes_to_s3_and_back() {
     let swarm = root.join("docker/swarm");
     std::fs::create_dir_all(swarm.join("raft/wal-v3-encrypted")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(swarm.join("certificates")).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(swarm.join("raft/wal-v3-encrypted/0000000000000000-0000000000000000.wal"), vec![7u8; 64 << 10])
+    std::fs::write(
+        swarm.join("raft/wal-v3-encrypted/0000000000000000-0000000000000000.wal"),
+        vec![7u8; 64 << 10],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(swarm.join("certificates/swarm-node.key"), "key")
         .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(swarm.join("certificates/swarm-node.key"), "key").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(swarm.join("state.json"), "[]").unwrap_or_else(|e| panic!("{e}"));
     let stored = backup::backup_swarm(&s3, &swarm, "pd-prod-manager-03", "t", false)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(stored.key.starts_with("t/swarm/pd-prod-manager-03/"), "{stored:?}");
+    assert!(
+        stored.key.starts_with("t/swarm/pd-prod-manager-03/"),
+        "{stored:?}"
+    );
     let target = root.join("new-docker-root");
     let stamp = backup::restore_swarm(&s3, "t", "pd-prod-manager-03", "latest", &target)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(stored.key.contains(&stamp));
-    for f in ["raft/wal-v3-encrypted/0000000000000000-0000000000000000.wal", "certificates/swarm-node.key", "state.json"] {
+    for f in [
+        "raft/wal-v3-encrypted/0000000000000000-0000000000000000.wal",
+        "certificates/swarm-node.key",
+        "state.json",
+    ] {
         assert_eq!(
             std::fs::read(swarm.join(f)).ok(),
             std::fs::read(target.join("swarm").join(f)).ok(),

@@ -110,7 +110,10 @@ fn authorized(h: &HeaderMap) -> bool {
 
 async fn p_list(State(s): State<PlatformShared>, h: HeaderMap) -> Response {
     if !authorized(&h) {
-        return problem(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <token>");
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        );
     }
     let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
     st.calls.push("GET /v1/nodes".into());
@@ -134,17 +137,25 @@ async fn p_patch(
     body: String,
 ) -> Response {
     if !authorized(&h) {
-        return problem(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <token>");
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        );
     }
     // The platform's NodeChange: `deny_unknown_fields`, availability one of three.
     let v: Value = match serde_json::from_str(&body) {
         Ok(v) => v,
         Err(_) => return problem(StatusCode::BAD_REQUEST, "the body is not JSON"),
     };
-    let ok_shape = v.as_object().is_some_and(|o| o.keys().all(|k| k == "availability"));
+    let ok_shape = v
+        .as_object()
+        .is_some_and(|o| o.keys().all(|k| k == "availability"));
     let a = v["availability"].as_str().unwrap_or("");
     if !ok_shape || !["active", "drain", "down"].contains(&a) {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "availability: must be active, drain or down");
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "availability: must be active, drain or down",
+        );
     }
     let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
     st.calls.push(format!("PATCH /v1/nodes/{id} {a}"));
@@ -153,13 +164,26 @@ async fn p_patch(
     };
     n.availability = a.to_owned();
     n.moving = 2;
-    push(&s.log, format!("platform: {} set to {a} ({} slots used)", n.name, n.used_slots));
+    push(
+        &s.log,
+        format!(
+            "platform: {} set to {a} ({} slots used)",
+            n.name, n.used_slots
+        ),
+    );
     axum::Json(node_json(n)).into_response()
 }
 
-async fn p_delete(State(s): State<PlatformShared>, Path(id): Path<String>, h: HeaderMap) -> Response {
+async fn p_delete(
+    State(s): State<PlatformShared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
     if !authorized(&h) {
-        return problem(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <token>");
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        );
     }
     let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
     st.calls.push(format!("DELETE /v1/nodes/{id}"));
@@ -330,7 +354,10 @@ impl Docker for SimDocker {
             infra::cluster::swarm_exec::redacted(args)
         ));
         if s.dead.contains(&k) {
-            anyhow::bail!("ssh: connect to host {} port 22: Connection timed out", m.public_ip);
+            anyhow::bail!(
+                "ssh: connect to host {} port 22: Connection timed out",
+                m.public_ip
+            );
         }
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let my_id = s.local.get(&k).cloned();
@@ -362,7 +389,11 @@ impl Docker for SimDocker {
             }
             ["swarm", "join-token", "-q", kind] if is_manager => format!(
                 "{}\n",
-                if *kind == "manager" { MANAGER_TOKEN } else { WORKER_TOKEN }
+                if *kind == "manager" {
+                    MANAGER_TOKEN
+                } else {
+                    WORKER_TOKEN
+                }
             ),
             ["swarm", "join", "--token", t, "--advertise-addr", _, _] => {
                 let manager = match *t {
@@ -387,7 +418,8 @@ impl Docker for SimDocker {
                 if m.name.contains("-worker-") {
                     let mut p = self.platform.lock().unwrap_or_else(|e| e.into_inner());
                     if !p.nodes.iter().any(|n| n.name == m.name) {
-                        let id = platform_id(p.nodes.len() + 1000 * usize::from(p.nodes.len() > 30));
+                        let id =
+                            platform_id(p.nodes.len() + 1000 * usize::from(p.nodes.len() > 30));
                         p.nodes.push(PNode {
                             id,
                             name: m.name.clone(),
@@ -404,7 +436,10 @@ impl Docker for SimDocker {
                 let id = my_id.ok_or_else(|| anyhow::anyhow!("not part of a swarm"))?;
                 let e = s.entries.iter_mut().find(|e| e.id == id);
                 let e = e.ok_or_else(|| anyhow::anyhow!("no entry"))?;
-                anyhow::ensure!(!e.manager, "You are attempting to leave the swarm on a node that is participating as a manager");
+                anyhow::ensure!(
+                    !e.manager,
+                    "You are attempting to leave the swarm on a node that is participating as a manager"
+                );
                 anyhow::ensure!(e.tasks == 0, "leaving with tasks running");
                 e.ready = false;
                 s.local.remove(&k);
@@ -447,7 +482,13 @@ impl Docker for SimDocker {
                 let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
                 serde_json::to_string(&s.entries[i].labels)?
             }
-            ["node", "inspect", "--format", "{{.ManagerStatus.Reachability}}", host] if is_manager => {
+            [
+                "node",
+                "inspect",
+                "--format",
+                "{{.ManagerStatus.Reachability}}",
+                host,
+            ] if is_manager => {
                 // By host name: ambiguous when an old entry has the same name.
                 let live: Vec<usize> = s
                     .entries
@@ -456,9 +497,16 @@ impl Docker for SimDocker {
                     .filter(|(_, e)| e.host == *host && e.ready)
                     .map(|(i, _)| i)
                     .collect();
-                let i = *live.first().ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                let i = *live
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("no such node"))?;
                 s.entries[i].reach_looks += 1;
-                if s.entries[i].reach_looks > 1 { "reachable" } else { "unknown" }.to_owned()
+                if s.entries[i].reach_looks > 1 {
+                    "reachable"
+                } else {
+                    "unknown"
+                }
+                .to_owned()
             }
             ["node", "update", "--availability", av, id] if is_manager => {
                 let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
@@ -468,11 +516,15 @@ impl Docker for SimDocker {
                 String::new()
             }
             ["node", "update", rest @ ..] if is_manager => {
-                let (id, adds) = rest.split_last().ok_or_else(|| anyhow::anyhow!("no node"))?;
+                let (id, adds) = rest
+                    .split_last()
+                    .ok_or_else(|| anyhow::anyhow!("no node"))?;
                 let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node {id}"))?;
                 for pair in adds.chunks(2) {
                     anyhow::ensure!(pair[0] == "--label-add", "{pair:?}");
-                    let (lk, lv) = pair[1].split_once('=').ok_or_else(|| anyhow::anyhow!("label"))?;
+                    let (lk, lv) = pair[1]
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("label"))?;
                     s.entries[i].labels.insert(lk.into(), lv.into());
                 }
                 String::new()
@@ -483,10 +535,21 @@ impl Docker for SimDocker {
                 let up = s.entries.iter().filter(|e| e.manager && e.ready).count();
                 s.entries[i].manager = false;
                 let host = s.entries[i].host.clone();
-                push(&self.log, format!("swarm: {host} demoted ({up} managers up before)"));
+                push(
+                    &self.log,
+                    format!("swarm: {host} demoted ({up} managers up before)"),
+                );
                 String::new()
             }
-            ["node", "ps", "--filter", "desired-state=running", "--format", _, id] if is_manager => {
+            [
+                "node",
+                "ps",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                _,
+                id,
+            ] if is_manager => {
                 let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
                 let e = &mut s.entries[i];
                 let out: String = (0..e.tasks).map(|t| format!("task{t}\n")).collect();
@@ -527,7 +590,10 @@ impl Docker for SimDocker {
                     .collect()
             }
             ["service", "inspect", "--format", _, svc] if is_manager => {
-                let left = s.services.get_mut(*svc).ok_or_else(|| anyhow::anyhow!("no such service"))?;
+                let left = s
+                    .services
+                    .get_mut(*svc)
+                    .ok_or_else(|| anyhow::anyhow!("no such service"))?;
                 if *left > 0 {
                     *left -= 1;
                     "updating\n".into()
@@ -578,8 +644,13 @@ async fn world() -> World {
     let fake = Fake::start(TOKEN).await;
     let log: Log = Arc::default();
     let platform = PlatformServer::start(log.clone(), fake.state.clone()).await;
-    let sim = SimDocker::new(log.clone(), fake.state.clone(), platform.shared.state.clone());
-    let mut client = Client::new(&fake.base, Token::new(TOKEN.into())).unwrap_or_else(|e| panic!("{e:#}"));
+    let sim = SimDocker::new(
+        log.clone(),
+        fake.state.clone(),
+        platform.shared.state.clone(),
+    );
+    let mut client =
+        Client::new(&fake.base, Token::new(TOKEN.into())).unwrap_or_else(|e| panic!("{e:#}"));
     client.poll_interval = Duration::ZERO;
     client.backoff = Duration::from_millis(1);
     client.max_wait = Duration::from_millis(5);
@@ -625,7 +696,12 @@ fn take_log(w: &World) -> Vec<String> {
 
 fn assert_clean(fake: &Fake) {
     let v = fake.violations();
-    assert!(v.is_empty(), "{} spec violations:\n{}", v.len(), v.join("\n"));
+    assert!(
+        v.is_empty(),
+        "{} spec violations:\n{}",
+        v.len(),
+        v.join("\n")
+    );
 }
 
 const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -638,7 +714,11 @@ async fn build(w: &World, c: &Checked, d: &Desired) {
     cl.apply(false, &[], false, &mut |l| lines.push(l.to_owned()))
         .await
         .unwrap_or_else(|e| panic!("build: {e:#}\n{}", w.fake.violations().join("\n")));
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     assert!(p.is_empty(), "after the build:\n{p}");
     take_log(w);
 }
@@ -652,7 +732,11 @@ async fn workers_20_to_24_are_created_joined_labelled_and_a_second_apply_changes
     build(&w, &c, &d).await;
     let (c24, d24) = parsed(&spec_text().replacen("count = 20", "count = 24", 1));
     let cl = cluster(&w, &w.api, &c24, &d24, H1);
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     let text = p.to_string();
     for want in [
         "+ droplet pd-prod-worker-21 s-8vcpu-16gb debian-12-x64",
@@ -678,27 +762,51 @@ async fn workers_20_to_24_are_created_joined_labelled_and_a_second_apply_changes
     assert_eq!(posts, ["POST /v2/droplets"], "one request for the four");
     // Its body carries the cloud-init that installs Docker.
     let body = w.fake.with(|s| s.raw[raw_before..].join("\n"));
-    assert!(body.contains("pd-prod-worker-24") && body.contains("user_data") && body.contains("docker"), "{body}");
+    assert!(
+        body.contains("pd-prod-worker-24") && body.contains("user_data") && body.contains("docker"),
+        "{body}"
+    );
     w.sim.with(|s| {
         for n in 21..=24 {
             let host = format!("pd-prod-worker-{n}");
             let e = SimDocker::entry_by_host(s, &host);
             assert_eq!(e.len(), 1, "{host}");
             assert!(e[0].ready && !e[0].manager);
-            assert_eq!(e[0].labels.get("pressdock.pool").map(String::as_str), Some("wp"));
-            assert_eq!(e[0].labels.get("pressdock.slots").map(String::as_str), Some("25"));
+            assert_eq!(
+                e[0].labels.get("pressdock.pool").map(String::as_str),
+                Some("wp")
+            );
+            assert_eq!(
+                e[0].labels.get("pressdock.slots").map(String::as_str),
+                Some("25")
+            );
         }
         assert_eq!(s.entries.len(), 37);
     });
     let log = take_log(&w);
-    assert_eq!(log.iter().filter(|l| l.ends_with("joined")).count(), 4, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|l| l.ends_with("joined")).count(),
+        4,
+        "{log:?}"
+    );
     // A second apply: only looks.
     let before = w.sim.mutations().len();
-    let p = cl.apply(false, &[], false, &mut |_| {}).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p = cl
+        .apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(p.is_empty(), "{p}");
     assert!(w.fake.take_calls().iter().all(|c| c.starts_with("GET ")));
-    assert_eq!(w.sim.mutations().len(), before, "{:?}", &w.sim.mutations()[before..]);
-    assert!(w.platform.with(|p| p.calls.iter().all(|c| c.starts_with("GET"))));
+    assert_eq!(
+        w.sim.mutations().len(),
+        before,
+        "{:?}",
+        &w.sim.mutations()[before..]
+    );
+    assert!(
+        w.platform
+            .with(|p| p.calls.iter().all(|c| c.starts_with("GET")))
+    );
     assert_clean(&w.fake);
 }
 
@@ -713,7 +821,11 @@ async fn a_removed_worker_is_drained_through_the_platform_before_its_droplet_goe
     build(&w, &c24, &d24).await;
     let (c, d) = parsed(&spec_text().replacen("count = 20", "count = 21", 1));
     let cl = cluster(&w, &w.api, &c, &d, H1);
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     assert_eq!(
         p.infra.to_string(),
         "~ node pd-prod-worker-22: drained (its sites moved by the platform, its tasks by the swarm), leaves the swarm\n\
@@ -736,7 +848,10 @@ async fn a_removed_worker_is_drained_through_the_platform_before_its_droplet_goe
         .unwrap_or_default();
     assert!(e.contains("moves its sites through the platform"), "{e}");
     assert!(take_log(&w).is_empty());
-    assert!(w.fake.with(|s| !s.droplets_named("pd-prod-worker-22").is_empty()));
+    assert!(
+        w.fake
+            .with(|s| !s.droplets_named("pd-prod-worker-22").is_empty())
+    );
     let mut lines = Vec::new();
     cl.apply(true, &[], false, &mut |l| lines.push(l.to_owned()))
         .await
@@ -754,15 +869,27 @@ async fn a_removed_worker_is_drained_through_the_platform_before_its_droplet_goe
         ],
         "{lines:#?}"
     );
-    assert!(w.fake.with(|s| s.droplets_named("pd-prod-worker-22").is_empty()));
-    assert!(lines.iter().any(|l| l.contains("pd-prod-worker-22: its sites moved")), "{lines:?}");
+    assert!(
+        w.fake
+            .with(|s| s.droplets_named("pd-prod-worker-22").is_empty())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pd-prod-worker-22: its sites moved")),
+        "{lines:?}"
+    );
     // Its tasks were waited for before it left (the drain, then a look that found them).
     let cmds = w.sim.with(|s| s.commands.clone());
     let ps = cmds.iter().position(|c| c.contains("node ps"));
     let leave = cmds.iter().position(|c| c.ends_with("swarm leave"));
     assert!(ps.is_some() && ps < leave, "{cmds:?}");
     let cl2 = cluster(&w, &w.api, &c, &d, H1);
-    let p = cl2.plan(&cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl2.plan(
+        &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     assert!(p.is_empty(), "{p}");
     assert_clean(&w.fake);
 }
@@ -780,7 +907,11 @@ async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
     let gone = w.fake.with(|s| s.droplets_named("pd-prod-worker-07"));
     w.sim.kill("pd-prod-worker-07");
     w.fake.with(|s| s.remove_droplet(gone[0]));
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     let text = p.to_string();
     // (The platform moves a dead worker's sites by itself; nothing to drain.)
     for want in [
@@ -791,15 +922,24 @@ async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
     ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
-    cl.apply(false, &[], false, &mut |_| {}).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cl.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     w.sim.with(|s| {
         let e = SimDocker::entry_by_host(s, "pd-prod-worker-07");
         assert_eq!(e.len(), 1);
         assert!(e[0].ready);
-        assert_eq!(e[0].labels.get("pressdock.role").map(String::as_str), Some("worker"));
+        assert_eq!(
+            e[0].labels.get("pressdock.role").map(String::as_str),
+            Some("worker")
+        );
     });
     let log = take_log(&w);
-    assert!(log.iter().any(|l| l.starts_with("swarm: pd-prod-worker-07 (") && l.ends_with("removed")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("swarm: pd-prod-worker-07 (") && l.ends_with("removed")),
+        "{log:?}"
+    );
     // A manager fails: the plan says so, and does not replace it unasked.
     w.sim.kill("pd-prod-manager-02");
     let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
@@ -812,11 +952,16 @@ async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
     let p = cl.plan(&seen, &["pd-prod-manager-03".into()], false);
     let r = p.infra.refusal(true).unwrap_or_default();
     assert!(r.contains("quorum: manager node pd-prod-manager-02 is down; the plan also takes away pd-prod-manager-03"), "{r}");
-    let e = cl.apply(true, &["pd-prod-manager-03".into()], false, &mut |_| {}).await.err();
+    let e = cl
+        .apply(true, &["pd-prod-manager-03".into()], false, &mut |_| {})
+        .await
+        .err();
     assert!(e.is_some_and(|e| format!("{e:#}").contains("quorum")));
     // --replace-failed: manager-02 replaced, joins as manager, the old entry demoted, removed.
     let old = w.fake.with(|s| s.droplets_named("pd-prod-manager-02"));
-    cl.apply(false, &[], true, &mut |_| {}).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cl.apply(false, &[], true, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let new = w.fake.with(|s| s.droplets_named("pd-prod-manager-02"));
     assert!(new.len() == 1 && new != old);
     w.sim.with(|s| {
@@ -826,16 +971,34 @@ async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
         assert_eq!(s.entries.iter().filter(|e| e.manager && e.ready).count(), 3);
     });
     let log = take_log(&w);
-    let joined = log.iter().position(|l| l == "swarm: pd-prod-manager-02 joined");
-    let demoted = log.iter().position(|l| l.starts_with("swarm: pd-prod-manager-02 demoted"));
-    assert!(joined.is_some() && joined < demoted, "the new manager joins before the old entry is demoted: {log:?}");
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let joined = log
+        .iter()
+        .position(|l| l == "swarm: pd-prod-manager-02 joined");
+    let demoted = log
+        .iter()
+        .position(|l| l.starts_with("swarm: pd-prod-manager-02 demoted"));
+    assert!(
+        joined.is_some() && joined < demoted,
+        "the new manager joins before the old entry is demoted: {log:?}"
+    );
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     assert!(p.is_empty(), "{p}");
     // A database node down, and another one asked for: refused (Galera).
     w.sim.kill("pd-prod-database-02");
     let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
-    let r = cl.plan(&seen, &["pd-prod-database-03".into()], false).infra.refusal(true).unwrap_or_default();
-    assert!(r.contains("quorum: database node pd-prod-database-02 is down") && r.contains("Galera"), "{r}");
+    let r = cl
+        .plan(&seen, &["pd-prod-database-03".into()], false)
+        .infra
+        .refusal(true)
+        .unwrap_or_default();
+    assert!(
+        r.contains("quorum: database node pd-prod-database-02 is down") && r.contains("Galera"),
+        "{r}"
+    );
     assert_clean(&w.fake);
 }
 
@@ -848,7 +1011,11 @@ async fn a_stack_is_rolled_and_quorum_breaking_specs_are_refused() {
     let (c, d) = parsed(&spec_text());
     build(&w, &c, &d).await;
     let cl = cluster(&w, &w.api, &c, &d, H2);
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     assert_eq!(
         p.to_string(),
         "plan: 0 to create, 0 to change, 0 to destroy\n> stack pd from stacks/edge.yml: rolling update (111111111111 → 222222222222)\nswarm: 1 steps"
@@ -857,19 +1024,39 @@ async fn a_stack_is_rolled_and_quorum_breaking_specs_are_refused() {
     cl.apply(false, &[], false, &mut |l| lines.push(l.to_owned()))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(lines.iter().any(|l| l.contains("pd_traefik: updating, one task at a time")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pd_traefik: updating, one task at a time")),
+        "{lines:?}"
+    );
     w.sim.with(|s| {
         assert_eq!(s.deploys, ["pd", "pd"]);
-        assert!(s.services.values().all(|left| *left == 0), "every update waited for");
+        assert!(
+            s.services.values().all(|left| *left == 0),
+            "every update waited for"
+        );
     });
-    let p = cl.plan(&cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")), &[], false);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
     assert!(p.is_empty(), "{p}");
     // Quorum: the field is named, nothing is touched.
     let before = w.fake.counts();
     let mutations = w.sim.mutations().len();
     for (from, to, field) in [
-        ("count = 3 # managers", "count = 1 # managers", "roles.manager.count: the plan takes away 2 manager nodes at once"),
-        ("count = 3 # database", "count = 1 # database", "roles.database.count: the plan takes away 2 database nodes at once"),
+        (
+            "count = 3 # managers",
+            "count = 1 # managers",
+            "roles.manager.count: the plan takes away 2 manager nodes at once",
+        ),
+        (
+            "count = 3 # database",
+            "count = 1 # database",
+            "roles.database.count: the plan takes away 2 database nodes at once",
+        ),
     ] {
         let text = spec_text();
         assert!(text.contains(from), "{from}");

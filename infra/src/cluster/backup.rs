@@ -173,8 +173,7 @@ impl S3 {
             valid_key(key)?;
             format!("/{}/{key}", self.bucket)
         };
-        let mut q: Vec<(String, String)> =
-            query.iter().map(|(k, v)| (enc(k), enc(v))).collect();
+        let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (enc(k), enc(v))).collect();
         q.sort();
         let query: String = q
             .iter()
@@ -240,7 +239,9 @@ impl S3 {
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        let r = self.send(reqwest::Method::GET, key, &[], Vec::new()).await?;
+        let r = self
+            .send(reqwest::Method::GET, key, &[], Vec::new())
+            .await?;
         Ok(r.bytes().await?.to_vec())
     }
 
@@ -259,8 +260,12 @@ impl S3 {
                 .text()
                 .await?;
             keys.extend(xml_values(&text, "Key"));
-            token = xml_values(&text, "NextContinuationToken").into_iter().next();
-            if token.is_none() || xml_values(&text, "IsTruncated").first().map(String::as_str) != Some("true") {
+            token = xml_values(&text, "NextContinuationToken")
+                .into_iter()
+                .next();
+            if token.is_none()
+                || xml_values(&text, "IsTruncated").first().map(String::as_str) != Some("true")
+            {
                 return Ok(keys);
             }
         }
@@ -291,7 +296,10 @@ impl S3 {
                 let mut buf = vec![0u8; PART_SIZE];
                 let mut n = 0;
                 while n < PART_SIZE {
-                    let r = reader.read(&mut buf[n..]).await.context("reading the stream")?;
+                    let r = reader
+                        .read(&mut buf[n..])
+                        .await
+                        .context("reading the stream")?;
                     if r == 0 {
                         break;
                     }
@@ -308,7 +316,10 @@ impl S3 {
                     .send(
                         reqwest::Method::PUT,
                         key,
-                        &[("partNumber", &number.to_string()), ("uploadId", &upload_id)],
+                        &[
+                            ("partNumber", &number.to_string()),
+                            ("uploadId", &upload_id),
+                        ],
                         buf,
                     )
                     .await?;
@@ -361,7 +372,9 @@ impl S3 {
         key: &str,
         w: &mut W,
     ) -> Result<(u64, String)> {
-        let mut r = self.send(reqwest::Method::GET, key, &[], Vec::new()).await?;
+        let mut r = self
+            .send(reqwest::Method::GET, key, &[], Vec::new())
+            .await?;
         let mut hash = Sha256::new();
         let mut total = 0u64;
         while let Some(chunk) = r.chunk().await? {
@@ -449,7 +462,9 @@ pub async fn backup_galera(s3: &S3, g: &Galera, prefix: &str) -> Result<Stored> 
         .arg(format!("--datadir={}", g.datadir.display()));
     match &g.socket {
         Some(s) => cmd.arg(format!("--socket={}", s.display())),
-        None => cmd.arg(format!("--host={}", g.host)).arg(format!("--port={}", g.port)),
+        None => cmd
+            .arg(format!("--host={}", g.host))
+            .arg(format!("--port={}", g.port)),
     };
     if g.galera_info {
         cmd.arg("--galera-info");
@@ -457,7 +472,14 @@ pub async fn backup_galera(s3: &S3, g: &Galera, prefix: &str) -> Result<Stored> 
     let stamp = stamp();
     let key = format!("{prefix}/galera/{stamp}/backup.xbstream.zst");
     let stored = stream_up(s3, &key, cmd, "mariabackup").await?;
-    manifest(s3, prefix, &format!("galera/{stamp}"), &stored, "mariabackup --stream=xbstream | zstd").await?;
+    manifest(
+        s3,
+        prefix,
+        &format!("galera/{stamp}"),
+        &stored,
+        "mariabackup --stream=xbstream | zstd",
+    )
+    .await?;
     Ok(stored)
 }
 
@@ -492,19 +514,36 @@ pub async fn backup_swarm(
         systemctl("start").await?;
     }
     let stored = r?;
-    manifest(s3, prefix, &format!("swarm/{host}/{stamp}"), &stored, "tar -c swarm | zstd").await?;
+    manifest(
+        s3,
+        prefix,
+        &format!("swarm/{host}/{stamp}"),
+        &stored,
+        "tar -c swarm | zstd",
+    )
+    .await?;
     Ok(stored)
 }
 
 /// Stopping this manager's dockerd keeps quorum only if every other manager is up.
 async fn managers_all_up() -> Result<()> {
     let out = tokio::process::Command::new("docker")
-        .args(["node", "ls", "--filter", "role=manager", "--format", "{{.Hostname}} {{.Status}}"])
+        .args([
+            "node",
+            "ls",
+            "--filter",
+            "role=manager",
+            "--format",
+            "{{.Hostname}} {{.Status}}",
+        ])
         .output()
         .await
         .context("docker node ls")?;
     if !out.status.success() {
-        bail!("docker node ls: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "docker node ls: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let down: Vec<&str> = text
@@ -572,8 +611,11 @@ async fn manifest(s3: &S3, prefix: &str, dir: &str, stored: &Stored, how: &str) 
         "key": stored.key, "bytes": stored.bytes, "sha256": stored.sha256,
         "made_by": how, "tool": concat!("pressdock-infra ", env!("CARGO_PKG_VERSION")),
     });
-    s3.put(&format!("{prefix}/{dir}/manifest.json"), serde_json::to_vec_pretty(&m)?)
-        .await
+    s3.put(
+        &format!("{prefix}/{dir}/manifest.json"),
+        serde_json::to_vec_pretty(&m)?,
+    )
+    .await
 }
 
 /// The manifest of a backup: (key of the data, bytes, sha256).
@@ -591,7 +633,12 @@ async fn read_manifest(s3: &S3, prefix: &str, dir: &str) -> Result<Stored> {
 }
 
 /// Downloads `stored`, checks its SHA-256, and pipes it through `zstd -d` into `consumer`.
-async fn stream_down(s3: &S3, stored: &Stored, mut consumer: tokio::process::Command, name: &str) -> Result<()> {
+async fn stream_down(
+    s3: &S3,
+    stored: &Stored,
+    mut consumer: tokio::process::Command,
+    name: &str,
+) -> Result<()> {
     let mut z = tokio::process::Command::new("zstd")
         .args(["-q", "-d", "-c"])
         .stdin(Stdio::piped())
@@ -653,7 +700,10 @@ pub async fn restore_galera(
     owner: Option<&str>,
 ) -> Result<String> {
     if datadir.exists() && std::fs::read_dir(datadir)?.next().is_some() {
-        bail!("{} is not empty: restore into an empty data directory", datadir.display());
+        bail!(
+            "{} is not empty: restore into an empty data directory",
+            datadir.display()
+        );
     }
     std::fs::create_dir_all(datadir)?;
     let stamp = pick(s3, prefix, "galera", which).await?;
@@ -787,8 +837,17 @@ mod tests {
             xml_values("<a><Key>x</Key><Key>y/z</Key></a>", "Key"),
             ["x", "y/z"]
         );
-        let s3 = S3::new("http://127.0.0.1:9", "backups", "us-east-1", "AK", Secret::new("very-secret".into()));
+        let s3 = S3::new(
+            "http://127.0.0.1:9",
+            "backups",
+            "us-east-1",
+            "AK",
+            Secret::new("very-secret".into()),
+        );
         let s = format!("{:?}", s3.ok());
-        assert!(!s.contains("very-secret") && s.contains("<redacted>"), "{s}");
+        assert!(
+            !s.contains("very-secret") && s.contains("<redacted>"),
+            "{s}"
+        );
     }
 }

@@ -96,10 +96,7 @@ impl PlatformClient {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
+        let resp = r.send().await.with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -266,7 +263,11 @@ impl<P: Provider, D: Docker, A: Platform> Cluster<'_, P, D, A> {
         let swarm = swarm_exec::observe_with(self.docker, &all_machines, true)?;
         observed.nodes = Some(NodeStates {
             swarm: swarm.swarm.nodes.clone(),
-            platform: self.platform.nodes().await.context("the platform's nodes")?,
+            platform: self
+                .platform
+                .nodes()
+                .await
+                .context("the platform's nodes")?,
         });
         Ok(Seen {
             observed,
@@ -375,7 +376,14 @@ impl<P: Provider, D: Docker, A: Platform> Cluster<'_, P, D, A> {
             let mut n = 0;
             while self
                 .docker
-                .run(m, &["info".into(), "--format".into(), "{{.ServerVersion}}".into()])
+                .run(
+                    m,
+                    &[
+                        "info".into(),
+                        "--format".into(),
+                        "{{.ServerVersion}}".into(),
+                    ],
+                )
                 .is_err()
             {
                 n += 1;
@@ -428,7 +436,12 @@ impl<P: Provider, D: Docker, A: Platform> NodeOps for Evacuator<'_, '_, P, D, A>
             );
         }
         if role == Role::Worker {
-            let node = c.platform.nodes().await?.into_iter().find(|n| n.name == name);
+            let node = c
+                .platform
+                .nodes()
+                .await?
+                .into_iter()
+                .find(|n| n.name == name);
             if let Some(node) = node {
                 if node.availability != "drain" {
                     c.platform.set_availability(&node.id, "drain").await?;

@@ -203,7 +203,10 @@ impl fmt::Display for Change {
                         }
                     )
                 } else {
-                    write!(f, "{s} node {name} (down): {sites}its old swarm entry removed once replaced")
+                    write!(
+                        f,
+                        "{s} node {name} (down): {sites}its old swarm entry removed once replaced"
+                    )
                 }
             }
             Change::ForgetNode { name, .. } => {

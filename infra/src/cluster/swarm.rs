@@ -57,8 +57,8 @@ pub fn stack_files(repo: &std::path::Path) -> anyhow::Result<Vec<StackFile>> {
     use sha2::{Digest, Sha256};
     let mut out = Vec::new();
     for (stack, file) in STACKS {
-        let text = std::fs::read_to_string(repo.join(file))
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let text =
+            std::fs::read_to_string(repo.join(file)).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         let mut h = Sha256::new();
         h.update(text.as_bytes());
         // `${PD_…}` values change what is deployed as much as the file does.
@@ -204,7 +204,10 @@ impl fmt::Display for Step {
             ),
             Step::Network { name, subnet } => write!(f, "overlay network {name} {subnet}"),
             Step::Deploy {
-                stack, file, was, hash,
+                stack,
+                file,
+                was,
+                hash,
             } => match was {
                 None => write!(f, "stack {stack} from {file}"),
                 Some(w) => write!(
