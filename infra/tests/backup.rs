@@ -352,3 +352,139 @@ async fn a_swarm_state_folder_goes_to_s3_and_back() {
     assert!(e.contains("move it aside first"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A lost manager quorum recovered from the backup of a real swarm: the lab manager's
+/// `/var/lib/docker/swarm` is copied (read-only, its dockerd keeps running) to a scratch S3,
+/// restored into a new docker root, and a dockerd started on it in a network namespace of its
+/// own (loopback plus the manager's address: nothing of the lab is reachable from it) becomes
+/// a one-manager swarm with `swarm init --force-new-cluster`, with the lab's services,
+/// networks and nodes. Runs with PRESSDOCK_LAB_TESTS=1 (under `flock /work/lab.lock`).
+#[tokio::test]
+async fn a_lab_managers_swarm_state_restores_into_a_one_manager_swarm() {
+    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: PRESSDOCK_LAB_TESTS=1 runs it against the lab");
+        return;
+    }
+    let live = Path::new("/var/lib/pressdock-lab/nodes/pdlab-m1/docker/swarm");
+    assert!(
+        live.exists(),
+        "the lab is not up ({} missing)",
+        live.display()
+    );
+    let root = scratch("lab-swarm");
+    let (_s3proc, s3port) = start_s3(&root.join("s3"));
+    let s3 = S3::new(
+        &format!("http://127.0.0.1:{s3port}"),
+        "cluster-backups",
+        "us-east-1",
+        ACCESS,
+        Secret::new(SECRET.into()),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    s3.ensure_bucket().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let t0 = Instant::now();
+    let stored = backup::backup_swarm(&s3, live, "pdlab-m1", "lab", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let backup_s = t0.elapsed().as_secs_f64();
+    let docker_root = root.join("docker");
+    backup::restore_swarm(&s3, "lab", "pdlab-m1", "latest", &docker_root)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(docker_root.join("swarm/docker-state.json")).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = state["LocalAddr"].as_str().unwrap_or("").to_owned();
+    assert!(addr.parse::<std::net::Ipv4Addr>().is_ok(), "{state}");
+    let sock = root.join("d.sock");
+    let script = format!(
+        "ip link set lo up && ip addr add {addr}/32 dev lo && exec dockerd --data-root {} \
+         --exec-root {} -H unix://{} --pidfile {} --iptables=false --bridge=none \
+         --storage-driver=overlay2",
+        docker_root.display(),
+        root.join("exec").display(),
+        sock.display(),
+        root.join("d.pid").display()
+    );
+    let child = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _dockerd = Proc(child);
+    let docker = |args: &[&str]| {
+        Command::new("/usr/bin/docker")
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(args)
+            .output()
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
+            })
+            .unwrap_or((false, String::new()))
+    };
+    let t = Instant::now();
+    while !docker(&["info"]).0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the restored dockerd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t1 = Instant::now();
+    let (ok, _) = docker(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &addr,
+    ]);
+    let init_s = t1.elapsed().as_secs_f64();
+    assert!(ok, "swarm init --force-new-cluster failed");
+    let (_, services) = docker(&["service", "ls", "--format", "{{.Name}}"]);
+    let (_, networks) = docker(&[
+        "network",
+        "ls",
+        "--filter",
+        "driver=overlay",
+        "--format",
+        "{{.Name}}",
+    ]);
+    let (_, nodes) = docker(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
+    for s in ["pd_traefik", "pd_varnish"] {
+        assert!(services.lines().any(|l| l == s), "{s} not in {services}");
+    }
+    for n in ["pd-edge", "pd-sites"] {
+        assert!(networks.lines().any(|l| l == n), "{n} not in {networks}");
+    }
+    assert_eq!(
+        nodes.lines().filter(|l| l.ends_with("Leader")).count(),
+        1,
+        "{nodes}"
+    );
+    println!(
+        "lab manager's swarm state: {:.2} MB compressed, backup {backup_s:.1}s; force-new-cluster {init_s:.1}s; {} services, {} nodes",
+        stored.bytes as f64 / 1e6,
+        services.lines().count(),
+        nodes.lines().count()
+    );
+    // Its dockerd is stopped (SIGTERM to its PID) before the folder goes.
+    if let Ok(pid) = std::fs::read_to_string(root.join("d.pid"))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
