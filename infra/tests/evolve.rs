@@ -940,6 +940,59 @@ async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
             .any(|l| l.starts_with("swarm: pd-prod-worker-07 (") && l.ends_with("removed")),
         "{log:?}"
     );
+    // A worker fails but its droplet is still there: reported; --replace-failed moves its
+    // sites through the platform, recreates it, and it joins again.
+    w.sim.kill("pd-prod-worker-11");
+    let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let text = cl.plan(&seen, &[], false).to_string();
+    assert!(
+        text.contains("! node pd-prod-worker-11 is down in the swarm: `apply --replace pd-prod-worker-11` (or --replace-failed) replaces it")
+            && text.contains("plan: 0 to create, 0 to change, 0 to destroy"),
+        "{text}"
+    );
+    let text = cl.plan(&seen, &[], true).to_string();
+    for want in [
+        "~ node pd-prod-worker-11 (down): its sites moved by the platform, its old swarm entry removed once replaced",
+        "± droplet pd-prod-worker-11: destroyed and created again",
+        "> pd-prod-worker-11 (new droplet) joins as worker",
+        "> remove down node pd-prod-worker-11 (n0",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let mut lines = Vec::new();
+    cl.apply(false, &[], true, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = take_log(&w);
+    let at = |p: &str| log.iter().position(|l| l.starts_with(p));
+    let (drained, moved, joined, removed) = (
+        at("platform: pd-prod-worker-11 set to drain (3 slots used)"),
+        at("platform: pd-prod-worker-11 evacuated"),
+        at("swarm: pd-prod-worker-11 joined"),
+        log.iter()
+            .position(|l| l.starts_with("swarm: pd-prod-worker-11 (") && l.ends_with("removed")),
+    );
+    assert!(
+        drained.is_some() && drained < moved && moved < joined && joined < removed,
+        "{log:#?}"
+    );
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("platform: pd-prod-worker-11 set to active (0 slots used)"),
+        "{log:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pd-prod-worker-11: active again")),
+        "{lines:?}"
+    );
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
     // A manager fails: the plan says so, and does not replace it unasked.
     w.sim.kill("pd-prod-manager-02");
     let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));

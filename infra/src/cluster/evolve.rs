@@ -354,6 +354,35 @@ impl<P: Provider, D: Docker, A: Platform> Cluster<'_, P, D, A> {
             })
             .collect();
         self.converge_swarm(&fresh, progress).await?;
+        // Workers this apply drained to replace them: placement targets again, now that the
+        // new machine joined with its labels. (A drain set by staff is never lifted: only the
+        // nodes drained here.)
+        for c in &plan.infra.changes {
+            if let Change::Evacuate {
+                name,
+                role: Role::Worker,
+                ..
+            } = c
+                && self.desired.droplets.iter().any(|x| &x.name == name)
+                && !self.platform.is_none()
+            {
+                let node = self
+                    .platform
+                    .nodes()
+                    .await?
+                    .into_iter()
+                    .find(|n| &n.name == name);
+                if let Some(n) = node {
+                    match self.platform.set_availability(&n.id, "active").await {
+                        Ok(()) => progress(&format!("  {name}: active again in the platform")),
+                        Err(e) => progress(&format!(
+                            "  {name}: still drained in the platform ({e:#}); PATCH /v1/nodes/{} availability=active once it is linked",
+                            n.id
+                        )),
+                    }
+                }
+            }
+        }
         Ok(plan)
     }
 
