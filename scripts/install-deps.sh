@@ -3,7 +3,7 @@
 # Idempotent: only missing packages are installed. Run as root.
 set -eu
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root (sudo $0)" >&2; exit 1; }
-PKGS="docker.io mariadb-server galera-4 rsync haproxy redis-server redis-sentinel \
+PKGS="docker.io mariadb-server mariadb-backup galera-4 rsync haproxy redis-server redis-sentinel \
 glusterfs-server glusterfs-client varnish mmdebstrap iproute2 iptables fuse3 curl ca-certificates openssl util-linux \
 php-fpm php-cli php-mysql php-redis nginx-light wordpress wordpress-theme-twentytwentythree wrk \
 pebble zstd time bc"
