@@ -13,6 +13,7 @@ mod nodes;
 mod placement;
 mod rbac;
 mod reconcile;
+mod restore;
 mod sites;
 mod support;
 mod surface;
