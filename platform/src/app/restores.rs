@@ -291,8 +291,9 @@ pub async fn clone(
             domain: input.domain,
             aliases: Vec::new(),
             plan: source.plan.clone(),
-            admin_user: Some(admin_user),
-            admin_email: Some(admin_email),
+            // The source's, when it has them (the clone's database has its users anyway).
+            admin_user: Some(admin_user).filter(|u| !u.is_empty()),
+            admin_email: Some(admin_email).filter(|e| !e.is_empty()),
         },
     )
     .await?;

@@ -374,9 +374,9 @@ pub async fn on_finish(db: &MySqlPool, site: &str, succeeded: bool) -> sqlx::Res
             .await?;
         return Ok(());
     }
+    // The operation's public message: the failed step's, kept while it unwinds.
     let error: Option<String> = sqlx::query_scalar(
-        "SELECT public_error FROM operation_steps WHERE operation_id = ? AND public_error IS NOT NULL \
-         ORDER BY (state = 'failed') DESC, position DESC LIMIT 1",
+        "SELECT public_error FROM operations WHERE id = ?",
     )
     .bind(operation.unwrap_or_default())
     .fetch_optional(db)

@@ -353,22 +353,46 @@ fn excerpt(bytes: &[u8]) -> String {
 /// The statement with every string literal rewritten by `rewriter`; counts the literals
 /// that changed. Quoted names, numbers and hex literals are kept.
 pub fn rewrite_strings(sql: &[u8], rewriter: &Rewriter) -> anyhow::Result<(Vec<u8>, u64)> {
-    if super::serialized::find(sql, rewriter.from()).is_none() {
+    let hex_from = hex::encode(rewriter.from());
+    if super::serialized::find(sql, rewriter.from()).is_none()
+        && super::serialized::find(&sql.to_ascii_lowercase(), hex_from.as_bytes()).is_none()
+    {
         return Ok((sql.to_vec(), 0));
     }
     let mut out = Vec::with_capacity(sql.len() + 1024);
     let mut copied = 0;
     let mut changed = 0;
     for t in tokens(sql)? {
-        if t.kind != Kind::Str {
-            continue;
-        }
-        let value = unescape(&sql[t.start + 1..t.end - 1], sql[t.start])?;
-        if let Some(new) = rewriter.rewrite(&value) {
-            out.extend_from_slice(&sql[copied..t.start]);
-            push_string(&mut out, &new);
-            copied = t.end;
-            changed += 1;
+        let text = &sql[t.start..t.end];
+        match t.kind {
+            Kind::Str => {
+                let value = unescape(&text[1..text.len() - 1], text[0])?;
+                if let Some(new) = rewriter.rewrite(&value) {
+                    out.extend_from_slice(&sql[copied..t.start]);
+                    push_string(&mut out, &new);
+                    copied = t.end;
+                    changed += 1;
+                }
+            }
+            // `0x…`: the dump writes every value read under `SET NAMES binary` this way
+            // (text columns included), so these are the site's strings too.
+            Kind::Number if text.len() > 2 && (text.starts_with(b"0x") || text.starts_with(b"0X")) => {
+                let Ok(value) = hex::decode(&text[2..]) else {
+                    continue;
+                };
+                if let Some(new) = rewriter.rewrite(&value) {
+                    out.extend_from_slice(&sql[copied..t.start]);
+                    if new.is_empty() {
+                        out.extend_from_slice(b"''");
+                    } else {
+                        out.extend_from_slice(b"0x");
+                        out.extend_from_slice(hex::encode(&new).as_bytes());
+                    }
+                    copied = t.end;
+                    changed += 1;
+                }
+            }
+            _ => {}
         }
     }
     out.extend_from_slice(&sql[copied..]);
@@ -514,10 +538,25 @@ mod tests {
         let rewriter = Rewriter::new("a.example", "clone.example").unwrap_or_else(|| panic!());
         let sql = br#"INSERT INTO `wp_options` VALUES (1,'siteurl','https://a.example',0x612e6578616d706c65),(2,'w','a:1:{s:4:\"text\";s:17:\"https://a.example\";}','it\'s a.example'),(3,`a.example`,'none');"#;
         let (out, changed) = rewrite_strings(sql, &rewriter).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(changed, 3);
+        assert_eq!(changed, 4);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            r#"INSERT INTO `wp_options` VALUES (1,'siteurl','https://clone.example',0x612e6578616d706c65),(2,'w','a:1:{s:4:"text";s:21:"https://clone.example";}','it\'s clone.example'),(3,`a.example`,'none');"#
+            r#"INSERT INTO `wp_options` VALUES (1,'siteurl','https://clone.example',0x636c6f6e652e6578616d706c65),(2,'w','a:1:{s:4:"text";s:21:"https://clone.example";}','it\'s clone.example'),(3,`a.example`,'none');"#
+        );
+    }
+
+    #[test]
+    fn hex_literals_are_the_dumps_strings_and_are_rewritten_too() {
+        let rewriter = Rewriter::new("a.example", "b.example.org").unwrap_or_else(|| panic!());
+        let value = b"s:17:\"https://a.example\";";
+        let sql = format!("INSERT INTO `t` VALUES (1,0x{},0x00ff);", hex::encode(value));
+        let (out, changed) =
+            rewrite_strings(sql.as_bytes(), &rewriter).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(changed, 1);
+        let want = b"s:21:\"https://b.example.org\";";
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("INSERT INTO `t` VALUES (1,0x{},0x00ff);", hex::encode(want))
         );
     }
 
