@@ -31,7 +31,6 @@ use crate::{
     app::{
         Page,
         backups::{self, Backup, BackupAccepted, BackupFilter},
-        restores::{self, CloneAccepted, NewClone, NewRestore, Restore, RestoreAccepted},
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
             MarginQuery, Metering, MeteringQuery, NewPrice, Price, Resolution, SampleBatch,
@@ -41,6 +40,7 @@ use crate::{
         nodes::{self, NewNode, Node, NodeChange},
         operations::{self, Operation, OperationFilter},
         plans::{self, NewPlan, Plan},
+        restores::{self, CloneAccepted, NewClone, NewRestore, Restore, RestoreAccepted},
         sessions::{self, Login, RefreshRequest, TokenPair},
         sites::{self, Accepted, Created, NewSite, Site, SiteChange, SiteFilter},
         tenants::{self, NewTenant, Tenant, TenantChange},

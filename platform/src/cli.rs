@@ -1140,7 +1140,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 BackupCmd::List { site } => {
                     let page = c
-                        .call(Method::GET, &format!("/v1/sites/{site}/backups?limit=200"), None)
+                        .call(
+                            Method::GET,
+                            &format!("/v1/sites/{site}/backups?limit=200"),
+                            None,
+                        )
                         .await?;
                     print(global.json, &page["items"], BACKUP_COLUMNS);
                 }
@@ -1469,13 +1473,41 @@ fn deadline(wait: Wait) -> tokio::time::Instant {
 
 /// Waits (with `--wait`) for the operation of an accepted backup change, then prints the
 /// backup as it is; non-zero exit if the operation failed.
-async fn finish_backup(c: &mut Client, json: bool, accepted: Value, wait: Wait) -> anyhow::Result<()> {
-    finish_with(c, json, accepted, wait, "backup", "/v1/backups/", BACKUP_COLUMNS).await
+async fn finish_backup(
+    c: &mut Client,
+    json: bool,
+    accepted: Value,
+    wait: Wait,
+) -> anyhow::Result<()> {
+    finish_with(
+        c,
+        json,
+        accepted,
+        wait,
+        "backup",
+        "/v1/backups/",
+        BACKUP_COLUMNS,
+    )
+    .await
 }
 
 /// The same for a restore or a clone.
-async fn finish_restore(c: &mut Client, json: bool, accepted: Value, wait: Wait) -> anyhow::Result<()> {
-    finish_with(c, json, accepted, wait, "restore", "/v1/restores/", RESTORE_COLUMNS).await
+async fn finish_restore(
+    c: &mut Client,
+    json: bool,
+    accepted: Value,
+    wait: Wait,
+) -> anyhow::Result<()> {
+    finish_with(
+        c,
+        json,
+        accepted,
+        wait,
+        "restore",
+        "/v1/restores/",
+        RESTORE_COLUMNS,
+    )
+    .await
 }
 
 async fn finish_with(
@@ -1491,7 +1523,10 @@ async fn finish_with(
     let mut op = accepted["operation"].clone();
     let mut item = accepted[what].clone();
     if wait.wait {
-        let id = op["id"].as_str().context("the response has no operation id")?.to_owned();
+        let id = op["id"]
+            .as_str()
+            .context("the response has no operation id")?
+            .to_owned();
         op = wait_operation(c, &id, Some(deadline(wait))).await?;
         if let Some(item_id) = item["id"].as_str() {
             // A deleted backup is gone: keep what the answer said.

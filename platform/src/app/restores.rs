@@ -126,12 +126,13 @@ fn parse_backup(value: &str) -> ApiResult<Id> {
 
 /// The backup, if it is complete and of `site`; a 422 naming `backup` otherwise.
 async fn complete_backup_of(conn: &mut MySqlConnection, backup: &Id, site: &str) -> ApiResult<()> {
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM backups WHERE id = ? AND site_id = ? AND state <> 'deleted'")
-            .bind(backup.as_str())
-            .bind(site)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let state: Option<String> = sqlx::query_scalar(
+        "SELECT state FROM backups WHERE id = ? AND site_id = ? AND state <> 'deleted'",
+    )
+    .bind(backup.as_str())
+    .bind(site)
+    .fetch_optional(&mut *conn)
+    .await?;
     match state.as_deref() {
         Some("complete") => Ok(()),
         Some(other) => Err(ApiError::field(
@@ -174,7 +175,11 @@ async fn record(
     domains: Option<(&str, &str)>,
 ) -> ApiResult<(Restore, Operation)> {
     let id = Id::generate();
-    let kind = if domains.is_some() { "clone" } else { "restore" };
+    let kind = if domains.is_some() {
+        "clone"
+    } else {
+        "restore"
+    };
     sqlx::query(
         "INSERT INTO restores (id, tenant_id, site_id, backup_id, source_site_id, kind, state, \
          domain_from, domain_to) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
@@ -218,7 +223,9 @@ async fn record(
     .await?;
     Ok((
         load(&mut *tx, id.as_str()).await?,
-        operations::load(&mut *tx, op.as_str()).await?.for_reader(actor),
+        operations::load(&mut *tx, op.as_str())
+            .await?
+            .for_reader(actor),
     ))
 }
 
@@ -280,9 +287,12 @@ pub async fn clone(
             .bind(source_id.as_str())
             .fetch_one(&state.db)
             .await?;
-    let name = input
-        .name
-        .unwrap_or_else(|| format!("{} (clone)", source.name).chars().take(200).collect());
+    let name = input.name.unwrap_or_else(|| {
+        format!("{} (clone)", source.name)
+            .chars()
+            .take(200)
+            .collect()
+    });
     let valid = sites::validate_new(
         state,
         actor,

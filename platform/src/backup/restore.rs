@@ -121,11 +121,12 @@ async fn download(store: &BackupStore, entry: &ObjectEntry) -> anyhow::Result<Do
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut open = true;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| anyhow!("reading {name}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?
-        {
+        while let Some(chunk) = body.try_next().await.map_err(|e| {
+            anyhow!(
+                "reading {name}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })? {
             size += chunk.len() as u64;
             hasher.update(&chunk);
             // The consumer may stop early (it refused the content): the rest is still
@@ -160,7 +161,9 @@ impl Read for ChunkReader {
     }
 }
 
-fn decoder(chunks: mpsc::Receiver<Bytes>) -> io::Result<zstd::stream::read::Decoder<'static, io::BufReader<ChunkReader>>> {
+fn decoder(
+    chunks: mpsc::Receiver<Bytes>,
+) -> io::Result<zstd::stream::read::Decoder<'static, io::BufReader<ChunkReader>>> {
     zstd::stream::read::Decoder::new(ChunkReader {
         chunks,
         current: Bytes::new(),
@@ -236,7 +239,8 @@ fn scan_dump(
     rewriter: Option<&Rewriter>,
     mut each: impl FnMut(Vec<u8>) -> Result<(), RestoreError>,
 ) -> Result<(u64, u64), RestoreError> {
-    let damaged = |e: &dyn std::fmt::Display| refused(format!("{DATABASE_OBJECT} cannot be read: {e}"));
+    let damaged =
+        |e: &dyn std::fmt::Display| refused(format!("{DATABASE_OBJECT} cannot be read: {e}"));
     let mut input = decoder(chunks).map_err(|e| damaged(&e))?;
     let mut splitter = Splitter::default();
     let mut buf = vec![0u8; 256 * 1024];
@@ -250,12 +254,15 @@ fn scan_dump(
         while let Some(statement) = splitter.next_statement().map_err(|e| damaged(&e))? {
             count += 1;
             let kind = sqlscan::check(&statement).map_err(|e| {
-                refused(format!("{DATABASE_OBJECT}, statement {count}: {e}; nothing was run"))
+                refused(format!(
+                    "{DATABASE_OBJECT}, statement {count}: {e}; nothing was run"
+                ))
             })?;
             let statement = match (kind, rewriter) {
                 (Statement::Empty, _) => continue,
                 (Statement::Insert, Some(r)) => {
-                    let (out, n) = sqlscan::rewrite_strings(&statement, r).map_err(|e| damaged(&e))?;
+                    let (out, n) =
+                        sqlscan::rewrite_strings(&statement, r).map_err(|e| damaged(&e))?;
                     rewritten += n;
                     out
                 }
@@ -270,8 +277,12 @@ fn scan_dump(
 
 /// Decodes the archive; checks each entry (regular files, folders and symbolic links only,
 /// paths inside the folder) and, with `into`, unpacks it there.
-fn scan_archive(chunks: mpsc::Receiver<Bytes>, into: Option<(&Path, bool)>) -> Result<u64, RestoreError> {
-    let damaged = |e: &dyn std::fmt::Display| refused(format!("{FILES_OBJECT} cannot be read: {e}"));
+fn scan_archive(
+    chunks: mpsc::Receiver<Bytes>,
+    into: Option<(&Path, bool)>,
+) -> Result<u64, RestoreError> {
+    let damaged =
+        |e: &dyn std::fmt::Display| refused(format!("{FILES_OBJECT} cannot be read: {e}"));
     let input = decoder(chunks).map_err(|e| damaged(&e))?;
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
@@ -294,9 +305,12 @@ fn scan_archive(chunks: mpsc::Receiver<Bytes>, into: Option<(&Path, bool)>) -> R
             )));
         }
         if path.is_absolute()
-            || path
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+            || path.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
         {
             return Err(refused(format!(
                 "{FILES_OBJECT}: {} points outside the site's folder",
@@ -375,9 +389,12 @@ async fn apply_dump(
     let mut dropped = Vec::new();
     for table in present {
         if !manifest.database.tables.iter().any(|t| t.name == table) {
-            conn.query_drop(format!("DROP TABLE IF EXISTS `{}`", table.replace('`', "``")))
-                .await
-                .with_context(|| format!("dropping table {table}"))?;
+            conn.query_drop(format!(
+                "DROP TABLE IF EXISTS `{}`",
+                table.replace('`', "``")
+            ))
+            .await
+            .with_context(|| format!("dropping table {table}"))?;
             dropped.push(table);
         }
     }
@@ -386,8 +403,9 @@ async fn apply_dump(
     let chunks = d.chunks;
     let scan = tokio::task::spawn_blocking(move || {
         scan_dump(chunks, rewriter.as_ref(), |statement| {
-            tx.blocking_send(statement)
-                .map_err(|_| RestoreError::Failed(anyhow!("the database stopped taking statements")))
+            tx.blocking_send(statement).map_err(|_| {
+                RestoreError::Failed(anyhow!("the database stopped taking statements"))
+            })
         })
     });
     let mut run = Ok(());
@@ -412,7 +430,10 @@ async fn apply_dump(
 
     for table in &manifest.database.tables {
         let rows: Option<u64> = conn
-            .query_first(format!("SELECT COUNT(*) FROM `{}`", table.name.replace('`', "``")))
+            .query_first(format!(
+                "SELECT COUNT(*) FROM `{}`",
+                table.name.replace('`', "``")
+            ))
             .await
             .with_context(|| format!("counting the rows of {}", table.name))?;
         if rows != Some(table.rows) {

@@ -68,9 +68,10 @@ fn parse_id(value: &str) -> Result<Id, StepError> {
 /// tried again.
 fn step_error(public: &'static str) -> impl FnOnce(RestoreError) -> StepError {
     move |err| match err {
-        RestoreError::Refused(why) => {
-            StepError::permanent(format!("the backup cannot be restored: {why}"), anyhow!("refused"))
-        }
+        RestoreError::Refused(why) => StepError::permanent(
+            format!("the backup cannot be restored: {why}"),
+            anyhow!("refused"),
+        ),
         RestoreError::Failed(cause) => StepError::retryable(public, cause),
     }
 }
@@ -103,7 +104,11 @@ async fn manifest_of(
     if manifest.backup_id.as_str() != backup || manifest.site_id.as_str() != site {
         return Err(StepError::permanent(
             "the backup cannot be restored: its manifest belongs to another backup",
-            anyhow!("manifest of {} / {} under {backup}", manifest.backup_id, manifest.site_id),
+            anyhow!(
+                "manifest of {} / {} under {backup}",
+                manifest.backup_id,
+                manifest.site_id
+            ),
         ));
     }
     Ok(manifest)
@@ -234,7 +239,9 @@ async fn site_connection(
     site: &SiteResourceId,
 ) -> Result<mysql_async::Opts, StepError> {
     let galera = provisioner.config.galera.as_ref().ok_or_else(|| {
-        StepError::internal(anyhow!("restores need [backends.galera] in the configuration"))
+        StepError::internal(anyhow!(
+            "restores need [backends.galera] in the configuration"
+        ))
     })?;
     let admin = mysql_async::Opts::from_url(galera.admin_url.expose()).map_err(|_| {
         StepError::internal(anyhow!("backends.galera.admin_url is not a valid URL"))
@@ -247,9 +254,14 @@ async fn site_connection(
         .into())
 }
 
-fn files_root(provisioner: &Provisioner, site: &SiteResourceId) -> Result<std::path::PathBuf, StepError> {
+fn files_root(
+    provisioner: &Provisioner,
+    site: &SiteResourceId,
+) -> Result<std::path::PathBuf, StepError> {
     let gluster = provisioner.config.gluster.as_ref().ok_or_else(|| {
-        StepError::internal(anyhow!("restores need [backends.gluster] in the configuration"))
+        StepError::internal(anyhow!(
+            "restores need [backends.gluster] in the configuration"
+        ))
     })?;
     Ok(gluster.mount.join(site.as_str()))
 }
@@ -268,7 +280,9 @@ pub async fn restore_database(db: &MySqlPool, provisioner: &Provisioner, site: &
     let opts = site_connection(db, provisioner, &id).await?;
     let done = restore::restore_database(&store, &manifest, opts, rewriter)
         .await
-        .map_err(step_error("the site's database could not be restored; it is tried again"))?;
+        .map_err(step_error(
+            "the site's database could not be restored; it is tried again",
+        ))?;
     sqlx::query("UPDATE restores SET statements = ?, strings_rewritten = ? WHERE id = ?")
         .bind(i64::try_from(done.statements).unwrap_or(i64::MAX))
         .bind(i64::try_from(done.strings_rewritten).unwrap_or(i64::MAX))
@@ -293,7 +307,9 @@ pub async fn restore_files(db: &MySqlPool, provisioner: &Provisioner, site: &str
     let manifest = manifest_of(db, &store, &restore.backup_id).await?;
     let entries = restore::restore_files(&store, &manifest, files_root(provisioner, &id)?)
         .await
-        .map_err(step_error("the site's files could not be restored; it is tried again"))?;
+        .map_err(step_error(
+            "the site's files could not be restored; it is tried again",
+        ))?;
     sqlx::query("UPDATE restores SET files_restored = ? WHERE id = ?")
         .bind(i64::try_from(entries).unwrap_or(i64::MAX))
         .bind(&restore.id)
@@ -325,7 +341,11 @@ async fn way_back(
 }
 
 /// Undo of `restore_database`: the database as the pre-restore backup has it.
-pub async fn put_back_database(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn put_back_database(
+    db: &MySqlPool,
+    provisioner: &Provisioner,
+    site: &str,
+) -> StepResult {
     let restore = current(db, site).await?;
     let Some((store, manifest)) = way_back(db, provisioner, &restore).await? else {
         return Ok(());
@@ -334,7 +354,9 @@ pub async fn put_back_database(db: &MySqlPool, provisioner: &Provisioner, site: 
     let opts = site_connection(db, provisioner, &id).await?;
     restore::restore_database(&store, &manifest, opts, None)
         .await
-        .map_err(|e| StepError::retryable("putting the site's database back failed", anyhow!("{e}")))?;
+        .map_err(|e| {
+            StepError::retryable("putting the site's database back failed", anyhow!("{e}"))
+        })?;
     tracing::info!(restore = %restore.id, "database put back from the pre-restore backup");
     Ok(())
 }
@@ -348,7 +370,9 @@ pub async fn put_back_files(db: &MySqlPool, provisioner: &Provisioner, site: &st
     let id = SiteResourceId::parse(site).map_err(StepError::internal)?;
     restore::restore_files(&store, &manifest, files_root(provisioner, &id)?)
         .await
-        .map_err(|e| StepError::retryable("putting the site's files back failed", anyhow!("{e}")))?;
+        .map_err(|e| {
+            StepError::retryable("putting the site's files back failed", anyhow!("{e}"))
+        })?;
     tracing::info!(restore = %restore.id, "files put back from the pre-restore backup");
     Ok(())
 }
@@ -375,13 +399,12 @@ pub async fn on_finish(db: &MySqlPool, site: &str, succeeded: bool) -> sqlx::Res
         return Ok(());
     }
     // The operation's public message: the failed step's, kept while it unwinds.
-    let error: Option<String> = sqlx::query_scalar(
-        "SELECT public_error FROM operations WHERE id = ?",
-    )
-    .bind(operation.unwrap_or_default())
-    .fetch_optional(db)
-    .await?
-    .flatten();
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT public_error FROM operations WHERE id = ?")
+            .bind(operation.unwrap_or_default())
+            .fetch_optional(db)
+            .await?
+            .flatten();
     sqlx::query(
         "UPDATE restores SET state = 'failed', finished_at = NOW(6), error = LEFT(?, 1000) WHERE id = ?",
     )

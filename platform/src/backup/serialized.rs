@@ -34,9 +34,7 @@ impl Rewriter {
 
     /// The value rewritten, or `None` when it does not contain `from` (most values).
     pub fn rewrite(&self, value: &[u8]) -> Option<Vec<u8>> {
-        if find(value, &self.from).is_none() {
-            return None;
-        }
+        find(value, &self.from)?;
         Some(self.value(value, 0))
     }
 
@@ -90,7 +88,8 @@ impl Rewriter {
                 let body = &input[*pos..end];
                 let valid = !body.is_empty()
                     && body.iter().all(|c| {
-                        c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'E' | b'e')
+                        c.is_ascii_digit()
+                            || matches!(c, b'-' | b'+' | b'.' | b'E' | b'e')
                             || (tag == b'd' && matches!(c, b'I' | b'N' | b'F' | b'A'))
                     });
                 if !valid {
@@ -196,7 +195,10 @@ impl Rewriter {
 fn looks_serialized(value: &[u8]) -> bool {
     matches!(value, [b'N', b';'])
         || (value.len() >= 4
-            && matches!(value[0], b'a' | b'O' | b's' | b'i' | b'd' | b'b' | b'C' | b'E')
+            && matches!(
+                value[0],
+                b'a' | b'O' | b's' | b'i' | b'd' | b'b' | b'C' | b'E'
+            )
             && value[1] == b':'
             && matches!(value.last(), Some(b';' | b'}')))
 }
@@ -236,14 +238,21 @@ mod tests {
 
     fn rw(from: &str, to: &str, value: &str) -> String {
         let r = Rewriter::new(from, to).unwrap_or_else(|| panic!("empty"));
-        String::from_utf8(r.rewrite(value.as_bytes()).unwrap_or_else(|| value.as_bytes().to_vec()))
-            .unwrap_or_else(|e| panic!("{e}"))
+        String::from_utf8(
+            r.rewrite(value.as_bytes())
+                .unwrap_or_else(|| value.as_bytes().to_vec()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
     fn plain_text_is_replaced_everywhere_and_untouched_values_are_not_copied() {
         assert_eq!(
-            rw("a.example", "new.example.org", "https://a.example/x and http://a.example"),
+            rw(
+                "a.example",
+                "new.example.org",
+                "https://a.example/x and http://a.example"
+            ),
             "https://new.example.org/x and http://new.example.org"
         );
         let r = Rewriter::new("a.example", "b.example").unwrap_or_else(|| panic!());
@@ -253,7 +262,11 @@ mod tests {
     #[test]
     fn string_lengths_are_counted_again() {
         assert_eq!(
-            rw("a.example", "shop.b.example", r#"s:17:"https://a.example";"#),
+            rw(
+                "a.example",
+                "shop.b.example",
+                r#"s:17:"https://a.example";"#
+            ),
             r#"s:22:"https://shop.b.example";"#
         );
     }
@@ -308,7 +321,11 @@ mod tests {
         );
         // Numbers, booleans and null pass through.
         assert_eq!(
-            rw("a.example", "xy.example", r#"a:4:{i:0;b:1;i:1;N;i:2;d:0.5;i:3;s:9:"a.example";}"#),
+            rw(
+                "a.example",
+                "xy.example",
+                r#"a:4:{i:0;b:1;i:1;N;i:2;d:0.5;i:3;s:9:"a.example";}"#
+            ),
             r#"a:4:{i:0;b:1;i:1;N;i:2;d:0.5;i:3;s:10:"xy.example";}"#
         );
     }

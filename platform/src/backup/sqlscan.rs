@@ -193,14 +193,14 @@ fn tokens(s: &[u8]) -> anyhow::Result<Vec<Token>> {
                 }
             }
             if c == b'`' { Kind::Ident } else { Kind::Str }
-        } else if c.is_ascii_digit() || (c == b'.' && s.get(i + 1).is_some_and(u8::is_ascii_digit)) {
+        } else if c.is_ascii_digit() || (c == b'.' && s.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
             // 12, 1.5e-3, 0x1F, .5
             i += 1;
             while i < s.len() {
                 let d = s[i];
-                if d.is_ascii_alphanumeric() || d == b'.' {
-                    i += 1;
-                } else if (d == b'-' || d == b'+') && matches!(s[i - 1], b'e' | b'E') {
+                let exponent_sign = (d == b'-' || d == b'+') && matches!(s[i - 1], b'e' | b'E');
+                if d.is_ascii_alphanumeric() || d == b'.' || exponent_sign {
                     i += 1;
                 } else {
                     break;
@@ -210,7 +210,9 @@ fn tokens(s: &[u8]) -> anyhow::Result<Vec<Token>> {
         } else if c.is_ascii_alphabetic() || c == b'_' || c == b'$' || c == b'@' || c >= 0x80 {
             i += 1;
             while i < s.len()
-                && (s[i].is_ascii_alphanumeric() || matches!(s[i], b'_' | b'$' | b'@') || s[i] >= 0x80)
+                && (s[i].is_ascii_alphanumeric()
+                    || matches!(s[i], b'_' | b'$' | b'@')
+                    || s[i] >= 0x80)
             {
                 i += 1;
             }
@@ -263,7 +265,10 @@ pub fn check(sql: &[u8]) -> anyhow::Result<Statement> {
         );
     }
     let mut code: Vec<&Token> = all.iter().filter(|t| t.kind != Kind::Comment).collect();
-    if code.last().is_some_and(|t| t.kind == Kind::Punct && sql[t.start] == b';') {
+    if code
+        .last()
+        .is_some_and(|t| t.kind == Kind::Punct && sql[t.start] == b';')
+    {
         code.pop();
     }
     let word = |i: usize| -> String {
@@ -278,11 +283,7 @@ pub fn check(sql: &[u8]) -> anyhow::Result<Statement> {
     // `a.b` outside strings: a qualified name, which may name another schema.
     for w in code.windows(3) {
         let name = |t: &Token| matches!(t.kind, Kind::Word | Kind::Ident);
-        if name(w[0])
-            && w[1].kind == Kind::Punct
-            && sql[w[1].start] == b'.'
-            && name(w[2])
-        {
+        if name(w[0]) && w[1].kind == Kind::Punct && sql[w[1].start] == b'.' && name(w[2]) {
             bail!(
                 "{} names another schema: a dump may only name its own tables",
                 excerpt(&sql[w[0].start..w[2].end])
@@ -292,17 +293,23 @@ pub fn check(sql: &[u8]) -> anyhow::Result<Statement> {
     for t in &code {
         if t.kind == Kind::Word {
             let w = String::from_utf8_lossy(&sql[t.start..t.end]).to_ascii_uppercase();
-            if matches!(w.as_str(), "SELECT" | "DIRECTORY" | "DEFINER" | "LOAD_FILE" | "OUTFILE" | "DUMPFILE") {
+            if matches!(
+                w.as_str(),
+                "SELECT" | "DIRECTORY" | "DEFINER" | "LOAD_FILE" | "OUTFILE" | "DUMPFILE"
+            ) {
                 bail!("{w} is not allowed in a dump");
             }
         }
     }
     let kind = match (word(0).as_str(), word(1).as_str()) {
-        ("USE", _) => bail!(
-            "USE is not allowed: a dump restores into its site's own database, never another"
-        ),
+        ("USE", _) => {
+            bail!("USE is not allowed: a dump restores into its site's own database, never another")
+        }
         ("CREATE" | "DROP", w @ ("DATABASE" | "SCHEMA")) => {
-            bail!("{} {w} is not allowed: a dump restores into its site's own database", word(0))
+            bail!(
+                "{} {w} is not allowed: a dump restores into its site's own database",
+                word(0)
+            )
         }
         ("SET", _) => {
             for t in &code {
@@ -376,7 +383,9 @@ pub fn rewrite_strings(sql: &[u8], rewriter: &Rewriter) -> anyhow::Result<(Vec<u
             }
             // `0x…`: the dump writes every value read under `SET NAMES binary` this way
             // (text columns included), so these are the site's strings too.
-            Kind::Number if text.len() > 2 && (text.starts_with(b"0x") || text.starts_with(b"0X")) => {
+            Kind::Number
+                if text.len() > 2 && (text.starts_with(b"0x") || text.starts_with(b"0X")) =>
+            {
                 let Ok(value) = hex::decode(&text[2..]) else {
                     continue;
                 };
@@ -406,7 +415,9 @@ fn unescape(body: &[u8], quote: u8) -> anyhow::Result<Vec<u8>> {
     while i < body.len() {
         let c = body[i];
         if c == b'\\' {
-            let n = *body.get(i + 1).ok_or_else(|| anyhow!("a string ends in a backslash"))?;
+            let n = *body
+                .get(i + 1)
+                .ok_or_else(|| anyhow!("a string ends in a backslash"))?;
             match n {
                 b'0' => out.push(0),
                 b'b' => out.push(8),
@@ -479,7 +490,11 @@ mod tests {
     fn a_dump_cut_in_the_middle_of_a_statement_is_an_error() {
         let mut s = Splitter::default();
         s.push(b"INSERT INTO t VALUES ('abc");
-        assert!(s.next_statement().unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert!(
+            s.next_statement()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
         assert!(s.finish().is_err());
     }
 
@@ -494,9 +509,15 @@ mod tests {
     fn what_our_dump_writes_is_accepted() {
         for (sql, kind) in [
             ("SET NAMES binary;", Statement::Set),
-            ("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';", Statement::Set),
+            (
+                "SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';",
+                Statement::Set,
+            ),
             ("SET FOREIGN_KEY_CHECKS = 0;", Statement::Set),
-            ("\n-- table `t`\nDROP TABLE IF EXISTS `t`;", Statement::DropTable),
+            (
+                "\n-- table `t`\nDROP TABLE IF EXISTS `t`;",
+                Statement::DropTable,
+            ),
             (
                 "CREATE TABLE `t` (`id` int(11) NOT NULL, `d` decimal(20,6) DEFAULT 0.000000, PRIMARY KEY (`id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='a.b';",
                 Statement::CreateTable,
@@ -507,7 +528,10 @@ mod tests {
             ),
             ("-- end of dump\n;", Statement::Empty),
         ] {
-            assert_eq!(check(sql.as_bytes()).unwrap_or_else(|e| panic!("{sql}: {e}")), kind);
+            assert_eq!(
+                check(sql.as_bytes()).unwrap_or_else(|e| panic!("{sql}: {e}")),
+                kind
+            );
         }
     }
 
@@ -519,7 +543,10 @@ mod tests {
         assert!(refused("create schema x;").starts_with("CREATE SCHEMA is not allowed"));
         assert!(refused("DROP DATABASE wp_other;").starts_with("DROP DATABASE is not allowed"));
         let e = refused("INSERT INTO `wp_other`.`wp_users` VALUES (1);");
-        assert!(e.contains("`wp_other`.`wp_users` names another schema"), "{e}");
+        assert!(
+            e.contains("`wp_other`.`wp_users` names another schema"),
+            "{e}"
+        );
         let e = refused("DROP TABLE IF EXISTS other.t;");
         assert!(e.contains("other.t names another schema"), "{e}");
         let e = refused("CREATE TABLE t (a int, FOREIGN KEY (a) REFERENCES `o`.`p` (id));");
@@ -549,7 +576,10 @@ mod tests {
     fn hex_literals_are_the_dumps_strings_and_are_rewritten_too() {
         let rewriter = Rewriter::new("a.example", "b.example.org").unwrap_or_else(|| panic!());
         let value = b"s:17:\"https://a.example\";";
-        let sql = format!("INSERT INTO `t` VALUES (1,0x{},0x00ff);", hex::encode(value));
+        let sql = format!(
+            "INSERT INTO `t` VALUES (1,0x{},0x00ff);",
+            hex::encode(value)
+        );
         let (out, changed) =
             rewrite_strings(sql.as_bytes(), &rewriter).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(changed, 1);

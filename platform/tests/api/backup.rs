@@ -707,7 +707,11 @@ pub(crate) fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
 }
 
 /// A site row (active) of `tenant` on the starter plan, its schema filled, its directory.
-pub(crate) async fn seed_site(app: &crate::support::TestApp, tenant: &str, sites_root: &Path) -> (Id, Schema) {
+pub(crate) async fn seed_site(
+    app: &crate::support::TestApp,
+    tenant: &str,
+    sites_root: &Path,
+) -> (Id, Schema) {
     let site = Id::generate();
     let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
         .fetch_one(&app.db)

@@ -102,7 +102,11 @@ impl Site {
             .await;
         std::fs::write(self.root.join("index.php"), "<?php // defaced\n").unwrap();
         std::fs::remove_file(self.root.join("uploads/2026/12/empty.txt")).unwrap();
-        std::fs::write(self.root.join("plugins/evil.php"), "<?php eval($_GET['x']);\n").unwrap();
+        std::fs::write(
+            self.root.join("plugins/evil.php"),
+            "<?php eval($_GET['x']);\n",
+        )
+        .unwrap();
     }
 }
 
@@ -257,7 +261,11 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
     let files_key = format!("{prefix}{}", backup::FILES_OBJECT);
     let whole = fetch(&store, &files_key).await;
     store
-        .put(&files_key, whole[..whole.len() / 2].to_vec(), "application/zstd")
+        .put(
+            &files_key,
+            whole[..whole.len() / 2].to_vec(),
+            "application/zstd",
+        )
         .await
         .unwrap();
     let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
@@ -270,7 +278,10 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
     assert!(error.contains("truncated"), "{error}");
     assert_eq!(row["state"], "failed", "{row}");
     assert!(
-        row["error"].as_str().unwrap().contains("wp-content.tar.zst"),
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("wp-content.tar.zst"),
         "{row}"
     );
     assert!(row["pre_restore_backup_id"].is_null(), "{row}");
@@ -341,7 +352,11 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
     // A backup taken by its step, with the runner off.
     let (status, body) = e
         .app
-        .post(&format!("/v1/sites/{}/backups", site.id), &e.member, json!(null))
+        .post(
+            &format!("/v1/sites/{}/backups", site.id),
+            &e.member,
+            json!(null),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let b1 = body["backup"]["id"].as_str().unwrap().to_owned();
@@ -361,11 +376,13 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let ctx = StepContext {
         db: e.app.db.clone(),
-        backends: Arc::new(Provisioner::from_config(
-            &backends_config(&e.s3, e.sites_root.path()),
-            SECRET_KEY.as_bytes(),
-        )
-        .unwrap()),
+        backends: Arc::new(
+            Provisioner::from_config(
+                &backends_config(&e.s3, e.sites_root.path()),
+                SECRET_KEY.as_bytes(),
+            )
+            .unwrap(),
+        ),
         target: site.id.as_str().to_owned(),
     };
     let saga = sagas::saga(OperationKind::SiteRestore);
@@ -388,8 +405,12 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
             task.abort();
             let _ = task.await;
         }
-        (step.action)(&ctx).await.unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        (step.action)(&ctx).await.unwrap_or_else(|e| panic!("{name} again: {e:#}"));
+        (step.action)(&ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        (step.action)(&ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{name} again: {e:#}"));
     }
     // And the half state made explicit: a table gone, a stray file, then the two steps
     // once more, as a runner taking the operation over does.
@@ -432,13 +453,19 @@ async fn restore_and_clone_requests_are_checked_field_by_field() {
         .await;
     let (outsider, _) = e.app.user_with_role(&e.admin, &other_tenant, "owner").await;
 
-    let check = |status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, field: &str| {
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        assert_eq!(headers["content-type"], "application/problem+json");
-        assert_eq!(body["errors"][0]["field"], field, "{body}");
-    };
+    let check =
+        |status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, field: &str| {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(headers["content-type"], "application/problem+json");
+            assert_eq!(body["errors"][0]["field"], field, "{body}");
+        };
     for (path, body, field, says) in [
-        ("restores", json!({ "backup": "NOT-AN-ID" }), "backup", "is not a backup id"),
+        (
+            "restores",
+            json!({ "backup": "NOT-AN-ID" }),
+            "backup",
+            "is not a backup id",
+        ),
         (
             "restores",
             json!({ "backup": Id::generate().as_str() }),
@@ -465,7 +492,10 @@ async fn restore_and_clone_requests_are_checked_field_by_field() {
             .await;
         check(status, &headers, &got, field);
         assert!(
-            got["errors"][0]["message"].as_str().unwrap_or("").contains(says),
+            got["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(says),
             "{body}: {got}"
         );
     }
@@ -491,7 +521,10 @@ async fn restore_and_clone_requests_are_checked_field_by_field() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
     assert!(got["title"].is_string(), "{got}");
-    let (status, _) = e.app.get(&format!("/v1/restores/{}", Id::generate()), &e.member).await;
+    let (status, _) = e
+        .app
+        .get(&format!("/v1/restores/{}", Id::generate()), &e.member)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     schema.drop().await;
