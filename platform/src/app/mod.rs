@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod nodes;
 pub mod operations;
 pub mod plans;
+pub mod restores;
 pub mod sessions;
 pub mod site_state;
 pub mod sites;

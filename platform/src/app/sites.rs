@@ -508,6 +508,42 @@ pub async fn create(
     actor
         .require_tenant(state, tenant, TenantRole::Member)
         .await?;
+    let valid = validate_new(state, actor, input).await?;
+    let mut tx = state.db.begin().await?;
+    if let Some(key) = &idem
+        && let Some(replay) = idempotency::claim(&mut tx, &actor.user_id, key).await?
+    {
+        return Ok(Created::Replayed(replay));
+    }
+    let (mut accepted, password) = insert_new(&mut tx, state, actor, tenant, valid).await?;
+    if let Some(key) = &idem {
+        // Stored without the password: a replay must not hand it out again.
+        let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
+        idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
+    }
+    if let Some(admin) = accepted.admin.as_mut() {
+        admin.password = Some(password.expose().to_owned());
+    }
+    tx.commit().await?;
+    state.provisioner.wake_runner();
+    Ok(Created::New(Box::new(accepted)))
+}
+
+/// A new site's fields, checked.
+pub(crate) struct ValidNewSite {
+    name: String,
+    domains: Vec<DomainName>,
+    plan: super::plans::Plan,
+    admin_user: String,
+    admin_email: String,
+}
+
+/// Checks a new site's fields: every invalid one is named in one 422.
+pub(crate) async fn validate_new(
+    state: &AppState,
+    actor: &Actor,
+    input: NewSite,
+) -> ApiResult<ValidNewSite> {
     let mut fields = Fields::default();
     let name = fields.check("name", parse_name(&input.name));
     let domains = parse_domains(&mut fields, &input.domain, &input.aliases);
@@ -531,13 +567,32 @@ pub async fn create(
     let (Some(name), Some(plan)) = (name, plan) else {
         return Err(ApiError::field("body", "invalid"));
     };
+    Ok(ValidNewSite {
+        name,
+        domains,
+        plan,
+        admin_user,
+        admin_email,
+    })
+}
 
-    let mut tx = state.db.begin().await?;
-    if let Some(key) = &idem
-        && let Some(replay) = idempotency::claim(&mut tx, &actor.user_id, key).await?
-    {
-        return Ok(Created::Replayed(replay));
-    }
+/// Records a new site (`provisioning`), its domains and sealed administrator password,
+/// and enqueues its create operation, in the caller's transaction. Returns the answer
+/// (without the password) and the password.
+pub(crate) async fn insert_new(
+    tx: &mut MySqlConnection,
+    state: &AppState,
+    actor: &Actor,
+    tenant: &Id,
+    valid: ValidNewSite,
+) -> ApiResult<(Accepted, backends::Secret)> {
+    let ValidNewSite {
+        name,
+        domains,
+        plan,
+        admin_user,
+        admin_email,
+    } = valid;
     let tenant_state: Option<String> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
         .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
@@ -561,16 +616,16 @@ pub async fn create(
     .bind(&admin_email)
     .execute(&mut *tx)
     .await?;
-    super::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
-    insert_domains(&mut tx, id.as_str(), &domains).await?;
+    super::billing::record_site_state(&mut *tx, Some(id.as_str())).await?;
+    insert_domains(&mut *tx, id.as_str(), &domains).await?;
     // The administrator's one-time password: sealed with the site's other secrets (the
     // saga hands it to the installer) and shown once, in this answer.
     let password = state
         .provisioner
-        .store_admin_password(&mut tx, id.as_str())
+        .store_admin_password(&mut *tx, id.as_str())
         .await?;
     let op = operations::enqueue(
-        &mut tx,
+        &mut *tx,
         &state.provisioner,
         Some(actor),
         OperationKind::SiteCreate,
@@ -580,7 +635,7 @@ pub async fn create(
     )
     .await?;
     audit::record(
-        &mut tx,
+        &mut *tx,
         Some(actor),
         Event {
             action: "site.create",
@@ -591,9 +646,9 @@ pub async fn create(
         },
     )
     .await?;
-    let mut accepted = Accepted {
-        site: load(&mut tx, id.as_str()).await?,
-        operation: operations::load(&mut tx, op.as_str())
+    let accepted = Accepted {
+        site: load(&mut *tx, id.as_str()).await?,
+        operation: operations::load(&mut *tx, op.as_str())
             .await?
             .for_reader(actor),
         admin: Some(AdminCredentials {
@@ -603,17 +658,7 @@ pub async fn create(
             login_url: format!("http://{}/wp-login.php", domains[0]),
         }),
     };
-    if let Some(key) = &idem {
-        // Stored without the password: a replay must not hand it out again.
-        let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
-        idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
-    }
-    if let Some(admin) = accepted.admin.as_mut() {
-        admin.password = Some(password.expose().to_owned());
-    }
-    tx.commit().await?;
-    state.provisioner.wake_runner();
-    Ok(Created::New(Box::new(accepted)))
+    Ok((accepted, password))
 }
 
 pub async fn update(
@@ -887,5 +932,6 @@ fn verb(kind: OperationKind) -> &'static str {
         OperationKind::SiteMove => "be moved",
         OperationKind::SiteBackup => "be backed up",
         OperationKind::BackupDelete => "have a backup deleted",
+        OperationKind::SiteRestore => "be restored",
     }
 }

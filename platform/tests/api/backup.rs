@@ -20,7 +20,7 @@ use crate::support::{free_port, random_name, server_url};
 
 const ACCESS_KEY: &str = "pdtest-access";
 pub(crate) const SECRET_KEY: &str = "pdtest-secret-key-never-printed";
-const BUCKET: &str = "backups";
+pub(crate) const BUCKET: &str = "backups";
 
 /// An s3s-fs of our own: killed when dropped.
 pub struct S3Server {
@@ -135,8 +135,8 @@ impl S3Server {
 
 /// A site's schema on the machine's MariaDB, dropped at the end.
 pub(crate) struct Schema {
-    admin: MySqlPool,
-    name: String,
+    pub(crate) admin: MySqlPool,
+    pub(crate) name: String,
 }
 
 impl Schema {
@@ -150,7 +150,7 @@ impl Schema {
         Self { admin, name }
     }
 
-    async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         let mut conn = self.admin.acquire().await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("USE `{}`", self.name)))
             .execute(&mut *conn)
@@ -163,7 +163,7 @@ impl Schema {
     }
 
     /// `CHECKSUM TABLE` and `COUNT(*)` of every base table, by name.
-    async fn fingerprint(&self) -> Vec<(String, i64, i64)> {
+    pub(crate) async fn fingerprint(&self) -> Vec<(String, i64, i64)> {
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
              AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
@@ -280,11 +280,11 @@ pub(crate) fn spec(schema: &Schema, files: &Path) -> BackupSpec {
     }
 }
 
-async fn fetch(store: &BackupStore, key: &str) -> Vec<u8> {
+pub(crate) async fn fetch(store: &BackupStore, key: &str) -> Vec<u8> {
     store.get(key).await.unwrap()
 }
 
-fn unzstd(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn unzstd(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(bytes)
         .unwrap()
@@ -683,7 +683,7 @@ async fn a_wrong_key_is_refused_and_never_printed() {
 
 /// `[backends]` for a platform whose backups go to `s3`, reading sites' databases on the
 /// machine's MariaDB and their directories under `sites_root`.
-fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
+pub(crate) fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
     toml::from_str(&format!(
         r#"
         [galera]
@@ -707,7 +707,11 @@ fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
 }
 
 /// A site row (active) of `tenant` on the starter plan, its schema filled, its directory.
-async fn seed_site(app: &crate::support::TestApp, tenant: &str, sites_root: &Path) -> (Id, Schema) {
+pub(crate) async fn seed_site(
+    app: &crate::support::TestApp,
+    tenant: &str,
+    sites_root: &Path,
+) -> (Id, Schema) {
     let site = Id::generate();
     let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
         .fetch_one(&app.db)

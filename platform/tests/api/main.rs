@@ -15,6 +15,7 @@ mod nodes;
 mod placement;
 mod rbac;
 mod reconcile;
+mod restore;
 mod sites;
 mod support;
 mod surface;
