@@ -584,16 +584,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AgentBearer {
     }
 }
 
-/// A site agent's report (`site_agent::protocol::AgentReport`); the answer carries the
+/// A site agent's report (`agent_protocol::AgentReport`); the answer carries the
 /// site's desired config. Authenticated with the site's agent token.
 #[utoipa::path(post, path = "/v1/agent/report", tag = "agent", security(("agent_token" = [])),
-    request_body(content = Object, description = "site_agent::protocol::AgentReport"),
-    responses((status = 200, description = "site_agent::protocol::ReportResponse", body = Object), (status = 404, body = Problem)))]
+    request_body(content = Object, description = "agent_protocol::AgentReport"),
+    responses((status = 200, description = "agent_protocol::ReportResponse", body = Object), (status = 404, body = Problem)))]
 async fn agent_report(
     State(state): State<AppState>,
     AgentBearer(headers): AgentBearer,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<site_agent::protocol::ReportResponse>> {
+) -> ApiResult<Json<agent_protocol::ReportResponse>> {
     let report = agent_body(&state, &headers, body).await?;
     Ok(Json(agent::report(&state, &headers, report).await?))
 }
@@ -630,7 +630,7 @@ async fn agent_purge(
     AgentBearer(headers): AgentBearer,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<(StatusCode, Json<PurgeResult>)> {
-    let input: site_agent::protocol::PurgeRequest = agent_body(&state, &headers, body).await?;
+    let input: agent_protocol::PurgeRequest = agent_body(&state, &headers, body).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(agent::agent_purge(&state, &headers, input).await?),

@@ -1,6 +1,10 @@
 //! The agent ↔ control-plane protocol: the JSON bodies of `POST /v1/agent/report` and
 //! `POST /v1/agent/purge`.
 //!
+//! A crate of its own so that both sides depend on the contract and nothing else: the
+//! control plane (`platform`) does not link the agent, and the agent (`site-agent`, which
+//! re-exports this crate as `site_agent::protocol`) does not link the control plane.
+//!
 //! The agent of a site sends an [`AgentReport`] every few seconds (one request in flight
 //! at a time, `Authorization: Bearer <agent token>`, the content of the site's
 //! `agent_token` secret). The platform answers `200` with a [`ReportResponse`] carrying the
@@ -14,7 +18,7 @@
 //! not read.
 //!
 //! Purges: when a post, a comment, a menu or the theme changes, the site's must-use plugin
-//! tells the agent (locally, `POST /purge` on the agent's port, see [`crate::purge`]) and
+//! tells the agent (locally, `POST /purge` on the agent's port, see `site_agent::purge`) and
 //! the agent posts a [`PurgeRequest`] to [`PURGE_PATH`] (same bearer token, one request in
 //! flight, queued purges merged into it). The platform bans the paths on the edge caches of
 //! every host of the site and answers `202` with a [`PurgeResponse`]. Other answers: `401`
