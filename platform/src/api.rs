@@ -139,10 +139,38 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(in_request_scope))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The request's id as [`SetRequestIdLayer`] set it (or the caller sent it).
+fn request_id_of<B>(request: &axum::http::Request<B>) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// The span every log line of a request is written in: its id with the method and URI,
+/// at `info` so that it is on whenever the lines in it are.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id = %request_id_of(request),
+    )
+}
+
+/// Lets the problem of a failed request name its id ([`crate::error::request_scope`]).
+async fn in_request_scope(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = request_id_of(&request);
+    crate::error::request_scope(id, next.run(request)).await
 }
 
 /// The router of the agents' listener (`[agent] listen`): only what the agents call.
@@ -158,7 +186,10 @@ pub fn agent_router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(in_request_scope))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

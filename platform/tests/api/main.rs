@@ -13,6 +13,7 @@ mod nodes;
 mod placement;
 mod rbac;
 mod reconcile;
+mod request_id;
 mod sites;
 mod support;
 mod surface;
