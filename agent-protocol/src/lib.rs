@@ -236,6 +236,20 @@ pub enum CommandKind {
     BackupNow,
 }
 
+/// WordPress's eight keys and salts, in the order wp-config defines them: the names of the
+/// `NAME=value` lines of a site's `wp_salts` secret, which the platform generates (one
+/// line each) and the agent reads into `wp-config.php` (all eight, nothing else).
+pub const WP_SALT_NAMES: [&str; 8] = [
+    "AUTH_KEY",
+    "SECURE_AUTH_KEY",
+    "LOGGED_IN_KEY",
+    "NONCE_KEY",
+    "AUTH_SALT",
+    "SECURE_AUTH_SALT",
+    "LOGGED_IN_SALT",
+    "NONCE_SALT",
+];
+
 /// The path the agent posts purges to, relative to the control-plane URL.
 pub const PURGE_PATH: &str = "/v1/agent/purge";
 

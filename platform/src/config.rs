@@ -9,43 +9,9 @@ use std::{fmt, net::SocketAddr, path::Path};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A value that must never be printed: passwords, keys, tokens.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is used, never to log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"[redacted]\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
-    }
-}
+/// A value that must never be printed: passwords, keys, tokens (the workspace's one
+/// `Secret`, over the `secrecy` crate; the drivers take the same type).
+pub use pressdock_types::Secret;
 
 /// A database URL whose password is redacted when printed.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
