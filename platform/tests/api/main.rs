@@ -8,6 +8,7 @@ mod backup;
 mod billing;
 mod certs;
 mod cli;
+mod edge;
 mod jobs;
 mod nodes;
 mod placement;
@@ -18,6 +19,8 @@ mod sites;
 mod support;
 mod surface;
 
-/// A stand-in of ProxySQL's admin interface, shared with the driver tests.
-#[path = "../../../backends/tests/helpers/proxysql_admin.rs"]
-mod proxysql_admin;
+/// The driver tests' helpers: real servers (Redis, varnishd) started on free ports, and a
+/// stand-in of ProxySQL's admin interface.
+#[path = "../../../backends/tests/helpers/mod.rs"]
+mod helpers;
+use helpers::proxysql_admin;
