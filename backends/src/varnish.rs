@@ -630,7 +630,9 @@ impl VarnishDriver {
         let path = hosts_file.clone();
         tokio::task::spawn_blocking(move || write_atomic(&path, content.as_bytes()))
             .await
-            .map_err(|e| Error::io(format!("write {}", hosts_file.display()))(std::io::Error::other(e)))?
+            .map_err(|e| {
+                Error::io(format!("write {}", hosts_file.display()))(std::io::Error::other(e))
+            })?
             .map_err(Error::io(format!("write {}", hosts_file.display())))
     }
 

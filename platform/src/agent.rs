@@ -16,12 +16,12 @@
 
 use std::time::Duration;
 
+use agent_protocol::{AgentReport, DesiredConfig, PhpSettings, PurgeRequest, ReportResponse};
 use axum::http::HeaderMap;
 use backends::{DomainName, SiteResourceId, swarm::SecretKind, varnish::EdgeCache};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use agent_protocol::{AgentReport, DesiredConfig, PhpSettings, PurgeRequest, ReportResponse};
 use sqlx::{MySqlConnection, MySqlPool};
 use tokio::sync::watch;
 use utoipa::ToSchema;

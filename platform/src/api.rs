@@ -168,7 +168,10 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
 }
 
 /// Lets the problem of a failed request name its id ([`crate::error::request_scope`]).
-async fn in_request_scope(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn in_request_scope(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let id = request_id_of(&request);
     crate::error::request_scope(id, next.run(request)).await
 }

@@ -181,10 +181,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             errors,
-            request_id: status
-                .is_server_error()
-                .then(current_request_id)
-                .flatten(),
+            request_id: status.is_server_error().then(current_request_id).flatten(),
         }
     }
 }

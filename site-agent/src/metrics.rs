@@ -281,7 +281,12 @@ pub fn render(s: &Snapshot, children: &[ChildStatus], usage: SelfUsage) -> Strin
                 f.listen_queue,
             ),
             ("idle_processes", GAUGE, "Idle workers.", f.idle_processes),
-            ("active_processes", GAUGE, "Busy workers.", f.active_processes),
+            (
+                "active_processes",
+                GAUGE,
+                "Busy workers.",
+                f.active_processes,
+            ),
             ("total_processes", GAUGE, "Workers.", f.total_processes),
             (
                 "max_active_processes",

@@ -77,7 +77,10 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(s.expose(), "hunter2");
         assert_eq!(format!("{s} {s:?}"), "[redacted] Secret([redacted])");
-        assert_eq!(serde_json::to_string(&s).unwrap_or_default(), "\"[redacted]\"");
+        assert_eq!(
+            serde_json::to_string(&s).unwrap_or_default(),
+            "\"[redacted]\""
+        );
         assert_eq!(
             serde_json::to_string(&Secret::default()).unwrap_or_default(),
             "\"\""
