@@ -94,108 +94,10 @@ impl std::str::FromStr for SiteResourceId {
     }
 }
 
-/// A host name as it appears in `Host:` headers, VCL and Traefik rules: lower-case
-/// ASCII (IDNs already in punycode), labels of `[a-z0-9-]` (1–63 characters, no leading
-/// or trailing `-`), at least two labels, at most 253 characters, no trailing dot.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DomainName(String);
-
-impl DomainName {
-    pub fn parse(s: &str) -> Result<Self, Error> {
-        let bad = |reason: &'static str| Err(Error::invalid("domain name", reason));
-        if s.is_empty() || s.len() > 253 {
-            return bad("length must be 1..=253");
-        }
-        let labels: Vec<&str> = s.split('.').collect();
-        if labels.len() < 2 {
-            return bad("needs at least two labels");
-        }
-        for label in labels {
-            if label.is_empty() || label.len() > 63 {
-                return bad("each label must be 1..=63 characters");
-            }
-            if !label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                return bad("only lower-case a-z, 0-9, '-' and '.' (punycode for IDNs)");
-            }
-            if label.starts_with('-') || label.ends_with('-') {
-                return bad("a label cannot start or end with '-'");
-            }
-        }
-        Ok(Self(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DomainName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DomainName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DomainName({})", self.0)
-    }
-}
-
-impl serde::Serialize for DomainName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DomainName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::str::FromStr for DomainName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        Self::parse(s)
-    }
-}
-
-/// A secret value (password, token, key). `Debug` and `Display` print `[redacted]`;
-/// read it with [`Secret::expose`] exactly where it is sent to a server.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
+/// A host name as it appears in `Host:` headers, VCL and Traefik rules, and a secret
+/// value: the workspace's one definition of each (the `pressdock-types` crate); the
+/// drivers take only these.
+pub use pressdock_types::{DomainName, DomainNameError, Secret};
 
 /// A per-site password (database, Redis): 24 to 64 characters of `[A-Za-z0-9]`.
 ///
@@ -214,13 +116,13 @@ impl SitePassword {
             .take(Self::GENERATED_LEN)
             .map(char::from)
             .collect();
-        Self(Secret(s))
+        Self(Secret::new(s))
     }
 
     /// Accepts a stored password (e.g. decrypted from the control plane).
     pub fn parse(s: &str) -> Result<Self, Error> {
         if (24..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            Ok(Self(Secret(s.to_owned())))
+            Ok(Self(Secret::new(s)))
         } else {
             Err(Error::invalid(
                 "site password",
@@ -286,35 +188,6 @@ mod tests {
         assert!(bad.is_err());
         let bad: Result<DomainName, _> = serde_json::from_str("\"Example.com\"");
         assert!(bad.is_err());
-    }
-
-    #[test]
-    fn domain_names() {
-        for ok in [
-            "s1.test",
-            "www.example.com",
-            "xn--bcher-kva.example",
-            "a-b.c0",
-        ] {
-            assert!(DomainName::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "localhost",
-            "Example.com",
-            "a..b",
-            "-a.b",
-            "a-.b",
-            "a.b.",
-            "a b.c",
-            "a\".b",
-            "a`.b",
-            "bücher.example",
-            "a.b:80",
-        ] {
-            assert!(DomainName::parse(bad).is_err(), "{bad}");
-        }
-        let long = format!("{}.test", "a".repeat(64));
-        assert!(DomainName::parse(&long).is_err());
     }
 
     #[test]

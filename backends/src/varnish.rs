@@ -405,7 +405,13 @@ impl VarnishCli {
         }
         line.push('\n');
         self.write(line.as_bytes()).await?;
-        self.read_response(IO_TIMEOUT).await
+        // `vcl.load` compiles the VCL, which takes seconds.
+        let timeout = if name == "vcl.load" {
+            COMPILE_TIMEOUT
+        } else {
+            IO_TIMEOUT
+        };
+        self.read_response(timeout).await
     }
 
     /// Like [`command`](Self::command) but any status other than 200 is an error.
@@ -621,13 +627,13 @@ impl VarnishDriver {
         if tokio::fs::read_to_string(hosts_file).await.ok().as_deref() == Some(content.as_str()) {
             return Ok(());
         }
-        let tmp = hosts_file.with_extension(format!("vcl.tmp{}", std::process::id()));
-        tokio::fs::write(&tmp, &content)
+        let path = hosts_file.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, content.as_bytes()))
             .await
-            .map_err(Error::io(format!("write {}", tmp.display())))?;
-        tokio::fs::rename(&tmp, hosts_file)
-            .await
-            .map_err(Error::io(format!("rename to {}", hosts_file.display())))
+            .map_err(|e| {
+                Error::io(format!("write {}", hosts_file.display()))(std::io::Error::other(e))
+            })?
+            .map_err(Error::io(format!("write {}", hosts_file.display())))
     }
 
     async fn open(instance: &VarnishInstance) -> Result<VarnishCli> {
@@ -696,6 +702,22 @@ impl VarnishDriver {
 
 /// SHA-256 over every `*.vcl` of the folder (sorted by name), with the hosts file's
 /// content replaced by `hosts`: a change to any include gives a new VCL name.
+/// Writes a file through a temporary one in the same directory and a rename: varnishd
+/// never reads half a file. Readable by others (varnishd runs as its own user).
+fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".hosts.vcl.tmp")
+        .tempfile_in(dir)?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.write_all(content)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 async fn hash_vcl_dir(dir: &Path, hosts_file: &Path, hosts: &str) -> Result<String> {
     let mut entries = tokio::fs::read_dir(dir)
         .await

@@ -375,9 +375,20 @@ pub fn write_if_changed(path: &Path, content: &str) -> Result<bool> {
     let dir = path.parent().context("the routes file has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // A dot file: Traefik's directory provider reads only *.yml/*.yaml/*.toml.
-    let tmp = dir.join(".routes.tmp");
-    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".routes.tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    std::io::Write::write_all(&mut tmp, content.as_bytes())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming onto {}", path.display()))?;
     Ok(true)
 }
 

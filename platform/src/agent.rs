@@ -16,12 +16,12 @@
 
 use std::time::Duration;
 
+use agent_protocol::{AgentReport, DesiredConfig, PhpSettings, PurgeRequest, ReportResponse};
 use axum::http::HeaderMap;
 use backends::{DomainName, SiteResourceId, swarm::SecretKind, varnish::EdgeCache};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use site_agent::protocol::{AgentReport, DesiredConfig, PhpSettings, PurgeRequest, ReportResponse};
 use sqlx::{MySqlConnection, MySqlPool};
 use tokio::sync::watch;
 use utoipa::ToSchema;
@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// At most this many paths per purge; more is a ban of the whole site.
-pub const MAX_PURGE_PATHS: usize = site_agent::protocol::MAX_PURGE_PATHS;
+pub const MAX_PURGE_PATHS: usize = agent_protocol::MAX_PURGE_PATHS;
 
 /// What to drop from the edge cache.
 #[derive(Debug, Default, Deserialize, ToSchema)]

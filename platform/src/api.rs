@@ -143,10 +143,41 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(in_request_scope))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The request's id as [`SetRequestIdLayer`] set it (or the caller sent it).
+fn request_id_of<B>(request: &axum::http::Request<B>) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// The span every log line of a request is written in: its id with the method and URI,
+/// at `info` so that it is on whenever the lines in it are.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id = %request_id_of(request),
+    )
+}
+
+/// Lets the problem of a failed request name its id ([`crate::error::request_scope`]).
+async fn in_request_scope(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request_id_of(&request);
+    crate::error::request_scope(id, next.run(request)).await
 }
 
 /// The router of the agents' listener (`[agent] listen`): only what the agents call.
@@ -162,7 +193,10 @@ pub fn agent_router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(in_request_scope))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
@@ -588,16 +622,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AgentBearer {
     }
 }
 
-/// A site agent's report (`site_agent::protocol::AgentReport`); the answer carries the
+/// A site agent's report (`agent_protocol::AgentReport`); the answer carries the
 /// site's desired config. Authenticated with the site's agent token.
 #[utoipa::path(post, path = "/v1/agent/report", tag = "agent", security(("agent_token" = [])),
-    request_body(content = Object, description = "site_agent::protocol::AgentReport"),
-    responses((status = 200, description = "site_agent::protocol::ReportResponse", body = Object), (status = 404, body = Problem)))]
+    request_body(content = Object, description = "agent_protocol::AgentReport"),
+    responses((status = 200, description = "agent_protocol::ReportResponse", body = Object), (status = 404, body = Problem)))]
 async fn agent_report(
     State(state): State<AppState>,
     AgentBearer(headers): AgentBearer,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<site_agent::protocol::ReportResponse>> {
+) -> ApiResult<Json<agent_protocol::ReportResponse>> {
     let report = agent_body(&state, &headers, body).await?;
     Ok(Json(agent::report(&state, &headers, report).await?))
 }
@@ -634,7 +668,7 @@ async fn agent_purge(
     AgentBearer(headers): AgentBearer,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<(StatusCode, Json<PurgeResult>)> {
-    let input: site_agent::protocol::PurgeRequest = agent_body(&state, &headers, body).await?;
+    let input: agent_protocol::PurgeRequest = agent_body(&state, &headers, body).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(agent::agent_purge(&state, &headers, input).await?),

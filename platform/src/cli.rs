@@ -528,28 +528,28 @@ fn load_stored() -> anyhow::Result<Option<Stored>> {
 
 /// Writes the login with mode 0600 (in a directory created 0700), atomically.
 fn save_stored(stored: &Stored) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let path = config_path()?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    // `mode` applies only when the file is created; a leftover temporary file keeps its own.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            dir.to_path_buf()
+        }
+        None => PathBuf::from("."),
+    };
+    // Created 0600 with a random name (no leftover of an earlier run is reused), removed
+    // if anything below fails.
+    let mut file = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
     file.write_all(toml::to_string(stored)?.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    file.as_file().sync_all()?;
+    file.persist(&path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -993,11 +993,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         query.extend(state.clone().map(|s| ("state", s)));
                         query.extend(domain.clone().map(|d| ("domain", d)));
                         query.extend(cursor.clone().map(|c| ("cursor", c)));
-                        let qs = query
-                            .iter()
-                            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                            .collect::<Vec<_>>()
-                            .join("&");
+                        let qs = query_string(&query);
                         let page = c
                             .call(
                                 Method::GET,
@@ -1186,11 +1182,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     query.extend(state.map(|s| ("state", s)));
                     query.extend(kind.map(|k| ("kind", k)));
                     query.extend(site.map(|s| ("target", s)));
-                    let qs = query
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                        .collect::<Vec<_>>()
-                        .join("&");
+                    let qs = query_string(&query);
                     let page = c
                         .call(Method::GET, &format!("/v1/operations?{qs}"), None)
                         .await?;
@@ -1711,14 +1703,26 @@ async fn node_id(c: &mut Client, node: &str) -> anyhow::Result<String> {
         })
 }
 
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+/// `k=v&…`, each part form-encoded (`application/x-www-form-urlencoded`, what the API's
+/// query extractors decode).
+fn query_string(pairs: &[(&str, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_strings_are_form_encoded() {
+        let pairs = [
+            ("limit", "200".to_owned()),
+            ("domain", "a b&c=d.test".to_owned()),
+            ("cursor", "é/+%".to_owned()),
+        ];
+        assert_eq!(
+            super::query_string(&pairs),
+            "limit=200&domain=a+b%26c%3Dd.test&cursor=%C3%A9%2F%2B%25"
+        );
+    }
 }

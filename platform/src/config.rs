@@ -9,43 +9,9 @@ use std::{fmt, net::SocketAddr, path::Path};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A value that must never be printed: passwords, keys, tokens.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is used, never to log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"[redacted]\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
-    }
-}
+/// A value that must never be printed: passwords, keys, tokens (the workspace's one
+/// `Secret`, over the `secrecy` crate; the drivers take the same type).
+pub use pressdock_types::Secret;
 
 /// A database URL whose password is redacted when printed.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -401,9 +367,9 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        for (name, key) in ENV_KEYS {
+        for &(name, key, kind) in ENV_KEYS {
             if let Some(value) = lookup(name) {
-                set_path(&mut table, key, value)?;
+                set_path(&mut table, key, kind, value)?;
             }
         }
         let config: Config = table.try_into().context("invalid configuration")?;
@@ -464,61 +430,92 @@ impl Config {
     }
 }
 
-/// Environment variables and the configuration key each one sets.
-const ENV_KEYS: &[(&str, &str)] = &[
-    ("PRESSDOCK_LISTEN", "listen"),
-    ("PRESSDOCK_DATABASE_URL", "database_url"),
-    ("PRESSDOCK_SECRET_KEY", "secret_key"),
-    ("PRESSDOCK_BODY_LIMIT_BYTES", "body_limit_bytes"),
-    ("PRESSDOCK_BOOTSTRAP_ADMIN_EMAIL", "bootstrap.admin_email"),
+/// How an environment variable's text becomes the key's TOML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+    Boolean,
+}
+
+/// Environment variables, the configuration key each one sets, and its kind: the one
+/// list of what the environment can set.
+const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    ("PRESSDOCK_LISTEN", "listen", Kind::Text),
+    ("PRESSDOCK_DATABASE_URL", "database_url", Kind::Text),
+    ("PRESSDOCK_SECRET_KEY", "secret_key", Kind::Text),
+    (
+        "PRESSDOCK_BODY_LIMIT_BYTES",
+        "body_limit_bytes",
+        Kind::Integer,
+    ),
+    (
+        "PRESSDOCK_BOOTSTRAP_ADMIN_EMAIL",
+        "bootstrap.admin_email",
+        Kind::Text,
+    ),
     (
         "PRESSDOCK_BOOTSTRAP_ADMIN_PASSWORD",
         "bootstrap.admin_password",
+        Kind::Text,
     ),
     (
         "PRESSDOCK_ACCESS_TOKEN_TTL_SECS",
         "auth.access_token_ttl_secs",
+        Kind::Integer,
     ),
-    ("PRESSDOCK_JOBS_ENABLED", "jobs.enabled"),
-    ("PRESSDOCK_JOBS_LEASE_SECS", "jobs.lease_secs"),
-    ("PRESSDOCK_JOBS_POLL_MILLIS", "jobs.poll_millis"),
+    ("PRESSDOCK_JOBS_ENABLED", "jobs.enabled", Kind::Boolean),
+    (
+        "PRESSDOCK_JOBS_LEASE_SECS",
+        "jobs.lease_secs",
+        Kind::Integer,
+    ),
+    (
+        "PRESSDOCK_JOBS_POLL_MILLIS",
+        "jobs.poll_millis",
+        Kind::Integer,
+    ),
     (
         "PRESSDOCK_RECONCILE_INTERVAL_SECS",
         "reconcile.interval_secs",
+        Kind::Integer,
     ),
-    ("PRESSDOCK_ORPHAN_GRACE_SECS", "reconcile.orphan_grace_secs"),
-    ("PRESSDOCK_AGENT_LISTEN", "agent.listen"),
-    ("PRESSDOCK_AGENT_CONTROL_URL", "agent.control_url"),
+    (
+        "PRESSDOCK_ORPHAN_GRACE_SECS",
+        "reconcile.orphan_grace_secs",
+        Kind::Integer,
+    ),
+    ("PRESSDOCK_AGENT_LISTEN", "agent.listen", Kind::Text),
+    (
+        "PRESSDOCK_AGENT_CONTROL_URL",
+        "agent.control_url",
+        Kind::Text,
+    ),
     (
         "PRESSDOCK_AGENT_REPORT_TIMEOUT_SECS",
         "agent.report_timeout_secs",
+        Kind::Integer,
     ),
     (
         "PRESSDOCK_BILLING_CLUSTER_MONTHLY_COST_MINOR",
         "billing.cluster_monthly_cost_minor",
+        Kind::Integer,
     ),
-    ("PRESSDOCK_BILLING_CURRENCY", "billing.currency"),
+    ("PRESSDOCK_BILLING_CURRENCY", "billing.currency", Kind::Text),
 ];
 
-/// Sets `a.b` in the table from an environment string, typed by the key.
-fn set_path(table: &mut toml::Table, key: &str, raw: String) -> anyhow::Result<()> {
-    let value = match key {
-        "body_limit_bytes"
-        | "auth.access_token_ttl_secs"
-        | "jobs.lease_secs"
-        | "jobs.poll_millis"
-        | "reconcile.interval_secs"
-        | "reconcile.orphan_grace_secs"
-        | "agent.report_timeout_secs"
-        | "billing.cluster_monthly_cost_minor" => toml::Value::Integer(
+/// Sets `a.b` in the table from an environment string, typed by its kind.
+fn set_path(table: &mut toml::Table, key: &str, kind: Kind, raw: String) -> anyhow::Result<()> {
+    let value = match kind {
+        Kind::Integer => toml::Value::Integer(
             raw.parse()
                 .with_context(|| format!("{key} must be a whole number"))?,
         ),
-        "jobs.enabled" => toml::Value::Boolean(
+        Kind::Boolean => toml::Value::Boolean(
             raw.parse()
                 .with_context(|| format!("{key} must be true or false"))?,
         ),
-        _ => toml::Value::String(raw),
+        Kind::Text => toml::Value::String(raw),
     };
     let mut parts = key.split('.').peekable();
     let mut current = table;

@@ -44,64 +44,9 @@ impl fmt::Display for Id {
     }
 }
 
-/// A fully qualified host name as the edge routes it: IDNA to punycode, lower-case,
-/// RFC 1035 lengths (labels 1–63, whole name up to 253), at least two labels, no wildcard.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct DomainName(String);
-
-impl DomainName {
-    pub fn parse(input: &str) -> Result<Self, String> {
-        let trimmed = input.trim().trim_end_matches('.');
-        if trimmed.is_empty() {
-            return Err("must not be empty".into());
-        }
-        if trimmed.contains('*') {
-            return Err("wildcard domains are not allowed".into());
-        }
-        let ascii = idna::domain_to_ascii_strict(trimmed)
-            .map_err(|_| "is not a valid internationalised domain name".to_owned())?
-            .to_ascii_lowercase();
-        if ascii.len() > 253 {
-            return Err("is longer than 253 characters".into());
-        }
-        let labels: Vec<&str> = ascii.split('.').collect();
-        if labels.len() < 2 {
-            return Err("must have at least two labels, such as example.com".into());
-        }
-        for label in &labels {
-            if label.is_empty() || label.len() > 63 {
-                return Err("every label must be 1 to 63 characters".into());
-            }
-            if !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            {
-                return Err("may contain only letters, digits and hyphens".into());
-            }
-            if label.starts_with('-') || label.ends_with('-') {
-                return Err("labels must not start or end with a hyphen".into());
-            }
-        }
-        if labels
-            .last()
-            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err("must be a name, not an IP address".into());
-        }
-        Ok(Self(ascii))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DomainName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A fully qualified host name as the edge routes it (the workspace's one definition,
+/// shared with the drivers: `DomainName::parse` normalises what a person typed).
+pub use pressdock_types::DomainName;
 
 /// A lower-cased e-mail address with one `@` and a domain part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -279,11 +224,11 @@ impl TenantRole {
 pub struct Fields(Vec<FieldError>);
 
 impl Fields {
-    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+    pub fn check<T, E: fmt::Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(message) => {
-                self.0.push(FieldError::new(field, message));
+                self.0.push(FieldError::new(field, message.to_string()));
                 None
             }
         }
@@ -306,21 +251,6 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn domains_are_normalised_and_checked() {
-        let ok = |s: &str| DomainName::parse(s).map(|d| d.0);
-        assert_eq!(ok("Example.COM.").as_deref(), Ok("example.com"));
-        assert_eq!(ok("bücher.example").as_deref(), Ok("xn--bcher-kva.example"));
-        assert!(ok("*.example.com").is_err());
-        assert!(ok("localhost").is_err());
-        assert!(ok("a..b").is_err());
-        assert!(ok(&format!("{}.com", "a".repeat(64))).is_err());
-        assert!(ok(&format!("{}.com", vec!["a".repeat(60); 5].join("."))).is_err());
-        assert!(ok("-bad.com").is_err());
-        assert!(ok("10.0.0.1").is_err());
-        assert!(ok("under_score.com").is_err());
-    }
 
     #[test]
     fn ids_round_trip_and_reject_junk() {

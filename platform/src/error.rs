@@ -3,6 +3,12 @@
 //! Handlers and the application layer return [`ApiError`]; this module is the only place
 //! that turns an error into an HTTP status and body. Internal errors keep their chain for
 //! the log and answer a generic 500 whose body names the request id and nothing else.
+//!
+//! The request id: [`crate::api`] gives every request one (`x-request-id`, kept when the
+//! caller sends one), records it on the request's log span, and runs the request inside
+//! [`request_scope`], so that a problem built while answering it can carry it
+//! (`request_id`, on 5xx answers: the one a person reads out to the operator, who finds
+//! the log lines by it).
 
 use axum::{
     Json,
@@ -43,6 +49,25 @@ pub struct Problem {
     pub detail: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The request's id (its `x-request-id`), on 5xx answers: every log line of the
+    /// request carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `future` (the rest of a request's handling) with `request_id` as the id the
+/// problems built inside it name.
+pub async fn request_scope<F: std::future::Future>(request_id: String, future: F) -> F::Output {
+    REQUEST_ID.scope(request_id, future).await
+}
+
+/// The id of the request being answered, inside [`request_scope`].
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +181,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             errors,
+            request_id: status.is_server_error().then(current_request_id).flatten(),
         }
     }
 }

@@ -648,17 +648,7 @@ pub(crate) async fn forget_secrets(db: &MySqlPool, id: &SiteResourceId) -> Resul
 
 /// WordPress's eight keys and salts, 64 characters each, as `NAME=value` lines.
 fn wp_salts() -> String {
-    const NAMES: [&str; 8] = [
-        "AUTH_KEY",
-        "SECURE_AUTH_KEY",
-        "LOGGED_IN_KEY",
-        "NONCE_KEY",
-        "AUTH_SALT",
-        "SECURE_AUTH_SALT",
-        "LOGGED_IN_SALT",
-        "NONCE_SALT",
-    ];
-    NAMES
+    agent_protocol::WP_SALT_NAMES
         .iter()
         .map(|n| {
             let value: String = (0..2)

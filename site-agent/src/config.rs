@@ -6,43 +6,19 @@
 //! without touching the process environment. Secrets are [`Secret`]s: they never print.
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// A secret value; `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret value: `Debug` and `Display` print `[redacted]` (the workspace's one `Secret`).
+pub use pressdock_types::Secret;
 
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// WordPress's eight keys and salts, in the order wp-config defines them.
-pub const SALT_NAMES: [&str; 8] = [
-    "AUTH_KEY",
-    "SECURE_AUTH_KEY",
-    "LOGGED_IN_KEY",
-    "NONCE_KEY",
-    "AUTH_SALT",
-    "SECURE_AUTH_SALT",
-    "LOGGED_IN_SALT",
-    "NONCE_SALT",
-];
+/// WordPress's eight keys and salts, in the order wp-config defines them (the list the
+/// platform generates the `wp_salts` secret from).
+pub use agent_protocol::WP_SALT_NAMES as SALT_NAMES;
 
 /// Parses the `wp_salts` secret: `NAME=value` lines, all eight names, nothing else.
 pub fn parse_salts(text: &str) -> Result<BTreeMap<String, Secret>> {
@@ -395,7 +371,7 @@ pub fn read_secret(path: &Path) -> Result<Secret> {
     if s.is_empty() {
         bail!("{} is empty", path.display());
     }
-    Ok(Secret(s))
+    Ok(Secret::new(s))
 }
 
 #[cfg(test)]

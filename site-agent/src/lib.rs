@@ -4,8 +4,8 @@
 //! [`render`]), installs WordPress on first start ([`install`]), supervises php-fpm and
 //! nginx ([`supervise`]), serves `/healthz`, `/readyz` and `/metrics` ([`server`],
 //! [`metrics`], [`checks`], [`accesslog`]) and reports to the control plane
-//! ([`heartbeat`], [`state`]) in the JSON shapes of [`protocol`], which the platform uses
-//! as a library (`site_agent::protocol`). It installs a must-use plugin that tells it what
+//! ([`heartbeat`], [`state`]) in the JSON shapes of [`protocol`] (the `agent-protocol`
+//! crate, which the platform depends on too). It installs a must-use plugin that tells it what
 //! a change in WordPress made stale, and forwards those purges to the control plane
 //! ([`purge`]). On SIGTERM it first drains (not ready, still serving), then stops the
 //! children ([`agent`]).
@@ -19,7 +19,7 @@ pub mod heartbeat;
 pub mod install;
 pub mod metrics;
 pub mod netguard;
-pub mod protocol;
+pub use agent_protocol as protocol;
 pub mod purge;
 pub mod render;
 pub mod server;

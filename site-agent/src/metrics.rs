@@ -1,4 +1,5 @@
-//! Prometheus metrics of the site, at `/metrics` (text format 0.0.4).
+//! Prometheus metrics of the site, at `/metrics` (text format 0.0.4, written by the
+//! `prometheus` crate's encoder).
 //!
 //! - Requests and response times come from nginx's access log, which nginx sends as
 //!   syslog datagrams to a Unix socket of the agent ([`crate::accesslog`]): nothing is
@@ -9,9 +10,12 @@
 //!   directory is not free), so a scrape only formats numbers.
 //! - The agent's own memory (RSS) and CPU from `/proc/self`.
 
-use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use prometheus::{
+    TextEncoder,
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
 use serde::Deserialize;
 
 use crate::supervise::ChildStatus;
@@ -159,206 +163,234 @@ pub fn self_usage() -> SelfUsage {
     }
 }
 
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// One metric family of the snapshot: name, help, kind and its samples.
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, kind: MetricType, help: &str) -> Self {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_owned());
+        f.set_help(help.to_owned());
+        f.set_field_type(kind);
+        Self(f)
+    }
+
+    /// Adds a sample of a counter or gauge (as the family's kind says).
+    fn sample(mut self, labels: &[(&str, &str)], value: f64) -> Self {
+        let mut m = Metric::from_label(
+            labels
+                .iter()
+                .map(|(name, value)| {
+                    let mut l = LabelPair::default();
+                    l.set_name((*name).to_owned());
+                    l.set_value((*value).to_owned());
+                    l
+                })
+                .collect(),
+        );
+        if self.0.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.0.mut_metric().push(m);
+        self
+    }
+
+    fn value(self, value: f64) -> Self {
+        self.sample(&[], value)
+    }
 }
 
-/// The `/metrics` body. Pure.
-pub fn render(s: &Snapshot, children: &[ChildStatus], usage: SelfUsage) -> String {
-    let mut o = String::with_capacity(4096);
-    let r = &s.requests;
-    header(
-        &mut o,
-        "pressdock_http_requests_total",
-        "counter",
-        "Requests answered by the site's nginx, by status class.",
-    );
-    for (i, n) in r.by_class.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "pressdock_http_requests_total{{code=\"{}xx\"}} {n}",
-            i + 1
-        );
-    }
-    header(
-        &mut o,
+/// The response-time histogram from the snapshot's (non-cumulative) bucket counts.
+fn duration_histogram(r: &Requests) -> Family {
+    let mut f = Family::new(
         "pressdock_http_request_duration_seconds",
-        "histogram",
+        MetricType::HISTOGRAM,
         "nginx $request_time of the site's requests.",
     );
-    let mut cum = 0;
-    for (i, b) in BUCKETS.iter().enumerate() {
-        cum += r.buckets[i];
-        let _ = writeln!(
-            o,
-            "pressdock_http_request_duration_seconds_bucket{{le=\"{b}\"}} {cum}"
-        );
-    }
-    cum += r.buckets[BUCKETS.len()];
-    let _ = writeln!(
-        o,
-        "pressdock_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
-    );
-    let _ = writeln!(
-        o,
-        "pressdock_http_request_duration_seconds_sum {}",
-        r.seconds_sum
-    );
-    let _ = writeln!(o, "pressdock_http_request_duration_seconds_count {cum}");
-    header(
-        &mut o,
-        "pressdock_http_response_bytes_total",
-        "counter",
-        "Bytes sent to clients.",
-    );
-    let _ = writeln!(o, "pressdock_http_response_bytes_total {}", r.bytes_sent);
+    let mut cumulative = 0;
+    let buckets = BUCKETS
+        .iter()
+        .zip(r.buckets)
+        .map(|(le, n)| {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(*le);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    let mut h = Histogram::default();
+    h.set_bucket(buckets);
+    // The `+Inf` bucket is the count, which the encoder writes itself.
+    h.set_sample_count(cumulative + r.buckets[BUCKETS.len()]);
+    h.set_sample_sum(r.seconds_sum);
+    let mut m = Metric::default();
+    m.set_histogram(h);
+    f.0.mut_metric().push(m);
+    f
+}
 
-    header(
-        &mut o,
-        "pressdock_php_fpm_up",
-        "gauge",
-        "1 when the last php-fpm status read worked.",
+/// The `/metrics` body (Prometheus text format 0.0.4, written by the `prometheus` crate).
+/// Pure: the background tasks gathered the numbers, a scrape only formats them.
+pub fn render(s: &Snapshot, children: &[ChildStatus], usage: SelfUsage) -> String {
+    use MetricType::{COUNTER, GAUGE};
+    let r = &s.requests;
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let mut requests = Family::new(
+        "pressdock_http_requests_total",
+        COUNTER,
+        "Requests answered by the site's nginx, by status class.",
     );
-    let _ = writeln!(o, "pressdock_php_fpm_up {}", u8::from(s.fpm.is_some()));
+    for (class, n) in classes.iter().zip(r.by_class) {
+        requests = requests.sample(&[("code", class)], n as f64);
+    }
+    let mut families = vec![
+        requests,
+        duration_histogram(r),
+        Family::new(
+            "pressdock_http_response_bytes_total",
+            COUNTER,
+            "Bytes sent to clients.",
+        )
+        .value(r.bytes_sent as f64),
+        Family::new(
+            "pressdock_php_fpm_up",
+            GAUGE,
+            "1 when the last php-fpm status read worked.",
+        )
+        .value(f64::from(u8::from(s.fpm.is_some()))),
+    ];
     if let Some(f) = &s.fpm {
-        let rows: [(&str, &str, &str, u64); 8] = [
+        let rows: [(&str, MetricType, &str, u64); 8] = [
             (
                 "accepted_connections_total",
-                "counter",
+                COUNTER,
                 "Connections accepted by the pool.",
                 f.accepted_conn,
             ),
             (
                 "listen_queue",
-                "gauge",
+                GAUGE,
                 "Requests waiting for a free worker.",
                 f.listen_queue,
             ),
-            ("idle_processes", "gauge", "Idle workers.", f.idle_processes),
+            ("idle_processes", GAUGE, "Idle workers.", f.idle_processes),
             (
                 "active_processes",
-                "gauge",
+                GAUGE,
                 "Busy workers.",
                 f.active_processes,
             ),
-            ("total_processes", "gauge", "Workers.", f.total_processes),
+            ("total_processes", GAUGE, "Workers.", f.total_processes),
             (
                 "max_active_processes",
-                "gauge",
+                GAUGE,
                 "Most busy workers at once since php-fpm started.",
                 f.max_active_processes,
             ),
             (
                 "max_children_reached_total",
-                "counter",
+                COUNTER,
                 "Times the pool hit pm.max_children.",
                 f.max_children_reached,
             ),
             (
                 "slow_requests_total",
-                "counter",
+                COUNTER,
                 "Requests over request_slowlog_timeout.",
                 f.slow_requests,
             ),
         ];
         for (name, kind, help, v) in rows {
-            let full = format!("pressdock_php_fpm_{name}");
-            header(&mut o, &full, kind, help);
-            let _ = writeln!(o, "{full} {v}");
+            families.push(
+                Family::new(&format!("pressdock_php_fpm_{name}"), kind, help).value(v as f64),
+            );
         }
     }
     if let Some(b) = s.wp_content_bytes {
-        header(
-            &mut o,
-            "pressdock_wp_content_bytes",
-            "gauge",
-            "Bytes of the files under wp-content.",
+        families.push(
+            Family::new(
+                "pressdock_wp_content_bytes",
+                GAUGE,
+                "Bytes of the files under wp-content.",
+            )
+            .value(b as f64),
         );
-        let _ = writeln!(o, "pressdock_wp_content_bytes {b}");
     }
     if let Some(b) = s.database_bytes {
-        header(
-            &mut o,
-            "pressdock_database_bytes",
-            "gauge",
-            "Data and index bytes of the site's schema.",
+        families.push(
+            Family::new(
+                "pressdock_database_bytes",
+                GAUGE,
+                "Data and index bytes of the site's schema.",
+            )
+            .value(b as f64),
         );
-        let _ = writeln!(o, "pressdock_database_bytes {b}");
     }
-    header(
-        &mut o,
-        "pressdock_ready",
-        "gauge",
-        "1 when /readyz answers 200.",
+    families.push(
+        Family::new("pressdock_ready", GAUGE, "1 when /readyz answers 200.")
+            .value(f64::from(u8::from(s.ready))),
     );
-    let _ = writeln!(o, "pressdock_ready {}", u8::from(s.ready));
-    header(
-        &mut o,
-        "pressdock_wordpress_installed",
-        "gauge",
-        "1 once WordPress is installed.",
+    families.push(
+        Family::new(
+            "pressdock_wordpress_installed",
+            GAUGE,
+            "1 once WordPress is installed.",
+        )
+        .value(f64::from(u8::from(s.wordpress_installed))),
     );
-    let _ = writeln!(
-        o,
-        "pressdock_wordpress_installed {}",
-        u8::from(s.wordpress_installed)
-    );
-    header(
-        &mut o,
+    let mut up = Family::new(
         "pressdock_child_up",
-        "gauge",
+        GAUGE,
         "1 while the supervised process runs.",
     );
-    for c in children {
-        let _ = writeln!(
-            o,
-            "pressdock_child_up{{child=\"{}\"}} {}",
-            c.name,
-            u8::from(c.running)
-        );
-    }
-    header(
-        &mut o,
+    let mut restarts = Family::new(
         "pressdock_child_restarts_total",
-        "counter",
+        COUNTER,
         "Restarts of a supervised process after it died.",
     );
     for c in children {
-        let _ = writeln!(
-            o,
-            "pressdock_child_restarts_total{{child=\"{}\"}} {}",
-            c.name, c.restarts
-        );
+        up = up.sample(&[("child", &c.name)], f64::from(u8::from(c.running)));
+        restarts = restarts.sample(&[("child", &c.name)], c.restarts as f64);
     }
+    families.extend([up, restarts]);
     if let Some(g) = s.desired_generation {
-        header(
-            &mut o,
-            "pressdock_desired_generation",
-            "gauge",
-            "Generation of the desired config held.",
+        families.push(
+            Family::new(
+                "pressdock_desired_generation",
+                GAUGE,
+                "Generation of the desired config held.",
+            )
+            .value(g as f64),
         );
-        let _ = writeln!(o, "pressdock_desired_generation {g}");
     }
     if let Some(t) = s.last_report_ok_unix {
-        header(
-            &mut o,
-            "pressdock_report_last_success_timestamp_seconds",
-            "gauge",
-            "When the control plane last accepted a report.",
+        families.push(
+            Family::new(
+                "pressdock_report_last_success_timestamp_seconds",
+                GAUGE,
+                "When the control plane last accepted a report.",
+            )
+            .value(t as f64),
         );
-        let _ = writeln!(o, "pressdock_report_last_success_timestamp_seconds {t}");
     }
-    header(
-        &mut o,
-        "pressdock_report_failures_total",
-        "counter",
-        "Reports that failed.",
+    families.push(
+        Family::new(
+            "pressdock_report_failures_total",
+            COUNTER,
+            "Reports that failed.",
+        )
+        .value(s.reports_failed as f64),
     );
-    let _ = writeln!(o, "pressdock_report_failures_total {}", s.reports_failed);
-    header(
-        &mut o,
+    let mut purges = Family::new(
         "pressdock_agent_purges_total",
-        "counter",
+        COUNTER,
         "Purge requests to the control plane: sent (accepted), failed (retried), dropped (refused, or lost at stop).",
     );
     for (result, n) in [
@@ -366,27 +398,34 @@ pub fn render(s: &Snapshot, children: &[ChildStatus], usage: SelfUsage) -> Strin
         ("failed", s.purges_failed),
         ("dropped", s.purges_dropped),
     ] {
-        let _ = writeln!(o, "pressdock_agent_purges_total{{result=\"{result}\"}} {n}");
+        purges = purges.sample(&[("result", result)], n as f64);
     }
-    header(
-        &mut o,
-        "pressdock_agent_resident_memory_bytes",
-        "gauge",
-        "RSS of the agent process.",
+    families.push(purges);
+    families.push(
+        Family::new(
+            "pressdock_agent_resident_memory_bytes",
+            GAUGE,
+            "RSS of the agent process.",
+        )
+        .value(usage.rss_bytes as f64),
     );
-    let _ = writeln!(
-        o,
-        "pressdock_agent_resident_memory_bytes {}",
-        usage.rss_bytes
+    families.push(
+        Family::new(
+            "pressdock_agent_cpu_seconds_total",
+            COUNTER,
+            "CPU time of the agent process.",
+        )
+        .value(usage.cpu_seconds),
     );
-    header(
-        &mut o,
-        "pressdock_agent_cpu_seconds_total",
-        "counter",
-        "CPU time of the agent process.",
-    );
-    let _ = writeln!(o, "pressdock_agent_cpu_seconds_total {}", usage.cpu_seconds);
-    o
+    // A family without samples (no children yet) is left out: the format has no empty one.
+    let families: Vec<MetricFamily> = families
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    TextEncoder::new()
+        .encode_to_string(&families)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

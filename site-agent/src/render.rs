@@ -244,43 +244,35 @@ pub fn write_atomic_owned(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    // The pid alone is not unique: tasks on other workers write the same Gluster
-    // directory, and every container's agent tends to have the same pid.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".{name}.tmp.{}.{nanos}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        // A random name created exclusively (tasks on other workers write the same Gluster
+        // directory, and a planted symlink is not followed); removed if anything fails.
+        let mut f = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp."))
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)?;
+        f.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         // Last: once the file is another user's, root needs CAP_FOWNER (dropped, see the
         // swarm spec) to change its mode.
         if let Some((uid, gid)) = owner {
-            match std::os::unix::fs::fchown(&f, Some(uid), Some(gid)) {
+            match std::os::unix::fs::fchown(f.as_file(), Some(uid), Some(gid)) {
                 Ok(()) => {}
                 Err(_) if !nix::unistd::geteuid().is_root() => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        f.as_file().sync_all()?;
+        f.persist(path).map_err(|e| e.error)?;
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
     result.with_context(|| format!("writing {}", path.display()))
 }
 

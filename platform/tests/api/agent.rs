@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::{SECRET_KEY, TestApp};
 
-/// A report as the agent sends it (`site_agent::protocol::AgentReport`).
+/// A report as the agent sends it (`agent_protocol::AgentReport`).
 fn report(site: &str, ready: bool, seq: u64) -> Value {
     json!({
         "site_id": site, "seq": seq, "started_at_unix": 1_700_000_000u64, "sent_at_unix": 1_700_000_100u64,

@@ -9,17 +9,21 @@ mod backup_faults;
 mod billing;
 mod certs;
 mod cli;
+mod edge;
 mod edge_usage;
 mod jobs;
 mod nodes;
 mod placement;
 mod rbac;
 mod reconcile;
+mod request_id;
 mod restore;
 mod sites;
 mod support;
 mod surface;
 
-/// A stand-in of ProxySQL's admin interface, shared with the driver tests.
-#[path = "../../../backends/tests/helpers/proxysql_admin.rs"]
-mod proxysql_admin;
+/// The driver tests' helpers: real servers (Redis, varnishd) started on free ports, and a
+/// stand-in of ProxySQL's admin interface.
+#[path = "../../../backends/tests/helpers/mod.rs"]
+mod helpers;
+use helpers::proxysql_admin;

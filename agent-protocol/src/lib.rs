@@ -1,6 +1,10 @@
 //! The agent ↔ control-plane protocol: the JSON bodies of `POST /v1/agent/report` and
 //! `POST /v1/agent/purge`.
 //!
+//! A crate of its own so that both sides depend on the contract and nothing else: the
+//! control plane (`platform`) does not link the agent, and the agent (`site-agent`, which
+//! re-exports this crate as `site_agent::protocol`) does not link the control plane.
+//!
 //! The agent of a site sends an [`AgentReport`] every few seconds (one request in flight
 //! at a time, `Authorization: Bearer <agent token>`, the content of the site's
 //! `agent_token` secret). The platform answers `200` with a [`ReportResponse`] carrying the
@@ -14,7 +18,7 @@
 //! not read.
 //!
 //! Purges: when a post, a comment, a menu or the theme changes, the site's must-use plugin
-//! tells the agent (locally, `POST /purge` on the agent's port, see [`crate::purge`]) and
+//! tells the agent (locally, `POST /purge` on the agent's port, see `site_agent::purge`) and
 //! the agent posts a [`PurgeRequest`] to [`PURGE_PATH`] (same bearer token, one request in
 //! flight, queued purges merged into it). The platform bans the paths on the edge caches of
 //! every host of the site and answers `202` with a [`PurgeResponse`]. Other answers: `401`
@@ -231,6 +235,20 @@ pub enum CommandKind {
     /// Take a backup now.
     BackupNow,
 }
+
+/// WordPress's eight keys and salts, in the order wp-config defines them: the names of the
+/// `NAME=value` lines of a site's `wp_salts` secret, which the platform generates (one
+/// line each) and the agent reads into `wp-config.php` (all eight, nothing else).
+pub const WP_SALT_NAMES: [&str; 8] = [
+    "AUTH_KEY",
+    "SECURE_AUTH_KEY",
+    "LOGGED_IN_KEY",
+    "NONCE_KEY",
+    "AUTH_SALT",
+    "SECURE_AUTH_SALT",
+    "LOGGED_IN_SALT",
+    "NONCE_SALT",
+];
 
 /// The path the agent posts purges to, relative to the control-plane URL.
 pub const PURGE_PATH: &str = "/v1/agent/purge";
