@@ -111,6 +111,9 @@ pub struct BillingConfig {
     /// Seconds between two scrapes of the edge (at most this much of a site's traffic
     /// lands in the next hour).
     pub edge_scrape_interval_secs: u64,
+    /// The edge's entrypoint toward the sites' tasks (`backends.swarm.internal_entrypoint`):
+    /// its routers see only cache misses and are not counted.
+    pub edge_internal_entrypoint: String,
 }
 
 impl Default for BillingConfig {
@@ -120,6 +123,7 @@ impl Default for BillingConfig {
             currency: "USD".into(),
             edge_metrics: Vec::new(),
             edge_scrape_interval_secs: 60,
+            edge_internal_entrypoint: "internal".into(),
         }
     }
 }
@@ -425,6 +429,17 @@ impl Config {
             || self.billing.edge_scrape_interval_secs > 900
         {
             bail!("billing.edge_scrape_interval_secs must be between 1 and 900");
+        }
+        let internal = &self.billing.edge_internal_entrypoint;
+        if internal.is_empty()
+            || internal.len() > 64
+            || !internal
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!(
+                "billing.edge_internal_entrypoint must be a Traefik entrypoint name ([A-Za-z0-9_-], 1 to 64)"
+            );
         }
         Ok(())
     }

@@ -103,6 +103,7 @@ pub async fn serve(
         runners.push(tokio::spawn(crate::app::edge_usage::run_periodically(
             state.db.clone(),
             state.config.billing.edge_metrics.clone(),
+            state.config.billing.edge_internal_entrypoint.clone(),
             std::time::Duration::from_secs(state.config.billing.edge_scrape_interval_secs.max(5)),
             shutdown.clone(),
         )));

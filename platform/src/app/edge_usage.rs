@@ -47,17 +47,25 @@ pub struct Page {
     pub started: Option<i64>,
 }
 
-/// The site a router of the route writer belongs to: `wp_<site>-<entrypoint>@<provider>`.
-fn router_site(router: &str) -> Option<String> {
+/// The site a router of ours belongs to: `wp_<site>-<entrypoint or purpose>@<provider>`
+/// (the route writer's `wp_<site>-web`, `-websecure`, `-internal`; the platform's HTTPS
+/// redirect and HSTS routers `wp_<site>-https-<n>`, `-hsts-<n>`). Routers on `internal`
+/// are left out: Varnish sends there only what it did not answer from its cache, and the
+/// visitor's request was already counted on the edge entrypoint.
+fn router_site(router: &str, internal: &str) -> Option<String> {
     let name = router.split('@').next()?;
-    let (service, _entrypoint) = name.rsplit_once('-')?;
-    let site = service.strip_prefix("wp_")?;
+    let (site, purpose) = name.strip_prefix("wp_")?.split_at_checked(10)?;
+    let purpose = purpose.strip_prefix('-')?;
+    if purpose.is_empty() || purpose == internal {
+        return None;
+    }
     Id::parse(site).map(|id| id.as_str().to_owned())
 }
 
-/// Sums a Traefik `/metrics` page's router counters by site (every entrypoint, code,
-/// method and protocol). Routers that are not a site's are left out.
-pub fn parse_page(page: &str) -> anyhow::Result<Page> {
+/// Sums a Traefik `/metrics` page's router counters by site (every code, method and
+/// protocol of its edge routers). Routers that are not a site's, and the sites' routers on
+/// the `internal` entrypoint, are left out.
+pub fn parse_page(page: &str, internal: &str) -> anyhow::Result<Page> {
     let lines = page.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).context("reading the edge's metrics")?;
     let mut counts = Counts::new();
@@ -78,7 +86,11 @@ pub fn parse_page(page: &str) -> anyhow::Result<Page> {
         if !is_requests && !is_bytes {
             continue;
         }
-        let Some(site) = sample.labels.get("router").and_then(router_site) else {
+        let Some(site) = sample
+            .labels
+            .get("router")
+            .and_then(|r| router_site(r, internal))
+        else {
             continue;
         };
         let value = match sample.value {
@@ -342,7 +354,11 @@ pub async fn close_hours(
 }
 
 /// Reads one replica's metrics page.
-pub async fn fetch_page(client: &reqwest::Client, url: &str) -> anyhow::Result<Page> {
+pub async fn fetch_page(
+    client: &reqwest::Client,
+    url: &str,
+    internal: &str,
+) -> anyhow::Result<Page> {
     let page = client
         .get(url)
         .send()
@@ -352,14 +368,19 @@ pub async fn fetch_page(client: &reqwest::Client, url: &str) -> anyhow::Result<P
         .text()
         .await
         .with_context(|| format!("reading the edge's metrics at {url}"))?;
-    parse_page(&page)
+    parse_page(&page, internal)
 }
 
 /// One pass: every replica scraped (a failing one is logged and leaves a gap), then the
 /// ended hours closed.
-pub async fn pass(db: &MySqlPool, client: &reqwest::Client, replicas: &[String]) -> Closed {
+pub async fn pass(
+    db: &MySqlPool,
+    client: &reqwest::Client,
+    replicas: &[String],
+    internal: &str,
+) -> Closed {
     for replica in replicas {
-        let counted = match fetch_page(client, replica).await {
+        let counted = match fetch_page(client, replica, internal).await {
             Ok(page) => record_scrape(db, replica, Utc::now(), &page).await,
             Err(err) => Err(err),
         };
@@ -383,6 +404,7 @@ pub async fn pass(db: &MySqlPool, client: &reqwest::Client, replicas: &[String])
 pub async fn run_periodically(
     db: MySqlPool,
     replicas: Vec<String>,
+    internal: String,
     interval: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -397,7 +419,7 @@ pub async fn run_periodically(
         }
     };
     loop {
-        let closed = pass(&db, &client, &replicas).await;
+        let closed = pass(&db, &client, &replicas, &internal).await;
         if !closed.gaps.is_empty() {
             tracing::warn!(hours = ?closed.gaps, "edge usage: hours left without edge samples (a replica was not scraped or restarted)");
         }
@@ -422,29 +444,34 @@ traefik_router_requests_total{code=\"200\",method=\"GET\",protocol=\"http\",rout
 traefik_router_requests_total{code=\"304\",method=\"GET\",protocol=\"http\",router=\"wp_abcdefgh23-websecure@file\",service=\"pd-cache@file\"} 2
 traefik_router_requests_total{code=\"200\",method=\"GET\",protocol=\"http\",router=\"pd-cache@file\",service=\"pd-cache@file\"} 40
 traefik_router_requests_total{code=\"200\",method=\"GET\",protocol=\"http\",router=\"wp_NOTANID-web@file\",service=\"x\"} 9
+traefik_router_requests_total{code=\"200\",method=\"GET\",protocol=\"http\",router=\"wp_abcdefgh23-internal@file\",service=\"wp_abcdefgh23@file\"} 3
+traefik_router_requests_total{code=\"301\",method=\"GET\",protocol=\"http\",router=\"wp_abcdefgh23-https-0@http\",service=\"noop@internal\"} 1
 # TYPE traefik_router_responses_bytes_total counter
 traefik_router_responses_bytes_total{code=\"200\",method=\"GET\",protocol=\"http\",router=\"wp_abcdefgh23-web@file\",service=\"pd-cache@file\"} 1000
 traefik_router_responses_bytes_total{code=\"304\",method=\"GET\",protocol=\"http\",router=\"wp_abcdefgh23-websecure@file\",service=\"pd-cache@file\"} 24
 ";
-        let page = parse_page(page).unwrap();
+        let page = parse_page(page, "internal").unwrap();
         assert_eq!(
             page.counts,
-            Counts::from([("abcdefgh23".to_owned(), (7, 1024))])
+            Counts::from([("abcdefgh23".to_owned(), (8, 1024))])
         );
         assert_eq!(page.started, None);
     }
 
     #[test]
     fn router_names_map_to_sites() {
+        let site = |r| router_site(r, "internal");
         assert_eq!(
-            router_site("wp_k3v7q2m6xa-web@file").as_deref(),
+            site("wp_k3v7q2m6xa-web@file").as_deref(),
             Some("k3v7q2m6xa")
         );
         assert_eq!(
-            router_site("wp_k3v7q2m6xa-internal"),
-            Some("k3v7q2m6xa".to_owned())
+            site("wp_k3v7q2m6xa-hsts-2@http").as_deref(),
+            Some("k3v7q2m6xa")
         );
-        assert_eq!(router_site("pd-cache@file"), None);
-        assert_eq!(router_site("wp_k3v7q2m6x-web@file"), None);
+        assert_eq!(site("wp_k3v7q2m6xa-internal@file"), None);
+        assert_eq!(site("wp_k3v7q2m6xa"), None);
+        assert_eq!(site("pd-cache@file"), None);
+        assert_eq!(site("wp_k3v7q2m6x-web@file"), None);
     }
 }

@@ -145,7 +145,7 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 async fn scrape(app: &TestApp, traefik: &Traefik, at: &str) -> edge_usage::Scraped {
-    let page = edge_usage::fetch_page(&reqwest::Client::new(), &traefik.metrics_url())
+    let page = edge_usage::fetch_page(&reqwest::Client::new(), &traefik.metrics_url(), "internal")
         .await
         .unwrap();
     edge_usage::record_scrape(&app.db, &traefik.metrics_url(), t(at), &page)
