@@ -84,9 +84,12 @@ for i in $(seq 1 240); do
   [ "$i" = 240 ] && { echo "no verified HTTPS answer for $DOMAIN" >&2; exit 1; }
   sleep 0.5
 done
-cache_state() { # scheme port
-  curl -s -o /dev/null -D - ${3:+--cacert "$ROOTS"} --resolve "$DOMAIN:$2:127.0.0.1" \
-    "$1://$DOMAIN:$2/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-pressdock-cache"{print $2}'
+cache_state() { # scheme port [tls]
+  local h rc=0
+  h=$(curl -s -o /dev/null -D - ${3:+--cacert "$ROOTS"} --resolve "$DOMAIN:$2:127.0.0.1" \
+    "$1://$DOMAIN:$2/") || rc=$?
+  [ "$rc" = 0 ] || { echo "curl-exit-$rc"; return 0; }
+  printf '%s\n' "$h" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-pressdock-cache"{print $2}'
 }
 for _ in 1 2 3; do cache_state http "$EDGE_PORT" >/dev/null; cache_state https "$TLS_PORT" tls >/dev/null; done
 echo "cache: http $(cache_state http "$EDGE_PORT"), https $(cache_state https "$TLS_PORT" tls)" >&2

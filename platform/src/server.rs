@@ -111,7 +111,8 @@ pub async fn serve(
             .await
             .with_context(|| format!("binding the edge's listener on {address}"))?;
         tracing::info!(%address, "serving the edge (certificates, ACME challenges)");
-        let app = api::edge_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app =
+            api::edge_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = shutdown.clone();
         runners.push(tokio::spawn(async move {
             let served = axum::serve(edge, app)

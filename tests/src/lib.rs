@@ -434,7 +434,9 @@ pub async fn edge_get(domain: &str, path: &str) -> Result<(u16, String), String>
         .get("location")
         .and_then(|l| l.to_str().ok())
         .map(str::to_owned);
-    if !matches!(status, 301 | 308) || location.as_deref() != Some(&format!("https://{domain}{path}")) {
+    if !matches!(status, 301 | 308)
+        || location.as_deref() != Some(&format!("https://{domain}{path}"))
+    {
         return Ok((status, r.text().await.map_err(|e| e.to_string())?));
     }
     let lab = read_toml(&Path::new(LAB_STATE).join("lab.toml"));

@@ -110,7 +110,9 @@ where
 }
 
 async fn certificate(api: &Api, site: &str, domain: &str) -> Value {
-    let (status, body) = api.call(Method::GET, &format!("/v1/sites/{site}"), None).await;
+    let (status, body) = api
+        .call(Method::GET, &format!("/v1/sites/{site}"), None)
+        .await;
     assert_eq!(status, 200, "{body}");
     body["certificates"]
         .as_array()
@@ -161,7 +163,10 @@ async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_re
         .iter()
         .map(|r| r.as_str().unwrap().parse().unwrap())
         .collect();
-    assert!(replicas.len() >= 2, "two edge replicas at least: {replicas:?}");
+    assert!(
+        replicas.len() >= 2,
+        "two edge replicas at least: {replicas:?}"
+    );
     let dns = s("acme_dns_management");
 
     let api = Api::lab_staff().await;
@@ -261,7 +266,13 @@ async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_re
     )
     .await
     .unwrap();
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?} {}", r.headers, r.body);
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "{:?} {}",
+        r.headers,
+        r.body
+    );
     assert_eq!(r.headers["content-type"], "application/problem+json");
 
     // 4. HSTS and keep-HTTP are per-site options. Varnish keeps one object per scheme:
@@ -294,7 +305,11 @@ async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_re
     assert!(over_http.headers.get("strict-transport-security").is_none());
     let again = get(&client, &url).await.unwrap();
     assert!(again.body.contains(&format!("https://{domain}/")));
-    assert_eq!(again.headers["x-pressdock-cache"], "HIT", "{:?}", again.headers);
+    assert_eq!(
+        again.headers["x-pressdock-cache"], "HIT",
+        "{:?}",
+        again.headers
+    );
 
     // 5. A restarted platform does not order again what it holds; an alias added later is
     //    covered, and a failing alias (resolving where nothing listens) shows the ACME
@@ -325,23 +340,31 @@ async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_re
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     patch(&api, &site, json!({ "aliases": [good, bad] })).await;
-    until("the alias's certificate", Duration::from_secs(120), || async {
-        let c = certificate(&api, &site, &good).await;
-        if c["state"] == "valid" {
-            Ok(())
-        } else {
-            Err(c.to_string())
-        }
-    })
+    until(
+        "the alias's certificate",
+        Duration::from_secs(120),
+        || async {
+            let c = certificate(&api, &site, &good).await;
+            if c["state"] == "valid" {
+                Ok(())
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
     .await;
-    let failed = until("the failing alias's error", Duration::from_secs(120), || async {
-        let c = certificate(&api, &site, &bad).await;
-        if c["state"] == "failed" {
-            Ok(c)
-        } else {
-            Err(c.to_string())
-        }
-    })
+    let failed = until(
+        "the failing alias's error",
+        Duration::from_secs(120),
+        || async {
+            let c = certificate(&api, &site, &bad).await;
+            if c["state"] == "failed" {
+                Ok(c)
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
     .await;
     let reason = failed["last_error"].as_str().unwrap();
     assert!(

@@ -342,8 +342,15 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
     let m1 = lab.topo.first_manager();
     let traefik = format!("{STACK}_traefik");
     let version = |m: &Node| {
-        try_out(&mut m.docker(["service", "inspect", "--format", "{{.Version.Index}}", &traefik]))
-            .map(|v| v.trim().to_owned())
+        // The task template, not the version: a deploy that changes nothing still bumps it.
+        try_out(&mut m.docker([
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate}}",
+            &traefik,
+        ]))
+        .map(|v| v.trim().to_owned())
     };
     let before = version(&m1);
     let stack = lab.repo.join("stacks/edge.yml");
@@ -370,7 +377,10 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
     // run, reload the VCL. (Without this the edge check right after the deploy could still
     // reach the old task, and Varnish then kept sending to an address that was gone.)
     if before.is_some() && version(&m1) != before {
-        progress("edge", "Traefik updated: waiting for its new tasks, then reloading the VCL");
+        progress(
+            "edge",
+            "Traefik updated: waiting for its new tasks, then reloading the VCL",
+        );
         let _ = wait_for(
             "Traefik's new tasks",
             Duration::from_secs(60),
@@ -414,7 +424,10 @@ pub fn write_traefik_static(lab: &Lab) -> Result<(std::path::PathBuf, String)> {
         )
         .replace("${PD_EDGE_TOKEN}", &lab.secrets.edge_token);
     if text.contains("${PD_") {
-        anyhow::bail!("{}: a ${{...}} value the deployer does not know", src.display());
+        anyhow::bail!(
+            "{}: a ${{...}} value the deployer does not know",
+            src.display()
+        );
     }
     let dir = lab.path("traefik/static");
     let path = dir.join("traefik.yml");

@@ -122,8 +122,14 @@ fn check_ports(lab: &Lab) -> Result<()> {
         (ports::EDGE, "the edge (loopback)"),
         (ports::EDGE_TLS, "the edge over HTTPS (loopback)"),
         (ports::PEBBLE, "pebble (loopback)"),
-        (ports::PEBBLE_MANAGEMENT, "pebble's management API (loopback)"),
-        (ports::CHALLTEST_MANAGEMENT, "pebble-challtestsrv (loopback)"),
+        (
+            ports::PEBBLE_MANAGEMENT,
+            "pebble's management API (loopback)",
+        ),
+        (
+            ports::CHALLTEST_MANAGEMENT,
+            "pebble-challtestsrv (loopback)",
+        ),
         (ports::PLATFORM_EDGE, "the platform's edge listener"),
         (ports::HAPROXY_STATS, "HAProxy stats (loopback)"),
     ];

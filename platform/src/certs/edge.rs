@@ -274,7 +274,10 @@ mod tests {
             &EDGE,
         );
         let routers = &c["http"]["routers"];
-        assert!(routers.get("pd-https-0").is_none(), "a.test keeps HTTP: {c}");
+        assert!(
+            routers.get("pd-https-0").is_none(),
+            "a.test keeps HTTP: {c}"
+        );
         assert!(routers.get("pd-hsts-0").is_none(), "{c}");
         assert_eq!(routers["pd-https-1"]["rule"], "Host(`b.test`)");
         assert_eq!(routers["pd-hsts-1"]["rule"], "Host(`b.test`)");

@@ -117,7 +117,9 @@ impl Issuer {
                     // deactivated): register again at the next pass, charge no domain.
                     store::release(&self.db, &domain).await?;
                     store::forget_account(&self.db, &settings.directory_url).await?;
-                    anyhow::bail!("the ACME directory does not know the account ({reason}); a new one is registered at the next pass");
+                    anyhow::bail!(
+                        "the ACME directory does not know the account ({reason}); a new one is registered at the next pass"
+                    );
                 }
                 Ok((material, issued)) => {
                     store::store_issued(&self.db, &self.secrets, &domain, &material, &issued)
@@ -188,11 +190,7 @@ impl Issuer {
     }
 
     /// One order for one domain through HTTP-01.
-    async fn order(
-        &self,
-        account: &Account,
-        domain: &str,
-    ) -> Result<(Material, Issued), Failure> {
+    async fn order(&self, account: &Account, domain: &str) -> Result<(Material, Issued), Failure> {
         let identifiers = [Identifier::Dns(domain.to_owned())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
         let mut tokens = Vec::new();
