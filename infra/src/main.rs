@@ -40,6 +40,17 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// Back the cluster up to S3 (`PRESSDOCK_BACKUP_S3_*`): Galera or a manager's swarm
+    /// state. Run by the timers in configs/systemd/; see infra/README.md ("Backups").
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
+    },
+    /// Restore a backup made by `backup` (see infra/README.md, "Restore").
+    Restore {
+        #[command(subcommand)]
+        cmd: RestoreCmd,
+    },
     /// The production cluster declared in a spec (`configs/cluster.toml`).
     Cluster {
         /// The spec.
@@ -149,21 +160,45 @@ enum LabCmd {
 enum ClusterCmd {
     /// Parse and check the spec, print what it would build (no account needed).
     Check,
-    /// The difference between the spec and the account (token: DIGITALOCEAN_TOKEN).
+    /// The difference between the spec and the account (token: DIGITALOCEAN_TOKEN), and
+    /// with --swarm the swarm steps that follow (docker over SSH; the platform's nodes from
+    /// PRESSDOCK_API with PRESSDOCK_API_TOKEN).
     Plan {
         /// Show the plan with this node replaced (see `apply --replace`).
         #[arg(long)]
         replace: Vec<String>,
+        /// Replace every node the swarm sees down.
+        #[arg(long)]
+        replace_failed: bool,
+        /// Also observe the swarm and the platform (nodes to drain, joins, stack updates).
+        #[arg(long)]
+        swarm: bool,
+        #[arg(long, default_value = "root")]
+        ssh_user: String,
     },
-    /// Carry the plan out, resource by resource; re-run after a failure to converge.
+    /// Carry the plan out, resource by resource; re-run after a failure to converge. With
+    /// --swarm: nodes drained through the platform before their droplets go, then the
+    /// swarm steps (join, label, remove old entries, rolling stack updates).
     Apply {
-        /// Allow destroying droplets that the spec no longer has (drain them first).
+        /// Allow destroying droplets that the spec no longer has.
         #[arg(long)]
         allow_destroy: bool,
         /// Destroy this node and create it again, its volume moved over (a failed node).
         /// Repeatable, but at most one manager and one database node per apply.
         #[arg(long)]
         replace: Vec<String>,
+        /// Replace every node the swarm sees down (needs --swarm).
+        #[arg(long)]
+        replace_failed: bool,
+        /// The whole cluster: the swarm and the platform too (see `plan --swarm`).
+        #[arg(long)]
+        swarm: bool,
+        /// With --swarm and no PRESSDOCK_API: drain workers in the swarm only (a cluster
+        /// that serves no sites yet).
+        #[arg(long)]
+        no_platform: bool,
+        #[arg(long, default_value = "root")]
+        ssh_user: String,
     },
     /// Monthly cost of the spec from DigitalOcean's prices (`/v2/sizes`), per site.
     Cost,
@@ -177,6 +212,184 @@ enum ClusterCmd {
         #[arg(long, default_value = "root")]
         ssh_user: String,
     },
+}
+
+#[derive(clap::Args)]
+struct GaleraArgs {
+    /// Object key prefix: the cluster's name.
+    #[arg(long, default_value = "pd-prod")]
+    prefix: String,
+    /// A user with RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR (password in
+    /// PRESSDOCK_BACKUP_DB_PASSWORD).
+    #[arg(long, default_value = "pdbackup")]
+    user: String,
+    #[arg(long)]
+    socket: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 3306)]
+    port: u16,
+    #[arg(long, default_value = "/var/lib/mysql")]
+    datadir: std::path::PathBuf,
+    /// Not a Galera node (no --galera-info).
+    #[arg(long)]
+    no_galera_info: bool,
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Hot backup of this database node: mariabackup | zstd → S3.
+    Galera(GaleraArgs),
+    /// This manager's swarm state (/var/lib/docker/swarm) as a tar → S3.
+    Swarm {
+        #[arg(long, default_value = "pd-prod")]
+        prefix: String,
+        #[arg(long, default_value = "/var/lib/docker/swarm")]
+        dir: std::path::PathBuf,
+        /// Stop dockerd for the copy (consistent raft files), start it after.
+        #[arg(long)]
+        stop_docker: bool,
+        /// The manager's name in the key (default: this host's name).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// The backups in the bucket.
+    List {
+        #[arg(long, default_value = "pd-prod")]
+        prefix: String,
+        /// `galera` or `swarm/<host>`.
+        #[arg(long, default_value = "galera")]
+        kind: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RestoreCmd {
+    /// Fetch, check (SHA-256), unpack and prepare a Galera backup into an empty data
+    /// directory; then start the first node of the new cluster on it (infra/README.md).
+    Galera {
+        #[arg(long, default_value = "pd-prod")]
+        prefix: String,
+        /// `latest` or a stamp from `backup list`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        #[arg(long)]
+        datadir: std::path::PathBuf,
+        /// chown -R the data directory to this user.
+        #[arg(long, default_value = "mysql")]
+        owner: String,
+    },
+    /// Unpack a manager's swarm state into the docker root (dockerd stopped); then
+    /// `docker swarm init --force-new-cluster` (infra/README.md).
+    Swarm {
+        #[arg(long, default_value = "pd-prod")]
+        prefix: String,
+        /// The manager whose backup it is.
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "latest")]
+        from: String,
+        #[arg(long, default_value = "/var/lib/docker")]
+        docker_root: std::path::PathBuf,
+    },
+}
+
+fn backup_cmd(cmd: BackupCmd) -> Result<()> {
+    use infra::cluster::backup;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let s3 = backup::S3::from_env()?;
+        let t0 = std::time::Instant::now();
+        let stored = match cmd {
+            BackupCmd::List { prefix, kind } => {
+                for b in backup::list_backups(&s3, &prefix, &kind).await? {
+                    println!("{b}");
+                }
+                return Ok(());
+            }
+            BackupCmd::Galera(a) => {
+                s3.ensure_bucket().await?;
+                let g = backup::Galera {
+                    user: a.user,
+                    password: backup::Secret::new(
+                        std::env::var("PRESSDOCK_BACKUP_DB_PASSWORD").unwrap_or_default(),
+                    ),
+                    socket: a.socket,
+                    host: a.host,
+                    port: a.port,
+                    datadir: a.datadir,
+                    galera_info: !a.no_galera_info,
+                };
+                backup::backup_galera(&s3, &g, &a.prefix).await?
+            }
+            BackupCmd::Swarm {
+                prefix,
+                dir,
+                stop_docker,
+                host,
+            } => {
+                s3.ensure_bucket().await?;
+                let host = match host {
+                    Some(h) => h,
+                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+                        .trim()
+                        .to_owned(),
+                };
+                backup::backup_swarm(&s3, &dir, &host, &prefix, stop_docker).await?
+            }
+        };
+        println!(
+            "stored {} ({} bytes, sha256 {}) in {:.1}s",
+            stored.key,
+            stored.bytes,
+            stored.sha256,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
+
+fn restore_cmd(cmd: RestoreCmd) -> Result<()> {
+    use infra::cluster::backup;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let s3 = backup::S3::from_env()?;
+        let t0 = std::time::Instant::now();
+        match cmd {
+            RestoreCmd::Galera {
+                prefix,
+                from,
+                datadir,
+                owner,
+            } => {
+                let owner = (!owner.is_empty()).then_some(owner.as_str());
+                let stamp = backup::restore_galera(&s3, &prefix, &from, &datadir, owner).await?;
+                println!(
+                    "galera backup {stamp} restored and prepared in {} ({:.1}s)",
+                    datadir.display(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            RestoreCmd::Swarm {
+                prefix,
+                host,
+                from,
+                docker_root,
+            } => {
+                let stamp = backup::restore_swarm(&s3, &prefix, &host, &from, &docker_root).await?;
+                println!(
+                    "swarm state {stamp} of {host} unpacked into {} ({:.1}s)",
+                    docker_root.display(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Ok(())
+    })
 }
 
 #[derive(Subcommand)]
@@ -235,15 +448,25 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             } else {
                 cluster::swarm_exec::observe(&docker, &machines)?
             };
-            let steps = cluster::swarm::plan_swarm(&checked, &machines, &seen, &|_| true);
+            let steps = cluster::swarm::plan_swarm_with(
+                &checked,
+                &machines,
+                &seen,
+                &|_| true,
+                &cluster::swarm::stack_files(repo)?,
+            );
             for s in &steps {
                 println!("{s}");
             }
             println!("swarm: {} steps", steps.len());
             if !dry_run {
+                let leader = cluster::swarm::leader(&machines, &seen)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
                 cluster::swarm_exec::execute(
                     &docker,
                     &machines,
+                    &leader,
                     &steps,
                     repo,
                     std::time::Duration::from_secs(1),
@@ -252,11 +475,77 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             }
             return Ok(());
         }
-        let replace = match &cmd {
-            ClusterCmd::Plan { replace } | ClusterCmd::Apply { replace, .. } => replace.clone(),
-            _ => Vec::new(),
+        let (replace, replace_failed, with_swarm, ssh_user) = match &cmd {
+            ClusterCmd::Plan {
+                replace,
+                replace_failed,
+                swarm,
+                ssh_user,
+            }
+            | ClusterCmd::Apply {
+                replace,
+                replace_failed,
+                swarm,
+                ssh_user,
+                ..
+            } => (replace.clone(), *replace_failed, *swarm, ssh_user.clone()),
+            _ => (Vec::new(), false, false, String::new()),
         };
-        let p = cluster::plan::plan_replacing(&desired, &observed, &replace);
+        if with_swarm {
+            use cluster::evolve::{AnyPlatform, ApiToken, Cluster, PlatformClient};
+            let platform = match (
+                std::env::var("PRESSDOCK_API"),
+                std::env::var("PRESSDOCK_API_TOKEN"),
+            ) {
+                (Ok(api), Ok(t)) if !api.is_empty() => {
+                    AnyPlatform::Api(PlatformClient::new(&api, ApiToken::new(t))?)
+                }
+                _ => AnyPlatform::None,
+            };
+            let docker = cluster::swarm_exec::SshDocker { user: ssh_user };
+            let c = Cluster {
+                provider: &client,
+                docker: &docker,
+                platform: &platform,
+                checked: &checked,
+                desired: &desired,
+                repo,
+                stacks: cluster::swarm::stack_files(repo)?,
+                poll: std::time::Duration::from_secs(2),
+                evacuation_timeout: std::time::Duration::from_secs(3600),
+                drain_without_platform: matches!(
+                    cmd,
+                    ClusterCmd::Apply {
+                        no_platform: true,
+                        ..
+                    }
+                ),
+            };
+            let seen = c.observe().await?;
+            let p = c.plan(&seen, &replace, replace_failed);
+            println!("{p}");
+            if let ClusterCmd::Apply { allow_destroy, .. } = cmd {
+                if p.is_empty() {
+                    println!("nothing to do");
+                    return Ok(());
+                }
+                c.apply(allow_destroy, &replace, replace_failed, &mut |l| {
+                    eprintln!("{l}")
+                })
+                .await?;
+                let after = c.plan(&c.observe().await?, &[], false);
+                println!(
+                    "applied; plan now: {}",
+                    if after.is_empty() {
+                        "nothing to do".to_owned()
+                    } else {
+                        after.to_string()
+                    }
+                );
+            }
+            return Ok(());
+        }
+        let p = cluster::plan::plan_with(&desired, &observed, &replace, replace_failed);
         println!("{p}");
         if let ClusterCmd::Apply { allow_destroy, .. } = cmd {
             if p.is_empty() {
@@ -308,6 +597,8 @@ fn main() -> Result<()> {
     let repo = lab::repo_root();
     match cli.cmd {
         Cmd::Cluster { spec, cmd } => cluster(&spec, cmd, &repo),
+        Cmd::Backup { cmd } => backup_cmd(cmd),
+        Cmd::Restore { cmd } => restore_cmd(cmd),
         Cmd::LabDns { listen } => lab::dns::serve(&listen),
         Cmd::GaleraFirewall {
             db_nodes,

@@ -40,6 +40,7 @@ use crate::{
         nodes::{self, NewNode, Node, NodeChange},
         operations::{self, Operation, OperationFilter},
         plans::{self, NewPlan, Plan},
+        restores::{self, CloneAccepted, NewClone, NewRestore, Restore, RestoreAccepted},
         sessions::{self, Login, RefreshRequest, TokenPair},
         sites::{self, Accepted, Created, NewSite, Site, SiteChange, SiteFilter},
         tenants::{self, NewTenant, Tenant, TenantChange},
@@ -91,6 +92,9 @@ pub fn router(state: AppState) -> Router {
             get(list_backups).post(create_backup),
         )
         .route("/backups/{backup}", get(get_backup).delete(delete_backup))
+        .route("/sites/{site}/restores", post(create_restore))
+        .route("/sites/{site}/clones", post(create_clone))
+        .route("/restores/{restore}", get(get_restore))
         .route("/agent/report", post(agent_report))
         .route("/agent/purge", post(agent_purge))
         .route("/placement", get(placement_map))
@@ -972,6 +976,53 @@ async fn delete_backup(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+/// Restores one of the site's complete backups into it: the backup is checked (every
+/// object's SHA-256 against its manifest, every statement of the dump) before anything is
+/// overwritten, the site is backed up as it is (`pre_restore_backup_id`: the way back),
+/// then its database (through the site's own database user) and wp-content are replaced
+/// and its cached pages banned.
+#[utoipa::path(post, path = "/v1/sites/{site}/restores", tag = "backups", security(("bearer" = [])),
+    params(("site" = String, Path)), request_body = NewRestore,
+    responses((status = 202, body = RestoreAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_restore(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+    ApiJson(input): ApiJson<NewRestore>,
+) -> ApiResult<(StatusCode, Json<RestoreAccepted>)> {
+    let accepted = restores::restore(&state, &actor, &parse_id(&site, "site")?, input).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Clones the site into a new site of the same tenant and plan with another domain: the
+/// new site is created as any site is, then a backup of the source (its latest complete
+/// one by default) is restored into it with the source's primary domain rewritten in the
+/// database, serialized PHP values included.
+#[utoipa::path(post, path = "/v1/sites/{site}/clones", tag = "backups", security(("bearer" = [])),
+    params(("site" = String, Path)), request_body = NewClone,
+    responses((status = 202, body = CloneAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_clone(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(site): ApiPath<String>,
+    ApiJson(input): ApiJson<NewClone>,
+) -> ApiResult<(StatusCode, Json<CloneAccepted>)> {
+    let accepted = restores::clone(&state, &actor, &parse_id(&site, "site")?, input).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[utoipa::path(get, path = "/v1/restores/{restore}", tag = "backups", security(("bearer" = [])),
+    params(("restore" = String, Path)), responses((status = 200, body = Restore), (status = 404, body = Problem)))]
+async fn get_restore(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(restore): ApiPath<String>,
+) -> ApiResult<Json<Restore>> {
+    Ok(Json(
+        restores::get(&state, &actor, &parse_id(&restore, "restore")?).await?,
+    ))
+}
+
 /// Operations newest first, scoped to the caller's tenants (staff: all).
 #[utoipa::path(get, path = "/v1/operations", tag = "operations", security(("bearer" = [])),
     params(OperationFilter), responses((status = 200, body = Page<Operation>), (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -1256,7 +1307,7 @@ fn describe_error(status: u16) -> &'static str {
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
         list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers, acme_settings, set_acme_settings,
-        create_backup, list_backups, get_backup, delete_backup,
+        create_backup, list_backups, get_backup, delete_backup, create_restore, create_clone, get_restore,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>, Page<Backup>)),
 )]

@@ -69,6 +69,13 @@ pub enum Command {
         #[command(flatten)]
         global: Global,
     },
+    /// Backups of sites: take, list, show and delete them (restore: `sites restore`).
+    Backups {
+        #[command(subcommand)]
+        action: BackupCmd,
+        #[command(flatten)]
+        global: Global,
+    },
     /// Operations (the progress of changes).
     Operations {
         #[command(subcommand)]
@@ -326,6 +333,62 @@ pub enum SiteCmd {
     Resume {
         /// The site's id.
         site: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Restore one of the site's backups into it (the site is backed up first: the
+    /// restore's `pre_restore_backup_id` undoes it).
+    Restore {
+        /// The site's id.
+        site: String,
+        /// The backup's id (`pressdock backups list SITE`).
+        #[arg(long)]
+        backup: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Clone the site into a new site of the same tenant with another domain (rewritten
+    /// in the database, serialized values included).
+    Clone {
+        /// The site's id.
+        site: String,
+        /// The new site's primary domain.
+        #[arg(long)]
+        domain: String,
+        /// The backup to clone from (default: the site's latest complete backup).
+        #[arg(long)]
+        backup: Option<String>,
+        /// The new site's name (default: the source's with " (clone)").
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Back up a site now: its database (one consistent snapshot) and wp-content.
+    Create {
+        /// The site's id.
+        site: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// A site's backups, newest first, with their states and sizes.
+    List {
+        /// The site's id.
+        site: String,
+    },
+    /// One backup.
+    Show {
+        /// The backup's id.
+        backup: String,
+    },
+    /// Delete a complete or failed backup's objects.
+    Delete {
+        /// The backup's id.
+        backup: String,
         #[command(flatten)]
         wait: Wait,
     },
@@ -1021,6 +1084,82 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         .await?;
                     finish_accepted(&mut c, global.json, v, wait, "active").await?;
                 }
+                SiteCmd::Restore { site, backup, wait } => {
+                    let v = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/sites/{site}/restores"),
+                            Some(json!({ "backup": backup })),
+                        )
+                        .await?;
+                    finish_restore(&mut c, global.json, v, wait).await?;
+                }
+                SiteCmd::Clone {
+                    site,
+                    domain,
+                    backup,
+                    name,
+                    wait,
+                } => {
+                    let mut body = json!({ "domain": domain });
+                    body["backup"] = json!(backup);
+                    body["name"] = json!(name);
+                    let v = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/sites/{site}/clones"),
+                            Some(body),
+                        )
+                        .await?;
+                    if !global.json {
+                        print(false, &v["site"], SITE_COLUMNS);
+                    }
+                    if wait.wait
+                        && let Some(create) = v["create_operation"]["id"].as_str()
+                    {
+                        let create = wait_operation(&mut c, create, Some(deadline(wait))).await?;
+                        if create["state"].as_str() != Some("succeeded") {
+                            bail!(
+                                "creating the new site failed: {}",
+                                create["error"].as_str().unwrap_or("no reason given")
+                            );
+                        }
+                    }
+                    finish_restore(&mut c, global.json, v, wait).await?;
+                }
+            }
+        }
+        Command::Backups { action, global } => {
+            let mut c = Client::new(&global)?;
+            match action {
+                BackupCmd::Create { site, wait } => {
+                    let v = c
+                        .call(Method::POST, &format!("/v1/sites/{site}/backups"), None)
+                        .await?;
+                    finish_backup(&mut c, global.json, v, wait).await?;
+                }
+                BackupCmd::List { site } => {
+                    let page = c
+                        .call(
+                            Method::GET,
+                            &format!("/v1/sites/{site}/backups?limit=200"),
+                            None,
+                        )
+                        .await?;
+                    print(global.json, &page["items"], BACKUP_COLUMNS);
+                }
+                BackupCmd::Show { backup } => {
+                    let v = c
+                        .call(Method::GET, &format!("/v1/backups/{backup}"), None)
+                        .await?;
+                    print(global.json, &v, BACKUP_COLUMNS);
+                }
+                BackupCmd::Delete { backup, wait } => {
+                    let v = c
+                        .call(Method::DELETE, &format!("/v1/backups/{backup}"), None)
+                        .await?;
+                    finish_backup(&mut c, global.json, v, wait).await?;
+                }
             }
         }
         Command::Operations { action, global } => {
@@ -1307,6 +1446,124 @@ fn print_admin(admin: &Value) {
 
 /// Prints a 202's site and operation; with `wait`, first waits for the operation and then
 /// for the site to reach `target` (a new site: `active`, once its agent reports ready).
+const BACKUP_COLUMNS: &[&str] = &[
+    "id",
+    "kind",
+    "state",
+    "database_bytes",
+    "files_bytes",
+    "tables_count",
+    "completed_at",
+    "error",
+];
+const RESTORE_COLUMNS: &[&str] = &[
+    "id",
+    "kind",
+    "state",
+    "site_id",
+    "backup_id",
+    "pre_restore_backup_id",
+    "domain_to",
+    "error",
+];
+
+fn deadline(wait: Wait) -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(wait.timeout)
+}
+
+/// Waits (with `--wait`) for the operation of an accepted backup change, then prints the
+/// backup as it is; non-zero exit if the operation failed.
+async fn finish_backup(
+    c: &mut Client,
+    json: bool,
+    accepted: Value,
+    wait: Wait,
+) -> anyhow::Result<()> {
+    finish_with(
+        c,
+        json,
+        accepted,
+        wait,
+        "backup",
+        "/v1/backups/",
+        BACKUP_COLUMNS,
+    )
+    .await
+}
+
+/// The same for a restore or a clone.
+async fn finish_restore(
+    c: &mut Client,
+    json: bool,
+    accepted: Value,
+    wait: Wait,
+) -> anyhow::Result<()> {
+    finish_with(
+        c,
+        json,
+        accepted,
+        wait,
+        "restore",
+        "/v1/restores/",
+        RESTORE_COLUMNS,
+    )
+    .await
+}
+
+async fn finish_with(
+    c: &mut Client,
+    json: bool,
+    accepted: Value,
+    wait: Wait,
+    what: &str,
+    path: &str,
+    columns: &[&str],
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let mut op = accepted["operation"].clone();
+    let mut item = accepted[what].clone();
+    if wait.wait {
+        let id = op["id"]
+            .as_str()
+            .context("the response has no operation id")?
+            .to_owned();
+        op = wait_operation(c, &id, Some(deadline(wait))).await?;
+        if let Some(item_id) = item["id"].as_str() {
+            // A deleted backup is gone: keep what the answer said.
+            if let Ok(now) = c.call(Method::GET, &format!("{path}{item_id}"), None).await {
+                item = now;
+            }
+        }
+    }
+    if json {
+        let mut out = accepted.clone();
+        out[what] = item;
+        out["operation"] = op.clone();
+        print(true, &out, &[]);
+    } else {
+        print(false, &item, columns);
+        print_operation(false, &op);
+    }
+    if wait.wait {
+        match op["state"].as_str() {
+            Some("succeeded") => {}
+            Some("failed") => bail!(
+                "the operation failed: {}",
+                op["internal_error"]
+                    .as_str()
+                    .or(op["error"].as_str())
+                    .unwrap_or("no reason given")
+            ),
+            _ => bail!(
+                "the operation is still {} after {} s",
+                cell(&op["state"]),
+                wait.timeout
+            ),
+        }
+    }
+    Ok(())
+}
+
 async fn finish_accepted(
     c: &mut Client,
     json: bool,

@@ -138,6 +138,13 @@ pub struct BillingConfig {
     pub cluster_monthly_cost_minor: Option<i64>,
     /// ISO 4217 code of that cost.
     pub currency: String,
+    /// The metrics pages (`http://…/metrics`) of every edge (Traefik) replica, scraped for
+    /// the billed request counts (platform/src/app/edge_usage.rs). Empty: no edge samples
+    /// are collected (they can still be sent to `POST /v1/billing/samples`).
+    pub edge_metrics: Vec<String>,
+    /// Seconds between two scrapes of the edge (at most this much of a site's traffic
+    /// lands in the next hour).
+    pub edge_scrape_interval_secs: u64,
 }
 
 impl Default for BillingConfig {
@@ -145,6 +152,8 @@ impl Default for BillingConfig {
         Self {
             cluster_monthly_cost_minor: None,
             currency: "USD".into(),
+            edge_metrics: Vec::new(),
+            edge_scrape_interval_secs: 60,
         }
     }
 }
@@ -450,6 +459,19 @@ impl Config {
         let currency = &self.billing.currency;
         if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
             bail!("billing.currency must be an ISO 4217 code such as USD");
+        }
+        for (i, url) in self.billing.edge_metrics.iter().enumerate() {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() <= 255
+                && reqwest::Url::parse(url).is_ok();
+            if !ok {
+                bail!("billing.edge_metrics[{i}] must be an http(s) URL of at most 255 characters");
+            }
+        }
+        if self.billing.edge_scrape_interval_secs == 0
+            || self.billing.edge_scrape_interval_secs > 900
+        {
+            bail!("billing.edge_scrape_interval_secs must be between 1 and 900");
         }
         Ok(())
     }

@@ -202,7 +202,7 @@ impl Provisioner {
             || self.swarm.is_some()
     }
 
-    pub(crate) async fn generate_secrets(
+    pub async fn generate_secrets(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
@@ -266,7 +266,7 @@ impl Provisioner {
         SitePassword::parse(secret.expose()).map_err(permanent)
     }
 
-    pub(crate) async fn ensure_database(
+    pub async fn ensure_database(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
@@ -285,7 +285,7 @@ impl Provisioner {
             ))
     }
 
-    pub(crate) async fn remove_database(&self, id: &SiteResourceId) -> Result<(), StepError> {
+    pub async fn remove_database(&self, id: &SiteResourceId) -> Result<(), StepError> {
         let Some(galera) = &self.galera else {
             return Ok(());
         };

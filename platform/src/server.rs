@@ -99,6 +99,14 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    if !state.config.billing.edge_metrics.is_empty() {
+        runners.push(tokio::spawn(crate::app::edge_usage::run_periodically(
+            state.db.clone(),
+            state.config.billing.edge_metrics.clone(),
+            std::time::Duration::from_secs(state.config.billing.edge_scrape_interval_secs.max(5)),
+            shutdown.clone(),
+        )));
+    }
     if state.provisioner.agents_report() {
         runners.push(tokio::spawn(crate::agent::run_sweeper(
             state.db.clone(),

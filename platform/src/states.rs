@@ -163,6 +163,8 @@ string_enum! {
         SiteMove = "site.move",
         SiteBackup = "site.backup",
         BackupDelete = "backup.delete",
+        /// A backup written back into its site, or into a new site (a clone).
+        SiteRestore = "site.restore",
     }
 }
 

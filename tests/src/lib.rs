@@ -45,13 +45,19 @@ pub const DELETE_STEPS: &[&str] = &[
     "forget_secrets",
 ];
 
-/// Whether the lab tests run: `PRESSDOCK_LAB_TESTS=1` and `marker` (a file a lab that is
-/// up has) exists. Says why when they do not.
+/// Whether the lab tests run; `marker` is a file a lab that is up has. Without `PRESSDOCK_LAB_TESTS=1` the test is skipped (it says so on stderr). With it, a
+/// lab that is not up is a failure, not a skip: CI sets the variable after `lab up`, and a
+/// skipped lab test there would look like a pass.
 pub fn lab_tests_enabled(marker: &Path) -> bool {
-    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") || !marker.exists() {
+    if std::env::var("PRESSDOCK_LAB_TESTS").as_deref() != Ok("1") {
         eprintln!("skipped: needs PRESSDOCK_LAB_TESTS=1 and a lab that is up");
         return false;
     }
+    assert!(
+        marker.exists(),
+        "PRESSDOCK_LAB_TESTS=1 but the lab is not up ({} is missing): run `pressdock-infra lab up` first",
+        marker.display()
+    );
     true
 }
 

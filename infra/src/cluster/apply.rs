@@ -6,15 +6,39 @@
 //! next run observes again (by tags and names), plans what is still missing and converges.
 use super::desired::{Desired, Droplet};
 use super::plan::{Change, Plan, resolve_firewall};
-use super::provider::{Observed, Provider};
+use super::provider::{NoNodes, NodeOps, Observed, Provider};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 
 /// DigitalOcean creates at most 10 droplets per request.
 pub const DROPLET_BATCH: usize = 10;
 
+/// [`apply_with`] for a cluster that serves nothing yet (no swarm, no platform to drain).
 pub async fn apply<P: Provider>(
     provider: &P,
+    desired: &Desired,
+    observed: &Observed,
+    plan: &Plan,
+    allow_destroy: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    apply_with(
+        provider,
+        &NoNodes,
+        desired,
+        observed,
+        plan,
+        allow_destroy,
+        progress,
+    )
+    .await
+}
+
+/// Carries the plan out; `nodes` drains and removes the nodes that serve before their
+/// droplets go ([`Change::Evacuate`]) and forgets them in the platform after.
+pub async fn apply_with<P: Provider, N: NodeOps>(
+    provider: &P,
+    nodes: &N,
     desired: &Desired,
     observed: &Observed,
     plan: &Plan,
@@ -184,6 +208,21 @@ pub async fn apply<P: Provider>(
                     let new = ids.first().copied().context("no droplet id")?;
                     droplet_ids.insert(droplet.name.clone(), new);
                     format!("replaced (id {id} → {new})")
+                }
+                Change::Evacuate { name, role, ready } => {
+                    nodes
+                        .evacuate(name, *role, *ready, progress)
+                        .await
+                        .with_context(|| format!("evacuating {name}"))?;
+                    if *ready {
+                        "drained, left the swarm".into()
+                    } else {
+                        "sites moved".into()
+                    }
+                }
+                Change::ForgetNode { id, .. } => {
+                    nodes.forget(id).await?;
+                    "removed from the platform".into()
                 }
                 Change::DestroyDroplet { id, .. } => {
                     provider.destroy_droplet(*id).await?;

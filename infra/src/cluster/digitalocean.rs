@@ -679,6 +679,7 @@ impl Provider for Client {
             firewalls,
             ssh_keys,
             sizes,
+            nodes: None,
         })
     }
 

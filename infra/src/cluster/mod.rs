@@ -6,15 +6,20 @@
 //! - [`provider`]: what a cloud must answer and do; [`digitalocean`] is the real one.
 //! - [`plan`]: the difference, found by tags and names (no state file), pure.
 //! - [`apply`]: carries a plan out, resource by resource; a failed run is re-run.
+//! - [`evolve`]: one `apply` for a cluster that serves: nodes drained through the platform
+//!   before their droplets go, quorum kept, new nodes joined and labelled, stacks rolled.
 //! - [`cloud_init`]: what a node runs at first boot (Docker; GlusterFS on storage nodes).
+//! - [`backup`]: Galera (mariabackup) and the swarm's state to S3, and their restore.
 //! - [`cost`]: the spec's monthly cost from the provider's prices, per site.
 //! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks;
 //!   [`swarm_exec`] observes the machines and runs the steps (docker over SSH).
 pub mod apply;
+pub mod backup;
 pub mod cloud_init;
 pub mod cost;
 pub mod desired;
 pub mod digitalocean;
+pub mod evolve;
 pub mod plan;
 pub mod provider;
 pub mod spec;

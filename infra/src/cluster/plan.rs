@@ -62,6 +62,22 @@ pub enum Change {
         /// The volume is attached to it now (not after an interrupted replacement).
         detach: bool,
     },
+    /// A node that serves is taken out before its droplet is destroyed or replaced: drained
+    /// (a worker's sites moved by the platform, `POST`-free: `PATCH /v1/nodes/{id}`
+    /// `availability=drain`, then waited until it holds none; the swarm's tasks moved by
+    /// `docker node update --availability drain`), then it leaves the swarm (a manager is
+    /// demoted first) and is removed from the swarm's node list. `ready`: the swarm sees it
+    /// up (a failed node only has its sites moved; its old entry goes once the new one joined).
+    Evacuate {
+        name: String,
+        role: Role,
+        ready: bool,
+    },
+    /// The platform still lists a node whose droplet is gone for good.
+    ForgetNode {
+        name: String,
+        id: String,
+    },
     /// A droplet with the cluster's tag that the spec no longer has.
     DestroyDroplet {
         id: u64,
@@ -84,8 +100,11 @@ impl Change {
             | Change::AwaitDroplet { .. }
             | Change::AttachVolume { .. }
             | Change::UpdateLoadBalancer { .. }
-            | Change::UpdateFirewall { .. } => '~',
-            Change::DeleteFirewall { .. } | Change::DestroyDroplet { .. } => '-',
+            | Change::UpdateFirewall { .. }
+            | Change::Evacuate { .. } => '~',
+            Change::DeleteFirewall { .. }
+            | Change::DestroyDroplet { .. }
+            | Change::ForgetNode { .. } => '-',
             Change::ReplaceDroplet { .. } => '±',
         }
     }
@@ -93,11 +112,12 @@ impl Change {
         matches!(self, Change::DestroyDroplet { .. })
     }
 
-    /// The role of a node this change takes away (for a while, or for good).
-    fn removes(&self) -> Option<Role> {
+    /// The node this change takes away (for a while, or for good), and its role.
+    fn removes(&self) -> Option<(&str, Option<Role>)> {
         match self {
-            Change::DestroyDroplet { role, .. } => *role,
-            Change::ReplaceDroplet { droplet, .. } => Some(droplet.role),
+            Change::DestroyDroplet { name, role, .. } => Some((name, *role)),
+            Change::ReplaceDroplet { droplet, .. } => Some((&droplet.name, Some(droplet.role))),
+            Change::Evacuate { name, role, .. } => Some((name, Some(*role))),
             _ => None,
         }
     }
@@ -166,6 +186,32 @@ impl fmt::Display for Change {
             Change::DestroyDroplet { name, .. } => {
                 write!(f, "{s} droplet {name} (not in the spec)")
             }
+            Change::Evacuate { name, role, ready } => {
+                let sites = if *role == Role::Worker {
+                    "its sites moved by the platform, "
+                } else {
+                    ""
+                };
+                if *ready {
+                    write!(
+                        f,
+                        "{s} node {name}: drained ({sites}its tasks by the swarm){}, leaves the swarm",
+                        if *role == Role::Manager {
+                            ", demoted"
+                        } else {
+                            ""
+                        }
+                    )
+                } else {
+                    write!(
+                        f,
+                        "{s} node {name} (down): {sites}its old swarm entry removed once replaced"
+                    )
+                }
+            }
+            Change::ForgetNode { name, .. } => {
+                write!(f, "{s} platform node {name} (its droplet is gone)")
+            }
             Change::ReplaceDroplet {
                 droplet, volume_id, ..
             } => write!(
@@ -212,14 +258,36 @@ impl Plan {
             ));
         }
         for role in [Role::Manager, Role::Database] {
-            let n = self
-                .changes
-                .iter()
-                .filter(|c| c.removes() == Some(role))
-                .count();
-            if n > 1 {
+            let mut names: Vec<&str> = Vec::new();
+            let mut by_count = false;
+            for c in &self.changes {
+                if let Some((name, Some(r))) = c.removes()
+                    && r == role
+                {
+                    by_count |= matches!(c, Change::DestroyDroplet { .. });
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            }
+            if names.len() > 1 {
+                let (field, fix) = if by_count {
+                    (
+                        format!("roles.{role}.count"),
+                        format!("lower roles.{role}.count by one node per apply"),
+                    )
+                } else {
+                    ("--replace".to_owned(), format!("one {role} per apply"))
+                };
                 return Some(format!(
-                    "the plan takes away {n} {role} nodes at once; quorum allows one at a time (change the spec, or --replace, one {role} per apply)"
+                    "{field}: the plan takes away {} {role} nodes at once ({}); {} keeps quorum only if one member changes at a time: {fix}",
+                    names.len(),
+                    names.join(", "),
+                    if role == Role::Manager {
+                        "the swarm's raft"
+                    } else {
+                        "Galera"
+                    }
                 ));
             }
         }
@@ -306,6 +374,54 @@ fn firewall_diff(have: &Firewall, want: &Firewall) -> Vec<String> {
     out
 }
 
+/// The evacuation a node needs before its droplet goes, if it serves: in the swarm and up,
+/// or down but a worker (the platform still moves its sites).
+fn evacuation(o: &Observed, name: &str, role: Role) -> Option<Change> {
+    let n = o.nodes.as_ref()?.swarm_node(name)?;
+    (n.ready || role == Role::Worker).then(|| Change::Evacuate {
+        name: name.to_owned(),
+        role,
+        ready: n.ready,
+    })
+}
+
+/// Quorum as it is now: a manager or database node already down (or its droplet gone) counts
+/// against the one member that may change, so a plan that takes away another is refused.
+fn quorum_now(d: &Desired, o: &Observed, n: &super::provider::NodeStates, p: &mut Plan) {
+    for role in [Role::Manager, Role::Database] {
+        let down: Vec<&str> = o
+            .droplets
+            .iter()
+            .filter(|x| role_of(d, &x.name) == Some(role))
+            .map(|x| x.name.as_str())
+            .chain(
+                d.droplets
+                    .iter()
+                    .filter(|x| x.role == role && !o.droplets.iter().any(|h| h.name == x.name))
+                    .map(|x| x.name.as_str()),
+            )
+            .filter(|name| n.swarm_node(name).is_none_or(|s| !s.ready))
+            .filter(|name| {
+                // A droplet that exists and no swarm entry: not joined yet (a new node).
+                n.swarm_node(name).is_some() || !o.droplets.iter().any(|x| x.name == *name)
+            })
+            .collect();
+        let taken: Vec<&str> = p
+            .changes
+            .iter()
+            .filter_map(|c| c.removes())
+            .filter(|(name, r)| *r == Some(role) && !down.contains(name))
+            .map(|(name, _)| name)
+            .collect();
+        if let (Some(first_down), Some(other)) = (down.first(), taken.first()) {
+            p.blockers.push(format!(
+                "quorum: {role} node {first_down} is down; the plan also takes away {other}, which would leave the {} without quorum: replace {first_down} first (apply --replace {first_down})",
+                if role == Role::Manager { "swarm" } else { "Galera cluster" }
+            ));
+        }
+    }
+}
+
 fn role_of(d: &Desired, name: &str) -> Option<Role> {
     let rest = name.strip_prefix(&format!("{}-", d.cluster_tag))?;
     Role::parse(rest.rsplit_once('-')?.0)
@@ -318,7 +434,44 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
 /// The plan, with the droplets named in `replace` destroyed and created again (their volumes
 /// moved over) instead of converged.
 pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
+    plan_with(d, o, replace, false)
+}
+
+/// Nodes of the spec that the swarm sees down (no entry of their host name is up), or whose
+/// droplet is gone while the swarm still lists them.
+pub fn failed_nodes(d: &Desired, o: &Observed) -> Vec<String> {
+    let Some(n) = &o.nodes else {
+        return Vec::new();
+    };
+    d.droplets
+        .iter()
+        .filter(|x| n.swarm_node(&x.name).is_some_and(|s| !s.ready))
+        .map(|x| x.name.clone())
+        .collect()
+}
+
+/// [`plan_replacing`], and with `replace_failed` every node the swarm sees down whose droplet
+/// still exists is replaced too (a droplet that is gone is simply created again).
+pub fn plan_with(d: &Desired, o: &Observed, replace: &[String], replace_failed: bool) -> Plan {
+    let mut replace = replace.to_vec();
     let mut p = Plan::default();
+    for f in failed_nodes(d, o) {
+        let exists = o.droplets.iter().any(|x| x.name == f);
+        if !exists {
+            p.notes.push(format!(
+                "node {f} is down in the swarm and its droplet is gone: it is created again, joins, and its old entry is removed"
+            ));
+        } else if replace_failed {
+            if !replace.contains(&f) {
+                replace.push(f);
+            }
+        } else if !replace.contains(&f) {
+            p.notes.push(format!(
+                "node {f} is down in the swarm: `apply --replace {f}` (or --replace-failed) replaces it"
+            ));
+        }
+    }
+    let replace = &replace[..];
     for r in replace {
         if !d.droplets.iter().any(|x| &x.name == r) {
             p.blockers
@@ -390,6 +543,9 @@ pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
         match droplets.get(want.name.as_str()) {
             None => p.changes.push(Change::CreateDroplet(want.clone())),
             Some(have) if replace.contains(&want.name) => {
+                if let Some(e) = evacuation(o, &want.name, want.role) {
+                    p.changes.push(e);
+                }
                 let vol = want.volume.as_ref().and_then(|v| volumes.get(v.as_str()));
                 p.changes.push(Change::ReplaceDroplet {
                     id: have.id,
@@ -450,12 +606,37 @@ pub fn plan_replacing(d: &Desired, o: &Observed, replace: &[String]) -> Plan {
         d.droplets.iter().map(|x| x.name.as_str()).collect();
     for have in &o.droplets {
         if !wanted.contains(have.name.as_str()) {
+            let role = role_of(d, &have.name);
+            if let Some(e) = role.and_then(|r| evacuation(o, &have.name, r)) {
+                p.changes.push(e);
+            }
             p.changes.push(Change::DestroyDroplet {
                 id: have.id,
                 name: have.name.clone(),
-                role: role_of(d, &have.name),
+                role,
             });
         }
+    }
+    // The platform's record of a node gone for good (after its droplet, or left by a run
+    // interrupted between the two).
+    if let Some(n) = &o.nodes {
+        let prefix = format!("{}-", d.cluster_tag);
+        for pn in &n.platform {
+            let evacuated = p
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Evacuate { name, .. } if *name == pn.name));
+            if pn.name.starts_with(&prefix)
+                && !wanted.contains(pn.name.as_str())
+                && (evacuated || !n.swarm.iter().any(|s| s.hostname == pn.name && s.ready))
+            {
+                p.changes.push(Change::ForgetNode {
+                    name: pn.name.clone(),
+                    id: pn.id.clone(),
+                });
+            }
+        }
+        quorum_now(d, o, n, &mut p);
     }
     let wanted_volumes: std::collections::BTreeSet<&str> =
         d.volumes.iter().map(|x| x.name.as_str()).collect();

@@ -74,6 +74,41 @@ pub struct Observed {
     pub ssh_keys: Vec<String>,
     /// Droplet sizes on offer: slug → regions where it is available.
     pub sizes: std::collections::BTreeMap<String, Vec<String>>,
+    /// What the swarm and the platform say about the nodes, when they were asked (a cluster
+    /// that serves): the planner drains a node before its droplet goes, and keeps quorum.
+    pub nodes: Option<NodeStates>,
+}
+
+/// The nodes as the swarm's leader and the platform see them.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStates {
+    /// Every node the swarm lists (a replaced machine may leave a second, down entry of the
+    /// same host name).
+    pub swarm: Vec<super::swarm::SwarmNode>,
+    /// The platform's nodes (`GET /v1/nodes`); empty when the platform was not asked.
+    pub platform: Vec<PlatformNode>,
+}
+
+/// A node in the platform's inventory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformNode {
+    pub id: String,
+    pub name: String,
+    pub availability: String,
+    /// Slots taken by the sites placed on it: 0 once it is evacuated.
+    pub used_slots: i64,
+}
+
+impl NodeStates {
+    /// The swarm's entry for a host name that is up, else any entry of that name.
+    pub fn swarm_node(&self, hostname: &str) -> Option<&super::swarm::SwarmNode> {
+        let mut of = self.swarm.iter().filter(|n| n.hostname == hostname);
+        let all: Vec<_> = of.by_ref().collect();
+        all.iter().find(|n| n.ready).or(all.first()).copied()
+    }
+    pub fn platform_node(&self, name: &str) -> Option<&PlatformNode> {
+        self.platform.iter().find(|n| n.name == name)
+    }
 }
 
 /// One cloud. Every method is one change (plus the waiting it needs: a created droplet is
@@ -123,4 +158,43 @@ pub trait Provider {
     async fn update_firewall(&self, id: &str, fw: &Firewall) -> Result<()>;
     async fn delete_firewall(&self, id: &str) -> Result<()>;
     async fn destroy_droplet(&self, id: u64) -> Result<()>;
+}
+
+/// What happens to a node of a serving cluster before its droplet is destroyed (or
+/// replaced), and to the platform's record after: the other side of a
+/// [`super::plan::Change::Evacuate`] and [`super::plan::Change::ForgetNode`]
+/// ([`super::evolve`] has the real one: the platform's API and docker on the swarm).
+#[allow(async_fn_in_trait)]
+pub trait NodeOps {
+    /// Drain the node (its sites through the platform, the rest through the swarm), wait
+    /// until nothing runs on it, make it leave the swarm (a manager is demoted first).
+    /// `in_swarm_ready`: the swarm sees it up (a failed node cannot leave; its old entry is
+    /// removed by the swarm steps once its replacement joined).
+    async fn evacuate(
+        &self,
+        name: &str,
+        role: super::spec::Role,
+        in_swarm_ready: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()>;
+    /// Remove the node from the platform's inventory.
+    async fn forget(&self, platform_id: &str) -> Result<()>;
+}
+
+/// No swarm and no platform to ask: a plan with an evacuation is refused.
+pub struct NoNodes;
+
+impl NodeOps for NoNodes {
+    async fn evacuate(
+        &self,
+        name: &str,
+        _: super::spec::Role,
+        _: bool,
+        _: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        anyhow::bail!("{name} serves in the swarm: draining it needs the swarm and the platform")
+    }
+    async fn forget(&self, id: &str) -> Result<()> {
+        anyhow::bail!("forgetting platform node {id} needs the platform")
+    }
 }

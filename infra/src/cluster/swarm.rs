@@ -39,6 +39,48 @@ pub const NETWORKS: [(&str, &str); 2] = [
 /// Stacks deployed on the swarm, in order (those in `stacks/` today).
 pub const STACKS: [(&str, &str); 1] = [("pd", "stacks/edge.yml")];
 
+/// The node label (on the managers) that records the hash of a stack as last deployed:
+/// `pressdock.stack.<stack>=<sha256 of the compose file and its variables>`.
+pub const STACK_LABEL: &str = "pressdock.stack.";
+
+/// A stack to deploy and what it is made of now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackFile {
+    pub stack: String,
+    pub file: String,
+    /// SHA-256 (hex) of the file and the `PD_*` variables it names; empty: unknown, deploy.
+    pub hash: String,
+}
+
+/// [`STACKS`] with their hashes, from the files under `repo` and the environment.
+pub fn stack_files(repo: &std::path::Path) -> anyhow::Result<Vec<StackFile>> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    for (stack, file) in STACKS {
+        let text =
+            std::fs::read_to_string(repo.join(file)).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let mut h = Sha256::new();
+        h.update(text.as_bytes());
+        // `${PD_…}` values change what is deployed as much as the file does.
+        let mut vars: Vec<&str> = text
+            .split("${")
+            .skip(1)
+            .filter_map(|r| r.split_once('}').map(|(v, _)| v))
+            .collect();
+        vars.sort_unstable();
+        vars.dedup();
+        for v in vars {
+            h.update(format!("\n{v}={}", std::env::var(v).unwrap_or_default()).as_bytes());
+        }
+        out.push(StackFile {
+            stack: stack.into(),
+            file: file.into(),
+            hash: hex::encode(h.finalize()),
+        });
+    }
+    Ok(out)
+}
+
 /// One node of the cluster as the swarm steps need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {
@@ -56,6 +98,8 @@ pub struct Local {
     /// `docker info`'s `Swarm.LocalNodeState` is `active`.
     pub in_swarm: bool,
     pub node_id: String,
+    /// Its dockerd did not answer (a failed machine, or one still booting): no step for it.
+    pub unreachable: bool,
 }
 
 /// What the swarm's leader says.
@@ -66,7 +110,8 @@ pub struct Swarm {
     /// Every node the leader lists: id, host name, status (`Ready`, `Down`), manager.
     pub nodes: Vec<SwarmNode>,
     pub networks: Vec<String>,
-    pub stacks: Vec<String>,
+    /// Stack → hash as last deployed (from the managers' [`STACK_LABEL`] labels).
+    pub stacks: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,18 +147,26 @@ pub enum Step {
         node: String,
         add: Vec<(String, String)>,
     },
-    /// A worker node that is down and no machine's (a replaced or removed droplet).
+    /// A node that is down and no machine's (a replaced or removed droplet); a manager is
+    /// demoted first (`docker node demote`), then removed.
     Remove {
         id: String,
         hostname: String,
+        manager: bool,
     },
     Network {
         name: String,
         subnet: String,
     },
+    /// `docker stack deploy`: creates the stack's services or updates them one task at a
+    /// time (each service's `update_config`); the executor waits until every update
+    /// completed, then records `hash` on the leader's [`STACK_LABEL`].
     Deploy {
         stack: String,
         file: String,
+        hash: String,
+        /// The hash deployed before (an update), if any.
+        was: Option<String>,
     },
 }
 
@@ -128,16 +181,42 @@ impl fmt::Display for Step {
                 ..
             } => write!(
                 f,
-                "{node} ({addr}) joins as {}",
+                "{node} ({}) joins as {}",
+                if addr.is_unspecified() {
+                    "new droplet".to_owned()
+                } else {
+                    addr.to_string()
+                },
                 if *manager { "manager" } else { "worker" }
             ),
             Step::Label { node, add } => {
                 let l: Vec<String> = add.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 write!(f, "label {node}: {}", l.join(" "))
             }
-            Step::Remove { id, hostname } => write!(f, "remove down node {hostname} ({id})"),
+            Step::Remove {
+                id,
+                hostname,
+                manager,
+            } => write!(
+                f,
+                "remove down node {hostname} ({id}){}",
+                if *manager { ", demoted first" } else { "" }
+            ),
             Step::Network { name, subnet } => write!(f, "overlay network {name} {subnet}"),
-            Step::Deploy { stack, file } => write!(f, "stack {stack} from {file}"),
+            Step::Deploy {
+                stack,
+                file,
+                was,
+                hash,
+            } => match was {
+                None => write!(f, "stack {stack} from {file}"),
+                Some(w) => write!(
+                    f,
+                    "stack {stack} from {file}: rolling update ({} → {})",
+                    w.get(..12).unwrap_or(w),
+                    hash.get(..12).unwrap_or(hash)
+                ),
+            },
         }
     }
 }
@@ -184,7 +263,7 @@ impl Step {
             }
             Step::Remove { id, .. } => (
                 first_manager.to_owned(),
-                vec![s("node"), s("rm"), id.clone()],
+                vec![s("node"), s("rm"), s("--force"), id.clone()],
             ),
             Step::Network { name, subnet } => (
                 first_manager.to_owned(),
@@ -199,7 +278,7 @@ impl Step {
                     name.clone(),
                 ],
             ),
-            Step::Deploy { stack, file } => (
+            Step::Deploy { stack, file, .. } => (
                 first_manager.to_owned(),
                 vec![
                     s("stack"),
@@ -253,15 +332,45 @@ pub fn labels(c: &Checked, m: &Machine, ready: bool) -> Vec<(String, String)> {
     l
 }
 
-/// The steps still to run, in order. `ready` says which workers can run sites.
+/// The manager that runs the swarm-wide commands (tokens, labels, networks, stacks): the
+/// first manager machine in the swarm (the first manager of the spec may be a replacement
+/// that has not joined yet), else the first of the spec (it inits the swarm).
+pub fn leader<'a>(machines: &'a [Machine], o: &ObservedSwarm) -> Option<&'a Machine> {
+    let managers = || machines.iter().filter(|m| m.role == Role::Manager);
+    managers()
+        .find(|m| o.local.get(&m.name).is_some_and(|l| l.in_swarm))
+        .or_else(|| managers().next())
+}
+
+/// The steps still to run, in order. `ready` says which workers can run sites. Every stack
+/// is deployed (its hash unknown).
 pub fn plan_swarm(
     c: &Checked,
     machines: &[Machine],
     o: &ObservedSwarm,
     ready: &dyn Fn(&Machine) -> bool,
 ) -> Vec<Step> {
+    let stacks: Vec<StackFile> = STACKS
+        .iter()
+        .map(|(stack, file)| StackFile {
+            stack: (*stack).into(),
+            file: (*file).into(),
+            hash: String::new(),
+        })
+        .collect();
+    plan_swarm_with(c, machines, o, ready, &stacks)
+}
+
+/// The steps still to run; a stack is deployed when its hash differs from the deployed one.
+pub fn plan_swarm_with(
+    c: &Checked,
+    machines: &[Machine],
+    o: &ObservedSwarm,
+    ready: &dyn Fn(&Machine) -> bool,
+    stacks: &[StackFile],
+) -> Vec<Step> {
     let mut steps = Vec::new();
-    let Some(first) = machines.iter().find(|m| m.role == Role::Manager) else {
+    let Some(first) = leader(machines, o) else {
         return steps;
     };
     let local = |m: &Machine| o.local.get(&m.name).cloned().unwrap_or_default();
@@ -275,7 +384,7 @@ pub fn plan_swarm(
     let mut order: Vec<&Machine> = machines.iter().filter(|m| m.name != first.name).collect();
     order.sort_by_key(|m| (m.role != Role::Manager, m.name.clone()));
     for m in order {
-        if !local(m).in_swarm {
+        if !local(m).in_swarm && !local(m).unreachable {
             steps.push(Step::Join {
                 node: m.name.clone(),
                 manager: m.role == Role::Manager,
@@ -284,7 +393,7 @@ pub fn plan_swarm(
             });
         }
     }
-    for m in machines {
+    for m in machines.iter().filter(|m| !local(m).unreachable) {
         let want = labels(c, m, ready(m));
         let have = o.swarm.labels.get(&local(m).node_id);
         let add: Vec<(String, String)> = want
@@ -299,13 +408,15 @@ pub fn plan_swarm(
         }
     }
     // Nodes no machine is (any more): a replaced droplet left its old node behind, down,
-    // under the same host name. Workers only; a down manager is demoted by hand (raft).
+    // under the same host name; a removed one that left. A down manager is demoted first
+    // (after its replacement joined, above: raft counts it until then).
     let current: Vec<String> = machines.iter().map(|m| local(m).node_id).collect();
     for n in &o.swarm.nodes {
-        if !n.ready && !n.manager && !current.contains(&n.id) {
+        if !n.ready && !current.contains(&n.id) {
             steps.push(Step::Remove {
                 id: n.id.clone(),
                 hostname: n.hostname.clone(),
+                manager: n.manager,
             });
         }
     }
@@ -317,12 +428,18 @@ pub fn plan_swarm(
             });
         }
     }
-    // Always deployed: `stack deploy` converges a stack (creates or updates its services).
-    for (stack, file) in STACKS {
-        steps.push(Step::Deploy {
-            stack: stack.into(),
-            file: file.into(),
-        });
+    // `stack deploy` converges a stack (creates or updates its services): run when the
+    // stack changed since its last deploy, or when that is unknown.
+    for sf in stacks {
+        let was = o.swarm.stacks.get(&sf.stack);
+        if sf.hash.is_empty() || was != Some(&sf.hash) {
+            steps.push(Step::Deploy {
+                stack: sf.stack.clone(),
+                file: sf.file.clone(),
+                hash: sf.hash.clone(),
+                was: was.cloned(),
+            });
+        }
     }
     steps
 }
@@ -425,6 +542,7 @@ pub(super) mod tests {
                 Local {
                     in_swarm: true,
                     node_id: id.clone(),
+                    unreachable: false,
                 },
             );
             o.swarm
@@ -437,7 +555,9 @@ pub(super) mod tests {
             steps,
             [Step::Deploy {
                 stack: "pd".into(),
-                file: "stacks/edge.yml".into()
+                file: "stacks/edge.yml".into(),
+                hash: String::new(),
+                was: None,
             }]
         );
         // Worker 21 is new: it joins, is labelled, and gets its pool once ready.
@@ -473,6 +593,7 @@ pub(super) mod tests {
                 Local {
                     in_swarm: true,
                     node_id: format!("id-{}", m.name),
+                    unreachable: false,
                 },
             );
             o.swarm.labels.insert(
@@ -499,8 +620,23 @@ pub(super) mod tests {
             text,
             [
                 "remove down node pd-prod-worker-03 (old-w3)",
+                "remove down node pd-prod-manager-02 (old-m2), demoted first",
                 "stack pd from stacks/edge.yml"
             ]
+        );
+        // A stack deployed as it is now is left alone; a changed one is a rolling update.
+        let sf = |hash: &str| StackFile {
+            stack: "pd".into(),
+            file: "stacks/edge.yml".into(),
+            hash: hash.into(),
+        };
+        o.swarm.nodes.truncate(1);
+        o.swarm.stacks.insert("pd".into(), "a".repeat(64));
+        assert!(plan_swarm_with(&c, &ms, &o, &|_| true, &[sf(&"a".repeat(64))]).is_empty());
+        let steps = plan_swarm_with(&c, &ms, &o, &|_| true, &[sf(&"b".repeat(64))]);
+        assert_eq!(
+            steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["stack pd from stacks/edge.yml: rolling update (aaaaaaaaaaaa → bbbbbbbbbbbb)"]
         );
     }
 

@@ -64,8 +64,18 @@ fn strs(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// What the machines and the swarm's leader say.
+/// What the machines and the swarm's leader say; fails if a machine does not answer.
 pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
+    observe_with(d, machines, false)
+}
+
+/// What the machines and the swarm's leader say. `tolerate_down`: a machine whose dockerd
+/// does not answer (a failed node) is marked `unreachable` instead of failing the look.
+pub fn observe_with(
+    d: &impl Docker,
+    machines: &[Machine],
+    tolerate_down: bool,
+) -> Result<ObservedSwarm> {
     let mut o = ObservedSwarm::default();
     for m in machines {
         let info = d.run(
@@ -75,7 +85,21 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
                 "--format",
                 "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}",
             ]),
-        )?;
+        );
+        let info = match info {
+            Ok(i) => i,
+            Err(_) if tolerate_down => {
+                o.local.insert(
+                    m.name.clone(),
+                    Local {
+                        unreachable: true,
+                        ..Local::default()
+                    },
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut it = info.split_whitespace();
         let state = it.next().unwrap_or("");
         o.local.insert(
@@ -83,6 +107,7 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
             Local {
                 in_swarm: state == "active",
                 node_id: it.next().unwrap_or("").to_owned(),
+                unreachable: false,
             },
         );
     }
@@ -94,6 +119,7 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
     };
     let mut labels = BTreeMap::new();
     let mut nodes = Vec::new();
+    let mut stacks = BTreeMap::new();
     for line in d
         .run(
             leader,
@@ -122,6 +148,13 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
             &strs(&["node", "inspect", "--format", "{{json .Spec.Labels}}", id]),
         )?;
         let l: BTreeMap<String, String> = serde_json::from_str(json.trim()).unwrap_or_default();
+        if f.len() > 3 {
+            for (k, v) in &l {
+                if let Some(stack) = k.strip_prefix(super::swarm::STACK_LABEL) {
+                    stacks.insert(stack.to_owned(), v.clone());
+                }
+            }
+        }
         labels.insert(id.to_owned(), l);
     }
     o.swarm = Swarm {
@@ -132,16 +165,22 @@ pub fn observe(d: &impl Docker, machines: &[Machine]) -> Result<ObservedSwarm> {
             .split_whitespace()
             .map(str::to_owned)
             .collect(),
-        stacks: Vec::new(),
+        stacks,
     };
     Ok(o)
 }
 
-/// Runs the steps, in order. `repo`: where `stacks/` is. `poll`: between two looks at a
-/// joining manager.
+/// How many looks a wait makes before it gives up (a joining manager, a machine's dockerd, a
+/// stack's rollout, a drained node's tasks), `poll` apart.
+pub const MAX_LOOKS: u32 = 600;
+
+/// Runs the steps, in order. `leader`: the manager that runs the swarm-wide commands
+/// ([`super::swarm::leader`]). `repo`: where `stacks/` is. `poll`: between two looks at a
+/// joining manager, a booting machine, a rollout.
 pub fn execute(
     d: &impl Docker,
     machines: &[Machine],
+    leader: &str,
     steps: &[Step],
     repo: &std::path::Path,
     poll: Duration,
@@ -149,8 +188,8 @@ pub fn execute(
 ) -> Result<()> {
     let first = machines
         .iter()
-        .find(|m| m.role == Role::Manager)
-        .context("no manager")?;
+        .find(|m| m.name == leader)
+        .context("the leader is not a machine of the cluster")?;
     let by_name: BTreeMap<&str, &Machine> = machines.iter().map(|m| (m.name.as_str(), m)).collect();
     let mut tokens: BTreeMap<bool, String> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
@@ -159,7 +198,27 @@ pub fn execute(
         let target = *by_name
             .get(on.as_str())
             .with_context(|| format!("{on} is not a machine of the cluster"))?;
+        if let Step::Remove {
+            id, manager: true, ..
+        } = step
+        {
+            // Raft: a down manager stays a voting member until demoted.
+            d.run(first, &strs(&["node", "demote", id]))
+                .with_context(|| format!("demoting {id}"))?;
+        }
         if let Step::Join { manager, .. } = step {
+            // A new droplet's dockerd answers once cloud-init installed it.
+            let mut n = 0;
+            while d
+                .run(target, &strs(&["info", "--format", "{{.ServerVersion}}"]))
+                .is_err()
+            {
+                n += 1;
+                if n > MAX_LOOKS {
+                    bail!("{}: dockerd does not answer", target.name);
+                }
+                std::thread::sleep(poll);
+            }
             if !tokens.contains_key(manager) {
                 let kind = if *manager { "manager" } else { "worker" };
                 let t = d
@@ -195,6 +254,23 @@ pub fn execute(
         }
         d.run(target, &args)
             .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
+        if let Step::Deploy { stack, hash, .. } = step {
+            wait_rollout(d, first, stack, poll, progress)?;
+            if !hash.is_empty() {
+                let id = d.run(first, &strs(&["info", "--format", "{{.Swarm.NodeID}}"]))?;
+                d.run(
+                    first,
+                    &[
+                        "node".into(),
+                        "update".into(),
+                        "--label-add".into(),
+                        format!("{}{stack}={hash}", super::swarm::STACK_LABEL),
+                        id.trim().to_owned(),
+                    ],
+                )
+                .context("recording the stack's hash")?;
+            }
+        }
         if let Step::Join {
             node,
             manager: true,
@@ -226,6 +302,115 @@ pub fn execute(
         }
         progress("  done");
     }
+    Ok(())
+}
+
+/// Waits until every service of `stack` finished its update (`UpdateStatus.State` empty for a
+/// service never updated, or `completed`); an update that paused or rolled back fails.
+pub fn wait_rollout(
+    d: &impl Docker,
+    leader: &Machine,
+    stack: &str,
+    poll: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let services = d.run(
+        leader,
+        &[
+            "service".into(),
+            "ls".into(),
+            "--filter".into(),
+            format!("label=com.docker.stack.namespace={stack}"),
+            "--format".into(),
+            "{{.Name}}".into(),
+        ],
+    )?;
+    for svc in services.split_whitespace() {
+        let mut n = 0;
+        loop {
+            let state = d.run(
+                leader,
+                &strs(&[
+                    "service",
+                    "inspect",
+                    "--format",
+                    "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+                    svc,
+                ]),
+            )?;
+            match state.trim() {
+                "" | "completed" => break,
+                s @ ("paused" | "rollback_started" | "rollback_paused" | "rollback_completed") => {
+                    bail!("the update of service {svc} stopped: {s} (docker service ps {svc})")
+                }
+                s => {
+                    n += 1;
+                    if n > MAX_LOOKS {
+                        bail!("service {svc}: update still {s}");
+                    }
+                    if n == 1 {
+                        progress(&format!("  {svc}: {s}, one task at a time"));
+                    }
+                    std::thread::sleep(poll);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes a node that serves out of the swarm: drained (its tasks rescheduled elsewhere),
+/// waited until none runs there, a manager demoted (by `leader`, never itself), then it
+/// leaves (`docker swarm leave` on the machine) and its entry is removed.
+pub fn drain_and_leave(
+    d: &impl Docker,
+    leader: &Machine,
+    m: &Machine,
+    poll: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let id = d.run(m, &strs(&["info", "--format", "{{.Swarm.NodeID}}"]))?;
+    let id = id.trim().to_owned();
+    if id.is_empty() {
+        return Ok(()); // Not in a swarm (any more).
+    }
+    d.run(
+        leader,
+        &strs(&["node", "update", "--availability", "drain", &id]),
+    )?;
+    if m.role == Role::Manager {
+        d.run(leader, &strs(&["node", "demote", &id]))?;
+    }
+    let mut n = 0;
+    loop {
+        let running = d.run(
+            leader,
+            &strs(&[
+                "node",
+                "ps",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.ID}}",
+                &id,
+            ]),
+        )?;
+        let left = running.split_whitespace().count();
+        if left == 0 {
+            break;
+        }
+        n += 1;
+        if n > MAX_LOOKS {
+            bail!("{}: {left} task(s) still running after the drain", m.name);
+        }
+        if n == 1 {
+            progress(&format!("  {}: {left} task(s) moving off", m.name));
+        }
+        std::thread::sleep(poll);
+    }
+    d.run(m, &strs(&["swarm", "leave"]))?;
+    d.run(leader, &strs(&["node", "rm", "--force", &id]))?;
+    progress(&format!("  {} left the swarm", m.name));
     Ok(())
 }
 
@@ -407,6 +592,7 @@ mod tests {
                     s.networks.push((*name).to_owned());
                     String::new()
                 }
+                ["service", "ls", ..] if is_manager => String::new(),
                 ["stack", "deploy", .., stack] if is_manager => {
                     s.stacks.push((*stack).to_owned());
                     String::new()
@@ -424,9 +610,11 @@ mod tests {
     ) -> Result<()> {
         let o = observe(sim, ms)?;
         let steps = plan_swarm(c, ms, &o, &|_| true);
+        let leader = super::super::swarm::leader(ms, &o).map(|m| m.name.clone());
         execute(
             sim,
             ms,
+            &leader.unwrap_or_default(),
             &steps,
             std::path::Path::new("/repo"),
             Duration::ZERO,
@@ -441,7 +629,7 @@ mod tests {
         let mut lines = Vec::new();
         converge(&c, &ms, &sim, &mut lines).unwrap_or_else(|e| panic!("{e:#}"));
         let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(s.commands.len(), 141);
+        assert_eq!(s.commands.len(), 174);
         assert_eq!(s.nodes.values().filter(|n| n.in_swarm).count(), 33);
         assert_eq!(s.nodes.values().filter(|n| n.manager).count(), 3);
         assert_eq!(
@@ -495,9 +683,10 @@ mod tests {
     #[test]
     fn a_failure_at_any_command_converges_on_the_rerun() {
         let (c, ms) = setup();
-        // A fresh run sends 141 commands (33 looks, init, 2 token reads, 32 joins, 4 looks at
-        // joining managers, 33 node ids and 33 labels, 2 networks, 1 stack); fail each in turn.
-        for (fail_at, fail_after) in (1..=141).flat_map(|n| [(n, false), (n, true)]) {
+        // A fresh run sends 174 commands (33 looks, init, 2 token reads, 32 looks at a joining
+        // machine's dockerd and 32 joins, 4 looks at joining managers, 33 node ids and 33
+        // labels, 2 networks, 1 stack and 1 look at its services); fail each in turn.
+        for (fail_at, fail_after) in (1..=174).flat_map(|n| [(n, false), (n, true)]) {
             let sim = SimDocker(Mutex::new(Sim {
                 fail_at: Some(fail_at),
                 fail_after,
@@ -505,10 +694,17 @@ mod tests {
             }));
             let mut lines = Vec::new();
             let first = converge(&c, &ms, &sim, &mut lines);
-            let e = first
-                .err()
-                .unwrap_or_else(|| panic!("fail at {fail_at}: no failure"));
-            assert!(!format!("{e:#}").contains("SWMTKN"), "{e:#}");
+            match first {
+                Err(e) => assert!(!format!("{e:#}").contains("SWMTKN"), "{e:#}"),
+                // A failed look at a booting machine's dockerd is looked at again.
+                Ok(()) => {
+                    let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
+                    assert!(
+                        s.commands[fail_at - 1].ends_with("info --format {{.ServerVersion}}"),
+                        "fail at {fail_at}: no failure"
+                    );
+                }
+            }
             converge(&c, &ms, &sim, &mut lines)
                 .unwrap_or_else(|e| panic!("fail at {fail_at}: re-run: {e:#}"));
             let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -80,6 +80,9 @@ pub mod ports {
     pub const NODE_WEB: u16 = 80;
     /// Varnish admin (-T), published in host mode on each cache node's address.
     pub const VARNISH_ADMIN: u16 = 16082;
+    /// Traefik's metrics (Prometheus, router labels), in host mode on each manager's
+    /// address: the platform's edge collector scrapes it (stacks/edge.yml).
+    pub const EDGE_METRICS: u16 = 8082;
     /// `pressdock serve`, on 127.0.0.1.
     pub const PLATFORM: u16 = 23500;
     /// The platform's edge listener (`/edge/traefik.json`, HTTP-01 answers) on the bridge

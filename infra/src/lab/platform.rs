@@ -43,6 +43,15 @@ pub fn config(lab: &Lab) -> String {
             )
         })
         .collect();
+    // Every Traefik replica's metrics page (the managers': stacks/edge.yml): the billed
+    // request counts (platform/src/app/edge_usage.rs).
+    let edge_metrics: Vec<String> = lab
+        .topo
+        .nodes()
+        .iter()
+        .filter(|n| n.role == super::Role::Manager)
+        .map(|n| format!("\"http://{}:{}/metrics\"", n.ip, ports::EDGE_METRICS))
+        .collect();
     let galera_nodes: Vec<String> = (1..=lab.topo.galera_nodes)
         .map(|n| format!("\"{HOST_IP}:{}\"", super::data::galera_port(n)))
         .collect();
@@ -137,6 +146,10 @@ challenge_upstream = "http://{HOST_IP}:{edge_port}"
 web_entrypoint = "web"
 websecure_entrypoint = "websecure"
 https_service = "pd-cache@file"
+
+[billing]
+# The edge's per-site request counts, scraped every minute into hourly usage samples.
+edge_metrics = [{edge_metrics}]
 "#,
         platform = ports::PLATFORM,
         agent = ports::PLATFORM + 1,
@@ -160,6 +173,7 @@ https_service = "pd-cache@file"
         acme_ca = super::acme::api_root(lab).display(),
         edge_token = s.edge_token,
         edge_port = ports::PLATFORM_EDGE,
+        edge_metrics = edge_metrics.join(", "),
     )
 }
 

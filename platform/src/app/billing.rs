@@ -125,6 +125,11 @@ impl Period {
         }
     }
 
+    /// A query's required `period` parameter.
+    pub fn required(input: Option<&str>) -> Result<Self, String> {
+        input.map_or_else(|| Err("is required (YYYY-MM)".to_owned()), Self::parse)
+    }
+
     pub fn of(at: DateTime<Utc>) -> Self {
         Self {
             year: at.year(),
@@ -691,10 +696,8 @@ pub async fn conflicts(
     query: ConflictQuery,
 ) -> ApiResult<Vec<SampleConflict>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    let period = match &query.period {
-        Some(p) => Period::parse(p).map_err(|m| ApiError::field("period", m))?,
-        None => return Err(ApiError::field("period", "is required (YYYY-MM)")),
-    };
+    let period =
+        Period::required(query.period.as_deref()).map_err(|m| ApiError::field("period", m))?;
     let rows = sqlx::query_as::<_, ConflictRow>(crate::sql!(
         "SELECT {CONFLICT_COLUMNS} FROM usage_sample_conflicts c \
          JOIN usage_samples u ON u.site_id = c.site_id AND u.hour = c.hour AND u.source = c.source \
@@ -1768,13 +1771,7 @@ pub async fn authorize_export(
     query: ExportQuery,
 ) -> ApiResult<Export> {
     let mut fields = Fields::default();
-    let period = match &query.period {
-        Some(p) => fields.check("period", Period::parse(p)),
-        None => {
-            fields.push("period", "is required (YYYY-MM)");
-            None
-        }
-    };
+    let period = fields.check("period", Period::required(query.period.as_deref()));
     let format = match query.format.as_deref() {
         Some("csv") => Some(Format::Csv),
         Some("jsonl") => Some(Format::Jsonl),
@@ -1982,13 +1979,7 @@ pub async fn metering(
 ) -> ApiResult<Metering> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     let mut fields = Fields::default();
-    let period = match &query.period {
-        Some(p) => fields.check("period", Period::parse(p)),
-        None => {
-            fields.push("period", "is required (YYYY-MM)");
-            None
-        }
-    };
+    let period = fields.check("period", Period::required(query.period.as_deref()));
     let site = match &query.site {
         Some(s) => fields.check(
             "site",
@@ -2162,13 +2153,7 @@ pub async fn margins(
 ) -> ApiResult<Vec<Margin>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     let mut fields = Fields::default();
-    let period = match &query.period {
-        Some(p) => fields.check("period", Period::parse(p)),
-        None => {
-            fields.push("period", "is required (YYYY-MM)");
-            None
-        }
-    };
+    let period = fields.check("period", Period::required(query.period.as_deref()));
     let configured = &state.config.billing;
     let currency = match &query.currency {
         Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c.clone()),

@@ -4,10 +4,12 @@
 
 pub mod backups;
 pub mod billing;
+pub mod edge_usage;
 pub mod idempotency;
 pub mod nodes;
 pub mod operations;
 pub mod plans;
+pub mod restores;
 pub mod sessions;
 pub mod site_state;
 pub mod sites;

@@ -82,6 +82,7 @@ pub fn decide(current: SiteState, event: SiteEvent) -> Result<SiteState, NotAllo
                 Ok(current)
             }
             (K::SiteMove, S::Active | S::Degraded | S::Suspended) => Ok(current),
+            (K::SiteRestore, S::Active | S::Degraded | S::Suspended) => Ok(current),
             _ => refused,
         },
         SiteEvent::Finished {

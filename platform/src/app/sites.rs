@@ -528,6 +528,44 @@ pub async fn create(
     actor
         .require_tenant(state, tenant, TenantRole::Member)
         .await?;
+    let valid = validate_new(state, actor, input).await?;
+    let mut tx = state.db.begin().await?;
+    if let Some(key) = &idem
+        && let Some(replay) = idempotency::claim(&mut tx, &actor.user_id, key).await?
+    {
+        return Ok(Created::Replayed(replay));
+    }
+    let (mut accepted, password) = insert_new(&mut tx, state, actor, tenant, valid).await?;
+    if let Some(key) = &idem {
+        // Stored without the password: a replay must not hand it out again.
+        let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
+        idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
+    }
+    if let Some(admin) = accepted.admin.as_mut() {
+        admin.password = Some(password.expose().to_owned());
+    }
+    tx.commit().await?;
+    state.provisioner.wake_runner();
+    Ok(Created::New(Box::new(accepted)))
+}
+
+/// A new site's fields, checked.
+pub(crate) struct ValidNewSite {
+    name: String,
+    domains: Vec<DomainName>,
+    plan: super::plans::Plan,
+    admin_user: String,
+    admin_email: String,
+    keep_http: bool,
+    hsts: bool,
+}
+
+/// Checks a new site's fields: every invalid one is named in one 422.
+pub(crate) async fn validate_new(
+    state: &AppState,
+    actor: &Actor,
+    input: NewSite,
+) -> ApiResult<ValidNewSite> {
     let mut fields = Fields::default();
     let name = fields.check("name", parse_name(&input.name));
     let domains = parse_domains(&mut fields, &input.domain, &input.aliases);
@@ -551,13 +589,36 @@ pub async fn create(
     let (Some(name), Some(plan)) = (name, plan) else {
         return Err(ApiError::field("body", "invalid"));
     };
+    Ok(ValidNewSite {
+        name,
+        domains,
+        plan,
+        admin_user,
+        admin_email,
+        keep_http: input.keep_http.unwrap_or(false),
+        hsts: input.hsts.unwrap_or(false),
+    })
+}
 
-    let mut tx = state.db.begin().await?;
-    if let Some(key) = &idem
-        && let Some(replay) = idempotency::claim(&mut tx, &actor.user_id, key).await?
-    {
-        return Ok(Created::Replayed(replay));
-    }
+/// Records a new site (`provisioning`), its domains and sealed administrator password,
+/// and enqueues its create operation, in the caller's transaction. Returns the answer
+/// (without the password) and the password.
+pub(crate) async fn insert_new(
+    tx: &mut MySqlConnection,
+    state: &AppState,
+    actor: &Actor,
+    tenant: &Id,
+    valid: ValidNewSite,
+) -> ApiResult<(Accepted, backends::Secret)> {
+    let ValidNewSite {
+        name,
+        domains,
+        plan,
+        admin_user,
+        admin_email,
+        keep_http,
+        hsts,
+    } = valid;
     let tenant_state: Option<String> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
         .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
@@ -579,20 +640,20 @@ pub async fn create(
     .bind(domains[0].as_str())
     .bind(&admin_user)
     .bind(&admin_email)
-    .bind(input.keep_http.unwrap_or(false))
-    .bind(input.hsts.unwrap_or(false))
+    .bind(keep_http)
+    .bind(hsts)
     .execute(&mut *tx)
     .await?;
-    super::billing::record_site_state(&mut tx, Some(id.as_str())).await?;
-    insert_domains(&mut tx, id.as_str(), &domains).await?;
+    super::billing::record_site_state(&mut *tx, Some(id.as_str())).await?;
+    insert_domains(&mut *tx, id.as_str(), &domains).await?;
     // The administrator's one-time password: sealed with the site's other secrets (the
     // saga hands it to the installer) and shown once, in this answer.
     let password = state
         .provisioner
-        .store_admin_password(&mut tx, id.as_str())
+        .store_admin_password(&mut *tx, id.as_str())
         .await?;
     let op = operations::enqueue(
-        &mut tx,
+        &mut *tx,
         &state.provisioner,
         Some(actor),
         OperationKind::SiteCreate,
@@ -602,7 +663,7 @@ pub async fn create(
     )
     .await?;
     audit::record(
-        &mut tx,
+        &mut *tx,
         Some(actor),
         Event {
             action: "site.create",
@@ -613,9 +674,9 @@ pub async fn create(
         },
     )
     .await?;
-    let mut accepted = Accepted {
-        site: load(&mut tx, id.as_str()).await?,
-        operation: operations::load(&mut tx, op.as_str())
+    let accepted = Accepted {
+        site: load(&mut *tx, id.as_str()).await?,
+        operation: operations::load(&mut *tx, op.as_str())
             .await?
             .for_reader(actor),
         admin: Some(AdminCredentials {
@@ -625,17 +686,7 @@ pub async fn create(
             login_url: format!("http://{}/wp-login.php", domains[0]),
         }),
     };
-    if let Some(key) = &idem {
-        // Stored without the password: a replay must not hand it out again.
-        let body = serde_json::to_value(&accepted).map_err(anyhow::Error::from)?;
-        idempotency::store(&mut tx, &actor.user_id, key, StatusCode::ACCEPTED, &body).await?;
-    }
-    if let Some(admin) = accepted.admin.as_mut() {
-        admin.password = Some(password.expose().to_owned());
-    }
-    tx.commit().await?;
-    state.provisioner.wake_runner();
-    Ok(Created::New(Box::new(accepted)))
+    Ok((accepted, password))
 }
 
 pub async fn update(
@@ -924,5 +975,6 @@ fn verb(kind: OperationKind) -> &'static str {
         OperationKind::SiteMove => "be moved",
         OperationKind::SiteBackup => "be backed up",
         OperationKind::BackupDelete => "have a backup deleted",
+        OperationKind::SiteRestore => "be restored",
     }
 }

@@ -24,6 +24,10 @@
 pub mod dump;
 pub mod files;
 pub mod job;
+pub mod restore;
+pub mod restore_job;
+pub mod serialized;
+pub mod sqlscan;
 pub mod store;
 
 use anyhow::{Context, bail};

@@ -23,6 +23,7 @@ pub mod site_backup;
 pub mod site_create;
 pub mod site_delete;
 pub mod site_move;
+pub mod site_restore;
 pub mod site_resume;
 mod site_steps;
 pub mod site_suspend;
@@ -114,6 +115,7 @@ pub fn saga(kind: OperationKind) -> &'static Saga {
         OperationKind::SiteMove => &site_move::SAGA,
         OperationKind::SiteBackup => &site_backup::SAGA,
         OperationKind::BackupDelete => &backup_delete::SAGA,
+        OperationKind::SiteRestore => &site_restore::SAGA,
     }
 }
 

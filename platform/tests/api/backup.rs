@@ -19,8 +19,8 @@ use sqlx::{MySqlPool, Row};
 use crate::support::{free_port, random_name, server_url};
 
 const ACCESS_KEY: &str = "pdtest-access";
-const SECRET_KEY: &str = "pdtest-secret-key-never-printed";
-const BUCKET: &str = "backups";
+pub(crate) const SECRET_KEY: &str = "pdtest-secret-key-never-printed";
+pub(crate) const BUCKET: &str = "backups";
 
 /// An s3s-fs of our own: killed when dropped.
 pub struct S3Server {
@@ -134,13 +134,13 @@ impl S3Server {
 }
 
 /// A site's schema on the machine's MariaDB, dropped at the end.
-struct Schema {
-    admin: MySqlPool,
-    name: String,
+pub(crate) struct Schema {
+    pub(crate) admin: MySqlPool,
+    pub(crate) name: String,
 }
 
 impl Schema {
-    async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         let admin = MySqlPool::connect(&server_url()).await.unwrap();
         let name = random_name("pdtest_bk");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
@@ -150,7 +150,7 @@ impl Schema {
         Self { admin, name }
     }
 
-    async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         let mut conn = self.admin.acquire().await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("USE `{}`", self.name)))
             .execute(&mut *conn)
@@ -163,7 +163,7 @@ impl Schema {
     }
 
     /// `CHECKSUM TABLE` and `COUNT(*)` of every base table, by name.
-    async fn fingerprint(&self) -> Vec<(String, i64, i64)> {
+    pub(crate) async fn fingerprint(&self) -> Vec<(String, i64, i64)> {
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
              AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
@@ -194,7 +194,7 @@ impl Schema {
         mysql_async::Opts::from_url(&server_url()).unwrap()
     }
 
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS `{}`",
             self.name
@@ -206,7 +206,7 @@ impl Schema {
 }
 
 /// Tables with every kind of value a WordPress database holds, and some it might.
-async fn fill_site(schema: &Schema) {
+pub(crate) async fn fill_site(schema: &Schema) {
     schema
         .exec(
             "CREATE TABLE wp_options (option_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
@@ -242,7 +242,7 @@ async fn fill_site(schema: &Schema) {
 
 /// A wp-content tree: nested folders, a large incompressible upload (several parts at the
 /// 5 MiB part size), an empty file, a symbolic link, a name with spaces and accents.
-fn fill_files(root: &Path, random_mib: usize) {
+pub(crate) fn fill_files(root: &Path, random_mib: usize) {
     std::fs::create_dir_all(root.join("uploads/2026/12")).unwrap();
     std::fs::create_dir_all(root.join("plugins/hello")).unwrap();
     std::fs::create_dir_all(root.join("themes/empty-dir")).unwrap();
@@ -266,7 +266,7 @@ fn fill_files(root: &Path, random_mib: usize) {
     .unwrap();
 }
 
-fn spec(schema: &Schema, files: &Path) -> BackupSpec {
+pub(crate) fn spec(schema: &Schema, files: &Path) -> BackupSpec {
     BackupSpec {
         backup_id: Id::generate(),
         tenant_id: Id::generate(),
@@ -280,11 +280,11 @@ fn spec(schema: &Schema, files: &Path) -> BackupSpec {
     }
 }
 
-async fn fetch(store: &BackupStore, key: &str) -> Vec<u8> {
+pub(crate) async fn fetch(store: &BackupStore, key: &str) -> Vec<u8> {
     store.get(key).await.unwrap()
 }
 
-fn unzstd(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn unzstd(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(bytes)
         .unwrap()
@@ -683,7 +683,7 @@ async fn a_wrong_key_is_refused_and_never_printed() {
 
 /// `[backends]` for a platform whose backups go to `s3`, reading sites' databases on the
 /// machine's MariaDB and their directories under `sites_root`.
-fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
+pub(crate) fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
     toml::from_str(&format!(
         r#"
         [galera]
@@ -707,7 +707,11 @@ fn backends_config(s3: &S3Server, sites_root: &Path) -> toml::Table {
 }
 
 /// A site row (active) of `tenant` on the starter plan, its schema filled, its directory.
-async fn seed_site(app: &crate::support::TestApp, tenant: &str, sites_root: &Path) -> (Id, Schema) {
+pub(crate) async fn seed_site(
+    app: &crate::support::TestApp,
+    tenant: &str,
+    sites_root: &Path,
+) -> (Id, Schema) {
     let site = Id::generate();
     let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
         .fetch_one(&app.db)

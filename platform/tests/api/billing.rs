@@ -41,7 +41,7 @@ fn jsonl(body: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-async fn plan_id(app: &TestApp, slug: &str) -> String {
+pub(crate) async fn plan_id(app: &TestApp, slug: &str) -> String {
     sqlx::query_scalar("SELECT id FROM plans WHERE slug = ?")
         .bind(slug)
         .fetch_one(&app.db)
@@ -69,7 +69,12 @@ async fn price(app: &TestApp, plan: &str, from: &str, rates: [i64; 5]) {
 }
 
 /// A site with its history: (state, plan id, UTC time) in order.
-async fn site(app: &TestApp, tenant: &str, domain: &str, history: &[(&str, &str, &str)]) -> String {
+pub(crate) async fn site(
+    app: &TestApp,
+    tenant: &str,
+    domain: &str,
+    history: &[(&str, &str, &str)],
+) -> String {
     let id = platform::domain::Id::generate().as_str().to_owned();
     let (state, plan, at) = history.last().unwrap();
     sqlx::query(

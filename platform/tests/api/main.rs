@@ -5,14 +5,17 @@
 mod agent;
 mod auth;
 mod backup;
+mod backup_faults;
 mod billing;
 mod certs;
 mod cli;
+mod edge_usage;
 mod jobs;
 mod nodes;
 mod placement;
 mod rbac;
 mod reconcile;
+mod restore;
 mod sites;
 mod support;
 mod surface;

@@ -1,0 +1,1131 @@
+//! Evolving a serving cluster (issue 15, item 5) through `apply`: the DigitalOcean provider
+//! against the spec-checked test server (`do_fake`: every request and response checked
+//! against DigitalOcean's OpenAPI spec), docker against a simulated swarm (the commands the
+//! executor sends, answered as Docker 20.10's CLI does), and the platform's node API against
+//! a test server that answers as `platform/src/app/nodes.rs` does (bearer token, ids of 10 of
+//! a-z2-7, `deny_unknown_fields` bodies, a drained worker's sites moved away over a few looks).
+//!
+//! What is simulated and what is not: the swarm here is a model (the real swarm steps run on
+//! the lab once it is a provider, issue 15 item 4); the DigitalOcean side is the spec-checked
+//! server; the order of events (drain, evacuation, leave, destroy, forget) is recorded by the
+//! simulated swarm and the platform server, each looking at the DigitalOcean server's state
+//! when it is called.
+#[allow(dead_code)] // the helpers the cluster tests use
+mod do_fake;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use do_fake::{Fake, State_ as DoState};
+use infra::cluster::{
+    desired::Desired,
+    digitalocean::{Client, Token},
+    evolve::{Cluster, NoPlatform, Platform},
+    provider::PlatformNode,
+    spec::Checked,
+    swarm::{Machine, StackFile},
+    swarm_exec::Docker,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TOKEN: &str = "dop_v1_0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+const STAFF_TOKEN: &str = "pd_staff_token_for_the_infra_tests_0123456789";
+const MANAGER_TOKEN: &str = "SWMTKN-1-manager-0123456789abcdef";
+const WORKER_TOKEN: &str = "SWMTKN-1-worker-fedcba9876543210";
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn push(log: &Log, line: String) {
+    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+}
+
+fn droplet_exists(do_state: &Arc<Mutex<DoState>>, name: &str) -> bool {
+    !do_state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .droplets_named(name)
+        .is_empty()
+}
+
+// ---------------------------------------------------------------- the platform's node API
+
+#[derive(Clone, Debug)]
+struct PNode {
+    id: String,
+    name: String,
+    availability: String,
+    used_slots: i64,
+    /// Looks left before a drained node's sites have all moved.
+    moving: u32,
+}
+
+#[derive(Default)]
+struct PlatformState {
+    nodes: Vec<PNode>,
+    calls: Vec<String>,
+}
+
+#[derive(Clone)]
+struct PlatformShared {
+    state: Arc<Mutex<PlatformState>>,
+    log: Log,
+    do_state: Arc<Mutex<DoState>>,
+}
+
+/// A generated id as the platform makes them: 10 of a-z and 2-7.
+fn platform_id(n: usize) -> String {
+    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut s = String::from("nd");
+    let mut x = n;
+    for _ in 0..8 {
+        s.push(char::from(A[x % 32]));
+        x /= 32;
+    }
+    s
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail}).to_string(),
+    )
+        .into_response()
+}
+
+fn node_json(n: &PNode) -> Value {
+    json!({
+        "id": n.id, "name": n.name, "swarm_node_id": null, "role": "worker",
+        "availability": n.availability, "slots": 25, "used_slots": n.used_slots,
+        "failure_domain": "", "address": "", "labels": {},
+    })
+}
+
+fn authorized(h: &HeaderMap) -> bool {
+    h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {STAFF_TOKEN}"))
+}
+
+async fn p_list(State(s): State<PlatformShared>, h: HeaderMap) -> Response {
+    if !authorized(&h) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        );
+    }
+    let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    st.calls.push("GET /v1/nodes".into());
+    for n in &mut st.nodes {
+        if n.availability == "drain" && n.used_slots > 0 {
+            if n.moving == 0 {
+                n.used_slots = 0;
+                push(&s.log, format!("platform: {} evacuated", n.name));
+            } else {
+                n.moving -= 1;
+            }
+        }
+    }
+    axum::Json(st.nodes.iter().map(node_json).collect::<Vec<_>>()).into_response()
+}
+
+async fn p_patch(
+    State(s): State<PlatformShared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: String,
+) -> Response {
+    if !authorized(&h) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        );
+    }
+    // The platform's NodeChange: `deny_unknown_fields`, availability one of three.
+    let v: Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(_) => return problem(StatusCode::BAD_REQUEST, "the body is not JSON"),
+    };
+    let ok_shape = v
+        .as_object()
+        .is_some_and(|o| o.keys().all(|k| k == "availability"));
+    let a = v["availability"].as_str().unwrap_or("");
+    if !ok_shape || !["active", "drain", "down"].contains(&a) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "availability: must be active, drain or down",
+        );
+    }
+    let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    st.calls.push(format!("PATCH /v1/nodes/{id} {a}"));
+    let Some(n) = st.nodes.iter_mut().find(|n| n.id == id) else {
+        return problem(StatusCode::NOT_FOUND, "no such node");
+    };
+    n.availability = a.to_owned();
+    n.moving = 2;
+    push(
+        &s.log,
+        format!(
+            "platform: {} set to {a} ({} slots used)",
+            n.name, n.used_slots
+        ),
+    );
+    axum::Json(node_json(n)).into_response()
+}
+
+async fn p_delete(
+    State(s): State<PlatformShared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    if !authorized(&h) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>",
+        );
+    }
+    let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    st.calls.push(format!("DELETE /v1/nodes/{id}"));
+    let Some(i) = st.nodes.iter().position(|n| n.id == id) else {
+        return problem(StatusCode::NOT_FOUND, "no such node");
+    };
+    if st.nodes[i].used_slots > 0 {
+        return problem(StatusCode::CONFLICT, "the node still holds sites");
+    }
+    let n = st.nodes.remove(i);
+    push(
+        &s.log,
+        format!(
+            "platform: {} forgotten (droplet exists: {})",
+            n.name,
+            droplet_exists(&s.do_state, &n.name)
+        ),
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+struct PlatformServer {
+    base: String,
+    shared: PlatformShared,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PlatformServer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl PlatformServer {
+    async fn start(log: Log, do_state: Arc<Mutex<DoState>>) -> PlatformServer {
+        let shared = PlatformShared {
+            state: Arc::new(Mutex::new(PlatformState::default())),
+            log,
+            do_state,
+        };
+        let app = axum::Router::new()
+            .route("/v1/nodes", axum::routing::get(p_list))
+            .route(
+                "/v1/nodes/{node}",
+                axum::routing::patch(p_patch).delete(p_delete),
+            )
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        PlatformServer {
+            base,
+            shared,
+            server,
+        }
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut PlatformState) -> R) -> R {
+        f(&mut self.shared.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+// ---------------------------------------------------------------- a simulated swarm
+
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    id: String,
+    host: String,
+    ready: bool,
+    manager: bool,
+    availability: String,
+    labels: BTreeMap<String, String>,
+    tasks: u32,
+    reach_looks: u32,
+}
+
+#[derive(Default)]
+struct Swarm {
+    /// Machine key (`name@public ip`) → node id, while it is in the swarm.
+    local: BTreeMap<String, String>,
+    /// Machines that do not answer (powered off, crashed).
+    dead: Vec<String>,
+    /// The leader's node list.
+    entries: Vec<Entry>,
+    networks: Vec<String>,
+    /// Service → looks left while its update runs.
+    services: BTreeMap<String, u32>,
+    deploys: Vec<String>,
+    next: u32,
+    /// Every command, `host: args` (tokens redacted).
+    commands: Vec<String>,
+}
+
+struct SimDocker {
+    s: Mutex<Swarm>,
+    log: Log,
+    do_state: Arc<Mutex<DoState>>,
+    platform: Arc<Mutex<PlatformState>>,
+}
+
+fn key(m: &Machine) -> String {
+    format!("{}@{}", m.name, m.public_ip)
+}
+
+impl SimDocker {
+    fn new(log: Log, do_state: Arc<Mutex<DoState>>, platform: Arc<Mutex<PlatformState>>) -> Self {
+        SimDocker {
+            s: Mutex::new(Swarm::default()),
+            log,
+            do_state,
+            platform,
+        }
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut Swarm) -> R) -> R {
+        f(&mut self.s.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+    /// A machine fails: it stops answering and the swarm marks its node down.
+    fn kill(&self, name: &str) {
+        self.with(|s| {
+            let keys: Vec<String> = s
+                .local
+                .keys()
+                .filter(|k| k.starts_with(&format!("{name}@")))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some(id) = s.local.get(&k).cloned()
+                    && let Some(e) = s.entries.iter_mut().find(|e| e.id == id)
+                {
+                    e.ready = false;
+                }
+                s.dead.push(k);
+            }
+        });
+    }
+    fn mutations(&self) -> Vec<String> {
+        self.with(|s| {
+            s.commands
+                .iter()
+                .filter(|c| {
+                    !c.contains(" info --format")
+                        && !c.contains("node ls")
+                        && !c.contains("node inspect")
+                        && !c.contains("network ls")
+                })
+                .cloned()
+                .collect()
+        })
+    }
+    fn entry_by_host<'a>(s: &'a Swarm, host: &str) -> Vec<&'a Entry> {
+        s.entries.iter().filter(|e| e.host == host).collect()
+    }
+}
+
+impl Docker for SimDocker {
+    fn run(&self, m: &Machine, args: &[String]) -> anyhow::Result<String> {
+        let mut s = self.s.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(m);
+        s.commands.push(format!(
+            "{}: {}",
+            m.name,
+            infra::cluster::swarm_exec::redacted(args)
+        ));
+        if s.dead.contains(&k) {
+            anyhow::bail!(
+                "ssh: connect to host {} port 22: Connection timed out",
+                m.public_ip
+            );
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let my_id = s.local.get(&k).cloned();
+        let is_manager = my_id
+            .as_ref()
+            .is_some_and(|id| s.entries.iter().any(|e| &e.id == id && e.manager));
+        let find = |s: &Swarm, x: &str| s.entries.iter().position(|e| e.id == x || e.host == x);
+        Ok(match a.as_slice() {
+            ["info", "--format", "{{.ServerVersion}}"] => "20.10.24\n".into(),
+            ["info", "--format", "{{.Swarm.NodeID}}"] => format!("{}\n", my_id.unwrap_or_default()),
+            ["info", "--format", _] => match my_id {
+                Some(id) => format!("active {id}\n"),
+                None => "inactive \n".into(),
+            },
+            ["swarm", "init", "--advertise-addr", ..] => {
+                anyhow::ensure!(s.entries.is_empty(), "a second swarm");
+                s.next += 1;
+                let id = format!("n{:04}", s.next);
+                s.entries.push(Entry {
+                    id: id.clone(),
+                    host: m.name.clone(),
+                    ready: true,
+                    manager: true,
+                    availability: "active".into(),
+                    ..Entry::default()
+                });
+                s.local.insert(k, id);
+                String::new()
+            }
+            ["swarm", "join-token", "-q", kind] if is_manager => format!(
+                "{}\n",
+                if *kind == "manager" {
+                    MANAGER_TOKEN
+                } else {
+                    WORKER_TOKEN
+                }
+            ),
+            ["swarm", "join", "--token", t, "--advertise-addr", _, _] => {
+                let manager = match *t {
+                    MANAGER_TOKEN => true,
+                    WORKER_TOKEN => false,
+                    _ => anyhow::bail!("invalid join token"),
+                };
+                anyhow::ensure!(my_id.is_none(), "This node is already part of a swarm.");
+                s.next += 1;
+                let id = format!("n{:04}", s.next);
+                s.entries.push(Entry {
+                    id: id.clone(),
+                    host: m.name.clone(),
+                    ready: true,
+                    manager,
+                    availability: "active".into(),
+                    tasks: 2,
+                    ..Entry::default()
+                });
+                s.local.insert(k, id);
+                // The platform's node sync records a worker that joined.
+                if m.name.contains("-worker-") {
+                    let mut p = self.platform.lock().unwrap_or_else(|e| e.into_inner());
+                    if !p.nodes.iter().any(|n| n.name == m.name) {
+                        let id =
+                            platform_id(p.nodes.len() + 1000 * usize::from(p.nodes.len() > 30));
+                        p.nodes.push(PNode {
+                            id,
+                            name: m.name.clone(),
+                            availability: "active".into(),
+                            used_slots: 3,
+                            moving: 0,
+                        });
+                    }
+                }
+                push(&self.log, format!("swarm: {} joined", m.name));
+                String::new()
+            }
+            ["swarm", "leave"] => {
+                let id = my_id.ok_or_else(|| anyhow::anyhow!("not part of a swarm"))?;
+                let e = s.entries.iter_mut().find(|e| e.id == id);
+                let e = e.ok_or_else(|| anyhow::anyhow!("no entry"))?;
+                anyhow::ensure!(
+                    !e.manager,
+                    "You are attempting to leave the swarm on a node that is participating as a manager"
+                );
+                anyhow::ensure!(e.tasks == 0, "leaving with tasks running");
+                e.ready = false;
+                s.local.remove(&k);
+                let slots = self
+                    .platform
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == m.name)
+                    .map(|n| n.used_slots);
+                push(
+                    &self.log,
+                    format!(
+                        "swarm: {} left (droplet exists: {}, platform slots used: {slots:?})",
+                        m.name,
+                        droplet_exists(&self.do_state, &m.name)
+                    ),
+                );
+                String::new()
+            }
+            ["node", "ls", "--format", _] if is_manager => s
+                .entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {} {}{}\n",
+                        e.id,
+                        e.host,
+                        if e.ready { "Ready" } else { "Down" },
+                        match (e.manager, e.ready) {
+                            (false, _) => "",
+                            (true, true) => " Reachable",
+                            (true, false) => " Unreachable",
+                        }
+                    )
+                })
+                .collect(),
+            ["node", "inspect", "--format", "{{json .Spec.Labels}}", id] if is_manager => {
+                let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                serde_json::to_string(&s.entries[i].labels)?
+            }
+            [
+                "node",
+                "inspect",
+                "--format",
+                "{{.ManagerStatus.Reachability}}",
+                host,
+            ] if is_manager => {
+                // By host name: ambiguous when an old entry has the same name.
+                let live: Vec<usize> = s
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.host == *host && e.ready)
+                    .map(|(i, _)| i)
+                    .collect();
+                let i = *live
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                s.entries[i].reach_looks += 1;
+                if s.entries[i].reach_looks > 1 {
+                    "reachable"
+                } else {
+                    "unknown"
+                }
+                .to_owned()
+            }
+            ["node", "update", "--availability", av, id] if is_manager => {
+                let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                s.entries[i].availability = (*av).to_owned();
+                let host = s.entries[i].host.clone();
+                push(&self.log, format!("swarm: {host} availability {av}"));
+                String::new()
+            }
+            ["node", "update", rest @ ..] if is_manager => {
+                let (id, adds) = rest
+                    .split_last()
+                    .ok_or_else(|| anyhow::anyhow!("no node"))?;
+                let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node {id}"))?;
+                for pair in adds.chunks(2) {
+                    anyhow::ensure!(pair[0] == "--label-add", "{pair:?}");
+                    let (lk, lv) = pair[1]
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("label"))?;
+                    s.entries[i].labels.insert(lk.into(), lv.into());
+                }
+                String::new()
+            }
+            ["node", "demote", id] if is_manager => {
+                let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                anyhow::ensure!(my_id.as_deref() != Some(*id), "a manager demoting itself");
+                let up = s.entries.iter().filter(|e| e.manager && e.ready).count();
+                s.entries[i].manager = false;
+                let host = s.entries[i].host.clone();
+                push(
+                    &self.log,
+                    format!("swarm: {host} demoted ({up} managers up before)"),
+                );
+                String::new()
+            }
+            [
+                "node",
+                "ps",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                _,
+                id,
+            ] if is_manager => {
+                let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                let e = &mut s.entries[i];
+                let out: String = (0..e.tasks).map(|t| format!("task{t}\n")).collect();
+                if e.availability == "drain" {
+                    e.tasks = 0;
+                }
+                out
+            }
+            ["node", "rm", "--force", id] if is_manager => {
+                let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
+                anyhow::ensure!(!s.entries[i].manager, "a manager must be demoted first");
+                let e = s.entries.remove(i);
+                push(&self.log, format!("swarm: {} ({}) removed", e.host, e.id));
+                String::new()
+            }
+            ["network", "ls", "--format", _] if is_manager => {
+                s.networks.iter().map(|n| format!("{n}\n")).collect()
+            }
+            ["network", "create", .., name] if is_manager => {
+                anyhow::ensure!(!s.networks.iter().any(|n| n == name), "exists");
+                s.networks.push((*name).to_owned());
+                String::new()
+            }
+            ["stack", "deploy", "--prune", "--compose-file", _, stack] if is_manager => {
+                for svc in ["traefik", "varnish"] {
+                    s.services.insert(format!("{stack}_{svc}"), 2);
+                }
+                s.deploys.push((*stack).to_owned());
+                push(&self.log, format!("swarm: stack {stack} deployed"));
+                String::new()
+            }
+            ["service", "ls", "--filter", f, "--format", _] if is_manager => {
+                let stack = f.trim_start_matches("label=com.docker.stack.namespace=");
+                s.services
+                    .keys()
+                    .filter(|n| n.starts_with(&format!("{stack}_")))
+                    .map(|n| format!("{n}\n"))
+                    .collect()
+            }
+            ["service", "inspect", "--format", _, svc] if is_manager => {
+                let left = s
+                    .services
+                    .get_mut(*svc)
+                    .ok_or_else(|| anyhow::anyhow!("no such service"))?;
+                if *left > 0 {
+                    *left -= 1;
+                    "updating\n".into()
+                } else {
+                    "completed\n".into()
+                }
+            }
+            _ => anyhow::bail!(
+                "unexpected command on {}: {}",
+                m.name,
+                infra::cluster::swarm_exec::redacted(args)
+            ),
+        })
+    }
+}
+
+// ---------------------------------------------------------------- the fixture
+
+fn spec_text() -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/cluster.toml");
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn parsed(text: &str) -> (Checked, Desired) {
+    let c = Checked::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    let d = Desired::from_spec(&c);
+    (c, d)
+}
+
+fn stacks(hash: &str) -> Vec<StackFile> {
+    vec![StackFile {
+        stack: "pd".into(),
+        file: "stacks/edge.yml".into(),
+        hash: hash.into(),
+    }]
+}
+
+struct World {
+    fake: Fake,
+    client: Client,
+    sim: SimDocker,
+    platform: PlatformServer,
+    api: infra::cluster::evolve::PlatformClient,
+    log: Log,
+}
+
+async fn world() -> World {
+    let fake = Fake::start(TOKEN).await;
+    let log: Log = Arc::default();
+    let platform = PlatformServer::start(log.clone(), fake.state.clone()).await;
+    let sim = SimDocker::new(
+        log.clone(),
+        fake.state.clone(),
+        platform.shared.state.clone(),
+    );
+    let mut client =
+        Client::new(&fake.base, Token::new(TOKEN.into())).unwrap_or_else(|e| panic!("{e:#}"));
+    client.poll_interval = Duration::ZERO;
+    client.backoff = Duration::from_millis(1);
+    client.max_wait = Duration::from_millis(5);
+    let api = infra::cluster::evolve::PlatformClient::new(
+        &platform.base,
+        infra::cluster::evolve::ApiToken::new(STAFF_TOKEN.into()),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    World {
+        fake,
+        client,
+        sim,
+        platform,
+        api,
+        log,
+    }
+}
+
+fn cluster<'a, A: Platform>(
+    w: &'a World,
+    platform: &'a A,
+    c: &'a Checked,
+    d: &'a Desired,
+    hash: &str,
+) -> Cluster<'a, Client, SimDocker, A> {
+    Cluster {
+        provider: &w.client,
+        docker: &w.sim,
+        platform,
+        checked: c,
+        desired: d,
+        repo: std::path::Path::new("/repo"),
+        stacks: stacks(hash),
+        poll: Duration::ZERO,
+        evacuation_timeout: Duration::from_secs(30),
+        drain_without_platform: false,
+    }
+}
+
+fn take_log(w: &World) -> Vec<String> {
+    std::mem::take(&mut *w.log.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn assert_clean(fake: &Fake) {
+    let v = fake.violations();
+    assert!(
+        v.is_empty(),
+        "{} spec violations:\n{}",
+        v.len(),
+        v.join("\n")
+    );
+}
+
+const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Builds the 33 nodes and their swarm; returns nothing but checks it converged.
+async fn build(w: &World, c: &Checked, d: &Desired) {
+    let cl = cluster(w, &w.api, c, d, H1);
+    let mut lines = Vec::new();
+    cl.apply(false, &[], false, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("build: {e:#}\n{}", w.fake.violations().join("\n")));
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "after the build:\n{p}");
+    take_log(w);
+}
+
+/// Workers 20 → 24: four droplets in one request (with cloud-init), joined and labelled
+/// (their pool too); the plan shows all of it first; a second apply changes nothing.
+#[tokio::test]
+async fn workers_20_to_24_are_created_joined_labelled_and_a_second_apply_changes_nothing() {
+    let w = world().await;
+    let (c, d) = parsed(&spec_text());
+    build(&w, &c, &d).await;
+    let (c24, d24) = parsed(&spec_text().replacen("count = 20", "count = 24", 1));
+    let cl = cluster(&w, &w.api, &c24, &d24, H1);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    let text = p.to_string();
+    for want in [
+        "+ droplet pd-prod-worker-21 s-8vcpu-16gb debian-12-x64",
+        "+ droplet pd-prod-worker-24 s-8vcpu-16gb debian-12-x64",
+        "plan: 4 to create, 0 to change, 0 to destroy",
+        "> pd-prod-worker-21 (new droplet) joins as worker",
+        "> label pd-prod-worker-24: pressdock.node=pd-prod-worker-24 pressdock.role=worker pressdock.slots=25 pressdock.pool=wp",
+        "swarm: 8 steps",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    w.fake.take_calls();
+    let raw_before = w.fake.with(|s| s.raw.len());
+    cl.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let posts: Vec<String> = w
+        .fake
+        .take_calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("GET"))
+        .collect();
+    assert_eq!(posts, ["POST /v2/droplets"], "one request for the four");
+    // Its body carries the cloud-init that installs Docker.
+    let body = w.fake.with(|s| s.raw[raw_before..].join("\n"));
+    assert!(
+        body.contains("pd-prod-worker-24") && body.contains("user_data") && body.contains("docker"),
+        "{body}"
+    );
+    w.sim.with(|s| {
+        for n in 21..=24 {
+            let host = format!("pd-prod-worker-{n}");
+            let e = SimDocker::entry_by_host(s, &host);
+            assert_eq!(e.len(), 1, "{host}");
+            assert!(e[0].ready && !e[0].manager);
+            assert_eq!(
+                e[0].labels.get("pressdock.pool").map(String::as_str),
+                Some("wp")
+            );
+            assert_eq!(
+                e[0].labels.get("pressdock.slots").map(String::as_str),
+                Some("25")
+            );
+        }
+        assert_eq!(s.entries.len(), 37);
+    });
+    let log = take_log(&w);
+    assert_eq!(
+        log.iter().filter(|l| l.ends_with("joined")).count(),
+        4,
+        "{log:?}"
+    );
+    // A second apply: only looks.
+    let before = w.sim.mutations().len();
+    let p = cl
+        .apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(p.is_empty(), "{p}");
+    assert!(w.fake.take_calls().iter().all(|c| c.starts_with("GET ")));
+    assert_eq!(
+        w.sim.mutations().len(),
+        before,
+        "{:?}",
+        &w.sim.mutations()[before..]
+    );
+    assert!(
+        w.platform
+            .with(|p| p.calls.iter().all(|c| c.starts_with("GET")))
+    );
+    assert_clean(&w.fake);
+}
+
+/// Workers 24 → 20: each removed worker is drained through the platform, waited for until its
+/// sites moved, drained in the swarm, leaves it, is removed from it; only then is its droplet
+/// destroyed, and the platform forgets it. Not without --allow-destroy, not without the
+/// platform.
+#[tokio::test]
+async fn a_removed_worker_is_drained_through_the_platform_before_its_droplet_goes() {
+    let w = world().await;
+    let (c24, d24) = parsed(&spec_text().replacen("count = 20", "count = 22", 1));
+    build(&w, &c24, &d24).await;
+    let (c, d) = parsed(&spec_text().replacen("count = 20", "count = 21", 1));
+    let cl = cluster(&w, &w.api, &c, &d, H1);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert_eq!(
+        p.infra.to_string(),
+        "~ node pd-prod-worker-22: drained (its sites moved by the platform, its tasks by the swarm), leaves the swarm\n\
+         - droplet pd-prod-worker-22 (not in the spec)\n\
+         - platform node pd-prod-worker-22 (its droplet is gone)\n\
+         plan: 0 to create, 1 to change, 2 to destroy"
+    );
+    assert!(p.swarm.is_empty(), "{p}");
+    // Not without --allow-destroy: nothing touched.
+    let e = cl.apply(false, &[], false, &mut |_| {}).await.err();
+    assert!(e.is_some_and(|e| format!("{e:#}").contains("--allow-destroy")));
+    assert!(take_log(&w).is_empty());
+    // Not without the platform: its sites would be left to the swarm.
+    let none = NoPlatform;
+    let e = cluster(&w, &none, &c, &d, H1)
+        .apply(true, &[], false, &mut |_| {})
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(e.contains("moves its sites through the platform"), "{e}");
+    assert!(take_log(&w).is_empty());
+    assert!(
+        w.fake
+            .with(|s| !s.droplets_named("pd-prod-worker-22").is_empty())
+    );
+    let mut lines = Vec::new();
+    cl.apply(true, &[], false, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = take_log(&w);
+    assert_eq!(
+        log,
+        [
+            "platform: pd-prod-worker-22 set to drain (3 slots used)",
+            "platform: pd-prod-worker-22 evacuated",
+            "swarm: pd-prod-worker-22 availability drain",
+            "swarm: pd-prod-worker-22 left (droplet exists: true, platform slots used: Some(0))",
+            "swarm: pd-prod-worker-22 (n0035) removed",
+            "platform: pd-prod-worker-22 forgotten (droplet exists: false)",
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        w.fake
+            .with(|s| s.droplets_named("pd-prod-worker-22").is_empty())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pd-prod-worker-22: its sites moved")),
+        "{lines:?}"
+    );
+    // Its tasks were waited for before it left (the drain, then a look that found them).
+    let cmds = w.sim.with(|s| s.commands.clone());
+    let ps = cmds.iter().position(|c| c.contains("node ps"));
+    let leave = cmds.iter().position(|c| c.ends_with("swarm leave"));
+    assert!(ps.is_some() && ps < leave, "{cmds:?}");
+    let cl2 = cluster(&w, &w.api, &c, &d, H1);
+    let p = cl2.plan(
+        &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    assert_clean(&w.fake);
+}
+
+/// A failed node: its droplet gone (created again, joined, labelled, its old entry removed),
+/// or the swarm marks it down (replaced with --replace-failed; a manager's old entry demoted
+/// before removal). While a manager is down, taking away another is refused.
+#[tokio::test]
+async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
+    let w = world().await;
+    let (c, d) = parsed(&spec_text());
+    build(&w, &c, &d).await;
+    let cl = cluster(&w, &w.api, &c, &d, H1);
+    // A worker's droplet destroyed by someone (or by DigitalOcean): the node is down.
+    let gone = w.fake.with(|s| s.droplets_named("pd-prod-worker-07"));
+    w.sim.kill("pd-prod-worker-07");
+    w.fake.with(|s| s.remove_droplet(gone[0]));
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    let text = p.to_string();
+    // (The platform moves a dead worker's sites by itself; nothing to drain.)
+    for want in [
+        "+ droplet pd-prod-worker-07 s-8vcpu-16gb",
+        "! node pd-prod-worker-07 is down in the swarm and its droplet is gone",
+        "> pd-prod-worker-07 (new droplet) joins as worker",
+        "> remove down node pd-prod-worker-07 (n0",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    cl.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    w.sim.with(|s| {
+        let e = SimDocker::entry_by_host(s, "pd-prod-worker-07");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].ready);
+        assert_eq!(
+            e[0].labels.get("pressdock.role").map(String::as_str),
+            Some("worker")
+        );
+    });
+    let log = take_log(&w);
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("swarm: pd-prod-worker-07 (") && l.ends_with("removed")),
+        "{log:?}"
+    );
+    // A worker fails but its droplet is still there: reported; --replace-failed moves its
+    // sites through the platform, recreates it, and it joins again.
+    w.sim.kill("pd-prod-worker-11");
+    let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let text = cl.plan(&seen, &[], false).to_string();
+    assert!(
+        text.contains("! node pd-prod-worker-11 is down in the swarm: `apply --replace pd-prod-worker-11` (or --replace-failed) replaces it")
+            && text.contains("plan: 0 to create, 0 to change, 0 to destroy"),
+        "{text}"
+    );
+    let text = cl.plan(&seen, &[], true).to_string();
+    for want in [
+        "~ node pd-prod-worker-11 (down): its sites moved by the platform, its old swarm entry removed once replaced",
+        "± droplet pd-prod-worker-11: destroyed and created again",
+        "> pd-prod-worker-11 (new droplet) joins as worker",
+        "> remove down node pd-prod-worker-11 (n0",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let mut lines = Vec::new();
+    cl.apply(false, &[], true, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = take_log(&w);
+    let at = |p: &str| log.iter().position(|l| l.starts_with(p));
+    let (drained, moved, joined, removed) = (
+        at("platform: pd-prod-worker-11 set to drain (3 slots used)"),
+        at("platform: pd-prod-worker-11 evacuated"),
+        at("swarm: pd-prod-worker-11 joined"),
+        log.iter()
+            .position(|l| l.starts_with("swarm: pd-prod-worker-11 (") && l.ends_with("removed")),
+    );
+    assert!(
+        drained.is_some() && drained < moved && moved < joined && joined < removed,
+        "{log:#?}"
+    );
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("platform: pd-prod-worker-11 set to active (0 slots used)"),
+        "{log:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pd-prod-worker-11: active again")),
+        "{lines:?}"
+    );
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    // A manager fails: the plan says so, and does not replace it unasked.
+    w.sim.kill("pd-prod-manager-02");
+    let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p = cl.plan(&seen, &[], false);
+    assert!(
+        p.to_string().contains("! node pd-prod-manager-02 is down in the swarm: `apply --replace pd-prod-manager-02` (or --replace-failed) replaces it"),
+        "{p}"
+    );
+    // Quorum: with manager-02 down, replacing manager-03 is refused.
+    let p = cl.plan(&seen, &["pd-prod-manager-03".into()], false);
+    let r = p.infra.refusal(true).unwrap_or_default();
+    assert!(r.contains("quorum: manager node pd-prod-manager-02 is down; the plan also takes away pd-prod-manager-03"), "{r}");
+    let e = cl
+        .apply(true, &["pd-prod-manager-03".into()], false, &mut |_| {})
+        .await
+        .err();
+    assert!(e.is_some_and(|e| format!("{e:#}").contains("quorum")));
+    // --replace-failed: manager-02 replaced, joins as manager, the old entry demoted, removed.
+    let old = w.fake.with(|s| s.droplets_named("pd-prod-manager-02"));
+    cl.apply(false, &[], true, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let new = w.fake.with(|s| s.droplets_named("pd-prod-manager-02"));
+    assert!(new.len() == 1 && new != old);
+    w.sim.with(|s| {
+        let e = SimDocker::entry_by_host(s, "pd-prod-manager-02");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].ready && e[0].manager);
+        assert_eq!(s.entries.iter().filter(|e| e.manager && e.ready).count(), 3);
+    });
+    let log = take_log(&w);
+    let joined = log
+        .iter()
+        .position(|l| l == "swarm: pd-prod-manager-02 joined");
+    let demoted = log
+        .iter()
+        .position(|l| l.starts_with("swarm: pd-prod-manager-02 demoted"));
+    assert!(
+        joined.is_some() && joined < demoted,
+        "the new manager joins before the old entry is demoted: {log:?}"
+    );
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    // A database node down, and another one asked for: refused (Galera).
+    w.sim.kill("pd-prod-database-02");
+    let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let r = cl
+        .plan(&seen, &["pd-prod-database-03".into()], false)
+        .infra
+        .refusal(true)
+        .unwrap_or_default();
+    assert!(
+        r.contains("quorum: database node pd-prod-database-02 is down") && r.contains("Galera"),
+        "{r}"
+    );
+    assert_clean(&w.fake);
+}
+
+/// A stack's file changed: the plan shows a rolling update, apply deploys it and waits until
+/// every service's update completed, and records it so the next apply does nothing. Quorum:
+/// managers 3 → 1 or database nodes 3 → 1 in one apply are refused naming the field.
+#[tokio::test]
+async fn a_stack_is_rolled_and_quorum_breaking_specs_are_refused() {
+    let w = world().await;
+    let (c, d) = parsed(&spec_text());
+    build(&w, &c, &d).await;
+    let cl = cluster(&w, &w.api, &c, &d, H2);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert_eq!(
+        p.to_string(),
+        "plan: 0 to create, 0 to change, 0 to destroy\n> stack pd from stacks/edge.yml: rolling update (111111111111 → 222222222222)\nswarm: 1 steps"
+    );
+    let mut lines = Vec::new();
+    cl.apply(false, &[], false, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pd_traefik: updating, one task at a time")),
+        "{lines:?}"
+    );
+    w.sim.with(|s| {
+        assert_eq!(s.deploys, ["pd", "pd"]);
+        assert!(
+            s.services.values().all(|left| *left == 0),
+            "every update waited for"
+        );
+    });
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    // Quorum: the field is named, nothing is touched.
+    let before = w.fake.counts();
+    let mutations = w.sim.mutations().len();
+    for (from, to, field) in [
+        (
+            "count = 3 # managers",
+            "count = 1 # managers",
+            "roles.manager.count: the plan takes away 2 manager nodes at once",
+        ),
+        (
+            "count = 3 # database",
+            "count = 1 # database",
+            "roles.database.count: the plan takes away 2 database nodes at once",
+        ),
+    ] {
+        let text = spec_text();
+        assert!(text.contains(from), "{from}");
+        let (c1, d1) = parsed(&text.replacen(from, to, 1));
+        let e = cluster(&w, &w.api, &c1, &d1, H2)
+            .apply(true, &[], false, &mut |_| {})
+            .await
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(e.contains(field), "{e}");
+        assert_eq!(w.fake.counts(), before);
+        assert_eq!(w.sim.mutations().len(), mutations);
+    }
+    assert_clean(&w.fake);
+}
+
+#[allow(dead_code)]
+fn _unused(_: PlatformNode) {}

@@ -1,0 +1,509 @@
+//! A backup read back into a site: its objects checked against the manifest before
+//! anything is overwritten ([`verify`]), then the database ([`restore_database`]) and
+//! wp-content ([`restore_files`]) replaced, each streamed from S3 (hashed as it arrives,
+//! zstd-decoded, applied) in bounded memory: no temporary copy on disk.
+//!
+//! The database is written through a connection of the *site's own* database user with
+//! the site's schema selected (never the platform's account), every statement checked
+//! first by [`sqlscan::check`]: a crafted dump can neither name another schema nor run
+//! with rights over one. wp-content is replaced, not merged: the site's folder is emptied
+//! and the archive unpacked into it in place (the running task bind-mounts that folder,
+//! so it must stay the same directory). A restore that stops halfway leaves a half-written
+//! site; the saga runs the step again (it converges: tables dropped and created again, the
+//! folder emptied again), or unwinds by restoring the automatic backup taken just before.
+
+use std::{
+    io::{self, Read},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use mysql_async::{Conn, Opts, prelude::Queryable};
+use sha2::{Digest, Sha256};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{
+    BackupStore, DATABASE_OBJECT, FILES_OBJECT, MANIFEST_FORMAT, MANIFEST_OBJECT, Manifest,
+    ObjectEntry,
+    serialized::Rewriter,
+    sqlscan::{self, Splitter, Statement},
+};
+
+/// Why a restore did not happen or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The backup cannot be restored as it is (a damaged object, a statement a dump may not
+    /// hold): trying again will not help. The text names the object and is shown to the
+    /// site's tenant.
+    #[error("{0}")]
+    Refused(String),
+    /// The store, the database or the storage failed: worth trying again.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+fn refused(message: impl Into<String>) -> RestoreError {
+    RestoreError::Refused(message.into())
+}
+
+/// Chunks queued between the download and the decoder.
+const QUEUED_CHUNKS: usize = 8;
+/// Statements queued between the decoder and the database.
+const QUEUED_STATEMENTS: usize = 2;
+
+/// Reads `manifest.json` of the backup under `prefix`; `expected_sha256`: what the
+/// backup's record says the manifest is.
+pub async fn read_manifest(
+    store: &BackupStore,
+    prefix: &str,
+    expected_sha256: Option<&str>,
+) -> Result<Manifest, RestoreError> {
+    let key = format!("{prefix}{MANIFEST_OBJECT}");
+    let body = store.get(&key).await?;
+    let sha = hex::encode(Sha256::digest(&body));
+    if let Some(expected) = expected_sha256
+        && expected != sha
+    {
+        return Err(refused(format!(
+            "{MANIFEST_OBJECT} does not match the backup's record (sha256 {sha}, recorded {expected})"
+        )));
+    }
+    let manifest: Manifest = serde_json::from_slice(&body)
+        .map_err(|e| refused(format!("{MANIFEST_OBJECT} cannot be read: {e}")))?;
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(refused(format!(
+            "{MANIFEST_OBJECT} is in format {}, which this release does not restore",
+            manifest.format
+        )));
+    }
+    for name in [DATABASE_OBJECT, FILES_OBJECT] {
+        let Some(o) = manifest.object(name) else {
+            return Err(refused(format!("{MANIFEST_OBJECT} lists no {name}")));
+        };
+        if o.key != format!("{prefix}{name}") {
+            return Err(refused(format!(
+                "{MANIFEST_OBJECT} places {name} outside the backup's folder"
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// An object being downloaded: its chunks, and the task that hashes them as they pass
+/// (its result: bytes and SHA-256 of what was received).
+struct Download {
+    chunks: mpsc::Receiver<Bytes>,
+    digest: JoinHandle<anyhow::Result<(u64, String)>>,
+}
+
+/// Starts downloading `entry`. The request is answered before this returns, so a store
+/// that is down fails here, before anything is overwritten.
+async fn download(store: &BackupStore, entry: &ObjectEntry) -> anyhow::Result<Download> {
+    let out = store
+        .client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(&entry.key)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "reading {}: {}",
+                entry.name,
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
+    let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+    let name = entry.name.clone();
+    let digest = tokio::spawn(async move {
+        let mut body = out.body;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut open = true;
+        while let Some(chunk) = body.try_next().await.map_err(|e| {
+            anyhow!(
+                "reading {name}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+            // The consumer may stop early (it refused the content): the rest is still
+            // read and hashed, so that a damaged object is named as such.
+            if open && tx.send(chunk).await.is_err() {
+                open = false;
+            }
+        }
+        Ok((size, hex::encode(hasher.finalize())))
+    });
+    Ok(Download { chunks: rx, digest })
+}
+
+/// `Read` over the downloaded chunks, for the blocking decoder.
+struct ChunkReader {
+    chunks: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+fn decoder(
+    chunks: mpsc::Receiver<Bytes>,
+) -> io::Result<zstd::stream::read::Decoder<'static, io::BufReader<ChunkReader>>> {
+    zstd::stream::read::Decoder::new(ChunkReader {
+        chunks,
+        current: Bytes::new(),
+    })
+}
+
+/// The download's end compared with the manifest: a damaged or truncated object is named
+/// before any other error the content caused.
+async fn settle<T>(
+    entry: &ObjectEntry,
+    digest: JoinHandle<anyhow::Result<(u64, String)>>,
+    content: Result<T, RestoreError>,
+) -> Result<T, RestoreError> {
+    let (size, sha256) = digest.await.context("the download task")??;
+    if size != entry.size || sha256 != entry.sha256 {
+        return Err(refused(format!(
+            "{} does not match the manifest: {size} bytes with sha256 {sha256}, the manifest \
+             says {} bytes with sha256 {} (damaged or truncated); nothing was restored from it",
+            entry.name, entry.size, entry.sha256
+        )));
+    }
+    content
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub statements: u64,
+    pub archive_entries: u64,
+}
+
+/// Reads every object of the backup through: sizes and SHA-256 against the manifest,
+/// every statement of the dump checked, every archive entry's type and path checked.
+/// Nothing is written.
+pub async fn verify(store: &BackupStore, manifest: &Manifest) -> Result<Verified, RestoreError> {
+    let db = object(manifest, DATABASE_OBJECT)?;
+    let files = object(manifest, FILES_OBJECT)?;
+    let (statements, archive_entries) = tokio::try_join!(
+        async {
+            let d = download(store, db).await?;
+            let chunks = d.chunks;
+            let scan = tokio::task::spawn_blocking(move || scan_dump(chunks, None, |_| Ok(())))
+                .await
+                .context("the dump check")?
+                .map(|(n, _)| n);
+            settle(db, d.digest, scan).await
+        },
+        async {
+            let d = download(store, files).await?;
+            let chunks = d.chunks;
+            let scan = tokio::task::spawn_blocking(move || scan_archive(chunks, None))
+                .await
+                .context("the archive check")?;
+            settle(files, d.digest, scan).await
+        },
+    )?;
+    Ok(Verified {
+        statements,
+        archive_entries,
+    })
+}
+
+fn object<'a>(manifest: &'a Manifest, name: &str) -> Result<&'a ObjectEntry, RestoreError> {
+    manifest
+        .object(name)
+        .ok_or_else(|| refused(format!("{MANIFEST_OBJECT} lists no {name}")))
+}
+
+/// Decodes the dump and hands each checked (and, with `rewriter`, rewritten) statement to
+/// `each`; returns the statements and the string literals rewritten.
+fn scan_dump(
+    chunks: mpsc::Receiver<Bytes>,
+    rewriter: Option<&Rewriter>,
+    mut each: impl FnMut(Vec<u8>) -> Result<(), RestoreError>,
+) -> Result<(u64, u64), RestoreError> {
+    let damaged =
+        |e: &dyn std::fmt::Display| refused(format!("{DATABASE_OBJECT} cannot be read: {e}"));
+    let mut input = decoder(chunks).map_err(|e| damaged(&e))?;
+    let mut splitter = Splitter::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut count, mut rewritten) = (0u64, 0u64);
+    loop {
+        let n = input.read(&mut buf).map_err(|e| damaged(&e))?;
+        if n == 0 {
+            break;
+        }
+        splitter.push(&buf[..n]);
+        while let Some(statement) = splitter.next_statement().map_err(|e| damaged(&e))? {
+            count += 1;
+            let kind = sqlscan::check(&statement).map_err(|e| {
+                refused(format!(
+                    "{DATABASE_OBJECT}, statement {count}: {e}; nothing was run"
+                ))
+            })?;
+            let statement = match (kind, rewriter) {
+                (Statement::Empty, _) => continue,
+                (Statement::Insert, Some(r)) => {
+                    let (out, n) =
+                        sqlscan::rewrite_strings(&statement, r).map_err(|e| damaged(&e))?;
+                    rewritten += n;
+                    out
+                }
+                _ => statement,
+            };
+            each(statement)?;
+        }
+    }
+    splitter.finish().map_err(|e| damaged(&e))?;
+    Ok((count, rewritten))
+}
+
+/// Decodes the archive; checks each entry (regular files, folders and symbolic links only,
+/// paths inside the folder) and, with `into`, unpacks it there.
+fn scan_archive(
+    chunks: mpsc::Receiver<Bytes>,
+    into: Option<(&Path, bool)>,
+) -> Result<u64, RestoreError> {
+    let damaged =
+        |e: &dyn std::fmt::Display| refused(format!("{FILES_OBJECT} cannot be read: {e}"));
+    let input = decoder(chunks).map_err(|e| damaged(&e))?;
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    if let Some((_, owners)) = into {
+        archive.set_preserve_ownerships(owners);
+    }
+    let mut count = 0u64;
+    for entry in archive.entries().map_err(|e| damaged(&e))? {
+        let mut entry = entry.map_err(|e| damaged(&e))?;
+        let path = entry.path().map_err(|e| damaged(&e))?.into_owned();
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if !matches!(kind, T::Regular | T::Directory | T::Symlink) {
+            return Err(refused(format!(
+                "{FILES_OBJECT}: {} is a {kind:?} entry; only files, folders and links are restored",
+                path.display()
+            )));
+        }
+        if path.is_absolute()
+            || path.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(refused(format!(
+                "{FILES_OBJECT}: {} points outside the site's folder",
+                path.display()
+            )));
+        }
+        if let Some((root, _)) = into {
+            let inside = entry
+                .unpack_in(root)
+                .with_context(|| format!("writing {}", path.display()))?;
+            if !inside {
+                return Err(refused(format!(
+                    "{FILES_OBJECT}: {} points outside the site's folder",
+                    path.display()
+                )));
+            }
+        } else {
+            // Read through, so that the zstd checksum at the end is checked.
+            io::copy(&mut entry, &mut io::sink()).map_err(|e| damaged(&e))?;
+        }
+        count += 1;
+    }
+    // The rest of the stream (tar's end blocks, zstd's checksum).
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| damaged(&e))?;
+    Ok(count)
+}
+
+/// What [`restore_database`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseRestored {
+    pub statements: u64,
+    pub strings_rewritten: u64,
+    /// Tables that were in the database but not in the backup, dropped.
+    pub dropped: Vec<String>,
+}
+
+/// Replaces the database that `site_db` selects (a connection of the site's own user)
+/// with the backup's dump; with `rewriter`, string literals are rewritten (a clone's
+/// domain). Tables not in the backup are dropped; every table's row count is compared
+/// with the manifest at the end.
+pub async fn restore_database(
+    store: &BackupStore,
+    manifest: &Manifest,
+    site_db: Opts,
+    rewriter: Option<Rewriter>,
+) -> Result<DatabaseRestored, RestoreError> {
+    let entry = object(manifest, DATABASE_OBJECT)?;
+    let mut conn = Conn::new(site_db)
+        .await
+        .context("connecting as the site's database user")?;
+    let result = apply_dump(&mut conn, store, manifest, entry, rewriter).await;
+    let _ = conn.disconnect().await;
+    result
+}
+
+async fn apply_dump(
+    conn: &mut Conn,
+    store: &BackupStore,
+    manifest: &Manifest,
+    entry: &ObjectEntry,
+    rewriter: Option<Rewriter>,
+) -> Result<DatabaseRestored, RestoreError> {
+    let d = download(store, entry).await?;
+    conn.query_drop("SET FOREIGN_KEY_CHECKS = 0")
+        .await
+        .context("preparing the session")?;
+    // Replace, not merge: a table the site made after the backup goes.
+    let present: Vec<String> = conn
+        .query(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'",
+        )
+        .await
+        .context("listing the site's tables")?;
+    let mut dropped = Vec::new();
+    for table in present {
+        if !manifest.database.tables.iter().any(|t| t.name == table) {
+            conn.query_drop(format!(
+                "DROP TABLE IF EXISTS `{}`",
+                table.replace('`', "``")
+            ))
+            .await
+            .with_context(|| format!("dropping table {table}"))?;
+            dropped.push(table);
+        }
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUED_STATEMENTS);
+    let chunks = d.chunks;
+    let scan = tokio::task::spawn_blocking(move || {
+        scan_dump(chunks, rewriter.as_ref(), |statement| {
+            tx.blocking_send(statement).map_err(|_| {
+                RestoreError::Failed(anyhow!("the database stopped taking statements"))
+            })
+        })
+    });
+    let mut run = Ok(());
+    let mut position = 0u64;
+    while let Some(statement) = rx.recv().await {
+        position += 1;
+        if let Err(e) = conn.query_drop(statement).await {
+            run = Err(RestoreError::Failed(
+                anyhow::Error::new(e).context(format!("running statement {position} of the dump")),
+            ));
+            break;
+        }
+    }
+    drop(rx);
+    let scanned = scan.await.context("the dump reader")?;
+    // The database's error first: the reader then only saw its channel close.
+    let scanned = match (run, scanned) {
+        (Err(e), _) => Err(e),
+        (Ok(()), s) => s,
+    };
+    let (statements, strings_rewritten) = settle(entry, d.digest, scanned).await?;
+
+    for table in &manifest.database.tables {
+        let rows: Option<u64> = conn
+            .query_first(format!(
+                "SELECT COUNT(*) FROM `{}`",
+                table.name.replace('`', "``")
+            ))
+            .await
+            .with_context(|| format!("counting the rows of {}", table.name))?;
+        if rows != Some(table.rows) {
+            return Err(refused(format!(
+                "table {} has {} rows after the restore; the manifest says {}",
+                table.name,
+                rows.unwrap_or(0),
+                table.rows
+            )));
+        }
+    }
+    conn.query_drop("SET FOREIGN_KEY_CHECKS = 1")
+        .await
+        .context("ending the session")?;
+    Ok(DatabaseRestored {
+        statements,
+        strings_rewritten,
+        dropped,
+    })
+}
+
+/// Replaces the content of `root` (the site's folder) with the backup's archive: the
+/// folder is emptied, then the archive unpacked into it. Owners are kept when the
+/// platform runs as root (the site's files belong to uid 33).
+pub async fn restore_files(
+    store: &BackupStore,
+    manifest: &Manifest,
+    root: PathBuf,
+) -> Result<u64, RestoreError> {
+    let entry = object(manifest, FILES_OBJECT)?;
+    let d = download(store, entry).await?;
+    let chunks = d.chunks;
+    // Only root may give files to another owner (`/proc/self` belongs to the effective uid).
+    let owners = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    };
+    let unpacked = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("creating the site's folder {}", root.display()))?;
+        empty_folder(&root)?;
+        scan_archive(chunks, Some((&root, owners)))
+    })
+    .await
+    .context("the unpacking thread")?;
+    settle(entry, d.digest, unpacked).await
+}
+
+/// Removes everything inside `root` (not `root` itself); links are removed, never followed.
+fn empty_folder(root: &Path) -> Result<(), RestoreError> {
+    let entries = std::fs::read_dir(root)
+        .with_context(|| format!("listing the site's folder {}", root.display()))?;
+    for entry in entries {
+        let entry = entry.context("listing the site's folder")?;
+        let path = entry.path();
+        let kind = entry.file_type().context("reading an entry's type")?;
+        let removed = if kind.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(RestoreError::Failed(
+                    anyhow::Error::new(e).context(format!("removing {}", path.display())),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,731 @@
+//! Restores and clones against real servers: the machine's MariaDB (each site with its
+//! own database user, as provisioning makes it) and an `s3s-fs` of each test's own.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use backends::SiteResourceId;
+use platform::{
+    backup,
+    domain::Id,
+    provision::Provisioner,
+    sagas::{self, Outcome, StepContext},
+    states::OperationKind,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use crate::{
+    backup::{S3Server, Schema, backends_config, fetch, seed_site, unzstd},
+    support::{SECRET_KEY, TestApp, random_name},
+};
+
+/// Every entry under `root`: path → kind, mode and content hash (or link target).
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("link -> {}", target.display()));
+            } else if meta.is_dir() {
+                out.insert(rel, format!("dir {mode:o}"));
+                walk(root, &path, out);
+            } else {
+                let body = std::fs::read(&path).unwrap();
+                out.insert(
+                    rel,
+                    format!("file {mode:o} {}", hex::encode(sha2::Sha256::digest(&body))),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A site as provisioning leaves it, with its own database user and sealed password.
+struct Site {
+    id: Id,
+    schema: Schema,
+    root: PathBuf,
+}
+
+async fn provisioned_site(
+    app: &TestApp,
+    provisioner: &Provisioner,
+    tenant: &str,
+    sites_root: &Path,
+) -> Site {
+    let (id, schema) = seed_site(app, tenant, sites_root).await;
+    let rid = SiteResourceId::parse(id.as_str()).unwrap();
+    provisioner.generate_secrets(&app.db, &rid).await.unwrap();
+    provisioner.ensure_database(&app.db, &rid).await.unwrap();
+    Site {
+        root: sites_root.join(id.as_str()),
+        id,
+        schema,
+    }
+}
+
+impl Site {
+    async fn remove(self, provisioner: &Provisioner) {
+        let rid = SiteResourceId::parse(self.id.as_str()).unwrap();
+        let _ = provisioner.remove_database(&rid).await;
+        let _ = std::fs::remove_dir_all(&self.root);
+        self.schema.drop().await;
+    }
+
+    /// The changes a tenant regrets: a row changed, rows deleted, a table added; a file
+    /// changed, one removed, one added.
+    async fn change(&self) {
+        self.schema
+            .exec(
+                "UPDATE wp_options SET option_value = 'changed' WHERE option_name = 'blogname';
+                 DELETE FROM wp_posts WHERE ID < 100;
+                 CREATE TABLE wp_new (id INT PRIMARY KEY);
+                 INSERT INTO wp_new VALUES (1);",
+            )
+            .await;
+        std::fs::write(self.root.join("index.php"), "<?php // defaced\n").unwrap();
+        std::fs::remove_file(self.root.join("uploads/2026/12/empty.txt")).unwrap();
+        std::fs::write(
+            self.root.join("plugins/evil.php"),
+            "<?php eval($_GET['x']);\n",
+        )
+        .unwrap();
+    }
+}
+
+struct Env {
+    s3: S3Server,
+    sites_root: tempfile::TempDir,
+    app: TestApp,
+    provisioner: Provisioner,
+    admin: String,
+    tenant: String,
+    member: String,
+}
+
+async fn env(jobs: bool) -> Env {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let s3 = S3Server::start().await;
+    let sites_root = tempfile::tempdir().unwrap();
+    let backends = backends_config(&s3, sites_root.path());
+    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.backends = backends;
+        c.jobs.enabled = jobs;
+        c.reconcile.enabled = false;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("rs").replace('_', "-"))
+        .await;
+    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
+    Env {
+        s3,
+        sites_root,
+        app,
+        provisioner,
+        admin,
+        tenant,
+        member,
+    }
+}
+
+/// Takes a backup through the API; returns its id once complete.
+async fn backup_now(app: &TestApp, token: &str, site: &Id) -> String {
+    let (status, body) = app
+        .post(&format!("/v1/sites/{site}/backups"), token, json!(null))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = body["operation"]["id"].as_str().unwrap().to_owned();
+    let done = app.wait_operation(token, &op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    body["backup"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Starts a restore through the API and waits for its operation.
+async fn restore(app: &TestApp, token: &str, site: &Id, backup: &str) -> (Value, Value) {
+    let (status, body) = app
+        .post(
+            &format!("/v1/sites/{site}/restores"),
+            token,
+            json!({ "backup": backup }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["operation"]["kind"], "site.restore", "{body}");
+    assert_eq!(body["operation"]["target_id"], site.as_str(), "{body}");
+    assert_eq!(body["restore"]["state"], "pending", "{body}");
+    let op = body["operation"]["id"].as_str().unwrap().to_owned();
+    let done = app.wait_operation(token, &op).await;
+    let id = body["restore"]["id"].as_str().unwrap();
+    let (status, row) = app.get(&format!("/v1/restores/{id}"), token).await;
+    assert_eq!(status, StatusCode::OK, "{row}");
+    (done, row)
+}
+
+/// Rows and files equal after a change is undone by a restore; the automatic backup taken
+/// before it undoes the restore in turn.
+#[tokio::test]
+async fn a_restore_puts_rows_and_files_back_and_its_pre_restore_backup_undoes_it() {
+    let e = env(true).await;
+    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let original_db = site.schema.fingerprint().await;
+    let original_files = tree(&site.root);
+    let b1 = backup_now(&e.app, &e.member, &site.id).await;
+
+    site.change().await;
+    let changed_db = site.schema.fingerprint().await;
+    let changed_files = tree(&site.root);
+    assert_ne!(changed_db, original_db);
+    assert_ne!(changed_files, original_files);
+
+    let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let steps: Vec<&str> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "wait_for_site",
+            "verify_backup",
+            "backup_current",
+            "restore_database",
+            "restore_files"
+        ]
+    );
+    assert_eq!(row["state"], "complete", "{row}");
+    assert_eq!(row["kind"], "restore");
+    assert_eq!(row["backup_id"], b1.as_str());
+    assert!(row["statements"].as_i64().unwrap() > 10, "{row}");
+    assert_eq!(
+        row["files_restored"].as_i64().unwrap() as usize,
+        original_files.len(),
+        "{row}"
+    );
+    assert_eq!(site.schema.fingerprint().await, original_db);
+    assert_eq!(tree(&site.root), original_files);
+
+    // The automatic backup holds the regretted state: restoring it undoes the restore.
+    let pre = row["pre_restore_backup_id"].as_str().unwrap().to_owned();
+    let (status, backup) = e.app.get(&format!("/v1/backups/{pre}"), &e.member).await;
+    assert_eq!(status, StatusCode::OK, "{backup}");
+    assert_eq!(backup["kind"], "pre_restore", "{backup}");
+    assert_eq!(backup["state"], "complete", "{backup}");
+    let (op, row) = restore(&e.app, &e.member, &site.id, &pre).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(row["state"], "complete", "{row}");
+    assert_eq!(site.schema.fingerprint().await, changed_db);
+    assert_eq!(tree(&site.root), changed_files);
+
+    site.remove(&e.provisioner).await;
+    e.app.finish().await;
+    drop(e.s3);
+}
+
+/// A truncated object is refused by name before anything is overwritten (and before the
+/// pre-restore backup: nothing is taken for a restore that cannot happen); a dump that
+/// carries `USE other` is refused with the statement's number before any statement runs.
+#[tokio::test]
+async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten() {
+    let e = env(true).await;
+    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let b1 = backup_now(&e.app, &e.member, &site.id).await;
+    site.change().await;
+    let changed_db = site.schema.fingerprint().await;
+    let changed_files = tree(&site.root);
+
+    let store = e.s3.store();
+    let prefix = format!("{}/{}/{b1}/", e.tenant, site.id);
+    let files_key = format!("{prefix}{}", backup::FILES_OBJECT);
+    let whole = fetch(&store, &files_key).await;
+    store
+        .put(
+            &files_key,
+            whole[..whole.len() / 2].to_vec(),
+            "application/zstd",
+        )
+        .await
+        .unwrap();
+    let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(
+        error.contains("wp-content.tar.zst does not match the manifest"),
+        "{error}"
+    );
+    assert!(error.contains("truncated"), "{error}");
+    assert_eq!(row["state"], "failed", "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("wp-content.tar.zst"),
+        "{row}"
+    );
+    assert!(row["pre_restore_backup_id"].is_null(), "{row}");
+    assert_eq!(site.schema.fingerprint().await, changed_db);
+    assert_eq!(tree(&site.root), changed_files);
+
+    // The files whole again; a dump with `USE other` in its middle, and a manifest (and
+    // record) that vouch for it: what a tenant with a crafted backup would bring.
+    store
+        .put(&files_key, whole.clone(), "application/zstd")
+        .await
+        .unwrap();
+    let db_key = format!("{prefix}{}", backup::DATABASE_OBJECT);
+    let sql = String::from_utf8_lossy(&unzstd(&fetch(&store, &db_key).await)).into_owned();
+    let at = sql.find("\n-- table `wp_posts`").unwrap();
+    let crafted = format!(
+        "{}\nUSE `other_site`;\nDELETE FROM wp_users;\n{}",
+        &sql[..at],
+        &sql[at..]
+    );
+    let body = zstd::encode_all(crafted.as_bytes(), 3).unwrap();
+    store
+        .put(&db_key, body.clone(), "application/zstd")
+        .await
+        .unwrap();
+    let manifest_key = format!("{prefix}{}", backup::MANIFEST_OBJECT);
+    let mut manifest: Value = serde_json::from_slice(&fetch(&store, &manifest_key).await).unwrap();
+    for o in manifest["objects"].as_array_mut().unwrap() {
+        if o["name"] == backup::DATABASE_OBJECT {
+            o["size"] = json!(body.len());
+            o["sha256"] = json!(hex::encode(sha2::Sha256::digest(&body)));
+        }
+    }
+    let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
+    store
+        .put(&manifest_key, manifest.clone(), "application/json")
+        .await
+        .unwrap();
+    sqlx::query("UPDATE backups SET manifest_sha256 = ? WHERE id = ?")
+        .bind(hex::encode(sha2::Sha256::digest(&manifest)))
+        .bind(&b1)
+        .execute(&e.app.db)
+        .await
+        .unwrap();
+    let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(error.contains("database.sql.zst, statement"), "{error}");
+    assert!(error.contains("USE is not allowed"), "{error}");
+    assert!(error.contains("nothing was run"), "{error}");
+    assert_eq!(row["state"], "failed", "{row}");
+    assert_eq!(site.schema.fingerprint().await, changed_db);
+    assert_eq!(tree(&site.root), changed_files);
+
+    site.remove(&e.provisioner).await;
+    e.app.finish().await;
+}
+
+/// The saga's steps run by hand as a runner would: each twice (idempotent), and the
+/// database and files steps interrupted halfway and taken up again: the site converges
+/// on the backup.
+#[tokio::test]
+async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
+    let e = env(false).await;
+    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let original_db = site.schema.fingerprint().await;
+    let original_files = tree(&site.root);
+    // A backup taken by its step, with the runner off.
+    let (status, body) = e
+        .app
+        .post(
+            &format!("/v1/sites/{}/backups", site.id),
+            &e.member,
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let b1 = body["backup"]["id"].as_str().unwrap().to_owned();
+    backup::job::run_backup(&e.app.db, &e.provisioner, &b1)
+        .await
+        .unwrap();
+    site.change().await;
+
+    let (status, body) = e
+        .app
+        .post(
+            &format!("/v1/sites/{}/restores", site.id),
+            &e.member,
+            json!({ "backup": b1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let ctx = StepContext {
+        db: e.app.db.clone(),
+        backends: Arc::new(
+            Provisioner::from_config(
+                &backends_config(&e.s3, e.sites_root.path()),
+                SECRET_KEY.as_bytes(),
+            )
+            .unwrap(),
+        ),
+        target: site.id.as_str().to_owned(),
+    };
+    let saga = sagas::saga(OperationKind::SiteRestore);
+    let planned = saga.plan(&ctx.backends);
+    for name in &planned {
+        let step = saga.step(name).unwrap();
+        if *name == "restore_database" || *name == "restore_files" {
+            // Killed mid-way: the task is dropped wherever it got to.
+            let task = {
+                let ctx = StepContext {
+                    db: ctx.db.clone(),
+                    backends: ctx.backends.clone(),
+                    target: ctx.target.clone(),
+                };
+                tokio::spawn(async move { (step.action)(&ctx).await })
+            };
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            task.abort();
+            let _ = task.await;
+        }
+        (step.action)(&ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        (step.action)(&ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{name} again: {e:#}"));
+    }
+    // And the half state made explicit: a table gone, a stray file, then the two steps
+    // once more, as a runner taking the operation over does.
+    site.schema.exec("DROP TABLE wp_posts;").await;
+    std::fs::write(site.root.join("stray.tmp"), "half").unwrap();
+    for name in ["restore_database", "restore_files"] {
+        (saga.step(name).unwrap().action)(&ctx).await.unwrap();
+    }
+    (saga.finish)(&ctx, OperationKind::SiteRestore, Outcome::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(site.schema.fingerprint().await, original_db);
+    assert_eq!(tree(&site.root), original_files);
+    let id = body["restore"]["id"].as_str().unwrap();
+    let (status, row) = e.app.get(&format!("/v1/restores/{id}"), &e.member).await;
+    assert_eq!(status, StatusCode::OK, "{row}");
+    assert_eq!(row["state"], "complete", "{row}");
+    // One pre-restore backup however often its step ran.
+    let pre: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM backups WHERE site_id = ? AND kind = 'pre_restore'",
+    )
+    .bind(site.id.as_str())
+    .fetch_one(&e.app.db)
+    .await
+    .unwrap();
+    assert_eq!(pre, 1);
+
+    site.remove(&e.provisioner).await;
+    e.app.finish().await;
+}
+
+/// Bad input is problem+json naming the field; another tenant's caller gets a 404.
+#[tokio::test]
+async fn restore_and_clone_requests_are_checked_field_by_field() {
+    let e = env(false).await;
+    let (site, schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let other_tenant = e
+        .app
+        .create_tenant(&e.admin, &random_name("ot").replace('_', "-"))
+        .await;
+    let (outsider, _) = e.app.user_with_role(&e.admin, &other_tenant, "owner").await;
+
+    let check =
+        |status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, field: &str| {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(headers["content-type"], "application/problem+json");
+            assert_eq!(body["errors"][0]["field"], field, "{body}");
+        };
+    for (path, body, field, says) in [
+        (
+            "restores",
+            json!({ "backup": "NOT-AN-ID" }),
+            "backup",
+            "is not a backup id",
+        ),
+        (
+            "restores",
+            json!({ "backup": Id::generate().as_str() }),
+            "backup",
+            "is not a backup of this site",
+        ),
+        ("clones", json!({ "domain": "not a domain" }), "domain", ""),
+        (
+            "clones",
+            json!({ "domain": format!("{}.example", Id::generate()) }),
+            "backup",
+            "no complete backup",
+        ),
+    ] {
+        let (status, headers, got) = e
+            .app
+            .request_full(
+                Method::POST,
+                &format!("/v1/sites/{site}/{path}"),
+                Some(&e.member),
+                Some(body.clone()),
+                &[],
+            )
+            .await;
+        check(status, &headers, &got, field);
+        assert!(
+            got["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(says),
+            "{body}: {got}"
+        );
+    }
+    // A field that is not ours, and another tenant's caller.
+    let (status, _, got) = e
+        .app
+        .request_full(
+            Method::POST,
+            &format!("/v1/sites/{site}/restores"),
+            Some(&e.member),
+            Some(json!({ "backup": Id::generate().as_str(), "force": true })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
+    let (status, got) = e
+        .app
+        .post(
+            &format!("/v1/sites/{site}/restores"),
+            &outsider,
+            json!({ "backup": Id::generate().as_str() }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
+    assert!(got["title"].is_string(), "{got}");
+    let (status, _) = e
+        .app
+        .get(&format!("/v1/restores/{}", Id::generate()), &e.member)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    schema.drop().await;
+    e.app.finish().await;
+}
+
+/// A clone: a new site of the tenant created through the create operation, the backup
+/// restored into it with the domain rewritten — serialized values' lengths fixed — and
+/// its files equal to the source's.
+#[tokio::test]
+async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_included() {
+    // A real mount point for the new site's folder (the create checks for one; no
+    // Gluster volume here, so its quota command is `true`).
+    let shm = Path::new("/dev/shm");
+    let s3 = S3Server::start().await;
+    let mut backends = backends_config(&s3, shm);
+    backends["gluster"]
+        .as_table_mut()
+        .unwrap()
+        .insert("gluster_bin".into(), toml::Value::String("true".into()));
+    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.backends = backends;
+        c.reconcile.enabled = false;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, &random_name("w").replace('_', "-"), 25)
+        .await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("cl").replace('_', "-"))
+        .await;
+    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
+    let source = provisioned_site(&app, &provisioner, &tenant, shm).await;
+    let from = format!("{}.example", source.id);
+    let inner = format!("a:1:{{i:0;s:{}:\"https://{from}/x\";}}", from.len() + 10);
+    let nested = format!(
+        "a:2:{{s:4:\"home\";s:{}:\"https://{from}\";s:5:\"inner\";s:{}:\"{inner}\";}}",
+        from.len() + 8,
+        inner.len()
+    );
+    source
+        .schema
+        .exec(&format!(
+            "UPDATE wp_options SET option_value = 'https://{from}' WHERE option_name = 'siteurl';
+             INSERT INTO wp_options (option_name, option_value) VALUES
+               ('nested', '{}'),
+               ('text', 'Café \"{from}\" it''s {from}/wp-content \\\\ 🚀');",
+            nested.replace('\\', "\\\\").replace('\'', "''")
+        ))
+        .await;
+    let source_files = tree(&source.root);
+    let b1 = backup_now(&app, &member, &source.id).await;
+
+    let to = format!("clone-{}.example.net", Id::generate());
+    let (status, body) = app
+        .post(
+            &format!("/v1/sites/{}/clones", source.id),
+            &member,
+            json!({ "domain": to }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["restore"]["kind"], "clone", "{body}");
+    assert_eq!(body["restore"]["backup_id"], b1.as_str(), "{body}");
+    assert_eq!(body["restore"]["domain_from"], from.as_str(), "{body}");
+    assert_eq!(body["restore"]["domain_to"], to.as_str(), "{body}");
+    assert_eq!(body["site"]["domain"], to.as_str(), "{body}");
+    assert_eq!(body["site"]["plan"], "starter", "{body}");
+    assert_eq!(body["create_operation"]["kind"], "site.create", "{body}");
+    let new_site = Id::parse(body["site"]["id"].as_str().unwrap()).unwrap();
+    let create = app
+        .wait_operation(&member, body["create_operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(create["state"], "succeeded", "{create}");
+    let done = app
+        .wait_operation(&member, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, row) = app
+        .get(
+            &format!("/v1/restores/{}", body["restore"]["id"].as_str().unwrap()),
+            &member,
+        )
+        .await;
+    assert_eq!(row["state"], "complete", "{row}");
+    assert!(row["pre_restore_backup_id"].is_null(), "{row}");
+    let (_, got) = app.get(&format!("/v1/sites/{new_site}"), &member).await;
+    assert_eq!(got["state"], "active", "{got}");
+
+    // The new site's database: the domain rewritten, serialized lengths right.
+    let clone = Schema {
+        admin: sqlx::MySqlPool::connect(&crate::support::server_url())
+            .await
+            .unwrap(),
+        name: format!("wp_{new_site}"),
+    };
+    let option = |name: &'static str| {
+        let (pool, schema) = (clone.admin.clone(), clone.name.clone());
+        async move {
+            let v: Vec<u8> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT CAST(option_value AS BINARY) FROM `{schema}`.wp_options WHERE option_name = ?"
+            )))
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            String::from_utf8(v).unwrap()
+        }
+    };
+    assert_eq!(option("siteurl").await, format!("https://{to}"));
+    let inner_new = format!("a:1:{{i:0;s:{}:\"https://{to}/x\";}}", to.len() + 10);
+    assert_eq!(
+        option("nested").await,
+        format!(
+            "a:2:{{s:4:\"home\";s:{}:\"https://{to}\";s:5:\"inner\";s:{}:\"{inner_new}\";}}",
+            to.len() + 8,
+            inner_new.len()
+        )
+    );
+    assert_eq!(
+        option("text").await,
+        format!("Café \"{to}\" it's {to}/wp-content \\ 🚀")
+    );
+    // The serialized widget of the fill names another domain: left as it was.
+    assert_eq!(
+        option("widget").await,
+        "a:1:{s:4:\"text\";s:17:\"https://a.example\";}"
+    );
+    // The source is untouched.
+    let src: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT option_value FROM `{}`.wp_options WHERE option_name = 'siteurl'",
+        source.schema.name
+    )))
+    .fetch_one(&source.schema.admin)
+    .await
+    .unwrap();
+    assert_eq!(src, format!("https://{from}"));
+    // siteurl, nested and text: the values that name the source.
+    assert_eq!(row["strings_rewritten"], 3, "{row}");
+    // Files: the source's tree.
+    let new_root = shm.join(new_site.as_str());
+    assert_eq!(tree(&new_root), source_files);
+
+    let rid = SiteResourceId::parse(new_site.as_str()).unwrap();
+    let _ = provisioner.remove_database(&rid).await;
+    let _ = std::fs::remove_dir_all(&new_root);
+    clone.drop().await;
+    source.remove(&provisioner).await;
+    app.finish().await;
+    drop(s3);
+}
+
+/// `pressdock backups create|list|show` and `pressdock sites restore --wait` as a tenant
+/// member runs them: the real binary against the server, progress on standard error.
+#[tokio::test]
+async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
+    let e = env(true).await;
+    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let original_db = site.schema.fingerprint().await;
+    let run = |args: Vec<String>| {
+        let (base, token) = (e.app.base.clone(), e.member.clone());
+        async move {
+            let out = tokio::process::Command::new(crate::support::binary())
+                .args(&args)
+                .args(["--url", &base])
+                .env("PRESSDOCK_TOKEN", token)
+                .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+            assert!(out.status.success(), "{args:?}: {stderr}");
+            (stdout, stderr)
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let id = site.id.as_str();
+    let (out, progress) = run(s(&["backups", "create", id, "--wait", "--json"])).await;
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["backup"]["state"], "complete", "{out}");
+    assert!(progress.contains("run_backup: done"), "{progress}");
+    let backup = created["backup"]["id"].as_str().unwrap().to_owned();
+    let (out, _) = run(s(&["backups", "list", id, "--json"])).await;
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["id"], backup.as_str(), "{out}");
+    let (out, _) = run(s(&["backups", "show", &backup])).await;
+    assert!(out.contains(&backup) && out.contains("complete"), "{out}");
+
+    site.change().await;
+    let (out, progress) = run(s(&["sites", "restore", id, "--backup", &backup, "--wait"])).await;
+    assert!(progress.contains("site.restore: succeeded"), "{progress}");
+    assert!(progress.contains("verify_backup: done"), "{progress}");
+    assert!(progress.contains("restore_files: done"), "{progress}");
+    assert!(out.contains("complete"), "{out}");
+    assert_eq!(site.schema.fingerprint().await, original_db);
+
+    site.remove(&e.provisioner).await;
+    e.app.finish().await;
+}
