@@ -200,6 +200,21 @@ pub fn agent_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What the edge's Traefik tasks ask of the platform, alone on `certs.edge_listen`: the
+/// provider document, the HTTP-01 answers, `/healthz`.
+pub fn edge_router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::certs::edge::router())
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }

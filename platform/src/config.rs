@@ -238,6 +238,16 @@ pub struct CertsConfig {
     pub challenge_upstream: Option<String>,
     /// The edge's plain-HTTP entrypoint.
     pub web_entrypoint: String,
+    /// The edge's HTTPS entrypoint (where the HSTS routers are).
+    pub websecure_entrypoint: String,
+    /// The Traefik service HTTPS requests go to (the cache, e.g. `pd-cache@file`): the
+    /// routers that add HSTS for the sites that ask for it send there. `None`: HSTS is off
+    /// whatever the sites ask.
+    pub https_service: Option<String>,
+    /// A listener that serves only what the edge asks (`/edge/traefik.json`, the HTTP-01
+    /// answers, `/healthz`), on an address the edge's Traefik tasks reach; `None`: those
+    /// routes are on `listen` only.
+    pub edge_listen: Option<SocketAddr>,
 }
 
 impl Default for CertsConfig {
@@ -255,6 +265,9 @@ impl Default for CertsConfig {
             edge_token: Secret::default(),
             challenge_upstream: None,
             web_entrypoint: "web".to_owned(),
+            websecure_entrypoint: "websecure".to_owned(),
+            https_service: None,
+            edge_listen: None,
         }
     }
 }

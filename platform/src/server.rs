@@ -115,6 +115,25 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    if let Some(address) = state.config.certs.edge_listen {
+        let edge = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the edge's listener on {address}"))?;
+        tracing::info!(%address, "serving the edge (certificates, ACME challenges)");
+        let app =
+            api::edge_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut stop = shutdown.clone();
+        runners.push(tokio::spawn(async move {
+            let served = axum::serve(edge, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "the edge's listener failed");
+            }
+        }));
+    }
     if let Some(address) = state.config.agent.listen {
         let agents = TcpListener::bind(address)
             .await

@@ -415,6 +415,62 @@ impl Api {
     }
 }
 
+/// GET `path` (with its query) of `domain` through the lab's edge: plain HTTP first
+/// (127.0.0.1:23080); when the edge redirects to HTTPS (the domain has its certificate and
+/// its site does not keep HTTP), the same path through the HTTPS edge (`edge_https_url` of
+/// the lab's `lab.toml`), verifying the chain against the lab ACME roots and the name.
+/// The final status and body; `Err` when a request fails.
+pub async fn edge_get(domain: &str, path: &str) -> Result<(u16, String), String> {
+    let no_redirect = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+    };
+    let r = no_redirect()
+        .build()
+        .map_err(|e| e.to_string())?
+        .get(format!("http://127.0.0.1:23080{path}"))
+        .header("Host", domain)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    if !matches!(status, 301 | 308)
+        || location.as_deref() != Some(&format!("https://{domain}{path}"))
+    {
+        return Ok((status, r.text().await.map_err(|e| e.to_string())?));
+    }
+    let lab = read_toml(&Path::new(LAB_STATE).join("lab.toml"));
+    let https: std::net::SocketAddr = lab["edge_https_url"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("https://")
+        .parse()
+        .map_err(|e| format!("edge_https_url: {e}"))?;
+    let roots = std::fs::read(lab["acme_roots"].as_str().unwrap_or_default())
+        .map_err(|e| format!("the lab ACME roots: {e}"))?;
+    let mut b = no_redirect()
+        .tls_built_in_root_certs(false)
+        .resolve(domain, https);
+    for root in reqwest::Certificate::from_pem_bundle(&roots).map_err(|e| e.to_string())? {
+        b = b.add_root_certificate(root);
+    }
+    let r = b
+        .build()
+        .map_err(|e| e.to_string())?
+        .get(format!("https://{domain}:{}{path}", https.port()))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await.map_err(|e| e.to_string())?))
+}
+
 /// The lab staff admin's password, from the lab's `secrets.toml`.
 pub fn lab_staff_password() -> String {
     read_toml(&Path::new(LAB_STATE).join("secrets.toml"))["staff_password"]

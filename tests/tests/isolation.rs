@@ -490,20 +490,9 @@ async fn redis_replicas(config: &toml::Table) -> Vec<String> {
 
 /// The edge answers A's home page with A's title.
 async fn probe_edge(edge: &str, site: &Site) -> (Observed, String) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    match http
-        .get(format!("{edge}/"))
-        .header("Host", &site.domain)
-        .send()
-        .await
-    {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let body = r.text().await.unwrap_or_default();
+    // Over HTTPS once the domain has its certificate (the edge redirects).
+    match e2e::edge_get(&site.domain, "/").await {
+        Ok((status, body)) => {
             let detail = format!("{edge}/ Host {}: {status}", site.domain);
             if status == 200 && body.contains(&site.title) {
                 (

@@ -23,7 +23,6 @@ use serde_json::json;
 
 use e2e::{LAB_STATE as STATE, random};
 
-const EDGE: &str = "127.0.0.1:23080";
 const HOST_IP: &str = "10.213.0.1";
 
 fn enabled() -> bool {
@@ -185,14 +184,10 @@ async fn delete_site(api: &e2e::Api, site: &str) {
 async fn home_through_edge(domain: &str, title: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = reqwest::Client::new()
-            .get(format!("http://{EDGE}/?probe={}", random()))
-            .header("Host", domain)
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status() == 200
-            && r.text().await.unwrap_or_default().contains(title)
+        // Over HTTPS once the domain has its certificate (the edge redirects).
+        let r = e2e::edge_get(domain, &format!("/?probe={}", random())).await;
+        if let Ok((200, body)) = &r
+            && body.contains(title)
         {
             return true;
         }

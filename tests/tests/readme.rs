@@ -285,15 +285,11 @@ async fn readme_usage_runs_as_written_on_the_lab() {
                 ));
                 break;
             }
-            let page = reqwest::Client::new()
-                .get("http://127.0.0.1:23080/")
-                .header("Host", "blog.acme.test")
-                .send()
+            // Over HTTPS once the domain has its certificate (the edge redirects).
+            let (status, body) = e2e::edge_get("blog.acme.test", "/")
                 .await
-                .unwrap();
-            let status = page.status();
-            let body = page.text().await.unwrap_or_default();
-            if status != reqwest::StatusCode::OK || !body.contains("<title>") {
+                .unwrap_or_else(|e| (0, e));
+            if status != 200 || !body.contains("<title>") {
                 failure = Some(format!(
                     "the edge answered {status} for blog.acme.test:\n{}",
                     &body[..body.len().min(400)]

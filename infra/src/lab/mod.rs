@@ -13,6 +13,7 @@
 //! creates what is missing) and never duplicates. `lab down` finds the lab's leftovers by
 //! PID files, cgroups, names (`pdlab-*`), mount points under its folders and the iptables
 //! comment `pressdock-lab`, so it also cleans up after a crash.
+pub mod acme;
 pub mod data;
 pub mod dns;
 pub mod down;
@@ -84,6 +85,24 @@ pub mod ports {
     pub const EDGE_METRICS: u16 = 8082;
     /// `pressdock serve`, on 127.0.0.1.
     pub const PLATFORM: u16 = 23500;
+    /// The platform's edge listener (`/edge/traefik.json`, HTTP-01 answers) on the bridge
+    /// address, for the Traefik tasks (`PLATFORM + 1` is the agents' listener).
+    pub const PLATFORM_EDGE: u16 = 23502;
+    /// The edge over HTTPS (Traefik `websecure`), on 127.0.0.1.
+    pub const EDGE_TLS: u16 = 23443;
+    /// Traefik `websecure` inside each manager node's namespace.
+    pub const NODE_WEBSECURE: u16 = 443;
+    /// The second Traefik replica of each manager node (`traefik-b` in stacks/edge.yml):
+    /// `web` and `websecure`, published in the node's namespace.
+    pub const NODE_WEB_B: u16 = 8080;
+    pub const NODE_WEBSECURE_B: u16 = 8443;
+    /// pebble's directory and management API, and challtestsrv's DNS and management API,
+    /// on 127.0.0.1 (lab::acme).
+    pub const PEBBLE: u16 = 23600;
+    pub const PEBBLE_MANAGEMENT: u16 = 23601;
+    pub const PEBBLE_TLS_ALPN: u16 = 23602;
+    pub const CHALLTEST_DNS: u16 = 23653;
+    pub const CHALLTEST_MANAGEMENT: u16 = 23655;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +218,10 @@ pub struct Secrets {
     pub s3_access_key: String,
     #[serde(default)]
     pub s3_secret_key: String,
+    /// The bearer token Traefik presents to the platform's `/edge/traefik.json`
+    /// (`certs.edge_token`); added with HTTPS (issue 14), filled in like the S3 keys.
+    #[serde(default)]
+    pub edge_token: String,
 }
 
 impl Secrets {
@@ -207,8 +230,16 @@ impl Secrets {
         if let Ok(s) = std::fs::read_to_string(&path) {
             let mut s: Secrets =
                 toml::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
+            let mut changed = false;
             if s.s3_access_key.is_empty() || s.s3_secret_key.is_empty() {
                 (s.s3_access_key, s.s3_secret_key) = new_s3_keys()?;
+                changed = true;
+            }
+            if s.edge_token.is_empty() {
+                s.edge_token = sh::random_hex(24)?;
+                changed = true;
+            }
+            if changed {
                 s.save(&path)?;
             }
             return Ok(s);
@@ -225,6 +256,7 @@ impl Secrets {
             demo_password: sh::random_hex(8)?,
             s3_access_key,
             s3_secret_key,
+            edge_token: sh::random_hex(24)?,
         };
         s.save(&path)?;
         Ok(s)

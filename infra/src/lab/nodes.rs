@@ -338,7 +338,21 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
         reload_vcl(lab)?;
     }
     super::edge_routes::ensure(lab).context("Traefik's routes")?;
+    let (static_dir, static_sha) = write_traefik_static(lab)?;
     let m1 = lab.topo.first_manager();
+    let traefik = format!("{STACK}_traefik");
+    let version = |m: &Node| {
+        // The task template, not the version: a deploy that changes nothing still bumps it.
+        try_out(&mut m.docker([
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate}}",
+            &traefik,
+        ]))
+        .map(|v| v.trim().to_owned())
+    };
+    let before = version(&m1);
     let stack = lab.repo.join("stacks/edge.yml");
     let mut c = m1.docker([
         "stack",
@@ -352,11 +366,75 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
     ]);
     c.env("PD_VCL_DIR", &vcl)
         .env("PD_TRAEFIK_DYNAMIC", super::edge_routes::dir(lab))
+        .env("PD_TRAEFIK_STATIC", &static_dir)
+        .env("PD_TRAEFIK_STATIC_SHA", &static_sha)
         .env("PD_VARNISH_SECRET", lab.path("varnish/secret"))
         .env("PD_EDGE_NET", EDGE_NET)
         .env("PD_SITES_NET", SITES_NET);
     run(&mut c).context("deploying stacks/edge.yml")?;
+    // A changed Traefik service (a new static configuration) replaces its tasks, at new
+    // addresses: Varnish resolves `traefik` when its VCL compiles, so once the new tasks
+    // run, reload the VCL. (Without this the edge check right after the deploy could still
+    // reach the old task, and Varnish then kept sending to an address that was gone.)
+    if before.is_some() && version(&m1) != before {
+        progress(
+            "edge",
+            "Traefik updated: waiting for its new tasks, then reloading the VCL",
+        );
+        let _ = wait_for(
+            "Traefik's new tasks",
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || {
+                let ps = try_out(&mut m1.docker([
+                    "service",
+                    "ps",
+                    &traefik,
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.CurrentState}}",
+                ]))?;
+                let states: Vec<&str> = ps.lines().filter(|l| !l.trim().is_empty()).collect();
+                (!states.is_empty() && states.iter().all(|l| l.starts_with("Running")))
+                    .then_some(())
+            },
+        );
+        reload_vcl(lab)?;
+    }
     Ok(())
+}
+
+/// Traefik's static configuration (stacks/traefik.yml filled in) in `<state>/traefik/static`
+/// (mode 0600: it holds the edge token); its folder and the digest of its content.
+pub fn write_traefik_static(lab: &Lab) -> Result<(std::path::PathBuf, String)> {
+    use sha2::Digest;
+    let src = lab.repo.join("stacks/traefik.yml");
+    let template =
+        std::fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+    let text = template
+        .replace("${PD_EDGE_SUBNET}", super::EDGE_SUBNET)
+        .replace(
+            "${PD_EDGE_PROVIDER}",
+            &format!(
+                "http://{}:{}/edge/traefik.json",
+                super::HOST_IP,
+                super::ports::PLATFORM_EDGE
+            ),
+        )
+        .replace("${PD_EDGE_TOKEN}", &lab.secrets.edge_token);
+    if text.contains("${PD_") {
+        anyhow::bail!(
+            "{}: a ${{...}} value the deployer does not know",
+            src.display()
+        );
+    }
+    let dir = lab.path("traefik/static");
+    let path = dir.join("traefik.yml");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        sh::write_private(&path, &text)?;
+    }
+    Ok((dir, hex::encode(sha2::Sha256::digest(text.as_bytes()))))
 }
 
 /// The lab's test site (stack `lab`): the WordPress runtime image serving its static files.

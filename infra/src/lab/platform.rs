@@ -112,7 +112,8 @@ runtime_image = "local/wordpress:dev"
 site_network = "{SITES_NET}"
 edge_network = "{EDGE_NET}"
 cert_resolver = ""
-# The lab's Traefik has no TLS entrypoint.
+# No per-site TLS routers: Traefik's `websecure` sends every HTTPS request to Varnish
+# (stacks/edge-routes.yml) with the certificates of [certs] below.
 websecure_entrypoint = ""
 docker_api_version = "1.41"
 # Every worker runs `pressdock-infra guard` (lab up): an agent runs no PHP until its task
@@ -127,6 +128,24 @@ region = "{s3_region}"
 access_key = "{s3_access}"
 secret_key = "{s3_secret}"
 force_path_style = true
+
+[certs]
+# pebble, the lab's ACME server (lab::acme): HTTP-01 is validated through the lab's edge.
+enabled = true
+directory = "{acme_directory}"
+contact_email = "ops@pressdock.test"
+directory_ca_file = "{acme_ca}"
+interval_secs = 3
+order_timeout_secs = 60
+retry_base_secs = 10
+retry_max_secs = 300
+# Every Traefik replica polls /edge/traefik.json on the edge listener with this token.
+edge_token = "{edge_token}"
+edge_listen = "{HOST_IP}:{edge_port}"
+challenge_upstream = "http://{HOST_IP}:{edge_port}"
+web_entrypoint = "web"
+websecure_entrypoint = "websecure"
+https_service = "pd-cache@file"
 
 [billing]
 # The edge's per-site request counts, scraped every minute into hourly usage samples.
@@ -150,6 +169,10 @@ edge_metrics = [{edge_metrics}]
         s3_region = super::data::S3_REGION,
         s3_access = s.s3_access_key,
         s3_secret = s.s3_secret_key,
+        acme_directory = super::acme::directory_url(),
+        acme_ca = super::acme::api_root(lab).display(),
+        edge_token = s.edge_token,
+        edge_port = ports::PLATFORM_EDGE,
         edge_metrics = edge_metrics.join(", "),
     )
 }
@@ -471,10 +494,22 @@ pub fn write_summary(lab: &Lab, plat: Option<&Platform>) -> Result<()> {
         })
         .collect();
     let s = format!(
-        "edge_url = \"http://127.0.0.1:{edge}\"\nrouter = \"{HOST_IP}:{router}\"\n\
+        "edge_url = \"http://127.0.0.1:{edge}\"\nedge_https_url = \"https://127.0.0.1:{edge_tls}\"\n\
+         edge_https_replicas = [{replicas}]\nacme_roots = \"{acme_roots}\"\n\
+         acme_directory = \"{acme_directory}\"\nacme_dns_management = \"{acme_dns}\"\n\
+         router = \"{HOST_IP}:{router}\"\n\
          platform_url = \"{purl}\"\nplatform_config = \"{cfg}\"\nmanager_docker_host = \"{dh}\"\n\
          nodes = [\n  {nodes}\n]\n",
         edge = ports::EDGE,
+        edge_tls = ports::EDGE_TLS,
+        replicas = super::status::https_replicas(lab)
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        acme_roots = super::acme::roots(lab).display(),
+        acme_directory = super::acme::directory_url(),
+        acme_dns = super::acme::dns_management_url(),
         router = ports::ROUTER,
         purl = plat.map(|p| p.url.as_str()).unwrap_or(""),
         cfg = config_path().display(),

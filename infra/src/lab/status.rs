@@ -195,6 +195,11 @@ pub fn status(lab: &Lab) -> bool {
             })
             .unwrap_or_else(|e| format!("{e:#}")),
     );
+    report(
+        &format!("ACME server (pebble) {}", super::acme::directory_url()),
+        lab.procs.alive("pebble").is_some() && super::acme::directory_answers(lab),
+        "issues the sites' certificates (HTTP-01 through the edge)",
+    );
     let plat = lab.procs.alive("platform");
     line(
         &format!("platform 127.0.0.1:{}", ports::PLATFORM),
@@ -208,6 +213,20 @@ pub fn status(lab: &Lab) -> bool {
     healthy
 }
 
+/// Every Traefik replica's `websecure` address (two per manager: `traefik`, `traefik-b`).
+pub fn https_replicas(lab: &Lab) -> Vec<String> {
+    lab.topo
+        .cache_nodes()
+        .iter()
+        .flat_map(|n| {
+            [
+                format!("{}:{}", n.ip, ports::NODE_WEBSECURE),
+                format!("{}:{}", n.ip, ports::NODE_WEBSECURE_B),
+            ]
+        })
+        .collect()
+}
+
 pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
     let s = &lab.secrets;
     println!();
@@ -216,6 +235,26 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         "  edge (Traefik → Varnish → site): http://127.0.0.1:{}/  (try: curl -H 'Host: hello.lab.test' http://127.0.0.1:{}/pressdock-health -i)",
         ports::EDGE,
         ports::EDGE
+    );
+    println!(
+        "  edge over HTTPS: https://127.0.0.1:{}/  (certificates from the lab's ACME server; \
+         try: curl --cacert {} --resolve {}:{}:127.0.0.1 https://{}:{}/)",
+        ports::EDGE_TLS,
+        super::acme::roots(lab).display(),
+        super::platform::DEMO_DOMAIN,
+        ports::EDGE_TLS,
+        super::platform::DEMO_DOMAIN,
+        ports::EDGE_TLS
+    );
+    println!(
+        "    Traefik replicas (HTTPS): {}",
+        https_replicas(lab).join(", ")
+    );
+    println!(
+        "  ACME (pebble): {}  roots: {}  DNS management: {}",
+        super::acme::directory_url(),
+        super::acme::roots(lab).display(),
+        super::acme::dns_management_url()
     );
     println!(
         "  Galera router:  mysql -h {HOST_IP} -P {} -u pdadmin -p{}",
@@ -255,10 +294,13 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
             );
             if !p.demo_site.is_empty() {
                 println!(
-                    "    demo site: {}  (curl -H 'Host: {}' http://127.0.0.1:{}/)",
+                    "    demo site: {}  (curl --cacert {} --resolve {}:{}:127.0.0.1 https://{}:{}/)",
                     p.demo_site,
+                    super::acme::roots(lab).display(),
                     super::platform::DEMO_DOMAIN,
-                    ports::EDGE
+                    ports::EDGE_TLS,
+                    super::platform::DEMO_DOMAIN,
+                    ports::EDGE_TLS
                 );
             }
         }

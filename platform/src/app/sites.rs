@@ -41,6 +41,13 @@ pub struct Site {
     pub aliases: Vec<String>,
     /// The worker node the site is placed on.
     pub node: Option<String>,
+    /// Plain HTTP keeps being served for the site's domains once they have a certificate
+    /// (by default the edge redirects HTTP to HTTPS; the ACME challenge path always stays
+    /// on HTTP).
+    pub keep_http: bool,
+    /// The edge sends `Strict-Transport-Security: max-age=31536000` on the site's HTTPS
+    /// answers (browsers then refuse plain HTTP for a year: turn it on once HTTPS works).
+    pub hsts: bool,
     pub generation: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -62,6 +69,8 @@ struct SiteRow {
     state: SiteState,
     primary_domain: String,
     node: Option<String>,
+    keep_http: bool,
+    hsts: bool,
     generation: i64,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
@@ -146,6 +155,11 @@ pub struct NewSite {
     /// E-mail of the first WordPress administrator; the creating user's by default.
     #[schema(format = "email", max_length = 254)]
     pub admin_email: Option<String>,
+    /// Keep serving plain HTTP once the domains have certificates (no redirect to HTTPS);
+    /// `false` by default.
+    pub keep_http: Option<bool>,
+    /// Send HSTS on HTTPS answers; `false` by default.
+    pub hsts: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -166,6 +180,10 @@ pub struct SiteChange {
     pub aliases: Option<Vec<String>>,
     #[schema(pattern = "^[a-z][a-z0-9-]{0,61}[a-z0-9]$")]
     pub plan: Option<String>,
+    /// Keep serving plain HTTP (no redirect to HTTPS).
+    pub keep_http: Option<bool>,
+    /// Send HSTS on HTTPS answers.
+    pub hsts: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -195,7 +213,7 @@ const MAX_ALIASES: usize = 20;
 // after `limit + 1` rows; left to itself MariaDB may start from the 3-row `plans` table and
 // read every site of a plan (measured in docs/benchmarks.md, API section).
 const SELECT: &str = "SELECT STRAIGHT_JOIN s.id, s.seq, s.tenant_id, s.name, p.slug AS plan, s.state, s.primary_domain, \
-     n.name AS node, s.generation, s.created_at, s.updated_at \
+     n.name AS node, s.keep_http, s.hsts, s.generation, s.created_at, s.updated_at \
      FROM sites s JOIN plans p ON p.id = s.plan_id \
      LEFT JOIN placements pl ON pl.site_id = s.id LEFT JOIN nodes n ON n.id = pl.node_id";
 
@@ -244,6 +262,8 @@ fn push_site_row(sites: &mut Vec<(i64, Site)>, SiteAliasRow { site: r, alias }: 
                 state: r.state,
                 domain: r.primary_domain,
                 node: r.node,
+                keep_http: r.keep_http,
+                hsts: r.hsts,
                 generation: r.generation,
                 created_at: r.created_at,
                 updated_at: r.updated_at,
@@ -536,6 +556,8 @@ pub(crate) struct ValidNewSite {
     plan: super::plans::Plan,
     admin_user: String,
     admin_email: String,
+    keep_http: bool,
+    hsts: bool,
 }
 
 /// Checks a new site's fields: every invalid one is named in one 422.
@@ -573,6 +595,8 @@ pub(crate) async fn validate_new(
         plan,
         admin_user,
         admin_email,
+        keep_http: input.keep_http.unwrap_or(false),
+        hsts: input.hsts.unwrap_or(false),
     })
 }
 
@@ -592,6 +616,8 @@ pub(crate) async fn insert_new(
         plan,
         admin_user,
         admin_email,
+        keep_http,
+        hsts,
     } = valid;
     let tenant_state: Option<String> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
         .bind(tenant.as_str())
@@ -603,8 +629,8 @@ pub(crate) async fn insert_new(
     let id = Id::generate();
     // Every site starts `provisioning`; from here on only `site_state::change` writes it.
     sqlx::query(
-        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain, admin_user, admin_email) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain, admin_user, admin_email, \
+         keep_http, hsts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
@@ -614,6 +640,8 @@ pub(crate) async fn insert_new(
     .bind(domains[0].as_str())
     .bind(&admin_user)
     .bind(&admin_email)
+    .bind(keep_http)
+    .bind(hsts)
     .execute(&mut *tx)
     .await?;
     super::billing::record_site_state(&mut *tx, Some(id.as_str())).await?;
@@ -725,6 +753,21 @@ pub async fn update(
     if let Some(plan) = &plan {
         refit_plan(&mut tx, id.as_str(), plan).await?;
     }
+    // The edge reads these from the database (`GET /edge/traefik.json`): no backend step.
+    if let Some(keep_http) = change.keep_http {
+        sqlx::query("UPDATE sites SET keep_http = ? WHERE id = ?")
+            .bind(keep_http)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(hsts) = change.hsts {
+        sqlx::query("UPDATE sites SET hsts = ? WHERE id = ?")
+            .bind(hsts)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query("UPDATE sites SET generation = generation + 1, updated_at = NOW(6) WHERE id = ?")
         .bind(id.as_str())
         .execute(&mut *tx)
@@ -738,7 +781,7 @@ pub async fn update(
             tenant_id: Some(&site.tenant_id),
             target_type: "site",
             target_id: id.as_str(),
-            details: json!({ "name": name, "domains": domains, "plan": plan.as_ref().map(|p| &p.slug) }),
+            details: json!({ "name": name, "domains": domains, "plan": plan.as_ref().map(|p| &p.slug), "keep_http": change.keep_http, "hsts": change.hsts }),
         },
     )
     .await?;

@@ -79,32 +79,71 @@ async fn traefik(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if !authorized(&headers, token) {
         return ApiError::Unauthorized("the edge provider token is required").into_response();
     }
-    match store::servable(&state.db, &state.provisioner.secrets).await {
-        Ok(certificates) => Json(dynamic_config(
-            &certificates,
-            state.config.certs.challenge_upstream.as_deref(),
-            &state.config.certs.web_entrypoint,
-        ))
-        .into_response(),
+    let served = async {
+        let certificates = store::servable(&state.db, &state.provisioner.secrets).await?;
+        let options = store::https_options(&state.db).await?;
+        anyhow::Ok((certificates, options))
+    };
+    match served.await {
+        Ok((certificates, options)) => {
+            let domains: Vec<Served> = certificates
+                .into_iter()
+                .map(|(domain, material)| Served {
+                    options: options.get(&domain).copied().unwrap_or_default(),
+                    domain,
+                    material,
+                })
+                .collect();
+            let c = &state.config.certs;
+            Json(dynamic_config(
+                &domains,
+                &EdgeSettings {
+                    challenge_upstream: c.challenge_upstream.as_deref(),
+                    web_entrypoint: &c.web_entrypoint,
+                    websecure_entrypoint: &c.websecure_entrypoint,
+                    https_service: c.https_service.as_deref(),
+                },
+            ))
+            .into_response()
+        }
         Err(err) => ApiError::Internal(err).into_response(),
     }
 }
 
+/// One domain the edge serves over HTTPS: its certificate and its site's options.
+pub struct Served {
+    pub domain: String,
+    pub material: store::Material,
+    pub options: store::HttpsOptions,
+}
+
+/// How the edge is laid out (`[certs]` of the configuration).
+pub struct EdgeSettings<'a> {
+    /// Where the challenge path goes; `None`: no challenge route.
+    pub challenge_upstream: Option<&'a str>,
+    /// The plain-HTTP entrypoint (redirects, the challenge route).
+    pub web_entrypoint: &'a str,
+    /// The HTTPS entrypoint (the HSTS routers).
+    pub websecure_entrypoint: &'a str,
+    /// The Traefik service that HTTPS requests go to (the cache), for the routers that add
+    /// HSTS; `None`: no HSTS routers.
+    pub https_service: Option<&'a str>,
+}
+
+/// `Strict-Transport-Security` max-age of the sites that turn HSTS on: one year.
+pub const HSTS_MAX_AGE_SECS: u64 = 31_536_000;
+
 /// Traefik's dynamic configuration for the given certificates.
-pub fn dynamic_config(
-    certificates: &[(String, store::Material)],
-    challenge_upstream: Option<&str>,
-    web_entrypoint: &str,
-) -> Value {
+pub fn dynamic_config(domains: &[Served], edge: &EdgeSettings<'_>) -> Value {
     let mut routers = Map::new();
     let mut services = Map::new();
     let mut middlewares = Map::new();
-    if let Some(upstream) = challenge_upstream {
+    if let Some(upstream) = edge.challenge_upstream {
         routers.insert(
             "pd-acme-challenge".into(),
             json!({
                 "rule": "PathPrefix(`/.well-known/acme-challenge/`)",
-                "entryPoints": [web_entrypoint],
+                "entryPoints": [edge.web_entrypoint],
                 "service": "pd-acme-challenge",
                 "priority": CHALLENGE_PRIORITY,
             }),
@@ -114,22 +153,42 @@ pub fn dynamic_config(
             json!({ "loadBalancer": { "servers": [{ "url": upstream }] } }),
         );
     }
-    if !certificates.is_empty() {
-        middlewares.insert(
-            "pd-to-https".into(),
-            json!({ "redirectScheme": { "scheme": "https", "permanent": true } }),
-        );
-        // One router per domain: the names are ours (a counter), the domains were
-        // validated when the site took them (lower-case letters, digits, '-', '.').
-        for (i, (domain, _)) in certificates.iter().enumerate() {
+    // One router per domain: the names are ours (the domain's index), the domains were
+    // validated when the site took them (lower-case letters, digits, '-', '.').
+    for (i, served) in domains.iter().enumerate() {
+        let rule = format!("Host(`{}`)", served.domain);
+        if !served.options.keep_http {
+            middlewares.insert(
+                "pd-to-https".into(),
+                json!({ "redirectScheme": { "scheme": "https", "permanent": true } }),
+            );
             routers.insert(
                 format!("pd-https-{i}"),
                 json!({
-                    "rule": format!("Host(`{domain}`)"),
-                    "entryPoints": [web_entrypoint],
+                    "rule": rule,
+                    "entryPoints": [edge.web_entrypoint],
                     "middlewares": ["pd-to-https"],
                     "service": "noop@internal",
                     "priority": REDIRECT_PRIORITY,
+                }),
+            );
+        }
+        if served.options.hsts
+            && let Some(service) = edge.https_service
+        {
+            middlewares.insert(
+                "pd-hsts".into(),
+                json!({ "headers": { "stsSeconds": HSTS_MAX_AGE_SECS } }),
+            );
+            routers.insert(
+                format!("pd-hsts-{i}"),
+                json!({
+                    "rule": rule,
+                    "entryPoints": [edge.websecure_entrypoint],
+                    "middlewares": ["pd-hsts"],
+                    "service": service,
+                    "priority": REDIRECT_PRIORITY,
+                    "tls": {},
                 }),
             );
         }
@@ -146,10 +205,10 @@ pub fn dynamic_config(
         }
         config.insert("http".into(), Value::Object(http));
     }
-    if !certificates.is_empty() {
-        let list: Vec<Value> = certificates
+    if !domains.is_empty() {
+        let list: Vec<Value> = domains
             .iter()
-            .map(|(_, m)| json!({ "certFile": m.chain_pem, "keyFile": m.key_pem }))
+            .map(|d| json!({ "certFile": d.material.chain_pem, "keyFile": d.material.key_pem }))
             .collect();
         config.insert("tls".into(), json!({ "certificates": list }));
     }
@@ -168,25 +227,75 @@ mod tests {
         assert!(!valid_token("../../etc/passwd/aaaaaaaaaaaaaaaa"));
     }
 
+    fn served(domain: &str, keep_http: bool, hsts: bool) -> Served {
+        Served {
+            domain: domain.into(),
+            material: store::Material {
+                chain_pem: format!("CHAIN {domain}"),
+                key_pem: format!("KEY {domain}"),
+            },
+            options: store::HttpsOptions { keep_http, hsts },
+        }
+    }
+
+    const EDGE: EdgeSettings<'static> = EdgeSettings {
+        challenge_upstream: Some("http://platform:8080"),
+        web_entrypoint: "web",
+        websecure_entrypoint: "websecure",
+        https_service: Some("pd-cache@file"),
+    };
+
     #[test]
     fn config_has_certificates_redirects_and_the_challenge_route() {
-        let m = store::Material {
-            chain_pem: "CHAIN".into(),
-            key_pem: "KEY".into(),
-        };
-        let c = dynamic_config(&[("a.test".into(), m)], Some("http://platform:8080"), "web");
-        assert_eq!(c["tls"]["certificates"][0]["certFile"], "CHAIN");
-        assert_eq!(c["tls"]["certificates"][0]["keyFile"], "KEY");
+        let c = dynamic_config(&[served("a.test", false, false)], &EDGE);
+        assert_eq!(c["tls"]["certificates"][0]["certFile"], "CHAIN a.test");
+        assert_eq!(c["tls"]["certificates"][0]["keyFile"], "KEY a.test");
         assert_eq!(c["http"]["routers"]["pd-https-0"]["rule"], "Host(`a.test`)");
         assert_eq!(
             c["http"]["routers"]["pd-https-0"]["middlewares"][0],
             "pd-to-https"
         );
+        assert!(c["http"]["routers"].get("pd-hsts-0").is_none(), "{c}");
         assert_eq!(
             c["http"]["services"]["pd-acme-challenge"]["loadBalancer"]["servers"][0]["url"],
             "http://platform:8080"
         );
-        let empty = dynamic_config(&[], None, "web");
-        assert_eq!(empty, json!({}));
+        let none = EdgeSettings {
+            challenge_upstream: None,
+            ..EDGE
+        };
+        assert_eq!(dynamic_config(&[], &none), json!({}));
+    }
+
+    #[test]
+    fn keep_http_drops_the_redirect_and_hsts_adds_a_header_router() {
+        let c = dynamic_config(
+            &[served("a.test", true, false), served("b.test", false, true)],
+            &EDGE,
+        );
+        let routers = &c["http"]["routers"];
+        assert!(
+            routers.get("pd-https-0").is_none(),
+            "a.test keeps HTTP: {c}"
+        );
+        assert!(routers.get("pd-hsts-0").is_none(), "{c}");
+        assert_eq!(routers["pd-https-1"]["rule"], "Host(`b.test`)");
+        assert_eq!(routers["pd-hsts-1"]["rule"], "Host(`b.test`)");
+        assert_eq!(routers["pd-hsts-1"]["entryPoints"][0], "websecure");
+        assert_eq!(routers["pd-hsts-1"]["service"], "pd-cache@file");
+        assert_eq!(routers["pd-hsts-1"]["tls"], json!({}));
+        assert_eq!(
+            c["http"]["middlewares"]["pd-hsts"]["headers"]["stsSeconds"],
+            31_536_000
+        );
+        // Both certificates are served whatever the options.
+        assert_eq!(c["tls"]["certificates"].as_array().unwrap().len(), 2);
+        // Without a service to send HTTPS requests to, no HSTS router.
+        let no_service = EdgeSettings {
+            https_service: None,
+            ..EDGE
+        };
+        let c = dynamic_config(&[served("b.test", false, true)], &no_service);
+        assert!(c["http"]["routers"].get("pd-hsts-0").is_none(), "{c}");
     }
 }

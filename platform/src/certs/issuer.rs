@@ -36,9 +36,39 @@ pub struct PassReport {
 #[derive(Debug)]
 struct OrderFailure(String);
 
+/// The directory does not know our account (RFC 8555 `accountDoesNotExist`): not the
+/// domain's failure.
+#[derive(Debug)]
+enum Failure {
+    Order(OrderFailure),
+    AccountGone(String),
+}
+
 impl From<instant_acme::Error> for OrderFailure {
     fn from(err: instant_acme::Error) -> Self {
         Self(err.to_string())
+    }
+}
+
+impl From<OrderFailure> for Failure {
+    fn from(failure: OrderFailure) -> Self {
+        Self::Order(failure)
+    }
+}
+
+impl From<instant_acme::Error> for Failure {
+    fn from(err: instant_acme::Error) -> Self {
+        match &err {
+            instant_acme::Error::Api(problem)
+                if problem
+                    .r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+            {
+                Self::AccountGone(err.to_string())
+            }
+            _ => Self::Order(err.into()),
+        }
     }
 }
 
@@ -82,13 +112,22 @@ impl Issuer {
                 continue;
             }
             match self.order(&account, &domain).await {
+                Err(Failure::AccountGone(reason)) => {
+                    // The directory lost our account (pebble restarted, the account was
+                    // deactivated): register again at the next pass, charge no domain.
+                    store::release(&self.db, &domain).await?;
+                    store::forget_account(&self.db, &settings.directory_url).await?;
+                    anyhow::bail!(
+                        "the ACME directory does not know the account ({reason}); a new one is registered at the next pass"
+                    );
+                }
                 Ok((material, issued)) => {
                     store::store_issued(&self.db, &self.secrets, &domain, &material, &issued)
                         .await?;
                     tracing::info!(%domain, not_after = %issued.not_after, "certificate issued");
                     report.issued.push(domain);
                 }
-                Err(OrderFailure(reason)) => {
+                Err(Failure::Order(OrderFailure(reason))) => {
                     let failures = store::failures(&self.db, &domain).await?;
                     let retry = backoff_secs(
                         failures,
@@ -151,11 +190,7 @@ impl Issuer {
     }
 
     /// One order for one domain through HTTP-01.
-    async fn order(
-        &self,
-        account: &Account,
-        domain: &str,
-    ) -> Result<(Material, Issued), OrderFailure> {
+    async fn order(&self, account: &Account, domain: &str) -> Result<(Material, Issued), Failure> {
         let identifiers = [Identifier::Dns(domain.to_owned())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
         let mut tokens = Vec::new();

@@ -137,6 +137,30 @@ pub async fn store_account(
     Ok(())
 }
 
+/// Forgets the account of `directory` (the directory no longer knows it: a test CA that
+/// restarted, an account deactivated); the next pass registers a new one.
+pub async fn forget_account(db: &MySqlPool, directory: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE acme_settings SET account_directory = NULL, account_nonce = NULL, \
+         account_sealed = NULL WHERE id = 1 AND account_directory = ?",
+    )
+    .bind(directory)
+    .execute(db)
+    .await
+    .context("forgetting the ACME account")?;
+    Ok(())
+}
+
+/// Gives up the domain's lease without charging it a failure (the order never started).
+pub async fn release(db: &MySqlPool, domain: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE certificates SET lease_until = NULL WHERE domain = ?")
+        .bind(domain)
+        .execute(db)
+        .await
+        .context("releasing a certificate lease")?;
+    Ok(())
+}
+
 /// Adds a `pending` row for every domain of a live site that has none, and removes the
 /// rows of domains no site uses any more. A domain moved between sites keeps its row: the
 /// certificate names the domain, not the site.
@@ -273,6 +297,30 @@ pub async fn failures(db: &MySqlPool, domain: &str) -> anyhow::Result<u32> {
         .fetch_optional(db)
         .await?;
     Ok(n.unwrap_or(0).max(0) as u32)
+}
+
+/// A domain's HTTPS options, from its site (`keep_http`, `hsts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpsOptions {
+    pub keep_http: bool,
+    pub hsts: bool,
+}
+
+/// The HTTPS options of every domain of a live site that has a certificate to serve.
+pub async fn https_options(
+    db: &MySqlPool,
+) -> anyhow::Result<std::collections::HashMap<String, HttpsOptions>> {
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as(crate::sql!(
+        "SELECT d.domain, s.keep_http, s.hsts FROM domains d JOIN sites s ON s.id = d.site_id \
+         JOIN certificates c ON c.domain = d.domain \
+         WHERE s.state IN ({LIVE_SITE_STATES}) AND c.pem_sealed IS NOT NULL"
+    ))
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(domain, keep_http, hsts)| (domain, HttpsOptions { keep_http, hsts }))
+        .collect())
 }
 
 /// Every certificate that has not expired, opened, for the edge.
