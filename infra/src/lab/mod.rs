@@ -83,6 +83,8 @@ pub mod ports {
     /// Traefik's metrics (Prometheus, router labels), in host mode on each manager's
     /// address: the platform's edge collector scrapes it (stacks/edge.yml).
     pub const EDGE_METRICS: u16 = 8082;
+    /// The second Traefik replica's metrics (`traefik-b`, stacks/edge.yml).
+    pub const EDGE_METRICS_B: u16 = 8083;
     /// `pressdock serve`, on 127.0.0.1.
     pub const PLATFORM: u16 = 23500;
     /// The platform's edge listener (`/edge/traefik.json`, HTTP-01 answers) on the bridge

@@ -50,7 +50,10 @@ pub fn config(lab: &Lab) -> String {
         .nodes()
         .iter()
         .filter(|n| n.role == super::Role::Manager)
-        .map(|n| format!("\"http://{}:{}/metrics\"", n.ip, ports::EDGE_METRICS))
+        .flat_map(|n| {
+            [ports::EDGE_METRICS, ports::EDGE_METRICS_B]
+                .map(|port| format!("\"http://{}:{port}/metrics\"", n.ip))
+        })
         .collect();
     let galera_nodes: Vec<String> = (1..=lab.topo.galera_nodes)
         .map(|n| format!("\"{HOST_IP}:{}\"", super::data::galera_port(n)))

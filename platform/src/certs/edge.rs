@@ -88,10 +88,17 @@ async fn traefik(State(state): State<AppState>, headers: HeaderMap) -> Response 
         Ok((certificates, options)) => {
             let domains: Vec<Served> = certificates
                 .into_iter()
-                .map(|(domain, material)| Served {
-                    options: options.get(&domain).copied().unwrap_or_default(),
-                    domain,
-                    material,
+                .map(|(domain, material)| {
+                    let (site, options) = options
+                        .get(&domain)
+                        .map(|(site, o)| (Some(site.clone()), *o))
+                        .unwrap_or_default();
+                    Served {
+                        site,
+                        options,
+                        domain,
+                        material,
+                    }
                 })
                 .collect();
             let c = &state.config.certs;
@@ -112,6 +119,9 @@ async fn traefik(State(state): State<AppState>, headers: HeaderMap) -> Response 
 
 /// One domain the edge serves over HTTPS: its certificate and its site's options.
 pub struct Served {
+    /// The site holding the domain (names its routers, so the edge's per-router counters
+    /// are the site's: platform/src/app/edge_usage.rs).
+    pub site: Option<String>,
     pub domain: String,
     pub material: store::Material,
     pub options: store::HttpsOptions,
@@ -153,17 +163,23 @@ pub fn dynamic_config(domains: &[Served], edge: &EdgeSettings<'_>) -> Value {
             json!({ "loadBalancer": { "servers": [{ "url": upstream }] } }),
         );
     }
-    // One router per domain: the names are ours (the domain's index), the domains were
-    // validated when the site took them (lower-case letters, digits, '-', '.').
+    // One router per domain: the names are ours (the site's id and the domain's index,
+    // `wp_<site>-https-<i>` as the route writer names the site's own routers, so the edge's
+    // counters stay the site's), the domains were validated when the site took them
+    // (lower-case letters, digits, '-', '.').
     for (i, served) in domains.iter().enumerate() {
         let rule = format!("Host(`{}`)", served.domain);
+        let owner = served
+            .site
+            .as_deref()
+            .map_or_else(|| "pd".to_owned(), |site| format!("wp_{site}"));
         if !served.options.keep_http {
             middlewares.insert(
                 "pd-to-https".into(),
                 json!({ "redirectScheme": { "scheme": "https", "permanent": true } }),
             );
             routers.insert(
-                format!("pd-https-{i}"),
+                format!("{owner}-https-{i}"),
                 json!({
                     "rule": rule,
                     "entryPoints": [edge.web_entrypoint],
@@ -181,7 +197,7 @@ pub fn dynamic_config(domains: &[Served], edge: &EdgeSettings<'_>) -> Value {
                 json!({ "headers": { "stsSeconds": HSTS_MAX_AGE_SECS } }),
             );
             routers.insert(
-                format!("pd-hsts-{i}"),
+                format!("{owner}-hsts-{i}"),
                 json!({
                     "rule": rule,
                     "entryPoints": [edge.websecure_entrypoint],
@@ -229,6 +245,7 @@ mod tests {
 
     fn served(domain: &str, keep_http: bool, hsts: bool) -> Served {
         Served {
+            site: None,
             domain: domain.into(),
             material: store::Material {
                 chain_pem: format!("CHAIN {domain}"),

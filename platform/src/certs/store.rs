@@ -309,9 +309,9 @@ pub struct HttpsOptions {
 /// The HTTPS options of every domain of a live site that has a certificate to serve.
 pub async fn https_options(
     db: &MySqlPool,
-) -> anyhow::Result<std::collections::HashMap<String, HttpsOptions>> {
-    let rows: Vec<(String, bool, bool)> = sqlx::query_as(crate::sql!(
-        "SELECT d.domain, s.keep_http, s.hsts FROM domains d JOIN sites s ON s.id = d.site_id \
+) -> anyhow::Result<std::collections::HashMap<String, (String, HttpsOptions)>> {
+    let rows: Vec<(String, String, bool, bool)> = sqlx::query_as(crate::sql!(
+        "SELECT d.domain, s.id, s.keep_http, s.hsts FROM domains d JOIN sites s ON s.id = d.site_id \
          JOIN certificates c ON c.domain = d.domain \
          WHERE s.state IN ({LIVE_SITE_STATES}) AND c.pem_sealed IS NOT NULL"
     ))
@@ -319,7 +319,7 @@ pub async fn https_options(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(domain, keep_http, hsts)| (domain, HttpsOptions { keep_http, hsts }))
+        .map(|(domain, site, keep_http, hsts)| (domain, (site, HttpsOptions { keep_http, hsts })))
         .collect())
 }
 

@@ -382,8 +382,9 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         chain_pem: served[0]["certFile"].as_str().unwrap().to_owned(),
         key_pem: served[0]["keyFile"].as_str().unwrap().to_owned(),
     };
+    // Named after the site, as its own routers are (the edge's counters stay the site's).
     assert_eq!(
-        config["http"]["routers"]["pd-https-0"]["rule"],
+        config["http"]["routers"][format!("wp_{site}-https-0")]["rule"],
         format!("Host(`{good}`)")
     );
     assert_eq!(
