@@ -25,6 +25,9 @@ struct Traefik {
     web: u16,
     metrics: u16,
     dir: tempfile::TempDir,
+    /// The replica's name for the collector: its first metrics URL (a restart moves it to
+    /// new ports, since a port given back may be taken by a parallel test meanwhile).
+    name: String,
 }
 
 impl Drop for Traefik {
@@ -73,6 +76,7 @@ impl Traefik {
             web,
             metrics,
             dir,
+            name: format!("http://127.0.0.1:{metrics}/metrics"),
         };
         traefik.wait_ready(routes[0].1).await;
         traefik
@@ -94,10 +98,12 @@ impl Traefik {
         panic!("traefik did not route {host}");
     }
 
-    /// Stops and starts it again on the same ports: its counters start from zero.
+    /// Stops and starts it again (on new ports, under the same replica name): its
+    /// counters start from zero.
     async fn restart(&mut self, host: &str) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        (self.web, self.metrics) = (free_port(), free_port());
         self.child = spawn_traefik(self.dir.path(), self.web, self.metrics);
         self.wait_ready(host).await;
     }
@@ -148,13 +154,13 @@ async fn scrape(app: &TestApp, traefik: &Traefik, at: &str) -> edge_usage::Scrap
     let page = edge_usage::fetch_page(&reqwest::Client::new(), &traefik.metrics_url(), "internal")
         .await
         .unwrap();
-    edge_usage::record_scrape(&app.db, &traefik.metrics_url(), t(at), &page)
+    edge_usage::record_scrape(&app.db, &traefik.name, t(at), &page)
         .await
         .unwrap()
 }
 
 async fn close(app: &TestApp, traefik: &Traefik, at: &str) -> Closed {
-    edge_usage::close_hours(&app.db, &[traefik.metrics_url()], t(at))
+    edge_usage::close_hours(&app.db, std::slice::from_ref(&traefik.name), t(at))
         .await
         .unwrap()
 }
