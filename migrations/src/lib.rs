@@ -17,6 +17,7 @@ mod m20261206_000011_public_errors;
 mod m20261206_000012_backups;
 mod m20261206_000013_certificates;
 mod m20261206_000014_metering;
+mod m20261206_000017_site_aliases;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000012_backups::Migration),
             Box::new(m20261206_000013_certificates::Migration),
             Box::new(m20261206_000014_metering::Migration),
+            Box::new(m20261206_000017_site_aliases::Migration),
         ]
     }
 }

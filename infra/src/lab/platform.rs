@@ -90,6 +90,9 @@ remote_host = ""
 volume = "sites"
 mount = "{mount}"
 node_mount = "{STATE}/nodes/{{{{.Node.Hostname}}}}/sites"
+# Directories with each plan's quota made ahead of time: a burst of 20 creates plus a few
+# takes no glusterd transaction (docs/benchmarks.md, provisioning, issue 10).
+spares = 24
 
 [backends.varnish]
 instances = [{varnish}]
