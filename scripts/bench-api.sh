@@ -137,6 +137,13 @@ awk -v n="$SITES" -v t="$TENANT" -v p="$PLAN" -v nodes="$NODES" 'BEGIN {
   print "INSERT INTO placements (site_id, node_id, slots) VALUES " q ";"
   print "COMMIT;"
 }' | sql "$DB"
+# Since migration m20261206_000017 the platform keeps a copy of a site's aliases in its row
+# (these sites have none), written with the domain rows: write it as the platform would.
+# A build from before it (PRESSDOCK_BIN=…) has no such column.
+if [ "$(sql "$DB" -e "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+    AND table_name = 'sites' AND column_name = 'aliases_generation'")" = 1 ]; then
+  sql "$DB" -e "UPDATE sites SET aliases = '', aliases_generation = generation WHERE tenant_id = '$TENANT'"
+fi
 stored="$(sql "$DB" -e "SELECT COUNT(*) FROM sites WHERE tenant_id = '$TENANT'")"
 page="$(api GET "/v1/tenants/$TENANT/sites" "$TOKEN")"
 [ "$stored" = "$SITES" ] && [ "$(jq '.items | length' <<<"$page")" = 50 ] \

@@ -135,6 +135,12 @@ pub struct GlusterConfig {
     pub owner_uid: u32,
     #[serde(default = "default_www_id")]
     pub owner_gid: u32,
+    /// Spare directories kept ready for each plan's quota (issue 10): made ahead of time
+    /// with the limit set, renamed into place when a site is created, so that creating a
+    /// site needs no glusterd transaction (glusterd runs one at a time: 20 sites at once
+    /// otherwise wait in one line). 0 (the default): none, every create sets its quota.
+    #[serde(default)]
+    pub spares: u32,
 }
 
 fn default_volume() -> String {

@@ -66,13 +66,18 @@ pub struct GlusterDriver {
 
 /// The `gluster` arguments that set a site's hard limit. Pure.
 pub fn quota_limit_args(config: &GlusterConfig, id: &SiteResourceId, bytes: u64) -> Vec<String> {
+    quota_limit_path_args(config, &site_path(id), bytes)
+}
+
+/// The same for a path inside the volume that we built (a site's, a spare's). Pure.
+fn quota_limit_path_args(config: &GlusterConfig, path: &str, bytes: u64) -> Vec<String> {
     let mut args = base_args(config);
     args.extend([
         "volume".into(),
         "quota".into(),
         config.volume.clone(),
         "limit-usage".into(),
-        site_path(id),
+        path.to_owned(),
         bytes.to_string(),
     ]);
     args
@@ -94,13 +99,17 @@ pub fn quota_list_args(config: &GlusterConfig, id: &SiteResourceId) -> Vec<Strin
 
 /// The `gluster` arguments that remove a site's limit. Pure.
 pub fn quota_remove_args(config: &GlusterConfig, id: &SiteResourceId) -> Vec<String> {
+    quota_remove_path_args(config, &site_path(id))
+}
+
+fn quota_remove_path_args(config: &GlusterConfig, path: &str) -> Vec<String> {
     let mut args = base_args(config);
     args.extend([
         "volume".into(),
         "quota".into(),
         config.volume.clone(),
         "remove".into(),
-        site_path(id),
+        path.to_owned(),
     ]);
     args
 }
@@ -166,6 +175,10 @@ impl GlusterDriver {
             config: config.clone(),
             require_mount_point: true,
         })
+    }
+
+    pub fn config(&self) -> &GlusterConfig {
+        &self.config
     }
 
     /// For tests on a plain directory: skip the mount-point check.
@@ -358,6 +371,156 @@ impl GlusterDriver {
     }
 }
 
+/// Spare directories (issue 10): made ahead of time, off the create path, each with a
+/// quota already set, and renamed into place as a new site's directory. Gluster keeps a
+/// limit on the directory itself (glusterd's quota configuration lists directories by
+/// gfid, and the limit is an attribute of the directory's inode), so a rename inside the
+/// volume carries the limit with it: the site's directory has its quota from its first
+/// moment, with no glusterd transaction when the site is created. A spare is
+/// `/.spares/<bytes>/<name>`: one folder per limit; `name` is a random id, and a name
+/// starting with `.` is one still being made (not yet limited: never taken).
+pub const SPARES_DIR: &str = ".spares";
+
+/// A spare's path inside the volume (what quota commands take).
+fn spare_path(bytes: u64, name: &str) -> String {
+    format!("/{SPARES_DIR}/{bytes}/{name}")
+}
+
+/// A spare's name as we make them: a random id, `.` first while it is being made.
+fn spare_name_ok(name: &str) -> bool {
+    let id = name.strip_prefix('.').unwrap_or(name);
+    SiteResourceId::parse(id).is_ok()
+}
+
+/// What [`GlusterDriver::list_spares`] found for one limit.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Spares {
+    /// Ready to be taken.
+    pub ready: Vec<String>,
+    /// Still being made, or left by a run that stopped half-way (`.` first).
+    pub unfinished: Vec<String>,
+}
+
+impl GlusterDriver {
+    fn spare_root(&self, bytes: u64) -> PathBuf {
+        self.config.mount.join(SPARES_DIR).join(bytes.to_string())
+    }
+
+    /// The spares for a limit of `bytes`.
+    pub async fn list_spares(&self, bytes: u64) -> Result<Spares> {
+        self.check_mount().await?;
+        let root = self.spare_root(bytes);
+        let mut entries = match tokio::fs::read_dir(&root).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Spares::default()),
+            Err(e) => return Err(Error::io(format!("read {}", root.display()))(e)),
+        };
+        let mut spares = Spares::default();
+        while let Some(e) = entries
+            .next_entry()
+            .await
+            .map_err(Error::io(format!("read {}", root.display())))?
+        {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !spare_name_ok(&name) {
+                continue;
+            }
+            if name.starts_with('.') {
+                spares.unfinished.push(name);
+            } else {
+                spares.ready.push(name);
+            }
+        }
+        spares.ready.sort();
+        spares.unfinished.sort();
+        Ok(spares)
+    }
+
+    /// Makes one spare with a limit of `bytes`: the directory under a hidden name, its
+    /// owner and mode, the limit (one volume transaction: call it in the caller's turn),
+    /// then the rename that makes it ready. A run stopped before the rename leaves an
+    /// unfinished spare, never a ready one without its limit.
+    pub async fn make_spare(&self, bytes: u64) -> Result<String> {
+        self.check_mount().await?;
+        let root = self.spare_root(bytes);
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(Error::io(format!("create {}", root.display())))?;
+        let name = SiteResourceId::generate().as_str().to_owned();
+        let hidden = format!(".{name}");
+        let dir = root.join(&hidden);
+        tokio::fs::create_dir(&dir)
+            .await
+            .map_err(Error::io(format!("create {}", dir.display())))?;
+        let (uid, gid) = (self.config.owner_uid, self.config.owner_gid);
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o750))
+        })
+        .await
+        .map_err(|e| Error::unexpected("gluster", format!("chown task: {e}")))?
+        .map_err(Error::io(format!("chown {}", dir.display())))?;
+        self.gluster(
+            &quota_limit_path_args(&self.config, &spare_path(bytes, &hidden), bytes),
+            "quota limit-usage (spare)",
+        )
+        .await?;
+        tokio::fs::rename(&dir, root.join(&name))
+            .await
+            .map_err(Error::io(format!("rename {}", dir.display())))?;
+        Ok(name)
+    }
+
+    /// Removes a spare (its limit, then the directory). Absent is success.
+    pub async fn remove_spare(&self, bytes: u64, name: &str) -> Result<()> {
+        self.check_mount().await?;
+        if !spare_name_ok(name) {
+            return Err(Error::invalid("spare", "a spare's name"));
+        }
+        match self
+            .gluster(
+                &quota_remove_path_args(&self.config, &spare_path(bytes, name)),
+                "quota remove (spare)",
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(Error::Gluster { stderr, .. }) if no_limit(&stderr) => {}
+            Err(e) => return Err(e),
+        }
+        let dir = self.spare_root(bytes).join(name);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", dir.display()))(e)),
+        }
+    }
+
+    /// Takes a ready spare with a limit of `bytes` as the site's directory (a rename: no
+    /// glusterd transaction). `false` when there is none left. Of two processes renaming
+    /// the same spare one gets "not found" and tries the next. The site's directory must
+    /// not exist yet (a rename would replace an empty one).
+    pub async fn claim_spare(&self, id: &SiteResourceId, bytes: u64) -> Result<bool> {
+        let target = self.local_dir(id);
+        for name in self.list_spares(bytes).await?.ready {
+            match tokio::fs::rename(self.spare_root(bytes).join(&name), &target).await {
+                Ok(()) => {
+                    tracing::info!(site = %id, quota_bytes = bytes, spare = %name, "took a spare directory");
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::io(format!("rename a spare to {}", target.display()))(e));
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// How often a call refused because glusterd is busy is made (10 tries wait at most
 /// 0.05 + 0.1 + 0.2 + 0.4 + 5 × 0.5 = 3.25 s between them).
 const BUSY_TRIES: u32 = 10;
@@ -437,6 +600,7 @@ mod tests {
             gluster_bin: "gluster".into(),
             owner_uid: 33,
             owner_gid: 33,
+            spares: 0,
         }
     }
 

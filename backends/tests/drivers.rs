@@ -1142,6 +1142,7 @@ fn gluster_config(mount: &std::path::Path) -> GlusterConfig {
         gluster_bin: "gluster".into(),
         owner_uid: 33,
         owner_gid: 33,
+        spares: 0,
     }
 }
 
@@ -1195,6 +1196,35 @@ async fn gluster_directory_owner_and_removal() {
     assert!(err.to_string().contains("not a mount point"), "{err}");
 }
 
+/// Spare directories, the directory half: ready ones are taken by a rename (each once),
+/// unfinished ones (`.` first) never; nothing left is `false`.
+#[tokio::test]
+async fn gluster_spares_are_taken_once_and_unfinished_ones_never() {
+    let mount = ok(tempfile::tempdir());
+    let driver = ok(GlusterDriver::new(&gluster_config(mount.path()))).without_mount_check();
+    let bytes = 10 << 20;
+    assert_eq!(ok(driver.list_spares(bytes).await), Default::default());
+    let root = mount.path().join(".spares").join(bytes.to_string());
+    let (ready, unfinished) = (SiteResourceId::generate(), SiteResourceId::generate());
+    ok(std::fs::create_dir_all(root.join(ready.as_str())));
+    ok(std::fs::create_dir_all(root.join(format!(".{unfinished}"))));
+    ok(std::fs::create_dir_all(root.join("not-a-spare")));
+    let spares = ok(driver.list_spares(bytes).await);
+    assert_eq!(spares.ready, vec![ready.as_str().to_owned()]);
+    assert_eq!(spares.unfinished, vec![format!(".{unfinished}")]);
+    let (a, b) = (SiteResourceId::generate(), SiteResourceId::generate());
+    assert!(ok(driver.claim_spare(&a, bytes).await));
+    assert!(driver.local_dir(&a).is_dir());
+    assert!(!root.join(ready.as_str()).exists());
+    assert!(
+        !ok(driver.claim_spare(&b, bytes).await),
+        "only an unfinished one is left"
+    );
+    assert!(!driver.local_dir(&b).exists());
+    // Spares are not sites.
+    assert_eq!(ok(driver.list_site_ids().await), BTreeSet::from([a]));
+}
+
 // ---------------------------------------------------------------- the lab (opt-in)
 //
 // Against `pressdock-infra lab up` (its config file: PRESSDOCK_LAB_CONFIG, default
@@ -1211,6 +1241,43 @@ fn lab_config() -> BackendsConfig {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (is the lab up?)"));
     let f: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     f.backends
+}
+
+/// A spare's limit goes with it when it is renamed into place: the site's directory has
+/// the limit at its own path (read back through glusterd), the limit holds against
+/// writes, and removing the site's storage removes it.
+#[tokio::test]
+#[ignore = "needs the lab (pressdock-infra lab up)"]
+async fn lab_gluster_spare_keeps_its_quota_when_taken() {
+    let cfg = lab_config()
+        .gluster
+        .unwrap_or_else(|| panic!("no [backends.gluster]"));
+    let driver = ok(GlusterDriver::new(&cfg));
+    // A limit no plan has, so that no control plane's spares are taken here.
+    let quota = (3 << 20) + 4096;
+    let name = ok(driver.make_spare(quota).await);
+    assert!(ok(driver.list_spares(quota).await).ready.contains(&name));
+    let id = SiteResourceId::generate();
+    assert!(ok(driver.claim_spare(&id, quota).await));
+    let st = ok(driver.observe_site_storage(&id).await);
+    assert!(st.is_converged(quota), "{st:?}");
+    // 4 MiB into a 3 MiB limit: refused (the lab's quota timeouts are 0).
+    let dir = driver.local_dir(&id);
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.join("big"))?;
+        for _ in 0..64 {
+            f.write_all(&[7u8; 64 * 1024])?;
+            f.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(written.is_err(), "the limit did not hold after the rename");
+    ok(driver.remove_site_storage(&id).await);
+    let st = ok(driver.observe_site_storage(&id).await);
+    assert!(!st.directory_exists && st.quota_bytes.is_none(), "{st:?}");
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ mod m20261206_000013_certificates;
 mod m20261206_000014_metering;
 mod m20261206_000015_restores;
 mod m20261206_000016_site_https;
+mod m20261206_000017_site_aliases;
 mod m20261206_000018_edge_usage;
 
 /// Every migration, in order.
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000014_metering::Migration),
             Box::new(m20261206_000015_restores::Migration),
             Box::new(m20261206_000016_site_https::Migration),
+            Box::new(m20261206_000017_site_aliases::Migration),
             Box::new(m20261206_000018_edge_usage::Migration),
         ]
     }

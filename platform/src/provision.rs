@@ -376,6 +376,25 @@ impl Provisioner {
             return Ok(());
         };
         let quota = Self::quota_bytes(db, id).await?;
+        // A spare made ahead of time with this quota, renamed into place: the directory has
+        // its limit from its first moment and the create takes no glusterd transaction
+        // (`refill_spares` makes them, off the create path). Only for a directory that does
+        // not exist yet: a step run again after a crash converges the usual way below.
+        if gluster.config().spares > 0 {
+            let public = "the file storage did not prepare the site's folder";
+            let (exists, _) = gluster
+                .observe_directory(id)
+                .await
+                .map_err(retryable(public, "looking for the site's storage"))?;
+            if !exists
+                && gluster
+                    .claim_spare(id, quota)
+                    .await
+                    .map_err(retryable(public, "taking a spare directory"))?
+            {
+                return Ok(());
+            }
+        }
         // What `ensure_site_storage` does, with only the quota in the turn: the directory
         // (mkdir, chown, chmod through the mount: round trips to the bricks) is no
         // glusterd transaction, so sagas make theirs side by side and hold the turn for
@@ -389,6 +408,86 @@ impl Provisioner {
             "the file storage did not prepare the site's folder",
             "ensuring the site's storage",
         ))
+    }
+
+    /// Keeps `[backends.gluster] spares` spare directories ready for each plan's quota:
+    /// removes unfinished ones (a run stopped half-way), then makes the missing ones, one
+    /// volume transaction each, each in its own Gluster turn (a saga waits for one call at
+    /// most). Runs in one process at a time (`server`, under a named lock). Returns the
+    /// number made.
+    pub async fn refill_spares(&self, db: &MySqlPool) -> anyhow::Result<usize> {
+        let Some(gluster) = &self.gluster else {
+            return Ok(0);
+        };
+        let wanted = gluster.config().spares as usize;
+        if wanted == 0 {
+            return Ok(0);
+        }
+        let sizes: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT storage_mb FROM plans")
+            .fetch_all(db)
+            .await?;
+        let mut made = 0;
+        for mb in sizes {
+            let bytes = u64::try_from(mb).unwrap_or(0) * 1024 * 1024;
+            if bytes == 0 {
+                continue;
+            }
+            let spares = gluster.list_spares(bytes).await?;
+            for name in &spares.unfinished {
+                let _turn = self.gluster_turn.lock().await;
+                gluster
+                    .remove_spare(bytes, name)
+                    .await
+                    .with_context(|| format!("removing unfinished spare {name}"))?;
+            }
+            for _ in spares.ready.len()..wanted {
+                let _turn = self.gluster_turn.lock().await;
+                gluster
+                    .make_spare(bytes)
+                    .await
+                    .with_context(|| format!("making a spare directory of {bytes} bytes"))?;
+                made += 1;
+            }
+        }
+        Ok(made)
+    }
+
+    /// The spares' loop inside `serve`: a refill every `interval`, in one process at a
+    /// time across replicas (a MariaDB named lock on a connection of its own).
+    pub async fn run_spares(
+        self: std::sync::Arc<Self>,
+        db: MySqlPool,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let pass = async {
+                let mut lock = db.acquire().await?;
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('pressdock_spares', 0)")
+                    .fetch_one(&mut *lock)
+                    .await?;
+                if got != Some(1) {
+                    return anyhow::Ok(0);
+                }
+                let made = self.refill_spares(&db).await;
+                sqlx::query("DO RELEASE_LOCK('pressdock_spares')")
+                    .execute(&mut *lock)
+                    .await?;
+                made
+            };
+            match pass.await {
+                Ok(0) => {}
+                Ok(made) => tracing::info!(made, "made spare site directories"),
+                Err(err) => tracing::warn!(
+                    error = format!("{err:#}"),
+                    "refilling spare directories failed"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     pub(crate) async fn remove_storage(&self, id: &SiteResourceId) -> Result<(), StepError> {

@@ -76,6 +76,20 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    if state
+        .provisioner
+        .gluster
+        .as_ref()
+        .is_some_and(|g| g.config().spares > 0)
+    {
+        // Spare site directories with their quota (`[backends.gluster] spares`): refilled
+        // every 10 s, off the create path.
+        runners.push(tokio::spawn(state.provisioner.clone().run_spares(
+            state.db.clone(),
+            std::time::Duration::from_secs(10),
+            shutdown.clone(),
+        )));
+    }
     if state.config.placement.enabled && state.provisioner.swarm.is_some() {
         runners.push(tokio::spawn(crate::moves::run_periodically(
             state.db.clone(),

@@ -94,13 +94,20 @@ pub(super) fn release_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
     })
 }
 
-/// Frees the site's domains for other sites.
+/// Frees the site's domains for other sites (and empties the copy of its aliases in its
+/// row, in the same transaction: migration m20261206_000017).
 pub(super) fn release_domains(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
+        let mut tx = c.db.begin().await?;
         sqlx::query("DELETE FROM domains WHERE site_id = ?")
             .bind(&c.target)
-            .execute(&c.db)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("UPDATE sites SET aliases = '', aliases_generation = generation WHERE id = ?")
+            .bind(&c.target)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     })
 }

@@ -370,6 +370,153 @@ async fn listing_paginates_and_filters() {
     app.finish().await;
 }
 
+/// The copy of a site's aliases in its row (migration m20261206_000017) is read only when
+/// it was written at the site's generation; a row the previous release wrote or changed
+/// (no copy, or `generation` bumped without one) is listed with the aliases in `domains`.
+#[tokio::test]
+async fn alias_copy_is_read_only_at_the_sites_generation() {
+    let (app, admin, tenant) = setup().await;
+    let mut ids = Vec::new();
+    for (domain, aliases) in [
+        ("fresh.example", ["b.fresh.example", "a.fresh.example"]),
+        ("old.example", ["www.old.example", "x.old.example"]),
+    ] {
+        let (status, created) = app
+            .post(
+                &format!("/v1/tenants/{tenant}/sites"),
+                &admin,
+                json!({ "name": "Site", "domain": domain, "aliases": aliases, "plan": "starter" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+        app.wait_operation(&admin, created["operation"]["id"].as_str().unwrap())
+            .await;
+        ids.push(created["site"]["id"].as_str().unwrap().to_owned());
+    }
+    let copy: (Option<String>, Option<i64>, i64) =
+        sqlx::query_as("SELECT aliases, aliases_generation, generation FROM sites WHERE id = ?")
+            .bind(&ids[0])
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        copy,
+        (Some("a.fresh.example b.fresh.example".into()), Some(1), 1)
+    );
+    // What the previous release's PATCH of the aliases does: new `domains` rows and a
+    // bumped generation, the copy untouched (now stale).
+    sqlx::query("DELETE FROM domains WHERE site_id = ? AND is_primary = 0")
+        .bind(&ids[1])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO domains (domain, site_id, is_primary) VALUES ('new.old.example', ?, 0)",
+    )
+    .bind(&ids[1])
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE sites SET generation = generation + 1 WHERE id = ?")
+        .bind(&ids[1])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let listed = |page: &Value| -> Vec<Value> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["aliases"].clone())
+            .collect()
+    };
+    let (status, page) = app
+        .get(&format!("/v1/tenants/{tenant}/sites"), &admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        listed(&page),
+        vec![
+            json!(["a.fresh.example", "b.fresh.example"]),
+            json!(["new.old.example"])
+        ]
+    );
+    let (_, site) = app.get(&format!("/v1/sites/{}", ids[1]), &admin).await;
+    assert_eq!(site["aliases"], json!(["new.old.example"]), "{site}");
+    // A change of the name alone keeps a stale copy stale, and a current one current.
+    for id in &ids {
+        let (status, changed) = app
+            .request(
+                Method::PATCH,
+                &format!("/v1/sites/{id}"),
+                Some(&admin),
+                Some(json!({ "name": "Renamed" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{changed}");
+        app.wait_operation(&admin, changed["operation"]["id"].as_str().unwrap())
+            .await;
+    }
+    let (_, page) = app
+        .get(&format!("/v1/tenants/{tenant}/sites"), &admin)
+        .await;
+    assert_eq!(
+        listed(&page),
+        vec![
+            json!(["a.fresh.example", "b.fresh.example"]),
+            json!(["new.old.example"])
+        ]
+    );
+    let current: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, aliases_generation <=> generation FROM sites WHERE tenant_id = ? ORDER BY seq",
+    )
+    .bind(&tenant)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(current, vec![(ids[0].clone(), 1), (ids[1].clone(), 0)]);
+    // A change of the aliases writes the copy again: current from then on.
+    let (status, changed) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{}", ids[1]),
+            Some(&admin),
+            Some(json!({ "aliases": ["z.old.example", "c.old.example"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{changed}");
+    assert_eq!(
+        changed["site"]["aliases"],
+        json!(["c.old.example", "z.old.example"])
+    );
+    app.wait_operation(&admin, changed["operation"]["id"].as_str().unwrap())
+        .await;
+    let copy: (Option<String>, i64) =
+        sqlx::query_as("SELECT aliases, aliases_generation <=> generation FROM sites WHERE id = ?")
+            .bind(&ids[1])
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(copy, (Some("c.old.example z.old.example".into()), 1));
+    // A site the previous release created has no copy at all.
+    sqlx::query("UPDATE sites SET aliases = NULL, aliases_generation = NULL WHERE id = ?")
+        .bind(&ids[0])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (_, page) = app
+        .get(&format!("/v1/tenants/{tenant}/sites"), &admin)
+        .await;
+    assert_eq!(
+        listed(&page),
+        vec![
+            json!(["a.fresh.example", "b.fresh.example"]),
+            json!(["c.old.example", "z.old.example"])
+        ]
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn patch_changes_domains_and_plan_and_delete_frees_the_domain() {
     let (app, admin, tenant) = setup().await;
