@@ -1273,7 +1273,7 @@ async fn lab_gluster_spare_keeps_its_quota_when_taken() {
         Ok(())
     })
     .await
-    .unwrap();
+    .expect("the writer thread");
     assert!(written.is_err(), "the limit did not hold after the rename");
     ok(driver.remove_site_storage(&id).await);
     let st = ok(driver.observe_site_storage(&id).await);
