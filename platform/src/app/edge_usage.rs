@@ -43,7 +43,8 @@ pub type Counts = BTreeMap<String, (u64, u64)>;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Page {
     pub counts: Counts,
-    /// `process_start_time_seconds`: a different value is a restart (counters from zero).
+    /// `process_start_time_seconds`, in milliseconds: a different value is a restart
+    /// (counters from zero).
     pub started: Option<i64>,
 }
 
@@ -75,8 +76,10 @@ pub fn parse_page(page: &str, internal: &str) -> anyhow::Result<Page> {
             if let prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) =
                 sample.value
             {
+                // In milliseconds: a replica restarted within the second it started is
+                // still another process.
                 #[allow(clippy::cast_possible_truncation)]
-                let v = v.round() as i64;
+                let v = (v * 1000.0).round() as i64;
                 started = Some(v);
             }
             continue;
@@ -172,14 +175,12 @@ pub async fn record_scrape(
     // A restart: the process started at another time, or (without that metric) a counter
     // went down.
     let restarted = !first
-        && match (last_started, page.started) {
-            (Some(before), Some(now)) => before != now,
-            _ => counts.iter().any(|(site, requests, bytes)| {
+        && (matches!((last_started, page.started), (Some(before), Some(now)) if before != now)
+            || counts.iter().any(|(site, requests, bytes)| {
                 marks
                     .get(*site)
                     .is_some_and(|(r, b)| requests < r || bytes < b)
-            }),
-        };
+            }));
     let mut added = Scraped {
         restarted,
         ..Scraped::default()
