@@ -126,7 +126,9 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, Ve
 fn closing(head: &str) -> String {
     let mut out = String::new();
     for line in head.trim_end_matches("\r\n").split("\r\n") {
-        if line.to_ascii_lowercase().starts_with("connection:") {
+        let lower = line.to_ascii_lowercase();
+        // The proxy answers `Expect: 100-continue` itself where it reads the body.
+        if lower.starts_with("connection:") || lower.starts_with("expect:") {
             continue;
         }
         out.push_str(line);
@@ -211,13 +213,22 @@ async fn serve(
             client.shutdown().await?;
         }
         Fault::Cut(bytes) => {
+            // A client waiting for `100 Continue` before its body gets it from us (the
+            // upstream's would never reach it), and no read waits more than 10 s.
+            if header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+                client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            }
             let mut server = TcpStream::connect(upstream).await?;
             server.write_all(closing(&head).as_bytes()).await?;
             let mut sent = early_body.len().min(bytes);
             server.write_all(&early_body[..sent]).await?;
             let mut chunk = [0u8; 65536];
             while sent < bytes {
-                let n = client.read(&mut chunk[..(bytes - sent).min(65536)]).await?;
+                let read = client.read(&mut chunk[..(bytes - sent).min(65536)]);
+                let Ok(n) = tokio::time::timeout(Duration::from_secs(10), read).await else {
+                    break;
+                };
+                let n = n?;
                 if n == 0 {
                     break;
                 }
@@ -292,9 +303,13 @@ async fn refused_and_cut_part_uploads_are_retried_and_the_backup_completes() {
     .await;
     let store = store_via(&s3, &proxy);
 
-    let done = backup::run(&store, &spec, Hooks::default())
-        .await
-        .unwrap_or_else(|e| panic!("the backup should outlast three transient faults: {e:#}"));
+    let done = tokio::time::timeout(
+        Duration::from_secs(180),
+        backup::run(&store, &spec, Hooks::default()),
+    )
+    .await
+    .expect("a backup through transient faults must end, not hang")
+    .unwrap_or_else(|e| panic!("the backup should outlast three transient faults: {e:#}"));
 
     let seen = proxy.seen();
     let faults: Vec<Fault> = seen
