@@ -43,7 +43,7 @@ fn quote_ident(name: &str) -> String {
 
 /// A string literal in the escapes MariaDB reads without `NO_BACKSLASH_ESCAPES` (the dump
 /// sets its own `sql_mode`).
-fn push_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'\'');
     for &b in bytes {
         match b {

@@ -13,6 +13,7 @@
 
 use anyhow::{anyhow, bail};
 
+use super::dump::push_string;
 use super::serialized::Rewriter;
 
 /// A statement longer than this is refused (memory stays bounded; our dump writes
@@ -439,23 +440,6 @@ fn unescape(body: &[u8], quote: u8) -> anyhow::Result<Vec<u8>> {
         }
     }
     Ok(out)
-}
-
-/// A string literal as the dump writes it (`dump::push_string`).
-fn push_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.push(b'\'');
-    for &b in bytes {
-        match b {
-            0 => out.extend_from_slice(b"\\0"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\'' => out.extend_from_slice(b"\\'"),
-            0x1a => out.extend_from_slice(b"\\Z"),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'\'');
 }
 
 #[cfg(test)]
