@@ -91,7 +91,7 @@ pub async fn serve(
         )));
     }
     if state.config.placement.enabled && state.provisioner.swarm.is_some() {
-        runners.push(tokio::spawn(crate::app::placement::run_periodically(
+        runners.push(tokio::spawn(crate::background::placement::run_periodically(
             state.db.clone(),
             state.provisioner.clone(),
             state.config.placement.clone(),
@@ -123,7 +123,7 @@ pub async fn serve(
         )));
     }
     if state.provisioner.agents_report() {
-        runners.push(tokio::spawn(crate::app::agent::run_sweeper(
+        runners.push(tokio::spawn(crate::background::sweeper::run_sweeper(
             state.db.clone(),
             std::time::Duration::from_secs(state.config.agent.report_timeout_secs),
             shutdown.clone(),

@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{MySqlConnection, MySqlPool};
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::{
@@ -465,25 +464,6 @@ pub async fn sweep(db: &MySqlPool, timeout: Duration) -> sqlx::Result<u64> {
         changed += n;
     }
     Ok(changed)
-}
-
-/// Runs [`sweep`] every few seconds until `shutdown`.
-pub async fn run_sweeper(db: MySqlPool, timeout: Duration, mut shutdown: watch::Receiver<bool>) {
-    let every = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        match sweep(&db, timeout).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                sites = n,
-                "sites degraded: their agents stopped being ready"
-            ),
-            Err(err) => tracing::warn!(error = %err, "agent sweep failed"),
-        }
-    }
 }
 
 /// The last report of a site's agent, if any.

@@ -80,17 +80,30 @@ pub struct Step {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The steps a kind of operation runs in this configuration, in order: what [`enqueue`]
+/// records. The sagas answer it (`sagas` implements it for the backends), so this layer
+/// starts operations without importing the sagas that run them.
+pub trait Plans {
+    fn plan(&self, kind: OperationKind) -> Vec<&'static str>;
+}
+
+impl<T: Plans + ?Sized> Plans for std::sync::Arc<T> {
+    fn plan(&self, kind: OperationKind) -> Vec<&'static str> {
+        (**self).plan(kind)
+    }
+}
+
 /// Writes an operation, its steps and its job; the job runner takes it from there.
 pub async fn enqueue(
     conn: &mut MySqlConnection,
-    provisioner: &crate::provision::Provisioner,
+    plans: &(impl Plans + ?Sized),
     actor: Option<&Actor>,
     kind: OperationKind,
     tenant_id: Option<&str>,
     target_type: &str,
     target_id: &str,
 ) -> ApiResult<Id> {
-    let steps = crate::sagas::saga(kind).plan(provisioner);
+    let steps = plans.plan(kind);
     let id = Id::generate();
     sqlx::query(
         "INSERT INTO operations (id, kind, tenant_id, target_type, target_id, state, created_by) \

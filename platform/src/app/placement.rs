@@ -29,7 +29,6 @@ use placement::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::MySqlPool;
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::{
@@ -613,7 +612,7 @@ async fn pass_locked(
     now: Instant,
 ) -> anyhow::Result<PassReport> {
     if provisioner.swarm.is_some() {
-        crate::background::reconcile::sync_nodes(db, provisioner)
+        crate::app::node_sync::sync_nodes(db, provisioner)
             .await
             .context("syncing nodes from the swarm")?;
     }
@@ -671,24 +670,4 @@ pub fn balance_gate(config: &PlacementConfig) -> BalanceGate {
         config.balance_after_passes,
         Duration::from_secs(config.balance_after_secs),
     )
-}
-
-/// Runs [`pass`] every `interval_secs` until `shutdown`.
-pub async fn run_periodically(
-    db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
-    config: PlacementConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let every = Duration::from_secs(config.interval_secs.max(1));
-    let mut gate = balance_gate(&config);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        if let Err(err) = pass(&db, &provisioner, &config, &mut gate, Instant::now()).await {
-            tracing::warn!(error = %format!("{err:#}"), "placement pass failed");
-        }
-    }
 }

@@ -104,6 +104,13 @@ impl Saga {
     }
 }
 
+/// What `app::operations::enqueue` records: this configuration's steps of a kind's saga.
+impl crate::app::operations::Plans for Provisioner {
+    fn plan(&self, kind: OperationKind) -> Vec<&'static str> {
+        saga(kind).plan(self)
+    }
+}
+
 /// The saga of a kind of operation.
 pub fn saga(kind: OperationKind) -> &'static Saga {
     match kind {
