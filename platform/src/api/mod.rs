@@ -724,7 +724,7 @@ async fn rebalance(
     }
     let answer = placement::rebalance(
         &state.db,
-        &state.provisioner,
+        &state.backends,
         &state.config.placement,
         Some(&actor),
         &input,
@@ -1119,7 +1119,7 @@ async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResu
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     match crate::background::reconcile::run_all(
         &state.db,
-        &state.provisioner,
+        &state.backends,
         state.config.reconcile.orphan_grace_secs,
     )
     .await?

@@ -116,9 +116,7 @@ async fn authenticate(
     .fetch_optional(&state.db)
     .await?;
     let (tenant_id, site_state, generation, memory_mb) = row.ok_or(DENIED)?;
-    let expected = state
-        .provisioner
-        .secret(&state.db, &id, SecretKind::AgentToken)
+    let expected = crate::provision::open_secret(&state.db, &state.secrets, &id, SecretKind::AgentToken)
         .await
         .map_err(|_| DENIED)?;
     // Comparing digests: the time taken does not depend on how much of the token matched.
@@ -526,7 +524,7 @@ async fn purge_site(
     input: CachePurge,
 ) -> ApiResult<PurgeResult> {
     let (paths, all) = purge_scope(input)?;
-    let Some(varnish) = &state.provisioner.varnish else {
+    let Some(varnish) = &state.backends.varnish else {
         return Ok(PurgeResult {
             banned: 0,
             instances: 0,
@@ -557,7 +555,7 @@ async fn purge_site(
         banned,
         instances: u32::try_from(
             state
-                .provisioner
+                .backends
                 .config
                 .varnish
                 .as_ref()

@@ -101,7 +101,7 @@ async fn authorized(
 }
 
 fn configured(state: &AppState) -> ApiResult<()> {
-    if state.provisioner.config.s3.is_none() {
+    if state.backends.config.s3.is_none() {
         return Err(ApiError::conflict(
             None,
             "backups are not configured on this platform ([backends.s3])",
@@ -152,7 +152,7 @@ pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<
     .await?;
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteBackup,
         Some(&site.tenant_id),
@@ -182,7 +182,7 @@ pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }
 
@@ -247,7 +247,7 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
         .await?;
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::BackupDelete,
         Some(&backup.tenant_id),
@@ -272,6 +272,6 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }

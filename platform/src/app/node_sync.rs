@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::MySqlPool;
 
-use crate::provision::Provisioner;
+use crate::provision::Backends;
 
 /// One repair made by a pass.
 #[derive(Debug, Serialize)]
@@ -27,7 +27,7 @@ pub struct Report {
 /// The nodes table from the swarm: labels `pressdock.node`, `pressdock.role`, `pressdock.slots`.
 /// Node records from the swarm: new workers join the map, availability follows the
 /// swarm (down, drained), and `down_since` says since when a worker is down.
-pub async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result<Report> {
+pub async fn sync_nodes(db: &MySqlPool, provisioner: &Backends) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let Some(config) = &provisioner.config.swarm else {
         return Ok(report);

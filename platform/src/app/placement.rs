@@ -35,7 +35,7 @@ use crate::{
     actor::Actor,
     audit::{self, Event},
     config::PlacementConfig,
-    provision::Provisioner,
+    provision::Backends,
     states::OperationKind,
 };
 
@@ -448,7 +448,7 @@ pub async fn moves_in_flight(db: &MySqlPool) -> sqlx::Result<i64> {
 /// hysteresis is the loop's (only the cool-down of recently moved sites applies).
 pub async fn rebalance(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     actor: Option<&Actor>,
     request: &RebalanceRequest,
@@ -463,7 +463,7 @@ pub async fn rebalance(
 /// pass, says the imbalance has not lasted yet.
 async fn rebalance_gated(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     actor: Option<&Actor>,
     request: &RebalanceRequest,
@@ -585,7 +585,7 @@ pub struct PassReport {
 /// imbalance lasted. One replica at a time (a named lock).
 pub async fn pass(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     gate: &mut BalanceGate,
     now: Instant,
@@ -606,7 +606,7 @@ pub async fn pass(
 
 async fn pass_locked(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     gate: &mut BalanceGate,
     now: Instant,

@@ -110,7 +110,7 @@ async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Restore> {
 }
 
 fn configured(state: &AppState) -> ApiResult<()> {
-    let b = &state.provisioner.config;
+    let b = &state.backends.config;
     if b.s3.is_none() || b.galera.is_none() || b.gluster.is_none() {
         return Err(ApiError::conflict(
             None,
@@ -196,7 +196,7 @@ async fn record(
     .await?;
     let op = operations::enqueue(
         &mut *tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteRestore,
         Some(tenant),
@@ -265,7 +265,7 @@ pub async fn restore(
     )
     .await?;
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(RestoreAccepted { restore, operation })
 }
 
@@ -344,7 +344,7 @@ pub async fn clone(
     )
     .await?;
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(CloneAccepted {
         site: created.site,
         create_operation: created.operation,

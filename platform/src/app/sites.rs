@@ -587,7 +587,7 @@ pub async fn create(
         admin.password = Some(password.expose().to_owned());
     }
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(Created::New(Box::new(accepted)))
 }
 
@@ -692,12 +692,12 @@ pub(crate) async fn insert_new(
     // The administrator's one-time password: sealed with the site's other secrets (the
     // saga hands it to the installer) and shown once, in this answer.
     let password = state
-        .provisioner
+        .backends
         .store_admin_password(&mut *tx, id.as_str())
         .await?;
     let op = operations::enqueue(
         &mut *tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteCreate,
         Some(tenant.as_str()),
@@ -842,7 +842,7 @@ pub async fn update(
     // The database holds the new desired state; the operation applies it to the backends.
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteUpdate,
         Some(&site.tenant_id),
@@ -858,7 +858,7 @@ pub async fn update(
         admin: None,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }
 
@@ -985,7 +985,7 @@ pub async fn transition(
     }
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         kind,
         Some(&site.tenant_id),
@@ -1013,7 +1013,7 @@ pub async fn transition(
         admin: None,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }
 

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 
-use crate::{app::placement, config::PlacementConfig, provision::Provisioner};
+use crate::{app::placement, config::PlacementConfig, provision::Backends};
 
 /// Runs [`pass`](placement::pass) every `interval_secs` until `shutdown`.
 pub async fn run_periodically(
     db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
+    provisioner: std::sync::Arc<Backends>,
     config: PlacementConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {

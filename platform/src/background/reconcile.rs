@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::{
     app::node_sync::{Repair, Report, sync_nodes},
-    provision::Provisioner,
+    provision::Backends,
     sagas::StepError,
 };
 
@@ -37,7 +37,7 @@ fn step_error(err: StepError) -> String {
 /// Runs every reconciler once, unless another replica is running them now.
 pub async fn run_all(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     orphan_grace_secs: u64,
 ) -> anyhow::Result<Option<Value>> {
     // A named lock on a connection of our own: one pass at a time across replicas.
@@ -90,7 +90,7 @@ pub async fn run_all(
 /// The timer loop inside `serve`.
 pub async fn run_periodically(
     db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
+    provisioner: std::sync::Arc<Backends>,
     interval: Duration,
     orphan_grace_secs: u64,
     mut shutdown: watch::Receiver<bool>,
@@ -116,7 +116,7 @@ async fn settled_sites(db: &MySqlPool) -> anyhow::Result<Vec<(String, String)>> 
     .await?)
 }
 
-async fn reconcile_sites(db: &MySqlPool, p: &Provisioner) -> anyhow::Result<Report> {
+async fn reconcile_sites(db: &MySqlPool, p: &Backends) -> anyhow::Result<Report> {
     let mut report = Report::default();
     if !p.any() {
         return Ok(report);
@@ -152,7 +152,7 @@ async fn reconcile_sites(db: &MySqlPool, p: &Provisioner) -> anyhow::Result<Repo
 }
 
 async fn password(
-    p: &Provisioner,
+    p: &Backends,
     db: &MySqlPool,
     id: &SiteResourceId,
     kind: SecretKind,
@@ -166,7 +166,7 @@ async fn password(
 
 async fn reconcile_site(
     db: &MySqlPool,
-    p: &Provisioner,
+    p: &Backends,
     id: &SiteResourceId,
     state: &str,
     report: &mut Report,
@@ -269,7 +269,7 @@ async fn reconcile_site(
 /// a hand-made one): such resources are reported as `foreign` and never removed.
 async fn reconcile_orphans(
     db: &MySqlPool,
-    p: &Provisioner,
+    p: &Backends,
     grace_secs: u64,
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
