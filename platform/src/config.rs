@@ -1,6 +1,14 @@
 //! Typed configuration in layers: built-in defaults, then a TOML file (`--config` or
 //! `PRESSDOCK_CONFIG`), then `PRESSDOCK_*` environment variables.
 //!
+//! The keys are listed once: the structs below are the file's keys (serde, unknown keys
+//! refused), and `ENV_KEYS` says which of them the environment sets and under what
+//! name. Kept rather than `figment`: the layering is the few lines of
+//! [`Config::load_from`], and figment's environment provider derives a key from a
+//! variable's name by splitting on `_` (ambiguous for `database_url`,
+//! `report_timeout_secs`, …) or on `__` (which would rename every variable operators set
+//! today), so it would still need this list.
+//!
 //! Secrets live in [`Secret`], whose `Debug`, `Display` and `Serialize` print a redaction,
 //! so printing the whole configuration (`pressdock config`) is always safe.
 

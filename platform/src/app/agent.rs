@@ -28,7 +28,6 @@ use utoipa::ToSchema;
 use crate::{
     app::site_state::{self, SiteEvent},
     audit::{self, Event},
-    domain::Id,
     error::{ApiError, ApiResult},
     state::AppState,
     states::SiteState,
@@ -587,7 +586,7 @@ pub async fn agent_purge(
 pub async fn tenant_purge(
     state: &AppState,
     actor: &crate::actor::Actor,
-    site: &Id,
+    site: &crate::domain::SiteId,
     input: CachePurge,
 ) -> ApiResult<PurgeResult> {
     let found =
@@ -606,7 +605,7 @@ pub async fn tenant_purge(
         Some(actor),
         Event {
             action: "site.cache.purge",
-            tenant_id: Some(&found.tenant_id),
+            tenant_id: Some(found.tenant_id.as_str()),
             target_type: "site",
             target_id: site.as_str(),
             details: json!({ "banned": result.banned }),

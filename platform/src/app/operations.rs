@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     actor::Actor,
     app::{Page, encode_cursor, page_bounds},
-    domain::{Fields, Id, TenantRole},
+    domain::{Fields, Id, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::{OperationKind, OperationState, StepState},
@@ -156,7 +156,7 @@ pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Operation> 
 pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operation> {
     let mut conn = state.db.acquire().await?;
     let op = load(&mut conn, id.as_str()).await?;
-    match op.tenant_id.as_deref().and_then(Id::parse) {
+    match op.tenant_id.as_deref().and_then(TenantId::parse) {
         Some(tenant) => {
             actor
                 .require_tenant(state, &tenant, TenantRole::Viewer)
@@ -231,7 +231,7 @@ pub async fn list(
     let tenant = match &filter.tenant {
         Some(t) => fields.check(
             "tenant",
-            Id::parse(t).ok_or_else(|| "must be a tenant id".to_owned()),
+            TenantId::parse(t).ok_or_else(|| "must be a tenant id".to_owned()),
         ),
         None => None,
     };

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     actor::{Actor, Credentials},
     audit::{self, Event},
-    domain::{DomainName, Email, Fields, Id, TenantRole, parse_name},
+    domain::{DomainName, Email, Fields, Id, SiteId, TenantId, TenantRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
     states::{OperationKind, SiteState},
@@ -30,8 +30,10 @@ use crate::{
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Site {
-    pub id: String,
-    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub id: SiteId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     pub name: String,
     /// The plan's slug.
     pub plan: String,
@@ -210,9 +212,9 @@ const FROM: &str = "sites s JOIN plans p ON p.id = s.plan_id \
 /// A row of [`COLUMNS`]: `aliases` is the copy, `None` when it is stale.
 #[derive(FromRow)]
 struct SiteRow {
-    id: String,
+    id: SiteId,
     seq: i64,
-    tenant_id: String,
+    tenant_id: TenantId,
     name: String,
     plan: String,
     state: SiteState,
@@ -242,7 +244,7 @@ fn site_of(r: SiteRow, stale: &mut Vec<String>) -> (i64, Site) {
             .map(str::to_owned)
             .collect(),
         None => {
-            stale.push(r.id.clone());
+            stale.push(r.id.as_str().to_owned());
             Vec::new()
         }
     };
@@ -288,10 +290,10 @@ async fn fill_stale_aliases(
     query.push(") ORDER BY site_id, domain");
     let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *conn).await?;
     for (_, site) in sites.iter_mut() {
-        if stale.contains(&site.id) {
+        if stale.iter().any(|id| site.id == *id.as_str()) {
             site.aliases = rows
                 .iter()
-                .filter(|(id, _)| *id == site.id)
+                .filter(|(id, _)| site.id == *id.as_str())
                 .map(|(_, domain)| domain.clone())
                 .collect();
         }
@@ -331,12 +333,11 @@ pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
 }
 
 /// The site if the caller may see it with at least `min`; 404 otherwise.
-async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -> ApiResult<Site> {
+async fn authorized(state: &AppState, actor: &Actor, id: &SiteId, min: TenantRole) -> ApiResult<Site> {
     let mut conn = state.db.acquire().await?;
     let site = load(&mut conn, id.as_str()).await?;
-    let tenant = Id::parse(&site.tenant_id).ok_or(ApiError::NotFound("site"))?;
     actor
-        .require_tenant(state, &tenant, min)
+        .require_tenant(state, &site.tenant_id, min)
         .await
         .map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::NotFound("site"),
@@ -345,7 +346,7 @@ async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -
     Ok(site)
 }
 
-pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
+pub async fn get(state: &AppState, actor: &Actor, id: &SiteId) -> ApiResult<Site> {
     let mut site = authorized(state, actor, id, TenantRole::Viewer).await?;
     let mut conn = state.db.acquire().await?;
     site.agent = crate::app::agent::status(&mut conn, id.as_str()).await?;
@@ -358,7 +359,7 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
 }
 
 /// The site if the caller has at least `min` in its tenant; 404 otherwise.
-pub async fn get_for(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -> ApiResult<Site> {
+pub async fn get_for(state: &AppState, actor: &Actor, id: &SiteId, min: TenantRole) -> ApiResult<Site> {
     authorized(state, actor, id, min).await
 }
 
@@ -377,7 +378,7 @@ pub async fn list(
     tenant: &str,
     filter: Result<SiteFilter, ApiError>,
 ) -> ApiResult<Page<Site>> {
-    let tenant = Id::parse(tenant);
+    let tenant = TenantId::parse(tenant);
     let (tenant, filter) = match (tenant, filter.and_then(check_filter)) {
         (Some(tenant), Ok(filter)) => (tenant, filter),
         (tenant, filter) => {
@@ -472,7 +473,7 @@ fn check_filter(filter: SiteFilter) -> ApiResult<PageFilter> {
 
 /// The page's conditions on `sites s` (after a `WHERE`), its order
 /// and its `LIMIT`: `limit + 1` sites, to know whether there is a next page.
-fn push_page(query: &mut QueryBuilder<sqlx::MySql>, tenant: &Id, filter: &PageFilter) {
+fn push_page(query: &mut QueryBuilder<sqlx::MySql>, tenant: &TenantId, filter: &PageFilter) {
     query
         .push(" AND s.tenant_id = ")
         .push_bind(tenant.as_str().to_owned());
@@ -563,7 +564,7 @@ pub enum Created {
 pub async fn create(
     state: &AppState,
     actor: &Actor,
-    tenant: &Id,
+    tenant: &TenantId,
     input: NewSite,
     idem: Option<IdemKey>,
 ) -> ApiResult<Created> {
@@ -649,7 +650,7 @@ pub(crate) async fn insert_new(
     tx: &mut MySqlConnection,
     state: &AppState,
     actor: &Actor,
-    tenant: &Id,
+    tenant: &TenantId,
     valid: ValidNewSite,
 ) -> ApiResult<(Accepted, backends::Secret)> {
     let ValidNewSite {
@@ -735,7 +736,7 @@ pub(crate) async fn insert_new(
 pub async fn update(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &SiteId,
     change: SiteChange,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
@@ -831,7 +832,7 @@ pub async fn update(
         Some(actor),
         Event {
             action: "site.update",
-            tenant_id: Some(&site.tenant_id),
+            tenant_id: Some(site.tenant_id.as_str()),
             target_type: "site",
             target_id: id.as_str(),
             details: json!({ "name": name, "domains": domains, "plan": plan.as_ref().map(|p| &p.slug), "keep_http": change.keep_http, "hsts": change.hsts }),
@@ -845,7 +846,7 @@ pub async fn update(
         &state.backends,
         Some(actor),
         OperationKind::SiteUpdate,
-        Some(&site.tenant_id),
+        Some(site.tenant_id.as_str()),
         "site",
         id.as_str(),
     )
@@ -863,7 +864,7 @@ pub async fn update(
 }
 
 /// 409 while another operation of the site is under way: one change at a time.
-async fn ensure_idle(conn: &mut MySqlConnection, id: &Id) -> ApiResult<()> {
+async fn ensure_idle(conn: &mut MySqlConnection, id: &SiteId) -> ApiResult<()> {
     let busy: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
          AND state IN ('pending', 'running', 'unwinding')",
@@ -945,7 +946,7 @@ async fn refit_plan(
 pub async fn transition(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &SiteId,
     kind: OperationKind,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
@@ -988,7 +989,7 @@ pub async fn transition(
         &state.backends,
         Some(actor),
         kind,
-        Some(&site.tenant_id),
+        Some(site.tenant_id.as_str()),
         "site",
         id.as_str(),
     )
@@ -998,7 +999,7 @@ pub async fn transition(
         Some(actor),
         Event {
             action: kind.as_str(),
-            tenant_id: Some(&site.tenant_id),
+            tenant_id: Some(site.tenant_id.as_str()),
             target_type: "site",
             target_id: id.as_str(),
             details: json!({ "operation": op }),
