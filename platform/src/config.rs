@@ -602,7 +602,8 @@ mod tests {
 
     #[test]
     fn a_database_url_prints_without_its_password() {
-        let url = DatabaseUrl::new("mysql://pd:p%40ss:w@rd@db.internal:3306/pressdock?ssl-mode=required");
+        let url =
+            DatabaseUrl::new("mysql://pd:p%40ss:w@rd@db.internal:3306/pressdock?ssl-mode=required");
         assert_eq!(
             url.redacted(),
             "mysql://pd:[redacted]@db.internal:3306/pressdock?ssl-mode=required"

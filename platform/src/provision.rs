@@ -69,20 +69,17 @@ pub async fn open_secret(
     id: &SiteResourceId,
     kind: SecretKind,
 ) -> Result<Secret, StepError> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT nonce, ciphertext FROM site_secrets WHERE site_id = ? AND kind = ?",
-    )
-    .bind(id.as_str())
-    .bind(kind.as_str())
-    .fetch_optional(db)
-    .await?;
+    let row: Option<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT nonce, ciphertext FROM site_secrets WHERE site_id = ? AND kind = ?")
+            .bind(id.as_str())
+            .bind(kind.as_str())
+            .fetch_optional(db)
+            .await?;
     let (nonce, sealed) =
         row.ok_or_else(|| permanent(anyhow!("site {id} has no {} secret", kind.as_str())))?;
     let context = format!("{}/{}", id.as_str(), kind.as_str());
     Ok(Secret::new(
-        secrets
-            .open(&context, &nonce, &sealed)
-            .map_err(permanent)?,
+        secrets.open(&context, &nonce, &sealed).map_err(permanent)?,
     ))
 }
 

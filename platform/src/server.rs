@@ -69,13 +69,15 @@ pub async fn serve(
         runners.push(tokio::spawn(runner.run(shutdown.clone())));
     }
     if state.config.reconcile.enabled && state.backends.any() {
-        runners.push(tokio::spawn(crate::background::reconcile::run_periodically(
-            state.db.clone(),
-            state.backends.clone(),
-            std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
-            state.config.reconcile.orphan_grace_secs,
-            shutdown.clone(),
-        )));
+        runners.push(tokio::spawn(
+            crate::background::reconcile::run_periodically(
+                state.db.clone(),
+                state.backends.clone(),
+                std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
+                state.config.reconcile.orphan_grace_secs,
+                shutdown.clone(),
+            ),
+        ));
     }
     if state
         .backends
@@ -92,12 +94,14 @@ pub async fn serve(
         )));
     }
     if state.config.placement.enabled && state.backends.swarm.is_some() {
-        runners.push(tokio::spawn(crate::background::placement::run_periodically(
-            state.db.clone(),
-            state.backends.clone(),
-            state.config.placement.clone(),
-            shutdown.clone(),
-        )));
+        runners.push(tokio::spawn(
+            crate::background::placement::run_periodically(
+                state.db.clone(),
+                state.backends.clone(),
+                state.config.placement.clone(),
+                shutdown.clone(),
+            ),
+        ));
     }
     if state.config.certs.enabled {
         if state.config.secret_key.is_empty() {

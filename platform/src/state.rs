@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use sqlx::MySqlPool;
 
-use crate::{auth::TokenSigner, config::Config, crypto::SecretBox, metrics::Metrics, provision::Backends};
+use crate::{
+    auth::TokenSigner, config::Config, crypto::SecretBox, metrics::Metrics, provision::Backends,
+};
 
 #[derive(Clone)]
 pub struct AppState {

@@ -115,9 +115,10 @@ async fn authenticate(
     .fetch_optional(&state.db)
     .await?;
     let (tenant_id, site_state, generation, memory_mb) = row.ok_or(DENIED)?;
-    let expected = crate::provision::open_secret(&state.db, &state.secrets, &id, SecretKind::AgentToken)
-        .await
-        .map_err(|_| DENIED)?;
+    let expected =
+        crate::provision::open_secret(&state.db, &state.secrets, &id, SecretKind::AgentToken)
+            .await
+            .map_err(|_| DENIED)?;
     // Comparing digests: the time taken does not depend on how much of the token matched.
     if Sha256::digest(token.as_bytes()) != Sha256::digest(expected.expose().as_bytes()) {
         return Err(DENIED);

@@ -111,7 +111,11 @@ fn configured(state: &AppState) -> ApiResult<()> {
 }
 
 /// `POST /v1/sites/{site}/backups`: records a `pending` backup and enqueues its operation.
-pub async fn create(state: &AppState, actor: &Actor, site_id: &SiteId) -> ApiResult<BackupAccepted> {
+pub async fn create(
+    state: &AppState,
+    actor: &Actor,
+    site_id: &SiteId,
+) -> ApiResult<BackupAccepted> {
     let site = sites::get_for(state, actor, site_id, TenantRole::Member).await?;
     configured(state)?;
     let mut tx = state.db.begin().await?;

@@ -333,7 +333,12 @@ pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
 }
 
 /// The site if the caller may see it with at least `min`; 404 otherwise.
-async fn authorized(state: &AppState, actor: &Actor, id: &SiteId, min: TenantRole) -> ApiResult<Site> {
+async fn authorized(
+    state: &AppState,
+    actor: &Actor,
+    id: &SiteId,
+    min: TenantRole,
+) -> ApiResult<Site> {
     let mut conn = state.db.acquire().await?;
     let site = load(&mut conn, id.as_str()).await?;
     actor
@@ -359,7 +364,12 @@ pub async fn get(state: &AppState, actor: &Actor, id: &SiteId) -> ApiResult<Site
 }
 
 /// The site if the caller has at least `min` in its tenant; 404 otherwise.
-pub async fn get_for(state: &AppState, actor: &Actor, id: &SiteId, min: TenantRole) -> ApiResult<Site> {
+pub async fn get_for(
+    state: &AppState,
+    actor: &Actor,
+    id: &SiteId,
+    min: TenantRole,
+) -> ApiResult<Site> {
     authorized(state, actor, id, min).await
 }
 

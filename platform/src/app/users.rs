@@ -182,7 +182,11 @@ pub async fn list_staff(state: &AppState, actor: &Actor) -> ApiResult<Vec<User>>
 const MEMBER_SELECT: &str = "SELECT m.user_id, u.email, u.name, m.role, m.created_at \
      FROM memberships m JOIN users u ON u.id = m.user_id";
 
-pub async fn list_members(state: &AppState, actor: &Actor, tenant: &TenantId) -> ApiResult<Vec<Member>> {
+pub async fn list_members(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+) -> ApiResult<Vec<Member>> {
     actor
         .require_tenant(state, tenant, TenantRole::Viewer)
         .await?;
@@ -284,7 +288,11 @@ pub async fn invite(
 }
 
 /// Refuses a change that would leave a tenant with no owner.
-async fn ensure_other_owner(conn: &mut MySqlConnection, tenant: &TenantId, user: &str) -> ApiResult<()> {
+async fn ensure_other_owner(
+    conn: &mut MySqlConnection,
+    tenant: &TenantId,
+    user: &str,
+) -> ApiResult<()> {
     let others: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE tenant_id = ? AND role = 'owner' AND user_id <> ? FOR UPDATE",
     )
@@ -339,7 +347,12 @@ pub async fn change_role(
     Ok(updated)
 }
 
-pub async fn remove(state: &AppState, actor: &Actor, tenant: &TenantId, user: &Id) -> ApiResult<()> {
+pub async fn remove(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    user: &Id,
+) -> ApiResult<()> {
     actor
         .require_tenant(state, tenant, TenantRole::Owner)
         .await?;

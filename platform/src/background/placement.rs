@@ -21,7 +21,9 @@ pub async fn run_periodically(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if let Err(err) = placement::pass(&db, &provisioner, &config, &mut gate, Instant::now()).await {
+        if let Err(err) =
+            placement::pass(&db, &provisioner, &config, &mut gate, Instant::now()).await
+        {
             tracing::warn!(error = %format!("{err:#}"), "placement pass failed");
         }
     }

@@ -341,11 +341,7 @@ async fn way_back(
 }
 
 /// Undo of `restore_database`: the database as the pre-restore backup has it.
-pub async fn put_back_database(
-    db: &MySqlPool,
-    provisioner: &Backends,
-    site: &str,
-) -> StepResult {
+pub async fn put_back_database(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let Some((store, manifest)) = way_back(db, provisioner, &restore).await? else {
         return Ok(());
