@@ -181,6 +181,17 @@ impl Pebble {
         response.text().await.unwrap()
     }
 
+    /// Makes `host` resolve to loopback again (challtestsrv's default), where the platform is.
+    async fn unresolve(&self, host: &str) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/clear-a", self.dns_management))
+            .json(&json!({ "host": host }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     /// Makes `host` resolve, for pebble's validation, to `address`.
     async fn resolve(&self, host: &str, address: &str) {
         let response = reqwest::Client::new()
@@ -242,6 +253,81 @@ async fn site_certificates(app: &TestApp, token: &str, site: &str) -> Value {
     let (status, body) = app.get(&format!("/v1/sites/{site}"), token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["certificates"].clone()
+}
+
+/// A certificate row as the issuer left it: state, consecutive failures, seconds until the
+/// next attempt, the last error.
+async fn row(app: &TestApp, domain: &str) -> Option<(String, i32, i64, Option<String>)> {
+    sqlx::query_as(
+        "SELECT state, failures, TIMESTAMPDIFF(SECOND, NOW(6), next_attempt_at), last_error \
+         FROM certificates WHERE domain = ?",
+    )
+    .bind(domain)
+    .fetch_optional(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Brings the domain's next attempt to now (as if its renewal time or back-off had come).
+async fn make_due(app: &TestApp, domain: &str) {
+    sqlx::query("UPDATE certificates SET next_attempt_at = NOW(6) WHERE domain = ?")
+        .bind(domain)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
+/// Waits (bounded) until `f` gives `Some`; the issuer runs every second.
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    for _ in 0..600 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 60 s");
+}
+
+async fn edge_config(app: &TestApp) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/edge/traefik.json", app.base))
+        .bearer_auth(EDGE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The chains the edge is given, by the domain of their leaf.
+fn served_chains(config: &Value) -> Vec<(String, String)> {
+    config["tls"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let chain = c["certFile"].as_str().unwrap().to_owned();
+            let leaf = x509_parser::pem::parse_x509_pem(chain.as_bytes()).unwrap().1;
+            let cert = leaf.parse_x509().unwrap();
+            let name = cert
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .unwrap();
+            (name, chain)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -521,6 +607,186 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         1
     );
 
+    // A renewal that fails keeps the held certificate served, says why, and is retried
+    // after the back-off; once the domain answers again it is renewed and the error goes.
+    pebble.resolve(&good, "127.0.0.2").await;
+    let held = served_chains(&edge_config(&app).await);
+    make_due(&app, &good).await;
+    let (state, failures, wait, error) = eventually("a failed renewal", || async {
+        row(&app, &good).await.filter(|r| r.1 == 1)
+    })
+    .await;
+    assert_eq!(state, "valid", "a held certificate stays valid");
+    assert!((3590..=3600).contains(&wait), "retried after an hour: {wait}");
+    assert!(error.unwrap().contains("127.0.0.2"));
+    assert_eq!(failures, 1);
+    assert_eq!(served_chains(&edge_config(&app).await), held);
+    let shown = site_certificates(&app, &admin, &site).await;
+    assert_eq!(shown[0]["state"], "valid", "{shown}");
+    assert!(
+        shown[0]["last_error"].as_str().unwrap().contains("127.0.0.2"),
+        "{shown}"
+    );
+    pebble.unresolve(&good).await;
+    make_due(&app, &good).await;
+    let (state, failures, _, error) = eventually("the renewal after the failure", || async {
+        row(&app, &good).await.filter(|r| r.1 == 0)
+    })
+    .await;
+    assert_eq!((state.as_str(), error), ("valid", None));
+    assert_eq!(failures, 0);
+    assert_ne!(served_chains(&edge_config(&app).await), held);
+
+    // The failing alias is retried on its schedule, the back-off doubling (an hour, then
+    // two), until its name points at us: then it is issued, and the edge serves both.
+    let (state, failures, wait, _) = row(&app, &bad).await.unwrap();
+    assert_eq!((state.as_str(), failures), ("failed", 1));
+    assert!((0..=3600).contains(&wait), "{wait}");
+    make_due(&app, &bad).await;
+    let (state, _, wait, error) = eventually("the second failure", || async {
+        row(&app, &bad).await.filter(|r| r.1 == 2)
+    })
+    .await;
+    assert_eq!(state, "failed");
+    assert!((7190..=7200).contains(&wait), "two hours: {wait}");
+    assert!(error.unwrap().contains("127.0.0.2"));
+    pebble.unresolve(&bad).await;
+    make_due(&app, &bad).await;
+    eventually("the alias issued", || async {
+        row(&app, &bad).await.filter(|r| r.0 == "valid")
+    })
+    .await;
+    let names: Vec<String> = served_chains(&edge_config(&app).await)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&good) && names.contains(&bad), "{names:?}");
+
+    // A domain removed from its site leaves the set (not served, not renewed); added to
+    // another site, it is ordered there and routed as that site's.
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{site}"),
+            Some(&admin),
+            Some(json!({ "aliases": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    eventually("the removed alias out of the set", || async {
+        row(&app, &bad).await.is_none().then_some(())
+    })
+    .await;
+    let config = edge_config(&app).await;
+    assert_eq!(served_chains(&config).len(), 1, "{config}");
+    assert!(!config.to_string().contains(&bad), "{config}");
+    let certificates = site_certificates(&app, &admin, &site).await;
+    assert_eq!(certificates.as_array().unwrap().len(), 1, "{certificates}");
+
+    let other_domain = format!("b{id}.pebble.test");
+    let (status, body) = app
+        .post(
+            &format!("/v1/tenants/{tenant}/sites"),
+            &admin,
+            json!({ "name": "Other", "domain": other_domain, "aliases": [bad], "plan": "starter" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let other = body["site"]["id"].as_str().unwrap().to_owned();
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let moved = eventually("the moved alias issued on its new site", || async {
+        let c = site_certificates(&app, &admin, &other).await;
+        c.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "valid")
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(moved[1]["domain"], bad.as_str(), "{moved}");
+    let config = edge_config(&app).await;
+    assert_eq!(served_chains(&config).len(), 3, "{config}");
+    let routed: Vec<&String> = config["http"]["routers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["rule"] == format!("Host(`{bad}`)"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(routed.len(), 1, "{config}");
+    assert!(
+        routed[0].starts_with(&format!("wp_{other}-https-")),
+        "{config}"
+    );
+
+    // The expiry metric counts a certificate within 14 days of its end.
+    sqlx::query("UPDATE certificates SET not_after = NOW(6) + INTERVAL 13 DAY WHERE domain = ?")
+        .bind(&good)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    eventually("the expiry metric at 1", || async {
+        let metrics = reqwest::get(format!("{}/metrics", app.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .any(|l| l == "pressdock_certificates_expiring_14d 1")
+            .then_some(())
+    })
+    .await;
+
+    app.finish().await;
+}
+
+/// One order per domain at a time across platform replicas: the lease on the row is
+/// taken by one of many concurrent takers, refused while it runs, free again once given
+/// back or expired (a replica that died mid-order), and never on a domain not yet due.
+#[tokio::test]
+async fn one_order_per_domain_at_a_time() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO certificates (domain, state, next_attempt_at) VALUES \
+         ('due.lease.test', 'pending', NOW(6)), \
+         ('later.lease.test', 'pending', NOW(6) + INTERVAL 1 HOUR)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let db = app.db.clone();
+            tokio::spawn(async move { store::lease(&db, "due.lease.test", 600).await.unwrap() })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in takers {
+        taken += usize::from(t.await.unwrap());
+    }
+    assert_eq!(taken, 1, "exactly one replica orders");
+    assert!(store::due(&app.db, 10).await.unwrap().is_empty());
+    assert!(!store::lease(&app.db, "due.lease.test", 600).await.unwrap());
+    assert!(!store::lease(&app.db, "later.lease.test", 600).await.unwrap());
+    store::release(&app.db, "due.lease.test").await.unwrap();
+    assert_eq!(
+        store::due(&app.db, 10).await.unwrap(),
+        ["due.lease.test".to_owned()]
+    );
+    // A lease that ran out (its holder died) is taken over.
+    assert!(store::lease(&app.db, "due.lease.test", 0).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store::lease(&app.db, "due.lease.test", 600).await.unwrap());
     app.finish().await;
 }
 
