@@ -523,32 +523,36 @@ impl ShortPebble {
             .build()
             .unwrap();
         let directory = format!("https://127.0.0.1:{listen}/dir");
-        let root = until("the short-lived pebble", Duration::from_secs(20), || async {
-            reqwest::Client::new()
-                .post(format!("http://127.0.0.1:{dns_management}/clear-a"))
-                .json(&json!({ "host": "warmup.test" }))
-                .send()
-                .await
-                .map_err(|e| format!("challtestsrv: {e}"))?;
-            client
-                .get(&directory)
-                .send()
-                .await
-                .map_err(|e| format!("directory: {e}"))?;
-            let root = client
-                .get(format!("https://127.0.0.1:{management}/roots/0"))
-                .send()
-                .await
-                .map_err(|e| format!("roots: {e}"))?
-                .text()
-                .await
-                .map_err(|e| format!("roots: {e}"))?;
-            if root.contains("BEGIN CERTIFICATE") {
-                Ok(root)
-            } else {
-                Err(root)
-            }
-        })
+        let root = until(
+            "the short-lived pebble",
+            Duration::from_secs(20),
+            || async {
+                reqwest::Client::new()
+                    .post(format!("http://127.0.0.1:{dns_management}/clear-a"))
+                    .json(&json!({ "host": "warmup.test" }))
+                    .send()
+                    .await
+                    .map_err(|e| format!("challtestsrv: {e}"))?;
+                client
+                    .get(&directory)
+                    .send()
+                    .await
+                    .map_err(|e| format!("directory: {e}"))?;
+                let root = client
+                    .get(format!("https://127.0.0.1:{management}/roots/0"))
+                    .send()
+                    .await
+                    .map_err(|e| format!("roots: {e}"))?
+                    .text()
+                    .await
+                    .map_err(|e| format!("roots: {e}"))?;
+                if root.contains("BEGIN CERTIFICATE") {
+                    Ok(root)
+                } else {
+                    Err(root)
+                }
+            },
+        )
         .await;
         Self {
             _pebble: pebble,
@@ -584,9 +588,10 @@ impl Drop for StopLoad {
 async fn load_worker(load: Arc<Load>, client: reqwest::Client, url: String, link: String) {
     while !load.stop.load(Ordering::Relaxed) {
         let outcome = match get(&client, &url).await {
-            Ok(p) if p.status == 200
-                && p.body.contains(&link)
-                && p.headers.contains_key("x-pressdock-cache") =>
+            Ok(p)
+                if p.status == 200
+                    && p.body.contains(&link)
+                    && p.headers.contains_key("x-pressdock-cache") =>
             {
                 p.leaf.ok_or_else(|| "no peer certificate".to_owned())
             }
@@ -815,5 +820,8 @@ async fn renewed_under_load(lab: toml::Table, api: Api, tenant: String, id: Stri
         .trim()
         .parse()
         .unwrap();
-    assert!(expiring >= 1, "the short-lived certificate is expiring: {expiring}");
+    assert!(
+        expiring >= 1,
+        "the short-lived certificate is expiring: {expiring}"
+    );
 }

@@ -311,7 +311,9 @@ fn served_chains(config: &Value) -> Vec<(String, String)> {
         .iter()
         .map(|c| {
             let chain = c["certFile"].as_str().unwrap().to_owned();
-            let leaf = x509_parser::pem::parse_x509_pem(chain.as_bytes()).unwrap().1;
+            let leaf = x509_parser::pem::parse_x509_pem(chain.as_bytes())
+                .unwrap()
+                .1;
             let cert = leaf.parse_x509().unwrap();
             let name = cert
                 .subject_alternative_name()
@@ -617,14 +619,20 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     })
     .await;
     assert_eq!(state, "valid", "a held certificate stays valid");
-    assert!((3590..=3600).contains(&wait), "retried after an hour: {wait}");
+    assert!(
+        (3590..=3600).contains(&wait),
+        "retried after an hour: {wait}"
+    );
     assert!(error.unwrap().contains("127.0.0.2"));
     assert_eq!(failures, 1);
     assert_eq!(served_chains(&edge_config(&app).await), held);
     let shown = site_certificates(&app, &admin, &site).await;
     assert_eq!(shown[0]["state"], "valid", "{shown}");
     assert!(
-        shown[0]["last_error"].as_str().unwrap().contains("127.0.0.2"),
+        shown[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.2"),
         "{shown}"
     );
     pebble.unresolve(&good).await;
@@ -777,7 +785,11 @@ async fn one_order_per_domain_at_a_time() {
     assert_eq!(taken, 1, "exactly one replica orders");
     assert!(store::due(&app.db, 10).await.unwrap().is_empty());
     assert!(!store::lease(&app.db, "due.lease.test", 600).await.unwrap());
-    assert!(!store::lease(&app.db, "later.lease.test", 600).await.unwrap());
+    assert!(
+        !store::lease(&app.db, "later.lease.test", 600)
+            .await
+            .unwrap()
+    );
     store::release(&app.db, "due.lease.test").await.unwrap();
     assert_eq!(
         store::due(&app.db, 10).await.unwrap(),
