@@ -73,6 +73,12 @@ fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 impl Pebble {
     /// Starts pebble with HTTP-01 validation against `http_port` on the resolved address.
     async fn start(http_port: u16) -> Self {
+        Self::start_with(http_port, None).await
+    }
+
+    /// The same, its certificates lasting `validity_secs` (pebble's
+    /// `certificateValidityPeriod`) when given.
+    async fn start_with(http_port: u16, validity_secs: Option<u64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (api_root, cert, key) = pebble_tls(dir.path());
         let (listen, mgmt, dns, dns_mgmt, tls) = (
@@ -83,18 +89,17 @@ impl Pebble {
             free_port(),
         );
         let config = dir.path().join("pebble.json");
-        std::fs::write(
-            &config,
-            json!({ "pebble": {
-                "listenAddress": format!("127.0.0.1:{listen}"),
-                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-                "certificate": cert, "privateKey": key,
-                "httpPort": http_port, "tlsPort": tls,
-                "ocspResponderURL": "", "externalAccountBindingRequired": false,
-            }})
-            .to_string(),
-        )
-        .unwrap();
+        let mut settings = json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": cert, "privateKey": key,
+            "httpPort": http_port, "tlsPort": tls,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+        }});
+        if let Some(secs) = validity_secs {
+            settings["pebble"]["certificateValidityPeriod"] = json!(secs);
+        }
+        std::fs::write(&config, settings.to_string()).unwrap();
         let dns_child = tokio::process::Command::new(binary("pebble-challtestsrv"))
             .args([
                 "-dns01",
@@ -891,5 +896,264 @@ async fn acme_settings_are_validated_and_staff_only() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["status"], 404, "{body}");
+    app.finish().await;
+}
+
+/// A Traefik of our own in front of `origin`: `websecure` on a free port terminates TLS with
+/// whatever certificate the platform's provider gives it (polled every second), as every
+/// edge replica does. Killed when dropped.
+struct EdgeTraefik {
+    child: std::process::Child,
+    websecure: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for EdgeTraefik {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl EdgeTraefik {
+    fn start(app: &TestApp, origin: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dir.path().join("dynamic");
+        std::fs::create_dir(&dynamic).unwrap();
+        std::fs::write(
+            dynamic.join("routes.yml"),
+            format!(
+                "http:\n  routers:\n    sites:\n      rule: PathPrefix(`/`)\n      entryPoints: [websecure]\n      service: origin\n      tls: {{}}\n  services:\n    origin:\n      loadBalancer:\n        servers:\n          - url: http://127.0.0.1:{origin}\n"
+            ),
+        )
+        .unwrap();
+        let (web, websecure) = (free_port(), free_port());
+        let config = dir.path().join("traefik.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    directory: {}\n  http:\n    endpoint: {}/edge/traefik.json\n    pollInterval: 1s\n    headers:\n      Authorization: Bearer {EDGE_TOKEN}\nlog:\n  level: ERROR\n",
+                dynamic.display(),
+                app.base
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("traefik")
+            .arg(format!("--configFile={}", config.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting traefik (scripts/install-deps.sh installs it): {e}")
+            });
+        Self {
+            child,
+            websecure,
+            _dir: dir,
+        }
+    }
+}
+
+/// Requests `url` until `stop`, each answer checked (200, the origin's body naming the
+/// domain, over a chain that verified); returns (requests, failures, the distinct leaf
+/// certificates in the order first seen).
+async fn steady_load(
+    client: reqwest::Client,
+    url: String,
+    expected: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<String>, Vec<Vec<u8>>) {
+    let (mut requests, mut failures, mut leaves) = (0u64, Vec::new(), Vec::<Vec<u8>>::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        requests += 1;
+        match client.get(&url).send().await {
+            Ok(r) => {
+                let leaf = r
+                    .extensions()
+                    .get::<reqwest::tls::TlsInfo>()
+                    .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec));
+                let status = r.status();
+                match (status, r.text().await, leaf) {
+                    (StatusCode::OK, Ok(body), Some(leaf)) if body == expected => {
+                        if !leaves.contains(&leaf) {
+                            leaves.push(leaf);
+                        }
+                    }
+                    (status, body, leaf) => failures.push(format!(
+                        "HTTP {status}: {body:?}, a leaf: {}",
+                        leaf.is_some()
+                    )),
+                }
+            }
+            Err(e) => failures.push(format!("{e:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (requests, failures, leaves)
+}
+
+/// Renewal forced by a short-lived certificate (pebble's certificates last 24 s here): at
+/// two thirds of its lifetime the platform orders a new one and a real Traefik, polling
+/// the platform's provider, swaps it in while clients keep requesting over HTTPS, new
+/// connections and kept-alive ones. Every answer is checked; none may fail.
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_failed_request() {
+    const VALIDITY_SECS: u64 = 24;
+    let trust = tempfile::tempdir().unwrap();
+    let directory_root = trust.path().join("pebble-api-root.pem");
+    let ca_file = directory_root.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.certs.enabled = true;
+        c.certs.interval_secs = 1;
+        c.certs.order_timeout_secs = 30;
+        c.certs.retry_base_secs = 1;
+        c.certs.retry_max_secs = 2;
+        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
+        c.certs.directory_ca_file = Some(ca_file);
+    })
+    .await;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let pebble = Pebble::start_with(port, Some(VALIDITY_SECS)).await;
+    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    let tenant = app.create_tenant(&admin, "short").await;
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(json!({ "directory": pebble.directory, "contact_email": "ops@pressdock.test" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let domain = format!("{}.pebble.test", random_name("r").replace('_', ""));
+    let (status, body) = app.create_site(&admin, &tenant, &domain).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let site = body["site"]["id"].as_str().unwrap().to_owned();
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let first = eventually("the certificate", || async {
+        let c = site_certificates(&app, &admin, &site).await;
+        (c[0]["state"] == "valid").then(|| c[0].clone())
+    })
+    .await;
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(first["not_after"].clone()).unwrap();
+    let renew_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(first["next_attempt_at"].clone()).unwrap();
+    assert!(not_after <= chrono::Utc::now() + chrono::Duration::seconds(VALIDITY_SECS as i64));
+    let third = (not_after - renew_at).num_seconds();
+    assert!(
+        (7..=8).contains(&third),
+        "due a third of the lifetime before the end: {first}"
+    );
+
+    let origin = {
+        let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            format!("hello from {}", host.split(':').next().unwrap_or(""))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    };
+    let traefik = EdgeTraefik::start(&app, origin);
+    let root = reqwest::Certificate::from_pem(pebble.issuing_root().await.as_bytes()).unwrap();
+    let edge = SocketAddr::from(([127, 0, 0, 1], traefik.websecure));
+    let client = |fresh: bool| {
+        let mut b = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone())
+            .tls_info(true)
+            .timeout(Duration::from_secs(10))
+            .resolve(&domain, edge);
+        if fresh {
+            b = b.pool_max_idle_per_host(0);
+        }
+        b.build().unwrap()
+    };
+    let url = format!("https://{domain}:{}/", traefik.websecure);
+    let expected = format!("hello from {domain}");
+    // Traefik up with the certificate (a bounded wait).
+    let old_leaf = eventually("Traefik serving the certificate", || async {
+        let r = client(true).get(&url).send().await.ok()?;
+        let leaf = r
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))?;
+        (r.text().await.ok()? == expected).then_some(leaf)
+    })
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = [true, true, false, false]
+        .into_iter()
+        .map(|fresh| {
+            tokio::spawn(steady_load(
+                client(fresh),
+                url.clone(),
+                expected.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Until the edge serves the renewed certificate, then a second more.
+    let renewed_chain = eventually("the renewed certificate at the edge", || async {
+        let config = edge_config(&app).await;
+        let (_, chain) = served_chains(&config).into_iter().next()?;
+        let r = client(true).get(&url).send().await.ok()?;
+        let leaf = r
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))?;
+        (leaf != old_leaf).then_some(chain)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut requests, mut failures, mut leaves) = (0, Vec::new(), Vec::new());
+    for w in workers {
+        let (n, f, l) = w.await.unwrap();
+        requests += n;
+        failures.extend(f);
+        for leaf in l {
+            if !leaves.contains(&leaf) {
+                leaves.push(leaf);
+            }
+        }
+    }
+    println!(
+        "renewal under load: {requests} requests, {} failed, {} certificates served",
+        failures.len(),
+        leaves.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(requests >= 50, "{requests}");
+    assert!(
+        leaves.len() >= 2 && leaves[0] == old_leaf,
+        "{} leaves",
+        leaves.len()
+    );
+    let renewed = site_certificates(&app, &admin, &site).await;
+    assert_eq!(renewed[0]["state"], "valid", "{renewed}");
+    assert!(renewed[0]["last_error"].is_null(), "{renewed}");
+    let later: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(renewed[0]["not_after"].clone()).unwrap();
+    assert!(later > not_after, "{renewed}");
+    assert!(!renewed_chain.is_empty());
+    drop(traefik);
     app.finish().await;
 }
