@@ -13,9 +13,9 @@
 # name as SNI: it runs in a private mount namespace whose /etc/hosts maps the name to
 # 127.0.0.1 (the machine's /etc/hosts is not touched).
 #
-# Makes its own site (keep_http on, so both schemes serve the page), waits for its
-# certificate, deletes the site at the end. Not a test: no assertion, a table on stdout
-# (also in $OUT, default /tmp/bench-https.md).
+# Makes its own tenant and site (keep_http on, so both schemes serve the page), waits for
+# its certificate, deletes the site and the tenant at the end. Not a test: no assertion, a
+# table on stdout (also in $OUT, default /tmp/bench-https.md).
 #
 #   flock /work/lab.lock scripts/bench-https.sh          # BENCH_SECS=10 BENCH_ROUNDS=2
 #   BENCH_CONNS=32 BENCH_SECS=15 scripts/bench-https.sh
@@ -67,14 +67,18 @@ TENANT=$(call POST /v1/tenants "{\"slug\":\"bench-https-$ID\",\"name\":\"HTTPS b
 ACCEPTED=$(call POST "/v1/tenants/$TENANT/sites" \
   "{\"name\":\"HTTPS bench\",\"domain\":\"$DOMAIN\",\"plan\":\"starter\",\"keep_http\":true}")
 SITE=$(echo "$ACCEPTED" | json site.id)
-[ -n "$SITE" ] || { echo "site not created: $ACCEPTED" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/bench-https.XXXXXX)
+# The site, then its tenant: the benchmark leaves nothing on the lab.
 cleanup() {
   local op
-  op=$(call DELETE "/v1/sites/$SITE" | json operation.id) && [ -n "$op" ] && wait_op "$op" >/dev/null 2>&1 || true
+  if [ -n "$SITE" ]; then
+    op=$(call DELETE "/v1/sites/$SITE" | json operation.id) && [ -n "$op" ] && wait_op "$op" >/dev/null 2>&1 || true
+  fi
+  [ -z "$TENANT" ] || call DELETE "/v1/tenants/$TENANT" >/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+[ -n "$SITE" ] || { echo "site not created: $ACCEPTED" >&2; exit 1; }
 echo "site $DOMAIN: provisioning" >&2
 wait_op "$(echo "$ACCEPTED" | json operation.id)"
 echo "waiting for its certificate and for the edge to serve it" >&2

@@ -256,6 +256,7 @@ pub fn demo_site_task() -> DemoTask {
 }
 
 /// A platform API client, logged in: the lab's own platform or a test's `pressdock serve`.
+#[derive(Clone)]
 pub struct Api {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
@@ -401,6 +402,43 @@ impl Api {
             .unwrap_or_else(|| panic!("an operation in {accepted}"));
         let done = self.wait_operation(op, Duration::from_secs(300)).await;
         assert_eq!(done["state"], "succeeded", "{done}");
+    }
+
+    /// Deletes every site of `tenant` that is not deleted yet (waiting for each delete),
+    /// then the tenant: what a test leaves on the lab when it is done. Panics when a
+    /// delete fails, so a leak is seen.
+    pub async fn remove_tenant(&self, tenant: &str) {
+        let (status, page) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/tenants/{tenant}/sites?limit=200"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "the tenant's sites: {page}");
+        let mut deletes = Vec::new();
+        for site in page["items"].as_array().into_iter().flatten() {
+            if site["state"] == "deleted" {
+                continue;
+            }
+            let id = site["id"].as_str().unwrap_or_default();
+            let (status, body) = self
+                .call(reqwest::Method::DELETE, &format!("/v1/sites/{id}"), None)
+                .await;
+            assert_eq!(status, 202, "deleting site {id}: {body}");
+            deletes.push(body);
+        }
+        for accepted in &deletes {
+            self.succeeds(accepted).await;
+        }
+        let (status, body) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/tenants/{tenant}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204, "deleting tenant {tenant}: {body}");
     }
 
     /// The operation once it has finished; panics when it has not within `within`.

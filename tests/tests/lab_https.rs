@@ -7,12 +7,21 @@
 //! Gated by `PRESSDOCK_LAB_TESTS=1` and a lab that is up. Runs against the lab's own
 //! platform (its `[certs]` points at pebble); the platform is restarted once, by
 //! `pressdock-infra lab up`, to show that it does not order again what it holds.
+//!
+//! A second test starts a pebble of its own whose certificates last a minute, points the
+//! lab platform at it for the test's length, and keeps the site under HTTPS load while the
+//! certificate is renewed at two thirds of its lifetime: no request may fail. Both tests
+//! delete their sites and tenants, whatever the outcome.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -43,6 +52,10 @@ fn addr(url: &str) -> SocketAddr {
 /// A client that trusts only the lab ACME roots, sends `domain` to `to` (SNI and Host are
 /// the domain's), verifies chain and name, and does not follow redirects.
 fn verifying(roots: &[u8], domain: &str, to: SocketAddr) -> reqwest::Client {
+    verifying_builder(roots, domain, to).build().unwrap()
+}
+
+fn verifying_builder(roots: &[u8], domain: &str, to: SocketAddr) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .tls_info(true)
@@ -52,7 +65,7 @@ fn verifying(roots: &[u8], domain: &str, to: SocketAddr) -> reqwest::Client {
     for root in reqwest::Certificate::from_pem_bundle(roots).unwrap() {
         b = b.add_root_certificate(root);
     }
-    b.build().unwrap()
+    b
 }
 
 /// A plain-HTTP client for the edge (no redirects followed).
@@ -150,9 +163,43 @@ async fn https_page(roots: &[u8], domain: &str, to: SocketAddr) -> Page {
     .await
 }
 
+/// One of these tests at a time on the lab: the renewal test points the lab platform at
+/// another ACME directory while it runs.
+static ACME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `body` with a fresh tenant, then deletes the tenant's sites and the tenant whatever
+/// happened (a failed assertion too), and only then lets a failure through: a test leaves
+/// nothing on the lab.
+async fn with_tenant<F, Fut>(slug: &str, body: F)
+where
+    F: FnOnce(Api, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let api = Api::lab_staff().await;
+    let tenant = api.create_tenant(slug, "HTTPS test").await;
+    let outcome = tokio::spawn(body(api, tenant.clone())).await;
+    // A fresh login: the body may have restarted the platform.
+    Api::lab_staff().await.remove_tenant(&tenant).await;
+    if let Err(err) = outcome {
+        match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(err) => panic!("the test's task: {err}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_replica() {
     let Some(lab) = lab() else { return };
+    let _one = ACME.lock().await;
+    let id = random().to_lowercase();
+    with_tenant(&format!("tls-{id}"), |api, tenant| {
+        served_by_every_replica(lab, api, tenant, id)
+    })
+    .await;
+}
+
+async fn served_by_every_replica(lab: toml::Table, api: Api, tenant: String, id: String) {
     let s = |k: &str| lab[k].as_str().unwrap().to_owned();
     let https = addr(&s("edge_https_url"));
     let http = addr(&s("edge_url"));
@@ -169,9 +216,6 @@ async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_re
     );
     let dns = s("acme_dns_management");
 
-    let api = Api::lab_staff().await;
-    let id = random().to_lowercase();
-    let tenant = api.create_tenant(&format!("tls-{id}"), "HTTPS test").await;
     let domain = format!("tls-{id}.lab.test");
     let accepted = api.create_site(&tenant, "HTTPS", &domain).await;
     api.succeeds(&accepted).await;
@@ -385,11 +429,399 @@ async fn sites_get_certificates_from_the_lab_acme_server_served_by_every_edge_re
     assert_eq!(held["not_after"], cert["not_after"], "{held}");
     assert_eq!(held["next_attempt_at"], cert["next_attempt_at"], "{held}");
     assert!(held["last_error"].is_null(), "{held}");
+}
 
-    // Clean up: the site's domains leave the certificate set with it.
-    let (status, body) = api
-        .call(Method::DELETE, &format!("/v1/sites/{site}"), None)
+/// How long the renewal test's certificates last. Renewed at two thirds (40 s), which
+/// leaves the issuer's next pass (every 3 s on the lab), the order and Traefik's poll of
+/// the provider (every 5 s) 20 s before the old one expires.
+const SHORT_VALIDITY_SECS: i64 = 60;
+
+/// A second pebble with the lab pebble's configuration (its HTTPS certificate, which the
+/// lab platform trusts, and HTTP-01 fetched through the lab's edge), but ports of its own,
+/// a DNS server of its own (every name → the edge) and certificates that last
+/// [`SHORT_VALIDITY_SECS`] (pebble's `certificateValidityPeriod`). Stopped when dropped.
+struct ShortPebble {
+    _pebble: tokio::process::Child,
+    _dns: tokio::process::Child,
+    dir: PathBuf,
+    directory: String,
+    /// The root it issues under (pebble makes a new one at each start).
+    root: String,
+}
+
+impl Drop for ShortPebble {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ShortPebble {
+    async fn start(lab: &toml::Table) -> Self {
+        let lab_dir = Path::new(lab["acme_roots"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .to_owned();
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(lab_dir.join("pebble.json")).unwrap())
+                .unwrap();
+        let (listen, management, tls, dns, dns_management) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let p = &mut config["pebble"];
+        p["listenAddress"] = json!(format!("127.0.0.1:{listen}"));
+        p["managementListenAddress"] = json!(format!("127.0.0.1:{management}"));
+        p["tlsPort"] = json!(tls);
+        p["certificateValidityPeriod"] = json!(SHORT_VALIDITY_SECS);
+        let dir = std::env::temp_dir().join(format!("pd-short-pebble-{}", random()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_file = dir.join("pebble.json");
+        std::fs::write(&config_file, config.to_string()).unwrap();
+        let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+        let dns_child = tokio::process::Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdout(log("challtestsrv.log"))
+            .stderr(log("challtestsrv.err"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble-challtestsrv (Debian package pebble)");
+        let pebble = tokio::process::Command::new("pebble")
+            .arg("-config")
+            .arg(&config_file)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_ALWAYS_VALID", "0")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble (Debian package pebble)");
+        // pebble's own HTTPS chains to the lab's API root, as the lab pebble's does.
+        let api_root =
+            reqwest::Certificate::from_pem(&std::fs::read(lab_dir.join("api-root.pem")).unwrap())
+                .unwrap();
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(api_root)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let directory = format!("https://127.0.0.1:{listen}/dir");
+        let root = until(
+            "the short-lived pebble",
+            Duration::from_secs(20),
+            || async {
+                reqwest::Client::new()
+                    .post(format!("http://127.0.0.1:{dns_management}/clear-a"))
+                    .json(&json!({ "host": "warmup.test" }))
+                    .send()
+                    .await
+                    .map_err(|e| format!("challtestsrv: {e}"))?;
+                client
+                    .get(&directory)
+                    .send()
+                    .await
+                    .map_err(|e| format!("directory: {e}"))?;
+                let root = client
+                    .get(format!("https://127.0.0.1:{management}/roots/0"))
+                    .send()
+                    .await
+                    .map_err(|e| format!("roots: {e}"))?
+                    .text()
+                    .await
+                    .map_err(|e| format!("roots: {e}"))?;
+                if root.contains("BEGIN CERTIFICATE") {
+                    Ok(root)
+                } else {
+                    Err(root)
+                }
+            },
+        )
         .await;
-    assert_eq!(status, 202, "{body}");
-    api.succeeds(&body).await;
+        Self {
+            _pebble: pebble,
+            _dns: dns_child,
+            dir,
+            directory,
+            root,
+        }
+    }
+}
+
+/// What the load saw: every request counted, every failure described, every distinct
+/// leaf certificate served (in the order first seen) with how often.
+#[derive(Default)]
+struct Load {
+    requests: AtomicU64,
+    failures: std::sync::Mutex<Vec<String>>,
+    leaves: std::sync::Mutex<Vec<(Vec<u8>, u64, Instant)>>,
+    stop: AtomicBool,
+}
+
+/// Stops the load when dropped (the test's end, or a failed assertion).
+struct StopLoad(Arc<Load>);
+
+impl Drop for StopLoad {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Requests the page until told to stop, checking each answer: 200, the site's page with
+/// its https:// links, from the cache, over a certificate that verified.
+async fn load_worker(load: Arc<Load>, client: reqwest::Client, url: String, link: String) {
+    while !load.stop.load(Ordering::Relaxed) {
+        let outcome = match get(&client, &url).await {
+            Ok(p)
+                if p.status == 200
+                    && p.body.contains(&link)
+                    && p.headers.contains_key("x-pressdock-cache") =>
+            {
+                p.leaf.ok_or_else(|| "no peer certificate".to_owned())
+            }
+            Ok(p) => Err(format!(
+                "HTTP {} {:?} {}",
+                p.status,
+                p.headers,
+                &p.body[..p.body.len().min(300)]
+            )),
+            Err(e) => Err(e),
+        };
+        load.requests.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(leaf) => {
+                let mut leaves = load.leaves.lock().unwrap();
+                match leaves.iter_mut().find(|(l, _, _)| *l == leaf) {
+                    Some(seen) => seen.1 += 1,
+                    None => leaves.push((leaf, 1, Instant::now())),
+                }
+            }
+            Err(e) => load.failures.lock().unwrap().push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("a time: {v}: {e}"))
+}
+
+/// Issue 14, item 5: renewal forced by a short-lived certificate replaces it with no
+/// failed request. The lab platform orders from a pebble whose certificates last 60 s; the
+/// site is under steady HTTPS load through the edge (new TLS connections and kept-alive
+/// ones) from before the renewal until every replica serves the new certificate. Every
+/// answer is checked; none may fail.
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_under_load_with_no_failed_request() {
+    let Some(lab) = lab() else { return };
+    let _one = ACME.lock().await;
+    let pebble = ShortPebble::start(&lab).await;
+    let api = Api::lab_staff().await;
+    let (status, settings) = api.call(Method::GET, "/v1/admin/acme", None).await;
+    assert_eq!(status, 200, "{settings}");
+    let (Some(directory), Some(contact)) = (
+        settings["directory_url"].as_str(),
+        settings["contact_email"].as_str(),
+    ) else {
+        panic!("the lab platform has no ACME directory: {settings}")
+    };
+    let restore = json!({ "directory": directory, "contact_email": contact });
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(json!({ "directory": pebble.directory, "contact_email": contact })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = random().to_lowercase();
+    let root = pebble.root.clone();
+    let outcome = tokio::spawn(async move {
+        with_tenant(&format!("renew-{id}"), |api, tenant| {
+            renewed_under_load(lab, api, tenant, id, root)
+        })
+        .await
+    })
+    .await;
+    // The lab's own directory again, whatever happened (the next order registers anew).
+    let (status, body) = Api::lab_staff()
+        .await
+        .call(Method::PUT, "/v1/admin/acme", Some(restore))
+        .await;
+    assert_eq!(status, 200, "restoring the lab's ACME directory: {body}");
+    drop(pebble);
+    if let Err(err) = outcome {
+        match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(err) => panic!("the test's task: {err}"),
+        }
+    }
+}
+
+async fn renewed_under_load(lab: toml::Table, api: Api, tenant: String, id: String, root: String) {
+    let https = addr(lab["edge_https_url"].as_str().unwrap());
+    let replicas: Vec<SocketAddr> = lab["edge_https_replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().parse().unwrap())
+        .collect();
+    // Only the short-lived pebble's root: what verifies came from it.
+    let roots = root.into_bytes();
+    let domain = format!("renew-{id}.lab.test");
+    let accepted = api.create_site(&tenant, "Renewal", &domain).await;
+    api.succeeds(&accepted).await;
+    let site = accepted["site"]["id"].as_str().unwrap().to_owned();
+
+    let first = until("the certificate", Duration::from_secs(120), || async {
+        let c = certificate(&api, &site, &domain).await;
+        if c["state"] == "valid" {
+            Ok(c)
+        } else {
+            Err(c.to_string())
+        }
+    })
+    .await;
+    // Short-lived, and due two thirds into its lifetime (a third of it before the end).
+    let (not_after, renew_at) = (time(&first["not_after"]), time(&first["next_attempt_at"]));
+    let now = chrono::Utc::now();
+    assert!(
+        not_after > now && not_after <= now + chrono::Duration::seconds(SHORT_VALIDITY_SECS),
+        "{first}"
+    );
+    let third = (not_after - renew_at).num_seconds();
+    assert!(
+        (SHORT_VALIDITY_SECS / 3 - 1..=SHORT_VALIDITY_SECS / 3 + 1).contains(&third),
+        "renewal a third of the lifetime before the end: {first}"
+    );
+    let served = https_page(&roots, &domain, https).await;
+    let old_leaf = served.leaf.expect("the server's certificate");
+
+    // Steady load: two workers open a TLS connection for every request, two keep theirs.
+    let load = Arc::new(Load::default());
+    let _stop = StopLoad(load.clone());
+    let url = format!("https://{domain}:{}/", https.port());
+    let link = format!("https://{domain}/");
+    let mut workers = Vec::new();
+    for fresh in [true, true, false, false] {
+        let mut b = verifying_builder(&roots, &domain, https);
+        if fresh {
+            b = b.pool_max_idle_per_host(0);
+        }
+        workers.push(tokio::spawn(load_worker(
+            load.clone(),
+            b.build().unwrap(),
+            url.clone(),
+            link.clone(),
+        )));
+    }
+    let within = Duration::from_secs(SHORT_VALIDITY_SECS as u64 + 30);
+    let new_leaf = until("the renewed certificate at the edge", within, || async {
+        let leaves = load.leaves.lock().unwrap();
+        match leaves.iter().find(|(l, _, _)| *l != old_leaf) {
+            Some((leaf, _, _)) => Ok(leaf.clone()),
+            None => Err(format!(
+                "{} requests, {} failed",
+                load.requests.load(Ordering::Relaxed),
+                load.failures.lock().unwrap().len()
+            )),
+        }
+    })
+    .await;
+    // Every replica serves it (each polls the platform on its own), still under load.
+    for replica in &replicas {
+        until(
+            &format!("the renewed certificate at {replica}"),
+            Duration::from_secs(30),
+            || async {
+                let p = get(
+                    &verifying(&roots, &domain, *replica),
+                    &format!("https://{domain}:{}/", replica.port()),
+                )
+                .await?;
+                if p.status == 200 && p.leaf.as_ref() != Some(&old_leaf) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}, the old certificate", p.status))
+                }
+            },
+        )
+        .await;
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let requests = load.requests.load(Ordering::Relaxed);
+    let failures = load.failures.lock().unwrap().clone();
+    let leaves = load.leaves.lock().unwrap().clone();
+    let seen_new = leaves
+        .iter()
+        .find(|(l, _, _)| *l == new_leaf)
+        .map(|(_, n, at)| (*n, *at))
+        .unwrap();
+    println!(
+        "renewal under load: {requests} requests, {} failed; certificates served: {:?}; \
+         the new one first seen {:.1} s after its predecessor's renewal time",
+        failures.len(),
+        leaves.iter().map(|(_, n, _)| n).collect::<Vec<_>>(),
+        (chrono::Utc::now() - renew_at).num_milliseconds() as f64 / 1000.0
+            - seen_new.1.elapsed().as_secs_f64(),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed, the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(requests >= 100, "too little load: {requests} requests");
+    assert!(
+        leaves.first().map(|(l, _, _)| l) == Some(&old_leaf) && seen_new.0 >= 1,
+        "the old certificate first, then the new one: {} certificates seen",
+        leaves.len()
+    );
+
+    // The platform shows the renewed certificate, and counts it among those that expire
+    // within 14 days (the metric of the metrics endpoint).
+    let renewed = certificate(&api, &site, &domain).await;
+    assert_eq!(renewed["state"], "valid", "{renewed}");
+    assert!(renewed["last_error"].is_null(), "{renewed}");
+    assert!(time(&renewed["not_after"]) > not_after, "{renewed}");
+    assert!(
+        renewed["issuer"].as_str().unwrap().contains("Pebble"),
+        "{renewed}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expiring: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pressdock_certificates_expiring_14d "))
+        .unwrap_or_else(|| panic!("no expiry metric: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        expiring >= 1,
+        "the short-lived certificate is expiring: {expiring}"
+    );
 }

@@ -162,8 +162,9 @@ pub async fn release(db: &MySqlPool, domain: &str) -> anyhow::Result<()> {
 }
 
 /// Adds a `pending` row for every domain of a live site that has none, and removes the
-/// rows of domains no site uses any more. A domain moved between sites keeps its row: the
-/// certificate names the domain, not the site.
+/// rows of domains no site uses any more. The certificate names the domain, not the site:
+/// a domain that changes sites between two passes keeps its row; one removed from a site
+/// (a pass sees it unused) and added to another later is ordered again there.
 pub async fn sync_domains(db: &MySqlPool) -> anyhow::Result<(u64, u64)> {
     let added = sqlx::query(crate::sql!(
         "INSERT IGNORE INTO certificates (domain, state) \

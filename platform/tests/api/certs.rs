@@ -73,6 +73,12 @@ fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 impl Pebble {
     /// Starts pebble with HTTP-01 validation against `http_port` on the resolved address.
     async fn start(http_port: u16) -> Self {
+        Self::start_with(http_port, None).await
+    }
+
+    /// The same, its certificates lasting `validity_secs` (pebble's
+    /// `certificateValidityPeriod`) when given.
+    async fn start_with(http_port: u16, validity_secs: Option<u64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (api_root, cert, key) = pebble_tls(dir.path());
         let (listen, mgmt, dns, dns_mgmt, tls) = (
@@ -83,18 +89,17 @@ impl Pebble {
             free_port(),
         );
         let config = dir.path().join("pebble.json");
-        std::fs::write(
-            &config,
-            json!({ "pebble": {
-                "listenAddress": format!("127.0.0.1:{listen}"),
-                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-                "certificate": cert, "privateKey": key,
-                "httpPort": http_port, "tlsPort": tls,
-                "ocspResponderURL": "", "externalAccountBindingRequired": false,
-            }})
-            .to_string(),
-        )
-        .unwrap();
+        let mut settings = json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": cert, "privateKey": key,
+            "httpPort": http_port, "tlsPort": tls,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+        }});
+        if let Some(secs) = validity_secs {
+            settings["pebble"]["certificateValidityPeriod"] = json!(secs);
+        }
+        std::fs::write(&config, settings.to_string()).unwrap();
         let dns_child = tokio::process::Command::new(binary("pebble-challtestsrv"))
             .args([
                 "-dns01",
@@ -181,6 +186,17 @@ impl Pebble {
         response.text().await.unwrap()
     }
 
+    /// Makes `host` resolve to loopback again (challtestsrv's default), where the platform is.
+    async fn unresolve(&self, host: &str) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/clear-a", self.dns_management))
+            .json(&json!({ "host": host }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     /// Makes `host` resolve, for pebble's validation, to `address`.
     async fn resolve(&self, host: &str, address: &str) {
         let response = reqwest::Client::new()
@@ -242,6 +258,83 @@ async fn site_certificates(app: &TestApp, token: &str, site: &str) -> Value {
     let (status, body) = app.get(&format!("/v1/sites/{site}"), token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["certificates"].clone()
+}
+
+/// A certificate row as the issuer left it: state, consecutive failures, seconds until the
+/// next attempt, the last error.
+async fn row(app: &TestApp, domain: &str) -> Option<(String, i32, i64, Option<String>)> {
+    sqlx::query_as(
+        "SELECT state, failures, TIMESTAMPDIFF(SECOND, NOW(6), next_attempt_at), last_error \
+         FROM certificates WHERE domain = ?",
+    )
+    .bind(domain)
+    .fetch_optional(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Brings the domain's next attempt to now (as if its renewal time or back-off had come).
+async fn make_due(app: &TestApp, domain: &str) {
+    sqlx::query("UPDATE certificates SET next_attempt_at = NOW(6) WHERE domain = ?")
+        .bind(domain)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
+/// Waits (bounded) until `f` gives `Some`; the issuer runs every second.
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    for _ in 0..600 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 60 s");
+}
+
+async fn edge_config(app: &TestApp) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/edge/traefik.json", app.base))
+        .bearer_auth(EDGE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The chains the edge is given, by the domain of their leaf.
+fn served_chains(config: &Value) -> Vec<(String, String)> {
+    config["tls"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let chain = c["certFile"].as_str().unwrap().to_owned();
+            let leaf = x509_parser::pem::parse_x509_pem(chain.as_bytes())
+                .unwrap()
+                .1;
+            let cert = leaf.parse_x509().unwrap();
+            let name = cert
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .unwrap();
+            (name, chain)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -521,6 +614,196 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         1
     );
 
+    // A renewal that fails keeps the held certificate served, says why, and is retried
+    // after the back-off; once the domain answers again it is renewed and the error goes.
+    pebble.resolve(&good, "127.0.0.2").await;
+    let held = served_chains(&edge_config(&app).await);
+    make_due(&app, &good).await;
+    let (state, failures, wait, error) = eventually("a failed renewal", || async {
+        row(&app, &good).await.filter(|r| r.1 == 1)
+    })
+    .await;
+    assert_eq!(state, "valid", "a held certificate stays valid");
+    assert!(
+        (3590..=3600).contains(&wait),
+        "retried after an hour: {wait}"
+    );
+    assert!(error.unwrap().contains("127.0.0.2"));
+    assert_eq!(failures, 1);
+    assert_eq!(served_chains(&edge_config(&app).await), held);
+    let shown = site_certificates(&app, &admin, &site).await;
+    assert_eq!(shown[0]["state"], "valid", "{shown}");
+    assert!(
+        shown[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.2"),
+        "{shown}"
+    );
+    pebble.unresolve(&good).await;
+    make_due(&app, &good).await;
+    let (state, failures, _, error) = eventually("the renewal after the failure", || async {
+        row(&app, &good).await.filter(|r| r.1 == 0)
+    })
+    .await;
+    assert_eq!((state.as_str(), error), ("valid", None));
+    assert_eq!(failures, 0);
+    assert_ne!(served_chains(&edge_config(&app).await), held);
+
+    // The failing alias is retried on its schedule, the back-off doubling (an hour, then
+    // two), until its name points at us: then it is issued, and the edge serves both.
+    let (state, failures, wait, _) = row(&app, &bad).await.unwrap();
+    assert_eq!((state.as_str(), failures), ("failed", 1));
+    assert!((0..=3600).contains(&wait), "{wait}");
+    make_due(&app, &bad).await;
+    let (state, _, wait, error) = eventually("the second failure", || async {
+        row(&app, &bad).await.filter(|r| r.1 == 2)
+    })
+    .await;
+    assert_eq!(state, "failed");
+    assert!((7190..=7200).contains(&wait), "two hours: {wait}");
+    assert!(error.unwrap().contains("127.0.0.2"));
+    pebble.unresolve(&bad).await;
+    make_due(&app, &bad).await;
+    eventually("the alias issued", || async {
+        row(&app, &bad).await.filter(|r| r.0 == "valid")
+    })
+    .await;
+    let names: Vec<String> = served_chains(&edge_config(&app).await)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&good) && names.contains(&bad), "{names:?}");
+
+    // A domain removed from its site leaves the set (not served, not renewed); added to
+    // another site, it is ordered there and routed as that site's.
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{site}"),
+            Some(&admin),
+            Some(json!({ "aliases": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    eventually("the removed alias out of the set", || async {
+        row(&app, &bad).await.is_none().then_some(())
+    })
+    .await;
+    let config = edge_config(&app).await;
+    assert_eq!(served_chains(&config).len(), 1, "{config}");
+    assert!(!config.to_string().contains(&bad), "{config}");
+    let certificates = site_certificates(&app, &admin, &site).await;
+    assert_eq!(certificates.as_array().unwrap().len(), 1, "{certificates}");
+
+    let other_domain = format!("b{id}.pebble.test");
+    let (status, body) = app
+        .post(
+            &format!("/v1/tenants/{tenant}/sites"),
+            &admin,
+            json!({ "name": "Other", "domain": other_domain, "aliases": [bad], "plan": "starter" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let other = body["site"]["id"].as_str().unwrap().to_owned();
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let moved = eventually("the moved alias issued on its new site", || async {
+        let c = site_certificates(&app, &admin, &other).await;
+        c.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "valid")
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(moved[1]["domain"], bad.as_str(), "{moved}");
+    let config = edge_config(&app).await;
+    assert_eq!(served_chains(&config).len(), 3, "{config}");
+    let routed: Vec<&String> = config["http"]["routers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["rule"] == format!("Host(`{bad}`)"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(routed.len(), 1, "{config}");
+    assert!(
+        routed[0].starts_with(&format!("wp_{other}-https-")),
+        "{config}"
+    );
+
+    // The expiry metric counts a certificate within 14 days of its end.
+    sqlx::query("UPDATE certificates SET not_after = NOW(6) + INTERVAL 13 DAY WHERE domain = ?")
+        .bind(&good)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    eventually("the expiry metric at 1", || async {
+        let metrics = reqwest::get(format!("{}/metrics", app.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .any(|l| l == "pressdock_certificates_expiring_14d 1")
+            .then_some(())
+    })
+    .await;
+
+    app.finish().await;
+}
+
+/// One order per domain at a time across platform replicas: the lease on the row is
+/// taken by one of many concurrent takers, refused while it runs, free again once given
+/// back or expired (a replica that died mid-order), and never on a domain not yet due.
+#[tokio::test]
+async fn one_order_per_domain_at_a_time() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO certificates (domain, state, next_attempt_at) VALUES \
+         ('due.lease.test', 'pending', NOW(6)), \
+         ('later.lease.test', 'pending', NOW(6) + INTERVAL 1 HOUR)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let db = app.db.clone();
+            tokio::spawn(async move { store::lease(&db, "due.lease.test", 600).await.unwrap() })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in takers {
+        taken += usize::from(t.await.unwrap());
+    }
+    assert_eq!(taken, 1, "exactly one replica orders");
+    assert!(store::due(&app.db, 10).await.unwrap().is_empty());
+    assert!(!store::lease(&app.db, "due.lease.test", 600).await.unwrap());
+    assert!(
+        !store::lease(&app.db, "later.lease.test", 600)
+            .await
+            .unwrap()
+    );
+    store::release(&app.db, "due.lease.test").await.unwrap();
+    assert_eq!(
+        store::due(&app.db, 10).await.unwrap(),
+        ["due.lease.test".to_owned()]
+    );
+    // A lease that ran out (its holder died) is taken over.
+    assert!(store::lease(&app.db, "due.lease.test", 0).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store::lease(&app.db, "due.lease.test", 600).await.unwrap());
     app.finish().await;
 }
 
@@ -613,5 +896,264 @@ async fn acme_settings_are_validated_and_staff_only() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["status"], 404, "{body}");
+    app.finish().await;
+}
+
+/// A Traefik of our own in front of `origin`: `websecure` on a free port terminates TLS with
+/// whatever certificate the platform's provider gives it (polled every second), as every
+/// edge replica does. Killed when dropped.
+struct EdgeTraefik {
+    child: std::process::Child,
+    websecure: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for EdgeTraefik {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl EdgeTraefik {
+    fn start(app: &TestApp, origin: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = dir.path().join("dynamic");
+        std::fs::create_dir(&dynamic).unwrap();
+        std::fs::write(
+            dynamic.join("routes.yml"),
+            format!(
+                "http:\n  routers:\n    sites:\n      rule: PathPrefix(`/`)\n      entryPoints: [websecure]\n      service: origin\n      tls: {{}}\n  services:\n    origin:\n      loadBalancer:\n        servers:\n          - url: http://127.0.0.1:{origin}\n"
+            ),
+        )
+        .unwrap();
+        let (web, websecure) = (free_port(), free_port());
+        let config = dir.path().join("traefik.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "entryPoints:\n  web:\n    address: 127.0.0.1:{web}\n  websecure:\n    address: 127.0.0.1:{websecure}\nproviders:\n  file:\n    directory: {}\n  http:\n    endpoint: {}/edge/traefik.json\n    pollInterval: 1s\n    headers:\n      Authorization: Bearer {EDGE_TOKEN}\nlog:\n  level: ERROR\n",
+                dynamic.display(),
+                app.base
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("traefik")
+            .arg(format!("--configFile={}", config.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting traefik (scripts/install-deps.sh installs it): {e}")
+            });
+        Self {
+            child,
+            websecure,
+            _dir: dir,
+        }
+    }
+}
+
+/// Requests `url` until `stop`, each answer checked (200, the origin's body naming the
+/// domain, over a chain that verified); returns (requests, failures, the distinct leaf
+/// certificates in the order first seen).
+async fn steady_load(
+    client: reqwest::Client,
+    url: String,
+    expected: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<String>, Vec<Vec<u8>>) {
+    let (mut requests, mut failures, mut leaves) = (0u64, Vec::new(), Vec::<Vec<u8>>::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        requests += 1;
+        match client.get(&url).send().await {
+            Ok(r) => {
+                let leaf = r
+                    .extensions()
+                    .get::<reqwest::tls::TlsInfo>()
+                    .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec));
+                let status = r.status();
+                match (status, r.text().await, leaf) {
+                    (StatusCode::OK, Ok(body), Some(leaf)) if body == expected => {
+                        if !leaves.contains(&leaf) {
+                            leaves.push(leaf);
+                        }
+                    }
+                    (status, body, leaf) => failures.push(format!(
+                        "HTTP {status}: {body:?}, a leaf: {}",
+                        leaf.is_some()
+                    )),
+                }
+            }
+            Err(e) => failures.push(format!("{e:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (requests, failures, leaves)
+}
+
+/// Renewal forced by a short-lived certificate (pebble's certificates last 24 s here): at
+/// two thirds of its lifetime the platform orders a new one and a real Traefik, polling
+/// the platform's provider, swaps it in while clients keep requesting over HTTPS, new
+/// connections and kept-alive ones. Every answer is checked; none may fail.
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_failed_request() {
+    const VALIDITY_SECS: u64 = 24;
+    let trust = tempfile::tempdir().unwrap();
+    let directory_root = trust.path().join("pebble-api-root.pem");
+    let ca_file = directory_root.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.certs.enabled = true;
+        c.certs.interval_secs = 1;
+        c.certs.order_timeout_secs = 30;
+        c.certs.retry_base_secs = 1;
+        c.certs.retry_max_secs = 2;
+        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
+        c.certs.directory_ca_file = Some(ca_file);
+    })
+    .await;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let pebble = Pebble::start_with(port, Some(VALIDITY_SECS)).await;
+    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    let tenant = app.create_tenant(&admin, "short").await;
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(&admin),
+            Some(json!({ "directory": pebble.directory, "contact_email": "ops@pressdock.test" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let domain = format!("{}.pebble.test", random_name("r").replace('_', ""));
+    let (status, body) = app.create_site(&admin, &tenant, &domain).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let site = body["site"]["id"].as_str().unwrap().to_owned();
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let first = eventually("the certificate", || async {
+        let c = site_certificates(&app, &admin, &site).await;
+        (c[0]["state"] == "valid").then(|| c[0].clone())
+    })
+    .await;
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(first["not_after"].clone()).unwrap();
+    let renew_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(first["next_attempt_at"].clone()).unwrap();
+    assert!(not_after <= chrono::Utc::now() + chrono::Duration::seconds(VALIDITY_SECS as i64));
+    let third = (not_after - renew_at).num_seconds();
+    assert!(
+        (7..=8).contains(&third),
+        "due a third of the lifetime before the end: {first}"
+    );
+
+    let origin = {
+        let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            format!("hello from {}", host.split(':').next().unwrap_or(""))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    };
+    let traefik = EdgeTraefik::start(&app, origin);
+    let root = reqwest::Certificate::from_pem(pebble.issuing_root().await.as_bytes()).unwrap();
+    let edge = SocketAddr::from(([127, 0, 0, 1], traefik.websecure));
+    let client = |fresh: bool| {
+        let mut b = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone())
+            .tls_info(true)
+            .timeout(Duration::from_secs(10))
+            .resolve(&domain, edge);
+        if fresh {
+            b = b.pool_max_idle_per_host(0);
+        }
+        b.build().unwrap()
+    };
+    let url = format!("https://{domain}:{}/", traefik.websecure);
+    let expected = format!("hello from {domain}");
+    // Traefik up with the certificate (a bounded wait).
+    let old_leaf = eventually("Traefik serving the certificate", || async {
+        let r = client(true).get(&url).send().await.ok()?;
+        let leaf = r
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))?;
+        (r.text().await.ok()? == expected).then_some(leaf)
+    })
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = [true, true, false, false]
+        .into_iter()
+        .map(|fresh| {
+            tokio::spawn(steady_load(
+                client(fresh),
+                url.clone(),
+                expected.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Until the edge serves the renewed certificate, then a second more.
+    let renewed_chain = eventually("the renewed certificate at the edge", || async {
+        let config = edge_config(&app).await;
+        let (_, chain) = served_chains(&config).into_iter().next()?;
+        let r = client(true).get(&url).send().await.ok()?;
+        let leaf = r
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))?;
+        (leaf != old_leaf).then_some(chain)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut requests, mut failures, mut leaves) = (0, Vec::new(), Vec::new());
+    for w in workers {
+        let (n, f, l) = w.await.unwrap();
+        requests += n;
+        failures.extend(f);
+        for leaf in l {
+            if !leaves.contains(&leaf) {
+                leaves.push(leaf);
+            }
+        }
+    }
+    println!(
+        "renewal under load: {requests} requests, {} failed, {} certificates served",
+        failures.len(),
+        leaves.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(requests >= 50, "{requests}");
+    assert!(
+        leaves.len() >= 2 && leaves[0] == old_leaf,
+        "{} leaves",
+        leaves.len()
+    );
+    let renewed = site_certificates(&app, &admin, &site).await;
+    assert_eq!(renewed[0]["state"], "valid", "{renewed}");
+    assert!(renewed[0]["last_error"].is_null(), "{renewed}");
+    let later: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(renewed[0]["not_after"].clone()).unwrap();
+    assert!(later > not_after, "{renewed}");
+    assert!(!renewed_chain.is_empty());
+    drop(traefik);
     app.finish().await;
 }
