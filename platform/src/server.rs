@@ -76,6 +76,17 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    if state.config.drills.enabled
+        && state.provisioner.config.s3.is_some()
+        && state.provisioner.config.galera.is_some()
+    {
+        runners.push(tokio::spawn(crate::backup::drill_job::run_periodically(
+            state.db.clone(),
+            state.provisioner.clone(),
+            state.config.drills.clone(),
+            shutdown.clone(),
+        )));
+    }
     if state
         .provisioner
         .gluster

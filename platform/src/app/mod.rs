@@ -2,6 +2,7 @@
 //! these functions and convert their results; nothing here knows about HTTP beyond the
 //! [`ApiError`](crate::error::ApiError) it returns.
 
+pub mod backup_drills;
 pub mod backups;
 pub mod billing;
 pub mod edge_usage;

@@ -23,7 +23,7 @@ use crate::{
 /// What a tenant reads when the backup store fails (the cause is for staff).
 const STORE_FAILED: &str = "the backup store could not be written or read";
 
-fn store(provisioner: &Provisioner) -> Result<BackupStore, StepError> {
+pub(super) fn store(provisioner: &Provisioner) -> Result<BackupStore, StepError> {
     let config = provisioner.config.s3.as_ref().ok_or_else(|| {
         StepError::internal(anyhow!("backups need [backends.s3] in the configuration"))
     })?;

@@ -21,6 +21,8 @@
 //! mid-backup are aborted by [`BackupStore::remove_prefix`] when the backup is taken up
 //! again.
 
+pub mod drill;
+pub mod drill_job;
 pub mod dump;
 pub mod files;
 pub mod job;
