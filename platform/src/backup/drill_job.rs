@@ -128,11 +128,11 @@ pub async fn on_finish(db: &MySqlPool, backup: &str, succeeded: bool) -> sqlx::R
         DRILLS.with_label_values(&["passed"]).inc();
         return Ok(());
     }
-    // The step's public message: it names the object or table at fault.
+    // The operation's public message (its failed step's): it names the object or table
+    // at fault.
     let error: Option<String> = sqlx::query_scalar(
-        "SELECT public_error FROM operation_steps s JOIN operations o ON o.id = s.operation_id \
-         WHERE o.kind = 'backup.verify' AND o.target_id = ? AND s.error IS NOT NULL \
-         ORDER BY o.created_at DESC, s.position DESC LIMIT 1",
+        "SELECT public_error FROM operations WHERE kind = 'backup.verify' \
+         AND target_type = 'backup' AND target_id = ? ORDER BY created_at DESC, seq DESC LIMIT 1",
     )
     .bind(backup)
     .fetch_optional(db)

@@ -31,6 +31,9 @@ pub struct DumpSummary {
     pub tables: Vec<TableRows>,
     /// Views, sequences and other non-table objects, not dumped (WordPress makes none).
     pub skipped: Vec<String>,
+    /// Connections that read the tables, all in one snapshot (1: the write lock could not
+    /// be had, see [`dump_database`]).
+    pub readers: u32,
 }
 
 /// SQL text is handed to the compressor in chunks of about this size, and one `INSERT`
@@ -197,7 +200,7 @@ async fn open_readers(
     for _ in 0..READERS {
         readers.push(reader(opts, schema).await?);
     }
-    let locked = if tables.len() > 0 {
+    let locked = if !tables.is_empty() {
         let list = tables
             .iter()
             .map(|t| format!("{} READ", quote_ident(t)))
@@ -232,15 +235,21 @@ async fn open_readers(
             break;
         }
     }
-    if locked {
-        // Released whatever happened: the site must not stay blocked.
-        coordinator
-            .query_drop("UNLOCK TABLES")
-            .await
-            .context("releasing the write lock")?;
-    }
+    // Released whatever happened: the site must not stay blocked. An error here means the
+    // lock did not hold while the snapshots opened (on Galera, a replicated write aborts a
+    // local lock that conflicts with it): the snapshots may differ, so they are not used.
+    let held = !locked || coordinator.query_drop("UNLOCK TABLES").await.is_ok();
     match started {
-        Ok(()) => Ok(readers),
+        Ok(()) if held => Ok(readers),
+        Ok(()) => {
+            tracing::warn!("the write lock was broken while the snapshots opened; reading with one connection");
+            for conn in readers {
+                let _ = conn.disconnect().await;
+            }
+            let mut one = reader(opts, schema).await?;
+            start_snapshot(&mut one).await?;
+            Ok(vec![one])
+        }
         Err(err) => {
             for conn in readers {
                 let _ = conn.disconnect().await;
@@ -371,6 +380,7 @@ async fn dump_with(
         server_version,
         tables: Vec::new(),
         skipped: Vec::new(),
+        readers: 0,
     };
     let mut tables = Vec::new();
     for (name, kind) in objects {
@@ -382,6 +392,7 @@ async fn dump_with(
     }
 
     let mut readers = open_readers(conn, opts, schema, &tables).await?;
+    summary.readers = u32::try_from(readers.len()).unwrap_or(u32::MAX);
     let result = dump_tables(conn, &mut readers, schema, &tables, out).await;
     for reader in readers {
         let _ = reader.disconnect().await;
@@ -412,10 +423,10 @@ async fn dump_tables(
         out.write(&sql).await?;
     }
 
+    let split = readers.len() > 1;
     let Some(first) = readers.first_mut() else {
         anyhow::bail!("no reader");
     };
-    let split = readers.len() > 1;
     let chunks = plan_chunks(first, schema, tables, split).await?;
     let queue = std::sync::Arc::new(std::sync::Mutex::new(
         chunks.into_iter().collect::<std::collections::VecDeque<_>>(),

@@ -232,7 +232,7 @@ pub async fn on_finish(
         ("site.backup", false) => {
             // The step's public message: the backup is shown to the site's tenant.
             let error: Option<String> = sqlx::query_scalar(
-                "SELECT public_error FROM operation_steps s JOIN operations o ON o.id = s.operation_id \
+                "SELECT s.public_error FROM operation_steps s JOIN operations o ON o.id = s.operation_id \
                  WHERE o.target_type = 'backup' AND o.target_id = ? AND s.error IS NOT NULL \
                  ORDER BY o.created_at DESC, s.position DESC LIMIT 1",
             )

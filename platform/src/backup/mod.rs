@@ -110,6 +110,10 @@ pub struct DatabaseSection {
     pub schema: String,
     pub tables: Vec<TableRows>,
     pub skipped: Vec<String>,
+    /// Connections that read the tables inside the one snapshot (absent in backups taken
+    /// before the dump read in parallel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readers: Option<u32>,
 }
 
 /// `manifest.json`.
@@ -278,6 +282,7 @@ async fn write_and_verify(
             schema: spec.schema.clone(),
             tables: dump.tables,
             skipped: dump.skipped,
+            readers: Some(dump.readers),
         },
         files,
         objects: vec![
