@@ -29,8 +29,7 @@ use crate::{
     actor::{Actor, Credentials, parse_id, source_ip},
     agent::{self, CachePurge, PurgeResult},
     app::{
-        Page,
-        backup_drills,
+        Page, backup_drills,
         backups::{self, Backup, BackupAccepted, BackupFilter},
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
@@ -1023,8 +1022,7 @@ async fn verify_backup(
     actor: Actor,
     ApiPath(backup): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
-    let accepted =
-        backup_drills::verify(&state, &actor, &parse_id(&backup, "backup")?).await?;
+    let accepted = backup_drills::verify(&state, &actor, &parse_id(&backup, "backup")?).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 

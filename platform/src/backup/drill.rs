@@ -89,7 +89,10 @@ async fn admin_conn(admin: Opts) -> anyhow::Result<Conn> {
 pub async fn drop_scratch(admin: Opts, scratch: &Scratch) -> anyhow::Result<()> {
     let mut conn = admin_conn(admin).await?;
     let dropped = conn
-        .query_drop(format!("DROP DATABASE IF EXISTS {}", quoted(&scratch.schema)))
+        .query_drop(format!(
+            "DROP DATABASE IF EXISTS {}",
+            quoted(&scratch.schema)
+        ))
         .await
         .context("dropping the drill's scratch database");
     let _ = conn.disconnect().await;
@@ -163,7 +166,9 @@ fn count_files(root: &Path) -> anyhow::Result<(u64, u64)> {
     let (mut files, mut bytes) = (0u64, 0u64);
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
             let entry = entry.context("listing the scratch folder")?;
             let kind = entry.file_type().context("reading an entry's type")?;
             if kind.is_dir() {
@@ -186,7 +191,10 @@ mod tests {
         let id = Id::generate();
         let s = Scratch::for_backup(&id, Path::new("/var/tmp/drills"));
         assert_eq!(s.schema, format!("drill_{id}"));
-        assert_eq!(s.dir, Path::new("/var/tmp/drills").join(format!("drill_{id}")));
+        assert_eq!(
+            s.dir,
+            Path::new("/var/tmp/drills").join(format!("drill_{id}"))
+        );
     }
 
     #[test]

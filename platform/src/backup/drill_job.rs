@@ -76,22 +76,16 @@ pub async fn drill_backup(db: &MySqlPool, provisioner: &Provisioner, backup: &st
     let (tenant, site, backup_id) = (parse(&tenant)?, parse(&site)?, parse(backup)?);
     let store = super::job::store(provisioner)?;
     let galera = provisioner.config.galera.as_ref().ok_or_else(|| {
-        StepError::internal(anyhow!("drills need [backends.galera] in the configuration"))
+        StepError::internal(anyhow!(
+            "drills need [backends.galera] in the configuration"
+        ))
     })?;
     let admin = mysql_async::Opts::from_url(galera.admin_url.expose()).map_err(|_| {
         StepError::internal(anyhow!("backends.galera.admin_url is not a valid URL"))
     })?;
     let scratch = Scratch::for_backup(&backup_id, &scratch_root());
     let prefix = backup_prefix(&tenant, &site, &backup_id);
-    match drill::run(
-        &store,
-        &prefix,
-        manifest_sha256.as_deref(),
-        admin,
-        &scratch,
-    )
-    .await
-    {
+    match drill::run(&store, &prefix, manifest_sha256.as_deref(), admin, &scratch).await {
         Ok(report) => {
             tracing::info!(
                 backup,
@@ -274,7 +268,10 @@ pub async fn run_periodically(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if let Err(err) = schedule_once(&db, &provisioner, &config).await {
-            tracing::warn!(error = format!("{err:#}"), "the drill schedule's pass failed");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "the drill schedule's pass failed"
+            );
         }
     }
 }

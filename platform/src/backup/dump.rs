@@ -242,7 +242,9 @@ async fn open_readers(
     match started {
         Ok(()) if held => Ok(readers),
         Ok(()) => {
-            tracing::warn!("the write lock was broken while the snapshots opened; reading with one connection");
+            tracing::warn!(
+                "the write lock was broken while the snapshots opened; reading with one connection"
+            );
             for conn in readers {
                 let _ = conn.disconnect().await;
             }
@@ -416,7 +418,8 @@ async fn dump_tables(
             .query_first(format!("SHOW CREATE TABLE {table}"))
             .await
             .with_context(|| format!("dumping table {name}"))?;
-        let (_, create) = create.with_context(|| format!("SHOW CREATE TABLE {name} returned nothing"))?;
+        let (_, create) =
+            create.with_context(|| format!("SHOW CREATE TABLE {name} returned nothing"))?;
         let mut sql = format!("\n-- table {table}\nDROP TABLE IF EXISTS {table};\n").into_bytes();
         sql.extend_from_slice(&create);
         sql.extend_from_slice(b";\n");
@@ -429,7 +432,9 @@ async fn dump_tables(
     };
     let chunks = plan_chunks(first, schema, tables, split).await?;
     let queue = std::sync::Arc::new(std::sync::Mutex::new(
-        chunks.into_iter().collect::<std::collections::VecDeque<_>>(),
+        chunks
+            .into_iter()
+            .collect::<std::collections::VecDeque<_>>(),
     ));
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2 * readers.len());
@@ -443,14 +448,20 @@ async fn dump_tables(
                     if failed.load(std::sync::atomic::Ordering::Relaxed) {
                         return Ok(());
                     }
-                    let next = queue.lock().map_err(|_| anyhow::anyhow!("a reader panicked"))?.pop_front();
+                    let next = queue
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("a reader panicked"))?
+                        .pop_front();
                     let Some(chunk) = next else { break };
                     let rows = dump_chunk(&mut reader, &chunk, &tx, &failed)
                         .await
                         .with_context(|| format!("dumping table {}", chunk.table))?;
                     counted.push((chunk.table, rows));
                 }
-                reader.query_drop("COMMIT").await.context("ending the snapshot")?;
+                reader
+                    .query_drop("COMMIT")
+                    .await
+                    .context("ending the snapshot")?;
                 anyhow::Ok(())
             }
             .await;

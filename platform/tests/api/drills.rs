@@ -123,7 +123,11 @@ async fn a_good_backup_passes_its_drill_and_a_damaged_object_fails_it_by_name() 
     // A drill is the platform's to run: the site's own member is refused.
     let (status, body) = e
         .app
-        .post(&format!("/v1/backups/{backup}/verify"), &e.member, json!(null))
+        .post(
+            &format!("/v1/backups/{backup}/verify"),
+            &e.member,
+            json!(null),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["status"], 403, "{body}");
@@ -261,7 +265,10 @@ async fn the_schedule_drills_each_sites_latest_backup_once_per_period() {
     assert_eq!(due, vec![a_latest.clone()]);
     let op = wait_drill(&e.app, &e.admin, &a_latest).await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    let (_, row) = e.app.get(&format!("/v1/backups/{a_latest}"), &e.member).await;
+    let (_, row) = e
+        .app
+        .get(&format!("/v1/backups/{a_latest}"), &e.member)
+        .await;
     assert_eq!(row["verify_result"], "passed", "{row}");
 
     for s in [schema_a, schema_b] {
