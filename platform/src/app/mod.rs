@@ -2,6 +2,7 @@
 //! these functions and convert their results; nothing here knows about HTTP beyond the
 //! [`ApiError`](crate::error::ApiError) it returns.
 
+pub mod agent;
 pub mod backup_drills;
 pub mod backups;
 pub mod billing;
@@ -9,6 +10,7 @@ pub mod edge_usage;
 pub mod idempotency;
 pub mod nodes;
 pub mod operations;
+pub mod placement;
 pub mod plans;
 pub mod restores;
 pub mod sessions;
