@@ -198,12 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn files_and_bytes_are_counted_without_following_links() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
-        std::fs::write(root.path().join("a/one"), b"12345").unwrap();
-        std::fs::write(root.path().join("a/b/two"), b"67").unwrap();
-        std::os::unix::fs::symlink("/etc", root.path().join("link")).unwrap();
-        assert_eq!(count_files(root.path()).unwrap(), (2, 7));
+    fn files_and_bytes_are_counted_without_following_links() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("a/b"))?;
+        std::fs::write(root.path().join("a/one"), b"12345")?;
+        std::fs::write(root.path().join("a/b/two"), b"67")?;
+        std::os::unix::fs::symlink("/etc", root.path().join("link"))?;
+        assert_eq!(count_files(root.path())?, (2, 7));
+        Ok(())
     }
 }
