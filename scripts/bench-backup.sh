@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Backup benchmark (issue 13, item 8): the platform's backup runner against the dump
-# pipeline an operator would run, on the same machine, in the same run, rounds alternating.
+# Backup and restore benchmark (issue 13, item 8): the platform's backup runner and
+# restore against the pipelines an operator would run, on the same machine, in the same
+# run, rounds alternating.
 #
 #   ours       platform/examples/bench_backup.rs: backup::run of a generated site (the
 #              database on the machine's MariaDB, wp-content in a temp dir) into an s3s-fs
 #              of our own on loopback: dump in one snapshot + tar, zstd, multipart uploads,
 #              read-back of every object
 #   baseline   mariadb-dump --single-transaction | zstd -3 > file, then tar | zstd -3 > file
+#   restore    ours: the example restoring that backup from S3 into a fresh schema and an
+#              empty folder (backup::restore: SHA-256 as it streams, every statement
+#              checked, row counts compared), database and files at once; baseline:
+#              zstd -dc dump | mariadb, then zstd -dc archive | tar -x
 #
 # Time (wall, seconds) and peak memory (max RSS; for the baseline the largest process of
 # the pipeline, from GNU time) per round, with ours / baseline ratios. Run at each size of
@@ -98,16 +103,32 @@ make_files() {
   for i in $(seq "$((mb / 4))"); do head -c 1048576 /dev/urandom >"$dir/uploads/img$i.jpg"; done
 }
 
+BACKUP_OUT=$WORK/backup.md
+RESTORE_OUT=$WORK/restore.md
 {
   echo "| size (MB db + MB files) | round | ours s | baseline s | ours / baseline time | ours peak MiB | baseline peak MiB | ours stored MB | baseline stored MB |"
   echo "|---|---|---|---|---|---|---|---|---|"
-} | tee "$OUT"
+} >"$BACKUP_OUT"
+{
+  echo "| size (MB db + MB files) | round | ours s | baseline s | ours / baseline time | ours peak MiB | baseline peak MiB |"
+  echo "|---|---|---|---|---|---|---|"
+} >"$RESTORE_OUT"
+RSCHEMA="${SCHEMA}_r"
+fresh_target() {
+  sql -e "DROP DATABASE IF EXISTS \`$RSCHEMA\`; CREATE DATABASE \`$RSCHEMA\`"
+  rm -rf "$WORK/restored"; mkdir -p "$WORK/restored"
+}
+cleanup_restore() { sql -e "DROP DATABASE IF EXISTS \`$RSCHEMA\`" || true; }
+trap 'cleanup_restore; cleanup' EXIT
+ratio() { echo "$1 / $2" | bc -l; }
+mib() { echo "$1 / 1024" | bc -l; }
 for size in $SIZES; do
   echo "generating $size MB + $size MB" >&2
   make_db "$size"
   make_files "$size"
   for round in $(seq "$ROUNDS"); do
-    read -r ours_s ours_kib ours_bytes < <("$BIN" "$URL" "$SCHEMA" "$WORK/wp-content" \
+    # Backup: ours (to S3, read back) beside mariadb-dump | zstd and tar | zstd to files.
+    read -r ours_s ours_kib ours_bytes prefix < <("$BIN" "$URL" "$SCHEMA" "$WORK/wp-content" \
       "http://127.0.0.1:$PORT" backups "$ACCESS")
     rm -f "$WORK"/base.*
     t0=$(date +%s.%N)
@@ -120,11 +141,39 @@ for size in $SIZES; do
     base_kib=$(( m1 > m2 ? m1 : m2 ))
     base_bytes=$(( $(stat -c %s "$WORK/base.sql.zst") + $(stat -c %s "$WORK/base.tar.zst") ))
     printf '| %s + %s | %s | %.2f | %.2f | %.2f | %.0f | %.0f | %.1f | %.1f |\n' \
-      "$size" "$size" "$round" "$ours_s" "$base_s" "$(echo "$ours_s / $base_s" | bc -l)" \
-      "$(echo "$ours_kib / 1024" | bc -l)" "$(echo "$base_kib / 1024" | bc -l)" \
-      "$(echo "$ours_bytes / 1000000" | bc -l)" "$(echo "$base_bytes / 1000000" | bc -l)" | tee -a "$OUT"
+      "$size" "$size" "$round" "$ours_s" "$base_s" "$(ratio "$ours_s" "$base_s")" \
+      "$(mib "$ours_kib")" "$(mib "$base_kib")" \
+      "$(echo "$ours_bytes / 1000000" | bc -l)" "$(echo "$base_bytes / 1000000" | bc -l)" \
+      | tee -a "$BACKUP_OUT" >&2
+
+    # Restore: ours (from S3: SHA-256, zstd, every statement checked, row counts) beside
+    # zstd -dc | mariadb and zstd -dc | tar -x from the files above.
+    fresh_target
+    read -r rours_s rours_kib < <("$BIN" "$URL" "$RSCHEMA" "$WORK/restored" \
+      "http://127.0.0.1:$PORT" backups "$ACCESS" "$prefix")
+    fresh_target
+    t0=$(date +%s.%N)
+    m1=$( { /usr/bin/time -f "%M" sh -c "zstd -q -dc '$WORK/base.sql.zst' | mariadb -h '$DBHOST' \
+      -P '$DBPORT' -u '$DBUSER' '$RSCHEMA'" ; } 2>&1 | tail -1)
+    m2=$( { /usr/bin/time -f "%M" sh -c "zstd -q -dc '$WORK/base.tar.zst' | tar -C '$WORK/restored' \
+      -xf -" ; } 2>&1 | tail -1)
+    t1=$(date +%s.%N)
+    rbase_s=$(echo "$t1 - $t0" | bc -l)
+    rbase_kib=$(( m1 > m2 ? m1 : m2 ))
+    printf '| %s + %s | %s | %.2f | %.2f | %.2f | %.0f | %.0f |\n' \
+      "$size" "$size" "$round" "$rours_s" "$rbase_s" "$(ratio "$rours_s" "$rbase_s")" \
+      "$(mib "$rours_kib")" "$(mib "$rbase_kib")" | tee -a "$RESTORE_OUT" >&2
     # The bucket does not keep old rounds (disk).
     rm -rf "$WORK/s3/backups"/*
   done
 done
+{
+  echo "Backup: ours (backup::run to S3 with read-back) vs mariadb-dump --single-transaction | zstd -3 + tar | zstd -3 to files"
+  echo
+  cat "$BACKUP_OUT"
+  echo
+  echo "Restore: ours (backup::restore from S3) vs zstd -dc | mariadb + zstd -dc | tar -x"
+  echo
+  cat "$RESTORE_OUT"
+} | tee "$OUT"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -1,15 +1,19 @@
-//! One backup of an existing schema and directory into an S3 server, for
-//! `scripts/bench-backup.sh`: prints `seconds peak_rss_kib stored_bytes` on one line.
+//! One backup of an existing schema and directory into an S3 server, or one restore of
+//! such a backup, for `scripts/bench-backup.sh`.
 //!
-//! Usage: bench_backup MYSQL_URL SCHEMA FILES_DIR S3_ENDPOINT BUCKET ACCESS_KEY
+//! Usage: bench_backup MYSQL_URL SCHEMA FILES_DIR S3_ENDPOINT BUCKET ACCESS_KEY [PREFIX]
 //! (the secret key is read from `BENCH_S3_SECRET`, so it is not on a command line).
+//! Without PREFIX: backs SCHEMA and FILES_DIR up, prints `seconds peak_rss_kib
+//! stored_bytes prefix`. With PREFIX (a backup's folder in the bucket): restores that
+//! backup into SCHEMA (which must exist; its tables are replaced) and FILES_DIR (emptied
+//! first), as a restore does (`backup::restore`), prints `seconds peak_rss_kib`.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use backends::{config::S3Config, ids::Secret};
 use platform::{
-    backup::{self, BackupSpec, BackupStore, Hooks},
+    backup::{self, BackupSpec, BackupStore, Hooks, restore},
     domain::Id,
 };
 
@@ -29,9 +33,13 @@ fn peak_rss_kib() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, schema, files, endpoint, bucket, access_key] = args.as_slice() else {
+    let (args, prefix) = match args.as_slice() {
+        [rest @ .., prefix] if rest.len() == 6 => (rest, Some(prefix.clone())),
+        rest => (rest, None),
+    };
+    let [url, schema, files, endpoint, bucket, access_key] = args else {
         anyhow::bail!(
-            "usage: bench_backup MYSQL_URL SCHEMA FILES_DIR S3_ENDPOINT BUCKET ACCESS_KEY"
+            "usage: bench_backup MYSQL_URL SCHEMA FILES_DIR S3_ENDPOINT BUCKET ACCESS_KEY [PREFIX]"
         );
     };
     let secret = std::env::var("BENCH_S3_SECRET").context("BENCH_S3_SECRET")?;
@@ -43,6 +51,22 @@ async fn main() -> anyhow::Result<()> {
         secret_key: Secret::new(secret),
         force_path_style: true,
     })?;
+    if let Some(prefix) = prefix {
+        let started = Instant::now();
+        let manifest = restore::read_manifest(&store, &prefix, None).await?;
+        let db = mysql_async::OptsBuilder::from_opts(
+            mysql_async::Opts::from_url(url).context("MYSQL_URL")?,
+        )
+        .db_name(Some(schema.clone()));
+        let (database, files) = tokio::join!(
+            restore::restore_database(&store, &manifest, db.into(), None),
+            restore::restore_files(&store, &manifest, files.into()),
+        );
+        database?;
+        files?;
+        println!("{:.2} {}", started.elapsed().as_secs_f64(), peak_rss_kib());
+        return Ok(());
+    }
     let spec = BackupSpec {
         backup_id: Id::generate(),
         tenant_id: Id::generate(),
@@ -57,10 +81,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let done = backup::run(&store, &spec, Hooks::default()).await?;
     println!(
-        "{:.2} {} {}",
+        "{:.2} {} {} {}",
         started.elapsed().as_secs_f64(),
         peak_rss_kib(),
-        done.manifest.stored_bytes()
+        done.manifest.stored_bytes(),
+        spec.prefix()
     );
     Ok(())
 }

@@ -86,6 +86,9 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Backup drills (`crate::backup::drill_job`).
+    #[serde(default)]
+    pub drills: DrillsConfig,
     #[serde(default)]
     pub agent: AgentConfig,
     #[serde(default)]
@@ -192,6 +195,35 @@ impl Default for JobsConfig {
             poll_millis: 250,
             max_attempts: 5,
             concurrency: 16,
+        }
+    }
+}
+
+/// Backup drills: the latest complete backup of each site restored into a scratch
+/// database and folder and compared with its manifest (`crate::backup::drill_job`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillsConfig {
+    /// Run the schedule inside `serve` (when `[backends.s3]` and `[backends.galera]` are
+    /// configured); on-demand drills work either way.
+    pub enabled: bool,
+    /// Seconds between two passes of the schedule (the first pass is one interval after
+    /// start).
+    pub interval_secs: u64,
+    /// Each site's latest complete backup is drilled when none of the site's backups was
+    /// drilled within this many days.
+    pub every_days: u32,
+    /// Drills enqueued per pass at most (each restores a whole site).
+    pub max_per_pass: u32,
+}
+
+impl Default for DrillsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 3600,
+            every_days: 7,
+            max_per_pass: 2,
         }
     }
 }

@@ -49,6 +49,7 @@ impl Metrics {
             "Site certificates that expire within 14 days",
         )?;
         registry.register(Box::new(certs_expiring.clone()))?;
+        registry.register(Box::new(crate::backup::drill_job::DRILLS.clone()))?;
         Ok(Self {
             registry,
             requests,

@@ -79,6 +79,17 @@ pub async fn serve(
             ),
         ));
     }
+    if state.config.drills.enabled
+        && state.backends.config.s3.is_some()
+        && state.backends.config.galera.is_some()
+    {
+        runners.push(tokio::spawn(crate::backup::drill_job::run_periodically(
+            state.db.clone(),
+            state.backends.clone(),
+            state.config.drills.clone(),
+            shutdown.clone(),
+        )));
+    }
     if state
         .backends
         .gluster

@@ -165,6 +165,9 @@ string_enum! {
         BackupDelete = "backup.delete",
         /// A backup written back into its site, or into a new site (a clone).
         SiteRestore = "site.restore",
+        /// A backup restored into a scratch database and folder and compared with its
+        /// manifest (a drill), then the scratch dropped.
+        BackupVerify = "backup.verify",
     }
 }
 

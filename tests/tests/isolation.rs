@@ -159,9 +159,12 @@ struct Ctx {
     redis_replicas: Vec<String>,
     varnish_admin: Vec<String>,
     s3: (String, u16, String),
+    /// B's backups' folder (`<tenant>/<b>/`) and one complete backup's (`…/<backup>/`).
+    b_backup: (String, String),
     agent_listener: (String, u16),
     gluster_bricks: Vec<u16>,
-    /// A's agent token and WordPress admin password: no readable place may hold them.
+    /// A's agent token and WordPress admin password, the backup store's keys: no
+    /// readable place may hold them.
     needles: Value,
     /// A user name the grant probes would create if they could (dropped afterwards).
     probe_user: String,
@@ -192,6 +195,14 @@ fn http(host: &str, port: u16, vhost: &str, path: &str, open_status: Value) -> H
     How::Php(
         json!({ "kind": "tcp", "proto": "http", "host": host, "port": port,
                      "vhost": vhost, "path": path, "open_status": open_status }),
+    )
+}
+/// A request to the backup store as a plugin could send it: no key (none reaches the site).
+fn s3_request(c: &Ctx, method: &str, path: &str, open_status: Value) -> How {
+    let (host, port, _) = &c.s3;
+    How::Php(
+        json!({ "kind": "tcp", "proto": "http", "host": host, "port": port, "vhost": host,
+                     "method": method, "path": path, "open_status": open_status }),
     )
 }
 fn file(path: &str, op: &str) -> How {
@@ -296,6 +307,11 @@ fn probes(c: &Ctx) -> Vec<Probe> {
         ("net.b.agent_metrics".into(), Closed, http(&c.b_ip, 9180, &c.b_ip, "/metrics", json!("any"))),
         ("net.s3.unsigned_list_buckets".into(), Closed, http(s3_host, *s3_port, s3_host, "/", json!([200]))),
         ("net.s3.unsigned_list_backups".into(), Closed, http(s3_host, *s3_port, s3_host, &format!("/{bucket}"), json!([200]))),
+        // B's backup (taken before the probes): its listing, its manifest, its deletion.
+        ("net.s3.b_backups.list".into(), Closed, s3_request(c, "GET", &format!("/{bucket}?list-type=2&prefix={}", c.b_backup.0), json!([200]))),
+        ("net.s3.b_backup.read_manifest".into(), Closed, s3_request(c, "GET", &format!("/{bucket}/{}manifest.json", c.b_backup.1), json!([200, 206]))),
+        ("net.s3.b_backup.read_dump".into(), Closed, s3_request(c, "GET", &format!("/{bucket}/{}database.sql.zst", c.b_backup.1), json!([200, 206]))),
+        ("net.s3.b_backup.delete".into(), Closed, s3_request(c, "DELETE", &format!("/{bucket}/{}manifest.json", c.b_backup.1), json!([200, 204]))),
         ("net.glusterd".into(), Closed, tcp(HOST_IP, ports::GLUSTERD, "gluster")),
         ("net.gluster.mount_volume".into(), Closed, How::GlusterMount),
         ("net.router.stats".into(), Closed, http(HOST_IP, ports::HAPROXY_STATS, HOST_IP, "/", json!("any"))),
@@ -768,6 +784,24 @@ async fn a_sites_code_reaches_only_its_own_database_cache_and_files() {
         .iter()
         .map(|n| split_addr(n.as_str().unwrap()))
         .collect();
+    // A complete backup of B, for the backup store's probes to aim at.
+    let (status, accepted) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/sites/{}/backups", b.id),
+            Some(json!(null)),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    api.succeeds(&accepted).await;
+    let b_backup = (
+        format!("{tenant}/{}/", b.id),
+        format!(
+            "{tenant}/{}/{}/",
+            b.id,
+            accepted["backup"]["id"].as_str().unwrap()
+        ),
+    );
     let s3_endpoint = config["backends"]["s3"]["endpoint"].as_str().unwrap();
     let (s3_host, s3_port) = split_addr(s3_endpoint.trim_start_matches("http://"));
     let agent_url = config["agent"]["control_url"].as_str().unwrap();
@@ -792,7 +826,13 @@ async fn a_sites_code_reaches_only_its_own_database_cache_and_files() {
         ),
         agent_listener: split_addr(agent_url.trim_start_matches("http://")),
         gluster_bricks: e2e::gluster_bricks(),
-        needles: json!({ "A's agent token": agent_token, "A's admin password": admin_password }),
+        needles: json!({
+            "A's agent token": agent_token,
+            "A's admin password": admin_password,
+            "the backup store's access key": config["backends"]["s3"]["access_key"].as_str().unwrap(),
+            "the backup store's secret key": config["backends"]["s3"]["secret_key"].as_str().unwrap(),
+        }),
+        b_backup,
         probe_user: format!("pdiso_{suffix}"),
         a,
         b,

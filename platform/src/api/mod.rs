@@ -30,6 +30,7 @@ use crate::{
     app::{
         Page,
         agent::{self, CachePurge, PurgeResult},
+        backup_drills,
         backups::{self, Backup, BackupAccepted, BackupFilter},
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             get(list_backups).post(create_backup),
         )
         .route("/backups/{backup}", get(get_backup).delete(delete_backup))
+        .route("/backups/{backup}/verify", post(verify_backup))
         .route("/sites/{site}/restores", post(create_restore))
         .route("/sites/{site}/clones", post(create_clone))
         .route("/restores/{restore}", get(get_restore))
@@ -1012,6 +1014,21 @@ async fn delete_backup(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+/// Staff: runs a drill of a complete backup now. The backup is restored into a scratch
+/// database and folder, compared with its manifest (sizes and SHA-256 of every object,
+/// row counts of every table, files and bytes), and the scratch dropped; the result is
+/// recorded on the backup (`verified_at`, `verify_result`, `verify_error`).
+#[utoipa::path(post, path = "/v1/backups/{backup}/verify", tag = "backups", security(("bearer" = [])),
+    params(("backup" = String, Path)), responses((status = 202, body = BackupAccepted), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn verify_backup(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(backup): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
+    let accepted = backup_drills::verify(&state, &actor, &parse_id(&backup, "backup")?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
 /// Restores one of the site's complete backups into it: the backup is checked (every
 /// object's SHA-256 against its manifest, every statement of the dump) before anything is
 /// overwritten, the site is backed up as it is (`pre_restore_backup_id`: the way back),
@@ -1343,7 +1360,7 @@ fn describe_error(status: u16) -> &'static str {
         list_sites, create_site, get_site, update_site, delete_site, suspend_site, resume_site,
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
         list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers, acme_settings, set_acme_settings,
-        create_backup, list_backups, get_backup, delete_backup, create_restore, create_clone, get_restore,
+        create_backup, list_backups, get_backup, delete_backup, verify_backup, create_restore, create_clone, get_restore,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>, Page<Backup>)),
 )]

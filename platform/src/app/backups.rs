@@ -45,6 +45,13 @@ pub struct Backup {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a drill last restored this backup into a scratch database and folder and
+    /// compared it with its manifest (`null`: never).
+    pub verified_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// That drill's result: passed or failed.
+    pub verify_result: Option<String>,
+    /// Why that drill failed (names the object or table at fault).
+    pub verify_error: Option<String>,
 }
 
 /// A backup change accepted for the job runner.
@@ -68,9 +75,9 @@ pub struct BackupFilter {
 
 const COLUMNS: &str = "b.seq, b.id, b.site_id, b.tenant_id, b.kind, b.state, b.operation_id, \
      b.database_bytes, b.files_bytes, b.manifest_sha256, b.tables_count, b.error, b.created_at, \
-     b.started_at, b.completed_at";
+     b.started_at, b.completed_at, b.verified_at, b.verify_result, b.verify_error";
 
-async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Backup> {
+pub(crate) async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Backup> {
     sqlx::query_as::<_, Backup>(crate::sql!(
         "SELECT {COLUMNS} FROM backups b WHERE b.id = ? AND b.state <> 'deleted'"
     ))
@@ -81,7 +88,7 @@ async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Backup> {
 }
 
 /// The backup if the caller may see its site with `min`; 404 otherwise.
-async fn authorized(
+pub(crate) async fn authorized(
     state: &AppState,
     actor: &Actor,
     id: &Id,
@@ -100,7 +107,7 @@ async fn authorized(
     Ok(backup)
 }
 
-fn configured(state: &AppState) -> ApiResult<()> {
+pub(crate) fn configured(state: &AppState) -> ApiResult<()> {
     if state.backends.config.s3.is_none() {
         return Err(ApiError::conflict(
             None,

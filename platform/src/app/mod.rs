@@ -3,6 +3,7 @@
 //! [`ApiError`](crate::error::ApiError) it returns.
 
 pub mod agent;
+pub mod backup_drills;
 pub mod backups;
 pub mod billing;
 pub mod edge_usage;

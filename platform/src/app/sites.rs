@@ -1040,5 +1040,6 @@ fn verb(kind: OperationKind) -> &'static str {
         OperationKind::SiteBackup => "be backed up",
         OperationKind::BackupDelete => "have a backup deleted",
         OperationKind::SiteRestore => "be restored",
+        OperationKind::BackupVerify => "have a backup verified",
     }
 }

@@ -1,10 +1,11 @@
 //! The site's database as SQL, read inside one consistent snapshot.
 //!
-//! One connection runs `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY` at
-//! `REPEATABLE READ`: every table is read as of that instant (InnoDB), while the site keeps
-//! writing. Rows stream from the server (text protocol, `SET NAMES binary`: the bytes as
-//! stored, no conversion) into multi-row `INSERT`s that go straight into the zstd/S3
-//! writer, so memory holds one statement, not the table.
+//! Several connections each run `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`
+//! at `REPEATABLE READ`, opened while the schema's tables are briefly locked against
+//! writes, so all of them read the same instant (InnoDB) while the site keeps writing
+//! ([`dump_database`]). Rows stream from the server (text protocol, `SET NAMES binary`:
+//! the bytes as stored, no conversion) into multi-row `INSERT`s that go into the zstd/S3
+//! writer, so memory holds a few statements per reader, not a table.
 //!
 //! The dump names no schema (no `USE`, no `CREATE DATABASE`, no qualified names): it is
 //! restored into whatever database its connection selects, which is the site's own.
@@ -30,6 +31,9 @@ pub struct DumpSummary {
     pub tables: Vec<TableRows>,
     /// Views, sequences and other non-table objects, not dumped (WordPress makes none).
     pub skipped: Vec<String>,
+    /// Connections that read the tables, all in one snapshot (1: the write lock could not
+    /// be had, see [`dump_database`]).
+    pub readers: u32,
 }
 
 /// SQL text is handed to the compressor in chunks of about this size, and one `INSERT`
@@ -117,26 +121,55 @@ SET UNIQUE_CHECKS = 0;\n";
 
 const FOOTER: &str = "SET FOREIGN_KEY_CHECKS = 1;\nSET UNIQUE_CHECKS = 1;\n-- end of dump\n";
 
+/// Connections reading tables at once, all inside one snapshot.
+const READERS: usize = 4;
+/// A table is read in primary-key ranges of about this many bytes (by the server's
+/// estimate of its size), so that one large table (`wp_posts`) is read by every reader.
+const CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+/// Ranges per table at most.
+const MAX_CHUNKS: u64 = 512;
+/// How long the brief write lock waits for the site's open transactions (seconds); past
+/// it, the dump falls back to one reader.
+const LOCK_WAIT_SECS: u32 = 10;
+
+/// A piece of work for a reader: a table, whole or one range of its integer primary key.
+#[derive(Debug, Clone)]
+struct Chunk {
+    table: String,
+    range: Option<(String, i128, i128)>,
+}
+
 /// Dumps every base table of `schema` through `opts` into `out`.
+///
+/// Several connections read at once inside one snapshot, the way parallel dump tools
+/// do: the schema's tables are locked against writes (`LOCK TABLES … READ`, which waits
+/// for the transactions already writing them to commit), each reader starts its
+/// `START TRANSACTION WITH CONSISTENT SNAPSHOT`, and the lock is released — writes are
+/// held for as long as it takes to open the snapshots, and every reader sees the same
+/// committed state. Tables are cut into primary-key ranges that the readers take in
+/// turn; their statements (at most [`STATEMENT_BYTES`] each) go into the one SQL stream
+/// in the order they are finished, each table's `CREATE TABLE` before all of them. Where
+/// the lock cannot be had (no `LOCK TABLES` privilege, a transaction holding it longer
+/// than [`LOCK_WAIT_SECS`]), one reader reads everything in its own snapshot.
 pub(crate) async fn dump_database(
     opts: Opts,
     schema: &str,
     out: &mut CompressedWriter,
 ) -> anyhow::Result<DumpSummary> {
-    let mut conn = Conn::new(opts)
+    let mut conn = Conn::new(opts.clone())
         .await
         .context("connecting to the site's database")?;
-    let result = dump_with(&mut conn, schema, out).await;
-    // A failed dump closes its connection too (the snapshot ends with it).
+    let result = dump_with(&mut conn, &opts, schema, out).await;
+    // A failed dump closes its connections too (the snapshots end with them).
     let _ = conn.disconnect().await;
     result
 }
 
-async fn dump_with(
-    conn: &mut Conn,
-    schema: &str,
-    out: &mut CompressedWriter,
-) -> anyhow::Result<DumpSummary> {
+/// A connection prepared to read `schema` as stored, in one snapshot once started.
+async fn reader(opts: &Opts, schema: &str) -> anyhow::Result<Conn> {
+    let mut conn = Conn::new(opts.clone())
+        .await
+        .context("connecting to the site's database")?;
     conn.query_drop(format!("USE {}", quote_ident(schema)))
         .await
         .context("selecting the site's database")?;
@@ -146,9 +179,193 @@ async fn dump_with(
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await
         .context("preparing the session")?;
+    Ok(conn)
+}
+
+async fn start_snapshot(conn: &mut Conn) -> anyhow::Result<()> {
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
-        .context("starting the snapshot")?;
+        .context("starting the snapshot")
+}
+
+/// Opens the readers, all in one snapshot (see [`dump_database`]): `READERS` of them
+/// under the schema's write lock, or one when the lock cannot be had.
+async fn open_readers(
+    coordinator: &mut Conn,
+    opts: &Opts,
+    schema: &str,
+    tables: &[String],
+) -> anyhow::Result<Vec<Conn>> {
+    let mut readers = Vec::with_capacity(READERS);
+    for _ in 0..READERS {
+        readers.push(reader(opts, schema).await?);
+    }
+    let locked = if !tables.is_empty() {
+        let list = tables
+            .iter()
+            .map(|t| format!("{} READ", quote_ident(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lock = async {
+            coordinator
+                .query_drop(format!("SET SESSION lock_wait_timeout = {LOCK_WAIT_SECS}"))
+                .await?;
+            coordinator.query_drop(format!("LOCK TABLES {list}")).await
+        };
+        match lock.await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "no write lock for a parallel dump; reading with one connection");
+                false
+            }
+        }
+    } else {
+        false
+    };
+    if !locked {
+        let extra = readers.split_off(1);
+        for conn in extra {
+            let _ = conn.disconnect().await;
+        }
+    }
+    let mut started = Ok(());
+    for conn in &mut readers {
+        started = start_snapshot(conn).await;
+        if started.is_err() {
+            break;
+        }
+    }
+    // Released whatever happened: the site must not stay blocked. An error here means the
+    // lock did not hold while the snapshots opened (on Galera, a replicated write aborts a
+    // local lock that conflicts with it): the snapshots may differ, so they are not used.
+    let held = !locked || coordinator.query_drop("UNLOCK TABLES").await.is_ok();
+    match started {
+        Ok(()) if held => Ok(readers),
+        Ok(()) => {
+            tracing::warn!(
+                "the write lock was broken while the snapshots opened; reading with one connection"
+            );
+            for conn in readers {
+                let _ = conn.disconnect().await;
+            }
+            let mut one = reader(opts, schema).await?;
+            start_snapshot(&mut one).await?;
+            Ok(vec![one])
+        }
+        Err(err) => {
+            for conn in readers {
+                let _ = conn.disconnect().await;
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The integer primary key column of each table that has one (one column, an integer).
+async fn integer_keys(
+    conn: &mut Conn,
+    schema: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let rows: Vec<(String, String, String)> = conn
+        .exec(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND COLUMN_KEY = 'PRI'",
+            (schema,),
+        )
+        .await
+        .context("reading the primary keys")?;
+    let mut keys: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+    for (table, column, kind) in rows {
+        keys.entry(table).or_default().push((column, kind));
+    }
+    Ok(keys
+        .into_iter()
+        .filter_map(|(table, columns)| match columns.as_slice() {
+            [(column, kind)]
+                if matches!(
+                    kind.as_str(),
+                    "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+                ) =>
+            {
+                Some((table, column.clone()))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The work: each table whole, or in key ranges when it has an integer key and is large.
+/// `conn` is a reader inside the snapshot (the ranges cover the keys it sees).
+async fn plan_chunks(
+    conn: &mut Conn,
+    schema: &str,
+    tables: &[String],
+    split: bool,
+) -> anyhow::Result<Vec<Chunk>> {
+    let whole = |t: &String| Chunk {
+        table: t.clone(),
+        range: None,
+    };
+    if !split {
+        return Ok(tables.iter().map(whole).collect());
+    }
+    let keys = integer_keys(conn, schema).await?;
+    let sizes: Vec<(String, u64)> = conn
+        .exec(
+            "SELECT TABLE_NAME, COALESCE(DATA_LENGTH, 0) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ?",
+            (schema,),
+        )
+        .await
+        .context("reading the table sizes")?;
+    let mut chunks = Vec::new();
+    for table in tables {
+        let size = sizes.iter().find(|(t, _)| t == table).map_or(0, |s| s.1);
+        let pieces = (size / CHUNK_BYTES).clamp(1, MAX_CHUNKS);
+        let Some(column) = keys.get(table).filter(|_| pieces > 1) else {
+            chunks.push(whole(table));
+            continue;
+        };
+        let bounds: Option<(Option<String>, Option<String>)> = conn
+            .query_first(format!(
+                "SELECT CAST(MIN({c}) AS CHAR), CAST(MAX({c}) AS CHAR) FROM {t}",
+                c = quote_ident(column),
+                t = quote_ident(table)
+            ))
+            .await
+            .with_context(|| format!("reading the key range of {table}"))?;
+        let parse = |v: Option<String>| v.and_then(|v| v.parse::<i128>().ok());
+        let (Some(lo), Some(hi)) = bounds.map_or((None, None), |(a, b)| (parse(a), parse(b)))
+        else {
+            chunks.push(whole(table));
+            continue;
+        };
+        let step = ((hi - lo) / i128::from(pieces) + 1).max(1);
+        let mut start = lo;
+        while start <= hi {
+            let end = (start + step - 1).min(hi);
+            chunks.push(Chunk {
+                table: table.clone(),
+                range: Some((column.clone(), start, end)),
+            });
+            start = end + 1;
+        }
+    }
+    Ok(chunks)
+}
+
+async fn dump_with(
+    conn: &mut Conn,
+    opts: &Opts,
+    schema: &str,
+    out: &mut CompressedWriter,
+) -> anyhow::Result<DumpSummary> {
+    conn.query_drop(format!("USE {}", quote_ident(schema)))
+        .await
+        .context("selecting the site's database")?;
+    conn.query_drop("SET NAMES binary, time_zone = '+00:00'")
+        .await
+        .context("preparing the session")?;
     let server_version: String = conn
         .query_first("SELECT VERSION()")
         .await?
@@ -161,58 +378,163 @@ async fn dump_with(
         )
         .await
         .context("listing tables")?;
-
-    out.write(HEADER.as_bytes()).await?;
     let mut summary = DumpSummary {
         server_version,
         tables: Vec::new(),
         skipped: Vec::new(),
+        readers: 0,
     };
+    let mut tables = Vec::new();
     for (name, kind) in objects {
-        if kind != "BASE TABLE" {
+        if kind == "BASE TABLE" {
+            tables.push(name);
+        } else {
             summary.skipped.push(name);
-            continue;
         }
-        let rows = dump_table(conn, &name, out)
-            .await
-            .with_context(|| format!("dumping table {name}"))?;
-        summary.tables.push(TableRows { name, rows });
     }
-    out.write(FOOTER.as_bytes()).await?;
-    conn.query_drop("COMMIT")
-        .await
-        .context("ending the snapshot")?;
+
+    let mut readers = open_readers(conn, opts, schema, &tables).await?;
+    summary.readers = u32::try_from(readers.len()).unwrap_or(u32::MAX);
+    let result = dump_tables(conn, &mut readers, schema, &tables, out).await;
+    for reader in readers {
+        let _ = reader.disconnect().await;
+    }
+    summary.tables = result?;
     Ok(summary)
 }
 
-async fn dump_table(
+/// Writes the header, every table's definition, the readers' rows and the footer.
+async fn dump_tables(
     conn: &mut Conn,
-    name: &str,
+    readers: &mut Vec<Conn>,
+    schema: &str,
+    tables: &[String],
     out: &mut CompressedWriter,
-) -> anyhow::Result<u64> {
-    let table = quote_ident(name);
-    let create: Option<(Vec<u8>, Vec<u8>)> = conn
-        .query_first(format!("SHOW CREATE TABLE {table}"))
-        .await?;
-    let (_, create) = create.context("SHOW CREATE TABLE returned nothing")?;
-    let mut sql = Vec::with_capacity(STATEMENT_BYTES + 64 * 1024);
-    sql.extend_from_slice(
-        format!("\n-- table {table}\nDROP TABLE IF EXISTS {table};\n").as_bytes(),
-    );
-    sql.extend_from_slice(&create);
-    sql.extend_from_slice(b";\n");
+) -> anyhow::Result<Vec<TableRows>> {
+    out.write(HEADER.as_bytes()).await?;
+    for name in tables {
+        let table = quote_ident(name);
+        let create: Option<(Vec<u8>, Vec<u8>)> = conn
+            .query_first(format!("SHOW CREATE TABLE {table}"))
+            .await
+            .with_context(|| format!("dumping table {name}"))?;
+        let (_, create) =
+            create.with_context(|| format!("SHOW CREATE TABLE {name} returned nothing"))?;
+        let mut sql = format!("\n-- table {table}\nDROP TABLE IF EXISTS {table};\n").into_bytes();
+        sql.extend_from_slice(&create);
+        sql.extend_from_slice(b";\n");
+        out.write(&sql).await?;
+    }
 
-    let mut result = conn
-        .query_iter(format!("SELECT * FROM {table}"))
-        .await
-        .context("reading rows")?;
+    let split = readers.len() > 1;
+    let Some(first) = readers.first_mut() else {
+        anyhow::bail!("no reader");
+    };
+    let chunks = plan_chunks(first, schema, tables, split).await?;
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(
+        chunks
+            .into_iter()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2 * readers.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut reader in std::mem::take(readers) {
+        let (queue, failed, tx) = (queue.clone(), failed.clone(), tx.clone());
+        tasks.spawn(async move {
+            let mut counted: Vec<(String, u64)> = Vec::new();
+            let result = async {
+                loop {
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    let next = queue
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("a reader panicked"))?
+                        .pop_front();
+                    let Some(chunk) = next else { break };
+                    let rows = dump_chunk(&mut reader, &chunk, &tx, &failed)
+                        .await
+                        .with_context(|| format!("dumping table {}", chunk.table))?;
+                    counted.push((chunk.table, rows));
+                }
+                reader
+                    .query_drop("COMMIT")
+                    .await
+                    .context("ending the snapshot")?;
+                anyhow::Ok(())
+            }
+            .await;
+            if result.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            (reader, result.map(|()| counted))
+        });
+    }
+    drop(tx);
+    let mut written = Ok(());
+    while let Some(statement) = rx.recv().await {
+        if let Err(err) = out.write(&statement).await {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            written = Err(err);
+            break;
+        }
+    }
+    drop(rx);
+    let mut rows: std::collections::HashMap<String, u64> = Default::default();
+    let mut read = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let (reader, result) = joined.context("a reader panicked")?;
+        readers.push(reader);
+        match result {
+            Ok(counted) => {
+                for (table, n) in counted {
+                    *rows.entry(table).or_default() += n;
+                }
+            }
+            Err(err) if read.is_ok() => read = Err(err),
+            Err(_) => {}
+        }
+    }
+    written?;
+    read?;
+    out.write(FOOTER.as_bytes()).await?;
+    Ok(tables
+        .iter()
+        .map(|name| TableRows {
+            name: name.clone(),
+            rows: rows.get(name).copied().unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Reads one chunk's rows into multi-row `INSERT`s of about [`STATEMENT_BYTES`], each
+/// sent whole into `tx`; returns the rows read.
+async fn dump_chunk(
+    conn: &mut Conn,
+    chunk: &Chunk,
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    failed: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<u64> {
+    let table = quote_ident(&chunk.table);
+    let query = match &chunk.range {
+        None => format!("SELECT * FROM {table}"),
+        Some((column, lo, hi)) => {
+            let c = quote_ident(column);
+            format!("SELECT * FROM {table} WHERE {c} >= {lo} AND {c} <= {hi}")
+        }
+    };
+    let mut result = conn.query_iter(query).await.context("reading rows")?;
     let literals: Vec<Literal> = result.columns_ref().iter().map(literal_for).collect();
+    let mut sql = Vec::with_capacity(STATEMENT_BYTES + 64 * 1024);
     let mut rows = 0u64;
-    // Bytes of the current INSERT; 0: none open.
-    let mut open = 0usize;
+    let send = |sql: Vec<u8>| async move {
+        tx.send(sql)
+            .await
+            .map_err(|_| anyhow::anyhow!("the dump's writer stopped"))
+    };
     while let Some(row) = result.next().await.context("reading rows")? {
-        let start = sql.len();
-        if open == 0 {
+        if sql.is_empty() {
             sql.extend_from_slice(format!("INSERT INTO {table} VALUES\n(").as_bytes());
         } else {
             sql.extend_from_slice(b",\n(");
@@ -235,19 +557,20 @@ async fn dump_table(
             }
         }
         sql.push(b')');
-        open += sql.len() - start;
         rows += 1;
-        if open >= STATEMENT_BYTES {
+        if sql.len() >= STATEMENT_BYTES {
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                anyhow::bail!("another reader failed");
+            }
             sql.extend_from_slice(b";\n");
-            open = 0;
-            out.write(&sql).await?;
-            sql.clear();
+            let full = std::mem::replace(&mut sql, Vec::with_capacity(STATEMENT_BYTES + 64 * 1024));
+            send(full).await?;
         }
     }
-    if open > 0 {
+    if !sql.is_empty() {
         sql.extend_from_slice(b";\n");
+        send(sql).await?;
     }
-    out.write(&sql).await?;
     Ok(rows)
 }
 

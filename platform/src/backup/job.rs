@@ -23,7 +23,7 @@ use crate::{
 /// What a tenant reads when the backup store fails (the cause is for staff).
 const STORE_FAILED: &str = "the backup store could not be written or read";
 
-fn store(provisioner: &Backends) -> Result<BackupStore, StepError> {
+pub(super) fn store(provisioner: &Backends) -> Result<BackupStore, StepError> {
     let config = provisioner.config.s3.as_ref().ok_or_else(|| {
         StepError::internal(anyhow!("backups need [backends.s3] in the configuration"))
     })?;
@@ -232,7 +232,7 @@ pub async fn on_finish(
         ("site.backup", false) => {
             // The step's public message: the backup is shown to the site's tenant.
             let error: Option<String> = sqlx::query_scalar(
-                "SELECT public_error FROM operation_steps s JOIN operations o ON o.id = s.operation_id \
+                "SELECT s.public_error FROM operation_steps s JOIN operations o ON o.id = s.operation_id \
                  WHERE o.target_type = 'backup' AND o.target_id = ? AND s.error IS NOT NULL \
                  ORDER BY o.created_at DESC, s.position DESC LIMIT 1",
             )

@@ -21,6 +21,8 @@
 //! mid-backup are aborted by [`BackupStore::remove_prefix`] when the backup is taken up
 //! again.
 
+pub mod drill;
+pub mod drill_job;
 pub mod dump;
 pub mod files;
 pub mod job;
@@ -108,6 +110,10 @@ pub struct DatabaseSection {
     pub schema: String,
     pub tables: Vec<TableRows>,
     pub skipped: Vec<String>,
+    /// Connections that read the tables inside the one snapshot (absent in backups taken
+    /// before the dump read in parallel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readers: Option<u32>,
 }
 
 /// `manifest.json`.
@@ -276,6 +282,7 @@ async fn write_and_verify(
             schema: spec.schema.clone(),
             tables: dump.tables,
             skipped: dump.skipped,
+            readers: Some(dump.readers),
         },
         files,
         objects: vec![

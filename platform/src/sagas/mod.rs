@@ -18,6 +18,7 @@
 //! success), so a step interrupted by a crash runs again safely (STYLE.md, habit 4).
 
 mod backup_delete;
+mod backup_verify;
 mod error;
 pub mod site_backup;
 pub mod site_create;
@@ -123,6 +124,7 @@ pub fn saga(kind: OperationKind) -> &'static Saga {
         OperationKind::SiteBackup => &site_backup::SAGA,
         OperationKind::BackupDelete => &backup_delete::SAGA,
         OperationKind::SiteRestore => &site_restore::SAGA,
+        OperationKind::BackupVerify => &backup_verify::SAGA,
     }
 }
 

@@ -9,6 +9,7 @@ mod backup_faults;
 mod billing;
 mod certs;
 mod cli;
+mod drills;
 mod edge;
 mod edge_usage;
 mod jobs;

@@ -198,7 +198,8 @@ function probe_tcp(array $req): void
         case 'http':
             $path = $req['path'] ?? '/';
             $vhost = $req['vhost'] ?? $host;
-            fwrite($s, "GET $path HTTP/1.1\r\nHost: $vhost\r\nUser-Agent: pressdock-isolation\r\nConnection: close\r\n\r\n");
+            $method = in_array($req['method'] ?? 'GET', ['GET', 'DELETE'], true) ? ($req['method'] ?? 'GET') : 'GET';
+            fwrite($s, "$method $path HTTP/1.1\r\nHost: $vhost\r\nUser-Agent: pressdock-isolation\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             $b = read_some($s, 65536, 5.0);
             if ($b === '') {
                 answer('unreachable', "$where: connected, no HTTP answer");
@@ -212,7 +213,7 @@ function probe_tcp(array $req): void
             $status = (int) $m[1];
             [$head, $body] = explode("\r\n\r\n", $b, 2) + [1 => ''];
             $server = preg_match('/\r\nserver:\s*([^\r]*)/i', $head, $sm) ? $sm[1] : '-';
-            $detail = "$where GET $path: $status, server $server, body " . short(trim($body), 60);
+            $detail = "$where $method $path: $status, server $server, body " . short(trim($body), 60);
             $open = $req['open_status'] ?? 'any';
             if ($open === 'any' || in_array($status, (array) $open, true)) {
                 answer('open', $detail);

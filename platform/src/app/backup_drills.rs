@@ -1,0 +1,71 @@
+//! On-demand drills: `POST /v1/backups/{backup}/verify`, for staff. The drill itself is an
+//! operation (`backup.verify`, see `backup/drill_job.rs`); its result lands on the backup
+//! and shows in `GET /v1/sites/{site}/backups` and `GET /v1/backups/{backup}`.
+//!
+//! Staff only: a drill restores a whole site into scratch space, which is the platform's
+//! cost to schedule, not a tenant's to trigger at will (the schedule drills every site).
+
+use serde_json::json;
+
+use crate::{
+    actor::Actor,
+    app::{
+        backups::{self, BackupAccepted},
+        operations,
+    },
+    audit::{self, Event},
+    domain::{Id, StaffRole, TenantRole},
+    error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+/// `POST /v1/backups/{backup}/verify`: enqueues a drill of a complete backup.
+pub async fn verify(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<BackupAccepted> {
+    let backup = backups::authorized(state, actor, id, TenantRole::Viewer).await?;
+    actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
+    backups::configured(state)?;
+    let mut tx = state.db.begin().await?;
+    let current: String = sqlx::query_scalar("SELECT state FROM backups WHERE id = ? FOR UPDATE")
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    if current != "complete" {
+        return Err(ApiError::conflict(
+            None,
+            format!("the backup is {current}; only a complete backup can be verified"),
+        ));
+    }
+    let Some(op) = crate::backup::drill_job::enqueue(
+        &mut tx,
+        &state.backends,
+        Some(actor),
+        &backup.tenant_id,
+        id.as_str(),
+    )
+    .await?
+    else {
+        return Err(ApiError::conflict(
+            None,
+            "a drill of this backup is already under way; wait for it to finish",
+        ));
+    };
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "backup.verify",
+            tenant_id: Some(&backup.tenant_id),
+            target_type: "backup",
+            target_id: id.as_str(),
+            details: json!({ "site": backup.site_id, "operation": op }),
+        },
+    )
+    .await?;
+    let accepted = BackupAccepted {
+        backup: backups::load(&mut tx, id.as_str()).await?,
+        operation: operations::load(&mut tx, op.as_str()).await?,
+    };
+    tx.commit().await?;
+    state.backends.wake_runner();
+    Ok(accepted)
+}
