@@ -38,7 +38,7 @@ impl DatabaseUrl {
     }
 
     /// The URL with any password replaced, for logs and `pressdock config`; a value that
-    /// does not parse as a URL is not shown at all.
+    /// does not parse as a URL with a host is not shown at all.
     pub fn redacted(&self) -> String {
         use url::{Position, Url};
         match Url::parse(self.expose()) {
@@ -47,8 +47,10 @@ impl DatabaseUrl {
                 &url[..Position::AfterUsername],
                 &url[Position::BeforeHost..]
             ),
-            Ok(url) => url.to_string(),
-            Err(_) => "[redacted: not a URL]".to_owned(),
+            // Without a host (`user:password` read as a scheme and a path) nothing says
+            // where a password would be: not shown.
+            Ok(url) if url.has_host() => url.to_string(),
+            _ => "[redacted: not a URL]".to_owned(),
         }
     }
 }
