@@ -44,6 +44,13 @@ FUZZ_BUILD=0 scripts/fuzz-api.sh
 if [ "${PRESSDOCK_SKIP_LAB:-0}" = 1 ]; then
   phase "PRESSDOCK_SKIP_LAB=1: skipping the lab and the tests that need it"; exit 0
 fi
+# Several checkouts sharing one machine (and its one lab) take turns for the lab part:
+# PRESSDOCK_LAB_LOCK names a lock file held from here to the end.
+if [ -n "${PRESSDOCK_LAB_LOCK:-}" ]; then
+  phase "waiting for the lab lock $PRESSDOCK_LAB_LOCK"
+  exec 9>"$PRESSDOCK_LAB_LOCK"
+  flock 9
+fi
 phase "the lab (1 manager, 2 workers) with the platform"
 cargo build --workspace --bins --quiet
 target/debug/pressdock-infra lab up
