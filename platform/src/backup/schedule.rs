@@ -1,5 +1,5 @@
 //! Scheduled backups and pruning: one loop inside `serve`, acting in one platform replica
-//! at a time (a MariaDB named lock, `pressdock_backups`, taken per pass on a connection of
+//! at a time (a MariaDB named lock, `pressdock_backups.<database>`, taken per pass on a connection of
 //! its own, as the spares and placement loops do).
 //!
 //! **Scheduling.** A plan's backup policy (`backup_policies`, set by staff with
@@ -117,7 +117,7 @@ pub struct PassReport {
 }
 
 /// The lock's name: one scheduler acts at a time across replicas.
-const LOCK: &str = "pressdock_backups";
+const LOCK: &str = "pressdock_backups.";
 
 /// Backups the pruner starts deleting per pass, at most (the rest: next pass).
 const MAX_PRUNED_PER_PASS: usize = 200;
@@ -133,7 +133,9 @@ pub async fn pass(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<PassReport>> {
     let mut lock = db.acquire().await?;
-    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+    // Named locks are server-wide: the control-plane database's name is part of it, so
+    // two platforms (or tests) on one server do not take turns with each other.
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(LEFT(CONCAT(?, DATABASE()), 64), 0)")
         .bind(LOCK)
         .fetch_one(&mut *lock)
         .await?;
@@ -146,7 +148,7 @@ pub async fn pass(
         prune(db, provisioner, config, now, &mut report).await
     }
     .await;
-    let _ = sqlx::query("DO RELEASE_LOCK(?)")
+    let _ = sqlx::query("DO RELEASE_LOCK(LEFT(CONCAT(?, DATABASE()), 64))")
         .bind(LOCK)
         .execute(&mut *lock)
         .await;

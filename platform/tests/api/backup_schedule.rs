@@ -232,6 +232,24 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
     let day = (Utc::now() + TimeDelta::days(1)).date_naive();
     let t0 = day.and_hms_opt(4, 0, 0).unwrap().and_utc();
     let slot0 = day.and_hms_opt(3, 0, 0).unwrap().and_utc();
+    // Another replica's pass holds the lock: this one does nothing.
+    let mut other = e.app.db.acquire().await.unwrap();
+    let held: i64 = sqlx::query_scalar(
+        "SELECT GET_LOCK(LEFT(CONCAT('pressdock_backups.', DATABASE()), 64), 0)",
+    )
+    .fetch_one(&mut *other)
+    .await
+    .unwrap();
+    assert_eq!(held, 1);
+    let skipped = schedule::pass(&e.app.db, &e.provisioner, &e.config, t0)
+        .await
+        .unwrap();
+    assert_eq!(skipped, None);
+    sqlx::query("DO RELEASE_LOCK(LEFT(CONCAT('pressdock_backups.', DATABASE()), 64))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    drop(other);
     let first = e.pass(t0).await;
     assert_eq!(first.started.len(), 1, "{first:?}");
     assert_eq!(first.deferred, 1, "{first:?}");
