@@ -521,3 +521,67 @@ async fn retention_prunes_expired_backups_and_keeps_the_protected_ones() {
     }
     e.app.finish().await;
 }
+
+/// `pressdock plans backup-policy` shows and sets a plan's policy (by slug), refuses
+/// retention options without a schedule, and `pressdock backups list --tenant` lists a
+/// tenant's backups.
+#[tokio::test]
+async fn the_cli_sets_and_shows_a_plans_backup_policy() {
+    let app = TestApp::spawn_with(|c| c.reconcile.enabled = false).await;
+    let admin = app.admin_token().await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("cp").replace('_', "-"))
+        .await;
+    let run = |args: &[&str], ok: bool| {
+        let (base, token) = (app.base.clone(), admin.clone());
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            let out = tokio::process::Command::new(crate::support::binary())
+                .args(&args)
+                .args(["--url", &base])
+                .env("PRESSDOCK_TOKEN", token)
+                .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.success(), ok, "{args:?}: {stderr}");
+            (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+        }
+    };
+    let (out, _) = run(
+        &[
+            "plans",
+            "backup-policy",
+            "starter",
+            "--daily-at",
+            "02:15",
+            "--keep-count",
+            "5",
+            "--keep-days",
+            "14",
+            "--json",
+        ],
+        true,
+    )
+    .await;
+    let set: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(set["daily_at"], "02:15", "{out}");
+    assert_eq!(set["keep_count"], 5, "{out}");
+    let (out, _) = run(&["plans", "backup-policy", "starter"], true).await;
+    assert!(out.contains("02:15") && out.contains("14"), "{out}");
+    let (_, err) = run(&["plans", "backup-policy", "starter", "--keep-days", "3"], false).await;
+    assert!(err.contains("--every-hours or --daily-at"), "{err}");
+    let (_, err) = run(&["plans", "backup-policy", "starter", "--every-hours", "0"], false).await;
+    assert!(err.contains("every_hours"), "{err}");
+    let (_, err) = run(&["plans", "backup-policy", "platinum"], false).await;
+    assert!(err.contains("no plan platinum"), "{err}");
+    let (out, _) = run(
+        &["backups", "list", "--tenant", &tenant, "--kind", "final", "--json"],
+        true,
+    )
+    .await;
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]), "{out}");
+    app.finish().await;
+}
