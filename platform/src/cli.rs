@@ -880,9 +880,14 @@ async fn backup_policy(
         .map(str::to_owned)
         .with_context(|| format!("no plan {plan} (pressdock plans list)"))?;
     let path = format!("/v1/plans/{id}/backup-policy");
-    let value = if every_hours.is_some() || daily_at.is_some() {
-        let body = json!({ "enabled": !disable, "every_hours": every_hours,
-            "daily_at": daily_at, "keep_count": keep_count, "keep_days": keep_days });
+    let schedule = match (every_hours, daily_at) {
+        (Some(h), _) => Some(format!("every {h}h")),
+        (None, Some(at)) => Some(format!("daily {at}")),
+        (None, None) => None,
+    };
+    let value = if let Some(schedule) = schedule {
+        let body = json!({ "enabled": !disable, "schedule": schedule,
+            "keep_count": keep_count, "keep_days": keep_days });
         c.call(reqwest::Method::PUT, &path, Some(body)).await?
     } else if disable || keep_count.is_some() || keep_days.is_some() {
         bail!("give --every-hours or --daily-at with the policy's other options");
@@ -895,8 +900,7 @@ async fn backup_policy(
         &[
             "plan_id",
             "enabled",
-            "every_hours",
-            "daily_at",
+            "schedule",
             "keep_count",
             "keep_days",
             "next_run_at",

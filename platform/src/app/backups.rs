@@ -271,7 +271,9 @@ pub async fn list_for_tenant(
     tenant: &Id,
     filter: TenantBackupFilter,
 ) -> ApiResult<Page<Backup>> {
-    actor.require_tenant(state, tenant, TenantRole::Viewer).await?;
+    actor
+        .require_tenant(state, tenant, TenantRole::Viewer)
+        .await?;
     let mut fields = Fields::default();
     let (limit, before) = page_bounds(
         &mut fields,
@@ -281,7 +283,10 @@ pub async fn list_for_tenant(
         i64::MAX,
     );
     if let Some(kind) = &filter.kind
-        && !matches!(kind.as_str(), "manual" | "scheduled" | "final" | "pre_restore")
+        && !matches!(
+            kind.as_str(),
+            "manual" | "scheduled" | "final" | "pre_restore"
+        )
     {
         fields.push("kind", "must be manual, scheduled, final or pre_restore");
     }

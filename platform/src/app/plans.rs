@@ -165,6 +165,8 @@ pub struct BackupPolicy {
     pub plan_id: String,
     /// Whether the scheduler backs the plan's sites up (retention applies either way).
     pub enabled: bool,
+    /// `every N h` or `daily HH:MM` (UTC), as set.
+    pub schedule: String,
     /// Every this many hours, at multiples of it since 00:00 UTC (6: 00:00, 06:00, 12:00,
     /// 18:00 UTC); null when `daily_at` is set.
     pub every_hours: Option<i32>,
@@ -180,24 +182,27 @@ pub struct BackupPolicy {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The pattern of a schedule: `every N h` (1 to 168) or `daily HH:MM` (UTC).
+pub const SCHEDULE_PATTERN: &str =
+    "^(every ([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|daily ([01][0-9]|2[0-3]):[0-5][0-9])$";
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBackupPolicy {
     /// true by default.
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// Every this many hours (1 to 168); give this or `daily_at`.
-    #[schema(minimum = 1, maximum = 168)]
-    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
-    pub every_hours: Option<i32>,
-    /// Daily at this UTC time, `HH:MM`; give this or `every_hours`.
-    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-    pub daily_at: Option<String>,
-    /// 1 to 1000 scheduled backups kept per site.
+    /// `every 6h` (every N hours, 1 to 168, slots on multiples of N hours since 00:00
+    /// UTC) or `daily 03:30` (daily at that UTC time).
+    #[schema(
+        pattern = "^(every ([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|daily ([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
+    pub schedule: String,
+    /// 1 to 1000 scheduled backups kept per site (absent: no limit by count).
     #[schema(minimum = 1, maximum = 1000)]
     #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub keep_count: Option<i32>,
-    /// 1 to 3650 days.
+    /// 1 to 3650 days (absent: no limit by age).
     #[schema(minimum = 1, maximum = 3650)]
     #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub keep_days: Option<i32>,
@@ -219,6 +224,11 @@ fn policy_of(row: PolicyRow) -> BackupPolicy {
     BackupPolicy {
         plan_id,
         enabled,
+        schedule: match (every_hours, daily_at_minute) {
+            (Some(h), _) => format!("every {h}h"),
+            (None, Some(m)) => format!("daily {:02}:{:02}", m / 60, m % 60),
+            (None, None) => String::new(),
+        },
         every_hours,
         daily_at: daily_at_minute.map(|m| format!("{:02}:{:02}", m / 60, m % 60)),
         keep_count,
@@ -230,18 +240,36 @@ fn policy_of(row: PolicyRow) -> BackupPolicy {
     }
 }
 
-/// `HH:MM` (UTC) as minutes after midnight.
-fn parse_daily_at(value: &str) -> Result<i32, String> {
-    let bad = || "must be a UTC time HH:MM, such as 03:30".to_owned();
-    let (h, m) = value.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+/// A schedule as [`SCHEDULE_PATTERN`] spells it: `(every_hours, daily_at_minute)`.
+pub fn parse_schedule(value: &str) -> Result<(Option<i32>, Option<i32>), String> {
+    let bad = || {
+        "must be `every N h` (N from 1 to 168, such as every 6h) or `daily HH:MM` (UTC, such as daily 03:30)".to_owned()
+    };
+    let digits = |t: &str| !t.is_empty() && t.len() <= 3 && t.bytes().all(|b| b.is_ascii_digit());
+    if let Some(hours) = value
+        .strip_prefix("every ")
+        .and_then(|v| v.strip_suffix('h'))
+    {
+        if !digits(hours) || hours.starts_with('0') {
+            return Err(bad());
+        }
+        let h: i32 = hours.parse().map_err(|_| bad())?;
+        return if (1..=168).contains(&h) {
+            Ok((Some(h), None))
+        } else {
+            Err(bad())
+        };
+    }
+    let at = value.strip_prefix("daily ").ok_or_else(bad)?;
+    let (h, m) = at.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 || !digits(h) || !digits(m) {
         return Err(bad());
     }
     let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     if h > 23 || m > 59 {
         return Err(bad());
     }
-    Ok(h * 60 + m)
+    Ok((None, Some(h * 60 + m)))
 }
 
 async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
@@ -262,7 +290,8 @@ pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolic
     .bind(plan.as_str())
     .fetch_optional(&state.db)
     .await?;
-    row.map(policy_of).ok_or(ApiError::NotFound("backup policy"))
+    row.map(policy_of)
+        .ok_or(ApiError::NotFound("backup policy"))
 }
 
 /// `PUT /v1/plans/{plan}/backup-policy` (staff admins): sets the whole policy.
@@ -275,21 +304,7 @@ pub async fn set_backup_policy(
     actor.require_staff(&[StaffRole::Admin])?;
     plan_exists(&state.db, plan).await?;
     let mut fields = Fields::default();
-    let daily = match (&input.every_hours, &input.daily_at) {
-        (Some(_), Some(_)) => {
-            fields.push("daily_at", "give either every_hours or daily_at, not both");
-            None
-        }
-        (None, None) => {
-            fields.push("every_hours", "give every_hours or daily_at");
-            None
-        }
-        (Some(h), None) => {
-            in_range(&mut fields, "every_hours", *h, 1, 168);
-            None
-        }
-        (None, Some(at)) => fields.check("daily_at", parse_daily_at(at)),
-    };
+    let schedule = fields.check("schedule", parse_schedule(&input.schedule));
     if let Some(k) = input.keep_count {
         in_range(&mut fields, "keep_count", k, 1, 1000);
     }
@@ -297,6 +312,9 @@ pub async fn set_backup_policy(
         in_range(&mut fields, "keep_days", d, 1, 3650);
     }
     fields.finish()?;
+    let Some((every_hours, daily)) = schedule else {
+        return Err(ApiError::field("schedule", "invalid"));
+    };
     let enabled = input.enabled.unwrap_or(true);
     let mut tx = state.db.begin().await?;
     sqlx::query(
@@ -307,7 +325,7 @@ pub async fn set_backup_policy(
     )
     .bind(plan.as_str())
     .bind(enabled)
-    .bind(input.every_hours)
+    .bind(every_hours)
     .bind(daily)
     .bind(input.keep_count)
     .bind(input.keep_days)
@@ -321,11 +339,42 @@ pub async fn set_backup_policy(
             tenant_id: None,
             target_type: "plan",
             target_id: plan.as_str(),
-            details: json!({ "enabled": enabled, "every_hours": input.every_hours,
-                "daily_at": input.daily_at, "keep_count": input.keep_count, "keep_days": input.keep_days }),
+            details: json!({ "enabled": enabled, "schedule": input.schedule,
+                "keep_count": input.keep_count, "keep_days": input.keep_days }),
         },
     )
     .await?;
     tx.commit().await?;
     backup_policy(state, plan).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_exactly_as_their_pattern_says() {
+        assert_eq!(parse_schedule("every 6h"), Ok((Some(6), None)));
+        assert_eq!(parse_schedule("every 168h"), Ok((Some(168), None)));
+        assert_eq!(parse_schedule("daily 03:30"), Ok((None, Some(210))));
+        assert_eq!(parse_schedule("daily 23:59"), Ok((None, Some(1439))));
+        for bad in [
+            "",
+            "every 0h",
+            "every 06h",
+            "every 169h",
+            "every 6",
+            "every h",
+            "daily 3:30",
+            "daily 24:00",
+            "daily 03:60",
+            "daily 03:30 ",
+            "Daily 03:30",
+            "every 1000h",
+        ] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?}");
+        }
+        // The Rust parser and the schema's pattern agree (a regex of the pattern's shape).
+        assert!(SCHEDULE_PATTERN.starts_with('^') && SCHEDULE_PATTERN.ends_with('$'));
+    }
 }

@@ -345,7 +345,10 @@ pub async fn final_backup(db: &MySqlPool, provisioner: &Provisioner, site: &str)
         Some(id) => id,
         None => {
             if !has_data(provisioner, site).await? {
-                tracing::info!(site, "the site has no database or directory: no final backup");
+                tracing::info!(
+                    site,
+                    "the site has no database or directory: no final backup"
+                );
                 return Ok(());
             }
             let id = Id::generate();
@@ -365,7 +368,11 @@ pub async fn final_backup(db: &MySqlPool, provisioner: &Provisioner, site: &str)
 }
 
 /// The end of a `site.delete`: a final backup it did not complete is marked `failed`.
-pub async fn final_backup_finished(db: &MySqlPool, site: &str, succeeded: bool) -> sqlx::Result<()> {
+pub async fn final_backup_finished(
+    db: &MySqlPool,
+    site: &str,
+    succeeded: bool,
+) -> sqlx::Result<()> {
     if !succeeded {
         sqlx::query(
             "UPDATE backups SET state = 'failed', \

@@ -135,10 +135,11 @@ pub async fn pass(
     let mut lock = db.acquire().await?;
     // Named locks are server-wide: the control-plane database's name is part of it, so
     // two platforms (or tests) on one server do not take turns with each other.
-    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(LEFT(CONCAT(?, DATABASE()), 64), 0)")
-        .bind(LOCK)
-        .fetch_one(&mut *lock)
-        .await?;
+    let got: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(LEFT(CONCAT(?, DATABASE()), 64), 0)")
+            .bind(LOCK)
+            .fetch_one(&mut *lock)
+            .await?;
     if got != Some(1) {
         return Ok(None);
     }
@@ -228,7 +229,11 @@ async fn schedule(
         return Ok(());
     }
     // The sites that waited longest first (never backed up by the scheduler: first of all).
-    due.sort_by(|a, b| a.0.last_scheduled.cmp(&b.0.last_scheduled).then(a.0.id.cmp(&b.0.id)));
+    due.sort_by(|a, b| {
+        a.0.last_scheduled
+            .cmp(&b.0.last_scheduled)
+            .then(a.0.id.cmp(&b.0.id))
+    });
     let running: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM backups WHERE kind = 'scheduled' AND state IN ('pending', 'running')",
     )
@@ -269,8 +274,7 @@ async fn start_scheduled(
     let Some((tenant, state, plan)) = row else {
         return Ok(None);
     };
-    if !matches!(state.as_str(), "active" | "degraded" | "suspended")
-        || busy(&mut tx, site).await?
+    if !matches!(state.as_str(), "active" | "degraded" | "suspended") || busy(&mut tx, site).await?
     {
         return Ok(None);
     }
@@ -339,6 +343,10 @@ async fn busy(conn: &mut MySqlConnection, site: &str) -> sqlx::Result<bool> {
     Ok(n > 0)
 }
 
+/// A complete scheduled backup: id, site, completion, the policy's `keep_count` and
+/// `keep_days`.
+type ScheduledRow = (String, String, DateTime<Utc>, Option<i32>, Option<i32>);
+
 /// The backups that expire at `now` by the rules of the module's documentation, before
 /// the protections (newest complete, in use) are applied.
 async fn expired(
@@ -349,7 +357,7 @@ async fn expired(
     let now = now.naive_utc();
     let mut ids: Vec<String> = Vec::new();
     // Scheduled backups beyond the policy's count or age.
-    let scheduled: Vec<(String, String, DateTime<Utc>, Option<i32>, Option<i32>)> = sqlx::query_as(
+    let scheduled: Vec<ScheduledRow> = sqlx::query_as(
         "SELECT b.id, b.site_id, b.completed_at, p.keep_count, p.keep_days FROM backups b \
          JOIN sites s ON s.id = b.site_id JOIN backup_policies p ON p.plan_id = s.plan_id \
          WHERE b.kind = 'scheduled' AND b.state = 'complete' AND s.state <> 'deleted' \
@@ -366,8 +374,8 @@ async fn expired(
         }
         rank += 1;
         let over_count = keep_count.is_some_and(|k| rank > i64::from(k));
-        let too_old = keep_days
-            .is_some_and(|d| completed.naive_utc() < now - TimeDelta::days(i64::from(d)));
+        let too_old =
+            keep_days.is_some_and(|d| completed.naive_utc() < now - TimeDelta::days(i64::from(d)));
         if over_count || too_old {
             ids.push(id);
         }
@@ -393,12 +401,11 @@ async fn expired(
     .await?;
     ids.extend(pre);
     // Failed backups (no object; a journaled upload is aborted by the delete).
-    let failed: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM backups WHERE state = 'failed' AND created_at < ?",
-    )
-    .bind(now - TimeDelta::days(i64::from(config.failed_retention_days)))
-    .fetch_all(db)
-    .await?;
+    let failed: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM backups WHERE state = 'failed' AND created_at < ?")
+            .bind(now - TimeDelta::days(i64::from(config.failed_retention_days)))
+            .fetch_all(db)
+            .await?;
     ids.extend(failed);
     ids.sort();
     ids.dedup();
@@ -538,9 +545,18 @@ mod tests {
             at("2026-12-07T03:30:00Z")
         );
         let six = Schedule::EveryHours(6);
-        assert_eq!(six.last_slot(at("2026-12-07T05:59:59Z")), at("2026-12-07T00:00:00Z"));
-        assert_eq!(six.last_slot(at("2026-12-07T13:00:00Z")), at("2026-12-07T12:00:00Z"));
-        assert_eq!(six.next_slot(at("2026-12-07T12:00:00Z")), at("2026-12-07T18:00:00Z"));
+        assert_eq!(
+            six.last_slot(at("2026-12-07T05:59:59Z")),
+            at("2026-12-07T00:00:00Z")
+        );
+        assert_eq!(
+            six.last_slot(at("2026-12-07T13:00:00Z")),
+            at("2026-12-07T12:00:00Z")
+        );
+        assert_eq!(
+            six.next_slot(at("2026-12-07T12:00:00Z")),
+            at("2026-12-07T18:00:00Z")
+        );
         // Three days down: still one slot, the latest.
         assert_eq!(
             daily.last_slot(at("2026-12-10T04:00:00Z")),

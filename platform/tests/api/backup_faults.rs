@@ -452,7 +452,10 @@ fn the_store_has_connect_read_and_attempt_timeouts_by_default() {
     let t = BackupStore::new(&s3_config).unwrap().timeouts().unwrap();
     assert_eq!(t.connect_timeout(), Some(Duration::from_secs(10)));
     assert_eq!(t.read_timeout(), Some(Duration::from_secs(60)));
-    assert_eq!(t.operation_attempt_timeout(), Some(Duration::from_secs(120)));
+    assert_eq!(
+        t.operation_attempt_timeout(),
+        Some(Duration::from_secs(120))
+    );
 }
 
 /// A server that takes part uploads and never answers: each stalled attempt times out
@@ -533,7 +536,10 @@ async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
     .expect("a store that never answers must fail the backup, not hang it")
     .expect_err("no part was ever stored");
     let msg = format!("{err:#}");
-    assert!(msg.to_lowercase().contains("timeout") || msg.contains("timed out"), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("timeout") || msg.contains("timed out"),
+        "{msg}"
+    );
     assert!(!msg.contains(SECRET_KEY), "{msg}");
     eprintln!(
         "a store that never answers: the backup failed after {:.1?}",

@@ -4,12 +4,7 @@
 //! the backups it starts are run by the test server's job runner.
 
 use chrono::{DateTime, Duration as TimeDelta, Timelike, Utc};
-use platform::{
-    backup::schedule,
-    config::BackupsConfig,
-    domain::Id,
-    provision::Provisioner,
-};
+use platform::{backup::schedule, config::BackupsConfig, domain::Id, provision::Provisioner};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -54,30 +49,46 @@ async fn backup_policies_are_set_by_staff_and_checked_field_by_field() {
     assert!(body["title"].is_string(), "{body}");
 
     for (input, field) in [
-        (json!({ "keep_count": 3 }), "every_hours"),
-        (json!({ "every_hours": 6, "daily_at": "03:00" }), "daily_at"),
-        (json!({ "daily_at": "25:00" }), "daily_at"),
-        (json!({ "daily_at": "3:00" }), "daily_at"),
-        (json!({ "every_hours": 0 }), "every_hours"),
-        (json!({ "every_hours": 169 }), "every_hours"),
-        (json!({ "every_hours": 6, "keep_count": 0 }), "keep_count"),
-        (json!({ "every_hours": 6, "keep_days": 4000 }), "keep_days"),
+        (json!({ "schedule": "daily 25:00" }), "schedule"),
+        (json!({ "schedule": "daily 3:00" }), "schedule"),
+        (json!({ "schedule": "every 0h" }), "schedule"),
+        (json!({ "schedule": "every 169h" }), "schedule"),
+        (json!({ "schedule": "hourly" }), "schedule"),
+        (
+            json!({ "schedule": "every 6h", "keep_count": 0 }),
+            "keep_count",
+        ),
+        (
+            json!({ "schedule": "every 6h", "keep_days": 4000 }),
+            "keep_days",
+        ),
     ] {
         let (status, body) = put_policy(&app, &admin, &plan, input.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{input}: {body}");
         assert_eq!(body["errors"][0]["field"], field, "{input}: {body}");
     }
-    let (status, body) = put_policy(&app, &admin, &plan, json!({ "every_hours": "six" })).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, body) = put_policy(&app, &admin, &plan, json!({ "hourly": true })).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, body) = put_policy(&app, &member, &plan, json!({ "every_hours": 6 })).await;
+    for input in [
+        json!({ "keep_count": 3 }),
+        json!({ "schedule": 6 }),
+        json!({ "schedule": "every 6h", "hourly": true }),
+    ] {
+        let (status, body) = put_policy(&app, &admin, &plan, input.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{input}: {body}");
+        assert_eq!(body["title"].as_str().is_some(), true, "{body}");
+    }
+    // The document's pattern is the one the server parses.
+    let (_, doc) = app.get("/v1/openapi.json", &admin).await;
+    assert_eq!(
+        doc["components"]["schemas"]["NewBackupPolicy"]["properties"]["schedule"]["pattern"],
+        platform::app::plans::SCHEDULE_PATTERN
+    );
+    let (status, body) = put_policy(&app, &member, &plan, json!({ "schedule": "every 6h" })).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, body) = put_policy(
         &app,
         &admin,
         &Id::generate().to_string(),
-        json!({ "every_hours": 6 }),
+        json!({ "schedule": "every 6h" }),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -91,26 +102,30 @@ async fn backup_policies_are_set_by_staff_and_checked_field_by_field() {
         &app,
         &admin,
         &plan,
-        json!({ "daily_at": "03:30", "keep_count": 7, "keep_days": 30 }),
+        json!({ "schedule": "daily 03:30", "keep_count": 7, "keep_days": 30 }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["plan_id"], plan.as_str());
     assert_eq!(body["enabled"], true);
+    assert_eq!(body["schedule"], "daily 03:30");
     assert_eq!(body["daily_at"], "03:30");
     assert!(body["every_hours"].is_null(), "{body}");
     assert_eq!(body["keep_count"], 7);
     assert_eq!(body["keep_days"], 30);
     let next: DateTime<Utc> = body["next_run_at"].as_str().unwrap().parse().unwrap();
     assert_eq!((next.hour(), next.minute()), (3, 30), "{body}");
-    assert!(next > Utc::now() && next <= Utc::now() + TimeDelta::days(1), "{body}");
+    assert!(
+        next > Utc::now() && next <= Utc::now() + TimeDelta::days(1),
+        "{body}"
+    );
 
     // Replaced whole; the member reads it.
     let (status, body) = put_policy(
         &app,
         &admin,
         &plan,
-        json!({ "every_hours": 6, "enabled": false }),
+        json!({ "schedule": "every 6h", "enabled": false }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -119,7 +134,10 @@ async fn backup_policies_are_set_by_staff_and_checked_field_by_field() {
         .await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["every_hours"], 6, "{got}");
-    assert!(got["daily_at"].is_null() && got["keep_count"].is_null(), "{got}");
+    assert!(
+        got["daily_at"].is_null() && got["keep_count"].is_null(),
+        "{got}"
+    );
     assert_eq!(got["enabled"], false);
     assert!(got["next_run_at"].is_null(), "{got}");
     let audited: i64 = sqlx::query_scalar(
@@ -221,7 +239,7 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
         &e.app,
         &e.admin,
         &plan,
-        json!({ "daily_at": "03:00", "keep_count": 10 }),
+        json!({ "schedule": "daily 03:00", "keep_count": 10 }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -276,10 +294,7 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
             .collect::<Vec<_>>()
     );
     // Through the API: a scheduled backup with its slot.
-    let (status, page) = e
-        .app
-        .get(&format!("/v1/sites/{a}/backups"), &e.admin)
-        .await;
+    let (status, page) = e.app.get(&format!("/v1/sites/{a}/backups"), &e.admin).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["items"][0]["kind"], "scheduled", "{page}");
     assert_eq!(
@@ -307,7 +322,10 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
     .fetch_all(&e.app.db)
     .await
     .unwrap();
-    assert_eq!(per_site, sites.iter().map(|s| (s.clone(), 2)).collect::<Vec<_>>());
+    assert_eq!(
+        per_site,
+        sites.iter().map(|s| (s.clone(), 2)).collect::<Vec<_>>()
+    );
     let last: DateTime<Utc> =
         sqlx::query_scalar("SELECT MAX(scheduled_for) FROM backups WHERE site_id = ?")
             .bind(a.as_str())
@@ -325,12 +343,15 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
         .execute(&e.app.db)
         .await
         .unwrap();
-    assert_eq!(e.pass(t3 + TimeDelta::minutes(10)).await.started, Vec::<String>::new());
+    assert_eq!(
+        e.pass(t3 + TimeDelta::minutes(10)).await.started,
+        Vec::<String>::new()
+    );
     let (status, _) = put_policy(
         &e.app,
         &e.admin,
         &plan,
-        json!({ "daily_at": "03:00", "enabled": false }),
+        json!({ "schedule": "daily 03:00", "enabled": false }),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -371,7 +392,14 @@ async fn aged(
     id.to_string()
 }
 
-async fn restore_row(app: &TestApp, site: &Id, backup: &str, pre: &str, state: &str, ended: DateTime<Utc>) {
+async fn restore_row(
+    app: &TestApp,
+    site: &Id,
+    backup: &str,
+    pre: &str,
+    state: &str,
+    ended: DateTime<Utc>,
+) {
     sqlx::query(
         "INSERT INTO restores (id, tenant_id, site_id, backup_id, source_site_id, kind, state, \
          pre_restore_backup_id, finished_at) SELECT ?, tenant_id, id, ?, id, 'restore', ?, ?, ? \
@@ -400,7 +428,7 @@ async fn retention_prunes_expired_backups_and_keeps_the_protected_ones() {
         &e.app,
         &e.admin,
         &plan,
-        json!({ "every_hours": 24, "keep_count": 2, "keep_days": 10, "enabled": false }),
+        json!({ "schedule": "every 24h", "keep_count": 2, "keep_days": 10, "enabled": false }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -571,17 +599,31 @@ async fn the_cli_sets_and_shows_a_plans_backup_policy() {
     assert_eq!(set["keep_count"], 5, "{out}");
     let (out, _) = run(&["plans", "backup-policy", "starter"], true).await;
     assert!(out.contains("02:15") && out.contains("14"), "{out}");
-    let (_, err) = run(&["plans", "backup-policy", "starter", "--keep-days", "3"], false).await;
+    let (_, err) = run(
+        &["plans", "backup-policy", "starter", "--keep-days", "3"],
+        false,
+    )
+    .await;
     assert!(err.contains("--every-hours or --daily-at"), "{err}");
-    let (_, err) = run(&["plans", "backup-policy", "starter", "--every-hours", "0"], false).await;
-    assert!(err.contains("every_hours"), "{err}");
+    let (_, err) = run(
+        &["plans", "backup-policy", "starter", "--every-hours", "0"],
+        false,
+    )
+    .await;
+    assert!(err.contains("schedule"), "{err}");
     let (_, err) = run(&["plans", "backup-policy", "platinum"], false).await;
     assert!(err.contains("no plan platinum"), "{err}");
     let (out, _) = run(
-        &["backups", "list", "--tenant", &tenant, "--kind", "final", "--json"],
+        &[
+            "backups", "list", "--tenant", &tenant, "--kind", "final", "--json",
+        ],
         true,
     )
     .await;
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!([]),
+        "{out}"
+    );
     app.finish().await;
 }

@@ -739,7 +739,11 @@ async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
     let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
     let (status, body) = e
         .app
-        .post(&format!("/v1/sites/{}/backups", site.id), &e.member, json!(null))
+        .post(
+            &format!("/v1/sites/{}/backups", site.id),
+            &e.member,
+            json!(null),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let b1 = body["backup"]["id"].as_str().unwrap().to_owned();
@@ -775,7 +779,10 @@ async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(headers["content-type"], "application/problem+json");
     assert!(
-        body["detail"].as_str().unwrap().contains("restore of this site is under way"),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restore of this site is under way"),
         "{body}"
     );
     let (status, headers, body) = e
@@ -790,7 +797,10 @@ async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(headers["content-type"], "application/problem+json");
-    assert!(body["detail"].as_str().unwrap().contains("under way"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("under way"),
+        "{body}"
+    );
     let backups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backups WHERE site_id = ?")
         .bind(site.id.as_str())
         .fetch_one(&e.app.db)
@@ -858,7 +868,11 @@ async fn a_restore_flushes_the_sites_object_cache() {
     for n in 0..50 {
         cli(&["SET", &format!("wp_{}:posts:{n}", site.id), "stale"]);
     }
-    cli(&["SET", &format!("wp_{}:options:alloptions", site.id), "stale"]);
+    cli(&[
+        "SET",
+        &format!("wp_{}:options:alloptions", site.id),
+        "stale",
+    ]);
     cli(&["SET", &other, "kept"]);
 
     let (done, row) = restore(&app, &admin, &site.id, &b1).await;
@@ -949,7 +963,10 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     assert_eq!(got["state"], "complete", "{got}");
     assert_eq!(got["kind"], "final", "{got}");
     let (status, body) = app
-        .get(&format!("/v1/tenants/{tenant}/backups?kind=weekly"), &member)
+        .get(
+            &format!("/v1/tenants/{tenant}/backups?kind=weekly"),
+            &member,
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["errors"][0]["field"], "kind", "{body}");
