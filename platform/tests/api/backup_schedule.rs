@@ -74,7 +74,7 @@ async fn backup_policies_are_set_by_staff_and_checked_field_by_field() {
     ] {
         let (status, body) = put_policy(&app, &admin, &plan, input.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{input}: {body}");
-        assert_eq!(body["title"].as_str().is_some(), true, "{body}");
+        assert!(body["title"].as_str().is_some(), "{body}");
     }
     // The document's pattern is the one the server parses.
     let (_, doc) = app.get("/v1/openapi.json", &admin).await;
@@ -284,7 +284,7 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
     .fetch_all(&e.app.db)
     .await
     .unwrap();
-    let mut sites = vec![a.to_string(), b.to_string()];
+    let mut sites = [a.to_string(), b.to_string()];
     sites.sort();
     assert_eq!(
         rows,
