@@ -429,13 +429,15 @@ async fn a_store_that_keeps_failing_fails_the_backup_and_aborts_its_uploads() {
     schema.drop().await;
 }
 
-/// Short timeouts, so that a test of a stalled server takes seconds.
+/// Shorter timeouts than the store's own, so that a test of a stalled server takes tens of
+/// seconds, yet long enough that a part the server does answer is never cut by them on a
+/// loaded machine.
 fn short_timeouts() -> Timeouts {
     Timeouts {
-        connect: Duration::from_secs(2),
-        read: Duration::from_secs(3),
-        attempt: Duration::from_secs(5),
-        stalled_stream_grace: Duration::from_secs(3),
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(10),
+        attempt: Duration::from_secs(15),
+        stalled_stream_grace: Duration::from_secs(10),
     }
 }
 
@@ -485,7 +487,7 @@ async fn a_stalled_part_upload_times_out_and_is_retried() {
     let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
     let started = std::time::Instant::now();
     let done = tokio::time::timeout(
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         backup::run(&store, &spec, Hooks::default()),
     )
     .await
@@ -529,7 +531,7 @@ async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
     let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
     let started = std::time::Instant::now();
     let err = tokio::time::timeout(
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         backup::run(&store, &spec, Hooks::default()),
     )
     .await
