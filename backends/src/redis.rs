@@ -654,6 +654,53 @@ impl RedisSentinelDriver {
         Ok(Some(true))
     }
 
+    /// Deletes the site's object-cache keys (`SCAN MATCH wp_<id>:*` on the master,
+    /// `UNLINK` in batches) and leaves its user as it is: what a restore does, so that
+    /// WordPress reads no entry cached from the database it replaced. Returns how many
+    /// keys went.
+    pub async fn flush_site_keys(&self, id: &SiteResourceId) -> Result<u64> {
+        let t = self.topology().await?;
+        let deleted = self.delete_keys(&t.master, id).await?;
+        tracing::info!(site = %id, keys_deleted = deleted, "site's object-cache keys flushed");
+        Ok(deleted)
+    }
+
+    async fn delete_keys(&self, master: &str, id: &SiteResourceId) -> Result<u64> {
+        // The id is [a-z2-7]: no glob metacharacters in the pattern.
+        let pattern = format!("{}*", id.redis_prefix());
+        let mut conn = self.node(master).await?;
+        let mut cursor: u64 = 0;
+        let mut deleted: u64 = 0;
+        let mut batch: Vec<String> = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err(master, "SCAN"))?;
+            batch.extend(keys);
+            while batch.len() >= self.unlink_batch || (next == 0 && !batch.is_empty()) {
+                let take = batch.len().min(self.unlink_batch);
+                let chunk: Vec<String> = batch.drain(..take).collect();
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&chunk)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err(master, "UNLINK"))?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(deleted)
+    }
+
     /// Ids of every `wp_<id>` ACL user on the master (orphan detection).
     pub async fn list_site_ids(&self) -> Result<BTreeSet<SiteResourceId>> {
         let t = self.topology().await?;
@@ -797,38 +844,7 @@ impl SiteCache for RedisSentinelDriver {
             flush_sentinel_config(&mut conn, node).await?;
             touched.push(node.clone());
         }
-        // The id is [a-z2-7]: no glob metacharacters in the pattern.
-        let pattern = format!("{}*", id.redis_prefix());
-        let mut conn = self.node(&t.master).await?;
-        let mut cursor: u64 = 0;
-        let mut deleted: u64 = 0;
-        let mut batch: Vec<String> = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err(&t.master, "SCAN"))?;
-            batch.extend(keys);
-            while batch.len() >= self.unlink_batch || (next == 0 && !batch.is_empty()) {
-                let take = batch.len().min(self.unlink_batch);
-                let chunk: Vec<String> = batch.drain(..take).collect();
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&chunk)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_err(&t.master, "UNLINK"))?;
-                deleted += n;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let deleted = self.delete_keys(&t.master, id).await?;
         tracing::info!(site = %id, keys_deleted = deleted, "redis ACL user and keys removed");
         Ok(CacheRemoval {
             nodes: touched,

@@ -21,6 +21,7 @@ mod m20261206_000015_restores;
 mod m20261206_000016_site_https;
 mod m20261206_000017_site_aliases;
 mod m20261206_000018_edge_usage;
+mod m20261207_000019_backup_policies;
 mod m20261207_000020_backup_drills;
 
 /// Every migration, in order.
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000016_site_https::Migration),
             Box::new(m20261206_000017_site_aliases::Migration),
             Box::new(m20261206_000018_edge_usage::Migration),
+            Box::new(m20261207_000019_backup_policies::Migration),
             Box::new(m20261207_000020_backup_drills::Migration),
         ]
     }

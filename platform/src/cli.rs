@@ -252,6 +252,27 @@ pub enum PlanCmd {
         #[arg(long)]
         price_cents: i32,
     },
+    /// The plan's backup policy; with --every-hours or --daily-at, set it (staff admins).
+    BackupPolicy {
+        /// The plan's slug or id.
+        plan: String,
+        /// Back the plan's sites up every this many hours (1 to 168, slots on multiples
+        /// of it since 00:00 UTC).
+        #[arg(long, conflicts_with = "daily_at")]
+        every_hours: Option<i32>,
+        /// Back the plan's sites up daily at this UTC time (HH:MM).
+        #[arg(long)]
+        daily_at: Option<String>,
+        /// Scheduled backups kept per site, newest first.
+        #[arg(long)]
+        keep_count: Option<i32>,
+        /// Scheduled backups older than this many days are pruned.
+        #[arg(long)]
+        keep_days: Option<i32>,
+        /// Keep the policy's retention but schedule no backups.
+        #[arg(long)]
+        disable: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -375,10 +396,32 @@ pub enum BackupCmd {
         #[command(flatten)]
         wait: Wait,
     },
-    /// A site's backups, newest first, with their states and sizes.
+    /// A site's backups (or with --tenant, all of a tenant's, deleted sites' included),
+    /// newest first, with their states and sizes.
     List {
         /// The site's id.
-        site: String,
+        #[arg(required_unless_present = "tenant", conflicts_with = "tenant")]
+        site: Option<String>,
+        /// All backups of this tenant's sites, deleted sites included.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// With --tenant: only this kind (manual, scheduled, final, pre_restore).
+        #[arg(long, requires = "tenant")]
+        kind: Option<String>,
+    },
+    /// A new site made from a backup (a deleted site's final backup too), with the
+    /// backed-up site's plan and settings and its domain rewritten to --domain.
+    Clone {
+        /// The backup's id.
+        backup: String,
+        /// The new site's primary domain (a deleted site's own domain is free again).
+        #[arg(long)]
+        domain: String,
+        /// The new site's name (default: the backed-up site's with " (clone)").
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// One backup.
     Show {
@@ -818,6 +861,54 @@ fn print_operation(json: bool, op: &Value) {
     );
 }
 
+/// `pressdock plans backup-policy`: shows or sets a plan's backup policy.
+async fn backup_policy(
+    c: &mut Client,
+    json_out: bool,
+    plan: String,
+    (every_hours, daily_at): (Option<i32>, Option<String>),
+    (keep_count, keep_days): (Option<i32>, Option<i32>),
+    disable: bool,
+) -> anyhow::Result<()> {
+    let plans = c.call(reqwest::Method::GET, "/v1/plans", None).await?;
+    let id = plans
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["slug"] == plan.as_str() || p["id"] == plan.as_str())
+        .and_then(|p| p["id"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no plan {plan} (pressdock plans list)"))?;
+    let path = format!("/v1/plans/{id}/backup-policy");
+    let schedule = match (every_hours, daily_at) {
+        (Some(h), _) => Some(format!("every {h}h")),
+        (None, Some(at)) => Some(format!("daily {at}")),
+        (None, None) => None,
+    };
+    let value = if let Some(schedule) = schedule {
+        let body = json!({ "enabled": !disable, "schedule": schedule,
+            "keep_count": keep_count, "keep_days": keep_days });
+        c.call(reqwest::Method::PUT, &path, Some(body)).await?
+    } else if disable || keep_count.is_some() || keep_days.is_some() {
+        bail!("give --every-hours or --daily-at with the policy's other options");
+    } else {
+        c.call(reqwest::Method::GET, &path, None).await?
+    };
+    print(
+        json_out,
+        &value,
+        &[
+            "plan_id",
+            "enabled",
+            "schedule",
+            "keep_count",
+            "keep_days",
+            "next_run_at",
+        ],
+    );
+    Ok(())
+}
+
 pub async fn run(command: Command) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
@@ -953,6 +1044,24 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Plans { action, global } => {
             let mut c = Client::new(&global)?;
             let value = match action {
+                PlanCmd::BackupPolicy {
+                    plan,
+                    every_hours,
+                    daily_at,
+                    keep_count,
+                    keep_days,
+                    disable,
+                } => {
+                    return backup_policy(
+                        &mut c,
+                        global.json,
+                        plan,
+                        (every_hours, daily_at),
+                        (keep_count, keep_days),
+                        disable,
+                    )
+                    .await;
+                }
                 PlanCmd::List => c.call(Method::GET, "/v1/plans", None).await?,
                 PlanCmd::Create { slug, name, slots, storage_mb, memory_mb, cpu_millis, price_cents } => {
                     c.call(
@@ -1134,15 +1243,47 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         .await?;
                     finish_backup(&mut c, global.json, v, wait).await?;
                 }
-                BackupCmd::List { site } => {
-                    let page = c
+                BackupCmd::List { site, tenant, kind } => {
+                    let path = match (site, tenant) {
+                        (_, Some(tenant)) => {
+                            let mut query = vec![("limit", "200".to_owned())];
+                            query.extend(kind.map(|k| ("kind", k)));
+                            format!("/v1/tenants/{tenant}/backups?{}", query_string(&query))
+                        }
+                        (Some(site), None) => format!("/v1/sites/{site}/backups?limit=200"),
+                        (None, None) => bail!("give a site, or --tenant"),
+                    };
+                    let page = c.call(Method::GET, &path, None).await?;
+                    print(global.json, &page["items"], BACKUP_COLUMNS);
+                }
+                BackupCmd::Clone {
+                    backup,
+                    domain,
+                    name,
+                    wait,
+                } => {
+                    let v = c
                         .call(
-                            Method::GET,
-                            &format!("/v1/sites/{site}/backups?limit=200"),
-                            None,
+                            Method::POST,
+                            &format!("/v1/backups/{backup}/clones"),
+                            Some(json!({ "domain": domain, "name": name })),
                         )
                         .await?;
-                    print(global.json, &page["items"], BACKUP_COLUMNS);
+                    if !global.json {
+                        print(false, &v["site"], SITE_COLUMNS);
+                    }
+                    if wait.wait
+                        && let Some(create) = v["create_operation"]["id"].as_str()
+                    {
+                        let create = wait_operation(&mut c, create, Some(deadline(wait))).await?;
+                        if create["state"].as_str() != Some("succeeded") {
+                            bail!(
+                                "creating the new site failed: {}",
+                                create["error"].as_str().unwrap_or("no reason given")
+                            );
+                        }
+                    }
+                    finish_restore(&mut c, global.json, v, wait).await?;
                 }
                 BackupCmd::Show { backup } => {
                     let v = c

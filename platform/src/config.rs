@@ -105,6 +105,46 @@ pub struct Config {
     pub backends: toml::Table,
     #[serde(default)]
     pub billing: BillingConfig,
+    #[serde(default)]
+    pub backups: BackupsConfig,
+}
+
+/// Scheduled backups, retention and the final backup of a deleted site
+/// (`platform/src/backup/schedule.rs`). What is scheduled and kept per plan is the plan's
+/// backup policy (`PUT /v1/plans/{plan}/backup-policy`); these are the platform's rules.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupsConfig {
+    /// Run the scheduler and the pruner inside `serve` (one replica at a time acts, under
+    /// a MariaDB named lock), when `[backends.s3]` is configured.
+    pub scheduler: bool,
+    /// Seconds between two passes of the scheduler and pruner.
+    pub interval_secs: u64,
+    /// Scheduled backups running at once, platform-wide (the rest start at a later pass).
+    pub max_running: u32,
+    /// Back a site up before it is deleted (the first step of `site.delete`).
+    pub final_backup: bool,
+    /// Days a deleted site's final backup is kept; then it is pruned.
+    pub final_retention_days: u32,
+    /// Days after a restore ended that its automatic pre-restore backup (the way to undo
+    /// it) is kept.
+    pub pre_restore_retention_days: u32,
+    /// Days a failed backup's record is kept (it holds no object) before it is pruned.
+    pub failed_retention_days: u32,
+}
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: true,
+            interval_secs: 60,
+            max_running: 4,
+            final_backup: true,
+            final_retention_days: 30,
+            pre_restore_retention_days: 7,
+            failed_retention_days: 7,
+        }
+    }
 }
 
 /// Billing: what the cluster costs, for the staff margin report.
@@ -485,6 +525,21 @@ impl Config {
         {
             bail!("billing.edge_scrape_interval_secs must be between 1 and 900");
         }
+        let b = &self.backups;
+        if !(5..=3600).contains(&b.interval_secs) || !(1..=100).contains(&b.max_running) {
+            bail!(
+                "backups.interval_secs must be between 5 and 3600 and backups.max_running between 1 and 100"
+            );
+        }
+        for (name, days) in [
+            ("final_retention_days", b.final_retention_days),
+            ("pre_restore_retention_days", b.pre_restore_retention_days),
+            ("failed_retention_days", b.failed_retention_days),
+        ] {
+            if !(1..=3650).contains(&days) {
+                bail!("backups.{name} must be between 1 and 3650");
+            }
+        }
         let internal = &self.billing.edge_internal_entrypoint;
         if internal.is_empty()
             || internal.len() > 64
@@ -572,6 +627,16 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Integer,
     ),
     ("PRESSDOCK_BILLING_CURRENCY", "billing.currency", Kind::Text),
+    (
+        "PRESSDOCK_BACKUPS_SCHEDULER",
+        "backups.scheduler",
+        Kind::Boolean,
+    ),
+    (
+        "PRESSDOCK_BACKUPS_FINAL_RETENTION_DAYS",
+        "backups.final_retention_days",
+        Kind::Integer,
+    ),
 ];
 
 /// Sets `a.b` in the table from an environment string, typed by its kind.

@@ -53,6 +53,8 @@ pub struct Backends {
     pub control_url: Option<String>,
     /// How moves run (`[placement]`).
     pub placement: crate::config::PlacementConfig,
+    /// Backups' rules (`[backups]`): whether a delete takes a final backup.
+    pub backups: crate::config::BackupsConfig,
     /// Rung when this process committed a job: its runner claims at once instead of at
     /// its next poll (`jobs.poll_millis`, which other processes' jobs still wait for).
     job_queued: tokio::sync::Notify,
@@ -156,6 +158,7 @@ impl Backends {
             varnish_turn: tokio::sync::Mutex::new(()),
             control_url: None,
             placement: Default::default(),
+            backups: Default::default(),
             job_queued: tokio::sync::Notify::new(),
         })
     }
@@ -164,6 +167,16 @@ impl Backends {
     pub fn with_placement(mut self, placement: crate::config::PlacementConfig) -> Self {
         self.placement = placement;
         self
+    }
+
+    pub fn with_backups(mut self, backups: crate::config::BackupsConfig) -> Self {
+        self.backups = backups;
+        self
+    }
+
+    /// Whether backups can be taken here: the bucket, the database and the files.
+    pub fn backups_configured(&self) -> bool {
+        self.config.s3.is_some() && self.config.galera.is_some() && self.config.gluster.is_some()
     }
 
     /// Brings the site's service to its spec (after its placement changed).
@@ -370,6 +383,18 @@ impl Backends {
                 "the object cache did not remove the site's user",
                 "removing the Redis ACL user",
             ))
+    }
+
+    /// Deletes the site's object-cache keys (`wp_<id>:*`), keeping its user: after a
+    /// restore, nothing cached from the replaced database is read again.
+    pub(crate) async fn flush_cache(&self, id: &SiteResourceId) -> Result<(), StepError> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        redis.flush_site_keys(id).await.map(drop).map_err(retryable(
+            "the object cache could not be emptied",
+            "flushing the site's Redis keys",
+        ))
     }
 
     async fn quota_bytes(db: &MySqlPool, id: &SiteResourceId) -> Result<u64, StepError> {

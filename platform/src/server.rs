@@ -40,7 +40,8 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let backends = Arc::new(
         Backends::from_config(&config.backends, secret.as_bytes())?
             .with_control_url(config.agent.control_url.clone())
-            .with_placement(config.placement.clone()),
+            .with_placement(config.placement.clone())
+            .with_backups(config.backups.clone()),
     );
     Ok(AppState {
         secrets: backends.secrets.clone(),
@@ -135,6 +136,15 @@ pub async fn serve(
             state.config.billing.edge_metrics.clone(),
             state.config.billing.edge_internal_entrypoint.clone(),
             std::time::Duration::from_secs(state.config.billing.edge_scrape_interval_secs.max(5)),
+            shutdown.clone(),
+        )));
+    }
+    if state.config.backups.scheduler && state.backends.backups_configured() {
+        // Scheduled backups and pruning: one replica at a time (a MariaDB named lock).
+        runners.push(tokio::spawn(crate::backup::schedule::run_periodically(
+            state.db.clone(),
+            state.backends.clone(),
+            state.config.backups.clone(),
             shutdown.clone(),
         )));
     }

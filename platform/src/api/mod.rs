@@ -31,7 +31,7 @@ use crate::{
         Page,
         agent::{self, CachePurge, PurgeResult},
         backup_drills,
-        backups::{self, Backup, BackupAccepted, BackupFilter},
+        backups::{self, Backup, BackupAccepted, BackupFilter, TenantBackupFilter},
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
             MarginQuery, Metering, MeteringQuery, NewPrice, Price, Resolution, SampleBatch,
@@ -41,8 +41,10 @@ use crate::{
         nodes::{self, NewNode, Node, NodeChange},
         operations::{self, Operation, OperationFilter},
         placement::{self, PlacementMap, RebalanceAnswer, RebalanceRequest},
-        plans::{self, NewPlan, Plan},
-        restores::{self, CloneAccepted, NewClone, NewRestore, Restore, RestoreAccepted},
+        plans::{self, BackupPolicy, NewBackupPolicy, NewPlan, Plan},
+        restores::{
+            self, CloneAccepted, NewBackupClone, NewClone, NewRestore, Restore, RestoreAccepted,
+        },
         sessions::{self, Login, RefreshRequest, TokenPair},
         sites::{self, Accepted, Created, NewSite, Site, SiteChange, SiteFilter},
         tenants::{self, NewTenant, Tenant, TenantChange},
@@ -94,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/backups/{backup}", get(get_backup).delete(delete_backup))
         .route("/backups/{backup}/verify", post(verify_backup))
+        .route("/backups/{backup}/clones", post(clone_backup))
+        .route("/tenants/{tenant}/backups", get(list_tenant_backups))
         .route("/sites/{site}/restores", post(create_restore))
         .route("/sites/{site}/clones", post(create_clone))
         .route("/restores/{restore}", get(get_restore))
@@ -103,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .route("/placement/rebalance", post(rebalance))
         .route("/plans", get(list_plans).post(create_plan))
         .route("/plans/{plan}/prices", get(list_prices).post(add_price))
+        .route(
+            "/plans/{plan}/backup-policy",
+            get(get_backup_policy).put(set_backup_policy),
+        )
         .route("/billing/samples", post(ingest_samples))
         .route("/billing/close", post(close_period))
         .route("/billing/exports", get(billing_export))
@@ -1064,6 +1072,68 @@ async fn create_clone(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+/// A new site made from a complete backup of the caller's tenant, a deleted site's final
+/// backup included (how a deleted site is brought back): created as any site is, with the
+/// backed-up site's plan and settings, then the backup restored into it with the
+/// backed-up site's primary domain rewritten into the new one.
+#[utoipa::path(post, path = "/v1/backups/{backup}/clones", tag = "backups", security(("bearer" = [])),
+    params(("backup" = String, Path)), request_body = NewBackupClone,
+    responses((status = 202, body = CloneAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn clone_backup(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(backup): ApiPath<String>,
+    ApiJson(input): ApiJson<NewBackupClone>,
+) -> ApiResult<(StatusCode, Json<CloneAccepted>)> {
+    let accepted =
+        restores::clone_backup(&state, &actor, &parse_id(&backup, "backup")?, input).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// The tenant's backups of all its sites, deleted sites included, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/backups", tag = "backups", security(("bearer" = [])),
+    params(("tenant" = String, Path), TenantBackupFilter), responses((status = 200, body = Page<Backup>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn list_tenant_backups(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(filter): ApiQuery<TenantBackupFilter>,
+) -> ApiResult<Json<Page<Backup>>> {
+    Ok(Json(
+        backups::list_for_tenant(&state, &actor, &TenantId::from_path(&tenant)?, filter).await?,
+    ))
+}
+
+/// The plan's backup policy: its schedule and retention (404 when it has none).
+#[utoipa::path(get, path = "/v1/plans/{plan}/backup-policy", tag = "plans", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "The plan's id.")),
+    responses((status = 200, body = BackupPolicy), (status = 404, body = Problem)))]
+async fn get_backup_policy(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(plan): ApiPath<String>,
+) -> ApiResult<Json<BackupPolicy>> {
+    Ok(Json(
+        plans::backup_policy(&state, &parse_id(&plan, "plan")?).await?,
+    ))
+}
+
+/// Sets the plan's backup policy (staff admins): every N hours or daily at a UTC time, and
+/// how many scheduled backups (and of what age) each site keeps.
+#[utoipa::path(put, path = "/v1/plans/{plan}/backup-policy", tag = "plans", security(("bearer" = [])),
+    params(("plan" = String, Path, description = "The plan's id.")), request_body = NewBackupPolicy,
+    responses((status = 200, body = BackupPolicy), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn set_backup_policy(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(plan): ApiPath<String>,
+    ApiJson(input): ApiJson<NewBackupPolicy>,
+) -> ApiResult<Json<BackupPolicy>> {
+    Ok(Json(
+        plans::set_backup_policy(&state, &actor, &parse_id(&plan, "plan")?, input).await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/restores/{restore}", tag = "backups", security(("bearer" = [])),
     params(("restore" = String, Path)), responses((status = 200, body = Restore), (status = 404, body = Problem)))]
 async fn get_restore(
@@ -1361,6 +1431,7 @@ fn describe_error(status: u16) -> &'static str {
         purge_site_cache, agent_report, agent_purge, placement_map, rebalance,
         list_plans, create_plan, list_prices, add_price, ingest_samples, close_period, billing_export, billing_margins, list_conflicts, resolve_conflict, billing_metering, list_nodes, register_node, update_node, remove_node, list_operations, get_operation, staff_audit, tenant_audit, reconcilers, run_reconcilers, acme_settings, set_acme_settings,
         create_backup, list_backups, get_backup, delete_backup, verify_backup, create_restore, create_clone, get_restore,
+        clone_backup, list_tenant_backups, get_backup_policy, set_backup_policy,
     ),
     components(schemas(Problem, crate::error::FieldError, Page<Site>, Page<AuditEvent>, Page<Operation>, Page<Backup>)),
 )]

@@ -11,7 +11,7 @@ use crate::{
     actor::Actor,
     app::{Page, encode_cursor, operations, operations::Operation, page_bounds, sites},
     audit::{self, Event},
-    domain::{Fields, Id, SiteId, TenantRole},
+    domain::{Fields, Id, SiteId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -25,7 +25,9 @@ pub struct Backup {
     pub id: String,
     pub site_id: String,
     pub tenant_id: String,
-    /// manual (on demand), scheduled, final (before the site was deleted), pre_restore.
+    /// manual (on demand), scheduled (by the plan's backup policy), final (taken when the
+    /// site was deleted; kept `[backups] final_retention_days`), pre_restore (taken
+    /// before a restore overwrote the site: restoring it undoes the restore).
     pub kind: String,
     /// pending, running, complete (every object written and read back), failed,
     /// deleting, deleted.
@@ -52,6 +54,8 @@ pub struct Backup {
     pub verify_result: Option<String>,
     /// Why that drill failed (names the object or table at fault).
     pub verify_error: Option<String>,
+    /// The schedule's slot a scheduled backup was taken for (UTC).
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A backup change accepted for the job runner.
@@ -75,7 +79,8 @@ pub struct BackupFilter {
 
 const COLUMNS: &str = "b.seq, b.id, b.site_id, b.tenant_id, b.kind, b.state, b.operation_id, \
      b.database_bytes, b.files_bytes, b.manifest_sha256, b.tables_count, b.error, b.created_at, \
-     b.started_at, b.completed_at, b.verified_at, b.verify_result, b.verify_error";
+     b.started_at, b.completed_at, b.verified_at, b.verify_result, b.verify_error, \
+     b.scheduled_for";
 
 pub(crate) async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Backup> {
     sqlx::query_as::<_, Backup>(crate::sql!(
@@ -87,7 +92,9 @@ pub(crate) async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Back
     .ok_or(ApiError::NotFound("backup"))
 }
 
-/// The backup if the caller may see its site with `min`; 404 otherwise.
+/// The backup if the caller has at least `min` in its tenant; 404 otherwise. By tenant,
+/// not by site: a deleted site's backups (its final one) stay reachable to its tenant
+/// until they are pruned.
 pub(crate) async fn authorized(
     state: &AppState,
     actor: &Actor,
@@ -97,8 +104,9 @@ pub(crate) async fn authorized(
     let mut conn = state.db.acquire().await?;
     let backup = load(&mut conn, id.as_str()).await?;
     drop(conn);
-    let site = SiteId::parse(&backup.site_id).ok_or(ApiError::NotFound("backup"))?;
-    sites::get_for(state, actor, &site, min)
+    let tenant = TenantId::parse(&backup.tenant_id).ok_or(ApiError::NotFound("backup"))?;
+    actor
+        .require_tenant(state, &tenant, min)
         .await
         .map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::NotFound("backup"),
@@ -115,6 +123,19 @@ pub(crate) fn configured(state: &AppState) -> ApiResult<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether a restore (or a clone into it) of `site` is under way: its `site.restore`
+/// operation not yet ended. A backup then would read a site being overwritten.
+pub(crate) async fn restore_under_way(conn: &mut MySqlConnection, site: &str) -> ApiResult<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
+         AND kind = 'site.restore' AND state IN ('pending', 'running', 'unwinding')",
+    )
+    .bind(site)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
 }
 
 /// `POST /v1/sites/{site}/backups`: records a `pending` backup and enqueues its operation.
@@ -148,6 +169,13 @@ pub async fn create(
         return Err(ApiError::conflict(
             None,
             "a backup of this site is already under way; wait for it to finish",
+        ));
+    }
+    if restore_under_way(&mut tx, site_id.as_str()).await? {
+        return Err(ApiError::conflict(
+            None,
+            "a restore of this site is under way (it takes its own backup first); \
+             back it up when the restore has finished",
         ));
     }
     let id = Id::generate();
@@ -219,6 +247,69 @@ pub async fn list(
          AND b.seq < ? ORDER BY b.seq DESC LIMIT ?"
     ))
     .bind(site_id.as_str())
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|b| encode_cursor(b.seq))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TenantBackupFilter {
+    /// Only backups of this kind: manual, scheduled, final, pre_restore.
+    #[param(pattern = "^(manual|scheduled|final|pre_restore)$")]
+    pub kind: Option<String>,
+    /// Where the previous page ended (its `next_cursor`).
+    #[param(pattern = "^[0-9]{1,18}$")]
+    pub cursor: Option<String>,
+    /// 1 to 200; 50 by default.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/tenants/{tenant}/backups`: the tenant's backups of every site, deleted sites
+/// included (a deleted site's final backup is found here), newest first.
+pub async fn list_for_tenant(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    filter: TenantBackupFilter,
+) -> ApiResult<Page<Backup>> {
+    actor
+        .require_tenant(state, tenant, TenantRole::Viewer)
+        .await?;
+    let mut fields = Fields::default();
+    let (limit, before) = page_bounds(
+        &mut fields,
+        filter.limit,
+        (50, 200),
+        filter.cursor.as_deref(),
+        i64::MAX,
+    );
+    if let Some(kind) = &filter.kind
+        && !matches!(
+            kind.as_str(),
+            "manual" | "scheduled" | "final" | "pre_restore"
+        )
+    {
+        fields.push("kind", "must be manual, scheduled, final or pre_restore");
+    }
+    fields.finish()?;
+    let mut items: Vec<Backup> = sqlx::query_as(crate::sql!(
+        "SELECT {COLUMNS} FROM backups b WHERE b.tenant_id = ? AND b.state <> 'deleted' \
+         AND (? IS NULL OR b.kind = ?) AND b.seq < ? ORDER BY b.seq DESC LIMIT ?"
+    ))
+    .bind(tenant.as_str())
+    .bind(filter.kind.as_deref())
+    .bind(filter.kind.as_deref())
     .bind(before.unwrap_or(i64::MAX))
     .bind(i64::from(limit) + 1)
     .fetch_all(&state.db)

@@ -157,3 +157,224 @@ pub async fn seed_defaults(db: &MySqlPool) -> anyhow::Result<()> {
     super::billing::ensure_base_prices(db).await?;
     Ok(())
 }
+
+/// A plan's backup policy: when its sites are backed up and how long their scheduled
+/// backups are kept (`platform/src/backup/schedule.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupPolicy {
+    pub plan_id: String,
+    /// Whether the scheduler backs the plan's sites up (retention applies either way).
+    pub enabled: bool,
+    /// `every N h` or `daily HH:MM` (UTC), as set.
+    pub schedule: String,
+    /// Every this many hours, at multiples of it since 00:00 UTC (6: 00:00, 06:00, 12:00,
+    /// 18:00 UTC); null when `daily_at` is set.
+    pub every_hours: Option<i32>,
+    /// Daily at this UTC time (`HH:MM`); null when `every_hours` is set.
+    pub daily_at: Option<String>,
+    /// Scheduled backups kept per site, newest first (null: no limit by count).
+    pub keep_count: Option<i32>,
+    /// Scheduled backups older than this many days are pruned (null: no limit by age).
+    /// The newest complete backup of a site is never pruned.
+    pub keep_days: Option<i32>,
+    /// The next slot at which a site of the plan is backed up (UTC), when enabled.
+    pub next_run_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The pattern of a schedule: `every N h` (1 to 168) or `daily HH:MM` (UTC).
+pub const SCHEDULE_PATTERN: &str =
+    "^(every ([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|daily ([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackupPolicy {
+    /// true by default.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `every 6h` (every N hours, 1 to 168, slots on multiples of N hours since 00:00
+    /// UTC) or `daily 03:30` (daily at that UTC time).
+    #[schema(
+        pattern = "^(every ([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|daily ([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
+    pub schedule: String,
+    /// 1 to 1000 scheduled backups kept per site (absent: no limit by count).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub keep_count: Option<i32>,
+    /// 1 to 3650 days (absent: no limit by age).
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub keep_days: Option<i32>,
+}
+
+type PolicyRow = (
+    String,
+    bool,
+    Option<i32>,
+    Option<i32>,
+    Option<i32>,
+    Option<i32>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+fn policy_of(row: PolicyRow) -> BackupPolicy {
+    let (plan_id, enabled, every_hours, daily_at_minute, keep_count, keep_days, updated_at) = row;
+    let schedule = crate::backup::schedule::Schedule::from_columns(every_hours, daily_at_minute);
+    BackupPolicy {
+        plan_id,
+        enabled,
+        schedule: match (every_hours, daily_at_minute) {
+            (Some(h), _) => format!("every {h}h"),
+            (None, Some(m)) => format!("daily {:02}:{:02}", m / 60, m % 60),
+            (None, None) => String::new(),
+        },
+        every_hours,
+        daily_at: daily_at_minute.map(|m| format!("{:02}:{:02}", m / 60, m % 60)),
+        keep_count,
+        keep_days,
+        next_run_at: schedule
+            .filter(|_| enabled)
+            .map(|s| s.next_slot(s.last_slot(chrono::Utc::now()))),
+        updated_at,
+    }
+}
+
+/// A schedule as [`SCHEDULE_PATTERN`] spells it: `(every_hours, daily_at_minute)`.
+pub fn parse_schedule(value: &str) -> Result<(Option<i32>, Option<i32>), String> {
+    let bad = || {
+        "must be `every N h` (N from 1 to 168, such as every 6h) or `daily HH:MM` (UTC, such as daily 03:30)".to_owned()
+    };
+    let digits = |t: &str| !t.is_empty() && t.len() <= 3 && t.bytes().all(|b| b.is_ascii_digit());
+    if let Some(hours) = value
+        .strip_prefix("every ")
+        .and_then(|v| v.strip_suffix('h'))
+    {
+        if !digits(hours) || hours.starts_with('0') {
+            return Err(bad());
+        }
+        let h: i32 = hours.parse().map_err(|_| bad())?;
+        return if (1..=168).contains(&h) {
+            Ok((Some(h), None))
+        } else {
+            Err(bad())
+        };
+    }
+    let at = value.strip_prefix("daily ").ok_or_else(bad)?;
+    let (h, m) = at.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 || !digits(h) || !digits(m) {
+        return Err(bad());
+    }
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok((None, Some(h * 60 + m)))
+}
+
+async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
+    let found: Option<String> = sqlx::query_scalar("SELECT id FROM plans WHERE id = ?")
+        .bind(plan.as_str())
+        .fetch_optional(db)
+        .await?;
+    found.map(drop).ok_or(ApiError::NotFound("plan"))
+}
+
+/// `GET /v1/plans/{plan}/backup-policy`: 404 when the plan has none (no scheduled backups).
+pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolicy> {
+    plan_exists(&state.db, plan).await?;
+    let row: Option<PolicyRow> = sqlx::query_as(
+        "SELECT plan_id, enabled, every_hours, daily_at_minute, keep_count, keep_days, updated_at \
+         FROM backup_policies WHERE plan_id = ?",
+    )
+    .bind(plan.as_str())
+    .fetch_optional(&state.db)
+    .await?;
+    row.map(policy_of)
+        .ok_or(ApiError::NotFound("backup policy"))
+}
+
+/// `PUT /v1/plans/{plan}/backup-policy` (staff admins): sets the whole policy.
+pub async fn set_backup_policy(
+    state: &AppState,
+    actor: &Actor,
+    plan: &Id,
+    input: NewBackupPolicy,
+) -> ApiResult<BackupPolicy> {
+    actor.require_staff(&[StaffRole::Admin])?;
+    plan_exists(&state.db, plan).await?;
+    let mut fields = Fields::default();
+    let schedule = fields.check("schedule", parse_schedule(&input.schedule));
+    if let Some(k) = input.keep_count {
+        in_range(&mut fields, "keep_count", k, 1, 1000);
+    }
+    if let Some(d) = input.keep_days {
+        in_range(&mut fields, "keep_days", d, 1, 3650);
+    }
+    fields.finish()?;
+    let Some((every_hours, daily)) = schedule else {
+        return Err(ApiError::field("schedule", "invalid"));
+    };
+    let enabled = input.enabled.unwrap_or(true);
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO backup_policies (plan_id, enabled, every_hours, daily_at_minute, keep_count, keep_days, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, NOW(6)) ON DUPLICATE KEY UPDATE enabled = VALUES(enabled), \
+         every_hours = VALUES(every_hours), daily_at_minute = VALUES(daily_at_minute), \
+         keep_count = VALUES(keep_count), keep_days = VALUES(keep_days), updated_at = NOW(6)",
+    )
+    .bind(plan.as_str())
+    .bind(enabled)
+    .bind(every_hours)
+    .bind(daily)
+    .bind(input.keep_count)
+    .bind(input.keep_days)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        Some(actor),
+        Event {
+            action: "plan.backup_policy",
+            tenant_id: None,
+            target_type: "plan",
+            target_id: plan.as_str(),
+            details: json!({ "enabled": enabled, "schedule": input.schedule,
+                "keep_count": input.keep_count, "keep_days": input.keep_days }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    backup_policy(state, plan).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_exactly_as_their_pattern_says() {
+        assert_eq!(parse_schedule("every 6h"), Ok((Some(6), None)));
+        assert_eq!(parse_schedule("every 168h"), Ok((Some(168), None)));
+        assert_eq!(parse_schedule("daily 03:30"), Ok((None, Some(210))));
+        assert_eq!(parse_schedule("daily 23:59"), Ok((None, Some(1439))));
+        for bad in [
+            "",
+            "every 0h",
+            "every 06h",
+            "every 169h",
+            "every 6",
+            "every h",
+            "daily 3:30",
+            "daily 24:00",
+            "daily 03:60",
+            "daily 03:30 ",
+            "Daily 03:30",
+            "every 1000h",
+        ] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?}");
+        }
+        // The Rust parser and the schema's pattern agree (a regex of the pattern's shape).
+        assert!(SCHEDULE_PATTERN.starts_with('^') && SCHEDULE_PATTERN.ends_with('$'));
+    }
+}

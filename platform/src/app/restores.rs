@@ -15,7 +15,7 @@ use crate::{
         sites::{self, NewSite, Site},
     },
     audit::{self, Event},
-    domain::{DomainName, Id, SiteId, TenantRole},
+    domain::{DomainName, Id, SiteId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -269,6 +269,30 @@ pub async fn restore(
     Ok(RestoreAccepted { restore, operation })
 }
 
+/// What a clone copies from its source site (a live one, or a deleted one whose backup
+/// is cloned): its row as stored, whatever its state.
+#[derive(Debug, FromRow)]
+struct Source {
+    name: String,
+    plan: String,
+    domain: String,
+    admin_user: String,
+    admin_email: String,
+    keep_http: bool,
+    hsts: bool,
+}
+
+async fn source_row(state: &AppState, site: &str) -> ApiResult<Source> {
+    sqlx::query_as(
+        "SELECT s.name, p.slug AS plan, s.primary_domain AS domain, s.admin_user, s.admin_email, \
+         s.keep_http, s.hsts FROM sites s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?",
+    )
+    .bind(site)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(ApiError::NotFound("site"))
+}
+
 /// `POST /v1/sites/{site}/clones`: a new site of the same tenant and plan, with `domain`,
 /// created as any site is, then the backup restored into it with the source's primary
 /// domain rewritten into the new one.
@@ -282,12 +306,82 @@ pub async fn clone(
     let source = sites::get_for(state, actor, source_id, TenantRole::Member).await?;
     let tenant = source.tenant_id.clone();
     configured(state)?;
-    let (admin_user, admin_email): (String, String) =
-        sqlx::query_as("SELECT admin_user, admin_email FROM sites WHERE id = ?")
-            .bind(source_id.as_str())
-            .fetch_one(&state.db)
-            .await?;
-    let name = input.name.unwrap_or_else(|| {
+    let row = source_row(state, source_id.as_str()).await?;
+    clone_into(
+        state,
+        actor,
+        &tenant,
+        source_id.as_str(),
+        row,
+        given,
+        input.domain,
+        input.name,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackupClone {
+    /// The new site's primary domain (a deleted site's own domain is free again); the
+    /// backed-up site's primary domain is rewritten into it in the database.
+    #[schema(
+        max_length = 253,
+        pattern = r"^([A-Za-z0-9]{1,30}(-[A-Za-z0-9]{1,30})?\.){1,3}[A-Za-z][A-Za-z0-9]{0,29}(-[A-Za-z0-9]{1,30})?$"
+    )]
+    pub domain: String,
+    /// The new site's name; the backed-up site's with " (clone)" by default.
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/backups/{backup}/clones`: a new site made from any complete backup of the
+/// caller's tenant, the backup of a deleted site included (its final backup: how a
+/// deleted site is brought back), with the plan and settings the backed-up site had.
+pub async fn clone_backup(
+    state: &AppState,
+    actor: &Actor,
+    backup_id: &Id,
+    input: NewBackupClone,
+) -> ApiResult<CloneAccepted> {
+    let backup = super::backups::authorized(state, actor, backup_id, TenantRole::Member).await?;
+    configured(state)?;
+    if backup.state != "complete" {
+        return Err(ApiError::conflict(
+            None,
+            format!(
+                "the backup is {}; only a complete backup can be cloned",
+                backup.state
+            ),
+        ));
+    }
+    let tenant = TenantId::parse(&backup.tenant_id).ok_or(ApiError::NotFound("backup"))?;
+    let row = source_row(state, &backup.site_id).await?;
+    clone_into(
+        state,
+        actor,
+        &tenant,
+        &backup.site_id,
+        row,
+        Some(backup_id.clone()),
+        input.domain,
+        input.name,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn clone_into(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    source_id: &str,
+    source: Source,
+    given: Option<Id>,
+    domain: String,
+    name: Option<String>,
+) -> ApiResult<CloneAccepted> {
+    let name = name.unwrap_or_else(|| {
         format!("{} (clone)", source.name)
             .chars()
             .take(200)
@@ -298,12 +392,12 @@ pub async fn clone(
         actor,
         NewSite {
             name,
-            domain: input.domain,
+            domain,
             aliases: Vec::new(),
             plan: source.plan.clone(),
             // The source's, when it has them (the clone's database has its users anyway).
-            admin_user: Some(admin_user).filter(|u| !u.is_empty()),
-            admin_email: Some(admin_email).filter(|e| !e.is_empty()),
+            admin_user: Some(source.admin_user).filter(|u| !u.is_empty()),
+            admin_email: Some(source.admin_email).filter(|e| !e.is_empty()),
             // The source's HTTPS options.
             keep_http: Some(source.keep_http),
             hsts: Some(source.hsts),
@@ -313,14 +407,14 @@ pub async fn clone(
     let mut tx = state.db.begin().await?;
     let backup = match given {
         Some(b) => {
-            complete_backup_of(&mut tx, &b, source_id.as_str()).await?;
+            complete_backup_of(&mut tx, &b, source_id).await?;
             b
         }
         None => {
             let latest: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM backups WHERE site_id = ? AND state = 'complete' ORDER BY seq DESC LIMIT 1",
             )
-            .bind(source_id.as_str())
+            .bind(source_id)
             .fetch_optional(&mut *tx)
             .await?;
             latest.and_then(|b| Id::parse(&b)).ok_or_else(|| {
@@ -328,7 +422,7 @@ pub async fn clone(
             })?
         }
     };
-    let (created, _password) = sites::insert_new(&mut tx, state, actor, &tenant, valid).await?;
+    let (created, _password) = sites::insert_new(&mut tx, state, actor, tenant, valid).await?;
     let new_domain = DomainName::parse(&created.site.domain)
         .map(|d| d.as_str().to_owned())
         .unwrap_or_else(|_| created.site.domain.clone());
@@ -339,7 +433,7 @@ pub async fn clone(
         tenant.as_str(),
         created.site.id.as_str(),
         &backup,
-        source_id.as_str(),
+        source_id,
         Some((&source.domain, &new_domain)),
     )
     .await?;

@@ -16,7 +16,7 @@ use sqlx::MySqlPool;
 use super::{BackupSpec, BackupStore, Hooks, UploadJournal, backup_prefix};
 use crate::{
     domain::Id,
-    provision::Backends,
+    provision::{Backends, Provisioner},
     sagas::{StepError, StepResult},
 };
 
@@ -263,6 +263,125 @@ pub async fn on_finish(
                 .await?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// Whether the site's database (on the database server, through the platform's account)
+/// and its directory on the storage mount exist: a site whose create failed early has
+/// nothing to keep.
+async fn has_data(provisioner: &Provisioner, site: &str) -> Result<bool, StepError> {
+    let (Some(galera), Some(gluster)) = (
+        provisioner.config.galera.as_ref(),
+        provisioner.config.gluster.as_ref(),
+    ) else {
+        return Ok(false);
+    };
+    if !gluster.mount.join(site).is_dir() {
+        return Ok(false);
+    }
+    let opts = mysql_async::Opts::from_url(galera.admin_url.expose()).map_err(|_| {
+        StepError::internal(anyhow!("backends.galera.admin_url is not a valid URL"))
+    })?;
+    let schema = format!("wp_{site}");
+    let found = async {
+        use mysql_async::prelude::Queryable;
+        let mut conn = mysql_async::Conn::new(opts).await?;
+        let n: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (schema.as_str(),),
+            )
+            .await?;
+        let _ = conn.disconnect().await;
+        anyhow::Ok(n.unwrap_or(0) > 0)
+    }
+    .await
+    .map_err(|e| StepError::retryable("the site's database could not be read", e))?;
+    Ok(found)
+}
+
+/// The `final_backup` step of `site.delete`: the site backed up (kind `final`) before
+/// anything of it is removed, and kept `[backups] final_retention_days` after the delete
+/// (`backup/schedule.rs` prunes it then). Recorded once per delete operation; running the
+/// step again resumes or keeps it. A backup of the site already under way is waited for
+/// (the delete would remove what it reads). A site with no database or no directory (its
+/// create failed early) has nothing to keep and gets none. If the backup cannot be taken,
+/// the step fails like any backup (retried, then the delete fails and the site is
+/// `failed` with everything still there): a delete never goes on without it.
+pub async fn final_backup(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+    let operation: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM operations WHERE target_type = 'site' AND target_id = ? \
+         AND kind = 'site.delete' AND state IN ('pending', 'running', 'unwinding') \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(site)
+    .fetch_optional(db)
+    .await?;
+    let operation = operation
+        .ok_or_else(|| StepError::internal(anyhow!("site {site} has no delete under way")))?;
+    let recorded: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM backups WHERE site_id = ? AND kind = 'final' AND operation_id = ?",
+    )
+    .bind(site)
+    .bind(&operation)
+    .fetch_optional(db)
+    .await?;
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM backups WHERE site_id = ? AND state IN ('pending', 'running') \
+         AND id <> COALESCE(?, '')",
+    )
+    .bind(site)
+    .bind(recorded.as_deref())
+    .fetch_one(db)
+    .await?;
+    if others > 0 {
+        return Err(StepError::Wait(
+            std::time::Duration::from_secs(2),
+            "a backup of the site is under way; the delete waits for it".to_owned(),
+        ));
+    }
+    let backup = match recorded {
+        Some(id) => id,
+        None => {
+            if !has_data(provisioner, site).await? {
+                tracing::info!(
+                    site,
+                    "the site has no database or directory: no final backup"
+                );
+                return Ok(());
+            }
+            let id = Id::generate();
+            sqlx::query(
+                "INSERT INTO backups (id, tenant_id, site_id, kind, state, plan_id, operation_id) \
+                 SELECT ?, tenant_id, id, 'final', 'pending', plan_id, ? FROM sites WHERE id = ?",
+            )
+            .bind(id.as_str())
+            .bind(&operation)
+            .bind(site)
+            .execute(db)
+            .await?;
+            id.as_str().to_owned()
+        }
+    };
+    run_backup(db, provisioner, &backup).await
+}
+
+/// The end of a `site.delete`: a final backup it did not complete is marked `failed`.
+pub async fn final_backup_finished(
+    db: &MySqlPool,
+    site: &str,
+    succeeded: bool,
+) -> sqlx::Result<()> {
+    if !succeeded {
+        sqlx::query(
+            "UPDATE backups SET state = 'failed', \
+             error = 'the delete it was taken for failed before it completed' \
+             WHERE site_id = ? AND kind = 'final' AND state IN ('pending', 'running')",
+        )
+        .bind(site)
+        .execute(db)
+        .await?;
     }
     Ok(())
 }

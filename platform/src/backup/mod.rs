@@ -28,6 +28,7 @@ pub mod files;
 pub mod job;
 pub mod restore;
 pub mod restore_job;
+pub mod schedule;
 pub mod serialized;
 pub mod sqlscan;
 pub mod store;

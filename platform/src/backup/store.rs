@@ -4,14 +4,17 @@
 //!
 //! Only the platform holds this key pair (docs/security.md, "Backups"): sites never see it.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, anyhow, bail};
 use aws_sdk_s3::{
     Client,
     config::{
         BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-        ResponseChecksumValidation,
+        ResponseChecksumValidation, StalledStreamProtectionConfig, timeout::TimeoutConfig,
     },
     error::DisplayErrorContext,
     primitives::ByteStream,
@@ -39,6 +42,50 @@ pub struct BackupStore {
 /// Parts uploaded at once per object (the producer waits when all are in flight).
 const MAX_PARTS_IN_FLIGHT: usize = 2;
 
+/// How long the S3 client waits, so that a stalled server fails a request (which the SDK
+/// retries, up to its 3 attempts) instead of holding a backup forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a connection (TCP and TLS).
+    pub connect: Duration,
+    /// From sending a request to the first byte of its answer: a whole part's upload
+    /// ([`BackupStore::part_size`], 8 MiB by default) must fit, i.e. at least about
+    /// 140 KiB/s at 60 s.
+    pub read: Duration,
+    /// One attempt of one request, answer included (each retry has its own).
+    pub attempt: Duration,
+    /// A body (an upload's or a download's) that moves less than 1 byte/s for this long
+    /// fails: the SDK's stalled-stream protection, which covers the streamed object
+    /// bodies a restore reads and that no timeout above bounds.
+    pub stalled_stream_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(60),
+            attempt: Duration::from_secs(120),
+            stalled_stream_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Timeouts {
+    fn sdk(self) -> (TimeoutConfig, StalledStreamProtectionConfig) {
+        (
+            TimeoutConfig::builder()
+                .connect_timeout(self.connect)
+                .read_timeout(self.read)
+                .operation_attempt_timeout(self.attempt)
+                .build(),
+            StalledStreamProtectionConfig::enabled()
+                .grace_period(self.stalled_stream_grace)
+                .build(),
+        )
+    }
+}
+
 fn sdk_error<E: std::error::Error + 'static>(what: &str, err: E) -> anyhow::Error {
     anyhow!("{what}: {}", DisplayErrorContext(err))
 }
@@ -57,6 +104,9 @@ impl BackupStore {
     /// S3 requires them: newer SDKs otherwise send CRC32 trailers in `aws-chunked` bodies,
     /// which S3-compatible servers (the lab's s3s-fs among them) do not all take. Each
     /// object's integrity is checked by our own SHA-256, read back after the upload.
+    ///
+    /// Every request is bounded by [`Timeouts::default`] (connect 10 s, first byte of the
+    /// answer 60 s, one attempt 120 s, a body stalled for 20 s): see [`Self::with_timeouts`].
     pub fn new(config: &S3Config) -> anyhow::Result<Self> {
         if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
             bail!("backends.s3.endpoint must be an http:// or https:// URL");
@@ -81,12 +131,33 @@ impl BackupStore {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .http_client(http)
+            .timeout_config(Timeouts::default().sdk().0)
+            .stalled_stream_protection(Timeouts::default().sdk().1)
             .build();
         Ok(Self {
             client: Client::from_conf(conf),
             bucket: config.bucket.clone(),
             part_size: 8 * 1024 * 1024,
         })
+    }
+
+    /// The same store with other timeouts (tests use short ones).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        let (timeout, stalled) = timeouts.sdk();
+        let conf = self
+            .client
+            .config()
+            .to_builder()
+            .timeout_config(timeout)
+            .stalled_stream_protection(stalled)
+            .build();
+        self.client = Client::from_conf(conf);
+        self
+    }
+
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> Option<TimeoutConfig> {
+        self.client.config().timeout_config().cloned()
     }
 
     /// Sets the part size (at least [`MIN_PART_SIZE`]).

@@ -37,10 +37,11 @@ pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt
 
 /// The form a directory URL must have: the OpenAPI pattern of `directory` (repeated there
 /// as a literal), and exactly what [`directory_url`] accepts.
-pub const DIRECTORY_PATTERN: &str = r"^(letsencrypt|letsencrypt-staging|https://[a-z0-9]{1,30}(\.[a-z0-9]{1,30}){0,3}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}))?(/[A-Za-z0-9_-]{1,30}){0,4})$";
+pub const DIRECTORY_PATTERN: &str = r"^(letsencrypt|letsencrypt-staging|https://(([a-z0-9]{1,30}\.){0,3}[a-z][a-z0-9]{0,29}|((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}))?(/[A-Za-z0-9_-]{1,30}){0,4})$";
 
 /// The directory URL a configured value names: the presets `letsencrypt` and
-/// `letsencrypt-staging`, or an `https://` URL of lower-case host labels, an optional port
+/// `letsencrypt-staging`, or an `https://` URL of lower-case host labels (the last one
+/// starting with a letter) or an IPv4 address, an optional port
 /// (1 to 64999) and up to four path segments ([`DIRECTORY_PATTERN`]).
 pub fn directory_url(value: &str) -> Result<String, String> {
     match value {
@@ -65,6 +66,21 @@ pub fn directory_url(value: &str) -> Result<String, String> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
     if labels.len() > 4 || !labels.iter().all(label_ok) {
+        return Err(bad());
+    }
+    // A host whose last label is a number is an IPv4 address to a URL parser: only a
+    // dotted quad of 0 to 255 (no leading zero) is one; a name ends in a label that starts
+    // with a letter (`a.b.2` is neither, and no URL).
+    let octet = |l: &&str| {
+        l.len() <= 3
+            && (l.len() == 1 || !l.starts_with('0'))
+            && l.parse::<u16>().is_ok_and(|n| n <= 255)
+    };
+    let ipv4 = labels.len() == 4 && labels.iter().all(octet);
+    let named = labels
+        .last()
+        .is_some_and(|l| l.bytes().next().is_some_and(|b| b.is_ascii_lowercase()));
+    if !(ipv4 || named) {
         return Err(bad());
     }
     if let Some(p) = port
@@ -109,7 +125,7 @@ pub struct AcmeSettingsChange {
     /// directory. Changing it registers a new account at the next order.
     #[schema(
         max_length = 500,
-        pattern = r"^(letsencrypt|letsencrypt-staging|https://[a-z0-9]{1,30}(\.[a-z0-9]{1,30}){0,3}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}))?(/[A-Za-z0-9_-]{1,30}){0,4})$"
+        pattern = r"^(letsencrypt|letsencrypt-staging|https://(([a-z0-9]{1,30}\.){0,3}[a-z][a-z0-9]{0,29}|((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}))?(/[A-Za-z0-9_-]{1,30}){0,4})$"
     )]
     pub directory: String,
     /// The account's contact address (expiry notices from the CA).
@@ -212,5 +228,13 @@ mod tests {
         assert!(directory_url("https://acme.test:14000").is_ok());
         assert!(directory_url("https://acme.test:64999").is_ok());
         assert!(directory_url("https://acme.test:65000").is_err());
+        // The fuzzer's find: a last label that is a number is an IPv4 address or nothing.
+        assert!(directory_url("https://a3.uig.2/dir").is_err());
+        assert!(directory_url("https://1.2.3/dir").is_err());
+        assert!(directory_url("https://256.1.1.1/dir").is_err());
+        assert!(directory_url("https://01.1.1.1/dir").is_err());
+        assert!(directory_url("https://10.0.0.255/dir").is_ok());
+        assert!(directory_url("https://a3.uig.b2/dir").is_ok());
+        assert!(directory_url("https://localhost:14000/dir").is_ok());
     }
 }

@@ -1,10 +1,13 @@
-//! `site.delete`: removes every resource of the site, in the reverse order of its create,
-//! then frees its slot, domains and secrets; the site ends `deleted`. A delete goes
+//! `site.delete`: backs the site up one last time (`final_backup`, kept
+//! `[backups] final_retention_days`), removes every resource of the site, in the reverse
+//! order of its create, then frees its slot, domains and secrets; the site ends `deleted`. A delete goes
 //! forward only: its steps are retried, and a step that fails for good leaves the site
 //! `failed` for an operator, with nothing taken back.
 
+use futures::future::BoxFuture;
+
 use super::{
-    Saga, Step, Undo, always,
+    Outcome, Saga, Step, StepContext, StepResult, Undo, always,
     site_steps::{self as s},
 };
 use crate::{provision::Backends, states::OperationKind};
@@ -16,6 +19,18 @@ const FORWARD_ONLY: &str =
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteDelete,
     steps: &[
+        Step {
+            name: "final_backup",
+            action: |c| {
+                Box::pin(crate::backup::job::final_backup(
+                    &c.db,
+                    &c.backends,
+                    &c.target,
+                ))
+            },
+            undo: Undo::Nothing(FORWARD_ONLY),
+            when: |b| b.backups.final_backup && b.backups_configured(),
+        },
         Step {
             name: "unpublish_hosts",
             action: s::unpublish_hosts,
@@ -77,5 +92,13 @@ pub static SAGA: Saga = Saga {
             when: Backends::any,
         },
     ],
-    finish: s::finish,
+    finish,
 };
+
+fn finish(c: &StepContext, kind: OperationKind, outcome: Outcome) -> BoxFuture<'_, StepResult> {
+    Box::pin(async move {
+        crate::backup::job::final_backup_finished(&c.db, &c.target, outcome == Outcome::Succeeded)
+            .await?;
+        s::finish(c, kind, outcome).await
+    })
+}

@@ -4,8 +4,9 @@
 //!
 //! Order matters: the backup is read through and checked (checksums, every statement of
 //! the dump) before anything is touched; then the site as it is gets backed up (the way
-//! back); then the site is stopped, its database and files replaced, started again and
-//! its cached pages banned. A step that fails for good unwinds: the database and files
+//! back); then the site is stopped, its database and files replaced, its object-cache
+//! keys in Redis deleted (WordPress would otherwise read options and posts cached from the
+//! database it replaced), started again and its cached pages banned. A step that fails for good unwinds: the database and files
 //! are put back from that pre-restore backup, and the site is started again. A runner
 //! killed halfway takes the step up again; each step replaces what is there, so it
 //! converges.
@@ -59,6 +60,12 @@ pub static SAGA: Saga = Saga {
             action: |c| Box::pin(r::restore_files(&c.db, &c.backends, &c.target)),
             undo: Undo::Reverse(|c| Box::pin(r::put_back_files(&c.db, &c.backends, &c.target))),
             when: always,
+        },
+        Step {
+            name: "flush_object_cache",
+            action: s::flush_object_cache,
+            undo: Undo::Nothing("emptying the object cache only makes WordPress read the database"),
+            when: |b| b.redis.is_some(),
         },
         Step {
             name: "start_site",

@@ -49,6 +49,12 @@ site_step!(ensure_cache_user, |c, id| c
     .backends
     .ensure_cache_user(&c.db, &id));
 site_step!(remove_cache_user, |c, id| c.backends.remove_cache_user(&id));
+site_step!(
+    /// The site's object-cache keys deleted (its user kept): nothing cached from a
+    /// replaced database is read again.
+    flush_object_cache,
+    |c, id| c.backends.flush_cache(&id)
+);
 site_step!(ensure_storage, |c, id| c
     .backends
     .ensure_storage(&c.db, &id));

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use platform::backup::{self, BackupStore, Hooks};
+use platform::backup::{self, BackupStore, Hooks, store::Timeouts};
 use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -32,6 +32,9 @@ enum Fault {
     /// The head and this many bytes of the body are forwarded, then both connections are
     /// closed (a network cut mid-upload).
     Cut(usize),
+    /// The request is read whole and never answered: the connection is held open (up to
+    /// 60 s) until the client gives up on it (a server that hangs).
+    Stall,
 }
 
 /// One request as the proxy saw it.
@@ -237,6 +240,23 @@ async fn serve(
             }
             // Dropped without an answer: the client's request dies mid-body.
         }
+        Fault::Stall => {
+            if header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+                client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            }
+            // Everything the client sends is read and dropped; no answer ever comes. The
+            // client closing its side (its timeout) ends this, or 60 s.
+            let mut sink = [0u8; 65536];
+            let held = async {
+                loop {
+                    match client.read(&mut sink).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(60), held).await;
+        }
     }
     Ok(())
 }
@@ -404,6 +424,143 @@ async fn a_store_that_keeps_failing_fails_the_backup_and_aborts_its_uploads() {
         "the unfinished upload was aborted: {seen:#?}"
     );
     // Nothing left that could pass for a backup: no object, no manifest, no upload.
+    assert_eq!(direct.list(&spec.prefix()).await.unwrap(), vec![]);
+    assert_eq!(s3.open_upload_files(), Vec::<String>::new());
+    schema.drop().await;
+}
+
+/// Shorter timeouts than the store's own, so that a test of a stalled server takes tens of
+/// seconds, yet long enough that a part the server does answer is never cut by them on a
+/// loaded machine.
+fn short_timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(10),
+        attempt: Duration::from_secs(15),
+        stalled_stream_grace: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn the_store_has_connect_read_and_attempt_timeouts_by_default() {
+    let s3_config = backends::config::S3Config {
+        endpoint: "http://127.0.0.1:9".to_owned(),
+        bucket: "b".to_owned(),
+        region: "us-east-1".to_owned(),
+        access_key: "a".to_owned(),
+        secret_key: backends::ids::Secret::new("s"),
+        force_path_style: true,
+    };
+    let t = BackupStore::new(&s3_config).unwrap().timeouts().unwrap();
+    assert_eq!(t.connect_timeout(), Some(Duration::from_secs(10)));
+    assert_eq!(t.read_timeout(), Some(Duration::from_secs(60)));
+    assert_eq!(
+        t.operation_attempt_timeout(),
+        Some(Duration::from_secs(120))
+    );
+}
+
+/// A server that takes part uploads and never answers: each stalled attempt times out
+/// (the read timeout), the SDK tries again, and the backup completes. Without timeouts the
+/// first stalled part would hold the backup forever (the hang of CI run B).
+#[tokio::test]
+async fn a_stalled_part_upload_times_out_and_is_retried() {
+    let s3 = S3Server::start().await;
+    let direct = s3.store();
+    let schema = Schema::create().await;
+    fill_site(&schema).await;
+    let dir = tempfile::tempdir().unwrap();
+    fill_files(dir.path(), 6);
+    let spec = spec(&schema, dir.path());
+    // The first two part uploads hang; everything after passes.
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Arc::new(|method: &str, target: &str, n| {
+            if is_part_upload(method, target) && n < 2 {
+                Fault::Stall
+            } else {
+                Fault::Pass
+            }
+        }),
+    )
+    .await;
+    let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(
+        Duration::from_secs(180),
+        backup::run(&store, &spec, Hooks::default()),
+    )
+    .await
+    .expect("a stalled upload must time out, not hang the backup")
+    .unwrap_or_else(|e| panic!("the backup should outlast two stalled parts: {e:#}"));
+    let took = started.elapsed();
+    let stalled = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.fault == Fault::Stall)
+        .count();
+    assert_eq!(stalled, 2);
+    eprintln!("two stalled parts, retried: the backup took {took:.1?}");
+    assert_objects_match(&direct, &done, &spec.prefix()).await;
+    assert_eq!(s3.open_upload_files(), Vec::<String>::new());
+    schema.drop().await;
+}
+
+/// A server that never answers a part upload: every attempt times out, the backup fails
+/// with a timeout (no secret in it), its upload is aborted and nothing is left.
+#[tokio::test]
+async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
+    let s3 = S3Server::start().await;
+    let direct = s3.store();
+    let schema = Schema::create().await;
+    fill_site(&schema).await;
+    let dir = tempfile::tempdir().unwrap();
+    fill_files(dir.path(), 6);
+    let spec = spec(&schema, dir.path());
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        Arc::new(|method: &str, target: &str, _| {
+            if is_part_upload(method, target) {
+                Fault::Stall
+            } else {
+                Fault::Pass
+            }
+        }),
+    )
+    .await;
+    let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(180),
+        backup::run(&store, &spec, Hooks::default()),
+    )
+    .await
+    .expect("a store that never answers must fail the backup, not hang it")
+    .expect_err("no part was ever stored");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.to_lowercase().contains("timeout") || msg.contains("timed out"),
+        "{msg}"
+    );
+    assert!(!msg.contains(SECRET_KEY), "{msg}");
+    eprintln!(
+        "a store that never answers: the backup failed after {:.1?}",
+        started.elapsed()
+    );
+    let seen = proxy.seen();
+    // Each part sent (at most two in flight per object) was tried 3 times (the SDK's
+    // standard retries), each attempt ended by the timeout, and no more.
+    let mut attempts = std::collections::BTreeMap::<&str, usize>::new();
+    for s in seen.iter().filter(|s| s.fault == Fault::Stall) {
+        *attempts.entry(s.target.as_str()).or_default() += 1;
+    }
+    assert!(attempts.len() >= 2, "both objects sent a part: {seen:#?}");
+    assert!(attempts.values().all(|n| *n == 3), "{attempts:#?}");
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "DELETE" && s.target.contains("uploadId=")),
+        "the unfinished upload was aborted: {seen:#?}"
+    );
     assert_eq!(direct.list(&spec.prefix()).await.unwrap(), vec![]);
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
     schema.drop().await;

@@ -729,3 +729,306 @@ async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
     site.remove(&e.provisioner).await;
     e.app.finish().await;
 }
+
+/// While a restore of a site is under way (its operation not yet run: the runner is off
+/// here), a manual backup of the site and a second restore are refused with a 409
+/// problem+json saying why; the backup list is unchanged.
+#[tokio::test]
+async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
+    let e = env(false).await;
+    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let (status, body) = e
+        .app
+        .post(
+            &format!("/v1/sites/{}/backups", site.id),
+            &e.member,
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let b1 = body["backup"]["id"].as_str().unwrap().to_owned();
+    backup::job::run_backup(&e.app.db, &e.provisioner, &b1)
+        .await
+        .unwrap();
+    // The backup's operation is still pending (no runner): end it as the runner would.
+    sqlx::query("UPDATE operations SET state = 'succeeded' WHERE target_id = ?")
+        .bind(&b1)
+        .execute(&e.app.db)
+        .await
+        .unwrap();
+    let (status, body) = e
+        .app
+        .post(
+            &format!("/v1/sites/{}/restores", site.id),
+            &e.member,
+            json!({ "backup": b1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let (status, headers, body) = e
+        .app
+        .request_full(
+            Method::POST,
+            &format!("/v1/sites/{}/backups", site.id),
+            Some(&e.member),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restore of this site is under way"),
+        "{body}"
+    );
+    let (status, headers, body) = e
+        .app
+        .request_full(
+            Method::POST,
+            &format!("/v1/sites/{}/restores", site.id),
+            Some(&e.member),
+            Some(json!({ "backup": b1 })),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(
+        body["detail"].as_str().unwrap().contains("under way"),
+        "{body}"
+    );
+    let backups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backups WHERE site_id = ?")
+        .bind(site.id.as_str())
+        .fetch_one(&e.app.db)
+        .await
+        .unwrap();
+    assert_eq!(backups, 1, "nothing half-created");
+    let restores: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM restores WHERE site_id = ?")
+        .bind(site.id.as_str())
+        .fetch_one(&e.app.db)
+        .await
+        .unwrap();
+    assert_eq!(restores, 1);
+    site.remove(&e.provisioner).await;
+    e.app.finish().await;
+}
+
+/// After a restore, the site's object-cache keys (`wp_<id>:*`) are gone from Redis (a
+/// real master, replica and Sentinel) and another site's are kept.
+#[tokio::test]
+async fn a_restore_flushes_the_sites_object_cache() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let redis = crate::helpers::RedisLab::start();
+    let s3 = S3Server::start().await;
+    let sites_root = tempfile::tempdir().unwrap();
+    let mut backends = backends_config(&s3, sites_root.path());
+    let extra: toml::Table = toml::from_str(&format!(
+        r#"
+        [redis]
+        sentinels = ["{sentinel}"]
+        master_name = "{master}"
+        sentinel_user = "{user}"
+        sentinel_password = "{password}"
+        "#,
+        sentinel = redis.sentinel,
+        master = redis.master_name,
+        user = crate::helpers::SENTINEL_ADMIN,
+        password = crate::helpers::SENTINEL_PASSWORD,
+    ))
+    .unwrap();
+    backends.extend(extra);
+    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.backends = backends;
+        c.reconcile.enabled = false;
+        c.backups.scheduler = false;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("rc").replace('_', "-"))
+        .await;
+    let site = provisioned_site(&app, &provisioner, &tenant, sites_root.path()).await;
+    let b1 = backup_now(&app, &admin, &site.id).await;
+
+    let cli = |args: &[&str]| {
+        let (host, port) = redis.master.rsplit_once(':').unwrap();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", host, "-p", port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let other = format!("wp_{}:options:alloptions", Id::generate());
+    for n in 0..50 {
+        cli(&["SET", &format!("wp_{}:posts:{n}", site.id), "stale"]);
+    }
+    cli(&[
+        "SET",
+        &format!("wp_{}:options:alloptions", site.id),
+        "stale",
+    ]);
+    cli(&["SET", &other, "kept"]);
+
+    let (done, row) = restore(&app, &admin, &site.id, &b1).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(row["state"], "complete", "{row}");
+    let steps: Vec<&str> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(steps.contains(&"flush_object_cache"), "{steps:?}");
+    let left = cli(&["--scan", "--pattern", &format!("wp_{}:*", site.id)]);
+    assert_eq!(left, "", "the site's keys are gone");
+    assert_eq!(cli(&["GET", &other]), "kept");
+
+    site.remove(&provisioner).await;
+    app.finish().await;
+    drop(s3);
+}
+
+/// Deleting a site takes a final backup first; the site is gone but the backup stays
+/// reachable to its tenant (by id and in the tenant's list), and a clone from it brings
+/// the site back under its own domain with the same rows and files. After
+/// `final_retention_days` the pruner deletes it.
+#[tokio::test]
+async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
+    let shm = Path::new("/dev/shm");
+    let s3 = S3Server::start().await;
+    let mut backends = backends_config(&s3, shm);
+    backends["gluster"]
+        .as_table_mut()
+        .unwrap()
+        .insert("gluster_bin".into(), toml::Value::String("true".into()));
+    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.backends = backends;
+        c.reconcile.enabled = false;
+        c.backups.scheduler = false;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, &random_name("w").replace('_', "-"), 25)
+        .await;
+    let tenant = app
+        .create_tenant(&admin, &random_name("fb").replace('_', "-"))
+        .await;
+    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
+    let site = provisioned_site(&app, &provisioner, &tenant, shm).await;
+    let domain = format!("{}.example", site.id);
+    sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 1)")
+        .bind(&domain)
+        .bind(site.id.as_str())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let original_db = site.schema.fingerprint().await;
+    let original_files = tree(&site.root);
+
+    let (status, body) = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/sites/{}", site.id),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = app
+        .wait_operation(&member, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["steps"][0]["name"], "final_backup", "{done}");
+    let (status, _) = app.get(&format!("/v1/sites/{}", site.id), &member).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!site.root.exists(), "the site's files were removed");
+
+    // The tenant finds the final backup, complete, though its site is gone.
+    let (status, page) = app
+        .get(&format!("/v1/tenants/{tenant}/backups?kind=final"), &member)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    let fin = page["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(page["items"][0]["site_id"], site.id.as_str());
+    let (status, got) = app.get(&format!("/v1/backups/{fin}"), &member).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["state"], "complete", "{got}");
+    assert_eq!(got["kind"], "final", "{got}");
+    let (status, body) = app
+        .get(
+            &format!("/v1/tenants/{tenant}/backups?kind=weekly"),
+            &member,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "kind", "{body}");
+
+    // Back as a new site under the same domain (free again since the delete).
+    let (status, body) = app
+        .post(
+            &format!("/v1/backups/{fin}/clones"),
+            &member,
+            json!({ "domain": domain }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["restore"]["backup_id"], fin.as_str(), "{body}");
+    assert_eq!(body["site"]["domain"], domain.as_str(), "{body}");
+    let new_site = Id::parse(body["site"]["id"].as_str().unwrap()).unwrap();
+    let create = app
+        .wait_operation(&member, body["create_operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(create["state"], "succeeded", "{create}");
+    let restored = app
+        .wait_operation(&member, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(restored["state"], "succeeded", "{restored}");
+    let clone = Schema {
+        admin: sqlx::MySqlPool::connect(&crate::support::server_url())
+            .await
+            .unwrap(),
+        name: format!("wp_{new_site}"),
+    };
+    let clone_db = clone.fingerprint().await;
+    assert_eq!(clone_db, original_db, "the same rows");
+    let new_root = shm.join(new_site.as_str());
+    assert_eq!(tree(&new_root), original_files, "the same files");
+
+    // 31 days later the final backup is pruned: objects and then its row.
+    let config = platform::config::BackupsConfig::default();
+    let later = chrono::Utc::now() + chrono::Duration::days(31);
+    let report = platform::backup::schedule::pass(&app.db, &provisioner, &config, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.pruned.contains(&fin), "{report:?}");
+    let op: String = sqlx::query_scalar(
+        "SELECT id FROM operations WHERE target_id = ? AND kind = 'backup.delete'",
+    )
+    .bind(&fin)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let deleted = app.wait_operation(&admin, &op).await;
+    assert_eq!(deleted["state"], "succeeded", "{deleted}");
+    let prefix = format!("{tenant}/{}/{fin}/", site.id);
+    assert_eq!(s3.store().list(&prefix).await.unwrap(), vec![]);
+    let (status, _) = app.get(&format!("/v1/backups/{fin}"), &member).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let rid = SiteResourceId::parse(new_site.as_str()).unwrap();
+    let _ = provisioner.remove_database(&rid).await;
+    let _ = std::fs::remove_dir_all(&new_root);
+    clone.drop().await;
+    site.schema.drop().await;
+    app.finish().await;
+    drop(s3);
+}
