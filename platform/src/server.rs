@@ -35,9 +35,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     };
     let pool = db::connect(
         &config.database_url,
-        sagas
-            .saturating_add(crate::config::API_CONNECTIONS)
-            .max(20),
+        sagas.saturating_add(crate::config::API_CONNECTIONS).max(20),
     )
     .await?;
     db::migrate(&pool).await?;

@@ -348,7 +348,11 @@ impl Lab {
         .await??;
         let _turn = self.gluster_turn.lock().await;
         let out = tokio::process::Command::new(&gluster.gluster_bin)
-            .args(backends::gluster::quota_limit_args(gluster, id, QUOTA_BYTES))
+            .args(backends::gluster::quota_limit_args(
+                gluster,
+                id,
+                QUOTA_BYTES,
+            ))
             .output()
             .await?;
         if !out.status.success() {
@@ -368,31 +372,33 @@ impl Lab {
     async fn take_spare_raw(&self, dir: &std::path::Path, n: usize) -> Result<bool> {
         let root = self.spare_root(QUOTA_BYTES)?;
         let dir = dir.to_owned();
-        Ok(tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-            let mut names: Vec<String> = match std::fs::read_dir(&root) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|name| !name.starts_with('.'))
-                    .collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
-            };
-            if names.is_empty() {
-                return Ok(false);
-            }
-            names.sort();
-            let len = names.len();
-            names.rotate_left(n % len);
-            for name in names {
-                match std::fs::rename(root.join(&name), &dir) {
-                    Ok(()) => return Ok(true),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+        Ok(
+            tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                let mut names: Vec<String> = match std::fs::read_dir(&root) {
+                    Ok(entries) => entries
+                        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter(|name| !name.starts_with('.'))
+                        .collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                     Err(e) => return Err(e),
+                };
+                if names.is_empty() {
+                    return Ok(false);
                 }
-            }
-            Ok(false)
-        })
-        .await??)
+                names.sort();
+                let len = names.len();
+                names.rotate_left(n % len);
+                for name in names {
+                    match std::fs::rename(root.join(&name), &dir) {
+                        Ok(()) => return Ok(true),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(false)
+            })
+            .await??,
+        )
     }
 
     /// Where the spares of a limit are (`GlusterDriver`'s layout).
