@@ -9,7 +9,8 @@
 # schemathesis at the version scripts/install-deps.sh pins, cargo.
 # Knobs: PRESSDOCK_TEST_MYSQL_URL, FUZZ_MAX_EXAMPLES (per operation and phase, default 50),
 # FUZZ_SEED (default fixed, so that CI runs are repeatable; `random` for a new one),
-# FUZZ_TIMEOUT (seconds, default 900: a run that takes longer fails). Schemathesis'
+# FUZZ_TIMEOUT (seconds, default 900: a run that takes longer fails), FUZZ_BUILD=0 (use the
+# target/debug/pressdock that is there). Schemathesis'
 # own --max-time is not used: it repeats fuzzing until the time is spent.
 set -eu
 cd "$(dirname "$0")/.."
@@ -19,7 +20,12 @@ MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-50}"
 SEED="${FUZZ_SEED:-20261206}"
 TIMEOUT="${FUZZ_TIMEOUT:-900}"
 
-cargo build -q -p platform --bin pressdock
+# scripts/test.sh has just built target/debug/pressdock with its test build (FUZZ_BUILD=0):
+# building it again with `-p platform` alone would resolve other features and rebuild
+# dozens of crates (minutes of CI).
+if [ "${FUZZ_BUILD:-1}" != 0 ] || [ ! -x target/debug/pressdock ]; then
+  cargo build -q -p platform --bin pressdock
+fi
 WORK="$(mktemp -d)"
 DB="pressdock_fuzz_$$"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

@@ -9,7 +9,7 @@ use super::{
     Saga, Step, StepContext, StepError, StepResult, Undo, always,
     site_steps::{self as s},
 };
-use crate::{provision::Provisioner, states::OperationKind};
+use crate::{provision::Backends, states::OperationKind};
 
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteCreate,
@@ -30,7 +30,7 @@ pub static SAGA: Saga = Saga {
             name: "generate_secrets",
             action: s::generate_secrets,
             undo: Undo::Reverse(s::forget_secrets),
-            when: Provisioner::any,
+            when: Backends::any,
         },
         Step {
             name: "ensure_database",
