@@ -8,6 +8,12 @@
 #   drivers    the same steps through the backends drivers' ensure_* (no saga, no API)
 #   raw        the floor: the same backend operations with the drivers' clients directly
 #              (mysql_async, redis, gluster CLI, bollard, Varnish CLI), fewest round trips
+#   rawspares  the floor with spare directories, as the platform has them when
+#              [backends.gluster] spares > 0: the storage step renames a spare made
+#              before the run (untimed) instead of mkdir + limit-usage
+#
+# With spares in the lab's config, the platform mode runs with spares = BENCH_SITES +
+# BENCH_PARALLEL + 1 (at least the config's), made before its platform starts (untimed).
 #
 # Each: BENCH_SITES (5) one after the other (medians), then BENCH_PARALLEL (20) at once.
 # Everything made is removed (platform sites by DELETE through the API), the database
@@ -19,6 +25,12 @@
 #   BENCH_SITES=3 BENCH_PARALLEL=10 BENCH_MODES=raw,platform scripts/bench-provision.sh
 #   BENCH_ROUNDS=3 BENCH_SITES=3 BENCH_MODES=raw,platform scripts/bench-provision.sh  # alternating,
 #       with every round's platform / floor ratio and their min, median and max
+#   BENCH_ROUNDS=3 BENCH_SITES=3 BENCH_MODES=raw,rawspares,platform scripts/bench-provision.sh
+#       # both floors: the ratio against each
+#   BENCH_BASELINE_BIN=/path/to/pressdock BENCH_MODES=raw,rawspares,platform,baseline …
+#       # another build of the platform (an earlier commit's) in the same rounds
+#   BENCH_PAUSE_BUILDS=1 …   # other people's rustc stopped (by pid) during each timed
+#       # batch of 20 (tens of seconds each), continued after it and on exit
 #   BENCH_MODES=steps scripts/bench-provision.sh   # issue 10's two changed driver steps,
 #       before and after, on Gluster and the swarm's secrets only: the lab's platform keeps
 #       running (nothing is stopped or restarted)
@@ -52,6 +64,11 @@ cargo build -q -p platform --bin pressdock
 cargo build -q -p e2e --example bench_provision
 
 restart_lab_platform() {
+  # BENCH_PAUSE_BUILDS=1 stops other compilers during each timed batch: continue them
+  # (a no-op for running ones) in case the benchmark died inside a batch.
+  if [ "${BENCH_PAUSE_BUILDS:-}" = 1 ]; then
+    for p in $(pgrep -x rustc); do kill -CONT "$p" 2>/dev/null || true; done
+  fi
   log "restarting the lab (its platform): pressdock-infra lab up"
   target/debug/pressdock-infra lab up >&2 || log "lab up failed: run it by hand"
 }

@@ -912,19 +912,21 @@ impl SwarmDriver {
             .into_iter()
             .filter_map(|s| Some((s.spec?.name?, s.id?)))
             .collect();
-        let mut refs = BTreeMap::new();
-        for (kind, data) in wanted {
+        // The missing ones created side by side (each is a write of the swarm's store:
+        // five one after another were five round trips in a row).
+        let made = futures::future::try_join_all(wanted.iter().map(|(kind, data)| {
             let name = secret_name(id, *kind, data);
-            let r = match existing.get(&name) {
-                Some(sid) => SecretRef {
-                    id: sid.clone(),
-                    name,
-                },
-                None => self.ensure_secret(id, *kind, data).await?,
-            };
-            refs.insert(*kind, r);
-        }
-        Ok(refs)
+            let listed = existing.get(&name).cloned();
+            async move {
+                let r = match listed {
+                    Some(sid) => SecretRef { id: sid, name },
+                    None => self.ensure_secret(id, *kind, data).await?,
+                };
+                Ok::<_, Error>((*kind, r))
+            }
+        }))
+        .await?;
+        Ok(made.into_iter().collect())
     }
 }
 

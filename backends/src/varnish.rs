@@ -660,6 +660,20 @@ impl VarnishDriver {
             .iter()
             .find(|e| e.status == "active")
             .map(|e| e.name.clone());
+        // Already active, with no earlier VCL of ours left to discard: the first listing
+        // says all there is (one round trip, where it was three; most sites of a burst of
+        // creates find their hosts loaded by another's step).
+        let stale = |e: &&VclEntry| {
+            e.name != vcl.name && e.name.starts_with(&self.prefix) && e.status == "available"
+        };
+        if active.as_deref() == Some(vcl.name.as_str()) && !list.iter().any(|e| stale(&e)) {
+            return Ok(InstanceVclState {
+                instance: instance.address.clone(),
+                active,
+                expected: vcl.name.clone(),
+                converged: true,
+            });
+        }
         if active.as_deref() != Some(vcl.name.as_str()) {
             tracing::info!(instance = %instance.address, vcl = %vcl.name, loaded, "activating host table VCL");
             if !loaded {

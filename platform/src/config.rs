@@ -213,6 +213,10 @@ pub struct BootstrapConfig {
     pub admin_password: Secret,
 }
 
+/// Database connections kept for the API (and the loops beside the sagas), above
+/// `jobs.concurrency`.
+pub const API_CONNECTIONS: u32 = 12;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
@@ -224,8 +228,9 @@ pub struct JobsConfig {
     pub poll_millis: u64,
     /// Attempts of a step with retryable errors before the saga unwinds.
     pub max_attempts: u32,
-    /// Sagas one process runs at once. Below the database pool's 20 connections, so the
-    /// API keeps connections even when every saga runs a statement at the same moment.
+    /// Sagas one process runs at once. The database pool has this many connections
+    /// plus [`API_CONNECTIONS`], so the API keeps connections even when every saga runs
+    /// a statement (or waits for a row lock) at the same moment.
     pub concurrency: usize,
 }
 
@@ -236,7 +241,7 @@ impl Default for JobsConfig {
             lease_secs: 15,
             poll_millis: 250,
             max_attempts: 5,
-            concurrency: 16,
+            concurrency: 24,
         }
     }
 }

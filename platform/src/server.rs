@@ -25,7 +25,19 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     } else {
         config.secret_key.expose().to_owned()
     };
-    let pool = db::connect(&config.database_url, 20).await?;
+    // A connection for every saga the runner may run at once (24 by default: a burst
+    // of 20 creates runs together, where 16 made 4 of them wait for a slot), and the
+    // API's beside them.
+    let sagas = if config.jobs.enabled {
+        u32::try_from(config.jobs.concurrency.max(1)).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    let pool = db::connect(
+        &config.database_url,
+        sagas.saturating_add(crate::config::API_CONNECTIONS).max(20),
+    )
+    .await?;
     db::migrate(&pool).await?;
     app::plans::seed_defaults(&pool)
         .await

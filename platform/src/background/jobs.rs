@@ -121,21 +121,32 @@ impl Runner {
                     Err(_) => break,
                 },
             };
-            match self.claim().await {
-                Ok(Some((job, operation))) => {
-                    let runner = self.clone();
-                    running.spawn(async move {
-                        if let Err(err) = runner.execute(job, &operation).await {
-                            tracing::warn!(job, operation = %operation, error = format!("{err:#}"), "job interrupted");
-                        }
-                        drop(permit);
-                    });
-                    // Another job may be waiting: claim again without sleeping.
-                    continue;
+            // Every free slot, so that one claim takes a burst of jobs (one transaction
+            // for all of them, where it was one each: 20 creates waited for 20 claims).
+            let mut permits = vec![permit];
+            while let Ok(more) = slots.clone().try_acquire_owned() {
+                permits.push(more);
+            }
+            match self.claim(permits.len()).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let full = claimed.len() == permits.len();
+                    for ((job, operation), permit) in claimed.into_iter().zip(permits) {
+                        let runner = self.clone();
+                        running.spawn(async move {
+                            if let Err(err) = runner.execute(job, &operation).await {
+                                tracing::warn!(job, operation = %operation, error = format!("{err:#}"), "job interrupted");
+                            }
+                            drop(permit);
+                        });
+                    }
+                    // Every slot was used: another job may be waiting; claim again
+                    // without sleeping (unused permits went back with `zip`'s rest).
+                    if full {
+                        continue;
+                    }
                 }
-                Ok(None) => drop(permit),
+                Ok(_) => {}
                 Err(err) => {
-                    drop(permit);
                     tracing::warn!(error = format!("{err:#}"), "claiming a job failed");
                 }
             }
@@ -151,29 +162,42 @@ impl Runner {
         tracing::info!(owner = %self.owner, "job runner stopped");
     }
 
-    /// Takes one runnable job: queued, or running with an expired lease.
-    async fn claim(&self) -> anyhow::Result<Option<(i64, String)>> {
+    /// Takes up to `limit` runnable jobs (queued, or running with an expired lease), oldest
+    /// first, in one transaction: the rows are locked (others' claims skip them), leased
+    /// to this runner by one `UPDATE`, and committed together.
+    async fn claim(&self, limit: usize) -> anyhow::Result<Vec<(i64, String)>> {
         let mut tx = self.db.begin().await?;
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "SELECT id, operation_id FROM jobs WHERE state IN ('queued', 'running') \
              AND run_after <= NOW(6) AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) \
-             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
         )
-        .fetch_optional(&mut *tx)
+        .bind(u32::try_from(limit.max(1)).unwrap_or(u32::MAX))
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let job: i64 = row.try_get("id")?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, \
-             lease_expires_at = NOW(6) + INTERVAL ? SECOND, updated_at = NOW(6) WHERE id = ?",
-        )
-        .bind(&self.owner)
-        .bind(self.config.lease_secs)
-        .bind(job)
-        .execute(&mut *tx)
-        .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((row.try_get::<i64, _>("id")?, row.try_get("operation_id")?));
+        }
+        let mut update = sqlx::QueryBuilder::new(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ",
+        );
+        update
+            .push_bind(&self.owner)
+            .push(", lease_expires_at = NOW(6) + INTERVAL ")
+            .push_bind(self.config.lease_secs)
+            .push(" SECOND, updated_at = NOW(6) WHERE id IN (");
+        let mut ids = update.separated(", ");
+        for (job, _) in &claimed {
+            ids.push_bind(*job);
+        }
+        update.push(")");
+        update.build().execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(Some((job, row.try_get("operation_id")?)))
+        Ok(claimed)
     }
 
     /// Extends the lease if it is still ours; false once another runner has taken the job.
@@ -209,6 +233,41 @@ impl Runner {
         .execute(&self.db)
         .await?;
         Ok(started.rows_affected() > 0)
+    }
+
+    /// Marks the step at `done` done and the one at `next` running, and extends the
+    /// lease, in one statement: both or neither (false, nothing written, once another
+    /// runner has taken the job: it runs the step at `done` again, which is idempotent).
+    /// What `set_step(done)` then [`Runner::start_step`] did in two commits.
+    async fn advance_step(
+        &self,
+        job: i64,
+        operation: &str,
+        done: i32,
+        next: i32,
+    ) -> anyhow::Result<bool> {
+        let advanced = sqlx::query(
+            "UPDATE jobs j JOIN operation_steps s ON s.operation_id = ? AND s.position IN (?, ?) \
+             SET j.lease_expires_at = NOW(6) + INTERVAL ? SECOND, \
+             s.state = IF(s.position = ?, 'done', 'running'), s.error = NULL, s.public_error = NULL, \
+             s.attempts = IF(s.position = ?, s.attempts + 1, s.attempts), \
+             s.started_at = IF(s.position = ?, COALESCE(s.started_at, NOW(6)), s.started_at), \
+             s.finished_at = IF(s.position = ?, NOW(6), s.finished_at) \
+             WHERE j.id = ? AND j.lease_owner = ? AND j.lease_expires_at >= NOW(6)",
+        )
+        .bind(operation)
+        .bind(done)
+        .bind(next)
+        .bind(self.config.lease_secs)
+        .bind(done)
+        .bind(next)
+        .bind(next)
+        .bind(done)
+        .bind(job)
+        .bind(&self.owner)
+        .execute(&self.db)
+        .await?;
+        Ok(advanced.rows_affected() > 0)
     }
 
     async fn execute(&self, job: i64, operation: &str) -> anyhow::Result<()> {
@@ -272,11 +331,16 @@ impl Runner {
             op_state = OperationState::Running;
         }
         if op_state == OperationState::Running {
-            for (position, name, state, attempts) in &steps {
-                if *state == StepState::Done {
-                    continue;
-                }
-                if !self.start_step(job, operation, *position).await? {
+            let pending: Vec<_> = steps
+                .iter()
+                .filter(|(_, _, state, _)| *state != StepState::Done)
+                .collect();
+            // The step marked `running` by the previous step's `done` (one statement).
+            let mut started = false;
+            for (i, (position, name, _, attempts)) in pending.iter().enumerate() {
+                if !std::mem::take(&mut started)
+                    && !self.start_step(job, operation, *position).await?
+                {
                     anyhow::bail!("lease lost before step {name}");
                 }
                 tracing::info!(operation, step = %name, attempt = attempts + 1, "running step");
@@ -308,10 +372,19 @@ impl Runner {
                     result = self.failpoint(name, *attempts).await;
                 }
                 match result {
-                    Ok(()) => {
-                        self.set_step(operation, *position, StepState::Done, None)
-                            .await?
-                    }
+                    Ok(()) => match pending.get(i + 1) {
+                        // This step's `done` and the next one's start in one commit.
+                        Some((next, next_name, _, _)) => {
+                            if !self.advance_step(job, operation, *position, *next).await? {
+                                anyhow::bail!("lease lost before step {next_name}");
+                            }
+                            started = true;
+                        }
+                        None => {
+                            self.set_step(operation, *position, StepState::Done, None)
+                                .await?
+                        }
+                    },
                     Err(err @ StepError::Wait(after, _)) => {
                         let message = Message::of(&err);
                         sqlx::query(
