@@ -59,14 +59,17 @@ pub fn connect(socket: &Path) -> Result<Docker> {
 
 /// Runs `fut` to completion on a runtime of its own, in a thread of its own: callable from
 /// sync code and from inside another runtime (the swarm executor runs in both).
-pub fn block_on<T: Send>(fut: impl std::future::Future<Output = Result<T>> + Send) -> Result<T> {
+/// `make` builds the future in that thread (so it need not be `Send` itself).
+pub fn block_on<T: Send, F: std::future::Future<Output = Result<T>>>(
+    make: impl FnOnce() -> F + Send,
+) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting a runtime")?
-                .block_on(fut)
+                .block_on(make())
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the deploy thread panicked")))
@@ -1048,7 +1051,7 @@ pub fn deploy_file(
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let parsed = parse(stack, &text, vars).with_context(|| file.to_owned())?;
     let docker = connect(socket)?;
-    block_on(async move {
+    block_on(move || async move {
         let out = deploy(&docker, &parsed, repo).await?;
         wait_rollout(&docker, stack, Duration::from_millis(500), limit).await?;
         Ok(out)

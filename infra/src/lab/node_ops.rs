@@ -105,12 +105,14 @@ fn node_id_by_label(lab: &Lab, node: &Node) -> Result<String> {
 /// Removes a worker from the lab for good (when `lab up` is asked for fewer workers):
 /// drain, leave the swarm, end its processes, unmount, delete its namespace and link.
 /// Already gone is success.
-pub fn remove_worker(lab: &Lab, node: &Node) -> Result<()> {
+pub fn remove_worker(lab: &Lab, all: &super::Topology, node: &Node) -> Result<()> {
     let m1 = lab.topo.first_manager();
+    // As `cluster apply --swarm` takes a worker out: its sites moved by the platform, then
+    // swarm drain, leave, `node rm` (the production code, on this namespace machine).
+    let platform_id = super::machines::evacuate(lab, all, node)
+        .with_context(|| format!("evacuating {}", node.host()))?;
+    // Leftovers (a node whose dockerd is dead): its entry by label.
     let id = node_id_by_label(lab, node).ok();
-    if let Some(id) = &id {
-        let _ = run(&mut m1.docker(["node", "update", "--availability", "drain", id]));
-    }
     if sh::ok(&mut node.docker(["version"])) {
         let _ = run(&mut node.docker(["swarm", "leave", "--force"]));
     }
@@ -139,6 +141,11 @@ pub fn remove_worker(lab: &Lab, node: &Node) -> Result<()> {
     }
     if let Some(id) = id {
         let _ = run(&mut m1.docker(["node", "rm", "--force", &id]));
+    }
+    // The machine is gone ("droplet destroyed"): the platform forgets it.
+    if let Some(pid) = platform_id {
+        super::machines::forget(lab, &pid)
+            .with_context(|| format!("the platform forgetting {}", node.host()))?;
     }
     progress("node", format!("{} removed from the lab", node.host()));
     Ok(())
