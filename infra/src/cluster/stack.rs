@@ -122,7 +122,26 @@ struct Service {
     #[serde(default)]
     stop_grace_period: Option<String>,
     #[serde(default)]
+    healthcheck: Option<Healthcheck>,
+    #[serde(default)]
     deploy: Deploy,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct Healthcheck {
+    #[serde(default)]
+    test: Option<Words>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: Option<i64>,
+    #[serde(default)]
+    start_period: Option<String>,
+    #[serde(default)]
+    disable: bool,
 }
 
 /// A command: a list, or a string split on white space.
@@ -774,6 +793,7 @@ fn service_spec(
                 user: svc.user.clone(),
                 mounts: nonempty(mounts),
                 secrets: nonempty(secret_refs),
+                health_check: health(svc.healthcheck.as_ref()).context("healthcheck")?,
                 stop_grace_period: svc
                     .stop_grace_period
                     .as_deref()
@@ -800,6 +820,39 @@ fn service_spec(
         l.insert(SPEC_LABEL.into(), hash);
     }
     Ok(spec)
+}
+
+/// compose `healthcheck` as swarm's: a string test is `CMD-SHELL`; `disable` is `NONE`.
+fn health(h: Option<&Healthcheck>) -> Result<Option<bollard::models::HealthConfig>> {
+    let Some(h) = h else { return Ok(None) };
+    let d = |x: &Option<String>, f: &str| {
+        x.as_deref()
+            .map(duration_ns)
+            .transpose()
+            .with_context(|| f.to_owned())
+    };
+    let test = if h.disable {
+        Some(vec!["NONE".to_owned()])
+    } else {
+        match &h.test {
+            None => None,
+            Some(Words::Line(s)) => Some(vec!["CMD-SHELL".to_owned(), s.clone()]),
+            Some(Words::List(l)) => {
+                if !matches!(l.first().map(String::as_str), Some("CMD" | "CMD-SHELL" | "NONE")) {
+                    bail!("test: a list starts with CMD, CMD-SHELL or NONE");
+                }
+                Some(l.clone())
+            }
+        }
+    };
+    Ok(Some(bollard::models::HealthConfig {
+        test,
+        interval: d(&h.interval, "interval")?,
+        timeout: d(&h.timeout, "timeout")?,
+        retries: h.retries,
+        start_period: d(&h.start_period, "start_period")?,
+        ..Default::default()
+    }))
 }
 
 /// SHA-256 of a spec (its JSON with sorted keys, without [`SPEC_LABEL`]).
