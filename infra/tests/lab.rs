@@ -968,16 +968,28 @@ fn a_worker_joins_with_its_labels_and_leaves_through_the_cluster_code() {
     let platform = lab::platform::staff_client(&lab);
     let t0 = Instant::now();
     let out = infra()
-        .args(["lab", "up", "--no-platform", "--workers", &(n + 1).to_string()])
+        .args([
+            "lab",
+            "up",
+            "--no-platform",
+            "--workers",
+            &(n + 1).to_string(),
+        ])
         .output()
         .expect("lab up --workers n+1");
     let grow = t0.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "lab up --workers {}: {text}", n + 1);
     // The production steps ran (their progress lines), not a lab-only path.
-    assert!(text.contains(&format!("{new} (10.213.0.{}) joins as worker", 21 + n)), "{text}");
-    assert!(text.contains(&format!("label {new}: pressdock.node=w{}", n + 1)), "{text}");
+    assert!(
+        text.contains(&format!("{new} (10.213.0.{}) joins as worker", 21 + n)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("label {new}: pressdock.node=w{}", n + 1)),
+        "{text}"
+    );
     let (state, labels) = node_labels(&lab, &new).expect("the new node in the swarm");
     assert_eq!(state, "ready");
     assert_eq!(labels["pressdock.role"], "worker");
@@ -1009,15 +1021,21 @@ fn a_worker_joins_with_its_labels_and_leaves_through_the_cluster_code() {
         .output()
         .expect("lab up --workers n");
     let shrink = t1.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "lab up --workers {n}: {text}");
     assert!(text.contains(&format!("{new} left the swarm")), "{text}");
     if platform.is_some() {
-        assert!(text.contains(&format!("{new}: drained in the platform")), "{text}");
+        assert!(
+            text.contains(&format!("{new}: drained in the platform")),
+            "{text}"
+        );
         assert!(text.contains(&format!("{new}: its sites moved")), "{text}");
     }
-    assert!(node_labels(&lab, &new).is_none(), "{new} still in the swarm");
+    assert!(
+        node_labels(&lab, &new).is_none(),
+        "{new} still in the swarm"
+    );
     assert!(!Path::new(&format!("/run/netns/{new}")).exists());
     if let Some(p) = &platform {
         use infra::cluster::evolve::Platform as _;
@@ -1100,7 +1118,9 @@ services:
     let m1 = lab.topo.first_manager();
     let cleanup = || {
         for s in ["web", "idle"] {
-            let _ = m1.docker(["service", "rm", &format!("{name}_{s}")]).output();
+            let _ = m1
+                .docker(["service", "rm", &format!("{name}_{s}")])
+                .output();
         }
     };
     struct Cleanup<F: Fn()>(F);
@@ -1177,7 +1197,10 @@ services:
         let (ok, failed, v2) = h.join().expect("requester");
         (ok, failed, v2, t_roll)
     });
-    assert!(failed.is_empty(), "failed requests during the roll: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failed requests during the roll: {failed:?}"
+    );
     assert!(v2_seen && ok > 10, "{ok} answers, v2 seen: {v2_seen}");
     // Two tasks were replaced one at a time: the service's update completed.
     let again = deploy("2", false);

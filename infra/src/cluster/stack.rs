@@ -374,11 +374,7 @@ pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<String
                 .unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bail!("compose file: `${{{name}}}` is not a variable name");
         }
         let v = vars
@@ -499,8 +495,8 @@ pub fn parse(stack: &str, text: &str, vars: &BTreeMap<String, String>) -> Result
     if let serde_norway::Value::Mapping(m) = &mut value {
         m.retain(|k, _| !k.as_str().is_some_and(|s| s.starts_with("x-")));
     }
-    let compose: Compose =
-        serde_path_to_error::deserialize(value).map_err(|e| anyhow::anyhow!("compose file: {e}"))?;
+    let compose: Compose = serde_path_to_error::deserialize(value)
+        .map_err(|e| anyhow::anyhow!("compose file: {e}"))?;
     let networks: Vec<StackNetwork> = compose
         .networks
         .iter()
@@ -559,8 +555,12 @@ fn service_spec(
     let mut container_labels: HashMap<String, String> =
         svc.labels.iter().flat_map(KeyValues::pairs).collect();
     container_labels.insert(ns().0, ns().1);
-    let mut service_labels: HashMap<String, String> =
-        svc.deploy.labels.iter().flat_map(KeyValues::pairs).collect();
+    let mut service_labels: HashMap<String, String> = svc
+        .deploy
+        .labels
+        .iter()
+        .flat_map(KeyValues::pairs)
+        .collect();
     service_labels.insert(ns().0, ns().1);
     service_labels.insert(IMAGE_LABEL.into(), svc.image.clone());
 
@@ -601,7 +601,12 @@ fn service_spec(
         Some(ServiceNetworks::List(l)) => l.iter().map(|n| (n.clone(), Vec::new())).collect(),
         Some(ServiceNetworks::Map(m)) => m
             .iter()
-            .map(|(n, o)| (n.clone(), o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default()))
+            .map(|(n, o)| {
+                (
+                    n.clone(),
+                    o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default(),
+                )
+            })
             .collect(),
     };
     for (n, extra) in wanted {
@@ -634,7 +639,10 @@ fn service_spec(
                     .with_context(|| format!("ports[{i}]: `published:target`"))?;
                 (
                     tgt.parse().with_context(|| format!("ports[{i}]: target"))?,
-                    Some(publ.parse().with_context(|| format!("ports[{i}]: published"))?),
+                    Some(
+                        publ.parse()
+                            .with_context(|| format!("ports[{i}]: published"))?,
+                    ),
                     proto.to_owned(),
                     "ingress".to_owned(),
                 )
@@ -838,7 +846,10 @@ fn health(h: Option<&Healthcheck>) -> Result<Option<bollard::models::HealthConfi
             None => None,
             Some(Words::Line(s)) => Some(vec!["CMD-SHELL".to_owned(), s.clone()]),
             Some(Words::List(l)) => {
-                if !matches!(l.first().map(String::as_str), Some("CMD" | "CMD-SHELL" | "NONE")) {
+                if !matches!(
+                    l.first().map(String::as_str),
+                    Some("CMD" | "CMD-SHELL" | "NONE")
+                ) {
                     bail!("test: a list starts with CMD, CMD-SHELL or NONE");
                 }
                 Some(l.clone())
@@ -1058,7 +1069,9 @@ pub async fn wait_rollout(
     let started = std::time::Instant::now();
     loop {
         let services = docker
-            .list_services(Some(ListServicesOptionsBuilder::new().filters(&filters).build()))
+            .list_services(Some(
+                ListServicesOptionsBuilder::new().filters(&filters).build(),
+            ))
             .await
             .context("listing the stack's services")?;
         let mut busy = Vec::new();
@@ -1067,7 +1080,9 @@ pub async fn wait_rollout(
             let Some(u) = s.update_status else { continue };
             match u.state {
                 None
-                | Some(ServiceUpdateStatusStateEnum::EMPTY | ServiceUpdateStatusStateEnum::COMPLETED) => {}
+                | Some(
+                    ServiceUpdateStatusStateEnum::EMPTY | ServiceUpdateStatusStateEnum::COMPLETED,
+                ) => {}
                 Some(ServiceUpdateStatusStateEnum::UPDATING) => busy.push(name),
                 Some(other) => bail!(
                     "the update of service {name} stopped: {other}: {} (docker service ps {name})",
@@ -1153,7 +1168,9 @@ mod tests {
         // compose `command` is the container's args (the image's entrypoint stays).
         assert_eq!(
             c.args,
-            Some(vec!["--configfile=/etc/traefik/static/traefik.yml".to_owned()])
+            Some(vec![
+                "--configfile=/etc/traefik/static/traefik.yml".to_owned()
+            ])
         );
         assert_eq!(c.command, None);
         assert_eq!(c.env, Some(vec!["PD_TRAEFIK_STATIC_SHA=abc".to_owned()]));
@@ -1178,7 +1195,10 @@ mod tests {
         assert_eq!(ep.mode, Some(EndpointSpecModeEnum::DNSRR));
         let ports = ep.ports.unwrap_or_default();
         assert_eq!(ports.len(), 3);
-        assert_eq!(ports[0].publish_mode, Some(EndpointPortConfigPublishModeEnum::HOST));
+        assert_eq!(
+            ports[0].publish_mode,
+            Some(EndpointPortConfigPublishModeEnum::HOST)
+        );
         assert_eq!(
             t.update_config.as_ref().and_then(|u| u.order),
             Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST)
@@ -1195,10 +1215,7 @@ mod tests {
         );
         let v = &s.services["pd_varnish"];
         let vt = v.task_template.clone().unwrap_or_default();
-        assert_eq!(
-            vt.restart_policy.and_then(|r| r.delay),
-            Some(2_000_000_000)
-        );
+        assert_eq!(vt.restart_policy.and_then(|r| r.delay), Some(2_000_000_000));
         let sec = vt
             .container_spec
             .and_then(|c| c.secrets)
@@ -1216,19 +1233,31 @@ mod tests {
         // The same input gives the same hash; a changed variable another.
         let again = parse("pd", &text, &edge_vars()).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(
-            again.services["pd_traefik"].labels.as_ref().map(|l| &l[SPEC_LABEL]),
+            again.services["pd_traefik"]
+                .labels
+                .as_ref()
+                .map(|l| &l[SPEC_LABEL]),
             Some(&labels[SPEC_LABEL])
         );
         let mut vars = edge_vars();
         vars.insert("PD_TRAEFIK_STATIC_SHA".into(), "def".into());
         let changed = parse("pd", &text, &vars).unwrap_or_else(|e| panic!("{e:#}"));
         assert_ne!(
-            changed.services["pd_traefik"].labels.as_ref().map(|l| &l[SPEC_LABEL]),
+            changed.services["pd_traefik"]
+                .labels
+                .as_ref()
+                .map(|l| &l[SPEC_LABEL]),
             Some(&labels[SPEC_LABEL])
         );
         assert_eq!(
-            changed.services["pd_varnish"].labels.as_ref().map(|l| &l[SPEC_LABEL]),
-            s.services["pd_varnish"].labels.as_ref().map(|l| &l[SPEC_LABEL])
+            changed.services["pd_varnish"]
+                .labels
+                .as_ref()
+                .map(|l| &l[SPEC_LABEL]),
+            s.services["pd_varnish"]
+                .labels
+                .as_ref()
+                .map(|l| &l[SPEC_LABEL])
         );
     }
 
@@ -1247,7 +1276,10 @@ mod tests {
         assert_eq!(l["pressdock.route.hosts"], "hello.lab.test");
         assert_eq!(l["pressdock.route.network"], "pd-sites");
         assert_eq!(
-            h.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas),
+            h.mode
+                .as_ref()
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas),
             Some(1)
         );
     }
@@ -1261,13 +1293,25 @@ mod tests {
                 .map_or_else(String::new, |e| format!("{e:#}"))
         };
         let typo = e("services:\n  a:\n    image: x\n    deploy:\n      placment: {}\n");
-        assert!(typo.contains("services.a.deploy") && typo.contains("placment"), "{typo}");
+        assert!(
+            typo.contains("services.a.deploy") && typo.contains("placment"),
+            "{typo}"
+        );
         assert!(e("services:\n  a:\n    image: ${NOPE}\n").contains("variable NOPE is not set"));
-        assert!(e("services:\n  a:\n    image: x\n    networks: [b]\n").contains("b is not in the file's networks"));
-        assert!(e("services:\n  a:\n    image: x\n    deploy: {mode: everywhere}\n").contains("deploy.mode"));
+        assert!(
+            e("services:\n  a:\n    image: x\n    networks: [b]\n")
+                .contains("b is not in the file's networks")
+        );
+        assert!(
+            e("services:\n  a:\n    image: x\n    deploy: {mode: everywhere}\n")
+                .contains("deploy.mode")
+        );
         assert!(parse("Bad Name", "services: {}", &vars).is_err());
         // `$$` is a dollar sign.
-        assert_eq!(interpolate("a$$b ${PD_EDGE_NET}", &vars).ok().as_deref(), Some("a$b pd-edge"));
+        assert_eq!(
+            interpolate("a$$b ${PD_EDGE_NET}", &vars).ok().as_deref(),
+            Some("a$b pd-edge")
+        );
     }
 
     #[test]

@@ -373,11 +373,14 @@ pub fn plan_swarm_with(
     plan_swarm_labelled(&|m, r| labels(c, m, r), machines, o, ready, stacks)
 }
 
+/// The labels of a machine (`bool`: it can run sites).
+pub type Labeller<'a> = &'a dyn Fn(&Machine, bool) -> Vec<(String, String)>;
+
 /// [`plan_swarm_with`] with the labels of a machine (`ready`: it can run sites) given by
 /// the caller: the spec's ([`labels`]) in production, the lab's shape in the lab (its
 /// managers also carry the cache tier).
 pub fn plan_swarm_labelled(
-    labels: &dyn Fn(&Machine, bool) -> Vec<(String, String)>,
+    labels: Labeller<'_>,
     machines: &[Machine],
     o: &ObservedSwarm,
     ready: &dyn Fn(&Machine) -> bool,

@@ -110,7 +110,14 @@ impl Docker for SshDocker {
         let dir = tempfile::tempdir().context("a folder for the forwarded socket")?;
         let sock = dir.path().join("docker.sock");
         let mut child = std::process::Command::new("ssh")
-            .args(["-nNT", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-L"])
+            .args([
+                "-nNT",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "BatchMode=yes",
+                "-L",
+            ])
             .arg(format!("{}:/var/run/docker.sock", sock.display()))
             .arg(format!("{}@{}", self.user, m.public_ip))
             .stdin(std::process::Stdio::null())
@@ -120,7 +127,10 @@ impl Docker for SshDocker {
             let mut n = 0;
             while !sock.exists() {
                 if let Some(st) = child.try_wait()? {
-                    bail!("ssh to {} exited ({st}) before forwarding its docker socket", m.name);
+                    bail!(
+                        "ssh to {} exited ({st}) before forwarding its docker socket",
+                        m.name
+                    );
                 }
                 n += 1;
                 if n > 300 {

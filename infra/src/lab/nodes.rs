@@ -364,7 +364,8 @@ pub fn write_traefik_static(lab: &Lab) -> Result<(std::path::PathBuf, String)> {
 /// deployed like the edge.
 pub fn deploy_hello(lab: &Lab) -> Result<()> {
     let m1 = lab.topo.first_manager();
-    let vars = std::collections::BTreeMap::from([("PD_SITES_NET".to_owned(), SITES_NET.to_owned())]);
+    let vars =
+        std::collections::BTreeMap::from([("PD_SITES_NET".to_owned(), SITES_NET.to_owned())]);
     crate::cluster::stack::deploy_file(
         &m1.sock(),
         "lab",
