@@ -195,3 +195,57 @@ pub fn forget(lab: &Lab, id: &str) -> Result<()> {
     };
     crate::cluster::stack::block_on(move || async move { c.forget(id).await })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::swarm::{ObservedSwarm, Step, plan_swarm_labelled};
+
+    #[test]
+    fn a_fresh_lab_gets_the_production_steps_with_its_own_labels() {
+        let topo = Topology {
+            managers: 1,
+            workers: 2,
+            galera_nodes: 1,
+        };
+        let ms = machines(&topo);
+        assert_eq!(
+            ms.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["pdlab-m1", "pdlab-w1", "pdlab-w2"]
+        );
+        let steps = plan_swarm_labelled(&labels, &ms, &ObservedSwarm::default(), &|_| false, &[]);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "swarm init on pdlab-m1 (10.213.0.11)",
+                "pdlab-w1 (10.213.0.21) joins as worker",
+                "pdlab-w2 (10.213.0.22) joins as worker",
+                "label pdlab-m1: pressdock.node=m1 pressdock.role=manager pressdock.cache=true",
+                "label pdlab-w1: pressdock.node=w1 pressdock.role=worker pressdock.slots=25",
+                "label pdlab-w2: pressdock.node=w2 pressdock.role=worker pressdock.slots=25",
+                "overlay network pd-edge 10.214.0.0/22",
+                "overlay network pd-sites 10.216.0.0/20",
+            ]
+        );
+        // The docker commands go to the lab node's socket.
+        let (on, args) = steps[1].command("pdlab-m1");
+        assert_eq!(on, "pdlab-w1");
+        assert_eq!(
+            args.join(" "),
+            "swarm join --token {TOKEN} --advertise-addr 10.213.0.21 10.213.0.11:2377"
+        );
+        let m = ms.iter().find(|m| m.name == on).map(node_of);
+        assert_eq!(
+            m.map(|n| n.docker_host()),
+            Some(format!("unix://{}/run/pdlab-w1.sock", super::super::STATE))
+        );
+        // Ready workers get their pool; nothing else changes.
+        let ready = labels(&ms[1], true);
+        assert_eq!(
+            ready.last(),
+            Some(&("pressdock.pool".to_owned(), "wp".to_owned()))
+        );
+        assert!(matches!(steps[0], Step::Init { .. }));
+    }
+}
