@@ -7,6 +7,9 @@
 #     lab tests, which bring it up themselves and tear it down at the end
 set -eu
 cd "$(dirname "$0")/.."
+START=$(date +%s)
+# Each phase with the seconds since the start, so a slow phase shows in the log.
+phase() { echo "==> [$(( $(date +%s) - START ))s] $*"; }
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the lab tests create namespaces and mounts)" >&2; exit 1; }
 command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is missing: install Rust >= 1.95 (rustup)" >&2; exit 1; }
 scripts/install-deps.sh
@@ -14,7 +17,7 @@ scripts/install-deps.sh
 # The control-plane tests need one MariaDB; each test creates and drops its own database.
 if ! mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 ping >/dev/null 2>&1 \
    && ! mariadb-admin ping >/dev/null 2>&1; then
-  echo "==> starting MariaDB on 127.0.0.1:3306"
+  phase "starting MariaDB on 127.0.0.1:3306"
   mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
@@ -29,22 +32,22 @@ export PRESSDOCK_TEST_MYSQL_URL="mysql://pressdock_test:$TEST_PW@127.0.0.1:3306"
 # One build from a fresh clone: incremental state would only cost disk (~3 GB) and time.
 export CARGO_INCREMENTAL=0
 
-echo "==> cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all --check
-echo "==> cargo clippy"
+phase "cargo clippy"
 cargo clippy --all-targets --workspace --quiet -- -D warnings
-echo "==> tests (control plane, drivers, planner, agent)"
+phase "tests (control plane, drivers, planner, agent)"
 cargo test --workspace --exclude infra --exclude e2e --quiet
-echo "==> the API fuzzer (schemathesis, every check) against a live server"
+phase "the API fuzzer (schemathesis, every check) against a live server"
 scripts/fuzz-api.sh
 if [ "${PRESSDOCK_SKIP_LAB:-0}" = 1 ]; then
-  echo "==> PRESSDOCK_SKIP_LAB=1: skipping the lab and the tests that need it"; exit 0
+  phase "PRESSDOCK_SKIP_LAB=1: skipping the lab and the tests that need it"; exit 0
 fi
-echo "==> the lab (1 manager, 2 workers) with the platform"
+phase "the lab (1 manager, 2 workers) with the platform"
 cargo build --workspace --bins --quiet
 target/debug/pressdock-infra lab up
-echo "==> sites on the lab (provisioning in every backend, reconcilers, crash safety)"
+phase "sites on the lab (provisioning in every backend, reconcilers, crash safety)"
 PRESSDOCK_LAB_TESTS=1 cargo test -p e2e --quiet -- --test-threads=1
-echo "==> lab tests (they end with lab down)"
+phase "lab tests (they end with lab down)"
 PRESSDOCK_LAB_TESTS=1 cargo test -p infra --quiet -- --test-threads=1
-echo "==> all tests passed"
+phase "all tests passed"

@@ -11,12 +11,12 @@ macro_rules! sql {
 }
 
 pub mod actor;
-pub mod agent;
 pub mod api;
 pub mod app;
 pub mod audit;
 pub mod audit_log;
 pub mod auth;
+pub mod background;
 pub mod backup;
 pub mod certs;
 pub mod cli;
@@ -25,11 +25,8 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod error;
-pub mod jobs;
 pub mod metrics;
-pub mod moves;
 pub mod provision;
-pub mod reconcile;
 pub mod sagas;
 pub mod server;
 pub mod state;

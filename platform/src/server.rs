@@ -6,7 +6,7 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    api, app, auth::TokenSigner, config::Config, db, jobs::Runner, metrics::Metrics,
+    api, app, auth::TokenSigner, background::jobs::Runner, config::Config, db, metrics::Metrics,
     provision::Provisioner, state::AppState,
 };
 
@@ -68,7 +68,7 @@ pub async fn serve(
         runners.push(tokio::spawn(runner.run(shutdown.clone())));
     }
     if state.config.reconcile.enabled && state.provisioner.any() {
-        runners.push(tokio::spawn(crate::reconcile::run_periodically(
+        runners.push(tokio::spawn(crate::background::reconcile::run_periodically(
             state.db.clone(),
             state.provisioner.clone(),
             std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
@@ -91,7 +91,7 @@ pub async fn serve(
         )));
     }
     if state.config.placement.enabled && state.provisioner.swarm.is_some() {
-        runners.push(tokio::spawn(crate::moves::run_periodically(
+        runners.push(tokio::spawn(crate::app::placement::run_periodically(
             state.db.clone(),
             state.provisioner.clone(),
             state.config.placement.clone(),
@@ -123,7 +123,7 @@ pub async fn serve(
         )));
     }
     if state.provisioner.agents_report() {
-        runners.push(tokio::spawn(crate::agent::run_sweeper(
+        runners.push(tokio::spawn(crate::app::agent::run_sweeper(
             state.db.clone(),
             std::time::Duration::from_secs(state.config.agent.report_timeout_secs),
             shutdown.clone(),

@@ -300,6 +300,10 @@ fn probes(c: &Ctx) -> Vec<Probe> {
         ("net.gluster.mount_volume".into(), Closed, How::GlusterMount),
         ("net.router.stats".into(), Closed, http(HOST_IP, ports::HAPROXY_STATS, HOST_IP, "/", json!("any"))),
         ("net.platform.api".into(), Closed, http(HOST_IP, ports::PLATFORM, HOST_IP, "/readyz", json!("any"))),
+        ("net.platform.edge_config".into(), Closed, http(HOST_IP, ports::PLATFORM_EDGE, HOST_IP, "/edge/traefik.json", json!("any"))),
+        ("net.acme.directory".into(), Closed, http(HOST_IP, ports::PEBBLE, HOST_IP, "/dir", json!("any"))),
+        ("net.acme.management".into(), Closed, http(HOST_IP, ports::PEBBLE_MANAGEMENT, HOST_IP, "/", json!("any"))),
+        ("net.acme.dns_management".into(), Closed, http(HOST_IP, ports::CHALLTEST_MANAGEMENT, HOST_IP, "/", json!("any"))),
         ("net.platform.api_on_agent_listener".into(), Closed, http(agent_host, *agent_port, agent_host, "/v1/tenants", json!([200, 401]))),
         ("net.cloud_metadata".into(), Closed, http("169.254.169.254", 80, "169.254.169.254", "/metadata/v1/", json!("any"))),
         ("net.gateway.swarm_gossip".into(), Closed, tcp("@gateway", 7946, "raw")),
@@ -333,6 +337,10 @@ fn probes(c: &Ctx) -> Vec<Probe> {
     for n in &c.nodes {
         if n.manager {
             v.push((format!("net.{}.swarm_manager_2377", n.name), Closed, tcp(&n.ip, 2377, "raw")));
+            // Traefik's metrics: every site's request counts (the edge collector's input).
+            for port in [ports::EDGE_METRICS, ports::EDGE_METRICS_B] {
+                v.push((format!("net.{}.edge_metrics_{port}", n.name), Closed, http(&n.ip, port, &n.ip, "/metrics", json!("any"))));
+            }
         }
         v.push((format!("net.{}.swarm_gossip_7946", n.name), Closed, tcp(&n.ip, 7946, "raw")));
         v.push((format!("net.{}.docker_2375", n.name), Closed, tcp(&n.ip, 2375, "raw")));

@@ -2,12 +2,14 @@
 //! these functions and convert their results; nothing here knows about HTTP beyond the
 //! [`ApiError`](crate::error::ApiError) it returns.
 
+pub mod agent;
 pub mod backups;
 pub mod billing;
 pub mod edge_usage;
 pub mod idempotency;
 pub mod nodes;
 pub mod operations;
+pub mod placement;
 pub mod plans;
 pub mod restores;
 pub mod sessions;

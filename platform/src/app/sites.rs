@@ -53,7 +53,7 @@ pub struct Site {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     /// The last report of the site's agent (`GET /v1/sites/{site}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<crate::agent::AgentStatus>,
+    pub agent: Option<crate::app::agent::AgentStatus>,
     /// Each domain's certificate, primary first (`GET /v1/sites/{site}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<crate::certs::DomainCertificate>>,
@@ -348,7 +348,7 @@ async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -
 pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
     let mut site = authorized(state, actor, id, TenantRole::Viewer).await?;
     let mut conn = state.db.acquire().await?;
-    site.agent = crate::agent::status(&mut conn, id.as_str()).await?;
+    site.agent = crate::app::agent::status(&mut conn, id.as_str()).await?;
     drop(conn);
     let domains: Vec<String> = std::iter::once(site.domain.clone())
         .chain(site.aliases.iter().cloned())

@@ -3,7 +3,7 @@
 //!
 //! A saga file is all there is to a kind of operation: its steps in order, what each does,
 //! how each is taken back, and what the target's state becomes at the end. The runner
-//! (`crate::jobs`) knows leases, retries, failpoints and unwinding, and nothing about
+//! (`crate::background::jobs`) knows leases, retries, failpoints and unwinding, and nothing about
 //! sites: it finds a kind's saga with [`saga`] (an exhaustive `match` on
 //! [`OperationKind`]) and a stored step's code by its name in that saga's list.
 //!

@@ -132,7 +132,7 @@ fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
         .await?;
         let slots = u32::try_from(slots).unwrap_or(1).max(1);
         let chosen =
-            crate::moves::place_new_site(&mut tx, &c.backends.placement, &c.target, &tenant, slots)
+            crate::app::placement::place_new_site(&mut tx, &c.backends.placement, &c.target, &tenant, slots)
                 .await
                 .map_err(|e| StepError::retryable("placing the site failed", e))?;
         let node = chosen.map_err(|reason| {

@@ -1,4 +1,4 @@
-//! `site.move`: carries out one move of the placement planner (`crate::moves`): the
+//! `site.move`: carries out one move of the placement planner (`crate::app::placement`): the
 //! site's service is pinned to its new worker and swarm starts the new task first
 //! (`start-first`), so the site keeps serving. The steps:
 //! - `await_turn`: at most `max_moves_per_node` moves touch a worker (as source or

@@ -120,7 +120,7 @@ async fn reports_move_the_site_between_active_and_degraded_and_show_in_the_site(
     let (status, _) = agent_post(&app, "/v1/agent/report", token, report(&site, false, 2)).await;
     assert_eq!(status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let changed = platform::agent::sweep(&app.db, Duration::ZERO)
+    let changed = platform::app::agent::sweep(&app.db, Duration::ZERO)
         .await
         .unwrap();
     assert!(changed >= 1);

@@ -265,9 +265,9 @@ async fn the_loop_waits_for_a_lasting_imbalance_and_never_delays_an_evacuation()
     }
     let t0 = std::time::Instant::now();
     let at = |s: u64| t0 + std::time::Duration::from_secs(s);
-    let mut gate = platform::moves::balance_gate(&config);
+    let mut gate = platform::app::placement::balance_gate(&config);
     let pass = async |gate: &mut placement::BalanceGate, secs: u64| {
-        platform::moves::pass(&app.db, &provisioner, &config, gate, at(secs))
+        platform::app::placement::pass(&app.db, &provisioner, &config, gate, at(secs))
             .await
             .unwrap()
             .expect("the placement lock")
@@ -351,7 +351,7 @@ async fn the_loop_waits_for_a_lasting_imbalance_and_never_delays_an_evacuation()
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let mut fresh = platform::moves::balance_gate(&config);
+    let mut fresh = platform::app::placement::balance_gate(&config);
     let report = pass(&mut fresh, 100).await;
     assert_eq!(report.moves_started, 4, "every site of w3, at once");
     let (_, map) = app.get("/v1/placement", &admin).await;

@@ -613,7 +613,7 @@ async fn pass_locked(
     now: Instant,
 ) -> anyhow::Result<PassReport> {
     if provisioner.swarm.is_some() {
-        crate::reconcile::sync_nodes(db, provisioner)
+        crate::background::reconcile::sync_nodes(db, provisioner)
             .await
             .context("syncing nodes from the swarm")?;
     }

@@ -27,9 +27,9 @@ use utoipa::{
 
 use crate::{
     actor::{Actor, Credentials, parse_id, source_ip},
-    agent::{self, CachePurge, PurgeResult},
     app::{
         Page,
+        agent::{self, CachePurge, PurgeResult},
         backups::{self, Backup, BackupAccepted, BackupFilter},
         billing::{
             self, CloseRequest, ClosedPeriod, ConflictQuery, ExportQuery, Format, Ingested, Margin,
@@ -39,6 +39,7 @@ use crate::{
         idempotency::IdemKey,
         nodes::{self, NewNode, Node, NodeChange},
         operations::{self, Operation, OperationFilter},
+        placement::{self, PlacementMap, RebalanceAnswer, RebalanceRequest},
         plans::{self, NewPlan, Plan},
         restores::{self, CloneAccepted, NewClone, NewRestore, Restore, RestoreAccepted},
         sessions::{self, Login, RefreshRequest, TokenPair},
@@ -51,7 +52,6 @@ use crate::{
     domain::StaffRole,
     error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Problem},
     metrics,
-    moves::{self, PlacementMap, RebalanceAnswer, RebalanceRequest},
     state::AppState,
 };
 
@@ -699,7 +699,7 @@ async fn placement_map(
     actor: Actor,
 ) -> ApiResult<Json<PlacementMap>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    Ok(Json(moves::map(&state.db, &state.config.placement).await?))
+    Ok(Json(placement::map(&state.db, &state.config.placement).await?))
 }
 
 /// Plans a rebalance; with `"dry_run": false` starts a `site.move` operation per move
@@ -716,13 +716,13 @@ async fn rebalance(
     if input.max_moves.is_some_and(|n| !(1..=1000).contains(&n)) {
         return Err(ApiError::field("max_moves", "must be between 1 and 1000"));
     }
-    if !input.dry_run && moves::moves_in_flight(&state.db).await? > 0 {
+    if !input.dry_run && placement::moves_in_flight(&state.db).await? > 0 {
         return Err(ApiError::conflict(
             None,
             "moves are under way; see GET /v1/placement and try again when they finish",
         ));
     }
-    let answer = moves::rebalance(
+    let answer = placement::rebalance(
         &state.db,
         &state.provisioner,
         &state.config.placement,
@@ -1104,20 +1104,20 @@ async fn tenant_audit(
 }
 
 #[utoipa::path(get, path = "/v1/admin/reconcilers", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, body = [crate::reconcile::ReconcilerStatus])))]
+    responses((status = 200, body = [crate::background::reconcile::ReconcilerStatus])))]
 async fn reconcilers(
     State(state): State<AppState>,
     actor: Actor,
-) -> ApiResult<Json<Vec<crate::reconcile::ReconcilerStatus>>> {
+) -> ApiResult<Json<Vec<crate::background::reconcile::ReconcilerStatus>>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    Ok(Json(crate::reconcile::status(&state.db).await?))
+    Ok(Json(crate::background::reconcile::status(&state.db).await?))
 }
 
 #[utoipa::path(post, path = "/v1/admin/reconcilers/run", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The result of each reconciler"), (status = 409, body = Problem)))]
 async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Value>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    match crate::reconcile::run_all(
+    match crate::background::reconcile::run_all(
         &state.db,
         &state.provisioner,
         state.config.reconcile.orphan_grace_secs,
