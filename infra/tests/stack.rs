@@ -4,7 +4,8 @@
 //! (Docker 20.10 answers API 1.41) with the overlay networks `pd-edge` and `pd-sites` and
 //! the image `local/traefik:dev` (the lab's nodes have all three; so does a scratch
 //! `dockerd` + `swarm init` + `docker import` of the lab's cached image). The lab tests
-//! run the same code on the lab itself (`infra/tests/lab.rs`).
+//! run the same code on the lab itself (`infra/tests/lab.rs`). The stack is first deployed by
+//! the `docker` CLI (`/usr/bin/docker stack deploy`), as the lab's stacks were before.
 use infra::cluster::stack::{self, Outcome};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -78,11 +79,34 @@ fn a_stack_is_created_left_alone_rolled_and_pruned_on_a_real_swarm() {
     let a = format!("{name}_a");
     let b = format!("{name}_b");
     write(true);
+    // First as the CLI deploys it (the lab's stacks before this deployer): taken over by an
+    // update that completes.
+    let cli = std::process::Command::new("/usr/bin/docker")
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args([
+            "stack",
+            "deploy",
+            "--resolve-image",
+            "never",
+            "-c",
+            "s.yml",
+            &name,
+        ])
+        .current_dir(dir.path())
+        .env("V", "0")
+        .output()
+        .expect("docker stack deploy");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let t = std::time::Instant::now();
     let out = deploy("1");
     let created = t.elapsed();
-    assert_eq!(out[&a], Outcome::Created);
-    assert_eq!(out[&b], Outcome::Created);
+    assert_eq!(out[&a], Outcome::Updated);
+    assert_eq!(out[&b], Outcome::Updated);
     assert_eq!(deploy("1")[&a], Outcome::Unchanged);
     let t = std::time::Instant::now();
     write(false);
@@ -167,7 +191,7 @@ fn a_stack_is_created_left_alone_rolled_and_pruned_on_a_real_swarm() {
     assert_eq!(edge.len(), 3);
     assert!(edge.values().all(|o| *o == Outcome::Created));
     eprintln!(
-        "stack of 2 services created in {:.1}s; rolling update of 2 start-first tasks + prune completed in {:.1}s",
+        "stack of 2 services made by the CLI taken over (rolled) in {:.1}s; rolling update of 2 start-first tasks + prune completed in {:.1}s",
         created.as_secs_f64(),
         rolled.as_secs_f64()
     );
