@@ -68,15 +68,13 @@ pub async fn serve(
         runners.push(tokio::spawn(runner.run(shutdown.clone())));
     }
     if state.config.reconcile.enabled && state.provisioner.any() {
-        runners.push(tokio::spawn(
-            crate::background::reconcile::run_periodically(
-                state.db.clone(),
-                state.provisioner.clone(),
-                std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
-                state.config.reconcile.orphan_grace_secs,
-                shutdown.clone(),
-            ),
-        ));
+        runners.push(tokio::spawn(crate::background::reconcile::run_periodically(
+            state.db.clone(),
+            state.provisioner.clone(),
+            std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
+            state.config.reconcile.orphan_grace_secs,
+            shutdown.clone(),
+        )));
     }
     if state
         .provisioner

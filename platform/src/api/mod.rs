@@ -699,9 +699,7 @@ async fn placement_map(
     actor: Actor,
 ) -> ApiResult<Json<PlacementMap>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    Ok(Json(
-        placement::map(&state.db, &state.config.placement).await?,
-    ))
+    Ok(Json(placement::map(&state.db, &state.config.placement).await?))
 }
 
 /// Plans a rebalance; with `"dry_run": false` starts a `site.move` operation per move

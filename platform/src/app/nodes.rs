@@ -182,8 +182,7 @@ async fn link_from_swarm(state: &AppState) {
     if state.provisioner.swarm.is_none() {
         return;
     }
-    if let Err(err) = crate::background::reconcile::sync_nodes(&state.db, &state.provisioner).await
-    {
+    if let Err(err) = crate::background::reconcile::sync_nodes(&state.db, &state.provisioner).await {
         tracing::warn!(error = format!("{err:#}"), "syncing nodes from the swarm");
     }
 }

@@ -131,15 +131,10 @@ fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
         .fetch_one(&mut *tx)
         .await?;
         let slots = u32::try_from(slots).unwrap_or(1).max(1);
-        let chosen = crate::app::placement::place_new_site(
-            &mut tx,
-            &c.backends.placement,
-            &c.target,
-            &tenant,
-            slots,
-        )
-        .await
-        .map_err(|e| StepError::retryable("placing the site failed", e))?;
+        let chosen =
+            crate::app::placement::place_new_site(&mut tx, &c.backends.placement, &c.target, &tenant, slots)
+                .await
+                .map_err(|e| StepError::retryable("placing the site failed", e))?;
         let node = chosen.map_err(|reason| {
             StepError::permanent(
                 format!("no worker can take the site ({reason}); add or activate a worker"),
