@@ -13,7 +13,7 @@ use sqlx::{MySql, MySqlPool, QueryBuilder, Row, mysql::MySqlRow};
 
 use crate::{
     auth::{Scope, token_hash},
-    domain::{Id, StaffRole, TenantRole},
+    domain::{Id, StaffRole, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -285,7 +285,7 @@ impl Actor {
     pub async fn tenant_role(
         &self,
         state: &AppState,
-        tenant: &Id,
+        tenant: &TenantId,
     ) -> ApiResult<Option<TenantRole>> {
         let standing = match &self.tenant_hint {
             Some((id, standing)) if id == tenant.as_str() => *standing,
@@ -319,7 +319,7 @@ impl Actor {
     pub async fn require_tenant(
         &self,
         state: &AppState,
-        tenant: &Id,
+        tenant: &TenantId,
         min: TenantRole,
     ) -> ApiResult<TenantRole> {
         match self.tenant_role(state, tenant).await? {

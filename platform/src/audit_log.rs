@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     actor::Actor,
     app::{Page, encode_cursor, page_bounds},
-    domain::{Fields, Id, TenantRole},
+    domain::{Fields, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -47,7 +47,7 @@ pub struct AuditFilter {
 pub async fn list(
     state: &AppState,
     actor: &Actor,
-    tenant: Option<&Id>,
+    tenant: Option<&TenantId>,
     filter: AuditFilter,
 ) -> ApiResult<Page<AuditEvent>> {
     match tenant {

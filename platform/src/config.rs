@@ -1,6 +1,14 @@
 //! Typed configuration in layers: built-in defaults, then a TOML file (`--config` or
 //! `PRESSDOCK_CONFIG`), then `PRESSDOCK_*` environment variables.
 //!
+//! The keys are listed once: the structs below are the file's keys (serde, unknown keys
+//! refused), and `ENV_KEYS` says which of them the environment sets and under what
+//! name. Kept rather than `figment`: the layering is the few lines of
+//! [`Config::load_from`], and figment's environment provider derives a key from a
+//! variable's name by splitting on `_` (ambiguous for `database_url`,
+//! `report_timeout_secs`, …) or on `__` (which would rename every variable operators set
+//! today), so it would still need this list.
+//!
 //! Secrets live in [`Secret`], whose `Debug`, `Display` and `Serialize` print a redaction,
 //! so printing the whole configuration (`pressdock config`) is always safe.
 
@@ -13,36 +21,36 @@ use serde::{Deserialize, Serialize, Serializer};
 /// `Secret`, over the `secrecy` crate; the drivers take the same type).
 pub use pressdock_types::Secret;
 
-/// A database URL whose password is redacted when printed.
+/// A database URL: the whole URL is kept as a [`Secret`] (it carries the password), and
+/// printed (`Debug`, `Serialize`: logs, `pressdock config`) with the password replaced.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct DatabaseUrl(String);
+pub struct DatabaseUrl(Secret);
 
 impl DatabaseUrl {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(Secret::new(value))
     }
 
+    /// The URL itself; only where the pool connects.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose()
     }
 
-    /// The URL with any password replaced, for logs and `pressdock config`.
+    /// The URL with any password replaced, for logs and `pressdock config`; a value that
+    /// does not parse as a URL is not shown at all.
     pub fn redacted(&self) -> String {
-        match url_password_span(&self.0) {
-            Some((start, end)) => format!("{}[redacted]{}", &self.0[..start], &self.0[end..]),
-            None => self.0.clone(),
+        use url::{Position, Url};
+        match Url::parse(self.expose()) {
+            Ok(url) if url.password().is_some() => format!(
+                "{}:[redacted]@{}",
+                &url[..Position::AfterUsername],
+                &url[Position::BeforeHost..]
+            ),
+            Ok(url) => url.to_string(),
+            Err(_) => "[redacted: not a URL]".to_owned(),
         }
     }
-}
-
-/// Byte span of the password in `scheme://user:password@host/...`, if any.
-fn url_password_span(url: &str) -> Option<(usize, usize)> {
-    let after_scheme = url.find("://")? + 3;
-    let rest = &url[after_scheme..];
-    let at = rest.rfind('@')?;
-    let colon = rest[..at].find(':')?;
-    Some((after_scheme + colon + 1, after_scheme + at))
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -590,6 +598,25 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("s3cret-pass"), "{printed}");
         assert!(printed.contains("mysql://u:[redacted]@db:3306/p"));
+    }
+
+    #[test]
+    fn a_database_url_prints_without_its_password() {
+        let url =
+            DatabaseUrl::new("mysql://pd:p%40ss:w@rd@db.internal:3306/pressdock?ssl-mode=required");
+        assert_eq!(
+            url.redacted(),
+            "mysql://pd:[redacted]@db.internal:3306/pressdock?ssl-mode=required"
+        );
+        assert!(!format!("{url:?}").contains("rd@"), "{url:?}");
+        assert_eq!(
+            DatabaseUrl::new("mysql://root@127.0.0.1:3306/pressdock").redacted(),
+            "mysql://root@127.0.0.1:3306/pressdock"
+        );
+        assert_eq!(
+            DatabaseUrl::new("pd:hunter2 not a url").redacted(),
+            "[redacted: not a URL]"
+        );
     }
 
     #[test]

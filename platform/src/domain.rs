@@ -44,6 +44,105 @@ impl fmt::Display for Id {
     }
 }
 
+/// Ids of one kind of record: an [`Id`] that says what it names, so a site's id is not
+/// passed where a tenant's is expected, and a value checked once (at the URL, in the
+/// row read from the database) is not parsed again in every layer.
+///
+/// The JSON form and the stored form are the id's text; one that does not parse is
+/// refused (in a URL: the same 404 as an unknown record, naming the record).
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(Id);
+
+        impl $name {
+            /// What the 404 of an unknown or malformed one names.
+            pub const WHAT: &'static str = $what;
+
+            pub fn generate() -> Self {
+                Self(Id::generate())
+            }
+
+            pub fn parse(value: &str) -> Option<Self> {
+                Id::parse(value).map(Self)
+            }
+
+            /// From a URL's path: a malformed id is the 404 of an unknown one.
+            pub fn from_path(value: &str) -> Result<Self, crate::error::ApiError> {
+                Self::parse(value).ok_or(crate::error::ApiError::NotFound($what))
+            }
+
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+
+            /// The id without its kind, for code that takes any record's id.
+            pub fn as_id(&self) -> &Id {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(deserializer)?;
+                Self::parse(&value)
+                    .ok_or_else(|| serde::de::Error::custom(concat!("not a ", $what, " id")))
+            }
+        }
+
+        impl sqlx::Type<sqlx::MySql> for $name {
+            fn type_info() -> sqlx::mysql::MySqlTypeInfo {
+                <String as sqlx::Type<sqlx::MySql>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::mysql::MySqlTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::MySql>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::MySql> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut Vec<u8>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::MySql>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::MySql> for $name {
+            fn decode(value: sqlx::mysql::MySqlValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, sqlx::MySql>>::decode(value)?;
+                Self::parse(text).ok_or_else(|| format!(concat!("stored ", $what, " id {:?} does not parse"), text).into())
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A site's id (`sites.id`).
+    SiteId,
+    "site"
+);
+typed_id!(
+    /// A tenant's id (`tenants.id`).
+    TenantId,
+    "tenant"
+);
+
 /// A fully qualified host name as the edge routes it (the workspace's one definition,
 /// shared with the drivers: `DomainName::parse` normalises what a person typed).
 pub use pressdock_types::DomainName;

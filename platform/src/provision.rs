@@ -25,8 +25,12 @@ use sqlx::MySqlPool;
 
 use crate::{crypto::SecretBox, sagas::StepError};
 
-/// Every configured driver, built once at start.
-pub struct Provisioner {
+/// The backends: every configured driver (each called through its trait of the
+/// `backends` crate: `SiteDatabase`, `DbRouter`, `SiteCache`, `SiteStorage`,
+/// `SiteRuntime`, `EdgeCache`), built once at start, with what the per-site operations
+/// need beside them (the key that opens the sites' secrets, the turns some backends
+/// need). The sagas reach the cluster only through it.
+pub struct Backends {
     pub galera: Option<GaleraDriver>,
     pub router: Option<Router>,
     pub redis: Option<RedisSentinelDriver>,
@@ -54,6 +58,31 @@ pub struct Provisioner {
     job_queued: tokio::sync::Notify,
 }
 
+/// The value's name before it was `Backends`, for code written against that name.
+pub type Provisioner = Backends;
+
+/// A secret of the site, opened with `secrets` (the backends' key, which is also the
+/// application's: an agent's token is checked with it, without the drivers).
+pub async fn open_secret(
+    db: &MySqlPool,
+    secrets: &SecretBox,
+    id: &SiteResourceId,
+    kind: SecretKind,
+) -> Result<Secret, StepError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT nonce, ciphertext FROM site_secrets WHERE site_id = ? AND kind = ?")
+            .bind(id.as_str())
+            .bind(kind.as_str())
+            .fetch_optional(db)
+            .await?;
+    let (nonce, sealed) =
+        row.ok_or_else(|| permanent(anyhow!("site {id} has no {} secret", kind.as_str())))?;
+    let context = format!("{}/{}", id.as_str(), kind.as_str());
+    Ok(Secret::new(
+        secrets.open(&context, &nonce, &sealed).map_err(permanent)?,
+    ))
+}
+
 /// The secrets of a site, by kind.
 pub const SECRET_KINDS: [SecretKind; 5] = SecretKind::ALL;
 
@@ -72,7 +101,7 @@ fn permanent(err: impl Into<anyhow::Error>) -> StepError {
     StepError::internal(err)
 }
 
-impl Provisioner {
+impl Backends {
     /// Builds the drivers of the configured sections.
     pub fn from_config(table: &toml::Table, secret_key: &[u8]) -> anyhow::Result<Self> {
         let config: BackendsConfig = toml::Value::Table(table.clone())
@@ -183,7 +212,7 @@ impl Provisioner {
         self.job_queued.notify_one();
     }
 
-    /// Returns when [`Provisioner::wake_runner`] was called (at once if it was since the
+    /// Returns when [`Backends::wake_runner`] was called (at once if it was since the
     /// last return).
     pub async fn job_queued(&self) {
         self.job_queued.notified().await;
@@ -239,21 +268,7 @@ impl Provisioner {
         id: &SiteResourceId,
         kind: SecretKind,
     ) -> Result<Secret, StepError> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT nonce, ciphertext FROM site_secrets WHERE site_id = ? AND kind = ?",
-        )
-        .bind(id.as_str())
-        .bind(kind.as_str())
-        .fetch_optional(db)
-        .await?;
-        let (nonce, sealed) =
-            row.ok_or_else(|| permanent(anyhow!("site {id} has no {} secret", kind.as_str())))?;
-        let context = format!("{}/{}", id.as_str(), kind.as_str());
-        Ok(Secret::new(
-            self.secrets
-                .open(&context, &nonce, &sealed)
-                .map_err(permanent)?,
-        ))
+        open_secret(db, &self.secrets, id, kind).await
     }
 
     async fn password(

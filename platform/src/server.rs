@@ -7,7 +7,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     api, app, auth::TokenSigner, background::jobs::Runner, config::Config, db, metrics::Metrics,
-    provision::Provisioner, state::AppState,
+    provision::Backends, state::AppState,
 };
 
 /// Connects, migrates and builds the state shared by the API and the runner.
@@ -37,13 +37,14 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     {
         tracing::info!(email = %email, "created the first staff admin");
     }
-    let provisioner = Arc::new(
-        Provisioner::from_config(&config.backends, secret.as_bytes())?
+    let backends = Arc::new(
+        Backends::from_config(&config.backends, secret.as_bytes())?
             .with_control_url(config.agent.control_url.clone())
             .with_placement(config.placement.clone()),
     );
     Ok(AppState {
-        provisioner,
+        secrets: backends.secrets.clone(),
+        backends,
         db: pool,
         signer: TokenSigner::new(secret.as_bytes(), config.auth.access_token_ttl_secs),
         config: Arc::new(config),
@@ -61,42 +62,46 @@ pub async fn serve(
     if state.config.jobs.enabled {
         let runner = Runner::new(
             state.db.clone(),
-            state.provisioner.clone(),
+            state.backends.clone(),
             state.config.jobs.clone(),
         );
         // One claiming loop; it runs up to `jobs.concurrency` sagas at once.
         runners.push(tokio::spawn(runner.run(shutdown.clone())));
     }
-    if state.config.reconcile.enabled && state.provisioner.any() {
-        runners.push(tokio::spawn(crate::background::reconcile::run_periodically(
-            state.db.clone(),
-            state.provisioner.clone(),
-            std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
-            state.config.reconcile.orphan_grace_secs,
-            shutdown.clone(),
-        )));
+    if state.config.reconcile.enabled && state.backends.any() {
+        runners.push(tokio::spawn(
+            crate::background::reconcile::run_periodically(
+                state.db.clone(),
+                state.backends.clone(),
+                std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
+                state.config.reconcile.orphan_grace_secs,
+                shutdown.clone(),
+            ),
+        ));
     }
     if state
-        .provisioner
+        .backends
         .gluster
         .as_ref()
         .is_some_and(|g| g.config().spares > 0)
     {
         // Spare site directories with their quota (`[backends.gluster] spares`): refilled
         // every 10 s, off the create path.
-        runners.push(tokio::spawn(state.provisioner.clone().run_spares(
+        runners.push(tokio::spawn(state.backends.clone().run_spares(
             state.db.clone(),
             std::time::Duration::from_secs(10),
             shutdown.clone(),
         )));
     }
-    if state.config.placement.enabled && state.provisioner.swarm.is_some() {
-        runners.push(tokio::spawn(crate::app::placement::run_periodically(
-            state.db.clone(),
-            state.provisioner.clone(),
-            state.config.placement.clone(),
-            shutdown.clone(),
-        )));
+    if state.config.placement.enabled && state.backends.swarm.is_some() {
+        runners.push(tokio::spawn(
+            crate::background::placement::run_periodically(
+                state.db.clone(),
+                state.backends.clone(),
+                state.config.placement.clone(),
+                shutdown.clone(),
+            ),
+        ));
     }
     if state.config.certs.enabled {
         if state.config.secret_key.is_empty() {
@@ -104,7 +109,7 @@ pub async fn serve(
         }
         let issuer = crate::certs::issuer::Issuer::new(
             state.db.clone(),
-            state.provisioner.secrets.clone(),
+            state.secrets.clone(),
             state.config.certs.clone(),
         );
         runners.push(tokio::spawn(crate::certs::issuer::run_periodically(
@@ -122,8 +127,8 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
-    if state.provisioner.agents_report() {
-        runners.push(tokio::spawn(crate::app::agent::run_sweeper(
+    if state.backends.agents_report() {
+        runners.push(tokio::spawn(crate::background::sweeper::run_sweeper(
             state.db.clone(),
             std::time::Duration::from_secs(state.config.agent.report_timeout_secs),
             shutdown.clone(),

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use sqlx::MySqlPool;
 
-use crate::{auth::TokenSigner, config::Config, metrics::Metrics, provision::Provisioner};
+use crate::{
+    auth::TokenSigner, config::Config, crypto::SecretBox, metrics::Metrics, provision::Backends,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -12,5 +14,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub signer: TokenSigner,
     pub metrics: Metrics,
-    pub provisioner: Arc<Provisioner>,
+    /// The drivers: what the sagas and reconcilers change the cluster with.
+    pub backends: Arc<Backends>,
+    /// The key of the sealed secrets (sites' secrets, certificates): what an agent's
+    /// token is checked with and the edge's certificates are opened with.
+    pub secrets: SecretBox,
 }

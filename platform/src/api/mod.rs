@@ -49,7 +49,7 @@ use crate::{
         users::{self, Invitation, Invited, Member, NewStaffUser, RoleChange, User},
     },
     audit_log::{self, AuditEvent, AuditFilter},
-    domain::StaffRole,
+    domain::{SiteId, StaffRole, TenantId},
     error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Problem},
     metrics,
     state::AppState,
@@ -370,7 +370,7 @@ async fn get_tenant(
     ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Tenant>> {
     Ok(Json(
-        tenants::get(&state, &actor, &parse_id(&tenant, "tenant")?).await?,
+        tenants::get(&state, &actor, &TenantId::from_path(&tenant)?).await?,
     ))
 }
 
@@ -383,7 +383,7 @@ async fn update_tenant(
     ApiJson(input): ApiJson<TenantChange>,
 ) -> ApiResult<Json<Tenant>> {
     Ok(Json(
-        tenants::update(&state, &actor, &parse_id(&tenant, "tenant")?, input).await?,
+        tenants::update(&state, &actor, &TenantId::from_path(&tenant)?, input).await?,
     ))
 }
 
@@ -394,7 +394,7 @@ async fn delete_tenant(
     actor: Actor,
     ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    tenants::delete(&state, &actor, &parse_id(&tenant, "tenant")?).await?;
+    tenants::delete(&state, &actor, &TenantId::from_path(&tenant)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -406,7 +406,7 @@ async fn list_members(
     ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Vec<Member>>> {
     Ok(Json(
-        users::list_members(&state, &actor, &parse_id(&tenant, "tenant")?).await?,
+        users::list_members(&state, &actor, &TenantId::from_path(&tenant)?).await?,
     ))
 }
 
@@ -420,7 +420,7 @@ async fn invite_member(
 ) -> ApiResult<(StatusCode, Json<Invited>)> {
     Ok((
         StatusCode::CREATED,
-        Json(users::invite(&state, &actor, &parse_id(&tenant, "tenant")?, input).await?),
+        Json(users::invite(&state, &actor, &TenantId::from_path(&tenant)?, input).await?),
     ))
 }
 
@@ -436,7 +436,7 @@ async fn change_role(
         users::change_role(
             &state,
             &actor,
-            &parse_id(&tenant, "tenant")?,
+            &TenantId::from_path(&tenant)?,
             &parse_id(&user, "member")?,
             input,
         )
@@ -454,7 +454,7 @@ async fn remove_member(
     users::remove(
         &state,
         &actor,
-        &parse_id(&tenant, "tenant")?,
+        &TenantId::from_path(&tenant)?,
         &parse_id(&user, "member")?,
     )
     .await?;
@@ -487,7 +487,7 @@ async fn create_site(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
-    let tenant = parse_id(&tenant, "tenant")?;
+    let tenant = TenantId::from_path(&tenant)?;
     let idem = match headers.get("idempotency-key") {
         Some(value) => Some(IdemKey::parse(
             value
@@ -536,7 +536,7 @@ async fn get_site(
     ApiPath(site): ApiPath<String>,
 ) -> ApiResult<Json<Site>> {
     Ok(Json(
-        sites::get(&state, &actor, &parse_id(&site, "site")?).await?,
+        sites::get(&state, &actor, &SiteId::from_path(&site)?).await?,
     ))
 }
 
@@ -548,7 +548,7 @@ async fn update_site(
     ApiPath(site): ApiPath<String>,
     ApiJson(input): ApiJson<SiteChange>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    let accepted = sites::update(&state, &actor, &parse_id(&site, "site")?, input).await?;
+    let accepted = sites::update(&state, &actor, &SiteId::from_path(&site)?, input).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -560,7 +560,7 @@ async fn transition(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(sites::transition(&state, &actor, &parse_id(&site, "site")?, kind).await?),
+        Json(sites::transition(&state, &actor, &SiteId::from_path(&site)?, kind).await?),
     ))
 }
 
@@ -609,7 +609,7 @@ async fn purge_site_cache(
     ApiPath(site): ApiPath<String>,
     ApiJson(input): ApiJson<CachePurge>,
 ) -> ApiResult<Json<PurgeResult>> {
-    let site = parse_id(&site, "site")?;
+    let site = SiteId::from_path(&site)?;
     Ok(Json(
         agent::tenant_purge(&state, &actor, &site, input).await?,
     ))
@@ -699,7 +699,9 @@ async fn placement_map(
     actor: Actor,
 ) -> ApiResult<Json<PlacementMap>> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    Ok(Json(placement::map(&state.db, &state.config.placement).await?))
+    Ok(Json(
+        placement::map(&state.db, &state.config.placement).await?,
+    ))
 }
 
 /// Plans a rebalance; with `"dry_run": false` starts a `site.move` operation per move
@@ -724,7 +726,7 @@ async fn rebalance(
     }
     let answer = placement::rebalance(
         &state.db,
-        &state.provisioner,
+        &state.backends,
         &state.config.placement,
         Some(&actor),
         &input,
@@ -968,7 +970,7 @@ async fn create_backup(
     actor: Actor,
     ApiPath(site): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
-    let accepted = backups::create(&state, &actor, &parse_id(&site, "site")?).await?;
+    let accepted = backups::create(&state, &actor, &SiteId::from_path(&site)?).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -982,7 +984,7 @@ async fn list_backups(
     ApiQuery(filter): ApiQuery<BackupFilter>,
 ) -> ApiResult<Json<Page<Backup>>> {
     Ok(Json(
-        backups::list(&state, &actor, &parse_id(&site, "site")?, filter).await?,
+        backups::list(&state, &actor, &SiteId::from_path(&site)?, filter).await?,
     ))
 }
 
@@ -1024,7 +1026,7 @@ async fn create_restore(
     ApiPath(site): ApiPath<String>,
     ApiJson(input): ApiJson<NewRestore>,
 ) -> ApiResult<(StatusCode, Json<RestoreAccepted>)> {
-    let accepted = restores::restore(&state, &actor, &parse_id(&site, "site")?, input).await?;
+    let accepted = restores::restore(&state, &actor, &SiteId::from_path(&site)?, input).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -1041,7 +1043,7 @@ async fn create_clone(
     ApiPath(site): ApiPath<String>,
     ApiJson(input): ApiJson<NewClone>,
 ) -> ApiResult<(StatusCode, Json<CloneAccepted>)> {
-    let accepted = restores::clone(&state, &actor, &parse_id(&site, "site")?, input).await?;
+    let accepted = restores::clone(&state, &actor, &SiteId::from_path(&site)?, input).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -1099,7 +1101,7 @@ async fn tenant_audit(
     ApiQuery(filter): ApiQuery<AuditFilter>,
 ) -> ApiResult<Json<Page<AuditEvent>>> {
     Ok(Json(
-        audit_log::list(&state, &actor, Some(&parse_id(&tenant, "tenant")?), filter).await?,
+        audit_log::list(&state, &actor, Some(&TenantId::from_path(&tenant)?), filter).await?,
     ))
 }
 
@@ -1119,7 +1121,7 @@ async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResu
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     match crate::background::reconcile::run_all(
         &state.db,
-        &state.provisioner,
+        &state.backends,
         state.config.reconcile.orphan_grace_secs,
     )
     .await?

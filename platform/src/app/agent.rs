@@ -23,13 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{MySqlConnection, MySqlPool};
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::{
     app::site_state::{self, SiteEvent},
     audit::{self, Event},
-    domain::Id,
     error::{ApiError, ApiResult},
     state::AppState,
     states::SiteState,
@@ -117,11 +115,10 @@ async fn authenticate(
     .fetch_optional(&state.db)
     .await?;
     let (tenant_id, site_state, generation, memory_mb) = row.ok_or(DENIED)?;
-    let expected = state
-        .provisioner
-        .secret(&state.db, &id, SecretKind::AgentToken)
-        .await
-        .map_err(|_| DENIED)?;
+    let expected =
+        crate::provision::open_secret(&state.db, &state.secrets, &id, SecretKind::AgentToken)
+            .await
+            .map_err(|_| DENIED)?;
     // Comparing digests: the time taken does not depend on how much of the token matched.
     if Sha256::digest(token.as_bytes()) != Sha256::digest(expected.expose().as_bytes()) {
         return Err(DENIED);
@@ -467,25 +464,6 @@ pub async fn sweep(db: &MySqlPool, timeout: Duration) -> sqlx::Result<u64> {
     Ok(changed)
 }
 
-/// Runs [`sweep`] every few seconds until `shutdown`.
-pub async fn run_sweeper(db: MySqlPool, timeout: Duration, mut shutdown: watch::Receiver<bool>) {
-    let every = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        match sweep(&db, timeout).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                sites = n,
-                "sites degraded: their agents stopped being ready"
-            ),
-            Err(err) => tracing::warn!(error = %err, "agent sweep failed"),
-        }
-    }
-}
-
 /// The last report of a site's agent, if any.
 pub async fn status(conn: &mut MySqlConnection, site: &str) -> sqlx::Result<Option<AgentStatus>> {
     #[allow(clippy::type_complexity)]
@@ -546,7 +524,7 @@ async fn purge_site(
     input: CachePurge,
 ) -> ApiResult<PurgeResult> {
     let (paths, all) = purge_scope(input)?;
-    let Some(varnish) = &state.provisioner.varnish else {
+    let Some(varnish) = &state.backends.varnish else {
         return Ok(PurgeResult {
             banned: 0,
             instances: 0,
@@ -577,7 +555,7 @@ async fn purge_site(
         banned,
         instances: u32::try_from(
             state
-                .provisioner
+                .backends
                 .config
                 .varnish
                 .as_ref()
@@ -609,7 +587,7 @@ pub async fn agent_purge(
 pub async fn tenant_purge(
     state: &AppState,
     actor: &crate::actor::Actor,
-    site: &Id,
+    site: &crate::domain::SiteId,
     input: CachePurge,
 ) -> ApiResult<PurgeResult> {
     let found =
@@ -628,7 +606,7 @@ pub async fn tenant_purge(
         Some(actor),
         Event {
             action: "site.cache.purge",
-            tenant_id: Some(&found.tenant_id),
+            tenant_id: Some(found.tenant_id.as_str()),
             target_type: "site",
             target_id: site.as_str(),
             details: json!({ "banned": result.banned }),

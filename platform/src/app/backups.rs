@@ -11,7 +11,7 @@ use crate::{
     actor::Actor,
     app::{Page, encode_cursor, operations, operations::Operation, page_bounds, sites},
     audit::{self, Event},
-    domain::{Fields, Id, TenantRole},
+    domain::{Fields, Id, SiteId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -90,7 +90,7 @@ async fn authorized(
     let mut conn = state.db.acquire().await?;
     let backup = load(&mut conn, id.as_str()).await?;
     drop(conn);
-    let site = Id::parse(&backup.site_id).ok_or(ApiError::NotFound("backup"))?;
+    let site = SiteId::parse(&backup.site_id).ok_or(ApiError::NotFound("backup"))?;
     sites::get_for(state, actor, &site, min)
         .await
         .map_err(|e| match e {
@@ -101,7 +101,7 @@ async fn authorized(
 }
 
 fn configured(state: &AppState) -> ApiResult<()> {
-    if state.provisioner.config.s3.is_none() {
+    if state.backends.config.s3.is_none() {
         return Err(ApiError::conflict(
             None,
             "backups are not configured on this platform ([backends.s3])",
@@ -111,7 +111,11 @@ fn configured(state: &AppState) -> ApiResult<()> {
 }
 
 /// `POST /v1/sites/{site}/backups`: records a `pending` backup and enqueues its operation.
-pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<BackupAccepted> {
+pub async fn create(
+    state: &AppState,
+    actor: &Actor,
+    site_id: &SiteId,
+) -> ApiResult<BackupAccepted> {
     let site = sites::get_for(state, actor, site_id, TenantRole::Member).await?;
     configured(state)?;
     let mut tx = state.db.begin().await?;
@@ -152,10 +156,10 @@ pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<
     .await?;
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteBackup,
-        Some(&site.tenant_id),
+        Some(site.tenant_id.as_str()),
         "backup",
         id.as_str(),
     )
@@ -170,7 +174,7 @@ pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<
         Some(actor),
         Event {
             action: "backup.create",
-            tenant_id: Some(&site.tenant_id),
+            tenant_id: Some(site.tenant_id.as_str()),
             target_type: "backup",
             target_id: id.as_str(),
             details: json!({ "site": site_id.as_str(), "operation": op }),
@@ -182,7 +186,7 @@ pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }
 
@@ -190,7 +194,7 @@ pub async fn create(state: &AppState, actor: &Actor, site_id: &Id) -> ApiResult<
 pub async fn list(
     state: &AppState,
     actor: &Actor,
-    site_id: &Id,
+    site_id: &SiteId,
     filter: BackupFilter,
 ) -> ApiResult<Page<Backup>> {
     sites::get_for(state, actor, site_id, TenantRole::Viewer).await?;
@@ -247,7 +251,7 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
         .await?;
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::BackupDelete,
         Some(&backup.tenant_id),
@@ -272,6 +276,6 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }

@@ -42,7 +42,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{Fields, Id, StaffRole, TenantRole},
+    domain::{Fields, Id, StaffRole, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -1787,7 +1787,7 @@ pub async fn authorize_export(
     let tenant = match &query.tenant {
         Some(t) => fields.check(
             "tenant",
-            Id::parse(t).ok_or_else(|| "is not a tenant id".to_owned()),
+            TenantId::parse(t).ok_or_else(|| "is not a tenant id".to_owned()),
         ),
         None => None,
     };

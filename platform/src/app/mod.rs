@@ -7,6 +7,7 @@ pub mod backups;
 pub mod billing;
 pub mod edge_usage;
 pub mod idempotency;
+pub mod node_sync;
 pub mod nodes;
 pub mod operations;
 pub mod placement;

@@ -179,10 +179,10 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
 /// already joined does not wait for the next pass of the placement loop. A swarm that does
 /// not answer leaves the node `pending`: the loop tries again.
 async fn link_from_swarm(state: &AppState) {
-    if state.provisioner.swarm.is_none() {
+    if state.backends.swarm.is_none() {
         return;
     }
-    if let Err(err) = crate::background::reconcile::sync_nodes(&state.db, &state.provisioner).await {
+    if let Err(err) = crate::app::node_sync::sync_nodes(&state.db, &state.backends).await {
         tracing::warn!(error = format!("{err:#}"), "syncing nodes from the swarm");
     }
 }
@@ -204,7 +204,7 @@ pub async fn update(
         }
         // With a swarm, only the swarm makes a node a placement target: staff lift their
         // own drain, nothing else.
-        if availability == "active" && state.provisioner.swarm.is_some() {
+        if availability == "active" && state.backends.swarm.is_some() {
             let name = &node.name;
             let refusal = match (node.swarm_node_id.is_some(), node.availability.as_str()) {
                 (false, _) => Some(format!(

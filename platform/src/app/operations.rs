@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     actor::Actor,
     app::{Page, encode_cursor, page_bounds},
-    domain::{Fields, Id, TenantRole},
+    domain::{Fields, Id, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::{OperationKind, OperationState, StepState},
@@ -80,17 +80,30 @@ pub struct Step {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The steps a kind of operation runs in this configuration, in order: what [`enqueue`]
+/// records. The sagas answer it (`sagas` implements it for the backends), so this layer
+/// starts operations without importing the sagas that run them.
+pub trait Plans {
+    fn plan(&self, kind: OperationKind) -> Vec<&'static str>;
+}
+
+impl<T: Plans + ?Sized> Plans for std::sync::Arc<T> {
+    fn plan(&self, kind: OperationKind) -> Vec<&'static str> {
+        (**self).plan(kind)
+    }
+}
+
 /// Writes an operation, its steps and its job; the job runner takes it from there.
 pub async fn enqueue(
     conn: &mut MySqlConnection,
-    provisioner: &crate::provision::Provisioner,
+    plans: &(impl Plans + ?Sized),
     actor: Option<&Actor>,
     kind: OperationKind,
     tenant_id: Option<&str>,
     target_type: &str,
     target_id: &str,
 ) -> ApiResult<Id> {
-    let steps = crate::sagas::saga(kind).plan(provisioner);
+    let steps = plans.plan(kind);
     let id = Id::generate();
     sqlx::query(
         "INSERT INTO operations (id, kind, tenant_id, target_type, target_id, state, created_by) \
@@ -143,7 +156,7 @@ pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Operation> 
 pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operation> {
     let mut conn = state.db.acquire().await?;
     let op = load(&mut conn, id.as_str()).await?;
-    match op.tenant_id.as_deref().and_then(Id::parse) {
+    match op.tenant_id.as_deref().and_then(TenantId::parse) {
         Some(tenant) => {
             actor
                 .require_tenant(state, &tenant, TenantRole::Viewer)
@@ -218,7 +231,7 @@ pub async fn list(
     let tenant = match &filter.tenant {
         Some(t) => fields.check(
             "tenant",
-            Id::parse(t).ok_or_else(|| "must be a tenant id".to_owned()),
+            TenantId::parse(t).ok_or_else(|| "must be a tenant id".to_owned()),
         ),
         None => None,
     };

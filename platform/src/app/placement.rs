@@ -29,14 +29,13 @@ use placement::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::MySqlPool;
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::{
     actor::Actor,
     audit::{self, Event},
     config::PlacementConfig,
-    provision::Provisioner,
+    provision::Backends,
     states::OperationKind,
 };
 
@@ -449,7 +448,7 @@ pub async fn moves_in_flight(db: &MySqlPool) -> sqlx::Result<i64> {
 /// hysteresis is the loop's (only the cool-down of recently moved sites applies).
 pub async fn rebalance(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     actor: Option<&Actor>,
     request: &RebalanceRequest,
@@ -464,7 +463,7 @@ pub async fn rebalance(
 /// pass, says the imbalance has not lasted yet.
 async fn rebalance_gated(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     actor: Option<&Actor>,
     request: &RebalanceRequest,
@@ -586,7 +585,7 @@ pub struct PassReport {
 /// imbalance lasted. One replica at a time (a named lock).
 pub async fn pass(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     gate: &mut BalanceGate,
     now: Instant,
@@ -607,13 +606,13 @@ pub async fn pass(
 
 async fn pass_locked(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &PlacementConfig,
     gate: &mut BalanceGate,
     now: Instant,
 ) -> anyhow::Result<PassReport> {
     if provisioner.swarm.is_some() {
-        crate::background::reconcile::sync_nodes(db, provisioner)
+        crate::app::node_sync::sync_nodes(db, provisioner)
             .await
             .context("syncing nodes from the swarm")?;
     }
@@ -671,24 +670,4 @@ pub fn balance_gate(config: &PlacementConfig) -> BalanceGate {
         config.balance_after_passes,
         Duration::from_secs(config.balance_after_secs),
     )
-}
-
-/// Runs [`pass`] every `interval_secs` until `shutdown`.
-pub async fn run_periodically(
-    db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
-    config: PlacementConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let every = Duration::from_secs(config.interval_secs.max(1));
-    let mut gate = balance_gate(&config);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        if let Err(err) = pass(&db, &provisioner, &config, &mut gate, Instant::now()).await {
-            tracing::warn!(error = %format!("{err:#}"), "placement pass failed");
-        }
-    }
 }

@@ -15,7 +15,7 @@ use crate::{
         sites::{self, NewSite, Site},
     },
     audit::{self, Event},
-    domain::{DomainName, Id, TenantRole},
+    domain::{DomainName, Id, SiteId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -110,7 +110,7 @@ async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Restore> {
 }
 
 fn configured(state: &AppState) -> ApiResult<()> {
-    let b = &state.provisioner.config;
+    let b = &state.backends.config;
     if b.s3.is_none() || b.galera.is_none() || b.gluster.is_none() {
         return Err(ApiError::conflict(
             None,
@@ -196,7 +196,7 @@ async fn record(
     .await?;
     let op = operations::enqueue(
         &mut *tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteRestore,
         Some(tenant),
@@ -234,7 +234,7 @@ async fn record(
 pub async fn restore(
     state: &AppState,
     actor: &Actor,
-    site_id: &Id,
+    site_id: &SiteId,
     input: NewRestore,
 ) -> ApiResult<RestoreAccepted> {
     let backup = parse_backup(&input.backup)?;
@@ -257,7 +257,7 @@ pub async fn restore(
         &mut tx,
         state,
         actor,
-        &site.tenant_id,
+        site.tenant_id.as_str(),
         site_id.as_str(),
         &backup,
         site_id.as_str(),
@@ -265,7 +265,7 @@ pub async fn restore(
     )
     .await?;
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(RestoreAccepted { restore, operation })
 }
 
@@ -275,12 +275,12 @@ pub async fn restore(
 pub async fn clone(
     state: &AppState,
     actor: &Actor,
-    source_id: &Id,
+    source_id: &SiteId,
     input: NewClone,
 ) -> ApiResult<CloneAccepted> {
     let given = input.backup.as_deref().map(parse_backup).transpose()?;
     let source = sites::get_for(state, actor, source_id, TenantRole::Member).await?;
-    let tenant = Id::parse(&source.tenant_id).ok_or(ApiError::NotFound("site"))?;
+    let tenant = source.tenant_id.clone();
     configured(state)?;
     let (admin_user, admin_email): (String, String) =
         sqlx::query_as("SELECT admin_user, admin_email FROM sites WHERE id = ?")
@@ -337,14 +337,14 @@ pub async fn clone(
         state,
         actor,
         tenant.as_str(),
-        &created.site.id,
+        created.site.id.as_str(),
         &backup,
         source_id.as_str(),
         Some((&source.domain, &new_domain)),
     )
     .await?;
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(CloneAccepted {
         site: created.site,
         create_operation: created.operation,
@@ -358,7 +358,7 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Restore>
     let mut conn = state.db.acquire().await?;
     let restore = load(&mut conn, id.as_str()).await?;
     drop(conn);
-    let site = Id::parse(&restore.site_id).ok_or(ApiError::NotFound("restore"))?;
+    let site = SiteId::parse(&restore.site_id).ok_or(ApiError::NotFound("restore"))?;
     sites::get_for(state, actor, &site, TenantRole::Viewer)
         .await
         .map_err(|e| match e {

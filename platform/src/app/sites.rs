@@ -22,7 +22,7 @@ use super::{
 use crate::{
     actor::{Actor, Credentials},
     audit::{self, Event},
-    domain::{DomainName, Email, Fields, Id, TenantRole, parse_name},
+    domain::{DomainName, Email, Fields, Id, SiteId, TenantId, TenantRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
     states::{OperationKind, SiteState},
@@ -30,8 +30,10 @@ use crate::{
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Site {
-    pub id: String,
-    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub id: SiteId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     pub name: String,
     /// The plan's slug.
     pub plan: String,
@@ -210,9 +212,9 @@ const FROM: &str = "sites s JOIN plans p ON p.id = s.plan_id \
 /// A row of [`COLUMNS`]: `aliases` is the copy, `None` when it is stale.
 #[derive(FromRow)]
 struct SiteRow {
-    id: String,
+    id: SiteId,
     seq: i64,
-    tenant_id: String,
+    tenant_id: TenantId,
     name: String,
     plan: String,
     state: SiteState,
@@ -242,7 +244,7 @@ fn site_of(r: SiteRow, stale: &mut Vec<String>) -> (i64, Site) {
             .map(str::to_owned)
             .collect(),
         None => {
-            stale.push(r.id.clone());
+            stale.push(r.id.as_str().to_owned());
             Vec::new()
         }
     };
@@ -288,10 +290,10 @@ async fn fill_stale_aliases(
     query.push(") ORDER BY site_id, domain");
     let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *conn).await?;
     for (_, site) in sites.iter_mut() {
-        if stale.contains(&site.id) {
+        if stale.iter().any(|id| site.id == *id.as_str()) {
             site.aliases = rows
                 .iter()
-                .filter(|(id, _)| *id == site.id)
+                .filter(|(id, _)| site.id == *id.as_str())
                 .map(|(_, domain)| domain.clone())
                 .collect();
         }
@@ -331,12 +333,16 @@ pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
 }
 
 /// The site if the caller may see it with at least `min`; 404 otherwise.
-async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -> ApiResult<Site> {
+async fn authorized(
+    state: &AppState,
+    actor: &Actor,
+    id: &SiteId,
+    min: TenantRole,
+) -> ApiResult<Site> {
     let mut conn = state.db.acquire().await?;
     let site = load(&mut conn, id.as_str()).await?;
-    let tenant = Id::parse(&site.tenant_id).ok_or(ApiError::NotFound("site"))?;
     actor
-        .require_tenant(state, &tenant, min)
+        .require_tenant(state, &site.tenant_id, min)
         .await
         .map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::NotFound("site"),
@@ -345,7 +351,7 @@ async fn authorized(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -
     Ok(site)
 }
 
-pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
+pub async fn get(state: &AppState, actor: &Actor, id: &SiteId) -> ApiResult<Site> {
     let mut site = authorized(state, actor, id, TenantRole::Viewer).await?;
     let mut conn = state.db.acquire().await?;
     site.agent = crate::app::agent::status(&mut conn, id.as_str()).await?;
@@ -358,7 +364,12 @@ pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Site> {
 }
 
 /// The site if the caller has at least `min` in its tenant; 404 otherwise.
-pub async fn get_for(state: &AppState, actor: &Actor, id: &Id, min: TenantRole) -> ApiResult<Site> {
+pub async fn get_for(
+    state: &AppState,
+    actor: &Actor,
+    id: &SiteId,
+    min: TenantRole,
+) -> ApiResult<Site> {
     authorized(state, actor, id, min).await
 }
 
@@ -377,7 +388,7 @@ pub async fn list(
     tenant: &str,
     filter: Result<SiteFilter, ApiError>,
 ) -> ApiResult<Page<Site>> {
-    let tenant = Id::parse(tenant);
+    let tenant = TenantId::parse(tenant);
     let (tenant, filter) = match (tenant, filter.and_then(check_filter)) {
         (Some(tenant), Ok(filter)) => (tenant, filter),
         (tenant, filter) => {
@@ -472,7 +483,7 @@ fn check_filter(filter: SiteFilter) -> ApiResult<PageFilter> {
 
 /// The page's conditions on `sites s` (after a `WHERE`), its order
 /// and its `LIMIT`: `limit + 1` sites, to know whether there is a next page.
-fn push_page(query: &mut QueryBuilder<sqlx::MySql>, tenant: &Id, filter: &PageFilter) {
+fn push_page(query: &mut QueryBuilder<sqlx::MySql>, tenant: &TenantId, filter: &PageFilter) {
     query
         .push(" AND s.tenant_id = ")
         .push_bind(tenant.as_str().to_owned());
@@ -563,7 +574,7 @@ pub enum Created {
 pub async fn create(
     state: &AppState,
     actor: &Actor,
-    tenant: &Id,
+    tenant: &TenantId,
     input: NewSite,
     idem: Option<IdemKey>,
 ) -> ApiResult<Created> {
@@ -587,7 +598,7 @@ pub async fn create(
         admin.password = Some(password.expose().to_owned());
     }
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(Created::New(Box::new(accepted)))
 }
 
@@ -649,7 +660,7 @@ pub(crate) async fn insert_new(
     tx: &mut MySqlConnection,
     state: &AppState,
     actor: &Actor,
-    tenant: &Id,
+    tenant: &TenantId,
     valid: ValidNewSite,
 ) -> ApiResult<(Accepted, backends::Secret)> {
     let ValidNewSite {
@@ -692,12 +703,12 @@ pub(crate) async fn insert_new(
     // The administrator's one-time password: sealed with the site's other secrets (the
     // saga hands it to the installer) and shown once, in this answer.
     let password = state
-        .provisioner
+        .backends
         .store_admin_password(&mut *tx, id.as_str())
         .await?;
     let op = operations::enqueue(
         &mut *tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteCreate,
         Some(tenant.as_str()),
@@ -735,7 +746,7 @@ pub(crate) async fn insert_new(
 pub async fn update(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &SiteId,
     change: SiteChange,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
@@ -831,7 +842,7 @@ pub async fn update(
         Some(actor),
         Event {
             action: "site.update",
-            tenant_id: Some(&site.tenant_id),
+            tenant_id: Some(site.tenant_id.as_str()),
             target_type: "site",
             target_id: id.as_str(),
             details: json!({ "name": name, "domains": domains, "plan": plan.as_ref().map(|p| &p.slug), "keep_http": change.keep_http, "hsts": change.hsts }),
@@ -842,10 +853,10 @@ pub async fn update(
     // The database holds the new desired state; the operation applies it to the backends.
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         OperationKind::SiteUpdate,
-        Some(&site.tenant_id),
+        Some(site.tenant_id.as_str()),
         "site",
         id.as_str(),
     )
@@ -858,12 +869,12 @@ pub async fn update(
         admin: None,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }
 
 /// 409 while another operation of the site is under way: one change at a time.
-async fn ensure_idle(conn: &mut MySqlConnection, id: &Id) -> ApiResult<()> {
+async fn ensure_idle(conn: &mut MySqlConnection, id: &SiteId) -> ApiResult<()> {
     let busy: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
          AND state IN ('pending', 'running', 'unwinding')",
@@ -945,7 +956,7 @@ async fn refit_plan(
 pub async fn transition(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &SiteId,
     kind: OperationKind,
 ) -> ApiResult<Accepted> {
     let site = authorized(state, actor, id, TenantRole::Member).await?;
@@ -985,10 +996,10 @@ pub async fn transition(
     }
     let op = operations::enqueue(
         &mut tx,
-        &state.provisioner,
+        &state.backends,
         Some(actor),
         kind,
-        Some(&site.tenant_id),
+        Some(site.tenant_id.as_str()),
         "site",
         id.as_str(),
     )
@@ -998,7 +1009,7 @@ pub async fn transition(
         Some(actor),
         Event {
             action: kind.as_str(),
-            tenant_id: Some(&site.tenant_id),
+            tenant_id: Some(site.tenant_id.as_str()),
             target_type: "site",
             target_id: id.as_str(),
             details: json!({ "operation": op }),
@@ -1013,7 +1024,7 @@ pub async fn transition(
         admin: None,
     };
     tx.commit().await?;
-    state.provisioner.wake_runner();
+    state.backends.wake_runner();
     Ok(accepted)
 }
 

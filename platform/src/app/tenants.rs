@@ -9,7 +9,7 @@ use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{Fields, Id, Slug, StaffRole, TenantRole, parse_name},
+    domain::{Fields, Slug, StaffRole, TenantId, TenantRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -59,7 +59,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewTenant) -> ApiRes
     let (Some(slug), Some(name)) = (slug, name) else {
         return Err(ApiError::field("body", "invalid"));
     };
-    let id = Id::generate();
+    let id = TenantId::generate();
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query("INSERT INTO tenants (id, slug, name) VALUES (?, ?, ?)")
         .bind(id.as_str())
@@ -84,7 +84,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewTenant) -> ApiRes
     get_unchecked(&state.db, &id).await
 }
 
-pub async fn get_unchecked(db: &MySqlPool, id: &Id) -> ApiResult<Tenant> {
+pub async fn get_unchecked(db: &MySqlPool, id: &TenantId) -> ApiResult<Tenant> {
     sqlx::query_as::<_, Tenant>(sql!("SELECT {COLUMNS} FROM tenants WHERE id = ?"))
         .bind(id.as_str())
         .fetch_optional(db)
@@ -92,7 +92,7 @@ pub async fn get_unchecked(db: &MySqlPool, id: &Id) -> ApiResult<Tenant> {
         .ok_or(ApiError::NotFound("tenant"))
 }
 
-pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Tenant> {
+pub async fn get(state: &AppState, actor: &Actor, id: &TenantId) -> ApiResult<Tenant> {
     actor.require_tenant(state, id, TenantRole::Viewer).await?;
     get_unchecked(&state.db, id).await
 }
@@ -118,7 +118,7 @@ pub async fn list(state: &AppState, actor: &Actor) -> ApiResult<Vec<Tenant>> {
 pub async fn update(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &TenantId,
     change: TenantChange,
 ) -> ApiResult<Tenant> {
     actor.require_tenant(state, id, TenantRole::Viewer).await?;
@@ -152,7 +152,7 @@ pub async fn update(
 }
 
 /// Deletes a tenant that has no sites left.
-pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<()> {
+pub async fn delete(state: &AppState, actor: &Actor, id: &TenantId) -> ApiResult<()> {
     actor.require_tenant(state, id, TenantRole::Viewer).await?;
     actor.require_staff(&[StaffRole::Admin])?;
     let mut tx = state.db.begin().await?;

@@ -14,7 +14,7 @@ use crate::{
     actor::Actor,
     audit::{self, Event},
     auth,
-    domain::{Email, Fields, Id, StaffRole, TenantRole, check_password, parse_name},
+    domain::{Email, Fields, Id, StaffRole, TenantId, TenantRole, check_password, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -182,7 +182,11 @@ pub async fn list_staff(state: &AppState, actor: &Actor) -> ApiResult<Vec<User>>
 const MEMBER_SELECT: &str = "SELECT m.user_id, u.email, u.name, m.role, m.created_at \
      FROM memberships m JOIN users u ON u.id = m.user_id";
 
-pub async fn list_members(state: &AppState, actor: &Actor, tenant: &Id) -> ApiResult<Vec<Member>> {
+pub async fn list_members(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+) -> ApiResult<Vec<Member>> {
     actor
         .require_tenant(state, tenant, TenantRole::Viewer)
         .await?;
@@ -194,7 +198,7 @@ pub async fn list_members(state: &AppState, actor: &Actor, tenant: &Id) -> ApiRe
     .await?)
 }
 
-async fn member(conn: &mut MySqlConnection, tenant: &Id, user: &str) -> ApiResult<Member> {
+async fn member(conn: &mut MySqlConnection, tenant: &TenantId, user: &str) -> ApiResult<Member> {
     sqlx::query_as::<_, Member>(sql!(
         "{MEMBER_SELECT} WHERE m.tenant_id = ? AND m.user_id = ?"
     ))
@@ -208,7 +212,7 @@ async fn member(conn: &mut MySqlConnection, tenant: &Id, user: &str) -> ApiResul
 pub async fn invite(
     state: &AppState,
     actor: &Actor,
-    tenant: &Id,
+    tenant: &TenantId,
     input: Invitation,
 ) -> ApiResult<Invited> {
     actor
@@ -284,7 +288,11 @@ pub async fn invite(
 }
 
 /// Refuses a change that would leave a tenant with no owner.
-async fn ensure_other_owner(conn: &mut MySqlConnection, tenant: &Id, user: &str) -> ApiResult<()> {
+async fn ensure_other_owner(
+    conn: &mut MySqlConnection,
+    tenant: &TenantId,
+    user: &str,
+) -> ApiResult<()> {
     let others: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE tenant_id = ? AND role = 'owner' AND user_id <> ? FOR UPDATE",
     )
@@ -304,7 +312,7 @@ async fn ensure_other_owner(conn: &mut MySqlConnection, tenant: &Id, user: &str)
 pub async fn change_role(
     state: &AppState,
     actor: &Actor,
-    tenant: &Id,
+    tenant: &TenantId,
     user: &Id,
     change: RoleChange,
 ) -> ApiResult<Member> {
@@ -339,7 +347,12 @@ pub async fn change_role(
     Ok(updated)
 }
 
-pub async fn remove(state: &AppState, actor: &Actor, tenant: &Id, user: &Id) -> ApiResult<()> {
+pub async fn remove(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantId,
+    user: &Id,
+) -> ApiResult<()> {
     actor
         .require_tenant(state, tenant, TenantRole::Owner)
         .await?;

@@ -25,7 +25,7 @@ use tokio::{
 
 use crate::{
     config::JobsConfig,
-    provision::Provisioner,
+    provision::Backends,
     sagas::{self, Outcome, StepContext, StepError, StepResult, Undo},
     states::{OperationKind, OperationState, StepState},
 };
@@ -74,18 +74,18 @@ impl Failpoints {
 /// One runner process's identity and settings.
 pub struct Runner {
     db: MySqlPool,
-    provisioner: Arc<Provisioner>,
+    backends: Arc<Backends>,
     config: JobsConfig,
     owner: String,
     failpoints: Failpoints,
 }
 
 impl Runner {
-    pub fn new(db: MySqlPool, provisioner: Arc<Provisioner>, config: JobsConfig) -> Arc<Self> {
+    pub fn new(db: MySqlPool, backends: Arc<Backends>, config: JobsConfig) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), crate::domain::Id::generate());
         Arc::new(Self {
             db,
-            provisioner,
+            backends,
             config,
             owner,
             failpoints: Failpoints::from_env(),
@@ -143,7 +143,7 @@ impl Runner {
                 _ = tokio::time::sleep(Duration::from_millis(self.config.poll_millis)) => {}
                 // A job this process committed: claim it now, not at the next poll (the
                 // poll's wait was most of a lone create's time in the queue).
-                _ = self.provisioner.job_queued() => {}
+                _ = self.backends.job_queued() => {}
                 changed = shutdown.changed() => if changed.is_err() { break },
             }
         }
@@ -257,7 +257,7 @@ impl Runner {
         let saga = sagas::saga(kind);
         let ctx = StepContext {
             db: self.db.clone(),
-            backends: self.provisioner.clone(),
+            backends: self.backends.clone(),
             target,
         };
         let steps: Vec<(i32, String, StepState, i32)> = sqlx::query_as(

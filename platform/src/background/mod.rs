@@ -5,4 +5,6 @@
 //! This layer calls `sagas` and `app`; neither calls it.
 
 pub mod jobs;
+pub mod placement;
 pub mod reconcile;
+pub mod sweeper;

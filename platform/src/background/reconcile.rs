@@ -15,7 +15,6 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use anyhow::Context;
 use backends::{
     DbRouter, EdgeCache, SiteCache, SiteDatabase, SitePassword, SiteResourceId, SiteRuntime,
     SiteStorage, swarm::SecretKind,
@@ -25,23 +24,11 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 
-use crate::{provision::Provisioner, sagas::StepError};
-
-/// One repair made by a pass.
-#[derive(Debug, Serialize)]
-pub struct Repair {
-    pub site: String,
-    pub backend: &'static str,
-    pub drift: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub checked: usize,
-    pub repairs: Vec<Repair>,
-    pub orphans: Vec<Value>,
-    pub errors: Vec<String>,
-}
+use crate::{
+    app::node_sync::{Repair, Report, sync_nodes},
+    provision::Backends,
+    sagas::StepError,
+};
 
 fn step_error(err: StepError) -> String {
     err.internal_message()
@@ -50,7 +37,7 @@ fn step_error(err: StepError) -> String {
 /// Runs every reconciler once, unless another replica is running them now.
 pub async fn run_all(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     orphan_grace_secs: u64,
 ) -> anyhow::Result<Option<Value>> {
     // A named lock on a connection of our own: one pass at a time across replicas.
@@ -103,7 +90,7 @@ pub async fn run_all(
 /// The timer loop inside `serve`.
 pub async fn run_periodically(
     db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
+    provisioner: std::sync::Arc<Backends>,
     interval: Duration,
     orphan_grace_secs: u64,
     mut shutdown: watch::Receiver<bool>,
@@ -119,199 +106,6 @@ pub async fn run_periodically(
     }
 }
 
-/// The nodes table from the swarm: labels `pressdock.node`, `pressdock.role`, `pressdock.slots`.
-/// Node records from the swarm: new workers join the map, availability follows the
-/// swarm (down, drained), and `down_since` says since when a worker is down.
-pub async fn sync_nodes(db: &MySqlPool, provisioner: &Provisioner) -> anyhow::Result<Report> {
-    let mut report = Report::default();
-    let Some(config) = &provisioner.config.swarm else {
-        return Ok(report);
-    };
-    let path = config
-        .docker_host
-        .strip_prefix("unix://")
-        .unwrap_or(&config.docker_host);
-    let docker = bollard::Docker::connect_with_socket(
-        path,
-        30,
-        &bollard::ClientVersion {
-            major_version: 1,
-            minor_version: 41,
-        },
-    )
-    .context("connecting to the swarm manager")?;
-    let nodes = docker
-        .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
-        .await
-        .context("listing swarm nodes")?;
-    let mut seen: Vec<String> = Vec::new();
-    for node in nodes {
-        report.checked += 1;
-        let Some(id) = node.id.clone() else { continue };
-        seen.push(id.clone());
-        let labels = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.labels.clone())
-            .unwrap_or_default();
-        let hostname = node
-            .description
-            .as_ref()
-            .and_then(|d| d.hostname.clone())
-            .unwrap_or_default();
-        let name = if crate::domain::Slug::parse(&hostname).is_ok() {
-            hostname
-        } else {
-            labels.get("pressdock.node").cloned().unwrap_or_default()
-        };
-        let role = labels
-            .get("pressdock.role")
-            .cloned()
-            .unwrap_or_else(|| "worker".to_owned());
-        if crate::domain::Slug::parse(&name).is_err()
-            || !id.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            report
-                .errors
-                .push(format!("swarm node {id:?} has an unusable name {name:?}"));
-            continue;
-        }
-        let slots: i32 = labels
-            .get("pressdock.slots")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(if role == "worker" { 25 } else { 0 });
-        let down = node
-            .status
-            .as_ref()
-            .and_then(|s| s.state)
-            .is_some_and(|s| s != bollard::models::NodeState::READY);
-        let drained = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.availability)
-            .is_some_and(|a| a != bollard::models::NodeSpecAvailabilityEnum::ACTIVE);
-        let address = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addr.clone())
-            .unwrap_or_default();
-        let existing: Option<(String, String)> = sqlx::query_as(
-            "SELECT id, availability FROM nodes WHERE swarm_node_id = ? OR name = ? ORDER BY swarm_node_id = ? DESC LIMIT 1",
-        )
-        .bind(&id)
-        .bind(&name)
-        .bind(&id)
-        .fetch_optional(db)
-        .await?;
-        // The swarm says when a node is down or drained; a drain ordered through the API
-        // stays until the API lifts it.
-        // A worker takes sites once its provisioning marked it `pressdock.pool` (images
-        // loaded, storage mounted); before that it is `pending`.
-        let pending = role == "worker" && !labels.contains_key("pressdock.pool");
-        let availability = match (&existing, down, drained) {
-            (_, true, _) => "down",
-            (_, false, true) => "drain",
-            (Some((_, current)), false, false) if current == "drain" => "drain",
-            _ if pending => "pending",
-            _ => "active",
-        };
-        match existing {
-            Some((row, current)) => {
-                sqlx::query(
-                    "UPDATE nodes SET swarm_node_id = ?, role = ?, availability = ?, slots = ?, address = ?, \
-                     labels = ?, updated_at = NOW(6), \
-                     down_since = IF(? = 'down', COALESCE(down_since, NOW(6)), NULL) WHERE id = ?",
-                )
-                .bind(&id)
-                .bind(&role)
-                .bind(availability)
-                .bind(slots)
-                .bind(&address)
-                .bind(sqlx::types::Json(&labels))
-                .bind(availability)
-                .bind(&row)
-                .execute(db)
-                .await?;
-                if current != availability {
-                    report.repairs.push(Repair {
-                        site: String::new(),
-                        backend: "nodes",
-                        drift: format!("{name} is {availability} (was {current})"),
-                    });
-                }
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO nodes (id, name, swarm_node_id, role, availability, slots, address, labels) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(crate::domain::Id::generate().as_str())
-                .bind(&name)
-                .bind(&id)
-                .bind(&role)
-                .bind(availability)
-                .bind(slots)
-                .bind(&address)
-                .bind(sqlx::types::Json(&labels))
-                .execute(db)
-                .await?;
-                report.repairs.push(Repair {
-                    site: String::new(),
-                    backend: "nodes",
-                    drift: format!("registered {name} ({role}) from the swarm"),
-                });
-            }
-        }
-    }
-    unlinked_nodes(db, &seen, &mut report).await?;
-    Ok(report)
-}
-
-/// Nodes the swarm does not list are no placement targets: one registered by hand that no
-/// swarm node has claimed is `pending` (an older release made such nodes `active`, and
-/// sites were then placed on a worker with no swarm node behind it); one the swarm listed
-/// before and no longer does has left it and is `down` (its sites are re-placed after
-/// the grace period).
-async fn unlinked_nodes(
-    db: &MySqlPool,
-    seen: &[String],
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    let rows: Vec<(String, String, Option<String>, String)> =
-        sqlx::query_as("SELECT id, name, swarm_node_id, availability FROM nodes")
-            .fetch_all(db)
-            .await?;
-    for (row, name, swarm_id, current) in rows {
-        let wanted = match &swarm_id {
-            None if current == "active" => "pending",
-            Some(swarm_id) if !seen.contains(swarm_id) && current != "down" => "down",
-            _ => continue,
-        };
-        sqlx::query(
-            "UPDATE nodes SET availability = ?, updated_at = NOW(6), \
-             down_since = IF(? = 'down', COALESCE(down_since, NOW(6)), NULL) \
-             WHERE id = ? AND availability = ?",
-        )
-        .bind(wanted)
-        .bind(wanted)
-        .bind(&row)
-        .bind(&current)
-        .execute(db)
-        .await?;
-        report.repairs.push(Repair {
-            site: String::new(),
-            backend: "nodes",
-            drift: match wanted {
-                "pending" => {
-                    format!("{name} is pending (was {current}): no swarm node of this name")
-                }
-                _ => format!("{name} is down (was {current}): it left the swarm"),
-            },
-        });
-    }
-    Ok(())
-}
-
 async fn settled_sites(db: &MySqlPool) -> anyhow::Result<Vec<(String, String)>> {
     Ok(sqlx::query_as(
         "SELECT s.id, s.state FROM sites s WHERE s.state IN ('provisioning', 'active', 'degraded', 'suspended') AND NOT EXISTS \
@@ -322,7 +116,7 @@ async fn settled_sites(db: &MySqlPool) -> anyhow::Result<Vec<(String, String)>> 
     .await?)
 }
 
-async fn reconcile_sites(db: &MySqlPool, p: &Provisioner) -> anyhow::Result<Report> {
+async fn reconcile_sites(db: &MySqlPool, p: &Backends) -> anyhow::Result<Report> {
     let mut report = Report::default();
     if !p.any() {
         return Ok(report);
@@ -358,7 +152,7 @@ async fn reconcile_sites(db: &MySqlPool, p: &Provisioner) -> anyhow::Result<Repo
 }
 
 async fn password(
-    p: &Provisioner,
+    p: &Backends,
     db: &MySqlPool,
     id: &SiteResourceId,
     kind: SecretKind,
@@ -372,7 +166,7 @@ async fn password(
 
 async fn reconcile_site(
     db: &MySqlPool,
-    p: &Provisioner,
+    p: &Backends,
     id: &SiteResourceId,
     state: &str,
     report: &mut Report,
@@ -475,7 +269,7 @@ async fn reconcile_site(
 /// a hand-made one): such resources are reported as `foreign` and never removed.
 async fn reconcile_orphans(
     db: &MySqlPool,
-    p: &Provisioner,
+    p: &Backends,
     grace_secs: u64,
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();

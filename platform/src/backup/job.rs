@@ -16,14 +16,14 @@ use sqlx::MySqlPool;
 use super::{BackupSpec, BackupStore, Hooks, UploadJournal, backup_prefix};
 use crate::{
     domain::Id,
-    provision::Provisioner,
+    provision::Backends,
     sagas::{StepError, StepResult},
 };
 
 /// What a tenant reads when the backup store fails (the cause is for staff).
 const STORE_FAILED: &str = "the backup store could not be written or read";
 
-fn store(provisioner: &Provisioner) -> Result<BackupStore, StepError> {
+fn store(provisioner: &Backends) -> Result<BackupStore, StepError> {
     let config = provisioner.config.s3.as_ref().ok_or_else(|| {
         StepError::internal(anyhow!("backups need [backends.s3] in the configuration"))
     })?;
@@ -77,7 +77,7 @@ async fn clear(db: &MySqlPool, store: &BackupStore, backup: &str, prefix: &str) 
 }
 
 /// The `run_backup` step of `site.backup`.
-pub async fn run_backup(db: &MySqlPool, provisioner: &Provisioner, backup: &str) -> StepResult {
+pub async fn run_backup(db: &MySqlPool, provisioner: &Backends, backup: &str) -> StepResult {
     let row = load(db, backup).await?;
     match row.state.as_str() {
         "complete" => return Ok(()),
@@ -208,7 +208,7 @@ pub async fn run_backup(db: &MySqlPool, provisioner: &Provisioner, backup: &str)
 }
 
 /// The `remove_backup` step of `backup.delete`: the objects and any unfinished upload.
-pub async fn remove_backup(db: &MySqlPool, provisioner: &Provisioner, backup: &str) -> StepResult {
+pub async fn remove_backup(db: &MySqlPool, provisioner: &Backends, backup: &str) -> StepResult {
     let row = load(db, backup).await?;
     if row.state == "deleted" {
         return Ok(());

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     domain::Id,
-    provision::Provisioner,
+    provision::Backends,
     sagas::{StepError, StepResult},
 };
 
@@ -53,7 +53,7 @@ pub async fn current(db: &MySqlPool, site: &str) -> Result<RestoreRow, StepError
     .ok_or_else(|| StepError::internal(anyhow!("site {site} has no restore under way")))
 }
 
-fn store(provisioner: &Provisioner) -> Result<BackupStore, StepError> {
+fn store(provisioner: &Backends) -> Result<BackupStore, StepError> {
     let config = provisioner.config.s3.as_ref().ok_or_else(|| {
         StepError::internal(anyhow!("restores need [backends.s3] in the configuration"))
     })?;
@@ -167,7 +167,7 @@ pub async fn wait_for_site(db: &MySqlPool, site: &str) -> StepResult {
 
 /// `verify_backup`: every object read through and checked against the manifest, every
 /// statement of the dump checked, before anything is overwritten.
-pub async fn verify_backup(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn verify_backup(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let store = store(provisioner)?;
     let manifest = manifest_of(db, &store, &restore.backup_id).await?;
@@ -187,7 +187,7 @@ pub async fn verify_backup(db: &MySqlPool, provisioner: &Provisioner, site: &str
 /// `backup_current`: the site as it is, backed up before it is overwritten (a restore
 /// into the same site; a clone's new site has nothing to keep). The backup is recorded on
 /// the restore once; running the step again resumes or keeps it.
-pub async fn backup_current(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn backup_current(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     if restore.kind != "restore" {
         return Ok(());
@@ -235,7 +235,7 @@ pub async fn backup_current(db: &MySqlPool, provisioner: &Provisioner, site: &st
 /// the platform need not be on the sites' network; the account is the site's.
 async fn site_connection(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     site: &SiteResourceId,
 ) -> Result<mysql_async::Opts, StepError> {
     let galera = provisioner.config.galera.as_ref().ok_or_else(|| {
@@ -255,7 +255,7 @@ async fn site_connection(
 }
 
 fn files_root(
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     site: &SiteResourceId,
 ) -> Result<std::path::PathBuf, StepError> {
     let gluster = provisioner.config.gluster.as_ref().ok_or_else(|| {
@@ -268,7 +268,7 @@ fn files_root(
 
 /// `restore_database`: the site's database replaced by the backup's (a clone's domain
 /// rewritten in it), through the site's own user.
-pub async fn restore_database(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn restore_database(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let id = SiteResourceId::parse(site).map_err(StepError::internal)?;
     let store = store(provisioner)?;
@@ -300,7 +300,7 @@ pub async fn restore_database(db: &MySqlPool, provisioner: &Provisioner, site: &
 }
 
 /// `restore_files`: the site's wp-content replaced by the backup's.
-pub async fn restore_files(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn restore_files(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let id = SiteResourceId::parse(site).map_err(StepError::internal)?;
     let store = store(provisioner)?;
@@ -321,7 +321,7 @@ pub async fn restore_files(db: &MySqlPool, provisioner: &Provisioner, site: &str
 /// The pre-restore backup, if the restore has one that is complete.
 async fn way_back(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     restore: &RestoreRow,
 ) -> Result<Option<(BackupStore, super::Manifest)>, StepError> {
     let Some(backup) = &restore.pre_restore_backup_id else {
@@ -341,11 +341,7 @@ async fn way_back(
 }
 
 /// Undo of `restore_database`: the database as the pre-restore backup has it.
-pub async fn put_back_database(
-    db: &MySqlPool,
-    provisioner: &Provisioner,
-    site: &str,
-) -> StepResult {
+pub async fn put_back_database(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let Some((store, manifest)) = way_back(db, provisioner, &restore).await? else {
         return Ok(());
@@ -362,7 +358,7 @@ pub async fn put_back_database(
 }
 
 /// Undo of `restore_files`: wp-content as the pre-restore backup has it.
-pub async fn put_back_files(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn put_back_files(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let Some((store, manifest)) = way_back(db, provisioner, &restore).await? else {
         return Ok(());

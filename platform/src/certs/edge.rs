@@ -80,7 +80,7 @@ async fn traefik(State(state): State<AppState>, headers: HeaderMap) -> Response 
         return ApiError::Unauthorized("the edge provider token is required").into_response();
     }
     let served = async {
-        let certificates = store::servable(&state.db, &state.provisioner.secrets).await?;
+        let certificates = store::servable(&state.db, &state.secrets).await?;
         let options = store::https_options(&state.db).await?;
         anyhow::Ok((certificates, options))
     };

@@ -35,7 +35,7 @@ pub use error::{Failure, StepError};
 use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
-use crate::{provision::Provisioner, states::OperationKind};
+use crate::{provision::Backends, states::OperationKind};
 
 /// What a step, an undo or a saga's end returns.
 pub type StepResult = Result<(), StepError>;
@@ -46,7 +46,7 @@ pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
 /// What a step runs against.
 pub struct StepContext {
     pub db: MySqlPool,
-    pub backends: Arc<Provisioner>,
+    pub backends: Arc<Backends>,
     /// The operation's target (`operations.target_id`), as stored: the saga validates it.
     pub target: String,
 }
@@ -67,7 +67,7 @@ pub struct Step {
     pub undo: Undo,
     /// Whether this configuration has the step (a backend that is not configured has no
     /// steps: the operation records exactly the steps that run).
-    pub when: fn(&Provisioner) -> bool,
+    pub when: fn(&Backends) -> bool,
 }
 
 /// How a saga ended.
@@ -90,7 +90,7 @@ pub struct Saga {
 
 impl Saga {
     /// The names of the steps this configuration runs, in order (what `enqueue` records).
-    pub fn plan(&self, backends: &Provisioner) -> Vec<&'static str> {
+    pub fn plan(&self, backends: &Backends) -> Vec<&'static str> {
         self.steps
             .iter()
             .filter(|s| (s.when)(backends))
@@ -101,6 +101,13 @@ impl Saga {
     /// The step stored under `name` (an operation recorded by this or an earlier release).
     pub fn step(&self, name: &str) -> Option<&'static Step> {
         self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// What `app::operations::enqueue` records: this configuration's steps of a kind's saga.
+impl crate::app::operations::Plans for Backends {
+    fn plan(&self, kind: OperationKind) -> Vec<&'static str> {
+        saga(kind).plan(self)
     }
 }
 
@@ -120,7 +127,7 @@ pub fn saga(kind: OperationKind) -> &'static Saga {
 }
 
 /// A step that every configuration has.
-fn always(_: &Provisioner) -> bool {
+fn always(_: &Backends) -> bool {
     true
 }
 

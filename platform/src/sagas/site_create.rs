@@ -9,7 +9,7 @@ use super::{
     Saga, Step, StepContext, StepError, StepResult, Undo, always,
     site_steps::{self as s},
 };
-use crate::{provision::Provisioner, states::OperationKind};
+use crate::{provision::Backends, states::OperationKind};
 
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteCreate,
@@ -30,7 +30,7 @@ pub static SAGA: Saga = Saga {
             name: "generate_secrets",
             action: s::generate_secrets,
             undo: Undo::Reverse(s::forget_secrets),
-            when: Provisioner::any,
+            when: Backends::any,
         },
         Step {
             name: "ensure_database",
@@ -131,10 +131,15 @@ fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
         .fetch_one(&mut *tx)
         .await?;
         let slots = u32::try_from(slots).unwrap_or(1).max(1);
-        let chosen =
-            crate::app::placement::place_new_site(&mut tx, &c.backends.placement, &c.target, &tenant, slots)
-                .await
-                .map_err(|e| StepError::retryable("placing the site failed", e))?;
+        let chosen = crate::app::placement::place_new_site(
+            &mut tx,
+            &c.backends.placement,
+            &c.target,
+            &tenant,
+            slots,
+        )
+        .await
+        .map_err(|e| StepError::retryable("placing the site failed", e))?;
         let node = chosen.map_err(|reason| {
             StepError::permanent(
                 format!("no worker can take the site ({reason}); add or activate a worker"),

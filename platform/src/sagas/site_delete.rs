@@ -7,7 +7,7 @@ use super::{
     Saga, Step, Undo, always,
     site_steps::{self as s},
 };
-use crate::{provision::Provisioner, states::OperationKind};
+use crate::{provision::Backends, states::OperationKind};
 
 /// Why no step of a delete has an undo.
 const FORWARD_ONLY: &str =
@@ -74,7 +74,7 @@ pub static SAGA: Saga = Saga {
             name: "forget_secrets",
             action: s::forget_secrets,
             undo: Undo::Nothing(FORWARD_ONLY),
-            when: Provisioner::any,
+            when: Backends::any,
         },
     ],
     finish: s::finish,

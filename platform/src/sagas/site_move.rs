@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
 use super::{Saga, Step, StepContext, StepError, StepResult, Undo, always, nothing_to_finish};
-use crate::{config::PlacementConfig, provision::Provisioner, states::OperationKind};
+use crate::{config::PlacementConfig, provision::Backends, states::OperationKind};
 
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteMove,
@@ -275,7 +275,7 @@ async fn move_placement(db: &MySqlPool, site: &str, from: &str, to: &str) -> Res
 
 async fn await_ready(
     db: &MySqlPool,
-    p: &Provisioner,
+    p: &Backends,
     site: &str,
     m: &InFlight,
 ) -> Result<(), StepError> {

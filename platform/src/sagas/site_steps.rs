@@ -1,5 +1,5 @@
 //! The per-site steps several sagas share: each one resource, over
-//! [`Provisioner`](crate::provision::Provisioner)'s idempotent operations, and the end of
+//! [`Backends`](crate::provision::Backends)'s idempotent operations, and the end of
 //! a site saga (the site's state, through `app::site_state`, its only writer).
 
 use backends::{SiteResourceId, varnish::HostState};

@@ -764,7 +764,7 @@ async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() 
         .create_tenant(&admin, &random_name("rs").replace('_', "-"))
         .await;
     let (site, schema) = seed_site(&app, &tenant, sites_root.path()).await;
-    let provisioner = platform::provision::Provisioner::from_config(
+    let provisioner = platform::provision::Backends::from_config(
         &backends,
         crate::support::SECRET_KEY.as_bytes(),
     )

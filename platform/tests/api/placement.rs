@@ -246,7 +246,7 @@ async fn the_loop_waits_for_a_lasting_imbalance_and_never_delays_an_evacuation()
         move_cooldown_secs: 3600,
         ..Default::default()
     };
-    let provisioner = platform::provision::Provisioner::from_config(
+    let provisioner = platform::provision::Backends::from_config(
         &Default::default(),
         crate::support::SECRET_KEY.as_bytes(),
     )

@@ -11,7 +11,7 @@ use backends::SiteResourceId;
 use platform::{
     backup,
     domain::Id,
-    provision::Provisioner,
+    provision::Backends,
     sagas::{self, Outcome, StepContext},
     states::OperationKind,
 };
@@ -66,7 +66,7 @@ struct Site {
 
 async fn provisioned_site(
     app: &TestApp,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     tenant: &str,
     sites_root: &Path,
 ) -> Site {
@@ -82,7 +82,7 @@ async fn provisioned_site(
 }
 
 impl Site {
-    async fn remove(self, provisioner: &Provisioner) {
+    async fn remove(self, provisioner: &Backends) {
         let rid = SiteResourceId::parse(self.id.as_str()).unwrap();
         let _ = provisioner.remove_database(&rid).await;
         let _ = std::fs::remove_dir_all(&self.root);
@@ -114,7 +114,7 @@ struct Env {
     s3: S3Server,
     sites_root: tempfile::TempDir,
     app: TestApp,
-    provisioner: Provisioner,
+    provisioner: Backends,
     admin: String,
     tenant: String,
     member: String,
@@ -125,7 +125,7 @@ async fn env(jobs: bool) -> Env {
     let s3 = S3Server::start().await;
     let sites_root = tempfile::tempdir().unwrap();
     let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
     let app = TestApp::spawn_with(|c| {
         c.backends = backends;
         c.jobs.enabled = jobs;
@@ -377,7 +377,7 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
     let ctx = StepContext {
         db: e.app.db.clone(),
         backends: Arc::new(
-            Provisioner::from_config(
+            Backends::from_config(
                 &backends_config(&e.s3, e.sites_root.path()),
                 SECRET_KEY.as_bytes(),
             )
@@ -545,7 +545,7 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
         .as_table_mut()
         .unwrap()
         .insert("gluster_bin".into(), toml::Value::String("true".into()));
-    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
     let app = TestApp::spawn_with(|c| {
         c.backends = backends;
         c.reconcile.enabled = false;
