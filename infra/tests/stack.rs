@@ -181,9 +181,14 @@ fn a_stack_is_created_left_alone_rolled_and_pruned_on_a_real_swarm() {
         ] {
             let _ = docker.delete_service(&s).await;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A secret can go once no task of its services is left.
         for s in [format!("{name}_s"), format!("{edge_name}_varnish_secret")] {
-            let _ = docker.delete_secret(&s).await;
+            for _ in 0..20 {
+                if docker.delete_secret(&s).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         Ok(())
     });
