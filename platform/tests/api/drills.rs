@@ -22,7 +22,6 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let s3 = S3Server::start().await;
     let sites_root = tempfile::tempdir().unwrap();
     let backends = backends_config(&s3, sites_root.path());

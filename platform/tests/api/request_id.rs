@@ -41,6 +41,9 @@ impl Drop for Capture {
     }
 }
 
+/// The only global subscriber of this test binary: a test that installs its own (say
+/// `tracing_subscriber::fmt().try_init()` for debugging) and runs first takes the place of
+/// this one, and the assertions on the captured lines fail depending on the order.
 fn capture_logs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {

@@ -121,7 +121,6 @@ struct Env {
 }
 
 async fn env(jobs: bool) -> Env {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let s3 = S3Server::start().await;
     let sites_root = tempfile::tempdir().unwrap();
     let backends = backends_config(&s3, sites_root.path());
@@ -821,7 +820,6 @@ async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
 /// real master, replica and Sentinel) and another site's are kept.
 #[tokio::test]
 async fn a_restore_flushes_the_sites_object_cache() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let redis = crate::helpers::RedisLab::start();
     let s3 = S3Server::start().await;
     let sites_root = tempfile::tempdir().unwrap();
