@@ -165,8 +165,8 @@ pub struct BackupPolicy {
     pub plan_id: String,
     /// Whether the scheduler backs the plan's sites up (retention applies either way).
     pub enabled: bool,
-    /// `every N h` or `daily HH:MM` (UTC), as set.
-    pub schedule: String,
+    /// `every N h` or `daily HH:MM` (UTC), as set; null when the plan has no policy.
+    pub schedule: Option<String>,
     /// Every this many hours, at multiples of it since 00:00 UTC (6: 00:00, 06:00, 12:00,
     /// 18:00 UTC); null when `daily_at` is set.
     pub every_hours: Option<i32>,
@@ -179,7 +179,8 @@ pub struct BackupPolicy {
     pub keep_days: Option<i32>,
     /// The next slot at which a site of the plan is backed up (UTC), when enabled.
     pub next_run_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// When staff last set the policy; null when the plan has none.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The pattern of a schedule: `every N h` (1 to 168) or `daily HH:MM` (UTC).
@@ -225,9 +226,9 @@ fn policy_of(row: PolicyRow) -> BackupPolicy {
         plan_id,
         enabled,
         schedule: match (every_hours, daily_at_minute) {
-            (Some(h), _) => format!("every {h}h"),
-            (None, Some(m)) => format!("daily {:02}:{:02}", m / 60, m % 60),
-            (None, None) => String::new(),
+            (Some(h), _) => Some(format!("every {h}h")),
+            (None, Some(m)) => Some(format!("daily {:02}:{:02}", m / 60, m % 60)),
+            (None, None) => None,
         },
         every_hours,
         daily_at: daily_at_minute.map(|m| format!("{:02}:{:02}", m / 60, m % 60)),
@@ -236,7 +237,7 @@ fn policy_of(row: PolicyRow) -> BackupPolicy {
         next_run_at: schedule
             .filter(|_| enabled)
             .map(|s| s.next_slot(s.last_slot(chrono::Utc::now()))),
-        updated_at,
+        updated_at: Some(updated_at),
     }
 }
 
@@ -280,7 +281,9 @@ async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
     found.map(drop).ok_or(ApiError::NotFound("plan"))
 }
 
-/// `GET /v1/plans/{plan}/backup-policy`: 404 when the plan has none (no scheduled backups).
+/// `GET /v1/plans/{plan}/backup-policy`. A plan without a policy has one that schedules
+/// nothing and prunes nothing (`enabled: false`, `schedule: null`): 404 is for a plan that
+/// does not exist.
 pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolicy> {
     plan_exists(&state.db, plan).await?;
     let row: Option<PolicyRow> = sqlx::query_as(
@@ -290,8 +293,17 @@ pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolic
     .bind(plan.as_str())
     .fetch_optional(&state.db)
     .await?;
-    row.map(policy_of)
-        .ok_or(ApiError::NotFound("backup policy"))
+    Ok(row.map(policy_of).unwrap_or_else(|| BackupPolicy {
+        plan_id: plan.as_str().to_owned(),
+        enabled: false,
+        schedule: None,
+        every_hours: None,
+        daily_at: None,
+        keep_count: None,
+        keep_days: None,
+        next_run_at: None,
+        updated_at: None,
+    }))
 }
 
 /// `PUT /v1/plans/{plan}/backup-policy` (staff admins): sets the whole policy.
