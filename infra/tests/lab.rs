@@ -927,3 +927,287 @@ fn task_of_a_killed_worker_is_rescheduled_and_serves_again() {
         "took {served_again:?}"
     );
 }
+
+// ------------------------------------------------- cluster code on the lab's real nodes
+
+/// `docker node inspect`'s labels and status of the node with host name `host`.
+fn node_labels(lab: &Lab, host: &str) -> Option<(String, serde_json::Value)> {
+    let o = lab
+        .topo
+        .first_manager()
+        .docker([
+            "node",
+            "inspect",
+            "--format",
+            "{{.Status.State}} {{json .Spec.Labels}}",
+            host,
+        ])
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let (state, json) = s.split_once(' ')?;
+    Some((state.to_owned(), serde_json::from_str(json).ok()?))
+}
+
+/// Item 5 of issue 15 on real nodes: a worker added (namespace machine, join, labels by the
+/// production planner and executor; the platform's node sync records it) and removed again
+/// through `cluster::evolve::evacuate_node` (drained in the platform when it runs, swarm
+/// drain, leave, `node rm`, the machine destroyed, the platform forgets it).
+#[test]
+fn a_worker_joins_with_its_labels_and_leaves_through_the_cluster_code() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let n = lab.topo.workers;
+    let new = format!("pdlab-w{}", n + 1);
+    let platform = lab::platform::staff_client(&lab);
+    let t0 = Instant::now();
+    let out = infra()
+        .args([
+            "lab",
+            "up",
+            "--no-platform",
+            "--workers",
+            &(n + 1).to_string(),
+        ])
+        .output()
+        .expect("lab up --workers n+1");
+    let grow = t0.elapsed();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab up --workers {}: {text}", n + 1);
+    // The production steps ran (their progress lines), not a lab-only path.
+    assert!(
+        text.contains(&format!("{new} (10.213.0.{}) joins as worker", 21 + n)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("label {new}: pressdock.node=w{}", n + 1)),
+        "{text}"
+    );
+    let (state, labels) = node_labels(&lab, &new).expect("the new node in the swarm");
+    assert_eq!(state, "ready");
+    assert_eq!(labels["pressdock.role"], "worker");
+    assert_eq!(labels["pressdock.slots"], "25");
+    assert_eq!(labels["pressdock.pool"], "wp");
+    assert_eq!(labels["pressdock.node"], format!("w{}", n + 1));
+    let seen_by_platform = platform.as_ref().map(|p| {
+        use infra::cluster::evolve::Platform as _;
+        let t = Instant::now();
+        lab::sh::wait_for(
+            "the platform's node sync to record the new worker",
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || {
+                infra::cluster::stack::block_on(|| async { p.nodes().await })
+                    .ok()?
+                    .into_iter()
+                    .find(|x| x.name == new)
+                    .map(|_| ())
+            },
+        )
+        .expect("platform sees the node");
+        t.elapsed()
+    });
+
+    let t1 = Instant::now();
+    let out = infra()
+        .args(["lab", "up", "--no-platform", "--workers", &n.to_string()])
+        .output()
+        .expect("lab up --workers n");
+    let shrink = t1.elapsed();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab up --workers {n}: {text}");
+    assert!(text.contains(&format!("{new} left the swarm")), "{text}");
+    if platform.is_some() {
+        assert!(
+            text.contains(&format!("{new}: drained in the platform")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{new}: its sites moved")), "{text}");
+    }
+    assert!(
+        node_labels(&lab, &new).is_none(),
+        "{new} still in the swarm"
+    );
+    assert!(!Path::new(&format!("/run/netns/{new}")).exists());
+    if let Some(p) = &platform {
+        use infra::cluster::evolve::Platform as _;
+        let nodes = infra::cluster::stack::block_on(|| async { p.nodes().await }).expect("nodes");
+        assert!(
+            !nodes.iter().any(|x| x.name == new),
+            "the platform still lists {new}"
+        );
+    }
+    eprintln!(
+        "worker {new}: joined and labelled by lab up in {:.1}s, seen by the platform after {}, \
+         evacuated and removed in {:.1}s (platform: {})",
+        grow.as_secs_f64(),
+        seen_by_platform.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+        shrink.as_secs_f64(),
+        platform.is_some()
+    );
+}
+
+/// A stack rolled through the Engine API deployer (`cluster::stack`) on the lab's swarm:
+/// created, served through the edge, a changed variable updates its two tasks one at a
+/// time (start-first, health-checked) with every request meanwhile answered, a second
+/// deploy of the same file changes nothing, a service gone from the file is removed.
+#[test]
+fn a_stack_rolls_through_the_engine_api_without_a_failed_request() {
+    if !enabled() {
+        return;
+    }
+    use infra::cluster::stack::{self, Outcome};
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let name = format!("troll{}", rand_suffix());
+    let host = format!("{name}.t.lab.test");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = TASK_NGINX_CONF
+        .replace("lab-task on", "v${VER} on")
+        .replace("$hostname", "$$hostname");
+    let script = TASK_SCRIPT.replace('$', "$$");
+    let json = |s: &str| serde_json::to_string(s).expect("json");
+    let compose = |with_extra: bool| {
+        format!(
+            "version: \"3.8\"
+services:
+  web:
+    image: local/wordpress:dev
+    entrypoint: [\"sh\", \"-c\", {script}]
+    hostname: \"{{{{.Node.Hostname}}}}\"
+    environment:
+      NGINX_CONF: {conf}
+    networks: [sites]
+    stop_grace_period: 20s
+    healthcheck:
+      test: test -e /tmp/ready
+      interval: 1s
+      timeout: 1s
+      retries: 1
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+      placement:
+        constraints: [node.labels.pressdock.pool == wp]
+      update_config: {{ parallelism: 1, order: start-first }}
+      labels:
+        pressdock.route.hosts: {host}
+        pressdock.route.network: ${{PD_SITES_NET}}
+{extra}networks:
+  sites:
+    external: true
+    name: ${{PD_SITES_NET}}
+",
+            script = json(&script),
+            conf = json(&conf),
+            extra = if with_extra {
+                "  idle:\n    image: local/wordpress:dev\n    entrypoint: [\"sleep\", \"infinity\"]\n    deploy: { replicas: 0 }\n"
+            } else {
+                ""
+            },
+        )
+    };
+    let m1 = lab.topo.first_manager();
+    let cleanup = || {
+        for s in ["web", "idle"] {
+            let _ = m1
+                .docker(["service", "rm", &format!("{name}_{s}")])
+                .output();
+        }
+    };
+    struct Cleanup<F: Fn()>(F);
+    impl<F: Fn()> Drop for Cleanup<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _c = Cleanup(cleanup);
+    let deploy = |ver: &str, extra: bool| {
+        std::fs::write(dir.path().join("roll.yml"), compose(extra)).expect("write");
+        let vars = [("VER", ver), ("PD_SITES_NET", lab::SITES_NET)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        stack::deploy_file(
+            &m1.sock(),
+            &name,
+            dir.path(),
+            "roll.yml",
+            &vars,
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("deploy v{ver}: {e:#}"))
+    };
+    let out = deploy("1", true);
+    assert_eq!(out[&format!("{name}_web")], Outcome::Created);
+    assert_eq!(out[&format!("{name}_idle")], Outcome::Created);
+    let served = |want: &str| {
+        lab::sh::wait_for(
+            &format!("{host} answering {want}"),
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            || {
+                let n = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                edge_get(&host, n)
+                    .ok()
+                    .filter(|r| r.status == 200 && r.body.starts_with(want))
+                    .map(|_| ())
+            },
+        )
+        .expect("served through the edge")
+    };
+    served("v1 on ");
+    // Requests through the whole edge while the stack rolls to v2.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed, v2_seen, t_roll) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let (mut ok, mut failed, mut n, mut v2) = (0u32, Vec::new(), 0u64, false);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                match edge_get(&host, 1_000_000 + n) {
+                    Ok(r) if r.status == 200 => {
+                        ok += 1;
+                        v2 |= r.body.starts_with("v2 on ");
+                    }
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed, v2)
+        });
+        let t = Instant::now();
+        let out = deploy("2", false);
+        let t_roll = t.elapsed();
+        assert_eq!(out[&format!("{name}_web")], Outcome::Updated);
+        assert_eq!(out[&format!("{name}_idle")], Outcome::Removed);
+        served("v2 on ");
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed, v2) = h.join().expect("requester");
+        (ok, failed, v2, t_roll)
+    });
+    assert!(
+        failed.is_empty(),
+        "failed requests during the roll: {failed:?}"
+    );
+    assert!(v2_seen && ok > 10, "{ok} answers, v2 seen: {v2_seen}");
+    // Two tasks were replaced one at a time: the service's update completed.
+    let again = deploy("2", false);
+    assert_eq!(again[&format!("{name}_web")], Outcome::Unchanged);
+    eprintln!(
+        "rolling update of 2 start-first tasks through the Engine API: {:.1}s until completed; \
+         {ok} requests through the edge meanwhile, 0 failed",
+        t_roll.as_secs_f64()
+    );
+}

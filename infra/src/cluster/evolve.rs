@@ -459,75 +459,118 @@ impl<P: Provider, D: Docker, A: Platform> NodeOps for Evacuator<'_, '_, P, D, A>
         progress: &mut dyn FnMut(&str),
     ) -> Result<()> {
         let c = self.cluster;
-        if role == Role::Worker && c.platform.is_none() && !c.drain_without_platform {
-            bail!(
-                "draining worker {name} moves its sites through the platform: set PRESSDOCK_API and PRESSDOCK_API_TOKEN (or --no-platform for a cluster that serves no sites)"
-            );
-        }
-        if role == Role::Worker {
-            let node = c
-                .platform
-                .nodes()
-                .await?
-                .into_iter()
-                .find(|n| n.name == name);
-            if let Some(node) = node {
-                if node.availability != "drain" {
-                    c.platform.set_availability(&node.id, "drain").await?;
-                    progress(&format!(
-                        "  {name}: drained in the platform ({} slot(s) used)",
-                        node.used_slots
-                    ));
-                }
-                let started = std::time::Instant::now();
-                loop {
-                    let used = c
-                        .platform
-                        .nodes()
-                        .await?
-                        .into_iter()
-                        .find(|n| n.name == name)
-                        .map_or(0, |n| n.used_slots);
-                    if used == 0 {
-                        progress(&format!("  {name}: its sites moved"));
-                        break;
-                    }
-                    if started.elapsed() > c.evacuation_timeout {
-                        bail!(
-                            "{name} still holds {used} slot(s) after {} s: see the platform's moves (GET /v1/operations), then run apply again",
-                            c.evacuation_timeout.as_secs()
-                        );
-                    }
-                    tokio::time::sleep(c.poll).await;
-                }
-            }
-        }
-        if !ready {
-            return Ok(());
-        }
-        let m = self
-            .machines
-            .iter()
-            .find(|m| m.name == name)
-            .with_context(|| format!("{name} has no addresses"))?;
-        // Another manager runs the swarm-wide commands (never the node that leaves).
-        let leader = self
-            .machines
-            .iter()
-            .find(|x| {
-                x.role == Role::Manager
-                    && x.name != name
-                    && self
-                        .swarm
-                        .local
-                        .get(&x.name)
-                        .is_some_and(|l| l.in_swarm && !l.unreachable)
-            })
-            .context("no other manager in the swarm to take the node out")?;
-        swarm_exec::drain_and_leave(c.docker, leader, m, c.poll, progress)
+        evacuate_node(
+            &Evacuation {
+                docker: c.docker,
+                platform: c.platform,
+                machines: self.machines,
+                swarm: self.swarm,
+                poll: c.poll,
+                timeout: c.evacuation_timeout,
+                drain_without_platform: c.drain_without_platform,
+            },
+            name,
+            role,
+            ready,
+            progress,
+        )
+        .await
     }
 
     async fn forget(&self, platform_id: &str) -> Result<()> {
         self.cluster.platform.forget(platform_id).await
     }
+}
+
+/// What taking a node out of a serving cluster needs: docker on the machines, the platform,
+/// the machines and the swarm as observed.
+pub struct Evacuation<'a, D, A> {
+    pub docker: &'a D,
+    pub platform: &'a A,
+    pub machines: &'a [Machine],
+    pub swarm: &'a ObservedSwarm,
+    pub poll: Duration,
+    pub timeout: Duration,
+    pub drain_without_platform: bool,
+}
+
+/// Takes node `name` out, in the order that keeps its sites up: a worker is drained through
+/// the platform (`PATCH /v1/nodes/{id}` `{"availability":"drain"}`: the platform's placement
+/// moves its sites, start-first) and waited for until it holds none (`used_slots` 0); then
+/// (`ready`: it is in the swarm) drained in the swarm, demoted if a manager, it leaves and its
+/// entry is removed ([`swarm_exec::drain_and_leave`], run by another manager). The caller
+/// then destroys the machine and has the platform forget it. Used by `cluster apply --swarm`
+/// and by the lab when it removes a worker.
+pub async fn evacuate_node<D: Docker, A: Platform>(
+    e: &Evacuation<'_, D, A>,
+    name: &str,
+    role: Role,
+    ready: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    if role == Role::Worker && e.platform.is_none() && !e.drain_without_platform {
+        bail!(
+            "draining worker {name} moves its sites through the platform: set PRESSDOCK_API and PRESSDOCK_API_TOKEN (or --no-platform for a cluster that serves no sites)"
+        );
+    }
+    if role == Role::Worker {
+        let node = e
+            .platform
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.name == name);
+        if let Some(node) = node {
+            if node.availability != "drain" {
+                e.platform.set_availability(&node.id, "drain").await?;
+                progress(&format!(
+                    "  {name}: drained in the platform ({} slot(s) used)",
+                    node.used_slots
+                ));
+            }
+            let started = std::time::Instant::now();
+            loop {
+                let used = e
+                    .platform
+                    .nodes()
+                    .await?
+                    .into_iter()
+                    .find(|n| n.name == name)
+                    .map_or(0, |n| n.used_slots);
+                if used == 0 {
+                    progress(&format!("  {name}: its sites moved"));
+                    break;
+                }
+                if started.elapsed() > e.timeout {
+                    bail!(
+                        "{name} still holds {used} slot(s) after {} s: see the platform's moves (GET /v1/operations), then run apply again",
+                        e.timeout.as_secs()
+                    );
+                }
+                tokio::time::sleep(e.poll).await;
+            }
+        }
+    }
+    if !ready {
+        return Ok(());
+    }
+    let m = e
+        .machines
+        .iter()
+        .find(|m| m.name == name)
+        .with_context(|| format!("{name} has no addresses"))?;
+    // Another manager runs the swarm-wide commands (never the node that leaves).
+    let leader = e
+        .machines
+        .iter()
+        .find(|x| {
+            x.role == Role::Manager
+                && x.name != name
+                && e.swarm
+                    .local
+                    .get(&x.name)
+                    .is_some_and(|l| l.in_swarm && !l.unreachable)
+        })
+        .context("no other manager in the swarm to take the node out")?;
+    swarm_exec::drain_and_leave(e.docker, leader, m, e.poll, progress)
 }

@@ -11,6 +11,7 @@
 //! - [`cloud_init`]: what a node runs at first boot (Docker; GlusterFS on storage nodes).
 //! - [`backup`]: Galera (mariabackup) and the swarm's state to S3, and their restore.
 //! - [`cost`]: the spec's monthly cost from the provider's prices, per site.
+//! - [`stack`]: `docker stack deploy` through the Engine API (bollard), for the lab and production.
 //! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks;
 //!   [`swarm_exec`] observes the machines and runs the steps (docker over SSH).
 pub mod apply;
@@ -23,6 +24,7 @@ pub mod evolve;
 pub mod plan;
 pub mod provider;
 pub mod spec;
+pub mod stack;
 pub mod swarm;
 pub mod swarm_exec;
 

@@ -20,9 +20,10 @@
 //! runs a join, so a printed plan never holds one. Every value reaching a command is ours
 //! (names derived from the spec, addresses from the provider, validated here).
 //!
-//! Not done: the executor (SSH to each machine, `docker` there) and the lab as a provider of
-//! the same machines; `cluster swarm --dry-run` prints the steps for machines that are in no
-//! swarm yet.
+//! The executor is [`super::swarm_exec`] (docker over SSH in production; the lab's
+//! namespace nodes through their sockets, `crate::lab::machines`, so these steps run on real
+//! swarm nodes in every `lab up`). `cluster swarm --dry-run` prints the steps for machines
+//! that are in no swarm yet.
 use super::desired::Desired;
 use super::provider::ObservedDroplet;
 use super::spec::{Checked, Role};
@@ -369,6 +370,22 @@ pub fn plan_swarm_with(
     ready: &dyn Fn(&Machine) -> bool,
     stacks: &[StackFile],
 ) -> Vec<Step> {
+    plan_swarm_labelled(&|m, r| labels(c, m, r), machines, o, ready, stacks)
+}
+
+/// The labels of a machine (`bool`: it can run sites).
+pub type Labeller<'a> = &'a dyn Fn(&Machine, bool) -> Vec<(String, String)>;
+
+/// [`plan_swarm_with`] with the labels of a machine (`ready`: it can run sites) given by
+/// the caller: the spec's ([`labels`]) in production, the lab's shape in the lab (its
+/// managers also carry the cache tier).
+pub fn plan_swarm_labelled(
+    labels: Labeller<'_>,
+    machines: &[Machine],
+    o: &ObservedSwarm,
+    ready: &dyn Fn(&Machine) -> bool,
+    stacks: &[StackFile],
+) -> Vec<Step> {
     let mut steps = Vec::new();
     let Some(first) = leader(machines, o) else {
         return steps;
@@ -394,7 +411,7 @@ pub fn plan_swarm_with(
         }
     }
     for m in machines.iter().filter(|m| !local(m).unreachable) {
-        let want = labels(c, m, ready(m));
+        let want = labels(m, ready(m));
         let have = o.swarm.labels.get(&local(m).node_id);
         let add: Vec<(String, String)> = want
             .into_iter()

@@ -21,6 +21,44 @@ use std::time::Duration;
 pub trait Docker {
     /// Its stdout, or an error that names the machine and the command (tokens redacted).
     fn run(&self, m: &Machine, args: &[String]) -> Result<String>;
+
+    /// Deploys `file` (under `repo`) as `stack` through machine `m` (a manager), with the
+    /// compose file's `${…}` variables from `vars`. The real machines override this with
+    /// the Engine API deployer ([`super::stack`]); this default is the CLI's `docker stack
+    /// deploy`, which the simulated swarm of the tests models.
+    fn deploy_stack(
+        &self,
+        m: &Machine,
+        stack: &str,
+        repo: &std::path::Path,
+        file: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let _ = vars;
+        self.run(
+            m,
+            &[
+                "stack".into(),
+                "deploy".into(),
+                "--prune".into(),
+                "--compose-file".into(),
+                repo.join(file).display().to_string(),
+                stack.into(),
+            ],
+        )
+        .map(|_| ())
+    }
+}
+
+/// The `${…}` variables a stack file names, from this process's environment (the
+/// operator's `PD_*` settings). A file that cannot be read names none (the deployer that
+/// reads it reports that).
+pub fn stack_vars(repo: &std::path::Path, file: &str) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(repo.join(file)).unwrap_or_default();
+    Ok(super::stack::variables(&text)
+        .into_iter()
+        .filter_map(|v| std::env::var(&v).ok().map(|x| (v, x)))
+        .collect())
 }
 
 /// The arguments as they may be shown: the value after `--token` replaced.
@@ -57,6 +95,55 @@ impl Docker for SshDocker {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The manager's Engine API through an SSH forward of its docker socket
+    /// (`ssh -L <tmp>/docker.sock:/var/run/docker.sock`), then [`super::stack::deploy_file`].
+    fn deploy_stack(
+        &self,
+        m: &Machine,
+        stack: &str,
+        repo: &std::path::Path,
+        file: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let dir = tempfile::tempdir().context("a folder for the forwarded socket")?;
+        let sock = dir.path().join("docker.sock");
+        let mut child = std::process::Command::new("ssh")
+            .args([
+                "-nNT",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "BatchMode=yes",
+                "-L",
+            ])
+            .arg(format!("{}:/var/run/docker.sock", sock.display()))
+            .arg(format!("{}@{}", self.user, m.public_ip))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting ssh")?;
+        let r = (|| {
+            let mut n = 0;
+            while !sock.exists() {
+                if let Some(st) = child.try_wait()? {
+                    bail!(
+                        "ssh to {} exited ({st}) before forwarding its docker socket",
+                        m.name
+                    );
+                }
+                n += 1;
+                if n > 300 {
+                    bail!("ssh to {}: no forwarded socket after 30 s", m.name);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            super::stack::deploy_file(&sock, stack, repo, file, vars, Duration::from_secs(1800))
+                .map(|_| ())
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        r
     }
 }
 
@@ -243,17 +330,15 @@ pub fn execute(
                 *last = id.trim().to_owned();
             }
         }
-        if let Step::Deploy { file, .. } = step {
-            // The CLI reads the compose file here, on the operator's machine.
-            let path = repo.join(file);
-            for a in &mut args {
-                if a == file {
-                    *a = path.display().to_string();
-                }
-            }
+        if let Step::Deploy { stack, file, .. } = step {
+            // The compose file is read here, on the operator's machine; its variables from
+            // the operator's environment.
+            d.deploy_stack(target, stack, repo, file, &stack_vars(repo, file)?)
+                .with_context(|| step.to_string())?;
+        } else {
+            d.run(target, &args)
+                .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
         }
-        d.run(target, &args)
-            .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
         if let Step::Deploy { stack, hash, .. } = step {
             wait_rollout(d, first, stack, poll, progress)?;
             if !hash.is_empty() {

@@ -22,6 +22,7 @@ pub mod gluster_tls;
 pub mod guard;
 pub mod http;
 pub mod images;
+pub mod machines;
 pub mod net;
 pub mod node_ops;
 pub mod nodes;

@@ -105,12 +105,27 @@ fn node_id_by_label(lab: &Lab, node: &Node) -> Result<String> {
 /// Removes a worker from the lab for good (when `lab up` is asked for fewer workers):
 /// drain, leave the swarm, end its processes, unmount, delete its namespace and link.
 /// Already gone is success.
-pub fn remove_worker(lab: &Lab, node: &Node) -> Result<()> {
+pub fn remove_worker(lab: &Lab, all: &super::Topology, node: &Node) -> Result<()> {
     let m1 = lab.topo.first_manager();
+    // As `cluster apply --swarm` takes a worker out: its sites moved by the platform, then
+    // swarm drain, leave, `node rm` (the production code, on this namespace machine).
+    // `lab up` itself never fails on it (the lab test checks that this path ran): a failed
+    // evacuation is reported and the node removed by force, as before.
+    let platform_id = match super::machines::evacuate(lab, all, node) {
+        Ok(id) => id,
+        Err(e) => {
+            progress(
+                "node",
+                format!(
+                    "{}: evacuation through the cluster code failed ({e:#}); removing it anyway",
+                    node.host()
+                ),
+            );
+            None
+        }
+    };
+    // Leftovers (a node whose dockerd is dead): its entry by label.
     let id = node_id_by_label(lab, node).ok();
-    if let Some(id) = &id {
-        let _ = run(&mut m1.docker(["node", "update", "--availability", "drain", id]));
-    }
     if sh::ok(&mut node.docker(["version"])) {
         let _ = run(&mut node.docker(["swarm", "leave", "--force"]));
     }
@@ -139,6 +154,15 @@ pub fn remove_worker(lab: &Lab, node: &Node) -> Result<()> {
     }
     if let Some(id) = id {
         let _ = run(&mut m1.docker(["node", "rm", "--force", &id]));
+    }
+    // The machine is gone ("droplet destroyed"): the platform forgets it.
+    if let Some(pid) = platform_id
+        && let Err(e) = super::machines::forget(lab, &pid)
+    {
+        progress(
+            "node",
+            format!("{}: the platform did not forget it: {e:#}", node.host()),
+        );
     }
     progress("node", format!("{} removed from the lab", node.host()));
     Ok(())

@@ -1,7 +1,7 @@
 //! Nodes: one dockerd per namespace, the swarm, role labels, overlay networks, the edge
 //! stack and the lab's test site.
 use super::sh::{self, progress, run, try_out, wait_for};
-use super::{EDGE_NET, EDGE_SUBNET, Lab, Node, RUN, Role, SITES_NET, SITES_SUBNET, STACK, STATE};
+use super::{EDGE_NET, EDGE_SUBNET, Lab, Node, RUN, SITES_NET, SITES_SUBNET, STACK, STATE};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::time::Duration;
@@ -114,22 +114,15 @@ pub fn swarm_node_id(node: &Node) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-/// One swarm: the first manager initialises it, the others join; role labels on every node.
+/// One swarm: the first manager initialises it, the others join; role labels on every node;
+/// the overlay networks. The production steps (`cluster::swarm`, `cluster::swarm_exec`) run
+/// on the lab's machines ([`super::machines`]).
 pub fn ensure_swarm(lab: &Lab) -> Result<()> {
-    let nodes = lab.topo.nodes();
-    let m1 = lab.topo.first_manager();
-    if swarm_state(&m1).0 != "active" {
-        run(&mut m1.docker([
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &m1.ip,
-            "--listen-addr",
-            &format!("{}:2377", m1.ip),
-        ]))
-        .context("swarm init")?;
-        progress("swarm", format!("initialised on {}", m1.host()));
+    let steps = super::machines::converge(lab, false)?;
+    if steps > 0 {
+        progress("swarm", format!("{steps} step(s) run"));
     }
+    let m1 = lab.topo.first_manager();
     // A dead worker is noticed after about 3 heartbeat periods (swarmkit's grace
     // multiplier): 2 s instead of the default 5 s, so its tasks are rescheduled after
     // ~6 s instead of ~15 s. Unchanged spec: no update (an update bumps the cluster version).
@@ -143,71 +136,10 @@ pub fn ensure_swarm(lab: &Lab) -> Result<()> {
         run(&mut m1.docker(["swarm", "update", "--dispatcher-heartbeat", HEARTBEAT]))
             .context("setting the dispatcher heartbeat")?;
     }
-    let manager_token = run(&mut m1.docker(["swarm", "join-token", "-q", "manager"]))?;
-    let worker_token = run(&mut m1.docker(["swarm", "join-token", "-q", "worker"]))?;
-    for n in nodes.iter().skip(1) {
-        if swarm_state(n).0 == "active" {
-            continue;
-        }
-        let token = if n.role == Role::Manager {
-            manager_token.trim()
-        } else {
-            worker_token.trim()
-        };
-        run(&mut n.docker([
-            "swarm",
-            "join",
-            "--token",
-            token,
-            "--advertise-addr",
-            &n.ip,
-            &format!("{}:2377", m1.ip),
-        ]))
-        .with_context(|| format!("{} joining the swarm", n.host()))?;
-        progress("swarm", format!("{} joined", n.host()));
-    }
-    // Nodes left from an earlier life of the lab (same host name, now down): remove.
-    let ours: Vec<String> = nodes.iter().map(|n| swarm_state(n).1).collect();
-    let listing = run(&mut m1.docker(["node", "ls", "--format", "{{.ID}} {{.Status}}"]))?;
-    for l in listing.lines() {
-        let mut it = l.split_whitespace();
-        let (Some(id), Some(status)) = (it.next(), it.next()) else {
-            continue;
-        };
-        if !ours.iter().any(|o| o == id) && status != "Ready" {
-            let _ = run(&mut m1.docker(["node", "rm", "--force", id]));
-        }
-    }
-    for n in &nodes {
-        let id = swarm_state(n).1;
-        if id.is_empty() {
+    for n in lab.topo.nodes() {
+        if swarm_state(&n).1.is_empty() {
             bail!("{} has no swarm node id", n.host());
         }
-        let mut labels = vec![
-            format!("pressdock.node={}", n.name),
-            format!(
-                "pressdock.role={}",
-                if n.role == Role::Manager {
-                    "manager"
-                } else {
-                    "worker"
-                }
-            ),
-        ];
-        match n.role {
-            // In the lab the managers also carry the cache tier (Varnish).
-            Role::Manager => labels.push("pressdock.cache=true".into()),
-            // `pressdock.pool=wp` comes last ([`mark_workers_ready`]): the platform places
-            // sites only on workers that have it.
-            Role::Worker => labels.push("pressdock.slots=25".into()),
-        }
-        let mut args = vec!["node".to_string(), "update".into()];
-        for l in labels {
-            args.push("--label-add".into());
-            args.push(l);
-        }
-        args.push(id);
-        run(&mut m1.docker(&args)).with_context(|| format!("labelling {}", n.host()))?;
     }
     Ok(())
 }
@@ -215,16 +147,9 @@ pub fn ensure_swarm(lab: &Lab) -> Result<()> {
 /// Adds `pressdock.pool=wp` to every worker once it can run sites (the runtime image
 /// loaded, the Gluster volume mounted): before that the platform keeps it `pending`.
 pub fn mark_workers_ready(lab: &Lab) -> Result<()> {
-    let m1 = lab.topo.first_manager();
-    for n in lab.topo.nodes().iter().filter(|n| n.role == Role::Worker) {
-        let id = swarm_state(n).1;
-        if id.is_empty() {
-            bail!("{} has no swarm node id", n.host());
-        }
-        run(&mut m1.docker(["node", "update", "--label-add", "pressdock.pool=wp", &id]))
-            .with_context(|| format!("marking {} ready for sites", n.host()))?;
-    }
-    Ok(())
+    super::machines::converge(lab, true)
+        .context("labelling the workers")
+        .map(|_| ())
 }
 
 /// Attachable overlay networks for the edge and for sites.
@@ -331,7 +256,8 @@ pub fn reload_vcl(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// `docker stack deploy` of `stacks/edge.yml` (Traefik + Varnish) on the first manager.
+/// `stacks/edge.yml` (Traefik + Varnish) deployed as stack `pd` through the first manager,
+/// by the production deployer ([`crate::cluster::stack`]).
 pub fn deploy_edge(lab: &Lab) -> Result<()> {
     let (vcl, changed) = write_vcl(lab)?;
     if changed {
@@ -353,25 +279,22 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
         .map(|v| v.trim().to_owned())
     };
     let before = version(&m1);
-    let stack = lab.repo.join("stacks/edge.yml");
-    let mut c = m1.docker([
-        "stack",
-        "deploy",
-        "--resolve-image",
-        "never",
-        "--prune",
-        "-c",
-        &stack.to_string_lossy(),
+    // The production deployer (`cluster::stack`, bollard), as `cluster swarm` runs it.
+    let vars = edge_vars(lab, &vcl, &static_dir, &static_sha);
+    let done = crate::cluster::stack::deploy_file(
+        &m1.sock(),
         STACK,
-    ]);
-    c.env("PD_VCL_DIR", &vcl)
-        .env("PD_TRAEFIK_DYNAMIC", super::edge_routes::dir(lab))
-        .env("PD_TRAEFIK_STATIC", &static_dir)
-        .env("PD_TRAEFIK_STATIC_SHA", &static_sha)
-        .env("PD_VARNISH_SECRET", lab.path("varnish/secret"))
-        .env("PD_EDGE_NET", EDGE_NET)
-        .env("PD_SITES_NET", SITES_NET);
-    run(&mut c).context("deploying stacks/edge.yml")?;
+        &lab.repo,
+        "stacks/edge.yml",
+        &vars,
+        Duration::from_secs(180),
+    )
+    .context("deploying stacks/edge.yml")?;
+    for (svc, outcome) in &done {
+        if *outcome != crate::cluster::stack::Outcome::Unchanged {
+            progress("edge", format!("{svc}: {outcome:?}"));
+        }
+    }
     // A changed Traefik service (a new static configuration) replaces its tasks, at new
     // addresses: Varnish resolves `traefik` when its VCL compiles, so once the new tasks
     // run, reload the VCL. (Without this the edge check right after the deploy could still
@@ -437,22 +360,44 @@ pub fn write_traefik_static(lab: &Lab) -> Result<(std::path::PathBuf, String)> {
     Ok((dir, hex::encode(sha2::Sha256::digest(text.as_bytes()))))
 }
 
-/// The lab's test site (stack `lab`): the WordPress runtime image serving its static files.
+/// The lab's test site (stack `lab`): the WordPress runtime image serving its static files,
+/// deployed like the edge.
 pub fn deploy_hello(lab: &Lab) -> Result<()> {
     let m1 = lab.topo.first_manager();
-    let hello = lab.repo.join("stacks/lab-hello.yml");
-    let mut c = m1.docker([
-        "stack",
-        "deploy",
-        "--resolve-image",
-        "never",
-        "-c",
-        &hello.to_string_lossy(),
+    let vars =
+        std::collections::BTreeMap::from([("PD_SITES_NET".to_owned(), SITES_NET.to_owned())]);
+    crate::cluster::stack::deploy_file(
+        &m1.sock(),
         "lab",
-    ]);
-    c.env("PD_SITES_NET", SITES_NET);
-    run(&mut c).context("deploying stacks/lab-hello.yml")?;
+        &lab.repo,
+        "stacks/lab-hello.yml",
+        &vars,
+        Duration::from_secs(180),
+    )
+    .context("deploying stacks/lab-hello.yml")?;
     Ok(())
+}
+
+/// The variables of `stacks/edge.yml` in the lab.
+pub fn edge_vars(
+    lab: &Lab,
+    vcl: &Path,
+    static_dir: &Path,
+    static_sha: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let p = |x: &Path| x.to_string_lossy().into_owned();
+    [
+        ("PD_VCL_DIR", p(vcl)),
+        ("PD_TRAEFIK_DYNAMIC", p(&super::edge_routes::dir(lab))),
+        ("PD_TRAEFIK_STATIC", p(static_dir)),
+        ("PD_TRAEFIK_STATIC_SHA", static_sha.to_owned()),
+        ("PD_VARNISH_SECRET", p(&lab.path("varnish/secret"))),
+        ("PD_EDGE_NET", EDGE_NET.to_owned()),
+        ("PD_SITES_NET", SITES_NET.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// Services of the swarm as `name replicas` lines.

@@ -353,6 +353,31 @@ fn start_and_seed(lab: &Lab, bin: &Path) -> Result<Platform> {
     })
 }
 
+/// The running lab platform's API as staff (a fresh login), for the cluster code's
+/// [`crate::cluster::evolve::PlatformClient`]; `None` when the platform does not answer.
+pub fn staff_client(lab: &Lab) -> Option<crate::cluster::evolve::PlatformClient> {
+    let addr = format!("127.0.0.1:{}", super::ports::PLATFORM);
+    let login = http::request(
+        &addr,
+        "POST",
+        "/v1/auth/login",
+        "127.0.0.1",
+        Some(&json!({"email": STAFF_EMAIL, "password": lab.secrets.staff_password})),
+        &[],
+    )
+    .ok()?;
+    let token = serde_json::from_str::<serde_json::Value>(&login.body)
+        .ok()?
+        .get("access_token")?
+        .as_str()?
+        .to_owned();
+    crate::cluster::evolve::PlatformClient::new(
+        &format!("http://{addr}"),
+        crate::cluster::evolve::ApiToken::new(token),
+    )
+    .ok()
+}
+
 /// The array of a list answer: a bare array or `{"items": [...]}`.
 fn list_items(body: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();

@@ -237,7 +237,7 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
                 "nodes",
                 format!("removing {} (--workers {})", n.host(), lab.topo.workers),
             );
-            super::node_ops::remove_worker(&lab, n)
+            super::node_ops::remove_worker(&lab, old, n)
                 .with_context(|| format!("removing {}", n.host()))?;
         }
     }
