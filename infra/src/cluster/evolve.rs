@@ -89,6 +89,21 @@ impl PlatformClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value> {
+        match self.send_status(method.clone(), path, body).await? {
+            Ok(v) => Ok(v),
+            Err((status, detail)) => {
+                bail!("the platform answered {method} {path} with {status}: {detail}")
+            }
+        }
+    }
+
+    /// The answer's JSON, or its error status and problem `detail`.
+    async fn send_status(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<std::result::Result<serde_json::Value, (reqwest::StatusCode, String)>> {
         let mut r = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -106,9 +121,11 @@ impl PlatformClient {
                 .ok()
                 .and_then(|v| v["detail"].as_str().map(str::to_owned))
                 .unwrap_or_default();
-            bail!("the platform answered {method} {path} with {status}: {detail}");
+            return Ok(Err((status, detail)));
         }
-        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        Ok(Ok(
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+        ))
     }
 }
 
@@ -135,12 +152,37 @@ impl Platform for PlatformClient {
         .await
         .map(|_| ())
     }
+    /// `DELETE /v1/nodes/{id}`. The platform refuses (409) a node that is still a live
+    /// swarm node in its records, and its node sync (every placement pass, 5 s by default)
+    /// marks a node that left the swarm `down` only at its next pass: right after `node rm`
+    /// the delete is retried until that pass ran (at most [`FORGET_WAIT`]). Already gone
+    /// (404) is success, so a re-run after a crash converges.
     async fn forget(&self, id: &str) -> Result<()> {
-        self.send(reqwest::Method::DELETE, &format!("/v1/nodes/{id}"), None)
-            .await
-            .map(|_| ())
+        let path = format!("/v1/nodes/{id}");
+        let started = std::time::Instant::now();
+        loop {
+            match self
+                .send_status(reqwest::Method::DELETE, &path, None)
+                .await?
+            {
+                Ok(_) => return Ok(()),
+                Err((reqwest::StatusCode::NOT_FOUND, _)) => return Ok(()),
+                Err((reqwest::StatusCode::CONFLICT, detail))
+                    if detail.contains("live swarm node") && started.elapsed() < FORGET_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err((status, detail)) => {
+                    bail!("the platform answered DELETE {path} with {status}: {detail}")
+                }
+            }
+        }
     }
 }
+
+/// How long [`PlatformClient`]'s `forget` waits for the platform's node sync to see that a
+/// node left the swarm.
+pub const FORGET_WAIT: Duration = Duration::from_secs(60);
 
 /// No platform (a cluster that serves no sites yet): nodes are drained in the swarm only.
 pub struct NoPlatform;
