@@ -26,6 +26,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod edge_hosts;
 pub mod provision;
 pub mod sagas;
 pub mod server;

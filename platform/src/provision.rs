@@ -46,8 +46,9 @@ pub struct Backends {
     /// replicas) are retried by the driver on that refusal.
     gluster_turn: tokio::sync::Mutex<()>,
     /// The host table is one file and one VCL per instance: loads in this process take
-    /// turns so that a table is never loaded under another table's name.
-    varnish_turn: tokio::sync::Mutex<()>,
+    /// turns so that a table is never loaded under another table's name, and changes
+    /// waiting for the turn are loaded together (`crate::edge_hosts`).
+    host_loads: crate::edge_hosts::HostLoads,
     /// The URL the sites' agents report to (`[agent] control_url`); `None`: they do not,
     /// and a site is `active` as soon as its create operation finishes.
     pub control_url: Option<String>,
@@ -155,7 +156,7 @@ impl Backends {
             config,
             secrets: SecretBox::new(secret_key),
             gluster_turn: tokio::sync::Mutex::new(()),
-            varnish_turn: tokio::sync::Mutex::new(()),
+            host_loads: Default::default(),
             control_url: None,
             placement: Default::default(),
             backups: Default::default(),
@@ -233,7 +234,7 @@ impl Backends {
 
     /// Holds the host table for the caller (the reconciler compares and reloads it).
     pub async fn varnish_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.varnish_turn.lock().await
+        self.host_loads.turn().await
     }
 
     pub fn any(&self) -> bool {
@@ -733,7 +734,8 @@ impl Backends {
     }
 
     /// Loads the host table of every live site on every Varnish, with one site's entry
-    /// overridden (`None`: left out).
+    /// overridden (`None`: left out). Changes of sites waiting at the same time are loaded
+    /// as one table (one VCL compile for all of them).
     pub async fn publish_hosts(
         &self,
         db: &MySqlPool,
@@ -742,19 +744,29 @@ impl Backends {
         let Some(varnish) = &self.varnish else {
             return Ok(());
         };
-        let _turn = self.varnish_turn.lock().await;
-        let table = host_table(db, site).await?;
-        let states = varnish.apply_host_table(&table).await.map_err(retryable(
-            "the page cache did not load the site's hosts",
-            "loading the Varnish host table",
-        ))?;
-        if let Some(bad) = states.iter().find(|s| !s.converged) {
-            return Err(StepError::retryable(
-                "the page cache did not load the site's hosts",
-                anyhow!("varnish {} did not activate the host table", bad.instance),
-            ));
-        }
-        Ok(())
+        let Some((id, state)) = site else {
+            let _turn = self.host_loads.turn().await;
+            return load_host_table(varnish, &host_table(db, &[]).await?).await;
+        };
+        let leader = match self.host_loads.join((id.clone(), state)).await {
+            crate::edge_hosts::Turn::Done(outcome) => {
+                return outcome.map_err(|(public, cause)| {
+                    StepError::retryable(public, anyhow!("{cause}"))
+                });
+            }
+            crate::edge_hosts::Turn::Load(leader) => leader,
+        };
+        let loaded = match host_table(db, &leader.overrides).await {
+            Ok(table) => load_host_table(varnish, &table).await,
+            Err(e) => Err(e),
+        };
+        leader.finish(
+            loaded
+                .as_ref()
+                .map(drop)
+                .map_err(|e| (e.public_message(), e.internal_message())),
+        );
+        loaded
     }
 
     pub(crate) async fn ban_hosts(
@@ -812,10 +824,11 @@ pub async fn site_domains(
         .collect()
 }
 
-/// Every domain of every live site, as the edge should route it.
+/// Every domain of every live site, as the edge should route it, with some sites' entries
+/// overridden (`None`: left out).
 pub async fn host_table(
     db: &MySqlPool,
-    site: Option<(&SiteResourceId, Option<HostState>)>,
+    overrides: &[crate::edge_hosts::Override],
 ) -> Result<HostTable, StepError> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT d.domain, s.id, s.state FROM domains d JOIN sites s ON s.id = d.site_id \
@@ -835,13 +848,28 @@ pub async fn host_table(
         };
         table.insert(domain, id, state);
     }
-    if let Some((id, state)) = site {
+    for (id, state) in overrides {
         table.remove_site(id);
         if let Some(state) = state {
             for domain in site_domains(db, id).await? {
-                table.insert(domain, id.clone(), state);
+                table.insert(domain, id.clone(), *state);
             }
         }
     }
     Ok(table)
+}
+
+/// Loads `table` on every instance; an instance that did not take it is an error.
+async fn load_host_table(varnish: &VarnishDriver, table: &HostTable) -> Result<(), StepError> {
+    let states = varnish.apply_host_table(table).await.map_err(retryable(
+        "the page cache did not load the site's hosts",
+        "loading the Varnish host table",
+    ))?;
+    if let Some(bad) = states.iter().find(|s| !s.converged) {
+        return Err(StepError::retryable(
+            "the page cache did not load the site's hosts",
+            anyhow!("varnish {} did not activate the host table", bad.instance),
+        ));
+    }
+    Ok(())
 }

@@ -133,7 +133,7 @@ async fn reconcile_sites(db: &MySqlPool, p: &Backends) -> anyhow::Result<Report>
     // The host table as a whole: every live site's hosts, on every instance.
     if let Some(varnish) = &p.varnish {
         let _turn = p.varnish_turn().await;
-        let table = crate::provision::host_table(db, None)
+        let table = crate::provision::host_table(db, &[])
             .await
             .map_err(|e| anyhow::anyhow!(step_error(e)))?;
         let states = varnish.observe_host_table(&table).await?;
