@@ -60,9 +60,6 @@ pub struct Backends {
     job_queued: tokio::sync::Notify,
 }
 
-/// The value's name before it was `Backends`, for code written against that name.
-pub type Provisioner = Backends;
-
 /// A secret of the site, opened with `secrets` (the backends' key, which is also the
 /// application's: an agent's token is checked with it, without the drivers).
 pub async fn open_secret(

@@ -31,7 +31,7 @@ use crate::{
     config::DrillsConfig,
     domain::Id,
     error::ApiResult,
-    provision::Provisioner,
+    provision::Backends,
     sagas::{StepError, StepResult},
     states::OperationKind,
 };
@@ -55,7 +55,7 @@ pub fn scratch_root() -> std::path::PathBuf {
 }
 
 /// The `drill_backup` step of `backup.verify`.
-pub async fn drill_backup(db: &MySqlPool, provisioner: &Provisioner, backup: &str) -> StepResult {
+pub async fn drill_backup(db: &MySqlPool, provisioner: &Backends, backup: &str) -> StepResult {
     let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT tenant_id, site_id, state, manifest_sha256 FROM backups WHERE id = ?",
     )
@@ -148,7 +148,7 @@ pub async fn on_finish(db: &MySqlPool, backup: &str, succeeded: bool) -> sqlx::R
 /// the backup's row (`FOR UPDATE`); `None` when one is already under way.
 pub async fn enqueue(
     conn: &mut MySqlConnection,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     actor: Option<&Actor>,
     tenant: &str,
     backup: &str,
@@ -184,7 +184,7 @@ pub async fn enqueue(
 /// One pass of the schedule: drills enqueued (none when another replica holds the lock).
 pub async fn schedule_once(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &DrillsConfig,
 ) -> anyhow::Result<Vec<String>> {
     // A named lock on a connection of our own: one scheduler at a time across replicas.
@@ -204,7 +204,7 @@ pub async fn schedule_once(
 
 async fn schedule_locked(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &DrillsConfig,
 ) -> anyhow::Result<Vec<String>> {
     let period_secs = i64::from(config.every_days.max(1)) * 86_400;
@@ -257,7 +257,7 @@ async fn schedule_locked(
 /// `shutdown`.
 pub async fn run_periodically(
     db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
+    provisioner: std::sync::Arc<Backends>,
     config: DrillsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -48,7 +48,7 @@ use crate::{
     audit::{self, Event},
     config::BackupsConfig,
     domain::Id,
-    provision::Provisioner,
+    provision::Backends,
     states::OperationKind,
 };
 
@@ -128,7 +128,7 @@ const DELETED_ROWS_KEPT_HOURS: i64 = 24;
 /// One pass at `now`: schedule, then prune. `None` when another replica holds the lock.
 pub async fn pass(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &BackupsConfig,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<PassReport>> {
@@ -163,7 +163,7 @@ pub async fn pass(
 /// Runs [`pass`] every `[backups] interval_secs` until `shutdown`.
 pub async fn run_periodically(
     db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
+    provisioner: std::sync::Arc<Backends>,
     config: BackupsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -204,7 +204,7 @@ struct Candidate {
 
 async fn schedule(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &BackupsConfig,
     now: DateTime<Utc>,
     report: &mut PassReport,
@@ -260,7 +260,7 @@ async fn schedule(
 /// when the site cannot be backed up now (a restore or a backup under way, its state).
 async fn start_scheduled(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     site: &str,
     slot: DateTime<Utc>,
 ) -> anyhow::Result<Option<String>> {
@@ -443,7 +443,7 @@ async fn protected(conn: &mut MySqlConnection, backup: &str) -> sqlx::Result<Opt
 
 async fn prune(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &BackupsConfig,
     now: DateTime<Utc>,
     report: &mut PassReport,
@@ -470,7 +470,7 @@ async fn prune(
 /// does); `false` when it is protected or no longer complete or failed.
 async fn start_delete(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     backup: &str,
 ) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
