@@ -31,3 +31,4 @@ pub mod sagas;
 pub mod server;
 pub mod state;
 pub mod states;
+pub mod step_error;

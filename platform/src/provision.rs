@@ -23,7 +23,7 @@ use backends::{
 };
 use sqlx::MySqlPool;
 
-use crate::{crypto::SecretBox, sagas::StepError};
+use crate::{crypto::SecretBox, step_error::StepError};
 
 /// The backends: every configured driver (each called through its trait of the
 /// `backends` crate: `SiteDatabase`, `DbRouter`, `SiteCache`, `SiteStorage`,

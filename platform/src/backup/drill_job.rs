@@ -6,8 +6,8 @@
 //!   store or database that is down is retried.
 //! - [`on_finish`]: the result on the backup's row (`verified_at`, `verify_result`,
 //!   `verify_error`) and in the metrics (`pressdock_backup_drills_total{result}`).
-//! - [`enqueue`]: one drill of one backup, unless one is already under way (the API's
-//!   on-demand drill and the schedule both come through here).
+//! - `app::backup_drills::enqueue`: one drill of one backup, unless one is already under
+//!   way (the API's on-demand drill and the schedule both come through there).
 //! - [`run_periodically`]: the schedule. Every pass, one replica at a time (a named lock
 //!   on a connection of its own, as the reconcilers do), the latest complete backup of
 //!   each site none of whose backups was drilled within `every_days` gets a drill, a few
@@ -17,7 +17,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use anyhow::anyhow;
 use prometheus::{IntCounterVec, Opts};
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::MySqlPool;
 use tokio::sync::watch;
 
 use super::{
@@ -26,14 +26,11 @@ use super::{
     restore::RestoreError,
 };
 use crate::{
-    actor::Actor,
-    app::operations,
+    app::backup_drills,
     config::DrillsConfig,
     domain::Id,
-    error::ApiResult,
     provision::Backends,
-    sagas::{StepError, StepResult},
-    states::OperationKind,
+    step_error::{StepError, StepResult},
 };
 
 /// Drills that ended, by result (`passed`, `failed`), in this process. Registered in
@@ -144,43 +141,6 @@ pub async fn on_finish(db: &MySqlPool, backup: &str, succeeded: bool) -> sqlx::R
     Ok(())
 }
 
-/// Enqueues a drill of `backup` (of `tenant`) in `conn`'s transaction, whose caller holds
-/// the backup's row (`FOR UPDATE`); `None` when one is already under way.
-pub async fn enqueue(
-    conn: &mut MySqlConnection,
-    provisioner: &Backends,
-    actor: Option<&Actor>,
-    tenant: &str,
-    backup: &str,
-) -> ApiResult<Option<Id>> {
-    let under_way: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM operations WHERE kind = 'backup.verify' AND target_type = 'backup' \
-         AND target_id = ? AND state IN ('pending', 'running', 'unwinding')",
-    )
-    .bind(backup)
-    .fetch_one(&mut *conn)
-    .await?;
-    if under_way > 0 {
-        return Ok(None);
-    }
-    let op = operations::enqueue(
-        conn,
-        provisioner,
-        actor,
-        OperationKind::BackupVerify,
-        Some(tenant),
-        "backup",
-        backup,
-    )
-    .await?;
-    sqlx::query("UPDATE backups SET verify_operation_id = ? WHERE id = ?")
-        .bind(op.as_str())
-        .bind(backup)
-        .execute(&mut *conn)
-        .await?;
-    Ok(Some(op))
-}
-
 /// One pass of the schedule: drills enqueued (none when another replica holds the lock).
 pub async fn schedule_once(
     db: &MySqlPool,
@@ -238,7 +198,7 @@ async fn schedule_locked(
         if state.as_deref() != Some("complete") {
             continue;
         }
-        let op = enqueue(&mut tx, provisioner, None, &tenant, &backup)
+        let op = backup_drills::enqueue(&mut tx, provisioner, None, &tenant, &backup)
             .await
             .map_err(|e| anyhow!("enqueuing a drill of {backup}: {e:?}"))?;
         tx.commit().await?;

@@ -17,7 +17,7 @@ use super::{BackupSpec, BackupStore, Hooks, UploadJournal, backup_prefix};
 use crate::{
     domain::Id,
     provision::Backends,
-    sagas::{StepError, StepResult},
+    step_error::{StepError, StepResult},
 };
 
 /// What a tenant reads when the backup store fails (the cause is for staff).

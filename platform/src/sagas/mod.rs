@@ -19,7 +19,6 @@
 
 mod backup_delete;
 mod backup_verify;
-mod error;
 pub mod site_backup;
 pub mod site_create;
 pub mod site_delete;
@@ -32,14 +31,11 @@ pub mod site_update;
 
 use std::sync::Arc;
 
-pub use error::{Failure, StepError};
 use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
+pub use crate::step_error::{Failure, StepError, StepResult};
 use crate::{provision::Backends, states::OperationKind};
-
-/// What a step, an undo or a saga's end returns.
-pub type StepResult = Result<(), StepError>;
 
 /// A step's effect, or its undo, on the operation's target.
 pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
