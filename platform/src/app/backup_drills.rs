@@ -15,7 +15,7 @@ use crate::{
         operations,
     },
     audit::{self, Event},
-    domain::{Id, StaffRole, TenantRole},
+    domain::{BackupId, OperationId, StaffRole, TenantRole},
     error::{ApiError, ApiResult},
     provision::Backends,
     state::AppState,
@@ -23,7 +23,11 @@ use crate::{
 };
 
 /// `POST /v1/backups/{backup}/verify`: enqueues a drill of a complete backup.
-pub async fn verify(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<BackupAccepted> {
+pub async fn verify(
+    state: &AppState,
+    actor: &Actor,
+    id: &BackupId,
+) -> ApiResult<BackupAccepted> {
     let backup = backups::authorized(state, actor, id, TenantRole::Viewer).await?;
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     backups::configured(state)?;
@@ -81,7 +85,7 @@ pub async fn enqueue(
     actor: Option<&Actor>,
     tenant: &str,
     backup: &str,
-) -> ApiResult<Option<Id>> {
+) -> ApiResult<Option<OperationId>> {
     let under_way: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE kind = 'backup.verify' AND target_type = 'backup' \
          AND target_id = ? AND state IN ('pending', 'running', 'unwinding')",

@@ -10,7 +10,7 @@ use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{Fields, Id, Slug, StaffRole, parse_name},
+    domain::{Fields, Id, PlanId, Slug, StaffRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -95,7 +95,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewPlan) -> ApiResul
     let (Some(slug), Some(name)) = (slug, name) else {
         return Err(ApiError::field("body", "invalid"));
     };
-    let id = Id::generate();
+    let id = PlanId::generate();
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO plans (id, slug, name, slots, storage_mb, memory_mb, cpu_millis, price_cents) \
@@ -323,7 +323,7 @@ pub fn parse_schedule(value: &str) -> Result<(Option<i32>, Option<i32>), String>
     Ok((None, Some(h * 60 + m)))
 }
 
-async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
+async fn plan_exists(db: &MySqlPool, plan: &PlanId) -> ApiResult<()> {
     let found: Option<String> = sqlx::query_scalar("SELECT id FROM plans WHERE id = ?")
         .bind(plan.as_str())
         .fetch_optional(db)
@@ -334,7 +334,7 @@ async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
 /// `GET /v1/plans/{plan}/backup-policy`. A plan without a policy has one that schedules
 /// nothing and prunes nothing (`enabled: false`, `schedule: null`): 404 is for a plan that
 /// does not exist.
-pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolicy> {
+pub async fn backup_policy(state: &AppState, plan: &PlanId) -> ApiResult<BackupPolicy> {
     plan_exists(&state.db, plan).await?;
     let row: Option<PolicyRow> = sqlx::query_as(
         "SELECT plan_id, enabled, every_hours, daily_at_minute, keep_count, keep_days, updated_at \
@@ -360,7 +360,7 @@ pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolic
 pub async fn set_backup_policy(
     state: &AppState,
     actor: &Actor,
-    plan: &Id,
+    plan: &PlanId,
     input: NewBackupPolicy,
 ) -> ApiResult<BackupPolicy> {
     actor.require_staff(&[StaffRole::Admin])?;

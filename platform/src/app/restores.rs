@@ -15,7 +15,7 @@ use crate::{
         sites::{self, NewSite, Site},
     },
     audit::{self, Event},
-    domain::{DomainName, Id, SiteId, TenantId, TenantRole},
+    domain::{BackupId, DomainName, Id, SiteId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -341,7 +341,7 @@ pub struct NewBackupClone {
 pub async fn clone_backup(
     state: &AppState,
     actor: &Actor,
-    backup_id: &Id,
+    backup_id: &BackupId,
     input: NewBackupClone,
 ) -> ApiResult<CloneAccepted> {
     let backup = super::backups::authorized(state, actor, backup_id, TenantRole::Member).await?;
@@ -363,7 +363,7 @@ pub async fn clone_backup(
         &tenant,
         &backup.site_id,
         row,
-        Some(backup_id.clone()),
+        Some(backup_id.as_id().clone()),
         input.domain,
         input.name,
     )
