@@ -96,7 +96,7 @@ pub async fn serve(
         && state.backends.config.s3.is_some()
         && state.backends.config.galera.is_some()
     {
-        runners.push(tokio::spawn(crate::backup::drill_job::run_periodically(
+        runners.push(tokio::spawn(crate::background::drills::run_periodically(
             state.db.clone(),
             state.backends.clone(),
             state.config.drills.clone(),

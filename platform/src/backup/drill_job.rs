@@ -8,17 +8,17 @@
 //!   `verify_error`) and in the metrics (`pressdock_backup_drills_total{result}`).
 //! - `app::backup_drills::enqueue`: one drill of one backup, unless one is already under
 //!   way (the API's on-demand drill and the schedule both come through there).
-//! - [`run_periodically`]: the schedule. Every pass, one replica at a time (a named lock
-//!   on a connection of its own, as the reconcilers do), the latest complete backup of
-//!   each site none of whose backups was drilled within `every_days` gets a drill, a few
-//!   per pass, the least recently drilled sites first.
+//! - [`schedule_once`]: a pass of the schedule (its loop is `background::drills`). Every
+//!   pass, one replica at a time (a named lock on a connection of its own, as the
+//!   reconcilers do), the latest complete backup of each site none of whose backups was
+//!   drilled within `every_days` gets a drill, a few per pass, the least recently drilled
+//!   sites first.
 
-use std::{sync::LazyLock, time::Duration};
+use std::sync::LazyLock;
 
 use anyhow::anyhow;
 use prometheus::{IntCounterVec, Opts};
 use sqlx::MySqlPool;
-use tokio::sync::watch;
 
 use super::{
     backup_prefix,
@@ -211,27 +211,4 @@ async fn schedule_locked(
         provisioner.wake_runner();
     }
     Ok(enqueued)
-}
-
-/// The schedule: a pass every `interval_secs` (the first one interval after start) until
-/// `shutdown`.
-pub async fn run_periodically(
-    db: MySqlPool,
-    provisioner: std::sync::Arc<Backends>,
-    config: DrillsConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let every = Duration::from_secs(config.interval_secs.max(1));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        if let Err(err) = schedule_once(&db, &provisioner, &config).await {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "the drill schedule's pass failed"
-            );
-        }
-    }
 }
