@@ -743,6 +743,9 @@ async fn rebalance(
         false,
     )
     .await?;
+    if !answer.operations.is_empty() {
+        state.wake_runner();
+    }
     let status = if answer.dry_run {
         StatusCode::OK
     } else {
@@ -1209,6 +1212,7 @@ async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResu
     match crate::background::reconcile::run_all(
         &state.db,
         &state.backends,
+        state.config.agent.report_url(),
         state.config.reconcile.orphan_grace_secs,
     )
     .await?

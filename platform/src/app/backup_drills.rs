@@ -73,7 +73,7 @@ pub async fn verify(
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }
 

@@ -221,7 +221,7 @@ pub async fn create(
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }
 
@@ -374,6 +374,6 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &BackupId) -> ApiResult
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }

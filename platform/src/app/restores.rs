@@ -265,7 +265,7 @@ pub async fn restore(
     )
     .await?;
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(RestoreAccepted { restore, operation })
 }
 
@@ -438,7 +438,7 @@ async fn clone_into(
     )
     .await?;
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(CloneAccepted {
         site: created.site,
         create_operation: created.operation,

@@ -208,7 +208,6 @@ async fn schedule_locked(
     }
     if !enqueued.is_empty() {
         tracing::info!(drills = enqueued.len(), "drills enqueued");
-        provisioner.wake_runner();
     }
     Ok(enqueued)
 }

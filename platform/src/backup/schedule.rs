@@ -49,6 +49,7 @@ use crate::{
     config::BackupsConfig,
     domain::Id,
     provision::Backends,
+    state::RunnerWake,
     states::OperationKind,
 };
 
@@ -105,17 +106,16 @@ pub async fn pass(
         .execute(&mut *lock)
         .await;
     result?;
-    if !report.started.is_empty() || !report.pruned.is_empty() {
-        provisioner.wake_runner();
-    }
     Ok(Some(report))
 }
 
-/// Runs [`pass`] every `[backups] interval_secs` until `shutdown`.
+/// Runs [`pass`] every `[backups] interval_secs` until `shutdown`, waking this process's
+/// runner after a pass that enqueued operations.
 pub async fn run_periodically(
     db: MySqlPool,
     provisioner: std::sync::Arc<Backends>,
     config: BackupsConfig,
+    runner: RunnerWake,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = std::time::Duration::from_secs(config.interval_secs.max(1));
@@ -124,7 +124,13 @@ pub async fn run_periodically(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        match pass(&db, &provisioner, &config, Utc::now()).await {
+        let report = pass(&db, &provisioner, &config, Utc::now()).await;
+        if let Ok(Some(r)) = &report
+            && (!r.started.is_empty() || !r.pruned.is_empty())
+        {
+            runner.wake();
+        }
+        match report {
             Ok(Some(r)) if !r.started.is_empty() || !r.pruned.is_empty() || r.deferred > 0 => {
                 tracing::info!(
                     started = r.started.len(),

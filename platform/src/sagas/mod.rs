@@ -35,7 +35,11 @@ use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
 pub use crate::step_error::{Failure, StepError, StepResult};
-use crate::{provision::Backends, states::OperationKind};
+use crate::{
+    config::{Config, PlacementConfig},
+    provision::Backends,
+    states::OperationKind,
+};
 
 /// A step's effect, or its undo, on the operation's target.
 pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
@@ -44,8 +48,38 @@ pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
 pub struct StepContext {
     pub db: MySqlPool,
     pub backends: Arc<Backends>,
+    /// What the sagas are configured with besides the drivers (the runner's).
+    pub settings: Arc<SagaSettings>,
     /// The operation's target (`operations.target_id`), as stored: the saga validates it.
     pub target: String,
+}
+
+impl StepContext {
+    /// The URL the sites' agents report to, if they report.
+    pub fn control_url(&self) -> Option<&str> {
+        self.settings.control_url.as_deref()
+    }
+}
+
+/// What the sagas are configured with besides the drivers: the job runner holds it and
+/// hands it to every step (`Backends` holds only the drivers and what they need).
+#[derive(Debug, Clone, Default)]
+pub struct SagaSettings {
+    /// The URL the sites' agents report to (`[agent] control_url`, without a trailing
+    /// `/`); `None`: they do not, and a site is `active` as soon as its create operation
+    /// finishes.
+    pub control_url: Option<String>,
+    /// How sites are placed and moved (`[placement]`).
+    pub placement: PlacementConfig,
+}
+
+impl SagaSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            control_url: config.agent.report_url().map(str::to_owned),
+            placement: config.placement.clone(),
+        }
+    }
 }
 
 /// How a step is taken back when a later step fails for good.
