@@ -6,7 +6,12 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    api, app, auth::TokenSigner, background::jobs::Runner, config::Config, db, metrics::Metrics,
+    api, app,
+    auth::TokenSigner,
+    background::jobs::Runner,
+    config::Config,
+    db,
+    metrics::Metrics,
     provision::Backends,
     sagas::SagaSettings,
     state::{AppState, RunnerWake},
@@ -167,7 +172,10 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
-    if state.backends.agents_report(state.config.agent.report_url()) {
+    if state
+        .backends
+        .agents_report(state.config.agent.report_url())
+    {
         runners.push(tokio::spawn(crate::background::sweeper::run_sweeper(
             state.db.clone(),
             std::time::Duration::from_secs(state.config.agent.report_timeout_secs),

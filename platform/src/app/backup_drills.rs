@@ -23,11 +23,7 @@ use crate::{
 };
 
 /// `POST /v1/backups/{backup}/verify`: enqueues a drill of a complete backup.
-pub async fn verify(
-    state: &AppState,
-    actor: &Actor,
-    id: &BackupId,
-) -> ApiResult<BackupAccepted> {
+pub async fn verify(state: &AppState, actor: &Actor, id: &BackupId) -> ApiResult<BackupAccepted> {
     let backup = backups::authorized(state, actor, id, TenantRole::Viewer).await?;
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     backups::configured(state)?;

@@ -448,39 +448,35 @@ mod tests {
     #[test]
     fn slots_are_the_latest_at_or_before_now() {
         let daily = Schedule::DailyAt(3 * 60 + 30);
-        assert_eq!(
-            daily.last_slot(at("2026-12-07T03:29:59Z")),
-            at("2026-12-06T03:30:00Z")
-        );
-        assert_eq!(
-            daily.last_slot(at("2026-12-07T03:30:00Z")),
-            at("2026-12-07T03:30:00Z")
-        );
-        assert_eq!(
-            daily.last_slot(at("2026-12-07T23:59:00Z")),
-            at("2026-12-07T03:30:00Z")
-        );
         let six = Schedule::EveryHours(6);
-        assert_eq!(
-            six.last_slot(at("2026-12-07T05:59:59Z")),
-            at("2026-12-07T00:00:00Z")
-        );
-        assert_eq!(
-            six.last_slot(at("2026-12-07T13:00:00Z")),
-            at("2026-12-07T12:00:00Z")
-        );
+        // (schedule, now, the latest slot at or before it)
+        let last = [
+            (daily, "2026-12-07T03:29:59Z", "2026-12-06T03:30:00Z"),
+            (daily, "2026-12-07T03:30:00Z", "2026-12-07T03:30:00Z"),
+            (daily, "2026-12-07T23:59:00Z", "2026-12-07T03:30:00Z"),
+            // Three days down: still one slot, the latest.
+            (daily, "2026-12-10T04:00:00Z", "2026-12-10T03:30:00Z"),
+            (six, "2026-12-07T05:59:59Z", "2026-12-07T00:00:00Z"),
+            (six, "2026-12-07T13:00:00Z", "2026-12-07T12:00:00Z"),
+        ];
+        for (schedule, now, slot) in last {
+            assert_eq!(
+                schedule.last_slot(at(now)),
+                at(slot),
+                "{schedule:?} at {now}"
+            );
+        }
         assert_eq!(
             six.next_slot(at("2026-12-07T12:00:00Z")),
             at("2026-12-07T18:00:00Z")
         );
-        // Three days down: still one slot, the latest.
-        assert_eq!(
-            daily.last_slot(at("2026-12-10T04:00:00Z")),
-            at("2026-12-10T03:30:00Z")
-        );
-        assert_eq!(Schedule::from_columns(Some(6), Some(10)), None);
-        assert_eq!(Schedule::from_columns(None, None), None);
-        assert_eq!(Schedule::from_columns(Some(0), None), None);
-        assert_eq!(Schedule::from_columns(None, Some(1440)), None);
+        for (every_hours, daily_at_minute) in [
+            (Some(6), Some(10)),
+            (None, None),
+            (Some(0), None),
+            (None, Some(1440)),
+        ] {
+            assert_eq!(Schedule::from_columns(every_hours, daily_at_minute), None);
+        }
     }
 }

@@ -102,7 +102,9 @@ pub async fn run_periodically(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(err) = run_all(&db, &provisioner, control_url.as_deref(), orphan_grace_secs).await {
+        if let Err(err) =
+            run_all(&db, &provisioner, control_url.as_deref(), orphan_grace_secs).await
+        {
             tracing::warn!(error = format!("{err:#}"), "reconcile pass failed");
         }
     }

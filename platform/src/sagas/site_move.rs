@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
 use super::{
-    SagaSettings, Saga, Step, StepContext, StepError, StepResult, Undo, always, nothing_to_finish,
+    Saga, SagaSettings, Step, StepContext, StepError, StepResult, Undo, always, nothing_to_finish,
 };
 use crate::{config::PlacementConfig, provision::Backends, states::OperationKind};
 
