@@ -375,6 +375,14 @@ pub struct AgentConfig {
     pub report_interval_secs: u32,
 }
 
+impl AgentConfig {
+    /// [`control_url`](Self::control_url) without a trailing `/`, as the sites' services
+    /// are given it.
+    pub fn report_url(&self) -> Option<&str> {
+        self.control_url.as_deref().map(|u| u.trim_end_matches('/'))
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {

@@ -142,6 +142,31 @@ typed_id!(
     TenantId,
     "tenant"
 );
+typed_id!(
+    /// A backup's id (`backups.id`).
+    BackupId,
+    "backup"
+);
+typed_id!(
+    /// An operation's id (`operations.id`).
+    OperationId,
+    "operation"
+);
+typed_id!(
+    /// A worker node's id (`nodes.id`; not the swarm's node id).
+    NodeId,
+    "node"
+);
+typed_id!(
+    /// A plan's id (`plans.id`).
+    PlanId,
+    "plan"
+);
+typed_id!(
+    /// An API token's id (`api_tokens.id`).
+    TokenId,
+    "token"
+);
 
 /// A fully qualified host name as the edge routes it (the workspace's one definition,
 /// shared with the drivers: `DomainName::parse` normalises what a person typed).

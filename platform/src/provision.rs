@@ -23,13 +23,15 @@ use backends::{
 };
 use sqlx::MySqlPool;
 
-use crate::{crypto::SecretBox, sagas::StepError};
+use crate::{crypto::SecretBox, step_error::StepError};
 
 /// The backends: every configured driver (each called through its trait of the
 /// `backends` crate: `SiteDatabase`, `DbRouter`, `SiteCache`, `SiteStorage`,
 /// `SiteRuntime`, `EdgeCache`), built once at start, with what the per-site operations
 /// need beside them (the key that opens the sites' secrets, the turns some backends
-/// need). The sagas reach the cluster only through it.
+/// need). The sagas reach the cluster only through it. What the sagas are configured
+/// with (`[agent] control_url`, `[placement]`) is the runner's (`sagas::SagaSettings`),
+/// and waking the runner is `AppState`'s (`state::RunnerWake`).
 pub struct Backends {
     pub galera: Option<GaleraDriver>,
     pub router: Option<Router>,
@@ -49,20 +51,9 @@ pub struct Backends {
     /// turns so that a table is never loaded under another table's name, and changes
     /// waiting for the turn are loaded together (`crate::edge_hosts`).
     host_loads: crate::edge_hosts::HostLoads,
-    /// The URL the sites' agents report to (`[agent] control_url`); `None`: they do not,
-    /// and a site is `active` as soon as its create operation finishes.
-    pub control_url: Option<String>,
-    /// How moves run (`[placement]`).
-    pub placement: crate::config::PlacementConfig,
     /// Backups' rules (`[backups]`): whether a delete takes a final backup.
     pub backups: crate::config::BackupsConfig,
-    /// Rung when this process committed a job: its runner claims at once instead of at
-    /// its next poll (`jobs.poll_millis`, which other processes' jobs still wait for).
-    job_queued: tokio::sync::Notify,
 }
-
-/// The value's name before it was `Backends`, for code written against that name.
-pub type Provisioner = Backends;
 
 /// A secret of the site, opened with `secrets` (the backends' key, which is also the
 /// application's: an agent's token is checked with it, without the drivers).
@@ -157,17 +148,8 @@ impl Backends {
             secrets: SecretBox::new(secret_key),
             gluster_turn: tokio::sync::Mutex::new(()),
             host_loads: Default::default(),
-            control_url: None,
-            placement: Default::default(),
             backups: Default::default(),
-            job_queued: tokio::sync::Notify::new(),
         })
-    }
-
-    /// Sets how moves between workers run.
-    pub fn with_placement(mut self, placement: crate::config::PlacementConfig) -> Self {
-        self.placement = placement;
-        self
     }
 
     pub fn with_backups(mut self, backups: crate::config::BackupsConfig) -> Self {
@@ -180,21 +162,22 @@ impl Backends {
         self.config.s3.is_some() && self.config.galera.is_some() && self.config.gluster.is_some()
     }
 
-    /// Brings the site's service to its spec (after its placement changed).
-    pub async fn ensure_site_service(&self, db: &MySqlPool, site: &str) -> Result<(), StepError> {
+    /// Brings the site's service to its spec (after its placement changed); its agent
+    /// reports to `control_url`.
+    pub async fn ensure_site_service(
+        &self,
+        db: &MySqlPool,
+        site: &str,
+        control_url: Option<&str>,
+    ) -> Result<(), StepError> {
         let id = SiteResourceId::parse(site).map_err(permanent)?;
-        self.ensure_service(db, &id, false).await
+        self.ensure_service(db, &id, false, control_url).await
     }
 
-    /// Sets where the sites' agents report.
-    pub fn with_control_url(mut self, url: Option<String>) -> Self {
-        self.control_url = url.map(|u| u.trim_end_matches('/').to_owned());
-        self
-    }
-
-    /// Agents report readiness (so `active` waits for the first ready report).
-    pub fn agents_report(&self) -> bool {
-        self.control_url.is_some() && self.swarm.is_some()
+    /// Agents report readiness when they are given a URL to report to and there is a
+    /// swarm to run them (so `active` waits for the first ready report).
+    pub fn agents_report(&self, control_url: Option<&str>) -> bool {
+        control_url.is_some() && self.swarm.is_some()
     }
 
     /// Generates the first administrator's password of a new site and stores it sealed
@@ -218,18 +201,6 @@ impl Backends {
         .execute(&mut *tx)
         .await?;
         Ok(Secret::new(value))
-    }
-
-    /// Says that a job was committed (call after the commit): the runner of this process
-    /// claims it without waiting for its next poll.
-    pub fn wake_runner(&self) {
-        self.job_queued.notify_one();
-    }
-
-    /// Returns when [`Backends::wake_runner`] was called (at once if it was since the
-    /// last return).
-    pub async fn job_queued(&self) {
-        self.job_queued.notified().await;
     }
 
     /// Holds the host table for the caller (the reconciler compares and reloads it).
@@ -593,11 +564,13 @@ impl Backends {
             ))
     }
 
-    /// Assembles the service's parameters from the database and the secrets.
+    /// Assembles the service's parameters from the database and the secrets; the site's
+    /// agent reports to `control_url` (`[agent]`; `None`: it does not report).
     pub async fn service_params(
         &self,
         db: &MySqlPool,
         id: &SiteResourceId,
+        control_url: Option<&str>,
     ) -> Result<SiteServiceParams, StepError> {
         #[allow(clippy::type_complexity)]
         let (
@@ -662,7 +635,7 @@ impl Backends {
             domains,
             primary_domain,
             agent: backends::swarm::AgentParams {
-                control_url: self.control_url.clone(),
+                control_url: control_url.map(str::to_owned),
                 title,
                 admin_user,
                 admin_email,
@@ -693,11 +666,12 @@ impl Backends {
         db: &MySqlPool,
         id: &SiteResourceId,
         create: bool,
+        control_url: Option<&str>,
     ) -> Result<(), StepError> {
         let Some(swarm) = &self.swarm else {
             return Ok(());
         };
-        let params = self.service_params(db, id).await?;
+        let params = self.service_params(db, id, control_url).await?;
         let state = if create {
             swarm.create_or_ensure_service(&params).await
         } else {

@@ -6,8 +6,15 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    api, app, auth::TokenSigner, background::jobs::Runner, config::Config, db, metrics::Metrics,
-    provision::Backends, state::AppState,
+    api, app,
+    auth::TokenSigner,
+    background::jobs::Runner,
+    config::Config,
+    db,
+    metrics::Metrics,
+    provision::Backends,
+    sagas::SagaSettings,
+    state::{AppState, RunnerWake},
 };
 
 /// Connects, migrates and builds the state shared by the API and the runner.
@@ -51,8 +58,6 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     }
     let backends = Arc::new(
         Backends::from_config(&config.backends, secret.as_bytes())?
-            .with_control_url(config.agent.control_url.clone())
-            .with_placement(config.placement.clone())
             .with_backups(config.backups.clone()),
     );
     Ok(AppState {
@@ -62,6 +67,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         signer: TokenSigner::new(secret.as_bytes(), config.auth.access_token_ttl_secs),
         config: Arc::new(config),
         metrics: Metrics::new()?,
+        runner: RunnerWake::default(),
     })
 }
 
@@ -76,7 +82,9 @@ pub async fn serve(
         let runner = Runner::new(
             state.db.clone(),
             state.backends.clone(),
+            SagaSettings::from_config(&state.config),
             state.config.jobs.clone(),
+            state.runner.clone(),
         );
         // One claiming loop; it runs up to `jobs.concurrency` sagas at once.
         runners.push(tokio::spawn(runner.run(shutdown.clone())));
@@ -86,6 +94,7 @@ pub async fn serve(
             crate::background::reconcile::run_periodically(
                 state.db.clone(),
                 state.backends.clone(),
+                state.config.agent.report_url().map(str::to_owned),
                 std::time::Duration::from_secs(state.config.reconcile.interval_secs.max(1)),
                 state.config.reconcile.orphan_grace_secs,
                 shutdown.clone(),
@@ -96,10 +105,11 @@ pub async fn serve(
         && state.backends.config.s3.is_some()
         && state.backends.config.galera.is_some()
     {
-        runners.push(tokio::spawn(crate::backup::drill_job::run_periodically(
+        runners.push(tokio::spawn(crate::background::drills::run_periodically(
             state.db.clone(),
             state.backends.clone(),
             state.config.drills.clone(),
+            state.runner.clone(),
             shutdown.clone(),
         )));
     }
@@ -123,6 +133,7 @@ pub async fn serve(
                 state.db.clone(),
                 state.backends.clone(),
                 state.config.placement.clone(),
+                state.runner.clone(),
                 shutdown.clone(),
             ),
         ));
@@ -157,10 +168,14 @@ pub async fn serve(
             state.db.clone(),
             state.backends.clone(),
             state.config.backups.clone(),
+            state.runner.clone(),
             shutdown.clone(),
         )));
     }
-    if state.backends.agents_report() {
+    if state
+        .backends
+        .agents_report(state.config.agent.report_url())
+    {
         runners.push(tokio::spawn(crate::background::sweeper::run_sweeper(
             state.db.clone(),
             std::time::Duration::from_secs(state.config.agent.report_timeout_secs),

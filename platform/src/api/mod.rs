@@ -52,7 +52,7 @@ use crate::{
         users::{self, Invitation, Invited, Member, NewStaffUser, RoleChange, User},
     },
     audit_log::{self, AuditEvent, AuditFilter},
-    domain::{SiteId, StaffRole, TenantId},
+    domain::{BackupId, NodeId, OperationId, PlanId, SiteId, StaffRole, TenantId, TokenId},
     error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Problem},
     metrics,
     state::AppState,
@@ -349,7 +349,7 @@ async fn revoke_token(
     actor: Actor,
     ApiPath(token): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    tokens::revoke(&state, &actor, &parse_id(&token, "token")?).await?;
+    tokens::revoke(&state, &actor, &TokenId::from_path(&token)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -743,6 +743,9 @@ async fn rebalance(
         false,
     )
     .await?;
+    if !answer.operations.is_empty() {
+        state.wake_runner();
+    }
     let status = if answer.dry_run {
         StatusCode::OK
     } else {
@@ -779,7 +782,7 @@ async fn list_prices(
     ApiPath(plan): ApiPath<String>,
 ) -> ApiResult<Json<Vec<Price>>> {
     Ok(Json(
-        billing::prices(&state, &parse_id(&plan, "plan")?).await?,
+        billing::prices(&state, &PlanId::from_path(&plan)?).await?,
     ))
 }
 
@@ -793,7 +796,7 @@ async fn add_price(
     ApiPath(plan): ApiPath<String>,
     ApiJson(input): ApiJson<NewPrice>,
 ) -> ApiResult<(StatusCode, Json<Price>)> {
-    let plan = parse_id(&plan, "plan")?;
+    let plan = PlanId::from_path(&plan)?;
     let today = chrono::Utc::now().date_naive();
     Ok((
         StatusCode::CREATED,
@@ -955,7 +958,7 @@ async fn update_node(
     ApiJson(input): ApiJson<NodeChange>,
 ) -> ApiResult<Json<Node>> {
     Ok(Json(
-        nodes::update(&state, &actor, &parse_id(&node, "node")?, input).await?,
+        nodes::update(&state, &actor, &NodeId::from_path(&node)?, input).await?,
     ))
 }
 
@@ -967,7 +970,7 @@ async fn remove_node(
     actor: Actor,
     ApiPath(node): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    nodes::remove(&state, &actor, &parse_id(&node, "node")?).await?;
+    nodes::remove(&state, &actor, &NodeId::from_path(&node)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1006,7 +1009,7 @@ async fn get_backup(
     ApiPath(backup): ApiPath<String>,
 ) -> ApiResult<Json<Backup>> {
     Ok(Json(
-        backups::get(&state, &actor, &parse_id(&backup, "backup")?).await?,
+        backups::get(&state, &actor, &BackupId::from_path(&backup)?).await?,
     ))
 }
 
@@ -1018,7 +1021,7 @@ async fn delete_backup(
     actor: Actor,
     ApiPath(backup): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
-    let accepted = backups::delete(&state, &actor, &parse_id(&backup, "backup")?).await?;
+    let accepted = backups::delete(&state, &actor, &BackupId::from_path(&backup)?).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -1033,7 +1036,7 @@ async fn verify_backup(
     actor: Actor,
     ApiPath(backup): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<BackupAccepted>)> {
-    let accepted = backup_drills::verify(&state, &actor, &parse_id(&backup, "backup")?).await?;
+    let accepted = backup_drills::verify(&state, &actor, &BackupId::from_path(&backup)?).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -1086,7 +1089,7 @@ async fn clone_backup(
     ApiJson(input): ApiJson<NewBackupClone>,
 ) -> ApiResult<(StatusCode, Json<CloneAccepted>)> {
     let accepted =
-        restores::clone_backup(&state, &actor, &parse_id(&backup, "backup")?, input).await?;
+        restores::clone_backup(&state, &actor, &BackupId::from_path(&backup)?, input).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -1114,7 +1117,7 @@ async fn get_backup_policy(
     ApiPath(plan): ApiPath<String>,
 ) -> ApiResult<Json<BackupPolicy>> {
     Ok(Json(
-        plans::backup_policy(&state, &parse_id(&plan, "plan")?).await?,
+        plans::backup_policy(&state, &PlanId::from_path(&plan)?).await?,
     ))
 }
 
@@ -1130,7 +1133,7 @@ async fn set_backup_policy(
     ApiJson(input): ApiJson<NewBackupPolicy>,
 ) -> ApiResult<Json<BackupPolicy>> {
     Ok(Json(
-        plans::set_backup_policy(&state, &actor, &parse_id(&plan, "plan")?, input).await?,
+        plans::set_backup_policy(&state, &actor, &PlanId::from_path(&plan)?, input).await?,
     ))
 }
 
@@ -1165,7 +1168,7 @@ async fn get_operation(
     ApiPath(op): ApiPath<String>,
 ) -> ApiResult<Json<Operation>> {
     Ok(Json(
-        operations::get(&state, &actor, &parse_id(&op, "operation")?).await?,
+        operations::get(&state, &actor, &OperationId::from_path(&op)?).await?,
     ))
 }
 
@@ -1209,6 +1212,7 @@ async fn run_reconcilers(State(state): State<AppState>, actor: Actor) -> ApiResu
     match crate::background::reconcile::run_all(
         &state.db,
         &state.backends,
+        state.config.agent.report_url(),
         state.config.reconcile.orphan_grace_secs,
     )
     .await?

@@ -668,74 +668,61 @@ mod tests {
 
     #[test]
     fn a_report_never_replaces_a_newer_one() {
-        let cur = Some("nodeb");
-        // The same task: only later in its own sequence (or after a restart of the agent).
         let b = origin(Some("taskb"), "nodeb", 60, 5);
-        assert!(supersedes(
-            &b,
-            true,
-            &origin(Some("taskb"), "nodeb", 60, 6),
-            cur
-        ));
-        assert!(!supersedes(
-            &b,
-            true,
-            &origin(Some("taskb"), "nodeb", 60, 5),
-            cur
-        ));
-        assert!(!supersedes(
-            &b,
-            true,
-            &origin(Some("taskb"), "nodeb", 60, 4),
-            cur
-        ));
-        assert!(supersedes(
-            &b,
-            true,
-            &origin(Some("taskb"), "nodeb", 61, 1),
-            cur
-        ));
         // A move from node a to node b: the old task, draining on a, reports after the new
-        // one (it started earlier, its sequence is further on): never stored again.
+        // one (it started earlier, its sequence is further on).
         let old = origin(Some("taska"), "nodea", 0, 90);
-        assert!(!supersedes(&b, true, &old, cur));
-        // Before the new task reported, the old one's reports are the only news.
-        assert!(supersedes(
-            &old,
-            true,
-            &origin(Some("taska"), "nodea", 0, 91),
-            cur
-        ));
-        assert!(supersedes(&old, true, &b, cur));
-        // Even a new task started earlier by its clock wins from the site's worker.
-        assert!(supersedes(
-            &old,
-            true,
-            &origin(Some("taskb"), "nodeb", -5, 1),
-            cur
-        ));
-        // Two tasks on the site's worker (an update): the later start wins.
-        assert!(!supersedes(
-            &b,
-            true,
-            &origin(Some("taskc"), "nodeb", 30, 9),
-            cur
-        ));
-        assert!(supersedes(
-            &b,
-            true,
-            &origin(Some("taskd"), "nodeb", 90, 1),
-            cur
-        ));
+        let anon = origin(None, "nodeb", 60, 7);
+        let on_b = |task, started, seq| origin(Some(task), "nodeb", started, seq);
+        // A fresh stored report, node b the site's worker: (why, stored, incoming, stored
+        // again).
+        let cases = [
+            // The same task: only later in its own sequence (or after a restart).
+            ("same task, next seq", &b, on_b("taskb", 60, 6), true),
+            ("same task, same seq", &b, on_b("taskb", 60, 5), false),
+            ("same task, older seq", &b, on_b("taskb", 60, 4), false),
+            ("same task, restarted", &b, on_b("taskb", 61, 1), true),
+            // The old task of a move is never stored again.
+            ("old task after the new", &b, old.clone(), false),
+            // Before the new task reported, the old one's reports are the only news.
+            (
+                "old task, next seq",
+                &old,
+                origin(Some("taska"), "nodea", 0, 91),
+                true,
+            ),
+            ("new task after the old", &old, b.clone(), true),
+            // Even a new task started earlier by its clock wins from the site's worker.
+            ("new task, earlier clock", &old, on_b("taskb", -5, 1), true),
+            // Two tasks on the site's worker (an update): the later start wins.
+            ("update, earlier start", &b, on_b("taskc", 30, 9), false),
+            ("update, later start", &b, on_b("taskd", 90, 1), true),
+            // Agents without task ids on one node are one agent restarting.
+            (
+                "no task ids, older seq",
+                &anon,
+                origin(None, "nodeb", 60, 3),
+                false,
+            ),
+            (
+                "no task ids, restarted",
+                &anon,
+                origin(None, "nodeb", 62, 1),
+                true,
+            ),
+        ];
+        for (why, stored, incoming, want) in cases {
+            assert_eq!(
+                supersedes(stored, true, &incoming, Some("nodeb")),
+                want,
+                "{why}"
+            );
+        }
         // Worker unknown (no swarm id): the later start, whatever the node.
         assert!(!supersedes(&b, true, &old, None));
         assert!(supersedes(&old, true, &b, None));
-        // Agents without task ids on one node are one agent restarting.
-        let anon = origin(None, "nodeb", 60, 7);
-        assert!(!supersedes(&anon, true, &origin(None, "nodeb", 60, 3), cur));
-        assert!(supersedes(&anon, true, &origin(None, "nodeb", 62, 1), cur));
         // A stored report older than the timeout gives way to anything.
-        assert!(supersedes(&b, false, &old, cur));
+        assert!(supersedes(&b, false, &old, Some("nodeb")));
     }
 
     #[test]

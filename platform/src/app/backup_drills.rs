@@ -6,6 +6,7 @@
 //! cost to schedule, not a tenant's to trigger at will (the schedule drills every site).
 
 use serde_json::json;
+use sqlx::MySqlConnection;
 
 use crate::{
     actor::Actor,
@@ -14,13 +15,15 @@ use crate::{
         operations,
     },
     audit::{self, Event},
-    domain::{Id, StaffRole, TenantRole},
+    domain::{BackupId, OperationId, StaffRole, TenantRole},
     error::{ApiError, ApiResult},
+    provision::Backends,
     state::AppState,
+    states::OperationKind,
 };
 
 /// `POST /v1/backups/{backup}/verify`: enqueues a drill of a complete backup.
-pub async fn verify(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<BackupAccepted> {
+pub async fn verify(state: &AppState, actor: &Actor, id: &BackupId) -> ApiResult<BackupAccepted> {
     let backup = backups::authorized(state, actor, id, TenantRole::Viewer).await?;
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     backups::configured(state)?;
@@ -35,7 +38,7 @@ pub async fn verify(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
             format!("the backup is {current}; only a complete backup can be verified"),
         ));
     }
-    let Some(op) = crate::backup::drill_job::enqueue(
+    let Some(op) = enqueue(
         &mut tx,
         &state.backends,
         Some(actor),
@@ -66,6 +69,43 @@ pub async fn verify(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
+}
+
+/// Enqueues a drill of `backup` (of `tenant`) in `conn`'s transaction, whose caller holds
+/// the backup's row (`FOR UPDATE`); `None` when one is already under way.
+pub async fn enqueue(
+    conn: &mut MySqlConnection,
+    backends: &Backends,
+    actor: Option<&Actor>,
+    tenant: &str,
+    backup: &str,
+) -> ApiResult<Option<OperationId>> {
+    let under_way: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM operations WHERE kind = 'backup.verify' AND target_type = 'backup' \
+         AND target_id = ? AND state IN ('pending', 'running', 'unwinding')",
+    )
+    .bind(backup)
+    .fetch_one(&mut *conn)
+    .await?;
+    if under_way > 0 {
+        return Ok(None);
+    }
+    let op = operations::enqueue(
+        conn,
+        backends,
+        actor,
+        OperationKind::BackupVerify,
+        Some(tenant),
+        "backup",
+        backup,
+    )
+    .await?;
+    sqlx::query("UPDATE backups SET verify_operation_id = ? WHERE id = ?")
+        .bind(op.as_str())
+        .bind(backup)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(op))
 }

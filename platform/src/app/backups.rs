@@ -11,7 +11,7 @@ use crate::{
     actor::Actor,
     app::{Page, encode_cursor, operations, operations::Operation, page_bounds, sites},
     audit::{self, Event},
-    domain::{Fields, Id, SiteId, TenantId, TenantRole},
+    domain::{BackupId, Fields, SiteId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -98,7 +98,7 @@ pub(crate) async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Back
 pub(crate) async fn authorized(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &BackupId,
     min: TenantRole,
 ) -> ApiResult<Backup> {
     let mut conn = state.db.acquire().await?;
@@ -178,7 +178,7 @@ pub async fn create(
              back it up when the restore has finished",
         ));
     }
-    let id = Id::generate();
+    let id = BackupId::generate();
     sqlx::query(
         "INSERT INTO backups (id, tenant_id, site_id, kind, state, plan_id) \
          VALUES (?, ?, ?, 'manual', 'pending', ?)",
@@ -221,7 +221,7 @@ pub async fn create(
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }
 
@@ -324,12 +324,12 @@ pub async fn list_for_tenant(
 }
 
 /// `GET /v1/backups/{backup}`.
-pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backup> {
+pub async fn get(state: &AppState, actor: &Actor, id: &BackupId) -> ApiResult<Backup> {
     authorized(state, actor, id, TenantRole::Viewer).await
 }
 
 /// `DELETE /v1/backups/{backup}`: removes its objects (an operation), then `deleted`.
-pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<BackupAccepted> {
+pub async fn delete(state: &AppState, actor: &Actor, id: &BackupId) -> ApiResult<BackupAccepted> {
     let backup = authorized(state, actor, id, TenantRole::Member).await?;
     configured(state)?;
     let mut tx = state.db.begin().await?;
@@ -374,6 +374,6 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Backu
         operation: operations::load(&mut tx, op.as_str()).await?,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }

@@ -42,7 +42,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{Fields, Id, StaffRole, TenantId, TenantRole},
+    domain::{Fields, Id, PlanId, StaffRole, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -223,7 +223,7 @@ const PRICE_COLUMNS: &str = "plan_id, effective_from, currency, monthly_minor, i
      included_requests, storage_overage_minor_per_gib, request_overage_minor_per_10k";
 
 /// A plan's prices, oldest first. Anyone signed in may read them (as the plans).
-pub async fn prices(state: &AppState, plan: &Id) -> ApiResult<Vec<Price>> {
+pub async fn prices(state: &AppState, plan: &PlanId) -> ApiResult<Vec<Price>> {
     let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE id = ?")
         .bind(plan.as_str())
         .fetch_optional(&state.db)
@@ -243,7 +243,7 @@ pub async fn prices(state: &AppState, plan: &Id) -> ApiResult<Vec<Price>> {
 pub async fn add_price(
     state: &AppState,
     actor: &Actor,
-    plan: &Id,
+    plan: &PlanId,
     input: NewPrice,
     today: NaiveDate,
 ) -> ApiResult<Price> {

@@ -16,7 +16,7 @@ use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{Fields, Id, Slug, StaffRole},
+    domain::{Fields, NodeId, Slug, StaffRole},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -96,7 +96,7 @@ pub async fn list(state: &AppState, actor: &Actor) -> ApiResult<Vec<Node>> {
         .await?)
 }
 
-async fn get(state: &AppState, id: &Id) -> ApiResult<Node> {
+async fn get(state: &AppState, id: &NodeId) -> ApiResult<Node> {
     sqlx::query_as::<_, Node>(sql!("{SELECT} WHERE n.id = ?"))
         .bind(id.as_str())
         .fetch_optional(&state.db)
@@ -140,7 +140,7 @@ pub async fn register(state: &AppState, actor: &Actor, input: NewNode) -> ApiRes
     let Some(name) = name else {
         return Err(ApiError::field("name", "invalid"));
     };
-    let id = Id::generate();
+    let id = NodeId::generate();
     let labels = serde_json::Value::Object(input.labels.unwrap_or_default());
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
@@ -190,7 +190,7 @@ async fn link_from_swarm(state: &AppState) {
 pub async fn update(
     state: &AppState,
     actor: &Actor,
-    id: &Id,
+    id: &NodeId,
     change: NodeChange,
 ) -> ApiResult<Node> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
@@ -248,7 +248,7 @@ pub async fn update(
 /// Removes a node from the platform's inventory: only an empty one (no sites, no move to or
 /// from it under way) that is not a live swarm node (the next sync would only record it
 /// again). 409 says which.
-pub async fn remove(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<()> {
+pub async fn remove(state: &AppState, actor: &Actor, id: &NodeId) -> ApiResult<()> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
     let mut tx = state.db.begin().await?;
     // The node's row first: a reservation or move onto it waits for (or sees) the removal.

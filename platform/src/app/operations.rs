@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     actor::Actor,
     app::{Page, encode_cursor, page_bounds},
-    domain::{Fields, Id, TenantId, TenantRole},
+    domain::{Fields, Id, OperationId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::{OperationKind, OperationState, StepState},
@@ -102,9 +102,9 @@ pub async fn enqueue(
     tenant_id: Option<&str>,
     target_type: &str,
     target_id: &str,
-) -> ApiResult<Id> {
+) -> ApiResult<OperationId> {
     let steps = plans.plan(kind);
-    let id = Id::generate();
+    let id = OperationId::generate();
     sqlx::query(
         "INSERT INTO operations (id, kind, tenant_id, target_type, target_id, state, created_by) \
          VALUES (?, ?, ?, ?, ?, 'pending', ?)",
@@ -153,7 +153,7 @@ pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Operation> 
     Ok(op)
 }
 
-pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Operation> {
+pub async fn get(state: &AppState, actor: &Actor, id: &OperationId) -> ApiResult<Operation> {
     let mut conn = state.db.acquire().await?;
     let op = load(&mut conn, id.as_str()).await?;
     match op.tenant_id.as_deref().and_then(TenantId::parse) {

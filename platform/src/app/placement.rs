@@ -563,7 +563,6 @@ async fn rebalance_gated(
         )
         .await?;
         tx.commit().await?;
-        provisioner.wake_runner();
         answer.operations.push(op.to_string());
     }
     Ok((answer, verdict))

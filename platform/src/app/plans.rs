@@ -1,5 +1,6 @@
 //! Plans: what a site may use (slots on a worker, storage, memory, CPU) and its price.
 
+use chrono::{DateTime, Duration as TimeDelta, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{FromRow, MySqlPool};
@@ -9,7 +10,7 @@ use super::unique;
 use crate::{
     actor::Actor,
     audit::{self, Event},
-    domain::{Fields, Id, Slug, StaffRole, parse_name},
+    domain::{Fields, Id, PlanId, Slug, StaffRole, parse_name},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -94,7 +95,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewPlan) -> ApiResul
     let (Some(slug), Some(name)) = (slug, name) else {
         return Err(ApiError::field("body", "invalid"));
     };
-    let id = Id::generate();
+    let id = PlanId::generate();
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO plans (id, slug, name, slots, storage_mb, memory_mb, cpu_millis, price_cents) \
@@ -209,6 +210,55 @@ pub struct NewBackupPolicy {
     pub keep_days: Option<i32>,
 }
 
+/// When a plan's sites are backed up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every N hours (1 to 168), slots on multiples of N hours since the Unix epoch.
+    EveryHours(u32),
+    /// Daily at this many minutes after 00:00 UTC (0 to 1439).
+    DailyAt(u32),
+}
+
+impl Schedule {
+    /// From the policy's columns; `None` when they do not make one schedule.
+    pub fn from_columns(every_hours: Option<i32>, daily_at_minute: Option<i32>) -> Option<Self> {
+        match (every_hours, daily_at_minute) {
+            (Some(h), None) if (1..=168).contains(&h) => Some(Self::EveryHours(h as u32)),
+            (None, Some(m)) if (0..1440).contains(&m) => Some(Self::DailyAt(m as u32)),
+            _ => None,
+        }
+    }
+
+    /// The latest slot at or before `now`.
+    pub fn last_slot(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::EveryHours(hours) => {
+                let period = i64::from(hours) * 3600;
+                let secs = now.timestamp().div_euclid(period) * period;
+                Utc.timestamp_opt(secs, 0).single().unwrap_or(now)
+            }
+            Self::DailyAt(minute) => {
+                let at = NaiveTime::from_num_seconds_from_midnight_opt(minute * 60, 0)
+                    .unwrap_or(NaiveTime::MIN);
+                let today = now.date_naive().and_time(at).and_utc();
+                if today <= now {
+                    today
+                } else {
+                    today - TimeDelta::days(1)
+                }
+            }
+        }
+    }
+
+    /// The slot after `slot`.
+    pub fn next_slot(self, slot: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::EveryHours(hours) => slot + TimeDelta::hours(i64::from(hours)),
+            Self::DailyAt(_) => slot + TimeDelta::days(1),
+        }
+    }
+}
+
 type PolicyRow = (
     String,
     bool,
@@ -221,7 +271,7 @@ type PolicyRow = (
 
 fn policy_of(row: PolicyRow) -> BackupPolicy {
     let (plan_id, enabled, every_hours, daily_at_minute, keep_count, keep_days, updated_at) = row;
-    let schedule = crate::backup::schedule::Schedule::from_columns(every_hours, daily_at_minute);
+    let schedule = Schedule::from_columns(every_hours, daily_at_minute);
     BackupPolicy {
         plan_id,
         enabled,
@@ -273,7 +323,7 @@ pub fn parse_schedule(value: &str) -> Result<(Option<i32>, Option<i32>), String>
     Ok((None, Some(h * 60 + m)))
 }
 
-async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
+async fn plan_exists(db: &MySqlPool, plan: &PlanId) -> ApiResult<()> {
     let found: Option<String> = sqlx::query_scalar("SELECT id FROM plans WHERE id = ?")
         .bind(plan.as_str())
         .fetch_optional(db)
@@ -284,7 +334,7 @@ async fn plan_exists(db: &MySqlPool, plan: &Id) -> ApiResult<()> {
 /// `GET /v1/plans/{plan}/backup-policy`. A plan without a policy has one that schedules
 /// nothing and prunes nothing (`enabled: false`, `schedule: null`): 404 is for a plan that
 /// does not exist.
-pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolicy> {
+pub async fn backup_policy(state: &AppState, plan: &PlanId) -> ApiResult<BackupPolicy> {
     plan_exists(&state.db, plan).await?;
     let row: Option<PolicyRow> = sqlx::query_as(
         "SELECT plan_id, enabled, every_hours, daily_at_minute, keep_count, keep_days, updated_at \
@@ -310,7 +360,7 @@ pub async fn backup_policy(state: &AppState, plan: &Id) -> ApiResult<BackupPolic
 pub async fn set_backup_policy(
     state: &AppState,
     actor: &Actor,
-    plan: &Id,
+    plan: &PlanId,
     input: NewBackupPolicy,
 ) -> ApiResult<BackupPolicy> {
     actor.require_staff(&[StaffRole::Admin])?;
@@ -361,6 +411,7 @@ pub async fn set_backup_policy(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -388,5 +439,44 @@ mod tests {
         }
         // The Rust parser and the schema's pattern agree (a regex of the pattern's shape).
         assert!(SCHEDULE_PATTERN.starts_with('^') && SCHEDULE_PATTERN.ends_with('$'));
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn slots_are_the_latest_at_or_before_now() {
+        let daily = Schedule::DailyAt(3 * 60 + 30);
+        let six = Schedule::EveryHours(6);
+        // (schedule, now, the latest slot at or before it)
+        let last = [
+            (daily, "2026-12-07T03:29:59Z", "2026-12-06T03:30:00Z"),
+            (daily, "2026-12-07T03:30:00Z", "2026-12-07T03:30:00Z"),
+            (daily, "2026-12-07T23:59:00Z", "2026-12-07T03:30:00Z"),
+            // Three days down: still one slot, the latest.
+            (daily, "2026-12-10T04:00:00Z", "2026-12-10T03:30:00Z"),
+            (six, "2026-12-07T05:59:59Z", "2026-12-07T00:00:00Z"),
+            (six, "2026-12-07T13:00:00Z", "2026-12-07T12:00:00Z"),
+        ];
+        for (schedule, now, slot) in last {
+            assert_eq!(
+                schedule.last_slot(at(now)),
+                at(slot),
+                "{schedule:?} at {now}"
+            );
+        }
+        assert_eq!(
+            six.next_slot(at("2026-12-07T12:00:00Z")),
+            at("2026-12-07T18:00:00Z")
+        );
+        for (every_hours, daily_at_minute) in [
+            (Some(6), Some(10)),
+            (None, None),
+            (Some(0), None),
+            (None, Some(1440)),
+        ] {
+            assert_eq!(Schedule::from_columns(every_hours, daily_at_minute), None);
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::{
         sites::{self, NewSite, Site},
     },
     audit::{self, Event},
-    domain::{DomainName, Id, SiteId, TenantId, TenantRole},
+    domain::{BackupId, DomainName, Id, SiteId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
     states::OperationKind,
@@ -265,7 +265,7 @@ pub async fn restore(
     )
     .await?;
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(RestoreAccepted { restore, operation })
 }
 
@@ -341,7 +341,7 @@ pub struct NewBackupClone {
 pub async fn clone_backup(
     state: &AppState,
     actor: &Actor,
-    backup_id: &Id,
+    backup_id: &BackupId,
     input: NewBackupClone,
 ) -> ApiResult<CloneAccepted> {
     let backup = super::backups::authorized(state, actor, backup_id, TenantRole::Member).await?;
@@ -363,7 +363,7 @@ pub async fn clone_backup(
         &tenant,
         &backup.site_id,
         row,
-        Some(backup_id.clone()),
+        Some(backup_id.as_id().clone()),
         input.domain,
         input.name,
     )
@@ -438,7 +438,7 @@ async fn clone_into(
     )
     .await?;
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(CloneAccepted {
         site: created.site,
         create_operation: created.operation,

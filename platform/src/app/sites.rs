@@ -598,7 +598,7 @@ pub async fn create(
         admin.password = Some(password.expose().to_owned());
     }
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(Created::New(Box::new(accepted)))
 }
 
@@ -869,7 +869,7 @@ pub async fn update(
         admin: None,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }
 
@@ -1024,7 +1024,7 @@ pub async fn transition(
         admin: None,
     };
     tx.commit().await?;
-    state.backends.wake_runner();
+    state.wake_runner();
     Ok(accepted)
 }
 

@@ -11,7 +11,7 @@ use crate::{
     actor::Actor,
     audit::{self, Event},
     auth::{self, Scope},
-    domain::{Fields, Id, parse_name_up_to},
+    domain::{Fields, TokenId, parse_name_up_to},
     error::{ApiError, ApiResult},
     state::AppState,
 };
@@ -97,7 +97,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewToken) -> ApiResu
     scopes.sort_unstable();
     scopes.dedup();
     let secret = auth::new_token("pdt_");
-    let id = Id::generate();
+    let id = TokenId::generate();
     let mut tx = state.db.begin().await?;
     sqlx::query(
         "INSERT INTO api_tokens (id, user_id, name, token_hash, scopes, expires_at) \
@@ -133,7 +133,7 @@ pub async fn create(state: &AppState, actor: &Actor, input: NewToken) -> ApiResu
     Ok(CreatedToken { token, secret })
 }
 
-pub async fn revoke(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<()> {
+pub async fn revoke(state: &AppState, actor: &Actor, id: &TokenId) -> ApiResult<()> {
     let mut tx = state.db.begin().await?;
     let found = sqlx::query(
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, NOW(6)) WHERE id = ? AND user_id = ?",

@@ -26,7 +26,8 @@ use tokio::{
 use crate::{
     config::JobsConfig,
     provision::Backends,
-    sagas::{self, Outcome, StepContext, StepError, StepResult, Undo},
+    sagas::{self, Outcome, SagaSettings, StepContext, StepError, StepResult, Undo},
+    state::RunnerWake,
     states::{OperationKind, OperationState, StepState},
 };
 
@@ -75,18 +76,30 @@ impl Failpoints {
 pub struct Runner {
     db: MySqlPool,
     backends: Arc<Backends>,
+    /// What the sagas are configured with besides the drivers.
+    settings: Arc<SagaSettings>,
     config: JobsConfig,
+    /// Rung by this process's commits of jobs.
+    wake: RunnerWake,
     owner: String,
     failpoints: Failpoints,
 }
 
 impl Runner {
-    pub fn new(db: MySqlPool, backends: Arc<Backends>, config: JobsConfig) -> Arc<Self> {
+    pub fn new(
+        db: MySqlPool,
+        backends: Arc<Backends>,
+        settings: SagaSettings,
+        config: JobsConfig,
+        wake: RunnerWake,
+    ) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), crate::domain::Id::generate());
         Arc::new(Self {
             db,
             backends,
+            settings: Arc::new(settings),
             config,
+            wake,
             owner,
             failpoints: Failpoints::from_env(),
         })
@@ -154,7 +167,7 @@ impl Runner {
                 _ = tokio::time::sleep(Duration::from_millis(self.config.poll_millis)) => {}
                 // A job this process committed: claim it now, not at the next poll (the
                 // poll's wait was most of a lone create's time in the queue).
-                _ = self.backends.job_queued() => {}
+                _ = self.wake.woken() => {}
                 changed = shutdown.changed() => if changed.is_err() { break },
             }
         }
@@ -317,6 +330,7 @@ impl Runner {
         let ctx = StepContext {
             db: self.db.clone(),
             backends: self.backends.clone(),
+            settings: self.settings.clone(),
             target,
         };
         let steps: Vec<(i32, String, StepState, i32)> = sqlx::query_as(

@@ -38,6 +38,7 @@ fn step_error(err: StepError) -> String {
 pub async fn run_all(
     db: &MySqlPool,
     provisioner: &Backends,
+    control_url: Option<&str>,
     orphan_grace_secs: u64,
 ) -> anyhow::Result<Option<Value>> {
     // A named lock on a connection of our own: one pass at a time across replicas.
@@ -53,7 +54,7 @@ pub async fn run_all(
         let started = chrono::Utc::now();
         let report = match name {
             "nodes" => sync_nodes(db, provisioner).await,
-            "sites" => reconcile_sites(db, provisioner).await,
+            "sites" => reconcile_sites(db, provisioner, control_url).await,
             _ => reconcile_orphans(db, provisioner, orphan_grace_secs).await,
         };
         let report = report.unwrap_or_else(|err| Report {
@@ -91,6 +92,7 @@ pub async fn run_all(
 pub async fn run_periodically(
     db: MySqlPool,
     provisioner: std::sync::Arc<Backends>,
+    control_url: Option<String>,
     interval: Duration,
     orphan_grace_secs: u64,
     mut shutdown: watch::Receiver<bool>,
@@ -100,7 +102,9 @@ pub async fn run_periodically(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(err) = run_all(&db, &provisioner, orphan_grace_secs).await {
+        if let Err(err) =
+            run_all(&db, &provisioner, control_url.as_deref(), orphan_grace_secs).await
+        {
             tracing::warn!(error = format!("{err:#}"), "reconcile pass failed");
         }
     }
@@ -116,7 +120,11 @@ async fn settled_sites(db: &MySqlPool) -> anyhow::Result<Vec<(String, String)>> 
     .await?)
 }
 
-async fn reconcile_sites(db: &MySqlPool, p: &Backends) -> anyhow::Result<Report> {
+async fn reconcile_sites(
+    db: &MySqlPool,
+    p: &Backends,
+    control_url: Option<&str>,
+) -> anyhow::Result<Report> {
     let mut report = Report::default();
     if !p.any() {
         return Ok(report);
@@ -126,7 +134,7 @@ async fn reconcile_sites(db: &MySqlPool, p: &Backends) -> anyhow::Result<Report>
         let Ok(id) = SiteResourceId::parse(&site) else {
             continue;
         };
-        if let Err(err) = reconcile_site(db, p, &id, &state, &mut report).await {
+        if let Err(err) = reconcile_site(db, p, control_url, &id, &state, &mut report).await {
             report.errors.push(format!("{site}: {err:#}"));
         }
     }
@@ -167,6 +175,7 @@ async fn password(
 async fn reconcile_site(
     db: &MySqlPool,
     p: &Backends,
+    control_url: Option<&str>,
     id: &SiteResourceId,
     state: &str,
     report: &mut Report,
@@ -241,7 +250,7 @@ async fn reconcile_site(
     }
     if let Some(swarm) = &p.swarm {
         let params = p
-            .service_params(db, id)
+            .service_params(db, id, control_url)
             .await
             .map_err(|e| anyhow::anyhow!(step_error(e)))?;
         let spec = swarm.build_spec(&params)?;

@@ -6,19 +6,19 @@
 //!   store or database that is down is retried.
 //! - [`on_finish`]: the result on the backup's row (`verified_at`, `verify_result`,
 //!   `verify_error`) and in the metrics (`pressdock_backup_drills_total{result}`).
-//! - [`enqueue`]: one drill of one backup, unless one is already under way (the API's
-//!   on-demand drill and the schedule both come through here).
-//! - [`run_periodically`]: the schedule. Every pass, one replica at a time (a named lock
-//!   on a connection of its own, as the reconcilers do), the latest complete backup of
-//!   each site none of whose backups was drilled within `every_days` gets a drill, a few
-//!   per pass, the least recently drilled sites first.
+//! - `app::backup_drills::enqueue`: one drill of one backup, unless one is already under
+//!   way (the API's on-demand drill and the schedule both come through there).
+//! - [`schedule_once`]: a pass of the schedule (its loop is `background::drills`). Every
+//!   pass, one replica at a time (a named lock on a connection of its own, as the
+//!   reconcilers do), the latest complete backup of each site none of whose backups was
+//!   drilled within `every_days` gets a drill, a few per pass, the least recently drilled
+//!   sites first.
 
-use std::{sync::LazyLock, time::Duration};
+use std::sync::LazyLock;
 
 use anyhow::anyhow;
 use prometheus::{IntCounterVec, Opts};
-use sqlx::{MySqlConnection, MySqlPool};
-use tokio::sync::watch;
+use sqlx::MySqlPool;
 
 use super::{
     backup_prefix,
@@ -26,14 +26,11 @@ use super::{
     restore::RestoreError,
 };
 use crate::{
-    actor::Actor,
-    app::operations,
+    app::backup_drills,
     config::DrillsConfig,
     domain::Id,
-    error::ApiResult,
-    provision::Provisioner,
-    sagas::{StepError, StepResult},
-    states::OperationKind,
+    provision::Backends,
+    step_error::{StepError, StepResult},
 };
 
 /// Drills that ended, by result (`passed`, `failed`), in this process. Registered in
@@ -55,7 +52,7 @@ pub fn scratch_root() -> std::path::PathBuf {
 }
 
 /// The `drill_backup` step of `backup.verify`.
-pub async fn drill_backup(db: &MySqlPool, provisioner: &Provisioner, backup: &str) -> StepResult {
+pub async fn drill_backup(db: &MySqlPool, provisioner: &Backends, backup: &str) -> StepResult {
     let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT tenant_id, site_id, state, manifest_sha256 FROM backups WHERE id = ?",
     )
@@ -144,47 +141,10 @@ pub async fn on_finish(db: &MySqlPool, backup: &str, succeeded: bool) -> sqlx::R
     Ok(())
 }
 
-/// Enqueues a drill of `backup` (of `tenant`) in `conn`'s transaction, whose caller holds
-/// the backup's row (`FOR UPDATE`); `None` when one is already under way.
-pub async fn enqueue(
-    conn: &mut MySqlConnection,
-    provisioner: &Provisioner,
-    actor: Option<&Actor>,
-    tenant: &str,
-    backup: &str,
-) -> ApiResult<Option<Id>> {
-    let under_way: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM operations WHERE kind = 'backup.verify' AND target_type = 'backup' \
-         AND target_id = ? AND state IN ('pending', 'running', 'unwinding')",
-    )
-    .bind(backup)
-    .fetch_one(&mut *conn)
-    .await?;
-    if under_way > 0 {
-        return Ok(None);
-    }
-    let op = operations::enqueue(
-        conn,
-        provisioner,
-        actor,
-        OperationKind::BackupVerify,
-        Some(tenant),
-        "backup",
-        backup,
-    )
-    .await?;
-    sqlx::query("UPDATE backups SET verify_operation_id = ? WHERE id = ?")
-        .bind(op.as_str())
-        .bind(backup)
-        .execute(&mut *conn)
-        .await?;
-    Ok(Some(op))
-}
-
 /// One pass of the schedule: drills enqueued (none when another replica holds the lock).
 pub async fn schedule_once(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &DrillsConfig,
 ) -> anyhow::Result<Vec<String>> {
     // A named lock on a connection of our own: one scheduler at a time across replicas.
@@ -204,7 +164,7 @@ pub async fn schedule_once(
 
 async fn schedule_locked(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &DrillsConfig,
 ) -> anyhow::Result<Vec<String>> {
     let period_secs = i64::from(config.every_days.max(1)) * 86_400;
@@ -238,7 +198,7 @@ async fn schedule_locked(
         if state.as_deref() != Some("complete") {
             continue;
         }
-        let op = enqueue(&mut tx, provisioner, None, &tenant, &backup)
+        let op = backup_drills::enqueue(&mut tx, provisioner, None, &tenant, &backup)
             .await
             .map_err(|e| anyhow!("enqueuing a drill of {backup}: {e:?}"))?;
         tx.commit().await?;
@@ -248,30 +208,6 @@ async fn schedule_locked(
     }
     if !enqueued.is_empty() {
         tracing::info!(drills = enqueued.len(), "drills enqueued");
-        provisioner.wake_runner();
     }
     Ok(enqueued)
-}
-
-/// The schedule: a pass every `interval_secs` (the first one interval after start) until
-/// `shutdown`.
-pub async fn run_periodically(
-    db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
-    config: DrillsConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let every = Duration::from_secs(config.interval_secs.max(1));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        if let Err(err) = schedule_once(&db, &provisioner, &config).await {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "the drill schedule's pass failed"
-            );
-        }
-    }
 }

@@ -16,8 +16,8 @@ use sqlx::MySqlPool;
 use super::{BackupSpec, BackupStore, Hooks, UploadJournal, backup_prefix};
 use crate::{
     domain::Id,
-    provision::{Backends, Provisioner},
-    sagas::{StepError, StepResult},
+    provision::Backends,
+    step_error::{StepError, StepResult},
 };
 
 /// What a tenant reads when the backup store fails (the cause is for staff).
@@ -270,7 +270,7 @@ pub async fn on_finish(
 /// Whether the site's database (on the database server, through the platform's account)
 /// and its directory on the storage mount exist: a site whose create failed early has
 /// nothing to keep.
-async fn has_data(provisioner: &Provisioner, site: &str) -> Result<bool, StepError> {
+async fn has_data(provisioner: &Backends, site: &str) -> Result<bool, StepError> {
     let (Some(galera), Some(gluster)) = (
         provisioner.config.galera.as_ref(),
         provisioner.config.gluster.as_ref(),
@@ -309,7 +309,7 @@ async fn has_data(provisioner: &Provisioner, site: &str) -> Result<bool, StepErr
 /// create failed early) has nothing to keep and gets none. If the backup cannot be taken,
 /// the step fails like any backup (retried, then the delete fails and the site is
 /// `failed` with everything still there): a delete never goes on without it.
-pub async fn final_backup(db: &MySqlPool, provisioner: &Provisioner, site: &str) -> StepResult {
+pub async fn final_backup(db: &MySqlPool, provisioner: &Backends, site: &str) -> StepResult {
     let operation: Option<String> = sqlx::query_scalar(
         "SELECT id FROM operations WHERE target_type = 'site' AND target_id = ? \
          AND kind = 'site.delete' AND state IN ('pending', 'running', 'unwinding') \

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     domain::Id,
     provision::Backends,
-    sagas::{StepError, StepResult},
+    step_error::{StepError, StepResult},
 };
 
 const STORE_FAILED: &str = "the backup store could not be read";

@@ -38,68 +38,20 @@
 //! unfinished upload), which ends it `deleted`; the rows of deleted backups are removed a
 //! day later.
 
-use chrono::{DateTime, Duration as TimeDelta, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Duration as TimeDelta, Utc};
 use serde_json::json;
 use sqlx::{MySqlConnection, MySqlPool};
 use tokio::sync::watch;
 
 use crate::{
-    app::operations,
+    app::{operations, plans::Schedule},
     audit::{self, Event},
     config::BackupsConfig,
     domain::Id,
-    provision::Provisioner,
+    provision::Backends,
+    state::RunnerWake,
     states::OperationKind,
 };
-
-/// When a plan's sites are backed up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// Every N hours (1 to 168), slots on multiples of N hours since the Unix epoch.
-    EveryHours(u32),
-    /// Daily at this many minutes after 00:00 UTC (0 to 1439).
-    DailyAt(u32),
-}
-
-impl Schedule {
-    /// From the policy's columns; `None` when they do not make one schedule.
-    pub fn from_columns(every_hours: Option<i32>, daily_at_minute: Option<i32>) -> Option<Self> {
-        match (every_hours, daily_at_minute) {
-            (Some(h), None) if (1..=168).contains(&h) => Some(Self::EveryHours(h as u32)),
-            (None, Some(m)) if (0..1440).contains(&m) => Some(Self::DailyAt(m as u32)),
-            _ => None,
-        }
-    }
-
-    /// The latest slot at or before `now`.
-    pub fn last_slot(self, now: DateTime<Utc>) -> DateTime<Utc> {
-        match self {
-            Self::EveryHours(hours) => {
-                let period = i64::from(hours) * 3600;
-                let secs = now.timestamp().div_euclid(period) * period;
-                Utc.timestamp_opt(secs, 0).single().unwrap_or(now)
-            }
-            Self::DailyAt(minute) => {
-                let at = NaiveTime::from_num_seconds_from_midnight_opt(minute * 60, 0)
-                    .unwrap_or(NaiveTime::MIN);
-                let today = now.date_naive().and_time(at).and_utc();
-                if today <= now {
-                    today
-                } else {
-                    today - TimeDelta::days(1)
-                }
-            }
-        }
-    }
-
-    /// The slot after `slot`.
-    pub fn next_slot(self, slot: DateTime<Utc>) -> DateTime<Utc> {
-        match self {
-            Self::EveryHours(hours) => slot + TimeDelta::hours(i64::from(hours)),
-            Self::DailyAt(_) => slot + TimeDelta::days(1),
-        }
-    }
-}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -128,7 +80,7 @@ const DELETED_ROWS_KEPT_HOURS: i64 = 24;
 /// One pass at `now`: schedule, then prune. `None` when another replica holds the lock.
 pub async fn pass(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &BackupsConfig,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<PassReport>> {
@@ -154,17 +106,16 @@ pub async fn pass(
         .execute(&mut *lock)
         .await;
     result?;
-    if !report.started.is_empty() || !report.pruned.is_empty() {
-        provisioner.wake_runner();
-    }
     Ok(Some(report))
 }
 
-/// Runs [`pass`] every `[backups] interval_secs` until `shutdown`.
+/// Runs [`pass`] every `[backups] interval_secs` until `shutdown`, waking this process's
+/// runner after a pass that enqueued operations.
 pub async fn run_periodically(
     db: MySqlPool,
-    provisioner: std::sync::Arc<Provisioner>,
+    provisioner: std::sync::Arc<Backends>,
     config: BackupsConfig,
+    runner: RunnerWake,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = std::time::Duration::from_secs(config.interval_secs.max(1));
@@ -173,7 +124,13 @@ pub async fn run_periodically(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        match pass(&db, &provisioner, &config, Utc::now()).await {
+        let report = pass(&db, &provisioner, &config, Utc::now()).await;
+        if let Ok(Some(r)) = &report
+            && (!r.started.is_empty() || !r.pruned.is_empty())
+        {
+            runner.wake();
+        }
+        match report {
             Ok(Some(r)) if !r.started.is_empty() || !r.pruned.is_empty() || r.deferred > 0 => {
                 tracing::info!(
                     started = r.started.len(),
@@ -204,7 +161,7 @@ struct Candidate {
 
 async fn schedule(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &BackupsConfig,
     now: DateTime<Utc>,
     report: &mut PassReport,
@@ -260,7 +217,7 @@ async fn schedule(
 /// when the site cannot be backed up now (a restore or a backup under way, its state).
 async fn start_scheduled(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     site: &str,
     slot: DateTime<Utc>,
 ) -> anyhow::Result<Option<String>> {
@@ -443,7 +400,7 @@ async fn protected(conn: &mut MySqlConnection, backup: &str) -> sqlx::Result<Opt
 
 async fn prune(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     config: &BackupsConfig,
     now: DateTime<Utc>,
     report: &mut PassReport,
@@ -470,7 +427,7 @@ async fn prune(
 /// does); `false` when it is protected or no longer complete or failed.
 async fn start_delete(
     db: &MySqlPool,
-    provisioner: &Provisioner,
+    provisioner: &Backends,
     backup: &str,
 ) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
@@ -519,53 +476,4 @@ async fn start_delete(
     .await?;
     tx.commit().await?;
     Ok(true)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn slots_are_the_latest_at_or_before_now() {
-        let daily = Schedule::DailyAt(3 * 60 + 30);
-        assert_eq!(
-            daily.last_slot(at("2026-12-07T03:29:59Z")),
-            at("2026-12-06T03:30:00Z")
-        );
-        assert_eq!(
-            daily.last_slot(at("2026-12-07T03:30:00Z")),
-            at("2026-12-07T03:30:00Z")
-        );
-        assert_eq!(
-            daily.last_slot(at("2026-12-07T23:59:00Z")),
-            at("2026-12-07T03:30:00Z")
-        );
-        let six = Schedule::EveryHours(6);
-        assert_eq!(
-            six.last_slot(at("2026-12-07T05:59:59Z")),
-            at("2026-12-07T00:00:00Z")
-        );
-        assert_eq!(
-            six.last_slot(at("2026-12-07T13:00:00Z")),
-            at("2026-12-07T12:00:00Z")
-        );
-        assert_eq!(
-            six.next_slot(at("2026-12-07T12:00:00Z")),
-            at("2026-12-07T18:00:00Z")
-        );
-        // Three days down: still one slot, the latest.
-        assert_eq!(
-            daily.last_slot(at("2026-12-10T04:00:00Z")),
-            at("2026-12-10T03:30:00Z")
-        );
-        assert_eq!(Schedule::from_columns(Some(6), Some(10)), None);
-        assert_eq!(Schedule::from_columns(None, None), None);
-        assert_eq!(Schedule::from_columns(Some(0), None), None);
-        assert_eq!(Schedule::from_columns(None, Some(1440)), None);
-    }
 }

@@ -19,7 +19,6 @@
 
 mod backup_delete;
 mod backup_verify;
-mod error;
 pub mod site_backup;
 pub mod site_create;
 pub mod site_delete;
@@ -32,14 +31,15 @@ pub mod site_update;
 
 use std::sync::Arc;
 
-pub use error::{Failure, StepError};
 use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
-use crate::{provision::Backends, states::OperationKind};
-
-/// What a step, an undo or a saga's end returns.
-pub type StepResult = Result<(), StepError>;
+pub use crate::step_error::{Failure, StepError, StepResult};
+use crate::{
+    config::{Config, PlacementConfig},
+    provision::Backends,
+    states::OperationKind,
+};
 
 /// A step's effect, or its undo, on the operation's target.
 pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
@@ -48,8 +48,38 @@ pub type Action = for<'a> fn(&'a StepContext) -> BoxFuture<'a, StepResult>;
 pub struct StepContext {
     pub db: MySqlPool,
     pub backends: Arc<Backends>,
+    /// What the sagas are configured with besides the drivers (the runner's).
+    pub settings: Arc<SagaSettings>,
     /// The operation's target (`operations.target_id`), as stored: the saga validates it.
     pub target: String,
+}
+
+impl StepContext {
+    /// The URL the sites' agents report to, if they report.
+    pub fn control_url(&self) -> Option<&str> {
+        self.settings.control_url.as_deref()
+    }
+}
+
+/// What the sagas are configured with besides the drivers: the job runner holds it and
+/// hands it to every step (`Backends` holds only the drivers and what they need).
+#[derive(Debug, Clone, Default)]
+pub struct SagaSettings {
+    /// The URL the sites' agents report to (`[agent] control_url`, without a trailing
+    /// `/`); `None`: they do not, and a site is `active` as soon as its create operation
+    /// finishes.
+    pub control_url: Option<String>,
+    /// How sites are placed and moved (`[placement]`).
+    pub placement: PlacementConfig,
+}
+
+impl SagaSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            control_url: config.agent.report_url().map(str::to_owned),
+            placement: config.placement.clone(),
+        }
+    }
 }
 
 /// How a step is taken back when a later step fails for good.

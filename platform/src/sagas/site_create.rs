@@ -133,7 +133,7 @@ fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
         let slots = u32::try_from(slots).unwrap_or(1).max(1);
         let chosen = crate::app::placement::place_new_site(
             &mut tx,
-            &c.backends.placement,
+            &c.settings.placement,
             &c.target,
             &tenant,
             slots,

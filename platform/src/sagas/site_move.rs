@@ -18,7 +18,9 @@ use backends::SiteResourceId;
 use futures::future::BoxFuture;
 use sqlx::MySqlPool;
 
-use super::{Saga, Step, StepContext, StepError, StepResult, Undo, always, nothing_to_finish};
+use super::{
+    Saga, SagaSettings, Step, StepContext, StepError, StepResult, Undo, always, nothing_to_finish,
+};
 use crate::{config::PlacementConfig, provision::Backends, states::OperationKind};
 
 pub static SAGA: Saga = Saga {
@@ -57,7 +59,7 @@ const CANNOT_MOVE: &str = "the site could not be moved to its new worker";
 
 fn await_turn_step(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
-        let config = &c.backends.placement;
+        let config = &c.settings.placement;
         let m = in_flight(&c.db, &c.target, config.move_timeout_secs).await?;
         await_turn(&c.db, config, &m).await
     })
@@ -65,22 +67,24 @@ fn await_turn_step(c: &StepContext) -> BoxFuture<'_, StepResult> {
 
 fn move_service(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
-        let m = in_flight(&c.db, &c.target, c.backends.placement.move_timeout_secs).await?;
+        let m = in_flight(&c.db, &c.target, c.settings.placement.move_timeout_secs).await?;
         move_placement(&c.db, &c.target, &m.from, &m.to).await?;
-        c.backends.ensure_site_service(&c.db, &c.target).await
+        c.backends
+            .ensure_site_service(&c.db, &c.target, c.settings.control_url.as_deref())
+            .await
     })
 }
 
 fn await_ready_step(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
-        let m = in_flight(&c.db, &c.target, c.backends.placement.move_timeout_secs).await?;
-        await_ready(&c.db, &c.backends, &c.target, &m).await
+        let m = in_flight(&c.db, &c.target, c.settings.placement.move_timeout_secs).await?;
+        await_ready(&c.db, &c.backends, &c.settings, &c.target, &m).await
     })
 }
 
 fn finish_move(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
-        let m = match in_flight(&c.db, &c.target, c.backends.placement.move_timeout_secs).await {
+        let m = match in_flight(&c.db, &c.target, c.settings.placement.move_timeout_secs).await {
             Ok(m) => m,
             // Run again after a crash between recording the end and the step's `done`.
             Err(_) => return Ok(()),
@@ -103,7 +107,9 @@ fn move_service_back(c: &StepContext) -> BoxFuture<'_, StepResult> {
             return Ok(());
         };
         move_placement(&c.db, &c.target, &m.to, &m.from).await?;
-        c.backends.ensure_site_service(&c.db, &c.target).await
+        c.backends
+            .ensure_site_service(&c.db, &c.target, c.settings.control_url.as_deref())
+            .await
     })
 }
 
@@ -276,6 +282,7 @@ async fn move_placement(db: &MySqlPool, site: &str, from: &str, to: &str) -> Res
 async fn await_ready(
     db: &MySqlPool,
     p: &Backends,
+    settings: &SagaSettings,
     site: &str,
     m: &InFlight,
 ) -> Result<(), StepError> {
@@ -316,7 +323,7 @@ async fn await_ready(
             anyhow!("swarm rolled the service back: {} ({})", update.0, update.1),
         ));
     }
-    let agent_ready = if p.agents_report() {
+    let agent_ready = if p.agents_report(settings.control_url.as_deref()) {
         let ready: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM agent_reports r JOIN site_moves m ON m.operation_id = ? \
              WHERE r.site_id = ? AND r.ready = 1 AND r.node_id = ? AND r.received_at > m.started_at",
@@ -344,7 +351,7 @@ async fn await_ready(
             CANNOT_MOVE,
             anyhow!(
                 "the site is not ready on its new worker after {} s (tasks: {tasks:?}, agent ready there: {agent_ready})",
-                p.placement.move_timeout_secs
+                settings.placement.move_timeout_secs
             ),
         ));
     }

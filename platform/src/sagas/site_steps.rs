@@ -68,12 +68,12 @@ site_step!(remove_swarm_secrets, |c, id| c
 site_step!(
     /// A new site has no service yet: create it without reading around it.
     create_service,
-    |c, id| c.backends.ensure_service(&c.db, &id, true)
+    |c, id| c.backends.ensure_service(&c.db, &id, true, c.control_url())
 );
 site_step!(
     /// Inspect the service and converge it on its spec.
     ensure_service,
-    |c, id| c.backends.ensure_service(&c.db, &id, false)
+    |c, id| c.backends.ensure_service(&c.db, &id, false, c.control_url())
 );
 site_step!(scale_down, |c, id| c.backends.scale(&id, 0));
 site_step!(scale_up, |c, id| c.backends.scale(&id, 1));
@@ -134,7 +134,7 @@ pub(super) fn finish(
 }
 
 async fn finish_site(c: &StepContext, kind: OperationKind, outcome: Outcome) -> StepResult {
-    let agent_ready = if c.backends.agents_report() {
+    let agent_ready = if c.backends.agents_report(c.control_url()) {
         let ready: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM agent_reports WHERE site_id = ? AND ready = 1")
                 .bind(&c.target)

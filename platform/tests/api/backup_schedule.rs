@@ -4,7 +4,7 @@
 //! the backups it starts are run by the test server's job runner.
 
 use chrono::{DateTime, Duration as TimeDelta, Timelike, Utc};
-use platform::{backup::schedule, config::BackupsConfig, domain::Id, provision::Provisioner};
+use platform::{backup::schedule, config::BackupsConfig, domain::Id, provision::Backends};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -164,7 +164,7 @@ struct Env {
     s3: S3Server,
     sites_root: tempfile::TempDir,
     app: TestApp,
-    provisioner: Provisioner,
+    provisioner: Backends,
     config: BackupsConfig,
     admin: String,
     tenant: String,
@@ -174,7 +174,7 @@ async fn env(config: BackupsConfig) -> Env {
     let s3 = S3Server::start().await;
     let sites_root = tempfile::tempdir().unwrap();
     let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes())
+    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes())
         .unwrap()
         .with_backups(config.clone());
     let app = TestApp::spawn_with(|c| {

@@ -2,7 +2,7 @@
 //! test's own. A drill restores a backup into a scratch database and folder, compares
 //! it with the manifest, records the result on the backup and counts it in `/metrics`.
 
-use platform::{backup::drill_job, config::DrillsConfig, domain::Id, provision::Provisioner};
+use platform::{backup::drill_job, config::DrillsConfig, domain::Id, provision::Backends};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -15,7 +15,7 @@ struct Env {
     s3: S3Server,
     sites_root: tempfile::TempDir,
     app: TestApp,
-    provisioner: Provisioner,
+    provisioner: Backends,
     admin: String,
     tenant: String,
     member: String,
@@ -25,7 +25,7 @@ async fn env() -> Env {
     let s3 = S3Server::start().await;
     let sites_root = tempfile::tempdir().unwrap();
     let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
+    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
     let app = TestApp::spawn_with(|c| {
         c.backends = backends;
         c.reconcile.enabled = false;

@@ -250,8 +250,7 @@ async fn the_loop_waits_for_a_lasting_imbalance_and_never_delays_an_evacuation()
         &Default::default(),
         crate::support::SECRET_KEY.as_bytes(),
     )
-    .unwrap()
-    .with_placement(config.clone());
+    .unwrap();
     app.add_worker(&admin, "w1", 25).await;
     app.add_worker(&admin, "w2", 25).await;
     let tenant = app.create_tenant(&admin, "steady").await;

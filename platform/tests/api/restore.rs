@@ -382,6 +382,7 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
             )
             .unwrap(),
         ),
+        settings: Default::default(),
         target: site.id.as_str().to_owned(),
     };
     let saga = sagas::saga(OperationKind::SiteRestore);
@@ -394,6 +395,7 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
                 let ctx = StepContext {
                     db: ctx.db.clone(),
                     backends: ctx.backends.clone(),
+                    settings: ctx.settings.clone(),
                     target: ctx.target.clone(),
                 };
                 tokio::spawn(async move { (step.action)(&ctx).await })

@@ -1,6 +1,11 @@
 //! The error of a saga's step: whether to retry, and two messages. The public one is what
 //! a tenant reads on the operation (no backend names, addresses or driver errors); the
 //! cause, with its whole chain, is for staff and logs ([`StepError::internal_message`]).
+//!
+//! It lives beside the sagas rather than in them: the steps' bodies (`provision`'s
+//! `Backends` operations, `backup/`'s jobs) answer in it, and the sagas, the runner and the
+//! reconcilers read it, so every one of them imports this module and none of them imports
+//! another for its error (`sagas` re-exports it as `sagas::StepError`).
 
 use std::{borrow::Cow, time::Duration};
 
@@ -29,6 +34,9 @@ pub struct Failure {
     #[source]
     pub cause: anyhow::Error,
 }
+
+/// What a step, an undo or a saga's end returns.
+pub type StepResult = Result<(), StepError>;
 
 /// What a tenant reads while a step waits (the reason names workers and tasks).
 pub const WAITING: &str = "waiting for its turn; it runs again shortly";
