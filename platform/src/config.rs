@@ -318,6 +318,11 @@ pub struct CertsConfig {
     /// Back-off after a failed order: doubling from this, up to `retry_max_secs`.
     pub retry_base_secs: u64,
     pub retry_max_secs: u64,
+    /// How long a domain that no live site uses any more keeps its certificate row (its
+    /// certificate, failures and back-off): taken again within it (moved to another
+    /// site), it is served with the certificate it holds and not ordered again. Not served
+    /// nor renewed meanwhile.
+    pub unused_grace_secs: u64,
     /// Bearer token Traefik presents to `GET /edge/traefik.json`; empty: that route is off.
     pub edge_token: Secret,
     /// URL at which the edge reaches the platform for the HTTP-01 answers (a route to it
@@ -349,6 +354,7 @@ impl Default for CertsConfig {
             order_timeout_secs: 120,
             retry_base_secs: 300,
             retry_max_secs: 86_400,
+            unused_grace_secs: 86_400,
             edge_token: Secret::default(),
             challenge_upstream: None,
             web_entrypoint: "web".to_owned(),

@@ -84,10 +84,12 @@ impl Issuer {
     /// One pass: sync the domain set, then order what is due. A failing domain is recorded
     /// and the pass goes on with the others.
     pub async fn run_pass(&self) -> anyhow::Result<PassReport> {
-        let (added, removed) = store::sync_domains(&self.db).await?;
+        let lease_secs = order_lease_secs(&self.config);
+        let synced =
+            store::sync_domains(&self.db, self.config.unused_grace_secs, lease_secs).await?;
         let mut report = PassReport {
-            added,
-            removed,
+            added: synced.added,
+            removed: synced.removed,
             ..Default::default()
         };
         let Some(settings) = store::settings(&self.db).await? else {
@@ -106,7 +108,6 @@ impl Issuer {
                 return Err(err);
             }
         };
-        let lease_secs = self.config.order_timeout_secs.saturating_mul(3) + 60;
         for domain in due {
             if !store::lease(&self.db, &domain, lease_secs).await? {
                 continue;
@@ -271,6 +272,15 @@ async fn challenge_errors(order: &mut instant_acme::Order) -> String {
     } else {
         reasons.join("; ")
     }
+}
+
+/// How long an order holds its domain's lease: three times its timeout (the order's
+/// readiness, then its certificate), and a minute.
+pub fn order_lease_secs(config: &CertsConfig) -> u64 {
+    config
+        .order_timeout_secs
+        .saturating_mul(3)
+        .saturating_add(60)
 }
 
 /// Seconds to wait after the `failures`-th consecutive failure (0-based): doubling from

@@ -161,28 +161,73 @@ pub async fn release(db: &MySqlPool, domain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds a `pending` row for every domain of a live site that has none, and removes the
-/// rows of domains no site uses any more. The certificate names the domain, not the site:
-/// a domain that changes sites between two passes keeps its row; one removed from a site
-/// (a pass sees it unused) and added to another later is ordered again there.
-pub async fn sync_domains(db: &MySqlPool) -> anyhow::Result<(u64, u64)> {
+/// The domains of live sites ([`LIVE_SITE_STATES`]), as a subquery.
+const LIVE_DOMAINS: &str = "SELECT d.domain FROM domains d JOIN sites s ON s.id = d.site_id \
+     WHERE s.state IN ('active', 'degraded', 'suspended')";
+
+/// What [`sync_domains`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    /// Rows added for domains that had none.
+    pub added: u64,
+    /// Domains no live site uses any more whose grace began.
+    pub unused: u64,
+    /// Domains taken again by a live site within their grace.
+    pub taken_again: u64,
+    /// Rows removed: their grace ended with no live site using them.
+    pub removed: u64,
+}
+
+/// Brings the rows in line with the domains of live sites. A domain no live site uses
+/// keeps its row (its certificate, its failures and back-off) for `grace_secs`: the row
+/// is leased for that long, so it is neither ordered nor renewed, and the edge does not
+/// serve it ([`servable`]). A domain taken again within its grace (moved to another site,
+/// a site deleted and made again) keeps its certificate and is not ordered again; its
+/// grace lease is dropped. A row whose lease ends while no live site uses it is removed.
+///
+/// An order's own lease ([`lease`], `order_lease_secs` long) is never dropped: a lease
+/// that ends later than that from now is a grace (a grace that has less than that left
+/// runs out instead, and the domain is ordered then as usual).
+pub async fn sync_domains(
+    db: &MySqlPool,
+    grace_secs: u64,
+    order_lease_secs: u64,
+) -> anyhow::Result<Synced> {
     let added = sqlx::query(crate::sql!(
         "INSERT IGNORE INTO certificates (domain, state) \
-         SELECT d.domain, 'pending' FROM domains d JOIN sites s ON s.id = d.site_id \
-         WHERE s.state IN ({LIVE_SITE_STATES})"
+         SELECT domain, 'pending' FROM ({LIVE_DOMAINS}) live"
     ))
+    .execute(db)
+    .await?
+    .rows_affected();
+    let taken_again = sqlx::query(crate::sql!(
+        "UPDATE certificates SET lease_until = NULL \
+         WHERE lease_until > NOW(6) + INTERVAL ? SECOND AND domain IN ({LIVE_DOMAINS})"
+    ))
+    .bind(order_lease_secs)
+    .execute(db)
+    .await?
+    .rows_affected();
+    let unused = sqlx::query(crate::sql!(
+        "UPDATE certificates SET lease_until = NOW(6) + INTERVAL ? SECOND, updated_at = NOW(6) \
+         WHERE lease_until IS NULL AND domain NOT IN ({LIVE_DOMAINS})"
+    ))
+    .bind(grace_secs)
     .execute(db)
     .await?
     .rows_affected();
     let removed = sqlx::query(crate::sql!(
-        "DELETE FROM certificates WHERE domain NOT IN ( \
-           SELECT d.domain FROM domains d JOIN sites s ON s.id = d.site_id \
-           WHERE s.state IN ({LIVE_SITE_STATES}))"
+        "DELETE FROM certificates WHERE lease_until < NOW(6) AND domain NOT IN ({LIVE_DOMAINS})"
     ))
     .execute(db)
     .await?
     .rows_affected();
-    Ok((added, removed))
+    Ok(Synced {
+        added,
+        unused,
+        taken_again,
+        removed,
+    })
 }
 
 /// Domains whose order is due and not leased by another replica, the longest waiting first.
@@ -324,15 +369,17 @@ pub async fn https_options(
         .collect())
 }
 
-/// Every certificate that has not expired, opened, for the edge.
+/// Every certificate of a live site's domain that has not expired, opened, for the edge
+/// (a domain in its grace, used by no live site, is not served).
 pub async fn servable(
     db: &MySqlPool,
     secrets: &SecretBox,
 ) -> anyhow::Result<Vec<(String, Material)>> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(crate::sql!(
         "SELECT domain, pem_nonce, pem_sealed FROM certificates \
-         WHERE pem_sealed IS NOT NULL AND not_after > NOW(6) ORDER BY domain",
-    )
+         WHERE pem_sealed IS NOT NULL AND not_after > NOW(6) AND domain IN ({LIVE_DOMAINS}) \
+         ORDER BY domain"
+    ))
     .fetch_all(db)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -403,12 +450,12 @@ pub async fn for_domains(
         .collect())
 }
 
-/// Domains whose certificate expires within `secs` (the metric's value).
+/// Live sites' domains whose certificate expires within `secs` (the metric's value).
 pub async fn expiring_within(db: &MySqlPool, secs: u64) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar(crate::sql!(
         "SELECT COUNT(*) FROM certificates WHERE pem_sealed IS NOT NULL \
-         AND not_after < NOW(6) + INTERVAL ? SECOND",
-    )
+         AND not_after < NOW(6) + INTERVAL ? SECOND AND domain IN ({LIVE_DOMAINS})"
+    ))
     .bind(secs)
     .fetch_one(db)
     .await?)

@@ -273,6 +273,20 @@ async fn row(app: &TestApp, domain: &str) -> Option<(String, i32, i64, Option<St
     .unwrap()
 }
 
+/// A held certificate's not-after (Unix seconds) and the seconds left of the row's lease
+/// (its grace, for a domain no live site uses), if it has one running.
+async fn grace(app: &TestApp, domain: &str) -> (Option<i64>, Option<i64>) {
+    sqlx::query_as(
+        "SELECT CAST(UNIX_TIMESTAMP(not_after) AS SIGNED), \
+         IF(lease_until > NOW(6), TIMESTAMPDIFF(SECOND, NOW(6), lease_until), NULL) \
+         FROM certificates WHERE domain = ?",
+    )
+    .bind(domain)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
 /// Brings the domain's next attempt to now (as if its renewal time or back-off had come).
 async fn make_due(app: &TestApp, domain: &str) {
     sqlx::query("UPDATE certificates SET next_attempt_at = NOW(6) WHERE domain = ?")
@@ -676,8 +690,11 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&good) && names.contains(&bad), "{names:?}");
 
-    // A domain removed from its site leaves the set (not served, not renewed); added to
-    // another site, it is ordered there and routed as that site's.
+    // A domain removed from its site is neither served nor renewed, but keeps its row (its
+    // certificate) for its grace (`certs.unused_grace_secs`, a day); added to another site
+    // within it, it is served there with the certificate it held (not ordered again: no
+    // rate limit spent) and routed as that site's.
+    let (held_until, _) = grace(&app, &bad).await;
     let (status, body) = app
         .request(
             Method::PATCH,
@@ -691,10 +708,20 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    eventually("the removed alias out of the set", || async {
-        row(&app, &bad).await.is_none().then_some(())
+    let left = eventually("the removed alias in its grace", || async {
+        let (_, lease) = grace(&app, &bad).await;
+        lease.filter(|secs| *secs > 86_000)
     })
     .await;
+    assert!(left <= 86_400, "a day's grace: {left}");
+    assert!(
+        store::due(&app.db, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| *d != bad),
+        "a domain in its grace is not ordered"
+    );
     let config = edge_config(&app).await;
     assert_eq!(served_chains(&config).len(), 1, "{config}");
     assert!(!config.to_string().contains(&bad), "{config}");
@@ -715,7 +742,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    let moved = eventually("the moved alias issued on its new site", || async {
+    let moved = eventually("the moved alias served on its new site", || async {
         let c = site_certificates(&app, &admin, &other).await;
         c.as_array()
             .unwrap()
@@ -725,6 +752,11 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     })
     .await;
     assert_eq!(moved[1]["domain"], bad.as_str(), "{moved}");
+    assert_eq!(
+        grace(&app, &bad).await,
+        (held_until, None),
+        "the moved alias keeps the certificate it held, its grace over"
+    );
     let config = edge_config(&app).await;
     assert_eq!(served_chains(&config).len(), 3, "{config}");
     let routed: Vec<&String> = config["http"]["routers"]
@@ -739,6 +771,34 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         routed[0].starts_with(&format!("wp_{other}-https-")),
         "{config}"
     );
+
+    // Its grace over with no site using it, the row goes.
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{other}"),
+            Some(&admin),
+            Some(json!({ "aliases": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    eventually("the alias in its grace again", || async {
+        grace(&app, &bad).await.1
+    })
+    .await;
+    sqlx::query("UPDATE certificates SET lease_until = NOW(6) WHERE domain = ?")
+        .bind(&bad)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    eventually("the row gone once its grace is over", || async {
+        row(&app, &bad).await.is_none().then_some(())
+    })
+    .await;
 
     // The expiry metric counts a certificate within 14 days of its end.
     sqlx::query("UPDATE certificates SET not_after = NOW(6) + INTERVAL 13 DAY WHERE domain = ?")
