@@ -154,7 +154,11 @@ mod tests {
         }
         match loads.join((site(2), Some(HostState::Suspended))).await {
             Turn::Load(leader) => {
-                assert_eq!(leader.overrides.len(), 1, "the abandoned change is not carried");
+                assert_eq!(
+                    leader.overrides.len(),
+                    1,
+                    "the abandoned change is not carried"
+                );
                 leader.finish(Ok(()));
             }
             Turn::Done(_) => panic!("a new batch leads"),

@@ -724,9 +724,8 @@ impl Backends {
         };
         let leader = match self.host_loads.join((id.clone(), state)).await {
             crate::edge_hosts::Turn::Done(outcome) => {
-                return outcome.map_err(|(public, cause)| {
-                    StepError::retryable(public, anyhow!("{cause}"))
-                });
+                return outcome
+                    .map_err(|(public, cause)| StepError::retryable(public, anyhow!("{cause}")));
             }
             crate::edge_hosts::Turn::Load(leader) => leader,
         };

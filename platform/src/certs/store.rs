@@ -48,7 +48,24 @@ pub async fn settings_and_account(db: &MySqlPool) -> anyhow::Result<Option<(Sett
 
 /// Sets the directory and contact; a changed directory drops the account (it belongs to
 /// the old directory), so the next order registers a new one.
+/// A new directory makes every certificate another directory issued due at once (staging's
+/// certificates are not trusted by browsers: a switch to production must not wait for
+/// their renewal). Each keeps being served until its replacement is issued.
 pub async fn set_settings(conn: &mut sqlx::MySqlConnection, s: &Settings) -> anyhow::Result<()> {
+    let held: Option<String> =
+        sqlx::query_scalar("SELECT directory_url FROM acme_settings WHERE id = 1 FOR UPDATE")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("reading the ACME settings")?;
+    if held.as_deref().is_some_and(|d| d != s.directory_url) {
+        sqlx::query(
+            "UPDATE certificates SET renew_at = LEAST(COALESCE(renew_at, NOW(6)), NOW(6)), \
+             next_attempt_at = NOW(6), failures = 0 WHERE state = 'valid'",
+        )
+        .execute(&mut *conn)
+        .await
+        .context("making the old directory's certificates due")?;
+    }
     sqlx::query(
         "INSERT INTO acme_settings (id, directory_url, contact_email) VALUES (1, ?, ?) \
          ON DUPLICATE KEY UPDATE \

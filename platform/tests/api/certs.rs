@@ -800,6 +800,39 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     })
     .await;
 
+    // A new directory (staging to production) makes what the old one issued due at once;
+    // the held certificate stays served until its replacement is issued.
+    let held = served_chains(&edge_config(&app).await);
+    let put_directory = |directory: String| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let (status, body) = app
+                .request(
+                    Method::PUT,
+                    "/v1/admin/acme",
+                    Some(admin),
+                    Some(json!({ "directory": directory, "contact_email": "ops@pressdock.test" })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    // Nothing answers there: no account, so nothing is ordered while it is set.
+    put_directory("https://127.0.0.1:9/dir".to_owned()).await;
+    let (state, failures, wait, _) = row(&app, &good).await.unwrap();
+    assert_eq!((state.as_str(), failures), ("valid", 0));
+    assert!(wait <= 0, "due at once, not in {wait} s");
+    assert_eq!(served_chains(&edge_config(&app).await), held);
+    put_directory(pebble.directory.clone()).await;
+    eventually(
+        "the certificate issued again by the directory now set",
+        || async { (served_chains(&edge_config(&app).await) != held).then_some(()) },
+    )
+    .await;
+    let (state, failures, wait, error) = row(&app, &good).await.unwrap();
+    assert_eq!((state.as_str(), failures, error), ("valid", 0, None));
+    assert!(wait > 0, "not due again");
+
     // The expiry metric counts a certificate within 14 days of its end.
     sqlx::query("UPDATE certificates SET not_after = NOW(6) + INTERVAL 13 DAY WHERE domain = ?")
         .bind(&good)
