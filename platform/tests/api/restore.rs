@@ -1030,3 +1030,161 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     app.finish().await;
     drop(s3);
 }
+
+/// Tables of several shapes for the parallel load: a large one cut into many
+/// statements, one without a primary key, blobs, a unique key, an empty one.
+async fn fill_many_tables(schema: &Schema) {
+    schema
+        .exec(
+            "CREATE TABLE wp_posts (ID BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+               post_content LONGTEXT NOT NULL, post_title TEXT NOT NULL) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_posts (post_content, post_title)
+               SELECT REPEAT(CONCAT(MD5(seq), ' lorem ''ipsum'' \\\\ '), 1 + seq % 20), CONCAT('T', seq)
+               FROM seq_1_to_30000;
+             CREATE TABLE wp_postmeta (meta_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+               post_id BIGINT UNSIGNED NOT NULL, meta_key VARCHAR(255), meta_value LONGTEXT, \
+               KEY (post_id)) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_postmeta (post_id, meta_key, meta_value)
+               SELECT seq % 30000, IF(seq % 3 = 0, NULL, '_edit_lock'), CONCAT('a:1:{i:0;s:32:\"', MD5(seq), '\";}')
+               FROM seq_1_to_60000;
+             CREATE TABLE wp_comments (post_id BIGINT NOT NULL, body TEXT, KEY (post_id)) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_comments SELECT seq % 97, CONCAT('comment ', seq, ' 🚀') FROM seq_1_to_20000;
+             CREATE TABLE wp_blobs (id INT PRIMARY KEY, data LONGBLOB);
+             INSERT INTO wp_blobs SELECT seq, UNHEX(REPEAT(MD5(seq), 64)) FROM seq_1_to_3000;
+             CREATE TABLE wp_users (ID INT PRIMARY KEY, user_login VARCHAR(60) NOT NULL UNIQUE) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_users SELECT seq, CONCAT('user', seq) FROM seq_1_to_5000;
+             CREATE TABLE wp_termmeta (id INT PRIMARY KEY);",
+        )
+        .await;
+}
+
+/// The rows of a multi-table dump are loaded over several connections at once and come
+/// back identical (every table's row count and `CHECKSUM TABLE`); every connection is
+/// the target's own account (here a drill's scratch account: `ALL` on its schema only).
+/// A statement the server refuses stops every connection: the restore returns that
+/// statement's error, the rows after it are not all loaded, and no connection is left.
+#[tokio::test]
+async fn a_restore_loads_tables_over_several_connections_identically_and_stops_on_a_failure() {
+    use platform::backup::{drill, restore};
+
+    let s3 = S3Server::start().await;
+    let store = s3.store();
+    let source = Schema::create().await;
+    fill_many_tables(&source).await;
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("index.php"), "<?php\n").unwrap();
+    let spec = crate::backup::spec(&source, files.path());
+    let done = backup::run(&store, &spec, backup::Hooks::default())
+        .await
+        .unwrap();
+    let manifest = done.manifest;
+    let expected = source.fingerprint().await;
+    assert_eq!(expected.len(), 6, "{expected:?}");
+
+    let admin = mysql_async::Opts::from_url(&crate::support::server_url()).unwrap();
+    let scratch_root = tempfile::tempdir().unwrap();
+    let scratch = drill::Scratch::for_backup(&Id::generate(), scratch_root.path());
+    let account = drill::prepare(admin.clone(), &scratch).await.unwrap();
+    let target = Schema {
+        admin: sqlx::MySqlPool::connect(&crate::support::server_url())
+            .await
+            .unwrap(),
+        name: scratch.schema.clone(),
+    };
+    let restored = restore::restore_database(&store, &manifest, account.opts.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(target.fingerprint().await, expected);
+    assert_eq!(restored.inserts_per_writer.len(), restore::WRITERS);
+    let inserts: u64 = restored.inserts_per_writer.iter().sum();
+    let sql = unzstd(
+        &fetch(
+            &store,
+            &manifest.object(backup::DATABASE_OBJECT).unwrap().key,
+        )
+        .await,
+    );
+    let sql = String::from_utf8_lossy(&sql).into_owned();
+    assert_eq!(inserts, sql.matches("\nINSERT INTO ").count() as u64);
+    assert!(inserts >= 20, "a dump of many statements: {inserts}");
+    eprintln!("INSERTs per connection: {:?}", restored.inserts_per_writer);
+    let busy = restored
+        .inserts_per_writer
+        .iter()
+        .filter(|n| **n > 0)
+        .count();
+    assert!(
+        busy >= 2,
+        "the rows went over several connections: {:?}",
+        restored.inserts_per_writer
+    );
+    // Running it again (a step taken up again) converges on the same rows.
+    restore::restore_database(&store, &manifest, account.opts.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(target.fingerprint().await, expected);
+
+    // A statement the server refuses (a table the dump never made) before the rows.
+    let at = sql.find("\nINSERT INTO ").unwrap() + 1;
+    let bad = format!(
+        "{}INSERT INTO wp_missing VALUES (1);\n{}",
+        &sql[..at],
+        &sql[at..]
+    );
+    let body = zstd::encode_all(bad.as_bytes(), 3).unwrap();
+    let key = manifest
+        .object(backup::DATABASE_OBJECT)
+        .unwrap()
+        .key
+        .clone();
+    store
+        .put(&key, body.clone(), "application/zstd")
+        .await
+        .unwrap();
+    let mut crafted = manifest.clone();
+    for o in &mut crafted.objects {
+        if o.name == backup::DATABASE_OBJECT {
+            o.size = body.len() as u64;
+            o.sha256 = hex::encode(sha2::Sha256::digest(&body));
+        }
+    }
+    let position = bad[..at].matches(";\n").count() + 1;
+    let err = restore::restore_database(&store, &crafted, account.opts.clone(), None)
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(matches!(err, restore::RestoreError::Failed(_)), "{text}");
+    assert!(
+        text.contains(&format!("running statement {position} of the dump")),
+        "{text}"
+    );
+    assert!(text.contains("wp_missing"), "{text}");
+    let loaded: i64 = target
+        .fingerprint()
+        .await
+        .iter()
+        .map(|(_, _, rows)| rows)
+        .sum();
+    let total: i64 = expected.iter().map(|(_, _, rows)| rows).sum();
+    assert!(loaded < total, "stopped: {loaded} of {total} rows loaded");
+    let mut sessions = -1i64;
+    for _ in 0..40 {
+        sessions = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+        )
+        .bind(&scratch.schema)
+        .fetch_one(&target.admin)
+        .await
+        .unwrap();
+        if sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sessions, 0, "every connection closed");
+
+    drill::drop_scratch(admin, &scratch).await.unwrap();
+    target.admin.close().await;
+    source.drop().await;
+    drop(s3);
+}
