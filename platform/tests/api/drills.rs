@@ -6,63 +6,18 @@ use platform::{
     backup::{drill, drill_job},
     config::DrillsConfig,
     domain::Id,
-    provision::Provisioner,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    backup::{S3Server, backends_config, fetch, seed_site},
-    support::{SECRET_KEY, TestApp, random_name},
+    backup::fetch,
+    backup_fixture::{BackupEnv, Setup},
+    support::{SECRET_KEY, TestApp},
 };
 
-struct Env {
-    s3: S3Server,
-    sites_root: tempfile::TempDir,
-    app: TestApp,
-    provisioner: Provisioner,
-    admin: String,
-    tenant: String,
-    member: String,
-}
-
-async fn env() -> Env {
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Provisioner::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-        // The tests run the schedule's passes themselves.
-        c.drills.enabled = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("dr").replace('_', "-"))
-        .await;
-    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
-    Env {
-        s3,
-        sites_root,
-        app,
-        provisioner,
-        admin,
-        tenant,
-        member,
-    }
-}
-
-async fn backup_now(app: &TestApp, token: &str, site: &Id) -> String {
-    let (status, body) = app
-        .post(&format!("/v1/sites/{site}/backups"), token, json!(null))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let op = body["operation"]["id"].as_str().unwrap().to_owned();
-    let done = app.wait_operation(token, &op).await;
-    assert_eq!(done["state"], "succeeded", "{done}");
-    body["backup"]["id"].as_str().unwrap().to_owned()
+async fn env() -> BackupEnv {
+    Setup::new("dr").start().await
 }
 
 /// Starts a drill through the API as `token`; returns the operation once it ended.
@@ -112,8 +67,8 @@ fn scratch_dir(backup: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn a_good_backup_passes_its_drill_and_a_damaged_object_fails_it_by_name() {
     let e = env().await;
-    let (site, schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let backup = backup_now(&e.app, &e.member, &site).await;
+    let (site, schema) = e.seed_site().await;
+    let backup = e.backup_now(&e.member, &site).await;
 
     let (status, list) = e
         .app
@@ -203,8 +158,7 @@ async fn a_good_backup_passes_its_drill_and_a_damaged_object_fails_it_by_name() 
     assert!(!scratch_dir(&backup).exists());
 
     schema.drop().await;
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
 }
 
 async fn wait_drill(app: &TestApp, token: &str, backup: &str) -> Value {
@@ -222,11 +176,11 @@ async fn wait_drill(app: &TestApp, token: &str, backup: &str) -> Value {
 #[tokio::test]
 async fn the_schedule_drills_each_sites_latest_backup_once_per_period() {
     let e = env().await;
-    let (a, schema_a) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let (b, schema_b) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let a_old = backup_now(&e.app, &e.member, &a).await;
-    let a_latest = backup_now(&e.app, &e.member, &a).await;
-    let b_latest = backup_now(&e.app, &e.member, &b).await;
+    let (a, schema_a) = e.seed_site().await;
+    let (b, schema_b) = e.seed_site().await;
+    let a_old = e.backup_now(&e.member, &a).await;
+    let a_latest = e.backup_now(&e.member, &a).await;
+    let b_latest = e.backup_now(&e.member, &b).await;
     let config = DrillsConfig {
         enabled: true,
         interval_secs: 3600,
@@ -278,8 +232,7 @@ async fn the_schedule_drills_each_sites_latest_backup_once_per_period() {
     for s in [schema_a, schema_b] {
         s.drop().await;
     }
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
 }
 
 /// A drill writes its scratch as an account of its own, `drill_<backup>`@`%`, granted on
@@ -291,8 +244,8 @@ async fn a_drill_writes_as_a_scratch_account_that_cannot_read_another_schema() {
     use mysql_async::prelude::Queryable;
 
     let e = env().await;
-    let (site, schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let backup = backup_now(&e.app, &e.member, &site).await;
+    let (site, schema) = e.seed_site().await;
+    let backup = e.backup_now(&e.member, &site).await;
     let backup_id = Id::parse(&backup).unwrap();
     let admin = mysql_async::Opts::from_url(&crate::support::server_url()).unwrap();
     let scratch_root = tempfile::tempdir().unwrap();
@@ -382,6 +335,5 @@ async fn a_drill_writes_as_a_scratch_account_that_cannot_read_another_schema() {
     assert!(!schema.fingerprint().await.is_empty());
 
     schema.drop().await;
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
 }
