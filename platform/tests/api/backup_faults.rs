@@ -319,11 +319,11 @@ async fn refused_and_cut_part_uploads_are_retried_and_the_backup_completes() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy);
+    let store = store_via(s3, &proxy);
 
     let done = tokio::time::timeout(
         Duration::from_secs(180),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a backup through transient faults must end, not hang")
@@ -365,7 +365,7 @@ async fn refused_and_cut_part_uploads_are_retried_and_the_backup_completes() {
         names,
         ["database.sql.zst", "manifest.json", "wp-content.tar.zst"]
     );
-    assert_objects_match(&direct, &done, &prefix).await;
+    assert_objects_match(direct, &done, &prefix).await;
     // The retried parts left nothing half-written behind.
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
     src.drop().await;
@@ -389,11 +389,11 @@ async fn a_store_that_keeps_failing_fails_the_backup_and_aborts_its_uploads() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy);
+    let store = store_via(s3, &proxy);
 
     let err = tokio::time::timeout(
         Duration::from_secs(120),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a failing store must end the backup, not hang it")
@@ -472,11 +472,11 @@ async fn a_stalled_part_upload_times_out_and_is_retried() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
+    let store = store_via(s3, &proxy).with_timeouts(short_timeouts());
     let started = std::time::Instant::now();
     let done = tokio::time::timeout(
         Duration::from_secs(180),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a stalled upload must time out, not hang the backup")
@@ -489,7 +489,7 @@ async fn a_stalled_part_upload_times_out_and_is_retried() {
         .count();
     assert_eq!(stalled, 2);
     eprintln!("two stalled parts, retried: the backup took {took:.1?}");
-    assert_objects_match(&direct, &done, &spec.prefix()).await;
+    assert_objects_match(direct, &done, &spec.prefix()).await;
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
     src.drop().await;
 }
@@ -511,11 +511,11 @@ async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
+    let store = store_via(s3, &proxy).with_timeouts(short_timeouts());
     let started = std::time::Instant::now();
     let err = tokio::time::timeout(
         Duration::from_secs(180),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a store that never answers must fail the backup, not hang it")

@@ -609,7 +609,7 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
     let _ = provisioner.remove_database(&rid).await;
     let _ = std::fs::remove_dir_all(&new_root);
     clone.drop().await;
-    source.remove(&provisioner).await;
+    source.remove(provisioner).await;
     e.finish().await;
 }
 
@@ -796,7 +796,7 @@ async fn a_restore_flushes_the_sites_object_cache() {
     ]);
     cli(&["SET", &other, "kept"]);
 
-    let (done, row) = restore(&app, admin, &site.id, &b1).await;
+    let (done, row) = restore(app, admin, &site.id, &b1).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(row["state"], "complete", "{row}");
     let steps: Vec<&str> = done["steps"]
@@ -810,7 +810,7 @@ async fn a_restore_flushes_the_sites_object_cache() {
     assert_eq!(left, "", "the site's keys are gone");
     assert_eq!(cli(&["GET", &other]), "kept");
 
-    site.remove(&provisioner).await;
+    site.remove(provisioner).await;
     e.finish().await;
 }
 
@@ -910,7 +910,7 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     // 31 days later the final backup is pruned: objects and then its row.
     let config = platform::config::BackupsConfig::default();
     let later = chrono::Utc::now() + chrono::Duration::days(31);
-    let report = platform::backup::schedule::pass(&app.db, &provisioner, &config, later)
+    let report = platform::backup::schedule::pass(&app.db, provisioner, &config, later)
         .await
         .unwrap()
         .unwrap();
