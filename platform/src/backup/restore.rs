@@ -3,10 +3,10 @@
 //! wp-content ([`restore_files`]) replaced, each streamed from S3 (hashed as it arrives,
 //! zstd-decoded, applied) in bounded memory: no temporary copy on disk.
 //!
-//! The database is written through a connection of the *site's own* database user with
-//! the site's schema selected (never the platform's account), every statement checked
-//! first by [`sqlscan::check`]: a crafted dump can neither name another schema nor run
-//! with rights over one. wp-content is replaced, not merged: the site's folder is emptied
+//! The database is written through connections of the *site's own* database user with
+//! the site's schema selected (never the platform's account), several at once for the
+//! rows, every statement checked first by [`sqlscan::check`]: a crafted dump can neither
+//! name another schema nor run with rights over one. wp-content is replaced, not merged: the site's folder is emptied
 //! and the archive unpacked into it in place (the running task bind-mounts that folder,
 //! so it must stay the same directory). A restore that stops halfway leaves a half-written
 //! site; the saga runs the step again (it converges: tables dropped and created again, the
@@ -15,6 +15,7 @@
 use std::{
     io::{self, Read},
     path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
 };
 
 use anyhow::{Context, anyhow};
@@ -205,10 +206,11 @@ pub async fn verify(store: &BackupStore, manifest: &Manifest) -> Result<Verified
         async {
             let d = download(store, db).await?;
             let chunks = d.chunks;
-            let scan = tokio::task::spawn_blocking(move || scan_dump(chunks, None, |_| Ok(())))
-                .await
-                .context("the dump check")?
-                .map(|(n, _)| n);
+            let scan =
+                tokio::task::spawn_blocking(move || scan_dump(chunks, None, |_, _, _| Ok(())))
+                    .await
+                    .context("the dump check")?
+                    .map(|(n, _)| n);
             settle(db, d.digest, scan).await
         },
         async {
@@ -233,11 +235,11 @@ fn object<'a>(manifest: &'a Manifest, name: &str) -> Result<&'a ObjectEntry, Res
 }
 
 /// Decodes the dump and hands each checked (and, with `rewriter`, rewritten) statement to
-/// `each`; returns the statements and the string literals rewritten.
+/// `each` with its number in the dump and its kind; returns the statements and the string literals rewritten.
 fn scan_dump(
     chunks: mpsc::Receiver<Bytes>,
     rewriter: Option<&Rewriter>,
-    mut each: impl FnMut(Vec<u8>) -> Result<(), RestoreError>,
+    mut each: impl FnMut(u64, Statement, Vec<u8>) -> Result<(), RestoreError>,
 ) -> Result<(u64, u64), RestoreError> {
     let damaged =
         |e: &dyn std::fmt::Display| refused(format!("{DATABASE_OBJECT} cannot be read: {e}"));
@@ -268,7 +270,7 @@ fn scan_dump(
                 }
                 _ => statement,
             };
-            each(statement)?;
+            each(count, kind, statement)?;
         }
     }
     splitter.finish().map_err(|e| damaged(&e))?;
@@ -346,12 +348,29 @@ pub struct DatabaseRestored {
     pub strings_rewritten: u64,
     /// Tables that were in the database but not in the backup, dropped.
     pub dropped: Vec<String>,
+    /// `INSERT`s run by each of the connections that loaded the rows.
+    pub inserts_per_writer: Vec<u64>,
 }
+
+/// Connections that load the dump's rows at once (besides the one that runs its
+/// definitions and counts the rows at the end).
+pub const WRITERS: usize = 4;
 
 /// Replaces the database that `site_db` selects (a connection of the site's own user)
 /// with the backup's dump; with `rewriter`, string literals are rewritten (a clone's
 /// domain). Tables not in the backup are dropped; every table's row count is compared
 /// with the manifest at the end.
+///
+/// The dump is read and checked statement by statement in one thread ([`sqlscan::check`]
+/// on every one, whichever connection runs it); its `INSERT`s are loaded over
+/// [`WRITERS`] connections at once, all opened from `site_db` (the same user, the same
+/// schema selected), each taking the next statement when it is free. A definition
+/// (`DROP TABLE`, `CREATE TABLE`) waits until every row statement before it has run, so
+/// the statements of a table always meet the table the dump defined for them; the
+/// session settings (`SET`) reach every connection before its next statement. The first
+/// statement that fails stops every connection (no further statement is handed out) and
+/// is the error returned: the site is then as a restore halfway leaves it, which the
+/// saga converges by running the step again or undoes from the pre-restore backup.
 pub async fn restore_database(
     store: &BackupStore,
     manifest: &Manifest,
@@ -359,16 +378,123 @@ pub async fn restore_database(
     rewriter: Option<Rewriter>,
 ) -> Result<DatabaseRestored, RestoreError> {
     let entry = object(manifest, DATABASE_OBJECT)?;
-    let mut conn = Conn::new(site_db)
+    let mut conn = Conn::new(site_db.clone())
         .await
         .context("connecting as the site's database user")?;
-    let result = apply_dump(&mut conn, store, manifest, entry, rewriter).await;
+    let result = apply_dump(&mut conn, &site_db, store, manifest, entry, rewriter).await;
     let _ = conn.disconnect().await;
     result
 }
 
+/// What the row connections share: statements handed out but not yet run, the first
+/// failure, and a wake-up for whoever waits for them to drain.
+#[derive(Default)]
+struct Writers {
+    pending: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicBool,
+    error: std::sync::Mutex<Option<RestoreError>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Writers {
+    fn fail(&self, err: RestoreError) {
+        if let Ok(mut first) = self.error.lock()
+            && first.is_none()
+        {
+            *first = Some(err);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn take_error(&self) -> Option<RestoreError> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// Returns once every statement handed out has run, or one failed.
+    async fn drained(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.pending.load(Ordering::SeqCst) == 0 || self.has_failed() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A row statement for the row connections: its place in the dump and the session
+/// settings (`SET`s) read before it.
+struct Job {
+    statement: Vec<u8>,
+    position: u64,
+    session: Arc<Vec<Vec<u8>>>,
+}
+
+/// Runs the `SET`s of `session` that `conn` has not run yet.
+async fn catch_up(
+    conn: &mut Conn,
+    session: &[Vec<u8>],
+    applied: &mut usize,
+) -> Result<(), RestoreError> {
+    while let Some(set) = session.get(*applied) {
+        conn.query_drop(set.as_slice())
+            .await
+            .context("applying the dump's session settings")?;
+        *applied += 1;
+    }
+    Ok(())
+}
+
+/// One row connection: takes the next statement when free, until the queue ends or a
+/// connection fails. Returns the `INSERT`s it ran.
+async fn writer(
+    mut conn: Conn,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    shared: Arc<Writers>,
+) -> u64 {
+    let mut applied = 0usize;
+    let mut ran = 0u64;
+    loop {
+        let job = queue.lock().await.recv().await;
+        let Some(job) = job else { break };
+        if shared.has_failed() {
+            break;
+        }
+        let run = async {
+            catch_up(&mut conn, &job.session, &mut applied).await?;
+            conn.query_drop(job.statement).await.map_err(|e| {
+                RestoreError::Failed(
+                    anyhow::Error::new(e)
+                        .context(format!("running statement {} of the dump", job.position)),
+                )
+            })
+        };
+        match run.await {
+            Ok(()) => {
+                ran += 1;
+                shared.pending.fetch_sub(1, Ordering::SeqCst);
+                shared.changed.notify_waiters();
+            }
+            Err(err) => {
+                shared.fail(err);
+                break;
+            }
+        }
+    }
+    let _ = conn.disconnect().await;
+    ran
+}
+
 async fn apply_dump(
     conn: &mut Conn,
+    site_db: &Opts,
     store: &BackupStore,
     manifest: &Manifest,
     entry: &ObjectEntry,
@@ -398,33 +524,97 @@ async fn apply_dump(
             dropped.push(table);
         }
     }
+    let mut connections = Vec::with_capacity(WRITERS);
+    for _ in 0..WRITERS {
+        let opened = async {
+            let mut c = Conn::new(site_db.clone()).await?;
+            c.query_drop("SET FOREIGN_KEY_CHECKS = 0").await?;
+            Ok::<_, mysql_async::Error>(c)
+        };
+        match opened.await {
+            Ok(c) => connections.push(c),
+            Err(e) => {
+                for c in connections {
+                    let _ = c.disconnect().await;
+                }
+                return Err(RestoreError::Failed(
+                    anyhow::Error::new(e).context("connecting as the site's database user"),
+                ));
+            }
+        }
+    }
 
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUED_STATEMENTS);
+    let (tx, mut rx) = mpsc::channel::<(u64, Statement, Vec<u8>)>(QUEUED_STATEMENTS);
     let chunks = d.chunks;
     let scan = tokio::task::spawn_blocking(move || {
-        scan_dump(chunks, rewriter.as_ref(), |statement| {
-            tx.blocking_send(statement).map_err(|_| {
+        scan_dump(chunks, rewriter.as_ref(), |position, kind, statement| {
+            tx.blocking_send((position, kind, statement)).map_err(|_| {
                 RestoreError::Failed(anyhow!("the database stopped taking statements"))
             })
         })
     });
-    let mut run = Ok(());
-    let mut position = 0u64;
-    while let Some(statement) = rx.recv().await {
-        position += 1;
-        if let Err(e) = conn.query_drop(statement).await {
-            run = Err(RestoreError::Failed(
-                anyhow::Error::new(e).context(format!("running statement {position} of the dump")),
-            ));
+    let shared = Arc::new(Writers::default());
+    let (jobs, queue) = mpsc::channel::<Job>(WRITERS);
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|c| tokio::spawn(writer(c, queue.clone(), shared.clone())))
+        .collect();
+    // The writers hold the queue alone: once they all stopped, a hand-out fails.
+    drop(queue);
+
+    let mut session: Arc<Vec<Vec<u8>>> = Arc::new(Vec::new());
+    let mut applied = 0usize;
+    while let Some((position, kind, statement)) = rx.recv().await {
+        if shared.has_failed() {
             break;
+        }
+        match kind {
+            Statement::Insert => {
+                shared.pending.fetch_add(1, Ordering::SeqCst);
+                let job = Job {
+                    statement,
+                    position,
+                    session: session.clone(),
+                };
+                // Closed only when every writer stopped, which only a failure does.
+                if jobs.send(job).await.is_err() {
+                    break;
+                }
+            }
+            Statement::Set => Arc::make_mut(&mut session).push(statement),
+            _ => {
+                shared.drained().await;
+                if shared.has_failed() {
+                    break;
+                }
+                let run = async {
+                    catch_up(conn, &session, &mut applied).await?;
+                    conn.query_drop(statement).await.map_err(|e| {
+                        RestoreError::Failed(
+                            anyhow::Error::new(e)
+                                .context(format!("running statement {position} of the dump")),
+                        )
+                    })
+                };
+                if let Err(err) = run.await {
+                    shared.fail(err);
+                    break;
+                }
+            }
         }
     }
     drop(rx);
+    drop(jobs);
+    let mut inserts_per_writer = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        inserts_per_writer.push(task.await.context("a restore connection")?);
+    }
     let scanned = scan.await.context("the dump reader")?;
     // The database's error first: the reader then only saw its channel close.
-    let scanned = match (run, scanned) {
-        (Err(e), _) => Err(e),
-        (Ok(()), s) => s,
+    let scanned = match (shared.take_error(), scanned) {
+        (Some(e), _) => Err(e),
+        (None, s) => s,
     };
     let (statements, strings_rewritten) = settle(entry, d.digest, scanned).await?;
 
@@ -452,6 +642,7 @@ async fn apply_dump(
         statements,
         strings_rewritten,
         dropped,
+        inserts_per_writer,
     })
 }
 

@@ -567,14 +567,26 @@ impl MultipartWriter {
 }
 
 /// A multipart object written through zstd: raw bytes in, compressed bytes out to S3.
+///
+/// zstd runs on a thread of its own, fed through a bounded channel: at level 3 it takes
+/// about a core for a database read at full speed, and on the async task that also
+/// drives the dump, the archive and the part uploads it held them up (and the database
+/// and wp-content streams, joined on one task, took turns on one core). The caller's task
+/// hands raw chunks over and writes what comes back compressed to the object. Memory:
+/// [`QUEUED`] raw and as many compressed chunks in the channels (about 1 MiB each) on top
+/// of the object writer's parts.
 pub(crate) struct CompressedWriter {
-    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    input: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    compressor: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     object: MultipartWriter,
     raw: u64,
 }
 
 /// Compressed bytes handed to the object writer at a time.
 const FLUSH_AT: usize = 1024 * 1024;
+/// Raw chunks queued for the compressor, and compressed ones queued for the object.
+const QUEUED: usize = 4;
 
 impl CompressedWriter {
     pub(crate) fn new(object: MultipartWriter, level: i32) -> anyhow::Result<Self> {
@@ -583,38 +595,104 @@ impl CompressedWriter {
         // zstd's own checksum of the content: a truncated or altered object is refused
         // when it is decompressed (restore), besides our SHA-256 of the object.
         encoder.include_checksum(true).context("zstd checksum")?;
+        let (input, mut raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUED);
+        let (out_tx, output) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUED);
+        let compressor = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            while let Some(chunk) = raw_rx.blocking_recv() {
+                encoder.write_all(&chunk).context("compressing")?;
+                if encoder.get_ref().len() >= FLUSH_AT {
+                    let out = std::mem::replace(encoder.get_mut(), Vec::with_capacity(FLUSH_AT));
+                    if out_tx.blocking_send(out).is_err() {
+                        // The writer stopped (a failure elsewhere): nothing more to do.
+                        return Ok(());
+                    }
+                }
+            }
+            // The input ended: the frame's end (only [`CompressedWriter::finish`] uses it).
+            let out = encoder.finish().context("compressing")?;
+            let _ = out_tx.blocking_send(out);
+            Ok(())
+        });
         Ok(Self {
-            encoder,
+            input: Some(input),
+            output,
+            compressor: Some(compressor),
             object,
             raw: 0,
         })
     }
 
     pub(crate) async fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        use std::io::Write;
         self.raw += data.len() as u64;
-        self.encoder.write_all(data).context("compressing")?;
-        if self.encoder.get_ref().len() >= FLUSH_AT {
-            let out = std::mem::replace(self.encoder.get_mut(), Vec::with_capacity(FLUSH_AT));
-            self.object.write(&out).await?;
+        let Some(input) = self.input.clone() else {
+            bail!("the compressor is closed");
+        };
+        let mut chunk = Some(data.to_vec());
+        while chunk.is_some() {
+            // Whatever comes out compressed is written while the input waits for room.
+            tokio::select! {
+                biased;
+                out = self.output.recv() => match out {
+                    Some(out) => self.object.write(&out).await?,
+                    None => return Err(self.compressor_error().await),
+                },
+                permit = input.reserve() => match permit {
+                    Ok(permit) => {
+                        if let Some(c) = chunk.take() {
+                            permit.send(c);
+                        }
+                    }
+                    Err(_) => return Err(self.compressor_error().await),
+                },
+            }
         }
         Ok(())
     }
 
-    /// Waits for the part uploads still running (after a failure; see
-    /// [`MultipartWriter::settle`]).
+    /// Why the compressor stopped before its input ended.
+    async fn compressor_error(&mut self) -> anyhow::Error {
+        match self.compressor.take() {
+            Some(handle) => match handle.await {
+                Ok(Err(err)) => err,
+                Ok(Ok(())) => anyhow!("the compressor stopped early"),
+                Err(e) => anyhow!("the compressor thread ended: {e}"),
+            },
+            None => anyhow!("the compressor stopped early"),
+        }
+    }
+
+    /// Stops the compressor and waits for the part uploads still running (after a
+    /// failure; see [`MultipartWriter::settle`]). The upload is not completed.
     pub(crate) async fn settle(&mut self) {
+        self.input = None;
+        while self.output.recv().await.is_some() {}
+        if let Some(handle) = self.compressor.take() {
+            let _ = handle.await;
+        }
         self.object.settle().await;
     }
 
     /// Ends the zstd frame and the upload; returns the object and the uncompressed size.
-    pub(crate) async fn finish(self) -> anyhow::Result<(WrittenObject, u64)> {
-        let out = self.encoder.finish().context("compressing")?;
-        let mut object = self.object;
-        if let Err(err) = object.write(&out).await {
-            object.settle().await;
+    pub(crate) async fn finish(mut self) -> anyhow::Result<(WrittenObject, u64)> {
+        self.input = None;
+        let mut written = Ok(());
+        while let Some(out) = self.output.recv().await {
+            if written.is_ok() {
+                written = self.object.write(&out).await;
+            }
+        }
+        let compressed = match self.compressor.take() {
+            Some(handle) => handle
+                .await
+                .map_err(|e| anyhow!("the compressor thread ended: {e}"))
+                .and_then(|r| r),
+            None => Err(anyhow!("the compressor stopped early")),
+        };
+        if let Err(err) = written.and(compressed) {
+            self.object.settle().await;
             return Err(err);
         }
-        Ok((object.finish().await?, self.raw))
+        Ok((self.object.finish().await?, self.raw))
     }
 }

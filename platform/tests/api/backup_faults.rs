@@ -20,7 +20,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::backup::{S3Server, SECRET_KEY, Schema, fill_files, fill_site, spec};
+use crate::{
+    backup::{S3Server, SECRET_KEY},
+    backup_fixture::Source,
+};
 
 /// What the proxy does with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,14 +299,9 @@ async fn assert_objects_match(direct: &BackupStore, done: &backup::Completed, pr
 
 #[tokio::test]
 async fn refused_and_cut_part_uploads_are_retried_and_the_backup_completes() {
-    let s3 = S3Server::start().await;
-    let direct = s3.store();
-    let schema = Schema::create().await;
-    fill_site(&schema).await;
-    let dir = tempfile::tempdir().unwrap();
     // 12 MiB of incompressible uploads: three parts of wp-content at the 5 MiB part size.
-    fill_files(dir.path(), 12);
-    let spec = spec(&schema, dir.path());
+    let src = Source::start(12).await;
+    let (s3, direct, spec) = (&src.s3, &src.direct, &src.spec);
     // The first part upload is refused with 503 SlowDown, the second with 500, the third
     // is cut after 1 MiB of its body; everything after that passes.
     let proxy = FaultProxy::start(
@@ -321,11 +319,11 @@ async fn refused_and_cut_part_uploads_are_retried_and_the_backup_completes() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy);
+    let store = store_via(s3, &proxy);
 
     let done = tokio::time::timeout(
         Duration::from_secs(180),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a backup through transient faults must end, not hang")
@@ -367,21 +365,16 @@ async fn refused_and_cut_part_uploads_are_retried_and_the_backup_completes() {
         names,
         ["database.sql.zst", "manifest.json", "wp-content.tar.zst"]
     );
-    assert_objects_match(&direct, &done, &prefix).await;
+    assert_objects_match(direct, &done, &prefix).await;
     // The retried parts left nothing half-written behind.
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
-    schema.drop().await;
+    src.drop().await;
 }
 
 #[tokio::test]
 async fn a_store_that_keeps_failing_fails_the_backup_and_aborts_its_uploads() {
-    let s3 = S3Server::start().await;
-    let direct = s3.store();
-    let schema = Schema::create().await;
-    fill_site(&schema).await;
-    let dir = tempfile::tempdir().unwrap();
-    fill_files(dir.path(), 12);
-    let spec = spec(&schema, dir.path());
+    let src = Source::start(12).await;
+    let (s3, direct, spec) = (&src.s3, &src.direct, &src.spec);
     // The first part of each object passes; every later part upload is refused for good.
     // Everything else (starting, aborting, listing, deleting) passes, as on a store whose
     // data path is broken and whose control path is not.
@@ -396,11 +389,11 @@ async fn a_store_that_keeps_failing_fails_the_backup_and_aborts_its_uploads() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy);
+    let store = store_via(s3, &proxy);
 
     let err = tokio::time::timeout(
         Duration::from_secs(120),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a failing store must end the backup, not hang it")
@@ -426,7 +419,7 @@ async fn a_store_that_keeps_failing_fails_the_backup_and_aborts_its_uploads() {
     // Nothing left that could pass for a backup: no object, no manifest, no upload.
     assert_eq!(direct.list(&spec.prefix()).await.unwrap(), vec![]);
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
-    schema.drop().await;
+    src.drop().await;
 }
 
 /// Shorter timeouts than the store's own, so that a test of a stalled server takes tens of
@@ -465,13 +458,8 @@ fn the_store_has_connect_read_and_attempt_timeouts_by_default() {
 /// first stalled part would hold the backup forever (the hang of CI run B).
 #[tokio::test]
 async fn a_stalled_part_upload_times_out_and_is_retried() {
-    let s3 = S3Server::start().await;
-    let direct = s3.store();
-    let schema = Schema::create().await;
-    fill_site(&schema).await;
-    let dir = tempfile::tempdir().unwrap();
-    fill_files(dir.path(), 6);
-    let spec = spec(&schema, dir.path());
+    let src = Source::start(6).await;
+    let (s3, direct, spec) = (&src.s3, &src.direct, &src.spec);
     // The first two part uploads hang; everything after passes.
     let proxy = FaultProxy::start(
         &s3.endpoint,
@@ -484,11 +472,11 @@ async fn a_stalled_part_upload_times_out_and_is_retried() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
+    let store = store_via(s3, &proxy).with_timeouts(short_timeouts());
     let started = std::time::Instant::now();
     let done = tokio::time::timeout(
         Duration::from_secs(180),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a stalled upload must time out, not hang the backup")
@@ -501,22 +489,17 @@ async fn a_stalled_part_upload_times_out_and_is_retried() {
         .count();
     assert_eq!(stalled, 2);
     eprintln!("two stalled parts, retried: the backup took {took:.1?}");
-    assert_objects_match(&direct, &done, &spec.prefix()).await;
+    assert_objects_match(direct, &done, &spec.prefix()).await;
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
-    schema.drop().await;
+    src.drop().await;
 }
 
 /// A server that never answers a part upload: every attempt times out, the backup fails
 /// with a timeout (no secret in it), its upload is aborted and nothing is left.
 #[tokio::test]
 async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
-    let s3 = S3Server::start().await;
-    let direct = s3.store();
-    let schema = Schema::create().await;
-    fill_site(&schema).await;
-    let dir = tempfile::tempdir().unwrap();
-    fill_files(dir.path(), 6);
-    let spec = spec(&schema, dir.path());
+    let src = Source::start(6).await;
+    let (s3, direct, spec) = (&src.s3, &src.direct, &src.spec);
     let proxy = FaultProxy::start(
         &s3.endpoint,
         Arc::new(|method: &str, target: &str, _| {
@@ -528,11 +511,11 @@ async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
         }),
     )
     .await;
-    let store = store_via(&s3, &proxy).with_timeouts(short_timeouts());
+    let store = store_via(s3, &proxy).with_timeouts(short_timeouts());
     let started = std::time::Instant::now();
     let err = tokio::time::timeout(
         Duration::from_secs(180),
-        backup::run(&store, &spec, Hooks::default()),
+        backup::run(&store, spec, Hooks::default()),
     )
     .await
     .expect("a store that never answers must fail the backup, not hang it")
@@ -563,5 +546,5 @@ async fn a_store_that_never_answers_fails_the_backup_within_its_timeouts() {
     );
     assert_eq!(direct.list(&spec.prefix()).await.unwrap(), vec![]);
     assert_eq!(s3.open_upload_files(), Vec::<String>::new());
-    schema.drop().await;
+    src.drop().await;
 }

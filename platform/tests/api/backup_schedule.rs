@@ -4,13 +4,13 @@
 //! the backups it starts are run by the test server's job runner.
 
 use chrono::{DateTime, Duration as TimeDelta, Timelike, Utc};
-use platform::{backup::schedule, config::BackupsConfig, domain::Id, provision::Backends};
+use platform::{backup::schedule, config::BackupsConfig, domain::Id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    backup::{S3Server, backends_config, seed_site},
-    support::{SECRET_KEY, TestApp, random_name},
+    backup_fixture::{BackupEnv, Setup},
+    support::{TestApp, random_name},
 };
 
 async fn starter(app: &TestApp) -> String {
@@ -160,48 +160,14 @@ async fn backup_policies_are_set_by_staff_and_checked_field_by_field() {
     app.finish().await;
 }
 
-struct Env {
-    s3: S3Server,
-    sites_root: tempfile::TempDir,
-    app: TestApp,
-    provisioner: Backends,
-    config: BackupsConfig,
-    admin: String,
-    tenant: String,
+async fn env(config: BackupsConfig) -> BackupEnv {
+    Setup::new("sc").backups(config).start().await
 }
 
-async fn env(config: BackupsConfig) -> Env {
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes())
-        .unwrap()
-        .with_backups(config.clone());
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-        // The test runs the passes itself, at the times it chooses.
-        c.backups.scheduler = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("sc").replace('_', "-"))
-        .await;
-    Env {
-        s3,
-        sites_root,
-        app,
-        provisioner,
-        config,
-        admin,
-        tenant,
-    }
-}
-
-impl Env {
+/// The schedule's helpers on the shared set-up.
+impl BackupEnv {
     async fn pass(&self, now: DateTime<Utc>) -> schedule::PassReport {
-        schedule::pass(&self.app.db, &self.provisioner, &self.config, now)
+        schedule::pass(&self.app.db, &self.provisioner, &self.backups, now)
             .await
             .unwrap()
             .expect("no other scheduler holds the lock")
@@ -264,8 +230,8 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (a, schema_a) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let (b, schema_b) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (a, schema_a) = e.seed_site().await;
+    let (b, schema_b) = e.seed_site().await;
 
     // Tomorrow at 04:00 UTC: the 03:00 slot is due for both; one runs at a time.
     let day = (Utc::now() + TimeDelta::days(1)).date_naive();
@@ -280,7 +246,7 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
     .await
     .unwrap();
     assert_eq!(held, 1);
-    let skipped = schedule::pass(&e.app.db, &e.provisioner, &e.config, t0)
+    let skipped = schedule::pass(&e.app.db, &e.provisioner, &e.backups, t0)
         .await
         .unwrap();
     assert_eq!(skipped, None);
@@ -357,7 +323,7 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
 
     // A site created after the slot waits for the next one; a disabled policy schedules
     // nothing.
-    let (c, schema_c) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (c, schema_c) = e.seed_site().await;
     sqlx::query("UPDATE sites SET created_at = ? WHERE id = ?")
         .bind((t3 - TimeDelta::minutes(30)).naive_utc())
         .bind(c.as_str())
@@ -384,8 +350,7 @@ async fn the_scheduler_takes_each_slot_once_and_catches_up_with_one_backup() {
     for s in [schema_a, schema_b, schema_c] {
         s.drop().await;
     }
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
 }
 
 /// Inserts a backup row as the scheduler or a restore leaves it, aged.
@@ -455,7 +420,7 @@ async fn retention_prunes_expired_backups_and_keeps_the_protected_ones() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let now = Utc::now();
     let days = |d: i64| now - TimeDelta::days(d);
-    let (site, schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (site, schema) = e.seed_site().await;
 
     // A real backup, its objects in the bucket, made scheduled and 3 days old: third by
     // count, so expired.
@@ -491,14 +456,14 @@ async fn retention_prunes_expired_backups_and_keeps_the_protected_ones() {
     restore_row(&e.app, &site, &old_in_use, &pre_running, "running", now).await;
 
     // A site whose only backup is scheduled and 40 days old: the newest, kept.
-    let (lonely, lonely_schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (lonely, lonely_schema) = e.seed_site().await;
     let only = aged(&e.app, &lonely, "scheduled", "complete", days(40)).await;
     // Deleted sites: one 31 days ago (its final and older backups go), one 2 days ago
     // (its final backup stays).
-    let (gone, gone_schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (gone, gone_schema) = e.seed_site().await;
     let gone_final = aged(&e.app, &gone, "final", "complete", days(31)).await;
     let gone_manual = aged(&e.app, &gone, "manual", "complete", days(60)).await;
-    let (recent, recent_schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (recent, recent_schema) = e.seed_site().await;
     let recent_final = aged(&e.app, &recent, "final", "complete", days(2)).await;
     for (s, d) in [(&gone, 31), (&recent, 2)] {
         sqlx::query("UPDATE sites SET state = 'deleted', deleted_at = ? WHERE id = ?")
@@ -568,7 +533,7 @@ async fn retention_prunes_expired_backups_and_keeps_the_protected_ones() {
     for s in [schema, lonely_schema, gone_schema, recent_schema] {
         s.drop().await;
     }
-    e.app.finish().await;
+    e.finish().await;
 }
 
 /// `pressdock plans backup-policy` shows and sets a plan's policy (by slug), refuses

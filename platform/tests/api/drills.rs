@@ -2,62 +2,22 @@
 //! test's own. A drill restores a backup into a scratch database and folder, compares
 //! it with the manifest, records the result on the backup and counts it in `/metrics`.
 
-use platform::{backup::drill_job, config::DrillsConfig, domain::Id, provision::Backends};
+use platform::{
+    backup::{drill, drill_job},
+    config::DrillsConfig,
+    domain::Id,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    backup::{S3Server, backends_config, fetch, seed_site},
-    support::{SECRET_KEY, TestApp, random_name},
+    backup::fetch,
+    backup_fixture::{BackupEnv, Setup},
+    support::{SECRET_KEY, TestApp},
 };
 
-struct Env {
-    s3: S3Server,
-    sites_root: tempfile::TempDir,
-    app: TestApp,
-    provisioner: Backends,
-    admin: String,
-    tenant: String,
-    member: String,
-}
-
-async fn env() -> Env {
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-        // The tests run the schedule's passes themselves.
-        c.drills.enabled = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("dr").replace('_', "-"))
-        .await;
-    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
-    Env {
-        s3,
-        sites_root,
-        app,
-        provisioner,
-        admin,
-        tenant,
-        member,
-    }
-}
-
-async fn backup_now(app: &TestApp, token: &str, site: &Id) -> String {
-    let (status, body) = app
-        .post(&format!("/v1/sites/{site}/backups"), token, json!(null))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let op = body["operation"]["id"].as_str().unwrap().to_owned();
-    let done = app.wait_operation(token, &op).await;
-    assert_eq!(done["state"], "succeeded", "{done}");
-    body["backup"]["id"].as_str().unwrap().to_owned()
+async fn env() -> BackupEnv {
+    Setup::new("dr").start().await
 }
 
 /// Starts a drill through the API as `token`; returns the operation once it ended.
@@ -107,8 +67,8 @@ fn scratch_dir(backup: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn a_good_backup_passes_its_drill_and_a_damaged_object_fails_it_by_name() {
     let e = env().await;
-    let (site, schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let backup = backup_now(&e.app, &e.member, &site).await;
+    let (site, schema) = e.seed_site().await;
+    let backup = e.backup_now(&e.member, &site).await;
 
     let (status, list) = e
         .app
@@ -198,8 +158,7 @@ async fn a_good_backup_passes_its_drill_and_a_damaged_object_fails_it_by_name() 
     assert!(!scratch_dir(&backup).exists());
 
     schema.drop().await;
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
 }
 
 async fn wait_drill(app: &TestApp, token: &str, backup: &str) -> Value {
@@ -217,11 +176,11 @@ async fn wait_drill(app: &TestApp, token: &str, backup: &str) -> Value {
 #[tokio::test]
 async fn the_schedule_drills_each_sites_latest_backup_once_per_period() {
     let e = env().await;
-    let (a, schema_a) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let (b, schema_b) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
-    let a_old = backup_now(&e.app, &e.member, &a).await;
-    let a_latest = backup_now(&e.app, &e.member, &a).await;
-    let b_latest = backup_now(&e.app, &e.member, &b).await;
+    let (a, schema_a) = e.seed_site().await;
+    let (b, schema_b) = e.seed_site().await;
+    let a_old = e.backup_now(&e.member, &a).await;
+    let a_latest = e.backup_now(&e.member, &a).await;
+    let b_latest = e.backup_now(&e.member, &b).await;
     let config = DrillsConfig {
         enabled: true,
         interval_secs: 3600,
@@ -273,6 +232,108 @@ async fn the_schedule_drills_each_sites_latest_backup_once_per_period() {
     for s in [schema_a, schema_b] {
         s.drop().await;
     }
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
+}
+
+/// A drill writes its scratch as an account of its own, `drill_<backup>`@`%`, granted on
+/// the scratch schema only: that account can build tables in its scratch, but cannot
+/// read (or even select) the site's schema, create a database or see another; a drill
+/// reports it wrote through that account, and the account goes with the scratch.
+#[tokio::test]
+async fn a_drill_writes_as_a_scratch_account_that_cannot_read_another_schema() {
+    use mysql_async::prelude::Queryable;
+
+    let e = env().await;
+    let (site, schema) = e.seed_site().await;
+    let backup = e.backup_now(&e.member, &site).await;
+    let backup_id = Id::parse(&backup).unwrap();
+    let admin = mysql_async::Opts::from_url(&crate::support::server_url()).unwrap();
+    let scratch_root = tempfile::tempdir().unwrap();
+    let scratch = drill::Scratch::for_backup(&backup_id, scratch_root.path());
+    let account_rows = || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE User = ?")
+            .bind(format!("drill_{backup}"))
+            .fetch_one(&e.app.db)
+            .await
+            .unwrap();
+        n
+    };
+
+    let account = drill::prepare(admin.clone(), &scratch).await.unwrap();
+    assert_eq!(account.current_user, format!("drill_{backup}@%"));
+    assert!(!format!("{account:?}").contains(account.opts.pass().unwrap()));
+    let mut conn = mysql_async::Conn::new(account.opts.clone()).await.unwrap();
+    // Its own schema: tables made, written and read.
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    let own: Option<i64> = conn.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(own, Some(1));
+    // Another schema (the site's, which the backup came from): no rows, no `USE`.
+    let denied = |r: Result<(), mysql_async::Error>| match r {
+        Err(mysql_async::Error::Server(e)) => e.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let read = conn
+        .query_drop(format!("SELECT * FROM `{}`.wp_options", schema.name))
+        .await;
+    assert_eq!(denied(read), 1142, "SELECT command denied");
+    let write = conn
+        .query_drop(format!(
+            "INSERT INTO `{}`.wp_options (option_name, option_value) VALUES ('x', 'y')",
+            schema.name
+        ))
+        .await;
+    assert_eq!(denied(write), 1142, "INSERT command denied");
+    let select_db = conn.query_drop(format!("USE `{}`", schema.name)).await;
+    assert_eq!(denied(select_db), 1044, "access denied to the database");
+    let create_db = conn
+        .query_drop(format!("CREATE DATABASE `drillX{backup}`"))
+        .await;
+    assert_eq!(
+        denied(create_db),
+        1044,
+        "no other database, not even a look-alike"
+    );
+    let mut visible: Vec<String> = conn.query("SHOW DATABASES").await.unwrap();
+    visible.sort();
+    assert_eq!(
+        visible,
+        vec![format!("drill_{backup}"), "information_schema".to_owned()]
+    );
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap();
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert!(grants[0].starts_with(&format!("GRANT USAGE ON *.* TO `drill_{backup}`@`%`")));
+    assert_eq!(
+        grants[1],
+        format!("GRANT ALL PRIVILEGES ON `drill\\_{backup}`.* TO `drill_{backup}`@`%`")
+    );
+
+    // Dropped with the scratch: its open session is ended, the account is gone.
+    drill::drop_scratch(admin.clone(), &scratch).await.unwrap();
+    assert!(conn.query_drop("SELECT 1").await.is_err(), "session ended");
+    assert_eq!(account_rows().await, 0);
+    assert!(!scratch_schema_exists(&e.app, &backup).await);
+    assert!(
+        mysql_async::Conn::new(account.opts.clone()).await.is_err(),
+        "the account no longer connects"
+    );
+
+    // A whole drill: written through that account, which is gone afterwards.
+    let store = e.s3.store();
+    let prefix = platform::backup::backup_prefix(&Id::parse(&e.tenant).unwrap(), &site, &backup_id);
+    let report = drill::run(&store, &prefix, None, admin, &scratch)
+        .await
+        .unwrap();
+    assert_eq!(report.account, format!("drill_{backup}@%"));
+    assert!(report.rows > 20_000, "{report:?}");
+    assert_eq!(account_rows().await, 0);
+    assert!(!scratch_schema_exists(&e.app, &backup).await);
+    assert!(!scratch.dir.exists());
+    // The site's own schema is untouched.
+    assert!(!schema.fingerprint().await.is_empty());
+
+    schema.drop().await;
+    e.finish().await;
 }

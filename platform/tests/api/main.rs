@@ -6,6 +6,7 @@ mod agent;
 mod auth;
 mod backup;
 mod backup_faults;
+mod backup_fixture;
 mod backup_schedule;
 mod billing;
 mod certs;

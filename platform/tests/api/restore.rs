@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::{
-    backup::{S3Server, Schema, backends_config, fetch, seed_site, unzstd},
+    backup::{S3Server, Schema, backends_config, fetch, unzstd},
+    backup_fixture::{BackupEnv, Setup},
     support::{SECRET_KEY, TestApp, random_name},
 };
 
@@ -64,18 +65,19 @@ struct Site {
     root: PathBuf,
 }
 
-async fn provisioned_site(
-    app: &TestApp,
-    provisioner: &Backends,
-    tenant: &str,
-    sites_root: &Path,
-) -> Site {
-    let (id, schema) = seed_site(app, tenant, sites_root).await;
+async fn provisioned_site(e: &BackupEnv) -> Site {
+    let (id, schema) = e.seed_site().await;
     let rid = SiteResourceId::parse(id.as_str()).unwrap();
-    provisioner.generate_secrets(&app.db, &rid).await.unwrap();
-    provisioner.ensure_database(&app.db, &rid).await.unwrap();
+    e.provisioner
+        .generate_secrets(&e.app.db, &rid)
+        .await
+        .unwrap();
+    e.provisioner
+        .ensure_database(&e.app.db, &rid)
+        .await
+        .unwrap();
     Site {
-        root: sites_root.join(id.as_str()),
+        root: e.sites_root().join(id.as_str()),
         id,
         schema,
     }
@@ -110,53 +112,8 @@ impl Site {
     }
 }
 
-struct Env {
-    s3: S3Server,
-    sites_root: tempfile::TempDir,
-    app: TestApp,
-    provisioner: Backends,
-    admin: String,
-    tenant: String,
-    member: String,
-}
-
-async fn env(jobs: bool) -> Env {
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let backends = backends_config(&s3, sites_root.path());
-    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.jobs.enabled = jobs;
-        c.reconcile.enabled = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("rs").replace('_', "-"))
-        .await;
-    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
-    Env {
-        s3,
-        sites_root,
-        app,
-        provisioner,
-        admin,
-        tenant,
-        member,
-    }
-}
-
-/// Takes a backup through the API; returns its id once complete.
-async fn backup_now(app: &TestApp, token: &str, site: &Id) -> String {
-    let (status, body) = app
-        .post(&format!("/v1/sites/{site}/backups"), token, json!(null))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let op = body["operation"]["id"].as_str().unwrap().to_owned();
-    let done = app.wait_operation(token, &op).await;
-    assert_eq!(done["state"], "succeeded", "{done}");
-    body["backup"]["id"].as_str().unwrap().to_owned()
+async fn env(jobs: bool) -> BackupEnv {
+    Setup::new("rs").jobs(jobs).start().await
 }
 
 /// Starts a restore through the API and waits for its operation.
@@ -185,10 +142,10 @@ async fn restore(app: &TestApp, token: &str, site: &Id, backup: &str) -> (Value,
 #[tokio::test]
 async fn a_restore_puts_rows_and_files_back_and_its_pre_restore_backup_undoes_it() {
     let e = env(true).await;
-    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let site = provisioned_site(&e).await;
     let original_db = site.schema.fingerprint().await;
     let original_files = tree(&site.root);
-    let b1 = backup_now(&e.app, &e.member, &site.id).await;
+    let b1 = e.backup_now(&e.member, &site.id).await;
 
     site.change().await;
     let changed_db = site.schema.fingerprint().await;
@@ -239,8 +196,7 @@ async fn a_restore_puts_rows_and_files_back_and_its_pre_restore_backup_undoes_it
     assert_eq!(tree(&site.root), changed_files);
 
     site.remove(&e.provisioner).await;
-    e.app.finish().await;
-    drop(e.s3);
+    e.finish().await;
 }
 
 /// A truncated object is refused by name before anything is overwritten (and before the
@@ -249,8 +205,8 @@ async fn a_restore_puts_rows_and_files_back_and_its_pre_restore_backup_undoes_it
 #[tokio::test]
 async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten() {
     let e = env(true).await;
-    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
-    let b1 = backup_now(&e.app, &e.member, &site.id).await;
+    let site = provisioned_site(&e).await;
+    let b1 = e.backup_now(&e.member, &site.id).await;
     site.change().await;
     let changed_db = site.schema.fingerprint().await;
     let changed_files = tree(&site.root);
@@ -336,7 +292,7 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
     assert_eq!(tree(&site.root), changed_files);
 
     site.remove(&e.provisioner).await;
-    e.app.finish().await;
+    e.finish().await;
 }
 
 /// The saga's steps run by hand as a runner would: each twice (idempotent), and the
@@ -345,7 +301,7 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
 #[tokio::test]
 async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
     let e = env(false).await;
-    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let site = provisioned_site(&e).await;
     let original_db = site.schema.fingerprint().await;
     let original_files = tree(&site.root);
     // A backup taken by its step, with the runner off.
@@ -377,7 +333,7 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
         db: e.app.db.clone(),
         backends: Arc::new(
             Backends::from_config(
-                &backends_config(&e.s3, e.sites_root.path()),
+                &backends_config(&e.s3, e.sites_root()),
                 SECRET_KEY.as_bytes(),
             )
             .unwrap(),
@@ -440,14 +396,14 @@ async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
     assert_eq!(pre, 1);
 
     site.remove(&e.provisioner).await;
-    e.app.finish().await;
+    e.finish().await;
 }
 
 /// Bad input is problem+json naming the field; another tenant's caller gets a 404.
 #[tokio::test]
 async fn restore_and_clone_requests_are_checked_field_by_field() {
     let e = env(false).await;
-    let (site, schema) = seed_site(&e.app, &e.tenant, e.sites_root.path()).await;
+    let (site, schema) = e.seed_site().await;
     let other_tenant = e
         .app
         .create_tenant(&e.admin, &random_name("ot").replace('_', "-"))
@@ -529,7 +485,7 @@ async fn restore_and_clone_requests_are_checked_field_by_field() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     schema.drop().await;
-    e.app.finish().await;
+    e.finish().await;
 }
 
 /// A clone: a new site of the tenant created through the create operation, the backup
@@ -537,29 +493,10 @@ async fn restore_and_clone_requests_are_checked_field_by_field() {
 /// its files equal to the source's.
 #[tokio::test]
 async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_included() {
-    // A real mount point for the new site's folder (the create checks for one; no
-    // Gluster volume here, so its quota command is `true`).
-    let shm = Path::new("/dev/shm");
-    let s3 = S3Server::start().await;
-    let mut backends = backends_config(&s3, shm);
-    backends["gluster"]
-        .as_table_mut()
-        .unwrap()
-        .insert("gluster_bin".into(), toml::Value::String("true".into()));
-    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    app.add_worker(&admin, &random_name("w").replace('_', "-"), 25)
-        .await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("cl").replace('_', "-"))
-        .await;
-    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
-    let source = provisioned_site(&app, &provisioner, &tenant, shm).await;
+    let e = Setup::new("cl").creates_sites().start().await;
+    let (app, provisioner, member) = (&e.app, &e.provisioner, e.member.as_str());
+    let shm = e.sites_root();
+    let source = provisioned_site(&e).await;
     let from = format!("{}.example", source.id);
     let inner = format!("a:1:{{i:0;s:{}:\"https://{from}/x\";}}", from.len() + 10);
     let nested = format!(
@@ -578,13 +515,13 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
         ))
         .await;
     let source_files = tree(&source.root);
-    let b1 = backup_now(&app, &member, &source.id).await;
+    let b1 = e.backup_now(member, &source.id).await;
 
     let to = format!("clone-{}.example.net", Id::generate());
     let (status, body) = app
         .post(
             &format!("/v1/sites/{}/clones", source.id),
-            &member,
+            member,
             json!({ "domain": to }),
         )
         .await;
@@ -598,22 +535,22 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
     assert_eq!(body["create_operation"]["kind"], "site.create", "{body}");
     let new_site = Id::parse(body["site"]["id"].as_str().unwrap()).unwrap();
     let create = app
-        .wait_operation(&member, body["create_operation"]["id"].as_str().unwrap())
+        .wait_operation(member, body["create_operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(create["state"], "succeeded", "{create}");
     let done = app
-        .wait_operation(&member, body["operation"]["id"].as_str().unwrap())
+        .wait_operation(member, body["operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let (_, row) = app
         .get(
             &format!("/v1/restores/{}", body["restore"]["id"].as_str().unwrap()),
-            &member,
+            member,
         )
         .await;
     assert_eq!(row["state"], "complete", "{row}");
     assert!(row["pre_restore_backup_id"].is_null(), "{row}");
-    let (_, got) = app.get(&format!("/v1/sites/{new_site}"), &member).await;
+    let (_, got) = app.get(&format!("/v1/sites/{new_site}"), member).await;
     assert_eq!(got["state"], "active", "{got}");
 
     // The new site's database: the domain rewritten, serialized lengths right.
@@ -674,9 +611,8 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
     let _ = provisioner.remove_database(&rid).await;
     let _ = std::fs::remove_dir_all(&new_root);
     clone.drop().await;
-    source.remove(&provisioner).await;
-    app.finish().await;
-    drop(s3);
+    source.remove(provisioner).await;
+    e.finish().await;
 }
 
 /// `pressdock backups create|list|show` and `pressdock sites restore --wait` as a tenant
@@ -684,7 +620,7 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
 #[tokio::test]
 async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
     let e = env(true).await;
-    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let site = provisioned_site(&e).await;
     let original_db = site.schema.fingerprint().await;
     let run = |args: Vec<String>| {
         let (base, token) = (e.app.base.clone(), e.member.clone());
@@ -728,7 +664,7 @@ async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
     assert_eq!(site.schema.fingerprint().await, original_db);
 
     site.remove(&e.provisioner).await;
-    e.app.finish().await;
+    e.finish().await;
 }
 
 /// While a restore of a site is under way (its operation not yet run: the runner is off
@@ -737,7 +673,7 @@ async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
 #[tokio::test]
 async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
     let e = env(false).await;
-    let site = provisioned_site(&e.app, &e.provisioner, &e.tenant, e.sites_root.path()).await;
+    let site = provisioned_site(&e).await;
     let (status, body) = e
         .app
         .post(
@@ -815,7 +751,7 @@ async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
         .unwrap();
     assert_eq!(restores, 1);
     site.remove(&e.provisioner).await;
-    e.app.finish().await;
+    e.finish().await;
 }
 
 /// After a restore, the site's object-cache keys (`wp_<id>:*`) are gone from Redis (a
@@ -823,9 +759,6 @@ async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
 #[tokio::test]
 async fn a_restore_flushes_the_sites_object_cache() {
     let redis = crate::helpers::RedisLab::start();
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let mut backends = backends_config(&s3, sites_root.path());
     let extra: toml::Table = toml::from_str(&format!(
         r#"
         [redis]
@@ -840,20 +773,10 @@ async fn a_restore_flushes_the_sites_object_cache() {
         password = crate::helpers::SENTINEL_PASSWORD,
     ))
     .unwrap();
-    backends.extend(extra);
-    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-        c.backups.scheduler = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("rc").replace('_', "-"))
-        .await;
-    let site = provisioned_site(&app, &provisioner, &tenant, sites_root.path()).await;
-    let b1 = backup_now(&app, &admin, &site.id).await;
+    let e = Setup::new("rc").backends(extra).start().await;
+    let (app, provisioner, admin) = (&e.app, &e.provisioner, e.admin.as_str());
+    let site = provisioned_site(&e).await;
+    let b1 = e.backup_now(admin, &site.id).await;
 
     let cli = |args: &[&str]| {
         let (host, port) = redis.master.rsplit_once(':').unwrap();
@@ -875,7 +798,7 @@ async fn a_restore_flushes_the_sites_object_cache() {
     ]);
     cli(&["SET", &other, "kept"]);
 
-    let (done, row) = restore(&app, &admin, &site.id, &b1).await;
+    let (done, row) = restore(app, admin, &site.id, &b1).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(row["state"], "complete", "{row}");
     let steps: Vec<&str> = done["steps"]
@@ -889,9 +812,8 @@ async fn a_restore_flushes_the_sites_object_cache() {
     assert_eq!(left, "", "the site's keys are gone");
     assert_eq!(cli(&["GET", &other]), "kept");
 
-    site.remove(&provisioner).await;
-    app.finish().await;
-    drop(s3);
+    site.remove(provisioner).await;
+    e.finish().await;
 }
 
 /// Deleting a site takes a final backup first; the site is gone but the backup stays
@@ -900,28 +822,16 @@ async fn a_restore_flushes_the_sites_object_cache() {
 /// `final_retention_days` the pruner deletes it.
 #[tokio::test]
 async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
-    let shm = Path::new("/dev/shm");
-    let s3 = S3Server::start().await;
-    let mut backends = backends_config(&s3, shm);
-    backends["gluster"]
-        .as_table_mut()
-        .unwrap()
-        .insert("gluster_bin".into(), toml::Value::String("true".into()));
-    let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes()).unwrap();
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-        c.backups.scheduler = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    app.add_worker(&admin, &random_name("w").replace('_', "-"), 25)
-        .await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("fb").replace('_', "-"))
-        .await;
-    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
-    let site = provisioned_site(&app, &provisioner, &tenant, shm).await;
+    let e = Setup::new("fb").creates_sites().start().await;
+    let (app, provisioner, admin, tenant, member) = (
+        &e.app,
+        &e.provisioner,
+        e.admin.as_str(),
+        e.tenant.as_str(),
+        e.member.as_str(),
+    );
+    let shm = e.sites_root();
+    let site = provisioned_site(&e).await;
     let domain = format!("{}.example", site.id);
     sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 1)")
         .bind(&domain)
@@ -936,37 +846,34 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
         .request(
             Method::DELETE,
             &format!("/v1/sites/{}", site.id),
-            Some(&member),
+            Some(member),
             None,
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let done = app
-        .wait_operation(&member, body["operation"]["id"].as_str().unwrap())
+        .wait_operation(member, body["operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["steps"][0]["name"], "final_backup", "{done}");
-    let (status, _) = app.get(&format!("/v1/sites/{}", site.id), &member).await;
+    let (status, _) = app.get(&format!("/v1/sites/{}", site.id), member).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!site.root.exists(), "the site's files were removed");
 
     // The tenant finds the final backup, complete, though its site is gone.
     let (status, page) = app
-        .get(&format!("/v1/tenants/{tenant}/backups?kind=final"), &member)
+        .get(&format!("/v1/tenants/{tenant}/backups?kind=final"), member)
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
     let fin = page["items"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(page["items"][0]["site_id"], site.id.as_str());
-    let (status, got) = app.get(&format!("/v1/backups/{fin}"), &member).await;
+    let (status, got) = app.get(&format!("/v1/backups/{fin}"), member).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["state"], "complete", "{got}");
     assert_eq!(got["kind"], "final", "{got}");
     let (status, body) = app
-        .get(
-            &format!("/v1/tenants/{tenant}/backups?kind=weekly"),
-            &member,
-        )
+        .get(&format!("/v1/tenants/{tenant}/backups?kind=weekly"), member)
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["errors"][0]["field"], "kind", "{body}");
@@ -975,7 +882,7 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     let (status, body) = app
         .post(
             &format!("/v1/backups/{fin}/clones"),
-            &member,
+            member,
             json!({ "domain": domain }),
         )
         .await;
@@ -984,11 +891,11 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     assert_eq!(body["site"]["domain"], domain.as_str(), "{body}");
     let new_site = Id::parse(body["site"]["id"].as_str().unwrap()).unwrap();
     let create = app
-        .wait_operation(&member, body["create_operation"]["id"].as_str().unwrap())
+        .wait_operation(member, body["create_operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(create["state"], "succeeded", "{create}");
     let restored = app
-        .wait_operation(&member, body["operation"]["id"].as_str().unwrap())
+        .wait_operation(member, body["operation"]["id"].as_str().unwrap())
         .await;
     assert_eq!(restored["state"], "succeeded", "{restored}");
     let clone = Schema {
@@ -1005,7 +912,7 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     // 31 days later the final backup is pruned: objects and then its row.
     let config = platform::config::BackupsConfig::default();
     let later = chrono::Utc::now() + chrono::Duration::days(31);
-    let report = platform::backup::schedule::pass(&app.db, &provisioner, &config, later)
+    let report = platform::backup::schedule::pass(&app.db, provisioner, &config, later)
         .await
         .unwrap()
         .unwrap();
@@ -1017,11 +924,11 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    let deleted = app.wait_operation(&admin, &op).await;
+    let deleted = app.wait_operation(admin, &op).await;
     assert_eq!(deleted["state"], "succeeded", "{deleted}");
     let prefix = format!("{tenant}/{}/{fin}/", site.id);
-    assert_eq!(s3.store().list(&prefix).await.unwrap(), vec![]);
-    let (status, _) = app.get(&format!("/v1/backups/{fin}"), &member).await;
+    assert_eq!(e.s3.store().list(&prefix).await.unwrap(), vec![]);
+    let (status, _) = app.get(&format!("/v1/backups/{fin}"), member).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let rid = SiteResourceId::parse(new_site.as_str()).unwrap();
@@ -1029,6 +936,163 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
     let _ = std::fs::remove_dir_all(&new_root);
     clone.drop().await;
     site.schema.drop().await;
-    app.finish().await;
+    e.finish().await;
+}
+
+/// Tables of several shapes for the parallel load: a large one cut into many
+/// statements, one without a primary key, blobs, a unique key, an empty one.
+async fn fill_many_tables(schema: &Schema) {
+    schema
+        .exec(
+            "CREATE TABLE wp_posts (ID BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+               post_content LONGTEXT NOT NULL, post_title TEXT NOT NULL) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_posts (post_content, post_title)
+               SELECT REPEAT(CONCAT(MD5(seq), ' lorem ''ipsum'' \\\\ '), 1 + seq % 20), CONCAT('T', seq)
+               FROM seq_1_to_30000;
+             CREATE TABLE wp_postmeta (meta_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+               post_id BIGINT UNSIGNED NOT NULL, meta_key VARCHAR(255), meta_value LONGTEXT, \
+               KEY (post_id)) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_postmeta (post_id, meta_key, meta_value)
+               SELECT seq % 30000, IF(seq % 3 = 0, NULL, '_edit_lock'), CONCAT('a:1:{i:0;s:32:\"', MD5(seq), '\";}')
+               FROM seq_1_to_60000;
+             CREATE TABLE wp_comments (post_id BIGINT NOT NULL, body TEXT, KEY (post_id)) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_comments SELECT seq % 97, CONCAT('comment ', seq, ' 🚀') FROM seq_1_to_20000;
+             CREATE TABLE wp_blobs (id INT PRIMARY KEY, data LONGBLOB);
+             INSERT INTO wp_blobs SELECT seq, UNHEX(REPEAT(MD5(seq), 64)) FROM seq_1_to_3000;
+             CREATE TABLE wp_users (ID INT PRIMARY KEY, user_login VARCHAR(60) NOT NULL UNIQUE) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO wp_users SELECT seq, CONCAT('user', seq) FROM seq_1_to_5000;
+             CREATE TABLE wp_termmeta (id INT PRIMARY KEY);",
+        )
+        .await;
+}
+
+/// The rows of a multi-table dump are loaded over several connections at once and come
+/// back identical (every table's row count and `CHECKSUM TABLE`); every connection is
+/// the target's own account (here a drill's scratch account: `ALL` on its schema only).
+/// A statement the server refuses stops every connection: the restore returns that
+/// statement's error, the rows after it are not all loaded, and no connection is left.
+#[tokio::test]
+async fn a_restore_loads_tables_over_several_connections_identically_and_stops_on_a_failure() {
+    use platform::backup::{drill, restore};
+
+    let s3 = S3Server::start().await;
+    let store = s3.store();
+    let source = Schema::create().await;
+    fill_many_tables(&source).await;
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("index.php"), "<?php\n").unwrap();
+    let spec = crate::backup::spec(&source, files.path());
+    let done = backup::run(&store, &spec, backup::Hooks::default())
+        .await
+        .unwrap();
+    let manifest = done.manifest;
+    let expected = source.fingerprint().await;
+    assert_eq!(expected.len(), 6, "{expected:?}");
+
+    let admin = mysql_async::Opts::from_url(&crate::support::server_url()).unwrap();
+    let scratch_root = tempfile::tempdir().unwrap();
+    let scratch = drill::Scratch::for_backup(&Id::generate(), scratch_root.path());
+    let account = drill::prepare(admin.clone(), &scratch).await.unwrap();
+    let target = Schema {
+        admin: sqlx::MySqlPool::connect(&crate::support::server_url())
+            .await
+            .unwrap(),
+        name: scratch.schema.clone(),
+    };
+    let restored = restore::restore_database(&store, &manifest, account.opts.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(target.fingerprint().await, expected);
+    assert_eq!(restored.inserts_per_writer.len(), restore::WRITERS);
+    let inserts: u64 = restored.inserts_per_writer.iter().sum();
+    let sql = unzstd(
+        &fetch(
+            &store,
+            &manifest.object(backup::DATABASE_OBJECT).unwrap().key,
+        )
+        .await,
+    );
+    let sql = String::from_utf8_lossy(&sql).into_owned();
+    assert_eq!(inserts, sql.matches("\nINSERT INTO ").count() as u64);
+    assert!(inserts >= 20, "a dump of many statements: {inserts}");
+    eprintln!("INSERTs per connection: {:?}", restored.inserts_per_writer);
+    let busy = restored
+        .inserts_per_writer
+        .iter()
+        .filter(|n| **n > 0)
+        .count();
+    assert!(
+        busy >= 2,
+        "the rows went over several connections: {:?}",
+        restored.inserts_per_writer
+    );
+    // Running it again (a step taken up again) converges on the same rows.
+    restore::restore_database(&store, &manifest, account.opts.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(target.fingerprint().await, expected);
+
+    // A statement the server refuses (a table the dump never made) before the rows.
+    let at = sql.find("\nINSERT INTO ").unwrap() + 1;
+    let bad = format!(
+        "{}INSERT INTO wp_missing VALUES (1);\n{}",
+        &sql[..at],
+        &sql[at..]
+    );
+    let body = zstd::encode_all(bad.as_bytes(), 3).unwrap();
+    let key = manifest
+        .object(backup::DATABASE_OBJECT)
+        .unwrap()
+        .key
+        .clone();
+    store
+        .put(&key, body.clone(), "application/zstd")
+        .await
+        .unwrap();
+    let mut crafted = manifest.clone();
+    for o in &mut crafted.objects {
+        if o.name == backup::DATABASE_OBJECT {
+            o.size = body.len() as u64;
+            o.sha256 = hex::encode(sha2::Sha256::digest(&body));
+        }
+    }
+    let position = bad[..at].matches(";\n").count() + 1;
+    let err = restore::restore_database(&store, &crafted, account.opts.clone(), None)
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(matches!(err, restore::RestoreError::Failed(_)), "{text}");
+    assert!(
+        text.contains(&format!("running statement {position} of the dump")),
+        "{text}"
+    );
+    assert!(text.contains("wp_missing"), "{text}");
+    let loaded: i64 = target
+        .fingerprint()
+        .await
+        .iter()
+        .map(|(_, _, rows)| rows)
+        .sum();
+    let total: i64 = expected.iter().map(|(_, _, rows)| rows).sum();
+    assert!(loaded < total, "stopped: {loaded} of {total} rows loaded");
+    let mut sessions = -1i64;
+    for _ in 0..40 {
+        sessions = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+        )
+        .bind(&scratch.schema)
+        .fetch_one(&target.admin)
+        .await
+        .unwrap();
+        if sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sessions, 0, "every connection closed");
+
+    drill::drop_scratch(admin, &scratch).await.unwrap();
+    target.admin.close().await;
+    source.drop().await;
     drop(s3);
 }
