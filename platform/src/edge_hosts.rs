@@ -108,8 +108,9 @@ impl HostLoads {
 mod tests {
     use super::*;
 
+    /// `sitesitesa`, `sitesitesb`, …: ten letters, as our ids are.
     fn site(n: u8) -> SiteResourceId {
-        SiteResourceId::parse(&format!("s{n:0>9}")).expect("a valid id")
+        SiteResourceId::parse(&format!("sitesites{}", char::from(b'a' + n))).expect("a valid id")
     }
 
     #[tokio::test]
