@@ -56,6 +56,8 @@ cargo build --workspace --bins --quiet
 target/debug/pressdock-infra lab up
 phase "sites on the lab (provisioning in every backend, reconcilers, crash safety)"
 PRESSDOCK_LAB_TESTS=1 cargo test -p e2e --quiet -- --test-threads=1
+phase "the drivers' lab tests (#[ignore]d without a lab)"
+PRESSDOCK_LAB_TESTS=1 cargo test -p backends --test drivers --quiet -- --ignored --test-threads=1
 phase "lab tests (they end with lab down)"
 PRESSDOCK_LAB_TESTS=1 cargo test -p infra --quiet -- --test-threads=1
 phase "all tests passed"

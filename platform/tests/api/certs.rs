@@ -802,7 +802,17 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
 
     // A new directory (staging to production) makes what the old one issued due at once;
     // the held certificate stays served until its replacement is issued.
+    let sealed_now = || async {
+        let (nonce,): (Vec<u8>,) =
+            sqlx::query_as("SELECT pem_nonce FROM certificates WHERE domain = ?")
+                .bind(&good)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        nonce
+    };
     let held = served_chains(&edge_config(&app).await);
+    let held_nonce = sealed_now().await;
     let put_directory = |directory: String| {
         let (app, admin) = (&app, &admin);
         async move {
@@ -822,16 +832,32 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     let (state, failures, wait, _) = row(&app, &good).await.unwrap();
     assert_eq!((state.as_str(), failures), ("valid", 0));
     assert!(wait <= 0, "due at once, not in {wait} s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(served_chains(&edge_config(&app).await), held);
+    assert_eq!(
+        sealed_now().await,
+        held_nonce,
+        "nothing issued by a dead directory"
+    );
     put_directory(pebble.directory.clone()).await;
     eventually(
         "the certificate issued again by the directory now set",
-        || async { (served_chains(&edge_config(&app).await) != held).then_some(()) },
+        || async { (sealed_now().await != held_nonce).then_some(()) },
     )
     .await;
-    let (state, failures, wait, error) = row(&app, &good).await.unwrap();
-    assert_eq!((state.as_str(), failures, error), ("valid", 0, None));
-    assert!(wait > 0, "not due again");
+    let now = row(&app, &good).await.unwrap();
+    let certificates = site_certificates(&app, &admin, &site).await;
+    assert_eq!(
+        (now.0.as_str(), now.1, now.3.as_deref()),
+        ("valid", 0, None),
+        "{now:?} {certificates}"
+    );
+    assert!(now.2 > 0, "not due again: {now:?} {certificates}");
+    assert_ne!(
+        served_chains(&edge_config(&app).await),
+        held,
+        "the new one is served"
+    );
 
     // The expiry metric counts a certificate within 14 days of its end.
     sqlx::query("UPDATE certificates SET not_after = NOW(6) + INTERVAL 13 DAY WHERE domain = ?")
