@@ -452,6 +452,15 @@ async fn catch_up(
     Ok(())
 }
 
+/// How many times a row statement is run when the server ends it with a deadlock or a
+/// lock wait timeout.
+const DEADLOCK_TRIES: u32 = 5;
+
+/// InnoDB's deadlock (1213) and lock wait timeout (1205): the statement was rolled back.
+fn is_lock_conflict(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205)
+}
+
 /// One row connection: takes the next statement when free, until the queue ends or a
 /// connection fails. Returns the `INSERT`s it ran.
 async fn writer(
@@ -469,12 +478,26 @@ async fn writer(
         }
         let run = async {
             catch_up(&mut conn, &job.session, &mut applied).await?;
-            conn.query_drop(job.statement).await.map_err(|e| {
-                RestoreError::Failed(
-                    anyhow::Error::new(e)
-                        .context(format!("running statement {} of the dump", job.position)),
-                )
-            })
+            let mut tries = 0u32;
+            loop {
+                tries += 1;
+                match conn.query_drop(job.statement.as_slice()).await {
+                    Ok(()) => break Ok(()),
+                    // Rows of one table loaded side by side can deadlock on InnoDB's gap
+                    // locks (seen in CI re-running a restore over its own rows): the
+                    // server rolled the statement back (each runs on its own, autocommit),
+                    // so it is run again, as the error asks.
+                    Err(e) if tries < DEADLOCK_TRIES && is_lock_conflict(&e) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(tries)))
+                            .await;
+                    }
+                    Err(e) => {
+                        break Err(RestoreError::Failed(anyhow::Error::new(e).context(
+                            format!("running statement {} of the dump", job.position),
+                        )));
+                    }
+                }
+            }
         };
         match run.await {
             Ok(()) => {
