@@ -23,6 +23,7 @@ mod m20261206_000017_site_aliases;
 mod m20261206_000018_edge_usage;
 mod m20261207_000019_backup_policies;
 mod m20261207_000020_backup_drills;
+mod m20261207_000021_certificate_served_since;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000018_edge_usage::Migration),
             Box::new(m20261207_000019_backup_policies::Migration),
             Box::new(m20261207_000020_backup_drills::Migration),
+            Box::new(m20261207_000021_certificate_served_since::Migration),
         ]
     }
 }

@@ -325,6 +325,11 @@ pub struct CertsConfig {
     pub unused_grace_secs: u64,
     /// Bearer token Traefik presents to `GET /edge/traefik.json`; empty: that route is off.
     pub edge_token: Secret,
+    /// How often each edge replica polls `GET /edge/traefik.json` (Traefik's
+    /// `providers.http.pollInterval`, seconds). A domain's HTTP→HTTPS redirect and HSTS are
+    /// published only once its certificate has been in that document for longer than two
+    /// of these ([`Self::redirect_after`]): by then every replica serves the certificate.
+    pub edge_poll_interval_secs: u64,
     /// URL at which the edge reaches the platform for the HTTP-01 answers (a route to it
     /// is part of the edge's configuration); `None`: no such route.
     pub challenge_upstream: Option<String>,
@@ -356,12 +361,24 @@ impl Default for CertsConfig {
             retry_max_secs: 86_400,
             unused_grace_secs: 86_400,
             edge_token: Secret::default(),
+            edge_poll_interval_secs: 5,
             challenge_upstream: None,
             web_entrypoint: "web".to_owned(),
             websecure_entrypoint: "websecure".to_owned(),
             https_service: None,
             edge_listen: None,
         }
+    }
+}
+
+impl CertsConfig {
+    /// How long a domain's certificate must have been given to the edge before its redirect
+    /// to HTTPS (and HSTS) is: two polls of the edge. A replica fetches the document at
+    /// least once within any poll interval, so after two every replica has fetched (and
+    /// applied) the certificate, whatever the phase of its polls and however long a fetch
+    /// takes within one interval.
+    pub fn redirect_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.edge_poll_interval_secs.saturating_mul(2))
     }
 }
 
@@ -543,6 +560,9 @@ impl Config {
             || self.billing.edge_scrape_interval_secs > 900
         {
             bail!("billing.edge_scrape_interval_secs must be between 1 and 900");
+        }
+        if !(1..=3600).contains(&self.certs.edge_poll_interval_secs) {
+            bail!("certs.edge_poll_interval_secs must be between 1 and 3600");
         }
         let b = &self.backups;
         if !(5..=3600).contains(&b.interval_secs) || !(1..=100).contains(&b.max_running) {

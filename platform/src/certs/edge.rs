@@ -9,6 +9,11 @@
 //!   entrypoint for each domain that has one, and the route that sends the challenge path
 //!   to the platform (`certs.challenge_upstream`) ahead of every site's route. Each replica
 //!   polls it, so every replica serves every certificate and no node holds the only copy.
+//!   Replicas poll at their own moments, so a new certificate reaches them up to a poll
+//!   interval apart: a domain's redirect (and HSTS) is published only once its certificate
+//!   has been in this document for longer than two polls (`certs.edge_poll_interval_secs`,
+//!   [`store::for_edge`]); until then a replica that redirected could send a visitor to
+//!   another that still answers HTTPS with Traefik's default certificate.
 
 use axum::{
     Json, Router,
@@ -79,8 +84,9 @@ async fn traefik(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if !authorized(&headers, token) {
         return ApiError::Unauthorized("the edge provider token is required").into_response();
     }
+    let c = &state.config.certs;
     let served = async {
-        let certificates = store::servable(&state.db, &state.secrets).await?;
+        let certificates = store::for_edge(&state.db, &state.secrets, c.redirect_after()).await?;
         let options = store::https_options(&state.db).await?;
         anyhow::Ok((certificates, options))
     };
@@ -88,20 +94,20 @@ async fn traefik(State(state): State<AppState>, headers: HeaderMap) -> Response 
         Ok((certificates, options)) => {
             let domains: Vec<Served> = certificates
                 .into_iter()
-                .map(|(domain, material)| {
+                .map(|cert| {
                     let (site, options) = options
-                        .get(&domain)
+                        .get(&cert.domain)
                         .map(|(site, o)| (Some(site.clone()), *o))
                         .unwrap_or_default();
                     Served {
                         site,
                         options,
-                        domain,
-                        material,
+                        domain: cert.domain,
+                        material: cert.material,
+                        settled: cert.settled,
                     }
                 })
                 .collect();
-            let c = &state.config.certs;
             Json(dynamic_config(
                 &domains,
                 &EdgeSettings {
@@ -125,6 +131,9 @@ pub struct Served {
     pub domain: String,
     pub material: store::Material,
     pub options: store::HttpsOptions,
+    /// Every edge replica serves the certificate by now ([`store::EdgeCertificate`]): the
+    /// redirect to HTTPS and HSTS are published only then.
+    pub settled: bool,
 }
 
 /// How the edge is laid out (`[certs]` of the configuration).
@@ -143,7 +152,10 @@ pub struct EdgeSettings<'a> {
 /// `Strict-Transport-Security` max-age of the sites that turn HSTS on: one year.
 pub const HSTS_MAX_AGE_SECS: u64 = 31_536_000;
 
-/// Traefik's dynamic configuration for the given certificates.
+/// Traefik's dynamic configuration for the given certificates: every certificate at once,
+/// a domain's redirect and HSTS router only once it is [`Served::settled`] (HSTS tells
+/// browsers to use nothing but HTTPS, so it waits for every replica just as the redirect
+/// does; a site that keeps HTTP gets HSTS, if it asks for it, at the same moment).
 pub fn dynamic_config(domains: &[Served], edge: &EdgeSettings<'_>) -> Value {
     let mut routers = Map::new();
     let mut services = Map::new();
@@ -173,6 +185,9 @@ pub fn dynamic_config(domains: &[Served], edge: &EdgeSettings<'_>) -> Value {
             .site
             .as_deref()
             .map_or_else(|| "pd".to_owned(), |site| format!("wp_{site}"));
+        if !served.settled {
+            continue;
+        }
         if !served.options.keep_http {
             middlewares.insert(
                 "pd-to-https".into(),
@@ -252,6 +267,7 @@ mod tests {
                 key_pem: format!("KEY {domain}"),
             },
             options: store::HttpsOptions { keep_http, hsts },
+            settled: true,
         }
     }
 
@@ -314,5 +330,30 @@ mod tests {
         };
         let c = dynamic_config(&[served("b.test", false, true)], &no_service);
         assert!(c["http"]["routers"].get("pd-hsts-0").is_none(), "{c}");
+    }
+
+    #[test]
+    fn a_certificate_not_yet_settled_is_served_without_its_redirect_or_hsts() {
+        let new = Served {
+            settled: false,
+            ..served("new.test", false, true)
+        };
+        let c = dynamic_config(&[new, served("old.test", false, true)], &EDGE);
+        let names: Vec<&str> = c["tls"]["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["certFile"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["CHAIN new.test", "CHAIN old.test"]);
+        let routers = c["http"]["routers"].as_object().unwrap();
+        let mut names: Vec<&str> = routers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["pd-acme-challenge", "pd-hsts-1", "pd-https-1"],
+            "{c}"
+        );
+        assert!(!c["http"].to_string().contains("new.test"), "{c}");
     }
 }

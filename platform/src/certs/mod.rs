@@ -12,7 +12,9 @@
 //! - [`edge`]: what the edge asks of the platform, outside the `/v1` API: the HTTP-01
 //!   answers (`/.well-known/acme-challenge/{token}`, which every Traefik replica forwards
 //!   here), and Traefik's dynamic configuration (`providers.http`): every certificate
-//!   inline, HTTP→HTTPS redirects of the domains that have one, and the challenge route.
+//!   inline, HTTP→HTTPS redirects (and HSTS) of the domains whose certificate every
+//!   replica serves by now (two of the edge's polls after the first answer that carried
+//!   it), and the challenge route.
 
 pub mod edge;
 pub mod issuer;

@@ -198,7 +198,7 @@ pub struct Synced {
 /// Brings the rows in line with the domains of live sites. A domain no live site uses
 /// keeps its row (its certificate, its failures and back-off) for `grace_secs`: the row
 /// is leased for that long, so it is neither ordered nor renewed, and the edge does not
-/// serve it ([`servable`]). A domain taken again within its grace (moved to another site,
+/// serve it ([`for_edge`]). A domain taken again within its grace (moved to another site,
 /// a site deleted and made again) keeps its certificate and is not ordered again; its
 /// grace lease is dropped. A row whose lease ends while no live site uses it is removed.
 ///
@@ -386,33 +386,129 @@ pub async fn https_options(
         .collect())
 }
 
-/// Every certificate of a live site's domain that has not expired, opened, for the edge
-/// (a domain in its grace, used by no live site, is not served).
-pub async fn servable(
+/// A certificate the edge is given ([`for_edge`]).
+pub struct EdgeCertificate {
+    pub domain: String,
+    pub material: Material,
+    /// The edge has been given this domain's certificate, without a break, for longer than
+    /// the `settle` [`for_edge`] was asked with: every replica serves it, so its redirect
+    /// to HTTPS (and HSTS) may be published.
+    pub settled: bool,
+}
+
+/// What the edge is given now: every certificate of a live site's domain that has not
+/// expired, opened (a domain in its grace, used by no live site, is not served), ordered by
+/// domain.
+///
+/// It also keeps each row's `served_since`, the moment from which the edge has been given
+/// the domain's certificate without a break: set by the first answer that carries it,
+/// cleared by the first that does not (the domain left its site or its site is not live,
+/// the certificate expired or does not open). A renewal replaces the chain and keeps it,
+/// so a renewed domain's redirect stays on. Both writes happen before the answer leaves:
+/// if they fail, the edge keeps the document it had. A domain is `settled` once its
+/// `served_since` is older than `settle` (two polls of the edge, by the database's clock):
+/// computed at each poll, so the redirect appears at the first poll after that, with no
+/// other event.
+pub async fn for_edge(
     db: &MySqlPool,
     secrets: &SecretBox,
-) -> anyhow::Result<Vec<(String, Material)>> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(crate::sql!(
-        "SELECT domain, pem_nonce, pem_sealed FROM certificates \
-         WHERE pem_sealed IS NOT NULL AND not_after > NOW(6) AND domain IN ({LIVE_DOMAINS}) \
-         ORDER BY domain"
+    settle: std::time::Duration,
+) -> anyhow::Result<Vec<EdgeCertificate>> {
+    let settle_us = u64::try_from(settle.as_micros()).unwrap_or(u64::MAX);
+    // Every row that is servable or was served at the last answer; the others need nothing.
+    let rows: Vec<EdgeRow> = sqlx::query_as(crate::sql!(
+        "SELECT domain, pem_nonce, pem_sealed, servable, \
+               served_since IS NOT NULL AS serving, \
+               (served_since IS NOT NULL AND served_since < NOW(6) - INTERVAL ? MICROSECOND) \
+                 AS settled \
+             FROM (SELECT domain, pem_nonce, pem_sealed, served_since, \
+                     COALESCE(pem_sealed IS NOT NULL AND not_after > NOW(6) \
+                       AND domain IN ({LIVE_DOMAINS}), FALSE) AS servable \
+                   FROM certificates) c \
+             WHERE servable OR served_since IS NOT NULL ORDER BY domain"
     ))
+    .bind(settle_us)
     .fetch_all(db)
-    .await?;
+    .await
+    .context("reading the certificates to serve")?;
     let mut out = Vec::with_capacity(rows.len());
-    for (domain, nonce, sealed) in rows {
-        match secrets
-            .open(&certificate_context(&domain), &nonce, &sealed)
-            .and_then(|plain| Ok(serde_json::from_str::<Material>(&plain)?))
-        {
-            Ok(material) => out.push((domain, material)),
-            // One unreadable row must not take every other domain's HTTPS down.
-            Err(err) => {
-                tracing::error!(%domain, error = format!("{err:#}"), "a stored certificate does not open")
+    let (mut started, mut stopped) = (Vec::new(), Vec::new());
+    for EdgeRow {
+        domain,
+        pem_nonce,
+        pem_sealed,
+        servable,
+        serving,
+        settled,
+    } in rows
+    {
+        let material = match (servable, pem_nonce, pem_sealed) {
+            (true, Some(nonce), Some(sealed)) => match secrets
+                .open(&certificate_context(&domain), &nonce, &sealed)
+                .and_then(|plain| Ok(serde_json::from_str::<Material>(&plain)?))
+            {
+                Ok(material) => Some(material),
+                // One unreadable row must not take every other domain's HTTPS down.
+                Err(err) => {
+                    tracing::error!(%domain, error = format!("{err:#}"), "a stored certificate does not open");
+                    None
+                }
+            },
+            _ => None,
+        };
+        match material {
+            Some(material) => {
+                if !serving {
+                    started.push(domain.clone());
+                }
+                out.push(EdgeCertificate {
+                    domain,
+                    material,
+                    settled,
+                });
             }
+            None if serving => stopped.push(domain),
+            None => {}
         }
     }
+    mark_served(db, &started, true).await?;
+    mark_served(db, &stopped, false).await?;
     Ok(out)
+}
+
+#[derive(FromRow)]
+struct EdgeRow {
+    domain: String,
+    pem_nonce: Option<Vec<u8>>,
+    pem_sealed: Option<Vec<u8>>,
+    /// A live site's domain, with a certificate that has not expired.
+    servable: bool,
+    /// `served_since` is set: the last answer carried it.
+    serving: bool,
+    /// Carried for longer than the settle time.
+    settled: bool,
+}
+
+/// Sets `served_since` of `domains` to now where it is not set (`serving`), or clears it.
+async fn mark_served(db: &MySqlPool, domains: &[String], serving: bool) -> anyhow::Result<()> {
+    if domains.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::new(if serving {
+        "UPDATE certificates SET served_since = NOW(6) WHERE served_since IS NULL AND domain IN ("
+    } else {
+        "UPDATE certificates SET served_since = NULL WHERE domain IN ("
+    });
+    let mut sep = q.separated(", ");
+    for d in domains {
+        sep.push_bind(d);
+    }
+    q.push(")");
+    q.build()
+        .execute(db)
+        .await
+        .context("recording what the edge is given")?;
+    Ok(())
 }
 
 #[derive(FromRow)]

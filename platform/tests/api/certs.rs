@@ -254,6 +254,20 @@ async fn tls_server(material: &Material) -> (SocketAddr, tokio::task::JoinHandle
     (addr, task)
 }
 
+/// Staff point the platform at `directory` (`PUT /v1/admin/acme`); the settings it answers.
+async fn put_directory(app: &TestApp, admin: &str, directory: &str) -> Value {
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            "/v1/admin/acme",
+            Some(admin),
+            Some(json!({ "directory": directory, "contact_email": "ops@pressdock.test" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
 async fn site_certificates(app: &TestApp, token: &str, site: &str) -> Value {
     let (status, body) = app.get(&format!("/v1/sites/{site}"), token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -322,11 +336,12 @@ async fn edge_config(app: &TestApp) -> Value {
         .unwrap()
 }
 
-/// The chains the edge is given, by the domain of their leaf.
+/// The chains the edge is given, by the domain of their leaf (none without `tls`).
 fn served_chains(config: &Value) -> Vec<(String, String)> {
     config["tls"]["certificates"]
         .as_array()
-        .unwrap()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
         .map(|c| {
             let chain = c["certFile"].as_str().unwrap().to_owned();
@@ -366,6 +381,8 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
         c.certs.challenge_upstream = Some("http://platform.internal:8080".to_owned());
         c.certs.directory_ca_file = Some(ca_file);
+        // Redirects two seconds after the edge first gets a certificate.
+        c.certs.edge_poll_interval_secs = 1;
     })
     .await;
     let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
@@ -382,15 +399,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     pebble.resolve(&bad, "127.0.0.2").await;
 
     // Staff choose the directory and contact (until then nothing is ordered).
-    let (status, body) = app
-        .request(
-            Method::PUT,
-            "/v1/admin/acme",
-            Some(&admin),
-            Some(json!({ "directory": pebble.directory, "contact_email": "ops@pressdock.test" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = put_directory(&app, &admin, &pebble.directory).await;
     assert_eq!(body["directory_url"], pebble.directory.as_str());
     assert_eq!(body["contact_email"], "ops@pressdock.test");
 
@@ -489,9 +498,22 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         chain_pem: served[0]["certFile"].as_str().unwrap().to_owned(),
         key_pem: served[0]["keyFile"].as_str().unwrap().to_owned(),
     };
-    // Named after the site, as its own routers are (the edge's counters stay the site's).
+    // The first answer that carries a certificate does not carry its redirect (a replica
+    // that has not polled yet would still answer HTTPS with Traefik's default
+    // certificate); a later one does, named after the site, as its own routers are (the
+    // edge's counters stay the site's).
+    let redirect = format!("wp_{site}-https-0");
+    assert!(
+        config["http"]["routers"].get(&redirect).is_none(),
+        "{config}"
+    );
+    let config = eventually("the redirect", || async {
+        let c = edge_config(&app).await;
+        c["http"]["routers"].get(&redirect).is_some().then_some(c)
+    })
+    .await;
     assert_eq!(
-        config["http"]["routers"][format!("wp_{site}-https-0")]["rule"],
+        config["http"]["routers"][&redirect]["rule"],
         format!("Host(`{good}`)")
     );
     assert_eq!(
@@ -618,9 +640,10 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         "{report:?}"
     );
     assert_eq!(
-        store::servable(
+        store::for_edge(
             &app.db,
-            &platform::crypto::SecretBox::new(SECRET_KEY.as_bytes())
+            &platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+            Duration::ZERO,
         )
         .await
         .unwrap()
@@ -757,16 +780,26 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         (held_until, None),
         "the moved alias keeps the certificate it held, its grace over"
     );
+    // The edge was not given it while no site had it: it starts over, its certificate
+    // served at once and its redirect once every replica has it.
     let config = edge_config(&app).await;
     assert_eq!(served_chains(&config).len(), 3, "{config}");
-    let routed: Vec<&String> = config["http"]["routers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, r)| r["rule"] == format!("Host(`{bad}`)"))
-        .map(|(name, _)| name)
-        .collect();
-    assert_eq!(routed.len(), 1, "{config}");
+    let routers = |config: &Value| -> Vec<String> {
+        config["http"]["routers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| r["rule"] == format!("Host(`{bad}`)"))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    assert!(routers(&config).is_empty(), "{config}");
+    let routed = eventually("the moved alias's redirect", || async {
+        let r = routers(&edge_config(&app).await);
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(routed.len(), 1, "{routed:?}");
     assert!(
         routed[0].starts_with(&format!("wp_{other}-https-")),
         "{config}"
@@ -813,22 +846,8 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     };
     let held = served_chains(&edge_config(&app).await);
     let held_nonce = sealed_now().await;
-    let put_directory = |directory: String| {
-        let (app, admin) = (&app, &admin);
-        async move {
-            let (status, body) = app
-                .request(
-                    Method::PUT,
-                    "/v1/admin/acme",
-                    Some(admin),
-                    Some(json!({ "directory": directory, "contact_email": "ops@pressdock.test" })),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-        }
-    };
     // Nothing answers there: no account, so nothing is ordered while it is set.
-    put_directory("https://127.0.0.1:9/dir".to_owned()).await;
+    put_directory(&app, &admin, "https://127.0.0.1:9/dir").await;
     let (state, failures, wait, _) = row(&app, &good).await.unwrap();
     assert_eq!((state.as_str(), failures), ("valid", 0));
     assert!(wait <= 0, "due at once, not in {wait} s");
@@ -839,7 +858,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         held_nonce,
         "nothing issued by a dead directory"
     );
-    put_directory(pebble.directory.clone()).await;
+    put_directory(&app, &admin, &pebble.directory).await;
     eventually(
         "the certificate issued again by the directory now set",
         || async { (sealed_now().await != held_nonce).then_some(()) },
@@ -879,6 +898,189 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     })
     .await;
 
+    app.finish().await;
+}
+
+/// Whether `config` redirects `domain` to HTTPS on `web`, and whether it adds HSTS for it
+/// on `websecure`.
+fn redirect_and_hsts(config: &Value, domain: &str) -> (bool, bool) {
+    let rule = format!("Host(`{domain}`)");
+    let Some(routers) = config["http"]["routers"].as_object() else {
+        return (false, false);
+    };
+    let routed = |entrypoint: &str, middleware: &str| {
+        routers.values().any(|r| {
+            r["rule"] == rule.as_str()
+                && r["entryPoints"][0] == entrypoint
+                && r["middlewares"][0] == middleware
+        })
+    };
+    (routed("web", "pd-to-https"), routed("websecure", "pd-hsts"))
+}
+
+/// The row's `served_since`, and how long ago that was (microseconds, the database's clock).
+async fn served_since(
+    app: &TestApp,
+    domain: &str,
+) -> (Option<chrono::DateTime<chrono::Utc>>, Option<i64>) {
+    sqlx::query_as(
+        "SELECT served_since, TIMESTAMPDIFF(MICROSECOND, served_since, NOW(6)) \
+         FROM certificates WHERE domain = ?",
+    )
+    .bind(domain)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Traefik replicas poll the provider each at its own moment, so a new certificate reaches
+/// them up to a poll apart. The provider gives the edge a new certificate at once, but its
+/// redirect to HTTPS (and HSTS) only once the edge has had it for longer than two polls
+/// (`certs.edge_poll_interval_secs`, 1 s here): no replica sends a visitor to HTTPS while
+/// another still answers with Traefik's default certificate. A renewal keeps the redirect;
+/// a break (the edge not given the certificate, here because it expired) starts over.
+#[tokio::test]
+async fn a_new_certificate_is_served_at_once_and_redirected_to_once_every_replica_has_it() {
+    /// Two polls of 1 s.
+    const SETTLE_MICROS: i64 = 2_000_000;
+    let trust = tempfile::tempdir().unwrap();
+    let directory_root = trust.path().join("pebble-api-root.pem");
+    let ca_file = directory_root.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.certs.enabled = true;
+        c.certs.interval_secs = 1;
+        c.certs.order_timeout_secs = 60;
+        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
+        c.certs.https_service = Some("pd-cache@file".to_owned());
+        c.certs.challenge_upstream = Some("http://platform.internal:8080".to_owned());
+        c.certs.directory_ca_file = Some(ca_file);
+        c.certs.edge_poll_interval_secs = 1;
+    })
+    .await;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let pebble = Pebble::start(port).await;
+    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
+    let admin = app.admin_token().await;
+    app.add_worker(&admin, "worker-1", 25).await;
+    let tenant = app.create_tenant(&admin, "fresh").await;
+    put_directory(&app, &admin, &pebble.directory).await;
+    let domain = format!("{}.pebble.test", random_name("n").replace('_', ""));
+    let (status, body) = app
+        .post(
+            &format!("/v1/tenants/{tenant}/sites"),
+            &admin,
+            json!({ "name": "Fresh", "domain": domain, "plan": "starter", "hsts": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let site = body["site"]["id"].as_str().unwrap().to_owned();
+    let op = app
+        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    eventually("the certificate", || async {
+        let c = site_certificates(&app, &admin, &site).await;
+        (c[0]["state"] == "valid").then_some(())
+    })
+    .await;
+    let names = |config: &Value| -> Vec<String> {
+        served_chains(config)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    };
+
+    // Right after issuance: the certificate, neither the redirect nor HSTS.
+    let first = edge_config(&app).await;
+    assert_eq!(names(&first), [domain.as_str()], "{first}");
+    assert_eq!(
+        redirect_and_hsts(&first, &domain),
+        (false, false),
+        "{first}"
+    );
+    assert_eq!(
+        first["http"]["routers"]["pd-acme-challenge"]["entryPoints"][0], "web",
+        "{first}"
+    );
+    let (since, _) = served_since(&app, &domain).await;
+    assert!(since.is_some(), "the first answer that carries it sets it");
+
+    // Two polls later, by nothing but time: the redirect and HSTS, together.
+    let settled = eventually("the redirect", || async {
+        let c = edge_config(&app).await;
+        redirect_and_hsts(&c, &domain).0.then_some(c)
+    })
+    .await;
+    assert_eq!(
+        redirect_and_hsts(&settled, &domain),
+        (true, true),
+        "{settled}"
+    );
+    assert_eq!(
+        settled["http"]["middlewares"]["pd-to-https"]["redirectScheme"]["scheme"],
+        "https"
+    );
+    let (again, ago) = served_since(&app, &domain).await;
+    assert_eq!(again, since, "set once, by the first answer");
+    assert!(
+        ago.unwrap() > SETTLE_MICROS,
+        "redirected before two polls had passed: {ago:?} µs"
+    );
+
+    // A renewal replaces the chain; every answer meanwhile keeps the redirect and HSTS.
+    let held = served_chains(&settled);
+    make_due(&app, &domain).await;
+    let renewed = eventually("the renewed certificate", || async {
+        let c = edge_config(&app).await;
+        assert_eq!(
+            redirect_and_hsts(&c, &domain),
+            (true, true),
+            "a renewal must not take the redirect away: {c}"
+        );
+        (served_chains(&c) != held).then_some(c)
+    })
+    .await;
+    assert_eq!(names(&renewed), [domain.as_str()], "{renewed}");
+    assert_eq!(redirect_and_hsts(&renewed, &domain), (true, true));
+    assert_eq!(
+        served_since(&app, &domain).await.0,
+        since,
+        "kept by the renewal"
+    );
+
+    // A break: once an answer leaves the certificate out (expired here), it starts over.
+    let (not_after,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT not_after FROM certificates WHERE domain = ?")
+            .bind(&domain)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let set_not_after = |at: chrono::DateTime<chrono::Utc>| {
+        let (db, domain) = (app.db.clone(), domain.clone());
+        async move {
+            sqlx::query("UPDATE certificates SET not_after = ? WHERE domain = ?")
+                .bind(at)
+                .bind(domain)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
+    set_not_after(chrono::Utc::now() - chrono::Duration::seconds(1)).await;
+    let gone = edge_config(&app).await;
+    assert!(names(&gone).is_empty(), "{gone}");
+    assert_eq!(redirect_and_hsts(&gone, &domain), (false, false), "{gone}");
+    assert_eq!(served_since(&app, &domain).await.0, None);
+    set_not_after(not_after).await;
+    let back = edge_config(&app).await;
+    assert_eq!(names(&back), [domain.as_str()], "{back}");
+    assert_eq!(redirect_and_hsts(&back, &domain), (false, false), "{back}");
+    eventually("the redirect after the break", || async {
+        redirect_and_hsts(&edge_config(&app).await, &domain)
+            .0
+            .then_some(())
+    })
+    .await;
     app.finish().await;
 }
 
@@ -1130,6 +1332,8 @@ async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_fai
         c.certs.retry_max_secs = 2;
         c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
         c.certs.directory_ca_file = Some(ca_file);
+        // As often as its Traefik polls (EdgeTraefik).
+        c.certs.edge_poll_interval_secs = 1;
     })
     .await;
     let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
@@ -1138,15 +1342,7 @@ async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_fai
     let admin = app.admin_token().await;
     app.add_worker(&admin, "worker-1", 25).await;
     let tenant = app.create_tenant(&admin, "short").await;
-    let (status, body) = app
-        .request(
-            Method::PUT,
-            "/v1/admin/acme",
-            Some(&admin),
-            Some(json!({ "directory": pebble.directory, "contact_email": "ops@pressdock.test" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    put_directory(&app, &admin, &pebble.directory).await;
     let domain = format!("{}.pebble.test", random_name("r").replace('_', ""));
     let (status, body) = app.create_site(&admin, &tenant, &domain).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
