@@ -3,7 +3,8 @@
 //! Applied by `pressdock migrate` and at `pressdock serve` start. Migrations are written
 //! expand-then-contract so that the previous release of the platform can run against a
 //! schema one migration ahead (STYLE.md, habit 11): add columns and tables first, drop
-//! them only in a later release.
+//! them only in a later release. The platform's `db::migrate` starts on such a schema (one
+//! holding every migration it knows, and more) without applying anything.
 
 pub use sea_orm_migration::prelude::*;
 

@@ -21,6 +21,7 @@ mod rbac;
 mod reconcile;
 mod request_id;
 mod restore;
+mod schema;
 mod sites;
 mod support;
 mod surface;
