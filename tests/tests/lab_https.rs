@@ -322,6 +322,42 @@ async fn served_by_every_replica(lab: toml::Table, api: Api, tenant: String, id:
         cert["issuer"].as_str().unwrap().contains("Pebble"),
         "{cert}"
     );
+    // The edge redirects HTTP to HTTPS only once every replica serves the certificate (the
+    // platform publishes the redirect two of the edge's polls after the certificate): from
+    // issuance on, whenever the edge redirects, each replica at once answers HTTPS with a
+    // chain for the domain that verifies. A replica that had not polled the provider yet
+    // would answer with Traefik's default certificate, and a new site's visitor would
+    // meet a certificate error.
+    let plain_client = plain(&domain, http);
+    let http_url = format!("http://{domain}:{}/", http.port());
+    let (issued, before) = (Instant::now(), AtomicU64::new(0));
+    let redirect = until(
+        "the redirect to HTTPS",
+        Duration::from_secs(120),
+        || async {
+            let r = get(&plain_client, &http_url).await?;
+            if r.status != StatusCode::MOVED_PERMANENTLY
+                && r.status != StatusCode::PERMANENT_REDIRECT
+            {
+                before.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("HTTP {} {:?}", r.status, r.headers));
+            }
+            for replica in &replicas {
+                let url = format!("https://{domain}:{}/", replica.port());
+                if let Err(err) = get(&verifying(&roots, &domain, *replica), &url).await {
+                    panic!("the edge redirects to HTTPS while replica {replica} refuses: {err}");
+                }
+            }
+            Ok(r)
+        },
+    )
+    .await;
+    assert_eq!(redirect.headers["location"], format!("https://{domain}/"));
+    println!(
+        "the redirect first seen {:.1} s after the certificate showed valid, after {} HTTP answers without it",
+        issued.elapsed().as_secs_f64(),
+        before.load(Ordering::Relaxed)
+    );
     let page = https_page(&roots, &domain, https).await;
     let leaf = page.leaf.clone().expect("the server's certificate");
     assert!(
@@ -373,12 +409,10 @@ async fn served_by_every_replica(lab: toml::Table, api: Api, tenant: String, id:
         );
     }
 
-    // 3. HTTP redirects to HTTPS; the ACME challenge path stays on HTTP (the platform's
-    //    answer: an unknown token is its problem+json 404, not a redirect).
-    let plain_client = plain(&domain, http);
-    let r = get(&plain_client, &format!("http://{domain}:{}/", http.port()))
-        .await
-        .unwrap();
+    // 3. HTTP redirects to HTTPS (still: watched above since issuance);
+    //    the ACME challenge path stays on HTTP (the platform's answer: an unknown token is
+    //    its problem+json 404, not a redirect).
+    let r = get(&plain_client, &http_url).await.unwrap();
     assert!(
         r.status == StatusCode::MOVED_PERMANENTLY || r.status == StatusCode::PERMANENT_REDIRECT,
         "HTTP {} {:?}",

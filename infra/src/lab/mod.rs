@@ -53,6 +53,10 @@ pub const TAG: &str = "pressdock-lab";
 pub const GLUSTER_HOST: &str = "pdlab-gluster";
 pub const EDGE_NET: &str = "pd-edge";
 pub const EDGE_SUBNET: &str = "10.214.0.0/22";
+/// How often each edge Traefik polls the platform's provider (`providers.http.pollInterval`
+/// in stacks/traefik.yml); the platform is told the same (`certs.edge_poll_interval_secs`),
+/// and publishes a domain's HTTPS redirect two of these after its first certificate.
+pub const EDGE_POLL_SECS: u64 = 5;
 pub const SITES_NET: &str = "pd-sites";
 /// 4094 addresses: room for well over 1,000 site tasks.
 pub const SITES_SUBNET: &str = "10.216.0.0/20";

@@ -345,7 +345,8 @@ pub fn write_traefik_static(lab: &Lab) -> Result<(std::path::PathBuf, String)> {
                 super::ports::PLATFORM_EDGE
             ),
         )
-        .replace("${PD_EDGE_TOKEN}", &lab.secrets.edge_token);
+        .replace("${PD_EDGE_TOKEN}", &lab.secrets.edge_token)
+        .replace("${PD_EDGE_POLL_SECS}", &super::EDGE_POLL_SECS.to_string());
     if text.contains("${PD_") {
         anyhow::bail!(
             "{}: a ${{...}} value the deployer does not know",

@@ -149,6 +149,8 @@ retry_base_secs = 10
 retry_max_secs = 300
 # Every Traefik replica polls /edge/traefik.json on the edge listener with this token.
 edge_token = "{edge_token}"
+# Traefik's providers.http.pollInterval (stacks/traefik.yml): redirects wait two of these.
+edge_poll_interval_secs = {edge_poll}
 edge_listen = "{HOST_IP}:{edge_port}"
 challenge_upstream = "http://{HOST_IP}:{edge_port}"
 web_entrypoint = "web"
@@ -186,6 +188,7 @@ final_backup = false
         acme_directory = super::acme::directory_url(),
         acme_ca = super::acme::api_root(lab).display(),
         edge_token = s.edge_token,
+        edge_poll = super::EDGE_POLL_SECS,
         edge_port = ports::PLATFORM_EDGE,
         edge_metrics = edge_metrics.join(", "),
     )
