@@ -180,14 +180,14 @@ pub fn dynamic_config(domains: &[Served], edge: &EdgeSettings<'_>) -> Value {
     // counters stay the site's), the domains were validated when the site took them
     // (lower-case letters, digits, '-', '.').
     for (i, served) in domains.iter().enumerate() {
+        if !served.settled {
+            continue;
+        }
         let rule = format!("Host(`{}`)", served.domain);
         let owner = served
             .site
             .as_deref()
             .map_or_else(|| "pd".to_owned(), |site| format!("wp_{site}"));
-        if !served.settled {
-            continue;
-        }
         if !served.options.keep_http {
             middlewares.insert(
                 "pd-to-https".into(),
