@@ -1211,3 +1211,248 @@ services:
         t_roll.as_secs_f64()
     );
 }
+
+/// Puts a lost Galera data directory back if the test ends before the restore succeeded, so
+/// a failed run leaves the lab with its data (the next `lab up` starts the nodes on it).
+struct LostGalera<'a> {
+    lab: &'a Lab,
+    restored: bool,
+}
+
+impl LostGalera<'_> {
+    fn lost(&self, n: u8) -> std::path::PathBuf {
+        data::galera_dir(self.lab, n).join("data.test-lost")
+    }
+}
+
+impl Drop for LostGalera<'_> {
+    fn drop(&mut self) {
+        for n in 1..=self.lab.topo.galera_nodes {
+            let lost = self.lost(n);
+            if !lost.exists() {
+                continue;
+            }
+            if self.restored {
+                let _ = std::fs::remove_dir_all(&lost);
+                continue;
+            }
+            let _ = self
+                .lab
+                .procs
+                .stop(&format!("galera-{n}"), Duration::from_secs(30));
+            let d = data::galera_dir(self.lab, n).join("data");
+            let _ = std::fs::remove_dir_all(&d);
+            let _ = std::fs::rename(&lost, &d);
+        }
+        if !self.restored {
+            eprintln!("restore failed: the lost data directories are back; running lab up");
+            let _ = infra().args(["lab", "up", "--no-platform"]).output();
+        }
+    }
+}
+
+/// The platform's `/readyz` body once it says the database answers (`None` while not).
+fn platform_ready() -> Option<String> {
+    lab::http::get(
+        &format!("127.0.0.1:{}", ports::PLATFORM),
+        "/readyz",
+        "localhost",
+    )
+    .ok()
+    .filter(|r| r.status == 200 && r.body.contains(r#""database":"ok""#))
+    .map(|r| r.body)
+}
+
+/// Issue 15, item 7: a lost Galera cluster rebuilt from its backup, on the lab's real nodes.
+/// A marker row is written, `lab backup galera` streams a hot mariabackup of a Synced node to
+/// S3 (manifest: size, SHA-256, the cluster position), a later row is written, then every node
+/// is killed and its data directory taken away. `lab restore galera` (the README's runbook)
+/// brings the cluster back from the backup: every node has the marker and not the later row,
+/// the cluster carries on at the backup's position (same state UUID), the router takes
+/// writes, and the platform (when the lab runs it) is ready again.
+#[test]
+fn a_lost_galera_cluster_is_rebuilt_from_its_backup() {
+    if !enabled() {
+        return;
+    }
+    use infra::cluster::backup;
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let nodes = lab.topo.galera_nodes;
+    let router = ports::ROUTER;
+    let v = rand_suffix();
+    sql(
+        &lab,
+        router,
+        &format!(
+            "CREATE DATABASE IF NOT EXISTS labtest; CREATE TABLE IF NOT EXISTS labtest.kv \
+             (k VARCHAR(32) PRIMARY KEY, v VARCHAR(64)); \
+             INSERT INTO labtest.kv VALUES ('restore-{v}', 'before-backup')"
+        ),
+    )
+    .expect("marker row");
+    let status = |port: u16, name: &str| {
+        sql(&lab, port, &format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .expect("status")
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let cluster_uuid = status(data::galera_port(1), "wsrep_local_state_uuid");
+    let committed_before: i64 = status(data::galera_port(1), "wsrep_last_committed")
+        .parse()
+        .expect("seqno");
+
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "backup", "galera"])
+        .output()
+        .expect("lab backup galera");
+    let backup_s = t0.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab backup galera: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    let s3 = lab::cluster_backup::s3(&lab).expect("s3");
+    let stamp = infra::cluster::stack::block_on(|| async {
+        backup::list_backups(&s3, lab::cluster_backup::PREFIX, "galera").await
+    })
+    .expect("list")
+    .pop()
+    .expect("a backup listed");
+    assert!(text.contains(&stamp), "{text}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &infra::cluster::stack::block_on(|| async {
+            s3.get(&format!(
+                "{}/galera/{stamp}/manifest.json",
+                lab::cluster_backup::PREFIX
+            ))
+            .await
+        })
+        .expect("manifest"),
+    )
+    .expect("manifest json");
+    let sha = manifest["sha256"].as_str().unwrap_or_default();
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{manifest}"
+    );
+    assert!(manifest["bytes"].as_u64().unwrap_or(0) > 0, "{manifest}");
+    let pos = &manifest["wsrep_position"];
+    assert_eq!(pos["uuid"], cluster_uuid.as_str(), "{manifest}");
+    let seqno = pos["seqno"].as_i64().unwrap_or(-1);
+    assert!(
+        seqno >= committed_before,
+        "the backup's position {seqno} is before the marker's commit {committed_before}"
+    );
+
+    // Written after the backup: the restore must not have it.
+    sql(
+        &lab,
+        router,
+        &format!("INSERT INTO labtest.kv VALUES ('after-{v}', 'after-backup')"),
+    )
+    .expect("row after the backup");
+
+    // The cluster is lost: every node killed, every data directory gone from where it runs.
+    let mut lost = LostGalera {
+        lab: &lab,
+        restored: false,
+    };
+    for n in 1..=nodes {
+        lab.procs
+            .kill9(&format!("galera-{n}"))
+            .expect("kill galera node");
+    }
+    for n in 1..=nodes {
+        lab::sh::wait_for(
+            "the killed Galera node to be gone",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                lab.procs
+                    .alive(&format!("galera-{n}"))
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .expect("node gone");
+        let _ = std::fs::remove_dir_all(lost.lost(n));
+        std::fs::rename(data::galera_dir(&lab, n).join("data"), lost.lost(n))
+            .expect("take the data away");
+    }
+    let refused = sql(&lab, router, "SELECT 1").expect_err("the router has no database");
+    eprintln!("cluster lost; the router answers: {refused}");
+
+    let t1 = Instant::now();
+    let out = infra()
+        .args(["lab", "restore", "galera", "--from", &stamp])
+        .output()
+        .expect("lab restore galera");
+    let restore_s = t1.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab restore galera: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    lost.restored = true;
+
+    for n in 1..=nodes {
+        let p = data::galera_port(n);
+        let rows = sql(
+            &lab,
+            p,
+            &format!(
+                "SET SESSION wsrep_sync_wait = 1; SELECT v FROM labtest.kv \
+                 WHERE k IN ('restore-{v}', 'after-{v}') ORDER BY k"
+            ),
+        )
+        .expect("read on the restored node");
+        assert_eq!(rows, "before-backup", "node g{n}: the backup's rows only");
+        assert_eq!(status(p, "wsrep_cluster_size"), nodes.to_string());
+        assert_eq!(
+            status(p, "wsrep_local_state_uuid"),
+            cluster_uuid,
+            "node g{n} carries on the backed-up cluster's history"
+        );
+    }
+    let via_router = lab::sh::wait_for(
+        "the router to take writes again",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            sql(
+                &lab,
+                router,
+                &format!(
+                    "INSERT INTO labtest.kv VALUES ('again-{v}', 'after-restore'); \
+                     SELECT COUNT(*) FROM labtest.kv WHERE k LIKE '%-{v}'"
+                ),
+            )
+            .ok()
+        },
+    )
+    .expect("router");
+    assert_eq!(via_router, "2", "marker and the new row");
+    let platform = lab.procs.alive("platform").map(|_| {
+        lab::sh::wait_for(
+            "the platform to be ready again",
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            platform_ready,
+        )
+        .expect("platform ready")
+    });
+    eprintln!(
+        "galera restore: backup {backup_s:.1}s ({} bytes at seqno {seqno}), restore {restore_s:.1}s, \
+         platform: {}",
+        manifest["bytes"],
+        platform.unwrap_or_else(|| "not running (lab up --no-platform)".into())
+    );
+}

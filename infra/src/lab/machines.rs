@@ -196,6 +196,38 @@ pub fn forget(lab: &Lab, id: &str) -> Result<()> {
     crate::cluster::stack::block_on(move || async move { c.forget(id).await })
 }
 
+/// Makes a replaced worker a placement target again in the platform (`PATCH /v1/nodes/{id}`
+/// `availability=active`), as `cluster apply --swarm` does after a replacement: only the
+/// drain the replacement set. Retried while the platform refuses (its node sync links the
+/// new machine within a few seconds).
+pub fn activate(lab: &Lab, node: &Node, id: &str) -> Result<()> {
+    use crate::cluster::evolve::Platform as _;
+    let Some(c) = super::platform::staff_client(lab) else {
+        return Ok(());
+    };
+    let mut last = String::new();
+    super::sh::wait_for(
+        &format!("the platform to take {} back", node.host()),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || match crate::cluster::stack::block_on(|| async {
+            c.set_availability(id, "active").await
+        }) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        },
+    )
+    .with_context(|| format!("last answer: {last}"))?;
+    super::sh::progress(
+        "node",
+        format!("{}: active again in the platform", node.host()),
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
