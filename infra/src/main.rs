@@ -172,6 +172,9 @@ enum LabCmd {
 enum LabBackupCmd {
     /// Hot backup of the Galera cluster (one Synced node).
     Galera,
+    /// The first manager's swarm state, its dockerd stopped for the copy (the lab's edge
+    /// pauses for those seconds).
+    Swarm,
     /// The Galera backups in the lab's bucket, oldest first.
     List,
 }
@@ -181,6 +184,12 @@ enum LabRestoreCmd {
     /// Rebuild the Galera cluster from a backup.
     Galera {
         /// `latest` or a stamp from `lab backup list`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+    },
+    /// Recover the first manager's swarm state from a backup and `swarm init
+    /// --force-new-cluster` on it.
+    Swarm {
         #[arg(long, default_value = "latest")]
         from: String,
     },
@@ -820,6 +829,7 @@ fn main() -> Result<()> {
                 let t0 = std::time::Instant::now();
                 match cmd {
                     LabBackupCmd::List => {
+                        // Galera backups; the swarm's are under swarm/<manager>.
                         let s3 = lab::cluster_backup::s3(&l)?;
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
@@ -831,6 +841,18 @@ fn main() -> Result<()> {
                         ))? {
                             println!("{b}");
                         }
+                    }
+                    LabBackupCmd::Swarm => {
+                        let _lock = lab::acquire_lock()?;
+                        let (b, down) = lab::cluster_backup::backup_swarm(&l)?;
+                        println!(
+                            "swarm state: {} ({} bytes, sha256 {}); dockerd down {:.1}s, {:.1}s in all",
+                            b.key,
+                            b.bytes,
+                            b.sha256,
+                            down.as_secs_f64(),
+                            t0.elapsed().as_secs_f64()
+                        );
                     }
                     LabBackupCmd::Galera => {
                         let (node, b) = lab::cluster_backup::backup_galera(&l)?;
@@ -857,7 +879,18 @@ fn main() -> Result<()> {
                 let l = running_lab(repo)?;
                 // Not while a `lab up`/`lab down` changes the lab.
                 let _lock = lab::acquire_lock()?;
-                let LabRestoreCmd::Galera { from } = cmd;
+                let from = match cmd {
+                    LabRestoreCmd::Swarm { from } => {
+                        let (stamp, took) = lab::cluster_backup::restore_swarm(&l, &from)?;
+                        println!(
+                            "swarm state {stamp} restored; the manager leads a new one-manager raft \
+                             {:.1}s after its dockerd stopped",
+                            took.as_secs_f64()
+                        );
+                        return Ok(());
+                    }
+                    LabRestoreCmd::Galera { from } => from,
+                };
                 let r = lab::cluster_backup::restore_galera(&l, &from)?;
                 println!(
                     "galera cluster rebuilt from backup {} at {}: prepared in {:.1}s, \

@@ -1456,3 +1456,164 @@ fn a_lost_galera_cluster_is_rebuilt_from_its_backup() {
         platform.unwrap_or_else(|| "not running (lab up --no-platform)".into())
     );
 }
+
+/// Puts the manager's own swarm state back if the test ends before the recovery succeeded.
+struct LostSwarm<'a> {
+    lab: &'a Lab,
+    recovered: bool,
+}
+
+impl LostSwarm<'_> {
+    fn root(&self) -> std::path::PathBuf {
+        self.lab.path(&format!(
+            "nodes/{}/docker",
+            self.lab.topo.first_manager().host()
+        ))
+    }
+}
+
+impl Drop for LostSwarm<'_> {
+    fn drop(&mut self) {
+        let lost = self.root().join("swarm.test-lost");
+        if !lost.exists() {
+            return;
+        }
+        if self.recovered {
+            let _ = std::fs::remove_dir_all(&lost);
+            return;
+        }
+        let m1 = self.lab.topo.first_manager();
+        let _ = self
+            .lab
+            .procs
+            .stop(&format!("dockerd-{}", m1.host()), Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(self.root().join("swarm"));
+        let _ = std::fs::rename(&lost, self.root().join("swarm"));
+        eprintln!("recovery failed: the manager's own swarm state is back; running lab up");
+        let _ = infra().args(["lab", "up", "--no-platform"]).output();
+    }
+}
+
+/// The swarm's view from the manager: services, and nodes as `hostname id state`.
+fn swarm_view(lab: &Lab) -> (Vec<String>, Vec<String>) {
+    let m1 = lab.topo.first_manager();
+    let lines = |args: &[&str]| -> Vec<String> {
+        let out = m1.docker(args).output().expect("docker");
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    (
+        lines(&["service", "ls", "--format", "{{.Name}}"]),
+        lines(&[
+            "node",
+            "ls",
+            "--format",
+            "{{.Hostname}} {{.ID}} {{.Status}} {{.ManagerStatus}}",
+        ]),
+    )
+}
+
+/// Issue 15, item 7: a lost manager state recovered on the lab's real swarm. `lab backup
+/// swarm` copies the manager's `/var/lib/docker/swarm` with its dockerd stopped (Docker's
+/// way) to S3; then the manager's dockerd is stopped and its swarm state taken away (the
+/// lab's only manager: the whole raft is lost); `lab restore swarm` unpacks the backup and
+/// runs `swarm init --force-new-cluster`: the same services and nodes (same ids), every
+/// worker Ready again with its tasks, and the edge serves again.
+#[test]
+fn a_lost_manager_state_is_recovered_from_its_backup() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let m1 = lab.topo.first_manager();
+    let (services, nodes) = swarm_view(&lab);
+    assert!(services.iter().any(|s| s == "pd_traefik"), "{services:?}");
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "backup", "swarm"])
+        .output()
+        .expect("lab backup swarm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab backup swarm: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup_s = t0.elapsed().as_secs_f64();
+    eprint!("{text}");
+    // The copy took the manager down for a moment: it leads again with the same swarm.
+    lab::sh::wait_for(
+        "every node Ready again after the backup",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || (swarm_view(&lab) == (services.clone(), nodes.clone())).then_some(()),
+    )
+    .expect("the same swarm after the backup");
+
+    // The manager's state is lost: dockerd stopped, /var/lib/docker/swarm gone.
+    let mut lost = LostSwarm {
+        lab: &lab,
+        recovered: false,
+    };
+    lab.procs
+        .stop(&format!("dockerd-{}", m1.host()), Duration::from_secs(30))
+        .expect("stop the manager's dockerd");
+    std::fs::rename(
+        lost.root().join("swarm"),
+        lost.root().join("swarm.test-lost"),
+    )
+    .expect("take the swarm state away");
+
+    let t1 = Instant::now();
+    let out = infra()
+        .args(["lab", "restore", "swarm"])
+        .output()
+        .expect("lab restore swarm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab restore swarm: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    let (services_after, _) = swarm_view(&lab);
+    assert_eq!(services_after, services, "the backup's services");
+    lab::sh::wait_for(
+        "every node Ready under the recovered manager",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || (swarm_view(&lab).1 == nodes).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: now {:?}, before {nodes:?}", swarm_view(&lab).1));
+    let recovered_s = t1.elapsed().as_secs_f64();
+    lost.recovered = true;
+    // The edge (Traefik and Varnish on the manager, restarted by the recovered swarm) serves
+    // the lab's test site again: with our VCL's header, not a bare 404 of some proxy.
+    let served = lab::sh::wait_for(
+        "hello.lab.test through the edge",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            lab::http::get(
+                &format!("127.0.0.1:{}", ports::EDGE),
+                &format!("/pressdock-health?probe={}", t1.elapsed().as_micros()),
+                "hello.lab.test",
+            )
+            .ok()
+            .filter(|r| r.status == 200 && r.header("X-Pressdock-Cache").is_some())
+        },
+    );
+    served.expect("the edge serves again");
+    eprintln!(
+        "swarm: backup {backup_s:.1}s (the edge waited for meanwhile); recovered, every node \
+         Ready, in {recovered_s:.1}s ({} services, {} nodes as before); edge serving after {:.1}s",
+        services.len(),
+        nodes.len(),
+        t1.elapsed().as_secs_f64()
+    );
+}

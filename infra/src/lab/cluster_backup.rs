@@ -6,11 +6,17 @@
 //! node stopped, the data directories moved aside, node 1 bootstrapped on the backup at its
 //! position, the others joined by state transfer (SST).
 //!
+//! The swarm's state the same way: the manager's `/var/lib/docker/swarm` copied with its
+//! dockerd stopped (as Docker's documentation asks; the lab's only manager, so the swarm has
+//! no manager and the edge no Traefik for those seconds), and a lost manager state recovered:
+//! the copy unpacked into the manager's docker root, dockerd started,
+//! `docker swarm init --force-new-cluster`.
+//!
 //! Backups go to their own bucket (`pdlab-cluster`, prefix `pd-lab`), apart from the
 //! platform's site backups in `backups`.
 use super::data::{self, galera_dir, galera_sock, galera_state};
 use super::sh::progress;
-use super::{HOST_IP, Lab, ports};
+use super::{HOST_IP, Lab, Node, nodes, ports};
 use crate::cluster::backup::{self, Galera, GaleraBackup, RestoredGalera, S3, Secret};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -147,4 +153,112 @@ pub fn restore_galera(lab: &Lab, which: &str) -> Result<Restored> {
         prepare,
         outage: t1.elapsed(),
     })
+}
+
+/// The manager whose swarm state the lab backs up (its first).
+fn manager(lab: &Lab) -> Node {
+    lab.topo.first_manager()
+}
+
+fn docker_root(lab: &Lab, m: &Node) -> PathBuf {
+    lab.path(&format!("nodes/{}/docker", m.host()))
+}
+
+fn stop_dockerd(lab: &Lab, m: &Node) -> Result<()> {
+    lab.procs
+        .stop(&format!("dockerd-{}", m.host()), Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// `LocalNodeState` and `ControlAvailable` of a node's dockerd.
+fn swarm_local(m: &Node) -> String {
+    super::sh::try_out(&mut m.docker([
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ]))
+    .unwrap_or_default()
+    .trim()
+    .to_owned()
+}
+
+/// Backs up the first manager's swarm state, its dockerd stopped for the copy and started
+/// again whatever happened. Returns what was stored and how long dockerd was down.
+pub fn backup_swarm(lab: &Lab) -> Result<(backup::Stored, Duration)> {
+    let m = manager(lab);
+    let s3 = s3(lab)?;
+    let rt = runtime()?;
+    rt.block_on(s3.ensure_bucket())?;
+    let t0 = Instant::now();
+    stop_dockerd(lab, &m)?;
+    let r = rt.block_on(backup::backup_swarm(
+        &s3,
+        &docker_root(lab, &m).join("swarm"),
+        &m.host(),
+        PREFIX,
+        false,
+    ));
+    nodes::ensure_dockerd(lab, &m)?;
+    super::sh::wait_for(
+        &format!("{} to manage the swarm again", m.host()),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || (swarm_local(&m) == "active true").then_some(()),
+    )?;
+    let down = t0.elapsed();
+    // Traefik and Varnish restarted with the manager's dockerd (new task addresses).
+    super::up::wait_edge(lab)?;
+    Ok((r?, down))
+}
+
+/// Recovers the swarm's manager state from a backup (`latest` or a stamp): the manager's
+/// dockerd stopped, its `swarm` folder (if any) kept aside as `swarm.before-restore`, the
+/// backup unpacked in its place, dockerd started, `swarm init --force-new-cluster` (a
+/// one-manager raft holding the backup's services, networks, secrets and nodes; the workers
+/// reconnect to the same address with their certificates from the same CA). Returns the
+/// stamp and the time from dockerd stopped to the manager being leader again.
+pub fn restore_swarm(lab: &Lab, which: &str) -> Result<(String, Duration)> {
+    let m = manager(lab);
+    let s3 = s3(lab)?;
+    let rt = runtime()?;
+    // The copy exists and is named before anything is stopped.
+    let stamp = rt.block_on(backup::pick(
+        &s3,
+        PREFIX,
+        &format!("swarm/{}", m.host()),
+        which,
+    ))?;
+    let t0 = Instant::now();
+    stop_dockerd(lab, &m)?;
+    let root = docker_root(lab, &m);
+    let aside = root.join("swarm.before-restore");
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+    }
+    if root.join("swarm").exists() {
+        std::fs::rename(root.join("swarm"), &aside).context("moving the swarm state aside")?;
+    }
+    rt.block_on(backup::restore_swarm(&s3, PREFIX, &m.host(), &stamp, &root))?;
+    nodes::ensure_dockerd(lab, &m)?;
+    progress(
+        "swarm",
+        format!("{}: swarm init --force-new-cluster", m.host()),
+    );
+    super::sh::run(&mut m.docker([
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &m.ip,
+    ]))
+    .context("docker swarm init --force-new-cluster")?;
+    super::sh::wait_for(
+        &format!("{} to manage the swarm again", m.host()),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || (swarm_local(&m) == "active true").then_some(()),
+    )?;
+    let took = t0.elapsed();
+    super::up::wait_edge(lab)?;
+    Ok((stamp, took))
 }
