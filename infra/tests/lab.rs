@@ -1617,3 +1617,189 @@ fn a_lost_manager_state_is_recovered_from_its_backup() {
         t1.elapsed().as_secs_f64()
     );
 }
+
+/// Issue 15, item 5 on real nodes: a failed worker replaced as `cluster apply --swarm
+/// --replace` replaces a droplet. A task pinned to the worker by its `pressdock.node` label
+/// serves from it; the worker is killed (every process SIGKILLed); a manager's replacement is
+/// refused for quorum (the lab's only manager); `lab node replace` moves the worker's sites
+/// off it through the platform (when it runs), destroys the machine, makes a new one under
+/// its name that joins and is labelled by the production steps (the old entry, down under
+/// the same host name, removed), and the platform takes it back: one swarm node of that
+/// name, a new id, its labels, the pinned task serving from it again.
+#[test]
+fn a_killed_worker_is_replaced_by_a_new_machine_under_its_name() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let platform = lab::platform::staff_client(&lab);
+    let platform_nodes = || {
+        platform.as_ref().and_then(|p| {
+            use infra::cluster::evolve::Platform as _;
+            infra::cluster::stack::block_on(|| async { p.nodes().await }).ok()
+        })
+    };
+    // The worker holding the most of the platform's sites (the last one without a platform).
+    let workers: Vec<lab::Node> = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == lab::Role::Worker)
+        .collect();
+    let used = |host: &str| {
+        platform_nodes()
+            .and_then(|ns| ns.into_iter().find(|n| n.name == host))
+            .map_or(0, |n| n.used_slots)
+    };
+    let victim = workers
+        .iter()
+        .rev()
+        .max_by_key(|n| used(&n.host()))
+        .cloned()
+        .expect("a worker");
+    // The platform's sites running there: each must run elsewhere after the replacement.
+    let sites_there: Vec<String> = {
+        let o = lab
+            .topo
+            .first_manager()
+            .docker(["service", "ls", "--format", "{{.Name}}"])
+            .output()
+            .expect("service ls");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|s| s.starts_with("wp_"))
+            .filter(|s| running_on(&lab, s).contains(&victim.host()))
+            .map(str::to_owned)
+            .collect()
+    };
+    let name = format!("rp-{}", rand_suffix());
+    let host = create_site_like_service(
+        &lab,
+        &name,
+        &format!("node.labels.pressdock.node=={}", victim.name),
+    );
+    let _svc = ServiceGuard(&lab, name.clone());
+    wait_served_from(&host, &victim.host(), Duration::from_secs(90));
+    let id_of = |h: &str| -> Vec<String> {
+        let o = lab
+            .topo
+            .first_manager()
+            .docker([
+                "node",
+                "ls",
+                "--filter",
+                &format!("name={h}"),
+                "--format",
+                "{{.Hostname}} {{.ID}}",
+            ])
+            .output()
+            .expect("node ls");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(h))
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .collect()
+    };
+    let old_id = id_of(&victim.host());
+    assert_eq!(old_id.len(), 1, "{old_id:?}");
+    let used_before = platform.as_ref().map(|_| used(&victim.host()));
+
+    let out = infra()
+        .args(["lab", "node", "kill", &victim.name])
+        .output()
+        .expect("lab node kill");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab::sh::wait_for(
+        "the killed worker to be down in the swarm",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || node_labels(&lab, &old_id[0]).filter(|(s, _)| s == "down"),
+    )
+    .expect("down");
+
+    // Quorum: the lab's only manager is never replaced (nor killed).
+    let out = infra()
+        .args(["lab", "node", "replace", "m1"])
+        .output()
+        .expect("lab node replace m1");
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "replacing the only manager was accepted"
+    );
+    assert!(
+        refusal.contains("leaves 0 of 1 manager(s)") && refusal.contains("needs 1 for quorum"),
+        "{refusal}"
+    );
+
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "node", "replace", &victim.name])
+        .output()
+        .expect("lab node replace");
+    let replace_s = t0.elapsed().as_secs_f64();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab node replace: {text}");
+    // The production steps ran: the join, the labels, the old entry's removal.
+    for want in [
+        format!("{} ({}) joins as worker", victim.host(), victim.ip),
+        format!("label {}: pressdock.node={}", victim.host(), victim.name),
+        format!("remove down node {} ({})", victim.host(), old_id[0]),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    let new_id = id_of(&victim.host());
+    assert_eq!(
+        new_id.len(),
+        1,
+        "one swarm node named {}: {new_id:?}",
+        victim.host()
+    );
+    assert_ne!(new_id, old_id, "a new machine, not the old one back");
+    let (state, labels) = node_labels(&lab, &new_id[0]).expect("the new node");
+    assert_eq!(state, "ready");
+    assert_eq!(labels["pressdock.node"], victim.name.as_str());
+    assert_eq!(labels["pressdock.role"], "worker");
+    assert_eq!(labels["pressdock.slots"], "25");
+    assert_eq!(labels["pressdock.pool"], "wp");
+    // The task pinned by the label runs on the new machine and serves through the edge.
+    let served = wait_served_from(&host, &victim.host(), Duration::from_secs(120));
+    if let Some(p) = &platform {
+        use infra::cluster::evolve::Platform as _;
+        assert!(
+            text.contains(&format!("{}: its sites moved", victim.host())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}: active again in the platform", victim.host())),
+            "{text}"
+        );
+        let node = infra::cluster::stack::block_on(|| async { p.nodes().await })
+            .expect("nodes")
+            .into_iter()
+            .find(|n| n.name == victim.host())
+            .expect("the platform knows the node");
+        assert_eq!(node.availability, "active", "{node:?}");
+        // Its sites were moved by the platform's placement and run on another worker.
+        for s in &sites_there {
+            let on = running_on(&lab, s);
+            assert!(
+                on.len() == 1 && on[0] != victim.host(),
+                "site service {s} runs on {on:?}"
+            );
+        }
+    }
+    eprintln!(
+        "replace {}: {replace_s:.1}s (platform slots used on it before: {}; site services \
+         moved off it: {sites_there:?}); pinned task served from the new machine {:.1}s later",
+        victim.host(),
+        used_before.map_or("- (no platform)".into(), |u| u.to_string()),
+        served.as_secs_f64()
+    );
+}
