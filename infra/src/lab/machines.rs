@@ -120,18 +120,11 @@ pub fn labels(m: &Machine, ready: bool) -> Vec<(String, String)> {
 /// deploys them itself once the images are loaded). `ready`: workers that can run sites.
 pub fn converge(lab: &Lab, ready: bool) -> Result<usize> {
     let ms = machines(&lab.topo);
-    let d = LabDocker;
-    let o = swarm_exec::observe(&d, &ms)?;
-    let steps = swarm::plan_swarm_labelled(&labels, &ms, &o, &|_| ready, &[]);
-    if steps.is_empty() {
-        return Ok(0);
-    }
-    let leader = swarm::leader(&ms, &o).context("the lab has no manager")?;
-    swarm_exec::execute(
-        &d,
+    let steps = swarm_exec::converge(
+        &LabDocker,
         &ms,
-        &leader.name,
-        &steps,
+        false,
+        |o| swarm::plan_swarm_labelled(&labels, &ms, o, &|_| ready, &[]),
         &lab.repo,
         Duration::from_millis(300),
         &mut |l| {
