@@ -240,18 +240,55 @@ pub fn restore_swarm(lab: &Lab, which: &str) -> Result<(String, Duration)> {
     }
     rt.block_on(backup::restore_swarm(&s3, PREFIX, &m.host(), &stamp, &root))?;
     nodes::ensure_dockerd(lab, &m)?;
+    // dockerd starts its swarm component from the restored state in the background: wait
+    // until it settled (not `pending`) before re-initialising the raft, and retry the init a
+    // few times (it is idempotent on a lone manager), keeping the daemon's last answer.
+    super::sh::wait_for(
+        &format!("{}'s swarm state to settle", m.host()),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            let s = swarm_local(&m);
+            let state = s.split_whitespace().next().unwrap_or("");
+            ["active", "inactive", "error", "locked"]
+                .contains(&state)
+                .then_some(())
+        },
+    )?;
     progress(
         "swarm",
         format!("{}: swarm init --force-new-cluster", m.host()),
     );
-    super::sh::run(&mut m.docker([
-        "swarm",
-        "init",
-        "--force-new-cluster",
-        "--advertise-addr",
-        &m.ip,
-    ]))
-    .context("docker swarm init --force-new-cluster")?;
+    let mut last = String::new();
+    let mut done = false;
+    for _ in 0..5 {
+        match super::sh::run(&mut m.docker([
+            "swarm",
+            "init",
+            "--force-new-cluster",
+            "--advertise-addr",
+            &m.ip,
+        ])) {
+            Ok(_) => {
+                done = true;
+                break;
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                progress(
+                    "swarm",
+                    format!("swarm init --force-new-cluster: {last}; again"),
+                );
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+    if !done {
+        bail!(
+            "docker swarm init --force-new-cluster on {}: {last}",
+            m.host()
+        );
+    }
     super::sh::wait_for(
         &format!("{} to manage the swarm again", m.host()),
         Duration::from_secs(60),
