@@ -154,6 +154,45 @@ enum LabCmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// The cluster backup on the lab: `galera` (hot mariabackup of a Synced node to the lab's
+    /// S3, bucket `pdlab-cluster`, prefix `pd-lab`), as `backup galera` does in production.
+    Backup {
+        #[command(subcommand)]
+        cmd: LabBackupCmd,
+    },
+    /// Rebuild the lab's Galera cluster from a backup: the runbook of infra/README.md
+    /// ("Restore") on the lab's nodes (stops every node, keeps the old data aside).
+    Restore {
+        #[command(subcommand)]
+        cmd: LabRestoreCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabBackupCmd {
+    /// Hot backup of the Galera cluster (one Synced node).
+    Galera,
+    /// The first manager's swarm state, its dockerd stopped for the copy (the lab's edge
+    /// pauses for those seconds).
+    Swarm,
+    /// The Galera backups in the lab's bucket, oldest first.
+    List,
+}
+
+#[derive(Subcommand)]
+enum LabRestoreCmd {
+    /// Rebuild the Galera cluster from a backup.
+    Galera {
+        /// `latest` or a stamp from `lab backup list`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+    },
+    /// Recover the first manager's swarm state from a backup and `swarm init
+    /// --force-new-cluster` on it.
+    Swarm {
+        #[arg(long, default_value = "latest")]
+        from: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,7 +361,11 @@ fn backup_cmd(cmd: BackupCmd) -> Result<()> {
                     datadir: a.datadir,
                     galera_info: !a.no_galera_info,
                 };
-                backup::backup_galera(&s3, &g, &a.prefix).await?
+                let b = backup::backup_galera(&s3, &g, &a.prefix).await?;
+                if let Some(p) = &b.position {
+                    println!("galera backup {} at position {p}", b.stamp);
+                }
+                b.stored
             }
             BackupCmd::Swarm {
                 prefix,
@@ -367,12 +410,20 @@ fn restore_cmd(cmd: RestoreCmd) -> Result<()> {
                 owner,
             } => {
                 let owner = (!owner.is_empty()).then_some(owner.as_str());
-                let stamp = backup::restore_galera(&s3, &prefix, &from, &datadir, owner).await?;
+                let r = backup::restore_galera(&s3, &prefix, &from, &datadir, owner).await?;
                 println!(
-                    "galera backup {stamp} restored and prepared in {} ({:.1}s)",
+                    "galera backup {} restored and prepared in {} ({:.1}s)",
+                    r.stamp,
                     datadir.display(),
                     t0.elapsed().as_secs_f64()
                 );
+                match r.position {
+                    Some(p) => println!(
+                        "grastate.dat: position {p}, safe_to_bootstrap 1: start this node with \
+                         `galera_new_cluster`, then the others (empty data) one at a time"
+                    ),
+                    None => println!("no Galera position in this backup (a plain MariaDB)"),
+                }
             }
             RestoreCmd::Swarm {
                 prefix,
@@ -399,6 +450,11 @@ enum NodeCmd {
     Kill { name: String },
     /// Start a killed node again (same swarm node, labels and images); waits until Ready.
     Start { name: String },
+    /// Replace a worker's machine (a failed one, or any): its sites moved off it through
+    /// the platform, the machine destroyed, a new one made under its name, joined and
+    /// labelled, and active again in the platform; as `cluster apply --swarm --replace`.
+    /// Managers are refused (quorum).
+    Replace { name: String },
     /// `docker node update --availability drain`: its tasks move to other nodes.
     Drain { name: String },
     /// `docker node update --availability active`.
@@ -729,6 +785,27 @@ fn main() -> Result<()> {
                         let _lock = lab::acquire_lock()?;
                         lab::node_ops::start(&l, &n)?;
                     }
+                    NodeCmd::Replace { name } => {
+                        let n = lab::node_ops::find(&l, &name)?;
+                        let platform_id = {
+                            let _lock = lab::acquire_lock()?;
+                            lab::node_ops::replace_machine(&l, &n)?
+                        };
+                        // The new machine: what `lab up` makes for a missing node (its own lock).
+                        lab::up::up(
+                            &l.repo,
+                            &UpOptions {
+                                managers: l.topo.managers,
+                                workers: l.topo.workers,
+                                galera_nodes: l.topo.galera_nodes,
+                                no_install: true,
+                                no_platform: true,
+                            },
+                        )?;
+                        if let Some(id) = platform_id {
+                            lab::machines::activate(&l, &n, &id)?;
+                        }
+                    }
                     NodeCmd::Drain { name } => {
                         lab::node_ops::set_availability(
                             &l,
@@ -745,6 +822,89 @@ fn main() -> Result<()> {
                     }
                 }
                 println!("done in {:.1}s", t0.elapsed().as_secs_f64());
+                Ok(())
+            }
+            LabCmd::Backup { cmd } => {
+                let l = running_lab(repo)?;
+                let t0 = std::time::Instant::now();
+                match cmd {
+                    LabBackupCmd::List => {
+                        // Galera backups; the swarm's are under swarm/<manager>.
+                        let s3 = lab::cluster_backup::s3(&l)?;
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        for b in rt.block_on(infra::cluster::backup::list_backups(
+                            &s3,
+                            lab::cluster_backup::PREFIX,
+                            "galera",
+                        ))? {
+                            println!("{b}");
+                        }
+                    }
+                    LabBackupCmd::Swarm => {
+                        let _lock = lab::acquire_lock()?;
+                        let (b, down) = lab::cluster_backup::backup_swarm(&l)?;
+                        println!(
+                            "swarm state: {} ({} bytes, sha256 {}); dockerd down {:.1}s, {:.1}s in all",
+                            b.key,
+                            b.bytes,
+                            b.sha256,
+                            down.as_secs_f64(),
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
+                    LabBackupCmd::Galera => {
+                        let (node, b) = lab::cluster_backup::backup_galera(&l)?;
+                        println!(
+                            "galera backup {} of node g{node}: {} ({} bytes, sha256 {}), position {} in {:.1}s",
+                            b.stamp,
+                            b.stored.key,
+                            b.stored.bytes,
+                            b.stored.sha256,
+                            b.position
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                Ok(())
+            }
+            LabCmd::Restore { cmd } => {
+                if !nix::unistd::Uid::effective().is_root() {
+                    anyhow::bail!("`lab restore` needs root: run it with sudo");
+                }
+                let l = running_lab(repo)?;
+                // Not while a `lab up`/`lab down` changes the lab.
+                let _lock = lab::acquire_lock()?;
+                let from = match cmd {
+                    LabRestoreCmd::Swarm { from } => {
+                        let (stamp, took) = lab::cluster_backup::restore_swarm(&l, &from)?;
+                        println!(
+                            "swarm state {stamp} restored; the manager leads a new one-manager raft \
+                             {:.1}s after its dockerd stopped",
+                            took.as_secs_f64()
+                        );
+                        return Ok(());
+                    }
+                    LabRestoreCmd::Galera { from } => from,
+                };
+                let r = lab::cluster_backup::restore_galera(&l, &from)?;
+                println!(
+                    "galera cluster rebuilt from backup {} at {}: prepared in {:.1}s, \
+                     {} node(s) Synced {:.1}s after the first stopped",
+                    r.restored.stamp,
+                    r.restored
+                        .position
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    r.prepare.as_secs_f64(),
+                    l.topo.galera_nodes,
+                    r.outage.as_secs_f64()
+                );
                 Ok(())
             }
             LabCmd::Down { keep_data } => {

@@ -224,9 +224,12 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
     );
     // The server keeps serving while mariabackup copies (a hot backup).
     let t0 = Instant::now();
-    let stored = backup::backup_galera(&s3, &source, "t")
+    let made = backup::backup_galera(&s3, &source, "t")
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    // A plain server: no Galera position, and none pretended.
+    assert_eq!(made.position, None);
+    let stored = made.stored;
     let backup_s = t0.elapsed().as_secs_f64();
     assert!(stored.bytes > 2 * backup::PART_SIZE as u64, "{stored:?}");
     let stamps = backup::list_backups(&s3, "t", "galera")
@@ -241,9 +244,14 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
 
     let data2 = root.join("db2");
     let t1 = Instant::now();
-    let stamp = backup::restore_galera(&s3, "t", "latest", &data2, None)
+    let restored = backup::restore_galera(&s3, "t", "latest", &data2, None)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        restored.position.is_none() && !data2.join("grastate.dat").exists(),
+        "a plain MariaDB backup gets no grastate.dat"
+    );
+    let stamp = restored.stamp;
     let restore_s = t1.elapsed().as_secs_f64();
     assert_eq!(stamp, stamps[0]);
     let db2 = start_db(&data2, false);

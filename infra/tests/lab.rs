@@ -1211,3 +1211,595 @@ services:
         t_roll.as_secs_f64()
     );
 }
+
+/// Puts a lost Galera data directory back if the test ends before the restore succeeded, so
+/// a failed run leaves the lab with its data (the next `lab up` starts the nodes on it).
+struct LostGalera<'a> {
+    lab: &'a Lab,
+    restored: bool,
+}
+
+impl LostGalera<'_> {
+    fn lost(&self, n: u8) -> std::path::PathBuf {
+        data::galera_dir(self.lab, n).join("data.test-lost")
+    }
+}
+
+impl Drop for LostGalera<'_> {
+    fn drop(&mut self) {
+        for n in 1..=self.lab.topo.galera_nodes {
+            let lost = self.lost(n);
+            if !lost.exists() {
+                continue;
+            }
+            if self.restored {
+                let _ = std::fs::remove_dir_all(&lost);
+                continue;
+            }
+            let _ = self
+                .lab
+                .procs
+                .stop(&format!("galera-{n}"), Duration::from_secs(30));
+            let d = data::galera_dir(self.lab, n).join("data");
+            let _ = std::fs::remove_dir_all(&d);
+            let _ = std::fs::rename(&lost, &d);
+        }
+        if !self.restored {
+            eprintln!("restore failed: the lost data directories are back; running lab up");
+            let _ = infra().args(["lab", "up", "--no-platform"]).output();
+        }
+    }
+}
+
+/// The platform's `/readyz` body once it says the database answers (`None` while not).
+fn platform_ready() -> Option<String> {
+    lab::http::get(
+        &format!("127.0.0.1:{}", ports::PLATFORM),
+        "/readyz",
+        "localhost",
+    )
+    .ok()
+    .filter(|r| r.status == 200 && r.body.contains(r#""database":"ok""#))
+    .map(|r| r.body)
+}
+
+/// Issue 15, item 7: a lost Galera cluster rebuilt from its backup, on the lab's real nodes.
+/// A marker row is written, `lab backup galera` streams a hot mariabackup of a Synced node to
+/// S3 (manifest: size, SHA-256, the cluster position), a later row is written, then every node
+/// is killed and its data directory taken away. `lab restore galera` (the README's runbook)
+/// brings the cluster back from the backup: every node has the marker and not the later row,
+/// the cluster carries on at the backup's position (same state UUID), the router takes
+/// writes, and the platform (when the lab runs it) is ready again.
+#[test]
+fn a_lost_galera_cluster_is_rebuilt_from_its_backup() {
+    if !enabled() {
+        return;
+    }
+    use infra::cluster::backup;
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let nodes = lab.topo.galera_nodes;
+    let router = ports::ROUTER;
+    let v = rand_suffix();
+    sql(
+        &lab,
+        router,
+        &format!(
+            "CREATE DATABASE IF NOT EXISTS labtest; CREATE TABLE IF NOT EXISTS labtest.kv \
+             (k VARCHAR(32) PRIMARY KEY, v VARCHAR(64)); \
+             INSERT INTO labtest.kv VALUES ('restore-{v}', 'before-backup')"
+        ),
+    )
+    .expect("marker row");
+    let status = |port: u16, name: &str| {
+        sql(&lab, port, &format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .expect("status")
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let cluster_uuid = status(data::galera_port(1), "wsrep_local_state_uuid");
+    let committed_before: i64 = status(data::galera_port(1), "wsrep_last_committed")
+        .parse()
+        .expect("seqno");
+
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "backup", "galera"])
+        .output()
+        .expect("lab backup galera");
+    let backup_s = t0.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab backup galera: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    let s3 = lab::cluster_backup::s3(&lab).expect("s3");
+    let stamp = infra::cluster::stack::block_on(|| async {
+        backup::list_backups(&s3, lab::cluster_backup::PREFIX, "galera").await
+    })
+    .expect("list")
+    .pop()
+    .expect("a backup listed");
+    assert!(text.contains(&stamp), "{text}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &infra::cluster::stack::block_on(|| async {
+            s3.get(&format!(
+                "{}/galera/{stamp}/manifest.json",
+                lab::cluster_backup::PREFIX
+            ))
+            .await
+        })
+        .expect("manifest"),
+    )
+    .expect("manifest json");
+    let sha = manifest["sha256"].as_str().unwrap_or_default();
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{manifest}"
+    );
+    assert!(manifest["bytes"].as_u64().unwrap_or(0) > 0, "{manifest}");
+    let pos = &manifest["wsrep_position"];
+    assert_eq!(pos["uuid"], cluster_uuid.as_str(), "{manifest}");
+    let seqno = pos["seqno"].as_i64().unwrap_or(-1);
+    assert!(
+        seqno >= committed_before,
+        "the backup's position {seqno} is before the marker's commit {committed_before}"
+    );
+
+    // Written after the backup: the restore must not have it.
+    sql(
+        &lab,
+        router,
+        &format!("INSERT INTO labtest.kv VALUES ('after-{v}', 'after-backup')"),
+    )
+    .expect("row after the backup");
+
+    // The cluster is lost: every node killed, every data directory gone from where it runs.
+    let mut lost = LostGalera {
+        lab: &lab,
+        restored: false,
+    };
+    for n in 1..=nodes {
+        lab.procs
+            .kill9(&format!("galera-{n}"))
+            .expect("kill galera node");
+    }
+    for n in 1..=nodes {
+        lab::sh::wait_for(
+            "the killed Galera node to be gone",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                lab.procs
+                    .alive(&format!("galera-{n}"))
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .expect("node gone");
+        let _ = std::fs::remove_dir_all(lost.lost(n));
+        std::fs::rename(data::galera_dir(&lab, n).join("data"), lost.lost(n))
+            .expect("take the data away");
+    }
+    let refused = sql(&lab, router, "SELECT 1").expect_err("the router has no database");
+    eprintln!("cluster lost; the router answers: {refused}");
+
+    let t1 = Instant::now();
+    let out = infra()
+        .args(["lab", "restore", "galera", "--from", &stamp])
+        .output()
+        .expect("lab restore galera");
+    let restore_s = t1.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab restore galera: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    lost.restored = true;
+
+    for n in 1..=nodes {
+        let p = data::galera_port(n);
+        let rows = sql(
+            &lab,
+            p,
+            &format!(
+                "SET SESSION wsrep_sync_wait = 1; SELECT v FROM labtest.kv \
+                 WHERE k IN ('restore-{v}', 'after-{v}') ORDER BY k"
+            ),
+        )
+        .expect("read on the restored node");
+        assert_eq!(rows, "before-backup", "node g{n}: the backup's rows only");
+        assert_eq!(status(p, "wsrep_cluster_size"), nodes.to_string());
+        assert_eq!(
+            status(p, "wsrep_local_state_uuid"),
+            cluster_uuid,
+            "node g{n} carries on the backed-up cluster's history"
+        );
+    }
+    let via_router = lab::sh::wait_for(
+        "the router to take writes again",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            sql(
+                &lab,
+                router,
+                &format!(
+                    "INSERT INTO labtest.kv VALUES ('again-{v}', 'after-restore'); \
+                     SELECT COUNT(*) FROM labtest.kv WHERE k LIKE '%-{v}'"
+                ),
+            )
+            .ok()
+        },
+    )
+    .expect("router");
+    assert_eq!(via_router, "2", "marker and the new row");
+    let platform = lab.procs.alive("platform").map(|_| {
+        lab::sh::wait_for(
+            "the platform to be ready again",
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            platform_ready,
+        )
+        .expect("platform ready")
+    });
+    eprintln!(
+        "galera restore: backup {backup_s:.1}s ({} bytes at seqno {seqno}), restore {restore_s:.1}s, \
+         platform: {}",
+        manifest["bytes"],
+        platform.unwrap_or_else(|| "not running (lab up --no-platform)".into())
+    );
+}
+
+/// Puts the manager's own swarm state back if the test ends before the recovery succeeded.
+struct LostSwarm<'a> {
+    lab: &'a Lab,
+    recovered: bool,
+}
+
+impl LostSwarm<'_> {
+    fn root(&self) -> std::path::PathBuf {
+        self.lab.path(&format!(
+            "nodes/{}/docker",
+            self.lab.topo.first_manager().host()
+        ))
+    }
+}
+
+impl Drop for LostSwarm<'_> {
+    fn drop(&mut self) {
+        let lost = self.root().join("swarm.test-lost");
+        if !lost.exists() {
+            return;
+        }
+        if self.recovered {
+            let _ = std::fs::remove_dir_all(&lost);
+            return;
+        }
+        let m1 = self.lab.topo.first_manager();
+        let _ = self
+            .lab
+            .procs
+            .stop(&format!("dockerd-{}", m1.host()), Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(self.root().join("swarm"));
+        let _ = std::fs::rename(&lost, self.root().join("swarm"));
+        eprintln!("recovery failed: the manager's own swarm state is back; running lab up");
+        let _ = infra().args(["lab", "up", "--no-platform"]).output();
+    }
+}
+
+/// The swarm's view from the manager: services, and nodes as `hostname id state`.
+fn swarm_view(lab: &Lab) -> (Vec<String>, Vec<String>) {
+    let m1 = lab.topo.first_manager();
+    let lines = |args: &[&str]| -> Vec<String> {
+        let out = m1.docker(args).output().expect("docker");
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    (
+        lines(&["service", "ls", "--format", "{{.Name}}"]),
+        lines(&[
+            "node",
+            "ls",
+            "--format",
+            "{{.Hostname}} {{.ID}} {{.Status}} {{.ManagerStatus}}",
+        ]),
+    )
+}
+
+/// Issue 15, item 7: a lost manager state recovered on the lab's real swarm. `lab backup
+/// swarm` copies the manager's `/var/lib/docker/swarm` with its dockerd stopped (Docker's
+/// way) to S3; then the manager's dockerd is stopped and its swarm state taken away (the
+/// lab's only manager: the whole raft is lost); `lab restore swarm` unpacks the backup and
+/// runs `swarm init --force-new-cluster`: the same services and nodes (same ids), every
+/// worker Ready again with its tasks, and the edge serves again.
+#[test]
+fn a_lost_manager_state_is_recovered_from_its_backup() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let m1 = lab.topo.first_manager();
+    let (services, nodes) = swarm_view(&lab);
+    assert!(services.iter().any(|s| s == "pd_traefik"), "{services:?}");
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "backup", "swarm"])
+        .output()
+        .expect("lab backup swarm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab backup swarm: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup_s = t0.elapsed().as_secs_f64();
+    eprint!("{text}");
+    // The copy took the manager down for a moment: it leads again with the same swarm.
+    lab::sh::wait_for(
+        "every node Ready again after the backup",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || (swarm_view(&lab) == (services.clone(), nodes.clone())).then_some(()),
+    )
+    .expect("the same swarm after the backup");
+
+    // The manager's state is lost: dockerd stopped, /var/lib/docker/swarm gone.
+    let mut lost = LostSwarm {
+        lab: &lab,
+        recovered: false,
+    };
+    lab.procs
+        .stop(&format!("dockerd-{}", m1.host()), Duration::from_secs(30))
+        .expect("stop the manager's dockerd");
+    std::fs::rename(
+        lost.root().join("swarm"),
+        lost.root().join("swarm.test-lost"),
+    )
+    .expect("take the swarm state away");
+
+    let t1 = Instant::now();
+    let out = infra()
+        .args(["lab", "restore", "swarm"])
+        .output()
+        .expect("lab restore swarm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab restore swarm: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    let (services_after, _) = swarm_view(&lab);
+    assert_eq!(services_after, services, "the backup's services");
+    lab::sh::wait_for(
+        "every node Ready under the recovered manager",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || (swarm_view(&lab).1 == nodes).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: now {:?}, before {nodes:?}", swarm_view(&lab).1));
+    let recovered_s = t1.elapsed().as_secs_f64();
+    lost.recovered = true;
+    // The edge (Traefik and Varnish on the manager, restarted by the recovered swarm) serves
+    // the lab's test site again: with our VCL's header, not a bare 404 of some proxy.
+    let served = lab::sh::wait_for(
+        "hello.lab.test through the edge",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            lab::http::get(
+                &format!("127.0.0.1:{}", ports::EDGE),
+                &format!("/pressdock-health?probe={}", t1.elapsed().as_micros()),
+                "hello.lab.test",
+            )
+            .ok()
+            .filter(|r| r.status == 200 && r.header("X-Pressdock-Cache").is_some())
+        },
+    );
+    served.expect("the edge serves again");
+    eprintln!(
+        "swarm: backup {backup_s:.1}s (the edge waited for meanwhile); recovered, every node \
+         Ready, in {recovered_s:.1}s ({} services, {} nodes as before); edge serving after {:.1}s",
+        services.len(),
+        nodes.len(),
+        t1.elapsed().as_secs_f64()
+    );
+}
+
+/// Issue 15, item 5 on real nodes: a failed worker replaced as `cluster apply --swarm
+/// --replace` replaces a droplet. A task pinned to the worker by its `pressdock.node` label
+/// serves from it; the worker is killed (every process SIGKILLed); a manager's replacement is
+/// refused for quorum (the lab's only manager); `lab node replace` moves the worker's sites
+/// off it through the platform (when it runs), destroys the machine, makes a new one under
+/// its name that joins and is labelled by the production steps (the old entry, down under
+/// the same host name, removed), and the platform takes it back: one swarm node of that
+/// name, a new id, its labels, the pinned task serving from it again.
+#[test]
+fn a_killed_worker_is_replaced_by_a_new_machine_under_its_name() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let platform = lab::platform::staff_client(&lab);
+    let platform_nodes = || {
+        platform.as_ref().and_then(|p| {
+            use infra::cluster::evolve::Platform as _;
+            infra::cluster::stack::block_on(|| async { p.nodes().await }).ok()
+        })
+    };
+    // The worker holding the most of the platform's sites (the last one without a platform).
+    let workers: Vec<lab::Node> = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == lab::Role::Worker)
+        .collect();
+    let used = |host: &str| {
+        platform_nodes()
+            .and_then(|ns| ns.into_iter().find(|n| n.name == host))
+            .map_or(0, |n| n.used_slots)
+    };
+    let victim = workers
+        .iter()
+        .rev()
+        .max_by_key(|n| used(&n.host()))
+        .cloned()
+        .expect("a worker");
+    // The platform's sites running there: each must run elsewhere after the replacement.
+    let sites_there: Vec<String> = {
+        let o = lab
+            .topo
+            .first_manager()
+            .docker(["service", "ls", "--format", "{{.Name}}"])
+            .output()
+            .expect("service ls");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|s| s.starts_with("wp_"))
+            .filter(|s| running_on(&lab, s).contains(&victim.host()))
+            .map(str::to_owned)
+            .collect()
+    };
+    let name = format!("rp-{}", rand_suffix());
+    let host = create_site_like_service(
+        &lab,
+        &name,
+        &format!("node.labels.pressdock.node=={}", victim.name),
+    );
+    let _svc = ServiceGuard(&lab, name.clone());
+    wait_served_from(&host, &victim.host(), Duration::from_secs(90));
+    let id_of = |h: &str| -> Vec<String> {
+        let o = lab
+            .topo
+            .first_manager()
+            .docker([
+                "node",
+                "ls",
+                "--filter",
+                &format!("name={h}"),
+                "--format",
+                "{{.Hostname}} {{.ID}}",
+            ])
+            .output()
+            .expect("node ls");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(h))
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .collect()
+    };
+    let old_id = id_of(&victim.host());
+    assert_eq!(old_id.len(), 1, "{old_id:?}");
+    let used_before = platform.as_ref().map(|_| used(&victim.host()));
+
+    let out = infra()
+        .args(["lab", "node", "kill", &victim.name])
+        .output()
+        .expect("lab node kill");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab::sh::wait_for(
+        "the killed worker to be down in the swarm",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || node_labels(&lab, &old_id[0]).filter(|(s, _)| s == "down"),
+    )
+    .expect("down");
+
+    // Quorum: the lab's only manager is never replaced (nor killed).
+    let out = infra()
+        .args(["lab", "node", "replace", "m1"])
+        .output()
+        .expect("lab node replace m1");
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "replacing the only manager was accepted"
+    );
+    assert!(
+        refusal.contains("leaves 0 of 1 manager(s)") && refusal.contains("needs 1 for quorum"),
+        "{refusal}"
+    );
+
+    let t0 = Instant::now();
+    let out = infra()
+        .args(["lab", "node", "replace", &victim.name])
+        .output()
+        .expect("lab node replace");
+    let replace_s = t0.elapsed().as_secs_f64();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab node replace: {text}");
+    // The production steps ran: the join, the labels, the old entry's removal.
+    for want in [
+        format!("{} ({}) joins as worker", victim.host(), victim.ip),
+        format!("label {}: pressdock.node={}", victim.host(), victim.name),
+        format!("remove down node {} ({})", victim.host(), old_id[0]),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    let new_id = id_of(&victim.host());
+    assert_eq!(
+        new_id.len(),
+        1,
+        "one swarm node named {}: {new_id:?}",
+        victim.host()
+    );
+    assert_ne!(new_id, old_id, "a new machine, not the old one back");
+    let (state, labels) = node_labels(&lab, &new_id[0]).expect("the new node");
+    assert_eq!(state, "ready");
+    assert_eq!(labels["pressdock.node"], victim.name.as_str());
+    assert_eq!(labels["pressdock.role"], "worker");
+    assert_eq!(labels["pressdock.slots"], "25");
+    assert_eq!(labels["pressdock.pool"], "wp");
+    // The task pinned by the label runs on the new machine and serves through the edge.
+    let served = wait_served_from(&host, &victim.host(), Duration::from_secs(120));
+    if let Some(p) = &platform {
+        use infra::cluster::evolve::Platform as _;
+        assert!(
+            text.contains(&format!("{}: its sites moved", victim.host())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}: active again in the platform", victim.host())),
+            "{text}"
+        );
+        let node = infra::cluster::stack::block_on(|| async { p.nodes().await })
+            .expect("nodes")
+            .into_iter()
+            .find(|n| n.name == victim.host())
+            .expect("the platform knows the node");
+        assert_eq!(node.availability, "active", "{node:?}");
+        // Its sites were moved by the platform's placement and run on another worker.
+        for s in &sites_there {
+            let on = running_on(&lab, s);
+            assert!(
+                on.len() == 1 && on[0] != victim.host(),
+                "site service {s} runs on {on:?}"
+            );
+        }
+    }
+    eprintln!(
+        "replace {}: {replace_s:.1}s (platform slots used on it before: {}; site services \
+         moved off it: {sites_there:?}); pinned task served from the new machine {:.1}s later",
+        victim.host(),
+        used_before.map_or("- (no platform)".into(), |u| u.to_string()),
+        served.as_secs_f64()
+    );
+}

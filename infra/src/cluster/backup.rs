@@ -10,11 +10,15 @@
 //!   copy (consistent raft files) and started again, which a 3-manager swarm tolerates for one
 //!   manager at a time.
 //! - Each backup is `<prefix>/<kind>/<stamp>/` with the data object and a `manifest.json`
-//!   (size, SHA-256 of what was uploaded, the tool's command); a restore checks the SHA-256.
+//!   (size, SHA-256 of what was uploaded, the tool's command; for Galera the cluster position
+//!   the copy is consistent with, read from the stream itself: [`XbTap`]); a restore checks
+//!   the SHA-256.
 //!
 //! Restore: [`restore_galera`] fetches, checks, unpacks (`mbstream -x`) and prepares
-//! (`mariabackup --prepare`) into an empty data directory that a fresh MariaDB starts on
-//! (the first node of the rebuilt cluster, `galera_new_cluster`; see infra/README.md);
+//! (`mariabackup --prepare`) into an empty data directory, and writes its `grastate.dat` from
+//! the backup's position (`safe_to_bootstrap: 1`), so the first node of the rebuilt cluster
+//! (`galera_new_cluster`) starts the cluster at that position and the others join it by SST
+//! (infra/README.md; on the lab, [`crate::lab::cluster_backup`] runs the whole runbook);
 //! [`restore_swarm`] unpacks the tar where dockerd expects it.
 //!
 //! S3 requests are signed with the lab's SigV4 signer ([`crate::lab::sigv4`]: path-style,
@@ -451,7 +455,7 @@ fn client_defaults(g: &Galera) -> Result<tempfile_lite::TempFile> {
 }
 
 /// Hot backup of a MariaDB/Galera node to `<prefix>/galera/<stamp>/`.
-pub async fn backup_galera(s3: &S3, g: &Galera, prefix: &str) -> Result<Stored> {
+pub async fn backup_galera(s3: &S3, g: &Galera, prefix: &str) -> Result<GaleraBackup> {
     let defaults = client_defaults(g)?;
     let work = tempfile_lite::TempDir::new("pd-mariabackup")?;
     let mut cmd = tokio::process::Command::new("mariabackup");
@@ -471,16 +475,223 @@ pub async fn backup_galera(s3: &S3, g: &Galera, prefix: &str) -> Result<Stored> 
     }
     let stamp = stamp();
     let key = format!("{prefix}/galera/{stamp}/backup.xbstream.zst");
-    let stored = stream_up(s3, &key, cmd, "mariabackup").await?;
+    let (stored, tap) = stream_up(s3, &key, cmd, "mariabackup", Some(XbTap::default())).await?;
+    let tap = tap.unwrap_or_default();
+    let position = tap.file(GALERA_INFO).and_then(WsrepPosition::parse);
+    if g.galera_info && position.is_none() {
+        bail!(
+            "the backup stream has no readable {GALERA_INFO} (is this a Galera node?);              the upload is kept but not listed: back up again, or use --no-galera-info"
+        );
+    }
+    let mut extra = serde_json::Map::new();
+    if let Some(p) = &position {
+        extra.insert("wsrep_position".into(), serde_json::to_value(p)?);
+    }
+    if let Some(b) = tap.file(BINLOG_INFO) {
+        extra.insert("binlog_info".into(), b.trim().into());
+    }
     manifest(
         s3,
         prefix,
         &format!("galera/{stamp}"),
         &stored,
         "mariabackup --stream=xbstream | zstd",
+        extra,
     )
     .await?;
-    Ok(stored)
+    Ok(GaleraBackup {
+        stamp,
+        stored,
+        position,
+    })
+}
+
+/// A Galera backup made by [`backup_galera`].
+#[derive(Clone, Debug)]
+pub struct GaleraBackup {
+    pub stamp: String,
+    pub stored: Stored,
+    /// The cluster position the copy is consistent with (`--galera-info`).
+    pub position: Option<WsrepPosition>,
+}
+
+/// Where mariabackup records the Galera position (`--galera-info`) and the binary log's.
+pub const GALERA_INFO: &str = "xtrabackup_galera_info";
+const BINLOG_INFO: &str = "xtrabackup_binlog_info";
+
+/// A Galera cluster position: the cluster's state UUID and the last committed seqno, and what
+/// MariaDB writes beside them: the wsrep GTID domain (10.11: `<uuid>:<seqno> <domain>`) or a
+/// GTID (`domain-server-seq`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WsrepPosition {
+    pub uuid: String,
+    pub seqno: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_domain_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<String>,
+}
+
+impl WsrepPosition {
+    /// `xtrabackup_galera_info`: `<uuid>:<seqno>`, then the GTID domain or a GTID.
+    pub fn parse(text: &str) -> Option<WsrepPosition> {
+        let mut words = text.split_whitespace();
+        let (uuid, seqno) = words.next()?.rsplit_once(':')?;
+        let uuid_ok = uuid.len() == 36 && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        let seqno: i64 = seqno.parse().ok()?;
+        if !uuid_ok || seqno < -1 {
+            return None;
+        }
+        let next = words.next();
+        let gtid_domain_id = next.and_then(|w| w.parse().ok());
+        let gtid = next
+            .filter(|g| g.contains('-'))
+            .filter(|g| {
+                g.bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
+            })
+            .map(str::to_owned);
+        Some(WsrepPosition {
+            uuid: uuid.to_owned(),
+            seqno,
+            gtid_domain_id,
+            gtid,
+        })
+    }
+
+    /// The `grastate.dat` a node bootstraps from at this position.
+    pub fn grastate(&self) -> String {
+        format!(
+            "# GALERA saved state\nversion: 2.1\nuuid:    {}\nseqno:   {}\nsafe_to_bootstrap: 1\n",
+            self.uuid, self.seqno
+        )
+    }
+}
+
+impl fmt::Display for WsrepPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uuid, self.seqno)?;
+        if let Some(g) = &self.gtid {
+            write!(f, " (GTID {g})")?;
+        } else if let Some(d) = self.gtid_domain_id {
+            write!(f, " (GTID domain {d})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads an xbstream as it passes (the stream `mbstream` unpacks) and keeps the content of the
+/// small metadata files mariabackup writes into it, so the manifest can say which position a
+/// backup holds without unpacking it. The format: chunks of `XBSTCK01`, a flag byte, a type
+/// byte (`P` payload, `E` end of a file), the path's length (u32 LE) and path; a payload
+/// chunk then has its length (u64 LE), offset (u64 LE), a CRC-32 (u32) and its bytes. A
+/// stream it cannot read (another format) only leaves it without files; the bytes pass
+/// unchanged either way.
+#[derive(Debug, Default)]
+pub struct XbTap {
+    /// Bytes of a chunk header not complete yet.
+    head: Vec<u8>,
+    /// Payload bytes of the current chunk still to pass, and whether they are kept.
+    payload_left: u64,
+    keep: Option<String>,
+    files: Vec<(String, Vec<u8>)>,
+    lost: bool,
+}
+
+const XB_MAGIC: &[u8; 8] = b"XBSTCK01";
+/// Files larger than this are never kept (data files pass through).
+const XB_KEEP_MAX: u64 = 64 << 10;
+
+impl XbTap {
+    /// The content of a kept file (`xtrabackup_galera_info`, `xtrabackup_binlog_info`).
+    pub fn file(&self, name: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, b)| std::str::from_utf8(b).ok())
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.lost {
+            if self.payload_left > 0 {
+                let n = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                if let Some(name) = &self.keep
+                    && let Some((_, b)) = self.files.iter_mut().find(|(f, _)| f == name)
+                {
+                    b.extend_from_slice(&data[..n]);
+                }
+                self.payload_left -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            // A header: take bytes one chunk at a time until it is complete.
+            let need = self.header_len();
+            match need {
+                Err(()) => {
+                    self.lost = true;
+                    return;
+                }
+                Ok(Some(total)) if self.head.len() >= total => {
+                    self.start_chunk();
+                }
+                Ok(want) => {
+                    let want = want.unwrap_or(14);
+                    let take = (want.max(self.head.len() + 1) - self.head.len()).min(data.len());
+                    self.head.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if let Ok(Some(total)) = self.header_len()
+                        && self.head.len() >= total
+                    {
+                        self.start_chunk();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole header's length once enough of it is known; `Err` when it is no xbstream.
+    fn header_len(&self) -> Result<Option<usize>, ()> {
+        let h = &self.head;
+        let n = h.len().min(8);
+        if h[..n] != XB_MAGIC[..n] {
+            return Err(());
+        }
+        if h.len() < 14 {
+            return Ok(None);
+        }
+        let path_len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]) as usize;
+        if path_len > 4096 {
+            return Err(());
+        }
+        match h[9] {
+            b'E' => Ok(Some(14 + path_len)),
+            b'P' => Ok(Some(14 + path_len + 20)),
+            _ => Err(()),
+        }
+    }
+
+    fn start_chunk(&mut self) {
+        let h = std::mem::take(&mut self.head);
+        let path_len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]) as usize;
+        let path = String::from_utf8_lossy(&h[14..14 + path_len]).into_owned();
+        if h[9] != b'P' {
+            return;
+        }
+        let at = 14 + path_len;
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&h[at..at + 8]);
+        self.payload_left = u64::from_le_bytes(len);
+        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        self.keep = None;
+        if (name == GALERA_INFO || name == BINLOG_INFO) && self.payload_left <= XB_KEEP_MAX {
+            if !self.files.iter().any(|(n, _)| *n == name) {
+                self.files.push((name.clone(), Vec::new()));
+            }
+            self.keep = Some(name);
+        }
+    }
 }
 
 /// The swarm's state: a tar of `dir` (a manager's `/var/lib/docker/swarm`) to
@@ -509,17 +720,18 @@ pub async fn backup_swarm(
     cmd.arg("-C").arg(parent).arg("-cf").arg("-").arg(name);
     let stamp = stamp();
     let key = format!("{prefix}/swarm/{host}/{stamp}/swarm.tar.zst");
-    let r = stream_up(s3, &key, cmd, "tar").await;
+    let r = stream_up(s3, &key, cmd, "tar", None).await;
     if stop_docker {
         systemctl("start").await?;
     }
-    let stored = r?;
+    let (stored, _) = r?;
     manifest(
         s3,
         prefix,
         &format!("swarm/{host}/{stamp}"),
         &stored,
         "tar -c swarm | zstd",
+        serde_json::Map::new(),
     )
     .await?;
     Ok(stored)
@@ -571,13 +783,15 @@ async fn systemctl(verb: &str) -> Result<()> {
     Ok(())
 }
 
-/// `producer | zstd` uploaded to `key`.
+/// `producer | zstd` uploaded to `key`. With a `tap`, the producer's output passes through
+/// it on its way to zstd (and the tap is handed back once the stream ended).
 async fn stream_up(
     s3: &S3,
     key: &str,
     mut producer: tokio::process::Command,
     name: &str,
-) -> Result<Stored> {
+    tap: Option<XbTap>,
+) -> Result<(Stored, Option<XbTap>)> {
     let mut p = producer
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -585,32 +799,73 @@ async fn stream_up(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    let p_out: Stdio = p.stdout.take().context("no stdout")?.try_into()?;
+    let mut p_out = p.stdout.take().context("no stdout")?;
     let p_err = p.stderr.take().context("no stderr")?;
+    let (z_in, copy) = match tap {
+        None => (p_out.try_into()?, None),
+        Some(mut tap) => {
+            let copy = async move |mut w: tokio::process::ChildStdin| -> Result<XbTap> {
+                let mut buf = vec![0u8; 256 << 10];
+                loop {
+                    let n = p_out
+                        .read(&mut buf)
+                        .await
+                        .context("reading the backup stream")?;
+                    if n == 0 {
+                        break;
+                    }
+                    tap.feed(&buf[..n]);
+                    w.write_all(&buf[..n]).await.context("writing to zstd")?;
+                }
+                w.shutdown().await?;
+                Ok(tap)
+            };
+            (Stdio::piped(), Some(copy))
+        }
+    };
     let mut z = tokio::process::Command::new("zstd")
         .args(["-q", "-c", "-3", "-T0"])
-        .stdin(p_out)
+        .stdin(z_in)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("starting zstd")?;
+    let copied = match copy {
+        Some(copy) => Some(tokio::spawn(copy(z.stdin.take().context("no stdin")?))),
+        None => None,
+    };
     let z_out = z.stdout.take().context("no stdout")?;
     let z_err = z.stderr.take().context("no stderr")?;
     let p_tail = tokio::spawn(tail(p_err));
     let z_tail = tokio::spawn(tail(z_err));
+    let mut tap_back = None;
     let finish = async {
         exited(name, &mut p, p_tail.await.unwrap_or_default()).await?;
+        if let Some(c) = copied {
+            tap_back = Some(c.await.context("the stream copy")??);
+        }
         exited("zstd", &mut z, z_tail.await.unwrap_or_default()).await
     };
-    s3.put_stream(key, z_out, finish).await
+    let stored = s3.put_stream(key, z_out, finish).await?;
+    Ok((stored, tap_back))
 }
 
-async fn manifest(s3: &S3, prefix: &str, dir: &str, stored: &Stored, how: &str) -> Result<()> {
-    let m = serde_json::json!({
+async fn manifest(
+    s3: &S3,
+    prefix: &str,
+    dir: &str,
+    stored: &Stored,
+    how: &str,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let mut m = serde_json::json!({
         "key": stored.key, "bytes": stored.bytes, "sha256": stored.sha256,
         "made_by": how, "tool": concat!("pressdock-infra ", env!("CARGO_PKG_VERSION")),
     });
+    if let Some(o) = m.as_object_mut() {
+        o.extend(extra);
+    }
     s3.put(
         &format!("{prefix}/{dir}/manifest.json"),
         serde_json::to_vec_pretty(&m)?,
@@ -618,18 +873,29 @@ async fn manifest(s3: &S3, prefix: &str, dir: &str, stored: &Stored, how: &str) 
     .await
 }
 
-/// The manifest of a backup: (key of the data, bytes, sha256).
-async fn read_manifest(s3: &S3, prefix: &str, dir: &str) -> Result<Stored> {
+/// The manifest of a backup: (key of the data, bytes, sha256), and the JSON itself.
+async fn read_manifest(s3: &S3, prefix: &str, dir: &str) -> Result<(Stored, serde_json::Value)> {
     let m: serde_json::Value = serde_json::from_slice(
         &s3.get(&format!("{prefix}/{dir}/manifest.json"))
             .await
             .with_context(|| format!("backup {dir}"))?,
     )?;
-    Ok(Stored {
+    let stored = Stored {
         key: m["key"].as_str().context("manifest: key")?.to_owned(),
         bytes: m["bytes"].as_u64().unwrap_or(0),
         sha256: m["sha256"].as_str().unwrap_or("").to_owned(),
-    })
+    };
+    Ok((stored, m))
+}
+
+/// The Galera position a backup's manifest records, if it records one.
+pub async fn galera_manifest_position(
+    s3: &S3,
+    prefix: &str,
+    stamp: &str,
+) -> Result<Option<WsrepPosition>> {
+    let (_, m) = read_manifest(s3, prefix, &format!("galera/{stamp}")).await?;
+    Ok(serde_json::from_value(m["wsrep_position"].clone()).ok())
 }
 
 /// Downloads `stored`, checks its SHA-256, and pipes it through `zstd -d` into `consumer`.
@@ -690,15 +956,26 @@ pub async fn pick(s3: &S3, prefix: &str, kind: &str, which: &str) -> Result<Stri
     Ok(which.to_owned())
 }
 
+/// What [`restore_galera`] restored.
+#[derive(Clone, Debug)]
+pub struct RestoredGalera {
+    pub stamp: String,
+    /// The position `grastate.dat` now holds (none for a plain MariaDB backup).
+    pub position: Option<WsrepPosition>,
+}
+
 /// Restores a Galera backup into `datadir` (must be missing or empty): fetched, checked,
-/// unpacked, prepared. `owner`: `chown -R` it to this user (`mysql`) when given.
+/// unpacked, prepared; for a Galera backup `grastate.dat` is written from the position the
+/// backup holds (checked against the manifest's), marked safe to bootstrap, so the node
+/// starting on it with `--wsrep-new-cluster` continues the cluster at that position.
+/// `owner`: `chown -R` it to this user (`mysql`) when given.
 pub async fn restore_galera(
     s3: &S3,
     prefix: &str,
     which: &str,
     datadir: &Path,
     owner: Option<&str>,
-) -> Result<String> {
+) -> Result<RestoredGalera> {
     if datadir.exists() && std::fs::read_dir(datadir)?.next().is_some() {
         bail!(
             "{} is not empty: restore into an empty data directory",
@@ -707,7 +984,8 @@ pub async fn restore_galera(
     }
     std::fs::create_dir_all(datadir)?;
     let stamp = pick(s3, prefix, "galera", which).await?;
-    let stored = read_manifest(s3, prefix, &format!("galera/{stamp}")).await?;
+    let (stored, m) = read_manifest(s3, prefix, &format!("galera/{stamp}")).await?;
+    let recorded: Option<WsrepPosition> = serde_json::from_value(m["wsrep_position"].clone()).ok();
     let mut unpack = tokio::process::Command::new("mbstream");
     unpack.arg("-x").arg("-C").arg(datadir);
     stream_down(s3, &stored, unpack, "mbstream -x").await?;
@@ -725,6 +1003,22 @@ pub async fn restore_galera(
             lines[lines.len().saturating_sub(8)..].join("\n")
         );
     }
+    let position = match std::fs::read_to_string(datadir.join(GALERA_INFO)) {
+        Ok(text) => Some(WsrepPosition::parse(&text).with_context(|| {
+            format!("{GALERA_INFO} of backup {stamp} is not <uuid>:<seqno>: {text:?}")
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).context(GALERA_INFO),
+    };
+    if let (Some(p), Some(r)) = (&position, &recorded)
+        && (p.uuid != r.uuid || p.seqno != r.seqno)
+    {
+        bail!("backup {stamp} holds position {p}, its manifest says {r}: do not use this copy");
+    }
+    if let Some(p) = &position {
+        std::fs::write(datadir.join("grastate.dat"), p.grastate())
+            .context("writing grastate.dat")?;
+    }
     if let Some(u) = owner {
         let st = tokio::process::Command::new("chown")
             .arg("-R")
@@ -736,7 +1030,7 @@ pub async fn restore_galera(
             bail!("chown -R {u} {}: {st}", datadir.display());
         }
     }
-    Ok(stamp)
+    Ok(RestoredGalera { stamp, position })
 }
 
 /// Restores a manager's swarm state: the tar unpacked into `docker_root` (dockerd stopped;
@@ -757,7 +1051,7 @@ pub async fn restore_swarm(
     std::fs::create_dir_all(docker_root)?;
     let kind = format!("swarm/{host}");
     let stamp = pick(s3, prefix, &kind, which).await?;
-    let stored = read_manifest(s3, prefix, &format!("{kind}/{stamp}")).await?;
+    let (stored, _) = read_manifest(s3, prefix, &format!("{kind}/{stamp}")).await?;
     let mut untar = tokio::process::Command::new("tar");
     untar.arg("-C").arg(docker_root).arg("-xf").arg("-");
     stream_down(s3, &stored, untar, "tar -x").await?;
@@ -825,6 +1119,88 @@ mod tempfile_lite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An xbstream as `mbstream -c` writes it (checked against mbstream 10.11's bytes).
+    fn xb_chunk(path: &str, payload: Option<&[u8]>) -> Vec<u8> {
+        let mut c = XB_MAGIC.to_vec();
+        c.push(0);
+        c.push(if payload.is_some() { b'P' } else { b'E' });
+        c.extend_from_slice(&u32::try_from(path.len()).unwrap_or(0).to_le_bytes());
+        c.extend_from_slice(path.as_bytes());
+        if let Some(p) = payload {
+            c.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            c.extend_from_slice(&0u64.to_le_bytes());
+            c.extend_from_slice(&[0x3a, 0xc1, 0x6c, 0x33]);
+            c.extend_from_slice(p);
+        }
+        c
+    }
+
+    #[test]
+    fn the_tap_keeps_the_galera_position_whatever_the_read_sizes() {
+        let info = b"3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b11:1234 0-1-77\n";
+        let mut stream = Vec::new();
+        stream.extend(xb_chunk("ibdata1", Some(&[7u8; 70_000])));
+        stream.extend(xb_chunk("ibdata1", None));
+        stream.extend(xb_chunk(GALERA_INFO, Some(info)));
+        stream.extend(xb_chunk(GALERA_INFO, None));
+        stream.extend(xb_chunk("wp_x/t.ibd", Some(b"rows")));
+        for step in [1, 3, 13, 14, 33, 4096, stream.len()] {
+            let mut tap = XbTap::default();
+            for part in stream.chunks(step) {
+                tap.feed(part);
+            }
+            let p = tap.file(GALERA_INFO).and_then(WsrepPosition::parse);
+            assert_eq!(
+                p,
+                Some(WsrepPosition {
+                    uuid: "3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b11".into(),
+                    seqno: 1234,
+                    gtid_domain_id: None,
+                    gtid: Some("0-1-77".into()),
+                }),
+                "read {step} bytes at a time"
+            );
+            assert!(tap.file("ibdata1").is_none(), "data files are not kept");
+        }
+        let mut other = XbTap::default();
+        other.feed(b"not an xbstream at all, a tar perhaps");
+        assert!(other.file(GALERA_INFO).is_none());
+    }
+
+    #[test]
+    fn positions_parse_strictly_and_make_a_bootstrappable_grastate() {
+        let p = WsrepPosition::parse("3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b11:42\n").expect("parses");
+        assert_eq!(
+            (p.seqno, p.gtid.as_deref(), p.gtid_domain_id),
+            (42, None, None)
+        );
+        // What MariaDB 10.11 wrote on the lab: the position and the wsrep GTID domain.
+        let lab =
+            WsrepPosition::parse("e8414b25-f21d-11f1-8ec6-3b52c99257e7:19447 0\n").expect("parses");
+        assert_eq!(
+            (lab.seqno, lab.gtid.as_deref(), lab.gtid_domain_id),
+            (19447, None, Some(0))
+        );
+        assert_eq!(
+            lab.to_string(),
+            "e8414b25-f21d-11f1-8ec6-3b52c99257e7:19447 (GTID domain 0)"
+        );
+        assert_eq!(
+            p.grastate(),
+            "# GALERA saved state\nversion: 2.1\nuuid:    3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b11\n\
+             seqno:   42\nsafe_to_bootstrap: 1\n"
+        );
+        for bad in [
+            "",
+            "x:1",
+            "3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b11",
+            "3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b11:-5",
+            "3f1c0a52-5b2e-11ef-9a55-2f0e8c7d4b1;:1",
+        ] {
+            assert!(WsrepPosition::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn keys_and_queries_are_ours() {

@@ -467,21 +467,16 @@ impl<P: Provider, D: Docker, A: Platform> Cluster<'_, P, D, A> {
                 tokio::time::sleep(self.poll).await;
             }
         }
-        let seen = swarm_exec::observe_with(self.docker, &machines, true)?;
-        let steps = swarm::plan_swarm_with(self.checked, &machines, &seen, &|_| true, &self.stacks);
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let leader = swarm::leader(&machines, &seen).context("no manager")?;
-        swarm_exec::execute(
+        swarm_exec::converge(
             self.docker,
             &machines,
-            &leader.name,
-            &steps,
+            true,
+            |seen| swarm::plan_swarm_with(self.checked, &machines, seen, &|_| true, &self.stacks),
             self.repo,
             self.poll,
             progress,
         )
+        .map(|_| ())
     }
 }
 

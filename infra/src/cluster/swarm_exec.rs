@@ -261,6 +261,29 @@ pub fn observe_with(
 /// stack's rollout, a drained node's tasks), `poll` apart.
 pub const MAX_LOOKS: u32 = 600;
 
+/// Looks at the machines (`tolerate_down` as in [`observe_with`]), plans with `plan` and runs
+/// the steps on the swarm's leader: the sequence `cluster apply --swarm`, `lab up` and the
+/// tests share (`cluster swarm` runs its parts itself: it prints the plan first, and has a
+/// dry run). Returns the steps run.
+pub fn converge(
+    d: &impl Docker,
+    machines: &[Machine],
+    tolerate_down: bool,
+    plan: impl FnOnce(&ObservedSwarm) -> Vec<Step>,
+    repo: &std::path::Path,
+    poll: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Step>> {
+    let seen = observe_with(d, machines, tolerate_down)?;
+    let steps = plan(&seen);
+    if steps.is_empty() {
+        return Ok(steps);
+    }
+    let leader = super::swarm::leader(machines, &seen).context("no manager")?;
+    execute(d, machines, &leader.name, &steps, repo, poll, progress)?;
+    Ok(steps)
+}
+
 /// Runs the steps, in order. `leader`: the manager that runs the swarm-wide commands
 /// ([`super::swarm::leader`]). `repo`: where `stacks/` is. `poll`: between two looks at a
 /// joining manager, a booting machine, a rollout.
@@ -693,18 +716,16 @@ mod tests {
         sim: &SimDocker,
         lines: &mut Vec<String>,
     ) -> Result<()> {
-        let o = observe(sim, ms)?;
-        let steps = plan_swarm(c, ms, &o, &|_| true);
-        let leader = super::super::swarm::leader(ms, &o).map(|m| m.name.clone());
-        execute(
+        super::converge(
             sim,
             ms,
-            &leader.unwrap_or_default(),
-            &steps,
+            false,
+            |o| plan_swarm(c, ms, o, &|_| true),
             std::path::Path::new("/repo"),
             Duration::ZERO,
             &mut |l| lines.push(l.to_owned()),
         )
+        .map(|_| ())
     }
 
     #[test]

@@ -120,18 +120,11 @@ pub fn labels(m: &Machine, ready: bool) -> Vec<(String, String)> {
 /// deploys them itself once the images are loaded). `ready`: workers that can run sites.
 pub fn converge(lab: &Lab, ready: bool) -> Result<usize> {
     let ms = machines(&lab.topo);
-    let d = LabDocker;
-    let o = swarm_exec::observe(&d, &ms)?;
-    let steps = swarm::plan_swarm_labelled(&labels, &ms, &o, &|_| ready, &[]);
-    if steps.is_empty() {
-        return Ok(0);
-    }
-    let leader = swarm::leader(&ms, &o).context("the lab has no manager")?;
-    swarm_exec::execute(
-        &d,
+    let steps = swarm_exec::converge(
+        &LabDocker,
         &ms,
-        &leader.name,
-        &steps,
+        false,
+        |o| swarm::plan_swarm_labelled(&labels, &ms, o, &|_| ready, &[]),
         &lab.repo,
         Duration::from_millis(300),
         &mut |l| {
@@ -194,6 +187,38 @@ pub fn forget(lab: &Lab, id: &str) -> Result<()> {
         return Ok(());
     };
     crate::cluster::stack::block_on(move || async move { c.forget(id).await })
+}
+
+/// Makes a replaced worker a placement target again in the platform (`PATCH /v1/nodes/{id}`
+/// `availability=active`), as `cluster apply --swarm` does after a replacement: only the
+/// drain the replacement set. Retried while the platform refuses (its node sync links the
+/// new machine within a few seconds).
+pub fn activate(lab: &Lab, node: &Node, id: &str) -> Result<()> {
+    use crate::cluster::evolve::Platform as _;
+    let Some(c) = super::platform::staff_client(lab) else {
+        return Ok(());
+    };
+    let mut last = String::new();
+    super::sh::wait_for(
+        &format!("the platform to take {} back", node.host()),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || match crate::cluster::stack::block_on(|| async {
+            c.set_availability(id, "active").await
+        }) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        },
+    )
+    .with_context(|| format!("last answer: {last}"))?;
+    super::sh::progress(
+        "node",
+        format!("{}: active again in the platform", node.host()),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

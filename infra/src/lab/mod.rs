@@ -14,6 +14,7 @@
 //! PID files, cgroups, names (`pdlab-*`), mount points under its folders and the iptables
 //! comment `pressdock-lab`, so it also cleans up after a crash.
 pub mod acme;
+pub mod cluster_backup;
 pub mod data;
 pub mod dns;
 pub mod down;

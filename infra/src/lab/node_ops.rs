@@ -129,6 +129,26 @@ pub fn remove_worker(lab: &Lab, all: &super::Topology, node: &Node) -> Result<()
     if sh::ok(&mut node.docker(["version"])) {
         let _ = run(&mut node.docker(["swarm", "leave", "--force"]));
     }
+    destroy_machine(lab, node)?;
+    if let Some(id) = id {
+        let _ = run(&mut m1.docker(["node", "rm", "--force", &id]));
+    }
+    // The machine is gone ("droplet destroyed"): the platform forgets it.
+    if let Some(pid) = platform_id
+        && let Err(e) = super::machines::forget(lab, &pid)
+    {
+        progress(
+            "node",
+            format!("{}: the platform did not forget it: {e:#}", node.host()),
+        );
+    }
+    progress("node", format!("{} removed from the lab", node.host()));
+    Ok(())
+}
+
+/// The machine itself destroyed ("droplet destroyed"): its processes (dockerd, containerd,
+/// tasks), mounts, docker data, namespace and link. Its swarm entry and platform record stay.
+fn destroy_machine(lab: &Lab, node: &Node) -> Result<()> {
     lab.procs
         .stop(&format!("dockerd-{}", node.host()), Duration::from_secs(10))?;
     proc::kill_cgroup(&node.host())?;
@@ -152,18 +172,42 @@ pub fn remove_worker(lab: &Lab, all: &super::Topology, node: &Node) -> Result<()
     if sh::ok(&mut cmd("ip", ["link", "show", &veth])) {
         let _ = run(&mut cmd("ip", ["link", "del", &veth]));
     }
-    if let Some(id) = id {
-        let _ = run(&mut m1.docker(["node", "rm", "--force", &id]));
-    }
-    // The machine is gone ("droplet destroyed"): the platform forgets it.
-    if let Some(pid) = platform_id
-        && let Err(e) = super::machines::forget(lab, &pid)
-    {
-        progress(
-            "node",
-            format!("{}: the platform did not forget it: {e:#}", node.host()),
+    Ok(())
+}
+
+/// Replaces a worker's machine as `cluster apply --swarm --replace <name>` replaces a droplet
+/// (a failed worker, or one to renew): its sites moved off it through the platform when it
+/// runs (production's `evacuate_node`: drained there, waited until it holds none; a dead
+/// node is not asked to leave the swarm), then the machine destroyed. The caller then makes
+/// a new machine under the same name (`lab up`: namespace, dockerd on empty data, joined
+/// and labelled by the production planner, which also removes the old entry, down under the
+/// same host name) and makes the worker active again in the platform. Returns the
+/// platform's id of the node (none without the platform).
+///
+/// Managers are refused: the swarm's raft keeps quorum only while a majority of managers
+/// is up, and one changes at a time; with one manager (the lab's usual shape) replacing it
+/// would leave no quorum at all.
+pub fn replace_machine(lab: &Lab, node: &Node) -> Result<Option<String>> {
+    if node.role == super::Role::Manager {
+        let managers = u32::from(lab.topo.managers);
+        let quorum = managers / 2 + 1;
+        bail!(
+            "{} is a manager: taking it away leaves {} of {managers} manager(s), and the swarm's \
+             raft needs {quorum} for quorum; replace a manager only while the others keep \
+             quorum, one at a time (the lab replaces workers only)",
+            node.host(),
+            managers - 1
         );
     }
-    progress("node", format!("{} removed from the lab", node.host()));
-    Ok(())
+    let platform_id = super::machines::evacuate(lab, &lab.topo, node)
+        .with_context(|| format!("moving {}'s sites off it", node.host()))?;
+    destroy_machine(lab, node)?;
+    progress(
+        "node",
+        format!(
+            "{}: machine destroyed; a new one is made under its name",
+            node.host()
+        ),
+    );
+    Ok(platform_id)
 }
