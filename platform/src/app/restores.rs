@@ -201,10 +201,10 @@ async fn record(
     site: &str,
     backup: &Id,
     source: &str,
-    into: Target<'_>,
+    target: Target<'_>,
 ) -> ApiResult<(Restore, Operation)> {
     let id = Id::generate();
-    let (kind, operation, action, domains) = match into {
+    let (kind, operation, action, domains) = match target {
         Target::SameSite => ("restore", OperationKind::SiteRestore, "site.restore", None),
         Target::DeletedSite => (
             "restore",
@@ -285,7 +285,7 @@ pub async fn restore(
         .bind(site_id.as_str())
         .fetch_one(&mut *tx)
         .await?;
-    let into = match current {
+    let target = match current {
         SiteState::Active | SiteState::Degraded | SiteState::Suspended => Target::SameSite,
         SiteState::Deleted => Target::DeletedSite,
         other => {
@@ -300,7 +300,7 @@ pub async fn restore(
     complete_backup_of(&mut tx, &backup, site_id.as_str()).await?;
     ensure_idle(&mut tx, site_id.as_str()).await?;
     let mut aliases_taken = Vec::new();
-    if matches!(into, Target::DeletedSite) {
+    if matches!(target, Target::DeletedSite) {
         let tenant_state: Option<String> =
             sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
                 .bind(site.tenant_id.as_str())
@@ -323,7 +323,7 @@ pub async fn restore(
         site_id.as_str(),
         &backup,
         site_id.as_str(),
-        into,
+        target,
     )
     .await?;
     tx.commit().await?;
