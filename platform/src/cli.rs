@@ -358,7 +358,9 @@ pub enum SiteCmd {
         wait: Wait,
     },
     /// Restore one of the site's backups into it (the site is backed up first: the
-    /// restore's `pre_restore_backup_id` undoes it).
+    /// restore's `pre_restore_backup_id` undoes it). A deleted site is brought back
+    /// from the backup under its own id and domain (its final backup:
+    /// `pressdock backups list SITE`).
     Restore {
         /// The site's id.
         site: String,
@@ -1197,6 +1199,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                             Some(json!({ "backup": backup })),
                         )
                         .await?;
+                    let taken = cell(&v["aliases_taken"]);
+                    if !taken.is_empty() {
+                        eprintln!("aliases used by another site now, not given back: {taken}");
+                    }
                     finish_restore(&mut c, global.json, v, wait).await?;
                 }
                 SiteCmd::Clone {

@@ -168,6 +168,9 @@ string_enum! {
         /// A backup restored into a scratch database and folder and compared with its
         /// manifest (a drill), then the scratch dropped.
         BackupVerify = "backup.verify",
+        /// A deleted site brought back under its own id and domain: its resources made
+        /// again, then one of its backups (its final one) restored into them.
+        SiteUndelete = "site.undelete",
     }
 }
 

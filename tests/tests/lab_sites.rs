@@ -180,17 +180,23 @@ impl Platform {
     /// A control plane whose sites do not report (agents get no control URL): a site is
     /// `active` when its create operation finishes. The provisioning tests use it.
     async fn start(lab: &Lab, database: &str, failpoints: &str) -> Self {
-        Self::launch(lab, database, failpoints, false, None).await
+        Self::launch(lab, database, failpoints, false, None, None).await
     }
 
     /// A control plane the sites' agents report to (the lab's `[agent]` settings).
     async fn start_with_agents(lab: &Lab, database: &str) -> Self {
-        Self::launch(lab, database, "", true, None).await
+        Self::launch(lab, database, "", true, None, None).await
+    }
+
+    /// Agents reporting, and a final backup of every site deleted (`[backups]
+    /// final_backup`, whatever the lab's configuration says).
+    async fn start_with_final_backups(lab: &Lab, database: &str) -> Self {
+        Self::launch(lab, database, "", true, None, Some(true)).await
     }
 
     /// Agents reporting and the placement loop on, with these `[placement]` settings.
     async fn start_with_placement(lab: &Lab, database: &str, placement: toml::Table) -> Self {
-        Self::launch(lab, database, "", true, Some(placement)).await
+        Self::launch(lab, database, "", true, Some(placement), None).await
     }
 
     async fn launch(
@@ -199,6 +205,7 @@ impl Platform {
         failpoints: &str,
         agents: bool,
         placement: Option<toml::Table>,
+        final_backup: Option<bool>,
     ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -219,6 +226,14 @@ impl Platform {
             off
         });
         table.insert("placement".into(), placement.into());
+        if let Some(on) = final_backup {
+            let backups = table
+                .entry("backups")
+                .or_insert_with(|| toml::Table::new().into());
+            if let Some(backups) = backups.as_table_mut() {
+                backups.insert("final_backup".into(), on.into());
+            }
+        }
         let database_url = format!("{}/{database}", lab.router_url);
         table.insert("database_url".into(), database_url.clone().into());
         table.insert("listen".into(), format!("127.0.0.1:{port}").into());
@@ -1337,6 +1352,135 @@ async fn a_created_site_serves_wordpress_through_the_cache_and_purges_on_publish
             .and_then(|v| v.to_str().ok()),
         Some("not-found")
     );
+    p.stop().await;
+}
+
+/// Issue 13 on the lab: a site deleted by mistake comes back. Its delete takes a final
+/// backup to the lab's S3 first, listed under the deleted site and in the tenant's final
+/// backups; `POST /v1/sites/{site}/restores` with it (`site.undelete`) makes every
+/// resource again under the same id — database, router user, Redis ACL, Gluster folder
+/// with its quota, swarm service, Varnish hosts — restores the backup into them, and the
+/// site serves its own pages again on its domain and alias, with the change made in its
+/// database after it was created (only the backup had it).
+#[tokio::test]
+async fn a_deleted_site_comes_back_from_its_final_backup_and_serves_its_pages_again() {
+    let Some((_guard, lab, database)) = begin().await else {
+        return;
+    };
+    let p = Platform::start_with_final_backups(&lab, &database).await;
+    let tenant = p.prepare().await;
+    let suffix = random();
+    let domain = format!("ud-{suffix}.lab.test");
+    let (site, op) = p.create_site(&tenant, &domain).await;
+    assert_eq!(p.wait(&op).await["state"], "succeeded");
+    p.wait_site(&site, Duration::from_secs(240), |b| {
+        b["state"] == "active" && b["agent"]["ready"] == true
+    })
+    .await;
+    // A change in the site's database after its create: only the backup keeps it.
+    let title = format!("Brought back {suffix}");
+    let pool = sqlx::MySqlPool::connect(&format!("{}/wp_{site}", lab.router_url))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE wp_options SET option_value = ? WHERE option_name = 'blogname'")
+        .bind(&title)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let op = p.delete_site(&site).await;
+    let done = p.wait(&op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["steps"][0]["name"], "final_backup", "{done}");
+    assert_absent(&lab, &site).await;
+    let (status, page) = p
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/sites/{site}/backups"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let fin = &page["items"][0];
+    assert_eq!(fin["kind"], "final", "{page}");
+    assert_eq!(fin["state"], "complete", "{page}");
+    let fin = fin["id"].as_str().unwrap().to_owned();
+    let (status, finals) = p
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/tenants/{tenant}/backups?kind=final"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{finals}");
+    assert!(
+        finals["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == fin.as_str() && b["site_id"] == site.as_str()),
+        "{finals}"
+    );
+
+    let started = Instant::now();
+    let (status, body) = p
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/sites/{site}/restores"),
+            Some(json!({ "backup": fin })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["operation"]["kind"], "site.undelete", "{body}");
+    let done = p.wait(body["operation"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let shown = p
+        .wait_site(&site, Duration::from_secs(240), |b| {
+            b["state"] == "active" && b["agent"]["ready"] == true
+        })
+        .await;
+    eprintln!(
+        "site {site} brought back: operation done and agent ready after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(shown["domain"], domain.as_str(), "{shown}");
+    assert_eq!(
+        shown["aliases"],
+        json!([format!("www.{domain}")]),
+        "{shown}"
+    );
+    assert_present(&lab, &p, &site).await;
+    let mut visitor = Visitor::new(&domain);
+    let mut home = visitor.get("/").await;
+    for _ in 0..60 {
+        if home.status == 200 && home.body.contains(&title) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        home = visitor.get("/").await;
+    }
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(
+        home.body.contains(&title),
+        "the restored title on the home page"
+    );
+    // The alias is routed to the site again (WordPress answers it, redirecting to the
+    // primary domain), not to the edge's not-found page.
+    let alias = Visitor::new(&format!("www.{domain}")).get("/").await;
+    assert!(
+        alias.status == 200 || (300..400).contains(&alias.status),
+        "the alias: {} {}",
+        alias.status,
+        alias.body
+    );
+    assert_eq!(
+        alias.headers.get("x-pressdock-edge"),
+        None,
+        "the alias is routed"
+    );
+
+    p.delete_and_vanish(&lab, &site).await;
     p.stop().await;
 }
 

@@ -162,10 +162,10 @@ https_service = "pd-cache@file"
 edge_metrics = [{edge_metrics}]
 
 [backups]
-# Not yet run on the lab: the lab tests delete many sites, and a final backup would make
-# each delete wait for (and depend on) a backup to the lab's S3. Turn on once a lab run
-# has shown it (issue 13).
-final_backup = false
+# Every delete backs the site up first, to the lab's S3, as in production: a deleted lab
+# site can be brought back (`pressdock sites restore SITE --backup FINAL`;
+# tests/tests/lab_sites.rs, the undelete test).
+final_backup = true
 "#,
         platform = ports::PLATFORM,
         agent = ports::PLATFORM + 1,

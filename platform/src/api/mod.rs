@@ -1045,6 +1045,14 @@ async fn verify_backup(
 /// overwritten, the site is backed up as it is (`pre_restore_backup_id`: the way back),
 /// then its database (through the site's own database user) and wp-content are replaced
 /// and its cached pages banned.
+///
+/// On a deleted site (until its backups are pruned, `[backups] final_retention_days`
+/// after the delete) this brings the site back: the same id, its primary domain (409
+/// naming `domain` if another site uses it now), the aliases it had that no site uses
+/// now (the others are listed in `aliases_taken`), its plan and settings; the operation
+/// (`site.undelete`) makes its database, users, folder, service and edge hosts again and
+/// restores the backup into them before the site starts. If it fails, everything it made
+/// is removed and the site is deleted as it was.
 #[utoipa::path(post, path = "/v1/sites/{site}/restores", tag = "backups", security(("bearer" = [])),
     params(("site" = String, Path)), request_body = NewRestore,
     responses((status = 202, body = RestoreAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]

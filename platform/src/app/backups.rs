@@ -125,12 +125,13 @@ pub(crate) fn configured(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-/// Whether a restore (or a clone into it) of `site` is under way: its `site.restore`
-/// operation not yet ended. A backup then would read a site being overwritten.
+/// Whether a restore (or a clone into it, or an undelete) of `site` is under way: its
+/// `site.restore` or `site.undelete` operation not yet ended. A backup then would read a
+/// site being overwritten.
 pub(crate) async fn restore_under_way(conn: &mut MySqlConnection, site: &str) -> ApiResult<bool> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
-         AND kind = 'site.restore' AND state IN ('pending', 'running', 'unwinding')",
+         AND kind IN ('site.restore', 'site.undelete') AND state IN ('pending', 'running', 'unwinding')",
     )
     .bind(site)
     .fetch_one(conn)
@@ -225,14 +226,15 @@ pub async fn create(
     Ok(accepted)
 }
 
-/// `GET /v1/sites/{site}/backups`: newest first, without deleted ones.
+/// `GET /v1/sites/{site}/backups`: newest first, without deleted ones. A deleted site's
+/// too (its final backup is the one to bring it back with) until they are pruned.
 pub async fn list(
     state: &AppState,
     actor: &Actor,
     site_id: &SiteId,
     filter: BackupFilter,
 ) -> ApiResult<Page<Backup>> {
-    sites::get_for(state, actor, site_id, TenantRole::Viewer).await?;
+    sites::get_any_state_for(state, actor, site_id, TenantRole::Viewer).await?;
     let mut fields = Fields::default();
     let (limit, before) = page_bounds(
         &mut fields,

@@ -2,6 +2,15 @@
 //! of the same tenant with another domain. Each is a `site.restore` operation on the
 //! site written (`sagas/site_restore.rs`); a clone's new site is created by the usual
 //! create operation in the same transaction, and its restore waits for it.
+//!
+//! A restore asked of a `deleted` site brings it back (an undelete): the same id, its
+//! primary domain (a 409 naming `domain` if another site took it meanwhile), the aliases
+//! it had that are still free, its plan and settings, and the backup's database and
+//! files. The request gives the domains back and makes the site `provisioning` in one
+//! transaction; the `site.undelete` operation (`sagas/site_undelete.rs`) makes its
+//! resources again and restores the backup into them. One route for both: to a tenant,
+//! "put my site back as this backup has it" is one request whatever happened to the
+//! site, and the CLI's `sites restore SITE --backup ID` serves both.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -12,13 +21,14 @@ use crate::{
     actor::Actor,
     app::{
         operations::{self, Operation},
+        site_state::{self, SiteEvent},
         sites::{self, NewSite, Site},
     },
     audit::{self, Event},
     domain::{BackupId, DomainName, Id, SiteId, TenantId, TenantRole},
     error::{ApiError, ApiResult},
     state::AppState,
-    states::OperationKind,
+    states::{OperationKind, SiteState},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
@@ -31,13 +41,14 @@ pub struct Restore {
     pub backup_id: String,
     /// The site the backup was taken of (another site for a clone).
     pub source_site_id: String,
-    /// restore (into the same site) or clone (into a new site).
+    /// restore (into the same site, a deleted one too: see the operation's kind,
+    /// `site.undelete` then) or clone (into a new site).
     pub kind: String,
     /// pending, running, complete, failed.
     pub state: String,
     pub operation_id: Option<String>,
     /// The automatic backup of the site taken before it was overwritten: restore it to
-    /// undo this restore.
+    /// undo this restore (none for a clone or an undelete: nothing was there to keep).
     pub pre_restore_backup_id: Option<String>,
     /// A clone's domain rewrite in the database (serialized values included).
     pub domain_from: Option<String>,
@@ -83,7 +94,12 @@ pub struct NewClone {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RestoreAccepted {
     pub restore: Restore,
+    /// `site.restore`, or `site.undelete` for a deleted site.
     pub operation: Operation,
+    /// An undelete only: the deleted site's aliases that another site uses now; the site
+    /// comes back without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases_taken: Vec<String>,
 }
 
 /// A clone accepted: the new site (being created) and the restore that follows.
@@ -124,10 +140,12 @@ fn parse_backup(value: &str) -> ApiResult<Id> {
     Id::parse(value).ok_or_else(|| ApiError::field("backup", "is not a backup id"))
 }
 
-/// The backup, if it is complete and of `site`; a 422 naming `backup` otherwise.
+/// The backup, if it is complete and of `site`; a 422 naming `backup` otherwise. Its row
+/// stays locked until the caller's transaction ends: the pruner, which checks under that
+/// lock whether a restore reads a backup, cannot start deleting it meanwhile.
 async fn complete_backup_of(conn: &mut MySqlConnection, backup: &Id, site: &str) -> ApiResult<()> {
     let state: Option<String> = sqlx::query_scalar(
-        "SELECT state FROM backups WHERE id = ? AND site_id = ? AND state <> 'deleted'",
+        "SELECT state FROM backups WHERE id = ? AND site_id = ? AND state <> 'deleted' FOR UPDATE",
     )
     .bind(backup.as_str())
     .bind(site)
@@ -163,6 +181,17 @@ async fn ensure_idle(conn: &mut MySqlConnection, site: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// What a `restores` row is recorded for.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    /// The backup's own site, live.
+    SameSite,
+    /// The backup's own site, deleted: brought back.
+    DeletedSite,
+    /// A new site, the source's primary domain (`from`) rewritten into its own (`to`).
+    Clone { from: &'a str, to: &'a str },
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn record(
     tx: &mut MySqlConnection,
@@ -172,13 +201,23 @@ async fn record(
     site: &str,
     backup: &Id,
     source: &str,
-    domains: Option<(&str, &str)>,
+    target: Target<'_>,
 ) -> ApiResult<(Restore, Operation)> {
     let id = Id::generate();
-    let kind = if domains.is_some() {
-        "clone"
-    } else {
-        "restore"
+    let (kind, operation, action, domains) = match target {
+        Target::SameSite => ("restore", OperationKind::SiteRestore, "site.restore", None),
+        Target::DeletedSite => (
+            "restore",
+            OperationKind::SiteUndelete,
+            "site.undelete",
+            None,
+        ),
+        Target::Clone { from, to } => (
+            "clone",
+            OperationKind::SiteRestore,
+            "site.clone",
+            Some((from, to)),
+        ),
     };
     sqlx::query(
         "INSERT INTO restores (id, tenant_id, site_id, backup_id, source_site_id, kind, state, \
@@ -198,7 +237,7 @@ async fn record(
         &mut *tx,
         &state.backends,
         Some(actor),
-        OperationKind::SiteRestore,
+        operation,
         Some(tenant),
         "site",
         site,
@@ -213,7 +252,7 @@ async fn record(
         &mut *tx,
         Some(actor),
         Event {
-            action: if domains.is_some() { "site.clone" } else { "site.restore" },
+            action,
             tenant_id: Some(tenant),
             target_type: "site",
             target_id: site,
@@ -230,7 +269,8 @@ async fn record(
 }
 
 /// `POST /v1/sites/{site}/restores`: the site's database and files replaced by those of
-/// one of its complete backups, after an automatic backup of the site as it is.
+/// one of its complete backups, after an automatic backup of the site as it is; or, for a
+/// `deleted` site, the site brought back from the backup (see the module's documentation).
 pub async fn restore(
     state: &AppState,
     actor: &Actor,
@@ -238,21 +278,43 @@ pub async fn restore(
     input: NewRestore,
 ) -> ApiResult<RestoreAccepted> {
     let backup = parse_backup(&input.backup)?;
-    let site = sites::get_for(state, actor, site_id, TenantRole::Member).await?;
+    let site = sites::get_any_state_for(state, actor, site_id, TenantRole::Member).await?;
     configured(state)?;
     let mut tx = state.db.begin().await?;
-    let current: String = sqlx::query_scalar("SELECT state FROM sites WHERE id = ? FOR UPDATE")
+    let current: SiteState = sqlx::query_scalar("SELECT state FROM sites WHERE id = ? FOR UPDATE")
         .bind(site_id.as_str())
         .fetch_one(&mut *tx)
         .await?;
-    if !matches!(current.as_str(), "active" | "degraded" | "suspended") {
-        return Err(ApiError::conflict(
-            None,
-            format!("the site is {current}; only an active or suspended site can be restored"),
-        ));
-    }
+    let target = match current {
+        SiteState::Active | SiteState::Degraded | SiteState::Suspended => Target::SameSite,
+        SiteState::Deleted => Target::DeletedSite,
+        other => {
+            return Err(ApiError::conflict(
+                None,
+                format!(
+                    "the site is {other}; only an active, suspended or deleted site can be restored"
+                ),
+            ));
+        }
+    };
     complete_backup_of(&mut tx, &backup, site_id.as_str()).await?;
     ensure_idle(&mut tx, site_id.as_str()).await?;
+    let mut aliases_taken = Vec::new();
+    if matches!(target, Target::DeletedSite) {
+        let tenant_state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
+                .bind(site.tenant_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if tenant_state.as_deref() != Some("active") {
+            return Err(ApiError::conflict(None, "the tenant is not active"));
+        }
+        aliases_taken = sites::reclaim_domains(&mut tx, site_id.as_str()).await?;
+        let event = SiteEvent::Requested(OperationKind::SiteUndelete);
+        if let Some(Err(refused)) = site_state::change(&mut tx, site_id.as_str(), event).await? {
+            return Err(ApiError::conflict(None, refused.to_string()));
+        }
+    }
     let (restore, operation) = record(
         &mut tx,
         state,
@@ -261,12 +323,19 @@ pub async fn restore(
         site_id.as_str(),
         &backup,
         site_id.as_str(),
-        None,
+        target,
     )
     .await?;
     tx.commit().await?;
     state.wake_runner();
-    Ok(RestoreAccepted { restore, operation })
+    if !aliases_taken.is_empty() {
+        tracing::info!(site = %site_id, aliases = ?aliases_taken, "undelete: aliases used by another site are not given back");
+    }
+    Ok(RestoreAccepted {
+        restore,
+        operation,
+        aliases_taken,
+    })
 }
 
 /// What a clone copies from its source site (a live one, or a deleted one whose backup
@@ -434,7 +503,10 @@ async fn clone_into(
         created.site.id.as_str(),
         &backup,
         source_id,
-        Some((&source.domain, &new_domain)),
+        Target::Clone {
+            from: &source.domain,
+            to: &new_domain,
+        },
     )
     .await?;
     tx.commit().await?;
@@ -447,13 +519,14 @@ async fn clone_into(
     })
 }
 
-/// `GET /v1/restores/{restore}`.
+/// `GET /v1/restores/{restore}`: also of a site deleted since (or again: an undelete
+/// that failed).
 pub async fn get(state: &AppState, actor: &Actor, id: &Id) -> ApiResult<Restore> {
     let mut conn = state.db.acquire().await?;
     let restore = load(&mut conn, id.as_str()).await?;
     drop(conn);
     let site = SiteId::parse(&restore.site_id).ok_or(ApiError::NotFound("restore"))?;
-    sites::get_for(state, actor, &site, TenantRole::Viewer)
+    sites::get_any_state_for(state, actor, &site, TenantRole::Viewer)
         .await
         .map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::NotFound("restore"),

@@ -10,7 +10,13 @@
 //!                │                                       degraded ──suspend─┘
 //!   provisioning|active|degraded|suspended|failed ──delete requested──▶ deleting
 //!   deleting ──delete ok──▶ deleted        deleting ──delete failed──▶ failed
+//!   deleted ──undelete requested──▶ provisioning ──undelete ok──▶ (as a create's end)
+//!                                                 └─undelete failed (unwound)──▶ deleted
 //! ```
+//!
+//! `deleted_at` is when the site was deleted: set when it becomes `deleted`, kept by an
+//! undelete that failed (the final backup's retention still counts from the delete),
+//! cleared by one that succeeded.
 
 use sqlx::MySqlConnection;
 
@@ -83,6 +89,7 @@ pub fn decide(current: SiteState, event: SiteEvent) -> Result<SiteState, NotAllo
             }
             (K::SiteMove, S::Active | S::Degraded | S::Suspended) => Ok(current),
             (K::SiteRestore, S::Active | S::Degraded | S::Suspended) => Ok(current),
+            (K::SiteUndelete, S::Deleted) => Ok(S::Provisioning),
             _ => refused,
         },
         SiteEvent::Finished {
@@ -92,14 +99,16 @@ pub fn decide(current: SiteState, event: SiteEvent) -> Result<SiteState, NotAllo
         } => Ok(match (kind, succeeded) {
             // With agents reporting, a created site is `active` once its agent reported
             // ready (the report may come before or after the saga's end).
-            (K::SiteCreate, true) if agent_ready => S::Active,
-            (K::SiteCreate, true) => S::Provisioning,
+            (K::SiteCreate | K::SiteUndelete, true) if agent_ready => S::Active,
+            (K::SiteCreate | K::SiteUndelete, true) => S::Provisioning,
             (K::SiteResume, true) => S::Active,
             (K::SiteSuspend, true) => S::Suspended,
             (K::SiteDelete, true) => S::Deleted,
             // A site whose create or delete failed is not what it should be; a failed
             // suspend, resume, update or move leaves it as it was (the operation says why).
             (K::SiteCreate | K::SiteDelete, false) => S::Failed,
+            // An undelete that failed took back every resource it made: deleted again.
+            (K::SiteUndelete, false) => S::Deleted,
             _ => current,
         }),
         SiteEvent::AgentReady => match current {
@@ -156,16 +165,30 @@ pub async fn change(
         Ok(next) => next,
         Err(refused) => return Ok(Some(Err(refused))),
     };
-    if next != current {
+    // An undelete's success clears `deleted_at` even when the state stays `provisioning`
+    // (its agent has not reported ready yet).
+    let undeleted = matches!(
+        event,
+        SiteEvent::Finished {
+            kind: OperationKind::SiteUndelete,
+            succeeded: true,
+            ..
+        }
+    );
+    if next != current || undeleted {
         sqlx::query(
             "UPDATE sites SET state = ?, updated_at = NOW(6), \
-             deleted_at = IF(? = 'deleted', NOW(6), deleted_at) WHERE id = ?",
+             deleted_at = IF(? = 'deleted', COALESCE(deleted_at, NOW(6)), IF(?, NULL, deleted_at)) \
+             WHERE id = ?",
         )
         .bind(next)
         .bind(next)
+        .bind(undeleted)
         .bind(site)
         .execute(&mut *conn)
         .await?;
+    }
+    if next != current {
         super::billing::record_site_state(&mut *conn, Some(site)).await?;
     }
     Ok(Some(Ok(Changed {
@@ -192,6 +215,14 @@ mod tests {
         );
         assert!(decide(S::Deleting, SiteEvent::Requested(K::SiteDelete)).is_err());
         assert!(decide(S::Deleted, SiteEvent::Requested(K::SiteUpdate)).is_err());
+        assert!(decide(S::Deleted, SiteEvent::Requested(K::SiteRestore)).is_err());
+        assert_eq!(
+            decide(S::Deleted, SiteEvent::Requested(K::SiteUndelete)),
+            Ok(S::Provisioning)
+        );
+        for live in [S::Provisioning, S::Active, S::Suspended, S::Failed] {
+            assert!(decide(live, SiteEvent::Requested(K::SiteUndelete)).is_err());
+        }
         assert_eq!(
             decide(S::Degraded, SiteEvent::Requested(K::SiteSuspend)),
             Ok(S::Degraded)
@@ -231,6 +262,18 @@ mod tests {
         assert_eq!(
             decide(S::Deleting, end(K::SiteDelete, false, false)),
             Ok(S::Failed)
+        );
+        assert_eq!(
+            decide(S::Provisioning, end(K::SiteUndelete, true, true)),
+            Ok(S::Active)
+        );
+        assert_eq!(
+            decide(S::Provisioning, end(K::SiteUndelete, true, false)),
+            Ok(S::Provisioning)
+        );
+        assert_eq!(
+            decide(S::Provisioning, end(K::SiteUndelete, false, false)),
+            Ok(S::Deleted)
         );
         assert_eq!(
             decide(S::Active, end(K::SiteSuspend, false, false)),

@@ -317,11 +317,17 @@ async fn write_alias_copy(
 }
 
 pub async fn load(conn: &mut MySqlConnection, id: &str) -> ApiResult<Site> {
+    load_in(conn, id, false).await
+}
+
+/// The site, `deleted` ones too when `deleted` says so.
+async fn load_in(conn: &mut MySqlConnection, id: &str, deleted: bool) -> ApiResult<Site> {
     // Constants only in the text; the id is bound.
     let row: Option<SiteRow> = sqlx::query_as(crate::sql!(
-        "SELECT STRAIGHT_JOIN {COLUMNS} FROM {FROM} WHERE s.id = ? AND s.state <> 'deleted'"
+        "SELECT STRAIGHT_JOIN {COLUMNS} FROM {FROM} WHERE s.id = ? AND (? OR s.state <> 'deleted')"
     ))
     .bind(id)
+    .bind(deleted)
     .fetch_optional(&mut *conn)
     .await?;
     let row = row.ok_or(ApiError::NotFound("site"))?;
@@ -339,8 +345,19 @@ async fn authorized(
     id: &SiteId,
     min: TenantRole,
 ) -> ApiResult<Site> {
+    authorized_in(state, actor, id, min, false).await
+}
+
+/// [`authorized`], `deleted` sites too when `deleted` says so.
+async fn authorized_in(
+    state: &AppState,
+    actor: &Actor,
+    id: &SiteId,
+    min: TenantRole,
+    deleted: bool,
+) -> ApiResult<Site> {
     let mut conn = state.db.acquire().await?;
-    let site = load(&mut conn, id.as_str()).await?;
+    let site = load_in(&mut conn, id.as_str(), deleted).await?;
     actor
         .require_tenant(state, &site.tenant_id, min)
         .await
@@ -371,6 +388,18 @@ pub async fn get_for(
     min: TenantRole,
 ) -> ApiResult<Site> {
     authorized(state, actor, id, min).await
+}
+
+/// The site in any state, `deleted` included, if the caller has at least `min` in its
+/// tenant; 404 otherwise. For what a tenant still does with a deleted site: list its
+/// backups, restore one of them into it (an undelete), read that restore.
+pub async fn get_any_state_for(
+    state: &AppState,
+    actor: &Actor,
+    id: &SiteId,
+    min: TenantRole,
+) -> ApiResult<Site> {
+    authorized_in(state, actor, id, min, true).await
 }
 
 /// A tenant's sites, a page at a time, as the caller presented themselves.
@@ -563,6 +592,68 @@ async fn insert_domains(
         )?;
     }
     Ok(())
+}
+
+/// Gives a deleted site its domains back (an undelete), in the caller's transaction, the
+/// site's row locked by the caller: its primary domain, a 409 naming `domain` if another
+/// site uses it now; then each alias it had when it was deleted (kept in `sites.aliases`
+/// by the delete, see `sagas::site_steps::release_domains`) that no site uses now.
+/// Returns the aliases another site took meanwhile, which the site does not get back.
+pub(crate) async fn reclaim_domains(
+    conn: &mut MySqlConnection,
+    site: &str,
+) -> ApiResult<Vec<String>> {
+    let (primary, kept): (String, Option<String>) =
+        sqlx::query_as("SELECT primary_domain, aliases FROM sites WHERE id = ?")
+            .bind(site)
+            .fetch_one(&mut *conn)
+            .await?;
+    let primary = DomainName::parse(&primary).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "site {site}'s stored primary domain does not parse: {e}"
+        ))
+    })?;
+    let inserted =
+        sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 1)")
+            .bind(primary.as_str())
+            .bind(site)
+            .execute(&mut *conn)
+            .await;
+    unique(
+        inserted,
+        "domain",
+        format!(
+            "{primary} is now used by another site; make a new site from the backup under \
+             another domain instead (POST /v1/backups/{{backup}}/clones)"
+        ),
+    )?;
+    let mut domains = vec![primary];
+    let mut taken = Vec::new();
+    for alias in kept.as_deref().unwrap_or("").split(' ') {
+        // Written by us from `domains`: a name that no longer parses is dropped.
+        let Ok(alias) = DomainName::parse(alias) else {
+            continue;
+        };
+        if domains.contains(&alias) {
+            continue;
+        }
+        // A taken alias is skipped, not an error: the site comes back without it.
+        let added = sqlx::query(
+            "INSERT IGNORE INTO domains (domain, site_id, is_primary) VALUES (?, ?, 0)",
+        )
+        .bind(alias.as_str())
+        .bind(site)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if added == 1 {
+            domains.push(alias);
+        } else {
+            taken.push(alias.as_str().to_owned());
+        }
+    }
+    write_alias_copy(&mut *conn, site, &domains).await?;
+    Ok(taken)
 }
 
 /// The outcome of a create: a new site, or the stored response of an earlier identical request.
@@ -1041,5 +1132,6 @@ fn verb(kind: OperationKind) -> &'static str {
         OperationKind::BackupDelete => "have a backup deleted",
         OperationKind::SiteRestore => "be restored",
         OperationKind::BackupVerify => "have a backup verified",
+        OperationKind::SiteUndelete => "be brought back",
     }
 }

@@ -1,6 +1,7 @@
 //! Restores as durable operations: what the steps of `site.restore`
-//! (`sagas/site_restore.rs`) do over the `restores` row of the site, and what the
-//! saga's end writes on it.
+//! (`sagas/site_restore.rs`) and of `site.undelete` (`sagas/site_undelete.rs`, a deleted
+//! site's resources made again and its backup restored into them) do over the `restores`
+//! row of the site, and what the saga's end writes on it.
 //!
 //! The operation's target is the site (so no other change of the site runs meanwhile);
 //! its restore is the site's one `pending` or `running` row. Every step is idempotent:
@@ -38,13 +39,14 @@ pub struct RestoreRow {
     pub pre_restore_backup_id: Option<String>,
     pub domain_from: Option<String>,
     pub domain_to: Option<String>,
+    pub operation_id: Option<String>,
 }
 
 /// The restore under way on `site`.
 pub async fn current(db: &MySqlPool, site: &str) -> Result<RestoreRow, StepError> {
     sqlx::query_as(
         "SELECT id, tenant_id, site_id, backup_id, source_site_id, kind, state, \
-         pre_restore_backup_id, domain_from, domain_to FROM restores \
+         pre_restore_backup_id, domain_from, domain_to, operation_id FROM restores \
          WHERE site_id = ? AND state IN ('pending', 'running') ORDER BY seq DESC LIMIT 1",
     )
     .bind(site)
@@ -114,8 +116,8 @@ async fn manifest_of(
     Ok(manifest)
 }
 
-/// `wait_for_site`: the target exists and no other operation of it runs (a clone's new
-/// site waits for its create); the restore is then `running`.
+/// `wait_for_site`: the target exists and no operation of it runs but the restore's own
+/// (a clone's new site waits for its create); the restore is then `running`.
 pub async fn wait_for_site(db: &MySqlPool, site: &str) -> StepResult {
     let restore = current(db, site).await?;
     let state: Option<String> = sqlx::query_scalar("SELECT state FROM sites WHERE id = ?")
@@ -134,9 +136,11 @@ pub async fn wait_for_site(db: &MySqlPool, site: &str) -> StepResult {
     }
     let others: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
-         AND kind <> 'site.restore' AND state IN ('pending', 'running', 'unwinding')",
+         AND id <> COALESCE(?, '') AND kind NOT IN ('site.restore', 'site.undelete') \
+         AND state IN ('pending', 'running', 'unwinding')",
     )
     .bind(site)
+    .bind(restore.operation_id.as_deref())
     .fetch_one(db)
     .await?;
     if others > 0 {
@@ -145,6 +149,8 @@ pub async fn wait_for_site(db: &MySqlPool, site: &str) -> StepResult {
             "another operation of the site (its create) is under way".to_owned(),
         ));
     }
+    // A clone's new site whose create failed has nothing to restore into (a site deleted
+    // and brought back may have a failed create long before: not this restore's).
     let failed_create: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
          AND kind = 'site.create' AND state = 'failed'",
@@ -152,7 +158,7 @@ pub async fn wait_for_site(db: &MySqlPool, site: &str) -> StepResult {
     .bind(site)
     .fetch_one(db)
     .await?;
-    if failed_create > 0 {
+    if restore.kind == "clone" && failed_create > 0 {
         return Err(StepError::permanent(
             "the new site could not be created; nothing was restored",
             anyhow!("site.create of {site} failed"),

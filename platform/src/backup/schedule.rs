@@ -291,7 +291,7 @@ async fn busy(conn: &mut MySqlConnection, site: &str) -> sqlx::Result<bool> {
     let n: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM backups WHERE site_id = ? AND state IN ('pending', 'running')) \
          + (SELECT COUNT(*) FROM operations WHERE target_type = 'site' AND target_id = ? \
-            AND kind = 'site.restore' AND state IN ('pending', 'running', 'unwinding'))",
+            AND kind IN ('site.restore', 'site.undelete') AND state IN ('pending', 'running', 'unwinding'))",
     )
     .bind(site)
     .bind(site)

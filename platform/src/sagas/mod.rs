@@ -27,6 +27,7 @@ pub mod site_restore;
 pub mod site_resume;
 mod site_steps;
 pub mod site_suspend;
+pub mod site_undelete;
 pub mod site_update;
 
 use std::sync::Arc;
@@ -155,6 +156,7 @@ pub fn saga(kind: OperationKind) -> &'static Saga {
         OperationKind::BackupDelete => &backup_delete::SAGA,
         OperationKind::SiteRestore => &site_restore::SAGA,
         OperationKind::BackupVerify => &backup_verify::SAGA,
+        OperationKind::SiteUndelete => &site_undelete::SAGA,
     }
 }
 

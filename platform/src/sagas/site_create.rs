@@ -80,7 +80,7 @@ pub static SAGA: Saga = Saga {
 
 /// The site's row and domains were written with the operation (`app::sites::create`):
 /// this step checks they are still there and still `provisioning`.
-fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
+pub(super) fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT s.state, (SELECT COUNT(*) FROM domains d WHERE d.site_id = s.id) FROM sites s WHERE s.id = ?",
@@ -105,7 +105,7 @@ fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
 /// Places the site on the active worker with the fewest of its tenant's sites, then the
 /// most free slots. Worker rows are locked while choosing, so concurrent placements never
 /// overfill a worker; the placement's primary key makes the step idempotent.
-fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
+pub(super) fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         let mut tx = c.db.begin().await?;
         // The active workers' rows first, before any plain read: they serialise

@@ -100,19 +100,37 @@ pub(super) fn release_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
     })
 }
 
-/// Frees the site's domains for other sites (and empties the copy of its aliases in its
-/// row, in the same transaction: migration m20261206_000017).
+/// Frees the site's domains for other sites. The aliases it had stay in its row
+/// (`sites.aliases`, read from `domains` in the same transaction), marked as no copy a
+/// reader uses (`aliases_generation` NULL: readers then read `domains`, where the site has
+/// none; migration m20261206_000017): what an undelete claims back
+/// (`app::sites::reclaim_domains`). The primary domain stays in `primary_domain`.
 pub(super) fn release_domains(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         let mut tx = c.db.begin().await?;
-        sqlx::query("DELETE FROM domains WHERE site_id = ?")
-            .bind(&c.target)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE sites SET aliases = '', aliases_generation = generation WHERE id = ?")
-            .bind(&c.target)
-            .execute(&mut *tx)
-            .await?;
+        let held: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT domain, is_primary FROM domains WHERE site_id = ? ORDER BY domain FOR UPDATE",
+        )
+        .bind(&c.target)
+        .fetch_all(&mut *tx)
+        .await?;
+        // A step run again finds no domains left: the aliases kept by the first run stay.
+        if !held.is_empty() {
+            let aliases: Vec<&str> = held
+                .iter()
+                .filter(|(_, primary)| !primary)
+                .map(|(domain, _)| domain.as_str())
+                .collect();
+            sqlx::query("DELETE FROM domains WHERE site_id = ?")
+                .bind(&c.target)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE sites SET aliases = ?, aliases_generation = NULL WHERE id = ?")
+                .bind(aliases.join(" "))
+                .bind(&c.target)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     })

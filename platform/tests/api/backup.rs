@@ -757,26 +757,12 @@ pub(crate) async fn seed_site(
 /// to `complete`; running the step once more changes nothing.
 #[tokio::test]
 async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() {
-    use crate::support::TestApp;
-
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let backends = backends_config(&s3, sites_root.path());
-    let app = TestApp::spawn_with(|c| {
-        c.jobs.enabled = false;
-        c.reconcile.enabled = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("rs").replace('_', "-"))
+    let e = crate::backup_fixture::Setup::new("rs")
+        .jobs(false)
+        .start()
         .await;
-    let (site, schema) = seed_site(&app, &tenant, sites_root.path()).await;
-    let provisioner = platform::provision::Backends::from_config(
-        &backends,
-        crate::support::SECRET_KEY.as_bytes(),
-    )
-    .unwrap();
+    let (app, s3, provisioner, tenant) = (&e.app, &e.s3, &e.provisioner, &e.tenant);
+    let (site, schema) = e.seed_site().await;
 
     // What a killed runner left: the row `running`, an upload with a part, journaled,
     // and a stray object under the backup's folder.
@@ -832,7 +818,7 @@ async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() 
         .unwrap();
     assert_eq!(store.parts(&key, &upload).await.unwrap(), 1);
 
-    platform::backup::job::run_backup(&app.db, &provisioner, backup.as_str())
+    platform::backup::job::run_backup(&app.db, provisioner, backup.as_str())
         .await
         .unwrap();
     assert_eq!(store.parts(&key, &upload).await.unwrap_or(0), 0);
@@ -861,7 +847,7 @@ async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() 
     assert_eq!(journal, 0);
 
     // Again: a complete backup is left as it is.
-    platform::backup::job::run_backup(&app.db, &provisioner, backup.as_str())
+    platform::backup::job::run_backup(&app.db, provisioner, backup.as_str())
         .await
         .unwrap();
     let again: String = sqlx::query_scalar("SELECT manifest_sha256 FROM backups WHERE id = ?")
@@ -873,7 +859,7 @@ async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() 
     assert_eq!(store.list(&prefix).await.unwrap(), listed);
 
     schema.drop().await;
-    app.finish().await;
+    e.finish().await;
 }
 
 /// The API: `POST /v1/sites/{site}/backups` runs the backup as an operation of the job
@@ -881,37 +867,31 @@ async fn a_backup_step_taken_up_again_clears_the_killed_attempt_and_completes() 
 /// tenant's caller.
 #[tokio::test]
 async fn backups_through_the_api_are_operations_with_states_and_sizes() {
-    use crate::support::TestApp;
     use reqwest::{Method, StatusCode};
     use serde_json::json;
 
-    let s3 = S3Server::start().await;
-    let sites_root = tempfile::tempdir().unwrap();
-    let backends = backends_config(&s3, sites_root.path());
-    let app = TestApp::spawn_with(|c| {
-        c.backends = backends;
-        c.reconcile.enabled = false;
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let tenant = app
-        .create_tenant(&admin, &random_name("bk").replace('_', "-"))
-        .await;
-    let (member, _) = app.user_with_role(&admin, &tenant, "member").await;
+    let e = crate::backup_fixture::Setup::new("bk").start().await;
+    let (app, s3, admin, tenant, member) = (
+        &e.app,
+        &e.s3,
+        e.admin.as_str(),
+        e.tenant.as_str(),
+        e.member.as_str(),
+    );
     let other_tenant = app
-        .create_tenant(&admin, &random_name("ot").replace('_', "-"))
+        .create_tenant(admin, &random_name("ot").replace('_', "-"))
         .await;
-    let (outsider, _) = app.user_with_role(&admin, &other_tenant, "owner").await;
+    let (outsider, _) = app.user_with_role(admin, &other_tenant, "owner").await;
 
     // A site as provisioning leaves it: its row, its schema, its directory.
-    let (site, schema) = seed_site(&app, &tenant, sites_root.path()).await;
+    let (site, schema) = e.seed_site().await;
 
     // Bad input: problem+json naming the field.
     let (status, headers, body) = app
         .request_full(
             Method::GET,
             &format!("/v1/sites/{site}/backups?limit=0"),
-            Some(&member),
+            Some(member),
             None,
             &[],
         )
@@ -919,7 +899,7 @@ async fn backups_through_the_api_are_operations_with_states_and_sizes() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(body["errors"][0]["field"], "limit", "{body}");
-    let (status, body) = app.get("/v1/backups/NOT-AN-ID", &member).await;
+    let (status, body) = app.get("/v1/backups/NOT-AN-ID", member).await;
     assert!(
         status == StatusCode::NOT_FOUND || status == StatusCode::UNPROCESSABLE_ENTITY,
         "{status} {body}"
@@ -928,7 +908,7 @@ async fn backups_through_the_api_are_operations_with_states_and_sizes() {
 
     // Create: 202 with the pending backup and its operation.
     let (status, body) = app
-        .post(&format!("/v1/sites/{site}/backups"), &member, json!(null))
+        .post(&format!("/v1/sites/{site}/backups"), member, json!(null))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["backup"]["state"], "pending", "{body}");
@@ -940,7 +920,7 @@ async fn backups_through_the_api_are_operations_with_states_and_sizes() {
 
     // A second one while it runs is refused, naming why.
     let (status, body) = app
-        .post(&format!("/v1/sites/{site}/backups"), &member, json!(null))
+        .post(&format!("/v1/sites/{site}/backups"), member, json!(null))
         .await;
     if status != StatusCode::ACCEPTED {
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -950,9 +930,9 @@ async fn backups_through_the_api_are_operations_with_states_and_sizes() {
         );
     }
 
-    let done = app.wait_operation(&member, &op).await;
+    let done = app.wait_operation(member, &op).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    let (status, got) = app.get(&format!("/v1/backups/{backup}"), &member).await;
+    let (status, got) = app.get(&format!("/v1/backups/{backup}"), member).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["state"], "complete", "{got}");
     assert_eq!(got["kind"], "manual");
@@ -983,7 +963,7 @@ async fn backups_through_the_api_are_operations_with_states_and_sizes() {
     assert_eq!(manifest["site_id"], site.as_str());
 
     // Listed, newest first; another tenant sees nothing of it.
-    let (status, page) = app.get(&format!("/v1/sites/{site}/backups"), &member).await;
+    let (status, page) = app.get(&format!("/v1/sites/{site}/backups"), member).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["items"][0]["id"], backup.as_str(), "{page}");
     let (status, body) = app.get(&format!("/v1/backups/{backup}"), &outsider).await;
@@ -1007,19 +987,19 @@ async fn backups_through_the_api_are_operations_with_states_and_sizes() {
         .request(
             Method::DELETE,
             &format!("/v1/backups/{backup}"),
-            Some(&member),
+            Some(member),
             None,
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["backup"]["state"], "deleting", "{body}");
     let op = body["operation"]["id"].as_str().unwrap().to_owned();
-    let done = app.wait_operation(&member, &op).await;
+    let done = app.wait_operation(member, &op).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(store.list(&prefix).await.unwrap(), vec![]);
-    let (status, _) = app.get(&format!("/v1/backups/{backup}"), &member).await;
+    let (status, _) = app.get(&format!("/v1/backups/{backup}"), member).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     schema.drop().await;
-    app.finish().await;
+    e.finish().await;
 }

@@ -6,22 +6,34 @@
 //! - [`Setup`] → [`BackupEnv`]: the server (reconcilers and the backup and drill
 //!   schedules off: tests run the passes themselves), a platform-side [`Backends`] on the
 //!   same configuration, a staff token, a tenant and a user of it.
+//! - [`Site`]: a site as provisioning leaves it (row, secrets, its own database user, a
+//!   filled schema and folder), for the restore and undelete tests; [`tree`] reads a
+//!   folder back for comparison.
+//! - [`BackupEnv::replace_dump`]: a backup's dump replaced, with a manifest and record
+//!   that vouch for it (what a crafted or damaged backup looks like to a restore).
 //! - [`Source`]: a filled schema and wp-content folder with a [`BackupSpec`] for them,
 //!   for tests that call the backup runner directly.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
+use backends::SiteResourceId;
 use platform::{
-    backup::{BackupSpec, BackupStore},
+    backup::{self, BackupSpec, BackupStore},
     config::BackupsConfig,
     domain::Id,
     provision::Backends,
 };
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
+use sha2::Digest;
 
 use crate::{
-    backup::{S3Server, Schema, backends_config, fill_files, fill_site, seed_site, spec},
+    backup::{
+        S3Server, Schema, backends_config, fetch, fill_files, fill_site, seed_site, spec, unzstd,
+    },
     support::{SECRET_KEY, TestApp, random_name},
 };
 
@@ -33,6 +45,7 @@ pub(crate) struct Setup {
     creates_sites: bool,
     extra_backends: Option<toml::Table>,
     backups: BackupsConfig,
+    max_attempts: Option<u32>,
 }
 
 impl Setup {
@@ -44,7 +57,15 @@ impl Setup {
             creates_sites: false,
             extra_backends: None,
             backups: BackupsConfig::default(),
+            max_attempts: None,
         }
+    }
+
+    /// Attempts of a step before its operation unwinds (`[jobs] max_attempts`): few, for
+    /// tests of a failure that would be retried for a while.
+    pub(crate) fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
     }
 
     /// Whether the server runs its operations (off: the test runs the steps itself).
@@ -95,10 +116,13 @@ impl Setup {
         let provisioner = Backends::from_config(&backends, SECRET_KEY.as_bytes())
             .unwrap()
             .with_backups(self.backups.clone());
-        let jobs = self.jobs;
+        let (jobs, max_attempts) = (self.jobs, self.max_attempts);
         let app = TestApp::spawn_with(|c| {
             c.backends = backends;
             c.jobs.enabled = jobs;
+            if let Some(attempts) = max_attempts {
+                c.jobs.max_attempts = attempts;
+            }
             c.reconcile.enabled = false;
             // The tests run the schedules' passes themselves, at the times they choose.
             c.backups.scheduler = false;
@@ -156,6 +180,78 @@ impl BackupEnv {
         seed_site(&self.app, &self.tenant, &self.sites_root).await
     }
 
+    /// A site of the tenant as provisioning leaves it: [`Self::seed_site`], then its
+    /// secrets and its own database user (`wp_<id>`, with its sealed password).
+    pub(crate) async fn provisioned_site(&self) -> Site {
+        let (id, schema) = self.seed_site().await;
+        let rid = SiteResourceId::parse(id.as_str()).unwrap();
+        self.provisioner
+            .generate_secrets(&self.app.db, &rid)
+            .await
+            .unwrap();
+        self.provisioner
+            .ensure_database(&self.app.db, &rid)
+            .await
+            .unwrap();
+        Site {
+            root: self.sites_root().join(id.as_str()),
+            id,
+            schema,
+        }
+    }
+
+    /// `<tenant>/<site>/<backup>/`, the backup's folder in the bucket.
+    pub(crate) fn backup_prefix(&self, site: &Id, backup: &str) -> String {
+        format!("{}/{site}/{backup}/", self.tenant)
+    }
+
+    /// The SQL of a backup's dump, decompressed.
+    pub(crate) async fn dump_sql(&self, site: &Id, backup: &str) -> String {
+        let key = format!(
+            "{}{}",
+            self.backup_prefix(site, backup),
+            backup::DATABASE_OBJECT
+        );
+        String::from_utf8(unzstd(&fetch(&self.s3.store(), &key).await)).unwrap()
+    }
+
+    /// Replaces a backup's dump with `sql`, and its manifest (the object's size and
+    /// SHA-256) and record (the manifest's SHA-256) with ones that vouch for it: to the
+    /// restore, the backup is whole, whatever `sql` says.
+    pub(crate) async fn replace_dump(&self, site: &Id, backup: &str, sql: &str) {
+        let store = self.s3.store();
+        let prefix = self.backup_prefix(site, backup);
+        let body = zstd::encode_all(sql.as_bytes(), 3).unwrap();
+        store
+            .put(
+                &format!("{prefix}{}", backup::DATABASE_OBJECT),
+                body.clone(),
+                "application/zstd",
+            )
+            .await
+            .unwrap();
+        let manifest_key = format!("{prefix}{}", backup::MANIFEST_OBJECT);
+        let mut manifest: Value =
+            serde_json::from_slice(&fetch(&store, &manifest_key).await).unwrap();
+        for o in manifest["objects"].as_array_mut().unwrap() {
+            if o["name"] == backup::DATABASE_OBJECT {
+                o["size"] = json!(body.len());
+                o["sha256"] = json!(hex::encode(sha2::Sha256::digest(&body)));
+            }
+        }
+        let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
+        store
+            .put(&manifest_key, manifest.clone(), "application/json")
+            .await
+            .unwrap();
+        sqlx::query("UPDATE backups SET manifest_sha256 = ? WHERE id = ?")
+            .bind(hex::encode(sha2::Sha256::digest(&manifest)))
+            .bind(backup)
+            .execute(&self.app.db)
+            .await
+            .unwrap();
+    }
+
     /// Takes a backup through the API as `token`; returns its id once complete.
     pub(crate) async fn backup_now(&self, token: &str, site: &Id) -> String {
         let (status, body) = self
@@ -174,6 +270,78 @@ impl BackupEnv {
         self.app.finish().await;
         drop(self.s3);
     }
+}
+
+/// A site as provisioning leaves it, with its own database user and sealed password
+/// ([`BackupEnv::provisioned_site`]).
+pub(crate) struct Site {
+    pub(crate) id: Id,
+    pub(crate) schema: Schema,
+    /// Its folder (under the `[gluster]` mount).
+    pub(crate) root: PathBuf,
+}
+
+impl Site {
+    /// Drops its database, user and schema and removes its folder, whatever is left.
+    pub(crate) async fn remove(self, provisioner: &Backends) {
+        let rid = SiteResourceId::parse(self.id.as_str()).unwrap();
+        let _ = provisioner.remove_database(&rid).await;
+        let _ = std::fs::remove_dir_all(&self.root);
+        self.schema.drop().await;
+    }
+
+    /// The changes a tenant regrets: a row changed, rows deleted, a table added; a file
+    /// changed, one removed, one added.
+    pub(crate) async fn change(&self) {
+        self.schema
+            .exec(
+                "UPDATE wp_options SET option_value = 'changed' WHERE option_name = 'blogname';
+                 DELETE FROM wp_posts WHERE ID < 100;
+                 CREATE TABLE wp_new (id INT PRIMARY KEY);
+                 INSERT INTO wp_new VALUES (1);",
+            )
+            .await;
+        std::fs::write(self.root.join("index.php"), "<?php // defaced\n").unwrap();
+        std::fs::remove_file(self.root.join("uploads/2026/12/empty.txt")).unwrap();
+        std::fs::write(
+            self.root.join("plugins/evil.php"),
+            "<?php eval($_GET['x']);\n",
+        )
+        .unwrap();
+    }
+}
+
+/// Every entry under `root`: path → kind, mode and content hash (or link target).
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("link -> {}", target.display()));
+            } else if meta.is_dir() {
+                out.insert(rel, format!("dir {mode:o}"));
+                walk(root, &path, out);
+            } else {
+                let body = std::fs::read(&path).unwrap();
+                out.insert(
+                    rel,
+                    format!("file {mode:o} {}", hex::encode(sha2::Sha256::digest(&body))),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
 
 /// What the backup runner reads, for tests that call it directly: a schema filled with

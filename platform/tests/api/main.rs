@@ -25,6 +25,7 @@ mod schema;
 mod sites;
 mod support;
 mod surface;
+mod undelete;
 
 /// The driver tests' helpers: real servers (Redis, varnishd) started on free ports, and a
 /// stand-in of ProxySQL's admin interface.

@@ -1,11 +1,7 @@
 //! Restores and clones against real servers: the machine's MariaDB (each site with its
 //! own database user, as provisioning makes it) and an `s3s-fs` of each test's own.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use backends::SiteResourceId;
 use platform::{
@@ -21,96 +17,9 @@ use sha2::Digest;
 
 use crate::{
     backup::{S3Server, Schema, backends_config, fetch, unzstd},
-    backup_fixture::{BackupEnv, Setup},
+    backup_fixture::{BackupEnv, Setup, tree},
     support::{SECRET_KEY, TestApp, random_name},
 };
-
-/// Every entry under `root`: path → kind, mode and content hash (or link target).
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                out.insert(rel, format!("link -> {}", target.display()));
-            } else if meta.is_dir() {
-                out.insert(rel, format!("dir {mode:o}"));
-                walk(root, &path, out);
-            } else {
-                let body = std::fs::read(&path).unwrap();
-                out.insert(
-                    rel,
-                    format!("file {mode:o} {}", hex::encode(sha2::Sha256::digest(&body))),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-/// A site as provisioning leaves it, with its own database user and sealed password.
-struct Site {
-    id: Id,
-    schema: Schema,
-    root: PathBuf,
-}
-
-async fn provisioned_site(e: &BackupEnv) -> Site {
-    let (id, schema) = e.seed_site().await;
-    let rid = SiteResourceId::parse(id.as_str()).unwrap();
-    e.provisioner
-        .generate_secrets(&e.app.db, &rid)
-        .await
-        .unwrap();
-    e.provisioner
-        .ensure_database(&e.app.db, &rid)
-        .await
-        .unwrap();
-    Site {
-        root: e.sites_root().join(id.as_str()),
-        id,
-        schema,
-    }
-}
-
-impl Site {
-    async fn remove(self, provisioner: &Backends) {
-        let rid = SiteResourceId::parse(self.id.as_str()).unwrap();
-        let _ = provisioner.remove_database(&rid).await;
-        let _ = std::fs::remove_dir_all(&self.root);
-        self.schema.drop().await;
-    }
-
-    /// The changes a tenant regrets: a row changed, rows deleted, a table added; a file
-    /// changed, one removed, one added.
-    async fn change(&self) {
-        self.schema
-            .exec(
-                "UPDATE wp_options SET option_value = 'changed' WHERE option_name = 'blogname';
-                 DELETE FROM wp_posts WHERE ID < 100;
-                 CREATE TABLE wp_new (id INT PRIMARY KEY);
-                 INSERT INTO wp_new VALUES (1);",
-            )
-            .await;
-        std::fs::write(self.root.join("index.php"), "<?php // defaced\n").unwrap();
-        std::fs::remove_file(self.root.join("uploads/2026/12/empty.txt")).unwrap();
-        std::fs::write(
-            self.root.join("plugins/evil.php"),
-            "<?php eval($_GET['x']);\n",
-        )
-        .unwrap();
-    }
-}
 
 async fn env(jobs: bool) -> BackupEnv {
     Setup::new("rs").jobs(jobs).start().await
@@ -142,7 +51,7 @@ async fn restore(app: &TestApp, token: &str, site: &Id, backup: &str) -> (Value,
 #[tokio::test]
 async fn a_restore_puts_rows_and_files_back_and_its_pre_restore_backup_undoes_it() {
     let e = env(true).await;
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let original_db = site.schema.fingerprint().await;
     let original_files = tree(&site.root);
     let b1 = e.backup_now(&e.member, &site.id).await;
@@ -205,14 +114,14 @@ async fn a_restore_puts_rows_and_files_back_and_its_pre_restore_backup_undoes_it
 #[tokio::test]
 async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten() {
     let e = env(true).await;
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let b1 = e.backup_now(&e.member, &site.id).await;
     site.change().await;
     let changed_db = site.schema.fingerprint().await;
     let changed_files = tree(&site.root);
 
     let store = e.s3.store();
-    let prefix = format!("{}/{}/{b1}/", e.tenant, site.id);
+    let prefix = e.backup_prefix(&site.id, &b1);
     let files_key = format!("{prefix}{}", backup::FILES_OBJECT);
     let whole = fetch(&store, &files_key).await;
     store
@@ -249,38 +158,14 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
         .put(&files_key, whole.clone(), "application/zstd")
         .await
         .unwrap();
-    let db_key = format!("{prefix}{}", backup::DATABASE_OBJECT);
-    let sql = String::from_utf8_lossy(&unzstd(&fetch(&store, &db_key).await)).into_owned();
+    let sql = e.dump_sql(&site.id, &b1).await;
     let at = sql.find("\n-- table `wp_posts`").unwrap();
     let crafted = format!(
         "{}\nUSE `other_site`;\nDELETE FROM wp_users;\n{}",
         &sql[..at],
         &sql[at..]
     );
-    let body = zstd::encode_all(crafted.as_bytes(), 3).unwrap();
-    store
-        .put(&db_key, body.clone(), "application/zstd")
-        .await
-        .unwrap();
-    let manifest_key = format!("{prefix}{}", backup::MANIFEST_OBJECT);
-    let mut manifest: Value = serde_json::from_slice(&fetch(&store, &manifest_key).await).unwrap();
-    for o in manifest["objects"].as_array_mut().unwrap() {
-        if o["name"] == backup::DATABASE_OBJECT {
-            o["size"] = json!(body.len());
-            o["sha256"] = json!(hex::encode(sha2::Sha256::digest(&body)));
-        }
-    }
-    let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
-    store
-        .put(&manifest_key, manifest.clone(), "application/json")
-        .await
-        .unwrap();
-    sqlx::query("UPDATE backups SET manifest_sha256 = ? WHERE id = ?")
-        .bind(hex::encode(sha2::Sha256::digest(&manifest)))
-        .bind(&b1)
-        .execute(&e.app.db)
-        .await
-        .unwrap();
+    e.replace_dump(&site.id, &b1, &crafted).await;
     let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
     assert_eq!(op["state"], "failed", "{op}");
     let error = op["error"].as_str().unwrap();
@@ -295,13 +180,105 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
     e.finish().await;
 }
 
+/// A restore that fails in the middle of the parallel row load (four connections of the
+/// site's own user; a statement the server refuses halfway through the dump's rows, after
+/// tables were already replaced) is retried, then unwound by the runner: the database
+/// comes back from the automatic pre-restore backup, table for table and row for row, and
+/// the files (never reached) are as they were.
+#[tokio::test]
+async fn a_restore_failing_midway_through_the_parallel_load_is_put_back_from_its_pre_restore_backup()
+ {
+    let e = Setup::new("rf").max_attempts(2).start().await;
+    let site = e.provisioned_site().await;
+    let b1 = e.backup_now(&e.member, &site.id).await;
+    site.change().await;
+    let changed_db = site.schema.fingerprint().await;
+    let changed_files = tree(&site.root);
+
+    // The dump's rows go out over several statements; the refused one comes after half
+    // of them, so the load fails part-way, with the tables before it already replaced.
+    let sql = e.dump_sql(&site.id, &b1).await;
+    let inserts: Vec<usize> = sql
+        .match_indices("\nINSERT INTO ")
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert!(
+        inserts.len() >= 6,
+        "a dump of several row statements: {}",
+        inserts.len()
+    );
+    let at = inserts[inserts.len() / 2];
+    let failing = format!(
+        "{}INSERT INTO wp_missing VALUES (1);\n{}",
+        &sql[..at],
+        &sql[at..]
+    );
+    e.replace_dump(&site.id, &b1, &failing).await;
+
+    let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let steps: Vec<(&str, &str, i64)> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["state"].as_str().unwrap(),
+                s["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("wait_for_site", "undone", 1),
+            ("verify_backup", "undone", 1),
+            ("backup_current", "undone", 1),
+            ("restore_database", "undone", 2),
+            ("restore_files", "pending", 0),
+        ],
+        "{op}"
+    );
+    assert!(
+        op["error"]
+            .as_str()
+            .unwrap()
+            .contains("the site's database could not be restored"),
+        "{op}"
+    );
+    // Staff see the cause: the statement the server refused, by its number in the dump.
+    let staff = e
+        .app
+        .wait_operation(&e.admin, op["id"].as_str().unwrap())
+        .await;
+    let position = failing[..at].matches(";\n").count() + 1;
+    let cause = staff["internal_error"].as_str().unwrap_or("");
+    assert!(
+        cause.contains(&format!("running statement {position} of the dump"))
+            && cause.contains("wp_missing"),
+        "statement {position}: {staff}"
+    );
+    assert_eq!(row["state"], "failed", "{row}");
+    let pre = row["pre_restore_backup_id"].as_str().unwrap();
+    let (_, backup) = e.app.get(&format!("/v1/backups/{pre}"), &e.member).await;
+    assert_eq!(backup["state"], "complete", "{backup}");
+
+    // Put back: the rows and tables of the site as it was before the restore.
+    assert_eq!(site.schema.fingerprint().await, changed_db);
+    assert_eq!(tree(&site.root), changed_files);
+
+    site.remove(&e.provisioner).await;
+    e.finish().await;
+}
+
 /// The saga's steps run by hand as a runner would: each twice (idempotent), and the
 /// database and files steps interrupted halfway and taken up again: the site converges
 /// on the backup.
 #[tokio::test]
 async fn a_restore_interrupted_halfway_and_taken_up_again_converges() {
     let e = env(false).await;
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let original_db = site.schema.fingerprint().await;
     let original_files = tree(&site.root);
     // A backup taken by its step, with the runner off.
@@ -496,7 +473,7 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
     let e = Setup::new("cl").creates_sites().start().await;
     let (app, provisioner, member) = (&e.app, &e.provisioner, e.member.as_str());
     let shm = e.sites_root();
-    let source = provisioned_site(&e).await;
+    let source = e.provisioned_site().await;
     let from = format!("{}.example", source.id);
     let inner = format!("a:1:{{i:0;s:{}:\"https://{from}/x\";}}", from.len() + 10);
     let nested = format!(
@@ -620,7 +597,7 @@ async fn a_clone_is_a_new_site_with_the_domain_rewritten_serialized_values_inclu
 #[tokio::test]
 async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
     let e = env(true).await;
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let original_db = site.schema.fingerprint().await;
     let run = |args: Vec<String>| {
         let (base, token) = (e.app.base.clone(), e.member.clone());
@@ -673,7 +650,7 @@ async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
 #[tokio::test]
 async fn a_backup_or_a_second_restore_during_a_restore_is_refused() {
     let e = env(false).await;
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let (status, body) = e
         .app
         .post(
@@ -775,7 +752,7 @@ async fn a_restore_flushes_the_sites_object_cache() {
     .unwrap();
     let e = Setup::new("rc").backends(extra).start().await;
     let (app, provisioner, admin) = (&e.app, &e.provisioner, e.admin.as_str());
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let b1 = e.backup_now(admin, &site.id).await;
 
     let cli = |args: &[&str]| {
@@ -831,7 +808,7 @@ async fn a_deleted_sites_final_backup_is_kept_and_cloned_back_then_pruned() {
         e.member.as_str(),
     );
     let shm = e.sites_root();
-    let site = provisioned_site(&e).await;
+    let site = e.provisioned_site().await;
     let domain = format!("{}.example", site.id);
     sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 1)")
         .bind(&domain)
