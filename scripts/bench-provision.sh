@@ -59,8 +59,9 @@ machine() {
 [ -f "$LAB_CONFIG" ] || { log "no lab ($LAB_CONFIG): pressdock-infra lab up"; exit 1; }
 
 log "building pressdock and the benchmark (debug, as the lab runs it)"
-cargo build -q -p platform --bin pressdock
-[ -x target/debug/pressdock-infra ] || cargo build -q -p infra --bin pressdock-infra
+# The workspace's binaries as scripts/up.sh builds them (the same features: building
+# `-p platform` alone resolves them anew and rebuilds dozens of crates).
+cargo build -q --workspace --bins
 cargo build -q -p e2e --example bench_provision
 
 restart_lab_platform() {

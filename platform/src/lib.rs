@@ -26,6 +26,7 @@ pub mod db;
 pub mod domain;
 pub mod edge_hosts;
 pub mod error;
+pub mod group;
 pub mod metrics;
 pub mod provision;
 pub mod sagas;

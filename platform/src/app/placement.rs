@@ -262,41 +262,69 @@ async fn load(db: &mut sqlx::MySqlConnection, config: &PlacementConfig) -> anyho
     })
 }
 
-/// Chooses the worker for a new site with the planner (capacity, headroom, tenant spread,
-/// failure domains), in the caller's transaction: the caller holds the active workers'
-/// rows, so no other reservation changes the picture meanwhile.
-pub async fn place_new_site(
+/// A new site to place (keyed by its id): its tenant and the slots its plan takes.
+#[derive(Debug, Clone)]
+pub struct NewSite {
+    pub tenant: String,
+    pub slots: u32,
+}
+
+/// Each site of a group: placed, or why no worker can take it.
+pub type Placed = BTreeMap<String, Result<(), String>>;
+
+/// New sites waiting to be placed together: one per process, shared by its sagas.
+pub type Placing = crate::group::Group<String, NewSite, Placed>;
+
+/// An empty group.
+pub fn placing() -> Placing {
+    crate::group::Group::new("placing the site failed")
+}
+
+/// Chooses the workers for new sites with the planner (capacity, headroom, tenant spread,
+/// failure domains), all in one plan so that each counts the others' slots, in the
+/// caller's transaction: the caller holds the active workers' rows, so no other
+/// reservation changes the picture meanwhile. Each site gets its worker's id or the
+/// reason no worker can take it.
+pub async fn place_new_sites(
     tx: &mut sqlx::MySqlConnection,
     config: &PlacementConfig,
-    site: &str,
-    tenant: &str,
-    slots: u32,
-) -> anyhow::Result<Result<String, placement::UnplacedReason>> {
+    new: &[(String, NewSite)],
+) -> anyhow::Result<BTreeMap<String, Result<String, placement::UnplacedReason>>> {
     let mut cluster = load(tx, config).await?.cluster;
-    cluster.sites.retain(|s| s.id.as_str() != site);
-    cluster.sites.push(placement::Site {
-        id: site.into(),
-        tenant: tenant.into(),
-        slots,
-        node: None,
-        pinned: false,
-        required_labels: BTreeMap::new(),
-        balance_hold: false,
-    });
+    cluster
+        .sites
+        .retain(|s| !new.iter().any(|(id, _)| id == s.id.as_str()));
+    for (id, site) in new {
+        cluster.sites.push(placement::Site {
+            id: id.as_str().into(),
+            tenant: site.tenant.as_str().into(),
+            slots: site.slots,
+            node: None,
+            pinned: false,
+            required_labels: BTreeMap::new(),
+            balance_hold: false,
+        });
+    }
     let plan = placement::place(&cluster, &policy(config))?;
-    if let Some(a) = plan
+    let mut chosen: BTreeMap<String, Result<String, placement::UnplacedReason>> = plan
         .assignments
         .into_iter()
-        .find(|a| a.site.as_str() == site)
-    {
-        return Ok(Ok(a.node.as_str().to_owned()));
+        .map(|a| (a.site.as_str().to_owned(), Ok(a.node.as_str().to_owned())))
+        .collect();
+    for u in plan.unplaced {
+        chosen
+            .entry(u.site.as_str().to_owned())
+            .or_insert(Err(u.reason));
     }
-    let reason = plan
-        .unplaced
-        .into_iter()
-        .find(|u| u.site.as_str() == site)
-        .map_or(placement::UnplacedReason::NoActiveNodes, |u| u.reason);
-    Ok(Err(reason))
+    Ok(new
+        .iter()
+        .map(|(id, _)| {
+            let result = chosen
+                .remove(id)
+                .unwrap_or(Err(placement::UnplacedReason::NoActiveNodes));
+            (id.clone(), result)
+        })
+        .collect())
 }
 
 fn reason_name(reason: MoveReason) -> &'static str {

@@ -37,6 +37,7 @@ use sqlx::MySqlPool;
 
 pub use crate::step_error::{Failure, StepError, StepResult};
 use crate::{
+    app::placement::{Placing, placing},
     config::{Config, PlacementConfig},
     provision::Backends,
     states::OperationKind,
@@ -62,9 +63,10 @@ impl StepContext {
     }
 }
 
-/// What the sagas are configured with besides the drivers: the job runner holds it and
-/// hands it to every step (`Backends` holds only the drivers and what they need).
-#[derive(Debug, Clone, Default)]
+/// What the sagas are configured with besides the drivers, and the groups they write in
+/// together: the job runner holds it and hands it to every step (`Backends` holds only the
+/// drivers and what they need).
+#[derive(Debug, Clone)]
 pub struct SagaSettings {
     /// The URL the sites' agents report to (`[agent] control_url`, without a trailing
     /// `/`); `None`: they do not, and a site is `active` as soon as its create operation
@@ -72,6 +74,18 @@ pub struct SagaSettings {
     pub control_url: Option<String>,
     /// How sites are placed and moved (`[placement]`).
     pub placement: PlacementConfig,
+    /// New sites waiting to be placed together (`reserve_slot`): one per process.
+    pub placing: Arc<Placing>,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            control_url: None,
+            placement: PlacementConfig::default(),
+            placing: Arc::new(placing()),
+        }
+    }
 }
 
 impl SagaSettings {
@@ -79,6 +93,7 @@ impl SagaSettings {
         Self {
             control_url: config.agent.report_url().map(str::to_owned),
             placement: config.placement.clone(),
+            ..Self::default()
         }
     }
 }

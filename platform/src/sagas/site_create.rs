@@ -4,12 +4,18 @@
 //! until its agent reports ready).
 
 use futures::future::BoxFuture;
+use sqlx::QueryBuilder;
 
 use super::{
     Saga, Step, StepContext, StepError, StepResult, Undo, always,
     site_steps::{self as s},
 };
-use crate::{provision::Backends, states::OperationKind};
+use crate::{
+    app::placement::{NewSite, Placed, place_new_sites},
+    group::Turn,
+    provision::Backends,
+    states::OperationKind,
+};
 
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteCreate,
@@ -89,7 +95,11 @@ pub(super) fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
         .fetch_optional(&c.db)
         .await?;
         match row {
-            Some((state, domains)) if state == "provisioning" && domains > 0 => Ok(()),
+            Some((state, domains)) if state == "provisioning" && domains > 0 => {
+                // The edge's host table loads while the other steps run (`publish_hosts`).
+                c.backends.warm_hosts(&c.db);
+                Ok(())
+            }
             Some((state, _)) => Err(StepError::permanent(
                 "the site changed while it was being created",
                 anyhow::anyhow!("site is {state}, not provisioning"),
@@ -104,22 +114,16 @@ pub(super) fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
 
 /// Places the site on the active worker with the fewest of its tenant's sites, then the
 /// most free slots. Worker rows are locked while choosing, so concurrent placements never
-/// overfill a worker; the placement's primary key makes the step idempotent.
+/// overfill a worker; the placement's primary key makes the step idempotent. Sites waiting
+/// at the same time are placed in one transaction ([`crate::group`]): a burst of creates
+/// took the workers' lock once per site, one after another.
 pub(super) fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
-        let mut tx = c.db.begin().await?;
-        // The active workers' rows first, before any plain read: they serialise
-        // reservations (and moves onto them), and the reads below then see what the last
-        // holder committed.
-        sqlx::query(
-            "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
-        )
-        .execute(&mut *tx)
-        .await?;
+        // Run again after a crash or a lost lease: the placement is there.
         let placed: Option<String> =
             sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
                 .bind(&c.target)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&c.db)
                 .await?;
         if placed.is_some() {
             return Ok(());
@@ -128,31 +132,86 @@ pub(super) fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
             "SELECT s.tenant_id, p.slots FROM sites s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?",
         )
         .bind(&c.target)
-        .fetch_one(&mut *tx)
+        .fetch_one(&c.db)
         .await?;
-        let slots = u32::try_from(slots).unwrap_or(1).max(1);
-        let chosen = crate::app::placement::place_new_site(
-            &mut tx,
-            &c.settings.placement,
-            &c.target,
-            &tenant,
-            slots,
-        )
-        .await
-        .map_err(|e| StepError::retryable("placing the site failed", e))?;
-        let node = chosen.map_err(|reason| {
-            StepError::permanent(
+        let site = NewSite {
+            tenant,
+            slots: u32::try_from(slots).unwrap_or(1).max(1),
+        };
+        let outcome = match c.settings.placing.join(c.target.clone(), site).await {
+            Turn::Done(outcome) => outcome,
+            Turn::Lead(leader) => {
+                let outcome = reserve_slots(c, &leader.changes)
+                    .await
+                    .map_err(|e| (e.public_message(), e.internal_message()));
+                leader.finish(outcome.clone());
+                outcome
+            }
+        };
+        let chosen = outcome
+            .map_err(|(public, cause)| StepError::retryable(public, anyhow::anyhow!("{cause}")))?;
+        match chosen.get(&c.target) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(StepError::permanent(
                 format!("no worker can take the site ({reason}); add or activate a worker"),
                 anyhow::anyhow!("placement: {reason}"),
-            )
-        })?;
-        sqlx::query("INSERT INTO placements (site_id, node_id, slots) VALUES (?, ?, ?)")
-            .bind(&c.target)
-            .bind(&node)
-            .bind(slots)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            )),
+            None => Err(StepError::retryable(
+                "placing the site failed",
+                anyhow::anyhow!("the placement group did not carry site {}", c.target),
+            )),
+        }
     })
+}
+
+/// One transaction for a group of new sites: the active workers' rows locked, the sites
+/// placed meanwhile (by another runner of the same step) left as they are, the others
+/// placed together and inserted. Each site: placed, or the reason no worker can take it.
+async fn reserve_slots(c: &StepContext, new: &[(String, NewSite)]) -> Result<Placed, StepError> {
+    let mut tx = c.db.begin().await?;
+    // The active workers' rows first, before any plain read: they serialise
+    // reservations (and moves onto them), and the reads below then see what the last
+    // holder committed.
+    sqlx::query(
+        "SELECT id FROM nodes WHERE role = 'worker' AND availability = 'active' FOR UPDATE",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let mut query = QueryBuilder::new("SELECT site_id FROM placements WHERE site_id IN (");
+    let mut ids = query.separated(", ");
+    for (id, _) in new {
+        ids.push_bind(id);
+    }
+    query.push(")");
+    let already: Vec<String> = query.build_query_scalar().fetch_all(&mut *tx).await?;
+    let todo: Vec<(String, NewSite)> = new
+        .iter()
+        .filter(|(id, _)| !already.contains(id))
+        .cloned()
+        .collect();
+    let chosen = place_new_sites(&mut tx, &c.settings.placement, &todo)
+        .await
+        .map_err(|e| StepError::retryable("placing the site failed", e))?;
+    let rows: Vec<(&String, &String, u32)> = todo
+        .iter()
+        .filter_map(|(id, site)| match chosen.get(id) {
+            Some(Ok(node)) => Some((id, node, site.slots)),
+            _ => None,
+        })
+        .collect();
+    if !rows.is_empty() {
+        let mut insert = QueryBuilder::new("INSERT INTO placements (site_id, node_id, slots) ");
+        insert.push_values(rows, |mut row, (site, node, slots)| {
+            row.push_bind(site).push_bind(node).push_bind(slots);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    let mut placed: Placed = already.into_iter().map(|id| (id, Ok(()))).collect();
+    placed.extend(
+        chosen
+            .into_iter()
+            .map(|(id, r)| (id, r.map(drop).map_err(|reason| reason.to_string()))),
+    );
+    Ok(placed)
 }
