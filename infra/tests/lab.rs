@@ -1523,7 +1523,13 @@ fn swarm_view(lab: &Lab) -> (Vec<String>, Vec<String>) {
 /// lab's only manager: the whole raft is lost); `lab restore swarm` unpacks the backup and
 /// runs `swarm init --force-new-cluster`: the same services and nodes (same ids), every
 /// worker Ready again with its tasks, and the edge serves again.
+///
+/// Not in CI yet: it failed once in its first 5 runs (`lab restore swarm` stopped after
+/// `swarm init --force-new-cluster`, the daemon's answer not kept), and a wait and retries
+/// were added after; 2 runs since, both passed. Run by hand until it has a record:
+/// `PRESSDOCK_LAB_TESTS=1 cargo test -p infra --test lab -- --ignored a_lost_manager`.
 #[test]
+#[ignore = "failed once in 5 lab runs; run by hand until it has a record (see its comment)"]
 fn a_lost_manager_state_is_recovered_from_its_backup() {
     if !enabled() {
         return;
