@@ -1,4 +1,5 @@
-//! The certificates' rows: settings and account, per-domain certificates, HTTP-01 answers.
+//! The certificates' rows: settings and account, per-domain certificates, HTTP-01 answers,
+//! and the account's order budget and rate-limit pause (rows of `rate_limits`).
 //!
 //! Sealed values are bound to their row (`acme/account/<directory>`,
 //! `certificate/<domain>`), so a ciphertext copied to another row does not open.

@@ -1548,26 +1548,7 @@ async fn new_orders_keep_the_accounts_budget() {
 
     // Over the budget, a pass orders nothing: the domain of a live site stays pending,
     // charged nothing.
-    let tenant = app.create_tenant(&admin, "budget").await;
-    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain) \
-         VALUES ('budgetsite', ?, 'Site', ?, 'active', 'due.budget.test')",
-    )
-    .bind(&tenant)
-    .bind(&plan)
-    .execute(&app.db)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO domains (domain, site_id, is_primary) VALUES ('due.budget.test', 'budgetsite', 1)",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    live_domain(&app, &admin, "budgetsite", "due.budget.test").await;
     let spent = Issuer::new(
         app.db.clone(),
         platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
@@ -1720,5 +1701,215 @@ async fn a_rate_limited_answer_pauses_every_new_order() {
     assert_eq!(store::paused_until(&app.db).await.unwrap(), None);
     let (_, body) = app.get("/v1/admin/acme", &admin).await;
     assert_eq!(body["rate_limited_until"], Value::Null, "{body}");
+    app.finish().await;
+}
+
+/// An ACME directory over HTTPS that registers any account and answers every new order
+/// `rateLimited` with `Retry-After: 120` (pebble does not rate-limit): its URL, the root
+/// its HTTPS chains to, how many new orders it was sent, and its task.
+async fn rate_limiting_directory(
+    dir: &Path,
+) -> (
+    String,
+    PathBuf,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let (root, cert, key) = pebble_tls(dir);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let orders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = orders.clone();
+    let served = base.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, base, orders) = (acceptor.clone(), served.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // One request per connection: its head, then its body (ignored).
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < head_end + length {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let (status, headers, body) = match path.as_str() {
+                    "/dir" => (
+                        "200 OK",
+                        "content-type: application/json\r\n".to_owned(),
+                        json!({
+                            "newNonce": format!("{base}/nonce"),
+                            "newAccount": format!("{base}/account"),
+                            "newOrder": format!("{base}/order"),
+                        })
+                        .to_string(),
+                    ),
+                    "/account" => (
+                        "201 Created",
+                        format!("content-type: application/json\r\nlocation: {base}/account/1\r\n"),
+                        json!({ "status": "valid" }).to_string(),
+                    ),
+                    "/order" => {
+                        orders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        (
+                            "429 Too Many Requests",
+                            "content-type: application/problem+json\r\nretry-after: 120\r\n"
+                                .to_owned(),
+                            json!({
+                                "type": "urn:ietf:params:acme:error:rateLimited",
+                                "detail": "too many new orders (300) from this account in the last 3h0m0s",
+                                "status": 429,
+                            })
+                            .to_string(),
+                        )
+                    }
+                    _ => ("200 OK", String::new(), String::new()),
+                };
+                let _ = tls
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\n{headers}replay-nonce: nonce{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            rand_nonce(),
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (format!("{base}/dir"), root, orders, task)
+}
+
+fn rand_nonce() -> String {
+    random_name("n").replace('_', "")
+}
+
+/// A live site's domain, straight in the tables (no provisioning needed by the issuer).
+async fn live_domain(app: &TestApp, admin: &str, site: &str, domain: &str) {
+    let tenant = app.create_tenant(admin, site).await;
+    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain) \
+         VALUES (?, ?, 'Site', ?, 'active', ?)",
+    )
+    .bind(site)
+    .bind(&tenant)
+    .bind(&plan)
+    .bind(domain)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 1)")
+        .bind(domain)
+        .bind(site)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
+/// The whole path of a `rateLimited` answer with its `Retry-After` header (120 s here, not
+/// the default hour): the issuer reads the header, pauses every new order until then,
+/// shows it on the domain, and sends no new order while the pause lasts.
+#[tokio::test]
+async fn a_rate_limited_order_is_paused_until_its_retry_after() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let tls = tempfile::tempdir().unwrap();
+    let (directory, root, orders, _server) = rate_limiting_directory(tls.path()).await;
+    put_directory(&app, &admin, &directory).await;
+    live_domain(&app, &admin, "limitsite1", "limited.retry.test").await;
+    live_domain(&app, &admin, "limitsite2", "other.retry.test").await;
+    let issuer = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        platform::config::CertsConfig {
+            directory_ca_file: Some(root),
+            rate_limited_default_secs: 3600,
+            ..Default::default()
+        },
+    );
+    let before = chrono::Utc::now();
+    let report = issuer.run_pass().await.unwrap();
+    assert_eq!(report.added, 2, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    let until = report.paused_until.expect("paused");
+    // The header's two minutes, not the default hour.
+    assert!(
+        until > before + chrono::Duration::seconds(100)
+            && until < before + chrono::Duration::minutes(30),
+        "{until}"
+    );
+    assert_eq!(orders.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let limited = &report.failed[0];
+    let (state, failures, _, last_error) = row(&app, limited).await.unwrap();
+    assert_eq!((state.as_str(), failures), ("failed", 0));
+    let last_error = last_error.unwrap();
+    assert!(
+        last_error.starts_with(&format!(
+            "rate limited by the ACME server until {}: ",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )) && last_error.contains("too many new orders (300)"),
+        "{last_error}"
+    );
+    // The other domain was not ordered: it waits, pending, with no error.
+    let other = if limited == "limited.retry.test" {
+        "other.retry.test"
+    } else {
+        "limited.retry.test"
+    };
+    let (state, failures, _, last_error) = row(&app, other).await.unwrap();
+    assert_eq!((state.as_str(), failures, last_error), ("pending", 0, None));
+    // The next pass sends nothing.
+    let report = issuer.run_pass().await.unwrap();
+    assert_eq!(report.paused_until, Some(until), "{report:?}");
+    assert_eq!(orders.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(body["account_registered"], true, "{body}");
+    assert_eq!(body["orders_in_window"], 1, "{body}");
     app.finish().await;
 }
