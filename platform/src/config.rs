@@ -313,6 +313,17 @@ pub struct CertsConfig {
     pub interval_secs: u64,
     /// Orders started per pass (at most; the rest wait for the next pass).
     pub max_orders_per_pass: u32,
+    /// New orders the ACME account may place within `order_window_secs`, a rolling window,
+    /// all replicas together (counted in the database): Let's Encrypt allows 300 new orders
+    /// per account per 3 hours. Over it, due domains wait, the renewals that expire
+    /// soonest first.
+    pub orders_per_window: u32,
+    pub order_window_secs: u64,
+    /// How long every new order waits after the ACME server answered `rateLimited`
+    /// without a `Retry-After` (or with one that does not parse).
+    pub rate_limited_default_secs: u64,
+    /// The longest such wait a `Retry-After` can ask for.
+    pub rate_limited_max_secs: u64,
     /// How long an order may take to become ready, and its certificate to be issued.
     pub order_timeout_secs: u64,
     /// Back-off after a failed order: doubling from this, up to `retry_max_secs`.
@@ -356,6 +367,10 @@ impl Default for CertsConfig {
             directory_ca_file: None,
             interval_secs: 60,
             max_orders_per_pass: 20,
+            orders_per_window: 300,
+            order_window_secs: 3 * 3600,
+            rate_limited_default_secs: 3600,
+            rate_limited_max_secs: 86_400,
             order_timeout_secs: 120,
             retry_base_secs: 300,
             retry_max_secs: 86_400,

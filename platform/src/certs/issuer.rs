@@ -1,18 +1,30 @@
 //! The renewal loop: orders certificates from the staff-chosen ACME directory with
 //! `instant-acme`, one domain per order, HTTP-01 answered through [`super::edge`].
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{Client as HyperClient, connect::HttpConnector},
+    rt::TokioExecutor,
 };
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 
-use super::store::{self, Issued, Material, Settings};
+use super::store::{self, Charge, Issued, Material, Settings};
 use crate::{config::CertsConfig, crypto::SecretBox, metrics::Metrics};
 
 /// Orders and renews the certificates of the sites' domains.
@@ -21,6 +33,8 @@ pub struct Issuer {
     db: MySqlPool,
     secrets: SecretBox,
     config: CertsConfig,
+    /// The `Retry-After` of the last error answer of the ACME server ([`RecordingClient`]).
+    retry_after: Arc<Mutex<Option<String>>>,
 }
 
 /// What one pass did.
@@ -30,6 +44,11 @@ pub struct PassReport {
     pub removed: u64,
     pub issued: Vec<String>,
     pub failed: Vec<String>,
+    /// New orders wait until then: the ACME server answered `rateLimited` (at this pass
+    /// or before).
+    pub paused_until: Option<DateTime<Utc>>,
+    /// The budget of new orders of the window was spent: due domains were left waiting.
+    pub over_budget: bool,
 }
 
 /// Why an order failed, as the ACME server (or the network) said it; shown to tenants.
@@ -37,17 +56,12 @@ pub struct PassReport {
 struct OrderFailure(String);
 
 /// The directory does not know our account (RFC 8555 `accountDoesNotExist`): not the
-/// domain's failure.
+/// domain's failure. The directory refuses for now (`rateLimited`): every new order waits.
 #[derive(Debug)]
 enum Failure {
     Order(OrderFailure),
     AccountGone(String),
-}
-
-impl From<instant_acme::Error> for OrderFailure {
-    fn from(err: instant_acme::Error) -> Self {
-        Self(err.to_string())
-    }
+    RateLimited(String),
 }
 
 impl From<OrderFailure> for Failure {
@@ -58,18 +72,71 @@ impl From<OrderFailure> for Failure {
 
 impl From<instant_acme::Error> for Failure {
     fn from(err: instant_acme::Error) -> Self {
-        match &err {
-            instant_acme::Error::Api(problem)
-                if problem
-                    .r#type
-                    .as_deref()
-                    .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
-            {
-                Self::AccountGone(err.to_string())
-            }
-            _ => Self::Order(err.into()),
+        let problem_type = match &err {
+            instant_acme::Error::Api(problem) => problem.r#type.as_deref().unwrap_or_default(),
+            _ => "",
+        };
+        if problem_type.ends_with(":accountDoesNotExist") {
+            Self::AccountGone(err.to_string())
+        } else if problem_type == "urn:ietf:params:acme:error:rateLimited" {
+            Self::RateLimited(err.to_string())
+        } else {
+            Self::Order(OrderFailure(err.to_string()))
         }
     }
+}
+
+/// instant-acme's HTTP client (hyper over rustls, as its own), keeping the `Retry-After`
+/// of the last error answer: instant-acme's `Error::Api` carries the problem document
+/// only, and a `rateLimited` answer says in that header when to come back (RFC 8555 §6.6).
+struct RecordingClient {
+    inner: HyperClient<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+    retry_after: Arc<Mutex<Option<String>>>,
+}
+
+impl HttpClient for RecordingClient {
+    fn request(
+        &self,
+        req: axum::http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let sent = HttpClient::request(&self.inner, req);
+        let slot = self.retry_after.clone();
+        Box::pin(async move {
+            let response = sent.await?;
+            let status = response.parts.status;
+            if status.is_client_error() || status.is_server_error() {
+                let value = response
+                    .parts
+                    .headers
+                    .get(axum::http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().chars().take(100).collect());
+                if let Ok(mut last) = slot.lock() {
+                    *last = value;
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// How long every new order waits after a `rateLimited` answer: its `Retry-After` (RFC 9110:
+/// seconds, or an HTTP date, read against `now`); `default_secs` without one or with one
+/// that does not parse; at least a second, at most `max_secs`.
+pub fn rate_limit_pause_secs(
+    retry_after: Option<&str>,
+    now: DateTime<Utc>,
+    default_secs: u64,
+    max_secs: u64,
+) -> u64 {
+    let asked = retry_after.map(str::trim).and_then(|value| {
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(value.parse::<u64>().unwrap_or(u64::MAX));
+        }
+        let at = DateTime::parse_from_rfc2822(value).ok()?;
+        Some(u64::try_from((at.with_timezone(&Utc) - now).num_seconds()).unwrap_or(0))
+    });
+    asked.unwrap_or(default_secs).clamp(1, max_secs.max(1))
 }
 
 impl Issuer {
@@ -78,6 +145,7 @@ impl Issuer {
             db,
             secrets,
             config,
+            retry_after: Arc::default(),
         }
     }
 
@@ -95,8 +163,18 @@ impl Issuer {
         let Some(settings) = store::settings(&self.db).await? else {
             return Ok(report);
         };
+        if let Some(until) = store::paused_until(&self.db).await? {
+            report.paused_until = Some(until);
+            return Ok(report);
+        }
         let due = store::due(&self.db, self.config.max_orders_per_pass).await?;
         if due.is_empty() {
+            return Ok(report);
+        }
+        // The budget is charged order by order below; spent already, no account is needed.
+        let placed = store::orders_in_window(&self.db, self.config.order_window_secs).await?;
+        if placed >= u64::from(self.config.orders_per_window) {
+            report.over_budget = true;
             return Ok(report);
         }
         let account = match self.account(&settings).await {
@@ -112,6 +190,26 @@ impl Issuer {
             if !store::lease(&self.db, &domain, lease_secs).await? {
                 continue;
             }
+            let charge = store::charge_order(
+                &self.db,
+                &domain,
+                self.config.orders_per_window,
+                self.config.order_window_secs,
+            )
+            .await;
+            match charge {
+                Ok(Charge::Charged) => {}
+                other => {
+                    // The domain waits, uncharged, as every other due one.
+                    store::release(&self.db, &domain).await?;
+                    match other? {
+                        Charge::Paused(until) => report.paused_until = Some(until),
+                        _ => report.over_budget = true,
+                    }
+                    break;
+                }
+            }
+            self.take_retry_after();
             match self.order(&account, &domain).await {
                 Err(Failure::AccountGone(reason)) => {
                     // The directory lost our account (pebble restarted, the account was
@@ -127,6 +225,12 @@ impl Issuer {
                         .await?;
                     tracing::info!(%domain, not_after = %issued.not_after, "certificate issued");
                     report.issued.push(domain);
+                }
+                Err(Failure::RateLimited(reason)) => {
+                    let until = self.rate_limited(&domain, &reason).await?;
+                    report.failed.push(domain);
+                    report.paused_until = Some(until);
+                    break;
                 }
                 Err(Failure::Order(OrderFailure(reason))) => {
                     let failures = store::failures(&self.db, &domain).await?;
@@ -144,12 +248,62 @@ impl Issuer {
         Ok(report)
     }
 
+    /// Pauses every new order after `domain`'s order was answered `rateLimited`, until the
+    /// answer's `Retry-After`, and shows why on the domain. Returns when the pause ends.
+    pub async fn rate_limited(&self, domain: &str, reason: &str) -> anyhow::Result<DateTime<Utc>> {
+        let retry_after = self.take_retry_after();
+        let secs = rate_limit_pause_secs(
+            retry_after.as_deref(),
+            Utc::now(),
+            self.config.rate_limited_default_secs,
+            self.config.rate_limited_max_secs,
+        );
+        let until = store::pause_orders(&self.db, secs).await?;
+        let shown = format!(
+            "rate limited by the ACME server until {}: {reason}",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        store::store_rate_limited(&self.db, domain, &shown, until).await?;
+        tracing::warn!(%domain, %reason, ?retry_after, %until, "the ACME server rate-limits the account: new orders wait");
+        Ok(until)
+    }
+
+    /// Takes the `Retry-After` of the last error answer, leaving none.
+    fn take_retry_after(&self) -> Option<String> {
+        self.retry_after
+            .lock()
+            .ok()
+            .and_then(|mut last| last.take())
+    }
+
+    /// An account builder over a [`RecordingClient`]: the system's roots, or only the one
+    /// in `directory_ca_file`.
     fn builder(&self) -> anyhow::Result<instant_acme::AccountBuilder> {
-        Ok(match &self.config.directory_ca_file {
-            Some(path) => Account::builder_with_root(path)
-                .with_context(|| format!("trusting the ACME root in {}", path.display()))?,
-            None => Account::builder().context("building the ACME HTTP client")?,
-        })
+        let connector = HttpsConnectorBuilder::new();
+        let connector = match &self.config.directory_ca_file {
+            Some(path) => {
+                let root = CertificateDer::from_pem_file(path)
+                    .with_context(|| format!("reading the ACME root in {}", path.display()))?;
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(root)
+                    .with_context(|| format!("trusting the ACME root in {}", path.display()))?;
+                connector.with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                )
+            }
+            None => connector
+                .try_with_platform_verifier()
+                .context("building the ACME HTTP client")?,
+        };
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .build(connector.https_only().enable_http1().enable_http2().build());
+        Ok(Account::builder_with_http(Box::new(RecordingClient {
+            inner,
+            retry_after: self.retry_after.clone(),
+        })))
     }
 
     /// The account of the configured directory: the stored one, or a new registration
@@ -216,14 +370,14 @@ impl Issuer {
         order: &mut instant_acme::Order,
         domain: &str,
         tokens: &mut Vec<String>,
-    ) -> Result<(), OrderFailure> {
+    ) -> Result<(), Failure> {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz?;
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                other => return Err(OrderFailure(format!("authorization is {other:?}"))),
+                other => return Err(OrderFailure(format!("authorization is {other:?}")).into()),
             }
             let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
                 OrderFailure("the ACME server offers no HTTP-01 challenge".to_owned())
@@ -239,13 +393,13 @@ impl Issuer {
         Ok(())
     }
 
-    async fn finish(&self, order: &mut instant_acme::Order) -> Result<Material, OrderFailure> {
+    async fn finish(&self, order: &mut instant_acme::Order) -> Result<Material, Failure> {
         let retries = RetryPolicy::new()
             .initial_delay(Duration::from_millis(250))
             .timeout(Duration::from_secs(self.config.order_timeout_secs));
         let status = order.poll_ready(&retries).await?;
         if status != OrderStatus::Ready {
-            return Err(OrderFailure(challenge_errors(order).await));
+            return Err(OrderFailure(challenge_errors(order).await).into());
         }
         let key_pem = order.finalize().await?;
         let chain_pem = order.poll_certificate(&retries).await?;
@@ -371,6 +525,53 @@ mod tests {
         assert_eq!(backoff_secs(5, 60, 86_400), 1920);
         assert_eq!(backoff_secs(20, 60, 86_400), 86_400);
         assert_eq!(backoff_secs(u32::MAX, 60, 86_400), 86_400);
+    }
+
+    #[test]
+    fn a_retry_after_is_seconds_or_a_date_within_bounds() {
+        let now = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let pause = |v: Option<&str>| rate_limit_pause_secs(v, now, 3600, 86_400);
+        assert_eq!(pause(Some("120")), 120);
+        assert_eq!(pause(Some(" 7 ")), 7);
+        assert_eq!(pause(Some("Mon, 07 Dec 2026 10:30:00 GMT")), 1800);
+        // None, or one that does not parse: the default.
+        assert_eq!(pause(None), 3600);
+        assert_eq!(pause(Some("")), 3600);
+        assert_eq!(pause(Some("soon")), 3600);
+        assert_eq!(pause(Some("-5")), 3600);
+        // Capped; a date past (or zero seconds) is still a second.
+        assert_eq!(pause(Some("999999999999999999999999")), 86_400);
+        assert_eq!(pause(Some("Tue, 07 Dec 2027 10:00:00 GMT")), 86_400);
+        assert_eq!(pause(Some("Sun, 06 Dec 2026 10:00:00 GMT")), 1);
+        assert_eq!(pause(Some("0")), 1);
+    }
+
+    #[test]
+    fn a_rate_limited_problem_pauses_the_account_not_the_domain() {
+        let problem = |t: &str| {
+            instant_acme::Error::Api(instant_acme::Problem {
+                r#type: Some(t.to_owned()),
+                detail: Some("too many new orders recently".to_owned()),
+                status: Some(429),
+                subproblems: Vec::new(),
+            })
+        };
+        match Failure::from(problem("urn:ietf:params:acme:error:rateLimited")) {
+            Failure::RateLimited(reason) => {
+                assert!(reason.contains("too many new orders"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Failure::from(problem("urn:ietf:params:acme:error:accountDoesNotExist")),
+            Failure::AccountGone(_)
+        ));
+        assert!(matches!(
+            Failure::from(problem("urn:ietf:params:acme:error:unauthorized")),
+            Failure::Order(_)
+        ));
     }
 }
 

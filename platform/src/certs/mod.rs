@@ -8,7 +8,10 @@
 //!   live sites, then orders, one domain per order, the certificates that are missing, due
 //!   (two thirds of their lifetime) or whose back-off has passed. A lease on the row keeps
 //!   one order per domain at a time across replicas; a failing domain records the ACME
-//!   server's reason and is retried later, without holding back any other domain.
+//!   server's reason and is retried later, without holding back any other domain. The
+//!   account's limits are kept: a budget of new orders per rolling window, and a pause of
+//!   every new order after a `rateLimited` answer, until its `Retry-After` (both in the
+//!   database, so they hold across restarts and replicas).
 //! - [`edge`]: what the edge asks of the platform, outside the `/v1` API: the HTTP-01
 //!   answers (`/.well-known/acme-challenge/{token}`, which every Traefik replica forwards
 //!   here), and Traefik's dynamic configuration (`providers.http`): every certificate
@@ -118,6 +121,14 @@ pub struct AcmeSettings {
     /// Whether the platform holds an account at this directory (its key is sealed in the
     /// control-plane database and never shown).
     pub account_registered: bool,
+    /// Until when every new order waits: the ACME server answered `rateLimited` (its
+    /// `Retry-After`, or `certs.rate_limited_default_secs` without one). `null`: no pause.
+    pub rate_limited_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// New orders placed within the last `certs.order_window_secs` (all replicas).
+    pub orders_in_window: u64,
+    /// The budget of new orders within that window (`certs.orders_per_window`); over it,
+    /// due domains wait.
+    pub orders_per_window: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -138,17 +149,21 @@ pub struct AcmeSettingsChange {
 /// The current settings; staff (admin, operator) only.
 pub async fn get_settings(state: &AppState, actor: &Actor) -> ApiResult<AcmeSettings> {
     actor.require_staff(&[StaffRole::Admin, StaffRole::Operator])?;
-    Ok(match store::settings_and_account(&state.db).await? {
-        Some((s, account)) => AcmeSettings {
-            directory_url: Some(s.directory_url),
-            contact_email: Some(s.contact_email),
-            account_registered: account,
-        },
-        None => AcmeSettings {
-            directory_url: None,
-            contact_email: None,
-            account_registered: false,
-        },
+    let certs = &state.config.certs;
+    let rate_limited_until = store::paused_until(&state.db).await?;
+    let orders_in_window = store::orders_in_window(&state.db, certs.order_window_secs).await?;
+    let (directory_url, contact_email, account_registered) =
+        match store::settings_and_account(&state.db).await? {
+            Some((s, account)) => (Some(s.directory_url), Some(s.contact_email), account),
+            None => (None, None, false),
+        };
+    Ok(AcmeSettings {
+        directory_url,
+        contact_email,
+        account_registered,
+        rate_limited_until,
+        orders_in_window,
+        orders_per_window: certs.orders_per_window,
     })
 }
 

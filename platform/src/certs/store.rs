@@ -1,4 +1,5 @@
-//! The certificates' rows: settings and account, per-domain certificates, HTTP-01 answers.
+//! The certificates' rows: settings and account, per-domain certificates, HTTP-01 answers,
+//! and the account's order budget and rate-limit pause (rows of `rate_limits`).
 //!
 //! Sealed values are bound to their row (`acme/account/<directory>`,
 //! `certificate/<domain>`), so a ciphertext copied to another row does not open.
@@ -65,6 +66,12 @@ pub async fn set_settings(conn: &mut sqlx::MySqlConnection, s: &Settings) -> any
         .execute(&mut *conn)
         .await
         .context("making the old directory's certificates due")?;
+        // A pause the old directory asked for is not the new one's.
+        sqlx::query("DELETE FROM rate_limits WHERE bucket = ?")
+            .bind(PAUSE_BUCKET)
+            .execute(&mut *conn)
+            .await
+            .context("lifting the old directory's pause")?;
     }
     sqlx::query(
         "INSERT INTO acme_settings (id, directory_url, contact_email) VALUES (1, ?, ?) \
@@ -247,11 +254,14 @@ pub async fn sync_domains(
     })
 }
 
-/// Domains whose order is due and not leased by another replica, the longest waiting first.
+/// Domains whose order is due and not leased by another replica: the renewals of the
+/// certificates that expire soonest first (when the order budget is short, they are what
+/// must not wait), then the others, the longest waiting first.
 pub async fn due(db: &MySqlPool, limit: u32) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT domain FROM certificates WHERE next_attempt_at <= NOW(6) \
-         AND (lease_until IS NULL OR lease_until < NOW(6)) ORDER BY next_attempt_at LIMIT ?",
+         AND (lease_until IS NULL OR lease_until < NOW(6)) \
+         ORDER BY not_after IS NULL, not_after, next_attempt_at LIMIT ?",
     )
     .bind(limit)
     .fetch_all(db)
@@ -271,6 +281,117 @@ pub async fn lease(db: &MySqlPool, domain: &str, secs: u64) -> anyhow::Result<bo
     .await?
     .rows_affected()
         == 1)
+}
+
+/// The `rate_limits` row of the account-wide pause of new orders: its `window_start` is
+/// when the pause ends (no migration: that table is the platform's generic counter store).
+pub const PAUSE_BUCKET: &str = "acme/paused";
+/// The prefix of the `rate_limits` rows that record each new order (`acme/order/<time>/<domain>`,
+/// `window_start` its time): the budget counts them over a rolling window.
+pub const ORDER_BUCKET_PREFIX: &str = "acme/order/";
+
+/// Pauses every new order of the account for `secs` (an ACME `rateLimited` answer); a
+/// pause that ends later already is kept. Returns when the pause ends.
+pub async fn pause_orders(db: &MySqlPool, secs: u64) -> anyhow::Result<DateTime<Utc>> {
+    sqlx::query(
+        "INSERT INTO rate_limits (bucket, window_start, hits) \
+         VALUES (?, NOW(6) + INTERVAL ? SECOND, 0) \
+         ON DUPLICATE KEY UPDATE window_start = GREATEST(window_start, VALUES(window_start))",
+    )
+    .bind(PAUSE_BUCKET)
+    .bind(secs)
+    .execute(db)
+    .await
+    .context("pausing new ACME orders")?;
+    Ok(
+        sqlx::query_scalar("SELECT window_start FROM rate_limits WHERE bucket = ?")
+            .bind(PAUSE_BUCKET)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// When the pause of new orders ends, if one is in force.
+pub async fn paused_until(db: &MySqlPool) -> anyhow::Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar(
+        "SELECT window_start FROM rate_limits WHERE bucket = ? AND window_start > NOW(6)",
+    )
+    .bind(PAUSE_BUCKET)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// New orders recorded within the last `window_secs`.
+pub async fn orders_in_window(
+    conn: impl sqlx::MySqlExecutor<'_>,
+    window_secs: u64,
+) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(hits), 0) AS SIGNED) FROM rate_limits \
+         WHERE bucket LIKE 'acme/order/%' AND window_start > NOW(6) - INTERVAL ? SECOND",
+    )
+    .bind(window_secs)
+    .fetch_one(conn)
+    .await?;
+    Ok(n.max(0) as u64)
+}
+
+/// What [`charge_order`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// The order is recorded: place it.
+    Charged,
+    /// `budget` orders were placed within the window: wait.
+    Spent,
+    /// The ACME server asked every new order to wait until then.
+    Paused(DateTime<Utc>),
+}
+
+/// Takes one new order for `domain` out of the account's budget: `budget` orders within
+/// the last `window_secs`, all replicas together (they take turns on the settings row), and
+/// none while a pause is in force. Records older than the window are dropped.
+pub async fn charge_order(
+    db: &MySqlPool,
+    domain: &str,
+    budget: u32,
+    window_secs: u64,
+) -> anyhow::Result<Charge> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT id FROM acme_settings WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .context("taking the order budget's turn")?;
+    let paused: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT window_start FROM rate_limits WHERE bucket = ? AND window_start > NOW(6)",
+    )
+    .bind(PAUSE_BUCKET)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(until) = paused {
+        return Ok(Charge::Paused(until));
+    }
+    sqlx::query(
+        "DELETE FROM rate_limits WHERE bucket LIKE 'acme/order/%' \
+         AND window_start < NOW(6) - INTERVAL ? SECOND",
+    )
+    .bind(window_secs)
+    .execute(&mut *tx)
+    .await?;
+    if orders_in_window(&mut *tx, window_secs).await? >= u64::from(budget) {
+        return Ok(Charge::Spent);
+    }
+    sqlx::query(
+        "INSERT INTO rate_limits (bucket, window_start, hits) \
+         VALUES (CONCAT(?, DATE_FORMAT(NOW(6), '%Y%m%d%H%i%s%f'), '/', ?), NOW(6), 1) \
+         ON DUPLICATE KEY UPDATE hits = hits + 1",
+    )
+    .bind(ORDER_BUCKET_PREFIX)
+    .bind(domain)
+    .execute(&mut *tx)
+    .await
+    .context("recording a new ACME order")?;
+    tx.commit().await?;
+    Ok(Charge::Charged)
 }
 
 /// A certificate chain (leaf first) and its private key, PEM.
@@ -350,6 +471,30 @@ pub async fn store_failure(
     .execute(db)
     .await
     .context("recording a failed order")?;
+    Ok(())
+}
+
+/// Records an order the ACME server refused with `rateLimited`: the reason, and the next
+/// attempt when the pause ends. Not counted as the domain's failure (no back-off grows).
+pub async fn store_rate_limited(
+    db: &MySqlPool,
+    domain: &str,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let reason: String = reason.chars().take(2000).collect();
+    sqlx::query(
+        "UPDATE certificates SET \
+           state = IF(pem_sealed IS NOT NULL AND not_after > NOW(6), 'valid', 'failed'), \
+           last_error = ?, next_attempt_at = ?, lease_until = NULL, \
+           updated_at = NOW(6) WHERE domain = ?",
+    )
+    .bind(reason)
+    .bind(until)
+    .bind(domain)
+    .execute(db)
+    .await
+    .context("recording a rate-limited order")?;
     Ok(())
 }
 

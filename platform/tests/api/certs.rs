@@ -623,7 +623,11 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     let (status, body) = app.get("/v1/admin/acme", &admin).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["account_registered"], true, "{body}");
-    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 6, "{body}");
+    // Every order of this test is counted against the account's budget, none paused.
+    assert!(body["orders_in_window"].as_u64().unwrap() >= 2, "{body}");
+    assert_eq!(body["orders_per_window"], 300, "{body}");
+    assert_eq!(body["rate_limited_until"], Value::Null, "{body}");
 
     // A restarted platform (a new issuer on the same database) orders nothing it holds.
     let again = Issuer::new(
@@ -1136,7 +1140,10 @@ async fn acme_settings_are_validated_and_staff_only() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({ "directory_url": null, "contact_email": null, "account_registered": false })
+        json!({
+            "directory_url": null, "contact_email": null, "account_registered": false,
+            "rate_limited_until": null, "orders_in_window": 0, "orders_per_window": 300,
+        })
     );
     let (status, body) = app
         .request(
@@ -1171,6 +1178,9 @@ async fn acme_settings_are_validated_and_staff_only() {
             "directory_url": platform::certs::LETS_ENCRYPT_STAGING,
             "contact_email": "ops@example.test",
             "account_registered": false,
+            "rate_limited_until": null,
+            "orders_in_window": 0,
+            "orders_per_window": 300,
         })
     );
     // Operators read, only admins change; tenants see neither.
@@ -1470,5 +1480,436 @@ async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_fai
     assert!(later > not_after, "{renewed}");
     assert!(!renewed_chain.is_empty());
     drop(traefik);
+    app.finish().await;
+}
+
+/// The account's budget of new orders: a rolling window counted in the database, shared by
+/// replicas (many concurrent takers charge exactly the budget), records older than the
+/// window no longer count. Over it a pass orders nothing (the due domains wait, unleased).
+#[tokio::test]
+async fn new_orders_keep_the_accounts_budget() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    // A directory nothing answers at: a pass that tried to order would fail.
+    put_directory(&app, &admin, "https://127.0.0.1:9/dir").await;
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let db = app.db.clone();
+            tokio::spawn(async move {
+                store::charge_order(&db, &format!("d{i}.budget.test"), 5, 3600)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut charged = 0;
+    for t in takers {
+        match t.await.unwrap() {
+            store::Charge::Charged => charged += 1,
+            store::Charge::Spent => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(charged, 5, "the budget holds across concurrent replicas");
+    assert_eq!(store::orders_in_window(&app.db, 3600).await.unwrap(), 5);
+    assert_eq!(
+        store::charge_order(&app.db, "more.budget.test", 5, 3600)
+            .await
+            .unwrap(),
+        store::Charge::Spent
+    );
+    let (status, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["orders_in_window"], 5, "{body}");
+
+    // Orders placed two hours ago are outside a one-hour window (and dropped), not a
+    // three-hour one.
+    sqlx::query(
+        "UPDATE rate_limits SET window_start = window_start - INTERVAL 2 HOUR \
+         WHERE bucket LIKE 'acme/order/%'",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(store::orders_in_window(&app.db, 3 * 3600).await.unwrap(), 5);
+    assert_eq!(store::orders_in_window(&app.db, 3600).await.unwrap(), 0);
+    assert_eq!(
+        store::charge_order(&app.db, "more.budget.test", 5, 3600)
+            .await
+            .unwrap(),
+        store::Charge::Charged
+    );
+    let kept: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM rate_limits WHERE bucket LIKE 'acme/order/%'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(kept, 1, "records older than the window are dropped");
+
+    // Over the budget, a pass orders nothing: the domain of a live site stays pending,
+    // charged nothing.
+    live_domain(&app, &admin, "budgetsite", "due.budget.test").await;
+    let spent = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        platform::config::CertsConfig {
+            orders_per_window: 1,
+            order_window_secs: 3600,
+            ..Default::default()
+        },
+    );
+    let report = spent.run_pass().await.unwrap();
+    assert_eq!(report.added, 1, "{report:?}");
+    assert!(report.over_budget, "{report:?}");
+    assert!(
+        report.issued.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let (state, failures, _, last_error) = row(&app, "due.budget.test").await.unwrap();
+    assert_eq!((state.as_str(), failures, last_error), ("pending", 0, None));
+    assert_eq!(
+        store::due(&app.db, 10).await.unwrap(),
+        ["due.budget.test".to_owned()]
+    );
+    // Within the budget the same pass goes on to the directory (which answers nothing).
+    let within = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        platform::config::CertsConfig::default(),
+    );
+    within
+        .run_pass()
+        .await
+        .expect_err("the directory answers nothing");
+    app.finish().await;
+}
+
+/// Over the budget, the renewals of the certificates that expire soonest go first, then
+/// the domains without one, the longest waiting first.
+#[tokio::test]
+async fn renewals_expiring_soonest_are_ordered_first() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO certificates (domain, state, not_after, next_attempt_at) VALUES \
+         ('new.order.test', 'pending', NULL, NOW(6) - INTERVAL 2 DAY), \
+         ('later.order.test', 'valid', NOW(6) + INTERVAL 20 DAY, NOW(6) - INTERVAL 3 DAY), \
+         ('soon.order.test', 'valid', NOW(6) + INTERVAL 5 DAY, NOW(6) - INTERVAL 1 DAY), \
+         ('failed.order.test', 'failed', NULL, NOW(6) - INTERVAL 1 HOUR)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        store::due(&app.db, 10).await.unwrap(),
+        [
+            "soon.order.test",
+            "later.order.test",
+            "new.order.test",
+            "failed.order.test"
+        ]
+    );
+    assert_eq!(
+        store::due(&app.db, 1).await.unwrap(),
+        ["soon.order.test".to_owned()]
+    );
+    app.finish().await;
+}
+
+/// A `rateLimited` answer (here its handling, as the issuer does when an order gets one:
+/// pebble does not rate-limit) pauses every new order of the account until its
+/// `Retry-After`: recorded in the database (a restarted platform keeps it), shown on the
+/// domain and to staff, and lifted by a new directory (a new account).
+#[tokio::test]
+async fn a_rate_limited_answer_pauses_every_new_order() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    put_directory(&app, &admin, "https://127.0.0.1:9/dir").await;
+    sqlx::query(
+        "INSERT INTO certificates (domain, state, next_attempt_at) VALUES \
+         ('limited.pause.test', 'pending', NOW(6)), ('other.pause.test', 'pending', NOW(6))",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let config = platform::config::CertsConfig {
+        rate_limited_default_secs: 3600,
+        ..Default::default()
+    };
+    let issuer = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        config.clone(),
+    );
+    // No Retry-After was answered: the default hour.
+    let until = issuer
+        .rate_limited(
+            "limited.pause.test",
+            "urn:ietf:params:acme:error:rateLimited: too many new orders",
+        )
+        .await
+        .unwrap();
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::minutes(50),
+        "{until}"
+    );
+    let (state, failures, wait, last_error) = row(&app, "limited.pause.test").await.unwrap();
+    assert_eq!((state.as_str(), failures), ("failed", 0));
+    assert!(wait > 50 * 60, "the domain waits for the pause: {wait}");
+    let last_error = last_error.unwrap();
+    let shown = format!(
+        "rate limited by the ACME server until {}: urn:ietf:params:acme:error:rateLimited: too many new orders",
+        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert_eq!(last_error, shown);
+    assert_eq!(store::paused_until(&app.db).await.unwrap(), Some(until));
+    assert_eq!(
+        store::charge_order(&app.db, "other.pause.test", 300, 3600)
+            .await
+            .unwrap(),
+        store::Charge::Paused(until)
+    );
+    // A shorter pause asked later does not shorten it.
+    assert_eq!(store::pause_orders(&app.db, 60).await.unwrap(), until);
+
+    // Staff see it.
+    let (status, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let shown_until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(body["rate_limited_until"].clone()).unwrap();
+    assert_eq!(shown_until, until, "{body}");
+    assert_eq!(body["orders_in_window"], 0, "{body}");
+
+    // A restarted platform (a new issuer on the same database) orders nothing meanwhile:
+    // the other due domain waits untouched, and no account is asked for (the directory
+    // answers nothing, which would fail the pass).
+    let again = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        config,
+    );
+    let report = again.run_pass().await.unwrap();
+    assert_eq!(report.paused_until, Some(until), "{report:?}");
+    assert!(
+        report.issued.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let (state, failures, _, last_error) = row(&app, "other.pause.test").await.unwrap();
+    assert_eq!((state.as_str(), failures, last_error), ("pending", 0, None));
+
+    // A new directory is a new account: its orders do not wait for the old one's pause.
+    put_directory(&app, &admin, "letsencrypt-staging").await;
+    assert_eq!(store::paused_until(&app.db).await.unwrap(), None);
+    let (_, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(body["rate_limited_until"], Value::Null, "{body}");
+    app.finish().await;
+}
+
+/// An ACME directory over HTTPS that registers any account and answers every new order
+/// `rateLimited` with `Retry-After: 120` (pebble does not rate-limit): its URL, the root
+/// its HTTPS chains to, how many new orders it was sent, and its task.
+async fn rate_limiting_directory(
+    dir: &Path,
+) -> (
+    String,
+    PathBuf,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let (root, cert, key) = pebble_tls(dir);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let orders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = orders.clone();
+    let served = base.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, base, orders) = (acceptor.clone(), served.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // One request per connection: its head, then its body (ignored).
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < head_end + length {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let (status, headers, body) = match path.as_str() {
+                    "/dir" => (
+                        "200 OK",
+                        "content-type: application/json\r\n".to_owned(),
+                        json!({
+                            "newNonce": format!("{base}/nonce"),
+                            "newAccount": format!("{base}/account"),
+                            "newOrder": format!("{base}/order"),
+                        })
+                        .to_string(),
+                    ),
+                    "/account" => (
+                        "201 Created",
+                        format!("content-type: application/json\r\nlocation: {base}/account/1\r\n"),
+                        json!({ "status": "valid" }).to_string(),
+                    ),
+                    "/order" => {
+                        orders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        (
+                            "429 Too Many Requests",
+                            "content-type: application/problem+json\r\nretry-after: 120\r\n"
+                                .to_owned(),
+                            json!({
+                                "type": "urn:ietf:params:acme:error:rateLimited",
+                                "detail": "too many new orders (300) from this account in the last 3h0m0s",
+                                "status": 429,
+                            })
+                            .to_string(),
+                        )
+                    }
+                    _ => ("200 OK", String::new(), String::new()),
+                };
+                let _ = tls
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\n{headers}replay-nonce: nonce{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            rand_nonce(),
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (format!("{base}/dir"), root, orders, task)
+}
+
+fn rand_nonce() -> String {
+    random_name("n").replace('_', "")
+}
+
+/// A live site's domain, straight in the tables (no provisioning needed by the issuer).
+async fn live_domain(app: &TestApp, admin: &str, site: &str, domain: &str) {
+    let tenant = app.create_tenant(admin, site).await;
+    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE slug = 'starter'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sites (id, tenant_id, name, plan_id, state, primary_domain) \
+         VALUES (?, ?, 'Site', ?, 'active', ?)",
+    )
+    .bind(site)
+    .bind(&tenant)
+    .bind(&plan)
+    .bind(domain)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 1)")
+        .bind(domain)
+        .bind(site)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
+/// The whole path of a `rateLimited` answer with its `Retry-After` header (120 s here, not
+/// the default hour): the issuer reads the header, pauses every new order until then,
+/// shows it on the domain, and sends no new order while the pause lasts.
+#[tokio::test]
+async fn a_rate_limited_order_is_paused_until_its_retry_after() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let tls = tempfile::tempdir().unwrap();
+    let (directory, root, orders, _server) = rate_limiting_directory(tls.path()).await;
+    put_directory(&app, &admin, &directory).await;
+    live_domain(&app, &admin, "limitsite1", "limited.retry.test").await;
+    live_domain(&app, &admin, "limitsite2", "other.retry.test").await;
+    let issuer = Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        platform::config::CertsConfig {
+            directory_ca_file: Some(root),
+            rate_limited_default_secs: 3600,
+            ..Default::default()
+        },
+    );
+    let before = chrono::Utc::now();
+    let report = issuer.run_pass().await.unwrap();
+    assert_eq!(report.added, 2, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    let until = report.paused_until.expect("paused");
+    // The header's two minutes, not the default hour.
+    assert!(
+        until > before + chrono::Duration::seconds(100)
+            && until < before + chrono::Duration::minutes(30),
+        "{until}"
+    );
+    assert_eq!(orders.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let limited = &report.failed[0];
+    let (state, failures, _, last_error) = row(&app, limited).await.unwrap();
+    assert_eq!((state.as_str(), failures), ("failed", 0));
+    let last_error = last_error.unwrap();
+    assert!(
+        last_error.starts_with(&format!(
+            "rate limited by the ACME server until {}: ",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )) && last_error.contains("too many new orders (300)"),
+        "{last_error}"
+    );
+    // The other domain was not ordered: it waits, pending, with no error.
+    let other = if limited == "limited.retry.test" {
+        "other.retry.test"
+    } else {
+        "limited.retry.test"
+    };
+    let (state, failures, _, last_error) = row(&app, other).await.unwrap();
+    assert_eq!((state.as_str(), failures, last_error), ("pending", 0, None));
+    // The next pass sends nothing.
+    let report = issuer.run_pass().await.unwrap();
+    assert_eq!(report.paused_until, Some(until), "{report:?}");
+    assert_eq!(orders.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, body) = app.get("/v1/admin/acme", &admin).await;
+    assert_eq!(body["account_registered"], true, "{body}");
+    assert_eq!(body["orders_in_window"], 1, "{body}");
     app.finish().await;
 }
