@@ -104,7 +104,8 @@ pub(super) fn release_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
 /// (`sites.aliases`, read from `domains` in the same transaction), marked as no copy a
 /// reader uses (`aliases_generation` NULL: readers then read `domains`, where the site has
 /// none; migration m20261206_000017): what an undelete claims back
-/// (`app::sites::reclaim_domains`). The primary domain stays in `primary_domain`.
+/// (`app::sites::reclaim_domains`). The primary domain stays in `primary_domain`. The
+/// edge's host table is loaded again without the site.
 pub(super) fn release_domains(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         let mut tx = c.db.begin().await?;
@@ -132,7 +133,14 @@ pub(super) fn release_domains(c: &StepContext) -> BoxFuture<'_, StepResult> {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        // A create's first step warms the edge's host table, which names the site from its
+        // row (`Backends::warm_hosts`), and a later step may have failed before
+        // `publish_hosts` (whose undo would have unloaded it): load the table again
+        // without the site. Its domains are gone now, so a warm-up reading after this
+        // leaves it out too; one that read before loads in an earlier turn.
+        c.backends
+            .publish_hosts(&c.db, Some((&site(c)?, None)))
+            .await
     })
 }
 
