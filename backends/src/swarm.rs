@@ -52,6 +52,21 @@ pub const LABEL_SECRET_KIND: &str = "pressdock.secret";
 /// Label on services: hash of the spec as built (see module docs).
 pub const LABEL_SPEC_HASH: &str = "pressdock.spec-hash";
 
+/// How long a site's task gets to stop (SIGTERM, then SIGKILL).
+const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long [`SiteRuntime::remove_service`] waits for the removed service's tasks to stop:
+/// the grace period and time for the node to report it.
+const REMOVE_WAIT: Duration = Duration::from_secs(STOP_GRACE.as_secs() + 15);
+
+/// Whether a task in this state may have a container running (or about to).
+fn task_may_run(state: bollard::models::TaskState) -> bool {
+    use bollard::models::TaskState as S;
+    !matches!(
+        state,
+        S::COMPLETE | S::SHUTDOWN | S::FAILED | S::REJECTED | S::REMOVE | S::ORPHANED
+    )
+}
+
 fn parse_api_version(v: &str) -> Result<ClientVersion> {
     let bad = || Error::invalid("swarm.docker_api_version", "MAJOR.MINOR, e.g. 1.41");
     let (major, minor) = v.split_once('.').ok_or_else(bad)?;
@@ -451,7 +466,7 @@ pub fn build_service_spec(params: &SiteServiceParams, config: &SwarmConfig) -> R
                     start_period: Some(secs(60)),
                     ..Default::default()
                 }),
-                stop_grace_period: Some(secs(20)),
+                stop_grace_period: Some(secs(STOP_GRACE.as_secs() as i64)),
                 init: Some(true),
                 // Docker API 1.41 (engine 20.10): every capability dropped but those the
                 // root processes of the task use; tenant code (PHP as www-data) has none.
@@ -775,6 +790,63 @@ impl SwarmDriver {
             .collect())
     }
 
+    /// Waits, up to [`REMOVE_WAIT`], until no task of a removed service is running or
+    /// starting on a node that is up. A removed service's tasks can no longer be found by the service's name
+    /// (the daemon resolves it to an id first), so every task is listed and matched by
+    /// service id, or by task name (`<service>.<slot>…`) when the id is not known.
+    async fn wait_tasks_stopped(&self, name: &str, service_id: Option<&str>) -> Result<()> {
+        let start = std::time::Instant::now();
+        let prefix = format!("{name}.");
+        loop {
+            let tasks = self
+                .docker
+                .list_tasks(None::<bollard::query_parameters::ListTasksOptions>)
+                .await
+                .map_err(docker_err("list tasks"))?;
+            // A task on a node that is down cannot be waited for (its container, if the
+            // node still runs, is stopped when it comes back).
+            let ready: std::collections::HashSet<String> = self
+                .docker
+                .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+                .await
+                .map_err(docker_err("list nodes"))?
+                .into_iter()
+                .filter(|n| {
+                    n.status.as_ref().and_then(|s| s.state)
+                        == Some(bollard::models::NodeState::READY)
+                })
+                .filter_map(|n| n.id)
+                .collect();
+            let live = tasks
+                .iter()
+                .filter(|t| t.node_id.as_ref().is_some_and(|n| ready.contains(n)))
+                .filter(|t| match service_id {
+                    Some(sid) => t.service_id.as_deref() == Some(sid),
+                    None => t.name.as_deref().is_some_and(|n| n.starts_with(&prefix)),
+                })
+                .filter(|t| {
+                    t.status
+                        .as_ref()
+                        .and_then(|s| s.state)
+                        .is_some_and(task_may_run)
+                })
+                .count();
+            if live == 0 {
+                return Ok(());
+            }
+            if start.elapsed() >= REMOVE_WAIT {
+                return Err(Error::unexpected(
+                    "swarm",
+                    format!(
+                        "service {name} removed, but {live} of its tasks still ran after {} s",
+                        REMOVE_WAIT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The state and message of the service's last update (`updating`, `completed`,
     /// `rollback_started`, `rollback_completed`, `paused`…), if it was ever updated.
     pub async fn update_state(&self, id: &SiteResourceId) -> Result<Option<(String, String)>> {
@@ -1057,12 +1129,22 @@ impl SiteRuntime for SwarmDriver {
         Ok(Self::state_of(self.inspect(id).await?.as_ref()))
     }
 
+    /// Removes the service and returns once none of its tasks runs any more: swarm answers
+    /// the delete at once and stops the containers afterwards (up to the stop grace
+    /// period), and a container still running would keep writing to the site's storage
+    /// and holding its secrets while the next steps remove them.
     async fn remove_service(&self, id: &SiteResourceId) -> Result<()> {
-        match self.docker.delete_service(&id.resource_name()).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(docker_err("remove service")(e)),
+        let name = id.resource_name();
+        let Some(service_id) = self.inspect(id).await?.and_then(|s| s.id) else {
+            // Gone already; a task left by an earlier try is matched by its name below.
+            return self.wait_tasks_stopped(&name, None).await;
+        };
+        match self.docker.delete_service(&name).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(docker_err("remove service")(e)),
         }
+        self.wait_tasks_stopped(&name, Some(&service_id)).await
     }
 }
 

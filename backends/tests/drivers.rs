@@ -29,8 +29,17 @@ use backends::varnish::{
 use helpers::proxysql_admin::{ProxySqlAdmin, Received};
 use mysql_async::prelude::*;
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+/// The value, or a panic naming the error and every cause under it.
+fn ok<T, E: std::error::Error>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        panic!("{message}")
+    })
 }
 
 // ---------------------------------------------------------------- Galera / MariaDB
@@ -1372,21 +1381,29 @@ async fn lab_swarm_secrets_and_service() {
     params.suspended = true;
     assert_eq!(ok(driver.ensure_service(&params).await).replicas, Some(0));
 
-    ok(driver.remove_service(&id).await);
+    // Running again, so that there is a task to stop.
+    params.suspended = false;
+    ok(driver.ensure_service(&params).await);
+    let start = std::time::Instant::now();
+    while ok(driver.site_tasks(&id).await)
+        .iter()
+        .all(|(_, state)| state != "starting" && state != "running")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the task's container never started"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // remove_service returns once the task has stopped, so what the task held (its
+    // secrets, its storage) can be removed at once, with no retry.
     ok(driver.remove_service(&id).await);
     assert!(!ok(driver.observe_service(&id).await).exists);
-    // Secrets are released once the service is gone (swarm may need a moment).
-    let start = std::time::Instant::now();
-    loop {
-        match driver.prune_site_secrets(&id, &[]).await {
-            Ok(_) => break,
-            Err(e) if start.elapsed() < Duration::from_secs(20) => {
-                eprintln!("prune: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    assert_eq!(
+        ok(driver.prune_site_secrets(&id, &[]).await),
+        SecretKind::ALL.len()
+    );
+    ok(driver.remove_service(&id).await);
     assert_eq!(ok(driver.prune_site_secrets(&id, &[]).await), 0);
 }
 

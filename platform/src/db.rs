@@ -11,7 +11,16 @@ use sqlx::{
 
 use crate::config::DatabaseUrl;
 
+/// How many times a connection that the network cut before the server answered is tried.
+const CONNECT_ATTEMPTS: u32 = 6;
+/// The wait before the second try; doubled each time (0.2 + 0.4 + … + 3.2 s = 6.2 s).
+const CONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Connects, creating the database named in the URL if it does not exist.
+///
+/// A connection closed or reset before the server answered (a router or proxy restarting,
+/// a Galera node leaving) is tried again with backoff; an answer of the server's own (a
+/// wrong password, an unknown host in a grant) fails at once.
 pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<MySqlPool> {
     let options = MySqlConnectOptions::from_str(url.expose())
         .with_context(|| format!("parsing database URL {}", url.redacted()))?
@@ -22,7 +31,8 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             anyhow::bail!("the database name must be letters, digits and '_'");
         }
-        let mut admin = MySqlConnection::connect_with(&options.clone().database(""))
+        let admin_options = options.clone().database("");
+        let mut admin = retry_cut(|| MySqlConnection::connect_with(&admin_options))
             .await
             .with_context(|| format!("connecting to {}", url.redacted()))?;
         admin
@@ -33,12 +43,49 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> anyhow::Result<
             .context("creating the database")?;
         admin.close().await.ok();
     }
-    MySqlPoolOptions::new()
+    let pool = MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+        .connect_lazy_with(options);
+    // The first connection, so that a database that cannot be reached fails start-up.
+    retry_cut(|| pool.acquire())
         .await
-        .with_context(|| format!("connecting to {}", url.redacted()))
+        .with_context(|| format!("connecting to {}", url.redacted()))?;
+    Ok(pool)
+}
+
+/// Runs `attempt` until it succeeds, fails with an answer of the server's, or has been tried
+/// [`CONNECT_ATTEMPTS`] times.
+async fn retry_cut<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = CONNECT_FIRST_BACKOFF;
+    let mut tried = 1;
+    loop {
+        match attempt().await {
+            Err(e) if tried < CONNECT_ATTEMPTS && cut_before_answer(&e) => {
+                tracing::warn!(
+                    attempt = tried,
+                    error = %e,
+                    "the database connection was cut before the server answered; trying again"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                tried += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether the connection failed in the network (refused, reset, closed mid-handshake,
+/// garbled by a proxy) rather than by the server's decision. (The pool itself retries a
+/// refused connection until its acquire timeout and then answers `PoolTimedOut`, which is
+/// not tried again: the database has been unreachable for that long.)
+fn cut_before_answer(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
 }
 
 /// Applies every pending migration.

@@ -58,6 +58,43 @@ pub fn wait_port(addr: &str, timeout: Duration) {
     }
 }
 
+/// Waits until `INFO <section>` of the Redis (or Sentinel) at `addr`, as `auth`'s user if
+/// given, contains `want`.
+pub fn wait_info(addr: &str, auth: Option<(&str, &str)>, section: &str, want: &str) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    loop {
+        // Read until the answer shows `want` or the server stops sending (Sentinel has no
+        // QUIT, so the connection stays open).
+        let answer = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let login = auth
+                .map(|(user, password)| format!("AUTH {user} {password}\r\n"))
+                .unwrap_or_default();
+            s.write_all(format!("{login}INFO {section}\r\n").as_bytes())?;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&out).contains(want) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        });
+        let last = match answer {
+            Ok(text) if text.contains(want) => return,
+            Ok(text) => text,
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{addr}: INFO {section} never showed {want:?}; last: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `mysql://root@127.0.0.1:3306` unless `PRESSDOCK_TEST_MYSQL_URL` says otherwise.
 pub fn mysql_admin_url() -> Secret {
     Secret::new(
@@ -144,6 +181,26 @@ impl RedisLab {
         }
         procs.insert(0, Proc::spawn("redis sentinel", &mut cmd));
         wait_port(&format!("127.0.0.1:{sp}"), Duration::from_secs(10));
+        // Each port is answered by the server started on it (not by another test's that
+        // took a port released by free_port), and the replica has its first copy.
+        wait_info(
+            &format!("127.0.0.1:{mp}"),
+            None,
+            "replication",
+            "role:master",
+        );
+        wait_info(
+            &format!("127.0.0.1:{rp}"),
+            None,
+            "replication",
+            "master_link_status:up",
+        );
+        wait_info(
+            &format!("127.0.0.1:{sp}"),
+            Some((SENTINEL_ADMIN, SENTINEL_PASSWORD)),
+            "sentinel",
+            &format!("name={master_name},"),
+        );
         RedisLab {
             dir,
             master: format!("127.0.0.1:{mp}"),
