@@ -93,6 +93,27 @@ struct Db {
     socket: PathBuf,
 }
 
+/// A client of the S3 server on `port` for the tests' bucket, signing with `secret`.
+fn s3_client(port: u16, secret: &str) -> S3 {
+    S3::new(
+        &format!("http://127.0.0.1:{port}"),
+        "cluster-backups",
+        "us-east-1",
+        ACCESS,
+        Secret::new(secret.into()),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// An S3 server of the test's own (its data under `root/s3`) and a client of it whose
+/// bucket exists: the server (stopped when dropped), its port, the client.
+async fn s3_with_bucket(root: &Path) -> (Proc, u16, S3) {
+    let (server, port) = start_s3(&root.join("s3"));
+    let s3 = s3_client(port, SECRET);
+    s3.ensure_bucket().await.unwrap_or_else(|e| panic!("{e:#}"));
+    (server, port, s3)
+}
+
 fn cnf(dir: &Path, port: u16) -> PathBuf {
     let path = dir.with_extension("cnf");
     std::fs::write(
@@ -165,16 +186,7 @@ const FINGERPRINT: &str = "SET SESSION group_concat_max_len = 1000000000; \
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
     let root = scratch("backup");
-    let (_s3proc, s3port) = start_s3(&root.join("s3"));
-    let s3 = S3::new(
-        &format!("http://127.0.0.1:{s3port}"),
-        "cluster-backups",
-        "us-east-1",
-        ACCESS,
-        Secret::new(SECRET.into()),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    s3.ensure_bucket().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_s3proc, s3port, s3) = s3_with_bucket(&root).await;
     s3.ensure_bucket()
         .await
         .unwrap_or_else(|e| panic!("twice: {e:#}"));
@@ -280,14 +292,7 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
         "{e}"
     );
     // A wrong secret: S3's refusal, without the secret.
-    let bad = S3::new(
-        &format!("http://127.0.0.1:{s3port}"),
-        "cluster-backups",
-        "us-east-1",
-        ACCESS,
-        Secret::new("wrong-secret-wrong-secret".into()),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let bad = s3_client(s3port, "wrong-secret-wrong-secret");
     let e = backup::list_backups(&bad, "t", "galera")
         .await
         .err()
@@ -307,16 +312,7 @@ async fn a_lost_database_is_rebuilt_from_its_backup_in_s3() {
 #[tokio::test]
 async fn a_swarm_state_folder_goes_to_s3_and_back() {
     let root = scratch("swarm-backup");
-    let (_s3proc, s3port) = start_s3(&root.join("s3"));
-    let s3 = S3::new(
-        &format!("http://127.0.0.1:{s3port}"),
-        "cluster-backups",
-        "us-east-1",
-        ACCESS,
-        Secret::new(SECRET.into()),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    s3.ensure_bucket().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_s3proc, _, s3) = s3_with_bucket(&root).await;
     let swarm = root.join("docker/swarm");
     std::fs::create_dir_all(swarm.join("raft/wal-v3-encrypted")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(swarm.join("certificates")).unwrap_or_else(|e| panic!("{e}"));
@@ -380,16 +376,7 @@ async fn a_lab_managers_swarm_state_restores_into_a_one_manager_swarm() {
         live.display()
     );
     let root = scratch("lab-swarm");
-    let (_s3proc, s3port) = start_s3(&root.join("s3"));
-    let s3 = S3::new(
-        &format!("http://127.0.0.1:{s3port}"),
-        "cluster-backups",
-        "us-east-1",
-        ACCESS,
-        Secret::new(SECRET.into()),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    s3.ensure_bucket().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_s3proc, _, s3) = s3_with_bucket(&root).await;
     let t0 = Instant::now();
     let stored = backup::backup_swarm(&s3, live, "pdlab-m1", "lab", false)
         .await

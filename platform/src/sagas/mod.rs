@@ -16,6 +16,20 @@
 //!
 //! Every step is idempotent (`ensure_*` converges, `remove_*` treats "already gone" as
 //! success), so a step interrupted by a crash runs again safely (STYLE.md, habit 4).
+//!
+//! Sagas that take the same steps share them as lists ([`steps!`] joins them): an
+//! undelete is a create's provisioning with a restore's checking and filling between.
+
+/// A saga's steps, joined from lists of steps in order: `steps![[ONE], SOME, more()]`,
+/// each a `[Step; _]` a constant can hold; the joined list is built while compiling.
+macro_rules! steps {
+    ($($part:expr),+ $(,)?) => {{
+        const PARTS: &[&[$crate::sagas::Step]] = &[$(&$part),+];
+        const STEPS: [$crate::sagas::Step; $crate::sagas::count(PARTS)] =
+            $crate::sagas::concat(PARTS);
+        &STEPS
+    }};
+}
 
 mod backup_delete;
 mod backup_verify;
@@ -99,6 +113,7 @@ impl SagaSettings {
 }
 
 /// How a step is taken back when a later step fails for good.
+#[derive(Clone, Copy)]
 pub enum Undo {
     /// Run this to take the step's effect back; "already gone" is success.
     Reverse(Action),
@@ -106,7 +121,8 @@ pub enum Undo {
     Nothing(&'static str),
 }
 
-/// One step of a saga.
+/// One step of a saga (`Copy`: a list of steps several sagas share is copied into each).
+#[derive(Clone, Copy)]
 pub struct Step {
     /// Stored in `operation_steps.name`; never renamed once shipped.
     pub name: &'static str,
@@ -175,6 +191,34 @@ pub fn saga(kind: OperationKind) -> &'static Saga {
     }
 }
 
+/// How many steps `parts` hold in all (the length [`steps!`] gives [`concat`]).
+const fn count(parts: &[&[Step]]) -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < parts.len() {
+        n += parts[i].len();
+        i += 1;
+    }
+    n
+}
+
+/// The steps of `parts`, one list after another, as one list of `N` steps.
+const fn concat<const N: usize>(parts: &[&[Step]]) -> [Step; N] {
+    // Every place is written below; the first step only fills the array until then.
+    let mut out = [parts[0][0]; N];
+    let (mut n, mut i) = (0, 0);
+    while i < parts.len() {
+        let mut j = 0;
+        while j < parts[i].len() {
+            out[n] = parts[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "a saga's steps are not the steps of its lists");
+    out
+}
+
 /// A step that every configuration has.
 fn always(_: &Backends) -> bool {
     true
@@ -202,5 +246,68 @@ mod tests {
                 assert!(saga.step(step.name).is_some());
             }
         }
+    }
+
+    /// The sagas joined from shared lists ([`steps!`]) keep the steps they shipped with:
+    /// names, order and which have an undo (a running operation resumes by these names).
+    #[test]
+    fn joined_sagas_keep_their_shipped_steps() {
+        let steps = |kind| -> Vec<(&str, bool)> {
+            saga(kind)
+                .steps
+                .iter()
+                .map(|s| (s.name, matches!(s.undo, Undo::Reverse(_))))
+                .collect()
+        };
+        let provision = [
+            ("reserve_slot", true),
+            ("generate_secrets", true),
+            ("ensure_database", true),
+            ("ensure_router_user", true),
+            ("ensure_cache_user", true),
+            ("ensure_storage", true),
+        ];
+        let serve = [
+            ("ensure_swarm_secrets", true),
+            ("ensure_service", true),
+            ("publish_hosts", true),
+        ];
+        let check = [("wait_for_site", false), ("verify_backup", false)];
+        assert_eq!(
+            steps(OperationKind::SiteCreate),
+            [&[("record_site", true)][..], &provision, &serve].concat()
+        );
+        assert_eq!(
+            steps(OperationKind::SiteRestore),
+            [
+                &check[..],
+                &[
+                    ("backup_current", false),
+                    ("stop_site", true),
+                    ("restore_database", true),
+                    ("restore_files", true),
+                    ("flush_object_cache", false),
+                    ("start_site", false),
+                    ("ban_cache", false),
+                ],
+            ]
+            .concat()
+        );
+        assert_eq!(
+            steps(OperationKind::SiteUndelete),
+            [
+                &[("record_site", true)][..],
+                &check,
+                &provision,
+                &[
+                    ("restore_database", false),
+                    ("restore_files", false),
+                    ("flush_object_cache", false),
+                ],
+                &serve,
+                &[("ban_cache", false)],
+            ]
+            .concat()
+        );
     }
 }

@@ -19,74 +19,85 @@ use crate::{
 
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteCreate,
-    steps: &[
-        Step {
-            name: "record_site",
-            action: record_site,
-            undo: Undo::Reverse(s::release_domains),
-            when: always,
-        },
-        Step {
-            name: "reserve_slot",
-            action: reserve_slot,
-            undo: Undo::Reverse(s::release_slot),
-            when: always,
-        },
-        Step {
-            name: "generate_secrets",
-            action: s::generate_secrets,
-            undo: Undo::Reverse(s::forget_secrets),
-            when: Backends::any,
-        },
-        Step {
-            name: "ensure_database",
-            action: s::ensure_database,
-            undo: Undo::Reverse(s::remove_database),
-            when: |b| b.galera.is_some(),
-        },
-        Step {
-            name: "ensure_router_user",
-            action: s::ensure_router_user,
-            undo: Undo::Reverse(s::remove_router_user),
-            when: |b| b.router.is_some(),
-        },
-        Step {
-            name: "ensure_cache_user",
-            action: s::ensure_cache_user,
-            undo: Undo::Reverse(s::remove_cache_user),
-            when: |b| b.redis.is_some(),
-        },
-        Step {
-            name: "ensure_storage",
-            action: s::ensure_storage,
-            undo: Undo::Reverse(s::remove_storage),
-            when: |b| b.gluster.is_some(),
-        },
-        Step {
-            name: "ensure_swarm_secrets",
-            action: s::ensure_swarm_secrets,
-            undo: Undo::Reverse(s::remove_swarm_secrets),
-            when: |b| b.swarm.is_some(),
-        },
-        Step {
-            name: "ensure_service",
-            action: s::create_service,
-            undo: Undo::Reverse(s::remove_service),
-            when: |b| b.swarm.is_some(),
-        },
-        Step {
-            name: "publish_hosts",
-            action: s::publish_hosts,
-            undo: Undo::Reverse(s::unpublish_hosts),
-            when: |b| b.varnish.is_some(),
-        },
-    ],
+    steps: steps![[RECORD_SITE], PROVISION, SERVE],
     finish: s::finish,
 };
 
+/// The site's row and domains checked ([`record_site`]); an undelete's first step too.
+pub(super) const RECORD_SITE: Step = Step {
+    name: "record_site",
+    action: record_site,
+    undo: Undo::Reverse(s::release_domains),
+    when: always,
+};
+
+/// The site placed on a worker and its resources made, one step each, each undo removing
+/// what its step made (a create's and an undelete's).
+pub(super) const PROVISION: [Step; 6] = [
+    Step {
+        name: "reserve_slot",
+        action: reserve_slot,
+        undo: Undo::Reverse(s::release_slot),
+        when: always,
+    },
+    Step {
+        name: "generate_secrets",
+        action: s::generate_secrets,
+        undo: Undo::Reverse(s::forget_secrets),
+        when: Backends::any,
+    },
+    Step {
+        name: "ensure_database",
+        action: s::ensure_database,
+        undo: Undo::Reverse(s::remove_database),
+        when: |b| b.galera.is_some(),
+    },
+    Step {
+        name: "ensure_router_user",
+        action: s::ensure_router_user,
+        undo: Undo::Reverse(s::remove_router_user),
+        when: |b| b.router.is_some(),
+    },
+    Step {
+        name: "ensure_cache_user",
+        action: s::ensure_cache_user,
+        undo: Undo::Reverse(s::remove_cache_user),
+        when: |b| b.redis.is_some(),
+    },
+    Step {
+        name: "ensure_storage",
+        action: s::ensure_storage,
+        undo: Undo::Reverse(s::remove_storage),
+        when: |b| b.gluster.is_some(),
+    },
+];
+
+/// The site's service started on its resources and its hosts published at the edge (a
+/// create's last steps and an undelete's, once the resources are filled).
+pub(super) const SERVE: [Step; 3] = [
+    Step {
+        name: "ensure_swarm_secrets",
+        action: s::ensure_swarm_secrets,
+        undo: Undo::Reverse(s::remove_swarm_secrets),
+        when: |b| b.swarm.is_some(),
+    },
+    Step {
+        name: "ensure_service",
+        action: s::create_service,
+        undo: Undo::Reverse(s::remove_service),
+        when: |b| b.swarm.is_some(),
+    },
+    Step {
+        name: "publish_hosts",
+        action: s::publish_hosts,
+        undo: Undo::Reverse(s::unpublish_hosts),
+        when: |b| b.varnish.is_some(),
+    },
+];
+
 /// The site's row and domains were written with the operation (`app::sites::create`):
 /// this step checks they are still there and still `provisioning`.
-pub(super) fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
+fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT s.state, (SELECT COUNT(*) FROM domains d WHERE d.site_id = s.id) FROM sites s WHERE s.id = ?",
@@ -117,7 +128,7 @@ pub(super) fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
 /// overfill a worker; the placement's primary key makes the step idempotent. Sites waiting
 /// at the same time are placed in one transaction ([`crate::group`]): a burst of creates
 /// took the workers' lock once per site, one after another.
-pub(super) fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
+fn reserve_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         // Run again after a crash or a lost lease: the placement is there.
         let placed: Option<String> =

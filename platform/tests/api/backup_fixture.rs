@@ -11,6 +11,9 @@
 //!   folder back for comparison.
 //! - [`BackupEnv::replace_dump`]: a backup's dump replaced, with a manifest and record
 //!   that vouch for it (what a crafted or damaged backup looks like to a restore).
+//! - [`BackupEnv::add_domains`], [`BackupEnv::take_domain`], [`BackupEnv::delete_site`],
+//!   [`BackupEnv::request_restore`], [`BackupEnv::refused_restore`], [`BackupEnv::cli`]: a site given its domains,
+//!   deleted, restored or brought back, through the API and the CLI as the member.
 //! - [`Source`]: a filled schema and wp-content folder with a [`BackupSpec`] for them,
 //!   for tests that call the backup runner directly.
 
@@ -26,7 +29,7 @@ use platform::{
     domain::Id,
     provision::Backends,
 };
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -250,6 +253,131 @@ impl BackupEnv {
             .execute(&self.app.db)
             .await
             .unwrap();
+    }
+
+    /// Gives the site its domains as a create writes them: `domains` rows and the copy of
+    /// its aliases in its row.
+    pub(crate) async fn add_domains(&self, site: &Id, primary: &str, aliases: &[&str]) {
+        for (domain, is_primary) in
+            std::iter::once((primary, true)).chain(aliases.iter().map(|a| (*a, false)))
+        {
+            self.insert_domain(site, domain, is_primary).await;
+        }
+        let mut sorted = aliases.to_vec();
+        sorted.sort_unstable();
+        sqlx::query("UPDATE sites SET aliases = ?, aliases_generation = generation WHERE id = ?")
+            .bind(sorted.join(" "))
+            .bind(site.as_str())
+            .execute(&self.app.db)
+            .await
+            .unwrap();
+    }
+
+    /// Gives `site` one more alias, as a `domains` row only: a site that took a domain
+    /// another one freed.
+    pub(crate) async fn take_domain(&self, site: &Id, domain: &str) {
+        self.insert_domain(site, domain, false).await;
+    }
+
+    async fn insert_domain(&self, site: &Id, domain: &str, is_primary: bool) {
+        sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, ?)")
+            .bind(domain)
+            .bind(site.as_str())
+            .bind(is_primary)
+            .execute(&self.app.db)
+            .await
+            .unwrap();
+    }
+
+    /// Deletes the site through the API as the member (its final backup first) and
+    /// returns that backup's id, found as a tenant finds it: in the deleted site's own
+    /// backup list.
+    pub(crate) async fn delete_site(&self, site: &Id) -> String {
+        let (status, body) = self
+            .app
+            .request(
+                Method::DELETE,
+                &format!("/v1/sites/{site}"),
+                Some(&self.member),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let done = self.wait_accepted(&body).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let (status, _) = self
+            .app
+            .get(&format!("/v1/sites/{site}"), &self.member)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, page) = self
+            .app
+            .get(&format!("/v1/sites/{site}/backups"), &self.member)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let newest = &page["items"][0];
+        assert_eq!(newest["kind"], "final", "{page}");
+        assert_eq!(newest["state"], "complete", "{page}");
+        newest["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Asks as the member for `backup` to be written back into the site (or a deleted
+    /// site brought back): the answer, once checked to be a 202.
+    pub(crate) async fn request_restore(&self, site: &Id, backup: &str) -> Value {
+        let (status, body) = self
+            .app
+            .post(
+                &format!("/v1/sites/{site}/restores"),
+                &self.member,
+                json!({ "backup": backup }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// Asks as the member for a restore that is refused: the status and the problem+json
+    /// body (its content type checked).
+    pub(crate) async fn refused_restore(&self, site: &Id, backup: &str) -> (StatusCode, Value) {
+        let (status, headers, body) = self
+            .app
+            .request_full(
+                Method::POST,
+                &format!("/v1/sites/{site}/restores"),
+                Some(&self.member),
+                Some(json!({ "backup": backup })),
+                &[],
+            )
+            .await;
+        assert_eq!(headers["content-type"], "application/problem+json");
+        (status, body)
+    }
+
+    /// Waits, as the member, for the operation of an accepted request's answer (`body`).
+    pub(crate) async fn wait_accepted(&self, body: &Value) -> Value {
+        self.app
+            .wait_operation(&self.member, body["operation"]["id"].as_str().unwrap())
+            .await
+    }
+
+    /// The `pressdock` CLI run with `args` as the member against the server:
+    /// `(stdout, stderr)` of a run that succeeded.
+    pub(crate) async fn cli(&self, args: &[&str]) -> (String, String) {
+        let out = tokio::process::Command::new(crate::support::binary())
+            .args(args)
+            .args(["--url", &self.app.base])
+            .env("PRESSDOCK_TOKEN", &self.member)
+            .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        (stdout, stderr)
     }
 
     /// Takes a backup through the API as `token`; returns its id once complete.

@@ -71,14 +71,10 @@ fn pebble_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 impl Pebble {
-    /// Starts pebble with HTTP-01 validation against `http_port` on the resolved address.
-    async fn start(http_port: u16) -> Self {
-        Self::start_with(http_port, None).await
-    }
-
-    /// The same, its certificates lasting `validity_secs` (pebble's
-    /// `certificateValidityPeriod`) when given.
-    async fn start_with(http_port: u16, validity_secs: Option<u64>) -> Self {
+    /// Starts pebble with HTTP-01 validation against `http_port` on the resolved address,
+    /// its certificates lasting `validity_secs` (pebble's `certificateValidityPeriod`)
+    /// when given.
+    async fn start(http_port: u16, validity_secs: Option<u64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (api_root, cert, key) = pebble_tls(dir.path());
         let (listen, mgmt, dns, dns_mgmt, tls) = (
@@ -209,14 +205,12 @@ impl Pebble {
     }
 }
 
-/// Serves the chain and key over TLS on loopback, answering one fixed body, until dropped.
-async fn tls_server(material: &Material) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(material.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).unwrap();
+/// A TLS acceptor for the chain and its key (ring, the default protocol versions, no
+/// client certificates).
+fn tls_acceptor(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> tokio_rustls::TlsAcceptor {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -225,7 +219,18 @@ async fn tls_server(material: &Material) -> (SocketAddr, tokio::task::JoinHandle
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves the chain and key over TLS on loopback, answering one fixed body, until dropped.
+async fn tls_server(material: &Material) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(material.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).unwrap();
+    let acceptor = tls_acceptor(chain, key);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -266,6 +271,67 @@ async fn put_directory(app: &TestApp, admin: &str, directory: &str) -> Value {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
+}
+
+/// Creates a site of `tenant` as staff (`site`: the request's body) and waits for its
+/// create to succeed; the site's id.
+async fn create_site(app: &TestApp, admin: &str, tenant: &str, site: Value) -> String {
+    let (status, body) = app
+        .post(&format!("/v1/tenants/{tenant}/sites"), admin, site)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = app
+        .wait_operation(admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    body["site"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Changes a site as staff (`PATCH`, `change`: the request's body) and waits for its
+/// update to succeed.
+async fn update_site(app: &TestApp, admin: &str, site: &str, change: Value) {
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/sites/{site}"),
+            Some(admin),
+            Some(change),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = app
+        .wait_operation(admin, body["operation"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+}
+
+/// An issuer of its own on the test server's database (what a restarted platform, or
+/// another replica, runs).
+fn new_issuer(app: &TestApp, config: platform::config::CertsConfig) -> Issuer {
+    Issuer::new(
+        app.db.clone(),
+        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+        config,
+    )
+}
+
+/// The platform's metrics page (`GET /metrics`).
+async fn metrics_page(app: &TestApp) -> String {
+    reqwest::get(format!("{}/metrics", app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A test server and a staff token, its directory one nothing answers at: a pass that
+/// tried to order would fail.
+async fn dead_directory() -> (TestApp, String) {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    put_directory(&app, &admin, "https://127.0.0.1:9/dir").await;
+    (app, admin)
 }
 
 async fn site_certificates(app: &TestApp, token: &str, site: &str) -> Value {
@@ -366,32 +432,76 @@ fn served_chains(config: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A test server issuing certificates from a pebble of its own, with a staff token, a
+/// worker and a tenant (its directory not set yet: nothing is ordered until a test sets
+/// it). The issuer runs every second and the edge polls every second.
+struct Acme {
+    app: TestApp,
+    pebble: Pebble,
+    admin: String,
+    tenant: String,
+    /// pebble's API root, which the server trusts for the directory
+    /// (`certs.directory_ca_file`).
+    directory_root: PathBuf,
+    _trust: tempfile::TempDir,
+}
+
+impl Acme {
+    /// `tenant`: the tenant's slug; `validity_secs`: how long pebble's certificates last
+    /// (its default when `None`); `certs`: the test's own `[certs]` settings.
+    async fn start(
+        tenant: &str,
+        validity_secs: Option<u64>,
+        certs: impl FnOnce(&mut platform::config::CertsConfig),
+    ) -> Self {
+        // The platform listens first; pebble, started next, validates HTTP-01 against its
+        // port.
+        let trust = tempfile::tempdir().unwrap();
+        let directory_root = trust.path().join("pebble-api-root.pem");
+        let ca_file = directory_root.clone();
+        let app = TestApp::spawn_with(|c| {
+            c.certs.enabled = true;
+            c.certs.interval_secs = 1;
+            c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
+            c.certs.directory_ca_file = Some(ca_file);
+            c.certs.edge_poll_interval_secs = 1;
+            certs(&mut c.certs);
+        })
+        .await;
+        let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+        let pebble = Pebble::start(port, validity_secs).await;
+        std::fs::copy(&pebble.api_root, &directory_root).unwrap();
+        let admin = app.admin_token().await;
+        app.add_worker(&admin, "worker-1", 25).await;
+        let tenant = app.create_tenant(&admin, tenant).await;
+        Self {
+            app,
+            pebble,
+            admin,
+            tenant,
+            directory_root,
+            _trust: trust,
+        }
+    }
+}
+
 #[tokio::test]
 async fn issues_through_http01_serves_and_reports_a_failing_domain() {
-    // The platform listens first; pebble, started next, validates HTTP-01 against its port.
-    let trust = tempfile::tempdir().unwrap();
-    let directory_root = trust.path().join("pebble-api-root.pem");
-    let ca_file = directory_root.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.certs.enabled = true;
-        c.certs.interval_secs = 1;
-        c.certs.order_timeout_secs = 60;
+    // Redirects two seconds (two edge polls) after the edge first gets a certificate.
+    let Acme {
+        app,
+        pebble,
+        admin,
+        tenant,
+        directory_root,
+        _trust,
+    } = Acme::start("shop", None, |c| {
+        c.order_timeout_secs = 60;
         // A failed domain is not retried within the test.
-        c.certs.retry_base_secs = 3600;
-        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
-        c.certs.challenge_upstream = Some("http://platform.internal:8080".to_owned());
-        c.certs.directory_ca_file = Some(ca_file);
-        // Redirects two seconds after the edge first gets a certificate.
-        c.certs.edge_poll_interval_secs = 1;
+        c.retry_base_secs = 3600;
+        c.challenge_upstream = Some("http://platform.internal:8080".to_owned());
     })
     .await;
-    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
-    let pebble = Pebble::start(port).await;
-    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
-
-    let admin = app.admin_token().await;
-    app.add_worker(&admin, "worker-1", 25).await;
-    let tenant = app.create_tenant(&admin, "shop").await;
     let id = random_name("s").replace('_', "");
     let good = format!("{id}.pebble.test");
     let bad = format!("bad{id}.pebble.test");
@@ -403,19 +513,13 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     assert_eq!(body["directory_url"], pebble.directory.as_str());
     assert_eq!(body["contact_email"], "ops@pressdock.test");
 
-    let (status, body) = app
-        .post(
-            &format!("/v1/tenants/{tenant}/sites"),
-            &admin,
-            json!({ "name": "Shop", "domain": good, "aliases": [bad], "plan": "starter" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let site = body["site"]["id"].as_str().unwrap().to_owned();
-    let op = app
-        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let site = create_site(
+        &app,
+        &admin,
+        &tenant,
+        json!({ "name": "Shop", "domain": good, "aliases": [bad], "plan": "starter" }),
+    )
+    .await;
 
     // Bounded wait for both orders to finish (the issuer runs every second).
     let mut certificates = Value::Null;
@@ -483,15 +587,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         response.headers()["content-type"],
         "application/problem+json"
     );
-    let config: Value = edge
-        .get(format!("{}/edge/traefik.json", app.base))
-        .bearer_auth(EDGE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = edge_config(&app).await;
     let served = config["tls"]["certificates"].as_array().unwrap();
     assert_eq!(served.len(), 1, "only the valid domain: {config}");
     let material = Material {
@@ -577,15 +673,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         .unwrap();
     let mut renewed = None;
     for _ in 0..600 {
-        let config: Value = edge
-            .get(format!("{}/edge/traefik.json", app.base))
-            .bearer_auth(EDGE_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let config = edge_config(&app).await;
         let chain = config["tls"]["certificates"][0]["certFile"]
             .as_str()
             .unwrap()
@@ -604,14 +692,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     assert!(renew > chrono::Utc::now(), "{certificates}");
 
     // The expiry metric: pebble's certificates last longer than 14 days.
-    let metrics = edge
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_page(&app).await;
     assert!(
         metrics
             .lines()
@@ -630,9 +711,8 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     assert_eq!(body["rate_limited_until"], Value::Null, "{body}");
 
     // A restarted platform (a new issuer on the same database) orders nothing it holds.
-    let again = Issuer::new(
-        app.db.clone(),
-        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+    let again = new_issuer(
+        &app,
         platform::config::CertsConfig {
             directory_ca_file: Some(directory_root.clone()),
             ..Default::default()
@@ -722,19 +802,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     // within it, it is served there with the certificate it held (not ordered again: no
     // rate limit spent) and routed as that site's.
     let (held_until, _) = grace(&app, &bad).await;
-    let (status, body) = app
-        .request(
-            Method::PATCH,
-            &format!("/v1/sites/{site}"),
-            Some(&admin),
-            Some(json!({ "aliases": [] })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let op = app
-        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    update_site(&app, &admin, &site, json!({ "aliases": [] })).await;
     let left = eventually("the removed alias in its grace", || async {
         let (_, lease) = grace(&app, &bad).await;
         lease.filter(|secs| *secs > 86_000)
@@ -756,19 +824,13 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     assert_eq!(certificates.as_array().unwrap().len(), 1, "{certificates}");
 
     let other_domain = format!("b{id}.pebble.test");
-    let (status, body) = app
-        .post(
-            &format!("/v1/tenants/{tenant}/sites"),
-            &admin,
-            json!({ "name": "Other", "domain": other_domain, "aliases": [bad], "plan": "starter" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let other = body["site"]["id"].as_str().unwrap().to_owned();
-    let op = app
-        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let other = create_site(
+        &app,
+        &admin,
+        &tenant,
+        json!({ "name": "Other", "domain": other_domain, "aliases": [bad], "plan": "starter" }),
+    )
+    .await;
     let moved = eventually("the moved alias served on its new site", || async {
         let c = site_certificates(&app, &admin, &other).await;
         c.as_array()
@@ -810,19 +872,7 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
     );
 
     // Its grace over with no site using it, the row goes.
-    let (status, body) = app
-        .request(
-            Method::PATCH,
-            &format!("/v1/sites/{other}"),
-            Some(&admin),
-            Some(json!({ "aliases": [] })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let op = app
-        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    update_site(&app, &admin, &other, json!({ "aliases": [] })).await;
     eventually("the alias in its grace again", || async {
         grace(&app, &bad).await.1
     })
@@ -889,13 +939,8 @@ async fn issues_through_http01_serves_and_reports_a_failing_domain() {
         .await
         .unwrap();
     eventually("the expiry metric at 1", || async {
-        let metrics = reqwest::get(format!("{}/metrics", app.base))
+        metrics_page(&app)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
             .lines()
             .any(|l| l == "pressdock_certificates_expiring_14d 1")
             .then_some(())
@@ -947,41 +992,28 @@ async fn served_since(
 async fn a_new_certificate_is_served_at_once_and_redirected_to_once_every_replica_has_it() {
     /// Two polls of 1 s.
     const SETTLE_MICROS: i64 = 2_000_000;
-    let trust = tempfile::tempdir().unwrap();
-    let directory_root = trust.path().join("pebble-api-root.pem");
-    let ca_file = directory_root.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.certs.enabled = true;
-        c.certs.interval_secs = 1;
-        c.certs.order_timeout_secs = 60;
-        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
-        c.certs.https_service = Some("pd-cache@file".to_owned());
-        c.certs.challenge_upstream = Some("http://platform.internal:8080".to_owned());
-        c.certs.directory_ca_file = Some(ca_file);
-        c.certs.edge_poll_interval_secs = 1;
+    let Acme {
+        app,
+        pebble,
+        admin,
+        tenant,
+        _trust,
+        ..
+    } = Acme::start("fresh", None, |c| {
+        c.order_timeout_secs = 60;
+        c.https_service = Some("pd-cache@file".to_owned());
+        c.challenge_upstream = Some("http://platform.internal:8080".to_owned());
     })
     .await;
-    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
-    let pebble = Pebble::start(port).await;
-    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
-    let admin = app.admin_token().await;
-    app.add_worker(&admin, "worker-1", 25).await;
-    let tenant = app.create_tenant(&admin, "fresh").await;
     put_directory(&app, &admin, &pebble.directory).await;
     let domain = format!("{}.pebble.test", random_name("n").replace('_', ""));
-    let (status, body) = app
-        .post(
-            &format!("/v1/tenants/{tenant}/sites"),
-            &admin,
-            json!({ "name": "Fresh", "domain": domain, "plan": "starter", "hsts": true }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let site = body["site"]["id"].as_str().unwrap().to_owned();
-    let op = app
-        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let site = create_site(
+        &app,
+        &admin,
+        &tenant,
+        json!({ "name": "Fresh", "domain": domain, "plan": "starter", "hsts": true }),
+    )
+    .await;
     eventually("the certificate", || async {
         let c = site_certificates(&app, &admin, &site).await;
         (c[0]["state"] == "valid").then_some(())
@@ -1331,36 +1363,29 @@ async fn steady_load(
 #[tokio::test]
 async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_failed_request() {
     const VALIDITY_SECS: u64 = 24;
-    let trust = tempfile::tempdir().unwrap();
-    let directory_root = trust.path().join("pebble-api-root.pem");
-    let ca_file = directory_root.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.certs.enabled = true;
-        c.certs.interval_secs = 1;
-        c.certs.order_timeout_secs = 30;
-        c.certs.retry_base_secs = 1;
-        c.certs.retry_max_secs = 2;
-        c.certs.edge_token = platform::config::Secret::new(EDGE_TOKEN);
-        c.certs.directory_ca_file = Some(ca_file);
-        // As often as its Traefik polls (EdgeTraefik).
-        c.certs.edge_poll_interval_secs = 1;
+    // The edge polls every second, as often as its Traefik does (EdgeTraefik).
+    let Acme {
+        app,
+        pebble,
+        admin,
+        tenant,
+        _trust,
+        ..
+    } = Acme::start("short", Some(VALIDITY_SECS), |c| {
+        c.order_timeout_secs = 30;
+        c.retry_base_secs = 1;
+        c.retry_max_secs = 2;
     })
     .await;
-    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
-    let pebble = Pebble::start_with(port, Some(VALIDITY_SECS)).await;
-    std::fs::copy(&pebble.api_root, &directory_root).unwrap();
-    let admin = app.admin_token().await;
-    app.add_worker(&admin, "worker-1", 25).await;
-    let tenant = app.create_tenant(&admin, "short").await;
     put_directory(&app, &admin, &pebble.directory).await;
     let domain = format!("{}.pebble.test", random_name("r").replace('_', ""));
-    let (status, body) = app.create_site(&admin, &tenant, &domain).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let site = body["site"]["id"].as_str().unwrap().to_owned();
-    let op = app
-        .wait_operation(&admin, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let site = create_site(
+        &app,
+        &admin,
+        &tenant,
+        json!({ "name": "Site", "domain": domain, "plan": "starter" }),
+    )
+    .await;
     let first = eventually("the certificate", || async {
         let c = site_certificates(&app, &admin, &site).await;
         (c[0]["state"] == "valid").then(|| c[0].clone())
@@ -1488,10 +1513,7 @@ async fn a_short_lived_certificate_is_renewed_at_the_edge_under_load_with_no_fai
 /// window no longer count. Over it a pass orders nothing (the due domains wait, unleased).
 #[tokio::test]
 async fn new_orders_keep_the_accounts_budget() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    // A directory nothing answers at: a pass that tried to order would fail.
-    put_directory(&app, &admin, "https://127.0.0.1:9/dir").await;
+    let (app, admin) = dead_directory().await;
     let takers: Vec<_> = (0..8)
         .map(|i| {
             let db = app.db.clone();
@@ -1621,9 +1643,7 @@ async fn renewals_expiring_soonest_are_ordered_first() {
 /// domain and to staff, and lifted by a new directory (a new account).
 #[tokio::test]
 async fn a_rate_limited_answer_pauses_every_new_order() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    put_directory(&app, &admin, "https://127.0.0.1:9/dir").await;
+    let (app, admin) = dead_directory().await;
     sqlx::query(
         "INSERT INTO certificates (domain, state, next_attempt_at) VALUES \
          ('limited.pause.test', 'pending', NOW(6)), ('other.pause.test', 'pending', NOW(6))",
@@ -1635,11 +1655,7 @@ async fn a_rate_limited_answer_pauses_every_new_order() {
         rate_limited_default_secs: 3600,
         ..Default::default()
     };
-    let issuer = Issuer::new(
-        app.db.clone(),
-        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
-        config.clone(),
-    );
+    let issuer = new_issuer(&app, config.clone());
     // No Retry-After was answered: the default hour.
     let until = issuer
         .rate_limited(
@@ -1682,11 +1698,7 @@ async fn a_rate_limited_answer_pauses_every_new_order() {
     // A restarted platform (a new issuer on the same database) orders nothing meanwhile:
     // the other due domain waits untouched, and no account is asked for (the directory
     // answers nothing, which would fail the pass).
-    let again = Issuer::new(
-        app.db.clone(),
-        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
-        config,
-    );
+    let again = new_issuer(&app, config);
     let report = again.run_pass().await.unwrap();
     assert_eq!(report.paused_until, Some(until), "{report:?}");
     assert!(
@@ -1722,15 +1734,7 @@ async fn rate_limiting_directory(
         .collect::<Result<_, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(&key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(chain, key);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!(
         "https://127.0.0.1:{}",
@@ -1864,9 +1868,8 @@ async fn a_rate_limited_order_is_paused_until_its_retry_after() {
     put_directory(&app, &admin, &directory).await;
     live_domain(&app, &admin, "limitsite1", "limited.retry.test").await;
     live_domain(&app, &admin, "limitsite2", "other.retry.test").await;
-    let issuer = Issuer::new(
-        app.db.clone(),
-        platform::crypto::SecretBox::new(SECRET_KEY.as_bytes()),
+    let issuer = new_issuer(
+        &app,
         platform::config::CertsConfig {
             directory_ca_file: Some(root),
             rate_limited_default_secs: 3600,

@@ -5,10 +5,10 @@
 
 use std::{path::Path, process::Command};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{self, EchoBackend, RedisLab, VarnishLab};
-use crate::support::{TestApp, random_name, server_url};
+use crate::support::{TestApp, random_name, server_url, step_names};
 
 /// The servers a [`TestApp`] drives, and the `[backends]` table that names them.
 pub struct MachineBackends {
@@ -98,15 +98,6 @@ impl MachineBackends {
     pub async fn get(&self, host: &str) -> (u16, String) {
         helpers::http_get(&self.varnish.http, host).await
     }
-}
-
-fn step_names(op: &Value) -> Vec<&str> {
-    op["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -599,41 +599,22 @@ async fn the_cli_takes_lists_and_restores_backups_showing_progress() {
     let e = env(true).await;
     let site = e.provisioned_site().await;
     let original_db = site.schema.fingerprint().await;
-    let run = |args: Vec<String>| {
-        let (base, token) = (e.app.base.clone(), e.member.clone());
-        async move {
-            let out = tokio::process::Command::new(crate::support::binary())
-                .args(&args)
-                .args(["--url", &base])
-                .env("PRESSDOCK_TOKEN", token)
-                .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
-                .kill_on_drop(true)
-                .output()
-                .await
-                .unwrap();
-            let (stdout, stderr) = (
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            );
-            assert!(out.status.success(), "{args:?}: {stderr}");
-            (stdout, stderr)
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let id = site.id.as_str();
-    let (out, progress) = run(s(&["backups", "create", id, "--wait", "--json"])).await;
+    let (out, progress) = e.cli(&["backups", "create", id, "--wait", "--json"]).await;
     let created: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(created["backup"]["state"], "complete", "{out}");
     assert!(progress.contains("run_backup: done"), "{progress}");
     let backup = created["backup"]["id"].as_str().unwrap().to_owned();
-    let (out, _) = run(s(&["backups", "list", id, "--json"])).await;
+    let (out, _) = e.cli(&["backups", "list", id, "--json"]).await;
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list[0]["id"], backup.as_str(), "{out}");
-    let (out, _) = run(s(&["backups", "show", &backup])).await;
+    let (out, _) = e.cli(&["backups", "show", &backup]).await;
     assert!(out.contains(&backup) && out.contains("complete"), "{out}");
 
     site.change().await;
-    let (out, progress) = run(s(&["sites", "restore", id, "--backup", &backup, "--wait"])).await;
+    let (out, progress) = e
+        .cli(&["sites", "restore", id, "--backup", &backup, "--wait"])
+        .await;
     assert!(progress.contains("site.restore: succeeded"), "{progress}");
     assert!(progress.contains("verify_backup: done"), "{progress}");
     assert!(progress.contains("restore_files: done"), "{progress}");

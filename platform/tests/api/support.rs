@@ -264,6 +264,16 @@ pub async fn wait_operation(http: &reqwest::Client, base: &str, token: &str, id:
     panic!("operation {id} did not finish");
 }
 
+/// The names of an operation's steps, in order.
+pub fn step_names(op: &Value) -> Vec<&str> {
+    op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect()
+}
+
 pub async fn drop_database(db: &MySqlPool, name: &str) {
     assert!(name.starts_with("pdtest_"));
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -4,77 +4,13 @@
 //! user made again), an `s3s-fs` of the test's own, sites' folders on `/dev/shm`.
 
 use platform::domain::Id;
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::{
     backup_fixture::{BackupEnv, Setup, Site, tree},
-    support::random_name,
+    support::{random_name, step_names},
 };
-
-/// Gives the site its domains as a create writes them: `domains` rows and the copy of
-/// its aliases in its row.
-async fn add_domains(e: &BackupEnv, site: &Id, primary: &str, aliases: &[&str]) {
-    for (domain, is_primary) in
-        std::iter::once((primary, true)).chain(aliases.iter().map(|a| (*a, false)))
-    {
-        sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, ?)")
-            .bind(domain)
-            .bind(site.as_str())
-            .bind(is_primary)
-            .execute(&e.app.db)
-            .await
-            .unwrap();
-    }
-    let mut sorted = aliases.to_vec();
-    sorted.sort_unstable();
-    sqlx::query("UPDATE sites SET aliases = ?, aliases_generation = generation WHERE id = ?")
-        .bind(sorted.join(" "))
-        .bind(site.as_str())
-        .execute(&e.app.db)
-        .await
-        .unwrap();
-}
-
-/// Deletes the site through the API (its final backup first) and returns that backup's
-/// id, found as a tenant finds it: in the deleted site's own backup list.
-async fn delete(e: &BackupEnv, site: &Id) -> String {
-    let (status, body) = e
-        .app
-        .request(
-            Method::DELETE,
-            &format!("/v1/sites/{site}"),
-            Some(&e.member),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let done = e
-        .app
-        .wait_operation(&e.member, body["operation"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(done["state"], "succeeded", "{done}");
-    let (status, _) = e.app.get(&format!("/v1/sites/{site}"), &e.member).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, page) = e
-        .app
-        .get(&format!("/v1/sites/{site}/backups"), &e.member)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    let newest = &page["items"][0];
-    assert_eq!(newest["kind"], "final", "{page}");
-    assert_eq!(newest["state"], "complete", "{page}");
-    newest["id"].as_str().unwrap().to_owned()
-}
-
-fn step_names(op: &Value) -> Vec<&str> {
-    op["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect()
-}
 
 /// What is left of the site in the control plane and on the servers.
 async fn leftovers(e: &BackupEnv, site: &Site) -> (String, i64, i64, i64, i64, bool) {
@@ -122,10 +58,10 @@ async fn a_deleted_site_comes_back_under_its_id_and_domains_from_its_final_backu
     let site = e.provisioned_site().await;
     let domain = format!("{}.example", site.id);
     let (kept, taken) = (format!("www.{domain}"), format!("shop.{domain}"));
-    add_domains(&e, &site.id, &domain, &[&kept, &taken]).await;
+    e.add_domains(&site.id, &domain, &[&kept, &taken]).await;
     let original_db = site.schema.fingerprint().await;
     let original_files = tree(&site.root);
-    let deleted_with = delete(&e, &site.id).await;
+    let deleted_with = e.delete_site(&site.id).await;
     assert_eq!(
         leftovers(&e, &site).await,
         ("deleted".into(), 0, 0, 0, 0, false)
@@ -133,22 +69,9 @@ async fn a_deleted_site_comes_back_under_its_id_and_domains_from_its_final_backu
 
     // Meanwhile another site takes one of its aliases.
     let (other, other_schema) = e.seed_site().await;
-    sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 0)")
-        .bind(&taken)
-        .bind(other.as_str())
-        .execute(&e.app.db)
-        .await
-        .unwrap();
+    e.take_domain(&other, &taken).await;
 
-    let (status, body) = e
-        .app
-        .post(
-            &format!("/v1/sites/{}/restores", site.id),
-            member,
-            json!({ "backup": deleted_with }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let body = e.request_restore(&site.id, &deleted_with).await;
     assert_eq!(body["operation"]["kind"], "site.undelete", "{body}");
     assert_eq!(body["operation"]["target_id"], site.id.as_str(), "{body}");
     assert_eq!(body["restore"]["kind"], "restore", "{body}");
@@ -166,10 +89,7 @@ async fn a_deleted_site_comes_back_under_its_id_and_domains_from_its_final_backu
     assert_eq!(got["domain"], domain.as_str(), "{got}");
     assert_eq!(got["aliases"], json!([kept]), "{got}");
 
-    let done = e
-        .app
-        .wait_operation(member, body["operation"]["id"].as_str().unwrap())
-        .await;
+    let done = e.wait_accepted(&body).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
         step_names(&done),
@@ -216,26 +136,11 @@ async fn a_deleted_site_comes_back_under_its_id_and_domains_from_its_final_backu
     assert_eq!(tree(&site.root), original_files);
 
     // Deleted again; this time its primary domain is taken before it is brought back.
-    let second = delete(&e, &site.id).await;
+    let second = e.delete_site(&site.id).await;
     assert_ne!(second, deleted_with);
-    sqlx::query("INSERT INTO domains (domain, site_id, is_primary) VALUES (?, ?, 0)")
-        .bind(&domain)
-        .bind(other.as_str())
-        .execute(&e.app.db)
-        .await
-        .unwrap();
-    let (status, headers, got) = e
-        .app
-        .request_full(
-            Method::POST,
-            &format!("/v1/sites/{}/restores", site.id),
-            Some(member),
-            Some(json!({ "backup": second })),
-            &[],
-        )
-        .await;
+    e.take_domain(&other, &domain).await;
+    let (status, got) = e.refused_restore(&site.id, &second).await;
     assert_eq!(status, StatusCode::CONFLICT, "{got}");
-    assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(got["errors"][0]["field"], "domain", "{got}");
     let detail = got["detail"].as_str().unwrap();
     assert!(
@@ -255,18 +160,8 @@ async fn a_deleted_site_comes_back_under_its_id_and_domains_from_its_final_backu
     assert_eq!(restores, 1, "no restore recorded for the refused request");
 
     // A backup that is not the site's: 422 naming `backup`. Another tenant's caller: 404.
-    let (status, headers, got) = e
-        .app
-        .request_full(
-            Method::POST,
-            &format!("/v1/sites/{}/restores", site.id),
-            Some(member),
-            Some(json!({ "backup": Id::generate().as_str() })),
-            &[],
-        )
-        .await;
+    let (status, got) = e.refused_restore(&site.id, Id::generate().as_str()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
-    assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(got["errors"][0]["field"], "backup", "{got}");
     let outsider_tenant = e
         .app
@@ -314,10 +209,10 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
         .await;
     let site = e.provisioned_site().await;
     let domain = format!("{}.example", site.id);
-    add_domains(&e, &site.id, &domain, &[]).await;
+    e.add_domains(&site.id, &domain, &[]).await;
     let original_db = site.schema.fingerprint().await;
     let original_files = tree(&site.root);
-    let fin = delete(&e, &site.id).await;
+    let fin = e.delete_site(&site.id).await;
     let deleted_at = || async {
         sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
             "SELECT deleted_at FROM sites WHERE id = ?",
@@ -342,19 +237,8 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
         &sql[at..]
     );
     e.replace_dump(&site.id, &fin, &failing).await;
-    let (status, body) = e
-        .app
-        .post(
-            &format!("/v1/sites/{}/restores", site.id),
-            &e.member,
-            json!({ "backup": fin }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let done = e
-        .app
-        .wait_operation(&e.member, body["operation"]["id"].as_str().unwrap())
-        .await;
+    let body = e.request_restore(&site.id, &fin).await;
+    let done = e.wait_accepted(&body).await;
     assert_eq!(done["state"], "failed", "{done}");
     let states: Vec<(&str, &str)> = done["steps"]
         .as_array()
@@ -407,8 +291,8 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
 
     // The backup whole again: the CLI brings the site back, with progress.
     e.replace_dump(&site.id, &fin, &sql).await;
-    let out = tokio::process::Command::new(crate::support::binary())
-        .args([
+    let (stdout, progress) = e
+        .cli(&[
             "sites",
             "restore",
             site.id.as_str(),
@@ -416,18 +300,7 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
             &fin,
             "--wait",
         ])
-        .args(["--url", &e.app.base])
-        .env("PRESSDOCK_TOKEN", &e.member)
-        .env("PRESSDOCK_CLI_CONFIG", "/nonexistent/pressdock-cli.toml")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let (stdout, progress) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{progress}");
+        .await;
     assert!(progress.contains("site.undelete: succeeded"), "{progress}");
     assert!(progress.contains("ensure_database: done"), "{progress}");
     assert!(progress.contains("restore_files: done"), "{progress}");
