@@ -1256,57 +1256,62 @@ fn task_nodes(lab: &Lab, service: &str) -> Vec<String> {
     v
 }
 
-/// The cache tier as a stack (`stacks/cache.yml`, deployed by `lab up` through the production
-/// deployer): from inside its overlay network, the master takes a write that the replica
-/// serves, Sentinel names the master's task and knows the replica, and neither Redis nor
-/// Sentinel answers a client without the password (a site's task runs tenant code).
-#[test]
-fn cache_stack_replicates_and_its_sentinel_names_the_master_and_refuses_strangers() {
-    if !enabled() {
-        return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
-    let t0 = Instant::now();
-    let key = format!("pdtest:{}", rand_suffix());
-    let script = format!(
-        r#"r() {{ timeout 5 redis-cli --no-auth-warning "$@" 2>&1 | tr -d '\r'; }}
-echo "master_ip=$(getent hosts redis-master | cut -d' ' -f1)"
-echo "master_role=$(r -h redis-master role | head -n 1)"
-echo "replica_role=$(r -h redis-replica role | head -n 1)"
-echo "$(r -h redis-master info replication | grep '^connected_slaves:' | tr ':' '=')"
-echo "set=$(r -h redis-master set {key} v1 ex 300)"
-sleep 1
-echo "replica_get=$(r -h redis-replica get {key})"
-echo "sentinel_master=$(r -h sentinel -p 26379 sentinel get-master-addr-by-name {name} | tr '\n' ' ')"
-echo "sentinel_replicas=$(r -h sentinel -p 26379 sentinel replicas {name} | grep -c '^ip$')"
-echo "noauth_sentinel=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h sentinel -p 26379 sentinel get-master-addr-by-name {name} 2>&1)"
-echo "noauth_master=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h redis-master get {key} 2>&1)"
-echo "noauth_replica=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h redis-replica get {key} 2>&1)"
+/// What a client on the cache stack's network sees, as `key=value` lines: the master the
+/// Sentinel names and the other Redis task, their roles, a write on the master (`KEY`, after
+/// reading it there) and the other's copy of it, and the answers to clients without the
+/// password or with a wrong one. By address, not by service: after a failover the
+/// `redis-replica` service's task is the master.
+const CACHE_LOOK: &str = r#"r() { timeout 5 redis-cli --no-auth-warning "$@" 2>&1 | tr -d '\r'; }
+a=$(getent hosts redis-master | cut -d' ' -f1)
+b=$(getent hosts redis-replica | cut -d' ' -f1)
+set -- $(r -h sentinel -p 26379 sentinel get-master-addr-by-name NAME)
+m=${1:-none}
+if [ "$m" = "$a" ]; then o=$b; else o=$a; fi
+echo "tasks=$a $b"
+echo "sentinel_master=$m ${2:-}"
+echo "other=$o"
+echo "master_role=$(r -h "$m" role | head -n 1)"
+echo "other_role=$(r -h "$o" role | head -n 1)"
+echo "other_follows=$(r -h "$o" info replication | grep '^master_host:' | cut -d: -f2)"
+echo "$(r -h "$m" info replication | grep '^connected_slaves:' | tr ':' '=')"
+# Replicas the Sentinel sees up (it keeps a killed task's address, flagged s_down).
+echo "sentinel_replicas=$(r -h sentinel -p 26379 sentinel replicas NAME | grep -A 1 '^flags$' | grep -c '^slave$')"
+echo "master_get=$(r -h "$m" get KEY)"
+echo "set=$(r -h "$m" set KEY v1 ex 600)"
+echo "synced=$(r -h "$m" wait 1 2000)"
+echo "other_get=$(r -h "$o" get KEY)"
+echo "noauth_sentinel=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h sentinel -p 26379 sentinel get-master-addr-by-name NAME 2>&1)"
+echo "noauth_master=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "$m" get KEY 2>&1)"
+echo "noauth_other=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "$o" get KEY 2>&1)"
 echo "wrongpass_sentinel=$(REDISCLI_AUTH=not-the-password timeout 5 redis-cli --no-auth-warning -h sentinel -p 26379 sentinel masters 2>&1 | tr '\n' ' ')"
-"#,
-        name = lab::nodes::CACHE_MASTER_NAME
-    );
+"#;
+
+/// Looks at the cache stack (as [`CACHE_LOOK`]) until `ready` accepts what it sees; the
+/// fields then, and every look's text for a failure message.
+fn cache_look_until(
+    lab: &Lab,
+    key: &str,
+    within_s: u64,
+    ready: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+) -> std::collections::BTreeMap<String, String> {
+    let script = CACHE_LOOK
+        .replace("NAME", lab::nodes::CACHE_MASTER_NAME)
+        .replace("KEY", key);
     let mut last = String::new();
     let f = lab::sh::wait_for(
         "the cache stack's master, replica and Sentinel (stack `cache`)",
-        Duration::from_secs(120),
+        Duration::from_secs(within_s),
         Duration::from_secs(2),
         || {
             let out = in_overlay(
-                &lab,
+                lab,
                 lab::nodes::CACHE_NET,
                 Some(&lab.secrets.redis_admin),
                 &script,
             );
             last = out.clone().unwrap_or_else(|e| e);
             let f = fields(&out.ok()?);
-            let master = f.get("master_ip").filter(|m| !m.is_empty())?;
-            (f.get("replica_get").map(String::as_str) == Some("v1")
-                && f.get("sentinel_master").map(|s| s.trim().to_owned())
-                    == Some(format!("{master} 6379"))
-                && f.get("sentinel_replicas").map(String::as_str) == Some("1"))
-            .then_some(f.clone())
+            ready(&f).then_some(f)
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}; last look:\n{last}"));
@@ -1314,22 +1319,56 @@ echo "wrongpass_sentinel=$(REDISCLI_AUTH=not-the-password timeout 5 redis-cli --
         !last.contains(&lab.secrets.redis_admin),
         "password in output"
     );
-    assert_eq!(f["master_role"], "master", "{last}");
-    assert_eq!(f["replica_role"], "slave", "{last}");
-    assert_eq!(f["connected_slaves"], "1", "{last}");
-    assert_eq!(f["set"], "OK", "{last}");
-    for k in ["noauth_sentinel", "noauth_master", "noauth_replica"] {
+    f
+}
+
+/// A master the Sentinel names, replicated by the other task, which holds the write.
+fn cache_healthy(f: &std::collections::BTreeMap<String, String>) -> bool {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let master = get("sentinel_master");
+    let m = master.split_whitespace().next().unwrap_or("none");
+    get("tasks").split_whitespace().any(|t| t == m)
+        && master.ends_with(" 6379")
+        && get("master_role") == "master"
+        && get("other_role") == "slave"
+        && get("other_follows") == m
+        && get("connected_slaves") == "1"
+        && get("sentinel_replicas") == "1"
+        && get("set") == "OK"
+        && get("synced") == "1"
+        && get("other_get") == "v1"
+}
+
+/// The cache tier as a stack (`stacks/cache.yml`, deployed by `lab up` through the production
+/// deployer): from inside its overlay network, the master takes a write that the replica
+/// serves, Sentinel names the master's task and knows the replica, and neither Redis nor
+/// Sentinel answers a client without the password (a site's task runs tenant code). Then
+/// the master's container is killed: Sentinel promotes the replica, which kept the write,
+/// and swarm's new task for the killed one comes back as its replica.
+#[test]
+fn cache_stack_replicates_fails_over_and_refuses_strangers() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let t0 = Instant::now();
+    let key = format!("pdtest:{}", rand_suffix());
+    let f = cache_look_until(&lab, &key, 180, cache_healthy);
+    let ready_s = t0.elapsed().as_secs_f64();
+    for k in ["noauth_sentinel", "noauth_master", "noauth_other"] {
         assert!(
             f[k].starts_with("NOAUTH Authentication required"),
-            "{k}: {last}"
+            "{k}: {f:?}"
         );
     }
     assert!(
         f["wrongpass_sentinel"].contains("WRONGPASS") && f["wrongpass_sentinel"].contains("NOAUTH"),
-        "{last}"
+        "{f:?}"
     );
     // Placed by label on the cache nodes (the lab's managers), one Sentinel on each.
-    let cache_hosts: Vec<String> = lab.topo.cache_nodes().iter().map(|n| n.host()).collect();
+    let cache_nodes = lab.topo.cache_nodes();
+    let cache_hosts: Vec<String> = cache_nodes.iter().map(|n| n.host()).collect();
     for svc in ["redis-master", "redis-replica", "sentinel"] {
         let on = task_nodes(&lab, &format!("{}_{svc}", lab::nodes::CACHE_STACK));
         assert!(!on.is_empty(), "{svc}: no running task");
@@ -1342,9 +1381,49 @@ echo "wrongpass_sentinel=$(REDISCLI_AUTH=not-the-password timeout 5 redis-cli --
         task_nodes(&lab, &format!("{}_sentinel", lab::nodes::CACHE_STACK)),
         cache_hosts
     );
+
+    // Failover: kill the master's container (whichever service's task it is).
+    let master = f["sentinel_master"]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let survivor = f["other"].clone();
+    let svc = if f["tasks"].split_whitespace().next() == Some(master.as_str()) {
+        "redis-master"
+    } else {
+        "redis-replica"
+    };
+    let svc = format!("{}_{svc}", lab::nodes::CACHE_STACK);
+    let t1 = Instant::now();
+    let killed = cache_nodes.iter().any(|n| {
+        let ids = n
+            .docker([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={svc}"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        !ids.is_empty()
+            && n.docker(["kill", &ids])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    });
+    assert!(killed, "no container of {svc} to kill");
+    let after = cache_look_until(&lab, &key, 180, |f| {
+        cache_healthy(f) && f.get("sentinel_master") == Some(&format!("{survivor} 6379"))
+    });
+    // The promoted replica had the write from before the kill.
+    assert_eq!(after["master_get"], "v1", "{after:?}");
+    assert_ne!(after["other"], master, "the killed task's address is gone");
     eprintln!(
-        "cache stack: replica serving the master's write and Sentinel naming the master {:.1}s after lab up returned",
-        t0.elapsed().as_secs_f64()
+        "cache stack: healthy {ready_s:.1}s after lab up returned (master {master}); \
+         {svc}'s container killed: Sentinel promoted {survivor} and the restarted task \
+         replicates it {:.1}s later",
+        t1.elapsed().as_secs_f64()
     );
 }
 
