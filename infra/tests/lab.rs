@@ -51,6 +51,18 @@ fn lab_up() -> Lab {
     }
 }
 
+/// The tests' wait loop: asks `check` every `every_ms` until it gives a value, for at most
+/// `within_s` seconds (`lab::sh::wait_for`); the test fails naming what it waited for.
+fn wait_until<T>(what: &str, within_s: u64, every_ms: u64, check: impl FnMut() -> Option<T>) -> T {
+    lab::sh::wait_for(
+        what,
+        Duration::from_secs(within_s),
+        Duration::from_millis(every_ms),
+        check,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 fn rand_suffix() -> String {
     lab::sh::random_hex(4).expect("random")
 }
@@ -201,13 +213,9 @@ fn sentinel_promotes_the_replica_when_the_master_is_killed() {
     data::redis_cli(&lab, port, &["WAIT", "1", "2000"]).expect("WAIT");
     let t0 = Instant::now();
     lab.procs.kill9(&format!("redis-{n}")).expect("kill master");
-    let after = lab::sh::wait_for(
-        "Sentinel failover",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || data::sentinel_master(&lab.secrets.redis_admin).filter(|m| *m != before),
-    )
-    .expect("a new master");
+    let after = wait_until("Sentinel failover", 20, 200, || {
+        data::sentinel_master(&lab.secrets.redis_admin).filter(|m| *m != before)
+    });
     eprintln!(
         "sentinel failover in {:.1}s: {before} -> {after}",
         t0.elapsed().as_secs_f64()
@@ -421,13 +429,9 @@ fn lab_servers_outlive_the_shell_that_started_them() {
         .spawn()
         .expect("starting the shell");
     let shell_pid = shell.id() as i32;
-    lab::sh::wait_for(
-        "`lab up` in the shell",
-        Duration::from_secs(300),
-        Duration::from_millis(250),
-        || done.exists().then_some(()),
-    )
-    .expect("lab up finished");
+    wait_until("`lab up` in the shell", 300, 250, || {
+        done.exists().then_some(())
+    });
     let started: Vec<(&str, i32)> = ["dns", "routes"]
         .into_iter()
         .map(|n| (n, lab.procs.alive(n).expect("started by lab up")))
@@ -665,18 +669,17 @@ fn edge_get(host: &str, n: u64) -> Result<lab::http::Response, String> {
 fn wait_served_from(host: &str, node: &str, within: Duration) -> Duration {
     let t0 = Instant::now();
     let want = format!("lab-task on {node}");
-    lab::sh::wait_for(
+    wait_until(
         &format!("{host} served from {node}"),
-        within,
-        Duration::from_millis(300),
+        within.as_secs(),
+        300,
         || {
             edge_get(host, t0.elapsed().as_micros() as u64)
                 .ok()
                 .filter(|r| r.status == 200 && r.body.trim() == want)
                 .map(|_| ())
         },
-    )
-    .expect("served through the edge");
+    );
     t0.elapsed()
 }
 
@@ -760,13 +763,9 @@ fn task_moves_to_another_worker_without_a_failed_request() {
         "service update: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lab::sh::wait_for(
-        "one task, on the other worker",
-        Duration::from_secs(90),
-        Duration::from_millis(250),
-        || (running_on(&lab, &name) == vec![to.host()]).then_some(()),
-    )
-    .expect("moved");
+    wait_until("one task, on the other worker", 90, 250, || {
+        (running_on(&lab, &name) == vec![to.host()]).then_some(())
+    });
     let converged = t_move.elapsed();
     // The old task serves 5 s after SIGTERM; keep asking past that and Traefik's refresh.
     std::thread::sleep(Duration::from_secs(8));
@@ -830,13 +829,9 @@ fn task_of_a_killed_worker_is_rescheduled_and_serves_again() {
     let name = format!("kl-{}", rand_suffix());
     let host = create_site_like_service(&lab, &name, "node.labels.pressdock.pool==wp");
     let _svc = ServiceGuard(&lab, name.clone());
-    let victim_host = lab::sh::wait_for(
-        "the task to run",
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || running_on(&lab, &name).into_iter().next(),
-    )
-    .expect("task running");
+    let victim_host = wait_until("the task to run", 60, 300, || {
+        running_on(&lab, &name).into_iter().next()
+    });
     let victim = lab
         .topo
         .nodes()
@@ -999,10 +994,10 @@ fn a_worker_joins_with_its_labels_and_leaves_through_the_cluster_code() {
     let seen_by_platform = platform.as_ref().map(|p| {
         use infra::cluster::evolve::Platform as _;
         let t = Instant::now();
-        lab::sh::wait_for(
+        wait_until(
             "the platform's node sync to record the new worker",
-            Duration::from_secs(60),
-            Duration::from_millis(500),
+            60,
+            500,
             || {
                 infra::cluster::stack::block_on(|| async { p.nodes().await })
                     .ok()?
@@ -1010,8 +1005,7 @@ fn a_worker_joins_with_its_labels_and_leaves_through_the_cluster_code() {
                     .find(|x| x.name == new)
                     .map(|_| ())
             },
-        )
-        .expect("platform sees the node");
+        );
         t.elapsed()
     });
 
@@ -1150,21 +1144,15 @@ services:
     assert_eq!(out[&format!("{name}_web")], Outcome::Created);
     assert_eq!(out[&format!("{name}_idle")], Outcome::Created);
     let served = |want: &str| {
-        lab::sh::wait_for(
-            &format!("{host} answering {want}"),
-            Duration::from_secs(60),
-            Duration::from_millis(300),
-            || {
-                let n = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                edge_get(&host, n)
-                    .ok()
-                    .filter(|r| r.status == 200 && r.body.starts_with(want))
-                    .map(|_| ())
-            },
-        )
-        .expect("served through the edge")
+        wait_until(&format!("{host} answering {want}"), 60, 300, || {
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            edge_get(&host, n)
+                .ok()
+                .filter(|r| r.status == 200 && r.body.starts_with(want))
+                .map(|_| ())
+        })
     };
     served("v1 on ");
     // Requests through the whole edge while the stack rolls to v2.
@@ -1210,6 +1198,269 @@ services:
          {ok} requests through the edge meanwhile, 0 failed",
         t_roll.as_secs_f64()
     );
+}
+
+/// Runs `script` (bash) in a throw-away container of the lab's Redis image attached to the
+/// overlay network `net` on the first manager: what a task on that network reaches. With
+/// `auth`, redis-cli gets the password through `REDISCLI_AUTH`, passed from this process's
+/// environment (never on a command line). Its output, or the failure with its stderr.
+fn in_overlay(lab: &Lab, net: &str, auth: Option<&str>, script: &str) -> Result<String, String> {
+    let mut cmd =
+        lab.topo
+            .first_manager()
+            .docker(["run", "--rm", "--network", net, "--entrypoint", "bash"]);
+    if let Some(pw) = auth {
+        cmd.args(["-e", "REDISCLI_AUTH"]).env("REDISCLI_AUTH", pw);
+    }
+    let out = cmd
+        .args(["local/redis:dev", "-c", script])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `key=value` lines as a map.
+fn fields(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// The nodes the running tasks of a swarm service are on.
+fn task_nodes(lab: &Lab, service: &str) -> Vec<String> {
+    let out = lab
+        .topo
+        .first_manager()
+        .docker([
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}} {{.CurrentState}}",
+        ])
+        .output()
+        .expect("docker service ps");
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" Running"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a client on the cache stack's network sees, as `key=value` lines: the master the
+/// Sentinel names and the other Redis task, their roles, a write on the master (`KEY`, after
+/// reading it there) and the other's copy of it, and the answers to clients without the
+/// password or with a wrong one. By address, not by service: after a failover the
+/// `redis-replica` service's task is the master.
+const CACHE_LOOK: &str = r#"r() { timeout 5 redis-cli --no-auth-warning "$@" 2>&1 | tr -d '\r'; }
+a=$(getent hosts redis-master | cut -d' ' -f1)
+b=$(getent hosts redis-replica | cut -d' ' -f1)
+set -- $(r -h sentinel -p 26379 sentinel get-master-addr-by-name NAME)
+m=${1:-none}
+if [ "$m" = "$a" ]; then o=$b; else o=$a; fi
+echo "tasks=$a $b"
+echo "sentinel_master=$m ${2:-}"
+echo "other=$o"
+echo "master_role=$(r -h "$m" role | head -n 1)"
+echo "other_role=$(r -h "$o" role | head -n 1)"
+echo "other_follows=$(r -h "$o" info replication | grep '^master_host:' | cut -d: -f2)"
+echo "$(r -h "$m" info replication | grep '^connected_slaves:' | tr ':' '=')"
+# Replicas the Sentinel sees up (it keeps a killed task's address, flagged s_down).
+echo "sentinel_replicas=$(r -h sentinel -p 26379 sentinel replicas NAME | grep -A 1 '^flags$' | grep -c '^slave$')"
+echo "master_get=$(r -h "$m" get KEY)"
+echo "set=$(r -h "$m" set KEY v1 ex 600)"
+echo "synced=$(r -h "$m" wait 1 2000)"
+echo "other_get=$(r -h "$o" get KEY)"
+echo "noauth_sentinel=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h sentinel -p 26379 sentinel get-master-addr-by-name NAME 2>&1)"
+echo "noauth_master=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "$m" get KEY 2>&1)"
+echo "noauth_other=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "$o" get KEY 2>&1)"
+echo "wrongpass_sentinel=$(REDISCLI_AUTH=not-the-password timeout 5 redis-cli --no-auth-warning -h sentinel -p 26379 sentinel masters 2>&1 | tr '\n' ' ')"
+"#;
+
+/// Looks at the cache stack (as [`CACHE_LOOK`]) until `ready` accepts what it sees; the
+/// fields then, and every look's text for a failure message.
+fn cache_look_until(
+    lab: &Lab,
+    key: &str,
+    within_s: u64,
+    ready: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+) -> std::collections::BTreeMap<String, String> {
+    let script = CACHE_LOOK
+        .replace("NAME", lab::nodes::CACHE_MASTER_NAME)
+        .replace("KEY", key);
+    let mut last = String::new();
+    let f = lab::sh::wait_for(
+        "the cache stack's master, replica and Sentinel (stack `cache`)",
+        Duration::from_secs(within_s),
+        Duration::from_secs(2),
+        || {
+            let out = in_overlay(
+                lab,
+                lab::nodes::CACHE_NET,
+                Some(&lab.secrets.redis_admin),
+                &script,
+            );
+            last = out.clone().unwrap_or_else(|e| e);
+            let f = fields(&out.ok()?);
+            ready(&f).then_some(f)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; last look:\n{last}"));
+    assert!(
+        !last.contains(&lab.secrets.redis_admin),
+        "password in output"
+    );
+    f
+}
+
+/// A master the Sentinel names, replicated by the other task, which holds the write.
+fn cache_healthy(f: &std::collections::BTreeMap<String, String>) -> bool {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let master = get("sentinel_master");
+    let m = master.split_whitespace().next().unwrap_or("none");
+    get("tasks").split_whitespace().any(|t| t == m)
+        && master.ends_with(" 6379")
+        && get("master_role") == "master"
+        && get("other_role") == "slave"
+        && get("other_follows") == m
+        && get("connected_slaves") == "1"
+        && get("sentinel_replicas") == "1"
+        && get("set") == "OK"
+        && get("synced") == "1"
+        && get("other_get") == "v1"
+}
+
+/// The cache tier as a stack (`stacks/cache.yml`, deployed by `lab up` through the production
+/// deployer): from inside its overlay network, the master takes a write that the replica
+/// serves, Sentinel names the master's task and knows the replica, and neither Redis nor
+/// Sentinel answers a client without the password (a site's task runs tenant code). Then
+/// the master's container is killed: Sentinel promotes the replica, which kept the write,
+/// and swarm's new task for the killed one comes back as its replica.
+#[test]
+fn cache_stack_replicates_fails_over_and_refuses_strangers() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let t0 = Instant::now();
+    let key = format!("pdtest:{}", rand_suffix());
+    let f = cache_look_until(&lab, &key, 180, cache_healthy);
+    let ready_s = t0.elapsed().as_secs_f64();
+    for k in ["noauth_sentinel", "noauth_master", "noauth_other"] {
+        assert!(
+            f[k].starts_with("NOAUTH Authentication required"),
+            "{k}: {f:?}"
+        );
+    }
+    assert!(
+        f["wrongpass_sentinel"].contains("WRONGPASS") && f["wrongpass_sentinel"].contains("NOAUTH"),
+        "{f:?}"
+    );
+    // Placed by label on the cache nodes (the lab's managers), one Sentinel on each.
+    let cache_nodes = lab.topo.cache_nodes();
+    let cache_hosts: Vec<String> = cache_nodes.iter().map(|n| n.host()).collect();
+    for svc in ["redis-master", "redis-replica", "sentinel"] {
+        let on = task_nodes(&lab, &format!("{}_{svc}", lab::nodes::CACHE_STACK));
+        assert!(!on.is_empty(), "{svc}: no running task");
+        assert!(
+            on.iter().all(|n| cache_hosts.contains(n)),
+            "{svc} on {on:?}"
+        );
+    }
+    assert_eq!(
+        task_nodes(&lab, &format!("{}_sentinel", lab::nodes::CACHE_STACK)),
+        cache_hosts
+    );
+
+    // Failover: kill the master's container (whichever service's task it is).
+    let master = f["sentinel_master"]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let survivor = f["other"].clone();
+    let svc = if f["tasks"].split_whitespace().next() == Some(master.as_str()) {
+        "redis-master"
+    } else {
+        "redis-replica"
+    };
+    let svc = format!("{}_{svc}", lab::nodes::CACHE_STACK);
+    let t1 = Instant::now();
+    let killed = cache_nodes.iter().any(|n| {
+        let ids = n
+            .docker([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={svc}"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        !ids.is_empty()
+            && n.docker(["kill", &ids])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    });
+    assert!(killed, "no container of {svc} to kill");
+    let after = cache_look_until(&lab, &key, 180, |f| {
+        cache_healthy(f) && f.get("sentinel_master") == Some(&format!("{survivor} 6379"))
+    });
+    // The promoted replica had the write from before the kill.
+    assert_eq!(after["master_get"], "v1", "{after:?}");
+    assert_ne!(after["other"], master, "the killed task's address is gone");
+    eprintln!(
+        "cache stack: healthy {ready_s:.1}s after lab up returned (master {master}); \
+         {svc}'s container killed: Sentinel promoted {survivor} and the restarted task \
+         replicates it {:.1}s later",
+        t1.elapsed().as_secs_f64()
+    );
+}
+
+/// The monitoring placeholder (`stacks/monitoring.yml`, deployed by `lab up` through the
+/// production deployer) runs on every monitoring node (the lab's managers) and answers on its
+/// overlay network.
+#[test]
+fn monitoring_placeholder_answers_on_the_monitoring_nodes() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let script = r#"exec 3<>/dev/tcp/placeholder/9090 || exit 1
+printf 'GET /ping HTTP/1.0\r\nHost: placeholder\r\n\r\n' >&3
+timeout 5 cat <&3 | tr -d '\r'"#;
+    let mut last = String::new();
+    let answer = lab::sh::wait_for(
+        "the monitoring placeholder on pd-monitoring",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let out = in_overlay(&lab, "pd-monitoring", None, script);
+            last = out.clone().unwrap_or_else(|e| e);
+            out.ok().filter(|o| o.starts_with("HTTP/1.0 200"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; last answer:\n{last}"));
+    assert!(answer.ends_with("\n\nOK"), "{answer}");
+    let managers: Vec<String> = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == lab::Role::Manager)
+        .map(|n| n.host())
+        .collect();
+    assert_eq!(task_nodes(&lab, "monitoring_placeholder"), managers);
 }
 
 /// Puts a lost Galera data directory back if the test ends before the restore succeeded, so
@@ -1369,18 +1620,12 @@ fn a_lost_galera_cluster_is_rebuilt_from_its_backup() {
             .expect("kill galera node");
     }
     for n in 1..=nodes {
-        lab::sh::wait_for(
-            "the killed Galera node to be gone",
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || {
-                lab.procs
-                    .alive(&format!("galera-{n}"))
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .expect("node gone");
+        wait_until("the killed Galera node to be gone", 30, 100, || {
+            lab.procs
+                .alive(&format!("galera-{n}"))
+                .is_none()
+                .then_some(())
+        });
         let _ = std::fs::remove_dir_all(lost.lost(n));
         std::fs::rename(data::galera_dir(&lab, n).join("data"), lost.lost(n))
             .expect("take the data away");
@@ -1422,33 +1667,22 @@ fn a_lost_galera_cluster_is_rebuilt_from_its_backup() {
             "node g{n} carries on the backed-up cluster's history"
         );
     }
-    let via_router = lab::sh::wait_for(
-        "the router to take writes again",
-        Duration::from_secs(60),
-        Duration::from_millis(250),
-        || {
-            sql(
-                &lab,
-                router,
-                &format!(
-                    "INSERT INTO labtest.kv VALUES ('again-{v}', 'after-restore'); \
+    let via_router = wait_until("the router to take writes again", 60, 250, || {
+        sql(
+            &lab,
+            router,
+            &format!(
+                "INSERT INTO labtest.kv VALUES ('again-{v}', 'after-restore'); \
                      SELECT COUNT(*) FROM labtest.kv WHERE k LIKE '%-{v}'"
-                ),
-            )
-            .ok()
-        },
-    )
-    .expect("router");
-    assert_eq!(via_router, "2", "marker and the new row");
-    let platform = lab.procs.alive("platform").map(|_| {
-        lab::sh::wait_for(
-            "the platform to be ready again",
-            Duration::from_secs(90),
-            Duration::from_millis(500),
-            platform_ready,
+            ),
         )
-        .expect("platform ready")
+        .ok()
     });
+    assert_eq!(via_router, "2", "marker and the new row");
+    let platform = lab
+        .procs
+        .alive("platform")
+        .map(|_| wait_until("the platform to be ready again", 90, 500, platform_ready));
     eprintln!(
         "galera restore: backup {backup_s:.1}s ({} bytes at seqno {seqno}), restore {restore_s:.1}s, \
          platform: {}",
@@ -1553,13 +1787,9 @@ fn a_lost_manager_state_is_recovered_from_its_backup() {
     let backup_s = t0.elapsed().as_secs_f64();
     eprint!("{text}");
     // The copy took the manager down for a moment: it leads again with the same swarm.
-    lab::sh::wait_for(
-        "every node Ready again after the backup",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || (swarm_view(&lab) == (services.clone(), nodes.clone())).then_some(()),
-    )
-    .expect("the same swarm after the backup");
+    wait_until("every node Ready again after the backup", 90, 500, || {
+        (swarm_view(&lab) == (services.clone(), nodes.clone())).then_some(())
+    });
 
     // The manager's state is lost: dockerd stopped, /var/lib/docker/swarm gone.
     let mut lost = LostSwarm {
@@ -1600,21 +1830,15 @@ fn a_lost_manager_state_is_recovered_from_its_backup() {
     lost.recovered = true;
     // The edge (Traefik and Varnish on the manager, restarted by the recovered swarm) serves
     // the lab's test site again: with our VCL's header, not a bare 404 of some proxy.
-    let served = lab::sh::wait_for(
-        "hello.lab.test through the edge",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || {
-            lab::http::get(
-                &format!("127.0.0.1:{}", ports::EDGE),
-                &format!("/pressdock-health?probe={}", t1.elapsed().as_micros()),
-                "hello.lab.test",
-            )
-            .ok()
-            .filter(|r| r.status == 200 && r.header("X-Pressdock-Cache").is_some())
-        },
-    );
-    served.expect("the edge serves again");
+    wait_until("hello.lab.test through the edge", 120, 500, || {
+        lab::http::get(
+            &format!("127.0.0.1:{}", ports::EDGE),
+            &format!("/pressdock-health?probe={}", t1.elapsed().as_micros()),
+            "hello.lab.test",
+        )
+        .ok()
+        .filter(|r| r.status == 200 && r.header("X-Pressdock-Cache").is_some())
+    });
     eprintln!(
         "swarm: backup {backup_s:.1}s (the edge waited for meanwhile); recovered, every node \
          Ready, in {recovered_s:.1}s ({} services, {} nodes as before); edge serving after {:.1}s",
@@ -1720,13 +1944,9 @@ fn a_killed_worker_is_replaced_by_a_new_machine_under_its_name() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lab::sh::wait_for(
-        "the killed worker to be down in the swarm",
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || node_labels(&lab, &old_id[0]).filter(|(s, _)| s == "down"),
-    )
-    .expect("down");
+    wait_until("the killed worker to be down in the swarm", 60, 300, || {
+        node_labels(&lab, &old_id[0]).filter(|(s, _)| s == "down")
+    });
 
     // Quorum: the lab's only manager is never replaced (nor killed).
     let out = infra()

@@ -10,11 +10,12 @@
 //!   before the next);
 //! - every other role joins as a worker (the data tier too: its stacks are placed by labels);
 //! - labels: `pressdock.role=<role>`, `pressdock.node=<name>`, `pressdock.cache=true` on cache
-//!   nodes, `pressdock.slots=<n>` on workers, and `pressdock.pool=<pool>` last, once the worker
-//!   can run sites (the platform places sites only on workers with it, as in the lab);
+//!   nodes, `pressdock.monitoring=true` on monitoring nodes, `pressdock.slots=<n>` on
+//!   workers, and `pressdock.pool=<pool>` last, once the worker can run sites (the platform
+//!   places sites only on workers with it, as in the lab);
 //! - worker nodes that are down and no machine's (a replaced droplet's old node) removed;
 //! - the overlay networks `pd-edge` and `pd-sites` (attachable, the lab's subnets);
-//! - the stacks in `stacks/`.
+//! - the stacks in `stacks/` ([`STACKS`]).
 //!
 //! Join tokens are not part of a step: the executor reads them from the first manager when it
 //! runs a join, so a printed plan never holds one. Every value reaching a command is ours
@@ -37,8 +38,15 @@ pub const NETWORKS: [(&str, &str); 2] = [
     (crate::lab::SITES_NET, crate::lab::SITES_SUBNET),
 ];
 
-/// Stacks deployed on the swarm, in order (those in `stacks/` today).
-pub const STACKS: [(&str, &str); 1] = [("pd", "stacks/edge.yml")];
+/// Stacks deployed on the swarm, in order: the edge, the cache tier's Redis and Sentinels,
+/// the monitoring placeholder. The database tier (Galera + ProxySQL) and the storage tier
+/// (GlusterFS) have no stack (infra/README.md, "Stacks"); `stacks/lab-hello.yml` is the
+/// lab's test site.
+pub const STACKS: [(&str, &str); 3] = [
+    ("pd", "stacks/edge.yml"),
+    ("cache", "stacks/cache.yml"),
+    ("monitoring", "stacks/monitoring.yml"),
+];
 
 /// The node label (on the managers) that records the hash of a stack as last deployed:
 /// `pressdock.stack.<stack>=<sha256 of the compose file and its variables>`.
@@ -321,8 +329,12 @@ pub fn labels(c: &Checked, m: &Machine, ready: bool) -> Vec<(String, String)> {
         ("pressdock.role".to_owned(), m.role.as_str().to_owned()),
     ];
     let r = &c.spec.roles[&m.role];
+    // The tiers' stacks are placed by these (the lab puts both on its managers).
     if m.role == Role::Cache {
         l.push(("pressdock.cache".into(), "true".into()));
+    }
+    if m.role == Role::Monitoring {
+        l.push(("pressdock.monitoring".into(), "true".into()));
     }
     if let Some(slots) = r.slots {
         l.push(("pressdock.slots".into(), slots.to_string()));
@@ -538,12 +550,15 @@ pub(super) mod tests {
         let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert!(text.contains(&"label pd-prod-worker-07: pressdock.node=pd-prod-worker-07 pressdock.role=worker pressdock.slots=25".to_owned()));
         assert!(text.contains(&"label pd-prod-cache-02: pressdock.node=pd-prod-cache-02 pressdock.role=cache pressdock.cache=true".to_owned()));
+        assert!(text.contains(&"label pd-prod-monitoring-01: pressdock.node=pd-prod-monitoring-01 pressdock.role=monitoring pressdock.monitoring=true".to_owned()));
         assert_eq!(
-            text[text.len() - 3..],
+            text[text.len() - 5..],
             [
                 "overlay network pd-edge 10.214.0.0/22",
                 "overlay network pd-sites 10.216.0.0/20",
-                "stack pd from stacks/edge.yml"
+                "stack pd from stacks/edge.yml",
+                "stack cache from stacks/cache.yml",
+                "stack monitoring from stacks/monitoring.yml"
             ]
         );
     }
@@ -570,12 +585,12 @@ pub(super) mod tests {
         let steps = plan_swarm(&c, &ms, &o, &|_| true);
         assert_eq!(
             steps,
-            [Step::Deploy {
-                stack: "pd".into(),
-                file: "stacks/edge.yml".into(),
+            STACKS.map(|(stack, file)| Step::Deploy {
+                stack: stack.into(),
+                file: file.into(),
                 hash: String::new(),
                 was: None,
-            }]
+            })
         );
         // Worker 21 is new: it joins, is labelled, and gets its pool once ready.
         let mut ms2 = ms.clone();
@@ -638,7 +653,9 @@ pub(super) mod tests {
             [
                 "remove down node pd-prod-worker-03 (old-w3)",
                 "remove down node pd-prod-manager-02 (old-m2), demoted first",
-                "stack pd from stacks/edge.yml"
+                "stack pd from stacks/edge.yml",
+                "stack cache from stacks/cache.yml",
+                "stack monitoring from stacks/monitoring.yml"
             ]
         );
         // A stack deployed as it is now is left alone; a changed one is a rolling update.
@@ -675,5 +692,166 @@ pub(super) mod tests {
             .map(|s| s.command("pd-prod-manager-01"))
             .unwrap_or_default();
         assert_eq!(host, "pd-prod-manager-01");
+    }
+
+    /// A node as a placement constraint sees it: `node.role == …` and `node.labels.… == …`.
+    fn atoms(role: Role, labels: Vec<(String, String)>) -> Vec<String> {
+        let swarm_role = if role == Role::Manager {
+            "manager"
+        } else {
+            "worker"
+        };
+        let mut a = vec![format!("node.role=={swarm_role}")];
+        a.extend(
+            labels
+                .into_iter()
+                .map(|(k, v)| format!("node.labels.{k}=={v}")),
+        );
+        a
+    }
+
+    /// Does a node (its [`atoms`]) satisfy a constraint (`==` or `!=`)?
+    fn satisfies(node: &[String], constraint: &str) -> bool {
+        let c: String = constraint.split_whitespace().collect();
+        match c.split_once("!=") {
+            Some((k, v)) => !node.contains(&format!("{k}=={v}")),
+            None => node.contains(&c),
+        }
+    }
+
+    /// Issue 15, item 4: every compose file in `stacks/` is deployed by someone ([`STACKS`],
+    /// or the lab's test site), parses as the deployer reads it, places each service only by
+    /// labels that the spec's nodes carry (configs/cluster.toml through [`labels`]) and that
+    /// the lab's nodes carry (`lab::machines::labels`: the same stacks run there), with room
+    /// for its replicas in production, and uses only the overlay networks the swarm steps
+    /// create ([`NETWORKS`]) or networks of its own.
+    #[test]
+    fn every_stack_file_parses_and_places_by_labels_the_nodes_carry() {
+        use crate::cluster::stack;
+        let (c, ms) = setup();
+        let prod: Vec<Vec<String>> = ms
+            .iter()
+            .map(|m| atoms(m.role, labels(&c, m, true)))
+            .collect();
+        let lab_topo = crate::lab::Topology {
+            managers: 1,
+            workers: 2,
+            galera_nodes: 1,
+        };
+        let lab: Vec<Vec<String>> = crate::lab::machines::machines(&lab_topo)
+            .iter()
+            .map(|m| atoms(m.role, crate::lab::machines::labels(m, true)))
+            .collect();
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files: Vec<String> = std::fs::read_dir(repo.join("stacks"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("stacks/{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let mut seen = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(repo.join(&file)).unwrap_or_default();
+            // Traefik's own files (traefik.yml, edge-routes.yml) are not compose files.
+            if !text.lines().any(|l| l == "services:") {
+                continue;
+            }
+            let stack_name = STACKS
+                .iter()
+                .find(|(_, f)| *f == file)
+                .map(|(s, _)| *s)
+                .or((file == "stacks/lab-hello.yml").then_some("lab"));
+            let Some(stack_name) = stack_name else {
+                panic!("{file}: a compose file no deployer deploys (add it to STACKS)");
+            };
+            // Values like production's: the swarm's networks, counts, absolute paths.
+            let vars = stack::variables(&text)
+                .into_iter()
+                .map(|v| {
+                    let value = match v.as_str() {
+                        "PD_EDGE_NET" => crate::lab::EDGE_NET.to_owned(),
+                        "PD_SITES_NET" => crate::lab::SITES_NET.to_owned(),
+                        x if x.ends_with("_REPLICAS") || x.ends_with("_QUORUM") => "2".to_owned(),
+                        x => format!("/srv/{}", x.to_lowercase()),
+                    };
+                    (v, value)
+                })
+                .collect();
+            let parsed =
+                stack::parse(stack_name, &text, &vars).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert!(!parsed.services.is_empty(), "{file}");
+            for n in &parsed.networks {
+                let ours = NETWORKS.iter().any(|(name, _)| *name == n.name);
+                if n.external {
+                    assert!(ours, "{file}: network {} is not one of NETWORKS", n.name);
+                } else {
+                    assert!(
+                        !ours && n.name.starts_with("pd-") && n.driver == "overlay",
+                        "{file}: its own network {} (an overlay named pd-*, not one of NETWORKS)",
+                        n.name
+                    );
+                }
+            }
+            for (name, spec) in &parsed.services {
+                let t = spec.task_template.clone().unwrap_or_default();
+                let constraints = t
+                    .placement
+                    .as_ref()
+                    .and_then(|p| p.constraints.clone())
+                    .unwrap_or_default();
+                let fits = |nodes: &[Vec<String>]| {
+                    nodes
+                        .iter()
+                        .filter(|n| constraints.iter().all(|c| satisfies(n, c)))
+                        .count()
+                };
+                let in_prod = fits(&prod);
+                assert!(
+                    in_prod > 0,
+                    "{file}: {name}: no node of configs/cluster.toml carries {constraints:?}"
+                );
+                assert!(
+                    fits(&lab) > 0,
+                    "{file}: {name}: no lab node carries {constraints:?}"
+                );
+                let replicas = spec
+                    .mode
+                    .as_ref()
+                    .and_then(|m| m.replicated.as_ref())
+                    .and_then(|r| r.replicas)
+                    .unwrap_or(0);
+                if let Some(per_node) = t.placement.as_ref().and_then(|p| p.max_replicas) {
+                    let room = i64::try_from(in_prod).unwrap_or(0) * per_node;
+                    assert!(
+                        replicas <= room,
+                        "{file}: {name}: {replicas} replicas, room for {room}"
+                    );
+                }
+            }
+            seen.push(stack_name);
+        }
+        // Every stack of the swarm steps has its file.
+        for (stack_name, file) in STACKS {
+            assert!(seen.contains(&stack_name), "{file} is missing");
+        }
+        assert!(seen.contains(&"cache") && seen.contains(&"monitoring"));
+        // The checks bite: a constraint on a label no node has fits nowhere.
+        assert_eq!(
+            prod.iter()
+                .filter(|n| satisfies(n, "node.labels.pressdock.role == monitoring"))
+                .count(),
+            2
+        );
+        assert!(
+            !prod
+                .iter()
+                .any(|n| satisfies(n, "node.labels.pressdock.role == proxysql"))
+        );
+        assert!(
+            lab.iter()
+                .all(|n| satisfies(n, "node.labels.pressdock.role != proxysql"))
+        );
     }
 }

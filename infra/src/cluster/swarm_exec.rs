@@ -735,7 +735,7 @@ mod tests {
         let mut lines = Vec::new();
         converge(&c, &ms, &sim, &mut lines).unwrap_or_else(|e| panic!("{e:#}"));
         let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(s.commands.len(), 174);
+        assert_eq!(s.commands.len(), 178);
         assert_eq!(s.nodes.values().filter(|n| n.in_swarm).count(), 33);
         assert_eq!(s.nodes.values().filter(|n| n.manager).count(), 3);
         assert_eq!(
@@ -753,7 +753,7 @@ mod tests {
             Some("true")
         );
         assert_eq!(s.networks, ["pd-edge", "pd-sites"]);
-        assert_eq!(s.stacks, ["pd"]);
+        assert_eq!(s.stacks, ["pd", "cache", "monitoring"]);
         // The second manager joined only after the first manager saw it reachable, twice
         // asked; the third after that.
         let order: Vec<&String> = s
@@ -780,19 +780,19 @@ mod tests {
             assert!(!l.contains("SWMTKN"), "{l}");
         }
         drop(s);
-        // Converged: a re-run only redeploys the stack.
+        // Converged: a re-run only redeploys the stacks (their hashes are not known here).
         let o = observe(&sim, &ms).unwrap_or_else(|e| panic!("{e:#}"));
         let steps = plan_swarm(&c, &ms, &o, &|_| true);
-        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps.len(), 3, "{steps:?}");
     }
 
     #[test]
     fn a_failure_at_any_command_converges_on_the_rerun() {
         let (c, ms) = setup();
-        // A fresh run sends 174 commands (33 looks, init, 2 token reads, 32 looks at a joining
+        // A fresh run sends 178 commands (33 looks, init, 2 token reads, 32 looks at a joining
         // machine's dockerd and 32 joins, 4 looks at joining managers, 33 node ids and 33
-        // labels, 2 networks, 1 stack and 1 look at its services); fail each in turn.
-        for (fail_at, fail_after) in (1..=174).flat_map(|n| [(n, false), (n, true)]) {
+        // labels, 2 networks, 3 stacks and a look at the services of each); fail each in turn.
+        for (fail_at, fail_after) in (1..=178).flat_map(|n| [(n, false), (n, true)]) {
             let sim = SimDocker(Mutex::new(Sim {
                 fail_at: Some(fail_at),
                 fail_after,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-pub const IMAGES: [&str; 3] = ["traefik", "varnish", "wordpress"];
+pub const IMAGES: [&str; 4] = ["traefik", "varnish", "wordpress", "redis"];
 
 pub struct Recipe {
     pub name: String,

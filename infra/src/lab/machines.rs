@@ -7,7 +7,8 @@
 //! the platform, swarm drain, leave, `node rm`), on real swarm nodes.
 //!
 //! What differs from production is the lab's shape, not the code: its managers also carry
-//! the cache tier (`pressdock.cache=true`); a node is named `pdlab-<m1|w1…>` (its host
+//! the cache tier (`pressdock.cache=true`) and the monitoring placeholder
+//! (`pressdock.monitoring=true`); a node is named `pdlab-<m1|w1…>` (its host
 //! name, which the platform's node sync records) and labelled `pressdock.node=<m1|w1…>`.
 use super::{Lab, Node, Role as LabRole, Topology};
 use crate::cluster::spec::Role;
@@ -104,8 +105,12 @@ pub fn labels(m: &Machine, ready: bool) -> Vec<(String, String)> {
         ("pressdock.role".to_owned(), m.role.as_str().to_owned()),
     ];
     match m.role {
-        // In the lab the managers also carry the cache tier (Varnish).
-        Role::Manager => l.push(("pressdock.cache".into(), "true".into())),
+        // In the lab the managers also carry the cache tier (Varnish, Redis, Sentinel) and
+        // the monitoring placeholder.
+        Role::Manager => {
+            l.push(("pressdock.cache".into(), "true".into()));
+            l.push(("pressdock.monitoring".into(), "true".into()));
+        }
         _ => {
             l.push(("pressdock.slots".into(), SLOTS.to_string()));
             if ready {
@@ -246,7 +251,7 @@ mod tests {
                 "swarm init on pdlab-m1 (10.213.0.11)",
                 "pdlab-w1 (10.213.0.21) joins as worker",
                 "pdlab-w2 (10.213.0.22) joins as worker",
-                "label pdlab-m1: pressdock.node=m1 pressdock.role=manager pressdock.cache=true",
+                "label pdlab-m1: pressdock.node=m1 pressdock.role=manager pressdock.cache=true pressdock.monitoring=true",
                 "label pdlab-w1: pressdock.node=w1 pressdock.role=worker pressdock.slots=25",
                 "label pdlab-w2: pressdock.node=w2 pressdock.role=worker pressdock.slots=25",
                 "overlay network pd-edge 10.214.0.0/22",

@@ -7,7 +7,10 @@
 //! a 3-node Galera cluster behind an HAProxy writer router, Redis master + replica under
 //! three Sentinels, a GlusterFS volume mounted once per node (TLS), and s3s-fs as the S3
 //! server (signed requests only).
-//! The edge (Traefik + Varnish) is the stack in `stacks/edge.yml`.
+//! The edge (Traefik + Varnish) is the stack in `stacks/edge.yml`; beside the host Redis,
+//! the cache tier's Redis master, replica and Sentinel also run as the production stack
+//! `stacks/cache.yml` on the managers (not used by the platform yet), and the monitoring
+//! placeholder as `stacks/monitoring.yml`.
 //!
 //! Every step is idempotent: `lab up` on a running lab converges (restarts what died,
 //! creates what is missing) and never duplicates. `lab down` finds the lab's leftovers by

@@ -290,11 +290,7 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
         Duration::from_secs(180),
     )
     .context("deploying stacks/edge.yml")?;
-    for (svc, outcome) in &done {
-        if *outcome != crate::cluster::stack::Outcome::Unchanged {
-            progress("edge", format!("{svc}: {outcome:?}"));
-        }
-    }
+    report("edge", &done);
     // A changed Traefik service (a new static configuration) replaces its tasks, at new
     // addresses: Varnish resolves `traefik` when its VCL compiles, so once the new tasks
     // run, reload the VCL. (Without this the edge check right after the deploy could still
@@ -377,6 +373,78 @@ pub fn deploy_hello(lab: &Lab) -> Result<()> {
     )
     .context("deploying stacks/lab-hello.yml")?;
     Ok(())
+}
+
+/// The cache tier's Redis master, replica and Sentinel (`stacks/cache.yml`, stack `cache`) on
+/// the lab's cache nodes (its managers), deployed like the edge. They stand beside the lab's
+/// host Redis and Sentinels (`lab::data`), which the platform keeps using: the stack is the
+/// production tier on real swarm nodes. Its password is the lab's Redis admin password.
+pub fn deploy_cache(lab: &Lab) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    let vars = cache_vars(lab)?;
+    let done = crate::cluster::stack::deploy_file(
+        &m1.sock(),
+        CACHE_STACK,
+        &lab.repo,
+        "stacks/cache.yml",
+        &vars,
+        Duration::from_secs(180),
+    )
+    .context("deploying stacks/cache.yml")?;
+    report("cache", &done);
+    Ok(())
+}
+
+/// The stack name of `stacks/cache.yml`.
+pub const CACHE_STACK: &str = "cache";
+/// The stack's Sentinels watch the master under this name (`PD_REDIS_NAME` in the stack).
+pub const CACHE_MASTER_NAME: &str = "pd-cache";
+/// The stack's own overlay network.
+pub const CACHE_NET: &str = "pd-cache";
+
+/// The variables of `stacks/cache.yml` in the lab: one Sentinel per cache node (the managers),
+/// a replica on one of them. The password file is written (mode 0600) if it differs.
+pub fn cache_vars(lab: &Lab) -> Result<std::collections::BTreeMap<String, String>> {
+    let pw = lab.path("cache/redis-password");
+    if std::fs::read_to_string(&pw).ok().as_deref() != Some(lab.secrets.redis_admin.as_str()) {
+        sh::write_private(&pw, &lab.secrets.redis_admin)?;
+    }
+    let sentinels = lab.topo.cache_nodes().len();
+    Ok([
+        ("PD_REDIS_PASSWORD_FILE", pw.to_string_lossy().into_owned()),
+        ("PD_REDIS_REPLICAS", "1".to_owned()),
+        // A majority of the Sentinels: 1 of 1, 2 of 2 or 3.
+        ("PD_SENTINEL_QUORUM", (sentinels / 2 + 1).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect())
+}
+
+/// The monitoring placeholder (`stacks/monitoring.yml`, stack `monitoring`) on the lab's
+/// monitoring nodes (its managers), deployed like the edge.
+pub fn deploy_monitoring(lab: &Lab) -> Result<()> {
+    let m1 = lab.topo.first_manager();
+    let done = crate::cluster::stack::deploy_file(
+        &m1.sock(),
+        "monitoring",
+        &lab.repo,
+        "stacks/monitoring.yml",
+        &std::collections::BTreeMap::new(),
+        Duration::from_secs(180),
+    )
+    .context("deploying stacks/monitoring.yml")?;
+    report("monitoring", &done);
+    Ok(())
+}
+
+/// One progress line per service a deploy created, updated or removed.
+fn report(what: &str, done: &std::collections::BTreeMap<String, crate::cluster::stack::Outcome>) {
+    for (svc, outcome) in done {
+        if *outcome != crate::cluster::stack::Outcome::Unchanged {
+            progress(what, format!("{svc}: {outcome:?}"));
+        }
+    }
 }
 
 /// The variables of `stacks/edge.yml` in the lab.

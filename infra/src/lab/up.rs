@@ -336,9 +336,13 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             };
             load(&["traefik", "varnish"])?;
             nodes::deploy_edge(lab)?;
-            load(&["wordpress"])?;
+            // Its image is the edge's Traefik.
+            nodes::deploy_monitoring(lab)?;
+            load(&["wordpress", "redis"])?;
             nodes::deploy_hello(lab)?;
             progress("edge", "stack deployed");
+            nodes::deploy_cache(lab)?;
+            progress("cache", "stack deployed (Redis master, replica, Sentinel)");
             Ok(())
         });
         (gal.join(), dat.join(), nod.join())
