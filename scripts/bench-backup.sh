@@ -21,6 +21,7 @@
 #   scripts/bench-backup.sh                      # BENCH_SIZES="50 200", BENCH_ROUNDS=3
 #   BENCH_SIZES=20 BENCH_ROUNDS=1 scripts/bench-backup.sh
 #   BENCH_PROFILE=release scripts/bench-backup.sh  # a release build of the example
+#   BENCH_BIN=/tmp/bench_backup.main scripts/bench-backup.sh  # that binary, no build
 #
 # Needs: MariaDB on 127.0.0.1:3306 (BENCH_MYSQL_URL, default the pressdock_test account),
 # mariadb-dump, zstd, tar, GNU time, s3s-fs (scripts/install-deps.sh).
@@ -46,11 +47,16 @@ sql() { mariadb -h "$DBHOST" -P "$DBPORT" -u "$DBUSER" "$@"; }
 S3S=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
 [ -x "$S3S" ] || { echo "s3s-fs not found: run scripts/install-deps.sh" >&2; exit 1; }
 
-echo "building the example ($PROFILE)" >&2
-if [ "$PROFILE" = release ]; then
+if [ -n "${BENCH_BIN:-}" ]; then
+  # A binary built elsewhere (e.g. an earlier commit's, kept aside to compare with).
+  BIN=$BENCH_BIN
+  echo "using $BIN" >&2
+elif [ "$PROFILE" = release ]; then
+  echo "building the example ($PROFILE)" >&2
   nice -n 10 cargo build -q --release -p platform --example bench_backup
   BIN=target/release/examples/bench_backup
 else
+  echo "building the example ($PROFILE)" >&2
   nice -n 10 cargo build -q -p platform --example bench_backup
   BIN=target/debug/examples/bench_backup
 fi

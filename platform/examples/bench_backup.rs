@@ -79,7 +79,42 @@ async fn main() -> anyhow::Result<()> {
         php_version: None,
     };
     let started = Instant::now();
-    let done = backup::run(&store, &spec, Hooks::default()).await?;
+    // Where the time goes, on stderr (stdout is the script's): when each object's last
+    // part was uploaded, when both were written, when each was read back.
+    let (progress, mut events) = backup::Progress::channel();
+    let timeline = tokio::spawn(async move {
+        let mut last_part: std::collections::BTreeMap<String, f64> = Default::default();
+        let mut marks = Vec::new();
+        while let Some(event) = events.recv().await {
+            let at = started.elapsed().as_secs_f64();
+            let name = |key: &str| key.rsplit('/').next().unwrap_or_default().to_owned();
+            match event {
+                backup::Event::PartUploaded { key, .. } => {
+                    last_part.insert(name(&key), at);
+                }
+                backup::Event::ObjectWritten { key } => {
+                    marks.push((format!("written {}", name(&key)), at))
+                }
+                backup::Event::Verified { key } => {
+                    marks.push((format!("read back {}", name(&key)), at))
+                }
+            }
+        }
+        let parts = last_part
+            .iter()
+            .map(|(k, t)| (format!("last part {k}"), *t));
+        parts
+            .chain(marks)
+            .map(|(what, t)| format!("{what} {t:.2}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let hooks = Hooks {
+        progress: Some(progress),
+        journal: None,
+    };
+    let done = backup::run(&store, &spec, hooks).await?;
+    eprintln!("backup timeline: {}", timeline.await?);
     println!(
         "{:.2} {} {} {}",
         started.elapsed().as_secs_f64(),

@@ -5,13 +5,19 @@
 //! writes, so all of them read the same instant (InnoDB) while the site keeps writing
 //! ([`dump_database`]). Rows stream from the server (text protocol, `SET NAMES binary`:
 //! the bytes as stored, no conversion) into multi-row `INSERT`s that go into the zstd/S3
-//! writer, so memory holds a few statements per reader, not a table.
+//! writer, so memory holds a few statements per reader, not a table. Text columns are
+//! written as escaped string literals, binary ones as `0x…` (`literal_for`); the dump
+//! is loaded under `SET NAMES binary` too, where both are the same bytes to the server.
 //!
 //! The dump names no schema (no `USE`, no `CREATE DATABASE`, no qualified names): it is
 //! restored into whatever database its connection selects, which is the site's own.
 
 use anyhow::Context;
-use mysql_async::{Conn, Opts, Value, consts::ColumnType, prelude::Queryable};
+use mysql_async::{
+    Conn, Opts, Value,
+    consts::{ColumnFlags, ColumnType},
+    prelude::Queryable,
+};
 use serde::{Deserialize, Serialize};
 
 use super::store::CompressedWriter;
@@ -46,20 +52,28 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// A string literal in the escapes MariaDB reads without `NO_BACKSLASH_ESCAPES` (the dump
-/// sets its own `sql_mode`).
+/// sets its own `sql_mode`): NUL, newline, carriage return, backslash, the single quote
+/// and Ctrl-Z, as `mysqldump` escapes them. `"` needs none inside `'…'` (in WordPress's
+/// serialized values it is everywhere). Runs without any of these are copied whole.
 pub(crate) fn push_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
     out.push(b'\'');
-    for &b in bytes {
-        match b {
-            0 => out.extend_from_slice(b"\\0"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\'' => out.extend_from_slice(b"\\'"),
-            0x1a => out.extend_from_slice(b"\\Z"),
-            _ => out.push(b),
-        }
+    let mut copied = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            0 => b"\\0",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\\' => b"\\\\",
+            b'\'' => b"\\'",
+            0x1a => b"\\Z",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[copied..i]);
+        out.extend_from_slice(escaped);
+        copied = i + 1;
     }
+    out.extend_from_slice(&bytes[copied..]);
     out.push(b'\'');
 }
 
@@ -86,10 +100,20 @@ enum Literal {
     Bare,
     /// Quoted and escaped (text, dates).
     Quoted,
-    /// `0x…` (binary strings, blobs, bits): no charset can alter them.
+    /// `0x…` (binary strings, blobs, bits).
     Hex,
 }
 
+/// How a column's values are written, from its type and flags.
+///
+/// Under `SET NAMES binary` every string column reports the `binary` character set, so
+/// the charset cannot tell text from bytes; the column's `BINARY` flag still can: it is
+/// set on `BINARY`, `VARBINARY` and the `BLOB`s (and on text with a binary collation
+/// such as `utf8mb4_bin`, or MariaDB's `JSON`), not on text of any other collation.
+/// Text goes out as an escaped string literal, half the size of its hex form through
+/// zstd, SHA-256 and the upload; the bytes are the same either way, because the
+/// restore also runs under `SET NAMES binary`, where a literal is its bytes, unconverted.
+/// Backups taken before this wrote text as `0x…` too; a restore reads both forms.
 fn literal_for(column: &mysql_async::Column) -> Literal {
     use ColumnType::*;
     match column.column_type() {
@@ -112,8 +136,7 @@ fn literal_for(column: &mysql_async::Column) -> Literal {
         | MYSQL_TYPE_DATETIME2
         | MYSQL_TYPE_TIMESTAMP2 => Literal::Quoted,
         MYSQL_TYPE_BIT | MYSQL_TYPE_GEOMETRY => Literal::Hex,
-        // 63: the `binary` collation (BINARY, VARBINARY, BLOB).
-        _ if column.character_set() == 63 => Literal::Hex,
+        _ if column.flags().contains(ColumnFlags::BINARY_FLAG) => Literal::Hex,
         _ => Literal::Quoted,
     }
 }
@@ -599,6 +622,71 @@ mod tests {
         out.push(b' ');
         push_hex(&mut out, &[]);
         assert_eq!(out, b"0x00ff27 ''".to_vec());
+    }
+
+    #[test]
+    fn text_is_quoted_and_only_columns_flagged_binary_are_hex() {
+        // What MariaDB sends under `SET NAMES binary`: charset 63 for every string column.
+        let column = |kind, flags| {
+            mysql_async::Column::new(kind)
+                .with_character_set(63)
+                .with_flags(flags)
+        };
+        let text = ColumnFlags::BLOB_FLAG;
+        let blob = ColumnFlags::BLOB_FLAG | ColumnFlags::BINARY_FLAG;
+        use ColumnType::*;
+        for (c, want) in [
+            (column(MYSQL_TYPE_BLOB, text), Literal::Quoted),
+            (
+                column(MYSQL_TYPE_VAR_STRING, ColumnFlags::empty()),
+                Literal::Quoted,
+            ),
+            (
+                column(MYSQL_TYPE_STRING, ColumnFlags::ENUM_FLAG),
+                Literal::Quoted,
+            ),
+            (column(MYSQL_TYPE_BLOB, blob), Literal::Hex),
+            (
+                column(MYSQL_TYPE_VAR_STRING, ColumnFlags::BINARY_FLAG),
+                Literal::Hex,
+            ),
+            (
+                column(MYSQL_TYPE_STRING, ColumnFlags::BINARY_FLAG),
+                Literal::Hex,
+            ),
+            (
+                column(MYSQL_TYPE_BIT, ColumnFlags::UNSIGNED_FLAG),
+                Literal::Hex,
+            ),
+            (
+                column(MYSQL_TYPE_LONGLONG, ColumnFlags::BINARY_FLAG),
+                Literal::Bare,
+            ),
+            (
+                column(MYSQL_TYPE_DATETIME, ColumnFlags::BINARY_FLAG),
+                Literal::Quoted,
+            ),
+        ] {
+            assert_eq!(literal_for(&c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_runs_keep_every_other_byte_as_it_is() {
+        let mut out = Vec::new();
+        let value = [
+            &b"Caf\xc3\xa9 "[..],
+            "\u{1f680}".as_bytes(),
+            b" \"q\" \xff\x7f",
+        ]
+        .concat();
+        push_string(&mut out, &value);
+        push_string(&mut out, b"");
+        push_string(&mut out, b"\\\\");
+        let mut want = b"'".to_vec();
+        want.extend_from_slice(&value);
+        want.extend_from_slice(b"''''\\\\\\\\'");
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -235,6 +235,7 @@ async fn write_and_verify(
             }
         };
         let (written, raw) = out.finish().await?;
+        read_back(store, DATABASE_OBJECT, &written).await?;
         anyhow::Ok((summary, written, raw))
     };
     let files = async {
@@ -250,10 +251,13 @@ async fn write_and_verify(
         }
         let summary = walker.await.context("the archiving thread")??;
         let (written, raw) = out.finish().await?;
+        read_back(store, FILES_OBJECT, &written).await?;
         anyhow::Ok((summary, written, raw))
     };
     // Both streams run to their end even when one fails: a stream dropped mid-request
     // could still create an upload or land a part after the clean-up aborted the rest.
+    // Each object is read back as soon as it is whole, while the other may still be
+    // streaming: a manifest is only ever written for objects that are there, whole.
     let (database, files) = tokio::join!(database, files);
     let ((dump, db_object, db_raw), (files, files_object, files_raw)) = (database?, files?);
 
@@ -291,25 +295,12 @@ async fn write_and_verify(
             entry(FILES_OBJECT, files_object, files_raw),
         ],
     };
-    for o in &manifest.objects {
-        if let Some(p) = &progress {
+    // Every object was read back above, before the manifest exists.
+    if let Some(p) = &progress {
+        for o in &manifest.objects {
             p.send(Event::ObjectWritten { key: o.key.clone() });
         }
-    }
-
-    // Read back every object before the manifest exists: a manifest is only ever
-    // written for objects that are there, whole.
-    for o in &manifest.objects {
-        let (size, sha256) = store.digest(&o.key).await?;
-        if size != o.size || sha256 != o.sha256 {
-            bail!(
-                "{} read back as {size} bytes (sha256 {sha256}), written as {} bytes (sha256 {})",
-                o.name,
-                o.size,
-                o.sha256
-            );
-        }
-        if let Some(p) = &progress {
+        for o in &manifest.objects {
             p.send(Event::Verified { key: o.key.clone() });
         }
     }
@@ -334,4 +325,22 @@ async fn write_and_verify(
         manifest_size: body.len() as u64,
         manifest_sha256,
     })
+}
+
+/// Reads `written` back from the store whole: its size and SHA-256 must be those it was
+/// written with.
+async fn read_back(
+    store: &BackupStore,
+    name: &str,
+    written: &store::WrittenObject,
+) -> anyhow::Result<()> {
+    let (size, sha256) = store.digest(&written.key).await?;
+    if size != written.size || sha256 != written.sha256 {
+        bail!(
+            "{name} read back as {size} bytes (sha256 {sha256}), written as {} bytes (sha256 {})",
+            written.size,
+            written.sha256
+        );
+    }
+    Ok(())
 }

@@ -382,8 +382,9 @@ pub fn rewrite_strings(sql: &[u8], rewriter: &Rewriter) -> anyhow::Result<(Vec<u
                     changed += 1;
                 }
             }
-            // `0x…`: the dump writes every value read under `SET NAMES binary` this way
-            // (text columns included), so these are the site's strings too.
+            // `0x…`: the dump writes binary columns this way, and backups taken before
+            // text columns were written as string literals hold every string so: these
+            // are the site's strings too.
             Kind::Number
                 if text.len() > 2 && (text.starts_with(b"0x") || text.starts_with(b"0X")) =>
             {

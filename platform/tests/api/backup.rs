@@ -547,6 +547,192 @@ async fn the_dump_reads_one_snapshot_while_the_site_writes() {
     schema.drop().await;
 }
 
+/// The values of the `nasty` table, by row: `t` and `v` utf8mb4 text, `l` latin1 text,
+/// `b` and `vb` binary (`None`: NULL).
+fn nasty_rows() -> Vec<(i32, [Option<Vec<u8>>; 5])> {
+    let special =
+        b"NUL\0 bs\\ sq' dq\" cr\r lf\n crlf\r\n ctrlz\x1a \\0 \\' \\% \\_ end\\".to_vec();
+    let utf8 = "🚀 Café — ünï 0x41 NULL '' \\".as_bytes().to_vec();
+    let latin1 = b"Gr\xfc\xdfe \xe9\xff\\'\0\"\x1a".to_vec();
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let long_text = special.repeat(30_000);
+    let long_bytes = utf8.repeat(30_000);
+    let s = |b: &[u8]| Some(b.to_vec());
+    let all = |b: &[u8]| std::array::from_fn(|_| Some(b.to_vec()));
+    vec![
+        // The same bytes in every column, text and binary.
+        (1, all(&special)),
+        (2, [s(&utf8), s(&utf8), s(&latin1), s(&utf8), s(&latin1)]),
+        (3, all(b"")),
+        (4, [None, None, None, None, None]),
+        (
+            5,
+            [
+                s(&long_text),
+                None,
+                s(&every_byte),
+                s(&long_bytes),
+                s(&every_byte),
+            ],
+        ),
+    ]
+}
+
+/// `SELECT` of the `nasty` table's values as the server holds them, bytes exactly.
+async fn nasty_values(schema: &Schema) -> Vec<(i32, [Option<Vec<u8>>; 5])> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, HEX(t), HEX(v), HEX(l), HEX(b), HEX(vb) FROM `{}`.nasty ORDER BY id",
+        schema.name
+    )))
+    .fetch_all(&schema.admin)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| {
+            let col = |i: usize| {
+                r.try_get::<Option<String>, _>(i)
+                    .unwrap()
+                    .map(|h| hex::decode(h).unwrap())
+            };
+            (r.get(0), [col(1), col(2), col(3), col(4), col(5)])
+        })
+        .collect()
+}
+
+/// Restores the backup under `prefix` into `into` with `backup::restore`.
+async fn restore_into(store: &BackupStore, prefix: &str, into: &Schema) {
+    let manifest = backup::restore::read_manifest(store, prefix, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let db = mysql_async::OptsBuilder::from_opts(into.opts()).db_name(Some(into.name.clone()));
+    backup::restore::restore_database(store, &manifest, db.into(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Text columns are dumped as escaped string literals and binary ones as `0x…`, and every
+/// byte comes back through a backup and a restore: NUL, backslashes, both quotes, CR and
+/// LF, Ctrl-Z, 4-byte UTF-8, latin1, every byte value, `''` apart from NULL, values longer
+/// than a statement. A dump in the earlier form (every string as `0x…`) still restores to
+/// the same bytes.
+#[tokio::test]
+async fn text_and_binary_values_come_back_byte_for_byte_through_a_backup_and_a_restore() {
+    use sha2::Digest;
+    let s3 = S3Server::start().await;
+    let store = s3.store();
+    let schema = Schema::create().await;
+    let expected = nasty_rows();
+    let literal = |v: &Option<Vec<u8>>, charset: Option<&str>| match (v, charset) {
+        (None, _) => "NULL".to_owned(),
+        (Some(b), _) if b.is_empty() => "''".to_owned(),
+        (Some(b), Some(cs)) => format!("CONVERT(0x{} USING {cs})", hex::encode(b)),
+        (Some(b), None) => format!("0x{}", hex::encode(b)),
+    };
+    let charsets = [Some("utf8mb4"), Some("utf8mb4"), Some("latin1"), None, None];
+    let values: Vec<String> = expected
+        .iter()
+        .map(|(id, cols)| {
+            let cols: Vec<String> = cols
+                .iter()
+                .zip(charsets)
+                .map(|(v, cs)| literal(v, cs))
+                .collect();
+            format!("({id}, {})", cols.join(", "))
+        })
+        .collect();
+    schema
+        .exec(&format!(
+            "CREATE TABLE nasty (id INT PRIMARY KEY, t LONGTEXT, v VARCHAR(300), \
+               l TEXT CHARACTER SET latin1, b LONGBLOB, vb VARBINARY(300)) DEFAULT CHARSET=utf8mb4;
+             INSERT INTO nasty VALUES {};",
+            values.join(",\n")
+        ))
+        .await;
+    assert_eq!(nasty_values(&schema).await, expected, "the table as filled");
+    let dir = tempfile::tempdir().unwrap();
+    fill_files(dir.path(), 1);
+    let spec = spec(&schema, dir.path());
+    let done = backup::run(&store, &spec, Hooks::default()).await.unwrap();
+
+    // Row 1 holds the same bytes in its three text and two binary columns: three string
+    // literals, two hex ones (row 5's long values are other bytes, or not at their start).
+    let db_key = done
+        .manifest
+        .object(backup::DATABASE_OBJECT)
+        .unwrap()
+        .key
+        .clone();
+    let sql = unzstd(&fetch(&store, &db_key).await);
+    let quoted: &[u8] =
+        b"'NUL\\0 bs\\\\ sq\\' dq\" cr\\r lf\\n crlf\\r\\n ctrlz\\Z \\\\0 \\\\\\' \\\\% \\\\_ end\\\\'";
+    let hexed = format!("0x{}", hex::encode(expected[0].1[0].as_ref().unwrap()));
+    let count = |needle: &[u8]| sql.windows(needle.len()).filter(|w| *w == needle).count();
+    assert_eq!(count(quoted), 3, "{}", String::from_utf8_lossy(&sql));
+    assert_eq!(count(hexed.as_bytes()), 2);
+
+    // Restored into another schema: the same bytes, the same checksums.
+    let copy = Schema::create().await;
+    restore_into(&store, &spec.prefix(), &copy).await;
+    assert_eq!(nasty_values(&copy).await, expected);
+    assert_eq!(copy.fingerprint().await, schema.fingerprint().await);
+
+    // A dump as backups taken before wrote it (every string `0x…`, `''` when empty),
+    // in place of this one: restored, the same bytes again.
+    let (_, create): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SHOW CREATE TABLE `{}`.nasty",
+        schema.name
+    )))
+    .fetch_one(&schema.admin)
+    .await
+    .unwrap();
+    let old_values: Vec<String> = expected
+        .iter()
+        .map(|(id, cols)| {
+            let cols: Vec<String> = cols.iter().map(|v| literal(v, None)).collect();
+            format!("({id},{})", cols.join(","))
+        })
+        .collect();
+    let old = format!(
+        "-- Pressdock backup: one consistent snapshot of the site's database\n\
+         SET NAMES binary;\nSET time_zone = '+00:00';\n\
+         SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';\n\
+         SET FOREIGN_KEY_CHECKS = 0;\nSET UNIQUE_CHECKS = 0;\n\
+         \n-- table `nasty`\nDROP TABLE IF EXISTS `nasty`;\n{create};\n\
+         INSERT INTO `nasty` VALUES\n{};\n\
+         SET FOREIGN_KEY_CHECKS = 1;\nSET UNIQUE_CHECKS = 1;\n-- end of dump\n",
+        old_values.join(",\n")
+    );
+    let body = zstd::encode_all(old.as_bytes(), 3).unwrap();
+    store
+        .put(&db_key, body.clone(), "application/zstd")
+        .await
+        .unwrap();
+    let mut manifest = done.manifest.clone();
+    for o in &mut manifest.objects {
+        if o.name == backup::DATABASE_OBJECT {
+            o.size = body.len() as u64;
+            o.sha256 = hex::encode(sha2::Sha256::digest(&body));
+            o.uncompressed_size = old.len() as u64;
+        }
+    }
+    store
+        .put(
+            &done.manifest_key,
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    let old_copy = Schema::create().await;
+    restore_into(&store, &spec.prefix(), &old_copy).await;
+    assert_eq!(nasty_values(&old_copy).await, expected);
+    assert_eq!(old_copy.fingerprint().await, schema.fingerprint().await);
+
+    old_copy.drop().await;
+    copy.drop().await;
+    schema.drop().await;
+}
+
 #[tokio::test]
 async fn a_backup_that_fails_midway_aborts_its_uploads_and_leaves_nothing() {
     let s3 = S3Server::start().await;

@@ -208,23 +208,24 @@ impl BackupEnv {
         format!("{}/{site}/{backup}/", self.tenant)
     }
 
-    /// The SQL of a backup's dump, decompressed.
-    pub(crate) async fn dump_sql(&self, site: &Id, backup: &str) -> String {
+    /// The SQL of a backup's dump, decompressed: bytes, not text (text columns are
+    /// written as stored, and a latin1 column's bytes are no UTF-8).
+    pub(crate) async fn dump_sql(&self, site: &Id, backup: &str) -> Vec<u8> {
         let key = format!(
             "{}{}",
             self.backup_prefix(site, backup),
             backup::DATABASE_OBJECT
         );
-        String::from_utf8(unzstd(&fetch(&self.s3.store(), &key).await)).unwrap()
+        unzstd(&fetch(&self.s3.store(), &key).await)
     }
 
     /// Replaces a backup's dump with `sql`, and its manifest (the object's size and
     /// SHA-256) and record (the manifest's SHA-256) with ones that vouch for it: to the
     /// restore, the backup is whole, whatever `sql` says.
-    pub(crate) async fn replace_dump(&self, site: &Id, backup: &str, sql: &str) {
+    pub(crate) async fn replace_dump(&self, site: &Id, backup: &str, sql: &[u8]) {
         let store = self.s3.store();
         let prefix = self.backup_prefix(site, backup);
-        let body = zstd::encode_all(sql.as_bytes(), 3).unwrap();
+        let body = zstd::encode_all(sql, 3).unwrap();
         store
             .put(
                 &format!("{prefix}{}", backup::DATABASE_OBJECT),
@@ -506,4 +507,13 @@ impl Source {
         self.schema.drop().await;
         drop(self.s3);
     }
+}
+
+/// Where `needle` starts in a dump, each time.
+pub(crate) fn positions(sql: &[u8], needle: &str) -> Vec<usize> {
+    sql.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle.as_bytes())
+        .map(|(i, _)| i)
+        .collect()
 }

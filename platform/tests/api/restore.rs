@@ -17,7 +17,7 @@ use sha2::Digest;
 
 use crate::{
     backup::{S3Server, Schema, backends_config, fetch, unzstd},
-    backup_fixture::{BackupEnv, Setup, tree},
+    backup_fixture::{BackupEnv, Setup, positions, tree},
     support::{SECRET_KEY, TestApp, random_name},
 };
 
@@ -159,12 +159,13 @@ async fn a_damaged_or_crafted_backup_is_refused_before_anything_is_overwritten()
         .await
         .unwrap();
     let sql = e.dump_sql(&site.id, &b1).await;
-    let at = sql.find("\n-- table `wp_posts`").unwrap();
-    let crafted = format!(
-        "{}\nUSE `other_site`;\nDELETE FROM wp_users;\n{}",
+    let at = positions(&sql, "\n-- table `wp_posts`")[0];
+    let crafted = [
         &sql[..at],
-        &sql[at..]
-    );
+        b"\nUSE `other_site`;\nDELETE FROM wp_users;\n",
+        &sql[at..],
+    ]
+    .concat();
     e.replace_dump(&site.id, &b1, &crafted).await;
     let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
     assert_eq!(op["state"], "failed", "{op}");
@@ -198,9 +199,9 @@ async fn a_restore_failing_midway_through_the_parallel_load_is_put_back_from_its
     // The dump's rows go out over several statements; the refused one comes after half
     // of them, so the load fails part-way, with the tables before it already replaced.
     let sql = e.dump_sql(&site.id, &b1).await;
-    let inserts: Vec<usize> = sql
-        .match_indices("\nINSERT INTO ")
-        .map(|(i, _)| i + 1)
+    let inserts: Vec<usize> = positions(&sql, "\nINSERT INTO ")
+        .into_iter()
+        .map(|i| i + 1)
         .collect();
     assert!(
         inserts.len() >= 6,
@@ -208,11 +209,12 @@ async fn a_restore_failing_midway_through_the_parallel_load_is_put_back_from_its
         inserts.len()
     );
     let at = inserts[inserts.len() / 2];
-    let failing = format!(
-        "{}INSERT INTO wp_missing VALUES (1);\n{}",
+    let failing = [
         &sql[..at],
-        &sql[at..]
-    );
+        b"INSERT INTO wp_missing VALUES (1);\n",
+        &sql[at..],
+    ]
+    .concat();
     e.replace_dump(&site.id, &b1, &failing).await;
 
     let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
@@ -252,7 +254,7 @@ async fn a_restore_failing_midway_through_the_parallel_load_is_put_back_from_its
         .app
         .wait_operation(&e.admin, op["id"].as_str().unwrap())
         .await;
-    let position = failing[..at].matches(";\n").count() + 1;
+    let position = positions(&failing[..at], ";\n").len() + 1;
     let cause = staff["internal_error"].as_str().unwrap_or("");
     assert!(
         cause.contains(&format!("running statement {position} of the dump"))

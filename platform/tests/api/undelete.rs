@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    backup_fixture::{BackupEnv, Setup, Site, tree},
+    backup_fixture::{BackupEnv, Setup, Site, positions, tree},
     support::{random_name, step_names},
 };
 
@@ -226,16 +226,17 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
     assert!(when_deleted.is_some());
 
     let sql = e.dump_sql(&site.id, &fin).await;
-    let inserts: Vec<usize> = sql
-        .match_indices("\nINSERT INTO ")
-        .map(|(i, _)| i + 1)
+    let inserts: Vec<usize> = positions(&sql, "\nINSERT INTO ")
+        .into_iter()
+        .map(|i| i + 1)
         .collect();
     let at = inserts[inserts.len() / 2];
-    let failing = format!(
-        "{}INSERT INTO wp_missing VALUES (1);\n{}",
+    let failing = [
         &sql[..at],
-        &sql[at..]
-    );
+        b"INSERT INTO wp_missing VALUES (1);\n",
+        &sql[at..],
+    ]
+    .concat();
     e.replace_dump(&site.id, &fin, &failing).await;
     let body = e.request_restore(&site.id, &fin).await;
     let done = e.wait_accepted(&body).await;
