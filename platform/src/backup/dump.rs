@@ -180,7 +180,9 @@ struct Chunk {
 /// turn; their statements (at most [`STATEMENT_BYTES`] each) go into the one SQL stream
 /// in the order they are finished, each table's `CREATE TABLE` before all of them. Where
 /// the lock cannot be had (no `LOCK TABLES` privilege, a transaction holding it longer
-/// than [`LOCK_WAIT_SECS`]), one reader reads everything in its own snapshot.
+/// than [`LOCK_WAIT_SECS`]), or the connections reached different servers (a router
+/// spreading them over a cluster's nodes), one reader reads everything in its own
+/// snapshot.
 pub(crate) async fn dump_database(
     opts: Opts,
     schema: &str,
@@ -212,6 +214,33 @@ async fn reader(opts: &Opts, schema: &str) -> anyhow::Result<Conn> {
     Ok(conn)
 }
 
+/// Which server a connection reached: host name, port, server id and, on Galera, the
+/// node's name and address (cluster nodes often share the rest). `None` when the server
+/// does not say (then nothing proves two connections share it).
+async fn server_identity(conn: &mut Conn) -> Option<String> {
+    let galera: Option<(String, String)> = conn
+        .query_first("SELECT @@wsrep_node_name, @@wsrep_node_address")
+        .await
+        .unwrap_or_default();
+    let common: Option<(String, u32, u32)> = conn
+        .query_first("SELECT @@hostname, @@port, @@server_id")
+        .await
+        .ok()
+        .flatten();
+    common.map(|(host, port, id)| {
+        let (name, address) = galera.unwrap_or_default();
+        format!("{host}:{port} id {id} node {name} {address}")
+    })
+}
+
+/// Whether every connection is known to have reached the same server.
+fn same_server(servers: &[Option<String>]) -> bool {
+    match servers.first() {
+        Some(Some(first)) => servers.iter().all(|s| s.as_ref() == Some(first)),
+        _ => false,
+    }
+}
+
 async fn start_snapshot(conn: &mut Conn) -> anyhow::Result<()> {
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
@@ -230,7 +259,21 @@ async fn open_readers(
     for _ in 0..READERS {
         readers.push(reader(opts, schema).await?);
     }
-    let locked = if !tables.is_empty() {
+    // The lock and the snapshots are one server's: behind a router that spreads
+    // connections over a cluster's nodes, readers on other nodes than the lock's would
+    // open their snapshots at other points of the replication stream.
+    let mut servers = vec![server_identity(coordinator).await];
+    for conn in &mut readers {
+        servers.push(server_identity(conn).await);
+    }
+    let one_server = same_server(&servers);
+    if !one_server {
+        tracing::warn!(
+            servers = ?servers,
+            "the dump's connections reached different servers; reading with one connection"
+        );
+    }
+    let locked = if one_server && !tables.is_empty() {
         let list = tables
             .iter()
             .map(|t| format!("{} READ", quote_ident(t)))
@@ -607,6 +650,22 @@ async fn dump_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readers_share_a_snapshot_only_when_every_one_is_known_on_the_same_server() {
+        let on = |s: &str| Some(s.to_owned());
+        let g1 = "g1:3306 id 1 node g1 10.0.0.1";
+        assert!(same_server(&[on(g1), on(g1), on(g1)]));
+        // Galera nodes with the same host name, port and id, told apart by their node.
+        assert!(!same_server(&[
+            on(g1),
+            on(g1),
+            on("g1:3306 id 1 node g2 10.0.0.2")
+        ]));
+        assert!(!same_server(&[on(g1), None]));
+        assert!(!same_server(&[None, None]));
+        assert!(!same_server(&[]));
+    }
 
     #[test]
     fn strings_escape_every_byte_the_parser_treats_specially() {
