@@ -63,8 +63,17 @@ pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
     }
     std::fs::create_dir_all(lab.path("run")).context("creating run dir")?;
     let pidfile = Path::new(RUN).join(format!("{}.pid", node.host()));
-    let _ = std::fs::remove_file(&pidfile);
-    let _ = std::fs::remove_file(node.sock());
+    // dockerd's own containerd leaves a pid file too, which dockerd trusts: with the PID
+    // reused by another process (this machine's pid_max is 32768 and builds go through
+    // PIDs fast), dockerd waits for a containerd that is not there and exits after 15 s
+    // ("timeout waiting for containerd to start"; CI, `lab node start` after a kill).
+    let containerd_pidfile = exec_root.join("containerd/containerd.pid");
+    let clear_leftovers = || {
+        let _ = std::fs::remove_file(&pidfile);
+        let _ = std::fs::remove_file(&containerd_pidfile);
+        let _ = std::fs::remove_file(node.sock());
+    };
+    clear_leftovers();
     let script = format!(
         "hostname {host} && exec nsenter --net={netns} dockerd --storage-driver=overlay2 \
          --data-root {data} --exec-root {exec} -H {sockh} --pidfile {pid} --bridge=none \
@@ -77,20 +86,53 @@ pub fn ensure_dockerd(lab: &Lab, node: &Node) -> Result<()> {
         pid = pidfile.display(),
         dns = super::HOST_IP,
     );
-    lab.procs.spawn(
-        &name,
-        &node.host(),
-        "dockerd",
-        &lab.path(&format!("logs/{name}.log")),
-        "unshare",
-        &["--uts".into(), "sh".into(), "-c".into(), script],
-    )?;
-    wait_for(
-        &format!("dockerd of {} (log: {STATE}/logs/{name}.log)", node.host()),
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || sh::ok(&mut node.docker(["version"])).then_some(()),
-    )?;
+    // dockerd gives its containerd a fixed time to start and exits when it runs out; after
+    // a kill, containerd first cleans up the dead tasks' shims, which on a loaded machine
+    // took longer (CI: "failed to start containerd: timeout waiting for containerd to
+    // start"). A daemon that exits while starting is started again.
+    const STARTS: u32 = 3;
+    for start in 1..=STARTS {
+        lab.procs.spawn(
+            &name,
+            &node.host(),
+            "dockerd",
+            &lab.path(&format!("logs/{name}.log")),
+            "unshare",
+            &["--uts".into(), "sh".into(), "-c".into(), script.clone()],
+        )?;
+        let answered = wait_for(
+            &format!("dockerd of {} (log: {STATE}/logs/{name}.log)", node.host()),
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            || {
+                if sh::ok(&mut node.docker(["version"])) {
+                    Some(true)
+                } else if lab.procs.alive(&name).is_none() {
+                    Some(false)
+                } else {
+                    None
+                }
+            },
+        )?;
+        if answered {
+            return Ok(());
+        }
+        if start == STARTS {
+            bail!(
+                "dockerd of {} exited while starting, {STARTS} times (log: {STATE}/logs/{name}.log)",
+                node.host()
+            );
+        }
+        progress(
+            "nodes",
+            format!(
+                "dockerd of {} exited while starting (log: {STATE}/logs/{name}.log); starting it again",
+                node.host()
+            ),
+        );
+        super::proc::kill_cgroup(&node.host())?;
+        clear_leftovers();
+    }
     Ok(())
 }
 
