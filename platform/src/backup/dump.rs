@@ -102,6 +102,10 @@ enum Literal {
     Quoted,
     /// `0x…` (binary strings, blobs, bits).
     Hex,
+    /// Quoted and escaped, marked as text (`_utf8mb4'…'`): under `SET NAMES binary` a
+    /// plain literal is bytes, and some types read bytes differently from text (MariaDB's
+    /// INET6 takes 16 bytes as its binary form, and its text form only as text).
+    Text,
 }
 
 /// How a column's values are written, from its type and flags.
@@ -136,6 +140,16 @@ fn literal_for(column: &mysql_async::Column) -> Literal {
         | MYSQL_TYPE_DATETIME2
         | MYSQL_TYPE_TIMESTAMP2 => Literal::Quoted,
         MYSQL_TYPE_BIT | MYSQL_TYPE_GEOMETRY => Literal::Hex,
+        // MariaDB's INET4, INET6 and UUID columns are sent in their text form, flagged
+        // BINARY and UNSIGNED (a BINARY(n) column never is UNSIGNED): as bytes, that text
+        // would not load back (the value came back NULL), as text it does.
+        MYSQL_TYPE_STRING
+            if column
+                .flags()
+                .contains(ColumnFlags::BINARY_FLAG | ColumnFlags::UNSIGNED_FLAG) =>
+        {
+            Literal::Text
+        }
         _ if column.flags().contains(ColumnFlags::BINARY_FLAG) => Literal::Hex,
         _ => Literal::Quoted,
     }
@@ -622,6 +636,10 @@ async fn dump_chunk(
                     match literals.get(i).copied().unwrap_or(Literal::Hex) {
                         Literal::Bare => sql.extend_from_slice(&bytes),
                         Literal::Quoted => push_string(&mut sql, &bytes),
+                        Literal::Text => {
+                            sql.extend_from_slice(b"_utf8mb4");
+                            push_string(&mut sql, &bytes);
+                        }
                         Literal::Hex => push_hex(&mut sql, &bytes),
                     }
                 }
@@ -712,6 +730,14 @@ mod tests {
             (
                 column(MYSQL_TYPE_STRING, ColumnFlags::BINARY_FLAG),
                 Literal::Hex,
+            ),
+            // INET4, INET6, UUID (checked with `mariadb --column-type-info`).
+            (
+                column(
+                    MYSQL_TYPE_STRING,
+                    ColumnFlags::BINARY_FLAG | ColumnFlags::UNSIGNED_FLAG,
+                ),
+                Literal::Text,
             ),
             (
                 column(MYSQL_TYPE_BIT, ColumnFlags::UNSIGNED_FLAG),

@@ -733,6 +733,62 @@ async fn text_and_binary_values_come_back_byte_for_byte_through_a_backup_and_a_r
     schema.drop().await;
 }
 
+/// MariaDB's own data types that the server sends in their text form (INET4, INET6, UUID)
+/// come back as they were, beside a BINARY(16) holding raw bytes.
+#[tokio::test]
+async fn inet_and_uuid_columns_come_back_through_a_backup_and_a_restore() {
+    let s3 = S3Server::start().await;
+    let store = s3.store();
+    let schema = Schema::create().await;
+    schema
+        .exec(
+            "CREATE TABLE addresses (id INT PRIMARY KEY, v6 INET6, v4 INET4, u UUID,                raw BINARY(16));
+             INSERT INTO addresses VALUES
+               (1, '2001:db8::ff00:42:8329', '192.0.2.7', '123e4567-e89b-12d3-a456-426655440000',
+                UNHEX('00FF2700275C0A0D1A22000000000000')),
+               (2, '::1', '10.0.0.1', '00000000-0000-0000-0000-000000000000', NULL),
+               (3, NULL, NULL, NULL, NULL);",
+        )
+        .await;
+    let read = |schema: &Schema| {
+        let query = format!(
+            "SELECT id, CAST(v6 AS CHAR), CAST(v4 AS CHAR), CAST(u AS CHAR), HEX(raw) \
+             FROM `{}`.addresses ORDER BY id",
+            schema.name
+        );
+        let admin = schema.admin.clone();
+        async move {
+            sqlx::query_as::<
+                _,
+                (
+                    i32,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                ),
+            >(sqlx::AssertSqlSafe(query))
+            .fetch_all(&admin)
+            .await
+            .unwrap()
+        }
+    };
+    let before = read(&schema).await;
+    assert_eq!(before[0].1.as_deref(), Some("2001:db8::ff00:42:8329"));
+    let dir = tempfile::tempdir().unwrap();
+    fill_files(dir.path(), 1);
+    let spec = spec(&schema, dir.path());
+    let done = backup::run(&store, &spec, Hooks::default()).await.unwrap();
+    let db_key = &done.manifest.object(backup::DATABASE_OBJECT).unwrap().key;
+    let sql = String::from_utf8_lossy(&unzstd(&fetch(&store, db_key).await)).into_owned();
+    let copy = Schema::create().await;
+    restore_into(&store, &spec.prefix(), &copy).await;
+    assert_eq!(read(&copy).await, before, "{sql}");
+    assert_eq!(copy.fingerprint().await, schema.fingerprint().await);
+    copy.drop().await;
+    schema.drop().await;
+}
+
 #[tokio::test]
 async fn a_backup_that_fails_midway_aborts_its_uploads_and_leaves_nothing() {
     let s3 = S3Server::start().await;
