@@ -2012,12 +2012,17 @@ fn a_killed_worker_is_replaced_by_a_new_machine_under_its_name() {
             .find(|n| n.name == victim.host())
             .expect("the platform knows the node");
         assert_eq!(node.availability, "active", "{node:?}");
-        // Its sites were moved by the platform's placement and run on another worker.
+        // Its sites were moved by the platform's placement (the output above says so,
+        // before the old machine was destroyed) and each runs once. Where is not asserted:
+        // once the new machine is active, the balance loop may move a site onto it (it has
+        // the old one's name), and a task being handed over is not `Running` for a moment
+        // (CI ci-2: "runs on []" right after the replacement).
         for s in &sites_there {
-            let on = running_on(&lab, s);
-            assert!(
-                on.len() == 1 && on[0] != victim.host(),
-                "site service {s} runs on {on:?}"
+            wait_until(
+                &format!("site service {s} running on one node"),
+                120,
+                500,
+                || (running_on(&lab, s).len() == 1).then_some(()),
             );
         }
     }
