@@ -323,15 +323,7 @@ pub fn deploy_edge(lab: &Lab) -> Result<()> {
     let before = version(&m1);
     // The production deployer (`cluster::stack`, bollard), as `cluster swarm` runs it.
     let vars = edge_vars(lab, &vcl, &static_dir, &static_sha);
-    let done = crate::cluster::stack::deploy_file(
-        &m1.sock(),
-        STACK,
-        &lab.repo,
-        "stacks/edge.yml",
-        &vars,
-        Duration::from_secs(180),
-    )
-    .context("deploying stacks/edge.yml")?;
+    let done = deploy_stack(lab, STACK, "stacks/edge.yml", &vars)?;
     report("edge", &done);
     // A changed Traefik service (a new static configuration) replaces its tasks, at new
     // addresses: Varnish resolves `traefik` when its VCL compiles, so once the new tasks
@@ -402,18 +394,9 @@ pub fn write_traefik_static(lab: &Lab) -> Result<(std::path::PathBuf, String)> {
 /// The lab's test site (stack `lab`): the WordPress runtime image serving its static files,
 /// deployed like the edge.
 pub fn deploy_hello(lab: &Lab) -> Result<()> {
-    let m1 = lab.topo.first_manager();
     let vars =
         std::collections::BTreeMap::from([("PD_SITES_NET".to_owned(), SITES_NET.to_owned())]);
-    crate::cluster::stack::deploy_file(
-        &m1.sock(),
-        "lab",
-        &lab.repo,
-        "stacks/lab-hello.yml",
-        &vars,
-        Duration::from_secs(180),
-    )
-    .context("deploying stacks/lab-hello.yml")?;
+    deploy_stack(lab, "lab", "stacks/lab-hello.yml", &vars)?;
     Ok(())
 }
 
@@ -422,17 +405,8 @@ pub fn deploy_hello(lab: &Lab) -> Result<()> {
 /// host Redis and Sentinels (`lab::data`), which the platform keeps using: the stack is the
 /// production tier on real swarm nodes. Its password is the lab's Redis admin password.
 pub fn deploy_cache(lab: &Lab) -> Result<()> {
-    let m1 = lab.topo.first_manager();
     let vars = cache_vars(lab)?;
-    let done = crate::cluster::stack::deploy_file(
-        &m1.sock(),
-        CACHE_STACK,
-        &lab.repo,
-        "stacks/cache.yml",
-        &vars,
-        Duration::from_secs(180),
-    )
-    .context("deploying stacks/cache.yml")?;
+    let done = deploy_stack(lab, CACHE_STACK, "stacks/cache.yml", &vars)?;
     report("cache", &done);
     Ok(())
 }
@@ -466,21 +440,36 @@ pub fn cache_vars(lab: &Lab) -> Result<std::collections::BTreeMap<String, String
 /// The monitoring placeholder (`stacks/monitoring.yml`, stack `monitoring`) on the lab's
 /// monitoring nodes (its managers), deployed like the edge.
 pub fn deploy_monitoring(lab: &Lab) -> Result<()> {
-    let m1 = lab.topo.first_manager();
-    let done = crate::cluster::stack::deploy_file(
-        &m1.sock(),
+    let done = deploy_stack(
+        lab,
         "monitoring",
-        &lab.repo,
         "stacks/monitoring.yml",
         &std::collections::BTreeMap::new(),
-        Duration::from_secs(180),
-    )
-    .context("deploying stacks/monitoring.yml")?;
+    )?;
     report("monitoring", &done);
     Ok(())
 }
 
 /// One progress line per service a deploy created, updated or removed.
+/// Deploys one compose file of `stacks/` as the stack `name` on the first manager, through
+/// the production deployer.
+fn deploy_stack(
+    lab: &Lab,
+    name: &str,
+    file: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, crate::cluster::stack::Outcome>> {
+    crate::cluster::stack::deploy_file(
+        &lab.topo.first_manager().sock(),
+        name,
+        &lab.repo,
+        file,
+        vars,
+        Duration::from_secs(180),
+    )
+    .with_context(|| format!("deploying {file}"))
+}
+
 fn report(what: &str, done: &std::collections::BTreeMap<String, crate::cluster::stack::Outcome>) {
     for (svc, outcome) in done {
         if *outcome != crate::cluster::stack::Outcome::Unchanged {
