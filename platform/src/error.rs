@@ -215,25 +215,69 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The connection broke or no connection could be had: the database (or the router in
+/// front of it) is failing over or down. Clients may retry.
+fn database_unreachable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+    )
+}
+
 impl From<anyhow::Error> for ApiError {
+    /// A handler's error with context: a broken database connection anywhere in its chain
+    /// is still a 503 to retry (a Galera writer failing over cuts sessions), not a 500.
     fn from(err: anyhow::Error) -> Self {
-        Self::Internal(err)
+        let unreachable = err
+            .chain()
+            .any(|cause| cause.downcast_ref().is_some_and(database_unreachable));
+        if unreachable {
+            Self::Unavailable(err)
+        } else {
+            Self::Internal(err)
+        }
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            // The connection broke or no connection could be had: the database (or the
-            // router in front of it) is failing over or down. Clients may retry.
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Protocol(_) => {
-                Self::Unavailable(anyhow::Error::new(err).context("database"))
-            }
-            other => Self::Internal(anyhow::Error::new(other).context("database")),
+        if database_unreachable(&err) {
+            Self::Unavailable(anyhow::Error::new(err).context("database"))
+        } else {
+            Self::Internal(anyhow::Error::new(err).context("database"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_database_connection_under_context_is_a_503_and_other_errors_are_500() {
+        let cut = anyhow::Error::new(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 4 bytes, got 0 bytes at EOF",
+        )))
+        .context("reading the certificates to serve");
+        let api = ApiError::from(cut);
+        assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = api.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+
+        let refused = anyhow::Error::new(sqlx::Error::RowNotFound).context("reading a row");
+        assert_eq!(
+            ApiError::from(refused).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let plain = anyhow::anyhow!("a stored certificate does not open");
+        assert_eq!(
+            ApiError::from(plain).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }
 

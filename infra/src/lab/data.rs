@@ -118,6 +118,74 @@ fn start_galera_node(lab: &Lab, n: u8, bootstrap: bool) -> Result<()> {
         "chown",
         ["-R", "mysql:mysql", &dir.to_string_lossy()],
     ))?;
+    if bootstrap {
+        return run_galera_node(lab, n, true, GALERA_BOOT_WAIT);
+    }
+    // A joiner's state transfer (rsync of the lab's small datadir) takes seconds. One that
+    // has not finished in JOIN_WAIT is stopped, its datadir emptied, and tried once more:
+    // CI once saw node 2 never reach Synced in 180 s, with no log to say why.
+    let mut last = None;
+    for attempt in 1..=JOIN_TRIES {
+        match run_galera_node(lab, n, false, JOIN_WAIT) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < JOIN_TRIES => {
+                progress(
+                    "galera",
+                    format!(
+                        "node {n} not Synced ({e:#}); starting it again from an empty datadir\n{}",
+                        log_tail(&dir.join("error.log"), 15)
+                    ),
+                );
+                stop_joiner(lab, n)?;
+                std::fs::remove_dir_all(&data).context("emptying the joiner's datadir")?;
+                std::fs::create_dir_all(&data).context("creating galera datadir")?;
+                run(&mut cmd(
+                    "chown",
+                    ["-R", "mysql:mysql", &dir.to_string_lossy()],
+                ))?;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.context("no attempt made")?;
+    Err(e.context(format!(
+        "the last lines of {}:\n{}",
+        dir.join("error.log").display(),
+        log_tail(&dir.join("error.log"), 30)
+    )))
+}
+
+/// How long a bootstrapping node may take to be Synced (it has nothing to transfer).
+const GALERA_BOOT_WAIT: Duration = Duration::from_secs(180);
+/// How long a joiner may take to be Synced before it is started again, and how many times
+/// it is started.
+const JOIN_WAIT: Duration = Duration::from_secs(90);
+const JOIN_TRIES: u32 = 2;
+
+/// The last `lines` lines of a log, for an error that must say why without a shell.
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let all: Vec<&str> = s.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("({} unreadable: {e})", path.display()),
+    }
+}
+
+/// Stops a joiner and the rsync daemon its state-transfer script started (a child in its
+/// own session that would keep the SST port).
+fn stop_joiner(lab: &Lab, n: u8) -> Result<()> {
+    lab.procs
+        .stop(&format!("galera-{n}"), Duration::from_secs(10))?;
+    let conf = galera_dir(lab, n).join("data").join("rsync_sst.conf");
+    let _ = cmd("pkill", ["-9", "-f", &conf.to_string_lossy()]).status();
+    Ok(())
+}
+
+fn run_galera_node(lab: &Lab, n: u8, bootstrap: bool, within: Duration) -> Result<()> {
+    let dir = galera_dir(lab, n);
+    let cnf = dir.join("my.cnf");
     let mut args = vec![format!("--defaults-file={}", cnf.display())];
     if bootstrap {
         args.push("--wsrep-new-cluster".into());
@@ -135,7 +203,7 @@ fn start_galera_node(lab: &Lab, n: u8, bootstrap: bool) -> Result<()> {
             "Galera node {n} to be Synced (log: {}/error.log)",
             dir.display()
         ),
-        Duration::from_secs(180),
+        within,
         Duration::from_millis(500),
         || {
             if lab.procs.alive(&format!("galera-{n}")).is_none() {
