@@ -1,8 +1,8 @@
 //! `pressdock-infra`: builds and evolves the cluster. `lab up|status|down` manage the local
 //! lab (see `infra::lab`); `cluster check|plan|apply` the production cluster declared in
 //! `configs/cluster.toml` (see `infra::cluster`).
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use infra::lab::{self, Lab, STATE, Secrets, proc::Procs, up::UpOptions};
 use std::path::Path;
 
@@ -144,6 +144,13 @@ enum LabCmd {
     },
     /// Nodes, services and servers with their health (exit 1 when something is down).
     Status,
+    /// Print one of the lab's passwords on standard output, alone (for a pipe such as
+    /// `pressdock-infra lab password staff | pressdock login …`). `lab up` and `lab status`
+    /// never print them: their output ends up in logs.
+    Password {
+        #[arg(value_enum)]
+        which: LabPassword,
+    },
     /// Remove everything the lab made; data too unless --keep-data.
     Down {
         #[arg(long)]
@@ -166,6 +173,20 @@ enum LabCmd {
         #[command(subcommand)]
         cmd: LabRestoreCmd,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabPassword {
+    /// The platform's staff administrator (admin@pressdock.test).
+    Staff,
+    /// The demo tenant's owner.
+    Demo,
+    /// The demo site's WordPress administrator.
+    DemoSite,
+    /// The Galera router's `pdadmin`.
+    Galera,
+    /// Redis and Sentinel's `admin`.
+    Redis,
 }
 
 #[derive(Subcommand)]
@@ -662,7 +683,6 @@ fn main() -> Result<()> {
             comment,
             apply,
         } => {
-            use anyhow::Context;
             let ports = ports
                 .split(',')
                 .map(infra::guard::rules::Ports::parse)
@@ -691,7 +711,6 @@ fn main() -> Result<()> {
             resync_ms,
             once,
         } => {
-            use anyhow::Context;
             use infra::guard::rules;
             let policy = rules::Policy {
                 allow: allow
@@ -905,6 +924,35 @@ fn main() -> Result<()> {
                     l.topo.galera_nodes,
                     r.outage.as_secs_f64()
                 );
+                Ok(())
+            }
+            LabCmd::Password { which } => {
+                if lab::saved_topology().is_none() {
+                    anyhow::bail!(
+                        "no lab here ({STATE} has no topology); run `pressdock-infra lab up`"
+                    );
+                }
+                let secrets = lab::Secrets::load_or_create()?;
+                let password = match which {
+                    LabPassword::Staff => secrets.staff_password,
+                    LabPassword::Demo => secrets.demo_password,
+                    LabPassword::Galera => secrets.galera_admin,
+                    LabPassword::Redis => secrets.redis_admin,
+                    LabPassword::DemoSite => {
+                        let file = lab::platform::demo_admin_file();
+                        let line = std::fs::read_to_string(&file).with_context(|| {
+                            format!(
+                                "reading {} (written when lab up creates the demo site)",
+                                file.display()
+                            )
+                        })?;
+                        line.split(" / ")
+                            .nth(1)
+                            .map(|p| p.trim().to_owned())
+                            .with_context(|| format!("{} holds no password", file.display()))?
+                    }
+                };
+                println!("{password}");
                 Ok(())
             }
             LabCmd::Down { keep_data } => {

@@ -6,6 +6,32 @@
 
 use std::{io::Write, path::PathBuf};
 
+/// A line of the command's answer on standard output. A reader that went away
+/// (`pressdock sites list | head -3`) ends the command quietly with 141, as `cat` ends by
+/// SIGPIPE, instead of the panic `println!` gives (Rust ignores SIGPIPE).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*), "\n")
+    };
+}
+
+/// Writes to standard output; see [`outln!`].
+pub fn write_out(args: std::fmt::Arguments<'_>, end: &str) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(end.as_bytes()))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(err) => {
+            eprintln!("error: writing to standard output: {err}");
+            std::process::exit(1)
+        }
+    }
+}
+
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -773,7 +799,7 @@ fn cell(value: &Value) -> String {
 /// Prints rows of objects as a table of the given columns, or the JSON.
 fn print(json: bool, value: &Value, columns: &[&str]) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         );
@@ -794,7 +820,7 @@ fn print(json: bool, value: &Value, columns: &[&str]) {
     for row in rows {
         table.add_row(columns.iter().map(|c| cell(&row[*c])));
     }
-    println!("{table}");
+    outln!("{table}");
 }
 
 const SITE_COLUMNS: &[&str] = &["id", "name", "domain", "aliases", "plan", "state", "node"];
@@ -946,7 +972,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     .unwrap_or_default()
                     .to_owned(),
             })?;
-            println!(
+            outln!(
                 "logged in to {} as {email}; login stored in {}",
                 client.url,
                 config_path()?.display()
@@ -963,7 +989,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     .await;
                 std::fs::remove_file(config_path()?).ok();
             }
-            println!("logged out");
+            outln!("logged out");
         }
         Command::Tenants { action, global } => {
             let mut c = Client::new(&global)?;
@@ -985,7 +1011,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 TenantCmd::Delete { tenant } => {
                     c.call(Method::DELETE, &format!("/v1/tenants/{tenant}"), None)
                         .await?;
-                    println!("deleted tenant {tenant}");
+                    outln!("deleted tenant {tenant}");
                     return Ok(());
                 }
             };
@@ -1039,7 +1065,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         None,
                     )
                     .await?;
-                    println!("removed {user} from {tenant}");
+                    outln!("removed {user} from {tenant}");
                 }
             }
         }
@@ -1379,7 +1405,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 TokenCmd::Revoke { token } => {
                     c.call(Method::DELETE, &format!("/v1/tokens/{token}"), None)
                         .await?;
-                    println!("revoked {token}");
+                    outln!("revoked {token}");
                 }
             }
         }
@@ -1432,7 +1458,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     let id = node_id(&mut c, &node).await?;
                     c.call(Method::DELETE, &format!("/v1/nodes/{id}"), None)
                         .await?;
-                    println!("removed node {node}");
+                    outln!("removed node {node}");
                     return Ok(());
                 }
             };
@@ -1477,14 +1503,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         print(true, &map, &[]);
                     } else {
                         print(false, &placement_rows(&map), PLACEMENT_COLUMNS);
-                        println!(
+                        outln!(
                             "\nbalance: max/mean utilisation {:.3} over {} active worker(s)",
                             map["balance"]["max_over_mean"].as_f64().unwrap_or(0.0),
                             map["balance"]["active_nodes"]
                         );
-                        println!("\nproposed moves:");
+                        outln!("\nproposed moves:");
                         print(false, &map["proposed"], MOVE_COLUMNS);
-                        println!("\nrecent moves:");
+                        outln!("\nrecent moves:");
                         print(false, &map["recent_moves"], RECENT_MOVE_COLUMNS);
                     }
                 }
@@ -1500,7 +1526,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         print(true, &answer, &[]);
                     } else {
                         print(false, &answer["moves"], MOVE_COLUMNS);
-                        println!(
+                        outln!(
                             "\n{} move(s), lower bound {}; max/mean utilisation {:.3} -> {:.3}{}",
                             answer["moves"].as_array().map_or(0, Vec::len),
                             answer["lower_bound"],
@@ -1575,7 +1601,7 @@ fn print_admin(admin: &Value) {
     let Some(password) = admin["password"].as_str() else {
         return;
     };
-    println!(
+    outln!(
         "\nWordPress administrator: {} <{}>\npassword: {password}\nlog in at: {}\n",
         cell(&admin["user"]),
         cell(&admin["email"]),

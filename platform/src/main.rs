@@ -61,9 +61,9 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Config => Config::load(args.config.as_deref())
             .and_then(|c| toml::to_string_pretty(&c).context("printing"))
-            .map(|text| print!("{text}")),
+            .map(|text| cli::write_out(format_args!("{text}"), "")),
         Command::Openapi => {
-            println!("{}", platform::api::openapi_pretty());
+            cli::write_out(format_args!("{}", platform::api::openapi_pretty()), "\n");
             Ok(())
         }
         Command::Client(command) => cli::run(*command).await,

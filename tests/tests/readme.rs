@@ -151,7 +151,8 @@ fn usage_section_parses_into_commands_with_placeholders() {
     let commands = usage_commands(&readme);
     assert!(
         commands[0].starts_with(
-            "pressdock login --url http://127.0.0.1:23500 --email admin@pressdock.test"
+            "pressdock-infra lab password staff | pressdock login --url http://127.0.0.1:23500 \
+             --email admin@pressdock.test"
         ),
         "{commands:#?}"
     );

@@ -441,7 +441,13 @@ fn demo_site(addr: &str, h: &[(&str, &str)], tenant: &str) -> Result<String> {
     let admin_file = demo_admin_file();
     let admin = || {
         std::fs::read_to_string(&admin_file)
-            .map(|a| format!("; WordPress login {} ({})", a.trim(), admin_file.display()))
+            .ok()
+            .and_then(|a| a.split(" / ").next().map(|u| u.trim().to_owned()))
+            .map(|user| {
+                format!(
+                    "; WordPress login {user} (password: pressdock-infra lab password demo-site)"
+                )
+            })
             .unwrap_or_default()
     };
     if let Some(site) = list_items(&l.body).into_iter().next() {
@@ -513,7 +519,7 @@ fn demo_site(addr: &str, h: &[(&str, &str)], tenant: &str) -> Result<String> {
 }
 
 /// The demo site's WordPress login, written when the site is created (mode 0600).
-fn demo_admin_file() -> std::path::PathBuf {
+pub fn demo_admin_file() -> std::path::PathBuf {
     Path::new(STATE).join("demo-site-admin")
 }
 

@@ -257,14 +257,12 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         super::acme::dns_management_url()
     );
     println!(
-        "  Galera router:  mysql -h {HOST_IP} -P {} -u pdadmin -p{}",
+        "  Galera router:  mysql -h {HOST_IP} -P {} -u pdadmin -p  (password: pressdock-infra lab password galera)",
         ports::ROUTER,
-        s.galera_admin
     );
     println!(
-        "  Redis (Sentinel {HOST_IP}:{}, master pressdock): user admin, password {}",
+        "  Redis (Sentinel {HOST_IP}:{}, master pressdock): user admin  (password: pressdock-infra lab password redis)",
         data::sentinel_port(1),
-        s.redis_admin
     );
     println!(
         "  S3: http://{HOST_IP}:{}/backups (signed requests only; access key {}, secret in \
@@ -284,13 +282,12 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         Some(p) => {
             println!("  platform API: {}", p.url);
             println!(
-                "    staff admin: {} / {}",
+                "    staff admin: {}  (password: pressdock-infra lab password staff)",
                 super::platform::STAFF_EMAIL,
-                s.staff_password
             );
             println!(
-                "    demo tenant {}: owner {} / {}",
-                p.demo_tenant, p.demo_email, s.demo_password
+                "    demo tenant {}: owner {}  (password: pressdock-infra lab password demo)",
+                p.demo_tenant, p.demo_email
             );
             if !p.demo_site.is_empty() {
                 println!(

@@ -661,3 +661,30 @@ async fn help_is_printed_for_every_top_level_command() {
         assert!(line.split_whitespace().count() > 2, "{flag}: {line:?}");
     }
 }
+
+/// `pressdock openapi | head -c 64`: the reader goes away after a few bytes; the command ends
+/// quietly with 141 (as `cat` ends by SIGPIPE), no panic on standard error.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(support::binary())
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("openapi"));
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}
