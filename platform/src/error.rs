@@ -252,35 +252,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cut_database_connection_under_context_is_a_503_and_other_errors_are_500() {
-        let cut = anyhow::Error::new(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "expected to read 4 bytes, got 0 bytes at EOF",
-        )))
-        .context("reading the certificates to serve");
-        let api = ApiError::from(cut);
-        assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let response = api.into_response();
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-
-        let refused = anyhow::Error::new(sqlx::Error::RowNotFound).context("reading a row");
-        assert_eq!(
-            ApiError::from(refused).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-        let plain = anyhow::anyhow!("a stored certificate does not open");
-        assert_eq!(
-            ApiError::from(plain).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-    }
-}
-
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
@@ -424,5 +395,34 @@ where
         let axum::extract::Path(value) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_database_connection_under_context_is_a_503_and_other_errors_are_500() {
+        let cut = anyhow::Error::new(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 4 bytes, got 0 bytes at EOF",
+        )))
+        .context("reading the certificates to serve");
+        let api = ApiError::from(cut);
+        assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = api.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+
+        let refused = anyhow::Error::new(sqlx::Error::RowNotFound).context("reading a row");
+        assert_eq!(
+            ApiError::from(refused).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let plain = anyhow::anyhow!("a stored certificate does not open");
+        assert_eq!(
+            ApiError::from(plain).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }
