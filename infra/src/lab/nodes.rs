@@ -418,16 +418,37 @@ pub const CACHE_MASTER_NAME: &str = "pd-cache";
 /// The stack's own overlay network.
 pub const CACHE_NET: &str = "pd-cache";
 
+/// Host ports the cache stack publishes in host mode on each cache node (`stacks/cache.yml`):
+/// the master's, the replicas' and the Sentinel's. Clients outside the overlay (the host, a
+/// task on another node) reach the tier at `<cache node address>:<port>`.
+pub const CACHE_MASTER_PORT: u16 = 6379;
+pub const CACHE_REPLICA_PORT: u16 = 6380;
+pub const CACHE_SENTINEL_PORT: u16 = 26379;
+
+/// The per-node folder holding `addr` (the node's address on the lab bridge), bind-mounted
+/// into the cache stack's tasks: swarm fills in `{{.Node.Hostname}}` for the task's node.
+fn node_info_dir(host: &str) -> String {
+    format!("{STATE}/nodes/{host}/node")
+}
+
 /// The variables of `stacks/cache.yml` in the lab: one Sentinel per cache node (the managers),
-/// a replica on one of them. The password file is written (mode 0600) if it differs.
+/// a replica on one of them. The password file is written (mode 0600) if it differs, and
+/// every node's address file (`<state>/nodes/<host>/node/addr`) if it differs.
 pub fn cache_vars(lab: &Lab) -> Result<std::collections::BTreeMap<String, String>> {
     let pw = lab.path("cache/redis-password");
     if std::fs::read_to_string(&pw).ok().as_deref() != Some(lab.secrets.redis_admin.as_str()) {
         sh::write_private(&pw, &lab.secrets.redis_admin)?;
     }
+    for n in lab.topo.nodes() {
+        let addr = Path::new(&node_info_dir(&n.host())).join("addr");
+        if std::fs::read_to_string(&addr).ok().as_deref() != Some(n.ip.as_str()) {
+            sh::write_file(&addr, &n.ip)?;
+        }
+    }
     let sentinels = lab.topo.cache_nodes().len();
     Ok([
         ("PD_REDIS_PASSWORD_FILE", pw.to_string_lossy().into_owned()),
+        ("PD_NODE_DIR", node_info_dir("{{.Node.Hostname}}")),
         ("PD_REDIS_REPLICAS", "1".to_owned()),
         // A majority of the Sentinels: 1 of 1, 2 of 2 or 3.
         ("PD_SENTINEL_QUORUM", (sentinels / 2 + 1).to_string()),
