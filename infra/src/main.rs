@@ -141,6 +141,12 @@ enum LabCmd {
         /// Do not start `pressdock serve` nor create the demo tenant.
         #[arg(long)]
         no_platform: bool,
+        /// The Redis the platform and its sites use: `host` (the lab's host Redis and
+        /// Sentinels, the default) or `stack` (the cache stack at the cache nodes'
+        /// addresses; the workers' guards then let sites reach it). Kept for later
+        /// `lab up`s; default: as the running lab has, else `host`.
+        #[arg(long)]
+        platform_redis: Option<String>,
     },
     /// Nodes, services and servers with their health (exit 1 when something is down).
     Status,
@@ -765,18 +771,24 @@ fn main() -> Result<()> {
                 galera_nodes,
                 no_install,
                 no_platform,
-            } => lab::up::up(
-                &repo,
-                &UpOptions {
-                    managers,
-                    workers: workers
-                        .or_else(|| lab::saved_topology().map(|t| t.workers))
-                        .unwrap_or(2),
-                    galera_nodes,
-                    no_install,
-                    no_platform,
-                },
-            ),
+                platform_redis,
+            } => {
+                if let Some(r) = platform_redis {
+                    lab::PlatformRedis::parse(&r)?.save()?;
+                }
+                lab::up::up(
+                    &repo,
+                    &UpOptions {
+                        managers,
+                        workers: workers
+                            .or_else(|| lab::saved_topology().map(|t| t.workers))
+                            .unwrap_or(2),
+                        galera_nodes,
+                        no_install,
+                        no_platform,
+                    },
+                )
+            }
             LabCmd::Status => {
                 if lab::saved_topology().is_none() {
                     println!("no lab here ({STATE} has no topology); run `pressdock-infra lab up`");

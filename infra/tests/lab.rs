@@ -1259,30 +1259,36 @@ fn task_nodes(lab: &Lab, service: &str) -> Vec<String> {
 /// What a client on the cache stack's network sees, as `key=value` lines: the master the
 /// Sentinel names and the other Redis task, their roles, a write on the master (`KEY`, after
 /// reading it there) and the other's copy of it, and the answers to clients without the
-/// password or with a wrong one. By address, not by service: after a failover the
-/// `redis-replica` service's task is the master.
+/// password or with a wrong one. Every node is named by the address it announces (its
+/// cache node's address and the port its service publishes there, `ip:port`: what Sentinel
+/// hands clients) and reached there; by address, not by service: after a failover the
+/// `redis-replica` service's task is the master. `*_run` is each Redis process's run id.
 const CACHE_LOOK: &str = r#"r() { timeout 5 redis-cli --no-auth-warning "$@" 2>&1 | tr -d '\r'; }
-a=$(getent hosts redis-master | cut -d' ' -f1)
-b=$(getent hosts redis-replica | cut -d' ' -f1)
+ann() { echo "$(r -h "$1" config get replica-announce-ip | sed -n 2p):$(r -h "$1" config get replica-announce-port | sed -n 2p)"; }
+at() { h=$1; shift; r -h "${h%:*}" -p "${h##*:}" "$@"; }
+a=$(ann "$(getent hosts redis-master | cut -d' ' -f1)")
+b=$(ann "$(getent hosts redis-replica | cut -d' ' -f1)")
 set -- $(r -h sentinel -p 26379 sentinel get-master-addr-by-name NAME)
-m=${1:-none}
+m=${1:-none}:${2:-}
 if [ "$m" = "$a" ]; then o=$b; else o=$a; fi
 echo "tasks=$a $b"
-echo "sentinel_master=$m ${2:-}"
+echo "sentinel_master=$m"
 echo "other=$o"
-echo "master_role=$(r -h "$m" role | head -n 1)"
-echo "other_role=$(r -h "$o" role | head -n 1)"
-echo "other_follows=$(r -h "$o" info replication | grep '^master_host:' | cut -d: -f2)"
-echo "$(r -h "$m" info replication | grep '^connected_slaves:' | tr ':' '=')"
+echo "master_role=$(at "$m" role | head -n 1)"
+echo "other_role=$(at "$o" role | head -n 1)"
+echo "other_follows=$(at "$o" info replication | grep -E '^master_(host|port):' | cut -d: -f2 | paste -sd:)"
+echo "master_run=$(at "$m" info server | grep '^run_id:' | cut -d: -f2)"
+echo "other_run=$(at "$o" info server | grep '^run_id:' | cut -d: -f2)"
+echo "$(at "$m" info replication | grep '^connected_slaves:' | tr ':' '=')"
 # Replicas the Sentinel sees up (it keeps a killed task's address, flagged s_down).
 echo "sentinel_replicas=$(r -h sentinel -p 26379 sentinel replicas NAME | grep -A 1 '^flags$' | grep -c '^slave$')"
-echo "master_get=$(r -h "$m" get KEY)"
-echo "set=$(r -h "$m" set KEY v1 ex 600)"
-echo "synced=$(r -h "$m" wait 1 2000)"
-echo "other_get=$(r -h "$o" get KEY)"
+echo "master_get=$(at "$m" get KEY)"
+echo "set=$(at "$m" set KEY v1 ex 600)"
+echo "synced=$(at "$m" wait 1 2000)"
+echo "other_get=$(at "$o" get KEY)"
 echo "noauth_sentinel=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h sentinel -p 26379 sentinel get-master-addr-by-name NAME 2>&1)"
-echo "noauth_master=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "$m" get KEY 2>&1)"
-echo "noauth_other=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "$o" get KEY 2>&1)"
+echo "noauth_master=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "${m%:*}" -p "${m##*:}" get KEY 2>&1)"
+echo "noauth_other=$(env -u REDISCLI_AUTH timeout 5 redis-cli -h "${o%:*}" -p "${o##*:}" get KEY 2>&1)"
 echo "wrongpass_sentinel=$(REDISCLI_AUTH=not-the-password timeout 5 redis-cli --no-auth-warning -h sentinel -p 26379 sentinel masters 2>&1 | tr '\n' ' ')"
 "#;
 
@@ -1322,14 +1328,18 @@ fn cache_look_until(
     f
 }
 
-/// A master the Sentinel names, replicated by the other task, which holds the write.
+/// A master the Sentinel names (at the address one of the two tasks announces), replicated
+/// by the other task, which holds the write.
 fn cache_healthy(f: &std::collections::BTreeMap<String, String>) -> bool {
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-    let master = get("sentinel_master");
-    let m = master.split_whitespace().next().unwrap_or("none");
-    get("tasks").split_whitespace().any(|t| t == m)
-        && master.ends_with(" 6379")
+    let m = get("sentinel_master");
+    let tasks: Vec<&str> = get("tasks").split_whitespace().collect();
+    tasks.len() == 2
+        && tasks[0] != tasks[1]
+        && tasks.contains(&m)
         && get("master_role") == "master"
+        && get("master_run").len() == 40
+        && get("other_run").len() == 40
         && get("other_role") == "slave"
         && get("other_follows") == m
         && get("connected_slaves") == "1"
@@ -1369,6 +1379,26 @@ fn cache_stack_replicates_fails_over_and_refuses_strangers() {
     // Placed by label on the cache nodes (the lab's managers), one Sentinel on each.
     let cache_nodes = lab.topo.cache_nodes();
     let cache_hosts: Vec<String> = cache_nodes.iter().map(|n| n.host()).collect();
+    // Each Redis task announces its cache node's address and its service's published port.
+    let announced: Vec<&str> = f["tasks"].split_whitespace().collect();
+    assert_eq!(
+        announced
+            .iter()
+            .map(|a| a.rsplit_once(':').map(|(_, p)| p).unwrap_or(""))
+            .collect::<Vec<_>>(),
+        [
+            lab::nodes::CACHE_MASTER_PORT.to_string(),
+            lab::nodes::CACHE_REPLICA_PORT.to_string()
+        ],
+        "{f:?}"
+    );
+    for a in &announced {
+        let ip = a.rsplit_once(':').map(|(ip, _)| ip).unwrap_or("");
+        assert!(
+            cache_nodes.iter().any(|n| n.ip == ip),
+            "{a}: not a cache node's address"
+        );
+    }
     for svc in ["redis-master", "redis-replica", "sentinel"] {
         let on = task_nodes(&lab, &format!("{}_{svc}", lab::nodes::CACHE_STACK));
         assert!(!on.is_empty(), "{svc}: no running task");
@@ -1383,11 +1413,7 @@ fn cache_stack_replicates_fails_over_and_refuses_strangers() {
     );
 
     // Failover: kill the master's container (whichever service's task it is).
-    let master = f["sentinel_master"]
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let master = f["sentinel_master"].clone();
     let survivor = f["other"].clone();
     let svc = if f["tasks"].split_whitespace().next() == Some(master.as_str()) {
         "redis-master"
@@ -1414,16 +1440,404 @@ fn cache_stack_replicates_fails_over_and_refuses_strangers() {
     });
     assert!(killed, "no container of {svc} to kill");
     let after = cache_look_until(&lab, &key, 180, |f| {
-        cache_healthy(f) && f.get("sentinel_master") == Some(&format!("{survivor} 6379"))
+        cache_healthy(f) && f.get("sentinel_master") == Some(&survivor)
     });
     // The promoted replica had the write from before the kill.
     assert_eq!(after["master_get"], "v1", "{after:?}");
-    assert_ne!(after["other"], master, "the killed task's address is gone");
+    // The promoted one is the survivor's process, and the replica a new process: swarm's
+    // new task for the killed one (on the lab's one cache node it announces the killed
+    // one's address again, so the run ids tell them apart).
+    assert_eq!(after["master_run"], f["other_run"], "{after:?}");
+    assert_ne!(after["other_run"], f["master_run"], "{after:?}");
+    // It announces its service's port (on the lab's one cache node, the very address).
+    assert_eq!(
+        after["other"].rsplit_once(':').map(|(_, p)| p),
+        master.rsplit_once(':').map(|(_, p)| p),
+        "{after:?}"
+    );
     eprintln!(
         "cache stack: healthy {ready_s:.1}s after lab up returned (master {master}); \
          {svc}'s container killed: Sentinel promoted {survivor} and the restarted task \
          replicates it {:.1}s later",
         t1.elapsed().as_secs_f64()
+    );
+}
+
+/// `redis-cli` from the host (where the platform runs) against `ip:port`, with the password
+/// through `REDISCLI_AUTH` (never on a command line) or with none; its output (stdout and
+/// stderr), `\r` removed.
+fn host_redis(ip: &str, port: &str, auth: Option<&str>, args: &[&str]) -> String {
+    host_redis_in(None, ip, port, auth, args)
+}
+
+/// [`host_redis`] from a node's network namespace (`nsenter --net`, a worker's own process:
+/// no task, no guard) when `netns` is given.
+fn host_redis_in(
+    netns: Option<&str>,
+    ip: &str,
+    port: &str,
+    auth: Option<&str>,
+    args: &[&str],
+) -> String {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg("timeout");
+            c
+        }
+        None => Command::new("timeout"),
+    };
+    cmd.args(["5", "redis-cli", "--no-auth-warning", "-h", ip, "-p", port])
+        .args(args)
+        .env_remove("REDISCLI_AUTH");
+    if let Some(pw) = auth {
+        cmd.env("REDISCLI_AUTH", pw);
+    }
+    let out = cmd.output().expect("run redis-cli");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .replace('\r', "");
+    text.trim().to_owned()
+}
+
+/// `redis-cli`'s flat listing of `SENTINEL REPLICAS` (name, value, … per replica) as one map
+/// per replica.
+fn sentinel_replicas(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<std::collections::BTreeMap<String, String>> = Vec::new();
+    for kv in lines.chunks(2) {
+        let [k, v] = kv else { break };
+        if *k == "name" {
+            out.push(Default::default());
+        }
+        if let Some(m) = out.last_mut() {
+            m.insert((*k).to_owned(), (*v).to_owned());
+        }
+    }
+    out
+}
+
+/// The cache stack from outside its overlay network, as the platform (a host process) would
+/// use it: the Sentinel's published port on a cache node names the master at an address the
+/// host reaches (the cache node's, the master's published port) and lists a replica there
+/// too; the host writes through the master with the password and reads the write from the
+/// replica; without the password (or with a wrong one) the Sentinel, the master and the
+/// replica refuse it.
+#[test]
+fn cache_stack_serves_the_host_at_its_node_addresses_only_with_the_password() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let pw = lab.secrets.redis_admin.clone();
+    let name = lab::nodes::CACHE_MASTER_NAME;
+    let cache_ips: Vec<String> = lab
+        .topo
+        .cache_nodes()
+        .iter()
+        .map(|n| n.ip.clone())
+        .collect();
+    let sentinel_port = lab::nodes::CACHE_SENTINEL_PORT.to_string();
+    let sentinel = cache_ips[0].clone();
+    let mut last = String::new();
+    // Until the Sentinel names a master that answers as one and lists a replica (flags just
+    // `slave`) that answers as its replica with the link up: the stack may still be
+    // converging after the previous test's failover.
+    let (master, replica) = wait_until(
+        "the cache stack's Sentinel, at a cache node's address, to name a master and a replica the host reaches",
+        180,
+        1000,
+        || {
+            let m = host_redis(
+                &sentinel,
+                &sentinel_port,
+                Some(&pw),
+                &["sentinel", "get-master-addr-by-name", name],
+            );
+            last = m.clone();
+            let mut it = m.split_whitespace();
+            let (mi, mp) = (it.next()?.to_owned(), it.next()?.to_owned());
+            if host_redis(&mi, &mp, Some(&pw), &["role"]).lines().next() != Some("master") {
+                return None;
+            }
+            let reps = host_redis(
+                &sentinel,
+                &sentinel_port,
+                Some(&pw),
+                &["sentinel", "replicas", name],
+            );
+            last = format!("master {mi}:{mp}; replicas:\n{reps}");
+            sentinel_replicas(&reps).into_iter().find_map(|r| {
+                if r.get("flags").map(String::as_str) != Some("slave") {
+                    return None;
+                }
+                let (ri, rp) = (r.get("ip")?.clone(), r.get("port")?.clone());
+                let info = fields(
+                    &host_redis(&ri, &rp, Some(&pw), &["info", "replication"]).replace(':', "="),
+                );
+                (info.get("role").map(String::as_str) == Some("slave")
+                    && info.get("master_host") == Some(&mi)
+                    && info.get("master_port") == Some(&mp)
+                    && info.get("master_link_status").map(String::as_str) == Some("up"))
+                .then(|| ((mi.clone(), mp.clone()), (ri, rp)))
+            })
+        },
+    );
+    assert!(!last.contains(&pw), "password in output");
+    // What Sentinel hands out: cache nodes' addresses and the services' published ports.
+    let ports = [
+        lab::nodes::CACHE_MASTER_PORT.to_string(),
+        lab::nodes::CACHE_REPLICA_PORT.to_string(),
+    ];
+    for (ip, port) in [&master, &replica] {
+        assert!(cache_ips.contains(ip), "{ip}: not a cache node's address");
+        assert!(
+            ports.contains(port),
+            "{ip}:{port}: not a published Redis port"
+        );
+    }
+    assert_ne!(master, replica);
+
+    // A write through the master, acknowledged by the replica, read from the replica.
+    let key = format!("pdtest:host:{}", rand_suffix());
+    let (mi, mp) = (&master.0, &master.1);
+    let (ri, rp) = (&replica.0, &replica.1);
+    assert_eq!(
+        host_redis(mi, mp, Some(&pw), &["set", &key, "from-host", "ex", "600"]),
+        "OK"
+    );
+    assert_eq!(host_redis(mi, mp, Some(&pw), &["wait", "1", "5000"]), "1");
+    assert_eq!(host_redis(ri, rp, Some(&pw), &["get", &key]), "from-host");
+    // The replica refuses writes (it is one, and reached as one).
+    assert!(
+        host_redis(ri, rp, Some(&pw), &["set", &key, "x"]).starts_with("READONLY"),
+        "the replica took a write"
+    );
+
+    // Every published port demands the password.
+    let refused = [
+        (
+            "sentinel",
+            host_redis(
+                &sentinel,
+                &sentinel_port,
+                None,
+                &["sentinel", "get-master-addr-by-name", name],
+            ),
+        ),
+        ("master", host_redis(mi, mp, None, &["get", &key])),
+        ("replica", host_redis(ri, rp, None, &["get", &key])),
+        ("master ping", host_redis(mi, mp, None, &["ping"])),
+    ];
+    for (what, answer) in &refused {
+        assert!(
+            answer.starts_with("NOAUTH Authentication required"),
+            "{what} without the password: {answer}"
+        );
+    }
+    for (what, ip, port) in [
+        ("sentinel", &sentinel, &sentinel_port),
+        ("master", mi, mp),
+        ("replica", ri, rp),
+    ] {
+        let answer = host_redis(ip, port, Some("not-the-password"), &["ping"]);
+        assert!(
+            answer.contains("WRONGPASS") || answer.contains("NOAUTH"),
+            "{what} with a wrong password: {answer}"
+        );
+        assert!(!answer.contains("PONG"), "{what} answered a wrong password");
+    }
+    eprintln!(
+        "cache stack from the host: Sentinel {sentinel}:{sentinel_port} names master {mi}:{mp}, \
+         replica {ri}:{rp}; write on the master read on the replica; NOAUTH/WRONGPASS \
+         without the password on all three ports"
+    );
+}
+
+/// `bash` in a container, as `docker exec` on the node `host`; its output and whether it
+/// succeeded.
+fn exec_in(lab: &Lab, host: &str, container: &str, script: &str) -> (bool, String) {
+    let node = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .find(|n| n.host() == host)
+        .expect("node");
+    let out = node
+        .docker(["exec", container, "bash", "-c", script])
+        .output()
+        .expect("docker exec");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .trim()
+        .to_owned(),
+    )
+}
+
+/// The cache stack seen from a worker: the worker's own network reaches the stack's
+/// published ports, which answer only with the password (NOAUTH without it); a site-like task
+/// on that worker (a container labelled `pressdock.site`, on the sites network: what the
+/// worker's network guard confines) cannot connect to them at all, while it reaches the lab's
+/// host Redis that sites use (so the probe works). That is the design: the guard lets a
+/// site's code reach only the data services sites use, and the stack is not the sites' Redis
+/// (its one user is the tier's admin password; no site has an ACL user there). If the
+/// platform moves to the stack, the guard's allow list gets the cache nodes' Redis and
+/// Sentinel ports, and a site then reaches them only as its own ACL user.
+#[test]
+fn cache_stack_answers_a_worker_only_with_the_password_and_a_site_task_not_at_all() {
+    if !enabled() {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_up();
+    let pw = lab.secrets.redis_admin.clone();
+    let name = lab::nodes::CACHE_MASTER_NAME;
+    let worker = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .find(|n| n.role == lab::Role::Worker)
+        .expect("a worker");
+    let w = worker.host();
+    let cache_ip = lab.topo.cache_nodes()[0].ip.clone();
+    let sentinel_port = lab::nodes::CACHE_SENTINEL_PORT.to_string();
+
+    // From the worker's namespace (no task: the guard confines site tasks only): the
+    // Sentinel, the master and the replicas it names answer PONG with the password.
+    let targets: Vec<(String, String)> = wait_until(
+        "the stack's Sentinel to name its master and a replica, from a worker",
+        180,
+        1000,
+        || {
+            let cli = |ip: &str, port: &str, args: &[&str]| {
+                host_redis_in(Some(&w), ip, port, Some(&pw), args)
+            };
+            let m = cli(
+                &cache_ip,
+                &sentinel_port,
+                &["sentinel", "get-master-addr-by-name", name],
+            );
+            let mut it = m.split_whitespace();
+            let mut all = vec![(cache_ip.clone(), sentinel_port.clone())];
+            all.push((it.next()?.to_owned(), it.next()?.to_owned()));
+            let reps = cli(&cache_ip, &sentinel_port, &["sentinel", "replicas", name]);
+            for r in sentinel_replicas(&reps) {
+                if r.get("flags").map(String::as_str) == Some("slave") {
+                    all.push((r.get("ip")?.clone(), r.get("port")?.clone()));
+                }
+            }
+            (all.len() >= 3
+                && all
+                    .iter()
+                    .all(|(ip, port)| cli(ip, port, &["ping"]) == "PONG"))
+            .then_some(all)
+        },
+    );
+    // ... and refuse a client without it.
+    for (ip, port) in &targets {
+        let answer = host_redis_in(Some(&w), ip, port, None, &["ping"]);
+        assert!(
+            answer.starts_with("NOAUTH Authentication required"),
+            "{ip}:{port} from {w} without the password: {answer}"
+        );
+    }
+
+    // A site-like task on that worker, confined by the worker's guard.
+    let svc = format!("pdtest-cacheprobe-{}", rand_suffix());
+    let _cleanup = ServiceGuard(&lab, svc.clone());
+    let m1 = lab.topo.first_manager();
+    let out = m1
+        .docker([
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            &svc,
+            "--constraint",
+            &format!("node.hostname=={w}"),
+            "--network",
+            lab::SITES_NET,
+            "--endpoint-mode",
+            "dnsrr",
+            "--container-label",
+            &format!("pressdock.site={svc}"),
+            "--entrypoint",
+            "sleep",
+            "local/wordpress:dev",
+            "infinity",
+        ])
+        .output()
+        .expect("docker service create");
+    assert!(
+        out.status.success(),
+        "service create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let container = wait_until(&format!("{svc}'s container on {w}"), 120, 500, || {
+        let o = worker
+            .docker([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={svc}"),
+            ])
+            .output()
+            .ok()?;
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        (!id.is_empty() && !id.contains('\n')).then_some(id)
+    });
+    // Confined: the guard's mark (what a site's agent waits for before it runs PHP).
+    wait_until(&format!("the guard's mark in {svc}"), 60, 500, || {
+        exec_in(
+            &lab,
+            &w,
+            &container,
+            &format!("test -f {}", infra::guard::MARK),
+        )
+        .0
+        .then_some(())
+    });
+    let probe = |ip: &str, port: &str| {
+        exec_in(
+            &lab,
+            &w,
+            &container,
+            &format!(
+                "if timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null; then echo open; else echo closed; fi"
+            ),
+        )
+        .1
+    };
+    // The probe works from this task: the host Redis the sites use answers its connect.
+    let host_redis_port = data::redis_port(1).to_string();
+    assert_eq!(
+        probe(HOST_IP, &host_redis_port),
+        "open",
+        "control: {HOST_IP}:{host_redis_port}"
+    );
+    for (ip, port) in &targets {
+        assert_eq!(
+            probe(ip, port),
+            "closed",
+            "a site task on {w} connected to the cache stack at {ip}:{port}"
+        );
+    }
+    let shown: Vec<String> = targets.iter().map(|(i, p)| format!("{i}:{p}")).collect();
+    eprintln!(
+        "cache stack from {w}: Sentinel, master, replica ({}) NOAUTH without the password, \
+         PONG with it; a site-like task there: closed on all of them, open on the host Redis \
+         {HOST_IP}:{host_redis_port}",
+        shown.join(", ")
     );
 }
 

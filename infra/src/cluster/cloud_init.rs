@@ -14,6 +14,11 @@ use super::spec::{GuardSpec, Role, VolumeSpec};
 /// The network guard's unit, installed on every worker.
 const GUARD_UNIT: &str = include_str!("../../../configs/systemd/pressdock-guard.service");
 const GUARD_BIN: &str = "/usr/local/bin/pressdock-infra";
+/// On cache nodes: `addr`, the node's VPC address (the cache stack's `PD_NODE_DIR`).
+pub const NODE_DIR: &str = "/etc/pressdock/node";
+/// DigitalOcean's metadata service: the droplet's private (VPC) IPv4 address.
+const PRIVATE_IPV4_URL: &str =
+    "http://169.254.169.254/metadata/v1/interfaces/private/0/ipv4/address";
 
 /// The user data of a node of `role`; `volume` is the name of its block volume; `guard`
 /// the network guard and the VPC's range (workers: installed and started before the node
@@ -34,6 +39,10 @@ pub fn user_data(
     if guard.is_some() {
         // iptables-restore in each task's namespace; nsenter is util-linux (always there).
         packages.extend(["iptables", "curl"]);
+    }
+    if role == Role::Cache {
+        // The node's address file (below).
+        packages.push("curl");
     }
     let mut s = String::from("#cloud-config\n");
     s.push_str("package_update: true\npackage_upgrade: true\npackages:\n");
@@ -71,6 +80,14 @@ pub fn user_data(
             v.filesystem.as_str()
         ));
         s.push_str(&format!("  - mount {}\n", v.mount));
+    }
+    if role == Role::Cache {
+        // The cache stack's Redis nodes and Sentinels announce their node's VPC address,
+        // read from this file at start (stacks/cache.yml, PD_NODE_DIR=/etc/pressdock/node):
+        // the droplet's own private address, from DigitalOcean's metadata service.
+        s.push_str(&format!(
+            "  - [sh, -c, 'mkdir -p {NODE_DIR} && curl -fsS --retry 5 {PRIVATE_IPV4_URL} > {NODE_DIR}/addr.new && mv {NODE_DIR}/addr.new {NODE_DIR}/addr']\n"
+        ));
     }
     s.push_str("  - systemctl enable --now docker\n");
     if let Some((g, _)) = guard {

@@ -428,6 +428,25 @@ mod tests {
     }
 
     #[test]
+    fn cache_nodes_write_their_vpc_address_for_the_cache_stack() {
+        let (_, d) = desired();
+        for x in &d.droplets {
+            let u = &x.user_data;
+            let cache = x.role == Role::Cache;
+            assert_eq!(
+                u.contains("/etc/pressdock/node/addr"),
+                cache,
+                "{}: {u}",
+                x.name
+            );
+            if cache {
+                assert!(u.contains("  - curl\n"), "{u}");
+                assert!(u.contains("curl -fsS --retry 5 http://169.254.169.254/metadata/v1/interfaces/private/0/ipv4/address > /etc/pressdock/node/addr.new && mv /etc/pressdock/node/addr.new /etc/pressdock/node/addr"), "{u}");
+            }
+        }
+    }
+
+    #[test]
     fn workers_install_and_start_the_network_guard_before_they_join() {
         let (_, d) = desired();
         for x in &d.droplets {
@@ -439,7 +458,7 @@ mod tests {
             }
             // The unit as written in configs/systemd, its endpoints, a pinned binary.
             assert!(u.contains("      ExecStart=/usr/local/bin/pressdock-infra guard --docker-host unix:///var/run/docker.sock $PD_GUARD_ARGS\n"), "{u}");
-            assert!(u.contains("      PD_GUARD_ARGS=\"--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379 --allow 10.110.0.0/20:26379 --allow 10.110.0.0/20:8081 --internet 80,443,587\"\n"), "{u}");
+            assert!(u.contains("      PD_GUARD_ARGS=\"--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379-6380 --allow 10.110.0.0/20:26379 --allow 10.110.0.0/20:8081 --internet 80,443,587\"\n"), "{u}");
             assert!(u.contains("| sha256sum -c - && chmod 0755"), "{u}");
             // Started after docker and the binary, in that order.
             let at = |what: &str| u.find(what).unwrap_or_else(|| panic!("{what} in {u}"));

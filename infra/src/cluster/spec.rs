@@ -952,7 +952,7 @@ mod tests {
         };
         assert_eq!(
             g.args(&c.spec.vpc.ip_range),
-            "--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379 --allow 10.110.0.0/20:26379 \
+            "--allow 10.110.0.0/20:6033 --allow 10.110.0.0/20:6379-6380 --allow 10.110.0.0/20:26379 \
              --allow 10.110.0.0/20:8081 --internet 80,443,587"
         );
         let text = production();
@@ -1048,6 +1048,10 @@ mod tests {
         // Site tasks (workers) reach the DB router and Redis, not Galera.
         assert!(reaches(Role::Worker, Role::Database, 6033));
         assert!(reaches(Role::Worker, Role::Cache, 6379));
+        // The cache stack's replicas publish 6380 (stacks/cache.yml).
+        assert!(reaches(Role::Worker, Role::Cache, 6380));
+        assert!(reaches(Role::Manager, Role::Cache, 6380));
+        assert!(reaches(Role::Cache, Role::Cache, 6380));
         for p in [3306, 4444, 4567, 4568, 6032] {
             assert!(
                 !reaches(Role::Worker, Role::Database, p),

@@ -35,7 +35,31 @@ pub fn allow_list() -> Vec<String> {
 
 /// The guard's arguments for one node. The lab's nodes have no route to the internet:
 /// `--internet off` says so (production's default is `80,443`).
+/// [`allow_list`], plus the cache stack's Redis (master and replica ports) and Sentinel on
+/// every cache node when the platform uses the stack (`lab up --platform-redis stack`): the
+/// sites' object cache is there then, as each site's own ACL user.
+pub fn allow_list_for(cache_nodes: &[Node], redis: super::PlatformRedis) -> Vec<String> {
+    let mut v = allow_list();
+    if redis == super::PlatformRedis::Stack {
+        for n in cache_nodes {
+            v.push(format!(
+                "{}:{}-{}",
+                n.ip,
+                super::nodes::CACHE_MASTER_PORT,
+                super::nodes::CACHE_REPLICA_PORT
+            ));
+            v.push(format!("{}:{}", n.ip, super::nodes::CACHE_SENTINEL_PORT));
+        }
+    }
+    v
+}
+
 pub fn args(node: &Node) -> Vec<String> {
+    args_for(node, &[], super::PlatformRedis::Host)
+}
+
+/// [`args`] with the allow list of [`allow_list_for`].
+pub fn args_for(node: &Node, cache_nodes: &[Node], redis: super::PlatformRedis) -> Vec<String> {
     let mut a = vec![
         "guard".to_owned(),
         "--docker-host".into(),
@@ -47,7 +71,7 @@ pub fn args(node: &Node) -> Vec<String> {
         "--internet".into(),
         "off".into(),
     ];
-    for e in allow_list() {
+    for e in allow_list_for(cache_nodes, redis) {
         a.push("--allow".into());
         a.push(e);
     }
@@ -74,7 +98,7 @@ pub fn ensure_guards(lab: &Lab) -> Result<()> {
         progress("guard", format!("stopped {stale} (no such worker)"));
     }
     for n in &workers {
-        let args = args(n);
+        let args = args_for(n, &lab.topo.cache_nodes(), super::PlatformRedis::saved());
         if let Some(pid) = lab.procs.alive(&name(n)) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let want: Vec<u8> = args
@@ -212,5 +236,28 @@ mod tests {
         assert_eq!(a[0], "guard");
         assert!(a.windows(2).any(|w| w == ["--internet", "off"]));
         assert!(a.windows(2).any(|w| w == ["--edge-service", "pd_traefik"]));
+    }
+
+    #[test]
+    fn with_the_platform_on_the_cache_stack_sites_may_also_reach_its_ports_and_no_more() {
+        let m1 = Node {
+            name: "m1".into(),
+            role: Role::Manager,
+            ip: "10.213.0.11".into(),
+        };
+        let host = allow_list_for(std::slice::from_ref(&m1), super::super::PlatformRedis::Host);
+        assert_eq!(host, allow_list());
+        let stack = allow_list_for(&[m1], super::super::PlatformRedis::Stack);
+        assert_eq!(stack[..host.len()], host[..]);
+        assert_eq!(
+            stack[host.len()..],
+            [
+                "10.213.0.11:6379-6380".to_owned(),
+                "10.213.0.11:26379".to_owned()
+            ]
+        );
+        for e in &stack {
+            Endpoint::parse(e).expect("valid");
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! server (signed requests only).
 //! The edge (Traefik + Varnish) is the stack in `stacks/edge.yml`; beside the host Redis,
 //! the cache tier's Redis master, replica and Sentinel also run as the production stack
-//! `stacks/cache.yml` on the managers (not used by the platform yet), and the monitoring
+//! `stacks/cache.yml` on the managers (reachable at their addresses, not used by the platform yet), and the monitoring
 //! placeholder as `stacks/monitoring.yml`.
 //!
 //! Every step is idempotent: `lab up` on a running lab converges (restarts what died,
@@ -114,6 +114,45 @@ pub mod ports {
     pub const PEBBLE_TLS_ALPN: u16 = 23602;
     pub const CHALLTEST_DNS: u16 = 23653;
     pub const CHALLTEST_MANAGEMENT: u16 = 23655;
+}
+
+/// Which Redis the lab's platform (and so its sites) uses: the lab's host Redis and
+/// Sentinels (`lab::data`, the default) or the cache stack (`stacks/cache.yml`, at the cache
+/// nodes' published ports). Chosen by `lab up --platform-redis`, kept in
+/// `<state>/platform-redis` so that later `lab up`s (the tests') keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformRedis {
+    Host,
+    Stack,
+}
+
+impl PlatformRedis {
+    fn file() -> PathBuf {
+        Path::new(STATE).join("platform-redis")
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim() {
+            "host" => Ok(Self::Host),
+            "stack" => Ok(Self::Stack),
+            x => anyhow::bail!("platform redis: {x:?} is not `host` or `stack`"),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Stack => "stack",
+        }
+    }
+    /// The saved choice; `host` when none is saved (or the file is unreadable).
+    pub fn saved() -> Self {
+        std::fs::read_to_string(Self::file())
+            .ok()
+            .and_then(|s| Self::parse(&s).ok())
+            .unwrap_or(Self::Host)
+    }
+    pub fn save(self) -> Result<()> {
+        sh::write_file(&Self::file(), self.as_str())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -411,6 +411,75 @@ pub fn deploy_cache(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// `redis-cli` from the host against the cache stack at `ip:port` (its `default` user, the
+/// password through `REDISCLI_AUTH`); its output, or `None` if it failed.
+fn cache_cli(lab: &Lab, ip: &str, port: &str, args: &[&str]) -> Option<String> {
+    let mut c = std::process::Command::new("timeout");
+    c.args(["5", "redis-cli", "--no-auth-warning", "-h", ip, "-p", port])
+        .args(args)
+        .env("REDISCLI_AUTH", &lab.secrets.redis_admin);
+    let out = c.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+}
+
+/// Waits until the cache stack serves clients outside its overlay: every cache node's
+/// Sentinel (at its published port) names a master that answers as one and knows a replica
+/// (flags `slave`) whose link to it is up. `lab up --platform-redis stack` waits for this
+/// before it starts the platform: a site created while a freshly deployed stack's Sentinel
+/// does not know its replica yet would get its ACL user on the master only.
+pub fn wait_cache_ready(lab: &Lab) -> Result<()> {
+    let sp = CACHE_SENTINEL_PORT.to_string();
+    wait_for(
+        "the cache stack's Sentinels to name a master and a replica that answer",
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+        || {
+            for n in lab.topo.cache_nodes() {
+                let m = cache_cli(
+                    lab,
+                    &n.ip,
+                    &sp,
+                    &["sentinel", "get-master-addr-by-name", CACHE_MASTER_NAME],
+                )?;
+                let mut it = m.split_whitespace();
+                let (mi, mp) = (it.next()?.to_owned(), it.next()?.to_owned());
+                if cache_cli(lab, &mi, &mp, &["role"])?.lines().next() != Some("master") {
+                    return None;
+                }
+                let reps = cache_cli(
+                    lab,
+                    &n.ip,
+                    &sp,
+                    &["sentinel", "replicas", CACHE_MASTER_NAME],
+                )?;
+                let lines: Vec<&str> = reps.lines().collect();
+                let mut replicas: Vec<std::collections::HashMap<&str, &str>> = Vec::new();
+                for kv in lines.chunks(2) {
+                    if let [k, v] = kv {
+                        if *k == "name" {
+                            replicas.push(Default::default());
+                        }
+                        if let Some(r) = replicas.last_mut() {
+                            r.insert(k, v);
+                        }
+                    }
+                }
+                let up = replicas.iter().any(|r| {
+                    r.get("flags") == Some(&"slave")
+                        && r.get("master-link-status") == Some(&"ok")
+                        && r.get("master-host") == Some(&mi.as_str())
+                });
+                if !up {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+}
+
 /// The stack name of `stacks/cache.yml`.
 pub const CACHE_STACK: &str = "cache";
 /// The stack's Sentinels watch the master under this name (`PD_REDIS_NAME` in the stack).
@@ -418,16 +487,37 @@ pub const CACHE_MASTER_NAME: &str = "pd-cache";
 /// The stack's own overlay network.
 pub const CACHE_NET: &str = "pd-cache";
 
+/// Host ports the cache stack publishes in host mode on each cache node (`stacks/cache.yml`):
+/// the master's, the replicas' and the Sentinel's. Clients outside the overlay (the host, a
+/// task on another node) reach the tier at `<cache node address>:<port>`.
+pub const CACHE_MASTER_PORT: u16 = 6379;
+pub const CACHE_REPLICA_PORT: u16 = 6380;
+pub const CACHE_SENTINEL_PORT: u16 = 26379;
+
+/// The per-node folder holding `addr` (the node's address on the lab bridge), bind-mounted
+/// into the cache stack's tasks: swarm fills in `{{.Node.Hostname}}` for the task's node.
+fn node_info_dir(host: &str) -> String {
+    format!("{STATE}/nodes/{host}/node")
+}
+
 /// The variables of `stacks/cache.yml` in the lab: one Sentinel per cache node (the managers),
-/// a replica on one of them. The password file is written (mode 0600) if it differs.
+/// a replica on one of them. The password file is written (mode 0600) if it differs, and
+/// every node's address file (`<state>/nodes/<host>/node/addr`) if it differs.
 pub fn cache_vars(lab: &Lab) -> Result<std::collections::BTreeMap<String, String>> {
     let pw = lab.path("cache/redis-password");
     if std::fs::read_to_string(&pw).ok().as_deref() != Some(lab.secrets.redis_admin.as_str()) {
         sh::write_private(&pw, &lab.secrets.redis_admin)?;
     }
+    for n in lab.topo.nodes() {
+        let addr = Path::new(&node_info_dir(&n.host())).join("addr");
+        if std::fs::read_to_string(&addr).ok().as_deref() != Some(n.ip.as_str()) {
+            sh::write_file(&addr, &n.ip)?;
+        }
+    }
     let sentinels = lab.topo.cache_nodes().len();
     Ok([
         ("PD_REDIS_PASSWORD_FILE", pw.to_string_lossy().into_owned()),
+        ("PD_NODE_DIR", node_info_dir("{{.Node.Hostname}}")),
         ("PD_REDIS_REPLICAS", "1".to_owned()),
         // A majority of the Sentinels: 1 of 1, 2 of 2 or 3.
         ("PD_SENTINEL_QUORUM", (sentinels / 2 + 1).to_string()),

@@ -85,16 +85,7 @@ proxysql_admin_urls = []
 site_db_host = "{HOST_IP}:{router}"
 nodes = [{galera_nodes}]
 
-[backends.redis]
-sentinels = [{sentinels}]
-master_name = "pressdock"
-admin_user = "admin"
-admin_password = "{redis}"
-# The Sentinels' default user is off: the platform is their admin, each site has its own
-# discovery-only user there.
-sentinel_user = "admin"
-sentinel_password = "{redis}"
-
+{redis_section}
 [backends.gluster]
 # Empty: this host's glusterd over its unix socket (the full CLI; over --remote-host
 # glusterd refuses `volume get` and so `quota list`). Bricks are on {gluster_host}.
@@ -174,8 +165,7 @@ final_backup = true
         staff = s.staff_password,
         admin = s.galera_admin,
         galera_nodes = galera_nodes.join(", "),
-        sentinels = sentinels.join(", "),
-        redis = s.redis_admin,
+        redis_section = redis_section(lab, &sentinels),
         gluster_host = super::GLUSTER_HOST,
         mount = m1.gluster_mount().display(),
         varnish = varnish.join(", "),
@@ -192,6 +182,50 @@ final_backup = true
         edge_port = ports::PLATFORM_EDGE,
         edge_metrics = edge_metrics.join(", "),
     )
+}
+
+/// `[backends.redis]`: the lab's host Redis and Sentinels, or with `lab up --platform-redis
+/// stack` the cache stack (`stacks/cache.yml`) at the cache nodes' published ports.
+fn redis_section(lab: &Lab, host_sentinels: &[String]) -> String {
+    let pw = &lab.secrets.redis_admin;
+    match super::PlatformRedis::saved() {
+        super::PlatformRedis::Host => format!(
+            r#"[backends.redis]
+sentinels = [{sentinels}]
+master_name = "pressdock"
+admin_user = "admin"
+admin_password = "{pw}"
+# The Sentinels' default user is off: the platform is their admin, each site has its own
+# discovery-only user there.
+sentinel_user = "admin"
+sentinel_password = "{pw}"
+"#,
+            sentinels = host_sentinels.join(", "),
+        ),
+        super::PlatformRedis::Stack => {
+            let sentinels: Vec<String> = lab
+                .topo
+                .cache_nodes()
+                .iter()
+                .map(|n| format!("\"{}:{}\"", n.ip, super::nodes::CACHE_SENTINEL_PORT))
+                .collect();
+            format!(
+                r#"[backends.redis]
+# The cache stack (`lab up --platform-redis stack`): its Sentinels at the cache nodes'
+# published port; Redis nodes and Sentinels have one password-protected `default` user
+# (the stack's secret), which the platform uses; each site gets its own ACL user on every
+# node and its discovery-only user on every Sentinel (not saved: no ACL file; the
+# reconciler applies them again after a restart).
+sentinels = [{sentinels}]
+master_name = "{name}"
+admin_password = "{pw}"
+sentinel_password = "{pw}"
+"#,
+                sentinels = sentinels.join(", "),
+                name = super::nodes::CACHE_MASTER_NAME,
+            )
+        }
+    }
 }
 
 fn base64(bytes: &[u8]) -> String {

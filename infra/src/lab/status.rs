@@ -264,6 +264,20 @@ pub fn print_endpoints(lab: &Lab, plat: Option<&Platform>) {
         "  Redis (Sentinel {HOST_IP}:{}, master pressdock): user admin  (password: pressdock-infra lab password redis)",
         data::sentinel_port(1),
     );
+    if let Some(m1) = lab.topo.cache_nodes().first() {
+        let used = super::PlatformRedis::saved() == super::PlatformRedis::Stack;
+        println!(
+            "  cache stack (Sentinel {}:{}, master {}): user default, same password{}",
+            m1.ip,
+            super::nodes::CACHE_SENTINEL_PORT,
+            super::nodes::CACHE_MASTER_NAME,
+            if used {
+                "  (the platform's Redis: --platform-redis stack)"
+            } else {
+                ""
+            },
+        );
+    }
     println!(
         "  S3: http://{HOST_IP}:{}/backups (signed requests only; access key {}, secret in \
          {STATE}/secrets.toml)",

@@ -343,6 +343,13 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             progress("edge", "stack deployed");
             nodes::deploy_cache(lab)?;
             progress("cache", "stack deployed (Redis master, replica, Sentinel)");
+            if super::PlatformRedis::saved() == super::PlatformRedis::Stack {
+                nodes::wait_cache_ready(lab)?;
+                progress(
+                    "cache",
+                    "the platform's Redis (--platform-redis stack): master and replica ready",
+                );
+            }
             Ok(())
         });
         (gal.join(), dat.join(), nod.join())
