@@ -16,6 +16,8 @@
 #
 #   scripts/bench-api.sh                      # defaults below
 #   ROUNDS=3 THREADS=2 CONNECTIONS=16 DURATION=10s scripts/bench-api.sh
+#   KINDS=get ROUNDS=5 scripts/bench-api.sh   # the GET list only (no POST rounds)
+#   PRESSDOCK_BIN=/path/to/other/pressdock …  # another build of the platform, for an A/B
 #
 # Needs the local MariaDB (MYSQL_HOST/MYSQL_PORT/MYSQL_USER, root without password by
 # default), cargo, and installs wrk, jq and curl with apt-get when missing. Cleans up
@@ -27,6 +29,7 @@ THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-16}"
 DURATION="${DURATION:-10s}"
 SITES="${SITES:-1000}"
+KINDS="${KINDS:-get post}"   # which of (a) get, (b) post to measure
 MYSQL_HOST="${MYSQL_HOST:-127.0.0.1}"
 MYSQL_PORT="${MYSQL_PORT:-3306}"
 MYSQL_USER="${MYSQL_USER:-root}"
@@ -194,7 +197,7 @@ measure() { # name kind(get|post) base token round
 }
 # All GET rounds before any POST: every POST adds a site to the listed tenant, and the
 # list must be measured with the stated number of sites stored.
-for kind in get post; do
+for kind in $KINDS; do
   for round in $(seq 1 "$ROUNDS"); do
     measure platform "$kind" "$PD" "$TOKEN" "$round"
     [ "$kind" = get ] && measure platform-apitoken get "$PD" "$API_TOKEN" "$round"
@@ -223,6 +226,7 @@ echo "| Request | Platform req/s | Bare req/s | Platform / bare | Median of roun
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for row in "platform get" "platform-apitoken get" "platform post"; do
   set -- $row; name="$1"; kind="$2"
+  grep -q "^$name $kind " "$WORK/results" || continue
   pr="$(median "$name" $kind 4)"; br="$(median bare $kind 4)"
   pp="$(median "$name" $kind 5)"; bp="$(median bare $kind 5)"
   rr="$(round_ratio "$name" $kind)"
