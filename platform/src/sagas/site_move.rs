@@ -106,7 +106,26 @@ fn move_service_back(c: &StepContext) -> BoxFuture<'_, StepResult> {
         let Ok(m) = in_flight(&c.db, &c.target, TEN_YEARS_SECS).await else {
             return Ok(());
         };
-        move_placement(&c.db, &c.target, &m.to, &m.from).await?;
+        // An evacuation's old worker is drained or down: the site cannot go back there, and
+        // trying would fail this undo forever. It stays on its new worker (its service
+        // already points there), the move is recorded failed, and the planner sees the
+        // site where it is.
+        let origin: Option<String> =
+            sqlx::query_scalar("SELECT availability FROM nodes WHERE id = ?")
+                .bind(&m.from)
+                .fetch_optional(&c.db)
+                .await?;
+        if origin.as_deref() != Some("active") {
+            tracing::warn!(
+                site = %c.target,
+                from = %m.from,
+                to = %m.to,
+                availability = origin.as_deref().unwrap_or("unknown"),
+                "a failed move leaves the site on its new worker: its old worker takes no sites"
+            );
+        } else {
+            move_placement(&c.db, &c.target, &m.to, &m.from).await?;
+        }
         c.backends
             .ensure_site_service(&c.db, &c.target, c.settings.control_url.as_deref())
             .await

@@ -385,3 +385,90 @@ async fn a_tenant_reads_the_public_error_and_staff_the_whole_chain() {
     );
     app.finish().await;
 }
+
+/// A move off a drained worker that fails after the site went to its new worker cannot take
+/// the site back there: the undo leaves it on the new worker and the move ends `failed`,
+/// instead of retrying the undo forever (seen on the lab: "undo failed; will try again …
+/// worker … is drain", the evacuation stuck for good).
+#[tokio::test]
+async fn a_failed_evacuation_move_leaves_the_site_on_its_new_worker() {
+    let (app, admin, tenant) = prepared().await;
+    let http = reqwest::Client::new();
+    let runner = ServerProcess::start(&app.database_url, &[]).await;
+    let t = token(&http, &runner.base).await;
+    let (_, created) = app.create_site(&admin, &tenant, "evacuee.example").await;
+    let site = created["site"]["id"].as_str().unwrap().to_owned();
+    let op = wait_operation(
+        &http,
+        &runner.base,
+        &t,
+        created["operation"]["id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    drop(runner);
+    let old: String = sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
+        .bind(&site)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let new = app.add_worker(&admin, "worker-2", 25).await;
+
+    // Every move's `move_service` fails after its effect (placement and service moved).
+    let runner = ServerProcess::start(
+        &app.database_url,
+        &[("PRESSDOCK_FAILPOINTS", "move_service=fail")],
+    )
+    .await;
+    let (status, _) = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/nodes/{old}"),
+            Some(&admin),
+            Some(json!({ "availability": "drain" })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let (status, applied) = app
+        .post(
+            "/v1/placement/rebalance",
+            &admin,
+            json!({ "dry_run": false }),
+        )
+        .await;
+    // 202 with the move, or 200 with none if the placement loop queued it first.
+    assert!(status.is_success(), "{status} {applied}");
+
+    // The move (the rebalance's or the placement loop's) ends, failed, within a minute.
+    let mut ended = None;
+    for _ in 0..240 {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT m.state, o.state FROM site_moves m JOIN operations o \
+             ON o.id = m.operation_id WHERE m.site_id = ? ORDER BY m.created_at DESC LIMIT 1",
+        )
+        .bind(&site)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap();
+        if let Some((move_state, op_state)) = row
+            && (op_state == "failed" || op_state == "succeeded")
+        {
+            ended = Some((move_state, op_state));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        ended,
+        Some(("failed".to_owned(), "failed".to_owned())),
+        "the move must end failed, not hang in its undo"
+    );
+    let placed: String = sqlx::query_scalar("SELECT node_id FROM placements WHERE site_id = ?")
+        .bind(&site)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(placed, new, "the site stays on the worker that takes sites");
+    drop(runner);
+    app.finish().await;
+}
