@@ -1779,9 +1779,12 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
         );
         assert_eq!(m["to"], "pdlab-w3", "{m}");
     }
-    // One request in flight per site: on a loaded machine an uncached WordPress page
-    // takes seconds, so a site may see only a few requests during the join.
-    no_failed_request("join", &sites, probers, 3).await;
+    // One request in flight per site, one after the other with 200 ms between, from before
+    // the worker joined until the moves are done (the last one is still in flight when
+    // the prober is stopped): the phase is covered however slow the answers. How many that
+    // makes depends on the machine (CI ci-b: 2 for one site at load ~40, each answer 12-15 s
+    // long), so only one is required; what is asserted is that none failed.
+    no_failed_request("join", &sites, probers, 1).await;
     for (site, _, _) in &sites {
         let body = p.site(site).await;
         assert_eq!(body["state"], "active", "{body}");
