@@ -27,6 +27,16 @@ fn infra() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pressdock-infra"))
 }
 
+/// The start of most tests here: `None` when the lab tests do not run; else the lock that
+/// runs them one at a time (held) and the lab, brought up.
+fn begin() -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    if !enabled() {
+        return None;
+    }
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    Some((guard, lab_up()))
+}
+
 /// Brings the lab up (or converges it) and returns a handle on it.
 fn lab_up() -> Lab {
     let t0 = Instant::now();
@@ -96,11 +106,9 @@ fn sql(lab: &Lab, port: u16, q: &str) -> Result<String, String> {
 
 #[test]
 fn galera_write_on_one_node_is_read_on_another() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let v = rand_suffix();
     let p1 = data::galera_port(1);
     let p3 = data::galera_port(lab.topo.galera_nodes);
@@ -128,11 +136,9 @@ fn galera_write_on_one_node_is_read_on_another() {
 
 #[test]
 fn router_keeps_taking_writes_after_the_active_galera_node_is_killed() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let r = ports::ROUTER;
     let tbl = format!("labtest.w_{}", rand_suffix());
     sql(
@@ -193,11 +199,9 @@ fn router_keeps_taking_writes_after_the_active_galera_node_is_killed() {
 
 #[test]
 fn sentinel_promotes_the_replica_when_the_master_is_killed() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let before = data::sentinel_master(&lab.secrets.redis_admin).expect("sentinels know a master");
     let port: u16 = before
         .rsplit(':')
@@ -234,11 +238,9 @@ fn sentinel_promotes_the_replica_when_the_master_is_killed() {
 
 #[test]
 fn gluster_file_crosses_nodes_and_quota_refuses_writes() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let nodes = lab.topo.nodes();
     let (a, b) = (&nodes[1], &nodes[2]);
     let dir = format!("labtest-{}", rand_suffix());
@@ -287,11 +289,9 @@ fn gluster_file_crosses_nodes_and_quota_refuses_writes() {
 
 #[test]
 fn labelled_service_lands_on_the_right_worker() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let m1 = lab.topo.first_manager();
     let target = lab.topo.nodes().into_iter().last().expect("a worker");
     let name = format!("labtest-{}", rand_suffix());
@@ -351,11 +351,9 @@ fn labelled_service_lands_on_the_right_worker() {
 
 #[test]
 fn edge_request_goes_through_traefik_and_varnish_miss_then_hit() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let edge = format!("127.0.0.1:{}", ports::EDGE);
     let path = format!("/wp-includes/css/dashicons.min.css?lab={}", rand_suffix());
     let first = lab::http::get(&edge, &path, "hello.lab.test").expect("first request");
@@ -401,11 +399,9 @@ fn session_of(pid: i32) -> Option<i32> {
 /// process group and session leave them running and answering.
 #[test]
 fn lab_servers_outlive_the_shell_that_started_them() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     // Two stateless servers for the next `lab up` to start: the DNS server and the route
     // writer (the other servers hold data other tests and helpers use).
     for name in ["dns", "routes"] {
@@ -475,11 +471,9 @@ fn lab_servers_outlive_the_shell_that_started_them() {
 
 #[test]
 fn zz_lab_down_leaves_nothing() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     // PIDs the lab recorded, to check they are all gone afterwards.
     let pids: Vec<i32> = lab
         .procs
@@ -698,11 +692,9 @@ impl Drop for ServiceGuard<'_> {
 
 #[test]
 fn task_moves_to_another_worker_without_a_failed_request() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let workers: Vec<lab::Node> = lab
         .topo
         .nodes()
@@ -821,11 +813,9 @@ fn task_moves_to_another_worker_without_a_failed_request() {
 
 #[test]
 fn task_of_a_killed_worker_is_rescheduled_and_serves_again() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let name = format!("kl-{}", rand_suffix());
     let host = create_site_like_service(&lab, &name, "node.labels.pressdock.pool==wp");
     let _svc = ServiceGuard(&lab, name.clone());
@@ -953,11 +943,9 @@ fn node_labels(lab: &Lab, host: &str) -> Option<(String, serde_json::Value)> {
 /// drain, leave, `node rm`, the machine destroyed, the platform forgets it).
 #[test]
 fn a_worker_joins_with_its_labels_and_leaves_through_the_cluster_code() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let n = lab.topo.workers;
     let new = format!("pdlab-w{}", n + 1);
     let platform = lab::platform::staff_client(&lab);
@@ -1357,11 +1345,9 @@ fn cache_healthy(f: &std::collections::BTreeMap<String, String>) -> bool {
 /// and swarm's new task for the killed one comes back as its replica.
 #[test]
 fn cache_stack_replicates_fails_over_and_refuses_strangers() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let t0 = Instant::now();
     let key = format!("pdtest:{}", rand_suffix());
     let f = cache_look_until(&lab, &key, 180, cache_healthy);
@@ -1528,11 +1514,9 @@ fn sentinel_replicas(text: &str) -> Vec<std::collections::BTreeMap<String, Strin
 /// replica refuse it.
 #[test]
 fn cache_stack_serves_the_host_at_its_node_addresses_only_with_the_password() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let pw = lab.secrets.redis_admin.clone();
     let name = lab::nodes::CACHE_MASTER_NAME;
     let cache_ips: Vec<String> = lab
@@ -1694,11 +1678,9 @@ fn exec_in(lab: &Lab, host: &str, container: &str, script: &str) -> (bool, Strin
 /// Sentinel ports, and a site then reaches them only as its own ACL user.
 #[test]
 fn cache_stack_answers_a_worker_only_with_the_password_and_a_site_task_not_at_all() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let pw = lab.secrets.redis_admin.clone();
     let name = lab::nodes::CACHE_MASTER_NAME;
     let worker = lab
@@ -1846,11 +1828,9 @@ fn cache_stack_answers_a_worker_only_with_the_password_and_a_site_task_not_at_al
 /// overlay network.
 #[test]
 fn monitoring_placeholder_answers_on_the_monitoring_nodes() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let script = r#"exec 3<>/dev/tcp/placeholder/9090 || exit 1
 printf 'GET /ping HTTP/1.0\r\nHost: placeholder\r\n\r\n' >&3
 timeout 5 cat <&3 | tr -d '\r'"#;
@@ -2179,11 +2159,9 @@ fn swarm_view(lab: &Lab) -> (Vec<String>, Vec<String>) {
 #[test]
 #[ignore = "failed once in 5 lab runs; run by hand until it has a record (see its comment)"]
 fn a_lost_manager_state_is_recovered_from_its_backup() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let m1 = lab.topo.first_manager();
     let (services, nodes) = swarm_view(&lab);
     assert!(services.iter().any(|s| s == "pd_traefik"), "{services:?}");
@@ -2272,11 +2250,9 @@ fn a_lost_manager_state_is_recovered_from_its_backup() {
 /// name, a new id, its labels, the pinned task serving from it again.
 #[test]
 fn a_killed_worker_is_replaced_by_a_new_machine_under_its_name() {
-    if !enabled() {
+    let Some((_g, lab)) = begin() else {
         return;
-    }
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab_up();
+    };
     let platform = lab::platform::staff_client(&lab);
     let platform_nodes = || {
         platform.as_ref().and_then(|p| {
