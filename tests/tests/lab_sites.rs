@@ -43,6 +43,7 @@ async fn begin() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab, String)> 
     }
     let guard = LOCK.lock().await;
     let lab = Lab::load();
+    lab.sweep_leftovers().await;
     Some((guard, lab, format!("pdtest_{}", random())))
 }
 
@@ -93,6 +94,11 @@ async fn swarm_secrets(lab: &Lab, site: &str) -> Vec<String> {
         .collect()
 }
 
+/// Letters, digits and `_` only: a database name safe to quote into SQL.
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The lab's configuration, rewritten for a test platform of our own.
 struct Lab {
     table: toml::Table,
@@ -136,6 +142,85 @@ impl Lab {
             backends,
             router_url,
         }
+    }
+
+    /// Removes what earlier tests left on the lab: a test that fails panics before it deletes
+    /// its sites, and their tasks kept running (CI once found 51 of them, the idle lab at a load
+    /// of 104, and the next tests' moves timing out). Every site some backend holds that the
+    /// lab's own control plane does not know is removed from every backend, and the test
+    /// control-plane databases (`pdtest_*`) are dropped. Safe because the lab tests run one at a
+    /// time (this file's lock; `PRESSDOCK_LAB_LOCK` across runs): no other test platform is
+    /// using them. Best effort: a failure here is printed, and the test goes on.
+    async fn sweep_leftovers(&self) {
+        if let Err(e) = self.try_sweep_leftovers().await {
+            eprintln!("sweeping earlier tests' leftovers failed: {e:#}");
+        }
+    }
+
+    async fn try_sweep_leftovers(&self) -> anyhow::Result<()> {
+        use sqlx::Row;
+        let lab_database = self.table["database_url"]
+            .as_str()
+            .and_then(|url| url.rsplit('/').next())
+            .and_then(|name| name.split('?').next())
+            .unwrap_or("pressdock")
+            .to_owned();
+        anyhow::ensure!(
+            is_identifier(&lab_database),
+            "the lab's database name {lab_database:?} is not a plain identifier"
+        );
+        let pool = sqlx::MySqlPool::connect(&self.router_url).await?;
+        let mut live = std::collections::BTreeSet::new();
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM `{lab_database}`.sites"
+        )))
+        .fetch_all(&pool)
+        .await?
+        {
+            live.insert(row.try_get::<String, _>(0)?);
+        }
+        let swarm = self.swarm();
+        let mut held = swarm.list_site_ids().await?;
+        held.extend(self.galera().list_site_ids().await?);
+        held.extend(self.redis().list_site_ids().await?);
+        held.extend(self.gluster().list_site_ids().await?);
+        let leftovers: Vec<SiteResourceId> = held
+            .into_iter()
+            .filter(|id| !live.contains(id.as_str()))
+            .collect();
+        if !leftovers.is_empty() {
+            eprintln!(
+                "removing {} site(s) earlier tests left on the lab",
+                leftovers.len()
+            );
+        }
+        for id in &leftovers {
+            swarm.remove_service(id).await?;
+            swarm.prune_site_secrets(id, &[]).await?;
+            self.galera().remove_site_database(id).await?;
+            self.redis().remove_site_cache(id).await?;
+            self.gluster().remove_site_storage(id).await?;
+        }
+        let databases: Vec<String> = sqlx::query(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'pdtest\\_%'",
+        )
+        .fetch_all(&pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+        for name in databases {
+            // The names are ours (`pdtest_` and random letters), checked before they are quoted.
+            if is_identifier(&name) {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS `{name}`"
+                )))
+                .execute(&pool)
+                .await?;
+            }
+        }
+        pool.close().await;
+        Ok(())
     }
 
     /// Varnish's host table, as the control plane last wrote it.
