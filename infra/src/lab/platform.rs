@@ -245,7 +245,9 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// `target/{release,debug}/pressdock` of this workspace, if built.
+/// `target/{release,debug}/pressdock` of this workspace, if built: the one built last. A
+/// release build made once (for a benchmark) must not shadow every debug build after it:
+/// the lab would run code older than the checkout.
 fn binary(lab: &Lab) -> Option<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -253,7 +255,9 @@ fn binary(lab: &Lab) -> Option<PathBuf> {
     ["release", "debug"]
         .iter()
         .map(|p| target.join(p).join("pressdock"))
-        .find(|p| p.is_file())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p)
 }
 
 /// Writes the config; starts the platform and creates the demo tenant when the binary
