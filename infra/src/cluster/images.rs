@@ -143,6 +143,10 @@ fn path_component(s: &str) -> bool {
             i += 1;
         }
         let run = &s[start..i];
+        // Neither a letter or digit nor a separator (an upper-case letter, `$`, …).
+        if run.is_empty() {
+            return false;
+        }
         let ok = run == "." || run == "_" || run == "__" || run.bytes().all(|c| c == b'-');
         if !ok {
             return false;
