@@ -536,7 +536,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                 &machines,
                 &seen,
                 &|_| true,
-                &cluster::swarm::stack_files(repo)?,
+                &cluster::swarm::stack_files(repo, &checked.images.vars())?,
             );
             for s in &steps {
                 println!("{s}");
@@ -551,7 +551,10 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                     &machines,
                     &leader,
                     &steps,
-                    repo,
+                    cluster::swarm_exec::StackSource {
+                        repo,
+                        set: &checked.images.vars(),
+                    },
                     std::time::Duration::from_secs(1),
                     &mut |l| eprintln!("{l}"),
                 )?;
@@ -593,7 +596,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                 checked: &checked,
                 desired: &desired,
                 repo,
-                stacks: cluster::swarm::stack_files(repo)?,
+                stacks: cluster::swarm::stack_files(repo, &checked.images.vars())?,
                 poll: std::time::Duration::from_secs(2),
                 evacuation_timeout: std::time::Duration::from_secs(3600),
                 drain_without_platform: matches!(

@@ -278,6 +278,9 @@ struct Swarm {
     /// Service → looks left while its update runs.
     services: BTreeMap<String, u32>,
     deploys: Vec<String>,
+    /// Service → the image it was last deployed with (the compose file as the Engine API
+    /// deployer reads it, with the variables the executor passed).
+    images: BTreeMap<String, String>,
     next: u32,
     /// Every command, `host: args` (tokens redacted).
     commands: Vec<String>,
@@ -345,6 +348,59 @@ impl SimDocker {
 }
 
 impl Docker for SimDocker {
+    /// The real deployer's reading of the file (`stack::parse`: every `${…}` must be set)
+    /// with the variables the executor passes, the environment's filled in with
+    /// placeholders here but never an image: each service's image is recorded. Then the
+    /// CLI's `stack deploy`, which the model answers.
+    fn deploy_stack(
+        &self,
+        m: &Machine,
+        stack: &str,
+        repo: &std::path::Path,
+        file: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        use infra::cluster::stack as st;
+        let text = std::fs::read_to_string(repo.join(file))?;
+        let mut all = vars.clone();
+        for v in st::variables(&text) {
+            if v.starts_with("PD_IMAGE_") {
+                continue;
+            }
+            let placeholder = match v.as_str() {
+                "PD_EDGE_NET" => "pd-edge".to_owned(),
+                "PD_SITES_NET" => "pd-sites".to_owned(),
+                x if x.ends_with("_REPLICAS") || x.ends_with("_QUORUM") => "2".to_owned(),
+                x => format!("/srv/{}", x.to_lowercase()),
+            };
+            all.entry(v).or_insert(placeholder);
+        }
+        let parsed = st::parse(stack, &text, &all)?;
+        self.with(|s| {
+            for (name, spec) in &parsed.services {
+                let image = spec
+                    .task_template
+                    .as_ref()
+                    .and_then(|t| t.container_spec.as_ref())
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default();
+                s.images.insert(name.clone(), image);
+            }
+        });
+        self.run(
+            m,
+            &[
+                "stack".into(),
+                "deploy".into(),
+                "--prune".into(),
+                "--compose-file".into(),
+                repo.join(file).display().to_string(),
+                stack.into(),
+            ],
+        )
+        .map(|_| ())
+    }
+
     fn run(&self, m: &Machine, args: &[String]) -> anyhow::Result<String> {
         let mut s = self.s.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(m);
@@ -623,6 +679,11 @@ fn parsed(text: &str) -> (Checked, Desired) {
     (c, d)
 }
 
+/// The repository: the stacks' compose files are read from `stacks/`.
+fn repo() -> &'static std::path::Path {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
 fn stacks(hash: &str) -> Vec<StackFile> {
     vec![StackFile {
         stack: "pd".into(),
@@ -682,7 +743,7 @@ fn cluster<'a, A: Platform>(
         platform,
         checked: c,
         desired: d,
-        repo: std::path::Path::new("/repo"),
+        repo: repo(),
         stacks: stacks(hash),
         poll: Duration::ZERO,
         evacuation_timeout: Duration::from_secs(30),
@@ -1085,6 +1146,10 @@ async fn a_stack_is_rolled_and_quorum_breaking_specs_are_refused() {
     );
     w.sim.with(|s| {
         assert_eq!(s.deploys, ["pd", "pd"]);
+        // Deployed with the spec's images, not the lab's.
+        assert_eq!(s.images["pd_traefik"], c.images.get("traefik"));
+        assert_eq!(s.images["pd_traefik-b"], c.images.get("traefik"));
+        assert_eq!(s.images["pd_varnish"], c.images.get("varnish"));
         assert!(
             s.services.values().all(|left| *left == 0),
             "every update waited for"
@@ -1124,6 +1189,95 @@ async fn a_stack_is_rolled_and_quorum_breaking_specs_are_refused() {
         assert_eq!(w.fake.counts(), before);
         assert_eq!(w.sim.mutations().len(), mutations);
     }
+    assert_clean(&w.fake);
+}
+
+/// Issue 15, item 4: production runs the spec's images. The stacks' hashes as `cluster
+/// apply --swarm` computes them (the compose files and their variables, the spec's images
+/// among them): every stack is deployed with `[images]`' references (none of the lab's
+/// `local/…`); a new `images.traefik` rolls the two stacks that run Traefik (the edge and
+/// the monitoring placeholder) with it, not the cache, and the next plan is empty.
+#[tokio::test]
+async fn the_stacks_run_the_specs_images_and_a_new_image_rolls_the_stacks_that_use_it() {
+    use infra::cluster::swarm::stack_files;
+    let w = world().await;
+    let (c, d) = parsed(&spec_text());
+    build(&w, &c, &d).await;
+    let real =
+        |c: &Checked| stack_files(repo(), &c.images.vars()).unwrap_or_else(|e| panic!("{e:#}"));
+    let cl = Cluster {
+        stacks: real(&c),
+        ..cluster(&w, &w.api, &c, &d, H1)
+    };
+    cl.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    let deployed = w.sim.with(|s| s.images.clone());
+    for (service, key) in [
+        ("pd_traefik", "traefik"),
+        ("pd_traefik-b", "traefik"),
+        ("pd_varnish", "varnish"),
+        ("cache_redis-master", "redis"),
+        ("cache_redis-replica", "redis"),
+        ("cache_sentinel", "redis"),
+        ("monitoring_placeholder", "traefik"),
+    ] {
+        assert_eq!(
+            deployed.get(service).map(String::as_str),
+            Some(c.images.get(key)),
+            "{service}"
+        );
+    }
+    assert_eq!(deployed.len(), 7, "{deployed:?}");
+    assert!(
+        deployed.values().all(|i| !i.starts_with("local/")),
+        "{deployed:?}"
+    );
+    // A new Traefik in the spec.
+    let new = "registry.example.com/pressdock/traefik:0.1.1";
+    let (c2, d2) =
+        parsed(&spec_text().replacen("registry.example.com/pressdock/traefik:0.1.0", new, 1));
+    let cl2 = Cluster {
+        stacks: real(&c2),
+        ..cluster(&w, &w.api, &c2, &d2, H1)
+    };
+    let p = cl2.plan(
+        &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("> stack pd from stacks/edge.yml: rolling update"),
+        "{text}"
+    );
+    assert!(
+        text.contains("> stack monitoring from stacks/monitoring.yml: rolling update"),
+        "{text}"
+    );
+    assert!(!text.contains("stack cache"), "{text}");
+    assert!(text.ends_with("swarm: 2 steps"), "{text}");
+    cl2.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let deployed = w.sim.with(|s| s.images.clone());
+    for service in ["pd_traefik", "pd_traefik-b", "monitoring_placeholder"] {
+        assert_eq!(deployed[service], new, "{service}");
+    }
+    assert_eq!(deployed["pd_varnish"], c.images.get("varnish"));
+    assert_eq!(deployed["cache_sentinel"], c.images.get("redis"));
+    let p = cl2.plan(
+        &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
     assert_clean(&w.fake);
 }
 

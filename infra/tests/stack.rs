@@ -168,7 +168,11 @@ fn a_stack_is_created_left_alone_rolled_and_pruned_on_a_real_swarm() {
             ("PD_VARNISH_SECRET", &secret.to_string_lossy()),
             ("PD_EDGE_NET", "pd-edge"),
             ("PD_SITES_NET", "pd-sites"),
-        ]),
+        ])
+        .into_iter()
+        // The lab's own images, as `lab up` deploys it.
+        .chain(infra::cluster::images::Images::lab().vars())
+        .collect(),
         Duration::from_secs(60),
     );
     // Clean up before asserting.

@@ -315,6 +315,11 @@ impl Desired {
                 );
             }
         }
+        // What the stacks' `${PD_IMAGE_…}` are filled in with, and the sites' runtime.
+        let _ = writeln!(o, "images (pulled by the nodes; [images]):");
+        for i in super::images::IMAGES {
+            let _ = writeln!(o, "    {:<9} {}  {}", i.key, c.images.get(i.key), i.used_by);
+        }
         let rules_of = |target: &str| -> Vec<&Rule> {
             if target == s.name {
                 c.common_rules.iter().collect()
@@ -425,6 +430,14 @@ mod tests {
         let (c, d) = desired();
         let text = d.describe(&c);
         assert!(text.contains("worker     20 × s-8vcpu-16gb"), "{text}");
+        // The images it would deploy, the sites' runtime image among them.
+        for line in [
+            "images (pulled by the nodes; [images]):\n",
+            "    redis     registry.example.com/pressdock/redis:0.1.0  stacks/cache.yml (Redis, Sentinel)\n",
+            "    wordpress registry.example.com/pressdock/wordpress:0.1.0  the sites: the platform's [backends.swarm] runtime_image\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
     }
 
     #[test]

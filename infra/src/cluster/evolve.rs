@@ -472,7 +472,11 @@ impl<P: Provider, D: Docker, A: Platform> Cluster<'_, P, D, A> {
             &machines,
             true,
             |seen| swarm::plan_swarm_with(self.checked, &machines, seen, &|_| true, &self.stacks),
-            self.repo,
+            swarm_exec::StackSource {
+                repo: self.repo,
+                // The spec's images, whatever the environment says.
+                set: &self.checked.images.vars(),
+            },
             self.poll,
             progress,
         )

@@ -2,6 +2,8 @@
 //! planned against what the provider holds and applied.
 //!
 //! - [`spec`]: the file, parsed and checked (errors name the field).
+//! - [`images`]: the images the stacks and the platform run: the spec's `[images]` in
+//!   production, the lab's own `local/*:dev` builds in the lab.
 //! - [`desired`]: every resource the spec wants, named and tagged from the spec's `name`.
 //! - [`provider`]: what a cloud must answer and do; [`digitalocean`] is the real one.
 //! - [`plan`]: the difference, found by tags and names (no state file), pure.
@@ -21,6 +23,7 @@ pub mod cost;
 pub mod desired;
 pub mod digitalocean;
 pub mod evolve;
+pub mod images;
 pub mod plan;
 pub mod provider;
 pub mod spec;

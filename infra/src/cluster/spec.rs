@@ -5,6 +5,7 @@
 //! `serde_path_to_error`; the checks after parsing name it too. What the spec does not say
 //! (resource names, tags, cloud-init) is derived from it by [`super::desired`], so that two
 //! runs of the tool from the same spec want the same resources.
+use super::images::{IMAGES, Images, Reference};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -144,6 +145,36 @@ pub struct ClusterSpec {
     /// The network guard every worker runs (required: a worker without it serves no site).
     #[serde(default)]
     pub guard: Option<GuardSpec>,
+    /// The registry reference of every image the stacks and the platform run (required:
+    /// the nodes of a cloud have none of the lab's `local/*` builds). Checked into
+    /// [`Checked::images`].
+    #[serde(default)]
+    pub images: Option<ImagesSpec>,
+}
+
+/// `[images]`: a reference per image of [`super::images::IMAGES`], as written. Each is
+/// checked after parsing (well formed, pinned, not the lab's); a key the table should not
+/// have is a parse error naming it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSpec {
+    pub traefik: Option<String>,
+    pub varnish: Option<String>,
+    pub redis: Option<String>,
+    pub wordpress: Option<String>,
+}
+
+impl ImagesSpec {
+    /// The reference written for image `key`.
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traefik" => self.traefik.as_deref(),
+            "varnish" => self.varnish.as_deref(),
+            "redis" => self.redis.as_deref(),
+            "wordpress" => self.wordpress.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The network guard of every worker (`pressdock-infra guard`, docs/security.md "Network
@@ -208,6 +239,15 @@ struct RolesToml {
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Digitalocean,
+}
+
+impl ProviderKind {
+    /// Its machines have only what they pull from a registry (not the lab's own builds).
+    pub fn is_cloud(self) -> bool {
+        match self {
+            ProviderKind::Digitalocean => true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -407,6 +447,8 @@ pub struct Checked {
     /// Rules of each role, checked, in the spec's order.
     pub rules: BTreeMap<Role, Vec<Rule>>,
     pub common_rules: Vec<Rule>,
+    /// `[images]`, checked: what the stacks' `${PD_IMAGE_…}` are filled in with.
+    pub images: Images,
 }
 
 impl Checked {
@@ -817,11 +859,59 @@ fn check(mut spec: ClusterSpec) -> Result<Checked, SpecError> {
         }
     }
     check_guard(&spec, &rules)?;
+    let images = check_images(&spec)?;
     Ok(Checked {
         spec,
         rules,
         common_rules,
+        images,
     })
+}
+
+/// `[images]`: present, and for every image a reference that is well formed, pinned (a tag
+/// other than `latest`, or a digest: a re-run deploys the same image) and, for a cloud,
+/// pullable by its nodes (not the lab's `local/…` builds nor a `localhost` registry).
+fn check_images(spec: &ClusterSpec) -> Result<Images, SpecError> {
+    let Some(table) = &spec.images else {
+        return Err(err(
+            "images",
+            format!(
+                "missing: the registry reference of every image ({}; infra/README.md, \"Images\")",
+                IMAGES.map(|i| i.key).join(", ")
+            ),
+        ));
+    };
+    let mut refs = BTreeMap::new();
+    for i in IMAGES {
+        let f = format!("images.{}", i.key);
+        let Some(text) = table.get(i.key) else {
+            return Err(err(
+                f,
+                format!("missing: the registry reference of {}", i.used_by),
+            ));
+        };
+        let r = Reference::parse(text).map_err(|m| err(&f, m))?;
+        if spec.provider.is_cloud() && r.is_local() {
+            return Err(err(
+                f,
+                format!(
+                    "{text:?}: only the lab has its own builds (local/…) and no cloud node has a \
+                     localhost registry; push the image to a registry the nodes pull from"
+                ),
+            ));
+        }
+        if !r.is_pinned() {
+            return Err(err(
+                f,
+                format!(
+                    "{text:?}: not pinned; give a tag other than latest or a @sha256: digest, \
+                     so that every deploy runs the same image"
+                ),
+            ));
+        }
+        refs.insert(i.key, text.to_owned());
+    }
+    Ok(Images::from_checked(refs))
 }
 
 /// The guard's section: present (every worker needs it), a digest-pinned https binary, and
@@ -982,6 +1072,97 @@ mod tests {
         assert!(e.message.contains("roles.database.inbound"), "{e}");
         let e = bad("role = \"cache\"", "role = \"cachee\"");
         assert_eq!(e.field, "guard.allow[1].role", "{e}");
+    }
+
+    #[test]
+    fn images_come_from_a_registry_pinned_and_each_error_names_its_field() {
+        let c = Checked::parse(&production()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.images.get("redis"),
+            "registry.example.com/pressdock/redis:0.1.0"
+        );
+        assert_eq!(
+            c.images.runtime_image(),
+            "registry.example.com/pressdock/wordpress:0.1.0"
+        );
+        assert!(c.images.vars().values().all(|r| !r.starts_with("local/")));
+        let cases = [
+            // The lab's own build, or a registry on the node itself.
+            (
+                "redis = \"registry",
+                "redis = \"local/redis:dev\" # ",
+                "images.redis",
+                "only the lab",
+            ),
+            (
+                "varnish = \"registry.example.com",
+                "varnish = \"localhost:5000",
+                "images.varnish",
+                "only the lab",
+            ),
+            // Not pinned: `latest`, or no tag at all.
+            (
+                "traefik:0.1.0",
+                "traefik:latest",
+                "images.traefik",
+                "not pinned",
+            ),
+            ("varnish:0.1.0", "varnish", "images.varnish", "not pinned"),
+            // Not a reference.
+            (
+                "pressdock/wordpress:0.1.0",
+                "pressdock/WordPress:0.1.0",
+                "images.wordpress",
+                "path component",
+            ),
+            (
+                "redis:0.1.0",
+                "redis:0.1.0@sha256:beef",
+                "images.redis",
+                "digest",
+            ),
+            (
+                "traefik = \"registry.example.com/",
+                "traefik = \"registry.example.com:http/",
+                "images.traefik",
+                "is not a registry",
+            ),
+            ("traefik:0.1.0", "traefik:", "images.traefik", "tag"),
+        ];
+        for (from, to, field, says) in cases {
+            let e = bad(from, to);
+            assert_eq!(e.field, field, "{from} → {to}: {e}");
+            assert!(e.message.contains(says), "{from} → {to}: {e}");
+        }
+        // Missing: one image, or the table.
+        let text = production();
+        let line = "wordpress = \"registry.example.com/pressdock/wordpress:0.1.0\"\n";
+        assert!(text.contains(line));
+        let e = Checked::parse(&text.replacen(line, "", 1)).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.field.as_str()),
+            Some("images.wordpress"),
+            "{e:?}"
+        );
+        let start = text.find("[images]\n").unwrap_or(0);
+        let end = text[start..].find("\n\n").map_or(start, |n| start + n);
+        let e = Checked::parse(&format!("{}{}", &text[..start], &text[end..])).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.field.as_str()),
+            Some("images"),
+            "{e:?}"
+        );
+        // A key no image has.
+        let e = bad("[images]\n", "[images]\nmemcached = \"a/b:1\"\n");
+        assert_eq!(e.field, "images.memcached", "{e}");
+        // A digest pins (a tag beside it too, even `latest`).
+        let digest = format!(
+            "registry.example.com/pressdock/redis@sha256:{}",
+            "0f".repeat(32)
+        );
+        let text = production().replacen("registry.example.com/pressdock/redis:0.1.0", &digest, 1);
+        let c = Checked::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.images.vars()["PD_IMAGE_REDIS"], digest);
     }
 
     #[test]

@@ -1134,6 +1134,7 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
+    /// The edge's variables, with the lab's images.
     fn edge_vars() -> BTreeMap<String, String> {
         [
             ("PD_VCL_DIR", "/srv/vcl"),
@@ -1146,6 +1147,7 @@ mod tests {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(crate::cluster::images::Images::lab().vars())
         .collect()
     }
 

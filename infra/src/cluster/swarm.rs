@@ -61,8 +61,13 @@ pub struct StackFile {
     pub hash: String,
 }
 
-/// [`STACKS`] with their hashes, from the files under `repo` and the environment.
-pub fn stack_files(repo: &std::path::Path) -> anyhow::Result<Vec<StackFile>> {
+/// [`STACKS`] with their hashes, from the files under `repo` and their variables: `set`'s
+/// (the deployer's own: the spec's images, [`super::images::Images::vars`]), else the
+/// environment's, as [`super::swarm_exec::stack_vars`] fills them in.
+pub fn stack_files(
+    repo: &std::path::Path,
+    set: &BTreeMap<String, String>,
+) -> anyhow::Result<Vec<StackFile>> {
     use sha2::{Digest, Sha256};
     let mut out = Vec::new();
     for (stack, file) in STACKS {
@@ -79,7 +84,11 @@ pub fn stack_files(repo: &std::path::Path) -> anyhow::Result<Vec<StackFile>> {
         vars.sort_unstable();
         vars.dedup();
         for v in vars {
-            h.update(format!("\n{v}={}", std::env::var(v).unwrap_or_default()).as_bytes());
+            let value = match set.get(v) {
+                Some(x) => x.clone(),
+                None => std::env::var(v).unwrap_or_default(),
+            };
+            h.update(format!("\n{v}={value}").as_bytes());
         }
         out.push(StackFile {
             stack: stack.into(),
@@ -766,11 +775,14 @@ pub(super) mod tests {
             let Some(stack_name) = stack_name else {
                 panic!("{file}: a compose file no deployer deploys (add it to STACKS)");
             };
-            // Values like production's: the swarm's networks, counts, absolute paths.
+            // Values like production's: the spec's images, the swarm's networks, counts,
+            // absolute paths.
+            let images = c.images.vars();
             let vars = stack::variables(&text)
                 .into_iter()
                 .map(|v| {
                     let value = match v.as_str() {
+                        x if images.contains_key(x) => images[x].clone(),
                         "PD_EDGE_NET" => crate::lab::EDGE_NET.to_owned(),
                         "PD_SITES_NET" => crate::lab::SITES_NET.to_owned(),
                         x if x.ends_with("_REPLICAS") || x.ends_with("_QUORUM") => "2".to_owned(),
@@ -853,5 +865,121 @@ pub(super) mod tests {
             lab.iter()
                 .all(|n| satisfies(n, "node.labels.pressdock.role != proxysql"))
         );
+    }
+
+    /// The stack files' images (issue 15, item 4): every service of every compose file in
+    /// `stacks/` names its image by a `${PD_IMAGE_…}` variable, and the deployer resolves
+    /// each one, in production to the spec's `[images]` (no `local/…` left, nothing
+    /// unresolved), in the lab to its own builds; the production deploy's variables
+    /// ([`super::super::swarm_exec::stack_vars`]) carry the spec's images, and a changed
+    /// image changes the stack's hash (a rolling update).
+    #[test]
+    fn every_stack_image_resolves_to_the_specs_in_production_and_the_labs_in_the_lab() {
+        use crate::cluster::images::{IMAGES, Images};
+        use crate::cluster::stack;
+        let (c, _) = setup();
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files: Vec<String> = std::fs::read_dir(repo.join("stacks"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("stacks/{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let prod = c.images.vars();
+        let lab = Images::lab().vars();
+        let mut used = std::collections::BTreeSet::new();
+        let mut services = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(repo.join(file)).unwrap_or_default();
+            if !text.lines().any(|l| l == "services:") {
+                continue;
+            }
+            // No image written into a stack file: each is a variable the deployer sets.
+            for l in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("image:"))
+            {
+                let v = l.trim_start().trim_start_matches("image:").trim();
+                assert!(
+                    v.starts_with("${PD_IMAGE_") && v.ends_with('}'),
+                    "{file}: {l:?} is not image: ${{PD_IMAGE_…}}"
+                );
+            }
+            for (set, production) in [(&prod, true), (&lab, false)] {
+                // The images from `set`; every other variable a placeholder.
+                let vars = stack::variables(&text)
+                    .into_iter()
+                    .map(|v| {
+                        let value = match v.as_str() {
+                            x if set.contains_key(x) => set[x].clone(),
+                            "PD_EDGE_NET" => crate::lab::EDGE_NET.to_owned(),
+                            "PD_SITES_NET" => crate::lab::SITES_NET.to_owned(),
+                            x if x.ends_with("_REPLICAS") || x.ends_with("_QUORUM") => {
+                                "2".to_owned()
+                            }
+                            x => format!("/srv/{}", x.to_lowercase()),
+                        };
+                        (v, value)
+                    })
+                    .collect();
+                let parsed =
+                    stack::parse("s", &text, &vars).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+                for (name, spec) in &parsed.services {
+                    let image = spec
+                        .task_template
+                        .as_ref()
+                        .and_then(|t| t.container_spec.as_ref())
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default();
+                    assert!(
+                        set.values().any(|r| *r == image),
+                        "{file}: {name}: {image:?} is none of {set:?}"
+                    );
+                    assert!(!image.contains('$'), "{file}: {name}: {image}");
+                    if production {
+                        assert!(!image.starts_with("local/"), "{file}: {name}: {image}");
+                        services += 1;
+                        used.insert(image);
+                    } else {
+                        assert!(image.starts_with("local/"), "{file}: {name}: {image}");
+                    }
+                }
+            }
+            // What the production deployer passes for this file: the spec's images.
+            let vars = super::super::swarm_exec::stack_vars(&repo, file, &prod)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            for v in stack::variables(&text)
+                .iter()
+                .filter(|v| v.starts_with("PD_IMAGE_"))
+            {
+                assert_eq!(vars.get(v), prod.get(v), "{file}: {v}");
+            }
+        }
+        // Production's stacks run traefik, varnish and redis from the spec (the runtime
+        // image is the platform's: sites are not a stack in production).
+        // pd: traefik, traefik-b, varnish; cache: master, replica, sentinel; monitoring:
+        // placeholder; the lab's test site: hello.
+        assert_eq!(services, 8);
+        for key in ["traefik", "varnish", "redis"] {
+            assert!(used.contains(c.images.get(key)), "{key} unused");
+        }
+        assert_eq!(IMAGES.len(), prod.len());
+        // A changed image rolls its stacks.
+        let before = stack_files(&repo, &prod).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut other = prod.clone();
+        other.insert(
+            "PD_IMAGE_REDIS".into(),
+            "registry.example.com/pressdock/redis:0.1.1".into(),
+        );
+        let after = stack_files(&repo, &other).unwrap_or_else(|e| panic!("{e:#}"));
+        let changed: Vec<&str> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b.hash != a.hash)
+            .map(|(b, _)| b.stack.as_str())
+            .collect();
+        assert_eq!(changed, ["cache"]);
     }
 }

@@ -50,14 +50,22 @@ pub trait Docker {
     }
 }
 
-/// The `${…}` variables a stack file names, from this process's environment (the
-/// operator's `PD_*` settings). A file that cannot be read names none (the deployer that
-/// reads it reports that).
-pub fn stack_vars(repo: &std::path::Path, file: &str) -> Result<BTreeMap<String, String>> {
+/// The `${…}` variables a stack file names: those the deployer sets itself (`set`: the
+/// spec's images, [`super::images::Images::vars`]; the environment cannot change them), the
+/// others from this process's environment (the operator's `PD_*` settings). A file that
+/// cannot be read names none (the deployer that reads it reports that).
+pub fn stack_vars(
+    repo: &std::path::Path,
+    file: &str,
+    set: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(repo.join(file)).unwrap_or_default();
     Ok(super::stack::variables(&text)
         .into_iter()
-        .filter_map(|v| std::env::var(&v).ok().map(|x| (v, x)))
+        .filter_map(|v| {
+            let x = set.get(&v).cloned().or_else(|| std::env::var(&v).ok())?;
+            Some((v, x))
+        })
         .collect())
 }
 
@@ -261,6 +269,17 @@ pub fn observe_with(
 /// stack's rollout, a drained node's tasks), `poll` apart.
 pub const MAX_LOOKS: u32 = 600;
 
+/// Where the stacks are and the variables the deployer sets itself, for [`execute`].
+#[derive(Clone, Copy, Debug)]
+pub struct StackSource<'a> {
+    /// Where `stacks/` is.
+    pub repo: &'a std::path::Path,
+    /// Variables every stack gets whatever the environment says: the images
+    /// ([`super::images::Images::vars`]: the spec's in production, the lab's own builds in
+    /// the lab).
+    pub set: &'a BTreeMap<String, String>,
+}
+
 /// Looks at the machines (`tolerate_down` as in [`observe_with`]), plans with `plan` and runs
 /// the steps on the swarm's leader: the sequence `cluster apply --swarm`, `lab up` and the
 /// tests share (`cluster swarm` runs its parts itself: it prints the plan first, and has a
@@ -270,7 +289,7 @@ pub fn converge(
     machines: &[Machine],
     tolerate_down: bool,
     plan: impl FnOnce(&ObservedSwarm) -> Vec<Step>,
-    repo: &std::path::Path,
+    stacks: StackSource<'_>,
     poll: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Step>> {
@@ -280,22 +299,23 @@ pub fn converge(
         return Ok(steps);
     }
     let leader = super::swarm::leader(machines, &seen).context("no manager")?;
-    execute(d, machines, &leader.name, &steps, repo, poll, progress)?;
+    execute(d, machines, &leader.name, &steps, stacks, poll, progress)?;
     Ok(steps)
 }
 
 /// Runs the steps, in order. `leader`: the manager that runs the swarm-wide commands
-/// ([`super::swarm::leader`]). `repo`: where `stacks/` is. `poll`: between two looks at a
-/// joining manager, a booting machine, a rollout.
+/// ([`super::swarm::leader`]). `stacks`: where `stacks/` is, and the variables set for
+/// them. `poll`: between two looks at a joining manager, a booting machine, a rollout.
 pub fn execute(
     d: &impl Docker,
     machines: &[Machine],
     leader: &str,
     steps: &[Step],
-    repo: &std::path::Path,
+    stacks: StackSource<'_>,
     poll: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
+    let repo = stacks.repo;
     let first = machines
         .iter()
         .find(|m| m.name == leader)
@@ -354,10 +374,16 @@ pub fn execute(
             }
         }
         if let Step::Deploy { stack, file, .. } = step {
-            // The compose file is read here, on the operator's machine; its variables from
-            // the operator's environment.
-            d.deploy_stack(target, stack, repo, file, &stack_vars(repo, file)?)
-                .with_context(|| step.to_string())?;
+            // The compose file is read here, on the operator's machine; its images from the
+            // spec, its other variables from the operator's environment.
+            d.deploy_stack(
+                target,
+                stack,
+                repo,
+                file,
+                &stack_vars(repo, file, stacks.set)?,
+            )
+            .with_context(|| step.to_string())?;
         } else {
             d.run(target, &args)
                 .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
@@ -721,7 +747,10 @@ mod tests {
             ms,
             false,
             |o| plan_swarm(c, ms, o, &|_| true),
-            std::path::Path::new("/repo"),
+            StackSource {
+                repo: std::path::Path::new("/repo"),
+                set: &c.images.vars(),
+            },
             Duration::ZERO,
             &mut |l| lines.push(l.to_owned()),
         )

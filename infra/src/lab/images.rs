@@ -27,8 +27,9 @@ pub struct Overlay {
 }
 
 impl Recipe {
+    /// What the lab's stacks are deployed with (`${PD_IMAGE_…}`, `cluster::images`).
     pub fn tag(&self) -> String {
-        format!("local/{}:dev", self.name)
+        crate::cluster::images::lab_reference(&self.name)
     }
     /// The cached root filesystem built from the recipe.
     pub fn tarball(&self) -> PathBuf {

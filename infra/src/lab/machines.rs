@@ -130,7 +130,10 @@ pub fn converge(lab: &Lab, ready: bool) -> Result<usize> {
         &ms,
         false,
         |o| swarm::plan_swarm_labelled(&labels, &ms, o, &|_| ready, &[]),
-        &lab.repo,
+        swarm_exec::StackSource {
+            repo: &lab.repo,
+            set: &crate::cluster::images::Images::lab().vars(),
+        },
         Duration::from_millis(300),
         &mut |l| {
             if l.trim() != "done" {

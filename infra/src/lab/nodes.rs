@@ -540,26 +540,29 @@ pub fn deploy_monitoring(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// One progress line per service a deploy created, updated or removed.
 /// Deploys one compose file of `stacks/` as the stack `name` on the first manager, through
-/// the production deployer.
+/// the production deployer, with `vars` and the lab's own images (`${PD_IMAGE_…}`: the
+/// `local/*:dev` builds `lab up` imported on every node, where production has the spec's).
 fn deploy_stack(
     lab: &Lab,
     name: &str,
     file: &str,
     vars: &std::collections::BTreeMap<String, String>,
 ) -> Result<std::collections::BTreeMap<String, crate::cluster::stack::Outcome>> {
+    let mut vars = vars.clone();
+    vars.extend(crate::cluster::images::Images::lab().vars());
     crate::cluster::stack::deploy_file(
         &lab.topo.first_manager().sock(),
         name,
         &lab.repo,
         file,
-        vars,
+        &vars,
         Duration::from_secs(180),
     )
     .with_context(|| format!("deploying {file}"))
 }
 
+/// One progress line per service a deploy created, updated or removed.
 fn report(what: &str, done: &std::collections::BTreeMap<String, crate::cluster::stack::Outcome>) {
     for (svc, outcome) in done {
         if *outcome != crate::cluster::stack::Outcome::Unchanged {

@@ -107,7 +107,7 @@ vcl_dir_in_instance = "/etc/varnish/pressdock"
 
 [backends.swarm]
 docker_host = "{docker_host}"
-runtime_image = "local/wordpress:dev"
+runtime_image = "{runtime_image}"
 site_network = "{SITES_NET}"
 edge_network = "{EDGE_NET}"
 cert_resolver = ""
@@ -166,6 +166,8 @@ final_backup = true
         admin = s.galera_admin,
         galera_nodes = galera_nodes.join(", "),
         redis_section = redis_section(lab, &sentinels),
+        // The lab's own build (production's is the spec's `images.wordpress`).
+        runtime_image = crate::cluster::images::Images::lab().runtime_image(),
         gluster_host = super::GLUSTER_HOST,
         mount = m1.gluster_mount().display(),
         varnish = varnish.join(", "),
