@@ -336,10 +336,7 @@ pub fn plan_storage(
             continue;
         }
         let ip = m.private_ip.to_string();
-        let ok = o
-            .peers
-            .iter()
-            .any(|p| p.connected && p.names.iter().any(|n| *n == ip));
+        let ok = o.peers.iter().any(|p| p.connected && p.names.contains(&ip));
         if !ok {
             steps.push(Step::Probe {
                 on: on.clone(),
@@ -358,9 +355,7 @@ pub fn plan_storage(
             (false, BTreeMap::new())
         }
         Some(v) => {
-            let mut n = v.bricks.len();
-            for b in add {
-                n += 1;
+            for (n, b) in (v.bricks.len() + 1..).zip(add) {
                 steps.push(Step::AddBrick {
                     on: on.clone(),
                     replica: n,
@@ -630,10 +625,7 @@ pub fn execute(
             let mut n = 0;
             loop {
                 let peers = parse_peers(&run_gluster(sh, m, &gluster(&["peer", "status"]), poll)?);
-                if peers
-                    .iter()
-                    .any(|p| p.connected && p.names.iter().any(|x| *x == ip))
-                {
+                if peers.iter().any(|p| p.connected && p.names.contains(&ip)) {
                     break;
                 }
                 n += 1;
