@@ -559,6 +559,9 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                     &mut |l| eprintln!("{l}"),
                 )?;
             }
+            // The storage tier: the Gluster volume and its mounts (ssh to the nodes).
+            let shell = cluster::storage::SshShell { user: docker.user };
+            storage_steps(&checked, &machines, &shell, !dry_run, dry_run)?;
             return Ok(());
         }
         let (replace, replace_failed, with_swarm, ssh_user) = match &cmd {
@@ -610,15 +613,32 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             let seen = c.observe().await?;
             let p = c.plan(&seen, &replace, replace_failed);
             println!("{p}");
+            let shell = cluster::storage::SshShell {
+                user: docker.user.clone(),
+            };
+            let (machines, missing) = cluster::swarm::machines(&desired, &seen.observed.droplets);
             if let ClusterCmd::Apply { allow_destroy, .. } = cmd {
+                if !p.is_empty() {
+                    c.apply(allow_destroy, &replace, replace_failed, &mut |l| {
+                        eprintln!("{l}")
+                    })
+                    .await?;
+                }
+                // The storage tier once every droplet has its addresses: the Gluster volume
+                // and the workers' and managers' mounts (a second run plans nothing).
+                let after = cluster::observe(&client, &desired).await?;
+                let (machines, missing) = cluster::swarm::machines(&desired, &after.droplets);
+                if !missing.is_empty() {
+                    anyhow::bail!(
+                        "storage: droplet(s) without addresses ({}): run apply again",
+                        missing.join(", ")
+                    );
+                }
+                let ran = storage_steps(&checked, &machines, &shell, true, false)?;
                 if p.is_empty() {
-                    println!("nothing to do");
+                    println!("nothing to do{}", if ran > 0 { " but storage" } else { "" });
                     return Ok(());
                 }
-                c.apply(allow_destroy, &replace, replace_failed, &mut |l| {
-                    eprintln!("{l}")
-                })
-                .await?;
                 let after = c.plan(&c.observe().await?, &[], false);
                 println!(
                     "applied; plan now: {}",
@@ -628,6 +648,12 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                         after.to_string()
                     }
                 );
+                return Ok(());
+            }
+            if missing.is_empty() {
+                storage_steps(&checked, &machines, &shell, false, false)?;
+            } else {
+                println!("storage: planned once every droplet exists");
             }
             return Ok(());
         }
@@ -661,6 +687,34 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The storage tier's steps (`cluster::storage`): observed over SSH (or, `fresh`, as for
+/// nodes with nothing yet), printed, and run if `run`. A refusal (a brick would be lost) is
+/// an error. Returns how many steps there were.
+fn storage_steps(
+    checked: &infra::cluster::spec::Checked,
+    machines: &[infra::cluster::swarm::Machine],
+    shell: &infra::cluster::storage::SshShell,
+    run: bool,
+    fresh: bool,
+) -> Result<usize> {
+    let poll = std::time::Duration::from_secs(1);
+    let seen = if fresh {
+        infra::cluster::storage::ObservedStorage::default()
+    } else {
+        infra::cluster::storage::observe(shell, machines, poll)?
+    };
+    let steps = infra::cluster::storage::plan_storage(checked, machines, &seen)
+        .map_err(|e| anyhow::anyhow!("storage: refusing: {e}"))?;
+    for s in &steps {
+        println!("> {s}");
+    }
+    println!("storage: {} steps", steps.len());
+    if run {
+        infra::cluster::storage::execute(shell, machines, &steps, poll, &mut |l| eprintln!("{l}"))?;
+    }
+    Ok(steps.len())
 }
 
 /// The running lab, as recorded by the last `lab up`.

@@ -14,6 +14,8 @@
 //! - [`backup`]: Galera (mariabackup) and the swarm's state to S3, and their restore.
 //! - [`cost`]: the spec's monthly cost from the provider's prices, per site.
 //! - [`stack`]: `docker stack deploy` through the Engine API (bollard), for the lab and production.
+//! - [`storage`]: the Gluster volume `sites` on the storage nodes and its mounts on workers and
+//!   managers (over SSH), planned like the swarm steps.
 //! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks;
 //!   [`swarm_exec`] observes the machines and runs the steps (docker over SSH).
 pub mod apply;
@@ -28,6 +30,7 @@ pub mod plan;
 pub mod provider;
 pub mod spec;
 pub mod stack;
+pub mod storage;
 pub mod swarm;
 pub mod swarm_exec;
 
