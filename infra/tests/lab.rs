@@ -1502,12 +1502,10 @@ fn run_id(lab: &Lab, (ip, port): &(String, String)) -> String {
 /// The cache stack's service whose tasks publish `port` (the master's 6379 or the
 /// replicas' 6380), as its full swarm name.
 fn cache_service_of_port(port: &str) -> String {
-    let svc = if port == lab::nodes::CACHE_MASTER_PORT.to_string() {
-        "redis-master"
-    } else if port == lab::nodes::CACHE_REPLICA_PORT.to_string() {
-        "redis-replica"
-    } else {
-        "sentinel"
+    let svc = match port.parse::<u16>() {
+        Ok(lab::nodes::CACHE_MASTER_PORT) => "redis-master",
+        Ok(lab::nodes::CACHE_REPLICA_PORT) => "redis-replica",
+        _ => "sentinel",
     };
     format!("{}_{svc}", lab::nodes::CACHE_STACK)
 }
@@ -1616,17 +1614,20 @@ fn only_default_is_admin(lab: &Lab, (ip, port): &(String, String)) -> Result<(),
     let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let hashed = |w: &[String]| {
         w.iter().any(|x| {
-            x.len() == 65 && x.starts_with('#') && x[1..].bytes().all(|b| b.is_ascii_hexdigit())
+            x.len() == 65
+                && x.strip_prefix('#')
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
         })
     };
     let mut wrong = Vec::new();
-    let default: Vec<&&str> = lines
+    let default: Vec<&str> = lines
         .iter()
+        .copied()
         .filter(|l| l.starts_with("user default "))
         .collect();
     match default[..] {
         [d] => {
-            let w = words(*d);
+            let w = words(d);
             if !(w.contains(&"on".to_owned()) && hashed(&w) && w.contains(&"~*".to_owned()))
                 || w.contains(&"nopass".to_owned())
             {
@@ -1635,8 +1636,12 @@ fn only_default_is_admin(lab: &Lab, (ip, port): &(String, String)) -> Result<(),
         }
         _ => wrong.push("no one default user".to_owned()),
     }
-    for l in lines.iter().filter(|l| !l.starts_with("user default ")) {
-        let w = words(*l);
+    for l in lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("user default "))
+    {
+        let w = words(l);
         let wide = w.iter().any(|x| {
             matches!(
                 x.as_str(),
