@@ -1449,6 +1449,419 @@ fn cache_stack_replicates_fails_over_and_refuses_strangers() {
     );
 }
 
+/// The cache stack's master and a replica of it (`ip`, `port` each), as the host reaches them:
+/// what the Sentinel at the first cache node names, once the master answers as one and the
+/// replica follows it with the link up; `None` until then.
+fn cache_master_and_replica(lab: &Lab) -> Option<((String, String), (String, String))> {
+    let pw = &lab.secrets.redis_admin;
+    let name = lab::nodes::CACHE_MASTER_NAME;
+    let sentinel = lab.topo.cache_nodes().first()?.ip.clone();
+    let sp = lab::nodes::CACHE_SENTINEL_PORT.to_string();
+    let m = host_redis(
+        &sentinel,
+        &sp,
+        Some(pw),
+        &["sentinel", "get-master-addr-by-name", name],
+    );
+    let mut it = m.split_whitespace();
+    let (mi, mp) = (it.next()?.to_owned(), it.next()?.to_owned());
+    if host_redis(&mi, &mp, Some(pw), &["role"]).lines().next() != Some("master") {
+        return None;
+    }
+    let reps = host_redis(&sentinel, &sp, Some(pw), &["sentinel", "replicas", name]);
+    sentinel_replicas(&reps).into_iter().find_map(|r| {
+        if r.get("flags").map(String::as_str) != Some("slave") {
+            return None;
+        }
+        let (ri, rp) = (r.get("ip")?.clone(), r.get("port")?.clone());
+        let info =
+            fields(&host_redis(&ri, &rp, Some(pw), &["info", "replication"]).replace(':', "="));
+        (info.get("master_host") == Some(&mi)
+            && info.get("master_port") == Some(&mp)
+            && info.get("master_link_status").map(String::as_str) == Some("up"))
+        .then(|| ((mi.clone(), mp.clone()), (ri, rp)))
+    })
+}
+
+/// The run id of the Redis process at `ip:port` (tells a restarted task from the old one).
+fn run_id(lab: &Lab, (ip, port): &(String, String)) -> String {
+    fields(
+        &host_redis(
+            ip,
+            port,
+            Some(&lab.secrets.redis_admin),
+            &["info", "server"],
+        )
+        .replace(':', "="),
+    )
+    .get("run_id")
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// The cache stack's service whose tasks publish `port` (the master's 6379 or the
+/// replicas' 6380), as its full swarm name.
+fn cache_service_of_port(port: &str) -> String {
+    let svc = match port.parse::<u16>() {
+        Ok(lab::nodes::CACHE_MASTER_PORT) => "redis-master",
+        Ok(lab::nodes::CACHE_REPLICA_PORT) => "redis-replica",
+        _ => "sentinel",
+    };
+    format!("{}_{svc}", lab::nodes::CACHE_STACK)
+}
+
+/// The running container of a swarm service on one of the cache nodes: its node's host
+/// name and its id.
+fn cache_container(lab: &Lab, service: &str) -> Option<(String, String)> {
+    lab.topo.cache_nodes().iter().find_map(|n| {
+        let out = n
+            .docker([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={service}"),
+            ])
+            .output()
+            .ok()?;
+        let id = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .to_owned();
+        (!id.is_empty()).then(|| (n.host(), id))
+    })
+}
+
+/// Kills the running container of a cache stack service (swarm starts a new task for it).
+fn kill_cache_container(lab: &Lab, service: &str) {
+    let (host, id) = cache_container(lab, service)
+        .unwrap_or_else(|| panic!("no running container of {service}"));
+    let node = lab
+        .topo
+        .nodes()
+        .into_iter()
+        .find(|n| n.host() == host)
+        .expect("node");
+    let out = node.docker(["kill", &id]).output().expect("docker kill");
+    assert!(out.status.success(), "docker kill {service}: {out:?}");
+}
+
+/// A site's user on one Redis node, as the site would use it: it logs in with its password
+/// (not with a wrong one, not without), reads and (on the master) writes its own keys, and
+/// is refused other keys and server-wide commands. `Err` says what differed.
+fn site_user_limited(
+    (ip, port): &(String, String),
+    user: &str,
+    pw: &str,
+    prefix: &str,
+    master: bool,
+) -> Result<(), String> {
+    let own = format!("{prefix}probe");
+    let as_site = |args: &[&str]| {
+        let mut a = vec!["--user", user];
+        a.extend_from_slice(args);
+        host_redis(ip, port, Some(pw), &a)
+    };
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, got: String, ok: bool| {
+        if !ok {
+            wrong.push(format!("{what}: {got}"));
+        }
+    };
+    let who = as_site(&["acl", "whoami"]);
+    check("whoami", who.clone(), who == user);
+    if master {
+        let set = as_site(&["set", &own, "kept", "ex", "600"]);
+        check("set own key", set.clone(), set == "OK");
+        // The replica has it before it is read there.
+        let _ = as_site(&["wait", "1", "2000"]);
+    }
+    let get = as_site(&["get", &own]);
+    check("get own key", get.clone(), get == "kept");
+    for args in [
+        &["get", "pdtest:not-the-site"][..],
+        &["set", "pdtest:not-the-site", "x"],
+        &["acl", "list"],
+        &["config", "get", "aclfile"],
+        &["keys", "*"],
+        &["flushall"],
+    ] {
+        let got = as_site(args);
+        check(&args.join(" "), got.clone(), got.contains("NOPERM"));
+    }
+    let got = host_redis(
+        ip,
+        port,
+        Some("not-the-password"),
+        &["--user", user, "ping"],
+    );
+    check("wrong password", got.clone(), got.contains("WRONGPASS"));
+    let got = host_redis(ip, port, None, &["get", &own]);
+    check("no password", got.clone(), got.starts_with("NOAUTH"));
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{ip}:{port}: {}", wrong.join("; ")))
+    }
+}
+
+/// The node's users (`ACL LIST` as its admin): `default` on, with a password hash and every
+/// key, the one such user; every other user has a password hash, is not `nopass` and has
+/// no key pattern beyond its own prefix. `Err` names what differed.
+fn only_default_is_admin(lab: &Lab, (ip, port): &(String, String)) -> Result<(), String> {
+    let list = host_redis(ip, port, Some(&lab.secrets.redis_admin), &["acl", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let hashed = |w: &[String]| {
+        w.iter().any(|x| {
+            x.len() == 65
+                && x.strip_prefix('#')
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+    };
+    let mut wrong = Vec::new();
+    let default: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("user default "))
+        .collect();
+    match default[..] {
+        [d] => {
+            let w = words(d);
+            if !(w.contains(&"on".to_owned()) && hashed(&w) && w.contains(&"~*".to_owned()))
+                || w.contains(&"nopass".to_owned())
+            {
+                wrong.push(format!("default is not the password-holding admin: {d}"));
+            }
+        }
+        _ => wrong.push("no one default user".to_owned()),
+    }
+    for l in lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("user default "))
+    {
+        let w = words(l);
+        let wide = w.iter().any(|x| {
+            matches!(
+                x.as_str(),
+                "~*" | "allkeys" | "nopass" | "%R~*" | "%W~*" | "%RW~*"
+            )
+        });
+        if !l.starts_with("user ") || wide || !hashed(&w) {
+            wrong.push(format!("a user besides default: {l}"));
+        }
+    }
+    if lines.is_empty() {
+        wrong.push(format!("no ACL LIST: {list}"));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{ip}:{port}: {}", wrong.join("; ")))
+    }
+}
+
+/// A site's ACL users on the cache stack outlive its tasks: a user the platform's driver
+/// (`RedisSentinelDriver`, pointed at the stack's Sentinels as `lab up --platform-redis
+/// stack` does) creates is on the master, the replica (each `ACL SAVE`d to its node's
+/// volume) and the Sentinel; the master's container is killed (Sentinel promotes the
+/// replica, the new task replicates it), then the new replica's, then the Sentinel's: after
+/// each, the site still logs in everywhere with its password and reaches only its own keys,
+/// and the `default` user (the stack's password) stays the one admin, with nothing that logs
+/// in without a password. The driver then removes the user and it is gone from the nodes and
+/// their files.
+#[test]
+fn cache_stack_keeps_site_acl_users_across_task_restarts() {
+    use backends::{RedisSentinelDriver, Secret, SiteCache, SitePassword, SiteResourceId};
+    let Some((_g, lab)) = begin() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let admin = lab.secrets.redis_admin.clone();
+    let name = lab::nodes::CACHE_MASTER_NAME;
+    let sentinel_port = lab::nodes::CACHE_SENTINEL_PORT.to_string();
+    let sentinel = (lab.topo.cache_nodes()[0].ip.clone(), sentinel_port.clone());
+    let driver = RedisSentinelDriver::new(&backends::config::RedisConfig {
+        sentinels: lab
+            .topo
+            .cache_nodes()
+            .iter()
+            .map(|n| format!("{}:{sentinel_port}", n.ip))
+            .collect(),
+        master_name: name.to_owned(),
+        admin_user: None,
+        admin_password: Some(Secret::new(admin.clone())),
+        sentinel_user: None,
+        sentinel_password: Some(Secret::new(admin.clone())),
+        unlink_batch: 100,
+    })
+    .expect("driver");
+    let (master, replica) = wait_until(
+        "the cache stack's Sentinel to name a master and a replica that follows it",
+        180,
+        1000,
+        || cache_master_and_replica(&lab),
+    );
+    let t0 = Instant::now();
+    let id = SiteResourceId::generate();
+    let site_pw = SitePassword::generate();
+    let user = id.resource_name();
+    let prefix = id.redis_prefix();
+    let made = rt
+        .block_on(driver.ensure_site_cache(&id, &site_pw))
+        .expect("ensure_site_cache");
+    // Every data node took the user and saved it to its aclfile; the Sentinel took its
+    // discovery-only user.
+    let data: Vec<_> = made
+        .nodes
+        .iter()
+        .filter(|n| n.role != backends::redis::NodeRole::Sentinel)
+        .collect();
+    assert_eq!(data.len(), 2, "{made:?}");
+    assert!(
+        data.iter().all(|n| n.reachable && n.saved == Some(true)),
+        "{made:?}"
+    );
+    assert!(made.nodes.iter().all(|n| n.reachable), "{made:?}");
+    let check_all = |master: &(String, String), replica: &(String, String), when: &str| {
+        for (node, is_master) in [(master, true), (replica, false)] {
+            if let Err(e) = site_user_limited(node, &user, site_pw.expose(), &prefix, is_master) {
+                panic!(
+                    "{when}: the site user on the {}: {e}",
+                    if is_master { "master" } else { "replica" }
+                );
+            }
+            if let Err(e) = only_default_is_admin(&lab, node) {
+                panic!("{when}: {e}");
+            }
+        }
+        // The Sentinel tells the site (as its own user) where the master is, and no more.
+        let found = host_redis(
+            &sentinel.0,
+            &sentinel.1,
+            Some(site_pw.expose()),
+            &["--user", &user, "sentinel", "get-master-addr-by-name", name],
+        );
+        assert_eq!(
+            found.split_whitespace().collect::<Vec<_>>(),
+            [master.0.as_str(), master.1.as_str()],
+            "{when}: the site's user on the Sentinel"
+        );
+        let masters = host_redis(
+            &sentinel.0,
+            &sentinel.1,
+            Some(site_pw.expose()),
+            &["--user", &user, "sentinel", "masters"],
+        );
+        assert!(masters.contains("NOPERM"), "{when}: {masters}");
+        let observed = rt
+            .block_on(driver.observe_site_cache(&id, Some(&site_pw)))
+            .expect("observe_site_cache");
+        assert!(observed.is_converged(), "{when}: {observed:?}");
+    };
+    check_all(&master, &replica, "created");
+    // The user is in each node's aclfile on its volume (`ACL SAVE`).
+    for (_, port) in [&master, &replica] {
+        let svc = cache_service_of_port(port);
+        let (host, c) = cache_container(&lab, &svc).expect("container");
+        let (ok, out) = exec_in(
+            &lab,
+            &host,
+            &c,
+            &format!("grep -c '^user {user} ' /data/redis-{port}.acl"),
+        );
+        assert!(
+            ok && out == "1",
+            "{svc}: {user} in /data/redis-{port}.acl: {out}"
+        );
+    }
+
+    // The master's task restarts: Sentinel promotes the replica, the new task follows it.
+    let (master_run, replica_run) = (run_id(&lab, &master), run_id(&lab, &replica));
+    let t1 = Instant::now();
+    kill_cache_container(&lab, &cache_service_of_port(&master.1));
+    let (m2, r2) = wait_until(
+        "the replica promoted and the killed master's new task replicating it",
+        180,
+        1000,
+        || {
+            let (m, r) = cache_master_and_replica(&lab)?;
+            (m == replica && r == master && run_id(&lab, &r) != master_run).then_some((m, r))
+        },
+    );
+    assert_eq!(run_id(&lab, &m2), replica_run);
+    let failover_s = t1.elapsed().as_secs_f64();
+    check_all(&m2, &r2, "after the master's task restarted");
+
+    // The replica's task restarts (the one that was the master's).
+    let r2_run = run_id(&lab, &r2);
+    let t2 = Instant::now();
+    kill_cache_container(&lab, &cache_service_of_port(&r2.1));
+    let (m3, r3) = wait_until(
+        "the replica's new task replicating the master",
+        180,
+        1000,
+        || {
+            let (m, r) = cache_master_and_replica(&lab)?;
+            (m == m2 && r == r2 && run_id(&lab, &r) != r2_run).then_some((m, r))
+        },
+    );
+    let replica_s = t2.elapsed().as_secs_f64();
+    check_all(&m3, &r3, "after the replica's task restarted");
+
+    // The Sentinel's task restarts (its users come from its config on the volume).
+    let t3 = Instant::now();
+    kill_cache_container(&lab, &format!("{}_sentinel", lab::nodes::CACHE_STACK));
+    let (m4, r4) = wait_until(
+        "the restarted Sentinel to name the master and its replica",
+        180,
+        1000,
+        || {
+            let (m, r) = cache_master_and_replica(&lab)?;
+            (m == m3 && r == r3).then_some((m, r))
+        },
+    );
+    let sentinel_s = t3.elapsed().as_secs_f64();
+    check_all(&m4, &r4, "after the Sentinel's task restarted");
+
+    // Removed through the driver: gone from every node and its file.
+    rt.block_on(driver.remove_site_cache(&id))
+        .expect("remove_site_cache");
+    let gone = rt
+        .block_on(driver.observe_site_cache(&id, None))
+        .expect("observe_site_cache");
+    assert!(gone.is_absent(), "{gone:?}");
+    for (_, port) in [&m4, &r4] {
+        let svc = cache_service_of_port(port);
+        let (host, c) = cache_container(&lab, &svc).expect("container");
+        let (_, out) = exec_in(
+            &lab,
+            &host,
+            &c,
+            &format!(
+                "grep -c '^user {user} ' /data/redis-{port}.acl; grep -c '^user default ' /data/redis-{port}.acl"
+            ),
+        );
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["0", "1"],
+            "{svc}"
+        );
+    }
+    eprintln!(
+        "cache stack: site user {user} made on master {}:{}, replica {}:{} and the Sentinel; \
+         master's task killed: failover and its new task following with the user {failover_s:.1}s; \
+         replica's task killed: back with the user {replica_s:.1}s; Sentinel's task killed: \
+         back with the user {sentinel_s:.1}s; {:.1}s in all",
+        master.0,
+        master.1,
+        replica.0,
+        replica.1,
+        t0.elapsed().as_secs_f64()
+    );
+}
+
 /// `redis-cli` from the host (where the platform runs) against `ip:port`, with the password
 /// through `REDISCLI_AUTH` (never on a command line) or with none; its output (stdout and
 /// stderr), `\r` removed.

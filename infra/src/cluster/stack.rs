@@ -15,6 +15,9 @@
 //!   counter, so only a real change replaces tasks, one at a time as `update_config` says.
 //! - Secrets are named `<stack>_<name>` like the CLI's; swarm secrets cannot change, so an
 //!   existing one is reused (rotate by removing it with its services).
+//! - Volumes: bind mounts of absolute host paths, and named volumes the file declares
+//!   (`volumes:` at the top), named `<stack>_<name>` like the CLI's: local to each node, made
+//!   by the engine where a task first mounts one (and kept when the task or stack goes).
 //!
 //! [`wait_rollout`] then waits until every service of the stack finished its update; a paused
 //! or rolled-back update is an error naming the service.
@@ -22,8 +25,8 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum,
-    Mount, MountTypeEnum, NetworkAttachmentConfig, NetworkCreateRequest, SecretSpec, ServiceSpec,
-    ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecUpdateConfig,
+    Mount, MountTypeEnum, MountVolumeOptions, NetworkAttachmentConfig, NetworkCreateRequest,
+    SecretSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecUpdateConfig,
     ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
     ServiceUpdateStatusStateEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile,
     TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecRestartPolicy,
@@ -91,6 +94,16 @@ struct Compose {
     networks: BTreeMap<String, NetworkDef>,
     #[serde(default)]
     secrets: BTreeMap<String, SecretDef>,
+    #[serde(default)]
+    volumes: BTreeMap<String, Option<NamedVolumeDef>>,
+}
+
+/// A named volume of the file (`volumes.<key>`): `{}` or empty, or another `name`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct NamedVolumeDef {
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -530,9 +543,20 @@ pub fn parse(stack: &str, text: &str, vars: &BTreeMap<String, String>) -> Result
             })
         })
         .collect::<Result<_>>()?;
+    let volumes: BTreeMap<String, String> = compose
+        .volumes
+        .iter()
+        .map(|(k, v)| {
+            let name = match v.as_ref().and_then(|v| v.name.clone()) {
+                Some(n) => n,
+                None => format!("{stack}_{k}"),
+            };
+            (k.clone(), name)
+        })
+        .collect();
     let mut services = BTreeMap::new();
     for (key, svc) in &compose.services {
-        let spec = service_spec(stack, key, svc, &networks, &secrets)
+        let spec = service_spec(stack, key, svc, &networks, &secrets, &volumes)
             .with_context(|| format!("services.{key}"))?;
         services.insert(format!("{stack}_{key}"), spec);
     }
@@ -550,6 +574,7 @@ fn service_spec(
     svc: &Service,
     networks: &[StackNetwork],
     secrets: &[StackSecret],
+    volumes: &BTreeMap<String, String>,
 ) -> Result<ServiceSpec> {
     let ns = || (NAMESPACE_LABEL.to_owned(), stack.to_owned());
     let mut container_labels: HashMap<String, String> =
@@ -568,8 +593,14 @@ fn service_spec(
     for (i, v) in svc.volumes.iter().enumerate() {
         let (source, target, ro) = match v {
             VolumeDef::Long(l) => {
-                if l.kind != "bind" {
-                    bail!("volumes[{i}].type: only `bind` is supported here");
+                if l.kind != "bind" && l.kind != "volume" {
+                    bail!("volumes[{i}].type: `bind` or `volume`");
+                }
+                if (l.kind == "volume") == l.source.starts_with('/') {
+                    bail!(
+                        "volumes[{i}].source: a named volume for `volume`, an absolute host \
+                         path for `bind`"
+                    );
                 }
                 (l.source.clone(), l.target.clone(), l.read_only)
             }
@@ -583,14 +614,29 @@ fn service_spec(
                 }
             }
         };
-        if !source.starts_with('/') {
-            bail!("volumes[{i}].source: an absolute host path (named volumes are not used)");
+        if source.starts_with('/') {
+            mounts.push(Mount {
+                target: Some(target),
+                source: Some(source),
+                typ: Some(MountTypeEnum::BIND),
+                read_only: ro.then_some(true),
+                ..Default::default()
+            });
+            continue;
         }
+        let name = volumes.get(&source).with_context(|| {
+            format!("volumes[{i}].source: {source} is not in the file's volumes")
+        })?;
         mounts.push(Mount {
             target: Some(target),
-            source: Some(source),
-            typ: Some(MountTypeEnum::BIND),
+            source: Some(name.clone()),
+            typ: Some(MountTypeEnum::VOLUME),
             read_only: ro.then_some(true),
+            // What the CLI labels a stack's volume with (the engine makes it so).
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(HashMap::from([ns()])),
+                ..Default::default()
+            }),
             ..Default::default()
         });
     }
@@ -1309,11 +1355,74 @@ mod tests {
                 .contains("deploy.mode")
         );
         assert!(parse("Bad Name", "services: {}", &vars).is_err());
+        assert!(
+            e("services:\n  a:\n    image: x\n    volumes: [\"data:/data\"]\n")
+                .contains("data is not in the file's volumes")
+        );
+        assert!(
+            e("services:\n  a:\n    image: x\n    volumes: [{type: volume, source: /srv, target: /d}]\n")
+                .contains("volumes[0].source")
+        );
         // `$$` is a dollar sign.
         assert_eq!(
             interpolate("a$$b ${PD_EDGE_NET}", &vars).ok().as_deref(),
             Some("a$b pd-edge")
         );
+    }
+
+    /// Every task of the cache stack keeps its node's ACL users on the node's named volume
+    /// `cache_redis` (the CLI's name and label), besides the node's address folder.
+    #[test]
+    fn the_cache_stack_keeps_its_users_on_a_named_volume_of_each_node() {
+        let text = std::fs::read_to_string(repo().join("stacks/cache.yml")).unwrap_or_default();
+        let vars: BTreeMap<String, String> = [
+            ("PD_REDIS_PASSWORD_FILE", "/srv/pw"),
+            ("PD_NODE_DIR", "/srv/node"),
+            ("PD_REDIS_REPLICAS", "2"),
+            ("PD_SENTINEL_QUORUM", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = parse("cache", &text, &vars).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            s.services.keys().collect::<Vec<_>>(),
+            [
+                "cache_redis-master",
+                "cache_redis-replica",
+                "cache_sentinel"
+            ]
+        );
+        for (name, spec) in &s.services {
+            let m = spec
+                .task_template
+                .as_ref()
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.mounts.clone())
+                .unwrap_or_default();
+            let data = m
+                .iter()
+                .find(|m| m.target.as_deref() == Some("/data"))
+                .unwrap_or_else(|| panic!("{name}: no /data mount in {m:?}"));
+            assert_eq!(data.typ, Some(MountTypeEnum::VOLUME), "{name}");
+            assert_eq!(data.source.as_deref(), Some("cache_redis"), "{name}");
+            assert_eq!(data.read_only, None, "{name}");
+            assert_eq!(
+                data.volume_options
+                    .as_ref()
+                    .and_then(|o| o.labels.as_ref())
+                    .and_then(|l| l.get(NAMESPACE_LABEL))
+                    .map(String::as_str),
+                Some("cache"),
+                "{name}"
+            );
+            assert!(
+                m.iter().any(|m| m.source.as_deref() == Some("/srv/node")
+                    && m.typ == Some(MountTypeEnum::BIND)
+                    && m.read_only == Some(true)),
+                "{name}: {m:?}"
+            );
+        }
     }
 
     #[test]

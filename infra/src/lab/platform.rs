@@ -216,8 +216,8 @@ sentinel_password = "{pw}"
 # The cache stack (`lab up --platform-redis stack`): its Sentinels at the cache nodes'
 # published port; Redis nodes and Sentinels have one password-protected `default` user
 # (the stack's secret), which the platform uses; each site gets its own ACL user on every
-# node and its discovery-only user on every Sentinel (not saved: no ACL file; the
-# reconciler applies them again after a restart).
+# node and its discovery-only user on every Sentinel, saved on the node's volume (`ACL
+# SAVE`, `SENTINEL FLUSHCONFIG`), so that they outlive a task's restart.
 sentinels = [{sentinels}]
 master_name = "{name}"
 admin_password = "{pw}"
