@@ -278,6 +278,21 @@ enum ClusterCmd {
         #[arg(long, default_value = "root")]
         ssh_user: String,
     },
+    /// A lost manager quorum, after `restore swarm` and dockerd started on the manager the
+    /// backup is of (infra/README.md, "Restore"): with --force-new-cluster, `swarm init
+    /// --force-new-cluster` on it if it has no leader; then every other manager leaves and
+    /// joins it again, one at a time, each `Reachable` before the next.
+    RecoverManagers {
+        /// The manager holding the restored swarm state (e.g. pd-prod-manager-03).
+        #[arg(long)]
+        restored: String,
+        /// Run `swarm init --force-new-cluster` on it if it has no leader (never otherwise).
+        #[arg(long)]
+        force_new_cluster: bool,
+        /// SSH user on the nodes.
+        #[arg(long, default_value = "root")]
+        ssh_user: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -345,8 +360,8 @@ enum RestoreCmd {
         #[arg(long, default_value = "mysql")]
         owner: String,
     },
-    /// Unpack a manager's swarm state into the docker root (dockerd stopped); then
-    /// `docker swarm init --force-new-cluster` (infra/README.md).
+    /// Unpack a manager's swarm state into the docker root (dockerd stopped); then start
+    /// dockerd and run `cluster recover-managers --force-new-cluster` (infra/README.md).
     Swarm {
         #[arg(long, default_value = "pd-prod")]
         prefix: String,
@@ -464,6 +479,11 @@ fn restore_cmd(cmd: RestoreCmd) -> Result<()> {
                     docker_root.display(),
                     t0.elapsed().as_secs_f64()
                 );
+                println!(
+                    "next: `systemctl start docker` here, then from the operator's machine \
+                     `pressdock-infra cluster recover-managers --restored {host} \
+                     --force-new-cluster` (infra/README.md, \"Restore\")"
+                );
             }
         }
         Ok(())
@@ -516,6 +536,43 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             return Ok(());
         }
         let observed = cluster::observe(&client, &desired).await?;
+        if let ClusterCmd::RecoverManagers {
+            restored,
+            force_new_cluster,
+            ssh_user,
+        } = &cmd
+        {
+            let (machines, _) = cluster::swarm::machines(&desired, &observed.droplets);
+            let docker = cluster::swarm_exec::SshDocker {
+                user: ssh_user.clone(),
+            };
+            let r = cluster::swarm_exec::recover_managers(
+                &docker,
+                &machines,
+                restored,
+                *force_new_cluster,
+                std::time::Duration::from_secs(1),
+                &mut |l| eprintln!("{l}"),
+            )?;
+            println!(
+                "managers: {} rejoined ({}), {} already reachable, {} not answering ({}){}",
+                r.rejoined.len(),
+                r.rejoined.join(", "),
+                r.already.len(),
+                r.unreachable.len(),
+                r.unreachable.join(", "),
+                if r.forced {
+                    "; swarm init --force-new-cluster ran"
+                } else {
+                    ""
+                }
+            );
+            if !r.unreachable.is_empty() {
+                println!("next: cluster apply --swarm --replace-failed");
+            }
+            println!("then: cluster apply --swarm (labels the rejoined managers' new nodes)");
+            return Ok(());
+        }
         if let ClusterCmd::Swarm { dry_run, ssh_user } = cmd {
             let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
             if !missing.is_empty() {

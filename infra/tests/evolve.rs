@@ -264,6 +264,8 @@ struct Entry {
     labels: BTreeMap<String, String>,
     tasks: u32,
     reach_looks: u32,
+    /// A manager that joined and was not seen `reachable` yet: no other may join meanwhile.
+    pending: bool,
 }
 
 #[derive(Default)]
@@ -282,6 +284,8 @@ struct Swarm {
     /// deployer reads it, with the variables the executor passed).
     images: BTreeMap<String, String>,
     next: u32,
+    /// The managers lost quorum: manager commands fail until `swarm init --force-new-cluster`.
+    no_leader: bool,
     /// Every command, `host: args` (tokens redacted).
     commands: Vec<String>,
 }
@@ -421,6 +425,12 @@ impl Docker for SimDocker {
             .as_ref()
             .is_some_and(|id| s.entries.iter().any(|e| &e.id == id && e.manager));
         let find = |s: &Swarm, x: &str| s.entries.iter().position(|e| e.id == x || e.host == x);
+        let local_only = matches!(a.as_slice(), ["info", ..] | ["swarm", "init" | "leave", ..]);
+        if s.no_leader && is_manager && !local_only {
+            anyhow::bail!(
+                "Error response from daemon: rpc error: code = Unknown desc = The swarm does not have a leader."
+            );
+        }
         Ok(match a.as_slice() {
             ["info", "--format", "{{.ServerVersion}}"] => "20.10.24\n".into(),
             ["info", "--format", "{{.Swarm.NodeID}}"] => format!("{}\n", my_id.unwrap_or_default()),
@@ -428,6 +438,30 @@ impl Docker for SimDocker {
                 Some(id) => format!("active {id}\n"),
                 None => "inactive \n".into(),
             },
+            [
+                "swarm",
+                "init",
+                "--force-new-cluster",
+                "--advertise-addr",
+                addr,
+            ] => {
+                // A one-manager raft on this node's state: the other managers' entries stay,
+                // down, until they are demoted and removed.
+                anyhow::ensure!(is_manager, "not a manager");
+                anyhow::ensure!(
+                    *addr == m.private_ip.to_string(),
+                    "advertise address {addr}"
+                );
+                let me = my_id.clone().unwrap_or_default();
+                for e in &mut s.entries {
+                    if e.manager && e.id != me {
+                        e.ready = false;
+                    }
+                }
+                s.no_leader = false;
+                push(&self.log, format!("swarm: {} force-new-cluster", m.name));
+                String::new()
+            }
             ["swarm", "init", "--advertise-addr", ..] => {
                 anyhow::ensure!(s.entries.is_empty(), "a second swarm");
                 s.next += 1;
@@ -458,6 +492,13 @@ impl Docker for SimDocker {
                     _ => anyhow::bail!("invalid join token"),
                 };
                 anyhow::ensure!(my_id.is_none(), "This node is already part of a swarm.");
+                if manager && let Some(p) = s.entries.iter().find(|e| e.pending) {
+                    anyhow::bail!(
+                        "{} joined as a manager while {} was not reachable yet: quorum at risk",
+                        m.name,
+                        p.host
+                    );
+                }
                 s.next += 1;
                 let id = format!("n{:04}", s.next);
                 s.entries.push(Entry {
@@ -467,6 +508,7 @@ impl Docker for SimDocker {
                     manager,
                     availability: "active".into(),
                     tasks: 2,
+                    pending: manager,
                     ..Entry::default()
                 });
                 s.local.insert(k, id);
@@ -486,6 +528,15 @@ impl Docker for SimDocker {
                     }
                 }
                 push(&self.log, format!("swarm: {} joined", m.name));
+                String::new()
+            }
+            ["swarm", "leave", "--force"] => {
+                let id = my_id.ok_or_else(|| anyhow::anyhow!("not part of a swarm"))?;
+                if let Some(e) = s.entries.iter_mut().find(|e| e.id == id) {
+                    e.ready = false;
+                }
+                s.local.remove(&k);
+                push(&self.log, format!("swarm: {} left (--force)", m.name));
                 String::new()
             }
             ["swarm", "leave"] => {
@@ -545,24 +596,26 @@ impl Docker for SimDocker {
                 "{{.ManagerStatus.Reachability}}",
                 host,
             ] if is_manager => {
-                // By host name: ambiguous when an old entry has the same name.
-                let live: Vec<usize> = s
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.host == *host && e.ready)
-                    .map(|(i, _)| i)
-                    .collect();
-                let i = *live
-                    .first()
+                // By id, or by host name (ambiguous when an old entry has the same name: the
+                // live one). A down manager is unreachable.
+                let by_id = s.entries.iter().position(|e| e.id == *host);
+                let live = s.entries.iter().position(|e| e.host == *host && e.ready);
+                let i = by_id
+                    .or(live)
                     .ok_or_else(|| anyhow::anyhow!("no such node"))?;
-                s.entries[i].reach_looks += 1;
-                if s.entries[i].reach_looks > 1 {
-                    "reachable"
+                anyhow::ensure!(s.entries[i].manager, "{host} is not a manager");
+                if !s.entries[i].ready {
+                    "unreachable".to_owned()
                 } else {
-                    "unknown"
+                    s.entries[i].reach_looks += 1;
+                    if s.entries[i].reach_looks > 1 {
+                        s.entries[i].pending = false;
+                        "reachable"
+                    } else {
+                        "unknown"
+                    }
+                    .to_owned()
                 }
-                .to_owned()
             }
             ["node", "update", "--availability", av, id] if is_manager => {
                 let i = find(&s, id).ok_or_else(|| anyhow::anyhow!("no such node"))?;
@@ -1112,6 +1165,201 @@ async fn a_failed_node_is_replaced_joined_labelled_and_its_old_entry_removed() {
     assert!(
         r.contains("quorum: database node pd-prod-database-02 is down") && r.contains("Galera"),
         "{r}"
+    );
+    assert_clean(&w.fake);
+}
+
+/// Issue 15, item 7: a lost manager quorum recovered. The swarm has no leader; manager-03's
+/// backed-up state is restored on it (dockerd started on it: not simulated here) and
+/// `cluster recover-managers --restored pd-prod-manager-03 --force-new-cluster` runs
+/// `swarm init --force-new-cluster` there, then brings the other managers back one at a
+/// time: manager-01 (still holding the old raft) leaves with --force, manager-02 (its
+/// state gone) does not need to; each one's old entry demoted and removed, the join with the
+/// manager token, and the next only once the restored manager sees it reachable (the
+/// simulated swarm refuses a manager join while another is not reachable yet). A re-run
+/// changes nothing and never forces a new cluster again; `cluster apply --swarm` then labels
+/// the new nodes.
+#[tokio::test]
+async fn a_lost_manager_quorum_is_recovered_and_the_managers_rejoin_one_at_a_time() {
+    use infra::cluster::swarm_exec::{Recovered, recover_managers};
+    let w = world().await;
+    let (c, d) = parsed(&spec_text());
+    build(&w, &c, &d).await;
+    let observed = infra::cluster::observe(&w.client, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (machines, missing) = infra::cluster::swarm::machines(&d, &observed.droplets);
+    assert!(missing.is_empty(), "{missing:?}");
+    let ip = |name: &str| {
+        machines
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.private_ip.to_string())
+            .unwrap_or_default()
+    };
+    let old_ids: BTreeMap<String, String> = w.sim.with(|s| {
+        s.entries
+            .iter()
+            .filter(|e| e.manager)
+            .map(|e| (e.host.clone(), e.id.clone()))
+            .collect()
+    });
+    assert_eq!(old_ids.len(), 3);
+    // Quorum lost; manager-02's swarm state is gone (inactive), manager-01 still has the old.
+    w.sim.with(|s| {
+        s.no_leader = true;
+        s.local.retain(|k, _| !k.starts_with("pd-prod-manager-02@"));
+    });
+    let before = w.sim.with(|s| s.commands.len());
+    let mut lines = Vec::new();
+    let r = recover_managers(
+        &w.sim,
+        &machines,
+        "pd-prod-manager-03",
+        true,
+        Duration::ZERO,
+        &mut |l| lines.push(l.to_owned()),
+    );
+    let r = r.unwrap_or_else(|e| panic!("{e:#}\n{lines:#?}"));
+    assert_eq!(
+        r,
+        Recovered {
+            forced: true,
+            rejoined: vec!["pd-prod-manager-01".into(), "pd-prod-manager-02".into()],
+            already: vec![],
+            unreachable: vec![],
+        }
+    );
+    let new_ids: BTreeMap<String, String> = w.sim.with(|s| {
+        s.entries
+            .iter()
+            .filter(|e| e.manager)
+            .map(|e| (e.host.clone(), e.id.clone()))
+            .collect()
+    });
+    // Every mutation and every look at a manager's reachability, in order.
+    let cmds: Vec<String> = w.sim.with(|s| {
+        s.commands[before..]
+            .iter()
+            .filter(|c| !c.contains(" info --format") && !c.contains("node ls"))
+            .cloned()
+            .collect()
+    });
+    let m3 = "pd-prod-manager-03";
+    let reach = "node inspect --format {{.ManagerStatus.Reachability}}";
+    let want = vec![
+        format!("{m3}: swarm join-token -q manager"),
+        format!(
+            "{m3}: swarm init --force-new-cluster --advertise-addr {}",
+            ip(m3)
+        ),
+        format!("{m3}: swarm join-token -q manager"),
+        format!("{m3}: {reach} {}", old_ids["pd-prod-manager-01"]),
+        "pd-prod-manager-01: swarm leave --force".to_owned(),
+        format!("{m3}: node demote {}", old_ids["pd-prod-manager-01"]),
+        format!("{m3}: node rm --force {}", old_ids["pd-prod-manager-01"]),
+        format!(
+            "pd-prod-manager-01: swarm join --token <token> --advertise-addr {} {}:2377",
+            ip("pd-prod-manager-01"),
+            ip(m3)
+        ),
+        format!("{m3}: {reach} {}", new_ids["pd-prod-manager-01"]),
+        format!("{m3}: {reach} {}", new_ids["pd-prod-manager-01"]),
+        format!("{m3}: node demote {}", old_ids["pd-prod-manager-02"]),
+        format!("{m3}: node rm --force {}", old_ids["pd-prod-manager-02"]),
+        format!(
+            "pd-prod-manager-02: swarm join --token <token> --advertise-addr {} {}:2377",
+            ip("pd-prod-manager-02"),
+            ip(m3)
+        ),
+        format!("{m3}: {reach} {}", new_ids["pd-prod-manager-02"]),
+        format!("{m3}: {reach} {}", new_ids["pd-prod-manager-02"]),
+    ];
+    assert_eq!(cmds, want);
+    assert_eq!(
+        new_ids[m3], old_ids[m3],
+        "the restored manager keeps its node"
+    );
+    w.sim.with(|s| {
+        // Three managers, all Ready; one entry per host name; no worker touched.
+        assert_eq!(s.entries.iter().filter(|e| e.manager && e.ready).count(), 3);
+        assert_eq!(s.entries.iter().filter(|e| e.manager).count(), 3);
+        assert_eq!(s.entries.len(), 33);
+        assert!(s.entries.iter().all(|e| e.ready));
+    });
+    for l in &lines {
+        assert!(!l.contains("SWMTKN"), "{l}");
+    }
+    let log = take_log(&w);
+    assert_eq!(
+        log.iter()
+            .filter(|l| !l.contains(" demoted") && !l.contains(") removed"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            "swarm: pd-prod-manager-03 force-new-cluster",
+            "swarm: pd-prod-manager-01 left (--force)",
+            "swarm: pd-prod-manager-01 joined",
+            "swarm: pd-prod-manager-02 joined",
+        ]
+    );
+    // A re-run: both are reachable managers; no new cluster is forced.
+    let before = w.sim.with(|s| s.commands.len());
+    let r = recover_managers(&w.sim, &machines, m3, true, Duration::ZERO, &mut |_| {})
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        r,
+        Recovered {
+            forced: false,
+            rejoined: vec![],
+            already: vec!["pd-prod-manager-01".into(), "pd-prod-manager-02".into()],
+            unreachable: vec![],
+        }
+    );
+    let again: Vec<String> = w.sim.with(|s| s.commands[before..].to_vec());
+    assert!(
+        again
+            .iter()
+            .all(|c| c.contains(" info --format") || c.contains("join-token") || c.contains(reach)),
+        "{again:#?}"
+    );
+    // `cluster apply --swarm` labels the rejoined managers' new nodes; nothing joins or goes.
+    let cl = cluster(&w, &w.api, &c, &d, H1);
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("label pd-prod-manager-01: pressdock.node=pd-prod-manager-01")
+            && text.contains("label pd-prod-manager-02: pressdock.node=pd-prod-manager-02")
+            && !text.contains("joins")
+            && !text.contains("remove"),
+        "{text}"
+    );
+    cl.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let p = cl.plan(
+        &cl.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    // A manager whose machine does not answer is left for --replace-failed.
+    w.sim.with(|s| s.no_leader = true);
+    w.sim.kill("pd-prod-manager-02");
+    let r = recover_managers(&w.sim, &machines, m3, true, Duration::ZERO, &mut |_| {})
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        r,
+        Recovered {
+            forced: true,
+            rejoined: vec!["pd-prod-manager-01".into()],
+            already: vec![],
+            unreachable: vec!["pd-prod-manager-02".into()],
+        }
     );
     assert_clean(&w.fake);
 }

@@ -7,7 +7,10 @@
 //!   the swarm, every node's labels and the networks;
 //! - execute: the steps in order; a join reads the join token from the first manager at that
 //!   moment and puts it in the command only (never in a step, a progress line or an error);
-//!   after a manager joins, waits until the first manager sees it `reachable` before the next.
+//!   after a manager joins, waits until the first manager sees it `reachable` before the next;
+//! - recover a lost manager quorum ([`recover_managers`]): `--force-new-cluster` on the
+//!   restored manager, the other managers re-added one at a time (tested against the
+//!   simulated swarm of `infra/tests/evolve.rs`).
 //!
 //! Tested with a simulated swarm (unit tests below): the order, the tokens, the waiting and a
 //! re-run after a failure. The SSH path itself has not run against machines.
@@ -546,6 +549,193 @@ pub fn drain_and_leave(
     d.run(leader, &strs(&["node", "rm", "--force", &id]))?;
     progress(&format!("  {} left the swarm", m.name));
     Ok(())
+}
+
+/// What [`recover_managers`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// `swarm init --force-new-cluster` ran on the restored manager (it had no leader).
+    pub forced: bool,
+    /// Managers that left and joined the recovered swarm again, in order.
+    pub rejoined: Vec<String>,
+    /// Managers already reachable managers of the recovered swarm (a re-run).
+    pub already: Vec<String>,
+    /// Managers whose dockerd did not answer: for `cluster apply --swarm --replace-failed`.
+    pub unreachable: Vec<String>,
+}
+
+/// A lost manager quorum, recovered from the manager whose swarm state was restored
+/// (`restore swarm`, then dockerd started on it; infra/README.md, "Restore"):
+///
+/// 1. if `restored` has no leader (it cannot read the manager join token) and
+///    `force_new_cluster`: `docker swarm init --force-new-cluster --advertise-addr <its VPC
+///    address>` on it, a one-manager swarm with the backup's services, networks and nodes.
+///    A swarm that has a leader is never forced (a re-run leaves the rejoined managers be);
+/// 2. every other manager machine, by name, one at a time: skipped if the restored manager
+///    sees it `reachable` already; else `docker swarm leave --force` on it (it still holds
+///    the old raft, or none), its old entries demoted and removed on the restored manager
+///    (the host name names one node again), `swarm join` with the manager token to the
+///    restored manager's VPC address, and the next only once the restored manager sees the
+///    new node `reachable` (raft: one member changes at a time, so 1 → 2 → 3 managers and
+///    quorum never breaks).
+///
+/// A manager whose dockerd does not answer is left for `cluster apply --swarm
+/// --replace-failed` (a new droplet under its name, joined as a manager). Workers are not
+/// touched: they keep their certificates from the same CA and reconnect by themselves.
+pub fn recover_managers(
+    d: &impl Docker,
+    machines: &[Machine],
+    restored: &str,
+    force_new_cluster: bool,
+    poll: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Recovered> {
+    let r = machines
+        .iter()
+        .find(|m| m.name == restored)
+        .with_context(|| format!("{restored} is not a machine of the cluster"))?;
+    if r.role != Role::Manager {
+        bail!("{restored} is not a manager");
+    }
+    let mut out = Recovered::default();
+    let token = match d.run(r, &strs(&["swarm", "join-token", "-q", "manager"])) {
+        Ok(t) => t,
+        Err(e) if force_new_cluster => {
+            progress(&format!(
+                "{restored} has no leader ({e:#}): swarm init --force-new-cluster"
+            ));
+            d.run(
+                r,
+                &[
+                    "swarm".into(),
+                    "init".into(),
+                    "--force-new-cluster".into(),
+                    "--advertise-addr".into(),
+                    r.private_ip.to_string(),
+                ],
+            )
+            .with_context(|| format!("swarm init --force-new-cluster on {restored}"))?;
+            out.forced = true;
+            d.run(r, &strs(&["swarm", "join-token", "-q", "manager"]))
+                .with_context(|| format!("reading the manager join token from {restored}"))?
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "reading the manager join token from {restored}: not a manager with a leader \
+                 (run with --force-new-cluster after `restore swarm`)"
+            )));
+        }
+    };
+    let token = token.trim().to_owned();
+    let reachability = |id: &str| -> Result<String> {
+        Ok(d.run(
+            r,
+            &strs(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{.ManagerStatus.Reachability}}",
+                id,
+            ]),
+        )?
+        .trim()
+        .to_owned())
+    };
+    let mut others: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.role == Role::Manager && m.name != restored)
+        .collect();
+    others.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in others {
+        let info = d.run(
+            m,
+            &strs(&[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}",
+            ]),
+        );
+        let Ok(info) = info else {
+            progress(&format!(
+                "{}: dockerd does not answer; left for `cluster apply --swarm --replace-failed`",
+                m.name
+            ));
+            out.unreachable.push(m.name.clone());
+            continue;
+        };
+        let mut it = info.split_whitespace();
+        let state = it.next().unwrap_or("").to_owned();
+        let id = it.next().unwrap_or("").to_owned();
+        if state == "active" && !id.is_empty() && reachability(&id).is_ok_and(|x| x == "reachable")
+        {
+            progress(&format!("{}: a reachable manager already", m.name));
+            out.already.push(m.name.clone());
+            continue;
+        }
+        progress(&format!(
+            "{}: leaves its old swarm, joins as manager",
+            m.name
+        ));
+        if state != "inactive" {
+            d.run(m, &strs(&["swarm", "leave", "--force"]))
+                .with_context(|| format!("swarm leave --force on {}", m.name))?;
+        }
+        // Its old entries (the backup's, down now): the host name names one node again.
+        for line in d
+            .run(
+                r,
+                &strs(&[
+                    "node",
+                    "ls",
+                    "--format",
+                    "{{.ID}} {{.Hostname}} {{.Status}} {{.ManagerStatus}}",
+                ]),
+            )?
+            .lines()
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(old), Some(host)) = (f.first(), f.get(1)) else {
+                continue;
+            };
+            if *host != m.name {
+                continue;
+            }
+            if f.len() > 3 {
+                d.run(r, &strs(&["node", "demote", old]))
+                    .with_context(|| format!("demoting {}'s old entry {old}", m.name))?;
+            }
+            d.run(r, &strs(&["node", "rm", "--force", old]))
+                .with_context(|| format!("removing {}'s old entry {old}", m.name))?;
+        }
+        let join = Step::Join {
+            node: m.name.clone(),
+            manager: true,
+            addr: m.private_ip,
+            leader: r.private_ip,
+        };
+        let (_, mut args) = join.command(restored);
+        for a in &mut args {
+            if a == "{TOKEN}" {
+                a.clone_from(&token);
+            }
+        }
+        d.run(m, &args)
+            .with_context(|| format!("{join} (`docker {}`)", redacted(&args)))?;
+        let new_id = d.run(m, &strs(&["info", "--format", "{{.Swarm.NodeID}}"]))?;
+        let new_id = new_id.trim().to_owned();
+        // Raft: the next manager only once this one is a voting member.
+        let mut n = 0;
+        while reachability(&new_id)? != "reachable" {
+            n += 1;
+            if n > 120 {
+                bail!("manager {} ({new_id}) not reachable after joining", m.name);
+            }
+            std::thread::sleep(poll);
+        }
+        progress(&format!("  {} is a reachable manager ({new_id})", m.name));
+        out.rejoined.push(m.name.clone());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -182,6 +182,35 @@ fn swarm_local(m: &Node) -> String {
     .to_owned()
 }
 
+/// The manager's dockerd log, its last lines: for an error that must say why without a shell.
+fn dockerd_log(lab: &Lab, m: &Node) -> String {
+    let path = lab.path(&format!("logs/dockerd-{}.log", m.host()));
+    format!(
+        "dockerd log {}, last 30 lines:\n{}",
+        path.display(),
+        data::log_tail(&path, 30)
+    )
+}
+
+/// Waits until the manager leads its swarm (`active true`); the error holds its last state
+/// and its dockerd's log.
+fn wait_managing(lab: &Lab, m: &Node) -> Result<()> {
+    super::sh::wait_for(
+        &format!("{} to manage the swarm again", m.host()),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || (swarm_local(m) == "active true").then_some(()),
+    )
+    .with_context(|| {
+        format!(
+            "{}: swarm state now {:?}; {}",
+            m.host(),
+            swarm_local(m),
+            dockerd_log(lab, m)
+        )
+    })
+}
+
 /// Backs up the first manager's swarm state, its dockerd stopped for the copy and started
 /// again whatever happened. Returns what was stored and how long dockerd was down.
 pub fn backup_swarm(lab: &Lab) -> Result<(backup::Stored, Duration)> {
@@ -199,12 +228,7 @@ pub fn backup_swarm(lab: &Lab) -> Result<(backup::Stored, Duration)> {
         false,
     ));
     nodes::ensure_dockerd(lab, &m)?;
-    super::sh::wait_for(
-        &format!("{} to manage the swarm again", m.host()),
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || (swarm_local(&m) == "active true").then_some(()),
-    )?;
+    wait_managing(lab, &m)?;
     let down = t0.elapsed();
     // Traefik and Varnish restarted with the manager's dockerd (new task addresses).
     super::up::wait_edge(lab)?;
@@ -254,7 +278,15 @@ pub fn restore_swarm(lab: &Lab, which: &str) -> Result<(String, Duration)> {
                 .contains(&state)
                 .then_some(())
         },
-    )?;
+    )
+    .with_context(|| {
+        format!(
+            "{}: swarm state now {:?}; {}",
+            m.host(),
+            swarm_local(&m),
+            dockerd_log(lab, &m)
+        )
+    })?;
     progress(
         "swarm",
         format!("{}: swarm init --force-new-cluster", m.host()),
@@ -269,7 +301,15 @@ pub fn restore_swarm(lab: &Lab, which: &str) -> Result<(String, Duration)> {
             "--advertise-addr",
             &m.ip,
         ])) {
-            Ok(_) => {
+            Ok(answer) => {
+                // The daemon's answer kept, for the record.
+                progress(
+                    "swarm",
+                    format!(
+                        "swarm init --force-new-cluster: {}",
+                        answer.lines().next().unwrap_or("").trim()
+                    ),
+                );
                 done = true;
                 break;
             }
@@ -277,7 +317,10 @@ pub fn restore_swarm(lab: &Lab, which: &str) -> Result<(String, Duration)> {
                 last = format!("{e:#}");
                 progress(
                     "swarm",
-                    format!("swarm init --force-new-cluster: {last}; again"),
+                    format!(
+                        "swarm init --force-new-cluster: {last}; swarm state {:?}; again",
+                        swarm_local(&m)
+                    ),
                 );
                 std::thread::sleep(Duration::from_secs(2));
             }
@@ -285,16 +328,13 @@ pub fn restore_swarm(lab: &Lab, which: &str) -> Result<(String, Duration)> {
     }
     if !done {
         bail!(
-            "docker swarm init --force-new-cluster on {}: {last}",
-            m.host()
+            "docker swarm init --force-new-cluster on {}, 5 tries: {last}; swarm state now {:?}; {}",
+            m.host(),
+            swarm_local(&m),
+            dockerd_log(lab, &m)
         );
     }
-    super::sh::wait_for(
-        &format!("{} to manage the swarm again", m.host()),
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || (swarm_local(&m) == "active true").then_some(()),
-    )?;
+    wait_managing(lab, &m)?;
     let took = t0.elapsed();
     super::up::wait_edge(lab)?;
     Ok((stamp, took))

@@ -163,7 +163,7 @@ const JOIN_WAIT: Duration = Duration::from_secs(90);
 const JOIN_TRIES: u32 = 2;
 
 /// The last `lines` lines of a log, for an error that must say why without a shell.
-fn log_tail(path: &Path, lines: usize) -> String {
+pub(super) fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let all: Vec<&str> = s.lines().collect();
