@@ -1380,7 +1380,10 @@ mod tests {
             ("PD_NODE_DIR", "/srv/node"),
             ("PD_REDIS_REPLICAS", "2"),
             ("PD_SENTINEL_QUORUM", "2"),
-            ("PD_IMAGE_REDIS", "registry.example.com/pressdock/redis:0.1.0"),
+            (
+                "PD_IMAGE_REDIS",
+                "registry.example.com/pressdock/redis:0.1.0",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
