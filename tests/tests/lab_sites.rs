@@ -1870,9 +1870,14 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
     // makes depends on the machine (CI ci-b: 2 for one site at load ~40, each answer 12-15 s
     // long), so only one is required; what is asserted is that none failed.
     no_failed_request("join", &sites, probers, 1).await;
+    // Every site active again once the probers stop. Not at once: under the probers, on 2
+    // cores, a site that did not move can miss its agent's 3 s WordPress check for longer
+    // than the report timeout and be `degraded` meanwhile (CI ci-1: php-fpm at its children
+    // limit, 3 s an answer, no request failed); that is the platform saying so, not a move
+    // going wrong. What is asserted is that each gets back to `active`.
     for (site, _, _) in &sites {
-        let body = p.site(site).await;
-        assert_eq!(body["state"], "active", "{body}");
+        p.wait_site(site, Duration::from_secs(180), |b| b["state"] == "active")
+            .await;
     }
 
     // Drain pdlab-w1 through the API: all its sites move and keep answering.
