@@ -667,34 +667,12 @@ pub fn converge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::desired::Desired;
     use std::sync::Mutex;
 
     /// configs/cluster.toml with `edit` applied to its text, and a machine for each droplet
     /// (made-up addresses, as in `swarm::tests::setup`).
     fn setup_with(edit: &dyn Fn(String) -> String) -> (Checked, Vec<Machine>) {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../configs/cluster.toml"
-        ))
-        .unwrap_or_default();
-        let c = Checked::parse(&edit(text)).unwrap_or_else(|e| panic!("{e}"));
-        let d = Desired::from_spec(&c);
-        let ms = d
-            .droplets
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let i = u8::try_from(i).unwrap_or(0);
-                Machine {
-                    name: x.name.clone(),
-                    role: x.role,
-                    private_ip: Ipv4Addr::new(10, 110, 0, 10 + i),
-                    public_ip: Ipv4Addr::new(203, 0, 113, 10 + i),
-                }
-            })
-            .collect();
-        (c, ms)
+        crate::cluster::swarm::tests::setup_with(edit)
     }
 
     fn setup() -> (Checked, Vec<Machine>) {

@@ -487,14 +487,17 @@ pub(super) mod tests {
     use super::*;
 
     /// The checked-in cluster spec (configs/cluster.toml) and a machine for each droplet it
-    /// wants, with made-up addresses: the fixture of this module's and `swarm_exec`'s tests.
-    pub(in crate::cluster) fn setup() -> (Checked, Vec<Machine>) {
+    /// wants, with made-up addresses, after `edit` on the spec's text: the fixture of this
+    /// module's, `swarm_exec`'s and `storage`'s tests.
+    pub(in crate::cluster) fn setup_with(
+        edit: &dyn Fn(String) -> String,
+    ) -> (Checked, Vec<Machine>) {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../configs/cluster.toml"
         ))
         .unwrap_or_default();
-        let c = Checked::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let c = Checked::parse(&edit(text)).unwrap_or_else(|e| panic!("{e}"));
         let d = Desired::from_spec(&c);
         let ms = d
             .droplets
@@ -511,6 +514,10 @@ pub(super) mod tests {
             })
             .collect();
         (c, ms)
+    }
+
+    pub(in crate::cluster) fn setup() -> (Checked, Vec<Machine>) {
+        setup_with(&|text| text)
     }
 
     #[test]
