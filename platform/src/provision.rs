@@ -56,6 +56,10 @@ pub struct Backends {
     host_loads: crate::edge_hosts::HostLoads,
     /// A warm-up of the host table waits for the turn ([`Backends::warm_hosts`]).
     hosts_warming: std::sync::atomic::AtomicBool,
+    /// The table this process last loaded on every instance (`None`: unknown, after a
+    /// failed load): a site step whose entry it already holds loads nothing and does not
+    /// wait for the turn ([`Backends::publish_hosts`]).
+    loaded_hosts: std::sync::Mutex<Option<HostTable>>,
     /// Backups' rules (`[backups]`): whether a delete takes a final backup.
     pub backups: crate::config::BackupsConfig,
 }
@@ -81,6 +85,11 @@ pub async fn open_secret(
         secrets.open(&context, &nonce, &sealed).map_err(permanent)?,
     ))
 }
+
+/// How long a host-table warm-up waits for the rest of a burst's rows before it reads
+/// the table ([`Backends::warm_hosts`]): short beside a create's other steps, which run
+/// meanwhile.
+const WARM_GATHER: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// The secrets of a site, by kind.
 pub const SECRET_KINDS: [SecretKind; 5] = SecretKind::ALL;
@@ -154,6 +163,7 @@ impl Backends {
             gluster_turn: tokio::sync::Mutex::new(()),
             host_loads: crate::edge_hosts::host_loads(),
             hosts_warming: Default::default(),
+            loaded_hosts: Default::default(),
             backups: Default::default(),
         })
     }
@@ -222,19 +232,52 @@ impl Backends {
         }
         let (backends, db) = (self.clone(), db.clone());
         tokio::spawn(async move {
+            // Creates come in bursts (an agency's twenty sites): the rows of a burst's
+            // other requests, committed within this pause, are in the same table, where a
+            // warm-up read at once held only the first site and a second compile followed.
+            tokio::time::sleep(WARM_GATHER).await;
             let _turn = backends.host_loads.turn().await;
             backends.hosts_warming.store(false, Ordering::Release);
-            let Some(varnish) = &backends.varnish else {
-                return;
-            };
             let loaded = match host_table(&db, &[]).await {
-                Ok(table) => load_host_table(varnish, &table).await,
+                Ok(table) => backends.load_hosts(&table).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = loaded {
                 tracing::warn!(error = %e.internal_message(), "warming the host table failed; the sites' own steps load it");
             }
         });
+    }
+
+    /// Loads `table` on every instance and remembers it as loaded (forgets what was
+    /// loaded when the load fails: an instance may hold either table). The caller holds
+    /// the turn.
+    pub(crate) async fn load_hosts(&self, table: &HostTable) -> Result<(), StepError> {
+        let Some(varnish) = &self.varnish else {
+            return Ok(());
+        };
+        let loaded = load_host_table(varnish, table).await;
+        self.remember_hosts(loaded.is_ok().then(|| table.clone()));
+        loaded
+    }
+
+    /// Records the table every instance holds (`None`: not known), for a caller holding
+    /// the turn that found or loaded it (the reconciler).
+    pub(crate) fn remember_hosts(&self, table: Option<HostTable>) {
+        *self.loaded_hosts.lock().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The table last loaded, if it holds the site as `state` wants it ([`holds_site`]).
+    fn loaded_holding(
+        &self,
+        id: &SiteResourceId,
+        state: Option<HostState>,
+        domains: &BTreeSet<DomainName>,
+    ) -> Option<HostTable> {
+        let loaded = self.loaded_hosts.lock().unwrap_or_else(|e| e.into_inner());
+        loaded
+            .as_ref()
+            .filter(|table| holds_site(table, id, state, domains))
+            .cloned()
     }
 
     /// Holds the host table for the caller (the reconciler compares and reloads it).
@@ -743,19 +786,34 @@ impl Backends {
 
     /// Loads the host table of every live site on every Varnish, with one site's entry
     /// overridden (`None`: left out). Changes of sites waiting at the same time are loaded
-    /// as one table (one VCL compile for all of them).
+    /// as one table (one VCL compile for all of them). A site whose entry the last loaded
+    /// table already holds as wanted, still active on every instance (a burst's sites,
+    /// loaded by the warm-up their first step started), returns at once, without waiting
+    /// for a load of other sites' changes: any later load reads the same rows, and only
+    /// the site's own steps override its entry.
     pub async fn publish_hosts(
         &self,
         db: &MySqlPool,
         site: Option<(&SiteResourceId, Option<HostState>)>,
     ) -> Result<(), StepError> {
-        let Some(varnish) = &self.varnish else {
+        if self.varnish.is_none() {
             return Ok(());
-        };
+        }
         let Some((id, state)) = site else {
             let _turn = self.host_loads.turn().await;
-            return load_host_table(varnish, &host_table(db, &[]).await?).await;
+            return self.load_hosts(&host_table(db, &[]).await?).await;
         };
+        // Remembered is not enough (an instance restarted since holds its boot VCL): every
+        // instance is asked which VCL it runs, a listing and no compile.
+        if let Some(table) = self.loaded_holding(id, state, &site_domains(db, id).await?)
+            && let Some(varnish) = &self.varnish
+            && varnish
+                .observe_host_table(&table)
+                .await
+                .is_ok_and(|states| states.iter().all(|s| s.converged))
+        {
+            return Ok(());
+        }
         let leader = match self.host_loads.join(id.clone(), state).await {
             crate::group::Turn::Done(outcome) => {
                 return outcome
@@ -764,7 +822,7 @@ impl Backends {
             crate::group::Turn::Lead(leader) => leader,
         };
         let loaded = match host_table(db, &leader.changes).await {
-            Ok(table) => load_host_table(varnish, &table).await,
+            Ok(table) => self.load_hosts(&table).await,
             Err(e) => Err(e),
         };
         leader.finish(
@@ -866,6 +924,26 @@ pub async fn host_table(
     Ok(table)
 }
 
+/// Whether `table` holds the site `id` as `state` wants it: exactly its `domains`, each
+/// in that state (`None`: no entry of the site). Pure.
+fn holds_site(
+    table: &HostTable,
+    id: &SiteResourceId,
+    state: Option<HostState>,
+    domains: &BTreeSet<DomainName>,
+) -> bool {
+    let mut held = table.hosts.iter().filter(|(_, e)| &e.site == id);
+    match state {
+        None => held.next().is_none(),
+        Some(state) => {
+            held.all(|(d, e)| e.state == state && domains.contains(d))
+                && domains
+                    .iter()
+                    .all(|d| table.hosts.get(d).is_some_and(|e| &e.site == id))
+        }
+    }
+}
+
 /// Loads `table` on every instance; an instance that did not take it is an error.
 async fn load_host_table(varnish: &VarnishDriver, table: &HostTable) -> Result<(), StepError> {
     let states = varnish.apply_host_table(table).await.map_err(retryable(
@@ -879,4 +957,70 @@ async fn load_host_table(varnish: &VarnishDriver, table: &HostTable) -> Result<(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> SiteResourceId {
+        SiteResourceId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn domains(names: &[&str]) -> BTreeSet<DomainName> {
+        names
+            .iter()
+            .map(|d| DomainName::parse(d).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_loaded_table_holds_a_site_only_with_exactly_its_domains_in_the_wanted_state() {
+        let (a, b) = (id("aaaaaaaaaa"), id("bbbbbbbbbb"));
+        let mut table = HostTable::default();
+        for d in domains(&["a.test", "www.a.test"]) {
+            table.insert(d, a.clone(), HostState::Active);
+        }
+        for d in domains(&["b.test"]) {
+            table.insert(d, b.clone(), HostState::Suspended);
+        }
+        let a_domains = domains(&["a.test", "www.a.test"]);
+        let active = Some(HostState::Active);
+        assert!(holds_site(&table, &a, active, &a_domains));
+        assert!(
+            !holds_site(&table, &a, Some(HostState::Suspended), &a_domains),
+            "a suspend must load"
+        );
+        assert!(
+            !holds_site(
+                &table,
+                &a,
+                active,
+                &domains(&["a.test", "www.a.test", "new.a.test"])
+            ),
+            "an alias added since the load must load"
+        );
+        assert!(
+            !holds_site(&table, &a, active, &domains(&["a.test"])),
+            "an alias removed since the load must load"
+        );
+        assert!(
+            !holds_site(&table, &a, active, &domains(&["a.test", "b.test"])),
+            "a domain the table gives another site must load"
+        );
+        assert!(
+            !holds_site(&table, &a, None, &BTreeSet::new()),
+            "present, wanted out"
+        );
+        assert!(holds_site(
+            &table,
+            &id("cccccccccc"),
+            None,
+            &BTreeSet::new()
+        ));
+        assert!(
+            !holds_site(&table, &id("cccccccccc"), active, &domains(&["c.test"])),
+            "a site the table lacks must load"
+        );
+    }
 }

@@ -940,11 +940,25 @@ impl Platform {
         let config_path = std::env::temp_dir().join(format!("pd-bench-provision-{port}.toml"));
         std::fs::write(&config_path, toml::to_string(&table)?)?;
         let bin = bin.to_owned();
+        // BENCH_PLATFORM_LOG=file: the platform's log at info there (the host-table
+        // loads' times, for one), appended; otherwise warnings only, to our stderr.
+        let (level, out) = match std::env::var_os("BENCH_PLATFORM_LOG") {
+            Some(path) => (
+                "info",
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)?,
+                ),
+            ),
+            None => ("warn", Stdio::null()),
+        };
         let mut child = tokio::process::Command::new(&bin)
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", level)
+            .stdout(out)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {bin}"))?;

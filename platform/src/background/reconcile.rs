@@ -146,7 +146,11 @@ async fn reconcile_sites(
             .map_err(|e| anyhow::anyhow!(step_error(e)))?;
         let states = varnish.observe_host_table(&table).await?;
         if states.iter().any(|s| !s.converged) {
-            varnish.apply_host_table(&table).await?;
+            p.remember_hosts(None);
+            let applied = varnish.apply_host_table(&table).await?;
+            if applied.iter().any(|s| !s.converged) {
+                anyhow::bail!("a Varnish instance did not activate the host table");
+            }
             for s in states.iter().filter(|s| !s.converged) {
                 report.repairs.push(Repair {
                     site: String::new(),
@@ -155,6 +159,7 @@ async fn reconcile_sites(
                 });
             }
         }
+        p.remember_hosts(Some(table));
     }
     Ok(report)
 }
