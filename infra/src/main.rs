@@ -268,6 +268,17 @@ enum ClusterCmd {
     },
     /// Monthly cost of the spec from DigitalOcean's prices (`/v2/sizes`), per site.
     Cost,
+    /// The platform's configuration (`pressdock.toml`) for this cluster: the droplets' VPC
+    /// addresses (ProxySQL, the cache stack's Sentinels, Varnish, Gluster), the spec's images
+    /// and backups bucket; every credential a file reference (printed: the files to make).
+    PlatformConfig {
+        /// Write it here (atomically) instead of printing it.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Where the platform reads the credential files (swarm secrets: /run/secrets).
+        #[arg(long, default_value = "/run/secrets")]
+        secrets_dir: String,
+    },
     /// From the droplets to a labelled swarm with its networks and stacks: observes every
     /// machine (docker over SSH), plans the missing steps and runs them.
     Swarm {
@@ -536,6 +547,37 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             return Ok(());
         }
         let observed = cluster::observe(&client, &desired).await?;
+        if let ClusterCmd::PlatformConfig { out, secrets_dir } = &cmd {
+            let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "{} droplet(s) missing or without addresses ({}): run `cluster apply` first",
+                    missing.len(),
+                    missing.join(", ")
+                );
+            }
+            let text = infra::platform_config::render(&cluster::platform_config::production(
+                &checked,
+                &machines,
+                secrets_dir,
+            )?);
+            match out {
+                Some(path) => {
+                    let tmp = path.with_extension("toml.tmp");
+                    std::fs::write(&tmp, &text)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    std::fs::rename(&tmp, path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            eprintln!("the platform reads these files (under {secrets_dir}):");
+            for (name, what) in cluster::platform_config::SECRET_FILES {
+                eprintln!("  {name:<40} {what}");
+            }
+            return Ok(());
+        }
         if let ClusterCmd::RecoverManagers {
             restored,
             force_new_cluster,
