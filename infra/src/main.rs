@@ -661,6 +661,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             // The storage tier: the Gluster volume and its mounts (ssh to the nodes).
             let shell = cluster::storage::SshShell { user: docker.user };
             storage_steps(&checked, &machines, &shell, !dry_run, dry_run)?;
+            platform_config_on_managers(&checked, &machines, &shell, !dry_run)?;
             return Ok(());
         }
         let (replace, replace_failed, with_swarm, ssh_user) = match &cmd {
@@ -734,6 +735,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                     );
                 }
                 let ran = storage_steps(&checked, &machines, &shell, true, false)?;
+                platform_config_on_managers(&checked, &machines, &shell, true)?;
                 if p.is_empty() {
                     println!("nothing to do{}", if ran > 0 { " but storage" } else { "" });
                     return Ok(());
@@ -786,6 +788,32 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The platform's configuration (`cluster::platform_config`, credentials under
+/// /run/secrets) written to every manager whose copy differs, if `run`; else only said.
+fn platform_config_on_managers(
+    checked: &infra::cluster::spec::Checked,
+    machines: &[infra::cluster::swarm::Machine],
+    shell: &infra::cluster::storage::SshShell,
+    run: bool,
+) -> Result<()> {
+    use infra::cluster::platform_config::{MANAGER_PATH, install, production};
+    let text = infra::platform_config::render(&production(checked, machines, "/run/secrets")?);
+    if !run {
+        println!("platform: {MANAGER_PATH} on every manager (`cluster platform-config` prints it)");
+        return Ok(());
+    }
+    let written = install(shell, machines, &text)?;
+    println!(
+        "platform: {MANAGER_PATH} {}",
+        if written.is_empty() {
+            "unchanged on every manager".to_owned()
+        } else {
+            format!("written on {}", written.join(", "))
+        }
+    );
+    Ok(())
 }
 
 /// The storage tier's steps (`cluster::storage`): observed over SSH (or, `fresh`, as for

@@ -215,6 +215,51 @@ pub fn production(c: &Checked, machines: &[Machine], secrets_dir: &str) -> Resul
     })
 }
 
+/// Where `cluster swarm` and `cluster apply --swarm` put the configuration on every manager
+/// (`pressdock serve --config /etc/pressdock/pressdock.toml`).
+pub const MANAGER_PATH: &str = "/etc/pressdock/pressdock.toml";
+
+/// Writes `text` to [`MANAGER_PATH`] on every manager whose copy differs (over `sh`, SSH in
+/// production), by a rename so that a platform starting meanwhile reads the old or the new
+/// file, never half of one. Returns the managers written; a second run writes none. The
+/// text holds no credential ([`production`]), so it may travel on a command line.
+pub fn install(
+    sh: &impl super::storage::Shell,
+    machines: &[Machine],
+    text: &str,
+) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for m in machines.iter().filter(|m| m.role == Role::Manager) {
+        let argv = |script: &str, arg: Option<&str>| -> Vec<String> {
+            let mut v = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+            if let Some(a) = arg {
+                v.push("sh".into());
+                v.push(a.to_owned());
+            }
+            v
+        };
+        let now = sh.run(
+            m,
+            &argv(&format!("cat {MANAGER_PATH} 2>/dev/null || true"), None),
+        )?;
+        if now == text {
+            continue;
+        }
+        sh.run(
+            m,
+            &argv(
+                &format!(
+                    "mkdir -p /etc/pressdock && printf %s \"$1\" > {MANAGER_PATH}.tmp && \
+                     mv {MANAGER_PATH}.tmp {MANAGER_PATH}"
+                ),
+                Some(text),
+            ),
+        )?;
+        written.push(m.name.clone());
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +419,57 @@ mod tests {
         assert_eq!(
             s3.secret_key.expose(),
             "secret-of-pressdock_s3_secret_key-5d1e"
+        );
+    }
+
+    /// Managers' files in memory, as `sh -c` on them would leave them.
+    #[derive(Default)]
+    struct Files(std::cell::RefCell<std::collections::BTreeMap<String, String>>);
+
+    impl crate::cluster::storage::Shell for Files {
+        fn run(&self, m: &Machine, argv: &[String]) -> Result<String> {
+            assert_eq!(m.role, Role::Manager, "{argv:?} on {}", m.name);
+            let mut files = self.0.borrow_mut();
+            match argv {
+                [sh, c, script] if sh == "sh" && c == "-c" && script.starts_with("cat ") => {
+                    Ok(files.get(&m.name).cloned().unwrap_or_default())
+                }
+                [sh, c, script, _, text] if sh == "sh" && c == "-c" && script.contains("mv ") => {
+                    assert!(script.contains(MANAGER_PATH), "{script}");
+                    files.insert(m.name.clone(), text.clone());
+                    Ok(String::new())
+                }
+                _ => panic!("unexpected {argv:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_manager_gets_the_file_once() {
+        let (c, ms) = crate::cluster::swarm::tests::setup();
+        let text = render(&production(&c, &ms, "/run/secrets").unwrap_or_else(|e| panic!("{e}")));
+        let files = Files::default();
+        let written = install(&files, &ms, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            written,
+            [
+                "pd-prod-manager-01",
+                "pd-prod-manager-02",
+                "pd-prod-manager-03"
+            ]
+        );
+        assert!(files.0.borrow().values().all(|t| *t == text));
+        assert!(
+            install(&files, &ms, &text)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_empty()
+        );
+        let changed = text.replace("spares = 0", "spares = 1");
+        assert_eq!(
+            install(&files, &ms, &changed)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .len(),
+            3
         );
     }
 
