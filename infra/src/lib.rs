@@ -7,4 +7,5 @@
 pub mod cluster;
 pub mod guard;
 pub mod lab;
+pub mod platform_config;
 pub mod routes;

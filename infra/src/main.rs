@@ -268,6 +268,17 @@ enum ClusterCmd {
     },
     /// Monthly cost of the spec from DigitalOcean's prices (`/v2/sizes`), per site.
     Cost,
+    /// The platform's configuration (`pressdock.toml`) for this cluster: the droplets' VPC
+    /// addresses (ProxySQL, the cache stack's Sentinels, Varnish, Gluster), the spec's images
+    /// and backups bucket; every credential a file reference (printed: the files to make).
+    PlatformConfig {
+        /// Write it here (atomically) instead of printing it.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Where the platform reads the credential files (swarm secrets: /run/secrets).
+        #[arg(long, default_value = "/run/secrets")]
+        secrets_dir: String,
+    },
     /// From the droplets to a labelled swarm with its networks and stacks: observes every
     /// machine (docker over SSH), plans the missing steps and runs them.
     Swarm {
@@ -536,6 +547,37 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             return Ok(());
         }
         let observed = cluster::observe(&client, &desired).await?;
+        if let ClusterCmd::PlatformConfig { out, secrets_dir } = &cmd {
+            let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "{} droplet(s) missing or without addresses ({}): run `cluster apply` first",
+                    missing.len(),
+                    missing.join(", ")
+                );
+            }
+            let text = infra::platform_config::render(&cluster::platform_config::production(
+                &checked,
+                &machines,
+                secrets_dir,
+            )?);
+            match out {
+                Some(path) => {
+                    let tmp = path.with_extension("toml.tmp");
+                    std::fs::write(&tmp, &text)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    std::fs::rename(&tmp, path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            eprintln!("the platform reads these files (under {secrets_dir}):");
+            for (name, what) in cluster::platform_config::SECRET_FILES {
+                eprintln!("  {name:<40} {what}");
+            }
+            return Ok(());
+        }
         if let ClusterCmd::RecoverManagers {
             restored,
             force_new_cluster,
@@ -619,6 +661,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             // The storage tier: the Gluster volume and its mounts (ssh to the nodes).
             let shell = cluster::storage::SshShell { user: docker.user };
             storage_steps(&checked, &machines, &shell, !dry_run, dry_run)?;
+            platform_config_on_managers(&checked, &machines, &shell, !dry_run)?;
             return Ok(());
         }
         let (replace, replace_failed, with_swarm, ssh_user) = match &cmd {
@@ -692,6 +735,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
                     );
                 }
                 let ran = storage_steps(&checked, &machines, &shell, true, false)?;
+                platform_config_on_managers(&checked, &machines, &shell, true)?;
                 if p.is_empty() {
                     println!("nothing to do{}", if ran > 0 { " but storage" } else { "" });
                     return Ok(());
@@ -744,6 +788,32 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The platform's configuration (`cluster::platform_config`, credentials under
+/// /run/secrets) written to every manager whose copy differs, if `run`; else only said.
+fn platform_config_on_managers(
+    checked: &infra::cluster::spec::Checked,
+    machines: &[infra::cluster::swarm::Machine],
+    shell: &infra::cluster::storage::SshShell,
+    run: bool,
+) -> Result<()> {
+    use infra::cluster::platform_config::{MANAGER_PATH, install, production};
+    let text = infra::platform_config::render(&production(checked, machines, "/run/secrets")?);
+    if !run {
+        println!("platform: {MANAGER_PATH} on every manager (`cluster platform-config` prints it)");
+        return Ok(());
+    }
+    let written = install(shell, machines, &text)?;
+    println!(
+        "platform: {MANAGER_PATH} {}",
+        if written.is_empty() {
+            "unchanged on every manager".to_owned()
+        } else {
+            format!("written on {}", written.join(", "))
+        }
+    );
+    Ok(())
 }
 
 /// The storage tier's steps (`cluster::storage`): observed over SSH (or, `fresh`, as for

@@ -11,6 +11,13 @@
 //!
 //! Secrets live in [`Secret`], whose `Debug`, `Display` and `Serialize` print a redaction,
 //! so printing the whole configuration (`pressdock config`) is always safe.
+//!
+//! Any string value of the file may instead be a reference to a file holding it,
+//! `{ file = "/run/secrets/pressdock_secret_key" }` ([`resolve_secret_files`]): a file the
+//! operator wrote (mode 0600) or a swarm secret as a task sees it. So a configuration
+//! written for production (`pressdock-infra cluster platform-config`) holds no credential.
+//! The `[backends]` references are read when the drivers are built (so `pressdock config`
+//! prints the reference, not the credential); the others when the file is loaded.
 
 use std::{fmt, net::SocketAddr, path::Path};
 
@@ -508,7 +515,7 @@ impl Config {
         let file = file
             .map(Path::to_path_buf)
             .or_else(|| lookup("PRESSDOCK_CONFIG").map(Into::into));
-        let mut table = match &file {
+        let mut table: toml::Table = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading configuration file {}", path.display()))?;
@@ -517,6 +524,11 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        for (key, value) in table.iter_mut() {
+            if key != "backends" {
+                resolve_secret_files(value, key)?;
+            }
+        }
         for &(name, key, kind) in ENV_KEYS {
             if let Some(value) = lookup(name) {
                 set_path(&mut table, key, kind, value)?;
@@ -607,6 +619,40 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Replaces every `{ file = "PATH" }` in `value` (a table whose only key is `file`, a
+/// string) with the content of that file, its final line break removed: a credential by
+/// reference, so that the configuration file holds none. `at` is the key's path, for errors
+/// (which name the key and the file, never the content).
+pub fn resolve_secret_files(value: &mut toml::Value, at: &str) -> anyhow::Result<()> {
+    match value {
+        toml::Value::Table(t) => {
+            if t.len() == 1
+                && let Some(toml::Value::String(path)) = t.get("file")
+            {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{at}: reading the file {path}"))?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                if text.is_empty() {
+                    bail!("{at}: the file {path} is empty");
+                }
+                *value = toml::Value::String(text.to_owned());
+                return Ok(());
+            }
+            for (k, v) in t.iter_mut() {
+                resolve_secret_files(v, &format!("{at}.{k}"))?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                resolve_secret_files(v, &format!("{at}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// How an environment variable's text becomes the key's TOML value.
@@ -798,6 +844,45 @@ mod tests {
             format!("{err:#}").contains("billing.cluster_monthly_cost_minor"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn credentials_may_be_files_and_the_backends_keep_the_reference() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        let url = dir.path().join("url");
+        std::fs::write(&key, "k".repeat(40) + "\n").expect("write");
+        std::fs::write(&url, "mysql://pd:hunter2@db:6033/pressdock\n").expect("write");
+        let path = dir.path().join("p.toml");
+        let text = format!(
+            "database_url = {{ file = {url:?} }}\nsecret_key = {{ file = {key:?} }}\n\
+             [backends.s3]\nendpoint = \"https://s3.test\"\nbucket = \"b\"\n\
+             access_key = {{ file = {key:?} }}\nsecret_key = {{ file = {url:?} }}\n",
+            url = url.display().to_string(),
+            key = key.display().to_string(),
+        );
+        std::fs::write(&path, text).expect("write");
+        let config = Config::load_from(Some(&path), &[]).expect("config");
+        assert_eq!(config.secret_key.expose(), "k".repeat(40));
+        assert_eq!(
+            config.database_url.expose(),
+            "mysql://pd:hunter2@db:6033/pressdock"
+        );
+        // `[backends]` keeps the reference (printed as such) until the drivers read it.
+        let printed = toml::to_string(&config).expect("toml");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains(&url.display().to_string()), "{printed}");
+        let mut backends = toml::Value::Table(config.backends.clone());
+        resolve_secret_files(&mut backends, "backends").expect("resolve");
+        assert_eq!(
+            backends["s3"]["secret_key"].as_str(),
+            Some("mysql://pd:hunter2@db:6033/pressdock")
+        );
+        // A missing file names the key and the file.
+        std::fs::remove_file(&key).expect("rm");
+        let err = Config::load_from(Some(&path), &[]).expect_err("missing file");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("secret_key") && msg.contains("key"), "{msg}");
     }
 
     #[test]

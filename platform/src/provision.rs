@@ -112,7 +112,10 @@ fn permanent(err: impl Into<anyhow::Error>) -> StepError {
 impl Backends {
     /// Builds the drivers of the configured sections.
     pub fn from_config(table: &toml::Table, secret_key: &[u8]) -> anyhow::Result<Self> {
-        let config: BackendsConfig = toml::Value::Table(table.clone())
+        // Credentials given as `{ file = "…" }` are read now (crate::config).
+        let mut value = toml::Value::Table(table.clone());
+        crate::config::resolve_secret_files(&mut value, "backends")?;
+        let config: BackendsConfig = value
             .try_into()
             .context("invalid [backends] configuration")?;
         let galera = config

@@ -14,6 +14,8 @@
 //! - [`backup`]: Galera (mariabackup) and the swarm's state to S3, and their restore.
 //! - [`cost`]: the spec's monthly cost from the provider's prices, per site.
 //! - [`stack`]: `docker stack deploy` through the Engine API (bollard), for the lab and production.
+//! - [`platform_config`]: the platform's `pressdock.toml` for this cluster (the renderer the
+//!   lab's goes through, [`crate::platform_config`]), every credential a file reference.
 //! - [`storage`]: the Gluster volume `sites` on the storage nodes and its mounts on workers and
 //!   managers (over SSH), planned like the swarm steps.
 //! - [`swarm`]: the steps from machines to a labelled swarm with its networks and stacks;
@@ -27,6 +29,7 @@ pub mod digitalocean;
 pub mod evolve;
 pub mod images;
 pub mod plan;
+pub mod platform_config;
 pub mod provider;
 pub mod spec;
 pub mod stack;

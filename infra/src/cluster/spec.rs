@@ -79,6 +79,8 @@ pub const PRIVATE_PORTS: &[(Role, u16, u16, &str)] = &[
 pub const FORBIDDEN_SOURCES: &[(Role, u16, u16, Role, &str)] = &[
     (Role::Database, 6032, 6032, Role::Worker, "ProxySQL admin"),
     (Role::Cache, 6082, 6082, Role::Worker, "Varnish admin"),
+    // stacks/edge.yml publishes the admin port (6082 in the task) at 16082 on the node.
+    (Role::Cache, 16082, 16082, Role::Worker, "Varnish admin"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -150,6 +152,23 @@ pub struct ClusterSpec {
     /// [`Checked::images`].
     #[serde(default)]
     pub images: Option<ImagesSpec>,
+    /// Where the platform puts the sites' backups (its `[backends.s3]`, written by
+    /// `cluster platform-config`); its key pair is never in the spec.
+    #[serde(default)]
+    pub backups: Option<BackupsSpec>,
+}
+
+/// `[backups]`: the S3 bucket of the sites' backups (DigitalOcean Spaces or any S3).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsSpec {
+    /// `https://HOST[:PORT]` of the S3 API (`https://fra1.digitaloceanspaces.com`).
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    /// Path-style URLs (`endpoint/bucket/key`), which servers other than AWS and Spaces need.
+    #[serde(default)]
+    pub force_path_style: bool,
 }
 
 /// `[images]`: a reference per image of [`super::images::IMAGES`], as written. Each is
@@ -860,12 +879,60 @@ fn check(mut spec: ClusterSpec) -> Result<Checked, SpecError> {
     }
     check_guard(&spec, &rules)?;
     let images = check_images(&spec)?;
+    if let Some(b) = &spec.backups {
+        check_backups(b)?;
+    }
     Ok(Checked {
         spec,
         rules,
         common_rules,
         images,
     })
+}
+
+/// `[backups]`: an https endpoint with a host and nothing else, a bucket name S3 accepts
+/// (3-63 of lower-case letters, digits, `-`, `.`), a region.
+fn check_backups(b: &BackupsSpec) -> Result<(), SpecError> {
+    let host = b.endpoint.strip_prefix("https://").unwrap_or("");
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
+    {
+        return Err(err(
+            "backups.endpoint",
+            format!(
+                "{:?} is not https://HOST[:PORT] (the platform signs every request: never plain http in production)",
+                b.endpoint
+            ),
+        ));
+    }
+    let bucket_ok = (3..=63).contains(&b.bucket.len())
+        && b.bucket
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.'))
+        && b.bucket.as_bytes()[0].is_ascii_alphanumeric();
+    if !bucket_ok {
+        return Err(err(
+            "backups.bucket",
+            format!(
+                "{:?}: 3 to 63 lower-case letters, digits, - and ., starting with a letter or digit",
+                b.bucket
+            ),
+        ));
+    }
+    if b.region.is_empty()
+        || !b
+            .region
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    {
+        return Err(err(
+            "backups.region",
+            format!("{:?} is not a region name", b.region),
+        ));
+    }
+    Ok(())
 }
 
 /// `[images]`: present, and for every image a reference that is well formed, pinned (a tag
@@ -1202,8 +1269,8 @@ mod tests {
         assert!(e.message.contains("only the edge role"), "{e}");
         // Varnish admin from the workers.
         let e = bad(
-            "ports = \"6082\"\nfrom = [\"manager\"]",
-            "ports = \"6082\"\nfrom = [\"manager\", \"worker\"]",
+            "ports = \"16082\"\nfrom = [\"manager\"]",
+            "ports = \"16082\"\nfrom = [\"manager\", \"worker\"]",
         );
         assert!(e.message.contains("Varnish admin"), "{e}");
         // A common rule cannot open MariaDB to every node.
@@ -1242,6 +1309,9 @@ mod tests {
         // Sentinel, as the site's own user (GET-MASTER-ADDR-BY-NAME only); not Varnish admin.
         assert!(reaches(Role::Worker, Role::Cache, 26379));
         assert!(!reaches(Role::Worker, Role::Cache, 6082));
+        assert!(!reaches(Role::Worker, Role::Cache, 16082));
+        // The platform (managers) reaches Varnish admin where stacks/edge.yml publishes it.
+        assert!(reaches(Role::Manager, Role::Cache, 16082));
         // Nothing but the edge role is reachable from outside.
         for (role, rules) in &c.rules {
             let outside = rules.iter().any(|r| {

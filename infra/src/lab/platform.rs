@@ -3,6 +3,7 @@
 //! demo tenant created through the HTTP API.
 use super::sh::{self, progress};
 use super::{EDGE_NET, HOST_IP, Lab, SITES_NET, STATE, http, ports};
+use crate::platform_config::PlatformCluster;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -24,211 +25,192 @@ pub fn config_path() -> PathBuf {
     Path::new(STATE).join("pressdock.toml")
 }
 
-/// The platform config (shape documented in configs/pressdock.example.toml).
+/// The platform config: the lab described as a cluster, rendered by the renderer
+/// production's uses ([`crate::platform_config`]; shape documented in
+/// configs/pressdock.example.toml).
 pub fn config(lab: &Lab) -> String {
+    crate::platform_config::render(&description(lab, super::PlatformRedis::saved()))
+}
+
+/// The lab as the platform sees it: its host data tier (or, `redis`, the cache stack) on
+/// the bridge, its nodes, its own builds, its S3 and ACME servers; credentials inline (the
+/// file is root's, 0600).
+pub fn description(lab: &Lab, redis: super::PlatformRedis) -> PlatformCluster {
+    use crate::platform_config::{Cred, Galera, Gluster, Redis, S3, Swarm, Varnish, VclMode};
     let s = &lab.secrets;
     let m1 = lab.topo.first_manager();
-    let sentinels: Vec<String> = (1..=3)
-        .map(|i| format!("\"{HOST_IP}:{}\"", super::data::sentinel_port(i)))
-        .collect();
-    let varnish: Vec<String> = lab
+    let inline = |v: &str| Cred::Inline(v.to_owned());
+    let varnish = lab
         .topo
         .cache_nodes()
         .iter()
         .map(|n| {
-            format!(
-                "{{ address = \"{}:{}\", secret_file = \"{STATE}/varnish/secret\" }}",
-                n.ip,
-                ports::VARNISH_ADMIN
+            (
+                format!("{}:{}", n.ip, ports::VARNISH_ADMIN),
+                format!("{STATE}/varnish/secret"),
             )
         })
         .collect();
     // Every Traefik replica's metrics page (the managers': stacks/edge.yml): the billed
     // request counts (platform/src/app/edge_usage.rs).
-    let edge_metrics: Vec<String> = lab
+    let edge_metrics = lab
         .topo
         .nodes()
         .iter()
         .filter(|n| n.role == super::Role::Manager)
         .flat_map(|n| {
             [ports::EDGE_METRICS, ports::EDGE_METRICS_B]
-                .map(|port| format!("\"http://{}:{port}/metrics\"", n.ip))
+                .map(|port| format!("http://{}:{port}/metrics", n.ip))
         })
-        .collect();
-    let galera_nodes: Vec<String> = (1..=lab.topo.galera_nodes)
-        .map(|n| format!("\"{HOST_IP}:{}\"", super::data::galera_port(n)))
         .collect();
     let key = {
         // 32 random bytes, base64 (the platform's secret_key format).
         let bytes = hex::decode(&s.platform_key).unwrap_or_default();
         base64(&bytes)
     };
-    format!(
-        r#"# Written by `pressdock-infra lab up`: the platform against the lab's real servers.
-listen = "127.0.0.1:{platform}"
-database_url = "mysql://pressdock:{dbpw}@{HOST_IP}:{router}/pressdock"
-secret_key = "{key}"
-
-[bootstrap]
-admin_email = "{STAFF_EMAIL}"
-admin_password = "{staff}"
-
-[agent]
-# The sites' agents report here (the tasks reach the bridge address, not loopback).
-listen = "{HOST_IP}:{agent}"
-control_url = "http://{HOST_IP}:{agent}"
-
-[backends.galera]
-admin_url = "mysql://pdadmin:{admin}@{HOST_IP}:{router}"
-router = "haproxy"
-proxysql_admin_urls = []
-site_db_host = "{HOST_IP}:{router}"
-nodes = [{galera_nodes}]
-
-{redis_section}
-[backends.gluster]
-# Empty: this host's glusterd over its unix socket (the full CLI; over --remote-host
-# glusterd refuses `volume get` and so `quota list`). Bricks are on {gluster_host}.
-remote_host = ""
-volume = "sites"
-mount = "{mount}"
-node_mount = "{STATE}/nodes/{{{{.Node.Hostname}}}}/sites"
-# Directories with each plan's quota made ahead of time: a create takes one instead of a
-# glusterd transaction (docs/benchmarks.md, provisioning, issue 10). 8 per plan quota in
-# the lab, so that a fresh lab's refill (one quota call each) stays short beside the tests;
-# the 20-at-once benchmark wants 24.
-spares = 8
-
-[backends.varnish]
-instances = [{varnish}]
-vcl_dir = "{STATE}/varnish/vcl"
-hosts_file = "{STATE}/varnish/vcl/hosts.vcl"
-vcl_dir_in_instance = "/etc/varnish/pressdock"
-
-[backends.swarm]
-docker_host = "{docker_host}"
-runtime_image = "{runtime_image}"
-site_network = "{SITES_NET}"
-edge_network = "{EDGE_NET}"
-cert_resolver = ""
-# No per-site TLS routers: Traefik's `websecure` sends every HTTPS request to Varnish
-# (stacks/edge-routes.yml) with the certificates of [certs] below.
-websecure_entrypoint = ""
-docker_api_version = "1.41"
-# Every worker runs `pressdock-infra guard` (lab up): an agent runs no PHP until its task
-# is confined (docs/security.md, "Network confinement").
-net_guard_wait_secs = 30
-
-[backends.s3]
-# s3s-fs: refuses requests not signed with this key pair.
-endpoint = "http://{HOST_IP}:{s3}"
-bucket = "{s3_bucket}"
-region = "{s3_region}"
-access_key = "{s3_access}"
-secret_key = "{s3_secret}"
-force_path_style = true
-
-[certs]
-# pebble, the lab's ACME server (lab::acme): HTTP-01 is validated through the lab's edge.
+    let router = format!("{HOST_IP}:{}", ports::ROUTER);
+    let pw = &s.redis_admin;
+    let redis = match redis {
+        super::PlatformRedis::Host => Redis {
+            sentinels: (1..=3)
+                .map(|i| format!("{HOST_IP}:{}", super::data::sentinel_port(i)))
+                .collect(),
+            master_name: "pressdock".into(),
+            admin_user: Some("admin".into()),
+            admin_password: inline(pw),
+            sentinel_user: Some("admin".into()),
+            sentinel_password: inline(pw),
+            note: "The lab's host Redis and Sentinels (`lab up --platform-redis host`). The \
+                   Sentinels' default\nuser is off: the platform is their admin, each site has \
+                   its own discovery-only user there."
+                .into(),
+        },
+        super::PlatformRedis::Stack => Redis {
+            sentinels: lab
+                .topo
+                .cache_nodes()
+                .iter()
+                .map(|n| format!("{}:{}", n.ip, super::nodes::CACHE_SENTINEL_PORT))
+                .collect(),
+            master_name: super::nodes::CACHE_MASTER_NAME.into(),
+            admin_user: None,
+            admin_password: inline(pw),
+            sentinel_user: None,
+            sentinel_password: inline(pw),
+            note: CACHE_STACK_REDIS_NOTE.into(),
+        },
+    };
+    PlatformCluster {
+        header: "Written by `pressdock-infra lab up`: the platform against the lab's real servers."
+            .into(),
+        listen: format!("127.0.0.1:{}", ports::PLATFORM),
+        database_url: Cred::Inline(format!(
+            "mysql://pressdock:{}@{router}/pressdock",
+            s.platform_db
+        )),
+        secret_key: Cred::Inline(key),
+        bootstrap: Some((STAFF_EMAIL.into(), inline(&s.staff_password))),
+        agent_listen: format!("{HOST_IP}:{}", ports::PLATFORM + 1),
+        agent_control_url: format!("http://{HOST_IP}:{}", ports::PLATFORM + 1),
+        galera: Galera {
+            admin_url: Cred::Inline(format!("mysql://pdadmin:{}@{router}", s.galera_admin)),
+            router: "haproxy".into(),
+            proxysql_admin_urls: Vec::new(),
+            site_db_host: router.clone(),
+            nodes: (1..=lab.topo.galera_nodes)
+                .map(|n| format!("{HOST_IP}:{}", super::data::galera_port(n)))
+                .collect(),
+            note:
+                "HAProxy, the lab's writer router, in front of the host Galera nodes (production: \
+                   ProxySQL)."
+                    .into(),
+        },
+        redis,
+        gluster: Gluster {
+            remote_host: String::new(),
+            volume: "sites".into(),
+            mount: m1.gluster_mount().display().to_string(),
+            node_mount: format!("{STATE}/nodes/{{{{.Node.Hostname}}}}/sites"),
+            spares: 8,
+            note: format!(
+                "Empty remote_host: this host's glusterd over its unix socket (the full CLI; over\n\
+                 --remote-host glusterd refuses `volume get` and so `quota list`). Bricks are on {}.\n\
+                 Directories with each plan's quota made ahead of time: a create takes one instead of a\n\
+                 glusterd transaction (docs/benchmarks.md, provisioning, issue 10). 8 per plan quota in\n\
+                 the lab, so that a fresh lab's refill (one quota call each) stays short beside the tests;\n\
+                 the 20-at-once benchmark wants 24.",
+                super::GLUSTER_HOST
+            ),
+        },
+        varnish: Varnish {
+            instances: varnish,
+            mode: VclMode::Include {
+                vcl_dir: format!("{STATE}/varnish/vcl"),
+                hosts_file: format!("{STATE}/varnish/vcl/hosts.vcl"),
+                vcl_dir_in_instance: "/etc/varnish/pressdock".into(),
+            },
+        },
+        swarm: Swarm {
+            docker_host: m1.docker_host(),
+            // The lab's own build (production's is the spec's `images.wordpress`).
+            runtime_image: crate::cluster::images::Images::lab()
+                .runtime_image()
+                .to_owned(),
+            site_network: SITES_NET.into(),
+            edge_network: EDGE_NET.into(),
+            cert_resolver: String::new(),
+            websecure_entrypoint: String::new(),
+            net_guard_wait_secs: 30,
+        },
+        s3: Some(S3 {
+            endpoint: format!("http://{HOST_IP}:{}", ports::S3),
+            bucket: super::data::S3_BUCKET.into(),
+            region: super::data::S3_REGION.into(),
+            access_key: inline(&s.s3_access_key),
+            secret_key: inline(&s.s3_secret_key),
+            force_path_style: true,
+            note: "s3s-fs: refuses requests not signed with this key pair.".into(),
+        }),
+        certs: Some(format!(
+            r#"# pebble, the lab's ACME server (lab::acme): HTTP-01 is validated through the lab's edge.
 enabled = true
-directory = "{acme_directory}"
+directory = {directory}
 contact_email = "ops@pressdock.test"
-directory_ca_file = "{acme_ca}"
+directory_ca_file = {ca}
 interval_secs = 3
 order_timeout_secs = 60
 retry_base_secs = 10
 retry_max_secs = 300
 # Every Traefik replica polls /edge/traefik.json on the edge listener with this token.
-edge_token = "{edge_token}"
+edge_token = {token}
 # Traefik's providers.http.pollInterval (stacks/traefik.yml): redirects wait two of these.
-edge_poll_interval_secs = {edge_poll}
+edge_poll_interval_secs = {poll}
 edge_listen = "{HOST_IP}:{edge_port}"
 challenge_upstream = "http://{HOST_IP}:{edge_port}"
 web_entrypoint = "web"
 websecure_entrypoint = "websecure"
 https_service = "pd-cache@file"
-
-[billing]
-# The edge's per-site request counts, scraped every minute into hourly usage samples.
-edge_metrics = [{edge_metrics}]
-
-[backups]
-# Every delete backs the site up first, to the lab's S3, as in production: a deleted lab
-# site can be brought back (`pressdock sites restore SITE --backup FINAL`;
-# tests/tests/lab_sites.rs, the undelete test).
-final_backup = true
 "#,
-        platform = ports::PLATFORM,
-        agent = ports::PLATFORM + 1,
-        dbpw = s.platform_db,
-        router = ports::ROUTER,
-        staff = s.staff_password,
-        admin = s.galera_admin,
-        galera_nodes = galera_nodes.join(", "),
-        redis_section = redis_section(lab, &sentinels),
-        // The lab's own build (production's is the spec's `images.wordpress`).
-        runtime_image = crate::cluster::images::Images::lab().runtime_image(),
-        gluster_host = super::GLUSTER_HOST,
-        mount = m1.gluster_mount().display(),
-        varnish = varnish.join(", "),
-        docker_host = m1.docker_host(),
-        s3 = ports::S3,
-        s3_bucket = super::data::S3_BUCKET,
-        s3_region = super::data::S3_REGION,
-        s3_access = s.s3_access_key,
-        s3_secret = s.s3_secret_key,
-        acme_directory = super::acme::directory_url(),
-        acme_ca = super::acme::api_root(lab).display(),
-        edge_token = s.edge_token,
-        edge_poll = super::EDGE_POLL_SECS,
-        edge_port = ports::PLATFORM_EDGE,
-        edge_metrics = edge_metrics.join(", "),
-    )
-}
-
-/// `[backends.redis]`: the lab's host Redis and Sentinels, or with `lab up --platform-redis
-/// stack` the cache stack (`stacks/cache.yml`) at the cache nodes' published ports.
-fn redis_section(lab: &Lab, host_sentinels: &[String]) -> String {
-    let pw = &lab.secrets.redis_admin;
-    match super::PlatformRedis::saved() {
-        super::PlatformRedis::Host => format!(
-            r#"[backends.redis]
-sentinels = [{sentinels}]
-master_name = "pressdock"
-admin_user = "admin"
-admin_password = "{pw}"
-# The Sentinels' default user is off: the platform is their admin, each site has its own
-# discovery-only user there.
-sentinel_user = "admin"
-sentinel_password = "{pw}"
-"#,
-            sentinels = host_sentinels.join(", "),
-        ),
-        super::PlatformRedis::Stack => {
-            let sentinels: Vec<String> = lab
-                .topo
-                .cache_nodes()
-                .iter()
-                .map(|n| format!("\"{}:{}\"", n.ip, super::nodes::CACHE_SENTINEL_PORT))
-                .collect();
-            format!(
-                r#"[backends.redis]
-# The cache stack (`lab up --platform-redis stack`): its Sentinels at the cache nodes'
-# published port; Redis nodes and Sentinels have one password-protected `default` user
-# (the stack's secret), which the platform uses; each site gets its own ACL user on every
-# node and its discovery-only user on every Sentinel, saved on the node's volume (`ACL
-# SAVE`, `SENTINEL FLUSHCONFIG`), so that they outlive a task's restart.
-sentinels = [{sentinels}]
-master_name = "{name}"
-admin_password = "{pw}"
-sentinel_password = "{pw}"
-"#,
-                sentinels = sentinels.join(", "),
-                name = super::nodes::CACHE_MASTER_NAME,
-            )
-        }
+            directory = toml::Value::String(super::acme::directory_url()),
+            ca = toml::Value::String(super::acme::api_root(lab).display().to_string()),
+            token = toml::Value::String(s.edge_token.clone()),
+            poll = super::EDGE_POLL_SECS,
+            edge_port = ports::PLATFORM_EDGE,
+        )),
+        edge_metrics,
+        // Every delete backs the site up first, to the lab's S3, as in production
+        // (tests/tests/lab_sites.rs, the undelete test).
+        final_backup: true,
     }
 }
+
+/// `[backends.redis]` on the cache stack (`stacks/cache.yml`), the lab's with `lab up
+/// --platform-redis stack` and production's.
+pub const CACHE_STACK_REDIS_NOTE: &str = "The cache stack (stacks/cache.yml): its Sentinels at the cache nodes' published port;\n\
+Redis nodes and Sentinels have one password-protected `default` user (the stack's secret),\n\
+which the platform uses; each site gets its own ACL user on every node and its\n\
+discovery-only user on every Sentinel, saved on the node's volume (`ACL SAVE`,\n\
+`SENTINEL FLUSHCONFIG`), so that they outlive a task's restart.";
 
 fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -605,4 +587,71 @@ pub fn write_summary(lab: &Lab, plat: Option<&Platform>) -> Result<()> {
         nodes = nodes.join(",\n  "),
     );
     sh::write_file(&Path::new(STATE).join("lab.toml"), &s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{PlatformRedis, Secrets, Topology, proc::Procs};
+
+    /// A lab of 2 managers, 3 workers and 3 Galera nodes with made-up credentials.
+    fn fixture() -> Lab {
+        let secret = |name: &str| format!("pw-{name}-0123abcd");
+        Lab {
+            topo: Topology {
+                managers: 2,
+                workers: 3,
+                galera_nodes: 3,
+            },
+            secrets: Secrets {
+                galera_admin: secret("galera-admin"),
+                galera_check: secret("galera-check"),
+                platform_db: secret("platform-db"),
+                redis_admin: secret("redis-admin"),
+                varnish: secret("varnish"),
+                platform_key: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+                    .into(),
+                staff_password: secret("staff"),
+                demo_password: secret("demo"),
+                s3_access_key: "PDLABKEYFIXTURE".into(),
+                s3_secret_key: secret("s3-secret"),
+                edge_token: secret("edge-token"),
+            },
+            procs: Procs { dir: STATE.into() },
+            repo: ".".into(),
+        }
+    }
+
+    /// What the lab wrote before its configuration went through the production renderer
+    /// (the old `format!`, for [`fixture`]), key for key, in both Redis modes; and the
+    /// platform's own loader reads it.
+    #[test]
+    fn the_labs_config_means_what_it_meant_before_the_shared_renderer() {
+        for (r, before) in [
+            (
+                PlatformRedis::Host,
+                include_str!("../testdata/lab-pressdock-host.toml"),
+            ),
+            (
+                PlatformRedis::Stack,
+                include_str!("../testdata/lab-pressdock-stack.toml"),
+            ),
+        ] {
+            let now = crate::platform_config::render(&description(&fixture(), r));
+            let parse = |t: &str| {
+                t.parse::<toml::Table>()
+                    .unwrap_or_else(|e| panic!("{e}\n{t}"))
+            };
+            assert_eq!(parse(&now), parse(before), "{r:?}:\n{now}");
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let path = dir.path().join("pressdock.toml");
+            std::fs::write(&path, &now).unwrap_or_else(|e| panic!("{e}"));
+            let config = platform::config::Config::load_from(Some(&path), &[])
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let b: backends::config::BackendsConfig = toml::Value::Table(config.backends)
+                .try_into()
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(b.galera.is_some() && b.redis.is_some() && b.s3.is_some());
+        }
+    }
 }
