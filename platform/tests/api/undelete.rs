@@ -317,3 +317,104 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
     site.remove(&e.provisioner).await;
     e.finish().await;
 }
+
+/// An undelete that fails after its request gave the site back the aliases still free
+/// leaves the site `deleted` with the aliases it kept before the request — the one another
+/// site took meanwhile included — and holding no domain. Once that site lets the alias go,
+/// the next undelete gets every alias back. (Before `restores.kept_aliases`, the unwind
+/// kept only what the request had given back: the taken alias was forgotten for good.)
+#[tokio::test]
+async fn a_failed_undelete_keeps_the_aliases_the_deleted_site_kept_before_it() {
+    let e = Setup::new("uk")
+        .creates_sites()
+        .max_attempts(2)
+        .start()
+        .await;
+    let member = e.member.as_str();
+    let site = e.provisioned_site().await;
+    let domain = format!("{}.example", site.id);
+    let (free, taken) = (format!("www.{domain}"), format!("shop.{domain}"));
+    e.add_domains(&site.id, &domain, &[&free, &taken]).await;
+    let fin = e.delete_site(&site.id).await;
+    let db = &e.app.db;
+    let id = site.id.as_str();
+    let kept = move || async move {
+        sqlx::query_as::<_, (Option<String>, Option<i64>)>(
+            "SELECT aliases, aliases_generation FROM sites WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let held = move |domain: String| async move {
+        sqlx::query_scalar::<_, String>("SELECT site_id FROM domains WHERE domain = ?")
+            .bind(domain)
+            .fetch_optional(db)
+            .await
+            .unwrap()
+    };
+    let before = kept().await;
+    assert_eq!(before, (Some(format!("{taken} {free}")), None));
+
+    // Another site takes one alias; the undelete fails in the middle of the rows.
+    let (other, other_schema) = e.seed_site().await;
+    e.take_domain(&other, &taken).await;
+    let sql = e.dump_sql(&site.id, &fin).await;
+    let inserts = positions(&sql, "\nINSERT INTO ");
+    let at = inserts[inserts.len() / 2] + 1;
+    let failing = [
+        &sql[..at],
+        b"INSERT INTO wp_missing VALUES (1);\n",
+        &sql[at..],
+    ]
+    .concat();
+    e.replace_dump(&site.id, &fin, &failing).await;
+    let body = e.request_restore(&site.id, &fin).await;
+    assert_eq!(body["aliases_taken"], json!([taken]), "{body}");
+    let done = e.wait_accepted(&body).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["steps"][0]["name"], "record_site", "{done}");
+    assert_eq!(done["steps"][0]["state"], "undone", "{done}");
+
+    assert_eq!(kept().await, before, "the aliases kept as before the undelete");
+    assert_eq!(
+        leftovers(&e, &site).await,
+        ("deleted".into(), 0, 0, 0, 0, false),
+        "no domain or resource left held"
+    );
+    for name in [&domain, &free] {
+        assert_eq!(held(name.clone()).await, None, "{name} is free");
+    }
+    assert_eq!(held(taken.clone()).await.as_deref(), Some(other.as_str()));
+    let (status, _) = e.app.get(&format!("/v1/sites/{}", site.id), member).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The other site lets the alias go; the next undelete gets every alias back.
+    sqlx::query("DELETE FROM domains WHERE domain = ? AND site_id = ?")
+        .bind(&taken)
+        .bind(other.as_str())
+        .execute(&e.app.db)
+        .await
+        .unwrap();
+    e.replace_dump(&site.id, &fin, &sql).await;
+    let body = e.request_restore(&site.id, &fin).await;
+    assert!(body["aliases_taken"].is_null(), "none taken: {body}");
+    let done = e.wait_accepted(&body).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, got) = e.app.get(&format!("/v1/sites/{}", site.id), member).await;
+    assert_eq!(got["state"], "active", "{got}");
+    assert_eq!(got["domain"], domain.as_str(), "{got}");
+    assert_eq!(got["aliases"], json!([taken, free]), "{got}");
+    for name in [&domain, &free, &taken] {
+        assert_eq!(
+            held(name.clone()).await.as_deref(),
+            Some(site.id.as_str()),
+            "{name}"
+        );
+    }
+
+    other_schema.drop().await;
+    site.remove(&e.provisioner).await;
+    e.finish().await;
+}
