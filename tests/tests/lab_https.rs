@@ -646,16 +646,20 @@ async fn undeleted_served_again(lab: toml::Table, api: Api, tenant: String, id: 
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["operation"]["kind"], "site.undelete", "{body}");
     api.succeeds(&body).await;
-    let shown = until("the site active again", Duration::from_secs(240), || async {
-        let (status, b) = api
-            .call(Method::GET, &format!("/v1/sites/{site}"), None)
-            .await;
-        if status == 200 && b["state"] == "active" {
-            Ok(b)
-        } else {
-            Err(b.to_string())
-        }
-    })
+    let shown = until(
+        "the site active again",
+        Duration::from_secs(240),
+        || async {
+            let (status, b) = api
+                .call(Method::GET, &format!("/v1/sites/{site}"), None)
+                .await;
+            if status == 200 && b["state"] == "active" {
+                Ok(b)
+            } else {
+                Err(b.to_string())
+            }
+        },
+    )
     .await;
     assert_eq!(shown["domain"], domain.as_str(), "{shown}");
 
@@ -663,7 +667,10 @@ async fn undeleted_served_again(lab: toml::Table, api: Api, tenant: String, id: 
     // chain at the edge, from every replica.
     let held = certificate(&api, &site, &domain).await;
     assert_eq!(held["state"], "valid", "{held}");
-    assert_eq!(held["not_after"], cert["not_after"], "not ordered again: {held}");
+    assert_eq!(
+        held["not_after"], cert["not_after"],
+        "not ordered again: {held}"
+    );
     assert!(held["last_error"].is_null(), "{held}");
     let page = https_page(&roots, &domain, https).await;
     assert_eq!(

@@ -278,6 +278,21 @@ impl Lab {
         Ok(ids.into_iter().collect())
     }
 
+    /// `<tenant>/<site>/` of the lab's demo site (`lab up` makes `demo.lab.test`).
+    async fn demo_prefix(&self) -> String {
+        let lab_database = self.lab_database().unwrap();
+        let pool = sqlx::MySqlPool::connect(&self.router_url).await.unwrap();
+        let (tenant, site): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT s.tenant_id, s.id FROM `{lab_database}`.sites s \
+             JOIN `{lab_database}`.domains d ON d.site_id = s.id WHERE d.domain = 'demo.lab.test'"
+        )))
+        .fetch_one(&pool)
+        .await
+        .expect("the lab's demo site (demo.lab.test)");
+        pool.close().await;
+        format!("{tenant}/{site}/")
+    }
+
     /// The ids of the lab's own control plane's complete backups.
     async fn complete_backups(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
         let lab_database = self.lab_database()?;
@@ -2112,15 +2127,21 @@ async fn the_sweep_removes_the_backups_of_sites_the_lab_does_not_know_and_no_oth
     let known_with_backups: std::collections::BTreeSet<String> =
         of_known.iter().map(|key| part(key, 1)).collect();
 
-    // A test platform's deleted site's final backup, and another test's object outside
-    // any site's prefix.
+    // A test platform's deleted site's final backup, another test's object outside any
+    // site's prefix, and an object of ours under the lab's demo site's prefix (the demo
+    // site may have no backup to watch).
     let (tenant, site, backup) = (random(), SiteResourceId::generate(), random());
     let left = [
         format!("{tenant}/{site}/{backup}/manifest.json"),
         format!("{tenant}/{site}/{backup}/database.sql.zst"),
     ];
     let other = format!("sweeptest-{}/{tenant}/{site}/probe.txt", random());
-    for key in left.iter().chain([&other]) {
+    let demo_probe = format!(
+        "{}sweeptest-{}/probe.txt",
+        lab.demo_prefix().await,
+        random()
+    );
+    for key in left.iter().chain([&other, &demo_probe]) {
         store
             .put(key, b"left by a test".to_vec(), "application/octet-stream")
             .await
@@ -2134,6 +2155,7 @@ async fn the_sweep_removes_the_backups_of_sites_the_lab_does_not_know_and_no_oth
         assert!(!after.contains(key), "{key} is removed");
     }
     assert!(after.contains(&other), "{other} is kept");
+    assert!(after.contains(&demo_probe), "{demo_probe} is kept");
     let complete = lab.complete_backups().await.unwrap();
     let lost: Vec<&String> = of_known
         .iter()
@@ -2145,14 +2167,16 @@ async fn the_sweep_removes_the_backups_of_sites_the_lab_does_not_know_and_no_oth
     );
     eprintln!(
         "the sweep removed the unknown site's {} objects and kept {} objects of {} site(s) \
-         the lab knows ({} known in all) and {other}",
+         the lab knows ({} known in all), {demo_probe} and {other}",
         left.len(),
         of_known.len(),
         known_with_backups.len(),
         known.len(),
     );
-    store
-        .remove_prefix(&format!("{}/", part(&other, 0)), &[])
-        .await
-        .unwrap();
+    // Only our own objects: the prefixes hold nothing else.
+    for probe in [&other, &demo_probe] {
+        let folder = &probe[..probe.rfind('/').unwrap() + 1];
+        assert_eq!(store.list(folder).await.unwrap().len(), 1, "{folder}");
+        store.remove_prefix(folder, &[]).await.unwrap();
+    }
 }

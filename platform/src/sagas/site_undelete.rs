@@ -18,8 +18,7 @@
 use futures::future::BoxFuture;
 
 use super::{
-    Outcome, Saga, StepContext, StepResult, Undo,
-    Step, always,
+    Outcome, Saga, Step, StepContext, StepResult, Undo, always,
     site_create::{PROVISION, SERVE, record_site},
     site_restore::{BAN_CACHE, CHECK_BACKUP, fill_from_backup},
     site_steps::{self as s},

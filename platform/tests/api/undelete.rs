@@ -377,7 +377,11 @@ async fn a_failed_undelete_keeps_the_aliases_the_deleted_site_kept_before_it() {
     assert_eq!(done["steps"][0]["name"], "record_site", "{done}");
     assert_eq!(done["steps"][0]["state"], "undone", "{done}");
 
-    assert_eq!(kept().await, before, "the aliases kept as before the undelete");
+    assert_eq!(
+        kept().await,
+        before,
+        "the aliases kept as before the undelete"
+    );
     assert_eq!(
         leftovers(&e, &site).await,
         ("deleted".into(), 0, 0, 0, 0, false),
