@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::{
     backup_fixture::{BackupEnv, Setup, Site, positions, tree},
-    support::{random_name, step_names},
+    support::{SECRET_KEY, random_name, step_names},
 };
 
 /// What is left of the site in the control plane and on the servers.
@@ -419,6 +419,97 @@ async fn a_failed_undelete_keeps_the_aliases_the_deleted_site_kept_before_it() {
     }
 
     other_schema.drop().await;
+    site.remove(&e.provisioner).await;
+    e.finish().await;
+}
+
+/// The certificates of an undeleted site's domains (issue 14 with 13), at the level of the
+/// control plane's records: deleted, its domains' certificates start their grace and the
+/// edge is no longer given them; brought back within the grace, each domain's row is taken
+/// again as it was (same chain, same validity) and given to the edge, and nothing is
+/// ordered again. (The lab test `lab_https::an_undeleted_site_is_served_the_certificate_it_held_again`
+/// checks the same through pebble and Traefik.)
+#[tokio::test]
+async fn an_undeleted_site_gets_back_the_certificates_its_domains_held() {
+    use platform::certs::store::{self, Issued, Material};
+    let e = Setup::new("uc").creates_sites().start().await;
+    let site = e.provisioned_site().await;
+    let domain = format!("{}.example", site.id);
+    let alias = format!("www.{domain}");
+    e.add_domains(&site.id, &domain, &[&alias]).await;
+    let db = &e.app.db;
+    let secrets = platform::crypto::SecretBox::new(SECRET_KEY.as_bytes());
+    // A day of grace, as configured by default; an order's lease of five minutes.
+    let sync = || async { store::sync_domains(db, 86_400, 300).await.unwrap() };
+    let served = || async {
+        store::for_edge(db, &secrets, std::time::Duration::from_secs(10))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.domain, c.material.chain_pem))
+            .collect::<Vec<_>>()
+    };
+    let not_after = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT not_after FROM certificates WHERE domain = ?",
+        )
+        .bind(&domain)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(sync().await.added, 2);
+    let now = chrono::Utc::now();
+    let issued = Issued {
+        issuer: "Test CA".into(),
+        not_before: now - chrono::Duration::hours(1),
+        not_after: now + chrono::Duration::days(60),
+        renew_at: now + chrono::Duration::days(40),
+    };
+    for name in [&domain, &alias] {
+        let material = Material {
+            chain_pem: format!("chain of {name}"),
+            key_pem: format!("key of {name}"),
+        };
+        store::store_issued(db, &secrets, name, &material, &issued)
+            .await
+            .unwrap();
+    }
+    let held = served().await;
+    assert_eq!(
+        held,
+        [
+            (domain.clone(), format!("chain of {domain}")),
+            (alias.clone(), format!("chain of {alias}")),
+        ]
+    );
+    let valid_until = not_after().await;
+    assert!(valid_until.is_some());
+
+    // Deleted: the rows start their grace, and the edge is not given them.
+    let fin = e.delete_site(&site.id).await;
+    assert_eq!(sync().await.unused, 2);
+    assert_eq!(served().await, []);
+    assert!(store::due(db, 10).await.unwrap().is_empty());
+
+    // Brought back: the rows are taken again as they were, nothing is ordered.
+    let body = e.request_restore(&site.id, &fin).await;
+    let done = e.wait_accepted(&body).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, got) = e
+        .app
+        .get(&format!("/v1/sites/{}", site.id), &e.member)
+        .await;
+    assert_eq!(got["state"], "active", "{got}");
+    let synced = sync().await;
+    assert_eq!((synced.added, synced.taken_again), (0, 2), "{synced:?}");
+    assert_eq!(served().await, held);
+    assert_eq!(not_after().await, valid_until);
+    assert!(
+        store::due(db, 10).await.unwrap().is_empty(),
+        "nothing ordered again"
+    );
+
     site.remove(&e.provisioner).await;
     e.finish().await;
 }
