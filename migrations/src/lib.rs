@@ -25,6 +25,7 @@ mod m20261206_000018_edge_usage;
 mod m20261207_000019_backup_policies;
 mod m20261207_000020_backup_drills;
 mod m20261207_000021_certificate_served_since;
+mod m20261207_000022_undelete_kept_aliases;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000019_backup_policies::Migration),
             Box::new(m20261207_000020_backup_drills::Migration),
             Box::new(m20261207_000021_certificate_served_since::Migration),
+            Box::new(m20261207_000022_undelete_kept_aliases::Migration),
         ]
     }
 }

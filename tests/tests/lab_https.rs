@@ -551,6 +551,167 @@ async fn served_by_every_replica(lab: toml::Table, api: Api, tenant: String, id:
     assert!(held["last_error"].is_null(), "{held}");
 }
 
+/// Issue 13 with issue 14: a site deleted by mistake and brought back from its final
+/// backup (`site.undelete`) within the certificates' grace (`certs.unused_grace_secs`, a
+/// day) gets the certificate it held back. Deleted, its domain's certificate is no longer
+/// served (the edge answers with another one, which does not verify); once it is back
+/// the same certificate (same chain, same validity: not ordered again) is served by every
+/// edge replica, and HTTP redirects to HTTPS again.
+#[tokio::test]
+async fn an_undeleted_site_is_served_the_certificate_it_held_again() {
+    let Some(lab) = lab() else { return };
+    let _one = ACME.lock().await;
+    let id = random().to_lowercase();
+    with_tenant(&format!("undel-{id}"), |api, tenant| {
+        undeleted_served_again(lab, api, tenant, id)
+    })
+    .await;
+}
+
+async fn undeleted_served_again(lab: toml::Table, api: Api, tenant: String, id: String) {
+    let s = |k: &str| lab[k].as_str().unwrap().to_owned();
+    let https = addr(&s("edge_https_url"));
+    let http = addr(&s("edge_url"));
+    let roots = std::fs::read(s("acme_roots")).unwrap();
+    let replicas: Vec<SocketAddr> = lab["edge_https_replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().parse().unwrap())
+        .collect();
+
+    let domain = format!("undel-{id}.lab.test");
+    let accepted = api.create_site(&tenant, "Undelete HTTPS", &domain).await;
+    api.succeeds(&accepted).await;
+    let site = accepted["site"]["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let cert = until("the certificate", Duration::from_secs(120), || async {
+        let c = certificate(&api, &site, &domain).await;
+        if c["state"] == "valid" {
+            Ok(c)
+        } else {
+            Err(c.to_string())
+        }
+    })
+    .await;
+    let leaf = https_page(&roots, &domain, https)
+        .await
+        .leaf
+        .expect("the server's certificate");
+    println!(
+        "{domain}: certificate valid and served after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Deleted (its final backup first): the edge stops serving the domain's certificate.
+    let (status, body) = api
+        .call(Method::DELETE, &format!("/v1/sites/{site}"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    api.succeeds(&body).await;
+    let client = verifying(&roots, &domain, https);
+    let url = format!("https://{domain}:{}/", https.port());
+    let refused = until(
+        "the edge to stop serving the deleted site's certificate",
+        Duration::from_secs(60),
+        || async {
+            match get(&client, &url).await {
+                Err(err) => Ok(err),
+                Ok(p) => Err(format!("still served: HTTP {}", p.status)),
+            }
+        },
+    )
+    .await;
+    assert!(
+        !refused.contains("timed out"),
+        "the edge answers, with another certificate: {refused}"
+    );
+
+    // Brought back from its final backup.
+    let (status, page) = api
+        .call(Method::GET, &format!("/v1/sites/{site}/backups"), None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let fin = &page["items"][0];
+    assert_eq!(fin["kind"], "final", "{page}");
+    assert_eq!(fin["state"], "complete", "{page}");
+    let back = Instant::now();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sites/{site}/restores"),
+            Some(json!({ "backup": fin["id"] })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["operation"]["kind"], "site.undelete", "{body}");
+    api.succeeds(&body).await;
+    let shown = until(
+        "the site active again",
+        Duration::from_secs(240),
+        || async {
+            let (status, b) = api
+                .call(Method::GET, &format!("/v1/sites/{site}"), None)
+                .await;
+            if status == 200 && b["state"] == "active" {
+                Ok(b)
+            } else {
+                Err(b.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(shown["domain"], domain.as_str(), "{shown}");
+
+    // The certificate it held: the same row (valid, same validity, no error), the same
+    // chain at the edge, from every replica.
+    let held = certificate(&api, &site, &domain).await;
+    assert_eq!(held["state"], "valid", "{held}");
+    assert_eq!(
+        held["not_after"], cert["not_after"],
+        "not ordered again: {held}"
+    );
+    assert!(held["last_error"].is_null(), "{held}");
+    let page = https_page(&roots, &domain, https).await;
+    assert_eq!(
+        page.leaf.as_deref(),
+        Some(&leaf[..]),
+        "the certificate it held is served again"
+    );
+    for replica in &replicas {
+        let p = https_page(&roots, &domain, *replica).await;
+        assert_eq!(
+            p.leaf.as_deref(),
+            Some(&leaf[..]),
+            "replica {replica} serves another certificate"
+        );
+    }
+    // HTTP redirects to HTTPS again (two of the edge's polls after it served it again).
+    let plain_client = plain(&domain, http);
+    let http_url = format!("http://{domain}:{}/", http.port());
+    let redirect = until(
+        "the redirect to HTTPS again",
+        Duration::from_secs(120),
+        || async {
+            let r = get(&plain_client, &http_url).await?;
+            if r.status == StatusCode::MOVED_PERMANENTLY
+                || r.status == StatusCode::PERMANENT_REDIRECT
+            {
+                Ok(r)
+            } else {
+                Err(format!("HTTP {} {:?}", r.status, r.headers))
+            }
+        },
+    )
+    .await;
+    assert_eq!(redirect.headers["location"], format!("https://{domain}/"));
+    println!(
+        "{domain}: undeleted and its certificate served again, redirecting, {:.1} s after the \
+         undelete was asked",
+        back.elapsed().as_secs_f64()
+    );
+}
+
 /// How long the renewal test's certificates last. Renewed at two thirds (40 s), which
 /// leaves the issuer's next pass (every 3 s on the lab), the order and Traefik's poll of
 /// the provider (every 5 s) 20 s before the old one expires.

@@ -107,7 +107,28 @@ struct Lab {
 }
 
 impl Lab {
+    /// The lab's configuration, its own control plane stopped (one control plane at a
+    /// time owns the edge).
     fn load() -> Self {
+        let lab = Self::read();
+        // Stop the lab's own control plane: one control plane at a time owns the edge.
+        let pid =
+            std::fs::read_to_string("/var/lib/pressdock-lab/pids/platform.pid").unwrap_or_default();
+        if let Some(pid) = pid
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        lab
+    }
+
+    /// The lab's configuration, its control plane left running.
+    fn read() -> Self {
         let text = std::fs::read_to_string(LAB_CONFIG).unwrap();
         let table: toml::Table = text.parse().unwrap();
         let backends: BackendsConfig = table["backends"].clone().try_into().unwrap();
@@ -124,19 +145,6 @@ impl Lab {
             Some(i) if i > "mysql://".len() => admin[..i].to_owned(),
             _ => admin,
         };
-        // Stop the lab's own control plane: one control plane at a time owns the edge.
-        let pid =
-            std::fs::read_to_string("/var/lib/pressdock-lab/pids/platform.pid").unwrap_or_default();
-        if let Some(pid) = pid
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
         Self {
             table,
             backends,
@@ -150,7 +158,9 @@ impl Lab {
     /// lab's own control plane does not know is removed from every backend, and the test
     /// control-plane databases (`pdtest_*`) are dropped. Safe because the lab tests run one at a
     /// time (this file's lock; `PRESSDOCK_LAB_LOCK` across runs): no other test platform is
-    /// using them. Best effort: a failure here is printed, and the test goes on.
+    /// using them. The backups in the lab's S3 of the sites the lab's control plane does not
+    /// know go too ([`Lab::sweep_backups`]): the final backups of the test platforms' sites.
+    /// Best effort: a failure here is printed, and the test goes on.
     async fn sweep_leftovers(&self) {
         if let Err(e) = self.try_sweep_leftovers().await {
             eprintln!("sweeping earlier tests' leftovers failed: {e:#}");
@@ -159,26 +169,11 @@ impl Lab {
 
     async fn try_sweep_leftovers(&self) -> anyhow::Result<()> {
         use sqlx::Row;
-        let lab_database = self.table["database_url"]
-            .as_str()
-            .and_then(|url| url.rsplit('/').next())
-            .and_then(|name| name.split('?').next())
-            .unwrap_or("pressdock")
-            .to_owned();
-        anyhow::ensure!(
-            is_identifier(&lab_database),
-            "the lab's database name {lab_database:?} is not a plain identifier"
-        );
-        let pool = sqlx::MySqlPool::connect(&self.router_url).await?;
-        let mut live = std::collections::BTreeSet::new();
-        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM `{lab_database}`.sites"
-        )))
-        .fetch_all(&pool)
-        .await?
-        {
-            live.insert(row.try_get::<String, _>(0)?);
+        let live = self.known_sites().await?;
+        if let Err(e) = self.sweep_backups(&live).await {
+            eprintln!("sweeping earlier tests' backups from the lab's S3 failed: {e:#}");
         }
+        let pool = sqlx::MySqlPool::connect(&self.router_url).await?;
         let swarm = self.swarm();
         let mut held = swarm.list_site_ids().await?;
         held.extend(self.galera().list_site_ids().await?);
@@ -221,6 +216,109 @@ impl Lab {
         }
         pool.close().await;
         Ok(())
+    }
+
+    /// Deletes the backup objects (`<tenant>/<site>/<backup>/…`) of every site `live` (the
+    /// lab's own control plane's `sites`, deleted ones included: their final backups are
+    /// the lab platform's to prune) does not name: what the test platforms' sites left, a
+    /// final backup at each delete. Only keys whose first two parts are ids as the
+    /// platform makes them: another test's objects under a prefix of its own (such as
+    /// `lab_storage_auth`'s `authtest-<pid>/`) are that test's to remove. An empty `live`
+    /// removes nothing: the lab's control plane always knows its demo site, so it means the
+    /// wrong database was read. (Unfinished multipart uploads are not found: the lab's
+    /// s3s-fs does not list them.)
+    async fn sweep_backups(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+    ) -> anyhow::Result<usize> {
+        let Some(s3) = self.backends.s3.as_ref() else {
+            return Ok(0);
+        };
+        anyhow::ensure!(
+            !live.is_empty(),
+            "the lab's control plane knows no site (not even its demo site): not sweeping S3"
+        );
+        let store = platform::backup::BackupStore::new(s3)?;
+        let mut unknown = std::collections::BTreeSet::new();
+        for (key, _) in store.list("").await? {
+            let mut parts = key.splitn(3, '/');
+            let (Some(tenant), Some(site), Some(_)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if platform::domain::Id::parse(tenant).is_some()
+                && SiteResourceId::parse(site).is_ok()
+                && !live.contains(site)
+            {
+                unknown.insert(format!("{tenant}/{site}/"));
+            }
+        }
+        if !unknown.is_empty() {
+            eprintln!(
+                "removing the backups of {} site(s) earlier tests left in the lab's S3",
+                unknown.len()
+            );
+        }
+        for prefix in &unknown {
+            store.remove_prefix(prefix, &[]).await?;
+        }
+        Ok(unknown.len())
+    }
+
+    /// The ids of the sites the lab's own control plane knows (`sites`, deleted ones too).
+    async fn known_sites(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let lab_database = self.lab_database()?;
+        let pool = sqlx::MySqlPool::connect(&self.router_url).await?;
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM `{lab_database}`.sites"
+        )))
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// `<tenant>/<site>/` of the lab's demo site (`lab up` makes `demo.lab.test`).
+    async fn demo_prefix(&self) -> String {
+        let lab_database = self.lab_database().unwrap();
+        let pool = sqlx::MySqlPool::connect(&self.router_url).await.unwrap();
+        let (tenant, site): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT s.tenant_id, s.id FROM `{lab_database}`.sites s \
+             JOIN `{lab_database}`.domains d ON d.site_id = s.id WHERE d.domain = 'demo.lab.test'"
+        )))
+        .fetch_one(&pool)
+        .await
+        .expect("the lab's demo site (demo.lab.test)");
+        pool.close().await;
+        format!("{tenant}/{site}/")
+    }
+
+    /// The ids of the lab's own control plane's complete backups.
+    async fn complete_backups(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let lab_database = self.lab_database()?;
+        let pool = sqlx::MySqlPool::connect(&self.router_url).await?;
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM `{lab_database}`.backups WHERE state = 'complete'"
+        )))
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The name of the lab's own control-plane database, checked to be a plain identifier.
+    fn lab_database(&self) -> anyhow::Result<String> {
+        let lab_database = self.table["database_url"]
+            .as_str()
+            .and_then(|url| url.rsplit('/').next())
+            .and_then(|name| name.split('?').next())
+            .unwrap_or("pressdock")
+            .to_owned();
+        anyhow::ensure!(
+            is_identifier(&lab_database),
+            "the lab's database name {lab_database:?} is not a plain identifier"
+        );
+        Ok(lab_database)
     }
 
     /// Varnish's host table, as the control plane last wrote it.
@@ -1992,4 +2090,93 @@ async fn sites_move_to_a_new_worker_off_a_drained_one_and_off_a_dead_one() {
         assert_eq!(done["state"], "succeeded", "{done}");
     }
     q.stop().await;
+}
+
+/// The sweep at the start of every test here deletes from the lab's S3 the backups of the
+/// sites the lab's own control plane does not know (the final backups of the test
+/// platforms' sites), and nothing else: the objects of every site the lab knows, its demo
+/// site's included, and objects outside a `<tenant>/<site>/` prefix stay. The lab's
+/// platform keeps running (only the sweep runs): an object of a known site that goes
+/// missing counts only if the lab still lists its backup as complete (its own retention
+/// may prune one meanwhile).
+#[tokio::test]
+async fn the_sweep_removes_the_backups_of_sites_the_lab_does_not_know_and_no_other() {
+    if !enabled() {
+        return;
+    }
+    let _guard = LOCK.lock().await;
+    let lab = Lab::read();
+    let store = platform::backup::BackupStore::new(lab.backends.s3.as_ref().unwrap()).unwrap();
+    let known = lab.known_sites().await.unwrap();
+    assert!(!known.is_empty(), "the lab knows its demo site");
+    let part = |key: &str, i: usize| key.split('/').nth(i).unwrap_or("").to_owned();
+    let keys = async || -> std::collections::BTreeSet<String> {
+        store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    };
+    let of_known: std::collections::BTreeSet<String> = keys()
+        .await
+        .into_iter()
+        .filter(|key| known.contains(&part(key, 1)))
+        .collect();
+    let known_with_backups: std::collections::BTreeSet<String> =
+        of_known.iter().map(|key| part(key, 1)).collect();
+
+    // A test platform's deleted site's final backup, another test's object outside any
+    // site's prefix, and an object of ours under the lab's demo site's prefix (the demo
+    // site may have no backup to watch).
+    let (tenant, site, backup) = (random(), SiteResourceId::generate(), random());
+    let left = [
+        format!("{tenant}/{site}/{backup}/manifest.json"),
+        format!("{tenant}/{site}/{backup}/database.sql.zst"),
+    ];
+    let other = format!("sweeptest-{}/{tenant}/{site}/probe.txt", random());
+    let demo_probe = format!(
+        "{}sweeptest-{}/probe.txt",
+        lab.demo_prefix().await,
+        random()
+    );
+    for key in left.iter().chain([&other, &demo_probe]) {
+        store
+            .put(key, b"left by a test".to_vec(), "application/octet-stream")
+            .await
+            .unwrap();
+    }
+
+    lab.sweep_leftovers().await;
+
+    let after = keys().await;
+    for key in &left {
+        assert!(!after.contains(key), "{key} is removed");
+    }
+    assert!(after.contains(&other), "{other} is kept");
+    assert!(after.contains(&demo_probe), "{demo_probe} is kept");
+    let complete = lab.complete_backups().await.unwrap();
+    let lost: Vec<&String> = of_known
+        .iter()
+        .filter(|key| !after.contains(*key) && complete.contains(&part(key, 2)))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "objects of sites the lab knows were removed: {lost:?}"
+    );
+    eprintln!(
+        "the sweep removed the unknown site's {} objects and kept {} objects of {} site(s) \
+         the lab knows ({} known in all), {demo_probe} and {other}",
+        left.len(),
+        of_known.len(),
+        known_with_backups.len(),
+        known.len(),
+    );
+    // Only our own objects: the prefixes hold nothing else.
+    for probe in [&other, &demo_probe] {
+        let folder = &probe[..probe.rfind('/').unwrap() + 1];
+        assert_eq!(store.list(folder).await.unwrap().len(), 1, "{folder}");
+        store.remove_prefix(folder, &[]).await.unwrap();
+    }
 }

@@ -186,8 +186,11 @@ async fn ensure_idle(conn: &mut MySqlConnection, site: &str) -> ApiResult<()> {
 enum Target<'a> {
     /// The backup's own site, live.
     SameSite,
-    /// The backup's own site, deleted: brought back.
-    DeletedSite,
+    /// The backup's own site, deleted: brought back. `kept_aliases` is the list the
+    /// delete kept (`sites.aliases` before the request reclaimed what was free), recorded
+    /// with the restore for the undelete's unwind to put back
+    /// (`sagas::site_steps::give_back_domains`).
+    DeletedSite { kept_aliases: &'a str },
     /// A new site, the source's primary domain (`from`) rewritten into its own (`to`).
     Clone { from: &'a str, to: &'a str },
 }
@@ -204,24 +207,32 @@ async fn record(
     target: Target<'_>,
 ) -> ApiResult<(Restore, Operation)> {
     let id = Id::generate();
-    let (kind, operation, action, domains) = match target {
-        Target::SameSite => ("restore", OperationKind::SiteRestore, "site.restore", None),
-        Target::DeletedSite => (
+    let (kind, operation, action, domains, kept_aliases) = match target {
+        Target::SameSite => (
+            "restore",
+            OperationKind::SiteRestore,
+            "site.restore",
+            None,
+            None,
+        ),
+        Target::DeletedSite { kept_aliases } => (
             "restore",
             OperationKind::SiteUndelete,
             "site.undelete",
             None,
+            Some(kept_aliases),
         ),
         Target::Clone { from, to } => (
             "clone",
             OperationKind::SiteRestore,
             "site.clone",
             Some((from, to)),
+            None,
         ),
     };
     sqlx::query(
         "INSERT INTO restores (id, tenant_id, site_id, backup_id, source_site_id, kind, state, \
-         domain_from, domain_to) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+         domain_from, domain_to, kept_aliases) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
     )
     .bind(id.as_str())
     .bind(tenant)
@@ -231,6 +242,7 @@ async fn record(
     .bind(kind)
     .bind(domains.map(|d| d.0))
     .bind(domains.map(|d| d.1))
+    .bind(kept_aliases)
     .execute(&mut *tx)
     .await?;
     let op = operations::enqueue(
@@ -285,9 +297,9 @@ pub async fn restore(
         .bind(site_id.as_str())
         .fetch_one(&mut *tx)
         .await?;
-    let target = match current {
-        SiteState::Active | SiteState::Degraded | SiteState::Suspended => Target::SameSite,
-        SiteState::Deleted => Target::DeletedSite,
+    let deleted = match current {
+        SiteState::Active | SiteState::Degraded | SiteState::Suspended => false,
+        SiteState::Deleted => true,
         other => {
             return Err(ApiError::conflict(
                 None,
@@ -299,8 +311,8 @@ pub async fn restore(
     };
     complete_backup_of(&mut tx, &backup, site_id.as_str()).await?;
     ensure_idle(&mut tx, site_id.as_str()).await?;
-    let mut aliases_taken = Vec::new();
-    if matches!(target, Target::DeletedSite) {
+    let mut reclaimed = None;
+    if deleted {
         let tenant_state: Option<String> =
             sqlx::query_scalar("SELECT state FROM tenants WHERE id = ?")
                 .bind(site.tenant_id.as_str())
@@ -309,12 +321,18 @@ pub async fn restore(
         if tenant_state.as_deref() != Some("active") {
             return Err(ApiError::conflict(None, "the tenant is not active"));
         }
-        aliases_taken = sites::reclaim_domains(&mut tx, site_id.as_str()).await?;
+        reclaimed = Some(sites::reclaim_domains(&mut tx, site_id.as_str()).await?);
         let event = SiteEvent::Requested(OperationKind::SiteUndelete);
         if let Some(Err(refused)) = site_state::change(&mut tx, site_id.as_str(), event).await? {
             return Err(ApiError::conflict(None, refused.to_string()));
         }
     }
+    let target = match &reclaimed {
+        Some(r) => Target::DeletedSite {
+            kept_aliases: &r.kept_before,
+        },
+        None => Target::SameSite,
+    };
     let (restore, operation) = record(
         &mut tx,
         state,
@@ -328,6 +346,7 @@ pub async fn restore(
     .await?;
     tx.commit().await?;
     state.wake_runner();
+    let aliases_taken = reclaimed.map(|r| r.taken).unwrap_or_default();
     if !aliases_taken.is_empty() {
         tracing::info!(site = %site_id, aliases = ?aliases_taken, "undelete: aliases used by another site are not given back");
     }

@@ -598,11 +598,12 @@ async fn insert_domains(
 /// site's row locked by the caller: its primary domain, a 409 naming `domain` if another
 /// site uses it now; then each alias it had when it was deleted (kept in `sites.aliases`
 /// by the delete, see `sagas::site_steps::release_domains`) that no site uses now.
-/// Returns the aliases another site took meanwhile, which the site does not get back.
+/// Returns the aliases another site took meanwhile, which the site does not get back, and
+/// the list it kept before (which a failed undelete puts back).
 pub(crate) async fn reclaim_domains(
     conn: &mut MySqlConnection,
     site: &str,
-) -> ApiResult<Vec<String>> {
+) -> ApiResult<Reclaimed> {
     let (primary, kept): (String, Option<String>) =
         sqlx::query_as("SELECT primary_domain, aliases FROM sites WHERE id = ?")
             .bind(site)
@@ -653,7 +654,20 @@ pub(crate) async fn reclaim_domains(
         }
     }
     write_alias_copy(&mut *conn, site, &domains).await?;
-    Ok(taken)
+    Ok(Reclaimed {
+        taken,
+        kept_before: kept.unwrap_or_default(),
+    })
+}
+
+/// What [`reclaim_domains`] did.
+#[derive(Debug)]
+pub(crate) struct Reclaimed {
+    /// The kept aliases another site uses now: not given back.
+    pub taken: Vec<String>,
+    /// `sites.aliases` as the delete left it, before it was rewritten to the aliases given
+    /// back.
+    pub kept_before: String,
 }
 
 /// The outcome of a create: a new site, or the stored response of an earlier identical request.

@@ -97,7 +97,7 @@ pub(super) const SERVE: [Step; 3] = [
 
 /// The site's row and domains were written with the operation (`app::sites::create`):
 /// this step checks they are still there and still `provisioning`.
-fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
+pub(super) fn record_site(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT s.state, (SELECT COUNT(*) FROM domains d WHERE d.site_id = s.id) FROM sites s WHERE s.id = ?",

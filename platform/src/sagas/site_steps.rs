@@ -107,41 +107,75 @@ pub(super) fn release_slot(c: &StepContext) -> BoxFuture<'_, StepResult> {
 /// (`app::sites::reclaim_domains`). The primary domain stays in `primary_domain`. The
 /// edge's host table is loaded again without the site.
 pub(super) fn release_domains(c: &StepContext) -> BoxFuture<'_, StepResult> {
+    Box::pin(free_domains(c, None))
+}
+
+/// An undelete's unwind: its domains freed as [`release_domains`] frees them, and the
+/// aliases kept as they were before the undelete was requested (`restores.kept_aliases`,
+/// migration m20261207_000022), not only those it had reclaimed: the ones another site
+/// took meanwhile stay kept, so a later undelete gets back those freed by then. An
+/// undelete recorded without the list (by the previous release) keeps what it holds.
+pub(super) fn give_back_domains(c: &StepContext) -> BoxFuture<'_, StepResult> {
     Box::pin(async move {
-        let mut tx = c.db.begin().await?;
-        let held: Vec<(String, bool)> = sqlx::query_as(
-            "SELECT domain, is_primary FROM domains WHERE site_id = ? ORDER BY domain FOR UPDATE",
+        // The undelete's own row: the site's one restore still pending or running (an
+        // undelete waits for every other operation of its site; `finish` ends the row
+        // after the unwind).
+        let kept: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT kept_aliases FROM restores WHERE site_id = ? \
+             AND state IN ('pending', 'running') ORDER BY seq DESC LIMIT 1",
         )
         .bind(&c.target)
-        .fetch_all(&mut *tx)
+        .fetch_optional(&c.db)
         .await?;
+        free_domains(c, kept.flatten()).await
+    })
+}
+
+/// Deletes the site's `domains` rows and keeps its aliases in `sites.aliases`: `kept`
+/// when given, else the aliases it held.
+async fn free_domains(c: &StepContext, kept: Option<String>) -> StepResult {
+    let mut tx = c.db.begin().await?;
+    let held: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT domain, is_primary FROM domains WHERE site_id = ? ORDER BY domain FOR UPDATE",
+    )
+    .bind(&c.target)
+    .fetch_all(&mut *tx)
+    .await?;
+    let aliases = match kept {
+        // Written whether or not the site holds domains: the same value each run.
+        Some(kept) => Some(kept),
         // A step run again finds no domains left: the aliases kept by the first run stay.
-        if !held.is_empty() {
-            let aliases: Vec<&str> = held
-                .iter()
+        None if held.is_empty() => None,
+        None => Some(
+            held.iter()
                 .filter(|(_, primary)| !primary)
                 .map(|(domain, _)| domain.as_str())
-                .collect();
-            sqlx::query("DELETE FROM domains WHERE site_id = ?")
-                .bind(&c.target)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE sites SET aliases = ?, aliases_generation = NULL WHERE id = ?")
-                .bind(aliases.join(" "))
-                .bind(&c.target)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        // A create's first step warms the edge's host table, which names the site from its
-        // row (`Backends::warm_hosts`), and a later step may have failed before
-        // `publish_hosts` (whose undo would have unloaded it): load the table again
-        // without the site. Its domains are gone now, so a warm-up reading after this
-        // leaves it out too; one that read before loads in an earlier turn.
-        c.backends
-            .publish_hosts(&c.db, Some((&site(c)?, None)))
-            .await
-    })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    };
+    if !held.is_empty() {
+        sqlx::query("DELETE FROM domains WHERE site_id = ?")
+            .bind(&c.target)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(aliases) = aliases {
+        sqlx::query("UPDATE sites SET aliases = ?, aliases_generation = NULL WHERE id = ?")
+            .bind(aliases)
+            .bind(&c.target)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    // A create's first step warms the edge's host table, which names the site from its
+    // row (`Backends::warm_hosts`), and a later step may have failed before
+    // `publish_hosts` (whose undo would have unloaded it): load the table again
+    // without the site. Its domains are gone now, so a warm-up reading after this
+    // leaves it out too; one that read before loads in an earlier turn.
+    c.backends
+        .publish_hosts(&c.db, Some((&site(c)?, None)))
+        .await
 }
 
 /// A step whose effect is the saga's end (the site's state is set by [`finish`]); kept

@@ -11,13 +11,15 @@
 //! database. A step that fails for good unwinds every step that ran: every resource made
 //! is removed and the domains freed again, and the site is `deleted` as it was (its
 //! backups untouched, `deleted_at` kept: the final backup's retention still counts from
-//! the delete). A runner killed halfway takes the step up again; each converges.
+//! the delete; the aliases it kept before the request kept again, those another site took
+//! meanwhile included, see [`RECORD_DELETED_SITE`]). A runner killed halfway takes the
+//! step up again; each converges.
 
 use futures::future::BoxFuture;
 
 use super::{
-    Outcome, Saga, StepContext, StepResult, Undo,
-    site_create::{PROVISION, RECORD_SITE, SERVE},
+    Outcome, Saga, Step, StepContext, StepResult, Undo, always,
+    site_create::{PROVISION, SERVE, record_site},
     site_restore::{BAN_CACHE, CHECK_BACKUP, fill_from_backup},
     site_steps::{self as s},
 };
@@ -26,7 +28,7 @@ use crate::{backup::restore_job as r, states::OperationKind};
 pub static SAGA: Saga = Saga {
     kind: OperationKind::SiteUndelete,
     steps: steps![
-        [RECORD_SITE],
+        [RECORD_DELETED_SITE],
         CHECK_BACKUP,
         PROVISION,
         fill_from_backup(
@@ -37,6 +39,16 @@ pub static SAGA: Saga = Saga {
         [BAN_CACHE],
     ],
     finish,
+};
+
+/// A create's first step (`site_create::RECORD_SITE`) with another undo: a create's frees
+/// the domains and keeps the aliases the site held, which for an undelete are only those
+/// the request could give back; this one keeps the list the delete had kept.
+const RECORD_DELETED_SITE: Step = Step {
+    name: "record_site",
+    action: record_site,
+    undo: Undo::Reverse(s::give_back_domains),
+    when: always,
 };
 
 fn finish(c: &StepContext, kind: OperationKind, outcome: Outcome) -> BoxFuture<'_, StepResult> {

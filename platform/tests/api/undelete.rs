@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::{
     backup_fixture::{BackupEnv, Setup, Site, positions, tree},
-    support::{random_name, step_names},
+    support::{SECRET_KEY, random_name, step_names},
 };
 
 /// What is left of the site in the control plane and on the servers.
@@ -313,6 +313,202 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
     assert_eq!(got["state"], "active", "{got}");
     assert_eq!(site.schema.fingerprint().await, original_db);
     assert_eq!(tree(&site.root), original_files);
+
+    site.remove(&e.provisioner).await;
+    e.finish().await;
+}
+
+/// An undelete that fails after its request gave the site back the aliases still free
+/// leaves the site `deleted` with the aliases it kept before the request — the one another
+/// site took meanwhile included — and holding no domain. Once that site lets the alias go,
+/// the next undelete gets every alias back. (Before `restores.kept_aliases`, the unwind
+/// kept only what the request had given back: the taken alias was forgotten for good.)
+#[tokio::test]
+async fn a_failed_undelete_keeps_the_aliases_the_deleted_site_kept_before_it() {
+    let e = Setup::new("uk")
+        .creates_sites()
+        .max_attempts(2)
+        .start()
+        .await;
+    let member = e.member.as_str();
+    let site = e.provisioned_site().await;
+    let domain = format!("{}.example", site.id);
+    let (free, taken) = (format!("www.{domain}"), format!("shop.{domain}"));
+    e.add_domains(&site.id, &domain, &[&free, &taken]).await;
+    let fin = e.delete_site(&site.id).await;
+    let db = &e.app.db;
+    let id = site.id.as_str();
+    let kept = move || async move {
+        sqlx::query_as::<_, (Option<String>, Option<i64>)>(
+            "SELECT aliases, aliases_generation FROM sites WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let held = move |domain: String| async move {
+        sqlx::query_scalar::<_, String>("SELECT site_id FROM domains WHERE domain = ?")
+            .bind(domain)
+            .fetch_optional(db)
+            .await
+            .unwrap()
+    };
+    let before = kept().await;
+    assert_eq!(before, (Some(format!("{taken} {free}")), None));
+
+    // Another site takes one alias; the undelete fails in the middle of the rows.
+    let (other, other_schema) = e.seed_site().await;
+    e.take_domain(&other, &taken).await;
+    let sql = e.dump_sql(&site.id, &fin).await;
+    let inserts = positions(&sql, "\nINSERT INTO ");
+    let at = inserts[inserts.len() / 2] + 1;
+    let failing = [
+        &sql[..at],
+        b"INSERT INTO wp_missing VALUES (1);\n",
+        &sql[at..],
+    ]
+    .concat();
+    e.replace_dump(&site.id, &fin, &failing).await;
+    let body = e.request_restore(&site.id, &fin).await;
+    assert_eq!(body["aliases_taken"], json!([taken]), "{body}");
+    let done = e.wait_accepted(&body).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["steps"][0]["name"], "record_site", "{done}");
+    assert_eq!(done["steps"][0]["state"], "undone", "{done}");
+
+    assert_eq!(
+        kept().await,
+        before,
+        "the aliases kept as before the undelete"
+    );
+    assert_eq!(
+        leftovers(&e, &site).await,
+        ("deleted".into(), 0, 0, 0, 0, false),
+        "no domain or resource left held"
+    );
+    for name in [&domain, &free] {
+        assert_eq!(held(name.clone()).await, None, "{name} is free");
+    }
+    assert_eq!(held(taken.clone()).await.as_deref(), Some(other.as_str()));
+    let (status, _) = e.app.get(&format!("/v1/sites/{}", site.id), member).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The other site lets the alias go; the next undelete gets every alias back.
+    sqlx::query("DELETE FROM domains WHERE domain = ? AND site_id = ?")
+        .bind(&taken)
+        .bind(other.as_str())
+        .execute(&e.app.db)
+        .await
+        .unwrap();
+    e.replace_dump(&site.id, &fin, &sql).await;
+    let body = e.request_restore(&site.id, &fin).await;
+    assert!(body["aliases_taken"].is_null(), "none taken: {body}");
+    let done = e.wait_accepted(&body).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, got) = e.app.get(&format!("/v1/sites/{}", site.id), member).await;
+    assert_eq!(got["state"], "active", "{got}");
+    assert_eq!(got["domain"], domain.as_str(), "{got}");
+    assert_eq!(got["aliases"], json!([taken, free]), "{got}");
+    for name in [&domain, &free, &taken] {
+        assert_eq!(
+            held(name.clone()).await.as_deref(),
+            Some(site.id.as_str()),
+            "{name}"
+        );
+    }
+
+    other_schema.drop().await;
+    site.remove(&e.provisioner).await;
+    e.finish().await;
+}
+
+/// The certificates of an undeleted site's domains (issue 14 with 13), at the level of the
+/// control plane's records: deleted, its domains' certificates start their grace and the
+/// edge is no longer given them; brought back within the grace, each domain's row is taken
+/// again as it was (same chain, same validity) and given to the edge, and nothing is
+/// ordered again. (The lab test `lab_https::an_undeleted_site_is_served_the_certificate_it_held_again`
+/// checks the same through pebble and Traefik.)
+#[tokio::test]
+async fn an_undeleted_site_gets_back_the_certificates_its_domains_held() {
+    use platform::certs::store::{self, Issued, Material};
+    let e = Setup::new("uc").creates_sites().start().await;
+    let site = e.provisioned_site().await;
+    let domain = format!("{}.example", site.id);
+    let alias = format!("www.{domain}");
+    e.add_domains(&site.id, &domain, &[&alias]).await;
+    let db = &e.app.db;
+    let secrets = platform::crypto::SecretBox::new(SECRET_KEY.as_bytes());
+    // A day of grace, as configured by default; an order's lease of five minutes.
+    let sync = || async { store::sync_domains(db, 86_400, 300).await.unwrap() };
+    let served = || async {
+        store::for_edge(db, &secrets, std::time::Duration::from_secs(10))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.domain, c.material.chain_pem))
+            .collect::<Vec<_>>()
+    };
+    let not_after = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT not_after FROM certificates WHERE domain = ?",
+        )
+        .bind(&domain)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(sync().await.added, 2);
+    let now = chrono::Utc::now();
+    let issued = Issued {
+        issuer: "Test CA".into(),
+        not_before: now - chrono::Duration::hours(1),
+        not_after: now + chrono::Duration::days(60),
+        renew_at: now + chrono::Duration::days(40),
+    };
+    for name in [&domain, &alias] {
+        let material = Material {
+            chain_pem: format!("chain of {name}"),
+            key_pem: format!("key of {name}"),
+        };
+        store::store_issued(db, &secrets, name, &material, &issued)
+            .await
+            .unwrap();
+    }
+    let held = served().await;
+    assert_eq!(
+        held,
+        [
+            (domain.clone(), format!("chain of {domain}")),
+            (alias.clone(), format!("chain of {alias}")),
+        ]
+    );
+    let valid_until = not_after().await;
+    assert!(valid_until.is_some());
+
+    // Deleted: the rows start their grace, and the edge is not given them.
+    let fin = e.delete_site(&site.id).await;
+    assert_eq!(sync().await.unused, 2);
+    assert_eq!(served().await, []);
+    assert!(store::due(db, 10).await.unwrap().is_empty());
+
+    // Brought back: the rows are taken again as they were, nothing is ordered.
+    let body = e.request_restore(&site.id, &fin).await;
+    let done = e.wait_accepted(&body).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, got) = e
+        .app
+        .get(&format!("/v1/sites/{}", site.id), &e.member)
+        .await;
+    assert_eq!(got["state"], "active", "{got}");
+    let synced = sync().await;
+    assert_eq!((synced.added, synced.taken_again), (0, 2), "{synced:?}");
+    assert_eq!(served().await, held);
+    assert_eq!(not_after().await, valid_until);
+    assert!(
+        store::due(db, 10).await.unwrap().is_empty(),
+        "nothing ordered again"
+    );
 
     site.remove(&e.provisioner).await;
     e.finish().await;
