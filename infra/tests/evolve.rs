@@ -1546,8 +1546,7 @@ async fn the_stacks_run_the_specs_images_and_a_new_image_rolls_the_stacks_that_u
 /// `pressdock.update.serial` group) is not modelled by this simulated CLI: it is tested on a
 /// real swarm (infra/tests/stack.rs, infra/tests/lab.rs).
 #[tokio::test]
-async fn the_database_stack_is_deployed_on_the_database_nodes_and_a_new_galera_rolls_one_node_at_a_time()
- {
+async fn the_database_stack_is_deployed_on_the_database_nodes_and_a_new_galera_rolls_it_alone() {
     use infra::cluster::swarm::stack_files;
     let w = world().await;
     let (c, d) = parsed(&spec_text());

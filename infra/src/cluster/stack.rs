@@ -1097,7 +1097,10 @@ pub async fn deploy(
                     .and_then(|v| i32::try_from(v).ok())
                     .with_context(|| format!("service {name} has no version"))?;
                 let serial = serial_group(&spec).is_some();
-                let before = have.update_status.as_ref().and_then(|u| u.started_at.clone());
+                let before = have
+                    .update_status
+                    .as_ref()
+                    .and_then(|u| u.started_at.clone());
                 docker
                     .update_service(
                         name,
@@ -1161,7 +1164,10 @@ async fn wait_service_update(
     let started = std::time::Instant::now();
     loop {
         let s = docker
-            .inspect_service(name, None::<bollard::query_parameters::InspectServiceOptions>)
+            .inspect_service(
+                name,
+                None::<bollard::query_parameters::InspectServiceOptions>,
+            )
             .await
             .with_context(|| format!("inspecting service {name}"))?;
         let u = s.update_status.unwrap_or_default();
@@ -1183,10 +1189,7 @@ async fn wait_service_update(
             _ => {}
         }
         if started.elapsed() > limit {
-            bail!(
-                "service {name}: still updating after {} s",
-                limit.as_secs()
-            );
+            bail!("service {name}: still updating after {} s", limit.as_secs());
         }
         tokio::time::sleep(poll).await;
     }
@@ -1531,7 +1534,10 @@ mod tests {
             ("PD_NODE_DIR", "/etc/pressdock/node"),
             ("PD_GALERA_DATA", "/var/lib/mysql"),
             ("PD_DB_NODES", "10.110.0.20 10.110.0.21 10.110.0.22"),
-            ("PD_IMAGE_GALERA", "registry.example.com/pressdock/galera:0.1.0"),
+            (
+                "PD_IMAGE_GALERA",
+                "registry.example.com/pressdock/galera:0.1.0",
+            ),
             ("PD_IMAGE_PROXYSQL", "proxysql/proxysql:2.7.2"),
         ]
         .into_iter()
@@ -1623,9 +1629,11 @@ mod tests {
             assert_eq!(data.typ, Some(MountTypeEnum::BIND));
             assert_eq!(data.source.as_deref(), Some("/var/lib/mysql"));
             assert_eq!(data.read_only, None);
-            assert!(m.iter().any(|m| m.source.as_deref()
-                == Some("/etc/pressdock/node")
-                && m.read_only == Some(true)));
+            assert!(
+                m.iter()
+                    .any(|m| m.source.as_deref() == Some("/etc/pressdock/node")
+                        && m.read_only == Some(true))
+            );
             let refs: Vec<Option<String>> = c
                 .secrets
                 .clone()
@@ -1678,7 +1686,10 @@ mod tests {
                 .iter()
                 .map(|m| (m.source.clone(), m.typ))
                 .collect::<Vec<_>>(),
-            [(Some("database_proxysql".to_owned()), Some(MountTypeEnum::VOLUME))]
+            [(
+                Some("database_proxysql".to_owned()),
+                Some(MountTypeEnum::VOLUME)
+            )]
         );
         // `$$` in the file is the script's own `$`.
         let script = c.command.clone().unwrap_or_default().join(" ");
@@ -1701,7 +1712,10 @@ mod tests {
             ]
         );
         let all = serde_json::to_string(&s.services).unwrap_or_default();
-        assert!(!all.contains("/srv/root-pw") && !all.contains("PASSWORD="), "{all}");
+        assert!(
+            !all.contains("/srv/root-pw") && !all.contains("PASSWORD="),
+            "{all}"
+        );
         // Only what the deployer fills in is a variable (the script's `$${…}` is not).
         assert_eq!(
             variables(&text),

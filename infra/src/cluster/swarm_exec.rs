@@ -383,7 +383,7 @@ pub fn execute(
             let mut set = super::swarm::machine_vars(machines);
             set.extend(stacks.set.iter().map(|(k, v)| (k.clone(), v.clone())));
             d.deploy_stack(target, stack, repo, file, &stack_vars(repo, file, &set)?)
-            .with_context(|| step.to_string())?;
+                .with_context(|| step.to_string())?;
         } else {
             d.run(target, &args)
                 .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
