@@ -3098,11 +3098,15 @@ fn database_stack_forms_a_synced_galera_cluster_and_rolls_one_node_at_a_time() {
     };
     synced(420);
     let formed = t0.elapsed();
+    // Each task on its node, running: swarm says `Running` once its healthcheck passed (every
+    // 5 s), which may come a moment after the node says Synced.
     for n in 1..=nodes.len() {
-        assert_eq!(
-            task_nodes(&lab, &format!("{stack_name}_galera-{n}")),
-            [nodes[n - 1].host()],
-            "galera-{n}"
+        let want = vec![nodes[n - 1].host()];
+        wait_until(
+            &format!("galera-{n} running on {}", want[0]),
+            60,
+            1000,
+            || (task_nodes(&lab, &format!("{stack_name}_galera-{n}")) == want).then_some(()),
         );
     }
     assert!(task_nodes(&lab, &format!("{stack_name}_proxysql")).is_empty());
