@@ -549,8 +549,13 @@ async fn the_cli_plans_and_applies_and_never_prints_the_token() {
     );
     assert!(swarm.contains("pd-prod-manager-02 (10.110.0."), "{swarm}");
     assert!(swarm.contains("label pd-prod-worker-20: pressdock.node=pd-prod-worker-20 pressdock.role=worker pressdock.slots=25 pressdock.pool=wp"), "{swarm}");
-    // init, 32 joins, 33 labels, 2 networks, 3 stacks (edge, cache, monitoring).
-    assert!(swarm.contains("\nswarm: 71 steps\n"), "{swarm}");
+    // init, 32 joins, 33 labels, 2 networks, 4 stacks (edge, cache, database, monitoring).
+    assert!(swarm.contains("\nswarm: 72 steps\n"), "{swarm}");
+    assert!(
+        swarm.contains("\nstack database from stacks/database.yml\n"),
+        "{swarm}"
+    );
+    assert!(swarm.contains("label pd-prod-database-03: pressdock.node=pd-prod-database-03 pressdock.role=database pressdock.database=true pressdock.galera=3"), "{swarm}");
     // Then the storage tier: probe, create, start, quota, 4 options, 23 mounts.
     assert!(
         swarm.contains("> gluster volume sites replica 2: 10.110.0."),

@@ -283,6 +283,8 @@ struct Swarm {
     /// Service → the image it was last deployed with (the compose file as the Engine API
     /// deployer reads it, with the variables the executor passed).
     images: BTreeMap<String, String>,
+    /// Stack → the variables the executor passed at its last deploy.
+    vars: BTreeMap<String, BTreeMap<String, String>>,
     next: u32,
     /// The managers lost quorum: manager commands fail until `swarm init --force-new-cluster`.
     no_leader: bool,
@@ -381,6 +383,7 @@ impl Docker for SimDocker {
         }
         let parsed = st::parse(stack, &text, &all)?;
         self.with(|s| {
+            s.vars.insert(stack.to_owned(), vars.clone());
             for (name, spec) in &parsed.services {
                 let image = spec
                     .task_template
@@ -1475,6 +1478,10 @@ async fn the_stacks_run_the_specs_images_and_a_new_image_rolls_the_stacks_that_u
         ("cache_redis-replica", "redis"),
         ("cache_sentinel", "redis"),
         ("monitoring_placeholder", "traefik"),
+        ("database_galera-1", "galera"),
+        ("database_galera-2", "galera"),
+        ("database_galera-3", "galera"),
+        ("database_proxysql", "proxysql"),
     ] {
         assert_eq!(
             deployed.get(service).map(String::as_str),
@@ -1482,7 +1489,7 @@ async fn the_stacks_run_the_specs_images_and_a_new_image_rolls_the_stacks_that_u
             "{service}"
         );
     }
-    assert_eq!(deployed.len(), 7, "{deployed:?}");
+    assert_eq!(deployed.len(), 11, "{deployed:?}");
     assert!(
         deployed.values().all(|i| !i.starts_with("local/")),
         "{deployed:?}"
@@ -1510,6 +1517,7 @@ async fn the_stacks_run_the_specs_images_and_a_new_image_rolls_the_stacks_that_u
         "{text}"
     );
     assert!(!text.contains("stack cache"), "{text}");
+    assert!(!text.contains("stack database"), "{text}");
     assert!(text.ends_with("swarm: 2 steps"), "{text}");
     cl2.apply(false, &[], false, &mut |_| {})
         .await
@@ -1520,6 +1528,117 @@ async fn the_stacks_run_the_specs_images_and_a_new_image_rolls_the_stacks_that_u
     }
     assert_eq!(deployed["pd_varnish"], c.images.get("varnish"));
     assert_eq!(deployed["cache_sentinel"], c.images.get("redis"));
+    let p = cl2.plan(
+        &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    assert!(p.is_empty(), "{p}");
+    assert_clean(&w.fake);
+}
+
+/// Issue 15, item 4: the database tier. `apply --swarm` deploys stacks/database.yml with the
+/// spec's Galera and ProxySQL images and the database nodes' addresses (`PD_DB_NODES`, from
+/// the droplets, in node order); the database nodes carry `pressdock.database=true` and their
+/// Galera number, which pins each `galera-N` service; a second apply changes nothing; a new
+/// `images.galera` rolls the database stack alone (the Galera services, not ProxySQL's). That
+/// the Engine API deployer then updates the Galera services one after another (the stack's
+/// `pressdock.update.serial` group) is not modelled by this simulated CLI: it is tested on a
+/// real swarm (infra/tests/stack.rs, infra/tests/lab.rs).
+#[tokio::test]
+async fn the_database_stack_is_deployed_on_the_database_nodes_and_a_new_galera_rolls_it_alone() {
+    use infra::cluster::swarm::stack_files;
+    let w = world().await;
+    let (c, d) = parsed(&spec_text());
+    build(&w, &c, &d).await;
+    let real =
+        |c: &Checked| stack_files(repo(), &c.images.vars()).unwrap_or_else(|e| panic!("{e:#}"));
+    let cl = Cluster {
+        stacks: real(&c),
+        ..cluster(&w, &w.api, &c, &d, H1)
+    };
+    cl.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let seen = cl.observe().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (images, vars, labels) = w.sim.with(|s| {
+        (
+            s.images.clone(),
+            s.vars.get("database").cloned().unwrap_or_default(),
+            s.entries
+                .iter()
+                .map(|e| (e.host.clone(), e.labels.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    });
+    for n in 1..=3 {
+        assert_eq!(
+            images[&format!("database_galera-{n}")],
+            "registry.example.com/pressdock/galera:0.1.0"
+        );
+        let host = format!("pd-prod-database-0{n}");
+        assert_eq!(
+            labels[&host].get("pressdock.galera").map(String::as_str),
+            Some(n.to_string().as_str()),
+            "{host}"
+        );
+        assert_eq!(
+            labels[&host].get("pressdock.database").map(String::as_str),
+            Some("true")
+        );
+    }
+    assert_eq!(images["database_proxysql"], "proxysql/proxysql:2.7.2");
+    // The database nodes' addresses, as the provider gave them, in node order.
+    let want: Vec<String> = (1..=3)
+        .map(|n| {
+            seen.all_machines
+                .iter()
+                .find(|m| m.name == format!("pd-prod-database-0{n}"))
+                .map(|m| m.private_ip.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(want.iter().all(|a| !a.is_empty()), "{want:?}");
+    assert_eq!(vars.get("PD_DB_NODES"), Some(&want.join(" ")));
+    // Nothing else carries a Galera number.
+    assert_eq!(
+        labels
+            .values()
+            .filter(|l| l.contains_key("pressdock.galera"))
+            .count(),
+        3
+    );
+    let p = cl.plan(&seen, &[], false);
+    assert!(p.is_empty(), "{p}");
+    // A new Galera image.
+    let new = "registry.example.com/pressdock/galera:0.1.1";
+    let (c2, d2) =
+        parsed(&spec_text().replacen("registry.example.com/pressdock/galera:0.1.0", new, 1));
+    let cl2 = Cluster {
+        stacks: real(&c2),
+        ..cluster(&w, &w.api, &c2, &d2, H1)
+    };
+    let p = cl2.plan(
+        &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
+        &[],
+        false,
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("> stack database from stacks/database.yml: rolling update"),
+        "{text}"
+    );
+    assert!(text.ends_with("swarm: 1 steps"), "{text}");
+    let deploys = w.sim.with(|s| s.deploys.len());
+    cl2.apply(false, &[], false, &mut |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (images, deploys_after) = w.sim.with(|s| (s.images.clone(), s.deploys.clone()));
+    assert_eq!(deploys_after[deploys..], ["database"]);
+    for n in 1..=3 {
+        assert_eq!(images[&format!("database_galera-{n}")], new);
+    }
+    assert_eq!(images["database_proxysql"], "proxysql/proxysql:2.7.2");
     let p = cl2.plan(
         &cl2.observe().await.unwrap_or_else(|e| panic!("{e:#}")),
         &[],

@@ -2845,3 +2845,383 @@ fn a_killed_worker_is_replaced_by_a_new_machine_under_its_name() {
         served.as_secs_f64()
     );
 }
+
+// ------------------------------------------------------------------ the database stack
+
+/// SQL as root over TCP to a Galera node of a database stack at its node's address (the
+/// host reaches the lab's nodes' published ports); the password through the environment.
+fn stack_sql(ip: &str, pw: &str, q: &str) -> Result<String, String> {
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "--connect-timeout=3",
+            "-h",
+            ip,
+            "-P",
+            "3306",
+            "-u",
+            "root",
+            "-N",
+            "-B",
+            "-e",
+            q,
+        ])
+        .env("MYSQL_PWD", pw)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// `(cluster size, state, cluster status)` of a Galera node, if it answers.
+fn stack_galera_state(ip: &str, pw: &str) -> Option<(u32, String, String)> {
+    let out = stack_sql(
+        ip,
+        pw,
+        "SHOW GLOBAL STATUS WHERE Variable_name IN \
+         ('wsrep_cluster_size','wsrep_local_state_comment','wsrep_cluster_status')",
+    )
+    .ok()?;
+    let f: std::collections::BTreeMap<&str, &str> =
+        out.lines().filter_map(|l| l.split_once('\t')).collect();
+    Some((
+        f.get("wsrep_cluster_size")?.parse().ok()?,
+        (*f.get("wsrep_local_state_comment")?).to_owned(),
+        (*f.get("wsrep_cluster_status")?).to_owned(),
+    ))
+}
+
+/// What the database stack test changed on the shared lab, undone however the test ends: its
+/// services, secrets and network, the nodes' `pressdock.galera` labels, the image tag, the
+/// data folders. The lab's own host Galera is not touched.
+struct DbStack<'a> {
+    lab: &'a Lab,
+    stack: String,
+    nodes: Vec<lab::Node>,
+    dir: std::path::PathBuf,
+    tag: String,
+}
+
+impl Drop for DbStack<'_> {
+    fn drop(&mut self) {
+        let m = self.lab.topo.first_manager();
+        let ls = m
+            .docker([
+                "service",
+                "ls",
+                "--filter",
+                &format!("label=com.docker.stack.namespace={}", self.stack),
+                "-q",
+            ])
+            .output();
+        if let Ok(out) = ls {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = m.docker(["service", "rm", id]).output();
+            }
+        }
+        // Secrets and the network go once no task uses them.
+        for _ in 0..60 {
+            let left = m
+                .docker([
+                    "ps",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.docker.stack.namespace={}", self.stack),
+                ])
+                .output()
+                .map(|o| o.stdout.is_empty())
+                .unwrap_or(true);
+            let mut all_gone = left;
+            for n in &self.nodes {
+                let none = n
+                    .docker([
+                        "ps",
+                        "-aq",
+                        "--filter",
+                        &format!("label=com.docker.stack.namespace={}", self.stack),
+                    ])
+                    .output()
+                    .map(|o| o.stdout.is_empty())
+                    .unwrap_or(true);
+                all_gone &= none;
+            }
+            if all_gone {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        for s in [
+            "galera_root_password",
+            "galera_monitor_password",
+            "proxysql_admin_password",
+        ] {
+            let _ = m
+                .docker(["secret", "rm", &format!("{}_{s}", self.stack)])
+                .output();
+        }
+        let _ = m.docker(["network", "rm", "pd-db"]).output();
+        for n in &self.nodes {
+            let _ = m
+                .docker([
+                    "node",
+                    "update",
+                    "--label-rm",
+                    "pressdock.galera",
+                    &n.host(),
+                ])
+                .output();
+            let _ = n.docker(["image", "rm", &self.tag]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Issue 15, item 4: `stacks/database.yml` on the lab's swarm, under a stack name of its own
+/// (the lab's database tier stays its host Galera behind HAProxy, untouched). Three lab nodes
+/// (all of them, when the lab has three) are labelled `pressdock.galera=1..3` for the test;
+/// no node is labelled `pressdock.database`, so ProxySQL (no image here) runs nowhere. With
+/// the lab's own build of images/galera (`local/galera:dev`, imported on every node by `lab
+/// up`): the three services form one cluster, each node `Synced` in a Primary component of
+/// size 3, and a write on node 1 is read on the last; a deploy with the same variables
+/// changes nothing; a new image (a second tag of the same build) rolls the Galera services
+/// one after another (each update started after the previous one completed), with a Primary
+/// component of at least 2 nodes seen throughout, and the data is still there after.
+#[test]
+fn database_stack_forms_a_synced_galera_cluster_and_rolls_one_node_at_a_time() {
+    use infra::cluster::stack;
+    let Some((_g, lab)) = begin() else {
+        return;
+    };
+    let nodes: Vec<lab::Node> = lab.topo.nodes().into_iter().take(3).collect();
+    assert!(nodes.len() >= 2, "the lab has {} nodes", nodes.len());
+    let n_nodes = u32::try_from(nodes.len()).unwrap_or(0);
+    let suffix = rand_suffix();
+    let stack_name = format!("dbt{suffix}");
+    let dir = Path::new(STATE).join(format!("dbstack-{suffix}"));
+    let guard = DbStack {
+        lab: &lab,
+        stack: stack_name.clone(),
+        nodes: nodes.clone(),
+        dir: dir.clone(),
+        tag: format!("local/galera:rolled-{suffix}"),
+    };
+    // The nodes' data folders (the stack binds `<dir>/data/{{.Node.Hostname}}`), passwords.
+    for n in &nodes {
+        std::fs::create_dir_all(dir.join("data").join(n.host())).expect("data folder");
+    }
+    let pw = |name: &str| {
+        let p = dir.join(name);
+        lab::sh::write_private(&p, &format!("pw{}", lab::sh::random_hex(12).expect("hex")))
+            .expect("password file");
+        p.to_string_lossy().into_owned()
+    };
+    let root_file = pw("root");
+    let root_pw = std::fs::read_to_string(&root_file).expect("root password");
+    let m = lab.topo.first_manager();
+    for (i, n) in nodes.iter().enumerate() {
+        let out = m
+            .docker([
+                "node",
+                "update",
+                "--label-add",
+                &format!("pressdock.galera={}", i + 1),
+                &n.host(),
+            ])
+            .output()
+            .expect("docker node update");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ips: Vec<String> = nodes.iter().map(|n| n.ip.clone()).collect();
+    let mut vars: std::collections::BTreeMap<String, String> = [
+        ("PD_GALERA_ROOT_PASSWORD_FILE", root_file.clone()),
+        ("PD_GALERA_MONITOR_PASSWORD_FILE", pw("monitor")),
+        ("PD_PROXYSQL_ADMIN_PASSWORD_FILE", pw("admin")),
+        ("PD_DB_NODES", ips.join(" ")),
+        (
+            "PD_GALERA_DATA",
+            format!("{}/data/{{{{.Node.Hostname}}}}", dir.display()),
+        ),
+        (
+            "PD_NODE_DIR",
+            format!("{STATE}/nodes/{{{{.Node.Hostname}}}}/node"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(infra::cluster::images::Images::lab().vars())
+    .collect();
+    // With fewer than three nodes the services of the missing ones stay pending.
+    let deploy = |vars: &std::collections::BTreeMap<String, String>| {
+        stack::deploy_file(
+            &m.sock(),
+            &stack_name,
+            &lab.repo,
+            "stacks/database.yml",
+            vars,
+            Duration::from_secs(900),
+        )
+        .unwrap_or_else(|e| panic!("deploy: {e:#}"))
+    };
+    let t0 = Instant::now();
+    let out = deploy(&vars);
+    assert!(
+        out.values().all(|o| *o == stack::Outcome::Created),
+        "{out:?}"
+    );
+    let synced = |within: u64| {
+        wait_until(
+            "every Galera node Synced in one Primary component",
+            within,
+            2000,
+            || {
+                let states: Vec<_> = ips
+                    .iter()
+                    .map(|ip| stack_galera_state(ip, &root_pw))
+                    .collect();
+                states
+                    .iter()
+                    .all(|s| {
+                        s.as_ref().is_some_and(|(size, state, status)| {
+                            *size == n_nodes && state == "Synced" && status == "Primary"
+                        })
+                    })
+                    .then_some(states)
+            },
+        )
+    };
+    synced(420);
+    let formed = t0.elapsed();
+    // Each task on its node, running: swarm says `Running` once its healthcheck passed (every
+    // 5 s), which may come a moment after the node says Synced.
+    for n in 1..=nodes.len() {
+        let want = vec![nodes[n - 1].host()];
+        wait_until(
+            &format!("galera-{n} running on {}", want[0]),
+            60,
+            1000,
+            || (task_nodes(&lab, &format!("{stack_name}_galera-{n}")) == want).then_some(()),
+        );
+    }
+    assert!(task_nodes(&lab, &format!("{stack_name}_proxysql")).is_empty());
+    let v = rand_suffix();
+    stack_sql(
+        &ips[0],
+        &root_pw,
+        &format!(
+            "CREATE DATABASE IF NOT EXISTS dbstack; CREATE TABLE IF NOT EXISTS dbstack.kv \
+             (k VARCHAR(32) PRIMARY KEY, v VARCHAR(64)); INSERT INTO dbstack.kv VALUES ('{v}', 'one')"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write on node 1: {e}"));
+    let last = ips.last().cloned().unwrap_or_default();
+    let read = |ip: &str| {
+        stack_sql(
+            ip,
+            &root_pw,
+            &format!("SELECT v FROM dbstack.kv WHERE k='{v}'"),
+        )
+        .ok()
+    };
+    assert_eq!(read(&last).as_deref(), Some("one"));
+    // The same variables: nothing changes.
+    let again = deploy(&vars);
+    assert!(
+        again.values().all(|o| *o == stack::Outcome::Unchanged),
+        "{again:?}"
+    );
+    // A new image: the same build under another tag on every node.
+    for n in &nodes {
+        let out = n
+            .docker(["tag", "local/galera:dev", &guard.tag])
+            .output()
+            .expect("docker tag");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    vars.insert("PD_IMAGE_GALERA".into(), guard.tag.clone());
+    // Quorum watched while the stack rolls: the largest Primary component any node reports.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let stop = stop.clone();
+        let ips = ips.clone();
+        let pw = root_pw.clone();
+        std::thread::spawn(move || {
+            let mut worst = u32::MAX;
+            let mut looks = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let best = ips
+                    .iter()
+                    .filter_map(|ip| stack_galera_state(ip, &pw))
+                    .filter(|(_, _, status)| status == "Primary")
+                    .map(|(size, _, _)| size)
+                    .max()
+                    .unwrap_or(0);
+                worst = worst.min(best);
+                looks += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (worst, looks)
+        })
+    };
+    let t1 = Instant::now();
+    let rolled = deploy(&vars);
+    let roll = t1.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (worst, looks) = watch.join().expect("watcher");
+    for n in 1..=nodes.len() {
+        assert_eq!(
+            rolled[&format!("{stack_name}_galera-{n}")],
+            stack::Outcome::Updated
+        );
+    }
+    assert_eq!(
+        rolled[&format!("{stack_name}_proxysql")],
+        stack::Outcome::Unchanged
+    );
+    // Serial: each Galera service's update started after the previous one's completed.
+    let mut windows = Vec::new();
+    for n in 1..=nodes.len() {
+        let out = m
+            .docker([
+                "service",
+                "inspect",
+                "--format",
+                "{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt.Format \"2006-01-02T15:04:05.000Z07:00\"}} {{.UpdateStatus.CompletedAt.Format \"2006-01-02T15:04:05.000Z07:00\"}}",
+                &format!("{stack_name}_galera-{n}"),
+            ])
+            .output()
+            .expect("service inspect");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let f: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(f.first().map(String::as_str), Some("completed"), "{text}");
+        windows.push((f[1].clone(), f[2].clone()));
+    }
+    for w in windows.windows(2) {
+        assert!(w[1].0 >= w[0].1, "overlapping updates: {windows:?}");
+    }
+    assert!(
+        worst >= n_nodes.saturating_sub(1) && worst >= 1,
+        "a Primary component of {worst} node(s) at worst during the roll ({looks} looks)"
+    );
+    synced(180);
+    assert_eq!(read(&ips[0]).as_deref(), Some("one"));
+    assert_eq!(read(&last).as_deref(), Some("one"));
+    eprintln!(
+        "database stack: {} nodes Synced {:.1} s after the deploy; rolled one node at a time in \
+         {:.1} s ({windows:?}); smallest Primary component seen {worst} ({looks} looks)",
+        nodes.len(),
+        formed.as_secs_f64(),
+        roll.as_secs_f64()
+    );
+    drop(guard);
+}

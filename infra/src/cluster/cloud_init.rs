@@ -14,7 +14,8 @@ use super::spec::{GuardSpec, Role, VolumeSpec};
 /// The network guard's unit, installed on every worker.
 const GUARD_UNIT: &str = include_str!("../../../configs/systemd/pressdock-guard.service");
 const GUARD_BIN: &str = "/usr/local/bin/pressdock-infra";
-/// On cache nodes: `addr`, the node's VPC address (the cache stack's `PD_NODE_DIR`).
+/// On cache and database nodes: `addr`, the node's VPC address (the cache and database
+/// stacks' `PD_NODE_DIR`).
 pub const NODE_DIR: &str = "/etc/pressdock/node";
 /// DigitalOcean's metadata service: the droplet's private (VPC) IPv4 address.
 const PRIVATE_IPV4_URL: &str =
@@ -40,7 +41,8 @@ pub fn user_data(
         // iptables-restore in each task's namespace; nsenter is util-linux (always there).
         packages.extend(["iptables", "curl"]);
     }
-    if role == Role::Cache {
+    let node_addr = matches!(role, Role::Cache | Role::Database);
+    if node_addr {
         // The node's address file (below).
         packages.push("curl");
     }
@@ -81,10 +83,11 @@ pub fn user_data(
         ));
         s.push_str(&format!("  - mount {}\n", v.mount));
     }
-    if role == Role::Cache {
-        // The cache stack's Redis nodes and Sentinels announce their node's VPC address,
-        // read from this file at start (stacks/cache.yml, PD_NODE_DIR=/etc/pressdock/node):
-        // the droplet's own private address, from DigitalOcean's metadata service.
+    if node_addr {
+        // The cache stack's Redis nodes and Sentinels and the database stack's Galera nodes
+        // announce their node's VPC address, read from this file at start (stacks/cache.yml,
+        // stacks/database.yml, PD_NODE_DIR=/etc/pressdock/node): the droplet's own private
+        // address, from DigitalOcean's metadata service.
         s.push_str(&format!(
             "  - [sh, -c, 'mkdir -p {NODE_DIR} && curl -fsS --retry 5 {PRIVATE_IPV4_URL} > {NODE_DIR}/addr.new && mv {NODE_DIR}/addr.new {NODE_DIR}/addr']\n"
         ));

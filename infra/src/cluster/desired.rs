@@ -441,11 +441,11 @@ mod tests {
     }
 
     #[test]
-    fn cache_nodes_write_their_vpc_address_for_the_cache_stack() {
+    fn cache_and_database_nodes_write_their_vpc_address_for_their_stacks() {
         let (_, d) = desired();
         for x in &d.droplets {
             let u = &x.user_data;
-            let cache = x.role == Role::Cache;
+            let cache = matches!(x.role, Role::Cache | Role::Database);
             assert_eq!(
                 u.contains("/etc/pressdock/node/addr"),
                 cache,

@@ -23,30 +23,50 @@ pub struct ImageUse {
     pub key: &'static str,
     pub var: &'static str,
     pub used_by: &'static str,
+    /// The lab builds it (`images/<key>/`, `crate::lab::images::IMAGES`); `false`: no build
+    /// of it runs here (ProxySQL: packaged in no registry these machines reach, LAB.md), the
+    /// lab keeps a stand-in and places no task of it.
+    pub lab_built: bool,
 }
 
-/// Every image, in the order `cluster check` shows them. The keys are the lab's recipes
-/// (`images/<key>/`, `crate::lab::images::IMAGES`): the lab builds each one itself.
-pub const IMAGES: [ImageUse; 4] = [
+/// Every image, in the order `cluster check` shows them. The keys of those the lab builds are
+/// its recipes (`images/<key>/`, `crate::lab::images::IMAGES`).
+pub const IMAGES: [ImageUse; 6] = [
     ImageUse {
         key: "traefik",
         var: "PD_IMAGE_TRAEFIK",
         used_by: "stacks/edge.yml (Traefik), stacks/monitoring.yml (the placeholder)",
+        lab_built: true,
     },
     ImageUse {
         key: "varnish",
         var: "PD_IMAGE_VARNISH",
         used_by: "stacks/edge.yml (Varnish)",
+        lab_built: true,
     },
     ImageUse {
         key: "redis",
         var: "PD_IMAGE_REDIS",
         used_by: "stacks/cache.yml (Redis, Sentinel)",
+        lab_built: true,
     },
     ImageUse {
         key: "wordpress",
         var: "PD_IMAGE_WORDPRESS",
         used_by: "the sites: the platform's [backends.swarm] runtime_image",
+        lab_built: true,
+    },
+    ImageUse {
+        key: "galera",
+        var: "PD_IMAGE_GALERA",
+        used_by: "stacks/database.yml (MariaDB Galera)",
+        lab_built: true,
+    },
+    ImageUse {
+        key: "proxysql",
+        var: "PD_IMAGE_PROXYSQL",
+        used_by: "stacks/database.yml (ProxySQL; no lab build, the lab's router is HAProxy)",
+        lab_built: false,
     },
 ];
 
@@ -61,7 +81,8 @@ pub fn lab_reference(key: &str) -> String {
 pub struct Images(BTreeMap<&'static str, String>);
 
 impl Images {
-    /// The lab's: `local/<key>:dev` for every image.
+    /// The lab's: `local/<key>:dev` for every image (for one it does not build, ProxySQL, a
+    /// name no node has: the lab places no task of it).
     pub fn lab() -> Images {
         Images(
             IMAGES
@@ -321,8 +342,20 @@ mod tests {
         assert_eq!(l.runtime_image(), "local/wordpress:dev");
         assert_eq!(l.vars()["PD_IMAGE_TRAEFIK"], "local/traefik:dev");
         assert_eq!(l.vars().len(), IMAGES.len());
-        // One image per recipe the lab builds, no more.
-        let mut keys: Vec<&str> = IMAGES.iter().map(|i| i.key).collect();
+        // One image per recipe the lab builds, no more; ProxySQL is the one it cannot build.
+        let mut keys: Vec<&str> = IMAGES
+            .iter()
+            .filter(|i| i.lab_built)
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(
+            IMAGES
+                .iter()
+                .filter(|i| !i.lab_built)
+                .map(|i| i.key)
+                .collect::<Vec<_>>(),
+            ["proxysql"]
+        );
         let mut built = crate::lab::images::IMAGES.to_vec();
         keys.sort_unstable();
         built.sort_unstable();

@@ -181,6 +181,8 @@ pub struct ImagesSpec {
     pub varnish: Option<String>,
     pub redis: Option<String>,
     pub wordpress: Option<String>,
+    pub galera: Option<String>,
+    pub proxysql: Option<String>,
 }
 
 impl ImagesSpec {
@@ -191,6 +193,8 @@ impl ImagesSpec {
             "varnish" => self.varnish.as_deref(),
             "redis" => self.redis.as_deref(),
             "wordpress" => self.wordpress.as_deref(),
+            "galera" => self.galera.as_deref(),
+            "proxysql" => self.proxysql.as_deref(),
             _ => None,
         }
     }

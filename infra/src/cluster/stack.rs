@@ -48,6 +48,15 @@ pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 pub const IMAGE_LABEL: &str = "com.docker.stack.image";
 /// Our label: SHA-256 of the spec we built, to update only what changed.
 pub const SPEC_LABEL: &str = "pressdock.stack.spec";
+/// A service label (`deploy.labels` in the file): services with the same value are updated
+/// one after another, each waited for until its update completed before the next is touched
+/// (the Galera nodes of `stacks/database.yml`, one service per node: a quorum survives only
+/// one node changing at a time). Swarm's own `update_config.parallelism` orders the tasks of
+/// one service, not the services of a stack.
+pub const SERIAL_LABEL: &str = "pressdock.update.serial";
+/// How long a serial update may take (a Galera joiner copies its whole datadir before it is
+/// Synced and its healthcheck passes).
+pub const SERIAL_WAIT: Duration = Duration::from_secs(3 * 3600);
 /// Docker Engine API version spoken (Docker 20.10 answers 1.41; newer daemons accept it).
 pub const API: ClientVersion = ClientVersion {
     major_version: 1,
@@ -400,13 +409,26 @@ pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<String
     Ok(out)
 }
 
-/// The `${NAME}` variables a compose text names, sorted.
+/// The `${NAME}` variables a compose text names, sorted (`$${…}` is a dollar sign and text,
+/// e.g. a shell's parameter expansion in an entrypoint script).
 pub fn variables(text: &str) -> Vec<String> {
-    let mut v: Vec<String> = text
-        .split("${")
-        .skip(1)
-        .filter_map(|r| r.split_once('}').map(|(v, _)| v.to_owned()))
-        .collect();
+    let mut v = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            rest = a;
+            continue;
+        }
+        if let Some(a) = after.strip_prefix('{')
+            && let Some((name, next)) = a.split_once('}')
+        {
+            v.push(name.to_owned());
+            rest = next;
+            continue;
+        }
+        rest = after;
+    }
     v.sort();
     v.dedup();
     v
@@ -1074,6 +1096,11 @@ pub async fn deploy(
                     .and_then(|v| v.index)
                     .and_then(|v| i32::try_from(v).ok())
                     .with_context(|| format!("service {name} has no version"))?;
+                let serial = serial_group(&spec).is_some();
+                let before = have
+                    .update_status
+                    .as_ref()
+                    .and_then(|u| u.started_at.clone());
                 docker
                     .update_service(
                         name,
@@ -1083,6 +1110,18 @@ pub async fn deploy(
                     )
                     .await
                     .with_context(|| format!("updating service {name}"))?;
+                if serial {
+                    // The next service of its group is touched only once this one's tasks
+                    // run the new spec (and pass their healthcheck).
+                    wait_service_update(
+                        docker,
+                        name,
+                        before.as_deref(),
+                        Duration::from_millis(500),
+                        SERIAL_WAIT,
+                    )
+                    .await?;
+                }
                 out.insert(name.clone(), Outcome::Updated);
             }
         }
@@ -1097,6 +1136,63 @@ pub async fn deploy(
         }
     }
     Ok(out)
+}
+
+/// The serial group of a service ([`SERIAL_LABEL`]), if any.
+pub fn serial_group(spec: &ServiceSpec) -> Option<&str> {
+    spec.labels
+        .as_ref()
+        .and_then(|l| l.get(SERIAL_LABEL))
+        .map(String::as_str)
+}
+
+/// How long an update of a service may take to start before there is taken to be nothing to
+/// roll (a change swarm applies without replacing tasks).
+const UPDATE_START: Duration = Duration::from_secs(15);
+
+/// Waits until the update of service `name` that was just asked for completed: swarm clears
+/// the update status when the spec changes and sets `updating`, then `completed` (with a new
+/// start time: `before` is the previous one) once every task was replaced and is running (with
+/// a healthcheck: healthy). A paused or rolled-back update fails with swarm's message.
+async fn wait_service_update(
+    docker: &Docker,
+    name: &str,
+    before: Option<&str>,
+    poll: Duration,
+    limit: Duration,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let s = docker
+            .inspect_service(
+                name,
+                None::<bollard::query_parameters::InspectServiceOptions>,
+            )
+            .await
+            .with_context(|| format!("inspecting service {name}"))?;
+        let u = s.update_status.unwrap_or_default();
+        let fresh = u.started_at.is_some() && u.started_at.as_deref() != before;
+        match u.state {
+            Some(ServiceUpdateStatusStateEnum::UPDATING) => {}
+            Some(ServiceUpdateStatusStateEnum::COMPLETED) if fresh => return Ok(()),
+            Some(
+                ServiceUpdateStatusStateEnum::PAUSED
+                | ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+                | ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED
+                | ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED,
+            ) if fresh => bail!(
+                "the update of service {name} stopped: {}: {} (docker service ps {name})",
+                u.state.map(|s| s.to_string()).unwrap_or_default(),
+                u.message.unwrap_or_default()
+            ),
+            _ if started.elapsed() > UPDATE_START => return Ok(()),
+            _ => {}
+        }
+        if started.elapsed() > limit {
+            bail!("service {name}: still updating after {} s", limit.as_secs());
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// Waits until every service of the stack finished its update (`UpdateStatus` absent or
@@ -1427,6 +1523,235 @@ mod tests {
                 "{name}: {m:?}"
             );
         }
+    }
+
+    /// The database stack's variables, with production's images from the spec.
+    fn database_vars() -> BTreeMap<String, String> {
+        [
+            ("PD_GALERA_ROOT_PASSWORD_FILE", "/srv/root-pw"),
+            ("PD_GALERA_MONITOR_PASSWORD_FILE", "/srv/monitor-pw"),
+            ("PD_PROXYSQL_ADMIN_PASSWORD_FILE", "/srv/admin-pw"),
+            ("PD_NODE_DIR", "/etc/pressdock/node"),
+            ("PD_GALERA_DATA", "/var/lib/mysql"),
+            ("PD_DB_NODES", "10.110.0.20 10.110.0.21 10.110.0.22"),
+            (
+                "PD_IMAGE_GALERA",
+                "registry.example.com/pressdock/galera:0.1.0",
+            ),
+            ("PD_IMAGE_PROXYSQL", "proxysql/proxysql:2.7.2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn container(spec: &ServiceSpec) -> TaskSpecContainerSpec {
+        spec.task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.clone())
+            .unwrap_or_default()
+    }
+
+    /// Issue 15, item 4: the database tier. One Galera service per database node, pinned by
+    /// its label, with the node's named volume as its datadir, host-mode ports, the Synced
+    /// healthcheck and the quorum rule (one task, stop-first, and the serial group that makes
+    /// the deployer update one node at a time); ProxySQL on every database node. Passwords are
+    /// swarm secrets by reference: in no environment, argument or label.
+    #[test]
+    fn the_database_stack_pins_one_galera_node_per_database_node_and_keeps_passwords_secret() {
+        let text = std::fs::read_to_string(repo().join("stacks/database.yml")).unwrap_or_default();
+        let vars = database_vars();
+        let s = parse("database", &text, &vars).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            s.services.keys().collect::<Vec<_>>(),
+            [
+                "database_galera-1",
+                "database_galera-2",
+                "database_galera-3",
+                "database_proxysql"
+            ]
+        );
+        for n in 1..=3 {
+            let name = format!("database_galera-{n}");
+            let g = &s.services[&name];
+            let t = g.task_template.clone().unwrap_or_default();
+            assert_eq!(
+                t.placement.and_then(|p| p.constraints),
+                Some(vec![format!("node.labels.pressdock.galera == {n}")]),
+                "{name}"
+            );
+            assert_eq!(
+                g.mode
+                    .as_ref()
+                    .and_then(|m| m.replicated.as_ref())
+                    .and_then(|r| r.replicas),
+                Some(1),
+                "{name}"
+            );
+            let u = g.update_config.clone().unwrap_or_default();
+            assert_eq!(u.parallelism, Some(1), "{name}");
+            assert_eq!(
+                u.order,
+                Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST),
+                "{name}"
+            );
+            assert_eq!(serial_group(g), Some("galera"), "{name}");
+            let c = container(g);
+            assert_eq!(
+                c.image.as_deref(),
+                Some("registry.example.com/pressdock/galera:0.1.0")
+            );
+            assert_eq!(
+                c.env,
+                Some(vec![
+                    "PD_DB_NODES=10.110.0.20 10.110.0.21 10.110.0.22".to_owned(),
+                    "PD_GALERA_CLUSTER=pressdock".to_owned(),
+                    format!("PD_GALERA_NODE={n}"),
+                ])
+            );
+            // Healthy only when Synced: swarm counts the task as running only then.
+            let h = c.health_check.clone().unwrap_or_default();
+            assert_eq!(
+                h.test,
+                Some(vec![
+                    "CMD".to_owned(),
+                    "/usr/local/bin/pd-galera".to_owned(),
+                    "health".to_owned()
+                ])
+            );
+            assert!(h.start_period.unwrap_or(0) >= 3_600_000_000_000);
+            let m = c.mounts.clone().unwrap_or_default();
+            // The datadir on the node's block volume (roles.database.volume's mount).
+            let data = m
+                .iter()
+                .find(|m| m.target.as_deref() == Some("/var/lib/pd-galera"))
+                .unwrap_or_else(|| panic!("{name}: no datadir in {m:?}"));
+            assert_eq!(data.typ, Some(MountTypeEnum::BIND));
+            assert_eq!(data.source.as_deref(), Some("/var/lib/mysql"));
+            assert_eq!(data.read_only, None);
+            assert!(
+                m.iter()
+                    .any(|m| m.source.as_deref() == Some("/etc/pressdock/node")
+                        && m.read_only == Some(true))
+            );
+            let refs: Vec<Option<String>> = c
+                .secrets
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.secret_name)
+                .collect();
+            assert_eq!(
+                refs,
+                [
+                    Some("database_galera_root_password".to_owned()),
+                    Some("database_galera_monitor_password".to_owned())
+                ]
+            );
+            // Galera's ports on the node's address (the database role's firewall).
+            let ports: Vec<(i64, EndpointPortConfigPublishModeEnum)> = g
+                .endpoint_spec
+                .as_ref()
+                .and_then(|e| e.ports.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| Some((p.published_port?, p.publish_mode?)))
+                .collect();
+            assert_eq!(
+                ports.iter().map(|p| p.0).collect::<Vec<_>>(),
+                [3306, 4567, 4567, 4568, 4444]
+            );
+            assert!(
+                ports
+                    .iter()
+                    .all(|p| p.1 == EndpointPortConfigPublishModeEnum::HOST)
+            );
+        }
+        let p = &s.services["database_proxysql"];
+        assert!(p.mode.as_ref().is_some_and(|m| m.global.is_some()));
+        assert_eq!(
+            p.task_template
+                .as_ref()
+                .and_then(|t| t.placement.as_ref())
+                .and_then(|p| p.constraints.clone()),
+            Some(vec!["node.labels.pressdock.database == true".to_owned()])
+        );
+        let c = container(p);
+        assert_eq!(c.image.as_deref(), Some("proxysql/proxysql:2.7.2"));
+        // ProxySQL's runtime tables (the platform's mysql_users) on the node's named volume.
+        assert_eq!(
+            c.mounts
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| (m.source.clone(), m.typ))
+                .collect::<Vec<_>>(),
+            [(
+                Some("database_proxysql".to_owned()),
+                Some(MountTypeEnum::VOLUME)
+            )]
+        );
+        // `$$` in the file is the script's own `$`.
+        let script = c.command.clone().unwrap_or_default().join(" ");
+        assert!(
+            script.contains("admin=$(cat /run/secrets/proxysql_admin_password)"),
+            "{script}"
+        );
+        assert!(script.contains("${servers%,}"), "{script}");
+        assert_eq!(serial_group(p), None);
+        // Secrets by reference only: each from its file, never a value in the services.
+        assert_eq!(
+            s.secrets
+                .iter()
+                .map(|x| (x.name.as_str(), x.file.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                ("database_galera_monitor_password", Some("/srv/monitor-pw")),
+                ("database_galera_root_password", Some("/srv/root-pw")),
+                ("database_proxysql_admin_password", Some("/srv/admin-pw")),
+            ]
+        );
+        let all = serde_json::to_string(&s.services).unwrap_or_default();
+        assert!(
+            !all.contains("/srv/root-pw") && !all.contains("PASSWORD="),
+            "{all}"
+        );
+        // Only what the deployer fills in is a variable (the script's `$${…}` is not).
+        assert_eq!(
+            variables(&text),
+            [
+                "PD_DB_NODES",
+                "PD_GALERA_DATA",
+                "PD_GALERA_MONITOR_PASSWORD_FILE",
+                "PD_GALERA_ROOT_PASSWORD_FILE",
+                "PD_IMAGE_GALERA",
+                "PD_IMAGE_PROXYSQL",
+                "PD_NODE_DIR",
+                "PD_PROXYSQL_ADMIN_PASSWORD_FILE"
+            ]
+        );
+        // A new Galera image changes the Galera services' specs (one rolling update each,
+        // serial), not ProxySQL's.
+        let mut v2 = database_vars();
+        v2.insert(
+            "PD_IMAGE_GALERA".into(),
+            "registry.example.com/pressdock/galera:0.1.1".into(),
+        );
+        let s2 = parse("database", &text, &v2).unwrap_or_else(|e| panic!("{e:#}"));
+        let hash = |s: &Stack, n: &str| {
+            s.services[n]
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SPEC_LABEL).cloned())
+        };
+        for n in 1..=3 {
+            let name = format!("database_galera-{n}");
+            assert_ne!(hash(&s, &name), hash(&s2, &name), "{name}");
+        }
+        assert_eq!(
+            hash(&s, "database_proxysql"),
+            hash(&s2, "database_proxysql")
+        );
     }
 
     #[test]

@@ -39,14 +39,37 @@ pub const NETWORKS: [(&str, &str); 2] = [
 ];
 
 /// Stacks deployed on the swarm, in order: the edge, the cache tier's Redis and Sentinels,
-/// the monitoring placeholder. The database tier (Galera + ProxySQL) and the storage tier
-/// (GlusterFS) have no stack (infra/README.md, "Stacks"); `stacks/lab-hello.yml` is the
-/// lab's test site.
-pub const STACKS: [(&str, &str); 3] = [
+/// the database tier's Galera and ProxySQL, the monitoring placeholder. The storage tier
+/// (GlusterFS) has no stack (infra/README.md, "Stacks"); `stacks/lab-hello.yml` is the lab's
+/// test site.
+pub const STACKS: [(&str, &str); 4] = [
     ("pd", "stacks/edge.yml"),
     ("cache", "stacks/cache.yml"),
+    ("database", "stacks/database.yml"),
     ("monitoring", "stacks/monitoring.yml"),
 ];
+
+/// The number of a database node (`pd-prod-database-02` → 2): its Galera service is
+/// `galera-<n>` of `stacks/database.yml`, placed by the label `pressdock.galera=<n>`.
+pub fn galera_number(m: &Machine) -> Option<u32> {
+    if m.role != Role::Database {
+        return None;
+    }
+    let digits = m.name.rsplit('-').next()?;
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+/// The stacks' variables that come from the machines, not the spec: `PD_DB_NODES`, the
+/// database nodes' VPC addresses in node order (Galera's peers, ProxySQL's servers).
+pub fn machine_vars(machines: &[Machine]) -> BTreeMap<String, String> {
+    let mut db: Vec<(u32, std::net::Ipv4Addr)> = machines
+        .iter()
+        .filter_map(|m| Some((galera_number(m)?, m.private_ip)))
+        .collect();
+    db.sort_unstable();
+    let addrs: Vec<String> = db.iter().map(|(_, ip)| ip.to_string()).collect();
+    BTreeMap::from([("PD_DB_NODES".to_owned(), addrs.join(" "))])
+}
 
 /// The node label (on the managers) that records the hash of a stack as last deployed:
 /// `pressdock.stack.<stack>=<sha256 of the compose file and its variables>`.
@@ -76,17 +99,10 @@ pub fn stack_files(
         let mut h = Sha256::new();
         h.update(text.as_bytes());
         // `${PD_…}` values change what is deployed as much as the file does.
-        let mut vars: Vec<&str> = text
-            .split("${")
-            .skip(1)
-            .filter_map(|r| r.split_once('}').map(|(v, _)| v))
-            .collect();
-        vars.sort_unstable();
-        vars.dedup();
-        for v in vars {
-            let value = match set.get(v) {
+        for v in super::stack::variables(&text) {
+            let value = match set.get(&v) {
                 Some(x) => x.clone(),
-                None => std::env::var(v).unwrap_or_default(),
+                None => std::env::var(&v).unwrap_or_default(),
             };
             h.update(format!("\n{v}={value}").as_bytes());
         }
@@ -345,6 +361,13 @@ pub fn labels(c: &Checked, m: &Machine, ready: bool) -> Vec<(String, String)> {
     if m.role == Role::Monitoring {
         l.push(("pressdock.monitoring".into(), "true".into()));
     }
+    // ProxySQL runs on every database node, Galera node n on the one numbered n.
+    if m.role == Role::Database {
+        l.push(("pressdock.database".into(), "true".into()));
+        if let Some(n) = galera_number(m) {
+            l.push(("pressdock.galera".into(), n.to_string()));
+        }
+    }
     if let Some(slots) = r.slots {
         l.push(("pressdock.slots".into(), slots.to_string()));
     }
@@ -567,13 +590,28 @@ pub(super) mod tests {
         assert!(text.contains(&"label pd-prod-worker-07: pressdock.node=pd-prod-worker-07 pressdock.role=worker pressdock.slots=25".to_owned()));
         assert!(text.contains(&"label pd-prod-cache-02: pressdock.node=pd-prod-cache-02 pressdock.role=cache pressdock.cache=true".to_owned()));
         assert!(text.contains(&"label pd-prod-monitoring-01: pressdock.node=pd-prod-monitoring-01 pressdock.role=monitoring pressdock.monitoring=true".to_owned()));
+        // Each database node carries its Galera number (stacks/database.yml's galera-N).
+        assert!(text.contains(&"label pd-prod-database-02: pressdock.node=pd-prod-database-02 pressdock.role=database pressdock.database=true pressdock.galera=2".to_owned()));
+        let db: Vec<&Machine> = ms.iter().filter(|m| m.role == Role::Database).collect();
         assert_eq!(
-            text[text.len() - 5..],
+            machine_vars(&ms)["PD_DB_NODES"],
+            db.iter()
+                .map(|m| m.private_ip.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert_eq!(
+            db.iter().map(|m| galera_number(m)).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(3)]
+        );
+        assert_eq!(
+            text[text.len() - 6..],
             [
                 "overlay network pd-edge 10.214.0.0/22",
                 "overlay network pd-sites 10.216.0.0/20",
                 "stack pd from stacks/edge.yml",
                 "stack cache from stacks/cache.yml",
+                "stack database from stacks/database.yml",
                 "stack monitoring from stacks/monitoring.yml"
             ]
         );
@@ -671,6 +709,7 @@ pub(super) mod tests {
                 "remove down node pd-prod-manager-02 (old-m2), demoted first",
                 "stack pd from stacks/edge.yml",
                 "stack cache from stacks/cache.yml",
+                "stack database from stacks/database.yml",
                 "stack monitoring from stacks/monitoring.yml"
             ]
         );
@@ -831,10 +870,15 @@ pub(super) mod tests {
                     in_prod > 0,
                     "{file}: {name}: no node of configs/cluster.toml carries {constraints:?}"
                 );
-                assert!(
-                    fits(&lab) > 0,
-                    "{file}: {name}: no lab node carries {constraints:?}"
-                );
+                // `lab up` does not deploy the database stack (the lab's database tier is
+                // its host Galera behind HAProxy); the lab test that does labels three
+                // nodes `pressdock.galera=N` itself, and no lab node runs ProxySQL.
+                if stack_name != "database" {
+                    assert!(
+                        fits(&lab) > 0,
+                        "{file}: {name}: no lab node carries {constraints:?}"
+                    );
+                }
                 let replicas = spec
                     .mode
                     .as_ref()
@@ -966,10 +1010,10 @@ pub(super) mod tests {
         }
         // Production's stacks run traefik, varnish and redis from the spec (the runtime
         // image is the platform's: sites are not a stack in production).
-        // pd: traefik, traefik-b, varnish; cache: master, replica, sentinel; monitoring:
-        // placeholder; the lab's test site: hello.
-        assert_eq!(services, 8);
-        for key in ["traefik", "varnish", "redis"] {
+        // pd: traefik, traefik-b, varnish; cache: master, replica, sentinel; database:
+        // galera-1, -2, -3, proxysql; monitoring: placeholder; the lab's test site: hello.
+        assert_eq!(services, 12);
+        for key in ["traefik", "varnish", "redis", "galera", "proxysql"] {
             assert!(used.contains(c.images.get(key)), "{key} unused");
         }
         assert_eq!(IMAGES.len(), prod.len());

@@ -379,14 +379,11 @@ pub fn execute(
         if let Step::Deploy { stack, file, .. } = step {
             // The compose file is read here, on the operator's machine; its images from the
             // spec, its other variables from the operator's environment.
-            d.deploy_stack(
-                target,
-                stack,
-                repo,
-                file,
-                &stack_vars(repo, file, stacks.set)?,
-            )
-            .with_context(|| step.to_string())?;
+            // The machines' own values (the database nodes' addresses) beside the spec's.
+            let mut set = super::swarm::machine_vars(machines);
+            set.extend(stacks.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            d.deploy_stack(target, stack, repo, file, &stack_vars(repo, file, &set)?)
+                .with_context(|| step.to_string())?;
         } else {
             d.run(target, &args)
                 .with_context(|| format!("{step} (`docker {}`)", redacted(&args)))?;
@@ -954,7 +951,7 @@ mod tests {
         let mut lines = Vec::new();
         converge(&c, &ms, &sim, &mut lines).unwrap_or_else(|e| panic!("{e:#}"));
         let s = sim.0.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(s.commands.len(), 178);
+        assert_eq!(s.commands.len(), 180);
         assert_eq!(s.nodes.values().filter(|n| n.in_swarm).count(), 33);
         assert_eq!(s.nodes.values().filter(|n| n.manager).count(), 3);
         assert_eq!(
@@ -972,7 +969,7 @@ mod tests {
             Some("true")
         );
         assert_eq!(s.networks, ["pd-edge", "pd-sites"]);
-        assert_eq!(s.stacks, ["pd", "cache", "monitoring"]);
+        assert_eq!(s.stacks, ["pd", "cache", "database", "monitoring"]);
         // The second manager joined only after the first manager saw it reachable, twice
         // asked; the third after that.
         let order: Vec<&String> = s
@@ -1002,16 +999,16 @@ mod tests {
         // Converged: a re-run only redeploys the stacks (their hashes are not known here).
         let o = observe(&sim, &ms).unwrap_or_else(|e| panic!("{e:#}"));
         let steps = plan_swarm(&c, &ms, &o, &|_| true);
-        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert_eq!(steps.len(), 4, "{steps:?}");
     }
 
     #[test]
     fn a_failure_at_any_command_converges_on_the_rerun() {
         let (c, ms) = setup();
-        // A fresh run sends 178 commands (33 looks, init, 2 token reads, 32 looks at a joining
+        // A fresh run sends 180 commands (33 looks, init, 2 token reads, 32 looks at a joining
         // machine's dockerd and 32 joins, 4 looks at joining managers, 33 node ids and 33
-        // labels, 2 networks, 3 stacks and a look at the services of each); fail each in turn.
-        for (fail_at, fail_after) in (1..=178).flat_map(|n| [(n, false), (n, true)]) {
+        // labels, 2 networks, 4 stacks and a look at the services of each); fail each in turn.
+        for (fail_at, fail_after) in (1..=180).flat_map(|n| [(n, false), (n, true)]) {
             let sim = SimDocker(Mutex::new(Sim {
                 fail_at: Some(fail_at),
                 fail_after,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-pub const IMAGES: [&str; 4] = ["traefik", "varnish", "wordpress", "redis"];
+pub const IMAGES: [&str; 5] = ["traefik", "varnish", "wordpress", "redis", "galera"];
 
 pub struct Recipe {
     pub name: String,

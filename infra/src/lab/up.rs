@@ -338,7 +338,9 @@ pub fn up(repo: &Path, opts: &UpOptions) -> Result<()> {
             nodes::deploy_edge(lab)?;
             // Its image is the edge's Traefik.
             nodes::deploy_monitoring(lab)?;
-            load(&["wordpress", "redis"])?;
+            // Galera: for the database stack's lab test (`lab up` deploys no database stack:
+            // the lab's database tier is its host Galera).
+            load(&["wordpress", "redis", "galera"])?;
             nodes::deploy_hello(lab)?;
             progress("edge", "stack deployed");
             nodes::deploy_cache(lab)?;
