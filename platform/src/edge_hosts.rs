@@ -13,16 +13,23 @@
 //! for a load, and the overrides only say how one site's entry differs from its row (left
 //! out while it is deleted, suspended while it is suspended).
 
-use backends::{SiteResourceId, varnish::HostState};
+use std::collections::BTreeSet;
+
+use backends::{DomainName, SiteResourceId, varnish::HostState};
 
 use crate::group::Group;
 
 /// One site's entry as its step wants it loaded (`None`: left out).
 pub type Override = (SiteResourceId, Option<HostState>);
 
+/// What a site's step asks of the table: its entry's state (`None`: left out) and the
+/// domains the site had when it asked, with which the turn's leader checks, without
+/// reading anything, whether the table a load before it left already holds the site.
+pub type Want = (Option<HostState>, BTreeSet<DomainName>);
+
 /// The host table's open batch and turn: one per process (loads of other replicas are
 /// converged by the name of the loaded VCL: the same table has the same name).
-pub type HostLoads = Group<SiteResourceId, Option<HostState>, ()>;
+pub type HostLoads = Group<SiteResourceId, Want, ()>;
 
 /// An empty batch.
 pub fn host_loads() -> HostLoads {

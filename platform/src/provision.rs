@@ -269,20 +269,6 @@ impl Backends {
         *self.loaded_hosts.lock().unwrap_or_else(|e| e.into_inner()) = table;
     }
 
-    /// The table last loaded, if it holds the site as `state` wants it ([`holds_site`]).
-    fn loaded_holding(
-        &self,
-        id: &SiteResourceId,
-        state: Option<HostState>,
-        domains: &BTreeSet<DomainName>,
-    ) -> Option<HostTable> {
-        let loaded = self.loaded_hosts.lock().unwrap_or_else(|e| e.into_inner());
-        loaded
-            .as_ref()
-            .filter(|table| holds_site(table, id, state, domains))
-            .cloned()
-    }
-
     /// Holds the host table for the caller (the reconciler compares and reloads it).
     pub async fn varnish_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.host_loads.turn().await
@@ -806,27 +792,36 @@ impl Backends {
             let _turn = self.host_loads.turn().await;
             return self.load_hosts(&host_table(db, &[]).await?).await;
         };
-        // Remembered is not enough (an instance restarted since holds its boot VCL): every
-        // instance is asked which VCL it runs, a listing and no compile.
-        if let Some(table) = self.loaded_holding(id, state, &site_domains(db, id).await?)
-            && let Some(varnish) = &self.varnish
-            && varnish
-                .observe_host_table(&table)
-                .await
-                .is_ok_and(|states| states.iter().all(|s| s.converged))
-        {
+        let domains = site_domains(db, id).await?;
+        if self.loaded_and_active(&[(id, state, &domains)]).await {
             return Ok(());
         }
-        let leader = match self.host_loads.join(id.clone(), state).await {
+        let leader = match self.host_loads.join(id.clone(), (state, domains)).await {
             crate::group::Turn::Done(outcome) => {
                 return outcome
                     .map_err(|(public, cause)| StepError::retryable(public, anyhow!("{cause}")));
             }
             crate::group::Turn::Lead(leader) => leader,
         };
-        let loaded = match host_table(db, &leader.changes).await {
-            Ok(table) => self.load_hosts(&table).await,
-            Err(e) => Err(e),
+        // The turn came after a load that may have carried every waiting change (a
+        // burst's sites waiting on the warm-up that holds them): nothing to read or load.
+        let wants: Vec<_> = leader
+            .changes
+            .iter()
+            .map(|(id, (state, domains))| (id, *state, domains))
+            .collect();
+        let loaded = if self.loaded_and_active(&wants).await {
+            Ok(())
+        } else {
+            let overrides: Vec<crate::edge_hosts::Override> = leader
+                .changes
+                .iter()
+                .map(|(id, (state, _))| (id.clone(), *state))
+                .collect();
+            match host_table(db, &overrides).await {
+                Ok(table) => self.load_hosts(&table).await,
+                Err(e) => Err(e),
+            }
         };
         leader.finish(
             loaded
@@ -835,6 +830,36 @@ impl Backends {
                 .map_err(|e| (e.public_message(), e.internal_message())),
         );
         loaded
+    }
+
+    /// Whether the table last loaded holds every site as wanted ([`holds_site`]) and is
+    /// still the one every instance runs: remembered is not enough (an instance restarted
+    /// since runs its boot VCL, another control plane may have loaded its own table), so
+    /// each instance is asked, a listing and no compile.
+    async fn loaded_and_active(
+        &self,
+        wants: &[(&SiteResourceId, Option<HostState>, &BTreeSet<DomainName>)],
+    ) -> bool {
+        let Some(varnish) = &self.varnish else {
+            return false;
+        };
+        let table = {
+            let loaded = self.loaded_hosts.lock().unwrap_or_else(|e| e.into_inner());
+            match loaded.as_ref() {
+                Some(table)
+                    if wants
+                        .iter()
+                        .all(|(id, state, domains)| holds_site(table, id, *state, domains)) =>
+                {
+                    table.clone()
+                }
+                _ => return false,
+            }
+        };
+        varnish
+            .observe_host_table(&table)
+            .await
+            .is_ok_and(|states| states.iter().all(|s| s.converged))
     }
 
     pub(crate) async fn ban_hosts(
