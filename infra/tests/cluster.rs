@@ -561,7 +561,14 @@ async fn the_cli_plans_and_applies_and_never_prints_the_token() {
         swarm.contains("> gluster volume sites replica 2: 10.110.0."),
         "{swarm}"
     );
-    assert!(swarm.ends_with("storage: 31 steps\n"), "{swarm}");
+    assert!(swarm.contains("\nstorage: 31 steps\n"), "{swarm}");
+    // Last, the platform's configuration on the managers.
+    assert!(
+        swarm.ends_with(
+            "\nplatform: /etc/pressdock/pressdock.toml on every manager (`cluster platform-config` prints it)\n"
+        ),
+        "{swarm}"
+    );
     for t in [&stdout, &stderr, &stdout2, &stderr2, &stdout3] {
         assert!(!t.contains(&TOKEN[10..30]), "token printed: {t}");
     }
