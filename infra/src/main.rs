@@ -548,14 +548,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
         }
         let observed = cluster::observe(&client, &desired).await?;
         if let ClusterCmd::PlatformConfig { out, secrets_dir } = &cmd {
-            let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
-            if !missing.is_empty() {
-                anyhow::bail!(
-                    "{} droplet(s) missing or without addresses ({}): run `cluster apply` first",
-                    missing.len(),
-                    missing.join(", ")
-                );
-            }
+            let machines = every_machine(&desired, &observed.droplets)?;
             let text = infra::platform_config::render(&cluster::platform_config::production(
                 &checked,
                 &machines,
@@ -616,14 +609,7 @@ fn cluster(spec: &Path, cmd: ClusterCmd, repo: &Path) -> Result<()> {
             return Ok(());
         }
         if let ClusterCmd::Swarm { dry_run, ssh_user } = cmd {
-            let (machines, missing) = cluster::swarm::machines(&desired, &observed.droplets);
-            if !missing.is_empty() {
-                anyhow::bail!(
-                    "{} droplet(s) missing or without addresses ({}): run `cluster apply` first",
-                    missing.len(),
-                    missing.join(", ")
-                );
-            }
+            let machines = every_machine(&desired, &observed.droplets)?;
             let docker = cluster::swarm_exec::SshDocker { user: ssh_user };
             let seen = if dry_run {
                 cluster::swarm::ObservedSwarm::default()
@@ -1174,4 +1160,21 @@ fn main() -> Result<()> {
             }
         },
     }
+}
+
+/// Every droplet of the spec as a machine with its addresses, or an error naming the ones
+/// missing or without addresses (`cluster apply` makes them).
+fn every_machine(
+    desired: &infra::cluster::desired::Desired,
+    droplets: &[infra::cluster::provider::ObservedDroplet],
+) -> anyhow::Result<Vec<infra::cluster::swarm::Machine>> {
+    let (machines, missing) = infra::cluster::swarm::machines(desired, droplets);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} droplet(s) missing or without addresses ({}): run `cluster apply` first",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(machines)
 }
