@@ -219,6 +219,26 @@ impl BackupEnv {
         unzstd(&fetch(&self.s3.store(), &key).await)
     }
 
+    /// Makes a backup's dump fail part-way: a statement on a table that does not exist,
+    /// after half of the dump's row statements (the tables before it already loaded).
+    pub(crate) async fn fail_dump_midway(&self, site: &Id, backup: &str) -> BrokenDump {
+        let sql = self.dump_sql(site, backup).await;
+        let inserts = positions(&sql, "\nINSERT INTO ");
+        let at = inserts[inserts.len() / 2] + 1;
+        let failing = [
+            &sql[..at],
+            b"INSERT INTO wp_missing VALUES (1);\n",
+            &sql[at..],
+        ]
+        .concat();
+        self.replace_dump(site, backup, &failing).await;
+        BrokenDump {
+            inserts: inserts.len(),
+            refused: positions(&failing[..at], ";\n").len() + 1,
+            original: sql,
+        }
+    }
+
     /// Replaces a backup's dump with `sql`, and its manifest (the object's size and
     /// SHA-256) and record (the manifest's SHA-256) with ones that vouch for it: to the
     /// restore, the backup is whole, whatever `sql` says.
@@ -516,4 +536,14 @@ pub(crate) fn positions(sql: &[u8], needle: &str) -> Vec<usize> {
         .filter(|(_, w)| *w == needle.as_bytes())
         .map(|(i, _)| i)
         .collect()
+}
+
+/// A dump made to fail part-way ([`BackupEnv::fail_dump_midway`]).
+pub(crate) struct BrokenDump {
+    /// The dump as it was, to put back.
+    pub original: Vec<u8>,
+    /// How many row statements it has.
+    pub inserts: usize,
+    /// The refused statement's number in the broken dump.
+    pub refused: usize,
 }

@@ -198,24 +198,9 @@ async fn a_restore_failing_midway_through_the_parallel_load_is_put_back_from_its
 
     // The dump's rows go out over several statements; the refused one comes after half
     // of them, so the load fails part-way, with the tables before it already replaced.
-    let sql = e.dump_sql(&site.id, &b1).await;
-    let inserts: Vec<usize> = positions(&sql, "\nINSERT INTO ")
-        .into_iter()
-        .map(|i| i + 1)
-        .collect();
-    assert!(
-        inserts.len() >= 6,
-        "a dump of several row statements: {}",
-        inserts.len()
-    );
-    let at = inserts[inserts.len() / 2];
-    let failing = [
-        &sql[..at],
-        b"INSERT INTO wp_missing VALUES (1);\n",
-        &sql[at..],
-    ]
-    .concat();
-    e.replace_dump(&site.id, &b1, &failing).await;
+    let broken = e.fail_dump_midway(&site.id, &b1).await;
+    let (inserts, position) = (broken.inserts, broken.refused);
+    assert!(inserts >= 6, "a dump of several row statements: {inserts}");
 
     let (op, row) = restore(&e.app, &e.member, &site.id, &b1).await;
     assert_eq!(op["state"], "failed", "{op}");
@@ -254,7 +239,6 @@ async fn a_restore_failing_midway_through_the_parallel_load_is_put_back_from_its
         .app
         .wait_operation(&e.admin, op["id"].as_str().unwrap())
         .await;
-    let position = positions(&failing[..at], ";\n").len() + 1;
     let cause = staff["internal_error"].as_str().unwrap_or("");
     assert!(
         cause.contains(&format!("running statement {position} of the dump"))

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    backup_fixture::{BackupEnv, Setup, Site, positions, tree},
+    backup_fixture::{BackupEnv, Setup, Site, tree},
     support::{SECRET_KEY, random_name, step_names},
 };
 
@@ -225,19 +225,7 @@ async fn a_failed_undelete_takes_back_what_it_made_and_the_cli_brings_the_site_b
     let when_deleted = deleted_at().await;
     assert!(when_deleted.is_some());
 
-    let sql = e.dump_sql(&site.id, &fin).await;
-    let inserts: Vec<usize> = positions(&sql, "\nINSERT INTO ")
-        .into_iter()
-        .map(|i| i + 1)
-        .collect();
-    let at = inserts[inserts.len() / 2];
-    let failing = [
-        &sql[..at],
-        b"INSERT INTO wp_missing VALUES (1);\n",
-        &sql[at..],
-    ]
-    .concat();
-    e.replace_dump(&site.id, &fin, &failing).await;
+    let sql = e.fail_dump_midway(&site.id, &fin).await.original;
     let body = e.request_restore(&site.id, &fin).await;
     let done = e.wait_accepted(&body).await;
     assert_eq!(done["state"], "failed", "{done}");
@@ -360,16 +348,7 @@ async fn a_failed_undelete_keeps_the_aliases_the_deleted_site_kept_before_it() {
     // Another site takes one alias; the undelete fails in the middle of the rows.
     let (other, other_schema) = e.seed_site().await;
     e.take_domain(&other, &taken).await;
-    let sql = e.dump_sql(&site.id, &fin).await;
-    let inserts = positions(&sql, "\nINSERT INTO ");
-    let at = inserts[inserts.len() / 2] + 1;
-    let failing = [
-        &sql[..at],
-        b"INSERT INTO wp_missing VALUES (1);\n",
-        &sql[at..],
-    ]
-    .concat();
-    e.replace_dump(&site.id, &fin, &failing).await;
+    let sql = e.fail_dump_midway(&site.id, &fin).await.original;
     let body = e.request_restore(&site.id, &fin).await;
     assert_eq!(body["aliases_taken"], json!([taken]), "{body}");
     let done = e.wait_accepted(&body).await;
